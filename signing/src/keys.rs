@@ -97,13 +97,14 @@ impl SecretKey {
     /// Writes the key as PKCS#8 PEM with mode 0600. Never overwrites: the file is written and
     /// synced under a temporary name and then hard-linked into place, which fails if `path` exists.
     pub fn save_new(&self, path: &Path) -> Result<(), SigningError> {
-        let pem = self.0.to_pkcs8_pem(Default::default()).map_err(|e| {
-            SigningError::BadKey {
+        let pem = self
+            .0
+            .to_pkcs8_pem(Default::default())
+            .map_err(|e| SigningError::BadKey {
                 path: path.to_owned(),
                 kind: "secret",
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         write_new(path, pem.as_bytes(), 0o600)
     }
 
@@ -170,7 +171,12 @@ impl PublicKey {
 
     /// Checks a signature over `domain || parts...` (strict verification: no malleable
     /// signatures, no small-order keys).
-    pub fn verify(&self, domain: &[u8], parts: &[&[u8]], sig: &Signature) -> Result<(), SigningError> {
+    pub fn verify(
+        &self,
+        domain: &[u8],
+        parts: &[&[u8]],
+        sig: &Signature,
+    ) -> Result<(), SigningError> {
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         self.0
             .verify_strict(&message(domain, parts), &sig)
@@ -243,10 +249,18 @@ mod tests {
     fn sign_verify_round_trip_and_domain_separation() {
         let k = SecretKey::generate().unwrap();
         let sig = k.sign(b"A", &[b"hello", b"world"]);
-        k.public().verify(b"A", &[b"hello", b"world"], &sig).unwrap();
+        k.public()
+            .verify(b"A", &[b"hello", b"world"], &sig)
+            .unwrap();
         k.public().verify(b"A", &[b"helloworld"], &sig).unwrap();
-        assert!(k.public().verify(b"B", &[b"hello", b"world"], &sig).is_err());
-        assert!(k.public().verify(b"A", &[b"hello", b"worle"], &sig).is_err());
+        assert!(k
+            .public()
+            .verify(b"B", &[b"hello", b"world"], &sig)
+            .is_err());
+        assert!(k
+            .public()
+            .verify(b"A", &[b"hello", b"worle"], &sig)
+            .is_err());
     }
 
     #[test]
@@ -264,7 +278,10 @@ mod tests {
         assert!(matches!(k.save_new(&sk), Err(SigningError::Exists { .. })));
         std::fs::set_permissions(&sk, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let err = SecretKey::load(&sk).unwrap_err();
-        assert!(matches!(err, SigningError::KeyTooOpen { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, SigningError::KeyTooOpen { mode: 0o644, .. }),
+            "{err}"
+        );
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }

@@ -52,7 +52,9 @@ impl TrustStore {
                     let entries = match std::fs::read_dir(dir) {
                         Ok(e) => e,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(SigningError::io("cannot read trust directory", dir, e)),
+                        Err(e) => {
+                            return Err(SigningError::io("cannot read trust directory", dir, e))
+                        }
                     };
                     let mut paths = Vec::new();
                     for entry in entries {
@@ -84,7 +86,9 @@ impl TrustStore {
 
     /// The trusted key with this fingerprint, if any.
     pub fn find(&self, fingerprint: &Fingerprint) -> Option<&TrustedKey> {
-        self.keys.iter().find(|k| k.key.fingerprint() == *fingerprint)
+        self.keys
+            .iter()
+            .find(|k| k.key.fingerprint() == *fingerprint)
     }
 
     /// All trusted keys.
@@ -101,14 +105,16 @@ impl TrustStore {
         parts: &[&[u8]],
         sig: &Signature,
     ) -> Result<&TrustedKey, SigningError> {
-        let trusted = self.find(fingerprint).ok_or_else(|| SigningError::Untrusted {
-            fingerprint: *fingerprint,
-            searched: if self.searched.is_empty() {
-                "no trust sources".into()
-            } else {
-                self.searched.join(", ")
-            },
-        })?;
+        let trusted = self
+            .find(fingerprint)
+            .ok_or_else(|| SigningError::Untrusted {
+                fingerprint: *fingerprint,
+                searched: if self.searched.is_empty() {
+                    "no trust sources".into()
+                } else {
+                    self.searched.join(", ")
+                },
+            })?;
         trusted.key.verify(domain, parts, sig)?;
         Ok(trusted)
     }
@@ -133,7 +139,9 @@ mod tests {
         .unwrap();
         assert_eq!(store.keys().len(), 1);
         let sig = a.sign(b"d", &[b"m"]);
-        store.verify(&a.public().fingerprint(), b"d", &[b"m"], &sig).unwrap();
+        store
+            .verify(&a.public().fingerprint(), b"d", &[b"m"], &sig)
+            .unwrap();
         let sig_b = b.sign(b"d", &[b"m"]);
         let err = store
             .verify(&b.public().fingerprint(), b"d", &[b"m"], &sig_b)

@@ -1,0 +1,252 @@
+//! Writing images: streamed payload, chunk digests computed on the way, atomic placement.
+//!
+//! An image holds the process's memory and therefore its secrets: it is written with mode 0600
+//! under a temporary name in the destination directory, synced, and renamed into place, so the
+//! destination never holds a partial image.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use tempfile::NamedTempFile;
+use thaw_signing::{Fingerprint, SecretKey};
+
+use super::header::{Header, Trailer};
+use super::reader::ImageFile;
+use super::{Digest, ImageError, DEFAULT_CHUNK_SIZE, EM_X86_64, SIGNATURE_DOMAIN};
+use crate::state::{ChunkTable, Manifest, PayloadRef};
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct SavedImage {
+    pub path: PathBuf,
+    /// Size of the image file in bytes.
+    pub size: u64,
+    /// SHA-256 of the header block and manifest: names the image's whole content, since the
+    /// manifest holds every payload chunk's digest.
+    pub digest: Digest,
+    pub signer: Option<Fingerprint>,
+}
+
+/// Streams an image to a temporary file next to its destination.
+#[derive(Debug)]
+pub struct ImageWriter {
+    dest: PathBuf,
+    tmp: NamedTempFile,
+    out: BufWriter<File>,
+    page_size: u32,
+    chunk_size: u32,
+    payload_len: u64,
+    chunk: Sha256,
+    chunk_fill: u64,
+    digests: Vec<Digest>,
+}
+
+impl ImageWriter {
+    /// Starts an image for `dest` with the system page size and the default chunk size.
+    pub fn create(dest: &Path) -> Result<Self, ImageError> {
+        Self::with_chunk_size(dest, DEFAULT_CHUNK_SIZE)
+    }
+
+    pub fn with_chunk_size(dest: &Path, chunk_size: u32) -> Result<Self, ImageError> {
+        let page_size = crate::page_size() as u32;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        // NamedTempFile creates the file 0600 with O_EXCL and removes it if we fail or are dropped.
+        let tmp = NamedTempFile::with_prefix_in(".thaw-image-", dir)
+            .map_err(|e| ImageError::io("cannot create a temporary image in", dir, e))?;
+        let file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| ImageError::io("cannot create", tmp.path(), e))?;
+        let mut w = ImageWriter {
+            dest: dest.to_owned(),
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            page_size,
+            chunk_size,
+            payload_len: 0,
+            chunk: Sha256::new(),
+            chunk_fill: 0,
+            digests: Vec::new(),
+        };
+        // The header block is written last; reserve it.
+        w.write_raw(&vec![0u8; page_size as usize])?;
+        Ok(w)
+    }
+
+    fn write_raw(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        self.out
+            .write_all(data)
+            .map_err(|e| ImageError::io("cannot write", self.tmp.path(), e))
+    }
+
+    fn hash_payload(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = u64::from(self.chunk_size) - self.chunk_fill;
+            let take = (room.min(data.len() as u64)) as usize;
+            self.chunk.update(&data[..take]);
+            self.chunk_fill += take as u64;
+            data = &data[take..];
+            if self.chunk_fill == u64::from(self.chunk_size) {
+                self.digests
+                    .push(Digest(self.chunk.finalize_reset().into()));
+                self.chunk_fill = 0;
+            }
+        }
+    }
+
+    /// Appends `data` to the payload, zero-padded to a page boundary, and says where it is.
+    pub fn append_payload(&mut self, data: &[u8]) -> Result<PayloadRef, ImageError> {
+        self.append_payload_parts(&[data])
+    }
+
+    /// Appends the concatenation of `parts` as one payload range, zero-padded to a page boundary.
+    pub fn append_payload_parts(&mut self, parts: &[&[u8]]) -> Result<PayloadRef, ImageError> {
+        let offset = self.payload_len;
+        let mut len = 0u64;
+        for part in parts {
+            self.write_raw(part)?;
+            self.hash_payload(part);
+            len += part.len() as u64;
+        }
+        let pad = (len.next_multiple_of(u64::from(self.page_size)) - len) as usize;
+        if pad > 0 {
+            let zeros = vec![0u8; pad];
+            self.write_raw(&zeros)?;
+            self.hash_payload(&zeros);
+        }
+        self.payload_len += len + pad as u64;
+        Ok(PayloadRef { offset, len })
+    }
+
+    /// Writes the manifest (its chunk table filled in here), the header and the trailer, signs
+    /// with `key` if given, and moves the image into place.
+    pub fn finish(
+        mut self,
+        mut manifest: Manifest,
+        key: Option<&SecretKey>,
+    ) -> Result<SavedImage, ImageError> {
+        if self.chunk_fill > 0 {
+            self.digests
+                .push(Digest(self.chunk.finalize_reset().into()));
+            self.chunk_fill = 0;
+        }
+        manifest.chunks = ChunkTable {
+            chunk_size: self.chunk_size,
+            digests: std::mem::take(&mut self.digests),
+        };
+        let manifest_bytes = postcard::to_allocvec(&manifest)
+            .map_err(|e| ImageError::corrupt(&self.dest, format!("cannot encode manifest: {e}")))?;
+        let header = Header::layout(
+            EM_X86_64,
+            self.page_size,
+            self.chunk_size,
+            self.payload_len,
+            manifest_bytes.len() as u64,
+        );
+        let block = header_block(&header);
+        let trailer = sign_trailer(&block, &manifest_bytes, key);
+        self.write_raw(&manifest_bytes)?;
+        self.write_raw(&trailer.encode())?;
+        let path = self.tmp.path().to_owned();
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| ImageError::io("cannot write", &path, e.into_error()))?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&block))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| ImageError::io("cannot write", &path, e))?;
+        let size = header.trailer_off + header.trailer_len;
+        place(self.tmp, &self.dest)?;
+        Ok(SavedImage {
+            path: self.dest,
+            size,
+            digest: content_digest(&block, &manifest_bytes),
+            signer: trailer.signer(),
+        })
+    }
+}
+
+/// The signed header block: the encoded header followed by zero fill up to the payload.
+pub(crate) fn header_block(header: &Header) -> Vec<u8> {
+    let mut block = vec![0u8; header.payload_off as usize];
+    block[..super::HEADER_LEN].copy_from_slice(&header.encode());
+    block
+}
+
+pub(crate) fn content_digest(block: &[u8], manifest: &[u8]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(block);
+    h.update(manifest);
+    Digest(h.finalize().into())
+}
+
+fn sign_trailer(block: &[u8], manifest: &[u8], key: Option<&SecretKey>) -> Trailer {
+    match key {
+        None => Trailer::Unsigned,
+        Some(key) => Trailer::Ed25519 {
+            signer: key.public().fingerprint(),
+            signature: key.sign(SIGNATURE_DOMAIN, &[block, manifest]),
+        },
+    }
+}
+
+/// Renames a synced temporary file onto `dest` and syncs the directory.
+fn place(tmp: NamedTempFile, dest: &Path) -> Result<(), ImageError> {
+    tmp.persist(dest)
+        .map_err(|e| ImageError::io("cannot move image into place at", dest, e.error))?;
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Signs (or re-signs) the image at `path` in place, atomically. The image is copied to a private
+/// temporary file first, and that copy's payload is checked against its manifest's digests before
+/// it is signed, so the signature never blesses a damaged or altered payload, and what is signed is
+/// exactly what is renamed into place.
+pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut src = File::open(path).map_err(|e| ImageError::io("cannot open", path, e))?;
+    let mut tmp = NamedTempFile::with_prefix_in(".thaw-image-", dir)
+        .map_err(|e| ImageError::io("cannot create a temporary image in", dir, e))?;
+    std::io::copy(&mut src, tmp.as_file_mut())
+        .map_err(|e| ImageError::io("cannot copy", path, e))?;
+
+    // The signer is the authority here: it decodes its own (possibly unsigned) image to read the
+    // chunk table, then checks every chunk before putting its name on them.
+    let image = ImageFile::open(tmp.path())
+        .map_err(|e| e.with_path(path))?
+        .decode_unverified()
+        .map_err(|e| e.with_path(path))?;
+    image.verify_payload().map_err(|e| e.with_path(path))?;
+    let header = *image.header();
+    let trailer = sign_trailer(image.header_block(), image.manifest_bytes(), Some(key));
+    let digest = content_digest(image.header_block(), image.manifest_bytes());
+    drop(image);
+
+    let f = tmp.as_file_mut();
+    f.seek(SeekFrom::Start(header.trailer_off))
+        .and_then(|_| f.write_all(&trailer.encode()))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ImageError::io("cannot write", path, e))?;
+    place(tmp, path)?;
+    Ok(SavedImage {
+        path: path.to_owned(),
+        size: header.trailer_off + header.trailer_len,
+        digest,
+        signer: trailer.signer(),
+    })
+}

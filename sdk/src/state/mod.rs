@@ -1,0 +1,67 @@
+//! The manifest: everything an image records about the process, one module per kind of state.
+//!
+//! Each module owns one serde type. The types are shared by the SDK (which fills them at
+//! checkpoint) and the launcher (which reads them through [`crate::image`] after the signature has
+//! been checked). Any change to a serialized type changes the encoding and therefore bumps
+//! [`crate::image::FORMAT_VERSION`].
+
+pub mod creds;
+pub mod files;
+pub mod limits;
+pub mod memory;
+pub mod mm;
+pub mod platform;
+pub mod process;
+pub mod signals;
+pub mod threads;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::Digest;
+
+/// The signed description of an image: the process state and the payload's chunk digests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub producer: Producer,
+    pub platform: platform::Platform,
+    pub process: process::Process,
+    pub mm: mm::MmMap,
+    pub memory: Vec<memory::Vma>,
+    pub threads: Vec<threads::ThreadState>,
+    pub signals: signals::SignalState,
+    pub limits: Vec<limits::Rlimit>,
+    pub creds: creds::Credentials,
+    pub files: Vec<files::FdEntry>,
+    pub chunks: ChunkTable,
+}
+
+/// Who made the image and when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Producer {
+    /// Version of the `thaw` crate that wrote the image.
+    pub thaw_version: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    pub hostname: String,
+}
+
+/// SHA-256 of every fixed-size chunk of the payload section, in order; the last chunk may be short.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkTable {
+    pub chunk_size: u32,
+    pub digests: Vec<Digest>,
+}
+
+/// A byte range inside the payload section (offset relative to the section start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRef {
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl PayloadRef {
+    /// The end offset, or `None` if it overflows.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.len)
+    }
+}
