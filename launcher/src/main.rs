@@ -1,1 +1,32 @@
-fn main() {}
+//! `thaw`: verify a signed image and restore the process; make and check keys and images.
+
+mod cli;
+mod exit;
+mod privilege;
+mod sys;
+
+use clap::Parser;
+
+fn main() {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => exit::Code::Usage as i32,
+                _ => exit::Code::Usage as i32,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let ctx = privilege::Context::detect();
+    match cli::dispatch(args, &ctx) {
+        Ok(()) => {}
+        Err(failure) => {
+            eprintln!("thaw: {}", failure.message);
+            std::process::exit(failure.code as i32);
+        }
+    }
+}

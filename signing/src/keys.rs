@@ -97,8 +97,13 @@ impl SecretKey {
     /// Writes the key as PKCS#8 PEM with mode 0600. Never overwrites: the file is written and
     /// synced under a temporary name and then hard-linked into place, which fails if `path` exists.
     pub fn save_new(&self, path: &Path) -> Result<(), SigningError> {
-        let pem = self
-            .0
+        // PKCS#8 v1 (no embedded public key), as `openssl genpkey` writes it: OpenSSL 3.0 cannot
+        // read the v2 form with the public key attached.
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.0.to_bytes(),
+            public_key: None,
+        };
+        let pem = bytes
             .to_pkcs8_pem(Default::default())
             .map_err(|e| SigningError::BadKey {
                 path: path.to_owned(),

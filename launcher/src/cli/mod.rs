@@ -1,0 +1,60 @@
+//! Command-line interface: one file per subcommand.
+
+mod inspect;
+mod keygen;
+mod sign;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Result;
+use crate::privilege::Context;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "thaw",
+    version,
+    about = "Restore warm processes from signed images",
+    after_help = "Exit codes: 0 ok, 64 usage, 65 invalid or corrupt image, 66 bad or untrusted signature, \
+                  67 refused by policy, 68 restore failed, 70 internal error, 74 I/O error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Keygen(keygen::Args),
+    Sign(sign::Args),
+    Verify(verify::Args),
+    Inspect(inspect::Args),
+}
+
+/// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// Trust this public key (PEM) in addition to $THAW_TRUST_DIR, ~/.config/thaw/trusted/ and
+    /// /etc/thaw/trusted/. Ignored when the launcher runs with elevated privileges.
+    #[arg(long = "trust", value_name = "PUB")]
+    pub files: Vec<PathBuf>,
+}
+
+impl TrustArgs {
+    pub fn load(&self, ctx: &Context) -> Result<thaw_signing::TrustStore> {
+        Ok(thaw_signing::TrustStore::load(
+            &ctx.trust_sources(&self.files),
+        )?)
+    }
+}
+
+pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Sign(a) => sign::run(a),
+        Command::Verify(a) => verify::run(a, ctx),
+        Command::Inspect(a) => inspect::run(a, ctx),
+    }
+}
