@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use thaw::image::{resign, ErrorClass, ImageError, ImageFile, ImageWriter, Provenance};
-use thaw::state::memory::{Backing, Vma};
+use thaw::state::memory::{Backing, PageRun, Vma};
 use thaw::state::Manifest;
 use thaw_signing::{SecretKey, TrustSource, TrustStore};
 
@@ -45,12 +45,16 @@ fn fixture(sign: bool) -> Fixture {
     let mut m = sample_manifest();
     for (i, p) in payloads.iter().enumerate() {
         let r = w.append_payload(p).unwrap();
+        let start = 0x1000_0000 * (i as u64 + 1);
         m.memory.push(Vma {
-            start: 0x1000_0000 * (i as u64 + 1),
+            start,
             end: 0x1000_0000 * (i as u64 + 1) + r.len.next_multiple_of(4096),
             prot: 3,
             backing: Backing::Anonymous,
-            payload: Some(r),
+            pages: vec![PageRun {
+                addr: start,
+                payload: r,
+            }],
             ..Default::default()
         });
     }
@@ -85,7 +89,7 @@ fn round_trip_preserves_manifest_and_payload() {
     assert_eq!(m.chunks.digests.len() as u64, image.header().chunk_count());
     // Every payload range reads back byte for byte, and the file is 0600.
     for (vma, want) in m.memory.iter().zip(&f.payloads) {
-        let r = vma.payload.unwrap();
+        let r = vma.pages[0].payload;
         let mut got = vec![0u8; r.len as usize];
         std::os::unix::fs::FileExt::read_exact_at(
             image.file(),

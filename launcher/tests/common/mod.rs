@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use thaw::image::ImageWriter;
-use thaw::state::memory::{Backing, Vma};
+use thaw::state::memory::{Backing, PageRun, Vma};
 use thaw::state::Manifest;
 
 pub const THAW: &str = env!("CARGO_BIN_EXE_thaw");
@@ -84,7 +84,10 @@ pub fn write_sample_image(path: &Path, payload_kib: usize) -> Manifest {
         prot: 3,
         map_flags: 2,
         backing: Backing::Anonymous,
-        payload: Some(r),
+        pages: vec![PageRun {
+            addr: 0x7f00_0000_0000,
+            payload: r,
+        }],
         ..Default::default()
     });
     w.finish(m.clone(), None).unwrap();

@@ -166,7 +166,7 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
     let refs = m
         .memory
         .iter()
-        .filter_map(|v| v.payload)
+        .flat_map(|v| v.pages.iter().map(|r| r.payload))
         .chain(m.files.iter().filter_map(|f| match f.kind {
             crate::state::files::FdKind::Pipe { buffered, .. } => buffered,
             _ => None,
@@ -290,8 +290,12 @@ impl Image {
         if chunks == 0 {
             return Ok(());
         }
-        // Batches of about 1 MiB keep syscalls few and the work evenly spread.
-        let per_batch = ((1u64 << 20) / u64::from(self.header.chunk_size)).max(1);
+        // Batches of at most 1 MiB keep syscalls few; small images are cut finer so that every
+        // thread gets work.
+        let threads = threads.clamp(1, chunks as usize);
+        let per_batch = ((1u64 << 20) / u64::from(self.header.chunk_size))
+            .min(chunks.div_ceil(threads as u64 * 4))
+            .max(1);
         let batches = chunks.div_ceil(per_batch);
         let next = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
@@ -309,9 +313,8 @@ impl Image {
                 let (off, _) = self.chunk_range(first);
                 let (end_off, end_len) = self.chunk_range(last - 1);
                 let span = (end_off + end_len as u64 - off) as usize;
-                let result = read_exact_at(&self.file, &self.path, &mut buf[..span], off)
-                    .map(|()| first)
-                    .and_then(|_| {
+                let result =
+                    read_exact_at(&self.file, &self.path, &mut buf[..span], off).and_then(|()| {
                         buf[..span]
                             .chunks(self.header.chunk_size as usize)
                             .zip(first..last)
@@ -327,7 +330,7 @@ impl Image {
             }
         };
         std::thread::scope(|s| {
-            for _ in 1..threads.max(1) {
+            for _ in 1..threads {
                 s.spawn(worker);
             }
             worker();

@@ -16,9 +16,17 @@ pub struct Vma {
     /// `VmFlag` this crate knows, see [`VmaAdvice`].
     pub advice: u32,
     pub backing: Backing,
-    /// The contents, for regions whose memory is saved; `None` for regions mapped from their
-    /// file unchanged or left for the kernel to provide (vDSO).
-    pub payload: Option<PayloadRef>,
+    /// The saved pages, as runs of consecutive pages in address order. Pages of the region not
+    /// listed are zero (anonymous memory) or the file's contents (file mappings); kernel special
+    /// mappings have none.
+    pub pages: Vec<PageRun>,
+}
+
+/// Consecutive saved pages of a VMA: `payload.len` bytes at `addr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub payload: PayloadRef,
 }
 
 /// Bits of [`Vma::advice`].
