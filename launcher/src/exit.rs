@@ -17,7 +17,6 @@ use thaw::image::{ErrorClass, ImageError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-#[allow(dead_code, reason = "Refused and RestoreFailed are used by `thaw run`")]
 pub enum Code {
     Usage = 64,
     Corrupt = 65,

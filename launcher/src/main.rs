@@ -3,6 +3,7 @@
 mod cli;
 mod exit;
 mod privilege;
+mod restore;
 mod sys;
 
 use clap::Parser;

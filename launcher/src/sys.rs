@@ -1,9 +1,281 @@
 //! The launcher's raw system interface. Every `unsafe` block of the launcher outside the restorer
 //! lives here.
 
+use std::arch::asm;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
 /// Whether the kernel set AT_SECURE for this exec (privileges gained from file capabilities,
 /// set-uid or set-gid bits, or an LSM's decision).
 pub fn at_secure() -> bool {
     // SAFETY: getauxval only reads the auxiliary vector; it has no preconditions.
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+fn check(r: i64) -> io::Result<i64> {
+    if (-4095..0).contains(&r) {
+        Err(io::Error::from_raw_os_error(-r as i32))
+    } else {
+        Ok(r)
+    }
+}
+
+fn syscall(nr: i64, a: [u64; 6]) -> io::Result<i64> {
+    check(thaw::sys::syscall6(nr, a))
+}
+
+/// An anonymous read-write mapping at exactly `addr`, failing if anything is there.
+pub fn map_fixed(addr: u64, len: u64) -> io::Result<()> {
+    let got = syscall(
+        libc::SYS_mmap,
+        [
+            addr,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    if got as u64 != addr {
+        let _ = syscall(libc::SYS_munmap, [got as u64, len, 0, 0, 0, 0]);
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(())
+}
+
+/// Copies `data` to `addr`, which must lie in a mapping made by [`map_fixed`].
+pub fn write_region(addr: u64, data: &[u8]) {
+    // SAFETY: callers only pass ranges inside the read-write region they mapped with map_fixed,
+    // which no Rust object aliases.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };
+}
+
+pub fn mprotect(addr: u64, len: u64, prot: i32) -> io::Result<()> {
+    syscall(libc::SYS_mprotect, [addr, len, prot as u64, 0, 0, 0]).map(drop)
+}
+
+pub fn munmap(addr: u64, len: u64) -> io::Result<()> {
+    syscall(libc::SYS_munmap, [addr, len, 0, 0, 0, 0]).map(drop)
+}
+
+/// The kernel's `struct clone_args` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// `clone3` a new process with PID `pid` whose first and only act is to jump to the restorer at
+/// `entry` with `control` in rdi and the stack pointer at `stack_top`. No Rust code runs in the
+/// child. Returns the child's PID (as seen from this PID namespace).
+pub fn clone3_into_restorer(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result<i32> {
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let ret: i64;
+    // SAFETY: clone3 without CLONE_VM creates a new process with a copy of this address space;
+    // in the parent the call returns normally. In the child (rax == 0) we never return into Rust:
+    // the stack pointer moves into the restorer region (mapped before this call, hence present in
+    // the copy) and control jumps to the position-independent restorer, which ends the process or
+    // turns it into the restored one. `args` and `tids` outlive the system call.
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rsp, r14",
+            "mov rdi, r13",
+            "jmp r12",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") entry,
+            in("r13") control,
+            in("r14") stack_top,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    check(ret).map(|p| p as i32)
+}
+
+/// Whether `clone3` accepts `set_tid` here: an invalid request (PID 0 is never allowed) answers
+/// EINVAL when the feature exists.
+pub fn probe_set_tid() -> bool {
+    let tids = [0i32];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let r = thaw::sys::syscall6(
+        libc::SYS_clone3,
+        [
+            &args as *const CloneArgs as u64,
+            std::mem::size_of::<CloneArgs>() as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    r == -(libc::EINVAL as i64)
+}
+
+/// fork(2) through libc. The launcher is single-threaded when it calls this.
+pub fn fork() -> io::Result<i32> {
+    // SAFETY: the launcher has no other threads at this point (verification threads were joined),
+    // so the child may run arbitrary code.
+    let r = unsafe { libc::fork() };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn unshare(flags: i32) -> io::Result<()> {
+    syscall(libc::SYS_unshare, [flags as u64, 0, 0, 0, 0, 0]).map(drop)
+}
+
+/// How a waited-for child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// waitpid(pid, 0) until it reports an exit (any child with `pid` = -1): (pid, how it ended).
+pub fn wait(pid: i32) -> io::Result<(i32, Exit)> {
+    loop {
+        let mut status = 0i32;
+        let r = syscall(
+            libc::SYS_wait4,
+            [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
+        );
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(p) => {
+                let how = if libc::WIFEXITED(status) {
+                    Exit::Code(libc::WEXITSTATUS(status))
+                } else if libc::WIFSIGNALED(status) {
+                    Exit::Signal(libc::WTERMSIG(status))
+                } else {
+                    continue;
+                };
+                return Ok((p as i32, how));
+            }
+        }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    let _ = syscall(libc::SYS_kill, [pid as u64, sig as u64, 0, 0, 0, 0]);
+}
+
+/// Sets the signal mask; returns the previous one.
+pub fn set_sigmask(mask: u64) -> u64 {
+    thaw::sys::sigprocmask(libc::SIG_SETMASK, Some(mask)).unwrap_or(0)
+}
+
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: i32) {
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        kill(pid, sig);
+    }
+}
+
+/// Forwards `signals` to `pid` from now on.
+pub fn forward_signals(pid: i32, signals: &[i32]) -> io::Result<()> {
+    FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    for &sig in signals {
+        // SAFETY: `forward` is an async-signal-safe extern "C" handler (an atomic load and kill).
+        let r = unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+        if r == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// dup3(from, to, flags).
+pub fn dup_to(from: RawFd, to: RawFd, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    syscall(
+        libc::SYS_dup3,
+        [from as u64, to as u64, flags as u64, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+/// A duplicate of `fd` at the lowest free number ≥ `min`.
+pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    let r = syscall(
+        libc::SYS_fcntl,
+        [fd as u64, libc::F_DUPFD_CLOEXEC as u64, min as u64, 0, 0, 0],
+    )?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+pub fn close(fd: RawFd) {
+    let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (the launcher may hold many mapped files).
+pub fn raise_nofile() {
+    if let Ok((_, max)) = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE) {
+        let new = libc::rlimit64 {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        let _ = syscall(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as u64,
+                &new as *const _ as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+pub fn geteuid() -> u32 {
+    thaw::sys::syscall6(libc::SYS_geteuid, [0; 6]) as u32
+}
+
+pub fn getegid() -> u32 {
+    thaw::sys::syscall6(libc::SYS_getegid, [0; 6]) as u32
 }

@@ -1,9 +1,26 @@
 //! thaw SDK: checkpoint a warm process to a signed image that the `thaw` launcher restores with
 //! its original PID, TIDs and memory layout.
+//!
+//! ```no_run
+//! match thaw::Checkpoint::to("app.thaw").sign_with("k.key").save()? {
+//!     thaw::Outcome::Saved(info) => { /* first life: image written */ }
+//!     thaw::Outcome::Restored(r) => { /* second life: r.args(), r.env() */ }
+//! }
+//! # Ok::<(), thaw::CheckpointError>(())
+//! ```
 
+pub mod capture;
+mod checkpoint;
 pub mod image;
+pub mod procfs;
+pub mod restore;
 pub mod state;
+pub mod sys;
 
+pub use checkpoint::{
+    on_checkpoint, on_restore, Checkpoint, CheckpointError, Outcome, Restored, SavedInfo,
+    DEFAULT_SIGNAL,
+};
 pub use image::{Image, ImageError, ImageFile, ImageWriter, SavedImage};
 pub use state::Manifest;
 

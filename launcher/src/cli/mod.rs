@@ -2,6 +2,7 @@
 
 mod inspect;
 mod keygen;
+mod run;
 mod sign;
 mod verify;
 
@@ -31,6 +32,7 @@ enum Command {
     Sign(sign::Args),
     Verify(verify::Args),
     Inspect(inspect::Args),
+    Run(run::Args),
 }
 
 /// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
@@ -56,5 +58,6 @@ pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
         Command::Sign(a) => sign::run(a),
         Command::Verify(a) => verify::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
+        Command::Run(a) => run::run(a, ctx),
     }
 }

@@ -123,6 +123,35 @@ impl ImageWriter {
         Ok(PayloadRef { offset, len })
     }
 
+    /// Appends `len` bytes (a multiple of the page size) produced piece by piece by `fill(offset,
+    /// piece)` into `buf`-sized pieces, as one payload range.
+    pub fn append_payload_with(
+        &mut self,
+        len: u64,
+        mut fill: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+        buf: &mut [u8],
+    ) -> Result<PayloadRef, ImageError> {
+        let offset = self.payload_len;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            fill(done, &mut buf[..n]).map_err(|e| {
+                ImageError::io("cannot read the snapshot's memory for", &self.dest, e)
+            })?;
+            self.write_raw(&buf[..n])?;
+            self.hash_payload(&buf[..n]);
+            done += n as u64;
+        }
+        let pad = (len.next_multiple_of(u64::from(self.page_size)) - len) as usize;
+        if pad > 0 {
+            let zeros = vec![0u8; pad];
+            self.write_raw(&zeros)?;
+            self.hash_payload(&zeros);
+        }
+        self.payload_len += len + pad as u64;
+        Ok(PayloadRef { offset, len })
+    }
+
     /// Writes the manifest (its chunk table filled in here), the header and the trailer, signs
     /// with `key` if given, and moves the image into place.
     pub fn finish(

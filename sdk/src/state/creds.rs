@@ -30,3 +30,39 @@ pub struct Capabilities {
     pub bounding: u64,
     pub ambient: u64,
 }
+
+use crate::procfs;
+
+impl Credentials {
+    /// The credentials of `pid` as /proc shows them.
+    pub fn of(pid: i32) -> std::io::Result<Credentials> {
+        let status = procfs::read(pid, "status")?;
+        let ids = |key: &str| {
+            let v = procfs::field_nums(&status, key);
+            let g = |i: usize| v.get(i).copied().unwrap_or(0) as u32;
+            Ids {
+                real: g(0),
+                effective: g(1),
+                saved: g(2),
+                fs: g(3),
+            }
+        };
+        Ok(Credentials {
+            uid: ids("Uid"),
+            gid: ids("Gid"),
+            groups: procfs::field_nums(&status, "Groups")
+                .into_iter()
+                .map(|g| g as u32)
+                .collect(),
+            caps: Capabilities {
+                inheritable: procfs::field_hex(&status, "CapInh"),
+                permitted: procfs::field_hex(&status, "CapPrm"),
+                effective: procfs::field_hex(&status, "CapEff"),
+                bounding: procfs::field_hex(&status, "CapBnd"),
+                ambient: procfs::field_hex(&status, "CapAmb"),
+            },
+            securebits: crate::sys::prctl_get(libc::PR_GET_SECUREBITS).unwrap_or(0) as u32,
+            no_new_privs: procfs::field(&status, "NoNewPrivs") == Some("1"),
+        })
+    }
+}

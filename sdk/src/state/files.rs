@@ -38,3 +38,284 @@ pub enum FdKind {
         buffered: Option<PayloadRef>,
     },
 }
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+/// Character devices that are reopened by path (they carry no state worth saving).
+const REOPENABLE_DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// The descriptors of the calling process, classified before the snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct FdScan {
+    pub entries: Vec<FdEntry>,
+    /// What cannot be checkpointed, one message per descriptor.
+    pub unsupported: Vec<String>,
+}
+
+fn fdinfo_flags(fd: i32) -> u32 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            crate::procfs::field(&t, "flags").and_then(|f| u32::from_str_radix(f, 8).ok())
+        })
+        .unwrap_or(0)
+}
+
+impl FdScan {
+    /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds).
+    pub(crate) fn scan(exclude: &[i32]) -> std::io::Result<FdScan> {
+        let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        let mut scan = FdScan::default();
+        let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
+        for fd in fds {
+            if exclude.contains(&fd) {
+                continue;
+            }
+            // The directory handle used for the listing is gone by now.
+            let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            let raw = fdinfo_flags(fd);
+            let cloexec = raw & libc::O_CLOEXEC as u32 != 0;
+            let flags = raw & !(libc::O_CLOEXEC as u32);
+            let mut entry = FdEntry {
+                fd,
+                flags,
+                cloexec,
+                kind: FdKind::Stdio,
+            };
+            if fd <= 2 {
+                scan.entries.push(entry);
+                continue;
+            }
+            let bad = |why: &str| format!("fd {fd} ({target}): {why}");
+            if let Some(ino) = target
+                .strip_prefix("pipe:[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                let id: u64 = ino.parse().unwrap_or(0);
+                let write_end = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+                entry.kind = FdKind::Pipe {
+                    id,
+                    write_end,
+                    buffered: None,
+                };
+                let p = pipes.entry(id).or_default();
+                p.0.push(scan.entries.len());
+                if write_end {
+                    p.2 = true;
+                } else {
+                    p.1 = true;
+                }
+                scan.entries.push(entry);
+                continue;
+            }
+            if !target.starts_with('/') {
+                let kind = if target.starts_with("socket:") {
+                    "sockets are not supported"
+                } else if target.starts_with("anon_inode:") {
+                    "this kind of kernel object is not supported"
+                } else {
+                    "unsupported kind of descriptor"
+                };
+                scan.unsupported.push(bad(kind));
+                continue;
+            }
+            if target.ends_with(" (deleted)") {
+                scan.unsupported.push(bad("the open file was deleted"));
+                continue;
+            }
+            let meta = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                Ok(m) => m,
+                Err(e) => {
+                    scan.unsupported.push(bad(&format!("cannot stat: {e}")));
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            entry.kind = if ft.is_file()
+                || (ft.is_char_device() && REOPENABLE_DEVICES.contains(&target.as_str()))
+            {
+                FdKind::Regular {
+                    path: target.clone(),
+                    pos: 0,
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                }
+            } else if ft.is_dir() {
+                FdKind::Directory {
+                    path: target.clone(),
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                }
+            } else {
+                scan.unsupported.push(bad("only regular files, directories, in-process pipes and /dev/null-like devices are supported"));
+                continue;
+            };
+            scan.entries.push(entry);
+        }
+        for (id, (idx, has_read, has_write)) in pipes {
+            if !(has_read && has_write) {
+                for i in idx {
+                    scan.unsupported.push(format!(
+                        "fd {} (pipe:[{id}]): the other end of the pipe is not in this process",
+                        scan.entries[i].fd
+                    ));
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Descriptors whose offset the signal handler must record.
+    pub(crate) fn seekable(&self) -> Vec<i32> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.kind, FdKind::Regular { .. }))
+            .map(|e| e.fd)
+            .collect()
+    }
+
+    /// One read end per in-process pipe: the handler duplicates its buffered bytes.
+    pub(crate) fn pipe_readers(&self) -> Vec<i32> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for e in &self.entries {
+            if let FdKind::Pipe {
+                id,
+                write_end: false,
+                ..
+            } = e.kind
+            {
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    out.push(e.fd);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The flags `open(2)` accepts back from a file's status flags.
+const REOPEN_FLAGS: u32 = (libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_NOATIME
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE) as u32;
+
+/// Reopens every non-stdio descriptor of the image for the restored process: `(fd number, open
+/// descriptor)`. `payload(r)` reads a payload range of the image (pipe contents). Fails with a
+/// message naming the descriptor if a file is gone or is no longer the same file.
+pub fn reopen(
+    entries: &[FdEntry],
+    mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
+) -> Result<Vec<(i32, OwnedFd)>, String> {
+    let mut out = Vec::new();
+    let mut pipes: BTreeMap<u64, (OwnedFd, OwnedFd)> = BTreeMap::new();
+    for e in entries {
+        let fd = e.fd;
+        let opened = match &e.kind {
+            FdKind::Stdio => continue,
+            FdKind::Regular {
+                path,
+                pos,
+                dev,
+                ino,
+            } => reopen_path(e, path, Some(*pos), (*dev, *ino))?,
+            FdKind::Directory { path, dev, ino } => reopen_path(e, path, None, (*dev, *ino))?,
+            FdKind::Pipe {
+                id,
+                write_end,
+                buffered,
+            } => {
+                if !pipes.contains_key(id) {
+                    let bytes = buffered.map(&mut payload).transpose()?.unwrap_or_default();
+                    pipes.insert(*id, refilled_pipe(fd, &bytes)?);
+                }
+                let (r, w) = &pipes[id];
+                let end = if *write_end { w } else { r };
+                let end = end.try_clone().map_err(|err| format!("fd {fd}: {err}"))?;
+                let status = e.flags & libc::O_NONBLOCK as u32;
+                crate::sys::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&end),
+                    libc::F_SETFL,
+                    u64::from(status),
+                )
+                .map_err(|err| format!("fd {fd}: cannot set pipe flags: {err}"))?;
+                end
+            }
+        };
+        out.push((fd, opened));
+    }
+    Ok(out)
+}
+
+/// A pipe holding `bytes`, sized so that writing them cannot block.
+fn refilled_pipe(fd: i32, bytes: &[u8]) -> Result<(OwnedFd, OwnedFd), String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (r, w) = crate::sys::pipe_nonblock()
+        .map_err(|err| format!("fd {fd}: cannot create a pipe: {err}"))?;
+    if !bytes.is_empty() {
+        let _ = crate::sys::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, bytes.len() as u64);
+        std::fs::File::from(w.try_clone().map_err(|err| format!("fd {fd}: {err}"))?)
+            .write_all(bytes)
+            .map_err(|err| {
+                format!(
+                    "fd {fd}: cannot refill the pipe with {} bytes: {err}",
+                    bytes.len()
+                )
+            })?;
+    }
+    Ok((r, w))
+}
+
+fn reopen_path(
+    e: &FdEntry,
+    path: &str,
+    pos: Option<u64>,
+    id: (u64, u64),
+) -> Result<OwnedFd, String> {
+    use std::io::{Seek, SeekFrom};
+    let fd = e.fd;
+    let acc = e.flags & libc::O_ACCMODE as u32;
+    let dir = pos.is_none();
+    let mut f = std::fs::OpenOptions::new()
+        .read(dir || acc != libc::O_WRONLY as u32)
+        .write(!dir && acc != libc::O_RDONLY as u32)
+        .custom_flags(
+            (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32
+                | if dir { libc::O_DIRECTORY } else { 0 },
+        )
+        .open(path)
+        .map_err(|err| format!("fd {fd}: cannot reopen {path}: {err}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
+    if (meta.dev(), meta.ino()) != id {
+        return Err(format!(
+            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed)"
+        ));
+    }
+    if let Some(pos) = pos.filter(|_| meta.file_type().is_file()) {
+        f.seek(SeekFrom::Start(pos))
+            .map_err(|err| format!("fd {fd}: cannot seek {path} to {pos}: {err}"))?;
+    }
+    Ok(OwnedFd::from(f))
+}

@@ -11,3 +11,47 @@ pub struct Rlimit {
     /// Hard limit; `u64::MAX` is RLIM_INFINITY.
     pub max: u64,
 }
+
+use crate::restore::Plan;
+
+/// Number of resource limits (RLIMIT_NLIMITS).
+pub const RLIMIT_COUNT: u32 = 16;
+
+impl Rlimit {
+    /// Every limit of `pid`.
+    pub(crate) fn dump(pid: i32) -> std::io::Result<Vec<Rlimit>> {
+        (0..RLIMIT_COUNT)
+            .map(|resource| {
+                let (cur, max) = crate::sys::prlimit(pid, resource)?;
+                Ok(Rlimit { resource, cur, max })
+            })
+            .collect()
+    }
+
+    /// The limits of the calling process.
+    pub fn current() -> std::io::Result<Vec<Rlimit>> {
+        Self::dump(0)
+    }
+
+    pub fn plan_restore(&self, plan: &mut Plan) {
+        let new = plan.words(&[self.cur, self.max]);
+        plan.syscall(
+            format!(
+                "setrlimit {} to {}/{}",
+                self.resource,
+                show(self.cur),
+                show(self.max)
+            ),
+            libc::SYS_prlimit64,
+            [0, u64::from(self.resource), new, 0, 0, 0],
+        );
+    }
+}
+
+fn show(v: u64) -> String {
+    if v == u64::MAX {
+        "unlimited".into()
+    } else {
+        v.to_string()
+    }
+}

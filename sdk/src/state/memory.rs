@@ -59,3 +59,251 @@ pub enum Backing {
     /// A kernel special mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]) moved, not copied.
     Special { name: String },
 }
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use crate::image::{ImageError, ImageWriter};
+use crate::procfs::MapEntry;
+use crate::restore::Plan;
+
+const PAGE: u64 = 4096;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Kernel special mappings the restorer moves instead of copying.
+pub const SPECIAL_NAMES: [&str; 4] = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Classifies a mapping; `Err` says why it cannot be checkpointed.
+    pub(crate) fn classify(m: &MapEntry) -> Result<Vma, String> {
+        let p = m.perms.as_bytes();
+        let prot = (if p[0] == b'r' { libc::PROT_READ } else { 0 })
+            | (if p[1] == b'w' { libc::PROT_WRITE } else { 0 })
+            | (if p[2] == b'x' { libc::PROT_EXEC } else { 0 });
+        let mut advice = 0;
+        if m.has_flag("wf") {
+            advice |= VmaAdvice::WIPEONFORK;
+        }
+        if m.has_flag("dd") {
+            advice |= VmaAdvice::DONTDUMP;
+        }
+        if m.has_flag("hg") {
+            advice |= VmaAdvice::HUGEPAGE;
+        }
+        if m.has_flag("nh") {
+            advice |= VmaAdvice::NOHUGEPAGE;
+        }
+        let mut map_flags = if m.shared() {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        if m.has_flag("gd") {
+            map_flags |= libc::MAP_GROWSDOWN;
+        }
+        let name = m.name.as_str();
+        let backing = if SPECIAL_NAMES.contains(&name) {
+            Backing::Special { name: name.into() }
+        } else if m.has_flag("dc") {
+            return Err(format!(
+                "{}: marked MADV_DONTFORK, so its contents cannot be captured",
+                m.describe()
+            ));
+        } else if m.shared()
+            && (m.inode == 0 || name.starts_with("/SYSV") || name.starts_with("/dev/zero"))
+        {
+            return Err(format!(
+                "{}: shared anonymous memory is not supported",
+                m.describe()
+            ));
+        } else if m.shared() && p[1] == b'w' {
+            return Err(format!(
+                "{}: shared writable file mappings are not supported",
+                m.describe()
+            ));
+        } else if name.ends_with(" (deleted)") {
+            return Err(format!("{}: the mapped file was deleted", m.describe()));
+        } else if name == "[heap]" {
+            Backing::Heap
+        } else if name == "[stack]" {
+            Backing::Stack
+        } else if name.is_empty() || name.starts_with("[anon:") {
+            Backing::Anonymous
+        } else if name.starts_with('/') && m.inode != 0 {
+            let meta = std::fs::metadata(name)
+                .map_err(|e| format!("{}: cannot stat the mapped file: {e}", m.describe()))?;
+            if meta.ino() != m.inode {
+                return Err(format!(
+                    "{}: the file at that path was replaced after it was mapped",
+                    m.describe()
+                ));
+            }
+            Backing::File {
+                path: name.into(),
+                offset: m.offset,
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        } else {
+            return Err(format!("{}: unsupported kind of mapping", m.describe()));
+        };
+        Ok(Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot as u32,
+            map_flags: map_flags as u32,
+            advice,
+            backing,
+            pages: Vec::new(),
+        })
+    }
+
+    /// Which pages of this VMA the image must carry: populated anonymous memory, and the
+    /// privately modified (copy-on-write) pages of file mappings. Reads the frozen child's pagemap.
+    pub(crate) fn saved_runs(
+        &self,
+        pagemap: &File,
+        resident_kb: u64,
+    ) -> std::io::Result<Vec<(u64, u64)>> {
+        let file_backed = matches!(self.backing, Backing::File { .. });
+        if resident_kb == 0
+            || matches!(self.backing, Backing::Special { .. })
+            || (self.map_flags & libc::MAP_SHARED as u32) != 0
+        {
+            return Ok(Vec::new());
+        }
+        let pages = self.len() / PAGE;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut buf = vec![0u8; 8 * 4096];
+        let mut done = 0u64;
+        while done < pages {
+            let n = (pages - done).min(4096);
+            let bytes = &mut buf[..(n * 8) as usize];
+            pagemap.read_exact_at(bytes, (self.start / PAGE + done) * 8)?;
+            for (i, e) in bytes.chunks_exact(8).enumerate() {
+                let e = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
+                let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
+                let keep = populated && !(file_backed && e & PM_FILE != 0);
+                if keep {
+                    let addr = self.start + (done + i as u64) * PAGE;
+                    match runs.last_mut() {
+                        Some((s, l)) if *s + *l == addr => *l += PAGE,
+                        _ => runs.push((addr, PAGE)),
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(runs)
+    }
+
+    /// Copies the saved pages from the frozen child's memory into the image.
+    pub(crate) fn dump_pages(
+        &mut self,
+        runs: &[(u64, u64)],
+        mem: &File,
+        writer: &mut ImageWriter,
+    ) -> Result<(), ImageError> {
+        let mut buf = vec![0u8; 4 << 20];
+        for &(addr, len) in runs {
+            let payload = writer.append_payload_with(
+                len,
+                |piece_off, piece| mem.read_exact_at(piece, addr + piece_off),
+                &mut buf,
+            )?;
+            self.pages.push(PageRun { addr, payload });
+        }
+        Ok(())
+    }
+
+    /// Maps this VMA in the new process and fills its saved pages from the image. `file_fd` is the
+    /// new process's descriptor of the mapped file (file mappings only).
+    pub fn plan_restore(
+        &self,
+        plan: &mut Plan,
+        image_fd: i32,
+        payload_off: u64,
+        file_fd: Option<i32>,
+    ) {
+        let what = match &self.backing {
+            Backing::File { path, .. } => path.clone(),
+            Backing::Special { .. } => return,
+            b => format!("{b:?}").to_lowercase(),
+        };
+        let write = if self.pages.is_empty() {
+            0
+        } else {
+            libc::PROT_WRITE as u64
+        };
+        let prot = u64::from(self.prot) | write;
+        let (flags, fd, off) = match (&self.backing, file_fd) {
+            (Backing::File { offset, .. }, Some(fd)) => (
+                u64::from(self.map_flags) | libc::MAP_FIXED_NOREPLACE as u64,
+                fd as u64,
+                *offset,
+            ),
+            _ => (
+                u64::from(self.map_flags)
+                    | (libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ),
+        };
+        plan.syscall(
+            format!("mmap {:x}-{:x} {what}", self.start, self.end),
+            libc::SYS_mmap,
+            [self.start, self.len(), prot, flags, fd, off],
+        );
+        for run in &self.pages {
+            plan.pread(
+                format!(
+                    "read {} bytes of {what} at {:x} from the image",
+                    run.payload.len, run.addr
+                ),
+                image_fd,
+                run.addr,
+                run.payload.len,
+                payload_off + run.payload.offset,
+            );
+        }
+        if write != 0 && self.prot & libc::PROT_WRITE as u32 == 0 {
+            plan.syscall(
+                format!("mprotect {:x}-{:x} {what}", self.start, self.end),
+                libc::SYS_mprotect,
+                [self.start, self.len(), u64::from(self.prot), 0, 0, 0],
+            );
+        }
+        for (bit, advice, name) in [
+            (
+                VmaAdvice::WIPEONFORK,
+                libc::MADV_WIPEONFORK,
+                "MADV_WIPEONFORK",
+            ),
+            (VmaAdvice::DONTDUMP, libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+            (VmaAdvice::HUGEPAGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+            (
+                VmaAdvice::NOHUGEPAGE,
+                libc::MADV_NOHUGEPAGE,
+                "MADV_NOHUGEPAGE",
+            ),
+        ] {
+            if self.advice & bit != 0 {
+                plan.syscall_any(
+                    format!("madvise {:x} {name}", self.start),
+                    libc::SYS_madvise,
+                    [self.start, self.len(), advice as u64, 0, 0, 0],
+                );
+            }
+        }
+    }
+}

@@ -39,3 +39,102 @@ pub struct Rseq {
     pub len: u32,
     pub signature: u32,
 }
+
+use crate::capture::ThreadCapture;
+use crate::restore::Plan;
+use std::sync::atomic::Ordering;
+
+/// Offsets in the kernel's x86_64 `struct ucontext`.
+const UC_STACK: u64 = 16;
+const UC_SIGMASK: u64 = 296;
+/// glibc's rseq signature on x86.
+const RSEQ_SIG: u32 = 0x5305_3053;
+
+impl ThreadState {
+    /// The thread's state from what its handler recorded and its frame in the frozen memory.
+    pub(crate) fn dump(
+        c: &ThreadCapture,
+        name: String,
+        mem: &std::fs::File,
+    ) -> std::io::Result<ThreadState> {
+        use std::os::unix::fs::FileExt;
+        let frame = c.frame.load(Ordering::Relaxed);
+        let mut uc = [0u8; 304];
+        mem.read_exact_at(&mut uc, frame)?;
+        let word = |off: u64| {
+            u64::from_ne_bytes(uc[off as usize..off as usize + 8].try_into().expect("8"))
+        };
+        let fs_base = c.fs_base.load(Ordering::Relaxed);
+        let rseq = crate::sys::glibc_rseq(fs_base).map(|(addr, size)| Rseq {
+            addr,
+            // glibc registers at least the original 32-byte area.
+            len: size.max(32),
+            signature: RSEQ_SIG,
+        });
+        Ok(ThreadState {
+            tid: c.tid.load(Ordering::Relaxed),
+            name,
+            sigframe: frame,
+            fs_base,
+            gs_base: c.gs_base.load(Ordering::Relaxed),
+            sigmask: word(UC_SIGMASK),
+            sigaltstack: SigAltStack {
+                sp: word(UC_STACK),
+                flags: word(UC_STACK + 8) as i32,
+                size: word(UC_STACK + 16),
+            },
+            robust_list: RobustList {
+                head: c.robust_head.load(Ordering::Relaxed),
+                len: c.robust_len.load(Ordering::Relaxed),
+            },
+            clear_child_tid: c.clear_child_tid.load(Ordering::Relaxed),
+            rseq,
+        })
+    }
+
+    /// The thread's own steps before it returns through its signal frame with [`Plan::sigreturn`]
+    /// (which restores registers, FPU/AVX state, signal mask and sigaltstack): robust list,
+    /// clear_child_tid, rseq, TLS and name.
+    pub fn plan_restore(&self, plan: &mut Plan) {
+        let tid = self.tid;
+        if self.robust_list.head != 0 {
+            plan.syscall(
+                format!("set_robust_list for thread {tid}"),
+                libc::SYS_set_robust_list,
+                [self.robust_list.head, self.robust_list.len, 0, 0, 0, 0],
+            );
+        }
+        plan.syscall(
+            format!("set_tid_address for thread {tid}"),
+            libc::SYS_set_tid_address,
+            [self.clear_child_tid, 0, 0, 0, 0, 0],
+        );
+        if let Some(r) = self.rseq {
+            plan.syscall(
+                format!("rseq registration of thread {tid}"),
+                libc::SYS_rseq,
+                [r.addr, u64::from(r.len), 0, u64::from(r.signature), 0, 0],
+            );
+        }
+        let name = plan.cstr(&self.name);
+        plan.syscall(
+            format!("name thread {tid} {:?}", self.name),
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, name, 0, 0, 0, 0],
+        );
+        const ARCH_SET_GS: u64 = 0x1001;
+        const ARCH_SET_FS: u64 = 0x1002;
+        if self.gs_base != 0 {
+            plan.syscall(
+                format!("set gs base of thread {tid}"),
+                libc::SYS_arch_prctl,
+                [ARCH_SET_GS, self.gs_base, 0, 0, 0, 0],
+            );
+        }
+        plan.syscall(
+            format!("set fs base (TLS) of thread {tid}"),
+            libc::SYS_arch_prctl,
+            [ARCH_SET_FS, self.fs_base, 0, 0, 0, 0],
+        );
+    }
+}

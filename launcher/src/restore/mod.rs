@@ -1,0 +1,493 @@
+//! Restoring an image: checks, preparation in the launcher, process creation, supervision.
+//!
+//! Everything expensive or allocating (verification, decoding, reopening files, building the step
+//! list, mapping the restorer region) happens here, before the new process exists. The new process
+//! runs nothing but the restorer (see [`restorer`]).
+
+mod layout;
+mod restorer;
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+
+use thaw::image::Image;
+use thaw::restore::{Plan, RestoreArgs};
+use thaw::state::creds::Credentials;
+use thaw::state::memory::Backing;
+use thaw::state::platform::Platform;
+
+use crate::exit::{Code, Failure, Result};
+use crate::sys;
+use layout::Region;
+
+/// Where the restored process gets its PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PidMode {
+    /// The caller's PID namespace (root or CAP_CHECKPOINT_RESTORE).
+    Host,
+    /// A new user + PID namespace, with the launcher as its init (any user).
+    Ns,
+    /// Host when permitted and the PID is free, else ns.
+    Auto,
+}
+
+/// Signals the launcher passes on to the restored process.
+const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// What `thaw run` was asked to do.
+#[derive(Debug)]
+pub struct Request {
+    pub pid_mode: PidMode,
+    pub args: Vec<OsString>,
+}
+
+fn refused(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::Refused, msg)
+}
+
+fn failed(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::RestoreFailed, msg)
+}
+
+/// Checks that the image may run here, by this caller. Returns the caller's credentials.
+fn check_policy(image: &Image) -> Result<Credentials> {
+    let m = image.manifest();
+    let here = Platform::current()
+        .map_err(|e| failed(format!("cannot read this machine's platform: {e}")))?;
+    let why = m.platform.incompatibilities(&here);
+    if !why.is_empty() {
+        return Err(refused(format!(
+            "image cannot run on this machine: {}",
+            why.join("; ")
+        )));
+    }
+    if m.threads.len() != 1 {
+        return Err(refused(format!(
+            "image has {} threads; multi-threaded restore is not supported yet",
+            m.threads.len()
+        )));
+    }
+    let me = Credentials::of(std::process::id() as i32)
+        .map_err(|e| failed(format!("cannot read the caller's credentials: {e}")))?;
+    let img = &m.creds;
+    let ids = |c: &Credentials| (c.uid, c.gid);
+    if ids(img) != ids(&me) {
+        return Err(refused(format!(
+            "image was taken as uid {}/{}/{} gid {}/{}/{} (real/effective/saved), you are uid {}/{}/{} gid {}/{}/{}",
+            img.uid.real, img.uid.effective, img.uid.saved, img.gid.real, img.gid.effective, img.gid.saved,
+            me.uid.real, me.uid.effective, me.uid.saved, me.gid.real, me.gid.effective, me.gid.saved
+        )));
+    }
+    let (mut a, mut b) = (img.groups.clone(), me.groups.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    if a != b {
+        return Err(refused(format!(
+            "image was taken with supplementary groups {a:?}, you have {b:?}"
+        )));
+    }
+    let extra =
+        (img.caps.permitted | img.caps.effective | img.caps.inheritable) & !me.caps.permitted;
+    if extra != 0 {
+        return Err(refused(format!(
+            "image holds capabilities {extra:#x} that you do not have"
+        )));
+    }
+    Ok(me)
+}
+
+fn may_use_host_pids() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = thaw::procfs::field_hex(&status, "CapEff");
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
+    eff & (CAP_SYS_ADMIN | CAP_CHECKPOINT_RESTORE) != 0
+}
+
+fn pid_in_use(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Descriptors prepared for the new process: the targets at their numbers, and the launcher's own
+/// (image, executable, mapped files, error pipe) moved above them.
+struct Fds {
+    image: OwnedFd,
+    exe: OwnedFd,
+    /// Per image VMA index, the descriptor of its file.
+    mapped: Vec<(usize, RawFd)>,
+    _mapped_files: Vec<OwnedFd>,
+    error_w: OwnedFd,
+    error_r: OwnedFd,
+    /// Numbers the restored process keeps open.
+    keep: Vec<RawFd>,
+}
+
+fn prepare_fds(image: &Image) -> Result<Fds> {
+    let m = image.manifest();
+    sys::raise_nofile();
+    // Reopen the process's files first (checks identity; may read pipe contents from the image).
+    let payload_off = image.header().payload_off;
+    let reopened = thaw::state::files::reopen(&m.files, |r| {
+        let mut buf = vec![0u8; r.len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(image.file(), &mut buf, payload_off + r.offset)
+            .map_err(|e| format!("cannot read pipe contents from the image: {e}"))?;
+        Ok(buf)
+    })
+    .map_err(refused)?;
+    let high = reopened
+        .iter()
+        .map(|(fd, _)| *fd)
+        .max()
+        .unwrap_or(2)
+        .max(63)
+        + 1;
+
+    // The executable and every mapped file, checked to be the files the image was taken with.
+    let exe_path = &m.mm.exe.path;
+    let exe = std::fs::File::open(exe_path)
+        .map_err(|e| refused(format!("cannot open the executable {exe_path}: {e}")))?;
+    let meta = exe
+        .metadata()
+        .map_err(|e| refused(format!("{exe_path}: {e}")))?;
+    if (meta.dev(), meta.ino()) != (m.mm.exe.dev, m.mm.exe.ino) {
+        return Err(refused(format!(
+            "the executable {exe_path} was replaced since the checkpoint"
+        )));
+    }
+    let exe = sys::dup_above(exe.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+    let mut files: Vec<((u64, u64), OwnedFd)> = Vec::new();
+    let mut mapped = Vec::new();
+    for (i, vma) in m.memory.iter().enumerate() {
+        let Backing::File { path, dev, ino, .. } = &vma.backing else {
+            continue;
+        };
+        let fd = match files.iter().find(|(id, _)| *id == (*dev, *ino)) {
+            Some((_, fd)) => fd.as_raw_fd(),
+            None => {
+                let f = std::fs::File::open(path)
+                    .map_err(|e| refused(format!("cannot open mapped file {path}: {e}")))?;
+                let meta = f.metadata().map_err(|e| refused(format!("{path}: {e}")))?;
+                if (meta.dev(), meta.ino()) != (*dev, *ino) {
+                    return Err(refused(format!(
+                        "mapped file {path} was replaced since the checkpoint"
+                    )));
+                }
+                let fd =
+                    sys::dup_above(f.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+                let raw = fd.as_raw_fd();
+                files.push(((*dev, *ino), fd));
+                raw
+            }
+        };
+        mapped.push((i, fd));
+    }
+    let image_fd =
+        sys::dup_above(image.file().as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+    let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
+    let error_r = sys::dup_above(OwnedFd::from(r).as_raw_fd(), high)
+        .map_err(|e| failed(format!("dup: {e}")))?;
+    let error_w = sys::dup_above(OwnedFd::from(w).as_raw_fd(), high)
+        .map_err(|e| failed(format!("dup: {e}")))?;
+
+    // Now put the process's descriptors at their numbers (all below `high`).
+    let mut keep: Vec<RawFd> = m
+        .files
+        .iter()
+        .filter(|e| matches!(e.kind, thaw::state::files::FdKind::Stdio))
+        .map(|e| e.fd)
+        .collect();
+    for (fd, open) in &reopened {
+        let cloexec = m.files.iter().any(|e| e.fd == *fd && e.cloexec);
+        sys::dup_to(open.as_raw_fd(), *fd, cloexec)
+            .map_err(|e| failed(format!("cannot place fd {fd}: {e}")))?;
+        keep.push(*fd);
+    }
+    drop(reopened);
+    keep.sort_unstable();
+    Ok(Fds {
+        image: image_fd,
+        exe,
+        mapped,
+        _mapped_files: files.into_iter().map(|(_, fd)| fd).collect(),
+        error_w,
+        error_r,
+        keep,
+    })
+}
+
+/// The complete step list for the restored process.
+fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> Result<Plan> {
+    let m = image.manifest();
+    let mut plan = Plan::new(region.arena_base());
+
+    // Start clean: no signals, no rseq area of the launcher's, none of its memory.
+    let all = plan.words(&[u64::MAX]);
+    plan.syscall(
+        "block all signals",
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
+    );
+    let (fs, _) = thaw::sys::fs_gs_base();
+    if let Some((addr, len)) = thaw::sys::glibc_rseq(fs) {
+        plan.syscall_any(
+            "unregister the launcher's rseq area",
+            libc::SYS_rseq,
+            [addr, u64::from(len.max(32)), 1, 0x5305_3053, 0, 0],
+        );
+    }
+    region.plan_unmap_launcher(&mut plan);
+    region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
+
+    // The image's memory, then the layout markers and /proc/self/exe.
+    let payload_off = image.header().payload_off;
+    for (i, vma) in m.memory.iter().enumerate() {
+        let file_fd = fds.mapped.iter().find(|(j, _)| *j == i).map(|(_, fd)| *fd);
+        vma.plan_restore(&mut plan, fds.image.as_raw_fd(), payload_off, file_fd);
+    }
+    m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
+
+    // Process attributes, limits (never above what the caller may have), signal dispositions.
+    m.process.plan_restore(&mut plan);
+    let mine = thaw::state::limits::Rlimit::current()
+        .map_err(|e| failed(format!("cannot read rlimits: {e}")))?;
+    for lim in &m.limits {
+        let hard = mine
+            .iter()
+            .find(|l| l.resource == lim.resource)
+            .map_or(u64::MAX, |l| l.max);
+        let mut lim = *lim;
+        if lim.max > hard {
+            eprintln!(
+                "thaw: warning: rlimit {} lowered from {} to your hard limit {}",
+                lim.resource, lim.max, hard
+            );
+            lim.max = hard;
+            lim.cur = lim.cur.min(hard);
+        }
+        lim.plan_restore(&mut plan);
+    }
+    m.signals.plan_restore(&mut plan);
+    plan_credentials(&mut plan, &m.creds);
+
+    // Tell the process it was restored, and where its arguments are.
+    let args_bytes =
+        postcard::to_allocvec(args).map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
+    let args_addr = plan.data(&args_bytes);
+    let cell = m.process.restore_cell;
+    plan.store("restore cell: region", cell + 8, region.base);
+    plan.store("restore cell: region length", cell + 16, region.len);
+    plan.store("restore cell: arguments", cell + 24, args_addr);
+    plan.store(
+        "restore cell: arguments length",
+        cell + 32,
+        args_bytes.len() as u64,
+    );
+    plan.store(
+        "restore cell: restored",
+        cell,
+        thaw::capture::RESTORED_MAGIC,
+    );
+
+    let thread = &m.threads[0];
+    thread.plan_restore(&mut plan);
+    // Close everything the process did not have (the launcher's descriptors, including the error
+    // pipe: from here on a failure can no longer be reported, only seen as the process dying).
+    let mut from = 0u64;
+    for &keep in fds.keep.iter().chain(std::iter::once(&i32::MAX)) {
+        let keep = keep as u64;
+        if keep > from {
+            plan.syscall_any(
+                format!("close fds {from}..{}", keep - 1),
+                libc::SYS_close_range,
+                [from, keep - 1, 0, 0, 0, 0],
+            );
+        }
+        from = keep + 1;
+    }
+    plan.sigreturn(format!("resume thread {}", thread.tid), thread.sigframe);
+    Ok(plan)
+}
+
+/// Capabilities: the image's sets (already checked to be within the caller's).
+fn plan_credentials(plan: &mut Plan, c: &Credentials) {
+    // _LINUX_CAPABILITY_VERSION_3 header, then two data structs (low and high 32 bits).
+    let header = plan.words(&[0x2008_0522]);
+    let lo = |v: u64| v & 0xffff_ffff;
+    let hi = |v: u64| v >> 32;
+    let data = plan.words(&[
+        lo(c.caps.effective) | (lo(c.caps.permitted) << 32),
+        lo(c.caps.inheritable) | (hi(c.caps.effective) << 32),
+        hi(c.caps.permitted) | (hi(c.caps.inheritable) << 32),
+    ]);
+    plan.syscall(
+        format!(
+            "set capabilities (effective {:#x}, permitted {:#x})",
+            c.caps.effective, c.caps.permitted
+        ),
+        libc::SYS_capset,
+        [header, data, 0, 0, 0, 0],
+    );
+    if c.no_new_privs {
+        plan.syscall(
+            "set no_new_privs",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        );
+    }
+}
+
+/// Restores `image` and supervises the restored process; returns the exit status to use.
+pub fn run(image: &Image, req: Request) -> Result<i32> {
+    let m = image.manifest();
+    check_policy(image)?;
+    let pid = m.process.pid;
+    if !sys::probe_set_tid() {
+        return Err(refused("this kernel's clone3 does not support set_tid"));
+    }
+    let host_ok = may_use_host_pids();
+    let mode = match req.pid_mode {
+        PidMode::Auto if host_ok && !pid_in_use(pid) => PidMode::Host,
+        PidMode::Auto => PidMode::Ns,
+        PidMode::Host if !host_ok => {
+            return Err(refused(format!(
+                "--pid-mode host needs root or CAP_CHECKPOINT_RESTORE to restore PID {pid}; use --pid-mode ns"
+            )))
+        }
+        PidMode::Host if pid_in_use(pid) => {
+            return Err(refused(format!(
+                "PID {pid} is in use in this PID namespace; use --pid-mode ns to restore it in a new one"
+            )))
+        }
+        other => other,
+    };
+    if mode == PidMode::Ns && pid == 1 {
+        return Err(refused(
+            "an image of PID 1 cannot be restored under a namespace init",
+        ));
+    }
+
+    let fds = prepare_fds(image)?;
+    let args = RestoreArgs {
+        args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                kv
+            })
+            .collect(),
+    };
+    let region = Region::reserve(m)?;
+    let plan = build_plan(image, &fds, &region, &args)?;
+    let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
+
+    // Signals stay blocked from here until the process (or the namespace init) exists, so that
+    // none reaches the new process with the launcher's handlers.
+    let old_mask = sys::set_sigmask(u64::MAX);
+    let supervised = match mode {
+        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds),
+        _ => sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                refused(format!("PID {pid} is in use; use --pid-mode ns"))
+            } else {
+                failed(format!("cannot create the process with PID {pid}: {e}"))
+            }
+        }),
+    };
+    let child = match supervised {
+        Ok(c) => c,
+        Err(e) => {
+            sys::set_sigmask(old_mask);
+            return Err(e);
+        }
+    };
+    let Fds {
+        error_w, error_r, ..
+    } = fds;
+    drop(error_w);
+    sys::forward_signals(child, &FORWARDED)
+        .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
+    sys::set_sigmask(old_mask);
+
+    // A report on the pipe means a step failed; end of file means the process is restored.
+    let mut report = [0u8; 16];
+    let mut got = 0;
+    let mut f = std::fs::File::from(error_r);
+    while got < 16 {
+        match f.read(&mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if got == 16 {
+        let step = u64::from_ne_bytes(report[..8].try_into().expect("8")) as usize;
+        let errno = u64::from_ne_bytes(report[8..].try_into().expect("8")) as i32;
+        let _ = sys::wait(child);
+        return Err(failed(format!(
+            "restore failed at step {step} ({}): {}",
+            plan.label(step),
+            std::io::Error::from_raw_os_error(errno)
+        )));
+    }
+    let (_, how) = sys::wait(child)
+        .map_err(|e| failed(format!("cannot wait for the restored process: {e}")))?;
+    Ok(how.status())
+}
+
+/// Namespace mode: a new user + PID namespace with a forked launcher as its init, which creates
+/// the restored process inside and exits with its status. Returns the init's PID.
+fn spawn_in_namespace(
+    pid: i32,
+    entry: u64,
+    control: u64,
+    stack_top: u64,
+    fds: &Fds,
+) -> Result<i32> {
+    let (uid, gid) = (sys::geteuid(), sys::getegid());
+    sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID)
+        .map_err(|e| refused(format!("cannot create a user and PID namespace: {e}")))?;
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|e| failed(format!("cannot write {file}: {e}")))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    let init = sys::fork().map_err(|e| failed(format!("cannot fork the namespace init: {e}")))?;
+    if init != 0 {
+        return Ok(init);
+    }
+    // Namespace init (PID 1): create the restored process, then reap until it ends.
+    sys::close(fds.error_r.as_raw_fd());
+    let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
+        Ok(child) => {
+            sys::close(fds.error_w.as_raw_fd());
+            let _ = sys::forward_signals(child, &FORWARDED);
+            sys::set_sigmask(0);
+            loop {
+                match sys::wait(-1) {
+                    Ok((p, how)) if p == child => break how.status(),
+                    Ok(_) => continue,
+                    Err(_) => break Code::RestoreFailed as i32,
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("thaw: cannot create the process with PID {pid} in the new namespace: {e}");
+            Code::RestoreFailed as i32
+        }
+    };
+    std::process::exit(status);
+}

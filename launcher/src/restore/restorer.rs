@@ -1,0 +1,128 @@
+//! The restorer: a position-independent routine that runs a [`thaw::restore::Plan`] inside the
+//! new process. It uses no libc, no allocator, no stack frames beyond two pushes, and no
+//! relocations, so its bytes can be copied anywhere and run from there after everything else of
+//! the launcher has been unmapped.
+//!
+//! Entry: `rdi` points at the control block `{ steps, count, error_fd }`. Each 64-byte step is
+//! `{ op, nr, args[6] }` (see `thaw::restore`). On a failing step the routine writes
+//! `{ step index, errno }` (two u64) to `error_fd` and calls `exit_group(127)`; the last step is
+//! an `rt_sigreturn` that turns the process into the restored one.
+
+use std::arch::global_asm;
+
+global_asm!(
+    ".pushsection .text.thaw_restorer,\"ax\",@progbits",
+    ".globl thaw_restorer_start",
+    ".globl thaw_restorer_end",
+    ".p2align 4",
+    "thaw_restorer_start:",
+    "    mov r12, [rdi]",      // current step
+    "    mov r13, [rdi + 8]",  // number of steps
+    "    mov r15, [rdi + 16]", // error fd
+    "    xor r14d, r14d",      // step index
+    "10:",
+    "    cmp r14, r13",
+    "    jae 80f",
+    "    mov rax, [r12]",
+    "    cmp rax, 3",
+    "    je 30f",
+    "    cmp rax, 4",
+    "    je 40f",
+    "    cmp rax, 5",
+    "    je 50f",
+    // OP_SYSCALL (1) and OP_SYSCALL_ANY (2)
+    "    mov rax, [r12 + 8]",
+    "    mov rdi, [r12 + 16]",
+    "    mov rsi, [r12 + 24]",
+    "    mov rdx, [r12 + 32]",
+    "    mov r10, [r12 + 40]",
+    "    mov r8,  [r12 + 48]",
+    "    mov r9,  [r12 + 56]",
+    "    syscall",
+    "    cmp qword ptr [r12], 1",
+    "    jne 20f",
+    "    cmp rax, -4095",
+    "    jae 90f",
+    "20:",
+    "    add r12, 64",
+    "    inc r14",
+    "    jmp 10b",
+    // OP_STORE: *(u64 *)args[0] = args[1]
+    "30:",
+    "    mov rdi, [r12 + 16]",
+    "    mov rsi, [r12 + 24]",
+    "    mov [rdi], rsi",
+    "    jmp 20b",
+    // OP_PREAD: pread64(fd, buf, len, off) until len bytes are read
+    "40:",
+    "    mov rdi, [r12 + 16]",
+    "    mov rsi, [r12 + 24]",
+    "    mov rdx, [r12 + 32]",
+    "    mov r10, [r12 + 40]",
+    "41:",
+    "    test rdx, rdx",
+    "    jz 20b",
+    "    mov eax, 17",
+    "    syscall",
+    "    cmp rax, -4095",
+    "    jae 90f",
+    "    test rax, rax",
+    "    jz 42f",
+    "    add rsi, rax",
+    "    sub rdx, rax",
+    "    add r10, rax",
+    "    jmp 41b",
+    "42:",
+    "    mov rax, -5", // EIO: the image ended early
+    "    jmp 90f",
+    // OP_SIGRETURN: become the restored thread
+    "50:",
+    "    mov rsp, [r12 + 16]",
+    "    mov eax, 15",
+    "    syscall",
+    "    jmp 90f",
+    // ran out of steps without a sigreturn
+    "80:",
+    "    mov rax, -22",
+    // failure: report { index, errno } and exit
+    "90:",
+    "    neg rax",
+    "    push rax",
+    "    push r14",
+    "    mov rdi, r15",
+    "    mov rsi, rsp",
+    "    mov edx, 16",
+    "    mov eax, 1",
+    "    syscall",
+    "    mov edi, 127",
+    "    mov eax, 231",
+    "    syscall",
+    "    ud2",
+    "thaw_restorer_end:",
+    ".popsection",
+);
+
+extern "C" {
+    static thaw_restorer_start: u8;
+    static thaw_restorer_end: u8;
+}
+
+/// The routine's machine code.
+pub fn code() -> &'static [u8] {
+    // SAFETY: both symbols are defined by the global_asm above, in one section, start before end;
+    // the bytes between them are the routine's code, immutable for the life of the program.
+    unsafe {
+        let start = &raw const thaw_restorer_start;
+        let end = &raw const thaw_restorer_end;
+        std::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    }
+}
+
+/// The control block the routine reads at entry.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Control {
+    pub steps: u64,
+    pub count: u64,
+    pub error_fd: u64,
+}

@@ -1,0 +1,385 @@
+//! The public checkpoint API: one call site serves both lives of the process.
+//!
+//! ```no_run
+//! match thaw::Checkpoint::to("app.thaw").sign_with("k.key").save()? {
+//!     thaw::Outcome::Saved(info) => println!("image written: {} bytes", info.size),
+//!     thaw::Outcome::Restored(r) => println!("restored with {:?}", r.args()),
+//! }
+//! # Ok::<(), thaw::CheckpointError>(())
+//! ```
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use crate::capture::{self, Capture, FdPos, Frozen, RESTORE_CELL};
+use crate::image::{Digest, ImageError, ImageWriter};
+use crate::restore::RestoreArgs;
+use crate::state::files::{FdKind, FdScan};
+use crate::state::memory::Vma;
+use crate::state::{self, Manifest};
+
+/// Default checkpoint signal: SIGRTMAX-1 (glibc reserves the first real-time signals).
+pub const DEFAULT_SIGNAL: i32 = 63;
+
+/// Why a checkpoint failed. The application keeps running in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The process holds state thaw cannot restore; every offending item is listed.
+    #[error("cannot checkpoint: {} unsupported item(s): {}", .0.len(), .0.join("; "))]
+    Unsupported(Vec<String>),
+    #[error("checkpoint failed while {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("a before-checkpoint hook failed: {0}")]
+    Hook(String),
+    #[error("the restore arguments passed by the launcher are malformed: {0}")]
+    RestoreArgs(String),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    move |source| CheckpointError::Io { what, source }
+}
+
+/// The first life: where the image went.
+#[derive(Debug, Clone)]
+pub struct SavedInfo {
+    pub path: PathBuf,
+    pub size: u64,
+    /// SHA-256 of the header block and manifest (names the whole content).
+    pub digest: Digest,
+    /// How long the application was stopped for the snapshot.
+    pub pause: std::time::Duration,
+}
+
+/// The second life: what the launcher passed.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Restored {
+    /// The arguments given after `--` to `thaw run`.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+    /// The environment of the `thaw run` caller.
+    pub fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+    /// One variable of the caller's environment.
+    pub fn var(&self, key: &str) -> Option<&OsString> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// Which life `save()` returned in.
+#[derive(Debug)]
+pub enum Outcome {
+    Saved(SavedInfo),
+    Restored(Restored),
+}
+
+type Hook = Box<dyn FnMut() -> Result<(), String> + Send>;
+static BEFORE: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+static AFTER: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Registers a hook that runs before every snapshot (close sockets, stop pools). An error aborts
+/// the checkpoint.
+pub fn on_checkpoint(f: impl FnMut() -> Result<(), String> + Send + 'static) {
+    BEFORE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(f));
+}
+
+/// Registers a hook that runs first thing after a restore (reopen, reseed).
+pub fn on_restore(f: impl FnMut() -> Result<(), String> + Send + 'static) {
+    AFTER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(f));
+}
+
+fn run_hooks(hooks: &Mutex<Vec<Hook>>) -> Result<(), String> {
+    let mut hooks = hooks.lock().unwrap_or_else(|p| p.into_inner());
+    hooks.iter_mut().try_for_each(|h| h())
+}
+
+/// Builder for one checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    path: PathBuf,
+    key: Option<PathBuf>,
+    exit_after_save: bool,
+    signal: i32,
+}
+
+impl Checkpoint {
+    /// A checkpoint to the image file at `path`.
+    pub fn to(path: impl AsRef<Path>) -> Self {
+        Checkpoint {
+            path: path.as_ref().to_owned(),
+            key: None,
+            exit_after_save: false,
+            signal: DEFAULT_SIGNAL,
+        }
+    }
+
+    /// Signs the image with this secret key (read only after the snapshot is taken).
+    pub fn sign_with(mut self, key: impl AsRef<Path>) -> Self {
+        self.key = Some(key.as_ref().to_owned());
+        self
+    }
+
+    /// Exit with status 0 once the image is written, instead of continuing.
+    pub fn exit_after_save(mut self, yes: bool) -> Self {
+        self.exit_after_save = yes;
+        self
+    }
+
+    /// The real-time signal used to stop threads (default SIGRTMAX-1).
+    pub fn signal(mut self, signo: i32) -> Self {
+        self.signal = signo;
+        self
+    }
+
+    /// Takes the snapshot and writes the image ("saved"), or — in a restored process — returns
+    /// what the launcher passed ("restored").
+    pub fn save(self) -> Result<Outcome, CheckpointError> {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
+
+        let mut unsupported = preflight()?;
+        let scan = FdScan::scan(&[]).map_err(io("listing file descriptors"))?;
+        unsupported.extend(scan.unsupported.iter().cloned());
+        if !unsupported.is_empty() {
+            return Err(CheckpointError::Unsupported(unsupported));
+        }
+        let fds = scan
+            .seekable()
+            .into_iter()
+            .map(|fd| FdPos {
+                fd,
+                pos: Default::default(),
+            })
+            .collect();
+        let pipes = scan
+            .pipe_readers()
+            .into_iter()
+            .map(capture::pipe_copy)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io("preparing pipe copies"))?;
+        let original_action = current_action(self.signal)?;
+
+        let t0 = std::time::Instant::now();
+        let frozen = capture::freeze(self.signal, Capture::new(fds, pipes))
+            .map_err(io("stopping the process for the snapshot"))?;
+        let pause = t0.elapsed();
+        let capture = match frozen {
+            Frozen::Restored => return restored(),
+            Frozen::Snapshot(c) => c,
+        };
+        let child = capture.child.load(Ordering::Acquire) as i32;
+        let result = self.dump(child, &capture, scan, original_action);
+        crate::sys::kill_and_reap(child);
+        let (size, digest) = result?;
+        if self.exit_after_save {
+            std::process::exit(0);
+        }
+        Ok(Outcome::Saved(SavedInfo {
+            path: self.path,
+            size,
+            digest,
+            pause,
+        }))
+    }
+
+    fn dump(
+        &self,
+        child: i32,
+        c: &Capture,
+        mut scan: FdScan,
+        original_action: state::signals::SigAction,
+    ) -> Result<(u64, Digest), CheckpointError> {
+        let pid = crate::sys::getpid();
+        let mut m = Manifest::default();
+        m.producer = state::Producer {
+            thaw_version: env!("CARGO_PKG_VERSION").into(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
+        m.process = state::process::Process::dump(child, pid, &RESTORE_CELL as *const _ as u64)
+            .map_err(io("reading process attributes"))?;
+        m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
+            .map_err(io("reading the memory layout"))?;
+        m.limits = state::limits::Rlimit::dump(child).map_err(io("reading rlimits"))?;
+        m.creds = state::creds::Credentials::of(child).map_err(io("reading credentials"))?;
+        m.signals = state::signals::SignalState::dump(c, self.signal, original_action);
+        let mem = File::open(format!("/proc/{child}/mem"))
+            .map_err(io("opening the snapshot's memory"))?;
+        let pagemap = File::open(format!("/proc/{child}/pagemap"))
+            .map_err(io("opening the snapshot's page map"))?;
+        m.threads =
+            vec![
+                state::threads::ThreadState::dump(&c.thread, m.process.comm.clone(), &mem)
+                    .map_err(io("reading the thread's signal frame"))?,
+            ];
+
+        let mut writer = ImageWriter::create(&self.path)?;
+        // Memory, from the frozen child: its maps are the snapshot's.
+        let maps = crate::procfs::smaps(child).map_err(io("reading the snapshot's mappings"))?;
+        let mut unsupported = Vec::new();
+        for entry in &maps {
+            match Vma::classify(entry) {
+                Ok(mut vma) => {
+                    let runs = vma
+                        .saved_runs(&pagemap, entry.resident_kb)
+                        .map_err(io("reading the snapshot's page map"))?;
+                    vma.dump_pages(&runs, &mem, &mut writer)?;
+                    m.memory.push(vma);
+                }
+                Err(why) => unsupported.push(why),
+            }
+        }
+        if !unsupported.is_empty() {
+            return Err(CheckpointError::Unsupported(unsupported));
+        }
+        // Files: offsets and pipe contents as the handler saw them.
+        for e in &mut scan.entries {
+            match &mut e.kind {
+                FdKind::Regular { pos, .. } => {
+                    if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
+                        *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
+                    }
+                }
+                FdKind::Pipe {
+                    write_end: false,
+                    buffered,
+                    ..
+                } => {
+                    if let Some(p) = c.pipes.iter().find(|p| p.read_fd == e.fd) {
+                        let n = p.bytes.load(Ordering::Relaxed);
+                        if n > 0 {
+                            let mut bytes = vec![0u8; n as usize];
+                            std::io::Read::read_exact(
+                                &mut File::from(
+                                    p.copy_r.try_clone().map_err(io("reading pipe contents"))?,
+                                ),
+                                &mut bytes,
+                            )
+                            .map_err(io("reading pipe contents"))?;
+                            *buffered = Some(writer.append_payload(&bytes)?);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        m.files = scan.entries;
+
+        // The key is read only now, long after the snapshot was taken: it cannot be in the image.
+        let key = match &self.key {
+            Some(path) => Some(thaw_signing::SecretKey::load(path).map_err(ImageError::Key)?),
+            None => None,
+        };
+        let saved = writer.finish(m, key.as_ref())?;
+        Ok((saved.size, saved.digest))
+    }
+}
+
+/// State that rules out a checkpoint before anything is stopped.
+fn preflight() -> Result<Vec<String>, CheckpointError> {
+    let mut why = Vec::new();
+    let status = crate::procfs::read(crate::sys::getpid(), "status")
+        .map_err(io("reading /proc/self/status"))?;
+    if crate::procfs::field(&status, "Seccomp").is_some_and(|v| v != "0") {
+        why.push("a seccomp filter is installed; it cannot be restored".to_owned());
+    }
+    let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .map_err(io("listing threads"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    if tasks.len() > 1 {
+        let me = crate::sys::gettid().to_string();
+        for t in tasks.iter().filter(|t| **t != me) {
+            let name =
+                std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
+            why.push(format!(
+                "thread {t} ({}): multi-threaded processes are not supported yet",
+                name.trim()
+            ));
+        }
+    }
+    Ok(why)
+}
+
+fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointError> {
+    let mut old = crate::sys::KernelSigaction::default();
+    crate::sys::rt_sigaction(signal, None, Some(&mut old))
+        .map_err(io("reading the checkpoint signal's disposition"))?;
+    Ok(state::signals::SigAction {
+        signo: signal as u32,
+        handler: old.handler,
+        flags: old.flags,
+        restorer: old.restorer,
+        mask: old.mask,
+    })
+}
+
+/// Second life: read what the launcher left, unmap its region, run the restore hooks.
+fn restored() -> Result<Outcome, CheckpointError> {
+    let cell = &RESTORE_CELL;
+    let args_addr = cell.args_addr.load(Ordering::Acquire);
+    let args_len = cell.args_len.load(Ordering::Acquire) as usize;
+    let bytes = crate::sys::copy_from_foreign_region(args_addr, args_len);
+    let region = (
+        cell.region_addr.load(Ordering::Acquire),
+        cell.region_len.load(Ordering::Acquire),
+    );
+    // From here on the process's maps are exactly the image's.
+    crate::sys::unmap_foreign_region(region.0, region.1).map_err(io("unmapping the restorer"))?;
+    for w in [
+        &cell.magic,
+        &cell.region_addr,
+        &cell.region_len,
+        &cell.args_addr,
+        &cell.args_len,
+    ] {
+        w.store(0, Ordering::Release);
+    }
+    let ra: RestoreArgs =
+        postcard::from_bytes(&bytes).map_err(|e| CheckpointError::RestoreArgs(e.to_string()))?;
+    run_hooks(&AFTER).map_err(CheckpointError::Hook)?;
+    let env = ra
+        .env
+        .into_iter()
+        .map(|kv| match kv.iter().position(|&b| b == b'=') {
+            Some(i) => (
+                OsString::from_vec(kv[..i].to_vec()),
+                OsString::from_vec(kv[i + 1..].to_vec()),
+            ),
+            None => (OsString::from_vec(kv), OsString::new()),
+        })
+        .collect();
+    Ok(Outcome::Restored(Restored {
+        args: ra.args.into_iter().map(OsString::from_vec).collect(),
+        env,
+    }))
+}

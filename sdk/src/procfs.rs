@@ -1,0 +1,160 @@
+//! Small parsers for the /proc files the dump side reads.
+
+use std::io;
+
+/// `/proc/<pid>/<name>` as text.
+pub fn read(pid: i32, name: &str) -> io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{name}"))
+}
+
+/// The value of `Key:` in a status-like file, trimmed.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// A whitespace-separated list of numbers in `Key:` (Uid:, Gid:, Groups:).
+pub fn field_nums(text: &str, key: &str) -> Vec<u64> {
+    field(text, key)
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A hexadecimal `Key:` value (CapEff:, SigBlk:, …).
+pub fn field_hex(text: &str, key: &str) -> u64 {
+    field(text, key)
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Fields of /proc/<pid>/stat after the command name, numbered as in proc(5) (field 3 = state).
+pub fn stat_fields(pid: i32) -> io::Result<Vec<String>> {
+    let text = read(pid, "stat")?;
+    let rest = text
+        .rfind(')')
+        .map(|i| &text[i + 1..])
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    let mut v = vec![String::new(), String::new(), String::new()]; // fields 0..=2 unused
+    v.truncate(3);
+    v.extend(rest.split_whitespace().map(str::to_owned));
+    Ok(v)
+}
+
+/// One entry of /proc/<pid>/smaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub name: String,
+    /// Two-letter VmFlags.
+    pub flags: Vec<String>,
+    /// Rss + Swap in kB: zero means nothing was ever populated.
+    pub resident_kb: u64,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|x| x == f)
+    }
+    pub fn shared(&self) -> bool {
+        self.perms.as_bytes().get(3) == Some(&b's')
+    }
+    /// The range as /proc shows it, for messages.
+    pub fn describe(&self) -> String {
+        let name = if self.name.is_empty() {
+            "anonymous"
+        } else {
+            &self.name
+        };
+        format!(
+            "mapping {:x}-{:x} {} {}",
+            self.start, self.end, self.perms, name
+        )
+    }
+}
+
+/// Parses one maps header line.
+pub fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?;
+    let offset = it.next()?;
+    let dev = it.next()?;
+    let inode = it.next()?;
+    let name = it.next().unwrap_or("").trim_start().to_owned();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        perms: perms.to_owned(),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode: inode.parse().ok()?,
+        name,
+        flags: Vec::new(),
+        resident_kb: 0,
+    })
+}
+
+/// Parses /proc/<pid>/smaps.
+pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
+    let text = read(pid, "smaps")?;
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            if let Some(e) = parse_map_line(line) {
+                out.push(e);
+                continue;
+            }
+        }
+        let Some(cur) = out.last_mut() else { continue };
+        if let Some(v) = line.strip_prefix("VmFlags:") {
+            cur.flags = v.split_whitespace().map(str::to_owned).collect();
+        } else if let Some(v) = line
+            .strip_prefix("Rss:")
+            .or_else(|| line.strip_prefix("Swap:"))
+        {
+            cur.resident_kb += v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_smaps_has_stack_and_flags() {
+        let maps = smaps(std::process::id() as i32).unwrap();
+        let stack = maps.iter().find(|m| m.name == "[stack]").unwrap();
+        assert!(stack.has_flag("gd") && stack.has_flag("rd"));
+        assert!(stack.resident_kb > 0);
+        let line = "7f0000000000-7f0000001000 r-xp 00001000 fd:01 1234    /usr/lib/x y.so";
+        let e = parse_map_line(line).unwrap();
+        assert_eq!(
+            (e.offset, e.dev_major, e.dev_minor, e.inode),
+            (0x1000, 0xfd, 1, 1234)
+        );
+        assert_eq!(e.name, "/usr/lib/x y.so");
+    }
+}

@@ -1,0 +1,363 @@
+//! The SDK's raw system interface. Every `unsafe` block of the SDK lives here.
+//!
+//! The functions marked "async-signal-safe" issue the `syscall` instruction directly: they touch no
+//! libc state (not even errno), so they may run in a signal handler and in the raw-forked child.
+
+use std::arch::asm;
+use std::io;
+
+/// One raw system call with up to six arguments; returns the kernel's result (negative errno on
+/// failure). Async-signal-safe.
+#[inline(always)]
+pub fn syscall6(nr: i64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the `syscall` instruction itself has no memory-safety requirements on this side;
+    // callers pass arguments that are valid for the call (pointers to live, correctly sized
+    // buffers, or none). rcx and r11 are clobbered by the instruction and declared so.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+            in("r10") a[3], in("r8") a[4], in("r9") a[5],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+fn check(r: i64) -> io::Result<i64> {
+    if (-4095..0).contains(&r) {
+        Err(io::Error::from_raw_os_error(-r as i32))
+    } else {
+        Ok(r)
+    }
+}
+
+/// The calling thread's id. Async-signal-safe.
+pub fn gettid() -> i32 {
+    syscall6(libc::SYS_gettid, [0; 6]) as i32
+}
+
+/// The process id. Async-signal-safe.
+pub fn getpid() -> i32 {
+    syscall6(libc::SYS_getpid, [0; 6]) as i32
+}
+
+/// Sends `sig` to thread `tid` of this process. Async-signal-safe.
+pub fn tgkill_self(tid: i32, sig: i32) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_tgkill,
+        [getpid() as u64, tid as u64, sig as u64, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// fork(2) without libc: no atfork handlers, no bookkeeping. Returns 0 in the child.
+/// Async-signal-safe.
+pub fn raw_fork() -> i64 {
+    syscall6(libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0])
+}
+
+/// The frozen child's whole life: die with the parent, otherwise sleep until killed.
+pub fn frozen_child_loop() -> ! {
+    syscall6(
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    loop {
+        syscall6(libc::SYS_pause, [0; 6]);
+    }
+}
+
+/// arch_prctl(ARCH_GET_FS / ARCH_GET_GS). Async-signal-safe.
+pub fn fs_gs_base() -> (u64, u64) {
+    const ARCH_GET_FS: u64 = 0x1003;
+    const ARCH_GET_GS: u64 = 0x1004;
+    let mut fs = 0u64;
+    let mut gs = 0u64;
+    syscall6(
+        libc::SYS_arch_prctl,
+        [ARCH_GET_FS, &mut fs as *mut u64 as u64, 0, 0, 0, 0],
+    );
+    syscall6(
+        libc::SYS_arch_prctl,
+        [ARCH_GET_GS, &mut gs as *mut u64 as u64, 0, 0, 0, 0],
+    );
+    (fs, gs)
+}
+
+/// get_robust_list(0): (head, len). Async-signal-safe.
+pub fn robust_list() -> (u64, u64) {
+    let mut head = 0u64;
+    let mut len = 0u64;
+    syscall6(
+        libc::SYS_get_robust_list,
+        [
+            0,
+            &mut head as *mut u64 as u64,
+            &mut len as *mut u64 as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    (head, len)
+}
+
+/// prctl(PR_GET_TID_ADDRESS). Async-signal-safe.
+pub fn clear_child_tid() -> u64 {
+    let mut addr = 0u64;
+    syscall6(
+        libc::SYS_prctl,
+        [
+            libc::PR_GET_TID_ADDRESS as u64,
+            &mut addr as *mut u64 as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    addr
+}
+
+/// The current program break. Async-signal-safe.
+pub fn current_brk() -> u64 {
+    syscall6(libc::SYS_brk, [0; 6]) as u64
+}
+
+/// The kernel's `struct sigaction` on x86_64.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// rt_sigaction(sig, new, old). Async-signal-safe.
+pub fn rt_sigaction(
+    sig: i32,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> io::Result<()> {
+    let new = new.map_or(0, |n| n as *const KernelSigaction as u64);
+    let old = old.map_or(0, |o| o as *mut KernelSigaction as u64);
+    check(syscall6(
+        libc::SYS_rt_sigaction,
+        [sig as u64, new, old, 8, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// rt_sigprocmask(how, set, old). Async-signal-safe.
+pub fn sigprocmask(how: i32, set: Option<u64>) -> io::Result<u64> {
+    let mut old = 0u64;
+    let set_val = set.unwrap_or(0);
+    let set_ptr = if set.is_some() {
+        &set_val as *const u64 as u64
+    } else {
+        0
+    };
+    check(syscall6(
+        libc::SYS_rt_sigprocmask,
+        [how as u64, set_ptr, &mut old as *mut u64 as u64, 8, 0, 0],
+    ))?;
+    Ok(old)
+}
+
+/// Duplicates up to `len` bytes buffered in pipe `from` into pipe `to` without consuming them.
+/// Async-signal-safe.
+pub fn tee(from: i32, to: i32, len: usize) -> i64 {
+    syscall6(
+        libc::SYS_tee,
+        [
+            from as u64,
+            to as u64,
+            len as u64,
+            libc::SPLICE_F_NONBLOCK as u64,
+            0,
+            0,
+        ],
+    )
+}
+
+/// lseek(fd, 0, SEEK_CUR). Async-signal-safe.
+pub fn tell(fd: i32) -> i64 {
+    syscall6(
+        libc::SYS_lseek,
+        [fd as u64, 0, libc::SEEK_CUR as u64, 0, 0, 0],
+    )
+}
+
+/// Installs `handler` (three-argument form) for `sig` with SA_SIGINFO | SA_RESTART,
+/// blocking every other signal while it runs; returns the previous disposition.
+pub fn install_handler(
+    sig: i32,
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void),
+) -> io::Result<KernelSigaction> {
+    // Installed through libc so that glibc supplies its SA_RESTORER trampoline; the previous
+    // action is read raw so that it is the kernel's exact view.
+    let mut act: libc::sigaction = unsafe_zeroed_sigaction();
+    act.sa_sigaction = handler as usize;
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    let mut old_libc: libc::sigaction = unsafe_zeroed_sigaction();
+    let mut old = KernelSigaction::default();
+    rt_sigaction(sig, None, Some(&mut old))?;
+    // SAFETY: `act` is a fully initialised sigaction whose handler is a valid extern "C" function
+    // with the SA_SIGINFO signature; `old_libc` is writable.
+    let r = unsafe {
+        libc::sigfillset(&mut act.sa_mask);
+        libc::sigaction(sig, &act, &mut old_libc)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(old)
+}
+
+fn unsafe_zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: libc::sigaction is a plain C struct for which all-zero bytes are a valid value
+    // (SIG_DFL, no flags, empty mask).
+    unsafe { std::mem::zeroed() }
+}
+
+/// Reads `buf.len()` bytes at `addr` of our own address space, or fails with EFAULT.
+pub fn read_own_memory(addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open("/proc/self/mem")?.read_exact_at(buf, addr)
+}
+
+/// Unmaps a range of our own address space that nothing in Rust refers to (the restorer region the
+/// launcher left behind).
+pub fn unmap_foreign_region(addr: u64, len: u64) -> io::Result<()> {
+    check(syscall6(libc::SYS_munmap, [addr, len, 0, 0, 0, 0])).map(drop)
+}
+
+/// Copies `len` bytes from a region the launcher mapped into this process (not Rust memory).
+pub fn copy_from_foreign_region(addr: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    // SAFETY: the launcher mapped [addr, addr+len) readable before resuming us and nothing else
+    // refers to it; the destination is a fresh Vec of exactly `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), len) };
+    out
+}
+
+/// CPUID leaf/subleaf: (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    let r = std::arch::x86_64::__cpuid_count(leaf, sub);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// XCR0, the xsave feature mask the OS enabled (0 if the CPU has no OSXSAVE).
+pub fn xcr0() -> u64 {
+    let (_, _, ecx, _) = cpuid(1, 0);
+    if ecx & (1 << 27) == 0 {
+        return 0;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE is set (checked above), so XGETBV with ecx=0 is permitted in user mode.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+extern "C" {
+    /// glibc ≥ 2.35: offset of this thread's rseq area from the thread pointer.
+    static __rseq_offset: isize;
+    /// glibc ≥ 2.35: size of the registered rseq area (0 when rseq is not registered).
+    static __rseq_size: u32;
+}
+
+/// The rseq area glibc registered for the thread whose thread pointer is `fs_base`: (addr, size).
+pub fn glibc_rseq(fs_base: u64) -> Option<(u64, u32)> {
+    // SAFETY: both are plain data exported by glibc, written once at startup before main.
+    let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
+    (size != 0).then(|| (fs_base.wrapping_add(off as u64), size))
+}
+
+/// prlimit64(pid, resource) → (cur, max).
+pub fn prlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    check(syscall6(
+        libc::SYS_prlimit64,
+        [
+            pid as u64,
+            u64::from(resource),
+            0,
+            &mut old as *mut libc::rlimit64 as u64,
+            0,
+            0,
+        ],
+    ))?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// prctl(option) for the getters that return their value.
+pub fn prctl_get(option: i32) -> io::Result<u64> {
+    check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)
+}
+
+/// kill(pid, SIGKILL) and reap it.
+pub fn kill_and_reap(pid: i32) {
+    syscall6(
+        libc::SYS_kill,
+        [pid as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
+    );
+    let mut status = 0i32;
+    loop {
+        let r = syscall6(
+            libc::SYS_wait4,
+            [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
+        );
+        if r != -(libc::EINTR as i64) {
+            break;
+        }
+    }
+}
+
+/// pipe2(O_CLOEXEC | O_NONBLOCK) → (read, write).
+pub fn pipe_nonblock() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    check(syscall6(
+        libc::SYS_pipe2,
+        [
+            fds.as_mut_ptr() as u64,
+            (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// fcntl(fd, cmd, arg) for integer commands.
+pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> io::Result<i64> {
+    check(syscall6(
+        libc::SYS_fcntl,
+        [fd as u64, cmd as u64, arg, 0, 0, 0],
+    ))
+}
