@@ -55,10 +55,6 @@ pub fn mprotect(addr: u64, len: u64, prot: i32) -> io::Result<()> {
     syscall(libc::SYS_mprotect, [addr, len, prot as u64, 0, 0, 0]).map(drop)
 }
 
-pub fn munmap(addr: u64, len: u64) -> io::Result<()> {
-    syscall(libc::SYS_munmap, [addr, len, 0, 0, 0, 0]).map(drop)
-}
-
 /// The kernel's `struct clone_args` (CLONE_ARGS_SIZE_VER2).
 #[repr(C)]
 #[derive(Debug, Default)]

@@ -178,10 +178,16 @@ pub fn freeze(signal: i32, capture: Box<Capture>) -> std::io::Result<Frozen> {
     compiler_fence(Ordering::SeqCst);
     ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
     // SAFETY: `raw` came from Box::into_raw above and the handler no longer uses it.
-    let capture = unsafe { Box::from_raw(raw) };
+    let mut capture = unsafe { Box::from_raw(raw) };
     let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
     let _ = sys::rt_sigaction(signal, Some(&old), None);
     if RESTORE_CELL.magic.load(Ordering::Acquire) == RESTORED_MAGIC {
+        // The pipe copies were made after the descriptor scan, so the restored process never had
+        // them: their numbers are not ours to close.
+        for p in capture.pipes.drain(..) {
+            std::mem::forget(p.copy_w);
+            std::mem::forget(p.copy_r);
+        }
         return Ok(Frozen::Restored);
     }
     sent?;

@@ -12,7 +12,7 @@ use crate::{Fingerprint, PublicKey, Signature, SigningError};
 pub enum TrustSource {
     /// One public key file; it must exist and parse.
     File(PathBuf),
-    /// A directory of `*.pub` files; a missing directory is simply empty.
+    /// A directory of `*.pub` files; a missing or unreadable directory is simply empty.
     Dir(PathBuf),
 }
 
@@ -51,7 +51,16 @@ impl TrustStore {
                 TrustSource::Dir(dir) => {
                     let entries = match std::fs::read_dir(dir) {
                         Ok(e) => e,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        // A directory that is absent, or not ours to read (root's, when running
+                        // as another user with HOME unchanged), holds no keys for us.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                            ) =>
+                        {
+                            continue
+                        }
                         Err(e) => {
                             return Err(SigningError::io("cannot read trust directory", dir, e))
                         }

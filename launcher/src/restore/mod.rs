@@ -126,6 +126,8 @@ struct Fds {
     /// Per image VMA index, the descriptor of its file.
     mapped: Vec<(usize, RawFd)>,
     _mapped_files: Vec<OwnedFd>,
+    /// (number in the restored process, descriptor here, close-on-exec).
+    placed: Vec<(RawFd, OwnedFd, bool)>,
     error_w: OwnedFd,
     error_r: OwnedFd,
     /// Numbers the restored process keeps open.
@@ -199,26 +201,29 @@ fn prepare_fds(image: &Image) -> Result<Fds> {
     let error_w = sys::dup_above(OwnedFd::from(w).as_raw_fd(), high)
         .map_err(|e| failed(format!("dup: {e}")))?;
 
-    // Now put the process's descriptors at their numbers (all below `high`).
+    // The process's own descriptors wait above `high` too; the restorer moves them to their
+    // numbers (the launcher's own low descriptors, such as the image's, stay untouched here).
     let mut keep: Vec<RawFd> = m
         .files
         .iter()
         .filter(|e| matches!(e.kind, thaw::state::files::FdKind::Stdio))
         .map(|e| e.fd)
         .collect();
-    for (fd, open) in &reopened {
-        let cloexec = m.files.iter().any(|e| e.fd == *fd && e.cloexec);
-        sys::dup_to(open.as_raw_fd(), *fd, cloexec)
-            .map_err(|e| failed(format!("cannot place fd {fd}: {e}")))?;
-        keep.push(*fd);
+    let mut placed = Vec::new();
+    for (fd, open) in reopened {
+        let cloexec = m.files.iter().any(|e| e.fd == fd && e.cloexec);
+        let high_fd =
+            sys::dup_above(open.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        placed.push((fd, high_fd, cloexec));
+        keep.push(fd);
     }
-    drop(reopened);
     keep.sort_unstable();
     Ok(Fds {
         image: image_fd,
         exe,
         mapped,
         _mapped_files: files.into_iter().map(|(_, fd)| fd).collect(),
+        placed,
         error_w,
         error_r,
         keep,
@@ -298,6 +303,20 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
         thaw::capture::RESTORED_MAGIC,
     );
 
+    for (fd, open, cloexec) in &fds.placed {
+        plan.syscall(
+            format!("place fd {fd}"),
+            libc::SYS_dup3,
+            [
+                open.as_raw_fd() as u64,
+                *fd as u64,
+                if *cloexec { libc::O_CLOEXEC as u64 } else { 0 },
+                0,
+                0,
+                0,
+            ],
+        );
+    }
     let thread = &m.threads[0];
     thread.plan_restore(&mut plan);
     // Close everything the process did not have (the launcher's descriptors, including the error

@@ -1,0 +1,61 @@
+//! Shared by the zdtm-style programs: checkpoint from argv, report checks.
+//!
+//! Usage of every program: `PROG IMAGE [KEY] [EXTRA]`. The first life sets up its state,
+//! checkpoints to IMAGE and exits 0 once the image is written (it prints `saved`). Restored by
+//! `thaw run IMAGE -- ARGS...`, it checks the state and prints `ok <what>` lines, or `FAIL <what>`
+//! lines and exits 1.
+
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+
+/// `IMAGE`, `KEY` (may be `-` for none) and the rest.
+pub fn argv() -> (String, Option<String>, Vec<String>) {
+    let mut a = std::env::args().skip(1);
+    let image = a.next().unwrap_or_else(|| {
+        eprintln!("usage: PROG IMAGE [KEY|-] [EXTRA...]");
+        std::process::exit(64)
+    });
+    let key = a.next().filter(|k| k != "-");
+    (image, key, a.collect())
+}
+
+/// Checkpoints; returns in the second life with the restore arguments. The first life exits 0.
+pub fn checkpoint() -> Vec<OsString> {
+    let (image, key, _) = argv();
+    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Ok(thaw::Outcome::Restored(r)) => r.args().to_vec(),
+        Ok(thaw::Outcome::Saved(_)) => unreachable!("exit_after_save exits"),
+        Err(e) => {
+            eprintln!("checkpoint failed: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Collects checks and exits 1 if any failed.
+#[derive(Debug, Default)]
+pub struct Checks {
+    failed: bool,
+}
+
+impl Checks {
+    pub fn check(&mut self, what: &str, ok: bool, detail: impl std::fmt::Display) {
+        if ok {
+            println!("ok {what}");
+        } else {
+            println!("FAIL {what}: {detail}");
+            self.failed = true;
+        }
+    }
+
+    pub fn finish(self) -> ! {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(if self.failed { 1 } else { 0 })
+    }
+}

@@ -1,0 +1,70 @@
+//! File descriptors: a regular file at an offset, an append-mode writer, a directory, and a pipe
+//! inside the process with bytes buffered in it. EXTRA is a scratch directory.
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::MetadataExt;
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    let dir = std::path::PathBuf::from(extra.first().expect("a scratch directory"));
+    std::fs::write(dir.join("data.txt"), b"0123456789abcdefghij").unwrap();
+    let mut reader = std::fs::File::open(dir.join("data.txt")).unwrap();
+    reader.seek(SeekFrom::Start(5)).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("log.txt"))
+        .unwrap();
+    log.write_all(b"before\n").unwrap();
+    let dirfd = std::fs::File::open(&dir).unwrap();
+    let dir_ino = dirfd.metadata().unwrap().ino();
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors we then own.
+    unsafe { libc::pipe(fds.as_mut_ptr()) };
+    // SAFETY: the descriptors are fresh and owned here.
+    let (mut pr, mut pw) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    pw.write_all(&[42u8; 100]).unwrap();
+
+    let _ = common::checkpoint();
+    let mut c = common::Checks::default();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    c.check("file offset", rest == "56789abcdefghij", &rest);
+    log.write_all(b"after\n").unwrap();
+    let text = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    c.check(
+        "append mode",
+        text == "before\nafter\n",
+        format!("{text:?}"),
+    );
+    c.check(
+        "directory",
+        dirfd.metadata().unwrap().ino() == dir_ino,
+        "different directory",
+    );
+    let mut buf = [0u8; 100];
+    let got = pr.read(&mut buf).unwrap();
+    c.check(
+        "pipe contents",
+        got == 100 && buf.iter().all(|&b| b == 42),
+        got,
+    );
+    pw.write_all(b"x").unwrap();
+    let got = pr.read(&mut buf[..1]).unwrap();
+    c.check("pipe works", got == 1 && buf[0] == b'x', got);
+    c.check(
+        "fd numbers",
+        pr.as_raw_fd() == fds[0] && pw.as_raw_fd() == fds[1],
+        "moved",
+    );
+    c.finish();
+}

@@ -1,0 +1,74 @@
+//! Process attributes: rlimits, umask, working directory, name, PID, command line, executable.
+
+#[path = "common.rs"]
+mod common;
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    let dir = extra.first().cloned().expect("a directory to chdir to");
+    // SAFETY: plain calls with valid arguments.
+    unsafe {
+        let lim = libc::rlimit {
+            rlim_cur: 777,
+            rlim_max: 4096,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        let core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &core);
+        libc::umask(0o027);
+        libc::prctl(libc::PR_SET_NAME, c"zdtm-proc".as_ptr());
+    }
+    std::env::set_current_dir(&dir).unwrap();
+    let pid = std::process::id();
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+
+    let args = common::checkpoint();
+    let mut c = common::Checks::default();
+    // SAFETY: reading limits and the umask (set back at once).
+    let (nofile, core, umask) = unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        let mut k: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_CORE, &mut k);
+        let u = libc::umask(0o022);
+        libc::umask(u);
+        (l, k, u)
+    };
+    c.check(
+        "pid",
+        std::process::id() == pid,
+        format!("{} != {pid}", std::process::id()),
+    );
+    c.check(
+        "rlimit nofile",
+        nofile.rlim_cur == 777 && nofile.rlim_max == 4096,
+        format!("{}/{}", nofile.rlim_cur, nofile.rlim_max),
+    );
+    c.check(
+        "rlimit core",
+        core.rlim_cur == 0 && core.rlim_max == 0,
+        format!("{}/{}", core.rlim_cur, core.rlim_max),
+    );
+    c.check("umask", umask == 0o027, format!("{umask:o}"));
+    let cwd = std::env::current_dir().unwrap();
+    c.check("cwd", cwd == std::path::Path::new(&dir), cwd.display());
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    c.check("comm", comm.trim() == "zdtm-proc", &comm);
+    c.check(
+        "cmdline",
+        std::fs::read("/proc/self/cmdline").unwrap() == cmdline,
+        "differs",
+    );
+    let exe_now = std::fs::read_link("/proc/self/exe").unwrap();
+    c.check("exe", exe_now == exe, exe_now.display());
+    c.check(
+        "args",
+        args.len() == 2 && args[0] == "one" && args[1] == "two words",
+        format!("{args:?}"),
+    );
+    c.finish();
+}
