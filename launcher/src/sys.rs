@@ -223,16 +223,6 @@ pub fn forward_signals(pid: i32, signals: &[i32]) -> io::Result<()> {
     Ok(())
 }
 
-/// dup3(from, to, flags).
-pub fn dup_to(from: RawFd, to: RawFd, cloexec: bool) -> io::Result<()> {
-    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    syscall(
-        libc::SYS_dup3,
-        [from as u64, to as u64, flags as u64, 0, 0, 0],
-    )
-    .map(drop)
-}
-
 /// A duplicate of `fd` at the lowest free number ≥ `min`.
 pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     let r = syscall(
