@@ -312,6 +312,9 @@ fn preflight() -> Result<Vec<String>, CheckpointError> {
     if crate::procfs::field(&status, "Seccomp").is_some_and(|v| v != "0") {
         why.push("a seccomp filter is installed; it cannot be restored".to_owned());
     }
+    let maps =
+        crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
+    why.extend(maps.iter().filter_map(|m| Vma::classify(m).err()));
     let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")
         .map_err(io("listing threads"))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

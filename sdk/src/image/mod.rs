@@ -33,7 +33,7 @@ pub mod writer;
 
 pub use header::{Header, Trailer, HEADER_LEN, TRAILER_LEN};
 pub use reader::{Image, ImageFile, Provenance};
-pub use writer::{resign, ImageWriter, SavedImage};
+pub use writer::{resign, rewrite_manifest, ImageWriter, SavedImage};
 
 use std::fmt;
 use std::path::PathBuf;

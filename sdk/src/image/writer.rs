@@ -279,3 +279,27 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
         signer: trailer.signer(),
     })
 }
+
+/// Writes `path` anew with its manifest changed by `edit` and signed by `key` (tooling and tests:
+/// e.g. to show that a re-signed image claiming another platform is refused). The payload is
+/// checked against its digests and copied unchanged.
+pub fn rewrite_manifest(
+    path: &Path,
+    key: Option<&SecretKey>,
+    edit: impl FnOnce(&mut Manifest),
+) -> Result<SavedImage, ImageError> {
+    let image = ImageFile::open(path)?.decode_unverified()?;
+    image.verify_payload()?;
+    let h = *image.header();
+    let mut manifest = image.manifest().clone();
+    edit(&mut manifest);
+    let mut w = ImageWriter::with_chunk_size(path, h.chunk_size)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let src = image.file();
+    w.append_payload_with(
+        h.payload_len,
+        |off, piece| std::os::unix::fs::FileExt::read_exact_at(src, piece, h.payload_off + off),
+        &mut buf,
+    )?;
+    w.finish(manifest, key)
+}

@@ -1,0 +1,231 @@
+//! Helpers for the end-to-end tests: real programs, the real `thaw` binary, real kernels.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A binary built by this workspace (`cargo build --workspace` builds them all).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// A command whose child inherits no descriptors but stdin, stdout and stderr (a test harness's
+/// stray descriptors would be unsupported state for the checkpoint).
+pub fn command(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    // SAFETY: close_range is async-signal-safe and touches nothing but the descriptor table.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    c.env_remove("THAW_TRUST_DIR").stdin(Stdio::null());
+    c
+}
+
+pub fn as_nobody(mut c: Command) -> Command {
+    // SAFETY: setgroups/setgid/setuid in the child before exec; async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.env("HOME", "/nonexistent");
+    c
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A scratch directory with a key pair; `nobody` can use it when `for_nobody`.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub pubkey: PathBuf,
+    pub nobody: bool,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Self::make(false)
+    }
+
+    pub fn for_nobody() -> Env {
+        Self::make(true)
+    }
+
+    fn make(nobody: bool) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let key = dir.path().join("k.key");
+        let pubkey = dir.path().join("k.pub");
+        let k = thaw_signing::SecretKey::generate().unwrap();
+        k.save_new(&key).unwrap();
+        k.public().save_new(&pubkey).unwrap();
+        if nobody {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+        }
+        Env {
+            dir,
+            key,
+            pubkey,
+            nobody,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The program to run: for `nobody`, a copy inside the scratch directory.
+    pub fn program(&self, name: &str) -> PathBuf {
+        let src = bin(name);
+        if !self.nobody {
+            return src;
+        }
+        let dst = self.path(name);
+        if !dst.exists() {
+            std::fs::copy(&src, &dst).unwrap();
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dst
+    }
+
+    fn cmd(&self, program: &Path) -> Command {
+        let c = command(program);
+        if self.nobody {
+            as_nobody(c)
+        } else {
+            c
+        }
+    }
+
+    /// Runs `PROG IMAGE KEY EXTRA...`, which checkpoints and exits 0; returns the image path.
+    pub fn checkpoint(&self, prog: &str, image: &str, extra: &[&str]) -> PathBuf {
+        let img = self.path(image);
+        let out = self
+            .cmd(&self.program(prog))
+            .arg(&img)
+            .arg(&self.key)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} failed to checkpoint: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(img.exists());
+        img
+    }
+
+    /// `thaw run --trust k.pub OPTS IMAGE -- ARGS`.
+    pub fn restore_cmd(&self, image: &Path, opts: &[&str], args: &[&str]) -> Command {
+        let mut c = self.cmd(&self.program("thaw"));
+        c.arg("run")
+            .arg("--trust")
+            .arg(&self.pubkey)
+            .args(opts)
+            .arg(image);
+        if !args.is_empty() {
+            c.arg("--").args(args);
+        }
+        c
+    }
+
+    pub fn restore(&self, image: &Path, opts: &[&str], args: &[&str]) -> Output {
+        self.restore_cmd(image, opts, args).output().unwrap()
+    }
+
+    /// `thaw ARGS` (not as nobody).
+    pub fn thaw(&self, args: &[&str]) -> Output {
+        command(&bin("thaw")).args(args).output().unwrap()
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts a zdtm program's restored life passed every check it names.
+pub fn assert_all_ok(o: &Output, expected: &[&str]) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    assert!(!out.contains("FAIL"), "{}", text(o));
+    for what in expected {
+        assert!(
+            out.lines().any(|l| l == format!("ok {what}")),
+            "missing `ok {what}`:\n{}",
+            text(o)
+        );
+    }
+}
+
+/// A restored process that waits: spawned with piped stdin/stdout; `ready` returns its PID.
+pub struct Waiting {
+    pub child: Child,
+    pub out: BufReader<std::process::ChildStdout>,
+}
+
+impl Waiting {
+    pub fn spawn(mut c: Command) -> Waiting {
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Waiting { child, out }
+    }
+
+    /// Blocks until the restored process prints `ready <pid>`.
+    pub fn ready(&mut self) -> i32 {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok());
+        pid.unwrap_or_else(|| {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err);
+            panic!("expected `ready PID`, got {line:?}; stderr: {err}")
+        })
+    }
+
+    /// Sends the exit status line and waits for the launcher.
+    pub fn finish(mut self, status: i32) -> std::process::ExitStatus {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().unwrap();
+        writeln!(stdin, "{status}").unwrap();
+        drop(stdin);
+        self.child.wait().unwrap()
+    }
+}

@@ -1,0 +1,203 @@
+//! zdtm-style end-to-end tests: one program per kind of state sets it up, checkpoints, is
+//! restored through the real `thaw` binary (host PID mode, as root), and checks it.
+
+mod common;
+
+use common::*;
+
+fn run_zdtm(prog: &str, extra: &[&str], args: &[&str], expected: &[&str]) -> std::process::Output {
+    let env = Env::new();
+    let img = env.checkpoint(prog, "z.thaw", extra);
+    let o = env.restore(&img, &["--pid-mode", "auto"], args);
+    assert_all_ok(&o, expected);
+    o
+}
+
+#[test]
+fn memory_contents_brk_and_layout() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("mapped.dat");
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-memory", "m.thaw", &[data.to_str().unwrap()]);
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(
+        &o,
+        &[
+            "heap",
+            "stack",
+            "globals",
+            "large mmap",
+            "read-only mapping",
+            "modified file page",
+            "unmodified file page",
+            "brk growth",
+            "malloc",
+        ],
+    );
+    // The restored /proc/self/maps lists the image's regions, at the same addresses, with the same
+    // protections and backing.
+    let out = String::from_utf8_lossy(&o.stdout);
+    let maps = out.split("maps:\n").nth(1).unwrap();
+    let restored = normalize(maps.lines().filter_map(|l| {
+        let e = thaw::procfs::parse_map_line(l)?;
+        Some((e.start, e.end, e.perms, e.name))
+    }));
+    let inspect = env.thaw(&[
+        "inspect",
+        "--json",
+        "--trust",
+        env.pubkey.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let m: thaw::Manifest = serde_json::from_value(v["manifest"].clone()).unwrap();
+    let image = normalize(m.memory.iter().map(|vma| {
+        use thaw::state::memory::Backing;
+        let name = match &vma.backing {
+            Backing::Anonymous => String::new(),
+            Backing::Heap => "[heap]".into(),
+            Backing::Stack => "[stack]".into(),
+            Backing::File { path, .. } => path.clone(),
+            Backing::Special { name } => name.clone(),
+        };
+        let p = |bit: i32, c: char| if vma.prot & bit as u32 != 0 { c } else { '-' };
+        let shared = if vma.map_flags & libc::MAP_SHARED as u32 != 0 {
+            's'
+        } else {
+            'p'
+        };
+        let perms = format!(
+            "{}{}{}{shared}",
+            p(libc::PROT_READ, 'r'),
+            p(libc::PROT_WRITE, 'w'),
+            p(libc::PROT_EXEC, 'x')
+        );
+        (vma.start, vma.end, perms, name)
+    }));
+    assert_eq!(restored, image, "restored maps differ from the image's");
+    assert!(image.iter().any(|r| r.3 == "[heap]") && image.iter().any(|r| r.3 == "[stack]"));
+}
+
+/// Adjacent entries with the same protection and name merged (the kernel may merge or split
+/// equivalent VMAs differently); [vsyscall] dropped (fixed, not part of the process's layout).
+fn normalize(
+    it: impl Iterator<Item = (u64, u64, String, String)>,
+) -> Vec<(u64, u64, String, String)> {
+    let mut v: Vec<_> = it.filter(|r| r.3 != "[vsyscall]").collect();
+    v.sort();
+    let mut out: Vec<(u64, u64, String, String)> = Vec::new();
+    for r in v {
+        match out.last_mut() {
+            Some(last) if last.1 == r.0 && last.2 == r.2 && last.3 == r.3 => last.1 = r.1,
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[test]
+fn signal_handlers_mask_and_altstack() {
+    run_zdtm(
+        "zdtm-signals",
+        &[],
+        &[],
+        &[
+            "handler fires after restore",
+            "signal mask",
+            "ignored signal",
+            "sigaltstack",
+        ],
+    );
+}
+
+#[test]
+fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    run_zdtm(
+        "zdtm-process",
+        &[dir.path().to_str().unwrap()],
+        &["one", "two words"],
+        &[
+            "pid",
+            "rlimit nofile",
+            "rlimit core",
+            "umask",
+            "cwd",
+            "comm",
+            "cmdline",
+            "exe",
+            "args",
+        ],
+    );
+}
+
+#[test]
+fn fpu_and_avx_state_across_the_checkpoint_call() {
+    run_zdtm(
+        "zdtm-fpu",
+        &[],
+        &[],
+        &[
+            "mxcsr",
+            "x87 control word",
+            "callee-saved registers",
+            "avx arithmetic",
+        ],
+    );
+}
+
+#[test]
+fn vdso_time_calls() {
+    run_zdtm(
+        "zdtm-vdso",
+        &[],
+        &[],
+        &[
+            "vdso address",
+            "monotonic clock",
+            "realtime clock",
+            "gettimeofday",
+        ],
+    );
+}
+
+#[test]
+fn files_directories_and_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    run_zdtm(
+        "zdtm-files",
+        &[dir.path().to_str().unwrap()],
+        &[],
+        &[
+            "file offset",
+            "append mode",
+            "directory",
+            "pipe contents",
+            "pipe works",
+            "fd numbers",
+        ],
+    );
+}
+
+#[test]
+fn unsupported_state_is_named_and_the_application_continues() {
+    let env = Env::new();
+    let img = env.path("u.thaw");
+    let o = command(&bin("zdtm-unsupported"))
+        .arg(&img)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.contains("2 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains("socket:[") && out.contains("sockets are not supported"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shared anonymous memory is not supported"),
+        "{out}"
+    );
+    assert!(out.contains("still running: socket on 127.0.0.1:"), "{out}");
+    assert!(out.contains("exists: false"), "{out}");
+}
