@@ -30,8 +30,8 @@ fn main() {
     }
     // SAFETY: single-threaded; the global is only touched here and in the checks below.
     unsafe {
-        for i in 0..4096 {
-            GLOBAL[i] = pattern(i, 3);
+        for (i, g) in (*std::ptr::addr_of_mut!(GLOBAL)).iter_mut().enumerate() {
+            *g = pattern(i, 3);
         }
     }
     let big = map(

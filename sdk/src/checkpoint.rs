@@ -213,8 +213,7 @@ impl Checkpoint {
         original_action: state::signals::SigAction,
     ) -> Result<(u64, Digest), CheckpointError> {
         let pid = crate::sys::getpid();
-        let mut m = Manifest::default();
-        m.producer = state::Producer {
+        let producer = state::Producer {
             thaw_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -223,6 +222,10 @@ impl Checkpoint {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
+        };
+        let mut m = Manifest {
+            producer,
+            ..Manifest::default()
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
         m.process = state::process::Process::dump(child, pid, &RESTORE_CELL as *const _ as u64)

@@ -152,7 +152,7 @@ impl Header {
                 h.payload_off, h.page_size
             )));
         }
-        if h.payload_len % u64::from(h.page_size) != 0 {
+        if !h.payload_len.is_multiple_of(u64::from(h.page_size)) {
             return Err(bad(format!(
                 "payload length {} is not a multiple of the page size",
                 h.payload_len

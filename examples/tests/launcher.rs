@@ -1,0 +1,260 @@
+//! The launcher end to end: PID modes, unprivileged restore, repeated restores, refusals,
+//! failures that name their step, signal forwarding and exit status.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const CORRUPT: i32 = 65;
+const SIGNATURE: i32 = 66;
+const REFUSED: i32 = 67;
+const RESTORE_FAILED: i32 = 68;
+
+fn counter_line(o: &std::process::Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("counter: pid="), "{}", text(o));
+    out
+}
+
+#[test]
+fn counter_restored_fifty_times_in_a_row_with_its_pid() {
+    let env = Env::new();
+    let img = env.checkpoint("counter", "c.thaw", &[]);
+    let first = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["run", "0"]));
+    let pid: i32 = first["counter: pid=".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 1..50 {
+        let arg = i.to_string();
+        let line = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["run", &arg]));
+        let expected = first.replace("\"0\"", &format!("{arg:?}"));
+        assert_eq!(line, expected, "restore {i}");
+    }
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "PID {pid} left behind"
+    );
+}
+
+#[test]
+fn namespace_mode_as_nobody_and_host_mode_refused_for_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let scratch = env.path("cwd");
+    std::fs::create_dir(&scratch).unwrap();
+    std::os::unix::fs::chown(&scratch, Some(65534), Some(65534)).unwrap();
+    let img = env.checkpoint("zdtm-process", "p.thaw", &[scratch.to_str().unwrap()]);
+    let o = env.restore(&img, &["--pid-mode", "ns"], &["one", "two words"]);
+    assert_all_ok(
+        &o,
+        &[
+            "pid",
+            "rlimit nofile",
+            "umask",
+            "cwd",
+            "comm",
+            "cmdline",
+            "exe",
+            "args",
+        ],
+    );
+    let o = env.restore(&img, &["--pid-mode", "host"], &["one", "two words"]);
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs root or CAP_CHECKPOINT_RESTORE"),
+        "{}",
+        text(&o)
+    );
+    // auto picks the namespace for an unprivileged caller.
+    let o = env.restore(&img, &[], &["one", "two words"]);
+    assert_all_ok(&o, &["pid"]);
+}
+
+#[test]
+fn taken_pid_is_refused_in_host_mode_and_ns_mode_still_works() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let mut first = Waiting::spawn(env.restore_cmd(&img, &["--pid-mode", "host"], &[]));
+    let pid = first.ready();
+    let o = env.restore(&img, &["--pid-mode", "host"], &[]);
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("PID {pid} is in use")) && err.contains("--pid-mode ns"),
+        "{err}"
+    );
+    // The same image concurrently, in its own namespace, with the same PID inside.
+    let mut second = Waiting::spawn(env.restore_cmd(&img, &["--pid-mode", "auto"], &[]));
+    assert_eq!(second.ready(), pid);
+    assert_eq!(second.finish(3).code(), Some(3));
+    assert_eq!(first.finish(0).code(), Some(0));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn exit_status_and_forwarded_signals() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    for mode in ["host", "ns"] {
+        let mut w = Waiting::spawn(env.restore_cmd(&img, &["--pid-mode", mode], &[]));
+        w.ready();
+        assert_eq!(w.finish(7).code(), Some(7), "{mode}");
+
+        let mut w = Waiting::spawn(env.restore_cmd(&img, &["--pid-mode", mode], &[]));
+        let pid = w.ready();
+        // Child::wait closes stdin, which would end the waiter too: keep it open until it is over.
+        let stdin = w.child.stdin.take();
+        // SAFETY: sending SIGTERM to the launcher we spawned.
+        unsafe { libc::kill(w.child.id() as i32, libc::SIGTERM) };
+        let status = w.child.wait().unwrap();
+        drop(stdin);
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{mode}");
+        if mode == "host" {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+}
+
+#[test]
+fn tampered_image_runs_nothing() {
+    let env = Env::new();
+    let img = env.checkpoint("counter", "c.thaw", &[]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&img, &bytes).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not match its digest"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn unsigned_images_need_the_explicit_development_option() {
+    let env = Env::new();
+    let img = env.path("u.thaw");
+    let o = command(&bin("zdtm-vdso")).arg(&img).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(SIGNATURE), "{}", text(&o));
+    let o = env.restore(&img, &["--insecure-allow-unsigned"], &[]);
+    assert_all_ok(&o, &["vdso address"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("UNSIGNED"));
+}
+
+#[test]
+fn another_kernel_or_cpu_is_refused_with_what_differs() {
+    let env = Env::new();
+    let img = env.checkpoint("counter", "c.thaw", &[]);
+    let key = thaw_signing::SecretKey::load(&env.key).unwrap();
+
+    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
+        let r = m
+            .platform
+            .vdso
+            .regions
+            .iter_mut()
+            .find(|r| r.name == "[vdso]")
+            .unwrap();
+        r.end += 4096;
+        m.platform.kernel_release = "5.10.0-ancient".into();
+    })
+    .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("kernel vDSO layout differs") && err.contains("5.10.0-ancient"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+
+    let img = env.checkpoint("counter", "d.thaw", &[]);
+    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
+        m.platform.cpu.cpuid[2] |= 1 << 16 | 1 << 30; // avx512f, avx512bw
+        m.platform.cpu.cpuid[4] |= 1 << 24; // amx-tile
+        m.platform.cpu.xsave_mask |= 1 << 18; // AMX tile data
+    })
+    .unwrap();
+    let here = thaw::state::platform::CpuFeatures::current();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("CPU lacks"), "{err}");
+    if here.cpuid[4] & (1 << 24) == 0 {
+        assert!(err.contains("amx-tile"), "{err}");
+    }
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn failed_restore_names_the_step_and_leaves_nothing_behind() {
+    let env = Env::new();
+    let cwd = env.path("gone");
+    std::fs::create_dir(&cwd).unwrap();
+    let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.to_str().unwrap()]);
+    std::fs::remove_dir(&cwd).unwrap();
+    let o = env.restore(&img, &["--pid-mode", "host"], &[]);
+    assert_eq!(o.status.code(), Some(RESTORE_FAILED), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("(chdir {})", cwd.display()))
+            && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(o.stdout.is_empty());
+    let inspect = env.thaw(&[
+        "inspect",
+        "--json",
+        "--trust",
+        env.pubkey.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let pid = v["manifest"]["process"]["pid"].as_i64().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "PID {pid} left behind"
+    );
+}
+
+#[test]
+fn the_signing_key_never_reaches_the_image() {
+    let env = Env::new();
+    let img = env.checkpoint("counter", "c.thaw", &[]);
+    let image = std::fs::read(&img).unwrap();
+    let pem = std::fs::read(&env.key).unwrap();
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-outform", "DER", "-in"])
+        .arg(&env.key)
+        .output()
+        .unwrap()
+        .stdout;
+    let seed = &der[der.len() - 32..];
+    let contains = |needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
+    assert_eq!(seed.len(), 32);
+    assert!(!contains(seed), "the secret key's seed is in the image");
+    assert!(!contains(&pem[..40]), "the key file's text is in the image");
+    // And the image is signed by that key.
+    let o = env.thaw(&[
+        "verify",
+        "--trust",
+        env.pubkey.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
