@@ -1,5 +1,8 @@
-//! A process holding state thaw cannot restore (a socket, a shared writable mapping): the
-//! checkpoint fails with an error naming each item, and the application keeps running.
+//! A process holding state thaw cannot restore (a socket, a shared anonymous mapping, a pipe to
+//! another process, a seccomp filter): the checkpoint fails with an error naming each item, and
+//! the application keeps running.
+
+use std::io::Write;
 
 fn main() {
     let image = std::env::args().nth(1).expect("IMAGE");
@@ -15,6 +18,32 @@ fn main() {
             0,
         )
     };
+    let mut cat = std::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // An allow-everything seccomp filter: harmless, but not restorable.
+    let filter = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: a valid one-instruction program; no_new_privs makes it allowed for any user.
+    let r = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    assert_eq!(r, 0, "seccomp filter");
     match thaw::Checkpoint::to(&image).save() {
         Ok(_) => {
             println!("unexpectedly saved");
@@ -23,7 +52,13 @@ fn main() {
         Err(e) => println!("error: {e}"),
     }
     // Still alive and well.
-    println!("still running: socket on {}", sock.local_addr().unwrap());
+    cat.stdin.as_mut().unwrap().write_all(b"still\n").unwrap();
+    drop(cat.stdin.take());
+    println!(
+        "still running: socket on {}, cat {}",
+        sock.local_addr().unwrap(),
+        cat.wait().unwrap()
+    );
     let _ = shared;
     println!("exists: {}", std::path::Path::new(&image).exists());
 }

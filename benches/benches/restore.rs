@@ -1,0 +1,90 @@
+//! Restore latency: from starting `thaw run` to the restored process's first instruction after
+//! save() returns (it writes one byte to a pipe), for 1, 64 and 512 MiB of heap, beside fork+exec
+//! of a trivial binary (/bin/true) in the same run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+fn thaw_bin() -> PathBuf {
+    let app = Path::new(env!("CARGO_BIN_EXE_bench-app"));
+    let thaw = app.with_file_name("thaw");
+    assert!(
+        thaw.exists(),
+        "{} is missing: run `cargo build --release -p thaw-launcher` first (scripts/bench does)",
+        thaw.display()
+    );
+    thaw
+}
+
+/// Host PID mode as root (the common deployment), the user namespace otherwise.
+fn mode() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        "host"
+    } else {
+        "ns"
+    }
+}
+
+fn restore_once(thaw: &Path, image: &Path, trust: &Path) -> Duration {
+    let t = Instant::now();
+    let mut child = thaw_benches::command(thaw)
+        .args(["run", "--pid-mode", mode(), "--trust"])
+        .arg(trust)
+        .arg(image)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut byte = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut byte)
+        .unwrap();
+    let elapsed = t.elapsed();
+    assert!(child.wait().unwrap().success());
+    elapsed
+}
+
+fn bench(c: &mut Criterion) {
+    let thaw = thaw_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    let trust = dir.path().join("k.pub");
+    let k = thaw_signing::SecretKey::generate().unwrap();
+    k.save_new(&key).unwrap();
+    k.public().save_new(&trust).unwrap();
+
+    let mut g = c.benchmark_group("restore");
+    g.sample_size(10);
+    g.bench_function("fork_exec_true_baseline", |b| {
+        b.iter(|| assert!(Command::new("/bin/true").status().unwrap().success()))
+    });
+    for mib in [1usize, 64, 512] {
+        let image = dir.path().join(format!("{mib}.thaw"));
+        let st = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
+            .args([
+                "image",
+                image.to_str().unwrap(),
+                &mib.to_string(),
+                key.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        g.bench_function(
+            BenchmarkId::new("thaw_run_to_first_instruction", mib),
+            |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

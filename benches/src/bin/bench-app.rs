@@ -1,0 +1,98 @@
+//! The process the checkpoint and restore benchmarks measure.
+//!
+//! `bench-app serve MIB`: fills MIB of heap, then answers commands on stdin, one per line, with
+//! the total nanoseconds on stdout:
+//!   `pause N DIR`  N checkpoints to DIR, summing the time the application was stopped;
+//!   `dump N DIR`   the same, summing the whole save() (snapshot, dump, write);
+//!   `fork N`       N × (fork, child exits, wait): the baseline.
+//!
+//! `bench-app image PATH MIB KEY`: fills MIB of heap and checkpoints to PATH, then exits. When
+//! restored, its first act after save() returns is to write one byte to stdout, and it exits.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+fn fill(mib: usize) -> Vec<u64> {
+    (0..mib * (1 << 17))
+        .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect()
+}
+
+fn fork_wait() -> Duration {
+    let t = Instant::now();
+    // SAFETY: the child calls only _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    t.elapsed()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve") => serve(args[2].parse().expect("MIB")),
+        Some("image") => image(&args[2], args[3].parse().expect("MIB"), &args[4]),
+        _ => {
+            eprintln!("usage: bench-app serve MIB | image PATH MIB KEY");
+            std::process::exit(64);
+        }
+    }
+}
+
+fn serve(mib: usize) {
+    let heap = fill(mib);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let n: u32 = words.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
+        let mut total = Duration::ZERO;
+        for i in 0..n {
+            match words[0] {
+                "fork" => total += fork_wait(),
+                cmd @ ("pause" | "dump") => {
+                    let path = format!("{}/bench-{i}.thaw", words[2]);
+                    let t = Instant::now();
+                    match thaw::Checkpoint::to(&path).save() {
+                        Ok(thaw::Outcome::Saved(info)) => {
+                            total += if cmd == "pause" {
+                                info.pause
+                            } else {
+                                t.elapsed()
+                            };
+                        }
+                        other => panic!("checkpoint: {other:?}"),
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                other => panic!("unknown command {other}"),
+            }
+        }
+        writeln!(out, "{}", total.as_nanos()).unwrap();
+        out.flush().unwrap();
+    }
+    std::hint::black_box(heap);
+}
+
+fn image(path: &str, mib: usize, key: &str) {
+    let heap = fill(mib);
+    match thaw::Checkpoint::to(path)
+        .sign_with(key)
+        .exit_after_save(true)
+        .save()
+    {
+        Ok(thaw::Outcome::Restored(_)) => {
+            // SAFETY: a one-byte write to stdout, before anything else.
+            unsafe { libc::write(1, b"r".as_ptr().cast(), 1) };
+            std::hint::black_box(heap);
+            std::process::exit(0);
+        }
+        other => panic!("checkpoint: {other:?}"),
+    }
+}
