@@ -313,7 +313,7 @@ fn preflight() -> Result<Vec<String>, CheckpointError> {
     let status = crate::procfs::read(crate::sys::getpid(), "status")
         .map_err(io("reading /proc/self/status"))?;
     if crate::procfs::field(&status, "Seccomp").is_some_and(|v| v != "0") {
-        why.push("a seccomp filter is installed; it cannot be restored".to_owned());
+        why.push("a seccomp filter is installed (filters cannot be restored)".to_owned());
     }
     let maps =
         crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
