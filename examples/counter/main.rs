@@ -1,7 +1,7 @@
 //! `counter IMAGE [KEY]`: warms up by building a large table (hundreds of milliseconds of real
 //! work), checkpoints to IMAGE (signed with KEY if given) and exits. Restored with
-//! `thaw run IMAGE -- ARGS...`, it prints its PID, a checksum of the warm table and the new
-//! arguments, then exits 0. `counter - ARGS...` is the cold start: warm up, answer, exit.
+//! `thaw run IMAGE -- ARGS...`, it prints its PID, the answer to its arguments (`--verify`: a
+//! checksum of the whole warm table; a number N: entry N) and the arguments, then exits 0. `counter - ARGS...` is the cold start: warm up, answer, exit.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,6 +25,23 @@ fn checksum(table: &HashMap<u64, u64>) -> u64 {
     (0..table.len() as u64).fold(0u64, |acc, i| acc.rotate_left(5) ^ table[&i])
 }
 
+/// The answer to one request: `--verify` walks the whole table (a checksum of the warm state),
+/// anything else looks up one entry, as a service answering a request would.
+fn answer(table: &HashMap<u64, u64>, args: &[String]) -> String {
+    if args.first().map(String::as_str) == Some("--verify") {
+        format!("checksum={:016x}", checksum(table))
+    } else {
+        let key = args
+            .iter()
+            .find_map(|a| a.parse::<u64>().ok())
+            .unwrap_or(12345);
+        format!(
+            "table[{key}]={:016x}",
+            table.get(&key).copied().unwrap_or(0)
+        )
+    }
+}
+
 fn main() {
     let mut argv = std::env::args().skip(1);
     let Some(image) = argv.next() else {
@@ -38,9 +55,9 @@ fn main() {
     if image == "-" {
         let args: Vec<String> = key.into_iter().chain(argv).collect();
         println!(
-            "counter: pid={} checksum={:016x} args={:?}",
+            "counter: pid={} {} args={:?}",
             std::process::id(),
-            checksum(&table),
+            answer(&table, &args),
             args
         );
         return;
@@ -67,9 +84,9 @@ fn main() {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             println!(
-                "counter: pid={} checksum={:016x} args={:?}",
+                "counter: pid={} {} args={:?}",
                 std::process::id(),
-                checksum(&table),
+                answer(&table, &args),
                 args
             );
         }

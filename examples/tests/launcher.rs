@@ -23,7 +23,22 @@ fn counter_line(o: &std::process::Output) -> String {
 fn counter_restored_fifty_times_in_a_row_with_its_pid() {
     let env = Env::new();
     let img = env.checkpoint("counter", "c.thaw", &[]);
-    let first = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["run", "0"]));
+    let first = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["--verify", "0"]));
+    // The warm state is intact: the checksum is the one a cold run computes.
+    let cold = command(&bin("counter"))
+        .args(["-", "--verify"])
+        .output()
+        .unwrap();
+    let cold = String::from_utf8_lossy(&cold.stdout).into_owned();
+    let sum = |line: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with("checksum="))
+            .map(str::to_owned)
+    };
+    assert!(
+        sum(&cold).is_some() && sum(&cold) == sum(&first),
+        "cold {cold} vs restored {first}"
+    );
     let pid: i32 = first["counter: pid=".len()..]
         .split_whitespace()
         .next()
@@ -32,7 +47,7 @@ fn counter_restored_fifty_times_in_a_row_with_its_pid() {
         .unwrap();
     for i in 1..50 {
         let arg = i.to_string();
-        let line = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["run", &arg]));
+        let line = counter_line(&env.restore(&img, &["--pid-mode", "host"], &["--verify", &arg]));
         let expected = first.replace("\"0\"", &format!("{arg:?}"));
         assert_eq!(line, expected, "restore {i}");
     }

@@ -190,7 +190,10 @@ fn unsupported_state_is_named_and_the_application_continues() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.contains("4 unsupported item(s)"), "{out}");
-    assert!(out.contains("the other end of the pipe is not in this process"), "{out}");
+    assert!(
+        out.contains("the other end of the pipe is not in this process"),
+        "{out}"
+    );
     assert!(out.contains("a seccomp filter is installed"), "{out}");
     assert!(out.contains("cat exit status: 0"), "{out}");
     assert!(
