@@ -11,7 +11,10 @@
 //! on the saved frame: it returns from the `tgkill` below and finds the cell filled.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{compiler_fence, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{
+    compiler_fence, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+};
+use std::time::{Duration, Instant};
 
 use crate::sys::{self, KernelSigaction};
 
@@ -27,6 +30,10 @@ pub struct RestoreCell {
     /// The postcard-encoded [`crate::restore::RestoreArgs`] inside the region.
     pub args_addr: AtomicU64,
     pub args_len: AtomicU64,
+    /// The restorer's code page, left mapped when other threads were restored (they leave the
+    /// region through it); unmapped at the next checkpoint.
+    pub leftover_addr: AtomicU64,
+    pub leftover_len: AtomicU64,
 }
 
 /// Value of [`RestoreCell::magic`] in a restored process ("THAWREST").
@@ -38,6 +45,8 @@ pub static RESTORE_CELL: RestoreCell = RestoreCell {
     region_len: AtomicU64::new(0),
     args_addr: AtomicU64::new(0),
     args_len: AtomicU64::new(0),
+    leftover_addr: AtomicU64::new(0),
+    leftover_len: AtomicU64::new(0),
 };
 
 /// What the handler records for one thread.
@@ -69,10 +78,19 @@ pub struct PipeCopy {
     pub bytes: AtomicI64,
 }
 
-/// Everything the handler fills, allocated before the signal is sent.
+/// Everything the handlers fill, allocated before any signal is sent.
 #[derive(Debug)]
 pub struct Capture {
-    pub thread: ThreadCapture,
+    /// The thread that calls `save()`; it forks once every other thread is parked.
+    pub caller: i32,
+    /// One slot per thread, the caller's included.
+    pub threads: Vec<ThreadCapture>,
+    /// Threads parked in their handler (futex word).
+    pub parked: AtomicU32,
+    /// Set to 1 to let parked threads return (futex word).
+    pub release: AtomicU32,
+    /// Threads that have finished with this structure after being released (futex word).
+    pub left: AtomicU32,
     pub brk: AtomicU64,
     /// Kernel sigaction of signals 1..=64, four words each.
     pub actions: Vec<[AtomicU64; 4]>,
@@ -83,9 +101,19 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(fds: Vec<FdPos>, pipes: Vec<PipeCopy>) -> Box<Self> {
+    pub fn new(caller: i32, tids: &[i32], fds: Vec<FdPos>, pipes: Vec<PipeCopy>) -> Box<Self> {
         Box::new(Capture {
-            thread: ThreadCapture::default(),
+            caller,
+            threads: tids
+                .iter()
+                .map(|&tid| ThreadCapture {
+                    tid: AtomicI32::new(tid),
+                    ..Default::default()
+                })
+                .collect(),
+            parked: AtomicU32::new(0),
+            release: AtomicU32::new(0),
+            left: AtomicU32::new(0),
             brk: AtomicU64::new(0),
             actions: (0..64).map(|_| Default::default()).collect(),
             fds,
@@ -107,16 +135,7 @@ impl Capture {
 
 static ACTIVE: AtomicPtr<Capture> = AtomicPtr::new(std::ptr::null_mut());
 
-extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let ptr = ACTIVE.load(Ordering::Acquire);
-    // SAFETY: ACTIVE is non-null only while `freeze` keeps the Box alive and waits for us.
-    let Some(c) = (unsafe { ptr.as_ref() }) else {
-        return;
-    };
-    let t = &c.thread;
-    if t.tid.load(Ordering::Relaxed) != sys::gettid() {
-        return;
-    }
+fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
     // The kernel's rt_sigreturn expects the stack pointer at the frame's ucontext, which is exactly
     // the third handler argument.
     t.frame.store(uc as u64, Ordering::Relaxed);
@@ -128,6 +147,40 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     t.robust_len.store(len, Ordering::Relaxed);
     t.clear_child_tid
         .store(sys::clear_child_tid(), Ordering::Relaxed);
+    t.done.store(1, Ordering::Release);
+}
+
+extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let ptr = ACTIVE.load(Ordering::Acquire);
+    // SAFETY: ACTIVE is non-null only while `freeze` keeps the Box alive: until every released
+    // thread has counted itself out in `left` (or, after a timeout, forever).
+    let Some(c) = (unsafe { ptr.as_ref() }) else {
+        return;
+    };
+    let me = sys::gettid();
+    let Some(t) = c
+        .threads
+        .iter()
+        .find(|t| t.tid.load(Ordering::Relaxed) == me)
+    else {
+        return;
+    };
+    if t.done.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    record_thread(t, uc);
+    if me != c.caller {
+        // Park until the snapshot exists: the frame on our stack is what will be restored.
+        c.parked.fetch_add(1, Ordering::AcqRel);
+        sys::futex_wake_all(&c.parked);
+        while c.release.load(Ordering::Acquire) == 0 {
+            sys::futex_wait(&c.release, 0, None);
+        }
+        c.left.fetch_add(1, Ordering::AcqRel);
+        sys::futex_wake_all(&c.left);
+        return;
+    }
+    // The caller: every other thread is parked; record the process-wide state and fork.
     c.brk.store(sys::current_brk(), Ordering::Relaxed);
     for (i, slot) in c.actions.iter().enumerate() {
         let mut old = KernelSigaction::default();
@@ -145,7 +198,6 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         let n = sys::tee(p.read_fd, p.copy_w.as_raw_fd(), usize::MAX >> 1);
         p.bytes.store(n, Ordering::Relaxed);
     }
-    t.done.store(1, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();
     if child == 0 {
@@ -163,25 +215,79 @@ pub enum Frozen {
     Restored,
 }
 
-/// Sends the checkpoint signal to the calling thread and returns once the snapshot exists (or, in
-/// a restored process, once resumed).
-pub fn freeze(signal: i32, capture: Box<Capture>) -> std::io::Result<Frozen> {
+/// Why freezing failed.
+#[derive(Debug)]
+pub enum FreezeError {
+    Io(std::io::Error),
+    /// Threads that did not reach their handler within the bound: (tid, …) as given.
+    Unresponsive(Vec<i32>),
+}
+
+impl From<std::io::Error> for FreezeError {
+    fn from(e: std::io::Error) -> Self {
+        FreezeError::Io(e)
+    }
+}
+
+/// Stops every thread in its signal handler, then sends the checkpoint signal to the calling
+/// thread, whose handler forks the snapshot; returns once the snapshot exists (or, in a restored
+/// process, once resumed). Threads that do not park within `bound` fail the checkpoint and are
+/// released.
+pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Frozen, FreezeError> {
     let old = sys::install_handler(signal, on_checkpoint_signal)?;
     // Make sure the signal is deliverable to this thread.
     let old_mask = sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (signal - 1)))?;
-    capture.thread.tid.store(sys::gettid(), Ordering::Relaxed);
+    let restore_disposition = || {
+        let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
+        let _ = sys::rt_sigaction(signal, Some(&old), None);
+    };
     let raw = Box::into_raw(capture);
+    // SAFETY: `raw` is a live, leaked Box until it is reclaimed below.
+    let c = unsafe { &*raw };
     ACTIVE.store(raw, Ordering::Release);
+    let others: Vec<i32> = c
+        .threads
+        .iter()
+        .map(|t| t.tid.load(Ordering::Relaxed))
+        .filter(|&tid| tid != c.caller)
+        .collect();
+    for &tid in &others {
+        if let Err(e) = sys::tgkill_self(tid, signal) {
+            // A thread that exited meanwhile cannot park: treat it as unresponsive.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(abandon(c, old_mask, e.into()));
+            }
+        }
+    }
+    let deadline = Instant::now() + bound;
+    loop {
+        let parked = c.parked.load(Ordering::Acquire);
+        if parked as usize == others.len() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let late = c
+                .threads
+                .iter()
+                .filter(|t| t.done.load(Ordering::Acquire) == 0)
+                .map(|t| t.tid.load(Ordering::Relaxed))
+                .filter(|&tid| tid != c.caller)
+                .collect();
+            return Err(abandon(c, old_mask, FreezeError::Unresponsive(late)));
+        }
+        sys::futex_wait(&c.parked, parked, Some(deadline - now));
+    }
     compiler_fence(Ordering::SeqCst);
-    let sent = sys::tgkill_self(sys::gettid(), signal);
+    let sent = sys::tgkill_self(c.caller, signal);
     // ---- a restored process resumes here, after the tgkill system call ----
     compiler_fence(Ordering::SeqCst);
-    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
-    // SAFETY: `raw` came from Box::into_raw above and the handler no longer uses it.
-    let mut capture = unsafe { Box::from_raw(raw) };
-    let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
-    let _ = sys::rt_sigaction(signal, Some(&old), None);
     if RESTORE_CELL.magic.load(Ordering::Acquire) == RESTORED_MAGIC {
+        // The other threads resumed where they were interrupted, not in their handlers.
+        ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: `raw` came from Box::into_raw above; in this life nobody else refers to it.
+        let mut capture = unsafe { Box::from_raw(raw) };
+        restore_disposition();
         // The pipe copies were made after the descriptor scan, so the restored process never had
         // them: their numbers are not ours to close.
         for p in capture.pipes.drain(..) {
@@ -190,17 +296,47 @@ pub fn freeze(signal: i32, capture: Box<Capture>) -> std::io::Result<Frozen> {
         }
         return Ok(Frozen::Restored);
     }
+    // Let the parked threads go, and wait until none of them touches the capture any more.
+    c.release.store(1, Ordering::Release);
+    sys::futex_wake_all(&c.release);
+    loop {
+        let left = c.left.load(Ordering::Acquire);
+        if left as usize == others.len() {
+            break;
+        }
+        sys::futex_wait(&c.left, left, None);
+    }
+    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+    restore_disposition();
+    // SAFETY: `raw` came from Box::into_raw above and no handler uses it any more.
+    let capture = unsafe { Box::from_raw(raw) };
     sent?;
-    if capture.thread.done.load(Ordering::Relaxed) == 0 {
+    let me = capture
+        .threads
+        .iter()
+        .find(|t| t.tid.load(Ordering::Relaxed) == capture.caller);
+    if me.is_none_or(|t| t.done.load(Ordering::Acquire) == 0) {
         return Err(std::io::Error::other(format!(
             "the checkpoint signal {signal} was not delivered to the calling thread"
-        )));
+        ))
+        .into());
     }
     let child = capture.child.load(Ordering::Acquire);
     if child < 0 {
-        return Err(std::io::Error::from_raw_os_error(-child as i32));
+        return Err(std::io::Error::from_raw_os_error(-child as i32).into());
     }
     Ok(Frozen::Snapshot(capture))
+}
+
+/// Gives up on a freeze: releases whoever parked and leaves the capture allocated for good. The
+/// handler stays installed (it returns at once from now on): a thread whose signal is still pending
+/// may enter it at any later time, and the default action of a real-time signal would kill it.
+fn abandon(c: &Capture, old_mask: u64, e: FreezeError) -> FreezeError {
+    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+    c.release.store(1, Ordering::Release);
+    sys::futex_wake_all(&c.release);
+    let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
+    e
 }
 
 /// Creates the pipe a [`PipeCopy`] tees into, sized like the pipe it copies.

@@ -123,6 +123,7 @@ pub struct Checkpoint {
     key: Option<PathBuf>,
     exit_after_save: bool,
     signal: i32,
+    thread_timeout: std::time::Duration,
 }
 
 impl Checkpoint {
@@ -133,6 +134,7 @@ impl Checkpoint {
             key: None,
             exit_after_save: false,
             signal: DEFAULT_SIGNAL,
+            thread_timeout: std::time::Duration::from_secs(2),
         }
     }
 
@@ -154,13 +156,22 @@ impl Checkpoint {
         self
     }
 
+    /// How long every thread has to reach the checkpoint handler (default 2 s); a thread that
+    /// does not fails the checkpoint, named in the error.
+    pub fn thread_timeout(mut self, bound: std::time::Duration) -> Self {
+        self.thread_timeout = bound;
+        self
+    }
+
     /// Takes the snapshot and writes the image ("saved"), or — in a restored process — returns
     /// what the launcher passed ("restored").
     pub fn save(self) -> Result<Outcome, CheckpointError> {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
 
         let mut unsupported = preflight()?;
+        let threads = list_threads(self.signal, &mut unsupported)?;
         let scan = FdScan::scan(&[]).map_err(io("listing file descriptors"))?;
         unsupported.extend(scan.unsupported.iter().cloned());
         if !unsupported.is_empty() {
@@ -183,15 +194,38 @@ impl Checkpoint {
         let original_action = current_action(self.signal)?;
 
         let t0 = std::time::Instant::now();
-        let frozen = capture::freeze(self.signal, Capture::new(fds, pipes))
-            .map_err(io("stopping the process for the snapshot"))?;
+        let me = crate::sys::gettid();
+        let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
+        let frozen = match capture::freeze(
+            self.signal,
+            Capture::new(me, &tids, fds, pipes),
+            self.thread_timeout,
+        ) {
+            Ok(f) => f,
+            Err(capture::FreezeError::Io(e)) => {
+                return Err(io("stopping the process for the snapshot")(e))
+            }
+            Err(capture::FreezeError::Unresponsive(late)) => {
+                return Err(CheckpointError::Unsupported(
+                    late.iter()
+                        .map(|tid| {
+                            let name = threads.iter().find(|t| t.0 == *tid).map_or("", |t| t.1.as_str());
+                            format!(
+                                "thread {tid} ({name}) did not respond to the checkpoint signal within {:?}",
+                                self.thread_timeout
+                            )
+                        })
+                        .collect(),
+                ))
+            }
+        };
         let pause = t0.elapsed();
         let capture = match frozen {
             Frozen::Restored => return restored(),
             Frozen::Snapshot(c) => c,
         };
         let child = capture.child.load(Ordering::Acquire) as i32;
-        let result = self.dump(child, &capture, scan, original_action);
+        let result = self.dump(child, &capture, &threads, scan, original_action);
         crate::sys::kill_and_reap(child);
         let (size, digest) = result?;
         if self.exit_after_save {
@@ -209,6 +243,7 @@ impl Checkpoint {
         &self,
         child: i32,
         c: &Capture,
+        threads: &[(i32, String)],
         mut scan: FdScan,
         original_action: state::signals::SigAction,
     ) -> Result<(u64, Digest), CheckpointError> {
@@ -239,11 +274,19 @@ impl Checkpoint {
             .map_err(io("opening the snapshot's memory"))?;
         let pagemap = File::open(format!("/proc/{child}/pagemap"))
             .map_err(io("opening the snapshot's page map"))?;
-        m.threads =
-            vec![
-                state::threads::ThreadState::dump(&c.thread, m.process.comm.clone(), &mem)
-                    .map_err(io("reading the thread's signal frame"))?,
-            ];
+        m.threads = c
+            .threads
+            .iter()
+            .map(|t| {
+                let tid = t.tid.load(Ordering::Relaxed);
+                let name = threads
+                    .iter()
+                    .find(|n| n.0 == tid)
+                    .map_or_else(String::new, |n| n.1.clone());
+                state::threads::ThreadState::dump(t, name, &mem)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(io("reading the threads' signal frames"))?;
 
         let mut writer = ImageWriter::create(&self.path)?;
         // Memory, from the frozen child: its maps are the snapshot's.
@@ -307,6 +350,16 @@ impl Checkpoint {
     }
 }
 
+/// The restorer page a multi-threaded restore left behind: every thread left it long ago.
+fn unmap_leftover() {
+    let cell = &RESTORE_CELL;
+    let addr = cell.leftover_addr.swap(0, Ordering::AcqRel);
+    let len = cell.leftover_len.swap(0, Ordering::AcqRel);
+    if addr != 0 {
+        let _ = crate::sys::unmap_foreign_region(addr, len);
+    }
+}
+
 /// State that rules out a checkpoint before anything is stopped.
 fn preflight() -> Result<Vec<String>, CheckpointError> {
     let mut why = Vec::new();
@@ -318,22 +371,36 @@ fn preflight() -> Result<Vec<String>, CheckpointError> {
     let maps =
         crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
     why.extend(maps.iter().filter_map(|m| Vma::classify(m).err()));
-    let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .map_err(io("listing threads"))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    if tasks.len() > 1 {
-        let me = crate::sys::gettid().to_string();
-        for t in tasks.iter().filter(|t| **t != me) {
-            let name =
-                std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).unwrap_or_default();
+    Ok(why)
+}
+
+/// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.
+fn list_threads(signal: i32, why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
+        let Some(tid) = e
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+            continue; // exited meanwhile
+        };
+        let name = crate::procfs::field(&status, "Name")
+            .unwrap_or("")
+            .to_owned();
+        if tid != crate::sys::gettid()
+            && crate::procfs::field_hex(&status, "SigBlk") & (1u64 << (signal - 1)) != 0
+        {
             why.push(format!(
-                "thread {t} ({}): multi-threaded processes are not supported yet",
-                name.trim()
+                "thread {tid} ({name}) blocks the checkpoint signal {signal}"
             ));
         }
+        out.push((tid, name));
     }
-    Ok(why)
+    out.sort_unstable();
+    Ok(out)
 }
 
 fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointError> {

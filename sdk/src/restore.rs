@@ -17,8 +17,17 @@ pub const OP_SYSCALL_ANY: u64 = 2;
 pub const OP_STORE: u64 = 3;
 /// `pread64(args[0], args[1], args[2], args[3])` until all `args[2]` bytes are read.
 pub const OP_PREAD: u64 = 4;
-/// Set the stack pointer to `args[0]` and call `rt_sigreturn`: the last step of a thread.
+/// Set the stack pointer to `args[0]` and call `rt_sigreturn`: the last step of a thread. If
+/// `args[1]` is not 0, first decrement the 32-bit counter there and wake its waiters.
 pub const OP_SIGRETURN: u64 = 5;
+/// Create a thread with `clone3(args[0], args[1])`; it runs steps `args[2]..args[3]`.
+pub const OP_CLONE_THREAD: u64 = 6;
+/// Decrement the 32-bit counter at `args[0]` and wake its waiters.
+pub const OP_DEC_WAKE: u64 = 7;
+/// Wait (futex) until the 32-bit word at `args[0]` is zero.
+pub const OP_WAIT_ZERO: u64 = 8;
+/// Wait (futex) until the 32-bit word at `args[0]` is not zero.
+pub const OP_WAIT_NONZERO: u64 = 9;
 
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
@@ -39,12 +48,15 @@ pub struct RestoreArgs {
 }
 
 /// A list of steps under construction, with the arena their pointers refer to.
+///
+/// Steps go to the current list: list 0 is the first thread's (the one the launcher creates);
+/// [`Plan::new_list`] starts the list of another thread, created by [`Plan::clone_thread`].
 #[derive(Debug)]
 pub struct Plan {
     arena_base: u64,
     arena: Vec<u8>,
-    steps: Vec<Step>,
-    labels: Vec<String>,
+    lists: Vec<(Vec<Step>, Vec<String>)>,
+    current: usize,
 }
 
 impl Plan {
@@ -53,18 +65,71 @@ impl Plan {
         Plan {
             arena_base,
             arena: Vec::new(),
-            steps: Vec::new(),
-            labels: Vec::new(),
+            lists: vec![(Vec::new(), Vec::new())],
+            current: 0,
         }
     }
 
     fn push(&mut self, label: String, op: u64, nr: i64, args: [u64; 6]) {
-        self.steps.push(Step {
+        let (steps, labels) = &mut self.lists[self.current];
+        steps.push(Step {
             op,
             nr: nr as u64,
             args,
         });
-        self.labels.push(label);
+        labels.push(label);
+    }
+
+    /// Starts a new step list (another thread's) and makes it current; returns its number.
+    pub fn new_list(&mut self) -> usize {
+        self.lists.push((Vec::new(), Vec::new()));
+        self.current = self.lists.len() - 1;
+        self.current
+    }
+
+    /// Makes list `n` current.
+    pub fn select(&mut self, n: usize) {
+        self.current = n;
+    }
+
+    /// Creates a thread (`clone3` with the `clone_args` at `args_addr`) that runs list `list`.
+    pub fn clone_thread(&mut self, label: impl Into<String>, args_addr: u64, list: usize) {
+        self.push(
+            label.into(),
+            OP_CLONE_THREAD,
+            libc::SYS_clone3,
+            [args_addr, 88, list as u64, 0, 0, 0],
+        );
+    }
+
+    /// Decrements a 32-bit counter and wakes its waiters.
+    pub fn dec_wake(&mut self, label: impl Into<String>, addr: u64) {
+        self.push(
+            label.into(),
+            OP_DEC_WAKE,
+            libc::SYS_futex,
+            [addr, 0, 0, 0, 0, 0],
+        );
+    }
+
+    /// Waits until a 32-bit word is zero.
+    pub fn wait_zero(&mut self, label: impl Into<String>, addr: u64) {
+        self.push(
+            label.into(),
+            OP_WAIT_ZERO,
+            libc::SYS_futex,
+            [addr, 0, 0, 0, 0, 0],
+        );
+    }
+
+    /// Waits until a 32-bit word is not zero.
+    pub fn wait_nonzero(&mut self, label: impl Into<String>, addr: u64) {
+        self.push(
+            label.into(),
+            OP_WAIT_NONZERO,
+            libc::SYS_futex,
+            [addr, 0, 0, 0, 0, 0],
+        );
     }
 
     /// A system call that must succeed.
@@ -92,13 +157,14 @@ impl Plan {
         );
     }
 
-    /// Resume a thread from the signal frame whose ucontext is at `frame`.
-    pub fn sigreturn(&mut self, label: impl Into<String>, frame: u64) {
+    /// Resume a thread from the signal frame whose ucontext is at `frame`; with `counter`, first
+    /// count the thread out of the restorer region.
+    pub fn sigreturn(&mut self, label: impl Into<String>, frame: u64, counter: Option<u64>) {
         self.push(
             label.into(),
             OP_SIGRETURN,
             libc::SYS_rt_sigreturn,
-            [frame, 0, 0, 0, 0, 0],
+            [frame, counter.unwrap_or(0), 0, 0, 0, 0],
         );
     }
 
@@ -123,16 +189,47 @@ impl Plan {
         self.data(&bytes)
     }
 
-    pub fn steps(&self) -> &[Step] {
-        &self.steps
+    /// All lists, one after the other, with every thread-creating step pointing at its list's
+    /// index range.
+    pub fn steps(&self) -> Vec<Step> {
+        let mut starts = Vec::new();
+        let mut at = 0u64;
+        for (steps, _) in &self.lists {
+            starts.push(at);
+            at += steps.len() as u64;
+        }
+        let mut out = Vec::with_capacity(at as usize);
+        for (steps, _) in &self.lists {
+            for s in steps {
+                let mut s = *s;
+                if s.op == OP_CLONE_THREAD {
+                    let list = s.args[2] as usize;
+                    s.args[2] = starts[list];
+                    s.args[3] = starts[list] + self.lists[list].0.len() as u64;
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Number of steps in list 0 (the first thread's).
+    pub fn first_len(&self) -> usize {
+        self.lists[0].0.len()
     }
 
     pub fn arena(&self) -> &[u8] {
         &self.arena
     }
 
-    /// What step `i` does, for error messages.
-    pub fn label(&self, i: usize) -> &str {
-        self.labels.get(i).map_or("(unknown step)", String::as_str)
+    /// What step `i` (an index into [`Plan::steps`]) does, for error messages.
+    pub fn label(&self, mut i: usize) -> &str {
+        for (_, labels) in &self.lists {
+            if i < labels.len() {
+                return &labels[i];
+            }
+            i -= labels.len();
+        }
+        "(unknown step)"
     }
 }

@@ -361,3 +361,43 @@ pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> io::Result<i64> {
         [fd as u64, cmd as u64, arg, 0, 0, 0],
     ))
 }
+
+/// FUTEX_WAIT_PRIVATE on `word` while it holds `expected`, for at most `timeout`.
+/// Async-signal-safe.
+pub fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<std::time::Duration>,
+) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    let ts_ptr = ts.as_ref().map_or(0, |t| t as *const libc::timespec as u64);
+    syscall6(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
+            u64::from(expected),
+            ts_ptr,
+            0,
+            0,
+        ],
+    );
+}
+
+/// FUTEX_WAKE_PRIVATE for every waiter on `word`. Async-signal-safe.
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    syscall6(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+            i32::MAX as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+}

@@ -2,8 +2,8 @@
 //! the restorer's code, stack, data arena, steps and a scratch area for moving the vDSO.
 //!
 //! ```text
-//!  base      +4 KiB        +68 KiB      arena end (64-byte aligned)
-//!  │ code    │ stack 64K   │ arena      │ steps │ control │ … │ vDSO scratch (last 64 KiB·n) │
+//!  base    +4 KiB       +68 KiB                     arena end (64-byte aligned)
+//!  │ code  │ stack 64K  │ 4 KiB stack per thread … │ arena │ steps │ control │ … │ vDSO scratch │
 //! ```
 
 use thaw::restore::Plan;
@@ -17,6 +17,8 @@ use crate::sys;
 const PAGE: u64 = 4096;
 const CODE_LEN: u64 = PAGE;
 const STACK_LEN: u64 = 64 * 1024;
+/// Restorer stack of every further thread (the routine itself only pushes on failure).
+pub const THREAD_STACK_LEN: u64 = 4096;
 /// Address space reserved for the region; what is not used stays unmapped.
 const RESERVE: u64 = 64 << 20;
 /// Highest user address on x86_64 with 4-level page tables.
@@ -43,12 +45,14 @@ pub struct Region {
     /// Length reserved for the restored process to unmap (covers the vDSO scratch).
     pub len: u64,
     vdso: Vec<(String, u64, u64)>,
+    threads: u64,
 }
 
 impl Region {
     /// Finds a 64 MiB hole free in both address spaces (the launcher's is read now; mapping with
     /// MAP_FIXED_NOREPLACE later confirms it).
     pub fn reserve(m: &Manifest) -> Result<Region> {
+        let threads = m.threads.len().saturating_sub(1) as u64;
         let mut used: Vec<(u64, u64)> = m.memory.iter().map(|v| (v.start, v.end)).collect();
         let mine = thaw::procfs::smaps(std::process::id() as i32)
             .map_err(|e| failed(format!("cannot read /proc/self/smaps: {e}")))?;
@@ -62,11 +66,25 @@ impl Region {
             base,
             len: RESERVE,
             vdso: own_vdso()?,
+            threads,
         })
     }
 
+    /// The restorer's code page (the last part of the region the threads leave through).
+    pub fn code_page(&self) -> (u64, u64) {
+        (self.base, CODE_LEN)
+    }
+
+    /// Top of the restorer stack for further thread `i` (0-based).
+    pub fn thread_stack(&self, i: u64) -> (u64, u64) {
+        (
+            self.base + CODE_LEN + STACK_LEN + i * THREAD_STACK_LEN,
+            THREAD_STACK_LEN,
+        )
+    }
+
     pub fn arena_base(&self) -> u64 {
-        self.base + CODE_LEN + STACK_LEN
+        self.base + CODE_LEN + STACK_LEN + self.threads * THREAD_STACK_LEN
     }
 
     fn scratch(&self) -> u64 {
@@ -135,8 +153,9 @@ impl Region {
     pub fn install(&self, plan: &Plan, error_fd: i32) -> Result<(u64, u64, u64)> {
         let code = restorer::code();
         let arena = plan.arena();
+        let all_steps = plan.steps();
         let steps_addr = (self.arena_base() + arena.len() as u64).next_multiple_of(64);
-        let step_bytes = std::mem::size_of_val(plan.steps()) as u64;
+        let step_bytes = std::mem::size_of_val(all_steps.as_slice()) as u64;
         let control_addr = steps_addr + step_bytes;
         let used = (control_addr + 64 - self.base).next_multiple_of(PAGE);
         if used > self.scratch() - self.base || code.len() as u64 > CODE_LEN {
@@ -153,8 +172,7 @@ impl Region {
         })?;
         sys::write_region(self.base, code);
         sys::write_region(self.arena_base(), arena);
-        let steps: Vec<u8> = plan
-            .steps()
+        let steps: Vec<u8> = all_steps
             .iter()
             .flat_map(|s| {
                 std::iter::once(s.op)
@@ -166,7 +184,7 @@ impl Region {
         sys::write_region(steps_addr, &steps);
         let control = Control {
             steps: steps_addr,
-            count: plan.steps().len() as u64,
+            count: plan.first_len() as u64,
             error_fd: error_fd as u64,
         };
         let control_bytes: Vec<u8> = [control.steps, control.count, control.error_fd]

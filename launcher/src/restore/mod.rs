@@ -71,11 +71,11 @@ fn check_policy(image: &Image) -> Result<Credentials> {
             why.join("; ")
         )));
     }
-    if m.threads.len() != 1 {
-        return Err(refused(format!(
-            "image has {} threads; multi-threaded restore is not supported yet",
-            m.threads.len()
-        )));
+    if !m.threads.iter().any(|t| t.tid == m.process.pid) {
+        return Err(Failure::new(
+            Code::Corrupt,
+            format!("image has no thread {} (its main thread)", m.process.pid),
+        ));
     }
     let me = Credentials::of(std::process::id() as i32)
         .map_err(|e| failed(format!("cannot read the caller's credentials: {e}")))?;
@@ -116,6 +116,13 @@ fn may_use_host_pids() -> bool {
 
 fn pid_in_use(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The first of the image's PID and TIDs that is taken in this PID namespace.
+fn taken_id(m: &thaw::Manifest) -> Option<i32> {
+    std::iter::once(m.process.pid)
+        .chain(m.threads.iter().map(|t| t.tid))
+        .find(|&id| pid_in_use(id))
 }
 
 /// Descriptors prepared for the new process: the targets at their numbers, and the launcher's own
@@ -289,8 +296,28 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
         postcard::to_allocvec(args).map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
     let args_addr = plan.data(&args_bytes);
     let cell = m.process.restore_cell;
-    plan.store("restore cell: region", cell + 8, region.base);
-    plan.store("restore cell: region length", cell + 16, region.len);
+    if m.threads.len() > 1 {
+        // Other threads leave the region through its code page, possibly after the main thread
+        // has resumed: that page stays until the next checkpoint, named for /proc/self/maps.
+        let (code, code_len) = region.code_page();
+        let name = plan.cstr("thaw-restorer");
+        plan.syscall_any(
+            "name the restorer page",
+            libc::SYS_prctl,
+            [libc::PR_SET_VMA as u64, 0, code, code_len, name, 0],
+        );
+        plan.store("restore cell: region", cell + 8, region.base + code_len);
+        plan.store(
+            "restore cell: region length",
+            cell + 16,
+            region.len - code_len,
+        );
+        plan.store("restore cell: leftover page", cell + 40, code);
+        plan.store("restore cell: leftover length", cell + 48, code_len);
+    } else {
+        plan.store("restore cell: region", cell + 8, region.base);
+        plan.store("restore cell: region length", cell + 16, region.len);
+    }
     plan.store("restore cell: arguments", cell + 24, args_addr);
     plan.store(
         "restore cell: arguments length",
@@ -317,8 +344,44 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
             ],
         );
     }
-    let thread = &m.threads[0];
-    thread.plan_restore(&mut plan);
+    // The other threads: each sets up its own state, reports ready, waits until the process is
+    // complete (descriptors swept), and counts itself out of the region as it resumes.
+    let leader = m
+        .threads
+        .iter()
+        .find(|t| t.tid == m.process.pid)
+        .expect("checked in check_policy");
+    let others: Vec<_> = m.threads.iter().filter(|t| t.tid != leader.tid).collect();
+    let n = others.len() as u64;
+    // Three 32-bit words, each in its own 8 bytes: ready, go, left.
+    let sync = plan.words(&[n, 0, n]);
+    let (ready, go, left) = (sync, sync + 8, sync + 16);
+    for (i, t) in others.iter().enumerate() {
+        let list = plan.new_list();
+        t.plan_restore(&mut plan);
+        plan.dec_wake(format!("thread {} ready", t.tid), ready);
+        plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
+        plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
+        plan.select(0);
+        let tid = plan.words(&[t.tid as u64]);
+        let (stack, stack_len) = region.thread_stack(i as u64);
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let args = plan.words(&[flags, 0, 0, 0, 0, stack, stack_len, 0, tid, 1, 0]);
+        plan.clone_thread(
+            format!("create thread {} ({:?})", t.tid, t.name),
+            args,
+            list,
+        );
+    }
+    if n > 0 {
+        plan.wait_zero("wait until every thread is set up", ready);
+    }
+    leader.plan_restore(&mut plan);
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;
@@ -333,7 +396,27 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
         }
         from = keep + 1;
     }
-    plan.sigreturn(format!("resume thread {}", thread.tid), thread.sigframe);
+    if n > 0 {
+        plan.store("let the threads go", go, 1);
+        plan.syscall_any(
+            "wake the threads",
+            libc::SYS_futex,
+            [
+                go,
+                (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+                i32::MAX as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        plan.wait_zero("wait until every thread has left the restorer", left);
+    }
+    plan.sigreturn(
+        format!("resume thread {}", leader.tid),
+        leader.sigframe,
+        None,
+    );
     Ok(plan)
 }
 
@@ -374,18 +457,21 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         return Err(refused("this kernel's clone3 does not support set_tid"));
     }
     let host_ok = may_use_host_pids();
+    let taken = taken_id(m);
     let mode = match req.pid_mode {
-        PidMode::Auto if host_ok && !pid_in_use(pid) => PidMode::Host,
+        PidMode::Auto if host_ok && taken.is_none() => PidMode::Host,
         PidMode::Auto => PidMode::Ns,
         PidMode::Host if !host_ok => {
             return Err(refused(format!(
                 "--pid-mode host needs root or CAP_CHECKPOINT_RESTORE to restore PID {pid}; use --pid-mode ns"
             )))
         }
-        PidMode::Host if pid_in_use(pid) => {
+        PidMode::Host if taken.is_some() => {
+            let id = taken.unwrap_or(pid);
+            let what = if id == pid { "PID" } else { "thread id" };
             return Err(refused(format!(
-                "PID {pid} is in use in this PID namespace; use --pid-mode ns to restore it in a new one"
-            )))
+                "{what} {id} is in use in this PID namespace; use --pid-mode ns to restore it in a new one"
+            )));
         }
         other => other,
     };

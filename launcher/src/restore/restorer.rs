@@ -3,10 +3,11 @@
 //! relocations, so its bytes can be copied anywhere and run from there after everything else of
 //! the launcher has been unmapped.
 //!
-//! Entry: `rdi` points at the control block `{ steps, count, error_fd }`. Each 64-byte step is
-//! `{ op, nr, args[6] }` (see `thaw::restore`). On a failing step the routine writes
-//! `{ step index, errno }` (two u64) to `error_fd` and calls `exit_group(127)`; the last step is
-//! an `rt_sigreturn` that turns the process into the restored one.
+//! Entry: `rdi` points at the control block `{ steps, count, error_fd }`, where `count` is the
+//! length of the first thread's list. Each 64-byte step is `{ op, nr, args[6] }` (see
+//! `thaw::restore`). Threads created by a step run their own list from the same array. On a
+//! failing step the routine writes `{ step index, errno }` (two u64) to `error_fd` and calls
+//! `exit_group(127)`; each thread's last step is an `rt_sigreturn` that makes it the restored one.
 
 use std::arch::global_asm;
 
@@ -16,13 +17,14 @@ global_asm!(
     ".globl thaw_restorer_end",
     ".p2align 4",
     "thaw_restorer_start:",
-    "    mov r12, [rdi]",      // current step
-    "    mov r13, [rdi + 8]",  // number of steps
+    "    mov rbx, [rdi]",      // all steps (threads find theirs from here)
+    "    mov r12, rbx",        // current step
+    "    mov r13, [rdi + 8]",  // index where this thread's list ends
     "    mov r15, [rdi + 16]", // error fd
-    "    xor r14d, r14d",      // step index
+    "    xor r14d, r14d",      // current index
     "10:",
     "    cmp r14, r13",
-    "    jae 80f",
+    "    jae 85f",
     "    mov rax, [r12]",
     "    cmp rax, 3",
     "    je 30f",
@@ -30,6 +32,14 @@ global_asm!(
     "    je 40f",
     "    cmp rax, 5",
     "    je 50f",
+    "    cmp rax, 6",
+    "    je 60f",
+    "    cmp rax, 7",
+    "    je 70f",
+    "    cmp rax, 8",
+    "    je 71f",
+    "    cmp rax, 9",
+    "    je 73f",
     // OP_SYSCALL (1) and OP_SYSCALL_ANY (2)
     "    mov rax, [r12 + 8]",
     "    mov rdi, [r12 + 16]",
@@ -75,16 +85,79 @@ global_asm!(
     "42:",
     "    mov rax, -5", // EIO: the image ended early
     "    jmp 90f",
-    // OP_SIGRETURN: become the restored thread
+    // OP_SIGRETURN: count out of the region if asked, then become the restored thread. From the
+    // counter decrement on, only this code page is used.
     "50:",
+    "    mov rdi, [r12 + 24]",
     "    mov rsp, [r12 + 16]",
+    "    test rdi, rdi",
+    "    jz 51f",
+    "    lock dec dword ptr [rdi]",
+    "    mov esi, 129", // FUTEX_WAKE_PRIVATE
+    "    mov edx, 0x7fffffff",
+    "    mov eax, 202",
+    "    syscall",
+    "51:",
     "    mov eax, 15",
     "    syscall",
     "    jmp 90f",
+    // OP_CLONE_THREAD: clone3(args, size); the child runs steps [start, end)
+    "60:",
+    "    mov rdi, [r12 + 16]",
+    "    mov rsi, [r12 + 24]",
+    "    mov r8,  [r12 + 32]",
+    "    mov r9,  [r12 + 40]",
+    "    mov eax, 435",
+    "    syscall",
+    "    test rax, rax",
+    "    jz 61f",
+    "    cmp rax, -4095",
+    "    jae 90f",
+    "    jmp 20b",
+    "61:",
+    "    mov r14, r8",
+    "    mov r13, r9",
+    "    mov r12, r8",
+    "    shl r12, 6",
+    "    add r12, rbx",
+    "    jmp 10b",
+    // OP_DEC_WAKE
+    "70:",
+    "    mov rdi, [r12 + 16]",
+    "    lock dec dword ptr [rdi]",
+    "    mov esi, 129",
+    "    mov edx, 0x7fffffff",
+    "    mov eax, 202",
+    "    syscall",
+    "    jmp 20b",
+    // OP_WAIT_ZERO
+    "71:",
+    "    mov rdi, [r12 + 16]",
+    "72:",
+    "    mov edx, dword ptr [rdi]",
+    "    test edx, edx",
+    "    jz 20b",
+    "    mov esi, 128", // FUTEX_WAIT_PRIVATE while the word still holds edx
+    "    xor r10d, r10d",
+    "    mov eax, 202",
+    "    syscall",
+    "    jmp 72b",
+    // OP_WAIT_NONZERO
+    "73:",
+    "    mov rdi, [r12 + 16]",
+    "74:",
+    "    mov edx, dword ptr [rdi]",
+    "    test edx, edx",
+    "    jnz 20b",
+    "    mov esi, 128",
+    "    xor r10d, r10d",
+    "    mov eax, 202",
+    "    syscall",
+    "    jmp 74b",
     // ran out of steps without a sigreturn
-    "80:",
+    "85:",
     "    mov rax, -22",
-    // failure: report { index, errno } and exit
+    // failure: report { index, errno } and end the whole process
     "90:",
     "    neg rax",
     "    push rax",
