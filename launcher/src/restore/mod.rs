@@ -289,7 +289,6 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
         lim.plan_restore(&mut plan);
     }
     m.signals.plan_restore(&mut plan);
-    plan_credentials(&mut plan, &m.creds);
 
     // Tell the process it was restored, and where its arguments are.
     let args_bytes =
@@ -359,6 +358,7 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
+        plan_credentials(&mut plan, &m.creds);
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
         plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
@@ -381,7 +381,10 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
     if n > 0 {
         plan.wait_zero("wait until every thread is set up", ready);
     }
+    // Capabilities are per thread, and creating threads with set_tid needs them: every thread
+    // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
+    plan_credentials(&mut plan, &m.creds);
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;
@@ -420,7 +423,8 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
     Ok(plan)
 }
 
-/// Capabilities: the image's sets (already checked to be within the caller's).
+/// Capabilities and no_new_privs of the calling thread: the image's (already checked to be within
+/// the caller's).
 fn plan_credentials(plan: &mut Plan, c: &Credentials) {
     // _LINUX_CAPABILITY_VERSION_3 header, then two data structs (low and high 32 bits).
     let header = plan.words(&[0x2008_0522]);

@@ -1,0 +1,127 @@
+//! Multi-threaded processes end to end: every thread restored with its TID, name, thread-locals
+//! and where it was (condvar, pipe read, sleep, futex with timeout, busy computing).
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+const THREAD_CHECKS: [&str; 15] = [
+    "main thread",
+    "pool ran the new work",
+    "every thread joined",
+    "worker-0 tid, name and thread-locals",
+    "worker-1 tid, name and thread-locals",
+    "worker-2 tid, name and thread-locals",
+    "worker-3 tid, name and thread-locals",
+    "worker-4 tid, name and thread-locals",
+    "worker-5 tid, name and thread-locals",
+    "worker-6 tid, name and thread-locals",
+    "worker-7 tid, name and thread-locals",
+    "pipe-reader tid, name and thread-locals",
+    "sleeper tid, name and thread-locals",
+    "timed-wait tid, name and thread-locals",
+    "pool ran the new work",
+];
+
+fn tids_of(env: &Env, img: &Path) -> Vec<i64> {
+    let o = env.thaw(&[
+        "inspect",
+        "--json",
+        "--trust",
+        env.pubkey.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["manifest"]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tid"].as_i64().unwrap())
+        .collect()
+}
+
+fn assert_gone(tids: &[i64]) {
+    for tid in tids {
+        assert!(
+            !Path::new(&format!("/proc/{tid}")).exists(),
+            "TID {tid} left behind"
+        );
+    }
+}
+
+#[test]
+fn thread_pool_in_host_mode_fifty_times() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-threads", "t.thaw", &[]);
+    let tids = tids_of(&env, &img);
+    assert_eq!(tids.len(), 12, "main + 8 workers + 3 blocked threads");
+    for i in 0..50 {
+        let jobs = (10 + i).to_string();
+        let o = env.restore(&img, &["--pid-mode", "host"], &[&jobs]);
+        assert_all_ok(&o, &THREAD_CHECKS);
+        assert_gone(&tids);
+    }
+}
+
+#[test]
+fn thread_pool_in_namespace_mode_as_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let img = env.checkpoint("zdtm-threads", "t.thaw", &[]);
+    let o = env.restore(&img, &["--pid-mode", "ns"], &["25"]);
+    assert_all_ok(&o, &THREAD_CHECKS);
+}
+
+#[test]
+fn eight_concurrent_restores_in_namespaces() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-threads", "t.thaw", &[]);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            env.restore_cmd(&img, &["--pid-mode", "ns"], &[&(100 + i).to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outputs {
+        assert_all_ok(o, &THREAD_CHECKS);
+    }
+}
+
+#[test]
+fn a_thread_blocking_the_checkpoint_signal_is_named() {
+    let env = Env::new();
+    let img = env.path("b.thaw");
+    let o = command(&bin("zdtm-blocked")).arg(&img).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    let tid: i32 = out
+        .split("stubborn tid ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        out.contains(&format!(
+            "thread {tid} (stubborn) blocks the checkpoint signal 63"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("finished: done"), "{out}");
+    assert!(out.contains("exists: false"), "{out}");
+}
