@@ -125,3 +125,33 @@ fn a_thread_blocking_the_checkpoint_signal_is_named() {
     assert!(out.contains("finished: done"), "{out}");
     assert!(out.contains("exists: false"), "{out}");
 }
+
+#[test]
+fn a_thread_that_cannot_take_the_signal_in_time_is_named() {
+    let env = Env::new();
+    let img = env.path("v.thaw");
+    let o = command(&bin("zdtm-blocked"))
+        .arg(&img)
+        .arg("vfork")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    let tid: i32 = out
+        .split("vforker tid ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        out.contains(&format!(
+            "thread {tid} (vforker) did not respond to the checkpoint signal within 200ms"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("finished: done"), "{out}");
+    assert!(out.contains("exists: false"), "{out}");
+}
