@@ -13,9 +13,9 @@ struct App {
 }
 
 impl App {
-    fn start(mib: usize) -> App {
+    fn start(mib: usize, threads: usize) -> App {
         let mut child = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
-            .args(["serve", &mib.to_string()])
+            .args(["serve", &mib.to_string(), &threads.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("checkpoint");
     g.sample_size(10);
     for mib in [1usize, 64, 512] {
-        let mut app = App::start(mib);
+        let mut app = App::start(mib, 1);
         g.bench_function(BenchmarkId::new("fork_baseline", mib), |b| {
             b.iter_custom(|n| app.ask(&format!("fork {n}")))
         });
@@ -60,6 +60,23 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|n| app.ask(&format!("dump {n} {d}")))
         });
         drop(app.child.stdin.take());
+        let _ = app.child.wait();
+    }
+    g.finish();
+
+    // Threads: every thread is signalled and parks before the fork (1 MiB of heap).
+    let mut g = c.benchmark_group("checkpoint_threads");
+    g.sample_size(10);
+    for threads in [1usize, 8, 64] {
+        let mut app = App::start(1, threads);
+        g.bench_function(BenchmarkId::new("fork_baseline", threads), |b| {
+            b.iter_custom(|n| app.ask(&format!("fork {n}")))
+        });
+        g.bench_function(BenchmarkId::new("pause", threads), |b| {
+            b.iter_custom(|n| app.ask(&format!("pause {n} {d}")))
+        });
+        drop(app.child.stdin.take());
+        let _ = app.child.kill();
         let _ = app.child.wait();
     }
     g.finish();

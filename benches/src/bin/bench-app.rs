@@ -1,12 +1,13 @@
 //! The process the checkpoint and restore benchmarks measure.
 //!
-//! `bench-app serve MIB`: fills MIB of heap, then answers commands on stdin, one per line, with
+//! `bench-app serve MIB [THREADS]`: fills MIB of heap, starts THREADS-1 idle threads (blocked on
+//! a condition variable), then answers commands on stdin, one per line, with
 //! the total nanoseconds on stdout:
 //!   `pause N DIR`  N checkpoints to DIR, summing the time the application was stopped;
 //!   `dump N DIR`   the same, summing the whole save() (snapshot, dump, write);
 //!   `fork N`       N × (fork, child exits, wait): the baseline.
 //!
-//! `bench-app image PATH MIB KEY`: fills MIB of heap and checkpoints to PATH, then exits. When
+//! `bench-app image PATH MIB KEY [THREADS]`: the same state, checkpointed to PATH, then exits. When
 //! restored, its first act after save() returns is to write one byte to stdout, and it exits.
 
 use std::io::{BufRead, Write};
@@ -32,11 +33,34 @@ fn fork_wait() -> Duration {
     t.elapsed()
 }
 
+/// THREADS-1 threads parked on a condition variable for the life of the process.
+fn idle_threads(threads: usize) {
+    let gate = Box::leak(Box::new((std::sync::Mutex::new(()), std::sync::Condvar::new())));
+    for i in 1..threads {
+        std::thread::Builder::new()
+            .name(format!("idle-{i}"))
+            .spawn(|| {
+                let mut g = gate.0.lock().unwrap();
+                loop {
+                    g = gate.1.wait(g).unwrap();
+                }
+            })
+            .unwrap();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let threads = |i: usize| args.get(i).map_or(1, |t| t.parse().expect("THREADS"));
     match args.get(1).map(String::as_str) {
-        Some("serve") => serve(args[2].parse().expect("MIB")),
-        Some("image") => image(&args[2], args[3].parse().expect("MIB"), &args[4]),
+        Some("serve") => {
+            idle_threads(threads(3));
+            serve(args[2].parse().expect("MIB"))
+        }
+        Some("image") => {
+            idle_threads(threads(5));
+            image(&args[2], args[3].parse().expect("MIB"), &args[4])
+        }
         _ => {
             eprintln!("usage: bench-app serve MIB | image PATH MIB KEY");
             std::process::exit(64);
