@@ -90,14 +90,21 @@ fn bench(c: &mut Criterion) {
     for threads in [1usize, 8, 64] {
         let image = dir.path().join(format!("t{threads}.thaw"));
         let st = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
-            .args(["image", image.to_str().unwrap(), "1", key.to_str().unwrap(), &threads.to_string()])
+            .args([
+                "image",
+                image.to_str().unwrap(),
+                "1",
+                key.to_str().unwrap(),
+                &threads.to_string(),
+            ])
             .stdin(Stdio::null())
             .status()
             .unwrap();
         assert!(st.success());
-        g.bench_function(BenchmarkId::new("thaw_run_to_first_instruction", threads), |b| {
-            b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum())
-        });
+        g.bench_function(
+            BenchmarkId::new("thaw_run_to_first_instruction", threads),
+            |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),
+        );
     }
     g.finish();
 }

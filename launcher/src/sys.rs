@@ -265,3 +265,47 @@ pub fn geteuid() -> u32 {
 pub fn getegid() -> u32 {
     thaw::sys::syscall6(libc::SYS_getegid, [0; 6]) as u32
 }
+
+/// A sealable memfd of `len` bytes for the launcher's private copy of an image.
+pub fn sealable_memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
+    let fd = syscall(
+        libc::SYS_memfd_create,
+        [
+            name.as_ptr() as u64,
+            (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd as RawFd) };
+    file.set_len(len)?;
+    Ok(file)
+}
+
+/// Seals a memfd against any further change of size or contents.
+pub fn seal(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    thaw::sys::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals as u64).map(drop)
+}
+
+/// Whether this process's user namespace owns its PID namespace (so that its capabilities there
+/// cover creating processes with chosen PIDs in it).
+pub fn owns_pid_namespace() -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_USERNS: u64 = 0xb701;
+    let pidns = std::fs::File::open("/proc/self/ns/pid")?;
+    let owner = syscall(
+        libc::SYS_ioctl,
+        [pidns.as_raw_fd() as u64, NS_GET_USERNS, 0, 0, 0, 0],
+    )?;
+    // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+    let owner = unsafe { std::fs::File::from_raw_fd(owner as RawFd) };
+    let mine = std::fs::metadata("/proc/self/ns/user")?;
+    let theirs = owner.metadata()?;
+    Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
+}

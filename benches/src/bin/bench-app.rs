@@ -35,7 +35,10 @@ fn fork_wait() -> Duration {
 
 /// THREADS-1 threads parked on a condition variable for the life of the process.
 fn idle_threads(threads: usize) {
-    let gate = Box::leak(Box::new((std::sync::Mutex::new(()), std::sync::Condvar::new())));
+    let gate = Box::leak(Box::new((
+        std::sync::Mutex::new(()),
+        std::sync::Condvar::new(),
+    )));
     for i in 1..threads {
         std::thread::Builder::new()
             .name(format!("idle-{i}"))

@@ -9,6 +9,7 @@ use super::TrustArgs;
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
 use crate::restore::{self, PidMode, Request};
+use crate::sys;
 
 /// Restore a process from a signed image, with its original PID and memory layout. The launcher
 /// exits with the restored process's exit status (128+N if a signal N ended it).
@@ -24,6 +25,15 @@ pub struct Args {
     /// privileges.
     #[arg(long)]
     insecure_allow_unsigned: bool,
+    /// When the image was taken with other credentials than yours, restore it with yours instead
+    /// of refusing (never for an image of a set-uid program).
+    #[arg(long)]
+    as_caller: bool,
+    /// Verify into a sealed private copy and restore from it, so that a change to the image file
+    /// after verification cannot reach the process. Always on when the launcher is privileged or
+    /// the file is writable by anyone but you and root.
+    #[arg(long)]
+    private_copy: bool,
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
@@ -46,13 +56,60 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     } else {
         file.verify(&args.trust.load(ctx)?)?
     };
-    image.verify_payload()?;
+    let private = args.private_copy || ctx.elevated || writable_by_others(image.file());
+    let payload = if private {
+        let h = image.header();
+        let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
+            .map_err(|e| Failure::new(Code::Io, format!("cannot create the private copy: {e}")))?;
+        image.verify_payload_into(&copy)?;
+        sys::seal(&copy)
+            .map_err(|e| Failure::new(Code::Io, format!("cannot seal the private copy: {e}")))?;
+        copy
+    } else {
+        image.verify_payload()?;
+        image
+            .file()
+            .try_clone()
+            .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
+    };
+    pause_for_tests(ctx)?;
     let status = restore::run(
         &image,
         Request {
             pid_mode: args.pid_mode,
             args: args.args,
+            as_caller: args.as_caller,
+            elevated: ctx.elevated,
+            payload,
         },
     )?;
     std::process::exit(status);
+}
+
+/// Whether someone other than the caller and root could change the image file in place.
+fn writable_by_others(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return true;
+    };
+    let me = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0)
+}
+
+/// Test hook: with `THAW_TEST_PAUSE_AFTER_VERIFY=FIFO` (read only by an unprivileged launcher), wait
+/// after verification until a line arrives on FIFO, so that a test can change the image file
+/// exactly then.
+fn pause_for_tests(ctx: &Context) -> Result {
+    let Some(fifo) = ctx.env("THAW_TEST_PAUSE_AFTER_VERIFY") else {
+        return Ok(());
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(std::fs::File::open(&fifo).map_err(|e| {
+            Failure::new(Code::Io, format!("cannot open the test pause FIFO: {e}"))
+        })?),
+        &mut line,
+    )
+    .map_err(|e| Failure::new(Code::Io, format!("cannot read the test pause FIFO: {e}")))?;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! runs nothing but the restorer (see [`restorer`]).
 
 mod layout;
+pub mod policy;
 mod restorer;
 
 use std::ffi::OsString;
@@ -49,6 +50,13 @@ const FORWARDED: [i32; 6] = [
 pub struct Request {
     pub pid_mode: PidMode,
     pub args: Vec<OsString>,
+    /// Restore with the caller's credentials when the image's differ.
+    pub as_caller: bool,
+    /// The launcher gained privileges at exec.
+    pub elevated: bool,
+    /// Where the verified payload is read from: the image file, or the launcher's sealed private
+    /// copy of it (same offsets).
+    pub payload: std::fs::File,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -60,7 +68,7 @@ fn failed(msg: impl std::fmt::Display) -> Failure {
 }
 
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
-fn check_policy(image: &Image) -> Result<Credentials> {
+fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
     let m = image.manifest();
     let here = Platform::current()
         .map_err(|e| failed(format!("cannot read this machine's platform: {e}")))?;
@@ -77,41 +85,26 @@ fn check_policy(image: &Image) -> Result<Credentials> {
             format!("image has no thread {} (its main thread)", m.process.pid),
         ));
     }
-    let me = Credentials::of(std::process::id() as i32)
+    let own = Credentials::of(std::process::id() as i32)
         .map_err(|e| failed(format!("cannot read the caller's credentials: {e}")))?;
-    let img = &m.creds;
-    let ids = |c: &Credentials| (c.uid, c.gid);
-    if ids(img) != ids(&me) {
-        return Err(refused(format!(
-            "image was taken as uid {}/{}/{} gid {}/{}/{} (real/effective/saved), you are uid {}/{}/{} gid {}/{}/{}",
-            img.uid.real, img.uid.effective, img.uid.saved, img.gid.real, img.gid.effective, img.gid.saved,
-            me.uid.real, me.uid.effective, me.uid.saved, me.gid.real, me.gid.effective, me.gid.saved
-        )));
+    let target = policy::decide(&m.creds, &policy::caller(&own, req.elevated), req.as_caller)
+        .map_err(refused)?;
+    if let Some(note) = &target.note {
+        eprintln!("thaw: warning: {note}");
     }
-    let (mut a, mut b) = (img.groups.clone(), me.groups.clone());
-    a.sort_unstable();
-    b.sort_unstable();
-    if a != b {
-        return Err(refused(format!(
-            "image was taken with supplementary groups {a:?}, you have {b:?}"
-        )));
-    }
-    let extra =
-        (img.caps.permitted | img.caps.effective | img.caps.inheritable) & !me.caps.permitted;
-    if extra != 0 {
-        return Err(refused(format!(
-            "image holds capabilities {extra:#x} that you do not have"
-        )));
-    }
-    Ok(me)
+    Ok(target)
 }
 
+/// Host mode needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) in the user namespace that owns the
+/// caller's PID namespace: a launcher whose capabilities belong to another user namespace (inside a
+/// container, say) must not create processes with chosen PIDs there.
 fn may_use_host_pids() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = thaw::procfs::field_hex(&status, "CapEff");
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
     eff & (CAP_SYS_ADMIN | CAP_CHECKPOINT_RESTORE) != 0
+        && sys::owns_pid_namespace().unwrap_or(false)
 }
 
 fn pid_in_use(pid: i32) -> bool {
@@ -141,14 +134,14 @@ struct Fds {
     keep: Vec<RawFd>,
 }
 
-fn prepare_fds(image: &Image) -> Result<Fds> {
+fn prepare_fds(image: &Image, payload: &std::fs::File) -> Result<Fds> {
     let m = image.manifest();
     sys::raise_nofile();
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
     let reopened = thaw::state::files::reopen(&m.files, |r| {
         let mut buf = vec![0u8; r.len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(image.file(), &mut buf, payload_off + r.offset)
+        std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
             .map_err(|e| format!("cannot read pipe contents from the image: {e}"))?;
         Ok(buf)
     })
@@ -201,7 +194,7 @@ fn prepare_fds(image: &Image) -> Result<Fds> {
         mapped.push((i, fd));
     }
     let image_fd =
-        sys::dup_above(image.file().as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        sys::dup_above(payload.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
     let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
     let error_r = sys::dup_above(OwnedFd::from(r).as_raw_fd(), high)
         .map_err(|e| failed(format!("dup: {e}")))?;
@@ -238,7 +231,13 @@ fn prepare_fds(image: &Image) -> Result<Fds> {
 }
 
 /// The complete step list for the restored process.
-fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> Result<Plan> {
+fn build_plan(
+    image: &Image,
+    fds: &Fds,
+    region: &Region,
+    args: &RestoreArgs,
+    creds: &Credentials,
+) -> Result<Plan> {
     let m = image.manifest();
     let mut plan = Plan::new(region.arena_base());
 
@@ -358,7 +357,7 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
-        plan_credentials(&mut plan, &m.creds);
+        plan_credentials(&mut plan, creds);
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
         plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
@@ -384,7 +383,22 @@ fn build_plan(image: &Image, fds: &Fds, region: &Region, args: &RestoreArgs) -> 
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
-    plan_credentials(&mut plan, &m.creds);
+    plan_credentials(&mut plan, creds);
+    if m.process.dumpable <= 1 {
+        // A launcher with a file capability is not dumpable; the process is what it was.
+        plan.syscall(
+            format!("set dumpable {}", m.process.dumpable),
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_DUMPABLE as u64,
+                u64::from(m.process.dumpable),
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;
@@ -443,6 +457,32 @@ fn plan_credentials(plan: &mut Plan, c: &Credentials) {
         libc::SYS_capset,
         [header, data, 0, 0, 0, 0],
     );
+    plan.syscall(
+        "clear ambient capabilities",
+        libc::SYS_prctl,
+        [
+            libc::PR_CAP_AMBIENT as u64,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    for cap in (0..64).filter(|b| c.caps.ambient & (1u64 << b) != 0) {
+        plan.syscall(
+            format!("raise ambient capability {cap}"),
+            libc::SYS_prctl,
+            [
+                libc::PR_CAP_AMBIENT as u64,
+                libc::PR_CAP_AMBIENT_RAISE as u64,
+                cap,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
     if c.no_new_privs {
         plan.syscall(
             "set no_new_privs",
@@ -455,7 +495,7 @@ fn plan_credentials(plan: &mut Plan, c: &Credentials) {
 /// Restores `image` and supervises the restored process; returns the exit status to use.
 pub fn run(image: &Image, req: Request) -> Result<i32> {
     let m = image.manifest();
-    check_policy(image)?;
+    let target = check_policy(image, &req)?;
     let pid = m.process.pid;
     if !sys::probe_set_tid() {
         return Err(refused("this kernel's clone3 does not support set_tid"));
@@ -467,7 +507,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         PidMode::Auto => PidMode::Ns,
         PidMode::Host if !host_ok => {
             return Err(refused(format!(
-                "--pid-mode host needs root or CAP_CHECKPOINT_RESTORE to restore PID {pid}; use --pid-mode ns"
+                "--pid-mode host needs root or CAP_CHECKPOINT_RESTORE over this PID namespace to restore PID {pid}; use --pid-mode ns"
             )))
         }
         PidMode::Host if taken.is_some() => {
@@ -485,7 +525,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         ));
     }
 
-    let fds = prepare_fds(image)?;
+    let fds = prepare_fds(image, &req.payload)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: std::env::vars_os()
@@ -498,7 +538,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             .collect(),
     };
     let region = Region::reserve(m)?;
-    let plan = build_plan(image, &fds, &region, &args)?;
+    let plan = build_plan(image, &fds, &region, &args, &target.creds)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
 
     // Signals stay blocked from here until the process (or the namespace init) exists, so that

@@ -286,6 +286,18 @@ impl Image {
 
     /// [`Self::verify_payload`] with a chosen number of threads.
     pub fn verify_payload_with(&self, threads: usize) -> Result<(), ImageError> {
+        self.verify_batches(threads, None)
+    }
+
+    /// Checks every payload chunk and writes each verified batch to `dest` at the same file
+    /// offset: afterwards `dest` holds exactly the bytes that were verified, whatever happens to
+    /// the image file (the launcher's private copy).
+    pub fn verify_payload_into(&self, dest: &File) -> Result<(), ImageError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.verify_batches(threads, Some(dest))
+    }
+
+    fn verify_batches(&self, threads: usize, sink: Option<&File>) -> Result<(), ImageError> {
         let chunks = self.header.chunk_count();
         if chunks == 0 {
             return Ok(());
@@ -313,12 +325,18 @@ impl Image {
                 let (off, _) = self.chunk_range(first);
                 let (end_off, end_len) = self.chunk_range(last - 1);
                 let span = (end_off + end_len as u64 - off) as usize;
-                let result =
-                    read_exact_at(&self.file, &self.path, &mut buf[..span], off).and_then(|()| {
+                let result = read_exact_at(&self.file, &self.path, &mut buf[..span], off)
+                    .and_then(|()| {
                         buf[..span]
                             .chunks(self.header.chunk_size as usize)
                             .zip(first..last)
                             .try_for_each(|(data, i)| self.check_chunk(i, data))
+                    })
+                    .and_then(|()| match sink {
+                        Some(dest) => dest.write_all_at(&buf[..span], off).map_err(|e| {
+                            ImageError::io("cannot copy verified payload of", &self.path, e)
+                        }),
+                        None => Ok(()),
                     });
                 if let Err(e) = result {
                     failed.store(true, Ordering::Relaxed);
