@@ -59,3 +59,30 @@ impl Checks {
         std::process::exit(if self.failed { 1 } else { 0 })
     }
 }
+
+/// Capability sets of every thread ("CapInh: … CapPrm: … CapEff: … CapAmb: …"), sorted.
+pub fn thread_caps() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| {
+            let tid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+            let caps: Vec<&str> = status
+                .lines()
+                .filter(|l| {
+                    ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                })
+                .collect();
+            Some(
+                caps.join(" ")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -25,6 +25,7 @@ fn main() {
     let pid = std::process::id();
     let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let caps = common::thread_caps();
 
     let args = common::checkpoint();
     let mut c = common::Checks::default();
@@ -70,5 +71,21 @@ fn main() {
         args.len() == 2 && args[0] == "one" && args[1] == "two words",
         format!("{args:?}"),
     );
+    let caps_now = common::thread_caps();
+    c.check(
+        "capabilities",
+        caps_now == caps,
+        format!("{caps_now:?} != {caps:?}"),
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("uids {uid_line}");
     c.finish();
 }

@@ -195,10 +195,17 @@ fn main() {
     set_tls(1);
     let main_before = me();
     let before: Vec<(String, Me)> = reports.lock().unwrap().clone();
+    let caps = common::thread_caps();
 
     let args = common::checkpoint();
 
     let mut c = common::Checks::default();
+    let caps_now = common::thread_caps();
+    c.check(
+        "capabilities of every thread",
+        caps_now == caps,
+        format!("{caps_now:?} != {caps:?}"),
+    );
     c.check(
         "main thread",
         me() == main_before,

@@ -309,3 +309,37 @@ pub fn owns_pid_namespace() -> io::Result<bool> {
     let theirs = owner.metadata()?;
     Ok((mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()))
 }
+
+/// In a new mount namespace: stop mount propagation and mount a procfs for the current PID
+/// namespace over /proc.
+pub fn mount_private_proc() -> io::Result<()> {
+    let mount = |src: &std::ffi::CStr,
+                 target: &std::ffi::CStr,
+                 fstype: Option<&std::ffi::CStr>,
+                 flags: u64| {
+        syscall(
+            libc::SYS_mount,
+            [
+                src.as_ptr() as u64,
+                target.as_ptr() as u64,
+                fstype.map_or(0, |f| f.as_ptr() as u64),
+                flags,
+                0,
+                0,
+            ],
+        )
+    };
+    mount(
+        c"none",
+        c"/",
+        None,
+        (libc::MS_REC | libc::MS_PRIVATE) as u64,
+    )?;
+    mount(
+        c"proc",
+        c"/proc",
+        Some(c"proc"),
+        (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64,
+    )?;
+    Ok(())
+}

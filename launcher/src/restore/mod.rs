@@ -606,7 +606,7 @@ fn spawn_in_namespace(
     fds: &Fds,
 ) -> Result<i32> {
     let (uid, gid) = (sys::geteuid(), sys::getegid());
-    sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID)
+    sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS)
         .map_err(|e| refused(format!("cannot create a user and PID namespace: {e}")))?;
     let write = |file: &str, text: String| {
         std::fs::write(file, text).map_err(|e| failed(format!("cannot write {file}: {e}")))
@@ -618,8 +618,12 @@ fn spawn_in_namespace(
     if init != 0 {
         return Ok(init);
     }
-    // Namespace init (PID 1): create the restored process, then reap until it ends.
+    // Namespace init (PID 1): give the namespace its own /proc (so that /proc/self agrees with
+    // getpid() inside), create the restored process, then reap until it ends.
     sys::close(fds.error_r.as_raw_fd());
+    if let Err(e) = sys::mount_private_proc() {
+        eprintln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
+    }
     let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
         Ok(child) => {
             sys::close(fds.error_w.as_raw_fd());
