@@ -329,17 +329,12 @@ pub fn mount_private_proc() -> io::Result<()> {
             ],
         )
     };
-    mount(
-        c"none",
-        c"/",
-        None,
-        (libc::MS_REC | libc::MS_PRIVATE) as u64,
-    )?;
+    mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE)?;
     mount(
         c"proc",
         c"/proc",
         Some(c"proc"),
-        (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
     )?;
     Ok(())
 }

@@ -60,16 +60,14 @@ pub fn decide(
     as_caller: bool,
 ) -> Result<Target, String> {
     let same_ids = image.uid == caller.uid && image.gid == caller.gid;
-    if set_id(&image.uid) || set_id(&image.gid) {
-        if !same_ids {
-            return Err(format!(
-                "image was taken by a set-uid/set-gid program (uid {}, gid {}); it is restored only for a caller with exactly those ids, and you are uid {}, gid {}",
-                show(&image.uid),
-                show(&image.gid),
-                show(&caller.uid),
-                show(&caller.gid)
-            ));
-        }
+    if (set_id(&image.uid) || set_id(&image.gid)) && !same_ids {
+        return Err(format!(
+            "image was taken by a set-uid/set-gid program (uid {}, gid {}); it is restored only for a caller with exactly those ids, and you are uid {}, gid {}",
+            show(&image.uid),
+            show(&image.gid),
+            show(&caller.uid),
+            show(&caller.gid)
+        ));
     }
     let mismatch = if !same_ids {
         Some(format!(
