@@ -94,6 +94,9 @@ pub struct Capture {
     pub brk: AtomicU64,
     /// Kernel sigaction of signals 1..=64, four words each.
     pub actions: Vec<[AtomicU64; 4]>,
+    /// Every rlimit (soft, hard). Read here rather than from the frozen child: a set-uid process
+    /// may not read its own child's limits without CAP_SYS_RESOURCE.
+    pub limits: Vec<[AtomicU64; 2]>,
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
@@ -116,6 +119,9 @@ impl Capture {
             left: AtomicU32::new(0),
             brk: AtomicU64::new(0),
             actions: (0..64).map(|_| Default::default()).collect(),
+            limits: (0..crate::state::limits::RLIMIT_COUNT)
+                .map(|_| Default::default())
+                .collect(),
             fds,
             pipes,
             child: AtomicI64::new(0),
@@ -189,6 +195,12 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             slot[1].store(old.flags, Ordering::Relaxed);
             slot[2].store(old.restorer, Ordering::Relaxed);
             slot[3].store(old.mask, Ordering::Relaxed);
+        }
+    }
+    for (r, slot) in c.limits.iter().enumerate() {
+        if let Ok((cur, max)) = sys::prlimit(0, r as u32) {
+            slot[0].store(cur, Ordering::Relaxed);
+            slot[1].store(max, Ordering::Relaxed);
         }
     }
     for f in &c.fds {

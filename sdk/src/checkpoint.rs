@@ -267,7 +267,7 @@ impl Checkpoint {
             .map_err(io("reading process attributes"))?;
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
-        m.limits = state::limits::Rlimit::dump(child).map_err(io("reading rlimits"))?;
+        m.limits = state::limits::Rlimit::dump(c);
         m.creds = state::creds::Credentials::of(child).map_err(io("reading credentials"))?;
         m.signals = state::signals::SignalState::dump(c, self.signal, original_action);
         let mem = File::open(format!("/proc/{child}/mem"))

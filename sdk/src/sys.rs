@@ -232,10 +232,14 @@ fn unsafe_zeroed_sigaction() -> libc::sigaction {
     unsafe { std::mem::zeroed() }
 }
 
-/// Reads `buf.len()` bytes at `addr` of our own address space, or fails with EFAULT.
-pub fn read_own_memory(addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    std::fs::File::open("/proc/self/mem")?.read_exact_at(buf, addr)
+/// Copies our own vDSO text, which `/proc/self/maps` lists at `[start, start + len)`. (Not through
+/// /proc/self/mem: a launcher with a file capability is not dumpable and may not open it.)
+pub fn read_own_vdso(start: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    // SAFETY: the kernel maps the vDSO readable for the life of the process and never changes it;
+    // the range comes from our own maps and the destination is a fresh buffer of `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(start as *const u8, out.as_mut_ptr(), len) };
+    out
 }
 
 /// Unmaps a range of our own address space that nothing in Rust refers to (the restorer region the
@@ -287,7 +291,7 @@ pub fn glibc_rseq(fs_base: u64) -> Option<(u64, u32)> {
     (size != 0).then(|| (fs_base.wrapping_add(off as u64), size))
 }
 
-/// prlimit64(pid, resource) → (cur, max).
+/// prlimit64(pid, resource) → (cur, max). Async-signal-safe.
 pub fn prlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
     let mut old = libc::rlimit64 {
         rlim_cur: 0,

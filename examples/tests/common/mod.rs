@@ -35,13 +35,18 @@ pub fn command(program: &Path) -> Command {
     c
 }
 
-pub fn as_nobody(mut c: Command) -> Command {
+pub fn as_nobody(c: Command) -> Command {
+    as_user(c, 65534, 65534)
+}
+
+/// Runs the command as `uid`/`gid` with no supplementary groups.
+pub fn as_user(mut c: Command, uid: u32, gid: u32) -> Command {
     // SAFETY: setgroups/setgid/setuid in the child before exec; async-signal-safe.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }

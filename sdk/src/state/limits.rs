@@ -18,19 +18,28 @@ use crate::restore::Plan;
 pub const RLIMIT_COUNT: u32 = 16;
 
 impl Rlimit {
-    /// Every limit of `pid`.
-    pub(crate) fn dump(pid: i32) -> std::io::Result<Vec<Rlimit>> {
-        (0..RLIMIT_COUNT)
-            .map(|resource| {
-                let (cur, max) = crate::sys::prlimit(pid, resource)?;
-                Ok(Rlimit { resource, cur, max })
+    /// The limits the checkpoint handler recorded.
+    pub(crate) fn dump(c: &crate::capture::Capture) -> Vec<Rlimit> {
+        use std::sync::atomic::Ordering;
+        c.limits
+            .iter()
+            .enumerate()
+            .map(|(r, slot)| Rlimit {
+                resource: r as u32,
+                cur: slot[0].load(Ordering::Relaxed),
+                max: slot[1].load(Ordering::Relaxed),
             })
             .collect()
     }
 
     /// The limits of the calling process.
     pub fn current() -> std::io::Result<Vec<Rlimit>> {
-        Self::dump(0)
+        (0..RLIMIT_COUNT)
+            .map(|resource| {
+                let (cur, max) = crate::sys::prlimit(0, resource)?;
+                Ok(Rlimit { resource, cur, max })
+            })
+            .collect()
     }
 
     pub fn plan_restore(&self, plan: &mut Plan) {

@@ -86,8 +86,7 @@ impl Platform {
                 end: m.end,
             });
             if m.name == "[vdso]" {
-                let mut text = vec![0u8; (m.end - m.start) as usize];
-                crate::sys::read_own_memory(m.start, &mut text)?;
+                let text = crate::sys::read_own_vdso(m.start, (m.end - m.start) as usize);
                 vdso.vdso_digest = crate::image::Digest(sha256(&text));
             }
         }

@@ -1,0 +1,378 @@
+//! Non-root restore in the three deployments, the credential policy, and the privileged launcher
+//! as a non-confused deputy. Runs as root (CI does) and drops to user A (nobody, 65534) and user B
+//! (12345) for real; the setcap deployment uses a copy of `thaw` with
+//! `setcap cap_checkpoint_restore+ep`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const A: u32 = 65534;
+const B: u32 = 12345;
+const REFUSED: i32 = 67;
+const IO: i32 = 74;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Caller {
+    Root,
+    User(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Deployment {
+    Root,
+    Setcap,
+    Namespace,
+}
+
+struct Lab {
+    env: Env,
+    zdtm: PathBuf,
+    capped: PathBuf,
+    plain: PathBuf,
+    cwd: PathBuf,
+    _system_key: SystemKey,
+}
+
+/// A key in /etc/thaw/trusted/ for the duration of a test.
+struct SystemKey(PathBuf);
+
+impl Drop for SystemKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let env = Env::new();
+        let d = env.dir.path().to_owned();
+        let copy = |name: &str, to: &str| {
+            let p = d.join(to);
+            std::fs::copy(bin(name), &p).unwrap();
+            chmod(&p, 0o755);
+            p
+        };
+        let zdtm = copy("zdtm-process", "zdtm-process");
+        let plain = copy("thaw", "thaw");
+        let capped = copy("thaw", "thaw-cap");
+        let st = Command::new("setcap")
+            .arg("cap_checkpoint_restore+ep")
+            .arg(&capped)
+            .status()
+            .unwrap();
+        assert!(st.success(), "setcap");
+        let cwd = d.join("cwd");
+        std::fs::create_dir(&cwd).unwrap();
+        chmod(&cwd, 0o777);
+        std::fs::create_dir_all("/etc/thaw/trusted").unwrap();
+        let sys = PathBuf::from(format!(
+            "/etc/thaw/trusted/test-security-{}.pub",
+            std::process::id()
+        ));
+        std::fs::copy(&env.pubkey, &sys).unwrap();
+        chmod(&sys, 0o644);
+        Lab {
+            env,
+            zdtm,
+            capped,
+            plain,
+            cwd,
+            _system_key: SystemKey(sys),
+        }
+    }
+
+    fn user_dir(&self, uid: u32) -> PathBuf {
+        let dir = self.env.path(&format!("u{uid}"));
+        if !dir.exists() {
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+            let key = dir.join("k.key");
+            std::fs::copy(&self.env.key, &key).unwrap();
+            std::os::unix::fs::chown(&key, Some(uid), Some(uid)).unwrap();
+        }
+        dir
+    }
+
+    /// Checkpoints zdtm-process as `who` (optionally a set-uid-root copy run by `who`); the image is
+    /// made readable by everyone so that the policy, not file permissions, decides.
+    fn image(&self, who: Caller, setuid: bool, name: &str) -> PathBuf {
+        let (dir, prog) = match who {
+            Caller::Root => (self.env.dir.path().to_owned(), self.zdtm.clone()),
+            Caller::User(uid) => (self.user_dir(uid), self.zdtm.clone()),
+        };
+        let prog = if setuid {
+            let p = self.env.path("zdtm-process-suid");
+            if !p.exists() {
+                std::fs::copy(&self.zdtm, &p).unwrap();
+                chmod(&p, 0o4755);
+            }
+            p
+        } else {
+            prog
+        };
+        let img = dir.join(name);
+        let mut c = command(&prog);
+        c.arg(&img).arg(dir.join("k.key")).arg(&self.cwd);
+        if let Caller::User(uid) = who {
+            c = as_user(c, uid, uid);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "checkpoint as {who:?}: {}", text(&o));
+        chmod(&img, 0o644);
+        img
+    }
+
+    fn restore(&self, d: Deployment, who: Caller, img: &Path, extra: &[&str]) -> Output {
+        let (bin, mode) = match d {
+            Deployment::Root => (&self.plain, "host"),
+            Deployment::Setcap => (&self.capped, "host"),
+            Deployment::Namespace => (&self.plain, "ns"),
+        };
+        let mut c = command(bin);
+        c.args(["run", "--pid-mode", mode]);
+        if d != Deployment::Setcap {
+            c.arg("--trust").arg(&self.env.pubkey);
+        }
+        c.args(extra).arg(img).args(["--", "one", "two words"]);
+        if let Caller::User(uid) = who {
+            c = as_user(c, uid, uid);
+        }
+        c.output().unwrap()
+    }
+}
+
+fn restored_as(o: &Output, uid: u32) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l == "ok pid"), "{}", text(o));
+    let want = format!("uids {uid} {uid} {uid} {uid}");
+    assert!(
+        out.lines().any(|l| l == want),
+        "expected {want}: {}",
+        text(o)
+    );
+}
+
+fn refused(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "expected {needle:?}: {}", text(o));
+    assert!(o.stdout.is_empty(), "nothing may run: {}", text(o));
+}
+
+/// The matrix of docs/security.md: caller × image × deployment.
+#[test]
+fn credential_matrix() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create users' images and setcap (CI runs as root)");
+        return;
+    }
+    let lab = Lab::new();
+    let root_img = lab.image(Caller::Root, false, "root.thaw");
+    let a_img = lab.image(Caller::User(A), false, "a.thaw");
+    let suid_img = lab.image(Caller::User(A), true, "suid.thaw");
+    use Deployment::*;
+
+    // Deployment root: the caller is root.
+    let o = lab.restore(Root, Caller::Root, &root_img, &[]);
+    assert_all_ok(&o, &["pid", "capabilities", "exe", "args"]);
+    restored_as(&o, 0);
+    refused(
+        &lab.restore(Root, Caller::Root, &a_img, &[]),
+        "image was taken as uid 65534, gid 65534; you are uid 0, gid 0",
+    );
+    restored_as(
+        &lab.restore(Root, Caller::Root, &a_img, &["--as-caller"]),
+        0,
+    );
+    refused(&lab.restore(Root, Caller::Root, &suid_img, &[]), "set-uid");
+    refused(
+        &lab.restore(Root, Caller::Root, &suid_img, &["--as-caller"]),
+        "set-uid",
+    );
+
+    // Deployments setcap and namespace: callers A and B.
+    for d in [Setcap, Namespace] {
+        let o = lab.restore(d, Caller::User(A), &a_img, &[]);
+        assert_all_ok(
+            &o,
+            &["pid", "capabilities", "exe", "cmdline", "cwd", "args"],
+        );
+        restored_as(&o, A);
+        refused(
+            &lab.restore(d, Caller::User(B), &a_img, &[]),
+            "image was taken as uid 65534, gid 65534; you are uid 12345, gid 12345",
+        );
+        restored_as(
+            &lab.restore(d, Caller::User(B), &a_img, &["--as-caller"]),
+            B,
+        );
+        refused(
+            &lab.restore(d, Caller::User(A), &root_img, &[]),
+            "image was taken as uid 0, gid 0; you are uid 65534",
+        );
+        // As the caller: A's ids, and none of root's capabilities.
+        let o = lab.restore(d, Caller::User(A), &root_img, &["--as-caller"]);
+        restored_as(&o, A);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("CapEff: 0000000000000000"),
+            "{}",
+            text(&o)
+        );
+        for who in [Caller::User(A), Caller::User(B)] {
+            refused(&lab.restore(d, who, &suid_img, &[]), "set-uid");
+            refused(&lab.restore(d, who, &suid_img, &["--as-caller"]), "set-uid");
+        }
+    }
+
+    // File permissions still rule: A cannot restore an image only root may read, privileged
+    // launcher or not.
+    chmod(&root_img, 0o600);
+    for d in [Setcap, Namespace] {
+        let o = lab.restore(d, Caller::User(A), &root_img, &["--as-caller"]);
+        assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
+    }
+}
+
+/// The setcap deployment: original PID in the caller's namespace, the capability in no restored
+/// thread, /proc/self/exe set.
+#[test]
+fn setcap_launcher_restores_threads_without_its_capability() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::new();
+    let dir = lab.user_dir(A);
+    let prog = lab.env.path("zdtm-threads");
+    std::fs::copy(bin("zdtm-threads"), &prog).unwrap();
+    chmod(&prog, 0o755);
+    let img = dir.join("t.thaw");
+    let o = as_user(command(&prog), A, A)
+        .arg(&img)
+        .arg(dir.join("k.key"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = as_user(command(&lab.capped), A, A)
+        .args(["run", "--pid-mode", "host"])
+        .arg(&img)
+        .args(["--", "30"])
+        .output()
+        .unwrap();
+    assert_all_ok(
+        &o,
+        &[
+            "capabilities of every thread",
+            "main thread",
+            "pool ran the new work",
+            "worker-3 tid, name and thread-locals",
+        ],
+    );
+    // The privileged launcher ignores --trust and the environment: an image signed by a key that is
+    // only in THAW_TRUST_DIR is refused.
+    let stranger = lab.env.path("stranger");
+    assert!(lab
+        .env
+        .thaw(&["keygen", stranger.to_str().unwrap()])
+        .status
+        .success());
+    let o = lab.env.thaw(&[
+        "sign",
+        "--key",
+        &format!("{}.key", stranger.display()),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    chmod(&img, 0o644);
+    std::fs::copy(
+        format!("{}.pub", stranger.display()),
+        lab.env.path("stranger-trusted.pub"),
+    )
+    .unwrap();
+    let o = as_user(command(&lab.capped), A, A)
+        .env("THAW_TRUST_DIR", lab.env.dir.path())
+        .args(["run", "--trust"])
+        .arg(format!("{}.pub", stranger.display()))
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(66), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("searched: /etc/thaw/trusted/*.pub"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty());
+    // The same image through the unprivileged launcher, which honours --trust: restored (ns mode).
+    let o = as_user(command(&lab.plain), A, A)
+        .args(["run", "--trust"])
+        .arg(format!("{}.pub", stranger.display()))
+        .arg(&img)
+        .args(["--", "5"])
+        .output()
+        .unwrap();
+    assert_all_ok(&o, &["main thread", "capabilities of every thread"]);
+}
+
+/// What is verified is what is mapped: a change to the image file after verification does not
+/// reach the process restored from the private copy, and does reach one restored straight from
+/// the file (which is why the copy is taken whenever anyone but the caller could write the file).
+#[test]
+fn a_change_after_verification_cannot_reach_the_process() {
+    let env = Env::new();
+    let data = env.path("mapped.dat");
+    let img = env.checkpoint("zdtm-memory", "m.thaw", &[data.to_str().unwrap()]);
+    // A word of the heap pattern zdtm-memory checks: pattern(1000, 1).
+    let word = (1000u64.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 1).to_le_bytes();
+    let original = std::fs::read(&img).unwrap();
+    let at = original
+        .windows(8)
+        .position(|w| w == word)
+        .expect("heap pattern in the image");
+
+    for private in [true, false] {
+        std::fs::write(&img, &original).unwrap();
+        let fifo = env.path(&format!("pause-{private}"));
+        let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path; creates a FIFO.
+        assert_eq!(unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) }, 0);
+        let mut c = env.restore_cmd(&img, if private { &["--private-copy"] } else { &[] }, &[]);
+        c.env("THAW_TEST_PAUSE_AFTER_VERIFY", &fifo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        // Opening the FIFO for writing waits until the launcher, done verifying, opens it.
+        let mut pause = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let mut bytes = original.clone();
+        bytes[at] ^= 0xff;
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+            f.write_all(&bytes[at..at + 1]).unwrap();
+        }
+        use std::io::Write;
+        writeln!(pause).unwrap();
+        drop(pause);
+        let o = child.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        if private {
+            assert_all_ok(&o, &["heap", "stack", "globals"]);
+        } else {
+            assert!(
+                out.contains("FAIL heap"),
+                "the direct path should see the change: {}",
+                text(&o)
+            );
+        }
+    }
+}
