@@ -232,15 +232,7 @@ fn failed_restore_names_the_step_and_leaves_nothing_behind() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(o.stdout.is_empty());
-    let inspect = env.thaw(&[
-        "inspect",
-        "--json",
-        "--trust",
-        env.pubkey.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    let pid = v["manifest"]["process"]["pid"].as_i64().unwrap();
+    let pid = env.manifest(&img).process.pid;
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "PID {pid} left behind"

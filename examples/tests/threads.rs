@@ -26,24 +26,11 @@ const THREAD_CHECKS: [&str; 15] = [
     "pool ran the new work",
 ];
 
-fn tids_of(env: &Env, img: &Path) -> Vec<i64> {
-    let o = env.thaw(&[
-        "inspect",
-        "--json",
-        "--trust",
-        env.pubkey.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["manifest"]["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["tid"].as_i64().unwrap())
-        .collect()
+fn tids_of(env: &Env, img: &Path) -> Vec<i32> {
+    env.manifest(img).threads.iter().map(|t| t.tid).collect()
 }
 
-fn assert_gone(tids: &[i64]) {
+fn assert_gone(tids: &[i32]) {
     for tid in tids {
         assert!(
             !Path::new(&format!("/proc/{tid}")).exists(),

@@ -42,15 +42,7 @@ fn memory_contents_brk_and_layout() {
         let e = thaw::procfs::parse_map_line(l)?;
         Some((e.start, e.end, e.perms, e.name))
     }));
-    let inspect = env.thaw(&[
-        "inspect",
-        "--json",
-        "--trust",
-        env.pubkey.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    let m: thaw::Manifest = serde_json::from_value(v["manifest"].clone()).unwrap();
+    let m = env.manifest(&img);
     let image = normalize(m.memory.iter().map(|vma| {
         use thaw::state::memory::Backing;
         let name = match &vma.backing {

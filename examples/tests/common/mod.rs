@@ -164,6 +164,20 @@ impl Env {
         self.restore_cmd(image, opts, args).output().unwrap()
     }
 
+    /// The image's manifest, through `thaw inspect --json` (which verifies it first).
+    pub fn manifest(&self, image: &Path) -> thaw::Manifest {
+        let o = self.thaw(&[
+            "inspect",
+            "--json",
+            "--trust",
+            self.pubkey.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        serde_json::from_value(v["manifest"].clone()).unwrap()
+    }
+
     /// `thaw ARGS` (not as nobody).
     pub fn thaw(&self, args: &[&str]) -> Output {
         command(&bin("thaw")).args(args).output().unwrap()

@@ -109,21 +109,29 @@ impl ImageWriter {
         let offset = self.payload_len;
         let mut len = 0u64;
         for part in parts {
-            self.write_raw(part)?;
-            self.hash_payload(part);
+            self.write_payload(part)?;
             len += part.len() as u64;
         }
+        self.end_range(offset, len)
+    }
+
+    fn write_payload(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        self.write_raw(data)?;
+        self.hash_payload(data);
+        Ok(())
+    }
+
+    /// Pads the range just written (`len` bytes from `offset`) to a page boundary.
+    fn end_range(&mut self, offset: u64, len: u64) -> Result<PayloadRef, ImageError> {
         let pad = (len.next_multiple_of(u64::from(self.page_size)) - len) as usize;
         if pad > 0 {
-            let zeros = vec![0u8; pad];
-            self.write_raw(&zeros)?;
-            self.hash_payload(&zeros);
+            self.write_payload(&vec![0u8; pad])?;
         }
         self.payload_len += len + pad as u64;
         Ok(PayloadRef { offset, len })
     }
 
-    /// Appends `len` bytes (a multiple of the page size) produced piece by piece by `fill(offset,
+    /// Appends `len` bytes produced piece by piece by `fill(offset,
     /// piece)` into `buf`-sized pieces, as one payload range.
     pub fn append_payload_with(
         &mut self,
@@ -138,18 +146,10 @@ impl ImageWriter {
             fill(done, &mut buf[..n]).map_err(|e| {
                 ImageError::io("cannot read the snapshot's memory for", &self.dest, e)
             })?;
-            self.write_raw(&buf[..n])?;
-            self.hash_payload(&buf[..n]);
+            self.write_payload(&buf[..n])?;
             done += n as u64;
         }
-        let pad = (len.next_multiple_of(u64::from(self.page_size)) - len) as usize;
-        if pad > 0 {
-            let zeros = vec![0u8; pad];
-            self.write_raw(&zeros)?;
-            self.hash_payload(&zeros);
-        }
-        self.payload_len += len + pad as u64;
-        Ok(PayloadRef { offset, len })
+        self.end_range(offset, len)
     }
 
     /// Writes the manifest (its chunk table filled in here), the header and the trailer, signs
