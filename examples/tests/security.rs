@@ -138,6 +138,7 @@ impl Lab {
             Deployment::Namespace => (&self.plain, "ns"),
         };
         let mut c = command(bin);
+        c.env("ZDTM_ENV", "from the launcher");
         c.args(["run", "--pid-mode", mode]);
         if d != Deployment::Setcap {
             c.arg("--trust").arg(&self.env.pubkey);
@@ -183,7 +184,19 @@ fn credential_matrix() {
 
     // Deployment root: the caller is root.
     let o = lab.restore(Root, Caller::Root, &root_img, &[]);
-    assert_all_ok(&o, &["pid", "capabilities", "exe", "args"]);
+    assert_all_ok(
+        &o,
+        &[
+            "pid",
+            "capabilities",
+            "exe",
+            "args",
+            "hooks",
+            "environment",
+            "no_new_privs",
+            "dumpable",
+        ],
+    );
     restored_as(&o, 0);
     refused(
         &lab.restore(Root, Caller::Root, &a_img, &[]),
@@ -276,6 +289,24 @@ fn setcap_launcher_restores_threads_without_its_capability() {
             "pool ran the new work",
             "worker-3 tid, name and thread-locals",
         ],
+    );
+    // The privileged launcher refuses unsigned images, development option or not.
+    let unsigned = dir.join("u.thaw");
+    let o = as_user(command(&prog), A, A)
+        .arg(&unsigned)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = as_user(command(&lab.capped), A, A)
+        .args(["run", "--insecure-allow-unsigned"])
+        .arg(&unsigned)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(66), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("elevated privileges"),
+        "{}",
+        text(&o)
     );
     // The privileged launcher ignores --trust and the environment: an image signed by a key that is
     // only in THAW_TRUST_DIR is refused.
@@ -375,4 +406,36 @@ fn a_change_after_verification_cannot_reach_the_process() {
             );
         }
     }
+}
+
+/// Never elevate: a hard limit above the caller's is lowered to the caller's, and said.
+#[test]
+fn rlimits_above_the_callers_are_lowered_and_reported() {
+    let env = Env::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.path().to_str().unwrap()]);
+    let mut c = env.restore_cmd(&img, &[], &["one", "two words"]);
+    // SAFETY: setrlimit in the child before exec; async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            let lim = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 2048,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("rlimit 7 lowered from 4096 to your hard limit 2048"),
+        "{}",
+        text(&o)
+    );
+    assert!(out.contains("FAIL rlimit nofile: 777/2048"), "{}", text(&o));
+    assert!(out.lines().any(|l| l == "ok pid"), "{}", text(&o));
 }

@@ -199,3 +199,29 @@ fn unsupported_state_is_named_and_the_application_continues() {
     assert!(out.contains("still running: socket on 127.0.0.1:"), "{out}");
     assert!(out.contains("exists: false"), "{out}");
 }
+
+#[test]
+fn files_that_are_gone_or_replaced_are_refused_by_name() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let img = env.checkpoint("zdtm-files", "f.thaw", &[dir.path().to_str().unwrap()]);
+    let data = dir.path().join("data.txt");
+    std::fs::remove_file(&data).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("cannot reopen {}", data.display())) && err.contains("No such file"),
+        "{err}"
+    );
+    // A new file at the same path is not the same file.
+    std::fs::write(&data, b"0123456789abcdefghij").unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is no longer the file that was open at checkpoint"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}

@@ -22,13 +22,18 @@ pub fn argv() -> (String, Option<String>, Vec<String>) {
 
 /// Checkpoints; returns in the second life with the restore arguments. The first life exits 0.
 pub fn checkpoint() -> Vec<OsString> {
+    restored().args().to_vec()
+}
+
+/// Checkpoints; returns in the second life with what the launcher passed. The first life exits 0.
+pub fn restored() -> thaw::Restored {
     let (image, key, _) = argv();
     let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
     match cp.save() {
-        Ok(thaw::Outcome::Restored(r)) => r.args().to_vec(),
+        Ok(thaw::Outcome::Restored(r)) => r,
         Ok(thaw::Outcome::Saved(_)) => unreachable!("exit_after_save exits"),
         Err(e) => {
             eprintln!("checkpoint failed: {e}");

@@ -1,4 +1,6 @@
-//! Process attributes: rlimits, umask, working directory, name, PID, command line, executable.
+//! Process attributes: rlimits, umask, working directory, name, PID, command line, executable,
+//! capabilities, no_new_privs and dumpable; the checkpoint and restore hooks; the arguments and
+//! environment the launcher passes.
 
 #[path = "common.rs"]
 mod common;
@@ -27,7 +29,24 @@ fn main() {
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
     let caps = common::thread_caps();
 
-    let args = common::checkpoint();
+    static BEFORE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    static AFTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    thaw::on_checkpoint(|| {
+        BEFORE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    thaw::on_restore(|| {
+        AFTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    // SAFETY: plain prctl calls.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+    }
+
+    let restored = common::restored();
+    let args = restored.args().to_vec();
     let mut c = common::Checks::default();
     // SAFETY: reading limits and the umask (set back at once).
     let (nofile, core, umask) = unsafe {
@@ -71,13 +90,30 @@ fn main() {
         args.len() == 2 && args[0] == "one" && args[1] == "two words",
         format!("{args:?}"),
     );
+    let hooks = (
+        BEFORE.load(std::sync::atomic::Ordering::SeqCst),
+        AFTER.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    c.check("hooks", hooks == (1, 1), format!("{hooks:?}"));
+    let env = restored
+        .var("ZDTM_ENV")
+        .map(|v| v.to_string_lossy().into_owned());
+    c.check(
+        "environment",
+        env.as_deref() == Some("from the launcher"),
+        format!("{env:?}"),
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    c.check("no_new_privs", status.contains("NoNewPrivs:\t1"), "not set");
+    // SAFETY: a plain prctl query.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    c.check("dumpable", dumpable == 1, dumpable);
     let caps_now = common::thread_caps();
     c.check(
         "capabilities",
         caps_now == caps,
         format!("{caps_now:?} != {caps:?}"),
     );
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let uid_line = status
         .lines()
         .find(|l| l.starts_with("Uid:"))

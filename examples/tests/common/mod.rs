@@ -149,6 +149,7 @@ impl Env {
     /// `thaw run --trust k.pub OPTS IMAGE -- ARGS`.
     pub fn restore_cmd(&self, image: &Path, opts: &[&str], args: &[&str]) -> Command {
         let mut c = self.cmd(&self.program("thaw"));
+        c.env("ZDTM_ENV", "from the launcher");
         c.arg("run")
             .arg("--trust")
             .arg(&self.pubkey)
