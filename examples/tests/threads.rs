@@ -8,7 +8,9 @@ use std::process::Output;
 
 use common::*;
 
-const THREAD_CHECKS: [&str; 15] = [
+const THREAD_CHECKS: [&str; 17] = [
+    "epoll and eventfd",
+    "epoller tid, name and thread-locals",
     "main thread",
     "pool ran the new work",
     "every thread joined",
@@ -44,7 +46,7 @@ fn thread_pool_in_host_mode_fifty_times() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-threads", "t.thaw", &[]);
     let tids = tids_of(&env, &img);
-    assert_eq!(tids.len(), 12, "main + 8 workers + 3 blocked threads");
+    assert_eq!(tids.len(), 13, "main + 8 workers + 4 blocked threads");
     for i in 0..50 {
         let jobs = (10 + i).to_string();
         let o = env.restore(&img, &["--pid-mode", "host"], &[&jobs]);

@@ -1,8 +1,8 @@
 //! Threads: a pool of 8 workers on a Mutex/Condvar queue (all but one idle on the condvar, one
-//! busy computing), plus threads blocked in a pipe read, in a sleep, and in a futex wait with a
-//! timeout. After restore every thread has its TID, its name and its thread-locals (Rust
-//! `thread_local!` and C `__thread`); the pool runs the work given in the restore arguments and
-//! everything joins cleanly.
+//! busy computing), plus threads blocked in a pipe read, in a sleep, in a futex wait with a
+//! timeout, and in epoll_wait on an eventfd. After restore every thread has its TID, its name
+//! and its thread-locals (Rust `thread_local!` and C `__thread`); the pool runs the work given in
+//! the restore arguments and everything joins cleanly.
 
 #[path = "common.rs"]
 mod common;
@@ -178,6 +178,38 @@ fn main() {
             go = cv.wait_timeout(go, Duration::from_secs(3600)).unwrap().0;
         }
     }));
+    // A thread in epoll_wait on an eventfd, as an event loop (mio, tokio) waits for its waker.
+    // SAFETY: plain descriptor creation; both are owned by this function from here on.
+    let (ep, efd) = unsafe {
+        (
+            libc::epoll_create1(libc::EPOLL_CLOEXEC),
+            libc::eventfd(0, libc::EFD_NONBLOCK),
+        )
+    };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0xfeed,
+    };
+    // SAFETY: registering a valid descriptor with a valid event.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) },
+        0
+    );
+    let woke = Arc::new(AtomicU64::new(0));
+    let woke2 = woke.clone();
+    handles.push(spawn("epoller", &reports, 500, move || loop {
+        let mut out = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: waiting on our epoll descriptor into a valid buffer; the checkpoint signal makes
+        // it return EINTR, and we wait again, as event loops do.
+        let n = unsafe { libc::epoll_wait(ep, &mut out, 1, -1) };
+        if n == 1 {
+            let mut count = 0u64;
+            // SAFETY: reading the eventfd counter into a valid u64.
+            unsafe { libc::read(efd, (&mut count as *mut u64).cast(), 8) };
+            woke2.store(count ^ out.u64, Ordering::SeqCst);
+            return;
+        }
+    }));
     // Warm: every thread has reported itself and the pool has done some work.
     while reports.lock().unwrap().len() < handles.len() || !busy_running.load(Ordering::SeqCst) {
         std::thread::yield_now();
@@ -238,6 +270,9 @@ fn main() {
     }
     pool.ready.notify_all();
     pw.write_all(b"!").unwrap();
+    let seven = 7u64;
+    // SAFETY: writing a u64 to the eventfd wakes the epoll thread.
+    unsafe { libc::write(efd, (&seven as *const u64).cast(), 8) };
     wake.store(true, Ordering::SeqCst);
     *timed.0.lock().unwrap() = true;
     timed.1.notify_all();
@@ -250,6 +285,8 @@ fn main() {
         after.len() == before.len(),
         after.len(),
     );
+    let w = woke.load(Ordering::SeqCst);
+    c.check("epoll and eventfd", w == 7 ^ 0xfeed, format!("{w:#x}"));
     for (name, b) in &before {
         let a = after.iter().find(|a| a.tid == b.tid);
         c.check(

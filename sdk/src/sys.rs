@@ -405,3 +405,32 @@ pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
         ],
     );
 }
+
+/// eventfd2(count, flags) with close-on-exec.
+pub fn eventfd(count: u64, flags: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = check(syscall6(
+        libc::SYS_eventfd2,
+        [
+            count,
+            u64::from(flags) | libc::EFD_CLOEXEC as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// epoll_create1(EPOLL_CLOEXEC).
+pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = check(syscall6(
+        libc::SYS_epoll_create1,
+        [libc::EPOLL_CLOEXEC as u64, 0, 0, 0, 0, 0],
+    ))?;
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}

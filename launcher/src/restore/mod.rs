@@ -342,6 +342,9 @@ fn build_plan(
             ],
         );
     }
+    for entry in &m.files {
+        entry.plan_restore(&mut plan);
+    }
     // The other threads: each sets up its own state, reports ready, waits until the process is
     // complete (descriptors swept), and counts itself out of the region as it resumes.
     let leader = m

@@ -37,6 +37,25 @@ pub enum FdKind {
         write_end: bool,
         buffered: Option<PayloadRef>,
     },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// An epoll instance and what it watches (descriptors of this process). Pending events are not
+    /// saved: level-triggered ones fire again, edge-triggered ones are gone.
+    Epoll {
+        watches: Vec<EpollWatch>,
+    },
+}
+
+/// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
+/// EPOLLONESHOT, …) and the user data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWatch {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 use std::collections::BTreeMap;
@@ -60,13 +79,40 @@ pub(crate) struct FdScan {
     pub unsupported: Vec<String>,
 }
 
-fn fdinfo_flags(fd: i32) -> u32 {
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-        .ok()
-        .and_then(|t| {
-            crate::procfs::field(&t, "flags").and_then(|f| u32::from_str_radix(f, 8).ok())
-        })
+fn fdinfo(fd: i32) -> String {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default()
+}
+
+fn fdinfo_flags(info: &str) -> u32 {
+    crate::procfs::field(info, "flags")
+        .and_then(|f| u32::from_str_radix(f, 8).ok())
         .unwrap_or(0)
+}
+
+/// The `tfd:` lines of an epoll descriptor's fdinfo: (watch, inode of the watched file).
+fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
+    info.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = |key: &str| w.iter().position(|x| *x == key).and_then(|i| w.get(i + 1));
+            let hex = |key: &str| {
+                at(key).and_then(|v| u64::from_str_radix(v.trim_start_matches("ino:"), 16).ok())
+            };
+            let fd = at("tfd:")?.parse().ok()?;
+            let ino = w
+                .iter()
+                .find_map(|x| x.strip_prefix("ino:"))
+                .and_then(|v| u64::from_str_radix(v, 16).ok())?;
+            Some((
+                EpollWatch {
+                    fd,
+                    events: hex("events:")? as u32,
+                    data: hex("data:")?,
+                },
+                ino,
+            ))
+        })
+        .collect()
 }
 
 impl FdScan {
@@ -87,7 +133,8 @@ impl FdScan {
                 continue;
             };
             let target = target.to_string_lossy().into_owned();
-            let raw = fdinfo_flags(fd);
+            let info = fdinfo(fd);
+            let raw = fdinfo_flags(&info);
             let cloexec = raw & libc::O_CLOEXEC as u32 != 0;
             let flags = raw & !(libc::O_CLOEXEC as u32);
             let mut entry = FdEntry {
@@ -122,11 +169,38 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
+            if target == "anon_inode:[eventfd]" {
+                entry.kind = FdKind::EventFd {
+                    count: crate::procfs::field(&info, "eventfd-count")
+                        .and_then(|v| u64::from_str_radix(v, 16).ok())
+                        .unwrap_or(0),
+                    semaphore: crate::procfs::field(&info, "eventfd-semaphore") == Some("1"),
+                };
+                scan.entries.push(entry);
+                continue;
+            }
+            if target == "anon_inode:[eventpoll]" {
+                let mut watches = Vec::new();
+                for (w, ino) in epoll_watches(&info) {
+                    let same = std::fs::metadata(format!("/proc/self/fd/{}", w.fd))
+                        .is_ok_and(|m| m.ino() == ino);
+                    if !same {
+                        scan.unsupported.push(bad(&format!(
+                            "epoll watches fd {} which is closed or is no longer the watched file",
+                            w.fd
+                        )));
+                    }
+                    watches.push(w);
+                }
+                entry.kind = FdKind::Epoll { watches };
+                scan.entries.push(entry);
+                continue;
+            }
             if !target.starts_with('/') {
                 let kind = if target.starts_with("socket:") {
                     "sockets are not supported"
                 } else if target.starts_with("anon_inode:") {
-                    "this kind of kernel object is not supported"
+                    "this kind of kernel object is not supported (eventfd and epoll are)"
                 } else {
                     "unsupported kind of descriptor"
                 };
@@ -239,6 +313,18 @@ pub fn reopen(
                 ino,
             } => reopen_path(e, path, Some(*pos), (*dev, *ino))?,
             FdKind::Directory { path, dev, ino } => reopen_path(e, path, None, (*dev, *ino))?,
+            FdKind::EventFd { count, semaphore } => {
+                let mut flags = e.flags & libc::O_NONBLOCK as u32;
+                if *semaphore {
+                    flags |= libc::EFD_SEMAPHORE as u32;
+                }
+                crate::sys::eventfd(*count, flags)
+                    .map_err(|err| format!("fd {fd}: cannot create an eventfd: {err}"))?
+            }
+            // Created empty; the restorer registers the watches once every descriptor has its
+            // number (epoll keys registrations on the number).
+            FdKind::Epoll { .. } => crate::sys::epoll_create()
+                .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
             FdKind::Pipe {
                 id,
                 write_end,
@@ -318,4 +404,33 @@ fn reopen_path(
             .map_err(|err| format!("fd {fd}: cannot seek {path} to {pos}: {err}"))?;
     }
     Ok(OwnedFd::from(f))
+}
+
+impl FdEntry {
+    /// Steps that run once every descriptor has its number: epoll registrations.
+    pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
+        if let FdKind::Epoll { watches } = &self.kind {
+            for w in watches {
+                // struct epoll_event is packed on x86_64: u32 events, u64 data.
+                let mut ev = w.events.to_ne_bytes().to_vec();
+                ev.extend_from_slice(&w.data.to_ne_bytes());
+                let ev = plan.data(&ev);
+                plan.syscall(
+                    format!(
+                        "epoll fd {} watches fd {} (events {:#x})",
+                        self.fd, w.fd, w.events
+                    ),
+                    libc::SYS_epoll_ctl,
+                    [
+                        self.fd as u64,
+                        libc::EPOLL_CTL_ADD as u64,
+                        w.fd as u64,
+                        ev,
+                        0,
+                        0,
+                    ],
+                );
+            }
+        }
+    }
 }
