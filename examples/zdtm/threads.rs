@@ -191,10 +191,8 @@ fn main() {
         u64: 0xfeed,
     };
     // SAFETY: registering a valid descriptor with a valid event.
-    assert_eq!(
-        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) },
-        0
-    );
+    let added = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) };
+    assert_eq!(added, 0);
     let woke = Arc::new(AtomicU64::new(0));
     let woke2 = woke.clone();
     handles.push(spawn("epoller", &reports, 500, move || loop {
