@@ -265,3 +265,33 @@ fn the_signing_key_never_reaches_the_image() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn embedded_lua_interpreter_answers_after_restore_like_a_cold_start() {
+    let env = Env::new();
+    let expr = "fib(80) + lookup(777) + total";
+    let cold = command(&bin("lua-warm"))
+        .args(["-", expr])
+        .output()
+        .unwrap();
+    assert!(cold.status.success(), "{}", text(&cold));
+    let answer = |o: &std::process::Output| {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.split(" = ")
+            .nth(1)
+            .map(|a| a.trim().to_owned())
+            .unwrap_or(out)
+    };
+    let img = env.checkpoint("lua-warm", "lua.thaw", &[]);
+    for _ in 0..3 {
+        let o = env.restore(&img, &[], &[expr]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(answer(&o), answer(&cold), "{}", text(&o));
+    }
+    let o = env.restore(&img, &[], &["nosuchfunction()"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("error:"),
+        "{}",
+        text(&o)
+    );
+}
