@@ -47,7 +47,7 @@ fn keygen_sign_verify_inspect_round_trip() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["signature"]["verified"], true);
     assert_eq!(v["signature"]["signer"], format!("sha256:{pub_fp}"));
-    assert_eq!(v["header"]["format_version"], 1);
+    assert_eq!(v["header"]["format_version"], thaw::image::FORMAT_VERSION);
     let back: thaw::state::Manifest = serde_json::from_value(v["manifest"].clone()).unwrap();
     let mut expected = m.clone();
     expected.chunks = back.chunks.clone();

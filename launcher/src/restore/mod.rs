@@ -12,7 +12,6 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 
 use thaw::image::Image;
 use thaw::restore::{Plan, RestoreArgs};
@@ -161,25 +160,25 @@ fn prepare_fds(image: &Image, payload: &std::fs::File) -> Result<Fds> {
     let meta = exe
         .metadata()
         .map_err(|e| refused(format!("{exe_path}: {e}")))?;
-    if (meta.dev(), meta.ino()) != (m.mm.exe.dev, m.mm.exe.ino) {
+    if thaw::state::FileId::of(&meta) != m.mm.exe.id {
         return Err(refused(format!(
             "the executable {exe_path} was replaced since the checkpoint"
         )));
     }
     let exe = sys::dup_above(exe.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
-    let mut files: Vec<((u64, u64), OwnedFd)> = Vec::new();
+    let mut files: Vec<(thaw::state::FileId, OwnedFd)> = Vec::new();
     let mut mapped = Vec::new();
     for (i, vma) in m.memory.iter().enumerate() {
-        let Backing::File { path, dev, ino, .. } = &vma.backing else {
+        let Backing::File { path, id, .. } = &vma.backing else {
             continue;
         };
-        let fd = match files.iter().find(|(id, _)| *id == (*dev, *ino)) {
+        let fd = match files.iter().find(|(known, _)| known == id) {
             Some((_, fd)) => fd.as_raw_fd(),
             None => {
                 let f = std::fs::File::open(path)
                     .map_err(|e| refused(format!("cannot open mapped file {path}: {e}")))?;
                 let meta = f.metadata().map_err(|e| refused(format!("{path}: {e}")))?;
-                if (meta.dev(), meta.ino()) != (*dev, *ino) {
+                if thaw::state::FileId::of(&meta) != *id {
                     return Err(refused(format!(
                         "mapped file {path} was replaced since the checkpoint"
                     )));
@@ -187,7 +186,7 @@ fn prepare_fds(image: &Image, payload: &std::fs::File) -> Result<Fds> {
                 let fd =
                     sys::dup_above(f.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
                 let raw = fd.as_raw_fd();
-                files.push(((*dev, *ino), fd));
+                files.push((*id, fd));
                 raw
             }
         };

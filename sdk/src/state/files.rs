@@ -22,13 +22,11 @@ pub enum FdKind {
     Regular {
         path: String,
         pos: u64,
-        dev: u64,
-        ino: u64,
+        id: super::FileId,
     },
     Directory {
         path: String,
-        dev: u64,
-        ino: u64,
+        id: super::FileId,
     },
     /// One end of a pipe whose both ends are in the process; `id` pairs the ends and the read end
     /// carries the bytes that were buffered.
@@ -225,14 +223,12 @@ impl FdScan {
                 FdKind::Regular {
                     path: target.clone(),
                     pos: 0,
-                    dev: meta.dev(),
-                    ino: meta.ino(),
+                    id: super::FileId::of(&meta),
                 }
             } else if ft.is_dir() {
                 FdKind::Directory {
                     path: target.clone(),
-                    dev: meta.dev(),
-                    ino: meta.ino(),
+                    id: super::FileId::of(&meta),
                 }
             } else {
                 scan.unsupported.push(bad("only regular files, directories, in-process pipes and /dev/null-like devices are supported"));
@@ -306,13 +302,8 @@ pub fn reopen(
         let fd = e.fd;
         let opened = match &e.kind {
             FdKind::Stdio => continue,
-            FdKind::Regular {
-                path,
-                pos,
-                dev,
-                ino,
-            } => reopen_path(e, path, Some(*pos), (*dev, *ino))?,
-            FdKind::Directory { path, dev, ino } => reopen_path(e, path, None, (*dev, *ino))?,
+            FdKind::Regular { path, pos, id } => reopen_path(e, path, Some(*pos), *id)?,
+            FdKind::Directory { path, id } => reopen_path(e, path, None, *id)?,
             FdKind::EventFd { count, semaphore } => {
                 let mut flags = e.flags & libc::O_NONBLOCK as u32;
                 if *semaphore {
@@ -376,7 +367,7 @@ fn reopen_path(
     e: &FdEntry,
     path: &str,
     pos: Option<u64>,
-    id: (u64, u64),
+    id: super::FileId,
 ) -> Result<OwnedFd, String> {
     use std::io::{Seek, SeekFrom};
     let fd = e.fd;
@@ -394,7 +385,7 @@ fn reopen_path(
     let meta = f
         .metadata()
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
-    if (meta.dev(), meta.ino()) != id {
+    if super::FileId::of(&meta) != id {
         return Err(format!(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed)"
         ));

@@ -53,8 +53,7 @@ pub enum Backing {
     File {
         path: String,
         offset: u64,
-        dev: u64,
-        ino: u64,
+        id: super::FileId,
     },
     /// A kernel special mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]) moved, not copied.
     Special { name: String },
@@ -151,8 +150,7 @@ impl Vma {
             Backing::File {
                 path: name.into(),
                 offset: m.offset,
-                dev: meta.dev(),
-                ino: meta.ino(),
+                id: super::FileId::of(&meta),
             }
         } else {
             return Err(format!("{}: unsupported kind of mapping", m.describe()));

@@ -24,8 +24,7 @@ pub struct MmMap {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExeInfo {
     pub path: String,
-    pub dev: u64,
-    pub ino: u64,
+    pub id: super::FileId,
     pub size: u64,
     pub mtime_ns: i128,
 }
@@ -61,8 +60,7 @@ impl MmMap {
             auxv,
             exe: ExeInfo {
                 path: exe.to_string_lossy().into_owned(),
-                dev: meta.dev(),
-                ino: meta.ino(),
+                id: super::FileId::of(&meta),
                 size: meta.size(),
                 mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             },

@@ -52,6 +52,33 @@ pub struct ChunkTable {
     pub digests: Vec<Digest>,
 }
 
+/// Identifies a file well enough to tell whether a path still names the same one: device, inode
+/// and birth time (inode numbers are reused as soon as a file is deleted; a new file at the same
+/// path may get the same number, never the same birth time). `btime_ns` is 0 where the file system
+/// does not record birth times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub btime_ns: i128,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let btime_ns = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            btime_ns,
+        }
+    }
+}
+
 /// A byte range inside the payload section (offset relative to the section start).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayloadRef {
