@@ -41,8 +41,8 @@ pub fn stat_fields(pid: i32) -> io::Result<Vec<String>> {
         .rfind(')')
         .map(|i| &text[i + 1..])
         .ok_or_else(|| io::Error::other("malformed stat"))?;
-    let mut v = vec![String::new(), String::new(), String::new()]; // fields 0..=2 unused
-    v.truncate(3);
+    // Fields 0..=2 (none, pid, comm) are placeholders so that v[n] is field n.
+    let mut v = vec![String::new(); 3];
     v.extend(rest.split_whitespace().map(str::to_owned));
     Ok(v)
 }
