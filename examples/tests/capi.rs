@@ -1,0 +1,119 @@
+//! The C ABI: the header matches libthaw.so, and the C example of docs/c-api.md compiles,
+//! checkpoints, restores, and reseeds in its after-restore hook.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn names(text: &str, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(prefix) && w.len() > prefix.len())
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn header_and_library_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let header = std::fs::read_to_string(root.join("sdk/include/thaw.h")).unwrap();
+    let source = std::fs::read_to_string(root.join("sdk/src/capi.rs")).unwrap();
+    // Every exported function and constant is declared, with nothing extra.
+    let exported: Vec<String> = source
+        .lines()
+        .filter(|l| l.contains("extern \"C\" fn thaw_") || l.starts_with("pub const THAW_"))
+        .flat_map(|l| names(l, "thaw_").into_iter().chain(names(l, "THAW_")))
+        .collect();
+    let declared: Vec<String> = header
+        .lines()
+        .filter(|l| l.starts_with("#define THAW_") || (l.contains("thaw_") && l.contains('(')))
+        .flat_map(|l| names(l, "thaw_").into_iter().chain(names(l, "THAW_")))
+        .filter(|n| n != "thaw_hook" && n != "THAW_H")
+        .collect();
+    let (mut e, mut d) = (exported.clone(), declared.clone());
+    e.sort();
+    d.sort();
+    e.dedup();
+    d.dedup();
+    assert_eq!(e, d, "sdk/include/thaw.h and sdk/src/capi.rs disagree");
+    // The constants have the same values.
+    for (name, value) in [
+        ("THAW_EXIT_AFTER_SAVE", "1u"),
+        ("THAW_SAVED", "0"),
+        ("THAW_RESTORED", "1"),
+        ("THAW_ERR_INVALID", "(-1)"),
+        ("THAW_ERR_UNSUPPORTED", "(-2)"),
+        ("THAW_ERR_IO", "(-3)"),
+        ("THAW_ERR_FAILED", "(-4)"),
+    ] {
+        assert!(
+            header.contains(&format!("#define {name} {value}")),
+            "{name}"
+        );
+    }
+    assert_eq!(thaw::capi::THAW_ERR_UNSUPPORTED, -2);
+    assert_eq!(thaw::capi::THAW_EXIT_AFTER_SAVE, 1);
+}
+
+#[test]
+fn the_documented_example_is_the_tested_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/c-api.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/c/warm.c")).unwrap();
+    assert!(doc.contains(&example), "docs/c-api.md must show examples/c/warm.c verbatim");
+}
+
+#[test]
+fn c_program_checkpoints_and_reseeds_after_each_restore() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let lib = bin("libthaw.so");
+    let libdir = lib.parent().unwrap();
+    let exe = env.path("warm");
+    let o = Command::new("cc")
+        .arg(root.join("examples/c/warm.c"))
+        .arg("-I")
+        .arg(root.join("sdk/include"))
+        .arg("-L")
+        .arg(libdir)
+        .arg("-lthaw")
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let img = env.path("c.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let session = |o: &std::process::Output| {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            out.contains("after 1 checkpoint hook call(s), table[12345] = "),
+            "{}",
+            text(o)
+        );
+        assert!(
+            out.contains("arg 0: hello\narg 1: two words\n"),
+            "{}",
+            text(o)
+        );
+        out.lines()
+            .find_map(|l| l.strip_prefix("session ").map(str::to_owned))
+            .unwrap()
+    };
+    let first = env.restore(&img, &[], &["hello", "two words"]);
+    let second = env.restore(&img, &[], &["hello", "two words"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_ne!(
+        session(&first),
+        session(&second),
+        "the after-restore hook must reseed"
+    );
+}

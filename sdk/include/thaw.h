@@ -1,0 +1,38 @@
+/* thaw: checkpoint a warm process into a signed image; `thaw run` restores it with its original
+ * PID and memory layout. C ABI of libthaw.so. See docs/c-api.md. */
+#ifndef THAW_H
+#define THAW_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* thaw_checkpoint flags */
+#define THAW_EXIT_AFTER_SAVE 1u /* the first life exits 0 once the image is written */
+
+/* thaw_checkpoint results */
+#define THAW_SAVED 0            /* first life: the image is written */
+#define THAW_RESTORED 1         /* second life: restored by `thaw run` */
+#define THAW_ERR_INVALID (-1)   /* a bad argument */
+#define THAW_ERR_UNSUPPORTED (-2) /* state thaw cannot restore (message names every item) */
+#define THAW_ERR_IO (-3)        /* reading the process or writing the image failed */
+#define THAW_ERR_FAILED (-4)    /* anything else (a hook refused, …) */
+
+/* 0 = saved (first life), 1 = restored (second life), < 0 = error (see thaw_last_error) */
+int thaw_checkpoint(const char *image_path, const char *key_path /* may be NULL */, unsigned flags);
+const char *thaw_last_error(void);        /* thread-local, valid until the next thaw_ call */
+int thaw_restored_argc(void);             /* arguments given after `--` to `thaw run` */
+const char *thaw_restored_arg(int index);
+int thaw_restored_envc(void);             /* the `thaw run` caller's environment */
+const char *thaw_restored_env(int index); /* "KEY=VALUE" */
+
+/* Hooks: return 0 to go on. A before-checkpoint hook that fails aborts the checkpoint. */
+typedef int (*thaw_hook)(void *ctx);
+int thaw_on_checkpoint(thaw_hook hook, void *ctx);
+int thaw_on_restore(thaw_hook hook, void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* THAW_H */

@@ -1,0 +1,183 @@
+//! The C ABI (`libthaw.so`, declared in `include/thaw.h`): checkpoint from C, C++, JNI or ctypes.
+//!
+//! Every function is safe to call with any argument the header allows; errors are reported as a
+//! negative return value and a message from [`thaw_last_error`] (thread-local, valid until the
+//! next `thaw_` call on the same thread).
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
+
+/// `thaw_checkpoint` flag: the first life exits 0 once the image is written.
+pub const THAW_EXIT_AFTER_SAVE: c_uint = 1;
+
+/// Return values of `thaw_checkpoint`.
+pub const THAW_SAVED: c_int = 0;
+pub const THAW_RESTORED: c_int = 1;
+pub const THAW_ERR_INVALID: c_int = -1;
+pub const THAW_ERR_UNSUPPORTED: c_int = -2;
+pub const THAW_ERR_IO: c_int = -3;
+pub const THAW_ERR_FAILED: c_int = -4;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// What the launcher passed, as C strings that live until the next restore.
+static RESTORED: Mutex<(Vec<CString>, Vec<CString>)> = Mutex::new((Vec::new(), Vec::new()));
+
+fn set_error(code: c_int, msg: impl std::fmt::Display) -> c_int {
+    let text = CString::new(msg.to_string().replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = text);
+    code
+}
+
+fn c_string(bytes: &[u8]) -> CString {
+    CString::new(
+        bytes
+            .iter()
+            .map(|&b| if b == 0 { b' ' } else { b })
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap_or_default()
+}
+
+/// Reads an optional C string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that stays valid during the call.
+unsafe fn arg<'a>(p: *const c_char) -> Option<&'a CStr> {
+    // SAFETY: guaranteed by the caller (see above); the borrow ends with the call.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) })
+}
+
+/// Checkpoints the calling process to `image_path`, signed with `key_path` (may be NULL).
+/// Returns 0 in the first life (image written), 1 in the second life (restored), < 0 on error.
+///
+/// # Safety
+/// `image_path` must be a NUL-terminated string; `key_path` NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn thaw_checkpoint(
+    image_path: *const c_char,
+    key_path: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: forwarded from this function's contract.
+    let (Some(path), key) = (unsafe { arg(image_path) }, unsafe { arg(key_path) }) else {
+        return set_error(THAW_ERR_INVALID, "image_path is NULL");
+    };
+    let path = std::ffi::OsStr::from_bytes(path.to_bytes());
+    let mut cp = crate::Checkpoint::to(path).exit_after_save(flags & THAW_EXIT_AFTER_SAVE != 0);
+    if let Some(key) = key {
+        cp = cp.sign_with(std::ffi::OsStr::from_bytes(key.to_bytes()));
+    }
+    match cp.save() {
+        Ok(crate::Outcome::Saved(_)) => {
+            set_error(0, "");
+            THAW_SAVED
+        }
+        Ok(crate::Outcome::Restored(r)) => {
+            let args = r.args().iter().map(|a| c_string(a.as_bytes())).collect();
+            let env = r
+                .env()
+                .iter()
+                .map(|(k, v)| {
+                    let mut kv = k.as_bytes().to_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    c_string(&kv)
+                })
+                .collect();
+            *RESTORED.lock().unwrap_or_else(|p| p.into_inner()) = (args, env);
+            set_error(0, "");
+            THAW_RESTORED
+        }
+        Err(e) => {
+            let code = match &e {
+                crate::CheckpointError::Unsupported(_) => THAW_ERR_UNSUPPORTED,
+                crate::CheckpointError::Io { .. } | crate::CheckpointError::Image(_) => THAW_ERR_IO,
+                _ => THAW_ERR_FAILED,
+            };
+            set_error(code, e)
+        }
+    }
+}
+
+/// The message of the last failed `thaw_` call on this thread ("" if none).
+#[no_mangle]
+pub extern "C" fn thaw_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Number of arguments given after `--` to `thaw run` (0 before any restore).
+#[no_mangle]
+pub extern "C" fn thaw_restored_argc() -> c_int {
+    RESTORED.lock().unwrap_or_else(|p| p.into_inner()).0.len() as c_int
+}
+
+/// Argument `index` (0-based), or NULL if out of range.
+#[no_mangle]
+pub extern "C" fn thaw_restored_arg(index: c_int) -> *const c_char {
+    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| r.0.get(i))
+        .map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Number of `KEY=VALUE` entries of the `thaw run` caller's environment.
+#[no_mangle]
+pub extern "C" fn thaw_restored_envc() -> c_int {
+    RESTORED.lock().unwrap_or_else(|p| p.into_inner()).1.len() as c_int
+}
+
+/// Environment entry `index` as `KEY=VALUE`, or NULL if out of range.
+#[no_mangle]
+pub extern "C" fn thaw_restored_env(index: c_int) -> *const c_char {
+    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| r.1.get(i))
+        .map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// A C callback with its context pointer; the pointer is the caller's to keep valid.
+struct Callback(extern "C" fn(*mut c_void) -> c_int, usize);
+
+impl Callback {
+    fn call(&self) -> Result<(), String> {
+        match (self.0)(self.1 as *mut c_void) {
+            0 => Ok(()),
+            n => Err(format!("C hook returned {n}")),
+        }
+    }
+}
+
+/// Registers `f(ctx)` to run before every snapshot; a non-zero return aborts the checkpoint.
+#[no_mangle]
+pub extern "C" fn thaw_on_checkpoint(
+    f: Option<extern "C" fn(*mut c_void) -> c_int>,
+    ctx: *mut c_void,
+) -> c_int {
+    let Some(f) = f else {
+        return set_error(THAW_ERR_INVALID, "callback is NULL");
+    };
+    let cb = Callback(f, ctx as usize);
+    crate::on_checkpoint(move || cb.call());
+    0
+}
+
+/// Registers `f(ctx)` to run first thing after a restore (reseed, reopen).
+#[no_mangle]
+pub extern "C" fn thaw_on_restore(
+    f: Option<extern "C" fn(*mut c_void) -> c_int>,
+    ctx: *mut c_void,
+) -> c_int {
+    let Some(f) = f else {
+        return set_error(THAW_ERR_INVALID, "callback is NULL");
+    };
+    let cb = Callback(f, ctx as usize);
+    crate::on_restore(move || cb.call());
+    0
+}
