@@ -66,7 +66,10 @@ fn the_documented_example_is_the_tested_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let doc = std::fs::read_to_string(root.join("docs/c-api.md")).unwrap();
     let example = std::fs::read_to_string(root.join("examples/c/warm.c")).unwrap();
-    assert!(doc.contains(&example), "docs/c-api.md must show examples/c/warm.c verbatim");
+    assert!(
+        doc.contains(&example),
+        "docs/c-api.md must show examples/c/warm.c verbatim"
+    );
 }
 
 #[test]
