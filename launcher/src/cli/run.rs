@@ -41,6 +41,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result {
+    let started = std::time::Instant::now();
     let file = ImageFile::open(&args.image)?;
     let image = if args.insecure_allow_unsigned && file.trailer().signer().is_none() {
         if ctx.elevated {
@@ -73,6 +74,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
     pause_for_tests(ctx)?;
+    let verified = started.elapsed();
     let status = restore::run(
         &image,
         Request {
@@ -81,6 +83,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             as_caller: args.as_caller,
             elevated: ctx.elevated,
             payload,
+            timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
         },
     )?;
     std::process::exit(status);

@@ -56,6 +56,9 @@ pub struct Request {
     /// Where the verified payload is read from: the image file, or the launcher's sealed private
     /// copy of it (same offsets).
     pub payload: std::fs::File,
+    /// With `THAW_TIMING` set (unprivileged launchers only): when the launcher started and how
+    /// long opening and verifying took; the phases are reported on stderr.
+    pub timing: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -545,6 +548,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
 
     // Signals stay blocked from here until the process (or the namespace init) exists, so that
     // none reaches the new process with the launcher's handlers.
+    let prepared = req.timing.map(|(start, _)| start.elapsed());
     let old_mask = sys::set_sigmask(u64::MAX);
     let supervised = match mode {
         PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds),
@@ -582,6 +586,18 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
+    }
+    if let (Some((start, verified)), Some(prepared)) = (req.timing, prepared) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let restored = start.elapsed();
+        eprintln!(
+            "thaw: timing: open+verify {:.1} ms, checks+files+plan {:.1} ms, process creation+restorer {:.1} ms ({} steps), total {:.1} ms",
+            ms(verified),
+            ms(prepared - verified),
+            ms(restored - prepared),
+            plan.steps().len(),
+            ms(restored)
+        );
     }
     if got == 16 {
         let step = u64::from_ne_bytes(report[..8].try_into().expect("8")) as usize;
