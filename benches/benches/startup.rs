@@ -42,75 +42,51 @@ fn first_line(mut c: Command) -> Duration {
     elapsed
 }
 
+/// An application run as `PROGRAM [SCRIPT] - REQUEST` (cold) or `PROGRAM [SCRIPT] IMAGE KEY`
+/// (warm up and checkpoint).
 struct App {
     name: &'static str,
-    /// The command for the cold start answering `request`.
-    cold: Box<dyn Fn(&str) -> Command>,
-    /// The command that warms up and checkpoints to IMAGE with KEY.
-    save: Box<dyn Fn(&Path, &Path) -> Command>,
+    program: PathBuf,
+    script: Option<PathBuf>,
     request: &'static str,
+}
+
+impl App {
+    fn command(&self, lib: &Path) -> Command {
+        let mut c = thaw_benches::command(&self.program);
+        c.env("THAW_LIB", lib).args(&self.script);
+        c
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let dir = release_dir();
+    let lib = dir.join("libthaw.so");
     let work = tempfile::tempdir().unwrap();
     let key = work.path().join("k.key");
     let trust = work.path().join("k.pub");
     let k = thaw_signing::SecretKey::generate().unwrap();
     k.save_new(&key).unwrap();
     k.public().save_new(&trust).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py");
-    let lib = dir.join("libthaw.so");
-    let d = dir.clone();
-    let d2 = dir.clone();
-    let (s1, l1, s2, l2) = (script.clone(), lib.clone(), script.clone(), lib.clone());
-    let apps = vec![
+    let apps = [
         App {
             name: "counter",
-            cold: Box::new(move |r| {
-                let mut c = thaw_benches::command(d.join("counter"));
-                c.args(["-", r]);
-                c
-            }),
-            save: Box::new({
-                let d = dir.clone();
-                move |img, key| {
-                    let mut c = thaw_benches::command(d.join("counter"));
-                    c.arg(img).arg(key);
-                    c
-                }
-            }),
+            program: dir.join("counter"),
+            script: None,
             request: "4242",
         },
         App {
             name: "lua",
-            cold: Box::new(move |r| {
-                let mut c = thaw_benches::command(d2.join("lua-warm"));
-                c.args(["-", r]);
-                c
-            }),
-            save: Box::new({
-                let d = dir.clone();
-                move |img, key| {
-                    let mut c = thaw_benches::command(d.join("lua-warm"));
-                    c.arg(img).arg(key);
-                    c
-                }
-            }),
+            program: dir.join("lua-warm"),
+            script: None,
             request: "fib(80) + lookup(4242) + total",
         },
         App {
             name: "cpython_pandas",
-            cold: Box::new(move |r| {
-                let mut c = thaw_benches::command("/usr/bin/python3");
-                c.env("THAW_LIB", &l1).arg(&s1).args(["-", r]);
-                c
-            }),
-            save: Box::new(move |img, key| {
-                let mut c = thaw_benches::command("/usr/bin/python3");
-                c.env("THAW_LIB", &l2).arg(&s2).arg(img).arg(key);
-                c
-            }),
+            program: "/usr/bin/python3".into(),
+            script: Some(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py"),
+            ),
             request: "Oslo",
         },
     ];
@@ -126,7 +102,15 @@ fn bench(c: &mut Criterion) {
         let size = std::fs::metadata(&image).unwrap().len();
         eprintln!("startup/{}: image {} MiB", app.name, size >> 20);
         g.bench_function(BenchmarkId::new("cold", app.name), |b| {
-            b.iter_custom(|n| (0..n).map(|_| first_line((app.cold)(app.request))).sum())
+            b.iter_custom(|n| {
+                (0..n)
+                    .map(|_| {
+                        let mut c = app.command(&lib);
+                        c.args(["-", app.request]);
+                        first_line(c)
+                    })
+                    .sum()
+            })
         });
         g.bench_function(BenchmarkId::new("restore", app.name), |b| {
             b.iter_custom(|n| {
