@@ -94,7 +94,10 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for app in &apps {
         let image = work.path().join(format!("{}.thaw", app.name));
-        let st = (app.save)(&image, &key)
+        let st = app
+            .command(&lib)
+            .arg(&image)
+            .arg(&key)
             .stdout(Stdio::null())
             .status()
             .unwrap();
