@@ -110,36 +110,43 @@ pub extern "C" fn thaw_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// Which list of [`RESTORED`]: the arguments (0) or the environment (1).
+fn restored_count(list: usize) -> c_int {
+    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
+    [&r.0, &r.1][list].len() as c_int
+}
+
+fn restored_item(list: usize, index: c_int) -> *const c_char {
+    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
+    // The CStrings live in a static until the next restore, so the pointer outlives the lock.
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| [&r.0, &r.1][list].get(i))
+        .map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
 /// Number of arguments given after `--` to `thaw run` (0 before any restore).
 #[no_mangle]
 pub extern "C" fn thaw_restored_argc() -> c_int {
-    RESTORED.lock().unwrap_or_else(|p| p.into_inner()).0.len() as c_int
+    restored_count(0)
 }
 
 /// Argument `index` (0-based), or NULL if out of range.
 #[no_mangle]
 pub extern "C" fn thaw_restored_arg(index: c_int) -> *const c_char {
-    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| r.0.get(i))
-        .map_or(std::ptr::null(), |s| s.as_ptr())
+    restored_item(0, index)
 }
 
 /// Number of `KEY=VALUE` entries of the `thaw run` caller's environment.
 #[no_mangle]
 pub extern "C" fn thaw_restored_envc() -> c_int {
-    RESTORED.lock().unwrap_or_else(|p| p.into_inner()).1.len() as c_int
+    restored_count(1)
 }
 
 /// Environment entry `index` as `KEY=VALUE`, or NULL if out of range.
 #[no_mangle]
 pub extern "C" fn thaw_restored_env(index: c_int) -> *const c_char {
-    let r = RESTORED.lock().unwrap_or_else(|p| p.into_inner());
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| r.1.get(i))
-        .map_or(std::ptr::null(), |s| s.as_ptr())
+    restored_item(1, index)
 }
 
 /// A C callback with its context pointer; the pointer is the caller's to keep valid.
@@ -154,30 +161,24 @@ impl Callback {
     }
 }
 
-/// Registers `f(ctx)` to run before every snapshot; a non-zero return aborts the checkpoint.
-#[no_mangle]
-pub extern "C" fn thaw_on_checkpoint(
-    f: Option<extern "C" fn(*mut c_void) -> c_int>,
-    ctx: *mut c_void,
-) -> c_int {
+type Hook = Option<extern "C" fn(*mut c_void) -> c_int>;
+
+fn register(f: Hook, ctx: *mut c_void, add: fn(Callback)) -> c_int {
     let Some(f) = f else {
         return set_error(THAW_ERR_INVALID, "callback is NULL");
     };
-    let cb = Callback(f, ctx as usize);
-    crate::on_checkpoint(move || cb.call());
+    add(Callback(f, ctx as usize));
     0
+}
+
+/// Registers `f(ctx)` to run before every snapshot; a non-zero return aborts the checkpoint.
+#[no_mangle]
+pub extern "C" fn thaw_on_checkpoint(f: Hook, ctx: *mut c_void) -> c_int {
+    register(f, ctx, |cb| crate::on_checkpoint(move || cb.call()))
 }
 
 /// Registers `f(ctx)` to run first thing after a restore (reseed, reopen).
 #[no_mangle]
-pub extern "C" fn thaw_on_restore(
-    f: Option<extern "C" fn(*mut c_void) -> c_int>,
-    ctx: *mut c_void,
-) -> c_int {
-    let Some(f) = f else {
-        return set_error(THAW_ERR_INVALID, "callback is NULL");
-    };
-    let cb = Callback(f, ctx as usize);
-    crate::on_restore(move || cb.call());
-    0
+pub extern "C" fn thaw_on_restore(f: Hook, ctx: *mut c_void) -> c_int {
+    register(f, ctx, |cb| crate::on_restore(move || cb.call()))
 }
