@@ -51,6 +51,22 @@ fn restore_once(thaw: &Path, image: &Path, trust: &Path) -> Duration {
     elapsed
 }
 
+/// A signed image of `bench-app` holding `mib` MiB of heap and `threads` threads.
+fn make_image(dir: &Path, key: &Path, mib: usize, threads: usize) -> PathBuf {
+    let image = dir.join(format!("{mib}m-{threads}t.thaw"));
+    let st = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
+        .arg("image")
+        .arg(&image)
+        .arg(mib.to_string())
+        .arg(key)
+        .arg(threads.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    image
+}
+
 fn bench(c: &mut Criterion) {
     let thaw = thaw_bin();
     let dir = tempfile::tempdir().unwrap();
@@ -66,18 +82,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assert!(Command::new("/bin/true").status().unwrap().success()))
     });
     for mib in [1usize, 64, 512] {
-        let image = dir.path().join(format!("{mib}.thaw"));
-        let st = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
-            .args([
-                "image",
-                image.to_str().unwrap(),
-                &mib.to_string(),
-                key.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let image = make_image(dir.path(), &key, mib, 1);
         g.bench_function(
             BenchmarkId::new("thaw_run_to_first_instruction", mib),
             |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),
@@ -88,19 +93,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("restore_threads");
     g.sample_size(10);
     for threads in [1usize, 8, 64] {
-        let image = dir.path().join(format!("t{threads}.thaw"));
-        let st = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
-            .args([
-                "image",
-                image.to_str().unwrap(),
-                "1",
-                key.to_str().unwrap(),
-                &threads.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let image = make_image(dir.path(), &key, 1, threads);
         g.bench_function(
             BenchmarkId::new("thaw_run_to_first_instruction", threads),
             |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),

@@ -28,17 +28,6 @@ fn failed(msg: impl std::fmt::Display) -> Failure {
     Failure::new(Code::RestoreFailed, msg)
 }
 
-/// The launcher's own special mappings, in address order.
-fn own_vdso() -> Result<Vec<(String, u64, u64)>> {
-    let maps = thaw::procfs::smaps(std::process::id() as i32)
-        .map_err(|e| failed(format!("cannot read /proc/self/smaps: {e}")))?;
-    Ok(maps
-        .into_iter()
-        .filter(|m| matches!(m.name.as_str(), "[vvar]" | "[vvar_vclock]" | "[vdso]"))
-        .map(|m| (m.name, m.start, m.end))
-        .collect())
-}
-
 #[derive(Debug)]
 pub struct Region {
     pub base: u64,
@@ -57,6 +46,12 @@ impl Region {
         let mine = thaw::procfs::smaps(std::process::id() as i32)
             .map_err(|e| failed(format!("cannot read /proc/self/smaps: {e}")))?;
         used.extend(mine.iter().map(|v| (v.start, v.end)));
+        // The launcher's own [vvar], [vvar_vclock], [vdso], in address order.
+        let vdso = mine
+            .into_iter()
+            .filter(|m| matches!(m.name.as_str(), "[vvar]" | "[vvar_vclock]" | "[vdso]"))
+            .map(|m| (m.name, m.start, m.end))
+            .collect();
         let free = |base: u64| used.iter().all(|&(s, e)| e <= base || s >= base + RESERVE);
         let base = (1u64 << 36..TASK_SIZE - RESERVE)
             .step_by(RESERVE as usize)
@@ -65,7 +60,7 @@ impl Region {
         Ok(Region {
             base,
             len: RESERVE,
-            vdso: own_vdso()?,
+            vdso,
             threads,
         })
     }

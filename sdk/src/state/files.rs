@@ -93,9 +93,7 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
             let at = |key: &str| w.iter().position(|x| *x == key).and_then(|i| w.get(i + 1));
-            let hex = |key: &str| {
-                at(key).and_then(|v| u64::from_str_radix(v.trim_start_matches("ino:"), 16).ok())
-            };
+            let hex = |key: &str| at(key).and_then(|v| u64::from_str_radix(v, 16).ok());
             let fd = at("tfd:")?.parse().ok()?;
             let ino = w
                 .iter()
