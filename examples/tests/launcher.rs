@@ -147,7 +147,7 @@ fn tampered_image_runs_nothing() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&img, &bytes).unwrap();
-    let o = env.restore(&img, &[], &[]);
+    let o = env.restore(&img, &["--eager"], &[]);
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
     assert!(o.stdout.is_empty(), "{}", text(&o));
     assert!(

@@ -338,3 +338,202 @@ pub fn mount_private_proc() -> io::Result<()> {
     )?;
     Ok(())
 }
+
+/// userfaultfd (linux/userfaultfd.h): the ioctls and events the lazy memory server uses.
+pub mod uffd {
+    use super::{check, syscall};
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    pub const API: u64 = 0xAA;
+    /// `_IO(0xAA, 0x00)` on /dev/userfaultfd: a userfaultfd for the caller's memory.
+    pub const IOC_NEW: u64 = 0xAA00;
+    /// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+    pub const IOC_API: u64 = 0xc018_aa3f;
+    const IOC_COPY: u64 = 0xc028_aa03;
+    const IOC_ZEROPAGE: u64 = 0xc020_aa04;
+    const IOC_WAKE: u64 = 0x8010_aa02;
+    /// Fork, mremap, madvise(DONTNEED/REMOVE) and munmap are reported, so that the server knows
+    /// where each page of the image is and which pages must read as zero.
+    pub const FEATURES: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6);
+    pub const EVENT_PAGEFAULT: u8 = 0x12;
+    pub const EVENT_FORK: u8 = 0x13;
+    pub const EVENT_REMAP: u8 = 0x14;
+    pub const EVENT_REMOVE: u8 = 0x15;
+    pub const EVENT_UNMAP: u8 = 0x16;
+
+    /// One `struct uffd_msg`: the event, then up to three words of arguments.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Msg {
+        pub event: u8,
+        _reserved: [u8; 7],
+        pub arg: [u64; 3],
+    }
+
+    impl Msg {
+        /// The userfaultfd of the forked child's memory, in an `EVENT_FORK` message.
+        pub fn fork_fd(&self) -> OwnedFd {
+            // SAFETY: reading a fork event installed this descriptor in our table for us alone.
+            unsafe { OwnedFd::from_raw_fd((self.arg[0] & 0xffff_ffff) as RawFd) }
+        }
+    }
+
+    /// A userfaultfd for this process's own memory, with the events enabled: a probe that the
+    /// restored process will be able to create one the same way.
+    pub fn probe(device: Option<&OwnedFd>) -> io::Result<()> {
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let fd = match device {
+            Some(dev) => syscall(
+                libc::SYS_ioctl,
+                [dev.as_raw_fd() as u64, IOC_NEW, flags, 0, 0, 0],
+            )?,
+            None => syscall(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?,
+        };
+        // SAFETY: the call returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let api = [API, FEATURES, 0u64];
+        syscall(
+            libc::SYS_ioctl,
+            [fd.as_raw_fd() as u64, IOC_API, api.as_ptr() as u64, 0, 0, 0],
+        )
+        .map(drop)
+    }
+
+    /// Reads the pending events (non-blocking); returns how many were read.
+    pub fn read(fd: &OwnedFd, msgs: &mut [Msg]) -> io::Result<usize> {
+        let r = syscall(
+            libc::SYS_read,
+            [
+                fd.as_raw_fd() as u64,
+                msgs.as_mut_ptr() as u64,
+                std::mem::size_of_val(msgs) as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        match r {
+            Ok(n) => Ok(n as usize / std::mem::size_of::<Msg>()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies `src` to `dst` in the other process and wakes threads waiting there. On failure,
+    /// also says how many bytes were copied before it.
+    pub fn copy(fd: &OwnedFd, dst: u64, src: &[u8]) -> Result<(), (io::Error, u64)> {
+        let mut arg = [dst, src.as_ptr() as u64, src.len() as u64, 0, 0u64];
+        let r = thaw::sys::syscall6(
+            libc::SYS_ioctl,
+            [
+                fd.as_raw_fd() as u64,
+                IOC_COPY,
+                arg.as_mut_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        check(r)
+            .map(drop)
+            .map_err(|e| (e, (arg[4] as i64).max(0) as u64))
+    }
+
+    /// Maps zero pages at `[addr, addr + len)` and wakes threads waiting there.
+    pub fn zeropage(fd: &OwnedFd, addr: u64, len: u64) -> io::Result<()> {
+        let mut arg = [addr, len, 0, 0u64];
+        syscall(
+            libc::SYS_ioctl,
+            [
+                fd.as_raw_fd() as u64,
+                IOC_ZEROPAGE,
+                arg.as_mut_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Wakes threads waiting for `[addr, addr + len)`.
+    pub fn wake(fd: &OwnedFd, addr: u64, len: u64) -> io::Result<()> {
+        let arg = [addr, len];
+        syscall(
+            libc::SYS_ioctl,
+            [
+                fd.as_raw_fd() as u64,
+                IOC_WAKE,
+                arg.as_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .map(drop)
+    }
+}
+
+/// A connected pair of close-on-exec Unix datagram sockets (for passing a descriptor).
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    syscall(
+        libc::SYS_socketpair,
+        [
+            libc::AF_UNIX as u64,
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+            0,
+            fds.as_mut_ptr() as u64,
+            0,
+            0,
+        ],
+    )?;
+    // SAFETY: socketpair returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS; `None` when the other side closed first.
+pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [byte.as_mut_ptr() as u64, 1u64];
+    // struct cmsghdr { u64 len; i32 level; i32 type; } followed by one int, padded to 24 bytes.
+    let mut control = [0u64; 3];
+    // struct msghdr { name, namelen, iov, iovlen, control, controllen, flags }
+    let mut msg = [
+        0u64,
+        0,
+        iov.as_mut_ptr() as u64,
+        1,
+        control.as_mut_ptr() as u64,
+        24,
+        0,
+    ];
+    loop {
+        let r = syscall(
+            libc::SYS_recvmsg,
+            [
+                sock.as_raw_fd() as u64,
+                msg.as_mut_ptr() as u64,
+                libc::MSG_CMSG_CLOEXEC as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+        }
+    }
+    let level_type = control[1];
+    if msg[5] < 20 || control[0] != 20 || level_type != (1 | (1 << 32)) {
+        return Err(io::Error::other("no descriptor in the message"));
+    }
+    let fd = (control[2] & 0xffff_ffff) as i32;
+    // SAFETY: the kernel installed this descriptor for us with SCM_RIGHTS; nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

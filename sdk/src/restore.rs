@@ -28,6 +28,9 @@ pub const OP_DEC_WAKE: u64 = 7;
 pub const OP_WAIT_ZERO: u64 = 8;
 /// Wait (futex) until the 32-bit word at `args[0]` is not zero.
 pub const OP_WAIT_NONZERO: u64 = 9;
+/// Run a system call of at most five arguments that returns a new descriptor (failing the restore
+/// on an error), and move that descriptor to number `args[5]` (close-on-exec).
+pub const OP_SYSCALL_FD: u64 = 10;
 
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
@@ -140,6 +143,12 @@ impl Plan {
     /// A system call whose failure does not matter.
     pub fn syscall_any(&mut self, label: impl Into<String>, nr: i64, args: [u64; 6]) {
         self.push(label.into(), OP_SYSCALL_ANY, nr, args);
+    }
+
+    /// A system call that creates a descriptor, which then gets number `fd`.
+    pub fn syscall_fd(&mut self, label: impl Into<String>, nr: i64, args: [u64; 5], fd: i32) {
+        let [a, b, c, d, e] = args;
+        self.push(label.into(), OP_SYSCALL_FD, nr, [a, b, c, d, e, fd as u64]);
     }
 
     /// Store a word in the new process's memory.

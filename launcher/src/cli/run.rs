@@ -34,6 +34,11 @@ pub struct Args {
     /// the file is writable by anyone but you and root.
     #[arg(long)]
     private_copy: bool,
+    /// Read and verify all of the process's memory before it runs, instead of filling its large
+    /// anonymous areas on first touch (lazy filling needs /dev/userfaultfd or
+    /// vm.unprivileged_userfaultfd=1, and the launcher alive until the memory is complete).
+    #[arg(long)]
+    eager: bool,
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
@@ -57,17 +62,28 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     } else {
         file.verify(&args.trust.load(ctx)?)?
     };
+    let pid_mode = restore::resolve_pid_mode(&image, args.pid_mode)?;
+    // Lazily filled pages are verified one chunk at a time as they are copied in; everything
+    // else now. Lazy filling needs the launcher to enable the userfaultfd's fork events, which
+    // takes CAP_SYS_PTRACE: never inside a new user namespace, so host mode only.
+    let lazy = if args.eager || pid_mode != PidMode::Host {
+        None
+    } else {
+        restore::lazy::Uffd::probe()
+    };
+    let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
+    let wanted = |c: u64| eager[c as usize];
     let private = args.private_copy || ctx.elevated || writable_by_others(image.file());
     let payload = if private {
         let h = image.header();
         let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
             .map_err(|e| Failure::new(Code::Io, format!("cannot create the private copy: {e}")))?;
-        image.verify_payload_into(&copy)?;
+        image.verify_chunks(&wanted, Some(&copy))?;
         sys::seal(&copy)
             .map_err(|e| Failure::new(Code::Io, format!("cannot seal the private copy: {e}")))?;
         copy
     } else {
-        image.verify_payload()?;
+        image.verify_chunks(&wanted, None)?;
         image
             .file()
             .try_clone()
@@ -78,12 +94,13 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let status = restore::run(
         &image,
         Request {
-            pid_mode: args.pid_mode,
+            pid_mode,
             args: args.args,
             as_caller: args.as_caller,
             elevated: ctx.elevated,
             payload,
             timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
+            lazy,
         },
     )?;
     std::process::exit(status);

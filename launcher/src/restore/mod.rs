@@ -5,6 +5,7 @@
 //! runs nothing but the restorer (see [`restorer`]).
 
 mod layout;
+pub mod lazy;
 pub mod policy;
 mod restorer;
 
@@ -59,6 +60,9 @@ pub struct Request {
     /// With `THAW_TIMING` set (unprivileged launchers only): when the launcher started and how
     /// long opening and verifying took; the phases are reported on stderr.
     pub timing: Option<(std::time::Instant, std::time::Duration)>,
+    /// Fill the large anonymous VMAs on first touch (the chunks of their pages were not verified
+    /// yet); `None` reads all memory before the process runs.
+    pub lazy: Option<lazy::Uffd>,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -134,9 +138,11 @@ struct Fds {
     error_r: OwnedFd,
     /// Numbers the restored process keeps open.
     keep: Vec<RawFd>,
+    /// With lazy memory: how the userfaultfd reaches the launcher.
+    transport: Option<lazy::Transport>,
 }
 
-fn prepare_fds(image: &Image, payload: &std::fs::File) -> Result<Fds> {
+fn prepare_fds(image: &Image, payload: &std::fs::File, lazy: Option<lazy::Uffd>) -> Result<Fds> {
     let m = image.manifest();
     sys::raise_nofile();
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
@@ -220,7 +226,9 @@ fn prepare_fds(image: &Image, payload: &std::fs::File) -> Result<Fds> {
         keep.push(fd);
     }
     keep.sort_unstable();
+    let transport = lazy.map(|u| lazy::Transport::new(u, high)).transpose()?;
     Ok(Fds {
+        transport,
         image: image_fd,
         exe,
         mapped,
@@ -262,10 +270,25 @@ fn build_plan(
     region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
 
     // The image's memory, then the layout markers and /proc/self/exe.
+    // Lazily filled VMAs are registered with a userfaultfd, which goes to the launcher before
+    // anything touches them.
     let payload_off = image.header().payload_off;
+    if let Some(t) = &fds.transport {
+        t.plan_create(&mut plan);
+    }
     for (i, vma) in m.memory.iter().enumerate() {
         let file_fd = fds.mapped.iter().find(|(j, _)| *j == i).map(|(_, fd)| *fd);
-        vma.plan_restore(&mut plan, fds.image.as_raw_fd(), payload_off, file_fd);
+        let uffd = fds.transport.as_ref().filter(|_| lazy::is_lazy(vma));
+        vma.plan_restore(
+            &mut plan,
+            fds.image.as_raw_fd(),
+            payload_off,
+            file_fd,
+            uffd.map(|t| t.fd()),
+        );
+    }
+    if let Some(t) = &fds.transport {
+        t.plan_send(&mut plan);
     }
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
 
@@ -497,17 +520,17 @@ fn plan_credentials(plan: &mut Plan, c: &Credentials) {
     }
 }
 
-/// Restores `image` and supervises the restored process; returns the exit status to use.
-pub fn run(image: &Image, req: Request) -> Result<i32> {
+/// Where the process will get its PID: `requested`, with `auto` resolved, after checking that it
+/// is possible here.
+pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
     let m = image.manifest();
-    let target = check_policy(image, &req)?;
     let pid = m.process.pid;
     if !sys::probe_set_tid() {
         return Err(refused("this kernel's clone3 does not support set_tid"));
     }
     let host_ok = may_use_host_pids();
     let taken = taken_id(m);
-    let mode = match req.pid_mode {
+    let mode = match requested {
         PidMode::Auto if host_ok && taken.is_none() => PidMode::Host,
         PidMode::Auto => PidMode::Ns,
         PidMode::Host if !host_ok => {
@@ -529,8 +552,17 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             "an image of PID 1 cannot be restored under a namespace init",
         ));
     }
+    Ok(mode)
+}
 
-    let fds = prepare_fds(image, &req.payload)?;
+/// Restores `image` and supervises the restored process; returns the exit status to use.
+/// `req.pid_mode` is resolved (see [`resolve_pid_mode`]).
+pub fn run(image: &Image, req: Request) -> Result<i32> {
+    let m = image.manifest();
+    let target = check_policy(image, &req)?;
+    let pid = m.process.pid;
+    let mode = req.pid_mode;
+    let fds = prepare_fds(image, &req.payload, req.lazy)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: std::env::vars_os()
@@ -551,7 +583,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
     let prepared = req.timing.map(|(start, _)| start.elapsed());
     let old_mask = sys::set_sigmask(u64::MAX);
     let supervised = match mode {
-        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds),
+        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, image),
         _ => sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
             if e.raw_os_error() == Some(libc::EEXIST) {
                 refused(format!("PID {pid} is in use; use --pid-mode ns"))
@@ -568,13 +600,40 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         }
     };
     let Fds {
-        error_w, error_r, ..
+        error_w,
+        error_r,
+        transport,
+        ..
     } = fds;
     drop(error_w);
-    sys::forward_signals(child, &FORWARDED)
-        .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
-    sys::set_sigmask(old_mask);
+    // The launcher keeps only its end of the socket: end of file there means the process died
+    // before handing over its userfaultfd.
+    // In namespace mode the init serves the memory (no thread can be created here any more).
+    let sock = transport
+        .filter(|_| mode != PidMode::Ns)
+        .map(|t| t.parent_end);
+    std::thread::scope(|scope| {
+        // Spawned with every signal blocked: the forwarding handler runs on the main thread.
+        let server =
+            sock.map(|sock| scope.spawn(move || lazy::Server::new(image).run(sock, child)));
+        sys::forward_signals(child, &FORWARDED)
+            .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
+        sys::set_sigmask(old_mask);
+        supervise(child, error_r, &plan, req.timing.zip(prepared), server)
+    })
+}
 
+/// Waits for the restorer's report, then for the process; returns the exit status to use.
+fn supervise(
+    child: i32,
+    error_r: OwnedFd,
+    plan: &Plan,
+    timing: Option<(
+        (std::time::Instant, std::time::Duration),
+        std::time::Duration,
+    )>,
+    server: Option<std::thread::ScopedJoinHandle<'_, Result<lazy::Stats>>>,
+) -> Result<i32> {
     // A report on the pipe means a step failed; end of file means the process is restored.
     let mut report = [0u8; 16];
     let mut got = 0;
@@ -587,8 +646,8 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             Err(_) => break,
         }
     }
-    if let (Some((start, verified)), Some(prepared)) = (req.timing, prepared) {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    if let Some(((start, verified), prepared)) = timing {
         let restored = start.elapsed();
         eprintln!(
             "thaw: timing: open+verify {:.1} ms, checks+files+plan {:.1} ms, process creation+restorer {:.1} ms ({} steps), total {:.1} ms",
@@ -599,18 +658,36 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             ms(restored)
         );
     }
+    let waited = sys::wait(child);
+    let served = server.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err(Failure::new(Code::Internal, "the memory server panicked")))
+    });
     if got == 16 {
         let step = u64::from_ne_bytes(report[..8].try_into().expect("8")) as usize;
         let errno = u64::from_ne_bytes(report[8..].try_into().expect("8")) as i32;
-        let _ = sys::wait(child);
         return Err(failed(format!(
             "restore failed at step {step} ({}): {}",
             plan.label(step),
             std::io::Error::from_raw_os_error(errno)
         )));
     }
-    let (_, how) = sys::wait(child)
-        .map_err(|e| failed(format!("cannot wait for the restored process: {e}")))?;
+    if let Some(served) = served {
+        let st = served?;
+        if timing.is_some() {
+            eprintln!(
+                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed",
+                st.faults,
+                st.zero_faults,
+                st.chunks,
+                st.bytes as f64 / 1048576.0,
+                ms(st.filled_in),
+                st.forks
+            );
+        }
+    }
+    let (_, how) =
+        waited.map_err(|e| failed(format!("cannot wait for the restored process: {e}")))?;
     Ok(how.status())
 }
 
@@ -622,6 +699,7 @@ fn spawn_in_namespace(
     control: u64,
     stack_top: u64,
     fds: &Fds,
+    image: &Image,
 ) -> Result<i32> {
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS)
@@ -645,15 +723,32 @@ fn spawn_in_namespace(
     let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
         Ok(child) => {
             sys::close(fds.error_w.as_raw_fd());
+            let sock = fds.transport.as_ref().and_then(|t| {
+                sys::close(t.child_end.as_raw_fd());
+                t.parent_end.try_clone().ok()
+            });
             let _ = sys::forward_signals(child, &FORWARDED);
-            sys::set_sigmask(0);
-            loop {
-                match sys::wait(-1) {
-                    Ok((p, how)) if p == child => break how.status(),
-                    Ok(_) => continue,
-                    Err(_) => break Code::RestoreFailed as i32,
+            std::thread::scope(|scope| {
+                // Spawned with every signal blocked, like the outer launcher's.
+                let server =
+                    sock.map(|sock| scope.spawn(move || lazy::Server::new(image).run(sock, child)));
+                sys::set_sigmask(0);
+                let status = loop {
+                    match sys::wait(-1) {
+                        Ok((p, how)) if p == child => break how.status(),
+                        Ok(_) => continue,
+                        Err(_) => break Code::RestoreFailed as i32,
+                    }
+                };
+                match server.map(|h| h.join()) {
+                    Some(Ok(Err(f))) => {
+                        eprintln!("thaw: {}", f.message);
+                        f.code as i32
+                    }
+                    Some(Err(_)) => Code::Internal as i32,
+                    _ => status,
                 }
-            }
+            })
         }
         Err(e) => {
             eprintln!("thaw: cannot create the process with PID {pid} in the new namespace: {e}");

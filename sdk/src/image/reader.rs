@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
@@ -286,42 +286,61 @@ impl Image {
 
     /// [`Self::verify_payload`] with a chosen number of threads.
     pub fn verify_payload_with(&self, threads: usize) -> Result<(), ImageError> {
-        self.verify_batches(threads, None)
+        self.verify_batches(threads, &|_| true, None)
     }
 
     /// Checks every payload chunk and writes each verified batch to `dest` at the same file
     /// offset: afterwards `dest` holds exactly the bytes that were verified, whatever happens to
     /// the image file (the launcher's private copy).
     pub fn verify_payload_into(&self, dest: &File) -> Result<(), ImageError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.verify_batches(threads, Some(dest))
+        self.verify_chunks(&|_| true, Some(dest))
     }
 
-    fn verify_batches(&self, threads: usize, sink: Option<&File>) -> Result<(), ImageError> {
+    /// Checks the chunks `wanted` selects (by index), copying them to `dest` like
+    /// [`Self::verify_payload_into`] when given. The others are left to [`Self::read_chunk`].
+    pub fn verify_chunks(
+        &self,
+        wanted: &(dyn Fn(u64) -> bool + Sync),
+        dest: Option<&File>,
+    ) -> Result<(), ImageError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.verify_batches(threads, wanted, dest)
+    }
+
+    fn verify_batches(
+        &self,
+        threads: usize,
+        wanted: &(dyn Fn(u64) -> bool + Sync),
+        sink: Option<&File>,
+    ) -> Result<(), ImageError> {
         let chunks = self.header.chunk_count();
-        if chunks == 0 {
+        let selected = (0..chunks).filter(|&i| wanted(i)).count() as u64;
+        if selected == 0 {
             return Ok(());
         }
         // Batches of at most 1 MiB keep syscalls few; small images are cut finer so that every
-        // thread gets work.
-        let threads = threads.clamp(1, chunks as usize);
+        // thread gets work. A batch is consecutive wanted chunks.
+        let threads = threads.clamp(1, selected as usize);
         let per_batch = ((1u64 << 20) / u64::from(self.header.chunk_size))
-            .min(chunks.div_ceil(threads as u64 * 4))
+            .min(selected.div_ceil(threads as u64 * 4))
             .max(1);
-        let batches = chunks.div_ceil(per_batch);
-        let next = AtomicU64::new(0);
+        let mut batches: Vec<(u64, u64)> = Vec::new();
+        for i in (0..chunks).filter(|&i| wanted(i)) {
+            match batches.last_mut() {
+                Some((first, last)) if *last == i && i - *first < per_batch => *last = i + 1,
+                _ => batches.push((i, i + 1)),
+            }
+        }
+        let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let first_error: Mutex<Option<(u64, ImageError)>> = Mutex::new(None);
         let batch_bytes = (per_batch * u64::from(self.header.chunk_size)) as usize;
         let worker = || {
             let mut buf = vec![0u8; batch_bytes];
             while !failed.load(Ordering::Relaxed) {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= batches {
+                let Some(&(first, last)) = batches.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     break;
-                }
-                let first = b * per_batch;
-                let last = (first + per_batch).min(chunks);
+                };
                 let (off, _) = self.chunk_range(first);
                 let (end_off, end_len) = self.chunk_range(last - 1);
                 let span = (end_off + end_len as u64 - off) as usize;

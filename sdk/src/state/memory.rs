@@ -70,6 +70,9 @@ const PAGE: u64 = 4096;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)` and its missing-pages mode (linux/userfaultfd.h).
+const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 /// Kernel special mappings the restorer moves instead of copying.
 pub const SPECIAL_NAMES: [&str; 4] = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
@@ -224,21 +227,42 @@ impl Vma {
         Ok(())
     }
 
+    /// Bytes of saved pages.
+    pub fn saved_len(&self) -> u64 {
+        self.pages.iter().map(|r| r.payload.len).sum()
+    }
+
+    /// Whether this VMA's pages can be filled on first touch (userfaultfd) instead of before the
+    /// process runs: private anonymous memory only, and not wiped on fork (a forked child must see
+    /// zeros there, not the image's pages).
+    pub fn can_fill_lazily(&self) -> bool {
+        matches!(
+            self.backing,
+            Backing::Anonymous | Backing::Heap | Backing::Stack
+        ) && self.map_flags & libc::MAP_SHARED as u32 == 0
+            && self.advice & VmaAdvice::WIPEONFORK == 0
+            && !self.pages.is_empty()
+    }
+
     /// Maps this VMA in the new process and fills its saved pages from the image. `file_fd` is the
-    /// new process's descriptor of the mapped file (file mappings only).
+    /// new process's descriptor of the mapped file (file mappings only). With `uffd` (a
+    /// userfaultfd of the new process, see [`Self::can_fill_lazily`]) the pages are not read
+    /// here: the VMA is registered for missing-page faults, which the launcher serves.
     pub fn plan_restore(
         &self,
         plan: &mut Plan,
         image_fd: i32,
         payload_off: u64,
         file_fd: Option<i32>,
+        uffd: Option<i32>,
     ) {
         let what = match &self.backing {
             Backing::File { path, .. } => path.clone(),
             Backing::Special { .. } => return,
             b => format!("{b:?}").to_lowercase(),
         };
-        let write = if self.pages.is_empty() {
+        let uffd = uffd.filter(|_| self.can_fill_lazily());
+        let write = if self.pages.is_empty() || uffd.is_some() {
             0
         } else {
             libc::PROT_WRITE as u64
@@ -262,7 +286,19 @@ impl Vma {
             libc::SYS_mmap,
             [self.start, self.len(), prot, flags, fd, off],
         );
-        for run in &self.pages {
+        if let Some(uffd) = uffd {
+            // struct uffdio_register { range { start, len }, mode, ioctls (out) }
+            let reg = plan.words(&[self.start, self.len(), UFFDIO_REGISTER_MODE_MISSING, 0]);
+            plan.syscall(
+                format!(
+                    "register {:x}-{:x} {what} for lazy filling",
+                    self.start, self.end
+                ),
+                libc::SYS_ioctl,
+                [uffd as u64, UFFDIO_REGISTER, reg, 0, 0, 0],
+            );
+        }
+        for run in self.pages.iter().filter(|_| uffd.is_none()) {
             plan.pread(
                 format!(
                     "read {} bytes of {what} at {:x} from the image",

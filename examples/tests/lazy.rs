@@ -1,0 +1,122 @@
+//! Lazily filled memory (host mode as root): the restored process runs while the launcher fills
+//! its large anonymous mappings, verifying each chunk just before copying it in.
+
+mod common;
+
+use common::*;
+
+const CORRUPT: i32 = 65;
+
+const LAZY_CHECKS: [&str; 6] = [
+    "read by two threads",
+    "read by the kernel",
+    "moved by mremap",
+    "dropped by MADV_DONTNEED",
+    "replaced by a new mapping",
+    "forked child's copy",
+];
+
+/// The launcher's `lazy memory:` report (THAW_TIMING), if it filled memory lazily.
+fn lazy_report(o: &std::process::Output) -> Option<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .find(|l| l.contains("lazy memory:"))
+        .map(str::to_owned)
+}
+
+/// The number that starts the report's part ending with `what` ("N on zero pages").
+fn count(report: &str, what: &str) -> u64 {
+    let part = report
+        .split(", ")
+        .find(|p| p.ends_with(what))
+        .unwrap_or_else(|| panic!("no `{what}` in {report}"));
+    part.split_whitespace()
+        .rev()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {part}"))
+}
+
+#[test]
+fn memory_filled_while_the_process_forks_moves_and_drops_it() {
+    if !is_root() {
+        eprintln!("skipped: lazy filling needs CAP_SYS_PTRACE (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
+    let mut c = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);
+    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    assert_all_ok(&o, &LAZY_CHECKS);
+    let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
+    // The program forks and reads its dropped and moved-out ranges at once; filling 128 MiB
+    // takes far longer, so the server saw the fork and answered those faults with zero pages.
+    assert_eq!(count(&report, "forks followed"), 1, "{report}");
+    assert!(count(&report, "on zero pages") > 0, "{report}");
+
+    // The same image, all memory read up front.
+    let mut c = env.restore_cmd(&img, &["--pid-mode", "host", "--eager"], &[]);
+    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    assert_all_ok(&o, &LAZY_CHECKS);
+    assert_eq!(lazy_report(&o), None, "{}", text(&o));
+}
+
+#[test]
+fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
+    if !is_root() {
+        eprintln!("skipped: lazy filling needs CAP_SYS_PTRACE (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
+    // A byte in the middle of the 128 MiB mapping's saved pages, which the program reads.
+    let m = env.manifest(&img);
+    let vma = m
+        .memory
+        .iter()
+        .filter(|v| v.len() == 128 << 20)
+        .max_by_key(|v| v.saved_len())
+        .expect("the 128 MiB mapping");
+    let run = vma
+        .pages
+        .iter()
+        .max_by_key(|r| r.payload.len)
+        .expect("saved pages");
+    let payload_off = thaw::image::ImageFile::open(&img)
+        .unwrap()
+        .header()
+        .payload_off;
+    let at = payload_off + run.payload.offset + run.payload.len / 2;
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[at as usize] ^= 0x10;
+    std::fs::write(&img, &bytes).unwrap();
+
+    let o = env.restore(&img, &["--pid-mode", "host"], &[]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not match its digest")
+            && err.contains("the restored process was killed"),
+        "{}",
+        text(&o)
+    );
+    // It never finished its checks: the chunk's bytes never reached it.
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("ok read by two threads"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn unprivileged_restores_read_all_memory_up_front() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
+    let mut c = env.restore_cmd(&img, &["--pid-mode", "ns"], &[]);
+    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    assert_all_ok(&o, &LAZY_CHECKS);
+    assert_eq!(lazy_report(&o), None, "{}", text(&o));
+}

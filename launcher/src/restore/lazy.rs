@@ -1,0 +1,698 @@
+//! Lazy memory: the restored process's large anonymous VMAs are registered with a userfaultfd
+//! and filled by the launcher, each 64 KiB chunk read from the image and checked against its
+//! signed digest just before its pages are copied in. Touched pages come first (the faulting
+//! thread waits for them); the rest is filled in the background until nothing is left, and then
+//! the userfaultfd is closed and the process owes the launcher nothing.
+//!
+//! Only verified bytes ever reach the process: the copy is made from the launcher's buffer, after
+//! the digest check, so a change to the image file after the signature check can only make the
+//! restore fail (the process is killed), never feed it other bytes.
+//!
+//! The process keeps running normally meanwhile, so the server follows what it does to its memory
+//! (userfaultfd's non-cooperative events): a fork gets its own userfaultfd and its own copy of
+//! "what is still to fill"; mremap moves where an image range now lives; munmap and
+//! MADV_DONTNEED make the range's unfilled pages read as zero, as they would have.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use thaw::image::Image;
+use thaw::restore::Plan;
+use thaw::state::memory::Vma;
+
+use crate::exit::{Code, Failure, Result};
+use crate::sys::{self, uffd};
+
+const PAGE: u64 = 4096;
+/// VMAs with fewer saved bytes are read before the process runs: a fault round trip would cost
+/// more than reading them.
+const MIN_LAZY: u64 = 64 * 1024;
+/// After a fault, background filling waits this long for the next one: faults come in bursts, and
+/// a thread waiting for memory must not wait for a background chunk too.
+const QUIET: Duration = Duration::from_micros(300);
+
+/// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
+pub fn is_lazy(vma: &Vma) -> bool {
+    vma.can_fill_lazily() && vma.saved_len() >= MIN_LAZY
+}
+
+/// The payload chunks that must be verified before the process runs: every chunk holding a byte
+/// that is not a lazily filled page.
+pub fn eager_chunks(image: &Image, lazy: bool) -> Vec<bool> {
+    let h = image.header();
+    let cs = u64::from(h.chunk_size);
+    let count = h.chunk_count() as usize;
+    if !lazy {
+        return vec![true; count];
+    }
+    let mut lazy_bytes = vec![0u64; count];
+    for vma in image.manifest().memory.iter().filter(|v| is_lazy(v)) {
+        for run in &vma.pages {
+            let (mut at, end) = (run.payload.offset, run.payload.offset + run.payload.len);
+            while at < end {
+                let c = at / cs;
+                let next = ((c + 1) * cs).min(end);
+                lazy_bytes[c as usize] += next - at;
+                at = next;
+            }
+        }
+    }
+    (0..count as u64)
+        .map(|c| lazy_bytes[c as usize] < cs.min(h.payload_len - c * cs))
+        .collect()
+}
+
+/// How the restored process gets its userfaultfd: from /dev/userfaultfd when the launcher can open
+/// it, else from the system call. Either way the fork events need CAP_SYS_PTRACE (in practice:
+/// root); without it the launcher reads all memory up front.
+#[derive(Debug)]
+pub struct Uffd {
+    device: Option<OwnedFd>,
+}
+
+impl Uffd {
+    pub fn probe() -> Option<Uffd> {
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")
+            .ok()
+            .map(OwnedFd::from);
+        uffd::probe(device.as_ref()).ok()?;
+        Some(Uffd { device })
+    }
+}
+
+/// The descriptors that carry the userfaultfd from the new process to the launcher: the restorer
+/// creates it at number `slot`, registers the lazy VMAs, and sends it over `child_end`.
+#[derive(Debug)]
+pub struct Transport {
+    device: Option<OwnedFd>,
+    slot: OwnedFd,
+    pub child_end: OwnedFd,
+    pub parent_end: OwnedFd,
+}
+
+impl Transport {
+    /// Descriptors numbered at or above `high`, out of the way of the process's own.
+    pub fn new(uffd: Uffd, high: RawFd) -> Result<Transport> {
+        let dup = |fd: RawFd| {
+            sys::dup_above(fd, high)
+                .map_err(|e| Failure::new(Code::RestoreFailed, format!("dup: {e}")))
+        };
+        let (parent, child) = sys::socketpair().map_err(|e| {
+            Failure::new(
+                Code::RestoreFailed,
+                format!("cannot create a socket pair: {e}"),
+            )
+        })?;
+        let device = match &uffd.device {
+            Some(d) => Some(dup(d.as_raw_fd())?),
+            None => None,
+        };
+        // Any descriptor that holds nothing the launcher waits on reserves the number.
+        let null = std::fs::File::open("/dev/null").map_err(|e| {
+            Failure::new(Code::RestoreFailed, format!("cannot open /dev/null: {e}"))
+        })?;
+        Ok(Transport {
+            device,
+            slot: dup(null.as_raw_fd())?,
+            child_end: dup(child.as_raw_fd())?,
+            parent_end: parent,
+        })
+    }
+
+    /// The userfaultfd's number in the new process.
+    pub fn fd(&self) -> i32 {
+        self.slot.as_raw_fd()
+    }
+
+    /// Steps that create the userfaultfd and enable its events (before the memory is mapped).
+    pub fn plan_create(&self, plan: &mut Plan) {
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        match &self.device {
+            Some(dev) => plan.syscall_fd(
+                "create a userfaultfd (/dev/userfaultfd)",
+                libc::SYS_ioctl,
+                [dev.as_raw_fd() as u64, uffd::IOC_NEW, flags, 0, 0],
+                self.fd(),
+            ),
+            None => plan.syscall_fd(
+                "create a userfaultfd",
+                libc::SYS_userfaultfd,
+                [flags, 0, 0, 0, 0],
+                self.fd(),
+            ),
+        }
+        let api = plan.words(&[uffd::API, uffd::FEATURES, 0]);
+        plan.syscall(
+            "enable the userfaultfd's events",
+            libc::SYS_ioctl,
+            [self.fd() as u64, uffd::IOC_API, api, 0, 0, 0],
+        );
+    }
+
+    /// The step that hands the userfaultfd to the launcher (after the lazy VMAs are registered,
+    /// before anything touches them).
+    pub fn plan_send(&self, plan: &mut Plan) {
+        let byte = plan.words(&[0]);
+        let iov = plan.words(&[byte, 1]);
+        // struct cmsghdr { len = CMSG_LEN(4), SOL_SOCKET, SCM_RIGHTS } + the descriptor, padded.
+        let cmsg = plan.words(&[20, 1 | (1 << 32), self.fd() as u64]);
+        // struct msghdr { name, namelen, iov, iovlen, control, controllen, flags }
+        let msg = plan.words(&[0, 0, iov, 1, cmsg, 24, 0]);
+        plan.syscall(
+            "hand the userfaultfd to the launcher",
+            libc::SYS_sendmsg,
+            [self.child_end.as_raw_fd() as u64, msg, 0, 0, 0, 0],
+        );
+    }
+}
+
+/// What the server did, for `THAW_TIMING`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Faults on pages of the image, and on pages that read as zero.
+    pub faults: u64,
+    pub zero_faults: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub forks: u64,
+    /// From receiving the userfaultfd until every page was filled (or the process was gone).
+    pub filled_in: Duration,
+}
+
+/// Saved pages of a lazy VMA: `len` bytes at image address `addr`, at payload offset `off`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    addr: u64,
+    len: u64,
+    off: u64,
+}
+
+/// Where an image range lives now in one address space: `len` bytes at `cur`, which were at
+/// image address `img`.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    cur: u64,
+    len: u64,
+    img: u64,
+}
+
+/// One address space to fill: the restored process, or a child it forked meanwhile.
+#[derive(Debug)]
+struct Space {
+    uffd: OwnedFd,
+    segs: Vec<Seg>,
+    /// One bit per payload page still to copy in.
+    pending: Vec<u64>,
+    left: u64,
+    cursor: usize,
+    /// Faulting pages to serve again once the events ahead of them are read.
+    retry: Vec<u64>,
+    dead: bool,
+}
+
+impl Space {
+    fn is_pending(&self, page: u64) -> bool {
+        self.pending[(page / 64) as usize] & (1 << (page % 64)) != 0
+    }
+
+    fn clear(&mut self, page: u64) {
+        let w = &mut self.pending[(page / 64) as usize];
+        if *w & (1 << (page % 64)) != 0 {
+            *w &= !(1 << (page % 64));
+            self.left -= 1;
+        }
+    }
+
+    /// The first pending payload page at or after the cursor, wrapping around.
+    fn next_pending(&mut self) -> Option<u64> {
+        if self.left == 0 {
+            return None;
+        }
+        let n = self.pending.len();
+        for i in 0..=n {
+            let at = (self.cursor + i) % n;
+            let w = self.pending[at];
+            if w != 0 {
+                self.cursor = at;
+                return Some(at as u64 * 64 + u64::from(w.trailing_zeros()));
+            }
+        }
+        None
+    }
+
+    /// The pieces of image range `[img, img + len)` as they lie now: (current address, offset in
+    /// the range, length).
+    fn pieces(&self, img: u64, len: u64) -> Vec<(u64, u64, u64)> {
+        let mut out: Vec<(u64, u64, u64)> = self
+            .segs
+            .iter()
+            .filter_map(|s| {
+                let lo = img.max(s.img);
+                let hi = (img + len).min(s.img + s.len);
+                (lo < hi).then(|| (s.cur + (lo - s.img), lo - img, hi - lo))
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.1);
+        out
+    }
+
+    /// The image address now at current address `cur`.
+    fn image_addr(&self, cur: u64) -> Option<u64> {
+        self.segs
+            .iter()
+            .find(|s| (s.cur..s.cur + s.len).contains(&cur))
+            .map(|s| s.img + (cur - s.cur))
+    }
+
+    /// Removes `[start, end)` (current addresses) from the segments.
+    fn cut(&mut self, start: u64, end: u64) -> Vec<Seg> {
+        let mut kept = Vec::with_capacity(self.segs.len() + 1);
+        let mut removed = Vec::new();
+        for s in self.segs.drain(..) {
+            let (s_end, lo, hi) = (s.cur + s.len, start.max(s.cur), end.min(s.cur + s.len));
+            if lo >= hi {
+                kept.push(s);
+                continue;
+            }
+            if s.cur < lo {
+                kept.push(Seg {
+                    len: lo - s.cur,
+                    ..s
+                });
+            }
+            removed.push(Seg {
+                cur: lo,
+                len: hi - lo,
+                img: s.img + (lo - s.cur),
+            });
+            if hi < s_end {
+                kept.push(Seg {
+                    cur: hi,
+                    len: s_end - hi,
+                    img: s.img + (hi - s.cur),
+                });
+            }
+        }
+        self.segs = kept;
+        removed
+    }
+}
+
+/// How a copy into one space went.
+enum Copied {
+    /// Done (including pages that turned out present or unmapped).
+    All,
+    /// Stopped by a memory-map change the server has not read yet; the first `n` bytes are in.
+    Again(u64),
+    /// The address space is gone (the process exited or exec'd).
+    Dead,
+}
+
+/// The saved pages of the lazy VMAs, by image address and by payload offset.
+struct Index {
+    by_addr: Vec<Run>,
+    by_off: Vec<Run>,
+    chunk_size: u64,
+}
+
+impl Index {
+    /// The payload page holding image address `img`, if the image saved that page.
+    fn payload_page(&self, img: u64) -> Option<u64> {
+        let i = self.by_addr.partition_point(|r| r.addr + r.len <= img);
+        let r = self.by_addr.get(i).filter(|r| r.addr <= img)?;
+        Some((r.off + img - r.addr) / PAGE)
+    }
+}
+
+/// The spaces being filled, and what was done.
+#[derive(Default)]
+struct State {
+    spaces: Vec<Space>,
+    stats: Stats,
+}
+
+/// Serves one restored process's lazily filled memory, on a thread of the launcher.
+pub struct Server<'a> {
+    image: &'a Image,
+    index: Index,
+    initial: Vec<Seg>,
+}
+
+impl<'a> Server<'a> {
+    pub fn new(image: &'a Image) -> Server<'a> {
+        let m = image.manifest();
+        let mut by_addr = Vec::new();
+        let mut initial = Vec::new();
+        for vma in m.memory.iter().filter(|v| is_lazy(v)) {
+            initial.push(Seg {
+                cur: vma.start,
+                len: vma.len(),
+                img: vma.start,
+            });
+            by_addr.extend(vma.pages.iter().map(|r| Run {
+                addr: r.addr,
+                len: r.payload.len,
+                off: r.payload.offset,
+            }));
+        }
+        by_addr.sort_unstable_by_key(|r| r.addr);
+        let mut by_off = by_addr.clone();
+        by_off.sort_unstable_by_key(|r| r.off);
+        Server {
+            image,
+            index: Index {
+                by_addr,
+                by_off,
+                chunk_size: u64::from(image.header().chunk_size),
+            },
+            initial,
+        }
+    }
+
+    /// Waits for the userfaultfd on `sock`, then serves faults and fills memory until every page
+    /// is in or the process is gone. On a failure (a chunk that does not match its digest, an
+    /// unreadable image), kills `victim` (the launcher's child) before any wrong byte is used.
+    pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Stats> {
+        let fd = match sys::recv_fd(&sock) {
+            Ok(Some(fd)) => fd,
+            // The restorer failed before handing it over; it reports that itself.
+            Ok(None) | Err(_) => return Ok(Stats::default()),
+        };
+        drop(sock);
+        let started = Instant::now();
+        let payload_pages = self.image.header().payload_len / PAGE;
+        let mut pending = vec![0u64; payload_pages.div_ceil(64) as usize];
+        let mut left = 0;
+        for r in &self.index.by_addr {
+            for p in r.off / PAGE..(r.off + r.len) / PAGE {
+                pending[(p / 64) as usize] |= 1 << (p % 64);
+                left += 1;
+            }
+        }
+        let mut st = State {
+            spaces: vec![Space {
+                uffd: fd,
+                segs: self.initial.clone(),
+                pending,
+                left,
+                cursor: 0,
+                retry: Vec::new(),
+                dead: false,
+            }],
+            ..State::default()
+        };
+        let result = self.serve(&mut st);
+        st.stats.filled_in = started.elapsed();
+        match result {
+            Err(f) => {
+                sys::kill(victim, libc::SIGKILL);
+                Err(f)
+            }
+            Ok(()) => Ok(st.stats),
+        }
+    }
+
+    /// One thread does both jobs: it answers faults and events as soon as they come (spinning
+    /// while they come close together: a thread waiting for memory is the priority), and fills
+    /// one chunk at a time in the background when they pause.
+    fn serve(&self, st: &mut State) -> Result<()> {
+        let mut msgs = [uffd::Msg::default(); 64];
+        let mut buf = vec![0u8; self.index.chunk_size as usize];
+        let mut last_fault = Instant::now();
+        while !st.spaces.is_empty() {
+            let before = st.stats.faults + st.stats.zero_faults;
+            let mut s = 0;
+            while s < st.spaces.len() {
+                while !st.spaces[s].dead {
+                    let n = uffd::read(&st.spaces[s].uffd, &mut msgs)
+                        .map_err(|e| failed(format!("cannot read the userfaultfd: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    for m in &msgs[..n] {
+                        self.event(st, s, m, &mut buf)?;
+                    }
+                }
+                for page in std::mem::take(&mut st.spaces[s].retry) {
+                    self.fault(st, s, page, &mut buf)?;
+                }
+                s += 1;
+            }
+            // A finished space's userfaultfd is closed: its VMAs become ordinary memory.
+            st.spaces.retain(|sp| !sp.dead && sp.left > 0);
+            if st.stats.faults + st.stats.zero_faults != before {
+                last_fault = Instant::now();
+            }
+            if last_fault.elapsed() < QUIET || st.spaces.iter().any(|sp| !sp.retry.is_empty()) {
+                continue;
+            }
+            let next = st.spaces.iter_mut().find_map(|sp| {
+                let page = sp.next_pending()?;
+                Some((sp, page * PAGE / self.index.chunk_size))
+            });
+            if let Some((space, chunk)) = next {
+                let data = self.verified_chunk(chunk, &mut buf)?;
+                copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        self.image.read_chunk(chunk, buf).map_err(|e| {
+            let f = Failure::from(e);
+            Failure::new(
+                f.code,
+                format!("{}; the restored process was killed", f.message),
+            )
+        })
+    }
+
+    fn event(&self, st: &mut State, s: usize, m: &uffd::Msg, buf: &mut [u8]) -> Result<()> {
+        match m.event {
+            uffd::EVENT_PAGEFAULT => self.fault(st, s, m.arg[1] & !(PAGE - 1), buf),
+            uffd::EVENT_FORK => {
+                let parent = &st.spaces[s];
+                let child = Space {
+                    uffd: m.fork_fd(),
+                    segs: parent.segs.clone(),
+                    pending: parent.pending.clone(),
+                    left: parent.left,
+                    cursor: 0,
+                    retry: Vec::new(),
+                    dead: false,
+                };
+                st.spaces.push(child);
+                st.stats.forks += 1;
+                Ok(())
+            }
+            uffd::EVENT_REMAP => {
+                let (from, to, len) = (m.arg[0], m.arg[1], m.arg[2]);
+                let space = &mut st.spaces[s];
+                let moved = space.cut(from, from + len);
+                space.segs.extend(moved.into_iter().map(|g| Seg {
+                    cur: g.cur - from + to,
+                    ..g
+                }));
+                Ok(())
+            }
+            uffd::EVENT_REMOVE | uffd::EVENT_UNMAP => {
+                let (start, end) = (m.arg[0], m.arg[1]);
+                let space = &mut st.spaces[s];
+                let gone = if m.event == uffd::EVENT_UNMAP {
+                    space.cut(start, end)
+                } else {
+                    space.pieces_at(start, end)
+                };
+                for g in gone {
+                    self.forget(space, g.img, g.len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks the image range's pages as not to be filled (they read as zero from now on).
+    fn forget(&self, space: &mut Space, img: u64, len: u64) {
+        let by_addr = &self.index.by_addr;
+        let first = by_addr.partition_point(|r| r.addr + r.len <= img);
+        for r in &by_addr[first..] {
+            if r.addr >= img + len {
+                break;
+            }
+            let lo = img.max(r.addr);
+            let hi = (img + len).min(r.addr + r.len);
+            for a in (lo..hi).step_by(PAGE as usize) {
+                space.clear((r.off + a - r.addr) / PAGE);
+            }
+        }
+    }
+
+    /// Serves a thread waiting for `page` (a current address) in space `s`.
+    fn fault(&self, st: &mut State, s: usize, page: u64, buf: &mut [u8]) -> Result<()> {
+        let space = &mut st.spaces[s];
+        let payload_page = space
+            .image_addr(page)
+            .and_then(|img| self.index.payload_page(img));
+        let Some(p) = payload_page.filter(|&p| space.is_pending(p)) else {
+            st.stats.zero_faults += 1;
+            return match uffd::zeropage(&space.uffd, page, PAGE) {
+                Ok(()) => Ok(()),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EEXIST) => {
+                        let _ = uffd::wake(&space.uffd, page, PAGE);
+                        Ok(())
+                    }
+                    Some(libc::EAGAIN) => {
+                        space.retry.push(page);
+                        Ok(())
+                    }
+                    Some(libc::ESRCH) | Some(libc::ENOENT) => Ok(()),
+                    _ => Err(failed(format!("cannot map a zero page at {page:#x}: {e}"))),
+                },
+            };
+        };
+        st.stats.faults += 1;
+        let chunk = p * PAGE / self.index.chunk_size;
+        // Read ahead: background filling continues after this chunk, where a thread scanning
+        // memory goes next.
+        let next_word = ((chunk + 1) * self.index.chunk_size / PAGE / 64) as usize;
+        space.cursor = next_word.min(space.pending.len().saturating_sub(1));
+        let data = self.verified_chunk(chunk, buf)?;
+        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+        if !complete && space.is_pending(p) {
+            space.retry.push(page);
+        } else if !space.dead {
+            let _ = uffd::wake(&space.uffd, page, PAGE);
+        }
+        Ok(())
+    }
+}
+
+/// Copies the still-pending pages of verified chunk `c` (its bytes: `data`) into `space`.
+/// Returns false when a memory-map change interrupted it (the events must be read first).
+fn copy_chunk(
+    index: &Index,
+    space: &mut Space,
+    stats: &mut Stats,
+    c: u64,
+    data: &[u8],
+) -> Result<bool> {
+    stats.chunks += 1;
+    let c_start = c * index.chunk_size;
+    let c_end = c_start + data.len() as u64;
+    let first = index.by_off.partition_point(|r| r.off + r.len <= c_start);
+    for r in &index.by_off[first..] {
+        if r.off >= c_end {
+            break;
+        }
+        let lo = r.off.max(c_start);
+        let hi = (r.off + r.len).min(c_end);
+        let mut p = lo / PAGE;
+        while p < hi / PAGE {
+            if !space.is_pending(p) {
+                p += 1;
+                continue;
+            }
+            let mut q = p;
+            while q < hi / PAGE && space.is_pending(q) {
+                q += 1;
+            }
+            // Payload pages p..q: an image range, in pieces where it lies now.
+            let img = r.addr + (p * PAGE - r.off);
+            let len = (q - p) * PAGE;
+            let mut reached = 0;
+            for (cur, at, n) in space.pieces(img, len) {
+                // Pages of the range that lie nowhere now cannot fault any more.
+                for gap in (reached..at).step_by(PAGE as usize) {
+                    space.clear(p + gap / PAGE);
+                }
+                reached = at + n;
+                let src = &data[(p * PAGE - c_start + at) as usize..][..n as usize];
+                let done = match copy_in(space, cur, src)? {
+                    Copied::All => n,
+                    Copied::Again(k) => k,
+                    Copied::Dead => {
+                        space.dead = true;
+                        return Ok(true);
+                    }
+                };
+                for off in (0..done).step_by(PAGE as usize) {
+                    space.clear(p + (at + off) / PAGE);
+                }
+                stats.bytes += done;
+                if done < n {
+                    return Ok(false);
+                }
+            }
+            for gap in (reached..len).step_by(PAGE as usize) {
+                space.clear(p + gap / PAGE);
+            }
+            p = q;
+        }
+    }
+    Ok(true)
+}
+
+impl Space {
+    /// The segments' parts within `[start, end)` (current addresses), left in place.
+    fn pieces_at(&self, start: u64, end: u64) -> Vec<Seg> {
+        self.segs
+            .iter()
+            .filter_map(|s| {
+                let lo = start.max(s.cur);
+                let hi = end.min(s.cur + s.len);
+                (lo < hi).then(|| Seg {
+                    cur: lo,
+                    len: hi - lo,
+                    img: s.img + (lo - s.cur),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Copies `src` to current address `cur` of `space`, page by page where a larger copy fails
+/// (the range may now span two VMAs).
+fn copy_in(space: &Space, cur: u64, src: &[u8]) -> Result<Copied> {
+    let len = src.len() as u64;
+    let mut done = 0;
+    while done < len {
+        match uffd::copy(&space.uffd, cur + done, &src[done as usize..]) {
+            Ok(()) => return Ok(Copied::All),
+            Err((e, n)) => {
+                done += n;
+                match e.raw_os_error() {
+                    // Already present (the page was mapped meanwhile): leave it.
+                    Some(libc::EEXIST) => done += PAGE,
+                    Some(libc::ENOENT) if len - done > PAGE => {
+                        // Possibly only the range crossing VMAs: retry one page at a time.
+                        match copy_in(space, cur + done, &src[done as usize..][..PAGE as usize])? {
+                            Copied::All => done += PAGE,
+                            other => return Ok(other),
+                        }
+                    }
+                    // Not registered any more (unmapped): nothing can read it.
+                    Some(libc::ENOENT) => done += PAGE,
+                    Some(libc::EAGAIN) => return Ok(Copied::Again(done)),
+                    Some(libc::ESRCH) => return Ok(Copied::Dead),
+                    _ => {
+                        return Err(failed(format!(
+                            "cannot fill the restored process's memory at {:#x}: {e}",
+                            cur + done
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(Copied::All)
+}
+
+fn failed(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::RestoreFailed, msg)
+}
