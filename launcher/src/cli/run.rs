@@ -63,17 +63,18 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         file.verify(&args.trust.load(ctx)?)?
     };
     let pid_mode = restore::resolve_pid_mode(&image, args.pid_mode)?;
+    let private = args.private_copy || ctx.elevated || writable_by_others(image.file());
     // Lazily filled pages are verified one chunk at a time as they are copied in; everything
     // else now. Lazy filling needs the launcher to enable the userfaultfd's fork events, which
-    // takes CAP_SYS_PTRACE: never inside a new user namespace, so host mode only.
-    let lazy = if args.eager || pid_mode != PidMode::Host {
+    // takes CAP_SYS_PTRACE: never inside a new user namespace, so host mode only. A private copy
+    // is made up front, so that nothing done to the file later can fail the running process.
+    let lazy = if args.eager || private || pid_mode != PidMode::Host {
         None
     } else {
         restore::lazy::Uffd::probe()
     };
     let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
-    let private = args.private_copy || ctx.elevated || writable_by_others(image.file());
     let payload = if private {
         let h = image.header();
         let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
