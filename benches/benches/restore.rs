@@ -1,6 +1,6 @@
-//! Restore latency: from starting `thaw run` to the restored process's first instruction after
-//! save() returns (it writes one byte to a pipe), for 1, 64 and 512 MiB of heap, beside fork+exec
-//! of a trivial binary (/bin/true) in the same run.
+//! Restore latency: from starting `thaw run` (lazy memory where permitted, and `--eager`) to the
+//! restored process's first instruction after save() returns (it writes one byte to a pipe), for
+//! 1, 64 and 512 MiB of heap, beside fork+exec of a trivial binary (/bin/true) in the same run.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,10 +30,14 @@ fn mode() -> &'static str {
     }
 }
 
-fn restore_once(thaw: &Path, image: &Path, trust: &Path) -> Duration {
+/// One restore, until the restored process's first byte of output; `eager` reads all memory
+/// before the process runs (the default fills large anonymous mappings lazily where permitted).
+fn restore_once(thaw: &Path, image: &Path, trust: &Path, eager: bool) -> Duration {
     let t = Instant::now();
     let mut child = thaw_benches::command(thaw)
-        .args(["run", "--pid-mode", mode(), "--trust"])
+        .args(["run", "--pid-mode", mode()])
+        .args(eager.then_some("--eager"))
+        .arg("--trust")
         .arg(trust)
         .arg(image)
         .stdout(Stdio::piped())
@@ -83,10 +87,18 @@ fn bench(c: &mut Criterion) {
     });
     for mib in [1usize, 64, 512] {
         let image = make_image(dir.path(), &key, mib, 1);
-        g.bench_function(
-            BenchmarkId::new("thaw_run_to_first_instruction", mib),
-            |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),
-        );
+        for (name, eager) in [
+            ("thaw_run_to_first_instruction", false),
+            ("thaw_run_eager_to_first_instruction", true),
+        ] {
+            g.bench_function(BenchmarkId::new(name, mib), |b| {
+                b.iter_custom(|n| {
+                    (0..n)
+                        .map(|_| restore_once(&thaw, &image, &trust, eager))
+                        .sum()
+                })
+            });
+        }
     }
     g.finish();
 
@@ -96,7 +108,13 @@ fn bench(c: &mut Criterion) {
         let image = make_image(dir.path(), &key, 1, threads);
         g.bench_function(
             BenchmarkId::new("thaw_run_to_first_instruction", threads),
-            |b| b.iter_custom(|n| (0..n).map(|_| restore_once(&thaw, &image, &trust)).sum()),
+            |b| {
+                b.iter_custom(|n| {
+                    (0..n)
+                        .map(|_| restore_once(&thaw, &image, &trust, false))
+                        .sum()
+                })
+            },
         );
     }
     g.finish();
