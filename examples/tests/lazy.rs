@@ -36,16 +36,33 @@ fn count(report: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count in {part}"))
 }
 
+/// A zdtm-lazy image, for root (`nobody`: for an unprivileged launcher); `None` when not root.
+fn lazy_image(nobody: bool) -> Option<(Env, std::path::PathBuf)> {
+    if !is_root() {
+        eprintln!("skipped: needs root (lazy filling needs CAP_SYS_PTRACE; CI runs as root)");
+        return None;
+    }
+    let env = if nobody {
+        Env::for_nobody()
+    } else {
+        Env::new()
+    };
+    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
+    Some((env, img))
+}
+
+/// Restores with `THAW_TIMING` set, so that the launcher reports how it filled memory.
+fn restore_timed(env: &Env, img: &std::path::Path, opts: &[&str]) -> std::process::Output {
+    let mut c = env.restore_cmd(img, opts, &[]);
+    c.env("THAW_TIMING", "1").output().unwrap()
+}
+
 #[test]
 fn memory_filled_while_the_process_forks_moves_and_drops_it() {
-    if !is_root() {
-        eprintln!("skipped: lazy filling needs CAP_SYS_PTRACE (CI runs as root)");
+    let Some((env, img)) = lazy_image(false) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
-    let mut c = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);
-    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    };
+    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
     // The program forks and reads its dropped and moved-out ranges at once; filling 128 MiB
@@ -54,20 +71,16 @@ fn memory_filled_while_the_process_forks_moves_and_drops_it() {
     assert!(count(&report, "on zero pages") > 0, "{report}");
 
     // The same image, all memory read up front.
-    let mut c = env.restore_cmd(&img, &["--pid-mode", "host", "--eager"], &[]);
-    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    let o = restore_timed(&env, &img, &["--pid-mode", "host", "--eager"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     assert_eq!(lazy_report(&o), None, "{}", text(&o));
 }
 
 #[test]
 fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
-    if !is_root() {
-        eprintln!("skipped: lazy filling needs CAP_SYS_PTRACE (CI runs as root)");
+    let Some((env, img)) = lazy_image(false) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
+    };
     // A byte in the middle of the 128 MiB mapping's saved pages, which the program reads.
     let m = env.manifest(&img);
     let vma = m
@@ -109,14 +122,10 @@ fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
 
 #[test]
 fn unprivileged_restores_read_all_memory_up_front() {
-    if !is_root() {
-        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+    let Some((env, img)) = lazy_image(true) else {
         return;
-    }
-    let env = Env::for_nobody();
-    let img = env.checkpoint("zdtm-lazy", "l.thaw", &[]);
-    let mut c = env.restore_cmd(&img, &["--pid-mode", "ns"], &[]);
-    let o = c.env("THAW_TIMING", "1").output().unwrap();
+    };
+    let o = restore_timed(&env, &img, &["--pid-mode", "ns"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     assert_eq!(lazy_report(&o), None, "{}", text(&o));
 }
