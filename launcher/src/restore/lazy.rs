@@ -267,32 +267,43 @@ impl Space {
             .map(|s| s.img + (cur - s.cur))
     }
 
+    /// The segments' parts within `[start, end)` (current addresses), left in place.
+    fn pieces_at(&self, start: u64, end: u64) -> Vec<Seg> {
+        self.segs
+            .iter()
+            .filter_map(|s| {
+                let lo = start.max(s.cur);
+                let hi = end.min(s.cur + s.len);
+                (lo < hi).then(|| Seg {
+                    cur: lo,
+                    len: hi - lo,
+                    img: s.img + (lo - s.cur),
+                })
+            })
+            .collect()
+    }
+
     /// Removes `[start, end)` (current addresses) from the segments.
     fn cut(&mut self, start: u64, end: u64) -> Vec<Seg> {
+        let removed = self.pieces_at(start, end);
         let mut kept = Vec::with_capacity(self.segs.len() + 1);
-        let mut removed = Vec::new();
         for s in self.segs.drain(..) {
-            let (s_end, lo, hi) = (s.cur + s.len, start.max(s.cur), end.min(s.cur + s.len));
-            if lo >= hi {
+            let s_end = s.cur + s.len;
+            if s_end <= start || s.cur >= end {
                 kept.push(s);
                 continue;
             }
-            if s.cur < lo {
+            if s.cur < start {
                 kept.push(Seg {
-                    len: lo - s.cur,
+                    len: start - s.cur,
                     ..s
                 });
             }
-            removed.push(Seg {
-                cur: lo,
-                len: hi - lo,
-                img: s.img + (lo - s.cur),
-            });
-            if hi < s_end {
+            if end < s_end {
                 kept.push(Seg {
-                    cur: hi,
-                    len: s_end - hi,
-                    img: s.img + (hi - s.cur),
+                    cur: end,
+                    len: s_end - end,
+                    img: s.img + (end - s.cur),
                 });
             }
         }
@@ -636,24 +647,6 @@ fn copy_chunk(
         }
     }
     Ok(true)
-}
-
-impl Space {
-    /// The segments' parts within `[start, end)` (current addresses), left in place.
-    fn pieces_at(&self, start: u64, end: u64) -> Vec<Seg> {
-        self.segs
-            .iter()
-            .filter_map(|s| {
-                let lo = start.max(s.cur);
-                let hi = end.min(s.cur + s.len);
-                (lo < hi).then(|| Seg {
-                    cur: lo,
-                    len: hi - lo,
-                    img: s.img + (lo - s.cur),
-                })
-            })
-            .collect()
-    }
 }
 
 /// Copies `src` to current address `cur` of `space`, page by page where a larger copy fails
