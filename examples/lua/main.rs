@@ -82,18 +82,25 @@ fn main() {
     }
     // SAFETY: malloc_trim only returns free memory of glibc's arenas to the kernel.
     unsafe { libc::malloc_trim(0) };
-    let mut cp = thaw::Checkpoint::to(&image);
+    // The interpreter never uses what its parent left open (a shell's or CI runner's pipe):
+    // such descriptors are closed after restore rather than failing the checkpoint.
+    let mut cp = thaw::Checkpoint::to(&image).unsupported_fds(thaw::FdAction::Drop);
     if let Some(key) = argv.next() {
         cp = cp.sign_with(key);
     }
     match cp.save() {
-        Ok(thaw::Outcome::Saved(info)) => println!(
-            "lua-warm: warmed up in {} ms, saved {} ({} MiB, paused {} µs)",
-            warm.as_millis(),
-            info.path.display(),
-            info.size >> 20,
-            info.pause.as_micros()
-        ),
+        Ok(thaw::Outcome::Saved(info)) => {
+            for l in &info.left_out {
+                eprintln!("lua-warm: {l}");
+            }
+            println!(
+                "lua-warm: warmed up in {} ms, saved {} ({} MiB, paused {} µs)",
+                warm.as_millis(),
+                info.path.display(),
+                info.size >> 20,
+                info.pause.as_micros()
+            );
+        }
         Ok(thaw::Outcome::Restored(r)) => {
             let expr = r
                 .args()

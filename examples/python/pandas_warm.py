@@ -50,5 +50,7 @@ if sys.argv[1] == "-":
     print("python:", answer(sys.argv[2] if len(sys.argv) > 2 else ""), flush=True)
     sys.exit(0)
 
-restored = thaw.checkpoint(sys.argv[1], key=sys.argv[2] if len(sys.argv) > 2 else None, exit_after_save=True)
+# Descriptors left open by whatever started Python (a shell's pipe) are closed after restore.
+restored = thaw.checkpoint(sys.argv[1], key=sys.argv[2] if len(sys.argv) > 2 else None,
+                           exit_after_save=True, fds={"any": "drop"})
 print("python:", answer(restored.args[0] if restored.args else ""), flush=True)

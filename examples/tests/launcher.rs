@@ -198,13 +198,15 @@ fn another_kernel_or_cpu_is_refused_with_what_differs() {
     assert!(o.stdout.is_empty());
 
     let img = env.checkpoint("counter", "d.thaw", &[]);
+    let here = thaw::state::platform::CpuFeatures::current();
     thaw::image::rewrite_manifest(&img, Some(&key), |m| {
         m.platform.cpu.cpuid[2] |= 1 << 16 | 1 << 30; // avx512f, avx512bw
         m.platform.cpu.cpuid[4] |= 1 << 24; // amx-tile
+                                            // Whatever this CPU has, it lacks some leaf-7 EDX feature.
+        m.platform.cpu.cpuid[4] |= !here.cpuid[4];
         m.platform.cpu.xsave_mask |= 1 << 18; // AMX tile data
     })
     .unwrap();
-    let here = thaw::state::platform::CpuFeatures::current();
     let o = env.restore(&img, &[], &[]);
     assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);

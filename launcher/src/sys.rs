@@ -76,6 +76,25 @@ pub struct CloneArgs {
 /// `entry` with `control` in rdi and the stack pointer at `stack_top`. No Rust code runs in the
 /// child. Returns the child's PID (as seen from this PID namespace).
 pub fn clone3_into_restorer(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result<i32> {
+    // Since Linux 6.15 a thread's ID is freed shortly after its parent may already have reaped
+    // the process: right after a restored process ends, its IDs can stay taken for a moment.
+    for _ in 0..PID_RETRIES {
+        match clone3_once(pid, entry, control, stack_top) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                std::thread::sleep(std::time::Duration::from_micros(PID_RETRY_US))
+            }
+            other => return other,
+        }
+    }
+    clone3_once(pid, entry, control, stack_top)
+}
+
+/// How often, and how far apart, creating a process or thread with a chosen ID is retried while
+/// the ID is still being freed (the restorer uses the same figures for threads).
+pub const PID_RETRIES: u32 = 200;
+pub const PID_RETRY_US: u64 = 100;
+
+fn clone3_once(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result<i32> {
     let tids = [pid];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
@@ -146,8 +165,26 @@ pub fn fork() -> io::Result<i32> {
     }
 }
 
+/// `unshare(flags)`. A new user namespace needs a single-threaded caller, and a joined thread
+/// (the verifier's) leaves the thread group a moment after `join` returns: EINVAL is retried
+/// while another thread is still listed.
 pub fn unshare(flags: i32) -> io::Result<()> {
-    syscall(libc::SYS_unshare, [flags as u64, 0, 0, 0, 0, 0]).map(drop)
+    let once = || syscall(libc::SYS_unshare, [flags as u64, 0, 0, 0, 0, 0]).map(drop);
+    for _ in 0..PID_RETRIES {
+        match once() {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && other_threads() => {
+                std::thread::sleep(std::time::Duration::from_micros(PID_RETRY_US))
+            }
+            other => return other,
+        }
+    }
+    once()
+}
+
+fn other_threads() -> bool {
+    std::fs::read_dir("/proc/thread-self/..")
+        .map(|d| d.count() > 1)
+        .unwrap_or(false)
 }
 
 /// How a waited-for child ended.

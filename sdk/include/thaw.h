@@ -26,6 +26,13 @@ const char *thaw_restored_arg(int index);
 int thaw_restored_envc(void);             /* the `thaw run` caller's environment */
 const char *thaw_restored_env(int index); /* "KEY=VALUE" */
 
+/* Descriptors thaw cannot restore (a pipe, terminal or socket left open by whatever started the
+ * process) fail the checkpoint, named. A policy chooses per descriptor or per kind: refuse, drop
+ * (closed after restore) or null (/dev/null at its number), e.g. "pipe=drop,251=null,any=drop";
+ * kinds: pipe, socket, device, deleted, other, any. Applies to every later thaw_checkpoint and
+ * overrides THAW_FD_POLICY key by key; NULL or "" clears it. 0, or THAW_ERR_INVALID. */
+int thaw_set_fd_policy(const char *spec);
+
 /* Hooks: return 0 to go on. A before-checkpoint hook that fails aborts the checkpoint. */
 typedef int (*thaw_hook)(void *ctx);
 int thaw_on_checkpoint(thaw_hook hook, void *ctx);

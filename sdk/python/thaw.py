@@ -61,6 +61,8 @@ def _library():
         lib.thaw_restored_arg.restype = ctypes.c_char_p
         lib.thaw_restored_env.argtypes = [ctypes.c_int]
         lib.thaw_restored_env.restype = ctypes.c_char_p
+        lib.thaw_set_fd_policy.argtypes = [ctypes.c_char_p]
+        lib.thaw_set_fd_policy.restype = ctypes.c_int
         lib.thaw_on_checkpoint.argtypes = [_HOOK, ctypes.c_void_p]
         lib.thaw_on_restore.argtypes = [_HOOK, ctypes.c_void_p]
         _lib = lib
@@ -91,10 +93,23 @@ def on_restore(fn):
     return _register(_library().thaw_on_restore, fn)
 
 
-def checkpoint(image, key=None, exit_after_save=False):
+def _fd_spec(fds):
+    if fds is None or isinstance(fds, str):
+        return fds or ""
+    return ",".join(f"{k}={v}" for k, v in fds.items())
+
+
+def checkpoint(image, key=None, exit_after_save=False, fds=None):
     """Snapshot this process into `image`. Returns None in the first life (or exits 0 with
-    exit_after_save), and a Restored in the second life."""
+    exit_after_save), and a Restored in the second life.
+
+    `fds` is the descriptor policy for descriptors thaw cannot restore (a pipe or terminal left
+    open by whatever started Python): a dict such as {"pipe": "drop", 251: "null", "any": "drop"}
+    or the same as a string "pipe=drop,251=null"; actions are refuse, drop (closed after restore)
+    and null (/dev/null at its number). It overrides $THAW_FD_POLICY key by key."""
     lib = _library()
+    if lib.thaw_set_fd_policy(_fd_spec(fds).encode()) < 0:
+        raise ThawError(-1, lib.thaw_last_error().decode(errors="replace"))
     flags = THAW_EXIT_AFTER_SAVE if exit_after_save else 0
     r = lib.thaw_checkpoint(os.fsencode(image), os.fsencode(key) if key else None, flags)
     if r < 0:

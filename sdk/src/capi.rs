@@ -24,6 +24,9 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// The descriptor policy set by `thaw_set_fd_policy`, applied to every later checkpoint.
+static FD_POLICY: Mutex<Option<crate::FdPolicy>> = Mutex::new(None);
+
 /// What the launcher passed, as C strings that live until the next restore.
 static RESTORED: Mutex<(Vec<CString>, Vec<CString>)> = Mutex::new((Vec::new(), Vec::new()));
 
@@ -72,6 +75,9 @@ pub unsafe extern "C" fn thaw_checkpoint(
     if let Some(key) = key {
         cp = cp.sign_with(std::ffi::OsStr::from_bytes(key.to_bytes()));
     }
+    if let Some(p) = FD_POLICY.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        cp = cp.fd_policy(p);
+    }
     match cp.save() {
         Ok(crate::Outcome::Saved(_)) => {
             set_error(0, "");
@@ -97,10 +103,35 @@ pub unsafe extern "C" fn thaw_checkpoint(
             let code = match &e {
                 crate::CheckpointError::Unsupported(_) => THAW_ERR_UNSUPPORTED,
                 crate::CheckpointError::Io { .. } | crate::CheckpointError::Image(_) => THAW_ERR_IO,
+                crate::CheckpointError::Policy(_) => THAW_ERR_INVALID,
                 _ => THAW_ERR_FAILED,
             };
             set_error(code, e)
         }
+    }
+}
+
+/// Sets the descriptor policy of every later `thaw_checkpoint` ("pipe=drop,251=null", see
+/// `thaw::fd_policy`); it overrides `THAW_FD_POLICY` key by key. NULL or "" clears it.
+/// Returns 0, or THAW_ERR_INVALID for a malformed policy (the previous one stays).
+///
+/// # Safety
+/// `spec` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn thaw_set_fd_policy(spec: *const c_char) -> c_int {
+    // SAFETY: forwarded from this function's contract.
+    let spec = unsafe { arg(spec) };
+    let parsed = match spec.map(|s| s.to_str()) {
+        None => Ok(None),
+        Some(Err(_)) => Err("the descriptor policy is not UTF-8".to_owned()),
+        Some(Ok(s)) => crate::FdPolicy::parse(s).map(Some),
+    };
+    match parsed {
+        Ok(p) => {
+            *FD_POLICY.lock().unwrap_or_else(|p| p.into_inner()) = p;
+            set_error(0, "")
+        }
+        Err(e) => set_error(THAW_ERR_INVALID, e),
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::capture::{self, Capture, FdPos, Frozen, RESTORE_CELL};
+use crate::fd_policy::{FdAction, FdClass, FdPolicy};
 use crate::image::{Digest, ImageError, ImageWriter};
 use crate::restore::RestoreArgs;
 use crate::state::files::{FdKind, FdScan};
@@ -43,6 +44,9 @@ pub enum CheckpointError {
     Hook(String),
     #[error("the restore arguments passed by the launcher are malformed: {0}")]
     RestoreArgs(String),
+    /// The descriptor policy (THAW_FD_POLICY or the API's) is malformed.
+    #[error("{0}")]
+    Policy(String),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
@@ -58,6 +62,8 @@ pub struct SavedInfo {
     pub digest: Digest,
     /// How long the application was stopped for the snapshot.
     pub pause: std::time::Duration,
+    /// Descriptors the descriptor policy left out or replaced with /dev/null, one line each.
+    pub left_out: Vec<String>,
 }
 
 /// The second life: what the launcher passed.
@@ -124,6 +130,7 @@ pub struct Checkpoint {
     exit_after_save: bool,
     signal: i32,
     thread_timeout: std::time::Duration,
+    fds: FdPolicy,
 }
 
 impl Checkpoint {
@@ -135,7 +142,34 @@ impl Checkpoint {
             exit_after_save: false,
             signal: DEFAULT_SIGNAL,
             thread_timeout: std::time::Duration::from_secs(2),
+            fds: FdPolicy::new(),
         }
+    }
+
+    /// What to do with descriptor `fd`: leave it out of the image, restore `/dev/null` at its
+    /// number, or refuse (see [`crate::fd_policy`]).
+    pub fn fd(mut self, fd: i32, action: FdAction) -> Self {
+        self.fds = self.fds.fd(fd, action);
+        self
+    }
+
+    /// What to do with every descriptor of `class` that thaw cannot restore.
+    pub fn fds(mut self, class: FdClass, action: FdAction) -> Self {
+        self.fds = self.fds.class(class, action);
+        self
+    }
+
+    /// What to do with every descriptor that thaw cannot restore, whatever its kind: for runtimes
+    /// that never use what their parent left open ([`SavedInfo::left_out`] names each one).
+    pub fn unsupported_fds(mut self, action: FdAction) -> Self {
+        self.fds = self.fds.any(action);
+        self
+    }
+
+    /// A whole descriptor policy; it overrides `THAW_FD_POLICY` key by key.
+    pub fn fd_policy(mut self, policy: FdPolicy) -> Self {
+        self.fds = self.fds.overridden_by(&policy);
+        self
     }
 
     /// Signs the image with this secret key (read only after the snapshot is taken).
@@ -172,8 +206,13 @@ impl Checkpoint {
 
         let mut unsupported = preflight()?;
         let threads = list_threads(self.signal, &mut unsupported)?;
-        let scan = FdScan::scan(&[]).map_err(io("listing file descriptors"))?;
-        unsupported.extend(scan.unsupported.iter().cloned());
+        let policy = FdPolicy::from_env()
+            .map_err(CheckpointError::Policy)?
+            .unwrap_or_default()
+            .overridden_by(&self.fds);
+        let mut scan = FdScan::scan(&[]).map_err(io("listing file descriptors"))?;
+        let (refused, left_out) = scan.apply(&policy);
+        unsupported.extend(refused);
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
         }
@@ -236,6 +275,7 @@ impl Checkpoint {
             size,
             digest,
             pause,
+            left_out,
         }))
     }
 
@@ -263,8 +303,9 @@ impl Checkpoint {
             ..Manifest::default()
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
-        m.process = state::process::Process::dump(child, pid, &RESTORE_CELL as *const _ as u64)
-            .map_err(io("reading process attributes"))?;
+        m.process =
+            state::process::Process::dump(child, pid, c.caller, &RESTORE_CELL as *const _ as u64)
+                .map_err(io("reading process attributes"))?;
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);

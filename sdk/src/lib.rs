@@ -12,6 +12,7 @@
 pub mod capi;
 pub mod capture;
 mod checkpoint;
+pub mod fd_policy;
 pub mod image;
 pub mod procfs;
 pub mod restore;
@@ -22,6 +23,7 @@ pub use checkpoint::{
     on_checkpoint, on_restore, Checkpoint, CheckpointError, Outcome, Restored, SavedInfo,
     DEFAULT_SIGNAL,
 };
+pub use fd_policy::{FdAction, FdClass, FdPolicy};
 pub use image::{Image, ImageError, ImageFile, ImageWriter, SavedImage};
 pub use state::Manifest;
 

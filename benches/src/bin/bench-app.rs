@@ -86,7 +86,10 @@ fn serve(mib: usize) {
                 cmd @ ("pause" | "dump") => {
                     let path = format!("{}/bench-{i}.thaw", words[2]);
                     let t = Instant::now();
-                    match thaw::Checkpoint::to(&path).save() {
+                    match thaw::Checkpoint::to(&path)
+                        .unsupported_fds(thaw::FdAction::Drop)
+                        .save()
+                    {
                         Ok(thaw::Outcome::Saved(info)) => {
                             total += if cmd == "pause" {
                                 info.pause
@@ -110,6 +113,7 @@ fn serve(mib: usize) {
 fn image(path: &str, mib: usize, key: &str) {
     let heap = fill(mib);
     match thaw::Checkpoint::to(path)
+        .unsupported_fds(thaw::FdAction::Drop)
         .sign_with(key)
         .exit_after_save(true)
         .save()

@@ -35,6 +35,33 @@ pub fn command(program: &Path) -> Command {
     c
 }
 
+/// Like [`command`], but the child also inherits `leaks`: (descriptor here, number in the child),
+/// the way a shell or CI runner leaks descriptors into what it starts.
+pub fn command_leaking(program: &Path, leaks: &[(std::os::fd::RawFd, i32)]) -> Command {
+    let mut c = Command::new(program);
+    let leaks = leaks.to_vec();
+    // SAFETY: dup2 and close_range are async-signal-safe and touch only the descriptor table.
+    unsafe {
+        c.pre_exec(move || {
+            for (i, (src, _)) in leaks.iter().enumerate() {
+                if libc::dup2(*src, 1000 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, 999u32, 0u32);
+            for (i, (_, dst)) in leaks.iter().enumerate() {
+                if libc::dup2(1000 + i as i32, *dst) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::syscall(libc::SYS_close_range, 1000u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    c.env_remove("THAW_TRUST_DIR").stdin(Stdio::null());
+    c
+}
+
 pub fn as_nobody(c: Command) -> Command {
     as_user(c, 65534, 65534)
 }

@@ -85,11 +85,19 @@ fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
             why.join("; ")
         )));
     }
-    if !m.threads.iter().any(|t| t.tid == m.process.pid) {
-        return Err(Failure::new(
-            Code::Corrupt,
-            format!("image has no thread {} (its main thread)", m.process.pid),
-        ));
+    for (tid, what) in [
+        (m.process.pid, "its main thread"),
+        (
+            m.process.checkpoint_tid,
+            "the thread that called checkpoint",
+        ),
+    ] {
+        if !m.threads.iter().any(|t| t.tid == tid) {
+            return Err(Failure::new(
+                Code::Corrupt,
+                format!("image has no thread {tid} ({what})"),
+            ));
+        }
     }
     let own = Credentials::of(std::process::id() as i32)
         .map_err(|e| failed(format!("cannot read the caller's credentials: {e}")))?;
@@ -371,24 +379,44 @@ fn build_plan(
         entry.plan_restore(&mut plan);
     }
     // The other threads: each sets up its own state, reports ready, waits until the process is
-    // complete (descriptors swept), and counts itself out of the region as it resumes.
+    // complete (descriptors swept), and resumes. The thread that called checkpoint (any thread)
+    // unmaps the region once it runs again, so it resumes last: every other thread counts itself
+    // out of the region as it resumes (from then on it runs only on the code page, which stays),
+    // and the checkpointing thread waits for that count to reach zero.
     let leader = m
         .threads
         .iter()
         .find(|t| t.tid == m.process.pid)
         .expect("checked in check_policy");
+    let caller = m.process.checkpoint_tid;
     let others: Vec<_> = m.threads.iter().filter(|t| t.tid != leader.tid).collect();
     let n = others.len() as u64;
     // Three 32-bit words, each in its own 8 bytes: ready, go, left.
     let sync = plan.words(&[n, 0, n]);
     let (ready, go, left) = (sync, sync + 8, sync + 16);
+    let resume = |plan: &mut Plan, t: &thaw::state::threads::ThreadState| {
+        if t.tid == caller {
+            if n > 0 {
+                plan.wait_zero(
+                    format!(
+                        "thread {} waits until every other thread has resumed",
+                        t.tid
+                    ),
+                    left,
+                );
+            }
+            plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, None);
+        } else {
+            plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
+        }
+    };
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
         plan_credentials(&mut plan, creds);
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
-        plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
+        resume(&mut plan, t);
         plan.select(0);
         let tid = plan.words(&[t.tid as u64]);
         let (stack, stack_len) = region.thread_stack(i as u64);
@@ -455,13 +483,8 @@ fn build_plan(
                 0,
             ],
         );
-        plan.wait_zero("wait until every thread has left the restorer", left);
     }
-    plan.sigreturn(
-        format!("resume thread {}", leader.tid),
-        leader.sigframe,
-        None,
-    );
+    resume(&mut plan, leader);
     Ok(plan)
 }
 

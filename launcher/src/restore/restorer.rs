@@ -103,8 +103,12 @@ global_asm!(
     "    mov eax, 15",
     "    syscall",
     "    jmp 90f",
-    // OP_CLONE_THREAD: clone3(args, size); the child runs steps [start, end)
+    // OP_CLONE_THREAD: clone3(args, size); the child runs steps [start, end). EEXIST is retried
+    // 200 times, 100 µs apart: an exited thread's ID is freed only after its parent may have
+    // reaped the process (Linux >= 6.15), so a restore right after another can meet it.
     "60:",
+    "    mov ebp, 200",
+    "62:",
     "    mov rdi, [r12 + 16]",
     "    mov rsi, [r12 + 24]",
     "    mov r8,  [r12 + 32]",
@@ -113,6 +117,19 @@ global_asm!(
     "    syscall",
     "    test rax, rax",
     "    jz 61f",
+    "    cmp rax, -17",
+    "    jne 63f",
+    "    dec ebp",
+    "    jz 90f",
+    "    push 100000", // struct timespec { 0 s, 100000 ns } on the stack
+    "    push 0",
+    "    mov rdi, rsp",
+    "    xor esi, esi",
+    "    mov eax, 35", // nanosleep
+    "    syscall",
+    "    add rsp, 16",
+    "    jmp 62b",
+    "63:",
     "    cmp rax, -4095",
     "    jae 90f",
     "    jmp 20b",

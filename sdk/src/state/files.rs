@@ -45,6 +45,9 @@ pub enum FdKind {
     Epoll {
         watches: Vec<EpollWatch>,
     },
+    /// A descriptor the application's policy replaced with `/dev/null` (see
+    /// [`crate::fd_policy`]); the access mode and status flags are the original's.
+    DevNull,
 }
 
 /// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
@@ -58,6 +61,8 @@ pub struct EpollWatch {
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
+
+use crate::fd_policy::{FdAction, FdClass, FdPolicy};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// Character devices that are reopened by path (they carry no state worth saving).
@@ -69,12 +74,23 @@ const REOPENABLE_DEVICES: [&str; 5] = [
     "/dev/urandom",
 ];
 
+/// A descriptor thaw cannot restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub fd: i32,
+    pub flags: u32,
+    pub cloexec: bool,
+    pub class: FdClass,
+    /// `fd N (target): why`
+    pub message: String,
+}
+
 /// The descriptors of the calling process, classified before the snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
     pub entries: Vec<FdEntry>,
-    /// What cannot be checkpointed, one message per descriptor.
-    pub unsupported: Vec<String>,
+    /// What cannot be checkpointed, one item per descriptor.
+    pub refused: Vec<Refused>,
 }
 
 fn fdinfo(fd: i32) -> String {
@@ -143,7 +159,13 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
-            let bad = |why: &str| format!("fd {fd} ({target}): {why}");
+            let bad = |class: FdClass, why: &str| Refused {
+                fd,
+                flags,
+                cloexec,
+                class,
+                message: format!("fd {fd} ({target}): {why}"),
+            };
             if let Some(ino) = target
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
@@ -181,10 +203,13 @@ impl FdScan {
                     let same = std::fs::metadata(format!("/proc/self/fd/{}", w.fd))
                         .is_ok_and(|m| m.ino() == ino);
                     if !same {
-                        scan.unsupported.push(bad(&format!(
+                        scan.refused.push(bad(
+                            FdClass::Other,
+                            &format!(
                             "epoll watches fd {} which is closed or is no longer the watched file",
                             w.fd
-                        )));
+                        ),
+                        ));
                     }
                     watches.push(w);
                 }
@@ -193,24 +218,29 @@ impl FdScan {
                 continue;
             }
             if !target.starts_with('/') {
-                let kind = if target.starts_with("socket:") {
-                    "sockets are not supported"
+                let (class, why) = if target.starts_with("socket:") {
+                    (FdClass::Socket, "sockets are not supported")
                 } else if target.starts_with("anon_inode:") {
-                    "this kind of kernel object is not supported (eventfd and epoll are)"
+                    (
+                        FdClass::Other,
+                        "this kind of kernel object is not supported (eventfd and epoll are)",
+                    )
                 } else {
-                    "unsupported kind of descriptor"
+                    (FdClass::Other, "unsupported kind of descriptor")
                 };
-                scan.unsupported.push(bad(kind));
+                scan.refused.push(bad(class, why));
                 continue;
             }
             if target.ends_with(" (deleted)") {
-                scan.unsupported.push(bad("the open file was deleted"));
+                scan.refused
+                    .push(bad(FdClass::Deleted, "the open file was deleted"));
                 continue;
             }
             let meta = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                 Ok(m) => m,
                 Err(e) => {
-                    scan.unsupported.push(bad(&format!("cannot stat: {e}")));
+                    scan.refused
+                        .push(bad(FdClass::Other, &format!("cannot stat: {e}")));
                     continue;
                 }
             };
@@ -229,22 +259,103 @@ impl FdScan {
                     id: super::FileId::of(&meta),
                 }
             } else {
-                scan.unsupported.push(bad("only regular files, directories, in-process pipes and /dev/null-like devices are supported"));
+                let class = if ft.is_char_device() || ft.is_block_device() {
+                    FdClass::Device
+                } else {
+                    FdClass::Other
+                };
+                scan.refused.push(bad(class, "only regular files, directories, in-process pipes and /dev/null-like devices are supported"));
                 continue;
             };
             scan.entries.push(entry);
         }
+        let mut foreign = Vec::new();
         for (id, (idx, has_read, has_write)) in pipes {
             if !(has_read && has_write) {
-                for i in idx {
-                    scan.unsupported.push(format!(
-                        "fd {} (pipe:[{id}]): the other end of the pipe is not in this process",
-                        scan.entries[i].fd
-                    ));
+                foreign.extend(idx.into_iter().map(|i| (i, id)));
+            }
+        }
+        foreign.sort_unstable();
+        for (i, id) in foreign.into_iter().rev() {
+            let e = scan.entries.remove(i);
+            scan.refused.push(Refused {
+                fd: e.fd,
+                flags: e.flags,
+                cloexec: e.cloexec,
+                class: FdClass::Pipe,
+                message: format!(
+                    "fd {} (pipe:[{id}]): the other end of the pipe is not in this process",
+                    e.fd
+                ),
+            });
+        }
+        scan.refused.sort_by_key(|r| r.fd);
+        Ok(scan)
+    }
+
+    /// Applies the application's descriptor policy: leaves out or replaces with /dev/null what
+    /// it says, and returns the refusals that remain (each with a hint on how to choose) and a
+    /// description of every descriptor left out or replaced.
+    pub(crate) fn apply(&mut self, policy: &FdPolicy) -> (Vec<String>, Vec<String>) {
+        let mut refusals = Vec::new();
+        let mut changed = Vec::new();
+        let mut placeholders = Vec::new();
+        for r in std::mem::take(&mut self.refused) {
+            match policy.action(r.fd, Some(r.class)) {
+                FdAction::Refuse => refusals.push(format!(
+                    "{} ({})",
+                    r.message,
+                    crate::fd_policy::hint(r.fd, r.class)
+                )),
+                FdAction::Drop => changed.push(format!("{}: left out", r.message)),
+                FdAction::DevNull => {
+                    changed.push(format!("{}: /dev/null at its number", r.message));
+                    placeholders.push(FdEntry {
+                        fd: r.fd,
+                        flags: r.flags,
+                        cloexec: r.cloexec,
+                        kind: FdKind::DevNull,
+                    });
                 }
             }
         }
-        Ok(scan)
+        self.entries.retain_mut(|e| {
+            if e.fd <= 2 {
+                return true; // stdio is always the launcher's caller's
+            }
+            match policy.overrides(e.fd) {
+                None | Some(FdAction::Refuse) => true,
+                Some(FdAction::Drop) => {
+                    changed.push(format!("fd {}: left out by the descriptor policy", e.fd));
+                    false
+                }
+                Some(FdAction::DevNull) => {
+                    changed.push(format!("fd {}: /dev/null at its number", e.fd));
+                    e.kind = FdKind::DevNull;
+                    true
+                }
+            }
+        });
+        self.entries.extend(placeholders);
+        self.entries.sort_by_key(|e| e.fd);
+        // An epoll registration needs the watched descriptor as it was.
+        for e in &self.entries {
+            if let FdKind::Epoll { watches } = &e.kind {
+                for w in watches {
+                    let kept = self
+                        .entries
+                        .iter()
+                        .any(|t| t.fd == w.fd && !matches!(t.kind, FdKind::DevNull));
+                    if !kept {
+                        refusals.push(format!(
+                            "fd {} (epoll): watches fd {}, which the descriptor policy leaves out or replaces",
+                            e.fd, w.fd
+                        ));
+                    }
+                }
+            }
+        }
+        (refusals, changed)
     }
 
     /// Descriptors whose offset the signal handler must record.
@@ -314,6 +425,16 @@ pub fn reopen(
             // number (epoll keys registrations on the number).
             FdKind::Epoll { .. } => crate::sys::epoll_create()
                 .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
+            FdKind::DevNull => {
+                let acc = e.flags & libc::O_ACCMODE as u32;
+                std::fs::OpenOptions::new()
+                    .read(acc != libc::O_WRONLY as u32)
+                    .write(acc != libc::O_RDONLY as u32)
+                    .custom_flags((e.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32) as i32)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(|err| format!("fd {fd}: cannot open /dev/null: {err}"))?
+            }
             FdKind::Pipe {
                 id,
                 write_end,

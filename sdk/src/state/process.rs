@@ -17,6 +17,9 @@ pub struct Process {
     /// Address of the SDK's restore cell, which the restorer fills so that the checkpointing
     /// thread learns it was restored and where its new arguments are.
     pub restore_cell: u64,
+    /// The thread that called checkpoint (any thread may). It resumes last, once every other
+    /// thread has left the restorer region, because it is the one that unmaps that region.
+    pub checkpoint_tid: i32,
 }
 
 use crate::procfs;
@@ -24,7 +27,12 @@ use crate::restore::Plan;
 
 impl Process {
     /// Reads the frozen child's view; `pid` is the checkpointed process's own.
-    pub(crate) fn dump(child: i32, pid: i32, restore_cell: u64) -> std::io::Result<Process> {
+    pub(crate) fn dump(
+        child: i32,
+        pid: i32,
+        checkpoint_tid: i32,
+        restore_cell: u64,
+    ) -> std::io::Result<Process> {
         let stat = procfs::stat_fields(child)?;
         let status = procfs::read(child, "status")?;
         let num = |i: usize| stat.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
@@ -49,6 +57,7 @@ impl Process {
             personality,
             dumpable: crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1) as u32,
             restore_cell,
+            checkpoint_tid,
         })
     }
 

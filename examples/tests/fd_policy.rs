@@ -1,0 +1,135 @@
+//! Descriptors the application did not open (a pipe and a socket left by whatever started it):
+//! refused by name with a hint by default; left out or replaced by /dev/null by a policy given
+//! through the API or `THAW_FD_POLICY`. The README's main job works from a shell that leaks a
+//! pipe.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use common::*;
+
+/// A pipe's write end and one end of a socket pair, whose other ends stay here.
+struct Leaks {
+    _r: std::io::PipeReader,
+    w: std::io::PipeWriter,
+    _peer: UnixStream,
+    sock: UnixStream,
+}
+
+fn leaks() -> Leaks {
+    let (r, w) = std::io::pipe().unwrap();
+    let (sock, peer) = UnixStream::pair().unwrap();
+    Leaks {
+        _r: r,
+        w,
+        _peer: peer,
+        sock,
+    }
+}
+
+fn checkpoint(
+    env: &Env,
+    mode: &str,
+    policy_env: Option<&str>,
+) -> (std::process::Output, std::path::PathBuf) {
+    let l = leaks();
+    let img = env.path(&format!("{mode}.thaw"));
+    let mut c = command_leaking(
+        &bin("zdtm-fd-policy"),
+        &[(l.w.as_raw_fd(), 5), (l.sock.as_raw_fd(), 6)],
+    );
+    c.env_remove("THAW_FD_POLICY");
+    if let Some(p) = policy_env {
+        c.env("THAW_FD_POLICY", p);
+    }
+    let o = c.arg(&img).arg(&env.key).arg(mode).output().unwrap();
+    (o, img)
+}
+
+#[test]
+fn foreign_descriptors_are_refused_by_name_with_a_hint() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "refuse", None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(out.contains("2 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains("fd 5 (pipe:[")
+            && out.contains("the other end of the pipe is not in this process"),
+        "{out}"
+    );
+    assert!(out.contains("fd 6 (socket:["), "{out}");
+    assert!(out.contains("THAW_FD_POLICY=5=drop"), "{out}");
+    assert!(out.contains("socket=drop"), "{out}");
+    assert!(!img.exists());
+}
+
+#[test]
+fn a_policy_through_the_api_drops_and_replaces() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "api", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(
+        &o,
+        &[
+            "fd 5 closed",
+            "fd 6 is /dev/null",
+            "fd 6 read-write",
+            "fd 7 is /dev/null",
+            "fd 7 write-only, append",
+        ],
+    );
+}
+
+#[test]
+fn a_policy_in_the_environment_does_the_same() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "env", Some("5=drop, socket=null, 7=null"));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    assert_all_ok(
+        &o,
+        &["fd 5 closed", "fd 6 is /dev/null", "fd 7 is /dev/null"],
+    );
+}
+
+#[test]
+fn a_malformed_policy_is_refused_clearly() {
+    let env = Env::new();
+    let (o, _) = checkpoint(&env, "env", Some("pipe=close"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        out.contains("THAW_FD_POLICY") && out.contains("unknown action"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_main_job_works_from_a_shell_that_leaks_a_pipe() {
+    let env = Env::new();
+    let l = leaks();
+    let img = env.path("lua.thaw");
+    let o = command_leaking(&bin("lua-warm"), &[(l.w.as_raw_fd(), 251)])
+        .env_remove("THAW_FD_POLICY")
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fd 251 (pipe:[") && err.contains("left out"),
+        "{err}"
+    );
+    let o = env.restore(&img, &[], &["1 + 2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 + 2 = 3"),
+        "{}",
+        text(&o)
+    );
+}
