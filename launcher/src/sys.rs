@@ -270,6 +270,22 @@ pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
+/// A duplicate of `fd` if it is a listening socket; `None` if it is something else.
+pub fn dup_listening_socket(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    let dup = dup_above(fd, 3)?;
+    let listening = thaw::sys::getsockopt_int(
+        std::os::fd::AsRawFd::as_raw_fd(&dup),
+        libc::SOL_SOCKET,
+        libc::SO_ACCEPTCONN,
+    );
+    match listening {
+        Ok(1) => Ok(Some(dup)),
+        Ok(_) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn close(fd: RawFd) {
     let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
 }

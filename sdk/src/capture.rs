@@ -78,6 +78,63 @@ pub struct PipeCopy {
     pub bytes: AtomicI64,
 }
 
+/// A socket whose queued bytes the handler copies (without consuming them) into `buf`.
+#[derive(Debug)]
+pub struct SockPeek {
+    pub fd: i32,
+    pub ino: u64,
+    /// Where the handler writes: `buf`'s storage, taken while `buf` was still exclusively ours.
+    addr: u64,
+    buf: Vec<u8>,
+    /// Bytes copied, or a negative errno.
+    pub got: AtomicI64,
+    /// Bytes that were queued (SIOCINQ), or a negative errno.
+    pub inq: AtomicI64,
+}
+
+impl SockPeek {
+    /// Room for twice what is queued now, at least 256 KiB.
+    pub fn new(fd: i32, ino: u64) -> SockPeek {
+        let now = sys::inq(fd).max(0) as usize;
+        let mut buf = vec![0u8; (now * 2).max(256 << 10)];
+        let addr = buf.as_mut_ptr() as u64;
+        SockPeek {
+            fd,
+            ino,
+            addr,
+            buf,
+            got: AtomicI64::new(0),
+            inq: AtomicI64::new(0),
+        }
+    }
+
+    /// The copied bytes, once the handler has run: `Err` names why they are incomplete.
+    pub fn bytes(&self) -> Result<&[u8], String> {
+        let (got, inq) = (
+            self.got.load(Ordering::Acquire),
+            self.inq.load(Ordering::Acquire),
+        );
+        if inq < 0 || got < 0 {
+            return Err(format!(
+                "cannot read its queue: {}",
+                std::io::Error::from_raw_os_error(-(inq.min(got)) as i32)
+            ));
+        }
+        if inq as usize > self.buf.len() {
+            return Err(format!(
+                "{inq} bytes are queued, more than thaw reads ({})",
+                self.buf.len()
+            ));
+        }
+        if got != inq {
+            return Err(format!(
+                "only {got} of its {inq} queued bytes could be read (descriptors in flight?)"
+            ));
+        }
+        Ok(&self.buf[..got as usize])
+    }
+}
+
 /// Everything the handlers fill, allocated before any signal is sent.
 #[derive(Debug)]
 pub struct Capture {
@@ -99,12 +156,19 @@ pub struct Capture {
     pub limits: Vec<[AtomicU64; 2]>,
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
+    pub socks: Vec<SockPeek>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
 }
 
 impl Capture {
-    pub fn new(caller: i32, tids: &[i32], fds: Vec<FdPos>, pipes: Vec<PipeCopy>) -> Box<Self> {
+    pub fn new(
+        caller: i32,
+        tids: &[i32],
+        fds: Vec<FdPos>,
+        pipes: Vec<PipeCopy>,
+        socks: Vec<SockPeek>,
+    ) -> Box<Self> {
         Box::new(Capture {
             caller,
             threads: tids
@@ -124,6 +188,7 @@ impl Capture {
                 .collect(),
             fds,
             pipes,
+            socks,
             child: AtomicI64::new(0),
         })
     }
@@ -209,6 +274,16 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     for p in &c.pipes {
         let n = sys::tee(p.read_fd, p.copy_w.as_raw_fd(), usize::MAX >> 1);
         p.bytes.store(n, Ordering::Relaxed);
+    }
+    for s in &c.socks {
+        let n = sys::inq(s.fd);
+        s.inq.store(n, Ordering::Relaxed);
+        let got = if n > 0 && n as usize <= s.buf.len() {
+            sys::recv_peek(s.fd, s.addr, s.buf.len())
+        } else {
+            0
+        };
+        s.got.store(got, Ordering::Release);
     }
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();

@@ -230,6 +230,11 @@ impl Checkpoint {
             .map(capture::pipe_copy)
             .collect::<Result<Vec<_>, _>>()
             .map_err(io("preparing pipe copies"))?;
+        let socks = scan
+            .socket_queues()
+            .into_iter()
+            .map(|(fd, ino)| capture::SockPeek::new(fd, ino))
+            .collect();
         let original_action = current_action(self.signal)?;
 
         let t0 = std::time::Instant::now();
@@ -237,7 +242,7 @@ impl Checkpoint {
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let frozen = match capture::freeze(
             self.signal,
-            Capture::new(me, &tids, fds, pipes),
+            Capture::new(me, &tids, fds, pipes, socks),
             self.thread_timeout,
         ) {
             Ok(f) => f,
@@ -376,8 +381,33 @@ impl Checkpoint {
                         }
                     }
                 }
+                FdKind::Socket(crate::state::sockets::Socket::Pair(p)) => {
+                    let Some(peek) = c.socks.iter().find(|s| s.ino == p.ino) else {
+                        continue;
+                    };
+                    let bytes = match peek.bytes() {
+                        Ok(b) => b,
+                        Err(why) => {
+                            unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino));
+                            continue;
+                        }
+                    };
+                    if !bytes.is_empty() {
+                        if p.ty != libc::SOCK_STREAM {
+                            unsupported.push(format!(
+                                "fd {} (socket:[{}]): a datagram socket pair with queued messages (message boundaries cannot be restored)",
+                                e.fd, p.ino
+                            ));
+                            continue;
+                        }
+                        p.queued = Some(writer.append_payload(bytes)?);
+                    }
+                }
                 _ => {}
             }
+        }
+        if !unsupported.is_empty() {
+            return Err(CheckpointError::Unsupported(unsupported));
         }
         m.files = scan.entries;
 

@@ -434,3 +434,219 @@ pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: a new descriptor nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+fn owned(fd: i64) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a descriptor the kernel just created, which nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// socket(domain, type | SOCK_CLOEXEC, protocol).
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<std::os::fd::OwnedFd> {
+    check(syscall6(
+        libc::SYS_socket,
+        [
+            domain as u64,
+            (ty | libc::SOCK_CLOEXEC) as u64,
+            protocol as u64,
+            0,
+            0,
+            0,
+        ],
+    ))
+    .map(owned)
+}
+
+/// socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0).
+pub fn socketpair(ty: i32) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds = [0i32; 2];
+    check(syscall6(
+        libc::SYS_socketpair,
+        [
+            libc::AF_UNIX as u64,
+            (ty | libc::SOCK_CLOEXEC) as u64,
+            0,
+            fds.as_mut_ptr() as u64,
+            0,
+            0,
+        ],
+    ))?;
+    Ok((owned(fds[0] as i64), owned(fds[1] as i64)))
+}
+
+/// An integer socket option.
+pub fn getsockopt_int(fd: i32, level: i32, opt: i32) -> io::Result<i32> {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    check(syscall6(
+        libc::SYS_getsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            &mut v as *mut i32 as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    ))?;
+    Ok(v)
+}
+
+pub fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_setsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            &v as *const i32 as u64,
+            4,
+            0,
+        ],
+    ))
+    .map(drop)
+}
+
+/// The raw `struct sockaddr` a socket is bound to.
+pub fn getsockname(fd: i32) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as u32;
+    check(syscall6(
+        libc::SYS_getsockname,
+        [
+            fd as u64,
+            buf.as_mut_ptr() as u64,
+            &mut len as *mut u32 as u64,
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+pub fn bind(fd: i32, addr: &[u8]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_bind,
+        [fd as u64, addr.as_ptr() as u64, addr.len() as u64, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+pub fn listen(fd: i32, backlog: i32) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_listen,
+        [fd as u64, backlog as u64, 0, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+pub fn shutdown(fd: i32, how: i32) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_shutdown,
+        [fd as u64, how as u64, 0, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// Bytes waiting in a socket's receive queue (SIOCINQ). Async-signal-safe.
+pub fn inq(fd: i32) -> i64 {
+    let mut n = 0i32;
+    let r = syscall6(
+        libc::SYS_ioctl,
+        [fd as u64, 0x541B, &mut n as *mut i32 as u64, 0, 0, 0],
+    );
+    if r < 0 {
+        r
+    } else {
+        i64::from(n)
+    }
+}
+
+/// recvfrom(fd, addr, len, MSG_PEEK | MSG_DONTWAIT): copies queued bytes to the `len` writable
+/// bytes at `addr` without consuming them. Async-signal-safe.
+pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
+    syscall6(
+        libc::SYS_recvfrom,
+        [
+            fd as u64,
+            addr,
+            len as u64,
+            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as u64,
+            0,
+            0,
+        ],
+    )
+}
+
+/// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
+pub fn send_nowait(fd: i32, buf: &[u8]) -> io::Result<usize> {
+    check(syscall6(
+        libc::SYS_sendto,
+        [
+            fd as u64,
+            buf.as_ptr() as u64,
+            buf.len() as u64,
+            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
+            0,
+            0,
+        ],
+    ))
+    .map(|n| n as usize)
+}
+
+/// One NETLINK_SOCK_DIAG request (`req` is the payload after the netlink header): every reply
+/// message's payload, until NLMSG_DONE.
+pub fn sock_diag(msg_type: u16, req: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let sock = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG)?;
+    let fd = sock.as_raw_fd();
+    let len = 16 + req.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel
+    msg.extend_from_slice(req);
+    check(syscall6(
+        libc::SYS_sendto,
+        [fd as u64, msg.as_ptr() as u64, msg.len() as u64, 0, 0, 0],
+    ))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = check(syscall6(
+            libc::SYS_recvfrom,
+            [
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+                0,
+                0,
+                0,
+            ],
+        ))? as usize;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut at = 0;
+        while at + 16 <= n {
+            let word = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().expect("4"));
+            let mlen = word(at) as usize;
+            let mtype = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2"));
+            if mlen < 16 || at + mlen > n {
+                return Err(io::Error::other("malformed netlink reply"));
+            }
+            match i32::from(mtype) {
+                libc::NLMSG_DONE => return Ok(out),
+                libc::NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => out.push(buf[at + 16..at + mlen].to_vec()),
+            }
+            at += mlen.next_multiple_of(4);
+        }
+    }
+}

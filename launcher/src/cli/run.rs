@@ -39,6 +39,11 @@ pub struct Args {
     /// vm.unprivileged_userfaultfd=1, and the launcher alive until the memory is complete).
     #[arg(long)]
     eager: bool,
+    /// A listening socket of yours (descriptor number) to give the restored process instead of
+    /// binding the image's listening socket with the same address: many instances can then share
+    /// one port. Repeatable. Sockets passed by systemd (LISTEN_FDS) are used the same way.
+    #[arg(long = "listen-fd", value_name = "FD")]
+    listen_fds: Vec<i32>,
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
@@ -90,6 +95,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
+    let listeners = given_listeners(&args.listen_fds)?;
     pause_for_tests(ctx)?;
     let verified = started.elapsed();
     let status = restore::run(
@@ -102,9 +108,30 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             payload,
             timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
             lazy,
+            listeners,
         },
     )?;
     std::process::exit(status);
+}
+
+/// The listening sockets the caller hands in: `--listen-fd` numbers and systemd's LISTEN_FDS
+/// (when LISTEN_PID names this process), each checked to be a listening socket.
+fn given_listeners(numbers: &[i32]) -> Result<Vec<std::os::fd::OwnedFd>> {
+    let mut fds: Vec<i32> = numbers.to_vec();
+    let env = |k| std::env::var(k).ok().and_then(|v| v.parse::<i32>().ok());
+    if env("LISTEN_PID") == Some(std::process::id() as i32) {
+        fds.extend((0..env("LISTEN_FDS").unwrap_or(0).clamp(0, 1024)).map(|i| 3 + i));
+    }
+    fds.iter()
+        .map(|&fd| {
+            let bad = |why: String| Failure::new(Code::Usage, format!("--listen-fd {fd}: {why}"));
+            match sys::dup_listening_socket(fd) {
+                Ok(Some(s)) => Ok(s),
+                Ok(None) => Err(bad("not a listening socket".into())),
+                Err(e) => Err(bad(e.to_string())),
+            }
+        })
+        .collect()
 }
 
 /// Whether someone other than the caller and root could change the image file in place.

@@ -63,6 +63,8 @@ pub struct Request {
     /// Fill the large anonymous VMAs on first touch (the chunks of their pages were not verified
     /// yet); `None` reads all memory before the process runs.
     pub lazy: Option<lazy::Uffd>,
+    /// Listening sockets handed in by the caller, used instead of binding the image's own.
+    pub listeners: Vec<OwnedFd>,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -150,17 +152,26 @@ struct Fds {
     transport: Option<lazy::Transport>,
 }
 
-fn prepare_fds(image: &Image, payload: &std::fs::File, lazy: Option<lazy::Uffd>) -> Result<Fds> {
+fn prepare_fds(
+    image: &Image,
+    payload: &std::fs::File,
+    lazy: Option<lazy::Uffd>,
+    listeners: &[OwnedFd],
+) -> Result<Fds> {
     let m = image.manifest();
     sys::raise_nofile();
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
-    let reopened = thaw::state::files::reopen(&m.files, |r| {
-        let mut buf = vec![0u8; r.len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
-            .map_err(|e| format!("cannot read pipe contents from the image: {e}"))?;
-        Ok(buf)
-    })
+    let reopened = thaw::state::files::reopen(
+        &m.files,
+        |r| {
+            let mut buf = vec![0u8; r.len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
+                .map_err(|e| format!("cannot read queued bytes from the image: {e}"))?;
+            Ok(buf)
+        },
+        listeners,
+    )
     .map_err(refused)?;
     let high = reopened
         .iter()
@@ -585,7 +596,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
     let target = check_policy(image, &req)?;
     let pid = m.process.pid;
     let mode = req.pid_mode;
-    let fds = prepare_fds(image, &req.payload, req.lazy)?;
+    let fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: std::env::vars_os()

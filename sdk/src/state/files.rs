@@ -45,6 +45,8 @@ pub enum FdKind {
     Epoll {
         watches: Vec<EpollWatch>,
     },
+    /// A socket pair end or a listening socket (see [`super::sockets`]).
+    Socket(super::sockets::Socket),
     /// A descriptor the application's policy replaced with `/dev/null` (see
     /// [`crate::fd_policy`]); the access mode and status flags are the original's.
     DevNull,
@@ -136,6 +138,7 @@ impl FdScan {
         fds.sort_unstable();
         let mut scan = FdScan::default();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
+        let mut sockets: Vec<(FdEntry, u64, String)> = Vec::new();
         for fd in fds {
             if exclude.contains(&fd) {
                 continue;
@@ -217,6 +220,14 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
+            if let Some(ino) = target
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse::<u64>().ok())
+            {
+                sockets.push((entry, ino, target.clone()));
+                continue;
+            }
             if !target.starts_with('/') {
                 let (class, why) = if target.starts_with("socket:") {
                     (FdClass::Socket, "sockets are not supported")
@@ -289,6 +300,25 @@ impl FdScan {
                 ),
             });
         }
+        let socks: Vec<(i32, u64)> = sockets.iter().map(|(e, ino, _)| (e.fd, *ino)).collect();
+        for ((mut entry, _, target), (_, r)) in
+            sockets.into_iter().zip(super::sockets::classify(&socks))
+        {
+            match r {
+                Ok(sock) => {
+                    entry.kind = FdKind::Socket(sock);
+                    scan.entries.push(entry);
+                }
+                Err((class, why)) => scan.refused.push(Refused {
+                    fd: entry.fd,
+                    flags: entry.flags,
+                    cloexec: entry.cloexec,
+                    class,
+                    message: format!("fd {} ({target}): {why}", entry.fd),
+                }),
+            }
+        }
+        scan.entries.sort_by_key(|e| e.fd);
         scan.refused.sort_by_key(|r| r.fd);
         Ok(scan)
     }
@@ -367,6 +397,19 @@ impl FdScan {
             .collect()
     }
 
+    /// One descriptor per socket pair end: the handler copies its queued bytes.
+    pub(crate) fn socket_queues(&self) -> Vec<(i32, u64)> {
+        let mut out: Vec<(i32, u64)> = Vec::new();
+        for e in &self.entries {
+            if let FdKind::Socket(super::sockets::Socket::Pair(p)) = &e.kind {
+                if !out.iter().any(|(_, ino)| *ino == p.ino) {
+                    out.push((e.fd, p.ino));
+                }
+            }
+        }
+        out
+    }
+
     /// One read end per in-process pipe: the handler duplicates its buffered bytes.
     pub(crate) fn pipe_readers(&self) -> Vec<i32> {
         let mut seen = Vec::new();
@@ -404,7 +447,24 @@ const REOPEN_FLAGS: u32 = (libc::O_ACCMODE
 pub fn reopen(
     entries: &[FdEntry],
     mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
+    given: &[OwnedFd],
 ) -> Result<Vec<(i32, OwnedFd)>, String> {
+    use super::sockets::Socket;
+    let ends: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            FdKind::Socket(Socket::Pair(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let listeners: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            FdKind::Socket(Socket::Listener(l)) => Some(l),
+            _ => None,
+        })
+        .collect();
+    let sockets = super::sockets::recreate(&ends, &listeners, &mut payload, given)?;
     let mut out = Vec::new();
     let mut pipes: BTreeMap<u64, (OwnedFd, OwnedFd)> = BTreeMap::new();
     for e in entries {
@@ -425,6 +485,22 @@ pub fn reopen(
             // number (epoll keys registrations on the number).
             FdKind::Epoll { .. } => crate::sys::epoll_create()
                 .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
+            FdKind::Socket(s) => {
+                let ino = match s {
+                    Socket::Pair(p) => p.ino,
+                    Socket::Listener(l) => l.ino,
+                };
+                let sock = sockets[&ino]
+                    .try_clone()
+                    .map_err(|err| format!("fd {fd}: {err}"))?;
+                crate::sys::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::F_SETFL,
+                    u64::from(e.flags & libc::O_NONBLOCK as u32),
+                )
+                .map_err(|err| format!("fd {fd}: cannot set socket flags: {err}"))?;
+                sock
+            }
             FdKind::DevNull => {
                 let acc = e.flags & libc::O_ACCMODE as u32;
                 std::fs::OpenOptions::new()

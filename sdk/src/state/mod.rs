@@ -13,6 +13,7 @@ pub mod mm;
 pub mod platform;
 pub mod process;
 pub mod signals;
+pub mod sockets;
 pub mod threads;
 
 use serde::{Deserialize, Serialize};

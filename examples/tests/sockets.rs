@@ -1,0 +1,121 @@
+//! Sockets whose every end is in the process (queued bytes, half-closed pairs, shutdowns,
+//! datagram pairs) and listening sockets (TCP, AF_UNIX path and abstract), restored in every mode;
+//! a taken address refused by name; a listening socket handed in with --listen-fd.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+
+const CHECKS: [&str; 16] = [
+    "stream pair: bytes queued to b",
+    "stream pair: 100 KiB queued to a",
+    "stream pair: a non-blocking, b blocking",
+    "stream pair: nothing more queued",
+    "stream pair: still connected",
+    "half-closed pair: last words, then end of file",
+    "half-closed pair: writing fails with EPIPE",
+    "pre-close descriptor: end of file at once",
+    "shut-down pair: the reader sees end of file",
+    "shut-down pair: the other way still works",
+    "shut-down pair: the shut side cannot write",
+    "datagram pair: messages keep their boundaries",
+    "tcp listener: same address",
+    "tcp listener: accepts",
+    "unix path listener: accepts",
+    "unix abstract listener: accepts",
+];
+
+fn image(env: &Env) -> (std::path::PathBuf, u16) {
+    let img = env.path("s.thaw");
+    let o = command(&bin("zdtm-sockets"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let port = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tcp port "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port: {out}"));
+    // The first life exited without removing its socket file, as a killed server would.
+    std::fs::remove_file(env.path("s.thaw.sock")).unwrap();
+    (img, port)
+}
+
+#[test]
+fn in_process_sockets_and_listeners_in_every_mode() {
+    let env = Env::new();
+    let (img, _) = image(&env);
+    let modes: &[&[&str]] = if is_root() {
+        &[&["--pid-mode", "host"], &["--eager"], &["--pid-mode", "ns"]]
+    } else {
+        &[&["--pid-mode", "ns"]]
+    };
+    for opts in modes {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &CHECKS);
+    }
+}
+
+#[test]
+fn a_taken_listening_address_is_refused_by_name() {
+    let env = Env::new();
+    let (img, port) = image(&env);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "listening socket 127.0.0.1:{port}: the address is in use"
+        )),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
+    drop(squatter);
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(&o, &CHECKS);
+}
+
+#[test]
+fn a_listening_socket_handed_in_is_used_instead() {
+    let env = Env::new();
+    let (img, port) = image(&env);
+    let mine = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let ino = std::fs::metadata(format!("/proc/self/fd/{}", mine.as_raw_fd()))
+        .unwrap()
+        .ino();
+    // Twice, one after the other, from the same socket: each instance accepts on it.
+    for mode in ["host", "ns"] {
+        if mode == "host" && !is_root() {
+            continue;
+        }
+        let o = command_leaking(&bin("thaw"), &[(mine.as_raw_fd(), 3)])
+            .args(["run", "--trust"])
+            .arg(&env.pubkey)
+            .args(["--pid-mode", mode, "--listen-fd", "3"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_all_ok(&o, &CHECKS);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&format!("tcp ino {ino}\n")),
+            "not our socket: {out}"
+        );
+    }
+}
+
+#[test]
+fn listen_fd_must_be_a_listening_socket() {
+    let env = Env::new();
+    let (img, _) = image(&env);
+    let o = env.restore(&img, &["--listen-fd", "1"], &[]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-fd 1: not a listening socket"));
+}

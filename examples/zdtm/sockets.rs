@@ -1,0 +1,217 @@
+//! Sockets whose every end is in the process, and listening sockets.
+//!
+//! Before the checkpoint: a stream pair with bytes queued both ways (100 KiB one way), one end
+//! non-blocking; a pair whose other end was closed after sending its last words; a pair whose
+//! other end was closed at once (the JDK's "pre-close" descriptor); a pair shut down one way; an
+//! empty datagram pair; a TCP listener on 127.0.0.1 (ephemeral port, backlog 7, SO_REUSEADDR); an
+//! AF_UNIX listener at IMAGE.sock and one at an abstract address.
+//!
+//! `PROG IMAGE KEY`: prints `tcp port N` and checkpoints. After restore it checks every socket,
+//! prints `tcp ino N` (the listener's inode, for the --listen-fd test) and the checks.
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+
+const BIG: usize = 100 * 1024;
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 251) as u8
+}
+
+fn stream(fd: RawFd) -> std::mem::ManuallyDrop<UnixStream> {
+    // SAFETY: `fd` is an open socket of this process; ManuallyDrop keeps it open.
+    std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+fn status_flags(fd: RawFd) -> i32 {
+    // SAFETY: F_GETFL has no memory effects.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) }
+}
+
+fn pair() -> (RawFd, RawFd) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (a.into_raw_fd(), b.into_raw_fd())
+}
+
+fn read_all_now(fd: RawFd, want: usize) -> Vec<u8> {
+    let mut s = stream(fd);
+    let mut out = vec![0u8; want];
+    s.read_exact(&mut out).map(|_| out).unwrap_or_default()
+}
+
+fn main() {
+    let (image, _, _) = common::argv();
+    let (a, b) = pair();
+    stream(a).write_all(b"hello from a").unwrap();
+    let big: Vec<u8> = (0..BIG).map(pattern).collect();
+    {
+        let mut s = stream(b);
+        s.set_nonblocking(true).unwrap();
+        let mut at = 0;
+        while at < big.len() {
+            match s.write(&big[at..]) {
+                Ok(n) => at += n,
+                Err(e) => panic!("queueing {BIG} bytes: {e} after {at}"),
+            }
+        }
+        s.set_nonblocking(false).unwrap();
+    }
+    stream(a).set_nonblocking(true).unwrap();
+
+    let (c, d) = pair();
+    stream(d).write_all(b"last words").unwrap();
+    // SAFETY: closes our own descriptor d, used nowhere else.
+    unsafe { libc::close(d) };
+    let (e, f) = pair();
+    // SAFETY: as above.
+    unsafe { libc::close(f) };
+    let (g, h) = pair();
+    stream(g).shutdown(std::net::Shutdown::Write).unwrap();
+    let (i, j) = UnixDatagram::pair().unwrap();
+    let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
+
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    // SAFETY: re-listen with a backlog of 7 on our own listening socket.
+    unsafe { libc::listen(tcp.as_raw_fd(), 7) };
+    let tcp = tcp.into_raw_fd();
+    let path = format!("{image}.sock");
+    let _ = std::fs::remove_file(&path);
+    let unix_path = UnixListener::bind(&path).unwrap().into_raw_fd();
+    let abstract_name = format!("thaw-zdtm-sockets-{}", std::process::id());
+    let abs = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
+        UnixListener::bind_addr(&addr).unwrap().into_raw_fd()
+    };
+    println!("tcp port {port}");
+
+    common::checkpoint();
+
+    let mut ch = common::Checks::default();
+    ch.check(
+        "stream pair: bytes queued to b",
+        read_all_now(b, 12) == b"hello from a",
+        "",
+    );
+    let got = read_all_now(a, BIG);
+    ch.check(
+        "stream pair: 100 KiB queued to a",
+        got.len() == BIG && got.iter().enumerate().all(|(i, &x)| x == pattern(i)),
+        got.len(),
+    );
+    ch.check(
+        "stream pair: a non-blocking, b blocking",
+        status_flags(a) & libc::O_NONBLOCK != 0 && status_flags(b) & libc::O_NONBLOCK == 0,
+        "",
+    );
+    let mut empty = [0u8; 1];
+    ch.check(
+        "stream pair: nothing more queued",
+        matches!(stream(a).read(&mut empty), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "",
+    );
+    stream(a).write_all(b"ping").unwrap();
+    ch.check(
+        "stream pair: still connected",
+        read_all_now(b, 4) == b"ping",
+        "",
+    );
+
+    let mut s = stream(c);
+    let mut words = String::new();
+    s.read_to_string(&mut words).unwrap();
+    ch.check(
+        "half-closed pair: last words, then end of file",
+        words == "last words",
+        &words,
+    );
+    ch.check(
+        "half-closed pair: writing fails with EPIPE",
+        matches!(s.write(b"x"), Err(e) if e.raw_os_error() == Some(libc::EPIPE)),
+        "",
+    );
+    let mut none = Vec::new();
+    ch.check(
+        "pre-close descriptor: end of file at once",
+        stream(e)
+            .read_to_end(&mut none)
+            .map(|n| n == 0)
+            .unwrap_or(false),
+        "",
+    );
+    let mut hs = stream(h);
+    let mut rest = Vec::new();
+    ch.check(
+        "shut-down pair: the reader sees end of file",
+        hs.read_to_end(&mut rest).is_ok() && rest.is_empty(),
+        "",
+    );
+    hs.write_all(b"back").unwrap();
+    ch.check(
+        "shut-down pair: the other way still works",
+        read_all_now(g, 4) == b"back",
+        "",
+    );
+    ch.check(
+        "shut-down pair: the shut side cannot write",
+        matches!(stream(g).write(b"x"), Err(e) if e.raw_os_error() == Some(libc::EPIPE)),
+        "",
+    );
+    // SAFETY: our datagram sockets; ManuallyDrop keeps them open.
+    let (di, dj) = unsafe {
+        (
+            std::mem::ManuallyDrop::new(UnixDatagram::from_raw_fd(i)),
+            std::mem::ManuallyDrop::new(UnixDatagram::from_raw_fd(j)),
+        )
+    };
+    di.send(b"one").unwrap();
+    di.send(b"two").unwrap();
+    let mut buf = [0u8; 16];
+    let n1 = dj.recv(&mut buf).unwrap();
+    let first = buf[..n1].to_vec();
+    let n2 = dj.recv(&mut buf).unwrap();
+    ch.check(
+        "datagram pair: messages keep their boundaries",
+        first == b"one" && &buf[..n2] == b"two",
+        "",
+    );
+
+    // SAFETY: our listening socket; ManuallyDrop keeps it open.
+    let l = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(tcp) });
+    ch.check(
+        "tcp listener: same address",
+        l.local_addr().map(|a| a.port()).ok() == Some(port),
+        format!("{:?}", l.local_addr()),
+    );
+    let ino = std::fs::metadata(format!("/proc/self/fd/{tcp}"))
+        .unwrap()
+        .ino();
+    println!("tcp ino {ino}");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut conn, _) = l.accept().unwrap();
+    client.write_all(b"tcp").unwrap();
+    let mut t = [0u8; 3];
+    conn.read_exact(&mut t).unwrap();
+    ch.check("tcp listener: accepts", &t == b"tcp", "");
+
+    // SAFETY: our listening sockets; ManuallyDrop keeps them open.
+    let up = std::mem::ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(unix_path) });
+    let _c = UnixStream::connect(&path).unwrap();
+    ch.check("unix path listener: accepts", up.accept().is_ok(), "");
+    // SAFETY: as above.
+    let ua = std::mem::ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(abs) });
+    let _c2 = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
+        UnixStream::connect_addr(&addr).unwrap()
+    };
+    ch.check("unix abstract listener: accepts", ua.accept().is_ok(), "");
+    let _ = std::fs::remove_file(&path);
+    ch.finish();
+}

@@ -1,0 +1,472 @@
+//! Sockets: AF_UNIX socket pairs whose ends are all in the process (including a pair whose other
+//! end was closed, like the JDK's "pre-close" descriptor), and listening sockets (TCP, AF_UNIX).
+//!
+//! A pair is recreated with `socketpair`, its queued bytes written back from the other end, its
+//! shutdown state reapplied and, for a half-closed pair, the other end closed again. A listening
+//! socket is recreated, given its options, bound to its address and listened on with its backlog;
+//! or the caller hands one in (`thaw run --listen-fd`, or systemd's `LISTEN_FDS`), so that many
+//! instances can share one port. Sockets connected to other processes are refused by name.
+//!
+//! The kernel is asked through NETLINK_SOCK_DIAG (peer, shutdown state, backlog): the only way to
+//! learn which socket is the other end of an AF_UNIX connection.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use super::PayloadRef;
+use crate::fd_policy::FdClass;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Socket {
+    /// One end of an AF_UNIX pair. Descriptors of one socket share `ino`; the two ends of a pair
+    /// share `pair` (the smaller inode of the two).
+    Pair(PairEnd),
+    Listener(Listener),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairEnd {
+    pub ino: u64,
+    pub pair: u64,
+    /// SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM.
+    pub ty: i32,
+    /// The other end is still open in the process (else it was closed: a half-closed pair).
+    pub peer_open: bool,
+    /// This end can no longer send (shutdown(SHUT_WR) here or SHUT_RD at the other end).
+    pub send_shutdown: bool,
+    /// Bytes waiting in this end's receive queue (stream pairs only).
+    pub queued: Option<PayloadRef>,
+    pub sndbuf: i32,
+    pub rcvbuf: i32,
+    pub passcred: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub ino: u64,
+    pub family: i32,
+    pub ty: i32,
+    pub protocol: i32,
+    /// The raw `struct sockaddr` it is bound to.
+    pub addr: Vec<u8>,
+    pub backlog: i32,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    /// IPV6_V6ONLY (AF_INET6 only).
+    pub v6only: bool,
+}
+
+const RCV_SHUTDOWN: u8 = 1;
+const SEND_SHUTDOWN: u8 = 2;
+
+/// What NETLINK_SOCK_DIAG says about one AF_UNIX socket.
+#[derive(Debug, Default, Clone)]
+struct UnixDiag {
+    peer: u64,
+    shutdown: u8,
+    rqueue: u32,
+    wqueue: u32,
+    name: Option<Vec<u8>>,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_RQLEN: u32 = 16;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+const TCP_LISTEN: u8 = 10;
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    b.get(o..o + 4)
+        .map_or(0, |s| u32::from_ne_bytes(s.try_into().expect("4")))
+}
+
+/// Every AF_UNIX socket of this network namespace, by inode.
+fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
+    // struct unix_diag_req { u8 family, protocol; u16 pad; u32 states, ino, show; u32 cookie[2] }
+    let mut req = vec![libc::AF_UNIX as u8, 0, 0, 0];
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]);
+    let mut out = BTreeMap::new();
+    for msg in crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)? {
+        // struct unix_diag_msg { u8 family, type, state, pad; u32 ino; u32 cookie[2] }
+        if msg.len() < 16 {
+            continue;
+        }
+        let ino = u64::from(u32_at(&msg, 4));
+        let mut d = UnixDiag::default();
+        let mut at = 16;
+        while at + 4 <= msg.len() {
+            let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
+            let kind = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]);
+            if len < 4 || at + len > msg.len() {
+                break;
+            }
+            let data = &msg[at + 4..at + len];
+            match kind {
+                UNIX_DIAG_NAME => d.name = Some(data.to_vec()),
+                UNIX_DIAG_PEER => d.peer = u64::from(u32_at(data, 0)),
+                UNIX_DIAG_RQLEN => {
+                    d.rqueue = u32_at(data, 0);
+                    d.wqueue = u32_at(data, 4);
+                }
+                UNIX_DIAG_SHUTDOWN => d.shutdown = data.first().copied().unwrap_or(0),
+                _ => {}
+            }
+            at += len.next_multiple_of(4);
+        }
+        out.insert(ino, d);
+    }
+    Ok(out)
+}
+
+/// Listening sockets: inode → (pending connections, backlog).
+type Backlogs = BTreeMap<u64, (u32, u32)>;
+
+/// Listening TCP sockets of `family`.
+fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
+    // struct inet_diag_req_v2 { u8 family, protocol, ext, pad; u32 states; struct inet_diag_sockid (48) }
+    let mut req = vec![family as u8, libc::IPPROTO_TCP as u8, 0, 0];
+    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req.extend_from_slice(&[0u8; 40]);
+    req.extend_from_slice(&[0xff; 8]);
+    let mut out = BTreeMap::new();
+    for msg in crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)? {
+        // struct inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
+        if msg.len() < 72 {
+            continue;
+        }
+        out.insert(
+            u64::from(u32_at(&msg, 68)),
+            (u32_at(&msg, 56), u32_at(&msg, 60)),
+        );
+    }
+    Ok(out)
+}
+
+type Refusal = (FdClass, String);
+
+/// Classifies the process's sockets: `(fd, inode)` of each → a [`Socket`] or why not.
+pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)> {
+    let unix = unix_diag();
+    let mut tcp: BTreeMap<i32, std::io::Result<Backlogs>> = BTreeMap::new();
+    let ours: Vec<u64> = fds.iter().map(|f| f.1).collect();
+    fds.iter()
+        .map(|&(fd, ino)| {
+            let r = (|| {
+                let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0);
+                let family = opt(libc::SO_DOMAIN);
+                let ty = opt(libc::SO_TYPE);
+                let protocol = opt(libc::SO_PROTOCOL);
+                let listening = opt(libc::SO_ACCEPTCONN) != 0;
+                let refuse = |why: String| Err((FdClass::Socket, why));
+                if listening {
+                    let (pending, backlog) = match family {
+                        libc::AF_UNIX => {
+                            let d = unix.as_ref().ok().and_then(|m| m.get(&ino)).ok_or((
+                                FdClass::Socket,
+                                "the kernel does not describe this listening socket (sock_diag)"
+                                    .to_owned(),
+                            ))?;
+                            (d.rqueue, d.wqueue)
+                        }
+                        libc::AF_INET | libc::AF_INET6 if protocol == libc::IPPROTO_TCP => {
+                            let m = tcp.entry(family).or_insert_with(|| tcp_listeners(family));
+                            *m.as_ref().ok().and_then(|m| m.get(&ino)).ok_or((
+                                FdClass::Socket,
+                                "the kernel does not describe this listening socket (sock_diag)"
+                                    .to_owned(),
+                            ))?
+                        }
+                        _ => {
+                            return refuse(format!(
+                                "listening sockets of family {family} are not supported"
+                            ))
+                        }
+                    };
+                    if pending > 0 {
+                        return refuse(format!(
+                            "listening socket has {pending} connection(s) waiting to be accepted"
+                        ));
+                    }
+                    let addr = crate::sys::getsockname(fd)
+                        .map_err(|e| (FdClass::Socket, format!("getsockname: {e}")))?;
+                    if family == libc::AF_UNIX && addr.len() <= 2 {
+                        return refuse("unnamed listening AF_UNIX socket".into());
+                    }
+                    return Ok(Socket::Listener(Listener {
+                        ino,
+                        family,
+                        ty,
+                        protocol,
+                        addr,
+                        backlog: backlog as i32,
+                        reuseaddr: opt(libc::SO_REUSEADDR) != 0,
+                        reuseport: opt(libc::SO_REUSEPORT) != 0,
+                        v6only: family == libc::AF_INET6
+                            && crate::sys::getsockopt_int(
+                                fd,
+                                libc::IPPROTO_IPV6,
+                                libc::IPV6_V6ONLY,
+                            )
+                            .unwrap_or(0)
+                                != 0,
+                    }));
+                }
+                if family != libc::AF_UNIX {
+                    return refuse(format!(
+                        "{} sockets are supported only while listening",
+                        match family {
+                            libc::AF_INET => "AF_INET",
+                            libc::AF_INET6 => "AF_INET6",
+                            libc::AF_NETLINK => "AF_NETLINK",
+                            _ => "these",
+                        }
+                    ));
+                }
+                let d = match &unix {
+                    Ok(m) => m.get(&ino).cloned().ok_or((
+                        FdClass::Socket,
+                        "the kernel does not describe this socket (sock_diag)".to_owned(),
+                    ))?,
+                    Err(e) => {
+                        return refuse(format!("cannot ask the kernel about AF_UNIX sockets: {e}"))
+                    }
+                };
+                if d.name.as_ref().is_some_and(|n| !n.is_empty()) {
+                    return refuse(
+                        "bound AF_UNIX sockets are supported only while listening".into(),
+                    );
+                }
+                let peer_open = ours.contains(&d.peer) && d.peer != 0;
+                if !peer_open && d.shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
+                    return refuse(if d.peer == 0 {
+                        "AF_UNIX socket that is not connected".to_owned()
+                    } else {
+                        format!("connected to socket:[{}] in another process", d.peer)
+                    });
+                }
+                Ok(Socket::Pair(PairEnd {
+                    ino,
+                    pair: if peer_open { ino.min(d.peer) } else { ino },
+                    ty,
+                    peer_open,
+                    send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
+                    queued: None,
+                    sndbuf: opt(libc::SO_SNDBUF),
+                    rcvbuf: opt(libc::SO_RCVBUF),
+                    passcred: opt(libc::SO_PASSCRED) != 0,
+                }))
+            })();
+            (fd, r)
+        })
+        .collect()
+}
+
+/// Recreates every socket of `ends` and `listeners`: inode → descriptor. `queued(r)` reads a
+/// payload range of the image; `given` are listening sockets handed in by the caller, used for a
+/// listener of the same family, type and address instead of binding a new one.
+pub fn recreate(
+    ends: &[&PairEnd],
+    listeners: &[&Listener],
+    mut queued: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+    given: &[OwnedFd],
+) -> Result<BTreeMap<u64, OwnedFd>, String> {
+    let mut out = BTreeMap::new();
+    let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
+    for e in ends {
+        let v = pairs.entry(e.pair).or_default();
+        if !v.iter().any(|x| x.ino == e.ino) {
+            v.push(e);
+        }
+    }
+    for (id, mut v) in pairs {
+        v.sort_by_key(|e| e.ino);
+        let ty = v[0].ty;
+        let (a, b) = crate::sys::socketpair(ty)
+            .map_err(|e| format!("socket pair {id}: cannot create it: {e}"))?;
+        let sock = [&a, &b];
+        // The end that is not in the image (half-closed pair) is `b` and is closed at the end.
+        for (i, end) in v.iter().enumerate() {
+            let me = sock[i].as_raw_fd();
+            let other = sock[1 - i].as_raw_fd();
+            let _ =
+                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
+            let _ =
+                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_RCVBUF, end.rcvbuf / 2);
+            if end.passcred {
+                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+                    .map_err(|e| format!("socket:[{}]: cannot set SO_PASSCRED: {e}", end.ino))?;
+            }
+            if let Some(r) = end.queued {
+                let bytes = queued(r)?;
+                // What waits in this end's queue was sent by the other end.
+                let _ = crate::sys::setsockopt_int(
+                    other,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (bytes.len() as i32).saturating_mul(2).max(end.sndbuf / 2),
+                );
+                let mut at = 0;
+                while at < bytes.len() {
+                    let n = crate::sys::send_nowait(other, &bytes[at..]).map_err(|e| {
+                        format!(
+                            "socket:[{}]: cannot queue its {} bytes again: {e}",
+                            end.ino,
+                            bytes.len()
+                        )
+                    })?;
+                    at += n;
+                }
+            }
+        }
+        for (i, end) in v.iter().enumerate() {
+            if end.send_shutdown {
+                crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_WR)
+                    .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
+            }
+        }
+        let mut ends_fds = [Some(a), Some(b)];
+        for (i, end) in v.iter().enumerate() {
+            out.insert(end.ino, ends_fds[i].take().expect("one per end"));
+        }
+        // A half-closed pair: dropping `b` here closes the other end again.
+    }
+    for l in listeners {
+        if out.contains_key(&l.ino) {
+            continue;
+        }
+        out.insert(l.ino, listener(l, given)?);
+    }
+    Ok(out)
+}
+
+/// A human-readable address: "127.0.0.1:8080", "[::]:80", "/run/app.sock", "@abstract".
+pub fn describe(addr: &[u8]) -> String {
+    let fam = addr
+        .get(..2)
+        .map_or(0, |b| i32::from(u16::from_ne_bytes([b[0], b[1]])));
+    match fam {
+        libc::AF_INET if addr.len() >= 8 => format!(
+            "{}.{}.{}.{}:{}",
+            addr[4],
+            addr[5],
+            addr[6],
+            addr[7],
+            u16::from_be_bytes([addr[2], addr[3]])
+        ),
+        libc::AF_INET6 if addr.len() >= 24 => {
+            let ip: [u8; 16] = addr[8..24].try_into().expect("16");
+            format!(
+                "[{}]:{}",
+                std::net::Ipv6Addr::from(ip),
+                u16::from_be_bytes([addr[2], addr[3]])
+            )
+        }
+        libc::AF_UNIX => {
+            let path = &addr[2..];
+            match path.first() {
+                Some(0) => format!("@{}", String::from_utf8_lossy(&path[1..])),
+                _ => String::from_utf8_lossy(path.split(|&b| b == 0).next().unwrap_or(&[]))
+                    .into_owned(),
+            }
+        }
+        _ => format!("address of family {fam}"),
+    }
+}
+
+fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
+    let what = describe(&l.addr);
+    for g in given {
+        let fd = g.as_raw_fd();
+        let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1);
+        if opt(libc::SO_DOMAIN) == l.family
+            && opt(libc::SO_TYPE) == l.ty
+            && opt(libc::SO_ACCEPTCONN) == 1
+            && crate::sys::getsockname(fd).is_ok_and(|a| a == l.addr)
+        {
+            return g
+                .try_clone()
+                .map_err(|e| format!("listening socket {what}: {e}"));
+        }
+    }
+    let s = crate::sys::socket(l.family, l.ty, l.protocol)
+        .map_err(|e| format!("listening socket {what}: cannot create it: {e}"))?;
+    let fd = s.as_raw_fd();
+    let set = |level, opt, v: bool| {
+        crate::sys::setsockopt_int(fd, level, opt, i32::from(v))
+            .map_err(|e| format!("listening socket {what}: cannot set option {opt}: {e}"))
+    };
+    set(libc::SOL_SOCKET, libc::SO_REUSEADDR, l.reuseaddr)?;
+    if l.reuseport {
+        set(libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
+    }
+    if l.family == libc::AF_INET6 {
+        set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, l.v6only)?;
+    }
+    crate::sys::bind(fd, &l.addr).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            format!(
+                "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
+            )
+        } else {
+            format!("listening socket {what}: cannot bind: {e}")
+        }
+    })?;
+    crate::sys::listen(fd, l.backlog.max(1))
+        .map_err(|e| format!("listening socket {what}: cannot listen: {e}"))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_half_closed_pairs_are_told_apart_from_foreign_sockets() {
+        let (a, b) = crate::sys::socketpair(libc::SOCK_STREAM).unwrap();
+        let (c, d) = crate::sys::socketpair(libc::SOCK_STREAM).unwrap();
+        drop(d);
+        let (e, _f) = crate::sys::socketpair(libc::SOCK_STREAM).unwrap();
+        let ino = |fd: &OwnedFd| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .ino()
+        };
+        // `e`'s other end is left out of the list: as if it were in another process.
+        let fds: Vec<(i32, u64)> = [&a, &b, &c, &e]
+            .iter()
+            .map(|f| (f.as_raw_fd(), ino(f)))
+            .collect();
+        let r = classify(&fds);
+        let pair = |i: usize| match &r[i].1 {
+            Ok(Socket::Pair(p)) => p.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pair(0).pair, pair(1).pair);
+        assert!(pair(0).peer_open && pair(1).peer_open);
+        assert!(!pair(2).peer_open);
+        let why = r[3].1.as_ref().unwrap_err();
+        assert!(why.1.contains("in another process"), "{why:?}");
+    }
+
+    #[test]
+    fn addresses_read_well() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(describe(&v4), "127.0.0.1:8080");
+        let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/run/a.sock\0");
+        assert_eq!(describe(&un), "/run/a.sock");
+    }
+}
