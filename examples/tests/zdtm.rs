@@ -51,6 +51,7 @@ fn memory_contents_brk_and_layout() {
             Backing::Stack => "[stack]".into(),
             Backing::File { path, .. } => path.clone(),
             Backing::Special { name } => name.clone(),
+            Backing::Shared { object, .. } => format!("shared {object}"),
         };
         let p = |bit: i32, c: char| if vma.prot & bit as u32 != 0 { c } else { '-' };
         let shared = if vma.map_flags & libc::MAP_SHARED as u32 != 0 {

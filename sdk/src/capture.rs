@@ -157,6 +157,9 @@ pub struct Capture {
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     pub socks: Vec<SockPeek>,
+    /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
+    pub shm: Vec<crate::state::shmem::ShmCopy>,
+    pub mem: Option<OwnedFd>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
 }
@@ -189,6 +192,8 @@ impl Capture {
             fds,
             pipes,
             socks,
+            shm: Vec::new(),
+            mem: None,
             child: AtomicI64::new(0),
         })
     }
@@ -284,6 +289,10 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             0
         };
         s.got.store(got, Ordering::Release);
+    }
+    let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
+    for o in &c.shm {
+        o.copy(mem);
     }
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();

@@ -20,7 +20,7 @@ use crate::fd_policy::{FdAction, FdClass, FdPolicy};
 use crate::image::{Digest, ImageError, ImageWriter};
 use crate::restore::RestoreArgs;
 use crate::state::files::{FdKind, FdScan};
-use crate::state::memory::Vma;
+use crate::state::memory::{Backing, Vma};
 use crate::state::{self, Manifest};
 
 /// Default checkpoint signal: SIGRTMAX-1 (glibc reserves the first real-time signals).
@@ -204,7 +204,7 @@ impl Checkpoint {
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
 
-        let mut unsupported = preflight()?;
+        let (mut unsupported, maps) = preflight()?;
         let threads = list_threads(self.signal, &mut unsupported)?;
         let policy = FdPolicy::from_env()
             .map_err(CheckpointError::Policy)?
@@ -240,11 +240,17 @@ impl Checkpoint {
         let t0 = std::time::Instant::now();
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
-        let frozen = match capture::freeze(
-            self.signal,
-            Capture::new(me, &tids, fds, pipes, socks),
-            self.thread_timeout,
-        ) {
+        let mut capture = Capture::new(me, &tids, fds, pipes, socks);
+        capture.shm = crate::state::shmem::copies(&maps, &scan.memfds())
+            .map_err(io("preparing shared memory copies"))?;
+        if capture.shm.iter().any(|o| o.fd.is_none()) {
+            capture.mem = Some(
+                File::open("/proc/self/mem")
+                    .map_err(io("opening /proc/self/mem"))?
+                    .into(),
+            );
+        }
+        let frozen = match capture::freeze(self.signal, capture, self.thread_timeout) {
             Ok(f) => f,
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
@@ -356,7 +362,7 @@ impl Checkpoint {
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
             match &mut e.kind {
-                FdKind::Regular { pos, .. } => {
+                FdKind::Regular { pos, .. } | FdKind::Memfd { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
                     }
@@ -406,6 +412,30 @@ impl Checkpoint {
                 _ => {}
             }
         }
+        for o in &c.shm {
+            match o.finish(&mut writer)? {
+                Ok(obj) => m.shared.push(obj),
+                Err(why) => unsupported.push(format!(
+                    "shared memory object {} ({}): {why}",
+                    o.id,
+                    o.memfd
+                        .as_deref()
+                        .map_or("anonymous".into(), |n| format!("memfd {n}"))
+                )),
+            }
+        }
+        // Every mapping of a shared object must be of one that was copied (the snapshot's maps
+        // are the parent's at the same instant, but check rather than trust).
+        for v in &m.memory {
+            if let Backing::Shared { object, .. } = v.backing {
+                if !c.shm.iter().any(|o| o.id == object) {
+                    unsupported.push(format!(
+                        "mapping {:x}-{:x}: shared memory object {object} appeared during the checkpoint",
+                        v.start, v.end
+                    ));
+                }
+            }
+        }
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
         }
@@ -431,8 +461,8 @@ fn unmap_leftover() {
     }
 }
 
-/// State that rules out a checkpoint before anything is stopped.
-fn preflight() -> Result<Vec<String>, CheckpointError> {
+/// State that rules out a checkpoint before anything is stopped, and the process's mappings.
+fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), CheckpointError> {
     let mut why = Vec::new();
     let status = crate::procfs::read(crate::sys::getpid(), "status")
         .map_err(io("reading /proc/self/status"))?;
@@ -442,7 +472,7 @@ fn preflight() -> Result<Vec<String>, CheckpointError> {
     let maps =
         crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
     why.extend(maps.iter().filter_map(|m| Vma::classify(m).err()));
-    Ok(why)
+    Ok((why, maps))
 }
 
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.

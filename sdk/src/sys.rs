@@ -650,3 +650,95 @@ pub fn sock_diag(msg_type: u16, req: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         }
     }
 }
+
+/// pread64 into `len` writable bytes at `addr`. Async-signal-safe.
+pub fn pread_raw(fd: i32, addr: u64, len: usize, off: u64) -> i64 {
+    let mut done = 0usize;
+    while done < len {
+        let r = syscall6(
+            libc::SYS_pread64,
+            [
+                fd as u64,
+                addr + done as u64,
+                (len - done) as u64,
+                off + done as u64,
+                0,
+                0,
+            ],
+        );
+        if r < 0 {
+            return r;
+        }
+        if r == 0 {
+            break; // past the end: the rest stays zero
+        }
+        done += r as usize;
+    }
+    done as i64
+}
+
+/// lseek(fd, off, whence). Async-signal-safe.
+pub fn lseek_raw(fd: i32, off: u64, whence: i32) -> i64 {
+    syscall6(libc::SYS_lseek, [fd as u64, off, whence as u64, 0, 0, 0])
+}
+
+/// memfd_create(name, MFD_CLOEXEC [| MFD_ALLOW_SEALING]).
+pub fn memfd_create(name: &str, sealing: bool) -> io::Result<std::os::fd::OwnedFd> {
+    let name = std::ffi::CString::new(name.replace('\0', " ")).unwrap_or_default();
+    let flags = libc::MFD_CLOEXEC | if sealing { libc::MFD_ALLOW_SEALING } else { 0 };
+    check(syscall6(
+        libc::SYS_memfd_create,
+        [name.as_ptr() as u64, u64::from(flags), 0, 0, 0, 0],
+    ))
+    .map(owned)
+}
+
+pub fn ftruncate(fd: i32, len: u64) -> io::Result<()> {
+    check(syscall6(libc::SYS_ftruncate, [fd as u64, len, 0, 0, 0, 0])).map(drop)
+}
+
+/// Private anonymous memory marked MADV_DONTFORK: a buffer the frozen child does not have.
+#[derive(Debug)]
+pub struct DontForkBuf {
+    addr: u64,
+    len: usize,
+}
+
+impl DontForkBuf {
+    pub fn new(len: usize) -> io::Result<DontForkBuf> {
+        let addr = check(syscall6(
+            libc::SYS_mmap,
+            [
+                0,
+                len as u64,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64,
+                u64::MAX,
+                0,
+            ],
+        ))? as u64;
+        let buf = DontForkBuf { addr, len };
+        check(syscall6(
+            libc::SYS_madvise,
+            [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
+        ))?;
+        Ok(buf)
+    }
+
+    /// Where the kernel may write (pread_raw): the whole buffer is ours.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `addr..addr+len` is a private mapping this value owns until drop; it is only
+        // written by system calls made before this borrow (no Rust reference aliases them).
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+impl Drop for DontForkBuf {
+    fn drop(&mut self) {
+        syscall6(libc::SYS_munmap, [self.addr, self.len as u64, 0, 0, 0, 0]);
+    }
+}

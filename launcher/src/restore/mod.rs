@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use thaw::image::Image;
 use thaw::restore::{Plan, RestoreArgs};
 use thaw::state::creds::Credentials;
-use thaw::state::memory::Backing;
+use thaw::state::memory::{Backing, VmaAdvice};
 use thaw::state::platform::Platform;
 
 use crate::exit::{Code, Failure, Result};
@@ -142,6 +142,8 @@ struct Fds {
     /// Per image VMA index, the descriptor of its file.
     mapped: Vec<(usize, RawFd)>,
     _mapped_files: Vec<OwnedFd>,
+    /// Shared memory objects by id, above the process's numbers.
+    shared: Vec<(u64, OwnedFd)>,
     /// (number in the restored process, descriptor here, close-on-exec).
     placed: Vec<(RawFd, OwnedFd, bool)>,
     error_w: OwnedFd,
@@ -162,15 +164,15 @@ fn prepare_fds(
     sys::raise_nofile();
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
+    // Shared memory objects, created and filled here; mapped and sealed by the restorer.
+    let objects =
+        thaw::state::shmem::recreate(&m.shared, |r| read_payload(payload, payload_off, r))
+            .map_err(refused)?;
     let reopened = thaw::state::files::reopen(
         &m.files,
-        |r| {
-            let mut buf = vec![0u8; r.len as usize];
-            std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
-                .map_err(|e| format!("cannot read queued bytes from the image: {e}"))?;
-            Ok(buf)
-        },
+        |r| read_payload(payload, payload_off, r),
         listeners,
+        &objects,
     )
     .map_err(refused)?;
     let high = reopened
@@ -194,17 +196,52 @@ fn prepare_fds(
         )));
     }
     let exe = sys::dup_above(exe.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
-    let mut files: Vec<(thaw::state::FileId, OwnedFd)> = Vec::new();
+    let mut files: Vec<(thaw::state::FileId, bool, OwnedFd)> = Vec::new();
     let mut mapped = Vec::new();
+    let mut shared = Vec::new();
+    for (id, fd) in objects {
+        let fd = sys::dup_above(fd.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        shared.push((id, fd));
+    }
     for (i, vma) in m.memory.iter().enumerate() {
+        if let Backing::Shared { object, .. } = &vma.backing {
+            let fd = shared
+                .iter()
+                .find(|(id, _)| id == object)
+                .map(|(_, fd)| fd.as_raw_fd())
+                .ok_or_else(|| {
+                    Failure::new(
+                        Code::Corrupt,
+                        format!("mapping of unknown shared object {object}"),
+                    )
+                })?;
+            mapped.push((i, fd));
+            continue;
+        }
         let Backing::File { path, id, .. } = &vma.backing else {
             continue;
         };
-        let fd = match files.iter().find(|(known, _)| known == id) {
-            Some((_, fd)) => fd.as_raw_fd(),
+        let write = vma.advice & VmaAdvice::MAYWRITE != 0;
+        let fd = match files
+            .iter()
+            .find(|(known, w, _)| known == id && *w == write)
+        {
+            Some((_, _, fd)) => fd.as_raw_fd(),
             None => {
-                let f = std::fs::File::open(path)
-                    .map_err(|e| refused(format!("cannot open mapped file {path}: {e}")))?;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(path)
+                    .map_err(|e| {
+                        refused(format!(
+                            "cannot open mapped file {path}{}: {e}",
+                            if write {
+                                " for writing (it is mapped shared and writable)"
+                            } else {
+                                ""
+                            }
+                        ))
+                    })?;
                 let meta = f.metadata().map_err(|e| refused(format!("{path}: {e}")))?;
                 if thaw::state::FileId::of(&meta) != *id {
                     return Err(refused(format!(
@@ -214,7 +251,7 @@ fn prepare_fds(
                 let fd =
                     sys::dup_above(f.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
                 let raw = fd.as_raw_fd();
-                files.push((*id, fd));
+                files.push((*id, write, fd));
                 raw
             }
         };
@@ -251,12 +288,25 @@ fn prepare_fds(
         image: image_fd,
         exe,
         mapped,
-        _mapped_files: files.into_iter().map(|(_, fd)| fd).collect(),
+        _mapped_files: files.into_iter().map(|(_, _, fd)| fd).collect(),
+        shared,
         placed,
         error_w,
         error_r,
         keep,
     })
+}
+
+/// A verified range of the image's payload (the launcher's copy or the image file).
+fn read_payload(
+    payload: &std::fs::File,
+    payload_off: u64,
+    r: thaw::state::PayloadRef,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; r.len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
+        .map_err(|e| format!("cannot read {} bytes from the image: {e}", r.len))?;
+    Ok(buf)
 }
 
 /// The complete step list for the restored process.
@@ -305,6 +355,11 @@ fn build_plan(
             file_fd,
             uffd.map(|t| t.fd()),
         );
+    }
+    for o in &m.shared {
+        if let Some((_, fd)) = fds.shared.iter().find(|(id, _)| *id == o.id) {
+            o.plan_restore(&mut plan, fd.as_raw_fd());
+        }
     }
     if let Some(t) = &fds.transport {
         t.plan_send(&mut plan);

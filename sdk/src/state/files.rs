@@ -45,6 +45,11 @@ pub enum FdKind {
     Epoll {
         watches: Vec<EpollWatch>,
     },
+    /// A memfd, saved once in [`super::Manifest::shared`] with its mappings.
+    Memfd {
+        object: u64,
+        pos: u64,
+    },
     /// A socket pair end or a listening socket (see [`super::sockets`]).
     Socket(super::sockets::Socket),
     /// A descriptor the application's policy replaced with `/dev/null` (see
@@ -242,6 +247,21 @@ impl FdScan {
                 scan.refused.push(bad(class, why));
                 continue;
             }
+            if target.starts_with("/memfd:") {
+                match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                    Ok(meta) => {
+                        entry.kind = FdKind::Memfd {
+                            object: meta.ino(),
+                            pos: 0,
+                        };
+                        scan.entries.push(entry);
+                    }
+                    Err(e) => scan
+                        .refused
+                        .push(bad(FdClass::Other, &format!("cannot stat: {e}"))),
+                }
+                continue;
+            }
             if target.ends_with(" (deleted)") {
                 scan.refused
                     .push(bad(FdClass::Deleted, "the open file was deleted"));
@@ -388,11 +408,24 @@ impl FdScan {
         (refusals, changed)
     }
 
+    /// Memfds the process holds: (object id, a descriptor of it).
+    pub(crate) fn memfds(&self) -> Vec<(u64, i32)> {
+        let mut out: Vec<(u64, i32)> = Vec::new();
+        for e in &self.entries {
+            if let FdKind::Memfd { object, .. } = e.kind {
+                if !out.iter().any(|(o, _)| *o == object) {
+                    out.push((object, e.fd));
+                }
+            }
+        }
+        out
+    }
+
     /// Descriptors whose offset the signal handler must record.
     pub(crate) fn seekable(&self) -> Vec<i32> {
         self.entries
             .iter()
-            .filter(|e| matches!(e.kind, FdKind::Regular { .. }))
+            .filter(|e| matches!(e.kind, FdKind::Regular { .. } | FdKind::Memfd { .. }))
             .map(|e| e.fd)
             .collect()
     }
@@ -448,6 +481,7 @@ pub fn reopen(
     entries: &[FdEntry],
     mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
+    shared: &BTreeMap<u64, OwnedFd>,
 ) -> Result<Vec<(i32, OwnedFd)>, String> {
     use super::sockets::Socket;
     let ends: Vec<_> = entries
@@ -485,6 +519,15 @@ pub fn reopen(
             // number (epoll keys registrations on the number).
             FdKind::Epoll { .. } => crate::sys::epoll_create()
                 .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
+            FdKind::Memfd { object, pos } => {
+                let f = shared
+                    .get(object)
+                    .ok_or_else(|| format!("fd {fd}: memfd of unknown shared object {object}"))?
+                    .try_clone()
+                    .map_err(|err| format!("fd {fd}: {err}"))?;
+                crate::sys::lseek_raw(std::os::fd::AsRawFd::as_raw_fd(&f), *pos, libc::SEEK_SET);
+                f
+            }
             FdKind::Socket(s) => {
                 let ino = match s {
                     Socket::Pair(p) => p.ino,

@@ -39,6 +39,9 @@ impl VmaAdvice {
     pub const DONTDUMP: u32 = 4;
     pub const HUGEPAGE: u32 = 8;
     pub const NOHUGEPAGE: u32 = 16;
+    /// Not advice: a shared file mapping that may be writable (VM_MAYWRITE), so its file is
+    /// reopened read-write.
+    pub const MAYWRITE: u32 = 32;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +60,9 @@ pub enum Backing {
     },
     /// A kernel special mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]) moved, not copied.
     Special { name: String },
+    /// A `MAP_SHARED` mapping of a shared memory object (memfd or shared anonymous memory),
+    /// saved once in [`super::Manifest::shared`]; `offset` is in the object.
+    Shared { object: u64, offset: u64 },
 }
 
 use std::fs::File;
@@ -105,6 +111,9 @@ impl Vma {
         if m.has_flag("nh") {
             advice |= VmaAdvice::NOHUGEPAGE;
         }
+        if m.shared() && m.has_flag("mw") {
+            advice |= VmaAdvice::MAYWRITE;
+        }
         let mut map_flags = if m.shared() {
             libc::MAP_SHARED
         } else {
@@ -122,15 +131,21 @@ impl Vma {
                 m.describe()
             ));
         } else if m.shared()
-            && (m.inode == 0 || name.starts_with("/SYSV") || name.starts_with("/dev/zero"))
+            && m.inode != 0
+            && (name.starts_with("/memfd:") || name.starts_with("/dev/zero"))
         {
+            Backing::Shared {
+                object: m.inode,
+                offset: m.offset,
+            }
+        } else if m.shared() && (m.inode == 0 || name.starts_with("/SYSV")) {
             return Err(format!(
-                "{}: shared anonymous memory is not supported",
+                "{}: System V or device shared memory is not supported",
                 m.describe()
             ));
-        } else if m.shared() && p[1] == b'w' {
+        } else if m.shared() && p[1] == b'w' && name.contains("/hsperfdata_") {
             return Err(format!(
-                "{}: shared writable file mappings are not supported",
+                "{}: HotSpot's performance data file, deleted when this JVM exits, so the image could never be restored: start the JVM with -XX:+PerfDisableSharedMem",
                 m.describe()
             ));
         } else if name.ends_with(" (deleted)") {
@@ -258,6 +273,7 @@ impl Vma {
     ) {
         let what = match &self.backing {
             Backing::File { path, .. } => path.clone(),
+            Backing::Shared { object, .. } => format!("shared object {object}"),
             Backing::Special { .. } => return,
             b => format!("{b:?}").to_lowercase(),
         };
@@ -269,7 +285,7 @@ impl Vma {
         };
         let prot = u64::from(self.prot) | write;
         let (flags, fd, off) = match (&self.backing, file_fd) {
-            (Backing::File { offset, .. }, Some(fd)) => (
+            (Backing::File { offset, .. } | Backing::Shared { offset, .. }, Some(fd)) => (
                 u64::from(self.map_flags) | libc::MAP_FIXED_NOREPLACE as u64,
                 fd as u64,
                 *offset,

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod mm;
 pub mod platform;
 pub mod process;
+pub mod shmem;
 pub mod signals;
 pub mod sockets;
 pub mod threads;
@@ -33,6 +34,9 @@ pub struct Manifest {
     pub limits: Vec<limits::Rlimit>,
     pub creds: creds::Credentials,
     pub files: Vec<files::FdEntry>,
+    /// Shared memory objects (memfds, shared anonymous memory) that mappings and descriptors
+    /// refer to by id.
+    pub shared: Vec<shmem::SharedObject>,
     pub chunks: ChunkTable,
 }
 

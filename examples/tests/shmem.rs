@@ -1,0 +1,103 @@
+//! Shared memory end to end: memfds mapped several times (ZGC's heap), sealed memfds, memfds
+//! without a descriptor, shared anonymous memory, shared writable file mappings; HotSpot's
+//! performance data file refused with the flag that avoids it; a shared file gone at restore
+//! refused by name.
+
+mod common;
+
+use common::*;
+
+const CHECKS: [&str; 10] = [
+    "memfd: every view has the contents",
+    "memfd: a write through one view is seen by the others and the descriptor",
+    "memfd: same name and size",
+    "sealed memfd: contents and seals",
+    "memfd without a descriptor: contents",
+    "shared anonymous: contents",
+    "shared anonymous: the upper half is still read-only",
+    "shared anonymous: still shared with a forked child",
+    "shared file mapping: the file's contents",
+    "shared file mapping: writes reach the file",
+];
+
+#[test]
+fn shared_memory_in_every_mode() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-shmem", "m.thaw", &[]);
+    let m = env.manifest(&img);
+    assert_eq!(
+        m.shared.len(),
+        4,
+        "zgc_heap, sealed, closed-after-map, shared anonymous"
+    );
+    let heap = m
+        .shared
+        .iter()
+        .find(|o| o.memfd.as_deref() == Some("zgc_heap"))
+        .unwrap();
+    let saved: u64 = heap.pages.iter().map(|p| p.payload.len).sum();
+    assert_eq!(
+        saved,
+        (2 << 20) + 4096,
+        "only the non-zero pages of the 8 MiB memfd"
+    );
+    let modes: &[&[&str]] = if is_root() {
+        &[
+            &["--pid-mode", "host"],
+            &["--eager"],
+            &["--private-copy"],
+            &["--pid-mode", "ns"],
+        ]
+    } else {
+        &[&["--pid-mode", "ns"]]
+    };
+    for opts in modes {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &CHECKS);
+    }
+}
+
+#[test]
+fn shared_memory_as_nobody() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let img = env.checkpoint("zdtm-shmem", "m.thaw", &[]);
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    assert_all_ok(&o, &CHECKS);
+}
+
+#[test]
+fn hotspot_performance_data_is_refused_with_the_flag_that_avoids_it() {
+    let env = Env::new();
+    let o = command(&bin("zdtm-shmem"))
+        .arg(env.path("h.thaw"))
+        .arg(&env.key)
+        .arg("hsperf")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("hsperfdata_thaw/shared.data") && err.contains("-XX:+PerfDisableSharedMem"),
+        "{err}"
+    );
+    assert!(!env.path("h.thaw").exists());
+}
+
+#[test]
+fn a_shared_file_gone_at_restore_is_refused_by_name() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-shmem", "g.thaw", &[]);
+    std::fs::remove_file(env.path("shared.data")).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot open mapped file") && err.contains("shared.data"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}

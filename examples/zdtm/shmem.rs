@@ -1,0 +1,235 @@
+//! Shared memory: a memfd mapped MAP_SHARED three times (as ZGC maps its heap) and kept open; a
+//! sealed memfd; a memfd whose descriptor was closed after mapping it; MAP_SHARED|MAP_ANONYMOUS
+//! memory split in two by mprotect; a MAP_SHARED writable mapping of a regular file (IMAGE.data).
+//!
+//! `PROG IMAGE KEY [hsperf]`: with `hsperf`, the file is under a `hsperfdata_` directory, as
+//! HotSpot's is, and the checkpoint must be refused with the flag that avoids it.
+//!
+//! After restore: every view of an object shows its contents and a write through one is seen
+//! through the others and through the descriptor; names, sizes and seals are the same; shared
+//! anonymous memory is still shared with a forked child; the file mapping is the file.
+
+#[path = "common.rs"]
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const HEAP: usize = 8 << 20;
+const ANON: usize = 1 << 20;
+
+fn pattern(i: usize) -> u8 {
+    (i / 4096 * 31 + i % 4096 * 7 + 1) as u8
+}
+
+fn memfd(name: &str, flags: u32) -> OwnedFd {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: memfd_create with a valid C string.
+    let fd = unsafe { libc::memfd_create(n.as_ptr(), flags) };
+    assert!(fd >= 0);
+    // SAFETY: a new descriptor we own.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn map(fd: RawFd, len: usize, flags: i32) -> *mut u8 {
+    // SAFETY: a fresh mapping at an address the kernel chooses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
+fn view<'a>(p: *mut u8, len: usize) -> &'a mut [u8] {
+    // SAFETY: `p` is a live mapping of `len` bytes that this program never unmaps.
+    unsafe { std::slice::from_raw_parts_mut(p, len) }
+}
+
+fn main() {
+    let (image, _, extra) = common::argv();
+    let hsperf = extra.first().is_some_and(|a| a == "hsperf");
+
+    let heap = memfd("zgc_heap", libc::MFD_CLOEXEC);
+    // SAFETY: our own descriptor.
+    assert_eq!(unsafe { libc::ftruncate(heap.as_raw_fd(), HEAP as i64) }, 0);
+    let views: Vec<*mut u8> = (0..3)
+        .map(|_| map(heap.as_raw_fd(), HEAP, libc::MAP_SHARED))
+        .collect();
+    let v0 = view(views[0], HEAP);
+    for (i, b) in v0[..2 << 20].iter_mut().enumerate() {
+        *b = pattern(i);
+    }
+    v0[HEAP - 1] = 0xEE;
+
+    let sealed = memfd("sealed", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+    let sfd = sealed.as_raw_fd();
+    // SAFETY: our own descriptor and a valid buffer.
+    unsafe {
+        assert_eq!(libc::write(sfd, b"sealed bytes".as_ptr().cast(), 12), 12);
+        assert_eq!(
+            libc::fcntl(
+                sfd,
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+            ),
+            0
+        );
+    }
+
+    let gone = memfd("closed-after-map", libc::MFD_CLOEXEC);
+    // SAFETY: our own descriptor.
+    assert_eq!(unsafe { libc::ftruncate(gone.as_raw_fd(), 65536) }, 0);
+    let gone_map = map(gone.as_raw_fd(), 65536, libc::MAP_SHARED);
+    drop(gone);
+    view(gone_map, 65536)[4096..4100].copy_from_slice(b"kept");
+
+    let anon = map(-1, ANON, libc::MAP_SHARED | libc::MAP_ANONYMOUS);
+    for (i, b) in view(anon, ANON).iter_mut().enumerate() {
+        *b = pattern(i) ^ 0x55;
+    }
+    // SAFETY: the upper half of our own mapping becomes read-only.
+    let r = unsafe { libc::mprotect(anon.add(ANON / 2).cast(), ANON / 2, libc::PROT_READ) };
+    assert_eq!(r, 0);
+
+    let parent = std::path::Path::new(&image)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let dir = if hsperf {
+        let d = format!("{parent}/hsperfdata_thaw");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    } else {
+        parent
+    };
+    let data_path = format!("{dir}/shared.data");
+    std::fs::write(&data_path, b"file contents, page one").unwrap();
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data_path)
+        .unwrap();
+    let file_map = {
+        // SAFETY: a fresh shared mapping of our own file.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast::<u8>()
+    };
+    drop(data);
+
+    common::checkpoint();
+
+    let mut c = common::Checks::default();
+    let ok = (0..3).all(|k| {
+        let v = view(views[k], HEAP);
+        v[..2 << 20]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern(i))
+            && v[2 << 20..HEAP - 1].iter().all(|&b| b == 0)
+            && v[HEAP - 1] == 0xEE
+    });
+    c.check("memfd: every view has the contents", ok, "");
+    view(views[1], HEAP)[12345] = 0xAB;
+    let mut one = [0u8; 1];
+    // SAFETY: our descriptor and a 1-byte buffer.
+    unsafe { libc::pread(heap.as_raw_fd(), one.as_mut_ptr().cast(), 1, 12345) };
+    c.check(
+        "memfd: a write through one view is seen by the others and the descriptor",
+        view(views[0], HEAP)[12345] == 0xAB
+            && view(views[2], HEAP)[12345] == 0xAB
+            && one[0] == 0xAB,
+        "",
+    );
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", heap.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = std::fs::metadata(format!("/proc/self/fd/{}", heap.as_raw_fd()))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    c.check(
+        "memfd: same name and size",
+        link == "/memfd:zgc_heap (deleted)" && size == HEAP as u64,
+        format!("{link} {size}"),
+    );
+    // SAFETY: our own descriptors.
+    let (seals, grow) = unsafe {
+        (
+            libc::fcntl(sfd, libc::F_GET_SEALS),
+            libc::ftruncate(sfd, 1 << 20),
+        )
+    };
+    let mut sb = [0u8; 12];
+    // SAFETY: our descriptor and a 12-byte buffer.
+    unsafe { libc::pread(sfd, sb.as_mut_ptr().cast(), 12, 0) };
+    c.check(
+        "sealed memfd: contents and seals",
+        seals == libc::F_SEAL_SHRINK | libc::F_SEAL_GROW && grow == -1 && &sb == b"sealed bytes",
+        format!("seals {seals:#x} grow {grow}"),
+    );
+    c.check(
+        "memfd without a descriptor: contents",
+        &view(gone_map, 65536)[4096..4100] == b"kept",
+        "",
+    );
+    let a = view(anon, ANON);
+    c.check(
+        "shared anonymous: contents",
+        a.iter().enumerate().all(|(i, &b)| b == pattern(i) ^ 0x55),
+        "",
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let upper = format!("{:x}-", anon as usize + ANON / 2);
+    c.check(
+        "shared anonymous: the upper half is still read-only",
+        maps.lines()
+            .any(|l| l.starts_with(&upper) && l.contains(" r--s ")),
+        "",
+    );
+    // SAFETY: the child only writes one byte of shared memory and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        a[7] = 0x77;
+        // SAFETY: leaving the forked child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    c.check(
+        "shared anonymous: still shared with a forked child",
+        a[7] == 0x77,
+        a[7],
+    );
+    let fm = view(file_map, 4096);
+    // The file is the truth: an earlier restore of this image may have written its 'F'.
+    c.check(
+        "shared file mapping: the file's contents",
+        fm[1..].starts_with(b"ile contents, page one") && (fm[0] == b'f' || fm[0] == b'F'),
+        "",
+    );
+    fm[0] = b'F';
+    let on_disk = std::fs::read(&data_path).unwrap_or_default();
+    c.check(
+        "shared file mapping: writes reach the file",
+        on_disk.starts_with(b"File contents"),
+        "",
+    );
+    c.finish();
+}
