@@ -190,11 +190,12 @@ fn unsupported_state_is_named_and_the_application_continues() {
     assert!(out.contains("a seccomp filter is installed"), "{out}");
     assert!(out.contains("cat exit status: 0"), "{out}");
     assert!(
-        out.contains("socket:[") && out.contains("sockets are not supported"),
+        out.contains("socket:[")
+            && out.contains("AF_INET sockets are supported only while listening"),
         "{out}"
     );
     assert!(
-        out.contains("shared anonymous memory is not supported"),
+        out.contains("System V or device shared memory is not supported"),
         "{out}"
     );
     assert!(out.contains("still running: socket on 127.0.0.1:"), "{out}");

@@ -1,4 +1,4 @@
-//! A process holding state thaw cannot restore (a socket, a shared anonymous mapping, a pipe to
+//! A process holding state thaw cannot restore (a UDP socket, System V shared memory, a pipe to
 //! another process, a seccomp filter): the checkpoint fails with an error naming each item, and
 //! the application keeps running.
 
@@ -7,16 +7,14 @@ use std::io::Write;
 fn main() {
     let image = std::env::args().nth(1).expect("IMAGE");
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    // SAFETY: a fresh shared anonymous mapping.
+    // SAFETY: a fresh private System V segment, attached where the kernel chooses, marked for
+    // removal once detached.
     let shared = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+        assert!(id >= 0, "shmget");
+        let p = libc::shmat(id, std::ptr::null(), 0);
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        p
     };
     let mut cat = std::process::Command::new("cat")
         .stdin(std::process::Stdio::piped())

@@ -160,6 +160,8 @@ pub struct Capture {
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
     pub shm: Vec<crate::state::shmem::ShmCopy>,
     pub mem: Option<OwnedFd>,
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME (ns) just before the snapshot: no thread saw later.
+    pub clocks: [AtomicU64; 2],
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
 }
@@ -194,6 +196,7 @@ impl Capture {
             socks,
             shm: Vec::new(),
             mem: None,
+            clocks: Default::default(),
             child: AtomicI64::new(0),
         })
     }
@@ -294,6 +297,9 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     for o in &c.shm {
         o.copy(mem);
     }
+    let (mono, boot) = crate::state::clocks::now();
+    c.clocks[0].store(mono, Ordering::Relaxed);
+    c.clocks[1].store(boot, Ordering::Relaxed);
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();
     if child == 0 {

@@ -250,6 +250,8 @@ impl Checkpoint {
                     .into(),
             );
         }
+        // Freed before the snapshot, so that the restored heap is not trimmed by freeing them.
+        drop(maps);
         let frozen = match capture::freeze(self.signal, capture, self.thread_timeout) {
             Ok(f) => f,
             Err(capture::FreezeError::Io(e)) => {
@@ -320,6 +322,11 @@ impl Checkpoint {
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
+        m.clocks = state::clocks::Clocks {
+            boot_id: state::clocks::boot_id(),
+            monotonic_ns: c.clocks[0].load(Ordering::Relaxed),
+            boottime_ns: c.clocks[1].load(Ordering::Relaxed),
+        };
         m.creds = state::creds::Credentials::of(child).map_err(io("reading credentials"))?;
         m.signals = state::signals::SignalState::dump(c, self.signal, original_action);
         let mem = File::open(format!("/proc/{child}/mem"))

@@ -742,3 +742,23 @@ impl Drop for DontForkBuf {
         syscall6(libc::SYS_munmap, [self.addr, self.len as u64, 0, 0, 0, 0]);
     }
 }
+
+/// clock_gettime(clock) in nanoseconds (the system call, not the vDSO). Async-signal-safe.
+pub fn clock_ns(clock: i32) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    syscall6(
+        libc::SYS_clock_gettime,
+        [
+            clock as u64,
+            &mut ts as *mut libc::timespec as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -44,6 +44,11 @@ pub struct Args {
     /// one port. Repeatable. Sockets passed by systemd (LISTEN_FDS) are used the same way.
     #[arg(long = "listen-fd", value_name = "FD")]
     listen_fds: Vec<i32>,
+    /// Restore even when the image's CLOCK_MONOTONIC/CLOCK_BOOTTIME are ahead of this machine's
+    /// (taken before a reboot or elsewhere) and no time namespace can keep them continuous: the
+    /// process then sees them jump backwards.
+    #[arg(long)]
+    allow_clock_jump: bool,
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
@@ -109,6 +114,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
             lazy,
             listeners,
+            allow_clock_jump: args.allow_clock_jump,
         },
     )?;
     std::process::exit(status);

@@ -8,6 +8,7 @@ mod layout;
 pub mod lazy;
 pub mod policy;
 mod restorer;
+mod timens;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -65,6 +66,8 @@ pub struct Request {
     pub lazy: Option<lazy::Uffd>,
     /// Listening sockets handed in by the caller, used instead of binding the image's own.
     pub listeners: Vec<OwnedFd>,
+    /// Restore even if the image's clocks would jump backwards here (no time namespace).
+    pub allow_clock_jump: bool,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -651,6 +654,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
     let target = check_policy(image, &req)?;
     let pid = m.process.pid;
     let mode = req.pid_mode;
+    let timens = timens::decide(&m.clocks, mode, req.allow_clock_jump)?;
     let fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
@@ -671,14 +675,17 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
     // none reaches the new process with the launcher's handlers.
     let prepared = req.timing.map(|(start, _)| start.elapsed());
     let old_mask = sys::set_sigmask(u64::MAX);
+    let clocks = timens.then_some(&m.clocks);
     let supervised = match mode {
-        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, image),
-        _ => sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                refused(format!("PID {pid} is in use; use --pid-mode ns"))
-            } else {
-                failed(format!("cannot create the process with PID {pid}: {e}"))
-            }
+        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, image, clocks),
+        _ => clocks.map_or(Ok(()), timens::enter).and_then(|()| {
+            sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    refused(format!("PID {pid} is in use; use --pid-mode ns"))
+                } else {
+                    failed(format!("cannot create the process with PID {pid}: {e}"))
+                }
+            })
         }),
     };
     let child = match supervised {
@@ -789,6 +796,7 @@ fn spawn_in_namespace(
     stack_top: u64,
     fds: &Fds,
     image: &Image,
+    clocks: Option<&thaw::state::clocks::Clocks>,
 ) -> Result<i32> {
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS)
@@ -799,6 +807,9 @@ fn spawn_in_namespace(
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
     write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    if let Some(c) = clocks {
+        timens::enter(c)?;
+    }
     let init = sys::fork().map_err(|e| failed(format!("cannot fork the namespace init: {e}")))?;
     if init != 0 {
         return Ok(init);

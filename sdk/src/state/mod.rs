@@ -5,6 +5,7 @@
 //! been checked). Any change to a serialized type changes the encoding and therefore bumps
 //! [`crate::image::FORMAT_VERSION`].
 
+pub mod clocks;
 pub mod creds;
 pub mod files;
 pub mod limits;
@@ -37,6 +38,7 @@ pub struct Manifest {
     /// Shared memory objects (memfds, shared anonymous memory) that mappings and descriptors
     /// refer to by id.
     pub shared: Vec<shmem::SharedObject>,
+    pub clocks: clocks::Clocks,
     pub chunks: ChunkTable,
 }
 

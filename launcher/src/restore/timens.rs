@@ -1,0 +1,69 @@
+//! Keeping CLOCK_MONOTONIC and CLOCK_BOOTTIME from jumping backwards: an image taken before a
+//! reboot, or on another machine, is restored into a new time namespace whose offsets make both
+//! clocks continue from the values they had at the checkpoint (time spent in the image does not
+//! count, as for a stopped process). Creating one needs CAP_SYS_ADMIN over the caller's user
+//! namespace (root) in host mode; in namespace mode the launcher owns the new user namespace.
+
+use thaw::state::clocks::{self, Clocks};
+
+use super::PidMode;
+use crate::exit::{Code, Failure, Result};
+use crate::sys;
+
+/// Whether the restored process needs a time namespace: `Ok(true)` when it does and may have
+/// one, `Ok(false)` when its clocks are fine here (or a jump was accepted).
+pub fn decide(c: &Clocks, mode: PidMode, allow_jump: bool) -> Result<bool> {
+    let Some(behind) = c.behind(clocks::now()) else {
+        return Ok(false);
+    };
+    if mode == PidMode::Ns || may_create() {
+        return Ok(true);
+    }
+    let here = clocks::boot_id();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let why = format!(
+        "the image's clocks are ahead of this machine's (CLOCK_MONOTONIC by {:.3} s, CLOCK_BOOTTIME by {:.3} s; {}): restored here they would jump backwards",
+        secs(behind.monotonic_ns),
+        secs(behind.boottime_ns),
+        if c.boot_id == here {
+            "same boot".to_owned()
+        } else {
+            format!("taken on boot {}, this is boot {here}", c.boot_id)
+        }
+    );
+    if allow_jump {
+        eprintln!("thaw: warning: {why}");
+        return Ok(false);
+    }
+    Err(Failure::new(
+        Code::Refused,
+        format!(
+            "{why}; a time namespace that keeps them continuous needs root (CAP_SYS_ADMIN) or --pid-mode ns; --allow-clock-jump accepts the jump"
+        ),
+    ))
+}
+
+/// CAP_SYS_ADMIN in the effective set: what unshare(CLONE_NEWTIME) needs outside a new user
+/// namespace.
+fn may_create() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    thaw::procfs::field_hex(&status, "CapEff") & (1 << 21) != 0
+}
+
+/// Creates the time namespace the launcher's next child enters, with offsets for `c` computed
+/// from the clocks now.
+pub fn enter(c: &Clocks) -> Result<()> {
+    sys::unshare(libc::CLONE_NEWTIME).map_err(|e| {
+        Failure::new(
+            Code::Refused,
+            format!("cannot create a time namespace: {e}"),
+        )
+    })?;
+    let offsets = c.timens_offsets(clocks::now());
+    std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
+        Failure::new(
+            Code::RestoreFailed,
+            format!("cannot set the time namespace's offsets ({offsets:?}): {e}"),
+        )
+    })
+}
