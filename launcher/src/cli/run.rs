@@ -100,7 +100,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
-    let listeners = given_listeners(&args.listen_fds)?;
+    let listeners = given_listeners(&args.listen_fds, ctx)?;
     pause_for_tests(ctx)?;
     let verified = started.elapsed();
     let status = restore::run(
@@ -121,10 +121,14 @@ pub fn run(args: Args, ctx: &Context) -> Result {
 }
 
 /// The listening sockets the caller hands in: `--listen-fd` numbers and systemd's LISTEN_FDS
-/// (when LISTEN_PID names this process), each checked to be a listening socket.
-fn given_listeners(numbers: &[i32]) -> Result<Vec<std::os::fd::OwnedFd>> {
+/// (when LISTEN_PID names this process; not read by a privileged launcher, like every variable),
+/// each checked to be a listening socket.
+fn given_listeners(numbers: &[i32], ctx: &Context) -> Result<Vec<std::os::fd::OwnedFd>> {
     let mut fds: Vec<i32> = numbers.to_vec();
-    let env = |k| std::env::var(k).ok().and_then(|v| v.parse::<i32>().ok());
+    let env = |k| {
+        ctx.env(k)
+            .and_then(|v| v.to_str().and_then(|v| v.parse::<i32>().ok()))
+    };
     if env("LISTEN_PID") == Some(std::process::id() as i32) {
         fds.extend((0..env("LISTEN_FDS").unwrap_or(0).clamp(0, 1024)).map(|i| 3 + i));
     }

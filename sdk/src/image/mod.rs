@@ -1,4 +1,4 @@
-//! The thaw image format, version 2 (see docs/image-format.md for the history).
+//! The thaw image format, version 3 (see docs/image-format.md for the history).
 //!
 //! ```text
 //!  offset 0                     page_size            payload_off+payload_len   file end
