@@ -37,6 +37,8 @@ int main(int argc, char **argv) {
     static int checkpoints;
     thaw_on_checkpoint(before_checkpoint, &checkpoints);
     thaw_on_restore(reseed, NULL);
+    /* Descriptors left open by whatever started us (a shell's pipe) are closed after restore. */
+    thaw_set_fd_policy("any=drop");
     int r = thaw_checkpoint(argv[1], argc > 2 ? argv[2] : NULL, THAW_EXIT_AFTER_SAVE);
     if (r < 0) {
         fprintf(stderr, "checkpoint failed (%d): %s\n", r, thaw_last_error());

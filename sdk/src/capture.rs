@@ -396,6 +396,12 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
             std::mem::forget(p.copy_w);
             std::mem::forget(p.copy_r);
         }
+        // Likewise /proc/self/mem, and the shared-memory copies: MADV_DONTFORK, so never in the
+        // image; their addresses may hold the launcher's restorer region by now.
+        std::mem::forget(capture.mem.take());
+        for o in capture.shm.drain(..) {
+            o.abandon();
+        }
         return Ok(Frozen::Restored);
     }
     // Let the parked threads go, and wait until none of them touches the capture any more.

@@ -83,6 +83,11 @@ impl ShmCopy {
         })
     }
 
+    /// In a restored process: the buffer was never part of it, so it is not unmapped.
+    pub fn abandon(self) {
+        std::mem::forget(self.buf);
+    }
+
     fn push(&self, off: u64, len: u64) -> bool {
         let n = self.count.load(Ordering::Relaxed) as usize;
         if n >= MAX_EXTENTS {
