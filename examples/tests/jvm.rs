@@ -83,12 +83,7 @@ fn stock_jvm_with_g1_and_zgc_in_every_mode() {
                 .iter()
                 .any(|o| o.memfd.as_deref() == Some("java_heap")));
         }
-        let modes: &[&[&str]] = if is_root() {
-            &[&["--pid-mode", "host"], &["--eager"], &["--pid-mode", "ns"]]
-        } else {
-            &[&["--pid-mode", "ns"]]
-        };
-        for opts in modes {
+        for opts in every_mode() {
             for _ in 0..3 {
                 let o = env.restore(&img, opts, &[]);
                 assert_eq!(o.status.code(), Some(0), "{gc} {opts:?}: {}", text(&o));

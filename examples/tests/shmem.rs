@@ -41,17 +41,7 @@ fn shared_memory_in_every_mode() {
         (2 << 20) + 4096,
         "only the non-zero pages of the 8 MiB memfd"
     );
-    let modes: &[&[&str]] = if is_root() {
-        &[
-            &["--pid-mode", "host"],
-            &["--eager"],
-            &["--private-copy"],
-            &["--pid-mode", "ns"],
-        ]
-    } else {
-        &[&["--pid-mode", "ns"]]
-    };
-    for opts in modes {
+    for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &CHECKS);
     }

@@ -51,12 +51,7 @@ fn image(env: &Env) -> (std::path::PathBuf, u16) {
 fn in_process_sockets_and_listeners_in_every_mode() {
     let env = Env::new();
     let (img, _) = image(&env);
-    let modes: &[&[&str]] = if is_root() {
-        &[&["--pid-mode", "host"], &["--eager"], &["--pid-mode", "ns"]]
-    } else {
-        &[&["--pid-mode", "ns"]]
-    };
-    for opts in modes {
+    for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &CHECKS);
     }

@@ -84,6 +84,21 @@ pub fn as_user(mut c: Command, uid: u32, gid: u32) -> Command {
     c
 }
 
+/// `thaw run` options for every restore mode this user can test: lazy host, `--eager`,
+/// `--private-copy` and ns as root; ns only otherwise.
+pub fn every_mode() -> &'static [&'static [&'static str]] {
+    if is_root() {
+        &[
+            &["--pid-mode", "host"],
+            &["--eager"],
+            &["--private-copy"],
+            &["--pid-mode", "ns"],
+        ]
+    } else {
+        &[&["--pid-mode", "ns"]]
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

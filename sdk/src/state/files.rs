@@ -475,8 +475,10 @@ const REOPEN_FLAGS: u32 = (libc::O_ACCMODE
     | libc::O_LARGEFILE) as u32;
 
 /// Reopens every non-stdio descriptor of the image for the restored process: `(fd number, open
-/// descriptor)`. `payload(r)` reads a payload range of the image (pipe contents). Fails with a
-/// message naming the descriptor if a file is gone or is no longer the same file.
+/// descriptor)`. `payload(r)` reads a payload range of the image (pipe and socket contents);
+/// `given` are listening sockets the caller hands in; `shared` the recreated shared memory
+/// objects by id. Fails with a message naming the descriptor if a file is gone or is no longer
+/// the same file, or a socket cannot be recreated.
 pub fn reopen(
     entries: &[FdEntry],
     mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
@@ -484,21 +486,14 @@ pub fn reopen(
     shared: &BTreeMap<u64, OwnedFd>,
 ) -> Result<Vec<(i32, OwnedFd)>, String> {
     use super::sockets::Socket;
-    let ends: Vec<_> = entries
+    let socks: Vec<&Socket> = entries
         .iter()
         .filter_map(|e| match &e.kind {
-            FdKind::Socket(Socket::Pair(p)) => Some(p),
+            FdKind::Socket(s) => Some(s),
             _ => None,
         })
         .collect();
-    let listeners: Vec<_> = entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            FdKind::Socket(Socket::Listener(l)) => Some(l),
-            _ => None,
-        })
-        .collect();
-    let sockets = super::sockets::recreate(&ends, &listeners, &mut payload, given)?;
+    let sockets = super::sockets::recreate(&socks, &mut payload, given)?;
     let mut out = Vec::new();
     let mut pipes: BTreeMap<u64, (OwnedFd, OwnedFd)> = BTreeMap::new();
     for e in entries {

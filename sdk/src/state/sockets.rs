@@ -270,17 +270,20 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
         .collect()
 }
 
-/// Recreates every socket of `ends` and `listeners`: inode → descriptor. `queued(r)` reads a
-/// payload range of the image; `given` are listening sockets handed in by the caller, used for a
-/// listener of the same family, type and address instead of binding a new one.
+/// Recreates every socket (descriptors of one socket share it): inode → descriptor. `queued(r)`
+/// reads a payload range of the image; `given` are listening sockets handed in by the caller,
+/// used for a listener of the same family, type and address instead of binding a new one.
 pub fn recreate(
-    ends: &[&PairEnd],
-    listeners: &[&Listener],
+    sockets: &[&Socket],
     mut queued: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
 ) -> Result<BTreeMap<u64, OwnedFd>, String> {
     let mut out = BTreeMap::new();
     let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
+    let ends = sockets.iter().filter_map(|s| match s {
+        Socket::Pair(p) => Some(p),
+        Socket::Listener(_) => None,
+    });
     for e in ends {
         let v = pairs.entry(e.pair).or_default();
         if !v.iter().any(|x| x.ino == e.ino) {
@@ -339,11 +342,12 @@ pub fn recreate(
         }
         // A half-closed pair: dropping `b` here closes the other end again.
     }
-    for l in listeners {
-        if out.contains_key(&l.ino) {
-            continue;
+    for s in sockets {
+        if let Socket::Listener(l) = s {
+            if !out.contains_key(&l.ino) {
+                out.insert(l.ino, listener(l, given)?);
+            }
         }
-        out.insert(l.ino, listener(l, given)?);
     }
     Ok(out)
 }
