@@ -344,8 +344,8 @@ pub fn recreate(
     }
     for s in sockets {
         if let Socket::Listener(l) = s {
-            if !out.contains_key(&l.ino) {
-                out.insert(l.ino, listener(l, given)?);
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
+                v.insert(listener(l, given)?);
             }
         }
     }
