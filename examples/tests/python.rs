@@ -40,13 +40,25 @@ fn pandas_service_restores_with_its_threads_and_reseeds() {
         .unwrap();
     assert!(cold.status.success(), "{}", text(&cold));
     let img = env.path("py.thaw");
-    let o = python()
-        .arg(script())
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
+    // Started the way a shell that leaks a pipe starts it: the module's descriptor policy
+    // (fds={"any": "drop"}) leaves the pipe out.
+    let (_r, w) = std::io::pipe().unwrap();
+    let o = command_leaking(
+        Path::new("/usr/bin/python3"),
+        &[(std::os::fd::AsRawFd::as_raw_fd(&w), 9)],
+    )
+    .env("THAW_LIB", bin("libthaw.so"))
+    .env_remove("THAW_FD_POLICY")
+    .arg(script())
+    .arg(&img)
+    .arg(&env.key)
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !env.manifest(&img).files.iter().any(|f| f.fd == 9),
+        "fd 9 was left out"
+    );
     let m = env.manifest(&img);
     assert!(
         m.threads.len() >= 2,

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 16] = [
+const CHECKS: [&str; 17] = [
     "stream pair: bytes queued to b",
     "stream pair: 100 KiB queued to a",
     "stream pair: a non-blocking, b blocking",
@@ -24,6 +24,7 @@ const CHECKS: [&str; 16] = [
     "datagram pair: messages keep their boundaries",
     "tcp listener: same address",
     "tcp listener: accepts",
+    "tcp listener on [::1]: same address, accepts",
     "unix path listener: accepts",
     "unix abstract listener: accepts",
 ];

@@ -3,7 +3,8 @@
 //! Before the checkpoint: a stream pair with bytes queued both ways (100 KiB one way), one end
 //! non-blocking; a pair whose other end was closed after sending its last words; a pair whose
 //! other end was closed at once (the JDK's "pre-close" descriptor); a pair shut down one way; an
-//! empty datagram pair; a TCP listener on 127.0.0.1 (ephemeral port, backlog 7, SO_REUSEADDR); an
+//! empty datagram pair; a TCP listener on 127.0.0.1 (ephemeral port, backlog 7, SO_REUSEADDR) and
+//! one on [::1]; an
 //! AF_UNIX listener at IMAGE.sock and one at an abstract address.
 //!
 //! `PROG IMAGE KEY`: prints `tcp port N` and checkpoints. After restore it checks every socket,
@@ -80,6 +81,9 @@ fn main() {
     // SAFETY: re-listen with a backlog of 7 on our own listening socket.
     unsafe { libc::listen(tcp.as_raw_fd(), 7) };
     let tcp = tcp.into_raw_fd();
+    let tcp6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port6 = tcp6.local_addr().unwrap().port();
+    let tcp6 = tcp6.into_raw_fd();
     let path = format!("{image}.sock");
     let _ = std::fs::remove_file(&path);
     let unix_path = UnixListener::bind(&path).unwrap().into_raw_fd();
@@ -199,6 +203,14 @@ fn main() {
     let mut t = [0u8; 3];
     conn.read_exact(&mut t).unwrap();
     ch.check("tcp listener: accepts", &t == b"tcp", "");
+    // SAFETY: our listening socket; ManuallyDrop keeps it open.
+    let l6 = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(tcp6) });
+    let c6 = std::net::TcpStream::connect(("::1", port6));
+    ch.check(
+        "tcp listener on [::1]: same address, accepts",
+        c6.is_ok() && l6.accept().is_ok(),
+        format!("{c6:?}"),
+    );
 
     // SAFETY: our listening sockets; ManuallyDrop keeps them open.
     let up = std::mem::ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(unix_path) });
