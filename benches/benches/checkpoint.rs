@@ -1,5 +1,6 @@
 //! Checkpoint pause (how long the application is stopped) and total dump time for 1, 64 and
-//! 512 MiB of heap, beside fork() + exit + wait of the same process, in the same run.
+//! 512 MiB of heap, beside fork() + exit + wait of the same process, in the same run; and the
+//! pause with 64 MiB of shared memory (a memfd, as ZGC's heap), which is copied during the pause.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -14,8 +15,12 @@ struct App {
 
 impl App {
     fn start(mib: usize, threads: usize) -> App {
+        Self::start_with(mib, threads, "private")
+    }
+
+    fn start_with(mib: usize, threads: usize, memory: &str) -> App {
         let mut child = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"))
-            .args(["serve", &mib.to_string(), &threads.to_string()])
+            .args(["serve", &mib.to_string(), &threads.to_string(), memory])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -58,6 +63,19 @@ fn bench(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(if mib >= 512 { 20 } else { 5 }));
         g.bench_function(BenchmarkId::new("dump_total", mib), |b| {
             b.iter_custom(|n| app.ask(&format!("dump {n} {d}")))
+        });
+        drop(app.child.stdin.take());
+        let _ = app.child.wait();
+    }
+    g.finish();
+
+    // Shared memory is copied while the threads are parked: 64 MiB in a memfd vs on the heap.
+    let mut g = c.benchmark_group("checkpoint_shared");
+    g.sample_size(10);
+    for memory in ["private", "shared"] {
+        let mut app = App::start_with(64, 1, memory);
+        g.bench_function(BenchmarkId::new("pause", memory), |b| {
+            b.iter_custom(|n| app.ask(&format!("pause {n} {d}")))
         });
         drop(app.child.stdin.take());
         let _ = app.child.wait();

@@ -237,7 +237,6 @@ impl Checkpoint {
             .collect();
         let original_action = current_action(self.signal)?;
 
-        let t0 = std::time::Instant::now();
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
@@ -252,6 +251,7 @@ impl Checkpoint {
         }
         // Freed before the snapshot, so that the restored heap is not trimmed by freeing them.
         drop(maps);
+        let t0 = std::time::Instant::now();
         let frozen = match capture::freeze(self.signal, capture, self.thread_timeout) {
             Ok(f) => f,
             Err(capture::FreezeError::Io(e)) => {

@@ -677,6 +677,32 @@ pub fn pread_raw(fd: i32, addr: u64, len: usize, off: u64) -> i64 {
     done as i64
 }
 
+/// process_vm_readv on this process: copies `len` bytes at address `src` to the writable `dst`,
+/// the kernel checking that `src` is mapped readable (EFAULT otherwise). Async-signal-safe.
+pub fn read_own_memory(dst: u64, src: u64, len: usize) -> i64 {
+    let mut done = 0usize;
+    while done < len {
+        let local = [dst + done as u64, (len - done) as u64];
+        let remote = [src + done as u64, (len - done) as u64];
+        let r = syscall6(
+            libc::SYS_process_vm_readv,
+            [
+                getpid() as u64,
+                local.as_ptr() as u64,
+                1,
+                remote.as_ptr() as u64,
+                1,
+                0,
+            ],
+        );
+        if r <= 0 {
+            return if r == 0 { -(libc::EFAULT as i64) } else { r };
+        }
+        done += r as usize;
+    }
+    done as i64
+}
+
 /// lseek(fd, off, whence). Async-signal-safe.
 pub fn lseek_raw(fd: i32, off: u64, whence: i32) -> i64 {
     syscall6(libc::SYS_lseek, [fd as u64, off, whence as u64, 0, 0, 0])
@@ -723,6 +749,19 @@ impl DontForkBuf {
             [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
         ))?;
         Ok(buf)
+    }
+
+    /// Faults in `len` bytes at `off` (MADV_POPULATE_WRITE); a hint, failures are ignored.
+    pub fn populate(&self, off: u64, len: u64) {
+        const MADV_POPULATE_WRITE: u64 = 23;
+        let start = (off & !4095).min(self.len as u64);
+        let end = (off + len).next_multiple_of(4096).min(self.len as u64);
+        if end > start {
+            syscall6(
+                libc::SYS_madvise,
+                [self.addr + start, end - start, MADV_POPULATE_WRITE, 0, 0, 0],
+            );
+        }
     }
 
     /// Where the kernel may write (pread_raw): the whole buffer is ours.

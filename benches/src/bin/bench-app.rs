@@ -1,7 +1,8 @@
 //! The process the checkpoint and restore benchmarks measure.
 //!
-//! `bench-app serve MIB [THREADS]`: fills MIB of heap, starts THREADS-1 idle threads (blocked on
-//! a condition variable), then answers commands on stdin, one per line, with
+//! `bench-app serve MIB [THREADS [shared]]`: fills MIB of heap (with `shared`: of a memfd mapped
+//! MAP_SHARED, as ZGC keeps its heap), starts THREADS-1 idle threads (blocked on a condition
+//! variable), then answers commands on stdin, one per line, with
 //! the total nanoseconds on stdout:
 //!   `pause N DIR`  N checkpoints to DIR, summing the time the application was stopped;
 //!   `dump N DIR`   the same, summing the whole save() (snapshot, dump, write);
@@ -17,6 +18,30 @@ fn fill(mib: usize) -> Vec<u64> {
     (0..mib * (1 << 17))
         .map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
         .collect()
+}
+
+/// MIB of a memfd mapped shared, filled like [`fill`]; it stays for the life of the process.
+fn fill_shared(mib: usize) {
+    let len = mib << 20;
+    // SAFETY: a new memfd, sized and mapped shared at an address the kernel chooses; the mapping
+    // is filled through a slice of exactly its length and never unmapped.
+    unsafe {
+        let fd = libc::memfd_create(c"bench-heap".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0 && libc::ftruncate(fd, len as i64) == 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let words = std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8);
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
 }
 
 fn fork_wait() -> Duration {
@@ -58,7 +83,13 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => {
             idle_threads(threads(3));
-            serve(args[2].parse().expect("MIB"))
+            let mib = args[2].parse().expect("MIB");
+            if args.get(4).is_some_and(|a| a == "shared") {
+                fill_shared(mib);
+                serve(0)
+            } else {
+                serve(mib)
+            }
         }
         Some("image") => {
             idle_threads(threads(5));
