@@ -259,3 +259,45 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn payload_ranges_of_shared_memory_and_sockets_are_bounds_checked() {
+    use thaw::state::files::{FdEntry, FdKind};
+    use thaw::state::shmem::SharedObject;
+    use thaw::state::sockets::{PairEnd, Socket};
+    use thaw::state::PayloadRef;
+    let outside = PayloadRef {
+        offset: 1 << 40,
+        len: 4096,
+    };
+    for case in ["shared", "socket"] {
+        let f = fixture(true);
+        let image = ImageFile::open(&f.image).unwrap().verify(&f.trust).unwrap();
+        let mut m = image.manifest().clone();
+        match case {
+            "shared" => m.shared.push(SharedObject {
+                id: 1,
+                size: 1 << 41,
+                pages: vec![PageRun {
+                    addr: 0,
+                    payload: outside,
+                }],
+                ..Default::default()
+            }),
+            _ => m.files.push(FdEntry {
+                fd: 5,
+                kind: FdKind::Socket(Socket::Pair(PairEnd {
+                    queued: Some(outside),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        }
+        drop(image);
+        thaw::image::rewrite_manifest(&f.image, Some(&f.key), |old| *old = m.clone()).unwrap();
+        let err = ImageFile::open(&f.image)
+            .and_then(|i| i.verify(&f.trust))
+            .unwrap_err();
+        assert!(err.to_string().contains("lies outside"), "{case}: {err}");
+    }
+}

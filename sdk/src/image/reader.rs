@@ -167,8 +167,14 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
         .memory
         .iter()
         .flat_map(|v| v.pages.iter().map(|r| r.payload))
-        .chain(m.files.iter().filter_map(|f| match f.kind {
-            crate::state::files::FdKind::Pipe { buffered, .. } => buffered,
+        .chain(
+            m.shared
+                .iter()
+                .flat_map(|o| o.pages.iter().map(|r| r.payload)),
+        )
+        .chain(m.files.iter().filter_map(|f| match &f.kind {
+            crate::state::files::FdKind::Pipe { buffered, .. } => *buffered,
+            crate::state::files::FdKind::Socket(crate::state::sockets::Socket::Pair(p)) => p.queued,
             _ => None,
         }));
     for r in refs {
