@@ -9,10 +9,11 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 17] = [
+const CHECKS: [&str; 18] = [
     "stream pair: bytes queued to b",
     "stream pair: 100 KiB queued to a",
     "stream pair: a non-blocking, b blocking",
+    "stream pair: send buffer size",
     "stream pair: nothing more queued",
     "stream pair: still connected",
     "half-closed pair: last words, then end of file",

@@ -34,6 +34,22 @@ fn status_flags(fd: RawFd) -> i32 {
     unsafe { libc::fcntl(fd, libc::F_GETFL) }
 }
 
+fn sndbuf(fd: RawFd) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: an int option of our own socket into a 4-byte buffer.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
 fn pair() -> (RawFd, RawFd) {
     let (a, b) = UnixStream::pair().unwrap();
     (a.into_raw_fd(), b.into_raw_fd())
@@ -63,6 +79,20 @@ fn main() {
         s.set_nonblocking(false).unwrap();
     }
     stream(a).set_nonblocking(true).unwrap();
+    let set_sndbuf = |fd: RawFd, v: i32| {
+        // SAFETY: an int option of our own socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&v as *const i32).cast(),
+                4,
+            )
+        }
+    };
+    set_sndbuf(b, 50_000);
+    let sndbuf_b = sndbuf(b);
 
     let (c, d) = pair();
     stream(d).write_all(b"last words").unwrap();
@@ -113,6 +143,11 @@ fn main() {
         "stream pair: a non-blocking, b blocking",
         status_flags(a) & libc::O_NONBLOCK != 0 && status_flags(b) & libc::O_NONBLOCK == 0,
         "",
+    );
+    ch.check(
+        "stream pair: send buffer size",
+        sndbuf(b) == sndbuf_b,
+        format!("{} != {sndbuf_b}", sndbuf(b)),
     );
     let mut empty = [0u8; 1];
     ch.check(

@@ -330,6 +330,12 @@ pub fn recreate(
                 }
             }
         }
+        // Queuing may have raised a sender's buffer size: every end gets its own back.
+        for (i, end) in v.iter().enumerate() {
+            let me = sock[i].as_raw_fd();
+            let _ =
+                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
+        }
         for (i, end) in v.iter().enumerate() {
             if end.send_shutdown {
                 crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_WR)
