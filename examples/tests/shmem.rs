@@ -7,11 +7,13 @@ mod common;
 
 use common::*;
 
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 12] = [
     "memfd: every view has the contents",
     "memfd: a write through one view is seen by the others and the descriptor",
     "memfd: same name and size",
     "sealed memfd: contents and seals",
+    "write-sealed memfd: mapped contents, sealed, writes refused",
+    "memfd: the descriptor's offset",
     "memfd without a descriptor: contents",
     "shared anonymous: contents",
     "shared anonymous: the upper half is still read-only",
@@ -27,8 +29,8 @@ fn shared_memory_in_every_mode() {
     let m = env.manifest(&img);
     assert_eq!(
         m.shared.len(),
-        4,
-        "zgc_heap, sealed, closed-after-map, shared anonymous"
+        5,
+        "zgc_heap, sealed, write-sealed, closed-after-map, shared anonymous"
     );
     let heap = m
         .shared

@@ -116,3 +116,21 @@ fn listen_fd_must_be_a_listening_socket() {
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-fd 1: not a listening socket"));
 }
+
+#[test]
+fn a_datagram_pair_with_a_queued_message_is_refused_even_an_empty_one() {
+    let env = Env::new();
+    let o = command(&bin("zdtm-sockets"))
+        .arg(env.path("q.thaw"))
+        .arg(&env.key)
+        .arg("dgram-queued")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a datagram socket pair with queued messages"),
+        "{err}"
+    );
+    assert!(!env.path("q.thaw").exists());
+}

@@ -82,6 +82,31 @@ fn main() {
         );
     }
 
+    // Write-sealed and mapped read-only, as a producer hands data to consumers.
+    let frozen = memfd("write-sealed", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+    let ffd = frozen.as_raw_fd();
+    // SAFETY: our own descriptor, a valid buffer; a fresh read-only shared mapping of it.
+    let frozen_map = unsafe {
+        assert_eq!(libc::write(ffd, b"read-only data".as_ptr().cast(), 14), 14);
+        assert_eq!(libc::fcntl(ffd, libc::F_ADD_SEALS, libc::F_SEAL_WRITE), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            ffd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast::<u8>()
+    };
+    // The heap memfd's own offset is the application's: the checkpoint must keep it.
+    // SAFETY: our own descriptor.
+    assert_eq!(
+        unsafe { libc::lseek(heap.as_raw_fd(), 1234, libc::SEEK_SET) },
+        1234
+    );
+
     let gone = memfd("closed-after-map", libc::MFD_CLOEXEC);
     // SAFETY: our own descriptor.
     assert_eq!(unsafe { libc::ftruncate(gone.as_raw_fd(), 65536) }, 0);
@@ -183,6 +208,20 @@ fn main() {
         seals == libc::F_SEAL_SHRINK | libc::F_SEAL_GROW && grow == -1 && &sb == b"sealed bytes",
         format!("seals {seals:#x} grow {grow}"),
     );
+    // SAFETY: our own descriptors, valid buffers.
+    let (fseals, fwrite, fpos) = unsafe {
+        (
+            libc::fcntl(ffd, libc::F_GET_SEALS),
+            libc::pwrite(ffd, b"x".as_ptr().cast(), 1, 0),
+            libc::lseek(heap.as_raw_fd(), 0, libc::SEEK_CUR),
+        )
+    };
+    c.check(
+        "write-sealed memfd: mapped contents, sealed, writes refused",
+        view(frozen_map, 14) == b"read-only data" && fseals == libc::F_SEAL_WRITE && fwrite == -1,
+        format!("seals {fseals:#x} write {fwrite}"),
+    );
+    c.check("memfd: the descriptor's offset", fpos == 1234, fpos);
     c.check(
         "memfd without a descriptor: contents",
         &view(gone_map, 65536)[4096..4100] == b"kept",

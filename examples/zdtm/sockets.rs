@@ -7,7 +7,8 @@
 //! one on [::1]; an
 //! AF_UNIX listener at IMAGE.sock and one at an abstract address.
 //!
-//! `PROG IMAGE KEY`: prints `tcp port N` and checkpoints. After restore it checks every socket,
+//! `PROG IMAGE KEY [dgram-queued]`: prints `tcp port N` and checkpoints (with `dgram-queued`, an
+//! empty datagram waits in the datagram pair, and the checkpoint must be refused). After restore it checks every socket,
 //! prints `tcp ino N` (the listener's inode, for the --listen-fd test) and the checks.
 
 #[path = "common.rs"]
@@ -62,7 +63,7 @@ fn read_all_now(fd: RawFd, want: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let (image, _, _) = common::argv();
+    let (image, _, extra) = common::argv();
     let (a, b) = pair();
     stream(a).write_all(b"hello from a").unwrap();
     let big: Vec<u8> = (0..BIG).map(pattern).collect();
@@ -104,6 +105,10 @@ fn main() {
     let (g, h) = pair();
     stream(g).shutdown(std::net::Shutdown::Write).unwrap();
     let (i, j) = UnixDatagram::pair().unwrap();
+    if extra.first().is_some_and(|a| a == "dgram-queued") {
+        // An empty datagram: SIOCINQ says 0, yet a message is queued.
+        i.send(b"").unwrap();
+    }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
 
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -108,12 +108,21 @@ impl SockPeek {
         }
     }
 
-    /// The copied bytes, once the handler has run: `Err` names why they are incomplete.
+    /// For a datagram socket: whether any message (even an empty one) was queued.
+    pub fn has_messages(&self) -> bool {
+        self.got.load(Ordering::Acquire) != -(libc::EAGAIN as i64)
+    }
+
+    /// The copied bytes of a stream socket, once the handler has run: `Err` names why they are
+    /// incomplete.
     pub fn bytes(&self) -> Result<&[u8], String> {
         let (got, inq) = (
             self.got.load(Ordering::Acquire),
             self.inq.load(Ordering::Acquire),
         );
+        if inq == 0 {
+            return Ok(&[]); // nothing queued (a peek at end of file gives 0, when empty EAGAIN)
+        }
         if inq < 0 || got < 0 {
             return Err(format!(
                 "cannot read its queue: {}",
@@ -286,7 +295,9 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     for s in &c.socks {
         let n = sys::inq(s.fd);
         s.inq.store(n, Ordering::Relaxed);
-        let got = if n > 0 && n as usize <= s.buf.len() {
+        // Peek even when SIOCINQ says 0: for datagrams it gives the first message's length,
+        // which may be 0; only EAGAIN means nothing is queued.
+        let got = if (n as usize) <= s.buf.len() {
             sys::recv_peek(s.fd, s.addr, s.buf.len())
         } else {
             0

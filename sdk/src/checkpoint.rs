@@ -398,29 +398,38 @@ impl Checkpoint {
                     let Some(peek) = c.socks.iter().find(|s| s.ino == p.ino) else {
                         continue;
                     };
-                    let bytes = match peek.bytes() {
-                        Ok(b) => b,
-                        Err(why) => {
-                            unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino));
-                            continue;
-                        }
-                    };
-                    if !bytes.is_empty() {
-                        if p.ty != libc::SOCK_STREAM {
+                    if p.ty != libc::SOCK_STREAM {
+                        if peek.has_messages() {
                             unsupported.push(format!(
                                 "fd {} (socket:[{}]): a datagram socket pair with queued messages (message boundaries cannot be restored)",
                                 e.fd, p.ino
                             ));
-                            continue;
                         }
-                        p.queued = Some(writer.append_payload(bytes)?);
+                        continue;
+                    }
+                    match peek.bytes() {
+                        Ok(b) if b.is_empty() => {}
+                        Ok(b) => p.queued = Some(writer.append_payload(b)?),
+                        Err(why) => {
+                            unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino))
+                        }
                     }
                 }
                 _ => {}
             }
         }
         for o in &c.shm {
-            match o.finish(&mut writer)? {
+            let mapped: Vec<(u64, u64, u64)> = m
+                .memory
+                .iter()
+                .filter_map(|v| match v.backing {
+                    Backing::Shared { object, offset } if object == o.id => {
+                        Some((offset, v.start, v.end - v.start))
+                    }
+                    _ => None,
+                })
+                .collect();
+            match o.finish(&mapped, &mut writer)? {
                 Ok(obj) => m.shared.push(obj),
                 Err(why) => unsupported.push(format!(
                     "shared memory object {} ({}): {why}",

@@ -703,6 +703,17 @@ pub fn read_own_memory(dst: u64, src: u64, len: usize) -> i64 {
     done as i64
 }
 
+/// The size of the file open at `fd` (fstat). Async-signal-safe.
+pub fn fstat_size(fd: i32) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    check(syscall6(
+        libc::SYS_fstat,
+        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
+    ))?;
+    // SAFETY: fstat succeeded and filled the whole struct (it was zeroed before anyway).
+    Ok(unsafe { st.assume_init() }.st_size as u64)
+}
+
 /// lseek(fd, off, whence). Async-signal-safe.
 pub fn lseek_raw(fd: i32, off: u64, whence: i32) -> i64 {
     syscall6(libc::SYS_lseek, [fd as u64, off, whence as u64, 0, 0, 0])

@@ -43,6 +43,24 @@ pub fn decide(c: &Clocks, mode: PidMode, allow_jump: bool) -> Result<bool> {
     ))
 }
 
+/// The launcher's own time namespace offsets (ns) for CLOCK_MONOTONIC and CLOCK_BOOTTIME.
+fn own_offsets() -> (i64, i64) {
+    let text = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.first() == Some(&name)).then(|| {
+                    let s: i64 = w.get(1)?.parse().ok()?;
+                    let n: i64 = w.get(2)?.parse().ok()?;
+                    Some(s * 1_000_000_000 + n)
+                })?
+            })
+            .unwrap_or(0)
+    };
+    (get("monotonic"), get("boottime"))
+}
+
 /// CAP_SYS_ADMIN in the effective set: what unshare(CLONE_NEWTIME) needs outside a new user
 /// namespace.
 fn may_create() -> bool {
@@ -59,7 +77,15 @@ pub fn enter(c: &Clocks) -> Result<()> {
             format!("cannot create a time namespace: {e}"),
         )
     })?;
-    let offsets = c.timens_offsets(clocks::now());
+    // Offsets are relative to the host's clocks; the launcher's own may already be offset (it
+    // runs in a time namespace itself), and a new namespace does not inherit that.
+    let (mono, boot) = clocks::now();
+    let (own_mono, own_boot) = own_offsets();
+    let host = (
+        mono.saturating_sub_signed(own_mono),
+        boot.saturating_sub_signed(own_boot),
+    );
+    let offsets = c.timens_offsets(host);
     std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
         Failure::new(
             Code::RestoreFailed,

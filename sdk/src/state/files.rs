@@ -207,22 +207,28 @@ impl FdScan {
             }
             if target == "anon_inode:[eventpoll]" {
                 let mut watches = Vec::new();
+                let mut stale = Vec::new();
                 for (w, ino) in epoll_watches(&info) {
                     let same = std::fs::metadata(format!("/proc/self/fd/{}", w.fd))
                         .is_ok_and(|m| m.ino() == ino);
                     if !same {
-                        scan.refused.push(bad(
-                            FdClass::Other,
-                            &format!(
-                            "epoll watches fd {} which is closed or is no longer the watched file",
-                            w.fd
-                        ),
-                        ));
+                        stale.push(w.fd.to_string());
                     }
                     watches.push(w);
                 }
-                entry.kind = FdKind::Epoll { watches };
-                scan.entries.push(entry);
+                // An epoll with a watch that cannot be restored is refused as a whole.
+                if stale.is_empty() {
+                    entry.kind = FdKind::Epoll { watches };
+                    scan.entries.push(entry);
+                } else {
+                    scan.refused.push(bad(
+                        FdClass::Other,
+                        &format!(
+                            "epoll watches fd {} which is closed or is no longer the watched file",
+                            stale.join(", ")
+                        ),
+                    ));
+                }
                 continue;
             }
             if let Some(ino) = target
@@ -515,13 +521,22 @@ pub fn reopen(
             FdKind::Epoll { .. } => crate::sys::epoll_create()
                 .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
             FdKind::Memfd { object, pos } => {
-                let f = shared
+                // Its own open file description (offset, access mode, flags), as it had.
+                let obj = shared
                     .get(object)
-                    .ok_or_else(|| format!("fd {fd}: memfd of unknown shared object {object}"))?
-                    .try_clone()
-                    .map_err(|err| format!("fd {fd}: {err}"))?;
+                    .ok_or_else(|| format!("fd {fd}: memfd of unknown shared object {object}"))?;
+                let acc = e.flags & libc::O_ACCMODE as u32;
+                let f = std::fs::OpenOptions::new()
+                    .read(acc != libc::O_WRONLY as u32)
+                    .write(acc != libc::O_RDONLY as u32)
+                    .custom_flags((e.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32) as i32)
+                    .open(format!(
+                        "/proc/self/fd/{}",
+                        std::os::fd::AsRawFd::as_raw_fd(obj)
+                    ))
+                    .map_err(|err| format!("fd {fd}: cannot reopen its memfd: {err}"))?;
                 crate::sys::lseek_raw(std::os::fd::AsRawFd::as_raw_fd(&f), *pos, libc::SEEK_SET);
-                f
+                OwnedFd::from(f)
             }
             FdKind::Socket(s) => {
                 let ino = match s {

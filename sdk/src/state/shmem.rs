@@ -8,8 +8,9 @@
 //! MADV_DONTFORK, so they are not in the snapshot themselves, faulted in before the threads are
 //! stopped. The pause grows with the shared memory in use (see docs/benchmarks.md).
 //!
-//! At restore the launcher creates one memfd per object (same name, size and contents), the
-//! restorer maps it at every address it was mapped and then applies the object's seals.
+//! At restore the launcher creates one memfd per object (same name, size, contents and the seals
+//! that forbid writing or resizing), the restorer maps it at every address it was mapped and
+//! then adds F_SEAL_FUTURE_WRITE and F_SEAL_SEAL.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -45,6 +46,11 @@ pub struct ShmCopy {
     /// A descriptor of the object (memfds the process holds open), else `ranges` are read from
     /// /proc/self/mem.
     pub fd: Option<i32>,
+    /// Our own open file description of the object (reopened through /proc/self/fd), for
+    /// SEEK_DATA/SEEK_HOLE and pread: seeking the application's descriptor would move its offset.
+    own: Option<std::os::fd::OwnedFd>,
+    /// The object's size as the handler saw it (fstat), to detect growth since `size`.
+    seen_size: AtomicU64,
     /// (offset in the object, address, length) of each mapping.
     pub ranges: Vec<(u64, u64, u64)>,
     pub size: u64,
@@ -69,11 +75,16 @@ impl ShmCopy {
         let seals = fd
             .and_then(|fd| crate::sys::fcntl(fd, libc::F_GET_SEALS, 0).ok())
             .unwrap_or(0) as u32;
+        let own = fd
+            .map(|fd| {
+                std::fs::File::open(format!("/proc/self/fd/{fd}")).map(std::os::fd::OwnedFd::from)
+            })
+            .transpose()?;
         let buf = crate::sys::DontForkBuf::new(size.next_multiple_of(PAGE).max(PAGE) as usize)?;
         // Fault in the buffer where the object has data now, so that the pause copies memory
         // instead of allocating it (6x faster here).
         let populate = |off: u64, len: u64| buf.populate(off, len.min(size.saturating_sub(off)));
-        match fd {
+        match own.as_ref().map(|f| f.as_raw_fd()) {
             Some(fd) => {
                 let mut at = 0;
                 while at < size {
@@ -93,6 +104,8 @@ impl ShmCopy {
             id,
             memfd,
             fd,
+            own,
+            seen_size: AtomicU64::new(size),
             ranges,
             size,
             seals,
@@ -103,9 +116,11 @@ impl ShmCopy {
         })
     }
 
-    /// In a restored process: the buffer was never part of it, so it is not unmapped.
+    /// In a restored process: the buffer and our description were never part of it, so they
+    /// are neither unmapped nor closed.
     pub fn abandon(self) {
         std::mem::forget(self.buf);
+        std::mem::forget(self.own);
     }
 
     fn push(&self, off: u64, len: u64) -> bool {
@@ -152,8 +167,12 @@ impl ShmCopy {
     /// Copies the object. Runs in the checkpoint handler: system calls and atomics only.
     /// `mem` is a descriptor of /proc/self/mem.
     pub fn copy(&self, mem: i32) {
-        match self.fd {
+        match self.own.as_ref().map(|f| f.as_raw_fd()) {
             Some(fd) => {
+                self.seen_size.store(
+                    crate::sys::fstat_size(fd).unwrap_or(self.size),
+                    Ordering::Relaxed,
+                );
                 let mut at = 0u64;
                 while at < self.size {
                     let data = crate::sys::lseek_raw(fd, at, libc::SEEK_DATA);
@@ -204,9 +223,12 @@ impl ShmCopy {
         }
     }
 
-    /// After the handler: the object with its non-zero pages appended to the image.
+    /// After the handler: the object with its non-zero pages appended to the image. `mapped`
+    /// are the snapshot's mappings of this object, (offset, address, length): they must be the
+    /// ones that were copied, or the layout changed between the preparation and the snapshot.
     pub fn finish(
         &self,
+        mapped: &[(u64, u64, u64)],
         writer: &mut crate::image::ImageWriter,
     ) -> Result<Result<SharedObject, String>, crate::image::ImageError> {
         let err = self.error.load(Ordering::Acquire);
@@ -220,35 +242,63 @@ impl ShmCopy {
                 )
             }));
         }
+        let (mut want, mut had) = (mapped.to_vec(), self.ranges.clone());
+        want.sort_unstable();
+        had.sort_unstable();
+        if want != had {
+            return Ok(Err(
+                "its mappings changed while the checkpoint was prepared; try again".into(),
+            ));
+        }
+        let seen = self.seen_size.load(Ordering::Acquire);
+        if seen != self.size {
+            return Ok(Err(format!(
+                "it was resized from {} to {seen} bytes while the checkpoint was prepared; try again",
+                self.size
+            )));
+        }
+        // Disjoint, sorted extents (fd-less objects may be mapped twice over the same offsets).
+        let n = self.count.load(Ordering::Acquire) as usize;
+        let mut extents: Vec<(u64, u64)> = self.extents[..n]
+            .iter()
+            .map(|e| {
+                let off = e[0].load(Ordering::Relaxed);
+                (off, off + e[1].load(Ordering::Relaxed))
+            })
+            .collect();
+        extents.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in extents {
+            match merged.last_mut() {
+                Some((_, end)) if a <= *end => *end = (*end).max(b),
+                _ => merged.push((a, b)),
+            }
+        }
         let buf = self.buf.as_slice();
         let mut pages = Vec::new();
-        let n = self.count.load(Ordering::Acquire) as usize;
-        for e in &self.extents[..n] {
-            let (off, len) = (e[0].load(Ordering::Relaxed), e[1].load(Ordering::Relaxed));
+        let mut run: Option<(u64, u64)> = None;
+        for (off, end) in merged {
             let mut at = off - off % PAGE;
-            let end = (off + len).min(buf.len() as u64);
-            let mut run: Option<(u64, u64)> = None;
+            let end = end.min(buf.len() as u64);
             while at < end {
-                let page = &buf[at as usize..(at + PAGE).min(end) as usize];
-                if page.iter().any(|&b| b != 0) {
+                let next = (at + PAGE).min(end);
+                if buf[at as usize..next as usize].iter().any(|&b| b != 0) {
                     run = match run {
-                        Some((s, l)) if s + l == at => Some((s, l + page.len() as u64)),
+                        Some((s, e)) if e == at => Some((s, next)),
                         other => {
-                            if let Some((s, l)) = other {
-                                pages.push(append(writer, buf, s, l)?);
+                            if let Some((s, e)) = other {
+                                pages.push(append(writer, buf, s, e - s)?);
                             }
-                            Some((at, page.len() as u64))
+                            Some((at, next))
                         }
                     };
                 }
-                at += PAGE;
-            }
-            if let Some((s, l)) = run {
-                pages.push(append(writer, buf, s, l)?);
+                at = next;
             }
         }
-        pages.sort_by_key(|p: &PageRun| p.addr);
-        pages.dedup_by_key(|p| p.addr);
+        if let Some((s, e)) = run {
+            pages.push(append(writer, buf, s, e - s)?);
+        }
         Ok(Ok(SharedObject {
             id: self.id,
             memfd: self.memfd.clone(),
@@ -325,12 +375,15 @@ fn append(
     })
 }
 
-/// F_SEAL_* bits applied by the restorer once the object is mapped.
-pub const SEALS: u32 = (libc::F_SEAL_SEAL
-    | libc::F_SEAL_SHRINK
-    | libc::F_SEAL_GROW
-    | libc::F_SEAL_WRITE
-    | libc::F_SEAL_FUTURE_WRITE) as u32;
+/// Seals added before the object is mapped (a writable mapping could not exist with them, and a
+/// read-only shared mapping made before F_SEAL_WRITE would make the seal fail with EBUSY).
+const SEALS_BEFORE: u32 = (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE) as u32;
+/// Seals added by the restorer once every mapping exists: F_SEAL_FUTURE_WRITE allows the writable
+/// mappings made before it, F_SEAL_SEAL comes last.
+const SEALS_AFTER: u32 = (libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL) as u32;
+
+/// Largest piece of a page run read from the image at once.
+const PIECE: u64 = 4 << 20;
 
 /// Creates every object as a memfd with its contents: id → descriptor (launcher side).
 /// `payload(r)` reads a payload range of the image.
@@ -349,6 +402,7 @@ pub fn recreate(
             .map_err(|e| format!("{what}: cannot create it: {e}"))?;
         crate::sys::ftruncate(fd.as_raw_fd(), o.size)
             .map_err(|e| format!("{what}: cannot size it to {} bytes: {e}", o.size))?;
+        let file = std::fs::File::from(fd.try_clone().map_err(|e| format!("{what}: {e}"))?);
         for run in &o.pages {
             if run
                 .addr
@@ -357,13 +411,26 @@ pub fn recreate(
             {
                 return Err(format!("{what}: page run beyond its size"));
             }
-            let bytes = payload(run.payload)?;
-            std::os::unix::fs::FileExt::write_all_at(
-                &std::fs::File::from(fd.try_clone().map_err(|e| format!("{what}: {e}"))?),
-                &bytes,
-                run.addr,
+            // In pieces: a run may be gigabytes (a ZGC heap).
+            let mut done = 0;
+            while done < run.payload.len {
+                let len = (run.payload.len - done).min(PIECE);
+                let bytes = payload(PayloadRef {
+                    offset: run.payload.offset + done,
+                    len,
+                })?;
+                std::os::unix::fs::FileExt::write_all_at(&file, &bytes, run.addr + done)
+                    .map_err(|e| format!("{what}: cannot fill it: {e}"))?;
+                done += len;
+            }
+        }
+        if o.seals & SEALS_BEFORE != 0 {
+            crate::sys::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                u64::from(o.seals & SEALS_BEFORE),
             )
-            .map_err(|e| format!("{what}: cannot fill it: {e}"))?;
+            .map_err(|e| format!("{what}: cannot seal it ({:#x}): {e}", o.seals))?;
         }
         out.insert(o.id, fd);
     }
@@ -371,16 +438,16 @@ pub fn recreate(
 }
 
 impl SharedObject {
-    /// Seals, once every mapping exists (a write seal would forbid the writable ones).
+    /// The seals that must follow the mappings (see [`SEALS_AFTER`]).
     pub fn plan_restore(&self, plan: &mut crate::restore::Plan, fd: i32) {
-        if self.seals & SEALS != 0 {
+        if self.seals & SEALS_AFTER != 0 {
             plan.syscall(
                 format!("seal memfd {:?} ({:#x})", self.memfd, self.seals),
                 libc::SYS_fcntl,
                 [
                     fd as u64,
                     libc::F_ADD_SEALS as u64,
-                    u64::from(self.seals & SEALS),
+                    u64::from(self.seals & SEALS_AFTER),
                     0,
                     0,
                     0,

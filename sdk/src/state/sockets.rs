@@ -201,6 +201,12 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     if family == libc::AF_UNIX && addr.len() <= 2 {
                         return refuse("unnamed listening AF_UNIX socket".into());
                     }
+                    if family == libc::AF_UNIX && addr[2] != 0 && addr[2] != b'/' {
+                        return refuse(format!(
+                            "listening on the relative path {:?}, which depends on the working directory at bind time: bind to an absolute path",
+                            describe(&addr)
+                        ));
+                    }
                     return Ok(Socket::Listener(Listener {
                         ino,
                         family,
