@@ -408,7 +408,7 @@ impl Checkpoint {
                         continue;
                     }
                     match peek.bytes() {
-                        Ok(b) if b.is_empty() => {}
+                        Ok([]) => {}
                         Ok(b) => p.queued = Some(writer.append_payload(b)?),
                         Err(why) => {
                             unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino))
