@@ -102,10 +102,8 @@ fn main() {
     };
     // The heap memfd's own offset is the application's: the checkpoint must keep it.
     // SAFETY: our own descriptor.
-    assert_eq!(
-        unsafe { libc::lseek(heap.as_raw_fd(), 1234, libc::SEEK_SET) },
-        1234
-    );
+    let at = unsafe { libc::lseek(heap.as_raw_fd(), 1234, libc::SEEK_SET) };
+    assert_eq!(at, 1234);
 
     let gone = memfd("closed-after-map", libc::MFD_CLOEXEC);
     // SAFETY: our own descriptor.
