@@ -81,10 +81,8 @@ pub fn enter(c: &Clocks) -> Result<()> {
     // runs in a time namespace itself), and a new namespace does not inherit that.
     let (mono, boot) = clocks::now();
     let (own_mono, own_boot) = own_offsets();
-    let host = (
-        mono.saturating_sub_signed(own_mono),
-        boot.saturating_sub_signed(own_boot),
-    );
+    let minus = |clock: u64, off: i64| (i128::from(clock) - i128::from(off)).max(0) as u64;
+    let host = (minus(mono, own_mono), minus(boot, own_boot));
     let offsets = c.timens_offsets(host);
     std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
         Failure::new(
