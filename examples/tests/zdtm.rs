@@ -168,6 +168,8 @@ fn files_directories_and_pipes() {
             "pipe contents",
             "pipe works",
             "fd numbers",
+            "pipe: end of file once the writer closes",
+            "socket pair: end of file once the other end closes",
         ],
     );
 }

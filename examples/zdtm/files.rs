@@ -1,5 +1,7 @@
 //! File descriptors: a regular file at an offset, an append-mode writer, a directory, and a pipe
-//! inside the process with bytes buffered in it. EXTRA is a scratch directory.
+//! inside the process with bytes buffered in it. EXTRA is a scratch directory. After restore,
+//! closing the write end of a second pipe, or one end of a socket pair, gives the other end end
+//! of file at once: nothing else (the launcher) holds them.
 
 #[path = "common.rs"]
 mod common;
@@ -33,6 +35,10 @@ fn main() {
         )
     };
     pw.write_all(&[42u8; 100]).unwrap();
+    let mut more = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors we then own (closed by number after restore).
+    unsafe { libc::pipe(more.as_mut_ptr()) };
+    let (sa, sb) = std::os::unix::net::UnixStream::pair().unwrap();
 
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
@@ -65,6 +71,25 @@ fn main() {
         "fd numbers",
         pr.as_raw_fd() == fds[0] && pw.as_raw_fd() == fds[1],
         "moved",
+    );
+    let hup = |fd: i32| {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        p.revents & libc::POLLHUP != 0
+    };
+    // SAFETY: closes our own write end, used nowhere else.
+    unsafe { libc::close(more[1]) };
+    c.check("pipe: end of file once the writer closes", hup(more[0]), "");
+    drop(sb);
+    c.check(
+        "socket pair: end of file once the other end closes",
+        hup(sa.as_raw_fd()),
+        "",
     );
     c.finish();
 }

@@ -157,6 +157,18 @@ struct Fds {
     transport: Option<lazy::Transport>,
 }
 
+impl Fds {
+    /// The descriptors prepared for the process (it has its own copies once it exists).
+    fn process_side(&self) -> Vec<RawFd> {
+        [self.image.as_raw_fd(), self.exe.as_raw_fd()]
+            .into_iter()
+            .chain(self._mapped_files.iter().map(|f| f.as_raw_fd()))
+            .chain(self.shared.iter().map(|(_, f)| f.as_raw_fd()))
+            .chain(self.placed.iter().map(|(_, f, _)| f.as_raw_fd()))
+            .collect()
+    }
+}
+
 fn prepare_fds(
     image: &Image,
     payload: &std::fs::File,
@@ -695,12 +707,20 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             return Err(e);
         }
     };
+    // From here on the launcher holds nothing of the process's: a pipe or socket end kept here
+    // would keep its peer from ever seeing end of file, a listening socket would stay bound.
     let Fds {
         error_w,
         error_r,
         transport,
+        image: image_fd,
+        exe,
+        _mapped_files: mapped_files,
+        shared,
+        placed,
         ..
     } = fds;
+    drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
     drop(error_w);
     // The launcher keeps only its end of the socket: end of file there means the process died
     // before handing over its userfaultfd.
@@ -823,6 +843,10 @@ fn spawn_in_namespace(
     let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
         Ok(child) => {
             sys::close(fds.error_w.as_raw_fd());
+            // The init holds nothing of the process's either (see `run`).
+            for fd in fds.process_side() {
+                sys::close(fd);
+            }
             let sock = fds.transport.as_ref().and_then(|t| {
                 sys::close(t.child_end.as_raw_fd());
                 t.parent_end.try_clone().ok()
