@@ -45,6 +45,7 @@ fn header_and_library_agree() {
     // The constants have the same values.
     for (name, value) in [
         ("THAW_EXIT_AFTER_SAVE", "1u"),
+        ("THAW_LEAVE_CHILDREN_OUT", "2u"),
         ("THAW_SAVED", "0"),
         ("THAW_RESTORED", "1"),
         ("THAW_ERR_INVALID", "(-1)"),

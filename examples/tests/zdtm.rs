@@ -184,7 +184,15 @@ fn unsupported_state_is_named_and_the_application_continues() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.contains("4 unsupported item(s)"), "{out}");
+    assert!(out.contains("6 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains(".cwd (deleted) was deleted (it could not be entered again at restore)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("child process ") && out.contains("(cat, state "),
+        "{out}"
+    );
     assert!(
         out.contains("the other end of the pipe is not in this process"),
         "{out}"
@@ -228,4 +236,47 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
         "{err}"
     );
     assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn children_are_refused_by_name_or_left_out_on_request() {
+    let env = Env::new();
+    let img = env.path("c.thaw");
+    let o = command(&bin("zdtm-children"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg("refuse")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let pids: Vec<&str> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("children "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    assert!(out.contains("2 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "child process {} (zdtm-children, state S)",
+            pids[0]
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "child process {} (zdtm-children, state Z)",
+            pids[1]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("leave_children_out"), "{out}");
+    assert!(!img.exists());
+
+    let img = env.checkpoint("zdtm-children", "l.thaw", &["leave"]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["no children after restore"]);
+    }
 }

@@ -1,6 +1,6 @@
 //! A process holding state thaw cannot restore (a UDP socket, System V shared memory, a pipe to
-//! another process, a seccomp filter): the checkpoint fails with an error naming each item, and
-//! the application keeps running.
+//! a child process, the child itself, a seccomp filter, a deleted working directory): the
+//! checkpoint fails with an error naming each item, and the application keeps running.
 
 use std::io::Write;
 
@@ -42,6 +42,11 @@ fn main() {
         )
     };
     assert_eq!(r, 0, "seccomp filter");
+    // A working directory that is gone.
+    let gone = format!("{image}.cwd");
+    std::fs::create_dir(&gone).unwrap();
+    std::env::set_current_dir(&gone).unwrap();
+    std::fs::remove_dir(&gone).unwrap();
     match thaw::Checkpoint::to(&image).save() {
         Ok(_) => {
             println!("unexpectedly saved");

@@ -9,6 +9,7 @@ extern "C" {
 
 /* thaw_checkpoint flags */
 #define THAW_EXIT_AFTER_SAVE 1u /* the first life exits 0 once the image is written */
+#define THAW_LEAVE_CHILDREN_OUT 2u /* checkpoint although the process has children (left out) */
 
 /* thaw_checkpoint results */
 #define THAW_SAVED 0            /* first life: the image is written */

@@ -17,6 +17,7 @@ import os
 __all__ = ["checkpoint", "on_checkpoint", "on_restore", "Restored", "ThawError"]
 
 THAW_EXIT_AFTER_SAVE = 1
+THAW_LEAVE_CHILDREN_OUT = 2
 THAW_SAVED = 0
 THAW_RESTORED = 1
 
@@ -99,18 +100,22 @@ def _fd_spec(fds):
     return ",".join(f"{k}={v}" for k, v in fds.items())
 
 
-def checkpoint(image, key=None, exit_after_save=False, fds=None):
+def checkpoint(image, key=None, exit_after_save=False, fds=None, leave_children_out=False):
     """Snapshot this process into `image`. Returns None in the first life (or exits 0 with
     exit_after_save), and a Restored in the second life.
 
     `fds` is the descriptor policy for descriptors thaw cannot restore (a pipe or terminal left
     open by whatever started Python): a dict such as {"pipe": "drop", 251: "null", "any": "drop"}
     or the same as a string "pipe=drop,251=null"; actions are refuse, drop (closed after restore)
-    and null (/dev/null at its number). It overrides $THAW_FD_POLICY key by key."""
+    and null (/dev/null at its number). It overrides $THAW_FD_POLICY key by key.
+
+    A process with children (subprocesses, zombies not yet reaped) is refused, naming each,
+    unless leave_children_out: the image holds this process alone."""
     lib = _library()
     if lib.thaw_set_fd_policy(_fd_spec(fds).encode()) < 0:
         raise ThawError(-1, lib.thaw_last_error().decode(errors="replace"))
-    flags = THAW_EXIT_AFTER_SAVE if exit_after_save else 0
+    flags = (THAW_EXIT_AFTER_SAVE if exit_after_save else 0) | (
+        THAW_LEAVE_CHILDREN_OUT if leave_children_out else 0)
     r = lib.thaw_checkpoint(os.fsencode(image), os.fsencode(key) if key else None, flags)
     if r < 0:
         raise ThawError(r, lib.thaw_last_error().decode(errors="replace"))

@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 /// `thaw_checkpoint` flag: the first life exits 0 once the image is written.
 pub const THAW_EXIT_AFTER_SAVE: c_uint = 1;
+/// `thaw_checkpoint` flag: checkpoint even though the process has children (they are left out).
+pub const THAW_LEAVE_CHILDREN_OUT: c_uint = 2;
 
 /// Return values of `thaw_checkpoint`.
 pub const THAW_SAVED: c_int = 0;
@@ -71,7 +73,9 @@ pub unsafe extern "C" fn thaw_checkpoint(
         return set_error(THAW_ERR_INVALID, "image_path is NULL");
     };
     let path = std::ffi::OsStr::from_bytes(path.to_bytes());
-    let mut cp = crate::Checkpoint::to(path).exit_after_save(flags & THAW_EXIT_AFTER_SAVE != 0);
+    let mut cp = crate::Checkpoint::to(path)
+        .exit_after_save(flags & THAW_EXIT_AFTER_SAVE != 0)
+        .leave_children_out(flags & THAW_LEAVE_CHILDREN_OUT != 0);
     if let Some(key) = key {
         cp = cp.sign_with(std::ffi::OsStr::from_bytes(key.to_bytes()));
     }

@@ -131,6 +131,7 @@ pub struct Checkpoint {
     signal: i32,
     thread_timeout: std::time::Duration,
     fds: FdPolicy,
+    leave_children_out: bool,
 }
 
 impl Checkpoint {
@@ -143,7 +144,16 @@ impl Checkpoint {
             signal: DEFAULT_SIGNAL,
             thread_timeout: std::time::Duration::from_secs(2),
             fds: FdPolicy::new(),
+            leave_children_out: false,
         }
+    }
+
+    /// Checkpoint even though the process has children: the image holds this process alone, so
+    /// after restore its first life's children are not its children (`waitpid` fails with ECHILD).
+    /// Without it, children make the checkpoint fail, each named with its PID and state.
+    pub fn leave_children_out(mut self, yes: bool) -> Self {
+        self.leave_children_out = yes;
+        self
     }
 
     /// What to do with descriptor `fd`: leave it out of the image, restore `/dev/null` at its
@@ -205,6 +215,7 @@ impl Checkpoint {
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
 
         let (mut unsupported, maps) = preflight()?;
+        unsupported.extend(state::process::refusals(self.leave_children_out));
         let threads = list_threads(self.signal, &mut unsupported)?;
         let policy = FdPolicy::from_env()
             .map_err(CheckpointError::Policy)?

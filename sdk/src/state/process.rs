@@ -81,3 +81,52 @@ impl Process {
         );
     }
 }
+
+/// What rules out a checkpoint of the process as such: a working directory that is gone (it
+/// could not be entered again), and children (a checkpoint saves this process alone: after
+/// restore `waitpid` would fail and the first life's children would run on), unless
+/// `leave_children_out`.
+pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
+    let mut why = Vec::new();
+    if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
+        let cwd = cwd.to_string_lossy();
+        if cwd.ends_with(" (deleted)") {
+            why.push(format!(
+                "the working directory {cwd} was deleted (it could not be entered again at restore)"
+            ));
+        }
+    }
+    if leave_children_out {
+        return why;
+    }
+    for pid in children() {
+        let stat = procfs::stat_fields(pid).unwrap_or_default();
+        let name = procfs::read(pid, "comm").unwrap_or_default();
+        let state = stat.get(3).map_or("?", String::as_str);
+        why.push(format!(
+            "child process {pid} ({}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first, or leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python)",
+            name.trim()
+        ));
+    }
+    why
+}
+
+/// The process's children (of every thread), zombies included.
+fn children() -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let tid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()
+        })
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
