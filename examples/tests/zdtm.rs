@@ -184,7 +184,15 @@ fn unsupported_state_is_named_and_the_application_continues() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.contains("6 unsupported item(s)"), "{out}");
+    assert!(out.contains("8 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains(".lock): holds a FLOCK ADVISORY WRITE lock"),
+        "{out}"
+    );
+    assert!(
+        out.contains("/status): a /proc file describes one process"),
+        "{out}"
+    );
     assert!(
         out.contains(".cwd (deleted) was deleted (it could not be entered again at restore)"),
         "{out}"
@@ -279,4 +287,30 @@ fn children_are_refused_by_name_or_left_out_on_request() {
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &["no children after restore"]);
     }
+}
+
+#[test]
+fn interval_timers_are_restored_posix_timers_refused_by_name() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-timers", "t.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "real timer armed with at most what it had left",
+                "profiling timer armed, interval kept",
+                "SIGALRM arrives",
+            ],
+        );
+    }
+    let o = command(&bin("zdtm-timers"))
+        .arg(env.path("p.thaw"))
+        .arg(&env.key)
+        .arg("posix")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("POSIX timer(s) 0 (timer_create)"), "{out}");
 }

@@ -1,5 +1,6 @@
 //! A process holding state thaw cannot restore (a UDP socket, System V shared memory, a pipe to
-//! a child process, the child itself, a seccomp filter, a deleted working directory): the
+//! a child process, the child itself, a seccomp filter, a deleted working directory, a file lock,
+//! a /proc file): the
 //! checkpoint fails with an error naming each item, and the application keeps running.
 
 use std::io::Write;
@@ -42,6 +43,14 @@ fn main() {
         )
     };
     assert_eq!(r, 0, "seccomp filter");
+    // A lock, and a /proc file.
+    let locked = std::fs::File::create(format!("{image}.lock")).unwrap();
+    // SAFETY: an exclusive flock on our own file.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&locked), libc::LOCK_EX) },
+        0
+    );
+    let status = std::fs::File::open("/proc/self/status").unwrap();
     // A working directory that is gone.
     let gone = format!("{image}.cwd");
     std::fs::create_dir(&gone).unwrap();
@@ -62,6 +71,6 @@ fn main() {
         sock.local_addr().unwrap(),
         cat.wait().unwrap()
     );
-    let _ = shared;
+    let _ = (shared, locked, status);
     println!("exists: {}", std::path::Path::new(&image).exists());
 }

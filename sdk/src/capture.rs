@@ -171,6 +171,8 @@ pub struct Capture {
     pub mem: Option<OwnedFd>,
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME (ns) just before the snapshot: no thread saw later.
     pub clocks: [AtomicU64; 2],
+    /// Interval timers ([interval, value] µs of REAL, VIRTUAL, PROF) at the snapshot.
+    pub itimers: [[AtomicU64; 2]; 3],
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
 }
@@ -206,6 +208,7 @@ impl Capture {
             shm: Vec::new(),
             mem: None,
             clocks: Default::default(),
+            itimers: Default::default(),
             child: AtomicI64::new(0),
         })
     }
@@ -307,6 +310,10 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
         o.copy(mem);
+    }
+    for (slot, t) in c.itimers.iter().zip(crate::state::timers::read()) {
+        slot[0].store(t[0], Ordering::Relaxed);
+        slot[1].store(t[1], Ordering::Relaxed);
     }
     let (mono, boot) = crate::state::clocks::now();
     c.clocks[0].store(mono, Ordering::Relaxed);

@@ -333,6 +333,11 @@ impl Checkpoint {
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
+        m.timers = state::timers::Itimers::from_raw(
+            c.itimers
+                .each_ref()
+                .map(|t| [t[0].load(Ordering::Relaxed), t[1].load(Ordering::Relaxed)]),
+        );
         m.clocks = state::clocks::Clocks {
             boot_id: state::clocks::boot_id(),
             monotonic_ns: c.clocks[0].load(Ordering::Relaxed),

@@ -812,3 +812,14 @@ pub fn clock_ns(clock: i32) -> u64 {
     );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// getitimer(which) as (interval, value) in microseconds. Async-signal-safe.
+pub fn getitimer(which: i32) -> (u64, u64) {
+    let mut v = [0i64; 4];
+    syscall6(
+        libc::SYS_getitimer,
+        [which as u64, v.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    let us = |s: i64, u: i64| (s.max(0) as u64) * 1_000_000 + u.max(0) as u64;
+    (us(v[0], v[1]), us(v[2], v[3]))
+}

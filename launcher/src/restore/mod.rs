@@ -402,6 +402,7 @@ fn build_plan(
         lim.plan_restore(&mut plan);
     }
     m.signals.plan_restore(&mut plan);
+    m.timers.plan_restore(&mut plan);
 
     // Tell the process it was restored, and where its arguments are.
     let args_bytes =

@@ -268,6 +268,24 @@ impl FdScan {
                 }
                 continue;
             }
+            if let Some(lock) = info.lines().find_map(|l| l.strip_prefix("lock:")) {
+                let kind: Vec<&str> = lock.split_whitespace().skip(1).take(3).collect();
+                scan.refused.push(bad(
+                    FdClass::Other,
+                    &format!(
+                        "holds a {} lock, which would be gone after restore (locks are not restored yet): release it before the checkpoint",
+                        kind.join(" ")
+                    ),
+                ));
+                continue;
+            }
+            if target.starts_with("/proc/") {
+                scan.refused.push(bad(
+                    FdClass::Other,
+                    "a /proc file describes one process at one moment and cannot be reopened as the same file; open it again after restore",
+                ));
+                continue;
+            }
             if target.ends_with(" (deleted)") {
                 scan.refused
                     .push(bad(FdClass::Deleted, "the open file was deleted"));

@@ -17,6 +17,7 @@ pub mod shmem;
 pub mod signals;
 pub mod sockets;
 pub mod threads;
+pub mod timers;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,7 @@ pub struct Manifest {
     /// refer to by id.
     pub shared: Vec<shmem::SharedObject>,
     pub clocks: clocks::Clocks,
+    pub timers: timers::Itimers,
     pub chunks: ChunkTable,
 }
 

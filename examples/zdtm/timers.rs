@@ -1,0 +1,94 @@
+//! Interval timers: ITIMER_REAL with 200 ms left (as `alarm` would arm it) and ITIMER_PROF with
+//! 10 s left and a 1 s interval. After restore both are armed with what they had left (never
+//! more), the profiling interval is intact, and SIGALRM arrives.
+//!
+//! `PROG IMAGE KEY posix`: a POSIX timer (timer_create) instead; the checkpoint must be refused
+//! naming it (printed, exit 3).
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ALARM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_alarm(_: i32) {
+    ALARM.store(true, Ordering::SeqCst);
+}
+
+fn itimer(which: i32) -> (u64, u64) {
+    let mut v: libc::itimerval = unsafe_zeroed();
+    // SAFETY: a valid itimerval to fill.
+    unsafe { libc::getitimer(which, &mut v) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    (us(v.it_interval), us(v.it_value))
+}
+
+fn unsafe_zeroed<T>() -> T {
+    // SAFETY: only used for plain C structs of integers.
+    unsafe { std::mem::zeroed() }
+}
+
+fn set(which: i32, interval_us: i64, value_us: i64) {
+    let tv = |us: i64| libc::timeval {
+        tv_sec: us / 1_000_000,
+        tv_usec: us % 1_000_000,
+    };
+    let v = libc::itimerval {
+        it_interval: tv(interval_us),
+        it_value: tv(value_us),
+    };
+    // SAFETY: a valid itimerval.
+    assert_eq!(
+        unsafe { libc::setitimer(which, &v, std::ptr::null_mut()) },
+        0
+    );
+}
+
+fn main() {
+    let (image, key, extra) = common::argv();
+    if extra.first().is_some_and(|a| a == "posix") {
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: a default (SIGALRM) timer on CLOCK_MONOTONIC, its id written to `id`.
+        assert_eq!(
+            unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut id) },
+            0
+        );
+        let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            println!("refused: {e}");
+            std::process::exit(3);
+        }
+        std::process::exit(1);
+    }
+    // SAFETY: installs a handler that only stores an atomic.
+    unsafe { libc::signal(libc::SIGALRM, on_alarm as *const () as usize) };
+    set(libc::ITIMER_REAL, 0, 200_000);
+    set(libc::ITIMER_PROF, 1_000_000, 10_000_000);
+    // CPU-time timers count in ticks: what they report is rounded up to one (at most 10 ms).
+    let (_, prof_before) = itimer(libc::ITIMER_PROF);
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    let (ri, rv) = itimer(libc::ITIMER_REAL);
+    let (pi, pv) = itimer(libc::ITIMER_PROF);
+    c.check(
+        "real timer armed with at most what it had left",
+        ri == 0 && (ALARM.load(Ordering::SeqCst) || (rv > 0 && rv <= 200_000)),
+        format!("interval {ri} value {rv}"),
+    );
+    c.check(
+        "profiling timer armed, interval kept",
+        pi == 1_000_000 && pv > 0 && pv <= prof_before + 10_000,
+        format!("interval {pi} value {pv}"),
+    );
+    // SIGALRM comes: wait for it (no timeout: the test harness bounds the run).
+    while !ALARM.load(Ordering::SeqCst) {
+        // SAFETY: pause() returns when a signal handler has run.
+        unsafe { libc::pause() };
+    }
+    c.check("SIGALRM arrives", true, "");
+    c.finish();
+}

@@ -1,0 +1,70 @@
+//! Interval timers: `setitimer` (ITIMER_REAL, which `alarm` uses too, ITIMER_VIRTUAL and
+//! ITIMER_PROF), each with its remaining time and interval as the checkpoint handler read them
+//! while every thread was parked. Restored with those values just before the threads resume, so
+//! a timer fires as long after the restore as it had left at the checkpoint. (POSIX timers are
+//! refused at checkpoint, see [`super::process`].)
+
+use serde::{Deserialize, Serialize};
+
+/// One `struct itimerval`, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Itimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Itimers {
+    pub real: Itimer,
+    pub virtual_: Itimer,
+    pub prof: Itimer,
+}
+
+const WHICH: [i32; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+
+/// Reads the three timers (raw system calls: async-signal-safe): [interval, value] in µs each.
+pub fn read() -> [[u64; 2]; 3] {
+    WHICH.map(|w| {
+        let (interval, value) = crate::sys::getitimer(w);
+        [interval, value]
+    })
+}
+
+impl Itimers {
+    pub fn from_raw(raw: [[u64; 2]; 3]) -> Itimers {
+        let t = |r: [u64; 2]| Itimer {
+            interval_us: r[0],
+            value_us: r[1],
+        };
+        Itimers {
+            real: t(raw[0]),
+            virtual_: t(raw[1]),
+            prof: t(raw[2]),
+        }
+    }
+
+    /// setitimer for every armed timer.
+    pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
+        for (which, t, name) in [
+            (libc::ITIMER_REAL, self.real, "ITIMER_REAL"),
+            (libc::ITIMER_VIRTUAL, self.virtual_, "ITIMER_VIRTUAL"),
+            (libc::ITIMER_PROF, self.prof, "ITIMER_PROF"),
+        ] {
+            if t.value_us == 0 {
+                continue;
+            }
+            let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
+            let [is, iu] = tv(t.interval_us);
+            let [vs, vu] = tv(t.value_us);
+            let val = plan.words(&[is, iu, vs, vu]);
+            plan.syscall(
+                format!(
+                    "setitimer {name} ({} µs left, interval {} µs)",
+                    t.value_us, t.interval_us
+                ),
+                libc::SYS_setitimer,
+                [which as u64, val, 0, 0, 0, 0],
+            );
+        }
+    }
+}
