@@ -46,10 +46,8 @@ fn main() {
     // A lock, and a /proc file.
     let locked = std::fs::File::create(format!("{image}.lock")).unwrap();
     // SAFETY: an exclusive flock on our own file.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&locked), libc::LOCK_EX) },
-        0
-    );
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&locked), libc::LOCK_EX) };
+    assert_eq!(r, 0);
     let status = std::fs::File::open("/proc/self/status").unwrap();
     // A working directory that is gone.
     let gone = format!("{image}.cwd");
