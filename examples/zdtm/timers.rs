@@ -50,10 +50,8 @@ fn main() {
     if extra.first().is_some_and(|a| a == "posix") {
         let mut id: libc::timer_t = std::ptr::null_mut();
         // SAFETY: a default (SIGALRM) timer on CLOCK_MONOTONIC, its id written to `id`.
-        assert_eq!(
-            unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut id) },
-            0
-        );
+        let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut id) };
+        assert_eq!(r, 0);
         let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
         if let Some(k) = key {
             cp = cp.sign_with(k);
