@@ -39,10 +39,8 @@ fn set(which: i32, interval_us: i64, value_us: i64) {
         it_value: tv(value_us),
     };
     // SAFETY: a valid itimerval.
-    assert_eq!(
-        unsafe { libc::setitimer(which, &v, std::ptr::null_mut()) },
-        0
-    );
+    let r = unsafe { libc::setitimer(which, &v, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
 }
 
 fn main() {
