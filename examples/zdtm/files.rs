@@ -39,6 +39,21 @@ fn main() {
     // SAFETY: pipe() fills two descriptors we then own (closed by number after restore).
     unsafe { libc::pipe(more.as_mut_ptr()) };
     let (sa, sb) = std::os::unix::net::UnixStream::pair().unwrap();
+    // A 1 MiB pipe in packet mode whose read end is also opened a second time, non-blocking.
+    let mut big = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors; fcntl and open on our own descriptors.
+    let (second, opath) = unsafe {
+        libc::pipe2(big.as_mut_ptr(), libc::O_DIRECT);
+        libc::fcntl(big[1], libc::F_SETPIPE_SZ, 1 << 20);
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{}", big[0])).unwrap();
+        let second = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+        let data = std::ffi::CString::new(dir.join("data.txt").to_str().unwrap()).unwrap();
+        (second, libc::open(data.as_ptr(), libc::O_PATH))
+    };
+    let fl = |fd: i32| {
+        // SAFETY: F_GETFL has no memory effects.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) }
+    };
 
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
@@ -71,6 +86,31 @@ fn main() {
         "fd numbers",
         pr.as_raw_fd() == fds[0] && pw.as_raw_fd() == fds[1],
         "moved",
+    );
+    // SAFETY: F_GETPIPE_SZ has no memory effects.
+    let size = unsafe { libc::fcntl(big[1], libc::F_GETPIPE_SZ) };
+    c.check("pipe capacity", size == 1 << 20, size);
+    c.check(
+        "pipe in packet mode",
+        fl(big[1]) & libc::O_DIRECT != 0,
+        fl(big[1]),
+    );
+    c.check(
+        "pipe opened twice: two descriptions, their own flags",
+        fl(big[0]) & libc::O_NONBLOCK == 0 && fl(second) & libc::O_NONBLOCK != 0,
+        format!("{:#x} {:#x}", fl(big[0]), fl(second)),
+    );
+    // SAFETY: a one-byte write and read on our own pipe.
+    let shared = unsafe {
+        libc::write(big[1], b"p".as_ptr().cast(), 1);
+        let mut b = 0u8;
+        libc::read(second, (&mut b as *mut u8).cast(), 1) == 1 && b == b'p'
+    };
+    c.check("pipe opened twice: one pipe", shared, "");
+    c.check(
+        "O_PATH descriptor",
+        fl(opath) & libc::O_PATH != 0,
+        fl(opath),
     );
     let hup = |fd: i32| {
         let mut p = libc::pollfd {

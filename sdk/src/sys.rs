@@ -823,3 +823,11 @@ pub fn getitimer(which: i32) -> (u64, u64) {
     let us = |s: i64, u: i64| (s.max(0) as u64) * 1_000_000 + u.max(0) as u64;
     (us(v[0], v[1]), us(v[2], v[3]))
 }
+
+/// Whether two descriptors of this process share one open file description (kcmp KCMP_FILE);
+/// `None` where the kernel cannot tell.
+pub fn same_description(a: i32, b: i32) -> Option<bool> {
+    let pid = getpid() as u64;
+    let r = syscall6(libc::SYS_kcmp, [pid, pid, 0, a as u64, b as u64, 0]);
+    (r >= 0).then_some(r == 0)
+}

@@ -34,6 +34,11 @@ pub enum FdKind {
         id: u64,
         write_end: bool,
         buffered: Option<PayloadRef>,
+        /// F_GETPIPE_SZ.
+        capacity: u32,
+        /// Which open file description of this pipe the descriptor is (0, 1, …): descriptors
+        /// that were `dup`s share one; separate opens (`/proc/self/fd/N`) have their own.
+        desc: u32,
     },
     /// An eventfd with its counter.
     EventFd {
@@ -180,10 +185,41 @@ impl FdScan {
             {
                 let id: u64 = ino.parse().unwrap_or(0);
                 let write_end = flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+                // The description: the same as an earlier descriptor of this pipe's (kcmp), or new.
+                let earlier: Vec<(i32, u32)> = scan
+                    .entries
+                    .iter()
+                    .filter_map(|x| match x.kind {
+                        FdKind::Pipe {
+                            id: i,
+                            desc,
+                            write_end: w,
+                            ..
+                        } if i == id && w == write_end => Some((x.fd, desc)),
+                        _ => None,
+                    })
+                    .collect();
+                let desc = earlier
+                    .iter()
+                    .find(|(other, _)| crate::sys::same_description(fd, *other).unwrap_or(true))
+                    .map(|(_, d)| *d)
+                    .unwrap_or_else(|| {
+                        // A new description: numbered after every one of this pipe's.
+                        scan.entries
+                            .iter()
+                            .filter_map(|x| match x.kind {
+                                FdKind::Pipe { id: i, desc, .. } if i == id => Some(desc + 1),
+                                _ => None,
+                            })
+                            .max()
+                            .unwrap_or(0)
+                    });
                 entry.kind = FdKind::Pipe {
                     id,
                     write_end,
                     buffered: None,
+                    capacity: crate::sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).unwrap_or(65536) as u32,
+                    desc,
                 };
                 let p = pipes.entry(id).or_default();
                 p.0.push(scan.entries.len());
@@ -519,7 +555,9 @@ pub fn reopen(
         .collect();
     let sockets = super::sockets::recreate(&socks, &mut payload, given)?;
     let mut out = Vec::new();
-    let mut pipes: BTreeMap<u64, (OwnedFd, OwnedFd)> = BTreeMap::new();
+    // Per pipe: its two ends, its open file descriptions, which ends are taken by one.
+    type PipeState = (OwnedFd, OwnedFd, BTreeMap<u32, OwnedFd>, [bool; 2]);
+    let mut pipes: BTreeMap<u64, PipeState> = BTreeMap::new();
     for e in entries {
         let fd = e.fd;
         let opened = match &e.kind {
@@ -586,22 +624,50 @@ pub fn reopen(
                 id,
                 write_end,
                 buffered,
+                capacity,
+                desc,
             } => {
                 if !pipes.contains_key(id) {
                     let bytes = buffered.map(&mut payload).transpose()?.unwrap_or_default();
-                    pipes.insert(*id, refilled_pipe(fd, &bytes)?);
+                    let (r, w) = refilled_pipe(fd, &bytes, *capacity)?;
+                    pipes.insert(*id, (r, w, BTreeMap::new(), [false; 2]));
                 }
-                let (r, w) = &pipes[id];
-                let end = if *write_end { w } else { r };
-                let end = end.try_clone().map_err(|err| format!("fd {fd}: {err}"))?;
-                let status = e.flags & libc::O_NONBLOCK as u32;
-                crate::sys::fcntl(
-                    std::os::fd::AsRawFd::as_raw_fd(&end),
-                    libc::F_SETFL,
-                    u64::from(status),
-                )
-                .map_err(|err| format!("fd {fd}: cannot set pipe flags: {err}"))?;
-                end
+                let (r, w, descs, used) = pipes.get_mut(id).expect("inserted above");
+                let end = match descs.get(desc) {
+                    Some(d) => d,
+                    None => {
+                        // The pipe's own end for the first description of each kind; a separate
+                        // open of it (through /proc/self/fd) for every further one.
+                        let which = usize::from(*write_end);
+                        let own = if which == 1 { &*w } else { &*r };
+                        let d = if used[which] {
+                            let acc = e.flags & libc::O_ACCMODE as u32;
+                            std::fs::OpenOptions::new()
+                                .read(acc != libc::O_WRONLY as u32)
+                                .write(acc != libc::O_RDONLY as u32)
+                                .open(format!(
+                                    "/proc/self/fd/{}",
+                                    std::os::fd::AsRawFd::as_raw_fd(own)
+                                ))
+                                .map(OwnedFd::from)
+                                .map_err(|err| {
+                                    format!("fd {fd}: cannot open the pipe again: {err}")
+                                })?
+                        } else {
+                            used[which] = true;
+                            own.try_clone().map_err(|err| format!("fd {fd}: {err}"))?
+                        };
+                        // Status flags belong to the description.
+                        crate::sys::fcntl(
+                            std::os::fd::AsRawFd::as_raw_fd(&d),
+                            libc::F_SETFL,
+                            u64::from(e.flags & PIPE_STATUS),
+                        )
+                        .map_err(|err| format!("fd {fd}: cannot set pipe flags: {err}"))?;
+                        descs.entry(*desc).or_insert(d)
+                    }
+                };
+                end.try_clone().map_err(|err| format!("fd {fd}: {err}"))?
             }
         };
         out.push((fd, opened));
@@ -609,14 +675,22 @@ pub fn reopen(
     Ok(out)
 }
 
-/// A pipe holding `bytes`, sized so that writing them cannot block.
-fn refilled_pipe(fd: i32, bytes: &[u8]) -> Result<(OwnedFd, OwnedFd), String> {
+/// Status flags of a pipe's description that F_SETFL restores.
+const PIPE_STATUS: u32 = (libc::O_NONBLOCK | libc::O_DIRECT | libc::O_APPEND) as u32;
+
+/// A pipe of `capacity` bytes holding `bytes` (so that writing them cannot block).
+fn refilled_pipe(fd: i32, bytes: &[u8], capacity: u32) -> Result<(OwnedFd, OwnedFd), String> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let (r, w) = crate::sys::pipe_nonblock()
         .map_err(|err| format!("fd {fd}: cannot create a pipe: {err}"))?;
+    let want = (bytes.len() as u64).max(u64::from(capacity));
+    if want != 65536 {
+        crate::sys::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want).map_err(|err| {
+            format!("fd {fd}: cannot give the pipe its capacity of {want} bytes: {err}")
+        })?;
+    }
     if !bytes.is_empty() {
-        let _ = crate::sys::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, bytes.len() as u64);
         std::fs::File::from(w.try_clone().map_err(|err| format!("fd {fd}: {err}"))?)
             .write_all(bytes)
             .map_err(|err| {
@@ -639,13 +713,17 @@ fn reopen_path(
     let fd = e.fd;
     let acc = e.flags & libc::O_ACCMODE as u32;
     let dir = pos.is_none();
+    // An O_PATH descriptor names the file without opening it for I/O: reopened the same way.
+    let path_only = e.flags & libc::O_PATH as u32 != 0;
     let mut f = std::fs::OpenOptions::new()
-        .read(dir || acc != libc::O_WRONLY as u32)
-        .write(!dir && acc != libc::O_RDONLY as u32)
-        .custom_flags(
+        .read(path_only || dir || acc != libc::O_WRONLY as u32)
+        .write(!path_only && !dir && acc != libc::O_RDONLY as u32)
+        .custom_flags(if path_only {
+            libc::O_PATH | if dir { libc::O_DIRECTORY } else { 0 }
+        } else {
             (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32
-                | if dir { libc::O_DIRECTORY } else { 0 },
-        )
+                | if dir { libc::O_DIRECTORY } else { 0 }
+        })
         .open(path)
         .map_err(|err| format!("fd {fd}: cannot reopen {path}: {err}"))?;
     let meta = f
@@ -656,7 +734,7 @@ fn reopen_path(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed)"
         ));
     }
-    if let Some(pos) = pos.filter(|_| meta.file_type().is_file()) {
+    if let Some(pos) = pos.filter(|_| meta.file_type().is_file() && !path_only) {
         f.seek(SeekFrom::Start(pos))
             .map_err(|err| format!("fd {fd}: cannot seek {path} to {pos}: {err}"))?;
     }
