@@ -120,6 +120,8 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
             "cmdline",
             "exe",
             "args",
+            "prctl: child subreaper, THP disabled, timer slack",
+            "oom_score_adj",
         ],
     );
 }

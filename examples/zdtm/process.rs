@@ -43,7 +43,18 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_TIMERSLACK, 123_456, 0, 0, 0);
     }
+    // Raising it is allowed to anyone.
+    let oom: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let oom = (oom + 100).min(1000);
+    std::fs::write("/proc/self/oom_score_adj", oom.to_string()).unwrap();
 
     let restored = common::restored();
     let args = restored.args().to_vec();
@@ -108,6 +119,26 @@ fn main() {
     // SAFETY: a plain prctl query.
     let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     c.check("dumpable", dumpable == 1, dumpable);
+    let mut subreaper = 0i32;
+    // SAFETY: plain prctl queries; the subreaper flag is written to an int.
+    let (thp, slack) = unsafe {
+        libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut i32);
+        (
+            libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0),
+            libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0),
+        )
+    };
+    c.check(
+        "prctl: child subreaper, THP disabled, timer slack",
+        subreaper == 1 && thp == 1 && slack == 123_456,
+        format!("{subreaper} {thp} {slack}"),
+    );
+    let oom_now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+    c.check(
+        "oom_score_adj",
+        oom_now.trim() == oom.to_string(),
+        oom_now.trim(),
+    );
     let caps_now = common::thread_caps();
     c.check(
         "capabilities",

@@ -32,6 +32,10 @@ pub const OP_WAIT_NONZERO: u64 = 9;
 /// on an error), and move that descriptor to number `args[5]` (close-on-exec).
 pub const OP_SYSCALL_FD: u64 = 10;
 
+/// Write `args[2]` bytes at `args[1]` to the file at path `args[0]` (opened write-only, closed
+/// after): procfs knobs of the new process such as `/proc/self/oom_score_adj`.
+pub const OP_WRITE_FILE: u64 = 11;
+
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +153,18 @@ impl Plan {
     pub fn syscall_fd(&mut self, label: impl Into<String>, nr: i64, args: [u64; 5], fd: i32) {
         let [a, b, c, d, e] = args;
         self.push(label.into(), OP_SYSCALL_FD, nr, [a, b, c, d, e, fd as u64]);
+    }
+
+    /// Writes `bytes` to the file at `path` (a procfs knob of the new process).
+    pub fn write_file(&mut self, label: impl Into<String>, path: &str, bytes: &[u8]) {
+        let path = self.cstr(path);
+        let data = self.data(bytes);
+        self.push(
+            label.into(),
+            OP_WRITE_FILE,
+            0,
+            [path, data, bytes.len() as u64, 0, 0, 0],
+        );
     }
 
     /// Store a word in the new process's memory.

@@ -316,6 +316,16 @@ pub fn prctl_get(option: i32) -> io::Result<u64> {
     check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)
 }
 
+/// prctl(option, &int) for the queries that write their answer through a pointer.
+pub fn prctl_get_int(option: i32) -> io::Result<i32> {
+    let mut v = 0i32;
+    check(syscall6(
+        libc::SYS_prctl,
+        [option as u64, &mut v as *mut i32 as u64, 0, 0, 0, 0],
+    ))?;
+    Ok(v)
+}
+
 /// kill(pid, SIGKILL) and reap it.
 pub fn kill_and_reap(pid: i32) {
     syscall6(

@@ -126,6 +126,12 @@ fn may_use_host_pids() -> bool {
         && sys::owns_pid_namespace().unwrap_or(false)
 }
 
+/// Whether the launcher holds capability `cap` in its effective set.
+fn has_cap(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    thaw::procfs::field_hex(&status, "CapEff") & (1u64 << cap) != 0
+}
+
 fn pid_in_use(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -382,6 +388,18 @@ fn build_plan(
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.
+    // oom_score_adj: lowering it protects the process from the OOM killer, a privilege the
+    // caller may lack (CAP_SYS_RESOURCE); never below the caller's own.
+    let mine = thaw::state::process::oom_score_adj();
+    let oom = if m.process.oom_score_adj < mine && !has_cap(24) {
+        eprintln!(
+            "thaw: warning: oom_score_adj raised from {} to yours, {mine}",
+            m.process.oom_score_adj
+        );
+        mine
+    } else {
+        m.process.oom_score_adj
+    };
     m.process.plan_restore(&mut plan);
     let mine = thaw::state::limits::Rlimit::current()
         .map_err(|e| failed(format!("cannot read rlimits: {e}")))?;
@@ -537,6 +555,7 @@ fn build_plan(
             ],
         );
     }
+    thaw::state::process::plan_oom_score_adj(&mut plan, oom);
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;

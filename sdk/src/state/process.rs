@@ -20,6 +20,12 @@ pub struct Process {
     /// The thread that called checkpoint (any thread may). It resumes last, once every other
     /// thread has left the restorer region, because it is the one that unmaps that region.
     pub checkpoint_tid: i32,
+    /// prctl state a program can read back.
+    pub child_subreaper: bool,
+    pub thp_disable: bool,
+    pub timerslack_ns: u64,
+    /// /proc/self/oom_score_adj (never restored below the caller's: see the launcher).
+    pub oom_score_adj: i32,
 }
 
 use crate::procfs;
@@ -58,11 +64,35 @@ impl Process {
             dumpable: crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1) as u32,
             restore_cell,
             checkpoint_tid,
+            child_subreaper: crate::sys::prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).unwrap_or(0)
+                != 0,
+            thp_disable: crate::sys::prctl_get(libc::PR_GET_THP_DISABLE).unwrap_or(0) != 0,
+            timerslack_ns: crate::sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(50_000),
+            oom_score_adj: oom_score_adj(),
         })
     }
 
-    /// umask, working directory, personality.
+    /// umask, working directory, personality, the prctl state above.
     pub fn plan_restore(&self, plan: &mut Plan) {
+        for (label, option, value) in [
+            (
+                "child subreaper",
+                libc::PR_SET_CHILD_SUBREAPER,
+                u64::from(self.child_subreaper),
+            ),
+            (
+                "transparent huge pages disabled",
+                libc::PR_SET_THP_DISABLE,
+                u64::from(self.thp_disable),
+            ),
+            ("timer slack", libc::PR_SET_TIMERSLACK, self.timerslack_ns),
+        ] {
+            plan.syscall(
+                format!("prctl: {label} = {value}"),
+                libc::SYS_prctl,
+                [option as u64, value, 0, 0, 0, 0],
+            );
+        }
         plan.syscall(
             format!("umask {:03o}", self.umask),
             libc::SYS_umask,
@@ -80,6 +110,27 @@ impl Process {
             [u64::from(self.personality), 0, 0, 0, 0, 0],
         );
     }
+}
+
+/// Sets `/proc/self/oom_score_adj` to `value` (the launcher's decision, never below the caller's
+/// own) unless the process has it already (inherited from the launcher). Planned once the process
+/// is dumpable again, so that it may open its own /proc files.
+pub fn plan_oom_score_adj(plan: &mut Plan, value: i32) {
+    if value != oom_score_adj() {
+        plan.write_file(
+            format!("oom_score_adj {value}"),
+            "/proc/self/oom_score_adj",
+            value.to_string().as_bytes(),
+        );
+    }
+}
+
+/// This process's /proc/self/oom_score_adj.
+pub fn oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// What rules out a checkpoint of the process as such: a working directory that is gone (it
