@@ -122,6 +122,7 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
             "args",
             "prctl: child subreaper, THP disabled, timer slack",
             "oom_score_adj",
+            "scheduling: nice and policy of each thread",
         ],
     );
 }

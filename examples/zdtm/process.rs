@@ -27,7 +27,6 @@ fn main() {
     let pid = std::process::id();
     let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
     let exe = std::fs::read_link("/proc/self/exe").unwrap();
-    let caps = common::thread_caps();
 
     static BEFORE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     static AFTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -56,6 +55,28 @@ fn main() {
     let oom = (oom + 100).min(1000);
     std::fs::write("/proc/self/oom_score_adj", oom.to_string()).unwrap();
 
+    // A thread under SCHED_IDLE at nice 7, and the main thread at nice 3 (raising is allowed).
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    std::thread::Builder::new()
+        .name("idler".into())
+        .spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: this thread's own scheduling; gettid has no preconditions.
+            let tid = unsafe {
+                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+                libc::setpriority(libc::PRIO_PROCESS, 0, 7);
+                libc::gettid()
+            };
+            tx.send(tid).unwrap();
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    let idler = rx.recv().unwrap();
+    // SAFETY: the main thread's own nice value.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) };
+    let caps = common::thread_caps();
     let restored = common::restored();
     let args = restored.args().to_vec();
     let mut c = common::Checks::default();
@@ -132,6 +153,25 @@ fn main() {
         "prctl: child subreaper, THP disabled, timer slack",
         subreaper == 1 && thp == 1 && slack == 123_456,
         format!("{subreaper} {thp} {slack}"),
+    );
+    let sched = |tid: i32| {
+        let stat =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        let f: Vec<String> = stat[stat.rfind(')').unwrap_or(0) + 1..]
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        (
+            f.get(16).cloned().unwrap_or_default(),
+            f.get(38).cloned().unwrap_or_default(),
+        )
+    };
+    let main_sched = sched(std::process::id() as i32);
+    let idler_sched = sched(idler);
+    c.check(
+        "scheduling: nice and policy of each thread",
+        main_sched == ("3".into(), "0".into()) && idler_sched == ("7".into(), "5".into()),
+        format!("{main_sched:?} {idler_sched:?}"),
     );
     let oom_now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
     c.check(

@@ -286,6 +286,17 @@ pub fn dup_listening_socket(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// This thread's nice value.
+pub fn nice() -> i32 {
+    // getpriority returns 20 - nice (1..=40) as a raw system call.
+    let r = syscall(
+        libc::SYS_getpriority,
+        [libc::PRIO_PROCESS as u64, 0, 0, 0, 0, 0],
+    )
+    .unwrap_or(20);
+    20 - r as i32
+}
+
 pub fn close(fd: RawFd) {
     let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
 }

@@ -523,6 +523,13 @@ fn list_threads(signal: i32, why: &mut Vec<String>) -> Result<Vec<(i32, String)>
         let name = crate::procfs::field(&status, "Name")
             .unwrap_or("")
             .to_owned();
+        if let Some((_, policy)) = state::threads::sched(tid) {
+            if !state::threads::restorable_policy(policy) {
+                why.push(format!(
+                    "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {policy}, which is not restored"
+                ));
+            }
+        }
         if tid != crate::sys::gettid()
             && crate::procfs::field_hex(&status, "SigBlk") & (1u64 << (signal - 1)) != 0
         {

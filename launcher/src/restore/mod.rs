@@ -337,6 +337,7 @@ fn build_plan(
     region: &Region,
     args: &RestoreArgs,
     creds: &Credentials,
+    mode: PidMode,
 ) -> Result<Plan> {
     let m = image.manifest();
     let mut plan = Plan::new(region.arena_base());
@@ -510,9 +511,25 @@ fn build_plan(
             plan.sigreturn(format!("resume thread {}", t.tid), t.sigframe, Some(left));
         }
     };
+    // Nice values below the caller's would be a privilege (CAP_SYS_NICE over the initial user
+    // namespace, so never in ns mode): never granted.
+    let caller_nice = sys::nice();
+    let may_lower = has_cap(23) && mode != PidMode::Ns;
+    let nice_of = |t: &thaw::state::threads::ThreadState| {
+        if t.nice < caller_nice && !may_lower {
+            eprintln!(
+                "thaw: warning: thread {} nice {} raised to yours, {caller_nice}",
+                t.tid, t.nice
+            );
+            caller_nice
+        } else {
+            t.nice
+        }
+    };
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
+        t.plan_sched(&mut plan, nice_of(t));
         plan_credentials(&mut plan, creds);
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
@@ -539,6 +556,7 @@ fn build_plan(
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
+    leader.plan_sched(&mut plan, nice_of(leader));
     plan_credentials(&mut plan, creds);
     if m.process.dumpable <= 1 {
         // A launcher with a file capability is not dumpable; the process is what it was.
@@ -700,7 +718,7 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
             .collect(),
     };
     let region = Region::reserve(m)?;
-    let plan = build_plan(image, &fds, &region, &args, &target.creds)?;
+    let plan = build_plan(image, &fds, &region, &args, &target.creds, mode)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
 
     // Signals stay blocked from here until the process (or the namespace init) exists, so that

@@ -18,6 +18,10 @@ pub struct ThreadState {
     pub robust_list: RobustList,
     pub clear_child_tid: u64,
     pub rseq: Option<Rseq>,
+    /// Scheduling: nice value and policy (SCHED_OTHER, SCHED_BATCH or SCHED_IDLE; real-time
+    /// policies are refused at checkpoint).
+    pub nice: i32,
+    pub policy: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +45,23 @@ pub struct Rseq {
 }
 
 use crate::capture::ThreadCapture;
+
+/// A thread's nice value and scheduling policy (/proc/self/task/TID/stat fields 19 and 41).
+pub(crate) fn sched(tid: i32) -> Option<(i32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    Some((f.get(16)?.parse().ok()?, f.get(38)?.parse().ok()?))
+}
+
+/// Policies a thread may have: SCHED_OTHER, SCHED_BATCH, SCHED_IDLE.
+pub(crate) fn restorable_policy(policy: u32) -> bool {
+    matches!(
+        policy as i32,
+        libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE
+    )
+}
 use crate::restore::Plan;
 use std::sync::atomic::Ordering;
 
@@ -71,8 +92,12 @@ impl ThreadState {
             len: size.max(32),
             signature: RSEQ_SIG,
         });
+        let tid = c.tid.load(Ordering::Relaxed);
+        let (nice, policy) = sched(tid).unwrap_or((0, 0));
         Ok(ThreadState {
-            tid: c.tid.load(Ordering::Relaxed),
+            nice,
+            policy,
+            tid,
             name,
             sigframe: frame,
             fs_base,
@@ -90,6 +115,25 @@ impl ThreadState {
             clear_child_tid: c.clear_child_tid.load(Ordering::Relaxed),
             rseq,
         })
+    }
+
+    /// The thread's scheduling policy and nice value; `nice` is the value to set (the launcher's
+    /// decision: never below the caller's without CAP_SYS_NICE).
+    pub fn plan_sched(&self, plan: &mut Plan, nice: i32) {
+        let tid = self.tid;
+        if self.policy != 0 {
+            let param = plan.words(&[0]);
+            plan.syscall(
+                format!("scheduling policy {} of thread {tid}", self.policy),
+                libc::SYS_sched_setscheduler,
+                [0, u64::from(self.policy), param, 0, 0, 0],
+            );
+        }
+        plan.syscall(
+            format!("nice {nice} of thread {tid}"),
+            libc::SYS_setpriority,
+            [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64, 0, 0, 0],
+        );
     }
 
     /// The thread's own steps before it returns through its signal frame with [`Plan::sigreturn`]
