@@ -86,7 +86,8 @@ fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
     let vma = m
         .memory
         .iter()
-        .filter(|v| v.len() == 128 << 20)
+        // At least 128 MiB: the kernel may have merged it with an adjacent anonymous mapping.
+        .filter(|v| v.len() >= 128 << 20)
         .max_by_key(|v| v.saved_len())
         .expect("the 128 MiB mapping");
     let run = vma

@@ -322,3 +322,14 @@ fn interval_timers_are_restored_posix_timers_refused_by_name() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("POSIX timer(s) 0 (timer_create)"), "{out}");
 }
+
+#[test]
+fn madv_dontfork_memory_is_captured_and_marked_again() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-dontfork", "d.thaw", &[]);
+    assert!(!env.manifest(&img).dontfork.is_empty());
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["contents", "still MADV_DONTFORK, the neighbour not"]);
+    }
+}

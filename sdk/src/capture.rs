@@ -171,6 +171,14 @@ pub struct Capture {
     pub mem: Option<OwnedFd>,
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME (ns) just before the snapshot: no thread saw later.
     pub clocks: [AtomicU64; 2],
+    /// MADV_DONTFORK ranges: the advice is lifted for the fork so that the snapshot has them,
+    /// and set again right after.
+    pub dontfork: Vec<(u64, u64)>,
+    /// /proc/self/maps as it was at the fork (read into `maps_buf`; `maps_len` bytes, or a
+    /// negative errno): what the snapshot must hold.
+    pub maps_fd: Option<OwnedFd>,
+    pub maps_buf: Option<sys::DontForkBuf>,
+    pub maps_len: AtomicI64,
     /// Interval timers ([interval, value] µs of REAL, VIRTUAL, PROF) at the snapshot.
     pub itimers: [[AtomicU64; 2]; 3],
     /// Raw fork result: the frozen child's pid, or a negative errno.
@@ -209,6 +217,10 @@ impl Capture {
             mem: None,
             clocks: Default::default(),
             itimers: Default::default(),
+            dontfork: Vec::new(),
+            maps_fd: None,
+            maps_buf: None,
+            maps_len: AtomicI64::new(0),
             child: AtomicI64::new(0),
         })
     }
@@ -318,10 +330,22 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     let (mono, boot) = crate::state::clocks::now();
     c.clocks[0].store(mono, Ordering::Relaxed);
     c.clocks[1].store(boot, Ordering::Relaxed);
+    for &(start, len) in &c.dontfork {
+        sys::madvise(start, len, libc::MADV_DOFORK);
+    }
+    if let (Some(fd), Some(buf)) = (&c.maps_fd, &c.maps_buf) {
+        c.maps_len.store(
+            sys::read_whole(fd.as_raw_fd(), buf.addr(), buf.len()),
+            Ordering::Relaxed,
+        );
+    }
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();
     if child == 0 {
         sys::frozen_child_loop();
+    }
+    for &(start, len) in &c.dontfork {
+        sys::madvise(start, len, libc::MADV_DONTFORK);
     }
     c.child.store(child, Ordering::Release);
 }
@@ -417,6 +441,8 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         // Likewise /proc/self/mem, and the shared-memory copies: MADV_DONTFORK, so never in the
         // image; their addresses may hold the launcher's restorer region by now.
         std::mem::forget(capture.mem.take());
+        std::mem::forget(capture.maps_fd.take());
+        std::mem::forget(capture.maps_buf.take());
         for o in capture.shm.drain(..) {
             o.abandon();
         }

@@ -260,6 +260,23 @@ impl Checkpoint {
                     .into(),
             );
         }
+        capture.dontfork = maps
+            .iter()
+            .filter(|m| m.has_flag("dc"))
+            .map(|m| (m.start, m.end - m.start))
+            .collect();
+        // The maps at the fork, to check that the snapshot holds every mapping (one marked
+        // MADV_DONTFORK after the list above was made would be missing).
+        let maps_now = std::fs::read("/proc/self/maps").map_err(io("reading /proc/self/maps"))?;
+        capture.maps_buf = Some(
+            crate::sys::DontForkBuf::new(maps_now.len() * 2 + (64 << 10))
+                .map_err(io("preparing the mappings check"))?,
+        );
+        capture.maps_fd = Some(
+            File::open("/proc/self/maps")
+                .map_err(io("opening /proc/self/maps"))?
+                .into(),
+        );
         // Freed before the snapshot, so that the restored heap is not trimmed by freeing them.
         drop(maps);
         let t0 = std::time::Instant::now();
@@ -379,6 +396,15 @@ impl Checkpoint {
                 Err(why) => unsupported.push(why),
             }
         }
+        unsupported.extend(missing_mappings(c, &m.memory));
+        m.dontfork = c
+            .dontfork
+            .iter()
+            .map(|&(start, len)| state::memory::DontFork {
+                start,
+                end: start + len,
+            })
+            .collect();
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
         }
@@ -481,6 +507,40 @@ impl Checkpoint {
         let saved = writer.finish(m, key.as_ref())?;
         Ok((saved.size, saved.digest))
     }
+}
+
+/// Mappings the process had at the fork that the snapshot lacks (marked MADV_DONTFORK after the
+/// checkpoint listed such ranges), but for the checkpoint's own buffers.
+fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
+    let Some(buf) = &c.maps_buf else {
+        return Vec::new();
+    };
+    let len = c.maps_len.load(Ordering::Acquire);
+    if len < 0 {
+        return vec![format!(
+            "cannot read /proc/self/maps at the snapshot: {}",
+            std::io::Error::from_raw_os_error(-len as i32)
+        )];
+    }
+    let text = String::from_utf8_lossy(&buf.as_slice()[..len as usize]);
+    // What the snapshot holds, and the checkpoint's own buffers (never in it, by design; the
+    // kernel may have merged adjacent ones into one mapping).
+    let mut ranges: Vec<(u64, u64)> = vmas
+        .iter()
+        .map(|v| (v.start, v.end))
+        .chain(std::iter::once((buf.addr(), buf.addr() + buf.len() as u64)))
+        .chain(c.shm.iter().map(|o| {
+            let (a, n) = o.buffer();
+            (a, a + n)
+        }))
+        .collect();
+    ranges.sort_unstable();
+    state::memory::uncovered(&text, &ranges)
+        .into_iter()
+        .map(|l| {
+            format!("mapping {l}: marked MADV_DONTFORK while the checkpoint began, so the snapshot lacks it; try again")
+        })
+        .collect()
 }
 
 /// The restorer page a multi-threaded restore left behind: every thread left it long ago.

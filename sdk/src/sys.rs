@@ -753,6 +753,7 @@ pub struct DontForkBuf {
 
 impl DontForkBuf {
     pub fn new(len: usize) -> io::Result<DontForkBuf> {
+        let len = len.max(1).next_multiple_of(4096);
         let addr = check(syscall6(
             libc::SYS_mmap,
             [
@@ -783,6 +784,14 @@ impl DontForkBuf {
                 [self.addr + start, end - start, MADV_POPULATE_WRITE, 0, 0, 0],
             );
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Where the kernel may write (pread_raw): the whole buffer is ours.
@@ -840,4 +849,38 @@ pub fn same_description(a: i32, b: i32) -> Option<bool> {
     let pid = getpid() as u64;
     let r = syscall6(libc::SYS_kcmp, [pid, pid, 0, a as u64, b as u64, 0]);
     (r >= 0).then_some(r == 0)
+}
+
+/// madvise(addr, len, advice), result ignored. Async-signal-safe.
+pub fn madvise(addr: u64, len: u64, advice: i32) {
+    syscall6(libc::SYS_madvise, [addr, len, advice as u64, 0, 0, 0]);
+}
+
+/// Reads `fd` from its start to its end into the `cap` writable bytes at `addr`: the byte count,
+/// or a negative errno (-E2BIG when it does not fit). Async-signal-safe.
+pub fn read_whole(fd: i32, addr: u64, cap: usize) -> i64 {
+    let r = syscall6(
+        libc::SYS_lseek,
+        [fd as u64, 0, libc::SEEK_SET as u64, 0, 0, 0],
+    );
+    if r < 0 {
+        return r;
+    }
+    let mut done = 0usize;
+    loop {
+        if done == cap {
+            return -(libc::E2BIG as i64);
+        }
+        let r = syscall6(
+            libc::SYS_read,
+            [fd as u64, addr + done as u64, (cap - done) as u64, 0, 0, 0],
+        );
+        if r < 0 {
+            return r;
+        }
+        if r == 0 {
+            return done as i64;
+        }
+        done += r as usize;
+    }
 }

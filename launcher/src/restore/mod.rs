@@ -378,6 +378,9 @@ fn build_plan(
             uffd.map(|t| t.fd()),
         );
     }
+    for r in &m.dontfork {
+        r.plan_restore(&mut plan);
+    }
     for o in &m.shared {
         if let Some((_, fd)) = fds.shared.iter().find(|(id, _)| *id == o.id) {
             o.plan_restore(&mut plan, fd.as_raw_fd());

@@ -114,6 +114,7 @@ impl Vma {
         if m.shared() && m.has_flag("mw") {
             advice |= VmaAdvice::MAYWRITE;
         }
+
         let mut map_flags = if m.shared() {
             libc::MAP_SHARED
         } else {
@@ -125,11 +126,6 @@ impl Vma {
         let name = m.name.as_str();
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
-        } else if m.has_flag("dc") {
-            return Err(format!(
-                "{}: marked MADV_DONTFORK, so its contents cannot be captured",
-                m.describe()
-            ));
         } else if m.shared()
             && m.inode != 0
             && (name.starts_with("/memfd:") || name.starts_with("/dev/zero"))
@@ -356,4 +352,52 @@ impl Vma {
             }
         }
     }
+}
+
+/// Address ranges marked MADV_DONTFORK. The checkpoint lifts the advice for its fork (so that the
+/// snapshot holds them) and sets it again at once; the restorer sets it on these ranges after
+/// every mapping exists (ranges, not VMAs: lifting the advice may merge a range with its
+/// neighbours).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DontFork {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl DontFork {
+    pub fn plan_restore(&self, plan: &mut Plan) {
+        // Part of a range listed before the snapshot may have been unmapped by then: the advice
+        // still applies to every mapped part (madvise answers ENOMEM for the holes).
+        plan.syscall_any(
+            format!("madvise {:x}-{:x} MADV_DONTFORK", self.start, self.end),
+            libc::SYS_madvise,
+            [
+                self.start,
+                self.end - self.start,
+                libc::MADV_DONTFORK as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+/// The lines of /proc/self/maps text whose range `ranges` ((start, end), sorted by start) do not
+/// cover entirely.
+pub(crate) fn uncovered(maps_text: &str, ranges: &[(u64, u64)]) -> Vec<String> {
+    maps_text
+        .lines()
+        .filter_map(|l| {
+            let e = crate::procfs::parse_map_line(l)?;
+            let mut at = e.start;
+            for &(s, end) in ranges.iter().filter(|r| r.1 > e.start && r.0 < e.end) {
+                if s > at {
+                    break;
+                }
+                at = at.max(end);
+            }
+            (at < e.end).then(|| l.to_owned())
+        })
+        .collect()
 }

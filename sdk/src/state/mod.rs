@@ -31,6 +31,8 @@ pub struct Manifest {
     pub process: process::Process,
     pub mm: mm::MmMap,
     pub memory: Vec<memory::Vma>,
+    /// Ranges of `memory` marked MADV_DONTFORK.
+    pub dontfork: Vec<memory::DontFork>,
     pub threads: Vec<threads::ThreadState>,
     pub signals: signals::SignalState,
     pub limits: Vec<limits::Rlimit>,

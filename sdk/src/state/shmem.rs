@@ -116,6 +116,11 @@ impl ShmCopy {
         })
     }
 
+    /// The copy buffer's (address, length): not part of the snapshot, by design.
+    pub fn buffer(&self) -> (u64, u64) {
+        (self.buf.addr(), self.buf.len() as u64)
+    }
+
     /// In a restored process: the buffer and our description were never part of it, so they
     /// are neither unmapped nor closed.
     pub fn abandon(self) {
