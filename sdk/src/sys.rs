@@ -884,3 +884,42 @@ pub fn read_whole(fd: i32, addr: u64, cap: usize) -> i64 {
         done += r as usize;
     }
 }
+
+/// flock(fd, LOCK_EX or LOCK_SH | LOCK_NB).
+pub fn flock_nb(fd: i32, exclusive: bool) -> io::Result<()> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    check(syscall6(
+        libc::SYS_flock,
+        [fd as u64, op as u64, 0, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// fcntl(fd, cmd, &flock) with `flock` as four words (see state::locks).
+pub fn fcntl_lock(fd: i32, cmd: i32, flock: &[u64; 4]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_fcntl,
+        [fd as u64, cmd as u64, flock.as_ptr() as u64, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// fcntl(fd, F_GETLK, &flock): `flock` comes back with the conflicting lock, or F_UNLCK.
+pub fn fcntl_getlk(fd: i32, flock: &mut [u64; 4]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_fcntl,
+        [
+            fd as u64,
+            libc::F_GETLK as u64,
+            flock.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        ],
+    ))
+    .map(drop)
+}

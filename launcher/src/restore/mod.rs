@@ -591,6 +591,9 @@ fn build_plan(
         }
         from = keep + 1;
     }
+    for entry in &m.files {
+        entry.plan_locks(&mut plan);
+    }
     if n > 0 {
         plan.store("let the threads go", go, 1);
         plan.syscall_any(

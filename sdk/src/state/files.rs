@@ -11,6 +11,8 @@ pub struct FdEntry {
     pub flags: u32,
     pub cloexec: bool,
     pub kind: FdKind,
+    /// Locks held through this descriptor (regular files).
+    pub locks: Vec<super::locks::Lock>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +169,7 @@ impl FdScan {
                 flags,
                 cloexec,
                 kind: FdKind::Stdio,
+                locks: Vec::new(),
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -304,16 +307,12 @@ impl FdScan {
                 }
                 continue;
             }
-            if let Some(lock) = info.lines().find_map(|l| l.strip_prefix("lock:")) {
-                let kind: Vec<&str> = lock.split_whitespace().skip(1).take(3).collect();
-                scan.refused.push(bad(
-                    FdClass::Other,
-                    &format!(
-                        "holds a {} lock, which would be gone after restore (locks are not restored yet): release it before the checkpoint",
-                        kind.join(" ")
-                    ),
-                ));
-                continue;
+            match super::locks::parse(&info) {
+                Ok(locks) => entry.locks = locks,
+                Err(why) => {
+                    scan.refused.push(bad(FdClass::Other, &why));
+                    continue;
+                }
             }
             if target.starts_with("/proc/") {
                 scan.refused.push(bad(
@@ -425,6 +424,7 @@ impl FdScan {
                         flags: r.flags,
                         cloexec: r.cloexec,
                         kind: FdKind::DevNull,
+                        locks: Vec::new(),
                     });
                 }
             }
@@ -562,7 +562,11 @@ pub fn reopen(
         let fd = e.fd;
         let opened = match &e.kind {
             FdKind::Stdio => continue,
-            FdKind::Regular { path, pos, id } => reopen_path(e, path, Some(*pos), *id)?,
+            FdKind::Regular { path, pos, id } => {
+                let f = reopen_path(e, path, Some(*pos), *id)?;
+                super::locks::take_on_description(&f, fd, &e.locks)?;
+                f
+            }
             FdKind::Directory { path, id } => reopen_path(e, path, None, *id)?,
             FdKind::EventFd { count, semaphore } => {
                 let mut flags = e.flags & libc::O_NONBLOCK as u32;
@@ -742,6 +746,12 @@ fn reopen_path(
 }
 
 impl FdEntry {
+    /// POSIX locks: taken once every descriptor the process did not have is closed (closing any
+    /// descriptor of a file drops the process's POSIX locks on it, the launcher's copies too).
+    pub fn plan_locks(&self, plan: &mut crate::restore::Plan) {
+        super::locks::plan_restore(plan, self.fd, &self.locks);
+    }
+
     /// Steps that run once every descriptor has its number: epoll registrations.
     pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
         if let FdKind::Epoll { watches } = &self.kind {

@@ -9,6 +9,7 @@ pub mod clocks;
 pub mod creds;
 pub mod files;
 pub mod limits;
+pub mod locks;
 pub mod memory;
 pub mod mm;
 pub mod platform;

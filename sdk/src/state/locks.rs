@@ -1,0 +1,180 @@
+//! File locks held at the checkpoint: `flock` and OFD locks belong to an open file description
+//! and are taken again by the launcher on the reopened description before the process exists;
+//! POSIX record locks belong to the process and are taken by the restorer (`F_SETLK`) once every
+//! descriptor has its number. A conflicting lock held by someone else by then fails the restore,
+//! naming the lock. Leases and other kinds are refused at checkpoint.
+
+use std::os::fd::AsRawFd;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Flock,
+    Posix,
+    Ofd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub kind: LockKind,
+    pub write: bool,
+    /// Byte range (record locks); `len` 0 means to the end of the file.
+    pub start: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Display for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            LockKind::Flock => "flock",
+            LockKind::Posix => "POSIX",
+            LockKind::Ofd => "OFD",
+        };
+        let mode = if self.write { "write" } else { "read" };
+        match self.kind {
+            LockKind::Flock => write!(f, "{kind} {mode} lock"),
+            _ if self.len == 0 => write!(f, "{kind} {mode} lock on bytes {}..EOF", self.start),
+            _ => write!(
+                f,
+                "{kind} {mode} lock on bytes {}..{}",
+                self.start,
+                self.start + self.len
+            ),
+        }
+    }
+}
+
+/// The locks of one descriptor from its fdinfo `lock:` lines; `Err` names one thaw does not
+/// restore.
+pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
+    let mut out = Vec::new();
+    for l in fdinfo.lines().filter_map(|l| l.strip_prefix("lock:")) {
+        // "1: POSIX  ADVISORY  WRITE 1234 fe:00:567 0 EOF"
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let kind = match w.get(1).copied() {
+            Some("FLOCK") => LockKind::Flock,
+            Some("POSIX") => LockKind::Posix,
+            Some("OFDLCK") => LockKind::Ofd,
+            other => {
+                return Err(format!(
+                    "holds a {} lock (not restored)",
+                    other.unwrap_or("?")
+                ))
+            }
+        };
+        if w.get(2) != Some(&"ADVISORY") {
+            return Err(format!("holds a {} lock (not restored)", w[1..].join(" ")));
+        }
+        let write = match w.get(3).copied() {
+            Some("WRITE") => true,
+            Some("READ") => false,
+            _ => return Err(format!("holds a lock of unknown mode ({})", w.join(" "))),
+        };
+        let start: u64 = w.get(6).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len = match w.get(7).copied() {
+            Some("EOF") | None => 0,
+            Some(end) => end.parse::<u64>().map_or(0, |e| e + 1 - start),
+        };
+        out.push(Lock {
+            kind,
+            write,
+            start,
+            len,
+        });
+    }
+    Ok(out)
+}
+
+/// `struct flock` on x86_64: type, whence, start, len, pid.
+fn flock_struct(l: &Lock) -> [u64; 4] {
+    let ty = if l.write {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    } as u64;
+    [ty | ((libc::SEEK_SET as u64) << 16), l.start, l.len, 0]
+}
+
+/// Takes the description's own locks (flock, OFD) on `fd`, the launcher's copy of it.
+pub fn take_on_description(fd: &impl AsRawFd, number: i32, locks: &[Lock]) -> Result<(), String> {
+    for l in locks {
+        let r = match l.kind {
+            LockKind::Flock => crate::sys::flock_nb(fd.as_raw_fd(), l.write),
+            LockKind::Ofd => {
+                crate::sys::fcntl_lock(fd.as_raw_fd(), libc::F_OFD_SETLK, &flock_struct(l))
+            }
+            // Taken by the process itself, late (see files.rs); checked here so that a conflict
+            // is refused by name instead of ending the process after its error pipe is closed.
+            LockKind::Posix => {
+                let mut probe = flock_struct(l);
+                crate::sys::fcntl_getlk(fd.as_raw_fd(), &mut probe).and_then(|()| {
+                    if probe[0] & 0xffff == libc::F_UNLCK as u64 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+                    }
+                })
+            }
+        };
+        r.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                format!("fd {number}: cannot take its {l} again: another process holds a conflicting lock")
+            } else {
+                format!("fd {number}: cannot take its {l} again: {e}")
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The restorer's steps for the process's own (POSIX) locks on descriptor `fd`.
+pub fn plan_restore(plan: &mut crate::restore::Plan, fd: i32, locks: &[Lock]) {
+    for l in locks.iter().filter(|l| l.kind == LockKind::Posix) {
+        let s = plan.words(&flock_struct(l));
+        plan.syscall(
+            format!("take the {l} on fd {fd}"),
+            libc::SYS_fcntl,
+            [fd as u64, libc::F_SETLK as u64, s, 0, 0, 0],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_lock_lines() {
+        let info = "pos:\t0\nlock:\t1: POSIX  ADVISORY  READ 2141 fe:00:10 100 104\nlock:\t2: FLOCK  ADVISORY  WRITE 7842 fe:00:1 0 EOF\nlock:\t3: OFDLCK ADVISORY  READ -1 fe:00:10 10 29\n";
+        let l = parse(info).unwrap();
+        assert_eq!(
+            l[0],
+            Lock {
+                kind: LockKind::Posix,
+                write: false,
+                start: 100,
+                len: 5
+            }
+        );
+        assert_eq!(
+            l[1],
+            Lock {
+                kind: LockKind::Flock,
+                write: true,
+                start: 0,
+                len: 0
+            }
+        );
+        assert_eq!(
+            l[2],
+            Lock {
+                kind: LockKind::Ofd,
+                write: false,
+                start: 10,
+                len: 20
+            }
+        );
+        assert!(parse("lock:\t1: LEASE  ACTIVE    READ 1 fe:00:1 0 EOF\n").is_err());
+    }
+}
