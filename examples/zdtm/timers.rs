@@ -2,6 +2,8 @@
 //! 10 s left and a 1 s interval. After restore both are armed with what they had left (never
 //! more), the profiling interval is intact, and SIGALRM arrives.
 //!
+//! Also a signalfd reading SIGUSR1 (blocked): after restore a raised SIGUSR1 is read from it.
+//!
 //! `PROG IMAGE KEY posix`: a POSIX timer (timer_create) instead; the checkpoint must be refused
 //! naming it (printed, exit 3).
 
@@ -64,6 +66,15 @@ fn main() {
     unsafe { libc::signal(libc::SIGALRM, on_alarm as *const () as usize) };
     set(libc::ITIMER_REAL, 0, 200_000);
     set(libc::ITIMER_PROF, 1_000_000, 10_000_000);
+    // SAFETY: block SIGUSR1 in this thread and create a signalfd for it.
+    let sfd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
+    };
+    assert!(sfd >= 0);
     // CPU-time timers count in ticks: what they report is rounded up to one (at most 10 ms).
     let (_, prof_before) = itimer(libc::ITIMER_PROF);
     common::checkpoint();
@@ -86,5 +97,25 @@ fn main() {
         unsafe { libc::pause() };
     }
     c.check("SIGALRM arrives", true, "");
+    // SAFETY: raise a blocked signal and read it from the signalfd into a sized buffer.
+    let signo = unsafe {
+        libc::raise(libc::SIGUSR1);
+        let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+        let n = libc::read(
+            sfd,
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            std::mem::size_of::<libc::signalfd_siginfo>(),
+        );
+        if n > 0 {
+            info.ssi_signo
+        } else {
+            0
+        }
+    };
+    c.check(
+        "signalfd reads SIGUSR1",
+        signo == libc::SIGUSR1 as u32,
+        signo,
+    );
     c.finish();
 }

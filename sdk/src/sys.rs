@@ -923,3 +923,13 @@ pub fn fcntl_getlk(fd: i32, flock: &mut [u64; 4]) -> io::Result<()> {
     ))
     .map(drop)
 }
+
+/// signalfd4(-1, mask, SFD_CLOEXEC [| SFD_NONBLOCK]).
+pub fn signalfd(mask: u64, nonblock: bool) -> io::Result<std::os::fd::OwnedFd> {
+    let flags = libc::SFD_CLOEXEC | if nonblock { libc::SFD_NONBLOCK } else { 0 };
+    check(syscall6(
+        libc::SYS_signalfd4,
+        [u64::MAX, &mask as *const u64 as u64, 8, flags as u64, 0, 0],
+    ))
+    .map(owned)
+}

@@ -52,6 +52,11 @@ pub enum FdKind {
     Epoll {
         watches: Vec<EpollWatch>,
     },
+    /// A signalfd and the signals it reads (they are read from the reading process, so one the
+    /// launcher creates serves the restored process).
+    SignalFd {
+        mask: u64,
+    },
     /// A memfd, saved once in [`super::Manifest::shared`] with its mappings.
     Memfd {
         object: u64,
@@ -244,6 +249,13 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
+            if target == "anon_inode:[signalfd]" {
+                entry.kind = FdKind::SignalFd {
+                    mask: crate::procfs::field_hex(&info, "sigmask"),
+                };
+                scan.entries.push(entry);
+                continue;
+            }
             if target == "anon_inode:[eventpoll]" {
                 let mut watches = Vec::new();
                 let mut stale = Vec::new();
@@ -284,7 +296,7 @@ impl FdScan {
                 } else if target.starts_with("anon_inode:") {
                     (
                         FdClass::Other,
-                        "this kind of kernel object is not supported (eventfd and epoll are)",
+                        "this kind of kernel object is not supported (eventfd, signalfd and epoll are)",
                     )
                 } else {
                     (FdClass::Other, "unsupported kind of descriptor")
@@ -613,6 +625,10 @@ pub fn reopen(
                 )
                 .map_err(|err| format!("fd {fd}: cannot set socket flags: {err}"))?;
                 sock
+            }
+            FdKind::SignalFd { mask } => {
+                crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)
+                    .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
             }
             FdKind::DevNull => {
                 let acc = e.flags & libc::O_ACCMODE as u32;
