@@ -64,12 +64,7 @@ fn shared_memory_as_nobody() {
 #[test]
 fn hotspot_performance_data_is_refused_with_the_flag_that_avoids_it() {
     let env = Env::new();
-    let o = command(&bin("zdtm-shmem"))
-        .arg(env.path("h.thaw"))
-        .arg(&env.key)
-        .arg("hsperf")
-        .output()
-        .unwrap();
+    let o = env.first_life("zdtm-shmem", "h.thaw", &["hsperf"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

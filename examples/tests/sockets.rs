@@ -120,12 +120,7 @@ fn listen_fd_must_be_a_listening_socket() {
 #[test]
 fn a_datagram_pair_with_a_queued_message_is_refused_even_an_empty_one() {
     let env = Env::new();
-    let o = command(&bin("zdtm-sockets"))
-        .arg(env.path("q.thaw"))
-        .arg(&env.key)
-        .arg("dgram-queued")
-        .output()
-        .unwrap();
+    let o = env.first_life("zdtm-sockets", "q.thaw", &["dgram-queued"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

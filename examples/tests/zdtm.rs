@@ -254,12 +254,7 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
 fn children_are_refused_by_name_or_left_out_on_request() {
     let env = Env::new();
     let img = env.path("c.thaw");
-    let o = command(&bin("zdtm-children"))
-        .arg(&img)
-        .arg(&env.key)
-        .arg("refuse")
-        .output()
-        .unwrap();
+    let o = env.first_life("zdtm-children", "c.thaw", &["refuse"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let pids: Vec<&str> = out
@@ -309,12 +304,7 @@ fn interval_timers_are_restored_posix_timers_refused_by_name() {
             ],
         );
     }
-    let o = command(&bin("zdtm-timers"))
-        .arg(env.path("p.thaw"))
-        .arg(&env.key)
-        .arg("posix")
-        .output()
-        .unwrap();
+    let o = env.first_life("zdtm-timers", "p.thaw", &["posix"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("POSIX timer(s) 0 (timer_create)"), "{out}");

@@ -168,6 +168,16 @@ impl Env {
         }
     }
 
+    /// Runs `PROG IMAGE KEY EXTRA...` (the first life) and returns what it did, whatever that was.
+    pub fn first_life(&self, prog: &str, image: &str, extra: &[&str]) -> Output {
+        self.cmd(&self.program(prog))
+            .arg(self.path(image))
+            .arg(&self.key)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     /// Runs `PROG IMAGE KEY EXTRA...`, which checkpoints and exits 0; returns the image path.
     pub fn checkpoint(&self, prog: &str, image: &str, extra: &[&str]) -> PathBuf {
         let img = self.path(image);
