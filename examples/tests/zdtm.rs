@@ -301,6 +301,8 @@ fn interval_timers_are_restored_posix_timers_refused_by_name() {
                 "profiling timer armed, interval kept",
                 "SIGALRM arrives",
                 "signalfd reads SIGUSR1",
+                "timerfd: an unread expiration is kept",
+                "timerfd: a pending one expires",
             ],
         );
     }

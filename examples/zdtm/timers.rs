@@ -2,7 +2,9 @@
 //! 10 s left and a 1 s interval. After restore both are armed with what they had left (never
 //! more), the profiling interval is intact, and SIGALRM arrives.
 //!
-//! Also a signalfd reading SIGUSR1 (blocked): after restore a raised SIGUSR1 is read from it.
+//! Also a signalfd reading SIGUSR1 (blocked): after restore a raised SIGUSR1 is read from it; a
+//! timerfd with 100 ms left, whose expiration is read after restore; a non-blocking timerfd that
+//! expired before the checkpoint and was not read, whose expiration is still there.
 //!
 //! `PROG IMAGE KEY posix`: a POSIX timer (timer_create) instead; the checkpoint must be refused
 //! naming it (printed, exit 3).
@@ -75,6 +77,34 @@ fn main() {
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
     };
     assert!(sfd >= 0);
+    let tfd = |value_ns: i64, nonblock: bool| {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: value_ns,
+            },
+        };
+        let flags = if nonblock { libc::TFD_NONBLOCK } else { 0 };
+        // SAFETY: a new timerfd armed with a valid itimerspec.
+        unsafe {
+            let fd = libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC | flags);
+            libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut());
+            fd
+        }
+    };
+    let pending = tfd(100_000_000, false);
+    let fired = tfd(1, true);
+    let mut p = libc::pollfd {
+        fd: fired,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: wait until the 1 ns timer has expired (without reading it).
+    unsafe { libc::poll(&mut p, 1, -1) };
     // CPU-time timers count in ticks: what they report is rounded up to one (at most 10 ms).
     let (_, prof_before) = itimer(libc::ITIMER_PROF);
     common::checkpoint();
@@ -112,6 +142,26 @@ fn main() {
             0
         }
     };
+    let read_ticks = |fd: i32| {
+        let mut n = 0u64;
+        // SAFETY: an 8-byte read into a u64.
+        let r = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        if r == 8 {
+            n
+        } else {
+            0
+        }
+    };
+    c.check(
+        "timerfd: an unread expiration is kept",
+        read_ticks(fired) == 1,
+        "",
+    );
+    c.check(
+        "timerfd: a pending one expires",
+        read_ticks(pending) >= 1,
+        "",
+    );
     c.check(
         "signalfd reads SIGUSR1",
         signo == libc::SIGUSR1 as u32,

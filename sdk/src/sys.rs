@@ -933,3 +933,44 @@ pub fn signalfd(mask: u64, nonblock: bool) -> io::Result<std::os::fd::OwnedFd> {
     ))
     .map(owned)
 }
+
+/// A timerfd on `clockid` armed relative to now with `value_ns` left and `interval_ns`, holding
+/// `ticks` unread expirations (TFD_IOC_SET_TICKS).
+pub fn timerfd(
+    clockid: i32,
+    nonblock: bool,
+    value_ns: u64,
+    interval_ns: u64,
+    ticks: u64,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let flags = libc::TFD_CLOEXEC | if nonblock { libc::TFD_NONBLOCK } else { 0 };
+    let fd = check(syscall6(
+        libc::SYS_timerfd_create,
+        [clockid as u64, flags as u64, 0, 0, 0, 0],
+    ))
+    .map(owned)?;
+    use std::os::fd::AsRawFd;
+    let ts = |ns: u64| [ns / 1_000_000_000, ns % 1_000_000_000];
+    let [is, ins] = ts(interval_ns);
+    let [vs, vns] = ts(value_ns);
+    let spec = [is, ins, vs, vns];
+    check(syscall6(
+        libc::SYS_timerfd_settime,
+        [fd.as_raw_fd() as u64, 0, spec.as_ptr() as u64, 0, 0, 0],
+    ))?;
+    if ticks > 0 {
+        const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+        check(syscall6(
+            libc::SYS_ioctl,
+            [
+                fd.as_raw_fd() as u64,
+                TFD_IOC_SET_TICKS,
+                &ticks as *const u64 as u64,
+                0,
+                0,
+                0,
+            ],
+        ))?;
+    }
+    Ok(fd)
+}

@@ -52,6 +52,14 @@ pub enum FdKind {
     Epoll {
         watches: Vec<EpollWatch>,
     },
+    /// A timerfd: its clock, the time left and the interval (read just before the snapshot), and
+    /// the expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
     /// A signalfd and the signals it reads (they are read from the reading process, so one the
     /// launcher creates serves the restored process).
     SignalFd {
@@ -249,6 +257,50 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
+            if target == "anon_inode:[timerfd]" {
+                let num = |k: &str| crate::procfs::field(&info, k).and_then(|v| v.parse().ok());
+                let pair = |k: &str| {
+                    crate::procfs::field(&info, k).and_then(|v| {
+                        let (a, b) = v.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+                        Some(
+                            a.trim().parse::<u64>().ok()? * 1_000_000_000
+                                + b.trim().parse::<u64>().ok()?,
+                        )
+                    })
+                };
+                let flags = crate::procfs::field(&info, "settime flags")
+                    .and_then(|v| u32::from_str_radix(v, 8).ok())
+                    .unwrap_or(0);
+                match (
+                    num("clockid"),
+                    num("ticks"),
+                    pair("it_value"),
+                    pair("it_interval"),
+                ) {
+                    _ if flags & 2 != 0 => scan.refused.push(bad(
+                        FdClass::Other,
+                        "a timerfd armed with TFD_TIMER_CANCEL_ON_SET is not restored",
+                    )),
+                    (Some(clockid), Some(ticks), Some(value), Some(interval)) => {
+                        entry.kind = FdKind::TimerFd {
+                            clockid: clockid as i32,
+                            // An interval timer that fired re-arms when read: next in one interval.
+                            value_ns: if value == 0 && interval > 0 {
+                                interval
+                            } else {
+                                value
+                            },
+                            interval_ns: interval,
+                            ticks,
+                        };
+                        scan.entries.push(entry);
+                    }
+                    _ => scan
+                        .refused
+                        .push(bad(FdClass::Other, "cannot read the timerfd's state")),
+                }
+                continue;
+            }
             if target == "anon_inode:[signalfd]" {
                 entry.kind = FdKind::SignalFd {
                     mask: crate::procfs::field_hex(&info, "sigmask"),
@@ -296,7 +348,7 @@ impl FdScan {
                 } else if target.starts_with("anon_inode:") {
                     (
                         FdClass::Other,
-                        "this kind of kernel object is not supported (eventfd, signalfd and epoll are)",
+                        "this kind of kernel object is not supported (eventfd, timerfd, signalfd and epoll are)",
                     )
                 } else {
                     (FdClass::Other, "unsupported kind of descriptor")
@@ -626,6 +678,21 @@ pub fn reopen(
                 .map_err(|err| format!("fd {fd}: cannot set socket flags: {err}"))?;
                 sock
             }
+            FdKind::TimerFd {
+                clockid,
+                value_ns,
+                interval_ns,
+                ticks,
+            } => crate::sys::timerfd(
+                *clockid,
+                e.flags & libc::O_NONBLOCK as u32 != 0,
+                *value_ns,
+                *interval_ns,
+                *ticks,
+            )
+            .map_err(|err| {
+                format!("fd {fd}: cannot create its timerfd (clock {clockid}): {err}")
+            })?,
             FdKind::SignalFd { mask } => {
                 crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
