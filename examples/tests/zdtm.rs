@@ -265,10 +265,7 @@ fn children_are_refused_by_name_or_left_out_on_request() {
         .collect();
     assert!(out.contains("2 unsupported item(s)"), "{out}");
     assert!(
-        out.contains(&format!(
-            "child process {} (zdtm-children, state S)",
-            pids[0]
-        )),
+        out.contains(&format!("child process {} (zdtm-children, state ", pids[0])),
         "{out}"
     );
     assert!(
@@ -310,6 +307,13 @@ fn interval_timers_are_restored_posix_timers_refused_by_name() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("POSIX timer(s) 0 (timer_create)"), "{out}");
+    let o = env.first_life("zdtm-timers", "q.thaw", &["pending"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("signal(s) 12 pending for thread") && out.contains("not restored"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! timerfd with 100 ms left, whose expiration is read after restore; a non-blocking timerfd that
 //! expired before the checkpoint and was not read, whose expiration is still there.
 //!
+//! `PROG IMAGE KEY pending`: SIGUSR2 blocked and pending at the checkpoint: refused naming it.
+//!
 //! `PROG IMAGE KEY posix`: a POSIX timer (timer_create) instead; the checkpoint must be refused
 //! naming it (printed, exit 3).
 
@@ -49,6 +51,25 @@ fn set(which: i32, interval_us: i64, value_us: i64) {
 
 fn main() {
     let (image, key, extra) = common::argv();
+    if extra.first().is_some_and(|a| a == "pending") {
+        // SAFETY: block SIGUSR2 in this thread, then send it to ourselves: it stays pending.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::raise(libc::SIGUSR2);
+        }
+        let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            println!("refused: {e}");
+            std::process::exit(3);
+        }
+        std::process::exit(1);
+    }
     if extra.first().is_some_and(|a| a == "posix") {
         let mut id: libc::timer_t = std::ptr::null_mut();
         // SAFETY: a default (SIGALRM) timer on CLOCK_MONOTONIC, its id written to `id`.

@@ -59,6 +59,8 @@ pub struct ThreadCapture {
     pub robust_head: AtomicU64,
     pub robust_len: AtomicU64,
     pub clear_child_tid: AtomicU64,
+    /// Signals pending for the thread or the process (rt_sigpending) in its handler.
+    pub pending: AtomicU64,
     pub done: AtomicI32,
 }
 
@@ -250,6 +252,7 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
     t.robust_len.store(len, Ordering::Relaxed);
     t.clear_child_tid
         .store(sys::clear_child_tid(), Ordering::Relaxed);
+    t.pending.store(sys::sigpending(), Ordering::Relaxed);
     t.done.store(1, Ordering::Release);
 }
 

@@ -216,7 +216,7 @@ impl Checkpoint {
 
         let (mut unsupported, maps) = preflight()?;
         unsupported.extend(state::process::refusals(self.leave_children_out));
-        let threads = list_threads(self.signal, &mut unsupported)?;
+        let threads = list_threads(&mut unsupported)?;
         let policy = FdPolicy::from_env()
             .map_err(CheckpointError::Policy)?
             .unwrap_or_default()
@@ -290,10 +290,18 @@ impl Checkpoint {
                     late.iter()
                         .map(|tid| {
                             let name = threads.iter().find(|t| t.0 == *tid).map_or("", |t| t.1.as_str());
-                            format!(
-                                "thread {tid} ({name}) did not respond to the checkpoint signal within {:?}",
-                                self.thread_timeout
-                            )
+                            let blocked = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+                                .is_ok_and(|st| {
+                                    crate::procfs::field_hex(&st, "SigBlk") & (1u64 << (self.signal - 1)) != 0
+                                });
+                            if blocked {
+                                format!("thread {tid} ({name}) blocks the checkpoint signal {}", self.signal)
+                            } else {
+                                format!(
+                                    "thread {tid} ({name}) did not respond to the checkpoint signal within {:?}",
+                                    self.thread_timeout
+                                )
+                            }
                         })
                         .collect(),
                 ))
@@ -397,6 +405,7 @@ impl Checkpoint {
             }
         }
         unsupported.extend(missing_mappings(c, &m.memory));
+        unsupported.extend(pending_signals(c, self.signal));
         m.dontfork = c
             .dontfork
             .iter()
@@ -509,6 +518,28 @@ impl Checkpoint {
     }
 }
 
+/// Signals pending at the snapshot (blocked by the threads they wait for) would be lost: refused.
+fn pending_signals(c: &Capture, signal: i32) -> Vec<String> {
+    let own = 1u64 << (signal - 1);
+    c.threads
+        .iter()
+        .filter_map(|t| {
+            let pending = t.pending.load(Ordering::Relaxed) & !own;
+            (pending != 0).then(|| {
+                let sigs: Vec<String> = (1..=64)
+                    .filter(|s| pending & (1u64 << (s - 1)) != 0)
+                    .map(|s| s.to_string())
+                    .collect();
+                format!(
+                    "signal(s) {} pending for thread {} at the checkpoint (blocked): pending signals are not restored; let them be handled first",
+                    sigs.join(", "),
+                    t.tid.load(Ordering::Relaxed)
+                )
+            })
+        })
+        .collect()
+}
+
 /// Mappings the process had at the fork that the snapshot lacks (marked MADV_DONTFORK after the
 /// checkpoint listed such ranges), but for the checkpoint's own buffers.
 fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
@@ -568,7 +599,7 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
 }
 
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.
-fn list_threads(signal: i32, why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointError> {
+fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
         let Some(tid) = e
@@ -590,13 +621,9 @@ fn list_threads(signal: i32, why: &mut Vec<String>) -> Result<Vec<(i32, String)>
                 ));
             }
         }
-        if tid != crate::sys::gettid()
-            && crate::procfs::field_hex(&status, "SigBlk") & (1u64 << (signal - 1)) != 0
-        {
-            why.push(format!(
-                "thread {tid} ({name}) blocks the checkpoint signal {signal}"
-            ));
-        }
+        // A thread that blocks the checkpoint signal now may unblock it in a moment (one inside
+        // pthread_create blocks every signal briefly): it is signalled like the others, and named
+        // only if it has not parked within the bound.
         out.push((tid, name));
     }
     out.sort_unstable();

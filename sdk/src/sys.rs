@@ -974,3 +974,13 @@ pub fn timerfd(
     }
     Ok(fd)
 }
+
+/// rt_sigpending: signals pending for the calling thread or its process. Async-signal-safe.
+pub fn sigpending() -> u64 {
+    let mut set = 0u64;
+    syscall6(
+        libc::SYS_rt_sigpending,
+        [&mut set as *mut u64 as u64, 8, 0, 0, 0, 0],
+    );
+    set
+}
