@@ -49,54 +49,53 @@ fn set(which: i32, interval_us: i64, value_us: i64) {
     assert_eq!(r, 0);
 }
 
+/// Blocks `sig` in this thread; returns the set holding it.
+fn block(sig: i32) -> libc::sigset_t {
+    let mut set: libc::sigset_t = unsafe_zeroed();
+    // SAFETY: a valid signal set for this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Checkpoints, expecting a refusal: prints it and exits 3 (1 if the image was written).
+fn expect_refusal(image: &str, key: Option<String>) -> ! {
+    let mut cp = thaw::Checkpoint::to(image).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    if let Err(e) = cp.save() {
+        println!("refused: {e}");
+        std::process::exit(3);
+    }
+    std::process::exit(1);
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
     if extra.first().is_some_and(|a| a == "pending") {
-        // SAFETY: block SIGUSR2 in this thread, then send it to ourselves: it stays pending.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGUSR2);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::raise(libc::SIGUSR2);
-        }
-        let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
-        if let Some(k) = key {
-            cp = cp.sign_with(k);
-        }
-        if let Err(e) = cp.save() {
-            println!("refused: {e}");
-            std::process::exit(3);
-        }
-        std::process::exit(1);
+        block(libc::SIGUSR2);
+        // SAFETY: a blocked signal to ourselves: it stays pending.
+        unsafe { libc::raise(libc::SIGUSR2) };
+        expect_refusal(&image, key);
     }
     if extra.first().is_some_and(|a| a == "posix") {
         let mut id: libc::timer_t = std::ptr::null_mut();
         // SAFETY: a default (SIGALRM) timer on CLOCK_MONOTONIC, its id written to `id`.
         let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut id) };
         assert_eq!(r, 0);
-        let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
-        if let Some(k) = key {
-            cp = cp.sign_with(k);
-        }
-        if let Err(e) = cp.save() {
-            println!("refused: {e}");
-            std::process::exit(3);
-        }
-        std::process::exit(1);
+        expect_refusal(&image, key);
     }
     // SAFETY: installs a handler that only stores an atomic.
     unsafe { libc::signal(libc::SIGALRM, on_alarm as *const () as usize) };
     set(libc::ITIMER_REAL, 0, 200_000);
     set(libc::ITIMER_PROF, 1_000_000, 10_000_000);
-    // SAFETY: block SIGUSR1 in this thread and create a signalfd for it.
-    let sfd = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
-    };
+    let set = block(libc::SIGUSR1);
+    // SAFETY: a signalfd for a valid signal set.
+    let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
     assert!(sfd >= 0);
     let tfd = |value_ns: i64, nonblock: bool| {
         let spec = libc::itimerspec {

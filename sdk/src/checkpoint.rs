@@ -253,7 +253,7 @@ impl Checkpoint {
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
         capture.shm = crate::state::shmem::copies(&maps, &scan.memfds())
             .map_err(io("preparing shared memory copies"))?;
-        if capture.shm.iter().any(|o| o.fd.is_none()) {
+        if capture.shm.iter().any(|o| o.needs_mem()) {
             capture.mem = Some(
                 File::open("/proc/self/mem")
                     .map_err(io("opening /proc/self/mem"))?
@@ -266,12 +266,11 @@ impl Checkpoint {
             .map(|m| (m.start, m.end - m.start))
             .collect();
         // The maps at the fork, to check that the snapshot holds every mapping (one marked
-        // MADV_DONTFORK after the list above was made would be missing).
-        let maps_now = std::fs::read("/proc/self/maps").map_err(io("reading /proc/self/maps"))?;
-        capture.maps_buf = Some(
-            crate::sys::DontForkBuf::new(maps_now.len() * 2 + (64 << 10))
-                .map_err(io("preparing the mappings check"))?,
-        );
+        // MADV_DONTFORK after the list above was made would be missing). A maps line is at most
+        // a path's length past 80 bytes; room for twice as many mappings.
+        let room = maps.iter().map(|m| 96 + m.name.len()).sum::<usize>() * 2 + (64 << 10);
+        capture.maps_buf =
+            Some(crate::sys::DontForkBuf::new(room).map_err(io("preparing the mappings check"))?);
         capture.maps_fd = Some(
             File::open("/proc/self/maps")
                 .map_err(io("opening /proc/self/maps"))?

@@ -118,13 +118,14 @@ fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
 /// caller's PID namespace: a launcher whose capabilities belong to another user namespace (inside a
 /// container, say) must not create processes with chosen PIDs there.
 fn may_use_host_pids() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = thaw::procfs::field_hex(&status, "CapEff");
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_CHECKPOINT_RESTORE: u64 = 1 << 40;
-    eff & (CAP_SYS_ADMIN | CAP_CHECKPOINT_RESTORE) != 0
+    (has_cap(CAP_SYS_ADMIN) || has_cap(CAP_CHECKPOINT_RESTORE))
         && sys::owns_pid_namespace().unwrap_or(false)
 }
+
+const CAP_SYS_NICE: u32 = 23;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Whether the launcher holds capability `cap` in its effective set.
 fn has_cap(cap: u32) -> bool {
@@ -392,18 +393,6 @@ fn build_plan(
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.
-    // oom_score_adj: lowering it protects the process from the OOM killer, a privilege the
-    // caller may lack (CAP_SYS_RESOURCE); never below the caller's own.
-    let mine = thaw::state::process::oom_score_adj();
-    let oom = if m.process.oom_score_adj < mine && !has_cap(24) {
-        eprintln!(
-            "thaw: warning: oom_score_adj raised from {} to yours, {mine}",
-            m.process.oom_score_adj
-        );
-        mine
-    } else {
-        m.process.oom_score_adj
-    };
     m.process.plan_restore(&mut plan);
     let mine = thaw::state::limits::Rlimit::current()
         .map_err(|e| failed(format!("cannot read rlimits: {e}")))?;
@@ -517,9 +506,8 @@ fn build_plan(
     // Nice values below the caller's would be a privilege (CAP_SYS_NICE over the initial user
     // namespace, so never in ns mode): never granted.
     let caller_nice = sys::nice();
-    let may_lower = has_cap(23) && mode != PidMode::Ns;
     let nice_of = |t: &thaw::state::threads::ThreadState| {
-        if t.nice < caller_nice && !may_lower {
+        if t.nice < caller_nice && (mode == PidMode::Ns || !has_cap(CAP_SYS_NICE)) {
             eprintln!(
                 "thaw: warning: thread {} nice {} raised to yours, {caller_nice}",
                 t.tid, t.nice
@@ -576,7 +564,19 @@ fn build_plan(
             ],
         );
     }
-    thaw::state::process::plan_oom_score_adj(&mut plan, oom);
+    // oom_score_adj: lowering it protects the process from the OOM killer, a privilege the
+    // caller may lack (CAP_SYS_RESOURCE); never below the caller's own.
+    let mine = thaw::state::process::oom_score_adj();
+    let oom = if m.process.oom_score_adj < mine && !has_cap(CAP_SYS_RESOURCE) {
+        eprintln!(
+            "thaw: warning: oom_score_adj raised from {} to yours, {mine}",
+            m.process.oom_score_adj
+        );
+        mine
+    } else {
+        m.process.oom_score_adj
+    };
+    thaw::state::process::plan_oom_score_adj(&mut plan, oom, mine);
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;

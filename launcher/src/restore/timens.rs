@@ -16,7 +16,8 @@ pub fn decide(c: &Clocks, mode: PidMode, allow_jump: bool) -> Result<bool> {
     let Some(behind) = c.behind(clocks::now()) else {
         return Ok(false);
     };
-    if mode == PidMode::Ns || may_create() {
+    // Outside a new user namespace, unshare(CLONE_NEWTIME) needs CAP_SYS_ADMIN.
+    if mode == PidMode::Ns || super::has_cap(super::CAP_SYS_ADMIN) {
         return Ok(true);
     }
     let here = clocks::boot_id();
@@ -59,13 +60,6 @@ fn own_offsets() -> (i64, i64) {
             .unwrap_or(0)
     };
     (get("monotonic"), get("boottime"))
-}
-
-/// CAP_SYS_ADMIN in the effective set: what unshare(CLONE_NEWTIME) needs outside a new user
-/// namespace.
-fn may_create() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    thaw::procfs::field_hex(&status, "CapEff") & (1 << 21) != 0
 }
 
 /// Creates the time namespace the launcher's next child enters, with offsets for `c` computed

@@ -112,6 +112,54 @@ pub(crate) struct Refused {
     pub message: String,
 }
 
+impl Refused {
+    /// `entry`, refused: "fd N (target): why".
+    fn of(entry: &FdEntry, target: &str, class: FdClass, why: &str) -> Refused {
+        Refused {
+            fd: entry.fd,
+            flags: entry.flags,
+            cloexec: entry.cloexec,
+            class,
+            message: format!("fd {} ({target}): {why}", entry.fd),
+        }
+    }
+}
+
+/// A timerfd's state from its fdinfo; `Err` says why it is refused.
+fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
+    let num = |k: &str| crate::procfs::field(info, k).and_then(|v| v.parse::<u64>().ok());
+    let ns = |k: &str| {
+        let v = crate::procfs::field(info, k)?;
+        let (a, b) = v.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+        Some(a.trim().parse::<u64>().ok()? * 1_000_000_000 + b.trim().parse::<u64>().ok()?)
+    };
+    let flags = crate::procfs::field(info, "settime flags")
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .unwrap_or(0);
+    if flags & 2 != 0 {
+        return Err("a timerfd armed with TFD_TIMER_CANCEL_ON_SET is not restored");
+    }
+    let (Some(clockid), Some(ticks), Some(value), Some(interval)) = (
+        num("clockid"),
+        num("ticks"),
+        ns("it_value"),
+        ns("it_interval"),
+    ) else {
+        return Err("cannot read the timerfd's state");
+    };
+    Ok(FdKind::TimerFd {
+        clockid: clockid as i32,
+        // An interval timer that fired re-arms when read: next in one interval.
+        value_ns: if value == 0 && interval > 0 {
+            interval
+        } else {
+            value
+        },
+        interval_ns: interval,
+        ticks,
+    })
+}
+
 /// The descriptors of the calling process, classified before the snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
@@ -188,13 +236,13 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
-            let bad = |class: FdClass, why: &str| Refused {
+            let head = FdEntry {
                 fd,
                 flags,
                 cloexec,
-                class,
-                message: format!("fd {fd} ({target}): {why}"),
+                ..FdEntry::default()
             };
+            let bad = |class: FdClass, why: &str| Refused::of(&head, &target, class, why);
             if let Some(ino) = target
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
@@ -258,46 +306,15 @@ impl FdScan {
                 continue;
             }
             if target == "anon_inode:[timerfd]" {
-                let num = |k: &str| crate::procfs::field(&info, k).and_then(|v| v.parse().ok());
-                let pair = |k: &str| {
-                    crate::procfs::field(&info, k).and_then(|v| {
-                        let (a, b) = v.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
-                        Some(
-                            a.trim().parse::<u64>().ok()? * 1_000_000_000
-                                + b.trim().parse::<u64>().ok()?,
-                        )
-                    })
-                };
-                let flags = crate::procfs::field(&info, "settime flags")
-                    .and_then(|v| u32::from_str_radix(v, 8).ok())
-                    .unwrap_or(0);
-                match (
-                    num("clockid"),
-                    num("ticks"),
-                    pair("it_value"),
-                    pair("it_interval"),
-                ) {
-                    _ if flags & 2 != 0 => scan.refused.push(bad(
-                        FdClass::Other,
-                        "a timerfd armed with TFD_TIMER_CANCEL_ON_SET is not restored",
-                    )),
-                    (Some(clockid), Some(ticks), Some(value), Some(interval)) => {
-                        entry.kind = FdKind::TimerFd {
-                            clockid: clockid as i32,
-                            // An interval timer that fired re-arms when read: next in one interval.
-                            value_ns: if value == 0 && interval > 0 {
-                                interval
-                            } else {
-                                value
-                            },
-                            interval_ns: interval,
-                            ticks,
-                        };
+                match timerfd_state(&info) {
+                    Ok(kind) => {
+                        entry.kind = kind;
                         scan.entries.push(entry);
                     }
-                    _ => scan
-                        .refused
-                        .push(bad(FdClass::Other, "cannot read the timerfd's state")),
+                    Err(why) => {
+                        scan.refused
+                            .push(Refused::of(&entry, &target, FdClass::Other, why))
+                    }
                 }
                 continue;
             }
@@ -432,16 +449,12 @@ impl FdScan {
         foreign.sort_unstable();
         for (i, id) in foreign.into_iter().rev() {
             let e = scan.entries.remove(i);
-            scan.refused.push(Refused {
-                fd: e.fd,
-                flags: e.flags,
-                cloexec: e.cloexec,
-                class: FdClass::Pipe,
-                message: format!(
-                    "fd {} (pipe:[{id}]): the other end of the pipe is not in this process",
-                    e.fd
-                ),
-            });
+            scan.refused.push(Refused::of(
+                &e,
+                &format!("pipe:[{id}]"),
+                FdClass::Pipe,
+                "the other end of the pipe is not in this process",
+            ));
         }
         let socks: Vec<(i32, u64)> = sockets.iter().map(|(e, ino, _)| (e.fd, *ino)).collect();
         for ((mut entry, _, target), (_, r)) in
@@ -452,13 +465,7 @@ impl FdScan {
                     entry.kind = FdKind::Socket(sock);
                     scan.entries.push(entry);
                 }
-                Err((class, why)) => scan.refused.push(Refused {
-                    fd: entry.fd,
-                    flags: entry.flags,
-                    cloexec: entry.cloexec,
-                    class,
-                    message: format!("fd {} ({target}): {why}", entry.fd),
-                }),
+                Err((class, why)) => scan.refused.push(Refused::of(&entry, &target, class, &why)),
             }
         }
         scan.entries.sort_by_key(|e| e.fd);

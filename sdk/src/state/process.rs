@@ -113,10 +113,10 @@ impl Process {
 }
 
 /// Sets `/proc/self/oom_score_adj` to `value` (the launcher's decision, never below the caller's
-/// own) unless the process has it already (inherited from the launcher). Planned once the process
-/// is dumpable again, so that it may open its own /proc files.
-pub fn plan_oom_score_adj(plan: &mut Plan, value: i32) {
-    if value != oom_score_adj() {
+/// own) unless the process has it already (`inherited` from the launcher). Planned once the
+/// process is dumpable again, so that it may open its own /proc files.
+pub fn plan_oom_score_adj(plan: &mut Plan, value: i32, inherited: i32) {
+    if value != inherited {
         plan.write_file(
             format!("oom_score_adj {value}"),
             "/proc/self/oom_score_adj",

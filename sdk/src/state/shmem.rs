@@ -38,16 +38,53 @@ const PAGE: u64 = 4096;
 /// Extents one object may have in the copy.
 const MAX_EXTENTS: usize = 16384;
 
+/// The populated extents `(offset, end)` of the file open at `fd`, up to `size`, found with
+/// SEEK_DATA/SEEK_HOLE; `Err(errno)` ends the walk on a failure. Allocates nothing:
+/// async-signal-safe.
+struct DataExtents {
+    fd: i32,
+    at: u64,
+    size: u64,
+}
+
+impl Iterator for DataExtents {
+    type Item = Result<(u64, u64), i64>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.size {
+            return None;
+        }
+        let data = crate::sys::lseek_raw(self.fd, self.at, libc::SEEK_DATA);
+        if data < 0 {
+            self.at = self.size;
+            // ENXIO: no data after `at`.
+            return (data != -(libc::ENXIO as i64)).then_some(Err(data));
+        }
+        let data = data as u64;
+        let hole = crate::sys::lseek_raw(self.fd, data, libc::SEEK_HOLE);
+        let hole = if hole < 0 {
+            self.size
+        } else {
+            (hole as u64).min(self.size)
+        };
+        if data >= hole {
+            self.at = self.size;
+            return None;
+        }
+        self.at = hole;
+        Some(Ok((data, hole)))
+    }
+}
+
 /// One object to copy in the checkpoint handler.
 #[derive(Debug)]
 pub struct ShmCopy {
     pub id: u64,
     pub memfd: Option<String>,
-    /// A descriptor of the object (memfds the process holds open), else `ranges` are read from
-    /// /proc/self/mem.
-    pub fd: Option<i32>,
-    /// Our own open file description of the object (reopened through /proc/self/fd), for
-    /// SEEK_DATA/SEEK_HOLE and pread: seeking the application's descriptor would move its offset.
+    /// Our own open file description of the object (reopened through /proc/self/fd of one of
+    /// the process's descriptors of it), for SEEK_DATA/SEEK_HOLE and pread: seeking the
+    /// application's descriptor would move its offset. `None` for an object the process holds no
+    /// descriptor of: its `ranges` are read from /proc/self/mem.
     own: Option<std::os::fd::OwnedFd>,
     /// The object's size as the handler saw it (fstat), to detect growth since `size`.
     seen_size: AtomicU64,
@@ -85,25 +122,14 @@ impl ShmCopy {
         // instead of allocating it (6x faster here).
         let populate = |off: u64, len: u64| buf.populate(off, len.min(size.saturating_sub(off)));
         match own.as_ref().map(|f| f.as_raw_fd()) {
-            Some(fd) => {
-                let mut at = 0;
-                while at < size {
-                    let data = crate::sys::lseek_raw(fd, at, libc::SEEK_DATA);
-                    if data < 0 {
-                        break;
-                    }
-                    let hole = crate::sys::lseek_raw(fd, data as u64, libc::SEEK_HOLE);
-                    let hole = if hole < 0 { size } else { hole as u64 };
-                    populate(data as u64, hole.saturating_sub(data as u64));
-                    at = hole.max(data as u64 + 1);
-                }
-            }
+            Some(fd) => DataExtents { fd, at: 0, size }
+                .map_while(Result::ok)
+                .for_each(|(a, b)| populate(a, b - a)),
             None => ranges.iter().for_each(|&(off, _, len)| populate(off, len)),
         }
         Ok(ShmCopy {
             id,
             memfd,
-            fd,
             own,
             seen_size: AtomicU64::new(size),
             ranges,
@@ -114,6 +140,11 @@ impl ShmCopy {
             count: AtomicU64::new(0),
             error: AtomicI64::new(0),
         })
+    }
+
+    /// Whether the process holds no descriptor of the object (it is read from /proc/self/mem).
+    pub fn needs_mem(&self) -> bool {
+        self.own.is_none()
     }
 
     /// The copy buffer's (address, length): not part of the snapshot, by design.
@@ -141,10 +172,10 @@ impl ShmCopy {
     }
 
     /// Copies `len` bytes at offset `off` of the object: from a readable mapping that covers
-    /// them (the kernel copies from our own address space, fastest), else with pread from `fd`
-    /// (a descriptor of the object, or /proc/self/mem for fd-less objects, which reads even
-    /// inaccessible mappings).
-    fn read(&self, fd: Option<i32>, mem: i32, off: u64, len: u64) -> bool {
+    /// them (the kernel copies from our own address space, fastest), else with pread from our
+    /// description of the object, or from `mem` (/proc/self/mem, which reads even inaccessible
+    /// mappings) for fd-less objects.
+    fn read(&self, mem: i32, off: u64, len: u64) -> bool {
         let dst = self.buf.addr() + off;
         let mapped = self
             .ranges
@@ -156,7 +187,7 @@ impl ShmCopy {
             None => -(libc::EFAULT as i64),
         };
         if r < 0 {
-            r = match (fd, mapped) {
+            r = match (self.own.as_ref().map(|f| f.as_raw_fd()), mapped) {
                 (Some(fd), _) => crate::sys::pread_raw(fd, dst, len as usize, off),
                 (None, Some(src)) => crate::sys::pread_raw(mem, dst, len as usize, src),
                 (None, None) => r,
@@ -178,25 +209,19 @@ impl ShmCopy {
                     crate::sys::fstat_size(fd).unwrap_or(self.size),
                     Ordering::Relaxed,
                 );
-                let mut at = 0u64;
-                while at < self.size {
-                    let data = crate::sys::lseek_raw(fd, at, libc::SEEK_DATA);
-                    if data < 0 {
-                        if data != -(libc::ENXIO as i64) {
-                            self.error.store(data, Ordering::Relaxed);
+                let extents = DataExtents {
+                    fd,
+                    at: 0,
+                    size: self.size,
+                };
+                for extent in extents {
+                    let (data, hole) = match extent {
+                        Ok(e) => e,
+                        Err(errno) => {
+                            self.error.store(errno, Ordering::Relaxed);
+                            return;
                         }
-                        return;
-                    }
-                    let data = data as u64;
-                    let hole = crate::sys::lseek_raw(fd, data, libc::SEEK_HOLE);
-                    let hole = if hole < 0 {
-                        self.size
-                    } else {
-                        (hole as u64).min(self.size)
                     };
-                    if data >= hole {
-                        return;
-                    }
                     if !self.push(data, hole - data) {
                         return;
                     }
@@ -210,17 +235,16 @@ impl ShmCopy {
                             .filter(|&b| b > p && b < hole)
                             .min()
                             .unwrap_or(hole);
-                        if !self.read(Some(fd), mem, p, end - p) {
+                        if !self.read(mem, p, end - p) {
                             return;
                         }
                         p = end;
                     }
-                    at = hole;
                 }
             }
             None => {
                 for &(off, _, len) in &self.ranges {
-                    if !self.push(off, len) || !self.read(None, mem, off, len) {
+                    if !self.push(off, len) || !self.read(mem, off, len) {
                         return;
                     }
                 }
