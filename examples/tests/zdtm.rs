@@ -387,3 +387,48 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
         "{err}"
     );
 }
+
+#[test]
+fn process_attributes_membarrier_guards_loginuid_rseq() {
+    let env = Env::new();
+    let all = [
+        "membarrier registration",
+        "guard pages fault, their neighbours keep their contents",
+        "login uid",
+        "glibc's rseq area registered",
+    ];
+    let img = env.checkpoint("zdtm-attrs", "a.thaw", &["no-loginuid"]);
+    assert!(env.manifest(&img).process.membarrier & (1 << 4) != 0);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &all);
+    }
+    // A login uid that differs from the launcher's is set again where the kernel allows it (its
+    // own is unset, or CAP_AUDIT_CONTROL); where not, the restore fails naming it.
+    let img = env.checkpoint("zdtm-attrs", "l.thaw", &[]);
+    let image_uid = env.manifest(&img).process.loginuid;
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        if o.status.success() {
+            assert_all_ok(&o, &all);
+        } else {
+            assert_eq!(o.status.code(), Some(68), "{}", text(&o));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains(&format!("login uid {image_uid}")), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_programs_own_rseq_area_is_refused_by_name() {
+    let env = Env::new();
+    let o = env.first_life("zdtm-attrs", "r.thaw", &["own-rseq"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.contains("has an rseq area registered by the program itself"),
+        "{out}"
+    );
+    assert!(out.contains("own area still registered: true"), "{out}");
+    assert!(!env.path("r.thaw").exists());
+}

@@ -61,6 +61,8 @@ pub struct ThreadCapture {
     pub clear_child_tid: AtomicU64,
     /// Signals pending for the thread or the process (rt_sigpending) in its handler.
     pub pending: AtomicU64,
+    /// Whose rseq area the thread has registered: a [`sys::RseqOwner`] as u32 (0: not asked).
+    pub rseq: AtomicU32,
     pub done: AtomicI32,
 }
 
@@ -253,6 +255,11 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
     t.clear_child_tid
         .store(sys::clear_child_tid(), Ordering::Relaxed);
     t.pending.store(sys::sigpending(), Ordering::Relaxed);
+    let glibc = sys::glibc_rseq(fs).map(|(addr, size)| (addr, size.max(32)));
+    t.rseq.store(
+        sys::rseq_owner(glibc, crate::state::threads::RSEQ_SIG) as u32,
+        Ordering::Relaxed,
+    );
     t.done.store(1, Ordering::Release);
 }
 

@@ -373,6 +373,9 @@ impl Checkpoint {
             .map_err(io("opening the snapshot's memory"))?;
         let pagemap = File::open(format!("/proc/{child}/pagemap"))
             .map_err(io("opening the snapshot's page map"))?;
+        let mut guards = crate::sys::guard_regions(std::os::fd::AsRawFd::as_raw_fd(&pagemap))
+            .map_err(io("finding the snapshot's guard regions"))?;
+        guards.sort_unstable();
         m.threads = c
             .threads
             .iter()
@@ -395,7 +398,7 @@ impl Checkpoint {
             match Vma::classify(entry) {
                 Ok(mut vma) => {
                     let runs = vma
-                        .saved_runs(&pagemap, entry.resident_kb)
+                        .saved_runs(&pagemap, entry.resident_kb, &guards)
                         .map_err(io("reading the snapshot's page map"))?;
                     vma.dump_pages(&runs, &mem, &mut writer)?;
                     m.memory.push(vma);
@@ -404,7 +407,12 @@ impl Checkpoint {
             }
         }
         unsupported.extend(missing_mappings(c, &m.memory));
+        m.guards = guards
+            .iter()
+            .map(|&(start, end)| state::memory::Guard { start, end })
+            .collect();
         unsupported.extend(pending_signals(c, self.signal));
+        unsupported.extend(state::threads::rseq_refusals(c));
         m.dontfork = c
             .dontfork
             .iter()

@@ -984,3 +984,99 @@ pub fn sigpending() -> u64 {
     );
     set
 }
+
+/// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the `MEMBARRIER_CMD_REGISTER_*` commands this
+/// process has issued (Linux 6.3+; 0 where the kernel cannot say).
+pub fn membarrier_registrations() -> u32 {
+    let r = syscall6(libc::SYS_membarrier, [1 << 9, 0, 0, 0, 0, 0]);
+    if r < 0 {
+        0
+    } else {
+        r as u32
+    }
+}
+
+/// Whose rseq area the calling thread has registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RseqOwner {
+    None = 1,
+    Glibc = 2,
+    /// An area glibc did not register (the program's own, or another length or signature).
+    Other = 3,
+}
+
+/// Which rseq area the calling thread has registered, asked of the kernel by registering
+/// `glibc` = (area, length) (or a scratch area when glibc has none): EBUSY means exactly that
+/// one is registered, EINVAL/EPERM another one; success means none was, and the probe is undone.
+/// Async-signal-safe.
+pub fn rseq_owner(glibc: Option<(u64, u32)>, signature: u32) -> RseqOwner {
+    #[repr(C, align(32))]
+    struct Area([u8; 32]);
+    let mut scratch = Area([0; 32]);
+    let (addr, len) = glibc.unwrap_or((&mut scratch as *mut Area as u64, 32));
+    let args = |flags| [addr, u64::from(len), flags, u64::from(signature), 0, 0];
+    match syscall6(libc::SYS_rseq, args(0)) {
+        0 => {
+            // Registered by this probe: undo it before `scratch` goes away.
+            syscall6(libc::SYS_rseq, args(1));
+            RseqOwner::None
+        }
+        r if r == -(libc::EBUSY as i64) && glibc.is_some() => RseqOwner::Glibc,
+        r if r == -(libc::ENOSYS as i64) => RseqOwner::None,
+        _ => RseqOwner::Other,
+    }
+}
+
+/// The guard regions (MADV_GUARD_INSTALL) of the process whose `pagemap` is given, as
+/// (start, end) ranges, from PAGEMAP_SCAN's PAGE_IS_GUARD category (Linux 6.14+). A kernel
+/// without that category has none that could be found: empty.
+pub fn guard_regions(pagemap: i32) -> io::Result<Vec<(u64, u64)>> {
+    const PAGE_IS_GUARD: u64 = 1 << 8;
+    // _IOWR('f', 16, struct pm_scan_arg), 96 bytes.
+    const PAGEMAP_SCAN: u64 = 0xc060_6610;
+    const END: u64 = 0x0000_7fff_ffff_f000;
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    let mut regions = [[0u64; 3]; 64];
+    while start < END {
+        // struct pm_scan_arg: size, flags, start, end, walk_end, vec, vec_len, max_pages,
+        // category_inverted, category_mask, category_anyof_mask, return_mask.
+        let mut arg: [u64; 12] = [
+            96,
+            0,
+            start,
+            END,
+            0,
+            regions.as_mut_ptr() as u64,
+            regions.len() as u64,
+            0,
+            0,
+            PAGE_IS_GUARD,
+            0,
+            PAGE_IS_GUARD,
+        ];
+        let n = syscall6(
+            libc::SYS_ioctl,
+            [
+                pagemap as u64,
+                PAGEMAP_SCAN,
+                arg.as_mut_ptr() as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        if n == -(libc::EINVAL as i64) || n == -(libc::ENOTTY as i64) {
+            return Ok(out);
+        }
+        let n = check(n)? as usize;
+        out.extend(regions[..n.min(regions.len())].iter().map(|r| (r[0], r[1])));
+        let walked = arg[4];
+        if walked <= start || walked >= END {
+            break;
+        }
+        start = walked;
+    }
+    Ok(out)
+}

@@ -382,6 +382,9 @@ fn build_plan(
     for r in &m.dontfork {
         r.plan_restore(&mut plan);
     }
+    for g in &m.guards {
+        g.plan_restore(&mut plan);
+    }
     for o in &m.shared {
         if let Some((_, fd)) = fds.shared.iter().find(|(id, _)| *id == o.id) {
             o.plan_restore(&mut plan, fd.as_raw_fd());
@@ -394,6 +397,11 @@ fn build_plan(
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.
     m.process.plan_restore(&mut plan);
+    thaw::state::process::plan_loginuid(
+        &mut plan,
+        m.process.loginuid,
+        thaw::state::process::loginuid(),
+    );
     let mine = thaw::state::limits::Rlimit::current()
         .map_err(|e| failed(format!("cannot read rlimits: {e}")))?;
     for lim in &m.limits {

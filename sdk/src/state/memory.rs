@@ -182,10 +182,12 @@ impl Vma {
 
     /// Which pages of this VMA the image must carry: populated anonymous memory, and the
     /// privately modified (copy-on-write) pages of file mappings. Reads the frozen child's pagemap.
+    /// Guard pages (`guards`, sorted (start, end) ranges) are never saved: they cannot be read.
     pub(crate) fn saved_runs(
         &self,
         pagemap: &File,
         resident_kb: u64,
+        guards: &[(u64, u64)],
     ) -> std::io::Result<Vec<(u64, u64)>> {
         let file_backed = matches!(self.backing, Backing::File { .. });
         if resident_kb == 0
@@ -205,9 +207,10 @@ impl Vma {
             for (i, e) in bytes.chunks_exact(8).enumerate() {
                 let e = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
                 let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
-                let keep = populated && !(file_backed && e & PM_FILE != 0);
+                let addr = self.start + (done + i as u64) * PAGE;
+                let keep =
+                    populated && !(file_backed && e & PM_FILE != 0) && !in_ranges(guards, addr);
                 if keep {
-                    let addr = self.start + (done + i as u64) * PAGE;
                     match runs.last_mut() {
                         Some((s, l)) if *s + *l == addr => *l += PAGE,
                         _ => runs.push((addr, PAGE)),
@@ -381,6 +384,39 @@ impl DontFork {
             ],
         );
     }
+}
+
+/// A guard region (MADV_GUARD_INSTALL, Linux 6.13+): pages that fault on any access, installed
+/// again at restore after the memory around them is in place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Guard {
+    pub fn plan_restore(&self, plan: &mut Plan) {
+        plan.syscall(
+            format!("madvise {:x}-{:x} MADV_GUARD_INSTALL", self.start, self.end),
+            libc::SYS_madvise,
+            [
+                self.start,
+                self.end - self.start,
+                MADV_GUARD_INSTALL,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+}
+
+const MADV_GUARD_INSTALL: u64 = 102;
+
+/// Whether `addr` lies in one of `ranges` ((start, end), sorted by start).
+fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
+    let i = ranges.partition_point(|&(start, _)| start <= addr);
+    i > 0 && addr < ranges[i - 1].1
 }
 
 /// The lines of /proc/self/maps text whose range `ranges` ((start, end), sorted by start) do not

@@ -34,6 +34,8 @@ pub struct Manifest {
     pub memory: Vec<memory::Vma>,
     /// Ranges of `memory` marked MADV_DONTFORK.
     pub dontfork: Vec<memory::DontFork>,
+    /// Guard regions inside `memory` (MADV_GUARD_INSTALL).
+    pub guards: Vec<memory::Guard>,
     pub threads: Vec<threads::ThreadState>,
     pub signals: signals::SignalState,
     pub limits: Vec<limits::Rlimit>,

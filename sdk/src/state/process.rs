@@ -26,6 +26,10 @@ pub struct Process {
     pub timerslack_ns: u64,
     /// /proc/self/oom_score_adj (never restored below the caller's: see the launcher).
     pub oom_score_adj: i32,
+    /// The `MEMBARRIER_CMD_REGISTER_*` commands the process issued (registered again at restore).
+    pub membarrier: u32,
+    /// /proc/self/loginuid (`u32::MAX`: unset); see [`plan_loginuid`].
+    pub loginuid: u32,
 }
 
 use crate::procfs;
@@ -69,6 +73,8 @@ impl Process {
             thp_disable: crate::sys::prctl_get(libc::PR_GET_THP_DISABLE).unwrap_or(0) != 0,
             timerslack_ns: crate::sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(50_000),
             oom_score_adj: oom_score_adj(),
+            membarrier: crate::sys::membarrier_registrations(),
+            loginuid: loginuid(),
         })
     }
 
@@ -92,6 +98,16 @@ impl Process {
                 libc::SYS_prctl,
                 [option as u64, value, 0, 0, 0, 0],
             );
+        }
+        // Registrations belong to the address space, which is new: register each again.
+        for cmd in [1u32 << 2, 1 << 4, 1 << 6, 1 << 8] {
+            if self.membarrier & cmd != 0 {
+                plan.syscall(
+                    format!("membarrier registration {cmd:#x}"),
+                    libc::SYS_membarrier,
+                    [u64::from(cmd), 0, 0, 0, 0, 0],
+                );
+            }
         }
         plan.syscall(
             format!("umask {:03o}", self.umask),
@@ -123,6 +139,28 @@ pub fn plan_oom_score_adj(plan: &mut Plan, value: i32, inherited: i32) {
             value.to_string().as_bytes(),
         );
     }
+}
+
+/// Sets the login uid (audit's `/proc/self/loginuid`) to the image's unless the process has it
+/// already (`inherited` from the launcher). The kernel lets a process whose login uid is unset
+/// set it, and otherwise only with CAP_AUDIT_CONTROL: where it refuses, the restore fails at
+/// this step, naming it. Planned before other threads exist: each thread inherits it.
+pub fn plan_loginuid(plan: &mut Plan, image: u32, inherited: u32) {
+    if image != inherited {
+        plan.write_file(
+            format!("login uid {image} (/proc/self/loginuid; yours is {inherited})"),
+            "/proc/self/loginuid",
+            image.to_string().as_bytes(),
+        );
+    }
+}
+
+/// This process's login uid (`u32::MAX` when unset or unknown).
+pub fn loginuid() -> u32 {
+    std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u32::MAX)
 }
 
 /// This process's /proc/self/oom_score_adj.

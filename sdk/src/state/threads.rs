@@ -69,7 +69,7 @@ use std::sync::atomic::Ordering;
 const UC_STACK: u64 = 16;
 const UC_SIGMASK: u64 = 296;
 /// glibc's rseq signature on x86.
-const RSEQ_SIG: u32 = 0x5305_3053;
+pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 
 impl ThreadState {
     /// The thread's state from what its handler recorded and its frame in the frozen memory.
@@ -86,12 +86,15 @@ impl ThreadState {
             u64::from_ne_bytes(uc[off as usize..off as usize + 8].try_into().expect("8"))
         };
         let fs_base = c.fs_base.load(Ordering::Relaxed);
-        let rseq = crate::sys::glibc_rseq(fs_base).map(|(addr, size)| Rseq {
-            addr,
-            // glibc registers at least the original 32-byte area.
-            len: size.max(32),
-            signature: RSEQ_SIG,
-        });
+        let glibc = c.rseq.load(Ordering::Relaxed) == crate::sys::RseqOwner::Glibc as u32;
+        let rseq = crate::sys::glibc_rseq(fs_base)
+            .filter(|_| glibc)
+            .map(|(addr, size)| Rseq {
+                addr,
+                // glibc registers at least the original 32-byte area.
+                len: size.max(32),
+                signature: RSEQ_SIG,
+            });
         let tid = c.tid.load(Ordering::Relaxed);
         let (nice, policy) = sched(tid).unwrap_or((0, 0));
         Ok(ThreadState {
@@ -181,4 +184,19 @@ impl ThreadState {
             [ARCH_SET_FS, self.fs_base, 0, 0, 0, 0],
         );
     }
+}
+
+/// Threads whose rseq registration thaw cannot restore: an area the program registered itself
+/// (thaw registers glibc's again, and cannot learn another one's address without ptrace).
+pub(crate) fn rseq_refusals(c: &crate::capture::Capture) -> Vec<String> {
+    c.threads
+        .iter()
+        .filter(|t| t.rseq.load(Ordering::Relaxed) == crate::sys::RseqOwner::Other as u32)
+        .map(|t| {
+            format!(
+                "thread {} has an rseq area registered by the program itself, not glibc's: only glibc's is registered again at restore; unregister it before the checkpoint and register it again after",
+                t.tid.load(Ordering::Relaxed)
+            )
+        })
+        .collect()
 }
