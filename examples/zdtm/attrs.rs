@@ -51,10 +51,8 @@ fn own_rseq() -> ! {
     // A static, aligned area that lives as long as the process.
     let area = std::ptr::addr_of_mut!(AREA) as u64;
     // SAFETY: registers that area for this thread.
-    assert_eq!(
-        unsafe { libc::syscall(libc::SYS_rseq, area, 32, 0, SIG) },
-        0
-    );
+    let r = unsafe { libc::syscall(libc::SYS_rseq, area, 32, 0, SIG) };
+    assert_eq!(r, 0, "register an rseq area");
     let (image, _, _) = common::argv();
     match thaw::Checkpoint::to(&image).save() {
         Ok(_) => println!("unexpectedly saved"),
