@@ -432,3 +432,39 @@ fn a_programs_own_rseq_area_is_refused_by_name() {
     assert!(out.contains("own area still registered: true"), "{out}");
     assert!(!env.path("r.thaw").exists());
 }
+
+#[test]
+fn a_process_that_dropped_root_is_checkpointed_and_restored_by_that_user() {
+    if !is_root() {
+        eprintln!("skipped: the program drops from root");
+        return;
+    }
+    let env = Env::for_nobody();
+    let img = env.path("s.thaw");
+    // The first life starts as root and drops to nobody itself.
+    let o = command(&bin("zdtm-setuid"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // nobody restores it (in a namespace: the only mode for an unprivileged caller).
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    assert_all_ok(&o, &["ids", "dumpable as before", "memory"]);
+    // One thread with other ids: refused, naming it; nothing is written.
+    let o = command(&bin("zdtm-setuid"))
+        .arg(env.path("t.thaw"))
+        .arg("-")
+        .arg("one-thread")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let tid = out.lines().find_map(|l| l.strip_prefix("thread ")).unwrap();
+    assert!(
+        out.contains(&format!(
+            "thread {tid} has other credentials than the checkpointing thread: Uid 65534 65534 65534 65534 (caller: 0 0 0 0)"
+        )),
+        "{out}"
+    );
+    assert!(!env.path("t.thaw").exists());
+}

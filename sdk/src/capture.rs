@@ -349,10 +349,22 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             Ordering::Relaxed,
         );
     }
+    // A process that changed its credentials is not dumpable: its /proc files belong to root
+    // and its memory cannot be read by another process of its own user, the snapshot's reader
+    // included. The snapshot is forked dumpable (the manifest keeps the original flag), and the
+    // process is itself again before any of its threads runs: only its own user could look at
+    // it meanwhile, and that user can read the image.
+    let dumpable = sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
+    if dumpable != 1 {
+        sys::set_dumpable(1);
+    }
     compiler_fence(Ordering::SeqCst);
     let child = sys::raw_fork();
     if child == 0 {
         sys::frozen_child_loop();
+    }
+    if dumpable != 1 {
+        sys::set_dumpable(dumpable);
     }
     for &(start, len) in &c.dontfork {
         sys::madvise(start, len, libc::MADV_DONTFORK);

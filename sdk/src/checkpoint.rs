@@ -216,6 +216,7 @@ impl Checkpoint {
 
         let (mut unsupported, maps) = preflight()?;
         unsupported.extend(state::process::refusals(self.leave_children_out));
+        unsupported.extend(state::creds::refusals());
         let threads = list_threads(&mut unsupported)?;
         let policy = FdPolicy::from_env()
             .map_err(CheckpointError::Policy)?

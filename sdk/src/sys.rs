@@ -311,6 +311,14 @@ pub fn prlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
     Ok((old.rlim_cur, old.rlim_max))
 }
 
+/// prctl(PR_SET_DUMPABLE, value). Async-signal-safe.
+pub fn set_dumpable(value: u64) {
+    syscall6(
+        libc::SYS_prctl,
+        [libc::PR_SET_DUMPABLE as u64, value, 0, 0, 0, 0],
+    );
+}
+
 /// prctl(option) for the getters that return their value.
 pub fn prctl_get(option: i32) -> io::Result<u64> {
     check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)

@@ -66,3 +66,48 @@ impl Credentials {
         })
     }
 }
+
+/// Threads whose credentials differ from the calling thread's (a raw `setresuid` on one thread,
+/// a thread that dropped capabilities): the image holds one set, applied to every thread at
+/// restore, so such a process is refused, naming each thread and what differs.
+pub(crate) fn refusals() -> Vec<String> {
+    const KEYS: [&str; 7] = [
+        "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapAmb",
+    ];
+    let me = crate::sys::gettid();
+    let of = |tid: &str| {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).map(|s| {
+            KEYS.iter()
+                .map(|k| {
+                    let v = procfs::field(&s, k).unwrap_or("");
+                    v.split_whitespace().collect::<Vec<_>>().join(" ")
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let Ok(mine) = of(&me.to_string()) else {
+        return Vec::new();
+    };
+    let mut why = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let Ok(theirs) = of(&tid) else { continue };
+        let differ: Vec<String> = KEYS
+            .iter()
+            .zip(mine.iter().zip(&theirs))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(k, (a, b))| format!("{k} {b} (caller: {a})"))
+            .collect();
+        if !differ.is_empty() {
+            why.push(format!(
+                "thread {tid} has other credentials than the checkpointing thread: {}; an image holds one set for every thread",
+                differ.join(", ")
+            ));
+        }
+    }
+    why
+}
