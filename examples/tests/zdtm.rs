@@ -468,3 +468,73 @@ fn a_process_that_dropped_root_is_checkpointed_and_restored_by_that_user() {
     );
     assert!(!env.path("t.thaw").exists());
 }
+
+#[test]
+fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let img = env.checkpoint("zdtm-deleted", "d.thaw", &[d]);
+    let m = env.manifest(&img);
+    assert_eq!(m.shared.iter().filter(|o| o.file.is_some()).count(), 3);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "deleted file shown as deleted, at its path",
+                "contents from the offset",
+                "a separate open shares the file",
+                "flock held",
+                "shared mapping contents",
+                "private mapping: its page over the file's",
+                "shared mapping names the deleted file",
+                "private mapping still maps the file",
+            ],
+        );
+        // Nothing is left in the directory: every file is unlinked again.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+    // Larger than the limit: refused, naming the file, the limit and how to raise it.
+    let o = command(&bin("zdtm-deleted"))
+        .arg(env.path("b.thaw"))
+        .arg("-")
+        .arg(d)
+        .arg("big")
+        .env("THAW_MAX_DELETED_FILE", "1000")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.contains(&format!(
+            "{d}/big was deleted and is 204800 bytes, more than the 1000 kept in an image"
+        )),
+        "{out}"
+    );
+    assert!(!env.path("b.thaw").exists());
+}
+
+#[test]
+fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() {
+    // nobody cannot open /proc/self/map_files: the mapping of a deleted file whose descriptor
+    // was closed is refused, naming it, instead of saving only what is mapped.
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to nobody");
+        return;
+    }
+    let env = Env::for_nobody();
+    let dir = env.path("files");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let o = env.first_life("zdtm-deleted", "n.thaw", &[dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        err.contains(&format!(
+            "the mapped file {}/b.tmp was deleted, and the process has no descriptor of it",
+            dir.display()
+        )),
+        "{err}"
+    );
+}

@@ -132,6 +132,7 @@ pub struct Checkpoint {
     thread_timeout: std::time::Duration,
     fds: FdPolicy,
     leave_children_out: bool,
+    max_deleted_file: Option<u64>,
 }
 
 impl Checkpoint {
@@ -145,7 +146,17 @@ impl Checkpoint {
             thread_timeout: std::time::Duration::from_secs(2),
             fds: FdPolicy::new(),
             leave_children_out: false,
+            max_deleted_file: None,
         }
+    }
+
+    /// The largest file deleted while open or mapped whose contents the image keeps (it is
+    /// created again, unlinked, at restore); a larger one is refused by name (a descriptor of
+    /// it is then subject to the descriptor policy's `deleted` class). Default 64 MiB, or
+    /// `THAW_MAX_DELETED_FILE` (bytes) from the environment.
+    pub fn max_deleted_file(mut self, bytes: u64) -> Self {
+        self.max_deleted_file = Some(bytes);
+        self
     }
 
     /// Checkpoint even though the process has children: the image holds this process alone, so
@@ -222,7 +233,11 @@ impl Checkpoint {
             .map_err(CheckpointError::Policy)?
             .unwrap_or_default()
             .overridden_by(&self.fds);
-        let mut scan = FdScan::scan(&[]).map_err(io("listing file descriptors"))?;
+        let max_deleted = self
+            .max_deleted_file
+            .or_else(state::deleted::max_from_env)
+            .unwrap_or(state::deleted::DEFAULT_MAX_BYTES);
+        let mut scan = FdScan::scan(&[], max_deleted).map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
         if !unsupported.is_empty() {
@@ -252,8 +267,12 @@ impl Checkpoint {
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
-        capture.shm = crate::state::shmem::copies(&maps, &scan.memfds())
+        let (shm, refused) = crate::state::shmem::copies(&maps, &scan.memfds(), max_deleted)
             .map_err(io("preparing shared memory copies"))?;
+        if !refused.is_empty() {
+            return Err(CheckpointError::Unsupported(refused));
+        }
+        capture.shm = shm;
         if capture.shm.iter().any(|o| o.needs_mem()) {
             capture.mem = Some(
                 File::open("/proc/self/mem")
@@ -481,6 +500,7 @@ impl Checkpoint {
             let mapped: Vec<(u64, u64, u64)> = m
                 .memory
                 .iter()
+                .filter(|v| v.map_flags & libc::MAP_SHARED as u32 != 0)
                 .filter_map(|v| match v.backing {
                     Backing::Shared { object, offset } if object == o.id => {
                         Some((offset, v.start, v.end - v.start))
@@ -490,13 +510,9 @@ impl Checkpoint {
                 .collect();
             match o.finish(&mapped, &mut writer)? {
                 Ok(obj) => m.shared.push(obj),
-                Err(why) => unsupported.push(format!(
-                    "shared memory object {} ({}): {why}",
-                    o.id,
-                    o.memfd
-                        .as_deref()
-                        .map_or("anonymous".into(), |n| format!("memfd {n}"))
-                )),
+                Err(why) => {
+                    unsupported.push(format!("shared object {} ({}): {why}", o.id, o.describe()))
+                }
             }
         }
         // Every mapping of a shared object must be of one that was copied (the snapshot's maps

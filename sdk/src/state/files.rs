@@ -65,7 +65,8 @@ pub enum FdKind {
     SignalFd {
         mask: u64,
     },
-    /// A memfd, saved once in [`super::Manifest::shared`] with its mappings.
+    /// A memfd or a file deleted while open, saved once in [`super::Manifest::shared`] with its
+    /// mappings.
     Memfd {
         object: u64,
         pos: u64,
@@ -203,8 +204,9 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
 }
 
 impl FdScan {
-    /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds).
-    pub(crate) fn scan(exclude: &[i32]) -> std::io::Result<FdScan> {
+    /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
+    /// up to `max_deleted` bytes are kept (see [`super::deleted`]).
+    pub(crate) fn scan(exclude: &[i32], max_deleted: u64) -> std::io::Result<FdScan> {
         let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
@@ -403,8 +405,25 @@ impl FdScan {
                 continue;
             }
             if target.ends_with(" (deleted)") {
-                scan.refused
-                    .push(bad(FdClass::Deleted, "the open file was deleted"));
+                let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
+                let why = match (&meta, super::deleted::deleted_path(&target)) {
+                    (Ok(m), Some(path)) if m.file_type().is_file() => {
+                        match super::deleted::refusal(path, m.len(), max_deleted) {
+                            None => {
+                                // Kept with its contents, as a shared object.
+                                entry.kind = FdKind::Memfd {
+                                    object: super::deleted::object_id(m.dev(), m.ino()),
+                                    pos: 0,
+                                };
+                                scan.entries.push(entry);
+                                continue;
+                            }
+                            Some(why) => why,
+                        }
+                    }
+                    _ => "the open file was deleted (only regular files are kept)".to_owned(),
+                };
+                scan.refused.push(bad(FdClass::Deleted, &why));
                 continue;
             }
             let meta = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
@@ -667,7 +686,9 @@ pub fn reopen(
                     ))
                     .map_err(|err| format!("fd {fd}: cannot reopen its memfd: {err}"))?;
                 crate::sys::lseek_raw(std::os::fd::AsRawFd::as_raw_fd(&f), *pos, libc::SEEK_SET);
-                OwnedFd::from(f)
+                let f = OwnedFd::from(f);
+                super::locks::take_on_description(&f, fd, &e.locks)?;
+                f
             }
             FdKind::Socket(s) => {
                 let ino = match s {

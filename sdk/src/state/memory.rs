@@ -144,6 +144,12 @@ impl Vma {
                 "{}: HotSpot's performance data file, deleted when this JVM exits, so the image could never be restored: start the JVM with -XX:+PerfDisableSharedMem",
                 m.describe()
             ));
+        } else if let Some(_path) = super::deleted::deleted_path(name).filter(|_| m.inode != 0) {
+            // Kept in the image as a shared object (see super::deleted).
+            Backing::Shared {
+                object: super::deleted::object_id(libc::makedev(m.dev_major, m.dev_minor), m.inode),
+                offset: m.offset,
+            }
         } else if name.ends_with(" (deleted)") {
             return Err(format!("{}: the mapped file was deleted", m.describe()));
         } else if name == "[heap]" {
@@ -189,7 +195,9 @@ impl Vma {
         resident_kb: u64,
         guards: &[(u64, u64)],
     ) -> std::io::Result<Vec<(u64, u64)>> {
-        let file_backed = matches!(self.backing, Backing::File { .. });
+        // Private mappings of a file (or of a deleted file kept as an object): only the pages
+        // written since are the memory's own.
+        let file_backed = matches!(self.backing, Backing::File { .. } | Backing::Shared { .. });
         if resident_kb == 0
             || matches!(self.backing, Backing::Special { .. })
             || (self.map_flags & libc::MAP_SHARED as u32) != 0

@@ -7,6 +7,7 @@
 
 pub mod clocks;
 pub mod creds;
+pub mod deleted;
 pub mod files;
 pub mod limits;
 pub mod locks;

@@ -30,6 +30,9 @@ pub struct SharedObject {
     pub size: u64,
     /// F_GET_SEALS (memfds with a descriptor only).
     pub seals: u32,
+    /// A file deleted while open or mapped: created again (unlinked) where it was, instead of a
+    /// memfd.
+    pub file: Option<super::deleted::DeletedFile>,
     /// Non-zero pages; `PageRun::addr` is the offset in the object.
     pub pages: Vec<PageRun>,
 }
@@ -81,6 +84,7 @@ impl Iterator for DataExtents {
 pub struct ShmCopy {
     pub id: u64,
     pub memfd: Option<String>,
+    pub file: Option<super::deleted::DeletedFile>,
     /// Our own open file description of the object (reopened through /proc/self/fd of one of
     /// the process's descriptors of it), for SEEK_DATA/SEEK_HOLE and pread: seeking the
     /// application's descriptor would move its offset. `None` for an object the process holds no
@@ -101,22 +105,16 @@ pub struct ShmCopy {
 }
 
 impl ShmCopy {
-    /// Prepares the copy of an object of `size` bytes (reserves, does not touch, that much).
-    pub fn new(
-        id: u64,
-        memfd: Option<String>,
-        fd: Option<i32>,
-        ranges: Vec<(u64, u64, u64)>,
-        size: u64,
-    ) -> std::io::Result<ShmCopy> {
-        let seals = fd
-            .and_then(|fd| crate::sys::fcntl(fd, libc::F_GET_SEALS, 0).ok())
+    /// Prepares the copy of an object of `size` bytes (reserves, does not touch, that much);
+    /// `own` is our own open file description of it, if the process has a way to one.
+    fn new(id: u64, o: Object, own: Option<OwnedFd>, size: u64) -> std::io::Result<ShmCopy> {
+        let Object { name, file, ranges } = o;
+        let memfd = name;
+        let seals = own
+            .as_ref()
+            .filter(|_| memfd.is_some())
+            .and_then(|f| crate::sys::fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0).ok())
             .unwrap_or(0) as u32;
-        let own = fd
-            .map(|fd| {
-                std::fs::File::open(format!("/proc/self/fd/{fd}")).map(std::os::fd::OwnedFd::from)
-            })
-            .transpose()?;
         let buf = crate::sys::DontForkBuf::new(size.next_multiple_of(PAGE).max(PAGE) as usize)?;
         // Fault in the buffer where the object has data now, so that the pause copies memory
         // instead of allocating it (6x faster here).
@@ -130,6 +128,7 @@ impl ShmCopy {
         Ok(ShmCopy {
             id,
             memfd,
+            file,
             own,
             seen_size: AtomicU64::new(size),
             ranges,
@@ -333,28 +332,47 @@ impl ShmCopy {
             memfd: self.memfd.clone(),
             size: self.size,
             seals: self.seals,
+            file: self.file.clone(),
             pages,
         }))
     }
 }
 
-/// The shared memory objects to copy during the freeze: every object a `MAP_SHARED` mapping in
-/// `maps` or one of the process's memfd descriptors `(object, fd)` refers to.
+/// What the process shows of one object before it is copied.
+#[derive(Default)]
+struct Object {
+    /// The memfd's name.
+    name: Option<String>,
+    file: Option<super::deleted::DeletedFile>,
+    /// (offset, address, length) of each shared mapping: private ones are the memory's.
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+/// The shared objects to copy during the freeze: every object a mapping in `maps` or one of the
+/// process's descriptors `(object, fd)` refers to (memfds, shared anonymous memory, files
+/// deleted while open or mapped), and why some cannot be (a deleted file larger than
+/// `max_deleted`, one mapped privately that the process has no descriptor of).
 pub(crate) fn copies(
     maps: &[crate::procfs::MapEntry],
-    memfds: &[(u64, i32)],
-) -> std::io::Result<Vec<ShmCopy>> {
+    fds: &[(u64, i32)],
+    max_deleted: u64,
+) -> std::io::Result<(Vec<ShmCopy>, Vec<String>)> {
     use super::memory::{Backing, Vma};
-    #[derive(Default)]
-    struct Object {
-        name: Option<String>,
-        ranges: Vec<(u64, u64, u64)>,
-    }
     let memfd_name = |s: &str| {
         s.strip_prefix("/memfd:")
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
     };
+    let deleted = |s: &str, mode: u32| {
+        super::deleted::deleted_path(s).map(|path| super::deleted::DeletedFile {
+            path: path.to_owned(),
+            mode,
+        })
+    };
     let mut objects: BTreeMap<u64, Object> = BTreeMap::new();
+    // A way to open each object without a descriptor of the process's: /proc/self/map_files
+    // (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), for deleted files mapped only.
+    let mut map_files: BTreeMap<u64, String> = BTreeMap::new();
+    let mut private: BTreeMap<u64, String> = BTreeMap::new();
     for m in maps {
         if let Ok(Vma {
             backing: Backing::Shared { object, offset },
@@ -365,31 +383,87 @@ pub(crate) fn copies(
         {
             let o = objects.entry(object).or_default();
             o.name = memfd_name(&m.name);
-            o.ranges.push((offset, start, end - start));
+            o.file = deleted(&m.name, 0o600);
+            if o.file.is_some() {
+                map_files
+                    .entry(object)
+                    .or_insert_with(|| format!("/proc/self/map_files/{:x}-{:x}", start, end));
+            }
+            if m.shared() {
+                o.ranges.push((offset, start, end - start));
+            } else {
+                private.entry(object).or_insert_with(|| m.describe());
+            }
         }
     }
-    for (object, fd) in memfds {
+    for (object, fd) in fds {
         let o = objects.entry(*object).or_default();
-        o.name = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .ok()
-            .and_then(|p| memfd_name(&p.to_string_lossy()));
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        o.name = memfd_name(&target);
+        if o.name.is_none() {
+            let mode = std::fs::metadata(format!("/proc/self/fd/{fd}")).map_or(0o600, |m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions())
+            });
+            o.file = deleted(&target, mode);
+        }
     }
-    objects
-        .into_iter()
-        .map(|(id, o)| {
-            let fd = memfds.iter().find(|(x, _)| *x == id).map(|(_, fd)| *fd);
-            let size = match fd {
-                Some(fd) => std::fs::metadata(format!("/proc/self/fd/{fd}"))?.len(),
-                None => o
-                    .ranges
-                    .iter()
-                    .map(|(off, _, l)| off + l)
-                    .max()
-                    .unwrap_or(0),
-            };
-            ShmCopy::new(id, o.name, fd, o.ranges, size)
-        })
-        .collect()
+    let mut copies = Vec::new();
+    let mut refused = Vec::new();
+    for (id, o) in objects {
+        let source = match fds.iter().find(|(x, _)| *x == id) {
+            Some((_, fd)) => Some(format!("/proc/self/fd/{fd}")),
+            None => map_files.get(&id).cloned(),
+        };
+        let own = source.and_then(|p| std::fs::File::open(p).ok().map(OwnedFd::from));
+        let size = match &own {
+            Some(f) => std::fs::File::from(f.try_clone()?).metadata()?.len(),
+            None => o
+                .ranges
+                .iter()
+                .map(|(off, _, l)| off + l)
+                .max()
+                .unwrap_or(0),
+        };
+        if let Some(file) = &o.file {
+            if own.is_none() {
+                // Without a description of it, only its shared mappings could be read back.
+                refused.push(format!(
+                    "{}: the mapped file {} was deleted, and the process has no descriptor of it (open it before the checkpoint, or let thaw read /proc/self/map_files with CAP_CHECKPOINT_RESTORE)",
+                    private.get(&id).cloned().unwrap_or_default(),
+                    file.path
+                ));
+                continue;
+            }
+            if let Some(why) = super::deleted::refusal(&file.path, size, max_deleted) {
+                refused.push(why);
+                continue;
+            }
+        } else if let Some(vma) = private.get(&id) {
+            refused.push(format!(
+                "{vma}: a private mapping of a memfd or shared memory object is not supported"
+            ));
+            continue;
+        }
+        copies.push(ShmCopy::new(id, o, own, size)?);
+    }
+    Ok((copies, refused))
+}
+
+fn describe(memfd: Option<&str>, file: Option<&super::deleted::DeletedFile>) -> String {
+    match (memfd, file) {
+        (Some(n), _) => format!("memfd {n:?}"),
+        (None, Some(f)) => format!("deleted file {}", f.path),
+        (None, None) => "shared anonymous memory".to_owned(),
+    }
+}
+
+impl ShmCopy {
+    /// As [`SharedObject::describe`].
+    pub fn describe(&self) -> String {
+        describe(self.memfd.as_deref(), self.file.as_ref())
+    }
 }
 
 fn append(
@@ -422,13 +496,15 @@ pub fn recreate(
 ) -> Result<BTreeMap<u64, OwnedFd>, String> {
     let mut out = BTreeMap::new();
     for o in objects {
-        let what = match &o.memfd {
-            Some(n) => format!("memfd {n:?}"),
-            None => "shared anonymous memory".to_owned(),
+        let what = o.describe();
+        let fd = match &o.file {
+            Some(file) => super::deleted::create(file)?,
+            None => {
+                let name = o.memfd.clone().unwrap_or_else(|| "thaw-shared-anon".into());
+                crate::sys::memfd_create(&name, o.seals != 0)
+                    .map_err(|e| format!("{what}: cannot create it: {e}"))?
+            }
         };
-        let name = o.memfd.clone().unwrap_or_else(|| "thaw-shared-anon".into());
-        let fd = crate::sys::memfd_create(&name, o.seals != 0)
-            .map_err(|e| format!("{what}: cannot create it: {e}"))?;
         crate::sys::ftruncate(fd.as_raw_fd(), o.size)
             .map_err(|e| format!("{what}: cannot size it to {} bytes: {e}", o.size))?;
         let file = std::fs::File::from(fd.try_clone().map_err(|e| format!("{what}: {e}"))?);
@@ -467,6 +543,11 @@ pub fn recreate(
 }
 
 impl SharedObject {
+    /// "memfd NAME", "deleted file PATH" or "shared anonymous memory".
+    pub fn describe(&self) -> String {
+        describe(self.memfd.as_deref(), self.file.as_ref())
+    }
+
     /// The seals that must follow the mappings (see [`SEALS_AFTER`]).
     pub fn plan_restore(&self, plan: &mut crate::restore::Plan, fd: i32) {
         if self.seals & SEALS_AFTER != 0 {

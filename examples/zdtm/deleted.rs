@@ -1,0 +1,145 @@
+//! Files deleted while open or mapped, as runtimes keep them (unlinked temporary files, JIT
+//! dumps): after restore each descriptor still reads the file's contents at its offset, /proc
+//! shows it as "PATH (deleted)", a descriptor and a separate open of one file still share it,
+//! a shared mapping still shares its pages with the file, a private mapping keeps its own
+//! written page over the file's contents, and a flock held on one is held again.
+//!
+//! `EXTRA` is a directory for the files. With `big` as a further argument the file is larger than
+//! the limit set in THAW_MAX_DELETED_FILE: the checkpoint is refused naming it, and the program
+//! goes on.
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+const LEN: usize = 200 * 1024;
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 4096) as u8
+}
+
+fn map(f: &std::fs::File, flags: i32) -> *mut u8 {
+    // SAFETY: maps LEN bytes of a file of at least that size where the kernel chooses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    let dir = std::path::PathBuf::from(&extra[0]);
+    let data: Vec<u8> = (0..LEN).map(pattern).collect();
+    let make = |name: &str| {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&data).unwrap();
+        (f, path)
+    };
+    if extra.iter().any(|a| a == "big") {
+        let (_f, path) = make("big");
+        std::fs::remove_file(&path).unwrap();
+        let (image, _, _) = common::argv();
+        match thaw::Checkpoint::to(&image).save() {
+            Ok(_) => println!("unexpectedly saved"),
+            Err(e) => println!("error: {e}"),
+        }
+        std::process::exit(0);
+    }
+    // An open file at an offset, with a second, separate open of it and a flock.
+    let (mut a, a_path) = make("a.tmp");
+    a.seek(SeekFrom::Start(1234)).unwrap();
+    let a2 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&a_path)
+        .unwrap();
+    // SAFETY: an exclusive flock on our own descriptor.
+    let r = unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, 0, "flock");
+    std::fs::remove_file(&a_path).unwrap();
+    // A shared mapping of a deleted file whose descriptor is closed.
+    let (b, b_path) = make("b.tmp");
+    let shared = map(&b, libc::MAP_SHARED);
+    drop(b);
+    std::fs::remove_file(&b_path).unwrap();
+    // A private mapping with one written page, its descriptor kept.
+    let (c, c_path) = make("c.tmp");
+    let private = map(&c, libc::MAP_PRIVATE);
+    // SAFETY: inside our own mappings.
+    unsafe {
+        *private.add(4096) = 0xee;
+        *shared.add(8192) = 0xdd;
+    }
+    std::fs::remove_file(&c_path).unwrap();
+
+    common::checkpoint();
+    let mut ck = common::Checks::default();
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+    ck.check(
+        "deleted file shown as deleted, at its path",
+        name.to_string_lossy() == format!("{} (deleted)", a_path.display()),
+        name.display(),
+    );
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest).unwrap();
+    ck.check(
+        "contents from the offset",
+        rest == data[1234..],
+        format!("{} bytes", rest.len()),
+    );
+    a.write_all_at(b"hello", 10).unwrap();
+    let mut five = [0u8; 5];
+    a2.read_exact_at(&mut five, 10).unwrap();
+    ck.check("a separate open shares the file", &five == b"hello", "");
+    let probe = std::fs::File::open(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+    // SAFETY: a non-blocking flock attempt on our own new description.
+    let taken = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    ck.check("flock held", !taken, "");
+    // SAFETY: reads inside our own mappings.
+    let (s_ok, p_ok) = unsafe {
+        (
+            (0..LEN).all(|i| *shared.add(i) == if i == 8192 { 0xdd } else { pattern(i) }),
+            (0..LEN).all(|i| *private.add(i) == if i == 4096 { 0xee } else { pattern(i) }),
+        )
+    };
+    ck.check("shared mapping contents", s_ok, "");
+    ck.check("private mapping: its page over the file's", p_ok, "");
+    // The shared mapping is still the file's: reopen it through the mapping and look.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.starts_with(&format!("{:x}-", shared as usize)))
+        .unwrap_or("");
+    ck.check(
+        "shared mapping names the deleted file",
+        line.ends_with(&format!("{} (deleted)", b_path.display())),
+        line,
+    );
+    c.write_all_at(&[0x11], 100).unwrap();
+    // SAFETY: inside our own mapping; a page not written privately shows the file.
+    let seen = unsafe { *private.add(100) };
+    ck.check(
+        "private mapping still maps the file",
+        seen == 0x11,
+        format!("{seen:#x}"),
+    );
+    ck.finish();
+}

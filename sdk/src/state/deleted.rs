@@ -1,0 +1,132 @@
+//! Files deleted while open or mapped (a runtime's unlinked temporary files, JIT dumps): their
+//! contents are kept in the image, up to a size the application chooses, and at restore they
+//! are created again, unlinked, in the directory they were in.
+//!
+//! Such a file is a shared object like a memfd (see [`super::shmem`]): the checkpoint handler
+//! copies it while every thread is parked, its descriptors are descriptors of the object, and its
+//! mappings, shared or private, map the object. Only where it is created again differs.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a deleted file was, and its permission bits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedFile {
+    /// Its path when it was deleted (what /proc shows, without " (deleted)").
+    pub path: String,
+    pub mode: u32,
+}
+
+/// The largest deleted file kept by default: larger ones are refused by name.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+/// Environment variable that sets the limit for every checkpoint of the process (bytes; the
+/// Rust API's `Checkpoint::max_deleted_file` overrides it).
+pub const MAX_ENV: &str = "THAW_MAX_DELETED_FILE";
+
+/// The limit from [`MAX_ENV`], if it is set and a number.
+pub(crate) fn max_from_env() -> Option<u64> {
+    std::env::var(MAX_ENV).ok()?.trim().parse().ok()
+}
+
+/// The object id of a deleted file: distinct from memfd and shared anonymous objects (inode
+/// numbers of the kernel's internal file system) and from files with the same inode number on
+/// other devices.
+pub fn object_id(dev: u64, ino: u64) -> u64 {
+    (ino ^ dev.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1 << 63
+}
+
+/// Whether `target` (a /proc link) names a deleted regular file; its path if so.
+pub(crate) fn deleted_path(target: &str) -> Option<&str> {
+    target
+        .strip_suffix(" (deleted)")
+        .filter(|p| p.starts_with('/') && !p.starts_with("/memfd:") && !p.starts_with("/dev/zero"))
+}
+
+/// Why a deleted file at `path` of `size` bytes is not kept, if it is not.
+pub(crate) fn refusal(path: &str, size: u64, max: u64) -> Option<String> {
+    (size > max).then(|| {
+        format!(
+            "{path} was deleted and is {size} bytes, more than the {max} kept in an image (raise the limit: Checkpoint::max_deleted_file, or {MAX_ENV})"
+        )
+    })
+}
+
+use std::os::fd::OwnedFd;
+
+/// Creates the file again, empty, unlinked, in the directory it was in, with its permission
+/// bits. It is created under its old name (exclusively, owner-only) and unlinked at once, so
+/// that /proc shows the same "PATH (deleted)"; if something else has that name by now, it is
+/// made unnamed (O_TMPFILE) in that directory instead.
+pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
+    let path = std::path::Path::new(&file.path);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| format!("deleted file {}: no directory", file.path))?;
+    let open = |at: &std::path::Path, flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(flags | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(at)
+    };
+    let f = match open(path, libc::O_CREAT | libc::O_EXCL) {
+        Ok(f) => {
+            std::fs::remove_file(path)
+                .map_err(|e| format!("deleted file {}: cannot unlink it again: {e}", file.path))?;
+            f
+        }
+        Err(_) => open(dir, libc::O_TMPFILE).map_err(|e| {
+            format!(
+                "deleted file {}: cannot create it again in {}: {e}",
+                file.path,
+                dir.display()
+            )
+        })?,
+    };
+    // The mode as it was, whatever the umask.
+    f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
+        .map_err(|e| format!("deleted file {}: cannot set its mode: {e}", file.path))?;
+    Ok(OwnedFd::from(f))
+}
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn ids_differ_from_inode_numbers_and_across_devices() {
+        assert_ne!(object_id(1, 5), object_id(2, 5));
+        assert_ne!(object_id(1, 5), 5);
+        assert!(object_id(0, 5) >= 1 << 63);
+    }
+
+    #[test]
+    fn deleted_paths() {
+        assert_eq!(deleted_path("/tmp/x (deleted)"), Some("/tmp/x"));
+        assert_eq!(deleted_path("/memfd:a (deleted)"), None);
+        assert_eq!(deleted_path("/dev/zero (deleted)"), None);
+        assert_eq!(deleted_path("/tmp/x"), None);
+        assert_eq!(deleted_path("pipe:[3] (deleted)"), None);
+    }
+
+    #[test]
+    fn created_again_unlinked_with_its_name_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone");
+        let file = DeletedFile {
+            path: path.to_str().unwrap().to_owned(),
+            mode: 0o640,
+        };
+        let fd = create(&file).unwrap();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(link.to_str().unwrap(), format!("{} (deleted)", file.path));
+        assert!(!path.exists());
+        let meta = std::fs::File::from(fd).metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    }
+}
