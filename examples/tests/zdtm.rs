@@ -538,3 +538,29 @@ fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() 
         "{err}"
     );
 }
+
+#[test]
+fn pidfds_of_the_process_and_its_threads_are_opened_again() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pidfd", "p.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "pidfd of the process: same target and flags",
+                "close-on-exec as it was",
+                "pidfd of a thread: same target and flags",
+            ],
+        );
+    }
+    let o = env.first_life("zdtm-pidfd", "q.thaw", &["parent"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "a pidfd of process {}, which is not restored with this one",
+            std::process::id()
+        )),
+        "{out}"
+    );
+}

@@ -292,7 +292,7 @@ fn prepare_fds(
     let mut keep: Vec<RawFd> = m
         .files
         .iter()
-        .filter(|e| matches!(e.kind, thaw::state::files::FdKind::Stdio))
+        .filter(|e| matches!(e.kind, thaw::state::files::FdKind::Stdio) || e.made_by_restorer())
         .map(|e| e.fd)
         .collect();
     let mut placed = Vec::new();
@@ -551,6 +551,9 @@ fn build_plan(
     }
     if n > 0 {
         plan.wait_zero("wait until every thread is set up", ready);
+    }
+    for entry in &m.files {
+        entry.plan_after_threads(&mut plan);
     }
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.

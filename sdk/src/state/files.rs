@@ -73,6 +73,8 @@ pub enum FdKind {
     },
     /// A socket pair end or a listening socket (see [`super::sockets`]).
     Socket(super::sockets::Socket),
+    /// A pidfd of the process itself or one of its threads, opened again by the restorer.
+    Pidfd(super::pidfd::Pidfd),
     /// A descriptor the application's policy replaced with `/dev/null` (see
     /// [`crate::fd_policy`]); the access mode and status flags are the original's.
     DevNull,
@@ -327,6 +329,16 @@ impl FdScan {
                 scan.entries.push(entry);
                 continue;
             }
+            if target == "anon_inode:[pidfd]" || target.starts_with("pidfd:") {
+                match super::pidfd::classify(&info, flags) {
+                    Ok(p) => {
+                        entry.kind = FdKind::Pidfd(p);
+                        scan.entries.push(entry);
+                    }
+                    Err(why) => scan.refused.push(bad(FdClass::Other, &why)),
+                }
+                continue;
+            }
             if target == "anon_inode:[eventpoll]" {
                 let mut watches = Vec::new();
                 let mut stale = Vec::new();
@@ -542,15 +554,18 @@ impl FdScan {
         for e in &self.entries {
             if let FdKind::Epoll { watches } = &e.kind {
                 for w in watches {
-                    let kept = self
-                        .entries
-                        .iter()
-                        .any(|t| t.fd == w.fd && !matches!(t.kind, FdKind::DevNull));
-                    if !kept {
-                        refusals.push(format!(
+                    let target = self.entries.iter().find(|t| t.fd == w.fd);
+                    match target.map(|t| &t.kind) {
+                        None | Some(FdKind::DevNull) => refusals.push(format!(
                             "fd {} (epoll): watches fd {}, which the descriptor policy leaves out or replaces",
                             e.fd, w.fd
-                        ));
+                        )),
+                        // Opened again only once every thread exists, after the registrations.
+                        Some(FdKind::Pidfd(_)) => refusals.push(format!(
+                            "fd {} (epoll): watches fd {}, a pidfd of this process: not restored",
+                            e.fd, w.fd
+                        )),
+                        Some(_) => {}
                     }
                 }
             }
@@ -651,7 +666,8 @@ pub fn reopen(
     for e in entries {
         let fd = e.fd;
         let opened = match &e.kind {
-            FdKind::Stdio => continue,
+            // Opened by the restorer (see FdEntry::plan_restore).
+            FdKind::Stdio | FdKind::Pidfd(_) => continue,
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
                 super::locks::take_on_description(&f, fd, &e.locks)?;
@@ -861,6 +877,18 @@ impl FdEntry {
     /// descriptor of a file drops the process's POSIX locks on it, the launcher's copies too).
     pub fn plan_locks(&self, plan: &mut crate::restore::Plan) {
         super::locks::plan_restore(plan, self.fd, &self.locks);
+    }
+
+    /// Steps that run once every thread exists: pidfds.
+    pub fn plan_after_threads(&self, plan: &mut crate::restore::Plan) {
+        if let FdKind::Pidfd(p) = &self.kind {
+            p.plan_restore(plan, self.fd, self.flags, self.cloexec);
+        }
+    }
+
+    /// Whether the restorer creates this descriptor itself (it is not reopened by the launcher).
+    pub fn made_by_restorer(&self) -> bool {
+        matches!(self.kind, FdKind::Pidfd(_))
     }
 
     /// Steps that run once every descriptor has its number: epoll registrations.

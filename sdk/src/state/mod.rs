@@ -13,6 +13,7 @@ pub mod limits;
 pub mod locks;
 pub mod memory;
 pub mod mm;
+pub mod pidfd;
 pub mod platform;
 pub mod process;
 pub mod shmem;

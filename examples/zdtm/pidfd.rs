@@ -1,0 +1,84 @@
+//! pidfds of the process itself and of one of its threads (PIDFD_THREAD, Linux 6.9+): after
+//! restore each still refers to the same process or thread (pidfd_send_signal with signal 0
+//! succeeds, and fdinfo names the same PID), keeps O_NONBLOCK and close-on-exec as they were.
+//! With `parent`, a pidfd of another process is refused by name.
+
+#[path = "common.rs"]
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+fn pidfd_open(pid: i32, flags: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes no pointers; a new descriptor is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    // SAFETY: a fresh descriptor.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn info(fd: &OwnedFd) -> (String, u32) {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        field("Pid:"),
+        u32::from_str_radix(&field("flags:"), 8).unwrap_or(0),
+    )
+}
+
+fn alive(fd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks that the target exists.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, 0, 0) == 0 }
+}
+
+fn main() {
+    if common::argv().2.iter().any(|a| a == "parent") {
+        // A pidfd of another process (the parent): refused, naming it.
+        let _parent = pidfd_open(std::os::unix::process::parent_id() as i32, 0).unwrap();
+        match thaw::Checkpoint::to(common::argv().0).save() {
+            Ok(_) => println!("unexpectedly saved"),
+            Err(e) => println!("error: {e}"),
+        }
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        tx.send(thaw::sys::gettid()).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let me = std::process::id() as i32;
+    let process = pidfd_open(me, libc::O_NONBLOCK as u32).unwrap();
+    // Without close-on-exec.
+    // SAFETY: clears FD_CLOEXEC on our own descriptor.
+    unsafe { libc::fcntl(process.as_raw_fd(), libc::F_SETFD, 0) };
+    let thread = pidfd_open(tid, PIDFD_THREAD);
+    let before = (info(&process), thread.as_ref().map(info));
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    let after = (info(&process), thread.as_ref().map(info));
+    c.check(
+        "pidfd of the process: same target and flags",
+        after.0 == before.0 && after.0 .0 == me.to_string() && alive(&process),
+        format!("{:?} (was {:?})", after.0, before.0),
+    );
+    // SAFETY: reads our own descriptor's flags.
+    let fd_flags = unsafe { libc::fcntl(process.as_raw_fd(), libc::F_GETFD) };
+    c.check("close-on-exec as it was", fd_flags == 0, fd_flags);
+    if let Some(t) = &thread {
+        c.check(
+            "pidfd of a thread: same target and flags",
+            after.1 == before.1 && alive(t),
+            format!("{:?} (was {:?})", after.1, before.1),
+        );
+    }
+    stop_tx.send(()).unwrap();
+    worker.join().unwrap();
+    c.finish();
+}
