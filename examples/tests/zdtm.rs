@@ -564,3 +564,59 @@ fn pidfds_of_the_process_and_its_threads_are_opened_again() {
         "{out}"
     );
 }
+
+#[test]
+fn inotify_watches_come_back_with_their_numbers() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let img = env.checkpoint("zdtm-inotify", "i.thaw", &[d]);
+    let expected = [
+        "watch numbers and masks",
+        "no event that did not happen",
+        "events after restore",
+        "an instance without watches, blocking",
+    ];
+    for opts in every_mode() {
+        let _ = std::fs::remove_file(dir.path().join("created"));
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &expected);
+    }
+    let o = env.first_life("zdtm-inotify", "q.thaw", &[d, "queued"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(
+            "(inotify): 32 bytes of events were queued at the checkpoint and would be lost"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn inotify_watches_of_an_unprivileged_process_are_found_by_a_root_launcher() {
+    // nobody cannot turn a watch's file handle into a path (CAP_DAC_READ_SEARCH): the image
+    // has none; the root launcher finds it, an unprivileged one refuses by name.
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to nobody");
+        return;
+    }
+    let env = Env::for_nobody();
+    let dir = env.path("w");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let img = env.checkpoint("zdtm-inotify", "i.thaw", &[dir.to_str().unwrap()]);
+    let o = command(&bin("thaw"))
+        .args(["run", "--as-caller", "--trust"])
+        .arg(&env.pubkey)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_all_ok(&o, &["watch numbers and masks", "events after restore"]);
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        err.contains("inotify watch 2") && err.contains("cannot find the watched file again"),
+        "{err}"
+    );
+}

@@ -170,6 +170,8 @@ pub struct Capture {
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     pub socks: Vec<SockPeek>,
+    /// inotify descriptors and the bytes of events queued on each at the snapshot.
+    pub inotify: Vec<(i32, AtomicI64)>,
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
     pub shm: Vec<crate::state::shmem::ShmCopy>,
     pub mem: Option<OwnedFd>,
@@ -217,6 +219,7 @@ impl Capture {
             fds,
             pipes,
             socks,
+            inotify: Vec::new(),
             shm: Vec::new(),
             mem: None,
             clocks: Default::default(),
@@ -328,6 +331,9 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             0
         };
         s.got.store(got, Ordering::Release);
+    }
+    for (fd, queued) in &c.inotify {
+        queued.store(sys::inq(*fd), Ordering::Relaxed);
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {

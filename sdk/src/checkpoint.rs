@@ -267,6 +267,11 @@ impl Checkpoint {
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
+        capture.inotify = scan
+            .inotify()
+            .into_iter()
+            .map(|fd| (fd, Default::default()))
+            .collect();
         let (shm, refused) = crate::state::shmem::copies(&maps, &scan.memfds(), max_deleted)
             .map_err(io("preparing shared memory copies"))?;
         if !refused.is_empty() {
@@ -433,6 +438,12 @@ impl Checkpoint {
             .collect();
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
+        unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
+            let n = queued.load(Ordering::Relaxed);
+            (n != 0).then(|| {
+                format!("fd {fd} (inotify): {n} bytes of events were queued at the checkpoint and would be lost; read them first")
+            })
+        }));
         m.dontfork = c
             .dontfork
             .iter()

@@ -1088,3 +1088,72 @@ pub fn guard_regions(pagemap: i32) -> io::Result<Vec<(u64, u64)>> {
     }
     Ok(out)
 }
+
+/// inotify_init1(flags | IN_CLOEXEC).
+pub fn inotify_init(flags: u32) -> io::Result<std::os::fd::OwnedFd> {
+    check(syscall6(
+        libc::SYS_inotify_init1,
+        [u64::from(flags | libc::IN_CLOEXEC as u32), 0, 0, 0, 0, 0],
+    ))
+    .map(owned)
+}
+
+/// inotify_add_watch(fd, path, mask) → the watch descriptor.
+pub fn inotify_add_watch(fd: i32, path: &str, mask: u32) -> io::Result<i32> {
+    let path =
+        std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    check(syscall6(
+        libc::SYS_inotify_add_watch,
+        [fd as u64, path.as_ptr() as u64, u64::from(mask), 0, 0, 0],
+    ))
+    .map(|wd| wd as i32)
+}
+
+pub fn inotify_rm_watch(fd: i32, wd: i32) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_inotify_rm_watch,
+        [fd as u64, wd as u64, 0, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
+/// open_by_handle_at(mount, handle, flags): needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(
+    mount: i32,
+    handle_type: i32,
+    handle: &[u8],
+    flags: i32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    check(syscall6(
+        libc::SYS_open_by_handle_at,
+        [
+            mount as u64,
+            buf.as_ptr() as u64,
+            (flags | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    ))
+    .map(owned)
+}
+
+/// read(2) into `buf`: bytes read, or a negative errno.
+pub fn read_raw(fd: i32, buf: &mut [u8]) -> i64 {
+    syscall6(
+        libc::SYS_read,
+        [
+            fd as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+}

@@ -73,6 +73,8 @@ pub enum FdKind {
     },
     /// A socket pair end or a listening socket (see [`super::sockets`]).
     Socket(super::sockets::Socket),
+    /// An inotify instance with its watches.
+    Inotify(super::inotify::Inotify),
     /// A pidfd of the process itself or one of its threads, opened again by the restorer.
     Pidfd(super::pidfd::Pidfd),
     /// A descriptor the application's policy replaced with `/dev/null` (see
@@ -327,6 +329,16 @@ impl FdScan {
                     mask: crate::procfs::field_hex(&info, "sigmask"),
                 };
                 scan.entries.push(entry);
+                continue;
+            }
+            if target == "anon_inode:inotify" {
+                match super::inotify::dump(&info) {
+                    Ok(i) => {
+                        entry.kind = FdKind::Inotify(i);
+                        scan.entries.push(entry);
+                    }
+                    Err(why) => scan.refused.push(bad(FdClass::Other, &why)),
+                }
                 continue;
             }
             if target == "anon_inode:[pidfd]" || target.starts_with("pidfd:") {
@@ -595,6 +607,15 @@ impl FdScan {
             .collect()
     }
 
+    /// inotify descriptors: the handler looks for queued events.
+    pub(crate) fn inotify(&self) -> Vec<i32> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.kind, FdKind::Inotify(_)))
+            .map(|e| e.fd)
+            .collect()
+    }
+
     /// One descriptor per socket pair end: the handler copies its queued bytes.
     pub(crate) fn socket_queues(&self) -> Vec<(i32, u64)> {
         let mut out: Vec<(i32, u64)> = Vec::new();
@@ -737,6 +758,7 @@ pub fn reopen(
             .map_err(|err| {
                 format!("fd {fd}: cannot create its timerfd (clock {clockid}): {err}")
             })?,
+            FdKind::Inotify(i) => i.recreate(fd, e.flags)?,
             FdKind::SignalFd { mask } => {
                 crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?

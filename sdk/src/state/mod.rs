@@ -9,6 +9,7 @@ pub mod clocks;
 pub mod creds;
 pub mod deleted;
 pub mod files;
+pub mod inotify;
 pub mod limits;
 pub mod locks;
 pub mod memory;

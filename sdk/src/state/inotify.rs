@@ -1,0 +1,225 @@
+//! inotify instances and their watches. A watch names an inode, not a path: its path is found
+//! from the file handle the kernel shows in fdinfo (`open_by_handle_at`, which needs
+//! CAP_DAC_READ_SEARCH) at checkpoint where the process may, or else by the launcher at restore.
+//! Each watch is added again by that path, checked to be the same inode, with its mask and its
+//! watch descriptor number (the kernel hands out numbers cyclically, so the launcher adds and
+//! removes placeholder watches until the number comes up; the placeholders' events are drained
+//! before the process runs). Events queued at the snapshot are refused: they would be lost.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inotify {
+    pub watches: Vec<Watch>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    pub wd: i32,
+    /// The mask as inotify_add_watch takes it (events and IN_ONESHOT, IN_EXCL_UNLINK, …).
+    pub mask: u32,
+    /// The watched inode: device (as stat shows it) and number.
+    pub dev: u64,
+    pub ino: u64,
+    pub handle_type: i32,
+    pub handle: Vec<u8>,
+    /// Its path, where the checkpoint could find it.
+    pub path: Option<String>,
+}
+
+/// The largest watch descriptor number restored (placeholders are added up to it).
+const MAX_WD: i32 = 1 << 16;
+
+/// The `inotify wd:` lines of an inotify descriptor's fdinfo.
+pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
+    let mut watches = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+        };
+        let hex = |key: &str| field(key).and_then(|v| u64::from_str_radix(v, 16).ok());
+        let (Some(wd), Some(ino), Some(sdev), Some(mask), Some(ty), Some(handle)) = (
+            field("wd").and_then(|v| v.parse::<i32>().ok()),
+            hex("ino"),
+            hex("sdev"),
+            hex("mask"),
+            hex("fhandle-type"),
+            field("f_handle").and_then(unhex),
+        ) else {
+            return Err(format!(
+                "cannot read an inotify watch (\"{}\"); without the kernel's file handles (CONFIG_FHANDLE) watches cannot be restored",
+                line.trim()
+            ));
+        };
+        // The kernel's internal device number: 12 bits of major, 20 of minor.
+        let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
+        let path = find_path(dev, ino, ty as i32, &handle).ok().map(|(_, p)| p);
+        watches.push(Watch {
+            wd,
+            mask: mask as u32,
+            dev,
+            ino,
+            handle_type: ty as i32,
+            handle,
+            path,
+        });
+    }
+    if let Some(w) = watches.iter().find(|w| w.wd > MAX_WD) {
+        return Err(format!(
+            "inotify watch descriptor {} is above the {MAX_WD} thaw restores",
+            w.wd
+        ));
+    }
+    watches.sort_by_key(|w| w.wd);
+    Ok(Inotify { watches })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (s.len() % 2 == 0).then_some(())?;
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The path of the inode behind a file handle, through a mount of its file system: (an O_PATH
+/// descriptor of it, its path). Needs CAP_DAC_READ_SEARCH.
+fn find_path(dev: u64, ino: u64, ty: i32, handle: &[u8]) -> Result<(OwnedFd, String), String> {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    // The mount points of that file system, whole-file-system mounts first.
+    let mut mounts: Vec<(bool, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            let (id, root, at) = (w.get(2)?, w.get(3)?, w.get(4)?);
+            (*id == format!("{major}:{minor}")).then(|| (*root != "/", unescape(at)))
+        })
+        .collect();
+    mounts.sort();
+    let mut last = "its file system is not mounted here".to_owned();
+    for (_, at) in mounts {
+        let Ok(mount) = std::fs::File::open(&at) else {
+            continue;
+        };
+        match crate::sys::open_by_handle(mount.as_raw_fd(), ty, handle, libc::O_PATH) {
+            Ok(fd) => {
+                let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .map_err(|e| e.to_string())?
+                    .to_string_lossy()
+                    .into_owned();
+                if same_inode(&path, dev, ino) {
+                    return Ok((fd, path));
+                }
+                last = format!("{path} is another file by now");
+            }
+            Err(e) => last = format!("open_by_handle_at: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn same_inode(path: &str, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+impl Inotify {
+    /// Creates the instance again with every watch at its number (launcher side). `fd` names
+    /// the descriptor in messages; `flags` are its status flags.
+    pub fn recreate(&self, fd: i32, flags: u32) -> Result<OwnedFd, String> {
+        let inotify = crate::sys::inotify_init(libc::IN_NONBLOCK as u32)
+            .map_err(|e| format!("fd {fd}: cannot create an inotify instance: {e}"))?;
+        let me = inotify.as_raw_fd();
+        for w in &self.watches {
+            let what = || {
+                format!(
+                    "fd {fd}: inotify watch {} (inode {} on device {}:{})",
+                    w.wd,
+                    w.ino,
+                    libc::major(w.dev),
+                    libc::minor(w.dev)
+                )
+            };
+            // The recorded path if it is still that inode, else the handle (the launcher may
+            // have the capability the application lacked).
+            let (_hold, path) = match w.path.as_deref().filter(|p| same_inode(p, w.dev, w.ino)) {
+                Some(p) => (None, p.to_owned()),
+                None => {
+                    let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|e| {
+                        format!(
+                            "{}: cannot find the watched file again ({e}); restore as root, or remove the watch before the checkpoint",
+                            what()
+                        )
+                    })?;
+                    let p = format!("/proc/self/fd/{}", o.as_raw_fd());
+                    (Some(o), p)
+                }
+            };
+            loop {
+                let got = crate::sys::inotify_add_watch(me, &path, w.mask)
+                    .map_err(|e| format!("{}: cannot add it again: {e}", what()))?;
+                if got == w.wd {
+                    break;
+                }
+                if got > w.wd {
+                    return Err(format!("{}: the kernel gave number {got}", what()));
+                }
+                // A placeholder, to advance the kernel's cyclic numbering.
+                crate::sys::inotify_rm_watch(me, got).map_err(|e| format!("{}: {e}", what()))?;
+            }
+        }
+        // The placeholders' IN_IGNORED events (and anything that happened meanwhile, before the
+        // process existed) are not the process's.
+        let mut buf = [0u8; 4096];
+        while crate::sys::read_raw(me, &mut buf) > 0 {}
+        crate::sys::fcntl(
+            me,
+            libc::F_SETFL,
+            u64::from(flags & libc::O_NONBLOCK as u32),
+        )
+        .map_err(|e| format!("fd {fd}: {e}"))?;
+        Ok(inotify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_lines() {
+        let info = "pos:\t0\nflags:\t02004000\ninotify wd:3 ino:9a2088 sdev:fe00000 mask:100 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:88209a005d366a10\n";
+        let i = dump(info).unwrap();
+        assert_eq!(i.watches.len(), 1);
+        let w = &i.watches[0];
+        assert_eq!(
+            (w.wd, w.ino, w.mask, w.handle_type),
+            (3, 0x9a2088, 0x100, 1)
+        );
+        assert_eq!(libc::major(w.dev), 254);
+        assert_eq!(w.handle, vec![0x88, 0x20, 0x9a, 0, 0x5d, 0x36, 0x6a, 0x10]);
+        assert!(dump("inotify wd:1 ino:1 sdev:0 mask:2").is_err());
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+}
