@@ -91,12 +91,13 @@ fn eight_concurrent_restores_in_namespaces() {
 
 /// Runs zdtm-blocked, which names its thread `name`; checks the refusal names that thread by tid
 /// and name with `why`, the thread finished, and no image was written.
-fn refused_thread(mode: Option<&str>, name: &str, why: &str) {
+fn refused_thread(mode: &str, name: &str, why: &str) {
     let env = Env::new();
     let img = env.path("b.thaw");
     let o = command(&bin("zdtm-blocked"))
         .arg(&img)
-        .args(mode)
+        .arg("-")
+        .arg(mode)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -116,14 +117,29 @@ fn refused_thread(mode: Option<&str>, name: &str, why: &str) {
 }
 
 #[test]
-fn a_thread_blocking_the_checkpoint_signal_is_named() {
-    refused_thread(None, "stubborn", "blocks the checkpoint signal 63");
+fn threads_blocking_every_signal_are_captured_without_it_and_restored() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-blocked", "b.thaw", &[]);
+    let m = env.manifest(&img);
+    assert_eq!(m.threads.len(), 3, "main, watchdog, reader");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "watchdog thread, same TID and name",
+                "it wakes when given what it waits for",
+                "its signal mask and alternate stack",
+                "the reader reads what is written",
+            ],
+        );
+    }
 }
 
 #[test]
 fn a_thread_that_cannot_take_the_signal_in_time_is_named() {
     refused_thread(
-        Some("vfork"),
+        "vfork",
         "vforker",
         "did not respond to the checkpoint signal within 200ms",
     );

@@ -1,43 +1,122 @@
-//! A thread that blocks the checkpoint signal (`zdtm-blocked IMAGE`), or one that cannot take it
-//! because it is stuck in vfork (`zdtm-blocked IMAGE vfork`): the checkpoint fails with an error
-//! naming the thread (tid and name), and the application goes on.
+//! Threads that block every signal for their whole life, as Node.js's inspector watchdog does
+//! (`zdtm-blocked IMAGE KEY`): one waits on a channel (a futex) with an alternate signal stack
+//! of its own, one reads a pipe. They are captured without the checkpoint signal (by a ptrace
+//! helper); after restore each has its TID, name, signal mask and alternate stack, and wakes up
+//! when given what it waits for. With `vfork` (`zdtm-blocked IMAGE - vfork`) a thread that
+//! cannot be stopped at all, stuck in vfork, is named and the application goes on.
 
-use std::io::Write;
+#[path = "common.rs"]
+mod common;
+
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 
-fn main() {
-    let image = std::env::args().nth(1).expect("IMAGE");
-    if std::env::args().nth(2).as_deref() == Some("vfork") {
-        return stuck_in_vfork(&image);
+/// Blocks every signal in the calling thread.
+fn block_all() {
+    // SAFETY: changes this thread's own signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let t = std::thread::Builder::new()
-        .name("stubborn".into())
+}
+
+/// (alternate stack base, size, signal mask word) of the calling thread.
+fn thread_state() -> (u64, u64, u64) {
+    // SAFETY: queries of this thread's own state into local buffers.
+    unsafe {
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(std::ptr::null(), &mut ss);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        let word = *(std::ptr::addr_of!(set) as *const u64);
+        (ss.ss_sp as u64, ss.ss_size as u64, word)
+    }
+}
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    if extra.iter().any(|a| a == "vfork") {
+        return stuck_in_vfork(&common::argv().0);
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<f64>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let watchdog = std::thread::Builder::new()
+        .name("watchdog".into())
         .spawn(move || {
-            // SAFETY: blocking one signal in this thread's own mask.
+            let alt = vec![0u8; 64 * 1024].leak();
+            // SAFETY: a leaked buffer that lives as long as the process.
             unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, thaw::DEFAULT_SIGNAL);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-                tx.send(libc::gettid()).unwrap();
+                let ss = libc::stack_t {
+                    ss_sp: alt.as_mut_ptr().cast(),
+                    ss_flags: 0,
+                    ss_size: alt.len(),
+                };
+                libc::sigaltstack(&ss, std::ptr::null_mut());
             }
-            stop_rx.recv().unwrap();
-            "done"
+            block_all();
+            let before = thread_state();
+            let x = std::hint::black_box(1.25f64);
+            ready_tx.send(thaw::sys::gettid()).unwrap();
+            let y = wake_rx.recv().unwrap();
+            done_tx.send((before, thread_state(), x * y)).unwrap();
         })
         .unwrap();
-    let tid = rx.recv().unwrap();
-    match thaw::Checkpoint::to(&image).save() {
-        Ok(_) => {
-            println!("unexpectedly saved");
-            std::process::exit(1);
-        }
-        Err(e) => println!("error: {e}"),
+    let (mut pipe_r, mut pipe_w) = std::io::pipe().unwrap();
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || {
+            block_all();
+            let mut b = [0u8; 1];
+            let n = pipe_r.read(&mut b).unwrap_or(0);
+            read_tx.send((n, b[0])).unwrap();
+        })
+        .unwrap();
+    let tid = ready_rx.recv().unwrap();
+    // Both are asleep in their system calls with every signal blocked.
+    let asleep = |name: &str| {
+        std::fs::read_dir("/proc/self/task").unwrap().any(|e| {
+            let t = e.unwrap().file_name().into_string().unwrap();
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).unwrap_or_default();
+            stat.contains(&format!("({name}) S"))
+        })
+    };
+    while !(asleep("watchdog") && asleep("reader")) {
+        std::thread::yield_now();
     }
-    stop_tx.send(()).unwrap();
-    println!("stubborn tid {tid} finished: {}", t.join().unwrap());
-    println!("exists: {}", std::path::Path::new(&image).exists());
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+    c.check(
+        "watchdog thread, same TID and name",
+        comm.trim() == "watchdog",
+        comm.trim(),
+    );
+    wake_tx.send(2.0).unwrap();
+    let (before, after, product) = done_rx.recv().unwrap();
+    c.check(
+        "it wakes when given what it waits for",
+        product == 2.5,
+        product,
+    );
+    c.check(
+        "its signal mask and alternate stack",
+        before == after && before.1 == 64 * 1024 && before.2.count_ones() >= 60,
+        format!("{after:x?} (was {before:x?})"),
+    );
+    pipe_w.write_all(b"z").unwrap();
+    let got = read_rx.recv().unwrap();
+    c.check(
+        "the reader reads what is written",
+        got == (1, b'z'),
+        format!("{got:?}"),
+    );
+    watchdog.join().unwrap();
+    reader.join().unwrap();
+    c.finish();
 }
 
 /// A thread in vfork cannot take signals until its child execs or exits; the child waits for a

@@ -170,6 +170,8 @@ pub struct Capture {
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     pub socks: Vec<SockPeek>,
+    /// Other buffers of the checkpoint's own, never in the snapshot (MADV_DONTFORK).
+    pub own_buffers: Vec<(u64, u64)>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.
     pub inotify: Vec<(i32, AtomicI64)>,
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
@@ -219,6 +221,7 @@ impl Capture {
             fds,
             pipes,
             socks,
+            own_buffers: Vec::new(),
             inotify: Vec::new(),
             shm: Vec::new(),
             mem: None,
@@ -417,9 +420,11 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
     // SAFETY: `raw` is a live, leaked Box until it is reclaimed below.
     let c = unsafe { &*raw };
     ACTIVE.store(raw, Ordering::Release);
+    // Threads recorded already (stopped by ptrace, see crate::traced) take no signal.
     let others: Vec<i32> = c
         .threads
         .iter()
+        .filter(|t| t.done.load(Ordering::Acquire) == 0)
         .map(|t| t.tid.load(Ordering::Relaxed))
         .filter(|&tid| tid != c.caller)
         .collect();

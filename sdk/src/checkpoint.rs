@@ -303,8 +303,55 @@ impl Checkpoint {
         );
         // Freed before the snapshot, so that the restored heap is not trimmed by freeing them.
         drop(maps);
+        // Threads that block the checkpoint signal are stopped by a helper instead.
+        let name_of = |tid: i32| {
+            threads
+                .iter()
+                .find(|t| t.0 == tid)
+                .map_or_else(String::new, |t| t.1.clone())
+        };
+        let blocking: Vec<i32> = threads
+            .iter()
+            .map(|t| t.0)
+            .filter(|&tid| tid != me && blocks_signal(tid, self.signal))
+            .collect();
+        let mut traced = None;
+        if !blocking.is_empty() {
+            let t = crate::traced::capture(&blocking, &name_of, self.thread_timeout)
+                .map_err(CheckpointError::Unsupported)?;
+            for (i, &tid) in t.tids.iter().enumerate() {
+                if let Some(tc) = capture
+                    .threads
+                    .iter()
+                    .find(|x| x.tid.load(Ordering::Relaxed) == tid)
+                {
+                    t.slot(i).fill(tc, tid);
+                }
+            }
+            capture.own_buffers.push(t.buffer());
+            traced = Some(t);
+        }
         let t0 = std::time::Instant::now();
-        let frozen = match capture::freeze(self.signal, capture, self.thread_timeout) {
+        let frozen = capture::freeze(self.signal, capture, self.thread_timeout);
+        // The snapshot exists (or the freeze failed): the stopped threads go on.
+        let captured: Vec<(i32, crate::traced::Captured)> = match traced {
+            Some(t) if matches!(frozen, Ok(Frozen::Restored)) => {
+                t.abandon();
+                Vec::new()
+            }
+            Some(t) => {
+                let c = t
+                    .tids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &tid)| (tid, t.slot(i)))
+                    .collect();
+                t.release();
+                c
+            }
+            None => Vec::new(),
+        };
+        let frozen = match frozen {
             Ok(f) => f,
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
@@ -337,7 +384,7 @@ impl Checkpoint {
             Frozen::Snapshot(c) => c,
         };
         let child = capture.child.load(Ordering::Acquire) as i32;
-        let result = self.dump(child, &capture, &threads, scan, original_action);
+        let result = self.dump(child, &capture, &threads, &captured, scan, original_action);
         crate::sys::kill_and_reap(child);
         let (size, digest) = result?;
         if self.exit_after_save {
@@ -357,6 +404,7 @@ impl Checkpoint {
         child: i32,
         c: &Capture,
         threads: &[(i32, String)],
+        captured: &[(i32, crate::traced::Captured)],
         mut scan: FdScan,
         original_action: state::signals::SigAction,
     ) -> Result<(u64, Digest), CheckpointError> {
@@ -396,6 +444,11 @@ impl Checkpoint {
         m.signals = state::signals::SignalState::dump(c, self.signal, original_action);
         let mem = File::open(format!("/proc/{child}/mem"))
             .map_err(io("opening the snapshot's memory"))?;
+        if !captured.is_empty() {
+            crate::traced::write_frames(child, c, captured, &mem).map_err(io(
+                "writing the signal frames of threads captured by ptrace",
+            ))?;
+        }
         let pagemap = File::open(format!("/proc/{child}/pagemap"))
             .map_err(io("opening the snapshot's page map"))?;
         let mut guards = crate::sys::guard_regions(std::os::fd::AsRawFd::as_raw_fd(&pagemap))
@@ -599,6 +652,7 @@ fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
             let (a, n) = o.buffer();
             (a, a + n)
         }))
+        .chain(c.own_buffers.iter().copied())
         .collect();
     ranges.sort_unstable();
     state::memory::uncovered(&text, &ranges)
@@ -631,6 +685,12 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
         crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
     why.extend(maps.iter().filter_map(|m| Vma::classify(m).err()));
     Ok((why, maps))
+}
+
+/// Whether thread `tid` blocks `signal` now.
+fn blocks_signal(tid: i32, signal: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .is_ok_and(|st| crate::procfs::field_hex(&st, "SigBlk") & (1u64 << (signal - 1)) != 0)
 }
 
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.

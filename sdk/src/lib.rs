@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod restore;
 pub mod state;
 pub mod sys;
+mod traced;
 
 pub use checkpoint::{
     on_checkpoint, on_restore, Checkpoint, CheckpointError, Outcome, Restored, SavedInfo,

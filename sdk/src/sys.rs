@@ -97,12 +97,17 @@ pub fn fs_gs_base() -> (u64, u64) {
 
 /// get_robust_list(0): (head, len). Async-signal-safe.
 pub fn robust_list() -> (u64, u64) {
+    robust_list_of(0)
+}
+
+/// get_robust_list(tid): (head, len) of thread `tid` of this process (0: the caller).
+pub fn robust_list_of(tid: i32) -> (u64, u64) {
     let mut head = 0u64;
     let mut len = 0u64;
     syscall6(
         libc::SYS_get_robust_list,
         [
-            0,
+            tid as u64,
             &mut head as *mut u64 as u64,
             &mut len as *mut u64 as u64,
             0,
@@ -1156,4 +1161,112 @@ pub fn read_raw(fd: i32, buf: &mut [u8]) -> i64 {
             0,
         ],
     )
+}
+
+/// ptrace(request, pid, addr, data): the kernel's result. Async-signal-safe.
+pub fn ptrace(request: u32, pid: i32, addr: u64, data: u64) -> i64 {
+    syscall6(
+        libc::SYS_ptrace,
+        [u64::from(request), pid as u64, addr, data, 0, 0],
+    )
+}
+
+/// wait4(pid, &status, options): (result, status). Async-signal-safe.
+pub fn wait4(pid: i32, options: i32) -> (i64, i32) {
+    let mut status = 0i32;
+    let r = syscall6(
+        libc::SYS_wait4,
+        [
+            pid as u64,
+            &mut status as *mut i32 as u64,
+            options as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    (r, status)
+}
+
+/// Copies `buf` into process `pid` at `remote` (process_vm_writev). Async-signal-safe.
+pub fn write_process_memory(pid: i32, remote: u64, buf: &[u8]) -> i64 {
+    let local = [buf.as_ptr() as u64, buf.len() as u64];
+    let remote = [remote, buf.len() as u64];
+    syscall6(
+        libc::SYS_process_vm_writev,
+        [
+            pid as u64,
+            local.as_ptr() as u64,
+            1,
+            remote.as_ptr() as u64,
+            1,
+            0,
+        ],
+    )
+}
+
+/// pipe2(O_CLOEXEC): (read end, write end), blocking.
+pub fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds = [0i32; 2];
+    check(syscall6(
+        libc::SYS_pipe2,
+        [fds.as_mut_ptr() as u64, libc::O_CLOEXEC as u64, 0, 0, 0, 0],
+    ))?;
+    Ok((owned(i64::from(fds[0])), owned(i64::from(fds[1]))))
+}
+
+/// Waits up to `timeout` for `fd` to be readable, then reads one byte: Some(byte), or None on
+/// timeout, end of file or error.
+pub fn read_byte_within(fd: i32, timeout: std::time::Duration) -> Option<u8> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as u64;
+    if syscall6(
+        libc::SYS_poll,
+        [&mut pfd as *mut libc::pollfd as u64, 1, ms, 0, 0, 0],
+    ) <= 0
+    {
+        return None;
+    }
+    let mut b = [0u8; 1];
+    (read_raw(fd, &mut b) == 1).then_some(b[0])
+}
+
+/// write(2) of `buf`: bytes written, or a negative errno. Async-signal-safe.
+pub fn write_raw(fd: i32, buf: &[u8]) -> i64 {
+    syscall6(
+        libc::SYS_write,
+        [fd as u64, buf.as_ptr() as u64, buf.len() as u64, 0, 0, 0],
+    )
+}
+
+/// _exit(code) without libc. Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    loop {
+        syscall6(libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]);
+    }
+}
+
+std::arch::global_asm!(
+    ".pushsection .text.thaw_syscall_gadget, \"ax\", @progbits",
+    ".p2align 4",
+    ".globl thaw_syscall_gadget",
+    ".hidden thaw_syscall_gadget",
+    "thaw_syscall_gadget:",
+    "    syscall",
+    "    ud2",
+    ".popsection",
+);
+
+extern "C" {
+    fn thaw_syscall_gadget();
+}
+
+/// The address of a `syscall` instruction in this process's code: a traced thread of this
+/// process is made to run one system call there.
+pub fn syscall_gadget() -> u64 {
+    thaw_syscall_gadget as *const () as usize as u64
 }

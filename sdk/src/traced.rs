@@ -1,0 +1,656 @@
+//! Threads that block the checkpoint signal (Node.js's inspector watchdog blocks every signal for
+//! its whole life) are captured without it: a helper process, which the process allows to trace
+//! it (`PR_SET_PTRACER` where Yama asks for it), seizes each such thread and interrupts it
+//! (PTRACE_INTERRUPT stops a thread whatever it blocks), reads its registers, extended state,
+//! signal mask and rseq registration, and makes it run two system calls at a `syscall`
+//! instruction of ours (`sigaltstack` and `PR_GET_TID_ADDRESS`, which no other interface reads).
+//! The thread stays stopped until the snapshot is forked, then goes on.
+//!
+//! For the image, a signal frame is written on the thread's stack in the snapshot, below its red
+//! zone, exactly as the kernel would have built one: from then on the thread is restored like
+//! every other (the restorer's `rt_sigreturn` on its frame). A thread stopped inside an
+//! interrupted system call is set to issue that call again, as the kernel does for a signal
+//! handled with SA_RESTART.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::sys;
+
+const XSAVE_MAX: usize = 16384;
+const NREGS: usize = 27;
+// struct user_regs_struct indices.
+const RAX: usize = 10;
+const RCX: usize = 11;
+const RDX: usize = 12;
+const RSI: usize = 13;
+const RDI: usize = 14;
+const ORIG_RAX: usize = 15;
+const RIP: usize = 16;
+const EFLAGS: usize = 18;
+const RSP: usize = 19;
+pub(crate) const FS_BASE: usize = 21;
+pub(crate) const GS_BASE: usize = 22;
+
+const PTRACE_GETREGS: u32 = 12;
+const PTRACE_SETREGS: u32 = 13;
+const PTRACE_SYSCALL: u32 = 24;
+const PTRACE_DETACH: u32 = 17;
+const PTRACE_CONT: u32 = 7;
+const PTRACE_GETREGSET: u32 = 0x4204;
+const PTRACE_SEIZE: u32 = 0x4206;
+const PTRACE_INTERRUPT: u32 = 0x4207;
+const PTRACE_GETSIGMASK: u32 = 0x420a;
+const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
+const PTRACE_O_TRACESYSGOOD: u64 = 1;
+const PTRACE_EVENT_STOP: i32 = 128;
+const NT_X86_XSTATE: u64 = 0x202;
+const PR_GET_TID_ADDRESS: u64 = 40;
+const PR_SET_PTRACER: u64 = 0x5961_6d61;
+
+/// The layout of what the helper learned about one thread, in our memory (the helper writes it
+/// with process_vm_writev; the injected system calls write `altstack` and `tid_address`
+/// themselves). Read back as a [`Captured`].
+#[repr(C)]
+#[allow(dead_code)] // a layout: written by the helper, read by offset
+struct Slot {
+    /// 0 once captured; else the failed step (1-based) and errno.
+    step: u32,
+    errno: u32,
+    pub regs: [u64; NREGS],
+    /// The registers the thread goes on with (and is restored with): an interrupted system
+    /// call issued again.
+    pub resume: [u64; NREGS],
+    pub sigmask: u64,
+    /// struct ptrace_rseq_configuration: address, size | signature << 32, flags.
+    pub rseq: [u64; 3],
+    /// stack_t: ss_sp, ss_flags, ss_size.
+    pub altstack: [u64; 3],
+    pub tid_address: u64,
+    pub xsave_len: u64,
+    pub xsave: [u8; XSAVE_MAX],
+}
+
+const STEPS: [&str; 9] = [
+    "attach (PTRACE_SEIZE)",
+    "interrupt",
+    "wait for it to stop",
+    "read its registers",
+    "read its extended state",
+    "read its signal mask",
+    "read its rseq registration",
+    "read its alternate signal stack",
+    "read its clear_child_tid address",
+];
+
+/// The helper and what it captured; [`Traced::release`] lets the threads go.
+pub(crate) struct Traced {
+    helper: i32,
+    slots: sys::DontForkBuf,
+    pub tids: Vec<i32>,
+    release_w: OwnedFd,
+}
+
+impl std::fmt::Debug for Traced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traced").field("tids", &self.tids).finish()
+    }
+}
+
+/// Stops `tids` (threads of this process) through a helper; `Err` names each thread that could
+/// not be captured, and why. `names` are the threads' names for messages.
+pub(crate) fn capture(
+    tids: &[i32],
+    names: &dyn Fn(i32) -> String,
+    bound: Duration,
+) -> Result<Traced, Vec<String>> {
+    let fail = |why: String| {
+        tids.iter()
+            .map(|&t| {
+                format!(
+                    "thread {t} ({}) blocks the checkpoint signal and could not be captured without it: {why}",
+                    names(t)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if tids.len() > 64 {
+        return Err(fail(format!(
+            "{} such threads, more than the 64 thaw captures",
+            tids.len()
+        )));
+    }
+    let size = std::mem::size_of::<Slot>();
+    let slots = sys::DontForkBuf::new(tids.len() * size).map_err(|e| fail(e.to_string()))?;
+    let pipes = (|| {
+        Ok::<_, std::io::Error>((
+            sys::pipe_cloexec()?,
+            sys::pipe_cloexec()?,
+            sys::pipe_cloexec()?,
+        ))
+    })()
+    .map_err(|e| fail(e.to_string()))?;
+    let ((go_r, go_w), (done_r, done_w), (release_r, release_w)) = pipes;
+    let parent = sys::getpid();
+    // A process that changed its credentials is not dumpable: nobody may trace it then.
+    let dumpable = sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
+    if dumpable != 1 {
+        sys::set_dumpable(1);
+    }
+    let helper = sys::raw_fork();
+    if helper == 0 {
+        helper_main(
+            parent,
+            slots.addr(),
+            tids,
+            go_r.as_raw_fd(),
+            done_w.as_raw_fd(),
+            release_r.as_raw_fd(),
+        );
+    }
+    let restore_dumpable = || {
+        if dumpable != 1 {
+            sys::set_dumpable(dumpable);
+        }
+    };
+    if helper < 0 {
+        restore_dumpable();
+        return Err(fail(format!(
+            "cannot start the helper: {}",
+            std::io::Error::from_raw_os_error(-helper as i32)
+        )));
+    }
+    let helper = helper as i32;
+    drop((go_r, done_w, release_r));
+    // Under Yama's restricted mode a process may be traced only by a helper it names.
+    sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, helper as u64, 0, 0, 0, 0]);
+    sys::write_raw(go_w.as_raw_fd(), b"g");
+    let done = sys::read_byte_within(done_r.as_raw_fd(), bound);
+    sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, 0, 0, 0, 0, 0]);
+    restore_dumpable();
+    let traced = Traced {
+        helper,
+        slots,
+        tids: tids.to_vec(),
+        release_w,
+    };
+    if done.is_none() {
+        // The helper is stuck (a thread in uninterruptible sleep): killing it detaches.
+        sys::kill_and_reap(helper);
+        return Err(fail(format!("it did not stop within {bound:?}")));
+    }
+    let mut why = Vec::new();
+    for (i, &tid) in tids.iter().enumerate() {
+        let s = traced.slot(i);
+        if s.step != 0 {
+            let step = STEPS.get(s.step as usize - 1).copied().unwrap_or("?");
+            let errno = std::io::Error::from_raw_os_error(s.errno as i32);
+            let hint = if s.step == 1 {
+                " (a helper process must be allowed to trace this one: kernel.yama.ptrace_scope at most 1, no seccomp filter or security module forbidding ptrace)"
+            } else {
+                ""
+            };
+            why.push(format!(
+                "thread {tid} ({}) blocks the checkpoint signal and could not be captured without it: {step}: {errno}{hint}",
+                names(tid)
+            ));
+        }
+    }
+    if !why.is_empty() {
+        traced.release();
+        return Err(why);
+    }
+    Ok(traced)
+}
+
+impl Traced {
+    /// What the helper wrote about thread number `i`.
+    pub(crate) fn slot(&self, i: usize) -> Captured {
+        let size = std::mem::size_of::<Slot>();
+        Captured::read(&self.slots.as_slice()[i * size..(i + 1) * size])
+    }
+
+    /// The slots' (start, end): a buffer of the checkpoint's own, not in the snapshot.
+    pub(crate) fn buffer(&self) -> (u64, u64) {
+        (
+            self.slots.addr(),
+            self.slots.addr() + self.slots.len() as u64,
+        )
+    }
+
+    /// Lets every thread go on and waits for the helper to end.
+    pub(crate) fn release(self) {
+        sys::write_raw(self.release_w.as_raw_fd(), b"r");
+        let _ = sys::wait4(self.helper, 0);
+    }
+
+    /// In a restored process: the helper, its pipe and the slots were never part of it.
+    pub(crate) fn abandon(self) {
+        std::mem::forget(self.release_w);
+        std::mem::forget(self.slots);
+    }
+}
+
+/// The helper's whole life: system calls only (it is a fork of a multi-threaded process).
+fn helper_main(parent: i32, slots: u64, tids: &[i32], go: i32, done: i32, release: i32) -> ! {
+    sys::syscall6(
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    let mut b = [0u8; 1];
+    if sys::read_raw(go, &mut b) != 1 {
+        sys::exit_now(1);
+    }
+    let size = std::mem::size_of::<Slot>() as u64;
+    // Threads attached, and whether system calls were injected (their registers must be set).
+    let mut attached = [false; 64];
+    let mut injected = [false; 64];
+    let mut resume = [[0u64; NREGS]; 64];
+    for (i, &tid) in tids.iter().enumerate().take(64) {
+        let slot = slots + i as u64 * size;
+        let r = capture_one(
+            parent,
+            tid,
+            slot,
+            &mut attached[i],
+            &mut injected[i],
+            &mut resume[i],
+        );
+        if let Err((step, errno)) = r {
+            let mut word = [0u8; 8];
+            word[..4].copy_from_slice(&step.to_ne_bytes());
+            word[4..].copy_from_slice(&errno.to_ne_bytes());
+            sys::write_process_memory(parent, slot, &word);
+        }
+    }
+    sys::write_raw(done, b"d");
+    // Until released, or until the process is gone (end of file).
+    sys::read_raw(release, &mut b);
+    for (i, &tid) in tids.iter().enumerate().take(64) {
+        if injected[i] {
+            sys::ptrace(PTRACE_SETREGS, tid, 0, resume[i].as_ptr() as u64);
+        }
+        if attached[i] {
+            sys::ptrace(PTRACE_DETACH, tid, 0, 0);
+        }
+    }
+    sys::exit_now(0)
+}
+
+fn capture_one(
+    parent: i32,
+    tid: i32,
+    slot: u64,
+    attached: &mut bool,
+    injected: &mut bool,
+    resume: &mut [u64; NREGS],
+) -> Result<(), (u32, u32)> {
+    let ok = |step: u32, r: i64| {
+        if r < 0 {
+            Err((step, (-r) as u32))
+        } else {
+            Ok(r)
+        }
+    };
+    ok(1, sys::ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD))?;
+    *attached = true;
+    ok(2, sys::ptrace(PTRACE_INTERRUPT, tid, 0, 0))?;
+    wait_stop(tid, |status| status >> 16 == PTRACE_EVENT_STOP).map_err(|e| (3, e))?;
+    let mut regs = [0u64; NREGS];
+    ok(
+        4,
+        sys::ptrace(PTRACE_GETREGS, tid, 0, regs.as_mut_ptr() as u64),
+    )?;
+    let mut xsave = [0u8; XSAVE_MAX];
+    let mut iov = [xsave.as_mut_ptr() as u64, XSAVE_MAX as u64];
+    ok(
+        5,
+        sys::ptrace(
+            PTRACE_GETREGSET,
+            tid,
+            NT_X86_XSTATE,
+            iov.as_mut_ptr() as u64,
+        ),
+    )?;
+    let mut mask = 0u64;
+    ok(
+        6,
+        sys::ptrace(PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64),
+    )?;
+    let mut rseq = [0u64; 3];
+    ok(
+        7,
+        sys::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            24,
+            rseq.as_mut_ptr() as u64,
+        ),
+    )?;
+    *injected = true;
+    *resume = restarted(&regs);
+    let alt = slot + std::mem::offset_of!(Slot, altstack) as u64;
+    ok(
+        8,
+        inject(tid, &regs, libc::SYS_sigaltstack as u64, [0, alt, 0]).map_err(|e| (8, e))?,
+    )?;
+    let tid_address = slot + std::mem::offset_of!(Slot, tid_address) as u64;
+    ok(
+        9,
+        inject(
+            tid,
+            &regs,
+            libc::SYS_prctl as u64,
+            [PR_GET_TID_ADDRESS, tid_address, 0],
+        )
+        .map_err(|e| (9, e))?,
+    )?;
+    // Into our memory, word by word (no allocation in the helper).
+    let put = |off: usize, w: &[u64]| {
+        for (i, v) in w.iter().enumerate() {
+            sys::write_process_memory(parent, slot + (off + i * 8) as u64, &v.to_ne_bytes());
+        }
+    };
+    put(std::mem::offset_of!(Slot, regs), &regs);
+    put(std::mem::offset_of!(Slot, resume), &resume[..]);
+    put(std::mem::offset_of!(Slot, sigmask), &[mask]);
+    put(std::mem::offset_of!(Slot, rseq), &rseq);
+    let len = (iov[1] as usize).min(XSAVE_MAX);
+    put(std::mem::offset_of!(Slot, xsave_len), &[len as u64]);
+    sys::write_process_memory(
+        parent,
+        slot + std::mem::offset_of!(Slot, xsave) as u64,
+        &xsave[..len],
+    );
+    Ok(())
+}
+
+/// Waits until `tid` is in a ptrace stop that `want(status)` accepts, letting other stops go on.
+fn wait_stop(tid: i32, want: impl Fn(i32) -> bool) -> Result<(), u32> {
+    for _ in 0..64 {
+        let (r, status) = sys::wait4(tid, libc::__WALL);
+        if r < 0 {
+            return Err((-r) as u32);
+        }
+        if status & 0xff != 0x7f {
+            return Err(libc::ESRCH as u32); // it exited
+        }
+        if want(status) {
+            return Ok(());
+        }
+        // Another stop (a signal about to be delivered): let it continue with its signal.
+        let sig = (status >> 8) & 0xff;
+        let sig = if status >> 16 == 0 { sig } else { 0 };
+        sys::ptrace(PTRACE_CONT, tid, 0, sig as u64);
+    }
+    Err(libc::EAGAIN as u32)
+}
+
+/// Runs one system call in the stopped thread at our `syscall` instruction: its result.
+fn inject(tid: i32, regs: &[u64; NREGS], nr: u64, args: [u64; 3]) -> Result<i64, u32> {
+    let mut r = *regs;
+    r[RIP] = sys::syscall_gadget();
+    r[RAX] = nr;
+    r[RDI] = args[0];
+    r[RSI] = args[1];
+    r[RDX] = args[2];
+    // Not in a system call any more: no restart of the interrupted one on the way out.
+    r[ORIG_RAX] = u64::MAX;
+    let check = |x: i64| if x < 0 { Err((-x) as u32) } else { Ok(()) };
+    check(sys::ptrace(PTRACE_SETREGS, tid, 0, r.as_ptr() as u64))?;
+    let syscall_stop = |status: i32| (status >> 8) & 0xff == libc::SIGTRAP | 0x80;
+    for _ in 0..2 {
+        // Entry, then exit.
+        check(sys::ptrace(PTRACE_SYSCALL, tid, 0, 0))?;
+        wait_stop(tid, syscall_stop)?;
+    }
+    let mut out = [0u64; NREGS];
+    check(sys::ptrace(PTRACE_GETREGS, tid, 0, out.as_mut_ptr() as u64))?;
+    Ok(out[RAX] as i64)
+}
+
+/// The registers to go on with: a system call that was interrupted (ERESTARTSYS and friends)
+/// is issued again, as for a signal handled with SA_RESTART.
+fn restarted(regs: &[u64; NREGS]) -> [u64; NREGS] {
+    let mut r = *regs;
+    let in_syscall = (r[ORIG_RAX] as i64) >= 0;
+    if in_syscall && matches!(r[RAX] as i64, -512 | -513 | -514 | -516) {
+        r[RAX] = r[ORIG_RAX];
+        r[RIP] -= 2;
+    }
+    r[ORIG_RAX] = u64::MAX;
+    r
+}
+
+/// Offsets in the kernel's x86_64 signal frame structures.
+const UC_SIZE: u64 = 304;
+const UC_FLAGS: usize = 0;
+const UC_STACK: usize = 16;
+const UC_MCONTEXT: usize = 40;
+const UC_SIGMASK: usize = 296;
+const SC_FPSTATE: usize = 184;
+const FP_SW_BYTES: usize = 464;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+
+/// One thread as the helper captured it.
+#[derive(Debug, Clone)]
+pub(crate) struct Captured {
+    step: u32,
+    errno: u32,
+    pub regs: [u64; NREGS],
+    pub resume: [u64; NREGS],
+    pub sigmask: u64,
+    pub rseq: [u64; 3],
+    pub altstack: [u64; 3],
+    pub tid_address: u64,
+    pub xsave: Vec<u8>,
+}
+
+impl Captured {
+    fn read(b: &[u8]) -> Captured {
+        let word = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8"));
+        let words = |off: usize, out: &mut [u64]| {
+            for (i, w) in out.iter_mut().enumerate() {
+                *w = word(off + i * 8);
+            }
+        };
+        let mut c = Captured {
+            step: u32::from_ne_bytes(b[0..4].try_into().expect("4")),
+            errno: u32::from_ne_bytes(b[4..8].try_into().expect("4")),
+            regs: [0; NREGS],
+            resume: [0; NREGS],
+            sigmask: word(std::mem::offset_of!(Slot, sigmask)),
+            rseq: [0; 3],
+            altstack: [0; 3],
+            tid_address: word(std::mem::offset_of!(Slot, tid_address)),
+            xsave: Vec::new(),
+        };
+        words(std::mem::offset_of!(Slot, regs), &mut c.regs);
+        words(std::mem::offset_of!(Slot, resume), &mut c.resume);
+        words(std::mem::offset_of!(Slot, rseq), &mut c.rseq);
+        words(std::mem::offset_of!(Slot, altstack), &mut c.altstack);
+        let len = (word(std::mem::offset_of!(Slot, xsave_len)) as usize).min(XSAVE_MAX);
+        let x = std::mem::offset_of!(Slot, xsave);
+        c.xsave = b[x..x + len].to_vec();
+        c
+    }
+
+    /// A signal frame for this thread, as the kernel builds one, to be written at `at` (its
+    /// ucontext; the extended state follows, 64-byte aligned). `template` is a kernel-built
+    /// frame of this process (its ucontext, and its extended state's software bytes and size).
+    pub(crate) fn frame(&self, at: u64, template: &Template) -> Vec<u8> {
+        let fp = (at + UC_SIZE).next_multiple_of(64);
+        let mut f = vec![0u8; (fp - at) as usize + template.xstate_size as usize + 4];
+        let put = |f: &mut Vec<u8>, off: usize, v: u64| {
+            f[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        };
+        let r = &self.resume;
+        put(&mut f, UC_FLAGS, template.uc_flags);
+        put(&mut f, UC_STACK, self.altstack[0]);
+        put(&mut f, UC_STACK + 8, self.altstack[1]);
+        put(&mut f, UC_STACK + 16, self.altstack[2]);
+        // struct sigcontext: r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags.
+        let order = [
+            9, 8, 7, 6, 3, 2, 1, 0, RDI, RSI, 4, 5, RDX, RAX, RCX, RSP, RIP, EFLAGS,
+        ];
+        for (i, &reg) in order.iter().enumerate() {
+            put(&mut f, UC_MCONTEXT + i * 8, r[reg]);
+        }
+        // cs, gs, fs, ss (16 bits each): the user code and stack segments.
+        let segs: u64 = 0x33 | (0x2b << 48);
+        put(&mut f, UC_MCONTEXT + 144, segs);
+        put(&mut f, UC_MCONTEXT + 168, self.sigmask); // oldmask
+        put(&mut f, UC_MCONTEXT + SC_FPSTATE, fp);
+        put(&mut f, UC_SIGMASK, self.sigmask);
+        let x = (fp - at) as usize;
+        let n = self.xsave.len().min(template.xstate_size as usize);
+        f[x..x + n].copy_from_slice(&self.xsave[..n]);
+        f[x + FP_SW_BYTES..x + FP_SW_BYTES + 48].copy_from_slice(&template.sw_bytes);
+        let m2 = x + template.xstate_size as usize;
+        f[m2..m2 + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_ne_bytes());
+        f
+    }
+
+    /// Where its frame goes: below the thread's stack pointer and red zone.
+    pub(crate) fn frame_addr(&self, template: &Template) -> u64 {
+        let need = UC_SIZE + 64 + u64::from(template.xstate_size) + 4;
+        (self.resume[RSP] - 128 - need) & !63
+    }
+}
+
+/// What a kernel-built frame of this process says about frames: read from the checkpointing
+/// thread's.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    uc_flags: u64,
+    sw_bytes: [u8; 48],
+    xstate_size: u32,
+}
+
+impl Template {
+    /// From the frame whose ucontext is at `uc` in the snapshot `mem`.
+    pub(crate) fn read(mem: &std::fs::File, uc: u64) -> std::io::Result<Template> {
+        use std::os::unix::fs::FileExt;
+        let mut head = [0u8; UC_SIZE as usize];
+        mem.read_exact_at(&mut head, uc)?;
+        let word =
+            |b: &[u8], off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8"));
+        let fp = word(&head, UC_MCONTEXT + SC_FPSTATE);
+        let mut sw_bytes = [0u8; 48];
+        mem.read_exact_at(&mut sw_bytes, fp + FP_SW_BYTES as u64)?;
+        // struct _fpx_sw_bytes: magic1, extended_size, xfeatures (u64), xstate_size.
+        let xstate_size = u32::from_ne_bytes(sw_bytes[16..20].try_into().expect("4"));
+        if u32::from_ne_bytes(sw_bytes[0..4].try_into().expect("4")) != 0x4650_5853
+            || xstate_size as usize > XSAVE_MAX
+        {
+            return Err(std::io::Error::other(
+                "the kernel's signal frames carry no extended state this thaw understands",
+            ));
+        }
+        Ok(Template {
+            uc_flags: word(&head, UC_FLAGS),
+            sw_bytes,
+            xstate_size,
+        })
+    }
+}
+
+impl Captured {
+    /// Records the thread in `t` as its signal handler would have (but for its frame, which
+    /// [`write_frames`] makes once the snapshot exists).
+    pub(crate) fn fill(&self, t: &crate::capture::ThreadCapture, tid: i32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fs = self.regs[FS_BASE];
+        t.fs_base.store(fs, Relaxed);
+        t.gs_base.store(self.regs[GS_BASE], Relaxed);
+        let (head, len) = sys::robust_list_of(tid);
+        t.robust_head.store(head, Relaxed);
+        t.robust_len.store(len, Relaxed);
+        t.clear_child_tid.store(self.tid_address, Relaxed);
+        let status =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+        t.pending.store(
+            crate::procfs::field_hex(&status, "SigPnd")
+                | crate::procfs::field_hex(&status, "ShdPnd"),
+            Relaxed,
+        );
+        let (addr, len, sig) = (
+            self.rseq[0],
+            self.rseq[1] as u32,
+            (self.rseq[1] >> 32) as u32,
+        );
+        let glibc = sys::glibc_rseq(fs).map(|(a, size)| (a, size.max(32)));
+        let owner = if addr == 0 {
+            sys::RseqOwner::None
+        } else if glibc == Some((addr, len)) && sig == crate::state::threads::RSEQ_SIG {
+            sys::RseqOwner::Glibc
+        } else {
+            sys::RseqOwner::Other
+        };
+        t.rseq.store(owner as u32, Relaxed);
+        t.done.store(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Writes a signal frame for each captured thread on its stack in the snapshot (the frozen
+/// `child`), shaped like the checkpointing thread's kernel-built one, and records where.
+pub(crate) fn write_frames(
+    child: i32,
+    c: &crate::capture::Capture,
+    captured: &[(i32, Captured)],
+    mem: &std::fs::File,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::Ordering::Relaxed;
+    let caller = c
+        .threads
+        .iter()
+        .find(|t| t.tid.load(Relaxed) == c.caller)
+        .ok_or_else(|| std::io::Error::other("no frame of the checkpointing thread"))?;
+    let template = Template::read(mem, caller.frame.load(Relaxed))?;
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{child}/mem"))?;
+    for (tid, cap) in captured {
+        let at = cap.frame_addr(&template);
+        out.write_all_at(&cap.frame(at, &template), at)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("thread {tid}: its stack below {:#x}: {e}", cap.resume[RSP]),
+                )
+            })?;
+        if let Some(t) = c.threads.iter().find(|t| t.tid.load(Relaxed) == *tid) {
+            t.frame.store(at, Relaxed);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_system_call_is_issued_again() {
+        let mut regs = [0u64; NREGS];
+        regs[ORIG_RAX] = 202;
+        regs[RAX] = (-512i64) as u64;
+        regs[RIP] = 0x1000;
+        let r = restarted(&regs);
+        assert_eq!((r[RAX], r[RIP], r[ORIG_RAX]), (202, 0xffe, u64::MAX));
+        // A finished one, or none, is left alone.
+        regs[RAX] = 0;
+        assert_eq!(restarted(&regs)[RIP], 0x1000);
+        regs[ORIG_RAX] = u64::MAX;
+        regs[RAX] = (-512i64) as u64;
+        assert_eq!(restarted(&regs)[RAX], (-512i64) as u64);
+    }
+}
