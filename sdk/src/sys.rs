@@ -1270,3 +1270,25 @@ extern "C" {
 pub fn syscall_gadget() -> u64 {
     thaw_syscall_gadget as *const () as usize as u64
 }
+
+/// Gives the open file `f` the name `dest` (linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW,
+/// which works for an unnamed O_TMPFILE file without CAP_DAC_READ_SEARCH).
+pub fn link_fd(f: &impl std::os::fd::AsRawFd, dest: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dst = std::ffi::CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    check(syscall6(
+        libc::SYS_linkat,
+        [
+            libc::AT_FDCWD as u64,
+            src.as_ptr() as u64,
+            libc::AT_FDCWD as u64,
+            dst.as_ptr() as u64,
+            libc::AT_SYMLINK_FOLLOW as u64,
+            0,
+        ],
+    ))
+    .map(drop)
+}

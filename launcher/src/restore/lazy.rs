@@ -129,6 +129,22 @@ impl Transport {
 
     /// Steps that create the userfaultfd and enable its events (before the memory is mapped).
     pub fn plan_create(&self, plan: &mut Plan) {
+        // If the launcher dies (killed, OOM, crash) its userfaultfd goes with it and the kernel
+        // would fill the missing pages with zeros: the process must die with it instead. If the
+        // launcher is already gone by now, handing over the userfaultfd below fails and the
+        // restore ends there.
+        plan.syscall(
+            "die with the launcher while memory is filled lazily (PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_PDEATHSIG as u64,
+                libc::SIGKILL as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         match &self.device {
             Some(dev) => plan.syscall_fd(

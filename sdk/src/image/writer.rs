@@ -1,19 +1,20 @@
 //! Writing images: streamed payload, chunk digests computed on the way, atomic placement.
 //!
 //! An image holds the process's memory and therefore its secrets: it is written with mode 0600
-//! under a temporary name in the destination directory, synced, and renamed into place, so the
-//! destination never holds a partial image.
+//! as an unnamed file in the destination directory, synced, and linked into place (see
+//! [`super::staged`]), so the destination never holds a partial image and a writer killed midway
+//! leaves nothing behind.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
-use tempfile::NamedTempFile;
 use thaw_signing::{Fingerprint, SecretKey};
 
 use super::header::{Header, Trailer};
 use super::reader::ImageFile;
+use super::staged::Staged;
 use super::{Digest, ImageError, DEFAULT_CHUNK_SIZE, EM_X86_64, SIGNATURE_DOMAIN};
 use crate::state::{ChunkTable, Manifest, PayloadRef};
 
@@ -33,7 +34,7 @@ pub struct SavedImage {
 #[derive(Debug)]
 pub struct ImageWriter {
     dest: PathBuf,
-    tmp: NamedTempFile,
+    tmp: Staged,
     out: BufWriter<File>,
     page_size: u32,
     chunk_size: u32,
@@ -55,13 +56,12 @@ impl ImageWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // NamedTempFile creates the file 0600 with O_EXCL and removes it if we fail or are dropped.
-        let tmp = NamedTempFile::with_prefix_in(".thaw-image-", dir)
-            .map_err(|e| ImageError::io("cannot create a temporary image in", dir, e))?;
+        // Owner-only, and gone if we fail, are dropped or are killed.
+        let tmp = Staged::create(dir)?;
         let file = tmp
-            .as_file()
+            .file()
             .try_clone()
-            .map_err(|e| ImageError::io("cannot create", tmp.path(), e))?;
+            .map_err(|e| ImageError::io("cannot create", &tmp.path(), e))?;
         let mut w = ImageWriter {
             dest: dest.to_owned(),
             tmp,
@@ -81,7 +81,7 @@ impl ImageWriter {
     fn write_raw(&mut self, data: &[u8]) -> Result<(), ImageError> {
         self.out
             .write_all(data)
-            .map_err(|e| ImageError::io("cannot write", self.tmp.path(), e))
+            .map_err(|e| ImageError::io("cannot write", &self.tmp.path(), e))
     }
 
     fn hash_payload(&mut self, mut data: &[u8]) {
@@ -181,7 +181,7 @@ impl ImageWriter {
         let trailer = sign_trailer(&block, &manifest_bytes, key);
         self.write_raw(&manifest_bytes)?;
         self.write_raw(&trailer.encode())?;
-        let path = self.tmp.path().to_owned();
+        let path = self.tmp.path();
         let mut file = self
             .out
             .into_inner()
@@ -191,7 +191,7 @@ impl ImageWriter {
             .and_then(|_| file.sync_all())
             .map_err(|e| ImageError::io("cannot write", &path, e))?;
         let size = header.trailer_off + header.trailer_len;
-        place(self.tmp, &self.dest)?;
+        self.tmp.persist(&self.dest)?;
         Ok(SavedImage {
             path: self.dest,
             size,
@@ -225,20 +225,6 @@ fn sign_trailer(block: &[u8], manifest: &[u8], key: Option<&SecretKey>) -> Trail
     }
 }
 
-/// Renames a synced temporary file onto `dest` and syncs the directory.
-fn place(tmp: NamedTempFile, dest: &Path) -> Result<(), ImageError> {
-    tmp.persist(dest)
-        .map_err(|e| ImageError::io("cannot move image into place at", dest, e.error))?;
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// Signs (or re-signs) the image at `path` in place, atomically. The image is copied to a private
 /// temporary file first, and that copy's payload is checked against its manifest's digests before
 /// it is signed, so the signature never blesses a damaged or altered payload, and what is signed is
@@ -249,14 +235,12 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
         _ => Path::new("."),
     };
     let mut src = File::open(path).map_err(|e| ImageError::io("cannot open", path, e))?;
-    let mut tmp = NamedTempFile::with_prefix_in(".thaw-image-", dir)
-        .map_err(|e| ImageError::io("cannot create a temporary image in", dir, e))?;
-    std::io::copy(&mut src, tmp.as_file_mut())
-        .map_err(|e| ImageError::io("cannot copy", path, e))?;
+    let tmp = Staged::create(dir)?;
+    std::io::copy(&mut src, &mut tmp.file()).map_err(|e| ImageError::io("cannot copy", path, e))?;
 
     // The signer is the authority here: it decodes its own (possibly unsigned) image to read the
     // chunk table, then checks every chunk before putting its name on them.
-    let image = ImageFile::open(tmp.path())
+    let image = ImageFile::open(&tmp.path())
         .map_err(|e| e.with_path(path))?
         .decode_unverified()
         .map_err(|e| e.with_path(path))?;
@@ -266,12 +250,12 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
     let digest = content_digest(image.header_block(), image.manifest_bytes());
     drop(image);
 
-    let f = tmp.as_file_mut();
+    let mut f = tmp.file();
     f.seek(SeekFrom::Start(header.trailer_off))
         .and_then(|_| f.write_all(&trailer.encode()))
         .and_then(|_| f.sync_all())
         .map_err(|e| ImageError::io("cannot write", path, e))?;
-    place(tmp, path)?;
+    tmp.persist(path)?;
     Ok(SavedImage {
         path: path.to_owned(),
         size: header.trailer_off + header.trailer_len,

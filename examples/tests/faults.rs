@@ -1,0 +1,114 @@
+//! Fault injection: the checkpoint or the launcher killed at random moments. Whatever happens, a
+//! restored process never runs on memory that was not filled with the image's verified bytes (it
+//! dies with its launcher), and a killed checkpoint leaves nothing in the destination
+//! directory. The number of trials is THAW_FAULT_TRIALS (default 30; scripts/fault-trials runs
+//! hundreds and prints the figures).
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn trials() -> u64 {
+    std::env::var("THAW_FAULT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// A spread of delays over `0..max_us` microseconds, the same every run.
+fn delay(trial: u64, max_us: u64) -> Duration {
+    Duration::from_micros(trial.wrapping_mul(7919) % max_us)
+}
+
+#[test]
+fn a_launcher_killed_while_filling_memory_takes_the_process_with_it() {
+    if !is_root() {
+        eprintln!("skipped: lazy memory needs root (host mode)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pattern", "p.thaw", &["128"]);
+    let (mut died, mut finished) = (0, 0);
+    for trial in 0..trials() {
+        let mut launcher = env
+            .restore_cmd(&img, &["--pid-mode", "host"], &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Fault injection, not synchronisation: any moment must be safe.
+        std::thread::sleep(delay(trial, 60_000));
+        // SAFETY: SIGKILL to our own child.
+        unsafe { libc::kill(launcher.id() as i32, libc::SIGKILL) };
+        launcher.wait().unwrap();
+        // The restored process holds the pipe's write end as its stdout: end of file means it
+        // is gone, whether it finished its check or died with the launcher.
+        let mut out = String::new();
+        launcher
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(
+            !out.contains("FAIL"),
+            "trial {trial}: the process ran on unfilled memory: {out}"
+        );
+        if out.contains("ok pattern") {
+            finished += 1;
+        } else {
+            died += 1;
+        }
+    }
+    eprintln!("launcher killed during lazy filling: {} trials, {died} processes died with it, {finished} had all their memory and finished, 0 ran on unfilled memory", trials());
+}
+
+#[test]
+fn a_checkpoint_killed_midway_leaves_nothing_behind() {
+    let env = Env::new();
+    let (mut complete, mut nothing) = (0, 0);
+    for trial in 0..trials() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("k.thaw");
+        let mut app = command(&bin("zdtm-pattern"))
+            .arg(&img)
+            .arg(&env.key)
+            .arg("64")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Fault injection: somewhere in filling the heap, freezing, or writing the image.
+        std::thread::sleep(delay(trial, 400_000));
+        // SAFETY: SIGKILL to our own child.
+        unsafe { libc::kill(app.id() as i32, libc::SIGKILL) };
+        app.wait().unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        match names.as_slice() {
+            [] => nothing += 1,
+            [one] if one == "k.thaw" => {
+                let v = command(&bin("thaw"))
+                    .args(["verify", "--trust"])
+                    .arg(&env.pubkey)
+                    .arg(&img)
+                    .output()
+                    .unwrap();
+                assert!(
+                    v.status.success(),
+                    "trial {trial}: a complete image must verify: {}",
+                    text(&v)
+                );
+                complete += 1;
+            }
+            other => panic!("trial {trial}: left behind {other:?}"),
+        }
+    }
+    eprintln!("checkpoint killed midway: {} trials, {nothing} left nothing, {complete} left a complete image, 0 left anything else", trials());
+}

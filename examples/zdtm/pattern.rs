@@ -1,0 +1,31 @@
+//! `zdtm-pattern IMAGE KEY MIB`: fills MIB MiB of anonymous memory with a known pattern and
+//! checkpoints. After restore it checks every word and prints `ok pattern`, or `FAIL pattern`
+//! with the number of wrong pages. The fault-injection tests kill the checkpoint or the launcher
+//! at random moments around it: whatever happens, no restored process may print FAIL.
+
+#[path = "common.rs"]
+mod common;
+
+fn pattern(i: usize) -> u64 {
+    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    let mib: usize = extra.first().and_then(|m| m.parse().ok()).unwrap_or(64);
+    let words = mib << 17;
+    let heap: Vec<u64> = (0..words).map(pattern).collect();
+    common::checkpoint();
+    let wrong = heap
+        .chunks(512)
+        .enumerate()
+        .filter(|(p, page)| {
+            page.iter()
+                .enumerate()
+                .any(|(i, &w)| w != pattern(p * 512 + i))
+        })
+        .count();
+    let mut c = common::Checks::default();
+    c.check("pattern", wrong == 0, format!("{wrong} pages wrong"));
+    c.finish();
+}
