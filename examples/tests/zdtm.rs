@@ -339,6 +339,7 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
                 "flock held",
                 "OFD lock held",
                 "POSIX lock held, by this process",
+                "flock owned by this process in /proc",
             ],
         );
     }
@@ -396,6 +397,8 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
         "guard pages fault, their neighbours keep their contents",
         "login uid",
         "glibc's rseq area registered",
+        "locked mapping locked again, with its contents",
+        "MADV_SEQUENTIAL and MAP_NORESERVE",
     ];
     let img = env.checkpoint("zdtm-attrs", "a.thaw", &["no-loginuid"]);
     assert!(env.manifest(&img).process.membarrier & (1 << 4) != 0);

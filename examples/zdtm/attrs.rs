@@ -92,6 +92,37 @@ fn main() {
     // SAFETY: advice on our own mapping.
     let guarded = unsafe { libc::madvise(p.add(4 * PAGE).cast(), 2 * PAGE, MADV_GUARD_INSTALL) };
     let guards_supported = guarded == 0;
+    // A locked mapping (MAP_LOCKED) of 8 MiB with a pattern, and one with MADV_SEQUENTIAL.
+    let locked_len = 8 << 20;
+    // SAFETY: fresh private anonymous mappings.
+    let (locked, seq) = unsafe {
+        (
+            libc::mmap(
+                std::ptr::null_mut(),
+                locked_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_LOCKED,
+                -1,
+                0,
+            ) as *mut u8,
+            libc::mmap(
+                std::ptr::null_mut(),
+                16 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            ) as *mut u8,
+        )
+    };
+    assert!(locked.cast() != libc::MAP_FAILED && seq.cast() != libc::MAP_FAILED);
+    // SAFETY: inside our own mappings.
+    unsafe {
+        for i in (0..locked_len).step_by(PAGE) {
+            *locked.add(i) = (i / PAGE) as u8 | 1;
+        }
+        libc::madvise(seq.cast(), 16 * PAGE, libc::MADV_SEQUENTIAL);
+    }
     // The login uid: set (allowed while it is unset, or as root), then read back; `no-loginuid`
     // leaves it alone (a namespace restore cannot set an id outside its mapping).
     let loginuid_set = !common::argv().2.iter().any(|a| a == "no-loginuid")
@@ -120,6 +151,35 @@ fn main() {
             "",
         );
     }
+    let flags = |addr: *mut u8| {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for l in smaps.lines() {
+            if let Some(e) = thaw::procfs::parse_map_line(l) {
+                inside = e.start as usize == addr as usize;
+            } else if inside {
+                if let Some(f) = l.strip_prefix("VmFlags:") {
+                    return f.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+                }
+            }
+        }
+        Vec::new()
+    };
+    let (lf, sf) = (flags(locked), flags(seq));
+    // SAFETY: inside our own mapping.
+    let kept = (0..locked_len)
+        .step_by(PAGE)
+        .all(|i| unsafe { *locked.add(i) } == (i / PAGE) as u8 | 1);
+    c.check(
+        "locked mapping locked again, with its contents",
+        kept && lf.iter().any(|f| f == "lo"),
+        format!("{lf:?}"),
+    );
+    c.check(
+        "MADV_SEQUENTIAL and MAP_NORESERVE",
+        sf.iter().any(|f| f == "sr") && sf.iter().any(|f| f == "nr"),
+        format!("{sf:?}"),
+    );
     let now = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
     c.check(
         "login uid",

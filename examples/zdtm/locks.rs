@@ -79,6 +79,18 @@ fn main() {
     ch.check("flock held", bits & 1 != 0, bits);
     ch.check("OFD lock held", bits & 2 != 0, bits);
     ch.check("POSIX lock held, by this process", bits & 12 == 12, bits);
+    // /proc names the process that holds the flock: this one, not the launcher.
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", a.as_raw_fd())).unwrap();
+    let owner = info
+        .lines()
+        .find(|l| l.contains("FLOCK"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .unwrap_or("");
+    ch.check(
+        "flock owned by this process in /proc",
+        owner == me.to_string(),
+        owner,
+    );
     let _ = (a, b, c);
     ch.finish();
 }

@@ -170,6 +170,9 @@ pub struct Capture {
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     pub socks: Vec<SockPeek>,
+    /// Locked ranges (mlock; `true`: on fault), from the process's own maps: a fork does not
+    /// inherit memory locks, so the snapshot's maps do not show them.
+    pub locked: Vec<(u64, u64, bool)>,
     /// Other buffers of the checkpoint's own, never in the snapshot (MADV_DONTFORK).
     pub own_buffers: Vec<(u64, u64)>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.
@@ -221,6 +224,7 @@ impl Capture {
             fds,
             pipes,
             socks,
+            locked: Vec::new(),
             own_buffers: Vec::new(),
             inotify: Vec::new(),
             shm: Vec::new(),

@@ -20,7 +20,7 @@ use crate::fd_policy::{FdAction, FdClass, FdPolicy};
 use crate::image::{Digest, ImageError, ImageWriter};
 use crate::restore::RestoreArgs;
 use crate::state::files::{FdKind, FdScan};
-use crate::state::memory::{Backing, Vma};
+use crate::state::memory::{Backing, Vma, VmaAdvice};
 use crate::state::{self, Manifest};
 
 /// Default checkpoint signal: SIGRTMAX-1 (glibc reserves the first real-time signals).
@@ -285,6 +285,11 @@ impl Checkpoint {
                     .into(),
             );
         }
+        capture.locked = maps
+            .iter()
+            .filter(|m| m.has_flag("lo"))
+            .map(|m| (m.start, m.end, m.has_flag("lf")))
+            .collect();
         capture.dontfork = maps
             .iter()
             .filter(|m| m.has_flag("dc"))
@@ -475,6 +480,17 @@ impl Checkpoint {
         for entry in &maps {
             match Vma::classify(entry) {
                 Ok(mut vma) => {
+                    vma.advice &= !(VmaAdvice::LOCKED | VmaAdvice::LOCKONFAULT);
+                    if let Some(&(_, _, onfault)) = c
+                        .locked
+                        .iter()
+                        .find(|l| l.0 <= vma.start && vma.start < l.1)
+                    {
+                        vma.advice |= VmaAdvice::LOCKED;
+                        if onfault {
+                            vma.advice |= VmaAdvice::LOCKONFAULT;
+                        }
+                    }
                     let runs = vma
                         .saved_runs(&pagemap, entry.resident_kb, &guards)
                         .map_err(io("reading the snapshot's page map"))?;

@@ -393,6 +393,9 @@ fn build_plan(
     if let Some(t) = &fds.transport {
         t.plan_send(&mut plan);
     }
+    for vma in &m.memory {
+        vma.plan_lock(&mut plan);
+    }
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.

@@ -128,8 +128,28 @@ pub fn take_on_description(fd: &impl AsRawFd, number: i32, locks: &[Lock]) -> Re
     Ok(())
 }
 
-/// The restorer's steps for the process's own (POSIX) locks on descriptor `fd`.
+/// The restorer's steps for the process's own (POSIX) locks on descriptor `fd`, and for its
+/// flocks, which the launcher took on the description: /proc shows a flock's owner as the
+/// process that took it, so the process takes it again as its own (released and taken at once,
+/// without waiting: a conflict in between ends the restore, naming the lock).
 pub fn plan_restore(plan: &mut crate::restore::Plan, fd: i32, locks: &[Lock]) {
+    for l in locks.iter().filter(|l| l.kind == LockKind::Flock) {
+        plan.syscall(
+            format!("release the {l} on fd {fd} to take it as the process's own"),
+            libc::SYS_flock,
+            [fd as u64, libc::LOCK_UN as u64, 0, 0, 0, 0],
+        );
+        let mode = if l.write {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
+        plan.syscall(
+            format!("take the {l} on fd {fd} as the process's own"),
+            libc::SYS_flock,
+            [fd as u64, mode as u64, 0, 0, 0, 0],
+        );
+    }
     for l in locks.iter().filter(|l| l.kind == LockKind::Posix) {
         let s = plan.words(&flock_struct(l));
         plan.syscall(

@@ -42,6 +42,12 @@ impl VmaAdvice {
     /// Not advice: a shared file mapping that may be writable (VM_MAYWRITE), so its file is
     /// reopened read-write.
     pub const MAYWRITE: u32 = 32;
+    pub const SEQUENTIAL: u32 = 64;
+    pub const RANDOM: u32 = 128;
+    pub const MERGEABLE: u32 = 256;
+    /// mlock / MAP_LOCKED (VM_LOCKED), and its on-fault variant (mlock2 MLOCK_ONFAULT).
+    pub const LOCKED: u32 = 512;
+    pub const LOCKONFAULT: u32 = 1024;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +120,17 @@ impl Vma {
         if m.shared() && m.has_flag("mw") {
             advice |= VmaAdvice::MAYWRITE;
         }
+        for (flag, bit) in [
+            ("sr", VmaAdvice::SEQUENTIAL),
+            ("rr", VmaAdvice::RANDOM),
+            ("mg", VmaAdvice::MERGEABLE),
+            ("lo", VmaAdvice::LOCKED),
+            ("lf", VmaAdvice::LOCKONFAULT),
+        ] {
+            if m.has_flag(flag) {
+                advice |= bit;
+            }
+        }
 
         let mut map_flags = if m.shared() {
             libc::MAP_SHARED
@@ -122,6 +139,13 @@ impl Vma {
         };
         if m.has_flag("gd") {
             map_flags |= libc::MAP_GROWSDOWN;
+        }
+        if m.has_flag("nr") {
+            map_flags |= libc::MAP_NORESERVE;
+        }
+        if m.has_flag("dp") {
+            // MAP_DROPPABLE is a mapping type of its own (Linux 6.11+).
+            map_flags = (map_flags & !0x0f) | 0x08;
         }
         let name = m.name.as_str();
         let backing = if SPECIAL_NAMES.contains(&name) {
@@ -353,6 +377,13 @@ impl Vma {
                 libc::MADV_NOHUGEPAGE,
                 "MADV_NOHUGEPAGE",
             ),
+            (
+                VmaAdvice::SEQUENTIAL,
+                libc::MADV_SEQUENTIAL,
+                "MADV_SEQUENTIAL",
+            ),
+            (VmaAdvice::RANDOM, libc::MADV_RANDOM, "MADV_RANDOM"),
+            (VmaAdvice::MERGEABLE, libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
         ] {
             if self.advice & bit != 0 {
                 plan.syscall_any(
@@ -362,6 +393,28 @@ impl Vma {
                 );
             }
         }
+    }
+}
+
+impl Vma {
+    /// Locks the VMA in memory again (mlock, or mlock2 with MLOCK_ONFAULT) once its pages can be
+    /// filled: planned after the lazy-memory handover, since locking faults every page in. Fails
+    /// the restore, naming the mapping, where RLIMIT_MEMLOCK does not allow it.
+    pub fn plan_lock(&self, plan: &mut Plan) {
+        if self.advice & VmaAdvice::LOCKED == 0 {
+            return;
+        }
+        let onfault = self.advice & VmaAdvice::LOCKONFAULT != 0;
+        plan.syscall(
+            format!(
+                "mlock {:x}-{:x}{}",
+                self.start,
+                self.end,
+                if onfault { " (on fault)" } else { "" }
+            ),
+            libc::SYS_mlock2,
+            [self.start, self.len(), u64::from(onfault), 0, 0, 0],
+        );
     }
 }
 

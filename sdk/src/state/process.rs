@@ -197,6 +197,28 @@ pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
             ids.join(", ")
         ));
     }
+    // Threads in other cgroups than the process's (cgroup v2 threaded mode) would come back in
+    // the launcher's cgroup, all together.
+    let cgroup = |t: &str| std::fs::read_to_string(format!("/proc/self/task/{t}/cgroup"));
+    let me = crate::sys::getpid().to_string();
+    if let Ok(mine) = cgroup(&me) {
+        for e in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            if let Ok(theirs) = cgroup(&tid) {
+                if theirs != mine {
+                    why.push(format!(
+                        "thread {tid} is in cgroup {} while the process is in {}: threads of one process are restored in one cgroup",
+                        theirs.trim(),
+                        mine.trim()
+                    ));
+                }
+            }
+        }
+    }
     if leave_children_out {
         return why;
     }

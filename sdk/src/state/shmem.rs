@@ -30,6 +30,8 @@ pub struct SharedObject {
     pub size: u64,
     /// F_GET_SEALS (memfds with a descriptor only).
     pub seals: u32,
+    /// The memfd's permission bits (fchmod changes them; 0: unknown).
+    pub mode: u32,
     /// A file deleted while open or mapped: created again (unlinked) where it was, instead of a
     /// memfd.
     pub file: Option<super::deleted::DeletedFile>,
@@ -96,6 +98,7 @@ pub struct ShmCopy {
     pub ranges: Vec<(u64, u64, u64)>,
     pub size: u64,
     pub seals: u32,
+    mode: u32,
     buf: crate::sys::DontForkBuf,
     /// (offset, length) of each copied extent; `count` of them are valid.
     extents: Vec<[AtomicU64; 2]>,
@@ -115,6 +118,12 @@ impl ShmCopy {
             .filter(|_| memfd.is_some())
             .and_then(|f| crate::sys::fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0).ok())
             .unwrap_or(0) as u32;
+        let mode = own
+            .as_ref()
+            .and_then(|f| std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).ok())
+            .map_or(0, |m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+            });
         let buf = crate::sys::DontForkBuf::new(size.next_multiple_of(PAGE).max(PAGE) as usize)?;
         // Fault in the buffer where the object has data now, so that the pause copies memory
         // instead of allocating it (6x faster here).
@@ -134,6 +143,7 @@ impl ShmCopy {
             ranges,
             size,
             seals,
+            mode,
             buf,
             extents: (0..MAX_EXTENTS).map(|_| Default::default()).collect(),
             count: AtomicU64::new(0),
@@ -332,6 +342,7 @@ impl ShmCopy {
             memfd: self.memfd.clone(),
             size: self.size,
             seals: self.seals,
+            mode: self.mode,
             file: self.file.clone(),
             pages,
         }))
@@ -528,6 +539,11 @@ pub fn recreate(
                     .map_err(|e| format!("{what}: cannot fill it: {e}"))?;
                 done += len;
             }
+        }
+        if o.memfd.is_some() && o.mode != 0 {
+            std::fs::File::from(fd.try_clone().map_err(|e| format!("{what}: {e}"))?)
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(o.mode))
+                .map_err(|e| format!("{what}: cannot set its mode {:o}: {e}", o.mode))?;
         }
         if o.seals & SEALS_BEFORE != 0 {
             crate::sys::fcntl(

@@ -69,13 +69,17 @@ struct UnixDiag {
     rqueue: u32,
     wqueue: u32,
     name: Option<Vec<u8>>,
+    /// The inode of the file a path-bound socket is bound to (UNIX_DIAG_VFS).
+    vfs_ino: Option<u64>,
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
@@ -92,7 +96,9 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
     let mut req = vec![libc::AF_UNIX as u8, 0, 0, 0];
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+    );
     req.extend_from_slice(&[0xff; 8]);
     let mut out = BTreeMap::new();
     for msg in crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)? {
@@ -113,6 +119,7 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
             match kind {
                 UNIX_DIAG_NAME => d.name = Some(data.to_vec()),
                 UNIX_DIAG_PEER => d.peer = u64::from(u32_at(data, 0)),
+                UNIX_DIAG_VFS => d.vfs_ino = Some(u64::from(u32_at(data, 0))),
                 UNIX_DIAG_RQLEN => {
                     d.rqueue = u32_at(data, 0);
                     d.wqueue = u32_at(data, 4);
@@ -206,6 +213,23 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             "listening on the relative path {:?}, which depends on the working directory at bind time: bind to an absolute path",
                             describe(&addr)
                         ));
+                    }
+                    if family == libc::AF_UNIX && addr[2] == b'/' {
+                        // Bound again by path at restore: the path must still be this socket's.
+                        let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
+                        let raw = &addr[2..];
+                        let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+                        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw);
+                        let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
+                            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                            m.file_type().is_socket() && Some(m.ino()) == bound
+                        });
+                        if !same {
+                            return refuse(format!(
+                                "listening on {:?}, whose socket file was removed or replaced since it was bound: it cannot be bound again as the same socket",
+                                describe(&addr)
+                            ));
+                        }
                     }
                     return Ok(Socket::Listener(Listener {
                         ino,
