@@ -7,7 +7,10 @@ mod common;
 
 use common::*;
 
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 15] = [
+    "memfd: executable (execveat), as before",
+    "memfd: its mode (fchmod)",
+    "memfd: a dup'd descriptor shares the description",
     "memfd: every view has the contents",
     "memfd: a write through one view is seen by the others and the descriptor",
     "memfd: same name and size",
@@ -29,8 +32,8 @@ fn shared_memory_in_every_mode() {
     let m = env.manifest(&img);
     assert_eq!(
         m.shared.len(),
-        5,
-        "zgc_heap, sealed, write-sealed, closed-after-map, shared anonymous"
+        6,
+        "zgc_heap, sealed, write-sealed, closed-after-map, shared anonymous, script"
     );
     let heap = m
         .shared

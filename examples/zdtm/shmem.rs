@@ -156,9 +156,68 @@ fn main() {
     };
     drop(data);
 
+    // An executable memfd (a script), with its mode changed and a dup of its descriptor.
+    let script = memfd("script", 0);
+    // SAFETY: our own descriptor and a valid buffer.
+    unsafe {
+        assert_eq!(
+            libc::write(script.as_raw_fd(), b"#!/bin/true\n".as_ptr().cast(), 12),
+            12
+        );
+        assert_eq!(libc::fchmod(script.as_raw_fd(), 0o750), 0);
+    }
+    // SAFETY: dup of our own descriptor.
+    let script_dup = unsafe { libc::dup(script.as_raw_fd()) };
+
     common::checkpoint();
 
     let mut c = common::Checks::default();
+    // SAFETY: fork; the child only calls execveat and _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let argv = [c"true".as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        // SAFETY: valid argument vectors; exec replaces the child or returns.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                script.as_raw_fd(),
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            libc::_exit(*libc::__errno_location());
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    c.check(
+        "memfd: executable (execveat), as before",
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        format!("status {st:#x}"),
+    );
+    // SAFETY: fstat and lseek on our own descriptors.
+    let (mode, shared_offset) = unsafe {
+        let mut sb: libc::stat = std::mem::zeroed();
+        libc::fstat(script.as_raw_fd(), &mut sb);
+        libc::lseek(script.as_raw_fd(), 5, libc::SEEK_SET);
+        (
+            sb.st_mode & 0o7777,
+            libc::lseek(script_dup, 0, libc::SEEK_CUR),
+        )
+    };
+    c.check(
+        "memfd: its mode (fchmod)",
+        mode == 0o750,
+        format!("{mode:o}"),
+    );
+    c.check(
+        "memfd: a dup'd descriptor shares the description",
+        shared_offset == 5,
+        shared_offset,
+    );
     let ok = (0..3).all(|k| {
         let v = view(views[k], HEAP);
         v[..2 << 20]

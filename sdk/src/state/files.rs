@@ -70,6 +70,9 @@ pub enum FdKind {
     Memfd {
         object: u64,
         pos: u64,
+        /// Which open file description of the object the descriptor is (0, 1, …): `dup`s
+        /// share one, separate opens have their own (like [`FdKind::Pipe`]'s).
+        desc: u32,
     },
     /// A socket pair end or a listening socket (see [`super::sockets`]).
     Socket(super::sockets::Socket),
@@ -163,6 +166,26 @@ fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
         interval_ns: interval,
         ticks,
     })
+}
+
+/// Which open file description of shared object `object` descriptor `fd` is: that of an earlier
+/// descriptor of it (kcmp), or a new one.
+fn object_description(earlier: &[FdEntry], fd: i32, object: u64) -> u32 {
+    let mut next = 0;
+    for e in earlier {
+        if let FdKind::Memfd {
+            object: o, desc, ..
+        } = e.kind
+        {
+            if o == object {
+                if crate::sys::same_description(fd, e.fd).unwrap_or(false) {
+                    return desc;
+                }
+                next = next.max(desc + 1);
+            }
+        }
+    }
+    next
 }
 
 /// The descriptors of the calling process, classified before the snapshot.
@@ -405,6 +428,7 @@ impl FdScan {
                         entry.kind = FdKind::Memfd {
                             object: meta.ino(),
                             pos: 0,
+                            desc: object_description(&scan.entries, fd, meta.ino()),
                         };
                         scan.entries.push(entry);
                     }
@@ -435,9 +459,11 @@ impl FdScan {
                         match super::deleted::refusal(path, m.len(), max_deleted) {
                             None => {
                                 // Kept with its contents, as a shared object.
+                                let object = super::deleted::object_id(m.dev(), m.ino());
                                 entry.kind = FdKind::Memfd {
-                                    object: super::deleted::object_id(m.dev(), m.ino()),
+                                    object,
                                     pos: 0,
+                                    desc: object_description(&scan.entries, fd, object),
                                 };
                                 scan.entries.push(entry);
                                 continue;
@@ -684,6 +710,8 @@ pub fn reopen(
     // Per pipe: its two ends, its open file descriptions, which ends are taken by one.
     type PipeState = (OwnedFd, OwnedFd, BTreeMap<u32, OwnedFd>, [bool; 2]);
     let mut pipes: BTreeMap<u64, PipeState> = BTreeMap::new();
+    // Per shared object and description: the description.
+    let mut objects: BTreeMap<(u64, u32), OwnedFd> = BTreeMap::new();
     for e in entries {
         let fd = e.fd;
         let opened = match &e.kind {
@@ -707,23 +735,15 @@ pub fn reopen(
             // number (epoll keys registrations on the number).
             FdKind::Epoll { .. } => crate::sys::epoll_create()
                 .map_err(|err| format!("fd {fd}: cannot create an epoll instance: {err}"))?,
-            FdKind::Memfd { object, pos } => {
-                // Its own open file description (offset, access mode, flags), as it had.
-                let obj = shared
-                    .get(object)
-                    .ok_or_else(|| format!("fd {fd}: memfd of unknown shared object {object}"))?;
-                let acc = e.flags & libc::O_ACCMODE as u32;
-                let f = std::fs::OpenOptions::new()
-                    .read(acc != libc::O_WRONLY as u32)
-                    .write(acc != libc::O_RDONLY as u32)
-                    .custom_flags((e.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32) as i32)
-                    .open(format!(
-                        "/proc/self/fd/{}",
-                        std::os::fd::AsRawFd::as_raw_fd(obj)
-                    ))
-                    .map_err(|err| format!("fd {fd}: cannot reopen its memfd: {err}"))?;
-                crate::sys::lseek_raw(std::os::fd::AsRawFd::as_raw_fd(&f), *pos, libc::SEEK_SET);
-                let f = OwnedFd::from(f);
+            FdKind::Memfd { object, pos, desc } => {
+                let d = match objects.get(&(*object, *desc)) {
+                    Some(d) => d,
+                    None => {
+                        let d = object_description_again(e, *object, *pos, shared)?;
+                        objects.entry((*object, *desc)).or_insert(d)
+                    }
+                };
+                let f = d.try_clone().map_err(|err| format!("fd {fd}: {err}"))?;
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 f
             }
@@ -826,6 +846,48 @@ pub fn reopen(
         out.push((fd, opened));
     }
     Ok(out)
+}
+
+/// An open file description of shared object `object` like descriptor `e`'s, at offset `pos`.
+/// A memfd's read-write description is the memfd itself, as `memfd_create` made it: that one
+/// does not count as a writer when the memfd is executed (`execveat`), while a reopened one does.
+fn object_description_again(
+    e: &FdEntry,
+    object: u64,
+    pos: u64,
+    shared: &BTreeMap<u64, OwnedFd>,
+) -> Result<OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    let fd = e.fd;
+    let obj = shared
+        .get(&object)
+        .ok_or_else(|| format!("fd {fd}: descriptor of unknown shared object {object}"))?;
+    let acc = e.flags & libc::O_ACCMODE as u32;
+    let at = format!("/proc/self/fd/{}", obj.as_raw_fd());
+    let is_memfd =
+        std::fs::read_link(&at).is_ok_and(|p| p.to_string_lossy().starts_with("/memfd:"));
+    let d = if is_memfd && acc == libc::O_RDWR as u32 {
+        let d = obj.try_clone().map_err(|err| format!("fd {fd}: {err}"))?;
+        crate::sys::fcntl(
+            d.as_raw_fd(),
+            libc::F_SETFL,
+            u64::from(e.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32),
+        )
+        .map_err(|err| format!("fd {fd}: cannot set its flags: {err}"))?;
+        d
+    } else {
+        // Its own open file description (offset, access mode, flags), as it had.
+        OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY as u32)
+                .write(acc != libc::O_RDONLY as u32)
+                .custom_flags((e.flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32) as i32)
+                .open(&at)
+                .map_err(|err| format!("fd {fd}: cannot reopen its shared object: {err}"))?,
+        )
+    };
+    crate::sys::lseek_raw(d.as_raw_fd(), pos, libc::SEEK_SET);
+    Ok(d)
 }
 
 /// Status flags of a pipe's description that F_SETFL restores.
