@@ -170,6 +170,12 @@ pub struct Capture {
     pub fds: Vec<FdPos>,
     pub pipes: Vec<PipeCopy>,
     pub socks: Vec<SockPeek>,
+    /// /proc/self/pagemap, and the guard regions (MADV_GUARD_INSTALL) the handler finds with it:
+    /// a fork does not copy them for file and shared mappings, so the snapshot cannot show them.
+    pub pagemap: Option<OwnedFd>,
+    pub guards: Vec<[AtomicU64; 2]>,
+    /// How many of `guards` are valid, or a negative errno (-E2BIG: more than there is room for).
+    pub guard_count: AtomicI64,
     /// Locked ranges (mlock; `true`: on fault), from the process's own maps: a fork does not
     /// inherit memory locks, so the snapshot's maps do not show them.
     pub locked: Vec<(u64, u64, bool)>,
@@ -224,6 +230,9 @@ impl Capture {
             fds,
             pipes,
             socks,
+            pagemap: None,
+            guards: (0..4096).map(|_| Default::default()).collect(),
+            guard_count: AtomicI64::new(0),
             locked: Vec::new(),
             own_buffers: Vec::new(),
             inotify: Vec::new(),
@@ -338,6 +347,24 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             0
         };
         s.got.store(got, Ordering::Release);
+    }
+    if let Some(pm) = &c.pagemap {
+        let mut n = 0usize;
+        let r = sys::each_guard_region(pm.as_raw_fd(), |start, end| {
+            if let Some(slot) = c.guards.get(n) {
+                slot[0].store(start, Ordering::Relaxed);
+                slot[1].store(end, Ordering::Relaxed);
+            }
+            n += 1;
+        });
+        let count = if r < 0 {
+            r
+        } else if n > c.guards.len() {
+            -(libc::E2BIG as i64)
+        } else {
+            n as i64
+        };
+        c.guard_count.store(count, Ordering::Relaxed);
     }
     for (fd, queued) in &c.inotify {
         queued.store(sys::inq(*fd), Ordering::Relaxed);
@@ -479,6 +506,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         // image; their addresses may hold the launcher's restorer region by now.
         std::mem::forget(capture.mem.take());
         std::mem::forget(capture.maps_fd.take());
+        std::mem::forget(capture.pagemap.take());
         std::mem::forget(capture.maps_buf.take());
         for o in capture.shm.drain(..) {
             o.abandon();

@@ -285,6 +285,11 @@ impl Checkpoint {
                     .into(),
             );
         }
+        capture.pagemap = Some(
+            File::open("/proc/self/pagemap")
+                .map_err(io("opening /proc/self/pagemap"))?
+                .into(),
+        );
         capture.locked = maps
             .iter()
             .filter(|m| m.has_flag("lo"))
@@ -456,8 +461,16 @@ impl Checkpoint {
         }
         let pagemap = File::open(format!("/proc/{child}/pagemap"))
             .map_err(io("opening the snapshot's page map"))?;
-        let mut guards = crate::sys::guard_regions(std::os::fd::AsRawFd::as_raw_fd(&pagemap))
-            .map_err(io("finding the snapshot's guard regions"))?;
+        let count = c.guard_count.load(Ordering::Acquire);
+        if count < 0 {
+            return Err(io("finding the guard regions (MADV_GUARD_INSTALL)")(
+                std::io::Error::from_raw_os_error(-count as i32),
+            ));
+        }
+        let mut guards: Vec<(u64, u64)> = c.guards[..count as usize]
+            .iter()
+            .map(|g| (g[0].load(Ordering::Relaxed), g[1].load(Ordering::Relaxed)))
+            .collect();
         guards.sort_unstable();
         m.threads = c
             .threads

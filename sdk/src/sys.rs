@@ -1042,14 +1042,14 @@ pub fn rseq_owner(glibc: Option<(u64, u32)>, signature: u32) -> RseqOwner {
 }
 
 /// The guard regions (MADV_GUARD_INSTALL) of the process whose `pagemap` is given, as
-/// (start, end) ranges, from PAGEMAP_SCAN's PAGE_IS_GUARD category (Linux 6.14+). A kernel
-/// without that category has none that could be found: empty.
-pub fn guard_regions(pagemap: i32) -> io::Result<Vec<(u64, u64)>> {
+/// (start, end) ranges, from PAGEMAP_SCAN's PAGE_IS_GUARD category (Linux 6.14+), passed to
+/// `each` in address order. A kernel without that category has none that could be found.
+/// Allocates nothing: async-signal-safe. Returns a negative errno on failure.
+pub fn each_guard_region(pagemap: i32, mut each: impl FnMut(u64, u64)) -> i64 {
     const PAGE_IS_GUARD: u64 = 1 << 8;
     // _IOWR('f', 16, struct pm_scan_arg), 96 bytes.
     const PAGEMAP_SCAN: u64 = 0xc060_6610;
     const END: u64 = 0x0000_7fff_ffff_f000;
-    let mut out = Vec::new();
     let mut start = 0u64;
     let mut regions = [[0u64; 3]; 64];
     while start < END {
@@ -1081,17 +1081,21 @@ pub fn guard_regions(pagemap: i32) -> io::Result<Vec<(u64, u64)>> {
             ],
         );
         if n == -(libc::EINVAL as i64) || n == -(libc::ENOTTY as i64) {
-            return Ok(out);
+            return 0;
         }
-        let n = check(n)? as usize;
-        out.extend(regions[..n.min(regions.len())].iter().map(|r| (r[0], r[1])));
+        if n < 0 {
+            return n;
+        }
+        for r in &regions[..(n as usize).min(regions.len())] {
+            each(r[0], r[1]);
+        }
         let walked = arg[4];
         if walked <= start || walked >= END {
             break;
         }
         start = walked;
     }
-    Ok(out)
+    0
 }
 
 /// inotify_init1(flags | IN_CLOEXEC).

@@ -25,6 +25,15 @@ fn sample_manifest() -> Manifest {
     m.platform.arch = "x86_64".into();
     m.mm.auxv = vec![6, 4096, 0, 0];
     m.creds.groups = vec![1, 2, 3];
+    // A valid manifest names its threads, and its frames and restore cell lie in writable
+    // memory (the fixture's first mapping).
+    m.process.checkpoint_tid = 4242;
+    m.process.restore_cell = 0x1000_0200;
+    m.threads.push(thaw::state::threads::ThreadState {
+        tid: 4242,
+        sigframe: 0x1000_0100,
+        ..Default::default()
+    });
     m
 }
 
@@ -36,10 +45,15 @@ fn fixture(sign: bool) -> Fixture {
     let pubfile = dir.path().join("k.pub");
     key.public().save_new(&pubfile).unwrap();
     let trust = TrustStore::load(&[TrustSource::File(pubfile)]).unwrap();
+    // Whole pages, as page runs are.
+    let page = |mut v: Vec<u8>| {
+        v.resize(v.len().next_multiple_of(4096), 0);
+        v
+    };
     let payloads: Vec<Vec<u8>> = vec![
-        (0..150_000u32).map(|i| (i * 7 % 251) as u8).collect(),
-        vec![0xAB; 5000],
-        (0..70_000u32).map(|i| (i % 13) as u8).collect(),
+        page((0..150_000u32).map(|i| (i * 7 % 251) as u8).collect()),
+        page(vec![0xAB; 5000]),
+        page((0..70_000u32).map(|i| (i % 13) as u8).collect()),
     ];
     let mut w = ImageWriter::create(&image).unwrap();
     let mut m = sample_manifest();

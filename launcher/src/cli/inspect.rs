@@ -45,13 +45,19 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             "claimed_signer": claimed_signer.map(|s| s.to_string()),
         }),
     };
+    // Rendered fallibly: json! would panic on a value JSON cannot hold.
+    let value = |v: std::result::Result<Value, serde_json::Error>| {
+        v.map_err(|e| Failure::new(Code::Corrupt, format!("cannot render the manifest: {e}")))
+    };
+    let header = value(serde_json::to_value(image.header()))?;
+    let manifest = value(serde_json::to_value(image.manifest()))?;
     let doc = json!({
         "image": args.image,
         "content_sha256": image.content_digest().to_string(),
-        "header": image.header(),
+        "header": header,
         "signature": signature,
         "payload_chunks": "not checked here; `thaw verify` checks every chunk",
-        "manifest": image.manifest(),
+        "manifest": manifest,
     });
     if args.json {
         let text = serde_json::to_string_pretty(&doc)

@@ -32,8 +32,14 @@ const MIN_LAZY: u64 = 64 * 1024;
 const QUIET: Duration = Duration::from_micros(300);
 
 /// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
-pub fn is_lazy(vma: &Vma) -> bool {
-    vma.can_fill_lazily() && vma.saved_len() >= MIN_LAZY
+pub fn is_lazy(vma: &Vma, m: &thaw::Manifest) -> bool {
+    // What the restorer itself writes or reads (the restore cell, the signal frames) must be in
+    // place before the process runs.
+    let inside = |a: u64| vma.start <= a && a < vma.end;
+    vma.can_fill_lazily()
+        && vma.saved_len() >= MIN_LAZY
+        && !inside(m.process.restore_cell)
+        && !m.threads.iter().any(|t| inside(t.sigframe))
 }
 
 /// The payload chunks that must be verified before the process runs: every chunk holding a byte
@@ -46,7 +52,8 @@ pub fn eager_chunks(image: &Image, lazy: bool) -> Vec<bool> {
         return vec![true; count];
     }
     let mut lazy_bytes = vec![0u64; count];
-    for vma in image.manifest().memory.iter().filter(|v| is_lazy(v)) {
+    let m = image.manifest();
+    for vma in m.memory.iter().filter(|v| is_lazy(v, m)) {
         for run in &vma.pages {
             let (mut at, end) = (run.payload.offset, run.payload.offset + run.payload.len);
             while at < end {
@@ -373,7 +380,7 @@ impl<'a> Server<'a> {
         let m = image.manifest();
         let mut by_addr = Vec::new();
         let mut initial = Vec::new();
-        for vma in m.memory.iter().filter(|v| is_lazy(v)) {
+        for vma in m.memory.iter().filter(|v| is_lazy(v, m)) {
             initial.push(Seg {
                 cur: vma.start,
                 len: vma.len(),

@@ -207,7 +207,7 @@ fn prepare_fds(
 
     // The executable and every mapped file, checked to be the files the image was taken with.
     let exe_path = &m.mm.exe.path;
-    let exe = std::fs::File::open(exe_path)
+    let exe = thaw::image::reader::open_regular(exe_path.as_ref(), false)
         .map_err(|e| refused(format!("cannot open the executable {exe_path}: {e}")))?;
     let meta = exe
         .metadata()
@@ -250,20 +250,16 @@ fn prepare_fds(
         {
             Some((_, _, fd)) => fd.as_raw_fd(),
             None => {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .open(path)
-                    .map_err(|e| {
-                        refused(format!(
-                            "cannot open mapped file {path}{}: {e}",
-                            if write {
-                                " for writing (it is mapped shared and writable)"
-                            } else {
-                                ""
-                            }
-                        ))
-                    })?;
+                let f = thaw::image::reader::open_regular(path.as_ref(), write).map_err(|e| {
+                    refused(format!(
+                        "cannot open mapped file {path}{}: {e}",
+                        if write {
+                            " for writing (it is mapped shared and writable)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
                 let meta = f.metadata().map_err(|e| refused(format!("{path}: {e}")))?;
                 if thaw::state::FileId::of(&meta) != *id {
                     return Err(refused(format!(
@@ -370,7 +366,7 @@ fn build_plan(
     }
     for (i, vma) in m.memory.iter().enumerate() {
         let file_fd = fds.mapped.iter().find(|(j, _)| *j == i).map(|(_, fd)| *fd);
-        let uffd = fds.transport.as_ref().filter(|_| lazy::is_lazy(vma));
+        let uffd = fds.transport.as_ref().filter(|_| lazy::is_lazy(vma, m));
         vma.plan_restore(
             &mut plan,
             fds.image.as_raw_fd(),

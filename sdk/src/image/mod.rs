@@ -30,6 +30,7 @@
 mod header;
 pub mod reader;
 mod staged;
+pub mod validate;
 pub mod writer;
 
 pub use header::{Header, Trailer, HEADER_LEN, TRAILER_LEN};

@@ -45,7 +45,7 @@ impl ImageFile {
     /// Opens `path` and reads only what the signature covers, after checking every offset and
     /// length in the header against the file's size.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        let file = File::open(path).map_err(|e| ImageError::io("cannot open", path, e))?;
+        let file = open_regular(path, false).map_err(|e| ImageError::io("cannot open", path, e))?;
         let meta = file
             .metadata()
             .map_err(|e| ImageError::io("cannot stat", path, e))?;
@@ -141,6 +141,23 @@ impl ImageFile {
     }
 }
 
+/// Opens `path` without blocking (a FIFO or a device put where a file was expected would block an
+/// open for reading forever) and only if it is a regular file; the descriptor is blocking again.
+pub fn open_regular(path: &Path, write: bool) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    crate::sys::fcntl(f.as_raw_fd(), libc::F_SETFL, 0)?;
+    Ok(f)
+}
+
 /// Consistency of the decoded manifest with the header: the chunk table covers the payload exactly
 /// and every payload reference lies inside it.
 fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageError> {
@@ -188,7 +205,7 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
             ));
         }
     }
-    Ok(())
+    super::validate::validate(m, u64::from(h.page_size)).map_err(|e| ImageError::corrupt(path, e))
 }
 
 /// Whether an image's manifest was checked against a trusted signature.

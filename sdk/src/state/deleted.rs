@@ -14,6 +14,67 @@ pub struct DeletedFile {
     /// Its path when it was deleted (what /proc shows, without " (deleted)").
     pub path: String,
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Access and modification times (ns since the epoch), set again after its contents.
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+}
+
+impl DeletedFile {
+    /// What a descriptor's metadata says about the file deleted at `path`.
+    pub(crate) fn of(path: &str, meta: &std::fs::Metadata) -> DeletedFile {
+        use std::os::unix::fs::MetadataExt;
+        DeletedFile {
+            path: path.to_owned(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            atime_ns: meta
+                .atime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.atime_nsec()),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+        }
+    }
+
+    /// Owner and times, once the contents are in (writing them changes the times).
+    pub fn finish(&self, f: &OwnedFd) -> Result<(), String> {
+        let file = std::fs::File::from(f.try_clone().map_err(|e| e.to_string())?);
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        use std::os::unix::fs::MetadataExt;
+        if (meta.uid(), meta.gid()) != (self.uid, self.gid) {
+            std::os::unix::fs::fchown(&file, Some(self.uid), Some(self.gid)).map_err(|e| {
+                format!(
+                    "deleted file {}: cannot give it its owner {}:{} again: {e}",
+                    self.path, self.uid, self.gid
+                )
+            })?;
+            // chown clears set-id bits: the mode again.
+            file.set_permissions(std::fs::Permissions::from_mode(self.mode))
+                .map_err(|e| format!("deleted file {}: {e}", self.path))?;
+        }
+        let t = |ns: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+        let times = std::fs::FileTimes::new()
+            .set_accessed(t(self.atime_ns))
+            .set_modified(t(self.mtime_ns));
+        file.set_times(times)
+            .map_err(|e| format!("deleted file {}: cannot set its times: {e}", self.path))?;
+        Ok(())
+    }
+}
+
+/// Why an unlinked file that still has other names is refused: the image could not keep it as
+/// the same file, and its other names are unknown.
+pub(crate) fn still_linked(path: &str, links: u64) -> Option<String> {
+    (links > 0).then(|| {
+        format!(
+            "{path} was unlinked but the file still has {links} other name(s), which thaw cannot find: open it by one of them"
+        )
+    })
 }
 
 /// The largest deleted file kept by default: larger ones are refused by name.

@@ -456,7 +456,9 @@ impl FdScan {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {
                     (Ok(m), Some(path)) if m.file_type().is_file() => {
-                        match super::deleted::refusal(path, m.len(), max_deleted) {
+                        let why = super::deleted::still_linked(path, m.nlink())
+                            .or_else(|| super::deleted::refusal(path, m.len(), max_deleted));
+                        match why {
                             None => {
                                 // Kept with its contents, as a shared object.
                                 let object = super::deleted::object_id(m.dev(), m.ino());
@@ -930,14 +932,16 @@ fn reopen_path(
     let dir = pos.is_none();
     // An O_PATH descriptor names the file without opening it for I/O: reopened the same way.
     let path_only = e.flags & libc::O_PATH as u32 != 0;
+    // Opened without blocking (a FIFO put at the path would block forever), checked to be the
+    // same file below, then given its own status flags.
+    let status = (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32;
     let mut f = std::fs::OpenOptions::new()
         .read(path_only || dir || acc != libc::O_WRONLY as u32)
         .write(!path_only && !dir && acc != libc::O_RDONLY as u32)
         .custom_flags(if path_only {
             libc::O_PATH | if dir { libc::O_DIRECTORY } else { 0 }
         } else {
-            (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32
-                | if dir { libc::O_DIRECTORY } else { 0 }
+            status | libc::O_NONBLOCK | libc::O_NOCTTY | if dir { libc::O_DIRECTORY } else { 0 }
         })
         .open(path)
         .map_err(|err| format!("fd {fd}: cannot reopen {path}: {err}"))?;
@@ -948,6 +952,14 @@ fn reopen_path(
         return Err(format!(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed)"
         ));
+    }
+    if !path_only {
+        crate::sys::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::F_SETFL,
+            status as u64,
+        )
+        .map_err(|err| format!("fd {fd}: cannot set its flags on {path}: {err}"))?;
     }
     if let Some(pos) = pos.filter(|_| meta.file_type().is_file() && !path_only) {
         f.seek(SeekFrom::Start(pos))

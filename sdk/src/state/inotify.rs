@@ -56,7 +56,17 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         };
         // The kernel's internal device number: 12 bits of major, 20 of minor.
         let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
-        let path = find_path(dev, ino, ty as i32, &handle).ok().map(|(_, p)| p);
+        // Without CAP_DAC_READ_SEARCH the launcher may find it; any other failure (the file is
+        // gone: a stale handle) is final.
+        let path = match find_path(dev, ino, ty as i32, &handle) {
+            Ok((_, p)) => Some(p),
+            Err((true, _)) => None,
+            Err((false, why)) => {
+                return Err(format!(
+                    "inotify watch {wd} (inode {ino}): its file cannot be found ({why}); remove the watch before the checkpoint"
+                ))
+            }
+        };
         watches.push(Watch {
             wd,
             mask: mask as u32,
@@ -86,10 +96,17 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The path of the inode behind a file handle, through a mount of its file system: (an O_PATH
-/// descriptor of it, its path). Needs CAP_DAC_READ_SEARCH.
-fn find_path(dev: u64, ino: u64, ty: i32, handle: &[u8]) -> Result<(OwnedFd, String), String> {
+/// descriptor of it, its path). Needs CAP_DAC_READ_SEARCH: `Err((true, _))` when that is what
+/// is missing.
+fn find_path(
+    dev: u64,
+    ino: u64,
+    ty: i32,
+    handle: &[u8],
+) -> Result<(OwnedFd, String), (bool, String)> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| (false, e.to_string()))?;
     // The mount points of that file system, whole-file-system mounts first.
     let mut mounts: Vec<(bool, String)> = mountinfo
         .lines()
@@ -101,6 +118,7 @@ fn find_path(dev: u64, ino: u64, ty: i32, handle: &[u8]) -> Result<(OwnedFd, Str
         .collect();
     mounts.sort();
     let mut last = "its file system is not mounted here".to_owned();
+    let mut denied = false;
     for (_, at) in mounts {
         let Ok(mount) = std::fs::File::open(&at) else {
             continue;
@@ -108,7 +126,7 @@ fn find_path(dev: u64, ino: u64, ty: i32, handle: &[u8]) -> Result<(OwnedFd, Str
         match crate::sys::open_by_handle(mount.as_raw_fd(), ty, handle, libc::O_PATH) {
             Ok(fd) => {
                 let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| (false, e.to_string()))?
                     .to_string_lossy()
                     .into_owned();
                 if same_inode(&path, dev, ino) {
@@ -116,10 +134,13 @@ fn find_path(dev: u64, ino: u64, ty: i32, handle: &[u8]) -> Result<(OwnedFd, Str
                 }
                 last = format!("{path} is another file by now");
             }
-            Err(e) => last = format!("open_by_handle_at: {e}"),
+            Err(e) => {
+                denied |= e.raw_os_error() == Some(libc::EPERM);
+                last = format!("open_by_handle_at: {e}");
+            }
         }
     }
-    Err(last)
+    Err((denied, last))
 }
 
 /// /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
@@ -166,7 +187,7 @@ impl Inotify {
             let (_hold, path) = match w.path.as_deref().filter(|p| same_inode(p, w.dev, w.ino)) {
                 Some(p) => (None, p.to_owned()),
                 None => {
-                    let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|e| {
+                    let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|(_, e)| {
                         format!(
                             "{}: cannot find the watched file again ({e}); restore as root, or remove the watch before the checkpoint",
                             what()

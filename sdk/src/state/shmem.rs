@@ -373,10 +373,14 @@ pub(crate) fn copies(
         s.strip_prefix("/memfd:")
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
     };
-    let deleted = |s: &str, mode: u32| {
-        super::deleted::deleted_path(s).map(|path| super::deleted::DeletedFile {
-            path: path.to_owned(),
-            mode,
+    let deleted = |s: &str, meta: Option<&std::fs::Metadata>| {
+        super::deleted::deleted_path(s).map(|path| match meta {
+            Some(m) => super::deleted::DeletedFile::of(path, m),
+            None => super::deleted::DeletedFile {
+                path: path.to_owned(),
+                mode: 0o600,
+                ..Default::default()
+            },
         })
     };
     let mut objects: BTreeMap<u64, Object> = BTreeMap::new();
@@ -394,7 +398,7 @@ pub(crate) fn copies(
         {
             let o = objects.entry(object).or_default();
             o.name = memfd_name(&m.name);
-            o.file = deleted(&m.name, 0o600);
+            o.file = deleted(&m.name, None);
             if o.file.is_some() {
                 map_files
                     .entry(object)
@@ -414,15 +418,13 @@ pub(crate) fn copies(
             .unwrap_or_default();
         o.name = memfd_name(&target);
         if o.name.is_none() {
-            let mode = std::fs::metadata(format!("/proc/self/fd/{fd}")).map_or(0o600, |m| {
-                std::os::unix::fs::PermissionsExt::mode(&m.permissions())
-            });
-            o.file = deleted(&target, mode);
+            let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok();
+            o.file = deleted(&target, meta.as_ref());
         }
     }
     let mut copies = Vec::new();
     let mut refused = Vec::new();
-    for (id, o) in objects {
+    for (id, mut o) in objects {
         let source = match fds.iter().find(|(x, _)| *x == id) {
             Some((_, fd)) => Some(format!("/proc/self/fd/{fd}")),
             None => map_files.get(&id).cloned(),
@@ -437,7 +439,21 @@ pub(crate) fn copies(
                 .max()
                 .unwrap_or(0),
         };
-        if let Some(file) = &o.file {
+        if let Some(file) = &mut o.file {
+            if let Some(meta) = own
+                .as_ref()
+                .and_then(|f| std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).ok())
+            {
+                use std::os::unix::fs::MetadataExt;
+                if let Some(why) = super::deleted::still_linked(&file.path, meta.nlink()) {
+                    refused.push(why);
+                    continue;
+                }
+                // Mapped only: its metadata from the mapping's file.
+                if !fds.iter().any(|(x, _)| *x == id) {
+                    *file = super::deleted::DeletedFile::of(&file.path, &meta);
+                }
+            }
             if own.is_none() {
                 // Without a description of it, only its shared mappings could be read back.
                 refused.push(format!(
@@ -539,6 +555,9 @@ pub fn recreate(
                     .map_err(|e| format!("{what}: cannot fill it: {e}"))?;
                 done += len;
             }
+        }
+        if let Some(file) = &o.file {
+            file.finish(&fd)?;
         }
         if o.memfd.is_some() && o.mode != 0 {
             std::fs::File::from(fd.try_clone().map_err(|e| format!("{what}: {e}"))?)

@@ -1,0 +1,205 @@
+//! Semantic validation of a decoded manifest, before anything acts on it. A manifest signed by a
+//! trusted key is still input (a build pipeline's key can be stolen, its pipeline buggy): every
+//! count is bounded, every address range is well-formed, in the user half, sorted and disjoint,
+//! every page run lies inside its mapping or object, and every reference (threads, descriptors,
+//! objects) points at something that exists. What passes cannot make the launcher panic, loop,
+//! or allocate beyond a small multiple of the image's size.
+
+use std::collections::BTreeSet;
+
+use crate::state::files::FdKind;
+use crate::state::memory::{Backing, PageRun};
+use crate::state::Manifest;
+
+/// Limits well above what a real process has (Linux's default vm.max_map_count is 65530).
+pub const MAX_VMAS: usize = 1 << 18;
+pub const MAX_THREADS: usize = 1 << 15;
+pub const MAX_FILES: usize = 1 << 20;
+pub const MAX_OBJECTS: usize = 1 << 16;
+pub const MAX_RUNS: usize = 1 << 22;
+/// The end of the x86_64 user address space (4-level paging) and the vsyscall page.
+const USER_END: u64 = 0x0000_7fff_ffff_f000;
+const VSYSCALL: u64 = 0xffff_ffff_ff60_0000;
+
+fn bound(what: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{n} {what}, more than the {max} a restore accepts"));
+    }
+    Ok(())
+}
+
+/// Checks the manifest; `Err` says what is wrong (the image is then refused as corrupt).
+pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
+    bound("mappings", m.memory.len(), MAX_VMAS)?;
+    bound("threads", m.threads.len(), MAX_THREADS)?;
+    bound("descriptors", m.files.len(), MAX_FILES)?;
+    bound("shared objects", m.shared.len(), MAX_OBJECTS)?;
+    let runs: usize = m.memory.iter().map(|v| v.pages.len()).sum::<usize>()
+        + m.shared.iter().map(|o| o.pages.len()).sum::<usize>();
+    bound("page runs", runs, MAX_RUNS)?;
+    bound("advice ranges", m.dontfork.len() + m.guards.len(), MAX_VMAS)?;
+
+    // Mappings: page-aligned, non-empty, in the user half, sorted and disjoint.
+    let aligned = |a: u64| a % page == 0;
+    let mut prev_end = 0u64;
+    for v in &m.memory {
+        let special = matches!(v.backing, Backing::Special { .. });
+        let user = v.end <= USER_END || (special && v.start == VSYSCALL);
+        if !(v.start < v.end && aligned(v.start) && aligned(v.end) && user) {
+            return Err(format!(
+                "mapping {:#x}-{:#x} is not a user address range",
+                v.start, v.end
+            ));
+        }
+        if v.start < prev_end {
+            return Err(format!(
+                "mapping {:#x}-{:#x} overlaps or precedes the one before",
+                v.start, v.end
+            ));
+        }
+        prev_end = v.end;
+        if v.prot & !7 != 0 {
+            return Err(format!("mapping {:#x}: protection {:#x}", v.start, v.prot));
+        }
+        runs_inside(&v.pages, v.start, v.end, page)
+            .map_err(|e| format!("mapping {:#x}-{:#x}: {e}", v.start, v.end))?;
+        if let Backing::Shared { object, offset } = v.backing {
+            if !m.shared.iter().any(|o| o.id == object) || !aligned(offset) {
+                return Err(format!(
+                    "mapping {:#x}: shared object {object} at {offset:#x}",
+                    v.start
+                ));
+            }
+        }
+    }
+    for o in &m.shared {
+        if o.size > 1 << 46 {
+            return Err(format!("shared object {}: size {}", o.id, o.size));
+        }
+        runs_inside(&o.pages, 0, o.size.next_multiple_of(page), page)
+            .map_err(|e| format!("shared object {}: {e}", o.id))?;
+    }
+    let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
+    if ids.len() != m.shared.len() {
+        return Err("two shared objects with one id".into());
+    }
+    for r in m
+        .dontfork
+        .iter()
+        .map(|d| (d.start, d.end))
+        .chain(m.guards.iter().map(|g| (g.start, g.end)))
+    {
+        if !(r.0 < r.1 && aligned(r.0) && aligned(r.1) && r.1 <= USER_END) {
+            return Err(format!("advice range {:#x}-{:#x}", r.0, r.1));
+        }
+    }
+
+    // Threads: distinct positive TIDs, among them the process's and the checkpointing one's.
+    let tids: BTreeSet<i32> = m.threads.iter().map(|t| t.tid).collect();
+    if tids.len() != m.threads.len() || tids.iter().any(|&t| t <= 0) {
+        return Err("thread ids are not distinct positive numbers".into());
+    }
+    if !tids.contains(&m.process.pid) {
+        return Err(format!("no thread has the process's id {}", m.process.pid));
+    }
+    if !tids.contains(&m.process.checkpoint_tid) {
+        return Err(format!(
+            "the checkpointing thread {} is not among the threads",
+            m.process.checkpoint_tid
+        ));
+    }
+    // The signal frames and the restore cell lie in writable private memory of the image.
+    let writable = |addr: u64, len: u64| {
+        m.memory.iter().any(|v| {
+            v.start <= addr
+                && addr.checked_add(len).is_some_and(|e| e <= v.end)
+                && v.prot & libc::PROT_WRITE as u32 != 0
+                && v.map_flags & libc::MAP_SHARED as u32 == 0
+        })
+    };
+    for t in &m.threads {
+        if t.sigframe % 8 != 0 || !writable(t.sigframe, 304) {
+            return Err(format!(
+                "thread {}: its signal frame at {:#x} is not in writable memory",
+                t.tid, t.sigframe
+            ));
+        }
+    }
+    if m.process.restore_cell % 8 != 0 || !writable(m.process.restore_cell, 64) {
+        return Err(format!(
+            "the restore cell at {:#x} is not in writable memory",
+            m.process.restore_cell
+        ));
+    }
+
+    // Descriptors: distinct numbers in range; what they refer to exists.
+    let fds: BTreeSet<i32> = m.files.iter().map(|f| f.fd).collect();
+    if fds.len() != m.files.len() || fds.iter().any(|&f| !(0..MAX_FILES as i32).contains(&f)) {
+        return Err("descriptor numbers are not distinct or out of range".into());
+    }
+    for f in &m.files {
+        match &f.kind {
+            FdKind::Memfd { object, .. } if !ids.contains(object) => {
+                return Err(format!("fd {}: unknown shared object {object}", f.fd));
+            }
+            FdKind::Epoll { watches } => {
+                bound("epoll watches", watches.len(), MAX_FILES)?;
+                if let Some(w) = watches.iter().find(|w| !fds.contains(&w.fd)) {
+                    return Err(format!(
+                        "fd {}: epoll watches fd {}, which is not in the image",
+                        f.fd, w.fd
+                    ));
+                }
+            }
+            FdKind::Inotify(i) => bound("inotify watches", i.watches.len(), MAX_FILES)?,
+            _ => {}
+        }
+    }
+    // Times that cannot be shown or compared (file identities hold nanoseconds).
+    let plausible = |ns: i128| i64::try_from(ns).is_ok();
+    if !plausible(m.mm.exe.mtime_ns) || !plausible(m.mm.exe.id.btime_ns) {
+        return Err("the executable's times are out of range".into());
+    }
+    for v in &m.memory {
+        if let Backing::File { id, .. } = &v.backing {
+            if !plausible(id.btime_ns) {
+                return Err(format!(
+                    "mapping {:#x}: the file's birth time is out of range",
+                    v.start
+                ));
+            }
+        }
+    }
+    for f in &m.files {
+        if let FdKind::Regular { id, .. } | FdKind::Directory { id, .. } = &f.kind {
+            if !plausible(id.btime_ns) {
+                return Err(format!(
+                    "fd {}: the file's birth time is out of range",
+                    f.fd
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs sorted, disjoint, page-aligned, non-empty and inside `[start, end)`.
+fn runs_inside(runs: &[PageRun], start: u64, end: u64, page: u64) -> Result<(), String> {
+    let mut at = start;
+    for r in runs {
+        let len = r.payload.len;
+        let ok = r.addr % page == 0
+            && len > 0
+            && len % page == 0
+            && r.addr >= at
+            && r.addr.checked_add(len).is_some_and(|e| e <= end);
+        if !ok {
+            return Err(format!(
+                "page run {:#x}+{len:#x} is misaligned, overlaps another or lies outside",
+                r.addr
+            ));
+        }
+        at = r.addr + len;
+    }
+    Ok(())
+}
