@@ -40,7 +40,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     bound("advice ranges", m.dontfork.len() + m.guards.len(), MAX_VMAS)?;
 
     // Mappings: page-aligned, non-empty, in the user half, sorted and disjoint.
-    let aligned = |a: u64| a % page == 0;
+    let aligned = |a: u64| a.is_multiple_of(page);
     let mut prev_end = 0u64;
     for v in &m.memory {
         let special = matches!(v.backing, Backing::Special { .. });
@@ -118,14 +118,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         })
     };
     for t in &m.threads {
-        if t.sigframe % 8 != 0 || !writable(t.sigframe, 304) {
+        if !t.sigframe.is_multiple_of(8) || !writable(t.sigframe, 304) {
             return Err(format!(
                 "thread {}: its signal frame at {:#x} is not in writable memory",
                 t.tid, t.sigframe
             ));
         }
     }
-    if m.process.restore_cell % 8 != 0 || !writable(m.process.restore_cell, 64) {
+    if !m.process.restore_cell.is_multiple_of(8) || !writable(m.process.restore_cell, 64) {
         return Err(format!(
             "the restore cell at {:#x} is not in writable memory",
             m.process.restore_cell

@@ -182,6 +182,7 @@ mod tests {
         let file = DeletedFile {
             path: path.to_str().unwrap().to_owned(),
             mode: 0o640,
+            ..Default::default()
         };
         let fd = create(&file).unwrap();
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
