@@ -285,11 +285,17 @@ impl Checkpoint {
                     .into(),
             );
         }
-        capture.pagemap = Some(
-            File::open("/proc/self/pagemap")
-                .map_err(io("opening /proc/self/pagemap"))?
-                .into(),
-        );
+        // A process that changed its credentials is not dumpable and may not open its own
+        // pagemap: dumpable for the instant of the open (the descriptor keeps working).
+        let dumpable = crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
+        if dumpable != 1 {
+            crate::sys::set_dumpable(1);
+        }
+        let pagemap = File::open("/proc/self/pagemap");
+        if dumpable != 1 {
+            crate::sys::set_dumpable(dumpable);
+        }
+        capture.pagemap = Some(pagemap.map_err(io("opening /proc/self/pagemap"))?.into());
         capture.locked = maps
             .iter()
             .filter(|m| m.has_flag("lo"))

@@ -61,7 +61,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         if v.prot & !7 != 0 {
             return Err(format!("mapping {:#x}: protection {:#x}", v.start, v.prot));
         }
-        runs_inside(&v.pages, v.start, v.end, page)
+        runs_inside(&v.pages, v.start, v.end, page, v.end)
             .map_err(|e| format!("mapping {:#x}-{:#x}: {e}", v.start, v.end))?;
         if let Backing::Shared { object, offset } = v.backing {
             if !m.shared.iter().any(|o| o.id == object) || !aligned(offset) {
@@ -76,7 +76,8 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         if o.size > 1 << 46 {
             return Err(format!("shared object {}: size {}", o.id, o.size));
         }
-        runs_inside(&o.pages, 0, o.size.next_multiple_of(page), page)
+        // The last run may end with the object, inside a page.
+        runs_inside(&o.pages, 0, o.size.next_multiple_of(page), page, o.size)
             .map_err(|e| format!("shared object {}: {e}", o.id))?;
     }
     let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
@@ -183,14 +184,21 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs sorted, disjoint, page-aligned, non-empty and inside `[start, end)`.
-fn runs_inside(runs: &[PageRun], start: u64, end: u64, page: u64) -> Result<(), String> {
+/// Runs sorted, disjoint, page-aligned, non-empty and inside `[start, end)`; a run may end
+/// inside a page only at `ragged_end`.
+fn runs_inside(
+    runs: &[PageRun],
+    start: u64,
+    end: u64,
+    page: u64,
+    ragged_end: u64,
+) -> Result<(), String> {
     let mut at = start;
     for r in runs {
         let len = r.payload.len;
-        let ok = r.addr % page == 0
+        let ok = r.addr.is_multiple_of(page)
             && len > 0
-            && len % page == 0
+            && (len.is_multiple_of(page) || r.addr.checked_add(len) == Some(ragged_end))
             && r.addr >= at
             && r.addr.checked_add(len).is_some_and(|e| e <= end);
         if !ok {
