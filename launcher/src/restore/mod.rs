@@ -873,8 +873,15 @@ fn spawn_in_namespace(
     clocks: Option<&thaw::state::clocks::Clocks>,
 ) -> Result<i32> {
     let (uid, gid) = (sys::geteuid(), sys::getegid());
-    sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS)
-        .map_err(|e| refused(format!("cannot create a user and PID namespace: {e}")))?;
+    sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS).map_err(|e| {
+        // ENOSPC: a per-user or system-wide namespace limit was reached; name it.
+        let limit = if e.raw_os_error() == Some(libc::ENOSPC) {
+            "; a namespace limit is reached: see the sysctls user.max_user_namespaces, user.max_pid_namespaces and user.max_mnt_namespaces (each restore in ns mode holds one of each while it runs)"
+        } else {
+            ""
+        };
+        refused(format!("cannot create a user and PID namespace: {e}{limit}"))
+    })?;
     let write = |file: &str, text: String| {
         std::fs::write(file, text).map_err(|e| failed(format!("cannot write {file}: {e}")))
     };
