@@ -78,7 +78,17 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     // else now. Lazy filling needs the launcher to enable the userfaultfd's fork events, which
     // takes CAP_SYS_PTRACE: never inside a new user namespace, so host mode only. A private copy
     // is made up front, so that nothing done to the file later can fail the running process.
-    let lazy = if args.eager || private || pid_mode != PidMode::Host {
+    // Under a tracer (strace -f, a debugger) the process could be stopped while the launcher
+    // waits on it, and the launcher while the process faults: everything is read up front.
+    let traced = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false);
+    let lazy = if args.eager || private || traced || pid_mode != PidMode::Host {
         None
     } else {
         restore::lazy::Uffd::probe()
