@@ -7,9 +7,7 @@
 //! expired before the checkpoint and was not read, whose expiration is still there.
 //!
 //! `PROG IMAGE KEY pending`: SIGUSR2 blocked and pending at the checkpoint: refused naming it.
-//!
-//! `PROG IMAGE KEY posix`: a POSIX timer (timer_create) instead; the checkpoint must be refused
-//! naming it (printed, exit 3).
+//! (POSIX timers: zdtm/posix_timers.rs.)
 
 #[path = "common.rs"]
 mod common;
@@ -80,13 +78,6 @@ fn main() {
         block(libc::SIGUSR2);
         // SAFETY: a blocked signal to ourselves: it stays pending.
         unsafe { libc::raise(libc::SIGUSR2) };
-        expect_refusal(&image, key);
-    }
-    if extra.first().is_some_and(|a| a == "posix") {
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: a default (SIGALRM) timer on CLOCK_MONOTONIC, its id written to `id`.
-        let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut id) };
-        assert_eq!(r, 0);
         expect_refusal(&image, key);
     }
     // SAFETY: installs a handler that only stores an atomic.

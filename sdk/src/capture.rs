@@ -198,6 +198,8 @@ pub struct Capture {
     pub maps_len: AtomicI64,
     /// Interval timers ([interval, value] µs of REAL, VIRTUAL, PROF) at the snapshot.
     pub itimers: [[AtomicU64; 2]; 3],
+    /// POSIX timers, and [value, interval] in ns as the handler read them.
+    pub posix_timers: Vec<(crate::state::posix_timers::PosixTimer, [AtomicU64; 2])>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
 }
@@ -240,6 +242,7 @@ impl Capture {
             mem: None,
             clocks: Default::default(),
             itimers: Default::default(),
+            posix_timers: Vec::new(),
             dontfork: Vec::new(),
             maps_fd: None,
             maps_buf: None,
@@ -372,6 +375,11 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
         o.copy(mem);
+    }
+    for (t, slot) in &c.posix_timers {
+        let (value, interval) = crate::state::posix_timers::read(t.id);
+        slot[0].store(value, Ordering::Relaxed);
+        slot[1].store(interval, Ordering::Relaxed);
     }
     for (slot, t) in c.itimers.iter().zip(crate::state::timers::read()) {
         slot[0].store(t[0], Ordering::Relaxed);

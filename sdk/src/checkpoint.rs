@@ -226,6 +226,13 @@ impl Checkpoint {
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
 
         let (mut unsupported, maps) = preflight()?;
+        let posix_timers = match state::posix_timers::list() {
+            Ok(t) => t,
+            Err(why) => {
+                unsupported.push(why);
+                Vec::new()
+            }
+        };
         unsupported.extend(state::process::refusals(self.leave_children_out));
         unsupported.extend(state::creds::refusals());
         let threads = list_threads(&mut unsupported)?;
@@ -267,6 +274,10 @@ impl Checkpoint {
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
+        capture.posix_timers = posix_timers
+            .into_iter()
+            .map(|t| (t, Default::default()))
+            .collect();
         capture.inotify = scan
             .inotify()
             .into_iter()
@@ -446,6 +457,15 @@ impl Checkpoint {
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
+        m.posix_timers = c
+            .posix_timers
+            .iter()
+            .map(|(t, slot)| state::posix_timers::PosixTimer {
+                value_ns: slot[0].load(Ordering::Relaxed),
+                interval_ns: slot[1].load(Ordering::Relaxed),
+                ..*t
+            })
+            .collect();
         m.timers = state::timers::Itimers::from_raw(
             c.itimers
                 .each_ref()

@@ -554,6 +554,8 @@ fn build_plan(
     for entry in &m.files {
         entry.plan_after_threads(&mut plan);
     }
+    // Timers may signal a thread: they exist now.
+    thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan);
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod mm;
 pub mod pidfd;
 pub mod platform;
+pub mod posix_timers;
 pub mod process;
 pub mod shmem;
 pub mod signals;
@@ -49,6 +50,7 @@ pub struct Manifest {
     pub shared: Vec<shmem::SharedObject>,
     pub clocks: clocks::Clocks,
     pub timers: timers::Itimers,
+    pub posix_timers: Vec<posix_timers::PosixTimer>,
     pub chunks: ChunkTable,
 }
 

@@ -185,18 +185,6 @@ pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
             ));
         }
     }
-    // POSIX timers (timer_create) keep their IDs, clocks and notification targets in the kernel.
-    let timers = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
-    let ids: Vec<&str> = timers
-        .lines()
-        .filter_map(|l| l.strip_prefix("ID: "))
-        .collect();
-    if !ids.is_empty() {
-        why.push(format!(
-            "POSIX timer(s) {} (timer_create): not restored yet; delete them before the checkpoint and create them again after",
-            ids.join(", ")
-        ));
-    }
     // Threads in other cgroups than the process's (cgroup v2 threaded mode) would come back in
     // the launcher's cgroup, all together.
     let cgroup = |t: &str| std::fs::read_to_string(format!("/proc/self/task/{t}/cgroup"));

@@ -1,8 +1,8 @@
 //! Interval timers: `setitimer` (ITIMER_REAL, which `alarm` uses too, ITIMER_VIRTUAL and
 //! ITIMER_PROF), each with its remaining time and interval as the checkpoint handler read them
 //! while every thread was parked. Restored with those values just before the threads resume, so
-//! a timer fires as long after the restore as it had left at the checkpoint. (POSIX timers are
-//! refused at checkpoint, see [`super::process`].)
+//! a timer fires as long after the restore as it had left at the checkpoint. (POSIX timers: see
+//! [`super::posix_timers`].)
 
 use serde::{Deserialize, Serialize};
 

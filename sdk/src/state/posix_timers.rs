@@ -1,0 +1,148 @@
+//! POSIX timers (`timer_create`): each with its ID (programs hold it), clock, notification
+//! (signal to the process, signal to one thread, or none), signal number and value, time left
+//! and interval. The IDs and targets come from /proc/self/timers before the snapshot, the times
+//! from `timer_gettime` in the checkpoint handler while every thread is parked. The restorer
+//! creates each again with its own ID (`PR_TIMER_CREATE_RESTORE_IDS`, Linux 6.15+) once every
+//! thread exists, and arms it with the time it had left. A timer's overrun count starts again
+//! from zero; a signal it had queued and not delivered is refused with the pending signals.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// SIGEV_SIGNAL, SIGEV_NONE, or SIGEV_SIGNAL | SIGEV_THREAD_ID with `tid`.
+    pub notify: i32,
+    pub signo: i32,
+    /// sigev_value, as the program gave it (glibc's SIGEV_THREAD keeps a pointer there).
+    pub value: u64,
+    pub tid: i32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+const SIGEV_SIGNAL: i32 = 0;
+const SIGEV_NONE: i32 = 1;
+const SIGEV_THREAD_ID: i32 = 4;
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+
+/// The process's timers from /proc/self/timers (times not read yet); `Err` names a timer that
+/// cannot be restored.
+pub(crate) fn list() -> Result<Vec<PosixTimer>, String> {
+    let text = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let me = crate::sys::getpid();
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        if let Some(id) = line.strip_prefix("ID: ") {
+            out.push(PosixTimer {
+                id: id
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("POSIX timer {id:?}"))?,
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else { continue };
+        if let Some(v) = line.strip_prefix("signal: ") {
+            // "SIGNO/VALUE" (the value in hex).
+            let (signo, value) = v.trim().split_once('/').unwrap_or((v, "0"));
+            t.signo = signo.parse().unwrap_or(0);
+            t.value = u64::from_str_radix(value, 16).unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("notify: ") {
+            // "signal/pid.N", "signal/tid.N" (SIGEV_THREAD_ID), "none/pid.N".
+            let (kind, target) = v.trim().split_once('/').unwrap_or((v, ""));
+            let (scope, who) = target.split_once('.').unwrap_or((target, "0"));
+            let who: i32 = who.parse().unwrap_or(0);
+            t.notify = match kind {
+                "none" => SIGEV_NONE,
+                "signal" => SIGEV_SIGNAL,
+                other => {
+                    return Err(format!(
+                        "POSIX timer {}: notification {other:?} is not restored",
+                        t.id
+                    ))
+                }
+            };
+            if scope == "tid" {
+                t.notify |= SIGEV_THREAD_ID;
+                t.tid = who;
+                if !std::path::Path::new(&format!("/proc/self/task/{who}")).exists() {
+                    return Err(format!(
+                        "POSIX timer {}: it signals thread {who}, not one of this process",
+                        t.id
+                    ));
+                }
+            } else if who != me && t.notify != SIGEV_NONE {
+                return Err(format!("POSIX timer {}: it signals process {who}", t.id));
+            }
+        } else if let Some(v) = line.strip_prefix("ClockID: ") {
+            t.clock = v.trim().parse().unwrap_or(0);
+        }
+    }
+    Ok(out)
+}
+
+/// timer_gettime(id): (value, interval) in ns. Async-signal-safe.
+pub fn read(id: i32) -> (u64, u64) {
+    let mut its = [0i64; 4];
+    let r = crate::sys::syscall6(
+        libc::SYS_timer_gettime,
+        [id as u64, its.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    if r < 0 {
+        return (0, 0);
+    }
+    let ns = |s: i64, n: i64| (s.max(0) as u64) * 1_000_000_000 + n.max(0) as u64;
+    (ns(its[2], its[3]), ns(its[0], its[1]))
+}
+
+/// Creates every timer again with its ID and arms it (once every thread exists).
+pub fn plan_restore(timers: &[PosixTimer], plan: &mut crate::restore::Plan) {
+    if timers.is_empty() {
+        return;
+    }
+    plan.syscall(
+        "POSIX timers: create them with their IDs (PR_TIMER_CREATE_RESTORE_IDS)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    );
+    for t in timers {
+        // struct sigevent: value, signo, notify, tid; 64 bytes.
+        let mut ev = [0u8; 64];
+        ev[0..8].copy_from_slice(&t.value.to_ne_bytes());
+        ev[8..12].copy_from_slice(&t.signo.to_ne_bytes());
+        ev[12..16].copy_from_slice(&t.notify.to_ne_bytes());
+        ev[16..20].copy_from_slice(&t.tid.to_ne_bytes());
+        let ev = plan.data(&ev);
+        let id = plan.words(&[t.id as u32 as u64]);
+        plan.syscall(
+            format!(
+                "POSIX timer {} (clock {}, signal {})",
+                t.id, t.clock, t.signo
+            ),
+            libc::SYS_timer_create,
+            [t.clock as u64, ev, id, 0, 0, 0],
+        );
+        if t.value_ns != 0 {
+            let ts = |ns: u64| [ns / 1_000_000_000, ns % 1_000_000_000];
+            let [is, ins] = ts(t.interval_ns);
+            let [vs, vns] = ts(t.value_ns);
+            let its = plan.words(&[is, ins, vs, vns]);
+            plan.syscall(
+                format!(
+                    "arm POSIX timer {} ({} ns left, interval {} ns)",
+                    t.id, t.value_ns, t.interval_ns
+                ),
+                libc::SYS_timer_settime,
+                [t.id as u64, 0, its, 0, 0, 0],
+            );
+        }
+    }
+    plan.syscall(
+        "POSIX timers: back to ordinary IDs",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    );
+}
