@@ -60,10 +60,8 @@ fn arm(id: libc::timer_t, value_ms: i64, interval_ms: i64) {
         it_value: ts(value_ms),
     };
     // SAFETY: a valid timer and spec.
-    assert_eq!(
-        unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) },
-        0
-    );
+    let r = unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "timer_settime");
 }
 
 fn left_ns(id: libc::timer_t) -> (u64, u64) {
