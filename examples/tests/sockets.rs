@@ -9,7 +9,8 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 18] = [
+const CHECKS: [&str; 19] = [
+    "unused unix socket: still unconnected, connects",
     "stream pair: bytes queued to b",
     "stream pair: 100 KiB queued to a",
     "stream pair: a non-blocking, b blocking",

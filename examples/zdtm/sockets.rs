@@ -128,6 +128,10 @@ fn main() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         UnixListener::bind_addr(&addr).unwrap().into_raw_fd()
     };
+    // An AF_UNIX socket made and not used yet (neither bound nor connected).
+    // SAFETY: a new socket, ours.
+    let fresh = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fresh >= 0);
     println!("tcp port {port}");
 
     common::checkpoint();
@@ -264,6 +268,33 @@ fn main() {
         UnixStream::connect_addr(&addr).unwrap()
     };
     ch.check("unix abstract listener: accepts", ua.accept().is_ok(), "");
+    // The fresh socket is still a fresh stream socket: it connects to the listener.
+    let sa = {
+        let mut a: libc::sockaddr_un = unsafe_zeroed_un();
+        a.sun_family = libc::AF_UNIX as u16;
+        for (d, s) in a.sun_path.iter_mut().zip(path.bytes()) {
+            *d = s as libc::c_char;
+        }
+        a
+    };
+    // SAFETY: connect with a valid address of the right size.
+    let r = unsafe {
+        libc::connect(
+            fresh,
+            std::ptr::addr_of!(sa).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as u32,
+        )
+    };
+    ch.check(
+        "unused unix socket: still unconnected, connects",
+        r == 0 && up.accept().is_ok(),
+        r,
+    );
     let _ = std::fs::remove_file(&path);
     ch.finish();
+}
+
+fn unsafe_zeroed_un() -> libc::sockaddr_un {
+    // SAFETY: sockaddr_un is plain data; all zeroes is valid.
+    unsafe { std::mem::zeroed() }
 }

@@ -750,10 +750,7 @@ pub fn reopen(
                 f
             }
             FdKind::Socket(s) => {
-                let ino = match s {
-                    Socket::Pair(p) => p.ino,
-                    Socket::Listener(l) => l.ino,
-                };
+                let ino = s.ino();
                 let sock = sockets[&ino]
                     .try_clone()
                     .map_err(|err| format!("fd {fd}: {err}"))?;

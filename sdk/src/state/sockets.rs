@@ -24,6 +24,27 @@ pub enum Socket {
     /// share `pair` (the smaller inode of the two).
     Pair(PairEnd),
     Listener(Listener),
+    /// An AF_UNIX socket neither bound nor connected (made, not used yet): made again.
+    Unconnected(Unconnected),
+}
+
+impl Socket {
+    pub fn ino(&self) -> u64 {
+        match self {
+            Socket::Pair(p) => p.ino,
+            Socket::Listener(l) => l.ino,
+            Socket::Unconnected(u) => u.ino,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconnected {
+    pub ino: u64,
+    pub ty: i32,
+    pub sndbuf: i32,
+    pub rcvbuf: i32,
+    pub passcred: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +296,15 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         "bound AF_UNIX sockets are supported only while listening".into(),
                     );
                 }
+                if d.peer == 0 && d.shutdown == 0 && d.rqueue == 0 {
+                    return Ok(Socket::Unconnected(Unconnected {
+                        ino,
+                        ty,
+                        sndbuf: opt(libc::SO_SNDBUF),
+                        rcvbuf: opt(libc::SO_RCVBUF),
+                        passcred: opt(libc::SO_PASSCRED) != 0,
+                    }));
+                }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
                 if !peer_open && d.shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
                     return refuse(if d.peer == 0 {
@@ -312,7 +342,7 @@ pub fn recreate(
     let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
     let ends = sockets.iter().filter_map(|s| match s {
         Socket::Pair(p) => Some(p),
-        Socket::Listener(_) => None,
+        Socket::Listener(_) | Socket::Unconnected(_) => None,
     });
     for e in ends {
         let v = pairs.entry(e.pair).or_default();
@@ -382,6 +412,22 @@ pub fn recreate(
         if let Socket::Listener(l) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
                 v.insert(listener(l, given)?);
+            }
+        }
+        if let Socket::Unconnected(u) = s {
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
+                let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
+                    .map_err(|e| format!("socket:[{}]: cannot create it: {e}", u.ino))?;
+                let fd = sock.as_raw_fd();
+                let _ =
+                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, u.sndbuf / 2);
+                let _ =
+                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, u.rcvbuf / 2);
+                if u.passcred {
+                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+                        .map_err(|e| format!("socket:[{}]: cannot set SO_PASSCRED: {e}", u.ino))?;
+                }
+                v.insert(sock);
             }
         }
     }
