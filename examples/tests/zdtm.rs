@@ -336,6 +336,7 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
                 "OFD lock held",
                 "POSIX lock held, by this process",
                 "flock owned by this process in /proc",
+                "read lease held",
             ],
         );
     }

@@ -44,6 +44,13 @@ fn main() {
         let posix = flock_struct(libc::F_WRLCK, 100, 5);
         assert_eq!(libc::fcntl(c.as_raw_fd(), libc::F_SETLK, &posix), 0);
     }
+    // A read lease on a file opened read-only.
+    let pd = format!("{image}.d");
+    drop(open(&pd));
+    let d = std::fs::File::open(&pd).unwrap();
+    // SAFETY: F_SETLEASE on our own descriptor.
+    let r = unsafe { libc::fcntl(d.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    assert_eq!(r, 0, "F_SETLEASE");
     common::checkpoint();
     let me = std::process::id() as i32;
     let mut ch = common::Checks::default();
@@ -91,6 +98,9 @@ fn main() {
         owner == me.to_string(),
         owner,
     );
-    let _ = (a, b, c);
+    // SAFETY: F_GETLEASE on our own descriptor.
+    let lease = unsafe { libc::fcntl(d.as_raw_fd(), libc::F_GETLEASE) };
+    ch.check("read lease held", lease == libc::F_RDLCK, lease);
+    let _ = (a, b, c, d);
     ch.finish();
 }

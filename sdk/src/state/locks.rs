@@ -2,7 +2,8 @@
 //! and are taken again by the launcher on the reopened description before the process exists;
 //! POSIX record locks belong to the process and are taken by the restorer (`F_SETLK`) once every
 //! descriptor has its number. A conflicting lock held by someone else by then fails the restore,
-//! naming the lock. Leases and other kinds are refused at checkpoint.
+//! naming the lock. Leases (F_SETLEASE) belong to the description too and are taken again on it
+//! by the launcher; a lease being broken, and other kinds, are refused at checkpoint.
 
 use std::os::fd::AsRawFd;
 
@@ -13,6 +14,7 @@ pub enum LockKind {
     Flock,
     Posix,
     Ofd,
+    Lease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,10 +32,12 @@ impl std::fmt::Display for Lock {
             LockKind::Flock => "flock",
             LockKind::Posix => "POSIX",
             LockKind::Ofd => "OFD",
+            LockKind::Lease => "lease",
         };
         let mode = if self.write { "write" } else { "read" };
         match self.kind {
             LockKind::Flock => write!(f, "{kind} {mode} lock"),
+            LockKind::Lease => write!(f, "{mode} {kind}"),
             _ if self.len == 0 => write!(f, "{kind} {mode} lock on bytes {}..EOF", self.start),
             _ => write!(
                 f,
@@ -56,6 +60,7 @@ pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
             Some("FLOCK") => LockKind::Flock,
             Some("POSIX") => LockKind::Posix,
             Some("OFDLCK") => LockKind::Ofd,
+            Some("LEASE") if w.get(2) == Some(&"ACTIVE") => LockKind::Lease,
             other => {
                 return Err(format!(
                     "holds a {} lock (not restored)",
@@ -63,7 +68,7 @@ pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
                 ))
             }
         };
-        if w.get(2) != Some(&"ADVISORY") {
+        if kind != LockKind::Lease && w.get(2) != Some(&"ADVISORY") {
             return Err(format!("holds a {} lock (not restored)", w[1..].join(" ")));
         }
         let write = match w.get(3).copied() {
@@ -104,6 +109,16 @@ pub fn take_on_description(fd: &impl AsRawFd, number: i32, locks: &[Lock]) -> Re
             LockKind::Ofd => {
                 crate::sys::fcntl_lock(fd.as_raw_fd(), libc::F_OFD_SETLK, &flock_struct(l))
             }
+            LockKind::Lease => crate::sys::fcntl(
+                fd.as_raw_fd(),
+                libc::F_SETLEASE,
+                (if l.write {
+                    libc::F_WRLCK
+                } else {
+                    libc::F_RDLCK
+                }) as u64,
+            )
+            .map(drop),
             // Taken by the process itself, late (see files.rs); checked here so that a conflict
             // is refused by name instead of ending the process after its error pipe is closed.
             LockKind::Posix => {
@@ -195,6 +210,10 @@ mod tests {
                 len: 20
             }
         );
-        assert!(parse("lock:\t1: LEASE  ACTIVE    READ 1 fe:00:1 0 EOF\n").is_err());
+        assert_eq!(
+            parse("lock:\t1: LEASE  ACTIVE    READ 1 fe:00:1 0 EOF\n").unwrap()[0].kind,
+            LockKind::Lease
+        );
+        assert!(parse("lock:\t1: LEASE  BREAKING  READ 1 fe:00:1 0 EOF\n").is_err());
     }
 }
