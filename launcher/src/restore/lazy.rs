@@ -487,9 +487,13 @@ impl<'a> Server<'a> {
                 let page = sp.next_pending()?;
                 Some((sp, page * PAGE / self.index.chunk_size))
             });
-            if let Some((space, chunk)) = next {
-                let data = self.verified_chunk(chunk, &mut buf)?;
-                copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+            match next {
+                Some((space, chunk)) => {
+                    let data = self.verified_chunk(chunk, &mut buf)?;
+                    copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+                }
+                // Nothing left to fill anywhere, whatever the counts say: done (never spin).
+                None => st.spaces.iter_mut().for_each(|sp| sp.left = 0),
             }
         }
         Ok(())
