@@ -396,11 +396,19 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
         "glibc's rseq area registered",
         "locked mapping locked again, with its contents",
         "MADV_SEQUENTIAL and MAP_NORESERVE",
+        "parent-death signal and memory-deny-write-execute",
     ];
     let img = env.checkpoint("zdtm-attrs", "a.thaw", &["no-loginuid"]);
     assert!(env.manifest(&img).process.membarrier & (1 << 4) != 0);
     for opts in every_mode() {
-        let o = env.restore(&img, opts, &[]);
+        // Lazily filled (host mode, as root), the process keeps SIGKILL as its parent-death
+        // signal: it must die with its launcher.
+        let lazy: &[&str] = if *opts == ["--pid-mode", "host"] {
+            &["lazy"]
+        } else {
+            &[]
+        };
+        let o = env.restore(&img, opts, lazy);
         assert_all_ok(&o, &all);
     }
     // A login uid that differs from the launcher's is set again where the kernel allows it (its
@@ -408,7 +416,12 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
     let img = env.checkpoint("zdtm-attrs", "l.thaw", &[]);
     let image_uid = env.manifest(&img).process.loginuid;
     for opts in every_mode() {
-        let o = env.restore(&img, opts, &[]);
+        let lazy: &[&str] = if *opts == ["--pid-mode", "host"] {
+            &["lazy"]
+        } else {
+            &[]
+        };
+        let o = env.restore(&img, opts, lazy);
         if o.status.success() {
             assert_all_ok(&o, &all);
         } else {

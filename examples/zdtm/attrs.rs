@@ -123,12 +123,19 @@ fn main() {
         }
         libc::madvise(seq.cast(), 16 * PAGE, libc::MADV_SEQUENTIAL);
     }
+    // A parent-death signal, and memory-deny-write-execute (irreversible; nothing here needs
+    // writable code after it).
+    // SAFETY: prctl calls with plain arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR2);
+        assert_eq!(libc::prctl(65, 1, 0, 0, 0), 0, "PR_SET_MDWE");
+    }
     // The login uid: set (allowed while it is unset, or as root), then read back; `no-loginuid`
     // leaves it alone (a namespace restore cannot set an id outside its mapping).
     let loginuid_set = !common::argv().2.iter().any(|a| a == "no-loginuid")
         && std::fs::write("/proc/self/loginuid", LOGINUID).is_ok();
     let loginuid = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
-    common::checkpoint();
+    let args = common::checkpoint();
     let mut c = common::Checks::default();
     let regs = membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS);
     c.check(
@@ -179,6 +186,19 @@ fn main() {
         "MADV_SEQUENTIAL and MAP_NORESERVE",
         sf.iter().any(|f| f == "sr") && sf.iter().any(|f| f == "nr"),
         format!("{sf:?}"),
+    );
+    let mut pdeath = 0i32;
+    // SAFETY: prctl getters writing to a local / returning a value.
+    let mdwe = unsafe {
+        libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeath);
+        libc::prctl(66, 0, 0, 0, 0)
+    };
+    // Lazily filled, the process keeps SIGKILL: it must die with its launcher (docs/restore.md).
+    let lazy = args.iter().any(|a| a == "lazy");
+    c.check(
+        "parent-death signal and memory-deny-write-execute",
+        mdwe == 1 && (pdeath == libc::SIGUSR2 || (lazy && pdeath == libc::SIGKILL)),
+        format!("pdeathsig {pdeath}, mdwe {mdwe}"),
     );
     let now = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
     c.check(

@@ -556,6 +556,7 @@ fn build_plan(
     }
     // Timers may signal a thread: they exist now.
     thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan);
+    m.process.plan_final(&mut plan, fds.transport.is_some());
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);

@@ -30,6 +30,10 @@ pub struct Process {
     pub membarrier: u32,
     /// /proc/self/loginuid (`u32::MAX`: unset); see [`plan_loginuid`].
     pub loginuid: u32,
+    /// PR_GET_PDEATHSIG (see [`Process::plan_final`]).
+    pub pdeathsig: i32,
+    /// PR_GET_MDWE: memory-deny-write-execute (systemd's MemoryDenyWriteExecute=), set last.
+    pub mdwe: u32,
 }
 
 use crate::procfs;
@@ -75,6 +79,22 @@ impl Process {
             oom_score_adj: oom_score_adj(),
             membarrier: crate::sys::membarrier_registrations(),
             loginuid: loginuid(),
+            pdeathsig: {
+                let mut sig = 0i32;
+                crate::sys::syscall6(
+                    libc::SYS_prctl,
+                    [
+                        libc::PR_GET_PDEATHSIG as u64,
+                        &mut sig as *mut i32 as u64,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+                sig
+            },
+            mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
         })
     }
 
@@ -138,6 +158,39 @@ pub fn plan_oom_score_adj(plan: &mut Plan, value: i32, inherited: i32) {
             "/proc/self/oom_score_adj",
             value.to_string().as_bytes(),
         );
+    }
+}
+
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: i32 = 66;
+
+impl Process {
+    /// The attributes set last, once every mapping has its final protection: the parent-death
+    /// signal (unless `lazy`: while memory is filled lazily the process must die with its
+    /// launcher, so it keeps SIGKILL), and memory-deny-write-execute, which would forbid the
+    /// restorer's own writable-then-executable mappings.
+    pub fn plan_final(&self, plan: &mut Plan, lazy: bool) {
+        if !lazy {
+            plan.syscall(
+                format!("parent-death signal {}", self.pdeathsig),
+                libc::SYS_prctl,
+                [
+                    libc::PR_SET_PDEATHSIG as u64,
+                    self.pdeathsig as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        if self.mdwe != 0 {
+            plan.syscall(
+                format!("memory-deny-write-execute {:#x}", self.mdwe),
+                libc::SYS_prctl,
+                [PR_SET_MDWE, u64::from(self.mdwe), 0, 0, 0, 0],
+            );
+        }
     }
 }
 
