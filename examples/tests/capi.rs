@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -77,22 +76,8 @@ fn the_documented_example_is_the_tested_one() {
 fn c_program_checkpoints_and_reseeds_after_each_restore() {
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let lib = bin("libthaw.so");
-    let libdir = lib.parent().unwrap();
     let exe = env.path("warm");
-    let o = Command::new("cc")
-        .arg(root.join("examples/c/warm.c"))
-        .arg("-I")
-        .arg(root.join("sdk/include"))
-        .arg("-L")
-        .arg(libdir)
-        .arg("-lthaw")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    cc_with_libthaw(&[&root.join("examples/c/warm.c")], &[], &exe);
     let img = env.path("c.thaw");
     let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));

@@ -29,23 +29,16 @@ fn build(env: &Env) -> PathBuf {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let lib = bin("libthaw.so");
-    let libdir = lib.parent().unwrap();
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(dir.join("libthaw_jni.so"))
-        .arg(root.join("examples/jvm/thaw_jni.c"))
-        .arg("-I")
-        .arg(root.join("sdk/include"))
-        .arg(format!("-I{JAVA_HOME}/include"))
-        .arg(format!("-I{JAVA_HOME}/include/linux"))
-        .arg("-L")
-        .arg(libdir)
-        .arg("-lthaw")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    cc_with_libthaw(
+        &[&root.join("examples/jvm/thaw_jni.c")],
+        &[
+            "-shared",
+            "-fPIC",
+            &format!("-I{JAVA_HOME}/include"),
+            &format!("-I{JAVA_HOME}/include/linux"),
+        ],
+        &dir.join("libthaw_jni.so"),
+    );
     dir
 }
 

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
@@ -19,21 +18,11 @@ fn addon(env: &Env) -> PathBuf {
         "Debian's nodejs is missing: scripts/setup installs it"
     );
     let out = env.path("thaw.node");
-    let lib = bin("libthaw.so");
-    let libdir = lib.parent().unwrap();
-    let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-I/usr/include/node", "-o"])
-        .arg(&out)
-        .arg(root.join("examples/node/thaw_node.c"))
-        .arg("-I")
-        .arg(root.join("sdk/include"))
-        .arg("-L")
-        .arg(libdir)
-        .arg("-lthaw")
-        .arg(format!("-Wl,-rpath,{}", libdir.display()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    cc_with_libthaw(
+        &[&root.join("examples/node/thaw_node.c")],
+        &["-shared", "-fPIC", "-I/usr/include/node"],
+        &out,
+    );
     out
 }
 

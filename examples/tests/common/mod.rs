@@ -301,3 +301,25 @@ impl Waiting {
         self.child.wait().unwrap()
     }
 }
+
+/// Compiles C `sources` against libthaw.so (`sdk/include`, linked with its rpath) with `flags`
+/// into `out`; panics with the compiler's output on failure.
+pub fn cc_with_libthaw(sources: &[&Path], flags: &[&str], out: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let lib = bin("libthaw.so");
+    let libdir = lib.parent().unwrap();
+    let o = Command::new("cc")
+        .args(flags)
+        .args(sources)
+        .arg("-I")
+        .arg(root.join("sdk/include"))
+        .arg("-L")
+        .arg(libdir)
+        .arg("-lthaw")
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -360,14 +360,7 @@ pub fn recreate(
         for (i, end) in v.iter().enumerate() {
             let me = sock[i].as_raw_fd();
             let other = sock[1 - i].as_raw_fd();
-            let _ =
-                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
-            let _ =
-                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_RCVBUF, end.rcvbuf / 2);
-            if end.passcred {
-                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
-                    .map_err(|e| format!("socket:[{}]: cannot set SO_PASSCRED: {e}", end.ino))?;
-            }
+            set_options(me, end.ino, end.sndbuf, end.rcvbuf, end.passcred)?;
             if let Some(r) = end.queued {
                 let bytes = queued(r)?;
                 // What waits in this end's queue was sent by the other end.
@@ -418,20 +411,24 @@ pub fn recreate(
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
                 let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
                     .map_err(|e| format!("socket:[{}]: cannot create it: {e}", u.ino))?;
-                let fd = sock.as_raw_fd();
-                let _ =
-                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, u.sndbuf / 2);
-                let _ =
-                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, u.rcvbuf / 2);
-                if u.passcred {
-                    crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
-                        .map_err(|e| format!("socket:[{}]: cannot set SO_PASSCRED: {e}", u.ino))?;
-                }
+                set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
                 v.insert(sock);
             }
         }
     }
     Ok(out)
+}
+
+/// Buffer sizes (the kernel doubles what it is given; best effort, as the caller's limits may
+/// be lower) and SO_PASSCRED of an AF_UNIX socket being made again.
+fn set_options(fd: i32, ino: u64, sndbuf: i32, rcvbuf: i32, passcred: bool) -> Result<(), String> {
+    let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, sndbuf / 2);
+    let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf / 2);
+    if passcred {
+        crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+            .map_err(|e| format!("socket:[{ino}]: cannot set SO_PASSCRED: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A human-readable address: "127.0.0.1:8080", "[::]:80", "/run/app.sock", "@abstract".
