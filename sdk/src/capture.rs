@@ -173,7 +173,9 @@ pub struct Capture {
     /// /proc/self/pagemap, and the guard regions (MADV_GUARD_INSTALL) the handler finds with it:
     /// a fork does not copy them for file and shared mappings, so the snapshot cannot show them.
     pub pagemap: Option<OwnedFd>,
-    pub guards: Vec<[AtomicU64; 2]>,
+    /// (start, end) word pairs, in memory that is never part of the snapshot (nor of the heap
+    /// the restored process frees into).
+    pub guards: Option<sys::DontForkBuf>,
     /// How many of `guards` are valid, or a negative errno (-E2BIG: more than there is room for).
     pub guard_count: AtomicI64,
     /// Locked ranges (mlock; `true`: on fault), from the process's own maps: a fork does not
@@ -233,7 +235,7 @@ impl Capture {
             pipes,
             socks,
             pagemap: None,
-            guards: (0..4096).map(|_| Default::default()).collect(),
+            guards: None,
             guard_count: AtomicI64::new(0),
             locked: Vec::new(),
             own_buffers: Vec::new(),
@@ -351,18 +353,16 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         };
         s.got.store(got, Ordering::Release);
     }
-    if let Some(pm) = &c.pagemap {
+    if let (Some(pm), Some(g)) = (&c.pagemap, &c.guards) {
         let mut n = 0usize;
         let r = sys::each_guard_region(pm.as_raw_fd(), |start, end| {
-            if let Some(slot) = c.guards.get(n) {
-                slot[0].store(start, Ordering::Relaxed);
-                slot[1].store(end, Ordering::Relaxed);
-            }
+            g.put_u64(2 * n, start);
+            g.put_u64(2 * n + 1, end);
             n += 1;
         });
         let count = if r < 0 {
             r
-        } else if n > c.guards.len() {
+        } else if 2 * n * 8 > g.len() {
             -(libc::E2BIG as i64)
         } else {
             n as i64
@@ -459,15 +459,17 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
     // SAFETY: `raw` is a live, leaked Box until it is reclaimed below.
     let c = unsafe { &*raw };
     ACTIVE.store(raw, Ordering::Release);
-    // Threads recorded already (stopped by ptrace, see crate::traced) take no signal.
-    let others: Vec<i32> = c
-        .threads
-        .iter()
-        .filter(|t| t.done.load(Ordering::Acquire) == 0)
-        .map(|t| t.tid.load(Ordering::Relaxed))
-        .filter(|&tid| tid != c.caller)
-        .collect();
-    for &tid in &others {
+    // Threads recorded already (stopped by ptrace, see crate::traced) take no signal. Nothing
+    // is allocated from here on: a stopped thread may hold a lock the allocator needs.
+    let others = || {
+        c.threads
+            .iter()
+            .filter(|t| t.done.load(Ordering::Acquire) == 0)
+            .map(|t| t.tid.load(Ordering::Relaxed))
+            .filter(|&tid| tid != c.caller)
+    };
+    let count = others().count();
+    for tid in others() {
         if let Err(e) = sys::tgkill_self(tid, signal) {
             // A thread that exited meanwhile cannot park: treat it as unresponsive.
             if e.raw_os_error() != Some(libc::ESRCH) {
@@ -478,7 +480,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
     let deadline = Instant::now() + bound;
     loop {
         let parked = c.parked.load(Ordering::Acquire);
-        if parked as usize == others.len() {
+        if parked as usize == count {
             break;
         }
         let now = Instant::now();
@@ -515,6 +517,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         std::mem::forget(capture.mem.take());
         std::mem::forget(capture.maps_fd.take());
         std::mem::forget(capture.pagemap.take());
+        std::mem::forget(capture.guards.take());
         std::mem::forget(capture.maps_buf.take());
         for o in capture.shm.drain(..) {
             o.abandon();
@@ -526,7 +529,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
     sys::futex_wake_all(&c.release);
     loop {
         let left = c.left.load(Ordering::Acquire);
-        if left as usize == others.len() {
+        if left as usize == count {
             break;
         }
         sys::futex_wait(&c.left, left, None);

@@ -307,6 +307,12 @@ impl Checkpoint {
             crate::sys::set_dumpable(dumpable);
         }
         capture.pagemap = Some(pagemap.map_err(io("opening /proc/self/pagemap"))?.into());
+        let guards = crate::sys::DontForkBuf::new(64 << 10)
+            .map_err(io("preparing the guard regions' list"))?;
+        capture
+            .own_buffers
+            .push((guards.addr(), guards.addr() + guards.len() as u64));
+        capture.guards = Some(guards);
         capture.locked = maps
             .iter()
             .filter(|m| m.has_flag("lo"))
@@ -346,13 +352,10 @@ impl Checkpoint {
         if !blocking.is_empty() {
             let t = crate::traced::capture(&blocking, &name_of, self.thread_timeout)
                 .map_err(CheckpointError::Unsupported)?;
-            for (i, &tid) in t.tids.iter().enumerate() {
-                if let Some(tc) = capture
-                    .threads
-                    .iter()
-                    .find(|x| x.tid.load(Ordering::Relaxed) == tid)
-                {
-                    t.slot(i).fill(tc, tid);
+            // Stopped: no signal for them (their state is recorded once they go on again).
+            for tc in &capture.threads {
+                if t.tids.contains(&tc.tid.load(Ordering::Relaxed)) {
+                    tc.done.store(1, Ordering::Release);
                 }
             }
             capture.own_buffers.push(t.buffer());
@@ -366,16 +369,7 @@ impl Checkpoint {
                 t.abandon();
                 Vec::new()
             }
-            Some(t) => {
-                let c = t
-                    .tids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &tid)| (tid, t.slot(i)))
-                    .collect();
-                t.release();
-                c
-            }
+            Some(t) => t.finish(),
             None => Vec::new(),
         };
         let frozen = match frozen {
@@ -410,6 +404,15 @@ impl Checkpoint {
             Frozen::Restored => return restored(),
             Frozen::Snapshot(c) => c,
         };
+        for (tid, cap) in &captured {
+            if let Some(tc) = capture
+                .threads
+                .iter()
+                .find(|x| x.tid.load(Ordering::Relaxed) == *tid)
+            {
+                cap.fill(tc, *tid);
+            }
+        }
         let child = capture.child.load(Ordering::Acquire) as i32;
         let result = self.dump(child, &capture, &threads, &captured, scan, original_action);
         crate::sys::kill_and_reap(child);
@@ -457,6 +460,20 @@ impl Checkpoint {
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
+        let gone: Vec<String> = c
+            .posix_timers
+            .iter()
+            .filter(|(_, slot)| slot[0].load(Ordering::Relaxed) == state::posix_timers::GONE)
+            .map(|(t, _)| {
+                format!(
+                    "POSIX timer {} was deleted during the checkpoint; try again",
+                    t.id
+                )
+            })
+            .collect();
+        if !gone.is_empty() {
+            return Err(CheckpointError::Unsupported(gone));
+        }
         m.posix_timers = c
             .posix_timers
             .iter()
@@ -493,9 +510,9 @@ impl Checkpoint {
                 std::io::Error::from_raw_os_error(-count as i32),
             ));
         }
-        let mut guards: Vec<(u64, u64)> = c.guards[..count as usize]
-            .iter()
-            .map(|g| (g[0].load(Ordering::Relaxed), g[1].load(Ordering::Relaxed)))
+        let g = c.guards.as_ref().expect("prepared with the pagemap");
+        let mut guards: Vec<(u64, u64)> = (0..count as usize)
+            .map(|i| (g.get_u64(2 * i), g.get_u64(2 * i + 1)))
             .collect();
         guards.sort_unstable();
         m.threads = c

@@ -812,6 +812,25 @@ impl DontForkBuf {
         self.addr
     }
 
+    /// Stores word `i` (async-signal-safe; out of range: nothing).
+    pub fn put_u64(&self, i: usize, v: u64) {
+        if (i + 1) * 8 <= self.len {
+            // SAFETY: inside this private mapping, 8-aligned (the mapping is page-aligned); no
+            // Rust reference to these bytes is alive while the handler writes them.
+            unsafe { std::ptr::write_volatile((self.addr as *mut u64).add(i), v) }
+        }
+    }
+
+    /// Word `i` (0 out of range).
+    pub fn get_u64(&self, i: usize) -> u64 {
+        if (i + 1) * 8 <= self.len {
+            // SAFETY: as in put_u64.
+            unsafe { std::ptr::read_volatile((self.addr as *const u64).add(i)) }
+        } else {
+            0
+        }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `addr..addr+len` is a private mapping this value owns until drop; it is only
         // written by system calls made before this borrow (no Rust reference aliases them).
@@ -1227,13 +1246,22 @@ pub fn read_byte_within(fd: i32, timeout: std::time::Duration) -> Option<u8> {
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as u64;
-    if syscall6(
-        libc::SYS_poll,
-        [&mut pfd as *mut libc::pollfd as u64, 1, ms, 0, 0, 0],
-    ) <= 0
-    {
-        return None;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_millis().min(i32::MAX as u128) as u64;
+        let r = syscall6(
+            libc::SYS_poll,
+            [&mut pfd as *mut libc::pollfd as u64, 1, ms, 0, 0, 0],
+        );
+        // A signal handled meanwhile is not a timeout.
+        if r == -(libc::EINTR as i64) && !left.is_zero() {
+            continue;
+        }
+        if r <= 0 {
+            return None;
+        }
+        break;
     }
     let mut b = [0u8; 1];
     (read_raw(fd, &mut b) == 1).then_some(b[0])

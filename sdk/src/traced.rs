@@ -86,9 +86,16 @@ const STEPS: [&str; 9] = [
 /// The helper and what it captured; [`Traced::release`] lets the threads go.
 pub(crate) struct Traced {
     helper: i32,
+    released: bool,
     slots: sys::DontForkBuf,
     pub tids: Vec<i32>,
     release_w: OwnedFd,
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.let_go();
+    }
 }
 
 impl std::fmt::Debug for Traced {
@@ -122,11 +129,13 @@ pub(crate) fn capture(
     }
     let size = std::mem::size_of::<Slot>();
     let slots = sys::DontForkBuf::new(tids.len() * size).map_err(|e| fail(e.to_string()))?;
+    // The release channel is a socket: sending on it never raises SIGPIPE, even if the helper
+    // is gone.
     let pipes = (|| {
         Ok::<_, std::io::Error>((
             sys::pipe_cloexec()?,
             sys::pipe_cloexec()?,
-            sys::pipe_cloexec()?,
+            sys::socketpair(libc::SOCK_STREAM)?,
         ))
     })()
     .map_err(|e| fail(e.to_string()))?;
@@ -143,9 +152,8 @@ pub(crate) fn capture(
             parent,
             slots.addr(),
             tids,
-            go_r.as_raw_fd(),
-            done_w.as_raw_fd(),
-            release_r.as_raw_fd(),
+            [go_r.as_raw_fd(), done_w.as_raw_fd(), release_r.as_raw_fd()],
+            [go_w.as_raw_fd(), done_r.as_raw_fd(), release_w.as_raw_fd()],
         );
     }
     let restore_dumpable = || {
@@ -170,35 +178,50 @@ pub(crate) fn capture(
     restore_dumpable();
     let traced = Traced {
         helper,
+        released: false,
         slots,
         tids: tids.to_vec(),
         release_w,
     };
     if done.is_none() {
-        // The helper is stuck (a thread in uninterruptible sleep): killing it detaches.
+        // The helper is stuck (a thread in uninterruptible sleep): killing it detaches every
+        // thread, each already set to go on with its own registers.
         sys::kill_and_reap(helper);
+        std::mem::forget(traced);
         return Err(fail(format!("it did not stop within {bound:?}")));
     }
-    let mut why = Vec::new();
+    // What failed, without allocating while threads are stopped (one of them may hold a lock
+    // the allocator needs): the messages are made once every thread goes on.
+    let mut failed = [(0i32, 0u32, 0u32); 64];
+    let mut n = 0;
+    let size = std::mem::size_of::<Slot>();
     for (i, &tid) in tids.iter().enumerate() {
-        let s = traced.slot(i);
-        if s.step != 0 {
-            let step = STEPS.get(s.step as usize - 1).copied().unwrap_or("?");
-            let errno = std::io::Error::from_raw_os_error(s.errno as i32);
-            let hint = if s.step == 1 {
-                " (a helper process must be allowed to trace this one: kernel.yama.ptrace_scope at most 1, no seccomp filter or security module forbidding ptrace)"
-            } else {
-                ""
-            };
-            why.push(format!(
-                "thread {tid} ({}) blocks the checkpoint signal and could not be captured without it: {step}: {errno}{hint}",
-                names(tid)
-            ));
+        let b = &traced.slots.as_slice()[i * size..i * size + 8];
+        let step = u32::from_ne_bytes(b[0..4].try_into().expect("4"));
+        let errno = u32::from_ne_bytes(b[4..8].try_into().expect("4"));
+        if step != 0 {
+            failed[n] = (tid, step, errno);
+            n += 1;
         }
     }
-    if !why.is_empty() {
+    if n > 0 {
         traced.release();
-        return Err(why);
+        return Err(failed[..n]
+            .iter()
+            .map(|&(tid, step, errno)| {
+                let step_name = STEPS.get(step as usize - 1).copied().unwrap_or("?");
+                let errno = std::io::Error::from_raw_os_error(errno as i32);
+                let hint = if step == 1 {
+                    " (a helper process must be allowed to trace this one: kernel.yama.ptrace_scope at most 1, no seccomp filter or security module forbidding ptrace)"
+                } else {
+                    ""
+                };
+                format!(
+                    "thread {tid} ({}) blocks the checkpoint signal and could not be captured without it: {step_name}: {errno}{hint}",
+                    names(tid)
+                )
+            })
+            .collect());
     }
     Ok(traced)
 }
@@ -218,21 +241,54 @@ impl Traced {
         )
     }
 
-    /// Lets every thread go on and waits for the helper to end.
+    /// Lets every thread go on and waits for the helper to end (also when dropped).
     pub(crate) fn release(self) {
-        sys::write_raw(self.release_w.as_raw_fd(), b"r");
-        let _ = sys::wait4(self.helper, 0);
+        drop(self);
+    }
+
+    /// Lets every thread go on, then reads what was captured (nothing is allocated while the
+    /// threads are stopped: one of them may hold a lock the allocator needs).
+    pub(crate) fn finish(mut self) -> Vec<(i32, Captured)> {
+        self.let_go();
+        (0..self.tids.len())
+            .map(|i| (self.tids[i], self.slot(i)))
+            .collect()
+    }
+
+    fn let_go(&mut self) {
+        if !self.released {
+            self.released = true;
+            let _ = sys::send_nowait(self.release_w.as_raw_fd(), b"r");
+            while sys::wait4(self.helper, 0).0 == -(libc::EINTR as i64) {}
+        }
     }
 
     /// In a restored process: the helper, its pipe and the slots were never part of it.
     pub(crate) fn abandon(self) {
-        std::mem::forget(self.release_w);
-        std::mem::forget(self.slots);
+        std::mem::forget(self);
     }
 }
 
 /// The helper's whole life: system calls only (it is a fork of a multi-threaded process).
-fn helper_main(parent: i32, slots: u64, tids: &[i32], go: i32, done: i32, release: i32) -> ! {
+fn helper_main(parent: i32, slots: u64, tids: &[i32], ours: [i32; 3], theirs: [i32; 3]) -> ! {
+    // The application's signal handlers are in this copy too: none may run here.
+    let all = u64::MAX;
+    sys::syscall6(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as u64,
+            &all as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        ],
+    );
+    // The parent's ends: closed, so that its death is an end of file here.
+    for fd in theirs {
+        sys::syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+    }
+    let [go, done, release] = ours;
     sys::syscall6(
         libc::SYS_prctl,
         [
@@ -251,18 +307,11 @@ fn helper_main(parent: i32, slots: u64, tids: &[i32], go: i32, done: i32, releas
     let size = std::mem::size_of::<Slot>() as u64;
     // Threads attached, and whether system calls were injected (their registers must be set).
     let mut attached = [false; 64];
-    let mut injected = [false; 64];
-    let mut resume = [[0u64; NREGS]; 64];
+    // A signal that stopped a thread while system calls were injected, delivered on detach.
+    let mut signal = [0u64; 64];
     for (i, &tid) in tids.iter().enumerate().take(64) {
         let slot = slots + i as u64 * size;
-        let r = capture_one(
-            parent,
-            tid,
-            slot,
-            &mut attached[i],
-            &mut injected[i],
-            &mut resume[i],
-        );
+        let r = capture_one(parent, tid, slot, &mut attached[i], &mut signal[i]);
         if let Err((step, errno)) = r {
             let mut word = [0u8; 8];
             word[..4].copy_from_slice(&step.to_ne_bytes());
@@ -274,11 +323,8 @@ fn helper_main(parent: i32, slots: u64, tids: &[i32], go: i32, done: i32, releas
     // Until released, or until the process is gone (end of file).
     sys::read_raw(release, &mut b);
     for (i, &tid) in tids.iter().enumerate().take(64) {
-        if injected[i] {
-            sys::ptrace(PTRACE_SETREGS, tid, 0, resume[i].as_ptr() as u64);
-        }
         if attached[i] {
-            sys::ptrace(PTRACE_DETACH, tid, 0, 0);
+            sys::ptrace(PTRACE_DETACH, tid, 0, signal[i]);
         }
     }
     sys::exit_now(0)
@@ -289,8 +335,7 @@ fn capture_one(
     tid: i32,
     slot: u64,
     attached: &mut bool,
-    injected: &mut bool,
-    resume: &mut [u64; NREGS],
+    signal: &mut u64,
 ) -> Result<(), (u32, u32)> {
     let ok = |step: u32, r: i64| {
         if r < 0 {
@@ -302,7 +347,13 @@ fn capture_one(
     ok(1, sys::ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD))?;
     *attached = true;
     ok(2, sys::ptrace(PTRACE_INTERRUPT, tid, 0, 0))?;
-    wait_stop(tid, |status| status >> 16 == PTRACE_EVENT_STOP).map_err(|e| (3, e))?;
+    wait_stop(
+        tid,
+        PTRACE_CONT,
+        |status| status >> 16 == PTRACE_EVENT_STOP,
+        &mut 0,
+    )
+    .map_err(|e| (3, e))?;
     let mut regs = [0u64; NREGS];
     ok(
         4,
@@ -334,24 +385,29 @@ fn capture_one(
             rseq.as_mut_ptr() as u64,
         ),
     )?;
-    *injected = true;
-    *resume = restarted(&regs);
+    let resume = restarted(&regs);
     let alt = slot + std::mem::offset_of!(Slot, altstack) as u64;
-    ok(
-        8,
-        inject(tid, &regs, libc::SYS_sigaltstack as u64, [0, alt, 0]).map_err(|e| (8, e))?,
-    )?;
     let tid_address = slot + std::mem::offset_of!(Slot, tid_address) as u64;
-    ok(
-        9,
-        inject(
-            tid,
-            &regs,
-            libc::SYS_prctl as u64,
-            [PR_GET_TID_ADDRESS, tid_address, 0],
-        )
-        .map_err(|e| (9, e))?,
-    )?;
+    let injected = inject(
+        tid,
+        &regs,
+        libc::SYS_sigaltstack as u64,
+        [0, alt, 0],
+        signal,
+    )
+    .map_err(|e| (8, e))
+    .and_then(|r| ok(8, r))
+    .and_then(|_| {
+        let args = [PR_GET_TID_ADDRESS, tid_address, 0];
+        inject(tid, &regs, libc::SYS_prctl as u64, args, signal)
+            .map_err(|e| (9, e))
+            .and_then(|r| ok(9, r))
+    });
+    // The thread goes on with its own registers whatever happens next (the helper killed
+    // included): never from the gadget.
+    let set = sys::ptrace(PTRACE_SETREGS, tid, 0, resume.as_ptr() as u64);
+    injected?;
+    ok(8, set)?;
     // Into our memory, word by word (no allocation in the helper).
     let put = |off: usize, w: &[u64]| {
         for (i, v) in w.iter().enumerate() {
@@ -372,10 +428,21 @@ fn capture_one(
     Ok(())
 }
 
-/// Waits until `tid` is in a ptrace stop that `want(status)` accepts, letting other stops go on.
-fn wait_stop(tid: i32, want: impl Fn(i32) -> bool) -> Result<(), u32> {
+/// Waits until `tid` is in a ptrace stop that `want(status)` accepts. Other stops go on with
+/// `request` (PTRACE_CONT, or PTRACE_SYSCALL while a system call is injected): a signal about to
+/// be delivered is delivered at once with PTRACE_CONT, and otherwise kept in `signal` for the
+/// detach (no handler may run at the gadget).
+fn wait_stop(
+    tid: i32,
+    request: u32,
+    want: impl Fn(i32) -> bool,
+    signal: &mut u64,
+) -> Result<(), u32> {
     for _ in 0..64 {
         let (r, status) = sys::wait4(tid, libc::__WALL);
+        if r == -(libc::EINTR as i64) {
+            continue;
+        }
         if r < 0 {
             return Err((-r) as u32);
         }
@@ -385,16 +452,32 @@ fn wait_stop(tid: i32, want: impl Fn(i32) -> bool) -> Result<(), u32> {
         if want(status) {
             return Ok(());
         }
-        // Another stop (a signal about to be delivered): let it continue with its signal.
-        let sig = (status >> 8) & 0xff;
-        let sig = if status >> 16 == 0 { sig } else { 0 };
-        sys::ptrace(PTRACE_CONT, tid, 0, sig as u64);
+        let sig = if status >> 16 == 0 {
+            ((status >> 8) & 0xff) as u64
+        } else {
+            0
+        };
+        let pass = if request == PTRACE_CONT {
+            sig
+        } else {
+            if sig != 0 {
+                *signal = sig;
+            }
+            0
+        };
+        sys::ptrace(request, tid, 0, pass);
     }
     Err(libc::EAGAIN as u32)
 }
 
 /// Runs one system call in the stopped thread at our `syscall` instruction: its result.
-fn inject(tid: i32, regs: &[u64; NREGS], nr: u64, args: [u64; 3]) -> Result<i64, u32> {
+fn inject(
+    tid: i32,
+    regs: &[u64; NREGS],
+    nr: u64,
+    args: [u64; 3],
+    signal: &mut u64,
+) -> Result<i64, u32> {
     let mut r = *regs;
     r[RIP] = sys::syscall_gadget();
     r[RAX] = nr;
@@ -409,7 +492,7 @@ fn inject(tid: i32, regs: &[u64; NREGS], nr: u64, args: [u64; 3]) -> Result<i64,
     for _ in 0..2 {
         // Entry, then exit.
         check(sys::ptrace(PTRACE_SYSCALL, tid, 0, 0))?;
-        wait_stop(tid, syscall_stop)?;
+        wait_stop(tid, PTRACE_SYSCALL, syscall_stop, signal)?;
     }
     let mut out = [0u64; NREGS];
     check(sys::ptrace(PTRACE_GETREGS, tid, 0, out.as_mut_ptr() as u64))?;
@@ -442,8 +525,6 @@ const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 /// One thread as the helper captured it.
 #[derive(Debug, Clone)]
 pub(crate) struct Captured {
-    step: u32,
-    errno: u32,
     pub regs: [u64; NREGS],
     pub resume: [u64; NREGS],
     pub sigmask: u64,
@@ -462,8 +543,6 @@ impl Captured {
             }
         };
         let mut c = Captured {
-            step: u32::from_ne_bytes(b[0..4].try_into().expect("4")),
-            errno: u32::from_ne_bytes(b[4..8].try_into().expect("4")),
             regs: [0; NREGS],
             resume: [0; NREGS],
             sigmask: word(std::mem::offset_of!(Slot, sigmask)),

@@ -152,9 +152,59 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     ));
                 }
             }
-            FdKind::Inotify(i) => bound("inotify watches", i.watches.len(), MAX_FILES)?,
+            FdKind::Inotify(i) => {
+                bound("inotify watches", i.watches.len(), MAX_FILES)?;
+                // Placeholders are added up to each number: bounded, increasing.
+                let mut prev = 0;
+                for w in &i.watches {
+                    if w.wd <= prev || w.wd > crate::state::inotify::MAX_WD {
+                        return Err(format!("fd {}: inotify watch number {}", f.fd, w.wd));
+                    }
+                    prev = w.wd;
+                }
+            }
+            FdKind::Pidfd(p) if !tids.contains(&p.pid) => {
+                return Err(format!(
+                    "fd {}: a pidfd of {}, not of this process",
+                    f.fd, p.pid
+                ));
+            }
             _ => {}
         }
+    }
+    // Socket pairs: at most two ends, of one type.
+    let mut pairs: std::collections::BTreeMap<u64, (BTreeSet<u64>, i32)> = Default::default();
+    for f in &m.files {
+        if let FdKind::Socket(crate::state::sockets::Socket::Pair(p)) = &f.kind {
+            let e = pairs
+                .entry(p.pair)
+                .or_insert_with(|| (BTreeSet::new(), p.ty));
+            e.0.insert(p.ino);
+            if e.0.len() > 2 || e.1 != p.ty {
+                return Err(format!(
+                    "socket pair {}: more than two ends, or of two types",
+                    p.pair
+                ));
+            }
+        }
+    }
+    // Memory page runs: whole pages of the payload, each byte in one run only (lazy filling
+    // finds a page's bytes by arithmetic on these).
+    let mut ranges: Vec<(u64, u64)> = m
+        .memory
+        .iter()
+        .flat_map(|v| v.pages.iter())
+        .map(|r| (r.payload.offset, r.payload.len))
+        .collect();
+    ranges.sort_unstable();
+    let mut end = 0;
+    for (off, len) in ranges {
+        if !off.is_multiple_of(page) || off < end {
+            return Err(format!(
+                "payload range {off:#x}+{len:#x} is misaligned or shared"
+            ));
+        }
+        end = off + len;
     }
     // Times that cannot be shown or compared (file identities hold nanoseconds).
     let plausible = |ns: i128| i64::try_from(ns).is_ok();

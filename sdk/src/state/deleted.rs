@@ -90,17 +90,28 @@ pub(crate) fn max_from_env() -> Option<u64> {
 }
 
 /// The object id of a deleted file: distinct from memfd and shared anonymous objects (inode
-/// numbers of the kernel's internal file system) and from files with the same inode number on
-/// other devices.
-pub fn object_id(dev: u64, ino: u64) -> u64 {
-    (ino ^ dev.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1 << 63
+/// numbers of the kernel's internal file system). The device is not part of it: /proc's maps name
+/// a file system's superblock, fstat a btrfs subvolume's own device, and the descriptor and the
+/// mapping of one file must meet.
+pub fn object_id(_dev: u64, ino: u64) -> u64 {
+    ino | 1 << 63
 }
 
 /// Whether `target` (a /proc link) names a deleted regular file; its path if so.
 pub(crate) fn deleted_path(target: &str) -> Option<&str> {
+    // Kernel objects show so too: AIO rings ("/[aio]"), shared anonymous huge pages
+    // ("/anon_hugepage"), GPU buffers ("/drm mm object", dma-bufs).
+    const KERNEL: [&str; 6] = [
+        "/memfd:",
+        "/dev/zero",
+        "/[",
+        "/anon_hugepage",
+        "/drm",
+        "/dmabuf",
+    ];
     target
         .strip_suffix(" (deleted)")
-        .filter(|p| p.starts_with('/') && !p.starts_with("/memfd:") && !p.starts_with("/dev/zero"))
+        .filter(|p| p.starts_with('/') && !KERNEL.iter().any(|k| p.starts_with(k)))
 }
 
 /// Why a deleted file at `path` of `size` bytes is not kept, if it is not.
@@ -161,7 +172,7 @@ mod tests {
 
     #[test]
     fn ids_differ_from_inode_numbers_and_across_devices() {
-        assert_ne!(object_id(1, 5), object_id(2, 5));
+        assert_eq!(object_id(1, 5), object_id(2, 5));
         assert_ne!(object_id(1, 5), 5);
         assert!(object_id(0, 5) >= 1 << 63);
     }

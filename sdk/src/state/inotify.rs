@@ -30,7 +30,7 @@ pub struct Watch {
 }
 
 /// The largest watch descriptor number restored (placeholders are added up to it).
-const MAX_WD: i32 = 1 << 16;
+pub const MAX_WD: i32 = 1 << 16;
 
 /// The `inotify wd:` lines of an inotify descriptor's fdinfo.
 pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
@@ -42,7 +42,8 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         };
         let hex = |key: &str| field(key).and_then(|v| u64::from_str_radix(v, 16).ok());
         let (Some(wd), Some(ino), Some(sdev), Some(mask), Some(ty), Some(handle)) = (
-            field("wd").and_then(|v| v.parse::<i32>().ok()),
+            // The kernel prints watch numbers in hex, like everything else on the line.
+            field("wd").and_then(|v| i32::from_str_radix(v, 16).ok()),
             hex("ino"),
             hex("sdev"),
             hex("mask"),
@@ -160,9 +161,11 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn same_inode(path: &str, dev: u64, ino: u64) -> bool {
+/// Whether `path` is the watched inode. The device is not compared: /proc names a file system's
+/// superblock, stat a btrfs subvolume's own device (the handle decides between file systems).
+fn same_inode(path: &str, _dev: u64, ino: u64) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    std::fs::metadata(path).is_ok_and(|m| m.ino() == ino)
 }
 
 impl Inotify {
@@ -230,13 +233,13 @@ mod tests {
 
     #[test]
     fn fdinfo_lines() {
-        let info = "pos:\t0\nflags:\t02004000\ninotify wd:3 ino:9a2088 sdev:fe00000 mask:100 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:88209a005d366a10\n";
+        let info = "pos:\t0\nflags:\t02004000\ninotify wd:1a ino:9a2088 sdev:fe00000 mask:100 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:88209a005d366a10\n";
         let i = dump(info).unwrap();
         assert_eq!(i.watches.len(), 1);
         let w = &i.watches[0];
         assert_eq!(
             (w.wd, w.ino, w.mask, w.handle_type),
-            (3, 0x9a2088, 0x100, 1)
+            (26, 0x9a2088, 0x100, 1)
         );
         assert_eq!(libc::major(w.dev), 254);
         assert_eq!(w.handle, vec![0x88, 0x20, 0x9a, 0, 0x5d, 0x36, 0x6a, 0x10]);

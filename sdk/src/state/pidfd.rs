@@ -24,8 +24,10 @@ pub(crate) fn classify(info: &str, flags: u32) -> Result<Pidfd, String> {
     let own = pid == crate::sys::getpid()
         || (pid > 0 && std::path::Path::new(&format!("/proc/self/task/{pid}")).exists());
     if !own {
-        return Err(if pid <= 0 {
+        return Err(if pid < 0 {
             "a pidfd of a process that has exited".to_owned()
+        } else if pid == 0 {
+            "a pidfd of a process outside this PID namespace".to_owned()
         } else {
             format!("a pidfd of process {pid}, which is not restored with this one (pidfds of the process itself and its threads are)")
         });

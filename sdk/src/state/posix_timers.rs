@@ -30,7 +30,12 @@ const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 /// The process's timers from /proc/self/timers (times not read yet); `Err` names a timer that
 /// cannot be restored.
 pub(crate) fn list() -> Result<Vec<PosixTimer>, String> {
-    let text = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
+    let text = match std::fs::read_to_string("/proc/self/timers") {
+        Ok(t) => t,
+        // Without CONFIG_CHECKPOINT_RESTORE the kernel has no such file: nothing can be known.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read /proc/self/timers: {e}")),
+    };
     let me = crate::sys::getpid();
     let mut out: Vec<PosixTimer> = Vec::new();
     for line in text.lines() {
@@ -47,9 +52,11 @@ pub(crate) fn list() -> Result<Vec<PosixTimer>, String> {
         let Some(t) = out.last_mut() else { continue };
         if let Some(v) = line.strip_prefix("signal: ") {
             // "SIGNO/VALUE" (the value in hex).
-            let (signo, value) = v.trim().split_once('/').unwrap_or((v, "0"));
-            t.signo = signo.parse().unwrap_or(0);
-            t.value = u64::from_str_radix(value, 16).unwrap_or(0);
+            let parsed = v.trim().split_once('/').and_then(|(signo, value)| {
+                Some((signo.parse().ok()?, u64::from_str_radix(value, 16).ok()?))
+            });
+            (t.signo, t.value) =
+                parsed.ok_or_else(|| format!("POSIX timer {}: cannot read {v:?}", t.id))?;
         } else if let Some(v) = line.strip_prefix("notify: ") {
             // "signal/pid.N", "signal/tid.N" (SIGEV_THREAD_ID), "none/pid.N".
             let (kind, target) = v.trim().split_once('/').unwrap_or((v, ""));
@@ -78,13 +85,19 @@ pub(crate) fn list() -> Result<Vec<PosixTimer>, String> {
                 return Err(format!("POSIX timer {}: it signals process {who}", t.id));
             }
         } else if let Some(v) = line.strip_prefix("ClockID: ") {
-            t.clock = v.trim().parse().unwrap_or(0);
+            t.clock = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("POSIX timer {}: cannot read its clock {v:?}", t.id))?;
         }
     }
     Ok(out)
 }
 
-/// timer_gettime(id): (value, interval) in ns. Async-signal-safe.
+/// Marks a timer `read` could not read (deleted meanwhile).
+pub const GONE: u64 = u64::MAX;
+
+/// timer_gettime(id): (value, interval) in ns, or ([`GONE`], 0). Async-signal-safe.
 pub fn read(id: i32) -> (u64, u64) {
     let mut its = [0i64; 4];
     let r = crate::sys::syscall6(
@@ -92,7 +105,7 @@ pub fn read(id: i32) -> (u64, u64) {
         [id as u64, its.as_mut_ptr() as u64, 0, 0, 0, 0],
     );
     if r < 0 {
-        return (0, 0);
+        return (GONE, 0);
     }
     let ns = |s: i64, n: i64| (s.max(0) as u64) * 1_000_000_000 + n.max(0) as u64;
     (ns(its[2], its[3]), ns(its[0], its[1]))

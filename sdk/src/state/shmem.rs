@@ -429,7 +429,37 @@ pub(crate) fn copies(
             Some((_, fd)) => Some(format!("/proc/self/fd/{fd}")),
             None => map_files.get(&id).cloned(),
         };
-        let own = source.and_then(|p| std::fs::File::open(p).ok().map(OwnedFd::from));
+        let held = fds.iter().any(|(x, _)| *x == id);
+        let own = match source.map(std::fs::File::open) {
+            Some(Ok(f)) => Some(OwnedFd::from(f)),
+            // The process holds a descriptor but its mode lets nobody read it (fchmod 0200):
+            // nothing could be copied, so say so instead of saving it empty.
+            Some(Err(e)) if held => {
+                refused.push(format!(
+                    "{}: cannot open it to copy its contents: {e}",
+                    describe(o.name.as_deref(), o.file.as_ref())
+                ));
+                continue;
+            }
+            _ => None,
+        };
+        // A kernel object that only looks like a deleted file (an AIO ring, a GPU buffer).
+        if o.file.is_some() {
+            if let Some(f) = &own {
+                let regular = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                    .is_ok_and(|m| m.is_file());
+                if !regular {
+                    refused.push(format!(
+                        "{}: a mapping of a kernel object, not of a file",
+                        private
+                            .get(&id)
+                            .cloned()
+                            .unwrap_or_else(|| describe(None, o.file.as_ref()))
+                    ));
+                    continue;
+                }
+            }
+        }
         let size = match &own {
             Some(f) => std::fs::File::from(f.try_clone()?).metadata()?.len(),
             None => o
