@@ -198,7 +198,7 @@ fn unsupported_state_is_named_and_the_application_continues() {
         "{out}"
     );
     assert!(
-        out.contains(".cwd (deleted) was deleted (it could not be entered again at restore)"),
+        out.contains("/fdinfo is in /proc: it could not be entered again at restore"),
         "{out}"
     );
     assert!(
@@ -503,6 +503,7 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
                 "private mapping: its page over the file's",
                 "shared mapping names the deleted file",
                 "private mapping still maps the file",
+                "the deleted working directory, deleted again",
             ],
         );
         // Nothing is left in the directory: every file is unlinked again.

@@ -89,6 +89,11 @@ fn main() {
         *shared.add(8192) = 0xdd;
     }
     std::fs::remove_file(&c_path).unwrap();
+    // A working directory that was deleted.
+    let cwd = dir.join("gone-cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    std::env::set_current_dir(&cwd).unwrap();
+    std::fs::remove_dir(&cwd).unwrap();
 
     common::checkpoint();
     let mut ck = common::Checks::default();
@@ -140,6 +145,12 @@ fn main() {
         "private mapping still maps the file",
         seen == 0x11,
         format!("{seen:#x}"),
+    );
+    let now = std::fs::read_link("/proc/self/cwd").unwrap();
+    ck.check(
+        "the deleted working directory, deleted again",
+        now.to_string_lossy() == format!("{} (deleted)", cwd.display()) && !cwd.exists(),
+        now.display(),
     );
     ck.finish();
 }

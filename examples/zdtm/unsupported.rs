@@ -1,5 +1,5 @@
 //! A process holding state thaw cannot restore (a UDP socket, System V shared memory, a pipe to
-//! a child process, the child itself, a seccomp filter, a deleted working directory, a /proc
+//! a child process, the child itself, a seccomp filter, a working directory in /proc, a /proc
 //! file): the
 //! checkpoint fails with an error naming each item, and the application keeps running.
 
@@ -45,11 +45,8 @@ fn main() {
     assert_eq!(r, 0, "seccomp filter");
     // A /proc file.
     let status = std::fs::File::open("/proc/self/status").unwrap();
-    // A working directory that is gone.
-    let gone = format!("{image}.cwd");
-    std::fs::create_dir(&gone).unwrap();
-    std::env::set_current_dir(&gone).unwrap();
-    std::fs::remove_dir(&gone).unwrap();
+    // A working directory in /proc.
+    std::env::set_current_dir("/proc/self/fdinfo").unwrap();
     match thaw::Checkpoint::to(&image).save() {
         Ok(_) => {
             println!("unexpectedly saved");

@@ -11,6 +11,9 @@ pub struct Process {
     /// Thread-group leader's name (`/proc/<pid>/comm`).
     pub comm: String,
     pub cwd: String,
+    /// The working directory was deleted (`cwd` is where it was): made again there, entered
+    /// and removed at restore.
+    pub cwd_deleted: bool,
     pub umask: u32,
     pub personality: u32,
     pub dumpable: u32,
@@ -64,7 +67,11 @@ impl Process {
             comm: procfs::read(child, "comm")?
                 .trim_end_matches('\n')
                 .to_owned(),
-            cwd: cwd.to_string_lossy().into_owned(),
+            cwd_deleted: cwd.to_string_lossy().ends_with(" (deleted)"),
+            cwd: cwd
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned(),
             umask: procfs::field(&status, "Umask")
                 .and_then(|u| u32::from_str_radix(u, 8).ok())
                 .unwrap_or(0o022),
@@ -135,11 +142,27 @@ impl Process {
             [u64::from(self.umask), 0, 0, 0, 0, 0],
         );
         let cwd = plan.cstr(&self.cwd);
+        if self.cwd_deleted {
+            // Must not exist: entering and removing someone's directory of that name would be
+            // wrong; a clear failure instead.
+            plan.syscall(
+                format!("make the deleted working directory {} again", self.cwd),
+                libc::SYS_mkdir,
+                [cwd, 0o700, 0, 0, 0, 0],
+            );
+        }
         plan.syscall(
             format!("chdir {}", self.cwd),
             libc::SYS_chdir,
             [cwd, 0, 0, 0, 0, 0],
         );
+        if self.cwd_deleted {
+            plan.syscall(
+                format!("delete the working directory {} again", self.cwd),
+                libc::SYS_rmdir,
+                [cwd, 0, 0, 0, 0, 0],
+            );
+        }
         plan.syscall(
             format!("personality {:#x}", self.personality),
             libc::SYS_personality,
@@ -232,9 +255,11 @@ pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
     let mut why = Vec::new();
     if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
         let cwd = cwd.to_string_lossy();
-        if cwd.ends_with(" (deleted)") {
+        // A deleted one is made again at restore; one under a process's /proc directory cannot
+        // be.
+        if cwd.starts_with("/proc/") {
             why.push(format!(
-                "the working directory {cwd} was deleted (it could not be entered again at restore)"
+                "the working directory {cwd} is in /proc: it could not be entered again at restore"
             ));
         }
     }
