@@ -425,7 +425,8 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
         if o.status.success() {
             assert_all_ok(&o, &all);
         } else {
-            assert_eq!(o.status.code(), Some(68), "{}", text(&o));
+            // Refused before anything runs (ns mode), or failed at the step that sets it.
+            assert!(matches!(o.status.code(), Some(67 | 68)), "{}", text(&o));
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(err.contains(&format!("login uid {image_uid}")), "{err}");
         }

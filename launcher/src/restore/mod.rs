@@ -114,6 +114,33 @@ fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
     Ok(target)
 }
 
+/// In ns mode only the caller's own uid and gid are mapped: anything else the process would see
+/// as its own (a deleted file's owner, the login uid) would show as the overflow id 65534.
+/// Refused by name instead of restored subtly wrong.
+fn ns_identities(m: &thaw::Manifest) -> Result<()> {
+    let (uid, gid) = (sys::geteuid(), sys::getegid());
+    for o in &m.shared {
+        if let Some(f) = &o.file {
+            if (f.uid, f.gid) != (uid, gid) {
+                return Err(refused(format!(
+                    "the deleted file {} is owned by {}:{}, which a namespace restore cannot show (only your own ids, {uid}:{gid}, are mapped); use --pid-mode host",
+                    f.path, f.uid, f.gid
+                )));
+            }
+        }
+    }
+    if m.process.loginuid != u32::MAX && m.process.loginuid != uid {
+        let mine = thaw::state::process::loginuid();
+        if mine != m.process.loginuid {
+            return Err(refused(format!(
+                "the login uid {} cannot be set in a namespace restore (only your own uid, {uid}, is mapped); use --pid-mode host",
+                m.process.loginuid
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Host mode needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) in the user namespace that owns the
 /// caller's PID namespace: a launcher whose capabilities belong to another user namespace (inside a
 /// container, say) must not create processes with chosen PIDs there.
@@ -724,6 +751,9 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
     let pid = m.process.pid;
     let mode = req.pid_mode;
     let timens = timens::decide(&m.clocks, mode, req.allow_clock_jump)?;
+    if mode == PidMode::Ns {
+        ns_identities(m)?;
+    }
     let fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
