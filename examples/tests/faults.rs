@@ -112,3 +112,55 @@ fn a_checkpoint_killed_midway_leaves_nothing_behind() {
     }
     eprintln!("checkpoint killed midway: {} trials, {nothing} left nothing, {complete} left a complete image, 0 left anything else", trials());
 }
+
+#[test]
+fn sigterm_to_the_launcher_at_any_moment_ends_the_restore_cleanly() {
+    // Before the process exists the launcher ends by the signal (nothing to forward, nothing
+    // left behind); once it exists the signal is forwarded and the launcher exits with the
+    // process's status. Either way no process of the image remains.
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pattern", "t.thaw", &["64"]);
+    let pid = env.manifest(&img).process.pid;
+    let mode: &[&str] = if is_root() {
+        &["--eager"]
+    } else {
+        &["--pid-mode", "ns"]
+    };
+    let (mut early, mut forwarded, mut finished) = (0, 0, 0);
+    for trial in 0..trials() {
+        let mut launcher = env
+            .restore_cmd(&img, mode, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Fault injection, not synchronisation: any moment must be safe.
+        std::thread::sleep(delay(trial, 150_000));
+        // SAFETY: SIGTERM to our own child.
+        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+        let status = launcher.wait().unwrap();
+        let mut out = String::new();
+        launcher
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(!out.contains("FAIL"), "trial {trial}: {out}");
+        use std::os::unix::process::ExitStatusExt;
+        match (status.signal(), status.code()) {
+            (Some(libc::SIGTERM), _) => early += 1,
+            (_, Some(143)) => forwarded += 1,
+            (_, Some(0)) if out.contains("ok pattern") => finished += 1,
+            other => panic!("trial {trial}: launcher ended with {other:?}: {out}"),
+        }
+        // End of file above means every holder of the pipe is gone: the process too.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| !c.starts_with("zdtm-pattern")),
+            "trial {trial}: process {pid} left behind"
+        );
+    }
+    eprintln!("SIGTERM to thaw run: {} trials, {early} ended the launcher before the process existed, {forwarded} were forwarded to the process, {finished} came after it finished; none left a process behind", trials());
+}
