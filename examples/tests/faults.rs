@@ -164,3 +164,62 @@ fn sigterm_to_the_launcher_at_any_moment_ends_the_restore_cleanly() {
     }
     eprintln!("SIGTERM to thaw run: {} trials, {early} ended the launcher before the process existed, {forwarded} were forwarded to the process, {finished} came after it finished; none left a process behind", trials());
 }
+
+#[test]
+fn sequential_and_concurrent_restores_leave_nothing_behind() {
+    // THAW_FAULT_TRIALS sequential restores (lazy as root, else in a namespace), then as many
+    // concurrent namespace restores as nobody: each answers, and afterwards no process of the
+    // image and nothing in the image's directory but the image and its keys remains.
+    let env = Env::for_nobody();
+    let img = env.checkpoint("zdtm-pattern", "s.thaw", &["8"]);
+    let pid = env.manifest(&img).process.pid;
+    // (An unprivileged caller's copy of the launcher joins the programs there on first use.)
+    let files = || {
+        std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "thaw")
+            .count()
+    };
+    let before = files();
+    let n = trials();
+    let mode: &[&str] = if is_root() {
+        &["--pid-mode", "host"]
+    } else {
+        &["--pid-mode", "ns"]
+    };
+    for _ in 0..n {
+        // The image is nobody's; root restores it as itself only with --as-caller.
+        let o = if is_root() {
+            let mut c = command(&bin("thaw"));
+            c.args(["run", "--as-caller", "--trust"])
+                .arg(&env.pubkey)
+                .args(mode)
+                .arg(&img);
+            c.output().unwrap()
+        } else {
+            env.restore(&img, mode, &[])
+        };
+        assert_all_ok(&o, &["pattern"]);
+    }
+    let children: Vec<_> = (0..n.min(64))
+        .map(|_| {
+            env.restore_cmd(&img, &["--pid-mode", "ns"], &[])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let concurrent = children.len();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_all_ok(&o, &["pattern"]);
+    }
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_or(true, |c| !c.starts_with("zdtm-pattern")),
+        "process {pid} left behind"
+    );
+    assert_eq!(before, files(), "files left in the image's directory");
+    eprintln!("restores: {n} sequential ({}) and {concurrent} concurrent in namespaces as nobody: all answered, nothing left behind", if is_root() { "lazy, host mode" } else { "ns mode" });
+}
