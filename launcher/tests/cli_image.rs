@@ -270,6 +270,17 @@ fn bad_inputs_get_one_line_and_the_right_exit_code() {
         CORRUPT,
         "not a regular file",
     );
+    // A FIFO where the image should be: refused at once, never waited on.
+    assert!(Command::new("mkfifo")
+        .arg(d.join("fifo.thaw"))
+        .status()
+        .unwrap()
+        .success());
+    expect_failure(
+        &thaw(d, &["verify", "--trust", "k.pub", "fifo.thaw"]),
+        CORRUPT,
+        "not a regular file",
+    );
     assert_eq!(thaw(d, &["verify"]).status.code(), Some(USAGE));
     assert_eq!(thaw(d, &["frobnicate"]).status.code(), Some(USAGE));
 }

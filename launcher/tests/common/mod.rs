@@ -67,6 +67,15 @@ pub fn sample_manifest() -> Manifest {
     m.platform.kernel_release = "6.18.0-test".into();
     m.mm.exe.path = "/usr/bin/sample".into();
     m.creds.groups = vec![100, 101];
+    // A valid manifest names its threads; their frames and the restore cell lie in the sample's
+    // writable mapping.
+    m.process.checkpoint_tid = 31337;
+    m.process.restore_cell = 0x7f00_0000_0100;
+    m.threads.push(thaw::state::threads::ThreadState {
+        tid: 31337,
+        sigframe: 0x7f00_0000_0200,
+        ..Default::default()
+    });
     m
 }
 

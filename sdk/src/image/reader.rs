@@ -45,7 +45,13 @@ impl ImageFile {
     /// Opens `path` and reads only what the signature covers, after checking every offset and
     /// length in the header against the file's size.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        let file = open_regular(path, false).map_err(|e| ImageError::io("cannot open", path, e))?;
+        let file = open_regular(path, false).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                ImageError::corrupt(path, "not a regular file")
+            } else {
+                ImageError::io("cannot open", path, e)
+            }
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| ImageError::io("cannot stat", path, e))?;
@@ -152,7 +158,10 @@ pub fn open_regular(path: &Path, write: bool) -> std::io::Result<File> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
     crate::sys::fcntl(f.as_raw_fd(), libc::F_SETFL, 0)?;
     Ok(f)
