@@ -385,7 +385,8 @@ fn capture_one(
             rseq.as_mut_ptr() as u64,
         ),
     )?;
-    let resume = restarted(&regs);
+    let mut resume = restarted(&regs);
+    rseq_abort(tid, rseq[0], &mut resume);
     let alt = slot + std::mem::offset_of!(Slot, altstack) as u64;
     let tid_address = slot + std::mem::offset_of!(Slot, tid_address) as u64;
     let injected = inject(
@@ -497,6 +498,36 @@ fn inject(
     let mut out = [0u64; NREGS];
     check(sys::ptrace(PTRACE_GETREGS, tid, 0, out.as_mut_ptr() as u64))?;
     Ok(out[RAX] as i64)
+}
+
+const PTRACE_PEEKDATA: u32 = 2;
+const PTRACE_POKEDATA: u32 = 5;
+
+/// A thread stopped inside its rseq critical section goes on at the section's abort handler, as
+/// the kernel makes it do whenever it is preempted or signalled there (the injected system calls
+/// would otherwise let it resume mid-section, after the kernel forgot the section).
+fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
+    let peek = |addr: u64| {
+        let mut word = 0u64;
+        (sys::ptrace(PTRACE_PEEKDATA, tid, addr, &mut word as *mut u64 as u64) >= 0).then_some(word)
+    };
+    // struct rseq: cpu_id_start, cpu_id (u32 each), rseq_cs (u64) at offset 8.
+    let Some(cs) = (rseq != 0)
+        .then(|| peek(rseq + 8))
+        .flatten()
+        .filter(|&cs| cs != 0)
+    else {
+        return;
+    };
+    // struct rseq_cs: version, flags (u32 each), start_ip, post_commit_offset, abort_ip.
+    let (Some(start), Some(len), Some(abort)) = (peek(cs + 8), peek(cs + 16), peek(cs + 24)) else {
+        return;
+    };
+    let ip = regs[RIP];
+    if ip >= start && ip - start < len {
+        regs[RIP] = abort;
+        sys::ptrace(PTRACE_POKEDATA, tid, rseq + 8, 0);
+    }
 }
 
 /// The registers to go on with: a system call that was interrupted (ERESTARTSYS and friends)
