@@ -19,6 +19,33 @@ fn trials() -> u64 {
         .unwrap_or(30)
 }
 
+/// Starts `cmd` with its stdout captured, sends it `sig` after `delay` (fault injection, not
+/// synchronisation: any moment must be safe), and returns how it ended and everything written
+/// to that stdout (end of file: every holder of the pipe, the restored process too, is gone).
+fn signalled(
+    mut cmd: std::process::Command,
+    delay: Duration,
+    sig: i32,
+) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status, out)
+}
+
 /// A spread of delays over `0..max_us` microseconds, the same every run.
 fn delay(trial: u64, max_us: u64) -> Duration {
     Duration::from_micros(trial.wrapping_mul(7919) % max_us)
@@ -34,26 +61,13 @@ fn a_launcher_killed_while_filling_memory_takes_the_process_with_it() {
     let img = env.checkpoint("zdtm-pattern", "p.thaw", &["128"]);
     let (mut died, mut finished) = (0, 0);
     for trial in 0..trials() {
-        let mut launcher = env
-            .restore_cmd(&img, &["--pid-mode", "host"], &[])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Fault injection, not synchronisation: any moment must be safe.
-        std::thread::sleep(delay(trial, 60_000));
-        // SAFETY: SIGKILL to our own child.
-        unsafe { libc::kill(launcher.id() as i32, libc::SIGKILL) };
-        launcher.wait().unwrap();
-        // The restored process holds the pipe's write end as its stdout: end of file means it
-        // is gone, whether it finished its check or died with the launcher.
-        let mut out = String::new();
-        launcher
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        // The restored process holds the pipe's write end as its stdout: the output is complete
+        // once it is gone, whether it finished its check or died with the launcher.
+        let (_, out) = signalled(
+            env.restore_cmd(&img, &["--pid-mode", "host"], &[]),
+            delay(trial, 60_000),
+            libc::SIGKILL,
+        );
         assert!(
             !out.contains("FAIL"),
             "trial {trial}: the process ran on unfilled memory: {out}"
@@ -128,24 +142,11 @@ fn sigterm_to_the_launcher_at_any_moment_ends_the_restore_cleanly() {
     };
     let (mut early, mut forwarded, mut finished) = (0, 0, 0);
     for trial in 0..trials() {
-        let mut launcher = env
-            .restore_cmd(&img, mode, &[])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Fault injection, not synchronisation: any moment must be safe.
-        std::thread::sleep(delay(trial, 150_000));
-        // SAFETY: SIGTERM to our own child.
-        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
-        let status = launcher.wait().unwrap();
-        let mut out = String::new();
-        launcher
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        let (status, out) = signalled(
+            env.restore_cmd(&img, mode, &[]),
+            delay(trial, 150_000),
+            libc::SIGTERM,
+        );
         assert!(!out.contains("FAIL"), "trial {trial}: {out}");
         use std::os::unix::process::ExitStatusExt;
         match (status.signal(), status.code()) {

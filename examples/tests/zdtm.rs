@@ -539,9 +539,7 @@ fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() 
         return;
     }
     let env = Env::for_nobody();
-    let dir = env.path("files");
-    std::fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let dir = env.nobody_dir("files");
     let o = env.first_life("zdtm-deleted", "n.thaw", &[dir.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -616,9 +614,7 @@ fn inotify_watches_of_an_unprivileged_process_are_found_by_a_root_launcher() {
         return;
     }
     let env = Env::for_nobody();
-    let dir = env.path("w");
-    std::fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let dir = env.nobody_dir("w");
     let img = env.checkpoint("zdtm-inotify", "i.thaw", &[dir.to_str().unwrap()]);
     let o = command(&bin("thaw"))
         .args(["run", "--as-caller", "--trust"])

@@ -213,6 +213,14 @@ impl Env {
         c
     }
 
+    /// A directory `name` in the scratch directory that nobody owns (for programs run as nobody).
+    pub fn nobody_dir(&self, name: &str) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        dir
+    }
+
     pub fn restore(&self, image: &Path, opts: &[&str], args: &[&str]) -> Output {
         self.restore_cmd(image, opts, args).output().unwrap()
     }
