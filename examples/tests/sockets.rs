@@ -9,7 +9,9 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 19] = [
+const CHECKS: [&str; 21] = [
+    "bound datagram socket (path): receives again",
+    "bound datagram socket (abstract): receives again",
     "unused unix socket: still unconnected, connects",
     "stream pair: bytes queued to b",
     "stream pair: 100 KiB queued to a",

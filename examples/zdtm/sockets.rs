@@ -128,6 +128,17 @@ fn main() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         UnixListener::bind_addr(&addr).unwrap().into_raw_fd()
     };
+    // Datagram receivers bound to a path (its file is left behind when the first life exits:
+    // the restore replaces that stale file) and to an abstract name, nothing queued yet.
+    let dgram_path = format!("{image}.dgram");
+    let _ = std::fs::remove_file(&dgram_path);
+    let receiver = UnixDatagram::bind(&dgram_path).unwrap();
+    let abstract_dgram = format!("thaw-zdtm-dgram-{}", std::process::id());
+    let receiver_abs = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_dgram).unwrap();
+        UnixDatagram::bind_addr(&addr).unwrap()
+    };
     // An AF_UNIX socket made and not used yet (neither bound nor connected).
     // SAFETY: a new socket, ours.
     let fresh = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -285,6 +296,27 @@ fn main() {
             std::mem::size_of::<libc::sockaddr_un>() as u32,
         )
     };
+    let sender = UnixDatagram::unbound().unwrap();
+    let sent = sender.send_to(b"to the path", &dgram_path).is_ok();
+    let mut buf = [0u8; 32];
+    let got = receiver.recv(&mut buf).unwrap_or(0);
+    ch.check(
+        "bound datagram socket (path): receives again",
+        sent && &buf[..got] == b"to the path",
+        got,
+    );
+    let sent_abs = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_dgram).unwrap();
+        sender.send_to_addr(b"abstract", &addr).is_ok()
+    };
+    let got = receiver_abs.recv(&mut buf).unwrap_or(0);
+    ch.check(
+        "bound datagram socket (abstract): receives again",
+        sent_abs && &buf[..got] == b"abstract",
+        got,
+    );
+    let _ = std::fs::remove_file(&dgram_path);
     ch.check(
         "unused unix socket: still unconnected, connects",
         r == 0 && up.accept().is_ok(),

@@ -556,6 +556,14 @@ pub fn bind(fd: i32, addr: &[u8]) -> io::Result<()> {
     .map(drop)
 }
 
+pub fn connect(fd: i32, addr: &[u8]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_connect,
+        [fd as u64, addr.as_ptr() as u64, addr.len() as u64, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
 pub fn listen(fd: i32, backlog: i32) -> io::Result<()> {
     check(syscall6(
         libc::SYS_listen,

@@ -26,6 +26,9 @@ pub enum Socket {
     Listener(Listener),
     /// An AF_UNIX socket neither bound nor connected (made, not used yet): made again.
     Unconnected(Unconnected),
+    /// An AF_UNIX socket bound to an address, neither listening nor connected, nothing queued
+    /// (a datagram receiver waiting for its first message): made again and bound again.
+    Bound(Bound),
 }
 
 impl Socket {
@@ -34,8 +37,19 @@ impl Socket {
             Socket::Pair(p) => p.ino,
             Socket::Listener(l) => l.ino,
             Socket::Unconnected(u) => u.ino,
+            Socket::Bound(b) => b.sock.ino,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    pub sock: Unconnected,
+    /// The raw `struct sockaddr_un` it is bound to.
+    pub addr: Vec<u8>,
+    /// The inode of its socket file (path addresses): a file left at that path by the first life
+    /// is recognised as stale and replaced.
+    pub path_ino: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +91,8 @@ pub struct Listener {
     pub reuseport: bool,
     /// IPV6_V6ONLY (AF_INET6 only).
     pub v6only: bool,
+    /// The inode of its socket file (AF_UNIX path addresses; see [`Bound::path_ino`]).
+    pub path_ino: u64,
 }
 
 const RCV_SHUTDOWN: u8 = 1;
@@ -238,13 +254,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     if family == libc::AF_UNIX && addr[2] == b'/' {
                         // Bound again by path at restore: the path must still be this socket's.
                         let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
-                        let raw = &addr[2..];
-                        let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-                        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw);
-                        let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
-                            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                            m.file_type().is_socket() && Some(m.ino()) == bound
-                        });
+                        let same = bound.is_some_and(|v| path_is_socket(&addr, v));
                         if !same {
                             return refuse(format!(
                                 "listening on {:?}, whose socket file was removed or replaced since it was bound: it cannot be bound again as the same socket",
@@ -252,6 +262,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             ));
                         }
                     }
+                    let path_ino = unix
+                        .as_ref()
+                        .ok()
+                        .and_then(|m| m.get(&ino))
+                        .and_then(|d| d.vfs_ino)
+                        .filter(|_| family == libc::AF_UNIX && addr.get(2) == Some(&b'/'))
+                        .unwrap_or(0);
                     return Ok(Socket::Listener(Listener {
                         ino,
                         family,
@@ -269,7 +286,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             )
                             .unwrap_or(0)
                                 != 0,
-                    }));
+                                            path_ino,
+}));
                 }
                 if family != libc::AF_UNIX {
                     return refuse(format!(
@@ -292,9 +310,42 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     }
                 };
                 if d.name.as_ref().is_some_and(|n| !n.is_empty()) {
-                    return refuse(
-                        "bound AF_UNIX sockets are supported only while listening".into(),
-                    );
+                    if d.peer != 0 || d.shutdown != 0 || d.rqueue != 0 {
+                        return refuse(
+                            "a bound AF_UNIX socket that is connected, shut down or has messages queued is not restored".into(),
+                        );
+                    }
+                    let addr = crate::sys::getsockname(fd)
+                        .map_err(|e| (FdClass::Socket, format!("getsockname: {e}")))?;
+                    let path_ino = if addr.get(2).is_some_and(|&b| b == b'/') {
+                        // Bound again by path at restore: the path must still be this socket's.
+                        let same = d.vfs_ino.is_some_and(|v| path_is_socket(&addr, v));
+                        if !same {
+                            return refuse(format!(
+                                "bound to {:?}, whose socket file was removed or replaced since: it cannot be bound again as the same socket",
+                                describe(&addr)
+                            ));
+                        }
+                        d.vfs_ino.unwrap_or(0)
+                    } else if addr.get(2).is_some_and(|&b| b == 0) {
+                        0
+                    } else {
+                        return refuse(format!(
+                            "bound to the relative path {:?}: bind to an absolute path",
+                            describe(&addr)
+                        ));
+                    };
+                    return Ok(Socket::Bound(Bound {
+                        sock: Unconnected {
+                            ino,
+                            ty,
+                            sndbuf: opt(libc::SO_SNDBUF),
+                            rcvbuf: opt(libc::SO_RCVBUF),
+                            passcred: opt(libc::SO_PASSCRED) != 0,
+                        },
+                        addr,
+                        path_ino,
+                    }));
                 }
                 if d.peer == 0 && d.shutdown == 0 && d.rqueue == 0 {
                     return Ok(Socket::Unconnected(Unconnected {
@@ -342,7 +393,7 @@ pub fn recreate(
     let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
     let ends = sockets.iter().filter_map(|s| match s {
         Socket::Pair(p) => Some(p),
-        Socket::Listener(_) | Socket::Unconnected(_) => None,
+        Socket::Listener(_) | Socket::Unconnected(_) | Socket::Bound(_) => None,
     });
     for e in ends {
         let v = pairs.entry(e.pair).or_default();
@@ -407,6 +458,23 @@ pub fn recreate(
                 v.insert(listener(l, given)?);
             }
         }
+        if let Socket::Bound(b) = s {
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(b.sock.ino) {
+                let u = &b.sock;
+                let what = describe(&b.addr);
+                let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
+                    .map_err(|e| format!("socket {what}: cannot create it: {e}"))?;
+                set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
+                bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
+                    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                        format!("socket {what}: the address is in use (stop what holds it)")
+                    } else {
+                        format!("socket {what}: cannot bind: {e}")
+                    }
+                })?;
+                v.insert(sock);
+            }
+        }
         if let Socket::Unconnected(u) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
                 let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
@@ -417,6 +485,40 @@ pub fn recreate(
         }
     }
     Ok(out)
+}
+
+/// The path of a `sockaddr_un` bound to a path.
+fn sun_path(addr: &[u8]) -> &std::path::Path {
+    let raw = addr.get(2..).unwrap_or(&[]);
+    let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+    std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw))
+}
+
+/// Whether the path `addr` is bound to is a socket file with inode `ino`.
+fn path_is_socket(addr: &[u8], ino: u64) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(sun_path(addr))
+        .is_ok_and(|m| m.file_type().is_socket() && m.ino() == ino)
+}
+
+/// Binds `fd` to `addr`. A socket file at that path that is the first life's own (`path_ino`)
+/// and that nothing is bound to any more (connecting is refused) is stale: it is replaced.
+fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<()> {
+    match crate::sys::bind(fd, addr) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && path_ino != 0 => {
+            let probe = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
+            let refused = crate::sys::connect(probe.as_raw_fd(), addr)
+                .err()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
+            if refused && path_is_socket(addr, path_ino) {
+                std::fs::remove_file(sun_path(addr))?;
+                crate::sys::bind(fd, addr)
+            } else {
+                Err(e)
+            }
+        }
+        r => r,
+    }
 }
 
 /// Buffer sizes (the kernel doubles what it is given; best effort, as the caller's limits may
@@ -494,7 +596,7 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     if l.family == libc::AF_INET6 {
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, l.v6only)?;
     }
-    crate::sys::bind(fd, &l.addr).map_err(|e| {
+    bind_replacing_stale(fd, &l.addr, l.path_ino).map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
