@@ -9,7 +9,8 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 21] = [
+const CHECKS: [&str; 22] = [
+    "datagram client connected by name: sends again",
     "bound datagram socket (path): receives again",
     "bound datagram socket (abstract): receives again",
     "unused unix socket: still unconnected, connects",

@@ -139,6 +139,9 @@ fn main() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_dgram).unwrap();
         UnixDatagram::bind_addr(&addr).unwrap()
     };
+    // A client connected to the receiver by its name, as glibc's syslog is to /dev/log.
+    let syslog_like = UnixDatagram::unbound().unwrap();
+    syslog_like.connect(&dgram_path).unwrap();
     // An AF_UNIX socket made and not used yet (neither bound nor connected).
     // SAFETY: a new socket, ours.
     let fresh = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -314,6 +317,13 @@ fn main() {
     ch.check(
         "bound datagram socket (abstract): receives again",
         sent_abs && &buf[..got] == b"abstract",
+        got,
+    );
+    let sent = syslog_like.send(b"by name").is_ok();
+    let got = receiver.recv(&mut buf).unwrap_or(0);
+    ch.check(
+        "datagram client connected by name: sends again",
+        sent && &buf[..got] == b"by name",
         got,
     );
     let _ = std::fs::remove_file(&dgram_path);

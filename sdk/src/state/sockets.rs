@@ -26,8 +26,9 @@ pub enum Socket {
     Listener(Listener),
     /// An AF_UNIX socket neither bound nor connected (made, not used yet): made again.
     Unconnected(Unconnected),
-    /// An AF_UNIX socket bound to an address, neither listening nor connected, nothing queued
-    /// (a datagram receiver waiting for its first message): made again and bound again.
+    /// An AF_UNIX socket bound to an address (a datagram receiver), and/or a datagram socket
+    /// connected to a named one (a syslog client), nothing queued: made, bound and connected
+    /// again.
     Bound(Bound),
 }
 
@@ -50,6 +51,9 @@ pub struct Bound {
     /// The inode of its socket file (path addresses): a file left at that path by the first life
     /// is recognised as stale and replaced.
     pub path_ino: u64,
+    /// A datagram socket's default destination (`connect`), by address: a named socket of this
+    /// process or another (glibc's `syslog` keeps one connected to /dev/log). Empty: none.
+    pub peer: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,15 +313,33 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         return refuse(format!("cannot ask the kernel about AF_UNIX sockets: {e}"))
                     }
                 };
-                if d.name.as_ref().is_some_and(|n| !n.is_empty()) {
-                    if d.peer != 0 || d.shutdown != 0 || d.rqueue != 0 {
+                // A datagram socket's peer is only its default destination: one with a name
+                // (bound by path or abstract name) is connected to again by that name.
+                let named_peer = (ty == libc::SOCK_DGRAM && d.peer != 0)
+                    .then(|| unix.as_ref().ok()?.get(&d.peer)?.name.clone())
+                    .flatten()
+                    .filter(|n| n.first().is_some_and(|&b| b == 0 || b == b'/'))
+                    .map(|n| {
+                        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                        a.extend_from_slice(&n);
+                        a
+                    });
+                let bound = d.name.as_ref().is_some_and(|n| !n.is_empty());
+                if bound || named_peer.is_some() {
+                    if (d.peer != 0 && named_peer.is_none()) || d.shutdown != 0 || d.rqueue != 0 {
                         return refuse(
                             "a bound AF_UNIX socket that is connected, shut down or has messages queued is not restored".into(),
                         );
                     }
-                    let addr = crate::sys::getsockname(fd)
-                        .map_err(|e| (FdClass::Socket, format!("getsockname: {e}")))?;
-                    let path_ino = if addr.get(2).is_some_and(|&b| b == b'/') {
+                    let addr = if bound {
+                        crate::sys::getsockname(fd)
+                            .map_err(|e| (FdClass::Socket, format!("getsockname: {e}")))?
+                    } else {
+                        Vec::new()
+                    };
+                    let path_ino = if !bound {
+                        0
+                    } else if addr.get(2).is_some_and(|&b| b == b'/') {
                         // Bound again by path at restore: the path must still be this socket's.
                         let same = d.vfs_ino.is_some_and(|v| path_is_socket(&addr, v));
                         if !same {
@@ -345,6 +367,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         },
                         addr,
                         path_ino,
+                        peer: named_peer.unwrap_or_default(),
                     }));
                 }
                 if d.peer == 0 && d.shutdown == 0 && d.rqueue == 0 {
@@ -461,17 +484,23 @@ pub fn recreate(
         if let Socket::Bound(b) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(b.sock.ino) {
                 let u = &b.sock;
-                let what = describe(&b.addr);
+                let what = if b.addr.is_empty() {
+                    format!("socket:[{}]", u.ino)
+                } else {
+                    describe(&b.addr)
+                };
                 let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
                     .map_err(|e| format!("socket {what}: cannot create it: {e}"))?;
                 set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
-                bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
-                    if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                        format!("socket {what}: the address is in use (stop what holds it)")
-                    } else {
-                        format!("socket {what}: cannot bind: {e}")
-                    }
-                })?;
+                if !b.addr.is_empty() {
+                    bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
+                        if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                            format!("socket {what}: the address is in use (stop what holds it)")
+                        } else {
+                            format!("socket {what}: cannot bind: {e}")
+                        }
+                    })?;
+                }
                 v.insert(sock);
             }
         }
@@ -481,6 +510,20 @@ pub fn recreate(
                     .map_err(|e| format!("socket:[{}]: cannot create it: {e}", u.ino))?;
                 set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
                 v.insert(sock);
+            }
+        }
+    }
+    // Default destinations, once every socket of this process is bound again.
+    for s in sockets {
+        if let Socket::Bound(b) = s {
+            if !b.peer.is_empty() {
+                crate::sys::connect(out[&b.sock.ino].as_raw_fd(), &b.peer).map_err(|e| {
+                    format!(
+                        "socket:[{}]: cannot connect it to {} again: {e}",
+                        b.sock.ino,
+                        describe(&b.peer)
+                    )
+                })?;
             }
         }
     }
