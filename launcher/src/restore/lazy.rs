@@ -35,11 +35,11 @@ const QUIET: Duration = Duration::from_micros(300);
 pub fn is_lazy(vma: &Vma, m: &thaw::Manifest) -> bool {
     // What the restorer itself writes or reads (the restore cell, the signal frames) must be in
     // place before the process runs.
-    let inside = |a: u64| vma.start <= a && a < vma.end;
+    let touches = |a: u64, len: u64| a < vma.end && a.saturating_add(len) > vma.start;
     vma.can_fill_lazily()
         && vma.saved_len() >= MIN_LAZY
-        && !inside(m.process.restore_cell)
-        && !m.threads.iter().any(|t| inside(t.sigframe))
+        && !touches(m.process.restore_cell, 56)
+        && !m.threads.iter().any(|t| touches(t.sigframe, 304))
 }
 
 /// The payload chunks that must be verified before the process runs: every chunk holding a byte

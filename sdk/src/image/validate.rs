@@ -110,13 +110,22 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         ));
     }
     // The signal frames and the restore cell lie in writable private memory of the image.
+    // The range may span adjacent mappings (the cell can straddle .data and .bss).
     let writable = |addr: u64, len: u64| {
-        m.memory.iter().any(|v| {
-            v.start <= addr
-                && addr.checked_add(len).is_some_and(|e| e <= v.end)
-                && v.prot & libc::PROT_WRITE as u32 != 0
-                && v.map_flags & libc::MAP_SHARED as u32 == 0
-        })
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        let mut at = addr;
+        while at < end {
+            let Some(v) = m.memory.iter().find(|v| v.start <= at && at < v.end) else {
+                return false;
+            };
+            if v.prot & libc::PROT_WRITE as u32 == 0 || v.map_flags & libc::MAP_SHARED as u32 != 0 {
+                return false;
+            }
+            at = v.end;
+        }
+        true
     };
     for t in &m.threads {
         if !t.sigframe.is_multiple_of(8) || !writable(t.sigframe, 304) {
@@ -126,7 +135,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             ));
         }
     }
-    if !m.process.restore_cell.is_multiple_of(8) || !writable(m.process.restore_cell, 64) {
+    if !m.process.restore_cell.is_multiple_of(8) || !writable(m.process.restore_cell, 56) {
         return Err(format!(
             "the restore cell at {:#x} is not in writable memory",
             m.process.restore_cell
@@ -260,4 +269,42 @@ fn runs_inside(
         at = r.addr + len;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::memory::Vma;
+    use crate::state::threads::ThreadState;
+
+    fn manifest(cell: u64) -> Manifest {
+        let mut m = Manifest::default();
+        m.process.pid = 7;
+        m.process.checkpoint_tid = 7;
+        m.process.restore_cell = cell;
+        m.threads.push(ThreadState {
+            tid: 7,
+            sigframe: 0x10_0100,
+            ..Default::default()
+        });
+        // .data (file-backed in a real process) and .bss right after it, both writable.
+        for (start, end) in [(0x10_0000, 0x10_1000), (0x10_1000, 0x10_3000)] {
+            m.memory.push(Vma {
+                start,
+                end,
+                prot: 3,
+                map_flags: libc::MAP_PRIVATE as u32,
+                ..Default::default()
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn a_restore_cell_may_straddle_adjacent_writable_mappings() {
+        assert_eq!(validate(&manifest(0x10_0fe0), 4096), Ok(()));
+        // Past the last mapping, or misaligned: refused.
+        assert!(validate(&manifest(0x10_2ff0), 4096).is_err());
+        assert!(validate(&manifest(0x10_0fe4), 4096).is_err());
+    }
 }
