@@ -7,6 +7,9 @@
 //! one on [::1]; an
 //! AF_UNIX listener at IMAGE.sock and one at an abstract address.
 //!
+//! Messages queued in a datagram pair and a seqpacket pair come back one by one, with their
+//! boundaries.
+//!
 //! `PROG IMAGE KEY [dgram-queued]`: prints `tcp port N` and checkpoints (with `dgram-queued`, an
 //! empty datagram waits in the datagram pair, and the checkpoint must be refused). After restore it checks every socket,
 //! prints `tcp ino N` (the listener's inode, for the --listen-fd test) and the checks.
@@ -110,6 +113,26 @@ fn main() {
         i.send(b"").unwrap();
     }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
+    // Messages waiting: three datagrams, two seqpackets.
+    let (dq_a, dq_b) = UnixDatagram::pair().unwrap();
+    for m in [&b"one"[..], b"three", b"xy"] {
+        dq_a.send(m).unwrap();
+    }
+    let mut sp = [0i32; 2];
+    // SAFETY: a seqpacket pair into a local array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sp.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair");
+    for m in [&b"aa"[..], b"bbb"] {
+        // SAFETY: sends from our own buffer on our own socket.
+        unsafe { libc::send(sp[0], m.as_ptr().cast(), m.len(), 0) };
+    }
 
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = tcp.local_addr().unwrap().port();
@@ -299,6 +322,35 @@ fn main() {
             std::mem::size_of::<libc::sockaddr_un>() as u32,
         )
     };
+    let mut got = Vec::new();
+    let mut mbuf = [0u8; 64];
+    for _ in 0..3 {
+        let n = dq_b.recv(&mut mbuf).unwrap_or(0);
+        got.push(String::from_utf8_lossy(&mbuf[..n]).into_owned());
+    }
+    ch.check(
+        "datagram pair: queued messages, one by one",
+        got == ["one", "three", "xy"],
+        format!("{got:?}"),
+    );
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        // SAFETY: receives into our own buffer from our own socket.
+        let n = unsafe {
+            libc::recv(
+                sp[1],
+                mbuf.as_mut_ptr().cast(),
+                mbuf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        got.push(String::from_utf8_lossy(&mbuf[..n.max(0) as usize]).into_owned());
+    }
+    ch.check(
+        "seqpacket pair: queued messages, one by one",
+        got == ["aa", "bbb"],
+        format!("{got:?}"),
+    );
     let sender = UnixDatagram::unbound().unwrap();
     let sent = sender.send_to(b"to the path", &dgram_path).is_ok();
     let mut buf = [0u8; 32];

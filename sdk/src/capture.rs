@@ -94,11 +94,23 @@ pub struct SockPeek {
     pub got: AtomicI64,
     /// Bytes that were queued (SIOCINQ), or a negative errno.
     pub inq: AtomicI64,
+    /// A message-based socket (datagram, seqpacket): the lengths of its queued messages, read
+    /// one by one with SO_PEEK_OFF; `msgs` of them, or one of the `MSGS_*` codes.
+    pub msg: bool,
+    lens: Vec<AtomicU64>,
+    pub msgs: AtomicI64,
 }
+
+/// [`SockPeek::msgs`] codes: a message longer than the room, one with ancillary data
+/// (descriptors, credentials), an empty one (its boundary cannot be walked), too many.
+pub const MSGS_TRUNCATED: i64 = -1_000_001;
+pub const MSGS_ANCILLARY: i64 = -1_000_002;
+pub const MSGS_EMPTY: i64 = -1_000_003;
+pub const MSGS_TOO_MANY: i64 = -1_000_004;
 
 impl SockPeek {
     /// Room for twice what is queued now, at least 256 KiB.
-    pub fn new(fd: i32, ino: u64) -> SockPeek {
+    pub fn new(fd: i32, ino: u64, msg: bool) -> SockPeek {
         let now = sys::inq(fd).max(0) as usize;
         let mut buf = vec![0u8; (now * 2).max(256 << 10)];
         let addr = buf.as_mut_ptr() as u64;
@@ -109,6 +121,80 @@ impl SockPeek {
             buf,
             got: AtomicI64::new(0),
             inq: AtomicI64::new(0),
+            msg,
+            lens: if msg {
+                (0..1024).map(|_| AtomicU64::new(0)).collect()
+            } else {
+                Vec::new()
+            },
+            msgs: AtomicI64::new(0),
+        }
+    }
+
+    /// Walks the queued messages of a message-based socket without consuming them: SO_PEEK_OFF
+    /// makes each peek start after the previous one. Runs in the checkpoint handler.
+    fn peek_messages(&self) {
+        let fd = self.fd;
+        let orig = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+        if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
+            self.msgs
+                .store(-(libc::EOPNOTSUPP as i64), Ordering::Release);
+            return;
+        }
+        let (mut used, mut n) = (0usize, 0usize);
+        let result = loop {
+            let room = self.buf.len() - used;
+            let (r, flags) = sys::recv_peek_msg(fd, self.addr + used as u64, room);
+            if r == -(libc::EAGAIN as i64) {
+                break n as i64;
+            }
+            if r < 0 {
+                break r;
+            }
+            if flags & libc::MSG_CTRUNC != 0 {
+                break MSGS_ANCILLARY;
+            }
+            if flags & libc::MSG_TRUNC != 0 || r as usize >= room {
+                break MSGS_TRUNCATED;
+            }
+            if r == 0 {
+                break MSGS_EMPTY;
+            }
+            let Some(slot) = self.lens.get(n) else {
+                break MSGS_TOO_MANY;
+            };
+            slot.store(r as u64, Ordering::Relaxed);
+            n += 1;
+            used += r as usize;
+        };
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
+        self.msgs.store(result, Ordering::Release);
+    }
+
+    /// The queued messages of a message-based socket, once the handler has run: (their bytes
+    /// one after the other, their lengths), or why they cannot be kept.
+    pub fn messages(&self) -> Result<(&[u8], Vec<u32>), String> {
+        let n = self.msgs.load(Ordering::Acquire);
+        match n {
+            MSGS_TRUNCATED => Err("a queued message is larger than thaw reads".into()),
+            MSGS_ANCILLARY => Err(
+                "a queued message carries descriptors or credentials, which are not restored"
+                    .into(),
+            ),
+            MSGS_EMPTY => Err("an empty message is queued (its boundary cannot be kept)".into()),
+            MSGS_TOO_MANY => Err(format!("more than {} messages are queued", self.lens.len())),
+            n if n < 0 => Err(format!(
+                "cannot read its queue: {}",
+                std::io::Error::from_raw_os_error(-n as i32)
+            )),
+            n => {
+                let lens: Vec<u32> = self.lens[..n as usize]
+                    .iter()
+                    .map(|l| l.load(Ordering::Relaxed) as u32)
+                    .collect();
+                let total: usize = lens.iter().map(|&l| l as usize).sum();
+                Ok((&self.buf[..total], lens))
+            }
         }
     }
 
@@ -342,6 +428,10 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         p.bytes.store(n, Ordering::Relaxed);
     }
     for s in &c.socks {
+        if s.msg {
+            s.peek_messages();
+            continue;
+        }
         let n = sys::inq(s.fd);
         s.inq.store(n, Ordering::Relaxed);
         // Peek even when SIOCINQ says 0: for datagrams it gives the first message's length,

@@ -267,7 +267,7 @@ impl Checkpoint {
         let socks = scan
             .socket_queues()
             .into_iter()
-            .map(|(fd, ino)| capture::SockPeek::new(fd, ino))
+            .map(|(fd, ino, msg)| capture::SockPeek::new(fd, ino, msg))
             .collect();
         let original_action = current_action(self.signal)?;
 
@@ -613,11 +613,15 @@ impl Checkpoint {
                         continue;
                     };
                     if p.ty != libc::SOCK_STREAM {
-                        if peek.has_messages() {
-                            unsupported.push(format!(
-                                "fd {} (socket:[{}]): a datagram socket pair with queued messages (message boundaries cannot be restored)",
-                                e.fd, p.ino
-                            ));
+                        match peek.messages() {
+                            Ok((_, lens)) if lens.is_empty() => {}
+                            Ok((bytes, lens)) => {
+                                p.queued = Some(writer.append_payload(bytes)?);
+                                p.messages = lens;
+                            }
+                            Err(why) => {
+                                unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino))
+                            }
                         }
                         continue;
                     }

@@ -610,6 +610,27 @@ pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
     )
 }
 
+/// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT) into `len` bytes at `addr`, with no room for ancillary
+/// data (descriptors in flight are not installed: MSG_CTRUNC says they were there): (bytes or
+/// a negative errno, msg_flags). Async-signal-safe.
+pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32) {
+    let iov = [addr, len as u64];
+    // struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad).
+    let mut msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, 0, 0, 0];
+    let r = syscall6(
+        libc::SYS_recvmsg,
+        [
+            fd as u64,
+            msg.as_mut_ptr() as u64,
+            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    (r, msg[6] as i32)
+}
+
 /// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
 pub fn send_nowait(fd: i32, buf: &[u8]) -> io::Result<usize> {
     check(syscall6(

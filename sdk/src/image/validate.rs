@@ -195,6 +195,16 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     p.pair
                 ));
             }
+            // Queued messages: non-empty, exactly the queued bytes.
+            let total: u64 = p.messages.iter().map(|&l| u64::from(l)).sum();
+            let queued = p.queued.map_or(0, |q| q.len);
+            if !p.messages.is_empty() && (total != queued || p.messages.contains(&0)) {
+                return Err(format!(
+                    "socket:[{}]: its queued messages do not add up",
+                    p.ino
+                ));
+            }
+            bound("queued messages", p.messages.len(), 1 << 16)?;
         }
     }
     // Memory page runs: whole pages of the payload, each byte in one run only (lazy filling

@@ -645,12 +645,13 @@ impl FdScan {
     }
 
     /// One descriptor per socket pair end: the handler copies its queued bytes.
-    pub(crate) fn socket_queues(&self) -> Vec<(i32, u64)> {
-        let mut out: Vec<(i32, u64)> = Vec::new();
+    /// (fd, inode, whether message-based) of each.
+    pub(crate) fn socket_queues(&self) -> Vec<(i32, u64, bool)> {
+        let mut out: Vec<(i32, u64, bool)> = Vec::new();
         for e in &self.entries {
             if let FdKind::Socket(super::sockets::Socket::Pair(p)) = &e.kind {
-                if !out.iter().any(|(_, ino)| *ino == p.ino) {
-                    out.push((e.fd, p.ino));
+                if !out.iter().any(|(_, ino, _)| *ino == p.ino) {
+                    out.push((e.fd, p.ino, p.ty != libc::SOCK_STREAM));
                 }
             }
         }

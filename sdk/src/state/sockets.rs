@@ -77,6 +77,8 @@ pub struct PairEnd {
     pub send_shutdown: bool,
     /// Bytes waiting in this end's receive queue (stream pairs only).
     pub queued: Option<PayloadRef>,
+    /// A message-based socket (datagram, seqpacket): the lengths of the messages in `queued`.
+    pub messages: Vec<u32>,
     pub sndbuf: i32,
     pub rcvbuf: i32,
     pub passcred: bool,
@@ -394,6 +396,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     peer_open,
                     send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
                     queued: None,
+                    messages: Vec::new(),
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
                     passcred: opt(libc::SO_PASSCRED) != 0,
@@ -444,16 +447,41 @@ pub fn recreate(
                     libc::SO_SNDBUF,
                     (bytes.len() as i32).saturating_mul(2).max(end.sndbuf / 2),
                 );
-                let mut at = 0;
-                while at < bytes.len() {
-                    let n = crate::sys::send_nowait(other, &bytes[at..]).map_err(|e| {
-                        format!(
-                            "socket:[{}]: cannot queue its {} bytes again: {e}",
-                            end.ino,
-                            bytes.len()
-                        )
-                    })?;
-                    at += n;
+                if end.messages.is_empty() {
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let n = crate::sys::send_nowait(other, &bytes[at..]).map_err(|e| {
+                            format!(
+                                "socket:[{}]: cannot queue its {} bytes again: {e}",
+                                end.ino,
+                                bytes.len()
+                            )
+                        })?;
+                        at += n;
+                    }
+                } else {
+                    // One message at a time: their boundaries are part of the queue.
+                    let mut at = 0usize;
+                    for (k, &len) in end.messages.iter().enumerate() {
+                        let msg = bytes.get(at..at + len as usize).ok_or_else(|| {
+                            format!(
+                                "socket:[{}]: its queued messages do not match their bytes",
+                                end.ino
+                            )
+                        })?;
+                        let n = crate::sys::send_nowait(other, msg).map_err(|e| {
+                            format!(
+                                "socket:[{}]: cannot queue message {} of {} again: {e}",
+                                end.ino,
+                                k + 1,
+                                end.messages.len()
+                            )
+                        })?;
+                        if n != msg.len() {
+                            return Err(format!("socket:[{}]: message {} was cut", end.ino, k + 1));
+                        }
+                        at += len as usize;
+                    }
                 }
             }
         }
