@@ -9,7 +9,8 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 24] = [
+const CHECKS: [&str; 25] = [
+    "datagram pair: an end shut down for reading stays so",
     "datagram pair: queued messages, one by one",
     "seqpacket pair: queued messages, one by one",
     "datagram client connected by name: sends again",

@@ -113,6 +113,9 @@ fn main() {
         i.send(b"").unwrap();
     }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
+    // A datagram pair with one end shut down for reading: the other end's sends fail.
+    let (du_a, du_b) = UnixDatagram::pair().unwrap();
+    du_a.shutdown(std::net::Shutdown::Read).unwrap();
     // Messages waiting: three datagrams, two seqpackets.
     let (dq_a, dq_b) = UnixDatagram::pair().unwrap();
     for m in [&b"one"[..], b"three", b"xy"] {
@@ -350,6 +353,13 @@ fn main() {
         "seqpacket pair: queued messages, one by one",
         got == ["aa", "bbb"],
         format!("{got:?}"),
+    );
+    let to_shut = du_b.send(b"x").map_err(|e| e.raw_os_error());
+    let from_shut = du_a.send(b"y").is_ok();
+    ch.check(
+        "datagram pair: an end shut down for reading stays so",
+        to_shut == Err(Some(libc::EPIPE)) && from_shut,
+        format!("{to_shut:?}"),
     );
     let sender = UnixDatagram::unbound().unwrap();
     let sent = sender.send_to(b"to the path", &dgram_path).is_ok();

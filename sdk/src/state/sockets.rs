@@ -75,6 +75,9 @@ pub struct PairEnd {
     pub peer_open: bool,
     /// This end can no longer send (shutdown(SHUT_WR) here or SHUT_RD at the other end).
     pub send_shutdown: bool,
+    /// Shut down for reading: for a datagram end this lives in that end alone (its peer's sends
+    /// fail with EPIPE); for a stream it mirrors the peer's send shutdown.
+    pub recv_shutdown: bool,
     /// Bytes waiting in this end's receive queue (stream pairs only).
     pub queued: Option<PayloadRef>,
     /// A message-based socket (datagram, seqpacket): the lengths of the messages in `queued`.
@@ -395,6 +398,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     ty,
                     peer_open,
                     send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
+                    recv_shutdown: d.shutdown & RCV_SHUTDOWN != 0,
                     queued: None,
                     messages: Vec::new(),
                     sndbuf: opt(libc::SO_SNDBUF),
@@ -492,6 +496,10 @@ pub fn recreate(
                 crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
         }
         for (i, end) in v.iter().enumerate() {
+            if end.recv_shutdown {
+                crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_RD)
+                    .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
+            }
             if end.send_shutdown {
                 crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_WR)
                     .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
