@@ -198,11 +198,6 @@ impl SockPeek {
         }
     }
 
-    /// For a datagram socket: whether any message (even an empty one) was queued.
-    pub fn has_messages(&self) -> bool {
-        self.got.load(Ordering::Acquire) != -(libc::EAGAIN as i64)
-    }
-
     /// The copied bytes of a stream socket, once the handler has run: `Err` names why they are
     /// incomplete.
     pub fn bytes(&self) -> Result<&[u8], String> {
@@ -487,23 +482,18 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
             Ordering::Relaxed,
         );
     }
-    // A process that changed its credentials is not dumpable: its /proc files belong to root
-    // and its memory cannot be read by another process of its own user, the snapshot's reader
-    // included. The snapshot is forked dumpable (the manifest keeps the original flag), and the
-    // process is itself again before any of its threads runs: only its own user could look at
-    // it meanwhile, and that user can read the image.
-    let dumpable = sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
-    if dumpable != 1 {
-        sys::set_dumpable(1);
-    }
-    compiler_fence(Ordering::SeqCst);
-    let child = sys::raw_fork();
-    if child == 0 {
-        sys::frozen_child_loop();
-    }
-    if dumpable != 1 {
-        sys::set_dumpable(dumpable);
-    }
+    // The snapshot is forked dumpable, so that the snapshot's reader may read it even when the
+    // process is not (the manifest keeps the original flag); the process is itself again before
+    // any of its threads runs: only its own user could look at it meanwhile, and that user can
+    // read the image.
+    let child = sys::while_dumpable(|| {
+        compiler_fence(Ordering::SeqCst);
+        let child = sys::raw_fork();
+        if child == 0 {
+            sys::frozen_child_loop();
+        }
+        child
+    });
     for &(start, len) in &c.dontfork {
         sys::madvise(start, len, libc::MADV_DONTFORK);
     }

@@ -296,16 +296,9 @@ impl Checkpoint {
                     .into(),
             );
         }
-        // A process that changed its credentials is not dumpable and may not open its own
-        // pagemap: dumpable for the instant of the open (the descriptor keeps working).
-        let dumpable = crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
-        if dumpable != 1 {
-            crate::sys::set_dumpable(1);
-        }
-        let pagemap = File::open("/proc/self/pagemap");
-        if dumpable != 1 {
-            crate::sys::set_dumpable(dumpable);
-        }
+        // A process that is not dumpable may not open its own pagemap: dumpable for the instant
+        // of the open (the descriptor keeps working).
+        let pagemap = crate::sys::while_dumpable(|| File::open("/proc/self/pagemap"));
         capture.pagemap = Some(pagemap.map_err(io("opening /proc/self/pagemap"))?.into());
         let guards = crate::sys::DontForkBuf::new(64 << 10)
             .map_err(io("preparing the guard regions' list"))?;
@@ -382,11 +375,7 @@ impl Checkpoint {
                     late.iter()
                         .map(|tid| {
                             let name = threads.iter().find(|t| t.0 == *tid).map_or("", |t| t.1.as_str());
-                            let blocked = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-                                .is_ok_and(|st| {
-                                    crate::procfs::field_hex(&st, "SigBlk") & (1u64 << (self.signal - 1)) != 0
-                                });
-                            if blocked {
+                            if blocks_signal(*tid, self.signal) {
                                 format!("thread {tid} ({name}) blocks the checkpoint signal {}", self.signal)
                             } else {
                                 format!(

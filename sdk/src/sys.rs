@@ -324,6 +324,21 @@ pub fn set_dumpable(value: u64) {
     );
 }
 
+/// Runs `f` with the process dumpable, then makes it what it was. A process that changed its
+/// credentials is not dumpable: its /proc files belong to root and no process of its own user
+/// may read or trace it. Async-signal-safe if `f` is.
+pub fn while_dumpable<T>(f: impl FnOnce() -> T) -> T {
+    let dumpable = prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
+    if dumpable != 1 {
+        set_dumpable(1);
+    }
+    let r = f();
+    if dumpable != 1 {
+        set_dumpable(dumpable);
+    }
+    r
+}
+
 /// prctl(option) for the getters that return their value.
 pub fn prctl_get(option: i32) -> io::Result<u64> {
     check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)

@@ -142,40 +142,35 @@ pub(crate) fn capture(
     let ((go_r, go_w), (done_r, done_w), (release_r, release_w)) = pipes;
     let parent = sys::getpid();
     // A process that changed its credentials is not dumpable: nobody may trace it then.
-    let dumpable = sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1);
-    if dumpable != 1 {
-        sys::set_dumpable(1);
-    }
-    let helper = sys::raw_fork();
-    if helper == 0 {
-        helper_main(
-            parent,
-            slots.addr(),
-            tids,
-            [go_r.as_raw_fd(), done_w.as_raw_fd(), release_r.as_raw_fd()],
-            [go_w.as_raw_fd(), done_r.as_raw_fd(), release_w.as_raw_fd()],
-        );
-    }
-    let restore_dumpable = || {
-        if dumpable != 1 {
-            sys::set_dumpable(dumpable);
+    // The helper attaches while the process is dumpable (one that changed its credentials is
+    // not, and nobody may trace it then).
+    let ours = [go_r.as_raw_fd(), done_w.as_raw_fd(), release_r.as_raw_fd()];
+    let theirs = [go_w.as_raw_fd(), done_r.as_raw_fd(), release_w.as_raw_fd()];
+    let mut helper_ends = Some((go_r, done_w, release_r));
+    let (helper, done) = sys::while_dumpable(|| {
+        let helper = sys::raw_fork();
+        if helper == 0 {
+            helper_main(parent, slots.addr(), tids, ours, theirs);
         }
-    };
+        // The helper's ends are its own: a helper that dies is an end of file here.
+        drop(helper_ends.take());
+        if helper < 0 {
+            return (helper, None);
+        }
+        // Under Yama's restricted mode a process may be traced only by a helper it names.
+        sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, helper as u64, 0, 0, 0, 0]);
+        sys::write_raw(go_w.as_raw_fd(), b"g");
+        let done = sys::read_byte_within(done_r.as_raw_fd(), bound);
+        sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, 0, 0, 0, 0, 0]);
+        (helper, done)
+    });
     if helper < 0 {
-        restore_dumpable();
         return Err(fail(format!(
             "cannot start the helper: {}",
             std::io::Error::from_raw_os_error(-helper as i32)
         )));
     }
     let helper = helper as i32;
-    drop((go_r, done_w, release_r));
-    // Under Yama's restricted mode a process may be traced only by a helper it names.
-    sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, helper as u64, 0, 0, 0, 0]);
-    sys::write_raw(go_w.as_raw_fd(), b"g");
-    let done = sys::read_byte_within(done_r.as_raw_fd(), bound);
-    sys::syscall6(libc::SYS_prctl, [PR_SET_PTRACER, 0, 0, 0, 0, 0]);
-    restore_dumpable();
     let traced = Traced {
         helper,
         released: false,

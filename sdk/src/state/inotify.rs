@@ -130,7 +130,7 @@ fn find_path(
                     .map_err(|e| (false, e.to_string()))?
                     .to_string_lossy()
                     .into_owned();
-                if same_inode(&path, dev, ino) {
+                if same_inode(&path, ino) {
                     return Ok((fd, path));
                 }
                 last = format!("{path} is another file by now");
@@ -163,7 +163,7 @@ fn unescape(s: &str) -> String {
 
 /// Whether `path` is the watched inode. The device is not compared: /proc names a file system's
 /// superblock, stat a btrfs subvolume's own device (the handle decides between file systems).
-fn same_inode(path: &str, _dev: u64, ino: u64) -> bool {
+fn same_inode(path: &str, ino: u64) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).is_ok_and(|m| m.ino() == ino)
 }
@@ -187,7 +187,7 @@ impl Inotify {
             };
             // The recorded path if it is still that inode, else the handle (the launcher may
             // have the capability the application lacked).
-            let (_hold, path) = match w.path.as_deref().filter(|p| same_inode(p, w.dev, w.ino)) {
+            let (_hold, path) = match w.path.as_deref().filter(|p| same_inode(p, w.ino)) {
                 Some(p) => (None, p.to_owned()),
                 None => {
                     let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|(_, e)| {
