@@ -1,0 +1,212 @@
+'use strict';
+// thaw for Node.js: checkpoint a warm Node.js process into a signed image; `thaw run IMAGE -- ARGS`
+// restores it with its original PID, and `checkpoint()` returns a second time, in the restored
+// process, with the arguments and environment `thaw run` was given. See docs/node.md.
+
+const native = require('./thaw.node');
+
+const CODES = {
+  THAW_ERR_INVALID: -1,
+  THAW_ERR_UNSUPPORTED: -2,
+  THAW_ERR_IO: -3,
+  THAW_ERR_FAILED: -4,
+};
+
+// Registered resources, in registration order: { beforeCheckpoint?, afterRestore? }.
+const resources = [];
+let restores = 0;
+
+function thawError(message, code, extra) {
+  const e = new Error(message, extra && extra.cause !== undefined ? { cause: extra.cause } : undefined);
+  e.code = code;
+  e.errno = CODES[code];
+  if (extra) {
+    for (const [k, v] of Object.entries(extra)) if (k !== 'cause') e[k] = v;
+  }
+  return e;
+}
+
+/**
+ * Registers a resource: `beforeCheckpoint(info)` runs before every checkpoint (in reverse order
+ * of registration: what was opened last is closed first), `afterRestore(info)` after it in
+ * whichever life goes on (in order of registration), also when the checkpoint failed or the first
+ * life continues (`info.restored` tells which). Returns a function that unregisters it.
+ */
+function register(resource) {
+  if (resource === null || typeof resource !== 'object') {
+    throw new TypeError('register(resource): resource must be an object');
+  }
+  for (const k of ['beforeCheckpoint', 'afterRestore']) {
+    if (resource[k] !== undefined && typeof resource[k] !== 'function') {
+      throw new TypeError(`register(resource): ${k} must be a function`);
+    }
+  }
+  const entry = { resource };
+  resources.push(entry);
+  return () => {
+    const i = resources.indexOf(entry);
+    if (i >= 0) resources.splice(i, 1);
+  };
+}
+
+function beforeCheckpoint(fn) {
+  if (typeof fn !== 'function') throw new TypeError('beforeCheckpoint(fn): fn must be a function');
+  return register({ beforeCheckpoint: fn });
+}
+
+function afterRestore(fn) {
+  if (typeof fn !== 'function') throw new TypeError('afterRestore(fn): fn must be a function');
+  return register({ afterRestore: fn });
+}
+
+// Runs afterRestore of `entries` in order; every hook runs; returns the errors thrown.
+function runAfter(entries, info) {
+  const errors = [];
+  for (const { resource } of entries) {
+    if (!resource.afterRestore) continue;
+    try {
+      resource.afterRestore.call(resource, info);
+    } catch (e) {
+      errors.push(e);
+    }
+  }
+  return errors;
+}
+
+function crypto_loaded() {
+  // Node's crypto caches random bytes in JS (randomUUID: 128 UUIDs, randomInt: 6 KiB). Only
+  // touch them if internal/crypto/random was ever loaded (loading it costs a few ms).
+  return process.moduleLoadList.includes('NativeModule internal/crypto/random');
+}
+
+/**
+ * Reseeds what can be reseeded in this process after a restore (checkpoint() calls it before any
+ * hook runs): OpenSSL's DRBGs, then Node's JS-side caches of random bytes (randomUUID's batch and
+ * randomInt's cache are consumed past a refill). V8's Math.random cannot be reseeded: see
+ * docs/node.md. Returns { openssl } telling whether OpenSSL was found and reseeded.
+ */
+function reseed() {
+  const openssl = native.reseedOpenSSL();
+  if (crypto_loaded()) {
+    const crypto = require('crypto');
+    for (let i = 0; i <= 128; i++) crypto.randomUUID();
+    for (let i = 0; i <= 1024; i++) crypto.randomInt(1);
+  }
+  return { openssl };
+}
+
+function envObject(list) {
+  const env = {};
+  for (const kv of list) {
+    const i = kv.indexOf('=');
+    if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return env;
+}
+
+/**
+ * Checkpoints this process into a signed image at `path`.
+ * options: key (path of the Ed25519 signing key; without it the image is unsigned and `thaw run`
+ * refuses it unless told otherwise), exitAfterSave (the first life exits 0 once the image is
+ * written), leaveChildrenOut, fdPolicy (see setFdPolicy).
+ * Returns { restored: false } in the first life, and in every restored life
+ * { restored: true, args, env, envList, restores }. Throws an Error with .code
+ * ('THAW_ERR_UNSUPPORTED', ...) and .errno (the C API's code) when the checkpoint fails; the
+ * process then goes on unchanged.
+ */
+function checkpoint(path, options = {}) {
+  if (typeof path !== 'string' || path === '') {
+    throw new TypeError('checkpoint(path, options): path must be a non-empty string');
+  }
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError('checkpoint(path, options): options must be an object');
+  }
+  const { key = null, exitAfterSave = false, leaveChildrenOut = false, fdPolicy } = options;
+  if (key !== null && typeof key !== 'string') {
+    throw new TypeError('checkpoint: options.key must be a path (string)');
+  }
+  if (fdPolicy !== undefined) setFdPolicy(fdPolicy);
+  const flags =
+    (exitAfterSave ? native.EXIT_AFTER_SAVE : 0) | (leaveChildrenOut ? native.LEAVE_CHILDREN_OUT : 0);
+
+  // Before: last registered first. A hook that throws aborts the checkpoint; the ones that ran
+  // get their afterRestore (restored: false) so the first life goes on with what it had.
+  const done = [];
+  for (let i = resources.length - 1; i >= 0; i--) {
+    const entry = resources[i];
+    if (entry.resource.beforeCheckpoint) {
+      try {
+        entry.resource.beforeCheckpoint.call(entry.resource, { path });
+      } catch (e) {
+        const errors = runAfter(done.reverse(), { restored: false, aborted: true });
+        throw thawError(`thaw: a beforeCheckpoint hook failed: ${e && e.message}`, 'THAW_ERR_FAILED', {
+          cause: e,
+          errors,
+        });
+      }
+    }
+    done.push(entry);
+  }
+  const ran = done.reverse(); // registration order
+
+  let r;
+  try {
+    r = native.checkpoint(path, key, flags);
+  } catch (e) {
+    const errors = runAfter(ran, { restored: false, aborted: true, error: e });
+    if (errors.length) e.errors = errors;
+    throw e;
+  }
+
+  let result;
+  if (r === native.RESTORED) {
+    restores++;
+    const seeded = reseed();
+    const envList = native.restoredEnv();
+    result = {
+      restored: true,
+      args: native.restoredArgs(),
+      env: envObject(envList),
+      envList,
+      restores,
+      reseeded: seeded,
+    };
+  } else {
+    result = { restored: false };
+  }
+  const errors = runAfter(ran, result);
+  if (errors.length) {
+    throw thawError(
+      `thaw: ${errors.length} afterRestore hook(s) failed: ${errors.map((e) => e && e.message).join('; ')}`,
+      'THAW_ERR_FAILED',
+      { cause: errors[0], errors, result }
+    );
+  }
+  return result;
+}
+
+/** Sets the policy for descriptors thaw cannot restore, e.g. 'pipe=drop,251=null'; null clears. */
+function setFdPolicy(spec) {
+  if (spec !== null && typeof spec !== 'string') {
+    throw new TypeError('setFdPolicy(spec): spec must be a string or null');
+  }
+  native.setFdPolicy(spec);
+}
+
+module.exports = {
+  checkpoint,
+  register,
+  beforeCheckpoint,
+  afterRestore,
+  setFdPolicy,
+  reseed,
+  /** True in a process restored from an image (and in no first life). */
+  get restored() {
+    return restores > 0;
+  },
+  /** How many times this process was restored (0 in the first life). */
+  get restores() {
+    return restores;
+  },
+  codes: Object.freeze({ ...CODES }),
+};

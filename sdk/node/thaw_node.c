@@ -1,0 +1,220 @@
+/* The native half of the `thaw` npm package: a Node-API addon over libthaw.so (sdk/include/thaw.h).
+ * Node-API only, so one build serves every Node.js version that has Node-API 8 (Node >= 12.22):
+ * compiled against the `node-api-headers` npm package, never against one Node's own headers.
+ * Built by sdk/node/build.sh; index.js is the API (hooks, options, result objects).
+ *
+ * Exports:
+ *   checkpoint(image, key|null, flags) -> 0 (saved: first life) | 1 (restored: second life);
+ *       throws an Error with .code ("THAW_ERR_IO", ...) and .errno (the C code, -3, ...)
+ *   reseedOpenSSL() -> true when the running process's OpenSSL DRBGs were reseeded
+ *   restoredArgs() -> [string], restoredEnv() -> ["KEY=VALUE"]
+ *   setFdPolicy(spec|null)
+ *   EXIT_AFTER_SAVE, LEAVE_CHILDREN_OUT, SAVED, RESTORED                                     */
+#define NAPI_VERSION 8
+#include <dlfcn.h>
+#include <node_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "thaw.h"
+
+#define CHECK(env, call)                                                                       \
+    do {                                                                                       \
+        if ((call) != napi_ok) {                                                               \
+            fail_napi(env, #call);                                                             \
+            return NULL;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+/* Throws what Node-API reported (unless an exception is already pending). */
+static void fail_napi(napi_env env, const char *what) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) return;
+    const napi_extended_error_info *info = NULL;
+    napi_get_last_error_info(env, &info);
+    const char *msg = info && info->error_message ? info->error_message : "Node-API call failed";
+    (void)what;
+    napi_throw_error(env, "THAW_ERR_NAPI", msg);
+}
+
+static const char *code_name(int r) {
+    switch (r) {
+    case THAW_ERR_INVALID: return "THAW_ERR_INVALID";
+    case THAW_ERR_UNSUPPORTED: return "THAW_ERR_UNSUPPORTED";
+    case THAW_ERR_IO: return "THAW_ERR_IO";
+    default: return "THAW_ERR_FAILED";
+    }
+}
+
+/* Throws an Error carrying thaw's message, .code (the C macro's name) and .errno (its value). */
+static void throw_thaw(napi_env env, int r) {
+    const char *msg = thaw_last_error();
+    napi_value code, text, err, num;
+    if (napi_create_string_utf8(env, code_name(r), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+        napi_create_string_utf8(env, msg && *msg ? msg : "thaw failed", NAPI_AUTO_LENGTH, &text) !=
+            napi_ok ||
+        napi_create_error(env, code, text, &err) != napi_ok ||
+        napi_create_int32(env, r, &num) != napi_ok ||
+        napi_set_named_property(env, err, "errno", num) != napi_ok) {
+        fail_napi(env, "throw_thaw");
+        return;
+    }
+    napi_throw(env, err);
+}
+
+/* A JS string argument copied to the heap (NULL and no exception for null/undefined when
+ * `optional`); NULL with a TypeError thrown otherwise. */
+static char *string_arg(napi_env env, napi_value v, bool optional, const char *what) {
+    napi_valuetype t;
+    if (napi_typeof(env, v, &t) != napi_ok) return NULL;
+    if (optional && (t == napi_null || t == napi_undefined)) return NULL;
+    size_t len = 0;
+    if (t != napi_string || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+        return NULL;
+    }
+    char *s = malloc(len + 1);
+    if (!s || napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+        free(s);
+        napi_throw_error(env, "THAW_ERR_NAPI", "out of memory");
+        return NULL;
+    }
+    if (strlen(s) != len) { /* an embedded NUL would silently shorten a path */
+        free(s);
+        napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", what);
+        return NULL;
+    }
+    return s;
+}
+
+static bool pending(napi_env env) {
+    bool p = false;
+    napi_is_exception_pending(env, &p);
+    return p;
+}
+
+static napi_value checkpoint(napi_env env, napi_callback_info info) {
+    size_t argc = 3;
+    napi_value argv[3];
+    CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    if (argc < 3) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "checkpoint(image, key, flags)");
+        return NULL;
+    }
+    uint32_t flags = 0;
+    if (napi_get_value_uint32(env, argv[2], &flags) != napi_ok) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "flags must be a number");
+        return NULL;
+    }
+    char *image = string_arg(env, argv[0], false, "the image path must be a string");
+    if (!image) return NULL;
+    char *key = string_arg(env, argv[1], true, "key must be a string path, null or undefined");
+    if (!key && pending(env)) {
+        free(image);
+        return NULL;
+    }
+    int r = thaw_checkpoint(image, key, flags);
+    free(image);
+    free(key);
+    if (r < 0) {
+        throw_thaw(env, r);
+        return NULL;
+    }
+    napi_value out;
+    CHECK(env, napi_create_int32(env, r, &out));
+    return out;
+}
+
+/* OpenSSL keeps its DRBGs across a restore and reseeds them only when the PID changes, which a
+ * restore never does: every restore of one image would draw the same crypto.randomBytes.
+ * Node links OpenSSL statically and exports its symbols (Debian's build links libcrypto.so.3,
+ * which is in the global scope too), so RAND_poll is found in the running process. In OpenSSL 3
+ * RAND_poll reseeds the primary DRBG from the OS; the per-thread public and private DRBGs see the
+ * primary's reseed counter move and reseed on their next use. RAND_add then mixes in fresh bytes
+ * from getrandom as additional input, which changes the primary's state even where RAND_poll is
+ * a no-op (an engine or provider that does not reseed). */
+static napi_value reseed_openssl(napi_env env, napi_callback_info info) {
+    (void)info;
+    int (*rand_poll)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "RAND_poll");
+    void (*rand_add)(const void *, int, double) =
+        (void (*)(const void *, int, double))dlsym(RTLD_DEFAULT, "RAND_add");
+    bool ok = false;
+    if (rand_poll) ok = rand_poll() == 1;
+    if (rand_add) {
+        unsigned char buf[48];
+        if (getrandom(buf, sizeof buf, 0) == (ssize_t)sizeof buf) {
+            rand_add(buf, (int)sizeof buf, (double)sizeof buf);
+            ok = true;
+        }
+    }
+    napi_value out;
+    CHECK(env, napi_get_boolean(env, ok, &out));
+    return out;
+}
+
+static napi_value string_list(napi_env env, int n, const char *(*get)(int)) {
+    napi_value list;
+    CHECK(env, napi_create_array_with_length(env, n > 0 ? (size_t)n : 0, &list));
+    for (int i = 0; i < n; i++) {
+        const char *s = get(i);
+        napi_value v;
+        CHECK(env, napi_create_string_utf8(env, s ? s : "", NAPI_AUTO_LENGTH, &v));
+        CHECK(env, napi_set_element(env, list, (uint32_t)i, v));
+    }
+    return list;
+}
+
+static napi_value restored_args(napi_env env, napi_callback_info info) {
+    (void)info;
+    return string_list(env, thaw_restored_argc(), thaw_restored_arg);
+}
+
+static napi_value restored_env(napi_env env, napi_callback_info info) {
+    (void)info;
+    return string_list(env, thaw_restored_envc(), thaw_restored_env);
+}
+
+static napi_value set_fd_policy(napi_env env, napi_callback_info info) {
+    size_t argc = 1;
+    napi_value argv[1];
+    CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+    char *spec = NULL;
+    if (argc > 0) {
+        spec = string_arg(env, argv[0], true, "the descriptor policy must be a string or null");
+        if (!spec && pending(env)) return NULL;
+    }
+    int r = thaw_set_fd_policy(spec);
+    free(spec);
+    if (r < 0) {
+        throw_thaw(env, r);
+        return NULL;
+    }
+    return NULL;
+}
+
+static napi_status export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+    napi_value fn;
+    napi_status s = napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+    return s == napi_ok ? napi_set_named_property(env, exports, name, fn) : s;
+}
+
+static napi_status export_int(napi_env env, napi_value exports, const char *name, int value) {
+    napi_value v;
+    napi_status s = napi_create_int32(env, value, &v);
+    return s == napi_ok ? napi_set_named_property(env, exports, name, v) : s;
+}
+
+NAPI_MODULE_INIT() {
+    CHECK(env, export_fn(env, exports, "checkpoint", checkpoint));
+    CHECK(env, export_fn(env, exports, "reseedOpenSSL", reseed_openssl));
+    CHECK(env, export_fn(env, exports, "restoredArgs", restored_args));
+    CHECK(env, export_fn(env, exports, "restoredEnv", restored_env));
+    CHECK(env, export_fn(env, exports, "setFdPolicy", set_fd_policy));
+    CHECK(env, export_int(env, exports, "EXIT_AFTER_SAVE", THAW_EXIT_AFTER_SAVE));
+    CHECK(env, export_int(env, exports, "LEAVE_CHILDREN_OUT", THAW_LEAVE_CHILDREN_OUT));
+    CHECK(env, export_int(env, exports, "SAVED", THAW_SAVED));
+    CHECK(env, export_int(env, exports, "RESTORED", THAW_RESTORED));
+    return exports;
+}
