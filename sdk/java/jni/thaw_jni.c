@@ -1,0 +1,270 @@
+/* The JNI half of thaw.jar (dev.thaw.Thaw): calls libthaw.so and, after every restore, reseeds
+ * the JDK's random generators that the first life seeded. JNI field access ignores the module
+ * system's strong encapsulation, so no --add-opens is needed. Built by sdk/java/build.sh. */
+#include <errno.h>
+#include <jni.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "thaw.h"
+
+#define THAW_EXCEPTION "dev/thaw/ThawException"
+
+static void throw_thaw(JNIEnv *env, const char *message, int code) {
+    jclass cls = (*env)->FindClass(env, THAW_EXCEPTION);
+    if (!cls) return;
+    jmethodID ctor = (*env)->GetMethodID(env, cls, "<init>", "(Ljava/lang/String;I)V");
+    if (!ctor) return;
+    jstring msg = (*env)->NewStringUTF(env, message ? message : "");
+    if (!msg) return;
+    jobject e = (*env)->NewObject(env, cls, ctor, msg, (jint)code);
+    if (e) (*env)->Throw(env, (jthrowable)e);
+}
+
+/* Fresh bytes from the kernel, never from the (duplicated) memory of the process. */
+static int64_t fresh64(void) {
+    int64_t v = 0;
+    size_t got = 0;
+    while (got < sizeof v) {
+        ssize_t n = getrandom((char *)&v + got, sizeof v - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        got += (size_t)n;
+    }
+    return v;
+}
+
+static jint fresh_nonzero32(void) {
+    jint v;
+    do v = (jint)fresh64(); while (v == 0);
+    return v;
+}
+
+/* Clears a pending exception (a class or field missing from this JDK) and reports it. */
+static int failed(JNIEnv *env) {
+    if ((*env)->ExceptionCheck(env)) {
+        (*env)->ExceptionClear(env);
+        return 1;
+    }
+    return 0;
+}
+
+/* The class `name` if the JVM has loaded and initialized it, else NULL (nothing is loaded or
+ * initialized here: a class first initialized after the restore seeds itself then, afresh). */
+static jclass initialized_class(JNIEnv *env, jobject unsafe, jmethodID should_init,
+                                jclass class_cls, jmethodID for_name, jobject loader,
+                                const char *dotted) {
+    jstring s = (*env)->NewStringUTF(env, dotted);
+    if (!s) return NULL;
+    jclass c = (jclass)(*env)->CallStaticObjectMethod(env, class_cls, for_name, s, JNI_FALSE, loader);
+    (*env)->DeleteLocalRef(env, s);
+    if (failed(env) || !c) return NULL;
+    jboolean pending = (*env)->CallBooleanMethod(env, unsafe, should_init, c);
+    if (failed(env) || pending) {
+        (*env)->DeleteLocalRef(env, c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Sets the static AtomicLong `field` of `cls` to a fresh value; false if the JDK lacks it. */
+static void reseed_atomic_long(JNIEnv *env, jclass cls, const char *field) {
+    jfieldID f = (*env)->GetStaticFieldID(env, cls, field, "Ljava/util/concurrent/atomic/AtomicLong;");
+    if (failed(env) || !f) return;
+    jobject a = (*env)->GetStaticObjectField(env, cls, f);
+    if (!a) return;
+    jclass al = (*env)->GetObjectClass(env, a);
+    jmethodID set = (*env)->GetMethodID(env, al, "set", "(J)V");
+    if (!failed(env) && set) (*env)->CallVoidMethod(env, a, set, (jlong)fresh64());
+    failed(env);
+    (*env)->DeleteLocalRef(env, al);
+    (*env)->DeleteLocalRef(env, a);
+}
+
+/* Calls setSeed on the java.util.Random held in static `field` of `cls`, if any. */
+static void reseed_random_field(JNIEnv *env, jclass cls, const char *field) {
+    jfieldID f = (*env)->GetStaticFieldID(env, cls, field, "Ljava/util/Random;");
+    if (failed(env) || !f) return;
+    jobject r = (*env)->GetStaticObjectField(env, cls, f);
+    if (!r) return;
+    jclass rc = (*env)->FindClass(env, "java/util/Random");
+    jmethodID set_seed = rc ? (*env)->GetMethodID(env, rc, "setSeed", "(J)V") : NULL;
+    if (!failed(env) && set_seed) (*env)->CallVoidMethod(env, r, set_seed, (jlong)fresh64());
+    failed(env);
+    (*env)->DeleteLocalRef(env, r);
+}
+
+/* ThreadLocalRandom keeps its state in each Thread: a thread that used it in the first life
+ * (probe set) gets a fresh seed, and a fresh secondary seed if it had one. */
+static void reseed_threads(JNIEnv *env, jclass thaw_cls) {
+    jclass tc = (*env)->FindClass(env, "java/lang/Thread");
+    if (failed(env) || !tc) return;
+    jfieldID seed = (*env)->GetFieldID(env, tc, "threadLocalRandomSeed", "J");
+    jfieldID probe = seed ? (*env)->GetFieldID(env, tc, "threadLocalRandomProbe", "I") : NULL;
+    jfieldID second = probe ? (*env)->GetFieldID(env, tc, "threadLocalRandomSecondarySeed", "I") : NULL;
+    if (failed(env) || !second) return;
+    jmethodID live = (*env)->GetStaticMethodID(env, thaw_cls, "liveThreads", "()[Ljava/lang/Thread;");
+    if (failed(env) || !live) return;
+    jobjectArray threads = (jobjectArray)(*env)->CallStaticObjectMethod(env, thaw_cls, live);
+    if (failed(env) || !threads) return;
+    jsize n = (*env)->GetArrayLength(env, threads);
+    for (jsize i = 0; i < n; i++) {
+        jobject t = (*env)->GetObjectArrayElement(env, threads, i);
+        if (!t) continue;
+        if ((*env)->GetIntField(env, t, probe) != 0) {
+            (*env)->SetLongField(env, t, seed, (jlong)fresh64());
+            (*env)->SetIntField(env, t, probe, fresh_nonzero32());
+        }
+        if ((*env)->GetIntField(env, t, second) != 0)
+            (*env)->SetIntField(env, t, second, fresh_nonzero32());
+        (*env)->DeleteLocalRef(env, t);
+    }
+    (*env)->DeleteLocalRef(env, threads);
+}
+
+/* Classes whose static state seeds generators: each reseeded only if initialized. */
+struct seeded {
+    const char *name;
+    void (*reseed)(JNIEnv *, jclass);
+};
+
+static void math_random(JNIEnv *env, jclass c) { reseed_random_field(env, c, "randomNumberGenerator"); }
+static void random_uniquifier(JNIEnv *env, jclass c) { reseed_atomic_long(env, c, "seedUniquifier"); }
+static void default_gen(JNIEnv *env, jclass c) { reseed_atomic_long(env, c, "defaultGen"); }
+static void collections_r(JNIEnv *env, jclass c) { reseed_random_field(env, c, "r"); }
+static void tlr_seeder(JNIEnv *env, jclass c) {
+    reseed_atomic_long(env, c, "seeder");
+    jfieldID f = (*env)->GetStaticFieldID(env, c, "probeGenerator", "Ljava/util/concurrent/atomic/AtomicInteger;");
+    if (failed(env) || !f) return;
+    jobject a = (*env)->GetStaticObjectField(env, c, f);
+    if (!a) return;
+    jclass ac = (*env)->GetObjectClass(env, a);
+    jmethodID set = (*env)->GetMethodID(env, ac, "set", "(I)V");
+    if (!failed(env) && set) (*env)->CallVoidMethod(env, a, set, fresh_nonzero32());
+    failed(env);
+}
+
+static const struct seeded SEEDED[] = {
+    {"java.lang.Math$RandomNumberGeneratorHolder", math_random},
+    {"java.util.Random", random_uniquifier},
+    {"java.util.concurrent.ThreadLocalRandom", tlr_seeder},
+    {"java.util.SplittableRandom", default_gen},
+    {"java.util.Collections", collections_r},
+    {"jdk.random.L32X64MixRandom", default_gen},
+    {"jdk.random.L64X128MixRandom", default_gen},
+    {"jdk.random.L64X128StarStarRandom", default_gen},
+    {"jdk.random.L64X256MixRandom", default_gen},
+    {"jdk.random.L64X1024MixRandom", default_gen},
+    {"jdk.random.L128X128MixRandom", default_gen},
+    {"jdk.random.L128X256MixRandom", default_gen},
+    {"jdk.random.L128X1024MixRandom", default_gen},
+    {"jdk.random.Xoroshiro128PlusPlus", default_gen},
+    {"jdk.random.Xoshiro256PlusPlus", default_gen},
+};
+
+static void reseed(JNIEnv *env, jclass thaw_cls) {
+    if ((*env)->PushLocalFrame(env, 64) != 0) {
+        failed(env);
+        return;
+    }
+    /* jdk.internal.misc.Unsafe.shouldBeInitialized tells an initialized class without
+     * initializing it; Class.forName(name, false, loader) finds a class without initializing it. */
+    jclass uc = (*env)->FindClass(env, "jdk/internal/misc/Unsafe");
+    jfieldID tu = uc ? (*env)->GetStaticFieldID(env, uc, "theUnsafe", "Ljdk/internal/misc/Unsafe;") : NULL;
+    jobject unsafe = tu ? (*env)->GetStaticObjectField(env, uc, tu) : NULL;
+    jmethodID should_init = unsafe ? (*env)->GetMethodID(env, uc, "shouldBeInitialized", "(Ljava/lang/Class;)Z") : NULL;
+    jclass class_cls = (*env)->FindClass(env, "java/lang/Class");
+    jmethodID for_name = class_cls ? (*env)->GetStaticMethodID(env, class_cls, "forName",
+        "(Ljava/lang/String;ZLjava/lang/ClassLoader;)Ljava/lang/Class;") : NULL;
+    jclass cl = (*env)->FindClass(env, "java/lang/ClassLoader");
+    jmethodID system = cl ? (*env)->GetStaticMethodID(env, cl, "getSystemClassLoader", "()Ljava/lang/ClassLoader;") : NULL;
+    jobject loader = system ? (*env)->CallStaticObjectMethod(env, cl, system) : NULL;
+    if (failed(env) || !should_init || !for_name) {
+        (*env)->PopLocalFrame(env, NULL);
+        return;
+    }
+    for (size_t i = 0; i < sizeof SEEDED / sizeof SEEDED[0]; i++) {
+        jclass c = initialized_class(env, unsafe, should_init, class_cls, for_name, loader, SEEDED[i].name);
+        if (!c) continue;
+        SEEDED[i].reseed(env, c);
+        failed(env);
+        (*env)->DeleteLocalRef(env, c);
+    }
+    reseed_threads(env, thaw_cls);
+    (*env)->PopLocalFrame(env, NULL);
+}
+
+JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, jstring image, jstring key,
+                                                      jint flags) {
+    const char *img = (*env)->GetStringUTFChars(env, image, NULL);
+    if (!img) return -1;
+    const char *k = key ? (*env)->GetStringUTFChars(env, key, NULL) : NULL;
+    if (key && !k) {
+        (*env)->ReleaseStringUTFChars(env, image, img);
+        return -1;
+    }
+    int r = thaw_checkpoint(img, k, (unsigned)flags);
+    /* Copied before any other thaw_ call (the message is valid until then). */
+    char message[16384];
+    if (r < 0) {
+        const char *m = thaw_last_error();
+        snprintf(message, sizeof message, "%s", m ? m : "");
+    }
+    (*env)->ReleaseStringUTFChars(env, image, img);
+    if (k) (*env)->ReleaseStringUTFChars(env, key, k);
+    if (r < 0) {
+        throw_thaw(env, message, r);
+        return r;
+    }
+    if (r == THAW_RESTORED) reseed(env, cls);
+    return r;
+}
+
+static jobjectArray strings(JNIEnv *env, int n, const char *(*get)(int)) {
+    jclass sc = (*env)->FindClass(env, "java/lang/String");
+    if (!sc) return NULL;
+    if (n < 0) n = 0;
+    jobjectArray a = (*env)->NewObjectArray(env, n, sc, NULL);
+    for (int i = 0; a && i < n; i++) {
+        const char *v = get(i);
+        /* Modified UTF-8 and arbitrary bytes: go through a byte array and the platform charset. */
+        size_t len = v ? strlen(v) : 0;
+        jbyteArray bytes = (*env)->NewByteArray(env, (jsize)len);
+        if (!bytes) return NULL;
+        (*env)->SetByteArrayRegion(env, bytes, 0, (jsize)len, (const jbyte *)v);
+        jmethodID ctor = (*env)->GetMethodID(env, sc, "<init>", "([B)V");
+        jobject s = (*env)->NewObject(env, sc, ctor, bytes);
+        if (!s) return NULL;
+        (*env)->SetObjectArrayElement(env, a, i, s);
+        (*env)->DeleteLocalRef(env, s);
+        (*env)->DeleteLocalRef(env, bytes);
+    }
+    return a;
+}
+
+JNIEXPORT jobjectArray JNICALL Java_dev_thaw_Thaw_restoredArgs0(JNIEnv *env, jclass cls) {
+    (void)cls;
+    return strings(env, thaw_restored_argc(), thaw_restored_arg);
+}
+
+JNIEXPORT jobjectArray JNICALL Java_dev_thaw_Thaw_restoredEnv0(JNIEnv *env, jclass cls) {
+    (void)cls;
+    return strings(env, thaw_restored_envc(), thaw_restored_env);
+}
+
+JNIEXPORT void JNICALL Java_dev_thaw_Thaw_setFdPolicy0(JNIEnv *env, jclass cls, jstring spec) {
+    (void)cls;
+    const char *s = spec ? (*env)->GetStringUTFChars(env, spec, NULL) : NULL;
+    if (spec && !s) return;
+    int r = thaw_set_fd_policy(s);
+    char message[4096];
+    if (r < 0) snprintf(message, sizeof message, "%s", thaw_last_error());
+    if (s) (*env)->ReleaseStringUTFChars(env, spec, s);
+    if (r < 0) throw_thaw(env, message, r);
+}
+
+JNIEXPORT void JNICALL Java_dev_thaw_Thaw_reseed0(JNIEnv *env, jclass cls) { reseed(env, cls); }

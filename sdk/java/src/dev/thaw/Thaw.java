@@ -1,0 +1,144 @@
+package dev.thaw;
+
+import java.io.File;
+import java.net.URISyntaxException;
+import java.security.CodeSource;
+
+/**
+ * Thaw's own API: checkpoint the running JVM into a signed image that {@code thaw run} restores
+ * with its original PID and TIDs. One call site serves both lives:
+ *
+ * <pre>{@code
+ * Restored r = Thaw.checkpoint("app.thaw", "k.key", true);
+ * // only the second life gets here (the first exited once the image was written)
+ * System.out.println(r.args());
+ * }</pre>
+ *
+ * After every restore, before {@code checkpoint} returns, the JDK's random generators that were
+ * seeded in the first life are reseeded with fresh bytes from getrandom(2): {@code Math.random()},
+ * {@code ThreadLocalRandom} (its seeder and every live thread's seeds), the seed generators of
+ * {@code new Random()}, {@code new SplittableRandom()} and {@code RandomGenerator.getDefault()},
+ * and {@code Collections.shuffle}'s generator (see docs/java.md for what stays the application's).
+ *
+ * <p>The JNI library {@code libthaw_jni.so} is loaded from {@code -Dthaw.library=PATH} if set,
+ * otherwise from the directory holding thaw.jar (where {@code sdk/java/build.sh} puts it, with
+ * libthaw.so), otherwise from {@code java.library.path}.
+ */
+public final class Thaw {
+    /** The first life exits 0 once the image is written. */
+    public static final int EXIT_AFTER_SAVE = 1;
+    /** Checkpoint although the process has children (they are left out). */
+    public static final int LEAVE_CHILDREN_OUT = 2;
+
+    private static final int RESTORED = 1;
+    private static volatile Restored last;
+
+    static {
+        load();
+    }
+
+    private Thaw() {}
+
+    /**
+     * Checkpoints the JVM to {@code image}, signed with {@code key} (a path to an Ed25519 secret
+     * key, or null for an unsigned image). Any thread may call it.
+     *
+     * @return null in the first life (only when {@code exitAfterSave} is false: the image is
+     *     written and the process goes on), or in the second life what {@code thaw run} passed
+     * @throws ThawException if the checkpoint is refused or fails; the process goes on unchanged
+     */
+    public static Restored checkpoint(String image, String key, boolean exitAfterSave)
+            throws ThawException {
+        return checkpoint(image, key, exitAfterSave ? EXIT_AFTER_SAVE : 0);
+    }
+
+    /** Like {@link #checkpoint(String, String, boolean)} with the C API's flags. */
+    public static Restored checkpoint(String image, String key, int flags) throws ThawException {
+        if (image == null) throw new NullPointerException("image");
+        int r = checkpoint0(image, key, flags);
+        if (r != RESTORED) return null;
+        Restored restored = new Restored(restoredArgs0(), restoredEnv0());
+        last = restored;
+        return restored;
+    }
+
+    /** What the latest restore passed, or null if this process was never restored. */
+    public static Restored restored() {
+        return last;
+    }
+
+    /**
+     * Chooses what happens to descriptors thaw cannot restore (ones the JVM's starter left open):
+     * e.g. {@code "pipe=drop,251=null,any=drop"}; null or "" clears it. Overrides the
+     * {@code THAW_FD_POLICY} environment variable key by key.
+     */
+    public static void setFdPolicy(String spec) throws ThawException {
+        setFdPolicy0(spec);
+    }
+
+    /** Reseeds the JDK's generators now, as every restore does. */
+    public static void reseedJdkRandom() {
+        reseed0();
+    }
+
+    // Called from the native side after a restore: every live thread (ThreadLocalRandom keeps its
+    // seeds in the Thread objects).
+    @SuppressWarnings("unused")
+    private static Thread[] liveThreads() {
+        ThreadGroup root = Thread.currentThread().getThreadGroup();
+        while (root.getParent() != null) root = root.getParent();
+        Thread[] all = new Thread[root.activeCount() + 16];
+        int n;
+        while ((n = root.enumerate(all, true)) == all.length) all = new Thread[all.length * 2];
+        Thread[] live = new Thread[n];
+        System.arraycopy(all, 0, live, 0, n);
+        return live;
+    }
+
+    private static native int checkpoint0(String image, String key, int flags)
+            throws ThawException;
+
+    private static native String[] restoredArgs0();
+
+    private static native String[] restoredEnv0();
+
+    private static native void setFdPolicy0(String spec) throws ThawException;
+
+    private static native void reseed0();
+
+    private static void load() {
+        String explicit = System.getProperty("thaw.library");
+        if (explicit != null && !explicit.isEmpty()) {
+            System.load(new File(explicit).getAbsolutePath());
+            return;
+        }
+        File dir = jarDirectory();
+        if (dir != null) {
+            File lib = new File(dir, System.mapLibraryName("thaw_jni"));
+            if (lib.isFile()) {
+                System.load(lib.getAbsolutePath());
+                return;
+            }
+        }
+        try {
+            System.loadLibrary("thaw_jni");
+        } catch (UnsatisfiedLinkError e) {
+            UnsatisfiedLinkError u = new UnsatisfiedLinkError(
+                    "libthaw_jni.so is neither next to thaw.jar (" + dir
+                            + ") nor on java.library.path; set -Dthaw.library=PATH");
+            u.initCause(e);
+            throw u;
+        }
+    }
+
+    private static File jarDirectory() {
+        try {
+            CodeSource cs = Thaw.class.getProtectionDomain().getCodeSource();
+            if (cs == null || cs.getLocation() == null) return null;
+            File f = new File(cs.getLocation().toURI());
+            return f.isDirectory() ? f : f.getParentFile();
+        } catch (URISyntaxException | IllegalArgumentException | SecurityException e) {
+            return null;
+        }
+    }
+}
