@@ -1,73 +1,134 @@
-//! Stock Node.js (Debian's `node`, started as its users start it, default flags): a program
-//! warms up, checkpoints through a Node-API bridge to libthaw, and is restored in every mode.
-//! Node starts the inspector's watchdog thread at launch, blocking every signal for its whole
-//! life, and V8 marks its heap MADV_DONTFORK: both are captured. After restore the program
-//! answers like a cold run, and its event loop, thread pool, timers and watchdog thread work.
+//! Stock Node.js (`/usr/bin/node`, started as its users start it, default flags) with the `thaw`
+//! npm package (sdk/node: a Node-API addon built with cc against the pinned `node-api-headers`
+//! package, libthaw.so beside it). examples/node/app.js warms up with the TypeScript compiler
+//! (pinned, fetched by scripts/node-deps), checkpoints and is restored in every mode, several times:
+//! the same PID, the cold run's answer, hooks in order, the first life's pending timer firing,
+//! clocks that never go backwards, OpenSSL reseeded (randomBytes and randomUUID differ between
+//! restores), the event loop, thread pool, signals, a Worker, a new server on 127.0.0.1, and the
+//! inspector's watchdog thread (it blocks every signal; woken by SIGUSR1). V8 marks its heap
+//! MADV_DONTFORK: captured. Bad input gives JS Errors carrying the C API's code.
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use common::*;
 
-/// Builds the Node-API bridge into the test's directory.
-fn addon(env: &Env) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+const NODE: &str = "/usr/bin/node";
+const REQUEST: &str =
+    "const answer: number = [6, 7].reduce((a, b) => a * b, 1); export default answer";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// scripts/node-deps (idempotent, offline once fetched), then the package built into the test's
+/// directory by sdk/node/build.sh against this build's libthaw.so.
+fn package(env: &Env) -> PathBuf {
     assert!(
-        Path::new("/usr/include/node/node_api.h").exists() && Path::new("/usr/bin/node").exists(),
-        "Debian's nodejs is missing: scripts/setup installs it"
+        Path::new(NODE).exists(),
+        "{NODE} is missing: scripts/setup installs Debian's nodejs"
     );
-    let out = env.path("thaw.node");
-    cc_with_libthaw(
-        &[&root.join("examples/node/thaw_node.c")],
-        &["-shared", "-fPIC", "-I/usr/include/node"],
-        &out,
+    let deps = Command::new(root().join("scripts/node-deps"))
+        .output()
+        .unwrap();
+    assert!(
+        deps.status.success(),
+        "scripts/node-deps could not fetch the pinned npm packages (typescript, \
+         node-api-headers) from registry.npmjs.org: run it once online\n{}",
+        text(&deps)
     );
+    let out = env.path("thaw-pkg");
+    let o = Command::new(root().join("sdk/node/build.sh"))
+        .arg(&out)
+        .arg(bin("libthaw.so"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sdk/node/build.sh failed: {}", text(&o));
     out
 }
 
-fn node(addon: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    command(Path::new("/usr/bin/node"))
-        .env("THAW_NODE_ADDON", addon)
-        .env_remove("NODE_OPTIONS")
-        .arg(root.join("examples/node/warm.js"))
+fn node(pkg: &Path) -> Command {
+    let mut c = command(Path::new(NODE));
+    c.env("THAW_NODE_PACKAGE", pkg).env_remove("NODE_OPTIONS");
+    c
+}
+
+fn app(pkg: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    node(pkg)
+        .arg(root().join("examples/node/app.js"))
         .args(args)
         .output()
         .unwrap()
 }
 
+/// The value after `prefix ` on the line starting with it.
+fn field<'a>(out: &'a str, prefix: &str, o: &Output) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {}", text(o)))
+}
+
 #[test]
-fn stock_node_is_checkpointed_and_restored_in_every_mode() {
+fn node_app_warmed_with_typescript_is_restored_in_every_mode() {
     let env = Env::new();
-    let addon = addon(&env);
-    let cold = node(&addon, &["--cold".as_ref(), "hello".as_ref()]);
+    let pkg = package(&env);
+    let cold = app(&pkg, &["--cold".as_ref(), REQUEST.as_ref()]);
     assert!(cold.status.success(), "{}", text(&cold));
-    let expected = String::from_utf8_lossy(&cold.stdout).trim().to_owned();
-    let img = env.path("node.thaw");
-    let o = node(&addon, &[img.as_os_str(), env.key.as_os_str()]);
-    assert!(o.status.success(), "{}", text(&o));
-    let first = String::from_utf8_lossy(&o.stdout);
-    let pid = first
+    let expected = String::from_utf8_lossy(&cold.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("first life pid "))
+        .next()
         .unwrap()
         .to_owned();
+    assert!(
+        expected.starts_with("answer ") && expected.contains("const answer = [6, 7]"),
+        "{expected}"
+    );
+
+    let img = env.path("node.thaw");
+    let o = app(&pkg, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = String::from_utf8_lossy(&o.stdout);
+    let pid = field(&first, "first life pid", &o).to_owned();
     let m = env.manifest(&img);
     assert!(!m.dontfork.is_empty(), "V8's heap is MADV_DONTFORK");
+
+    let mut randoms = HashSet::new();
+    let mut uuids = HashSet::new();
+    let mut restores = 0;
     for opts in every_mode() {
         for _ in 0..2 {
-            let o = env.restore(&img, opts, &["hello"]);
+            let o = env
+                .restore_cmd(&img, opts, &[REQUEST])
+                .env("THAW_EXAMPLE", "from thaw run")
+                .output()
+                .unwrap();
+            restores += 1;
             let out = String::from_utf8_lossy(&o.stdout);
             assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", text(&o));
+            assert!(!out.contains("FAIL"), "{opts:?}: {}", text(&o));
+            assert_eq!(
+                out.lines().next(),
+                Some(expected.as_str()),
+                "{opts:?}: {}",
+                text(&o)
+            );
             for line in [
-                format!("restored 1 pid {pid}"),
-                expected.clone(),
-                "promise ok".into(),
+                format!("pid {pid} restores 1 openssl reseeded true"),
+                "hooks before:cache,before:server,after:server:true,after:cache:true".into(),
+                "env THAW_EXAMPLE=from thaw run".into(),
                 "timer ok".into(),
+                "promise ok".into(),
+                "immediate ok".into(),
                 "fs ok true".into(),
-                "thread pool ok 16".into(),
+                "threadpool ok 16".into(),
+                "signal ok".into(),
+                "worker ok 42".into(),
+                format!("server ok pong {pid}"),
                 "inspector ok".into(),
+                "done".into(),
             ] {
                 assert!(
                     out.lines().any(|l| l == line),
@@ -75,6 +136,171 @@ fn stock_node_is_checkpointed_and_restored_in_every_mode() {
                     text(&o)
                 );
             }
+            // clocks date BEFORE AFTER perf BEFORE AFTER: neither went backwards.
+            let c: Vec<f64> = field(&out, "clocks", &o)
+                .split(' ')
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            assert_eq!(c.len(), 4, "{}", text(&o));
+            assert!(c[1] >= c[0], "{opts:?}: Date.now() went backwards: {c:?}");
+            assert!(
+                c[3] >= c[2],
+                "{opts:?}: performance.now() went backwards: {c:?}"
+            );
+            // random HEX uuid UUID: new in every restore.
+            let r: Vec<&str> = field(&out, "random", &o).split(' ').collect();
+            assert!(
+                randoms.insert(r[0].to_owned()),
+                "randomBytes repeated: {r:?}"
+            );
+            assert!(uuids.insert(r[2].to_owned()), "randomUUID repeated: {r:?}");
         }
     }
+    assert!(restores >= 2);
+}
+
+/// Runs `node -e SCRIPT ARGS` with `thaw` bound to the package; returns stdout.
+fn script(pkg: &Path, js: &str, args: &[&std::ffi::OsStr]) -> (String, Output) {
+    let o = node(pkg)
+        .arg("-e")
+        .arg(format!(
+            "const thaw = require(process.env.THAW_NODE_PACKAGE);\n{js}"
+        ))
+        .arg("--")
+        .args(args)
+        .output()
+        .unwrap();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), o)
+}
+
+#[test]
+fn bad_input_and_refused_state_throw_errors_with_the_c_code() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let show = "const show = (what, f) => { try { f(); console.log(what, 'no error'); } \
+                catch (e) { console.log(what, e.constructor.name, e.code, e.errno, e.message); } };";
+
+    // An image path in a directory that does not exist: THAW_ERR_IO with thaw's message.
+    let (out, o) = script(
+        &pkg,
+        &format!("{show} show('io', () => thaw.checkpoint('/nonexistent/dir/x.thaw'));"),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("io Error THAW_ERR_IO -3 ") && l.contains("/nonexistent/dir")),
+        "{}",
+        text(&o)
+    );
+
+    // Arguments of the wrong type: TypeErrors, before anything is attempted.
+    let (out, o) = script(
+        &pkg,
+        &format!(
+            "{show} show('path', () => thaw.checkpoint(42)); \
+             show('key', () => thaw.checkpoint('x.thaw', {{ key: 7 }})); \
+             show('policy', () => thaw.setFdPolicy('pipe=sometimes'));"
+        ),
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.lines().any(|l| l.starts_with("path TypeError")),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("key TypeError")),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("policy Error THAW_ERR_INVALID -1 ")),
+        "{}",
+        text(&o)
+    );
+
+    // A child process is state thaw refuses: THAW_ERR_UNSUPPORTED naming it; hooks that ran get
+    // their afterRestore (aborted), and the process goes on.
+    let img = env.path("child.thaw");
+    let (out, o) = script(
+        &pkg,
+        "const child = require('child_process').spawn('/bin/sleep', ['60'], { stdio: 'ignore' });\n\
+         thaw.register({ beforeCheckpoint() { console.log('before a'); }, \
+                         afterRestore(i) { console.log('after a', i.restored, i.aborted); } });\n\
+         try { thaw.checkpoint(process.argv[1], { key: process.argv[2] }); }\n\
+         catch (e) { console.log('refused', e.code, e.errno, e.message.replace(/\\n/g, ' ')); }\n\
+         child.kill(); console.log('still running');",
+        &[img.as_os_str(), env.key.as_os_str()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let refused = out
+        .lines()
+        .find(|l| l.starts_with("refused "))
+        .unwrap_or_else(|| panic!("{}", text(&o)));
+    assert!(
+        refused.starts_with("refused THAW_ERR_UNSUPPORTED -2 "),
+        "{refused}"
+    );
+    assert!(refused.contains("sleep"), "the child is named: {refused}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| !l.starts_with("refused"))
+            .copied()
+            .collect::<Vec<_>>(),
+        ["before a", "after a false true", "still running"],
+        "{}",
+        text(&o)
+    );
+    assert!(!img.exists());
+
+    // A beforeCheckpoint hook that throws aborts the checkpoint (THAW_ERR_FAILED, the hook's error
+    // as the cause); hooks run last-registered first, and those that ran are told afterwards.
+    let (out, o) = script(
+        &pkg,
+        "thaw.register({ beforeCheckpoint() { console.log('before a'); }, afterRestore() { console.log('after a'); } });\n\
+         thaw.register({ beforeCheckpoint() { throw new Error('b is busy'); }, afterRestore() { console.log('after b'); } });\n\
+         thaw.register({ beforeCheckpoint() { console.log('before c'); }, afterRestore() { console.log('after c'); } });\n\
+         try { thaw.checkpoint(process.argv[1]); } catch (e) { console.log('failed', e.code, e.errno, e.cause.message); }",
+        &[env.path("hook.thaw").as_os_str()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["before c", "after c", "failed THAW_ERR_FAILED -4 b is busy"],
+        "{}",
+        text(&o)
+    );
+
+    // Without exitAfterSave the first life goes on: { restored: false }, afterRestore told so.
+    let img = env.path("saved.thaw");
+    let (out, o) = script(
+        &pkg,
+        "thaw.afterRestore((i) => console.log('after', i.restored));\n\
+         const r = thaw.checkpoint(process.argv[1], { key: process.argv[2] });\n\
+         console.log('result', JSON.stringify(r), thaw.restored);",
+        &[img.as_os_str(), env.key.as_os_str()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["after false", "result {\"restored\":false} false"],
+        "{}",
+        text(&o)
+    );
+    let o = env.restore(&img, &[], &["x"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l == "after true"), "{}", text(&o));
+    assert!(
+        out.lines().any(
+            |l| l.starts_with("result {\"restored\":true,\"args\":[\"x\"]") && l.ends_with(" true")
+        ),
+        "{}",
+        text(&o)
+    );
 }
