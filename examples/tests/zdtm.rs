@@ -531,6 +531,56 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
 }
 
 #[test]
+fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
+    // HotSpot's /tmp/hsperfdata_<user>/<pid>, in a directory of the test's own.
+    let env = Env::new();
+    let user = format!("thaw-test-{}", std::process::id());
+    let dir = std::path::PathBuf::from(format!("/tmp/hsperfdata_{user}"));
+    let _cleanup = RemoveDir(dir.clone());
+    let img = env.checkpoint("zdtm-perfdata", "p.thaw", &[&user]);
+    let m = env.manifest(&img);
+    let kept: Vec<_> = m.shared.iter().filter_map(|o| o.file.as_ref()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].keep_name);
+    let path = dir.join(m.process.pid.to_string());
+    assert_eq!(kept[0].path, path.to_str().unwrap());
+    // The first life exited after the checkpoint without deleting it: a stale file is replaced.
+    assert!(path.exists());
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "the mapping's contents",
+                "the file at its path again",
+                "its pages shared with the file",
+            ],
+        );
+        assert!(!path.exists(), "deleted by the restored process at its end");
+    }
+    // A directory others may write: not used; the memory is still shared, under no name.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let o = env.restore(&img, &[], &["unnamed"]);
+    assert_all_ok(
+        &o,
+        &[
+            "the mapping's contents",
+            "under no name where the directory is not safe",
+        ],
+    );
+    assert!(!path.exists());
+}
+
+/// Removes a directory when dropped.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
 fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() {
     // nobody cannot open /proc/self/map_files: the mapping of a deleted file whose descriptor
     // was closed is refused, naming it, instead of saving only what is mapped.

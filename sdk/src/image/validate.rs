@@ -79,6 +79,13 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         // The last run may end with the object, inside a page.
         runs_inside(&o.pages, 0, o.size.next_multiple_of(page), page, o.size)
             .map_err(|e| format!("shared object {}: {e}", o.id))?;
+        // A file created again under its name (and a stale one there replaced) can only be the
+        // process's own performance data file: nothing else may be named by an image.
+        if let Some(f) = o.file.as_ref().filter(|f| f.keep_name) {
+            if !crate::state::deleted::is_perf_data(&f.path, m.process.pid) {
+                return Err(format!("shared object {}: kept name {:?}", o.id, f.path));
+            }
+        }
     }
     let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
     if ids.len() != m.shared.len() {

@@ -5,6 +5,13 @@
 //! Such a file is a shared object like a memfd (see [`super::shmem`]): the checkpoint handler
 //! copies it while every thread is parked, its descriptors are descriptors of the object, and its
 //! mappings, shared or private, map the object. Only where it is created again differs.
+//!
+//! One kind of file that still has its name is kept the same way: a runtime's per-process file,
+//! named by the PID, that the runtime deletes when it exits (HotSpot's performance data,
+//! `/tmp/hsperfdata_<user>/<pid>`, mapped shared and written all the time). Taken from the file
+//! system at restore it would be gone (the first life deleted it) or another life's; so its
+//! contents are kept in the image and it is created again under its name, where tools such as
+//! `jps` and `jstat` look for it.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +26,9 @@ pub struct DeletedFile {
     /// Access and modification times (ns since the epoch), set again after its contents.
     pub atime_ns: i64,
     pub mtime_ns: i64,
+    /// Not deleted but the process's own PID-named file ([`perf_data`]): created again under its
+    /// name, and left there.
+    pub keep_name: bool,
 }
 
 impl DeletedFile {
@@ -38,6 +48,7 @@ impl DeletedFile {
                 .mtime()
                 .saturating_mul(1_000_000_000)
                 .saturating_add(meta.mtime_nsec()),
+            keep_name: false,
         }
     }
 
@@ -123,13 +134,113 @@ pub(crate) fn refusal(path: &str, size: u64, max: u64) -> Option<String> {
     })
 }
 
+/// The directory HotSpot keeps its performance data in (`os::get_temp_directory()`, fixed on
+/// Linux whatever `java.io.tmpdir` says).
+const PERF_DATA_ROOT: &str = "/tmp/hsperfdata_";
+
+/// Whether `path` is a performance data file of the process `pid`: `/tmp/hsperfdata_<user>/<pid>`.
+pub fn is_perf_data(path: &str, pid: i32) -> bool {
+    path.strip_prefix(PERF_DATA_ROOT)
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(user, name)| {
+            !user.is_empty()
+                && !user.contains('/')
+                && user != "."
+                && user != ".."
+                && name == pid.to_string()
+        })
+}
+
+/// The path of the file a shared mapping named `name` maps, if it is this process's performance
+/// data file (kept in the image, see the module's comment).
+pub(crate) fn perf_data(name: &str) -> Option<&str> {
+    is_perf_data(name, crate::sys::getpid()).then_some(name)
+}
+
 use std::os::fd::OwnedFd;
+
+/// Creates a kept-name file again under its name, empty, owner-only, if the name can be had: its
+/// directory (created if missing, as the runtime would) is a real directory owned by the file's
+/// owner that nobody else may write, and the name is free or names a file of a process that no
+/// longer exists (the first life, which deleted it at exit or died before). All of it relative to
+/// the directory opened without following links, so a link planted there cannot redirect it.
+/// `None`: the name belongs to someone else now (another process with that PID, seen from the
+/// launcher's PID namespace) or the directory cannot be trusted.
+fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let path = std::path::Path::new(&file.path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let made = std::fs::DirBuilder::new().mode(0o755).create(dir).is_ok();
+    let dirfd = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    if made {
+        // Ours, just made: the runtime's owner gets it (fails harmlessly when not root).
+        let _ = std::os::unix::fs::chown(
+            format!("/proc/self/fd/{}", dirfd.as_raw_fd()),
+            Some(file.uid),
+            Some(file.gid),
+        );
+    }
+    let meta = dirfd
+        .metadata()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != file.uid || meta.mode() & 0o022 != 0 {
+        return Ok(None);
+    }
+    let at = std::path::Path::new("/proc/self/fd")
+        .join(dirfd.as_raw_fd().to_string())
+        .join(name);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&at)
+    };
+    let mode = |f: std::fs::File| -> Result<Option<OwnedFd>, String> {
+        f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
+            .map_err(|e| format!("{}: cannot set its mode: {e}", file.path))?;
+        Ok(Some(f.into()))
+    };
+    match open() {
+        Ok(f) => mode(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let pid = name.to_string_lossy();
+            if std::path::Path::new("/proc").join(&*pid).exists() {
+                return Ok(None);
+            }
+            std::fs::remove_file(&at)
+                .map_err(|e| format!("{}: cannot replace the stale file: {e}", file.path))?;
+            mode(open().map_err(|e| format!("{}: cannot create it again: {e}", file.path))?)
+        }
+        Err(e) => Err(format!("{}: cannot create it again: {e}", file.path)),
+    }
+}
 
 /// Creates the file again, empty, unlinked, in the directory it was in, with its permission
 /// bits. It is created under its old name (exclusively, owner-only) and unlinked at once, so
 /// that /proc shows the same "PATH (deleted)"; if something else has that name by now, it is
 /// made unnamed (O_TMPFILE) in that directory instead.
 pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
+    if file.keep_name {
+        // Where the name cannot be had, an unnamed file: the process keeps its memory shared,
+        // tools do not find it.
+        return match create_named(file)? {
+            Some(f) => Ok(f),
+            None => crate::sys::memfd_create("hsperfdata", false)
+                .map_err(|e| format!("{}: cannot create it again: {e}", file.path)),
+        };
+    }
     let path = std::path::Path::new(&file.path);
     let dir = path
         .parent()
@@ -163,18 +274,35 @@ pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
     Ok(OwnedFd::from(f))
 }
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn ids_differ_from_inode_numbers_and_across_devices() {
         assert_eq!(object_id(1, 5), object_id(2, 5));
         assert_ne!(object_id(1, 5), 5);
         assert!(object_id(0, 5) >= 1 << 63);
+    }
+
+    #[test]
+    fn perf_data_paths_are_the_process_own_only() {
+        assert!(is_perf_data("/tmp/hsperfdata_root/42", 42));
+        assert!(is_perf_data("/tmp/hsperfdata_app user/42", 42));
+        for (path, pid) in [
+            ("/tmp/hsperfdata_root/43", 42),
+            ("/tmp/hsperfdata_root/042", 42),
+            ("/tmp/hsperfdata_/42", 42),
+            ("/tmp/hsperfdata_../42", 42),
+            ("/tmp/hsperfdata_a/b/42", 42),
+            ("/etc/hsperfdata_root/42", 42),
+            ("/tmp/hsperfdata_root/42/", 42),
+        ] {
+            assert!(!is_perf_data(path, pid), "{path}");
+        }
     }
 
     #[test]

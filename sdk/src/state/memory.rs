@@ -163,11 +163,12 @@ impl Vma {
                 "{}: System V or device shared memory is not supported",
                 m.describe()
             ));
-        } else if m.shared() && p[1] == b'w' && name.contains("/hsperfdata_") {
-            return Err(format!(
-                "{}: HotSpot's performance data file, deleted when this JVM exits, so the image could never be restored: start the JVM with -XX:+PerfDisableSharedMem",
-                m.describe()
-            ));
+        } else if m.shared() && m.inode != 0 && super::deleted::perf_data(name).is_some() {
+            // Kept in the image and created again under its name (see super::deleted).
+            Backing::Shared {
+                object: super::deleted::object_id(libc::makedev(m.dev_major, m.dev_minor), m.inode),
+                offset: m.offset,
+            }
         } else if let Some(_path) = super::deleted::deleted_path(name).filter(|_| m.inode != 0) {
             // Kept in the image as a shared object (see super::deleted).
             Backing::Shared {

@@ -388,6 +388,8 @@ pub(crate) fn copies(
     // (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), for deleted files mapped only.
     let mut map_files: BTreeMap<u64, String> = BTreeMap::new();
     let mut private: BTreeMap<u64, String> = BTreeMap::new();
+    // Kept-name files by their path.
+    let mut named: BTreeMap<u64, String> = BTreeMap::new();
     for m in maps {
         if let Ok(Vma {
             backing: Backing::Shared { object, offset },
@@ -399,7 +401,16 @@ pub(crate) fn copies(
             let o = objects.entry(object).or_default();
             o.name = memfd_name(&m.name);
             o.file = deleted(&m.name, None);
-            if o.file.is_some() {
+            if let Some(path) = super::deleted::perf_data(&m.name) {
+                // Still named: read through its name (checked to be the mapped file below).
+                o.file = std::fs::metadata(path)
+                    .ok()
+                    .map(|meta| super::deleted::DeletedFile {
+                        keep_name: true,
+                        ..super::deleted::DeletedFile::of(path, &meta)
+                    });
+                named.insert(object, path.to_owned());
+            } else if o.file.is_some() {
                 map_files
                     .entry(object)
                     .or_insert_with(|| format!("/proc/self/map_files/{:x}-{:x}", start, end));
@@ -430,11 +441,16 @@ pub(crate) fn copies(
             None => map_files.get(&id).cloned(),
         };
         let held = fds.iter().any(|(x, _)| *x == id);
-        let own = match source.map(std::fs::File::open) {
+        let opened = match (source, named.get(&id)) {
+            (Some(s), _) => Some(std::fs::File::open(s)),
+            (None, Some(path)) => Some(open_named(path, id)),
+            (None, None) => None,
+        };
+        let own = match opened {
             Some(Ok(f)) => Some(OwnedFd::from(f)),
             // The process holds a descriptor but its mode lets nobody read it (fchmod 0200):
             // nothing could be copied, so say so instead of saving it empty.
-            Some(Err(e)) if held => {
+            Some(Err(e)) if held || named.contains_key(&id) => {
                 refused.push(format!(
                     "{}: cannot open it to copy its contents: {e}",
                     describe(o.name.as_deref(), o.file.as_ref())
@@ -475,13 +491,18 @@ pub(crate) fn copies(
                 .and_then(|f| std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).ok())
             {
                 use std::os::unix::fs::MetadataExt;
-                if let Some(why) = super::deleted::still_linked(&file.path, meta.nlink()) {
+                if let Some(why) = super::deleted::still_linked(&file.path, meta.nlink())
+                    .filter(|_| !file.keep_name)
+                {
                     refused.push(why);
                     continue;
                 }
                 // Mapped only: its metadata from the mapping's file.
                 if !fds.iter().any(|(x, _)| *x == id) {
-                    *file = super::deleted::DeletedFile::of(&file.path, &meta);
+                    *file = super::deleted::DeletedFile {
+                        keep_name: file.keep_name,
+                        ..super::deleted::DeletedFile::of(&file.path, &meta)
+                    };
                 }
             }
             if own.is_none() {
@@ -506,6 +527,23 @@ pub(crate) fn copies(
         copies.push(ShmCopy::new(id, o, own, size)?);
     }
     Ok((copies, refused))
+}
+
+/// Opens a kept-name file by its path, without following a link, and checks that it is the
+/// mapped file (the object id holds its inode number).
+fn open_named(path: &str, id: u64) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || super::deleted::object_id(0, meta.ino()) != id {
+        return Err(std::io::Error::other(
+            "the file at that path was replaced after it was mapped",
+        ));
+    }
+    Ok(f)
 }
 
 fn describe(memfd: Option<&str>, file: Option<&super::deleted::DeletedFile>) -> String {
