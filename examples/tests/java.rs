@@ -1,5 +1,5 @@
 //! thaw's Java library (sdk/java, built by sdk/java/build.sh) with a stock OpenJDK 17 started by
-//! the `java` launcher: examples/java restored in every mode with its PID, every thread's TID and
+//! the `java` launcher with its default flags: examples/java restored in every mode with its PID, every thread's TID and
 //! name, the answer a cold run gives, GC and new threads after the restore and random values that
 //! differ in every restore; every collector Debian's JDK offers, 20 restores in a row each; the
 //! CRaC-shaped API run by a program written against org.crac with only its imports changed; thaw's
@@ -14,10 +14,6 @@ use std::process::{Command, Output};
 use common::*;
 
 const JAVA_HOME: &str = "/usr/lib/jvm/java-17-openjdk-amd64";
-
-/// JVM flags the checkpoint still needs: HotSpot's performance data lives in a MAP_SHARED
-/// /tmp/hsperfdata_<user>/<pid> file thaw does not restore yet. Empty once it does.
-const JVM_FLAGS: &[&str] = &["-XX:+PerfDisableSharedMem"];
 
 const REQUEST: &str = "order 3 widget-7 and 2 gadget-12 by 2026-03-14";
 
@@ -56,14 +52,14 @@ fn build(env: &Env, sources: &[PathBuf]) -> String {
     format!("{}:{}", jar.display(), classes.display())
 }
 
-/// `java FLAGS -cp CP MAIN ARGS` with the stock launcher, no descriptors but stdio.
+/// `java FLAGS -cp CP MAIN ARGS` with the stock launcher and its default flags (HotSpot's shared
+/// performance-data file included), no descriptors but stdio.
 fn java(cp: &str, flags: &[&str], main: &str, args: &[&str]) -> Output {
     command(&Path::new(JAVA_HOME).join("bin/java"))
         .env_remove("THAW_FD_POLICY")
         .env_remove("JAVA_TOOL_OPTIONS")
         .env_remove("THAW_IMAGE")
         .env_remove("THAW_KEY")
-        .args(JVM_FLAGS)
         .args(flags)
         .arg("-cp")
         .arg(cp)
