@@ -22,6 +22,8 @@ export interface CheckpointOptions {
   leaveChildrenOut?: boolean;
   /** Policy for descriptors thaw cannot restore, e.g. 'pipe=drop,251=null' (see setFdPolicy). */
   fdPolicy?: string | null;
+  /** A full garbage collection after the beforeCheckpoint hooks (default true): no garbage in the image. */
+  gc?: boolean;
 }
 
 /** The first life, when it goes on after the image is written. */
