@@ -290,3 +290,34 @@ fn thaw_api_errors_priorities_and_restored_arguments() {
         text(&o)
     );
 }
+
+#[test]
+fn a_refused_checkpoint_names_every_item_and_the_jvm_goes_on() {
+    let env = Env::new();
+    let cp = build(&env, &[root().join("examples/tests/java/Refused.java")]);
+    let img = env.path("refused.thaw");
+    let o = java(
+        &cp,
+        &[&format!("-Dthaw.image={}", img.display())],
+        "Refused",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", text(&o));
+    assert_eq!(lines[0], "code -2");
+    // The child and the pipes to its stdin, stdout and stderr, each with what to do about it.
+    assert!(
+        lines[1].contains("4 unsupported item(s)") && lines[1].contains("child process"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1].matches("the other end of the pipe").count(),
+        3,
+        "{out}"
+    );
+    assert!(lines[1].contains("THAW_FD_POLICY"), "{out}");
+    assert_eq!(lines[2], "goes on, child exit 143");
+    assert!(!img.exists());
+}
