@@ -65,11 +65,15 @@ const http = require('http');
 
 // Resources: opened in order, closed in reverse before the checkpoint, reopened after it.
 const hookLog = [];
-const warmServer = http.createServer((_q, s) => s.end('warm')).listen(0, '127.0.0.1');
+const warmServer = http.createServer((_q, s) => s.end('warm'));
 thaw.register({
   beforeCheckpoint() {
     hookLog.push('before:server');
-    warmServer.close(); // nothing listens in the image (thaw could restore it; an app decides)
+    // Nothing listens in the image (thaw could restore a listening socket; an app decides), and
+    // the server's connections go (thaw refuses TCP connections); the package itself closes
+    // http.globalAgent's idle keep-alive socket, the client side.
+    warmServer.close();
+    warmServer.closeAllConnections();
   },
   afterRestore(info) {
     hookLog.push(`after:server:${info.restored}`);
@@ -84,113 +88,124 @@ thaw.register({
   },
 });
 
-// State the restored life checks: a pending timer, the clocks as the first life last saw them.
-let timerFired = false;
-setTimeout(() => {
-  timerFired = true;
-}, 50);
-crypto.randomBytes(16); // OpenSSL's DRBGs are seeded in the first life
-crypto.randomUUID(); // and Node's batch of UUIDs filled
-const before = { date: Date.now(), perf: performance.now() };
-console.log('first life pid', process.pid);
+// Warm the HTTP stack too: one request through http.globalAgent (it keeps the connection alive),
+// then the rest, once the response is in.
+warmServer.listen(0, '127.0.0.1', () => {
+  http.get({ host: '127.0.0.1', port: warmServer.address().port, path: '/' }, (resp) => {
+    resp.resume();
+    resp.on('end', () => setImmediate(main));
+  });
+});
 
-const r = thaw.checkpoint(process.argv[2], { key: process.argv[3] || null, exitAfterSave: true });
+function main() {
+  // State the restored life checks: a pending timer, the clocks as the first life last saw them.
+  let timerFired = false;
+  setTimeout(() => {
+    timerFired = true;
+  }, 50);
+  crypto.randomBytes(16); // OpenSSL's DRBGs are seeded in the first life
+  crypto.randomUUID(); // and Node's batch of UUIDs filled
+  const before = { date: Date.now(), perf: performance.now() };
+  console.log('first life pid', process.pid);
 
-// ---- every restored life starts here ----
-console.log(answer(r.args[0] || ''));
-const after = { date: Date.now(), perf: performance.now() };
-console.log(`pid ${process.pid} restores ${r.restores} openssl reseeded ${r.reseeded.openssl}`);
-console.log(`hooks ${hookLog.join(',')}`);
-console.log(
-  `clocks date ${before.date} ${after.date} perf ${before.perf.toFixed(3)} ${after.perf.toFixed(3)}`
-);
-console.log(`random ${crypto.randomBytes(16).toString('hex')} uuid ${crypto.randomUUID()}`);
-console.log(`math.random ${Math.random()} (V8 cannot be reseeded: the same in every restore)`);
-console.log(`env THAW_EXAMPLE=${r.env.THAW_EXAMPLE || ''}`);
+  const r = thaw.checkpoint(process.argv[2], { key: process.argv[3] || null, exitAfterSave: true });
 
-const checks = [];
-function check(name, promise) {
-  checks.push(
-    promise.then(
-      (v) => console.log(`${name} ok${v === undefined ? '' : ' ' + v}`),
-      (e) => console.log(`${name} FAIL ${e && e.stack}`)
+  // ---- every restored life starts here ----
+  console.log(answer(r.args[0] || ''));
+  const after = { date: Date.now(), perf: performance.now() };
+  console.log(`pid ${process.pid} restores ${r.restores} openssl reseeded ${r.reseeded.openssl}`);
+  console.log(`hooks ${hookLog.join(',')}`);
+  console.log(
+    `clocks date ${before.date} ${after.date} perf ${before.perf.toFixed(3)} ${after.perf.toFixed(3)}`
+  );
+  console.log(`random ${crypto.randomBytes(16).toString('hex')} uuid ${crypto.randomUUID()}`);
+  console.log(`math.random ${Math.random()} (V8 cannot be reseeded: the same in every restore)`);
+  console.log(`env THAW_EXAMPLE=${r.env.THAW_EXAMPLE || ''}`);
+
+  const checks = [];
+  function check(name, promise) {
+    checks.push(
+      promise.then(
+        (v) => console.log(`${name} ok${v === undefined ? '' : ' ' + v}`),
+        (e) => console.log(`${name} FAIL ${e && e.stack}`)
+      )
+    );
+  }
+  // The pending timer from the first life fires (the event loop's timer heap and clock came back).
+  check(
+    'timer',
+    new Promise((res) => {
+      const poll = setInterval(() => {
+        if (timerFired) {
+          clearInterval(poll);
+          res();
+        }
+      }, 5);
+    })
+  );
+  check('promise', Promise.resolve());
+  check('immediate', new Promise((res) => setImmediate(res)));
+  // libuv's thread pool: fs and crypto work done on its threads.
+  check('fs', fs.promises.readFile(__filename).then((b) => b.length > 0));
+  check(
+    'threadpool',
+    new Promise((res, rej) =>
+      crypto.pbkdf2('a', 'b', 1000, 16, 'sha256', (e, k) => (e ? rej(e) : res(k.length)))
     )
   );
+  // Signals through libuv's signal pipe.
+  check(
+    'signal',
+    new Promise((res) => {
+      process.once('SIGUSR2', () => res());
+      process.kill(process.pid, 'SIGUSR2');
+    })
+  );
+  // V8's platform threads: a full GC with concurrent marking, and a new thread (a Worker).
+  check(
+    'worker',
+    new Promise((res, rej) => {
+      const { Worker } = require('worker_threads');
+      const w = new Worker('require("worker_threads").parentPort.postMessage(6 * 7)', { eval: true });
+      w.once('message', res);
+      w.once('error', rej);
+    })
+  );
+  // A server created after restore listens on 127.0.0.1 and answers.
+  check(
+    'server',
+    new Promise((res, rej) => {
+      const server = http.createServer((_q, s) => s.end('pong ' + process.pid));
+      server.listen(0, '127.0.0.1', () => {
+        http
+          .get({ host: '127.0.0.1', port: server.address().port, path: '/' }, (resp) => {
+            let body = '';
+            resp.on('data', (d) => (body += d));
+            resp.on('end', () => {
+              server.close();
+              res(body);
+            });
+          })
+          .on('error', rej);
+      });
+    })
+  );
+  // The inspector's watchdog thread (it blocks every signal) wakes on SIGUSR1 and starts the
+  // inspector (on any free port here).
+  check(
+    'inspector',
+    new Promise((res) => {
+      process.debugPort = 0;
+      process.kill(process.pid, 'SIGUSR1');
+      const inspector = require('inspector');
+      const poll = setInterval(() => {
+        if (inspector.url()) {
+          clearInterval(poll);
+          inspector.close();
+          res();
+        }
+      }, 5);
+    })
+  );
+  Promise.all(checks).then(() => console.log('done'));
 }
-// The pending timer from the first life fires (the event loop's timer heap and clock came back).
-check(
-  'timer',
-  new Promise((res) => {
-    const poll = setInterval(() => {
-      if (timerFired) {
-        clearInterval(poll);
-        res();
-      }
-    }, 5);
-  })
-);
-check('promise', Promise.resolve());
-check('immediate', new Promise((res) => setImmediate(res)));
-// libuv's thread pool: fs and crypto work done on its threads.
-check('fs', fs.promises.readFile(__filename).then((b) => b.length > 0));
-check(
-  'threadpool',
-  new Promise((res, rej) =>
-    crypto.pbkdf2('a', 'b', 1000, 16, 'sha256', (e, k) => (e ? rej(e) : res(k.length)))
-  )
-);
-// Signals through libuv's signal pipe.
-check(
-  'signal',
-  new Promise((res) => {
-    process.once('SIGUSR2', () => res());
-    process.kill(process.pid, 'SIGUSR2');
-  })
-);
-// V8's platform threads: a full GC with concurrent marking, and a new thread (a Worker).
-check(
-  'worker',
-  new Promise((res, rej) => {
-    const { Worker } = require('worker_threads');
-    const w = new Worker('require("worker_threads").parentPort.postMessage(6 * 7)', { eval: true });
-    w.once('message', res);
-    w.once('error', rej);
-  })
-);
-// A server created after restore listens on 127.0.0.1 and answers.
-check(
-  'server',
-  new Promise((res, rej) => {
-    const server = http.createServer((_q, s) => s.end('pong ' + process.pid));
-    server.listen(0, '127.0.0.1', () => {
-      http
-        .get({ host: '127.0.0.1', port: server.address().port, path: '/' }, (resp) => {
-          let body = '';
-          resp.on('data', (d) => (body += d));
-          resp.on('end', () => {
-            server.close();
-            res(body);
-          });
-        })
-        .on('error', rej);
-    });
-  })
-);
-// The inspector's watchdog thread (it blocks every signal) wakes on SIGUSR1 and starts the
-// inspector (on any free port here).
-check(
-  'inspector',
-  new Promise((res) => {
-    process.debugPort = 0;
-    process.kill(process.pid, 'SIGUSR1');
-    const inspector = require('inspector');
-    const poll = setInterval(() => {
-      if (inspector.url()) {
-        clearInterval(poll);
-        inspector.close();
-        res();
-      }
-    }, 5);
-  })
-);
-Promise.all(checks).then(() => console.log('done'));

@@ -6,7 +6,9 @@
 //! clocks that never go backwards, OpenSSL reseeded (randomBytes and randomUUID differ between
 //! restores), the event loop, thread pool, signals, a Worker, a new server on 127.0.0.1, and the
 //! inspector's watchdog thread (it blocks every signal; woken by SIGUSR1). V8 marks its heap
-//! MADV_DONTFORK: captured. Bad input gives JS Errors carrying the C API's code.
+//! MADV_DONTFORK: captured. The warm-up's HTTP request leaves an idle keep-alive socket in
+//! http.globalAgent, which the package closes (or the checkpoint would be refused). Bad input
+//! gives JS Errors carrying the C API's code.
 
 mod common;
 

@@ -95,6 +95,19 @@ function reseed() {
   return { openssl };
 }
 
+// Idle keep-alive sockets of http(s).globalAgent (Node 19+ keeps them by default) are connections
+// to other processes, which thaw refuses: they are a cache, so they are closed (the descriptor
+// goes at once; the agent opens new ones when needed).
+function closeIdleSockets() {
+  for (const name of ['http', 'https']) {
+    if (!process.moduleLoadList.includes(`NativeModule ${name}`)) continue;
+    const agent = require(name).globalAgent;
+    for (const list of Object.values(agent.freeSockets || {})) {
+      for (const socket of [...list]) socket.destroy();
+    }
+  }
+}
+
 let gcFn;
 // A full, synchronous garbage collection: what is garbage is not written into the image, nor
 // paged in again by every restore. Without --expose-gc, V8's flag is set for a moment and a
@@ -167,6 +180,7 @@ function checkpoint(path, options = {}) {
     done.push(entry);
   }
   const ran = done.reverse(); // registration order
+  closeIdleSockets();
   if (gc) {
     fullGC();
     native.releaseMemory();

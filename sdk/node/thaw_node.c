@@ -1,5 +1,5 @@
 /* The native half of the `thaw` npm package: a Node-API addon over libthaw.so (sdk/include/thaw.h).
- * Node-API only, so one build serves every Node.js version that has Node-API 8 (Node >= 12.22):
+ * Node-API only, so one build serves every Node.js version that has Node-API 8 (12.22+, 14.17+, 16+):
  * compiled against the `node-api-headers` npm package, never against one Node's own headers.
  * Built by sdk/node/build.sh; index.js is the API (hooks, options, result objects).
  *
