@@ -65,6 +65,7 @@ public class Main {
     final List<List<Item>> shards = new ArrayList<>();
     final Map<String, Method> operations = new TreeMap<>();
     ExecutorService pool;
+    String catalogId;
 
     public static void main(String[] args) throws Exception {
         List<String> a = new ArrayList<>(Arrays.asList(args));
@@ -123,6 +124,16 @@ public class Main {
                     e.getAttribute("category"), new BigDecimal(e.getTextContent().trim()));
             catalog.put(it.name(), it);
         }
+        // The catalog's identity: its canonical form (javax.xml.transform) and an XPath count.
+        var out = new java.io.StringWriter();
+        var tf = javax.xml.transform.TransformerFactory.newInstance().newTransformer();
+        tf.setOutputProperty(javax.xml.transform.OutputKeys.INDENT, "no");
+        tf.transform(new javax.xml.transform.dom.DOMSource(doc), new javax.xml.transform.stream.StreamResult(out));
+        double tools = (Double) javax.xml.xpath.XPathFactory.newInstance().newXPath()
+                .evaluate("count(/catalog/item[@category='tools'])", doc, javax.xml.xpath.XPathConstants.NUMBER);
+        catalogId = HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256")
+                .digest(out.toString().getBytes(StandardCharsets.UTF_8)), 0, 4) + "/" + (int) tools;
+        java.util.logging.Logger.getLogger("catalog").fine(() -> "catalog " + catalogId);
         for (int i = 0; i < WORKERS; i++) shards.add(new ArrayList<>());
         int i = 0;
         for (Item it : catalog.values()) shards.get(i++ % WORKERS).add(it);
@@ -187,7 +198,7 @@ public class Main {
         byte[] digest = MessageDigest.getInstance("SHA-256")
                 .digest((op + result + score + due).getBytes(StandardCharsets.UTF_8));
         return "answer " + op + ": " + result + "; category hits " + score + "; due " + due
-                + "; digest " + HexFormat.of().formatHex(digest, 0, 8);
+                + "; catalog " + catalogId + "; digest " + HexFormat.of().formatHex(digest, 0, 8);
     }
 
     String op_order(List<String> words) {
