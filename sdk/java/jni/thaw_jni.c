@@ -3,6 +3,7 @@
  * system's strong encapsulation, so no --add-opens is needed. Built by sdk/java/build.sh. */
 #include <errno.h>
 #include <jni.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -207,6 +208,9 @@ JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, j
         (*env)->ReleaseStringUTFChars(env, image, img);
         return -1;
     }
+    /* Free heap pages glibc still holds (the JVM's native allocations of the warm-up) stay out
+     * of the image. */
+    malloc_trim(0);
     int r = thaw_checkpoint(img, k, (unsigned)flags);
     /* Copied before any other thaw_ call (the message is valid until then). */
     char message[16384];
