@@ -77,6 +77,49 @@ fn memory_filled_while_the_process_forks_moves_and_drops_it() {
 }
 
 #[test]
+fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() {
+    let Some((env, img)) = lazy_image(false) else {
+        return;
+    };
+    let records = env.path("cache/working-sets");
+    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    assert_all_ok(&o, &LAZY_CHECKS);
+    let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
+    assert!(count(&report, "recorded") > 0, "{report}");
+    assert_eq!(count(&report, "brought in ahead"), 0, "{report}");
+    let files: Vec<_> = std::fs::read_dir(&records).unwrap().collect();
+    assert_eq!(files.len(), 1, "one record, named by the image's digest");
+    let record = files[0].as_ref().unwrap().path();
+    let bytes = std::fs::read(&record).unwrap();
+
+    // Replayed (and kept as it was), the process's checks pass as before.
+    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    assert_all_ok(&o, &LAZY_CHECKS);
+    let report = lazy_report(&o).unwrap();
+    assert!(count(&report, "brought in ahead") > 0, "{report}");
+    assert_eq!(count(&report, "recorded"), 0, "{report}");
+    assert_eq!(std::fs::read(&record).unwrap(), bytes);
+
+    // Neither read nor written with --no-working-set.
+    let o = restore_timed(&env, &img, &["--pid-mode", "host", "--no-working-set"]);
+    assert_all_ok(&o, &LAZY_CHECKS);
+    let report = lazy_report(&o).unwrap();
+    assert_eq!(count(&report, "brought in ahead"), 0, "{report}");
+    assert_eq!(count(&report, "recorded"), 0, "{report}");
+
+    // A record that is not one (here: naming chunks the image does not have) is ignored, not
+    // trusted: it can only ever change the order of filling, and this one changes nothing.
+    let mut bad = bytes.clone();
+    let last = bad.len() - 8;
+    bad[last..].copy_from_slice(&u64::MAX.wrapping_shr(1).to_le_bytes());
+    std::fs::write(&record, &bad).unwrap();
+    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    assert_all_ok(&o, &LAZY_CHECKS);
+    let report = lazy_report(&o).unwrap();
+    assert_eq!(count(&report, "brought in ahead"), 0, "{report}");
+}
+
+#[test]
 fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
     let Some((env, img)) = lazy_image(false) else {
         return;

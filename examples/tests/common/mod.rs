@@ -129,9 +129,14 @@ impl Env {
         let k = thaw_signing::SecretKey::generate().unwrap();
         k.save_new(&key).unwrap();
         k.public().save_new(&pubkey).unwrap();
+        // The launcher's cache (working sets) of this test's own, not the user's.
+        let cache = dir.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
         if nobody {
             std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
             std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
         }
         Env {
             dir,
@@ -201,7 +206,8 @@ impl Env {
     /// `thaw run --trust k.pub OPTS IMAGE -- ARGS`.
     pub fn restore_cmd(&self, image: &Path, opts: &[&str], args: &[&str]) -> Command {
         let mut c = self.cmd(&self.program("thaw"));
-        c.env("ZDTM_ENV", "from the launcher");
+        c.env("ZDTM_ENV", "from the launcher")
+            .env("THAW_CACHE_DIR", self.path("cache"));
         c.arg("run")
             .arg("--trust")
             .arg(&self.pubkey)

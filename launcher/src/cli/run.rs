@@ -49,6 +49,12 @@ pub struct Args {
     /// process then sees them jump backwards.
     #[arg(long)]
     allow_clock_jump: bool,
+    /// Neither replay nor record the image's working set. With lazy memory the first restore of
+    /// an image records which memory the process touches first, in order, in your cache
+    /// ($THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw or ~/.cache/thaw); later restores bring it in
+    /// ahead of the process. The record only orders filling: every byte is still verified.
+    #[arg(long)]
+    no_working_set: bool,
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
@@ -110,6 +116,18 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
+    let working_set = match &lazy {
+        Some(_) if !args.no_working_set => {
+            let h = image.header();
+            restore::working_set::WorkingSet::load(
+                cache_dir(ctx).as_deref(),
+                image.content_digest(),
+                h.chunk_count(),
+                u64::from(h.chunk_size),
+            )
+        }
+        _ => Default::default(),
+    };
     let listeners = given_listeners(&args.listen_fds, ctx)?;
     pause_for_tests(ctx)?;
     let verified = started.elapsed();
@@ -125,9 +143,22 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             lazy,
             listeners,
             allow_clock_jump: args.allow_clock_jump,
+            working_set,
         },
     )?;
     std::process::exit(status);
+}
+
+/// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a
+/// privileged launcher, which reads no environment).
+fn cache_dir(ctx: &Context) -> Option<PathBuf> {
+    if let Some(d) = ctx.env("THAW_CACHE_DIR") {
+        return Some(d.into());
+    }
+    match ctx.env("XDG_CACHE_HOME") {
+        Some(x) => restore::working_set::own_dir(x.as_ref(), &["thaw"]),
+        None => restore::working_set::own_dir(ctx.env("HOME")?.as_ref(), &[".cache", "thaw"]),
+    }
 }
 
 /// The listening sockets the caller hands in: `--listen-fd` numbers and systemd's LISTEN_FDS

@@ -20,6 +20,7 @@ use thaw::image::Image;
 use thaw::restore::Plan;
 use thaw::state::memory::Vma;
 
+use super::working_set::Touch;
 use crate::exit::{Code, Failure, Result};
 use crate::sys::{self, uffd};
 
@@ -201,6 +202,8 @@ pub struct Stats {
     pub chunks: u64,
     pub bytes: u64,
     pub forks: u64,
+    /// Touches of a recorded working set brought in ahead of the process.
+    pub replayed: u64,
     /// From receiving the userfaultfd until every page was filled (or the process was gone).
     pub filled_in: Duration,
 }
@@ -234,9 +237,17 @@ struct Space {
     /// Faulting pages to serve again once the events ahead of them are read.
     retry: Vec<u64>,
     dead: bool,
+    /// The restored process itself (not a child it forked): the one whose touches are recorded
+    /// and replayed.
+    main: bool,
 }
 
 impl Space {
+    /// Whether any payload page in `[first, end)` is still to copy in.
+    fn any_pending(&self, first: u64, end: u64) -> bool {
+        (first..end).any(|p| self.is_pending(p))
+    }
+
     fn is_pending(&self, page: u64) -> bool {
         self.pending[(page / 64) as usize] & (1 << (page % 64)) != 0
     }
@@ -366,6 +377,19 @@ impl Index {
 struct State {
     spaces: Vec<Space>,
     stats: Stats,
+    /// The next touch of the working set to replay.
+    replay_at: usize,
+    /// This restore's first touches, in order, when recording.
+    recorded: Vec<Touch>,
+    recorded_chunks: std::collections::HashSet<u64>,
+    recorded_zero: std::collections::HashSet<u64>,
+}
+
+/// What the server did: its figures, and the working set it recorded (empty unless recording).
+#[derive(Debug, Default)]
+pub struct Served {
+    pub stats: Stats,
+    pub touches: Vec<Touch>,
 }
 
 /// Serves one restored process's lazily filled memory, on a thread of the launcher.
@@ -373,10 +397,16 @@ pub struct Server<'a> {
     image: &'a Image,
     index: Index,
     initial: Vec<Seg>,
+    /// A recorded working set to bring in ahead of the process, in order.
+    replay: Vec<Touch>,
+    /// Record this restore's first touches.
+    record: bool,
 }
 
 impl<'a> Server<'a> {
-    pub fn new(image: &'a Image) -> Server<'a> {
+    /// A server for `image`'s lazy VMAs, replaying `replay` (see [`super::working_set`]) or,
+    /// with `record`, recording what the process touches.
+    pub fn new(image: &'a Image, replay: Vec<Touch>, record: bool) -> Server<'a> {
         let m = image.manifest();
         let mut by_addr = Vec::new();
         let mut initial = Vec::new();
@@ -403,17 +433,19 @@ impl<'a> Server<'a> {
                 chunk_size: u64::from(image.header().chunk_size),
             },
             initial,
+            replay,
+            record,
         }
     }
 
     /// Waits for the userfaultfd on `sock`, then serves faults and fills memory until every page
     /// is in or the process is gone. On a failure (a chunk that does not match its digest, an
     /// unreadable image), kills `victim` (the launcher's child) before any wrong byte is used.
-    pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Stats> {
+    pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Served> {
         let fd = match sys::recv_fd(&sock) {
             Ok(Some(fd)) => fd,
             // The restorer failed before handing it over; it reports that itself.
-            Ok(None) | Err(_) => return Ok(Stats::default()),
+            Ok(None) | Err(_) => return Ok(Served::default()),
         };
         drop(sock);
         let started = Instant::now();
@@ -435,6 +467,7 @@ impl<'a> Server<'a> {
                 cursor: 0,
                 retry: Vec::new(),
                 dead: false,
+                main: true,
             }],
             ..State::default()
         };
@@ -445,7 +478,10 @@ impl<'a> Server<'a> {
                 sys::kill(victim, libc::SIGKILL);
                 Err(f)
             }
-            Ok(()) => Ok(st.stats),
+            Ok(()) => Ok(Served {
+                stats: st.stats,
+                touches: st.recorded,
+            }),
         }
     }
 
@@ -479,6 +515,10 @@ impl<'a> Server<'a> {
             st.spaces.retain(|sp| !sp.dead && sp.left > 0);
             if st.stats.faults + st.stats.zero_faults != before {
                 last_fault = Instant::now();
+            }
+            // The recorded working set goes in at once, in order (faults still come first).
+            if st.spaces.iter().all(|sp| sp.retry.is_empty()) && self.replay_one(st, &mut buf)? {
+                continue;
             }
             if last_fault.elapsed() < QUIET || st.spaces.iter().any(|sp| !sp.retry.is_empty()) {
                 continue;
@@ -522,6 +562,7 @@ impl<'a> Server<'a> {
                     cursor: 0,
                     retry: Vec::new(),
                     dead: false,
+                    main: false,
                 };
                 st.spaces.push(child);
                 st.stats.forks += 1;
@@ -576,6 +617,26 @@ impl<'a> Server<'a> {
         let payload_page = space
             .image_addr(page)
             .and_then(|img| self.index.payload_page(img));
+        if self.record && space.main {
+            let cs = self.index.chunk_size;
+            match payload_page {
+                Some(p) if space.is_pending(p) => {
+                    let c = p * PAGE / cs;
+                    if st.recorded_chunks.insert(c) {
+                        st.recorded.push(Touch::Chunk(c));
+                    }
+                }
+                // Dropped by the process since: not a touch of the image.
+                Some(_) => {}
+                None => {
+                    if let Some(block) = space.image_addr(page).map(|a| a & !(cs - 1)) {
+                        if st.recorded_zero.insert(block) {
+                            st.recorded.push(Touch::Zero(block));
+                        }
+                    }
+                }
+            }
+        }
         let Some(p) = payload_page.filter(|&p| space.is_pending(p)) else {
             st.stats.zero_faults += 1;
             return match uffd::zeropage(&space.uffd, page, PAGE) {
@@ -608,6 +669,71 @@ impl<'a> Server<'a> {
             let _ = uffd::wake(&space.uffd, page, PAGE);
         }
         Ok(())
+    }
+}
+
+impl Server<'_> {
+    /// Brings in the next touch of the working set that still has something to bring in; false
+    /// when the record is done (or the process it was for is gone).
+    fn replay_one(&self, st: &mut State, buf: &mut [u8]) -> Result<bool> {
+        let Some(s) = st.spaces.iter().position(|sp| sp.main && !sp.dead) else {
+            return Ok(false);
+        };
+        let cs = self.index.chunk_size;
+        while let Some(&touch) = self.replay.get(st.replay_at) {
+            st.replay_at += 1;
+            let space = &mut st.spaces[s];
+            let done = match touch {
+                Touch::Chunk(c) => {
+                    if !space.any_pending(c * cs / PAGE, (c + 1) * cs / PAGE) {
+                        continue;
+                    }
+                    let data = self.verified_chunk(c, buf)?;
+                    copy_chunk(&self.index, space, &mut st.stats, c, data)?;
+                    true
+                }
+                Touch::Zero(block) => self.zero_block(space, block),
+            };
+            if done {
+                st.stats.replayed += 1;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Fills the never-saved pages of the image block at `img` (where they lie now) with zeros,
+    /// as the kernel would on first touch; true if any page went in. Saved pages are left to
+    /// their chunk; pages already present, unmapped or moved away are skipped.
+    fn zero_block(&self, space: &mut Space, img: u64) -> bool {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let len = self.index.chunk_size.min(ZEROS.len() as u64);
+        let hole = |a: u64| self.index.payload_page(a).is_none();
+        let mut did = false;
+        for (cur, at, n) in space.pieces(img, len) {
+            let mut p = 0;
+            while p < n {
+                if !hole(img + at + p) {
+                    p += PAGE;
+                    continue;
+                }
+                let mut q = p + PAGE;
+                while q < n && hole(img + at + q) {
+                    q += PAGE;
+                }
+                match copy_in(space, cur + p, &ZEROS[..(q - p) as usize]) {
+                    Ok(Copied::Dead) => {
+                        space.dead = true;
+                        return did;
+                    }
+                    Ok(_) => did = true,
+                    // Only an optimisation: a fault would bring the page in anyway.
+                    Err(_) => {}
+                }
+                p = q;
+            }
+        }
+        did
     }
 }
 

@@ -9,6 +9,7 @@ pub mod lazy;
 pub mod policy;
 mod restorer;
 mod timens;
+pub mod working_set;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -68,6 +69,8 @@ pub struct Request {
     pub listeners: Vec<OwnedFd>,
     /// Restore even if the image's clocks would jump backwards here (no time namespace).
     pub allow_clock_jump: bool,
+    /// With lazy memory: the image's recorded working set, or where to record one.
+    pub working_set: working_set::WorkingSet,
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -817,12 +820,16 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         .map(|t| t.parent_end);
     std::thread::scope(|scope| {
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
-        let server =
-            sock.map(|sock| scope.spawn(move || lazy::Server::new(image).run(sock, child)));
+        let ws = &req.working_set;
+        let server = sock.map(|sock| {
+            scope.spawn(move || {
+                lazy::Server::new(image, ws.replay.clone(), ws.record_to.is_some()).run(sock, child)
+            })
+        });
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
-        supervise(child, error_r, &plan, req.timing.zip(prepared), server)
+        supervise(child, error_r, &plan, req.timing.zip(prepared), server, ws)
     })
 }
 
@@ -835,7 +842,8 @@ fn supervise(
         (std::time::Instant, std::time::Duration),
         std::time::Duration,
     )>,
-    server: Option<std::thread::ScopedJoinHandle<'_, Result<lazy::Stats>>>,
+    server: Option<std::thread::ScopedJoinHandle<'_, Result<lazy::Served>>>,
+    ws: &working_set::WorkingSet,
 ) -> Result<i32> {
     // A report on the pipe means a step failed; end of file means the process is restored.
     let mut report = [0u8; 16];
@@ -876,16 +884,21 @@ fn supervise(
         )));
     }
     if let Some(served) = served {
-        let st = served?;
+        let served = served?;
+        ws.save(&served.touches);
+        let st = served.stats;
         if timing.is_some() {
             eprintln!(
-                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed",
+                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, working set of {} touches: {} brought in ahead, {} recorded",
                 st.faults,
                 st.zero_faults,
                 st.chunks,
                 st.bytes as f64 / 1048576.0,
                 ms(st.filled_in),
-                st.forks
+                st.forks,
+                ws.replay.len(),
+                st.replayed,
+                served.touches.len(),
             );
         }
     }
@@ -948,8 +961,10 @@ fn spawn_in_namespace(
             let _ = sys::forward_signals(child, &FORWARDED);
             std::thread::scope(|scope| {
                 // Spawned with every signal blocked, like the outer launcher's.
-                let server =
-                    sock.map(|sock| scope.spawn(move || lazy::Server::new(image).run(sock, child)));
+                let server = sock.map(|sock| {
+                    scope
+                        .spawn(move || lazy::Server::new(image, Vec::new(), false).run(sock, child))
+                });
                 sys::set_sigmask(0);
                 let status = loop {
                     match sys::wait(-1) {
