@@ -1,6 +1,9 @@
-//! Time to first response, cold start vs. restore, for the three example applications, each pair
-//! measured in the same run: examples/counter (Rust), examples/lua (Lua 5.4 embedded through mlua)
-//! and examples/python/pandas_warm.py (Debian's CPython with pandas, through libthaw.so).
+//! Time to first response, cold start vs. restore, for the example applications, each pair
+//! measured in the same run: examples/counter (Rust), examples/lua (Lua 5.4 embedded through
+//! mlua), examples/python/pandas_warm.py (Debian's CPython with pandas, through libthaw.so),
+//! examples/java (the stock `java` launcher with default flags, through sdk/java),
+//! examples/clojure (Debian's `clojure` command) and examples/node (stock Node.js with the
+//! TypeScript compiler, through sdk/node).
 //! "First response" is the answer line on stdout; process exit is not waited for in the timing.
 
 use std::io::{BufRead, BufReader};
@@ -42,21 +45,91 @@ fn first_line(mut c: Command) -> Duration {
     elapsed
 }
 
-/// An application run as `PROGRAM [SCRIPT] - REQUEST` (cold) or `PROGRAM [SCRIPT] IMAGE KEY`
-/// (warm up and checkpoint).
+/// An application: how it starts cold and answers `request`, and how its first life warms up
+/// and checkpoints to an image.
 struct App {
     name: &'static str,
-    program: PathBuf,
-    script: Option<PathBuf>,
     request: &'static str,
+    cold: Box<dyn Fn(&str) -> Command>,
+    /// (image, key) -> the first life's command.
+    save: Box<SaveCommand>,
 }
 
-impl App {
-    fn command(&self, lib: &Path) -> Command {
-        let mut c = thaw_benches::command(&self.program);
-        c.env("THAW_LIB", lib).args(&self.script);
+type SaveCommand = dyn Fn(&Path, &Path) -> Command;
+
+/// A program run as `PROGRAM [SCRIPT...] FLAG REQUEST` cold, `PROGRAM [SCRIPT...] IMAGE KEY` to
+/// checkpoint.
+fn positional(
+    name: &'static str,
+    program: PathBuf,
+    script: Vec<std::ffi::OsString>,
+    cold_flag: &'static str,
+    request: &'static str,
+    env: Vec<(&'static str, PathBuf)>,
+) -> App {
+    let make = move || {
+        let mut c = thaw_benches::command(&program);
+        c.envs(env.iter().map(|(k, v)| (k, v))).args(&script);
         c
+    };
+    let make2 = make.clone();
+    App {
+        name,
+        request,
+        cold: Box::new(move |r| {
+            let mut c = make();
+            c.args([cold_flag, r]);
+            c
+        }),
+        save: Box::new(move |image, key| {
+            let mut c = make2();
+            c.arg(image).arg(key);
+            c
+        }),
     }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// thaw's Java library built by sdk/java/build.sh into `dir` (linked to `lib`), and
+/// examples/java compiled against it; returns the class path.
+fn build_java(dir: &Path, lib: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let st = Command::new(root.join("sdk/java/build.sh"))
+        .arg(dir.join("lib"))
+        .env("THAW_LIB", lib)
+        .status()
+        .unwrap();
+    assert!(st.success(), "sdk/java/build.sh failed");
+    let jar = dir.join("lib/thaw.jar");
+    let st = Command::new("javac")
+        .arg("-cp")
+        .arg(&jar)
+        .arg("-d")
+        .arg(dir.join("classes"))
+        .arg(examples().join("java/Main.java"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "javac examples/java/Main.java failed");
+    format!("{}:{}", jar.display(), dir.join("classes").display())
+}
+
+/// The Node.js package built by sdk/node/build.sh into `dir` (linked to `lib`; it runs
+/// scripts/node-deps, which fetches the pinned npm packages into target/node-deps); returns it
+/// and the TypeScript compiler.
+fn build_node(dir: &Path, lib: &Path) -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pkg = dir.join("node/thaw");
+    let st = Command::new(root.join("sdk/node/build.sh"))
+        .arg(&pkg)
+        .arg(lib)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "sdk/node/build.sh failed");
+    (pkg, root.join("target/node-deps/typescript"))
 }
 
 fn bench(c: &mut Criterion) {
@@ -68,36 +141,73 @@ fn bench(c: &mut Criterion) {
     let k = thaw_signing::SecretKey::generate().unwrap();
     k.save_new(&key).unwrap();
     k.public().save_new(&trust).unwrap();
+    let classpath = build_java(work.path(), &lib);
+    let (node_pkg, typescript) = build_node(work.path(), &lib);
+    let java_cp = classpath.clone();
+    let jar = PathBuf::from(classpath.split(':').next().unwrap());
     let apps = [
+        positional("counter", dir.join("counter"), vec![], "-", "4242", vec![]),
+        positional(
+            "lua",
+            dir.join("lua-warm"),
+            vec![],
+            "-",
+            "fib(80) + lookup(4242) + total",
+            vec![],
+        ),
+        positional(
+            "cpython_pandas",
+            "/usr/bin/python3".into(),
+            vec![examples().join("python/pandas_warm.py").into()],
+            "-",
+            "Oslo",
+            vec![("THAW_LIB", lib.clone())],
+        ),
         App {
-            name: "counter",
-            program: dir.join("counter"),
-            script: None,
-            request: "4242",
+            name: "java",
+            request: "order 3 widget-7 and 2 gadget-12 by 2026-03-14",
+            cold: {
+                let cp = classpath.clone();
+                Box::new(move |r| {
+                    let mut c = thaw_benches::command("java");
+                    c.args(["-cp", &cp, "Main", "--cold", r]);
+                    c
+                })
+            },
+            save: Box::new(move |image, key| {
+                let mut c = thaw_benches::command("java");
+                c.arg(format!("-Dthaw.image={}", image.display()))
+                    .arg(format!("-Dthaw.key={}", key.display()))
+                    .args(["-cp", &java_cp, "Main"]);
+                c
+            }),
         },
-        App {
-            name: "lua",
-            program: dir.join("lua-warm"),
-            script: None,
-            request: "fib(80) + lookup(4242) + total",
-        },
-        App {
-            name: "cpython_pandas",
-            program: "/usr/bin/python3".into(),
-            script: Some(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py"),
-            ),
-            request: "Oslo",
-        },
+        positional(
+            "clojure",
+            "/usr/bin/clojure".into(),
+            vec![
+                "-cp".into(),
+                jar.into(),
+                examples().join("clojure/warm.clj").into(),
+            ],
+            "--cold",
+            r#"(frequencies "mississippi")"#,
+            vec![],
+        ),
+        positional(
+            "node",
+            "/usr/bin/node".into(),
+            vec![examples().join("node/app.js").into()],
+            "--cold",
+            "let x: number = 6 * 7",
+            vec![("THAW_NODE_PACKAGE", node_pkg), ("TYPESCRIPT", typescript)],
+        ),
     ];
     let mut g = c.benchmark_group("startup");
     g.sample_size(10);
     for app in &apps {
         let image = work.path().join(format!("{}.thaw", app.name));
-        let st = app
-            .command(&lib)
-            .arg(&image)
-            .arg(&key)
+        let st = (app.save)(&image, &key)
             .stdout(Stdio::null())
             .status()
             .unwrap();
@@ -105,15 +215,7 @@ fn bench(c: &mut Criterion) {
         let size = std::fs::metadata(&image).unwrap().len();
         eprintln!("startup/{}: image {} MiB", app.name, size >> 20);
         g.bench_function(BenchmarkId::new("cold", app.name), |b| {
-            b.iter_custom(|n| {
-                (0..n)
-                    .map(|_| {
-                        let mut c = app.command(&lib);
-                        c.args(["-", app.request]);
-                        first_line(c)
-                    })
-                    .sum()
-            })
+            b.iter_custom(|n| (0..n).map(|_| first_line((app.cold)(app.request))).sum())
         });
         g.bench_function(BenchmarkId::new("restore", app.name), |b| {
             b.iter_custom(|n| {
