@@ -1,5 +1,6 @@
 //! Full verification throughput (signature + every payload chunk, all cores) beside
-//! single-threaded raw SHA-256 over the same bytes, in the same run.
+//! single-threaded raw BLAKE3 (the chunk digest) and SHA-256 (the digest before format 6) over
+//! the same bytes, in the same run.
 
 use std::hint::black_box;
 
@@ -30,6 +31,13 @@ fn bench_verify(c: &mut Criterion) {
 
         group.bench_with_input(BenchmarkId::new("sha256_1core", mib), &payload, |b, p| {
             b.iter(|| black_box(Sha256::digest(black_box(p))))
+        });
+        group.bench_with_input(BenchmarkId::new("blake3_1core", mib), &payload, |b, p| {
+            b.iter(|| {
+                for c in black_box(p).chunks(64 << 10) {
+                    black_box(blake3::hash(c));
+                }
+            })
         });
         group.bench_with_input(BenchmarkId::new("thaw_verify", mib), &path, |b, path| {
             b.iter(|| {

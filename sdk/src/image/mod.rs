@@ -14,7 +14,7 @@
 //!   fill. Its offsets say where every other section is; sections are contiguous and in this order,
 //!   so no byte of the file lies outside a checked section.
 //! * The payload holds raw memory contents at page-aligned offsets, so regions can be mapped or
-//!   read straight from the file. It is cut into `chunk_size` chunks whose SHA-256 digests are in
+//!   read straight from the file. It is cut into `chunk_size` chunks whose BLAKE3 digests are in
 //!   the manifest's [`ChunkTable`](crate::state::ChunkTable).
 //! * The manifest is a postcard-encoded [`Manifest`](crate::state::Manifest).
 //! * The trailer names the signing key by fingerprint and holds an Ed25519 signature over
@@ -47,7 +47,7 @@ pub const MAGIC: [u8; 8] = *b"THAWIMG\0";
 /// Magic bytes at the start of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"THAWSIG\0";
 /// The on-disk format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Domain-separation prefix of the signed message.
 pub const SIGNATURE_DOMAIN: &[u8] = b"thaw image signature v1\0";
 /// Default payload chunk size.

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use sha2::{Digest as _, Sha256};
 use thaw_signing::{Fingerprint, TrustStore};
 
 use super::header::{Header, Trailer, HEADER_LEN, TRAILER_LEN};
@@ -295,7 +294,7 @@ impl Image {
     }
 
     fn check_chunk(&self, index: u64, data: &[u8]) -> Result<(), ImageError> {
-        let got: [u8; 32] = Sha256::digest(data).into();
+        let got: [u8; 32] = *blake3::hash(data).as_bytes();
         if got != self.manifest.chunks.digests[index as usize].0 {
             let (off, len) = self.chunk_range(index);
             return Err(ImageError::corrupt(

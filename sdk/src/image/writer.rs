@@ -39,7 +39,7 @@ pub struct ImageWriter {
     page_size: u32,
     chunk_size: u32,
     payload_len: u64,
-    chunk: Sha256,
+    chunk: blake3::Hasher,
     chunk_fill: u64,
     digests: Vec<Digest>,
 }
@@ -69,7 +69,7 @@ impl ImageWriter {
             page_size,
             chunk_size,
             payload_len: 0,
-            chunk: Sha256::new(),
+            chunk: blake3::Hasher::new(),
             chunk_fill: 0,
             digests: Vec::new(),
         };
@@ -92,8 +92,8 @@ impl ImageWriter {
             self.chunk_fill += take as u64;
             data = &data[take..];
             if self.chunk_fill == u64::from(self.chunk_size) {
-                self.digests
-                    .push(Digest(self.chunk.finalize_reset().into()));
+                self.digests.push(Digest(*self.chunk.finalize().as_bytes()));
+                self.chunk.reset();
                 self.chunk_fill = 0;
             }
         }
@@ -160,8 +160,8 @@ impl ImageWriter {
         key: Option<&SecretKey>,
     ) -> Result<SavedImage, ImageError> {
         if self.chunk_fill > 0 {
-            self.digests
-                .push(Digest(self.chunk.finalize_reset().into()));
+            self.digests.push(Digest(*self.chunk.finalize().as_bytes()));
+            self.chunk.reset();
             self.chunk_fill = 0;
         }
         manifest.chunks = ChunkTable {
