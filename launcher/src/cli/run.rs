@@ -99,7 +99,62 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     } else {
         restore::lazy::Uffd::probe()
     };
-    let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
+    let working_set = match &lazy {
+        Some(_) if !args.no_working_set => {
+            let h = image.header();
+            restore::working_set::WorkingSet::load(
+                cache_dir(ctx).as_deref(),
+                image.content_digest(),
+                h.chunk_count(),
+                u64::from(h.chunk_size),
+            )
+        }
+        _ => Default::default(),
+    };
+    // The working set's chunks are verified on a thread of their own from now on, beside the
+    // up-front verification and the preparation of the process.
+    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay);
+    std::thread::scope(|scope| {
+        if !ahead.is_empty() {
+            scope.spawn(|| ahead.run());
+        }
+        let how = How {
+            pid_mode,
+            private,
+            lazy,
+            working_set,
+        };
+        let status = restore_verified(&image, args, ctx, started, how, &ahead);
+        ahead.stop();
+        status
+    })
+    .map(|status| std::process::exit(status))
+}
+
+/// How the image is restored, as decided from the options and the machine.
+struct How {
+    pid_mode: PidMode,
+    private: bool,
+    lazy: Option<restore::lazy::Uffd>,
+    working_set: restore::working_set::WorkingSet,
+}
+
+/// Verifies what must be verified before the process runs, then restores it.
+fn restore_verified<'a>(
+    image: &'a thaw::image::Image,
+    args: Args,
+    ctx: &Context,
+    started: std::time::Instant,
+    how: How,
+    ahead: &'a restore::ahead::Ahead<'a>,
+) -> Result<i32> {
+    let How {
+        pid_mode,
+        private,
+        lazy,
+        working_set,
+    } = how;
+    let eager = restore::lazy::eager_chunks(image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
     let payload = if private {
         let h = image.header();
@@ -116,23 +171,11 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
-    let working_set = match &lazy {
-        Some(_) if !args.no_working_set => {
-            let h = image.header();
-            restore::working_set::WorkingSet::load(
-                cache_dir(ctx).as_deref(),
-                image.content_digest(),
-                h.chunk_count(),
-                u64::from(h.chunk_size),
-            )
-        }
-        _ => Default::default(),
-    };
     let listeners = given_listeners(&args.listen_fds, ctx)?;
     pause_for_tests(ctx)?;
     let verified = started.elapsed();
-    let status = restore::run(
-        &image,
+    restore::run(
+        image,
         Request {
             pid_mode,
             args: args.args,
@@ -145,8 +188,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             allow_clock_jump: args.allow_clock_jump,
             working_set,
         },
-    )?;
-    std::process::exit(status);
+        Some(ahead),
+    )
 }
 
 /// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a

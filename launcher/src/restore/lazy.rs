@@ -237,8 +237,8 @@ struct Space {
     /// Faulting pages to serve again once the events ahead of them are read.
     retry: Vec<u64>,
     dead: bool,
-    /// The restored process itself (not a child it forked): the one whose touches are recorded
-    /// and replayed.
+    /// The restored process itself (not a child it forked): the one a working set is replayed
+    /// into.
     main: bool,
 }
 
@@ -346,6 +346,22 @@ impl Space {
     }
 }
 
+/// A chunk's verified bytes.
+enum Bytes<'b> {
+    Ahead(Box<[u8]>),
+    Here(&'b [u8]),
+}
+
+impl std::ops::Deref for Bytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Ahead(b) => b,
+            Bytes::Here(b) => b,
+        }
+    }
+}
+
 /// How a copy into one space went.
 enum Copied {
     /// Done (including pages that turned out present or unmapped).
@@ -401,12 +417,19 @@ pub struct Server<'a> {
     replay: Vec<Touch>,
     /// Record this restore's first touches.
     record: bool,
+    /// Chunks verified ahead by another thread.
+    ahead: Option<&'a super::ahead::Ahead<'a>>,
 }
 
 impl<'a> Server<'a> {
     /// A server for `image`'s lazy VMAs, replaying `replay` (see [`super::working_set`]) or,
     /// with `record`, recording what the process touches.
-    pub fn new(image: &'a Image, replay: Vec<Touch>, record: bool) -> Server<'a> {
+    pub fn new(
+        image: &'a Image,
+        replay: Vec<Touch>,
+        record: bool,
+        ahead: Option<&'a super::ahead::Ahead<'a>>,
+    ) -> Server<'a> {
         let m = image.manifest();
         let mut by_addr = Vec::new();
         let mut initial = Vec::new();
@@ -435,6 +458,7 @@ impl<'a> Server<'a> {
             initial,
             replay,
             record,
+            ahead,
         }
     }
 
@@ -530,7 +554,7 @@ impl<'a> Server<'a> {
             match next {
                 Some((space, chunk)) => {
                     let data = self.verified_chunk(chunk, &mut buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+                    copy_chunk(&self.index, space, &mut st.stats, chunk, &data)?;
                 }
                 // Nothing left to fill anywhere, whatever the counts say: done (never spin).
                 None => st.spaces.iter_mut().for_each(|sp| sp.left = 0),
@@ -539,14 +563,21 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
-    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        self.image.read_chunk(chunk, buf).map_err(|e| {
-            let f = Failure::from(e);
-            Failure::new(
-                f.code,
-                format!("{}; the restored process was killed", f.message),
-            )
-        })
+    /// Chunk `chunk`'s verified bytes: verified ahead, or read and verified now into `buf`.
+    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<Bytes<'b>> {
+        if let Some(b) = self.ahead.and_then(|a| a.take(chunk)) {
+            return Ok(Bytes::Ahead(b));
+        }
+        self.image
+            .read_chunk(chunk, buf)
+            .map(Bytes::Here)
+            .map_err(|e| {
+                let f = Failure::from(e);
+                Failure::new(
+                    f.code,
+                    format!("{}; the restored process was killed", f.message),
+                )
+            })
     }
 
     fn event(&self, st: &mut State, s: usize, m: &uffd::Msg, buf: &mut [u8]) -> Result<()> {
@@ -617,7 +648,9 @@ impl<'a> Server<'a> {
         let payload_page = space
             .image_addr(page)
             .and_then(|img| self.index.payload_page(img));
-        if self.record && space.main {
+        // Every space's touches: a child the process forks touches what the next restore's
+        // child will, and it inherits what was brought into the process before its fork.
+        if self.record {
             let cs = self.index.chunk_size;
             match payload_page {
                 Some(p) if space.is_pending(p) => {
@@ -662,7 +695,7 @@ impl<'a> Server<'a> {
         let next_word = ((chunk + 1) * self.index.chunk_size / PAGE / 64) as usize;
         space.cursor = next_word.min(space.pending.len().saturating_sub(1));
         let data = self.verified_chunk(chunk, buf)?;
-        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, &data)?;
         if !complete && space.is_pending(p) {
             space.retry.push(page);
         } else if !space.dead {
@@ -689,7 +722,7 @@ impl Server<'_> {
                         continue;
                     }
                     let data = self.verified_chunk(c, buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, c, data)?;
+                    copy_chunk(&self.index, space, &mut st.stats, c, &data)?;
                     true
                 }
                 Touch::Zero(block) => self.zero_block(space, block),

@@ -4,6 +4,7 @@
 //! list, mapping the restorer region) happens here, before the new process exists. The new process
 //! runs nothing but the restorer (see [`restorer`]).
 
+pub mod ahead;
 mod layout;
 pub mod lazy;
 pub mod policy;
@@ -748,7 +749,8 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 
 /// Restores `image` and supervises the restored process; returns the exit status to use.
 /// `req.pid_mode` is resolved (see [`resolve_pid_mode`]).
-pub fn run(image: &Image, req: Request) -> Result<i32> {
+/// Restores `image` as `req` says; `ahead` verifies chunks of its working set on another thread.
+pub fn run<'a>(image: &'a Image, req: Request, ahead: Option<&'a ahead::Ahead<'a>>) -> Result<i32> {
     let m = image.manifest();
     let target = check_policy(image, &req)?;
     let pid = m.process.pid;
@@ -823,13 +825,22 @@ pub fn run(image: &Image, req: Request) -> Result<i32> {
         let ws = &req.working_set;
         let server = sock.map(|sock| {
             scope.spawn(move || {
-                lazy::Server::new(image, ws.replay.clone(), ws.record_to.is_some()).run(sock, child)
+                lazy::Server::new(image, ws.replay.clone(), ws.record_to.is_some(), ahead)
+                    .run(sock, child)
             })
         });
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
-        supervise(child, error_r, &plan, req.timing.zip(prepared), server, ws)
+        let hits = ahead.map(|a| &a.hits);
+        supervise(
+            child,
+            error_r,
+            &plan,
+            req.timing.zip(prepared),
+            server,
+            (ws, hits),
+        )
     })
 }
 
@@ -843,7 +854,10 @@ fn supervise(
         std::time::Duration,
     )>,
     server: Option<std::thread::ScopedJoinHandle<'_, Result<lazy::Served>>>,
-    ws: &working_set::WorkingSet,
+    (ws, ahead_hits): (
+        &working_set::WorkingSet,
+        Option<&std::sync::atomic::AtomicU64>,
+    ),
 ) -> Result<i32> {
     // A report on the pipe means a step failed; end of file means the process is restored.
     let mut report = [0u8; 16];
@@ -889,7 +903,7 @@ fn supervise(
         let st = served.stats;
         if timing.is_some() {
             eprintln!(
-                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, working set of {} touches: {} brought in ahead, {} recorded",
+                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, working set of {} touches: {} brought in ahead, {} chunks verified ahead, {} recorded",
                 st.faults,
                 st.zero_faults,
                 st.chunks,
@@ -898,6 +912,7 @@ fn supervise(
                 st.forks,
                 ws.replay.len(),
                 st.replayed,
+                ahead_hits.map_or(0, |h| h.load(std::sync::atomic::Ordering::Relaxed)),
                 served.touches.len(),
             );
         }
@@ -962,8 +977,9 @@ fn spawn_in_namespace(
             std::thread::scope(|scope| {
                 // Spawned with every signal blocked, like the outer launcher's.
                 let server = sock.map(|sock| {
-                    scope
-                        .spawn(move || lazy::Server::new(image, Vec::new(), false).run(sock, child))
+                    scope.spawn(move || {
+                        lazy::Server::new(image, Vec::new(), false, None).run(sock, child)
+                    })
                 });
                 sys::set_sigmask(0);
                 let status = loop {
