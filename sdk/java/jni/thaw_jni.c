@@ -54,24 +54,6 @@ static int failed(JNIEnv *env) {
     return 0;
 }
 
-/* The class `name` if the JVM has loaded and initialized it, else NULL (nothing is loaded or
- * initialized here: a class first initialized after the restore seeds itself then, afresh). */
-static jclass initialized_class(JNIEnv *env, jobject unsafe, jmethodID should_init,
-                                jclass class_cls, jmethodID for_name, jobject loader,
-                                const char *dotted) {
-    jstring s = (*env)->NewStringUTF(env, dotted);
-    if (!s) return NULL;
-    jclass c = (jclass)(*env)->CallStaticObjectMethod(env, class_cls, for_name, s, JNI_FALSE, loader);
-    (*env)->DeleteLocalRef(env, s);
-    if (failed(env) || !c) return NULL;
-    jboolean pending = (*env)->CallBooleanMethod(env, unsafe, should_init, c);
-    if (failed(env) || pending) {
-        (*env)->DeleteLocalRef(env, c);
-        return NULL;
-    }
-    return c;
-}
-
 /* Sets the static AtomicLong `field` of `cls` to a fresh value; false if the JDK lacks it. */
 static void reseed_atomic_long(JNIEnv *env, jclass cls, const char *field) {
     jfieldID f = (*env)->GetStaticFieldID(env, cls, field, "Ljava/util/concurrent/atomic/AtomicLong;");
@@ -167,7 +149,21 @@ static const struct seeded SEEDED[] = {
     {"jdk.random.Xoshiro256PlusPlus", default_gen},
 };
 
-static void reseed(JNIEnv *env, jclass thaw_cls) {
+#define NSEEDED (sizeof SEEDED / sizeof SEEDED[0])
+
+/* Looked up in the first life, before the checkpoint: finding a class loads it, and class
+ * loading after a restore is time on the restored process's critical path (the jdk.random
+ * classes alone took about 15 ms here). Loading is not initialization: a class first initialized
+ * after the restore seeds itself then, afresh. */
+static struct {
+    int ready;
+    jobject unsafe;
+    jmethodID should_init;
+    jclass seeded[NSEEDED];
+} cache;
+
+static void prepare(JNIEnv *env) {
+    if (cache.ready) return;
     if ((*env)->PushLocalFrame(env, 64) != 0) {
         failed(env);
         return;
@@ -188,12 +184,35 @@ static void reseed(JNIEnv *env, jclass thaw_cls) {
         (*env)->PopLocalFrame(env, NULL);
         return;
     }
-    for (size_t i = 0; i < sizeof SEEDED / sizeof SEEDED[0]; i++) {
-        jclass c = initialized_class(env, unsafe, should_init, class_cls, for_name, loader, SEEDED[i].name);
+    cache.unsafe = (*env)->NewGlobalRef(env, unsafe);
+    cache.should_init = should_init;
+    for (size_t i = 0; i < NSEEDED; i++) {
+        jstring name = (*env)->NewStringUTF(env, SEEDED[i].name);
+        jclass c = name ? (jclass)(*env)->CallStaticObjectMethod(env, class_cls, for_name, name, JNI_FALSE, loader) : NULL;
+        if (failed(env) || !c) continue;
+        cache.seeded[i] = (jclass)(*env)->NewGlobalRef(env, c);
+    }
+    /* What reseed_threads and reseed_random_field use. */
+    (*env)->FindClass(env, "java/lang/Thread");
+    (*env)->FindClass(env, "java/util/Random");
+    failed(env);
+    cache.ready = 1;
+    (*env)->PopLocalFrame(env, NULL);
+}
+
+static void reseed(JNIEnv *env, jclass thaw_cls) {
+    prepare(env);
+    if (!cache.ready || (*env)->PushLocalFrame(env, 64) != 0) {
+        failed(env);
+        return;
+    }
+    for (size_t i = 0; i < NSEEDED; i++) {
+        jclass c = cache.seeded[i];
         if (!c) continue;
+        jboolean pending = (*env)->CallBooleanMethod(env, cache.unsafe, cache.should_init, c);
+        if (failed(env) || pending) continue;
         SEEDED[i].reseed(env, c);
         failed(env);
-        (*env)->DeleteLocalRef(env, c);
     }
     reseed_threads(env, thaw_cls);
     (*env)->PopLocalFrame(env, NULL);
@@ -211,6 +230,7 @@ JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, j
     /* Free heap pages glibc still holds (the JVM's native allocations of the warm-up) stay out
      * of the image. */
     malloc_trim(0);
+    prepare(env);
     int r = thaw_checkpoint(img, k, (unsigned)flags);
     /* Copied before any other thaw_ call (the message is valid until then). */
     char message[16384];

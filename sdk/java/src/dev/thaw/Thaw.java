@@ -55,6 +55,9 @@ public final class Thaw {
     /** Like {@link #checkpoint(String, String, boolean)} with the C API's flags. */
     public static Restored checkpoint(String image, String key, int flags) throws ThawException {
         if (image == null) throw new NullPointerException("image");
+        // What the second life runs first is loaded and run once now: class loading after the
+        // restore would be on the restored process's critical path.
+        new Restored(new String[] {"x"}, new String[] {"K=V"}).argsArray();
         int r = checkpoint0(image, key, flags);
         if (r != RESTORED) return null;
         Restored restored = new Restored(restoredArgs0(), restoredEnv0());
