@@ -32,16 +32,22 @@ fn first_line(mut c: Command) -> Duration {
     let t = Instant::now();
     let mut child = c
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     let elapsed = t.elapsed();
-    assert!(!line.is_empty(), "no answer");
-    assert!(child.wait().unwrap().success());
+    // The rest is read too: a process whose stdout is closed early may fail writing it.
+    std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !line.is_empty() && out.status.success(),
+        "{c:?}: {} {line:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     elapsed
 }
 
