@@ -36,6 +36,17 @@ fn count(report: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count in {part}"))
 }
 
+/// Changes one bit of the image's payload byte at `offset` (after the signature was made).
+fn flip_payload_byte(img: &std::path::Path, offset: u64) {
+    let payload_off = thaw::image::ImageFile::open(img)
+        .unwrap()
+        .header()
+        .payload_off;
+    let mut bytes = std::fs::read(img).unwrap();
+    bytes[(payload_off + offset) as usize] ^= 0x10;
+    std::fs::write(img, &bytes).unwrap();
+}
+
 /// A zdtm-lazy image, for root (`nobody`: for an unprivileged launcher); `None` when not root.
 fn lazy_image(nobody: bool) -> Option<(Env, std::path::PathBuf)> {
     if !is_root() {
@@ -146,14 +157,7 @@ fn a_tampered_chunk_of_the_working_set_is_refused_though_verified_ahead() {
         .find(|w| w >> 63 == 0)
         .expect("a chunk in the working set");
     let m = env.manifest(&img);
-    let payload_off = thaw::image::ImageFile::open(&img)
-        .unwrap()
-        .header()
-        .payload_off;
-    let at = payload_off + chunk * u64::from(m.chunks.chunk_size);
-    let mut bytes = std::fs::read(&img).unwrap();
-    bytes[at as usize] ^= 0x10;
-    std::fs::write(&img, &bytes).unwrap();
+    flip_payload_byte(&img, chunk * u64::from(m.chunks.chunk_size));
     let o = env.restore(&img, &["--pid-mode", "host"], &[]);
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -186,14 +190,7 @@ fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
         .iter()
         .max_by_key(|r| r.payload.len)
         .expect("saved pages");
-    let payload_off = thaw::image::ImageFile::open(&img)
-        .unwrap()
-        .header()
-        .payload_off;
-    let at = payload_off + run.payload.offset + run.payload.len / 2;
-    let mut bytes = std::fs::read(&img).unwrap();
-    bytes[at as usize] ^= 0x10;
-    std::fs::write(&img, &bytes).unwrap();
+    flip_payload_byte(&img, run.payload.offset + run.payload.len / 2);
 
     let o = env.restore(&img, &["--pid-mode", "host"], &[]);
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
