@@ -28,6 +28,11 @@ const PAGE: u64 = 4096;
 /// VMAs with fewer saved bytes are read before the process runs: a fault round trip would cost
 /// more than reading them.
 const MIN_LAZY: u64 = 64 * 1024;
+/// A fault on a page the image did not save maps zero pages over the rest of that hole too, up to
+/// this far on either side: a runtime allocating after a restore walks through its never-saved
+/// heap page after page, and each page would otherwise be a round trip to the launcher. (Zero
+/// pages cost no memory; a write to one is an ordinary copy-on-write fault, the kernel's alone.)
+const HOLE_WINDOW: u64 = 1 << 20;
 /// After a fault, background filling waits this long for the next one: faults come in bursts, and
 /// a thread waiting for memory must not wait for a background chunk too.
 const QUIET: Duration = Duration::from_micros(300);
@@ -673,7 +678,10 @@ impl<'a> Server<'a> {
         let Some(p) = payload_page.filter(|&p| space.is_pending(p)) else {
             st.stats.zero_faults += 1;
             return match uffd::zeropage(&space.uffd, page, PAGE) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    self.zero_around(space, page);
+                    Ok(())
+                }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EEXIST) => {
                         let _ = uffd::wake(&space.uffd, page, PAGE);
@@ -733,6 +741,40 @@ impl Server<'_> {
             }
         }
         Ok(false)
+    }
+
+    /// Maps zero pages around `page` (a current address whose own zero page is in) over the
+    /// pages that read as zero too: never saved, or dropped by the process since (`MADV_DONTNEED`:
+    /// a garbage collector giving pages back and taking them again), up to [`HOLE_WINDOW`] on
+    /// either side, never over a page still to fill. Best effort: a page present already, or a
+    /// memory-map change meanwhile, ends it early.
+    fn zero_around(&self, space: &Space, page: u64) {
+        let Some(seg) = space
+            .segs
+            .iter()
+            .find(|s| (s.cur..s.cur + s.len).contains(&page))
+        else {
+            return;
+        };
+        let zero = |cur: u64| {
+            self.index
+                .payload_page(seg.img + (cur - seg.cur))
+                .is_none_or(|p| !space.is_pending(p))
+        };
+        let mut hi = page + PAGE;
+        while hi < (page + HOLE_WINDOW).min(seg.cur + seg.len) && zero(hi) {
+            hi += PAGE;
+        }
+        let mut lo = page;
+        while lo > page.saturating_sub(HOLE_WINDOW).max(seg.cur) && zero(lo - PAGE) {
+            lo -= PAGE;
+        }
+        if page + PAGE < hi {
+            let _ = uffd::zeropage(&space.uffd, page + PAGE, hi - page - PAGE);
+        }
+        if lo < page {
+            let _ = uffd::zeropage(&space.uffd, lo, page - lo);
+        }
     }
 
     /// Fills the never-saved pages of the image block at `img` (where they lie now) with zeros,
