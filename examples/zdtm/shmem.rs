@@ -3,7 +3,7 @@
 //! memory split in two by mprotect; a MAP_SHARED writable mapping of a regular file (IMAGE.data).
 //!
 //! `PROG IMAGE KEY [hsperf]`: with `hsperf`, the file is under a `hsperfdata_` directory, as
-//! HotSpot's is, and the checkpoint must be refused with the flag that avoids it.
+//! HotSpot's is, but is not the process's own PID-named file: an ordinary shared file mapping.
 //!
 //! After restore: every view of an object shows its contents and a write through one is seen
 //! through the others and through the descriptor; names, sizes and seals are the same; shared
