@@ -10,6 +10,34 @@ use thaw::image::{ImageFile, ImageWriter};
 use thaw::state::Manifest;
 use thaw_signing::{SecretKey, TrustSource, TrustStore};
 
+/// The smallest manifest validation accepts: one thread, and the payload as one anonymous
+/// mapping that also holds the thread's signal frame and the restore cell.
+fn manifest(run: thaw::state::PayloadRef) -> Manifest {
+    use thaw::state::memory::{Backing, PageRun, Vma};
+    const START: u64 = 0x1000_0000;
+    let mut m = Manifest::default();
+    m.process.pid = 4242;
+    m.process.checkpoint_tid = 4242;
+    m.process.restore_cell = START + 0x200;
+    m.threads.push(thaw::state::threads::ThreadState {
+        tid: 4242,
+        sigframe: START + 0x100,
+        ..Default::default()
+    });
+    m.memory.push(Vma {
+        start: START,
+        end: START + run.len.next_multiple_of(4096),
+        prot: 3,
+        backing: Backing::Anonymous,
+        pages: vec![PageRun {
+            addr: START,
+            payload: run,
+        }],
+        ..Default::default()
+    });
+    m
+}
+
 fn bench_verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate().unwrap();
@@ -25,8 +53,8 @@ fn bench_verify(c: &mut Criterion) {
             .collect();
         let path = dir.path().join(format!("{mib}.thaw"));
         let mut w = ImageWriter::create(&path).unwrap();
-        w.append_payload(&payload).unwrap();
-        w.finish(Manifest::default(), Some(&key)).unwrap();
+        let run = w.append_payload(&payload).unwrap();
+        w.finish(manifest(run), Some(&key)).unwrap();
         group.throughput(Throughput::Bytes(payload.len() as u64));
 
         group.bench_with_input(BenchmarkId::new("sha256_1core", mib), &payload, |b, p| {
