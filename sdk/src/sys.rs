@@ -882,6 +882,84 @@ impl DontForkBuf {
     }
 }
 
+/// Fixed-size slots in one [`DontForkBuf`], each written once, by whoever claims it first, and
+/// readable by anyone once published: a thread fills them while others read the finished ones.
+#[derive(Debug)]
+pub struct Slots {
+    buf: DontForkBuf,
+    size: usize,
+    /// FREE, then WRITING (claimed by a writer), then READY (published) or TAKEN (claimed by a
+    /// reader who will not wait: never written).
+    state: Vec<std::sync::atomic::AtomicU8>,
+    len: Vec<std::sync::atomic::AtomicUsize>,
+}
+
+const FREE: u8 = 0;
+const WRITING: u8 = 1;
+const READY: u8 = 2;
+const TAKEN: u8 = 3;
+
+impl Slots {
+    /// `count` slots of `size` bytes (address space reserved, memory used as slots are filled).
+    pub fn new(count: usize, size: usize) -> io::Result<Slots> {
+        use std::sync::atomic::{AtomicU8, AtomicUsize};
+        Ok(Slots {
+            buf: DontForkBuf::new(count.saturating_mul(size))?,
+            size,
+            state: (0..count).map(|_| AtomicU8::new(FREE)).collect(),
+            len: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+        })
+    }
+
+    /// Fills slot `i` with `f` (given the whole slot; it returns how many bytes are valid, or
+    /// `None` to leave the slot unpublished) if nobody claimed it before; true if published.
+    pub fn fill(&self, i: usize, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        use std::sync::atomic::Ordering;
+        if i >= self.state.len()
+            || self.state[i]
+                .compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        // SAFETY: slot `i` lies inside the buffer (i < count, count * size bytes mapped). The
+        // FREE -> WRITING exchange above made this call its only writer, and no reader touches a
+        // slot before it is READY, so this is the only reference to these bytes.
+        let slot = unsafe {
+            std::slice::from_raw_parts_mut(
+                (self.buf.addr() as *mut u8).add(i * self.size),
+                self.size,
+            )
+        };
+        match f(slot) {
+            Some(n) => {
+                self.len[i].store(n.min(self.size), Ordering::Relaxed);
+                self.state[i].store(READY, Ordering::Release);
+                true
+            }
+            None => {
+                self.state[i].store(TAKEN, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// Slot `i`'s bytes if they are published; otherwise no writer will start on it any more.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        use std::sync::atomic::Ordering;
+        let s = self.state.get(i)?;
+        if s.compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Acquire) != Err(READY) {
+            return None;
+        }
+        let n = self.len[i].load(Ordering::Relaxed);
+        // SAFETY: the slot is READY (loaded with Acquire, pairing with the writer's Release), so
+        // its writer is done and no one writes it again while `self` lives.
+        Some(unsafe {
+            std::slice::from_raw_parts((self.buf.addr() as *const u8).add(i * self.size), n)
+        })
+    }
+}
+
 impl Drop for DontForkBuf {
     fn drop(&mut self) {
         syscall6(libc::SYS_munmap, [self.addr, self.len as u64, 0, 0, 0, 0]);
@@ -1367,4 +1445,29 @@ pub fn link_fd(f: &impl std::os::fd::AsRawFd, dest: &std::path::Path) -> io::Res
         ],
     ))
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn a_slot_is_written_once_and_read_only_when_published() {
+        let s = Slots::new(3, 8192).unwrap();
+        assert_eq!(s.get(0), None, "not published: and now taken by the reader");
+        assert!(!s.fill(0, |_| Some(1)), "a reader took it first");
+        assert!(s.fill(1, |b| {
+            b[..3].copy_from_slice(b"abc");
+            Some(3)
+        }));
+        assert!(!s.fill(1, |_| Some(1)), "written once");
+        assert_eq!(s.get(1), Some(&b"abc"[..]));
+        assert_eq!(s.get(1), Some(&b"abc"[..]), "readable again");
+        assert!(!s.fill(2, |_| None), "a failed fill publishes nothing");
+        assert_eq!(s.get(2), None);
+        assert!(
+            !s.fill(3, |_| Some(1)) && s.get(3).is_none(),
+            "out of range"
+        );
+    }
 }

@@ -111,20 +111,23 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         }
         _ => Default::default(),
     };
-    // The working set's chunks are verified on a thread of their own from now on, beside the
-    // up-front verification and the preparation of the process.
+    // The working set's chunks are verified on a thread of their own once the up-front
+    // verification (which uses every core) is done: beside the preparation of the process, and
+    // while it runs.
     let ahead = restore::ahead::Ahead::new(&image, &working_set.replay);
     std::thread::scope(|scope| {
-        if !ahead.is_empty() {
-            scope.spawn(|| ahead.run());
-        }
+        let start_ahead = || {
+            if !ahead.is_empty() {
+                scope.spawn(|| ahead.run());
+            }
+        };
         let how = How {
             pid_mode,
             private,
             lazy,
             working_set,
         };
-        let status = restore_verified(&image, args, ctx, started, how, &ahead);
+        let status = restore_verified(&image, args, ctx, started, how, (&ahead, start_ahead));
         ahead.stop();
         status
     })
@@ -146,7 +149,7 @@ fn restore_verified<'a>(
     ctx: &Context,
     started: std::time::Instant,
     how: How,
-    ahead: &'a restore::ahead::Ahead<'a>,
+    (ahead, start_ahead): (&'a restore::ahead::Ahead<'a>, impl FnOnce()),
 ) -> Result<i32> {
     let How {
         pid_mode,
@@ -171,6 +174,7 @@ fn restore_verified<'a>(
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
+    start_ahead();
     let listeners = given_listeners(&args.listen_fds, ctx)?;
     pause_for_tests(ctx)?;
     let verified = started.elapsed();

@@ -351,22 +351,6 @@ impl Space {
     }
 }
 
-/// A chunk's verified bytes.
-enum Bytes<'b> {
-    Ahead(Box<[u8]>),
-    Here(&'b [u8]),
-}
-
-impl std::ops::Deref for Bytes<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Ahead(b) => b,
-            Bytes::Here(b) => b,
-        }
-    }
-}
-
 /// How a copy into one space went.
 enum Copied {
     /// Done (including pages that turned out present or unmapped).
@@ -559,7 +543,7 @@ impl<'a> Server<'a> {
             match next {
                 Some((space, chunk)) => {
                     let data = self.verified_chunk(chunk, &mut buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, chunk, &data)?;
+                    copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
                 }
                 // Nothing left to fill anywhere, whatever the counts say: done (never spin).
                 None => st.spaces.iter_mut().for_each(|sp| sp.left = 0),
@@ -569,20 +553,17 @@ impl<'a> Server<'a> {
     }
 
     /// Chunk `chunk`'s verified bytes: verified ahead, or read and verified now into `buf`.
-    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<Bytes<'b>> {
+    fn verified_chunk<'b>(&'b self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
         if let Some(b) = self.ahead.and_then(|a| a.take(chunk)) {
-            return Ok(Bytes::Ahead(b));
+            return Ok(b);
         }
-        self.image
-            .read_chunk(chunk, buf)
-            .map(Bytes::Here)
-            .map_err(|e| {
-                let f = Failure::from(e);
-                Failure::new(
-                    f.code,
-                    format!("{}; the restored process was killed", f.message),
-                )
-            })
+        self.image.read_chunk(chunk, buf).map_err(|e| {
+            let f = Failure::from(e);
+            Failure::new(
+                f.code,
+                format!("{}; the restored process was killed", f.message),
+            )
+        })
     }
 
     fn event(&self, st: &mut State, s: usize, m: &uffd::Msg, buf: &mut [u8]) -> Result<()> {
@@ -703,7 +684,7 @@ impl<'a> Server<'a> {
         let next_word = ((chunk + 1) * self.index.chunk_size / PAGE / 64) as usize;
         space.cursor = next_word.min(space.pending.len().saturating_sub(1));
         let data = self.verified_chunk(chunk, buf)?;
-        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, &data)?;
+        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
         if !complete && space.is_pending(p) {
             space.retry.push(page);
         } else if !space.dead {
@@ -730,7 +711,7 @@ impl Server<'_> {
                         continue;
                     }
                     let data = self.verified_chunk(c, buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, c, &data)?;
+                    copy_chunk(&self.index, space, &mut st.stats, c, data)?;
                     true
                 }
                 Touch::Zero(block) => self.zero_block(space, block),
