@@ -1,6 +1,7 @@
 """A CPython service that warms up (pandas, numpy with its OpenBLAS threads, a good part of the
 standard library, a DataFrame, compiled regexes), checkpoints, and answers one request per restore.
 
+    pip install ./sdk/python               # the thaw package (docs/python.md)
     python3 pandas_warm.py IMAGE [KEY]     # first life: warm up, write the image, exit 0
     python3 pandas_warm.py - REQUEST       # cold start: warm up, then answer
     thaw run IMAGE -- REQUEST              # second life: answer at once
@@ -19,8 +20,7 @@ import json, logging, random, re, statistics, uuid, xml.etree.ElementTree  # noq
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "..", "sdk", "python"))
-import thaw  # noqa: E402
+import thaw  # the installed package: pip install ./sdk/python (docs/python.md)
 
 CITIES = ["Lisbon", "Oslo", "Lima", "Hanoi", "Accra", "Quito", "Perth", "Osaka", "Turin", "Tunis"]
 rng = np.random.default_rng(7)
@@ -43,14 +43,18 @@ def answer(request):
     return f"{city}: total {total}, patterns {matches}, token {random.getrandbits(64):016x}"
 
 
-# Uniqueness: every restore must draw its own random numbers.
-thaw.on_restore(lambda: random.seed())
+# Uniqueness: thaw reseeds `random` (and numpy's global generator, tempfile, uuid) after every
+# restore, before any after-restore hook; `rng` above is this program's own Generator, kept as it
+# is on purpose (a fixed data set).
+restores = []
+thaw.after_restore(lambda: restores.append(thaw.is_restored()))
 
 if sys.argv[1] == "-":
     print("python:", answer(sys.argv[2] if len(sys.argv) > 2 else ""), flush=True)
     sys.exit(0)
 
 # Descriptors left open by whatever started Python (a shell's pipe) are closed after restore.
-restored = thaw.checkpoint(sys.argv[1], key=sys.argv[2] if len(sys.argv) > 2 else None,
-                           exit_after_save=True, fds={"any": "drop"})
-print("python:", answer(restored.args[0] if restored.args else ""), flush=True)
+life = thaw.checkpoint(sys.argv[1], key=sys.argv[2] if len(sys.argv) > 2 else None,
+                       exit_after_save=True, fds={"any": "drop"})
+assert life.restored and restores == [True]
+print("python:", answer(life.args[0] if life.args else ""), flush=True)
