@@ -20,7 +20,11 @@ import json, logging, random, re, statistics, uuid, xml.etree.ElementTree  # noq
 import numpy as np
 import pandas as pd
 
-import thaw  # the installed package: pip install ./sdk/python (docs/python.md)
+try:
+    import thaw  # the installed package: pip install ./sdk/python (docs/python.md)
+except ImportError:  # not installed: the package's source with $THAW_LIB (benches/startup.rs)
+    sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "..", "sdk", "python"))
+    import thaw
 
 CITIES = ["Lisbon", "Oslo", "Lima", "Hanoi", "Accra", "Quito", "Perth", "Osaka", "Turin", "Tunis"]
 rng = np.random.default_rng(7)
