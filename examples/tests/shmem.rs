@@ -71,7 +71,10 @@ fn a_file_under_hsperfdata_that_is_not_the_process_own_is_an_ordinary_shared_fil
     let env = Env::new();
     let img = env.checkpoint("zdtm-shmem", "h.thaw", &["hsperf"]);
     let m = env.manifest(&img);
-    assert!(m.shared.iter().all(|o| o.file.is_none()), "nothing kept by name");
+    assert!(
+        m.shared.iter().all(|o| o.file.is_none()),
+        "nothing kept by name"
+    );
     let o = env.restore(&img, &[], &[]);
     assert_all_ok(&o, &CHECKS);
 }
