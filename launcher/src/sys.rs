@@ -322,6 +322,15 @@ pub fn raise_nofile() {
     }
 }
 
+/// Lowers the calling thread's priority to nice `n` (best effort: raising nice needs nothing).
+pub fn nice_self(n: i32) {
+    // PRIO_PROCESS with who = 0 is the calling thread on Linux.
+    thaw::sys::syscall6(
+        libc::SYS_setpriority,
+        [libc::PRIO_PROCESS as u64, 0, n as u64, 0, 0, 0],
+    );
+}
+
 pub fn geteuid() -> u32 {
     thaw::sys::syscall6(libc::SYS_geteuid, [0; 6]) as u32
 }

@@ -70,6 +70,7 @@ impl<'a> Ahead<'a> {
         let Some(slots) = &self.slots else {
             return;
         };
+        crate::sys::nice_self(super::lazy::HELPER_NICE);
         for (i, &c) in self.order.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
                 return;

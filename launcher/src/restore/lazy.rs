@@ -33,6 +33,10 @@ const MIN_LAZY: u64 = 64 * 1024;
 /// heap page after page, and each page would otherwise be a round trip to the launcher. (Zero
 /// pages cost no memory; a write to one is an ordinary copy-on-write fault, the kernel's alone.)
 const HOLE_WINDOW: u64 = 1 << 20;
+/// The launcher's memory threads (the server and the verifier) yield to the restored process when
+/// both want a core: a process waiting for a page leaves its core to them anyway, and the work
+/// they do ahead of it must not slow it down when it runs.
+pub const HELPER_NICE: i32 = 5;
 /// After a fault, background filling waits this long for the next one: faults come in bursts, and
 /// a thread waiting for memory must not wait for a background chunk too.
 const QUIET: Duration = Duration::from_micros(300);
@@ -455,6 +459,7 @@ impl<'a> Server<'a> {
     /// is in or the process is gone. On a failure (a chunk that does not match its digest, an
     /// unreadable image), kills `victim` (the launcher's child) before any wrong byte is used.
     pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Served> {
+        sys::nice_self(HELPER_NICE);
         let fd = match sys::recv_fd(&sock) {
             Ok(Some(fd)) => fd,
             // The restorer failed before handing it over; it reports that itself.
