@@ -8,8 +8,10 @@
 //! |   66 | missing, bad or untrusted signature |
 //! |   67 | refused by policy (credentials, compatibility, privileges) |
 //! |   68 | restore failed |
+//! |   69 | `thaw bench`: a benchmarked command failed or never printed a matching line |
 //! |   70 | internal error (a bug in thaw) |
 //! |   74 | I/O error (a file could not be read or written) |
+//! |   75 | `thaw bench --min-speedup`: a speed-up is below the gate |
 
 use std::fmt;
 
@@ -23,8 +25,10 @@ pub enum Code {
     Signature = 66,
     Refused = 67,
     RestoreFailed = 68,
+    CommandFailed = 69,
     Internal = 70,
     Io = 74,
+    BelowGate = 75,
 }
 
 /// A failure with its exit code and a one-line message.

@@ -1,5 +1,6 @@
 //! `thaw`: verify a signed image and restore the process; make and check keys and images.
 
+mod bench;
 mod cli;
 mod exit;
 mod privilege;

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+mod bench;
 mod inspect;
 mod keygen;
 mod run;
@@ -19,7 +20,8 @@ use crate::privilege::Context;
     version,
     about = "Restore warm processes from signed images",
     after_help = "Exit codes: 0 ok, 64 usage, 65 invalid or corrupt image, 66 bad or untrusted signature, \
-                  67 refused by policy, 68 restore failed, 70 internal error, 74 I/O error."
+                  67 refused by policy, 68 restore failed, 69 a benchmarked command failed, 70 internal error, 74 I/O error, \
+                  75 speed-up below --min-speedup."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,7 @@ enum Command {
     Verify(verify::Args),
     Inspect(inspect::Args),
     Run(run::Args),
+    Bench(bench::Args),
 }
 
 /// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
@@ -59,5 +62,6 @@ pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
         Command::Verify(a) => verify::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
+        Command::Bench(a) => bench::run(a),
     }
 }
