@@ -49,18 +49,18 @@ pub fn svg(r: &Report) -> String {
     );
     // Grid: 1, 2, 5 × 10^k.
     let bottom = TOP + ROW * rows.len() as f64;
-    let mut k = l0;
-    while k < l1 + 0.5 {
+    let mut k = l0.floor();
+    while k < l1 {
         for m in [1.0, 2.0, 5.0] {
             let v = m * 10f64.powf(k);
-            if v.log10() > l1 + 1e-9 {
+            if v.log10() < l0 || v.log10() > l1 {
                 continue;
             }
             let xv = x(v);
             let label = if v >= 1.0 {
                 format!("{v:.0} ms")
             } else {
-                format!("{v} ms")
+                format!("{v:.p$} ms", p = (-k) as usize)
             };
             let _ = writeln!(
                 o,

@@ -383,11 +383,13 @@ pub fn run(args: Args) -> Result {
     }
     for s in &series {
         if !s.outliers.is_empty() {
+            let n = s.outliers.len();
             warnings.push(format!(
-                "{}: {} of {} runs are outliers (beyond 1.5 IQR): runs {}",
+                "{}: {n} of {} runs {} beyond 1.5 IQR of the quartiles (outliers): run{} {}",
                 s.name,
-                s.outliers.len(),
                 s.first_line_ms.len(),
+                if n == 1 { "is" } else { "are" },
+                if n == 1 { "" } else { "s" },
                 s.outliers
                     .iter()
                     .map(|i| (i + 1).to_string())
@@ -426,12 +428,13 @@ pub fn run(args: Args) -> Result {
         warnings,
         gate,
     };
-    for w in &report.warnings {
-        eprintln!("thaw: warning: {w}");
-    }
     let dash = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
     if !dash(&args.json) && !dash(&args.markdown) {
         print!("{}", report.text());
+        let _ = std::io::stdout().flush();
+    }
+    for w in &report.warnings {
+        eprintln!("thaw: warning: {w}");
     }
     if let Some(p) = &args.json {
         write_out(p, "JSON report", &report.json())?;
