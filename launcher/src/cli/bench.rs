@@ -43,10 +43,13 @@ impl Mode {
     }
 }
 
-/// Measure a warm start: run the cold command and `thaw run IMAGE -- ARGS` alternately, time each
-/// to its first line of output (or the first matching --match) and to its exit, and report
-/// min, median, mean ± σ and max of each and the speed-up with a 95 % bootstrap interval.
-/// Exits 0, or 75 when a speed-up is below --min-speedup, or 69 when a command fails.
+/// Measure a warm start: the cold command against restores of IMAGE, with statistics.
+///
+/// Runs the cold command and `thaw run IMAGE -- ARGS` alternately, times each to its first line of
+/// output (or the first line matching --match) and to its exit, and reports min, median,
+/// mean ± σ and max of each and the speed-up with a 95 % bootstrap interval. Exits 0; 75 when a
+/// speed-up is below --min-speedup; 69 when a command fails or never prints a matching line; a
+/// failing restore's own code (65-68). Reports: docs/cli.md.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The cold start: a command line, split into words as a POSIX shell would (quotes and
@@ -83,6 +86,7 @@ pub struct Args {
     /// Exit 75 when a mode's speed-up (median to the first line) is below X.
     #[arg(long, value_name = "X")]
     min_speedup: Option<f64>,
+    /// The signed image to restore.
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
