@@ -11,7 +11,8 @@ pub fn command(program: impl AsRef<Path>) -> Command {
     // SAFETY: close_range is async-signal-safe and touches only the descriptor table.
     unsafe {
         c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            // CLOSE_RANGE_CLOEXEC: closed by the exec, so std can still report a failed one.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2);
             Ok(())
         });
     }

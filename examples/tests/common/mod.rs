@@ -20,6 +20,10 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Marks descriptors `from..=to` close-on-exec (`CLOSE_RANGE_CLOEXEC`): closed by the exec, not
+/// before it, so the pipe on which std reports a failed exec still works until then.
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
 /// A command whose child inherits no descriptors but stdin, stdout and stderr (a test harness's
 /// stray descriptors would be unsupported state for the checkpoint).
 pub fn command(program: &Path) -> Command {
@@ -27,7 +31,7 @@ pub fn command(program: &Path) -> Command {
     // SAFETY: close_range is async-signal-safe and touches nothing but the descriptor table.
     unsafe {
         c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }
@@ -48,13 +52,18 @@ pub fn command_leaking(program: &Path, leaks: &[(std::os::fd::RawFd, i32)]) -> C
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            libc::syscall(libc::SYS_close_range, 3u32, 999u32, 0u32);
+            libc::syscall(libc::SYS_close_range, 3u32, 999u32, CLOSE_RANGE_CLOEXEC);
             for (i, (_, dst)) in leaks.iter().enumerate() {
                 if libc::dup2(1000 + i as i32, *dst) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            libc::syscall(libc::SYS_close_range, 1000u32, u32::MAX, 0u32);
+            libc::syscall(
+                libc::SYS_close_range,
+                1000u32,
+                u32::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
@@ -157,7 +166,9 @@ impl Env {
             return src;
         }
         let dst = self.path(name);
-        if !dst.exists() {
+        // A hard link where it can be (never open for writing: a copy being written while
+        // another test thread forks can make its exec fail with ETXTBSY), else a copy.
+        if !dst.exists() && std::fs::hard_link(&src, &dst).is_err() {
             std::fs::copy(&src, &dst).unwrap();
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
