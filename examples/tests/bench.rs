@@ -270,6 +270,12 @@ fn bad_input_is_one_clear_line_with_a_distinct_code() {
         COMMAND_FAILED,
         "could not be started",
     );
+    // A command that never finishes, ended by --timeout.
+    one_error_line(
+        &quick(&["--cold", "sleep 600", "--timeout", "0.2"], &[]),
+        COMMAND_FAILED,
+        "cold command `sleep 600` did not finish within --timeout 0.2 s and was ended",
+    );
     // N = 0, an unparsable command, a bad regex, an empty command.
     one_error_line(
         &bench(&env, &img, &["--cold", &cold, "--runs", "0"], &[]),

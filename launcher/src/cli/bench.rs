@@ -66,6 +66,10 @@ pub struct Args {
     /// the first line).
     #[arg(long = "match", value_name = "REGEX")]
     pattern: Option<String>,
+    /// End a run (SIGTERM, SIGKILL two seconds later) that has not exited after SECS seconds, and
+    /// fail.
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    timeout: f64,
     /// Restore modes to measure side by side: lazy (`thaw run` as is), eager (--eager), ns
     /// (--pid-mode ns).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lazy")]
@@ -140,9 +144,10 @@ impl Subject {
             .join(" ")
     }
 
-    fn time(&mut self, expect: Expect, pattern: Option<&str>, record: bool) -> Result {
-        let (t, line) =
-            measure::time_once(&self.argv, expect).map_err(|e| self.failure(e, pattern))?;
+    fn time(&mut self, expect: Expect, how: (Option<&str>, Duration), record: bool) -> Result {
+        let (pattern, timeout) = how;
+        let (t, line) = measure::time_once(&self.argv, expect, timeout)
+            .map_err(|e| self.failure(e, pattern, timeout))?;
         if record {
             let Timing { first_line, exit } = t;
             self.first.push(millis(first_line));
@@ -152,7 +157,7 @@ impl Subject {
         Ok(())
     }
 
-    fn failure(&self, e: RunError, pattern: Option<&str>) -> Failure {
+    fn failure(&self, e: RunError, pattern: Option<&str>, timeout: Duration) -> Failure {
         let who = if self.restore {
             format!("restore ({})", self.name)
         } else {
@@ -169,6 +174,14 @@ impl Subject {
                 format!("{who} could not be started: {e}"),
             ),
             RunError::Io(e) => Failure::new(Code::Io, format!("{who}: reading its output: {e}")),
+            RunError::Timeout { stderr } => Failure::new(
+                Code::CommandFailed,
+                format!(
+                    "{who} did not finish within --timeout {} s and was ended{}",
+                    timeout.as_secs_f64(),
+                    said(&stderr)
+                ),
+            ),
             RunError::NoMatch { status, stderr } => Failure::new(
                 Code::CommandFailed,
                 format!(
@@ -278,6 +291,12 @@ pub fn run(args: Args) -> Result {
     if args.runs == 0 {
         return Err(usage("--runs must be at least 1"));
     }
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout < 1e9) {
+        return Err(usage(format!(
+            "--timeout {}: not a positive number of seconds",
+            args.timeout
+        )));
+    }
     if let Some(x) = args.min_speedup {
         if !(x.is_finite() && x > 0.0) {
             return Err(usage(format!("--min-speedup {x}: not a positive number")));
@@ -349,19 +368,22 @@ pub fn run(args: Args) -> Result {
         done: 0,
         total: (args.warmup + args.runs) * (subjects.len() + 1),
     };
-    let pattern = args.pattern.as_deref();
+    let how = (
+        args.pattern.as_deref(),
+        Duration::from_secs_f64(args.timeout),
+    );
     for i in 0..args.warmup + args.runs {
         let record = i >= args.warmup;
         let phase = if record { "" } else { " (warm-up)" };
         for s in subjects.iter_mut() {
             progress.step(&format!("{}{phase}", s.name));
-            if let Err(e) = s.time(expect, pattern, record) {
+            if let Err(e) = s.time(expect, how, record) {
                 progress.clear();
                 return Err(e);
             }
         }
         progress.step(&format!("spawn{phase}"));
-        if let Err(e) = spawn.time(Expect::Exit, None, record) {
+        if let Err(e) = spawn.time(Expect::Exit, (None, how.1), record) {
             progress.clear();
             return Err(e);
         }
