@@ -883,7 +883,8 @@ impl DontForkBuf {
 }
 
 /// Fixed-size slots in one [`DontForkBuf`], each written once, by whoever claims it first, and
-/// readable by anyone once published: a thread fills them while others read the finished ones.
+/// read once after it is published (its memory then given back): a thread fills them while
+/// another consumes the finished ones.
 #[derive(Debug)]
 pub struct Slots {
     buf: DontForkBuf,
@@ -944,19 +945,29 @@ impl Slots {
         }
     }
 
-    /// Slot `i`'s bytes if they are published; otherwise no writer will start on it any more.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
+    /// `f` of slot `i`'s bytes, once, if they are published; the slot's memory is given back
+    /// after (`MADV_DONTNEED`). Either way no writer starts on it any more.
+    pub fn consume<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         use std::sync::atomic::Ordering;
         let s = self.state.get(i)?;
-        if s.compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Acquire) != Err(READY) {
+        // FREE -> TAKEN (nothing to read), or READY -> TAKEN (ours alone to read).
+        if s.compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Acquire) != Err(READY)
+            || s.compare_exchange(READY, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
             return None;
         }
         let n = self.len[i].load(Ordering::Relaxed);
-        // SAFETY: the slot is READY (loaded with Acquire, pairing with the writer's Release), so
-        // its writer is done and no one writes it again while `self` lives.
-        Some(unsafe {
-            std::slice::from_raw_parts((self.buf.addr() as *const u8).add(i * self.size), n)
-        })
+        let addr = self.buf.addr() + (i * self.size) as u64;
+        // SAFETY: the slot was READY (Acquire, pairing with the writer's Release): its writer is
+        // done, no one writes it again, and the READY -> TAKEN exchange made this the only
+        // reader; the borrow ends with `f`, before the pages are dropped below.
+        let r = f(unsafe { std::slice::from_raw_parts(addr as *const u8, n) });
+        syscall6(
+            libc::SYS_madvise,
+            [addr, self.size as u64, libc::MADV_DONTNEED as u64, 0, 0, 0],
+        );
+        Some(r)
     }
 }
 
@@ -1452,22 +1463,20 @@ mod tests {
     use super::Slots;
 
     #[test]
-    fn a_slot_is_written_once_and_read_only_when_published() {
+    fn a_slot_is_written_once_and_read_once_when_published() {
         let s = Slots::new(3, 8192).unwrap();
-        assert_eq!(s.get(0), None, "not published: and now taken by the reader");
+        let read = |i| s.consume(i, |b: &[u8]| b.to_vec());
+        assert_eq!(read(0), None, "not published: and now taken by the reader");
         assert!(!s.fill(0, |_| Some(1)), "a reader took it first");
         assert!(s.fill(1, |b| {
             b[..3].copy_from_slice(b"abc");
             Some(3)
         }));
         assert!(!s.fill(1, |_| Some(1)), "written once");
-        assert_eq!(s.get(1), Some(&b"abc"[..]));
-        assert_eq!(s.get(1), Some(&b"abc"[..]), "readable again");
+        assert_eq!(read(1), Some(b"abc".to_vec()));
+        assert_eq!(read(1), None, "read once");
         assert!(!s.fill(2, |_| None), "a failed fill publishes nothing");
-        assert_eq!(s.get(2), None);
-        assert!(
-            !s.fill(3, |_| Some(1)) && s.get(3).is_none(),
-            "out of range"
-        );
+        assert_eq!(read(2), None);
+        assert!(!s.fill(3, |_| Some(1)) && read(3).is_none(), "out of range");
     }
 }

@@ -85,11 +85,11 @@ impl<'a> Ahead<'a> {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Chunk `c`'s verified bytes if the verifier has them; if not, it will not start on it any
-    /// more (the caller verifies it). Never waits.
-    pub fn take(&self, c: u64) -> Option<&[u8]> {
-        let bytes = self.slots.as_ref()?.get(*self.slot.get(&c)?)?;
+    /// `f` of chunk `c`'s verified bytes if the verifier has them (their memory is given back
+    /// after); if not, it will not start on it any more (the caller verifies it). Never waits.
+    pub fn with<R>(&self, c: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let r = self.slots.as_ref()?.consume(*self.slot.get(&c)?, f)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(bytes)
+        Some(r)
     }
 }

@@ -253,8 +253,9 @@ struct Space {
 
 impl Space {
     /// Whether any payload page in `[first, end)` is still to copy in.
+    /// (`end` may lie beyond the payload: the last chunk.)
     fn any_pending(&self, first: u64, end: u64) -> bool {
-        (first..end).any(|p| self.is_pending(p))
+        (first..end.min(self.pending.len() as u64 * 64)).any(|p| self.is_pending(p))
     }
 
     fn is_pending(&self, page: u64) -> bool {
@@ -489,8 +490,20 @@ impl<'a> Server<'a> {
             }],
             ..State::default()
         };
-        let result = self.serve(&mut st);
+        // A panic would close the userfaultfds as it unwinds, and the kernel would then hand the
+        // process zero pages for everything still missing: it is killed first, as on an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&mut st)))
+            .unwrap_or_else(|_| {
+                Err(Failure::new(
+                    Code::Internal,
+                    "the memory server failed; the restored process was killed",
+                ))
+            });
         st.stats.filled_in = started.elapsed();
+        // Nothing more to verify ahead.
+        if let Some(a) = self.ahead {
+            a.stop();
+        }
         match result {
             Err(f) => {
                 sys::kill(victim, libc::SIGKILL);
@@ -547,8 +560,7 @@ impl<'a> Server<'a> {
             });
             match next {
                 Some((space, chunk)) => {
-                    let data = self.verified_chunk(chunk, &mut buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+                    self.copy_verified(space, &mut st.stats, chunk, &mut buf)?;
                 }
                 // Nothing left to fill anywhere, whatever the counts say: done (never spin).
                 None => st.spaces.iter_mut().for_each(|sp| sp.left = 0),
@@ -557,11 +569,31 @@ impl<'a> Server<'a> {
         Ok(())
     }
 
-    /// Chunk `chunk`'s verified bytes: verified ahead, or read and verified now into `buf`.
-    fn verified_chunk<'b>(&'b self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
-        if let Some(b) = self.ahead.and_then(|a| a.take(chunk)) {
-            return Ok(b);
+    /// Copies chunk `chunk` into `space` ([`copy_chunk`]) from its verified bytes: verified
+    /// ahead (whose memory is then given back), or read and verified now into `buf`.
+    fn copy_verified(
+        &self,
+        space: &mut Space,
+        stats: &mut Stats,
+        chunk: u64,
+        buf: &mut [u8],
+    ) -> Result<bool> {
+        let ahead = self.ahead.and_then(|a| {
+            a.with(chunk, |data| {
+                copy_chunk(&self.index, space, stats, chunk, data)
+            })
+        });
+        match ahead {
+            Some(copied) => copied,
+            None => {
+                let data = self.verified_chunk(chunk, buf)?;
+                copy_chunk(&self.index, space, stats, chunk, data)
+            }
         }
+    }
+
+    /// Chunk `chunk`'s bytes, read and verified now into `buf`.
+    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
         self.image.read_chunk(chunk, buf).map_err(|e| {
             let f = Failure::from(e);
             Failure::new(
@@ -688,8 +720,7 @@ impl<'a> Server<'a> {
         // memory goes next.
         let next_word = ((chunk + 1) * self.index.chunk_size / PAGE / 64) as usize;
         space.cursor = next_word.min(space.pending.len().saturating_sub(1));
-        let data = self.verified_chunk(chunk, buf)?;
-        let complete = copy_chunk(&self.index, space, &mut st.stats, chunk, data)?;
+        let complete = self.copy_verified(space, &mut st.stats, chunk, buf)?;
         if !complete && space.is_pending(p) {
             space.retry.push(page);
         } else if !space.dead {
@@ -715,8 +746,7 @@ impl Server<'_> {
                     if !space.any_pending(c * cs / PAGE, (c + 1) * cs / PAGE) {
                         continue;
                     }
-                    let data = self.verified_chunk(c, buf)?;
-                    copy_chunk(&self.index, space, &mut st.stats, c, data)?;
+                    self.copy_verified(space, &mut st.stats, c, buf)?;
                     true
                 }
                 Touch::Zero(block) => self.zero_block(space, block),
@@ -768,18 +798,18 @@ impl Server<'_> {
     /// their chunk; pages already present, unmapped or moved away are skipped.
     fn zero_block(&self, space: &mut Space, img: u64) -> bool {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
-        let len = self.index.chunk_size.min(ZEROS.len() as u64);
         let hole = |a: u64| self.index.payload_page(a).is_none();
         let mut did = false;
-        for (cur, at, n) in space.pieces(img, len) {
+        for (cur, at, n) in space.pieces(img, self.index.chunk_size) {
             let mut p = 0;
             while p < n {
                 if !hole(img + at + p) {
                     p += PAGE;
                     continue;
                 }
+                // At most the zero buffer at a time (a chunk may be larger).
                 let mut q = p + PAGE;
-                while q < n && hole(img + at + q) {
+                while q < n && q - p < ZEROS.len() as u64 && hole(img + at + q) {
                     q += PAGE;
                 }
                 match copy_in(space, cur + p, &ZEROS[..(q - p) as usize]) {
