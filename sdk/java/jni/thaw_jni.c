@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <jni.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -133,6 +134,7 @@ static void tlr_seeder(JNIEnv *env, jclass c) {
 
 static const struct seeded SEEDED[] = {
     {"java.lang.Math$RandomNumberGeneratorHolder", math_random},
+    {"java.lang.StrictMath$RandomNumberGeneratorHolder", math_random},
     {"java.util.Random", random_uniquifier},
     {"java.util.concurrent.ThreadLocalRandom", tlr_seeder},
     {"java.util.SplittableRandom", default_gen},
@@ -162,7 +164,7 @@ static struct {
     jclass seeded[NSEEDED];
 } cache;
 
-static void prepare(JNIEnv *env) {
+static void prepare_locked(JNIEnv *env) {
     if (cache.ready) return;
     if ((*env)->PushLocalFrame(env, 64) != 0) {
         failed(env);
@@ -198,6 +200,15 @@ static void prepare(JNIEnv *env) {
     failed(env);
     cache.ready = 1;
     (*env)->PopLocalFrame(env, NULL);
+}
+
+/* Any thread may checkpoint or reseed: the cache is filled once, under a lock. */
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void prepare(JNIEnv *env) {
+    pthread_mutex_lock(&cache_lock);
+    prepare_locked(env);
+    pthread_mutex_unlock(&cache_lock);
 }
 
 static void reseed(JNIEnv *env, jclass thaw_cls) {
@@ -286,7 +297,8 @@ JNIEXPORT void JNICALL Java_dev_thaw_Thaw_setFdPolicy0(JNIEnv *env, jclass cls, 
     if (spec && !s) return;
     int r = thaw_set_fd_policy(s);
     char message[4096];
-    if (r < 0) snprintf(message, sizeof message, "%s", thaw_last_error());
+    const char *why = r < 0 ? thaw_last_error() : NULL;
+    if (r < 0) snprintf(message, sizeof message, "%s", why ? why : "");
     if (s) (*env)->ReleaseStringUTFChars(env, spec, s);
     if (r < 0) throw_thaw(env, message, r);
 }
