@@ -229,6 +229,24 @@ pub fn wait(pid: i32) -> io::Result<(i32, Exit)> {
     }
 }
 
+/// A pidfd of process `pid` (a child not reaped yet): signals sent through it can never reach
+/// another process that reused the number.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    syscall(libc::SYS_pidfd_open, [pid as u64, 0, 0, 0, 0, 0]).map(|fd| {
+        // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+    })
+}
+
+/// Sends `sig` to the process of `pidfd` (gone already: nothing).
+pub fn pidfd_send_signal(pidfd: &std::os::fd::OwnedFd, sig: i32) {
+    use std::os::fd::AsRawFd;
+    let _ = syscall(
+        libc::SYS_pidfd_send_signal,
+        [pidfd.as_raw_fd() as u64, sig as u64, 0, 0, 0, 0],
+    );
+}
+
 pub fn kill(pid: i32, sig: i32) {
     let _ = syscall(libc::SYS_kill, [pid as u64, sig as u64, 0, 0, 0, 0]);
 }

@@ -74,7 +74,9 @@ pub fn time_once(
         .stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
-    let pid = child.id() as i32;
+    // Opened before anything can reap it: the timeout's signals go to this process only, never
+    // to one that reused its number after it was reaped.
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).ok();
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         unreachable!("both were piped")
     };
@@ -138,8 +140,8 @@ pub fn time_once(
                 } else {
                     libc::SIGKILL
                 };
-                if exited.is_none() {
-                    crate::sys::kill(pid, signal);
+                if let Some(fd) = pidfd.as_ref().filter(|_| exited.is_none()) {
+                    crate::sys::pidfd_send_signal(fd, signal);
                 }
                 killed = Some(t0.elapsed());
                 deadline = Instant::now() + Duration::from_secs(2);
