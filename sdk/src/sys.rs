@@ -883,8 +883,8 @@ impl DontForkBuf {
 }
 
 /// Fixed-size slots in one [`DontForkBuf`], each written once, by whoever claims it first, and
-/// read once after it is published (its memory then given back): a thread fills them while
-/// another consumes the finished ones.
+/// read once after it is published: a thread fills them while another consumes the finished
+/// ones.
 #[derive(Debug)]
 pub struct Slots {
     buf: DontForkBuf,
@@ -945,8 +945,8 @@ impl Slots {
         }
     }
 
-    /// `f` of slot `i`'s bytes, once, if they are published; the slot's memory is given back
-    /// after (`MADV_DONTNEED`). Either way no writer starts on it any more.
+    /// `f` of slot `i`'s bytes, once, if they are published. Either way no writer starts on it
+    /// any more.
     pub fn consume<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         use std::sync::atomic::Ordering;
         let s = self.state.get(i)?;
@@ -961,13 +961,10 @@ impl Slots {
         let addr = self.buf.addr() + (i * self.size) as u64;
         // SAFETY: the slot was READY (Acquire, pairing with the writer's Release): its writer is
         // done, no one writes it again, and the READY -> TAKEN exchange made this the only
-        // reader; the borrow ends with `f`, before the pages are dropped below.
-        let r = f(unsafe { std::slice::from_raw_parts(addr as *const u8, n) });
-        syscall6(
-            libc::SYS_madvise,
-            [addr, self.size as u64, libc::MADV_DONTNEED as u64, 0, 0, 0],
-        );
-        Some(r)
+        // reader; the borrow ends with `f`.
+        Some(f(unsafe {
+            std::slice::from_raw_parts(addr as *const u8, n)
+        }))
     }
 }
 

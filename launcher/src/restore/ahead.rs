@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 
 use thaw::image::Image;
 use thaw::sys::Slots;
@@ -24,7 +25,9 @@ pub struct Ahead<'a> {
     order: Vec<u64>,
     /// Position in `order` of each chunk: its slot.
     slot: HashMap<u64, usize>,
-    slots: Option<Slots>,
+    /// Shared by the verifier and the server (each slot is synchronised on its own); taken away
+    /// (unmapped) by [`Self::release`] once the server is done.
+    slots: RwLock<Option<Slots>>,
     stop: AtomicBool,
     /// Chunks the server found ready.
     pub hits: AtomicU64,
@@ -55,26 +58,30 @@ impl<'a> Ahead<'a> {
             image,
             order,
             slot,
-            slots,
+            slots: RwLock::new(slots),
             stop: AtomicBool::new(false),
             hits: AtomicU64::new(0),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_none()
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// The verifier: runs until every chunk is done or [`Self::stop`] is called.
     pub fn run(&self) {
-        let Some(slots) = &self.slots else {
-            return;
-        };
         crate::sys::nice_self(super::lazy::HELPER_NICE);
         for (i, &c) in self.order.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            let Some(slots) = slots.as_ref() else {
+                return;
+            };
             // A chunk that fails is left unpublished: the server verifies it and reports it.
             slots.fill(i, |buf| self.image.read_chunk(c, buf).map(|d| d.len()).ok());
         }
@@ -85,10 +92,18 @@ impl<'a> Ahead<'a> {
         self.stop.store(true, Ordering::Relaxed);
     }
 
+    /// Stops the verifier and gives back the memory of every chunk it holds (once the server is
+    /// done: nothing is read from them any more).
+    pub fn release(&self) {
+        self.stop();
+        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// `f` of chunk `c`'s verified bytes if the verifier has them (their memory is given back
     /// after); if not, it will not start on it any more (the caller verifies it). Never waits.
     pub fn with<R>(&self, c: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        let r = self.slots.as_ref()?.consume(*self.slot.get(&c)?, f)?;
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let r = slots.as_ref()?.consume(*self.slot.get(&c)?, f)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(r)
     }

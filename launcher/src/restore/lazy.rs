@@ -500,9 +500,9 @@ impl<'a> Server<'a> {
                 ))
             });
         st.stats.filled_in = started.elapsed();
-        // Nothing more to verify ahead.
+        // Nothing more to verify ahead, nor to hold for the process's life.
         if let Some(a) = self.ahead {
-            a.stop();
+            a.release();
         }
         match result {
             Err(f) => {
