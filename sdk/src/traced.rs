@@ -205,6 +205,14 @@ pub(crate) fn capture(
             .iter()
             .map(|&(tid, step, errno)| {
                 let step_name = STEPS.get(step as usize - 1).copied().unwrap_or("?");
+                if errno == libc::ESRCH as u32 {
+                    // Gone between listing the threads and seizing it (a timer's or a pool's
+                    // short-lived thread): nothing is wrong with the process; another attempt
+                    // finds it gone or still there.
+                    return format!(
+                        "thread {tid} exited while the checkpoint was capturing it ({step_name}): try again"
+                    );
+                }
                 let errno = std::io::Error::from_raw_os_error(errno as i32);
                 let hint = if step == 1 {
                     " (a helper process must be allowed to trace this one: kernel.yama.ptrace_scope at most 1, no seccomp filter or security module forbidding ptrace)"
