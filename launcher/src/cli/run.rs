@@ -111,53 +111,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         }
         _ => Default::default(),
     };
-    // The working set's chunks are verified on a thread of their own once the up-front
-    // verification (which uses every core) is done: beside the preparation of the process, and
-    // while it runs.
-    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay);
-    std::thread::scope(|scope| {
-        let start_ahead = || {
-            if !ahead.is_empty() {
-                scope.spawn(|| ahead.run());
-            }
-        };
-        let how = How {
-            pid_mode,
-            private,
-            lazy,
-            working_set,
-        };
-        let status = restore_verified(&image, args, ctx, started, how, (&ahead, start_ahead));
-        ahead.stop();
-        status
-    })
-    .map(|status| std::process::exit(status))
-}
-
-/// How the image is restored, as decided from the options and the machine.
-struct How {
-    pid_mode: PidMode,
-    private: bool,
-    lazy: Option<restore::lazy::Uffd>,
-    working_set: restore::working_set::WorkingSet,
-}
-
-/// Verifies what must be verified before the process runs, then restores it.
-fn restore_verified<'a>(
-    image: &'a thaw::image::Image,
-    args: Args,
-    ctx: &Context,
-    started: std::time::Instant,
-    how: How,
-    (ahead, start_ahead): (&'a restore::ahead::Ahead<'a>, impl FnOnce()),
-) -> Result<i32> {
-    let How {
-        pid_mode,
-        private,
-        lazy,
-        working_set,
-    } = how;
-    let eager = restore::lazy::eager_chunks(image, lazy.is_some());
+    let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
     let payload = if private {
         let h = image.header();
@@ -174,26 +128,37 @@ fn restore_verified<'a>(
             .try_clone()
             .map_err(|e| Failure::new(Code::Io, format!("cannot reopen the image: {e}")))?
     };
-    start_ahead();
-    let listeners = given_listeners(&args.listen_fds, ctx)?;
-    pause_for_tests(ctx)?;
-    let verified = started.elapsed();
-    restore::run(
-        image,
-        Request {
-            pid_mode,
-            args: args.args,
-            as_caller: args.as_caller,
-            elevated: ctx.elevated,
-            payload,
-            timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
-            lazy,
-            listeners,
-            allow_clock_jump: args.allow_clock_jump,
-            working_set,
-        },
-        Some(ahead),
-    )
+    // The working set's chunks are verified on a thread of their own once the up-front
+    // verification (which uses every core) is done: beside the preparation of the process, and
+    // while it runs.
+    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay);
+    let status = std::thread::scope(|scope| {
+        if !ahead.is_empty() {
+            scope.spawn(|| ahead.run());
+        }
+        let listeners = given_listeners(&args.listen_fds, ctx)?;
+        pause_for_tests(ctx)?;
+        let verified = started.elapsed();
+        let status = restore::run(
+            &image,
+            Request {
+                pid_mode,
+                args: args.args,
+                as_caller: args.as_caller,
+                elevated: ctx.elevated,
+                payload,
+                timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
+                lazy,
+                listeners,
+                allow_clock_jump: args.allow_clock_jump,
+                working_set,
+            },
+            &ahead,
+        );
+        ahead.stop();
+        status
+    })?;
+    std::process::exit(status);
 }
 
 /// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a

@@ -408,7 +408,7 @@ pub struct Server<'a> {
     index: Index,
     initial: Vec<Seg>,
     /// A recorded working set to bring in ahead of the process, in order.
-    replay: Vec<Touch>,
+    replay: &'a [Touch],
     /// Record this restore's first touches.
     record: bool,
     /// Chunks verified ahead by another thread.
@@ -420,7 +420,7 @@ impl<'a> Server<'a> {
     /// with `record`, recording what the process touches.
     pub fn new(
         image: &'a Image,
-        replay: Vec<Touch>,
+        replay: &'a [Touch],
         record: bool,
         ahead: Option<&'a super::ahead::Ahead<'a>>,
     ) -> Server<'a> {

@@ -750,7 +750,7 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 /// Restores `image` and supervises the restored process; returns the exit status to use.
 /// `req.pid_mode` is resolved (see [`resolve_pid_mode`]).
 /// Restores `image` as `req` says; `ahead` verifies chunks of its working set on another thread.
-pub fn run<'a>(image: &'a Image, req: Request, ahead: Option<&'a ahead::Ahead<'a>>) -> Result<i32> {
+pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> Result<i32> {
     let m = image.manifest();
     let target = check_policy(image, &req)?;
     let pid = m.process.pid;
@@ -825,21 +825,20 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: Option<&'a ahead::Ahead<'a
         let ws = &req.working_set;
         let server = sock.map(|sock| {
             scope.spawn(move || {
-                lazy::Server::new(image, ws.replay.clone(), ws.record_to.is_some(), ahead)
+                lazy::Server::new(image, &ws.replay, ws.record_to.is_some(), Some(ahead))
                     .run(sock, child)
             })
         });
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
-        let hits = ahead.map(|a| &a.hits);
         supervise(
             child,
             error_r,
             &plan,
             req.timing.zip(prepared),
             server,
-            (ws, hits),
+            (ws, &ahead.hits),
         )
     })
 }
@@ -854,10 +853,7 @@ fn supervise(
         std::time::Duration,
     )>,
     server: Option<std::thread::ScopedJoinHandle<'_, Result<lazy::Served>>>,
-    (ws, ahead_hits): (
-        &working_set::WorkingSet,
-        Option<&std::sync::atomic::AtomicU64>,
-    ),
+    (ws, ahead_hits): (&working_set::WorkingSet, &std::sync::atomic::AtomicU64),
 ) -> Result<i32> {
     // A report on the pipe means a step failed; end of file means the process is restored.
     let mut report = [0u8; 16];
@@ -912,7 +908,7 @@ fn supervise(
                 st.forks,
                 ws.replay.len(),
                 st.replayed,
-                ahead_hits.map_or(0, |h| h.load(std::sync::atomic::Ordering::Relaxed)),
+                ahead_hits.load(std::sync::atomic::Ordering::Relaxed),
                 served.touches.len(),
             );
         }
@@ -977,9 +973,7 @@ fn spawn_in_namespace(
             std::thread::scope(|scope| {
                 // Spawned with every signal blocked, like the outer launcher's.
                 let server = sock.map(|sock| {
-                    scope.spawn(move || {
-                        lazy::Server::new(image, Vec::new(), false, None).run(sock, child)
-                    })
+                    scope.spawn(move || lazy::Server::new(image, &[], false, None).run(sock, child))
                 });
                 sys::set_sigmask(0);
                 let status = loop {
