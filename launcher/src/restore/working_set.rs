@@ -39,9 +39,9 @@ pub enum Touch {
 #[derive(Debug, Default)]
 pub struct WorkingSet {
     pub replay: Vec<Touch>,
-    /// Where to write the record of this restore (`None`: a record exists, or no cache).
-    pub record_to: Option<PathBuf>,
-    digest: Option<Digest>,
+    /// Where to write the record of this restore, and the image it is for (`None`: a record
+    /// exists, or no cache).
+    pub record_to: Option<(PathBuf, Digest)>,
 }
 
 impl WorkingSet {
@@ -57,12 +57,10 @@ impl WorkingSet {
             Ok(bytes) => WorkingSet {
                 replay: decode(&bytes, &digest, chunks, chunk_size).unwrap_or_default(),
                 record_to: None,
-                digest: Some(digest),
             },
             Err(_) => WorkingSet {
                 replay: Vec::new(),
-                record_to: Some(path),
-                digest: Some(digest),
+                record_to: Some((path, digest)),
             },
         }
     }
@@ -71,12 +69,9 @@ impl WorkingSet {
     /// old state or the new, never half of it. Best effort: a cache that cannot be written only
     /// means the next restore records again.
     pub fn save(&self, touches: &[Touch]) {
-        let (Some(path), Some(digest)) = (&self.record_to, &self.digest) else {
+        let Some((path, digest)) = self.record_to.as_ref().filter(|_| !touches.is_empty()) else {
             return;
         };
-        if touches.is_empty() {
-            return;
-        }
         let _ = write_atomically(path, &encode(digest, touches));
     }
 }
