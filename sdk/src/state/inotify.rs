@@ -34,6 +34,26 @@ pub const MAX_WD: i32 = 1 << 16;
 
 /// The `inotify wd:` lines of an inotify descriptor's fdinfo.
 pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
+    let mut inotify = parse(info)?;
+    for w in &mut inotify.watches {
+        // Without CAP_DAC_READ_SEARCH the launcher may find it; any other failure (the file is
+        // gone: a stale handle) is final.
+        w.path = match find_path(w.dev, w.ino, w.handle_type, &w.handle) {
+            Ok((_, p)) => Some(p),
+            Err((true, _)) => None,
+            Err((false, why)) => {
+                return Err(format!(
+                    "inotify watch {} (inode {}): its file cannot be found ({why}); remove the watch before the checkpoint",
+                    w.wd, w.ino
+                ))
+            }
+        };
+    }
+    Ok(inotify)
+}
+
+/// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.
+fn parse(info: &str) -> Result<Inotify, String> {
     let mut watches = Vec::new();
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {
         let field = |key: &str| {
@@ -57,17 +77,6 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         };
         // The kernel's internal device number: 12 bits of major, 20 of minor.
         let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
-        // Without CAP_DAC_READ_SEARCH the launcher may find it; any other failure (the file is
-        // gone: a stale handle) is final.
-        let path = match find_path(dev, ino, ty as i32, &handle) {
-            Ok((_, p)) => Some(p),
-            Err((true, _)) => None,
-            Err((false, why)) => {
-                return Err(format!(
-                    "inotify watch {wd} (inode {ino}): its file cannot be found ({why}); remove the watch before the checkpoint"
-                ))
-            }
-        };
         watches.push(Watch {
             wd,
             mask: mask as u32,
@@ -75,7 +84,7 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
             ino,
             handle_type: ty as i32,
             handle,
-            path,
+            path: None,
         });
     }
     if let Some(w) = watches.iter().find(|w| w.wd > MAX_WD) {
@@ -233,8 +242,9 @@ mod tests {
 
     #[test]
     fn fdinfo_lines() {
+        // Parsed only: the handle names an inode of the machine this line was taken on.
         let info = "pos:\t0\nflags:\t02004000\ninotify wd:1a ino:9a2088 sdev:fe00000 mask:100 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:88209a005d366a10\n";
-        let i = dump(info).unwrap();
+        let i = parse(info).unwrap();
         assert_eq!(i.watches.len(), 1);
         let w = &i.watches[0];
         assert_eq!(
@@ -243,7 +253,7 @@ mod tests {
         );
         assert_eq!(libc::major(w.dev), 254);
         assert_eq!(w.handle, vec![0x88, 0x20, 0x9a, 0, 0x5d, 0x36, 0x6a, 0x10]);
-        assert!(dump("inotify wd:1 ino:1 sdev:0 mask:2").is_err());
+        assert!(parse("inotify wd:1 ino:1 sdev:0 mask:2").is_err());
         assert_eq!(unescape("/a\\040b"), "/a b");
     }
 }
