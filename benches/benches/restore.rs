@@ -1,6 +1,7 @@
 //! Restore latency: from starting `thaw run` (lazy memory where permitted, and `--eager`) to the
 //! restored process's first instruction after save() returns (it writes one byte to a pipe), for
 //! 1, 64 and 512 MiB of heap, beside fork+exec of a trivial binary (/bin/true) in the same run.
+//! As root, also in the PID namespace mode (`_ns`), to compare with the host mode.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,10 @@ fn mode() -> &'static str {
 
 /// One restore, until the restored process's first byte of output; `eager` reads all memory
 /// before the process runs (the default fills large anonymous mappings lazily where permitted).
-fn restore_once(thaw: &Path, image: &Path, trust: &Path, eager: bool) -> Duration {
+fn restore_once(thaw: &Path, image: &Path, trust: &Path, mode: &str, eager: bool) -> Duration {
     let t = Instant::now();
     let mut child = thaw_benches::command(thaw)
-        .args(["run", "--pid-mode", mode()])
+        .args(["run", "--pid-mode", mode])
         .args(eager.then_some("--eager"))
         .arg("--trust")
         .arg(trust)
@@ -87,14 +88,18 @@ fn bench(c: &mut Criterion) {
     });
     for mib in [1usize, 64, 512] {
         let image = make_image(dir.path(), &key, mib, 1);
-        for (name, eager) in [
-            ("thaw_run_to_first_instruction", false),
-            ("thaw_run_eager_to_first_instruction", true),
-        ] {
+        let ns = (mode() == "host").then_some(("thaw_run_ns_to_first_instruction", "ns", false));
+        for (name, mode, eager) in [
+            ("thaw_run_to_first_instruction", mode(), false),
+            ("thaw_run_eager_to_first_instruction", mode(), true),
+        ]
+        .into_iter()
+        .chain(ns)
+        {
             g.bench_function(BenchmarkId::new(name, mib), |b| {
                 b.iter_custom(|n| {
                     (0..n)
-                        .map(|_| restore_once(&thaw, &image, &trust, eager))
+                        .map(|_| restore_once(&thaw, &image, &trust, mode, eager))
                         .sum()
                 })
             });
@@ -111,7 +116,7 @@ fn bench(c: &mut Criterion) {
             |b| {
                 b.iter_custom(|n| {
                     (0..n)
-                        .map(|_| restore_once(&thaw, &image, &trust, false))
+                        .map(|_| restore_once(&thaw, &image, &trust, mode(), false))
                         .sum()
                 })
             },

@@ -1,11 +1,15 @@
-//! Lazily filled memory (host mode as root): the restored process runs while the launcher fills
-//! its large anonymous mappings, verifying each chunk just before copying it in.
+//! Lazily filled memory (as root, in both PID modes): the restored process runs while the launcher
+//! fills its large anonymous mappings, verifying each chunk just before copying it in.
 
 mod common;
 
 use common::*;
 
 const CORRUPT: i32 = 65;
+
+/// Both PID modes: in ns mode the process runs in a new user namespace, and the launcher outside
+/// enables the fork events it could not enable there.
+const MODES: [&str; 2] = ["host", "ns"];
 
 const LAZY_CHECKS: [&str; 6] = [
     "read by two threads",
@@ -73,27 +77,36 @@ fn memory_filled_while_the_process_forks_moves_and_drops_it() {
     let Some((env, img)) = lazy_image(false) else {
         return;
     };
-    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
-    assert_all_ok(&o, &LAZY_CHECKS);
-    let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
-    // The program forks and reads its dropped and moved-out ranges at once; filling 128 MiB
-    // takes far longer, so the server saw the fork and answered those faults with zero pages.
-    assert_eq!(count(&report, "forks followed"), 1, "{report}");
-    assert!(count(&report, "on zero pages") > 0, "{report}");
+    for mode in MODES {
+        let o = restore_timed(&env, &img, &["--pid-mode", mode]);
+        assert_all_ok(&o, &LAZY_CHECKS);
+        let report = lazy_report(&o).unwrap_or_else(|| panic!("{mode}: not lazy: {}", text(&o)));
+        // The program forks and reads its dropped and moved-out ranges at once; filling 128 MiB
+        // takes far longer, so the server saw the fork and answered those faults with zero pages.
+        assert_eq!(count(&report, "forks followed"), 1, "{mode}: {report}");
+        assert!(count(&report, "on zero pages") > 0, "{mode}: {report}");
 
-    // The same image, all memory read up front.
-    let o = restore_timed(&env, &img, &["--pid-mode", "host", "--eager"]);
-    assert_all_ok(&o, &LAZY_CHECKS);
-    assert_eq!(lazy_report(&o), None, "{}", text(&o));
+        // The same image, all memory read up front.
+        let o = restore_timed(&env, &img, &["--pid-mode", mode, "--eager"]);
+        assert_all_ok(&o, &LAZY_CHECKS);
+        assert_eq!(lazy_report(&o), None, "{mode}: {}", text(&o));
+    }
 }
 
 #[test]
 fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() {
-    let Some((env, img)) = lazy_image(false) else {
-        return;
-    };
+    for mode in MODES {
+        let Some((env, img)) = lazy_image(false) else {
+            return;
+        };
+        records_and_replays(&env, &img, mode);
+    }
+}
+
+fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
+    let (env, img) = (env, img.to_path_buf());
     let records = env.path("cache/working-sets");
-    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    let o = restore_timed(env, &img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
     let recorded = count(&report, "recorded");
@@ -106,7 +119,7 @@ fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() 
 
     // Replayed (and kept as it was), the process's checks pass as before. (How much of it gets
     // in ahead of the process depends on timing; that the record is read does not.)
-    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    let o = restore_timed(env, &img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(
@@ -117,7 +130,7 @@ fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() 
     assert_eq!(std::fs::read(&record).unwrap(), bytes);
 
     // Neither read nor written with --no-working-set.
-    let o = restore_timed(&env, &img, &["--pid-mode", "host", "--no-working-set"]);
+    let o = restore_timed(env, &img, &["--pid-mode", mode, "--no-working-set"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(report.contains("working set of 0 touches"), "{report}");
@@ -129,7 +142,7 @@ fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() 
     let last = bad.len() - 8;
     bad[last..].copy_from_slice(&u64::MAX.wrapping_shr(1).to_le_bytes());
     std::fs::write(&record, &bad).unwrap();
-    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    let o = restore_timed(env, &img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(report.contains("working set of 0 touches"), "{report}");
@@ -192,21 +205,23 @@ fn a_tampered_chunk_kills_the_process_before_it_reads_the_chunk() {
         .expect("saved pages");
     flip_payload_byte(&img, run.payload.offset + run.payload.len / 2);
 
-    let o = env.restore(&img, &["--pid-mode", "host"], &[]);
-    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("does not match its digest")
-            && err.contains("the restored process was killed"),
-        "{}",
-        text(&o)
-    );
-    // It never finished its checks: the chunk's bytes never reached it.
-    assert!(
-        !String::from_utf8_lossy(&o.stdout).contains("ok read by two threads"),
-        "{}",
-        text(&o)
-    );
+    for mode in MODES {
+        let o = env.restore(&img, &["--pid-mode", mode], &[]);
+        assert_eq!(o.status.code(), Some(CORRUPT), "{mode}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("does not match its digest")
+                && err.contains("the restored process was killed"),
+            "{mode}: {}",
+            text(&o)
+        );
+        // It never finished its checks: the chunk's bytes never reached it.
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("ok read by two threads"),
+            "{mode}: {}",
+            text(&o)
+        );
+    }
 }
 
 #[test]

@@ -386,6 +386,17 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     );
 }
 
+/// Lazily filled (as root, in either PID mode, unless all memory is read up front), the process
+/// keeps SIGKILL as its parent-death signal: it must die with its launcher. zdtm-attrs expects it
+/// when told `lazy`.
+fn lazy_arg(opts: &[&str]) -> &'static [&'static str] {
+    if is_root() && opts.first() == Some(&"--pid-mode") {
+        &["lazy"]
+    } else {
+        &[]
+    }
+}
+
 #[test]
 fn process_attributes_membarrier_guards_loginuid_rseq() {
     let env = Env::new();
@@ -401,14 +412,7 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
     let img = env.checkpoint("zdtm-attrs", "a.thaw", &["no-loginuid"]);
     assert!(env.manifest(&img).process.membarrier & (1 << 4) != 0);
     for opts in every_mode() {
-        // Lazily filled (host mode, as root), the process keeps SIGKILL as its parent-death
-        // signal: it must die with its launcher.
-        let lazy: &[&str] = if *opts == ["--pid-mode", "host"] {
-            &["lazy"]
-        } else {
-            &[]
-        };
-        let o = env.restore(&img, opts, lazy);
+        let o = env.restore(&img, opts, lazy_arg(opts));
         assert_all_ok(&o, &all);
     }
     // A login uid that differs from the launcher's is set again where the kernel allows it (its
@@ -416,12 +420,7 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
     let img = env.checkpoint("zdtm-attrs", "l.thaw", &[]);
     let image_uid = env.manifest(&img).process.loginuid;
     for opts in every_mode() {
-        let lazy: &[&str] = if *opts == ["--pid-mode", "host"] {
-            &["lazy"]
-        } else {
-            &[]
-        };
-        let o = env.restore(&img, opts, lazy);
+        let o = env.restore(&img, opts, lazy_arg(opts));
         if o.status.success() {
             assert_all_ok(&o, &all);
         } else {

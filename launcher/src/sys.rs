@@ -153,10 +153,12 @@ pub fn probe_set_tid() -> bool {
     r == -(libc::EINVAL as i64)
 }
 
-/// fork(2) through libc. The launcher is single-threaded when it calls this.
+/// fork(2) through libc, whose fork handlers leave the allocator usable in the child. The
+/// launcher's other thread at this point (the verifier ahead) takes no lock that the child's code
+/// (namespace set-up, waiting, writing to stderr) needs.
 pub fn fork() -> io::Result<i32> {
-    // SAFETY: the launcher has no other threads at this point (verification threads were joined),
-    // so the child may run arbitrary code.
+    // SAFETY: glibc's fork takes and resets its malloc locks around the call; the child uses no
+    // Rust lock another thread could hold (see above) and only this thread exists in it.
     let r = unsafe { libc::fork() };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -245,6 +247,24 @@ pub fn pidfd_send_signal(pidfd: &std::os::fd::OwnedFd, sig: i32) {
         libc::SYS_pidfd_send_signal,
         [pidfd.as_raw_fd() as u64, sig as u64, 0, 0, 0, 0],
     );
+}
+
+/// Asks for SIGKILL when the parent dies; false when it has already died (then the caller is
+/// an orphan and must give up).
+pub fn die_with_parent(parent: i32) -> bool {
+    let _ = syscall(
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == parent }
 }
 
 pub fn kill(pid: i32, sig: i32) {
@@ -470,8 +490,20 @@ pub mod uffd {
         }
     }
 
+    /// Enables the events on `fd` (UFFDIO_API). The kernel asks the caller, not the owner of the
+    /// memory, for CAP_SYS_PTRACE before it reports forks: the launcher does this for the
+    /// restored process, which may run in a user namespace where it holds no such capability.
+    pub fn enable(fd: &OwnedFd) -> io::Result<()> {
+        let api = [API, FEATURES, 0u64];
+        syscall(
+            libc::SYS_ioctl,
+            [fd.as_raw_fd() as u64, IOC_API, api.as_ptr() as u64, 0, 0, 0],
+        )
+        .map(drop)
+    }
+
     /// A userfaultfd for this process's own memory, with the events enabled: a probe that the
-    /// restored process will be able to create one the same way.
+    /// restored process will be able to create one the same way and this process to enable it.
     pub fn probe(device: Option<&OwnedFd>) -> io::Result<()> {
         let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let fd = match device {
@@ -482,13 +514,7 @@ pub mod uffd {
             None => syscall(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?,
         };
         // SAFETY: the call returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let api = [API, FEATURES, 0u64];
-        syscall(
-            libc::SYS_ioctl,
-            [fd.as_raw_fd() as u64, IOC_API, api.as_ptr() as u64, 0, 0, 0],
-        )
-        .map(drop)
+        enable(&unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
     /// Reads the pending events (non-blocking); returns how many were read.
@@ -584,13 +610,62 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Receives one descriptor sent with SCM_RIGHTS; `None` when the other side closed first.
-pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+/// Sends one byte on `sock`.
+pub fn send_byte(sock: &OwnedFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let byte = 1u8;
+    syscall(
+        libc::SYS_write,
+        [
+            sock.as_raw_fd() as u64,
+            &byte as *const u8 as u64,
+            1,
+            0,
+            0,
+            0,
+        ],
+    )
+    .map(drop)
+}
+
+/// Asks that every message received on `sock` carry a pidfd of its sender (SO_PASSPIDFD, Linux
+/// 6.5): the sender is then named without a PID, which another namespace would number otherwise.
+pub fn pass_pidfd(sock: &OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SO_PASSPIDFD: u64 = 76;
+    let on: i32 = 1;
+    syscall(
+        libc::SYS_setsockopt,
+        [
+            sock.as_raw_fd() as u64,
+            libc::SOL_SOCKET as u64,
+            SO_PASSPIDFD,
+            &on as *const i32 as u64,
+            4,
+            0,
+        ],
+    )
+    .map(drop)
+}
+
+/// One message received with [`recv_fd`].
+#[derive(Debug)]
+pub struct Received {
+    /// A descriptor sent with SCM_RIGHTS.
+    pub fd: Option<OwnedFd>,
+    /// The sender, with [`pass_pidfd`] (SCM_PIDFD).
+    pub sender: Option<OwnedFd>,
+}
+
+/// Receives one message and the descriptors it carries; `None` when the other side closed first.
+pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<Received>> {
+    use std::os::fd::AsRawFd;
+    const SCM_PIDFD: u64 = 4;
     let mut byte = [0u8; 1];
     let mut iov = [byte.as_mut_ptr() as u64, 1u64];
-    // struct cmsghdr { u64 len; i32 level; i32 type; } followed by one int, padded to 24 bytes.
-    let mut control = [0u64; 3];
+    // Room for two `struct cmsghdr { u64 len; i32 level; i32 type; }`, each followed by one int
+    // and padded to 24 bytes.
+    let mut control = [0u64; 6];
     // struct msghdr { name, namelen, iov, iovlen, control, controllen, flags }
     let mut msg = [
         0u64,
@@ -598,7 +673,7 @@ pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
         iov.as_mut_ptr() as u64,
         1,
         control.as_mut_ptr() as u64,
-        24,
+        48,
         0,
     ];
     loop {
@@ -620,11 +695,25 @@ pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
             Ok(_) => break,
         }
     }
-    let level_type = control[1];
-    if msg[5] < 20 || control[0] != 20 || level_type != (1 | (1 << 32)) {
-        return Err(io::Error::other("no descriptor in the message"));
+    let mut got = Received {
+        fd: None,
+        sender: None,
+    };
+    // Each header is 24 bytes here: a length of 20 (one int) and SOL_SOCKET in the low half of
+    // the second word; the kernel fills `msg[5]` with the bytes it wrote.
+    for h in control.chunks_exact(3).take(msg[5].div_ceil(24) as usize) {
+        if h[0] != 20 || h[1] & 0xffff_ffff != libc::SOL_SOCKET as u64 {
+            continue;
+        }
+        let fd = (h[2] & 0xffff_ffff) as i32;
+        // SAFETY: the kernel installed this descriptor for us with the message; nothing else
+        // owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        match h[1] >> 32 {
+            1 => got.fd = Some(owned),
+            SCM_PIDFD => got.sender = Some(owned),
+            _ => {}
+        }
     }
-    let fd = (control[2] & 0xffff_ffff) as i32;
-    // SAFETY: the kernel installed this descriptor for us with SCM_RIGHTS; nothing else owns it.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    Ok(Some(got))
 }

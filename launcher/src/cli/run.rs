@@ -79,11 +79,15 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         file.verify(&args.trust.load(ctx)?)?
     };
     let pid_mode = restore::resolve_pid_mode(&image, args.pid_mode)?;
-    let private = args.private_copy || ctx.elevated || writable_by_others(image.file());
+    // A whole private copy is made up front where asked or where others could change the file,
+    // so that nothing done to the file later can fail the running process. A privileged launcher
+    // copies what the process gets up front (the caller must not change verified bytes under
+    // it): lazily filled chunks are read into the launcher's memory and verified there anyway.
+    let whole_copy = args.private_copy || writable_by_others(image.file());
+    let private = whole_copy || ctx.elevated;
     // Lazily filled pages are verified one chunk at a time as they are copied in; everything
     // else now. Lazy filling needs the launcher to enable the userfaultfd's fork events, which
-    // takes CAP_SYS_PTRACE: never inside a new user namespace, so host mode only. A private copy
-    // is made up front, so that nothing done to the file later can fail the running process.
+    // takes CAP_SYS_PTRACE (root, or a launcher given that capability: see `Uffd::probe`).
     // Under a tracer (strace -f, a debugger) the process could be stopped while the launcher
     // waits on it, and the launcher while the process faults: everything is read up front.
     let traced = std::fs::read_to_string("/proc/self/status")
@@ -94,10 +98,10 @@ pub fn run(args: Args, ctx: &Context) -> Result {
                 .map(|v| v.trim() != "0")
         })
         .unwrap_or(false);
-    let lazy = if args.eager || private || traced || pid_mode != PidMode::Host {
+    let lazy = if args.eager || whole_copy || traced {
         None
     } else {
-        restore::lazy::Uffd::probe()
+        restore::lazy::Uffd::probe(pid_mode == PidMode::Ns)
     };
     let working_set = match &lazy {
         Some(_) if !args.no_working_set => {

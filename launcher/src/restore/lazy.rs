@@ -80,28 +80,40 @@ pub fn eager_chunks(image: &Image, lazy: bool) -> Vec<bool> {
 }
 
 /// How the restored process gets its userfaultfd: from /dev/userfaultfd when the launcher can open
-/// it, else from the system call. Either way the fork events need CAP_SYS_PTRACE (in practice:
-/// root); without it the launcher reads all memory up front.
+/// it, else from the system call. The launcher enables its events, and the fork events need
+/// CAP_SYS_PTRACE there (in practice: root); without it the launcher reads all memory up front.
 #[derive(Debug)]
 pub struct Uffd {
     device: Option<OwnedFd>,
 }
 
 impl Uffd {
-    pub fn probe() -> Option<Uffd> {
+    /// `in_user_namespace`: the process will run in a new user namespace.
+    pub fn probe(in_user_namespace: bool) -> Option<Uffd> {
         let device = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/userfaultfd")
             .ok()
             .map(OwnedFd::from);
+        if in_user_namespace {
+            // There the system call serves kernel faults (a read(2) into a missing page) only
+            // where vm.unprivileged_userfaultfd allows it; the device needs nothing. And the
+            // process is named by a pidfd (its PID differs there), which the kernel must pass.
+            let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd");
+            if device.is_none() && sysctl.map_or(true, |v| v.trim() != "1") {
+                return None;
+            }
+            sys::pass_pidfd(&sys::socketpair().ok()?.0).ok()?;
+        }
         uffd::probe(device.as_ref()).ok()?;
         Some(Uffd { device })
     }
 }
 
 /// The descriptors that carry the userfaultfd from the new process to the launcher: the restorer
-/// creates it at number `slot`, registers the lazy VMAs, and sends it over `child_end`.
+/// creates it at number `slot`, sends it over `child_end`, waits for the launcher to enable it,
+/// registers the lazy VMAs, and says so.
 #[derive(Debug)]
 pub struct Transport {
     device: Option<OwnedFd>,
@@ -123,6 +135,9 @@ impl Transport {
                 format!("cannot create a socket pair: {e}"),
             )
         })?;
+        // Where the kernel can, the process is named by a pidfd that comes with its message (a
+        // bad chunk kills it through that, whatever namespace it runs in).
+        let _ = sys::pass_pidfd(&parent);
         let device = match &uffd.device {
             Some(d) => Some(dup(d.as_raw_fd())?),
             None => None,
@@ -177,17 +192,6 @@ impl Transport {
                 self.fd(),
             ),
         }
-        let api = plan.words(&[uffd::API, uffd::FEATURES, 0]);
-        plan.syscall(
-            "enable the userfaultfd's events",
-            libc::SYS_ioctl,
-            [self.fd() as u64, uffd::IOC_API, api, 0, 0, 0],
-        );
-    }
-
-    /// The step that hands the userfaultfd to the launcher (after the lazy VMAs are registered,
-    /// before anything touches them).
-    pub fn plan_send(&self, plan: &mut Plan) {
         let byte = plan.words(&[0]);
         let iov = plan.words(&[byte, 1]);
         // struct cmsghdr { len = CMSG_LEN(4), SOL_SOCKET, SCM_RIGHTS } + the descriptor, padded.
@@ -198,6 +202,24 @@ impl Transport {
             "hand the userfaultfd to the launcher",
             libc::SYS_sendmsg,
             [self.child_end.as_raw_fd() as u64, msg, 0, 0, 0, 0],
+        );
+        // If the launcher cannot enable it, it closes its end: the read returns 0 and the first
+        // registration fails on the userfaultfd that was never enabled.
+        plan.syscall(
+            "wait for the launcher to enable the userfaultfd's events",
+            libc::SYS_read,
+            [self.child_end.as_raw_fd() as u64, byte, 1, 0, 0, 0],
+        );
+    }
+
+    /// The step that tells the launcher the lazy VMAs are registered (before anything touches
+    /// them): it may fill them from now on.
+    pub fn plan_send(&self, plan: &mut Plan) {
+        let byte = plan.words(&[0]);
+        plan.syscall(
+            "tell the launcher the lazy memory is registered",
+            libc::SYS_write,
+            [self.child_end.as_raw_fd() as u64, byte, 1, 0, 0, 0],
         );
     }
 }
@@ -458,14 +480,36 @@ impl<'a> Server<'a> {
 
     /// Waits for the userfaultfd on `sock`, then serves faults and fills memory until every page
     /// is in or the process is gone. On a failure (a chunk that does not match its digest, an
-    /// unreadable image), kills `victim` (the launcher's child) before any wrong byte is used.
+    /// unreadable image), kills the process before any wrong byte is used: through the pidfd
+    /// that came with its message, else as `victim` (a PID in the launcher's namespace).
     pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Served> {
         sys::nice_self(HELPER_NICE);
-        let fd = match sys::recv_fd(&sock) {
-            Ok(Some(fd)) => fd,
+        let (fd, sender) = match sys::recv_fd(&sock) {
+            Ok(Some(sys::Received {
+                fd: Some(fd),
+                sender,
+            })) => (fd, sender),
             // The restorer failed before handing it over; it reports that itself.
-            Ok(None) | Err(_) => return Ok(Served::default()),
+            _ => return Ok(Served::default()),
         };
+        // The restorer waits for this before it registers anything (see `plan_create`).
+        uffd::enable(&fd).map_err(|e| {
+            failed(format!(
+                "cannot enable the userfaultfd's events for the restored process: {e}"
+            ))
+        })?;
+        let kill = || match &sender {
+            Some(p) => sys::pidfd_send_signal(p, libc::SIGKILL),
+            None => sys::kill(victim, libc::SIGKILL),
+        };
+        if sys::send_byte(&sock).is_err() {
+            return Ok(Served::default());
+        }
+        match sys::recv_fd(&sock) {
+            Ok(Some(_)) => {}
+            // The restorer failed while registering; it reports that itself.
+            _ => return Ok(Served::default()),
+        }
         drop(sock);
         let started = Instant::now();
         let payload_pages = self.image.header().payload_len / PAGE;
@@ -506,7 +550,7 @@ impl<'a> Server<'a> {
         }
         match result {
             Err(f) => {
-                sys::kill(victim, libc::SIGKILL);
+                kill();
                 Err(f)
             }
             Ok(()) => Ok(Served {

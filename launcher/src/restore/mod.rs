@@ -205,6 +205,18 @@ impl Fds {
             .chain(self.placed.iter().map(|(_, f, _)| f.as_raw_fd()))
             .collect()
     }
+
+    /// In a forked helper once the process exists: closes this copy of everything that is the
+    /// process's, so that the launcher sees end of file where it waits for one.
+    fn close_process_side(&self) {
+        sys::close(self.error_w.as_raw_fd());
+        for fd in self.process_side() {
+            sys::close(fd);
+        }
+        if let Some(t) = &self.transport {
+            sys::close(t.child_end.as_raw_fd());
+        }
+    }
 }
 
 fn prepare_fds(
@@ -781,7 +793,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let old_mask = sys::set_sigmask(u64::MAX);
     let clocks = timens.then_some(&m.clocks);
     let supervised = match mode {
-        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, image, clocks),
+        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, clocks),
         _ => clocks.map_or(Ok(()), timens::enter).and_then(|()| {
             sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) {
@@ -816,10 +828,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     drop(error_w);
     // The launcher keeps only its end of the socket: end of file there means the process died
     // before handing over its userfaultfd.
-    // In namespace mode the init serves the memory (no thread can be created here any more).
-    let sock = transport
-        .filter(|_| mode != PidMode::Ns)
-        .map(|t| t.parent_end);
+    let sock = transport.map(|t| t.parent_end);
     std::thread::scope(|scope| {
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
         let ws = &req.working_set;
@@ -884,6 +893,12 @@ fn supervise(
         h.join()
             .unwrap_or_else(|_| Err(Failure::new(Code::Internal, "the memory server panicked")))
     });
+    // A server that could not start makes the restorer fail at its next step: its own message
+    // says why.
+    let served = match served {
+        Some(Err(f)) if got == 16 => return Err(f),
+        other => other,
+    };
     if got == 16 {
         let step = u64::from_ne_bytes(report[..8].try_into().expect("8")) as usize;
         let errno = u64::from_ne_bytes(report[8..].try_into().expect("8")) as i32;
@@ -918,17 +933,50 @@ fn supervise(
     Ok(how.status())
 }
 
-/// Namespace mode: a new user + PID namespace with a forked launcher as its init, which creates
-/// the restored process inside and exits with its status. Returns the init's PID.
+/// Namespace mode: a forked helper creates a new user + PID namespace and forks its init, which
+/// creates the restored process inside; each exits with the status of the one below. The launcher
+/// itself stays outside, with its threads and the capabilities it serves lazy memory with.
+/// Returns the helper's PID.
 fn spawn_in_namespace(
     pid: i32,
     entry: u64,
     control: u64,
     stack_top: u64,
     fds: &Fds,
-    image: &Image,
     clocks: Option<&thaw::state::clocks::Clocks>,
 ) -> Result<i32> {
+    let launcher = std::process::id() as i32;
+    let helper = sys::fork().map_err(|e| failed(format!("cannot fork: {e}")))?;
+    if helper != 0 {
+        return Ok(helper);
+    }
+    let status = namespace_helper(launcher, pid, entry, control, stack_top, fds, clocks)
+        .unwrap_or_else(|f| {
+            eprintln!("thaw: {}", f.message);
+            f.code as i32
+        });
+    std::process::exit(status);
+}
+
+/// The helper's side of [`spawn_in_namespace`]: returns the exit status to end with.
+fn namespace_helper(
+    launcher: i32,
+    pid: i32,
+    entry: u64,
+    control: u64,
+    stack_top: u64,
+    fds: &Fds,
+    clocks: Option<&thaw::state::clocks::Clocks>,
+) -> Result<i32> {
+    if !sys::die_with_parent(launcher) {
+        return Err(failed("the launcher ended during the restore"));
+    }
+    // The launcher alone reads reports and serves memory: the ends it waits on for end of file
+    // are closed here (the process's own ends once it exists, below).
+    sys::close(fds.error_r.as_raw_fd());
+    if let Some(t) = &fds.transport {
+        sys::close(t.parent_end.as_raw_fd());
+    }
     let (uid, gid) = (sys::geteuid(), sys::getegid());
     sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS).map_err(|e| {
         // ENOSPC: a per-user or system-wide namespace limit was reached; name it.
@@ -948,50 +996,46 @@ fn spawn_in_namespace(
     if let Some(c) = clocks {
         timens::enter(c)?;
     }
+    let helper = std::process::id() as i32;
     let init = sys::fork().map_err(|e| failed(format!("cannot fork the namespace init: {e}")))?;
-    if init != 0 {
-        return Ok(init);
+    if init == 0 {
+        namespace_init(helper, pid, entry, control, stack_top, fds);
     }
-    // Namespace init (PID 1): give the namespace its own /proc (so that /proc/self agrees with
-    // getpid() inside), create the restored process, then reap until it ends.
-    sys::close(fds.error_r.as_raw_fd());
+    fds.close_process_side();
+    sys::forward_signals(init, &FORWARDED)
+        .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
+    sys::set_sigmask(0);
+    loop {
+        match sys::wait(init) {
+            Ok((_, how)) => return Ok(how.status()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed(format!("cannot wait for the namespace init: {e}"))),
+        }
+    }
+}
+
+/// The namespace's init (PID 1): gives the namespace its own /proc (so that /proc/self agrees
+/// with getpid() inside), creates the restored process, then reaps until it ends.
+fn namespace_init(helper: i32, pid: i32, entry: u64, control: u64, stack_top: u64, fds: &Fds) -> ! {
+    // Its parent is outside the namespace, where getppid() cannot see it: if the helper is gone
+    // already, so is the launcher, and the restorer cannot hand its memory to anyone.
+    let _ = sys::die_with_parent(helper);
     if let Err(e) = sys::mount_private_proc() {
         eprintln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
     }
     let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
         Ok(child) => {
-            sys::close(fds.error_w.as_raw_fd());
             // The init holds nothing of the process's either (see `run`).
-            for fd in fds.process_side() {
-                sys::close(fd);
-            }
-            let sock = fds.transport.as_ref().and_then(|t| {
-                sys::close(t.child_end.as_raw_fd());
-                t.parent_end.try_clone().ok()
-            });
+            fds.close_process_side();
             let _ = sys::forward_signals(child, &FORWARDED);
-            std::thread::scope(|scope| {
-                // Spawned with every signal blocked, like the outer launcher's.
-                let server = sock.map(|sock| {
-                    scope.spawn(move || lazy::Server::new(image, &[], false, None).run(sock, child))
-                });
-                sys::set_sigmask(0);
-                let status = loop {
-                    match sys::wait(-1) {
-                        Ok((p, how)) if p == child => break how.status(),
-                        Ok(_) => continue,
-                        Err(_) => break Code::RestoreFailed as i32,
-                    }
-                };
-                match server.map(|h| h.join()) {
-                    Some(Ok(Err(f))) => {
-                        eprintln!("thaw: {}", f.message);
-                        f.code as i32
-                    }
-                    Some(Err(_)) => Code::Internal as i32,
-                    _ => status,
+            sys::set_sigmask(0);
+            loop {
+                match sys::wait(-1) {
+                    Ok((p, how)) if p == child => break how.status(),
+                    Ok(_) => continue,
+                    Err(_) => break Code::RestoreFailed as i32,
                 }
-            })
+            }
         }
         Err(e) => {
             eprintln!("thaw: cannot create the process with PID {pid} in the new namespace: {e}");
