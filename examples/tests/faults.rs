@@ -54,31 +54,33 @@ fn delay(trial: u64, max_us: u64) -> Duration {
 #[test]
 fn a_launcher_killed_while_filling_memory_takes_the_process_with_it() {
     if !is_root() {
-        eprintln!("skipped: lazy memory needs root (host mode)");
+        eprintln!("skipped: lazy memory needs root");
         return;
     }
     let env = Env::new();
     let img = env.checkpoint("zdtm-pattern", "p.thaw", &["128"]);
-    let (mut died, mut finished) = (0, 0);
-    for trial in 0..trials() {
-        // The restored process holds the pipe's write end as its stdout: the output is complete
-        // once it is gone, whether it finished its check or died with the launcher.
-        let (_, out) = signalled(
-            env.restore_cmd(&img, &["--pid-mode", "host"], &[]),
-            delay(trial, 60_000),
-            libc::SIGKILL,
-        );
-        assert!(
-            !out.contains("FAIL"),
-            "trial {trial}: the process ran on unfilled memory: {out}"
-        );
-        if out.contains("ok pattern") {
-            finished += 1;
-        } else {
-            died += 1;
+    for mode in ["host", "ns"] {
+        let (mut died, mut finished) = (0, 0);
+        for trial in 0..trials() {
+            // The restored process holds the pipe's write end as its stdout: the output is
+            // complete once it is gone, whether it finished its check or died with the launcher.
+            let (_, out) = signalled(
+                env.restore_cmd(&img, &["--pid-mode", mode], &[]),
+                delay(trial, 60_000),
+                libc::SIGKILL,
+            );
+            assert!(
+                !out.contains("FAIL"),
+                "{mode} mode, trial {trial}: the process ran on unfilled memory: {out}"
+            );
+            if out.contains("ok pattern") {
+                finished += 1;
+            } else {
+                died += 1;
+            }
         }
+        eprintln!("launcher killed during lazy filling ({mode} mode): {} trials, {died} processes died with it, {finished} had all their memory and finished, 0 ran on unfilled memory", trials());
     }
-    eprintln!("launcher killed during lazy filling: {} trials, {died} processes died with it, {finished} had all their memory and finished, 0 ran on unfilled memory", trials());
 }
 
 #[test]

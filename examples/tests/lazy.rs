@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 
 const CORRUPT: i32 = 65;
 
@@ -11,8 +12,9 @@ const CORRUPT: i32 = 65;
 /// enables the fork events it could not enable there.
 const MODES: [&str; 2] = ["host", "ns"];
 
-const LAZY_CHECKS: [&str; 6] = [
+const LAZY_CHECKS: [&str; 7] = [
     "read by two threads",
+    "capabilities as at the checkpoint",
     "read by the kernel",
     "moved by mremap",
     "dropped by MADV_DONTNEED",
@@ -232,4 +234,64 @@ fn unprivileged_restores_read_all_memory_up_front() {
     let o = restore_timed(&env, &img, &["--pid-mode", "ns"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     assert_eq!(lazy_report(&o), None, "{}", text(&o));
+}
+
+/// A key in /etc/thaw/trusted/ (the only trust store of a privileged launcher) for a test.
+struct SystemKey(std::path::PathBuf);
+
+impl SystemKey {
+    fn install(public: &std::path::Path) -> SystemKey {
+        std::fs::create_dir_all("/etc/thaw/trusted").unwrap();
+        let at = std::path::PathBuf::from(format!(
+            "/etc/thaw/trusted/test-lazy-{}.pub",
+            std::process::id()
+        ));
+        std::fs::copy(public, &at).unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SystemKey(at)
+    }
+}
+
+impl Drop for SystemKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The setcap deployment for an unprivileged caller: a launcher given CAP_SYS_PTRACE besides
+/// CAP_CHECKPOINT_RESTORE (the kernel reports forks to a userfaultfd only to a holder of it)
+/// fills memory lazily; with CAP_CHECKPOINT_RESTORE alone it reads all of it up front. Either
+/// way the process gets every byte and none of the launcher's capabilities.
+#[test]
+fn a_setcap_launcher_fills_lazily_when_it_may_follow_forks() {
+    let Some((env, img)) = lazy_image(true) else {
+        return;
+    };
+    let _trusted = SystemKey::install(&env.pubkey);
+    for (name, caps, lazy) in [
+        ("thaw-cr", "cap_checkpoint_restore+ep", false),
+        (
+            "thaw-cr-ptrace",
+            "cap_checkpoint_restore,cap_sys_ptrace+ep",
+            true,
+        ),
+    ] {
+        // A copy, never a link: the capability belongs to the file.
+        let launcher = env.path(name);
+        std::fs::copy(bin("thaw"), &launcher).unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = std::process::Command::new("setcap")
+            .arg(caps)
+            .arg(&launcher)
+            .status()
+            .unwrap();
+        assert!(st.success(), "setcap {caps}");
+        let o = as_nobody(command(&launcher))
+            .args(["run", "--timing", "--pid-mode", "host"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_all_ok(&o, &LAZY_CHECKS);
+        assert_eq!(lazy_report(&o).is_some(), lazy, "{caps}: {}", text(&o));
+    }
 }

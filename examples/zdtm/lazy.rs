@@ -49,6 +49,7 @@ fn main() {
         // SAFETY: inside the mapping.
         unsafe { *big.add(p * PAGE / 8) = pattern(p * PAGE / 8) };
     }
+    let caps = common::thread_caps();
     common::checkpoint();
 
     // Regions of the mapping, as byte offsets.
@@ -125,6 +126,13 @@ fn main() {
         "pattern differs",
     );
     c.check("read by the kernel", via_pipe, "pipe round trip differs");
+    // A launcher with file capabilities holds them while it restores; none may remain.
+    let caps_now = common::thread_caps();
+    c.check(
+        "capabilities as at the checkpoint",
+        caps_now == caps,
+        format!("{caps_now:?} != {caps:?}"),
+    );
     c.check(
         "moved by mremap",
         zero_moved && holds_pattern(new.cast(), moved.start, moved.end),

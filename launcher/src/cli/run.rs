@@ -30,15 +30,21 @@ pub struct Args {
     #[arg(long)]
     as_caller: bool,
     /// Verify into a sealed private copy and restore from it, so that a change to the image file
-    /// after verification cannot reach the process. Always on when the launcher is privileged or
-    /// the file is writable by anyone but you and root.
+    /// after verification cannot reach the process. Always on when the file is writable by anyone
+    /// but you and root; a privileged launcher copies what it reads up front (and verifies
+    /// lazily filled memory in its own).
     #[arg(long)]
     private_copy: bool,
     /// Read and verify all of the process's memory before it runs, instead of filling its large
-    /// anonymous areas on first touch (lazy filling needs /dev/userfaultfd or
-    /// vm.unprivileged_userfaultfd=1, and the launcher alive until the memory is complete).
+    /// anonymous areas on first touch (lazy filling needs a launcher holding CAP_SYS_PTRACE:
+    /// root, or a setcap launcher given it too; in ns mode also /dev/userfaultfd or
+    /// vm.unprivileged_userfaultfd=1; and the launcher alive until the memory is complete).
     #[arg(long)]
     eager: bool,
+    /// Report on stderr where the restore's time went and how memory was filled (as
+    /// THAW_TIMING=1 does, which a privileged launcher does not read).
+    #[arg(long)]
+    timing: bool,
     /// A listening socket of yours (descriptor number) to give the restored process instead of
     /// binding the image's listening socket with the same address: many instances can then share
     /// one port. Repeatable. Sockets passed by systemd (LISTEN_FDS) are used the same way.
@@ -151,7 +157,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
                 as_caller: args.as_caller,
                 elevated: ctx.elevated,
                 payload,
-                timing: ctx.env("THAW_TIMING").map(|_| (started, verified)),
+                timing: (args.timing || ctx.env("THAW_TIMING").is_some())
+                    .then_some((started, verified)),
                 lazy,
                 listeners,
                 allow_clock_jump: args.allow_clock_jump,
