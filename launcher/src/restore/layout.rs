@@ -43,8 +43,8 @@ impl Region {
     pub fn reserve(m: &Manifest) -> Result<Region> {
         let threads = m.threads.len().saturating_sub(1) as u64;
         let mut used: Vec<(u64, u64)> = m.memory.iter().map(|v| (v.start, v.end)).collect();
-        let mine = thaw::procfs::smaps(std::process::id() as i32)
-            .map_err(|e| failed(format!("cannot read /proc/self/smaps: {e}")))?;
+        let mine = thaw::procfs::maps(std::process::id() as i32)
+            .map_err(|e| failed(format!("cannot read /proc/self/maps: {e}")))?;
         used.extend(mine.iter().map(|v| (v.start, v.end)));
         // The launcher's own [vvar], [vvar_vclock], [vdso], in address order.
         let vdso = mine

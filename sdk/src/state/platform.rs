@@ -77,7 +77,7 @@ impl Platform {
         let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
             .trim()
             .to_owned();
-        let maps = crate::procfs::smaps(std::process::id() as i32)?;
+        let maps = crate::procfs::maps(std::process::id() as i32)?;
         let mut vdso = VdsoLayout::default();
         for m in maps.iter().filter(|m| SPECIAL.contains(&m.name.as_str())) {
             vdso.regions.push(SpecialRegion {
