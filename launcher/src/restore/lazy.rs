@@ -483,7 +483,6 @@ impl<'a> Server<'a> {
     /// unreadable image), kills the process before any wrong byte is used: through the pidfd
     /// that came with its message, else as `victim` (a PID in the launcher's namespace).
     pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Served> {
-        sys::nice_self(HELPER_NICE);
         let (fd, sender) = match sys::recv_fd(&sock) {
             Ok(Some(sys::Received {
                 fd: Some(fd),
@@ -511,6 +510,8 @@ impl<'a> Server<'a> {
             _ => return Ok(Served::default()),
         }
         drop(sock);
+        // Only now: the restorer waited for the answers above.
+        sys::nice_self(HELPER_NICE);
         let started = Instant::now();
         let payload_pages = self.image.header().payload_len / PAGE;
         let mut pending = vec![0u64; payload_pages.div_ceil(64) as usize];
