@@ -267,6 +267,22 @@ pub fn die_with_parent(parent: i32) -> bool {
     unsafe { libc::getppid() == parent }
 }
 
+/// The calling thread's effective capabilities (capget: /proc/self/status costs far more).
+pub fn effective_caps() -> u64 {
+    // _LINUX_CAPABILITY_VERSION_3 for this thread, then two data structs (low and high 32 bits).
+    let header = [0x2008_0522u32, 0];
+    let mut data = [0u32; 6];
+    let r = syscall(
+        libc::SYS_capget,
+        [header.as_ptr() as u64, data.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    match r {
+        // struct __user_cap_data_struct { effective, permitted, inheritable } twice.
+        Ok(_) => u64::from(data[0]) | (u64::from(data[3]) << 32),
+        Err(_) => 0,
+    }
+}
+
 pub fn kill(pid: i32, sig: i32) {
     let _ = syscall(libc::SYS_kill, [pid as u64, sig as u64, 0, 0, 0, 0]);
 }

@@ -113,7 +113,10 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
 /// Parses /proc/<pid>/maps: addresses, permissions and names only (no flags, nothing resident),
 /// without the page-table walk that makes smaps cost a millisecond.
 pub fn maps(pid: i32) -> io::Result<Vec<MapEntry>> {
-    Ok(read(pid, "maps")?.lines().filter_map(parse_map_line).collect())
+    Ok(read(pid, "maps")?
+        .lines()
+        .filter_map(parse_map_line)
+        .collect())
 }
 
 /// Parses /proc/<pid>/smaps.

@@ -160,8 +160,7 @@ const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Whether the launcher holds capability `cap` in its effective set.
 fn has_cap(cap: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    thaw::procfs::field_hex(&status, "CapEff") & (1u64 << cap) != 0
+    sys::effective_caps() & (1u64 << cap) != 0
 }
 
 fn pid_in_use(pid: i32) -> bool {

@@ -18,6 +18,9 @@ use super::writer::content_digest;
 use super::{Digest, ImageError, SIGNATURE_DOMAIN};
 use crate::state::Manifest;
 
+/// Up to this many bytes, chunks are verified on the calling thread alone.
+const SMALL_SELECTION: u64 = 2 << 20;
+
 /// An opened image whose header is bounds-checked and whose header block, manifest and trailer
 /// bytes are in memory, raw and not yet trusted.
 #[derive(Debug)]
@@ -334,7 +337,18 @@ impl Image {
         wanted: &(dyn Fn(u64) -> bool + Sync),
         dest: Option<&File>,
     ) -> Result<(), ImageError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // A small selection (the memory a lazy restore reads up front) is done here at once:
+        // asking how many cores there are (cgroup files) and starting threads costs more.
+        let cs = u64::from(self.header.chunk_size);
+        let small = (0..self.header.chunk_count())
+            .filter(|&i| wanted(i))
+            .nth(((SMALL_SELECTION / cs) as usize).max(1))
+            .is_none();
+        let threads = if small {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
         self.verify_batches(threads, wanted, dest)
     }
 
