@@ -129,14 +129,16 @@ fn clone3_once(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result
     check(ret).map(|p| p as i32)
 }
 
-/// Whether `clone3` accepts `set_tid` here: an invalid request (PID 0 is never allowed) answers
-/// EINVAL when the feature exists.
+/// Whether `clone3` accepts `set_tid` here: a kernel that knows the field rejects an array of
+/// length 0 with EINVAL while it checks the arguments, before it copies anything of this process
+/// (an invalid ID in the array would be found only after the whole address space was copied); a
+/// kernel that does not answers E2BIG or ENOSYS.
 pub fn probe_set_tid() -> bool {
     let tids = [0i32];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid_size: 0,
         ..Default::default()
     };
     let r = thaw::sys::syscall6(
