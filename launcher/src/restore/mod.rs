@@ -791,10 +791,16 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let prepared = req.timing.map(|(start, _)| start.elapsed());
     let old_mask = sys::set_sigmask(u64::MAX);
     let clocks = timens.then_some(&m.clocks);
+    let start = Start {
+        pid,
+        entry,
+        control,
+        stack_top,
+    };
     let supervised = match mode {
-        PidMode::Ns => spawn_in_namespace(pid, entry, control, stack_top, &fds, clocks),
+        PidMode::Ns => spawn_in_namespace(start, &fds, clocks),
         _ => clocks.map_or(Ok(()), timens::enter).and_then(|()| {
-            sys::clone3_into_restorer(pid, entry, control, stack_top).map_err(|e| {
+            start.clone3().map_err(|e| {
                 if e.raw_os_error() == Some(libc::EEXIST) {
                     refused(format!("PID {pid} is in use; use --pid-mode ns"))
                 } else {
@@ -937,10 +943,7 @@ fn supervise(
 /// itself stays outside, with its threads and the capabilities it serves lazy memory with.
 /// Returns the helper's PID.
 fn spawn_in_namespace(
-    pid: i32,
-    entry: u64,
-    control: u64,
-    stack_top: u64,
+    start: Start,
     fds: &Fds,
     clocks: Option<&thaw::state::clocks::Clocks>,
 ) -> Result<i32> {
@@ -949,21 +952,32 @@ fn spawn_in_namespace(
     if helper != 0 {
         return Ok(helper);
     }
-    let status = namespace_helper(launcher, pid, entry, control, stack_top, fds, clocks)
-        .unwrap_or_else(|f| {
-            eprintln!("thaw: {}", f.message);
-            f.code as i32
-        });
+    let status = namespace_helper(launcher, start, fds, clocks).unwrap_or_else(|f| {
+        eprintln!("thaw: {}", f.message);
+        f.code as i32
+    });
     std::process::exit(status);
+}
+
+/// Where the restored process starts: its PID, and the restorer's entry, control block and stack.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    pid: i32,
+    entry: u64,
+    control: u64,
+    stack_top: u64,
+}
+
+impl Start {
+    fn clone3(self) -> std::io::Result<i32> {
+        sys::clone3_into_restorer(self.pid, self.entry, self.control, self.stack_top)
+    }
 }
 
 /// The helper's side of [`spawn_in_namespace`]: returns the exit status to end with.
 fn namespace_helper(
     launcher: i32,
-    pid: i32,
-    entry: u64,
-    control: u64,
-    stack_top: u64,
+    start: Start,
     fds: &Fds,
     clocks: Option<&thaw::state::clocks::Clocks>,
 ) -> Result<i32> {
@@ -998,7 +1012,7 @@ fn namespace_helper(
     let helper = std::process::id() as i32;
     let init = sys::fork().map_err(|e| failed(format!("cannot fork the namespace init: {e}")))?;
     if init == 0 {
-        namespace_init(helper, pid, entry, control, stack_top, fds);
+        namespace_init(helper, start, fds);
     }
     fds.close_process_side();
     sys::forward_signals(init, &FORWARDED)
@@ -1015,14 +1029,14 @@ fn namespace_helper(
 
 /// The namespace's init (PID 1): gives the namespace its own /proc (so that /proc/self agrees
 /// with getpid() inside), creates the restored process, then reaps until it ends.
-fn namespace_init(helper: i32, pid: i32, entry: u64, control: u64, stack_top: u64, fds: &Fds) -> ! {
+fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
     // Its parent is outside the namespace, where getppid() cannot see it: if the helper is gone
     // already, so is the launcher, and the restorer cannot hand its memory to anyone.
     let _ = sys::die_with_parent(helper);
     if let Err(e) = sys::mount_private_proc() {
         eprintln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
     }
-    let status = match sys::clone3_into_restorer(pid, entry, control, stack_top) {
+    let status = match start.clone3() {
         Ok(child) => {
             // The init holds nothing of the process's either (see `run`).
             fds.close_process_side();
@@ -1037,7 +1051,10 @@ fn namespace_init(helper: i32, pid: i32, entry: u64, control: u64, stack_top: u6
             }
         }
         Err(e) => {
-            eprintln!("thaw: cannot create the process with PID {pid} in the new namespace: {e}");
+            eprintln!(
+                "thaw: cannot create the process with PID {} in the new namespace: {e}",
+                start.pid
+            );
             Code::RestoreFailed as i32
         }
     };
