@@ -355,19 +355,22 @@ fn median(v: &mut [f64]) -> f64 {
 type Series<'a> = (&'a str, Box<dyn Fn() -> Duration + 'a>);
 
 /// `rounds` rounds, each running every series once in turn (after one round not counted); prints
-/// each series' median and range and the ratios against thaw's.
+/// each series' median and range, and its ratio to thaw's: of the medians, and the median of the
+/// ratios within each round.
 fn alternate(series: &[Series], rounds: usize) {
     eprintln!(
-        "criu: {rounds} rounds alternating {} (after 1 round not counted)",
+        "criu: {rounds} rounds of {} in turn (after 1 round not counted)",
         series.iter().map(|s| s.0).collect::<Vec<_>>().join(", ")
     );
     for (_, f) in series {
         f();
     }
     let mut times = vec![Vec::new(); series.len()];
-    for _ in 0..rounds {
-        for (i, (_, f)) in series.iter().enumerate() {
-            times[i].push(f().as_secs_f64() * 1e3);
+    for r in 0..rounds {
+        // Each round starts one series further, so none always follows the same one.
+        for k in 0..series.len() {
+            let i = (r + k) % series.len();
+            times[i].push(series[i].1().as_secs_f64() * 1e3);
         }
     }
     let thaw = series.iter().position(|s| s.0 == "thaw").unwrap();
