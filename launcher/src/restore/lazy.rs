@@ -224,6 +224,36 @@ impl Transport {
     }
 }
 
+/// The userfaultfd as the launcher got it from the restorer, with its events enabled.
+#[derive(Debug)]
+pub struct Handover {
+    uffd: OwnedFd,
+    /// The process (SCM_PIDFD), where the kernel passes it.
+    sender: Option<OwnedFd>,
+}
+
+/// The first half of the handover, on the launcher's main thread as soon as the process exists
+/// (the restorer waits for it, and a thread started only then would keep it waiting): receives
+/// the userfaultfd, enables its events (see `Transport::plan_create`) and answers. `None` when the
+/// restorer failed before handing it over; it reports that itself.
+pub fn handshake(sock: &OwnedFd) -> Option<Result<Handover>> {
+    let (uffd, sender) = match sys::recv_fd(sock) {
+        Ok(Some(sys::Received {
+            fd: Some(fd),
+            sender,
+        })) => (fd, sender),
+        _ => return None,
+    };
+    if let Err(e) = uffd::enable(&uffd) {
+        return Some(Err(failed(format!(
+            "cannot enable the userfaultfd's events for the restored process: {e}"
+        ))));
+    }
+    // A restorer that is gone by now reports that itself.
+    let _ = sys::send_byte(sock);
+    Some(Ok(Handover { uffd, sender }))
+}
+
 /// What the server did, for `THAW_TIMING`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -478,32 +508,24 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Waits for the userfaultfd on `sock`, then serves faults and fills memory until every page
-    /// is in or the process is gone. On a failure (a chunk that does not match its digest, an
+    /// Waits on `sock` until the restorer has registered the lazy memory with the userfaultfd of
+    /// `handover`, then serves faults and fills memory until every page is in or the process is
+    /// gone. On a failure (a chunk that does not match its digest, an
     /// unreadable image), kills the process before any wrong byte is used: through the pidfd
     /// that came with its message, else as `victim` (a PID in the launcher's namespace).
-    pub fn run(self, sock: OwnedFd, victim: i32) -> Result<Served> {
-        let (fd, sender) = match sys::recv_fd(&sock) {
-            Ok(Some(sys::Received {
-                fd: Some(fd),
-                sender,
-            })) => (fd, sender),
-            // The restorer failed before handing it over; it reports that itself.
-            _ => return Ok(Served::default()),
+    pub fn run(self, sock: OwnedFd, handover: Result<Handover>, victim: i32) -> Result<Served> {
+        let Handover { uffd: fd, sender } = match handover {
+            Ok(h) => h,
+            Err(f) => {
+                // The restorer waits for an answer: end of file makes it fail.
+                drop(sock);
+                return Err(f);
+            }
         };
-        // The restorer waits for this before it registers anything (see `plan_create`).
-        uffd::enable(&fd).map_err(|e| {
-            failed(format!(
-                "cannot enable the userfaultfd's events for the restored process: {e}"
-            ))
-        })?;
         let kill = || match &sender {
             Some(p) => sys::pidfd_send_signal(p, libc::SIGKILL),
             None => sys::kill(victim, libc::SIGKILL),
         };
-        if sys::send_byte(&sock).is_err() {
-            return Ok(Served::default());
-        }
         match sys::recv_fd(&sock) {
             Ok(Some(_)) => {}
             // The restorer failed while registering; it reports that itself.

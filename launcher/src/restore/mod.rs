@@ -829,18 +829,19 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         placed,
         ..
     } = fds;
+    // The launcher keeps only its end of the socket: end of file there means the process died
+    // before handing over its userfaultfd. The restorer waits for the handshake: it comes first.
+    let sock = transport.map(|t| t.parent_end);
+    let handover = sock.as_ref().and_then(lazy::handshake);
     drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
     drop(error_w);
-    // The launcher keeps only its end of the socket: end of file there means the process died
-    // before handing over its userfaultfd.
-    let sock = transport.map(|t| t.parent_end);
     std::thread::scope(|scope| {
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
         let ws = &req.working_set;
-        let server = sock.map(|sock| {
+        let server = sock.zip(handover).map(|(sock, handover)| {
             scope.spawn(move || {
                 lazy::Server::new(image, &ws.replay, ws.record_to.is_some(), Some(ahead))
-                    .run(sock, child)
+                    .run(sock, handover, child)
             })
         });
         sys::forward_signals(child, &FORWARDED)
