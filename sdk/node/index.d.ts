@@ -22,7 +22,11 @@ export interface CheckpointOptions {
   leaveChildrenOut?: boolean;
   /** Policy for descriptors thaw cannot restore, e.g. 'pipe=drop,251=null' (see setFdPolicy). */
   fdPolicy?: string | null;
-  /** A full garbage collection after the beforeCheckpoint hooks (default true): no garbage in the image. */
+  /**
+   * After the beforeCheckpoint hooks (default true): V8's optimizing compiler finishes its jobs, a
+   * compacting, memory-reducing full garbage collection runs, malloc gives its free pages back.
+   * No garbage in the image, and a restore reads less before it answers.
+   */
   gc?: boolean;
 }
 

@@ -8,6 +8,7 @@
  *       throws an Error with .code ("THAW_ERR_IO", ...) and .errno (the C code, -3, ...)
  *   reseedOpenSSL() -> true when the running process's OpenSSL DRBGs were reseeded
  *   releaseMemory() -> malloc_trim(0): free malloc memory goes back to the kernel, not into the image
+ *   reduceHeap() -> true when V8's memory-reducing full GC ran (memory pressure: critical)
  *   restoredArgs() -> [string], restoredEnv() -> ["KEY=VALUE"]
  *   setFdPolicy(spec|null)
  *   EXIT_AFTER_SAVE, LEAVE_CHILDREN_OUT, SAVED, RESTORED                                     */
@@ -167,6 +168,27 @@ static napi_value release_memory(napi_env env, napi_callback_info info) {
     return out;
 }
 
+/* A full GC that reduces memory, as V8 runs under memory pressure: it compacts the old generation
+ * (a plain full GC evacuates only a few MiB, so a heap fragmented by the warm-up keeps its live
+ * objects spread over up to four times as many pages: a restored process that touches them all
+ * reads them all), shrinks the young generation to its minimum and releases the pages it freed.
+ * V8's API for it, v8::Isolate::MemoryPressureNotification(kCritical), is C++; node exports V8's
+ * symbols (for addons), so it is found in the running process. On the isolate's own thread the GC
+ * runs at once, and the pressure level is back to kNone when the call returns: nothing stays
+ * changed but the heap. The same as V8's memory reducer does to an idle process. */
+static napi_value reduce_heap(napi_env env, napi_callback_info info) {
+    (void)info;
+    void *(*get_current)(void) =
+        (void *(*)(void))dlsym(RTLD_DEFAULT, "_ZN2v87Isolate10GetCurrentEv");
+    void (*notify)(void *, int) = (void (*)(void *, int))dlsym(
+        RTLD_DEFAULT, "_ZN2v87Isolate26MemoryPressureNotificationENS_19MemoryPressureLevelE");
+    void *isolate = get_current ? get_current() : NULL;
+    if (isolate && notify) notify(isolate, 2 /* v8::MemoryPressureLevel::kCritical */);
+    napi_value out;
+    CHECK(env, napi_get_boolean(env, isolate && notify, &out));
+    return out;
+}
+
 static napi_value string_list(napi_env env, int n, const char *(*get)(int)) {
     napi_value list;
     CHECK(env, napi_create_array_with_length(env, n > 0 ? (size_t)n : 0, &list));
@@ -223,6 +245,7 @@ NAPI_MODULE_INIT() {
     CHECK(env, export_fn(env, exports, "checkpoint", checkpoint));
     CHECK(env, export_fn(env, exports, "reseedOpenSSL", reseed_openssl));
     CHECK(env, export_fn(env, exports, "releaseMemory", release_memory));
+    CHECK(env, export_fn(env, exports, "reduceHeap", reduce_heap));
     CHECK(env, export_fn(env, exports, "restoredArgs", restored_args));
     CHECK(env, export_fn(env, exports, "restoredEnv", restored_env));
     CHECK(env, export_fn(env, exports, "setFdPolicy", set_fd_policy));
