@@ -378,6 +378,19 @@ pub fn raise_nofile() {
     }
 }
 
+/// Grows this process's descriptor table to hold number `n` (best effort). Growing it once more
+/// than one thread shares it waits for an RCU grace period (10-20 ms here): a launcher that will
+/// start threads grows it first, while it is alone.
+pub fn reserve_fds(open: &impl std::os::fd::AsRawFd, n: RawFd) {
+    let from = open.as_raw_fd() as u64;
+    if let Ok(fd) = syscall(
+        libc::SYS_fcntl,
+        [from, libc::F_DUPFD_CLOEXEC as u64, n as u64, 0, 0, 0],
+    ) {
+        close(fd as RawFd);
+    }
+}
+
 /// Lowers the calling thread's priority to nice `n` (best effort: raising nice needs nothing).
 pub fn nice_self(n: i32) {
     // PRIO_PROCESS with who = 0 is the calling thread on Linux.
