@@ -143,17 +143,8 @@ fn finish(what: &str, line: &str, mut stdout: impl Read, child: Child, log: Opti
 }
 
 /// Spawns `c`, returns the time until its first stdout line, then reaps it.
-fn first_line(mut c: Command, what: &str) -> Duration {
-    let t = Instant::now();
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let elapsed = t.elapsed();
+fn first_line(c: Command, what: &str) -> Duration {
+    let (elapsed, line, stdout, child) = thaw_benches::until_first_line(c);
     finish(what, &line, stdout, child, None);
     elapsed
 }
@@ -397,11 +388,7 @@ fn bench(c: &mut Criterion) {
     let thaw = dir.join("thaw");
     let lib = dir.join("libthaw.so");
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("k.key");
-    let trust = work.path().join("k.pub");
-    let k = thaw_signing::SecretKey::generate().unwrap();
-    k.save_new(&key).unwrap();
-    k.public().save_new(&trust).unwrap();
+    let (key, trust) = thaw_benches::keypair(work.path());
 
     // thaw's image: the example's own first life.
     let image = work.path().join("pandas.thaw");

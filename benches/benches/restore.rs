@@ -75,11 +75,7 @@ fn make_image(dir: &Path, key: &Path, mib: usize, threads: usize) -> PathBuf {
 fn bench(c: &mut Criterion) {
     let thaw = thaw_bin();
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k.key");
-    let trust = dir.path().join("k.pub");
-    let k = thaw_signing::SecretKey::generate().unwrap();
-    k.save_new(&key).unwrap();
-    k.public().save_new(&trust).unwrap();
+    let (key, trust) = thaw_benches::keypair(dir.path());
 
     let mut g = c.benchmark_group("restore");
     g.sample_size(10);

@@ -6,10 +6,9 @@
 //! TypeScript compiler, through sdk/node).
 //! "First response" is the answer line on stdout; process exit is not waited for in the timing.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -28,23 +27,15 @@ fn release_dir() -> PathBuf {
 }
 
 /// Spawns `c`, returns the time until its first stdout line, then reaps it.
-fn first_line(mut c: Command) -> Duration {
-    let t = Instant::now();
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let elapsed = t.elapsed();
+fn first_line(c: Command) -> Duration {
+    let what = format!("{c:?}");
+    let (elapsed, line, mut stdout, child) = thaw_benches::until_first_line(c);
     // The rest is read too: a process whose stdout is closed early may fail writing it.
     std::io::copy(&mut stdout, &mut std::io::sink()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         !line.is_empty() && out.status.success(),
-        "{c:?}: {} {line:?}: {}",
+        "{what}: {} {line:?}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -142,11 +133,7 @@ fn bench(c: &mut Criterion) {
     let dir = release_dir();
     let lib = dir.join("libthaw.so");
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("k.key");
-    let trust = work.path().join("k.pub");
-    let k = thaw_signing::SecretKey::generate().unwrap();
-    k.save_new(&key).unwrap();
-    k.public().save_new(&trust).unwrap();
+    let (key, trust) = thaw_benches::keypair(work.path());
     let classpath = build_java(work.path(), &lib);
     let (node_pkg, typescript) = build_node(work.path(), &lib);
     let java_cp = classpath.clone();

@@ -1,8 +1,10 @@
 //! Shared helpers for the benchmarks.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A command whose child inherits only stdin, stdout and stderr: a stray descriptor from the
 /// benchmark harness would be state the checkpoint must refuse.
@@ -17,4 +19,28 @@ pub fn command(program: impl AsRef<Path>) -> Command {
         });
     }
     c
+}
+
+/// Spawns `c` with its stdout and stderr piped; returns the time until its first stdout line, that
+/// line, the rest of its stdout and the child, for the caller to drain and reap.
+pub fn until_first_line(mut c: Command) -> (Duration, String, BufReader<ChildStdout>, Child) {
+    let t = Instant::now();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    (t.elapsed(), line, stdout, child)
+}
+
+/// A new signing key pair in `dir`: (secret key, public key) paths.
+pub fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, public) = (dir.join("k.key"), dir.join("k.pub"));
+    let k = thaw_signing::SecretKey::generate().unwrap();
+    k.save_new(&key).unwrap();
+    k.public().save_new(&public).unwrap();
+    (key, public)
 }
