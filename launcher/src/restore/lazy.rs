@@ -510,9 +510,9 @@ impl<'a> Server<'a> {
 
     /// Waits on `sock` until the restorer has registered the lazy memory with the userfaultfd of
     /// `handover`, then serves faults and fills memory until every page is in or the process is
-    /// gone. On a failure (a chunk that does not match its digest, an
-    /// unreadable image), kills the process before any wrong byte is used: through the pidfd
-    /// that came with its message, else as `victim` (a PID in the launcher's namespace).
+    /// gone. On a failure (a chunk that does not match its digest, an unreadable image), kills
+    /// the process before any wrong byte is used: through the pidfd that came with its message,
+    /// else as `victim` (a PID in the launcher's namespace).
     pub fn run(self, sock: OwnedFd, handover: Result<Handover>, victim: i32) -> Result<Served> {
         let Handover { uffd: fd, sender } = match handover {
             Ok(h) => h,
