@@ -679,7 +679,7 @@ pub fn pass_pidfd(sock: &OwnedFd) -> io::Result<()> {
     .map(drop)
 }
 
-/// One message received with [`recv_fd`].
+/// One message received with [`recv_message`].
 #[derive(Debug)]
 pub struct Received {
     /// A descriptor sent with SCM_RIGHTS.
@@ -689,7 +689,7 @@ pub struct Received {
 }
 
 /// Receives one message and the descriptors it carries; `None` when the other side closed first.
-pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<Received>> {
+pub fn recv_message(sock: &OwnedFd) -> io::Result<Option<Received>> {
     use std::os::fd::AsRawFd;
     const SCM_PIDFD: u64 = 4;
     let mut byte = [0u8; 1];

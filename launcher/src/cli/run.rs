@@ -85,13 +85,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         file.verify(&args.trust.load(ctx)?)?
     };
     let pid_mode = restore::resolve_pid_mode(&image, args.pid_mode)?;
-    // Room for every descriptor the restore will hold (the process's, moved above its highest,
-    // then one per mapped file), made now while the launcher has no other thread.
-    sys::raise_nofile();
-    let m = image.manifest();
-    let highest = m.files.iter().map(|f| f.fd).max().unwrap_or(0).max(63);
-    let extra = m.memory.len() + m.files.len() + m.shared.len() + 32;
-    sys::reserve_fds(image.file(), highest.saturating_add(extra as i32));
+    // Now, while the launcher has no other thread.
+    restore::prepare_descriptor_table(&image);
     // A whole private copy is made up front where asked or where others could change the file,
     // so that nothing done to the file later can fail the running process. A privileged launcher
     // copies what the process gets up front (the caller must not change verified bytes under

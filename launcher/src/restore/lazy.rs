@@ -237,7 +237,7 @@ pub struct Handover {
 /// the userfaultfd, enables its events (see `Transport::plan_create`) and answers. `None` when the
 /// restorer failed before handing it over; it reports that itself.
 pub fn handshake(sock: &OwnedFd) -> Option<Result<Handover>> {
-    let (uffd, sender) = match sys::recv_fd(sock) {
+    let (uffd, sender) = match sys::recv_message(sock) {
         Ok(Some(sys::Received {
             fd: Some(fd),
             sender,
@@ -526,7 +526,7 @@ impl<'a> Server<'a> {
             Some(p) => sys::pidfd_send_signal(p, libc::SIGKILL),
             None => sys::kill(victim, libc::SIGKILL),
         };
-        match sys::recv_fd(&sock) {
+        match sys::recv_message(&sock) {
             Ok(Some(_)) => {}
             // The restorer failed while registering; it reports that itself.
             _ => return Ok(Served::default()),

@@ -218,6 +218,28 @@ impl Fds {
     }
 }
 
+/// The process's descriptors wait at numbers from this one up (or above its highest).
+const FIRST_HIGH_FD: RawFd = 64;
+
+/// Raises the descriptor limit and grows the descriptor table to what [`prepare_fds`] will use:
+/// called before the launcher starts any thread, since growing a table that threads share waits
+/// for an RCU grace period (10-20 ms here).
+pub fn prepare_descriptor_table(image: &Image) {
+    sys::raise_nofile();
+    let m = image.manifest();
+    let highest = m.files.iter().map(|f| f.fd).max().unwrap_or(0);
+    // The process's own, moved above its highest, then at most one per mapping and object,
+    // and a few of the launcher's (image, executable, pipe, socket pair).
+    let count = m.memory.len() + m.files.len() + m.shared.len() + 32;
+    sys::reserve_fds(
+        image.file(),
+        highest
+            .max(FIRST_HIGH_FD - 1)
+            .saturating_add(count as RawFd),
+    );
+}
+
+/// Opens what the process needs, at numbers above its own (see [`prepare_descriptor_table`]).
 fn prepare_fds(
     image: &Image,
     payload: &std::fs::File,
@@ -225,7 +247,6 @@ fn prepare_fds(
     listeners: &[OwnedFd],
 ) -> Result<Fds> {
     let m = image.manifest();
-    sys::raise_nofile();
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
     // Shared memory objects, created and filled here; mapped and sealed by the restorer.
@@ -244,7 +265,7 @@ fn prepare_fds(
         .map(|(fd, _)| *fd)
         .max()
         .unwrap_or(2)
-        .max(63)
+        .max(FIRST_HIGH_FD - 1)
         + 1;
 
     // The executable and every mapped file, checked to be the files the image was taken with.
@@ -761,6 +782,7 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 /// Restores `image` and supervises the restored process; returns the exit status to use.
 /// `req.pid_mode` is resolved (see [`resolve_pid_mode`]).
 /// Restores `image` as `req` says; `ahead` verifies chunks of its working set on another thread.
+/// The caller has called [`prepare_descriptor_table`] first.
 pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> Result<i32> {
     let m = image.manifest();
     let target = check_policy(image, &req)?;
