@@ -108,43 +108,40 @@ function closeIdleSockets() {
   }
 }
 
+// A value from a fresh context created while V8's `flag` is on: the flag only applies to contexts
+// created after it, so it is set for a moment (unless Node was started with it). null where this
+// V8 refuses `source`.
+function fromFreshContext(flag, source) {
+  const v8 = require('v8');
+  const given = process.execArgv.some((a) => a.replace(/_/g, '-') === `--${flag}`);
+  if (!given) v8.setFlagsFromString(`--${flag}`);
+  try {
+    return require('vm').runInNewContext(source);
+  } catch {
+    return null;
+  } finally {
+    if (!given) v8.setFlagsFromString(`--no-${flag}`);
+  }
+}
+
 let gcFn;
 // A full, synchronous garbage collection: what is garbage is not written into the image, nor
-// paged in again by every restore. Without --expose-gc, V8's flag is set for a moment and a
-// fresh context hands out its gc function (the flag only applies to contexts created after it).
+// paged in again by every restore. Without --expose-gc, a fresh context hands out its gc function.
 function fullGC() {
   if (typeof globalThis.gc === 'function') return globalThis.gc();
-  if (!gcFn) {
-    const v8 = require('v8');
-    v8.setFlagsFromString('--expose-gc');
-    try {
-      gcFn = require('vm').runInNewContext('gc');
-    } finally {
-      v8.setFlagsFromString('--no-expose-gc');
-    }
-  }
+  if (!gcFn) gcFn = fromFreshContext('expose-gc', 'gc');
+  if (!gcFn) throw new Error('thaw: V8 gave no gc function');
   gcFn();
 }
 
 let finishFn;
 // Waits for V8's optimizing compiler threads to finish the functions they are compiling, and
-// installs the code (%FinalizeOptimization, reached as gc is: natives syntax for a moment, in a
-// fresh context). A job still running when the threads are stopped would go on in every restored
-// process, through tens of MiB of compiler memory, while it answers. False where this V8 has no
-// such function.
+// installs the code (%FinalizeOptimization, reached as gc is, with natives syntax). A job still
+// running when the threads are stopped would go on in every restored process, through tens of
+// MiB of compiler memory, while it answers. False where this V8 has no such function.
 function finishOptimizing() {
   if (finishFn === undefined) {
-    finishFn = null;
-    const v8 = require('v8');
-    const given = process.execArgv.some((a) => /^--allow[-_]natives[-_]syntax$/.test(a));
-    if (!given) v8.setFlagsFromString('--allow-natives-syntax');
-    try {
-      finishFn = require('vm').runInNewContext('(function () { %FinalizeOptimization(); })');
-    } catch {
-      // Not in this V8: nothing to wait for.
-    } finally {
-      if (!given) v8.setFlagsFromString('--no-allow-natives-syntax');
-    }
+    finishFn = fromFreshContext('allow-natives-syntax', '(function () { %FinalizeOptimization(); })');
   }
   if (finishFn) {
     try {
