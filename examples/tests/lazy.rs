@@ -105,10 +105,10 @@ fn the_first_restore_records_the_working_set_and_later_ones_bring_it_in_ahead() 
     }
 }
 
+/// The working-set record and replay in one PID mode, on a fresh `env` (its own cache).
 fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
-    let (env, img) = (env, img.to_path_buf());
     let records = env.path("cache/working-sets");
-    let o = restore_timed(env, &img, &["--pid-mode", mode]);
+    let o = restore_timed(env, img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
     let recorded = count(&report, "recorded");
@@ -121,7 +121,7 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
 
     // Replayed (and kept as it was), the process's checks pass as before. (How much of it gets
     // in ahead of the process depends on timing; that the record is read does not.)
-    let o = restore_timed(env, &img, &["--pid-mode", mode]);
+    let o = restore_timed(env, img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(
@@ -132,7 +132,7 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
     assert_eq!(std::fs::read(&record).unwrap(), bytes);
 
     // Neither read nor written with --no-working-set.
-    let o = restore_timed(env, &img, &["--pid-mode", mode, "--no-working-set"]);
+    let o = restore_timed(env, img, &["--pid-mode", mode, "--no-working-set"]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(report.contains("working set of 0 touches"), "{report}");
@@ -144,7 +144,7 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
     let last = bad.len() - 8;
     bad[last..].copy_from_slice(&u64::MAX.wrapping_shr(1).to_le_bytes());
     std::fs::write(&record, &bad).unwrap();
-    let o = restore_timed(env, &img, &["--pid-mode", mode]);
+    let o = restore_timed(env, img, &["--pid-mode", mode]);
     assert_all_ok(&o, &LAZY_CHECKS);
     let report = lazy_report(&o).unwrap();
     assert!(report.contains("working set of 0 touches"), "{report}");
