@@ -427,10 +427,14 @@ pub fn sealable_memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::Fi
     Ok(file)
 }
 
-/// Seals a memfd against any further change of size or contents.
+/// Seals a memfd against any further change of size or contents. F_SEAL_FUTURE_WRITE, not
+/// F_SEAL_WRITE: with no writable mapping of the copy they forbid the same things, but
+/// F_SEAL_WRITE also waits for every page to have no extra reference and fails with EBUSY when
+/// one keeps it (DAMON's reclaim or compaction holding a page for a moment was seen to).
 pub fn seal(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    let seals =
+        libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE;
     thaw::sys::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals as u64).map(drop)
 }
 

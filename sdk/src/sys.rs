@@ -404,6 +404,20 @@ pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> io::Result<i64> {
     ))
 }
 
+/// F_ADD_SEALS, tried again while it fails with EBUSY. F_SEAL_WRITE waits (about 150 ms) for
+/// pages with extra references to lose them and then gives up; the kernel's own page reclaim,
+/// compaction or DAMON can hold one that long, so a few more tries tell a passing reference from
+/// a real pin.
+pub fn add_seals(fd: i32, seals: u32) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fcntl(fd, libc::F_ADD_SEALS, u64::from(seals)) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 10 => tries += 1,
+            other => return other.map(drop),
+        }
+    }
+}
+
 /// FUTEX_WAIT_PRIVATE on `word` while it holds `expected`, for at most `timeout`.
 /// Async-signal-safe.
 pub fn futex_wait(

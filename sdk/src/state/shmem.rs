@@ -633,12 +633,8 @@ pub fn recreate(
                 .map_err(|e| format!("{what}: cannot set its mode {:o}: {e}", o.mode))?;
         }
         if o.seals & SEALS_BEFORE != 0 {
-            crate::sys::fcntl(
-                fd.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                u64::from(o.seals & SEALS_BEFORE),
-            )
-            .map_err(|e| format!("{what}: cannot seal it ({:#x}): {e}", o.seals))?;
+            crate::sys::add_seals(fd.as_raw_fd(), o.seals & SEALS_BEFORE)
+                .map_err(|e| format!("{what}: cannot seal it ({:#x}): {e}", o.seals))?;
         }
         out.insert(o.id, fd);
     }
