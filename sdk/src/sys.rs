@@ -896,89 +896,146 @@ impl DontForkBuf {
     }
 }
 
-/// Fixed-size slots in one [`DontForkBuf`], each written once, by whoever claims it first, and
-/// read once after it is published: a thread fills them while another consumes the finished
-/// ones.
+/// Numbered slots of a fixed size, each written once, by whoever claims it first, and read once
+/// after it is published: a thread fills them in order while another consumes the finished ones.
+/// Slot `i` lives in buffer `i % ring` of one [`DontForkBuf`]: the memory of a consumed slot is
+/// used again, so a long run of slots costs `ring` buffers, faulted in (and zeroed by the kernel)
+/// once, not one fresh buffer per slot. A writer waits for slot `i - ring` to be done with.
 #[derive(Debug)]
 pub struct Slots {
     buf: DontForkBuf,
     size: usize,
-    /// FREE, then WRITING (claimed by a writer), then READY (published) or TAKEN (claimed by a
-    /// reader who will not wait: never written).
-    state: Vec<std::sync::atomic::AtomicU8>,
+    ring: usize,
+    /// FREE, then WRITING (claimed by a writer), then READY (published), READING (a reader has
+    /// it) and DONE; or DONE at once (claimed by a reader who will not wait: never written); or
+    /// ABANDONED while written (a reader went without it) and DONE when written.
+    state: Vec<std::sync::atomic::AtomicU32>,
     len: Vec<std::sync::atomic::AtomicUsize>,
 }
 
-const FREE: u8 = 0;
-const WRITING: u8 = 1;
-const READY: u8 = 2;
-const TAKEN: u8 = 3;
+const FREE: u32 = 0;
+const WRITING: u32 = 1;
+const READY: u32 = 2;
+const READING: u32 = 3;
+const DONE: u32 = 4;
+const ABANDONED: u32 = 5;
 
 impl Slots {
-    /// `count` slots of `size` bytes (address space reserved, memory used as slots are filled).
-    pub fn new(count: usize, size: usize) -> io::Result<Slots> {
-        use std::sync::atomic::{AtomicU8, AtomicUsize};
+    /// `count` slots of `size` bytes in `ring` buffers (at most `count`; address space reserved,
+    /// memory used as buffers are first filled).
+    pub fn new(count: usize, size: usize, ring: usize) -> io::Result<Slots> {
+        use std::sync::atomic::{AtomicU32, AtomicUsize};
+        let ring = ring.clamp(1, count.max(1));
         Ok(Slots {
-            buf: DontForkBuf::new(count.saturating_mul(size))?,
+            buf: DontForkBuf::new(ring.saturating_mul(size))?,
             size,
-            state: (0..count).map(|_| AtomicU8::new(FREE)).collect(),
+            ring,
+            state: (0..count).map(|_| AtomicU32::new(FREE)).collect(),
             len: (0..count).map(|_| AtomicUsize::new(0)).collect(),
         })
     }
 
     /// Fills slot `i` with `f` (given the whole slot; it returns how many bytes are valid, or
     /// `None` to leave the slot unpublished) if nobody claimed it before; true if published.
-    pub fn fill(&self, i: usize, f: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+    /// Slots are filled in increasing order by one writer: it first waits for slot `i - ring`,
+    /// whose buffer it reuses, to be done with, while `wait` says so (asked at least every
+    /// millisecond).
+    pub fn fill(
+        &self,
+        i: usize,
+        wait: impl Fn() -> bool,
+        f: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> bool {
         use std::sync::atomic::Ordering;
-        if i >= self.state.len()
-            || self.state[i]
-                .compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
+        if i >= self.state.len() {
+            return false;
+        }
+        if let Some(before) = i.checked_sub(self.ring).map(|b| &self.state[b]) {
+            loop {
+                match before.load(Ordering::Acquire) {
+                    DONE => break,
+                    s if wait() => futex_wait(before, s, Some(std::time::Duration::from_millis(1))),
+                    _ => return false,
+                }
+            }
+        }
+        if self.state[i]
+            .compare_exchange(FREE, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
         {
             return false;
         }
-        // SAFETY: slot `i` lies inside the buffer (i < count, count * size bytes mapped). The
-        // FREE -> WRITING exchange above made this call its only writer, and no reader touches a
-        // slot before it is READY, so this is the only reference to these bytes.
+        // SAFETY: buffer `i % ring` lies inside the mapping (ring * size bytes). The FREE ->
+        // WRITING exchange above made this call slot `i`'s only writer, the slot that used the
+        // buffer before (`i - ring`) is DONE (Acquire: its reader has finished), and no reader
+        // touches slot `i` before it is READY: this is the only reference to these bytes.
         let slot = unsafe {
             std::slice::from_raw_parts_mut(
-                (self.buf.addr() as *mut u8).add(i * self.size),
+                (self.buf.addr() as *mut u8).add((i % self.ring) * self.size),
                 self.size,
             )
         };
-        match f(slot) {
-            Some(n) => {
-                self.len[i].store(n.min(self.size), Ordering::Relaxed);
-                self.state[i].store(READY, Ordering::Release);
-                true
-            }
-            None => {
-                self.state[i].store(TAKEN, Ordering::Release);
-                false
-            }
+        let Some(n) = f(slot) else {
+            self.finish(i);
+            return false;
+        };
+        self.len[i].store(n.min(self.size), Ordering::Relaxed);
+        let published = self.state[i]
+            .compare_exchange(WRITING, READY, Ordering::Release, Ordering::Relaxed)
+            .is_ok();
+        if !published {
+            // Abandoned: nobody will read it.
+            self.finish(i);
         }
+        published
     }
 
     /// `f` of slot `i`'s bytes, once, if they are published. Either way no writer starts on it
-    /// any more.
+    /// any more, and its buffer is free for the next slot when this returns.
     pub fn consume<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         use std::sync::atomic::Ordering;
         let s = self.state.get(i)?;
-        // FREE -> TAKEN (nothing to read), or READY -> TAKEN (ours alone to read).
-        if s.compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Acquire) != Err(READY)
-            || s.compare_exchange(READY, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+        // FREE -> DONE (nothing to read), WRITING -> ABANDONED (the writer finishes it), or
+        // READY -> READING (ours alone to read).
+        loop {
+            let (to, now) = match s.load(Ordering::Acquire) {
+                FREE => (DONE, FREE),
+                WRITING => (ABANDONED, WRITING),
+                READY => (READING, READY),
+                _ => return None,
+            };
+            if s.compare_exchange(now, to, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
-        {
-            return None;
+            {
+                continue;
+            }
+            match to {
+                DONE => {
+                    futex_wake_all(s);
+                    return None;
+                }
+                ABANDONED => return None,
+                _ => break,
+            }
         }
         let n = self.len[i].load(Ordering::Relaxed);
-        let addr = self.buf.addr() + (i * self.size) as u64;
+        let addr = self.buf.addr() + ((i % self.ring) * self.size) as u64;
         // SAFETY: the slot was READY (Acquire, pairing with the writer's Release): its writer is
-        // done, no one writes it again, and the READY -> TAKEN exchange made this the only
-        // reader; the borrow ends with `f`.
-        Some(f(unsafe {
-            std::slice::from_raw_parts(addr as *const u8, n)
-        }))
+        // done, and no writer reuses the buffer before this slot is DONE; the READY -> READING
+        // exchange made this the only reader; the borrow ends with `f`.
+        let r = f(unsafe { std::slice::from_raw_parts(addr as *const u8, n) });
+        self.finish(i);
+        Some(r)
+    }
+
+    /// Slot `i` is done with (its bytes, if any, are not wanted).
+    pub fn skip(&self, i: usize) {
+        self.consume(i, |_| ());
+    }
+
+    fn finish(&self, i: usize) {
+        self.state[i].store(DONE, std::sync::atomic::Ordering::Release);
+        futex_wake_all(&self.state[i]);
     }
 }
 
@@ -1475,19 +1532,74 @@ mod tests {
 
     #[test]
     fn a_slot_is_written_once_and_read_once_when_published() {
-        let s = Slots::new(3, 8192).unwrap();
+        let s = Slots::new(3, 8192, 3).unwrap();
+        let go = || true;
         let read = |i| s.consume(i, |b: &[u8]| b.to_vec());
         assert_eq!(read(0), None, "not published: and now taken by the reader");
-        assert!(!s.fill(0, |_| Some(1)), "a reader took it first");
-        assert!(s.fill(1, |b| {
+        assert!(!s.fill(0, go, |_| Some(1)), "a reader took it first");
+        assert!(s.fill(1, go, |b| {
             b[..3].copy_from_slice(b"abc");
             Some(3)
         }));
-        assert!(!s.fill(1, |_| Some(1)), "written once");
+        assert!(!s.fill(1, go, |_| Some(1)), "written once");
         assert_eq!(read(1), Some(b"abc".to_vec()));
         assert_eq!(read(1), None, "read once");
-        assert!(!s.fill(2, |_| None), "a failed fill publishes nothing");
+        assert!(!s.fill(2, go, |_| None), "a failed fill publishes nothing");
         assert_eq!(read(2), None);
-        assert!(!s.fill(3, |_| Some(1)) && read(3).is_none(), "out of range");
+        assert!(
+            !s.fill(3, go, |_| Some(1)) && read(3).is_none(),
+            "out of range"
+        );
+    }
+
+    #[test]
+    fn a_buffer_is_reused_once_the_slot_before_is_done_with() {
+        let s = Slots::new(5, 4096, 2).unwrap();
+        let put = |i: usize, wait: &dyn Fn() -> bool| {
+            s.fill(i, wait, |b| {
+                b[0] = i as u8;
+                Some(1)
+            })
+        };
+        assert!(put(0, &|| true) && put(1, &|| true));
+        // Slot 2 shares slot 0's buffer, still unread: the writer waits while told to.
+        let asked = std::cell::Cell::new(0);
+        let impatient = || {
+            asked.set(asked.get() + 1);
+            asked.get() < 3
+        };
+        assert!(!put(2, &impatient), "gave up waiting");
+        assert_eq!(asked.get(), 3);
+        assert_eq!(s.consume(0, |b| b[0]), Some(0));
+        assert!(put(2, &|| false), "slot 0 done with: no wait");
+        assert_eq!(s.consume(2, |b| b[0]), Some(2));
+        assert_eq!(s.consume(1, |b| b[0]), Some(1), "its own buffer, untouched");
+        // A slot given up by its reader is not waited for.
+        s.skip(3);
+        assert!(put(4, &|| false), "slot 2 done with");
+        assert!(!put(3, &|| false), "skipped");
+    }
+
+    #[test]
+    fn a_slot_abandoned_while_written_is_done_with_when_written() {
+        let s = Slots::new(2, 4096, 1).unwrap();
+        let mut during = None;
+        assert!(!s.fill(
+            0,
+            || true,
+            |_| {
+                during = Some(s.consume(0, |_| ()));
+                Some(1)
+            }
+        ));
+        assert_eq!(
+            during,
+            Some(None),
+            "not ready: the reader goes on without it"
+        );
+        assert!(
+            s.fill(1, || false, |_| Some(1)),
+            "its buffer is free at once"
+        );
     }
 }

@@ -5,7 +5,10 @@
 //! Only verified bytes are kept: a chunk that does not match its digest is not kept, and the
 //! server, verifying it itself, fails the restore as it would have. The bytes live in the
 //! launcher's own memory, in one mapping marked MADV_DONTFORK ([`thaw::sys::Slots`]): the
-//! restored process is created by cloning the launcher, which must not copy them.
+//! restored process is created by cloning the launcher, which must not copy them. The verifier
+//! stays at most [`LEAD`] ahead of the server and reuses the buffers of the chunks the server
+//! took: fresh memory for every chunk cost as much as hashing it (the kernel zeroes each page on
+//! first touch).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +19,10 @@ use thaw::sys::Slots;
 
 use super::working_set::Touch;
 
-/// Verified bytes held at most (chunks beyond it are verified by the server).
+/// Chunks considered at most (those beyond are verified by the server).
 const MAX_HELD: u64 = 256 << 20;
+/// How far ahead of the server the verifier may get, in bytes held.
+const LEAD: u64 = 4 << 20;
 
 /// Chunks to verify ahead, and the ones verified so far.
 pub struct Ahead<'a> {
@@ -52,7 +57,7 @@ impl<'a> Ahead<'a> {
         }
         // Without the buffer (no address space), nothing is verified ahead.
         let slots = (!order.is_empty())
-            .then(|| Slots::new(order.len(), cs as usize).ok())
+            .then(|| Slots::new(order.len(), cs as usize, (LEAD / cs).max(16) as usize).ok())
             .flatten();
         Ahead {
             image,
@@ -83,7 +88,10 @@ impl<'a> Ahead<'a> {
                 return;
             };
             // A chunk that fails is left unpublished: the server verifies it and reports it.
-            slots.fill(i, |buf| self.image.read_chunk(c, buf).map(|d| d.len()).ok());
+            let go_on = || !self.stop.load(Ordering::Relaxed);
+            slots.fill(i, go_on, |buf| {
+                self.image.read_chunk(c, buf).map(|d| d.len()).ok()
+            });
         }
     }
 
@@ -99,12 +107,20 @@ impl<'a> Ahead<'a> {
         *self.slots.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// `f` of chunk `c`'s verified bytes if the verifier has them (their memory is given back
+    /// `f` of chunk `c`'s verified bytes if the verifier has them (their buffer is reused
     /// after); if not, it will not start on it any more (the caller verifies it). Never waits.
     pub fn with<R>(&self, c: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         let r = slots.as_ref()?.consume(*self.slot.get(&c)?, f)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(r)
+    }
+
+    /// Chunk `c` is not wanted any more (nothing of it is left to fill): its buffer is free.
+    pub fn skip(&self, c: u64) {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        if let (Some(slots), Some(&i)) = (slots.as_ref(), self.slot.get(&c)) {
+            slots.skip(i);
+        }
     }
 }

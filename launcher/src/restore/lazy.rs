@@ -441,8 +441,9 @@ struct State {
     stats: Stats,
     /// The next touch of the working set to replay.
     replay_at: usize,
-    /// This restore's first touches, in order, when recording.
-    recorded: Vec<Touch>,
+    /// This restore's first touches not in the replayed working set, in order, when recording:
+    /// each with the number of replayed touches that came before it.
+    recorded: Vec<(usize, Touch)>,
     recorded_chunks: std::collections::HashSet<u64>,
     recorded_zero: std::collections::HashSet<u64>,
 }
@@ -451,7 +452,11 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Served {
     pub stats: Stats,
+    /// The replayed working set with this restore's new touches, each where the replay was
+    /// when the process made it; empty when nothing was new.
     pub touches: Vec<Touch>,
+    /// How many touches were new.
+    pub new_touches: usize,
 }
 
 /// Serves one restored process's lazily filled memory, on a thread of the launcher.
@@ -461,8 +466,12 @@ pub struct Server<'a> {
     initial: Vec<Seg>,
     /// A recorded working set to bring in ahead of the process, in order.
     replay: &'a [Touch],
-    /// Record this restore's first touches.
+    /// Record this restore's first touches that `replay` does not hold (all of them without a
+    /// replay): chunks a background fill brought in before the process touched them in the
+    /// recording restore are learnt by the next one, which faults on them.
     record: bool,
+    /// The touches in `replay`.
+    replayed: std::collections::HashSet<Touch>,
     /// Chunks verified ahead by another thread.
     ahead: Option<&'a super::ahead::Ahead<'a>>,
 }
@@ -504,6 +513,11 @@ impl<'a> Server<'a> {
             initial,
             replay,
             record,
+            replayed: if record {
+                replay.iter().copied().collect()
+            } else {
+                Default::default()
+            },
             ahead,
         }
     }
@@ -578,7 +592,8 @@ impl<'a> Server<'a> {
             }
             Ok(()) => Ok(Served {
                 stats: st.stats,
-                touches: st.recorded,
+                new_touches: st.recorded.len(),
+                touches: merge(self.replay, &st.recorded),
             }),
         }
     }
@@ -605,9 +620,15 @@ impl<'a> Server<'a> {
                     }
                 }
                 for page in std::mem::take(&mut st.spaces[s].retry) {
-                    self.fault(st, s, page, &mut buf)?;
+                    self.fault(st, s, page, &mut buf, true)?;
                 }
                 s += 1;
+            }
+            // A fault that must wait (EAGAIN: the process is in the middle of changing its
+            // mappings, and only its thread, once it runs again, ends that) is retried after
+            // giving the core away: spinning on it kept that thread off the core for up to 5 ms.
+            if st.spaces.iter().any(|sp| !sp.retry.is_empty()) {
+                std::thread::yield_now();
             }
             // A finished space's userfaultfd is closed: its VMAs become ordinary memory.
             st.spaces.retain(|sp| !sp.dead && sp.left > 0);
@@ -637,7 +658,7 @@ impl<'a> Server<'a> {
     }
 
     /// Copies chunk `chunk` into `space` ([`copy_chunk`]) from its verified bytes: verified
-    /// ahead (whose memory is then given back), or read and verified now into `buf`.
+    /// ahead (whose buffer is then reused), or read and verified now into `buf`.
     fn copy_verified(
         &self,
         space: &mut Space,
@@ -672,7 +693,7 @@ impl<'a> Server<'a> {
 
     fn event(&self, st: &mut State, s: usize, m: &uffd::Msg, buf: &mut [u8]) -> Result<()> {
         match m.event {
-            uffd::EVENT_PAGEFAULT => self.fault(st, s, m.arg[1] & !(PAGE - 1), buf),
+            uffd::EVENT_PAGEFAULT => self.fault(st, s, m.arg[1] & !(PAGE - 1), buf, false),
             uffd::EVENT_FORK => {
                 let parent = &st.spaces[s];
                 let child = Space {
@@ -732,8 +753,16 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Serves a thread waiting for `page` (a current address) in space `s`.
-    fn fault(&self, st: &mut State, s: usize, page: u64, buf: &mut [u8]) -> Result<()> {
+    /// Serves a thread waiting for `page` (a current address) in space `s` (`again`: a fault
+    /// that had to wait, counted already).
+    fn fault(
+        &self,
+        st: &mut State,
+        s: usize,
+        page: u64,
+        buf: &mut [u8],
+        again: bool,
+    ) -> Result<()> {
         let space = &mut st.spaces[s];
         let payload_page = space
             .image_addr(page)
@@ -742,26 +771,25 @@ impl<'a> Server<'a> {
         // child will, and it inherits what was brought into the process before its fork.
         if self.record {
             let cs = self.index.chunk_size;
-            match payload_page {
+            let touch = match payload_page {
                 Some(p) if space.is_pending(p) => {
                     let c = p * PAGE / cs;
-                    if st.recorded_chunks.insert(c) {
-                        st.recorded.push(Touch::Chunk(c));
-                    }
+                    st.recorded_chunks.insert(c).then_some(Touch::Chunk(c))
                 }
                 // Dropped by the process since: not a touch of the image.
-                Some(_) => {}
-                None => {
-                    if let Some(block) = space.image_addr(page).map(|a| a & !(cs - 1)) {
-                        if st.recorded_zero.insert(block) {
-                            st.recorded.push(Touch::Zero(block));
-                        }
-                    }
-                }
+                Some(_) => None,
+                None => space
+                    .image_addr(page)
+                    .map(|a| a & !(cs - 1))
+                    .filter(|&block| st.recorded_zero.insert(block))
+                    .map(Touch::Zero),
+            };
+            if let Some(t) = touch.filter(|t| !self.replayed.contains(t)) {
+                st.recorded.push((st.replay_at, t));
             }
         }
         let Some(p) = payload_page.filter(|&p| space.is_pending(p)) else {
-            st.stats.zero_faults += 1;
+            st.stats.zero_faults += u64::from(!again);
             return match uffd::zeropage(&space.uffd, page, PAGE) {
                 Ok(()) => {
                     self.zero_around(space, page);
@@ -781,7 +809,7 @@ impl<'a> Server<'a> {
                 },
             };
         };
-        st.stats.faults += 1;
+        st.stats.faults += u64::from(!again);
         let chunk = p * PAGE / self.index.chunk_size;
         // Read ahead: background filling continues after this chunk, where a thread scanning
         // memory goes next.
@@ -795,6 +823,24 @@ impl<'a> Server<'a> {
         }
         Ok(())
     }
+}
+
+/// `replay` with the `new` touches inserted, each after the replayed touches that preceded it;
+/// empty when nothing is new (the record stays as it is).
+fn merge(replay: &[Touch], new: &[(usize, Touch)]) -> Vec<Touch> {
+    if new.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(replay.len() + new.len());
+    let mut new = new.iter().peekable();
+    for (i, &t) in replay.iter().enumerate() {
+        while let Some((_, n)) = new.next_if(|(at, _)| *at <= i) {
+            out.push(*n);
+        }
+        out.push(t);
+    }
+    out.extend(new.map(|(_, n)| *n));
+    out
 }
 
 impl Server<'_> {
@@ -811,6 +857,9 @@ impl Server<'_> {
             let done = match touch {
                 Touch::Chunk(c) => {
                     if !space.any_pending(c * cs / PAGE, (c + 1) * cs / PAGE) {
+                        if let Some(a) = self.ahead {
+                            a.skip(c);
+                        }
                         continue;
                     }
                     self.copy_verified(space, &mut st.stats, c, buf)?;
@@ -999,4 +1048,21 @@ fn copy_in(space: &Space, cur: u64, src: &[u8]) -> Result<Copied> {
 
 fn failed(msg: impl std::fmt::Display) -> Failure {
     Failure::new(Code::RestoreFailed, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_touches_go_where_the_replay_was_when_they_came() {
+        let (a, b, c) = (Touch::Chunk(1), Touch::Chunk(2), Touch::Chunk(3));
+        let (x, y, z) = (Touch::Chunk(8), Touch::Zero(0x10000), Touch::Chunk(9));
+        assert!(merge(&[a, b], &[]).is_empty(), "nothing new: kept as it is");
+        assert_eq!(merge(&[], &[(0, x), (0, y)]), [x, y], "a first record");
+        assert_eq!(
+            merge(&[a, b, c], &[(0, x), (2, y), (3, z)]),
+            [x, a, b, y, c, z]
+        );
+    }
 }

@@ -952,7 +952,7 @@ fn supervise(
                 ws.replay.len(),
                 st.replayed,
                 ahead_hits.load(std::sync::atomic::Ordering::Relaxed),
-                served.touches.len(),
+                served.new_touches,
             );
         }
     }
