@@ -12,6 +12,7 @@
 //! |   70 | internal error (a bug in thaw) |
 //! |   74 | I/O error (a file could not be read or written) |
 //! |   75 | `thaw bench --min-speedup`: a speed-up is below the gate |
+//! |   76 | the registry answered no: no such image or tag, credentials refused |
 
 use std::fmt;
 
@@ -29,6 +30,7 @@ pub enum Code {
     Internal = 70,
     Io = 74,
     BelowGate = 75,
+    Registry = 76,
 }
 
 /// A failure with its exit code and a one-line message.

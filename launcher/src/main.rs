@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod exit;
 mod privilege;
+mod registry;
 mod restore;
 mod sys;
 

@@ -3,6 +3,8 @@
 mod bench;
 mod inspect;
 mod keygen;
+mod pull;
+mod push;
 mod run;
 mod sign;
 mod verify;
@@ -21,7 +23,7 @@ use crate::privilege::Context;
     about = "Restore warm processes from signed images",
     after_help = "Exit codes: 0 ok, 64 usage, 65 invalid or corrupt image, 66 bad or untrusted signature, \
                   67 refused by policy, 68 restore failed, 69 a benchmarked command failed, 70 internal error, 74 I/O error, \
-                  75 speed-up below --min-speedup."
+                  75 speed-up below --min-speedup, 76 the registry answered no (no such image or tag, credentials refused)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,6 +38,8 @@ enum Command {
     Inspect(inspect::Args),
     Run(run::Args),
     Bench(bench::Args),
+    Push(push::Args),
+    Pull(pull::Args),
 }
 
 /// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
@@ -63,5 +67,7 @@ pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Run(a) => run::run(a, ctx),
         Command::Bench(a) => bench::run(a),
+        Command::Push(a) => push::run(a, ctx),
+        Command::Pull(a) => pull::run(a, ctx),
     }
 }

@@ -8,6 +8,7 @@ use thaw::image::ImageFile;
 use super::TrustArgs;
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
+use crate::registry;
 use crate::restore::{self, PidMode, Request};
 use crate::sys;
 
@@ -61,13 +62,18 @@ pub struct Args {
     /// ahead of the process. The record only orders filling: every byte is still verified.
     #[arg(long)]
     no_working_set: bool,
+    /// An image file, or an image in an OCI registry (HOST[:PORT]/NAME[:TAG], see `thaw pull`),
+    /// fetched into your cache and verified there first.
     image: PathBuf,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
     args: Vec<OsString>,
 }
 
-pub fn run(args: Args, ctx: &Context) -> Result {
+pub fn run(mut args: Args, ctx: &Context) -> Result {
+    if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
+        args.image = from_registry(r, &args.trust, ctx)?;
+    }
     let started = std::time::Instant::now();
     let file = ImageFile::open(&args.image)?;
     let image = if args.insecure_allow_unsigned && file.trailer().signer().is_none() {
@@ -172,6 +178,28 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         status
     })?;
     std::process::exit(status);
+}
+
+/// The image `reference` names, in the caller's cache (images/, by manifest digest): fetched
+/// and verified there unless it is there already. Its tag is looked up every time.
+fn from_registry(reference: &str, trust: &TrustArgs, ctx: &Context) -> Result<PathBuf> {
+    let remote = registry::Remote::new(reference, ctx)?;
+    let dir = cache_dir(ctx)
+        .and_then(|c| restore::working_set::own_dir(&c, &["images"]))
+        .ok_or_else(|| {
+            Failure::new(
+                Code::Refused,
+                format!(
+                    "{reference}: no cache directory of yours to fetch it into; `thaw pull` it"
+                ),
+            )
+        })?;
+    let (m, digest) = remote.manifest()?;
+    let path = dir.join(format!("{}.thaw", digest.replace(':', "-")));
+    if !path.exists() {
+        registry::fetch_manifest(&remote, &m, digest, &path, &trust.load(ctx)?)?;
+    }
+    Ok(path)
 }
 
 /// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a

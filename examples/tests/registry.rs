@@ -1,0 +1,359 @@
+//! Images in a real OCI registry (the CNCF distribution registry, Debian's `docker-registry`,
+//! started here on 127.0.0.1): push, pull, run by reference, blobs shared between tags, skopeo
+//! reading and copying the artifact, a registry whose storage was tampered with or whose
+//! manifest lies, missing tags, an unreachable registry, and credentials.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::*;
+
+const CORRUPT: i32 = 65;
+const SIGNATURE: i32 = 66;
+const IO: i32 = 74;
+const REGISTRY: i32 = 76;
+/// `test:secret`, bcrypt at the lowest cost (the registry checks it on every request).
+const HTPASSWD: &str = "test:$2b$04$FaQfztTw..5jOo74Y6lWuea8VPgemBrR66DQoHXHSFgfQxsWMXgHO\n";
+
+/// A registry on a free loopback port, storing in its own directory; killed when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(with_auth: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let storage = dir.path().join("data");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if with_auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, HTPASSWD).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: thaw-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's package; scripts/setup installs it)");
+        // Ready when it accepts connections (it binds after reading its configuration).
+        let mut tries = 0;
+        while std::net::TcpStream::connect(&addr).is_err() {
+            tries += 1;
+            assert!(tries < 1000, "the registry never listened on {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Registry {
+            child,
+            addr,
+            storage,
+            _dir: dir,
+        }
+    }
+
+    fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+
+    /// The file holding blob `digest` in the registry's storage.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// The raw manifest of `name`, through skopeo (a standard tool reading the artifact).
+    fn manifest(&self, name: &str) -> serde_json::Value {
+        let o = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{}", self.reference(name)))
+            .output()
+            .expect("skopeo (scripts/setup installs it)");
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn thaw(args: &[&str]) -> std::process::Output {
+    command(&bin("thaw")).args(args).output().unwrap()
+}
+
+fn memory_image(env: &Env, data: &Path) -> PathBuf {
+    env.checkpoint("zdtm-memory", "m.thaw", &[data.to_str().unwrap()])
+}
+
+const MEMORY_CHECKS: [&str; 3] = ["heap", "large mmap", "malloc"];
+
+#[test]
+fn push_pull_and_run_by_reference() {
+    let reg = Registry::start(false);
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let size = std::fs::metadata(&img).unwrap().len();
+    let r1 = reg.reference("team/app:v1");
+    let o = thaw(&["push", img.to_str().unwrap(), &r1]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Everything is new: the image's bytes and the 2-byte empty config.
+    let total = size + 2;
+    assert!(
+        out.contains(&format!("{total} of {total} bytes uploaded")),
+        "{out}"
+    );
+
+    // A standard tool sees an OCI artifact of thaw's type.
+    let m = reg.manifest("team/app:v1");
+    assert_eq!(m["artifactType"], "application/vnd.thaw.image.v1");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.thaw.image.head.v1"
+    );
+
+    // The same image under another tag uploads nothing but its manifest.
+    let o = thaw(&["push", img.to_str().unwrap(), &reg.reference("team/app:v2")]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(" 0 of {total} bytes uploaded")),
+        "{}",
+        text(&o)
+    );
+
+    // Pulled, it is the same file, verified.
+    let pulled = env.path("pulled.thaw");
+    let trust = env.pubkey.to_str().unwrap();
+    let o = thaw(&["pull", "--trust", trust, &r1, pulled.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    // Not trusted: refused, nothing kept.
+    let untrusted = env.path("untrusted.thaw");
+    let o = thaw(&["pull", &r1, untrusted.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(SIGNATURE), "{}", text(&o));
+    assert!(!untrusted.exists());
+
+    // Run by reference: fetched into the cache once, restored from there.
+    let o = env.restore(Path::new(&r1), &["--pid-mode", "auto"], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let images = env.path("cache/images");
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 1);
+    let o = env.restore(Path::new(&reg.reference("team/app:v2")), &[], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    assert_eq!(
+        std::fs::read_dir(&images).unwrap().count(),
+        1,
+        "same image: same file"
+    );
+
+    // skopeo copies the artifact to another repository; thaw pulls the copy.
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{r1}"))
+        .arg(format!("docker://{}", reg.reference("other/copy:1")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let copy = env.path("copy.thaw");
+    let o = thaw(&[
+        "pull",
+        "--trust",
+        trust,
+        &reg.reference("other/copy:1"),
+        copy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&img).unwrap());
+
+    // Missing tag, unreachable registry: one line each, their own codes.
+    let o = thaw(&[
+        "pull",
+        "--trust",
+        trust,
+        &reg.reference("team/app:nope"),
+        "x.thaw",
+    ]);
+    assert_eq!(o.status.code(), Some(REGISTRY), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such image or tag"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("{}/team/app:v1", closed.local_addr().unwrap());
+    drop(closed);
+    let o = thaw(&["pull", "--trust", trust, &dead, "x.thaw"]);
+    assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}
+
+#[test]
+fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
+    let reg = Registry::start(false);
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let trust = env.pubkey.to_str().unwrap();
+    let r = reg.reference("team/app:v1");
+    let o = thaw(&["push", img.to_str().unwrap(), &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = reg.manifest("team/app:v1");
+    let layers = m["layers"].as_array().unwrap().clone();
+    assert!(
+        layers.len() >= 4,
+        "head and at least three payload blobs: {m}"
+    );
+
+    // A manifest whose payload blobs come in another order (each intact, same sizes).
+    let mut reordered = m.clone();
+    reordered["layers"][1] = layers[2].clone();
+    reordered["layers"][2] = layers[1].clone();
+    let o = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+        .arg("--data-binary")
+        .arg(serde_json::to_string(&reordered).unwrap())
+        .arg(format!(
+            "http://{}/v2/team/app/manifests/reordered",
+            reg.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = env.path("reordered.thaw");
+    let o = thaw(&[
+        "pull",
+        "--trust",
+        trust,
+        &reg.reference("team/app:reordered"),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match its digest"));
+    assert!(!out.exists());
+
+    // A payload blob changed in the registry's storage.
+    let blob = reg.blob_file(layers[1]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = env.path("tampered.thaw");
+    let o = thaw(&["pull", "--trust", trust, &r, out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(!out.exists());
+    let o = env.restore(Path::new(&r), &[], &[]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("heap"),
+        "nothing ran"
+    );
+    let cached = std::fs::read_dir(env.path("cache/images")).map_or(0, |d| d.count());
+    assert_eq!(cached, 0, "nothing kept in the cache");
+    // No temporary file left beside the destination either.
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".thaw-pull"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn credentials_come_from_the_environment_or_an_auth_file() {
+    let reg = Registry::start(true);
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let r = reg.reference("team/app:v1");
+    let push = |envs: &[(&str, &str)]| {
+        let mut c = command(&bin("thaw"));
+        c.env_remove("THAW_REGISTRY_USER")
+            .env_remove("THAW_REGISTRY_PASSWORD")
+            .env("HOME", env.dir.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("REGISTRY_AUTH_FILE");
+        c.envs(envs.iter().copied())
+            .args(["push", img.to_str().unwrap(), &r])
+            .output()
+            .unwrap()
+    };
+    let o = push(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(REGISTRY),
+        "no credentials: {}",
+        text(&o)
+    );
+    let o = push(&[
+        ("THAW_REGISTRY_USER", "test"),
+        ("THAW_REGISTRY_PASSWORD", "wrong"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(REGISTRY),
+        "wrong password: {}",
+        text(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    let o = push(&[
+        ("THAW_REGISTRY_USER", "test"),
+        ("THAW_REGISTRY_PASSWORD", "secret"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // An auth.json entry (base64 of test:secret), as podman and skopeo write it.
+    let auth = env.path("auth.json");
+    std::fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "dGVzdDpzZWNyZXQ="}}}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let pulled = env.path("pulled.thaw");
+    let mut c = command(&bin("thaw"));
+    let o = c
+        .env_remove("THAW_REGISTRY_USER")
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .args([
+            "pull",
+            "--trust",
+            env.pubkey.to_str().unwrap(),
+            &r,
+            pulled.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+}

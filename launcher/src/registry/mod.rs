@@ -1,0 +1,454 @@
+//! Images in OCI registries: `thaw push`, `thaw pull` and `thaw run REF`.
+//!
+//! The registry is never trusted. A pulled image is written to a temporary file beside its
+//! destination and checked there exactly as a local file is (signature against the trust store
+//! before anything is parsed, then every payload chunk) before it takes its name: a registry
+//! serving a changed, truncated, reordered or substituted blob, or another image's manifest,
+//! gets the usual refusal and leaves nothing behind. The client and its runtime exist only in
+//! these commands, never on the restore path of a local file.
+
+pub mod artifact;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::exit::{Code, Failure, Result};
+use crate::privilege::Context;
+use artifact::Descriptor;
+
+/// Attempts of one request on a network failure (not on a refusal), with back-off between.
+const ATTEMPTS: u32 = 4;
+
+/// A repository in a registry, and how to talk to it.
+pub struct Remote {
+    reference: Reference,
+    client: Client,
+    auth: RegistryAuth,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // The runtime's threads (name resolution runs on a blocking pool) end here, before a
+        // restore: the launcher grows its descriptor table and clones itself with no other
+        // thread running.
+        let rt = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime without drivers"),
+        );
+        rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+/// Whether `arg` names an image in a registry rather than a file: `HOST[:PORT]/NAME[:TAG]`
+/// where HOST has a dot or a port or is `localhost`, and no file of that name exists.
+pub fn is_reference(arg: &str) -> bool {
+    let Some((host, rest)) = arg.split_once('/') else {
+        return false;
+    };
+    !rest.is_empty()
+        && (host.contains('.') || host.contains(':') || host == "localhost")
+        && !Path::new(arg).exists()
+}
+
+impl Remote {
+    pub fn new(reference: &str, ctx: &Context) -> Result<Remote> {
+        if ctx.elevated {
+            return Err(Failure::new(
+                Code::Refused,
+                "a privileged launcher does not fetch images: `thaw pull` it, then run the file",
+            ));
+        }
+        let parsed: Reference = reference.parse().map_err(|e| {
+            Failure::new(
+                Code::Usage,
+                format!("{reference}: not an image reference: {e}"),
+            )
+        })?;
+        let registry = parsed.resolve_registry().to_string();
+        // Plain HTTP only to a registry on this machine; TLS (with the system's roots) elsewhere.
+        let host = registry
+            .rsplit_once(':')
+            .map_or(registry.as_str(), |(h, _)| h);
+        let loopback =
+            matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.");
+        let protocol = if loopback {
+            oci_client::client::ClientProtocol::HttpsExcept(vec![registry.clone()])
+        } else {
+            oci_client::client::ClientProtocol::Https
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::new(oci_client::client::ClientConfig {
+            protocol,
+            ..Default::default()
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Failure::new(
+                    Code::Internal,
+                    format!("cannot start the network runtime: {e}"),
+                )
+            })?;
+        Ok(Remote {
+            auth: credentials(&registry, ctx)?,
+            reference: parsed,
+            client,
+            runtime,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        self.reference.whole()
+    }
+
+    pub fn repository(&self) -> &str {
+        self.reference.repository()
+    }
+
+    /// Runs `op` until it succeeds, fails for a reason other than the network, or has failed
+    /// [`ATTEMPTS`] times (0.25, 0.5, 1 s apart).
+    fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        self.runtime.block_on(async {
+            let mut attempt = 1;
+            loop {
+                match op().await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                        tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(failure(&self.name(), what, &e)),
+                }
+            }
+        })
+    }
+
+    /// Uploads a blob unless the repository has it; the bytes sent (0 when it had it).
+    pub fn put_blob(&self, d: &Descriptor, bytes: &[u8]) -> Result<u64> {
+        let r = &self.reference;
+        self.runtime.block_on(
+            self.client
+                .store_auth_if_needed(r.resolve_registry(), &self.auth),
+        );
+        if self.retry("checking a blob in", || {
+            self.client.blob_exists(r, &d.digest)
+        })? {
+            return Ok(0);
+        }
+        let data = bytes::Bytes::copy_from_slice(bytes);
+        self.retry("uploading a blob to", || {
+            self.client.push_blob(r, data.clone(), &d.digest)
+        })?;
+        Ok(d.size)
+    }
+
+    /// Publishes `m` under the reference's tag; returns its digest.
+    pub fn put_manifest(&self, m: &artifact::Manifest) -> Result<String> {
+        let body = serde_json::to_vec(m).map_err(|e| {
+            Failure::new(Code::Internal, format!("cannot encode the manifest: {e}"))
+        })?;
+        let digest = artifact::sha256(&body);
+        let r = &self.reference;
+        let ct = http::HeaderValue::from_static(artifact::MANIFEST_TYPE);
+        self.retry("publishing the manifest to", || {
+            self.client.push_manifest_raw(r, body.clone(), ct.clone())
+        })?;
+        Ok(digest)
+    }
+
+    /// The reference's manifest, checked to be a thaw image's, and its digest.
+    pub fn manifest(&self) -> Result<(artifact::Manifest, String)> {
+        let r = &self.reference;
+        let (bytes, digest) = self.retry("fetching the manifest from", || {
+            self.client
+                .pull_manifest_raw(r, &self.auth, &[artifact::MANIFEST_TYPE])
+        })?;
+        if artifact::sha256(&bytes) != digest && r.digest().is_some() {
+            return Err(Failure::new(
+                Code::Corrupt,
+                format!("{}: the manifest does not match its digest", self.name()),
+            ));
+        }
+        let m = artifact::parse(&bytes)
+            .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", self.name())))?;
+        Ok((m, digest))
+    }
+
+    /// Blob `d`'s bytes (checked against its digest by the client, and its size here).
+    pub fn blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        let r = &self.reference;
+        let desc = oci_client::manifest::OciDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size as i64,
+            ..Default::default()
+        };
+        let bytes = self.retry("fetching a blob from", || async {
+            let mut out = Vec::with_capacity(d.size as usize);
+            self.client
+                .pull_blob(r, &desc, &mut out)
+                .await
+                .map(|()| out)
+        })?;
+        if bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest {
+            return Err(Failure::new(
+                Code::Corrupt,
+                format!(
+                    "{}: blob {} does not match its digest",
+                    self.name(),
+                    d.digest
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+/// What [`fetch`] brought.
+pub struct Fetched {
+    pub digest: String,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// Fetches the image `remote` names into `dest`, written beside it under a temporary name and
+/// renamed into place only once its signature (against `trust`) and every chunk are verified.
+pub fn fetch(remote: &Remote, dest: &Path, trust: &thaw_signing::TrustStore) -> Result<Fetched> {
+    let (m, digest) = remote.manifest()?;
+    fetch_manifest(remote, &m, digest, dest, trust)
+}
+
+/// [`fetch`] of a manifest fetched already.
+pub fn fetch_manifest(
+    remote: &Remote,
+    m: &artifact::Manifest,
+    digest: String,
+    dest: &Path,
+    trust: &thaw_signing::TrustStore,
+) -> Result<Fetched> {
+    use std::os::unix::fs::FileExt;
+    let head = remote.blob(&m.layers[0])?;
+    let bad = |msg: String| Failure::new(Code::Corrupt, format!("{}: {msg}", remote.name()));
+    let payload: u64 = m.layers[1..].iter().map(|l| l.size).sum();
+    let file_len = head.len() as u64 + payload;
+    let n = head.len().min(thaw::image::HEADER_LEN);
+    let h = thaw::image::Header::decode(&head[..n], file_len, Path::new(&remote.name()))?;
+    if head.len() as u64 != h.payload_off + h.manifest_len + h.trailer_len {
+        return Err(bad("the image head does not match its header".into()));
+    }
+    artifact::check_layers(&h, &m.layers[1..]).map_err(bad)?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |what: &str, e: std::io::Error| {
+        Failure::new(Code::Io, format!("{what} {}: {e}", dest.display()))
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".thaw-pull-")
+        .tempfile_in(dir)
+        .map_err(|e| io("cannot create a file beside", e))?;
+    let f = tmp.as_file();
+    f.set_len(file_len).map_err(|e| io("cannot size", e))?;
+    let split = h.payload_off as usize;
+    f.write_all_at(&head[..split], 0)
+        .and_then(|()| f.write_all_at(&head[split..], h.manifest_off))
+        .map_err(|e| io("cannot write", e))?;
+    let mut bytes = head.len() as u64;
+    let progress = Progress::new("pulling", m.layers.len() - 1);
+    for (i, (layer, (off, _))) in m.layers[1..].iter().zip(artifact::groups(&h)).enumerate() {
+        let data = remote.blob(layer)?;
+        f.write_all_at(&data, h.payload_off + off)
+            .map_err(|e| io("cannot write", e))?;
+        bytes += data.len() as u64;
+        progress.show(i + 1);
+    }
+    progress.done();
+    f.sync_all().map_err(|e| io("cannot write", e))?;
+    // Messages name the image by its reference, not by the temporary file.
+    let named = |e: thaw::image::ImageError| {
+        let f = Failure::from(e);
+        let tmp_name = tmp.path().display().to_string();
+        Failure::new(f.code, f.message.replace(&tmp_name, &remote.name()))
+    };
+    let image = thaw::image::ImageFile::open(tmp.path())
+        .and_then(|f| f.verify(trust))
+        .map_err(named)?;
+    image.verify_payload().map_err(named)?;
+    tmp.persist(dest).map_err(|e| io("cannot name", e.error))?;
+    Ok(Fetched {
+        digest,
+        blobs: m.layers.len(),
+        bytes,
+    })
+}
+
+/// `what: i/n blobs` on standard error while it is a terminal.
+pub struct Progress {
+    what: &'static str,
+    total: usize,
+    shown: bool,
+}
+
+impl Progress {
+    pub fn new(what: &'static str, total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            what,
+            total,
+            shown: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn show(&self, done: usize) {
+        if self.shown {
+            eprint!("\r{}: {done}/{} blobs", self.what, self.total);
+        }
+    }
+
+    pub fn done(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// Network trouble worth another attempt: no answer, a reset connection, a server error.
+fn transient(e: &OciDistributionError) -> bool {
+    use OciDistributionError as E;
+    match e {
+        E::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request() || r.is_body(),
+        E::ServerError { code, .. } => *code >= 500,
+        _ => false,
+    }
+}
+
+/// One line for a registry error, with its exit code: 74 when the registry cannot be reached,
+/// 76 when it answers no (no such image or tag, credentials refused, a request refused).
+fn failure(name: &str, what: &str, e: &OciDistributionError) -> Failure {
+    use OciDistributionError as E;
+    let msg = crate::exit::one_line(e);
+    match e {
+        E::RequestError(r) if r.is_connect() || r.is_timeout() => Failure::new(
+            Code::Io,
+            format!("{what} {name}: the registry cannot be reached: {msg}"),
+        ),
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => Failure::new(
+            Code::Registry,
+            format!("{what} {name}: the registry refused the credentials: {msg}"),
+        ),
+        E::ImageManifestNotFoundError(_) => Failure::new(
+            Code::Registry,
+            format!("{name}: no such image or tag in the registry"),
+        ),
+        E::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                )
+            }) =>
+        {
+            Failure::new(
+                Code::Registry,
+                format!("{name}: no such image or tag in the registry"),
+            )
+        }
+        E::DigestError(_) => Failure::new(
+            Code::Corrupt,
+            format!("{what} {name}: a blob does not match its digest: {msg}"),
+        ),
+        _ => Failure::new(Code::Registry, format!("{what} {name}: {msg}")),
+    }
+}
+
+/// Credentials for `registry`: $THAW_REGISTRY_USER and $THAW_REGISTRY_PASSWORD, else the
+/// entry for it in the first auth file found ($REGISTRY_AUTH_FILE,
+/// $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json),
+/// else none.
+fn credentials(registry: &str, ctx: &Context) -> Result<RegistryAuth> {
+    let var = |n: &str| ctx.env(n).and_then(|v| v.into_string().ok());
+    if let (Some(user), Some(pass)) = (var("THAW_REGISTRY_USER"), var("THAW_REGISTRY_PASSWORD")) {
+        return Ok(RegistryAuth::Basic(user, pass));
+    }
+    let home = var("HOME").map(PathBuf::from);
+    let files = [
+        var("REGISTRY_AUTH_FILE").map(PathBuf::from),
+        var("XDG_RUNTIME_DIR").map(|d| Path::new(&d).join("containers/auth.json")),
+        home.as_ref()
+            .map(|h| h.join(".config/containers/auth.json")),
+        home.as_ref().map(|h| h.join(".docker/config.json")),
+    ];
+    for f in files.into_iter().flatten() {
+        let Ok(text) = std::fs::read(&f) else {
+            continue;
+        };
+        return from_auth_file(&text, registry)
+            .map_err(|e| Failure::new(Code::Usage, format!("{}: {e}", f.display())));
+    }
+    Ok(RegistryAuth::Anonymous)
+}
+
+/// The entry for `registry` in an auth.json (`{"auths": {"HOST": {"auth": base64(USER:PASS)}}}`).
+fn from_auth_file(text: &[u8], registry: &str) -> std::result::Result<RegistryAuth, String> {
+    use base64::Engine as _;
+    let v: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("not an auth file: {e}"))?;
+    let Some(entry) = v.get("auths").and_then(|a| a.get(registry)) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .map_err(|e| format!("the entry for {registry} is not base64: {e}"))?;
+    let raw =
+        String::from_utf8(raw).map_err(|_| format!("the entry for {registry} is not text"))?;
+    let (user, pass) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("the entry for {registry} is not USER:PASSWORD"))?;
+    Ok(RegistryAuth::Basic(user.into(), pass.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_files_are_told_apart() {
+        assert!(is_reference("127.0.0.1:5000/team/app:v3"));
+        assert!(is_reference("registry.example.com/app"));
+        assert!(is_reference("localhost/app:1"));
+        assert!(!is_reference("app.thaw"));
+        assert!(!is_reference("images/app.thaw"), "a relative path");
+        assert!(!is_reference("/tmp/app.thaw"));
+    }
+
+    #[test]
+    fn an_auth_file_entry_gives_basic_credentials() {
+        let f = br#"{"auths": {"127.0.0.1:5000": {"auth": "dGVzdDpzZWNyZXQ="}}}"#;
+        match from_auth_file(f, "127.0.0.1:5000").unwrap() {
+            RegistryAuth::Basic(u, p) => assert_eq!((u.as_str(), p.as_str()), ("test", "secret")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            from_auth_file(f, "other:5000").unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert!(from_auth_file(b"nope", "x").is_err());
+    }
+}
