@@ -212,6 +212,20 @@ fn push_pull_and_run_by_reference() {
     assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"));
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+
+    // A system without CA certificates: the HTTP client cannot be built. One line, no panic.
+    let o = command(&bin("thaw"))
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .args(["pull", "--trust", trust, &r1, "x.thaw"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no CA certificates") && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]

@@ -65,10 +65,10 @@ impl Remote {
                 "a privileged launcher does not fetch images: `thaw pull` it, then run the file",
             ));
         }
-        let parsed: Reference = reference.parse().map_err(|e| {
+        let parsed = parse_reference(reference).ok_or_else(|| {
             Failure::new(
                 Code::Usage,
-                format!("{reference}: not an image reference: {e}"),
+                format!("{reference}: not an image reference (HOST[:PORT]/NAME[:TAG|@sha256:HEX])"),
             )
         })?;
         let registry = parsed.resolve_registry().to_string();
@@ -84,10 +84,35 @@ impl Remote {
             oci_client::client::ClientProtocol::Https
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(oci_client::client::ClientConfig {
+        // A loopback registry is spoken to in plain HTTP: no TLS root is needed, and loading the
+        // system's (hundreds of files) cost more than a restore. The only root given instead is
+        // a self-signed certificate whose key was thrown away when it was made: any TLS
+        // connection (a redirect elsewhere) fails closed.
+        let tls_certs_only = if loopback {
+            vec![oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: include_bytes!("loopback-nothing.pem").to_vec(),
+            }]
+        } else {
+            Vec::new()
+        };
+        let config = oci_client::client::ClientConfig {
             protocol,
+            tls_certs_only,
             ..Default::default()
-        });
+        };
+        // The client also builds a default HTTP client, which panics on a system without CA
+        // certificates: a one-line error instead (and no panic message).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let client = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Client::new(config)));
+        std::panic::set_hook(hook);
+        let client = client.map_err(|_| {
+            Failure::new(
+                Code::Refused,
+                "cannot set up HTTPS: this system has no CA certificates (install ca-certificates)",
+            )
+        })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -214,6 +239,48 @@ impl Remote {
         }
         Ok(bytes)
     }
+}
+
+/// `HOST[:PORT]/NAME[:TAG]` or `HOST[:PORT]/NAME@sha256:HEX` (tag `latest` when none), checked
+/// by hand: the client's parser compiles a large regular expression on every start.
+fn parse_reference(r: &str) -> Option<Reference> {
+    let (host, rest) = r.split_once('/')?;
+    let (name, digest) = match rest.split_once('@') {
+        Some((n, d)) => {
+            let hex = d.strip_prefix("sha256:")?;
+            let ok = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            (n, Some(d.to_string()).filter(|_| ok)?.into())
+        }
+        None => (rest, None),
+    };
+    let (name, tag) = match name.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (name, None),
+    };
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !(host_ok && tag_ok && name.split('/').all(component)) {
+        return None;
+    }
+    let (host, name) = (host.to_string(), name.to_string());
+    Some(match (digest, tag) {
+        (Some(d), Some(t)) => Reference::with_tag_and_digest(host, name, t.into(), d),
+        (Some(d), None) => Reference::with_digest(host, name, d),
+        (None, t) => Reference::with_tag(host, name, t.unwrap_or("latest").into()),
+    })
 }
 
 /// What [`fetch`] brought.
@@ -436,6 +503,32 @@ mod tests {
         assert!(!is_reference("app.thaw"));
         assert!(!is_reference("images/app.thaw"), "a relative path");
         assert!(!is_reference("/tmp/app.thaw"));
+    }
+
+    #[test]
+    fn references_parse_as_the_registry_names_them() {
+        let r = parse_reference("127.0.0.1:5000/team/app:v3").unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("127.0.0.1:5000", "team/app", Some("v3"))
+        );
+        assert_eq!(
+            parse_reference("localhost/app").unwrap().tag(),
+            Some("latest")
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("reg.example.com/app@{d}")).unwrap();
+        assert_eq!(r.digest(), Some(d.as_str()));
+        for bad in [
+            "reg/App:v1",
+            "reg/app:",
+            "reg/app@sha256:12",
+            "reg/",
+            "reg/a//b",
+            "reg/app:v 1",
+        ] {
+            assert!(parse_reference(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
