@@ -53,6 +53,8 @@ impl Registry {
             .arg("serve")
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
+            // Its log (every 404 of a blob checked before an upload) stays in its directory.
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
             .expect("docker-registry (Debian's package; scripts/setup installs it)");
         // Ready when it accepts connections (it binds after reading its configuration).
@@ -297,6 +299,106 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".thaw-pull"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_lazy_restore_by_reference_fetches_on_first_touch_and_dies_with_the_registry() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let size = std::fs::metadata(&img).unwrap().len();
+    let reg = Registry::start(false);
+    let r = reg.reference("team/app:v1");
+    let o = thaw(&["push", img.to_str().unwrap(), &r]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Lazily, from an empty cache: the process runs once what it needs at once is in; the rest
+    // comes as it is touched (and, once it ended, the remainder: the cache holds the image).
+    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("lazy memory:"), "{err}");
+    assert!(err.contains("fetched from the registry"), "{err}");
+    let cached: Vec<_> = std::fs::read_dir(env.path("cache/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(std::fs::metadata(&cached[0]).unwrap().len(), size);
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    std::fs::remove_file(&cached[0]).unwrap();
+
+    // The registry dies after what is read up front was fetched, before the process runs: the
+    // first chunk it touches cannot be fetched, and it is killed, never left on missing memory.
+    let fifo = env.path("pause");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut c = env.restore_cmd(
+        Path::new(&r),
+        &["--pid-mode", "host", "--no-working-set"],
+        &[],
+    );
+    let child = c
+        .env("THAW_TEST_PAUSE_AFTER_VERIFY", &fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The launcher is at the pause once it has the FIFO open for reading (opening it for
+    // writing without blocking fails until then).
+    let mut child = child;
+    let mut tries = 0;
+    let mut pause = loop {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(_) => {
+                if let Some(st) = child.try_wait().unwrap() {
+                    panic!(
+                        "the launcher ended before its pause: {st}: {}",
+                        text(&child.wait_with_output().unwrap())
+                    );
+                }
+                tries += 1;
+                assert!(tries < 3000, "the launcher never reached its pause");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    };
+    let mut reg = reg;
+    let _ = reg.child.kill();
+    let _ = reg.child.wait();
+    std::io::Write::write_all(&mut pause, b"go\n").unwrap();
+    drop(pause);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
+    assert!(
+        err.contains("cannot be reached") && err.contains("killed"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("large mmap"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(env.path("cache/images")).unwrap().count(),
+        0
+    );
 }
 
 #[test]

@@ -26,10 +26,11 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         let last = repo.rsplit('/').next().unwrap_or(repo);
         PathBuf::from(format!("{last}.thaw"))
     });
-    let got = registry::fetch(&remote, &dest, &trust)?;
+    let name = remote.name();
+    let got = registry::fetch(remote, &dest, &trust)?;
     println!(
         "{}: {} ({}), {} blobs, {} bytes, verified",
-        remote.name(),
+        name,
         dest.display(),
         got.digest,
         got.blobs,

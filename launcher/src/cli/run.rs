@@ -71,11 +71,18 @@ pub struct Args {
 }
 
 pub fn run(mut args: Args, ctx: &Context) -> Result {
+    // An image in a registry: the file in the cache, or one being fetched into it.
+    let mut sparse = None;
     if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
-        args.image = from_registry(r, &args.trust, ctx)?;
+        let (path, fetching) = from_registry(r, ctx)?;
+        (args.image, sparse) = (path, fetching);
     }
+    let named = |e: thaw::image::ImageError| match &sparse {
+        Some(s) => s.named(e),
+        None => Failure::from(e),
+    };
     let started = std::time::Instant::now();
-    let file = ImageFile::open(&args.image)?;
+    let file = ImageFile::open(&args.image).map_err(named)?;
     let image = if args.insecure_allow_unsigned && file.trailer().signer().is_none() {
         if ctx.elevated {
             return Err(Failure::new(
@@ -86,9 +93,9 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
         eprintln!(
             "thaw: WARNING: restoring an UNSIGNED image: its contents are not verified by anyone"
         );
-        file.decode_unverified()?
+        file.decode_unverified().map_err(named)?
     } else {
-        file.verify(&args.trust.load(ctx)?)?
+        file.verify(&args.trust.load(ctx)?).map_err(named)?
     };
     let pid_mode = restore::resolve_pid_mode(&image, args.pid_mode)?;
     // Now, while the launcher has no other thread.
@@ -131,6 +138,16 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     };
     let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
+    // From a registry: what is read up front is fetched now (everything when nothing is filled
+    // lazily); the rest when it is first needed, by the memory server or the thread verifying
+    // ahead, just before it is read and verified.
+    if let Some(s) = &sparse {
+        if lazy.is_some() {
+            s.fetch_chunks(wanted)?;
+        } else {
+            s.fetch_all("fetching")?;
+        }
+    }
     let payload = if private {
         let h = image.header();
         let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
@@ -149,7 +166,8 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     // The working set's chunks are verified on a thread of their own once the up-front
     // verification (which uses every core) is done: beside the preparation of the process, and
     // while it runs.
-    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay);
+    let fetch = sparse.as_ref().map(|s| s as &dyn restore::lazy::Fetch);
+    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay, fetch);
     let status = std::thread::scope(|scope| {
         if !ahead.is_empty() {
             scope.spawn(|| ahead.run());
@@ -176,13 +194,37 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
         );
         ahead.stop();
         status
-    })?;
-    std::process::exit(status);
+    });
+    // After a restore that succeeded, what the process did not need is fetched too (it ended
+    // before its memory was complete), every chunk verified, and the file kept in the cache: the
+    // next start reads nothing from the network. Otherwise the file is removed.
+    if let Some(s) = sparse {
+        let complete = || -> Result {
+            if !s.complete() {
+                s.fetch_all("completing the cached image")?;
+                image.verify_payload().map_err(|e| s.named(e))?;
+            }
+            Ok(())
+        };
+        let status = status
+            .as_ref()
+            .map_err(|_| ())
+            .and_then(|_| complete().map_err(drop));
+        if args.timing || ctx.env("THAW_TIMING").is_some() {
+            let mib = s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0;
+            eprintln!("thaw: timing: {mib:.1} MiB fetched from the registry");
+        }
+        if status.is_ok() {
+            s.persist()?;
+        }
+    }
+    std::process::exit(status?);
 }
 
-/// The image `reference` names, in the caller's cache (images/, by manifest digest): fetched
-/// and verified there unless it is there already. Its tag is looked up every time.
-fn from_registry(reference: &str, trust: &TrustArgs, ctx: &Context) -> Result<PathBuf> {
+/// The image `reference` names, in the caller's cache (images/, by manifest digest): the file
+/// there, or one being fetched into it (with its head only, so far). Its tag is looked up every
+/// time.
+fn from_registry(reference: &str, ctx: &Context) -> Result<(PathBuf, Option<registry::Sparse>)> {
     let remote = registry::Remote::new(reference, ctx)?;
     let dir = cache_dir(ctx)
         .and_then(|c| restore::working_set::own_dir(&c, &["images"]))
@@ -196,10 +238,11 @@ fn from_registry(reference: &str, trust: &TrustArgs, ctx: &Context) -> Result<Pa
         })?;
     let (m, digest) = remote.manifest()?;
     let path = dir.join(format!("{}.thaw", digest.replace(':', "-")));
-    if !path.exists() {
-        registry::fetch_manifest(&remote, &m, digest, &path, &trust.load(ctx)?)?;
+    if path.exists() {
+        return Ok((path, None));
     }
-    Ok(path)
+    let sparse = registry::Sparse::create(remote, &m, &path)?;
+    Ok((sparse.path().to_owned(), Some(sparse)))
 }
 
 /// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a

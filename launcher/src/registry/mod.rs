@@ -8,8 +8,12 @@
 //! these commands, never on the restore path of a local file.
 
 pub mod artifact;
+mod sparse;
+
+pub use sparse::Sparse;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oci_client::errors::OciDistributionError;
@@ -20,6 +24,8 @@ use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
 use artifact::Descriptor;
 
+/// Blobs fetched at once (over one or more connections).
+const PARALLEL: usize = 8;
 /// Attempts of one request on a network failure (not on a refusal), with back-off between.
 const ATTEMPTS: u32 = 4;
 
@@ -145,19 +151,25 @@ impl Remote {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
     {
-        self.runtime.block_on(async {
-            let mut attempt = 1;
-            loop {
-                match op().await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if attempt < ATTEMPTS && transient(&e) => {
-                        tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(failure(&self.name(), what, &e)),
+        self.runtime.block_on(self.retrying(what, op))
+    }
+
+    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                    attempt += 1;
                 }
+                Err(e) => return Err(failure(&self.name(), what, &e)),
             }
-        })
+        }
     }
 
     /// Uploads a blob unless the repository has it; the bytes sent (0 when it had it).
@@ -213,6 +225,21 @@ impl Remote {
 
     /// Blob `d`'s bytes (checked against its digest by the client, and its size here).
     pub fn blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.fetch_blob(d))
+    }
+
+    /// The bytes of every blob of `ds`, in order, fetched [`PARALLEL`] at a time.
+    pub fn blobs(&self, ds: &[&Descriptor]) -> Vec<Result<Vec<u8>>> {
+        use futures_util::StreamExt;
+        self.runtime.block_on(
+            futures_util::stream::iter(ds)
+                .map(|d| self.fetch_blob(d))
+                .buffered(PARALLEL)
+                .collect(),
+        )
+    }
+
+    async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let r = &self.reference;
         let desc = oci_client::manifest::OciDescriptor {
             media_type: d.media_type.clone(),
@@ -220,13 +247,15 @@ impl Remote {
             size: d.size as i64,
             ..Default::default()
         };
-        let bytes = self.retry("fetching a blob from", || async {
-            let mut out = Vec::with_capacity(d.size as usize);
-            self.client
-                .pull_blob(r, &desc, &mut out)
-                .await
-                .map(|()| out)
-        })?;
+        let bytes = self
+            .retrying("fetching a blob from", || async {
+                let mut out = Vec::with_capacity(d.size as usize);
+                self.client
+                    .pull_blob(r, &desc, &mut out)
+                    .await
+                    .map(|()| out)
+            })
+            .await?;
         if bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest {
             return Err(Failure::new(
                 Code::Corrupt,
@@ -292,72 +321,20 @@ pub struct Fetched {
 
 /// Fetches the image `remote` names into `dest`, written beside it under a temporary name and
 /// renamed into place only once its signature (against `trust`) and every chunk are verified.
-pub fn fetch(remote: &Remote, dest: &Path, trust: &thaw_signing::TrustStore) -> Result<Fetched> {
+pub fn fetch(remote: Remote, dest: &Path, trust: &thaw_signing::TrustStore) -> Result<Fetched> {
     let (m, digest) = remote.manifest()?;
-    fetch_manifest(remote, &m, digest, dest, trust)
-}
-
-/// [`fetch`] of a manifest fetched already.
-pub fn fetch_manifest(
-    remote: &Remote,
-    m: &artifact::Manifest,
-    digest: String,
-    dest: &Path,
-    trust: &thaw_signing::TrustStore,
-) -> Result<Fetched> {
-    use std::os::unix::fs::FileExt;
-    let head = remote.blob(&m.layers[0])?;
-    let bad = |msg: String| Failure::new(Code::Corrupt, format!("{}: {msg}", remote.name()));
-    let payload: u64 = m.layers[1..].iter().map(|l| l.size).sum();
-    let file_len = head.len() as u64 + payload;
-    let n = head.len().min(thaw::image::HEADER_LEN);
-    let h = thaw::image::Header::decode(&head[..n], file_len, Path::new(&remote.name()))?;
-    if head.len() as u64 != h.payload_off + h.manifest_len + h.trailer_len {
-        return Err(bad("the image head does not match its header".into()));
-    }
-    artifact::check_layers(&h, &m.layers[1..]).map_err(bad)?;
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |what: &str, e: std::io::Error| {
-        Failure::new(Code::Io, format!("{what} {}: {e}", dest.display()))
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".thaw-pull-")
-        .tempfile_in(dir)
-        .map_err(|e| io("cannot create a file beside", e))?;
-    let f = tmp.as_file();
-    f.set_len(file_len).map_err(|e| io("cannot size", e))?;
-    let split = h.payload_off as usize;
-    f.write_all_at(&head[..split], 0)
-        .and_then(|()| f.write_all_at(&head[split..], h.manifest_off))
-        .map_err(|e| io("cannot write", e))?;
-    let mut bytes = head.len() as u64;
-    let progress = Progress::new("pulling", m.layers.len() - 1);
-    for (i, (layer, (off, _))) in m.layers[1..].iter().zip(artifact::groups(&h)).enumerate() {
-        let data = remote.blob(layer)?;
-        f.write_all_at(&data, h.payload_off + off)
-            .map_err(|e| io("cannot write", e))?;
-        bytes += data.len() as u64;
-        progress.show(i + 1);
-    }
-    progress.done();
-    f.sync_all().map_err(|e| io("cannot write", e))?;
-    // Messages name the image by its reference, not by the temporary file.
-    let named = |e: thaw::image::ImageError| {
-        let f = Failure::from(e);
-        let tmp_name = tmp.path().display().to_string();
-        Failure::new(f.code, f.message.replace(&tmp_name, &remote.name()))
-    };
-    let image = thaw::image::ImageFile::open(tmp.path())
+    let blobs = m.layers.len();
+    let sparse = Sparse::create(remote, &m, dest)?;
+    sparse.fetch_all("pulling")?;
+    let image = thaw::image::ImageFile::open(sparse.path())
         .and_then(|f| f.verify(trust))
-        .map_err(named)?;
-    image.verify_payload().map_err(named)?;
-    tmp.persist(dest).map_err(|e| io("cannot name", e.error))?;
+        .map_err(|e| sparse.named(e))?;
+    image.verify_payload().map_err(|e| sparse.named(e))?;
+    let bytes = sparse.bytes.load(Ordering::Relaxed);
+    sparse.persist()?;
     Ok(Fetched {
         digest,
-        blobs: m.layers.len(),
+        blobs,
         bytes,
     })
 }

@@ -27,6 +27,8 @@ const LEAD: u64 = 4 << 20;
 /// Chunks to verify ahead, and the ones verified so far.
 pub struct Ahead<'a> {
     image: &'a Image,
+    /// Where chunks not yet in the image file come from.
+    fetch: Option<&'a dyn super::lazy::Fetch>,
     order: Vec<u64>,
     /// Position in `order` of each chunk: its slot.
     slot: HashMap<u64, usize>,
@@ -40,7 +42,11 @@ pub struct Ahead<'a> {
 
 impl<'a> Ahead<'a> {
     /// The chunks of `touches` to verify ahead, in order.
-    pub fn new(image: &'a Image, touches: &[Touch]) -> Ahead<'a> {
+    pub fn new(
+        image: &'a Image,
+        touches: &[Touch],
+        fetch: Option<&'a dyn super::lazy::Fetch>,
+    ) -> Ahead<'a> {
         let cs = u64::from(image.header().chunk_size);
         let mut slot = HashMap::new();
         let mut order = Vec::new();
@@ -61,12 +67,18 @@ impl<'a> Ahead<'a> {
             .flatten();
         Ahead {
             image,
+            fetch,
             order,
             slot,
             slots: RwLock::new(slots),
             stop: AtomicBool::new(false),
             hits: AtomicU64::new(0),
         }
+    }
+
+    /// Where chunks not yet in the image file come from (for the memory server too).
+    pub fn fetch(&self) -> Option<&'a dyn super::lazy::Fetch> {
+        self.fetch
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,6 +102,9 @@ impl<'a> Ahead<'a> {
             // A chunk that fails is left unpublished: the server verifies it and reports it.
             let go_on = || !self.stop.load(Ordering::Relaxed);
             slots.fill(i, go_on, |buf| {
+                if let Some(f) = self.fetch {
+                    f.fetch(c).ok()?;
+                }
                 self.image.read_chunk(c, buf).map(|d| d.len()).ok()
             });
         }

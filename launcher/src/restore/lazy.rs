@@ -41,6 +41,13 @@ pub const HELPER_NICE: i32 = 5;
 /// a thread waiting for memory must not wait for a background chunk too.
 const QUIET: Duration = Duration::from_micros(300);
 
+/// Where chunks come from when the image file is still being fetched (an image restored
+/// straight from a registry, see `registry::Sparse`): `fetch(chunk)` puts the chunk's bytes in
+/// the file before they are read and verified as usual.
+pub trait Fetch: Sync {
+    fn fetch(&self, chunk: u64) -> Result<()>;
+}
+
 /// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
 pub fn is_lazy(vma: &Vma, m: &thaw::Manifest) -> bool {
     // What the restorer itself writes or reads (the restore cell, the signal frames) must be in
@@ -474,6 +481,8 @@ pub struct Server<'a> {
     replayed: std::collections::HashSet<Touch>,
     /// Chunks verified ahead by another thread.
     ahead: Option<&'a super::ahead::Ahead<'a>>,
+    /// Where chunks not yet in the image file come from.
+    fetch: Option<&'a dyn Fetch>,
 }
 
 impl<'a> Server<'a> {
@@ -484,6 +493,7 @@ impl<'a> Server<'a> {
         replay: &'a [Touch],
         record: bool,
         ahead: Option<&'a super::ahead::Ahead<'a>>,
+        fetch: Option<&'a dyn Fetch>,
     ) -> Server<'a> {
         let m = image.manifest();
         let mut by_addr = Vec::new();
@@ -519,6 +529,7 @@ impl<'a> Server<'a> {
                 Default::default()
             },
             ahead,
+            fetch,
         }
     }
 
@@ -682,6 +693,14 @@ impl<'a> Server<'a> {
 
     /// Chunk `chunk`'s bytes, read and verified now into `buf`.
     fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        if let Some(f) = self.fetch {
+            f.fetch(chunk).map_err(|f| {
+                Failure::new(
+                    f.code,
+                    format!("{}; the restored process was killed", f.message),
+                )
+            })?;
+        }
         self.image.read_chunk(chunk, buf).map_err(|e| {
             let f = Failure::from(e);
             Failure::new(
