@@ -126,6 +126,11 @@ fn push_pull_and_run_by_reference() {
     let o = thaw(&["push", img.to_str().unwrap(), &r1]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
+    let digest = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256:"))
+        .map(|h| format!("sha256:{}", h.trim_end_matches(':')))
+        .expect("the pushed manifest's digest");
     // Everything is new: the image's bytes and the 2-byte empty config.
     let total = size + 2;
     assert!(
@@ -228,6 +233,14 @@ fn push_pull_and_run_by_reference() {
         err.contains("no CA certificates") && err.lines().count() == 1,
         "{err}"
     );
+
+    // By digest, an image in the cache needs no registry at all; by tag it is asked.
+    let pinned = format!("{}/team/app@{digest}", reg.addr);
+    drop(reg);
+    let o = env.restore(Path::new(&pinned), &[], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let o = env.restore(Path::new(&r1), &[], &[]);
+    assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
 }
 
 #[test]

@@ -222,10 +222,10 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
 }
 
 /// The image `reference` names, in the caller's cache (images/, by manifest digest): the file
-/// there, or one being fetched into it (with its head only, so far). Its tag is looked up every
-/// time.
+/// there, or one being fetched into it (with its head only, so far). A tag is looked up every
+/// time; a reference by digest whose image is cached needs no request.
 fn from_registry(reference: &str, ctx: &Context) -> Result<(PathBuf, Option<registry::Sparse>)> {
-    let remote = registry::Remote::new(reference, ctx)?;
+    registry::refuse_if_elevated(ctx)?;
     let dir = cache_dir(ctx)
         .and_then(|c| restore::working_set::own_dir(&c, &["images"]))
         .ok_or_else(|| {
@@ -236,8 +236,18 @@ fn from_registry(reference: &str, ctx: &Context) -> Result<(PathBuf, Option<regi
                 ),
             )
         })?;
+    let cached = |digest: &str| dir.join(format!("{}.thaw", digest.replace(':', "-")));
+    // A reference by digest names one manifest for good: when its image is in the cache, the
+    // registry is not asked anything (a cached file is verified like any other).
+    if let Some(path) = registry::pinned_digest(reference)
+        .map(|d| cached(&d))
+        .filter(|p| p.exists())
+    {
+        return Ok((path, None));
+    }
+    let remote = registry::Remote::new(reference, ctx)?;
     let (m, digest) = remote.manifest()?;
-    let path = dir.join(format!("{}.thaw", digest.replace(':', "-")));
+    let path = cached(&digest);
     if path.exists() {
         return Ok((path, None));
     }

@@ -52,6 +52,23 @@ impl Drop for Remote {
     }
 }
 
+/// A launcher running with elevated privileges reads no environment (credentials, cache) and
+/// writes no file of its own: it does not fetch images.
+pub fn refuse_if_elevated(ctx: &Context) -> Result<()> {
+    if ctx.elevated {
+        return Err(Failure::new(
+            Code::Refused,
+            "a privileged launcher does not fetch images: `thaw pull` it, then run the file",
+        ));
+    }
+    Ok(())
+}
+
+/// The manifest digest a reference pins (`...@sha256:HEX`), if it does.
+pub fn pinned_digest(reference: &str) -> Option<String> {
+    parse_reference(reference)?.digest().map(str::to_string)
+}
+
 /// Whether `arg` names an image in a registry rather than a file: `HOST[:PORT]/NAME[:TAG]`
 /// where HOST has a dot or a port or is `localhost`, and no file of that name exists.
 pub fn is_reference(arg: &str) -> bool {
@@ -65,12 +82,7 @@ pub fn is_reference(arg: &str) -> bool {
 
 impl Remote {
     pub fn new(reference: &str, ctx: &Context) -> Result<Remote> {
-        if ctx.elevated {
-            return Err(Failure::new(
-                Code::Refused,
-                "a privileged launcher does not fetch images: `thaw pull` it, then run the file",
-            ));
-        }
+        refuse_if_elevated(ctx)?;
         let parsed = parse_reference(reference).ok_or_else(|| {
             Failure::new(
                 Code::Usage,
