@@ -4,10 +4,9 @@
 //! already in the launcher's cache and with an empty cache (everything the process needs
 //! fetched during the restore). Skipped, and said so, where `docker-registry` is missing.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -68,25 +67,12 @@ fn start_registry(dir: &Path) -> Option<(Registry, String)> {
 /// One restore of `image` (a file or a reference) with the cache `cache`, until the restored
 /// process's first byte of output.
 fn restore_once(thaw: &Path, image: &str, trust: &Path, cache: &Path) -> Duration {
-    let t = Instant::now();
-    let mut child = thaw_benches::command(thaw)
-        .env("THAW_CACHE_DIR", cache)
+    let mut c = thaw_benches::command(thaw);
+    c.env("THAW_CACHE_DIR", cache)
         .args(["run", "--trust"])
         .arg(trust)
-        .arg(image)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut byte = [0u8; 1];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut byte)
-        .unwrap();
-    let elapsed = t.elapsed();
-    assert!(child.wait().unwrap().success());
-    elapsed
+        .arg(image);
+    thaw_benches::until_first_byte(c)
 }
 
 fn private_dir(path: PathBuf) -> PathBuf {
@@ -118,14 +104,22 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     assert!(st.success());
     let reference = format!("{addr}/bench/app:64m");
-    let st = thaw_benches::command(&thaw)
+    let o = thaw_benches::command(&thaw)
         .arg("push")
         .arg(&image)
         .arg(&reference)
-        .stdout(Stdio::null())
-        .status()
+        .output()
         .unwrap();
-    assert!(st.success(), "thaw push failed");
+    assert!(o.status.success(), "thaw push failed");
+    // "REF: pushed sha256:HEX: ..." names the manifest: by digest, a cached image needs no request.
+    let digest = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("sha256:")
+                .map(|h| h.trim_end_matches(':').to_string())
+        })
+        .expect("the manifest digest");
+    let pinned = format!("{addr}/bench/app@sha256:{digest}");
     let file = image.to_str().unwrap().to_string();
 
     let mut g = c.benchmark_group("registry");
@@ -147,23 +141,6 @@ fn bench(c: &mut Criterion) {
                 .sum()
         })
     });
-    // By digest, a cached image needs no request.
-    let pinned = {
-        let o = thaw_benches::command(&thaw)
-            .arg("push")
-            .arg(&image)
-            .arg(&reference)
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let digest = out
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("sha256:"))
-            .expect("the manifest digest")
-            .trim_end_matches(':')
-            .to_string();
-        format!("{addr}/bench/app@sha256:{digest}")
-    };
     g.bench_function("reference_by_digest_in_cache", |b| {
         b.iter_custom(|n| {
             (0..n)

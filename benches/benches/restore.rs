@@ -3,10 +3,9 @@
 //! 1, 64 and 512 MiB of heap, beside fork+exec of a trivial binary (/bin/true) in the same run.
 //! As root, also in the PID namespace mode (`_ns`), to compare with the host mode.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -34,26 +33,13 @@ fn mode() -> &'static str {
 /// One restore, until the restored process's first byte of output; `eager` reads all memory
 /// before the process runs (the default fills large anonymous mappings lazily where permitted).
 fn restore_once(thaw: &Path, image: &Path, trust: &Path, mode: &str, eager: bool) -> Duration {
-    let t = Instant::now();
-    let mut child = thaw_benches::command(thaw)
-        .args(["run", "--pid-mode", mode])
+    let mut c = thaw_benches::command(thaw);
+    c.args(["run", "--pid-mode", mode])
         .args(eager.then_some("--eager"))
         .arg("--trust")
         .arg(trust)
-        .arg(image)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut byte = [0u8; 1];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut byte)
-        .unwrap();
-    let elapsed = t.elapsed();
-    assert!(child.wait().unwrap().success());
-    elapsed
+        .arg(image);
+    thaw_benches::until_first_byte(c)
 }
 
 /// A signed image of `bench-app` holding `mib` MiB of heap and `threads` threads.

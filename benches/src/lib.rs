@@ -21,6 +21,24 @@ pub fn command(program: impl AsRef<Path>) -> Command {
     c
 }
 
+/// Runs `c` (stdout piped) until its first byte of output; returns that time, after checking
+/// that it then exits successfully.
+pub fn until_first_byte(mut c: Command) -> Duration {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = c.stdout(Stdio::piped()).spawn().unwrap();
+    let mut byte = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut byte)
+        .unwrap();
+    let elapsed = t.elapsed();
+    assert!(child.wait().unwrap().success(), "{c:?} failed");
+    elapsed
+}
+
 /// Spawns `c` with its stdout and stderr piped; returns the time until its first stdout line, that
 /// line, the rest of its stdout and the child, for the caller to drain and reap.
 pub fn until_first_line(mut c: Command) -> (Duration, String, BufReader<ChildStdout>, Child) {
