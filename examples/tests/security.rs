@@ -309,6 +309,17 @@ fn setcap_launcher_restores_threads_without_its_capability() {
         "{}",
         text(&o)
     );
+    // Nor does it fetch images from a registry (it reads no credentials or cache of the caller's).
+    let o = as_user(command(&lab.capped), A, A)
+        .args(["run", "127.0.0.1:1/team/app:v1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not fetch images"),
+        "{}",
+        text(&o)
+    );
     // The privileged launcher ignores --trust and the environment: an image signed by a key that is
     // only in THAW_TRUST_DIR is refused.
     let stranger = lab.env.path("stranger");
