@@ -206,15 +206,12 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
             }
             Ok(())
         };
-        let status = status
-            .as_ref()
-            .map_err(|_| ())
-            .and_then(|_| complete().map_err(drop));
+        let keep = status.is_ok() && complete().is_ok();
         if args.timing || ctx.env("THAW_TIMING").is_some() {
             let mib = s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0;
             eprintln!("thaw: timing: {mib:.1} MiB fetched from the registry");
         }
-        if status.is_ok() {
+        if keep {
             s.persist()?;
         }
     }

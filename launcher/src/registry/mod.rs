@@ -220,11 +220,14 @@ impl Remote {
     /// The reference's manifest, checked to be a thaw image's, and its digest.
     pub fn manifest(&self) -> Result<(artifact::Manifest, String)> {
         let r = &self.reference;
-        let (bytes, digest) = self.retry("fetching the manifest from", || {
+        let (bytes, _) = self.retry("fetching the manifest from", || {
             self.client
                 .pull_manifest_raw(r, &self.auth, &[artifact::MANIFEST_TYPE])
         })?;
-        if artifact::sha256(&bytes) != digest && r.digest().is_some() {
+        // The digest is the bytes' own, never the one the registry states; a reference by digest
+        // must get exactly that manifest.
+        let digest = artifact::sha256(&bytes);
+        if r.digest().is_some_and(|pinned| pinned != digest) {
             return Err(Failure::new(
                 Code::Corrupt,
                 format!("{}: the manifest does not match its digest", self.name()),

@@ -481,7 +481,7 @@ pub struct Server<'a> {
     replayed: std::collections::HashSet<Touch>,
     /// Chunks verified ahead by another thread.
     ahead: Option<&'a super::ahead::Ahead<'a>>,
-    /// Where chunks not yet in the image file come from.
+    /// Where chunks not yet in the image file come from (the verifier's source too).
     fetch: Option<&'a dyn Fetch>,
 }
 
@@ -493,7 +493,6 @@ impl<'a> Server<'a> {
         replay: &'a [Touch],
         record: bool,
         ahead: Option<&'a super::ahead::Ahead<'a>>,
-        fetch: Option<&'a dyn Fetch>,
     ) -> Server<'a> {
         let m = image.manifest();
         let mut by_addr = Vec::new();
@@ -529,7 +528,7 @@ impl<'a> Server<'a> {
                 Default::default()
             },
             ahead,
-            fetch,
+            fetch: ahead.and_then(|a| a.fetch()),
         }
     }
 

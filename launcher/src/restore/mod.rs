@@ -862,15 +862,8 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         let ws = &req.working_set;
         let server = sock.zip(handover).map(|(sock, handover)| {
             scope.spawn(move || {
-                let fetch = ahead.fetch();
-                lazy::Server::new(
-                    image,
-                    &ws.replay,
-                    ws.record_to.is_some(),
-                    Some(ahead),
-                    fetch,
-                )
-                .run(sock, handover, child)
+                lazy::Server::new(image, &ws.replay, ws.record_to.is_some(), Some(ahead))
+                    .run(sock, handover, child)
             })
         });
         sys::forward_signals(child, &FORWARDED)
