@@ -109,6 +109,11 @@ fn thaw(args: &[&str]) -> std::process::Output {
     command(&bin("thaw")).args(args).output().unwrap()
 }
 
+/// `thaw pull --trust TRUST REFERENCE DEST`.
+fn pull(trust: &str, reference: &str, dest: &str) -> std::process::Output {
+    thaw(&["pull", "--trust", trust, reference, dest])
+}
+
 fn memory_image(env: &Env, data: &Path) -> PathBuf {
     env.checkpoint("zdtm-memory", "m.thaw", &[data.to_str().unwrap()])
 }
@@ -158,7 +163,7 @@ fn push_pull_and_run_by_reference() {
     // Pulled, it is the same file, verified.
     let pulled = env.path("pulled.thaw");
     let trust = env.pubkey.to_str().unwrap();
-    let o = thaw(&["pull", "--trust", trust, &r1, pulled.to_str().unwrap()]);
+    let o = pull(trust, &r1, pulled.to_str().unwrap());
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         std::fs::read(&pulled).unwrap(),
@@ -192,30 +197,22 @@ fn push_pull_and_run_by_reference() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let copy = env.path("copy.thaw");
-    let o = thaw(&[
-        "pull",
-        "--trust",
+    let o = pull(
         trust,
         &reg.reference("other/copy:1"),
         copy.to_str().unwrap(),
-    ]);
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&img).unwrap());
 
     // Missing tag, unreachable registry: one line each, their own codes.
-    let o = thaw(&[
-        "pull",
-        "--trust",
-        trust,
-        &reg.reference("team/app:nope"),
-        "x.thaw",
-    ]);
+    let o = pull(trust, &reg.reference("team/app:nope"), "x.thaw");
     assert_eq!(o.status.code(), Some(REGISTRY), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such image or tag"));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("{}/team/app:v1", closed.local_addr().unwrap());
     drop(closed);
-    let o = thaw(&["pull", "--trust", trust, &dead, "x.thaw"]);
+    let o = pull(trust, &dead, "x.thaw");
     assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"));
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
@@ -277,13 +274,11 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = env.path("reordered.thaw");
-    let o = thaw(&[
-        "pull",
-        "--trust",
+    let o = pull(
         trust,
         &reg.reference("team/app:reordered"),
         out.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not match its digest"));
     assert!(!out.exists());
@@ -294,7 +289,7 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
     bytes[1000] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();
     let out = env.path("tampered.thaw");
-    let o = thaw(&["pull", "--trust", trust, &r, out.to_str().unwrap()]);
+    let o = pull(trust, &r, out.to_str().unwrap());
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
     assert!(!out.exists());
     let o = env.restore(Path::new(&r), &[], &[]);
