@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::exit::Result;
 use crate::privilege::Context;
+use crate::restore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,5 +70,17 @@ pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
         Command::Bench(a) => bench::run(a),
         Command::Push(a) => push::run(a, ctx),
         Command::Pull(a) => pull::run(a, ctx),
+    }
+}
+
+/// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a
+/// privileged launcher, which reads no environment).
+pub(crate) fn cache_dir(ctx: &Context) -> Option<PathBuf> {
+    if let Some(d) = ctx.env("THAW_CACHE_DIR") {
+        return Some(d.into());
+    }
+    match ctx.env("XDG_CACHE_HOME") {
+        Some(x) => restore::working_set::own_dir(x.as_ref(), &["thaw"]),
+        None => restore::working_set::own_dir(ctx.env("HOME")?.as_ref(), &[".cache", "thaw"]),
     }
 }

@@ -27,7 +27,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         PathBuf::from(format!("{last}.thaw"))
     });
     let name = remote.name();
-    let got = registry::fetch(remote, &dest, &trust)?;
+    let got = registry::fetch(remote, &dest, &trust, super::cache_dir(ctx).as_deref())?;
     println!(
         "{}: {} ({}), {} blobs, {} bytes, verified",
         name,

@@ -8,12 +8,18 @@ use thaw::image::ImageFile;
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
 use crate::registry::{artifact, Progress, Remote};
+use crate::restore::working_set;
 
 /// Publish an image to an OCI registry (REF like 127.0.0.1:5000/team/app:v3). Blobs the
 /// repository has already are not uploaded again. The image is checked first: every payload
 /// chunk must match its digest
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Payload bytes per blob at most (K, M suffixes; default 512K). Smaller blobs make a
+    /// rebuilt image share more with the one before (32K: a rebuilt CPython + pandas image
+    /// uploads 7 % of its bytes, against 22 %); larger ones take fewer requests to fetch.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    blob_size: Option<u64>,
     image: PathBuf,
     reference: String,
 }
@@ -40,24 +46,48 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let mut sent = remote.put_blob(&config, empty)?;
     let head_d = artifact::Descriptor::of(artifact::HEAD_TYPE, &head);
     sent += remote.put_blob(&head_d, &head)?;
-    let mut total = config.size + head.len() as u64;
-    let groups = artifact::groups(h);
-    let progress = Progress::new("pushing", groups.len());
-    let mut layers = Vec::with_capacity(groups.len());
-    for (i, (off, len)) in groups.into_iter().enumerate() {
-        let bytes = read(h.payload_off + off, len)?;
-        let d = artifact::Descriptor::of(artifact::CHUNKS_TYPE, &bytes);
-        sent += remote.put_blob(&d, &bytes)?;
-        total += len;
-        layers.push(d);
-        progress.show(i + 1);
-    }
+    let blobs = artifact::blobs(
+        h,
+        image.manifest(),
+        args.blob_size.unwrap_or(artifact::BLOB_BYTES),
+    );
+    let total = config.size + head.len() as u64 + h.payload_len;
+    let progress = Progress::new("pushing", h.payload_len);
+    let (layers, payload_sent) = remote.put_blobs(
+        blobs
+            .into_iter()
+            .map(|(off, len)| read(h.payload_off + off, len)),
+        artifact::CHUNKS_TYPE,
+        &progress,
+    )?;
     progress.done();
-    let blobs = layers.len() + 1;
-    let digest = remote.put_manifest(&artifact::manifest(head_d, layers))?;
+    sent += payload_sent;
+    // The working set the pusher's restores recorded travels with the image: a restore on
+    // another machine fetches and fills in that order from its first start.
+    let working_set = super::cache_dir(ctx)
+        .and_then(|c| working_set::recorded(&c, &image.content_digest()))
+        .map(|ws| -> Result<_> {
+            let d = artifact::Descriptor::of(artifact::WORKING_SET_TYPE, &ws);
+            sent += remote.put_blob(&d, &ws)?;
+            Ok(d)
+        })
+        .transpose()?;
+    let blobs = layers.len() + 1 + usize::from(working_set.is_some());
+    let digest = remote.put_manifest(&artifact::manifest(head_d, layers, working_set))?;
     println!(
         "{}: pushed {digest}: {blobs} blobs, {sent} of {total} bytes uploaded",
         remote.name()
     );
     Ok(())
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    crate::registry::cache::limit(Some(s))
+        .map_err(|_| format!("{s}: not a size (bytes, or with K, M or G)"))
+        .and_then(|n| {
+            (4096..=64 << 20)
+                .contains(&n)
+                .then_some(n)
+                .ok_or_else(|| format!("{s}: blobs hold 4K to 64M"))
+        })
 }

@@ -8,8 +8,9 @@ use thaw::image::ImageFile;
 use super::TrustArgs;
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
-use crate::registry;
-use crate::restore::{self, PidMode, Request};
+use super::cache_dir;
+use crate::registry::{self, cache, cache::Cache};
+use crate::restore::{self, working_set, PidMode, Request};
 use crate::sys;
 
 /// Restore a process from a signed image, with its original PID and memory layout. The launcher
@@ -72,10 +73,10 @@ pub struct Args {
 
 pub fn run(mut args: Args, ctx: &Context) -> Result {
     // An image in a registry: the file in the cache, or one being fetched into it.
-    let mut sparse = None;
+    let (mut sparse, mut cached) = (None, None);
     if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
-        let (path, fetching) = from_registry(r, ctx)?;
-        (args.image, sparse) = (path, fetching);
+        let (cache, path, fetching) = from_registry(r, ctx)?;
+        (args.image, sparse, cached) = (path, fetching, Some(cache));
     }
     let named = |e: thaw::image::ImageError| match &sparse {
         Some(s) => s.named(e),
@@ -124,10 +125,18 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     } else {
         restore::lazy::Uffd::probe(pid_mode == PidMode::Ns)
     };
+    // A working set that came with the image from the registry is the first record of it here.
+    if let (Some(s), Some(c)) = (&sparse, cache_dir(ctx)) {
+        if let Some(ws) = &s.working_set {
+            let h = image.header();
+            let cs = u64::from(h.chunk_size);
+            working_set::install(&c, &image.content_digest(), ws, h.chunk_count(), cs);
+        }
+    }
     let working_set = match &lazy {
         Some(_) if !args.no_working_set => {
             let h = image.header();
-            restore::working_set::WorkingSet::load(
+            working_set::WorkingSet::load(
                 cache_dir(ctx).as_deref(),
                 image.content_digest(),
                 h.chunk_count(),
@@ -142,10 +151,20 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     // lazily); the rest when it is first needed, by the memory server or the thread verifying
     // ahead, just before it is read and verified.
     if let Some(s) = &sparse {
+        let t = std::time::Instant::now();
         if lazy.is_some() {
             s.fetch_chunks(wanted)?;
         } else {
             s.fetch_all("fetching")?;
+        }
+        if args.timing || ctx.env("THAW_TIMING").is_some() {
+            eprintln!(
+                "thaw: timing: up front: {} blobs, {:.1} MiB fetched in {:.1} ms (from the start: {:.1} ms)",
+                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
+                s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0,
+                t.elapsed().as_secs_f64() * 1e3,
+                started.elapsed().as_secs_f64() * 1e3,
+            );
         }
     }
     let payload = if private {
@@ -168,9 +187,22 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     // while it runs.
     let fetch = sparse.as_ref().map(|s| s as &dyn restore::lazy::Fetch);
     let ahead = restore::ahead::Ahead::new(&image, &working_set.replay, fetch);
+    // From a registry, one thread fetches for the whole restore: what the process and the
+    // verifier need first, the working set in its order in between.
+    let prefetch: Vec<u64> = working_set
+        .replay
+        .iter()
+        .filter_map(|t| match *t {
+            working_set::Touch::Chunk(c) => Some(c),
+            working_set::Touch::Zero(_) => None,
+        })
+        .collect();
     let status = std::thread::scope(|scope| {
         if !ahead.is_empty() {
             scope.spawn(|| ahead.run());
+        }
+        if let Some(s) = &sparse {
+            scope.spawn(|| s.serve(&prefetch));
         }
         let listeners = given_listeners(&args.listen_fds, ctx)?;
         pause_for_tests(ctx)?;
@@ -193,12 +225,15 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
             &ahead,
         );
         ahead.stop();
+        if let Some(s) = &sparse {
+            s.stop();
+        }
         status
     });
     // After a restore that succeeded, what the process did not need is fetched too (it ended
     // before its memory was complete), every chunk verified, and the file kept in the cache: the
     // next start reads nothing from the network. Otherwise the file is removed.
-    if let Some(s) = sparse {
+    if let (Some(s), Some(cache)) = (sparse, &cached) {
         let complete = || -> Result {
             if !s.complete() {
                 s.fetch_all("completing the cached image")?;
@@ -211,20 +246,30 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
             let mib = s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0;
             eprintln!("thaw: timing: {mib:.1} MiB fetched from the registry");
         }
+        let dest = s.dest().to_owned();
         if keep {
             s.persist()?;
         }
+        cache.trim(&dest);
+    } else if let Some(c) = &cached {
+        c.used(&args.image);
     }
     std::process::exit(status?);
 }
 
-/// The image `reference` names, in the caller's cache (images/, by manifest digest): the file
-/// there, or one being fetched into it (with its head only, so far). A tag is looked up every
-/// time; a reference by digest whose image is cached needs no request.
-fn from_registry(reference: &str, ctx: &Context) -> Result<(PathBuf, Option<registry::Sparse>)> {
+/// The image `reference` names, in the caller's cache (see `registry::cache`): the file there,
+/// or one being fetched into it (with its head only, so far). A tag is looked up every time; a
+/// reference by digest whose image is cached needs no request.
+fn from_registry(
+    reference: &str,
+    ctx: &Context,
+) -> Result<(Cache, PathBuf, Option<registry::Sparse>)> {
     registry::refuse_if_elevated(ctx)?;
-    let dir = cache_dir(ctx)
-        .and_then(|c| restore::working_set::own_dir(&c, &["images"]))
+    let limit = ctx.env("THAW_CACHE_MAX").map(|v| v.to_string_lossy().into_owned());
+    let limit = cache::limit(limit.as_deref()).map_err(|e| Failure::new(Code::Usage, e))?;
+    let cache = cache_dir(ctx)
+        .and_then(|c| working_set::own_dir(&c, &["images"]))
+        .map(|d| Cache::new(d).bounded(limit))
         .ok_or_else(|| {
             Failure::new(
                 Code::Refused,
@@ -233,35 +278,22 @@ fn from_registry(reference: &str, ctx: &Context) -> Result<(PathBuf, Option<regi
                 ),
             )
         })?;
-    let cached = |digest: &str| dir.join(format!("{}.thaw", digest.replace(':', "-")));
     // A reference by digest names one manifest for good: when its image is in the cache, the
     // registry is not asked anything (a cached file is verified like any other).
     if let Some(path) = registry::pinned_digest(reference)
-        .map(|d| cached(&d))
+        .map(|d| cache.image(&d))
         .filter(|p| p.exists())
     {
-        return Ok((path, None));
+        return Ok((cache, path, None));
     }
     let remote = registry::Remote::new(reference, ctx)?;
     let (m, digest) = remote.manifest()?;
-    let path = cached(&digest);
+    let path = cache.image(&digest);
     if path.exists() {
-        return Ok((path, None));
+        return Ok((cache, path, None));
     }
-    let sparse = registry::Sparse::create(remote, &m, &path)?;
-    Ok((sparse.path().to_owned(), Some(sparse)))
-}
-
-/// The caller's cache: $THAW_CACHE_DIR, else $XDG_CACHE_HOME/thaw, else ~/.cache/thaw (none for a
-/// privileged launcher, which reads no environment).
-fn cache_dir(ctx: &Context) -> Option<PathBuf> {
-    if let Some(d) = ctx.env("THAW_CACHE_DIR") {
-        return Some(d.into());
-    }
-    match ctx.env("XDG_CACHE_HOME") {
-        Some(x) => restore::working_set::own_dir(x.as_ref(), &["thaw"]),
-        None => restore::working_set::own_dir(ctx.env("HOME")?.as_ref(), &[".cache", "thaw"]),
-    }
+    let sparse = registry::Sparse::create(remote, &m, &path, Some(cache.clone()))?;
+    Ok((cache, sparse.path().to_owned(), Some(sparse)))
 }
 
 /// The listening sockets the caller hands in: `--listen-fd` numbers and systemd's LISTEN_FDS

@@ -8,12 +8,13 @@
 //! these commands, never on the restore path of a local file.
 
 pub mod artifact;
+pub mod cache;
 mod sparse;
 
 pub use sparse::Sparse;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oci_client::errors::OciDistributionError;
@@ -186,20 +187,61 @@ impl Remote {
 
     /// Uploads a blob unless the repository has it; the bytes sent (0 when it had it).
     pub fn put_blob(&self, d: &Descriptor, bytes: &[u8]) -> Result<u64> {
+        self.runtime.block_on(self.upload(d, bytes))
+    }
+
+    /// Uploads every blob `blobs` yields that the repository lacks, [`PARALLEL`] at a time;
+    /// their descriptors in order and the bytes sent. `progress` is told of each.
+    pub fn put_blobs(
+        &self,
+        blobs: impl Iterator<Item = Result<Vec<u8>>>,
+        media_type: &str,
+        progress: &Progress,
+    ) -> Result<(Vec<Descriptor>, u64)> {
+        use futures_util::StreamExt;
         let r = &self.reference;
         self.runtime.block_on(
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &self.auth),
         );
-        if self.retry("checking a blob in", || {
-            self.client.blob_exists(r, &d.digest)
-        })? {
+        let results: Vec<Result<(Descriptor, u64)>> = self.runtime.block_on(
+            futures_util::stream::iter(blobs)
+                .map(|bytes| async move {
+                    let bytes = bytes?;
+                    let d = Descriptor::of(media_type, &bytes);
+                    let sent = self.upload(&d, &bytes).await?;
+                    progress.add(d.size);
+                    Ok((d, sent))
+                })
+                .buffered(PARALLEL)
+                .collect(),
+        );
+        let mut sent = 0;
+        let mut ds = Vec::with_capacity(results.len());
+        for r in results {
+            let (d, s) = r?;
+            sent += s;
+            ds.push(d);
+        }
+        Ok((ds, sent))
+    }
+
+    async fn upload(&self, d: &Descriptor, bytes: &[u8]) -> Result<u64> {
+        let r = &self.reference;
+        self.client
+            .store_auth_if_needed(r.resolve_registry(), &self.auth)
+            .await;
+        if self
+            .retrying("checking a blob in", || self.client.blob_exists(r, &d.digest))
+            .await?
+        {
             return Ok(0);
         }
         let data = bytes::Bytes::copy_from_slice(bytes);
-        self.retry("uploading a blob to", || {
+        self.retrying("uploading a blob to", || {
             self.client.push_blob(r, data.clone(), &d.digest)
-        })?;
+        })
+        .await?;
         Ok(d.size)
     }
 
@@ -238,11 +280,6 @@ impl Remote {
         Ok((m, digest))
     }
 
-    /// Blob `d`'s bytes (checked against its digest by the client, and its size here).
-    pub fn blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        self.runtime.block_on(self.fetch_blob(d))
-    }
-
     /// The bytes of every blob of `ds`, in order, fetched [`PARALLEL`] at a time.
     pub fn blobs(&self, ds: &[&Descriptor]) -> Vec<Result<Vec<u8>>> {
         use futures_util::StreamExt;
@@ -254,7 +291,7 @@ impl Remote {
         )
     }
 
-    async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+    pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let r = &self.reference;
         let desc = oci_client::manifest::OciDescriptor {
             media_type: d.media_type.clone(),
@@ -336,15 +373,30 @@ pub struct Fetched {
 
 /// Fetches the image `remote` names into `dest`, written beside it under a temporary name and
 /// renamed into place only once its signature (against `trust`) and every chunk are verified.
-pub fn fetch(remote: Remote, dest: &Path, trust: &thaw_signing::TrustStore) -> Result<Fetched> {
+/// Blobs the images cached in `cache` (the caller's thaw cache) hold are read from there, and the
+/// working set that came with the image is kept there.
+pub fn fetch(
+    remote: Remote,
+    dest: &Path,
+    trust: &thaw_signing::TrustStore,
+    cache: Option<&Path>,
+) -> Result<Fetched> {
     let (m, digest) = remote.manifest()?;
     let blobs = m.layers.len();
-    let sparse = Sparse::create(remote, &m, dest)?;
+    let images = cache
+        .and_then(|c| crate::restore::working_set::own_dir(c, &["images"]))
+        .map(cache::Cache::new);
+    let sparse = Sparse::create(remote, &m, dest, images)?;
     sparse.fetch_all("pulling")?;
     let image = thaw::image::ImageFile::open(sparse.path())
         .and_then(|f| f.verify(trust))
         .map_err(|e| sparse.named(e))?;
     image.verify_payload().map_err(|e| sparse.named(e))?;
+    if let (Some(c), Some(ws)) = (cache, &sparse.working_set) {
+        let h = image.header();
+        let cs = u64::from(h.chunk_size);
+        crate::restore::working_set::install(c, &image.content_digest(), ws, h.chunk_count(), cs);
+    }
     let bytes = sparse.bytes.load(Ordering::Relaxed);
     sparse.persist()?;
     Ok(Fetched {
@@ -354,31 +406,49 @@ pub fn fetch(remote: Remote, dest: &Path, trust: &thaw_signing::TrustStore) -> R
     })
 }
 
-/// `what: i/n blobs` on standard error while it is a terminal.
+/// `what: X of Y MiB` on standard error, at most ten times a second, while it is a terminal.
 pub struct Progress {
     what: &'static str,
-    total: usize,
-    shown: bool,
+    total: u64,
+    done: AtomicU64,
+    shown: Option<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl Progress {
-    pub fn new(what: &'static str, total: usize) -> Progress {
+    pub fn new(what: &'static str, total: u64) -> Progress {
         use std::io::IsTerminal;
         Progress {
             what,
             total,
-            shown: std::io::stderr().is_terminal(),
+            done: AtomicU64::new(0),
+            shown: std::io::stderr()
+                .is_terminal()
+                .then(|| std::sync::Mutex::new(std::time::Instant::now())),
         }
     }
 
-    pub fn show(&self, done: usize) {
-        if self.shown {
-            eprint!("\r{}: {done}/{} blobs", self.what, self.total);
+    /// `bytes` more are done.
+    pub fn add(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let Some(last) = &self.shown else {
+            return;
+        };
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if done == self.total || last.elapsed() >= Duration::from_millis(100) {
+            *last = std::time::Instant::now();
+            let mib = |b: u64| b as f64 / 1048576.0;
+            let pct = (done * 100).checked_div(self.total).unwrap_or(100);
+            eprint!(
+                "\r{}: {:.1} of {:.1} MiB ({pct}%)\x1b[K",
+                self.what,
+                mib(done),
+                mib(self.total)
+            );
         }
     }
 
     pub fn done(&self) {
-        if self.shown {
+        if self.shown.is_some() && self.done.load(Ordering::Relaxed) > 0 {
             eprintln!();
         }
     }

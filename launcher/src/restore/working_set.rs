@@ -77,6 +77,24 @@ impl WorkingSet {
     }
 }
 
+/// The record of the image with `digest` in `cache`, as stored (for `thaw push`).
+pub fn recorded(cache: &Path, digest: &Digest) -> Option<Vec<u8>> {
+    std::fs::read(cache.join("working-sets").join(digest.to_string())).ok()
+}
+
+/// Keeps `bytes` (a record that came with the image, from its pusher) as the record of the image
+/// with `digest` in `cache`, unless there is one already or `bytes` is not a record for this
+/// image. Best effort, like [`WorkingSet::save`].
+pub fn install(cache: &Path, digest: &Digest, bytes: &[u8], chunks: u64, chunk_size: u64) {
+    let Some(dir) = own_dir(cache, &["working-sets"]) else {
+        return;
+    };
+    let path = dir.join(digest.to_string());
+    if !path.exists() && decode(bytes, digest, chunks, chunk_size).is_some() {
+        let _ = write_atomically(&path, bytes);
+    }
+}
+
 fn encode(digest: &Digest, touches: &[Touch]) -> Vec<u8> {
     let touches = &touches[..touches.len().min(MAX_TOUCHES)];
     let mut out = Vec::with_capacity(48 + touches.len() * 8);
