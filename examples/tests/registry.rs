@@ -129,6 +129,244 @@ fn cached_images(dir: &Path) -> Vec<PathBuf> {
     })
 }
 
+/// Spawns `c` (a `thaw run`) with THAW_TEST_PAUSE_AFTER_VERIFY and returns once it waits there,
+/// with the FIFO's write end: a line lets it go on.
+fn spawn_paused(env: &Env, mut c: Command) -> (Child, std::fs::File) {
+    let fifo = env.path("pause");
+    if !fifo.exists() {
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let mut child = c
+        .env("THAW_TEST_PAUSE_AFTER_VERIFY", &fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The launcher is at the pause once it has the FIFO open for reading (opening it for
+    // writing without blocking fails until then).
+    let mut tries = 0;
+    loop {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => return (child, f),
+            Err(_) => {
+                if let Some(st) = child.try_wait().unwrap() {
+                    panic!(
+                        "the launcher ended before its pause: {st}: {}",
+                        text(&child.wait_with_output().unwrap())
+                    );
+                }
+                tries += 1;
+                assert!(tries < 3000, "the launcher never reached its pause");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// `thaw push [--blob-size SIZE] IMAGE REF`: (bytes uploaded, bytes of the image's artifact).
+fn push(image: &Path, reference: &str, blob_size: Option<&str>) -> (u64, u64) {
+    let mut args = vec!["push"];
+    if let Some(b) = blob_size {
+        args.extend(["--blob-size", b]);
+    }
+    args.extend([image.to_str().unwrap(), reference]);
+    let o = thaw(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "of").unwrap();
+    (
+        words[at - 1].parse().unwrap(),
+        words[at + 1].parse().unwrap(),
+    )
+}
+
+/// From `thaw run --timing` output: bytes fetched from the registry.
+fn fetched(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("fetched from the registry"))
+        .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
+    let after = line.split_once('(').unwrap().1;
+    after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
+    let reg = Registry::start(false);
+    let env = Env::new();
+    // Two builds of one program without address randomisation: the same memory, but for what
+    // differs between two runs (their PIDs, their clocks).
+    let build = |name: &str| {
+        let img = env.path(name);
+        let o = Command::new("setarch")
+            .arg("-R")
+            .arg(bin("bench-app"))
+            .arg("image")
+            .arg(&img)
+            .arg("16")
+            .arg(&env.key)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        img
+    };
+    let (a, b) = (build("a.thaw"), build("b.thaw"));
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (r1, r2) = (reg.reference("team/app:1"), reg.reference("team/app:2"));
+    push(&a, &r1, Some("32K"));
+    let (sent, total) = push(&b, &r2, Some("32K"));
+    // Exactly the blobs of the second that the repository lacked, each once.
+    let digests = |tag: &str| -> Vec<(String, u64)> {
+        let m = reg.manifest(tag);
+        std::iter::once(&m["config"])
+            .chain(m["layers"].as_array().unwrap())
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap().to_string(),
+                    l["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let mut have: std::collections::HashSet<String> =
+        digests("team/app:1").into_iter().map(|d| d.0).collect();
+    let new: u64 = digests("team/app:2")
+        .into_iter()
+        .filter(|(d, _)| have.insert(d.clone()))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(sent, new);
+    assert!(
+        sent > 0 && sent * 10 < total,
+        "{sent} of {total} bytes sent"
+    );
+
+    // With the first in the cache, restoring the second fetches only what it does not share.
+    let o = env.restore(Path::new(&r1), &["--timing"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(fetched(&String::from_utf8_lossy(&o.stderr)) >= total - sent);
+    let o = env.restore(Path::new(&r2), &["--timing"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = fetched(&String::from_utf8_lossy(&o.stderr));
+    assert!(got <= sent, "{got} bytes fetched, {sent} new");
+    assert_eq!(cached_images(&env.path("cache/images")).len(), 2);
+    let pulled = env.path("b-pulled.thaw");
+    let o = pull(env.pubkey.to_str().unwrap(), &r2, pulled.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn launchers_share_the_cache_concurrently_and_a_dead_one_leaves_nothing_behind() {
+    if !is_root() {
+        return;
+    }
+    let reg = Registry::start(false);
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let r = reg.reference("team/app:v1");
+    push(&img, &r, None);
+    let images = env.path("cache/images");
+    let partial = || -> Vec<PathBuf> {
+        std::fs::read_dir(&images).map_or(Vec::new(), |d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(".thaw-pull-")
+                })
+                .collect()
+        })
+    };
+
+    // Two launchers fetch the same image into one empty cache at once (each in its own PID
+    // namespace: one image, two instances): both restore it, one file is kept.
+    let spawn = || {
+        env.restore_cmd(Path::new(&r), &["--pid-mode", "ns"], &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (one, two) = (spawn(), spawn());
+    for c in [one, two] {
+        assert_all_ok(&c.wait_with_output().unwrap(), &MEMORY_CHECKS);
+    }
+    let cached = cached_images(&images);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    assert!(partial().is_empty(), "{:?}", partial());
+
+    // A launcher killed while fetching leaves its partial file; the next one removes it.
+    std::fs::remove_file(&cached[0]).unwrap();
+    let c = env.restore_cmd(Path::new(&r), &["--pid-mode", "ns"], &[]);
+    let (mut child, pause) = spawn_paused(&env, c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pause);
+    assert_eq!(partial().len(), 1);
+    assert!(cached_images(&images).is_empty());
+    assert_all_ok(
+        &env.restore(Path::new(&r), &["--pid-mode", "ns"], &[]),
+        &MEMORY_CHECKS,
+    );
+    assert!(partial().is_empty(), "{:?}", partial());
+    assert_eq!(cached_images(&images).len(), 1);
+
+    // Bounded: with room for one image, fetching another removes the one used least recently.
+    let other = env.checkpoint(
+        "zdtm-memory",
+        "other.thaw",
+        &[scratch.path().join("other.dat").to_str().unwrap()],
+    );
+    let r2 = reg.reference("team/other:v1");
+    push(&other, &r2, None);
+    let o = env
+        .restore_cmd(Path::new(&r2), &["--pid-mode", "ns"], &[])
+        .env("THAW_CACHE_MAX", "1")
+        .output()
+        .unwrap();
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let cached = cached_images(&images);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&other).unwrap()
+    );
+    let indexes = std::fs::read_dir(&images)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "blobs")
+        })
+        .count();
+    assert_eq!(indexes, 1, "the removed image's index went with it");
+    let o = env
+        .restore_cmd(Path::new(&r2), &[], &[])
+        .env("THAW_CACHE_MAX", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+}
+
 #[test]
 fn push_pull_and_run_by_reference() {
     let reg = Registry::start(false);
@@ -191,11 +429,7 @@ fn push_pull_and_run_by_reference() {
     assert_eq!(cached_images(&images).len(), 1);
     let o = env.restore(Path::new(&reg.reference("team/app:v2")), &[], &[]);
     assert_all_ok(&o, &MEMORY_CHECKS);
-    assert_eq!(
-        cached_images(&images).len(),
-        1,
-        "same image: same file"
-    );
+    assert_eq!(cached_images(&images).len(), 1, "same image: same file");
 
     // skopeo copies the artifact to another repository; thaw pulls the copy.
     let o = Command::new("skopeo")
@@ -356,48 +590,12 @@ fn a_lazy_restore_by_reference_fetches_on_first_touch_and_dies_with_the_registry
 
     // The registry dies after what is read up front was fetched, before the process runs: the
     // first chunk it touches cannot be fetched, and it is killed, never left on missing memory.
-    let fifo = env.path("pause");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
-    let mut c = env.restore_cmd(
+    let c = env.restore_cmd(
         Path::new(&r),
         &["--pid-mode", "host", "--no-working-set"],
         &[],
     );
-    let child = c
-        .env("THAW_TEST_PAUSE_AFTER_VERIFY", &fifo)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The launcher is at the pause once it has the FIFO open for reading (opening it for
-    // writing without blocking fails until then).
-    let mut child = child;
-    let mut tries = 0;
-    let mut pause = loop {
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-        {
-            Ok(f) => break f,
-            Err(_) => {
-                if let Some(st) = child.try_wait().unwrap() {
-                    panic!(
-                        "the launcher ended before its pause: {st}: {}",
-                        text(&child.wait_with_output().unwrap())
-                    );
-                }
-                tries += 1;
-                assert!(tries < 3000, "the launcher never reached its pause");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-    };
+    let (child, mut pause) = spawn_paused(&env, c);
     let mut reg = reg;
     let _ = reg.child.kill();
     let _ = reg.child.wait();
@@ -415,10 +613,7 @@ fn a_lazy_restore_by_reference_fetches_on_first_touch_and_dies_with_the_registry
         "{}",
         text(&o)
     );
-    assert_eq!(
-        cached_images(&env.path("cache/images")).len(),
-        0
-    );
+    assert_eq!(cached_images(&env.path("cache/images")).len(), 0);
 }
 
 #[test]

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use thaw::image::ImageFile;
 
+use super::cache_dir;
 use super::TrustArgs;
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
-use super::cache_dir;
 use crate::registry::{self, cache, cache::Cache};
 use crate::restore::{self, working_set, PidMode, Request};
 use crate::sys;
@@ -243,8 +243,12 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
         };
         let keep = status.is_ok() && complete().is_ok();
         if args.timing || ctx.env("THAW_TIMING").is_some() {
-            let mib = s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0;
-            eprintln!("thaw: timing: {mib:.1} MiB fetched from the registry");
+            let bytes = s.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            let blobs = s.fetched.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry",
+                bytes as f64 / 1048576.0
+            );
         }
         let dest = s.dest().to_owned();
         if keep {
@@ -265,7 +269,9 @@ fn from_registry(
     ctx: &Context,
 ) -> Result<(Cache, PathBuf, Option<registry::Sparse>)> {
     registry::refuse_if_elevated(ctx)?;
-    let limit = ctx.env("THAW_CACHE_MAX").map(|v| v.to_string_lossy().into_owned());
+    let limit = ctx
+        .env("THAW_CACHE_MAX")
+        .map(|v| v.to_string_lossy().into_owned());
     let limit = cache::limit(limit.as_deref()).map_err(|e| Failure::new(Code::Usage, e))?;
     let cache = cache_dir(ctx)
         .and_then(|c| working_set::own_dir(&c, &["images"]))

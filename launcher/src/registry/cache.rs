@@ -82,7 +82,9 @@ impl Cache {
     /// Records which blob is where in the cached image `image` (best effort: without it, the
     /// image is only not shared).
     pub fn index<'a>(&self, image: &Path, blobs: impl Iterator<Item = (&'a Descriptor, u64)>) {
-        let text: String = blobs.map(|(d, at)| format!("{} {at}\n", d.digest)).collect();
+        let text: String = blobs
+            .map(|(d, at)| format!("{} {at}\n", d.digest))
+            .collect();
         let _ = write_atomically(&Self::index_of(image), text.as_bytes());
     }
 
@@ -203,7 +205,10 @@ mod tests {
             let f = std::fs::File::options().write(true).open(&p).unwrap();
             f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age))
                 .unwrap();
-            c.index(&p, std::iter::once((&Descriptor::of("x", n.as_bytes()), 4096)));
+            c.index(
+                &p,
+                std::iter::once((&Descriptor::of("x", n.as_bytes()), 4096)),
+            );
             p
         };
         let (old, mid, new) = (img("a", 300), img("b", 200), img("c", 100));

@@ -204,12 +204,23 @@ impl Remote {
             self.client
                 .store_auth_if_needed(r.resolve_registry(), &self.auth),
         );
+        // A blob that appears twice in the image (zero-filled memory) is sent once.
+        let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
+        let claimed = &claimed;
         let results: Vec<Result<(Descriptor, u64)>> = self.runtime.block_on(
             futures_util::stream::iter(blobs)
                 .map(|bytes| async move {
                     let bytes = bytes?;
                     let d = Descriptor::of(media_type, &bytes);
-                    let sent = self.upload(&d, &bytes).await?;
+                    let first = claimed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(d.digest.clone());
+                    let sent = if first {
+                        self.upload(&d, &bytes).await?
+                    } else {
+                        0
+                    };
                     progress.add(d.size);
                     Ok((d, sent))
                 })
@@ -232,7 +243,9 @@ impl Remote {
             .store_auth_if_needed(r.resolve_registry(), &self.auth)
             .await;
         if self
-            .retrying("checking a blob in", || self.client.blob_exists(r, &d.digest))
+            .retrying("checking a blob in", || {
+                self.client.blob_exists(r, &d.digest)
+            })
             .await?
         {
             return Ok(0);

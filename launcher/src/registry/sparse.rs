@@ -8,8 +8,8 @@
 //! thread needs a blob that is missing drives the client until its blobs are in, fetching what
 //! others asked for too, or waits while another drives. During a restore [`Sparse::serve`]
 //! drives for the whole run: what the memory server and the verifier ask for first, and the
-//! working set in its order in between. A blob another cached image holds is read from there
-//! (and checked against its digest) instead of the network.
+//! working set in its order in between. A blob another cached image holds, or that this image
+//! holds twice, is read from there (and checked against its digest) instead of the network.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -54,6 +54,8 @@ pub struct Sparse {
     dest: PathBuf,
     /// Blobs other cached images hold: digest → (file, offset).
     local: HashMap<String, (PathBuf, u64)>,
+    /// The first blob of this image with each digest (zero-filled memory repeats).
+    first: HashMap<String, usize>,
     /// The working set the pusher recorded, if the artifact has one (unchecked).
     pub working_set: Option<Vec<u8>>,
     /// The cache `dest` is in, if it is.
@@ -124,6 +126,12 @@ impl Sparse {
                 stop: false,
             }),
             local: local.as_ref().map(|c| c.blobs()).unwrap_or_default(),
+            first: layers
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, l)| (l.digest.clone(), i))
+                .collect(),
             cache: local.filter(|c| c.holds(dest)),
             working_set,
             layers,
@@ -302,9 +310,21 @@ impl Sparse {
     /// else from the registry.
     async fn get(&self, b: usize) -> (usize, Result<Vec<u8>>) {
         let d = &self.layers[b];
-        if let Some((file, off)) = self.local.get(&d.digest) {
+        let twin = self
+            .first
+            .get(&d.digest)
+            .copied()
+            .filter(|&t| t != b && self.queue().state[t] == PRESENT);
+        let copy = match twin {
+            Some(t) => Some((None, self.header.payload_off + self.offsets[t])),
+            None => self.local.get(&d.digest).map(|(f, off)| (Some(f), *off)),
+        };
+        if let Some((file, off)) = copy {
             let mut buf = vec![0u8; d.size as usize];
-            let read = std::fs::File::open(file).and_then(|f| f.read_exact_at(&mut buf, *off));
+            let read = match file {
+                Some(f) => std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, off)),
+                None => self.tmp.as_file().read_exact_at(&mut buf, off),
+            };
             if read.is_ok() && artifact::sha256(&buf) == d.digest {
                 return (b, Ok(buf));
             }
@@ -347,7 +367,10 @@ impl Sparse {
         let cs = u64::from(self.header.chunk_size);
         let start = chunk * cs;
         let end = (start + cs).min(self.header.payload_len);
-        let first = self.offsets.partition_point(|&o| o <= start).saturating_sub(1);
+        let first = self
+            .offsets
+            .partition_point(|&o| o <= start)
+            .saturating_sub(1);
         let last = self.offsets.partition_point(|&o| o < end);
         first..last.max(first)
     }
