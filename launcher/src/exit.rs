@@ -33,6 +33,26 @@ pub enum Code {
     Registry = 76,
 }
 
+impl Code {
+    /// The code with this number, if it is one.
+    pub fn from_u8(n: u8) -> Option<Code> {
+        [
+            Code::Usage,
+            Code::Corrupt,
+            Code::Signature,
+            Code::Refused,
+            Code::RestoreFailed,
+            Code::CommandFailed,
+            Code::Internal,
+            Code::Io,
+            Code::BelowGate,
+            Code::Registry,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == n)
+    }
+}
+
 /// A failure with its exit code and a one-line message.
 #[derive(Debug)]
 pub struct Failure {

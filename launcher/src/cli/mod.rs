@@ -44,7 +44,7 @@ enum Command {
 }
 
 /// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrustArgs {
     /// Trust this public key (PEM) in addition to $THAW_TRUST_DIR, ~/.config/thaw/trusted/ and
     /// /etc/thaw/trusted/. Ignored when the launcher runs with elevated privileges.

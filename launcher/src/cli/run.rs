@@ -15,7 +15,7 @@ use crate::sys;
 
 /// Restore a process from a signed image, with its original PID and memory layout. The launcher
 /// exits with the restored process's exit status (128+N if a signal N ended it).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     trust: TrustArgs,
@@ -71,12 +71,22 @@ pub struct Args {
     args: Vec<OsString>,
 }
 
-pub fn run(mut args: Args, ctx: &Context) -> Result {
+pub fn run(args: Args, ctx: &Context) -> Result {
+    // A tag whose image is cached: that image is verified while the registry is asked what the
+    // tag names now. Should it name another, everything starts over without the guess.
+    let again = args.clone();
+    restore(args, ctx, true)?;
+    restore(again, ctx, false)
+}
+
+/// Restores and exits with the process's status; returns only when the tag `args` names has
+/// moved since it was guessed (never with `guess` false).
+fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
     // An image in a registry: the file in the cache, or one being fetched into it.
-    let (mut sparse, mut cached) = (None, None);
+    let (mut sparse, mut cached, mut lookup) = (None, None, None);
     if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
-        let (cache, path, fetching) = from_registry(r, ctx)?;
-        (args.image, sparse, cached) = (path, fetching, Some(cache));
+        let (cache, path, fetching, asked) = from_registry(r, ctx, guess)?;
+        (args.image, sparse, cached, lookup) = (path, fetching, Some(cache), asked);
     }
     let named = |e: thaw::image::ImageError| match &sparse {
         Some(s) => s.named(e),
@@ -197,6 +207,21 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
             working_set::Touch::Zero(_) => None,
         })
         .collect();
+    // The registry's answer about a guessed tag, before the process exists.
+    if let (Some((asked, reference, guessed)), Some(cache)) = (lookup, &cached) {
+        let waited = std::time::Instant::now();
+        let digest = asked.digest()?;
+        if args.timing || ctx.env("THAW_TIMING").is_some() {
+            eprintln!(
+                "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
+                waited.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        if digest != guessed {
+            cache.remember(&reference, &digest);
+            return Ok(());
+        }
+    }
     let status = std::thread::scope(|scope| {
         if !ahead.is_empty() {
             scope.spawn(|| ahead.run());
@@ -261,13 +286,20 @@ pub fn run(mut args: Args, ctx: &Context) -> Result {
     std::process::exit(status?);
 }
 
+/// What a reference resolved to: the cache, the image file there (or the one being fetched into
+/// it), and for a guessed tag the registry's answer on its way, with the reference and the guess.
+type Resolved = (
+    Cache,
+    PathBuf,
+    Option<registry::Sparse>,
+    Option<(registry::Lookup, String, String)>,
+);
+
 /// The image `reference` names, in the caller's cache (see `registry::cache`): the file there,
-/// or one being fetched into it (with its head only, so far). A tag is looked up every time; a
-/// reference by digest whose image is cached needs no request.
-fn from_registry(
-    reference: &str,
-    ctx: &Context,
-) -> Result<(Cache, PathBuf, Option<registry::Sparse>)> {
+/// or one being fetched into it (with its head only, so far). A tag is looked up every time
+/// (with `guess`, while the image it named last time is verified); a reference by digest whose
+/// image is cached needs no request.
+fn from_registry(reference: &str, ctx: &Context, guess: bool) -> Result<Resolved> {
     registry::refuse_if_elevated(ctx)?;
     let limit = ctx
         .env("THAW_CACHE_MAX")
@@ -286,20 +318,36 @@ fn from_registry(
         })?;
     // A reference by digest names one manifest for good: when its image is in the cache, the
     // registry is not asked anything (a cached file is verified like any other).
-    if let Some(path) = registry::pinned_digest(reference)
-        .map(|d| cache.image(&d))
+    let pinned = registry::pinned_digest(reference);
+    if let Some(path) = pinned
+        .as_ref()
+        .map(|d| cache.image(d))
         .filter(|p| p.exists())
     {
-        return Ok((cache, path, None));
+        return Ok((cache, path, None, None));
+    }
+    if let Some(last) = cache
+        .last_named(reference)
+        .filter(|_| guess && pinned.is_none())
+    {
+        let asked = registry::Lookup::start(reference, ctx)?;
+        let path = cache.image(&last);
+        return Ok((
+            cache,
+            path,
+            None,
+            Some((asked, reference.to_string(), last)),
+        ));
     }
     let remote = registry::Remote::new(reference, ctx)?;
     let (m, digest) = remote.manifest()?;
+    cache.remember(reference, &digest);
     let path = cache.image(&digest);
     if path.exists() {
-        return Ok((cache, path, None));
+        return Ok((cache, path, None, None));
     }
     let sparse = registry::Sparse::create(remote, &m, &path, Some(cache.clone()))?;
-    Ok((cache, sparse.path().to_owned(), Some(sparse)))
+    Ok((cache, sparse.path().to_owned(), Some(sparse), None))
 }
 
 /// The listening sockets the caller hands in: `--listen-fd` numbers and systemd's LISTEN_FDS

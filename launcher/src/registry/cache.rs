@@ -16,7 +16,7 @@
 //!   open: nothing running is affected.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::artifact::Descriptor;
@@ -50,6 +50,36 @@ impl Cache {
     /// Where the image with manifest digest `digest` is kept.
     pub fn image(&self, digest: &str) -> PathBuf {
         self.dir.join(format!("{}.thaw", digest.replace(':', "-")))
+    }
+
+    /// The digest `reference` (a tag) named the last time it was looked up here, if its image
+    /// is still cached: only a guess of which image to verify while the registry is asked.
+    pub fn last_named(&self, reference: &str) -> Option<String> {
+        let d = std::fs::read_to_string(self.tag_file(reference)).ok()?;
+        let hex = d.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| d.clone())
+            .filter(|d| self.image(d).exists())
+    }
+
+    /// Notes that `reference` names `digest` now (best effort).
+    pub fn remember(&self, reference: &str, digest: &str) {
+        let f = self.tag_file(reference);
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                });
+        }
+        let _ = write_atomically(&f, digest.as_bytes());
+    }
+
+    fn tag_file(&self, reference: &str) -> PathBuf {
+        let name = super::artifact::sha256(reference.as_bytes());
+        self.dir.join("tags").join(&name[7..])
     }
 
     /// Whether `path` is a file of this cache.
