@@ -1,8 +1,10 @@
 //! Restoring by reference from an OCI registry (Debian's `docker-registry`, started here on
 //! 127.0.0.1) against restoring the same image from its file, in one run: time from starting
-//! `thaw run` to the restored process's first output byte, for a 64 MiB heap, with the image
-//! already in the launcher's cache and with an empty cache (everything the process needs
-//! fetched during the restore). Skipped, and said so, where `docker-registry` is missing.
+//! `thaw run` to the restored process's first output byte (its answer), for a 64 MiB heap and
+//! for the CPython + pandas example, with the image already in the launcher's cache (by tag and
+//! by digest) and on a machine that has nothing (empty cache: everything the process needs is
+//! fetched during the restore, in the order of the working set that came with the image).
+//! Skipped, and said so, where `docker-registry` (or pandas) is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,13 +68,36 @@ fn start_registry(dir: &Path) -> Option<(Registry, String)> {
 
 /// One restore of `image` (a file or a reference) with the cache `cache`, until the restored
 /// process's first byte of output.
-fn restore_once(thaw: &Path, image: &str, trust: &Path, cache: &Path) -> Duration {
+fn restore_once(thaw: &Path, image: &str, trust: &Path, cache: &Path, args: &[&str]) -> Duration {
     let mut c = thaw_benches::command(thaw);
     c.env("THAW_CACHE_DIR", cache)
         .args(["run", "--trust"])
         .arg(trust)
-        .arg(image);
+        .arg(image)
+        .arg("--")
+        .args(args);
     thaw_benches::until_first_byte(c)
+}
+
+/// `thaw push IMAGE REFERENCE` with `cache` (whose working set for the image goes with it); the
+/// manifest digest.
+fn push(thaw: &Path, image: &Path, reference: &str, cache: &Path) -> String {
+    let o = thaw_benches::command(thaw)
+        .env("THAW_CACHE_DIR", cache)
+        .arg("push")
+        .arg(image)
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "thaw push failed");
+    // "REF: pushed sha256:HEX: ..." names the manifest.
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("sha256:")
+                .map(|h| h.trim_end_matches(':').to_string())
+        })
+        .expect("the manifest digest")
 }
 
 fn private_dir(path: PathBuf) -> PathBuf {
@@ -80,6 +105,68 @@ fn private_dir(path: PathBuf) -> PathBuf {
     std::fs::create_dir_all(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     path
+}
+
+/// The variants for one image: from its file, by tag and by digest with the image cached, and
+/// by tag on a machine with nothing cached.
+#[allow(clippy::too_many_arguments)]
+fn variants(
+    c: &mut Criterion,
+    name: &str,
+    thaw: &Path,
+    dir: &Path,
+    addr: &str,
+    image: &Path,
+    trust: &Path,
+    args: &[&str],
+) {
+    let file = image.to_str().unwrap().to_string();
+    let reference = format!("{addr}/bench/{name}:v1");
+    let home = private_dir(dir.join(format!("cache-{name}-file")));
+    // The image's first restores record its working set, which the push takes along.
+    for _ in 0..3 {
+        restore_once(thaw, &file, trust, &home, args);
+    }
+    let digest = push(thaw, image, &reference, &home);
+    let pinned = format!("{addr}/bench/{name}@sha256:{digest}");
+    let mut g = c.benchmark_group(format!("registry_{name}"));
+    g.sample_size(10);
+    g.bench_function("file", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| restore_once(thaw, &file, trust, &home, args))
+                .sum()
+        })
+    });
+    let warm = private_dir(dir.join(format!("cache-{name}-warm")));
+    g.bench_function("reference_image_in_cache", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| restore_once(thaw, &reference, trust, &warm, args))
+                .sum()
+        })
+    });
+    g.bench_function("reference_by_digest_in_cache", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| restore_once(thaw, &pinned, trust, &warm, args))
+                .sum()
+        })
+    });
+    let empty = private_dir(dir.join(format!("cache-{name}-empty")));
+    g.bench_function("reference_empty_cache", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    // Nothing on this machine: no image, no working set of its own.
+                    let _ = std::fs::remove_dir_all(&empty);
+                    private_dir(empty.clone());
+                    restore_once(thaw, &reference, trust, &empty, args)
+                })
+                .sum()
+        })
+    });
+    g.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -103,63 +190,32 @@ fn bench(c: &mut Criterion) {
         .status()
         .unwrap();
     assert!(st.success());
-    let reference = format!("{addr}/bench/app:64m");
-    let o = thaw_benches::command(&thaw)
-        .arg("push")
-        .arg(&image)
-        .arg(&reference)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "thaw push failed");
-    // "REF: pushed sha256:HEX: ..." names the manifest: by digest, a cached image needs no request.
-    let digest = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .find_map(|w| {
-            w.strip_prefix("sha256:")
-                .map(|h| h.trim_end_matches(':').to_string())
-        })
-        .expect("the manifest digest");
-    let pinned = format!("{addr}/bench/app@sha256:{digest}");
-    let file = image.to_str().unwrap().to_string();
+    variants(c, "heap64m", &thaw, dir.path(), &addr, &image, &trust, &[]);
 
-    let mut g = c.benchmark_group("registry");
-    g.sample_size(10);
-    // Each variant has its own cache (working sets are recorded by the first restore).
-    let cache = private_dir(dir.path().join("cache-file"));
-    g.bench_function("file", |b| {
-        b.iter_custom(|n| {
-            (0..n)
-                .map(|_| restore_once(&thaw, &file, &trust, &cache))
-                .sum()
-        })
-    });
-    let cache = private_dir(dir.path().join("cache-warm"));
-    g.bench_function("reference_image_in_cache", |b| {
-        b.iter_custom(|n| {
-            (0..n)
-                .map(|_| restore_once(&thaw, &reference, &trust, &cache))
-                .sum()
-        })
-    });
-    g.bench_function("reference_by_digest_in_cache", |b| {
-        b.iter_custom(|n| {
-            (0..n)
-                .map(|_| restore_once(&thaw, &pinned, &trust, &cache))
-                .sum()
-        })
-    });
-    let cache = private_dir(dir.path().join("cache-empty"));
-    g.bench_function("reference_empty_cache", |b| {
-        b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let _ = std::fs::remove_dir_all(cache.join("images"));
-                    restore_once(&thaw, &reference, &trust, &cache)
-                })
-                .sum()
-        })
-    });
-    g.finish();
+    let pandas = dir.path().join("pandas.thaw");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py");
+    let st = thaw_benches::command("/usr/bin/python3")
+        .env("THAW_LIB", thaw.with_file_name("libthaw.so"))
+        .arg(&script)
+        .arg(&pandas)
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status();
+    if !st.is_ok_and(|s| s.success()) {
+        eprintln!("registry: the CPython + pandas example did not checkpoint (python3-pandas missing?): skipped");
+        return;
+    }
+    variants(
+        c,
+        "pandas",
+        &thaw,
+        dir.path(),
+        &addr,
+        &pandas,
+        &trust,
+        &["Oslo"],
+    );
 }
 
 criterion_group!(benches, bench);

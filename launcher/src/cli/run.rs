@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use thaw::image::ImageFile;
 
@@ -170,8 +171,8 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         if args.timing || ctx.env("THAW_TIMING").is_some() {
             eprintln!(
                 "thaw: timing: up front: {} blobs, {:.1} MiB fetched in {:.1} ms (from the start: {:.1} ms)",
-                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
-                s.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0,
+                s.fetched.load(Ordering::Relaxed),
+                s.bytes.load(Ordering::Relaxed) as f64 / 1048576.0,
                 t.elapsed().as_secs_f64() * 1e3,
                 started.elapsed().as_secs_f64() * 1e3,
             );
@@ -255,6 +256,7 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         }
         status
     });
+    let while_running = sparse.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed));
     // After a restore that succeeded, what the process did not need is fetched too (it ended
     // before its memory was complete), every chunk verified, and the file kept in the cache: the
     // next start reads nothing from the network. Otherwise the file is removed.
@@ -268,11 +270,13 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         };
         let keep = status.is_ok() && complete().is_ok();
         if args.timing || ctx.env("THAW_TIMING").is_some() {
-            let bytes = s.bytes.load(std::sync::atomic::Ordering::Relaxed);
-            let blobs = s.fetched.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = s.bytes.load(Ordering::Relaxed);
+            let blobs = s.fetched.load(Ordering::Relaxed);
+            let mib = |b: u64| b as f64 / 1048576.0;
             eprintln!(
-                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry",
-                bytes as f64 / 1048576.0
+                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry, {:.1} MiB of it before the process ended",
+                mib(bytes),
+                mib(while_running)
             );
         }
         let dest = s.dest().to_owned();
