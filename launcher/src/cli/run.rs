@@ -256,7 +256,9 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         }
         status
     });
-    let while_running = sparse.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+    let while_running = sparse
+        .as_ref()
+        .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
     // After a restore that succeeded, what the process did not need is fetched too (it ended
     // before its memory was complete), every chunk verified, and the file kept in the cache: the
     // next start reads nothing from the network. Otherwise the file is removed.

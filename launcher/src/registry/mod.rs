@@ -312,6 +312,67 @@ impl Remote {
         )
     }
 
+    /// `len` bytes of blob `d` from `offset` (an HTTP range request), or the whole blob (checked
+    /// against its digest) where the registry answers with it: (whole, bytes). The bytes of a
+    /// part are checked later, against the signed chunk digests, like every byte of an image.
+    pub(super) async fn fetch_range(
+        &self,
+        d: &Descriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<(bool, Vec<u8>)> {
+        use futures_util::StreamExt;
+        let r = &self.reference;
+        let desc = oci_client::manifest::OciDescriptor {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size as i64,
+            ..Default::default()
+        };
+        let (whole, bytes) = self
+            .retrying("fetching part of a blob from", || async {
+                let (whole, mut s) = match self
+                    .client
+                    .pull_blob_stream_partial(r, &desc, offset, Some(len))
+                    .await?
+                {
+                    oci_client::client::BlobResponse::Full(s) => (true, s),
+                    oci_client::client::BlobResponse::Partial(s) => (false, s),
+                };
+                let mut out = Vec::with_capacity(if whole { d.size } else { len } as usize);
+                while let Some(b) = s.stream.next().await {
+                    out.extend_from_slice(&b.map_err(OciDistributionError::IoError)?);
+                }
+                Ok((whole, out))
+            })
+            .await?;
+        let bad = || {
+            Failure::new(
+                Code::Corrupt,
+                format!(
+                    "{}: blob {} does not match its digest",
+                    self.name(),
+                    d.digest
+                ),
+            )
+        };
+        if whole && (bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest) {
+            return Err(bad());
+        }
+        if !whole && bytes.len() as u64 != len {
+            return Err(Failure::new(
+                Code::Corrupt,
+                format!(
+                    "{}: the registry sent {} bytes of blob {} where {len} were asked for",
+                    self.name(),
+                    bytes.len(),
+                    d.digest
+                ),
+            ));
+        }
+        Ok((whole, bytes))
+    }
+
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let r = &self.reference;
         let desc = oci_client::manifest::OciDescriptor {

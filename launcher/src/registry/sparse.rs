@@ -4,11 +4,14 @@
 //! it reads and verifies the chunk, exactly as it would from a local file. Only a complete file
 //! takes its final name; an incomplete one is removed.
 //!
-//! Blobs are fetched [`PARALLEL`] at a time by one thread at a time, the driver: whichever
-//! thread needs a blob that is missing drives the client until its blobs are in, fetching what
-//! others asked for too, or waits while another drives. During a restore [`Sparse::serve`]
-//! drives for the whole run: what the memory server and the verifier ask for first, and the
-//! working set in its order in between. A blob another cached image holds, or that this image
+//! What is fetched is a range of a blob: a whole blob, or (an HTTP range request) the part of it
+//! a few chunks need, so that a fault or the memory read up front does not wait for the rest of
+//! a large blob; which pages of the file are in is kept page by page. Ranges are fetched
+//! [`PARALLEL`] at a time by one thread at a time, the driver: whichever thread needs pages that
+//! are missing drives the client until they are in, fetching what others asked for too, or waits
+//! while another drives. During a restore [`Sparse::serve`] drives for the whole run: what the
+//! memory server and the verifier ask for first, and the working set's blobs in its order in
+//! between. A blob another cached image holds, or that this image
 //! holds twice, is read from there (and checked against its digest) instead of the network.
 
 use std::collections::{HashMap, VecDeque};
@@ -26,16 +29,24 @@ use crate::exit::{Code, Failure, Result};
 use crate::restore::lazy::Fetch;
 
 const MISSING: u8 = 0;
-const WANTED: u8 = 1;
-const IN_FLIGHT: u8 = 2;
-const PRESENT: u8 = 3;
+const IN_FLIGHT: u8 = 1;
+const PRESENT: u8 = 2;
+
+/// Payload bytes `start..end` of blob `blob` (page-aligned, inside the blob).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Job {
+    blob: usize,
+    start: u64,
+    end: u64,
+}
 
 struct Queue {
-    state: Vec<u8>,
-    /// Blobs asked for, first come first fetched.
-    urgent: VecDeque<usize>,
-    /// Blobs to fetch when nothing is asked for (the working set), and how far it got.
-    prefetch: Vec<usize>,
+    /// Each payload page: missing, on its way, or in the file.
+    pages: Vec<u8>,
+    /// Ranges asked for, first come first fetched.
+    urgent: VecDeque<Job>,
+    /// Ranges to fetch when nothing is asked for (the working set's blobs), and how far it got.
+    prefetch: Vec<Job>,
     next: usize,
     /// A thread is driving the client.
     driving: bool,
@@ -44,11 +55,18 @@ struct Queue {
     stop: bool,
 }
 
+impl Queue {
+    fn all(&self, pages: std::ops::Range<usize>, state: u8) -> bool {
+        self.pages[pages].iter().all(|&p| p == state)
+    }
+}
+
 pub struct Sparse {
     remote: Remote,
     layers: Vec<Descriptor>,
     /// Payload offset of each blob.
     offsets: Vec<u64>,
+    page: u64,
     header: Header,
     tmp: tempfile::NamedTempFile,
     dest: PathBuf,
@@ -117,7 +135,7 @@ impl Sparse {
             .map_err(|e| io("cannot write", e))?;
         Ok(Sparse {
             queue: Mutex::new(Queue {
-                state: vec![MISSING; layers.len()],
+                pages: vec![MISSING; h.payload_len.div_ceil(u64::from(h.page_size)) as usize],
                 urgent: VecDeque::new(),
                 prefetch: Vec::new(),
                 next: 0,
@@ -136,6 +154,7 @@ impl Sparse {
             working_set,
             layers,
             offsets,
+            page: u64::from(h.page_size),
             header: h,
             tmp,
             dest: dest.to_owned(),
@@ -161,14 +180,26 @@ impl Sparse {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Payload blobs `blobs` are in the file: those missing are fetched, several at once.
-    pub fn fetch_blobs(&self, blobs: &[usize], progress: Option<&Progress>) -> Result<()> {
+    fn pages(&self, start: u64, end: u64) -> std::ops::Range<usize> {
+        (start / self.page) as usize..end.div_ceil(self.page) as usize
+    }
+
+    fn whole(&self, b: usize) -> Job {
+        let start = self.offsets[b];
+        Job {
+            blob: b,
+            start,
+            end: start + self.layers[b].size,
+        }
+    }
+
+    /// The bytes of `jobs` are in the file: those missing are fetched, several at once.
+    fn fetch_jobs(&self, jobs: &[Job], progress: Option<&Progress>) -> Result<()> {
         let mut q = self.queue();
         let mut asked = false;
-        for &b in blobs {
-            if q.state[b] == MISSING {
-                q.state[b] = WANTED;
-                q.urgent.push_back(b);
+        for j in jobs {
+            if !q.all(self.pages(j.start, j.end), PRESENT) {
+                q.urgent.push_back(*j);
                 asked = true;
             }
         }
@@ -179,13 +210,16 @@ impl Sparse {
             if let Some((code, msg)) = &q.failed {
                 return Err(Failure::new(*code, msg));
             }
-            if blobs.iter().all(|&b| q.state[b] == PRESENT) {
+            if jobs
+                .iter()
+                .all(|j| q.all(self.pages(j.start, j.end), PRESENT))
+            {
                 return Ok(());
             }
             if !q.driving {
                 q.driving = true;
                 drop(q);
-                self.drive(Some(blobs), progress);
+                self.drive(Some(jobs), progress);
                 q = self.queue();
                 q.driving = false;
                 self.landed.notify_all();
@@ -195,15 +229,15 @@ impl Sparse {
         }
     }
 
-    /// Drives the client until [`Self::stop`]: blobs asked for first, then those of the chunks
-    /// `order` names, in that order (a restore's working set).
+    /// Drives the client until [`Self::stop`]: ranges asked for first, then the blobs of the
+    /// chunks `order` names, in that order (a restore's working set).
     pub fn serve(&self, order: &[u64]) {
         let mut q = self.queue();
         let mut seen = vec![false; self.layers.len()];
         for &c in order {
             for b in self.blobs_of(c) {
                 if !std::mem::replace(&mut seen[b], true) {
-                    q.prefetch.push(b);
+                    q.prefetch.push(self.whole(b));
                 }
             }
         }
@@ -224,39 +258,68 @@ impl Sparse {
         }
     }
 
-    /// Ends [`Self::serve`] (the blobs it is fetching are dropped, and fetched again if asked).
+    /// Ends [`Self::serve`] (the ranges it is fetching are dropped, and fetched again if asked).
     pub fn stop(&self) {
         self.queue().stop = true;
         self.wake.notify_one();
         self.landed.notify_all();
     }
 
+    /// The next range to fetch: one asked for, else (when `prefetch`) the next of the working
+    /// set; one whose pages are all in or on their way is passed over. Its missing pages are
+    /// marked on their way.
+    fn next_job(&self, q: &mut Queue, prefetch: bool) -> Option<Job> {
+        loop {
+            let j = match q.urgent.pop_front() {
+                Some(j) => j,
+                None if prefetch && q.next < q.prefetch.len() => {
+                    q.next += 1;
+                    q.prefetch[q.next - 1]
+                }
+                None => return None,
+            };
+            let pages = self.pages(j.start, j.end);
+            if q.pages[pages.clone()].contains(&MISSING) {
+                for p in &mut q.pages[pages] {
+                    if *p == MISSING {
+                        *p = IN_FLIGHT;
+                    }
+                }
+                return Some(j);
+            }
+        }
+    }
+
     /// Fetches until `mine` are in (or, for `None`, until stopped), [`PARALLEL`] at a time.
-    fn drive(&self, mine: Option<&[usize]>, progress: Option<&Progress>) {
+    fn drive(&self, mine: Option<&[Job]>, progress: Option<&Progress>) {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut flight = FuturesUnordered::new();
-        let mut flying = Vec::new();
+        let mut flying: Vec<Job> = Vec::new();
         self.remote.runtime.block_on(async {
             loop {
                 {
                     let mut q = self.queue();
                     let done = match mine {
-                        Some(m) => m.iter().all(|&b| q.state[b] == PRESENT),
+                        Some(m) => m.iter().all(|j| q.all(self.pages(j.start, j.end), PRESENT)),
                         None => q.stop,
                     };
                     if done || q.failed.is_some() {
                         break;
                     }
                     while flight.len() < PARALLEL {
-                        let Some(b) = next_job(&mut q, mine.is_none()) else {
+                        let Some(j) = self.next_job(&mut q, mine.is_none()) else {
                             break;
                         };
-                        q.state[b] = IN_FLIGHT;
-                        flying.push(b);
-                        flight.push(self.get(b));
+                        flying.push(j);
+                        flight.push(self.get(j));
                     }
                 }
                 if flight.is_empty() {
+                    if mine.is_some() {
+                        // Nothing left to start and nothing on its way: what is missing was
+                        // asked for by a driver that gave up; asked again by the caller's loop.
+                        break;
+                    }
                     self.wake.notified().await;
                     continue;
                 }
@@ -268,27 +331,28 @@ impl Sparse {
                         futures_util::future::Either::Right(_) => None,
                     }
                 };
-                let Some((b, got)) = landed else {
+                let Some((j, got)) = landed else {
                     continue;
                 };
-                flying.retain(|&x| x != b);
-                let written = got.and_then(|data| {
-                    let at = self.header.payload_off + self.offsets[b];
+                flying.retain(|x| *x != j);
+                let written = got.and_then(|(at, data)| {
                     self.tmp
                         .as_file()
-                        .write_all_at(&data, at)
+                        .write_all_at(&data, self.header.payload_off + at)
                         .map_err(|e| {
                             Failure::new(
                                 Code::Io,
                                 format!("cannot write {}: {e}", self.dest.display()),
                             )
                         })
-                        .map(|()| data.len() as u64)
+                        .map(|()| (at, data.len() as u64))
                 });
                 let mut q = self.queue();
                 match written {
-                    Ok(n) => {
-                        q.state[b] = PRESENT;
+                    Ok((at, n)) => {
+                        for p in &mut q.pages[self.pages(at, at + n)] {
+                            *p = PRESENT;
+                        }
                         if let Some(p) = progress {
                             p.add(n);
                         }
@@ -300,21 +364,25 @@ impl Sparse {
         });
         // What was still on its way is dropped: asked for again first.
         let mut q = self.queue();
-        for b in flying.into_iter().rev() {
-            q.state[b] = WANTED;
-            q.urgent.push_front(b);
+        for j in flying.into_iter().rev() {
+            for p in &mut q.pages[self.pages(j.start, j.end)] {
+                if *p == IN_FLIGHT {
+                    *p = MISSING;
+                }
+            }
+            q.urgent.push_front(j);
         }
     }
 
-    /// Blob `b`'s bytes: from another cached image that holds it (checked against its digest),
-    /// else from the registry.
-    async fn get(&self, b: usize) -> (usize, Result<Vec<u8>>) {
-        let d = &self.layers[b];
-        let twin = self
-            .first
-            .get(&d.digest)
-            .copied()
-            .filter(|&t| t != b && self.queue().state[t] == PRESENT);
+    /// The bytes of `j` and their payload offset: the whole blob from another cached image that
+    /// holds it, or from this image's copy of it (checked against its digest), else the range
+    /// from the registry (or the whole blob, where the registry sends it whole).
+    async fn get(&self, j: Job) -> (Job, Result<(u64, Vec<u8>)>) {
+        let d = &self.layers[j.blob];
+        let twin = self.first.get(&d.digest).copied().filter(|&t| {
+            let w = self.whole(t);
+            t != j.blob && self.queue().all(self.pages(w.start, w.end), PRESENT)
+        });
         let copy = match twin {
             Some(t) => Some((None, self.header.payload_off + self.offsets[t])),
             None => self.local.get(&d.digest).map(|(f, off)| (Some(f), *off)),
@@ -326,47 +394,59 @@ impl Sparse {
                 None => self.tmp.as_file().read_exact_at(&mut buf, off),
             };
             if read.is_ok() && artifact::sha256(&buf) == d.digest {
-                return (b, Ok(buf));
+                return (j, Ok((self.offsets[j.blob], buf)));
             }
         }
-        let got = self.remote.fetch_blob(d).await;
-        if let Ok(data) = &got {
+        let whole = self.whole(j.blob);
+        let got = if j == whole {
+            self.remote.fetch_blob(d).await.map(|b| (j.start, b))
+        } else {
+            let at = j.start - whole.start;
+            self.remote
+                .fetch_range(d, at, j.end - j.start)
+                .await
+                .map(|(all, b)| (if all { whole.start } else { j.start }, b))
+        };
+        if let Ok((_, data)) = &got {
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.fetched.fetch_add(1, Ordering::Relaxed);
         }
-        (b, got)
+        (j, got)
     }
 
     /// Every payload blob (`what: X of Y MiB` on a terminal).
     pub fn fetch_all(&self, what: &'static str) -> Result<()> {
-        let missing: Vec<usize> = {
+        let missing: Vec<Job> = {
             let q = self.queue();
             (0..self.layers.len())
-                .filter(|&b| q.state[b] != PRESENT)
+                .map(|b| self.whole(b))
+                .filter(|w| !q.all(self.pages(w.start, w.end), PRESENT))
                 .collect()
         };
-        let total = missing.iter().map(|&b| self.layers[b].size).sum();
+        let total = missing.iter().map(|j| j.end - j.start).sum();
         let progress = Progress::new(what, total);
-        let r = self.fetch_blobs(&missing, Some(&progress));
+        let r = self.fetch_jobs(&missing, Some(&progress));
         progress.done();
         r
     }
 
-    /// The blobs holding the chunks `wanted` selects.
+    /// The chunks `wanted` selects: of each blob, the range from the first of them to the last.
     pub fn fetch_chunks(&self, wanted: impl Fn(u64) -> bool) -> Result<()> {
-        let mut blobs: Vec<usize> = (0..self.header.chunk_count())
-            .filter(|&c| wanted(c))
-            .flat_map(|c| self.blobs_of(c))
-            .collect();
-        blobs.dedup();
-        self.fetch_blobs(&blobs, None)
+        let mut jobs: Vec<Job> = Vec::new();
+        for c in (0..self.header.chunk_count()).filter(|&c| wanted(c)) {
+            for j in self.parts_of(c) {
+                match jobs.last_mut() {
+                    Some(last) if last.blob == j.blob => last.end = j.end,
+                    _ => jobs.push(j),
+                }
+            }
+        }
+        self.fetch_jobs(&jobs, None)
     }
 
     /// The blobs that hold chunk `chunk`'s bytes.
     fn blobs_of(&self, chunk: u64) -> std::ops::Range<usize> {
-        let cs = u64::from(self.header.chunk_size);
-        let start = chunk * cs;
-        let end = (start + cs).min(self.header.payload_len);
+        let (start, end) = self.chunk_range(chunk);
         let first = self
             .offsets
             .partition_point(|&o| o <= start)
@@ -375,9 +455,30 @@ impl Sparse {
         first..last.max(first)
     }
 
+    fn chunk_range(&self, chunk: u64) -> (u64, u64) {
+        let cs = u64::from(self.header.chunk_size);
+        let start = chunk * cs;
+        (start, (start + cs).min(self.header.payload_len))
+    }
+
+    /// Chunk `chunk`'s bytes, as ranges of the blobs that hold them.
+    fn parts_of(&self, chunk: u64) -> Vec<Job> {
+        let (start, end) = self.chunk_range(chunk);
+        self.blobs_of(chunk)
+            .map(|b| {
+                let w = self.whole(b);
+                Job {
+                    blob: b,
+                    start: start.max(w.start),
+                    end: end.min(w.end),
+                }
+            })
+            .collect()
+    }
+
     /// Whether every blob is in.
     pub fn complete(&self) -> bool {
-        self.queue().state.iter().all(|&s| s == PRESENT)
+        self.queue().pages.iter().all(|&p| p == PRESENT)
     }
 
     /// Gives the file its final name once every blob is in it (flushed first), and tells the
@@ -410,26 +511,13 @@ impl Sparse {
     }
 }
 
-/// The next blob to fetch: one asked for, else (when `prefetch`) the next of the working set.
-fn next_job(q: &mut Queue, prefetch: bool) -> Option<usize> {
-    while let Some(b) = q.urgent.pop_front() {
-        if q.state[b] == WANTED {
-            return Some(b);
-        }
-    }
-    while prefetch && q.next < q.prefetch.len() {
-        let b = q.prefetch[q.next];
-        q.next += 1;
-        if q.state[b] == MISSING {
-            return Some(b);
-        }
-    }
-    None
-}
-
 impl Fetch for Sparse {
-    fn fetch(&self, chunk: u64) -> Result<()> {
-        let blobs: Vec<usize> = self.blobs_of(chunk).collect();
-        self.fetch_blobs(&blobs, None)
+    fn fetch(&self, chunk: u64, whole: bool) -> Result<()> {
+        let jobs: Vec<Job> = if whole {
+            self.blobs_of(chunk).map(|b| self.whole(b)).collect()
+        } else {
+            self.parts_of(chunk)
+        };
+        self.fetch_jobs(&jobs, None)
     }
 }

@@ -103,7 +103,7 @@ impl<'a> Ahead<'a> {
             let go_on = || !self.stop.load(Ordering::Relaxed);
             slots.fill(i, go_on, |buf| {
                 if let Some(f) = self.fetch {
-                    f.fetch(c).ok()?;
+                    f.fetch(c, true).ok()?;
                 }
                 self.image.read_chunk(c, buf).map(|d| d.len()).ok()
             });

@@ -42,10 +42,12 @@ pub const HELPER_NICE: i32 = 5;
 const QUIET: Duration = Duration::from_micros(300);
 
 /// Where chunks come from when the image file is still being fetched (an image restored
-/// straight from a registry, see `registry::Sparse`): `fetch(chunk)` puts the chunk's bytes in
-/// the file before they are read and verified as usual.
+/// straight from a registry, see `registry::Sparse`): `fetch(chunk, whole)` puts the chunk's
+/// bytes in the file before they are read and verified as usual; `whole` asks for the whole
+/// unit the chunk comes in (what filling ahead of the process wants), not only the chunk (what a
+/// waiting fault wants).
 pub trait Fetch: Sync {
-    fn fetch(&self, chunk: u64) -> Result<()>;
+    fn fetch(&self, chunk: u64, whole: bool) -> Result<()>;
 }
 
 /// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
@@ -658,7 +660,7 @@ impl<'a> Server<'a> {
             });
             match next {
                 Some((space, chunk)) => {
-                    self.copy_verified(space, &mut st.stats, chunk, &mut buf)?;
+                    self.copy_verified(space, &mut st.stats, chunk, &mut buf, true)?;
                 }
                 // Nothing left to fill anywhere, whatever the counts say: done (never spin).
                 None => st.spaces.iter_mut().for_each(|sp| sp.left = 0),
@@ -668,13 +670,15 @@ impl<'a> Server<'a> {
     }
 
     /// Copies chunk `chunk` into `space` ([`copy_chunk`]) from its verified bytes: verified
-    /// ahead (whose buffer is then reused), or read and verified now into `buf`.
+    /// ahead (whose buffer is then reused), or read and verified now into `buf` (fetched, where
+    /// it must be, alone for a fault and with its whole unit `ahead_of_faults`).
     fn copy_verified(
         &self,
         space: &mut Space,
         stats: &mut Stats,
         chunk: u64,
         buf: &mut [u8],
+        ahead_of_faults: bool,
     ) -> Result<bool> {
         let ahead = self.ahead.and_then(|a| {
             a.with(chunk, |data| {
@@ -684,16 +688,16 @@ impl<'a> Server<'a> {
         match ahead {
             Some(copied) => copied,
             None => {
-                let data = self.verified_chunk(chunk, buf)?;
+                let data = self.verified_chunk(chunk, buf, ahead_of_faults)?;
                 copy_chunk(&self.index, space, stats, chunk, data)
             }
         }
     }
 
     /// Chunk `chunk`'s bytes, read and verified now into `buf`.
-    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+    fn verified_chunk<'b>(&self, chunk: u64, buf: &'b mut [u8], whole: bool) -> Result<&'b [u8]> {
         if let Some(f) = self.fetch {
-            f.fetch(chunk).map_err(|f| {
+            f.fetch(chunk, whole).map_err(|f| {
                 Failure::new(
                     f.code,
                     format!("{}; the restored process was killed", f.message),
@@ -833,7 +837,7 @@ impl<'a> Server<'a> {
         // memory goes next.
         let next_word = ((chunk + 1) * self.index.chunk_size / PAGE / 64) as usize;
         space.cursor = next_word.min(space.pending.len().saturating_sub(1));
-        let complete = self.copy_verified(space, &mut st.stats, chunk, buf)?;
+        let complete = self.copy_verified(space, &mut st.stats, chunk, buf, false)?;
         if !complete && space.is_pending(p) {
             space.retry.push(page);
         } else if !space.dead {
@@ -880,7 +884,7 @@ impl Server<'_> {
                         }
                         continue;
                     }
-                    self.copy_verified(space, &mut st.stats, c, buf)?;
+                    self.copy_verified(space, &mut st.stats, c, buf, true)?;
                     true
                 }
                 Touch::Zero(block) => self.zero_block(space, block),
