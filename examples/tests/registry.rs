@@ -368,6 +368,27 @@ fn launchers_share_the_cache_concurrently_and_a_dead_one_leaves_nothing_behind()
 }
 
 #[test]
+fn an_unprivileged_user_runs_an_image_by_reference() {
+    if !is_root() {
+        return;
+    }
+    let reg = Registry::start(false);
+    let env = Env::for_nobody();
+    let img = memory_image(&env, &env.path("mapped.dat"));
+    let r = reg.reference("team/app:v1");
+    push(&img, &r, None);
+    // As nobody: its own cache, its own PID namespace, memory read up front or lazily as the
+    // launcher can; the same image either way.
+    for _ in 0..2 {
+        let o = env.restore(Path::new(&r), &["--timing"], &[]);
+        assert_all_ok(&o, &MEMORY_CHECKS);
+    }
+    let cached = cached_images(&env.path("cache/images"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(std::fs::read(&cached[0]).unwrap(), std::fs::read(&img).unwrap());
+}
+
+#[test]
 fn push_pull_and_run_by_reference() {
     let reg = Registry::start(false);
     let env = Env::new();
