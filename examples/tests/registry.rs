@@ -264,6 +264,17 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
     let o = pull(env.pubkey.to_str().unwrap(), &r2, pulled.to_str().unwrap());
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(&b).unwrap());
+
+    // The tag moves to another program's image: the next run by tag, whose guess (the image the
+    // tag named before) is cached and verified, learns it from the registry and restores the
+    // new one.
+    let scratch = tempfile::tempdir().unwrap();
+    let other = memory_image(&env, &scratch.path().join("mapped.dat"));
+    push(&other, &r1, Some("32K"));
+    let o = env.restore(Path::new(&r1), &[], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let o = env.restore(Path::new(&r1), &[], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
 }
 
 #[test]
@@ -385,7 +396,10 @@ fn an_unprivileged_user_runs_an_image_by_reference() {
     }
     let cached = cached_images(&env.path("cache/images"));
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(std::fs::read(&cached[0]).unwrap(), std::fs::read(&img).unwrap());
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
 }
 
 #[test]

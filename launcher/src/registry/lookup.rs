@@ -5,8 +5,11 @@
 //! its descriptor table and clones itself later, both slower with threads sharing its tables),
 //! and the child's client, runtime and connections vanish with it. The answer decides before the
 //! process exists: the same digest, and the verified cached image is restored; another, and the
-//! launcher starts over with the image the registry names now. The cached name is only a guess
-//! of which image to verify first, never trusted for anything.
+//! launcher starts over with the image the registry names now (fetching and checking that
+//! manifest itself). The cached name is only a guess of which image to verify first, and the
+//! registry's stated digest only says whether it still holds: a registry that lies about it
+//! gets an image the tag named before, signed and verified like any other — what it could get
+//! by serving the old manifest anyway.
 
 use std::io::{Read, Write};
 
@@ -37,9 +40,7 @@ impl Lookup {
             0 => {
                 drop(read);
                 let answer = if sys::die_with_parent(parent) {
-                    Remote::new(reference, ctx)
-                        .and_then(|r| r.manifest())
-                        .map(|(_, digest)| digest)
+                    Remote::new(reference, ctx).and_then(|r| r.manifest_digest())
                 } else {
                     Err(Failure::new(Code::Internal, "the launcher is gone"))
                 };

@@ -280,6 +280,16 @@ impl Remote {
         Ok(digest)
     }
 
+    /// The digest of the manifest the reference names, as the registry states it (a `HEAD`
+    /// request: no manifest to transfer and parse). Only good for telling whether a tag still
+    /// names a manifest already fetched and checked, never for trusting a manifest.
+    pub fn manifest_digest(&self) -> Result<String> {
+        let r = &self.reference;
+        self.retry("looking up", || {
+            self.client.fetch_manifest_digest(r, &self.auth)
+        })
+    }
+
     /// The reference's manifest, checked to be a thaw image's, and its digest.
     pub fn manifest(&self) -> Result<(artifact::Manifest, String)> {
         let r = &self.reference;
