@@ -331,7 +331,6 @@ impl Remote {
         offset: u64,
         len: u64,
     ) -> Result<(bool, Vec<u8>)> {
-        use futures_util::StreamExt;
         let r = &self.reference;
         let desc = oci_client::manifest::OciDescriptor {
             media_type: d.media_type.clone(),
@@ -341,7 +340,7 @@ impl Remote {
         };
         let (whole, bytes) = self
             .retrying("fetching part of a blob from", || async {
-                let (whole, mut s) = match self
+                let (whole, s) = match self
                     .client
                     .pull_blob_stream_partial(r, &desc, offset, Some(len))
                     .await?
@@ -349,10 +348,7 @@ impl Remote {
                     oci_client::client::BlobResponse::Full(s) => (true, s),
                     oci_client::client::BlobResponse::Partial(s) => (false, s),
                 };
-                let mut out = Vec::with_capacity(if whole { d.size } else { len } as usize);
-                while let Some(b) = s.stream.next().await {
-                    out.extend_from_slice(&b.map_err(OciDistributionError::IoError)?);
-                }
+                let out = read_at_most(s.stream, if whole { d.size } else { len }).await?;
                 Ok((whole, out))
             })
             .await?;
@@ -393,11 +389,8 @@ impl Remote {
         };
         let bytes = self
             .retrying("fetching a blob from", || async {
-                let mut out = Vec::with_capacity(d.size as usize);
-                self.client
-                    .pull_blob(r, &desc, &mut out)
-                    .await
-                    .map(|()| out)
+                let s = self.client.pull_blob_stream(r, &desc).await?;
+                read_at_most(s.stream, d.size).await
             })
             .await?;
         if bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest {
@@ -442,6 +435,33 @@ fn without_system_roots<T>(build: impl FnOnce() -> T) -> T {
         }
     }
     built
+}
+
+/// The bytes of `stream`, refused past `limit` (the size the blob or range should have): a
+/// registry cannot make the launcher hold more than it asked for.
+async fn read_at_most(
+    mut stream: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, OciDistributionError> {
+    use futures_util::StreamExt;
+    let mut out = Vec::with_capacity(limit.min(64 << 20) as usize);
+    while let Some(b) = stream.next().await {
+        let b = match b {
+            Ok(b) => b,
+            // The client checks a whole blob's digest at its end and says so as an error of its
+            // own: the blob is complete, and the caller's own check names it (corrupt, not a
+            // network failure to retry).
+            Err(e) if out.len() as u64 == limit && e.get_ref().is_some() => break,
+            Err(e) => return Err(OciDistributionError::IoError(e)),
+        };
+        if out.len() as u64 + b.len() as u64 > limit {
+            return Err(OciDistributionError::IoError(std::io::Error::other(
+                format!("the registry sent more than the {limit} bytes asked for"),
+            )));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
 }
 
 /// `HOST[:PORT]/NAME[:TAG]` or `HOST[:PORT]/NAME@sha256:HEX` (tag `latest` when none), checked
@@ -509,10 +529,11 @@ pub fn fetch(
         .and_then(|c| crate::restore::working_set::own_dir(c, &["images"]))
         .map(cache::Cache::new);
     let sparse = Sparse::create(remote, &m, dest, images)?;
-    sparse.fetch_all("pulling")?;
+    // The signature first, on the head alone: an image nobody trusted signed is not fetched.
     let image = thaw::image::ImageFile::open(sparse.path())
         .and_then(|f| f.verify(trust))
         .map_err(|e| sparse.named(e))?;
+    sparse.fetch_all("pulling")?;
     image.verify_payload().map_err(|e| sparse.named(e))?;
     if let (Some(c), Some(ws)) = (cache, &sparse.working_set) {
         let h = image.header();

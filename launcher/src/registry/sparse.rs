@@ -278,14 +278,21 @@ impl Sparse {
                 }
                 None => return None,
             };
+            // Only the stretch from its first missing page to its last is fetched.
             let pages = self.pages(j.start, j.end);
-            if q.pages[pages.clone()].contains(&MISSING) {
-                for p in &mut q.pages[pages] {
+            let first = pages.clone().find(|&p| q.pages[p] == MISSING);
+            let last = pages.clone().rev().find(|&p| q.pages[p] == MISSING);
+            if let (Some(first), Some(last)) = (first, last) {
+                for p in &mut q.pages[first..=last] {
                     if *p == MISSING {
                         *p = IN_FLIGHT;
                     }
                 }
-                return Some(j);
+                return Some(Job {
+                    blob: j.blob,
+                    start: j.start.max(first as u64 * self.page),
+                    end: j.end.min((last as u64 + 1) * self.page),
+                });
             }
         }
     }
