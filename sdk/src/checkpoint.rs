@@ -522,6 +522,7 @@ impl Checkpoint {
         // Memory, from the frozen child: its maps are the snapshot's.
         let maps = crate::procfs::smaps(child).map_err(io("reading the snapshot's mappings"))?;
         let mut unsupported = Vec::new();
+        let mut dumped = Vec::with_capacity(maps.len());
         for entry in &maps {
             match Vma::classify(entry) {
                 Ok(mut vma) => {
@@ -539,12 +540,24 @@ impl Checkpoint {
                     let runs = vma
                         .saved_runs(&pagemap, entry.resident_kb, &guards)
                         .map_err(io("reading the snapshot's page map"))?;
-                    vma.dump_pages(&runs, &mem, &mut writer)?;
-                    m.memory.push(vma);
+                    dumped.push((vma, runs));
                 }
                 Err(why) => unsupported.push(why),
             }
         }
+        // The payload holds first what a restore reads before the process runs (file mappings'
+        // modified pages, small mappings), then the memory it may fill on first touch: what is
+        // read up front is then a few consecutive chunks (fewer to read and verify, fewer blobs
+        // to fetch from a registry) rather than a page here and there in many chunks.
+        for later in [false, true] {
+            for (vma, runs) in &mut dumped {
+                let saved = runs.iter().map(|r| r.1).sum();
+                if vma.fillable_on_first_touch(saved) == later {
+                    vma.dump_pages(runs, &mem, &mut writer)?;
+                }
+            }
+        }
+        m.memory.extend(dumped.into_iter().map(|(vma, _)| vma));
         unsupported.extend(missing_mappings(c, &m.memory));
         m.guards = guards
             .iter()

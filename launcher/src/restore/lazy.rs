@@ -25,9 +25,7 @@ use crate::exit::{Code, Failure, Result};
 use crate::sys::{self, uffd};
 
 const PAGE: u64 = 4096;
-/// VMAs with fewer saved bytes are read before the process runs: a fault round trip would cost
-/// more than reading them.
-const MIN_LAZY: u64 = 64 * 1024;
+const MIN_LAZY: u64 = thaw::state::memory::LAZY_MIN_BYTES;
 /// A fault on a page the image did not save maps zero pages over the rest of that hole too, up to
 /// this far on either side: a runtime allocating after a restore walks through its never-saved
 /// heap page after page, and each page would otherwise be a round trip to the launcher. (Zero

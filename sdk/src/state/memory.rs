@@ -22,6 +22,10 @@ pub struct Vma {
     pub pages: Vec<PageRun>,
 }
 
+/// A VMA with fewer saved bytes than this is filled before the process runs even where lazy
+/// filling works: registering it and serving its faults would cost more than copying it.
+pub const LAZY_MIN_BYTES: u64 = 64 * 1024;
+
 /// Consecutive saved pages of a VMA: `payload.len` bytes at `addr`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
@@ -277,6 +281,17 @@ impl Vma {
     /// Bytes of saved pages.
     pub fn saved_len(&self) -> u64 {
         self.pages.iter().map(|r| r.payload.len).sum()
+    }
+
+    /// Whether a launcher will likely fill this VMA, with `saved` bytes of pages, on first touch
+    /// (see [`Self::can_fill_lazily`] and [`LAZY_MIN_BYTES`]); the writer puts the others first.
+    pub fn fillable_on_first_touch(&self, saved: u64) -> bool {
+        matches!(
+            self.backing,
+            Backing::Anonymous | Backing::Heap | Backing::Stack
+        ) && self.map_flags & libc::MAP_SHARED as u32 == 0
+            && self.advice & VmaAdvice::WIPEONFORK == 0
+            && saved >= LAZY_MIN_BYTES
     }
 
     /// Whether this VMA's pages can be filled on first touch (userfaultfd) instead of before the
