@@ -48,6 +48,16 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// The client's form of the same descriptor.
+    pub fn oci(&self) -> oci_client::manifest::OciDescriptor {
+        oci_client::manifest::OciDescriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size as i64,
+            ..Default::default()
+        }
+    }
+
     pub fn of(media_type: &str, bytes: &[u8]) -> Descriptor {
         Descriptor {
             media_type: media_type.into(),

@@ -20,6 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::artifact::Descriptor;
+use crate::restore::working_set::write_atomically;
 
 /// Prefix of files being fetched.
 pub const PARTIAL: &str = ".thaw-pull-";
@@ -200,15 +201,6 @@ pub fn limit(var: Option<&str>) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(|| format!("THAW_CACHE_MAX={v}: not a size (bytes, or with K, M or G)"))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -332,12 +332,7 @@ impl Remote {
         len: u64,
     ) -> Result<(bool, Vec<u8>)> {
         let r = &self.reference;
-        let desc = oci_client::manifest::OciDescriptor {
-            media_type: d.media_type.clone(),
-            digest: d.digest.clone(),
-            size: d.size as i64,
-            ..Default::default()
-        };
+        let desc = d.oci();
         let (whole, bytes) = self
             .retrying("fetching part of a blob from", || async {
                 let (whole, s) = match self
@@ -381,12 +376,7 @@ impl Remote {
 
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let r = &self.reference;
-        let desc = oci_client::manifest::OciDescriptor {
-            media_type: d.media_type.clone(),
-            digest: d.digest.clone(),
-            size: d.size as i64,
-            ..Default::default()
-        };
+        let desc = d.oci();
         let bytes = self
             .retrying("fetching a blob from", || async {
                 let s = self.client.pull_blob_stream(r, &desc).await?;

@@ -158,8 +158,9 @@ pub fn own_dir(base: &Path, subs: &[&str]) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Writes `bytes` to a new file beside `path` and renames it there.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a temporary file beside it and a rename: a reader sees the
+/// old contents or the new, never half.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
