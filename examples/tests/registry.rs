@@ -337,6 +337,14 @@ fn launchers_share_the_cache_concurrently_and_a_dead_one_leaves_nothing_behind()
     drop(pause);
     assert_eq!(partial().len(), 1);
     assert!(cached_images(&images).is_empty());
+    // A partial file is removed once nobody holds it and it is over a minute old.
+    let aged = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&partial()[0])
+        .unwrap()
+        .set_modified(aged)
+        .unwrap();
     assert_all_ok(
         &env.restore(Path::new(&r), &["--pid-mode", "ns"], &[]),
         &MEMORY_CHECKS,

@@ -7,9 +7,9 @@
 //!   images that share memory share the cache and the second start reads nothing twice.
 //! - A file being fetched is `.thaw-pull-*`, locked (`flock`) by its launcher: it takes its final
 //!   name by an atomic rename only once complete and verified, so a launcher that crashes
-//!   mid-write leaves a partial file that the next launcher removes (its lock is gone), never a
-//!   cached image with holes. Concurrent launchers fetching one image each write their own file;
-//!   the last rename wins and both files are identical.
+//!   mid-write leaves a partial file that a later launcher removes (its lock is gone, and it is
+//!   more than a minute old), never a cached image with holes. Concurrent launchers fetching one
+//!   image each write their own file; the last rename wins and both files are identical.
 //! - The cache is bounded ([`DEFAULT_LIMIT`], or `$THAW_CACHE_MAX` bytes with an optional K, M
 //!   or G): after a fetch, the images used least recently (a restore from the cache marks its
 //!   file used) are removed until the rest fit. A launcher running from a removed file keeps it
@@ -24,6 +24,9 @@ use crate::restore::working_set::write_atomically;
 
 /// Prefix of files being fetched.
 pub const PARTIAL: &str = ".thaw-pull-";
+/// A partial file younger than this is never removed, even unlocked (its launcher may be
+/// between creating and locking it).
+const PARTIAL_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// The cache's bound when `$THAW_CACHE_MAX` does not give one.
 pub const DEFAULT_LIMIT: u64 = 10 << 30;
 
@@ -133,7 +136,13 @@ impl Cache {
         let limit = self.limit;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
+                // Older than a minute too: a launcher locks its file a moment after creating it.
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > PARTIAL_GRACE));
                 let stale = e.file_name().to_string_lossy().starts_with(PARTIAL)
+                    && old
                     && std::fs::File::open(e.path()).is_ok_and(|f| f.try_lock().is_ok());
                 if stale {
                     let _ = std::fs::remove_file(e.path());
@@ -237,6 +246,14 @@ mod tests {
         c.used(&old);
         let dead = dir.path().join(format!("{PARTIAL}dead"));
         std::fs::write(&dead, b"half").unwrap();
+        let young = dir.path().join(format!("{PARTIAL}young"));
+        std::fs::write(&young, b"just made").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&dead)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - PARTIAL_GRACE * 2)
+            .unwrap();
         let live = tempfile::Builder::new()
             .prefix(PARTIAL)
             .tempfile_in(dir.path())
@@ -249,6 +266,7 @@ mod tests {
         assert!(old.exists() && new.exists() && !mid.exists());
         assert!(!Cache::index_of(&mid).exists());
         assert!(!dead.exists(), "a partial file nobody holds is removed");
+        assert!(young.exists(), "unless it was made a moment ago");
         assert!(live.path().exists(), "a partial file being written is kept");
         assert_eq!(c.blobs().len(), 2);
         // `keep` stays even when it alone is over the bound.
