@@ -49,7 +49,11 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let blobs = artifact::blobs(
         h,
         image.manifest(),
-        args.blob_size.unwrap_or(artifact::BLOB_BYTES),
+        // Blobs hold whole pages.
+        args.blob_size
+            .unwrap_or(artifact::BLOB_BYTES)
+            .next_multiple_of(u64::from(h.page_size))
+            .min(artifact::MAX_BLOB),
     );
     let total = config.size + head.len() as u64 + h.payload_len;
     let progress = Progress::new("pushing", h.payload_len);

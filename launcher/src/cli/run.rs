@@ -76,9 +76,17 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     // A tag whose image is cached: that image is verified while the registry is asked what the
     // tag names now. Should it name another, everything starts over without the guess.
     let again = args.clone();
-    restore(args, ctx, true)?;
-    restore(again, ctx, false)
+    match restore(args, ctx, true) {
+        Ok(()) => restore(again, ctx, false),
+        // The guessed image failed before the registry answered (evicted meanwhile, its signer
+        // no longer trusted, damaged): the image the tag names now decides, not the guess.
+        Err(_) if GUESSING.load(Ordering::Relaxed) => restore(again, ctx, false),
+        Err(e) => Err(e),
+    }
 }
+
+/// A guessed image is being prepared and the registry's answer has not been taken yet.
+static GUESSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Restores and exits with the process's status; returns only when the tag `args` names has
 /// moved since it was guessed (never with `guess` false).
@@ -210,6 +218,7 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         .collect();
     // The registry's answer about a guessed tag, before the process exists.
     if let (Some((asked, reference, guessed)), Some(cache)) = (lookup, &cached) {
+        GUESSING.store(false, Ordering::Relaxed);
         let waited = std::time::Instant::now();
         let digest = asked.digest()?;
         if args.timing || ctx.env("THAW_TIMING").is_some() {
@@ -263,12 +272,13 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
     // before its memory was complete), every chunk verified, and the file kept in the cache: the
     // next start reads nothing from the network. Otherwise the file is removed.
     if let (Some(s), Some(cache)) = (sparse, &cached) {
+        // Every chunk is verified before the file is kept, including those fetched during the
+        // restore that the process never needed (never read, so never checked).
         let complete = || -> Result {
             if !s.complete() {
                 s.fetch_all("completing the cached image")?;
-                image.verify_payload().map_err(|e| s.named(e))?;
             }
-            Ok(())
+            image.verify_payload().map_err(|e| s.named(e))
         };
         let keep = status.is_ok() && complete().is_ok();
         if args.timing || ctx.env("THAW_TIMING").is_some() {
@@ -337,6 +347,7 @@ fn from_registry(reference: &str, ctx: &Context, guess: bool) -> Result<Resolved
         .filter(|_| guess && pinned.is_none())
     {
         let asked = registry::Lookup::start(reference, ctx)?;
+        GUESSING.store(true, Ordering::Relaxed);
         let path = cache.image(&last);
         return Ok((
             cache,

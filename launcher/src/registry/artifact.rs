@@ -21,6 +21,12 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.thaw.image.v1";
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const HEAD_TYPE: &str = "application/vnd.thaw.image.head.v1";
 pub const CHUNKS_TYPE: &str = "application/vnd.thaw.image.chunks.v1";
+/// An image fetched from a registry is at most this big (256 GiB): the launcher sizes its file
+/// and its record of what is in it from the unsigned manifest before the signature is checked.
+pub const MAX_IMAGE: u64 = 256 << 30;
+/// A payload blob holds at most this much (`thaw push --blob-size` stops there): a registry
+/// cannot make a launcher hold more for one blob.
+pub const MAX_BLOB: u64 = 64 << 20;
 /// An optional last layer: the working set the pusher recorded (`restore::working_set`), which
 /// only orders what a restore fetches and fills first; never trusted for a byte.
 pub const WORKING_SET_TYPE: &str = "application/vnd.thaw.working-set.v1";
@@ -203,9 +209,13 @@ pub fn check_layers(h: &Header, layers: &[Descriptor]) -> Result<Vec<u64>, Strin
     }
     let mut offsets = Vec::with_capacity(layers.len());
     let mut at = 0u64;
+    let page = u64::from(h.page_size);
     for (i, l) in layers.iter().enumerate() {
-        if l.size == 0 {
-            return Err(format!("payload blob {i} is empty"));
+        if l.size == 0 || !l.size.is_multiple_of(page) || l.size > MAX_BLOB {
+            return Err(format!(
+                "payload blob {i} holds {} bytes, not a whole number of pages up to {MAX_BLOB}",
+                l.size
+            ));
         }
         offsets.push(at);
         at = at.saturating_add(l.size);

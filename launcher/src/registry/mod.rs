@@ -117,9 +117,13 @@ impl Remote {
         } else {
             Vec::new()
         };
+        // A registry that accepts a connection and then stalls must not hang a restore (a fault
+        // waits on it) for ever: a request fails, and is tried again, after these.
         let config = oci_client::client::ClientConfig {
             protocol,
             tls_certs_only,
+            connect_timeout: Some(Duration::from_secs(5)),
+            read_timeout: Some(Duration::from_secs(20)),
             ..Default::default()
         };
         // The client also builds a default HTTP client, which panics on a system without CA

@@ -106,8 +106,17 @@ impl Sparse {
         let head = got.next().expect("one result per blob")?;
         let working_set = got.next().and_then(|r| r.ok());
         let bad = |msg: String| Failure::new(Code::Corrupt, format!("{}: {msg}", remote.name()));
-        let payload: u64 = layers.iter().map(|l| l.size).sum();
-        let file_len = head.len() as u64 + payload;
+        // Sizes come from the manifest, unsigned: checked, and bounded before anything is sized.
+        let file_len = layers
+            .iter()
+            .try_fold(head.len() as u64, |n, l| n.checked_add(l.size))
+            .filter(|&n| n <= artifact::MAX_IMAGE)
+            .ok_or_else(|| {
+                bad(format!(
+                    "the manifest describes an image over {} bytes",
+                    artifact::MAX_IMAGE
+                ))
+            })?;
         let n = head.len().min(thaw::image::HEADER_LEN);
         let h = Header::decode(&head[..n], file_len, Path::new(&remote.name()))?;
         if head.len() as u64 != h.payload_off + h.manifest_len + h.trailer_len {
@@ -342,26 +351,15 @@ impl Sparse {
                     continue;
                 };
                 flying.retain(|x| *x != j);
-                let written = got.and_then(|(at, data)| {
-                    self.tmp
-                        .as_file()
-                        .write_all_at(&data, self.header.payload_off + at)
-                        .map_err(|e| {
-                            Failure::new(
-                                Code::Io,
-                                format!("cannot write {}: {e}", self.dest.display()),
-                            )
-                        })
-                        .map(|()| (at, data.len() as u64))
-                });
+                let written = got.and_then(|(at, data)| self.write_missing(at, &data));
                 let mut q = self.queue();
                 match written {
-                    Ok((at, n)) => {
+                    Ok((at, n, new)) => {
                         for p in &mut q.pages[self.pages(at, at + n)] {
                             *p = PRESENT;
                         }
                         if let Some(p) = progress {
-                            p.add(n);
+                            p.add(new);
                         }
                     }
                     Err(f) => q.failed = Some((f.code, f.message)),
@@ -379,6 +377,42 @@ impl Sparse {
             }
             q.urgent.push_front(j);
         }
+    }
+
+    /// Writes the pages of `data` (payload bytes from `at`) that are not in the file yet: a page
+    /// already there may have been verified and read, and is never written again (a registry
+    /// sending a range again, or a whole blob for a range, cannot change it). Only the driver
+    /// writes. Returns (`at`, the length, the bytes written).
+    fn write_missing(&self, at: u64, data: &[u8]) -> Result<(u64, u64, u64)> {
+        let end = at + data.len() as u64;
+        let missing: Vec<(u64, u64)> = {
+            let q = self.queue();
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for p in self.pages(at, end).filter(|&p| q.pages[p] != PRESENT) {
+                let (s, e) = (p as u64 * self.page, (p as u64 + 1) * self.page);
+                match runs.last_mut() {
+                    Some(r) if r.1 == s => r.1 = e,
+                    _ => runs.push((s, e)),
+                }
+            }
+            runs
+        };
+        let mut new = 0;
+        for (s, e) in missing {
+            let (s, e) = (s.max(at), e.min(end));
+            let bytes = &data[(s - at) as usize..(e - at) as usize];
+            self.tmp
+                .as_file()
+                .write_all_at(bytes, self.header.payload_off + s)
+                .map_err(|e| {
+                    Failure::new(
+                        Code::Io,
+                        format!("cannot write {}: {e}", self.dest.display()),
+                    )
+                })?;
+            new += bytes.len() as u64;
+        }
+        Ok((at, data.len() as u64, new))
     }
 
     /// The bytes of `j` and their payload offset: the whole blob from another cached image that
