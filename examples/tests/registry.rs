@@ -489,6 +489,27 @@ fn push_pull_and_run_by_reference() {
     assert_all_ok(&o, &MEMORY_CHECKS);
     assert_eq!(cached_images(&images).len(), 1, "same image: same file");
 
+    // A cached image damaged on disk (its first chunk: what is read up front) fails as corrupt,
+    // once: the damaged copy is removed, and the next run fetches the image again.
+    let cached = cached_images(&images).remove(0);
+    let mut bytes = std::fs::read(&cached).unwrap();
+    bytes[4096 + 100] ^= 0xff;
+    std::fs::write(&cached, bytes).unwrap();
+    let o = env.restore(Path::new(&r1), &[], &[]);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("removed"),
+        "{}",
+        text(&o)
+    );
+    assert!(cached_images(&images).is_empty());
+    let o = env.restore(Path::new(&r1), &[], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+
     // skopeo copies the artifact to another repository; thaw pulls the copy.
     let o = Command::new("skopeo")
         .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])

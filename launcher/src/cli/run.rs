@@ -76,14 +76,36 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     // A tag whose image is cached: that image is verified while the registry is asked what the
     // tag names now. Should it name another, everything starts over without the guess.
     let again = args.clone();
-    match restore(args, ctx, true) {
+    let result = match restore(args, ctx, true) {
         Ok(()) => restore(again, ctx, false),
         // The guessed image failed before the registry answered (evicted meanwhile, its signer
         // no longer trusted, damaged): the image the tag names now decides, not the guess.
         Err(_) if GUESSING.load(Ordering::Relaxed) => restore(again, ctx, false),
         Err(e) => Err(e),
-    }
+    };
+    // A cached image found damaged (it was whole and verified when it was kept: the disk, or
+    // someone with the user's rights, changed it) is removed, so that the next run fetches it
+    // again instead of failing the same way for ever.
+    result.map_err(
+        |e| match FROM_CACHE.lock().ok().and_then(|mut p| p.take()) {
+            Some(path) if e.code == Code::Corrupt => {
+                let _ = std::fs::remove_file(path.with_extension("blobs"));
+                let _ = std::fs::remove_file(&path);
+                Failure::new(
+                    e.code,
+                    format!(
+                    "{}; the damaged copy in the cache was removed: the next run fetches it again",
+                    e.message
+                ),
+                )
+            }
+            _ => e,
+        },
+    )
 }
+
+/// The cached image file the last restore used, if it used one.
+static FROM_CACHE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
 
 /// A guessed image is being prepared and the registry's answer has not been taken yet.
 static GUESSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -93,9 +115,15 @@ static GUESSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
     // An image in a registry: the file in the cache, or one being fetched into it.
     let (mut sparse, mut cached, mut lookup) = (None, None, None);
+    if let Ok(mut used) = FROM_CACHE.lock() {
+        *used = None;
+    }
     if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
         let (cache, path, fetching, asked) = from_registry(r, ctx, guess)?;
         (args.image, sparse, cached, lookup) = (path, fetching, Some(cache), asked);
+        if let (None, Ok(mut used)) = (&sparse, FROM_CACHE.lock()) {
+            *used = Some(args.image.clone());
+        }
     }
     let named = |e: thaw::image::ImageError| match &sparse {
         Some(s) => s.named(e),
