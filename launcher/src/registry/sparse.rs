@@ -215,27 +215,40 @@ impl Sparse {
         if asked {
             self.wake.notify_one();
         }
-        loop {
-            if let Some((code, msg)) = &q.failed {
-                return Err(Failure::new(*code, msg));
-            }
-            if jobs
-                .iter()
-                .all(|j| q.all(self.pages(j.start, j.end), PRESENT))
-            {
-                return Ok(());
-            }
-            if !q.driving {
-                q.driving = true;
-                drop(q);
-                self.drive(Some(jobs), progress);
-                q = self.queue();
-                q.driving = false;
-                self.landed.notify_all();
+        let q = self.take_turns(q, Some(jobs), progress, |q| {
+            q.failed.is_some()
+                || jobs
+                    .iter()
+                    .all(|j| q.all(self.pages(j.start, j.end), PRESENT))
+        });
+        match &q.failed {
+            Some((code, msg)) => Err(Failure::new(*code, msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drives the client for `mine` (or for everybody, `None`) whenever no other thread does,
+    /// and waits while one does, until `done`.
+    fn take_turns<'q>(
+        &'q self,
+        mut q: MutexGuard<'q, Queue>,
+        mine: Option<&[Job]>,
+        progress: Option<&Progress>,
+        done: impl Fn(&Queue) -> bool,
+    ) -> MutexGuard<'q, Queue> {
+        while !done(&q) {
+            if q.driving {
+                q = self.landed.wait(q).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            q = self.landed.wait(q).unwrap_or_else(|p| p.into_inner());
+            q.driving = true;
+            drop(q);
+            self.drive(mine, progress);
+            q = self.queue();
+            q.driving = false;
+            self.landed.notify_all();
         }
+        q
     }
 
     /// Drives the client until [`Self::stop`]: ranges asked for first, then the blobs of the
@@ -250,21 +263,7 @@ impl Sparse {
                 }
             }
         }
-        loop {
-            if q.stop || q.failed.is_some() {
-                return;
-            }
-            if !q.driving {
-                q.driving = true;
-                drop(q);
-                self.drive(None, None);
-                q = self.queue();
-                q.driving = false;
-                self.landed.notify_all();
-                continue;
-            }
-            q = self.landed.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
+        drop(self.take_turns(q, None, None, |q| q.stop || q.failed.is_some()));
     }
 
     /// Ends [`Self::serve`] (the ranges it is fetching are dropped, and fetched again if asked).

@@ -286,24 +286,22 @@ impl Vma {
     /// Whether a launcher will likely fill this VMA, with `saved` bytes of pages, on first touch
     /// (see [`Self::can_fill_lazily`] and [`LAZY_MIN_BYTES`]); the writer puts the others first.
     pub fn fillable_on_first_touch(&self, saved: u64) -> bool {
-        matches!(
-            self.backing,
-            Backing::Anonymous | Backing::Heap | Backing::Stack
-        ) && self.map_flags & libc::MAP_SHARED as u32 == 0
-            && self.advice & VmaAdvice::WIPEONFORK == 0
-            && saved >= LAZY_MIN_BYTES
+        self.private_anonymous_kept_on_fork() && saved >= LAZY_MIN_BYTES
     }
 
     /// Whether this VMA's pages can be filled on first touch (userfaultfd) instead of before the
     /// process runs: private anonymous memory only, and not wiped on fork (a forked child must see
     /// zeros there, not the image's pages).
     pub fn can_fill_lazily(&self) -> bool {
+        self.private_anonymous_kept_on_fork() && !self.pages.is_empty()
+    }
+
+    fn private_anonymous_kept_on_fork(&self) -> bool {
         matches!(
             self.backing,
             Backing::Anonymous | Backing::Heap | Backing::Stack
         ) && self.map_flags & libc::MAP_SHARED as u32 == 0
             && self.advice & VmaAdvice::WIPEONFORK == 0
-            && !self.pages.is_empty()
     }
 
     /// Maps this VMA in the new process and fills its saved pages from the image. `file_fd` is the
