@@ -6,6 +6,7 @@ mod exit;
 mod privilege;
 mod registry;
 mod restore;
+mod serve;
 mod sys;
 
 use clap::Parser;

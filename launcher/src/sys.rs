@@ -96,10 +96,11 @@ pub const PID_RETRY_US: u64 = 100;
 
 fn clone3_once(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result<i32> {
     let tids = [pid];
+    // PID 0: any PID (a template for `thaw serve`, which is never seen by the process).
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: if pid == 0 { 0 } else { tids.as_ptr() as u64 },
+        set_tid_size: u64::from(pid != 0),
         ..Default::default()
     };
     let ret: i64;
@@ -769,4 +770,375 @@ pub fn recv_message(sock: &OwnedFd) -> io::Result<Option<Received>> {
         }
     }
     Ok(Some(got))
+}
+
+/// A connected pair of `AF_UNIX` sequenced-packet sockets (close-on-exec).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    syscall(
+        libc::SYS_socketpair,
+        [
+            libc::AF_UNIX as u64,
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+            0,
+            fds.as_mut_ptr() as u64,
+            0,
+            0,
+        ],
+    )?;
+    // SAFETY: socketpair returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// At most this many descriptors travel with one message.
+pub const MAX_PASSED_FDS: usize = 250;
+
+/// Sends one message carrying `fds` (SCM_RIGHTS).
+pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    let mut iov = [bytes.as_ptr() as u64, bytes.len() as u64];
+    // struct cmsghdr { u64 len; i32 level; i32 type; } then the ints, padded to 8 bytes.
+    let data = 4 * fds.len();
+    let mut control = vec![0u64; 2 + data.div_ceil(8)];
+    control[0] = 16 + data as u64;
+    control[1] = libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32);
+    for (i, fd) in fds.iter().enumerate() {
+        let word = 2 + i / 2;
+        control[word] |= u64::from(*fd as u32) << (32 * (i % 2));
+    }
+    let msg = [
+        0u64,
+        0,
+        iov.as_mut_ptr() as u64,
+        1,
+        if fds.is_empty() {
+            0
+        } else {
+            control.as_ptr() as u64
+        },
+        if fds.is_empty() {
+            0
+        } else {
+            8 * control.len() as u64
+        },
+        0,
+    ];
+    loop {
+        match syscall(
+            libc::SYS_sendmsg,
+            [
+                sock as u64,
+                msg.as_ptr() as u64,
+                libc::MSG_NOSIGNAL as u64,
+                0,
+                0,
+                0,
+            ],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|n| n as usize),
+        }
+    }
+}
+
+/// One message received with [`recv_with_fds`].
+#[derive(Debug)]
+pub struct Packet {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The message or its descriptors did not fit.
+    pub truncated: bool,
+}
+
+/// Receives one message into `buf` with up to [`MAX_PASSED_FDS`] descriptors (close-on-exec);
+/// `None` at end of file.
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
+    let mut iov = [buf.as_mut_ptr() as u64, buf.len() as u64];
+    let mut control = vec![0u64; 2 + (4 * MAX_PASSED_FDS).div_ceil(8)];
+    let mut msg = [
+        0u64,
+        0,
+        iov.as_mut_ptr() as u64,
+        1,
+        control.as_mut_ptr() as u64,
+        8 * control.len() as u64,
+        0,
+    ];
+    let n = loop {
+        match syscall(
+            libc::SYS_recvmsg,
+            [
+                sock as u64,
+                msg.as_mut_ptr() as u64,
+                libc::MSG_CMSG_CLOEXEC as u64,
+                0,
+                0,
+                0,
+            ],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(n) => break n as usize,
+        }
+    };
+    let mut fds = Vec::new();
+    let controllen = msg[5] as usize;
+    if controllen >= 16 && control[1] == libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32)
+    {
+        let count = ((control[0] as usize).min(controllen) - 16) / 4;
+        for i in 0..count {
+            let fd = (control[2 + i / 2] >> (32 * (i % 2))) as u32 as i32;
+            // SAFETY: the kernel installed this descriptor for us with the message; nothing
+            // else owns it.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    let flags = msg[6] as i32;
+    if n == 0 && fds.is_empty() && flags == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Packet {
+        len: n,
+        fds,
+        truncated: flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+    }))
+}
+
+/// The peer of a connected `AF_UNIX` socket: (pid, uid, gid) when it connected.
+pub fn peer_cred(sock: RawFd) -> io::Result<(i32, u32, u32)> {
+    let mut cred = [0u32; 3];
+    let mut len = 12u32;
+    syscall(
+        libc::SYS_getsockopt,
+        [
+            sock as u64,
+            libc::SOL_SOCKET as u64,
+            libc::SO_PEERCRED as u64,
+            cred.as_mut_ptr() as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    )?;
+    Ok((cred[0] as i32, cred[1], cred[2]))
+}
+
+/// A pidfd of the peer of a connected `AF_UNIX` socket (SO_PEERPIDFD, Linux 6.5): it names the
+/// process that connected even after its PID is reused.
+pub fn peer_pidfd(sock: RawFd) -> io::Result<OwnedFd> {
+    const SO_PEERPIDFD: u64 = 77;
+    let mut fd = -1i32;
+    let mut len = 4u32;
+    syscall(
+        libc::SYS_getsockopt,
+        [
+            sock as u64,
+            libc::SOL_SOCKET as u64,
+            SO_PEERPIDFD,
+            &mut fd as *mut i32 as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    )?;
+    // SAFETY: getsockopt(SO_PEERPIDFD) returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process of `pidfd` still runs (signal 0).
+pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    syscall(
+        libc::SYS_pidfd_send_signal,
+        [pidfd.as_raw_fd() as u64, 0, 0, 0, 0, 0],
+    )
+    .is_ok()
+}
+
+/// Creates the init (PID 1) of a new PID and mount namespace, with its own /proc: it reaps what
+/// is left to it, dies with the thread that created it, and writes one byte to `ready` once /proc
+/// is mounted. The caller may have other threads: the child makes raw system calls only.
+pub fn spawn_namespace_init(ready: RawFd) -> io::Result<i32> {
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as u64;
+    // SAFETY: clone without CLONE_VM or a new stack is fork: the child has a copy of this
+    // address space and of this thread only; it runs `namespace_init_loop`, which makes raw
+    // system calls only (no allocation, no lock another thread could hold) and never returns.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+    match r {
+        0 => namespace_init_loop(ready),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        r => Ok(r as i32),
+    }
+}
+
+fn namespace_init_loop(ready: RawFd) -> ! {
+    let _ = syscall(
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    let ok = mount_private_proc().is_ok();
+    let byte = [u8::from(ok)];
+    // Nobody reads (the server is gone): nothing to wait for.
+    if syscall(
+        libc::SYS_write,
+        [ready as u64, byte.as_ptr() as u64, 1, 0, 0, 0],
+    )
+    .is_err()
+        || !ok
+    {
+        let _ = syscall(libc::SYS_exit_group, [1, 0, 0, 0, 0, 0]);
+    }
+    let _ = syscall(libc::SYS_close, [ready as u64, 0, 0, 0, 0, 0]);
+    // SIGCHLD blocked is queued even though its default action is to ignore it.
+    let chld = 1u64 << (libc::SIGCHLD - 1);
+    let _ = syscall(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as u64,
+            &chld as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        ],
+    );
+    loop {
+        while let Ok(p) = syscall(
+            libc::SYS_wait4,
+            [u64::MAX, 0, (libc::WNOHANG | libc::__WALL) as u64, 0, 0, 0],
+        ) {
+            if p == 0 {
+                break;
+            }
+        }
+        let _ = syscall(
+            libc::SYS_rt_sigtimedwait,
+            [&chld as *const u64 as u64, 0, 0, 8, 0, 0],
+        );
+    }
+}
+
+fn unix_address(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all zeros is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok((addr, len as u32))
+}
+
+fn seqpacket_socket() -> io::Result<OwnedFd> {
+    let fd = syscall(
+        libc::SYS_socket,
+        [
+            libc::AF_UNIX as u64,
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A listening `AF_UNIX` sequenced-packet socket at `path`, readable and writable by its owner
+/// only (the file is created under umask 0177).
+pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let sock = seqpacket_socket()?;
+    let (addr, len) = unix_address(path)?;
+    // SAFETY: umask has no preconditions; the previous mask is put back right after bind.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = syscall(
+        libc::SYS_bind,
+        [
+            sock.as_raw_fd() as u64,
+            &addr as *const libc::sockaddr_un as u64,
+            u64::from(len),
+            0,
+            0,
+            0,
+        ],
+    );
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    bound?;
+    syscall(libc::SYS_listen, [sock.as_raw_fd() as u64, 128, 0, 0, 0, 0])?;
+    Ok(sock)
+}
+
+/// Connects to the sequenced-packet socket at `path`.
+pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let sock = seqpacket_socket()?;
+    let (addr, len) = unix_address(path)?;
+    loop {
+        match syscall(
+            libc::SYS_connect,
+            [
+                sock.as_raw_fd() as u64,
+                &addr as *const libc::sockaddr_un as u64,
+                u64::from(len),
+                0,
+                0,
+                0,
+            ],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(sock),
+        }
+    }
+}
+
+/// Accepts one connection (close-on-exec).
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    loop {
+        match syscall(
+            libc::SYS_accept4,
+            [listener as u64, 0, 0, libc::SOCK_CLOEXEC as u64, 0, 0],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+        }
+    }
+}
+
+/// Shuts a socket down both ways: a thread blocked reading it sees end of file.
+pub fn shutdown(sock: RawFd) {
+    let _ = syscall(
+        libc::SYS_shutdown,
+        [sock as u64, libc::SHUT_RDWR as u64, 0, 0, 0, 0],
+    );
+}
+
+/// Waits for one of `signals` (blocked by the caller in every thread); returns it.
+pub fn wait_signal(signals: &[i32]) -> i32 {
+    let set: u64 = signals.iter().fold(0, |s, &n| s | 1u64 << (n - 1));
+    loop {
+        if let Ok(n) = syscall(
+            libc::SYS_rt_sigtimedwait,
+            [&set as *const u64 as u64, 0, 0, 8, 0, 0],
+        ) {
+            return n as i32;
+        }
+    }
 }

@@ -36,6 +36,14 @@ pub const OP_SYSCALL_FD: u64 = 10;
 /// after): procfs knobs of the new process such as `/proc/self/oom_score_adj`.
 pub const OP_WRITE_FILE: u64 = 11;
 
+/// A template's loop (`thaw serve`): receive one request on socket `args[0]` with the `struct
+/// msghdr` at `args[1]` (its control length reset to `args[5]` first), store the byte count at
+/// `args[4]`, enter the PID namespace of the first descriptor received (number `args[3]`), and
+/// fork with `clone3(args[2], 88)`. The new process goes on with the next step; the template
+/// writes its PID (or -errno) back on the socket, closes every descriptor from `args[3]` up and
+/// waits for the next request. End of file on the socket ends the template.
+pub const OP_SERVE: u64 = 12;
+
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +173,11 @@ impl Plan {
             0,
             [path, data, bytes.len() as u64, 0, 0, 0],
         );
+    }
+
+    /// The template's request loop (see [`OP_SERVE`]); what follows runs in each instance.
+    pub fn serve(&mut self, label: impl Into<String>, args: [u64; 6]) {
+        self.push(label.into(), OP_SERVE, 0, args);
     }
 
     /// Store a word in the new process's memory.

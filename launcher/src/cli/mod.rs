@@ -6,6 +6,7 @@ mod keygen;
 mod pull;
 mod push;
 mod run;
+mod serve;
 mod sign;
 mod verify;
 
@@ -41,6 +42,7 @@ enum Command {
     Bench(bench::Args),
     Push(push::Args),
     Pull(pull::Args),
+    Serve(serve::Args),
 }
 
 /// `--trust FILE`, repeatable; shared by the subcommands that check signatures.
@@ -70,6 +72,7 @@ pub fn dispatch(cli: Cli, ctx: &Context) -> Result {
         Command::Bench(a) => bench::run(a),
         Command::Push(a) => push::run(a, ctx),
         Command::Pull(a) => pull::run(a, ctx),
+        Command::Serve(a) => serve::run(a, ctx),
     }
 }
 

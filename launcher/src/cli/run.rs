@@ -64,15 +64,23 @@ pub struct Args {
     /// ahead of the process. The record only orders filling: every byte is still verified.
     #[arg(long)]
     no_working_set: bool,
+    /// Ask the `thaw serve` listening at this socket for an instance (forked from its template)
+    /// instead of restoring an image here; only the arguments after `--` apply.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "image")]
+    via: Option<PathBuf>,
     /// An image file, or an image in an OCI registry (HOST[:PORT]/NAME[:TAG], see `thaw pull`),
     /// fetched into your cache and verified there first.
-    image: PathBuf,
+    #[arg(required_unless_present = "via")]
+    image: Option<PathBuf>,
     /// Arguments for the restored process (after `--`).
     #[arg(last = true)]
     args: Vec<OsString>,
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result {
+    if let Some(socket) = &args.via {
+        std::process::exit(crate::serve::client::call(socket, &args.args)?);
+    }
     // A tag whose image is cached: that image is verified while the registry is asked what the
     // tag names now. Should it name another, everything starts over without the guess.
     let again = args.clone();
@@ -112,17 +120,19 @@ static GUESSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 /// Restores and exits with the process's status; returns only when the tag `args` names has
 /// moved since it was guessed (never with `guess` false).
-fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
+fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
+    // Given unless --via (handled before), as clap checks.
+    let mut image_path = args.image.clone().unwrap_or_default();
     // An image in a registry: the file in the cache, or one being fetched into it.
     let (mut sparse, mut cached, mut lookup) = (None, None, None);
     if let Ok(mut used) = FROM_CACHE.lock() {
         *used = None;
     }
-    if let Some(r) = args.image.to_str().filter(|a| registry::is_reference(a)) {
+    if let Some(r) = image_path.to_str().filter(|a| registry::is_reference(a)) {
         let (cache, path, fetching, asked) = from_registry(r, ctx, guess)?;
-        (args.image, sparse, cached, lookup) = (path, fetching, Some(cache), asked);
+        (image_path, sparse, cached, lookup) = (path, fetching, Some(cache), asked);
         if let (None, Ok(mut used)) = (&sparse, FROM_CACHE.lock()) {
-            *used = Some(args.image.clone());
+            *used = Some(image_path.clone());
         }
     }
     let named = |e: thaw::image::ImageError| match &sparse {
@@ -130,7 +140,7 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         None => Failure::from(e),
     };
     let started = std::time::Instant::now();
-    let file = ImageFile::open(&args.image).map_err(named)?;
+    let file = ImageFile::open(&image_path).map_err(named)?;
     let image = if args.insecure_allow_unsigned && file.trailer().signer().is_none() {
         if ctx.elevated {
             return Err(Failure::new(
@@ -325,7 +335,7 @@ fn restore(mut args: Args, ctx: &Context, guess: bool) -> Result {
         }
         cache.trim(&dest);
     } else if let Some(c) = &cached {
-        c.used(&args.image);
+        c.used(&image_path);
     }
     std::process::exit(status?);
 }

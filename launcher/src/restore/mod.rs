@@ -9,6 +9,7 @@ mod layout;
 pub mod lazy;
 pub mod policy;
 mod restorer;
+pub mod template;
 mod timens;
 pub mod working_set;
 
@@ -39,7 +40,7 @@ pub enum PidMode {
 }
 
 /// Signals the launcher passes on to the restored process.
-const FORWARDED: [i32; 6] = [
+pub(crate) const FORWARDED: [i32; 6] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
@@ -83,7 +84,7 @@ fn failed(msg: impl std::fmt::Display) -> Failure {
 }
 
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
-fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
+fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy::Target> {
     let m = image.manifest();
     let here = Platform::current()
         .map_err(|e| failed(format!("cannot read this machine's platform: {e}")))?;
@@ -110,8 +111,8 @@ fn check_policy(image: &Image, req: &Request) -> Result<policy::Target> {
     }
     let own = Credentials::of(std::process::id() as i32)
         .map_err(|e| failed(format!("cannot read the caller's credentials: {e}")))?;
-    let target = policy::decide(&m.creds, &policy::caller(&own, req.elevated), req.as_caller)
-        .map_err(refused)?;
+    let target =
+        policy::decide(&m.creds, &policy::caller(&own, elevated), as_caller).map_err(refused)?;
     if let Some(note) = &target.note {
         eprintln!("thaw: warning: {note}");
     }
@@ -155,11 +156,11 @@ fn may_use_host_pids() -> bool {
 
 const CAP_SYS_NICE: u32 = 23;
 const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_CHECKPOINT_RESTORE: u32 = 40;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Whether the launcher holds capability `cap` in its effective set.
-fn has_cap(cap: u32) -> bool {
+pub(crate) fn has_cap(cap: u32) -> bool {
     sys::effective_caps() & (1u64 << cap) != 0
 }
 
@@ -379,7 +380,7 @@ fn prepare_fds(
 }
 
 /// A verified range of the image's payload (the launcher's copy or the image file).
-fn read_payload(
+pub(crate) fn read_payload(
     payload: &std::fs::File,
     payload_off: u64,
     r: thaw::state::PayloadRef,
@@ -391,6 +392,9 @@ fn read_payload(
 }
 
 /// The complete step list for the restored process.
+/// With `fork`, the plan is a template's (`thaw serve`): the memory is restored once, then every
+/// request forks an instance that runs the rest; what a fork does not pass on (locks, advice
+/// that acts at fork, timers) and everything per instance (descriptors, arguments) comes after.
 fn build_plan(
     image: &Image,
     fds: &Fds,
@@ -398,6 +402,7 @@ fn build_plan(
     args: &RestoreArgs,
     creds: &Credentials,
     mode: PidMode,
+    fork: Option<&template::ForkPoint>,
 ) -> Result<Plan> {
     let m = image.manifest();
     let mut plan = Plan::new(region.arena_base());
@@ -438,11 +443,8 @@ fn build_plan(
             uffd.map(|t| t.fd()),
         );
     }
-    for r in &m.dontfork {
-        r.plan_restore(&mut plan);
-    }
-    for g in &m.guards {
-        g.plan_restore(&mut plan);
+    if fork.is_none() {
+        plan_fork_sensitive(&mut plan, m);
     }
     for o in &m.shared {
         if let Some((_, fd)) = fds.shared.iter().find(|(id, _)| *id == o.id) {
@@ -452,10 +454,19 @@ fn build_plan(
     if let Some(t) = &fds.transport {
         t.plan_send(&mut plan);
     }
-    for vma in &m.memory {
-        vma.plan_lock(&mut plan);
+    if fork.is_none() {
+        for vma in &m.memory {
+            vma.plan_lock(&mut plan);
+        }
     }
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
+    if let Some(f) = fork {
+        f.plan(&mut plan, &fds.error_w, m);
+        plan_fork_sensitive(&mut plan, m);
+        for vma in &m.memory {
+            vma.plan_lock(&mut plan);
+        }
+    }
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.
     m.process.plan_restore(&mut plan);
@@ -488,7 +499,11 @@ fn build_plan(
     // Tell the process it was restored, and where its arguments are.
     let args_bytes =
         postcard::to_allocvec(args).map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
-    let args_addr = plan.data(&args_bytes);
+    let (args_addr, args_len) = match fork {
+        // Received by the template with each request.
+        Some(f) => (f.args_buffer(), None),
+        None => (plan.data(&args_bytes), Some(args_bytes.len() as u64)),
+    };
     let cell = m.process.restore_cell;
     if m.threads.len() > 1 {
         // Other threads leave the region through its code page, possibly after the main thread
@@ -513,23 +528,29 @@ fn build_plan(
         plan.store("restore cell: region length", cell + 16, region.len);
     }
     plan.store("restore cell: arguments", cell + 24, args_addr);
-    plan.store(
-        "restore cell: arguments length",
-        cell + 32,
-        args_bytes.len() as u64,
-    );
+    if let Some(len) = args_len {
+        plan.store("restore cell: arguments length", cell + 32, len);
+    }
     plan.store(
         "restore cell: restored",
         cell,
         thaw::capture::RESTORED_MAGIC,
     );
 
-    for (fd, open, cloexec) in &fds.placed {
+    let placements: Vec<(RawFd, RawFd, bool)> = match fork {
+        Some(f) => f.placements(m),
+        None => fds
+            .placed
+            .iter()
+            .map(|(fd, open, cloexec)| (*fd, open.as_raw_fd(), *cloexec))
+            .collect(),
+    };
+    for (fd, source, cloexec) in &placements {
         plan.syscall(
             format!("place fd {fd}"),
             libc::SYS_dup3,
             [
-                open.as_raw_fd() as u64,
+                *source as u64,
                 *fd as u64,
                 if *cloexec { libc::O_CLOEXEC as u64 } else { 0 },
                 0,
@@ -689,6 +710,17 @@ fn build_plan(
     Ok(plan)
 }
 
+/// What a fork does not pass on as it was: `MADV_DONTFORK` ranges (the child would lack them) and
+/// guard regions.
+fn plan_fork_sensitive(plan: &mut Plan, m: &thaw::Manifest) {
+    for r in &m.dontfork {
+        r.plan_restore(plan);
+    }
+    for g in &m.guards {
+        g.plan_restore(plan);
+    }
+}
+
 /// Capabilities and no_new_privs of the calling thread: the image's (already checked to be within
 /// the caller's).
 fn plan_credentials(plan: &mut Plan, c: &Credentials) {
@@ -785,7 +817,7 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 /// The caller has called [`prepare_descriptor_table`] first.
 pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> Result<i32> {
     let m = image.manifest();
-    let target = check_policy(image, &req)?;
+    let target = check_policy(image, req.elevated, req.as_caller)?;
     let pid = m.process.pid;
     let mode = req.pid_mode;
     let timens = timens::decide(&m.clocks, mode, req.allow_clock_jump)?;
@@ -805,7 +837,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
             .collect(),
     };
     let region = Region::reserve(m)?;
-    let plan = build_plan(image, &fds, &region, &args, &target.creds, mode)?;
+    let plan = build_plan(image, &fds, &region, &args, &target.creds, mode, None)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
 
     // Signals stay blocked from here until the process (or the namespace init) exists, so that

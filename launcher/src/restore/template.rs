@@ -1,0 +1,369 @@
+//! The template `thaw serve` forks instances from: a process that holds the image's memory,
+//! restored and verified once, and waits in the restorer for requests. Each request forks an
+//! instance (copy-on-write: anonymous memory stays anonymous and shared until written) into a
+//! PID namespace of its own, where it gets the image's PID, and runs the rest of the plan there:
+//! its own descriptors, arguments, threads, timers and credentials.
+//!
+//! A request is one message on the template's socket: the instance's arguments (postcard
+//! [`RestoreArgs`]) and descriptors, in the order of the constants below, which the template
+//! receives at consecutive numbers from `base` up (every lower number is held by a placeholder,
+//! so the kernel's choice is known when the plan is built).
+
+use std::cell::Cell;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use thaw::image::Image;
+use thaw::restore::{Plan, RestoreArgs};
+use thaw::state::files::FdKind;
+
+use super::{failed, refused, Fds, PidMode, Region};
+use crate::exit::{Code, Failure, Result};
+use crate::sys;
+
+/// Where each descriptor of a request lands, counted from `base`.
+const PIDNS: RawFd = 0;
+// The template enters the namespace of the first descriptor it receives (`OP_SERVE`).
+const _: () = assert!(PIDNS == 0);
+const ERROR: RawFd = 1;
+const MNTNS: RawFd = 2;
+const STDIO: RawFd = 3;
+const PLACED: RawFd = 6;
+
+/// The largest arguments and environment a request may carry (postcard bytes).
+pub const ARGS_MAX: usize = 128 * 1024;
+
+/// Where the template's plan forks, and what the instances' steps need to know about it.
+#[derive(Debug)]
+pub struct ForkPoint {
+    /// The template's end of its socket.
+    ctl: RawFd,
+    /// The first number a request's descriptors land at.
+    base: RawFd,
+    pid: i32,
+    /// The process's reopened descriptors: number and close-on-exec, in the order sent.
+    targets: Vec<(RawFd, bool)>,
+    args: Cell<u64>,
+}
+
+impl ForkPoint {
+    /// Steps at the fork point: the template keeps only its socket and error pipe, fills every
+    /// lower number, says it is ready, and loops; each instance then drops those, takes its own
+    /// error pipe and enters its mount namespace (its own /proc).
+    pub(super) fn plan(&self, plan: &mut Plan, error: &OwnedFd, m: &thaw::Manifest) {
+        let err = error.as_raw_fd();
+        let mut keep = [self.ctl, err];
+        keep.sort_unstable();
+        let mut from = 0u64;
+        for k in keep
+            .iter()
+            .map(|&k| k as u64)
+            .chain(std::iter::once(u32::MAX as u64))
+        {
+            if k > from {
+                plan.syscall_any(
+                    format!("template: close fds {from}..{}", k - 1),
+                    libc::SYS_close_range,
+                    [from, k - 1, 0, 0, 0, 0],
+                );
+            }
+            from = k + 1;
+        }
+        for n in (0..self.base).filter(|n| !keep.contains(n)) {
+            plan.syscall(
+                format!("template: hold fd {n}"),
+                libc::SYS_dup3,
+                [self.ctl as u64, n as u64, 0, 0, 0, 0],
+            );
+        }
+        let ready = plan.data(b"r");
+        plan.syscall(
+            "template: tell the server it is ready",
+            libc::SYS_write,
+            [self.ctl as u64, ready, 1, 0, 0, 0],
+        );
+        let buf = plan.data(&vec![0u8; ARGS_MAX]);
+        self.args.set(buf);
+        let iov = plan.words(&[buf, ARGS_MAX as u64]);
+        let fds = PLACED as usize + self.targets.len();
+        let cap = 16 + (4 * fds).next_multiple_of(8) as u64;
+        let control = plan.data(&vec![0u8; cap as usize]);
+        let msghdr = plan.words(&[0, 0, iov, 1, control, cap, 0]);
+        let tid = plan.words(&[self.pid as u64]);
+        // CLONE_PARENT: the server is the instance's parent (it reports the exit status), and
+        // the signal it gets is the template's own (clone3 takes no other with this flag).
+        let clone_args = plan.words(&[libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0, 0, 0, tid, 1, 0]);
+        let length = m.process.restore_cell + 32;
+        plan.serve(
+            format!("template: wait for requests, fork PID {}", self.pid),
+            [
+                self.ctl as u64,
+                msghdr,
+                clone_args,
+                self.base as u64,
+                length,
+                cap,
+            ],
+        );
+        let base = self.base as u64;
+        plan.syscall_any(
+            "instance: close the template's fds",
+            libc::SYS_close_range,
+            [0, base - 1, 0, 0, 0, 0],
+        );
+        plan.syscall(
+            "instance: take its error pipe",
+            libc::SYS_dup3,
+            [base + ERROR as u64, err as u64, 0, 0, 0, 0],
+        );
+        plan.syscall(
+            "instance: enter its mount namespace",
+            libc::SYS_setns,
+            [base + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
+        );
+    }
+
+    /// The arguments' buffer (after [`ForkPoint::plan`]).
+    pub(super) fn args_buffer(&self) -> u64 {
+        self.args.get()
+    }
+
+    /// (number in the process, number received, close-on-exec) of every descriptor an instance
+    /// gets: the requester's standard ones where the image had them, then its reopened files.
+    pub(super) fn placements(&self, m: &thaw::Manifest) -> Vec<(RawFd, RawFd, bool)> {
+        let stdio = m
+            .files
+            .iter()
+            .filter(|e| matches!(e.kind, FdKind::Stdio) && e.fd <= 2)
+            .map(|e| (e.fd, self.base + STDIO + e.fd, e.cloexec));
+        let placed = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, &(fd, cloexec))| (fd, self.base + PLACED + i as RawFd, cloexec));
+        stdio.chain(placed).collect()
+    }
+}
+
+/// A running template.
+pub struct Template<'a> {
+    image: &'a Image,
+    payload: std::fs::File,
+    pid: i32,
+    ctl: Mutex<OwnedFd>,
+    error: OwnedFd,
+    plan: Plan,
+    targets: Vec<RawFd>,
+}
+
+/// What an instance needs besides its arguments: its PID and mount namespaces, its error pipe,
+/// the requester's standard descriptors.
+pub struct InstanceFds<'a> {
+    pub pidns: &'a OwnedFd,
+    pub mntns: &'a OwnedFd,
+    pub error: &'a OwnedFd,
+    pub stdio: [&'a OwnedFd; 3],
+}
+
+impl<'a> Template<'a> {
+    /// Restores `image`'s memory into a new template process and waits until it is ready.
+    /// `payload` is the verified payload (a sealed private copy).
+    pub fn start(image: &'a Image, payload: std::fs::File, allow_clock_jump: bool) -> Result<Self> {
+        let m = image.manifest();
+        if !m.shared.is_empty() {
+            return Err(refused(format!(
+                "the image holds {} shared memory object(s) (memfd, /dev/shm or MAP_SHARED|MAP_ANONYMOUS); instances of one template would share them with each other: use thaw run for this image",
+                m.shared.len()
+            )));
+        }
+        if m.process.pid == 1 {
+            return Err(refused(
+                "an image of PID 1 cannot be restored under a namespace init",
+            ));
+        }
+        let target = super::check_policy(image, false, false)?;
+        let fds: Fds = super::prepare_fds(image, &payload, None, &[])?;
+        let targets: Vec<(RawFd, bool)> = fds
+            .placed
+            .iter()
+            .map(|(fd, _, cloexec)| (*fd, *cloexec))
+            .collect();
+        if PLACED as usize + targets.len() > sys::MAX_PASSED_FDS {
+            return Err(refused(format!(
+                "the process has {} descriptors to reopen; an instance can be given at most {}",
+                targets.len(),
+                sys::MAX_PASSED_FDS - PLACED as usize
+            )));
+        }
+        let (server, template) =
+            sys::seqpacket_pair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
+        let highest = targets.iter().map(|t| t.0).max().unwrap_or(2).max(2);
+        let ctl = sys::dup_above(template.as_raw_fd(), highest + 1)
+            .map_err(|e| failed(format!("dup: {e}")))?;
+        drop(template);
+        let base = ctl.as_raw_fd().max(fds.error_w.as_raw_fd()).max(highest) + 1;
+        let fork = ForkPoint {
+            ctl: ctl.as_raw_fd(),
+            base,
+            pid: m.process.pid,
+            targets,
+            args: Cell::new(0),
+        };
+        let region = Region::reserve(m)?;
+        let plan = super::build_plan(
+            image,
+            &fds,
+            &region,
+            &RestoreArgs::default(),
+            &target.creds,
+            PidMode::Ns,
+            Some(&fork),
+        )?;
+        let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
+        // The instances' clocks continue from the image's (see `timens`); they are the
+        // template's children, so its time namespace is theirs.
+        if super::timens::decide(&m.clocks, PidMode::Host, allow_clock_jump)? {
+            super::timens::enter(&m.clocks)?;
+        }
+        let old_mask = sys::set_sigmask(u64::MAX);
+        let spawned = sys::clone3_into_restorer(0, entry, control, stack_top);
+        sys::set_sigmask(old_mask);
+        let pid = spawned.map_err(|e| failed(format!("cannot create the template: {e}")))?;
+        let Fds {
+            error_r, error_w, ..
+        } = fds;
+        drop((error_w, ctl));
+        let template = Template {
+            image,
+            payload,
+            pid,
+            ctl: Mutex::new(server),
+            error: error_r,
+            plan,
+            targets: fork.targets.iter().map(|t| t.0).collect(),
+        };
+        let mut ready = [0u8; 8];
+        let got = sys::recv_with_fds(template.ctl_fd(), &mut ready)
+            .map_err(|e| failed(format!("cannot hear from the template: {e}")))?;
+        if got.is_none_or(|p| p.len != 1) {
+            let why = template.report(&template.error);
+            let _ = sys::wait(pid);
+            return Err(failed(format!(
+                "the template did not start: {}",
+                why.unwrap_or_else(|| "it ended".into())
+            )));
+        }
+        Ok(template)
+    }
+
+    fn ctl_fd(&self) -> RawFd {
+        self.ctl.lock().map_or(-1, |c| c.as_raw_fd())
+    }
+
+    /// The template's PID (in the server's namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn image(&self) -> &Image {
+        self.image
+    }
+
+    /// A failed step's report on an error pipe, as a message; `None` at end of file (the
+    /// process got past its last reporting step).
+    pub fn report(&self, pipe: &OwnedFd) -> Option<String> {
+        let mut report = [0u8; 16];
+        let mut got = 0;
+        let mut f = std::fs::File::from(pipe.try_clone().ok()?);
+        while got < 16 {
+            match f.read(&mut report[got..]) {
+                Ok(0) => return None,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
+        }
+        let step = u64::from_ne_bytes(report[..8].try_into().expect("8")) as usize;
+        let errno = u64::from_ne_bytes(report[8..].try_into().expect("8")) as i32;
+        Some(format!(
+            "restore failed at step {step} ({}): {}",
+            self.plan.label(step),
+            std::io::Error::from_raw_os_error(errno)
+        ))
+    }
+
+    /// The process's files, reopened for one instance (checked to be the numbers the plan
+    /// places).
+    pub fn reopen_files(&self) -> Result<Vec<OwnedFd>> {
+        let m = self.image.manifest();
+        let off = self.image.header().payload_off;
+        let reopened = thaw::state::files::reopen(
+            &m.files,
+            |r| super::read_payload(&self.payload, off, r),
+            &[],
+            &Default::default(),
+        )
+        .map_err(refused)?;
+        let numbers: Vec<RawFd> = reopened.iter().map(|(fd, _)| *fd).collect();
+        if numbers != self.targets {
+            return Err(failed(
+                "the process's files reopened differently than when the server started",
+            ));
+        }
+        Ok(reopened.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// Forks an instance; returns its PID in the server's namespace.
+    pub fn fork(&self, args: &RestoreArgs, fds: &InstanceFds, files: &[OwnedFd]) -> Result<i32> {
+        let bytes = postcard::to_allocvec(args)
+            .map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
+        if bytes.len() > ARGS_MAX {
+            return Err(Failure::new(
+                Code::Usage,
+                format!(
+                    "the arguments and environment take {} bytes; an instance can be given at most {ARGS_MAX}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut all = vec![
+            fds.pidns.as_raw_fd(),
+            fds.error.as_raw_fd(),
+            fds.mntns.as_raw_fd(),
+        ];
+        all.extend(fds.stdio.iter().map(|f| f.as_raw_fd()));
+        all.extend(files.iter().map(|f| f.as_raw_fd()));
+        let ctl = self
+            .ctl
+            .lock()
+            .map_err(|_| failed("the template's socket is unusable"))?;
+        sys::send_with_fds(ctl.as_raw_fd(), &bytes, &all)
+            .map_err(|e| failed(format!("the template is gone: {e}")))?;
+        let mut answer = [0u8; 8];
+        match sys::recv_with_fds(ctl.as_raw_fd(), &mut answer) {
+            Ok(Some(p)) if p.len == 8 => {}
+            _ => return Err(failed("the template is gone")),
+        }
+        let pid = i64::from_ne_bytes(answer);
+        if pid < 0 {
+            return Err(failed(format!(
+                "cannot create the instance: {}",
+                std::io::Error::from_raw_os_error(-pid as i32)
+            )));
+        }
+        Ok(pid as i32)
+    }
+}
+
+impl Drop for Template<'_> {
+    fn drop(&mut self) {
+        // End of file on its socket ends the template.
+        if let Ok(mut c) = self.ctl.lock() {
+            if let Ok((a, _)) = sys::seqpacket_pair() {
+                *c = a;
+            }
+        }
+        let _ = sys::wait(self.pid);
+    }
+}

@@ -1,0 +1,327 @@
+//! `thaw serve`: one verified image, restored once into a template, and an instance forked from
+//! it for each caller of the server's socket (see `restore::template`). Each connection is one
+//! instance: the caller's credentials are checked as `thaw run` checks them, the instance gets
+//! the caller's arguments, environment and standard descriptors, and the caller gets its exit
+//! status. The server bounds how many instances run at once (further callers wait), and every
+//! instance ends with the server: each lives in a PID namespace whose init dies with it.
+
+pub mod client;
+pub mod protocol;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use thaw::restore::RestoreArgs;
+use thaw::state::creds::Credentials;
+
+use crate::exit::{Code, Failure, Result};
+use crate::restore::policy;
+use crate::restore::template::{InstanceFds, Template, ARGS_MAX};
+use crate::sys;
+use protocol::{Call, ToCaller, ToServer, SMALL};
+
+/// Signals that end the server (and with it every instance).
+const ENDING: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// At most `max` instances at once; callers beyond wait for a slot.
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl Slots {
+    fn take(&self) -> SlotGuard<'_> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= self.max {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Listens at `socket` and serves instances of `template` until a signal ends the server.
+pub fn serve(template: &Template, socket: &Path, max: usize) -> Result {
+    let listener = listen(socket)?;
+    let own = Credentials::of(std::process::id() as i32)
+        .map_err(|e| Failure::new(Code::Internal, format!("cannot read own credentials: {e}")))?;
+    let slots = Slots {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+        max,
+    };
+    // Every thread inherits the blocked ending signals; one thread waits for them.
+    sys::set_sigmask(ENDING.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
+    let path = socket.to_owned();
+    std::thread::spawn(move || {
+        let sig = sys::wait_signal(&ENDING);
+        let _ = std::fs::remove_file(&path);
+        // Ending the process ends the template (end of file on its socket) and every
+        // instance (its namespace's init dies with the thread that made it).
+        std::process::exit(128 + sig);
+    });
+    eprintln!(
+        "thaw: serving PID {} (template {}) at {}, at most {max} instances at once",
+        template.image().manifest().process.pid,
+        template.pid(),
+        socket.display()
+    );
+    std::thread::scope(|scope| loop {
+        let conn = match sys::accept(listener.as_raw_fd()) {
+            Ok(c) => c,
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                eprintln!("thaw: warning: cannot accept a caller: {e}");
+                continue;
+            }
+            Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
+        };
+        let (own, slots) = (&own, &slots);
+        scope.spawn(move || {
+            if let Err(f) = instance(template, &conn, own, slots) {
+                tell(
+                    conn.as_raw_fd(),
+                    &ToCaller::Failed {
+                        code: f.code as u8,
+                        message: f.message,
+                    },
+                );
+            }
+        });
+    })
+}
+
+/// The listening socket; a stale socket file (nobody listening) is replaced, a live one refused.
+fn listen(socket: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if !meta.file_type().is_socket() {
+            return Err(Failure::new(
+                Code::Usage,
+                format!("{} exists and is not a socket", socket.display()),
+            ));
+        }
+        if sys::seqpacket_connect(socket).is_ok() {
+            return Err(Failure::new(
+                Code::Usage,
+                format!("a server is already listening at {}", socket.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    sys::seqpacket_listen(socket).map_err(|e| {
+        Failure::new(
+            Code::Io,
+            format!("cannot listen at {}: {e}", socket.display()),
+        )
+    })
+}
+
+fn tell(conn: RawFd, m: &ToCaller) {
+    if let Ok(bytes) = postcard::to_allocvec(m) {
+        let _ = sys::send_with_fds(conn, &bytes, &[]);
+    }
+}
+
+fn refused(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::Refused, msg)
+}
+
+fn failed(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::RestoreFailed, msg)
+}
+
+/// The caller's credentials, read while its pidfd shows it is still the process that connected.
+fn caller(conn: RawFd) -> Result<Credentials> {
+    let who = |e: std::io::Error| refused(format!("cannot identify the caller: {e}"));
+    let (pid, _, _) = sys::peer_cred(conn).map_err(who)?;
+    let pidfd = sys::peer_pidfd(conn).map_err(who)?;
+    let creds = Credentials::of(pid).map_err(who)?;
+    if !sys::pidfd_alive(&pidfd) {
+        return Err(refused("the caller ended before it could be identified"));
+    }
+    Ok(creds)
+}
+
+/// Serves one connection: checks, forks the instance, passes signals on, reports its end.
+fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slots) -> Result {
+    let fd = conn.as_raw_fd();
+    let mut buf = vec![0u8; ARGS_MAX + SMALL];
+    let Some(packet) = sys::recv_with_fds(fd, &mut buf)
+        .map_err(|e| Failure::new(Code::Io, format!("cannot read the request: {e}")))?
+    else {
+        return Ok(());
+    };
+    if packet.truncated {
+        return Err(Failure::new(
+            Code::Usage,
+            format!("the request is larger than {ARGS_MAX} bytes of arguments and environment"),
+        ));
+    }
+    let [stdin, stdout, stderr] = <[OwnedFd; 3]>::try_from(packet.fds).map_err(|_| {
+        Failure::new(
+            Code::Usage,
+            "a request passes exactly its standard input, output and error",
+        )
+    })?;
+    let call: Call = postcard::from_bytes(&buf[..packet.len])
+        .map_err(|e| Failure::new(Code::Usage, format!("malformed request: {e}")))?;
+
+    // The same policy as `thaw run` for this caller, and the instance runs with the server's
+    // own credentials: so the caller must have those.
+    let creds = caller(fd)?;
+    let image = template.image().manifest();
+    policy::decide(&image.creds, &creds, false).map_err(refused)?;
+    if creds.uid != own.uid || creds.gid != own.gid || sorted(&creds.groups) != sorted(&own.groups)
+    {
+        return Err(refused(format!(
+            "this server runs as uid {}, gid {}; it gives instances its own credentials, so it serves only callers with the same ids and groups (you are uid {}, gid {})",
+            own.uid.real, own.gid.real, creds.uid.real, creds.gid.real
+        )));
+    }
+
+    let _slot = slots.take();
+    let files = template.reopen_files()?;
+    let init = Init::spawn()?;
+    let (error_r, error_w) = pipe()?;
+    let pid = template.fork(
+        &RestoreArgs {
+            args: call.args,
+            env: call.env,
+        },
+        &InstanceFds {
+            pidns: &init.pidns,
+            mntns: &init.mntns,
+            error: &error_w,
+            stdio: [&stdin, &stdout, &stderr],
+        },
+        &files,
+    )?;
+    drop((error_w, files, stdin, stdout, stderr));
+    let pidfd = sys::pidfd_open(pid);
+    if let Some(why) = template.report(&error_r) {
+        let _ = sys::wait(pid);
+        return Err(failed(why));
+    }
+    tell(
+        fd,
+        &ToCaller::Started {
+            pid: image.process.pid,
+        },
+    );
+    let status = std::thread::scope(|scope| {
+        // The caller's signals, and its end: a caller that goes away takes its instance along.
+        scope.spawn(|| {
+            let mut buf = [0u8; SMALL];
+            loop {
+                match sys::recv_with_fds(fd, &mut buf) {
+                    Ok(Some(p)) if !p.truncated => {
+                        if let (Ok(ToServer::Signal(sig)), Ok(pidfd)) =
+                            (postcard::from_bytes(&buf[..p.len]), &pidfd)
+                        {
+                            sys::pidfd_send_signal(pidfd, sig);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => {
+                        if let Ok(pidfd) = &pidfd {
+                            sys::pidfd_send_signal(pidfd, libc::SIGKILL);
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        let status = sys::wait(pid)
+            .map(|(_, how)| how.status())
+            .map_err(|e| failed(format!("cannot wait for the instance: {e}")));
+        drop(init);
+        if let Ok(status) = &status {
+            tell(fd, &ToCaller::Exited { status: *status });
+        }
+        sys::shutdown(fd);
+        status
+    })?;
+    let _ = status;
+    Ok(())
+}
+
+fn sorted(v: &[u32]) -> Vec<u32> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = std::io::pipe()
+        .map_err(|e| Failure::new(Code::Io, format!("cannot create a pipe: {e}")))?;
+    Ok((r.into(), w.into()))
+}
+
+/// The init of one instance's PID namespace: killed (and so everything left in the namespace)
+/// when dropped.
+struct Init {
+    pid: i32,
+    pidns: OwnedFd,
+    mntns: OwnedFd,
+}
+
+impl Init {
+    fn spawn() -> Result<Init> {
+        use std::io::Read;
+        let (ready_r, ready_w) = pipe()?;
+        let pid = sys::spawn_namespace_init(ready_w.as_raw_fd()).map_err(|e| {
+            refused(format!(
+                "cannot create a PID namespace for the instance: {e}"
+            ))
+        })?;
+        drop(ready_w);
+        let mut init = Init {
+            pid,
+            pidns: ns(pid, "pid")?,
+            mntns: ns(pid, "mnt")?,
+        };
+        let mut byte = [0u8; 1];
+        let ok = std::fs::File::from(ready_r).read_exact(&mut byte).is_ok() && byte[0] == 1;
+        if !ok {
+            init.end();
+            return Err(failed(
+                "the instance's namespace init could not mount its /proc",
+            ));
+        }
+        Ok(init)
+    }
+
+    fn end(&mut self) {
+        if self.pid > 0 {
+            sys::kill(self.pid, libc::SIGKILL);
+            let _ = sys::wait(self.pid);
+            self.pid = 0;
+        }
+    }
+}
+
+fn ns(pid: i32, kind: &str) -> Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    std::fs::File::open(&path)
+        .map(OwnedFd::from)
+        .map_err(|e| failed(format!("cannot open {path}: {e}")))
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
