@@ -895,14 +895,15 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Packet>> 
             fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
-    let flags = msg[6] as i32;
-    if n == 0 && fds.is_empty() && flags == 0 {
+    let truncated = msg[6] as i32 & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+    // An empty packet reads as end of file: neither side sends one.
+    if n == 0 && fds.is_empty() && !truncated {
         return Ok(None);
     }
     Ok(Some(Packet {
         len: n,
         fds,
-        truncated: flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+        truncated,
     }))
 }
 
@@ -972,6 +973,15 @@ pub fn spawn_namespace_init(ready: RawFd) -> io::Result<i32> {
 }
 
 fn namespace_init_loop(ready: RawFd) -> ! {
+    // Nothing of the server's stays open here: another caller's descriptors, in flight on
+    // another thread, would otherwise live as long as this instance.
+    if ready > 0 {
+        let _ = syscall(libc::SYS_close_range, [0, ready as u64 - 1, 0, 0, 0, 0]);
+    }
+    let _ = syscall(
+        libc::SYS_close_range,
+        [ready as u64 + 1, u64::from(u32::MAX), 0, 0, 0, 0],
+    );
     let _ = syscall(
         libc::SYS_prctl,
         [
