@@ -65,6 +65,10 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
         };
         match postcard::from_bytes::<ToCaller>(&buf[..p.len]) {
             Ok(ToCaller::Started { .. }) => continue,
+            Ok(ToCaller::Queued { max }) => {
+                eprintln!("thaw: all {max} of the server's instances are running; waiting for one to end");
+                continue;
+            }
             Ok(ToCaller::Exited { status }) => return Ok(status),
             Ok(ToCaller::Failed { code, message }) => {
                 return Err(Failure::new(

@@ -32,7 +32,12 @@ struct Slots {
 }
 
 impl Slots {
-    fn take(&self) -> SlotGuard<'_> {
+    /// Takes a slot; `waiting` runs once first when none is free.
+    fn take(&self, waiting: impl FnOnce()) -> SlotGuard<'_> {
+        // Told without the lock held (telling may block on a slow caller).
+        if *self.used.lock().unwrap_or_else(|e| e.into_inner()) >= self.max {
+            waiting();
+        }
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         while *used >= self.max {
             used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
@@ -191,7 +196,14 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
         )));
     }
 
-    let _slot = slots.take();
+    let _slot = slots.take(|| {
+        tell(
+            fd,
+            &ToCaller::Queued {
+                max: slots.max as u32,
+            },
+        )
+    });
     let files = template.reopen_files()?;
     let init = Init::spawn()?;
     let (error_r, error_w) = pipe()?;

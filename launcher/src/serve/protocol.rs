@@ -3,7 +3,8 @@
 //!
 //! The caller opens with a [`Call`] that carries its standard input, output and error
 //! (SCM_RIGHTS); then it may send [`ToServer`] messages. The server answers with [`ToCaller`]
-//! messages: `Started`, then `Exited`; or `Failed` at any point.
+//! messages: `Queued` when it must wait for a slot, `Started`, then `Exited`; or `Failed` at any
+//! point.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,8 @@ pub enum ToCaller {
     Exited { status: i32 },
     /// No instance, or it failed while being restored: an exit code and a one-line message.
     Failed { code: u8, message: String },
+    /// Every one of the server's `max` instance slots is taken: the call waits for one.
+    Queued { max: u32 },
 }
 
 /// The largest message either side sends, besides the call's arguments.
@@ -50,6 +53,7 @@ mod tests {
         for m in [
             ToCaller::Started { pid: 42 },
             ToCaller::Exited { status: 3 },
+            ToCaller::Queued { max: 64 },
             ToCaller::Failed {
                 code: 67,
                 message: "no".into(),
