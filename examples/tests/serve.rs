@@ -28,7 +28,14 @@ impl Server {
         Self::try_start_at(env, image, opts, &socket)
     }
 
-    fn try_start_at(env: &Env, image: &Path, opts: &[&str], socket: &Path) -> Result<Server, Output> {
+    // Every path that returns waits for the child or hands it to a Server, which does.
+    #[allow(clippy::zombie_processes)]
+    fn try_start_at(
+        env: &Env,
+        image: &Path,
+        opts: &[&str],
+        socket: &Path,
+    ) -> Result<Server, Output> {
         let mut child = command(&bin("thaw"))
             .arg("serve")
             .arg("--trust")
@@ -47,7 +54,12 @@ impl Server {
             let mut line = String::new();
             if err.read_line(&mut line).unwrap() == 0 {
                 let mut stdout = Vec::new();
-                child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_end(&mut stdout)
+                    .unwrap();
                 let status = child.wait().unwrap();
                 return Err(Output {
                     status,
@@ -143,7 +155,10 @@ fn children(pid: i32) -> Vec<i32> {
     };
     for t in tasks.flatten() {
         let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
     }
     out.sort_unstable();
     out
@@ -165,7 +180,11 @@ fn nspid(pid: i32) -> Option<Vec<i32>> {
 fn pidfd(pid: i32) -> OwnedFd {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: a descriptor just returned to us, owned by nothing else.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
@@ -253,14 +272,366 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         for round in 0..rounds {
             let o = server.call(args).output().unwrap();
             assert_all_ok(&o, &[]);
-            assert_eq!(ok_lines(&o), expected, "{prog}, instance {round}: {}", text(&o));
+            assert_eq!(
+                ok_lines(&o),
+                expected,
+                "{prog}, instance {round}: {}",
+                text(&o)
+            );
         }
         let (status, said) = server.stop();
         assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{prog}: {said}");
-        assert!(!server_socket_exists(&env), "{prog}: the socket outlived the server");
+        assert!(
+            !server_socket_exists(&env),
+            "{prog}: the socket outlived the server"
+        );
     }
 }
 
 fn server_socket_exists(env: &Env) -> bool {
     env.path("serve.sock").exists()
+}
+/// The PID namespace of a process (the target of /proc/PID/ns/pid).
+fn pidns(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap()
+}
+
+/// The PIDs an instance sees in its own /proc.
+fn seen_from(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/root/proc"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// 64 callers at once: 64 instances, each with the image's PID in a PID namespace of its own,
+/// seeing nothing but itself and its init; each caller gets its own instance's exit status.
+#[test]
+fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let mut callers: Vec<Waiting> = (0..64).map(|_| Waiting::spawn(server.call(&[]))).collect();
+    for c in &mut callers {
+        assert_eq!(c.ready(), pid);
+    }
+    let instances = server.instances();
+    assert_eq!(instances.len(), 64, "{:?}", server.children());
+    let template = pidns(server.template);
+    let mut spaces: Vec<PathBuf> = instances.iter().map(|&p| pidns(p)).collect();
+    spaces.sort();
+    spaces.dedup();
+    assert_eq!(spaces.len(), 64, "instances share PID namespaces");
+    assert!(!spaces.contains(&template));
+    for &p in &instances {
+        assert_eq!(nspid(p).unwrap()[1], pid);
+        assert_eq!(
+            seen_from(p),
+            vec![1, pid],
+            "instance {p} sees more than itself"
+        );
+    }
+    for (i, c) in callers.into_iter().enumerate() {
+        assert_eq!(c.finish(i as i32).code(), Some(i as i32));
+    }
+    // Every instance and its namespace's init is gone once its caller has its status.
+    assert_eq!(server.children(), vec![server.template]);
+}
+
+/// With every slot taken a caller is told it waits, and gets an instance when one ends.
+#[test]
+fn callers_beyond_the_bound_wait_for_a_slot() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &["--max-instances", "2"]);
+    let mut first = Waiting::spawn(server.call(&[]));
+    let mut second = Waiting::spawn(server.call(&[]));
+    assert_eq!(first.ready(), pid);
+    assert_eq!(second.ready(), pid);
+    let mut third = Waiting::spawn(server.call(&[]));
+    let mut said = String::new();
+    BufReader::new(third.child.stderr.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(
+        said.contains("all 2 of the server's instances are running; waiting"),
+        "{said}"
+    );
+    assert_eq!(server.instances().len(), 2);
+    assert_eq!(first.finish(3).code(), Some(3));
+    assert_eq!(third.ready(), pid);
+    assert_eq!(server.instances().len(), 2);
+    assert_eq!(second.finish(4).code(), Some(4));
+    assert_eq!(third.finish(5).code(), Some(5));
+}
+
+/// The caller's SIGTERM reaches its instance; a caller killed outright takes its instance
+/// along; an instance killed from outside is reported to its caller, and the server serves on.
+#[test]
+fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+
+    let mut c = Waiting::spawn(server.call(&[]));
+    assert_eq!(c.ready(), pid);
+    // Held open: `wait` would close it, and the instance would end at end of file instead.
+    let _stdin = c.child.stdin.take();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(c.child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+
+    let mut c = Waiting::spawn(server.call(&[]));
+    assert_eq!(c.ready(), pid);
+    let instance = server.instances();
+    assert_eq!(instance.len(), 1);
+    let fd = pidfd(instance[0]);
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    wait_gone(&fd);
+
+    let mut c = Waiting::spawn(server.call(&[]));
+    assert_eq!(c.ready(), pid);
+    let instance = server.instances();
+    // SAFETY: as above.
+    unsafe { libc::kill(instance[0], libc::SIGKILL) };
+    assert_eq!(c.child.wait().unwrap().code(), Some(128 + libc::SIGKILL));
+
+    let c = Waiting::spawn(server.call(&[]));
+    let mut c = c;
+    assert_eq!(c.ready(), pid);
+    assert_eq!(c.finish(0).code(), Some(0));
+}
+
+/// The server's end is the end of the template, every instance and every namespace init; the
+/// callers are told the server ended (68) and the socket is removed.
+#[test]
+fn nothing_outlives_the_server() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let mut callers: Vec<Waiting> = (0..3).map(|_| Waiting::spawn(server.call(&[]))).collect();
+    for c in &mut callers {
+        assert_eq!(c.ready(), pid);
+    }
+    let all = server.children();
+    assert_eq!(
+        all.len(),
+        1 + 3 + 3,
+        "template, 3 inits, 3 instances: {all:?}"
+    );
+    let fds: Vec<OwnedFd> = all.iter().map(|&p| pidfd(p)).collect();
+    let (status, _) = server.stop();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    for fd in &fds {
+        wait_gone(fd);
+    }
+    for mut c in callers {
+        let status = c.child.wait().unwrap();
+        let mut err = String::new();
+        c.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(68), "{err}");
+        assert!(
+            err.contains("the server ended before the instance did"),
+            "{err}"
+        );
+    }
+    assert!(!server_socket_exists(&env));
+}
+
+/// Refused by name: an image the server cannot share, a path that is not a socket, a socket a
+/// server already listens at, an image signed by an untrusted key.
+#[test]
+fn serve_refuses_what_it_cannot_do() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let shm = env.checkpoint("zdtm-shmem", "m.thaw", &[]);
+    let o = Server::try_start(&env, &shm, &[])
+        .err()
+        .expect("served shared memory");
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(text(&o).contains("shared"), "{}", text(&o));
+
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let file = env.path("not-a-socket");
+    std::fs::write(&file, "data").unwrap();
+    let o = Server::try_start_at(&env, &img, &[], &file)
+        .err()
+        .expect("served at a regular file");
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+
+    let server = Server::start(&env, &img, &[]);
+    let o = Server::try_start(&env, &img, &[])
+        .err()
+        .expect("two servers at one socket");
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("already listening"), "{}", text(&o));
+    drop(server);
+
+    let other = Env::new();
+    let foreign = other.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let o = Server::try_start(&env, &foreign, &[])
+        .err()
+        .expect("served an untrusted image");
+    assert_eq!(o.status.code(), Some(66), "{}", text(&o));
+}
+
+/// Callers are checked as `thaw run` checks them: `nobody` cannot reach root's socket (made
+/// for its owner only), and where it can reach it is refused: the server gives instances its
+/// own credentials, never another caller's.
+#[test]
+fn a_caller_with_other_credentials_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let server = Server::start(&env, &img, &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let o = as_nobody(server.call(&[])).output().unwrap();
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+    assert!(text(&o).contains("Permission denied"), "{}", text(&o));
+
+    std::fs::set_permissions(&server.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = as_nobody(server.call(&[])).output().unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        text(&o).contains("this server runs as uid 0"),
+        "{}",
+        text(&o)
+    );
+    assert!(server.instances().is_empty());
+}
+
+/// A hostile caller (a request that is not one, no descriptors) gets a usage failure, and the
+/// server goes on serving.
+#[test]
+fn a_malformed_request_is_refused_and_the_server_serves_on() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    for request in [&b"\xff\xff\xff\xff garbage"[..], b""] {
+        let sock = seqpacket_connect(&server.socket);
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+        assert_eq!(n, request.len() as isize);
+        let mut reply = [0u8; 4096];
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        if request.is_empty() {
+            // An empty packet is the end of the caller: no answer.
+            assert_eq!(n, 0);
+            continue;
+        }
+        // ToCaller::Failed (variant 2), exit code 64 (usage), then the message.
+        assert!(n > 2, "{n}");
+        assert_eq!(&reply[..2], &[2, 64]);
+        assert!(String::from_utf8_lossy(&reply[..n as usize]).contains("exactly its standard"));
+    }
+    let mut c = Waiting::spawn(server.call(&[]));
+    assert_eq!(c.ready(), pid);
+    assert_eq!(c.finish(9).code(), Some(9));
+}
+
+fn seqpacket_connect(path: &Path) -> OwnedFd {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket takes integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: a descriptor just returned to us.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as u16;
+    for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a valid address of the given size.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    sock
+}
+
+/// 1,000 instances in a row: every one answers, and the server holds no more descriptors,
+/// children or memory afterwards than after the first ten.
+#[test]
+fn a_thousand_instances_in_a_row_leak_nothing() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let status_file = env.path("status");
+    std::fs::write(&status_file, "7\n").unwrap();
+    let once = || {
+        let o = server
+            .call(&[])
+            .stdin(std::fs::File::open(&status_file).unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("ready {pid}\n"));
+    };
+    let rss = || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    for _ in 0..10 {
+        once();
+    }
+    let (fds, kib) = (server.descriptors(), rss());
+    for _ in 10..1000 {
+        once();
+    }
+    assert_eq!(server.descriptors(), fds);
+    assert_eq!(server.children(), vec![server.template]);
+    let grown = rss().saturating_sub(kib);
+    assert!(
+        grown < 2048,
+        "the server grew by {grown} KiB over 990 instances"
+    );
 }

@@ -1132,11 +1132,12 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Shuts a socket down both ways: a thread blocked reading it sees end of file.
-pub fn shutdown(sock: RawFd) {
+/// Shuts a socket's reading side: a thread blocked reading it sees end of file, while the peer
+/// still reads what was sent until the socket is closed.
+pub fn shutdown_read(sock: RawFd) {
     let _ = syscall(
         libc::SYS_shutdown,
-        [sock as u64, libc::SHUT_RDWR as u64, 0, 0, 0, 0],
+        [sock as u64, libc::SHUT_RD as u64, 0, 0, 0, 0],
     );
 }
 

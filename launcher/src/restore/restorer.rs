@@ -228,7 +228,7 @@ global_asm!(
     "    jae 90f",
     "    jmp 20b",
     // OP_SERVE: recvmsg, setns(first fd, CLONE_NEWPID), clone3; the child goes on, the parent
-    // answers with the PID (or -errno), closes what it received and waits again
+    // closes what it received, answers with the PID (or -errno) and waits again
     "100:",
     "    mov rdi, [r12 + 16]",
     "    mov rsi, [r12 + 24]",
@@ -257,19 +257,20 @@ global_asm!(
     "    syscall",
     "    test rax, rax",
     "    jz 20b",
+    // closed before the answer: once the server has it, only the instance holds them
     "102:",
     "    push rax",
+    "    mov rdi, [r12 + 40]",
+    "    mov esi, 0xffffffff",
+    "    xor edx, edx",
+    "    mov eax, 436", // close_range
+    "    syscall",
     "    mov rdi, [r12 + 16]",
     "    mov rsi, rsp",
     "    mov edx, 8",
     "    mov eax, 1",
     "    syscall",
     "    pop rax",
-    "    mov rdi, [r12 + 40]",
-    "    mov esi, 0xffffffff",
-    "    xor edx, edx",
-    "    mov eax, 436", // close_range
-    "    syscall",
     "    jmp 100b",
     "105:",
     "    xor edi, edi",

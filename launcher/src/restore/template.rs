@@ -28,8 +28,9 @@ const PIDNS: RawFd = 0;
 const _: () = assert!(PIDNS == 0);
 const ERROR: RawFd = 1;
 const MNTNS: RawFd = 2;
-const STDIO: RawFd = 3;
-const PLACED: RawFd = 6;
+const GO: RawFd = 3;
+const STDIO: RawFd = 4;
+const PLACED: RawFd = 7;
 
 /// The largest arguments and environment a request may carry (postcard bytes).
 pub const ARGS_MAX: usize = 128 * 1024;
@@ -122,6 +123,15 @@ impl ForkPoint {
             libc::SYS_setns,
             [base + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
         );
+        // The template and the server still hold copies of its files as it starts: a pipe
+        // whose other end it closes would not reach end of file. It goes on once they hold
+        // none (end of file here means the server is gone, and the namespace with it).
+        let byte = plan.data(&[0]);
+        plan.syscall(
+            "instance: wait until only it holds its files",
+            libc::SYS_read,
+            [base + GO as u64, byte, 1, 0, 0, 0],
+        );
     }
 
     /// The arguments' buffer (after [`ForkPoint::plan`]).
@@ -158,11 +168,13 @@ pub struct Template<'a> {
 }
 
 /// What an instance needs besides its arguments: its PID and mount namespaces, its error pipe,
-/// the requester's standard descriptors.
+/// the pipe it waits on until only it holds its files (see [`ForkPoint::plan`]), the
+/// requester's standard descriptors.
 pub struct InstanceFds<'a> {
     pub pidns: &'a OwnedFd,
     pub mntns: &'a OwnedFd,
     pub error: &'a OwnedFd,
+    pub go: &'a OwnedFd,
     pub stdio: [&'a OwnedFd; 3],
 }
 
@@ -314,7 +326,9 @@ impl<'a> Template<'a> {
         Ok(reopened.into_iter().map(|(_, f)| f).collect())
     }
 
-    /// Forks an instance; returns its PID in the server's namespace.
+    /// Forks an instance; returns its PID in the server's namespace. The template holds none of
+    /// the descriptors sent by then; the instance waits on `fds.go` until the caller has
+    /// dropped its own copies too.
     pub fn fork(&self, args: &RestoreArgs, fds: &InstanceFds, files: &[OwnedFd]) -> Result<i32> {
         let bytes = postcard::to_allocvec(args)
             .map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
@@ -331,6 +345,7 @@ impl<'a> Template<'a> {
             fds.pidns.as_raw_fd(),
             fds.error.as_raw_fd(),
             fds.mntns.as_raw_fd(),
+            fds.go.as_raw_fd(),
         ];
         all.extend(fds.stdio.iter().map(|f| f.as_raw_fd()));
         all.extend(files.iter().map(|f| f.as_raw_fd()));

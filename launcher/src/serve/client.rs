@@ -14,6 +14,9 @@ use crate::sys;
 
 /// Runs one instance through the server at `socket`; returns its exit status.
 pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
+    // The usual signals go to the instance: blocked from before it exists, and a thread passes
+    // them on once it does.
+    sys::set_sigmask(FORWARDED.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
     let sock = sys::seqpacket_connect(socket).map_err(|e| {
         Failure::new(
             Code::Io,
@@ -44,8 +47,6 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
             format!("cannot send the request to the server: {e}{hint}"),
         )
     })?;
-    // The usual signals go to the instance: blocked here, and a thread passes them on.
-    sys::set_sigmask(FORWARDED.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
     let fd = sock.as_raw_fd();
     std::thread::spawn(move || loop {
         let sig = sys::wait_signal(&FORWARDED);
@@ -66,10 +67,16 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
         match postcard::from_bytes::<ToCaller>(&buf[..p.len]) {
             Ok(ToCaller::Started { .. }) => continue,
             Ok(ToCaller::Queued { max }) => {
-                eprintln!("thaw: all {max} of the server's instances are running; waiting for one to end");
+                eprintln!(
+                    "thaw: all {max} of the server's instances are running; waiting for one to end"
+                );
                 continue;
             }
-            Ok(ToCaller::Exited { status }) => return Ok(status),
+            Ok(ToCaller::Exited { status }) => {
+                // The server closes the connection once it holds nothing of the instance.
+                while let Ok(Some(_)) = sys::recv_with_fds(fd, &mut buf) {}
+                return Ok(status);
+            }
             Ok(ToCaller::Failed { code, message }) => {
                 return Err(Failure::new(
                     Code::from_u8(code).unwrap_or(Code::RestoreFailed),

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod protocol;
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
@@ -183,11 +184,10 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
     let call: Call = postcard::from_bytes(&buf[..packet.len])
         .map_err(|e| Failure::new(Code::Usage, format!("malformed request: {e}")))?;
 
-    // The same policy as `thaw run` for this caller, and the instance runs with the server's
-    // own credentials: so the caller must have those.
+    // The instance runs with the server's own credentials: so the caller must have those; and
+    // the same policy as `thaw run` holds for this caller.
     let creds = caller(fd)?;
     let image = template.image().manifest();
-    policy::decide(&image.creds, &creds, false).map_err(refused)?;
     if creds.uid != own.uid || creds.gid != own.gid || sorted(&creds.groups) != sorted(&own.groups)
     {
         return Err(refused(format!(
@@ -195,6 +195,7 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
             own.uid.real, own.gid.real, creds.uid.real, creds.gid.real
         )));
     }
+    policy::decide(&image.creds, &creds, false).map_err(refused)?;
 
     let _slot = slots.take(|| {
         tell(
@@ -207,6 +208,7 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
     let files = template.reopen_files()?;
     let init = Init::spawn()?;
     let (error_r, error_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
     let pid = template.fork(
         &RestoreArgs {
             args: call.args,
@@ -216,11 +218,14 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
             pidns: &init.pidns,
             mntns: &init.mntns,
             error: &error_w,
+            go: &go_r,
             stdio: [&stdin, &stdout, &stderr],
         },
         &files,
     )?;
-    drop((error_w, files, stdin, stdout, stderr));
+    // Only the instance holds its files now: it may go on.
+    drop((error_w, go_r, files, stdin, stdout, stderr));
+    let _ = std::fs::File::from(go_w).write_all(&[1]);
     let pidfd = sys::pidfd_open(pid);
     if let Some(why) = template.report(&error_r) {
         let _ = sys::wait(pid);
@@ -262,7 +267,9 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
         if let Ok(status) = &status {
             tell(fd, &ToCaller::Exited { status: *status });
         }
-        sys::shutdown(fd);
+        // Ends the thread above; the caller hears end of file only once this connection is
+        // closed, after everything else this instance held.
+        sys::shutdown_read(fd);
         status
     })?;
     let _ = status;
