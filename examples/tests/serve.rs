@@ -17,7 +17,8 @@ struct Server {
     child: Child,
     socket: PathBuf,
     template: i32,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    /// What it says on stderr after it began serving, line by line.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -74,16 +75,17 @@ impl Server {
                     .and_then(|t| t.split(')').next())
                     .and_then(|t| t.parse().ok())
                     .unwrap_or_else(|| panic!("no template PID in {line:?}"));
-                let stderr = std::thread::spawn(move || {
-                    let mut rest = String::new();
-                    let _ = err.read_to_string(&mut rest);
-                    rest
+                let (tx, lines) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in err.lines().map_while(|l| l.ok()) {
+                        let _ = tx.send(line);
+                    }
                 });
                 return Ok(Server {
                     child,
                     socket: socket.to_owned(),
                     template,
-                    stderr: Some(stderr),
+                    lines,
                 });
             }
             said.push_str(&line);
@@ -132,12 +134,31 @@ impl Server {
     }
 
     /// SIGTERM, then waits: its status and what it said on stderr after it began serving.
-    fn stop(mut self) -> (ExitStatus, String) {
+    fn stop(self) -> (ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        self.end()
+    }
+
+    fn signal(&self, sig: i32) {
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for it to end: its status and the rest of what it said.
+    fn end(mut self) -> (ExitStatus, String) {
         let status = self.child.wait().unwrap();
-        let said = self.stderr.take().unwrap().join().unwrap();
-        (status, said)
+        let said: Vec<String> = self.lines.iter().collect();
+        (status, said.join("\n"))
+    }
+
+    /// Blocks until it says a line containing `needle`; returns that line.
+    fn said(&self, needle: &str) -> String {
+        for line in self.lines.iter() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the server ended without saying {needle:?}")
     }
 }
 
@@ -634,4 +655,84 @@ fn a_thousand_instances_in_a_row_leak_nothing() {
         grown < 2048,
         "the server grew by {grown} KiB over 990 instances"
     );
+}
+
+/// The template PID in a "serving" line.
+fn template_in(line: &str) -> i32 {
+    line.split("(template ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no template PID in {line:?}"))
+}
+
+/// SIGHUP reloads the image from its path: new callers get the new image (told apart by its
+/// PID), running instances of the old one go on and end normally, and the old template ends
+/// once they have. An image that fails verification is not loaded; the server serves on.
+#[test]
+fn a_reload_serves_the_new_image_and_keeps_running_instances() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let a = env.checkpoint("zdtm-waiter", "a.thaw", &[]);
+    let b = env.checkpoint("zdtm-waiter", "b.thaw", &[]);
+    let (pa, pb) = (image_pid(&env, &a), image_pid(&env, &b));
+    assert_ne!(pa, pb);
+    let served = env.path("served.thaw");
+    std::fs::copy(&a, &served).unwrap();
+    let server = Server::start(&env, &served, &[]);
+    let old_template = pidfd(server.template);
+    let mut old = Waiting::spawn(server.call(&[]));
+    assert_eq!(old.ready(), pa);
+
+    std::fs::copy(&b, env.path("next.thaw")).unwrap();
+    std::fs::rename(env.path("next.thaw"), &served).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.said("reloaded: serving");
+    assert!(line.contains(&format!("PID {pb} ")), "{line}");
+    assert_ne!(template_in(&line), server.template);
+    let mut new = Waiting::spawn(server.call(&[]));
+    assert_eq!(new.ready(), pb);
+    assert_eq!(old.finish(3).code(), Some(3));
+    wait_gone(&old_template);
+    assert_eq!(new.finish(4).code(), Some(4));
+
+    // A damaged image on reload: refused, and the server serves the last good one.
+    let mut bytes = std::fs::read(&b).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(env.path("next.thaw"), &bytes).unwrap();
+    std::fs::rename(env.path("next.thaw"), &served).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.said("cannot reload");
+    assert!(line.contains("still serving the previous image"), "{line}");
+    let mut c = Waiting::spawn(server.call(&[]));
+    assert_eq!(c.ready(), pb);
+    assert_eq!(c.finish(5).code(), Some(5));
+}
+
+/// SIGQUIT stops the server gracefully: the socket goes at once (new callers cannot reach
+/// it), the running instance ends normally, and then the server and its template end (0).
+#[test]
+fn a_graceful_stop_lets_running_instances_finish() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let template = pidfd(server.template);
+    let mut running = Waiting::spawn(server.call(&[]));
+    assert_eq!(running.ready(), pid);
+    server.signal(libc::SIGQUIT);
+    server.said("stopping");
+    assert!(!server_socket_exists(&env));
+    let o = server.call(&[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+    assert_eq!(running.finish(6).code(), Some(6));
+    let (status, said) = server.end();
+    assert_eq!(status.code(), Some(0), "{said}");
+    wait_gone(&template);
 }

@@ -1051,12 +1051,12 @@ fn unix_address(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, u32)> 
     Ok((addr, len as u32))
 }
 
-fn seqpacket_socket() -> io::Result<OwnedFd> {
+fn seqpacket_socket(flags: i32) -> io::Result<OwnedFd> {
     let fd = syscall(
         libc::SYS_socket,
         [
             libc::AF_UNIX as u64,
-            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
+            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags) as u64,
             0,
             0,
             0,
@@ -1068,10 +1068,10 @@ fn seqpacket_socket() -> io::Result<OwnedFd> {
 }
 
 /// A listening `AF_UNIX` sequenced-packet socket at `path`, readable and writable by its owner
-/// only (the file is created under umask 0177).
+/// only (the file is created under umask 0177); non-blocking (see [`wait_readable`]).
 pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::fd::AsRawFd;
-    let sock = seqpacket_socket()?;
+    let sock = seqpacket_socket(libc::SOCK_NONBLOCK)?;
     let (addr, len) = unix_address(path)?;
     // SAFETY: umask has no preconditions; the previous mask is put back right after bind.
     let old = unsafe { libc::umask(0o177) };
@@ -1096,7 +1096,7 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
 /// Connects to the sequenced-packet socket at `path`.
 pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::fd::AsRawFd;
-    let sock = seqpacket_socket()?;
+    let sock = seqpacket_socket(0)?;
     let (addr, len) = unix_address(path)?;
     loop {
         match syscall(
@@ -1113,6 +1113,25 @@ pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
             Ok(_) => return Ok(sock),
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (or at end of file); which ones are.
+pub fn wait_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        match syscall(
+            libc::SYS_poll,
+            [p.as_mut_ptr() as u64, N as u64, u64::MAX, 0, 0, 0],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(p.map(|p| p.revents != 0)),
         }
     }
 }

@@ -15,7 +15,9 @@ use crate::sys;
 /// each caller of the socket (`thaw run --via SOCKET -- ARGS`) gets an instance forked from it,
 /// with the image's PID in a PID namespace of its own, the caller's arguments, environment and
 /// standard descriptors, and memory shared copy-on-write with every other instance. The server
-/// runs as root; it serves callers with its own credentials.
+/// runs as root; it serves callers with its own credentials. SIGHUP reloads the image from the
+/// same path (running instances go on); SIGQUIT stops taking callers and ends once the running
+/// instances have; SIGINT and SIGTERM end it and every instance at once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -49,17 +51,21 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             "thaw serve needs root (CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE) to give each instance a PID namespace with the image's PID; use thaw run --pid-mode ns meanwhile",
         ));
     }
-    let file = ImageFile::open(&args.image)?;
-    let image = file.verify(&args.trust.load(ctx)?)?;
-    restore::prepare_descriptor_table(&image);
-    // Every instance is forked from memory read once: it is read from a sealed private copy,
-    // verified whole, so that nothing done to the file later reaches an instance.
-    let h = image.header();
-    let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
-        .map_err(|e| Failure::new(Code::Io, format!("cannot create the private copy: {e}")))?;
-    image.verify_chunks(&|_| true, Some(&copy))?;
-    sys::seal(&copy)
-        .map_err(|e| Failure::new(Code::Io, format!("cannot seal the private copy: {e}")))?;
-    let template = Template::start(&image, copy, args.allow_clock_jump)?;
-    crate::serve::serve(&template, &args.socket, args.max_instances as usize)
+    // Read again on SIGHUP: a server reloads the image at the same path.
+    let load = || -> Result<Template> {
+        let file = ImageFile::open(&args.image)?;
+        let image = file.verify(&args.trust.load(ctx)?)?;
+        restore::prepare_descriptor_table(&image);
+        // Every instance is forked from memory read once: it is read from a sealed private
+        // copy, verified whole, so that nothing done to the file later reaches an instance.
+        let h = image.header();
+        let copy = sys::sealable_memfd(c"thaw-image", h.payload_off + h.payload_len)
+            .map_err(|e| Failure::new(Code::Io, format!("cannot create the private copy: {e}")))?;
+        image.verify_chunks(&|_| true, Some(&copy))?;
+        sys::seal(&copy)
+            .map_err(|e| Failure::new(Code::Io, format!("cannot seal the private copy: {e}")))?;
+        Template::start(image, copy, args.allow_clock_jump)
+    };
+    let first = load()?;
+    crate::serve::serve(first, &args.socket, args.max_instances as usize, &load)
 }

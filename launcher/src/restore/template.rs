@@ -157,8 +157,8 @@ impl ForkPoint {
 }
 
 /// A running template.
-pub struct Template<'a> {
-    image: &'a Image,
+pub struct Template {
+    image: Image,
     payload: std::fs::File,
     pid: i32,
     ctl: Mutex<OwnedFd>,
@@ -178,10 +178,10 @@ pub struct InstanceFds<'a> {
     pub stdio: [&'a OwnedFd; 3],
 }
 
-impl<'a> Template<'a> {
+impl Template {
     /// Restores `image`'s memory into a new template process and waits until it is ready.
     /// `payload` is the verified payload (a sealed private copy).
-    pub fn start(image: &'a Image, payload: std::fs::File, allow_clock_jump: bool) -> Result<Self> {
+    pub fn start(image: Image, payload: std::fs::File, allow_clock_jump: bool) -> Result<Self> {
         let m = image.manifest();
         if !m.shared.is_empty() {
             return Err(refused(format!(
@@ -194,8 +194,8 @@ impl<'a> Template<'a> {
                 "an image of PID 1 cannot be restored under a namespace init",
             ));
         }
-        let target = super::check_policy(image, false, false)?;
-        let fds: Fds = super::prepare_fds(image, &payload, None, &[])?;
+        let target = super::check_policy(&image, false, false)?;
+        let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;
         let targets: Vec<(RawFd, bool)> = fds
             .placed
             .iter()
@@ -224,7 +224,7 @@ impl<'a> Template<'a> {
         };
         let region = Region::reserve(m)?;
         let plan = super::build_plan(
-            image,
+            &image,
             &fds,
             &region,
             &RestoreArgs::default(),
@@ -237,6 +237,8 @@ impl<'a> Template<'a> {
         // template's children, so its time namespace is theirs.
         if super::timens::decide(&m.clocks, PidMode::Host, allow_clock_jump)? {
             super::timens::enter(&m.clocks)?;
+        } else {
+            super::timens::leave()?;
         }
         let old_mask = sys::set_sigmask(u64::MAX);
         let spawned = sys::clone3_into_restorer(0, entry, control, stack_top);
@@ -279,7 +281,7 @@ impl<'a> Template<'a> {
     }
 
     pub fn image(&self) -> &Image {
-        self.image
+        &self.image
     }
 
     /// A failed step's report on an error pipe, as a message; `None` at end of file (the
@@ -371,7 +373,7 @@ impl<'a> Template<'a> {
     }
 }
 
-impl Drop for Template<'_> {
+impl Drop for Template {
     fn drop(&mut self) {
         // End of file on its socket ends the template.
         if let Ok(mut c) = self.ctl.lock() {

@@ -44,8 +44,14 @@ pub fn decide(c: &Clocks, mode: PidMode, allow_jump: bool) -> Result<bool> {
     ))
 }
 
-/// The launcher's own time namespace offsets (ns) for CLOCK_MONOTONIC and CLOCK_BOOTTIME.
+/// The launcher's own time namespace offsets (ns) for CLOCK_MONOTONIC and CLOCK_BOOTTIME, read
+/// before it first creates a namespace for its children (the file shows those once it has).
 fn own_offsets() -> (i64, i64) {
+    static OWN: std::sync::OnceLock<(i64, i64)> = std::sync::OnceLock::new();
+    *OWN.get_or_init(read_offsets)
+}
+
+fn read_offsets() -> (i64, i64) {
     let text = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
     let get = |name: &str| {
         text.lines()
@@ -65,20 +71,44 @@ fn own_offsets() -> (i64, i64) {
 /// Creates the time namespace the launcher's next child enters, with offsets for `c` computed
 /// from the clocks now.
 pub fn enter(c: &Clocks) -> Result<()> {
+    let own = own_offsets();
+    // Offsets are relative to the host's clocks; the launcher's own may already be offset (it
+    // runs in a time namespace itself), and a new namespace does not inherit that.
+    let (mono, boot) = clocks::now();
+    let minus = |clock: u64, off: i64| (i128::from(clock) - i128::from(off)).max(0) as u64;
+    let host = (minus(mono, own.0), minus(boot, own.1));
+    set_for_children(&c.timens_offsets(host))
+}
+
+/// Gives the launcher's next children its own clocks again, after [`enter`] (a server that
+/// starts a template for another image).
+pub fn leave() -> Result<()> {
+    let own = own_offsets();
+    if read_offsets() == own {
+        return Ok(());
+    }
+    let ns = |t: i64| {
+        format!(
+            "{} {}",
+            t.div_euclid(1_000_000_000),
+            t.rem_euclid(1_000_000_000)
+        )
+    };
+    set_for_children(&format!(
+        "monotonic {}\nboottime {}\n",
+        ns(own.0),
+        ns(own.1)
+    ))
+}
+
+fn set_for_children(offsets: &str) -> Result<()> {
     sys::unshare(libc::CLONE_NEWTIME).map_err(|e| {
         Failure::new(
             Code::Refused,
             format!("cannot create a time namespace: {e}"),
         )
     })?;
-    // Offsets are relative to the host's clocks; the launcher's own may already be offset (it
-    // runs in a time namespace itself), and a new namespace does not inherit that.
-    let (mono, boot) = clocks::now();
-    let (own_mono, own_boot) = own_offsets();
-    let minus = |clock: u64, off: i64| (i128::from(clock) - i128::from(off)).max(0) as u64;
-    let host = (minus(mono, own_mono), minus(boot, own_boot));
-    let offsets = c.timens_offsets(host);
-    std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
+    std::fs::write("/proc/self/timens_offsets", offsets).map_err(|e| {
         Failure::new(
             Code::RestoreFailed,
             format!("cannot set the time namespace's offsets ({offsets:?}): {e}"),

@@ -11,7 +11,7 @@ pub mod protocol;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use thaw::restore::RestoreArgs;
 use thaw::state::creds::Credentials;
@@ -22,8 +22,12 @@ use crate::restore::template::{InstanceFds, Template, ARGS_MAX};
 use crate::sys;
 use protocol::{Call, ToCaller, ToServer, SMALL};
 
-/// Signals that end the server (and with it every instance).
-const ENDING: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals that end the server at once (and with it every instance).
+const ENDING: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
+/// Reloads the image: new callers get instances of the new one; running instances go on.
+const RELOAD: i32 = libc::SIGHUP;
+/// Stops the server gracefully: no new instances; it ends when the running ones have.
+const STOP: i32 = libc::SIGQUIT;
 
 /// At most `max` instances at once; callers beyond wait for a slot.
 struct Slots {
@@ -58,8 +62,14 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// Listens at `socket` and serves instances of `template` until a signal ends the server.
-pub fn serve(template: &Template, socket: &Path, max: usize) -> Result {
+/// Listens at `socket` and serves instances of `first` until a signal ends the server; on
+/// SIGHUP it serves instances of the template `reload` makes instead.
+pub fn serve(
+    first: Template,
+    socket: &Path,
+    max: usize,
+    reload: &dyn Fn() -> Result<Template>,
+) -> Result {
     let listener = listen(socket)?;
     let own = Credentials::of(std::process::id() as i32)
         .map_err(|e| Failure::new(Code::Internal, format!("cannot read own credentials: {e}")))?;
@@ -68,34 +78,68 @@ pub fn serve(template: &Template, socket: &Path, max: usize) -> Result {
         freed: Condvar::new(),
         max,
     };
-    // Every thread inherits the blocked ending signals; one thread waits for them.
-    sys::set_sigmask(ENDING.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
+    // Every thread inherits the blocked signals; one thread waits for them. The main thread
+    // reloads and stops (a template made from another thread would not get the time
+    // namespace the main thread makes for its children).
+    let (wake_r, wake_w) = pipe()?;
+    let signals = [ENDING[0], ENDING[1], RELOAD, STOP];
+    sys::set_sigmask(signals.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
     let path = socket.to_owned();
     std::thread::spawn(move || {
-        let sig = sys::wait_signal(&ENDING);
-        let _ = std::fs::remove_file(&path);
-        // Ending the process ends the template (end of file on its socket) and every
-        // instance (its namespace's init dies with the thread that made it).
-        std::process::exit(128 + sig);
+        let mut wake = std::fs::File::from(wake_w);
+        loop {
+            let sig = sys::wait_signal(&signals);
+            if ENDING.contains(&sig) {
+                let _ = std::fs::remove_file(&path);
+                // Ending the process ends the template (end of file on its socket) and every
+                // instance (its namespace's init dies with the thread that made it).
+                std::process::exit(128 + sig);
+            }
+            let _ = wake.write_all(&[sig as u8]);
+        }
     });
-    eprintln!(
-        "thaw: serving PID {} (template {}) at {}, at most {max} instances at once",
-        template.image().manifest().process.pid,
-        template.pid(),
-        socket.display()
-    );
+    let mut current = Arc::new(first);
+    announce("serving", &current, socket, max);
+    let mut wake = std::fs::File::from(wake_r);
     std::thread::scope(|scope| loop {
+        let [caller, signal] = sys::wait_readable([listener.as_raw_fd(), wake.as_raw_fd()])
+            .map_err(|e| Failure::new(Code::Io, format!("poll: {e}")))?;
+        if signal {
+            let mut sig = [0u8; 1];
+            let _ = std::io::Read::read(&mut wake, &mut sig);
+            if i32::from(sig[0]) == STOP {
+                let _ = std::fs::remove_file(socket);
+                eprintln!("thaw: stopping: no new instances; ending once the running ones have");
+                // The scope waits for every connection's thread.
+                return Ok(());
+            }
+            match reload() {
+                Ok(t) => {
+                    // The previous template ends once its last instance's caller is answered.
+                    current = Arc::new(t);
+                    announce("reloaded: serving", &current, socket, max);
+                }
+                Err(f) => eprintln!(
+                    "thaw: cannot reload ({}); still serving the previous image",
+                    f.message
+                ),
+            }
+        }
+        if !caller {
+            continue;
+        }
         let conn = match sys::accept(listener.as_raw_fd()) {
             Ok(c) => c,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                 eprintln!("thaw: warning: cannot accept a caller: {e}");
                 continue;
             }
             Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
         };
-        let (own, slots) = (&own, &slots);
+        let (own, slots, template) = (&own, &slots, Arc::clone(&current));
         scope.spawn(move || {
-            if let Err(f) = instance(template, &conn, own, slots) {
+            if let Err(f) = instance(&template, &conn, own, slots) {
                 tell(
                     conn.as_raw_fd(),
                     &ToCaller::Failed {
@@ -106,6 +150,15 @@ pub fn serve(template: &Template, socket: &Path, max: usize) -> Result {
             }
         });
     })
+}
+
+fn announce(what: &str, t: &Template, socket: &Path, max: usize) {
+    eprintln!(
+        "thaw: {what} PID {} (template {}) at {}, at most {max} instances at once",
+        t.image().manifest().process.pid,
+        t.pid(),
+        socket.display()
+    );
 }
 
 /// The listening socket; a stale socket file (nobody listening) is replaced, a live one refused.
