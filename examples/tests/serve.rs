@@ -736,3 +736,86 @@ fn a_graceful_stop_lets_running_instances_finish() {
     assert_eq!(status.code(), Some(0), "{said}");
     wait_gone(&template);
 }
+
+/// The Rust API: an instance started with `thaw::serve::Call`, its stdio the caller's pipes,
+/// its PID the image's, a signal passed on, its status returned; a missing server is an
+/// error that names the socket.
+#[test]
+fn the_rust_api_starts_and_waits_for_instances() {
+    if !is_root() {
+        return;
+    }
+    use std::io::Write;
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let start = |sin: &std::io::PipeReader, sout: &std::io::PipeWriter| {
+        thaw::serve::Call::new()
+            .arg("from Rust")
+            .stdio(sin.as_fd(), sout.as_fd(), std::io::stderr().as_fd())
+            .start(&server.socket)
+            .unwrap()
+    };
+    for how in ["status", "signal"] {
+        let (sin, mut to) = std::io::pipe().unwrap();
+        let (from, sout) = std::io::pipe().unwrap();
+        let instance = start(&sin, &sout);
+        drop((sin, sout));
+        assert_eq!(instance.pid(), pid);
+        let mut line = String::new();
+        BufReader::new(from).read_line(&mut line).unwrap();
+        assert_eq!(line, format!("ready {pid}\n"));
+        if how == "status" {
+            writeln!(to, "12").unwrap();
+            assert_eq!(instance.wait().unwrap(), 12);
+        } else {
+            instance.signal(libc::SIGTERM).unwrap();
+            assert_eq!(instance.wait().unwrap(), 128 + libc::SIGTERM);
+        }
+    }
+    let missing = env.path("missing.sock");
+    let e = thaw::serve::Call::new().start(&missing).unwrap_err();
+    assert!(
+        matches!(e, thaw::serve::ServeError::Unreachable { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("missing.sock"), "{e}");
+}
+
+/// The C API: a function host in C (examples/c/serve_client.c) runs five instances at once,
+/// each with its own pipes, and gets each one's status (the last one's by SIGTERM).
+#[test]
+fn the_c_api_runs_instances_concurrently() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("serve_client");
+    cc_with_libthaw(&[&root.join("examples/c/serve_client.c")], &[], &exe);
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &[]);
+    let o = command(&exe).arg(&server.socket).arg("5").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let expected: String = (0..5)
+        .map(|i| {
+            let status = if i == 4 { 128 + libc::SIGTERM } else { i };
+            format!("{i} {pid} {status}\n")
+        })
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), expected);
+    let o = command(&exe)
+        .arg(env.path("missing.sock"))
+        .arg("1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("thaw_serve_start: -3: cannot reach a thaw server"),
+        "{}",
+        text(&o)
+    );
+}

@@ -790,122 +790,9 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// At most this many descriptors travel with one message.
-pub const MAX_PASSED_FDS: usize = 250;
-
-/// Sends one message carrying `fds` (SCM_RIGHTS).
-pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
-    if fds.len() > MAX_PASSED_FDS {
-        return Err(io::Error::from_raw_os_error(libc::E2BIG));
-    }
-    let mut iov = [bytes.as_ptr() as u64, bytes.len() as u64];
-    // struct cmsghdr { u64 len; i32 level; i32 type; } then the ints, padded to 8 bytes.
-    let data = 4 * fds.len();
-    let mut control = vec![0u64; 2 + data.div_ceil(8)];
-    control[0] = 16 + data as u64;
-    control[1] = libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32);
-    for (i, fd) in fds.iter().enumerate() {
-        let word = 2 + i / 2;
-        control[word] |= u64::from(*fd as u32) << (32 * (i % 2));
-    }
-    let msg = [
-        0u64,
-        0,
-        iov.as_mut_ptr() as u64,
-        1,
-        if fds.is_empty() {
-            0
-        } else {
-            control.as_ptr() as u64
-        },
-        if fds.is_empty() {
-            0
-        } else {
-            8 * control.len() as u64
-        },
-        0,
-    ];
-    loop {
-        match syscall(
-            libc::SYS_sendmsg,
-            [
-                sock as u64,
-                msg.as_ptr() as u64,
-                libc::MSG_NOSIGNAL as u64,
-                0,
-                0,
-                0,
-            ],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other.map(|n| n as usize),
-        }
-    }
-}
-
-/// One message received with [`recv_with_fds`].
-#[derive(Debug)]
-pub struct Packet {
-    pub len: usize,
-    pub fds: Vec<OwnedFd>,
-    /// The message or its descriptors did not fit.
-    pub truncated: bool,
-}
-
-/// Receives one message into `buf` with up to [`MAX_PASSED_FDS`] descriptors (close-on-exec);
-/// `None` at end of file.
-pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
-    let mut iov = [buf.as_mut_ptr() as u64, buf.len() as u64];
-    let mut control = vec![0u64; 2 + (4 * MAX_PASSED_FDS).div_ceil(8)];
-    let mut msg = [
-        0u64,
-        0,
-        iov.as_mut_ptr() as u64,
-        1,
-        control.as_mut_ptr() as u64,
-        8 * control.len() as u64,
-        0,
-    ];
-    let n = loop {
-        match syscall(
-            libc::SYS_recvmsg,
-            [
-                sock as u64,
-                msg.as_mut_ptr() as u64,
-                libc::MSG_CMSG_CLOEXEC as u64,
-                0,
-                0,
-                0,
-            ],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-            Ok(n) => break n as usize,
-        }
-    };
-    let mut fds = Vec::new();
-    let controllen = msg[5] as usize;
-    if controllen >= 16 && control[1] == libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32)
-    {
-        let count = ((control[0] as usize).min(controllen) - 16) / 4;
-        for i in 0..count {
-            let fd = (control[2 + i / 2] >> (32 * (i % 2))) as u32 as i32;
-            // SAFETY: the kernel installed this descriptor for us with the message; nothing
-            // else owns it.
-            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-    }
-    let truncated = msg[6] as i32 & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
-    // An empty packet reads as end of file: neither side sends one.
-    if n == 0 && fds.is_empty() && !truncated {
-        return Ok(None);
-    }
-    Ok(Some(Packet {
-        len: n,
-        fds,
-        truncated,
-    }))
-}
+pub use thaw::sys::{
+    recv_with_fds, send_with_fds, seqpacket_connect, seqpacket_socket, unix_address, MAX_PASSED_FDS,
+};
 
 /// The peer of a connected `AF_UNIX` socket: (pid, uid, gid) when it connected.
 pub fn peer_cred(sock: RawFd) -> io::Result<(i32, u32, u32)> {
@@ -1035,38 +922,6 @@ fn namespace_init_loop(ready: RawFd) -> ! {
     }
 }
 
-fn unix_address(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, u32)> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: sockaddr_un is plain data; all zeros is a valid (empty) address.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as u16;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as u32))
-}
-
-fn seqpacket_socket(flags: i32) -> io::Result<OwnedFd> {
-    let fd = syscall(
-        libc::SYS_socket,
-        [
-            libc::AF_UNIX as u64,
-            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// A listening `AF_UNIX` sequenced-packet socket at `path`, readable and writable by its owner
 /// only (the file is created under umask 0177); non-blocking (see [`wait_readable`]).
 pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
@@ -1091,30 +946,6 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
     bound?;
     syscall(libc::SYS_listen, [sock.as_raw_fd() as u64, 128, 0, 0, 0, 0])?;
     Ok(sock)
-}
-
-/// Connects to the sequenced-packet socket at `path`.
-pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    let sock = seqpacket_socket(0)?;
-    let (addr, len) = unix_address(path)?;
-    loop {
-        match syscall(
-            libc::SYS_connect,
-            [
-                sock.as_raw_fd() as u64,
-                &addr as *const libc::sockaddr_un as u64,
-                u64::from(len),
-                0,
-                0,
-                0,
-            ],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-            Ok(_) => return Ok(sock),
-        }
-    }
 }
 
 /// Waits until one of `fds` is readable (or at end of file); which ones are.

@@ -39,6 +39,20 @@ typedef int (*thaw_hook)(void *ctx);
 int thaw_on_checkpoint(thaw_hook hook, void *ctx);
 int thaw_on_restore(thaw_hook hook, void *ctx);
 
+/* Instances from a `thaw serve IMAGE --socket PATH`, started about as cheaply as a fork.
+ * thaw_serve_start asks the server at `socket` for an instance with `argv` (what `thaw run` takes
+ * after `--`, NULL-terminated; NULL = none), `envp` ("KEY=VALUE", NULL-terminated; NULL = this
+ * process's environment) and `stdio` (its standard input, output and error; NULL = 0, 1, 2), and
+ * blocks until it runs (or while every slot of the server is taken). It returns a handle, a
+ * descriptor that becomes readable when the instance has ended (closing it kills the instance),
+ * and stores the instance's PID in its namespace (the image's) at `pid` unless NULL. Errors:
+ * THAW_ERR_IO (no server there), THAW_ERR_FAILED (refused, or the restore failed: see
+ * thaw_last_error), THAW_ERR_INVALID. */
+int thaw_serve_start(const char *socket, const char *const *argv, const char *const *envp,
+                     const int *stdio /* [3] or NULL */, int *pid /* may be NULL */);
+int thaw_serve_signal(int handle, int sig); /* 0, or < 0 */
+int thaw_serve_wait(int handle); /* exit status (128+N for signal N), or < 0; closes the handle */
+
 #ifdef __cplusplus
 }
 #endif

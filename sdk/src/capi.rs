@@ -217,3 +217,138 @@ pub extern "C" fn thaw_on_checkpoint(f: Hook, ctx: *mut c_void) -> c_int {
 pub extern "C" fn thaw_on_restore(f: Hook, ctx: *mut c_void) -> c_int {
     register(f, ctx, |cb| crate::on_restore(move || cb.call()))
 }
+
+/// Reads a NULL-terminated array of C strings (NULL: `None`).
+///
+/// # Safety
+/// `p` is NULL or points to a NULL-terminated array of NUL-terminated strings, all valid
+/// during the call.
+unsafe fn strings<'a>(p: *const *const c_char) -> Option<Vec<&'a [u8]>> {
+    if p.is_null() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for i in 0.. {
+        // SAFETY: guaranteed by the caller: every element up to the NULL one is readable.
+        let s = unsafe { *p.add(i) };
+        if s.is_null() {
+            break;
+        }
+        // SAFETY: as above; each element is a NUL-terminated string.
+        out.push(unsafe { CStr::from_ptr(s) }.to_bytes());
+    }
+    Some(out)
+}
+
+fn serve_error(e: crate::serve::ServeError) -> c_int {
+    use crate::serve::ServeError as E;
+    let code = match e {
+        E::Unreachable { .. } | E::Io(_) => THAW_ERR_IO,
+        _ => THAW_ERR_FAILED,
+    };
+    set_error(code, e)
+}
+
+/// Asks the `thaw serve` at `socket` for an instance; returns a handle (a descriptor), or < 0.
+///
+/// # Safety
+/// `socket` must be a NUL-terminated string; `argv` and `envp` NULL or NULL-terminated arrays of
+/// NUL-terminated strings; `stdio` NULL or three descriptors; `pid` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn thaw_serve_start(
+    socket: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    stdio: *const c_int,
+    pid: *mut c_int,
+) -> c_int {
+    use std::os::fd::{BorrowedFd, IntoRawFd};
+    // SAFETY: forwarded from this function's contract.
+    let Some(socket) = (unsafe { arg(socket) }) else {
+        return set_error(THAW_ERR_INVALID, "no socket path");
+    };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(socket.to_bytes()));
+    // SAFETY: forwarded from this function's contract.
+    let (args, env) = unsafe { (strings(argv), strings(envp)) };
+    let mut call = crate::serve::Call::new().args(
+        args.unwrap_or_default()
+            .into_iter()
+            .map(std::ffi::OsStr::from_bytes),
+    );
+    if let Some(env) = env {
+        call = call.env_clear();
+        for e in env {
+            let mut kv = e.splitn(2, |&b| b == b'=');
+            let (k, v) = (kv.next().unwrap_or_default(), kv.next().unwrap_or_default());
+            call = call.env(
+                std::ffi::OsStr::from_bytes(k),
+                std::ffi::OsStr::from_bytes(v),
+            );
+        }
+    }
+    if !stdio.is_null() {
+        // SAFETY: the caller passes three readable ints.
+        let fds = unsafe { std::slice::from_raw_parts(stdio, 3) };
+        if fds.iter().any(|&fd| fd < 0) {
+            return set_error(THAW_ERR_INVALID, "a standard descriptor is negative");
+        }
+        // SAFETY: the descriptors are the caller's, open during the call (sent, not kept).
+        let (i, o, e) = unsafe {
+            (
+                BorrowedFd::borrow_raw(fds[0]),
+                BorrowedFd::borrow_raw(fds[1]),
+                BorrowedFd::borrow_raw(fds[2]),
+            )
+        };
+        call = call.stdio(i, o, e);
+    }
+    match call.start(path) {
+        Ok(instance) => {
+            if !pid.is_null() {
+                // SAFETY: the caller passes a writable int or NULL.
+                unsafe { *pid = instance.pid() };
+            }
+            set_error(0, "");
+            instance.into_fd().into_raw_fd()
+        }
+        Err(e) => serve_error(e),
+    }
+}
+
+/// Passes signal `sig` on to the instance behind `handle`. 0, or < 0.
+#[no_mangle]
+pub extern "C" fn thaw_serve_signal(handle: c_int, sig: c_int) -> c_int {
+    use std::os::fd::FromRawFd;
+    if handle < 0 {
+        return set_error(THAW_ERR_INVALID, "not a handle");
+    }
+    // SAFETY: a handle is a descriptor the caller owns; it is borrowed and given back.
+    let instance =
+        crate::serve::Instance::from_fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(handle) }, 0);
+    let r = instance.signal(sig);
+    std::mem::forget(instance.into_fd());
+    match r {
+        Ok(()) => set_error(0, ""),
+        Err(e) => serve_error(e),
+    }
+}
+
+/// Waits for the instance behind `handle` to end and closes the handle: its exit status
+/// (128+N for signal N), or < 0.
+#[no_mangle]
+pub extern "C" fn thaw_serve_wait(handle: c_int) -> c_int {
+    use std::os::fd::FromRawFd;
+    if handle < 0 {
+        return set_error(THAW_ERR_INVALID, "not a handle");
+    }
+    // SAFETY: a handle is a descriptor the caller owns and gives up here.
+    let instance =
+        crate::serve::Instance::from_fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(handle) }, 0);
+    match instance.wait() {
+        Ok(status) => {
+            set_error(0, "");
+            status
+        }
+        Err(e) => serve_error(e),
+    }
+}

@@ -16,6 +16,7 @@ pub mod fd_policy;
 pub mod image;
 pub mod procfs;
 pub mod restore;
+pub mod serve;
 pub mod state;
 pub mod sys;
 mod traced;

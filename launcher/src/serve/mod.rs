@@ -6,7 +6,6 @@
 //! instance ends with the server: each lives in a PID namespace whose init dies with it.
 
 pub mod client;
-pub mod protocol;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -20,7 +19,7 @@ use crate::exit::{Code, Failure, Result};
 use crate::restore::policy;
 use crate::restore::template::{InstanceFds, Template, ARGS_MAX};
 use crate::sys;
-use protocol::{Call, ToCaller, ToServer, SMALL};
+use thaw::serve::{Request, ToCaller, ToServer, SMALL};
 
 /// Signals that end the server at once (and with it every instance).
 const ENDING: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
@@ -234,7 +233,7 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
             "a request passes exactly its standard input, output and error",
         )
     })?;
-    let call: Call = postcard::from_bytes(&buf[..packet.len])
+    let call: Request = postcard::from_bytes(&buf[..packet.len])
         .map_err(|e| Failure::new(Code::Usage, format!("malformed request: {e}")))?;
 
     // The instance runs with the server's own credentials: so the caller must have those; and
