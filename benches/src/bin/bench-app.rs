@@ -9,7 +9,12 @@
 //!   `fork N`       N × (fork, child exits, wait): the baseline.
 //!
 //! `bench-app image PATH MIB KEY [THREADS]`: the same state, checkpointed to PATH, then exits. When
-//! restored, its first act after save() returns is to write one byte to stdout, and it exits.
+//! restored, its first act after save() returns is to write one byte to stdout, and it exits;
+//! restored with the argument `hold` it then waits for end of file on stdin first; with `fork`
+//! it is the fork baseline of `thaw serve`: for each byte read on stdin it forks a child that
+//! writes one byte to stdout and exits.
+//!
+//! `bench-app cold MIB`: the cold start of the same: fills MIB of heap, writes one byte, exits.
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -91,6 +96,12 @@ fn main() {
                 serve(mib)
             }
         }
+        Some("cold") => {
+            let heap = fill(args[2].parse().expect("MIB"));
+            // SAFETY: a one-byte write to stdout.
+            unsafe { libc::write(1, b"r".as_ptr().cast(), 1) };
+            std::hint::black_box(heap);
+        }
         Some("image") => {
             idle_threads(threads(5));
             image(&args[2], args[3].parse().expect("MIB"), &args[4])
@@ -149,12 +160,39 @@ fn image(path: &str, mib: usize, key: &str) {
         .exit_after_save(true)
         .save()
     {
-        Ok(thaw::Outcome::Restored(_)) => {
+        Ok(thaw::Outcome::Restored(r)) => {
             // SAFETY: a one-byte write to stdout, before anything else.
             unsafe { libc::write(1, b"r".as_ptr().cast(), 1) };
+            match r.args().first().and_then(|a| a.to_str()) {
+                Some("hold") => {
+                    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+                }
+                Some("fork") => forker(),
+                _ => {}
+            }
             std::hint::black_box(heap);
             std::process::exit(0);
         }
         other => panic!("checkpoint: {other:?}"),
+    }
+}
+
+/// For each byte on stdin: fork; the child writes one byte to stdout and exits; reap it.
+fn forker() {
+    let mut byte = [0u8; 1];
+    // SAFETY: reads into a one-byte buffer.
+    while unsafe { libc::read(0, byte.as_mut_ptr().cast(), 1) } == 1 {
+        // SAFETY: the child only writes and exits (async-signal-safe calls).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::write(1, b"f".as_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
     }
 }

@@ -6,6 +6,7 @@
 //! instance ends with the server: each lives in a PID namespace whose init dies with it.
 
 pub mod client;
+mod pool;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -77,6 +78,7 @@ pub fn serve(
         freed: Condvar::new(),
         max,
     };
+    let pool = Arc::new(pool::Pool::new(max.min(8)));
     // Every thread inherits the blocked signals; one thread waits for them. The main thread
     // reloads and stops (a template made from another thread would not get the time
     // namespace the main thread makes for its children).
@@ -97,6 +99,8 @@ pub fn serve(
             let _ = wake.write_all(&[sig as u8]);
         }
     });
+    let filler = Arc::clone(&pool);
+    std::thread::spawn(move || filler.fill());
     let mut current = Arc::new(first);
     announce("serving", &current, socket, max);
     let mut wake = std::fs::File::from(wake_r);
@@ -136,9 +140,9 @@ pub fn serve(
             }
             Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
         };
-        let (own, slots, template) = (&own, &slots, Arc::clone(&current));
+        let (own, slots, pool, template) = (&own, &slots, &*pool, Arc::clone(&current));
         scope.spawn(move || {
-            if let Err(f) = instance(&template, &conn, own, slots) {
+            if let Err(f) = instance(&template, &conn, own, slots, pool) {
                 tell(
                     conn.as_raw_fd(),
                     &ToCaller::Failed {
@@ -213,7 +217,13 @@ fn caller(conn: RawFd) -> Result<Credentials> {
 }
 
 /// Serves one connection: checks, forks the instance, passes signals on, reports its end.
-fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slots) -> Result {
+fn instance(
+    template: &Template,
+    conn: &OwnedFd,
+    own: &Credentials,
+    slots: &Slots,
+    pool: &pool::Pool,
+) -> Result {
     let fd = conn.as_raw_fd();
     let mut buf = vec![0u8; ARGS_MAX + SMALL];
     let Some(packet) = sys::recv_with_fds(fd, &mut buf)
@@ -258,7 +268,7 @@ fn instance(template: &Template, conn: &OwnedFd, own: &Credentials, slots: &Slot
         )
     });
     let files = template.reopen_files()?;
-    let init = Init::spawn()?;
+    let init = pool.take()?;
     let (error_r, error_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let pid = template.fork(
@@ -339,60 +349,4 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = std::io::pipe()
         .map_err(|e| Failure::new(Code::Io, format!("cannot create a pipe: {e}")))?;
     Ok((r.into(), w.into()))
-}
-
-/// The init of one instance's PID namespace: killed (and so everything left in the namespace)
-/// when dropped.
-struct Init {
-    pid: i32,
-    pidns: OwnedFd,
-    mntns: OwnedFd,
-}
-
-impl Init {
-    fn spawn() -> Result<Init> {
-        use std::io::Read;
-        let (ready_r, ready_w) = pipe()?;
-        let pid = sys::spawn_namespace_init(ready_w.as_raw_fd()).map_err(|e| {
-            refused(format!(
-                "cannot create a PID namespace for the instance: {e}"
-            ))
-        })?;
-        drop(ready_w);
-        let mut init = Init {
-            pid,
-            pidns: ns(pid, "pid")?,
-            mntns: ns(pid, "mnt")?,
-        };
-        let mut byte = [0u8; 1];
-        let ok = std::fs::File::from(ready_r).read_exact(&mut byte).is_ok() && byte[0] == 1;
-        if !ok {
-            init.end();
-            return Err(failed(
-                "the instance's namespace init could not mount its /proc",
-            ));
-        }
-        Ok(init)
-    }
-
-    fn end(&mut self) {
-        if self.pid > 0 {
-            sys::kill(self.pid, libc::SIGKILL);
-            let _ = sys::wait(self.pid);
-            self.pid = 0;
-        }
-    }
-}
-
-fn ns(pid: i32, kind: &str) -> Result<OwnedFd> {
-    let path = format!("/proc/{pid}/ns/{kind}");
-    std::fs::File::open(&path)
-        .map(OwnedFd::from)
-        .map_err(|e| failed(format!("cannot open {path}: {e}")))
-}
-
-impl Drop for Init {
-    fn drop(&mut self) {
-        self.end();
-    }
 }
