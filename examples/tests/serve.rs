@@ -17,6 +17,8 @@ struct Server {
     child: Child,
     socket: PathBuf,
     template: i32,
+    /// Instances it keeps forked ahead of callers (`--spares`, 2 unless given).
+    spares: usize,
     /// What it says on stderr after it began serving, line by line.
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -81,10 +83,15 @@ impl Server {
                         let _ = tx.send(line);
                     }
                 });
+                let spares = opts
+                    .iter()
+                    .position(|o| *o == "--spares")
+                    .map_or(2, |i| opts[i + 1].parse().unwrap());
                 return Ok(Server {
                     child,
                     socket: socket.to_owned(),
                     template,
+                    spares,
                     lines,
                 });
             }
@@ -135,24 +142,21 @@ impl Server {
             .collect()
     }
 
-    /// Nothing but the template and at most the inits kept ready (one look at the children:
-    /// the server makes inits while this runs).
+    /// Nothing but the template, at most the inits kept ready and at most the spares (one
+    /// look at the children: the server makes both while this runs).
     fn assert_idle(&self) {
         let all = self.children();
         let ns: Vec<Option<Vec<i32>>> = all.iter().map(|&p| nspid(p)).collect();
-        let inits = ns
-            .iter()
-            .flatten()
-            .filter(|ids| ids.len() == 2 && ids[1] == 1)
-            .count();
-        let instances = ns
-            .iter()
-            .flatten()
-            .filter(|ids| ids.len() == 2 && ids[1] != 1)
-            .count();
-        assert_eq!(instances, 0, "{all:?}");
-        assert!(inits <= 8, "{inits} namespace inits");
-        assert_eq!(all.len(), 1 + inits, "{all:?}");
+        let level = |init: bool| {
+            ns.iter()
+                .flatten()
+                .filter(|ids| ids.len() == 2 && (ids[1] == 1) == init)
+                .count()
+        };
+        let (inits, instances) = (level(true), level(false));
+        assert!(instances <= self.spares, "{instances} instances: {all:?}");
+        assert!(inits <= 8 + self.spares, "{inits} namespace inits");
+        assert_eq!(all.len(), 1 + inits + instances, "{all:?}");
         assert!(all.contains(&self.template));
     }
 
@@ -366,7 +370,7 @@ fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    let server = Server::start(&env, &img, &["--spares", "0"]);
     let mut callers: Vec<Waiting> = (0..64).map(|_| Waiting::spawn(server.call(&[]))).collect();
     for c in &mut callers {
         assert_eq!(c.ready(), pid);
@@ -403,7 +407,7 @@ fn callers_beyond_the_bound_wait_for_a_slot() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--max-instances", "2"]);
+    let server = Server::start(&env, &img, &["--max-instances", "2", "--spares", "0"]);
     let mut first = Waiting::spawn(server.call(&[]));
     let mut second = Waiting::spawn(server.call(&[]));
     assert_eq!(first.ready(), pid);
@@ -435,7 +439,7 @@ fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    let server = Server::start(&env, &img, &["--spares", "0"]);
 
     let mut c = Waiting::spawn(server.call(&[]));
     assert_eq!(c.ready(), pid);
@@ -477,7 +481,7 @@ fn nothing_outlives_the_server() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    let server = Server::start(&env, &img, &["--spares", "0"]);
     let mut callers: Vec<Waiting> = (0..3).map(|_| Waiting::spawn(server.call(&[]))).collect();
     for c in &mut callers {
         assert_eq!(c.ready(), pid);
@@ -559,7 +563,7 @@ fn a_caller_with_other_credentials_is_refused() {
     }
     let env = Env::new();
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let server = Server::start(&env, &img, &[]);
+    let server = Server::start(&env, &img, &["--spares", "0"]);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&server.socket)
         .unwrap()

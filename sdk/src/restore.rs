@@ -44,6 +44,11 @@ pub const OP_WRITE_FILE: u64 = 11;
 /// waits for the next request. End of file on the socket ends the template.
 pub const OP_SERVE: u64 = 12;
 
+/// Receive one message with `recvmsg(args[0], args[1], 0)` and store its byte count at
+/// `args[2]`; end of file fails the step. An instance forked ahead of its caller waits here for
+/// its arguments and descriptors.
+pub const OP_RECV: u64 = 13;
+
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +183,16 @@ impl Plan {
     /// The template's request loop (see [`OP_SERVE`]); what follows runs in each instance.
     pub fn serve(&mut self, label: impl Into<String>, args: [u64; 6]) {
         self.push(label.into(), OP_SERVE, 0, args);
+    }
+
+    /// Wait for one message on a socket (see [`OP_RECV`]).
+    pub fn recv(&mut self, label: impl Into<String>, sock: i32, msghdr: u64, len_out: u64) {
+        self.push(
+            label.into(),
+            OP_RECV,
+            0,
+            [sock as u64, msghdr, len_out, 0, 0, 0],
+        );
     }
 
     /// Store a word in the new process's memory.

@@ -28,6 +28,10 @@ pub struct Args {
     /// At most this many instances run at once; further callers wait for one to end.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     max_instances: u32,
+    /// Instances forked ahead of callers, waiting for their arguments: a caller then pays no
+    /// fork (each holds a copy of the page tables and a PID namespace). 0 forks on demand.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    spares: u32,
     /// Serve even when the image's clocks are ahead of this machine's and no time namespace can
     /// keep them continuous (see `thaw run --allow-clock-jump`).
     #[arg(long)]
@@ -67,5 +71,11 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         Template::start(image, copy, args.allow_clock_jump)
     };
     let first = load()?;
-    crate::serve::serve(first, &args.socket, args.max_instances as usize, &load)
+    crate::serve::serve(
+        first,
+        &args.socket,
+        args.max_instances as usize,
+        args.spares as usize,
+        &load,
+    )
 }

@@ -22,15 +22,20 @@ use super::{failed, refused, Fds, PidMode, Region};
 use crate::exit::{Code, Failure, Result};
 use crate::sys;
 
-/// Where each descriptor of a request lands, counted from `base`.
+/// What the template receives to fork an instance, at `base` up: the PID namespace to fork it
+/// into, and the instance's end of a socket of its own.
 const PIDNS: RawFd = 0;
 // The template enters the namespace of the first descriptor it receives (`OP_SERVE`).
 const _: () = assert!(PIDNS == 0);
-const ERROR: RawFd = 1;
-const MNTNS: RawFd = 2;
-const GO: RawFd = 3;
-const STDIO: RawFd = 4;
-const PLACED: RawFd = 7;
+const PRIVATE: RawFd = 1;
+/// What the instance then receives on that socket with its arguments (when a caller comes),
+/// at `base + REQUEST` up.
+const REQUEST: RawFd = 2;
+const ERROR: RawFd = 0;
+const MNTNS: RawFd = 1;
+const GO: RawFd = 2;
+const STDIO: RawFd = 3;
+const PLACED: RawFd = 6;
 
 /// The largest arguments and environment a request may carry (postcard bytes).
 pub const ARGS_MAX: usize = 128 * 1024;
@@ -84,30 +89,45 @@ impl ForkPoint {
             libc::SYS_write,
             [self.ctl as u64, ready, 1, 0, 0, 0],
         );
-        let buf = plan.data(&vec![0u8; ARGS_MAX]);
-        self.args.set(buf);
-        let iov = plan.words(&[buf, ARGS_MAX as u64]);
-        let fds = PLACED as usize + self.targets.len();
-        let cap = 16 + (4 * fds).next_multiple_of(8) as u64;
-        let control = plan.data(&vec![0u8; cap as usize]);
-        let msghdr = plan.words(&[0, 0, iov, 1, control, cap, 0]);
+        // The template's own requests: one byte and two descriptors.
+        let msghdr = |plan: &mut Plan, buf: u64, len: usize, fds: usize| {
+            let iov = plan.words(&[buf, len as u64]);
+            let cap = 16 + (4 * fds).next_multiple_of(8) as u64;
+            let control = plan.data(&vec![0u8; cap as usize]);
+            (plan.words(&[0, 0, iov, 1, control, cap, 0]), cap)
+        };
+        let byte = plan.data(&[0u8; 8]);
+        let (own_msghdr, own_cap) = msghdr(plan, byte, 1, 2);
         let tid = plan.words(&[self.pid as u64]);
         // CLONE_PARENT: the server is the instance's parent (it reports the exit status), and
         // the signal it gets is the template's own (clone3 takes no other with this flag).
         let clone_args = plan.words(&[libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0, 0, 0, tid, 1, 0]);
         let length = m.process.restore_cell + 32;
+        let own_length = plan.words(&[0]);
         plan.serve(
             format!("template: wait for requests, fork PID {}", self.pid),
             [
                 self.ctl as u64,
-                msghdr,
+                own_msghdr,
                 clone_args,
                 self.base as u64,
-                length,
-                cap,
+                own_length,
+                own_cap,
             ],
         );
+        // The instance, forked ahead of its caller, waits for its arguments and descriptors.
+        let buf = plan.data(&vec![0u8; ARGS_MAX]);
+        self.args.set(buf);
+        let fds = PLACED as usize + self.targets.len();
+        let (request, _) = msghdr(plan, buf, ARGS_MAX, fds);
         let base = self.base as u64;
+        plan.recv(
+            "instance: wait for a caller",
+            self.base + PRIVATE,
+            request,
+            length,
+        );
+        let req = base + REQUEST as u64;
         plan.syscall_any(
             "instance: close the template's fds",
             libc::SYS_close_range,
@@ -116,21 +136,21 @@ impl ForkPoint {
         plan.syscall(
             "instance: take its error pipe",
             libc::SYS_dup3,
-            [base + ERROR as u64, err as u64, 0, 0, 0, 0],
+            [req + ERROR as u64, err as u64, 0, 0, 0, 0],
         );
         plan.syscall(
             "instance: enter its mount namespace",
             libc::SYS_setns,
-            [base + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
+            [req + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
         );
-        // The template and the server still hold copies of its files as it starts: a pipe
-        // whose other end it closes would not reach end of file. It goes on once they hold
-        // none (end of file here means the server is gone, and the namespace with it).
+        // The server still holds copies of its files as it starts: a pipe whose other end it
+        // closes would not reach end of file. It goes on once the server holds none (end of
+        // file here means the server is gone, and the namespace with it).
         let byte = plan.data(&[0]);
         plan.syscall(
             "instance: wait until only it holds its files",
             libc::SYS_read,
-            [base + GO as u64, byte, 1, 0, 0, 0],
+            [req + GO as u64, byte, 1, 0, 0, 0],
         );
     }
 
@@ -146,12 +166,11 @@ impl ForkPoint {
             .files
             .iter()
             .filter(|e| matches!(e.kind, FdKind::Stdio) && e.fd <= 2)
-            .map(|e| (e.fd, self.base + STDIO + e.fd, e.cloexec));
-        let placed = self
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, &(fd, cloexec))| (fd, self.base + PLACED + i as RawFd, cloexec));
+            .map(|e| (e.fd, self.base + REQUEST + STDIO + e.fd, e.cloexec));
+        let placed =
+            self.targets.iter().enumerate().map(|(i, &(fd, cloexec))| {
+                (fd, self.base + REQUEST + PLACED + i as RawFd, cloexec)
+            });
         stdio.chain(placed).collect()
     }
 }
@@ -167,11 +186,10 @@ pub struct Template {
     targets: Vec<RawFd>,
 }
 
-/// What an instance needs besides its arguments: its PID and mount namespaces, its error pipe,
-/// the pipe it waits on until only it holds its files (see [`ForkPoint::plan`]), the
-/// requester's standard descriptors.
+/// What an instance needs besides its arguments: its mount namespace, its error pipe, the pipe
+/// it waits on until only it holds its files (see [`ForkPoint::plan`]), the requester's
+/// standard descriptors.
 pub struct InstanceFds<'a> {
-    pub pidns: &'a OwnedFd,
     pub mntns: &'a OwnedFd,
     pub error: &'a OwnedFd,
     pub go: &'a OwnedFd,
@@ -201,7 +219,7 @@ impl Template {
             .iter()
             .map(|(fd, _, cloexec)| (*fd, *cloexec))
             .collect();
-        if PLACED as usize + targets.len() > sys::MAX_PASSED_FDS {
+        if (PLACED as usize) + targets.len() > sys::MAX_PASSED_FDS {
             return Err(refused(format!(
                 "the process has {} descriptors to reopen; an instance can be given at most {}",
                 targets.len(),
@@ -328,35 +346,23 @@ impl Template {
         Ok(reopened.into_iter().map(|(_, f)| f).collect())
     }
 
-    /// Forks an instance; returns its PID in the server's namespace. The template holds none of
-    /// the descriptors sent by then; the instance waits on `fds.go` until the caller has
-    /// dropped its own copies too.
-    pub fn fork(&self, args: &RestoreArgs, fds: &InstanceFds, files: &[OwnedFd]) -> Result<i32> {
-        let bytes = postcard::to_allocvec(args)
-            .map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
-        if bytes.len() > ARGS_MAX {
-            return Err(Failure::new(
-                Code::Usage,
-                format!(
-                    "the arguments and environment take {} bytes; an instance can be given at most {ARGS_MAX}",
-                    bytes.len()
-                ),
-            ));
-        }
-        let mut all = vec![
-            fds.pidns.as_raw_fd(),
-            fds.error.as_raw_fd(),
-            fds.mntns.as_raw_fd(),
-            fds.go.as_raw_fd(),
-        ];
-        all.extend(fds.stdio.iter().map(|f| f.as_raw_fd()));
-        all.extend(files.iter().map(|f| f.as_raw_fd()));
+    /// Forks an instance ahead of its caller into the PID namespace `pidns`: it waits in the
+    /// restorer for [`Template::give`]. Returns its PID in the server's namespace and the
+    /// server's end of the instance's socket. The template holds nothing of it afterwards.
+    pub fn fork(&self, pidns: &OwnedFd) -> Result<(i32, OwnedFd)> {
+        let (ours, theirs) =
+            sys::seqpacket_pair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
         let ctl = self
             .ctl
             .lock()
             .map_err(|_| failed("the template's socket is unusable"))?;
-        sys::send_with_fds(ctl.as_raw_fd(), &bytes, &all)
-            .map_err(|e| failed(format!("the template is gone: {e}")))?;
+        sys::send_with_fds(
+            ctl.as_raw_fd(),
+            b"f",
+            &[pidns.as_raw_fd(), theirs.as_raw_fd()],
+        )
+        .map_err(|e| failed(format!("the template is gone: {e}")))?;
+        drop(theirs);
         let mut answer = [0u8; 8];
         match sys::recv_with_fds(ctl.as_raw_fd(), &mut answer) {
             Ok(Some(p)) if p.len == 8 => {}
@@ -369,7 +375,39 @@ impl Template {
                 std::io::Error::from_raw_os_error(-pid as i32)
             )));
         }
-        Ok(pid as i32)
+        Ok((pid as i32, ours))
+    }
+
+    /// Gives an instance forked ahead (its socket `sock`) its arguments and descriptors; it
+    /// then waits on `fds.go` until the caller has dropped its own copies too.
+    pub fn give(
+        &self,
+        sock: &OwnedFd,
+        args: &RestoreArgs,
+        fds: &InstanceFds,
+        files: &[OwnedFd],
+    ) -> Result {
+        let bytes = postcard::to_allocvec(args)
+            .map_err(|e| failed(format!("cannot encode arguments: {e}")))?;
+        if bytes.len() > ARGS_MAX {
+            return Err(Failure::new(
+                Code::Usage,
+                format!(
+                    "the arguments and environment take {} bytes; an instance can be given at most {ARGS_MAX}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut all = vec![
+            fds.error.as_raw_fd(),
+            fds.mntns.as_raw_fd(),
+            fds.go.as_raw_fd(),
+        ];
+        all.extend(fds.stdio.iter().map(|f| f.as_raw_fd()));
+        all.extend(files.iter().map(|f| f.as_raw_fd()));
+        sys::send_with_fds(sock.as_raw_fd(), &bytes, &all)
+            .map_err(|e| failed(format!("the instance is gone: {e}")))?;
+        Ok(())
     }
 }
 

@@ -62,12 +62,14 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// Listens at `socket` and serves instances of `first` until a signal ends the server; on
-/// SIGHUP it serves instances of the template `reload` makes instead.
+/// Listens at `socket` and serves instances of `first` until a signal ends the server, keeping
+/// `spares` instances forked ahead of callers; on SIGHUP it serves instances of the template
+/// `reload` makes instead.
 pub fn serve(
     first: Template,
     socket: &Path,
     max: usize,
+    spares: usize,
     reload: &dyn Fn() -> Result<Template>,
 ) -> Result {
     let listener = listen(socket)?;
@@ -101,8 +103,10 @@ pub fn serve(
     });
     let filler = Arc::clone(&pool);
     std::thread::spawn(move || filler.fill());
-    let mut current = Arc::new(first);
-    announce("serving", &current, socket, max);
+    let served = |t: Template| Arc::new(pool::Served::new(t, spares));
+    let mut current = served(first);
+    current.replenish(&pool);
+    announce("serving", &current.template, socket, max);
     let mut wake = std::fs::File::from(wake_r);
     std::thread::scope(|scope| loop {
         let [caller, signal] = sys::wait_readable([listener.as_raw_fd(), wake.as_raw_fd()])
@@ -119,8 +123,9 @@ pub fn serve(
             match reload() {
                 Ok(t) => {
                     // The previous template ends once its last instance's caller is answered.
-                    current = Arc::new(t);
-                    announce("reloaded: serving", &current, socket, max);
+                    current = served(t);
+                    current.replenish(&pool);
+                    announce("reloaded: serving", &current.template, socket, max);
                 }
                 Err(f) => eprintln!(
                     "thaw: cannot reload ({}); still serving the previous image",
@@ -218,7 +223,7 @@ fn caller(conn: RawFd) -> Result<Credentials> {
 
 /// Serves one connection: checks, forks the instance, passes signals on, reports its end.
 fn instance(
-    template: &Template,
+    served: &pool::Served,
     conn: &OwnedFd,
     own: &Credentials,
     slots: &Slots,
@@ -249,7 +254,7 @@ fn instance(
     // The instance runs with the server's own credentials: so the caller must have those; and
     // the same policy as `thaw run` holds for this caller.
     let creds = caller(fd)?;
-    let image = template.image().manifest();
+    let image = served.template.image().manifest();
     if creds.uid != own.uid || creds.gid != own.gid || sorted(&creds.groups) != sorted(&own.groups)
     {
         return Err(refused(format!(
@@ -267,26 +272,43 @@ fn instance(
             },
         )
     });
+    let template = &served.template;
     let files = template.reopen_files()?;
-    let init = pool.take()?;
     let (error_r, error_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let pid = template.fork(
-        &RestoreArgs {
-            args: call.args,
-            env: call.env,
-        },
-        &InstanceFds {
-            pidns: &init.pidns,
-            mntns: &init.mntns,
-            error: &error_w,
-            go: &go_r,
-            stdio: [&stdin, &stdout, &stderr],
-        },
-        &files,
-    )?;
-    // Only the instance holds its files now: it may go on.
+    let give = |spare: &pool::Spare, call: &Request| {
+        template.give(
+            &spare.sock,
+            &RestoreArgs {
+                args: call.args.clone(),
+                env: call.env.clone(),
+            },
+            &InstanceFds {
+                mntns: spare.mntns(),
+                error: &error_w,
+                go: &go_r,
+                stdio: [&stdin, &stdout, &stderr],
+            },
+            &files,
+        )
+    };
+    // An instance forked ahead; else (none ready, or it died waiting) one forked now.
+    let ahead = served
+        .take_ready()
+        .and_then(|s| give(&s, &call).is_ok().then_some(s));
+    let spare = match ahead {
+        Some(s) => s,
+        None => {
+            let s = served.fork(pool)?;
+            give(&s, &call)?;
+            s
+        }
+    };
+    let (pid, init) = spare.launched();
+    // Only the instance holds its files now (once no init being made still has a copy): it
+    // may go on.
     drop((error_w, go_r, files, stdin, stdout, stderr));
+    pool::forks_settled();
     let _ = std::fs::File::from(go_w).write_all(&[1]);
     let pidfd = sys::pidfd_open(pid);
     if let Some(why) = template.report(&error_r) {
@@ -299,6 +321,7 @@ fn instance(
             pid: image.process.pid,
         },
     );
+    served.replenish(pool);
     let status = std::thread::scope(|scope| {
         // The caller's signals, and its end: a caller that goes away takes its instance along.
         scope.spawn(|| {

@@ -1,12 +1,24 @@
-//! The inits of instances' PID namespaces, made ahead of callers: making one (a PID and a mount
-//! namespace, and a /proc mounted in it) takes about as long as the rest of an instance's start.
+//! What `thaw serve` makes ahead of callers: the inits of instances' PID namespaces (a PID and
+//! a mount namespace, and a /proc mounted in it), and instances forked from the template that
+//! wait for their arguments.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 
 use super::{failed, pipe, refused};
 use crate::exit::Result;
+use crate::restore::template::Template;
 use crate::sys;
+
+/// Held (shared) while an init is made: it starts with a copy of the server's descriptors,
+/// another caller's files among them, and has closed them once it says it is ready.
+static FORKING: RwLock<()> = RwLock::new(());
+
+/// Returns once no init made before this call holds a copy of the server's descriptors: a file
+/// the server has closed is then held only where it was passed on.
+pub fn forks_settled() {
+    drop(FORKING.write().unwrap_or_else(|e| e.into_inner()));
+}
 
 /// Up to `size` inits ready; [`Pool::take`] makes one on the spot when none is.
 pub struct Pool {
@@ -24,6 +36,15 @@ impl Pool {
         }
     }
 
+    /// A ready init, if there is one (made by the thread that fills the pool, so it lives as
+    /// long as the server, not as the caller's thread).
+    pub fn take_ready(&self) -> Option<Init> {
+        let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        self.wanted.notify_one();
+        init
+    }
+
+    /// A ready init, or one made now: it dies with the calling thread.
     pub fn take(&self) -> Result<Init> {
         let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         self.wanted.notify_one();
@@ -66,6 +87,8 @@ pub struct Init {
 impl Init {
     fn spawn() -> Result<Init> {
         use std::io::Read;
+        // Until it is ready, the init holds copies of whatever the server had open.
+        let _forking = FORKING.read().unwrap_or_else(|e| e.into_inner());
         let (ready_r, ready_w) = pipe()?;
         let pid = sys::spawn_namespace_init(ready_w.as_raw_fd()).map_err(|e| {
             refused(format!(
@@ -108,5 +131,118 @@ fn ns(pid: i32, kind: &str) -> Result<OwnedFd> {
 impl Drop for Init {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// An instance forked ahead of its caller, waiting in the restorer for its arguments; killed
+/// with its namespace if dropped before it is launched.
+pub struct Spare {
+    pub pid: i32,
+    pub sock: OwnedFd,
+    init: Option<Init>,
+}
+
+impl Spare {
+    /// The instance's mount namespace (its own /proc).
+    pub fn mntns(&self) -> &OwnedFd {
+        &self
+            .init
+            .as_ref()
+            .expect("a spare has its init until launched")
+            .mntns
+    }
+
+    /// The instance is given to a caller: the caller's thread waits for it and holds its init.
+    pub fn launched(mut self) -> (i32, Init) {
+        let pid = std::mem::replace(&mut self.pid, 0);
+        (
+            pid,
+            self.init
+                .take()
+                .expect("a spare has its init until launched"),
+        )
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            sys::kill(self.pid, libc::SIGKILL);
+            let _ = sys::wait(self.pid);
+        }
+    }
+}
+
+/// A template and the instances forked from it ahead of callers: taking one of those leaves
+/// only the arguments and descriptors to pass when a caller comes, not the fork (for a large
+/// image the biggest part of an instance's start).
+pub struct Served {
+    // Dropped first: the spares end before the template does.
+    spares: Mutex<Spares>,
+    pub template: Template,
+    keep: usize,
+}
+
+struct Spares {
+    ready: Vec<Spare>,
+    forking: usize,
+}
+
+impl Served {
+    pub fn new(template: Template, keep: usize) -> Served {
+        Served {
+            template,
+            spares: Mutex::new(Spares {
+                ready: Vec::new(),
+                forking: 0,
+            }),
+            keep,
+        }
+    }
+
+    /// An instance forked ahead, if one is ready.
+    pub fn take_ready(&self) -> Option<Spare> {
+        self.spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ready
+            .pop()
+    }
+
+    /// An instance forked now, in a namespace whose init dies with the calling thread: for
+    /// that thread's caller only.
+    pub fn fork(&self, inits: &Pool) -> Result<Spare> {
+        self.fork_into(inits.take()?)
+    }
+
+    fn fork_into(&self, init: Init) -> Result<Spare> {
+        let (pid, sock) = self.template.fork(&init.pidns)?;
+        Ok(Spare {
+            pid,
+            sock,
+            init: Some(init),
+        })
+    }
+
+    /// Forks instances ahead until `keep` are ready or being made (a caller's thread calls this
+    /// once its own instance runs: the fork is off every caller's path).
+    pub fn replenish(&self, inits: &Pool) {
+        loop {
+            {
+                let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                if s.ready.len() + s.forking >= self.keep {
+                    return;
+                }
+                s.forking += 1;
+            }
+            // Only an init from the pool: a spare outlives the thread that makes it.
+            let made = inits.take_ready().map(|init| self.fork_into(init));
+            let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            s.forking -= 1;
+            match made {
+                Some(Ok(spare)) => s.ready.push(spare),
+                _ => return,
+            }
+        }
     }
 }
