@@ -856,3 +856,59 @@ fn the_c_api_runs_instances_concurrently() {
         text(&o)
     );
 }
+
+/// (Pss, Private_Clean + Private_Dirty, Rss) of a process, in KiB.
+fn pss(pid: i32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (
+        field("Pss:"),
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Rss:"),
+    )
+}
+
+/// 64 instances share the template's memory: together with it they take at most twice what
+/// one instance has resident plus what each holds alone (what it wrote or made), not 64 copies.
+#[test]
+fn sixty_four_instances_share_the_template_memory() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, &["--spares", "0"]);
+    let mut callers: Vec<Waiting> = (0..64).map(|_| Waiting::spawn(server.call(&[]))).collect();
+    for c in &mut callers {
+        assert_eq!(c.ready(), pid);
+    }
+    let instances = server.instances();
+    assert_eq!(instances.len(), 64);
+    let (mut total, mut alone, mut rss) = (pss(server.template).0, 0, 0);
+    for &p in &instances {
+        let (p_pss, p_private, p_rss) = pss(p);
+        total += p_pss;
+        alone += p_private;
+        rss = rss.max(p_rss);
+    }
+    assert!(
+        total <= 2 * rss + alone,
+        "PSS of the template and 64 instances {total} KiB; one instance resident {rss} KiB, held alone by instances {alone} KiB"
+    );
+    // Each instance holds a small part of what it has resident alone: the rest is shared.
+    assert!(
+        alone / 64 < rss / 4,
+        "{} KiB alone per instance, {rss} KiB resident",
+        alone / 64
+    );
+    for c in callers {
+        assert_eq!(c.finish(0).code(), Some(0));
+    }
+}
