@@ -100,17 +100,7 @@ fn criu_version(criu: &Path) -> Option<String> {
 }
 
 fn release_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_bench-app"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    for b in ["thaw", "libthaw.so"] {
-        assert!(
-            dir.join(b).exists(),
-            "{b} is missing: run `cargo build --release --workspace` first (scripts/bench does)"
-        );
-    }
-    dir
+    thaw_benches::release_dir(env!("CARGO_BIN_EXE_bench-app"), &["thaw", "libthaw.so"])
 }
 
 fn examples() -> PathBuf {

@@ -13,17 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn release_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_bench-app"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    for b in ["thaw", "libthaw.so"] {
-        assert!(
-            dir.join(b).exists(),
-            "{b} is missing: run `cargo build --release --workspace` first (scripts/bench does)"
-        );
-    }
-    dir
+    thaw_benches::release_dir(env!("CARGO_BIN_EXE_bench-app"), &["thaw", "libthaw.so"])
 }
 
 /// A running `thaw serve`, killed when dropped.
@@ -181,27 +171,25 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("fork_of_template_baseline", mib),
             &mib,
-            |b, _| b.iter_custom(|n| (0..n).map(|_| forker.fork()).sum()),
+            |b, _| b.iter_custom(|n| thaw_benches::each(n, || forker.fork())),
         );
         drop(forker);
         let server = Server::start(&thaw, &trust, &image, tmp.path().join("s.sock"));
         g.bench_with_input(
             BenchmarkId::new("instance_to_first_instruction", mib),
             &mib,
-            |b, _| b.iter_custom(|n| (0..n).map(|_| instance_first_byte(&server)).sum()),
+            |b, _| b.iter_custom(|n| thaw_benches::each(n, || instance_first_byte(&server))),
         );
         g.bench_with_input(
             BenchmarkId::new("thaw_run_via_to_first_instruction", mib),
             &mib,
             |b, _| {
                 b.iter_custom(|n| {
-                    (0..n)
-                        .map(|_| {
-                            let mut c = thaw_benches::command(&thaw);
-                            c.args(["run", "--via"]).arg(&server.socket);
-                            thaw_benches::until_first_byte(c)
-                        })
-                        .sum()
+                    thaw_benches::each(n, || {
+                        let mut c = thaw_benches::command(&thaw);
+                        c.args(["run", "--via"]).arg(&server.socket);
+                        thaw_benches::until_first_byte(c)
+                    })
                 })
             },
         );
@@ -211,27 +199,23 @@ fn bench(c: &mut Criterion) {
             &mib,
             |b, _| {
                 b.iter_custom(|n| {
-                    (0..n)
-                        .map(|_| {
-                            let mut c = thaw_benches::command(&thaw);
-                            c.args(["run", "--pid-mode", "ns", "--trust"])
-                                .arg(&trust)
-                                .arg(&image);
-                            thaw_benches::until_first_byte(c)
-                        })
-                        .sum()
+                    thaw_benches::each(n, || {
+                        let mut c = thaw_benches::command(&thaw);
+                        c.args(["run", "--pid-mode", "ns", "--trust"])
+                            .arg(&trust)
+                            .arg(&image);
+                        thaw_benches::until_first_byte(c)
+                    })
                 })
             },
         );
         g.bench_with_input(BenchmarkId::new("cold_start", mib), &mib, |b, &mib| {
             b.iter_custom(|n| {
-                (0..n)
-                    .map(|_| {
-                        let mut c = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"));
-                        c.args(["cold", &mib.to_string()]);
-                        thaw_benches::until_first_byte(c)
-                    })
-                    .sum()
+                thaw_benches::each(n, || {
+                    let mut c = thaw_benches::command(env!("CARGO_BIN_EXE_bench-app"));
+                    c.args(["cold", &mib.to_string()]);
+                    thaw_benches::until_first_byte(c)
+                })
             })
         });
     }
@@ -279,59 +263,51 @@ fn pandas(c: &mut Criterion, dir: &Path, thaw: &Path, tmp: &Path, key: &Path, tr
     g.sample_size(10);
     g.bench_function("cold_start_to_answer", |b| {
         b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let mut c = thaw_benches::command(python);
-                    c.arg(&script).args(["-", "Oslo"]);
-                    first_line(c)
-                })
-                .sum()
+            thaw_benches::each(n, || {
+                let mut c = thaw_benches::command(python);
+                c.arg(&script).args(["-", "Oslo"]);
+                first_line(c)
+            })
         })
     });
     g.bench_function("thaw_run_to_answer", |b| {
         b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let mut c = thaw_benches::command(thaw);
-                    c.args(["run", "--trust"])
-                        .arg(trust)
-                        .arg(&image)
-                        .args(["--", "Oslo"]);
-                    first_line(c)
-                })
-                .sum()
+            thaw_benches::each(n, || {
+                let mut c = thaw_benches::command(thaw);
+                c.args(["run", "--trust"])
+                    .arg(trust)
+                    .arg(&image)
+                    .args(["--", "Oslo"]);
+                first_line(c)
+            })
         })
     });
     let server = Server::start(thaw, trust, &image, tmp.join("p.sock"));
     g.bench_function("thaw_run_via_to_answer", |b| {
         b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let mut c = thaw_benches::command(thaw);
-                    c.args(["run", "--via"])
-                        .arg(&server.socket)
-                        .args(["--", "Oslo"]);
-                    first_line(c)
-                })
-                .sum()
+            thaw_benches::each(n, || {
+                let mut c = thaw_benches::command(thaw);
+                c.args(["run", "--via"])
+                    .arg(&server.socket)
+                    .args(["--", "Oslo"]);
+                first_line(c)
+            })
         })
     });
     g.bench_function("instance_to_answer", |b| {
         b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let t = Instant::now();
-                    let (i, out) = instance(&server, &["Oslo"]);
-                    let mut line = String::new();
-                    let mut out = BufReader::new(out);
-                    out.read_line(&mut line).unwrap();
-                    let elapsed = t.elapsed();
-                    std::io::copy(&mut out, &mut std::io::sink()).unwrap();
-                    assert!(line.contains("Oslo"), "{line:?}");
-                    assert_eq!(i.wait().unwrap(), 0);
-                    elapsed
-                })
-                .sum()
+            thaw_benches::each(n, || {
+                let t = Instant::now();
+                let (i, out) = instance(&server, &["Oslo"]);
+                let mut line = String::new();
+                let mut out = BufReader::new(out);
+                out.read_line(&mut line).unwrap();
+                let elapsed = t.elapsed();
+                std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+                assert!(line.contains("Oslo"), "{line:?}");
+                assert_eq!(i.wait().unwrap(), 0);
+                elapsed
+            })
         })
     });
     g.finish();

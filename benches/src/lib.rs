@@ -62,3 +62,21 @@ pub fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
     k.public().save_new(&public).unwrap();
     (key, public)
 }
+
+/// The directory of the release build (where `bench_app`, one of its binaries, is), after
+/// checking that each of `needed` was built there.
+pub fn release_dir(bench_app: &str, needed: &[&str]) -> PathBuf {
+    let dir = Path::new(bench_app).parent().unwrap().to_owned();
+    for b in needed {
+        assert!(
+            dir.join(b).exists(),
+            "{b} is missing: run `cargo build --release --workspace` first (scripts/bench does)"
+        );
+    }
+    dir
+}
+
+/// The sum of `n` measurements by `f` (for criterion's `iter_custom`).
+pub fn each(n: u64, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..n).map(|_| f()).sum()
+}

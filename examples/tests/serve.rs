@@ -108,6 +108,15 @@ impl Server {
         self.child.id() as i32
     }
 
+    /// `n` callers without arguments, each once its instance says it is ready (with `pid`).
+    fn ready_callers(&self, n: usize, pid: i32) -> Vec<Waiting> {
+        let mut callers: Vec<Waiting> = (0..n).map(|_| Waiting::spawn(self.call(&[]))).collect();
+        for c in &mut callers {
+            assert_eq!(c.ready(), pid);
+        }
+        callers
+    }
+
     /// `thaw run --via SOCKET -- ARGS`.
     fn call(&self, args: &[&str]) -> Command {
         let mut c = command(&bin("thaw"));
@@ -345,6 +354,19 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
 fn server_socket_exists(env: &Env) -> bool {
     env.path("serve.sock").exists()
 }
+/// As root: a scratch environment, a zdtm-waiter image, its PID and a server of it started
+/// with `opts`.
+fn waiter_server(opts: &[&str]) -> Option<(Env, PathBuf, i32, Server)> {
+    if !is_root() {
+        return None;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let pid = image_pid(&env, &img);
+    let server = Server::start(&env, &img, opts);
+    Some((env, img, pid, server))
+}
+
 /// The PID namespace of a process (the target of /proc/PID/ns/pid).
 fn pidns(pid: i32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap()
@@ -364,17 +386,10 @@ fn seen_from(pid: i32) -> Vec<i32> {
 /// seeing nothing but itself and its init; each caller gets its own instance's exit status.
 #[test]
 fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
-    if !is_root() {
+    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--spares", "0"]);
-    let mut callers: Vec<Waiting> = (0..64).map(|_| Waiting::spawn(server.call(&[]))).collect();
-    for c in &mut callers {
-        assert_eq!(c.ready(), pid);
-    }
+    };
+    let callers = server.ready_callers(64, pid);
     let instances = server.instances();
     assert_eq!(instances.len(), 64, "{:?}", server.children());
     let template = pidns(server.template);
@@ -401,13 +416,10 @@ fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
 /// With every slot taken a caller is told it waits, and gets an instance when one ends.
 #[test]
 fn callers_beyond_the_bound_wait_for_a_slot() {
-    if !is_root() {
+    let Some((_, _, pid, server)) = waiter_server(&["--max-instances", "2", "--spares", "0"])
+    else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--max-instances", "2", "--spares", "0"]);
+    };
     let mut first = Waiting::spawn(server.call(&[]));
     let mut second = Waiting::spawn(server.call(&[]));
     assert_eq!(first.ready(), pid);
@@ -433,13 +445,9 @@ fn callers_beyond_the_bound_wait_for_a_slot() {
 /// along; an instance killed from outside is reported to its caller, and the server serves on.
 #[test]
 fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
-    if !is_root() {
+    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--spares", "0"]);
+    };
 
     let mut c = Waiting::spawn(server.call(&[]));
     assert_eq!(c.ready(), pid);
@@ -475,17 +483,10 @@ fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
 /// callers are told the server ended (68) and the socket is removed.
 #[test]
 fn nothing_outlives_the_server() {
-    if !is_root() {
+    let Some((env, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--spares", "0"]);
-    let mut callers: Vec<Waiting> = (0..3).map(|_| Waiting::spawn(server.call(&[]))).collect();
-    for c in &mut callers {
-        assert_eq!(c.ready(), pid);
-    }
+    };
+    let callers = server.ready_callers(3, pid);
     let all = server.children();
     assert_eq!(server.instances().len(), 3, "{all:?}");
     assert!(server.inits().len() >= 3, "{all:?}");
@@ -589,13 +590,9 @@ fn a_caller_with_other_credentials_is_refused() {
 /// server goes on serving.
 #[test]
 fn a_malformed_request_is_refused_and_the_server_serves_on() {
-    if !is_root() {
+    let Some((_, _, pid, server)) = waiter_server(&[]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    };
     for request in [&b"\xff\xff\xff\xff garbage"[..], b""] {
         let sock = seqpacket_connect(&server.socket);
         // SAFETY: a valid buffer of the given length.
@@ -649,13 +646,9 @@ fn seqpacket_connect(path: &Path) -> OwnedFd {
 /// ready).
 #[test]
 fn a_thousand_instances_in_a_row_leak_nothing() {
-    if !is_root() {
+    let Some((env, _, pid, server)) = waiter_server(&[]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    };
     let status_file = env.path("status");
     std::fs::write(&status_file, "7\n").unwrap();
     let once = || {
@@ -753,13 +746,9 @@ fn a_reload_serves_the_new_image_and_keeps_running_instances() {
 /// it), the running instance ends normally, and then the server and its template end (0).
 #[test]
 fn a_graceful_stop_lets_running_instances_finish() {
-    if !is_root() {
+    let Some((env, _, pid, server)) = waiter_server(&[]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &[]);
+    };
     let template = pidfd(server.template);
     let mut running = Waiting::spawn(server.call(&[]));
     assert_eq!(running.ready(), pid);
@@ -878,17 +867,10 @@ fn pss(pid: i32) -> (u64, u64, u64) {
 /// one instance has resident plus what each holds alone (what it wrote or made), not 64 copies.
 #[test]
 fn sixty_four_instances_share_the_template_memory() {
-    if !is_root() {
+    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
-    }
-    let env = Env::new();
-    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
-    let pid = image_pid(&env, &img);
-    let server = Server::start(&env, &img, &["--spares", "0"]);
-    let mut callers: Vec<Waiting> = (0..64).map(|_| Waiting::spawn(server.call(&[]))).collect();
-    for c in &mut callers {
-        assert_eq!(c.ready(), pid);
-    }
+    };
+    let callers = server.ready_callers(64, pid);
     let instances = server.instances();
     assert_eq!(instances.len(), 64);
     let (mut total, mut alone, mut rss) = (pss(server.template).0, 0, 0);

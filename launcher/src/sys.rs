@@ -628,7 +628,7 @@ pub mod uffd {
     }
 }
 
-/// A connected pair of close-on-exec Unix datagram sockets (for passing a descriptor).
+/// A connected pair of `AF_UNIX` sequenced-packet sockets (close-on-exec).
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     syscall(
@@ -770,24 +770,6 @@ pub fn recv_message(sock: &OwnedFd) -> io::Result<Option<Received>> {
         }
     }
     Ok(Some(got))
-}
-
-/// A connected pair of `AF_UNIX` sequenced-packet sockets (close-on-exec).
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    syscall(
-        libc::SYS_socketpair,
-        [
-            libc::AF_UNIX as u64,
-            (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64,
-            0,
-            fds.as_mut_ptr() as u64,
-            0,
-            0,
-        ],
-    )?;
-    // SAFETY: socketpair returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 pub use thaw::sys::{

@@ -227,7 +227,7 @@ impl Template {
             )));
         }
         let (server, template) =
-            sys::seqpacket_pair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
+            sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
         let highest = targets.iter().map(|t| t.0).max().unwrap_or(2).max(2);
         let ctl = sys::dup_above(template.as_raw_fd(), highest + 1)
             .map_err(|e| failed(format!("dup: {e}")))?;
@@ -351,7 +351,7 @@ impl Template {
     /// server's end of the instance's socket. The template holds nothing of it afterwards.
     pub fn fork(&self, pidns: &OwnedFd) -> Result<(i32, OwnedFd)> {
         let (ours, theirs) =
-            sys::seqpacket_pair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
+            sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
         let ctl = self
             .ctl
             .lock()
@@ -415,7 +415,7 @@ impl Drop for Template {
     fn drop(&mut self) {
         // End of file on its socket ends the template.
         if let Ok(mut c) = self.ctl.lock() {
-            if let Ok((a, _)) = sys::seqpacket_pair() {
+            if let Ok((a, _)) = sys::socketpair() {
                 *c = a;
             }
         }
