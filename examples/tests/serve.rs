@@ -386,7 +386,7 @@ fn seen_from(pid: i32) -> Vec<i32> {
 /// seeing nothing but itself and its init; each caller gets its own instance's exit status.
 #[test]
 fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
-    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
+    let Some((_env, _img, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
     };
     let callers = server.ready_callers(64, pid);
@@ -416,7 +416,7 @@ fn sixty_four_instances_at_once_each_alone_with_the_image_pid() {
 /// With every slot taken a caller is told it waits, and gets an instance when one ends.
 #[test]
 fn callers_beyond_the_bound_wait_for_a_slot() {
-    let Some((_, _, pid, server)) = waiter_server(&["--max-instances", "2", "--spares", "0"])
+    let Some((_env, _img, pid, server)) = waiter_server(&["--max-instances", "2", "--spares", "0"])
     else {
         return;
     };
@@ -445,7 +445,7 @@ fn callers_beyond_the_bound_wait_for_a_slot() {
 /// along; an instance killed from outside is reported to its caller, and the server serves on.
 #[test]
 fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
-    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
+    let Some((_env, _img, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
     };
 
@@ -483,7 +483,7 @@ fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
 /// callers are told the server ended (68) and the socket is removed.
 #[test]
 fn nothing_outlives_the_server() {
-    let Some((env, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
+    let Some((env, _img, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
     };
     let callers = server.ready_callers(3, pid);
@@ -590,7 +590,7 @@ fn a_caller_with_other_credentials_is_refused() {
 /// server goes on serving.
 #[test]
 fn a_malformed_request_is_refused_and_the_server_serves_on() {
-    let Some((_, _, pid, server)) = waiter_server(&[]) else {
+    let Some((_env, _img, pid, server)) = waiter_server(&[]) else {
         return;
     };
     for request in [&b"\xff\xff\xff\xff garbage"[..], b""] {
@@ -646,7 +646,7 @@ fn seqpacket_connect(path: &Path) -> OwnedFd {
 /// ready).
 #[test]
 fn a_thousand_instances_in_a_row_leak_nothing() {
-    let Some((env, _, pid, server)) = waiter_server(&[]) else {
+    let Some((env, _img, pid, server)) = waiter_server(&[]) else {
         return;
     };
     let status_file = env.path("status");
@@ -746,7 +746,7 @@ fn a_reload_serves_the_new_image_and_keeps_running_instances() {
 /// it), the running instance ends normally, and then the server and its template end (0).
 #[test]
 fn a_graceful_stop_lets_running_instances_finish() {
-    let Some((env, _, pid, server)) = waiter_server(&[]) else {
+    let Some((env, _img, pid, server)) = waiter_server(&[]) else {
         return;
     };
     let template = pidfd(server.template);
@@ -867,7 +867,7 @@ fn pss(pid: i32) -> (u64, u64, u64) {
 /// one instance has resident plus what each holds alone (what it wrote or made), not 64 copies.
 #[test]
 fn sixty_four_instances_share_the_template_memory() {
-    let Some((_, _, pid, server)) = waiter_server(&["--spares", "0"]) else {
+    let Some((_env, _img, pid, server)) = waiter_server(&["--spares", "0"]) else {
         return;
     };
     let callers = server.ready_callers(64, pid);
