@@ -221,7 +221,7 @@ fn caller(conn: RawFd) -> Result<Credentials> {
     Ok(creds)
 }
 
-/// Serves one connection: checks, forks the instance, passes signals on, reports its end.
+/// Serves one connection: checks, starts the instance, passes signals on, reports its end.
 fn instance(
     served: &pool::Served,
     conn: &OwnedFd,
@@ -230,40 +230,11 @@ fn instance(
     pool: &pool::Pool,
 ) -> Result {
     let fd = conn.as_raw_fd();
-    let mut buf = vec![0u8; ARGS_MAX + SMALL];
-    let Some(packet) = sys::recv_with_fds(fd, &mut buf)
-        .map_err(|e| Failure::new(Code::Io, format!("cannot read the request: {e}")))?
-    else {
+    let Some((call, stdio)) = read_request(fd)? else {
         return Ok(());
     };
-    if packet.truncated {
-        return Err(Failure::new(
-            Code::Usage,
-            format!("the request is larger than {ARGS_MAX} bytes of arguments and environment"),
-        ));
-    }
-    let [stdin, stdout, stderr] = <[OwnedFd; 3]>::try_from(packet.fds).map_err(|_| {
-        Failure::new(
-            Code::Usage,
-            "a request passes exactly its standard input, output and error",
-        )
-    })?;
-    let call: Request = postcard::from_bytes(&buf[..packet.len])
-        .map_err(|e| Failure::new(Code::Usage, format!("malformed request: {e}")))?;
-
-    // The instance runs with the server's own credentials: so the caller must have those; and
-    // the same policy as `thaw run` holds for this caller.
-    let creds = caller(fd)?;
     let image = served.template.image().manifest();
-    if creds.uid != own.uid || creds.gid != own.gid || sorted(&creds.groups) != sorted(&own.groups)
-    {
-        return Err(refused(format!(
-            "this server runs as uid {}, gid {}; it gives instances its own credentials, so it serves only callers with the same ids and groups (you are uid {}, gid {})",
-            own.uid.real, own.gid.real, creds.uid.real, creds.gid.real
-        )));
-    }
-    policy::decide(&image.creds, &creds, false).map_err(refused)?;
-
+    check_caller(fd, own, &image.creds)?;
     let _slot = slots.take(|| {
         tell(
             fd,
@@ -272,11 +243,71 @@ fn instance(
             },
         )
     });
+    let (pid, init) = launch(served, pool, &call, stdio)?;
+    tell(
+        fd,
+        &ToCaller::Started {
+            pid: image.process.pid,
+        },
+    );
+    served.replenish(pool);
+    supervise(fd, pid, init)
+}
+
+/// The caller's request and its standard descriptors; `None` if it left without one.
+fn read_request(fd: RawFd) -> Result<Option<(Request, [OwnedFd; 3])>> {
+    let mut buf = vec![0u8; ARGS_MAX + SMALL];
+    let Some(packet) = sys::recv_with_fds(fd, &mut buf)
+        .map_err(|e| Failure::new(Code::Io, format!("cannot read the request: {e}")))?
+    else {
+        return Ok(None);
+    };
+    if packet.truncated {
+        return Err(Failure::new(
+            Code::Usage,
+            format!("the request is larger than {ARGS_MAX} bytes of arguments and environment"),
+        ));
+    }
+    let stdio = <[OwnedFd; 3]>::try_from(packet.fds).map_err(|_| {
+        Failure::new(
+            Code::Usage,
+            "a request passes exactly its standard input, output and error",
+        )
+    })?;
+    let call = postcard::from_bytes(&buf[..packet.len])
+        .map_err(|e| Failure::new(Code::Usage, format!("malformed request: {e}")))?;
+    Ok(Some((call, stdio)))
+}
+
+/// The instance runs with the server's own credentials: so the caller must have those; and the
+/// same policy as `thaw run` holds for this caller and the image's credentials.
+fn check_caller(fd: RawFd, own: &Credentials, image: &Credentials) -> Result {
+    let creds = caller(fd)?;
+    if creds.uid != own.uid || creds.gid != own.gid || sorted(&creds.groups) != sorted(&own.groups)
+    {
+        return Err(refused(format!(
+            "this server runs as uid {}, gid {}; it gives instances its own credentials, so it serves only callers with the same ids and groups (you are uid {}, gid {})",
+            own.uid.real, own.gid.real, creds.uid.real, creds.gid.real
+        )));
+    }
+    policy::decide(image, &creds, false)
+        .map(drop)
+        .map_err(refused)
+}
+
+/// Gives an instance (one forked ahead, else one forked now) the caller's arguments and
+/// descriptors and lets it run; returns its PID and its namespace's init once it runs.
+fn launch(
+    served: &pool::Served,
+    pool: &pool::Pool,
+    call: &Request,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+) -> Result<(i32, pool::Init)> {
     let template = &served.template;
     let files = template.reopen_files()?;
     let (error_r, error_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let give = |spare: &pool::Spare, call: &Request| {
+    let give = |spare: &pool::Spare| {
         template.give(
             &spare.sock,
             &RestoreArgs {
@@ -292,15 +323,12 @@ fn instance(
             &files,
         )
     };
-    // An instance forked ahead; else (none ready, or it died waiting) one forked now.
-    let ahead = served
-        .take_ready()
-        .and_then(|s| give(&s, &call).is_ok().then_some(s));
-    let spare = match ahead {
+    // A spare that died waiting is dropped (and reaped) here.
+    let spare = match served.take_ready().filter(|s| give(s).is_ok()) {
         Some(s) => s,
         None => {
             let s = served.fork(pool)?;
-            give(&s, &call)?;
+            give(&s)?;
             s
         }
     };
@@ -310,20 +338,18 @@ fn instance(
     drop((error_w, go_r, files, stdin, stdout, stderr));
     pool::forks_settled();
     let _ = std::fs::File::from(go_w).write_all(&[1]);
-    let pidfd = sys::pidfd_open(pid);
     if let Some(why) = template.report(&error_r) {
         let _ = sys::wait(pid);
         return Err(failed(why));
     }
-    tell(
-        fd,
-        &ToCaller::Started {
-            pid: image.process.pid,
-        },
-    );
-    served.replenish(pool);
-    let status = std::thread::scope(|scope| {
-        // The caller's signals, and its end: a caller that goes away takes its instance along.
+    Ok((pid, init))
+}
+
+/// Passes the caller's signals on until the instance ends (a caller that goes away takes it
+/// along), then tells the caller its status.
+fn supervise(fd: RawFd, pid: i32, init: pool::Init) -> Result {
+    let pidfd = sys::pidfd_open(pid);
+    std::thread::scope(|scope| {
         scope.spawn(|| {
             let mut buf = [0u8; SMALL];
             loop {
@@ -355,10 +381,8 @@ fn instance(
         // Ends the thread above; the caller hears end of file only once this connection is
         // closed, after everything else this instance held.
         sys::shutdown_read(fd);
-        status
-    })?;
-    let _ = status;
-    Ok(())
+        status.map(drop)
+    })
 }
 
 fn sorted(v: &[u32]) -> Vec<u32> {
