@@ -226,6 +226,52 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
     }
 }
 
+/// Instances a `thaw serve` forks from one template of uniqueness.py (with spares forked ahead)
+/// each run the after-restore hooks in order, get their caller's arguments and draw their own
+/// random values, uuids and temporary names.
+#[test]
+fn served_instances_run_their_hooks_and_reseed() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let python = venv(&env, Path::new("/usr/bin/python3"), "venv", false);
+    let img = env.path("u.thaw");
+    let o = python_cmd(&python)
+        .arg(example("uniqueness.py"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "first life: {}", text(&o));
+    let server = common::server::Server::start(&env, &img, &[]);
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..4 {
+        let r = json(&server.call(&["one", "two words"]).output().unwrap());
+        assert_eq!(r["restored"], true, "{r}");
+        assert_eq!(r["args"], serde_json::json!(["one", "two words"]), "{r}");
+        assert_eq!(
+            r["hooks"],
+            serde_json::json!([
+                "before 3",
+                "before 2",
+                "before 1",
+                "after 1",
+                "after 2",
+                "after 3 restored=True"
+            ]),
+            "{r}"
+        );
+        for key in ["random", "tempfile", "uuid4", "uuid1_clock_seq"] {
+            assert_ne!(r["now"][key], r["first"][key], "{key}: {r}");
+            for other in &seen {
+                assert_ne!(r["now"][key], other["now"][key], "{key}: {r} / {other}");
+            }
+        }
+        seen.push(r);
+    }
+}
+
 #[test]
 fn hooks_reseeding_and_errors_through_the_installed_package() {
     let env = Env::new();

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: real programs, the real `thaw` binary, real kernels.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
