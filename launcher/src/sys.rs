@@ -985,3 +985,72 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
         }
     }
 }
+
+/// Reads `buf.len()` bytes at `addr` of process `pid` into `buf` (faulting the pages into
+/// its page tables); the bytes read (short where a page is missing or not readable).
+pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = [buf.as_mut_ptr() as u64, buf.len() as u64];
+    let remote = [addr, buf.len() as u64];
+    syscall(
+        libc::SYS_process_vm_readv,
+        [
+            pid as u64,
+            local.as_ptr() as u64,
+            1,
+            remote.as_ptr() as u64,
+            1,
+            0,
+        ],
+    )
+    .map(|n| n as usize)
+}
+
+/// Reads `buf.len()` bytes at `addr` of process `pid` and writes them back where they were:
+/// the contents stay, and each page the process shared copy-on-write becomes its own. Returns
+/// the bytes written back (short where a page is missing or not writable).
+pub fn rewrite_in_place(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let read = read_remote(pid, addr, buf)?;
+    let local = [buf.as_ptr() as u64, read as u64];
+    let remote = [addr, read as u64];
+    syscall(
+        libc::SYS_process_vm_writev,
+        [
+            pid as u64,
+            local.as_ptr() as u64,
+            1,
+            remote.as_ptr() as u64,
+            1,
+            0,
+        ],
+    )
+    .map(|n| n as usize)
+}
+
+/// Whether `fd` becomes readable within `ms` milliseconds (a pidfd: whether the process ends).
+pub fn readable_within(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    matches!(
+        syscall(libc::SYS_poll, [&mut p as *mut libc::pollfd as u64, 1, ms as u64, 0, 0, 0]),
+        Ok(n) if n > 0
+    )
+}
+
+/// Runs the calling thread only when a CPU would otherwise be idle (SCHED_IDLE).
+pub fn sched_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    let _ = syscall(
+        libc::SYS_sched_setscheduler,
+        [
+            0,
+            libc::SCHED_IDLE as u64,
+            &param as *const libc::sched_param as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+}

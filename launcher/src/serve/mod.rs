@@ -7,6 +7,7 @@
 
 pub mod client;
 mod pool;
+mod early;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,6 +27,9 @@ use thaw::serve::{Request, ToCaller, ToServer, SMALL};
 const ENDING: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
 /// Reloads the image: new callers get instances of the new one; running instances go on.
 const RELOAD: i32 = libc::SIGHUP;
+/// How long an instance runs before the pages it holds alone are sampled (`early`): past a
+/// runtime's first answer, before its teardown.
+const SAMPLE_AFTER_MS: i32 = 20;
 /// Stops the server gracefully: no new instances; it ends when the running ones have.
 const STOP: i32 = libc::SIGQUIT;
 
@@ -103,9 +107,19 @@ pub fn serve(
     });
     let filler = Arc::clone(&pool);
     std::thread::spawn(move || filler.fill());
+    // Spares are made on a thread of their own that runs only when a CPU is idle: the copies
+    // they take (see `early`) never compete with a running instance.
+    let (more, wanted) = std::sync::mpsc::channel::<Arc<pool::Served>>();
+    let maker = Arc::clone(&pool);
+    std::thread::spawn(move || {
+        sys::sched_idle();
+        for served in wanted {
+            served.replenish(&maker);
+        }
+    });
     let served = |t: Template| Arc::new(pool::Served::new(t, spares));
     let mut current = served(first);
-    current.replenish(&pool);
+    let _ = more.send(Arc::clone(&current));
     announce("serving", &current.template, socket, max);
     let mut wake = std::fs::File::from(wake_r);
     std::thread::scope(|scope| loop {
@@ -124,7 +138,7 @@ pub fn serve(
                 Ok(t) => {
                     // The previous template ends once its last instance's caller is answered.
                     current = served(t);
-                    current.replenish(&pool);
+                    let _ = more.send(Arc::clone(&current));
                     announce("reloaded: serving", &current.template, socket, max);
                 }
                 Err(f) => eprintln!(
@@ -145,9 +159,10 @@ pub fn serve(
             }
             Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
         };
-        let (own, slots, pool, template) = (&own, &slots, &*pool, Arc::clone(&current));
+        let (own, slots, pool, more) = (&own, &slots, &*pool, more.clone());
+        let template = Arc::clone(&current);
         scope.spawn(move || {
-            if let Err(f) = instance(&template, &conn, own, slots, pool) {
+            if let Err(f) = instance(&template, &conn, own, slots, pool, &more) {
                 tell(
                     conn.as_raw_fd(),
                     &ToCaller::Failed {
@@ -223,11 +238,12 @@ fn caller(conn: RawFd) -> Result<Credentials> {
 
 /// Serves one connection: checks, starts the instance, passes signals on, reports its end.
 fn instance(
-    served: &pool::Served,
+    served: &Arc<pool::Served>,
     conn: &OwnedFd,
     own: &Credentials,
     slots: &Slots,
     pool: &pool::Pool,
+    more: &std::sync::mpsc::Sender<Arc<pool::Served>>,
 ) -> Result {
     let fd = conn.as_raw_fd();
     let Some((call, stdio)) = read_request(fd)? else {
@@ -250,8 +266,8 @@ fn instance(
             pid: image.process.pid,
         },
     );
-    served.replenish(pool);
-    supervise(fd, pid, init)
+    let _ = more.send(Arc::clone(served));
+    supervise(served, fd, pid, init)
 }
 
 /// The caller's request and its standard descriptors; `None` if it left without one.
@@ -347,8 +363,14 @@ fn launch(
 
 /// Passes the caller's signals on until the instance ends (a caller that goes away takes it
 /// along), then tells the caller its status.
-fn supervise(fd: RawFd, pid: i32, init: pool::Init) -> Result {
+fn supervise(served: &pool::Served, fd: RawFd, pid: i32, init: pool::Init) -> Result {
     let pidfd = sys::pidfd_open(pid);
+    // The first instance that runs a while shows what instances write early (see `early`).
+    if let Ok(p) = &pidfd {
+        if !served.early.sampled() && !sys::readable_within(p.as_raw_fd(), SAMPLE_AFTER_MS) {
+            served.early.sample(pid);
+        }
+    }
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let mut buf = [0u8; SMALL];

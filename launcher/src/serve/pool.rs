@@ -181,6 +181,8 @@ pub struct Served {
     spares: Mutex<Spares>,
     pub template: Template,
     keep: usize,
+    /// What instances touch early, made ready in each spare.
+    pub early: super::early::EarlyPages,
 }
 
 struct Spares {
@@ -197,6 +199,7 @@ impl Served {
                 forking: 0,
             }),
             keep,
+            early: Default::default(),
         }
     }
 
@@ -236,7 +239,11 @@ impl Served {
                 s.forking += 1;
             }
             // Only an init from the pool: a spare outlives the thread that makes it.
-            let made = inits.take_ready().map(|init| self.fork_into(init));
+            let made = inits.take_ready().map(|init| -> Result<Spare> {
+                let spare = self.fork_into(init)?;
+                self.early.apply(spare.pid);
+                Ok(spare)
+            });
             let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
             s.forking -= 1;
             match made {
