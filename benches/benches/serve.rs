@@ -24,9 +24,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(thaw: &Path, trust: &Path, image: &Path, socket: PathBuf) -> Server {
+    fn start(thaw: &Path, trust: &Path, image: &Path, socket: PathBuf, opts: &[&str]) -> Server {
         let mut child = thaw_benches::command(thaw)
-            .args(["serve", "--max-instances", "128", "--trust"])
+            .args(["serve", "--max-instances", "128"])
+            .args(opts)
+            .arg("--trust")
             .arg(trust)
             .arg("--socket")
             .arg(&socket)
@@ -174,7 +176,7 @@ fn bench(c: &mut Criterion) {
             |b, _| b.iter_custom(|n| thaw_benches::each(n, || forker.fork())),
         );
         drop(forker);
-        let server = Server::start(&thaw, &trust, &image, tmp.path().join("s.sock"));
+        let server = Server::start(&thaw, &trust, &image, tmp.path().join("s.sock"), &[]);
         g.bench_with_input(
             BenchmarkId::new("instance_to_first_instruction", mib),
             &mib,
@@ -282,7 +284,7 @@ fn pandas(c: &mut Criterion, dir: &Path, thaw: &Path, tmp: &Path, key: &Path, tr
             })
         })
     });
-    let server = Server::start(thaw, trust, &image, tmp.join("p.sock"));
+    let server = Server::start(thaw, trust, &image, tmp.join("p.sock"), &[]);
     g.bench_function("thaw_run_via_to_answer", |b| {
         b.iter_custom(|n| {
             thaw_benches::each(n, || {
@@ -351,7 +353,13 @@ fn density(thaw: &Path, tmp: &Path, key: &Path, trust: &Path) {
     let image_kib = std::fs::metadata(&image).unwrap().len() / 1024;
     println!("serve/density: image {image_kib} KiB (16 MiB heap)");
     for n in [1usize, 8, 64] {
-        let server = Server::start(thaw, trust, &image, tmp.join(format!("d{n}.sock")));
+        let server = Server::start(
+            thaw,
+            trust,
+            &image,
+            tmp.join(format!("d{n}.sock")),
+            &["--spares", "0"],
+        );
         let mut held = Vec::new();
         for _ in 0..n {
             let (r, w) = std::io::pipe().unwrap();
@@ -365,7 +373,8 @@ fn density(thaw: &Path, tmp: &Path, key: &Path, trust: &Path) {
             (&r).read_exact(&mut byte).unwrap();
             held.push((i, hold_w));
         }
-        let (mut total, mut private, mut inits) = (pss(server.template).0, 0, 0);
+        let (mut total, mut private) = (pss(server.template).0, 0);
+        let mut support = pss(server.child.id() as i32).0;
         for p in children(server.child.id() as i32) {
             if p == server.template {
                 continue;
@@ -376,14 +385,14 @@ fn density(thaw: &Path, tmp: &Path, key: &Path, trust: &Path) {
                 .lines()
                 .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1"));
             if is_init {
-                inits += p_pss;
+                support += p_pss;
             } else {
                 total += p_pss;
                 private += p_private;
             }
         }
         println!(
-            "serve/density: {n} instances: template + instances PSS {total} KiB ({:.2}x the image; {} KiB per instance), instances' private {private} KiB, namespace inits {inits} KiB; goal <= 2x image + private: {}",
+            "serve/density: {n} instances: template + instances PSS {total} KiB ({:.2}x the image; {} KiB per instance), instances' private {private} KiB; the server and its namespace inits {support} KiB; goal <= 2x image + private: {}",
             total as f64 / image_kib as f64,
             total / n as u64,
             if total <= 2 * image_kib + private { "met" } else { "NOT met" }

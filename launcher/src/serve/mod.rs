@@ -6,8 +6,8 @@
 //! instance ends with the server: each lives in a PID namespace whose init dies with it.
 
 pub mod client;
-mod pool;
 mod early;
+mod pool;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
