@@ -68,7 +68,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         image.verify_chunks(&|_| true, Some(&copy))?;
         sys::seal(&copy)
             .map_err(|e| Failure::new(Code::Io, format!("cannot seal the private copy: {e}")))?;
-        Template::start(image, copy, args.allow_clock_jump)
+        // A template made on reload starts with copies of the callers' files in flight.
+        crate::serve::while_forking(|| Template::start(image, copy, args.allow_clock_jump))
     };
     let first = load()?;
     crate::serve::serve(

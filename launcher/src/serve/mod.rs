@@ -8,6 +8,7 @@
 pub mod client;
 mod early;
 mod pool;
+pub use pool::while_forking;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

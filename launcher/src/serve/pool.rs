@@ -10,9 +10,17 @@ use crate::exit::Result;
 use crate::restore::template::Template;
 use crate::sys;
 
-/// Held (shared) while an init is made: it starts with a copy of the server's descriptors,
-/// another caller's files among them, and has closed them once it says it is ready.
+/// Held (shared) while an init or a template is made: it starts with a copy of the server's
+/// descriptors, another caller's files among them, and has closed them once it says it is
+/// ready.
 static FORKING: RwLock<()> = RwLock::new(());
+
+/// Runs `f`, which starts a process that holds copies of the server's descriptors until it
+/// says it is ready (a template made on reload), as a fork [`forks_settled`] waits for.
+pub fn while_forking<T>(f: impl FnOnce() -> T) -> T {
+    let _forking = FORKING.read().unwrap_or_else(|e| e.into_inner());
+    f()
+}
 
 /// Returns once no init made before this call holds a copy of the server's descriptors: a file
 /// the server has closed is then held only where it was passed on.
