@@ -65,7 +65,7 @@ impl Checks {
     }
 }
 
-/// Capability sets of every thread ("CapInh: … CapPrm: … CapEff: … CapAmb: …"), sorted.
+/// The distinct capability sets of the threads ("CapInh: … CapPrm: … CapEff: … CapAmb: …"), sorted.
 pub fn thread_caps() -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -88,6 +88,9 @@ pub fn thread_caps() -> Vec<String> {
             )
         })
         .collect();
+    // Distinct sets: a thread just joined may still be listed while the kernel removes it
+    // (with the same sets), and a thread with other sets still adds a line.
     out.sort();
+    out.dedup();
     out
 }

@@ -1039,18 +1039,29 @@ pub fn readable_within(fd: RawFd, ms: i32) -> bool {
     )
 }
 
-/// Runs the calling thread only when a CPU would otherwise be idle (SCHED_IDLE).
-pub fn sched_idle() {
+/// Runs the calling thread only when a CPU would otherwise be idle (SCHED_IDLE), or again as
+/// any other (SCHED_OTHER).
+pub fn sched_idle(idle: bool) {
     let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
     let _ = syscall(
         libc::SYS_sched_setscheduler,
         [
             0,
-            libc::SCHED_IDLE as u64,
+            policy as u64,
             &param as *const libc::sched_param as u64,
             0,
             0,
             0,
         ],
     );
+}
+
+/// Lets every other runnable thread run first.
+pub fn sched_yield() {
+    let _ = syscall(libc::SYS_sched_yield, [0; 6]);
 }

@@ -108,12 +108,10 @@ pub fn serve(
     });
     let filler = Arc::clone(&pool);
     std::thread::spawn(move || filler.fill());
-    // Spares are made on a thread of their own that runs only when a CPU is idle: the copies
-    // they take (see `early`) never compete with a running instance.
+    // Spares are made on a thread of their own (see `Served::replenish`).
     let (more, wanted) = std::sync::mpsc::channel::<Arc<pool::Served>>();
     let maker = Arc::clone(&pool);
     std::thread::spawn(move || {
-        sys::sched_idle();
         for served in wanted {
             served.replenish(&maker);
         }

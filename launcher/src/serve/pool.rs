@@ -235,8 +235,8 @@ impl Served {
         })
     }
 
-    /// Forks instances ahead until `keep` are ready or being made (a caller's thread calls this
-    /// once its own instance runs: the fork is off every caller's path).
+    /// Forks instances ahead until `keep` are ready or being made (on the server's thread for
+    /// spares, asked once a caller's instance runs: the fork is off every caller's path).
     pub fn replenish(&self, inits: &Pool) {
         loop {
             {
@@ -248,8 +248,17 @@ impl Served {
             }
             // Only an init from the pool: a spare outlives the thread that makes it.
             let made = inits.take_ready().map(|init| -> Result<Spare> {
+                // Forked once the CPUs have nothing else to run (a running instance answers
+                // first), but at the usual priority: it holds the template's socket, which a
+                // caller may be waiting for.
+                sys::sched_idle(true);
+                sys::sched_yield();
+                sys::sched_idle(false);
                 let spare = self.fork_into(init)?;
+                // The pages it is given ahead are copied only when a CPU is idle.
+                sys::sched_idle(true);
                 self.early.apply(spare.pid);
+                sys::sched_idle(false);
                 Ok(spare)
             });
             let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
