@@ -5,8 +5,8 @@
 //! first writes is a copy-on-write fault. The server samples one instance after it has run a
 //! while: the file pages it has mapped, and the private pages it holds alone. In each spare it
 //! then reads the former (which maps them) and rewrites the latter with their own contents
-//! (which copies them), on a thread that runs only when a CPU is idle. Only when the work is
-//! done changes: the bytes a spare holds are the template's.
+//! (which copies them), at idle priority. Only when the work is done changes: the bytes a spare
+//! holds are the template's.
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
