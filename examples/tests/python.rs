@@ -169,6 +169,19 @@ fn pandas_service_restores_in_every_mode_through_the_installed_package() {
     );
 }
 
+/// The hooks uniqueness.py records, in CRaC's order: before hooks last registered first, after
+/// hooks in order.
+fn hooks_in_order() -> serde_json::Value {
+    serde_json::json!([
+        "before 3",
+        "before 2",
+        "before 1",
+        "after 1",
+        "after 2",
+        "after 3 restored=True"
+    ])
+}
+
 /// Checkpoints examples/python/uniqueness.py with `python`, restores it twice in each of
 /// `modes`, and checks hooks, arguments and that every restore drew its own values.
 fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &[&[&str]]) {
@@ -187,19 +200,7 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
             assert_eq!(r["restored"], true, "{r}");
             assert_eq!(r["args"], serde_json::json!(["one", "two words"]), "{r}");
             assert_eq!(r["env_has_path"], true, "{r}");
-            // CRaC's order: before hooks last registered first, after hooks in order.
-            assert_eq!(
-                r["hooks"],
-                serde_json::json!([
-                    "before 3",
-                    "before 2",
-                    "before 1",
-                    "after 1",
-                    "after 2",
-                    "after 3 restored=True"
-                ]),
-                "{r}"
-            );
+            assert_eq!(r["hooks"], hooks_in_order(), "{r}");
             let lib = r["library"].as_str().unwrap();
             assert!(
                 lib.starts_with(env.dir.path().to_str().unwrap()) && lib.contains("/thaw/_native/"),
@@ -250,18 +251,7 @@ fn served_instances_run_their_hooks_and_reseed() {
         let r = json(&server.call(&["one", "two words"]).output().unwrap());
         assert_eq!(r["restored"], true, "{r}");
         assert_eq!(r["args"], serde_json::json!(["one", "two words"]), "{r}");
-        assert_eq!(
-            r["hooks"],
-            serde_json::json!([
-                "before 3",
-                "before 2",
-                "before 1",
-                "after 1",
-                "after 2",
-                "after 3 restored=True"
-            ]),
-            "{r}"
-        );
+        assert_eq!(r["hooks"], hooks_in_order(), "{r}");
         for key in ["random", "tempfile", "uuid4", "uuid1_clock_seq"] {
             assert_ne!(r["now"][key], r["first"][key], "{key}: {r}");
             for other in &seen {
