@@ -930,8 +930,9 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Waits until one of `fds` is readable (or at end of file); which ones are.
-pub fn wait_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
+/// Waits until one of `fds` is readable (or at end of file), at most `ms` milliseconds (-1: no
+/// limit); which ones are.
+pub fn wait_readable<const N: usize>(fds: [RawFd; N], ms: i32) -> io::Result<[bool; N]> {
     let mut p = fds.map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -940,7 +941,7 @@ pub fn wait_readable<const N: usize>(fds: [RawFd; N]) -> io::Result<[bool; N]> {
     loop {
         match syscall(
             libc::SYS_poll,
-            [p.as_mut_ptr() as u64, N as u64, u64::MAX, 0, 0, 0],
+            [p.as_mut_ptr() as u64, N as u64, ms as u64, 0, 0, 0],
         ) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -989,20 +990,13 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
 /// Reads `buf.len()` bytes at `addr` of process `pid` into `buf` (faulting the pages into
 /// its page tables); the bytes read (short where a page is missing or not readable).
 pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let local = [buf.as_mut_ptr() as u64, buf.len() as u64];
-    let remote = [addr, buf.len() as u64];
-    syscall(
+    process_vm(
         libc::SYS_process_vm_readv,
-        [
-            pid as u64,
-            local.as_ptr() as u64,
-            1,
-            remote.as_ptr() as u64,
-            1,
-            0,
-        ],
+        pid,
+        addr,
+        buf.as_mut_ptr(),
+        buf.len(),
     )
-    .map(|n| n as usize)
 }
 
 /// Reads `buf.len()` bytes at `addr` of process `pid` and writes them back where they were:
@@ -1010,10 +1004,22 @@ pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
 /// the bytes written back (short where a page is missing or not writable).
 pub fn rewrite_in_place(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
     let read = read_remote(pid, addr, buf)?;
-    let local = [buf.as_ptr() as u64, read as u64];
-    let remote = [addr, read as u64];
-    syscall(
+    process_vm(
         libc::SYS_process_vm_writev,
+        pid,
+        addr,
+        buf.as_mut_ptr(),
+        read,
+    )
+}
+
+/// `process_vm_readv` or `process_vm_writev` of one range: `len` bytes at `local` here and at
+/// `remote` in process `pid`.
+fn process_vm(nr: i64, pid: i32, remote: u64, local: *mut u8, len: usize) -> io::Result<usize> {
+    let local = [local as u64, len as u64];
+    let remote = [remote, len as u64];
+    syscall(
+        nr,
         [
             pid as u64,
             local.as_ptr() as u64,
@@ -1024,19 +1030,6 @@ pub fn rewrite_in_place(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize
         ],
     )
     .map(|n| n as usize)
-}
-
-/// Whether `fd` becomes readable within `ms` milliseconds (a pidfd: whether the process ends).
-pub fn readable_within(fd: RawFd, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    matches!(
-        syscall(libc::SYS_poll, [&mut p as *mut libc::pollfd as u64, 1, ms as u64, 0, 0, 0]),
-        Ok(n) if n > 0
-    )
 }
 
 /// Runs the calling thread only when a CPU would otherwise be idle (SCHED_IDLE), or again as

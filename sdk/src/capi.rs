@@ -318,16 +318,12 @@ pub unsafe extern "C" fn thaw_serve_start(
 /// Passes signal `sig` on to the instance behind `handle`. 0, or < 0.
 #[no_mangle]
 pub extern "C" fn thaw_serve_signal(handle: c_int, sig: c_int) -> c_int {
-    use std::os::fd::FromRawFd;
     if handle < 0 {
         return set_error(THAW_ERR_INVALID, "not a handle");
     }
-    // SAFETY: a handle is a descriptor the caller owns; it is borrowed and given back.
-    let instance =
-        crate::serve::Instance::from_fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(handle) }, 0);
-    let r = instance.signal(sig);
-    std::mem::forget(instance.into_fd());
-    match r {
+    // SAFETY: a handle is a descriptor the caller owns, open during the call.
+    let conn = unsafe { std::os::fd::BorrowedFd::borrow_raw(handle) };
+    match crate::serve::send_signal(conn, sig) {
         Ok(()) => set_error(0, ""),
         Err(e) => serve_error(e),
     }

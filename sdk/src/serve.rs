@@ -225,10 +225,7 @@ impl Instance {
 
     /// Passes `sig` on to the instance.
     pub fn signal(&self, sig: i32) -> Result<(), ServeError> {
-        let bytes = postcard::to_allocvec(&ToServer::Signal(sig))
-            .map_err(|e| ServeError::Protocol(e.to_string()))?;
-        sys::send_with_fds(self.sock.as_raw_fd(), &bytes, &[])?;
-        Ok(())
+        send_signal(self.sock.as_fd(), sig)
     }
 
     /// Waits for the instance to end; its exit status (128+N for signal N).
@@ -273,6 +270,15 @@ impl Instance {
             status: None,
         }
     }
+}
+
+/// Passes `sig` on to the instance behind connection `conn` (an [`Instance`]'s descriptor,
+/// which another thread may be waiting on).
+pub fn send_signal(conn: BorrowedFd, sig: i32) -> Result<(), ServeError> {
+    let bytes = postcard::to_allocvec(&ToServer::Signal(sig))
+        .map_err(|e| ServeError::Protocol(e.to_string()))?;
+    sys::send_with_fds(conn.as_raw_fd(), &bytes, &[])?;
+    Ok(())
 }
 
 impl AsFd for Instance {

@@ -3,10 +3,10 @@
 //! signals on, and returns the instance's exit status.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
-use thaw::serve::{Call, ServeError, ToServer};
+use thaw::serve::{send_signal, Call, ServeError};
 
 use crate::exit::{Code, Failure, Result};
 use crate::restore::FORWARDED;
@@ -25,12 +25,13 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
             )
         })
         .map_err(failure)?;
-    let fd = instance.as_fd().as_raw_fd();
+    let conn = instance
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Failure::new(Code::Io, format!("cannot duplicate the connection: {e}")))?;
     std::thread::spawn(move || loop {
         let sig = sys::wait_signal(&FORWARDED);
-        if let Ok(bytes) = postcard::to_allocvec(&ToServer::Signal(sig)) {
-            let _ = sys::send_with_fds(fd, &bytes, &[]);
-        }
+        let _ = send_signal(conn.as_fd(), sig);
     });
     instance.wait().map_err(failure)
 }

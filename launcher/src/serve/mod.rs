@@ -122,7 +122,7 @@ pub fn serve(
     announce("serving", &current.template, socket, max);
     let mut wake = std::fs::File::from(wake_r);
     std::thread::scope(|scope| loop {
-        let [caller, signal] = sys::wait_readable([listener.as_raw_fd(), wake.as_raw_fd()])
+        let [caller, signal] = sys::wait_readable([listener.as_raw_fd(), wake.as_raw_fd()], -1)
             .map_err(|e| Failure::new(Code::Io, format!("poll: {e}")))?;
         if signal {
             let mut sig = [0u8; 1];
@@ -366,7 +366,8 @@ fn supervise(served: &pool::Served, fd: RawFd, pid: i32, init: pool::Init) -> Re
     let pidfd = sys::pidfd_open(pid);
     // The first instance that runs a while shows what instances write early (see `early`).
     if let Ok(p) = &pidfd {
-        if !served.early.sampled() && !sys::readable_within(p.as_raw_fd(), SAMPLE_AFTER_MS) {
+        let ended = |ms| sys::wait_readable([p.as_raw_fd()], ms).map_or(true, |[r]| r);
+        if !served.early.sampled() && !ended(SAMPLE_AFTER_MS) {
             served.early.sample(pid);
         }
     }
