@@ -773,7 +773,8 @@ pub fn recv_message(sock: &OwnedFd) -> io::Result<Option<Received>> {
 }
 
 pub use thaw::sys::{
-    recv_with_fds, send_with_fds, seqpacket_connect, seqpacket_socket, unix_address, MAX_PASSED_FDS,
+    recv_with_fds, recv_with_fds_flags, send_with_fds, seqpacket_connect, seqpacket_socket,
+    unix_address, MAX_PASSED_FDS,
 };
 
 /// The peer of a connected `AF_UNIX` socket: (pid, uid, gid) when it connected.
@@ -825,32 +826,255 @@ pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     .is_ok()
 }
 
-/// Creates the init (PID 1) of a new PID and mount namespace, with its own /proc: it reaps what
-/// is left to it, dies with the thread that created it, and writes one byte to `ready` once /proc
-/// is mounted. The caller may have other threads: the child makes raw system calls only.
-pub fn spawn_namespace_init(ready: RawFd) -> io::Result<i32> {
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as u64;
+/// Starts the nursery of `thaw serve`: a process that makes the inits of instances' namespaces
+/// on request, so the server itself never forks once it serves (a fork of a process with many
+/// threads write-protects all of its memory, and each thread's next write then faults and
+/// interrupts the other CPUs; and the fork would hold copies of callers' descriptors in flight).
+/// For each byte read on `sock` it answers one message: an `i32`, the init's PID (0: it could not
+/// mount its /proc; negative: an errno), and with a PID its pidfd and its PID and mount namespaces.
+/// It ends when `sock` reaches end of file or the thread that started it ends. The caller may
+/// have other threads: the child makes raw system calls only.
+pub fn spawn_nursery(sock: RawFd) -> io::Result<i32> {
+    let parent = std::process::id();
     // SAFETY: clone without CLONE_VM or a new stack is fork: the child has a copy of this
-    // address space and of this thread only; it runs `namespace_init_loop`, which makes raw
-    // system calls only (no allocation, no lock another thread could hold) and never returns.
-    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+    // address space and of this thread only; it runs `nursery_loop`, which makes raw system
+    // calls only (no allocation, no lock another thread could hold) and never returns.
+    let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0) };
     match r {
-        0 => namespace_init_loop(ready),
+        0 => nursery_loop(sock, parent),
         r if r < 0 => Err(io::Error::last_os_error()),
         r => Ok(r as i32),
     }
 }
 
-fn namespace_init_loop(ready: RawFd) -> ! {
-    // Nothing of the server's stays open here: another caller's descriptors, in flight on
-    // another thread, would otherwise live as long as this instance.
-    if ready > 0 {
-        let _ = syscall(libc::SYS_close_range, [0, ready as u64 - 1, 0, 0, 0, 0]);
+fn nursery_loop(sock: RawFd, parent: u32) -> ! {
+    let exit = || -> ! {
+        let _ = syscall(libc::SYS_exit_group, [0; 6]);
+        unreachable!("exit_group returned")
+    };
+    keep_only(sock);
+    let _ = syscall(
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::SIGKILL as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    if syscall(libc::SYS_getppid, [0; 6]).ok() != Some(i64::from(parent)) {
+        exit();
+    }
+    // Inits are reaped by the kernel (the server watches them through their pidfds); no signal
+    // the server blocks stays blocked.
+    set_disposition(libc::SIGCHLD, libc::SIG_IGN);
+    let none = 0u64;
+    let _ = syscall(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as u64,
+            &none as *const u64 as u64,
+            0,
+            8,
+            0,
+            0,
+        ],
+    );
+    loop {
+        let mut byte = [0u8; 1];
+        match syscall(
+            libc::SYS_read,
+            [sock as u64, byte.as_mut_ptr() as u64, 1, 0, 0, 0],
+        ) {
+            Ok(1) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => exit(),
+        }
+        let (answer, fds) = match nursery_init() {
+            Ok((pid, fds)) => (pid, fds),
+            Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), [-1; 3]),
+        };
+        let n = if fds[0] >= 0 { 3 } else { 0 };
+        // struct cmsghdr { u64 len; i32 level; i32 type; } then three ints, padded.
+        let control: [u64; 4] = [
+            16 + 4 * 3,
+            libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32),
+            u64::from(fds[0] as u32) | u64::from(fds[1] as u32) << 32,
+            u64::from(fds[2] as u32),
+        ];
+        let bytes = answer.to_ne_bytes();
+        let iov = [bytes.as_ptr() as u64, 4];
+        let msg: [u64; 7] = [
+            0,
+            0,
+            iov.as_ptr() as u64,
+            1,
+            if n > 0 { control.as_ptr() as u64 } else { 0 },
+            if n > 0 { 32 } else { 0 },
+            0,
+        ];
+        let sent = syscall(
+            libc::SYS_sendmsg,
+            [
+                sock as u64,
+                msg.as_ptr() as u64,
+                libc::MSG_NOSIGNAL as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        for fd in fds.iter().filter(|&&fd| fd >= 0) {
+            let _ = syscall(libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0]);
+        }
+        if sent.is_err() {
+            exit();
+        }
+    }
+}
+
+/// Closes every descriptor but `fd`.
+fn keep_only(fd: RawFd) {
+    if fd > 0 {
+        let _ = syscall(libc::SYS_close_range, [0, fd as u64 - 1, 0, 0, 0, 0]);
     }
     let _ = syscall(
         libc::SYS_close_range,
-        [ready as u64 + 1, u64::from(u32::MAX), 0, 0, 0, 0],
+        [fd as u64 + 1, u64::from(u32::MAX), 0, 0, 0, 0],
     );
+}
+
+fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // struct kernel_sigaction { handler, flags, restorer, mask }
+    let act: [u64; 4] = [handler as u64, 0, 0, 0];
+    let _ = syscall(
+        libc::SYS_rt_sigaction,
+        [sig as u64, act.as_ptr() as u64, 0, 8, 0, 0],
+    );
+}
+
+/// In the nursery: one init, ready; its PID, pidfd and namespaces (or PID 0 and no descriptors
+/// if it could not mount its /proc).
+fn nursery_init() -> io::Result<(i32, [RawFd; 3])> {
+    let mut ready = [0i32; 2];
+    syscall(
+        libc::SYS_pipe2,
+        [
+            ready.as_mut_ptr() as u64,
+            libc::O_CLOEXEC as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let close = |fd: RawFd| {
+        let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+    };
+    let mut pidfd: RawFd = -1;
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD | libc::SIGCHLD) as u64;
+    // SAFETY: fork (no CLONE_VM, no new stack) of this single-threaded process; the child runs
+    // `namespace_init_loop`, which never returns. The kernel writes the pidfd to `pidfd`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0,
+            &mut pidfd as *mut RawFd as u64,
+            0,
+            0,
+        )
+    };
+    if r == 0 {
+        close(ready[0]);
+        namespace_init_loop(ready[1]);
+    }
+    close(ready[1]);
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        close(ready[0]);
+        return Err(e);
+    }
+    let pid = r as i32;
+    let mut byte = [0u8; 1];
+    let ok = matches!(
+        syscall(
+            libc::SYS_read,
+            [ready[0] as u64, byte.as_mut_ptr() as u64, 1, 0, 0, 0]
+        ),
+        Ok(1)
+    ) && byte[0] == 1;
+    close(ready[0]);
+    let opened = |kind: &[u8]| -> io::Result<RawFd> {
+        // "/proc/<pid>/ns/<kind>", built without allocating.
+        let mut path = [0u8; 64];
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            path[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        };
+        put(b"/proc/");
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (pid as u32, 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        digits[..len].reverse();
+        put(&digits[..len]);
+        put(b"/ns/");
+        put(kind);
+        syscall(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .map(|fd| fd as RawFd)
+    };
+    let kill = || {
+        let _ = syscall(
+            libc::SYS_pidfd_send_signal,
+            [pidfd as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
+        );
+        close(pidfd);
+    };
+    if !ok {
+        kill();
+        return Ok((0, [-1; 3]));
+    }
+    match (opened(b"pid"), opened(b"mnt")) {
+        (Ok(p), Ok(m)) => Ok((pid, [pidfd, p, m])),
+        (p, m) => {
+            let e = p
+                .as_ref()
+                .err()
+                .or(m.as_ref().err())
+                .map_or(libc::EIO, |e| e.raw_os_error().unwrap_or(libc::EIO));
+            for fd in [p, m].into_iter().flatten() {
+                close(fd);
+            }
+            kill();
+            Err(io::Error::from_raw_os_error(e))
+        }
+    }
+}
+
+/// The init (PID 1) of a new PID and mount namespace, with its own /proc: it reaps what is left
+/// to it, dies with the nursery, and writes one byte to `ready` once /proc is mounted.
+fn namespace_init_loop(ready: RawFd) -> ! {
+    keep_only(ready);
     let _ = syscall(
         libc::SYS_prctl,
         [
@@ -864,7 +1088,7 @@ fn namespace_init_loop(ready: RawFd) -> ! {
     );
     let ok = mount_private_proc().is_ok();
     let byte = [u8::from(ok)];
-    // Nobody reads (the server is gone): nothing to wait for.
+    // Nobody reads (the nursery is gone): nothing to wait for.
     if syscall(
         libc::SYS_write,
         [ready as u64, byte.as_ptr() as u64, 1, 0, 0, 0],
@@ -875,7 +1099,9 @@ fn namespace_init_loop(ready: RawFd) -> ! {
         let _ = syscall(libc::SYS_exit_group, [1, 0, 0, 0, 0, 0]);
     }
     let _ = syscall(libc::SYS_close, [ready as u64, 0, 0, 0, 0, 0]);
-    // SIGCHLD blocked is queued even though its default action is to ignore it.
+    // SIGCHLD blocked is queued even though its default action is to ignore it (the nursery
+    // ignores it explicitly, which would not be).
+    set_disposition(libc::SIGCHLD, libc::SIG_DFL);
     let chld = 1u64 << (libc::SIGCHLD - 1);
     let _ = syscall(
         libc::SYS_rt_sigprocmask,
@@ -963,15 +1189,6 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
         }
     }
-}
-
-/// Shuts a socket's reading side: a thread blocked reading it sees end of file, while the peer
-/// still reads what was sent until the socket is closed.
-pub fn shutdown_read(sock: RawFd) {
-    let _ = syscall(
-        libc::SYS_shutdown,
-        [sock as u64, libc::SHUT_RD as u64, 0, 0, 0, 0],
-    );
 }
 
 /// Waits for one of `signals` (blocked by the caller in every thread); returns it.

@@ -1676,6 +1676,11 @@ pub struct Packet {
 /// Receives one message into `buf` with up to [`MAX_PASSED_FDS`] descriptors (close-on-exec);
 /// `None` at end of file.
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
+    recv_with_fds_flags(sock, buf, 0)
+}
+
+/// [`recv_with_fds`] with `recvmsg` flags (`MSG_DONTWAIT`: `WouldBlock` if none is there).
+pub fn recv_with_fds_flags(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Option<Packet>> {
     let mut iov = [buf.as_mut_ptr() as u64, buf.len() as u64];
     let mut control = vec![0u64; 2 + (4 * MAX_PASSED_FDS).div_ceil(8)];
     let mut msg = [
@@ -1693,7 +1698,7 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Packet>> 
             [
                 sock as u64,
                 msg.as_mut_ptr() as u64,
-                libc::MSG_CMSG_CLOEXEC as u64,
+                (libc::MSG_CMSG_CLOEXEC | flags) as u64,
                 0,
                 0,
                 0,

@@ -124,9 +124,22 @@ impl Server {
         c
     }
 
-    /// The server's child processes: the template, the namespace inits and the instances.
+    /// The server's child processes: the template, the nursery of namespaces and the
+    /// instances.
     pub fn children(&self) -> Vec<i32> {
         children(self.pid())
+    }
+
+    /// The process that makes the namespace inits: the server's one child, besides the
+    /// template, in the server's own PID namespace.
+    pub fn nursery(&self) -> i32 {
+        let found: Vec<i32> = self
+            .children()
+            .into_iter()
+            .filter(|&p| p != self.template && nspid(p).is_some_and(|ids| ids.len() == 1))
+            .collect();
+        assert_eq!(found.len(), 1, "one nursery among {:?}", self.children());
+        found[0]
     }
 
     /// The running instances' host PIDs (children whose PID in their own namespace is not 1).
@@ -137,30 +150,31 @@ impl Server {
             .collect()
     }
 
-    /// The namespace inits, running ones and those the server keeps ready (at most 8).
+    /// The namespace inits (the nursery's children), running ones and those the server keeps
+    /// ready (at most 8).
     pub fn inits(&self) -> Vec<i32> {
-        self.children()
+        children(self.nursery())
             .into_iter()
             .filter(|&p| nspid(p).is_some_and(|ids| ids.len() == 2 && ids[1] == 1))
             .collect()
     }
 
-    /// Nothing but the template, at most the inits kept ready and at most the spares (one
-    /// look at the children: the server makes both while this runs).
+    /// Nothing but the template, the nursery, at most the inits kept ready and at most the
+    /// spares (the server makes both while this runs).
     pub fn assert_idle(&self) {
         let all = self.children();
-        let ns: Vec<Option<Vec<i32>>> = all.iter().map(|&p| nspid(p)).collect();
-        let level = |init: bool| {
-            ns.iter()
-                .flatten()
-                .filter(|ids| ids.len() == 2 && (ids[1] == 1) == init)
-                .count()
-        };
-        let (inits, instances) = (level(true), level(false));
+        let instances = self.instances().len();
         assert!(instances <= self.spares, "{instances} instances: {all:?}");
-        assert!(inits <= 8 + self.spares, "{inits} namespace inits");
-        assert_eq!(all.len(), 1 + inits + instances, "{all:?}");
+        let inits = children(self.nursery());
+        assert!(inits.len() <= 8 + self.spares, "{inits:?} namespace inits");
+        assert!(
+            inits
+                .iter()
+                .all(|&p| nspid(p).is_none_or(|ids| ids.len() == 2 && ids[1] == 1)),
+            "the nursery's children are namespace inits: {inits:?}"
+        );
         assert!(all.contains(&self.template));
+        assert!(all.len() <= 2 + self.spares, "{all:?}");
     }
 
     pub fn descriptors(&self) -> usize {

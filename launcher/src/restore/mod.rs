@@ -674,6 +674,9 @@ fn build_plan(
         m.process.oom_score_adj
     };
     thaw::state::process::plan_oom_score_adj(&mut plan, oom, mine);
+    if let Some(f) = fork {
+        f.plan_go(&mut plan);
+    }
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;

@@ -143,14 +143,20 @@ impl ForkPoint {
             libc::SYS_setns,
             [req + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
         );
-        // The server still holds copies of its files as it starts: a pipe whose other end it
-        // closes would not reach end of file. It goes on once the server holds none (end of
-        // file here means the server is gone, and the namespace with it).
+    }
+
+    /// The instance's last step before it reports and runs (after everything else it sets up,
+    /// which so overlaps with the server's checks of the caller): the server still holds
+    /// copies of the instance's files as it starts it, and a pipe whose other end the caller
+    /// closes would not reach end of file; and the server has not yet accepted the caller. It
+    /// goes on once the server holds none and has (end of file here means the server is gone,
+    /// and the namespace with it).
+    pub(super) fn plan_go(&self, plan: &mut Plan) {
         let byte = plan.data(&[0]);
         plan.syscall(
-            "instance: wait until only it holds its files",
+            "instance: wait until the caller is accepted and only it holds its files",
             libc::SYS_read,
-            [req + GO as u64, byte, 1, 0, 0, 0],
+            [(self.base + REQUEST + GO) as u64, byte, 1, 0, 0, 0],
         );
     }
 

@@ -5,12 +5,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Condvar, Mutex, RwLock};
 
-use super::{failed, pipe, refused};
+use super::{failed, refused};
 use crate::exit::Result;
 use crate::restore::template::Template;
 use crate::sys;
 
-/// Held (shared) while an init or a template is made: it starts with a copy of the server's
+/// Held (shared) while a template is made on reload: it starts with a copy of the server's
 /// descriptors, another caller's files among them, and has closed them once it says it is
 /// ready.
 static FORKING: RwLock<()> = RwLock::new(());
@@ -22,10 +22,62 @@ pub fn while_forking<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Returns once no init made before this call holds a copy of the server's descriptors: a file
-/// the server has closed is then held only where it was passed on.
+/// Returns once no template being made holds a copy of the server's descriptors: a file the
+/// server has closed is then held only where it was passed on.
 pub fn forks_settled() {
     drop(FORKING.write().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Makes the inits of instances' namespaces (`sys::spawn_nursery`): forked before any caller
+/// came, so an init never holds a caller's descriptors, and the server never forks.
+pub struct Nursery {
+    pid: i32,
+    sock: Mutex<OwnedFd>,
+}
+
+impl Nursery {
+    pub fn start() -> Result<Nursery> {
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
+        let pid = sys::spawn_nursery(theirs.as_raw_fd())
+            .map_err(|e| failed(format!("cannot start the nursery of namespaces: {e}")))?;
+        Ok(Nursery {
+            pid,
+            sock: Mutex::new(ours),
+        })
+    }
+
+    fn init(&self) -> Result<Init> {
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = |e: std::io::Error| failed(format!("the nursery of namespaces is gone: {e}"));
+        sys::send_with_fds(sock.as_raw_fd(), &[1], &[]).map_err(gone)?;
+        let mut answer = [0u8; 4];
+        let packet = sys::recv_with_fds(sock.as_raw_fd(), &mut answer)
+            .map_err(gone)?
+            .ok_or_else(|| gone(std::io::ErrorKind::UnexpectedEof.into()))?;
+        let pid = i32::from_ne_bytes(answer);
+        match <[OwnedFd; 3]>::try_from(packet.fds) {
+            Ok([pidfd, pidns, mntns]) if pid > 0 && packet.len == 4 => Ok(Init {
+                pidfd: Some(pidfd),
+                pidns,
+                mntns,
+            }),
+            _ if pid < 0 => Err(refused(format!(
+                "cannot create a PID namespace for the instance: {}",
+                std::io::Error::from_raw_os_error(-pid)
+            ))),
+            _ => Err(failed(
+                "the instance's namespace init could not mount its /proc",
+            )),
+        }
+    }
+}
+
+impl Drop for Nursery {
+    fn drop(&mut self) {
+        sys::kill(self.pid, libc::SIGKILL);
+        let _ = sys::wait(self.pid);
+    }
 }
 
 /// Up to `size` inits ready; [`Pool::take`] makes one on the spot when none is.
@@ -33,37 +85,30 @@ pub struct Pool {
     ready: Mutex<Vec<Init>>,
     wanted: Condvar,
     size: usize,
+    nursery: Nursery,
 }
 
 impl Pool {
-    pub fn new(size: usize) -> Pool {
+    pub fn new(size: usize, nursery: Nursery) -> Pool {
         Pool {
             ready: Mutex::new(Vec::with_capacity(size)),
             wanted: Condvar::new(),
             size,
+            nursery,
         }
     }
 
-    /// A ready init, if there is one (made by the thread that fills the pool, so it lives as
-    /// long as the server, not as the caller's thread).
-    pub fn take_ready(&self) -> Option<Init> {
-        let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        self.wanted.notify_one();
-        init
-    }
-
-    /// A ready init, or one made now: it dies with the calling thread.
+    /// A ready init, or one made now.
     pub fn take(&self) -> Result<Init> {
         let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         self.wanted.notify_one();
         match init {
             Some(i) => Ok(i),
-            None => Init::spawn(),
+            None => self.nursery.init(),
         }
     }
 
-    /// Keeps the pool full, for ever: run on a thread that lives as long as the server (an
-    /// init dies with the thread that made it).
+    /// Keeps the pool full, for ever (on a thread of its own).
     pub fn fill(&self) -> ! {
         loop {
             {
@@ -72,7 +117,7 @@ impl Pool {
                     ready = self.wanted.wait(ready).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            match Init::spawn() {
+            match self.nursery.init() {
                 Ok(i) => self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(i),
                 // Callers make their own (and report why it fails).
                 Err(_) => {
@@ -87,53 +132,19 @@ impl Pool {
 /// The init of one instance's PID namespace: killed (and so everything left in the namespace)
 /// when dropped.
 pub struct Init {
-    pid: i32,
+    pidfd: Option<OwnedFd>,
     pub pidns: OwnedFd,
     pub mntns: OwnedFd,
 }
 
 impl Init {
-    fn spawn() -> Result<Init> {
-        use std::io::Read;
-        // Until it is ready, the init holds copies of whatever the server had open.
-        let _forking = FORKING.read().unwrap_or_else(|e| e.into_inner());
-        let (ready_r, ready_w) = pipe()?;
-        let pid = sys::spawn_namespace_init(ready_w.as_raw_fd()).map_err(|e| {
-            refused(format!(
-                "cannot create a PID namespace for the instance: {e}"
-            ))
-        })?;
-        drop(ready_w);
-        let mut init = Init {
-            pid,
-            pidns: ns(pid, "pid")?,
-            mntns: ns(pid, "mnt")?,
-        };
-        let mut byte = [0u8; 1];
-        let ok = std::fs::File::from(ready_r).read_exact(&mut byte).is_ok() && byte[0] == 1;
-        if !ok {
-            init.end();
-            return Err(failed(
-                "the instance's namespace init could not mount its /proc",
-            ));
-        }
-        Ok(init)
-    }
-
+    /// Kills the init and waits until it (and so every process of its namespace) has ended.
     fn end(&mut self) {
-        if self.pid > 0 {
-            sys::kill(self.pid, libc::SIGKILL);
-            let _ = sys::wait(self.pid);
-            self.pid = 0;
+        if let Some(pidfd) = self.pidfd.take() {
+            sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+            let _ = sys::wait_readable([pidfd.as_raw_fd()], -1);
         }
     }
-}
-
-fn ns(pid: i32, kind: &str) -> Result<OwnedFd> {
-    let path = format!("/proc/{pid}/ns/{kind}");
-    std::fs::File::open(&path)
-        .map(OwnedFd::from)
-        .map_err(|e| failed(format!("cannot open {path}: {e}")))
 }
 
 impl Drop for Init {
@@ -246,8 +257,7 @@ impl Served {
                 }
                 s.forking += 1;
             }
-            // Only an init from the pool: a spare outlives the thread that makes it.
-            let made = inits.take_ready().map(|init| -> Result<Spare> {
+            let made = inits.take().and_then(|init| {
                 // Forked once the CPUs have nothing else to run (a running instance answers
                 // first), but at the usual priority: it holds the template's socket, which a
                 // caller may be waiting for.
@@ -264,8 +274,8 @@ impl Served {
             let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
             s.forking -= 1;
             match made {
-                Some(Ok(spare)) => s.ready.push(spare),
-                _ => return,
+                Ok(spare) => s.ready.push(spare),
+                Err(_) => return,
             }
         }
     }
