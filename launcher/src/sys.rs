@@ -1158,6 +1158,59 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Waits until one of `fds` is readable (or at end of file), at most `ms` milliseconds (-1: no
 /// limit); which ones are.
+pub fn poll_readable(fds: &[RawFd], ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        match syscall(
+            libc::SYS_poll,
+            [p.as_mut_ptr() as u64, p.len() as u64, ms as u64, 0, 0, 0],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(p.iter().map(|p| p.revents != 0).collect()),
+        }
+    }
+}
+
+/// Whether `fd` is readable (or at end of file) within `limit`.
+pub fn readable_within(fd: RawFd, limit: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    loop {
+        match syscall(
+            libc::SYS_ppoll,
+            [
+                &mut p as *mut libc::pollfd as u64,
+                1,
+                &ts as *const libc::timespec as u64,
+                0,
+                8,
+                0,
+            ],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+            Ok(_) => return p.revents != 0,
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (or at end of file), at most `ms` milliseconds (-1: no
+/// limit); which ones are.
 pub fn wait_readable<const N: usize>(fds: [RawFd; N], ms: i32) -> io::Result<[bool; N]> {
     let mut p = fds.map(|fd| libc::pollfd {
         fd,

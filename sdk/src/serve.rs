@@ -160,12 +160,13 @@ impl<'a> Call<'a> {
         socket: &Path,
         mut queued: impl FnMut(u32),
     ) -> Result<Instance, ServeError> {
+        // Encoded first: the server looks for the request as soon as the connection comes.
+        let bytes = postcard::to_allocvec(&self.request)
+            .map_err(|e| ServeError::Protocol(e.to_string()))?;
         let sock = sys::seqpacket_connect(socket).map_err(|source| ServeError::Unreachable {
             path: socket.display().to_string(),
             source,
         })?;
-        let bytes = postcard::to_allocvec(&self.request)
-            .map_err(|e| ServeError::Protocol(e.to_string()))?;
         sys::send_with_fds(sock.as_raw_fd(), &bytes, &self.stdio).map_err(|e| {
             if e.raw_os_error() == Some(libc::EMSGSIZE) {
                 ServeError::Failed {

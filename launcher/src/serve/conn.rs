@@ -20,10 +20,6 @@ use crate::restore::policy;
 use crate::restore::template::{InstanceFds, ARGS_MAX};
 use crate::sys;
 
-/// How long an instance runs before the pages it holds alone are sampled (`early`): past a
-/// runtime's first answer, before its teardown.
-const SAMPLE_AFTER_MS: i32 = 20;
-
 /// What every connection shares.
 pub struct Shared<'a> {
     pub own: &'a Credentials,
@@ -56,20 +52,33 @@ pub fn buffer() -> Vec<u8> {
     vec![0u8; ARGS_MAX + SMALL]
 }
 
-/// On the main thread: starts the caller's instance if nothing needs waiting for; otherwise,
-/// or to supervise the instance, returns the work for a worker.
+/// What the main thread did with a caller.
+pub enum Quick<'a> {
+    /// Nothing left to do (the caller left, or was told why not).
+    Done,
+    /// Its request is not there yet: to be tried again once the connection is readable.
+    Later(OwnedFd, Arc<pool::Served>),
+    /// Work for a worker: what the main thread could not do, or the started instance.
+    Work(Job<'a>),
+}
+
+/// On the main thread: starts the caller's instance if nothing needs waiting for. A caller
+/// whose request is not there yet comes back with `hold` (the main thread waits for it among
+/// other connections), else goes to a worker.
 pub fn quick<'a>(
     conn: OwnedFd,
     served: Arc<pool::Served>,
+    hold: bool,
     buf: &mut [u8],
     sh: &Shared<'a>,
-) -> Option<Job<'a>> {
+) -> Quick<'a> {
     let fd = conn.as_raw_fd();
     let request = match read_request(fd, buf, libc::MSG_DONTWAIT) {
         Ok(Read::Got(r)) => r,
-        Ok(Read::Gone) => return None,
+        Ok(Read::Gone) => return Quick::Done,
+        Ok(Read::Later) if hold => return Quick::Later(conn, served),
         Ok(Read::Later) => {
-            return Some(Job::Call {
+            return Quick::Work(Job::Call {
                 conn,
                 served,
                 request: None,
@@ -77,11 +86,11 @@ pub fn quick<'a>(
         }
         Err(f) => {
             tell_failure(fd, f);
-            return None;
+            return Quick::Done;
         }
     };
     let (Some(slot), Some(spare)) = (sh.slots.try_take(), served.take_ready()) else {
-        return Some(Job::Call {
+        return Quick::Work(Job::Call {
             conn,
             served,
             request: Some(request),
@@ -92,7 +101,7 @@ pub fn quick<'a>(
     let given = match give(&served, spare, &call, &stdio) {
         Ok(g) => g,
         Err(_) => {
-            return Some(Job::Call {
+            return Quick::Work(Job::Call {
                 conn,
                 served,
                 request: Some((call, stdio)),
@@ -100,7 +109,7 @@ pub fn quick<'a>(
         }
     };
     match started(&served, fd, given, stdio, sh) {
-        Ok(running) => Some(Job::Running {
+        Ok(running) => Quick::Work(Job::Running {
             conn,
             served,
             running,
@@ -108,7 +117,7 @@ pub fn quick<'a>(
         }),
         Err(f) => {
             tell_failure(fd, f);
-            None
+            Quick::Done
         }
     }
 }
@@ -130,7 +139,7 @@ pub fn serve(job: Job, buf: &mut [u8], sh: &Shared) {
             running,
             slot,
         } => {
-            let r = supervise(&served, conn.as_raw_fd(), running);
+            let r = supervise(&served, conn.as_raw_fd(), running, sh);
             drop(slot);
             (conn, served, r)
         }
@@ -181,7 +190,7 @@ fn instance(
         _ => give(served, served.fork(sh.pool)?, &call, &stdio)?,
     };
     let running = started(served, fd, given, stdio, sh)?;
-    supervise(served, fd, running)
+    supervise(served, fd, running, sh)
 }
 
 enum Read {
@@ -340,26 +349,28 @@ fn started(
             pid: image.process.pid,
         },
     );
-    let _ = sh.more.send(Arc::clone(served));
     Ok(Running { pid, init, error })
 }
 
-/// Waits for the instance's report, passes the caller's signals on until the instance ends (a
-/// caller that goes away takes it along), then tells the caller its status.
-fn supervise(served: &pool::Served, fd: RawFd, r: Running) -> Result {
+/// Passes the caller's signals on until the instance ends (a caller that goes away takes it
+/// along), then tells the caller its status, or why its last steps failed.
+fn supervise(served: &Arc<pool::Served>, fd: RawFd, r: Running, sh: &Shared) -> Result {
     let Running { pid, init, error } = r;
-    if let Some(why) = served.template.report(&error) {
-        let _ = sys::wait(pid);
-        return Err(failed(why));
-    }
-    drop(error);
     let pidfd =
         sys::pidfd_open(pid).map_err(|e| failed(format!("cannot watch the instance: {e}")))?;
-    let ended = |ms| sys::wait_readable([pidfd.as_raw_fd()], ms).map_or(true, |[r]| r);
-    // The first instance that runs a while shows what instances write early (see `early`).
-    if !served.early.sampled() && !ended(SAMPLE_AFTER_MS) {
-        served.early.sample(pid);
+    // Nothing more is started while the instance starts (spares are made once it has run a
+    // while, or ended) on two CPUs, each extra process to run would delay it. The first
+    // instance that runs a while shows what instances touch early (see `early`).
+    let since = std::time::Instant::now();
+    let ended = sys::readable_within(pidfd.as_raw_fd(), served.early.sample_after());
+    if !served.early.sampled() {
+        if ended {
+            served.early.ended_unsampled(since.elapsed());
+        } else {
+            served.early.sample(pid);
+        }
     }
+    let _ = sh.more.send(Arc::clone(served));
     let mut buf = [0u8; SMALL];
     while let Ok([done, said]) = sys::wait_readable([pidfd.as_raw_fd(), fd], -1) {
         if done {
@@ -386,6 +397,12 @@ fn supervise(served: &pool::Served, fd: RawFd, r: Running) -> Result {
     let status = sys::wait(pid)
         .map(|(_, how)| how.status())
         .map_err(|e| failed(format!("cannot wait for the instance: {e}")));
+    // Read once it has ended (and so closed its end): a report is a failed last step; reading
+    // it as it runs would wake this thread just as the instance starts.
+    let status = match served.template.report(&error) {
+        Some(why) => Err(failed(why)),
+        None => status,
+    };
     drop(init);
     if let Ok(status) = &status {
         tell(fd, &ToCaller::Exited { status: *status });

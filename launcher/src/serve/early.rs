@@ -3,7 +3,8 @@
 //! template never ran the program's code, so each code or data page of a mapped file the
 //! instance touches is a fault (thousands for CPython and its extensions), and each page it
 //! first writes is a copy-on-write fault. The server samples one instance after it has run a
-//! while: the file pages it has mapped, and the private pages it holds alone. In each spare it
+//! while (20 ms, or half as long as the last instance lived when instances end sooner): the
+//! file pages it has mapped, and the private pages it holds alone. In each spare it
 //! then reads the former (which maps them) and rewrites the latter with their own contents
 //! (which copies them), at idle priority. Only when the work is done changes: the bytes a spare
 //! holds are the template's.
@@ -11,6 +12,7 @@
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::sys;
 
@@ -30,13 +32,42 @@ struct Touched {
     write: Ranges,
 }
 
+/// How long an instance runs before it is sampled, at most: past a runtime's first answer,
+/// before its teardown.
+const SAMPLE_AFTER: Duration = Duration::from_millis(20);
+/// And at least (sampling an instance slows it down a little).
+const SAMPLE_AFTER_MIN: Duration = Duration::from_micros(100);
+
 /// What one instance touched early; empty until sampled.
-#[derive(Default)]
 pub struct EarlyPages {
     touched: Mutex<Option<Touched>>,
+    after: Mutex<Duration>,
+    buf: Mutex<Vec<u8>>,
+}
+
+impl Default for EarlyPages {
+    fn default() -> Self {
+        EarlyPages {
+            touched: Mutex::new(None),
+            after: Mutex::new(SAMPLE_AFTER),
+            buf: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl EarlyPages {
+    /// How long the next instance runs before it is sampled.
+    pub fn sample_after(&self) -> Duration {
+        *self.after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An instance ended after `lived`, before it could be sampled: the next is sampled halfway
+    /// through such a life.
+    pub fn ended_unsampled(&self, lived: Duration) {
+        *self.after.lock().unwrap_or_else(|e| e.into_inner()) =
+            (lived / 2).clamp(SAMPLE_AFTER_MIN, SAMPLE_AFTER);
+    }
+
     pub fn sampled(&self) -> bool {
         self.touched
             .lock()
@@ -61,7 +92,9 @@ impl EarlyPages {
         else {
             return;
         };
-        let mut buf = vec![0u8; 1 << 20];
+        // One buffer for every spare (a fresh one would be zeroed each time).
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        buf.resize(1 << 20, 0);
         each_chunk(&t.read, &mut buf, |at, b| sys::read_remote(pid, at, b));
         each_chunk(&t.write, &mut buf, |at, b| {
             sys::rewrite_in_place(pid, at, b)

@@ -115,13 +115,23 @@ pub fn serve(
             ),
         };
         let mut buf = conn::buffer();
-        let served = main_loop(&listener, &mut wake, socket, current, reloaded, |c, t| {
-            if let Some(job) = conn::quick(c, t, &mut buf, shared) {
-                if queue.push(job) {
-                    worker();
+        let served = main_loop(
+            &listener,
+            &mut wake,
+            socket,
+            current,
+            reloaded,
+            |c, t, hold| match conn::quick(c, t, hold, &mut buf, shared) {
+                conn::Quick::Done => None,
+                conn::Quick::Later(c, t) => Some((c, t)),
+                conn::Quick::Work(job) => {
+                    if queue.push(job) {
+                        worker();
+                    }
+                    None
                 }
-            }
-        });
+            },
+        );
         // The scope waits for every connection's thread.
         queue.close();
         served
@@ -131,39 +141,68 @@ pub fn serve(
 /// Threads started ahead to serve connections.
 const WORKERS: usize = 2;
 
-/// Takes callers (`caller` gets each connection and the template it is for) and signals (SIGHUP
-/// runs `reloaded`) until the server stops.
+/// Connections the main thread holds while their requests are not there yet, at most (more
+/// go to workers).
+const PENDING: usize = 64;
+
+/// Takes callers and signals (SIGHUP runs `reloaded`) until the server stops. `caller` gets each
+/// connection, the template it is for, and whether it may hand the connection back to wait
+/// here until its request comes.
 fn main_loop(
     listener: &OwnedFd,
     wake: &mut std::fs::File,
     socket: &Path,
     mut current: Arc<pool::Served>,
     mut reloaded: impl FnMut(&mut Arc<pool::Served>),
-    mut caller: impl FnMut(OwnedFd, Arc<pool::Served>),
+    mut caller: impl FnMut(OwnedFd, Arc<pool::Served>, bool) -> Option<(OwnedFd, Arc<pool::Served>)>,
 ) -> Result {
+    let mut pending: Vec<(OwnedFd, Arc<pool::Served>)> = Vec::new();
     loop {
-        let [call, signal] = sys::wait_readable([listener.as_raw_fd(), wake.as_raw_fd()], -1)
+        let fds: Vec<RawFd> = [listener.as_raw_fd(), wake.as_raw_fd()]
+            .into_iter()
+            .chain(pending.iter().map(|(c, _)| c.as_raw_fd()))
+            .collect();
+        let ready = sys::poll_readable(&fds, -1)
             .map_err(|e| Failure::new(Code::Io, format!("poll: {e}")))?;
-        if signal {
+        if ready[1] {
             let mut sig = [0u8; 1];
             let _ = std::io::Read::read(wake, &mut sig);
             if i32::from(sig[0]) == STOP {
                 let _ = std::fs::remove_file(socket);
                 eprintln!("thaw: stopping: no new instances; ending once the running ones have");
+                // Those already accepted are served.
+                for (c, t) in pending {
+                    caller(c, t, false);
+                }
                 return Ok(());
             }
             reloaded(&mut current);
         }
-        if !call {
-            continue;
-        }
-        match sys::accept(listener.as_raw_fd()) {
-            Ok(c) => caller(c, Arc::clone(&current)),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                eprintln!("thaw: warning: cannot accept a caller: {e}");
+        // Those whose request has come.
+        let (came, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut pending)
+            .into_iter()
+            .zip(&ready[2..])
+            .partition(|(_, &r)| r);
+        pending = waiting.into_iter().map(|(p, _)| p).collect();
+        for ((c, t), _) in came {
+            if let Some(back) = caller(c, t, true) {
+                pending.push(back);
             }
-            Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
+        }
+        if ready[0] {
+            match sys::accept(listener.as_raw_fd()) {
+                Ok(c) => {
+                    let hold = pending.len() < PENDING;
+                    if let Some(back) = caller(c, Arc::clone(&current), hold) {
+                        pending.push(back);
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                    eprintln!("thaw: warning: cannot accept a caller: {e}");
+                }
+                Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
+            }
         }
     }
 }
