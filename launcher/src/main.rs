@@ -12,6 +12,11 @@ mod sys;
 use clap::Parser;
 
 fn main() {
+    // `thaw serve`'s nursery of namespaces, run by the server itself (not a command).
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().as_deref() == Some(std::ffi::OsStr::new(sys::NURSERY_ARG)) {
+        sys::nursery_main(&argv.next().unwrap_or_default().to_string_lossy());
+    }
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(e) => {

@@ -826,25 +826,91 @@ pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     .is_ok()
 }
 
+/// The argument that makes `thaw` the nursery of `thaw serve` (see [`spawn_nursery`]).
+pub const NURSERY_ARG: &str = "--serve-nursery";
+/// The nursery's socket.
+const NURSERY_FD: RawFd = 3;
+
 /// Starts the nursery of `thaw serve`: a process that makes the inits of instances' namespaces
 /// on request, so the server itself never forks once it serves (a fork of a process with many
 /// threads write-protects all of its memory, and each thread's next write then faults and
 /// interrupts the other CPUs; and the fork would hold copies of callers' descriptors in flight).
-/// For each byte read on `sock` it answers one message: an `i32`, the init's PID (0: it could not
-/// mount its /proc; negative: an errno), and with a PID its pidfd and its PID and mount namespaces.
-/// It ends when `sock` reaches end of file or the thread that started it ends. The caller may
-/// have other threads: the child makes raw system calls only.
+/// It is this program run anew, so that what each init copies is a fresh process, not the
+/// server. For each byte read on `sock` it answers one message: an `i32`, the init's PID (0: it
+/// could not mount its /proc; negative: an errno), and with a PID its pidfd and its PID and
+/// mount namespaces. It ends when `sock` reaches end of file or the thread that started it
+/// ends.
 pub fn spawn_nursery(sock: RawFd) -> io::Result<i32> {
-    let parent = std::process::id();
+    let parent = std::ffi::CString::new(std::process::id().to_string()).expect("digits");
+    let nursery = std::ffi::CString::new(NURSERY_ARG).expect("no NUL");
+    let argv = [
+        c"thaw".as_ptr(),
+        nursery.as_ptr(),
+        parent.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [std::ptr::null::<libc::c_char>()];
     // SAFETY: clone without CLONE_VM or a new stack is fork: the child has a copy of this
-    // address space and of this thread only; it runs `nursery_loop`, which makes raw system
-    // calls only (no allocation, no lock another thread could hold) and never returns.
+    // address space and of this thread only; it makes raw system calls only (no allocation,
+    // no lock another thread could hold) on what was built above, then execs or exits.
     let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as u64, 0, 0, 0, 0) };
     match r {
-        0 => nursery_loop(sock, parent),
+        0 => {
+            if sock != NURSERY_FD {
+                let _ = syscall(libc::SYS_dup3, [sock as u64, NURSERY_FD as u64, 0, 0, 0, 0]);
+            } else {
+                let _ = syscall(
+                    libc::SYS_fcntl,
+                    [sock as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
+                );
+            }
+            keep_only(NURSERY_FD);
+            let _ = syscall(
+                libc::SYS_prctl,
+                [
+                    libc::PR_SET_PDEATHSIG as u64,
+                    libc::SIGKILL as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            let none = 0u64;
+            let _ = syscall(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as u64,
+                    &none as *const u64 as u64,
+                    0,
+                    8,
+                    0,
+                    0,
+                ],
+            );
+            let _ = syscall(
+                libc::SYS_execve,
+                [
+                    c"/proc/self/exe".as_ptr() as u64,
+                    argv.as_ptr() as u64,
+                    envp.as_ptr() as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            let _ = syscall(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+            unreachable!("exit_group returned")
+        }
         r if r < 0 => Err(io::Error::last_os_error()),
         r => Ok(r as i32),
     }
+}
+
+/// The nursery (`thaw --serve-nursery PARENT`, started by [`spawn_nursery`]): serves requests
+/// for inits on its socket until the server is gone.
+pub fn nursery_main(parent: &str) -> ! {
+    nursery_loop(NURSERY_FD, parent.parse().unwrap_or(0))
 }
 
 fn nursery_loop(sock: RawFd, parent: u32) -> ! {
@@ -853,22 +919,11 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
         unreachable!("exit_group returned")
     };
     keep_only(sock);
-    let _ = syscall(
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_PDEATHSIG as u64,
-            libc::SIGKILL as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    );
+    // The server may have ended before the nursery could ask to end with it.
     if syscall(libc::SYS_getppid, [0; 6]).ok() != Some(i64::from(parent)) {
         exit();
     }
-    // Inits are reaped by the kernel (the server watches them through their pidfds); no signal
-    // the server blocks stays blocked.
+    // Inits are reaped by the kernel (the server watches them through their pidfds).
     set_disposition(libc::SIGCHLD, libc::SIG_IGN);
     let none = 0u64;
     let _ = syscall(
