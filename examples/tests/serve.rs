@@ -141,6 +141,40 @@ fn waiter_server(opts: &[&str]) -> Option<(Env, PathBuf, i32, Server)> {
     Some((env, img, pid, server))
 }
 
+/// The nursery that makes the namespaces' inits is replaced if it dies. The inits it made die
+/// with it, and so do the instances and spares in their namespaces: a call in flight then may
+/// fail, and the server serves on.
+#[test]
+fn a_killed_nursery_is_replaced() {
+    let Some((_env, _img, pid, server)) = waiter_server(&[]) else {
+        return;
+    };
+    let served = |server: &Server| {
+        let o = server
+            .call(&[])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout) == format!("ready {pid}\n")
+    };
+    assert!(served(&server));
+    let old = server.nursery();
+    let gone = pidfd(old);
+    // SAFETY: kill takes a PID and a signal number.
+    assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0);
+    wait_gone(&gone);
+    // Spares and inits of the old nursery may still be dying: a few calls may fail.
+    assert!(
+        (0..10).any(|_| served(&server)),
+        "no call served after the nursery died"
+    );
+    for _ in 0..3 {
+        assert!(served(&server));
+    }
+    assert_ne!(server.nursery(), old);
+    server.assert_idle();
+}
+
 /// The PID namespace of a process (the target of /proc/PID/ns/pid).
 fn pidns(pid: i32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap()

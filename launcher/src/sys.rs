@@ -839,8 +839,10 @@ const NURSERY_FD: RawFd = 3;
 /// server. For each byte read on `sock` it answers one message: an `i32`, the init's PID (0: it
 /// could not mount its /proc; negative: an errno), and with a PID its pidfd and its PID and
 /// mount namespaces. It ends when `sock` reaches end of file or the thread that started it
-/// ends.
+/// ends. Returns once the child has closed its copies of this process's descriptors.
 pub fn spawn_nursery(sock: RawFd) -> io::Result<i32> {
+    use std::io::Read;
+    let (closed_r, closed_w) = pipe()?;
     let parent = std::ffi::CString::new(std::process::id().to_string()).expect("digits");
     let nursery = std::ffi::CString::new(NURSERY_ARG).expect("no NUL");
     let argv = [
@@ -903,7 +905,12 @@ pub fn spawn_nursery(sock: RawFd) -> io::Result<i32> {
             unreachable!("exit_group returned")
         }
         r if r < 0 => Err(io::Error::last_os_error()),
-        r => Ok(r as i32),
+        r => {
+            // End of file once the child has closed everything but its socket.
+            drop(closed_w);
+            let _ = std::fs::File::from(closed_r).read(&mut [0u8; 1]);
+            Ok(r as i32)
+        }
     }
 }
 

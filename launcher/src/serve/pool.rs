@@ -28,35 +28,52 @@ pub fn forks_settled() {
     drop(FORKING.write().unwrap_or_else(|e| e.into_inner()));
 }
 
-/// Makes the inits of instances' namespaces (`sys::spawn_nursery`): forked before any caller
-/// came, so an init never holds a caller's descriptors, and the server never forks.
+/// Makes the inits of instances' namespaces (`sys::spawn_nursery`): it never holds a caller's
+/// descriptors (it closes them before it runs), and the server never forks. One that died is
+/// replaced.
 pub struct Nursery {
-    pid: i32,
-    sock: Mutex<OwnedFd>,
+    /// Its PID and the server's end of its socket.
+    current: Mutex<(i32, OwnedFd)>,
 }
 
 impl Nursery {
     pub fn start() -> Result<Nursery> {
-        let (ours, theirs) =
-            sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
-        let pid = sys::spawn_nursery(theirs.as_raw_fd())
-            .map_err(|e| failed(format!("cannot start the nursery of namespaces: {e}")))?;
         Ok(Nursery {
-            pid,
-            sock: Mutex::new(ours),
+            current: Mutex::new(Self::spawn()?),
         })
     }
 
+    fn spawn() -> Result<(i32, OwnedFd)> {
+        let (ours, theirs) =
+            sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
+        // Its first moments hold copies of the server's descriptors.
+        let pid = while_forking(|| sys::spawn_nursery(theirs.as_raw_fd()))
+            .map_err(|e| failed(format!("cannot start the nursery of namespaces: {e}")))?;
+        Ok((pid, ours))
+    }
+
     fn init(&self) -> Result<Init> {
-        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
-        let gone = |e: std::io::Error| failed(format!("the nursery of namespaces is gone: {e}"));
-        sys::send_with_fds(sock.as_raw_fd(), &[1], &[]).map_err(gone)?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match Self::ask(&current.1) {
+            Err(_) => {
+                end(current.0);
+                *current = Self::spawn()?;
+                Self::ask(&current.1).map_err(|e| {
+                    failed(format!("the nursery of namespaces does not answer: {e}"))
+                })?
+            }
+            Ok(answer) => answer,
+        }
+    }
+
+    /// One init, or why not; an error if the nursery is gone.
+    fn ask(sock: &OwnedFd) -> std::io::Result<Result<Init>> {
+        sys::send_with_fds(sock.as_raw_fd(), &[1], &[])?;
         let mut answer = [0u8; 4];
-        let packet = sys::recv_with_fds(sock.as_raw_fd(), &mut answer)
-            .map_err(gone)?
-            .ok_or_else(|| gone(std::io::ErrorKind::UnexpectedEof.into()))?;
+        let packet = sys::recv_with_fds(sock.as_raw_fd(), &mut answer)?
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
         let pid = i32::from_ne_bytes(answer);
-        match <[OwnedFd; 3]>::try_from(packet.fds) {
+        Ok(match <[OwnedFd; 3]>::try_from(packet.fds) {
             Ok([pidfd, pidns, mntns]) if pid > 0 && packet.len == 4 => Ok(Init {
                 pidfd: Some(pidfd),
                 pidns,
@@ -69,14 +86,18 @@ impl Nursery {
             _ => Err(failed(
                 "the instance's namespace init could not mount its /proc",
             )),
-        }
+        })
     }
+}
+
+fn end(pid: i32) {
+    sys::kill(pid, libc::SIGKILL);
+    let _ = sys::wait(pid);
 }
 
 impl Drop for Nursery {
     fn drop(&mut self) {
-        sys::kill(self.pid, libc::SIGKILL);
-        let _ = sys::wait(self.pid);
+        end(self.current.lock().unwrap_or_else(|e| e.into_inner()).0);
     }
 }
 
@@ -100,11 +121,15 @@ impl Pool {
 
     /// A ready init, or one made now.
     pub fn take(&self) -> Result<Init> {
-        let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        self.wanted.notify_one();
-        match init {
-            Some(i) => Ok(i),
-            None => self.nursery.init(),
+        loop {
+            let init = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            self.wanted.notify_one();
+            match init {
+                // Inits die with their nursery.
+                Some(i) if !i.alive() => continue,
+                Some(i) => return Ok(i),
+                None => return self.nursery.init(),
+            }
         }
     }
 
@@ -138,6 +163,12 @@ pub struct Init {
 }
 
 impl Init {
+    fn alive(&self) -> bool {
+        self.pidfd
+            .as_ref()
+            .is_some_and(|p| !sys::readable_within(p.as_raw_fd(), std::time::Duration::ZERO))
+    }
+
     /// Kills the init and waits until it (and so every process of its namespace) has ended.
     fn end(&mut self) {
         if let Some(pidfd) = self.pidfd.take() {
