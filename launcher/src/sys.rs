@@ -944,6 +944,9 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
             0,
         ],
     );
+    // The stacks of the inits made (they share this process's memory), each with the init's
+    // pidfd: freed once it has ended.
+    let mut stacks: Vec<(RawFd, u64)> = Vec::new();
     loop {
         let mut byte = [0u8; 1];
         match syscall(
@@ -954,8 +957,21 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             _ => exit(),
         }
+        stacks.retain(|&(pidfd, stack)| {
+            let running = !readable_within(pidfd, std::time::Duration::ZERO);
+            if !running {
+                let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
+                let _ = syscall(libc::SYS_close, [pidfd as u64, 0, 0, 0, 0, 0]);
+            }
+            running
+        });
         let (answer, fds) = match nursery_init() {
-            Ok((pid, fds)) => (pid, fds),
+            Ok((pid, fds, stack)) => {
+                if let Some(stack) = stack {
+                    stacks.push((fds[0], stack));
+                }
+                (pid, fds)
+            }
             Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), [-1; 3]),
         };
         let n = if fds[0] >= 0 { 3 } else { 0 };
@@ -988,7 +1004,8 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
                 0,
             ],
         );
-        for fd in fds.iter().filter(|&&fd| fd >= 0) {
+        // The pidfd is kept (above).
+        for fd in fds[1..].iter().filter(|&&fd| fd >= 0) {
             let _ = syscall(libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0]);
         }
         if sent.is_err() {
@@ -1017,9 +1034,16 @@ fn set_disposition(sig: i32, handler: libc::sighandler_t) {
     );
 }
 
+/// The stack of an init (it makes raw system calls only).
+const INIT_STACK: u64 = 64 * 1024;
+
+extern "C" fn init_main(ready: *mut libc::c_void) -> libc::c_int {
+    namespace_init_loop(ready as usize as RawFd)
+}
+
 /// In the nursery: one init, ready; its PID, pidfd and namespaces (or PID 0 and no descriptors
-/// if it could not mount its /proc).
-fn nursery_init() -> io::Result<(i32, [RawFd; 3])> {
+/// if it could not mount its /proc), and its stack while it runs.
+fn nursery_init() -> io::Result<(i32, [RawFd; 3], Option<u64>)> {
     let mut ready = [0i32; 2];
     syscall(
         libc::SYS_pipe2,
@@ -1035,28 +1059,45 @@ fn nursery_init() -> io::Result<(i32, [RawFd; 3])> {
     let close = |fd: RawFd| {
         let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
     };
+    let stack = syscall(
+        libc::SYS_mmap,
+        [
+            0,
+            INIT_STACK,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64,
+            u64::MAX,
+            0,
+        ],
+    )
+    .inspect_err(|_| {
+        close(ready[0]);
+        close(ready[1]);
+    })? as u64;
     let mut pidfd: RawFd = -1;
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD | libc::SIGCHLD) as u64;
-    // SAFETY: fork (no CLONE_VM, no new stack) of this single-threaded process; the child runs
-    // `namespace_init_loop`, which never returns. The kernel writes the pidfd to `pidfd`.
+    // CLONE_VM: the init shares this small process's memory instead of copying it (and this
+    // process's next writes then fault no copies); it has its own descriptors and signal
+    // dispositions.
+    let flags =
+        libc::CLONE_VM | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: the nursery has one thread. The child runs `init_main` on its own stack (the top
+    // of the mapping just made, which nothing else uses) and makes raw system calls only, so
+    // sharing this memory and its thread pointer is safe; it never returns. The kernel writes
+    // the pidfd to `pidfd`.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
+        libc::clone(
+            init_main,
+            (stack + INIT_STACK) as *mut libc::c_void,
             flags,
-            0,
-            &mut pidfd as *mut RawFd as u64,
-            0,
-            0,
+            ready[1] as usize as *mut libc::c_void,
+            &mut pidfd as *mut RawFd,
         )
     };
-    if r == 0 {
-        close(ready[0]);
-        namespace_init_loop(ready[1]);
-    }
     close(ready[1]);
     if r < 0 {
         let e = io::Error::last_os_error();
         close(ready[0]);
+        let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
         return Err(e);
     }
     let pid = r as i32;
@@ -1069,66 +1110,38 @@ fn nursery_init() -> io::Result<(i32, [RawFd; 3])> {
         Ok(1)
     ) && byte[0] == 1;
     close(ready[0]);
-    let opened = |kind: &[u8]| -> io::Result<RawFd> {
-        // "/proc/<pid>/ns/<kind>", built without allocating.
-        let mut path = [0u8; 64];
-        let mut at = 0;
-        let mut put = |b: &[u8]| {
-            path[at..at + b.len()].copy_from_slice(b);
-            at += b.len();
-        };
-        put(b"/proc/");
-        let mut digits = [0u8; 10];
-        let (mut n, mut len) = (pid as u32, 0);
-        loop {
-            digits[len] = b'0' + (n % 10) as u8;
-            len += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        digits[..len].reverse();
-        put(&digits[..len]);
-        put(b"/ns/");
-        put(kind);
-        syscall(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                path.as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-        .map(|fd| fd as RawFd)
+    // The nursery runs alone (not as a fork of a process with other threads): it may allocate.
+    let opened = |kind: &str| {
+        std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+            .map(std::os::fd::IntoRawFd::into_raw_fd)
     };
-    let kill = || {
-        let _ = syscall(
-            libc::SYS_pidfd_send_signal,
-            [pidfd as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
-        );
-        close(pidfd);
-    };
-    if !ok {
-        kill();
-        return Ok((0, [-1; 3]));
-    }
-    match (opened(b"pid"), opened(b"mnt")) {
-        (Ok(p), Ok(m)) => Ok((pid, [pidfd, p, m])),
-        (p, m) => {
-            let e = p
-                .as_ref()
-                .err()
-                .or(m.as_ref().err())
-                .map_or(libc::EIO, |e| e.raw_os_error().unwrap_or(libc::EIO));
-            for fd in [p, m].into_iter().flatten() {
-                close(fd);
+    let opened = if ok {
+        opened("pid").and_then(|p| match opened("mnt") {
+            Ok(m) => Ok((p, m)),
+            Err(e) => {
+                close(p);
+                Err(e)
             }
-            kill();
-            Err(io::Error::from_raw_os_error(e))
+        })
+    } else {
+        Err(io::Error::from_raw_os_error(0))
+    };
+    match opened {
+        Ok((p, m)) => Ok((pid, [pidfd, p, m], Some(stack))),
+        Err(e) => {
+            // Ended, and its stack freed, before answering.
+            let _ = syscall(
+                libc::SYS_pidfd_send_signal,
+                [pidfd as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
+            );
+            let _ = wait_readable([pidfd], -1);
+            let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
+            close(pidfd);
+            match e.raw_os_error() {
+                // It could not mount its /proc.
+                Some(0) => Ok((0, [-1; 3], None)),
+                _ => Err(e),
+            }
         }
     }
 }
