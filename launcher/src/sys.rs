@@ -945,8 +945,10 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
         ],
     );
     // The stacks of the inits made (they share this process's memory), each with the init's
-    // pidfd: freed once it has ended.
+    // pidfd; reused once it has ended (not unmapped: with memory shared, each unmapping would
+    // interrupt every CPU an init may run on).
     let mut stacks: Vec<(RawFd, u64)> = Vec::new();
+    let mut free: Vec<u64> = Vec::new();
     loop {
         let mut byte = [0u8; 1];
         match syscall(
@@ -960,12 +962,12 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
         stacks.retain(|&(pidfd, stack)| {
             let running = !readable_within(pidfd, std::time::Duration::ZERO);
             if !running {
-                let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
+                free.push(stack);
                 let _ = syscall(libc::SYS_close, [pidfd as u64, 0, 0, 0, 0, 0]);
             }
             running
         });
-        let (answer, fds) = match nursery_init() {
+        let (answer, fds) = match nursery_init(free.pop()) {
             Ok((pid, fds, stack)) => {
                 if let Some(stack) = stack {
                     stacks.push((fds[0], stack));
@@ -1041,9 +1043,9 @@ extern "C" fn init_main(ready: *mut libc::c_void) -> libc::c_int {
     namespace_init_loop(ready as usize as RawFd)
 }
 
-/// In the nursery: one init, ready; its PID, pidfd and namespaces (or PID 0 and no descriptors
-/// if it could not mount its /proc), and its stack while it runs.
-fn nursery_init() -> io::Result<(i32, [RawFd; 3], Option<u64>)> {
+/// In the nursery: one init, ready, on `stack` (or a new one); its PID, pidfd and namespaces
+/// (or PID 0 and no descriptors if it could not mount its /proc), and its stack while it runs.
+fn nursery_init(stack: Option<u64>) -> io::Result<(i32, [RawFd; 3], Option<u64>)> {
     let mut ready = [0i32; 2];
     syscall(
         libc::SYS_pipe2,
@@ -1059,21 +1061,24 @@ fn nursery_init() -> io::Result<(i32, [RawFd; 3], Option<u64>)> {
     let close = |fd: RawFd| {
         let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
     };
-    let stack = syscall(
-        libc::SYS_mmap,
-        [
-            0,
-            INIT_STACK,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64,
-            u64::MAX,
-            0,
-        ],
-    )
-    .inspect_err(|_| {
-        close(ready[0]);
-        close(ready[1]);
-    })? as u64;
+    let stack = match stack {
+        Some(s) => s,
+        None => syscall(
+            libc::SYS_mmap,
+            [
+                0,
+                INIT_STACK,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .inspect_err(|_| {
+            close(ready[0]);
+            close(ready[1]);
+        })? as u64,
+    };
     let mut pidfd: RawFd = -1;
     // CLONE_VM: the init shares this small process's memory instead of copying it (and this
     // process's next writes then fault no copies); it has its own descriptors and signal
