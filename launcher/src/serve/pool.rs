@@ -281,25 +281,34 @@ impl Served {
     /// spares, asked once a caller's instance runs: the fork is off every caller's path).
     pub fn replenish(&self, inits: &Pool) {
         loop {
-            {
+            let urgent = {
                 let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
                 if s.ready.len() + s.forking >= self.keep {
                     return;
                 }
                 s.forking += 1;
-            }
+                s.ready.is_empty()
+            };
+            // With a spare still ready, the next one is made only when the CPUs have nothing
+            // else to run (a running instance answers first). With none, the next caller
+            // would have its instance forked on its own path: the same work, so it is done now.
+            let polite = |idle: bool| {
+                if !urgent {
+                    sys::sched_idle(idle);
+                }
+            };
             let made = inits.take().and_then(|init| {
-                // Forked once the CPUs have nothing else to run (a running instance answers
-                // first), but at the usual priority: it holds the template's socket, which a
-                // caller may be waiting for.
-                sys::sched_idle(true);
-                sys::sched_yield();
-                sys::sched_idle(false);
+                // Forked at the usual priority even so: it holds the template's socket, which
+                // a caller may be waiting for.
+                polite(true);
+                if !urgent {
+                    sys::sched_yield();
+                }
+                polite(false);
                 let spare = self.fork_into(init)?;
-                // The pages it is given ahead are copied only when a CPU is idle.
-                sys::sched_idle(true);
+                polite(true);
                 self.early.apply(spare.pid);
-                sys::sched_idle(false);
+                polite(false);
                 Ok(spare)
             });
             let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
