@@ -220,10 +220,42 @@ fn bench(c: &mut Criterion) {
                 })
             })
         });
+        paired(&thaw, &trust, &image, tmp.path(), mib);
     }
     g.finish();
     pandas(c, &dir, &thaw, tmp.path(), &key, &trust);
     density(&thaw, tmp.path(), &key, &trust);
+}
+
+/// Alternating pairs of measurements for [`paired`].
+const PAIRS: usize = 1000;
+
+/// An instance to its first instruction and a fork of the template, alternately, `PAIRS` times
+/// each in one run: their medians and the ratio, printed. Medians, beside criterion's means
+/// above: on a shared machine the means move with the tail of its noise (a moment without a
+/// CPU), which alternating pairs also spread evenly over both.
+fn paired(thaw: &Path, trust: &Path, image: &Path, tmp: &Path, mib: usize) {
+    let mut forker = Forker::start(thaw, trust, image);
+    let server = Server::start(thaw, trust, image, tmp.join("paired.sock"), &[]);
+    for _ in 0..PAIRS / 10 {
+        instance_first_byte(&server);
+        forker.fork();
+    }
+    let (mut fork, mut inst) = (Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        fork.push(forker.fork());
+        inst.push(instance_first_byte(&server));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    let (f, i) = (median(&mut fork), median(&mut inst));
+    println!(
+        "serve/paired/{mib}: over {PAIRS} alternating pairs, instance to its first instruction median {i:.0} us, fork of a process holding the same memory median {f:.0} us: {:.2}x (goal <= 2x: {})",
+        i / f,
+        if i <= 2.0 * f { "met" } else { "not met" }
+    );
 }
 
 /// CPython + pandas (examples/python/pandas_warm.py) to its answer: cold, served (the Rust
