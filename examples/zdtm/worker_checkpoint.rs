@@ -161,7 +161,16 @@ fn main() {
     let (before, _workers) = app.join().unwrap();
     let mut c = common::Checks::default();
     c.check("app-main returned and was joined", true, "");
-    // app-main has exited: its TID is gone, every other one is still there.
+    // app-main has exited: its TID is gone, every other one is still there. A joined thread can
+    // still be listed for a moment (it clears its TID before the kernel lets go of it): wait for
+    // it to go, a bounded number of times (a thread that never goes fails the check below).
+    let task = format!("/proc/self/task/{}", before.app_main);
+    for _ in 0..1_000_000 {
+        if !std::path::Path::new(&task).exists() {
+            break;
+        }
+        std::thread::yield_now();
+    }
     let mut rest = before.tids.clone();
     rest.retain(|&t| t != before.app_main);
     let before = Before {

@@ -1236,9 +1236,9 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Waits until one of `fds` is readable (or at end of file), at most `ms` milliseconds (-1: no
-/// limit); which ones are.
-pub fn poll_readable(fds: &[RawFd], ms: i32) -> io::Result<Vec<bool>> {
+/// Waits until one of `fds` is readable (or at end of file), at most `limit` (`None`: no limit);
+/// which ones are.
+pub fn poll_readable(fds: &[RawFd], limit: Option<std::time::Duration>) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -1247,10 +1247,15 @@ pub fn poll_readable(fds: &[RawFd], ms: i32) -> io::Result<Vec<bool>> {
             revents: 0,
         })
         .collect();
+    let ts = limit.map(|l| libc::timespec {
+        tv_sec: l.as_secs() as libc::time_t,
+        tv_nsec: l.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(0, |t| t as *const libc::timespec as u64);
     loop {
         match syscall(
-            libc::SYS_poll,
-            [p.as_mut_ptr() as u64, p.len() as u64, ms as u64, 0, 0, 0],
+            libc::SYS_ppoll,
+            [p.as_mut_ptr() as u64, p.len() as u64, ts_ptr, 0, 8, 0],
         ) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -1259,54 +1264,17 @@ pub fn poll_readable(fds: &[RawFd], ms: i32) -> io::Result<Vec<bool>> {
     }
 }
 
-/// Whether `fd` is readable (or at end of file) within `limit`.
-pub fn readable_within(fd: RawFd, limit: std::time::Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: limit.as_secs() as libc::time_t,
-        tv_nsec: limit.subsec_nanos() as libc::c_long,
-    };
-    loop {
-        match syscall(
-            libc::SYS_ppoll,
-            [
-                &mut p as *mut libc::pollfd as u64,
-                1,
-                &ts as *const libc::timespec as u64,
-                0,
-                8,
-                0,
-            ],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return true,
-            Ok(_) => return p.revents != 0,
-        }
-    }
+/// [`poll_readable`] for a fixed set, at most `ms` milliseconds (-1: no limit).
+pub fn wait_readable<const N: usize>(fds: [RawFd; N], ms: i32) -> io::Result<[bool; N]> {
+    let limit = u64::try_from(ms).ok().map(std::time::Duration::from_millis);
+    let ready = poll_readable(&fds, limit)?;
+    Ok(std::array::from_fn(|i| ready[i]))
 }
 
-/// Waits until one of `fds` is readable (or at end of file), at most `ms` milliseconds (-1: no
-/// limit); which ones are.
-pub fn wait_readable<const N: usize>(fds: [RawFd; N], ms: i32) -> io::Result<[bool; N]> {
-    let mut p = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    loop {
-        match syscall(
-            libc::SYS_poll,
-            [p.as_mut_ptr() as u64, N as u64, ms as u64, 0, 0, 0],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-            Ok(_) => return Ok(p.map(|p| p.revents != 0)),
-        }
-    }
+/// Whether `fd` is readable (or at end of file) within `limit` (an error counts as readable:
+/// there is nothing to wait for).
+pub fn readable_within(fd: RawFd, limit: std::time::Duration) -> bool {
+    poll_readable(&[fd], Some(limit)).map_or(true, |r| r[0])
 }
 
 /// Accepts one connection (close-on-exec).

@@ -162,7 +162,7 @@ fn main_loop(
             .into_iter()
             .chain(pending.iter().map(|(c, _)| c.as_raw_fd()))
             .collect();
-        let ready = sys::poll_readable(&fds, -1)
+        let ready = sys::poll_readable(&fds, None)
             .map_err(|e| Failure::new(Code::Io, format!("poll: {e}")))?;
         if ready[1] {
             let mut sig = [0u8; 1];
