@@ -3,7 +3,7 @@
 
 use std::arch::asm;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Whether the kernel set AT_SECURE for this exec (privileges gained from file capabilities,
 /// set-uid or set-gid bits, or an LSM's decision).
@@ -878,18 +878,6 @@ pub fn spawn_nursery(sock: RawFd) -> io::Result<i32> {
                     0,
                 ],
             );
-            let none = 0u64;
-            let _ = syscall(
-                libc::SYS_rt_sigprocmask,
-                [
-                    libc::SIG_SETMASK as u64,
-                    &none as *const u64 as u64,
-                    0,
-                    8,
-                    0,
-                    0,
-                ],
-            );
             let _ = syscall(
                 libc::SYS_execve,
                 [
@@ -925,12 +913,14 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
         let _ = syscall(libc::SYS_exit_group, [0; 6]);
         unreachable!("exit_group returned")
     };
+    // The runtime may have opened its standard descriptors again on /dev/null.
     keep_only(sock);
     // The server may have ended before the nursery could ask to end with it.
     if syscall(libc::SYS_getppid, [0; 6]).ok() != Some(i64::from(parent)) {
         exit();
     }
-    // Inits are reaped by the kernel (the server watches them through their pidfds).
+    // Inits are reaped by the kernel (the server watches them through their pidfds); no signal
+    // the server's thread had blocked stays blocked (exec keeps the mask).
     set_disposition(libc::SIGCHLD, libc::SIG_IGN);
     let none = 0u64;
     let _ = syscall(
@@ -944,10 +934,10 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
             0,
         ],
     );
-    // The stacks of the inits made (they share this process's memory), each with the init's
-    // pidfd; reused once it has ended (not unmapped: with memory shared, each unmapping would
-    // interrupt every CPU an init may run on).
-    let mut stacks: Vec<(RawFd, u64)> = Vec::new();
+    // The inits running, each with its stack (they share this process's memory); a stack is
+    // reused once its init has ended, not unmapped: with memory shared, each unmapping would
+    // interrupt every CPU an init may run on.
+    let mut running: Vec<(OwnedFd, u64)> = Vec::new();
     let mut free: Vec<u64> = Vec::new();
     loop {
         let mut byte = [0u8; 1];
@@ -959,57 +949,42 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             _ => exit(),
         }
-        stacks.retain(|&(pidfd, stack)| {
-            let running = !readable_within(pidfd, std::time::Duration::ZERO);
-            if !running {
-                free.push(stack);
-                let _ = syscall(libc::SYS_close, [pidfd as u64, 0, 0, 0, 0, 0]);
+        running.retain(|(pidfd, stack)| {
+            let ended = readable_within(pidfd.as_raw_fd(), std::time::Duration::ZERO);
+            if ended {
+                free.push(*stack);
             }
-            running
+            !ended
         });
-        let (answer, fds) = match nursery_init(free.pop()) {
-            Ok((pid, fds, stack)) => {
-                if let Some(stack) = stack {
-                    stacks.push((fds[0], stack));
-                }
-                (pid, fds)
-            }
-            Err(e) => (-e.raw_os_error().unwrap_or(libc::EIO), [-1; 3]),
-        };
-        let n = if fds[0] >= 0 { 3 } else { 0 };
-        // struct cmsghdr { u64 len; i32 level; i32 type; } then three ints, padded.
-        let control: [u64; 4] = [
-            16 + 4 * 3,
-            libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32),
-            u64::from(fds[0] as u32) | u64::from(fds[1] as u32) << 32,
-            u64::from(fds[2] as u32),
-        ];
-        let bytes = answer.to_ne_bytes();
-        let iov = [bytes.as_ptr() as u64, 4];
-        let msg: [u64; 7] = [
-            0,
-            0,
-            iov.as_ptr() as u64,
-            1,
-            if n > 0 { control.as_ptr() as u64 } else { 0 },
-            if n > 0 { 32 } else { 0 },
-            0,
-        ];
-        let sent = syscall(
-            libc::SYS_sendmsg,
-            [
-                sock as u64,
-                msg.as_ptr() as u64,
-                libc::MSG_NOSIGNAL as u64,
-                0,
-                0,
-                0,
-            ],
-        );
-        // The pidfd is kept (above).
-        for fd in fds[1..].iter().filter(|&&fd| fd >= 0) {
-            let _ = syscall(libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0]);
+        let made = match free.pop() {
+            Some(stack) => Ok(stack),
+            None => init_stack(),
         }
+        .and_then(|stack| match nursery_init(stack) {
+            Ok(Some(init)) => Ok(Some((init, stack))),
+            other => {
+                free.push(stack);
+                other.map(|_| None)
+            }
+        });
+        let sent = match made {
+            Ok(Some((init, stack))) => {
+                let [pidfd, pidns, mntns] = init.fds;
+                let sent = send_with_fds(
+                    sock,
+                    &init.pid.to_ne_bytes(),
+                    &[pidfd.as_raw_fd(), pidns.as_raw_fd(), mntns.as_raw_fd()],
+                );
+                running.push((pidfd, stack));
+                sent
+            }
+            Ok(None) => send_with_fds(sock, &0i32.to_ne_bytes(), &[]),
+            Err(e) => send_with_fds(
+                sock,
+                &(-e.raw_os_error().unwrap_or(libc::EIO)).to_ne_bytes(),
+                &[],
+            ),
+        };
         if sent.is_err() {
             exit();
         }
@@ -1039,46 +1014,35 @@ fn set_disposition(sig: i32, handler: libc::sighandler_t) {
 /// The stack of an init (it makes raw system calls only).
 const INIT_STACK: u64 = 64 * 1024;
 
+fn init_stack() -> io::Result<u64> {
+    syscall(
+        libc::SYS_mmap,
+        [
+            0,
+            INIT_STACK,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64,
+            u64::MAX,
+            0,
+        ],
+    )
+    .map(|a| a as u64)
+}
+
 extern "C" fn init_main(ready: *mut libc::c_void) -> libc::c_int {
     namespace_init_loop(ready as usize as RawFd)
 }
 
-/// In the nursery: one init, ready, on `stack` (or a new one); its PID, pidfd and namespaces
-/// (or PID 0 and no descriptors if it could not mount its /proc), and its stack while it runs.
-fn nursery_init(stack: Option<u64>) -> io::Result<(i32, [RawFd; 3], Option<u64>)> {
-    let mut ready = [0i32; 2];
-    syscall(
-        libc::SYS_pipe2,
-        [
-            ready.as_mut_ptr() as u64,
-            libc::O_CLOEXEC as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    let close = |fd: RawFd| {
-        let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
-    };
-    let stack = match stack {
-        Some(s) => s,
-        None => syscall(
-            libc::SYS_mmap,
-            [
-                0,
-                INIT_STACK,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as u64,
-                u64::MAX,
-                0,
-            ],
-        )
-        .inspect_err(|_| {
-            close(ready[0]);
-            close(ready[1]);
-        })? as u64,
-    };
+/// An init the nursery made: its PID, and its pidfd, PID namespace and mount namespace.
+struct NurseryInit {
+    pid: i32,
+    fds: [OwnedFd; 3],
+}
+
+/// In the nursery: one init on `stack`, ready; `None` if it could not mount its /proc (it has
+/// ended then, as on an error, so the stack is free again).
+fn nursery_init(stack: u64) -> io::Result<Option<NurseryInit>> {
+    let (ready_r, ready_w) = pipe()?;
     let mut pidfd: RawFd = -1;
     // CLONE_VM: the init shares this small process's memory instead of copying it (and this
     // process's next writes then fault no copies); it has its own descriptors and signal
@@ -1086,67 +1050,49 @@ fn nursery_init(stack: Option<u64>) -> io::Result<(i32, [RawFd; 3], Option<u64>)
     let flags =
         libc::CLONE_VM | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD | libc::SIGCHLD;
     // SAFETY: the nursery has one thread. The child runs `init_main` on its own stack (the top
-    // of the mapping just made, which nothing else uses) and makes raw system calls only, so
-    // sharing this memory and its thread pointer is safe; it never returns. The kernel writes
-    // the pidfd to `pidfd`.
+    // of `stack`, which nothing else uses) and makes raw system calls only, so sharing this
+    // memory and its thread pointer is safe; it never returns. The kernel writes the pidfd to
+    // `pidfd`.
     let r = unsafe {
         libc::clone(
             init_main,
             (stack + INIT_STACK) as *mut libc::c_void,
             flags,
-            ready[1] as usize as *mut libc::c_void,
+            ready_w.as_raw_fd() as usize as *mut libc::c_void,
             &mut pidfd as *mut RawFd,
         )
     };
-    close(ready[1]);
     if r < 0 {
-        let e = io::Error::last_os_error();
-        close(ready[0]);
-        let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
-        return Err(e);
+        return Err(io::Error::last_os_error());
     }
-    let pid = r as i32;
+    drop(ready_w);
+    // SAFETY: clone returned this pidfd to us; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let mut byte = [0u8; 1];
     let ok = matches!(
-        syscall(
-            libc::SYS_read,
-            [ready[0] as u64, byte.as_mut_ptr() as u64, 1, 0, 0, 0]
-        ),
+        std::io::Read::read(&mut std::fs::File::from(ready_r), &mut byte),
         Ok(1)
     ) && byte[0] == 1;
-    close(ready[0]);
     // The nursery runs alone (not as a fork of a process with other threads): it may allocate.
-    let opened = |kind: &str| {
-        std::fs::File::open(format!("/proc/{pid}/ns/{kind}"))
-            .map(std::os::fd::IntoRawFd::into_raw_fd)
-    };
+    let ns = |kind: &str| std::fs::File::open(format!("/proc/{r}/ns/{kind}")).map(OwnedFd::from);
     let opened = if ok {
-        opened("pid").and_then(|p| match opened("mnt") {
-            Ok(m) => Ok((p, m)),
-            Err(e) => {
-                close(p);
-                Err(e)
-            }
-        })
+        ns("pid").and_then(|p| Ok(Some((p, ns("mnt")?))))
     } else {
-        Err(io::Error::from_raw_os_error(0))
+        Ok(None)
     };
     match opened {
-        Ok((p, m)) => Ok((pid, [pidfd, p, m], Some(stack))),
-        Err(e) => {
-            // Ended, and its stack freed, before answering.
+        Ok(Some((pidns, mntns))) => Ok(Some(NurseryInit {
+            pid: r,
+            fds: [pidfd, pidns, mntns],
+        })),
+        other => {
+            // Ended before answering: its stack is free.
             let _ = syscall(
                 libc::SYS_pidfd_send_signal,
-                [pidfd as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
+                [pidfd.as_raw_fd() as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
             );
-            let _ = wait_readable([pidfd], -1);
-            let _ = syscall(libc::SYS_munmap, [stack, INIT_STACK, 0, 0, 0, 0]);
-            close(pidfd);
-            match e.raw_os_error() {
-                // It could not mount its /proc.
-                Some(0) => Ok((0, [-1; 3], None)),
-                _ => Err(e),
-            }
+            let _ = wait_readable([pidfd.as_raw_fd()], -1);
+            other.map(|_| None)
         }
     }
 }

@@ -73,40 +73,33 @@ pub fn quick<'a>(
     sh: &Shared<'a>,
 ) -> Quick<'a> {
     let fd = conn.as_raw_fd();
+    let to_worker = |conn, served, request| {
+        Quick::Work(Job::Call {
+            conn,
+            served,
+            request,
+        })
+    };
     let request = match read_request(fd, buf, libc::MSG_DONTWAIT) {
         Ok(Read::Got(r)) => r,
         Ok(Read::Gone) => return Quick::Done,
         Ok(Read::Later) if hold => return Quick::Later(conn, served),
-        Ok(Read::Later) => {
-            return Quick::Work(Job::Call {
-                conn,
-                served,
-                request: None,
-            })
-        }
+        Ok(Read::Later) => return to_worker(conn, served, None),
         Err(f) => {
             tell_failure(fd, f);
             return Quick::Done;
         }
     };
-    let (Some(slot), Some(spare)) = (sh.slots.try_take(), served.take_ready()) else {
-        return Quick::Work(Job::Call {
-            conn,
-            served,
-            request: Some(request),
-        });
+    let Some(slot) = sh.slots.try_take() else {
+        return to_worker(conn, served, Some(request));
+    };
+    let Some(spare) = served.take_ready() else {
+        return to_worker(conn, served, Some(request));
     };
     let (call, stdio) = request;
     // A spare that died waiting is dropped (and reaped) here; the worker forks another.
-    let given = match give(&served, spare, &call, &stdio) {
-        Ok(g) => g,
-        Err(_) => {
-            return Quick::Work(Job::Call {
-                conn,
-                served,
-                request: Some((call, stdio)),
-            })
-        }
+    let Ok(given) = give(&served, spare, &call, &stdio) else {
+        return to_worker(conn, served, Some((call, stdio)));
     };
     match started(&served, fd, given, stdio, sh) {
         Ok(running) => Quick::Work(Job::Running {
@@ -336,8 +329,8 @@ fn started(
         copies,
     } = given;
     let (pid, init) = spare.launched();
-    // Only the instance holds its files now (once no init being made still has a copy): it
-    // may go on.
+    // Only the instance holds its files now (once no template being made on reload still has a
+    // copy): it may go on.
     drop((copies, stdio));
     pool::forks_settled();
     let _ = std::fs::File::from(go).write_all(&[1]);
@@ -358,9 +351,9 @@ fn supervise(served: &Arc<pool::Served>, fd: RawFd, r: Running, sh: &Shared) -> 
     let Running { pid, init, error } = r;
     let pidfd =
         sys::pidfd_open(pid).map_err(|e| failed(format!("cannot watch the instance: {e}")))?;
-    // Nothing more is started while the instance starts (spares are made once it has run a
-    // while, or ended) on two CPUs, each extra process to run would delay it. The first
-    // instance that runs a while shows what instances touch early (see `early`).
+    // Spares are made once the instance has run a while (or ended), not as it starts: on two
+    // CPUs each extra process to run would delay it. The first instance that runs a while
+    // shows what instances touch early (see `early`).
     let since = std::time::Instant::now();
     let ended = sys::readable_within(pidfd.as_raw_fd(), served.early.sample_after());
     if !served.early.sampled() {
@@ -439,10 +432,11 @@ impl Slots {
 
     /// Takes a slot; `waiting` runs once first when none is free.
     fn take(&self, waiting: impl FnOnce()) -> SlotGuard<'_> {
-        // Told without the lock held (telling may block on a slow caller).
-        if *self.used.lock().unwrap_or_else(|e| e.into_inner()) >= self.max {
-            waiting();
+        if let Some(slot) = self.try_take() {
+            return slot;
         }
+        // Told without the lock held (telling may block on a slow caller).
+        waiting();
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         while *used >= self.max {
             used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());

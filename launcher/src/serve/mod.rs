@@ -61,7 +61,8 @@ pub fn serve(
             if ENDING.contains(&sig) {
                 let _ = std::fs::remove_file(&path);
                 // Ending the process ends the template (end of file on its socket) and every
-                // instance (its namespace's init dies with the thread that made it).
+                // instance (its namespace's init dies with the nursery, which dies with the
+                // server).
                 std::process::exit(128 + sig);
             }
             let _ = wake.write_all(&[sig as u8]);

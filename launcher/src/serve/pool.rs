@@ -262,8 +262,7 @@ impl Served {
             .pop()
     }
 
-    /// An instance forked now, in a namespace whose init dies with the calling thread: for
-    /// that thread's caller only.
+    /// An instance forked now, for the calling thread's caller.
     pub fn fork(&self, inits: &Pool) -> Result<Spare> {
         self.fork_into(inits.take()?)
     }
@@ -292,23 +291,18 @@ impl Served {
             // With a spare still ready, the next one is made only when the CPUs have nothing
             // else to run (a running instance answers first). With none, the next caller
             // would have its instance forked on its own path: the same work, so it is done now.
-            let polite = |idle: bool| {
-                if !urgent {
-                    sys::sched_idle(idle);
-                }
-            };
             let made = inits.take().and_then(|init| {
-                // Forked at the usual priority even so: it holds the template's socket, which
-                // a caller may be waiting for.
-                polite(true);
                 if !urgent {
+                    sys::sched_idle(true);
                     sys::sched_yield();
+                    // Forked at the usual priority even so: it holds the template's socket,
+                    // which a caller may be waiting for.
+                    sys::sched_idle(false);
                 }
-                polite(false);
                 let spare = self.fork_into(init)?;
-                polite(true);
+                sys::sched_idle(!urgent);
                 self.early.apply(spare.pid);
-                polite(false);
+                sys::sched_idle(false);
                 Ok(spare)
             });
             let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
