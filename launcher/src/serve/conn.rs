@@ -333,15 +333,16 @@ fn started(
     // copy): it may go on.
     drop((copies, stdio));
     pool::forks_settled();
-    let _ = std::fs::File::from(go).write_all(&[1]);
-    // Told before the instance reports: a failure in its last steps comes as `Failed` in place
-    // of `Exited`.
+    // Told before the instance goes (a failure in its last steps comes as `Failed` in place of
+    // `Exited`): the caller is then already waiting for the instance's output, rather than
+    // for this thread to get a CPU again once the instance has run.
     tell(
         fd,
         &ToCaller::Started {
             pid: image.process.pid,
         },
     );
+    let _ = std::fs::File::from(go).write_all(&[1]);
     Ok(Running { pid, init, error })
 }
 

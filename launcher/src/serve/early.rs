@@ -20,6 +20,8 @@ const PAGE: u64 = 4096;
 /// Present, and mapped by this process only (`/proc/PID/pagemap`).
 const PRESENT: u64 = 1 << 63;
 const EXCLUSIVE: u64 = 1 << 56;
+/// A page of a file (or shared memory), not an anonymous page.
+const FILE_PAGE: u64 = 1 << 61;
 
 /// Page ranges `[start, end)`.
 type Ranges = Vec<(u64, u64)>;
@@ -170,7 +172,10 @@ fn touched(pid: i32) -> std::io::Result<Touched> {
             }
             if private_rw && e & EXCLUSIVE != 0 {
                 push(&mut t.write, page);
-            } else if file {
+            } else if file && e & FILE_PAGE != 0 {
+                // Not an anonymous page shared with the template: each spare has those mapped
+                // already (fork copies the page tables of a mapping that has any), and reading
+                // one there would copy it (a pinned read unshares).
                 push(&mut t.read, page);
             }
         }
