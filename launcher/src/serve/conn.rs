@@ -117,13 +117,14 @@ pub fn quick<'a>(
 
 /// On a worker thread: serves the connection to its end.
 pub fn serve(job: Job, buf: &mut [u8], sh: &Shared) {
+    let mut spent = None;
     let (conn, served, result) = match job {
         Job::Call {
             conn,
             served,
             request,
         } => {
-            let r = instance(&served, conn.as_raw_fd(), request, buf, sh);
+            let r = instance(&served, conn.as_raw_fd(), request, buf, sh, &mut spent);
             (conn, served, r)
         }
         Job::Running {
@@ -132,7 +133,7 @@ pub fn serve(job: Job, buf: &mut [u8], sh: &Shared) {
             running,
             slot,
         } => {
-            let r = supervise(&served, conn.as_raw_fd(), running, sh);
+            let r = supervise(&served, conn.as_raw_fd(), running, sh, &mut spent);
             drop(slot);
             (conn, served, r)
         }
@@ -140,6 +141,15 @@ pub fn serve(job: Job, buf: &mut [u8], sh: &Shared) {
     drop(served);
     if let Err(f) = result {
         tell_failure(conn.as_raw_fd(), f);
+    }
+    // The caller hears end of file once the server holds nothing of its instance: every
+    // process of the namespace has ended. The namespaces themselves go after, when the CPUs
+    // have nothing else to run.
+    drop(conn);
+    if let Some(ns) = spent {
+        sys::sched_idle(true);
+        drop(ns);
+        sys::sched_idle(false);
     }
 }
 
@@ -161,6 +171,7 @@ fn instance(
     request: Option<(Request, [OwnedFd; 3])>,
     buf: &mut [u8],
     sh: &Shared,
+    spent: &mut Option<pool::Namespaces>,
 ) -> Result {
     let (call, stdio) = match request {
         Some(r) => r,
@@ -183,7 +194,7 @@ fn instance(
         _ => give(served, served.fork(sh.pool)?, &call, &stdio)?,
     };
     let running = started(served, fd, given, stdio, sh)?;
-    supervise(served, fd, running, sh)
+    supervise(served, fd, running, sh, spent)
 }
 
 enum Read {
@@ -347,8 +358,15 @@ fn started(
 }
 
 /// Passes the caller's signals on until the instance ends (a caller that goes away takes it
-/// along), then tells the caller its status, or why its last steps failed.
-fn supervise(served: &Arc<pool::Served>, fd: RawFd, r: Running, sh: &Shared) -> Result {
+/// along), then tells the caller its status, or why its last steps failed. The namespaces,
+/// emptied, are left in `spent`.
+fn supervise(
+    served: &Arc<pool::Served>,
+    fd: RawFd,
+    r: Running,
+    sh: &Shared,
+    spent: &mut Option<pool::Namespaces>,
+) -> Result {
     let Running { pid, init, error } = r;
     let pidfd =
         sys::pidfd_open(pid).map_err(|e| failed(format!("cannot watch the instance: {e}")))?;
@@ -397,12 +415,10 @@ fn supervise(served: &Arc<pool::Served>, fd: RawFd, r: Running, sh: &Shared) -> 
         Some(why) => Err(failed(why)),
         None => status,
     };
-    drop(init);
+    *spent = Some(init.end());
     if let Ok(status) = &status {
         tell(fd, &ToCaller::Exited { status: *status });
     }
-    // The caller hears end of file only once this connection is closed, after everything else
-    // this instance held.
     status.map(drop)
 }
 

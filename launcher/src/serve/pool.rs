@@ -76,8 +76,7 @@ impl Nursery {
         Ok(match <[OwnedFd; 3]>::try_from(packet.fds) {
             Ok([pidfd, pidns, mntns]) if pid > 0 && packet.len == 4 => Ok(Init {
                 pidfd: Some(pidfd),
-                pidns,
-                mntns,
+                ns: Some(Namespaces { pidns, mntns }),
             }),
             _ if pid < 0 => Err(refused(format!(
                 "cannot create a PID namespace for the instance: {}",
@@ -158,6 +157,11 @@ impl Pool {
 /// when dropped.
 pub struct Init {
     pidfd: Option<OwnedFd>,
+    ns: Option<Namespaces>,
+}
+
+/// A PID namespace and the mount namespace with its /proc.
+pub struct Namespaces {
     pub pidns: OwnedFd,
     pub mntns: OwnedFd,
 }
@@ -169,18 +173,30 @@ impl Init {
             .is_some_and(|p| !sys::readable_within(p.as_raw_fd(), std::time::Duration::ZERO))
     }
 
+    pub fn ns(&self) -> &Namespaces {
+        self.ns.as_ref().expect("an init has its namespaces until ended")
+    }
+
     /// Kills the init and waits until it (and so every process of its namespace) has ended.
-    fn end(&mut self) {
+    fn kill(&mut self) {
         if let Some(pidfd) = self.pidfd.take() {
             sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
             let _ = sys::wait_readable([pidfd.as_raw_fd()], -1);
         }
     }
+
+    /// Ends every process of the namespace as dropping does, and returns the namespaces, now
+    /// empty: the end of a mount namespace waits for an RCU grace period (with an interrupt to
+    /// every CPU), which the caller may spend later, off anyone's path.
+    pub fn end(mut self) -> Namespaces {
+        self.kill();
+        self.ns.take().expect("an init has its namespaces until ended")
+    }
 }
 
 impl Drop for Init {
     fn drop(&mut self) {
-        self.end();
+        self.kill();
     }
 }
 
@@ -199,6 +215,7 @@ impl Spare {
             .init
             .as_ref()
             .expect("a spare has its init until launched")
+            .ns()
             .mntns
     }
 
@@ -268,7 +285,7 @@ impl Served {
     }
 
     fn fork_into(&self, init: Init) -> Result<Spare> {
-        let (pid, sock) = self.template.fork(&init.pidns)?;
+        let (pid, sock) = self.template.fork(&init.ns().pidns)?;
         Ok(Spare {
             pid,
             sock,
