@@ -26,7 +26,7 @@ pub struct Shared<'a> {
     pub slots: &'a Slots,
     pub pool: &'a pool::Pool,
     /// Asks for spares to be made for a template (see `Served::replenish`).
-    pub more: std::sync::mpsc::Sender<Arc<pool::Served>>,
+    pub more: std::sync::mpsc::Sender<pool::More>,
 }
 
 /// A connection's work for a worker thread.
@@ -382,7 +382,10 @@ fn supervise(
             served.early.sample(pid);
         }
     }
-    let _ = sh.more.send(Arc::clone(served));
+    let _ = sh.more.send(pool::More {
+        served: Arc::clone(served),
+        running: !ended,
+    });
     let mut buf = [0u8; SMALL];
     while let Ok([done, said]) = sys::wait_readable([pidfd.as_raw_fd(), fd], -1) {
         if done {

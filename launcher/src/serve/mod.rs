@@ -71,16 +71,16 @@ pub fn serve(
     let filler = Arc::clone(&pool);
     std::thread::spawn(move || filler.fill());
     // Spares are made on a thread of their own (see `Served::replenish`).
-    let (more, wanted) = std::sync::mpsc::channel::<Arc<pool::Served>>();
+    let (more, wanted) = std::sync::mpsc::channel::<pool::More>();
     let maker = Arc::clone(&pool);
     std::thread::spawn(move || {
-        for served in wanted {
-            served.replenish(&maker);
+        for more in wanted {
+            more.served.replenish(&maker, more.running);
         }
     });
     let served = |t: Template| Arc::new(pool::Served::new(t, spares));
     let current = served(first);
-    let _ = more.send(Arc::clone(&current));
+    let _ = more.send(pool::More::fresh(&current));
     announce("serving", &current.template, socket, max);
     let mut wake = std::fs::File::from(wake_r);
     let queue = workers::Queue::new();
@@ -107,7 +107,7 @@ pub fn serve(
             Ok(t) => {
                 // The previous template ends once its last instance's caller is answered.
                 *current = served(t);
-                let _ = more.send(Arc::clone(current));
+                let _ = more.send(pool::More::fresh(current));
                 announce("reloaded: serving", &current.template, socket, max);
             }
             Err(f) => eprintln!(

@@ -3,7 +3,7 @@
 //! wait for their arguments.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::{failed, refused};
 use crate::exit::Result;
@@ -240,6 +240,23 @@ impl Drop for Spare {
     }
 }
 
+/// A request for spares of a template (see [`Served::replenish`]).
+pub struct More {
+    pub served: Arc<Served>,
+    /// The instance that asked still runs.
+    pub running: bool,
+}
+
+impl More {
+    /// For a template just made: no instance of it runs.
+    pub fn fresh(served: &Arc<Served>) -> More {
+        More {
+            served: Arc::clone(served),
+            running: false,
+        }
+    }
+}
+
 /// A template and the instances forked from it ahead of callers: taking one of those leaves
 /// only the arguments and descriptors to pass when a caller comes, not the fork (for a large
 /// image the biggest part of an instance's start).
@@ -295,7 +312,8 @@ impl Served {
 
     /// Forks instances ahead until `keep` are ready or being made (on the server's thread for
     /// spares, asked once a caller's instance runs: the fork is off every caller's path).
-    pub fn replenish(&self, inits: &Pool) {
+    /// `running`: the instance that asked still runs.
+    pub fn replenish(&self, inits: &Pool, running: bool) {
         loop {
             let urgent = {
                 let mut s = self.spares.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,11 +321,14 @@ impl Served {
                     return;
                 }
                 s.forking += 1;
-                s.ready.is_empty()
+                s.ready.is_empty() || !running
             };
-            // With a spare still ready, the next one is made only when the CPUs have nothing
-            // else to run (a running instance answers first). With none, the next caller
-            // would have its instance forked on its own path: the same work, so it is done now.
+            // While the instance that asked runs, and a spare is still ready, the next one is
+            // made only when the CPUs have nothing else to run (that instance answers first).
+            // Else at once: with no spare ready, the next caller would have its instance
+            // forked on its own path, the same work; and once the instance has ended, the
+            // next caller may be on its way (a caller starting instances one after another
+            // found no spare ready one time in three, when spares waited for idle CPUs).
             let made = inits.take().and_then(|init| {
                 if !urgent {
                     sys::sched_idle(true);
