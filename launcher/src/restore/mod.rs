@@ -461,6 +461,9 @@ fn build_plan(
     }
     m.mm.plan_restore(&mut plan, Some(fds.exe.as_raw_fd()));
     if let Some(f) = fork {
+        // Signal dispositions pass on at fork: set once, in the template (whose signals stay
+        // blocked), not in each instance (62 system calls on its way to its first instruction).
+        m.signals.plan_restore(&mut plan);
         f.plan(&mut plan, &fds.error_w, m);
         plan_fork_sensitive(&mut plan, m);
         for vma in &m.memory {
@@ -493,7 +496,9 @@ fn build_plan(
         }
         lim.plan_restore(&mut plan);
     }
-    m.signals.plan_restore(&mut plan);
+    if fork.is_none() {
+        m.signals.plan_restore(&mut plan);
+    }
     m.timers.plan_restore(&mut plan);
 
     // Tell the process it was restored, and where its arguments are.
