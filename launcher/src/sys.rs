@@ -1251,23 +1251,42 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
     }
 }
 
-/// Reads `buf.len()` bytes at `addr` of process `pid` into `buf` (faulting the pages into
-/// its page tables); the bytes read (short where a page is missing or not readable).
-pub fn read_remote(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    process_vm(
+/// Most addresses one [`touch_remote`] call takes (the kernel's limit on an iovec array).
+pub const TOUCH_MAX: usize = 1024;
+
+/// Reads one byte at each of `addrs` (at most [`TOUCH_MAX`]) in process `pid`, which maps the
+/// page there (and, for a file, the cached pages around it) into its page tables. Returns how
+/// many addresses, in order, were read (short where a page is missing or not readable).
+pub fn touch_remote(pid: i32, addrs: &[u64]) -> io::Result<usize> {
+    let addrs = &addrs[..addrs.len().min(TOUCH_MAX)];
+    let mut bytes = [0u8; TOUCH_MAX];
+    let remote: Vec<[u64; 2]> = addrs.iter().map(|&a| [a, 1]).collect();
+    let local = [bytes.as_mut_ptr() as u64, addrs.len() as u64];
+    syscall(
         libc::SYS_process_vm_readv,
-        pid,
-        addr,
-        buf.as_mut_ptr(),
-        buf.len(),
+        [
+            pid as u64,
+            local.as_ptr() as u64,
+            1,
+            remote.as_ptr() as u64,
+            remote.len() as u64,
+            0,
+        ],
     )
+    .map(|n| n as usize)
 }
 
 /// Reads `buf.len()` bytes at `addr` of process `pid` and writes them back where they were:
 /// the contents stay, and each page the process shared copy-on-write becomes its own. Returns
 /// the bytes written back (short where a page is missing or not writable).
 pub fn rewrite_in_place(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let read = read_remote(pid, addr, buf)?;
+    let read = process_vm(
+        libc::SYS_process_vm_readv,
+        pid,
+        addr,
+        buf.as_mut_ptr(),
+        buf.len(),
+    )?;
     process_vm(
         libc::SYS_process_vm_writev,
         pid,

@@ -97,10 +97,39 @@ impl EarlyPages {
         // One buffer for every spare (a fresh one would be zeroed each time).
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         buf.resize(1 << 20, 0);
-        each_chunk(&t.read, &mut buf, |at, b| sys::read_remote(pid, at, b));
+        touch_around(pid, &t.read);
         each_chunk(&t.write, &mut buf, |at, b| {
             sys::rewrite_in_place(pid, at, b)
         });
+    }
+}
+
+/// The kernel maps the cached pages of a file around a page that faults, in aligned windows of
+/// this size (its default `fault_around_bytes`), as it would for the instance's own first
+/// touch: one byte read per window maps them all, without copying any (reading each page whole
+/// copied about a MiB per spare, 6 % of all the CPU time of a server starting 1 MiB instances).
+const AROUND: u64 = 64 << 10;
+
+/// Maps the file pages of `ranges` in process `pid` by reading one byte in each window.
+fn touch_around(pid: i32, ranges: &Ranges) {
+    let mut addrs = Vec::new();
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            addrs.push(at);
+            at = (at / AROUND + 1) * AROUND;
+        }
+    }
+    let mut rest = &addrs[..];
+    while !rest.is_empty() {
+        let asked = rest.len().min(sys::TOUCH_MAX);
+        // A page it cannot read (gone from the file, or not readable) is skipped.
+        let done = match sys::touch_remote(pid, rest) {
+            Ok(n) if n < asked => n + 1,
+            Ok(n) => n,
+            Err(_) => 1,
+        };
+        rest = &rest[done..];
     }
 }
 
