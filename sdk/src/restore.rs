@@ -62,9 +62,83 @@ pub struct Step {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreArgs {
     /// The arguments given after `--` to `thaw run`.
+    #[serde(with = "byte_strings")]
     pub args: Vec<Vec<u8>>,
     /// The launcher's environment, as `KEY=VALUE` byte strings.
+    #[serde(with = "byte_strings")]
     pub env: Vec<Vec<u8>>,
+}
+
+/// Lists of byte strings (arguments, environments) as lists of byte strings, not of numbers:
+/// postcard writes the same bytes either way (a length, then the bytes), but serde's default
+/// for `Vec<u8>` encodes and decodes them one byte at a time, and a caller's environment of a
+/// few KiB crosses three such codings on `thaw serve`'s way to an instance.
+pub(crate) mod byte_strings {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, Serializer};
+
+    struct Bytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct Buf(Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for Buf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Buf, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Buf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<Buf, E> {
+                    Ok(Buf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Buf, E> {
+                    Ok(Buf(v))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Buf, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(b) = a.next_element()? {
+                        v.push(b);
+                    }
+                    Ok(Buf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for b in v {
+            seq.serialize_element(&Bytes(b))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        struct L;
+        impl<'de> Visitor<'de> for L {
+            type Value = Vec<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of byte strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                // The length is the sender's word: room is made as the strings come.
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1024));
+                while let Some(Buf(b)) = a.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(L)
+    }
 }
 
 /// A list of steps under construction, with the arena their pointers refer to.
@@ -284,5 +358,36 @@ impl Plan {
             i -= labels.len();
         }
         "(unknown step)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestoreArgs;
+
+    /// The same lists with serde's default coding of `Vec<u8>`.
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Plain {
+        args: Vec<Vec<u8>>,
+        env: Vec<Vec<u8>>,
+    }
+
+    #[test]
+    fn byte_strings_keep_postcards_bytes_and_round_trip() {
+        let big: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let ra = RestoreArgs {
+            args: vec![b"a".to_vec(), Vec::new(), big.clone()],
+            env: vec![b"K=V".to_vec(), big],
+        };
+        let ours = postcard::to_allocvec(&ra).unwrap();
+        let plain = postcard::to_allocvec(&Plain {
+            args: ra.args.clone(),
+            env: ra.env.clone(),
+        })
+        .unwrap();
+        assert_eq!(ours, plain);
+        assert_eq!(postcard::from_bytes::<RestoreArgs>(&plain).unwrap(), ra);
+        // A truncated coding is an error, not a shorter list.
+        assert!(postcard::from_bytes::<RestoreArgs>(&ours[..ours.len() - 1]).is_err());
     }
 }

@@ -33,8 +33,10 @@ use crate::sys;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// The instance's arguments (what `thaw run` gives after `--`).
+    #[serde(with = "crate::restore::byte_strings")]
     pub args: Vec<Vec<u8>>,
     /// Its environment, `KEY=VALUE`.
+    #[serde(with = "crate::restore::byte_strings")]
     pub env: Vec<Vec<u8>>,
 }
 
