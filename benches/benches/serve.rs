@@ -69,7 +69,7 @@ impl Drop for Server {
 fn instance(s: &Server, args: &[&str]) -> (thaw::serve::Instance, std::io::PipeReader) {
     let (r, w) = std::io::pipe().unwrap();
     let null = std::fs::File::open("/dev/null").unwrap();
-    let i = thaw::serve::Call::new().env_clear()
+    let i = thaw::serve::Call::new()
         .args(args)
         .stdio(null.as_fd(), w.as_fd(), std::io::stderr().as_fd())
         .start(&s.socket)

@@ -174,7 +174,9 @@ impl Init {
     }
 
     pub fn ns(&self) -> &Namespaces {
-        self.ns.as_ref().expect("an init has its namespaces until ended")
+        self.ns
+            .as_ref()
+            .expect("an init has its namespaces until ended")
     }
 
     /// Kills the init and waits until it (and so every process of its namespace) has ended.
@@ -190,7 +192,9 @@ impl Init {
     /// every CPU), which the caller may spend later, off anyone's path.
     pub fn end(mut self) -> Namespaces {
         self.kill();
-        self.ns.take().expect("an init has its namespaces until ended")
+        self.ns
+            .take()
+            .expect("an init has its namespaces until ended")
     }
 }
 
