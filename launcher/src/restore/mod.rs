@@ -481,10 +481,13 @@ fn build_plan(
     let mine = thaw::state::limits::Rlimit::current()
         .map_err(|e| failed(format!("cannot read rlimits: {e}")))?;
     for lim in &m.limits {
-        let hard = mine
-            .iter()
-            .find(|l| l.resource == lim.resource)
-            .map_or(u64::MAX, |l| l.max);
+        let now = mine.iter().find(|l| l.resource == lim.resource);
+        // The process starts with the launcher's limits (a fork, or a fork of a template
+        // forked from it): one it already has is not set again.
+        if now == Some(lim) {
+            continue;
+        }
+        let hard = now.map_or(u64::MAX, |l| l.max);
         let mut lim = *lim;
         if lim.max > hard {
             eprintln!(
