@@ -949,8 +949,13 @@ fn nursery_loop(sock: RawFd, parent: u32) -> ! {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             _ => exit(),
         }
-        running.retain(|(pidfd, stack)| {
-            let ended = readable_within(pidfd.as_raw_fd(), std::time::Duration::ZERO);
+        // Which inits have ended, all in one poll (an error counts none as ended).
+        let fds: Vec<RawFd> = running.iter().map(|(p, _)| p.as_raw_fd()).collect();
+        let ended = poll_readable(&fds, Some(std::time::Duration::ZERO))
+            .unwrap_or_else(|_| vec![false; fds.len()]);
+        let mut ended = ended.into_iter();
+        running.retain(|(_, stack)| {
+            let ended = ended.next().unwrap_or(false);
             if ended {
                 free.push(*stack);
             }
@@ -1041,6 +1046,10 @@ struct NurseryInit {
 
 /// In the nursery: one init on `stack`, ready; `None` if it could not mount its /proc (it has
 /// ended then, as on an error, so the stack is free again).
+/// `ioctl`s on a pidfd that open one of its process's namespaces (`_IO(0xFF, n)`).
+const PIDFD_GET_MNT_NAMESPACE: u64 = 0xFF03;
+const PIDFD_GET_PID_NAMESPACE: u64 = 0xFF05;
+
 fn nursery_init(stack: u64) -> io::Result<Option<NurseryInit>> {
     let (ready_r, ready_w) = pipe()?;
     let mut pidfd: RawFd = -1;
@@ -1073,8 +1082,23 @@ fn nursery_init(stack: u64) -> io::Result<Option<NurseryInit>> {
         std::io::Read::read(&mut std::fs::File::from(ready_r), &mut byte),
         Ok(1)
     ) && byte[0] == 1;
+    // The init's namespaces from its pidfd (kernel 6.11+), else from /proc: two path walks.
     // The nursery runs alone (not as a fork of a process with other threads): it may allocate.
-    let ns = |kind: &str| std::fs::File::open(format!("/proc/{r}/ns/{kind}")).map(OwnedFd::from);
+    let ns = |kind: &str| {
+        let request = if kind == "pid" {
+            PIDFD_GET_PID_NAMESPACE
+        } else {
+            PIDFD_GET_MNT_NAMESPACE
+        };
+        match syscall(
+            libc::SYS_ioctl,
+            [pidfd.as_raw_fd() as u64, request, 0, 0, 0, 0],
+        ) {
+            // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            Err(_) => std::fs::File::open(format!("/proc/{r}/ns/{kind}")).map(OwnedFd::from),
+        }
+    };
     let opened = if ok {
         ns("pid").and_then(|p| Ok(Some((p, ns("mnt")?))))
     } else {
