@@ -1044,12 +1044,12 @@ struct NurseryInit {
     fds: [OwnedFd; 3],
 }
 
-/// In the nursery: one init on `stack`, ready; `None` if it could not mount its /proc (it has
-/// ended then, as on an error, so the stack is free again).
 /// `ioctl`s on a pidfd that open one of its process's namespaces (`_IO(0xFF, n)`).
 const PIDFD_GET_MNT_NAMESPACE: u64 = 0xFF03;
 const PIDFD_GET_PID_NAMESPACE: u64 = 0xFF05;
 
+/// In the nursery: one init on `stack`, ready; `None` if it could not mount its /proc (it has
+/// ended then, as on an error, so the stack is free again).
 fn nursery_init(stack: u64) -> io::Result<Option<NurseryInit>> {
     let (ready_r, ready_w) = pipe()?;
     let mut pidfd: RawFd = -1;
@@ -1285,46 +1285,32 @@ pub fn touch_remote(pid: i32, addrs: &[u64]) -> io::Result<usize> {
     let addrs = &addrs[..addrs.len().min(TOUCH_MAX)];
     let mut bytes = [0u8; TOUCH_MAX];
     let remote: Vec<[u64; 2]> = addrs.iter().map(|&a| [a, 1]).collect();
-    let local = [bytes.as_mut_ptr() as u64, addrs.len() as u64];
-    syscall(
+    process_vm(
         libc::SYS_process_vm_readv,
-        [
-            pid as u64,
-            local.as_ptr() as u64,
-            1,
-            remote.as_ptr() as u64,
-            remote.len() as u64,
-            0,
-        ],
+        pid,
+        &remote,
+        &mut bytes[..addrs.len()],
     )
-    .map(|n| n as usize)
 }
 
 /// Reads `buf.len()` bytes at `addr` of process `pid` and writes them back where they were:
 /// the contents stay, and each page the process shared copy-on-write becomes its own. Returns
 /// the bytes written back (short where a page is missing or not writable).
 pub fn rewrite_in_place(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let read = process_vm(
-        libc::SYS_process_vm_readv,
-        pid,
-        addr,
-        buf.as_mut_ptr(),
-        buf.len(),
-    )?;
+    let len = buf.len() as u64;
+    let read = process_vm(libc::SYS_process_vm_readv, pid, &[[addr, len]], buf)?;
     process_vm(
         libc::SYS_process_vm_writev,
         pid,
-        addr,
-        buf.as_mut_ptr(),
-        read,
+        &[[addr, read as u64]],
+        &mut buf[..read],
     )
 }
 
-/// `process_vm_readv` or `process_vm_writev` of one range: `len` bytes at `local` here and at
-/// `remote` in process `pid`.
-fn process_vm(nr: i64, pid: i32, remote: u64, local: *mut u8, len: usize) -> io::Result<usize> {
-    let local = [local as u64, len as u64];
-    let remote = [remote, len as u64];
+/// `process_vm_readv` or `process_vm_writev` between `local` here and the `remote` pieces
+/// (address, length) of process `pid`, in order.
+fn process_vm(nr: i64, pid: i32, remote: &[[u64; 2]], local: &mut [u8]) -> io::Result<usize> {
+    let local = [local.as_mut_ptr() as u64, local.len() as u64];
     syscall(
         nr,
         [
@@ -1332,7 +1318,7 @@ fn process_vm(nr: i64, pid: i32, remote: u64, local: *mut u8, len: usize) -> io:
             local.as_ptr() as u64,
             1,
             remote.as_ptr() as u64,
-            1,
+            remote.len() as u64,
             0,
         ],
     )
