@@ -401,6 +401,23 @@ pub fn nice_self(n: i32) {
     );
 }
 
+/// Puts the calling thread in the SCHED_IDLE class: it runs only on a core nothing else wants
+/// (best effort: lowering a thread's class needs nothing).
+pub fn idle_self() {
+    let param = libc::sched_param { sched_priority: 0 };
+    thaw::sys::syscall6(
+        libc::SYS_sched_setscheduler,
+        [
+            0,
+            libc::SCHED_IDLE as u64,
+            &param as *const libc::sched_param as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+}
+
 pub fn geteuid() -> u32 {
     thaw::sys::syscall6(libc::SYS_geteuid, [0; 6]) as u32
 }

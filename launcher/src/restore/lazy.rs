@@ -31,9 +31,11 @@ const MIN_LAZY: u64 = thaw::state::memory::LAZY_MIN_BYTES;
 /// heap page after page, and each page would otherwise be a round trip to the launcher. (Zero
 /// pages cost no memory; a write to one is an ordinary copy-on-write fault, the kernel's alone.)
 const HOLE_WINDOW: u64 = 1 << 20;
-/// The launcher's memory threads (the server and the verifier) yield to the restored process when
-/// both want a core: a process waiting for a page leaves its core to them anyway, and the work
-/// they do ahead of it must not slow it down when it runs.
+/// The memory server yields to the restored process when both want a core: a process waiting
+/// for a page leaves its core to it anyway, and the work it does ahead of the process must not
+/// slow it down when it runs. (Not further: faults are served by this thread, and a busy machine
+/// must not starve it. The verifier, whose work the server can always do itself, runs at idle
+/// priority.)
 pub const HELPER_NICE: i32 = 5;
 /// After a fault, background filling waits this long for the next one: faults come in bursts, and
 /// a thread waiting for memory must not wait for a background chunk too.
