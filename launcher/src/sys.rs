@@ -354,6 +354,28 @@ pub fn nice() -> i32 {
     20 - r as i32
 }
 
+/// Closes descriptors `first..=last` (best effort).
+pub fn close_range(first: u32, last: u32) {
+    let _ = syscall(
+        libc::SYS_close_range,
+        [u64::from(first), u64::from(last), 0, 0, 0, 0],
+    );
+}
+
+/// Reads at most one byte from `fd`: how many it read (0 at end of file), `None` on an error.
+pub fn read_byte(fd: RawFd) -> Option<usize> {
+    let mut byte = 0u8;
+    loop {
+        match syscall(
+            libc::SYS_read,
+            [fd as u64, &mut byte as *mut u8 as u64, 1, 0, 0, 0],
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.ok().map(|n| n as usize),
+        }
+    }
+}
+
 pub fn close(fd: RawFd) {
     let _ = syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
 }

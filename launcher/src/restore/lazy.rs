@@ -243,9 +243,14 @@ pub struct Handover {
 
 /// The first half of the handover, on the launcher's main thread as soon as the process exists
 /// (the restorer waits for it, and a thread started only then would keep it waiting): receives
-/// the userfaultfd, enables its events (see `Transport::plan_create`) and answers. `None` when the
-/// restorer failed before handing it over; it reports that itself.
-pub fn handshake(sock: &OwnedFd) -> Option<Result<Handover>> {
+/// the userfaultfd, enables its events (see `Transport::plan_create`), hands it to the guardian
+/// (with a pidfd of the process, or of `victim` where the kernel sends none) and answers. `None`
+/// when the restorer failed before handing it over; it reports that itself.
+pub fn handshake(
+    sock: &OwnedFd,
+    guardian: Option<&super::guardian::Guardian>,
+    victim: i32,
+) -> Option<Result<Handover>> {
     let (uffd, sender) = match sys::recv_message(sock) {
         Ok(Some(sys::Received {
             fd: Some(fd),
@@ -257,6 +262,18 @@ pub fn handshake(sock: &OwnedFd) -> Option<Result<Handover>> {
         return Some(Err(failed(format!(
             "cannot enable the userfaultfd's events for the restored process: {e}"
         ))));
+    }
+    // Before the answer: the lazy mappings are registered only after it.
+    if let Some(g) = guardian {
+        let armed = match &sender {
+            Some(p) => g.arm(&uffd, p),
+            None => sys::pidfd_open(victim).and_then(|p| g.arm(&uffd, &p)),
+        };
+        if let Err(e) = armed {
+            return Some(Err(failed(format!(
+                "cannot hand the userfaultfd to the guardian of lazy memory: {e}"
+            ))));
+        }
     }
     // A restorer that is gone by now reports that itself.
     let _ = sys::send_byte(sock);
@@ -450,6 +467,8 @@ struct State {
     stats: Stats,
     /// The next touch of the working set to replay.
     replay_at: usize,
+    /// The second holder of the process's userfaultfd, ended before it is closed here.
+    guardian: Option<super::guardian::Guardian>,
     /// This restore's first touches not in the replayed working set, in order, when recording:
     /// each with the number of replayed touches that came before it.
     recorded: Vec<(usize, Touch)>,
@@ -539,7 +558,13 @@ impl<'a> Server<'a> {
     /// gone. On a failure (a chunk that does not match its digest, an unreadable image), kills
     /// the process before any wrong byte is used: through the pidfd that came with its message,
     /// else as `victim` (a PID in the launcher's namespace).
-    pub fn run(self, sock: OwnedFd, handover: Result<Handover>, victim: i32) -> Result<Served> {
+    pub fn run(
+        self,
+        sock: OwnedFd,
+        handover: Result<Handover>,
+        victim: i32,
+        guardian: Option<super::guardian::Guardian>,
+    ) -> Result<Served> {
         let Handover { uffd: fd, sender } = match handover {
             Ok(h) => h,
             Err(f) => {
@@ -571,6 +596,7 @@ impl<'a> Server<'a> {
             }
         }
         let mut st = State {
+            guardian,
             spaces: vec![Space {
                 uffd: fd,
                 segs: self.initial.clone(),
@@ -642,7 +668,15 @@ impl<'a> Server<'a> {
             if st.spaces.iter().any(|sp| !sp.retry.is_empty()) {
                 std::thread::yield_now();
             }
-            // A finished space's userfaultfd is closed: its VMAs become ordinary memory.
+            // A finished space's userfaultfd is closed: its VMAs become ordinary memory. The
+            // process's is held by the guardian too, which lets go of it first.
+            if st
+                .spaces
+                .iter()
+                .any(|sp| sp.main && (sp.dead || sp.left == 0))
+            {
+                st.guardian = None;
+            }
             st.spaces.retain(|sp| !sp.dead && sp.left > 0);
             if st.stats.faults + st.stats.zero_faults != before {
                 last_fault = Instant::now();

@@ -5,6 +5,7 @@
 //! runs nothing but the restorer (see [`restorer`]).
 
 pub mod ahead;
+mod guardian;
 mod layout;
 pub mod lazy;
 pub mod policy;
@@ -851,6 +852,12 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let plan = build_plan(image, &fds, &region, &args, &target.creds, mode, None)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
 
+    // With lazy memory, a second holder of the userfaultfd (see guardian.rs), started while the
+    // launcher has its signals still.
+    let guardian = match fds.transport {
+        Some(_) => Some(guardian::Guardian::spawn()?),
+        None => None,
+    };
     // Signals stay blocked from here until the process (or the namespace init) exists, so that
     // none reaches the new process with the launcher's handlers.
     let prepared = req.timing.map(|(start, _)| start.elapsed());
@@ -897,7 +904,9 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     // The launcher keeps only its end of the socket: end of file there means the process died
     // before handing over its userfaultfd. The restorer waits for the handshake: it comes first.
     let sock = transport.map(|t| t.parent_end);
-    let handover = sock.as_ref().and_then(lazy::handshake);
+    let handover = sock
+        .as_ref()
+        .and_then(|s| lazy::handshake(s, guardian.as_ref(), child));
     drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
     drop(error_w);
     std::thread::scope(|scope| {
@@ -906,7 +915,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         let server = sock.zip(handover).map(|(sock, handover)| {
             scope.spawn(move || {
                 lazy::Server::new(image, &ws.replay, ws.record_to.is_some(), Some(ahead))
-                    .run(sock, handover, child)
+                    .run(sock, handover, child, guardian)
             })
         });
         sys::forward_signals(child, &FORWARDED)
