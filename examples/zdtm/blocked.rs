@@ -132,13 +132,19 @@ fn stuck_in_vfork(image: &str) {
             let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64;
             let pid: i64;
             // SAFETY: clone(CLONE_VM | CLONE_VFORK) with a stack of its own: the child runs only
-            // the three instructions groups below (read one byte, exit) on that stack, while this
+            // the instruction groups below (prctl, read one byte, exit) on that stack, while this
             // thread is suspended until it exits; `stack` outlives the child.
             unsafe {
                 std::arch::asm!(
                     "syscall",
                     "test rax, rax",
                     "jnz 2f",
+                    // prctl(PR_SET_PDEATHSIG, SIGKILL): a parent that dies early must not leave
+                    // the child holding the test's pipes, waiting for a byte that never comes.
+                    "mov eax, 157",
+                    "mov edi, 1",
+                    "mov esi, 9",
+                    "syscall",
                     "xor eax, eax",
                     "mov edi, r12d",
                     "mov rsi, rsp",
