@@ -262,8 +262,11 @@ struct SystemKey(std::path::PathBuf);
 impl SystemKey {
     fn install(public: &std::path::Path) -> SystemKey {
         std::fs::create_dir_all("/etc/thaw/trusted").unwrap();
+        // One name per key: tests of one process run at once, each with its own key.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let at = std::path::PathBuf::from(format!(
-            "/etc/thaw/trusted/test-lazy-{}.pub",
+            "/etc/thaw/trusted/test-lazy-{}-{n}.pub",
             std::process::id()
         ));
         std::fs::copy(public, &at).unwrap();

@@ -75,8 +75,10 @@ impl Lab {
         std::fs::create_dir(&cwd).unwrap();
         chmod(&cwd, 0o777);
         std::fs::create_dir_all("/etc/thaw/trusted").unwrap();
+        // One name per lab: tests of one process run at once, each with its own key.
+        let unique = d.file_name().unwrap().to_string_lossy().into_owned();
         let sys = PathBuf::from(format!(
-            "/etc/thaw/trusted/test-security-{}.pub",
+            "/etc/thaw/trusted/test-security-{}-{unique}.pub",
             std::process::id()
         ));
         std::fs::copy(&env.pubkey, &sys).unwrap();
