@@ -700,3 +700,41 @@ fn posix_timers_keep_their_ids_clocks_targets_and_times() {
         );
     }
 }
+
+/// Thread CPU affinity and I/O priorities, signal-driven I/O owned by one thread, a listener's
+/// and a socket pair's options, and session leadership come back in every mode; a SIGIO owner
+/// outside the process and a POSIX message queue are refused by name.
+#[test]
+fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-controls", "c.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "session leader again",
+                "main thread not bound",
+                "main thread's I/O priority",
+                "worker bound to its CPU",
+                "worker's I/O priority",
+                "O_ASYNC signal reaches its owner thread, naming the pipe",
+                "listener's options",
+                "an accepted connection inherits keep-alive",
+                "socket pair's receive timeout",
+            ],
+        );
+    }
+    for (extra, needle) in [
+        (
+            "foreign-owner",
+            "(F_SETOWN), which is not restored with this one",
+        ),
+        ("mqueue", "a POSIX message queue (mq_open): not supported"),
+    ] {
+        let o = env.first_life("zdtm-controls", "r.thaw", &[extra]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(needle), "{extra}: {out}");
+    }
+}

@@ -63,6 +63,8 @@ pub struct ThreadCapture {
     pub pending: AtomicU64,
     /// Whose rseq area the thread has registered: a [`sys::RseqOwner`] as u32 (0: not asked).
     pub rseq: AtomicU32,
+    /// PR_GET_SPECULATION_CTRL of each control, a byte each (see `state::threads`).
+    pub speculation: AtomicU64,
     pub done: AtomicI32,
 }
 
@@ -365,6 +367,13 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
         sys::rseq_owner(glibc, crate::state::threads::RSEQ_SIG) as u32,
         Ordering::Relaxed,
     );
+    // Per thread, and only the thread itself can ask.
+    let mut spec = 0u64;
+    for which in crate::state::threads::SPECULATION_CONTROLS {
+        let v = sys::speculation_ctrl(which).unwrap_or(0);
+        spec |= u64::from(v & 0xff) << (8 * which);
+    }
+    t.speculation.store(spec, Ordering::Relaxed);
     t.done.store(1, Ordering::Release);
 }
 

@@ -166,6 +166,15 @@ pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
     Ok(out)
 }
 
+/// The CPUs this process's cgroup (v2) lets it use, "0-3,8", when its cpuset says.
+pub fn cgroup_cpus() -> Option<String> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = groups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let cpus =
+        std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpuset.cpus.effective")).ok()?;
+    (!cpus.trim().is_empty()).then_some(cpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -355,6 +355,66 @@ pub fn prctl_get_int(option: i32) -> io::Result<i32> {
     Ok(v)
 }
 
+/// The filesystem type (`f_type`) of the file open at `fd`.
+pub fn fstatfs_type(fd: i32) -> io::Result<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    check(syscall6(
+        libc::SYS_fstatfs,
+        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
+    ))?;
+    // SAFETY: the kernel filled the struct (and it started zeroed).
+    Ok(unsafe { st.assume_init() }.f_type)
+}
+
+/// fcntl(F_GETOWN_EX): (owner type, pid).
+pub fn getown_ex(fd: i32) -> io::Result<(i32, i32)> {
+    let mut owner = [0i32; 2];
+    check(syscall6(
+        libc::SYS_fcntl,
+        [
+            fd as u64,
+            crate::state::sigio::F_GETOWN_EX as u64,
+            owner.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    Ok((owner[0], owner[1]))
+}
+
+/// PR_GET_SPECULATION_CTRL of the calling thread for one control.
+pub fn speculation_ctrl(which: u32) -> io::Result<u32> {
+    check(syscall6(
+        libc::SYS_prctl,
+        [
+            libc::PR_GET_SPECULATION_CTRL as u64,
+            u64::from(which),
+            0,
+            0,
+            0,
+            0,
+        ],
+    ))
+    .map(|v| v as u32)
+}
+
+/// A thread's CPU mask (sched_getaffinity), in 64-bit words.
+pub fn sched_getaffinity(tid: i32) -> io::Result<Vec<u64>> {
+    let mut mask = vec![0u64; 128];
+    let n = check(syscall6(
+        libc::SYS_sched_getaffinity,
+        [tid as u64, 1024, mask.as_mut_ptr() as u64, 0, 0, 0],
+    ))?;
+    mask.truncate((n as usize).div_ceil(8));
+    Ok(mask)
+}
+
+/// A thread's I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)); 0 when it cannot be read.
+pub fn ioprio_get(tid: i32) -> u32 {
+    syscall6(libc::SYS_ioprio_get, [1, tid as u64, 0, 0, 0, 0]).max(0) as u32
+}
+
 /// kill(pid, SIGKILL) and reap it.
 pub fn kill_and_reap(pid: i32) {
     syscall6(
@@ -554,6 +614,39 @@ pub fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
             opt as u64,
             &v as *const i32 as u64,
             4,
+            0,
+        ],
+    ))
+    .map(drop)
+}
+
+/// A socket option as the bytes getsockopt returns (at most 64).
+pub fn getsockopt_bytes(fd: i32, level: i32, opt: i32) -> io::Result<Vec<u8>> {
+    let mut v = [0u8; 64];
+    let mut len = v.len() as u32;
+    check(syscall6(
+        libc::SYS_getsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            v.as_mut_ptr() as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    ))?;
+    Ok(v[..(len as usize).min(v.len())].to_vec())
+}
+
+pub fn setsockopt_bytes(fd: i32, level: i32, opt: i32, v: &[u8]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_setsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            v.as_ptr() as u64,
+            v.len() as u64,
             0,
         ],
     ))

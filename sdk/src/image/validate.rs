@@ -135,6 +135,15 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         true
     };
     for t in &m.threads {
+        if t.affinity.len() > 1024
+            || t.speculation.len() > 3
+            || t.speculation.iter().any(|&(which, _)| which > 2)
+        {
+            return Err(format!(
+                "thread {}: its CPU mask or speculation controls are malformed",
+                t.tid
+            ));
+        }
         if !t.sigframe.is_multiple_of(8) || !writable(t.sigframe, 304) {
             return Err(format!(
                 "thread {}: its signal frame at {:#x} is not in writable memory",

@@ -13,6 +13,8 @@ pub struct FdEntry {
     pub kind: FdKind,
     /// Locks held through this descriptor (regular files).
     pub locks: Vec<super::locks::Lock>,
+    /// Signal-driven I/O (O_ASYNC, its owner and signal).
+    pub signal_io: Option<super::sigio::SignalIo>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +262,7 @@ impl FdScan {
                 cloexec,
                 kind: FdKind::Stdio,
                 locks: Vec::new(),
+                signal_io: None,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -445,6 +448,10 @@ impl FdScan {
                     continue;
                 }
             }
+            if let Some(why) = special_filesystem(fd, &target, flags) {
+                scan.refused.push(bad(FdClass::Other, why));
+                continue;
+            }
             if target.starts_with("/proc/") {
                 scan.refused.push(bad(
                     FdClass::Other,
@@ -539,6 +546,29 @@ impl FdScan {
                 Err((class, why)) => scan.refused.push(Refused::of(&entry, &target, class, &why)),
             }
         }
+        // Signal-driven I/O, once every descriptor is classified: one refused here leaves the
+        // others (the other end of its pipe) as they are.
+        let mut kept = Vec::with_capacity(scan.entries.len());
+        for mut e in std::mem::take(&mut scan.entries) {
+            if e.fd <= 2 {
+                kept.push(e);
+                continue;
+            }
+            match super::sigio::dump(e.fd, e.flags) {
+                Ok(s) => {
+                    e.signal_io = s;
+                    kept.push(e);
+                }
+                Err(why) => {
+                    let target = std::fs::read_link(format!("/proc/self/fd/{}", e.fd))
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    scan.refused
+                        .push(Refused::of(&e, &target, FdClass::Other, &why));
+                }
+            }
+        }
+        scan.entries = kept;
         scan.entries.sort_by_key(|e| e.fd);
         scan.refused.sort_by_key(|r| r.fd);
         Ok(scan)
@@ -567,6 +597,7 @@ impl FdScan {
                         cloexec: r.cloexec,
                         kind: FdKind::DevNull,
                         locks: Vec::new(),
+                        signal_io: None,
                     });
                 }
             }
@@ -677,6 +708,25 @@ impl FdScan {
         }
         out
     }
+}
+
+/// Files that are not reopened as the same thing by their path: why, or `None`.
+fn special_filesystem(fd: i32, target: &str, flags: u32) -> Option<&'static str> {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    let fs = crate::sys::fstatfs_type(fd).ok()?;
+    if fs == MQUEUE_MAGIC {
+        return Some("a POSIX message queue (mq_open): not supported; close it before the checkpoint and open it again after");
+    }
+    // A pressure file written to is a PSI trigger, which lives in the open file and cannot be
+    // read back.
+    if fs == CGROUP2_MAGIC
+        && target.ends_with(".pressure")
+        && flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+    {
+        return Some("a cgroup pressure file open for writing may hold a PSI trigger, which cannot be read back: open it and write the trigger again after restore");
+    }
+    None
 }
 
 /// The flags `open(2)` accepts back from a file's status flags.
@@ -977,6 +1027,11 @@ impl FdEntry {
     pub fn plan_after_threads(&self, plan: &mut crate::restore::Plan) {
         if let FdKind::Pidfd(p) = &self.kind {
             p.plan_restore(plan, self.fd, self.flags, self.cloexec);
+        }
+        if let Some(s) = &self.signal_io {
+            if !matches!(self.kind, FdKind::DevNull | FdKind::Stdio) {
+                s.plan_restore(plan, self.fd, self.flags);
+            }
         }
     }
 

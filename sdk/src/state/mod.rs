@@ -19,8 +19,10 @@ pub mod platform;
 pub mod posix_timers;
 pub mod process;
 pub mod shmem;
+pub mod sigio;
 pub mod signals;
 pub mod sockets;
+pub mod sockopts;
 pub mod threads;
 pub mod timers;
 

@@ -193,6 +193,12 @@ impl Process {
     /// launcher, so it keeps SIGKILL), and memory-deny-write-execute, which would forbid the
     /// restorer's own writable-then-executable mappings.
     pub fn plan_final(&self, plan: &mut Plan, lazy: bool) {
+        if self.sid == self.pid && self.pid > 0 {
+            // A session leader (a daemon that called setsid) leads a new session again, without
+            // a controlling terminal, as it had in its first life. A process group alone is the
+            // caller's: job control belongs to whoever runs `thaw run`.
+            plan.syscall("lead a new session (setsid)", libc::SYS_setsid, [0; 6]);
+        }
         if !lazy {
             plan.syscall(
                 format!("parent-death signal {}", self.pdeathsig),

@@ -63,6 +63,7 @@ pub struct Unconnected {
     pub sndbuf: i32,
     pub rcvbuf: i32,
     pub passcred: bool,
+    pub opts: Vec<super::sockopts::SockOpt>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +86,7 @@ pub struct PairEnd {
     pub sndbuf: i32,
     pub rcvbuf: i32,
     pub passcred: bool,
+    pub opts: Vec<super::sockopts::SockOpt>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +104,7 @@ pub struct Listener {
     pub v6only: bool,
     /// The inode of its socket file (AF_UNIX path addresses; see [`Bound::path_ino`]).
     pub path_ino: u64,
+    pub opts: Vec<super::sockopts::SockOpt>,
 }
 
 const RCV_SHUTDOWN: u8 = 1;
@@ -295,8 +298,9 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             )
                             .unwrap_or(0)
                                 != 0,
-                                            path_ino,
-}));
+                        path_ino,
+                        opts: super::sockopts::dump(fd, family, ty, protocol),
+                    }));
                 }
                 if family != libc::AF_UNIX {
                     return refuse(format!(
@@ -369,6 +373,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             sndbuf: opt(libc::SO_SNDBUF),
                             rcvbuf: opt(libc::SO_RCVBUF),
                             passcred: opt(libc::SO_PASSCRED) != 0,
+                            opts: super::sockopts::dump(fd, family, ty, protocol),
                         },
                         addr,
                         path_ino,
@@ -382,6 +387,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         sndbuf: opt(libc::SO_SNDBUF),
                         rcvbuf: opt(libc::SO_RCVBUF),
                         passcred: opt(libc::SO_PASSCRED) != 0,
+                        opts: super::sockopts::dump(fd, family, ty, protocol),
                     }));
                 }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
@@ -404,6 +410,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
                     passcred: opt(libc::SO_PASSCRED) != 0,
+                    opts: super::sockopts::dump(fd, family, ty, protocol),
                 }))
             })();
             (fd, r)
@@ -441,7 +448,7 @@ pub fn recreate(
         for (i, end) in v.iter().enumerate() {
             let me = sock[i].as_raw_fd();
             let other = sock[1 - i].as_raw_fd();
-            set_options(me, end.ino, end.sndbuf, end.rcvbuf, end.passcred)?;
+            set_options(me, end.ino, end.sndbuf, end.rcvbuf, end.passcred, &end.opts)?;
             if let Some(r) = end.queued {
                 let bytes = queued(r)?;
                 // What waits in this end's queue was sent by the other end.
@@ -527,7 +534,14 @@ pub fn recreate(
                 };
                 let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
                     .map_err(|e| format!("socket {what}: cannot create it: {e}"))?;
-                set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
+                set_options(
+                    sock.as_raw_fd(),
+                    u.ino,
+                    u.sndbuf,
+                    u.rcvbuf,
+                    u.passcred,
+                    &u.opts,
+                )?;
                 if !b.addr.is_empty() {
                     bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
@@ -544,7 +558,14 @@ pub fn recreate(
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
                 let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
                     .map_err(|e| format!("socket:[{}]: cannot create it: {e}", u.ino))?;
-                set_options(sock.as_raw_fd(), u.ino, u.sndbuf, u.rcvbuf, u.passcred)?;
+                set_options(
+                    sock.as_raw_fd(),
+                    u.ino,
+                    u.sndbuf,
+                    u.rcvbuf,
+                    u.passcred,
+                    &u.opts,
+                )?;
                 v.insert(sock);
             }
         }
@@ -602,14 +623,21 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
 
 /// Buffer sizes (the kernel doubles what it is given; best effort, as the caller's limits may
 /// be lower) and SO_PASSCRED of an AF_UNIX socket being made again.
-fn set_options(fd: i32, ino: u64, sndbuf: i32, rcvbuf: i32, passcred: bool) -> Result<(), String> {
+fn set_options(
+    fd: i32,
+    ino: u64,
+    sndbuf: i32,
+    rcvbuf: i32,
+    passcred: bool,
+    opts: &[super::sockopts::SockOpt],
+) -> Result<(), String> {
     let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, sndbuf / 2);
     let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf / 2);
     if passcred {
         crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
             .map_err(|e| format!("socket:[{ino}]: cannot set SO_PASSCRED: {e}"))?;
     }
-    Ok(())
+    super::sockopts::apply(fd, opts, &format!("socket:[{ino}]"))
 }
 
 /// A human-readable address: "127.0.0.1:8080", "[::]:80", "/run/app.sock", "@abstract".
@@ -675,6 +703,8 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     if l.family == libc::AF_INET6 {
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, l.v6only)?;
     }
+    // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
+    super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
     bind_replacing_stale(fd, &l.addr, l.path_ino).map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(

@@ -22,6 +22,13 @@ pub struct ThreadState {
     /// policies are refused at checkpoint).
     pub nice: i32,
     pub policy: u32,
+    /// The CPUs the thread is bound to (sched_setaffinity), a mask in 64-bit words; empty when
+    /// it was not bound (it could run on every CPU its first life could have).
+    pub affinity: Vec<u64>,
+    /// Its I/O priority (ioprio_get); 0 when never set.
+    pub ioprio: u32,
+    /// Speculation mitigations it turned on (PR_SET_SPECULATION_CTRL): (which, value).
+    pub speculation: Vec<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +60,98 @@ pub(crate) fn sched(tid: i32) -> Option<(i32, u32)> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3.
     Some((f.get(16)?.parse().ok()?, f.get(38)?.parse().ok()?))
+}
+
+const PR_SPEC_PRCTL: u32 = 1;
+/// PR_SPEC_DISABLE, PR_SPEC_FORCE_DISABLE, PR_SPEC_DISABLE_NOEXEC: the mitigation is on.
+const MITIGATED: u32 = 4 | 8 | 16;
+/// PR_SPEC_STORE_BYPASS, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_L1D_FLUSH.
+pub(crate) const SPECULATION_CONTROLS: [u32; 3] = [0, 1, 2];
+
+/// The mitigations a thread turned on, from what its handler packed (a byte per control).
+fn speculation(packed: u64) -> Vec<(u32, u32)> {
+    SPECULATION_CONTROLS
+        .iter()
+        .filter_map(|&which| {
+            let v = (packed >> (8 * which)) as u32 & 0xff;
+            (v & PR_SPEC_PRCTL != 0 && v & MITIGATED != 0).then_some((which, v))
+        })
+        .collect()
+}
+
+/// A thread's CPU mask, or nothing when it covers every CPU the process could have run on (its
+/// cgroup's cpuset, else every CPU online): such a thread is not bound, and restored elsewhere it
+/// should not be bound to this machine's CPUs.
+fn affinity(tid: i32) -> Vec<u64> {
+    let Ok(mask) = crate::sys::sched_getaffinity(tid) else {
+        return Vec::new();
+    };
+    let all = crate::procfs::cgroup_cpus()
+        .or_else(|| std::fs::read_to_string("/sys/devices/system/cpu/online").ok())
+        .and_then(|l| parse_cpu_list(l.trim()));
+    match all {
+        Some(all)
+            if all
+                .iter()
+                .enumerate()
+                .all(|(i, w)| mask.get(i).copied().unwrap_or(0) & w == *w) =>
+        {
+            Vec::new()
+        }
+        _ => {
+            let mut m = mask;
+            while m.last() == Some(&0) {
+                m.pop();
+            }
+            m
+        }
+    }
+}
+
+/// "0-3,8" as a mask in 64-bit words.
+pub(crate) fn parse_cpu_list(list: &str) -> Option<Vec<u64>> {
+    let mut words = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?),
+            None => {
+                let a = part.parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        if b < a || b >= 1 << 16 {
+            return None;
+        }
+        for cpu in a..=b {
+            if words.len() <= cpu / 64 {
+                words.resize(cpu / 64 + 1, 0);
+            }
+            words[cpu / 64] |= 1u64 << (cpu % 64);
+        }
+    }
+    Some(words)
+}
+
+/// A mask as "0-3,8".
+pub fn cpu_list(mask: &[u64]) -> String {
+    let cpus: Vec<usize> = (0..mask.len() * 64)
+        .filter(|&c| mask[c / 64] & (1 << (c % 64)) != 0)
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 /// Policies a thread may have: SCHED_OTHER, SCHED_BATCH, SCHED_IDLE.
@@ -100,6 +199,9 @@ impl ThreadState {
         Ok(ThreadState {
             nice,
             policy,
+            affinity: affinity(tid),
+            ioprio: crate::sys::ioprio_get(tid),
+            speculation: speculation(c.speculation.load(Ordering::Relaxed)),
             tid,
             name,
             sigframe: frame,
@@ -137,6 +239,47 @@ impl ThreadState {
             libc::SYS_setpriority,
             [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64, 0, 0, 0],
         );
+        if !self.affinity.is_empty() {
+            let mask = plan.words(&self.affinity);
+            plan.syscall(
+                format!(
+                    "bind thread {tid} to CPUs {} (sched_setaffinity; none of them is usable here if this fails)",
+                    cpu_list(&self.affinity)
+                ),
+                libc::SYS_sched_setaffinity,
+                [0, self.affinity.len() as u64 * 8, mask, 0, 0, 0],
+            );
+        }
+        if self.ioprio != 0 {
+            const IOPRIO_WHO_PROCESS: u64 = 1;
+            plan.syscall(
+                format!("I/O priority {:#x} of thread {tid}", self.ioprio),
+                libc::SYS_ioprio_set,
+                [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0],
+            );
+        }
+        for &(which, value) in &self.speculation {
+            // The value without PR_SPEC_PRCTL is what PR_SET_SPECULATION_CTRL takes. A kernel
+            // that does not let processes choose either mitigates for everyone or not at all.
+            match crate::sys::speculation_ctrl(which) {
+                Ok(here) if here & PR_SPEC_PRCTL != 0 => plan.syscall(
+                    format!("speculation control {which} = {value:#x} of thread {tid}"),
+                    libc::SYS_prctl,
+                    [
+                        libc::PR_SET_SPECULATION_CTRL as u64,
+                        u64::from(which),
+                        u64::from(value & !PR_SPEC_PRCTL),
+                        0,
+                        0,
+                        0,
+                    ],
+                ),
+                Ok(here) if here == 0 || here & MITIGATED != 0 => {}
+                _ => eprintln!(
+                    "thaw: warning: thread {tid} turned a speculation mitigation on ({which}: {value:#x}); this machine's kernel does not let a process do that"
+                ),
+            }
+        }
     }
 
     /// The thread's own steps before it returns through its signal frame with [`Plan::sigreturn`]

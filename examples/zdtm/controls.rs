@@ -1,0 +1,256 @@
+//! Per-thread and per-descriptor controls a program sets and reads back: CPU affinity (one
+//! thread bound to one CPU, the main thread not bound), I/O priorities, signal-driven I/O (a
+//! pipe with O_ASYNC whose signal, set by F_SETSIG, goes to one thread by F_SETOWN_EX), socket
+//! options of a TCP listener (keep-alive and its idle time, Nagle, deferred accept; inherited by
+//! the connections it accepts) and of a socket pair (a receive timeout), and session leadership
+//! (the program called setsid). After restore each is as it was.
+//!
+//! `PROG IMAGE KEY foreign-owner`: a pipe's SIGIO goes to the parent process; `mqueue`: a POSIX
+//! message queue is open. Both are refused at checkpoint, naming the descriptor (exit 3).
+
+#[path = "common.rs"]
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+
+const IOPRIO_WHO_PROCESS: i64 = 1;
+const IDLE: i64 = 3 << 13;
+const BEST_EFFORT_7: i64 = (2 << 13) | 7;
+const F_SETSIG: i32 = 10;
+const F_SETOWN_EX: i32 = 15;
+const F_OWNER_TID: i32 = 0;
+/// si_code of a signal-driven I/O signal for input.
+const POLL_IN: i32 = 1;
+
+fn ioprio_get() -> i64 {
+    // SAFETY: plain integer arguments.
+    unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) }
+}
+
+fn ioprio_set(v: i64) {
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, v) };
+    assert_eq!(r, 0, "ioprio_set");
+}
+
+fn affinity() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is ours and sized.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    // SAFETY: CPU_ISSET reads the set.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+fn bind_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is ours and sized.
+    let r = unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+    };
+    assert_eq!(r, 0, "sched_setaffinity");
+}
+
+fn int_opt(fd: i32, level: i32, opt: i32) -> i32 {
+    thaw::sys::getsockopt_int(fd, level, opt).unwrap_or(-1)
+}
+
+fn refusal(setup: impl FnOnce()) -> ! {
+    setup();
+    let (image, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Err(e) => {
+            println!("refused: {e}");
+            std::process::exit(3)
+        }
+        Ok(_) => std::process::exit(1),
+    }
+}
+
+/// What the second thread reports after restore.
+struct Worker {
+    affinity: Vec<usize>,
+    ioprio: i64,
+    /// The fd and code of the signal-driven I/O signal it took.
+    signal: Option<(i32, i32)>,
+}
+
+fn main() {
+    let extra = common::argv().2;
+    let (r, w) = thaw::sys::pipe_cloexec().unwrap();
+    if extra.iter().any(|a| a == "foreign-owner") {
+        refusal(|| {
+            // SAFETY: fcntl on our own pipe.
+            unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETOWN, libc::getppid()) };
+        });
+    }
+    if extra.iter().any(|a| a == "mqueue") {
+        refusal(|| {
+            let name =
+                std::ffi::CString::new(format!("/thaw-zdtm-{}", std::process::id())).unwrap();
+            // SAFETY: a named queue with default attributes, unlinked at once (the descriptor stays).
+            unsafe {
+                let q = libc::mq_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600, 0usize);
+                assert!(q >= 0, "mq_open");
+                libc::mq_unlink(name.as_ptr());
+            }
+        });
+    }
+    // SAFETY: setsid has no preconditions (we are not a process group leader: we were spawned
+    // into our parent's group).
+    let sid = unsafe { libc::setsid() };
+    assert!(sid > 0, "setsid");
+    let online = affinity();
+    let last = *online.last().unwrap();
+    ioprio_set(IDLE);
+
+    // The worker: bound to the last CPU, best-effort priority 7, owner of the pipe's signal,
+    // which it blocks and waits for after restore.
+    let sig = libc::SIGRTMIN() + 2;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        bind_to(last);
+        ioprio_set(BEST_EFFORT_7);
+        // SAFETY: a zeroed sigset_t is a valid (empty) set.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a signal set of our own, blocking one signal in this thread.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        tid_tx.send(thaw::sys::gettid()).unwrap();
+        go_rx.recv().unwrap();
+        let report = |signal| Worker {
+            affinity: affinity(),
+            ioprio: ioprio_get(),
+            signal,
+        };
+        go_rx.recv().unwrap();
+        // SAFETY: a zeroed siginfo_t is plain data.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let ts = libc::timespec {
+            tv_sec: 20,
+            tv_nsec: 0,
+        };
+        // SAFETY: waits for the blocked signal with a generous timeout; `info` is ours.
+        let got = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
+        let signal = (got == sig).then(|| {
+            // SAFETY: a SIGIO-style siginfo: a 16-byte header, then long si_band and int si_fd.
+            let fields = unsafe { *(std::ptr::addr_of!(info) as *const [i32; 7]) };
+            (fields[6], info.si_code)
+        });
+        done_tx.send(report(signal)).unwrap();
+    });
+    // Before the worker learns to go on, mark the pipe: O_ASYNC, the signal, the worker as owner.
+    let tid = tid_rx.recv().unwrap();
+    let owner = [F_OWNER_TID, tid];
+    let rfd = r.as_raw_fd();
+    // SAFETY: fcntl on our own pipe with a valid f_owner_ex.
+    unsafe {
+        assert_eq!(libc::fcntl(rfd, F_SETOWN_EX, owner.as_ptr()), 0);
+        assert_eq!(libc::fcntl(rfd, F_SETSIG, sig), 0);
+        let fl = libc::fcntl(rfd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(rfd, libc::F_SETFL, fl | libc::O_ASYNC), 0);
+    }
+
+    // A TCP listener with options, and a socket pair with a receive timeout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lfd = listener.as_raw_fd();
+    for (level, opt, v) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77),
+        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 5),
+    ] {
+        thaw::sys::setsockopt_int(lfd, level, opt, v).unwrap();
+    }
+    let defer = int_opt(lfd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT);
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    a.set_read_timeout(Some(std::time::Duration::from_millis(250)))
+        .unwrap();
+    // As the kernel keeps it (in ticks).
+    let timeout = a.read_timeout().unwrap();
+
+    let _args = common::checkpoint();
+    let mut c = common::Checks::default();
+    // SAFETY: getters without pointers.
+    let (pid, sid) = unsafe { (libc::getpid(), libc::getsid(0)) };
+    c.check(
+        "session leader again",
+        sid == pid,
+        format!("sid {sid}, pid {pid}"),
+    );
+    c.check(
+        "main thread not bound",
+        affinity() == online,
+        format!("{:?}, online {online:?}", affinity()),
+    );
+    c.check(
+        "main thread's I/O priority",
+        ioprio_get() == IDLE,
+        format!("{:#x}", ioprio_get()),
+    );
+    go_tx.send(()).unwrap();
+    go_tx.send(()).unwrap();
+    // The worker waits in sigtimedwait by now or soon; a byte in the pipe signals it.
+    // SAFETY: a one-byte write to our own pipe.
+    unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    let rep = done_rx.recv().unwrap();
+    worker.join().unwrap();
+    c.check(
+        "worker bound to its CPU",
+        rep.affinity == [last],
+        format!("{:?}", rep.affinity),
+    );
+    c.check(
+        "worker's I/O priority",
+        rep.ioprio == BEST_EFFORT_7,
+        format!("{:#x}", rep.ioprio),
+    );
+    c.check(
+        "O_ASYNC signal reaches its owner thread, naming the pipe",
+        rep.signal == Some((rfd, POLL_IN)),
+        format!("{:?}", rep.signal),
+    );
+    let opts = [
+        int_opt(lfd, libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        int_opt(lfd, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        int_opt(lfd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+        int_opt(lfd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
+    ];
+    c.check(
+        "listener's options",
+        opts == [1, 1, 77, defer],
+        format!("{opts:?}"),
+    );
+    let port = listener.local_addr().unwrap().port();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Deferred accept: the connection is accepted once data arrives.
+    std::io::Write::write_all(&mut client, b"hi").unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let cfd = conn.as_raw_fd();
+    c.check(
+        "an accepted connection inherits keep-alive",
+        int_opt(cfd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) == 1
+            && int_opt(cfd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) == 77,
+        "",
+    );
+    c.check(
+        "socket pair's receive timeout",
+        a.read_timeout().unwrap() == timeout && timeout.is_some(),
+        format!("{:?}, was {timeout:?}", a.read_timeout()),
+    );
+    c.finish();
+}

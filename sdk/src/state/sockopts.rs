@@ -1,0 +1,152 @@
+//! Socket options: every option a program can set on the sockets thaw restores (keep-alive and
+//! its timings, Nagle, timeouts, lingering, priorities, marks, congestion control, …), saved
+//! where it differs from a fresh socket of the same kind and set again on the new socket before
+//! it is bound. A listener's accepted connections inherit most of them, so losing one would
+//! change every connection after restore. An option the kernel refuses at restore fails the
+//! restore, naming it. (Buffer sizes, SO_PASSCRED, SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY
+//! are kept by [`super::sockets`] itself.)
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    /// The value as getsockopt returns it (an int, a struct, a string).
+    pub value: Vec<u8>,
+}
+
+const SOL_SOCKET: i32 = libc::SOL_SOCKET;
+const TCP: i32 = libc::IPPROTO_TCP;
+const IP: i32 = libc::IPPROTO_IP;
+const IPV6: i32 = libc::IPPROTO_IPV6;
+
+/// The options compared, with their names for messages.
+const OPTIONS: &[(i32, i32, &str)] = &[
+    (SOL_SOCKET, libc::SO_KEEPALIVE, "SO_KEEPALIVE"),
+    (SOL_SOCKET, libc::SO_LINGER, "SO_LINGER"),
+    (SOL_SOCKET, libc::SO_RCVTIMEO, "SO_RCVTIMEO"),
+    (SOL_SOCKET, libc::SO_SNDTIMEO, "SO_SNDTIMEO"),
+    (SOL_SOCKET, libc::SO_RCVLOWAT, "SO_RCVLOWAT"),
+    (SOL_SOCKET, libc::SO_PRIORITY, "SO_PRIORITY"),
+    (SOL_SOCKET, libc::SO_MARK, "SO_MARK"),
+    (SOL_SOCKET, libc::SO_BROADCAST, "SO_BROADCAST"),
+    (SOL_SOCKET, libc::SO_OOBINLINE, "SO_OOBINLINE"),
+    (SOL_SOCKET, libc::SO_DONTROUTE, "SO_DONTROUTE"),
+    (SOL_SOCKET, libc::SO_PASSSEC, "SO_PASSSEC"),
+    (SOL_SOCKET, libc::SO_TIMESTAMP, "SO_TIMESTAMP"),
+    (SOL_SOCKET, libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS"),
+    (SOL_SOCKET, libc::SO_BUSY_POLL, "SO_BUSY_POLL"),
+    (SOL_SOCKET, libc::SO_PEEK_OFF, "SO_PEEK_OFF"),
+    (SOL_SOCKET, libc::SO_RXQ_OVFL, "SO_RXQ_OVFL"),
+    (SOL_SOCKET, libc::SO_INCOMING_CPU, "SO_INCOMING_CPU"),
+    (SOL_SOCKET, libc::SO_ZEROCOPY, "SO_ZEROCOPY"),
+    (SOL_SOCKET, libc::SO_BINDTODEVICE, "SO_BINDTODEVICE"),
+    (SOL_SOCKET, 76, "SO_PASSPIDFD"),
+    (TCP, libc::TCP_NODELAY, "TCP_NODELAY"),
+    (TCP, libc::TCP_MAXSEG, "TCP_MAXSEG"),
+    (TCP, libc::TCP_CORK, "TCP_CORK"),
+    (TCP, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+    (TCP, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+    (TCP, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+    (TCP, libc::TCP_SYNCNT, "TCP_SYNCNT"),
+    (TCP, libc::TCP_LINGER2, "TCP_LINGER2"),
+    (TCP, libc::TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT"),
+    (TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP"),
+    (TCP, libc::TCP_CONGESTION, "TCP_CONGESTION"),
+    (
+        TCP,
+        libc::TCP_THIN_LINEAR_TIMEOUTS,
+        "TCP_THIN_LINEAR_TIMEOUTS",
+    ),
+    (TCP, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+    (TCP, libc::TCP_FASTOPEN, "TCP_FASTOPEN"),
+    (TCP, libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT"),
+    (TCP, 27, "TCP_SAVE_SYN"),
+    (TCP, 37, "TCP_TX_DELAY"),
+    (IP, libc::IP_TOS, "IP_TOS"),
+    (IP, libc::IP_TTL, "IP_TTL"),
+    (IP, libc::IP_RECVERR, "IP_RECVERR"),
+    (IP, libc::IP_MTU_DISCOVER, "IP_MTU_DISCOVER"),
+    (IP, libc::IP_FREEBIND, "IP_FREEBIND"),
+    (IP, libc::IP_TRANSPARENT, "IP_TRANSPARENT"),
+    (IP, 24, "IP_BIND_ADDRESS_NO_PORT"),
+    (IP, 51, "IP_LOCAL_PORT_RANGE"),
+    (IPV6, libc::IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS"),
+    (IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS"),
+    (IPV6, libc::IPV6_RECVERR, "IPV6_RECVERR"),
+    (IPV6, libc::IPV6_MTU_DISCOVER, "IPV6_MTU_DISCOVER"),
+    (IPV6, 78, "IPV6_FREEBIND"),
+    (IPV6, 75, "IPV6_TRANSPARENT"),
+];
+
+/// The options of socket `fd` that differ from those of a fresh socket of its family, type and
+/// protocol.
+pub(crate) fn dump(fd: i32, family: i32, ty: i32, protocol: i32) -> Vec<SockOpt> {
+    let Ok(fresh) = crate::sys::socket(family, ty, protocol) else {
+        return Vec::new();
+    };
+    use std::os::fd::AsRawFd;
+    OPTIONS
+        .iter()
+        .filter_map(|&(level, name, _)| {
+            let value = crate::sys::getsockopt_bytes(fd, level, name).ok()?;
+            let default = crate::sys::getsockopt_bytes(fresh.as_raw_fd(), level, name).ok();
+            (default.as_ref() != Some(&value)).then_some(SockOpt { level, name, value })
+        })
+        .collect()
+}
+
+/// The option's name, for messages.
+pub fn name(o: &SockOpt) -> String {
+    OPTIONS
+        .iter()
+        .find(|(l, n, _)| *l == o.level && *n == o.name)
+        .map_or_else(
+            || format!("option {}/{}", o.level, o.name),
+            |x| x.2.to_owned(),
+        )
+}
+
+/// Sets `opts` on socket `fd` (`what` names it in an error).
+pub(crate) fn apply(fd: i32, opts: &[SockOpt], what: &str) -> Result<(), String> {
+    for o in opts {
+        crate::sys::setsockopt_bytes(fd, o.level, o.name, &o.value)
+            .map_err(|e| format!("socket {what}: cannot set {} again: {e}", name(o)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn only_options_that_differ_are_kept_and_they_come_back() {
+        let s = crate::sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        let fd = s.as_raw_fd();
+        assert!(dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0).is_empty());
+        crate::sys::setsockopt_int(fd, SOL_SOCKET, libc::SO_KEEPALIVE, 1).unwrap();
+        crate::sys::setsockopt_int(fd, TCP, libc::TCP_NODELAY, 1).unwrap();
+        crate::sys::setsockopt_int(fd, TCP, libc::TCP_KEEPIDLE, 77).unwrap();
+        crate::sys::setsockopt_bytes(fd, TCP, libc::TCP_CONGESTION, b"reno").unwrap();
+        let opts = dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0);
+        let names: Vec<String> = opts.iter().map(name).collect();
+        assert_eq!(
+            names,
+            [
+                "SO_KEEPALIVE",
+                "TCP_NODELAY",
+                "TCP_KEEPIDLE",
+                "TCP_CONGESTION"
+            ]
+        );
+        let t = crate::sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        apply(t.as_raw_fd(), &opts, "test").unwrap();
+        assert_eq!(
+            dump(t.as_raw_fd(), libc::AF_INET, libc::SOCK_STREAM, 0),
+            opts
+        );
+    }
+}
