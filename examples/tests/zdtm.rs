@@ -738,3 +738,24 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
         assert!(out.contains(needle), "{extra}: {out}");
     }
 }
+
+/// Threads asleep or waiting at the checkpoint go on as after a stop and a continue (no early
+/// EINTR), and a half-read directory listing goes on where it was, in every mode.
+#[test]
+fn sleeps_waits_and_directory_listings_go_on_across_a_checkpoint() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waits", "w.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "sleep(1) slept its whole second",
+                "absolute clock_nanosleep returns 0",
+                "poll without a timeout returns with the byte",
+                "pause() returns only for the program's own signal",
+                "a directory listing goes on where it was",
+            ],
+        );
+    }
+}

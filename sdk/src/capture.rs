@@ -65,6 +65,10 @@ pub struct ThreadCapture {
     pub rseq: AtomicU32,
     /// PR_GET_SPECULATION_CTRL of each control, a byte each (see `state::threads`).
     pub speculation: AtomicU64,
+    /// The system call the thread was blocked in just before the signal was sent (number, six
+    /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
+    /// `state::interrupted`.
+    pub blocked: [AtomicU64; 9],
     pub done: AtomicI32,
 }
 
@@ -349,7 +353,46 @@ impl Capture {
 
 static ACTIVE: AtomicPtr<Capture> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Reads which system call thread `t` is blocked in, without allocating.
+fn note_blocked(t: &ThreadCapture) {
+    t.blocked[0].store(u64::MAX, Ordering::Relaxed);
+    let mut text = [0u8; 256];
+    let Some(b) = sys::read_task_syscall(t.tid.load(Ordering::Relaxed), &mut text)
+        .and_then(|n| crate::state::interrupted::parse(&text[..n]))
+    else {
+        return;
+    };
+    let words = [
+        b.nr, b.args[0], b.args[1], b.args[2], b.args[3], b.args[4], b.args[5], b.sp, b.pc,
+    ];
+    for (slot, w) in t.blocked.iter().zip(words) {
+        slot.store(w, Ordering::Relaxed);
+    }
+}
+
+/// If the signal interrupted the system call `note_blocked` saw (the frame matches it exactly)
+/// and that call should go on (see `state::interrupted`), sets the frame to issue it again.
+fn restart_interrupted(t: &ThreadCapture, uc: *mut libc::c_void) {
+    let nr = t.blocked[0].load(Ordering::Relaxed);
+    if nr == u64::MAX {
+        return;
+    }
+    let word = |i: usize| t.blocked[i].load(Ordering::Relaxed);
+    let b = crate::state::interrupted::Blocked {
+        nr,
+        args: [word(1), word(2), word(3), word(4), word(5), word(6)],
+        sp: word(7),
+        pc: word(8),
+    };
+    let Some(again) = crate::state::interrupted::again(&b) else {
+        return;
+    };
+    // SAFETY: `uc` is the ucontext the kernel built for this handler on this thread's stack.
+    unsafe { sys::restart_in_frame(uc, &b, again) };
+}
+
 fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
+    restart_interrupted(t, uc);
     // The kernel's rt_sigreturn expects the stack pointer at the frame's ucontext, which is exactly
     // the third handler argument.
     t.frame.store(uc as u64, Ordering::Relaxed);
@@ -558,6 +601,11 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
             .filter(|&tid| tid != c.caller)
     };
     let count = others().count();
+    for t in c.threads.iter().filter(|t| {
+        t.done.load(Ordering::Acquire) == 0 && t.tid.load(Ordering::Relaxed) != c.caller
+    }) {
+        note_blocked(t);
+    }
     for tid in others() {
         if let Err(e) = sys::tgkill_self(tid, signal) {
             // A thread that exited meanwhile cannot park: treat it as unresponsive.

@@ -585,7 +585,9 @@ impl Checkpoint {
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
             match &mut e.kind {
-                FdKind::Regular { pos, .. } | FdKind::Memfd { pos, .. } => {
+                FdKind::Regular { pos, .. }
+                | FdKind::Memfd { pos, .. }
+                | FdKind::Directory { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
                     }

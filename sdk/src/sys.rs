@@ -55,6 +55,102 @@ pub fn tgkill_self(tid: i32, sig: i32) -> io::Result<()> {
     .map(drop)
 }
 
+/// Reads /proc/self/task/TID/syscall into `buf`; the length read. Allocation-free.
+pub fn read_task_syscall(tid: i32, buf: &mut [u8]) -> Option<usize> {
+    let mut path = [0u8; 64];
+    let head = b"/proc/self/task/";
+    path[..head.len()].copy_from_slice(head);
+    let mut at = head.len();
+    let mut digits = [0u8; 12];
+    let mut n = tid.max(0) as u32;
+    let mut k = 0;
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in (0..k).rev() {
+        path[at] = digits[i];
+        at += 1;
+    }
+    let tail = b"/syscall\0";
+    path[at..at + tail.len()].copy_from_slice(tail);
+    let fd = syscall6(
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            path.as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    if fd < 0 {
+        return None;
+    }
+    let got = syscall6(
+        libc::SYS_read,
+        [
+            fd as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+    (got > 0).then_some(got as usize)
+}
+
+/// Sets a signal frame to issue its interrupted system call `b` again on return, as the kernel
+/// does for SA_RESTART, if the frame shows exactly that call interrupted (same instruction and
+/// stack pointers, same argument registers, a `syscall` instruction just before, EINTR).
+///
+/// # Safety
+/// `uc` must point to a live `ucontext_t` the kernel built for a signal handler.
+pub unsafe fn restart_in_frame(
+    uc: *mut libc::c_void,
+    b: &crate::state::interrupted::Blocked,
+    again: crate::state::interrupted::Again,
+) {
+    // struct ucontext: flags, link, stack_t (24 bytes), then mcontext's gregs.
+    const GREGS: usize = 40;
+    const ARG_REGS: [usize; 6] = [8, 9, 12, 2, 0, 1]; // rdi, rsi, rdx, r10, r8, r9
+    const RAX: usize = 13;
+    const RSP: usize = 15;
+    const RIP: usize = 16;
+    // SAFETY: per the contract, gregs are 23 u64 at offset 40 of the frame.
+    let g = unsafe { (uc as *mut u8).add(GREGS) as *mut u64 };
+    // SAFETY: indices below 23, inside gregs.
+    let reg = |i: usize| unsafe { g.add(i).read() };
+    let eintr = (-(libc::EINTR as i64)) as u64;
+    if reg(RAX) != eintr || reg(RIP) != b.pc || reg(RSP) != b.sp || b.pc < 2 {
+        return;
+    }
+    if ARG_REGS.iter().zip(b.args).any(|(&r, a)| reg(r) != a) {
+        return;
+    }
+    // SAFETY: the instruction pointer of a thread that just left a system call points just
+    // past its `syscall` instruction, in mapped, executable memory.
+    let insn = unsafe { ((b.pc - 2) as *const [u8; 2]).read_unaligned() };
+    if insn != [0x0f, 0x05] {
+        return;
+    }
+    // SAFETY: writes to gregs, as above.
+    unsafe {
+        if let Some((arg, value)) = again.set_arg {
+            g.add(ARG_REGS[arg]).write(value);
+        }
+        g.add(RAX).write(b.nr);
+        g.add(RIP).write(b.pc - 2);
+    }
+}
+
 /// fork(2) without libc: no atfork handlers, no bookkeeping. Returns 0 in the child.
 /// Async-signal-safe.
 pub fn raw_fork() -> i64 {

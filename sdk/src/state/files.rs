@@ -28,9 +28,12 @@ pub enum FdKind {
         pos: u64,
         id: super::FileId,
     },
+    /// A directory, reopened at the same position (where `getdents` goes on: a reader in the
+    /// middle of a listing neither sees entries twice nor misses any).
     Directory {
         path: String,
         id: super::FileId,
+        pos: u64,
     },
     /// One end of a pipe whose both ends are in the process; `id` pairs the ends and the read end
     /// carries the bytes that were buffered.
@@ -45,15 +48,10 @@ pub enum FdKind {
         desc: u32,
     },
     /// An eventfd with its counter.
-    EventFd {
-        count: u64,
-        semaphore: bool,
-    },
+    EventFd { count: u64, semaphore: bool },
     /// An epoll instance and what it watches (descriptors of this process). Pending events are not
     /// saved: level-triggered ones fire again, edge-triggered ones are gone.
-    Epoll {
-        watches: Vec<EpollWatch>,
-    },
+    Epoll { watches: Vec<EpollWatch> },
     /// A timerfd: its clock, the time left and the interval (read just before the snapshot), and
     /// the expirations not read yet.
     TimerFd {
@@ -64,9 +62,7 @@ pub enum FdKind {
     },
     /// A signalfd and the signals it reads (they are read from the reading process, so one the
     /// launcher creates serves the restored process).
-    SignalFd {
-        mask: u64,
-    },
+    SignalFd { mask: u64 },
     /// A memfd or a file deleted while open, saved once in [`super::Manifest::shared`] with its
     /// mappings.
     Memfd {
@@ -506,6 +502,7 @@ impl FdScan {
                 FdKind::Directory {
                     path: target.clone(),
                     id: super::FileId::of(&meta),
+                    pos: 0,
                 }
             } else {
                 let class = if ft.is_char_device() || ft.is_block_device() {
@@ -661,7 +658,12 @@ impl FdScan {
     pub(crate) fn seekable(&self) -> Vec<i32> {
         self.entries
             .iter()
-            .filter(|e| matches!(e.kind, FdKind::Regular { .. } | FdKind::Memfd { .. }))
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    FdKind::Regular { .. } | FdKind::Memfd { .. } | FdKind::Directory { .. }
+                )
+            })
             .map(|e| e.fd)
             .collect()
     }
@@ -775,7 +777,22 @@ pub fn reopen(
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 f
             }
-            FdKind::Directory { path, id } => reopen_path(e, path, None, *id)?,
+            FdKind::Directory { path, id, pos } => {
+                let dir = reopen_path(e, path, None, *id)?;
+                if *pos != 0 && e.flags & libc::O_PATH as u32 == 0 {
+                    let at = crate::sys::lseek_raw(
+                        std::os::fd::AsRawFd::as_raw_fd(&dir),
+                        *pos,
+                        libc::SEEK_SET,
+                    );
+                    if at < 0 || at as u64 != *pos {
+                        return Err(format!(
+                            "fd {fd}: cannot go back to position {pos} in directory {path}"
+                        ));
+                    }
+                }
+                dir
+            }
             FdKind::EventFd { count, semaphore } => {
                 let mut flags = e.flags & libc::O_NONBLOCK as u32;
                 if *semaphore {

@@ -10,6 +10,7 @@ pub mod creds;
 pub mod deleted;
 pub mod files;
 pub mod inotify;
+pub mod interrupted;
 pub mod limits;
 pub mod locks;
 pub mod memory;
