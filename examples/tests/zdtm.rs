@@ -718,6 +718,9 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
                 "main thread's I/O priority",
                 "worker bound to its CPU",
                 "worker's I/O priority",
+                "worker's machine-check kill policy",
+                "worker's NUMA policy",
+                "mapping's NUMA policy",
                 "O_ASYNC signal reaches its owner thread, naming the pipe",
                 "listener's options",
                 "an accepted connection inherits keep-alive",
@@ -731,6 +734,7 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "(F_SETOWN), which is not restored with this one",
         ),
         ("mqueue", "a POSIX message queue (mq_open): not supported"),
+        ("aio", "an AIO context (io_setup) is not supported"),
     ] {
         let o = env.first_life("zdtm-controls", "r.thaw", &[extra]);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));

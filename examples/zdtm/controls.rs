@@ -3,10 +3,12 @@
 //! pipe with O_ASYNC whose signal, set by F_SETSIG, goes to one thread by F_SETOWN_EX), socket
 //! options of a TCP listener (keep-alive and its idle time, Nagle, deferred accept; inherited by
 //! the connections it accepts) and of a socket pair (a receive timeout), and session leadership
-//! (the program called setsid). After restore each is as it was.
+//! (the program called setsid), the worker's machine-check kill policy and NUMA policy, and a
+//! mapping's NUMA policy (mbind). After restore each is as it was.
 //!
 //! `PROG IMAGE KEY foreign-owner`: a pipe's SIGIO goes to the parent process; `mqueue`: a POSIX
-//! message queue is open. Both are refused at checkpoint, naming the descriptor (exit 3).
+//! message queue is open; `aio`: an AIO context exists. Each is refused at checkpoint, naming
+//! what (exit 3).
 
 #[path = "common.rs"]
 mod common;
@@ -56,6 +58,28 @@ fn bind_to(cpu: usize) {
     assert_eq!(r, 0, "sched_setaffinity");
 }
 
+const MPOL_PREFERRED: i64 = 1;
+const MPOL_INTERLEAVE: i32 = 3;
+
+/// The thread's NUMA policy, or the policy of the mapping at `addr`: (mode, nodes 0-63).
+fn mempolicy(addr: Option<*mut libc::c_void>) -> (i32, u64) {
+    let mut mode = -1i32;
+    let mut nodes = [0u64; 16];
+    let (at, flags) = addr.map_or((std::ptr::null_mut(), 0), |a| (a, 2 /* MPOL_F_ADDR */));
+    // SAFETY: outputs of our own, 1024 bits of nodes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode,
+            nodes.as_mut_ptr(),
+            1024,
+            at,
+            flags,
+        )
+    };
+    (mode, nodes[0])
+}
+
 fn int_opt(fd: i32, level: i32, opt: i32) -> i32 {
     thaw::sys::getsockopt_int(fd, level, opt).unwrap_or(-1)
 }
@@ -80,6 +104,8 @@ fn refusal(setup: impl FnOnce()) -> ! {
 struct Worker {
     affinity: Vec<usize>,
     ioprio: i64,
+    mce: i32,
+    numa: (i32, u64),
     /// The fd and code of the signal-driven I/O signal it took.
     signal: Option<(i32, i32)>,
 }
@@ -91,6 +117,14 @@ fn main() {
         refusal(|| {
             // SAFETY: fcntl on our own pipe.
             unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETOWN, libc::getppid()) };
+        });
+    }
+    if extra.iter().any(|a| a == "aio") {
+        refusal(|| {
+            let mut ctx = 0u64;
+            // SAFETY: io_setup writes the context id to `ctx`.
+            let r = unsafe { libc::syscall(libc::SYS_io_setup, 8, &mut ctx) };
+            assert_eq!(r, 0, "io_setup");
         });
     }
     if extra.iter().any(|a| a == "mqueue") {
@@ -110,6 +144,26 @@ fn main() {
     let sid = unsafe { libc::setsid() };
     assert!(sid > 0, "setsid");
     let online = affinity();
+    // A mapping interleaved over node 0 (mbind).
+    // SAFETY: a fresh private anonymous mapping, and a policy for it.
+    let numa_map = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let node0 = 1u64;
+        assert_eq!(
+            libc::syscall(libc::SYS_mbind, p, 1 << 20, MPOL_INTERLEAVE, &node0, 65, 0),
+            0
+        );
+        *(p as *mut u8) = 1;
+        p
+    };
     let last = *online.last().unwrap();
     ioprio_set(IDLE);
 
@@ -122,6 +176,24 @@ fn main() {
     let worker = std::thread::spawn(move || {
         bind_to(last);
         ioprio_set(BEST_EFFORT_7);
+        // SAFETY: prctl and set_mempolicy with plain arguments and a mask of our own.
+        unsafe {
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_MCE_KILL,
+                    libc::PR_MCE_KILL_SET,
+                    libc::PR_MCE_KILL_EARLY,
+                    0,
+                    0
+                ),
+                0
+            );
+            let node0 = 1u64;
+            assert_eq!(
+                libc::syscall(libc::SYS_set_mempolicy, MPOL_PREFERRED, &node0, 65),
+                0
+            );
+        }
         // SAFETY: a zeroed sigset_t is a valid (empty) set.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: a signal set of our own, blocking one signal in this thread.
@@ -135,6 +207,9 @@ fn main() {
         let report = |signal| Worker {
             affinity: affinity(),
             ioprio: ioprio_get(),
+            // SAFETY: a getter without pointers.
+            mce: unsafe { libc::prctl(libc::PR_MCE_KILL_GET, 0, 0, 0, 0) },
+            numa: mempolicy(None),
             signal,
         };
         go_rx.recv().unwrap();
@@ -218,6 +293,22 @@ fn main() {
         "worker's I/O priority",
         rep.ioprio == BEST_EFFORT_7,
         format!("{:#x}", rep.ioprio),
+    );
+    c.check(
+        "worker's machine-check kill policy",
+        rep.mce == libc::PR_MCE_KILL_EARLY,
+        rep.mce,
+    );
+    c.check(
+        "worker's NUMA policy",
+        rep.numa == (MPOL_PREFERRED as i32, 1),
+        format!("{:?}", rep.numa),
+    );
+    let m = mempolicy(Some(numa_map));
+    c.check(
+        "mapping's NUMA policy",
+        m == (MPOL_INTERLEAVE, 1),
+        format!("{m:?}"),
     );
     c.check(
         "O_ASYNC signal reaches its owner thread, naming the pipe",

@@ -65,6 +65,11 @@ pub struct ThreadCapture {
     pub rseq: AtomicU32,
     /// PR_GET_SPECULATION_CTRL of each control, a byte each (see `state::threads`).
     pub speculation: AtomicU64,
+    /// Machine-check policy + 1 (byte 0), `cpuid` enabled + 1 (byte 1), NUMA policy mode + 1
+    /// (bits 16-47; 0: unreadable); see `state::threads`.
+    pub controls: AtomicU64,
+    /// The thread's NUMA policy nodes.
+    pub numa_nodes: AtomicU64,
     /// The system call the thread was blocked in just before the signal was sent (number, six
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
@@ -417,6 +422,21 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
         spec |= u64::from(v & 0xff) << (8 * which);
     }
     t.speculation.store(spec, Ordering::Relaxed);
+    let mce = sys::mce_kill_get();
+    let cpuid = sys::cpuid_enabled();
+    let numa = sys::get_mempolicy(None);
+    let byte = |v: i64| {
+        if (0..255).contains(&v) {
+            v as u64 + 1
+        } else {
+            0
+        }
+    };
+    let mode = numa.map_or(0, |(m, _)| u64::from(m) + 1);
+    t.controls
+        .store(byte(mce) | byte(cpuid) << 8 | mode << 16, Ordering::Relaxed);
+    t.numa_nodes
+        .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
     t.done.store(1, Ordering::Release);
 }
 

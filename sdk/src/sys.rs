@@ -479,6 +479,40 @@ pub fn getown_ex(fd: i32) -> io::Result<(i32, i32)> {
     Ok((owner[0], owner[1]))
 }
 
+/// The calling thread's NUMA policy, or the policy of the mapping at `addr`: (mode with its
+/// flags, nodes 0-63); `None` if it cannot be read or names a node above 63.
+pub fn get_mempolicy(addr: Option<u64>) -> Option<(u32, u64)> {
+    const MPOL_F_ADDR: u64 = 2;
+    let mut mode = 0i32;
+    let mut nodes = [0u64; 16];
+    let (at, flags) = addr.map_or((0, 0), |a| (a, MPOL_F_ADDR));
+    let r = syscall6(
+        libc::SYS_get_mempolicy,
+        [
+            &mut mode as *mut i32 as u64,
+            nodes.as_mut_ptr() as u64,
+            1024,
+            at,
+            flags,
+            0,
+        ],
+    );
+    (r == 0 && nodes[1..].iter().all(|&w| w == 0)).then_some((mode as u32, nodes[0]))
+}
+
+/// PR_MCE_KILL_GET of the calling thread (0 late, 1 early, 2 the system's default).
+pub fn mce_kill_get() -> i64 {
+    syscall6(
+        libc::SYS_prctl,
+        [libc::PR_MCE_KILL_GET as u64, 0, 0, 0, 0, 0],
+    )
+}
+
+/// ARCH_GET_CPUID of the calling thread: 1 when `cpuid` works, 0 when it faults.
+pub fn cpuid_enabled() -> i64 {
+    syscall6(libc::SYS_arch_prctl, [0x1011, 0, 0, 0, 0, 0])
+}
+
 /// PR_GET_SPECULATION_CTRL of the calling thread for one control.
 pub fn speculation_ctrl(which: u32) -> io::Result<u32> {
     check(syscall6(

@@ -78,6 +78,16 @@ impl DeletedFile {
     }
 }
 
+/// Kernel-internal files that show as deleted paths: why each is refused (what to do instead).
+pub(crate) fn kernel_internal(name: &str) -> Option<&'static str> {
+    match name.strip_suffix(" (deleted)")? {
+        "/[aio]" => Some("an AIO context (io_setup) is not supported: io_destroy it before the checkpoint and io_setup again after"),
+        "/anon_hugepage" => Some("MAP_HUGETLB memory is not supported: map it without MAP_HUGETLB (transparent huge pages are restored)"),
+        "/secretmem" => Some("memfd_secret memory cannot be read by anyone, thaw included: create it again after restore"),
+        _ => None,
+    }
+}
+
 /// Why an unlinked file that still has other names is refused: the image could not keep it as
 /// the same file, and its other names are unknown.
 pub(crate) fn still_linked(path: &str, links: u64) -> Option<String> {

@@ -455,6 +455,10 @@ impl FdScan {
                 ));
                 continue;
             }
+            if let Some(why) = super::deleted::kernel_internal(&target) {
+                scan.refused.push(bad(FdClass::Other, why));
+                continue;
+            }
             if target.ends_with(" (deleted)") {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {

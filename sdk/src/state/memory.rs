@@ -16,6 +16,8 @@ pub struct Vma {
     /// `VmFlag` this crate knows, see [`VmaAdvice`].
     pub advice: u32,
     pub backing: Backing,
+    /// Its NUMA policy (mbind): mode with flags, nodes 0-63; `None`: the process's.
+    pub numa: Option<(u32, u64)>,
     /// The saved pages, as runs of consecutive pages in address order. Pages of the region not
     /// listed are zero (anonymous memory) or the file's contents (file mappings); kernel special
     /// mappings have none.
@@ -152,6 +154,9 @@ impl Vma {
             map_flags = (map_flags & !0x0f) | 0x08;
         }
         let name = m.name.as_str();
+        if let Some(why) = super::deleted::kernel_internal(name) {
+            return Err(format!("{}: {why}", m.describe()));
+        }
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
         } else if m.shared()
@@ -211,6 +216,9 @@ impl Vma {
             map_flags: map_flags as u32,
             advice,
             backing,
+            // The snapshot is a fork: the mapping's policy is the same in this process, the only
+            // one that can ask for it. MPOL_DEFAULT (0): none of its own.
+            numa: crate::sys::get_mempolicy(Some(m.start)).filter(|&(mode, _)| mode != 0),
             pages: Vec::new(),
         })
     }
@@ -406,6 +414,17 @@ impl Vma {
                     [self.start, self.len(), advice as u64, 0, 0, 0],
                 );
             }
+        }
+        if let Some((mode, nodes)) = self.numa {
+            let mask = plan.words(&[nodes]);
+            plan.syscall(
+                format!(
+                    "NUMA policy {mode:#x} (nodes {nodes:#x}) of {:x}-{:x}",
+                    self.start, self.end
+                ),
+                libc::SYS_mbind,
+                [self.start, self.len(), u64::from(mode), mask, 65, 0],
+            );
         }
     }
 }

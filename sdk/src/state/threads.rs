@@ -29,6 +29,12 @@ pub struct ThreadState {
     pub ioprio: u32,
     /// Speculation mitigations it turned on (PR_SET_SPECULATION_CTRL): (which, value).
     pub speculation: Vec<(u32, u32)>,
+    /// Its machine-check kill policy (PR_MCE_KILL: 0 late, 1 early) when it chose one.
+    pub mce_kill: Option<u32>,
+    /// `cpuid` faults for it (ARCH_SET_CPUID 0).
+    pub cpuid_faulting: bool,
+    /// Its NUMA policy (set_mempolicy): mode with flags, nodes 0-63; `None`: the default.
+    pub numa: Option<(u32, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +208,15 @@ impl ThreadState {
             affinity: affinity(tid),
             ioprio: crate::sys::ioprio_get(tid),
             speculation: speculation(c.speculation.load(Ordering::Relaxed)),
+            mce_kill: match c.controls.load(Ordering::Relaxed) & 0xff {
+                v @ (1 | 2) => Some(v as u32 - 1),
+                _ => None,
+            },
+            cpuid_faulting: (c.controls.load(Ordering::Relaxed) >> 8) & 0xff == 1,
+            numa: match (c.controls.load(Ordering::Relaxed) >> 16) & 0xffff_ffff {
+                0 | 1 => None,
+                mode => Some((mode as u32 - 1, c.numa_nodes.load(Ordering::Relaxed))),
+            },
             tid,
             name,
             sigframe: frame,
@@ -256,6 +271,36 @@ impl ThreadState {
                 format!("I/O priority {:#x} of thread {tid}", self.ioprio),
                 libc::SYS_ioprio_set,
                 [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0],
+            );
+        }
+        if let Some(policy) = self.mce_kill {
+            plan.syscall(
+                format!("machine-check kill policy {policy} of thread {tid}"),
+                libc::SYS_prctl,
+                [
+                    libc::PR_MCE_KILL as u64,
+                    libc::PR_MCE_KILL_SET as u64,
+                    u64::from(policy),
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        if let Some((mode, nodes)) = self.numa {
+            let mask = plan.words(&[nodes]);
+            plan.syscall(
+                format!("NUMA policy {mode:#x} (nodes {nodes:#x}) of thread {tid}"),
+                libc::SYS_set_mempolicy,
+                [u64::from(mode), mask, 65, 0, 0, 0],
+            );
+        }
+        if self.cpuid_faulting {
+            const ARCH_SET_CPUID: u64 = 0x1012;
+            plan.syscall(
+                format!("cpuid faulting of thread {tid}"),
+                libc::SYS_arch_prctl,
+                [ARCH_SET_CPUID, 0, 0, 0, 0, 0],
             );
         }
         for &(which, value) in &self.speculation {
