@@ -111,6 +111,17 @@ pub fn name(o: &SockOpt) -> String {
 /// Sets `opts` on socket `fd` (`what` names it in an error).
 pub(crate) fn apply(fd: i32, opts: &[SockOpt], what: &str) -> Result<(), String> {
     for o in opts {
+        // Only the options above, as getsockopt returns them: an image names nothing else.
+        if o.value.len() > 64
+            || !OPTIONS
+                .iter()
+                .any(|(l, n, _)| *l == o.level && *n == o.name)
+        {
+            return Err(format!(
+                "socket {what}: the image names socket option {}/{}, which thaw does not restore",
+                o.level, o.name
+            ));
+        }
         crate::sys::setsockopt_bytes(fd, o.level, o.name, &o.value)
             .map_err(|e| format!("socket {what}: cannot set {} again: {e}", name(o)))?;
     }
