@@ -763,3 +763,32 @@ fn sleeps_waits_and_directory_listings_go_on_across_a_checkpoint() {
         );
     }
 }
+
+/// A process that narrowed its capability bounding set (systemd's CapabilityBoundingSet=, a
+/// container) gets it narrow again in every mode: a set-uid or file-capability program it runs
+/// after restore gains no more than in its first life.
+#[test]
+fn a_narrowed_capability_bounding_set_stays_narrow() {
+    if !is_root() {
+        eprintln!("skipped: needs root to narrow a bounding set (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let img = env.path("b.thaw");
+    let o = command(std::path::Path::new("setpriv"))
+        .args(["--bounding-set", "-net_raw,-sys_boot"])
+        .arg(bin("zdtm-process"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let bounding = env.manifest(&img).creds.caps.bounding;
+    assert_eq!(bounding & (1 << 13 | 1 << 22), 0, "{bounding:#x}");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &["one", "two words"]);
+        assert_all_ok(&o, &["capabilities"]);
+    }
+}

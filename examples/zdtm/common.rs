@@ -75,7 +75,7 @@ pub fn thread_caps() -> Vec<String> {
             let caps: Vec<&str> = status
                 .lines()
                 .filter(|l| {
-                    ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"]
+                    ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:", "CapBnd:"]
                         .iter()
                         .any(|k| l.starts_with(k))
                 })

@@ -155,6 +155,7 @@ fn may_use_host_pids() -> bool {
         && sys::owns_pid_namespace().unwrap_or(false)
 }
 
+const CAP_SETPCAP: u32 = 8;
 const CAP_SYS_NICE: u32 = 23;
 const CAP_SYS_RESOURCE: u32 = 24;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
@@ -406,6 +407,14 @@ fn build_plan(
     fork: Option<&template::ForkPoint>,
 ) -> Result<Plan> {
     let m = image.manifest();
+    let drops = bounding_drops(creds, mode);
+    if mode == PidMode::Host && drops != 0 && !has_cap(CAP_SETPCAP) {
+        return Err(refused(format!(
+            "the image's capability bounding set {:#x} is narrower than yours ({:#x}), and narrowing it takes CAP_SETPCAP, which this launcher lacks: use --pid-mode ns, or --as-caller to keep yours",
+            creds.caps.bounding,
+            launcher_bounding()
+        )));
+    }
     let mut plan = Plan::new(region.arena_base());
 
     // Start clean: no signals, no rseq area of the launcher's, none of its memory.
@@ -621,7 +630,7 @@ fn build_plan(
         let list = plan.new_list();
         t.plan_restore(&mut plan);
         t.plan_sched(&mut plan, nice_of(t));
-        plan_credentials(&mut plan, creds);
+        plan_credentials(&mut plan, creds, drops);
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
         resume(&mut plan, t);
@@ -654,7 +663,7 @@ fn build_plan(
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
     leader.plan_sched(&mut plan, nice_of(leader));
-    plan_credentials(&mut plan, creds);
+    plan_credentials(&mut plan, creds, drops);
     if m.process.dumpable <= 1 {
         // A launcher with a file capability is not dumpable; the process is what it was.
         plan.syscall(
@@ -735,7 +744,43 @@ fn plan_fork_sensitive(plan: &mut Plan, m: &thaw::Manifest) {
 
 /// Capabilities and no_new_privs of the calling thread: the image's (already checked to be within
 /// the caller's).
-fn plan_credentials(plan: &mut Plan, c: &Credentials) {
+/// The launcher's capability bounding set (the caller's: exec never widens it).
+fn launcher_bounding() -> u64 {
+    static BOUNDING: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOUNDING.get_or_init(|| {
+        Credentials::of(std::process::id() as i32).map_or(u64::MAX, |c| c.caps.bounding)
+    })
+}
+
+/// Capabilities the restorer drops from each thread's bounding set (a process that narrowed its
+/// own, under systemd's CapabilityBoundingSet= or in a container, gets it narrow again: a
+/// set-uid or file-capability program it runs later gains no more than in its first life). In
+/// host mode the restorer starts from the launcher's set; in a new user namespace, from every
+/// capability the kernel knows.
+fn bounding_drops(c: &Credentials, mode: PidMode) -> u64 {
+    let start = match mode {
+        PidMode::Host => launcher_bounding(),
+        _ => {
+            let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(40)
+                .min(63);
+            u64::MAX >> (63 - last)
+        }
+    };
+    start & !c.caps.bounding
+}
+
+fn plan_credentials(plan: &mut Plan, c: &Credentials, drops: u64) {
+    // Before capset: dropping needs CAP_SETPCAP, which the image's own sets may lack.
+    for cap in (0..64).filter(|b| drops & (1u64 << b) != 0) {
+        plan.syscall(
+            format!("drop capability {cap} from the bounding set"),
+            libc::SYS_prctl,
+            [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
+        );
+    }
     // _LINUX_CAPABILITY_VERSION_3 header, then two data structs (low and high 32 bits).
     let header = plan.words(&[0x2008_0522]);
     let lo = |v: u64| v & 0xffff_ffff;

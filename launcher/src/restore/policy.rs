@@ -97,14 +97,16 @@ pub fn decide(
         (extra != 0).then(|| format!("image holds capabilities {extra:#x} that you do not have"))
     };
     match mismatch {
-        None => Ok(Target {
-            creds: Credentials {
+        None => {
+            let mut creds = Credentials {
                 // Never drop a restriction the caller is under.
                 no_new_privs: image.no_new_privs || caller.no_new_privs,
                 ..image.clone()
-            },
-            note: None,
-        }),
+            };
+            // The bounding set only ever narrows: the image's, within the caller's.
+            creds.caps.bounding &= caller.caps.bounding;
+            Ok(Target { creds, note: None })
+        }
         Some(why) if as_caller => Ok(Target {
             creds: Credentials {
                 no_new_privs: image.no_new_privs || caller.no_new_privs,
@@ -163,6 +165,20 @@ mod tests {
         assert_eq!(t.creds, user(1000));
         assert!(t.note.is_none());
         assert_eq!(decide(&user(0), &user(0), false).unwrap().creds, user(0));
+    }
+
+    #[test]
+    fn the_bounding_set_is_the_images_within_the_callers() {
+        let mut image = user(0);
+        image.caps.bounding &= !(1 << 13); // CAP_NET_RAW dropped in the first life
+        let mut caller = user(0);
+        caller.caps.bounding &= !(1 << 22); // CAP_SYS_BOOT not the caller's
+        caller.caps.permitted = image.caps.permitted;
+        let t = decide(&image, &caller, false).unwrap();
+        assert_eq!(
+            t.creds.caps.bounding,
+            0x1ff_feff_ffff & !(1 << 13) & !(1 << 22)
+        );
     }
 
     #[test]
