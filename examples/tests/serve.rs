@@ -78,6 +78,8 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         ("zdtm-process", &["DIR"], &["one", "two words"]),
         ("zdtm-sockets", &[], &[]),
         ("zdtm-lazy", &[], &[]),
+        ("zdtm-waits", &[], &[]),
+        ("zdtm-controls", &[], &[]),
         ("zdtm-worker-checkpoint", &[], &[]),
         ("zdtm-children", &["leave"], &[]),
     ];

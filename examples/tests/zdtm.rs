@@ -405,6 +405,7 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
         "guard pages fault, their neighbours keep their contents",
         "login uid",
         "glibc's rseq area registered",
+        "core dump filter",
         "locked mapping locked again, with its contents",
         "MADV_SEQUENTIAL and MAP_NORESERVE",
         "parent-death signal and memory-deny-write-execute",

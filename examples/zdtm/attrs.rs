@@ -2,7 +2,7 @@
 //! (MADV_GUARD_INSTALL), the login uid and glibc's rseq registration. After restore each is as
 //! it was: the process is registered for private expedited membarriers, the guard pages still
 //! fault while their neighbours hold their contents, /proc/self/loginuid reads the same, and
-//! glibc's rseq area is still the one registered.
+//! glibc's rseq area is still the one registered. So is the core dump filter.
 
 #[path = "common.rs"]
 mod common;
@@ -135,6 +135,8 @@ fn main() {
     let loginuid_set = !common::argv().2.iter().any(|a| a == "no-loginuid")
         && std::fs::write("/proc/self/loginuid", LOGINUID).is_ok();
     let loginuid = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    // Core dumps with every kind of mapping (0x7f; the default is 0x33).
+    std::fs::write("/proc/self/coredump_filter", "0x7f").unwrap();
     let args = common::checkpoint();
     let mut c = common::Checks::default();
     let regs = membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS);
@@ -217,5 +219,11 @@ fn main() {
         None => true,
     };
     c.check("glibc's rseq area registered", rseq_ok, "");
+    let filter = std::fs::read_to_string("/proc/self/coredump_filter").unwrap_or_default();
+    c.check(
+        "core dump filter",
+        filter.trim() == "0000007f",
+        filter.trim(),
+    );
     c.finish();
 }

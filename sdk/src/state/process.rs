@@ -37,6 +37,8 @@ pub struct Process {
     pub pdeathsig: i32,
     /// PR_GET_MDWE: memory-deny-write-execute (systemd's MemoryDenyWriteExecute=), set last.
     pub mdwe: u32,
+    /// /proc/self/coredump_filter (which mappings a core dump holds; `u32::MAX`: unknown).
+    pub coredump_filter: u32,
 }
 
 use crate::procfs;
@@ -102,6 +104,7 @@ impl Process {
                 sig
             },
             mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
+            coredump_filter: coredump_filter().unwrap_or(u32::MAX),
         })
     }
 
@@ -135,6 +138,14 @@ impl Process {
                     [u64::from(cmd), 0, 0, 0, 0, 0],
                 );
             }
+        }
+        // The address space is new: it has the launcher's filter unless told otherwise.
+        if self.coredump_filter != u32::MAX && coredump_filter() != Some(self.coredump_filter) {
+            plan.write_file(
+                format!("core dump filter {:#x}", self.coredump_filter),
+                "/proc/self/coredump_filter",
+                format!("{:#x}", self.coredump_filter).as_bytes(),
+            );
         }
         plan.syscall(
             format!("umask {:03o}", self.umask),
@@ -235,6 +246,12 @@ pub fn plan_loginuid(plan: &mut Plan, image: u32, inherited: u32) {
             image.to_string().as_bytes(),
         );
     }
+}
+
+/// This process's core dump filter (/proc/self/coredump_filter, hexadecimal).
+pub fn coredump_filter() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/self/coredump_filter").ok()?;
+    u32::from_str_radix(text.trim(), 16).ok()
 }
 
 /// This process's login uid (`u32::MAX` when unset or unknown).
