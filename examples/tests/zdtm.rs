@@ -757,6 +757,7 @@ fn sleeps_waits_and_directory_listings_go_on_across_a_checkpoint() {
             &[
                 "sleep(1) slept its whole second",
                 "absolute clock_nanosleep returns 0",
+                "sem_timedwait times out, not EINTR",
                 "poll without a timeout returns with the byte",
                 "pause() returns only for the program's own signal",
                 "a directory listing goes on where it was",

@@ -1,6 +1,7 @@
 //! Threads asleep or waiting in system calls at the checkpoint, and a directory half listed.
 //! A checkpoint must look like a stop and a continue: after restore `sleep(1)` still returns 0
 //! (it slept its whole second, across the checkpoint), an absolute `clock_nanosleep` returns 0,
+//! `sem_timedwait` (a futex wait with a deadline) ends with ETIMEDOUT,
 //! `pause()` returns only for the program's own signal, and `poll` without a timeout returns
 //! with the byte written after restore, not with EINTR. A directory read partly with `getdents64`
 //! goes on where it was: every entry is seen exactly once across both lives.
@@ -105,6 +106,24 @@ fn main() {
             ))
         }
     });
+    // A semaphore nobody posts: its timed wait must end with ETIMEDOUT, never EINTR.
+    static mut SEM: std::mem::MaybeUninit<libc::sem_t> = std::mem::MaybeUninit::uninit();
+    // SAFETY: initialises the static semaphore once, before any thread uses it.
+    unsafe { libc::sem_init(std::ptr::addr_of_mut!(SEM).cast(), 0, 0) };
+    let (sem_tid, sem) = spawn(|| {
+        // SAFETY: a timespec of our own; the semaphore lives as long as the process.
+        unsafe {
+            let mut ts: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+            ts.tv_sec += 1;
+            let r = libc::sem_timedwait(std::ptr::addr_of_mut!(SEM).cast(), &ts);
+            if r == 0 {
+                0
+            } else {
+                i64::from(*libc::__errno_location())
+            }
+        }
+    });
     let (pauser_tid, pauser) = spawn(|| {
         // SAFETY: pause has no arguments.
         unsafe { libc::pause() };
@@ -125,6 +144,7 @@ fn main() {
     until_blocked_in(tid(&sleeper_tid), libc::SYS_clock_nanosleep);
     until_blocked_in(tid(&abs_tid), libc::SYS_clock_nanosleep);
     until_blocked_in(tid(&pauser_tid), libc::SYS_pause);
+    until_blocked_in(tid(&sem_tid), libc::SYS_futex);
     until_blocked_in(tid(&poller_tid), libc::SYS_poll);
 
     let _args = common::checkpoint();
@@ -134,6 +154,12 @@ fn main() {
         "sleep(1) slept its whole second",
         slept == 0,
         format!("returned {slept}"),
+    );
+    let e = sem.join().unwrap();
+    c.check(
+        "sem_timedwait times out, not EINTR",
+        e == i64::from(libc::ETIMEDOUT),
+        format!("errno {e}"),
     );
     let a = abs.join().unwrap();
     c.check(

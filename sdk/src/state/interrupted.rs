@@ -11,9 +11,13 @@
 //!   left back into their timeout); `pause`, `rt_sigsuspend`; `poll`, `epoll_wait`,
 //!   `epoll_pwait[2]` and `rt_sigtimedwait` without a timeout: again, as they were.
 //!
-//! Waits with a relative timeout that is not written back (`poll`, `epoll_wait`, futexes) still
-//! return EINTR: issued again they would wait their whole timeout once more, and their callers
-//! (event loops, condition variables) already treat EINTR as an early wake-up.
+//! - futex waits with an absolute deadline (`FUTEX_WAIT_BITSET`: `sem_timedwait`,
+//!   `pthread_cond_timedwait`; `futex_waitv`): again, as they were (the futex word is checked
+//!   again, so a wake-up meanwhile is not lost).
+//!
+//! Waits with a relative timeout that is not written back (`poll`, `epoll_wait`, `FUTEX_WAIT`)
+//! still return EINTR: issued again they would wait their whole timeout once more, and their
+//! callers (event loops, condition variables) already treat EINTR as an early wake-up.
 //!
 //! Which call a thread is in comes from /proc/self/task/TID/syscall, read just before the signal
 //! is sent, and is trusted only if the frame the handler gets matches it exactly (instruction
@@ -46,7 +50,12 @@ const PSELECT6: u64 = 270;
 const EPOLL_WAIT: u64 = 232;
 const EPOLL_PWAIT: u64 = 281;
 const EPOLL_PWAIT2: u64 = 441;
+const FUTEX: u64 = 202;
+const FUTEX_WAITV: u64 = 449;
 const TIMER_ABSTIME: u64 = 1;
+/// The futex operation without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME.
+const FUTEX_CMD_MASK: u64 = !(128 | 256);
+const FUTEX_WAIT_BITSET: u64 = 9;
 
 /// Whether (and how) an interrupted call `b` is issued again.
 pub fn again(b: &Blocked) -> Option<Again> {
@@ -62,6 +71,8 @@ pub fn again(b: &Blocked) -> Option<Again> {
         NANOSLEEP | CLOCK_NANOSLEEP | PAUSE | RT_SIGSUSPEND | PPOLL | SELECT | PSELECT6 => as_is,
         POLL if (a[2] as i32) < 0 => as_is,
         EPOLL_WAIT | EPOLL_PWAIT if (a[3] as i32) < 0 => as_is,
+        FUTEX if (a[1] & FUTEX_CMD_MASK) & 0xffff_ffff == FUTEX_WAIT_BITSET => as_is,
+        FUTEX_WAITV => as_is,
         RT_SIGTIMEDWAIT if a[2] == 0 => as_is,
         EPOLL_PWAIT2 if a[3] == 0 => as_is,
         _ => None,
@@ -161,6 +172,8 @@ mod tests {
         assert!(again(&blocked(RT_SIGTIMEDWAIT, [1, 2, 0, 8, 0, 0])).is_some());
         assert!(again(&blocked(RT_SIGTIMEDWAIT, [1, 2, 0x10, 8, 0, 0])).is_none());
         assert!(again(&blocked(PPOLL, [1, 1, 0x10, 0, 8, 0])).is_some());
-        assert!(again(&blocked(202, [1, 0, 0, 0x10, 0, 0])).is_none());
+        // FUTEX_WAIT (relative) keeps EINTR; FUTEX_WAIT_BITSET (absolute), private or not, goes on.
+        assert!(again(&blocked(FUTEX, [1, 128, 0, 0x10, 0, 0])).is_none());
+        assert!(again(&blocked(FUTEX, [1, 9 | 128 | 256, 0, 0x10, 0, !0])).is_some());
     }
 }

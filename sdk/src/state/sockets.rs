@@ -532,16 +532,7 @@ pub fn recreate(
                 } else {
                     describe(&b.addr)
                 };
-                let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
-                    .map_err(|e| format!("socket {what}: cannot create it: {e}"))?;
-                set_options(
-                    sock.as_raw_fd(),
-                    u.ino,
-                    u.sndbuf,
-                    u.rcvbuf,
-                    u.passcred,
-                    &u.opts,
-                )?;
+                let sock = u.make(&format!("socket {what}"))?;
                 if !b.addr.is_empty() {
                     bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
@@ -556,17 +547,7 @@ pub fn recreate(
         }
         if let Socket::Unconnected(u) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
-                let sock = crate::sys::socket(libc::AF_UNIX, u.ty, 0)
-                    .map_err(|e| format!("socket:[{}]: cannot create it: {e}", u.ino))?;
-                set_options(
-                    sock.as_raw_fd(),
-                    u.ino,
-                    u.sndbuf,
-                    u.rcvbuf,
-                    u.passcred,
-                    &u.opts,
-                )?;
-                v.insert(sock);
+                v.insert(u.make(&format!("socket:[{}]", u.ino))?);
             }
         }
     }
@@ -618,6 +599,23 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
             }
         }
         r => r,
+    }
+}
+
+impl Unconnected {
+    /// A new AF_UNIX socket of its type with its options (`what` begins an error).
+    fn make(&self, what: &str) -> Result<OwnedFd, String> {
+        let sock = crate::sys::socket(libc::AF_UNIX, self.ty, 0)
+            .map_err(|e| format!("{what}: cannot create it: {e}"))?;
+        set_options(
+            sock.as_raw_fd(),
+            self.ino,
+            self.sndbuf,
+            self.rcvbuf,
+            self.passcred,
+            &self.opts,
+        )?;
+        Ok(sock)
     }
 }
 
