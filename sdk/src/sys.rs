@@ -768,6 +768,24 @@ pub fn getsockopt_bytes(fd: i32, level: i32, opt: i32) -> io::Result<Vec<u8>> {
     Ok(v[..(len as usize).min(v.len())].to_vec())
 }
 
+/// The length getsockopt answers for an option when given no room (SO_GET_FILTER: the number
+/// of filter instructions).
+pub fn getsockopt_len(fd: i32, level: i32, opt: i32) -> io::Result<u32> {
+    let mut len = 0u32;
+    check(syscall6(
+        libc::SYS_getsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            0,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    ))?;
+    Ok(len)
+}
+
 pub fn setsockopt_bytes(fd: i32, level: i32, opt: i32, v: &[u8]) -> io::Result<()> {
     check(syscall6(
         libc::SYS_setsockopt,

@@ -299,7 +299,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             .unwrap_or(0)
                                 != 0,
                         path_ino,
-                        opts: super::sockopts::dump(fd, family, ty, protocol),
+                        opts: super::sockopts::dump(fd, family, ty, protocol)
+                        .map_err(|w| (FdClass::Socket, w))?,
                     }));
                 }
                 if family != libc::AF_UNIX {
@@ -373,7 +374,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             sndbuf: opt(libc::SO_SNDBUF),
                             rcvbuf: opt(libc::SO_RCVBUF),
                             passcred: opt(libc::SO_PASSCRED) != 0,
-                            opts: super::sockopts::dump(fd, family, ty, protocol),
+                            opts: super::sockopts::dump(fd, family, ty, protocol)
+                        .map_err(|w| (FdClass::Socket, w))?,
                         },
                         addr,
                         path_ino,
@@ -387,7 +389,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         sndbuf: opt(libc::SO_SNDBUF),
                         rcvbuf: opt(libc::SO_RCVBUF),
                         passcred: opt(libc::SO_PASSCRED) != 0,
-                        opts: super::sockopts::dump(fd, family, ty, protocol),
+                        opts: super::sockopts::dump(fd, family, ty, protocol)
+                        .map_err(|w| (FdClass::Socket, w))?,
                     }));
                 }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
@@ -410,7 +413,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
                     passcred: opt(libc::SO_PASSCRED) != 0,
-                    opts: super::sockopts::dump(fd, family, ty, protocol),
+                    opts: super::sockopts::dump(fd, family, ty, protocol)
+                        .map_err(|w| (FdClass::Socket, w))?,
                 }))
             })();
             (fd, r)

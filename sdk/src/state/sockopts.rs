@@ -81,20 +81,30 @@ const OPTIONS: &[(i32, i32, &str)] = &[
 ];
 
 /// The options of socket `fd` that differ from those of a fresh socket of its family, type and
-/// protocol.
-pub(crate) fn dump(fd: i32, family: i32, ty: i32, protocol: i32) -> Vec<SockOpt> {
+/// protocol; `Err` says why the socket is refused (a packet filter is attached to it).
+pub(crate) fn dump(fd: i32, family: i32, ty: i32, protocol: i32) -> Result<Vec<SockOpt>, String> {
+    // SO_GET_FILTER with no room answers the length of a classic filter (0: none); an eBPF
+    // program attached with SO_ATTACH_BPF cannot be read back (EACCES).
+    match crate::sys::getsockopt_len(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER) {
+        Ok(0) => {}
+        Ok(_) | Err(_) => {
+            return Err(
+                "a packet filter is attached to it (SO_ATTACH_FILTER or SO_ATTACH_BPF), which thaw does not restore: attach it again after restore".into(),
+            )
+        }
+    }
     let Ok(fresh) = crate::sys::socket(family, ty, protocol) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     use std::os::fd::AsRawFd;
-    OPTIONS
+    Ok(OPTIONS
         .iter()
         .filter_map(|&(level, name, _)| {
             let value = crate::sys::getsockopt_bytes(fd, level, name).ok()?;
             let default = crate::sys::getsockopt_bytes(fresh.as_raw_fd(), level, name).ok();
             (default.as_ref() != Some(&value)).then_some(SockOpt { level, name, value })
         })
-        .collect()
+        .collect())
 }
 
 /// The option's name, for messages.
@@ -134,15 +144,30 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
+    fn a_socket_with_a_packet_filter_is_refused() {
+        let (a, _b) = crate::sys::socketpair(libc::SOCK_DGRAM).unwrap();
+        // One classic BPF instruction: accept everything (ret #-1).
+        let insn: [u64; 1] = [(0xffff_ffff_u64 << 32) | 0x06];
+        let prog: [u64; 2] = [1, insn.as_ptr() as u64];
+        let bytes: Vec<u8> = prog.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        crate::sys::setsockopt_bytes(a.as_raw_fd(), SOL_SOCKET, libc::SO_ATTACH_FILTER, &bytes)
+            .unwrap();
+        let err = dump(a.as_raw_fd(), libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap_err();
+        assert!(err.contains("packet filter"), "{err}");
+    }
+
+    #[test]
     fn only_options_that_differ_are_kept_and_they_come_back() {
         let s = crate::sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
         let fd = s.as_raw_fd();
-        assert!(dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0).is_empty());
+        assert!(dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0)
+            .unwrap()
+            .is_empty());
         crate::sys::setsockopt_int(fd, SOL_SOCKET, libc::SO_KEEPALIVE, 1).unwrap();
         crate::sys::setsockopt_int(fd, TCP, libc::TCP_NODELAY, 1).unwrap();
         crate::sys::setsockopt_int(fd, TCP, libc::TCP_KEEPIDLE, 77).unwrap();
         crate::sys::setsockopt_bytes(fd, TCP, libc::TCP_CONGESTION, b"reno").unwrap();
-        let opts = dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0);
+        let opts = dump(fd, libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
         let names: Vec<String> = opts.iter().map(name).collect();
         assert_eq!(
             names,
@@ -156,7 +181,7 @@ mod tests {
         let t = crate::sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
         apply(t.as_raw_fd(), &opts, "test").unwrap();
         assert_eq!(
-            dump(t.as_raw_fd(), libc::AF_INET, libc::SOCK_STREAM, 0),
+            dump(t.as_raw_fd(), libc::AF_INET, libc::SOCK_STREAM, 0).unwrap(),
             opts
         );
     }
