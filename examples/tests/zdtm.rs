@@ -406,6 +406,7 @@ fn process_attributes_membarrier_guards_loginuid_rseq() {
         "login uid",
         "glibc's rseq area registered",
         "core dump filter",
+        "sealed mapping sealed again, with its contents",
         "locked mapping locked again, with its contents",
         "MADV_SEQUENTIAL and MAP_NORESERVE",
         "parent-death signal and memory-deny-write-execute",

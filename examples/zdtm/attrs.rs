@@ -2,7 +2,8 @@
 //! (MADV_GUARD_INSTALL), the login uid and glibc's rseq registration. After restore each is as
 //! it was: the process is registered for private expedited membarriers, the guard pages still
 //! fault while their neighbours hold their contents, /proc/self/loginuid reads the same, and
-//! glibc's rseq area is still the one registered. So is the core dump filter.
+//! glibc's rseq area is still the one registered. So are the core dump filter and a sealed
+//! mapping (mseal: its contents, and mprotect still refused).
 
 #[path = "common.rs"]
 mod common;
@@ -135,6 +136,22 @@ fn main() {
     let loginuid_set = !common::argv().2.iter().any(|a| a == "no-loginuid")
         && std::fs::write("/proc/self/loginuid", LOGINUID).is_ok();
     let loginuid = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    // A sealed mapping (mseal, Linux 6.10+) holding a pattern, read-only.
+    // SAFETY: a fresh private anonymous mapping, written, then made read-only and sealed.
+    let (sealed, seal_supported) = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            2 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        ) as *mut u8;
+        assert!(p.cast() != libc::MAP_FAILED);
+        std::ptr::write_bytes(p, 0x5e, 2 * PAGE);
+        libc::mprotect(p.cast(), 2 * PAGE, libc::PROT_READ);
+        (p, libc::syscall(462, p, 2 * PAGE, 0) == 0)
+    };
     // Core dumps with every kind of mapping (0x7f; the default is 0x33).
     std::fs::write("/proc/self/coredump_filter", "0x7f").unwrap();
     let args = common::checkpoint();
@@ -219,6 +236,20 @@ fn main() {
         None => true,
     };
     c.check("glibc's rseq area registered", rseq_ok, "");
+    if seal_supported {
+        // SAFETY: reads of our own read-only mapping; mprotect only asks.
+        let (kept, changed) = unsafe {
+            (
+                *sealed == 0x5e && *sealed.add(2 * PAGE - 1) == 0x5e,
+                libc::mprotect(sealed.cast(), 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE) == 0,
+            )
+        };
+        c.check(
+            "sealed mapping sealed again, with its contents",
+            kept && !changed,
+            format!("contents kept {kept}, mprotect allowed {changed}"),
+        );
+    }
     let filter = std::fs::read_to_string("/proc/self/coredump_filter").unwrap_or_default();
     c.check(
         "core dump filter",

@@ -659,6 +659,9 @@ fn build_plan(
     // Timers may signal a thread: they exist now.
     thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan);
     m.process.plan_final(&mut plan, fds.transport.is_some());
+    for vma in &m.memory {
+        vma.plan_seal(&mut plan);
+    }
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);

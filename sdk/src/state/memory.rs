@@ -54,6 +54,8 @@ impl VmaAdvice {
     /// mlock / MAP_LOCKED (VM_LOCKED), and its on-fault variant (mlock2 MLOCK_ONFAULT).
     pub const LOCKED: u32 = 512;
     pub const LOCKONFAULT: u32 = 1024;
+    /// mseal (VM_SEALED): sealed again last, and filled before the process runs.
+    pub const SEALED: u32 = 2048;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,7 @@ impl Vma {
             ("mg", VmaAdvice::MERGEABLE),
             ("lo", VmaAdvice::LOCKED),
             ("lf", VmaAdvice::LOCKONFAULT),
+            ("sl", VmaAdvice::SEALED),
         ] {
             if m.has_flag(flag) {
                 advice |= bit;
@@ -301,7 +304,11 @@ impl Vma {
     /// process runs: private anonymous memory only, and not wiped on fork (a forked child must see
     /// zeros there, not the image's pages).
     pub fn can_fill_lazily(&self) -> bool {
-        self.private_anonymous_kept_on_fork() && !self.pages.is_empty()
+        // A sealed mapping is filled before it is sealed: registering it with a userfaultfd,
+        // and letting go of it, would change a sealed VMA.
+        self.private_anonymous_kept_on_fork()
+            && !self.pages.is_empty()
+            && self.advice & VmaAdvice::SEALED == 0
     }
 
     fn private_anonymous_kept_on_fork(&self) -> bool {
@@ -430,6 +437,19 @@ impl Vma {
 }
 
 impl Vma {
+    /// Seals the VMA again (mseal), once nothing else will change it: its protection, mapping
+    /// and size stay as they are for the life of the process, as in its first life.
+    pub fn plan_seal(&self, plan: &mut Plan) {
+        const SYS_MSEAL: i64 = 462;
+        if self.advice & VmaAdvice::SEALED != 0 {
+            plan.syscall(
+                format!("mseal {:x}-{:x}", self.start, self.end),
+                SYS_MSEAL,
+                [self.start, self.len(), 0, 0, 0, 0],
+            );
+        }
+    }
+
     /// Locks the VMA in memory again (mlock, or mlock2 with MLOCK_ONFAULT) once its pages can be
     /// filled: planned after the lazy-memory handover, since locking faults every page in. Fails
     /// the restore, naming the mapping, where RLIMIT_MEMLOCK does not allow it.
