@@ -178,6 +178,9 @@ fn files_directories_and_pipes() {
             "O_PATH descriptor",
             "pipe: end of file once the writer closes",
             "socket pair: end of file once the other end closes",
+            "dup of a file: one offset",
+            "dup of an eventfd: one counter",
+            "dup of an epoll instance: one interest list",
         ],
     );
 }

@@ -54,9 +54,58 @@ fn main() {
         // SAFETY: F_GETFL has no memory effects.
         unsafe { libc::fcntl(fd, libc::F_GETFL) }
     };
+    // Duplicates: a file (one offset), an eventfd and an epoll instance (one object each).
+    // SAFETY: dup, eventfd and epoll_create1 on descriptors we own; fresh descriptors kept open.
+    let (file_dup, ev, ev_dup, ep, ep_dup) = unsafe {
+        let ev = libc::eventfd(0, libc::EFD_NONBLOCK);
+        let ep = libc::epoll_create1(0);
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 7,
+        };
+        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ev, &mut event);
+        (
+            libc::dup(reader.as_raw_fd()),
+            ev,
+            libc::dup(ev),
+            ep,
+            libc::dup(ep),
+        )
+    };
 
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
+    // SAFETY: reads, writes and waits on our own descriptors into locals.
+    let (file_shared, ev_shared, ep_shared) = unsafe {
+        let mut b = [0u8; 2];
+        libc::read(file_dup, b.as_mut_ptr().cast(), 2);
+        let file_shared = b == *b"56";
+        // The dup read 2 bytes: the reader goes on from 7 (checked below).
+        let one = 1u64;
+        libc::write(ev, (&one as *const u64).cast(), 8);
+        let mut got = 0u64;
+        let n = libc::read(ev_dup, (&mut got as *mut u64).cast(), 8);
+        let ev_shared = n == 8 && got == 1;
+        libc::write(ev, (&one as *const u64).cast(), 8);
+        let mut out = libc::epoll_event { events: 0, u64: 0 };
+        let ready = libc::epoll_wait(ep_dup, &mut out, 1, 0);
+        let data = out.u64;
+        let ep_shared = ready == 1 && data == 7 && ep != ep_dup;
+        (
+            file_shared && libc::lseek(reader.as_raw_fd(), 0, libc::SEEK_CUR) == 7,
+            ev_shared,
+            ep_shared,
+        )
+    };
+    c.check(
+        "dup of a file: one offset",
+        file_shared,
+        "the duplicate's read did not move the original",
+    );
+    c.check("dup of an eventfd: one counter", ev_shared, "");
+    c.check("dup of an epoll instance: one interest list", ep_shared, "");
+    // Back where the checks below expect the reader.
+    reader.seek(SeekFrom::Start(5)).unwrap();
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
     c.check("file offset", rest == "56789abcdefghij", &rest);

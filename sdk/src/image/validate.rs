@@ -164,6 +164,20 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         return Err("descriptor numbers are not distinct or out of range".into());
     }
     for f in &m.files {
+        if let Some(first) = f.dup_of {
+            let ok = first < f.fd
+                && m.files.iter().any(|g| {
+                    g.fd == first
+                        && g.dup_of.is_none()
+                        && std::mem::discriminant(&g.kind) == std::mem::discriminant(&f.kind)
+                });
+            if !ok {
+                return Err(format!(
+                    "fd {}: a duplicate of fd {first}, which is no such descriptor",
+                    f.fd
+                ));
+            }
+        }
         match &f.kind {
             FdKind::Memfd { object, .. } if !ids.contains(object) => {
                 return Err(format!("fd {}: unknown shared object {object}", f.fd));

@@ -15,6 +15,10 @@ pub struct FdEntry {
     pub locks: Vec<super::locks::Lock>,
     /// Signal-driven I/O (O_ASYNC, its owner and signal).
     pub signal_io: Option<super::sigio::SignalIo>,
+    /// A `dup` of this earlier descriptor: one open file description (offset, status flags,
+    /// the object itself for an eventfd, epoll or timerfd), made once and shared again. Pipes,
+    /// memfds and sockets say this in their own way.
+    pub dup_of: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +190,40 @@ fn object_description(earlier: &[FdEntry], fd: i32, object: u64) -> u32 {
     next
 }
 
+/// Marks each descriptor that shares its open file description with an earlier one (`dup`,
+/// `F_DUPFD`, inherited that way): compared (kcmp) only within descriptors of one file.
+fn mark_dups(entries: &mut [FdEntry]) {
+    use std::os::unix::fs::MetadataExt;
+    let own = |k: &FdKind| {
+        !matches!(
+            k,
+            FdKind::Stdio
+                | FdKind::Pipe { .. }
+                | FdKind::Memfd { .. }
+                | FdKind::Socket(_)
+                | FdKind::Pidfd(_)
+                | FdKind::DevNull
+        )
+    };
+    let file = |fd: i32| {
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let mut firsts: Vec<(i32, Option<(u64, u64)>)> = Vec::new();
+    for e in entries.iter_mut().filter(|e| own(&e.kind)) {
+        let id = file(e.fd);
+        e.dup_of = firsts
+            .iter()
+            .filter(|(_, f)| id.is_some() && *f == id)
+            .find(|(first, _)| crate::sys::same_description(e.fd, *first) == Some(true))
+            .map(|(first, _)| *first);
+        if e.dup_of.is_none() {
+            firsts.push((e.fd, id));
+        }
+    }
+}
+
 /// The descriptors of the calling process, classified before the snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct FdScan {
@@ -259,6 +297,7 @@ impl FdScan {
                 kind: FdKind::Stdio,
                 locks: Vec::new(),
                 signal_io: None,
+                dup_of: None,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -571,6 +610,7 @@ impl FdScan {
         }
         scan.entries = kept;
         scan.entries.sort_by_key(|e| e.fd);
+        mark_dups(&mut scan.entries);
         scan.refused.sort_by_key(|r| r.fd);
         Ok(scan)
     }
@@ -599,6 +639,7 @@ impl FdScan {
                         kind: FdKind::DevNull,
                         locks: Vec::new(),
                         signal_io: None,
+                        dup_of: None,
                     });
                 }
             }
@@ -622,6 +663,27 @@ impl FdScan {
         });
         self.entries.extend(placeholders);
         self.entries.sort_by_key(|e| e.fd);
+        // A duplicate whose first descriptor was left out or replaced: the next one of its
+        // description is made instead, and the others share that one.
+        let firsts: BTreeMap<i32, bool> = self
+            .entries
+            .iter()
+            .map(|e| (e.fd, matches!(e.kind, FdKind::DevNull)))
+            .collect();
+        let mut moved: BTreeMap<i32, i32> = BTreeMap::new();
+        for e in &mut self.entries {
+            if matches!(e.kind, FdKind::DevNull) {
+                e.dup_of = None;
+            }
+            let Some(first) = e.dup_of else { continue };
+            if firsts.get(&first) == Some(&false) {
+                continue;
+            }
+            e.dup_of = moved.get(&first).copied();
+            if e.dup_of.is_none() {
+                moved.insert(first, e.fd);
+            }
+        }
         // An epoll registration needs the watched descriptor as it was.
         for e in &self.entries {
             if let FdKind::Epoll { watches } = &e.kind {
@@ -765,7 +827,7 @@ pub fn reopen(
         })
         .collect();
     let sockets = super::sockets::recreate(&socks, &mut payload, given)?;
-    let mut out = Vec::new();
+    let mut out: Vec<(i32, OwnedFd)> = Vec::new();
     // Per pipe: its two ends, its open file descriptions, which ends are taken by one.
     type PipeState = (OwnedFd, OwnedFd, BTreeMap<u32, OwnedFd>, [bool; 2]);
     let mut pipes: BTreeMap<u64, PipeState> = BTreeMap::new();
@@ -773,6 +835,20 @@ pub fn reopen(
     let mut objects: BTreeMap<(u64, u32), OwnedFd> = BTreeMap::new();
     for e in entries {
         let fd = e.fd;
+        if let Some(first) = e.dup_of {
+            // The same open file description as an earlier descriptor: shared again.
+            let d = out
+                .iter()
+                .find(|(n, _)| *n == first)
+                .ok_or_else(|| {
+                    format!("fd {fd}: a duplicate of fd {first}, which is not restored")
+                })?
+                .1
+                .try_clone()
+                .map_err(|err| format!("fd {fd}: {err}"))?;
+            out.push((fd, d));
+            continue;
+        }
         let opened = match &e.kind {
             // Opened by the restorer (see FdEntry::plan_restore).
             FdKind::Stdio | FdKind::Pidfd(_) => continue,
@@ -1063,6 +1139,9 @@ impl FdEntry {
 
     /// Steps that run once every descriptor has its number: epoll registrations.
     pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
+        if self.dup_of.is_some() {
+            return; // registered through the first descriptor of its description
+        }
         if let FdKind::Epoll { watches } = &self.kind {
             for w in watches {
                 // struct epoll_event is packed on x86_64: u32 events, u64 data.
