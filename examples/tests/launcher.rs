@@ -297,3 +297,61 @@ fn embedded_lua_interpreter_answers_after_restore_like_a_cold_start() {
         text(&o)
     );
 }
+
+/// A process that ran in a chroot names its files under that root: restored by a launcher with
+/// another root it is refused, naming the roots; restored inside the same chroot it runs.
+#[test]
+fn a_process_from_a_chroot_is_restored_only_under_its_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a chroot (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = env.path("cwd");
+    std::fs::create_dir(&dir).unwrap();
+    // A jail on a tmpfs of its own (another root device), in a mount namespace of the test's:
+    // the system directories, /tmp (the scratch directory) and the repository bound in.
+    let script = r#"
+        set -e
+        repo=$1; thaw=$2; prog=$3; img=$4; key=$5; pub=$6; dir=$7
+        jail=$(dirname "$img")/jail
+        mkdir "$jail"
+        mount -t tmpfs jail "$jail"
+        for d in usr bin sbin lib lib64 lib32 libx32 etc proc dev tmp; do
+            if [ -L "/$d" ]; then cp -P "/$d" "$jail/$d"
+            elif [ -d "/$d" ]; then mkdir -p "$jail/$d"; mount --rbind "/$d" "$jail/$d"; fi
+        done
+        mkdir -p "$jail$repo"; mount --rbind "$repo" "$jail$repo"
+        chroot "$jail" "$prog" "$img" "$key" "$dir" > /dev/null
+        set +e
+        said=$("$thaw" run --trust "$pub" "$img" -- one 'two words' 2>&1 >/dev/null)
+        code=$?
+        set -e
+        echo "outside: $said exit $code"
+        chroot "$jail" "$thaw" run --trust "$pub" "$img" -- one 'two words' | grep -c '^ok' | sed 's/^/inside ok: /'
+    "#;
+    let o = command(Path::new("unshare"))
+        .args(["-m", "sh", "-c", script, "jail"])
+        .arg(repo)
+        .arg(bin("thaw"))
+        .arg(bin("zdtm-process"))
+        .arg(env.path("c.thaw"))
+        .arg(&env.key)
+        .arg(&env.pubkey)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.contains("root directory was device") && out.contains("exit 67"),
+        "outside the chroot: {out}"
+    );
+    let inside: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("inside ok: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(inside >= 10, "inside the chroot: {out}");
+}

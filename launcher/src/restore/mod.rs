@@ -120,6 +120,20 @@ fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy
     Ok(target)
 }
 
+/// The process's paths (its files, cwd, executable) name files under its root directory: a
+/// launcher with another root (the process ran in a chroot, or thaw does) would find other files
+/// or none. Refused by name.
+fn same_root(m: &thaw::Manifest) -> Result<()> {
+    let image = m.process.root;
+    match thaw::state::process::root_id() {
+        Some(here) if image != (0, 0) && here != image => Err(refused(format!(
+            "the process's root directory was device {:#x} inode {}, and yours is device {:#x} inode {}: it ran in a chroot (or you do); run thaw with the process's root",
+            image.0, image.1, here.0, here.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// In ns mode only the caller's own uid and gid are mapped: anything else the process would see
 /// as its own (a deleted file's owner, the login uid) would show as the overflow id 65534.
 /// Refused by name instead of restored subtly wrong.
@@ -884,6 +898,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     if mode == PidMode::Ns {
         ns_identities(m)?;
     }
+    same_root(m)?;
     let fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),

@@ -219,6 +219,7 @@ impl Template {
             ));
         }
         let target = super::check_policy(&image, false, false)?;
+        super::same_root(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;
         let targets: Vec<(RawFd, bool)> = fds
             .placed

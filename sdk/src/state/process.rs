@@ -39,6 +39,9 @@ pub struct Process {
     pub mdwe: u32,
     /// /proc/self/coredump_filter (which mappings a core dump holds; `u32::MAX`: unknown).
     pub coredump_filter: u32,
+    /// The root directory's device and inode: every path in the image is relative to it (a
+    /// process in a chroot has another root than whoever restores it). (0, 0): unknown.
+    pub root: (u64, u64),
 }
 
 use crate::procfs;
@@ -105,6 +108,7 @@ impl Process {
             },
             mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
             coredump_filter: coredump_filter().unwrap_or(u32::MAX),
+            root: root_id().unwrap_or((0, 0)),
         })
     }
 
@@ -246,6 +250,12 @@ pub fn plan_loginuid(plan: &mut Plan, image: u32, inherited: u32) {
             image.to_string().as_bytes(),
         );
     }
+}
+
+/// The device and inode of this process's root directory.
+pub fn root_id() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/").ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// This process's core dump filter (/proc/self/coredump_filter, hexadecimal).
