@@ -730,6 +730,7 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
                 "listener's options",
                 "an accepted connection inherits keep-alive",
                 "socket pair's receive timeout",
+                "mlockall(MCL_FUTURE | MCL_ONFAULT) still in force",
             ],
         );
     }

@@ -4,7 +4,8 @@
 //! options of a TCP listener (keep-alive and its idle time, Nagle, deferred accept; inherited by
 //! the connections it accepts) and of a socket pair (a receive timeout), and session leadership
 //! (the program called setsid), the worker's machine-check kill policy and NUMA policy, and a
-//! mapping's NUMA policy (mbind). After restore each is as it was.
+//! mapping's NUMA policy (mbind), and mlockall(MCL_FUTURE | MCL_ONFAULT). After restore each
+//! is as it was.
 //!
 //! `PROG IMAGE KEY foreign-owner`: a pipe's SIGIO goes to the parent process; `mqueue`: a POSIX
 //! message queue is open; `aio`: an AIO context exists. Each is refused at checkpoint, naming
@@ -258,6 +259,11 @@ fn main() {
     // As the kernel keeps it (in ticks).
     let timeout = a.read_timeout().unwrap();
 
+    // Every mapping made from now on is locked when first touched (MCL_ONFAULT: nothing else).
+    // SAFETY: mlockall with flags only.
+    let locked = unsafe { libc::mlockall(libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    assert_eq!(locked, 0, "mlockall");
+
     let _args = common::checkpoint();
     let mut c = common::Checks::default();
     // SAFETY: getters without pointers.
@@ -337,6 +343,29 @@ fn main() {
         int_opt(cfd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) == 1
             && int_opt(cfd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) == 77,
         "",
+    );
+    // SAFETY: a fresh private anonymous mapping, only looked at.
+    let fresh = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as u64;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let flags = smaps
+        .split('\n')
+        .skip_while(|l| !l.starts_with(&format!("{fresh:x}-")))
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or("")
+        .to_owned();
+    c.check(
+        "mlockall(MCL_FUTURE | MCL_ONFAULT) still in force",
+        flags.split_whitespace().any(|f| f == "lf"),
+        format!("a new mapping's flags: {flags}"),
     );
     c.check(
         "socket pair's receive timeout",

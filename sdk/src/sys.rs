@@ -451,6 +451,35 @@ pub fn prctl_get_int(option: i32) -> io::Result<i32> {
     Ok(v)
 }
 
+/// Maps one private anonymous page (not touched) and says whether it is resident already (as
+/// under mlockall(MCL_FUTURE) without MCL_ONFAULT): (address, resident).
+pub fn probe_page() -> Option<(u64, bool)> {
+    let p = syscall6(
+        libc::SYS_mmap,
+        [
+            0,
+            4096,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    );
+    if p < 0 {
+        return None;
+    }
+    let mut vec = 0u8;
+    let r = syscall6(
+        libc::SYS_mincore,
+        [p as u64, 4096, &mut vec as *mut u8 as u64, 0, 0, 0],
+    );
+    Some((p as u64, r == 0 && vec & 1 != 0))
+}
+
+pub fn unmap_probe_page(addr: u64) {
+    syscall6(libc::SYS_munmap, [addr, 4096, 0, 0, 0, 0]);
+}
+
 /// The filesystem type (`f_type`) of the file open at `fd`.
 pub fn fstatfs_type(fd: i32) -> io::Result<i64> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();

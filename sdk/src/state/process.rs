@@ -39,6 +39,8 @@ pub struct Process {
     pub mdwe: u32,
     /// /proc/self/coredump_filter (which mappings a core dump holds; `u32::MAX`: unknown).
     pub coredump_filter: u32,
+    /// mlockall's MCL_FUTURE (and MCL_ONFAULT) in force: mappings made later are locked.
+    pub mlock_future: u32,
     /// The root directory's device and inode: every path in the image is relative to it (a
     /// process in a chroot has another root than whoever restores it). (0, 0): unknown.
     pub root: (u64, u64),
@@ -109,6 +111,7 @@ impl Process {
             mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
             coredump_filter: coredump_filter().unwrap_or(u32::MAX),
             root: root_id().unwrap_or((0, 0)),
+            mlock_future: mlock_future(),
         })
     }
 
@@ -208,6 +211,16 @@ impl Process {
     /// launcher, so it keeps SIGKILL), and memory-deny-write-execute, which would forbid the
     /// restorer's own writable-then-executable mappings.
     pub fn plan_final(&self, plan: &mut Plan, lazy: bool) {
+        if self.mlock_future != 0 {
+            plan.syscall(
+                format!(
+                    "mlockall {:#x} (mappings made from now on are locked)",
+                    self.mlock_future
+                ),
+                libc::SYS_mlockall,
+                [u64::from(self.mlock_future), 0, 0, 0, 0, 0],
+            );
+        }
         if self.sid == self.pid && self.pid > 0 {
             // A session leader (a daemon that called setsid) leads a new session again, without
             // a controlling terminal, as it had in its first life. A process group alone is the
@@ -249,6 +262,29 @@ pub fn plan_loginuid(plan: &mut Plan, image: u32, inherited: u32) {
             "/proc/self/loginuid",
             image.to_string().as_bytes(),
         );
+    }
+}
+
+/// Whether mlockall(MCL_FUTURE) is in force, which no /proc file says: a one-page mapping made
+/// to find out is locked (VmLck grows by its size) if so, and resident at once unless
+/// MCL_ONFAULT. Returns the MCL_* flags to set again (0: none).
+pub fn mlock_future() -> u32 {
+    let locked_kb = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| crate::procfs::field_nums(&s, "VmLck").first().copied())
+    };
+    let Some(before) = locked_kb() else { return 0 };
+    let Some((page, resident)) = crate::sys::probe_page() else {
+        return 0;
+    };
+    let after = locked_kb();
+    crate::sys::unmap_probe_page(page);
+    match after {
+        Some(a) if a == before + 4 => {
+            (libc::MCL_FUTURE | if resident { 0 } else { libc::MCL_ONFAULT }) as u32
+        }
+        _ => 0,
     }
 }
 
