@@ -723,6 +723,7 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
                 "main thread's I/O priority",
                 "worker bound to its CPU",
                 "worker's I/O priority",
+                "worker's timer slack",
                 "worker's machine-check kill policy",
                 "worker's NUMA policy",
                 "mapping's NUMA policy",
@@ -741,6 +742,10 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
         ),
         ("mqueue", "a POSIX message queue (mq_open): not supported"),
         ("aio", "an AIO context (io_setup) is not supported"),
+        (
+            "unshare-fs",
+            "its own working directory, root and umask (unshare(CLONE_FS))",
+        ),
     ] {
         let o = env.first_life("zdtm-controls", "r.thaw", &[extra]);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));

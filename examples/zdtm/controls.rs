@@ -8,8 +8,8 @@
 //! is as it was.
 //!
 //! `PROG IMAGE KEY foreign-owner`: a pipe's SIGIO goes to the parent process; `mqueue`: a POSIX
-//! message queue is open; `aio`: an AIO context exists. Each is refused at checkpoint, naming
-//! what (exit 3).
+//! message queue is open; `aio`: an AIO context exists; `unshare-fs`: a thread has its own
+//! working directory. Each is refused at checkpoint, naming what (exit 3).
 
 #[path = "common.rs"]
 mod common;
@@ -103,6 +103,7 @@ fn refusal(setup: impl FnOnce()) -> ! {
 
 /// What the second thread reports after restore.
 struct Worker {
+    slack: i32,
     affinity: Vec<usize>,
     ioprio: i64,
     mce: i32,
@@ -118,6 +119,18 @@ fn main() {
         refusal(|| {
             // SAFETY: fcntl on our own pipe.
             unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETOWN, libc::getppid()) };
+        });
+    }
+    if extra.iter().any(|a| a == "unshare-fs") {
+        refusal(|| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                // SAFETY: unshare affects this thread only.
+                let r = unsafe { libc::unshare(libc::CLONE_FS) };
+                tx.send(r).unwrap();
+                std::thread::park();
+            });
+            assert_eq!(rx.recv().unwrap(), 0, "unshare");
         });
     }
     if extra.iter().any(|a| a == "aio") {
@@ -177,6 +190,8 @@ fn main() {
     let worker = std::thread::spawn(move || {
         bind_to(last);
         ioprio_set(BEST_EFFORT_7);
+        // SAFETY: prctl with plain arguments (timer slack is per thread).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 777_777, 0, 0, 0) };
         // SAFETY: prctl and set_mempolicy with plain arguments and a mask of our own.
         unsafe {
             assert_eq!(
@@ -206,6 +221,8 @@ fn main() {
         tid_tx.send(thaw::sys::gettid()).unwrap();
         go_rx.recv().unwrap();
         let report = |signal| Worker {
+            // SAFETY: a getter without pointers.
+            slack: unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) },
             affinity: affinity(),
             ioprio: ioprio_get(),
             // SAFETY: a getter without pointers.
@@ -300,6 +317,7 @@ fn main() {
         rep.ioprio == BEST_EFFORT_7,
         format!("{:#x}", rep.ioprio),
     );
+    c.check("worker's timer slack", rep.slack == 777_777, rep.slack);
     c.check(
         "worker's machine-check kill policy",
         rep.mce == libc::PR_MCE_KILL_EARLY,

@@ -70,6 +70,8 @@ pub struct ThreadCapture {
     pub controls: AtomicU64,
     /// The thread's NUMA policy nodes.
     pub numa_nodes: AtomicU64,
+    /// PR_GET_TIMERSLACK (per thread).
+    pub timer_slack: AtomicU64,
     /// The system call the thread was blocked in just before the signal was sent (number, six
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
@@ -437,6 +439,10 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
         .store(byte(mce) | byte(cpuid) << 8 | mode << 16, Ordering::Relaxed);
     t.numa_nodes
         .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
+    t.timer_slack.store(
+        sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(0),
+        Ordering::Relaxed,
+    );
     t.done.store(1, Ordering::Release);
 }
 

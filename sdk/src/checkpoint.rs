@@ -565,6 +565,7 @@ impl Checkpoint {
             .collect();
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
+        unsupported.extend(state::threads::unshared_refusals(c));
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {

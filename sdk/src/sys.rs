@@ -1347,6 +1347,13 @@ pub fn getitimer(which: i32) -> (u64, u64) {
     (us(v[0], v[1]), us(v[2], v[3]))
 }
 
+/// Whether tasks `a` and `b` of this process share the resource `kind` (kcmp KCMP_*); `None`
+/// where the kernel cannot tell.
+pub fn kcmp(a: i32, b: i32, kind: u64) -> Option<bool> {
+    let r = syscall6(libc::SYS_kcmp, [a as u64, b as u64, kind, 0, 0, 0]);
+    (r >= 0).then_some(r == 0)
+}
+
 /// Whether two descriptors of this process share one open file description (kcmp KCMP_FILE);
 /// `None` where the kernel cannot tell.
 pub fn same_description(a: i32, b: i32) -> Option<bool> {

@@ -35,6 +35,8 @@ pub struct ThreadState {
     pub cpuid_faulting: bool,
     /// Its NUMA policy (set_mempolicy): mode with flags, nodes 0-63; `None`: the default.
     pub numa: Option<(u32, u64)>,
+    /// Its timer slack (PR_SET_TIMERSLACK, per thread), in ns; 0: unknown.
+    pub timer_slack: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +215,7 @@ impl ThreadState {
                 _ => None,
             },
             cpuid_faulting: (c.controls.load(Ordering::Relaxed) >> 8) & 0xff == 1,
+            timer_slack: c.timer_slack.load(Ordering::Relaxed),
             numa: match (c.controls.load(Ordering::Relaxed) >> 16) & 0xffff_ffff {
                 0 | 1 => None,
                 mode => Some((mode as u32 - 1, c.numa_nodes.load(Ordering::Relaxed))),
@@ -271,6 +274,13 @@ impl ThreadState {
                 format!("I/O priority {:#x} of thread {tid}", self.ioprio),
                 libc::SYS_ioprio_set,
                 [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0],
+            );
+        }
+        if self.timer_slack != 0 {
+            plan.syscall(
+                format!("timer slack {} ns of thread {tid}", self.timer_slack),
+                libc::SYS_prctl,
+                [libc::PR_SET_TIMERSLACK as u64, self.timer_slack, 0, 0, 0, 0],
             );
         }
         if let Some(policy) = self.mce_kill {
@@ -372,6 +382,39 @@ impl ThreadState {
             [ARCH_SET_FS, self.fs_base, 0, 0, 0, 0],
         );
     }
+}
+
+/// Threads that unshared what threads share (their own working directory, root and umask with
+/// `unshare(CLONE_FS)`, their own descriptor table with `unshare(CLONE_FILES)`): the restorer
+/// makes every thread share the process's, so they are refused by name.
+pub(crate) fn unshared_refusals(c: &crate::capture::Capture) -> Vec<String> {
+    const KCMP_FILES: u64 = 2;
+    const KCMP_FS: u64 = 3;
+    let pid = crate::sys::getpid();
+    let mut out = Vec::new();
+    for t in &c.threads {
+        let tid = t.tid.load(Ordering::Relaxed);
+        if tid == pid {
+            continue;
+        }
+        for (kind, what) in [
+            (
+                KCMP_FS,
+                "its own working directory, root and umask (unshare(CLONE_FS))",
+            ),
+            (
+                KCMP_FILES,
+                "its own descriptor table (unshare(CLONE_FILES))",
+            ),
+        ] {
+            if crate::sys::kcmp(pid, tid, kind) == Some(false) {
+                out.push(format!(
+                    "thread {tid} has {what}, which thaw does not restore: every restored thread shares the process's"
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Threads whose rseq registration thaw cannot restore: an area the program registered itself
