@@ -315,6 +315,25 @@ fn interval_timers_timerfd_and_signalfd_are_restored() {
     );
 }
 
+/// A timerfd armed for a wall-clock time keeps that deadline: restored after it, it has fired,
+/// however long after the checkpoint (its time left at the checkpoint would have it fire a
+/// second after the restore instead).
+#[test]
+fn a_timerfd_armed_for_a_wall_clock_time_keeps_its_deadline() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-timers", "w.thaw", &["wall-clock"]);
+    // Its deadline is a second after it was armed, before the checkpoint: a second from now
+    // it has passed, and the restores below come after it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &["a timerfd armed for a wall-clock time has fired once that time passed"],
+        );
+    }
+}
+
 #[test]
 fn madv_dontfork_memory_is_captured_and_marked_again() {
     let env = Env::new();

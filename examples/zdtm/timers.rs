@@ -72,6 +72,46 @@ fn expect_refusal(image: &str, key: Option<String>) -> ! {
     std::process::exit(1);
 }
 
+/// With `wall-clock`: a timerfd armed for a wall-clock time one second ahead
+/// (TFD_TIMER_ABSTIME on CLOCK_REALTIME). Restored after that time, it has fired, however long
+/// after the checkpoint the restore came; it prints its deadline in the first life.
+fn wall_clock() -> ! {
+    let mut now: libc::timespec = unsafe_zeroed();
+    // SAFETY: a timespec of our own.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let deadline = libc::timespec {
+        tv_sec: now.tv_sec + 1,
+        tv_nsec: now.tv_nsec,
+    };
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: deadline,
+    };
+    // SAFETY: a new non-blocking timerfd armed with a valid itimerspec.
+    let fd = unsafe {
+        let fd = libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK);
+        libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut());
+        fd
+    };
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    // SAFETY: a timespec of our own.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let passed = (now.tv_sec, now.tv_nsec) >= (deadline.tv_sec, deadline.tv_nsec);
+    let mut ticks = 0u64;
+    // SAFETY: an 8-byte read into our own counter.
+    let n = unsafe { libc::read(fd, (&mut ticks as *mut u64).cast(), 8) };
+    c.check(
+        "a timerfd armed for a wall-clock time has fired once that time passed",
+        passed && n == 8 && ticks == 1,
+        format!("deadline passed {passed}, read {n}, expirations {ticks}"),
+    );
+    c.finish();
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
     if extra.first().is_some_and(|a| a == "pending") {
@@ -79,6 +119,9 @@ fn main() {
         // SAFETY: a blocked signal to ourselves: it stays pending.
         unsafe { libc::raise(libc::SIGUSR2) };
         expect_refusal(&image, key);
+    }
+    if extra.first().is_some_and(|a| a == "wall-clock") {
+        wall_clock();
     }
     // SAFETY: installs a handler that only stores an atomic.
     unsafe { libc::signal(libc::SIGALRM, on_alarm as *const () as usize) };

@@ -1453,6 +1453,7 @@ pub fn timerfd(
     value_ns: u64,
     interval_ns: u64,
     ticks: u64,
+    absolute: bool,
 ) -> io::Result<std::os::fd::OwnedFd> {
     let flags = libc::TFD_CLOEXEC | if nonblock { libc::TFD_NONBLOCK } else { 0 };
     let fd = check(syscall6(
@@ -1467,7 +1468,14 @@ pub fn timerfd(
     let spec = [is, ins, vs, vns];
     check(syscall6(
         libc::SYS_timerfd_settime,
-        [fd.as_raw_fd() as u64, 0, spec.as_ptr() as u64, 0, 0, 0],
+        [
+            fd.as_raw_fd() as u64,
+            u64::from(absolute), // TFD_TIMER_ABSTIME
+            spec.as_ptr() as u64,
+            0,
+            0,
+            0,
+        ],
     ))?;
     if ticks > 0 {
         const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;

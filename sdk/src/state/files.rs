@@ -63,6 +63,10 @@ pub enum FdKind {
         value_ns: u64,
         interval_ns: u64,
         ticks: u64,
+        /// Armed with TFD_TIMER_ABSTIME on a wall clock (REALTIME, REALTIME_ALARM, TAI):
+        /// `value_ns` is then its deadline on that clock, kept as a deadline (a restore an hour
+        /// later fires at the same wall-clock time, or at once if that has passed).
+        absolute: bool,
     },
     /// A signalfd and the signals it reads (they are read from the reading process, so one the
     /// launcher creates serves the restored process).
@@ -157,16 +161,27 @@ fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
     ) else {
         return Err("cannot read the timerfd's state");
     };
+    // An interval timer that fired re-arms when read: next in one interval.
+    let left = if value == 0 && interval > 0 {
+        interval
+    } else {
+        value
+    };
+    let wall = matches!(
+        clockid as i32,
+        libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_ALARM | libc::CLOCK_TAI
+    );
+    let absolute = flags & 1 != 0 && wall && left > 0;
     Ok(FdKind::TimerFd {
         clockid: clockid as i32,
-        // An interval timer that fired re-arms when read: next in one interval.
-        value_ns: if value == 0 && interval > 0 {
-            interval
+        value_ns: if absolute {
+            crate::sys::clock_ns(clockid as i32).saturating_add(left)
         } else {
-            value
+            left
         },
         interval_ns: interval,
         ticks,
+        absolute,
     })
 }
 
@@ -915,12 +930,14 @@ pub fn reopen(
                 value_ns,
                 interval_ns,
                 ticks,
+                absolute,
             } => crate::sys::timerfd(
                 *clockid,
                 e.flags & libc::O_NONBLOCK as u32 != 0,
                 *value_ns,
                 *interval_ns,
                 *ticks,
+                *absolute,
             )
             .map_err(|err| {
                 format!("fd {fd}: cannot create its timerfd (clock {clockid}): {err}")
