@@ -164,6 +164,15 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         return Err("descriptor numbers are not distinct or out of range".into());
     }
     for f in &m.files {
+        if let Some(s) = &f.signal_io {
+            // SIGIO may go to the process or one of its threads, nobody else.
+            if s.owner != 0 && s.owner != m.process.pid && !tids.contains(&s.owner) {
+                return Err(format!(
+                    "fd {}: its SIGIO owner {} is not this process",
+                    f.fd, s.owner
+                ));
+            }
+        }
         if let Some(first) = f.dup_of {
             let ok = first < f.fd
                 && m.files.iter().any(|g| {
@@ -346,5 +355,45 @@ mod tests {
         // Past the last mapping, or misaligned: refused.
         assert!(validate(&manifest(0x10_2ff0), 4096).is_err());
         assert!(validate(&manifest(0x10_0fe4), 4096).is_err());
+    }
+
+    #[test]
+    fn descriptors_name_only_this_process_and_earlier_descriptors() {
+        use crate::state::files::{FdEntry, FdKind};
+        use crate::state::sigio::SignalIo;
+        let with = |files: Vec<FdEntry>| {
+            let mut m = manifest(0x10_0fe0);
+            m.files = files;
+            validate(&m, 4096)
+        };
+        let null = |fd: i32| FdEntry {
+            fd,
+            kind: FdKind::DevNull,
+            ..Default::default()
+        };
+        let owned_by = |owner: i32| FdEntry {
+            signal_io: Some(SignalIo {
+                owner_type: 1,
+                owner,
+                signal: 0,
+                on: true,
+            }),
+            ..null(3)
+        };
+        assert_eq!(with(vec![owned_by(7)]), Ok(()));
+        assert!(with(vec![owned_by(999)]).is_err(), "another process");
+        let dup = |fd: i32, of: i32| FdEntry {
+            dup_of: Some(of),
+            ..null(fd)
+        };
+        assert_eq!(with(vec![null(3), dup(4, 3)]), Ok(()));
+        assert!(
+            with(vec![null(3), dup(4, 5), null(5)]).is_err(),
+            "a later one"
+        );
+        assert!(
+            with(vec![null(3), dup(4, 9)]).is_err(),
+            "no such descriptor"
+        );
     }
 }
