@@ -122,8 +122,19 @@ fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy
 
 /// The process's paths (its files, cwd, executable) name files under its root directory: a
 /// launcher with another root (the process ran in a chroot, or thaw does) would find other files
-/// or none. Refused by name.
+/// or none. Refused by name; so is another security module confinement.
 fn same_root(m: &thaw::Manifest) -> Result<()> {
+    // A process confined by a security module (an AppArmor profile it changed to, an SELinux
+    // domain) would run with the launcher's confinement instead: refused unless the same.
+    if let Some(label) = &m.process.lsm_label {
+        let here = thaw::state::process::lsm_label();
+        if here.as_ref() != Some(label) {
+            return Err(refused(format!(
+                "the process ran confined as {label:?} (its security module label); you run as {}: restore it under the same confinement",
+                here.map_or("nothing".to_owned(), |h| format!("{h:?}"))
+            )));
+        }
+    }
     let image = m.process.root;
     match thaw::state::process::root_id() {
         Some(here) if image != (0, 0) && here != image => Err(refused(format!(

@@ -39,6 +39,9 @@ pub struct Process {
     pub mdwe: u32,
     /// /proc/self/coredump_filter (which mappings a core dump holds; `u32::MAX`: unknown).
     pub coredump_filter: u32,
+    /// The security module's label of the process (/proc/self/attr/current: an AppArmor
+    /// profile, an SELinux context); `None` where no module gives one.
+    pub lsm_label: Option<String>,
     /// mlockall's MCL_FUTURE (and MCL_ONFAULT) in force: mappings made later are locked.
     pub mlock_future: u32,
     /// The root directory's device and inode: every path in the image is relative to it (a
@@ -112,6 +115,7 @@ impl Process {
             coredump_filter: coredump_filter().unwrap_or(u32::MAX),
             root: root_id().unwrap_or((0, 0)),
             mlock_future: mlock_future(),
+            lsm_label: lsm_label(),
         })
     }
 
@@ -286,6 +290,14 @@ pub fn mlock_future() -> u32 {
         }
         _ => 0,
     }
+}
+
+/// This process's security module label (AppArmor profile, SELinux context), if any.
+pub fn lsm_label() -> Option<String> {
+    let raw = std::fs::read("/proc/self/attr/current").ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let label = text.trim_end_matches(['\0', '\n']).to_owned();
+    (!label.is_empty()).then_some(label)
 }
 
 /// The device and inode of this process's root directory.
