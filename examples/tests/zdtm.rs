@@ -742,6 +742,7 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
                 "main thread's I/O priority",
                 "worker bound to its CPU",
                 "worker's I/O priority",
+                "worker's no_new_privs, and only the worker's",
                 "worker's timer slack",
                 "worker's machine-check kill policy",
                 "worker's NUMA policy",

@@ -104,6 +104,7 @@ fn refusal(setup: impl FnOnce()) -> ! {
 /// What the second thread reports after restore.
 struct Worker {
     slack: i32,
+    no_new_privs: i32,
     affinity: Vec<usize>,
     ioprio: i64,
     mce: i32,
@@ -190,8 +191,11 @@ fn main() {
     let worker = std::thread::spawn(move || {
         bind_to(last);
         ioprio_set(BEST_EFFORT_7);
-        // SAFETY: prctl with plain arguments (timer slack is per thread).
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 777_777, 0, 0, 0) };
+        // SAFETY: prctl with plain arguments (timer slack and no_new_privs are per thread).
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 777_777, 0, 0, 0);
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        }
         // SAFETY: prctl and set_mempolicy with plain arguments and a mask of our own.
         unsafe {
             assert_eq!(
@@ -221,8 +225,10 @@ fn main() {
         tid_tx.send(thaw::sys::gettid()).unwrap();
         go_rx.recv().unwrap();
         let report = |signal| Worker {
-            // SAFETY: a getter without pointers.
+            // SAFETY: getters without pointers.
             slack: unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) },
+            // SAFETY: as above.
+            no_new_privs: unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) },
             affinity: affinity(),
             ioprio: ioprio_get(),
             // SAFETY: a getter without pointers.
@@ -316,6 +322,13 @@ fn main() {
         "worker's I/O priority",
         rep.ioprio == BEST_EFFORT_7,
         format!("{:#x}", rep.ioprio),
+    );
+    // SAFETY: a getter without pointers.
+    let main_nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    c.check(
+        "worker's no_new_privs, and only the worker's",
+        rep.no_new_privs == 1 && main_nnp == 0,
+        format!("worker {}, main {main_nnp}", rep.no_new_privs),
     );
     c.check("worker's timer slack", rep.slack == 777_777, rep.slack);
     c.check(

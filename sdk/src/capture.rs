@@ -66,7 +66,7 @@ pub struct ThreadCapture {
     /// PR_GET_SPECULATION_CTRL of each control, a byte each (see `state::threads`).
     pub speculation: AtomicU64,
     /// Machine-check policy + 1 (byte 0), `cpuid` enabled + 1 (byte 1), NUMA policy mode + 1
-    /// (bits 16-47; 0: unreadable); see `state::threads`.
+    /// (bits 16-47; 0: unreadable), no_new_privs (bit 48); see `state::threads`.
     pub controls: AtomicU64,
     /// The thread's NUMA policy nodes.
     pub numa_nodes: AtomicU64,
@@ -435,8 +435,11 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
         }
     };
     let mode = numa.map_or(0, |(m, _)| u64::from(m) + 1);
-    t.controls
-        .store(byte(mce) | byte(cpuid) << 8 | mode << 16, Ordering::Relaxed);
+    let nnp = u64::from(sys::prctl_get(libc::PR_GET_NO_NEW_PRIVS).unwrap_or(0) == 1);
+    t.controls.store(
+        byte(mce) | byte(cpuid) << 8 | (mode & 0xffff_ffff) << 16 | nnp << 48,
+        Ordering::Relaxed,
+    );
     t.numa_nodes
         .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
     t.timer_slack.store(

@@ -37,6 +37,8 @@ pub struct ThreadState {
     pub numa: Option<(u32, u64)>,
     /// Its timer slack (PR_SET_TIMERSLACK, per thread), in ns; 0: unknown.
     pub timer_slack: u64,
+    /// It set no_new_privs itself (a flag of each thread; the process's is in `creds`).
+    pub no_new_privs: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +218,7 @@ impl ThreadState {
             },
             cpuid_faulting: (c.controls.load(Ordering::Relaxed) >> 8) & 0xff == 1,
             timer_slack: c.timer_slack.load(Ordering::Relaxed),
+            no_new_privs: (c.controls.load(Ordering::Relaxed) >> 48) & 1 == 1,
             numa: match (c.controls.load(Ordering::Relaxed) >> 16) & 0xffff_ffff {
                 0 | 1 => None,
                 mode => Some((mode as u32 - 1, c.numa_nodes.load(Ordering::Relaxed))),
@@ -274,6 +277,14 @@ impl ThreadState {
                 format!("I/O priority {:#x} of thread {tid}", self.ioprio),
                 libc::SYS_ioprio_set,
                 [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0],
+            );
+        }
+        if self.no_new_privs {
+            // A restriction, never lifted: a thread that set it (a sandboxed worker) has it again.
+            plan.syscall(
+                format!("no_new_privs of thread {tid}"),
+                libc::SYS_prctl,
+                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
             );
         }
         if self.timer_slack != 0 {
