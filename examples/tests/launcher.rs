@@ -355,3 +355,55 @@ fn a_process_from_a_chroot_is_restored_only_under_its_root() {
         .unwrap_or(0);
     assert!(inside >= 10, "inside the chroot: {out}");
 }
+
+/// A process that ran in a network namespace and hostname of its own (a sandbox) is restored
+/// inside them, and refused outside on the same boot: it would reach other networks and see
+/// another hostname. A new namespace with the same contents (only `lo`, as systemd's
+/// PrivateNetwork= makes at each start) is the same environment.
+#[test]
+fn a_process_from_its_own_network_namespace_is_refused_outside_it() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("n.thaw");
+    let script = r#"
+        echo thaw-sandbox > /proc/sys/kernel/hostname
+        "$1" "$2" "$3" >/dev/null || { echo "first life failed"; exit 1; }
+        "$4" run --trust "$5" "$2" | grep -c '^ok' | sed 's/^/inside ok: /'
+        unshare -u sh -c 'echo other > /proc/sys/kernel/hostname; "$0" run --trust "$1" "$2"' "$4" "$5" "$2" >/dev/null 2>&1
+        echo "another hostname: exit $?"
+        unshare -n sh -c 'echo thaw-sandbox > /proc/sys/kernel/hostname; "$0" run --trust "$1" "$2"' "$4" "$5" "$2" | grep -c '^ok' | sed 's/^/same contents ok: /'
+    "#;
+    let o = command(Path::new("unshare"))
+        .args(["-n", "-u", "sh", "-c", script, "sandbox"])
+        .arg(bin("zdtm-signals"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg(bin("thaw"))
+        .arg(&env.pubkey)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    let count = |prefix: &str| -> usize {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("inside ok: ") >= 4, "inside: {out}");
+    assert!(out.contains("another hostname: exit 67"), "{out}");
+    assert!(
+        count("same contents ok: ") >= 4,
+        "a new namespace like it: {out}"
+    );
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the process ran in another network namespace")
+            && err.contains("interfaces \"lo\")"),
+        "{err}"
+    );
+}

@@ -69,6 +69,26 @@ fn memory_contents_brk_and_layout() {
     }));
     assert_eq!(restored, image, "restored maps differ from the image's");
     assert!(image.iter().any(|r| r.3 == "[heap]") && image.iter().any(|r| r.3 == "[stack]"));
+    // The mapped file changed in place (same file, one byte longer): its saved page would sit
+    // beside the file's new contents, so the restore is refused, naming it.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&data)
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "mapped file {} was modified since the checkpoint",
+            data.display()
+        )) && err.contains("saved pages beside the file's new contents"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
 }
 
 /// Adjacent entries with the same protection and name merged (the kernel may merge or split
@@ -86,6 +106,38 @@ fn normalize(
         }
     }
     out
+}
+
+/// An executable changed in place since the checkpoint (same file, other contents) is refused:
+/// the restored process would run other code than it had.
+#[test]
+fn an_executable_changed_in_place_is_refused_by_name() {
+    let env = Env::new();
+    let exe = env.path("signals-copy");
+    std::fs::copy(bin("zdtm-signals"), &exe).unwrap();
+    let img = env.path("x.thaw");
+    // Another test thread's fork may hold the copy's write descriptor for an instant (ETXTBSY).
+    let o = (0..100)
+        .find_map(|_| match command(&exe).arg(&img).arg(&env.key).output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            r => Some(r.unwrap()),
+        })
+        .expect("the copy never stopped being busy");
+    assert!(o.status.success(), "{}", text(&o));
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&exe)
+        .unwrap()
+        .write_all(b"\0")
+        .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("was modified since the checkpoint") && err.contains("run other code"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,7 +233,23 @@ fn files_directories_and_pipes() {
             "dup of a file: one offset",
             "dup of an eventfd: one counter",
             "dup of an epoll instance: one interest list",
+            "edge-triggered epoll: a taken edge stays taken, a pending one pending, a fired one-shot disarmed",
+            "FIFO opened again by its name, the same FIFO, with its flags",
         ],
+    );
+    // Bytes waiting in a FIFO at the checkpoint would be lost with the first life: refused.
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let o = env.first_life(
+        "zdtm-files",
+        "r.thaw",
+        &[scratch.path().to_str().unwrap(), "fifo-data"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("(FIFO): 5 bytes were waiting in it at the checkpoint"),
+        "{out}"
     );
 }
 
@@ -215,8 +283,7 @@ fn unsupported_state_is_named_and_the_application_continues() {
     assert!(out.contains("a seccomp filter is installed"), "{out}");
     assert!(out.contains("cat exit status: 0"), "{out}");
     assert!(
-        out.contains("socket:[")
-            && out.contains("AF_INET sockets are supported only while listening"),
+        out.contains("socket:[") && out.contains("bytes of datagrams wait to be read"),
         "{out}"
     );
     assert!(
@@ -513,9 +580,16 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
     let d = dir.path().to_str().unwrap();
     let img = env.checkpoint("zdtm-deleted", "d.thaw", &[d]);
     let m = env.manifest(&img);
-    assert_eq!(m.shared.iter().filter(|o| o.file.is_some()).count(), 3);
+    assert_eq!(m.shared.iter().filter(|o| o.file.is_some()).count(), 4);
     for opts in every_mode() {
-        let o = env.restore(&img, opts, &[]);
+        // In ns mode the process's files are on the mounts of the launcher's mount namespace,
+        // not its own copy of them: linkat across them answers EXDEV.
+        let ns = if opts.contains(&"ns") {
+            "ns-mode"
+        } else {
+            "host-mode"
+        };
+        let o = env.restore(&img, opts, &[ns]);
         assert_all_ok(
             &o,
             &[
@@ -528,12 +602,27 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
                 "shared mapping names the deleted file",
                 "private mapping still maps the file",
                 "the deleted working directory, deleted again",
+                "an unnamed (O_TMPFILE) file keeps its contents and can be given a name",
+                "a directory removed while open comes back open, removed, with its mode",
             ],
         );
         // Nothing is left in the directory: every file is unlinked again.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
     // Larger than the limit: refused, naming the file, the limit and how to raise it.
+    // A removed directory open twice would come back as two directories: refused.
+    let twice = tempfile::tempdir().unwrap();
+    let o = env.first_life(
+        "zdtm-deleted",
+        "t2.thaw",
+        &[twice.path().to_str().unwrap(), "dir-twice"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("it would come back as two directories"),
+        "{}",
+        text(&o)
+    );
     let o = command(&bin("zdtm-deleted"))
         .arg(env.path("b.thaw"))
         .arg("-")
@@ -768,6 +857,41 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
         ),
     ] {
         let o = env.first_life("zdtm-controls", "r.thaw", &[extra]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(needle), "{extra}: {out}");
+    }
+}
+
+/// Internet sockets without a connection come back with their addresses, destinations, options,
+/// shutdown and multicast groups, in every mode; queued datagrams and TCP connections are refused
+/// by name.
+#[test]
+fn internet_sockets_without_a_connection_come_back_as_they_were() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-inet", "i.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "a TCP socket never bound keeps its options and send buffer",
+                "a bound TCP socket has its address and can listen and be connected to there",
+                "a connected UDP socket sends to its peer, which gets IP_PKTINFO with it",
+                "a UDP socket shut down for reading stays shut down",
+                "a UDP socket keeps its multicast groups, their source filters, TTL and loop",
+                "an IPv6-only UDP socket keeps its address",
+            ],
+        );
+    }
+    for (extra, needle) in [
+        ("udp-queued", "bytes of datagrams wait to be read"),
+        (
+            "tcp-connected",
+            "a TCP connection (ESTABLISHED) is not restored",
+        ),
+    ] {
+        let o = env.first_life("zdtm-inet", "r.thaw", &[extra]);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains(needle), "{extra}: {out}");

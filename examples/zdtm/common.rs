@@ -42,6 +42,27 @@ pub fn restored() -> thaw::Restored {
     }
 }
 
+/// Sets up state thaw must refuse, checkpoints, and exits 3 printing `refused: ...` (or 1 if the
+/// checkpoint was not refused).
+pub fn refusal(setup: impl FnOnce()) -> ! {
+    setup();
+    let (image, key, _) = argv();
+    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Err(e) => {
+            println!("refused: {e}");
+            std::process::exit(3)
+        }
+        Ok(_) => {
+            println!("FAIL the checkpoint was not refused");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Collects checks and exits 1 if any failed.
 #[derive(Debug, Default)]
 pub struct Checks {

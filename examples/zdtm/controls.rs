@@ -85,22 +85,6 @@ fn int_opt(fd: i32, level: i32, opt: i32) -> i32 {
     thaw::sys::getsockopt_int(fd, level, opt).unwrap_or(-1)
 }
 
-fn refusal(setup: impl FnOnce()) -> ! {
-    setup();
-    let (image, key, _) = common::argv();
-    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
-    if let Some(k) = key {
-        cp = cp.sign_with(k);
-    }
-    match cp.save() {
-        Err(e) => {
-            println!("refused: {e}");
-            std::process::exit(3)
-        }
-        Ok(_) => std::process::exit(1),
-    }
-}
-
 /// What the second thread reports after restore.
 struct Worker {
     slack: i32,
@@ -117,13 +101,13 @@ fn main() {
     let extra = common::argv().2;
     let (r, w) = thaw::sys::pipe_cloexec().unwrap();
     if extra.iter().any(|a| a == "foreign-owner") {
-        refusal(|| {
+        common::refusal(|| {
             // SAFETY: fcntl on our own pipe.
             unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETOWN, libc::getppid()) };
         });
     }
     if extra.iter().any(|a| a == "unshare-fs") {
-        refusal(|| {
+        common::refusal(|| {
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
                 // SAFETY: unshare affects this thread only.
@@ -135,7 +119,7 @@ fn main() {
         });
     }
     if extra.iter().any(|a| a == "aio") {
-        refusal(|| {
+        common::refusal(|| {
             let mut ctx = 0u64;
             // SAFETY: io_setup writes the context id to `ctx`.
             let r = unsafe { libc::syscall(libc::SYS_io_setup, 8, &mut ctx) };
@@ -143,7 +127,7 @@ fn main() {
         });
     }
     if extra.iter().any(|a| a == "mqueue") {
-        refusal(|| {
+        common::refusal(|| {
             let name =
                 std::ffi::CString::new(format!("/thaw-zdtm-{}", std::process::id())).unwrap();
             // SAFETY: a named queue with default attributes, unlinked at once (the descriptor stays).

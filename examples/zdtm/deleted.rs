@@ -13,7 +13,7 @@ mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 
 const LEN: usize = 200 * 1024;
 
@@ -95,8 +95,69 @@ fn main() {
     std::env::set_current_dir(&cwd).unwrap();
     std::fs::remove_dir(&cwd).unwrap();
 
-    common::checkpoint();
+    // A directory removed while open.
+    let gone_dir = dir.join("gone-dir");
+    std::fs::create_dir(&gone_dir).unwrap();
+    std::fs::set_permissions(&gone_dir, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let gone_dir_fd = std::fs::File::open(&gone_dir).unwrap();
+    if extra.iter().any(|a| a == "dir-twice") {
+        // Opened twice: made again once per open, it would come back as two directories.
+        // Held open until the process exits (refusal does not return).
+        let _again = std::fs::File::open(&gone_dir).unwrap();
+        common::refusal(|| std::fs::remove_dir(&gone_dir).unwrap());
+    }
+    std::fs::remove_dir(&gone_dir).unwrap();
+
+    // An unnamed file (O_TMPFILE), written, to be given a name with linkat after restore.
+    let unnamed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir)
+        .unwrap();
+    (&unnamed).write_all(b"published").unwrap();
+    (&unnamed).seek(SeekFrom::Start(0)).unwrap();
+
+    let ns_mode = common::checkpoint().iter().any(|a| a == "ns-mode");
     let mut ck = common::Checks::default();
+    let shown = std::fs::read_link(format!("/proc/self/fd/{}", gone_dir_fd.as_raw_fd())).unwrap();
+    let meta = gone_dir_fd.metadata().unwrap();
+    ck.check(
+        "a directory removed while open comes back open, removed, with its mode",
+        shown.to_string_lossy() == format!("{} (deleted)", gone_dir.display())
+            && meta.is_dir()
+            && meta.permissions().mode() & 0o7777 == 0o751
+            && !gone_dir.exists(),
+        format!("{} {:o}", shown.display(), meta.permissions().mode()),
+    );
+    let published = dir.join("published");
+    let _ = std::fs::remove_file(&published);
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", unnamed.as_raw_fd())).unwrap();
+    let to = std::ffi::CString::new(published.to_str().unwrap()).unwrap();
+    // SAFETY: two NUL-terminated paths.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    } == 0;
+    let err = std::io::Error::last_os_error();
+    let mut contents = Vec::new();
+    (&unnamed).read_to_end(&mut contents).unwrap();
+    ck.check(
+        "an unnamed (O_TMPFILE) file keeps its contents and can be given a name",
+        contents == b"published"
+            && if ns_mode {
+                !linked && err.raw_os_error() == Some(libc::EXDEV)
+            } else {
+                linked && std::fs::read(&published).is_ok_and(|b| b == b"published")
+            },
+        format!("linked {linked}: {err}"),
+    );
+    let _ = std::fs::remove_file(&published);
     let name = std::fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
     ck.check(
         "deleted file shown as deleted, at its path",

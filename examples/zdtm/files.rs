@@ -73,8 +73,96 @@ fn main() {
         )
     };
 
+    // A FIFO (named pipe) open for reading and writing, nothing waiting in it: opened again by
+    // its name as the same FIFO.
+    let fifo_path = dir.join("named.fifo");
+    let fifo_c = std::ffi::CString::new(fifo_path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
+    let fifo = unsafe {
+        libc::mkfifo(fifo_c.as_ptr(), 0o600);
+        libc::open(fifo_c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
+    };
+    assert!(fifo >= 0, "open FIFO: {}", std::io::Error::last_os_error());
+    if extra.get(1).is_some_and(|a| a == "fifo-data") {
+        // Bytes waiting in the FIFO would be lost with the first life: refused.
+        common::refusal(|| {
+            // SAFETY: a write from a literal to our own FIFO.
+            unsafe { libc::write(fifo, b"bytes".as_ptr().cast(), 5) };
+        });
+    }
+
+    // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
+    // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
+    let mut et = [[0i32; 2]; 3];
+    let et_ep = {
+        let wait = |ep: i32| {
+            let mut out = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: one live epoll_event.
+            let n = unsafe { libc::epoll_wait(ep, &mut out, 1, 0) };
+            (n, out.u64)
+        };
+        // SAFETY: pipes and an epoll instance of our own, and writes of one byte from a literal.
+        unsafe {
+            let ep = libc::epoll_create1(0);
+            for (i, p) in et.iter_mut().enumerate() {
+                libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK);
+                let mut event = libc::epoll_event {
+                    events: libc::EPOLLIN as u32
+                        | libc::EPOLLET as u32
+                        | if i == 2 { libc::EPOLLONESHOT as u32 } else { 0 },
+                    u64: i as u64 + 1,
+                };
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, p[0], &mut event);
+            }
+            libc::write(et[0][1], b"a".as_ptr().cast(), 1);
+            assert_eq!(wait(ep), (1, 1));
+            libc::write(et[2][1], b"c".as_ptr().cast(), 1);
+            assert_eq!(wait(ep), (1, 3));
+            libc::write(et[1][1], b"b".as_ptr().cast(), 1);
+            ep
+        }
+    };
+
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
+    {
+        let ready = || {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: four live epoll_events.
+            let n = unsafe { libc::epoll_wait(et_ep, out.as_mut_ptr(), 4, 0) };
+            out[..n.max(0) as usize]
+                .iter()
+                .map(|e| e.u64)
+                .collect::<Vec<_>>()
+        };
+        let mut seen = vec![ready()];
+        // SAFETY: a one-byte write from a literal to our own pipe.
+        unsafe { libc::write(et[0][1], b"a".as_ptr().cast(), 1) };
+        seen.push(ready());
+        // What the FIFO's descriptor writes, a new open of its name reads: one FIFO.
+        let mut got = [0u8; 4];
+        // SAFETY: writes and reads of our own descriptors into and from locals.
+        let (same_fifo, flags) = unsafe {
+            let w = libc::write(fifo, b"fifo".as_ptr().cast(), 4);
+            let r = libc::open(fifo_c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+            let n = libc::read(r, got.as_mut_ptr().cast(), 4);
+            libc::close(r);
+            (
+                w == 4 && n == 4 && &got == b"fifo",
+                libc::fcntl(fifo, libc::F_GETFL),
+            )
+        };
+        c.check(
+            "FIFO opened again by its name, the same FIFO, with its flags",
+            same_fifo && flags & libc::O_ACCMODE == libc::O_RDWR && flags & libc::O_NONBLOCK != 0,
+            format!("flags {flags:#x}, read {got:?}"),
+        );
+        c.check(
+            "edge-triggered epoll: a taken edge stays taken, a pending one pending, a fired one-shot disarmed",
+            seen == [vec![2], vec![1]],
+            format!("{seen:?}"),
+        );
+    }
     // SAFETY: reads, writes and waits on our own descriptors into locals.
     let (file_shared, ev_shared, ep_shared) = unsafe {
         let mut b = [0u8; 2];

@@ -1,4 +1,4 @@
-//! A process holding state thaw cannot restore (a UDP socket, System V shared memory, a pipe to
+//! A process holding state thaw cannot restore (a UDP socket with a datagram waiting, System V shared memory, a pipe to
 //! a child process, the child itself, a seccomp filter, a working directory in /proc, a /proc
 //! file): the
 //! checkpoint fails with an error naming each item, and the application keeps running.
@@ -8,6 +8,8 @@ use std::io::Write;
 fn main() {
     let image = std::env::args().nth(1).expect("IMAGE");
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A datagram to itself, waiting to be read.
+    sock.send_to(b"unread", sock.local_addr().unwrap()).unwrap();
     // SAFETY: a fresh private System V segment, attached where the kernel chooses, marked for
     // removal once detached.
     let shared = unsafe {

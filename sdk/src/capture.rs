@@ -277,6 +277,10 @@ pub struct Capture {
     pub locked: Vec<(u64, u64, bool)>,
     /// Other buffers of the checkpoint's own, never in the snapshot (MADV_DONTFORK).
     pub own_buffers: Vec<(u64, u64)>,
+    /// FIFO descriptors and the bytes waiting in each at the snapshot.
+    pub fifos: Vec<(i32, AtomicI64)>,
+    /// Epoll instances whose edge-triggered registrations' pending events are probed.
+    pub epolls: Vec<crate::state::epoll::Probe>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.
     pub inotify: Vec<(i32, AtomicI64)>,
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
@@ -334,6 +338,8 @@ impl Capture {
             locked: Vec::new(),
             own_buffers: Vec::new(),
             inotify: Vec::new(),
+            epolls: Vec::new(),
+            fifos: Vec::new(),
             shm: Vec::new(),
             mem: None,
             clocks: Default::default(),
@@ -536,6 +542,12 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         c.guard_count.store(count, Ordering::Relaxed);
     }
     for (fd, queued) in &c.inotify {
+        queued.store(sys::inq(*fd), Ordering::Relaxed);
+    }
+    for e in &c.epolls {
+        e.run();
+    }
+    for (fd, queued) in &c.fifos {
         queued.store(sys::inq(*fd), Ordering::Relaxed);
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());

@@ -278,6 +278,12 @@ impl Checkpoint {
             .into_iter()
             .map(|t| (t, Default::default()))
             .collect();
+        capture.epolls = crate::state::epoll::probes(scan.epolls());
+        capture.fifos = scan
+            .fifos
+            .iter()
+            .map(|&fd| (fd, Default::default()))
+            .collect();
         capture.inotify = scan
             .inotify()
             .into_iter()
@@ -443,6 +449,7 @@ impl Checkpoint {
             ..Manifest::default()
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
+        m.namespaces = state::namespaces::Namespaces::current();
         m.process =
             state::process::Process::dump(child, pid, c.caller, &RESTORE_CELL as *const _ as u64)
                 .map_err(io("reading process attributes"))?;
@@ -566,6 +573,12 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
+        unsupported.extend(c.fifos.iter().filter_map(|(fd, queued)| {
+            let n = queued.load(Ordering::Relaxed);
+            (n != 0).then(|| {
+                format!("fd {fd} (FIFO): {n} bytes were waiting in it at the checkpoint, which would be lost with the first life; read them first")
+            })
+        }));
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {
@@ -582,6 +595,15 @@ impl Checkpoint {
             .collect();
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
+        }
+        // Which edge-triggered registrations had an event waiting.
+        for e in &mut scan.entries {
+            if let (FdKind::Epoll { watches }, Some(p)) =
+                (&mut e.kind, c.epolls.iter().find(|p| p.fd == e.fd))
+            {
+                p.apply(watches)
+                    .map_err(|w| CheckpointError::Unsupported(vec![w]))?;
+            }
         }
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {

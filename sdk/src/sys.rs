@@ -782,19 +782,8 @@ pub fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
 /// A socket option as the bytes getsockopt returns (at most 64).
 pub fn getsockopt_bytes(fd: i32, level: i32, opt: i32) -> io::Result<Vec<u8>> {
     let mut v = [0u8; 64];
-    let mut len = v.len() as u32;
-    check(syscall6(
-        libc::SYS_getsockopt,
-        [
-            fd as u64,
-            level as u64,
-            opt as u64,
-            v.as_mut_ptr() as u64,
-            &mut len as *mut u32 as u64,
-            0,
-        ],
-    ))?;
-    Ok(v[..(len as usize).min(v.len())].to_vec())
+    let n = getsockopt_into(fd, level, opt, &mut v)?;
+    Ok(v[..n].to_vec())
 }
 
 /// The length getsockopt answers for an option when given no room (SO_GET_FILTER: the number
@@ -832,10 +821,19 @@ pub fn setsockopt_bytes(fd: i32, level: i32, opt: i32, v: &[u8]) -> io::Result<(
 
 /// The raw `struct sockaddr` a socket is bound to.
 pub fn getsockname(fd: i32) -> io::Result<Vec<u8>> {
+    sockaddr_of(libc::SYS_getsockname, fd)
+}
+
+/// The raw `struct sockaddr` a socket is connected to (ENOTCONN: none).
+pub fn getpeername(fd: i32) -> io::Result<Vec<u8>> {
+    sockaddr_of(libc::SYS_getpeername, fd)
+}
+
+fn sockaddr_of(nr: i64, fd: i32) -> io::Result<Vec<u8>> {
     let mut buf = [0u8; 128];
     let mut len = buf.len() as u32;
     check(syscall6(
-        libc::SYS_getsockname,
+        nr,
         [
             fd as u64,
             buf.as_mut_ptr() as u64,
@@ -846,6 +844,38 @@ pub fn getsockname(fd: i32) -> io::Result<Vec<u8>> {
         ],
     ))?;
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// getsockopt into `buf`, whose contents are also the call's input (`MCAST_MSFILTER` names the
+/// group there); the length the kernel answered.
+pub fn getsockopt_into(fd: i32, level: i32, opt: i32, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as u32;
+    check(syscall6(
+        libc::SYS_getsockopt,
+        [
+            fd as u64,
+            level as u64,
+            opt as u64,
+            buf.as_mut_ptr() as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    ))?;
+    Ok((len as usize).min(buf.len()))
+}
+
+/// The events `fd` reports now (poll with no wait).
+pub fn poll_now(fd: i32, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    check(syscall6(
+        libc::SYS_poll,
+        [&mut p as *mut libc::pollfd as u64, 1, 0, 0, 0, 0],
+    ))?;
+    Ok(p.revents)
 }
 
 pub fn bind(fd: i32, addr: &[u8]) -> io::Result<()> {

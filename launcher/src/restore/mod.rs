@@ -122,7 +122,8 @@ fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy
 
 /// The process's paths (its files, cwd, executable) name files under its root directory: a
 /// launcher with another root (the process ran in a chroot, or thaw does) would find other files
-/// or none. Refused by name; so is another security module confinement.
+/// or none. Refused by name; so is another security module confinement, and on the same boot
+/// another network or UTS namespace with other contents (see `thaw::state::namespaces`).
 fn same_root(m: &thaw::Manifest) -> Result<()> {
     // A process confined by a security module (an AppArmor profile it changed to, an SELinux
     // domain) would run with the launcher's confinement instead: refused unless the same.
@@ -135,6 +136,8 @@ fn same_root(m: &thaw::Manifest) -> Result<()> {
             )));
         }
     }
+    let same_boot = m.clocks.boot_id == thaw::state::clocks::boot_id();
+    m.namespaces.check_here(same_boot).map_err(refused)?;
     let image = m.process.root;
     match thaw::state::process::root_id() {
         Some(here) if image != (0, 0) && here != image => Err(refused(format!(
@@ -308,8 +311,17 @@ fn prepare_fds(
             "the executable {exe_path} was replaced since the checkpoint"
         )));
     }
+    let exe_stamp = thaw::state::FileStamp {
+        size: m.mm.exe.size,
+        mtime_ns: m.mm.exe.mtime_ns,
+    };
+    if thaw::state::FileStamp::of(&meta) != exe_stamp {
+        return Err(refused(format!(
+            "the executable {exe_path} was modified since the checkpoint (its size or modification time differ): the restored process would run other code than it had"
+        )));
+    }
     let exe = sys::dup_above(exe.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
-    let mut files: Vec<(thaw::state::FileId, bool, OwnedFd)> = Vec::new();
+    let mut files: Vec<(thaw::state::FileId, bool, thaw::state::FileStamp, OwnedFd)> = Vec::new();
     let mut mapped = Vec::new();
     let mut shared = Vec::new();
     for (id, fd) in objects {
@@ -331,15 +343,37 @@ fn prepare_fds(
             mapped.push((i, fd));
             continue;
         }
-        let Backing::File { path, id, .. } = &vma.backing else {
+        let Backing::File {
+            path, id, stamp, ..
+        } = &vma.backing
+        else {
             continue;
         };
+        // Code, or saved pages that would sit beside the file's own, from a file changed in
+        // place: not what the process had. (Other private mappings show a file's changes in a
+        // running process too.)
+        let stamp_matters = vma.prot & libc::PROT_EXEC as u32 != 0 || !vma.pages.is_empty();
         let write = vma.advice & VmaAdvice::MAYWRITE != 0;
+        let modified = || {
+            refused(format!(
+                "mapped file {path} was modified since the checkpoint (its size or modification time differ): the restored process would {}",
+                if vma.prot & libc::PROT_EXEC as u32 != 0 {
+                    "run other code than it had"
+                } else {
+                    "see its saved pages beside the file's new contents"
+                }
+            ))
+        };
         let fd = match files
             .iter()
-            .find(|(known, w, _)| known == id && *w == write)
+            .find(|(known, w, _, _)| known == id && *w == write)
         {
-            Some((_, _, fd)) => fd.as_raw_fd(),
+            Some((_, _, now, fd)) => {
+                if stamp_matters && now != stamp {
+                    return Err(modified());
+                }
+                fd.as_raw_fd()
+            }
             None => {
                 let f = thaw::image::reader::open_regular(path.as_ref(), write).map_err(|e| {
                     refused(format!(
@@ -357,10 +391,14 @@ fn prepare_fds(
                         "mapped file {path} was replaced since the checkpoint"
                     )));
                 }
+                let now = thaw::state::FileStamp::of(&meta);
+                if stamp_matters && now != *stamp {
+                    return Err(modified());
+                }
                 let fd =
                     sys::dup_above(f.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
                 let raw = fd.as_raw_fd();
-                files.push((*id, write, fd));
+                files.push((*id, write, now, fd));
                 raw
             }
         };
@@ -397,7 +435,7 @@ fn prepare_fds(
         image: image_fd,
         exe,
         mapped,
-        _mapped_files: files.into_iter().map(|(_, _, fd)| fd).collect(),
+        _mapped_files: files.into_iter().map(|(_, _, _, fd)| fd).collect(),
         shared,
         placed,
         error_w,

@@ -188,6 +188,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
         match &f.kind {
+            FdKind::DeletedDir { path, mode } => {
+                let plain = path.starts_with('/')
+                    && !path.split('/').any(|c| c == ".." || c == ".")
+                    && !path.contains('\0');
+                if !plain || *mode > 0o7777 {
+                    return Err(format!("fd {}: malformed deleted directory", f.fd));
+                }
+            }
             FdKind::Memfd { object, .. } if !ids.contains(object) => {
                 return Err(format!("fd {}: unknown shared object {object}", f.fd));
             }
@@ -218,6 +226,20 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 ));
             }
             _ => {}
+        }
+    }
+    // Namespaces: names for messages only, bounded.
+    let ns = &m.namespaces;
+    if ns.interfaces.len() > crate::state::namespaces::MAX_INTERFACES
+        || ns.interfaces.iter().any(|i| i.len() > 15)
+        || ns.hostname.len() > 64
+    {
+        return Err("malformed namespaces".into());
+    }
+    // Internet sockets: only the kinds thaw makes, with well-formed addresses.
+    for f in &m.files {
+        if let FdKind::Socket(crate::state::sockets::Socket::Inet(i)) = &f.kind {
+            crate::state::inet::validate(i).map_err(|e| format!("fd {}: {e}", f.fd))?;
         }
     }
     // Socket pairs: at most two ends, of one type.
@@ -270,8 +292,16 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         return Err("the executable's times are out of range".into());
     }
     for v in &m.memory {
-        if let Backing::File { id, .. } = &v.backing {
-            if !plausible(id.btime_ns) {
+        // What the kernel accepts as a mapping's name (PR_SET_VMA_ANON_NAME).
+        let name_ok = v.anon_name.len() < 80
+            && v.anon_name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && !b"\\`$[]".contains(&b));
+        if !name_ok || (!v.anon_name.is_empty() && v.backing != Backing::Anonymous) {
+            return Err(format!("mapping {:#x}: malformed name", v.start));
+        }
+        if let Backing::File { id, stamp, .. } = &v.backing {
+            if !plausible(id.btime_ns) || !plausible(stamp.mtime_ns) {
                 return Err(format!(
                     "mapping {:#x}: the file's birth time is out of range",
                     v.start

@@ -240,7 +240,7 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
 /// Creates the file again, empty, unlinked, in the directory it was in, with its permission
 /// bits. It is created under its old name (exclusively, owner-only) and unlinked at once, so
 /// that /proc shows the same "PATH (deleted)"; if something else has that name by now, it is
-/// made unnamed (O_TMPFILE) in that directory instead.
+/// made unnamed (O_TMPFILE) in that directory instead, as is a file that was made unnamed.
 pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
     if file.keep_name {
         // Where the name cannot be had, an unnamed file: the process keeps its memory shared,
@@ -264,7 +264,19 @@ pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
             .mode(0o600)
             .open(at)
     };
-    let f = match open(path, libc::O_CREAT | libc::O_EXCL) {
+    // A file made unnamed (O_TMPFILE; /proc shows DIR/#INODE) is made unnamed again, and so can
+    // still be given a name with linkat, as a program writing a file to publish it expects.
+    let unnamed = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix('#'))
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let named = if unnamed {
+        Err(std::io::Error::from_raw_os_error(libc::EEXIST))
+    } else {
+        open(path, libc::O_CREAT | libc::O_EXCL)
+    };
+    let f = match named {
         Ok(f) => {
             std::fs::remove_file(path)
                 .map_err(|e| format!("deleted file {}: cannot unlink it again: {e}", file.path))?;

@@ -53,8 +53,9 @@ pub enum FdKind {
     },
     /// An eventfd with its counter.
     EventFd { count: u64, semaphore: bool },
-    /// An epoll instance and what it watches (descriptors of this process). Pending events are not
-    /// saved: level-triggered ones fire again, edge-triggered ones are gone.
+    /// An epoll instance and what it watches (descriptors of this process). Level-triggered events
+    /// fire again; which edge-triggered registrations had an event waiting is kept (see
+    /// [`super::epoll`]).
     Epoll { watches: Vec<EpollWatch> },
     /// A timerfd: its clock, the time left and the interval (read just before the snapshot), and
     /// the expirations not read yet.
@@ -89,6 +90,9 @@ pub enum FdKind {
     /// A descriptor the application's policy replaced with `/dev/null` (see
     /// [`crate::fd_policy`]); the access mode and status flags are the original's.
     DevNull,
+    /// A directory removed while open (necessarily empty): made again at its path with its
+    /// mode, opened, and removed, so that /proc shows the same `PATH (deleted)`.
+    DeletedDir { path: String, mode: u32 },
 }
 
 /// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
@@ -98,6 +102,9 @@ pub struct EpollWatch {
     pub fd: i32,
     pub events: u32,
     pub data: u64,
+    /// An event was waiting (on the kernel's ready list) at the checkpoint; only an
+    /// edge-triggered registration's matters, and unprobed ones count as waiting.
+    pub ready: bool,
 }
 
 use std::collections::BTreeMap;
@@ -245,6 +252,9 @@ pub(crate) struct FdScan {
     pub entries: Vec<FdEntry>,
     /// What cannot be checkpointed, one item per descriptor.
     pub refused: Vec<Refused>,
+    /// Descriptors of FIFOs (named pipes), reopened by path: what waits in one at the snapshot
+    /// would be lost with the first life, so the checkpoint refuses it then.
+    pub fifos: Vec<i32>,
 }
 
 fn fdinfo(fd: i32) -> String {
@@ -274,6 +284,7 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
                     fd,
                     events: hex("events:")? as u32,
                     data: hex("data:")?,
+                    ready: true,
                 },
                 ino,
             ))
@@ -290,6 +301,8 @@ impl FdScan {
             .collect();
         fds.sort_unstable();
         let mut scan = FdScan::default();
+        // Removed directories open here: (fd, device, inode).
+        let mut deleted_dirs: Vec<(i32, u64, u64)> = Vec::new();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
         let mut sockets: Vec<(FdEntry, u64, String)> = Vec::new();
         for fd in fds {
@@ -534,7 +547,26 @@ impl FdScan {
                             Some(why) => why,
                         }
                     }
-                    _ => "the open file was deleted (only regular files are kept)".to_owned(),
+                    (Ok(m), Some(path))
+                        if m.file_type().is_dir()
+                            && path.starts_with('/')
+                            && std::path::Path::new(path)
+                                .parent()
+                                .is_some_and(|p| p.is_dir()) =>
+                    {
+                        deleted_dirs.push((fd, m.dev(), m.ino()));
+                        entry.kind = FdKind::DeletedDir {
+                            path: path.to_owned(),
+                            mode: m.mode() & 0o7777,
+                        };
+                        scan.entries.push(entry);
+                        continue;
+                    }
+                    (Ok(m), Some(_)) if m.file_type().is_dir() => {
+                        "a directory removed while open, in a directory that is gone too: it cannot be made again where it was".to_owned()
+                    }
+                    _ => "the open file was deleted (only regular files and directories are kept)"
+                        .to_owned(),
                 };
                 scan.refused.push(bad(FdClass::Deleted, &why));
                 continue;
@@ -548,7 +580,13 @@ impl FdScan {
                 }
             };
             let ft = meta.file_type();
+            if ft.is_fifo() && target.starts_with('/') {
+                // A named pipe (a supervisor's log FIFO): opened again by its name, without
+                // blocking, as the same FIFO, so that whoever holds its other end still does.
+                scan.fifos.push(fd);
+            }
             entry.kind = if ft.is_file()
+                || (ft.is_fifo() && target.starts_with('/'))
                 || (ft.is_char_device() && REOPENABLE_DEVICES.contains(&target.as_str()))
             {
                 FdKind::Regular {
@@ -626,6 +664,50 @@ impl FdScan {
         scan.entries = kept;
         scan.entries.sort_by_key(|e| e.fd);
         mark_dups(&mut scan.entries);
+        // A removed directory is made again once per open: two opens of one (or one that is
+        // also the deleted working directory) would come back as two directories.
+        let cwd = std::fs::metadata("/proc/self/cwd")
+            .ok()
+            .filter(|_| {
+                std::fs::read_link("/proc/self/cwd")
+                    .is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
+            })
+            .map(|m| (m.dev(), m.ino()));
+        let firsts: Vec<(i32, u64, u64)> = deleted_dirs
+            .iter()
+            .copied()
+            .filter(|(fd, ..)| {
+                scan.entries
+                    .iter()
+                    .any(|e| e.fd == *fd && e.dup_of.is_none())
+            })
+            .collect();
+        let shared: Vec<i32> = firsts
+            .iter()
+            .filter(|&&(fd, dev, ino)| {
+                cwd == Some((dev, ino))
+                    || firsts
+                        .iter()
+                        .any(|&(other, d, i)| other != fd && (d, i) == (dev, ino))
+            })
+            .map(|f| f.0)
+            .collect();
+        // Those descriptors and their duplicates are refused.
+        let (out, kept): (Vec<FdEntry>, Vec<FdEntry>) = std::mem::take(&mut scan.entries)
+            .into_iter()
+            .partition(|e| shared.contains(&e.fd) || e.dup_of.is_some_and(|f| shared.contains(&f)));
+        scan.entries = kept;
+        for e in out {
+            let target = std::fs::read_link(format!("/proc/self/fd/{}", e.fd))
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            scan.refused.push(Refused::of(
+                &e,
+                &target,
+                FdClass::Deleted,
+                "a directory removed while open that is also open elsewhere or the working directory: it would come back as two directories",
+            ));
+        }
         scan.refused.sort_by_key(|r| r.fd);
         Ok(scan)
     }
@@ -750,6 +832,18 @@ impl FdScan {
     }
 
     /// inotify descriptors: the handler looks for queued events.
+    /// Epoll instances (one descriptor each) and their registrations.
+    pub(crate) fn epolls(&self) -> Vec<(i32, Vec<EpollWatch>)> {
+        self.entries
+            .iter()
+            .filter(|e| e.dup_of.is_none())
+            .filter_map(|e| match &e.kind {
+                FdKind::Epoll { watches } => Some((e.fd, watches.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn inotify(&self) -> Vec<i32> {
         self.entries
             .iter()
@@ -947,6 +1041,7 @@ pub fn reopen(
                 crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
             }
+            FdKind::DeletedDir { path, mode } => reopen_deleted_dir(e, path, *mode)?,
             FdKind::DevNull => {
                 let acc = e.flags & libc::O_ACCMODE as u32;
                 std::fs::OpenOptions::new()
@@ -1082,6 +1177,35 @@ fn refilled_pipe(fd: i32, bytes: &[u8], capacity: u32) -> Result<(OwnedFd, Owned
     Ok((r, w))
 }
 
+/// Makes a directory removed while open again: created at its path (nothing may have that name
+/// now), opened with the descriptor's flags, and removed.
+fn reopen_deleted_dir(e: &FdEntry, path: &str, mode: u32) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fd = e.fd;
+    std::fs::DirBuilder::new()
+        .mode(mode & 0o7777)
+        .create(path)
+        .map_err(|err| {
+            if err.kind() == std::io::ErrorKind::AlreadyExists {
+                format!("fd {fd}: cannot make the deleted directory {path} again: something has that name now")
+            } else {
+                format!("fd {fd}: cannot make the deleted directory {path} again: {err}")
+            }
+        })?;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            libc::O_DIRECTORY
+                | libc::O_NOFOLLOW
+                | (e.flags & (libc::O_PATH | libc::O_NONBLOCK) as u32) as i32,
+        )
+        .open(path);
+    let removed = std::fs::remove_dir(path);
+    let f = opened.map_err(|err| format!("fd {fd}: cannot open {path} again: {err}"))?;
+    removed.map_err(|err| format!("fd {fd}: cannot remove {path} again: {err}"))?;
+    Ok(OwnedFd::from(f))
+}
+
 fn reopen_path(
     e: &FdEntry,
     path: &str,
@@ -1106,7 +1230,13 @@ fn reopen_path(
             status | libc::O_NONBLOCK | libc::O_NOCTTY | if dir { libc::O_DIRECTORY } else { 0 }
         })
         .open(path)
-        .map_err(|err| format!("fd {fd}: cannot reopen {path}: {err}"))?;
+        .map_err(|err| {
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
+            } else {
+                format!("fd {fd}: cannot reopen {path}: {err}")
+            }
+        })?;
     let meta = f
         .metadata()
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
@@ -1160,27 +1290,7 @@ impl FdEntry {
             return; // registered through the first descriptor of its description
         }
         if let FdKind::Epoll { watches } = &self.kind {
-            for w in watches {
-                // struct epoll_event is packed on x86_64: u32 events, u64 data.
-                let mut ev = w.events.to_ne_bytes().to_vec();
-                ev.extend_from_slice(&w.data.to_ne_bytes());
-                let ev = plan.data(&ev);
-                plan.syscall(
-                    format!(
-                        "epoll fd {} watches fd {} (events {:#x})",
-                        self.fd, w.fd, w.events
-                    ),
-                    libc::SYS_epoll_ctl,
-                    [
-                        self.fd as u64,
-                        libc::EPOLL_CTL_ADD as u64,
-                        w.fd as u64,
-                        ev,
-                        0,
-                        0,
-                    ],
-                );
-            }
+            super::epoll::plan(self.fd, watches, plan);
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct Vma {
     pub backing: Backing,
     /// Its NUMA policy (mbind): mode with flags, nodes 0-63; `None`: the process's.
     pub numa: Option<(u32, u64)>,
+    /// The name an anonymous mapping was given (`PR_SET_VMA_ANON_NAME`, shown as
+    /// `[anon:NAME]` in /proc/PID/maps); empty: none.
+    pub anon_name: String,
     /// The saved pages, as runs of consecutive pages in address order. Pages of the region not
     /// listed are zero (anonymous memory) or the file's contents (file mappings); kernel special
     /// mappings have none.
@@ -71,6 +74,9 @@ pub enum Backing {
         path: String,
         offset: u64,
         id: super::FileId,
+        /// Its size and modification time at the checkpoint: code, or saved pages mixed with
+        /// the file's, from a file changed in place since would not be what the process had.
+        stamp: super::FileStamp,
     },
     /// A kernel special mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]) moved, not copied.
     Special { name: String },
@@ -208,6 +214,7 @@ impl Vma {
                 path: name.into(),
                 offset: m.offset,
                 id: super::FileId::of(&meta),
+                stamp: super::FileStamp::of(&meta),
             }
         } else {
             return Err(format!("{}: unsupported kind of mapping", m.describe()));
@@ -222,6 +229,11 @@ impl Vma {
             // The snapshot is a fork: the mapping's policy is the same in this process, the only
             // one that can ask for it. MPOL_DEFAULT (0): none of its own.
             numa: crate::sys::get_mempolicy(Some(m.start)).filter(|&(mode, _)| mode != 0),
+            anon_name: name
+                .strip_prefix("[anon:")
+                .and_then(|n| n.strip_suffix(']'))
+                .unwrap_or_default()
+                .to_owned(),
             pages: Vec::new(),
         })
     }
@@ -421,6 +433,26 @@ impl Vma {
                     [self.start, self.len(), advice as u64, 0, 0, 0],
                 );
             }
+        }
+        if !self.anon_name.is_empty() {
+            const PR_SET_VMA: u64 = 0x53564d41;
+            const PR_SET_VMA_ANON_NAME: u64 = 0;
+            let name = plan.cstr(&self.anon_name);
+            plan.syscall(
+                format!(
+                    "name {:x}-{:x} [anon:{}]",
+                    self.start, self.end, self.anon_name
+                ),
+                libc::SYS_prctl,
+                [
+                    PR_SET_VMA,
+                    PR_SET_VMA_ANON_NAME,
+                    self.start,
+                    self.len(),
+                    name,
+                    0,
+                ],
+            );
         }
         if let Some((mode, nodes)) = self.numa {
             let mask = plan.words(&[nodes]);

@@ -8,13 +8,16 @@
 pub mod clocks;
 pub mod creds;
 pub mod deleted;
+pub mod epoll;
 pub mod files;
+pub mod inet;
 pub mod inotify;
 pub mod interrupted;
 pub mod limits;
 pub mod locks;
 pub mod memory;
 pub mod mm;
+pub mod namespaces;
 pub mod pidfd;
 pub mod platform;
 pub mod posix_timers;
@@ -54,6 +57,8 @@ pub struct Manifest {
     pub clocks: clocks::Clocks,
     pub timers: timers::Itimers,
     pub posix_timers: Vec<posix_timers::PosixTimer>,
+    /// The network and UTS namespaces it ran in (see [`namespaces`]).
+    pub namespaces: namespaces::Namespaces,
     pub chunks: ChunkTable,
 }
 
@@ -97,6 +102,24 @@ impl FileId {
             dev: meta.dev(),
             ino: meta.ino(),
             btime_ns,
+        }
+    }
+}
+
+/// A file's size and modification time: whether its contents were changed in place (the same
+/// file, written to) since the checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
 }

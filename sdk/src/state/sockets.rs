@@ -30,6 +30,9 @@ pub enum Socket {
     /// connected to a named one (a syslog client), nothing queued: made, bound and connected
     /// again.
     Bound(Bound),
+    /// An AF_INET/AF_INET6 socket without a connection: a TCP socket never connected, or a UDP
+    /// socket (see [`super::inet`]).
+    Inet(super::inet::InetSocket),
 }
 
 impl Socket {
@@ -39,6 +42,7 @@ impl Socket {
             Socket::Listener(l) => l.ino,
             Socket::Unconnected(u) => u.ino,
             Socket::Bound(b) => b.sock.ino,
+            Socket::Inet(i) => i.ino,
         }
     }
 }
@@ -134,7 +138,7 @@ const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 const TCP_LISTEN: u8 = 10;
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     b.get(o..o + 4)
         .map_or(0, |s| u32::from_ne_bytes(s.try_into().expect("4")))
 }
@@ -186,25 +190,36 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
 /// Listening sockets: inode → (pending connections, backlog).
 type Backlogs = BTreeMap<u64, (u32, u32)>;
 
-/// Listening TCP sockets of `family`.
-fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
+/// Every internet socket of `family` and `protocol` in one of `states` (a bit per TCP state):
+/// each `struct inet_diag_msg` with its attributes, and its inode.
+pub(crate) fn inet_diag(
+    family: i32,
+    protocol: i32,
+    states: u32,
+) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
     // struct inet_diag_req_v2 { u8 family, protocol, ext, pad; u32 states; struct inet_diag_sockid (48) }
-    let mut req = vec![family as u8, libc::IPPROTO_TCP as u8, 0, 0];
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    let mut req = vec![family as u8, protocol as u8, 0, 0];
+    req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 40]);
     req.extend_from_slice(&[0xff; 8]);
-    let mut out = BTreeMap::new();
-    for msg in crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)? {
+    Ok(crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)?
+        .into_iter()
         // struct inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
-        if msg.len() < 72 {
-            continue;
-        }
-        out.insert(
-            u64::from(u32_at(&msg, 68)),
-            (u32_at(&msg, 56), u32_at(&msg, 60)),
-        );
-    }
-    Ok(out)
+        .filter(|msg| msg.len() >= INET_DIAG_MSG)
+        .map(|msg| (u64::from(u32_at(&msg, 68)), msg))
+        .collect())
+}
+
+/// The size of `struct inet_diag_msg`, before its attributes; its receive and send queue lengths
+/// are at 56 and 60.
+pub(crate) const INET_DIAG_MSG: usize = 72;
+
+/// Listening TCP sockets of `family`.
+fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
+    Ok(inet_diag(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN)?
+        .into_iter()
+        .map(|(ino, msg)| (ino, (u32_at(&msg, 56), u32_at(&msg, 60))))
+        .collect())
 }
 
 type Refusal = (FdClass, String);
@@ -303,12 +318,15 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .map_err(|w| (FdClass::Socket, w))?,
                     }));
                 }
+                if family == libc::AF_INET || family == libc::AF_INET6 {
+                    return super::inet::dump(fd, ino, family, ty, protocol)
+                        .map(Socket::Inet)
+                        .map_err(|w| (FdClass::Socket, w));
+                }
                 if family != libc::AF_UNIX {
                     return refuse(format!(
                         "{} sockets are supported only while listening",
                         match family {
-                            libc::AF_INET => "AF_INET",
-                            libc::AF_INET6 => "AF_INET6",
                             libc::AF_NETLINK => "AF_NETLINK",
                             _ => "these",
                         }
@@ -434,7 +452,7 @@ pub fn recreate(
     let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
     let ends = sockets.iter().filter_map(|s| match s {
         Socket::Pair(p) => Some(p),
-        Socket::Listener(_) | Socket::Unconnected(_) | Socket::Bound(_) => None,
+        Socket::Listener(_) | Socket::Unconnected(_) | Socket::Bound(_) | Socket::Inet(_) => None,
     });
     for e in ends {
         let v = pairs.entry(e.pair).or_default();
@@ -552,6 +570,11 @@ pub fn recreate(
         if let Socket::Unconnected(u) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(u.ino) {
                 v.insert(u.make(&format!("socket:[{}]", u.ino))?);
+            }
+        }
+        if let Socket::Inet(i) = s {
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(i.ino) {
+                v.insert(i.make()?);
             }
         }
     }

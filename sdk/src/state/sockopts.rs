@@ -20,9 +20,18 @@ const SOL_SOCKET: i32 = libc::SOL_SOCKET;
 const TCP: i32 = libc::IPPROTO_TCP;
 const IP: i32 = libc::IPPROTO_IP;
 const IPV6: i32 = libc::IPPROTO_IPV6;
+const UDP: i32 = libc::IPPROTO_UDP;
+const UDPLITE: i32 = libc::IPPROTO_UDPLITE;
+/// SO_BUF_LOCK: whether the buffer sizes were set (and so are not tuned by the kernel).
+const SO_BUF_LOCK: i32 = 72;
 
 /// The options compared, with their names for messages.
 const OPTIONS: &[(i32, i32, &str)] = &[
+    // Sizes first: setting one also locks it, and SO_BUF_LOCK then says what stays locked.
+    (SOL_SOCKET, libc::SO_SNDBUF, "SO_SNDBUF"),
+    (SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF"),
+    (SOL_SOCKET, SO_BUF_LOCK, "SO_BUF_LOCK"),
+    (SOL_SOCKET, libc::SO_NO_CHECK, "SO_NO_CHECK"),
     (SOL_SOCKET, libc::SO_KEEPALIVE, "SO_KEEPALIVE"),
     (SOL_SOCKET, libc::SO_LINGER, "SO_LINGER"),
     (SOL_SOCKET, libc::SO_RCVTIMEO, "SO_RCVTIMEO"),
@@ -78,6 +87,39 @@ const OPTIONS: &[(i32, i32, &str)] = &[
     (IPV6, libc::IPV6_MTU_DISCOVER, "IPV6_MTU_DISCOVER"),
     (IPV6, 78, "IPV6_FREEBIND"),
     (IPV6, 75, "IPV6_TRANSPARENT"),
+    // What a datagram socket is told with each message, and how it sends multicast.
+    (IP, libc::IP_OPTIONS, "IP_OPTIONS"),
+    (IP, libc::IP_PKTINFO, "IP_PKTINFO"),
+    (IP, libc::IP_RECVTTL, "IP_RECVTTL"),
+    (IP, libc::IP_RECVTOS, "IP_RECVTOS"),
+    (IP, libc::IP_RECVOPTS, "IP_RECVOPTS"),
+    (IP, libc::IP_RETOPTS, "IP_RETOPTS"),
+    (IP, libc::IP_RECVORIGDSTADDR, "IP_RECVORIGDSTADDR"),
+    (IP, libc::IP_PASSSEC, "IP_PASSSEC"),
+    (IP, 22, "IP_NODEFRAG"),
+    (IP, 23, "IP_CHECKSUM"),
+    (IP, libc::IP_MULTICAST_IF, "IP_MULTICAST_IF"),
+    (IP, libc::IP_MULTICAST_TTL, "IP_MULTICAST_TTL"),
+    (IP, libc::IP_MULTICAST_LOOP, "IP_MULTICAST_LOOP"),
+    (IP, libc::IP_MULTICAST_ALL, "IP_MULTICAST_ALL"),
+    (IPV6, libc::IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"),
+    (IPV6, libc::IPV6_RECVHOPLIMIT, "IPV6_RECVHOPLIMIT"),
+    (IPV6, libc::IPV6_RECVTCLASS, "IPV6_RECVTCLASS"),
+    (IPV6, 74, "IPV6_RECVORIGDSTADDR"),
+    (IPV6, libc::IPV6_MULTICAST_IF, "IPV6_MULTICAST_IF"),
+    (IPV6, libc::IPV6_MULTICAST_HOPS, "IPV6_MULTICAST_HOPS"),
+    (IPV6, libc::IPV6_MULTICAST_LOOP, "IPV6_MULTICAST_LOOP"),
+    (IPV6, 29, "IPV6_MULTICAST_ALL"),
+    (IPV6, 62, "IPV6_DONTFRAG"),
+    (IPV6, 70, "IPV6_AUTOFLOWLABEL"),
+    (IPV6, 72, "IPV6_ADDR_PREFERENCES"),
+    (UDP, 1, "UDP_CORK"),
+    (UDP, 101, "UDP_NO_CHECK6_TX"),
+    (UDP, 102, "UDP_NO_CHECK6_RX"),
+    (UDP, 103, "UDP_SEGMENT"),
+    (UDP, 104, "UDP_GRO"),
+    (UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
+    (UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
 ];
 
 /// The options of socket `fd` that differ from those of a fresh socket of its family, type and
@@ -132,8 +174,42 @@ pub(crate) fn apply(fd: i32, opts: &[SockOpt], what: &str) -> Result<(), String>
                 o.level, o.name
             ));
         }
+        let size =
+            o.level == SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
+        if size {
+            set_size(fd, o, what)?;
+            continue;
+        }
         crate::sys::setsockopt_bytes(fd, o.level, o.name, &o.value)
             .map_err(|e| format!("socket {what}: cannot set {} again: {e}", name(o)))?;
+    }
+    Ok(())
+}
+
+/// A buffer size: the kernel keeps twice what it is given, and holds it under
+/// net.core.wmem_max/rmem_max unless forced (SO_SNDBUFFORCE, with CAP_NET_ADMIN).
+fn set_size(fd: i32, o: &SockOpt, what: &str) -> Result<(), String> {
+    let want = o
+        .value
+        .get(..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4")))
+        .ok_or_else(|| format!("socket {what}: malformed {}", name(o)))?;
+    let force = if o.name == libc::SO_SNDBUF {
+        libc::SO_SNDBUFFORCE
+    } else {
+        libc::SO_RCVBUFFORCE
+    };
+    let got = || crate::sys::getsockopt_int(fd, SOL_SOCKET, o.name).unwrap_or(-1);
+    let _ = crate::sys::setsockopt_int(fd, SOL_SOCKET, o.name, want / 2);
+    if got() != want {
+        let _ = crate::sys::setsockopt_int(fd, SOL_SOCKET, force, want / 2);
+    }
+    if got() != want {
+        return Err(format!(
+            "socket {what}: cannot set {} to {want} bytes again (the system's limit is lower: net.core.{}mem_max)",
+            name(o),
+            if o.name == libc::SO_SNDBUF { "w" } else { "r" }
+        ));
     }
     Ok(())
 }

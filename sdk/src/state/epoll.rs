@@ -1,0 +1,223 @@
+//! Which edge-triggered epoll registrations have an event waiting (the kernel's ready list).
+//!
+//! Registering a descriptor again (`EPOLL_CTL_ADD`) reports it at once if it is readable. For a
+//! level-triggered registration that is what the first life would see too; for an
+//! edge-triggered one whose edge the program already took (it read part of the data, or none,
+//! and waits for more) it is an event the first life never gets. An event loop that paused a
+//! stream would see it wake early.
+//!
+//! So the checkpoint, while every other thread is parked, takes the instance's ready list with
+//! `epoll_wait` (no wait) and puts it back at once with `EPOLL_CTL_MOD` of each registration it
+//! reported (a level-triggered one stays on the list by itself). The restore registers the
+//! edge-triggered registrations that had no event first, takes the events that registering them
+//! queued, and then registers the others.
+//!
+//! An instance with an `EPOLLEXCLUSIVE` registration is not probed (such a registration cannot be
+//! modified, so its event could not be put back): its edge-triggered registrations come back as
+//! ready, as before.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use super::files::EpollWatch;
+
+const EPOLLET: u32 = 1 << 31;
+const EPOLLONESHOT: u32 = 1 << 30;
+const EPOLLEXCLUSIVE: u32 = 1 << 28;
+/// `struct epoll_event` is packed on x86_64: u32 events, u64 data.
+const EVENT: usize = 12;
+
+/// One epoll instance to probe in the checkpoint signal's handler.
+#[derive(Debug)]
+pub struct Probe {
+    pub fd: i32,
+    watches: Vec<EpollWatch>,
+    /// Per watch: reported by the probe.
+    ready: Vec<AtomicBool>,
+    /// Room for one event per watch (allocated before the handler runs).
+    buf: Vec<u8>,
+    /// Events taken, or a negative errno (0 until the handler ran).
+    taken: AtomicI64,
+}
+
+fn edge(w: &EpollWatch) -> bool {
+    w.events & EPOLLET != 0 && w.events & EPOLLONESHOT == 0
+}
+
+/// The probes for the epoll instances whose readiness matters: those with an edge-triggered
+/// registration, and none that is exclusive.
+pub fn probes(epolls: Vec<(i32, Vec<EpollWatch>)>) -> Vec<Probe> {
+    epolls
+        .into_iter()
+        .filter(|(_, w)| w.iter().any(edge) && w.iter().all(|w| w.events & EPOLLEXCLUSIVE == 0))
+        .map(|(fd, watches)| Probe {
+            fd,
+            ready: watches.iter().map(|_| AtomicBool::new(false)).collect(),
+            buf: vec![0; EVENT * watches.len().max(1)],
+            watches,
+            taken: AtomicI64::new(0),
+        })
+        .collect()
+}
+
+impl Probe {
+    /// In the handler, every other thread parked: takes the ready list and puts it back. No
+    /// allocation.
+    pub fn run(&self) {
+        let max = self.watches.len().max(1);
+        let n = crate::sys::syscall6(
+            libc::SYS_epoll_wait,
+            [
+                self.fd as u64,
+                self.buf.as_ptr() as u64,
+                max as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        self.taken.store(n.max(-1_000_000), Ordering::Relaxed);
+        for i in 0..n.max(0) as usize {
+            let at = i * EVENT + 4;
+            let data = u64::from_ne_bytes(self.buf[at..at + 8].try_into().unwrap_or([0; 8]));
+            for (w, r) in self.watches.iter().zip(&self.ready) {
+                if w.data != data || r.swap(true, Ordering::Relaxed) {
+                    continue;
+                }
+                if w.events & (EPOLLET | EPOLLONESHOT) != 0 {
+                    // Back on the ready list (and a one-shot armed again), as before the probe.
+                    let mut ev = [0u8; EVENT];
+                    ev[..4].copy_from_slice(&w.events.to_ne_bytes());
+                    ev[4..].copy_from_slice(&w.data.to_ne_bytes());
+                    crate::sys::syscall6(
+                        libc::SYS_epoll_ctl,
+                        [
+                            self.fd as u64,
+                            libc::EPOLL_CTL_MOD as u64,
+                            w.fd as u64,
+                            ev.as_ptr() as u64,
+                            0,
+                            0,
+                        ],
+                    );
+                }
+            }
+        }
+    }
+
+    /// After the snapshot: marks each watch of `watches` (this instance's) ready or not.
+    /// Watches sharing their data with a reported one count as reported.
+    pub fn apply(&self, watches: &mut [EpollWatch]) -> Result<(), String> {
+        let n = self.taken.load(Ordering::Relaxed);
+        if n < 0 {
+            return Err(format!(
+                "fd {} (epoll): cannot read its pending events: {}",
+                self.fd,
+                std::io::Error::from_raw_os_error(-n as i32)
+            ));
+        }
+        for w in watches.iter_mut() {
+            w.ready = self
+                .watches
+                .iter()
+                .zip(&self.ready)
+                .any(|(p, r)| p.fd == w.fd && p.data == w.data && r.load(Ordering::Relaxed));
+        }
+        Ok(())
+    }
+}
+
+/// Steps that register `watches` on epoll descriptor `fd` in the new process: edge-triggered
+/// registrations without an event first, then the events their registration queued are taken,
+/// then the others.
+pub fn plan(fd: i32, watches: &[EpollWatch], plan: &mut crate::restore::Plan) {
+    let quiet: Vec<&EpollWatch> = watches.iter().filter(|w| edge(w) && !w.ready).collect();
+    let add = |w: &EpollWatch, plan: &mut crate::restore::Plan| {
+        let mut ev = w.events.to_ne_bytes().to_vec();
+        ev.extend_from_slice(&w.data.to_ne_bytes());
+        let ev = plan.data(&ev);
+        plan.syscall(
+            format!("epoll fd {fd} watches fd {} (events {:#x})", w.fd, w.events),
+            libc::SYS_epoll_ctl,
+            [fd as u64, libc::EPOLL_CTL_ADD as u64, w.fd as u64, ev, 0, 0],
+        );
+    };
+    for w in &quiet {
+        add(w, plan);
+    }
+    if !quiet.is_empty() {
+        let buf = plan.data(&vec![0u8; EVENT * quiet.len()]);
+        plan.syscall(
+            format!(
+                "epoll fd {fd}: take the events registering its idle edge-triggered watches queued"
+            ),
+            libc::SYS_epoll_wait,
+            [fd as u64, buf, quiet.len() as u64, 0, 0, 0],
+        );
+    }
+    for w in watches.iter().filter(|w| !edge(w) || w.ready) {
+        add(w, plan);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) {
+        let mut ev = [0u8; EVENT];
+        ev[..4].copy_from_slice(&events.to_ne_bytes());
+        ev[4..].copy_from_slice(&data.to_ne_bytes());
+        let r = crate::sys::syscall6(
+            libc::SYS_epoll_ctl,
+            [ep as u64, op as u64, fd as u64, ev.as_ptr() as u64, 0, 0],
+        );
+        assert_eq!(r, 0);
+    }
+
+    fn wait(ep: i32) -> Vec<u64> {
+        let buf = [0u8; EVENT * 8];
+        let n = crate::sys::syscall6(
+            libc::SYS_epoll_wait,
+            [ep as u64, buf.as_ptr() as u64, 8, 0, 0, 0],
+        );
+        (0..n.max(0) as usize)
+            .map(|i| u64::from_ne_bytes(buf[i * EVENT + 4..i * EVENT + 12].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_probe_finds_pending_edges_and_leaves_them_pending() {
+        let ep = crate::sys::epoll_create().unwrap();
+        let (r1, w1) = crate::sys::pipe_nonblock().unwrap();
+        let (r2, w2) = crate::sys::pipe_nonblock().unwrap();
+        let e = libc::EPOLLIN as u32 | EPOLLET;
+        ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, r1.as_raw_fd(), e, 1);
+        ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, r2.as_raw_fd(), e, 2);
+        assert_eq!(crate::sys::write_raw(w1.as_raw_fd(), b"a"), 1);
+        assert_eq!(wait(ep.as_raw_fd()), [1]); // the edge of pipe 1 is taken
+        assert_eq!(crate::sys::write_raw(w2.as_raw_fd(), b"b"), 1); // pipe 2's is pending
+        let watches = vec![
+            EpollWatch {
+                fd: r1.as_raw_fd(),
+                events: e,
+                data: 1,
+                ready: true,
+            },
+            EpollWatch {
+                fd: r2.as_raw_fd(),
+                events: e,
+                data: 2,
+                ready: true,
+            },
+        ];
+        let p = probes(vec![(ep.as_raw_fd(), watches.clone())]);
+        assert_eq!(p.len(), 1);
+        p[0].run();
+        let mut got = watches;
+        p[0].apply(&mut got).unwrap();
+        assert_eq!((got[0].ready, got[1].ready), (false, true));
+        // The first life still has pipe 2's event, and not pipe 1's.
+        assert_eq!(wait(ep.as_raw_fd()), [2]);
+    }
+}
