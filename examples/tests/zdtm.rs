@@ -814,6 +814,19 @@ fn posix_timers_keep_their_ids_clocks_targets_and_times() {
     }
 }
 
+/// Threads that exit between the listing and their signal, or start after the listing, while
+/// the checkpoint stops the process: every checkpoint succeeds, and the restored process has
+/// every thread it waits for (a thread left out of the image would hang its join).
+#[test]
+fn threads_that_come_and_go_during_the_checkpoint() {
+    run_zdtm(
+        "zdtm-churn",
+        &["20"],
+        &[],
+        &["the spawner goes on starting and joining threads"],
+    );
+}
+
 /// Thread CPU affinity and I/O priorities, signal-driven I/O owned by one thread, a listener's
 /// and a socket pair's options, and session leadership come back in every mode; a SIGIO owner
 /// outside the process and a POSIX message queue are refused by name.

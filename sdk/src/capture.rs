@@ -76,8 +76,13 @@ pub struct ThreadCapture {
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
     pub blocked: [AtomicU64; 9],
+    /// 0 until the thread is recorded (1); [`GONE`] for one that exited before it could be.
     pub done: AtomicI32,
 }
+
+/// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
+/// the checkpoint had come a moment later.
+pub const GONE: i32 = 2;
 
 /// A descriptor whose offset the handler records.
 #[derive(Debug)]
@@ -302,6 +307,9 @@ pub struct Capture {
     pub posix_timers: Vec<(crate::state::posix_timers::PosixTimer, [AtomicU64; 2])>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
+    /// Set by the calling thread when the process had a thread it had not listed (one created
+    /// after the listing): no snapshot is taken, and the checkpoint starts again.
+    pub unlisted: AtomicU32,
 }
 
 impl Capture {
@@ -350,6 +358,7 @@ impl Capture {
             maps_buf: None,
             maps_len: AtomicI64::new(0),
             child: AtomicI64::new(0),
+            unlisted: AtomicU32::new(0),
         })
     }
 
@@ -485,7 +494,18 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         sys::futex_wake_all(&c.left);
         return;
     }
-    // The caller: every other thread is parked; record the process-wide state and fork.
+    // The caller: every other thread is parked. A thread created after the listing took no
+    // signal and runs on: a snapshot now would leave it out (and see its memory mid-change).
+    let recorded = c
+        .threads
+        .iter()
+        .filter(|t| t.done.load(Ordering::Acquire) == 1)
+        .count() as u64;
+    if sys::thread_count().is_none_or(|n| n != recorded) {
+        c.unlisted.store(1, Ordering::Release);
+        return;
+    }
+    // Record the process-wide state and fork.
     c.brk.store(sys::current_brk(), Ordering::Relaxed);
     for (i, slot) in c.actions.iter().enumerate() {
         let mut old = KernelSigaction::default();
@@ -608,6 +628,8 @@ pub enum FreezeError {
     Io(std::io::Error),
     /// Threads that did not reach their handler within the bound: (tid, …) as given.
     Unresponsive(Vec<i32>),
+    /// A thread created after the threads were listed: start again.
+    Unlisted,
 }
 
 impl From<std::io::Error> for FreezeError {
@@ -634,25 +656,21 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
     ACTIVE.store(raw, Ordering::Release);
     // Threads recorded already (stopped by ptrace, see crate::traced) take no signal. Nothing
     // is allocated from here on: a stopped thread may hold a lock the allocator needs.
-    let others = || {
-        c.threads
-            .iter()
-            .filter(|t| t.done.load(Ordering::Acquire) == 0)
-            .map(|t| t.tid.load(Ordering::Relaxed))
-            .filter(|&tid| tid != c.caller)
+    let waiting = || {
+        c.threads.iter().filter(|t| {
+            t.done.load(Ordering::Acquire) == 0 && t.tid.load(Ordering::Relaxed) != c.caller
+        })
     };
-    let count = others().count();
-    for t in c.threads.iter().filter(|t| {
-        t.done.load(Ordering::Acquire) == 0 && t.tid.load(Ordering::Relaxed) != c.caller
-    }) {
+    let mut count = waiting().count();
+    for t in waiting() {
         note_blocked(t);
     }
-    for tid in others() {
-        if let Err(e) = sys::tgkill_self(tid, signal) {
-            // A thread that exited meanwhile cannot park: treat it as unresponsive.
+    for t in waiting() {
+        if let Err(e) = sys::tgkill_self(t.tid.load(Ordering::Relaxed), signal) {
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(abandon(c, old_mask, e.into()));
             }
+            count -= usize::from(mark_gone(t));
         }
     }
     let deadline = Instant::now() + bound;
@@ -672,7 +690,13 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
                 .collect();
             return Err(abandon(c, old_mask, FreezeError::Unresponsive(late)));
         }
-        sys::futex_wait(&c.parked, parked, Some(deadline - now));
+        // Woken by each thread that parks; every few milliseconds, looks for threads that
+        // exited after their signal was sent (they never park).
+        let slice = (deadline - now).min(Duration::from_millis(5));
+        sys::futex_wait(&c.parked, parked, Some(slice));
+        if c.parked.load(Ordering::Acquire) == parked {
+            count -= waiting().filter(|t| mark_gone(t)).count();
+        }
     }
     compiler_fence(Ordering::SeqCst);
     let sent = sys::tgkill_self(c.caller, signal);
@@ -721,6 +745,9 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         .threads
         .iter()
         .find(|t| t.tid.load(Ordering::Relaxed) == capture.caller);
+    if capture.unlisted.load(Ordering::Acquire) != 0 {
+        return Err(FreezeError::Unlisted);
+    }
     if me.is_none_or(|t| t.done.load(Ordering::Acquire) == 0) {
         return Err(std::io::Error::other(format!(
             "the checkpoint signal {signal} was not delivered to the calling thread"
@@ -732,6 +759,16 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         return Err(std::io::Error::from_raw_os_error(-child as i32).into());
     }
     Ok(Frozen::Snapshot(capture))
+}
+
+/// Marks a thread that no longer exists (it exited since the listing) [`GONE`]: it is not
+/// waited for. Whether it was marked now.
+fn mark_gone(t: &ThreadCapture) -> bool {
+    let exists = sys::tgkill_self(t.tid.load(Ordering::Relaxed), 0);
+    exists.is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+        && t.done
+            .compare_exchange(0, GONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
 }
 
 /// Gives up on a freeze: releases whoever parked and leaves the capture allocated for good. The

@@ -49,6 +49,9 @@ pub enum CheckpointError {
     Policy(String),
 }
 
+/// How many times a checkpoint is tried when the process creates threads while it is stopped.
+const ATTEMPTS: u32 = 8;
+
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Io { what, source }
 }
@@ -224,7 +227,23 @@ impl Checkpoint {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
+        // What is listed before the threads stop (threads, descriptors) is checked against the
+        // snapshot; a process that changed it meanwhile is checkpointed again.
+        for _ in 1..ATTEMPTS {
+            if let Some(done) = self.attempt()? {
+                return Ok(done);
+            }
+        }
+        self.attempt()?.ok_or_else(|| {
+            CheckpointError::Unsupported(vec![format!(
+                "threads kept starting or exiting while the process was being stopped ({ATTEMPTS} attempts); checkpoint it from a quieter moment"
+            )])
+        })
+    }
 
+    /// One try: the outcome, or `None` when threads came or went while the process was being
+    /// stopped (no snapshot was taken; everything is listed again).
+    fn attempt(&self) -> Result<Option<Outcome>, CheckpointError> {
         let (mut unsupported, maps) = preflight()?;
         let posix_timers = match state::posix_timers::list() {
             Ok(t) => t,
@@ -349,8 +368,13 @@ impl Checkpoint {
             .collect();
         let mut traced = None;
         if !blocking.is_empty() {
-            let t = crate::traced::capture(&blocking, &name_of, self.thread_timeout)
-                .map_err(CheckpointError::Unsupported)?;
+            let t = match crate::traced::capture(&blocking, &name_of, self.thread_timeout) {
+                Ok(t) => t,
+                Err(crate::traced::NotCaptured::Gone) => return Ok(None),
+                Err(crate::traced::NotCaptured::Refused(why)) => {
+                    return Err(CheckpointError::Unsupported(why))
+                }
+            };
             // Stopped: no signal for them (their state is recorded once they go on again).
             for tc in &capture.threads {
                 if t.tids.contains(&tc.tid.load(Ordering::Relaxed)) {
@@ -376,6 +400,7 @@ impl Checkpoint {
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
             }
+            Err(capture::FreezeError::Unlisted) => return Ok(None),
             Err(capture::FreezeError::Unresponsive(late)) => {
                 return Err(CheckpointError::Unsupported(
                     late.iter()
@@ -395,10 +420,14 @@ impl Checkpoint {
             }
         };
         let pause = t0.elapsed();
-        let capture = match frozen {
-            Frozen::Restored => return restored(),
+        let mut capture = match frozen {
+            Frozen::Restored => return restored().map(Some),
             Frozen::Snapshot(c) => c,
         };
+        // Threads that exited before they could be stopped are not in the image.
+        capture
+            .threads
+            .retain(|t| t.done.load(Ordering::Acquire) != capture::GONE);
         for (tid, cap) in &captured {
             if let Some(tc) = capture
                 .threads
@@ -415,13 +444,13 @@ impl Checkpoint {
         if self.exit_after_save {
             std::process::exit(0);
         }
-        Ok(Outcome::Saved(SavedInfo {
-            path: self.path,
+        Ok(Some(Outcome::Saved(SavedInfo {
+            path: self.path.clone(),
             size,
             digest,
             pause,
             left_out,
-        }))
+        })))
     }
 
     fn dump(

@@ -104,22 +104,34 @@ impl std::fmt::Debug for Traced {
     }
 }
 
-/// Stops `tids` (threads of this process) through a helper; `Err` names each thread that could
-/// not be captured, and why. `names` are the threads' names for messages.
+/// Why [`capture`] failed.
+#[derive(Debug)]
+pub(crate) enum NotCaptured {
+    /// Each thread that could not be captured, and why.
+    Refused(Vec<String>),
+    /// Only threads that exited since they were listed (a timer's or a pool's short-lived
+    /// thread): nothing is wrong with the process; another attempt lists them no more.
+    Gone,
+}
+
+/// Stops `tids` (threads of this process) through a helper. `names` are the threads' names for
+/// messages.
 pub(crate) fn capture(
     tids: &[i32],
     names: &dyn Fn(i32) -> String,
     bound: Duration,
-) -> Result<Traced, Vec<String>> {
+) -> Result<Traced, NotCaptured> {
     let fail = |why: String| {
-        tids.iter()
-            .map(|&t| {
-                format!(
-                    "thread {t} ({}) blocks the checkpoint signal and could not be captured without it: {why}",
-                    names(t)
-                )
-            })
-            .collect::<Vec<_>>()
+        NotCaptured::Refused(
+            tids.iter()
+                .map(|&t| {
+                    format!(
+                        "thread {t} ({}) blocks the checkpoint signal and could not be captured without it: {why}",
+                        names(t)
+                    )
+                })
+                .collect(),
+        )
     };
     if tids.len() > 64 {
         return Err(fail(format!(
@@ -201,7 +213,10 @@ pub(crate) fn capture(
     }
     if n > 0 {
         traced.release();
-        return Err(failed[..n]
+        if failed[..n].iter().all(|f| f.2 == libc::ESRCH as u32) {
+            return Err(NotCaptured::Gone);
+        }
+        return Err(NotCaptured::Refused(failed[..n]
             .iter()
             .map(|&(tid, step, errno)| {
                 let step_name = STEPS.get(step as usize - 1).copied().unwrap_or("?");
@@ -224,7 +239,7 @@ pub(crate) fn capture(
                     names(tid)
                 )
             })
-            .collect());
+            .collect()));
     }
     Ok(traced)
 }
