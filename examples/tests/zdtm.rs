@@ -814,16 +814,20 @@ fn posix_timers_keep_their_ids_clocks_targets_and_times() {
     }
 }
 
-/// Threads that exit between the listing and their signal, or start after the listing, while
-/// the checkpoint stops the process: every checkpoint succeeds, and the restored process has
-/// every thread it waits for (a thread left out of the image would hang its join).
+/// Threads that exit between the listing and their signal, or start after the listing, and
+/// descriptors closed or opened between the scan and the snapshot: every checkpoint succeeds,
+/// the restored process has every thread it waits for (one left out of the image would hang its
+/// join) and no descriptor its program had closed.
 #[test]
-fn threads_that_come_and_go_during_the_checkpoint() {
+fn threads_and_descriptors_that_come_and_go_during_the_checkpoint() {
     run_zdtm(
         "zdtm-churn",
         &["20"],
         &[],
-        &["the spawner goes on starting and joining threads"],
+        &[
+            "the spawner goes on starting and joining threads",
+            "the opener's file gets the same number every time",
+        ],
     );
 }
 

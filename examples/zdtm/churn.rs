@@ -1,18 +1,25 @@
-//! Threads that come and go while the checkpoint stops the process: a spawner thread starts and
-//! joins a short-lived thread every millisecond, as a pool that grows and shrinks does. A thread
-//! may exit between the listing and its signal, or be created after the listing. The first life
+//! Threads and descriptors that come and go while the checkpoint stops the process: a spawner
+//! thread starts and joins short-lived threads back to back, as a pool that grows and shrinks
+//! does, and an opener thread opens a file, holds it 5 ms and closes it, again and again. A
+//! thread may exit between the listing and its signal, or be created after the listing; a
+//! descriptor may be closed or opened between the scan and the snapshot. The first life
 //! checkpoints several times over (each must succeed), then once more to IMAGE. After restore
-//! the spawner goes on: every thread the restored program waits for exists.
+//! the spawner goes on (every thread the restored program waits for exists), and the opener's
+//! file gets the number it always got (no descriptor it had closed came back).
 //!
 //! `EXTRA`: how many checkpoints to take before the last one (default 10).
 
 #[path = "common.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 static JOINED: AtomicU64 = AtomicU64::new(0);
+static OPENED: AtomicU64 = AtomicU64::new(0);
+/// The number every open of the opener's got, or -1 once one got another.
+static NUMBER: AtomicI64 = AtomicI64::new(0);
 
 /// Waits until `counter` has gone `more` past where it is, at most `bound`: whether it did.
 fn progress(counter: &AtomicU64, more: u64, bound: Duration) -> bool {
@@ -40,8 +47,27 @@ fn main() {
             std::hint::spin_loop();
         })
         .unwrap();
+    let path = format!("{image}.opened");
+    std::fs::write(&path, b"x").unwrap();
+    std::thread::Builder::new()
+        .name("opener".into())
+        .spawn(move || loop {
+            let f = std::fs::File::open(&path).unwrap();
+            let n = i64::from(f.as_raw_fd());
+            let _ = NUMBER.compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed);
+            if NUMBER.load(Ordering::Relaxed) != n {
+                NUMBER.store(-1, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            drop(f);
+            OPENED.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(5));
+        })
+        .unwrap();
     let bound = Duration::from_secs(20);
-    assert!(progress(&JOINED, 20, bound));
+    assert!(progress(&JOINED, 20, bound) && progress(&OPENED, 1, bound));
+    // (While a checkpoint runs, its own descriptors take numbers too: only its absence counts.)
+    let first = NUMBER.load(Ordering::Relaxed);
     let scratch = format!("{image}.scratch");
     for i in 0..rounds {
         let mut cp = thaw::Checkpoint::to(&scratch);
@@ -57,12 +83,23 @@ fn main() {
     }
     let _ = std::fs::remove_file(&scratch);
     drop(common::restored());
+    NUMBER.store(0, Ordering::Relaxed);
     let mut c = common::Checks::default();
     let joined = progress(&JOINED, 50, bound);
     c.check(
         "the spawner goes on starting and joining threads",
         joined,
         format!("stuck at {}", JOINED.load(Ordering::Relaxed)),
+    );
+    let opened = progress(&OPENED, 5, bound);
+    let number = NUMBER.load(Ordering::Relaxed);
+    c.check(
+        "the opener's file gets the same number every time",
+        opened && number == first,
+        format!(
+            "opened {opened}, number {number} (first life: {first}; {first} is {:?})",
+            std::fs::read_link(format!("/proc/self/fd/{first}"))
+        ),
     );
     c.finish()
 }

@@ -313,6 +313,23 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// The checkpoint's own descriptors, opened after the descriptor scan.
+    pub fn own_fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = self
+            .pipes
+            .iter()
+            .flat_map(|p| [p.copy_w.as_raw_fd(), p.copy_r.as_raw_fd()])
+            .collect();
+        fds.extend(
+            [&self.pagemap, &self.mem, &self.maps_fd]
+                .into_iter()
+                .flatten()
+                .map(AsRawFd::as_raw_fd),
+        );
+        fds.extend(self.shm.iter().filter_map(|o| o.own_fd()));
+        fds
+    }
+
     pub fn new(
         caller: i32,
         tids: &[i32],

@@ -49,7 +49,8 @@ pub enum CheckpointError {
     Policy(String),
 }
 
-/// How many times a checkpoint is tried when the process creates threads while it is stopped.
+/// How many times a checkpoint is tried when threads or descriptors come and go while the
+/// process is being stopped.
 const ATTEMPTS: u32 = 8;
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
@@ -229,21 +230,21 @@ impl Checkpoint {
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
         // What is listed before the threads stop (threads, descriptors) is checked against the
         // snapshot; a process that changed it meanwhile is checkpointed again.
-        for _ in 1..ATTEMPTS {
-            if let Some(done) = self.attempt()? {
-                return Ok(done);
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match self.attempt()? {
+                Ok(done) => return Ok(done),
+                Err(why) => last = why,
             }
         }
-        self.attempt()?.ok_or_else(|| {
-            CheckpointError::Unsupported(vec![format!(
-                "threads kept starting or exiting while the process was being stopped ({ATTEMPTS} attempts); checkpoint it from a quieter moment"
-            )])
-        })
+        Err(CheckpointError::Unsupported(vec![format!(
+            "threads or descriptors kept coming and going while the process was being stopped ({ATTEMPTS} attempts, the last: {last}); checkpoint it from a quieter moment"
+        )]))
     }
 
-    /// One try: the outcome, or `None` when threads came or went while the process was being
-    /// stopped (no snapshot was taken; everything is listed again).
-    fn attempt(&self) -> Result<Option<Outcome>, CheckpointError> {
+    /// One try: the outcome, or what came or went while the process was being stopped (no
+    /// image is written; everything is listed again).
+    fn attempt(&self) -> Result<Result<Outcome, String>, CheckpointError> {
         let (mut unsupported, maps) = preflight()?;
         let posix_timers = match state::posix_timers::list() {
             Ok(t) => t,
@@ -367,10 +368,13 @@ impl Checkpoint {
             .filter(|&tid| tid != me && blocks_signal(tid, self.signal))
             .collect();
         let mut traced = None;
+        let mut traced_fd = None;
         if !blocking.is_empty() {
             let t = match crate::traced::capture(&blocking, &name_of, self.thread_timeout) {
                 Ok(t) => t,
-                Err(crate::traced::NotCaptured::Gone) => return Ok(None),
+                Err(crate::traced::NotCaptured::Gone) => {
+                    return Ok(Err("a thread exited as it was being captured".into()))
+                }
                 Err(crate::traced::NotCaptured::Refused(why)) => {
                     return Err(CheckpointError::Unsupported(why))
                 }
@@ -382,6 +386,7 @@ impl Checkpoint {
                 }
             }
             capture.own_buffers.push(t.buffer());
+            traced_fd = Some(t.own_fd());
             traced = Some(t);
         }
         let t0 = std::time::Instant::now();
@@ -400,7 +405,9 @@ impl Checkpoint {
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
             }
-            Err(capture::FreezeError::Unlisted) => return Ok(None),
+            Err(capture::FreezeError::Unlisted) => {
+                return Ok(Err("a thread started after the threads were listed".into()))
+            }
             Err(capture::FreezeError::Unresponsive(late)) => {
                 return Err(CheckpointError::Unsupported(
                     late.iter()
@@ -421,9 +428,26 @@ impl Checkpoint {
         };
         let pause = t0.elapsed();
         let mut capture = match frozen {
-            Frozen::Restored => return restored().map(Some),
+            Frozen::Restored => {
+                std::mem::take(&mut scan.witness).abandon();
+                return restored().map(Ok);
+            }
             Frozen::Snapshot(c) => c,
         };
+        let child = capture.child.load(Ordering::Acquire) as i32;
+        // Descriptors another thread closed, replaced or opened since the scan.
+        let own: Vec<i32> = capture.own_fds().into_iter().chain(traced_fd).collect();
+        match scan.witness.changed(child, &own) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                crate::sys::kill_and_reap(child);
+                return Ok(Err(why));
+            }
+            Err(e) => {
+                crate::sys::kill_and_reap(child);
+                return Err(io("comparing the descriptors with the snapshot's")(e));
+            }
+        }
         // Threads that exited before they could be stopped are not in the image.
         capture
             .threads
@@ -437,14 +461,13 @@ impl Checkpoint {
                 cap.fill(tc, *tid);
             }
         }
-        let child = capture.child.load(Ordering::Acquire) as i32;
         let result = self.dump(child, &capture, &threads, &captured, scan, original_action);
         crate::sys::kill_and_reap(child);
         let (size, digest) = result?;
         if self.exit_after_save {
             std::process::exit(0);
         }
-        Ok(Some(Outcome::Saved(SavedInfo {
+        Ok(Ok(Outcome::Saved(SavedInfo {
             path: self.path.clone(),
             size,
             digest,

@@ -20,6 +20,7 @@ pub mod serve;
 pub mod state;
 pub mod sys;
 mod traced;
+mod witness;
 
 pub use checkpoint::{
     on_checkpoint, on_restore, Checkpoint, CheckpointError, Outcome, Restored, SavedInfo,

@@ -1447,6 +1447,24 @@ pub fn same_description(a: i32, b: i32) -> Option<bool> {
     (r >= 0).then_some(r == 0)
 }
 
+/// Whether descriptor `ours` of this process and descriptor `theirs` of process `pid` are one
+/// open file description (kcmp KCMP_FILE); `None` where the kernel cannot tell (no such
+/// descriptor, no kcmp).
+pub fn same_description_in(ours: i32, pid: i32, theirs: i32) -> Option<bool> {
+    let r = syscall6(
+        libc::SYS_kcmp,
+        [
+            getpid() as u64,
+            pid as u64,
+            0,
+            ours as u64,
+            theirs as u64,
+            0,
+        ],
+    );
+    (r >= 0).then_some(r == 0)
+}
+
 /// madvise(addr, len, advice), result ignored. Async-signal-safe.
 pub fn madvise(addr: u64, len: u64, advice: i32) {
     syscall6(libc::SYS_madvise, [addr, len, advice as u64, 0, 0, 0]);

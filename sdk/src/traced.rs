@@ -245,6 +245,11 @@ pub(crate) fn capture(
 }
 
 impl Traced {
+    /// The descriptor of the checkpoint's own that lets the helper go.
+    pub(crate) fn own_fd(&self) -> i32 {
+        self.release_w.as_raw_fd()
+    }
+
     /// What the helper wrote about thread number `i`.
     pub(crate) fn slot(&self, i: usize) -> Captured {
         let size = std::mem::size_of::<Slot>();

@@ -255,6 +255,8 @@ pub(crate) struct FdScan {
     /// Descriptors of FIFOs (named pipes), reopened by path: what waits in one at the snapshot
     /// would be lost with the first life, so the checkpoint refuses it then.
     pub fifos: Vec<i32>,
+    /// The scanned descriptors, held to be compared with the snapshot's.
+    pub witness: crate::witness::FdWitness,
 }
 
 fn fdinfo(fd: i32) -> String {
@@ -300,7 +302,11 @@ impl FdScan {
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         fds.sort_unstable();
-        let mut scan = FdScan::default();
+        fds.retain(|fd| !exclude.contains(fd));
+        let mut scan = FdScan {
+            witness: crate::witness::FdWitness::hold(&fds)?,
+            ..FdScan::default()
+        };
         // Removed directories open here: (fd, device, inode).
         let mut deleted_dirs: Vec<(i32, u64, u64)> = Vec::new();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();

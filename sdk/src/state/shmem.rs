@@ -108,6 +108,11 @@ pub struct ShmCopy {
 }
 
 impl ShmCopy {
+    /// Our own descriptor of the object, if any: one of the checkpoint's.
+    pub fn own_fd(&self) -> Option<i32> {
+        self.own.as_ref().map(std::os::fd::AsRawFd::as_raw_fd)
+    }
+
     /// Prepares the copy of an object of `size` bytes (reserves, does not touch, that much);
     /// `own` is our own open file description of it, if the process has a way to one.
     fn new(id: u64, o: Object, own: Option<OwnedFd>, size: u64) -> std::io::Result<ShmCopy> {

@@ -1,0 +1,77 @@
+//! The descriptor table is listed (and each descriptor classified) before the threads stop, so
+//! another thread may close, replace or open a descriptor between that scan and the snapshot;
+//! the image would then hold a descriptor as the scan saw it, not as the process had it. The
+//! witness holds a duplicate of each scanned descriptor, and once the snapshot exists compares
+//! the snapshot's table with them (kcmp: one open file description, not merely the same file).
+//! A difference makes the checkpoint start again.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::sys;
+
+#[derive(Debug, Default)]
+pub(crate) struct FdWitness {
+    /// (descriptor number, our duplicate of it).
+    held: Vec<(i32, OwnedFd)>,
+}
+
+impl FdWitness {
+    /// Duplicates each of `fds`, just listed and not yet looked at: what the scan then reads
+    /// of a descriptor is of the description held here, or the snapshot differs from it.
+    pub(crate) fn hold(fds: &[i32]) -> std::io::Result<FdWitness> {
+        let mut held = Vec::with_capacity(fds.len());
+        // Above every listed number: a duplicate must never take the number of a descriptor
+        // closed meanwhile, where it would pass for it.
+        let above = fds.iter().max().map_or(0, |m| m + 1) as u64;
+        for &fd in fds {
+            match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) })),
+                // Closed already (the listing's own directory handle among them): the scan
+                // finds it gone too, and a descriptor opened at its number since is not held.
+                Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(FdWitness { held })
+    }
+
+    /// Our duplicates' numbers: descriptors of the checkpoint's own.
+    pub(crate) fn own(&self) -> impl Iterator<Item = i32> + '_ {
+        self.held.iter().map(|(_, d)| d.as_raw_fd())
+    }
+
+    /// What differs between the scan and `child`'s descriptor table (the snapshot, a fork of
+    /// this process), `own` being the checkpoint's own descriptors; `None` when nothing does.
+    pub(crate) fn changed(&self, child: i32, own: &[i32]) -> std::io::Result<Option<String>> {
+        let mut table: Vec<i32> = std::fs::read_dir(format!("/proc/{child}/fd"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        table.sort_unstable();
+        for (fd, dup) in &self.held {
+            if table.binary_search(fd).is_err() {
+                return Ok(Some(format!("descriptor {fd} was closed")));
+            }
+            match sys::same_description_in(dup.as_raw_fd(), child, *fd) {
+                Some(true) => {}
+                Some(false) => return Ok(Some(format!("descriptor {fd} was replaced"))),
+                None => {
+                    return Err(std::io::Error::other(format!(
+                        "cannot compare descriptor {fd} with the snapshot's (kcmp)"
+                    )))
+                }
+            }
+        }
+        let scanned = |fd: i32| self.held.iter().any(|(n, _)| *n == fd);
+        let mine = |fd: i32| own.contains(&fd) || self.own().any(|d| d == fd);
+        Ok(table
+            .iter()
+            .find(|&&fd| !scanned(fd) && !mine(fd))
+            .map(|fd| format!("descriptor {fd} was opened")))
+    }
+
+    /// In a restored process the duplicates were never there: their numbers are not ours.
+    pub(crate) fn abandon(self) {
+        self.held.into_iter().for_each(|(_, d)| std::mem::forget(d));
+    }
+}
