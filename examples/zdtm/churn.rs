@@ -5,7 +5,9 @@
 //! descriptor may be closed or opened between the scan and the snapshot. The first life
 //! checkpoints several times over (each must succeed), then once more to IMAGE. After restore
 //! the spawner goes on (every thread the restored program waits for exists), and the opener's
-//! file gets the number it always got (no descriptor it had closed came back).
+//! file gets the number it always got (no descriptor it had closed came back). A toggler thread
+//! flips O_NONBLOCK on a socket every 3 ms (under a lock, with a record of what it set): after
+//! restore the socket's flags are what the record says.
 //!
 //! `EXTRA`: how many checkpoints to take before the last one (default 10).
 
@@ -14,12 +16,22 @@ mod common;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static JOINED: AtomicU64 = AtomicU64::new(0);
 static OPENED: AtomicU64 = AtomicU64::new(0);
 /// The number every open of the opener's got, or -1 once one got another.
 static NUMBER: AtomicI64 = AtomicI64::new(0);
+
+/// Whether the toggler's socket is non-blocking, as the toggler last set it (under the lock).
+static NONBLOCKING: Mutex<bool> = Mutex::new(false);
+static TOGGLED: AtomicU64 = AtomicU64::new(0);
+
+fn nonblocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL on a descriptor of ours.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0 }
+}
 
 /// Waits until `counter` has gone `more` past where it is, at most `bound`: whether it did.
 fn progress(counter: &AtomicU64, more: u64, bound: Duration) -> bool {
@@ -64,6 +76,20 @@ fn main() {
             std::thread::sleep(Duration::from_millis(5));
         })
         .unwrap();
+    let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = sock.as_raw_fd();
+    std::thread::Builder::new()
+        .name("toggler".into())
+        .spawn(move || loop {
+            {
+                let mut set = NONBLOCKING.lock().unwrap();
+                *set = !*set;
+                sock.set_nonblocking(*set).unwrap();
+            }
+            TOGGLED.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(3));
+        })
+        .unwrap();
     let bound = Duration::from_secs(20);
     assert!(progress(&JOINED, 20, bound) && progress(&OPENED, 1, bound));
     // (While a checkpoint runs, its own descriptors take numbers too: only its absence counts.)
@@ -100,6 +126,15 @@ fn main() {
             "opened {opened}, number {number} (first life: {first}; {first} is {:?})",
             std::fs::read_link(format!("/proc/self/fd/{first}"))
         ),
+    );
+    let (recorded, now) = {
+        let set = NONBLOCKING.lock().unwrap();
+        (*set, nonblocking(fd))
+    };
+    c.check(
+        "the toggled socket's flags are what its thread last set",
+        recorded == now && progress(&TOGGLED, 3, bound),
+        format!("set {recorded}, found {now}"),
     );
     c.finish()
 }

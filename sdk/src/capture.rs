@@ -80,6 +80,11 @@ pub struct ThreadCapture {
     pub done: AtomicI32,
 }
 
+/// `Capture::changed`: a thread started after the listing.
+pub const THREAD_STARTED: u32 = 1;
+/// `Capture::changed`: a descriptor changed in place after the scan.
+pub const DESCRIPTOR_CHANGED: u32 = 2;
+
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
 /// the checkpoint had come a moment later.
 pub const GONE: i32 = 2;
@@ -307,9 +312,11 @@ pub struct Capture {
     pub posix_timers: Vec<(crate::state::posix_timers::PosixTimer, [AtomicU64; 2])>,
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
-    /// Set by the calling thread when the process had a thread it had not listed (one created
-    /// after the listing): no snapshot is taken, and the checkpoint starts again.
-    pub unlisted: AtomicU32,
+    /// Set by the calling thread when the process changed since it was listed ([`THREAD_STARTED`],
+    /// [`DESCRIPTOR_CHANGED`]): no snapshot is taken, and the checkpoint starts again.
+    pub changed: AtomicU32,
+    /// How the scanned descriptors looked before the scan (see `crate::witness`).
+    pub looks: Vec<(i32, u64)>,
 }
 
 impl Capture {
@@ -375,7 +382,8 @@ impl Capture {
             maps_buf: None,
             maps_len: AtomicI64::new(0),
             child: AtomicI64::new(0),
-            unlisted: AtomicU32::new(0),
+            changed: AtomicU32::new(0),
+            looks: Vec::new(),
         })
     }
 
@@ -519,7 +527,13 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         .filter(|t| t.done.load(Ordering::Acquire) == 1)
         .count() as u64;
     if sys::thread_count().is_none_or(|n| n != recorded) {
-        c.unlisted.store(1, Ordering::Release);
+        c.changed.store(THREAD_STARTED, Ordering::Release);
+        return;
+    }
+    // A descriptor whose flags, or a socket whose name, peer or listening state, changed since
+    // the scan read them.
+    if !crate::witness::unchanged_now(&c.looks) {
+        c.changed.store(DESCRIPTOR_CHANGED, Ordering::Release);
         return;
     }
     // Record the process-wide state and fork.
@@ -645,8 +659,8 @@ pub enum FreezeError {
     Io(std::io::Error),
     /// Threads that did not reach their handler within the bound: (tid, …) as given.
     Unresponsive(Vec<i32>),
-    /// A thread created after the threads were listed: start again.
-    Unlisted,
+    /// The process changed since it was listed (what changed): start again.
+    Changed(&'static str),
 }
 
 impl From<std::io::Error> for FreezeError {
@@ -762,8 +776,18 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         .threads
         .iter()
         .find(|t| t.tid.load(Ordering::Relaxed) == capture.caller);
-    if capture.unlisted.load(Ordering::Acquire) != 0 {
-        return Err(FreezeError::Unlisted);
+    match capture.changed.load(Ordering::Acquire) {
+        THREAD_STARTED => {
+            return Err(FreezeError::Changed(
+                "a thread started after the threads were listed",
+            ))
+        }
+        DESCRIPTOR_CHANGED => {
+            return Err(FreezeError::Changed(
+                "a descriptor's flags or a socket's address or state changed after the scan",
+            ))
+        }
+        _ => {}
     }
     if me.is_none_or(|t| t.done.load(Ordering::Acquire) == 0) {
         return Err(std::io::Error::other(format!(

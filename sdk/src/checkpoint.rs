@@ -298,6 +298,7 @@ impl Checkpoint {
             .into_iter()
             .map(|t| (t, Default::default()))
             .collect();
+        capture.looks = scan.witness.looks();
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fifos = scan
             .fifos
@@ -405,9 +406,7 @@ impl Checkpoint {
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
             }
-            Err(capture::FreezeError::Unlisted) => {
-                return Ok(Err("a thread started after the threads were listed".into()))
-            }
+            Err(capture::FreezeError::Changed(why)) => return Ok(Err(why.into())),
             Err(capture::FreezeError::Unresponsive(late)) => {
                 return Err(CheckpointError::Unsupported(
                     late.iter()

@@ -57,6 +57,38 @@ pub fn tgkill_self(tid: i32, sig: i32) -> io::Result<()> {
 
 /// Reads /proc/self/task/TID/syscall into `buf`; the length read. Allocation-free.
 pub fn read_task_syscall(tid: i32, buf: &mut [u8]) -> Option<usize> {
+    read_task_file(tid, b"/syscall\0", buf)
+}
+
+/// Whether thread `tid` of this process is gone or has begun to exit (PF_EXITING in the flags of
+/// its /proc/self/task/TID/stat). Allocation-free.
+pub fn task_exiting(tid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let mut buf = [0u8; 2048];
+    let Some(n) = read_task_file(tid, b"/stat\0", &mut buf) else {
+        return true;
+    };
+    let line = &buf[..n];
+    let Some(close) = line.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    // Field 9 (flags) is the 7th after the command name.
+    let Some(field) = line[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(6)
+    else {
+        return false;
+    };
+    let flags = field
+        .iter()
+        .take_while(|d| d.is_ascii_digit())
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    flags & PF_EXITING != 0
+}
+
+/// Reads /proc/self/task/TID + `tail` (NUL-terminated) into `buf`. Allocation-free.
+fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
     let mut path = [0u8; 64];
     let head = b"/proc/self/task/";
     path[..head.len()].copy_from_slice(head);
@@ -76,7 +108,6 @@ pub fn read_task_syscall(tid: i32, buf: &mut [u8]) -> Option<usize> {
         path[at] = digits[i];
         at += 1;
     }
-    let tail = b"/syscall\0";
     path[at..at + tail.len()].copy_from_slice(tail);
     let fd = syscall6(
         libc::SYS_openat,
@@ -899,6 +930,58 @@ fn sockaddr_of(nr: i64, fd: i32) -> io::Result<Vec<u8>> {
         ],
     ))?;
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// What a descriptor's open file description looks like now, folded into one number: its status
+/// and descriptor flags and, for a socket, its name, its peer and whether it listens. Two looks
+/// differ when any of those changed. Allocation-free, for a signal handler.
+pub fn fd_look(fd: i32) -> u64 {
+    // FNV-1a over the answers (a value, or the negative errno).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut add = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for cmd in [libc::F_GETFL, libc::F_GETFD] {
+        add(&syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]).to_ne_bytes());
+    }
+    for nr in [libc::SYS_getsockname, libc::SYS_getpeername] {
+        let mut buf = [0u8; 128];
+        let mut len = buf.len() as u32;
+        let r = syscall6(
+            nr,
+            [
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                &mut len as *mut u32 as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        add(&r.to_ne_bytes());
+        if r == -i64::from(libc::ENOTSOCK) {
+            return h;
+        }
+        add(&buf[..(len as usize).min(buf.len())]);
+    }
+    let mut v = 0i32;
+    let mut len = 4u32;
+    let r = syscall6(
+        libc::SYS_getsockopt,
+        [
+            fd as u64,
+            libc::SOL_SOCKET as u64,
+            libc::SO_ACCEPTCONN as u64,
+            &mut v as *mut i32 as u64,
+            &mut len as *mut u32 as u64,
+            0,
+        ],
+    );
+    add(&r.to_ne_bytes());
+    add(&v.to_ne_bytes());
+    h
 }
 
 /// getsockopt into `buf`, whose contents are also the call's input (`MCAST_MSFILTER` names the
@@ -1926,6 +2009,8 @@ mod tests {
         assert_eq!(super::stat_threads(b"1 (x) S 1 2"), None, "cut short");
         // (Other tests run threads in this process meanwhile: only a lower bound holds here.)
         assert!(super::thread_count().expect("own stat") >= 1);
+        assert!(!super::task_exiting(super::gettid()), "this thread runs");
+        assert!(super::task_exiting(i32::MAX), "no such thread");
     }
 
     #[test]

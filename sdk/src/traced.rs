@@ -207,7 +207,10 @@ pub(crate) fn capture(
         let step = u32::from_ne_bytes(b[0..4].try_into().expect("4"));
         let errno = u32::from_ne_bytes(b[4..8].try_into().expect("4"));
         if step != 0 {
-            failed[n] = (tid, step, errno);
+            // PTRACE_SEIZE answers EPERM for a thread that has begun to exit (exit_state set):
+            // gone, like one no longer there at all.
+            let gone = errno == libc::EPERM as u32 && sys::task_exiting(tid);
+            failed[n] = (tid, step, if gone { libc::ESRCH as u32 } else { errno });
             n += 1;
         }
     }

@@ -3,7 +3,9 @@
 //! the image would then hold a descriptor as the scan saw it, not as the process had it. The
 //! witness holds a duplicate of each scanned descriptor, and once the snapshot exists compares
 //! the snapshot's table with them (kcmp: one open file description, not merely the same file).
-//! A difference makes the checkpoint start again.
+//! What the scan reads of a description that may change in place (its flags; a socket's name,
+//! peer and listening state) is looked at once more while every thread is stopped (see
+//! `sys::fd_look`). A difference makes the checkpoint start again.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -13,6 +15,8 @@ use crate::sys;
 pub(crate) struct FdWitness {
     /// (descriptor number, our duplicate of it).
     held: Vec<(i32, OwnedFd)>,
+    /// (descriptor number, `sys::fd_look` before the scan looked at it).
+    looks: Vec<(i32, u64)>,
 }
 
 impl FdWitness {
@@ -24,16 +28,24 @@ impl FdWitness {
         // closed meanwhile, where it would pass for it.
         let above = fds.iter().max().map_or(0, |m| m + 1) as u64;
         for &fd in fds {
+            let look = sys::fd_look(fd);
             match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
                 // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-                Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) })),
+                Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) }, look)),
                 // Closed already (the listing's own directory handle among them): the scan
                 // finds it gone too, and a descriptor opened at its number since is not held.
                 Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(FdWitness { held })
+        let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
+        let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
+        Ok(FdWitness { held, looks })
+    }
+
+    /// (descriptor, how it looked before the scan), for [`unchanged_now`] at the freeze.
+    pub(crate) fn looks(&self) -> Vec<(i32, u64)> {
+        self.looks.clone()
     }
 
     /// Our duplicates' numbers: descriptors of the checkpoint's own.
@@ -74,4 +86,10 @@ impl FdWitness {
     pub(crate) fn abandon(self) {
         self.held.into_iter().for_each(|(_, d)| std::mem::forget(d));
     }
+}
+
+/// Whether every descriptor of `looks` still looks as it did before the scan. Allocation-free:
+/// called by the checkpointing thread while every other thread is stopped.
+pub(crate) fn unchanged_now(looks: &[(i32, u64)]) -> bool {
+    looks.iter().all(|&(fd, look)| sys::fd_look(fd) == look)
 }

@@ -332,9 +332,6 @@ pub fn oom_score_adj() -> i32 {
 /// could not be entered again), and children (a checkpoint saves this process alone: after
 /// restore `waitpid` would fail and the first life's children would run on), unless
 /// `leave_children_out`.
-/// `PF_EXITING` of a task's flags (field 9 of /proc/PID/stat): the task has begun to exit.
-const PF_EXITING: u64 = 0x4;
-
 pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
     let mut why = Vec::new();
     if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
@@ -361,16 +358,7 @@ pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
             if let Ok(theirs) = cgroup(&tid) {
                 // An exiting thread leaves its cgroups before it is gone (PF_EXITING, set
                 // first, is read after): it is not in the image either way.
-                let exiting = || {
-                    tid.parse()
-                        .ok()
-                        .and_then(|t| procfs::stat_fields(t).ok())
-                        .is_none_or(|f| {
-                            f.get(9)
-                                .and_then(|x| x.parse::<u64>().ok())
-                                .is_none_or(|flags| flags & PF_EXITING != 0)
-                        })
-                };
+                let exiting = || tid.parse().is_ok_and(crate::sys::task_exiting);
                 if theirs != mine && !exiting() {
                     why.push(format!(
                         "thread {tid} is in cgroup {} while the process is in {}: threads of one process are restored in one cgroup",
