@@ -84,6 +84,8 @@ pub struct ThreadCapture {
 pub const THREAD_STARTED: u32 = 1;
 /// `Capture::changed`: a descriptor changed in place after the scan.
 pub const DESCRIPTOR_CHANGED: u32 = 2;
+/// `Capture::changed`: a child process was forked after the check for children.
+pub const CHILD_STARTED: u32 = 3;
 
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
 /// the checkpoint had come a moment later.
@@ -317,6 +319,11 @@ pub struct Capture {
     pub changed: AtomicU32,
     /// How the scanned descriptors looked before the scan (see `crate::witness`).
     pub looks: Vec<(i32, u64)>,
+    /// Whether the process may have children (they are left out of the image); otherwise one
+    /// forked since the check makes the checkpoint start again.
+    pub children_allowed: bool,
+    /// The checkpoint's own helper process (see `crate::traced`), a child of ours; 0 if none.
+    pub helper: AtomicI32,
 }
 
 impl Capture {
@@ -384,6 +391,8 @@ impl Capture {
             child: AtomicI64::new(0),
             changed: AtomicU32::new(0),
             looks: Vec::new(),
+            children_allowed: false,
+            helper: AtomicI32::new(0),
         })
     }
 
@@ -534,6 +543,17 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     // the scan read them.
     if !crate::witness::unchanged_now(&c.looks) {
         c.changed.store(DESCRIPTOR_CHANGED, Ordering::Release);
+        return;
+    }
+    // A child forked since the check for children.
+    let helper = c.helper.load(Ordering::Relaxed);
+    if !c.children_allowed
+        && c.threads.iter().any(|t| {
+            t.done.load(Ordering::Acquire) == 1
+                && sys::task_has_child_but(t.tid.load(Ordering::Relaxed), helper)
+        })
+    {
+        c.changed.store(CHILD_STARTED, Ordering::Release);
         return;
     }
     // Record the process-wide state and fork.
@@ -785,6 +805,11 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         DESCRIPTOR_CHANGED => {
             return Err(FreezeError::Changed(
                 "a descriptor's flags or a socket's address or state changed after the scan",
+            ))
+        }
+        CHILD_STARTED => {
+            return Err(FreezeError::Changed(
+                "a child process was started after the check for children",
             ))
         }
         _ => {}

@@ -299,6 +299,7 @@ impl Checkpoint {
             .map(|t| (t, Default::default()))
             .collect();
         capture.looks = scan.witness.looks();
+        capture.children_allowed = self.leave_children_out;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fifos = scan
             .fifos
@@ -388,6 +389,7 @@ impl Checkpoint {
             }
             capture.own_buffers.push(t.buffer());
             traced_fd = Some(t.own_fd());
+            capture.helper.store(t.helper_pid(), Ordering::Relaxed);
             traced = Some(t);
         }
         let t0 = std::time::Instant::now();

@@ -87,6 +87,24 @@ pub fn task_exiting(tid: i32) -> bool {
     flags & PF_EXITING != 0
 }
 
+/// Whether thread `tid` of this process has a child process other than `except`
+/// (/proc/self/task/TID/children). Allocation-free.
+pub fn task_has_child_but(tid: i32, except: i32) -> bool {
+    let mut buf = [0u8; 4096];
+    let Some(n) = read_task_file(tid, b"/children\0", &mut buf) else {
+        return false;
+    };
+    buf[..n]
+        .split(|&b| b == b' ' || b == b'\n')
+        .filter(|p| !p.is_empty())
+        .any(|p| {
+            let pid = p
+                .iter()
+                .fold(0i64, |n, &d| n * 10 + i64::from(d.wrapping_sub(b'0')));
+            pid != i64::from(except)
+        })
+}
+
 /// Reads /proc/self/task/TID + `tail` (NUL-terminated) into `buf`. Allocation-free.
 fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
     let mut path = [0u8; 64];
@@ -2011,6 +2029,22 @@ mod tests {
         assert!(super::thread_count().expect("own stat") >= 1);
         assert!(!super::task_exiting(super::gettid()), "this thread runs");
         assert!(super::task_exiting(i32::MAX), "no such thread");
+    }
+
+    #[test]
+    fn a_threads_children_are_seen_but_the_one_excepted() {
+        // Children are listed per thread (the one that forked them): other tests' are not here.
+        let me = super::gettid();
+        assert!(!super::task_has_child_but(me, 0));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(super::task_has_child_but(me, 0));
+        assert!(!super::task_has_child_but(me, child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!super::task_has_child_but(me, 0), "reaped");
     }
 
     #[test]

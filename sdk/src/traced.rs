@@ -248,6 +248,11 @@ pub(crate) fn capture(
 }
 
 impl Traced {
+    /// The helper's PID: a child of this process while the checkpoint runs.
+    pub(crate) fn helper_pid(&self) -> i32 {
+        self.helper
+    }
+
     /// The descriptor of the checkpoint's own that lets the helper go.
     pub(crate) fn own_fd(&self) -> i32 {
         self.release_w.as_raw_fd()
