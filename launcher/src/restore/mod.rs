@@ -223,6 +223,12 @@ struct Fds {
     keep: Vec<RawFd>,
     /// With lazy memory: how the userfaultfd reaches the launcher.
     transport: Option<lazy::Transport>,
+    /// (read end, write end) of the gate: the restorer closes its copy of the write end and
+    /// reads the read end to end of file before the process runs, which comes once the launcher
+    /// (and any helper of its) has closed its own copies of everything that is the process's.
+    /// Until then a pipe's reader would not see end of file when the process closes the
+    /// writer, a listening socket would stay bound, a lock would stay held.
+    gate: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl Fds {
@@ -240,6 +246,10 @@ impl Fds {
     /// process's, so that the launcher sees end of file where it waits for one.
     fn close_process_side(&self) {
         sys::close(self.error_w.as_raw_fd());
+        if let Some((r, w)) = &self.gate {
+            sys::close(r.as_raw_fd());
+            sys::close(w.as_raw_fd());
+        }
         for fd in self.process_side() {
             sys::close(fd);
         }
@@ -441,7 +451,24 @@ fn prepare_fds(
         error_w,
         error_r,
         keep,
+        gate: None,
     })
+}
+
+/// The gate's pipe (see `Fds::gate`), above every descriptor the restore uses.
+fn gate(fds: &Fds) -> Result<(OwnedFd, OwnedFd)> {
+    let high = fds
+        .process_side()
+        .into_iter()
+        .chain([fds.error_w.as_raw_fd(), fds.error_r.as_raw_fd()])
+        .chain(fds.keep.iter().copied())
+        .max()
+        .unwrap_or(2)
+        + 1;
+    let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
+    let up =
+        |fd: OwnedFd| sys::dup_above(fd.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")));
+    Ok((up(OwnedFd::from(r))?, up(OwnedFd::from(w))?))
 }
 
 /// A verified range of the image's payload (the launcher's copy or the image file).
@@ -760,6 +787,18 @@ fn build_plan(
     thaw::state::process::plan_oom_score_adj(&mut plan, oom, mine);
     if let Some(f) = fork {
         f.plan_go(&mut plan);
+    } else if let Some((r, w)) = &fds.gate {
+        plan.syscall(
+            "close the restorer's copy of the gate's write end",
+            libc::SYS_close,
+            [w.as_raw_fd() as u64, 0, 0, 0, 0, 0],
+        );
+        let byte = plan.words(&[0]);
+        plan.syscall(
+            "wait until the launcher holds nothing of the process's",
+            libc::SYS_read,
+            [r.as_raw_fd() as u64, byte, 1, 0, 0, 0],
+        );
     }
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
@@ -948,7 +987,8 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         ns_identities(m)?;
     }
     same_root(m)?;
-    let fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
+    let mut fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
+    fds.gate = Some(gate(&fds)?);
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: std::env::vars_os()
@@ -1011,6 +1051,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         _mapped_files: mapped_files,
         shared,
         placed,
+        gate,
         ..
     } = fds;
     // The launcher keeps only its end of the socket: end of file there means the process died
@@ -1020,6 +1061,8 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         .as_ref()
         .and_then(|s| lazy::handshake(s, guardian.as_ref(), child));
     drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
+    // Last: end of file on the gate lets the restorer go on.
+    drop(gate);
     drop(error_w);
     std::thread::scope(|scope| {
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
