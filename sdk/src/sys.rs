@@ -951,8 +951,9 @@ fn sockaddr_of(nr: i64, fd: i32) -> io::Result<Vec<u8>> {
 }
 
 /// What a descriptor's open file description looks like now, folded into one number: its status
-/// and descriptor flags and, for a socket, its name, its peer and whether it listens. Two looks
-/// differ when any of those changed. Allocation-free, for a signal handler.
+/// and descriptor flags and, for a socket, its name, its peer, whether it listens and, for a
+/// listener, whether a connection waits to be accepted. Two looks differ when any of those
+/// changed. Allocation-free, for a signal handler.
 pub fn fd_look(fd: i32) -> u64 {
     // FNV-1a over the answers (a value, or the negative errno).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -999,6 +1000,10 @@ pub fn fd_look(fd: i32) -> u64 {
     );
     add(&r.to_ne_bytes());
     add(&v.to_ne_bytes());
+    if r == 0 && v == 1 {
+        // A listener is readable when its accept queue is not empty.
+        add(&poll_now(fd, libc::POLLIN).unwrap_or(-1).to_ne_bytes());
+    }
     h
 }
 
@@ -2029,6 +2034,31 @@ mod tests {
         assert!(super::thread_count().expect("own stat") >= 1);
         assert!(!super::task_exiting(super::gettid()), "this thread runs");
         assert!(super::task_exiting(i32::MAX), "no such thread");
+    }
+
+    #[test]
+    fn a_descriptor_looks_different_once_it_changed_in_place() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("thaw-look-{}", super::getpid()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        let fd = listener.as_raw_fd();
+        let idle = super::fd_look(fd);
+        assert_eq!(super::fd_look(fd), idle, "nothing changed");
+        let client = std::os::unix::net::UnixStream::connect(&dir).unwrap();
+        assert_ne!(super::fd_look(fd), idle, "a connection waits");
+        let (_conn, _) = listener.accept().unwrap();
+        assert_eq!(super::fd_look(fd), idle, "accepted");
+        listener.set_nonblocking(true).unwrap();
+        assert_ne!(super::fd_look(fd), idle, "status flags");
+        let peer = super::fd_look(client.as_raw_fd());
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+        assert_eq!(
+            super::fd_look(client.as_raw_fd()),
+            peer,
+            "no name, peer or flag changed"
+        );
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]
