@@ -73,8 +73,8 @@ fn main() {
         )
     };
 
-    // A FIFO (named pipe) open for reading and writing, nothing waiting in it: opened again by
-    // its name as the same FIFO.
+    // A FIFO (named pipe) open for reading and writing, 7 bytes waiting in it: opened again by
+    // its name as the same FIFO, the bytes put back.
     let fifo_path = dir.join("named.fifo");
     let fifo_c = std::ffi::CString::new(fifo_path.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
@@ -83,13 +83,9 @@ fn main() {
         libc::open(fifo_c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
     };
     assert!(fifo >= 0, "open FIFO: {}", std::io::Error::last_os_error());
-    if extra.get(1).is_some_and(|a| a == "fifo-data") {
-        // Bytes waiting in the FIFO would be lost with the first life: refused.
-        common::refusal(|| {
-            // SAFETY: a write from a literal to our own FIFO.
-            unsafe { libc::write(fifo, b"bytes".as_ptr().cast(), 5) };
-        });
-    }
+    // SAFETY: a write from a literal to our own FIFO.
+    let wrote = unsafe { libc::write(fifo, b"waiting".as_ptr().cast(), 7) };
+    assert_eq!(wrote, 7);
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
@@ -139,6 +135,14 @@ fn main() {
         // SAFETY: a one-byte write from a literal to our own pipe.
         unsafe { libc::write(et[0][1], b"a".as_ptr().cast(), 1) };
         seen.push(ready());
+        let mut waiting = [0u8; 8];
+        // SAFETY: a read of our own FIFO into a local.
+        let n = unsafe { libc::read(fifo, waiting.as_mut_ptr().cast(), 8) };
+        c.check(
+            "FIFO: the bytes waiting at the checkpoint wait there again",
+            n == 7 && &waiting[..7] == b"waiting",
+            format!("{n} bytes: {:?}", &waiting[..n.max(0) as usize]),
+        );
         // What the FIFO's descriptor writes, a new open of its name reads: one FIFO.
         let mut got = [0u8; 4];
         // SAFETY: writes and reads of our own descriptors into and from locals.

@@ -289,8 +289,9 @@ pub struct Capture {
     pub locked: Vec<(u64, u64, bool)>,
     /// Other buffers of the checkpoint's own, never in the snapshot (MADV_DONTFORK).
     pub own_buffers: Vec<(u64, u64)>,
-    /// FIFO descriptors and the bytes waiting in each at the snapshot.
-    pub fifos: Vec<(i32, AtomicI64)>,
+    /// One per FIFO: (its descriptor, our own read end when that one cannot read, the copy of
+    /// the bytes waiting in it at the snapshot).
+    pub fifos: Vec<(i32, Option<OwnedFd>, PipeCopy)>,
     /// Epoll instances whose edge-triggered registrations' pending events are probed.
     pub epolls: Vec<crate::state::epoll::Probe>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.
@@ -341,6 +342,10 @@ impl Capture {
                 .map(AsRawFd::as_raw_fd),
         );
         fds.extend(self.shm.iter().filter_map(|o| o.own_fd()));
+        for (_, own, p) in &self.fifos {
+            fds.extend(own.as_ref().map(AsRawFd::as_raw_fd));
+            fds.extend([p.copy_w.as_raw_fd(), p.copy_r.as_raw_fd()]);
+        }
         fds
     }
 
@@ -618,8 +623,9 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     for e in &c.epolls {
         e.run();
     }
-    for (fd, queued) in &c.fifos {
-        queued.store(sys::inq(*fd), Ordering::Relaxed);
+    for (_, _, p) in &c.fifos {
+        let n = sys::tee(p.read_fd, p.copy_w.as_raw_fd(), usize::MAX >> 1);
+        p.bytes.store(n, Ordering::Relaxed);
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
@@ -762,6 +768,11 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         // The pipe copies were made after the descriptor scan, so the restored process never had
         // them: their numbers are not ours to close.
         for p in capture.pipes.drain(..) {
+            std::mem::forget(p.copy_w);
+            std::mem::forget(p.copy_r);
+        }
+        for (_, own, p) in capture.fifos.drain(..) {
+            std::mem::forget(own);
             std::mem::forget(p.copy_w);
             std::mem::forget(p.copy_r);
         }

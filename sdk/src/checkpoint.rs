@@ -302,10 +302,17 @@ impl Checkpoint {
         capture.children_allowed = self.leave_children_out;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fifos = scan
-            .fifos
-            .iter()
-            .map(|&fd| (fd, Default::default()))
-            .collect();
+            .fifo_readers()
+            .and_then(|readers| {
+                readers
+                    .into_iter()
+                    .map(|(fd, own)| {
+                        let from = own.as_ref().map_or(fd, std::os::fd::AsRawFd::as_raw_fd);
+                        Ok((fd, own, capture::pipe_copy(from)?))
+                    })
+                    .collect()
+            })
+            .map_err(io("preparing FIFO copies"))?;
         capture.inotify = scan
             .inotify()
             .into_iter()
@@ -626,10 +633,13 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
-        unsupported.extend(c.fifos.iter().filter_map(|(fd, queued)| {
-            let n = queued.load(Ordering::Relaxed);
-            (n != 0).then(|| {
-                format!("fd {fd} (FIFO): {n} bytes were waiting in it at the checkpoint, which would be lost with the first life; read them first")
+        unsupported.extend(c.fifos.iter().filter_map(|(fd, _, p)| {
+            let n = p.bytes.load(Ordering::Relaxed);
+            (n < 0).then(|| {
+                format!(
+                    "fd {fd} (FIFO): cannot copy the bytes waiting in it: {}",
+                    std::io::Error::from_raw_os_error(-n as i32)
+                )
             })
         }));
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
@@ -660,6 +670,18 @@ impl Checkpoint {
         }
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
+            if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
+                let n = p.bytes.load(Ordering::Relaxed);
+                if n > 0 {
+                    let mut bytes = vec![0u8; n as usize];
+                    std::io::Read::read_exact(
+                        &mut File::from(p.copy_r.try_clone().map_err(io("reading FIFO contents"))?),
+                        &mut bytes,
+                    )
+                    .map_err(io("reading FIFO contents"))?;
+                    e.fifo_bytes = Some(writer.append_payload(&bytes)?);
+                }
+            }
             match &mut e.kind {
                 FdKind::Regular { pos, .. }
                 | FdKind::Memfd { pos, .. }

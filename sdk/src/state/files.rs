@@ -19,6 +19,10 @@ pub struct FdEntry {
     /// the object itself for an eventfd, epoll or timerfd), made once and shared again. Pipes,
     /// memfds and sockets say this in their own way.
     pub dup_of: Option<i32>,
+    /// A FIFO's bytes waiting at the checkpoint, on one descriptor per FIFO: written back into
+    /// it at restore, which it must find empty (its buffer lives only while someone holds it
+    /// open, so after the first life it is empty unless someone else wrote).
+    pub fifo_bytes: Option<PayloadRef>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +273,45 @@ fn fdinfo_flags(info: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Writes a FIFO's waiting bytes back into it through `f` (one of the restored process's
+/// descriptors of it), after checking that nobody else's bytes wait there.
+fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let end = |read: bool| {
+        std::fs::OpenOptions::new()
+            .read(read)
+            .write(!read)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .map_err(|e| {
+                format!(
+                    "cannot open FIFO {path} to put back its {} bytes: {e}",
+                    bytes.len()
+                )
+            })
+    };
+    // A read end first: a write end opens without blocking only while one exists.
+    let reader = end(true)?;
+    let waiting = crate::sys::inq(reader.as_raw_fd());
+    if waiting != 0 {
+        return Err(format!(
+            "FIFO {path} holds {waiting} bytes from elsewhere: its {} bytes from the checkpoint cannot be put back in order",
+            bytes.len()
+        ));
+    }
+    let mut writer = end(false)?;
+    if bytes.len() > 65536 {
+        let _ = crate::sys::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, bytes.len() as u64);
+    }
+    writer.write_all(bytes).map_err(|e| {
+        format!(
+            "cannot put back the {} bytes of FIFO {path}: {e}",
+            bytes.len()
+        )
+    })
+}
+
 /// The `tfd:` lines of an epoll descriptor's fdinfo: (watch, inode of the watched file).
 fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
     info.lines()
@@ -332,6 +375,7 @@ impl FdScan {
                 locks: Vec::new(),
                 signal_io: None,
                 dup_of: None,
+                fifo_bytes: None,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -740,9 +784,7 @@ impl FdScan {
                         flags: r.flags,
                         cloexec: r.cloexec,
                         kind: FdKind::DevNull,
-                        locks: Vec::new(),
-                        signal_io: None,
-                        dup_of: None,
+                        ..FdEntry::default()
                     });
                 }
             }
@@ -872,6 +914,34 @@ impl FdScan {
         out
     }
 
+    /// One descriptor per FIFO (named pipe), and one that reads it: the descriptor itself when
+    /// it was opened for reading, else our own read end of the same FIFO (opened without
+    /// blocking through /proc/self/fd), for the handler to copy what waits in it.
+    pub(crate) fn fifo_readers(&self) -> std::io::Result<Vec<(i32, Option<OwnedFd>)>> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for e in self.entries.iter().filter(|e| self.fifos.contains(&e.fd)) {
+            let FdKind::Regular { id, .. } = &e.kind else {
+                continue;
+            };
+            if seen.contains(id) {
+                continue;
+            }
+            seen.push(*id);
+            let own = if e.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(format!("/proc/self/fd/{}", e.fd))?;
+                Some(OwnedFd::from(f))
+            } else {
+                None
+            };
+            out.push((e.fd, own));
+        }
+        Ok(out)
+    }
+
     /// One read end per in-process pipe: the handler duplicates its buffered bytes.
     pub(crate) fn pipe_readers(&self) -> Vec<i32> {
         let mut seen = Vec::new();
@@ -970,6 +1040,10 @@ pub fn reopen(
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
                 super::locks::take_on_description(&f, fd, &e.locks)?;
+                if let Some(bytes) = e.fifo_bytes {
+                    refill_fifo(&f, path, &payload(bytes)?)
+                        .map_err(|err| format!("fd {fd}: {err}"))?;
+                }
                 f
             }
             FdKind::Directory { path, id, pos } => {
