@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 25] = [
+const CHECKS: [&str; 26] = [
     "datagram pair: an end shut down for reading stays so",
     "datagram pair: queued messages, one by one",
     "seqpacket pair: queued messages, one by one",
@@ -35,6 +35,7 @@ const CHECKS: [&str; 25] = [
     "tcp listener on [::1]: same address, accepts",
     "unix path listener: accepts",
     "unix abstract listener: accepts",
+    "unix sockets whose files were removed: same names, listening, no files",
 ];
 
 fn image(env: &Env) -> (std::path::PathBuf, u16) {

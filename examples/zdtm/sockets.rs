@@ -154,6 +154,17 @@ fn main() {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name).unwrap();
         UnixListener::bind_addr(&addr).unwrap().into_raw_fd()
     };
+    // A listener and a datagram receiver whose socket files were removed after they were bound
+    // (a server hiding its socket, a clean-up that ran early): they keep their names, and
+    // nobody can reach them by those paths.
+    let hidden = format!("{image}.hidden");
+    let hidden_dgram = format!("{image}.hidden-dgram");
+    let _ = std::fs::remove_file(&hidden);
+    let _ = std::fs::remove_file(&hidden_dgram);
+    let hidden_l = UnixListener::bind(&hidden).unwrap().into_raw_fd();
+    let hidden_d = UnixDatagram::bind(&hidden_dgram).unwrap().into_raw_fd();
+    std::fs::remove_file(&hidden).unwrap();
+    std::fs::remove_file(&hidden_dgram).unwrap();
     // Datagram receivers bound to a path (its file is left behind when the first life exits:
     // the restore replaces that stale file) and to an abstract name, nothing queued yet.
     let dgram_path = format!("{image}.dgram");
@@ -308,6 +319,46 @@ fn main() {
         UnixStream::connect_addr(&addr).unwrap()
     };
     ch.check("unix abstract listener: accepts", ua.accept().is_ok(), "");
+    // SAFETY: our sockets; ManuallyDrop keeps them open.
+    let (hl, hd) = unsafe {
+        (
+            std::mem::ManuallyDrop::new(UnixListener::from_raw_fd(hidden_l)),
+            std::mem::ManuallyDrop::new(UnixDatagram::from_raw_fd(hidden_d)),
+        )
+    };
+    let named = |a: std::io::Result<std::os::unix::net::SocketAddr>, p: &str| {
+        a.ok()
+            .and_then(|a| a.as_pathname().map(|x| x.to_path_buf()))
+            == Some(p.into())
+    };
+    // SAFETY: getsockopt of an int into a local.
+    let listening = unsafe {
+        let mut v = 0i32;
+        let mut len = 4u32;
+        libc::getsockopt(
+            hidden_l,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        ) == 0
+            && v == 1
+    };
+    let unreachable =
+        UnixStream::connect(&hidden).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    ch.check(
+        "unix sockets whose files were removed: same names, listening, no files",
+        named(hl.local_addr(), &hidden)
+            && named(hd.local_addr(), &hidden_dgram)
+            && listening
+            && unreachable
+            && !std::path::Path::new(&hidden_dgram).exists(),
+        format!(
+            "{:?} {:?} listening {listening} unreachable {unreachable}",
+            hl.local_addr(),
+            hd.local_addr()
+        ),
+    );
     // The fresh socket is still a fresh stream socket: it connects to the listener.
     let sa = {
         let mut a: libc::sockaddr_un = unsafe_zeroed_un();

@@ -58,6 +58,8 @@ pub struct Bound {
     /// A datagram socket's default destination (`connect`), by address: a named socket of this
     /// process or another (glibc's `syslog` keeps one connected to /dev/log). Empty: none.
     pub peer: Vec<u8>,
+    /// Its socket file was removed after it was bound: bound again, then the file removed.
+    pub unlinked: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +110,8 @@ pub struct Listener {
     pub v6only: bool,
     /// The inode of its socket file (AF_UNIX path addresses; see [`Bound::path_ino`]).
     pub path_ino: u64,
+    /// Its socket file was removed after it was bound (see [`Bound::unlinked`]).
+    pub unlinked: bool,
     pub opts: Vec<super::sockopts::SockOpt>,
 }
 
@@ -278,13 +282,16 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             describe(&addr)
                         ));
                     }
+                    let mut unlinked = false;
                     if family == libc::AF_UNIX && addr[2] == b'/' {
-                        // Bound again by path at restore: the path must still be this socket's.
+                        // Bound again by path at restore: the path must still be this socket's,
+                        // or gone (bound again, and its file removed again).
                         let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
                         let same = bound.is_some_and(|v| path_is_socket(&addr, v));
-                        if !same {
+                        unlinked = !same && path_gone(&addr);
+                        if !same && !unlinked {
                             return refuse(format!(
-                                "listening on {:?}, whose socket file was removed or replaced since it was bound: it cannot be bound again as the same socket",
+                                "listening on {:?}, whose socket file was replaced since it was bound: it cannot be bound again as the same socket",
                                 describe(&addr)
                             ));
                         }
@@ -294,7 +301,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .ok()
                         .and_then(|m| m.get(&ino))
                         .and_then(|d| d.vfs_ino)
-                        .filter(|_| family == libc::AF_UNIX && addr.get(2) == Some(&b'/'))
+                        .filter(|_| family == libc::AF_UNIX && addr.get(2) == Some(&b'/') && !unlinked)
                         .unwrap_or(0);
                     return Ok(Socket::Listener(Listener {
                         ino,
@@ -314,6 +321,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             .unwrap_or(0)
                                 != 0,
                         path_ino,
+                        unlinked,
                         opts: super::sockopts::dump(fd, family, ty, protocol)
                         .map_err(|w| (FdClass::Socket, w))?,
                     }));
@@ -365,18 +373,21 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     } else {
                         Vec::new()
                     };
+                    let mut unlinked = false;
                     let path_ino = if !bound {
                         0
                     } else if addr.get(2).is_some_and(|&b| b == b'/') {
-                        // Bound again by path at restore: the path must still be this socket's.
+                        // Bound again by path at restore: the path must still be this socket's,
+                        // or gone (bound again, and its file removed again).
                         let same = d.vfs_ino.is_some_and(|v| path_is_socket(&addr, v));
-                        if !same {
+                        unlinked = !same && path_gone(&addr);
+                        if !same && !unlinked {
                             return refuse(format!(
-                                "bound to {:?}, whose socket file was removed or replaced since: it cannot be bound again as the same socket",
+                                "bound to {:?}, whose socket file was replaced since: it cannot be bound again as the same socket",
                                 describe(&addr)
                             ));
                         }
-                        d.vfs_ino.unwrap_or(0)
+                        if unlinked { 0 } else { d.vfs_ino.unwrap_or(0) }
                     } else if addr.get(2).is_some_and(|&b| b == 0) {
                         0
                     } else {
@@ -397,6 +408,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         },
                         addr,
                         path_ino,
+                        unlinked,
                         peer: named_peer.unwrap_or_default(),
                     }));
                 }
@@ -556,7 +568,7 @@ pub fn recreate(
                 };
                 let sock = u.make(&format!("socket {what}"))?;
                 if !b.addr.is_empty() {
-                    bind_replacing_stale(sock.as_raw_fd(), &b.addr, b.path_ino).map_err(|e| {
+                    bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked).map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
                             format!("socket {what}: the address is in use (stop what holds it)")
                         } else {
@@ -607,6 +619,25 @@ fn path_is_socket(addr: &[u8], ino: u64) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     std::fs::symlink_metadata(sun_path(addr))
         .is_ok_and(|m| m.file_type().is_socket() && m.ino() == ino)
+}
+
+/// Whether nothing is at the path `addr` is bound to, in a directory that exists: a socket
+/// whose file was removed after it was bound, which can be bound there again.
+fn path_gone(addr: &[u8]) -> bool {
+    let path = sun_path(addr);
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        && path.parent().is_some_and(|d| d.is_dir())
+}
+
+/// Binds `fd` to `addr` and, for a socket whose file had been removed (`unlinked`), removes it
+/// again: the socket keeps its name (getsockname), and nobody can connect to it by that path.
+/// The path must then be free.
+fn bind_again(fd: i32, addr: &[u8], path_ino: u64, unlinked: bool) -> std::io::Result<()> {
+    if unlinked {
+        crate::sys::bind(fd, addr)?;
+        return std::fs::remove_file(sun_path(addr));
+    }
+    bind_replacing_stale(fd, addr, path_ino)
 }
 
 /// Binds `fd` to `addr`. A socket file at that path that is the first life's own (`path_ino`)
@@ -730,7 +761,7 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     }
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
-    bind_replacing_stale(fd, &l.addr, l.path_ino).map_err(|e| {
+    bind_again(fd, &l.addr, l.path_ino, l.unlinked).map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
