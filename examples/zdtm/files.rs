@@ -119,8 +119,45 @@ fn main() {
         }
     };
 
+    // An epoll registration whose number now holds another file: eventfd A registered as
+    // number `n`, kept at another number, and `n` given to eventfd B (the same anonymous
+    // inode as A). The registration watches A still.
+    // SAFETY: descriptors of our own, created and moved here.
+    let (moved_ep, moved_a, n) = unsafe {
+        let ep = libc::epoll_create1(0);
+        let a = libc::eventfd(0, libc::EFD_NONBLOCK);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 11,
+        };
+        assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, &mut ev), 0);
+        let kept = libc::dup(a);
+        let b = libc::eventfd(0, libc::EFD_NONBLOCK);
+        assert_eq!(libc::dup2(b, a), a);
+        libc::close(b);
+        (ep, kept, a)
+    };
+
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
+    {
+        let one = 1u64.to_ne_bytes();
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: writes to our own eventfds, waits into a local array.
+        let (after_b, after_a) = unsafe {
+            libc::write(n, one.as_ptr().cast(), 8);
+            let after_b = libc::epoll_wait(moved_ep, out.as_mut_ptr(), 2, 0);
+            libc::write(moved_a, one.as_ptr().cast(), 8);
+            let after_a = libc::epoll_wait(moved_ep, out.as_mut_ptr(), 2, 0);
+            (after_b, after_a)
+        };
+        let data = out[0].u64;
+        c.check(
+            "epoll: a registration whose number holds another file now watches its own file",
+            after_b == 0 && after_a == 1 && data == 11,
+            format!("{after_b} events for the number's new file, {after_a} (data {data}) for the watched one"),
+        );
+    }
     {
         let ready = || {
             let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];

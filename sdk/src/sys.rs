@@ -1571,6 +1571,21 @@ pub fn same_description_in(ours: i32, pid: i32, theirs: i32) -> Option<bool> {
     (r >= 0).then_some(r == 0)
 }
 
+/// Whether descriptor `fd` of this process is the file epoll instance `epfd` watches as its
+/// `toff`-th registration of number `tfd` (kcmp KCMP_EPOLL_TFD); `None` where the kernel cannot
+/// tell (no such registration, no kcmp).
+pub fn epoll_watches_file(epfd: i32, tfd: i32, toff: u32, fd: i32) -> Option<bool> {
+    const KCMP_EPOLL_TFD: u64 = 7;
+    // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
+    let slot = [epfd as u32, tfd as u32, toff];
+    let pid = getpid() as u64;
+    let r = syscall6(
+        libc::SYS_kcmp,
+        [pid, pid, KCMP_EPOLL_TFD, fd as u64, slot.as_ptr() as u64, 0],
+    );
+    (r >= 0).then_some(r == 0)
+}
+
 /// madvise(addr, len, advice), result ignored. Async-signal-safe.
 pub fn madvise(addr: u64, len: u64, advice: i32) {
     syscall6(libc::SYS_madvise, [addr, len, advice as u64, 0, 0, 0]);

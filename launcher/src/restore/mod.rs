@@ -667,8 +667,10 @@ fn build_plan(
             ],
         );
     }
+    // The launcher's read end of the error pipe is nothing to the process: its number serves
+    // as a scratch one (see `EpollWatch::at`).
     for entry in &m.files {
-        entry.plan_restore(&mut plan);
+        entry.plan_restore(&m.files, fds.error_r.as_raw_fd(), &mut plan);
     }
     // The other threads: each sets up its own state, reports ready, waits until the process is
     // complete (descriptors swept), and resumes. The thread that called checkpoint (any thread)

@@ -201,7 +201,13 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
             FdKind::Epoll { watches } => {
                 bound("epoll watches", watches.len(), MAX_FILES)?;
-                if let Some(w) = watches.iter().find(|w| !fds.contains(&w.fd)) {
+                // A registration by a number whose file is now at another (`at`) names a
+                // descriptor of the image there, and a plausible number.
+                let wrong = |w: &&crate::state::files::EpollWatch| match w.at {
+                    None => !fds.contains(&w.fd),
+                    Some(at) => !fds.contains(&at) || at == w.fd || !(0..1 << 20).contains(&w.fd),
+                };
+                if let Some(w) = watches.iter().find(wrong) {
                     return Err(format!(
                         "fd {}: epoll watches fd {}, which is not in the image",
                         f.fd, w.fd

@@ -128,18 +128,72 @@ impl Probe {
 
 /// Steps that register `watches` on epoll descriptor `fd` in the new process: edge-triggered
 /// registrations without an event first, then the events their registration queued are taken,
-/// then the others.
-pub fn plan(fd: i32, watches: &[EpollWatch], plan: &mut crate::restore::Plan) {
+/// then the others. `table` is the process's descriptors (all at their numbers by then);
+/// `scratch` a number free for a moment (see [`EpollWatch::at`]).
+pub fn plan(
+    fd: i32,
+    watches: &[EpollWatch],
+    table: &[super::files::FdEntry],
+    scratch: i32,
+    plan: &mut crate::restore::Plan,
+) {
     let quiet: Vec<&EpollWatch> = watches.iter().filter(|w| edge(w) && !w.ready).collect();
+    let dup3 = |plan: &mut crate::restore::Plan, what: String, from: i32, to: i32, flags: i32| {
+        plan.syscall(
+            what,
+            libc::SYS_dup3,
+            [from as u64, to as u64, flags as u64, 0, 0, 0],
+        );
+    };
     let add = |w: &EpollWatch, plan: &mut crate::restore::Plan| {
         let mut ev = w.events.to_ne_bytes().to_vec();
         ev.extend_from_slice(&w.data.to_ne_bytes());
         let ev = plan.data(&ev);
+        let n = w.fd;
+        // A registration by a number that holds another file now (or none): the file is put
+        // there for the registration, and what the number holds is put back.
+        let there = w.at.map(|at| (at, table.iter().find(|e| e.fd == n)));
+        if let Some((at, occupant)) = there {
+            if occupant.is_some() {
+                dup3(
+                    plan,
+                    format!("epoll fd {fd}: set fd {n} aside"),
+                    n,
+                    scratch,
+                    libc::O_CLOEXEC,
+                );
+            }
+            dup3(
+                plan,
+                format!("epoll fd {fd}: fd {at} as fd {n}, to watch it"),
+                at,
+                n,
+                0,
+            );
+        }
         plan.syscall(
-            format!("epoll fd {fd} watches fd {} (events {:#x})", w.fd, w.events),
+            format!("epoll fd {fd} watches fd {n} (events {:#x})", w.events),
             libc::SYS_epoll_ctl,
-            [fd as u64, libc::EPOLL_CTL_ADD as u64, w.fd as u64, ev, 0, 0],
+            [fd as u64, libc::EPOLL_CTL_ADD as u64, n as u64, ev, 0, 0],
         );
+        match there {
+            Some((_, Some(e))) => {
+                let flags = if e.cloexec { libc::O_CLOEXEC } else { 0 };
+                dup3(
+                    plan,
+                    format!("epoll fd {fd}: fd {n} back"),
+                    scratch,
+                    n,
+                    flags,
+                );
+            }
+            Some((_, None)) => plan.syscall(
+                format!("epoll fd {fd}: close fd {n} again"),
+                libc::SYS_close,
+                [n as u64, 0, 0, 0, 0, 0],
+            ),
+            None => {}
+        }
     };
     for w in &quiet {
         add(w, plan);
@@ -203,12 +257,14 @@ mod tests {
                 events: e,
                 data: 1,
                 ready: true,
+                at: None,
             },
             EpollWatch {
                 fd: r2.as_raw_fd(),
                 events: e,
                 data: 2,
                 ready: true,
+                at: None,
             },
         ];
         let p = probes(vec![(ep.as_raw_fd(), watches.clone())]);

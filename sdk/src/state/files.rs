@@ -109,6 +109,9 @@ pub struct EpollWatch {
     /// An event was waiting (on the kernel's ready list) at the checkpoint; only an
     /// edge-triggered registration's matters, and unprobed ones count as waiting.
     pub ready: bool,
+    /// Where the watched file is when number `fd` no longer holds it (closed, or another file
+    /// there since): the process's descriptor of it, put at `fd` just to register it.
+    pub at: Option<i32>,
 }
 
 use std::collections::BTreeMap;
@@ -330,6 +333,7 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
                     events: hex("events:")? as u32,
                     data: hex("data:")?,
                     ready: true,
+                    at: None,
                 },
                 ino,
             ))
@@ -350,6 +354,7 @@ impl FdScan {
             witness: crate::witness::FdWitness::hold(&fds)?,
             ..FdScan::default()
         };
+        let listed = fds.clone();
         // Removed directories open here: (fd, device, inode).
         let mut deleted_dirs: Vec<(i32, u64, u64)> = Vec::new();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
@@ -493,12 +498,26 @@ impl FdScan {
             if target == "anon_inode:[eventpoll]" {
                 let mut watches = Vec::new();
                 let mut stale = Vec::new();
-                for (w, ino) in epoll_watches(&info) {
-                    let same = std::fs::metadata(format!("/proc/self/fd/{}", w.fd))
-                        .is_ok_and(|m| m.ino() == ino);
-                    if !same {
-                        stale.push(w.fd.to_string());
+                // The n-th registration of one number is the kernel's `toff` for it.
+                let mut seen: BTreeMap<i32, u32> = BTreeMap::new();
+                for (mut w, ino) in epoll_watches(&info) {
+                    let toff = seen.entry(w.fd).or_insert(0);
+                    let watched = |at: i32| {
+                        crate::sys::epoll_watches_file(fd, w.fd, *toff, at).unwrap_or_else(|| {
+                            // Without kcmp: the same inode (anonymous inodes are shared).
+                            std::fs::metadata(format!("/proc/self/fd/{at}"))
+                                .is_ok_and(|m| m.ino() == ino)
+                        })
+                    };
+                    if !watched(w.fd) {
+                        // Closed or replaced since it was registered: the file may be open at
+                        // another number of the process's (a dup kept, the number reused).
+                        w.at = listed.iter().copied().find(|&at| at != fd && watched(at));
+                        if w.at.is_none() {
+                            stale.push(w.fd.to_string());
+                        }
                     }
+                    *toff += 1;
                     watches.push(w);
                 }
                 // An epoll with a watch that cannot be restored is refused as a whole.
@@ -509,7 +528,7 @@ impl FdScan {
                     scan.refused.push(bad(
                         FdClass::Other,
                         &format!(
-                            "epoll watches fd {} which is closed or is no longer the watched file",
+                            "epoll watches fd {} whose file is open nowhere else in the process",
                             stale.join(", ")
                         ),
                     ));
@@ -833,11 +852,13 @@ impl FdScan {
         for e in &self.entries {
             if let FdKind::Epoll { watches } = &e.kind {
                 for w in watches {
-                    let target = self.entries.iter().find(|t| t.fd == w.fd);
+                    // The file watched: at the registration's number, or where it is now.
+                    let holder = w.at.unwrap_or(w.fd);
+                    let target = self.entries.iter().find(|t| t.fd == holder);
                     match target.map(|t| &t.kind) {
                         None | Some(FdKind::DevNull) => refusals.push(format!(
-                            "fd {} (epoll): watches fd {}, which the descriptor policy leaves out or replaces",
-                            e.fd, w.fd
+                            "fd {} (epoll): watches fd {holder}, which the descriptor policy leaves out or replaces",
+                            e.fd
                         )),
                         // Opened again only once every thread exists, after the registrations.
                         Some(FdKind::Pidfd(_)) => refusals.push(format!(
@@ -1365,12 +1386,13 @@ impl FdEntry {
     }
 
     /// Steps that run once every descriptor has its number: epoll registrations.
-    pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
+    /// `table`: every descriptor of the process; `scratch`: a number free for a moment.
+    pub fn plan_restore(&self, table: &[FdEntry], scratch: i32, plan: &mut crate::restore::Plan) {
         if self.dup_of.is_some() {
             return; // registered through the first descriptor of its description
         }
         if let FdKind::Epoll { watches } = &self.kind {
-            super::epoll::plan(self.fd, watches, plan);
+            super::epoll::plan(self.fd, watches, table, scratch, plan);
         }
     }
 }
