@@ -732,6 +732,7 @@ fn pidfds_of_the_process_and_its_threads_are_opened_again() {
                 "pidfd of the process: same target and flags",
                 "close-on-exec as it was",
                 "pidfd of a thread: same target and flags",
+                "pidfds of a child that exited: exited, one inode, the same exit status",
             ],
         );
     }

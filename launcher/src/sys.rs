@@ -327,6 +327,15 @@ pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
+/// dup3(fd, to, O_CLOEXEC): `to` now holds what `fd` holds (what it held before is closed).
+pub fn dup2_cloexec(fd: RawFd, to: RawFd) -> io::Result<()> {
+    syscall(
+        libc::SYS_dup3,
+        [fd as u64, to as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+    )
+    .map(drop)
+}
+
 /// A duplicate of `fd` if it is a listening socket; `None` if it is something else.
 pub fn dup_listening_socket(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     let dup = dup_above(fd, 3)?;

@@ -678,6 +678,44 @@ pub fn ioprio_get(tid: i32) -> u32 {
     syscall6(libc::SYS_ioprio_get, [1, tid as u64, 0, 0, 0, 0]).max(0) as u32
 }
 
+/// Reaps child `pid` (already ended).
+pub fn reap(pid: i32) {
+    let mut status = 0i32;
+    while syscall6(
+        libc::SYS_wait4,
+        [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
+    ) == -(libc::EINTR as i64)
+    {}
+}
+
+/// Waits until child `pid` has ended, leaving it unreaped (waitid WNOWAIT).
+pub fn wait_ended_unreaped(pid: i32) -> io::Result<()> {
+    let mut info = [0u64; 16];
+    loop {
+        let r = syscall6(
+            libc::SYS_waitid,
+            [
+                libc::P_PID as u64,
+                pid as u64,
+                info.as_mut_ptr() as u64,
+                (libc::WEXITED | libc::WNOWAIT) as u64,
+                0,
+                0,
+            ],
+        );
+        if r != -(libc::EINTR as i64) {
+            return check(r).map(drop);
+        }
+    }
+}
+
+/// exit_group(code): ends the process at once (no atexit handlers). Async-signal-safe.
+pub fn exit_group(code: i32) -> ! {
+    loop {
+        syscall6(libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]);
+    }
+}
+
 /// kill(pid, SIGKILL) and reap it.
 pub fn kill_and_reap(pid: i32) {
     syscall6(

@@ -229,6 +229,10 @@ struct Fds {
     /// Until then a pipe's reader would not see end of file when the process closes the
     /// writer, a listening socket would stay bound, a lock would stay held.
     gate: Option<(OwnedFd, OwnedFd)>,
+    /// pidfds of processes that had exited, among `placed`: (number here, what, open flags).
+    /// In ns mode the namespace's init makes them again inside the namespace (a pidfd of a
+    /// process outside it tells nothing there: no exit status, EINVAL rather than ESRCH).
+    dead: Vec<(RawFd, thaw::state::pidfd::Dead, u32)>,
 }
 
 impl Fds {
@@ -431,10 +435,20 @@ fn prepare_fds(
         .map(|e| e.fd)
         .collect();
     let mut placed = Vec::new();
+    let mut dead = Vec::new();
     for (fd, open) in reopened {
-        let cloexec = m.files.iter().any(|e| e.fd == fd && e.cloexec);
+        let entry = m.files.iter().find(|e| e.fd == fd);
+        let cloexec = entry.is_some_and(|e| e.cloexec);
         let high_fd =
             sys::dup_above(open.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        if let Some(e) = entry {
+            if let thaw::state::files::FdKind::Pidfd(p) = &e.kind {
+                if let Some(d) = p.dead {
+                    let thread = if p.thread { libc::O_EXCL as u32 } else { 0 };
+                    dead.push((high_fd.as_raw_fd(), d, e.flags | thread));
+                }
+            }
+        }
         placed.push((fd, high_fd, cloexec));
         keep.push(fd);
     }
@@ -452,6 +466,7 @@ fn prepare_fds(
         error_r,
         keep,
         gate: None,
+        dead,
     })
 }
 
@@ -1259,6 +1274,18 @@ fn namespace_helper(
     }
 }
 
+/// In the namespace's init: the pidfds of processes that had exited, made again by children of
+/// its own (inside the namespace) at the numbers the launcher's were.
+fn dead_pidfds_here(fds: &Fds) -> std::io::Result<()> {
+    let mut dead = thaw::state::pidfd::DeadPidfds::default();
+    for (number, d, flags) in &fds.dead {
+        let fd = dead.open(d, *flags)?;
+        sys::dup2_cloexec(fd.as_raw_fd(), *number)?;
+    }
+    dead.reap();
+    Ok(())
+}
+
 /// The namespace's init (PID 1): gives the namespace its own /proc (so that /proc/self agrees
 /// with getpid() inside), creates the restored process, then reaps until it ends.
 fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
@@ -1267,6 +1294,10 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
     let _ = sys::die_with_parent(helper);
     if let Err(e) = sys::mount_private_proc() {
         eprintln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
+    }
+    if let Err(e) = dead_pidfds_here(fds) {
+        eprintln!("thaw: cannot make a pidfd of a process that has exited in the namespace: {e}");
+        std::process::exit(Code::RestoreFailed as i32);
     }
     let status = match start.clone3() {
         Ok(child) => {

@@ -225,7 +225,18 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     prev = w.wd;
                 }
             }
-            FdKind::Pidfd(p) if !tids.contains(&p.pid) => {
+            FdKind::Pidfd(p)
+                if p.dead.is_some_and(|d| {
+                    d.status
+                        .is_some_and(|s| s & !0xffff != 0 || s & 0x7f == 0x7f)
+                }) || (p.dead.is_some() && p.pid != -1) =>
+            {
+                return Err(format!(
+                    "fd {}: malformed pidfd of a process that has exited",
+                    f.fd
+                ));
+            }
+            FdKind::Pidfd(p) if p.dead.is_none() && !tids.contains(&p.pid) => {
                 return Err(format!(
                     "fd {}: a pidfd of {}, not of this process",
                     f.fd, p.pid

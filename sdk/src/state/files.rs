@@ -486,7 +486,7 @@ impl FdScan {
                 continue;
             }
             if target == "anon_inode:[pidfd]" || target.starts_with("pidfd:") {
-                match super::pidfd::classify(&info, flags) {
+                match super::pidfd::classify(fd, &info, flags) {
                     Ok(p) => {
                         entry.kind = FdKind::Pidfd(p);
                         scan.entries.push(entry);
@@ -1033,6 +1033,8 @@ pub fn reopen(
         })
         .collect();
     let sockets = super::sockets::recreate(&socks, &mut payload, given)?;
+    // Stand-ins for processes that had exited, reaped when this returns.
+    let mut dead = super::pidfd::DeadPidfds::default();
     let mut out: Vec<(i32, OwnedFd)> = Vec::new();
     // Per pipe: its two ends, its open file descriptions, which ends are taken by one.
     type PipeState = (OwnedFd, OwnedFd, BTreeMap<u32, OwnedFd>, [bool; 2]);
@@ -1057,7 +1059,15 @@ pub fn reopen(
         }
         let opened = match &e.kind {
             // Opened by the restorer (see FdEntry::plan_restore).
-            FdKind::Stdio | FdKind::Pidfd(_) => continue,
+            FdKind::Pidfd(p) => match &p.dead {
+                Some(d) => dead
+                    .open(d, e.flags | if p.thread { libc::O_EXCL as u32 } else { 0 })
+                    .map_err(|err| {
+                        format!("fd {fd}: cannot make a pidfd of a process that has exited: {err}")
+                    })?,
+                None => continue,
+            },
+            FdKind::Stdio => continue,
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
                 super::locks::take_on_description(&f, fd, &e.locks)?;
@@ -1371,7 +1381,9 @@ impl FdEntry {
     /// Steps that run once every thread exists: pidfds.
     pub fn plan_after_threads(&self, plan: &mut crate::restore::Plan) {
         if let FdKind::Pidfd(p) = &self.kind {
-            p.plan_restore(plan, self.fd, self.flags, self.cloexec);
+            if p.dead.is_none() {
+                p.plan_restore(plan, self.fd, self.flags, self.cloexec);
+            }
         }
         if let Some(s) = &self.signal_io {
             if !matches!(self.kind, FdKind::DevNull | FdKind::Stdio) {
@@ -1382,7 +1394,7 @@ impl FdEntry {
 
     /// Whether the restorer creates this descriptor itself (it is not reopened by the launcher).
     pub fn made_by_restorer(&self) -> bool {
-        matches!(self.kind, FdKind::Pidfd(_))
+        matches!(self.kind, FdKind::Pidfd(p) if p.dead.is_none())
     }
 
     /// Steps that run once every descriptor has its number: epoll registrations.
