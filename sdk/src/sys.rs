@@ -68,23 +68,7 @@ pub fn task_exiting(tid: i32) -> bool {
     let Some(n) = read_task_file(tid, b"/stat\0", &mut buf) else {
         return true;
     };
-    let line = &buf[..n];
-    let Some(close) = line.iter().rposition(|&b| b == b')') else {
-        return false;
-    };
-    // Field 9 (flags) is the 7th after the command name.
-    let Some(field) = line[close + 1..]
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty())
-        .nth(6)
-    else {
-        return false;
-    };
-    let flags = field
-        .iter()
-        .take_while(|d| d.is_ascii_digit())
-        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-    flags & PF_EXITING != 0
+    stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// Whether thread `tid` of this process has a child process other than `except`
@@ -127,6 +111,11 @@ fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
         at += 1;
     }
     path[at..at + tail.len()].copy_from_slice(tail);
+    read_path_raw(&path, buf)
+}
+
+/// Reads the file at `path` (NUL-terminated) into `buf`; the length read, if any. Allocation-free.
+fn read_path_raw(path: &[u8], buf: &mut [u8]) -> Option<usize> {
     let fd = syscall6(
         libc::SYS_openat,
         [
@@ -159,56 +148,33 @@ fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
 /// How many threads the process has now (`num_threads` of /proc/self/stat), or `None` when it
 /// cannot be read. Allocation-free, for a signal handler.
 pub fn thread_count() -> Option<u64> {
-    let path = b"/proc/self/stat\0";
-    let fd = syscall6(
-        libc::SYS_openat,
-        [
-            libc::AT_FDCWD as u64,
-            path.as_ptr() as u64,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-        ],
-    );
-    if fd < 0 {
-        return None;
-    }
     let mut buf = [0u8; 2048];
-    let got = syscall6(
-        libc::SYS_read,
-        [
-            fd as u64,
-            buf.as_mut_ptr() as u64,
-            buf.len() as u64,
-            0,
-            0,
-            0,
-        ],
-    );
-    syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
-    if got <= 0 {
-        return None;
-    }
-    stat_threads(&buf[..got as usize])
+    let n = read_path_raw(b"/proc/self/stat\0", &mut buf)?;
+    stat_threads(&buf[..n])
 }
 
 /// `num_threads` (field 20) of a /proc/PID/stat line: the 18th field after the command name,
 /// whose closing parenthesis is the line's last.
 fn stat_threads(line: &[u8]) -> Option<u64> {
+    stat_number(line, 20)
+}
+
+/// Field `n` (numbered as in proc(5), 3 or more) of a /proc/PID/stat line, as a number: past
+/// the command name, whose closing parenthesis is the line's last.
+fn stat_number(line: &[u8], n: usize) -> Option<u64> {
     let close = line.iter().rposition(|&b| b == b')')?;
     let field = line[close + 1..]
-        .split(|&b| b == b' ')
+        .split(|&b| b == b' ' || b == b'\n')
         .filter(|f| !f.is_empty())
-        .nth(17)?;
-    let mut n = 0u64;
+        .nth(n - 3)?;
+    let mut v = 0u64;
     for &d in field {
         if !d.is_ascii_digit() {
             return None;
         }
-        n = n * 10 + u64::from(d - b'0');
+        v = v * 10 + u64::from(d - b'0');
     }
-    Some(n)
+    Some(v)
 }
 
 /// Sets a signal frame to issue its interrupted system call `b` again on return, as the kernel
