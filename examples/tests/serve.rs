@@ -70,7 +70,7 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         ("zdtm-clocks", &[], &[]),
         ("zdtm-vdso", &[], &[]),
         ("zdtm-pattern", &[], &[]),
-        ("zdtm-pidfd", &[], &[]),
+        ("zdtm-pidfd", &["no-dead"], &[]),
         ("zdtm-attrs", &["no-loginuid"], &["lazy"]),
         ("zdtm-locks", &[], &[]),
         ("zdtm-memory", &["DIR/mapped.dat"], &[]),
@@ -342,6 +342,17 @@ fn serve_refuses_what_it_cannot_do() {
         .expect("served shared memory");
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     assert!(text(&o).contains("shared"), "{}", text(&o));
+
+    let dead = env.checkpoint("zdtm-pidfd", "p.thaw", &[]);
+    let o = Server::try_start(&env, &dead, &[])
+        .err()
+        .expect("served a pidfd of a process that has exited");
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        text(&o).contains("a pidfd of a process that has exited"),
+        "{}",
+        text(&o)
+    );
 
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let file = env.path("not-a-socket");

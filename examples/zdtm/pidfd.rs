@@ -4,7 +4,7 @@
 //! Two pidfds of a child that exited with status 7 and was reaped: after restore both still
 //! refer to a process that has exited (fdinfo Pid -1, signals fail with ESRCH, readable), share
 //! one inode, and tell exit status 7 where the kernel keeps it (PIDFD_GET_INFO).
-//! With `parent`, a pidfd of another process is refused by name.
+//! With `no-dead`, without those. With `parent`, a pidfd of another process is refused by name.
 
 #[path = "common.rs"]
 mod common;
@@ -71,16 +71,20 @@ fn main() {
     // SAFETY: clears FD_CLOEXEC on our own descriptor.
     unsafe { libc::fcntl(process.as_raw_fd(), libc::F_SETFD, 0) };
     let thread = pidfd_open(tid, PIDFD_THREAD);
-    // SAFETY: fork; the child only exits.
-    let child = unsafe { libc::fork() };
-    if child == 0 {
-        // SAFETY: ends the child at once.
-        unsafe { libc::_exit(7) };
-    }
-    let dead = [pidfd_open(child, 0).unwrap(), pidfd_open(child, 0).unwrap()];
-    // SAFETY: reaps our own child.
-    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
-    let before_status = exit_status(&dead[0]);
+    let with_dead = !common::argv().2.iter().any(|a| a == "no-dead");
+    let dead = with_dead.then(|| {
+        // SAFETY: fork; the child only exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(7) };
+        }
+        let dead = [pidfd_open(child, 0).unwrap(), pidfd_open(child, 0).unwrap()];
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        let before = exit_status(&dead[0]);
+        (dead, before)
+    });
     let before = (info(&process), thread.as_ref().map(info));
     common::checkpoint();
     let mut c = common::Checks::default();
@@ -100,41 +104,43 @@ fn main() {
             format!("{:?} (was {:?})", after.1, before.1),
         );
     }
-    let ino = |fd: &OwnedFd| {
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0)
-    };
-    // SAFETY: signal 0 through a pidfd; errno read right after.
-    let esrch = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, dead[0].as_raw_fd(), 0, 0, 0) == -1
-            && *libc::__errno_location() == libc::ESRCH
-    };
-    let mut p = libc::pollfd {
-        fd: dead[1].as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, no waiting.
-    unsafe { libc::poll(&mut p, 1, 0) };
-    let status = exit_status(&dead[1]);
-    c.check(
-        "pidfds of a child that exited: exited, one inode, the same exit status",
-        info(&dead[0]).0 == "-1"
-            && info(&dead[1]).0 == "-1"
-            && esrch
-            && p.revents & libc::POLLIN != 0
-            && ino(&dead[0]) == ino(&dead[1])
-            && status == before_status,
-        format!(
-            "{:?} {:?} esrch {esrch} revents {:#x} inodes {} {} status {status:?} (was {before_status:?})",
-            info(&dead[0]),
-            info(&dead[1]),
-            p.revents,
-            ino(&dead[0]),
-            ino(&dead[1])
-        ),
-    );
+    if let Some((dead, before_status)) = dead {
+        let ino = |fd: &OwnedFd| {
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .unwrap_or(0)
+        };
+        // SAFETY: signal 0 through a pidfd; errno read right after.
+        let esrch = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, dead[0].as_raw_fd(), 0, 0, 0) == -1
+                && *libc::__errno_location() == libc::ESRCH
+        };
+        let mut p = libc::pollfd {
+            fd: dead[1].as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        let status = exit_status(&dead[1]);
+        c.check(
+            "pidfds of a child that exited: exited, one inode, the same exit status",
+            info(&dead[0]).0 == "-1"
+                && info(&dead[1]).0 == "-1"
+                && esrch
+                && p.revents & libc::POLLIN != 0
+                && ino(&dead[0]) == ino(&dead[1])
+                && status == before_status,
+            format!(
+                "{:?} {:?} esrch {esrch} revents {:#x} inodes {} {} status {status:?} (was {before_status:?})",
+                info(&dead[0]),
+                info(&dead[1]),
+                p.revents,
+                ino(&dead[0]),
+                ino(&dead[1])
+            ),
+        );
+    }
     stop_tx.send(()).unwrap();
     worker.join().unwrap();
     c.finish();

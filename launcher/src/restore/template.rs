@@ -218,6 +218,18 @@ impl Template {
                 "an image of PID 1 cannot be restored under a namespace init",
             ));
         }
+        // An instance runs in a PID namespace of its own, where a stand-in made out here for a
+        // process that had exited would not be one (no exit status, EINVAL rather than ESRCH).
+        if let Some(e) = m
+            .files
+            .iter()
+            .find(|e| matches!(&e.kind, thaw::state::files::FdKind::Pidfd(p) if p.dead.is_some()))
+        {
+            return Err(refused(format!(
+                "fd {}: a pidfd of a process that has exited cannot be given to serve's instances; restore this image with thaw run",
+                e.fd
+            )));
+        }
         let target = super::check_policy(&image, false, false)?;
         super::same_root(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;
