@@ -835,6 +835,7 @@ fn threads_and_descriptors_that_come_and_go_during_the_checkpoint() {
             "the spawner goes on starting and joining threads",
             "the opener's file gets the same number every time",
             "the toggled socket's flags are what its thread last set",
+            "a file at the soft descriptor limit's last number, under that limit",
         ],
     );
 }

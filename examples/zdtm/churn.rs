@@ -7,7 +7,8 @@
 //! the spawner goes on (every thread the restored program waits for exists), and the opener's
 //! file gets the number it always got (no descriptor it had closed came back). A toggler thread
 //! flips O_NONBLOCK on a socket every 3 ms (under a lock, with a record of what it set): after
-//! restore the socket's flags are what the record says.
+//! restore the socket's flags are what the record says. A file held at the last number the soft
+//! descriptor limit allows (48 here) comes back there, under that limit.
 //!
 //! `EXTRA`: how many checkpoints to take before the last one (default 10).
 
@@ -46,8 +47,36 @@ fn progress(counter: &AtomicU64, more: u64, bound: Duration) -> bool {
     true
 }
 
+const SOFT_NOFILE: u64 = 48;
+
+fn nofile() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    (r.rlim_cur, r.rlim_max)
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
+    let edge = format!("{image}.edge");
+    std::fs::write(&edge, b"at the edge").unwrap();
+    let last = SOFT_NOFILE as i32 - 1;
+    {
+        let f = std::fs::File::open(&edge).unwrap();
+        let hard = nofile().1;
+        // SAFETY: our own descriptor moved to a free number; our own limit lowered.
+        unsafe {
+            assert_eq!(libc::dup2(f.as_raw_fd(), last), last);
+            let r = libc::rlimit {
+                rlim_cur: SOFT_NOFILE,
+                rlim_max: hard,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+        }
+    }
     let rounds: u32 = extra.first().map_or(10, |n| n.parse().unwrap());
     std::thread::Builder::new()
         .name("spawner".into())
@@ -135,6 +164,12 @@ fn main() {
         "the toggled socket's flags are what its thread last set",
         recorded == now && progress(&TOGGLED, 3, bound),
         format!("set {recorded}, found {now}"),
+    );
+    let at_edge = std::fs::read_to_string(format!("/proc/self/fd/{last}")).ok();
+    c.check(
+        "a file at the soft descriptor limit's last number, under that limit",
+        at_edge.as_deref() == Some("at the edge") && nofile().0 == SOFT_NOFILE,
+        format!("{at_edge:?}, soft limit {}", nofile().0),
     );
     c.finish()
 }

@@ -483,6 +483,26 @@ pub fn prlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
     Ok((old.rlim_cur, old.rlim_max))
 }
 
+/// Sets this process's soft RLIMIT_NOFILE (the hard one unchanged).
+pub fn set_nofile_soft(cur: u64, max: u64) -> io::Result<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    check(syscall6(
+        libc::SYS_prlimit64,
+        [
+            0,
+            libc::RLIMIT_NOFILE as u64,
+            &new as *const libc::rlimit64 as u64,
+            0,
+            0,
+            0,
+        ],
+    ))
+    .map(drop)
+}
+
 /// prctl(PR_SET_DUMPABLE, value). Async-signal-safe.
 pub fn set_dumpable(value: u64) {
     syscall6(

@@ -23,10 +23,29 @@ impl FdWitness {
     /// Duplicates each of `fds`, just listed and not yet looked at: what the scan then reads
     /// of a descriptor is of the description held here, or the snapshot differs from it.
     pub(crate) fn hold(fds: &[i32]) -> std::io::Result<FdWitness> {
-        let mut held = Vec::with_capacity(fds.len());
         // Above every listed number: a duplicate must never take the number of a descriptor
         // closed meanwhile, where it would pass for it.
         let above = fds.iter().max().map_or(0, |m| m + 1) as u64;
+        // A process with a descriptor near its soft limit: the duplicates go above it, the
+        // limit raised to the hard one meanwhile (descriptors above a lowered limit stay).
+        let (soft, hard) = sys::prlimit(0, libc::RLIMIT_NOFILE)?;
+        let raise = above + fds.len() as u64 > soft;
+        if raise {
+            sys::set_nofile_soft(hard, hard)?;
+        }
+        let held = Self::dup_each(fds, above);
+        if raise {
+            sys::set_nofile_soft(soft, hard)?;
+        }
+        let held = held?;
+        let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
+        let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
+        Ok(FdWitness { held, looks })
+    }
+
+    /// (descriptor, duplicate at `above` or higher, look) of each of `fds` still open.
+    fn dup_each(fds: &[i32], above: u64) -> std::io::Result<Vec<(i32, OwnedFd, u64)>> {
+        let mut held = Vec::with_capacity(fds.len());
         for &fd in fds {
             let look = sys::fd_look(fd);
             match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
@@ -38,9 +57,7 @@ impl FdWitness {
                 Err(e) => return Err(e),
             }
         }
-        let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
-        let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
-        Ok(FdWitness { held, looks })
+        Ok(held)
     }
 
     /// (descriptor, how it looked before the scan), for [`unchanged_now`] at the freeze.
