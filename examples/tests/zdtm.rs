@@ -235,6 +235,7 @@ fn files_directories_and_pipes() {
             "dup of an epoll instance: one interest list",
             "edge-triggered epoll: a taken edge stays taken, a pending one pending, a fired one-shot disarmed",
             "FIFO: the bytes waiting at the checkpoint wait there again",
+            "FIFO: an empty one, still empty",
             "epoll: a registration whose number holds another file now watches its own file",
             "FIFO opened again by its name, the same FIFO, with its flags",
         ],

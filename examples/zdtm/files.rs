@@ -86,6 +86,15 @@ fn main() {
     // SAFETY: a write from a literal to our own FIFO.
     let wrote = unsafe { libc::write(fifo, b"waiting".as_ptr().cast(), 7) };
     assert_eq!(wrote, 7);
+    // A second FIFO, empty, open for reading and writing: opened again by its name, still empty.
+    let empty_path = dir.join("empty.fifo");
+    let empty_c = std::ffi::CString::new(empty_path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
+    let empty = unsafe {
+        libc::mkfifo(empty_c.as_ptr(), 0o600);
+        libc::open(empty_c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
+    };
+    assert!(empty >= 0, "open FIFO: {}", std::io::Error::last_os_error());
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
@@ -179,6 +188,17 @@ fn main() {
             "FIFO: the bytes waiting at the checkpoint wait there again",
             n == 7 && &waiting[..7] == b"waiting",
             format!("{n} bytes: {:?}", &waiting[..n.max(0) as usize]),
+        );
+        // SAFETY: a read of our own FIFO into a local.
+        let (empty_flags, queued) = unsafe {
+            let mut b = [0u8; 1];
+            let n = libc::read(empty, b.as_mut_ptr().cast(), 1);
+            (libc::fcntl(empty, libc::F_GETFL), n)
+        };
+        c.check(
+            "FIFO: an empty one, still empty",
+            empty_flags & libc::O_ACCMODE == libc::O_RDWR && queued < 0,
+            format!("flags {empty_flags:#x}, read {queued}"),
         );
         // What the FIFO's descriptor writes, a new open of its name reads: one FIFO.
         let mut got = [0u8; 4];

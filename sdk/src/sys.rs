@@ -348,10 +348,10 @@ pub fn sigprocmask(how: i32, set: Option<u64>) -> io::Result<u64> {
     Ok(old)
 }
 
-/// Duplicates up to `len` bytes buffered in pipe `from` into pipe `to` without consuming them.
-/// Async-signal-safe.
+/// Duplicates up to `len` bytes buffered in pipe `from` into pipe `to` without consuming them:
+/// how many, 0 for an empty pipe, or a negative errno. Async-signal-safe.
 pub fn tee(from: i32, to: i32, len: usize) -> i64 {
-    syscall6(
+    let n = syscall6(
         libc::SYS_tee,
         [
             from as u64,
@@ -361,7 +361,13 @@ pub fn tee(from: i32, to: i32, len: usize) -> i64 {
             0,
             0,
         ],
-    )
+    );
+    // Empty, with a writer somewhere: nothing to copy, not a failure.
+    if n == -i64::from(libc::EAGAIN) {
+        0
+    } else {
+        n
+    }
 }
 
 /// lseek(fd, 0, SEEK_CUR). Async-signal-safe.
