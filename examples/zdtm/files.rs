@@ -75,26 +75,24 @@ fn main() {
 
     // A FIFO (named pipe) open for reading and writing, 7 bytes waiting in it: opened again by
     // its name as the same FIFO, the bytes put back.
-    let fifo_path = dir.join("named.fifo");
-    let fifo_c = std::ffi::CString::new(fifo_path.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
-    let fifo = unsafe {
-        libc::mkfifo(fifo_c.as_ptr(), 0o600);
-        libc::open(fifo_c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
+    // A FIFO made in the scratch directory, open for reading and writing without blocking:
+    // (its name, its descriptor).
+    let make_fifo = |name: &str| {
+        let c = std::ffi::CString::new(dir.join(name).to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
+        let fd = unsafe {
+            libc::mkfifo(c.as_ptr(), 0o600);
+            libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
+        };
+        assert!(fd >= 0, "open FIFO: {}", std::io::Error::last_os_error());
+        (c, fd)
     };
-    assert!(fifo >= 0, "open FIFO: {}", std::io::Error::last_os_error());
+    let (fifo_c, fifo) = make_fifo("named.fifo");
     // SAFETY: a write from a literal to our own FIFO.
     let wrote = unsafe { libc::write(fifo, b"waiting".as_ptr().cast(), 7) };
     assert_eq!(wrote, 7);
-    // A second FIFO, empty, open for reading and writing: opened again by its name, still empty.
-    let empty_path = dir.join("empty.fifo");
-    let empty_c = std::ffi::CString::new(empty_path.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo and open on a NUL-terminated path of our scratch directory.
-    let empty = unsafe {
-        libc::mkfifo(empty_c.as_ptr(), 0o600);
-        libc::open(empty_c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK)
-    };
-    assert!(empty >= 0, "open FIFO: {}", std::io::Error::last_os_error());
+    // A second FIFO, empty: opened again by its name, still empty.
+    let (_, empty) = make_fifo("empty.fifo");
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)

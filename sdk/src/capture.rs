@@ -81,11 +81,18 @@ pub struct ThreadCapture {
 }
 
 /// `Capture::changed`: a thread started after the listing.
-pub const THREAD_STARTED: u32 = 1;
+const THREAD_STARTED: u32 = 1;
 /// `Capture::changed`: a descriptor changed in place after the scan.
-pub const DESCRIPTOR_CHANGED: u32 = 2;
+const DESCRIPTOR_CHANGED: u32 = 2;
 /// `Capture::changed`: a child process was forked after the check for children.
-pub const CHILD_STARTED: u32 = 3;
+const CHILD_STARTED: u32 = 3;
+/// What each `Capture::changed` value says.
+const CHANGES: [&str; 4] = [
+    "",
+    "a thread started after the threads were listed",
+    "a descriptor's flags or a socket's address or state changed after the scan",
+    "a child process was started after the check for children",
+];
 
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
 /// the checkpoint had come a moment later.
@@ -105,6 +112,28 @@ pub struct PipeCopy {
     pub copy_w: OwnedFd,
     pub copy_r: OwnedFd,
     pub bytes: AtomicI64,
+}
+
+impl PipeCopy {
+    /// In the handler: duplicates what is buffered now. Async-signal-safe.
+    fn take(&self) {
+        let n = sys::tee(self.read_fd, self.copy_w.as_raw_fd(), usize::MAX >> 1);
+        self.bytes.store(n, Ordering::Relaxed);
+    }
+
+    /// After the snapshot: the bytes the handler duplicated, if any.
+    pub fn copied(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let n = self.bytes.load(Ordering::Relaxed);
+        if n <= 0 {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; n as usize];
+        std::io::Read::read_exact(
+            &mut std::fs::File::from(self.copy_r.try_clone()?),
+            &mut bytes,
+        )?;
+        Ok(Some(bytes))
+    }
 }
 
 /// A socket whose queued bytes the handler copies (without consuming them) into `buf`.
@@ -581,9 +610,8 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     for f in &c.fds {
         f.pos.store(sys::tell(f.fd), Ordering::Relaxed);
     }
-    for p in &c.pipes {
-        let n = sys::tee(p.read_fd, p.copy_w.as_raw_fd(), usize::MAX >> 1);
-        p.bytes.store(n, Ordering::Relaxed);
+    for p in c.pipes.iter().chain(c.fifos.iter().map(|f| &f.2)) {
+        p.take();
     }
     for s in &c.socks {
         if s.msg {
@@ -622,10 +650,6 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     }
     for e in &c.epolls {
         e.run();
-    }
-    for (_, _, p) in &c.fifos {
-        let n = sys::tee(p.read_fd, p.copy_w.as_raw_fd(), usize::MAX >> 1);
-        p.bytes.store(n, Ordering::Relaxed);
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
@@ -807,23 +831,9 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         .threads
         .iter()
         .find(|t| t.tid.load(Ordering::Relaxed) == capture.caller);
-    match capture.changed.load(Ordering::Acquire) {
-        THREAD_STARTED => {
-            return Err(FreezeError::Changed(
-                "a thread started after the threads were listed",
-            ))
-        }
-        DESCRIPTOR_CHANGED => {
-            return Err(FreezeError::Changed(
-                "a descriptor's flags or a socket's address or state changed after the scan",
-            ))
-        }
-        CHILD_STARTED => {
-            return Err(FreezeError::Changed(
-                "a child process was started after the check for children",
-            ))
-        }
-        _ => {}
+    let changed = capture.changed.load(Ordering::Acquire) as usize;
+    if changed != 0 {
+        return Err(FreezeError::Changed(CHANGES[changed]));
     }
     if me.is_none_or(|t| t.done.load(Ordering::Acquire) == 0) {
         return Err(std::io::Error::other(format!(

@@ -298,7 +298,7 @@ impl Checkpoint {
             .into_iter()
             .map(|t| (t, Default::default()))
             .collect();
-        capture.looks = scan.witness.looks();
+        capture.looks = scan.witness.take_looks();
         capture.children_allowed = self.leave_children_out;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fifos = scan
@@ -671,14 +671,7 @@ impl Checkpoint {
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
             if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
-                let n = p.bytes.load(Ordering::Relaxed);
-                if n > 0 {
-                    let mut bytes = vec![0u8; n as usize];
-                    std::io::Read::read_exact(
-                        &mut File::from(p.copy_r.try_clone().map_err(io("reading FIFO contents"))?),
-                        &mut bytes,
-                    )
-                    .map_err(io("reading FIFO contents"))?;
+                if let Some(bytes) = p.copied().map_err(io("reading FIFO contents"))? {
                     e.fifo_bytes = Some(writer.append_payload(&bytes)?);
                 }
             }
@@ -696,16 +689,7 @@ impl Checkpoint {
                     ..
                 } => {
                     if let Some(p) = c.pipes.iter().find(|p| p.read_fd == e.fd) {
-                        let n = p.bytes.load(Ordering::Relaxed);
-                        if n > 0 {
-                            let mut bytes = vec![0u8; n as usize];
-                            std::io::Read::read_exact(
-                                &mut File::from(
-                                    p.copy_r.try_clone().map_err(io("reading pipe contents"))?,
-                                ),
-                                &mut bytes,
-                            )
-                            .map_err(io("reading pipe contents"))?;
+                        if let Some(bytes) = p.copied().map_err(io("reading pipe contents"))? {
                             *buffered = Some(writer.append_payload(&bytes)?);
                         }
                     }

@@ -714,16 +714,7 @@ pub fn kill_and_reap(pid: i32) {
         libc::SYS_kill,
         [pid as u64, libc::SIGKILL as u64, 0, 0, 0, 0],
     );
-    let mut status = 0i32;
-    loop {
-        let r = syscall6(
-            libc::SYS_wait4,
-            [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
-        );
-        if r != -(libc::EINTR as i64) {
-            break;
-        }
-    }
+    reap(pid);
 }
 
 /// pipe2(O_CLOEXEC | O_NONBLOCK) → (read, write).
@@ -1578,9 +1569,7 @@ pub fn kcmp(a: i32, b: i32, kind: u64) -> Option<bool> {
 /// Whether two descriptors of this process share one open file description (kcmp KCMP_FILE);
 /// `None` where the kernel cannot tell.
 pub fn same_description(a: i32, b: i32) -> Option<bool> {
-    let pid = getpid() as u64;
-    let r = syscall6(libc::SYS_kcmp, [pid, pid, 0, a as u64, b as u64, 0]);
-    (r >= 0).then_some(r == 0)
+    same_description_in(a, getpid(), b)
 }
 
 /// Whether descriptor `ours` of this process and descriptor `theirs` of process `pid` are one

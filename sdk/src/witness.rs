@@ -61,8 +61,8 @@ impl FdWitness {
     }
 
     /// (descriptor, how it looked before the scan), for [`unchanged_now`] at the freeze.
-    pub(crate) fn looks(&self) -> Vec<(i32, u64)> {
-        self.looks.clone()
+    pub(crate) fn take_looks(&mut self) -> Vec<(i32, u64)> {
+        std::mem::take(&mut self.looks)
     }
 
     /// Our duplicates' numbers: descriptors of the checkpoint's own.

@@ -470,16 +470,11 @@ fn prepare_fds(
     })
 }
 
-/// The gate's pipe (see `Fds::gate`), above every descriptor the restore uses.
+/// The gate's pipe (see `Fds::gate`).
 fn gate(fds: &Fds) -> Result<(OwnedFd, OwnedFd)> {
-    let high = fds
-        .process_side()
-        .into_iter()
-        .chain([fds.error_w.as_raw_fd(), fds.error_r.as_raw_fd()])
-        .chain(fds.keep.iter().copied())
-        .max()
-        .unwrap_or(2)
-        + 1;
+    // Above every number the process gets (the restorer places descriptors there); a
+    // duplicate never takes a number in use.
+    let high = fds.keep.iter().max().map_or(3, |m| m + 1);
     let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
     let up =
         |fd: OwnedFd| sys::dup_above(fd.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")));
