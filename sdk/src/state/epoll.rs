@@ -75,7 +75,7 @@ impl Probe {
                 0,
             ],
         );
-        self.taken.store(n.max(-1_000_000), Ordering::Relaxed);
+        self.taken.store(n, Ordering::Relaxed);
         for i in 0..n.max(0) as usize {
             let at = i * EVENT + 4;
             let data = u64::from_ne_bytes(self.buf[at..at + 8].try_into().unwrap_or([0; 8]));
