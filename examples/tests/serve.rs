@@ -81,7 +81,7 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         ("zdtm-waits", &[], &[]),
         ("zdtm-controls", &[], &[]),
         ("zdtm-worker-checkpoint", &[], &[]),
-        ("zdtm-children", &["leave"], &[]),
+        ("zdtm-children", &["alone"], &[]),
     ];
     for (prog, extra, args) in programs {
         // One image for `thaw run`, another for the server: programs that write to their
@@ -350,6 +350,17 @@ fn serve_refuses_what_it_cannot_do() {
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     assert!(
         text(&o).contains("a pidfd of a process that has exited"),
+        "{}",
+        text(&o)
+    );
+
+    let zombies = env.checkpoint("zdtm-children", "z.thaw", &["leave"]);
+    let o = Server::try_start(&env, &zombies, &[])
+        .err()
+        .expect("served an image with zombie children");
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        text(&o).contains("a child of the template would not be one of its instances"),
         "{}",
         text(&o)
     );

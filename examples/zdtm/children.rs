@@ -1,18 +1,139 @@
-//! Children: a forked worker blocked reading a pipe from us, and a zombie not yet reaped.
+//! Children: a forked worker blocked reading a pipe from us, and zombies not yet reaped (ended
+//! with exit codes 7 and 0, by SIGTERM, by SIGKILL and by SIGSEGV, one of them renamed), with a
+//! SIGCHLD handler counting.
 //!
-//! `PROG IMAGE KEY refuse`: the checkpoint must fail naming both (printed, exit 3).
-//! `PROG IMAGE KEY leave`: checkpointed with children left out; after restore the process has no
-//! children (`waitpid` fails with ECHILD) and carries on.
+//! `PROG IMAGE KEY refuse`: the checkpoint must fail naming the worker alone (printed, exit 3).
+//! `PROG IMAGE KEY leave`: checkpointed with live children left out; after restore the process
+//! has its zombies back (same PIDs, names, ends, user and process groups — one leads its own;
+//! no SIGCHLD for them again) and no other
+//! child (`waitpid` fails with ECHILD once they are reaped).
+//! `PROG IMAGE KEY alone`: as `leave`, without zombies (for `thaw serve`, which refuses them).
+//! `PROG IMAGE KEY other-user` (as root): a zombie that had switched to another user is refused.
+//! `PROG IMAGE KEY other-group`: a zombie in a process group nobody leads any more is refused.
 
 #[path = "common.rs"]
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SIGCHLDS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_sigchld(_: libc::c_int) {
+    SIGCHLDS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// How each zombie ends: exit code, or signal.
+#[derive(Clone, Copy)]
+enum End {
+    Exit(i32),
+    Signal(i32),
+}
+
+const ENDS: [End; 5] = [
+    End::Exit(7),
+    End::Exit(0),
+    End::Signal(libc::SIGTERM),
+    End::Signal(libc::SIGKILL),
+    End::Signal(libc::SIGSEGV),
+];
+
+/// The zombie that leads a process group of its own.
+const LEADER: usize = 2;
+
+/// Forks a child that ends as `end` says (named "zombie-N"; as user nobody with `other_user`),
+/// and waits until it has, without reaping it.
+fn zombie(n: usize, end: End, other_user: bool) -> i32 {
+    // SAFETY: the child makes system calls only and ends.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: system calls on the child itself.
+        unsafe {
+            if n == 1 {
+                libc::prctl(libc::PR_SET_NAME, c"zombie-1".as_ptr());
+            }
+            if n == LEADER {
+                libc::setpgid(0, 0);
+            }
+            if other_user {
+                libc::setresuid(65534, 65534, 65534);
+            }
+            match end {
+                End::Exit(code) => libc::_exit(code),
+                End::Signal(sig) => {
+                    // No core file for SIGSEGV.
+                    libc::prctl(libc::PR_SET_DUMPABLE, 0);
+                    libc::signal(sig, libc::SIG_DFL);
+                    libc::kill(libc::getpid(), sig);
+                    libc::_exit(99)
+                }
+            }
+        }
+    }
+    // SAFETY: a siginfo to fill; WNOWAIT leaves the child a zombie.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as u32,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+    }
+    pid
+}
+
+/// As CRIU's zombie01: a child leads a group of its own, forks a sibling of its own into it
+/// (CLONE_PARENT) and exits; the sibling, a zombie of ours, is then in a group nobody leads.
+fn grandchild_in_a_group_gone() -> i32 {
+    let mut p = [0i32; 2];
+    // SAFETY: the child makes system calls only: its clone has no stack of its own and the
+    // new process _exits at once.
+    unsafe {
+        libc::pipe(p.as_mut_ptr());
+        let child = libc::fork();
+        if child == 0 {
+            libc::setpgid(0, 0);
+            let g = libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            );
+            if g == 0 {
+                libc::_exit(0);
+            }
+            let pid = g as i32;
+            libc::write(p[1], (&pid as *const i32).cast(), 4);
+            libc::_exit(0);
+        }
+        let mut pid = 0i32;
+        libc::read(p[0], (&mut pid as *mut i32).cast(), 4);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as u32,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+        libc::close(p[0]);
+        libc::close(p[1]);
+        pid
+    }
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
     let mode = extra.first().map_or("refuse", String::as_str).to_owned();
+    // SAFETY: installs a handler that only counts.
+    unsafe {
+        libc::signal(libc::SIGCHLD, on_sigchld as *const () as libc::sighandler_t);
+    }
     let mut p = [0i32; 2];
-    // SAFETY: pipe() fills two descriptors; the children only read, sleep and _exit.
-    let (worker, zombie) = unsafe {
+    // SAFETY: pipe() fills two descriptors; the child only reads and _exits.
+    let worker = unsafe {
         libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC);
         let worker = libc::fork();
         if worker == 0 {
@@ -22,48 +143,120 @@ fn main() {
             libc::read(p[0], (&mut b as *mut u8).cast(), 1);
             libc::_exit(0);
         }
-        let zombie = libc::fork();
-        if zombie == 0 {
-            libc::_exit(7);
-        }
-        (worker, zombie)
+        worker
     };
-    // The zombie is one once it has exited; wait for that without reaping it.
-    // SAFETY: a siginfo to fill; WNOWAIT leaves the child a zombie.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PID,
-            zombie as u32,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        );
-    }
+    let zombies: Vec<(i32, End)> = if mode == "other-user" {
+        vec![(zombie(0, End::Exit(3), true), End::Exit(3))]
+    } else if mode == "alone" {
+        Vec::new()
+    } else if mode == "other-group" {
+        vec![(grandchild_in_a_group_gone(), End::Exit(0))]
+    } else {
+        ENDS.iter()
+            .enumerate()
+            .map(|(n, &e)| (zombie(n, e, false), e))
+            .collect()
+    };
     // Keep the pipe's read end closed here so that it is not part of what is checked.
     // SAFETY: our own descriptor.
     unsafe { libc::close(p[0]) };
-    println!("children {worker} {zombie}");
+    let pids: Vec<String> = zombies.iter().map(|(p, _)| p.to_string()).collect();
+    println!("children {worker} {}", pids.join(" "));
+    let sigchlds = SIGCHLDS.load(Ordering::SeqCst);
     // The worker's pipe goes to a child: left out, like the child.
     let mut cp = thaw::Checkpoint::to(&image)
-        .exit_after_save(true)
         .fd(p[1], thaw::FdAction::Drop)
-        .leave_children_out(mode == "leave");
+        .leave_children_out(mode != "refuse");
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
     match cp.save() {
-        Ok(_) => {}
+        Ok(thaw::Outcome::Restored(_)) => {}
+        Ok(thaw::Outcome::Saved(_)) => {
+            // The first life reaps its zombies before it ends, so that their PIDs are free
+            // for a restore right after (orphaned, they would wait for init).
+            for (pid, _) in &zombies {
+                // SAFETY: reaps our own child.
+                unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+            }
+            std::process::exit(0);
+        }
         Err(e) => {
             println!("refused: {e}");
             std::process::exit(3);
         }
     }
     let mut c = common::Checks::default();
+    // SAFETY: getuid has no failure.
+    let me = unsafe { libc::getuid() };
+    // SAFETY: getpgid of ourselves.
+    let own_group = unsafe { libc::getpgid(0) };
+    let groups: Vec<(i32, i32, i32)> = zombies
+        .iter()
+        .enumerate()
+        .map(|(n, &(pid, _))| {
+            let want = if n == LEADER { pid } else { own_group };
+            // SAFETY: getpgid of our own child.
+            (pid, unsafe { libc::getpgid(pid) }, want)
+        })
+        .collect();
+    c.check(
+        "zombies: same process groups",
+        groups.iter().all(|(_, got, want)| got == want),
+        format!("{groups:?}"),
+    );
+    let mut names = Vec::new();
+    let mut ends = Vec::new();
+    for (n, &(pid, end)) in zombies.iter().enumerate() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(") ").next().map(|r| r[..1].to_owned()))
+            .unwrap_or_default();
+        let want = if n == 1 { "zombie-1" } else { "zdtm-children" };
+        names.push((
+            comm.trim() == want && state == "Z",
+            format!("{pid}: {comm:?} {state}"),
+        ));
+        // SAFETY: reaps our own child into our siginfo.
+        let info = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let r = libc::waitid(libc::P_PID, pid as u32, &mut info, libc::WEXITED);
+            (r == 0).then_some(info)
+        };
+        let got = info.map(|i| {
+            // SAFETY: waitid filled a SIGCHLD siginfo.
+            unsafe { (i.si_code, i.si_status(), i.si_uid(), i.si_pid()) }
+        });
+        let want = match end {
+            End::Exit(code) => (libc::CLD_EXITED, code),
+            End::Signal(sig) => (libc::CLD_KILLED, sig),
+        };
+        ends.push((
+            got == Some((want.0, want.1, me, pid)),
+            format!("{pid}: {got:?}, wanted {want:?}"),
+        ));
+    }
+    c.check(
+        "zombies: same PIDs and names, still zombies",
+        names.iter().all(|(ok, _)| *ok),
+        format!("{names:?}"),
+    );
+    c.check(
+        "zombies: each ended as before, as our user",
+        ends.iter().all(|(ok, _)| *ok),
+        format!("{ends:?}"),
+    );
+    c.check(
+        "no SIGCHLD for the zombies again",
+        SIGCHLDS.load(Ordering::SeqCst) == sigchlds,
+        format!("{} then {sigchlds}", SIGCHLDS.load(Ordering::SeqCst)),
+    );
     // SAFETY: waiting for any child, without blocking.
     let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
     let err = std::io::Error::last_os_error().raw_os_error();
     c.check(
-        "no children after restore",
+        "no other children after restore",
         r == -1 && err == Some(libc::ECHILD),
         format!("{r} {err:?}"),
     );

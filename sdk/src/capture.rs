@@ -86,12 +86,15 @@ const THREAD_STARTED: u32 = 1;
 const DESCRIPTOR_CHANGED: u32 = 2;
 /// `Capture::changed`: a child process was forked after the check for children.
 const CHILD_STARTED: u32 = 3;
+/// `Capture::changed`: a zombie child was reaped after the check for children.
+const ZOMBIE_REAPED: u32 = 4;
 /// What each `Capture::changed` value says.
-const CHANGES: [&str; 4] = [
+const CHANGES: [&str; 5] = [
     "",
     "a thread started after the threads were listed",
     "a descriptor's flags or a socket's address or state changed after the scan",
     "a child process was started after the check for children",
+    "a zombie child was waited for after the check for children",
 ];
 
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
@@ -352,6 +355,8 @@ pub struct Capture {
     /// Whether the process may have children (they are left out of the image); otherwise one
     /// forked since the check makes the checkpoint start again.
     pub children_allowed: bool,
+    /// The zombie children recorded before the threads stopped: each must still be one then.
+    pub zombies: Vec<crate::state::children::Zombie>,
     /// The checkpoint's own helper process (see `crate::traced`), a child of ours; 0 if none.
     pub helper: AtomicI32,
 }
@@ -426,6 +431,7 @@ impl Capture {
             changed: AtomicU32::new(0),
             looks: Vec::new(),
             children_allowed: false,
+            zombies: Vec::new(),
             helper: AtomicI32::new(0),
         })
     }
@@ -579,15 +585,28 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
         c.changed.store(DESCRIPTOR_CHANGED, Ordering::Release);
         return;
     }
-    // A child forked since the check for children.
+    // A child forked since the check for children, or a zombie reaped since.
     let helper = c.helper.load(Ordering::Relaxed);
-    if !c.children_allowed
-        && c.threads.iter().any(|t| {
-            t.done.load(Ordering::Acquire) == 1
-                && sys::task_has_child_but(t.tid.load(Ordering::Relaxed), helper)
-        })
+    let (mut other, mut zombies) = (false, 0);
+    for t in c
+        .threads
+        .iter()
+        .filter(|t| t.done.load(Ordering::Acquire) == 1)
     {
+        sys::task_children(t.tid.load(Ordering::Relaxed), |pid| {
+            if c.zombies.iter().any(|z| z.pid == pid) {
+                zombies += 1;
+            } else if pid != helper {
+                other = true;
+            }
+        });
+    }
+    if other && !c.children_allowed {
         c.changed.store(CHILD_STARTED, Ordering::Release);
+        return;
+    }
+    if zombies != c.zombies.len() {
+        c.changed.store(ZOMBIE_REAPED, Ordering::Release);
         return;
     }
     // Record the process-wide state and fork.

@@ -253,7 +253,9 @@ impl Checkpoint {
                 Vec::new()
             }
         };
-        unsupported.extend(state::process::refusals(self.leave_children_out));
+        unsupported.extend(state::process::refusals());
+        let (zombies, refused) = state::children::dump(self.leave_children_out);
+        unsupported.extend(refused);
         unsupported.extend(state::creds::refusals());
         let threads = list_threads(&mut unsupported)?;
         let policy = FdPolicy::from_env()
@@ -300,6 +302,7 @@ impl Checkpoint {
             .collect();
         capture.looks = scan.witness.take_looks();
         capture.children_allowed = self.leave_children_out;
+        capture.zombies = zombies;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fifos = scan
             .fifo_readers()
@@ -510,6 +513,7 @@ impl Checkpoint {
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
         m.namespaces = state::namespaces::Namespaces::current();
+        m.zombies = c.zombies.clone();
         m.process =
             state::process::Process::dump(child, pid, c.caller, &RESTORE_CELL as *const _ as u64)
                 .map_err(io("reading process attributes"))?;

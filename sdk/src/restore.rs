@@ -181,6 +181,11 @@ impl Plan {
         self.current
     }
 
+    /// The current list's number.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
     /// Makes list `n` current.
     pub fn select(&mut self, n: usize) {
         self.current = n;

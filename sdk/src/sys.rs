@@ -71,22 +71,22 @@ pub fn task_exiting(tid: i32) -> bool {
     stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
-/// Whether thread `tid` of this process has a child process other than `except`
+/// Calls `each` with every child process of thread `tid` of this process
 /// (/proc/self/task/TID/children). Allocation-free.
-pub fn task_has_child_but(tid: i32, except: i32) -> bool {
+pub fn task_children(tid: i32, mut each: impl FnMut(i32)) {
     let mut buf = [0u8; 4096];
     let Some(n) = read_task_file(tid, b"/children\0", &mut buf) else {
-        return false;
+        return;
     };
     buf[..n]
         .split(|&b| b == b' ' || b == b'\n')
         .filter(|p| !p.is_empty())
-        .any(|p| {
+        .for_each(|p| {
             let pid = p
                 .iter()
                 .fold(0i64, |n, &d| n * 10 + i64::from(d.wrapping_sub(b'0')));
-            pid != i64::from(except)
-        })
+            each(pid as i32)
+        });
 }
 
 /// Reads /proc/self/task/TID + `tail` (NUL-terminated) into `buf`. Allocation-free.
@@ -2096,19 +2096,23 @@ mod tests {
     }
 
     #[test]
-    fn a_threads_children_are_seen_but_the_one_excepted() {
+    fn a_threads_children_are_listed() {
         // Children are listed per thread (the one that forked them): other tests' are not here.
         let me = super::gettid();
-        assert!(!super::task_has_child_but(me, 0));
+        let list = || {
+            let mut v = Vec::new();
+            super::task_children(me, |p| v.push(p));
+            v
+        };
+        assert!(list().is_empty());
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        assert!(super::task_has_child_but(me, 0));
-        assert!(!super::task_has_child_but(me, child.id() as i32));
+        assert_eq!(list(), vec![child.id() as i32]);
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!super::task_has_child_but(me, 0), "reaped");
+        assert!(list().is_empty(), "reaped");
     }
 
     #[test]

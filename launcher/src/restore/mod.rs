@@ -202,6 +202,7 @@ fn pid_in_use(pid: i32) -> bool {
 fn taken_id(m: &thaw::Manifest) -> Option<i32> {
     std::iter::once(m.process.pid)
         .chain(m.threads.iter().map(|t| t.tid))
+        .chain(m.zombies.iter().map(|z| z.pid))
         .find(|&id| pid_in_use(id))
 }
 
@@ -534,6 +535,18 @@ fn build_plan(
     }
     region.plan_unmap_launcher(&mut plan);
     region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
+    // Its session, then its zombie children, forked while the process holds nothing but the
+    // restorer's region. (An instance of a template makes its session itself.)
+    if fork.is_none() {
+        m.process.plan_session(&mut plan);
+    }
+    if !m.zombies.is_empty() {
+        thaw::state::children::plan_default_sigchld(&mut plan);
+        for z in &m.zombies {
+            z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
+        }
+        thaw::state::children::plan_forget_sigchld(&mut plan);
+    }
 
     // The image's memory, then the layout markers and /proc/self/exe.
     // Lazily filled VMAs are registered with a userfaultfd, which goes to the launcher before
@@ -760,6 +773,9 @@ fn build_plan(
     }
     // Timers may signal a thread: they exist now.
     thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan);
+    if fork.is_some() {
+        m.process.plan_session(&mut plan);
+    }
     m.process.plan_final(&mut plan, fds.transport.is_some());
     for vma in &m.memory {
         vma.plan_seal(&mut plan);
@@ -970,7 +986,13 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
         }
         PidMode::Host if taken.is_some() => {
             let id = taken.unwrap_or(pid);
-            let what = if id == pid { "PID" } else { "thread id" };
+            let what = if id == pid {
+                "PID"
+            } else if m.zombies.iter().any(|z| z.pid == id) {
+                "the PID of zombie child"
+            } else {
+                "thread id"
+            };
             return Err(refused(format!(
                 "{what} {id} is in use in this PID namespace; use --pid-mode ns to restore it in a new one"
             )));

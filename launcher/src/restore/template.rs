@@ -230,6 +230,13 @@ impl Template {
                 e.fd
             )));
         }
+        // Children are not passed on by a fork: the template's would not be the instances'.
+        if let Some(z) = m.zombies.first() {
+            return Err(refused(format!(
+                "zombie child {} ({}): a child of the template would not be one of its instances; restore this image with thaw run",
+                z.pid, z.comm
+            )));
+        }
         let target = super::check_policy(&image, false, false)?;
         super::same_root(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;

@@ -5,6 +5,7 @@
 //! been checked). Any change to a serialized type changes the encoding and therefore bumps
 //! [`crate::image::FORMAT_VERSION`].
 
+pub mod children;
 pub mod clocks;
 pub mod creds;
 pub mod deleted;
@@ -59,6 +60,8 @@ pub struct Manifest {
     pub posix_timers: Vec<posix_timers::PosixTimer>,
     /// The network and UTS namespaces it ran in (see [`namespaces`]).
     pub namespaces: namespaces::Namespaces,
+    /// Children that had ended and were not waited for yet: made again at restore.
+    pub zombies: Vec<children::Zombie>,
     pub chunks: ChunkTable,
 }
 

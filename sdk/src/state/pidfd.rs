@@ -145,6 +145,11 @@ fn ended_child(status: Option<i32>) -> std::io::Result<i32> {
         // The child: system calls only (the parent may have other threads).
         let sig = status & 0x7f;
         if sig != 0 {
+            // No core file of ours for a signal that dumps core by default.
+            crate::sys::syscall6(
+                libc::SYS_prctl,
+                [libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+            );
             let dfl = crate::sys::KernelSigaction::default();
             let _ = crate::sys::rt_sigaction(sig, Some(&dfl), None);
             let _ = crate::sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (sig - 1)));

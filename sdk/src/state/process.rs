@@ -210,6 +210,16 @@ const PR_SET_MDWE: u64 = 65;
 const PR_GET_MDWE: i32 = 66;
 
 impl Process {
+    /// A session leader (a daemon that called setsid) leads a new session again, without a
+    /// controlling terminal, as it had in its first life. A process group alone is the caller's:
+    /// job control belongs to whoever runs `thaw run`. Made before its zombie children (which
+    /// may be in that session).
+    pub fn plan_session(&self, plan: &mut Plan) {
+        if self.sid == self.pid && self.pid > 0 {
+            plan.syscall("lead a new session (setsid)", libc::SYS_setsid, [0; 6]);
+        }
+    }
+
     /// The attributes set last, once every mapping has its final protection: the parent-death
     /// signal (unless `lazy`: while memory is filled lazily the process must die with its
     /// launcher, so it keeps SIGKILL), and memory-deny-write-execute, which would forbid the
@@ -224,12 +234,6 @@ impl Process {
                 libc::SYS_mlockall,
                 [u64::from(self.mlock_future), 0, 0, 0, 0, 0],
             );
-        }
-        if self.sid == self.pid && self.pid > 0 {
-            // A session leader (a daemon that called setsid) leads a new session again, without
-            // a controlling terminal, as it had in its first life. A process group alone is the
-            // caller's: job control belongs to whoever runs `thaw run`.
-            plan.syscall("lead a new session (setsid)", libc::SYS_setsid, [0; 6]);
         }
         if !lazy {
             plan.syscall(
@@ -328,11 +332,9 @@ pub fn oom_score_adj() -> i32 {
         .unwrap_or(0)
 }
 
-/// What rules out a checkpoint of the process as such: a working directory that is gone (it
-/// could not be entered again), and children (a checkpoint saves this process alone: after
-/// restore `waitpid` would fail and the first life's children would run on), unless
-/// `leave_children_out`.
-pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
+/// What rules out a checkpoint of the process as such: a working directory in /proc (it could
+/// not be entered again), threads in other cgroups. (Children: see [`super::children`].)
+pub(crate) fn refusals() -> Vec<String> {
     let mut why = Vec::new();
     if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
         let cwd = cwd.to_string_lossy();
@@ -369,37 +371,5 @@ pub(crate) fn refusals(leave_children_out: bool) -> Vec<String> {
             }
         }
     }
-    if leave_children_out {
-        return why;
-    }
-    for pid in children() {
-        let stat = procfs::stat_fields(pid).unwrap_or_default();
-        let name = procfs::read(pid, "comm").unwrap_or_default();
-        let state = stat.get(3).map_or("?", String::as_str);
-        why.push(format!(
-            "child process {pid} ({}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first, or leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python)",
-            name.trim()
-        ));
-    }
     why
-}
-
-/// The process's children (of every thread), zombies included.
-fn children() -> Vec<i32> {
-    let mut out: Vec<i32> = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let tid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()
-        })
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }
