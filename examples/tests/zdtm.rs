@@ -399,11 +399,40 @@ fn interval_timers_timerfd_and_signalfd_are_restored() {
             ],
         );
     }
-    let o = env.first_life("zdtm-timers", "q.thaw", &["pending"]);
+}
+
+#[test]
+fn pending_signals_come_back_on_their_queues_with_their_siginfo() {
+    let env = Env::new();
+    for from in [&[][..], &["from-thread"][..]] {
+        let o = env.first_life("zdtm-sigpending", "s.thaw", from);
+        // The first life took the signals off the queues and put them back: it checks them too.
+        assert_all_ok(
+            &o,
+            &[
+                "first life: the queues as they were",
+                "first life: the worker's queue as it was",
+                "first life: each signal once, to its thread, in order, with its siginfo",
+            ],
+        );
+        for opts in every_mode() {
+            let o = env.restore(&env.path("s.thaw"), opts, &[]);
+            assert_all_ok(
+                &o,
+                &[
+                    "restored: the queues as they were",
+                    "restored: the worker's queue as it was",
+                    "restored: each signal once, to its thread, in order, with its siginfo",
+                ],
+            );
+        }
+    }
+    let o = env.first_life("zdtm-sigpending", "t.thaw", &["timer"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("signal(s) 12 pending for thread") && out.contains("not restored"),
+        out.contains("pending for thread")
+            && out.contains("a POSIX timer's signal waiting to be delivered is not restored"),
         "{out}"
     );
 }

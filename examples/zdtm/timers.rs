@@ -6,7 +6,6 @@
 //! timerfd with 100 ms left, whose expiration is read after restore; a non-blocking timerfd that
 //! expired before the checkpoint and was not read, whose expiration is still there.
 //!
-//! `PROG IMAGE KEY pending`: SIGUSR2 blocked and pending at the checkpoint: refused naming it.
 //! (POSIX timers: zdtm/posix_timers.rs.)
 
 #[path = "common.rs"]
@@ -59,19 +58,6 @@ fn block(sig: i32) -> libc::sigset_t {
     set
 }
 
-/// Checkpoints, expecting a refusal: prints it and exits 3 (1 if the image was written).
-fn expect_refusal(image: &str, key: Option<String>) -> ! {
-    let mut cp = thaw::Checkpoint::to(image).exit_after_save(true);
-    if let Some(k) = key {
-        cp = cp.sign_with(k);
-    }
-    if let Err(e) = cp.save() {
-        println!("refused: {e}");
-        std::process::exit(3);
-    }
-    std::process::exit(1);
-}
-
 /// With `wall-clock`: a timerfd armed for a wall-clock time one second ahead
 /// (TFD_TIMER_ABSTIME on CLOCK_REALTIME). Restored after that time, it has fired, however long
 /// after the checkpoint the restore came; it prints its deadline in the first life.
@@ -113,13 +99,7 @@ fn wall_clock() -> ! {
 }
 
 fn main() {
-    let (image, key, extra) = common::argv();
-    if extra.first().is_some_and(|a| a == "pending") {
-        block(libc::SIGUSR2);
-        // SAFETY: a blocked signal to ourselves: it stays pending.
-        unsafe { libc::raise(libc::SIGUSR2) };
-        expect_refusal(&image, key);
-    }
+    let (_, _, extra) = common::argv();
     if extra.first().is_some_and(|a| a == "wall-clock") {
         wall_clock();
     }

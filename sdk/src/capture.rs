@@ -59,7 +59,8 @@ pub struct ThreadCapture {
     pub robust_head: AtomicU64,
     pub robust_len: AtomicU64,
     pub clear_child_tid: AtomicU64,
-    /// Signals pending for the thread or the process (rt_sigpending) in its handler.
+    /// Signals pending for the thread (or, on the main thread, the process) that the handler did
+    /// not take off their queues (see `record_pending`): refused.
     pub pending: AtomicU64,
     /// Whose rseq area the thread has registered: a [`sys::RseqOwner`] as u32 (0: not asked).
     pub rseq: AtomicU32,
@@ -359,7 +360,21 @@ pub struct Capture {
     pub zombies: Vec<crate::state::children::Zombie>,
     /// The checkpoint's own helper process (see `crate::traced`), a child of ours; 0 if none.
     pub helper: AtomicI32,
+    /// Signals pending at the snapshot, as the handlers took them off their queues (and put
+    /// them back at once): word 0 is tid << 32 | signal (tid 0: the process's queue; 0: an
+    /// entry not used), then the siginfo. `queued_len` claims entries; past [`QUEUED_MAX`] the
+    /// rest were not taken.
+    pub queued: Box<[[AtomicU64; 17]]>,
+    pub queued_len: AtomicU32,
+    /// Signals that POSIX timers send: never taken off a queue (a timer's pending signal is its
+    /// own; a copy put back would be another, and the timer would queue a second one).
+    pub timer_signals: u64,
+    /// An errno from putting a signal back in its queue (the first life lost it).
+    pub requeue_error: AtomicI32,
 }
+
+/// Room for pending signals in [`Capture::queued`].
+pub const QUEUED_MAX: usize = 128;
 
 impl Capture {
     /// The checkpoint's own descriptors, opened after the descriptor scan.
@@ -432,6 +447,10 @@ impl Capture {
             looks: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),
+            queued: (0..QUEUED_MAX).map(|_| Default::default()).collect(),
+            queued_len: AtomicU32::new(0),
+            timer_signals: 0,
+            requeue_error: AtomicI32::new(0),
             helper: AtomicI32::new(0),
         })
     }
@@ -487,7 +506,7 @@ fn restart_interrupted(t: &ThreadCapture, uc: *mut libc::c_void) {
     unsafe { sys::restart_in_frame(uc, &b, again) };
 }
 
-fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
+fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32) {
     restart_interrupted(t, uc);
     // The kernel's rt_sigreturn expects the stack pointer at the frame's ucontext, which is exactly
     // the third handler argument.
@@ -500,7 +519,7 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
     t.robust_len.store(len, Ordering::Relaxed);
     t.clear_child_tid
         .store(sys::clear_child_tid(), Ordering::Relaxed);
-    t.pending.store(sys::sigpending(), Ordering::Relaxed);
+    record_pending(c, t, 1u64 << (sig - 1));
     let glibc = sys::glibc_rseq(fs).map(|(addr, size)| (addr, size.max(32)));
     t.rseq.store(
         sys::rseq_owner(glibc, crate::state::threads::RSEQ_SIG) as u32,
@@ -538,7 +557,72 @@ fn record_thread(t: &ThreadCapture, uc: *mut libc::c_void) {
     t.done.store(1, Ordering::Release);
 }
 
-extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+/// Takes the signals pending for this thread (and, on the main thread, for the process) off
+/// their queues with their siginfo into `c.queued`, and puts them back at once, in the order
+/// taken: the first life goes on with the same queues. (Only the main thread may queue a
+/// kernel's or kill()'s siginfo for the process.) What is not taken — a POSIX timer's signal,
+/// or no room left — stays in `t.pending`, and is refused. Async-signal-safe.
+fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
+    let tid = t.tid.load(Ordering::Relaxed);
+    let leader = tid == sys::getpid();
+    let all = sys::sigpending() & !own;
+    if all == 0 {
+        t.pending.store(0, Ordering::Relaxed);
+        return;
+    }
+    let takeable = !own & !c.timer_signals;
+    let mut taken = [0u16; QUEUED_MAX];
+    let mut n = 0;
+    'queues: for shared in [false, true] {
+        if shared && !leader {
+            break;
+        }
+        loop {
+            let Some((private, process)) = sys::pending_sets() else {
+                break 'queues;
+            };
+            let candidates = takeable & if shared { process & !private } else { private };
+            if candidates == 0 {
+                break;
+            }
+            let sig = candidates.trailing_zeros() as i32 + 1;
+            let slot = c.queued_len.fetch_add(1, Ordering::Relaxed) as usize;
+            if slot >= QUEUED_MAX {
+                break 'queues;
+            }
+            let mut info = [0u64; 16];
+            if !sys::take_signal(sig, &mut info) {
+                break 'queues;
+            }
+            let e = &c.queued[slot];
+            let owner = if shared { 0 } else { tid as u64 };
+            e[0].store(owner << 32 | sig as u64, Ordering::Relaxed);
+            for (w, v) in e[1..].iter().zip(info) {
+                w.store(v, Ordering::Relaxed);
+            }
+            taken[n] = slot as u16;
+            n += 1;
+        }
+    }
+    // What is still pending was not taken.
+    let (private, process) = sys::pending_sets().unwrap_or((all, all));
+    let left = (private | if leader { process } else { 0 }) & !own;
+    t.pending.store(left, Ordering::Relaxed);
+    for &slot in &taken[..n] {
+        let e = &c.queued[slot as usize];
+        let head = e[0].load(Ordering::Relaxed);
+        let mut info = [0u64; 16];
+        for (v, w) in info.iter_mut().zip(&e[1..]) {
+            *v = w.load(Ordering::Relaxed);
+        }
+        let to = (head >> 32 != 0).then_some(tid);
+        if let Err(errno) = sys::queue_signal(to, head as u32 as i32, &info) {
+            c.requeue_error.store(errno, Ordering::Relaxed);
+        }
+    }
+}
+
+extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let ptr = ACTIVE.load(Ordering::Acquire);
     // SAFETY: ACTIVE is non-null only while `freeze` keeps the Box alive: until every released
     // thread has counted itself out in `left` (or, after a timeout, forever).
@@ -556,7 +640,7 @@ extern "C" fn on_checkpoint_signal(_sig: i32, _info: *mut libc::siginfo_t, uc: *
     if t.done.load(Ordering::Acquire) != 0 {
         return;
     }
-    record_thread(t, uc);
+    record_thread(c, t, uc, sig);
     if me != c.caller {
         // Park until the snapshot exists: the frame on our stack is what will be restored.
         c.parked.fetch_add(1, Ordering::AcqRel);

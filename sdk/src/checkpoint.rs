@@ -50,8 +50,8 @@ pub enum CheckpointError {
 }
 
 /// How many times a checkpoint is tried when threads or descriptors come and go while the
-/// process is being stopped.
-const ATTEMPTS: u32 = 8;
+/// process is being stopped (a busy machine stretches each attempt: more of them come and go).
+const ATTEMPTS: u32 = 24;
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Io { what, source }
@@ -236,6 +236,9 @@ impl Checkpoint {
                 Ok(done) => return Ok(done),
                 Err(why) => last = why,
             }
+            // A moment off the CPU: the next attempt starts as a thread that has slept, which
+            // the scheduler lets run longer before another takes its core.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Err(CheckpointError::Unsupported(vec![format!(
             "threads or descriptors kept coming and going while the process was being stopped ({ATTEMPTS} attempts, the last: {last}); checkpoint it from a quieter moment"
@@ -296,6 +299,10 @@ impl Checkpoint {
         let me = crate::sys::gettid();
         let tids: Vec<i32> = threads.iter().map(|t| t.0).collect();
         let mut capture = Capture::new(me, &tids, fds, pipes, socks);
+        capture.timer_signals = posix_timers
+            .iter()
+            .filter(|t| (1..=64).contains(&t.signo))
+            .fold(0, |m, t| m | 1u64 << (t.signo - 1));
         capture.posix_timers = posix_timers
             .into_iter()
             .map(|t| (t, Default::default()))
@@ -374,11 +381,21 @@ impl Checkpoint {
                 .find(|t| t.0 == tid)
                 .map_or_else(String::new, |t| t.1.clone())
         };
-        let blocking: Vec<i32> = threads
+        let mut blocking: Vec<i32> = threads
             .iter()
             .map(|t| t.0)
             .filter(|&tid| tid != me && blocks_signal(tid, self.signal))
             .collect();
+        // A thread that pthread_create is starting blocks every signal until it has set itself
+        // up, a few microseconds: only one that still blocks a moment later is stopped with
+        // ptrace (a short-lived one would exit meanwhile, and the attempt start again).
+        for _ in 0..3 {
+            if blocking.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            blocking.retain(|&tid| blocks_signal(tid, self.signal));
+        }
         let mut traced = None;
         let mut traced_fd = None;
         if !blocking.is_empty() {
@@ -588,6 +605,16 @@ impl Checkpoint {
             })
             .collect::<Result<_, _>>()
             .map_err(io("reading the threads' signal frames"))?;
+        for (tid, sig) in state::signals::queued(c) {
+            match tid {
+                None => m.signals.pending.push(sig),
+                Some(tid) => {
+                    if let Some(t) = m.threads.iter_mut().find(|t| t.tid == tid) {
+                        t.pending.push(sig);
+                    }
+                }
+            }
+        }
 
         let mut writer = ImageWriter::create(&self.path)?;
         // Memory, from the frozen child: its maps are the snapshot's.
@@ -772,10 +799,12 @@ impl Checkpoint {
     }
 }
 
-/// Signals pending at the snapshot (blocked by the threads they wait for) would be lost: refused.
+/// Signals pending at the snapshot that were not taken off their queues (a POSIX timer's, or
+/// more than there is room for) would be lost: refused.
 fn pending_signals(c: &Capture, signal: i32) -> Vec<String> {
     let own = 1u64 << (signal - 1);
-    c.threads
+    let mut why: Vec<String> = c
+        .threads
         .iter()
         .filter_map(|t| {
             let pending = t.pending.load(Ordering::Relaxed) & !own;
@@ -784,14 +813,28 @@ fn pending_signals(c: &Capture, signal: i32) -> Vec<String> {
                     .filter(|s| pending & (1u64 << (s - 1)) != 0)
                     .map(|s| s.to_string())
                     .collect();
+                let timers = pending & c.timer_signals != 0;
                 format!(
-                    "signal(s) {} pending for thread {} at the checkpoint (blocked): pending signals are not restored; let them be handled first",
+                    "signal(s) {} pending for thread {} at the checkpoint (blocked): {}; let them be handled first",
                     sigs.join(", "),
-                    t.tid.load(Ordering::Relaxed)
+                    t.tid.load(Ordering::Relaxed),
+                    if timers {
+                        "a POSIX timer's signal waiting to be delivered is not restored"
+                    } else {
+                        "more signals were queued than a checkpoint takes (128), or the thread blocks every signal and its queue is not read"
+                    }
                 )
             })
         })
-        .collect()
+        .collect();
+    let errno = c.requeue_error.load(Ordering::Relaxed);
+    if errno != 0 {
+        why.push(format!(
+            "a pending signal could not be put back in its queue: {}",
+            std::io::Error::from_raw_os_error(errno)
+        ));
+    }
+    why
 }
 
 /// Mappings the process had at the fork that the snapshot lacks (marked MADV_DONTFORK after the

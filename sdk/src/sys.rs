@@ -145,6 +145,68 @@ fn read_path_raw(path: &[u8], buf: &mut [u8]) -> Option<usize> {
     (got > 0).then_some(got as usize)
 }
 
+/// The signals pending for the calling thread alone and for its whole process (`SigPnd` and
+/// `ShdPnd` of /proc/thread-self/status), blocked or not. Allocation-free.
+pub fn pending_sets() -> Option<(u64, u64)> {
+    let mut buf = [0u8; 4096];
+    let n = read_path_raw(b"/proc/thread-self/status\0", &mut buf)?;
+    let hex = |key: &[u8]| {
+        let text = &buf[..n];
+        let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+        let mut v = 0u64;
+        for &b in text[at..].iter().skip_while(|b| b.is_ascii_whitespace()) {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => break,
+            };
+            v = v << 4 | u64::from(d);
+        }
+        Some(v)
+    };
+    Some((hex(b"\nSigPnd:")?, hex(b"\nShdPnd:")?))
+}
+
+/// Takes one pending instance of signal `sig` off the calling thread's queue (its own first,
+/// then its process's), without waiting, with its siginfo. Async-signal-safe.
+pub fn take_signal(sig: i32, info: &mut [u64; 16]) -> bool {
+    let set = 1u64 << (sig - 1);
+    let zero = [0u64; 2];
+    syscall6(
+        libc::SYS_rt_sigtimedwait,
+        [
+            &set as *const u64 as u64,
+            info.as_mut_ptr() as u64,
+            zero.as_ptr() as u64,
+            8,
+            0,
+            0,
+        ],
+    ) == i64::from(sig)
+}
+
+/// Queues signal `sig` with siginfo `info` for thread `tid` of this process, or for the whole
+/// process when `tid` is `None` (which the kernel lets only its main thread do for a siginfo of
+/// the kernel's own or of kill(), and a thread do for itself). Async-signal-safe.
+pub fn queue_signal(tid: Option<i32>, sig: i32, info: &[u64; 16]) -> Result<(), i32> {
+    let pid = getpid() as u64;
+    let r = match tid {
+        Some(t) => syscall6(
+            libc::SYS_rt_tgsigqueueinfo,
+            [pid, t as u64, sig as u64, info.as_ptr() as u64, 0, 0],
+        ),
+        None => syscall6(
+            libc::SYS_rt_sigqueueinfo,
+            [pid, sig as u64, info.as_ptr() as u64, 0, 0, 0],
+        ),
+    };
+    if r < 0 {
+        Err(-r as i32)
+    } else {
+        Ok(())
+    }
+}
+
 /// How many threads the process has now (`num_threads` of /proc/self/stat), or `None` when it
 /// cannot be read. Allocation-free, for a signal handler.
 pub fn thread_count() -> Option<u64> {

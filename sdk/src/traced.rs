@@ -717,9 +717,15 @@ impl Captured {
         t.clear_child_tid.store(self.tid_address, Relaxed);
         let status =
             std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+        // Its own queue, and the process's if it is the main thread (which takes that queue
+        // otherwise): not read here, so refused.
+        let shared = if tid == sys::getpid() {
+            crate::procfs::field_hex(&status, "ShdPnd")
+        } else {
+            0
+        };
         t.pending.store(
-            crate::procfs::field_hex(&status, "SigPnd")
-                | crate::procfs::field_hex(&status, "ShdPnd"),
+            crate::procfs::field_hex(&status, "SigPnd") | shared,
             Relaxed,
         );
         let (addr, len, sig) = (

@@ -746,6 +746,9 @@ fn build_plan(
         t.plan_restore(&mut plan);
         t.plan_sched(&mut plan, nice_of(t));
         plan_credentials(&mut plan, creds, drops);
+        for sig in &t.pending {
+            sig.plan_queue(&mut plan, m.process.pid, Some(t.tid));
+        }
         plan.dec_wake(format!("thread {} ready", t.tid), ready);
         plan.wait_nonzero(format!("thread {} waits for the process", t.tid), go);
         resume(&mut plan, t);
@@ -785,6 +788,14 @@ fn build_plan(
     leader.plan_restore(&mut plan);
     leader.plan_sched(&mut plan, nice_of(leader));
     plan_credentials(&mut plan, creds, drops);
+    // Signals waiting in the queues (the dispositions are set: SIG_IGN would discard them), as
+    // the user they are charged to.
+    for sig in &leader.pending {
+        sig.plan_queue(&mut plan, m.process.pid, Some(leader.tid));
+    }
+    for sig in &m.signals.pending {
+        sig.plan_queue(&mut plan, m.process.pid, None);
+    }
     if m.process.dumpable <= 1 {
         // A launcher with a file capability is not dumpable; the process is what it was.
         plan.syscall(

@@ -567,6 +567,9 @@ impl FdScan {
                         };
                         scan.entries.push(entry);
                     }
+                    // Closed since it was listed: as if before (the witness sees one opened
+                    // again at its number).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => scan
                         .refused
                         .push(bad(FdClass::Other, &format!("cannot stat: {e}"))),
@@ -642,6 +645,8 @@ impl FdScan {
             }
             let meta = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                 Ok(m) => m,
+                // Closed since it was listed (see above).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     scan.refused
                         .push(bad(FdClass::Other, &format!("cannot stat: {e}")));

@@ -1,4 +1,12 @@
-//! Signal dispositions, recorded with the raw kernel `rt_sigaction` layout.
+//! Signal dispositions, recorded with the raw kernel `rt_sigaction` layout, and the signals
+//! waiting in the process's queues.
+//!
+//! A signal pending at the checkpoint (blocked, or arrived while the threads were stopped) is
+//! taken off its queue by the handler with its siginfo and put back at once (see
+//! `capture::record_pending`); at restore it is queued again with the same siginfo, on the same
+//! thread's queue or the process's, once the dispositions are set (setting one to SIG_IGN
+//! would discard it). A POSIX timer's signal is refused instead: the queued signal is the
+//! timer's own, counting its overruns, and a copy would be a second one.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,6 +14,55 @@ use serde::{Deserialize, Serialize};
 pub struct SignalState {
     /// Every signal whose disposition is not SIG_DFL with no flags.
     pub actions: Vec<SigAction>,
+    /// Signals waiting in the process's queue (for any of its threads), in order.
+    pub pending: Vec<PendingSignal>,
+}
+
+/// A signal waiting in a queue, with the siginfo it is delivered with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSignal {
+    pub signo: u32,
+    pub info: [u64; 16],
+}
+
+impl PendingSignal {
+    /// Queues it again for thread `tid` of process `pid`, or for the process (`None`): run by
+    /// that thread itself, or for the process by its main thread (the only callers the kernel
+    /// lets queue a siginfo of its own or of kill()).
+    pub fn plan_queue(&self, plan: &mut Plan, pid: i32, tid: Option<i32>) {
+        let info = plan.words(&self.info);
+        match tid {
+            Some(tid) => plan.syscall(
+                format!("queue signal {} for thread {tid}", self.signo),
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid as u64, tid as u64, u64::from(self.signo), info, 0, 0],
+            ),
+            None => plan.syscall(
+                format!("queue signal {} for the process", self.signo),
+                libc::SYS_rt_sigqueueinfo,
+                [pid as u64, u64::from(self.signo), info, 0, 0, 0],
+            ),
+        }
+    }
+}
+
+/// The signals the handlers took off the queues: (thread, or `None` for the process's queue,
+/// signal), in the order taken.
+pub(crate) fn queued(c: &Capture) -> Vec<(Option<i32>, PendingSignal)> {
+    let n = (c.queued_len.load(Ordering::Relaxed) as usize).min(crate::capture::QUEUED_MAX);
+    c.queued[..n]
+        .iter()
+        .filter_map(|e| {
+            let head = e[0].load(Ordering::Relaxed);
+            let signo = head as u32;
+            let mut info = [0u64; 16];
+            for (v, w) in info.iter_mut().zip(&e[1..]) {
+                *v = w.load(Ordering::Relaxed);
+            }
+            let tid = (head >> 32) as i32;
+            (signo != 0).then_some(((tid != 0).then_some(tid), PendingSignal { signo, info }))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +73,8 @@ pub struct SigAction {
     pub restorer: u64,
     pub mask: u64,
 }
+
+use std::sync::atomic::Ordering;
 
 use crate::capture::Capture;
 use crate::restore::Plan;
@@ -42,7 +101,10 @@ impl SignalState {
                 actions.push(a);
             }
         }
-        SignalState { actions }
+        SignalState {
+            actions,
+            pending: Vec::new(),
+        }
     }
 
     /// Sets every catchable signal to its recorded disposition, or the default: the new process

@@ -39,6 +39,8 @@ pub struct ThreadState {
     pub timer_slack: u64,
     /// It set no_new_privs itself (a flag of each thread; the process's is in `creds`).
     pub no_new_privs: bool,
+    /// Signals waiting in its own queue at the checkpoint, in order.
+    pub pending: Vec<super::signals::PendingSignal>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +242,7 @@ impl ThreadState {
             },
             clear_child_tid: c.clear_child_tid.load(Ordering::Relaxed),
             rseq,
+            pending: Vec::new(),
         })
     }
 

@@ -1,0 +1,231 @@
+//! Signals pending at the checkpoint come back on the same queues with the same siginfo, in
+//! order, and the first life keeps its queues as they were.
+//!
+//! Both threads block SIGUSR1, SIGRT+2 and SIGRT+3 (SIGRT = SIGRTMIN). Queued before the
+//! checkpoint: for the process, SIGRT+2 twice (values 1, 2; a made-up si_code -10) and SIGUSR1
+//! from kill() (si_code SI_USER: only the main thread may queue such a siginfo again); for the
+//! main thread SIGRT+3 (value 3); for the worker SIGRT+3 twice (values 4, 5). Then each thread
+//! unblocks them and records what its handler gets. Checked in both lives: the queues before
+//! unblocking (/proc SigPnd, ShdPnd), and what each thread received, with its siginfo.
+//!
+//! `PROG IMAGE KEY [from-thread]`: checkpoint from the main thread, or from a third thread.
+//! `PROG IMAGE KEY timer`: a POSIX timer's signal pending (blocked): refused, naming it.
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// (thread, signal, si_code, value, si_pid) of one delivery.
+type Delivery = (i32, i32, i32, i64, i32);
+
+/// What the handlers saw.
+static GOT: Mutex<Vec<Delivery>> = Mutex::new(Vec::new());
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo; the fields read are set for queued signals and
+    // kill() alike (value 0 for the latter). The test's own threads take the lock only here
+    // and after they have stopped receiving.
+    unsafe {
+        let i = &*info;
+        let v = if i.si_code == libc::SI_USER {
+            0
+        } else {
+            i.si_value().sival_ptr as i64
+        };
+        if let Ok(mut g) = GOT.try_lock() {
+            g.push((libc::gettid(), sig, i.si_code, v, i.si_pid()));
+        }
+    }
+    RECEIVED.fetch_add(1, Ordering::SeqCst);
+}
+
+fn rt(n: i32) -> i32 {
+    libc::SIGRTMIN() + n
+}
+
+fn set() -> libc::sigset_t {
+    // SAFETY: a local set.
+    unsafe {
+        let mut s: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut s);
+        for sig in [libc::SIGUSR1, rt(2), rt(3)] {
+            libc::sigaddset(&mut s, sig);
+        }
+        s
+    }
+}
+
+fn mask(how: i32) {
+    let s = set();
+    // SAFETY: this thread's own mask.
+    unsafe { libc::pthread_sigmask(how, &s, std::ptr::null_mut()) };
+}
+
+/// rt_sigqueueinfo / rt_tgsigqueueinfo with si_code -10 and `value`.
+fn queue(tid: Option<i32>, sig: i32, value: i64) {
+    // SAFETY: a zeroed siginfo with the fields the kernel reads set; our own process.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = sig;
+        info.si_code = -10;
+        // si_pid, si_uid, then the value (struct layout of the kill/rt union).
+        let words = &mut info as *mut libc::siginfo_t as *mut u32;
+        *words.add(4) = libc::getpid() as u32;
+        *words.add(5) = libc::getuid();
+        *(words.add(6) as *mut i64) = value;
+        let pid = libc::getpid();
+        let r = match tid {
+            Some(t) => libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, t, sig, &info),
+            None => libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, &info),
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
+fn sets() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let hex = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    (hex("SigPnd:"), hex("ShdPnd:"))
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+fn timer_refusal() -> ! {
+    common::refusal(|| {
+        mask(libc::SIG_BLOCK);
+        // SAFETY: a one-shot timer signalling the process with SIGRT+2 (blocked) in 1 ms.
+        unsafe {
+            let mut ev: libc::sigevent = std::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_SIGNAL;
+            ev.sigev_signo = rt(2);
+            let mut id: libc::timer_t = std::ptr::null_mut();
+            assert_eq!(
+                libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id),
+                0
+            );
+            let its = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                },
+            };
+            libc::timer_settime(id, 0, &its, std::ptr::null_mut());
+        }
+        // Until it has fired (the signal is then pending, blocked).
+        while sets().1 & bit(rt(2)) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    })
+}
+
+fn main() {
+    let (image, key, extra) = common::argv();
+    let from_thread = extra.iter().any(|a| a == "from-thread");
+    if extra.iter().any(|a| a == "timer") {
+        timer_refusal();
+    }
+    // SAFETY: SA_SIGINFO handlers for our three signals.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // One at a time, in the kernel's order (a handler would otherwise be interrupted by the
+        // next, and the last delivered would record first).
+        sa.sa_mask = set();
+        for sig in [libc::SIGUSR1, rt(2), rt(3)] {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    mask(libc::SIG_BLOCK);
+    // SAFETY: plain calls.
+    let (me, pid) = unsafe { (libc::gettid(), libc::getpid()) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The worker: blocks them too (a new thread inherits the mask), reports its queue, then
+    // unblocks when told.
+    let worker = std::thread::spawn(move || {
+        // SAFETY: plain call.
+        tx.send(unsafe { libc::gettid() }).unwrap();
+        while go_rx.recv().is_ok() {
+            let before = sets().0;
+            mask(libc::SIG_UNBLOCK);
+            mask(libc::SIG_BLOCK);
+            done_tx.send(before).unwrap();
+        }
+    });
+    let wtid = rx.recv().unwrap();
+    queue(None, rt(2), 1);
+    queue(None, rt(2), 2);
+    // SAFETY: kill() to ourselves: SIGUSR1, blocked everywhere, waits in the process's queue.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    queue(Some(me), rt(3), 3);
+    queue(Some(wtid), rt(3), 4);
+    queue(Some(wtid), rt(3), 5);
+
+    let mut cp = thaw::Checkpoint::to(&image);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    let outcome = if from_thread {
+        std::thread::spawn(move || cp.save()).join().unwrap()
+    } else {
+        cp.save()
+    };
+    let life = match outcome {
+        Ok(thaw::Outcome::Saved(_)) => "first life",
+        Ok(thaw::Outcome::Restored(_)) => "restored",
+        Err(e) => {
+            println!("refused: {e}");
+            std::process::exit(3);
+        }
+    };
+    let mut c = common::Checks::default();
+    let (private, shared) = sets();
+    c.check(
+        &format!("{life}: the queues as they were"),
+        private == bit(rt(3)) && shared == bit(rt(2)) | bit(libc::SIGUSR1),
+        format!("SigPnd {private:x} ShdPnd {shared:x}"),
+    );
+    mask(libc::SIG_UNBLOCK);
+    mask(libc::SIG_BLOCK);
+    go_tx.send(()).unwrap();
+    let worker_queue = done_rx.recv().unwrap();
+    drop(go_tx);
+    worker.join().unwrap();
+    c.check(
+        &format!("{life}: the worker's queue as it was"),
+        worker_queue == bit(rt(3)),
+        format!("{worker_queue:x}"),
+    );
+    let got = GOT.lock().unwrap().clone();
+    // The kernel takes a thread's own queue before the process's, each lowest signal first.
+    let want = vec![
+        (me, rt(3), -10, 3, pid),
+        (me, libc::SIGUSR1, libc::SI_USER, 0, pid),
+        (me, rt(2), -10, 1, pid),
+        (me, rt(2), -10, 2, pid),
+        (wtid, rt(3), -10, 4, pid),
+        (wtid, rt(3), -10, 5, pid),
+    ];
+    c.check(
+        &format!("{life}: each signal once, to its thread, in order, with its siginfo"),
+        got == want,
+        format!("{got:?}"),
+    );
+    c.finish();
+}
