@@ -404,7 +404,7 @@ fn interval_timers_timerfd_and_signalfd_are_restored() {
 #[test]
 fn pending_signals_come_back_on_their_queues_with_their_siginfo() {
     let env = Env::new();
-    for from in [&[][..], &["from-thread"][..]] {
+    for from in [&[][..], &["from-thread"][..], &["traced"][..]] {
         let o = env.first_life("zdtm-sigpending", "s.thaw", from);
         // The first life took the signals off the queues and put them back: it checks them too.
         assert_all_ok(

@@ -9,6 +9,9 @@
 //! unblocking (/proc SigPnd, ShdPnd), and what each thread received, with its siginfo.
 //!
 //! `PROG IMAGE KEY [from-thread]`: checkpoint from the main thread, or from a third thread.
+//! `PROG IMAGE KEY traced`: the main thread and the worker block every signal (so the
+//! checkpoint stops them with ptrace, whose helper reads their queues and the process's), and a
+//! third thread checkpoints.
 //! `PROG IMAGE KEY timer`: a POSIX timer's signal pending (blocked): refused, naming it.
 
 #[path = "common.rs"]
@@ -134,7 +137,8 @@ fn timer_refusal() -> ! {
 
 fn main() {
     let (image, key, extra) = common::argv();
-    let from_thread = extra.iter().any(|a| a == "from-thread");
+    let traced = extra.iter().any(|a| a == "traced");
+    let from_thread = traced || extra.iter().any(|a| a == "from-thread");
     if extra.iter().any(|a| a == "timer") {
         timer_refusal();
     }
@@ -151,6 +155,14 @@ fn main() {
         }
     }
     mask(libc::SIG_BLOCK);
+    if traced {
+        // SAFETY: a full set, for this thread's own mask (the worker inherits it).
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+    }
     // SAFETY: plain calls.
     let (me, pid) = unsafe { (libc::gettid(), libc::getpid()) };
     let (tx, rx) = std::sync::mpsc::channel();

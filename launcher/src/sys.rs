@@ -91,7 +91,7 @@ pub fn clone3_into_restorer(pid: i32, entry: u64, control: u64, stack_top: u64) 
 
 /// How often, and how far apart, creating a process or thread with a chosen ID is retried while
 /// the ID is still being freed (the restorer uses the same figures for threads).
-pub const PID_RETRIES: u32 = 200;
+pub const PID_RETRIES: u32 = 2000;
 pub const PID_RETRY_US: u64 = 100;
 
 fn clone3_once(pid: i32, entry: u64, control: u64, stack_top: u64) -> io::Result<i32> {

@@ -785,7 +785,7 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
     // read the image.
     let child = sys::while_dumpable(|| {
         compiler_fence(Ordering::SeqCst);
-        let child = sys::raw_fork();
+        let child = sys::raw_fork_quiet();
         if child == 0 {
             sys::frozen_child_loop();
         }

@@ -605,6 +605,20 @@ impl Checkpoint {
             })
             .collect::<Result<_, _>>()
             .map_err(io("reading the threads' signal frames"))?;
+        // The queues of threads stopped by ptrace, as the helper read them.
+        let signal_of = |info: &[u64; 16]| state::signals::PendingSignal {
+            signo: info[0] as u32,
+            info: *info,
+        };
+        for (tid, cap) in captured {
+            if let Some(t) = m.threads.iter_mut().find(|t| t.tid == *tid) {
+                t.pending
+                    .extend(cap.pending.iter().flatten().map(signal_of));
+            }
+            m.signals
+                .pending
+                .extend(cap.shared.iter().flatten().map(signal_of));
+        }
         for (tid, sig) in state::signals::queued(c) {
             match tid {
                 None => m.signals.pending.push(sig),
@@ -821,7 +835,7 @@ fn pending_signals(c: &Capture, signal: i32) -> Vec<String> {
                     if timers {
                         "a POSIX timer's signal waiting to be delivered is not restored"
                     } else {
-                        "more signals were queued than a checkpoint takes (128), or the thread blocks every signal and its queue is not read"
+                        "more signals were queued than a checkpoint reads (128)"
                     }
                 )
             })

@@ -289,6 +289,13 @@ pub fn raw_fork() -> i64 {
     syscall6(libc::SYS_clone, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0])
 }
 
+/// [`raw_fork`] for the checkpoint's own children (the snapshot, the ptrace helper): their end
+/// raises no SIGCHLD in the application, and its `wait`/`waitpid(-1)` does not see them (a
+/// "clone" child, reaped with `__WALL` only, as [`reap`] does).
+pub fn raw_fork_quiet() -> i64 {
+    syscall6(libc::SYS_clone, [0, 0, 0, 0, 0, 0])
+}
+
 /// The frozen child's whole life: die with the parent, otherwise sleep until killed.
 pub fn frozen_child_loop() -> ! {
     syscall6(
@@ -737,7 +744,14 @@ pub fn reap(pid: i32) {
     let mut status = 0i32;
     while syscall6(
         libc::SYS_wait4,
-        [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
+        [
+            pid as u64,
+            &mut status as *mut i32 as u64,
+            libc::__WALL as u64,
+            0,
+            0,
+            0,
+        ],
     ) == -(libc::EINTR as i64)
     {}
 }

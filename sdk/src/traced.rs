@@ -69,7 +69,20 @@ struct Slot {
     pub tid_address: u64,
     pub xsave_len: u64,
     pub xsave: [u8; XSAVE_MAX],
+    /// Its own signal queue as PTRACE_PEEKSIGINFO read it: how many (`u64::MAX`: more than
+    /// there is room for), then the siginfos. `shared`: the process's queue, read on the main
+    /// thread only (the handlers do not read it then).
+    pub nsigs: u64,
+    pub sigs: [[u64; 16]; SIG_ROOM],
+    pub nshared: u64,
+    pub shared: [[u64; 16]; SIG_ROOM],
 }
+
+/// Room for a traced thread's pending signals, and for the process's (as for the others, see
+/// `capture::QUEUED_MAX`).
+const SIG_ROOM: usize = crate::capture::QUEUED_MAX;
+const PTRACE_PEEKSIGINFO: u32 = 0x4209;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 
 const STEPS: [&str; 9] = [
     "attach (PTRACE_SEIZE)",
@@ -160,7 +173,7 @@ pub(crate) fn capture(
     let theirs = [go_w.as_raw_fd(), done_r.as_raw_fd(), release_w.as_raw_fd()];
     let mut helper_ends = Some((go_r, done_w, release_r));
     let (helper, done) = sys::while_dumpable(|| {
-        let helper = sys::raw_fork();
+        let helper = sys::raw_fork_quiet();
         if helper == 0 {
             helper_main(parent, slots.addr(), tids, ours, theirs);
         }
@@ -290,7 +303,7 @@ impl Traced {
         if !self.released {
             self.released = true;
             let _ = sys::send_nowait(self.release_w.as_raw_fd(), b"r");
-            while sys::wait4(self.helper, 0).0 == -(libc::EINTR as i64) {}
+            while sys::wait4(self.helper, libc::__WALL).0 == -(libc::EINTR as i64) {}
         }
     }
 
@@ -416,6 +429,26 @@ fn capture_one(
             rseq.as_mut_ptr() as u64,
         ),
     )?;
+    // Its signal queue, and the process's on the main thread: read, not taken.
+    let peek = |flags: u32| {
+        let mut sigs = [[0u64; 16]; SIG_ROOM + 1];
+        let args = [0u64, u64::from(flags) | ((SIG_ROOM as u64 + 1) << 32)];
+        let n = sys::ptrace(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            args.as_ptr() as u64,
+            sigs.as_mut_ptr() as u64,
+        );
+        (n, sigs)
+    };
+    let (n, private) = peek(0);
+    let n = ok(6, n)? as usize;
+    let (m, shared) = if tid == parent {
+        let (m, shared) = peek(PTRACE_PEEKSIGINFO_SHARED);
+        (ok(6, m)? as usize, shared)
+    } else {
+        (0, [[0u64; 16]; SIG_ROOM + 1])
+    };
     let mut resume = restarted(&regs);
     rseq_abort(tid, rseq[0], &mut resume);
     let alt = slot + std::mem::offset_of!(Slot, altstack) as u64;
@@ -450,6 +483,33 @@ fn capture_one(
     put(std::mem::offset_of!(Slot, resume), &resume[..]);
     put(std::mem::offset_of!(Slot, sigmask), &[mask]);
     put(std::mem::offset_of!(Slot, rseq), &rseq);
+    for (count, list, at, room) in [
+        (
+            n,
+            &private,
+            std::mem::offset_of!(Slot, nsigs),
+            std::mem::offset_of!(Slot, sigs),
+        ),
+        (
+            m,
+            &shared,
+            std::mem::offset_of!(Slot, nshared),
+            std::mem::offset_of!(Slot, shared),
+        ),
+    ] {
+        if count > SIG_ROOM {
+            put(at, &[u64::MAX]);
+        } else {
+            put(at, &[count as u64]);
+            for (i, info) in list[..count].iter().enumerate() {
+                let mut bytes = [0u8; 128];
+                for (b, w) in bytes.chunks_exact_mut(8).zip(info) {
+                    b.copy_from_slice(&w.to_ne_bytes());
+                }
+                sys::write_process_memory(parent, slot + (room + i * 128) as u64, &bytes);
+            }
+        }
+    }
     let len = (iov[1] as usize).min(XSAVE_MAX);
     put(std::mem::offset_of!(Slot, xsave_len), &[len as u64]);
     sys::write_process_memory(
@@ -594,6 +654,10 @@ pub(crate) struct Captured {
     pub altstack: [u64; 3],
     pub tid_address: u64,
     pub xsave: Vec<u8>,
+    /// Its own queue's signals (siginfos), or `None` when there were more than were read; the
+    /// process's, on the main thread.
+    pub pending: Option<Vec<[u64; 16]>>,
+    pub shared: Option<Vec<[u64; 16]>>,
 }
 
 impl Captured {
@@ -612,7 +676,29 @@ impl Captured {
             altstack: [0; 3],
             tid_address: word(std::mem::offset_of!(Slot, tid_address)),
             xsave: Vec::new(),
+            pending: None,
+            shared: None,
         };
+        let list = |count: usize, at: usize| {
+            let n = word(count) as usize;
+            (n <= SIG_ROOM).then(|| {
+                (0..n)
+                    .map(|i| {
+                        let mut info = [0u64; 16];
+                        words(at + i * 128, &mut info);
+                        info
+                    })
+                    .collect()
+            })
+        };
+        c.pending = list(
+            std::mem::offset_of!(Slot, nsigs),
+            std::mem::offset_of!(Slot, sigs),
+        );
+        c.shared = list(
+            std::mem::offset_of!(Slot, nshared),
+            std::mem::offset_of!(Slot, shared),
+        );
         words(std::mem::offset_of!(Slot, regs), &mut c.regs);
         words(std::mem::offset_of!(Slot, resume), &mut c.resume);
         words(std::mem::offset_of!(Slot, rseq), &mut c.rseq);
@@ -717,17 +803,16 @@ impl Captured {
         t.clear_child_tid.store(self.tid_address, Relaxed);
         let status =
             std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
-        // Its own queue, and the process's if it is the main thread (which takes that queue
-        // otherwise): not read here, so refused.
-        let shared = if tid == sys::getpid() {
-            crate::procfs::field_hex(&status, "ShdPnd")
-        } else {
-            0
+        // What the helper could not read (more than there is room for): refused.
+        let private = match self.pending {
+            Some(_) => 0,
+            None => crate::procfs::field_hex(&status, "SigPnd"),
         };
-        t.pending.store(
-            crate::procfs::field_hex(&status, "SigPnd") | shared,
-            Relaxed,
-        );
+        let shared = match self.shared {
+            None if tid == sys::getpid() => crate::procfs::field_hex(&status, "ShdPnd"),
+            _ => 0,
+        };
+        t.pending.store(private | shared, Relaxed);
         let (addr, len, sig) = (
             self.rseq[0],
             self.rseq[1] as u32,

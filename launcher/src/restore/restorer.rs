@@ -110,10 +110,11 @@ global_asm!(
     "    syscall",
     "    jmp 90f",
     // OP_CLONE_THREAD: clone3(args, size); the child runs steps [start, end). EEXIST is retried
-    // 200 times, 100 µs apart: an exited thread's ID is freed only after its parent may have
-    // reaped the process (Linux >= 6.15), so a restore right after another can meet it.
+    // 2000 times, at least 100 µs apart: an exited thread's ID is freed only after its parent may
+    // have reaped the process (Linux >= 6.15), so a restore right after another can meet it (20
+    // ms of retries were not enough on a busy 2-core machine).
     "60:",
-    "    mov ebp, 200",
+    "    mov ebp, 2000",
     "62:",
     "    mov rdi, [r12 + 16]",
     "    mov rsi, [r12 + 24]",
