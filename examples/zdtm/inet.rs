@@ -5,10 +5,13 @@
 //! socket bound to 127.0.0.1 and not listening; two UDP sockets on 127.0.0.1, the first connected
 //! to the second, which asks for IP_PKTINFO; a UDP socket shut down for reading; a UDP socket
 //! that joined 239.7.7.7 on lo and, source-specific, 232.1.1.1 from 127.0.0.1, with its
-//! multicast TTL and loop; an IPv6-only UDP socket on [::1].
+//! multicast TTL and loop; an IPv6-only UDP socket on [::1]; where `net.ipv4.ping_group_range`
+//! lets this user make one, an ICMP echo ("ping") socket that pinged 127.0.0.1 and read the
+//! reply (else it prints `note: no ICMP echo socket here`).
 //!
-//! `PROG IMAGE KEY [udp-queued|tcp-connected]`: with an extra argument the checkpoint must be
-//! refused (a datagram waits to be read; a TCP connection is established), and the program
+//! `PROG IMAGE KEY [udp-queued|tcp-connected|icmp-queued]`: with an extra argument the checkpoint
+//! must be refused (a datagram or an echo reply waits to be read; a TCP connection is
+//! established), and the program
 //! prints `refused: ...` and exits 3.
 
 #[path = "common.rs"]
@@ -135,6 +138,38 @@ fn filter(fd: RawFd, group: &[u8]) -> std::io::Result<(u32, Vec<Vec<u8>>)> {
     ))
 }
 
+/// Sends an echo request to 127.0.0.1 on ICMP echo socket `fd` and reads the reply: the reply's
+/// echo identifier, if one came (within the socket's receive timeout).
+fn ping(fd: RawFd, seq: u16) -> Option<u16> {
+    // type 8 (echo request), code 0, checksum (the kernel's), identifier (the kernel's: the
+    // socket's port), sequence, payload.
+    let mut req = [8u8, 0, 0, 0, 0, 0, 0, 0, b'p', b'i', b'n', b'g'];
+    req[6..8].copy_from_slice(&seq.to_be_bytes());
+    let to = v4(0, [127, 0, 0, 1]);
+    // SAFETY: live buffers of their lengths.
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            to.as_ptr().cast(),
+            to.len() as u32,
+        )
+    };
+    assert_eq!(
+        sent,
+        req.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    let mut reply = [0u8; 64];
+    // SAFETY: a live buffer of its length.
+    let n = unsafe { libc::recv(fd, reply.as_mut_ptr().cast(), reply.len(), 0) };
+    (n >= 8 && reply[0] == 0 && reply[6..8] == seq.to_be_bytes())
+        .then(|| u16::from_be_bytes([reply[4], reply[5]]))
+}
+
 fn main() {
     let (_, _, extra) = common::argv();
     let lo = [127, 0, 0, 1];
@@ -145,6 +180,23 @@ fn main() {
             connect(a, &name(a, false)).unwrap();
             // SAFETY: a live 5-byte buffer.
             assert_eq!(unsafe { libc::send(a, b"hello".as_ptr().cast(), 5, 0) }, 5);
+        }),
+        Some("icmp-queued") => common::refusal(|| {
+            // SAFETY: socket has no memory effects.
+            let p = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+            assert!(p >= 0, "{}", std::io::Error::last_os_error());
+            let req = [8u8, 0, 0, 0, 0, 0, 0, 1];
+            let to = v4(0, lo);
+            // SAFETY: live buffers of their lengths; then a wait until the reply is there.
+            unsafe {
+                libc::sendto(p, req.as_ptr().cast(), 8, 0, to.as_ptr().cast(), 16);
+                let mut pfd = libc::pollfd {
+                    fd: p,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                assert_eq!(libc::poll(&mut pfd, 1, 5000), 1);
+            }
         }),
         Some("tcp-connected") => common::refusal(|| {
             let l = sock(libc::AF_INET, libc::SOCK_STREAM);
@@ -208,6 +260,20 @@ fn main() {
     setint(v6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1);
     bind(v6, &v6_loopback());
     let v6_addr = name(v6, false);
+
+    // SAFETY: socket has no memory effects.
+    let icmp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+    let icmp = (icmp >= 0).then_some(icmp);
+    let icmp_id = icmp.map(|p| {
+        // The replies' wait: SO_RCVTIMEO of 5 s.
+        let tv = [5i64, 0];
+        // SAFETY: a struct timeval's worth of bytes.
+        let tv = unsafe { std::slice::from_raw_parts(tv.as_ptr().cast::<u8>(), 16) };
+        setopt(p, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv);
+        let id = ping(p, 1);
+        assert!(id.is_some(), "no echo reply before the checkpoint");
+        id
+    });
 
     common::checkpoint();
     let mut c = common::Checks::default();
@@ -293,6 +359,17 @@ fn main() {
         format!("{plain:?} {specific:?}"),
     );
 
+    match icmp {
+        Some(p) => {
+            let again = ping(p, 2);
+            c.check(
+                "an ICMP echo socket keeps its identifier and gets its replies",
+                again.is_some() && again == icmp_id.flatten(),
+                format!("{again:?}, before {icmp_id:?}"),
+            );
+        }
+        None => println!("note: no ICMP echo socket here (net.ipv4.ping_group_range)"),
+    }
     c.check(
         "an IPv6-only UDP socket keeps its address",
         name(v6, false) == v6_addr && getint(v6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == 1,

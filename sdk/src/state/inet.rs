@@ -1,6 +1,7 @@
 //! Internet sockets that carry no connection: TCP sockets made (and perhaps bound) but never
-//! connected, and UDP and UDP-Lite sockets, bound or not, connected to a default destination or
-//! not, shut down or not, with the multicast groups they joined, and nothing queued.
+//! connected, and UDP, UDP-Lite and ICMP echo ("ping") sockets, bound or not (a ping socket's
+//! port is its echo identifier), connected to a default destination or not, shut down or not,
+//! with the multicast groups they joined, and nothing queued.
 //!
 //! Such a socket holds no state the kernel keeps on behalf of a peer, so making it again with
 //! the same family, type, protocol, options, local address, destination and group memberships
@@ -23,7 +24,7 @@ pub struct InetSocket {
     pub ino: u64,
     /// AF_INET or AF_INET6.
     pub family: i32,
-    /// SOCK_STREAM (TCP) or SOCK_DGRAM (UDP, UDP-Lite).
+    /// SOCK_STREAM (TCP) or SOCK_DGRAM (UDP, UDP-Lite, ICMP echo).
     pub ty: i32,
     pub protocol: i32,
     /// The raw `struct sockaddr` it is bound to (explicitly, or by a datagram sent); empty: not
@@ -101,6 +102,14 @@ fn tcp_state_name(state: u8) -> &'static str {
         11 => "CLOSING",
         _ => "unknown",
     }
+}
+
+/// An ICMP echo ("ping") socket: a datagram socket that sends echo requests and reads the
+/// replies, its bound "port" the echo identifier.
+fn is_ping(family: i32, ty: i32, protocol: i32) -> bool {
+    ty == libc::SOCK_DGRAM
+        && (family == libc::AF_INET && protocol == libc::IPPROTO_ICMP
+            || family == libc::AF_INET6 && protocol == libc::IPPROTO_ICMPV6)
 }
 
 /// What NETLINK_SOCK_DIAG says about one datagram socket: (bytes to read, bytes to send,
@@ -246,11 +255,13 @@ pub(crate) fn dump(
         "AF_INET"
     };
     let stream = ty == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
-    let datagram = ty == libc::SOCK_DGRAM
-        && (protocol == libc::IPPROTO_UDP || protocol == libc::IPPROTO_UDPLITE);
+    let ping = is_ping(family, ty, protocol);
+    let datagram = ping
+        || ty == libc::SOCK_DGRAM
+            && (protocol == libc::IPPROTO_UDP || protocol == libc::IPPROTO_UDPLITE);
     if !stream && !datagram {
         return Err(format!(
-            "{fam} sockets other than TCP, UDP and UDP-Lite (type {ty}, protocol {protocol}) are not supported"
+            "{fam} sockets other than TCP, UDP, UDP-Lite and ICMP echo (type {ty}, protocol {protocol}) are not supported"
         ));
     }
     let mut s = InetSocket {
@@ -279,20 +290,33 @@ pub(crate) fn dump(
         }
     } else {
         let unbound = !is_bound(&addr);
-        let (rqueue, wqueue, shutdown) = match datagram_diag(family, protocol, ino) {
+        let diag = if ping {
+            // No table the kernel describes holds ICMP echo sockets: poll says whether a reply
+            // waits to be read, and the shutdown.
+            Err(String::new())
+        } else {
+            datagram_diag(family, protocol, ino)
+        };
+        let (rqueue, wqueue, shutdown) = match diag {
             // A socket never bound is in no table the kernel describes, and can have nothing
             // queued; poll tells its shutdown, except a shutdown for writing alone.
-            Err(_) if unbound => {
+            Err(_) if unbound || ping => {
                 let ev = crate::sys::poll_now(fd, libc::POLLIN | libc::POLLRDHUP).unwrap_or(0);
                 let shut = if ev & libc::POLLHUP != 0 {
                     3
                 } else {
                     u8::from(ev & libc::POLLRDHUP != 0)
                 };
-                (0, 0, shut)
+                // Readable: a reply waits (SIOCINQ does not answer for ICMP echo sockets),
+                // or it was shut down, which is refused alike for them.
+                let waiting = ping && ev & libc::POLLIN != 0;
+                (u32::from(waiting), 0, shut)
             }
             r => r?,
         };
+        if rqueue > 0 && ping {
+            return Err("an ICMP echo reply (or end of file) waits to be read, which thaw does not restore: read it before the checkpoint".into());
+        }
         if rqueue > 0 {
             return Err(format!(
                 "{rqueue} bytes of datagrams wait to be read, which thaw does not restore: read them before the checkpoint"
@@ -324,6 +348,8 @@ impl InetSocket {
         let proto = match (self.ty, self.protocol) {
             (libc::SOCK_STREAM, _) => "TCP",
             (_, libc::IPPROTO_UDPLITE) => "UDP-Lite",
+            (_, libc::IPPROTO_ICMP) => "ICMP echo",
+            (_, libc::IPPROTO_ICMPV6) => "ICMPv6 echo",
             _ => "UDP",
         };
         if self.addr.is_empty() {
@@ -336,8 +362,13 @@ impl InetSocket {
     /// Makes the socket again: options, address, destination, groups, shutdown.
     pub fn make(&self) -> Result<OwnedFd, String> {
         let what = self.describe();
-        let sock = crate::sys::socket(self.family, self.ty, self.protocol)
-            .map_err(|e| format!("{what}: cannot create it: {e}"))?;
+        let sock = crate::sys::socket(self.family, self.ty, self.protocol).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EACCES) {
+                format!("{what}: cannot create it: {e} (an ICMP echo socket needs a group of yours in sysctl net.ipv4.ping_group_range)")
+            } else {
+                format!("{what}: cannot create it: {e}")
+            }
+        })?;
         let fd = sock.as_raw_fd();
         let set = |level, opt, v: bool, name: &str| {
             crate::sys::setsockopt_int(fd, level, opt, i32::from(v))
@@ -435,7 +466,7 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
         (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
     ];
     if !(s.family == libc::AF_INET || s.family == libc::AF_INET6)
-        || !kinds.contains(&(s.ty, s.protocol))
+        || !(kinds.contains(&(s.ty, s.protocol)) || is_ping(s.family, s.ty, s.protocol))
     {
         return Err(format!(
             "socket:[{}]: family {}, type {}, protocol {} is not one thaw restores",
