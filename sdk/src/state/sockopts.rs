@@ -5,6 +5,10 @@
 //! change every connection after restore. An option the kernel refuses at restore fails the
 //! restore, naming it. (Buffer sizes, SO_PASSCRED, SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY
 //! are kept by [`super::sockets`] itself.)
+//!
+//! A classic packet filter (SO_ATTACH_FILTER, as tcpdump's and DHCP clients' sockets have) is
+//! read back with SO_GET_FILTER and attached again first, then locked again if it was
+//! (SO_LOCK_FILTER); an eBPF program (SO_ATTACH_BPF) cannot be read back and is refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -120,37 +124,74 @@ const OPTIONS: &[(i32, i32, &str)] = &[
     (UDP, 104, "UDP_GRO"),
     (UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
     (UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
+    // Last: once locked, the filter (attached first) cannot change.
+    (SOL_SOCKET, SO_LOCK_FILTER, "SO_LOCK_FILTER"),
 ];
+
+const SO_LOCK_FILTER: i32 = 44;
+/// The instructions of a classic filter, 8 bytes each (`struct sock_filter`), as the value of
+/// an option named SO_ATTACH_FILTER.
+const FILTER: (i32, i32) = (SOL_SOCKET, libc::SO_ATTACH_FILTER);
+/// BPF_MAXINSNS: the longest classic filter the kernel takes.
+const FILTER_MAX: usize = 4096;
 
 /// The options of socket `fd` that differ from those of a fresh socket of its family, type and
 /// protocol; `Err` says why the socket is refused (a packet filter is attached to it).
 pub(crate) fn dump(fd: i32, family: i32, ty: i32, protocol: i32) -> Result<Vec<SockOpt>, String> {
-    // SO_GET_FILTER with no room answers the length of a classic filter (0: none); an eBPF
-    // program attached with SO_ATTACH_BPF cannot be read back (EACCES).
-    match crate::sys::getsockopt_len(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER) {
-        Ok(0) => {}
-        Ok(_) | Err(_) => {
-            return Err(
-                "a packet filter is attached to it (SO_ATTACH_FILTER or SO_ATTACH_BPF), which thaw does not restore: attach it again after restore".into(),
-            )
-        }
-    }
+    let filter = filter(fd)?;
     let Ok(fresh) = crate::sys::socket(family, ty, protocol) else {
-        return Ok(Vec::new());
+        return Ok(filter.into_iter().collect());
     };
     use std::os::fd::AsRawFd;
-    Ok(OPTIONS
-        .iter()
-        .filter_map(|&(level, name, _)| {
+    Ok(filter
+        .into_iter()
+        .chain(OPTIONS.iter().filter_map(|&(level, name, _)| {
             let value = crate::sys::getsockopt_bytes(fd, level, name).ok()?;
             let default = crate::sys::getsockopt_bytes(fresh.as_raw_fd(), level, name).ok();
             (default.as_ref() != Some(&value)).then_some(SockOpt { level, name, value })
-        })
+        }))
         .collect())
+}
+
+/// The classic packet filter attached to socket `fd`, if any.
+fn filter(fd: i32) -> Result<Option<SockOpt>, String> {
+    // SO_GET_FILTER counts in instructions: with no room it answers how many (0: no filter);
+    // an eBPF program attached with SO_ATTACH_BPF cannot be read back (EACCES).
+    let refused = |why: String| {
+        format!("a packet filter is attached to it that cannot be read back ({why}): an eBPF program (SO_ATTACH_BPF) is not restored; attach it again after restore")
+    };
+    let n = crate::sys::getsockopt_len(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER)
+        .map_err(|e| refused(e.to_string()))? as usize;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > FILTER_MAX {
+        return Err(refused(format!("{n} instructions")));
+    }
+    let mut value = vec![0u8; n * 8];
+    crate::sys::getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, &mut value)
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(Some(SockOpt {
+        level: FILTER.0,
+        name: FILTER.1,
+        value,
+    }))
+}
+
+/// Attaches the classic filter whose instructions are `code` to socket `fd`.
+fn attach_filter(fd: i32, code: &[u8]) -> std::io::Result<()> {
+    // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    let mut prog = [0u8; 16];
+    prog[..2].copy_from_slice(&((code.len() / 8) as u16).to_ne_bytes());
+    prog[8..].copy_from_slice(&(code.as_ptr() as u64).to_ne_bytes());
+    crate::sys::setsockopt_bytes(fd, FILTER.0, FILTER.1, &prog)
 }
 
 /// The option's name, for messages.
 pub fn name(o: &SockOpt) -> String {
+    if (o.level, o.name) == FILTER {
+        return "its packet filter (SO_ATTACH_FILTER)".into();
+    }
     OPTIONS
         .iter()
         .find(|(l, n, _)| *l == o.level && *n == o.name)
@@ -163,6 +204,17 @@ pub fn name(o: &SockOpt) -> String {
 /// Sets `opts` on socket `fd` (`what` names it in an error).
 pub(crate) fn apply(fd: i32, opts: &[SockOpt], what: &str) -> Result<(), String> {
     for o in opts {
+        if (o.level, o.name) == FILTER {
+            if o.value.is_empty() || o.value.len() % 8 != 0 || o.value.len() > FILTER_MAX * 8 {
+                return Err(format!(
+                    "socket {what}: the image's packet filter is malformed"
+                ));
+            }
+            attach_filter(fd, &o.value).map_err(|e| {
+                format!("socket {what}: cannot attach its packet filter again: {e}")
+            })?;
+            continue;
+        }
         // Only the options above, as getsockopt returns them: an image names nothing else.
         if o.value.len() > 64
             || !OPTIONS
@@ -220,16 +272,43 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn a_socket_with_a_packet_filter_is_refused() {
+    fn a_classic_packet_filter_comes_back_locked_as_it_was() {
         let (a, _b) = crate::sys::socketpair(libc::SOCK_DGRAM).unwrap();
-        // One classic BPF instruction: accept everything (ret #-1).
-        let insn: [u64; 1] = [(0xffff_ffff_u64 << 32) | 0x06];
-        let prog: [u64; 2] = [1, insn.as_ptr() as u64];
+        // Two classic BPF instructions: load the length (ld #len), accept 0x77 bytes (ret #0x77).
+        let insns: [u64; 2] = [0x80, 0x06 | (0x77 << 32)];
+        let prog: [u64; 2] = [2, insns.as_ptr() as u64];
         let bytes: Vec<u8> = prog.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        crate::sys::setsockopt_bytes(a.as_raw_fd(), SOL_SOCKET, libc::SO_ATTACH_FILTER, &bytes)
-            .unwrap();
-        let err = dump(a.as_raw_fd(), libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap_err();
-        assert!(err.contains("packet filter"), "{err}");
+        let fd = a.as_raw_fd();
+        crate::sys::setsockopt_bytes(fd, SOL_SOCKET, libc::SO_ATTACH_FILTER, &bytes).unwrap();
+        crate::sys::setsockopt_int(fd, SOL_SOCKET, SO_LOCK_FILTER, 1).unwrap();
+        let opts = dump(fd, libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap();
+        let names: Vec<String> = opts.iter().map(name).collect();
+        assert_eq!(
+            names,
+            ["its packet filter (SO_ATTACH_FILTER)", "SO_LOCK_FILTER"]
+        );
+        let code: Vec<u8> = insns.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(opts[0].value, code);
+        let (t, _u) = crate::sys::socketpair(libc::SOCK_DGRAM).unwrap();
+        apply(t.as_raw_fd(), &opts, "test").unwrap();
+        assert_eq!(
+            dump(t.as_raw_fd(), libc::AF_UNIX, libc::SOCK_DGRAM, 0).unwrap(),
+            opts
+        );
+        // Locked: it cannot be taken off.
+        assert!(
+            crate::sys::setsockopt_int(t.as_raw_fd(), SOL_SOCKET, libc::SO_DETACH_FILTER, 0)
+                .is_err()
+        );
+        // A hostile image's filter of a length that is no number of instructions.
+        let bad = [SockOpt {
+            level: SOL_SOCKET,
+            name: libc::SO_ATTACH_FILTER,
+            value: vec![0; 12],
+        }];
+        let (v, _w) = crate::sys::socketpair(libc::SOCK_DGRAM).unwrap();
+        let err = apply(v.as_raw_fd(), &bad, "test").unwrap_err();
+        assert!(err.contains("malformed"), "{err}");
     }
 
     #[test]
