@@ -958,6 +958,12 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
                 "an IPv6-only UDP socket keeps its address",
             ],
         );
+        if is_root() {
+            assert_all_ok(
+                &o,
+                &["raw sockets keep their protocol, TTL, IP_FREEBIND and ICMP filter"],
+            );
+        }
         // Where this user may make ICMP echo sockets, one came back too.
         if ping_sockets_allowed() {
             assert_all_ok(
@@ -976,7 +982,7 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
     if ping_sockets_allowed() {
         refusals.push((
             "icmp-queued",
-            "an ICMP echo reply (or end of file) waits to be read",
+            "a reply or packet (or end of file) waits to be read",
         ));
     }
     for (extra, needle) in refusals {

@@ -7,7 +7,8 @@
 //! that joined 239.7.7.7 on lo and, source-specific, 232.1.1.1 from 127.0.0.1, with its
 //! multicast TTL and loop; an IPv6-only UDP socket on [::1]; where `net.ipv4.ping_group_range`
 //! lets this user make one, an ICMP echo ("ping") socket that pinged 127.0.0.1 and read the
-//! reply (else it prints `note: no ICMP echo socket here`).
+//! reply (else it prints `note: no ICMP echo socket here`); with CAP_NET_RAW, a raw UDP socket
+//! with a TTL and IP_FREEBIND, and a raw ICMP socket with an ICMP_FILTER.
 //!
 //! `PROG IMAGE KEY [udp-queued|tcp-connected|icmp-queued]`: with an extra argument the checkpoint
 //! must be refused (a datagram or an echo reply waits to be read; a TCP connection is
@@ -275,6 +276,19 @@ fn main() {
         id
     });
 
+    // SAFETY: socket has no memory effects.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    let raw = (raw >= 0).then_some(raw);
+    // SAFETY: as above.
+    let raw_icmp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    let raw_icmp = (raw_icmp >= 0).then_some(raw_icmp);
+    if let (Some(r), Some(i)) = (raw, raw_icmp) {
+        setint(r, libc::IPPROTO_IP, libc::IP_TTL, 32);
+        setint(r, libc::IPPROTO_IP, libc::IP_FREEBIND, 1);
+        // ICMP_FILTER: a mask of the ICMP types not to receive (here: echo requests).
+        setint(i, libc::SOL_RAW, 1, 1 << 8);
+    }
+
     common::checkpoint();
     let mut c = common::Checks::default();
 
@@ -359,6 +373,24 @@ fn main() {
         format!("{plain:?} {specific:?}"),
     );
 
+    match (raw, raw_icmp) {
+        (Some(r), Some(i)) => c.check(
+            "raw sockets keep their protocol, TTL, IP_FREEBIND and ICMP filter",
+            getint(r, libc::SOL_SOCKET, libc::SO_TYPE) == libc::SOCK_RAW
+                && getint(r, libc::SOL_SOCKET, libc::SO_PROTOCOL) == libc::IPPROTO_UDP
+                && getint(r, libc::IPPROTO_IP, libc::IP_TTL) == 32
+                && getint(r, libc::IPPROTO_IP, libc::IP_FREEBIND) == 1
+                && getint(i, libc::SOL_SOCKET, libc::SO_PROTOCOL) == libc::IPPROTO_ICMP
+                && getint(i, libc::SOL_RAW, 1) == 1 << 8,
+            format!(
+                "{} {} {}",
+                getint(r, libc::IPPROTO_IP, libc::IP_TTL),
+                getint(r, libc::IPPROTO_IP, libc::IP_FREEBIND),
+                getint(i, libc::SOL_RAW, 1)
+            ),
+        ),
+        _ => println!("note: no raw socket here (CAP_NET_RAW)"),
+    }
     match icmp {
         Some(p) => {
             let again = ping(p, 2);

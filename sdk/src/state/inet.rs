@@ -1,6 +1,6 @@
 //! Internet sockets that carry no connection: TCP sockets made (and perhaps bound) but never
-//! connected, and UDP, UDP-Lite and ICMP echo ("ping") sockets, bound or not (a ping socket's
-//! port is its echo identifier), connected to a default destination or not, shut down or not,
+//! connected, and UDP, UDP-Lite, ICMP echo ("ping") and raw sockets, bound or not (a ping
+//! socket's port is its echo identifier), connected to a default destination or not, shut down or not,
 //! with the multicast groups they joined, and nothing queued.
 //!
 //! Such a socket holds no state the kernel keeps on behalf of a peer, so making it again with
@@ -255,13 +255,14 @@ pub(crate) fn dump(
         "AF_INET"
     };
     let stream = ty == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
-    let ping = is_ping(family, ty, protocol);
+    // Neither ICMP echo nor raw sockets are in a table the kernel describes.
+    let ping = is_ping(family, ty, protocol) || ty == libc::SOCK_RAW;
     let datagram = ping
         || ty == libc::SOCK_DGRAM
             && (protocol == libc::IPPROTO_UDP || protocol == libc::IPPROTO_UDPLITE);
     if !stream && !datagram {
         return Err(format!(
-            "{fam} sockets other than TCP, UDP, UDP-Lite and ICMP echo (type {ty}, protocol {protocol}) are not supported"
+            "{fam} sockets other than TCP, UDP, UDP-Lite, ICMP echo and raw ones (type {ty}, protocol {protocol}) are not supported"
         ));
     }
     let mut s = InetSocket {
@@ -315,7 +316,7 @@ pub(crate) fn dump(
             r => r?,
         };
         if rqueue > 0 && ping {
-            return Err("an ICMP echo reply (or end of file) waits to be read, which thaw does not restore: read it before the checkpoint".into());
+            return Err("a reply or packet (or end of file) waits to be read, which thaw does not restore: read it before the checkpoint".into());
         }
         if rqueue > 0 {
             return Err(format!(
@@ -348,6 +349,7 @@ impl InetSocket {
         let proto = match (self.ty, self.protocol) {
             (libc::SOCK_STREAM, _) => "TCP",
             (_, libc::IPPROTO_UDPLITE) => "UDP-Lite",
+            (libc::SOCK_RAW, _) => "raw IP",
             (_, libc::IPPROTO_ICMP) => "ICMP echo",
             (_, libc::IPPROTO_ICMPV6) => "ICMPv6 echo",
             _ => "UDP",
@@ -363,7 +365,9 @@ impl InetSocket {
     pub fn make(&self) -> Result<OwnedFd, String> {
         let what = self.describe();
         let sock = crate::sys::socket(self.family, self.ty, self.protocol).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EACCES) {
+            if e.raw_os_error() == Some(libc::EPERM) && self.ty == libc::SOCK_RAW {
+                format!("{what}: cannot create it: {e} (a raw socket needs CAP_NET_RAW)")
+            } else if e.raw_os_error() == Some(libc::EACCES) {
                 format!("{what}: cannot create it: {e} (an ICMP echo socket needs a group of yours in sysctl net.ipv4.ping_group_range)")
             } else {
                 format!("{what}: cannot create it: {e}")
@@ -380,7 +384,8 @@ impl InetSocket {
         if self.reuseport {
             set(libc::SOL_SOCKET, libc::SO_REUSEPORT, true, "SO_REUSEPORT")?;
         }
-        if self.family == libc::AF_INET6 {
+        // (A raw IPv6 socket has no such option.)
+        if self.family == libc::AF_INET6 && self.ty != libc::SOCK_RAW {
             set(
                 libc::IPPROTO_IPV6,
                 libc::IPV6_V6ONLY,
@@ -466,7 +471,9 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
         (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
     ];
     if !(s.family == libc::AF_INET || s.family == libc::AF_INET6)
-        || !(kinds.contains(&(s.ty, s.protocol)) || is_ping(s.family, s.ty, s.protocol))
+        || !(kinds.contains(&(s.ty, s.protocol))
+            || is_ping(s.family, s.ty, s.protocol)
+            || s.ty == libc::SOCK_RAW && (0..=255).contains(&s.protocol))
     {
         return Err(format!(
             "socket:[{}]: family {}, type {}, protocol {} is not one thaw restores",
