@@ -228,6 +228,7 @@ fn files_directories_and_pipes() {
             "pipe opened twice: two descriptions, their own flags",
             "pipe opened twice: one pipe",
             "O_PATH descriptor",
+            "a symlink opened itself (O_PATH | O_NOFOLLOW) is that symlink",
             "pipe: end of file once the writer closes",
             "socket pair: end of file once the other end closes",
             "dup of a file: one offset",
@@ -279,8 +280,10 @@ fn unsupported_state_is_named_and_the_application_continues() {
         out.contains("/fdinfo is in /proc: it could not be entered again at restore"),
         "{out}"
     );
+    // (Its name is cat's, or for a moment after posix_spawn returns, still ours: the kernel
+    // lets the parent of a vfork go on before the exec renames the child.)
     assert!(
-        out.contains("child process ") && out.contains("(cat, state "),
+        out.contains("child process ") && out.contains("a checkpoint saves this process alone"),
         "{out}"
     );
     assert!(

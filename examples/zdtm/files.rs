@@ -50,6 +50,13 @@ fn main() {
         let data = std::ffi::CString::new(dir.join("data.txt").to_str().unwrap()).unwrap();
         (second, libc::open(data.as_ptr(), libc::O_PATH))
     };
+    // A symlink opened itself (O_PATH | O_NOFOLLOW), as file managers and `openat2` users do.
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(dir.join("data.txt"), &link).unwrap();
+    let link_c = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+    // SAFETY: open with a NUL-terminated path; the descriptor is kept open.
+    let symlink_fd = unsafe { libc::open(link_c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW) };
+    assert!(symlink_fd >= 0);
     let fl = |fd: i32| {
         // SAFETY: F_GETFL has no memory effects.
         unsafe { libc::fcntl(fd, libc::F_GETFL) }
@@ -307,6 +314,20 @@ fn main() {
         "O_PATH descriptor",
         fl(opath) & libc::O_PATH != 0,
         fl(opath),
+    );
+    let mut target = [0u8; 512];
+    // SAFETY: fstat and readlinkat on our own descriptor into our own buffers.
+    let (is_link, n) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(symlink_fd, &mut st);
+        let n = libc::readlinkat(symlink_fd, c"".as_ptr(), target.as_mut_ptr().cast(), 512);
+        (st.st_mode & libc::S_IFMT == libc::S_IFLNK, n)
+    };
+    let points_to = String::from_utf8_lossy(&target[..n.max(0) as usize]).into_owned();
+    c.check(
+        "a symlink opened itself (O_PATH | O_NOFOLLOW) is that symlink",
+        is_link && points_to == dir.join("data.txt").to_str().unwrap(),
+        format!("{is_link} {points_to}"),
     );
     let hup = |fd: i32| {
         let mut p = libc::pollfd {

@@ -659,7 +659,10 @@ impl FdScan {
                 // blocking, as the same FIFO, so that whoever holds its other end still does.
                 scan.fifos.push(fd);
             }
+            // A symlink itself is open only as a path (O_PATH | O_NOFOLLOW): reopened so.
+            let link = ft.is_symlink() && entry.flags & libc::O_PATH as u32 != 0;
             entry.kind = if ft.is_file()
+                || link
                 || (ft.is_fifo() && target.starts_with('/'))
                 || (ft.is_char_device() && REOPENABLE_DEVICES.contains(&target.as_str()))
             {
@@ -680,7 +683,7 @@ impl FdScan {
                 } else {
                     FdClass::Other
                 };
-                scan.refused.push(bad(class, "only regular files, directories, in-process pipes and /dev/null-like devices are supported"));
+                scan.refused.push(bad(class, "only regular files, directories, symlinks opened with O_PATH, in-process pipes and /dev/null-like devices are supported"));
                 continue;
             };
             scan.entries.push(entry);
@@ -1341,7 +1344,10 @@ fn reopen_path(
         .read(path_only || dir || acc != libc::O_WRONLY as u32)
         .write(!path_only && !dir && acc != libc::O_RDONLY as u32)
         .custom_flags(if path_only {
-            libc::O_PATH | if dir { libc::O_DIRECTORY } else { 0 }
+            // O_NOFOLLOW: the symlink itself, as it was opened.
+            libc::O_PATH
+                | (e.flags & libc::O_NOFOLLOW as u32) as i32
+                | if dir { libc::O_DIRECTORY } else { 0 }
         } else {
             status | libc::O_NONBLOCK | libc::O_NOCTTY | if dir { libc::O_DIRECTORY } else { 0 }
         })
