@@ -116,6 +116,55 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             m.process.checkpoint_tid
         ));
     }
+    // Zombies: distinct PIDs of their own, each ended by an exit code or a signal that ends a
+    // process (never a stop).
+    let zombies: BTreeSet<i32> = m.zombies.iter().map(|z| z.pid).collect();
+    bound("zombie children", m.zombies.len(), MAX_THREADS)?;
+    for z in &m.zombies {
+        let sig = z.status & 0x7f;
+        let ended = if sig == 0 {
+            z.status & !0xff00 == 0
+        } else {
+            z.status == sig && sig != libc::SIGSTOP && sig <= 64
+        };
+        if z.pid <= 0 || tids.contains(&z.pid) || !ended || z.comm.len() > 64 {
+            return Err(format!(
+                "zombie child {}: status {:#x}, name of {} bytes",
+                z.pid,
+                z.status,
+                z.comm.len()
+            ));
+        }
+    }
+    if zombies.len() != m.zombies.len() {
+        return Err("zombie children's PIDs are not distinct".into());
+    }
+    // Pending signals: signals a program can have waiting (never SIGKILL or SIGSTOP), with
+    // their own number in their siginfo, at most as many as a checkpoint takes.
+    let pending = m
+        .signals
+        .pending
+        .iter()
+        .chain(m.threads.iter().flat_map(|t| &t.pending));
+    let mut queued = 0;
+    for p in pending {
+        queued += 1;
+        let n = p.signo;
+        if !(1..=64).contains(&n)
+            || n == libc::SIGKILL as u32
+            || n == libc::SIGSTOP as u32
+            || p.info[0] as u32 != n
+        {
+            return Err(format!(
+                "pending signal {n}: not one a process can have waiting"
+            ));
+        }
+    }
+    bound(
+        "pending signals",
+        queued,
+        crate::capture::QUEUED_MAX * (1 + m.threads.len()),
+    )?;
     // The signal frames and the restore cell lie in writable private memory of the image.
     // The range may span adjacent mappings (the cell can straddle .data and .bss).
     let writable = |addr: u64, len: u64| {
@@ -394,6 +443,38 @@ mod tests {
             });
         }
         m
+    }
+
+    #[test]
+    fn zombies_and_pending_signals_must_be_ones_a_process_can_have() {
+        use crate::state::children::Zombie;
+        use crate::state::signals::PendingSignal;
+        let zombie = |pid: i32, status: i32| {
+            let mut m = manifest(0x10_0fe0);
+            m.zombies.push(Zombie {
+                pid,
+                status,
+                ..Default::default()
+            });
+            validate(&m, 4096)
+        };
+        assert_eq!(zombie(9, 3 << 8), Ok(()));
+        assert_eq!(zombie(9, libc::SIGTERM), Ok(()));
+        // A stop, a core-dump flag, the process's own PID, no PID.
+        for (pid, status) in [(9, 0x137f), (9, 0x80 | libc::SIGSEGV), (7, 0), (0, 0)] {
+            assert!(zombie(pid, status).is_err(), "{pid} {status:#x}");
+        }
+        let signal = |signo: u32, info0: u64| {
+            let mut m = manifest(0x10_0fe0);
+            let mut info = [0u64; 16];
+            info[0] = info0;
+            m.threads[0].pending.push(PendingSignal { signo, info });
+            validate(&m, 4096)
+        };
+        assert_eq!(signal(34, 34), Ok(()));
+        assert!(signal(9, 9).is_err(), "SIGKILL");
+        assert!(signal(65, 65).is_err());
+        assert!(signal(34, 35).is_err(), "another number in its siginfo");
     }
 
     #[test]
