@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 26] = [
+const CHECKS: [&str; 27] = [
     "datagram pair: an end shut down for reading stays so",
     "datagram pair: queued messages, one by one",
     "seqpacket pair: queued messages, one by one",
@@ -36,6 +36,7 @@ const CHECKS: [&str; 26] = [
     "unix path listener: accepts",
     "unix abstract listener: accepts",
     "unix sockets whose files were removed: same names, listening, no files",
+    "unix sockets bound by relative names: same names, listening, receiving",
 ];
 
 fn image(env: &Env) -> (std::path::PathBuf, u16) {

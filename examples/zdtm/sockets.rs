@@ -5,7 +5,9 @@
 //! other end was closed at once (the JDK's "pre-close" descriptor); a pair shut down one way; an
 //! empty datagram pair; a TCP listener on 127.0.0.1 (ephemeral port, backlog 7, SO_REUSEADDR) and
 //! one on [::1]; an
-//! AF_UNIX listener at IMAGE.sock and one at an abstract address.
+//! AF_UNIX listener at IMAGE.sock and one at an abstract address; a listener and a datagram
+//! receiver bound by relative names ("rel.sock", "rel.dgram") from IMAGE's directory, which is
+//! the working directory from then on.
 //!
 //! Messages queued in a datagram pair and a seqpacket pair come back one by one, with their
 //! boundaries.
@@ -179,6 +181,13 @@ fn main() {
     // A client connected to the receiver by its name, as glibc's syslog is to /dev/log.
     let syslog_like = UnixDatagram::unbound().unwrap();
     syslog_like.connect(&dgram_path).unwrap();
+    // Bound by relative names, from the directory the process works in.
+    let here = std::path::Path::new(&image).parent().unwrap().to_owned();
+    std::env::set_current_dir(&here).unwrap();
+    let _ = std::fs::remove_file("rel.sock");
+    let _ = std::fs::remove_file("rel.dgram");
+    let rel_l = UnixListener::bind("rel.sock").unwrap();
+    let rel_d = UnixDatagram::bind("rel.dgram").unwrap();
     // An AF_UNIX socket made and not used yet (neither bound nor connected).
     // SAFETY: a new socket, ours.
     let fresh = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -445,6 +454,28 @@ fn main() {
         r == 0 && up.accept().is_ok(),
         r,
     );
+    let named = |a: std::io::Result<std::os::unix::net::SocketAddr>| {
+        a.ok()
+            .and_then(|a| a.as_pathname().map(|p| p.to_owned()))
+            .unwrap_or_default()
+    };
+    let rel_c = UnixStream::connect("rel.sock");
+    let sent = UnixDatagram::unbound()
+        .and_then(|u| u.send_to(b"relative", "rel.dgram"))
+        .is_ok();
+    let got = rel_d.recv(&mut buf).unwrap_or(0);
+    ch.check(
+        "unix sockets bound by relative names: same names, listening, receiving",
+        rel_c.is_ok()
+            && rel_l.accept().is_ok()
+            && named(rel_l.local_addr()) == std::path::Path::new("rel.sock")
+            && named(rel_d.local_addr()) == std::path::Path::new("rel.dgram")
+            && sent
+            && &buf[..got] == b"relative",
+        format!("{rel_c:?} {:?} {sent} {got}", rel_l.local_addr()),
+    );
+    let _ = std::fs::remove_file("rel.sock");
+    let _ = std::fs::remove_file("rel.dgram");
     let _ = std::fs::remove_file(&path);
     ch.finish();
 }

@@ -145,6 +145,21 @@ fn read_path_raw(path: &[u8], buf: &mut [u8]) -> Option<usize> {
     (got > 0).then_some(got as usize)
 }
 
+/// An O_PATH descriptor of the directory at `path` (to come back to with [`fchdir`]).
+pub fn open_path_dir(path: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map(Into::into)
+}
+
+/// fchdir(fd).
+pub fn fchdir(fd: i32) -> io::Result<()> {
+    check(syscall6(libc::SYS_fchdir, [fd as u64, 0, 0, 0, 0, 0])).map(drop)
+}
+
 /// The signals pending for the calling thread alone and for its whole process (`SigPnd` and
 /// `ShdPnd` of /proc/thread-self/status), blocked or not. Allocation-free.
 pub fn pending_sets() -> Option<(u64, u64)> {

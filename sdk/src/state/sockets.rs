@@ -60,6 +60,9 @@ pub struct Bound {
     pub peer: Vec<u8>,
     /// Its socket file was removed after it was bound: bound again, then the file removed.
     pub unlinked: bool,
+    /// For a relative path: the directory it names a file in (the working directory at the
+    /// checkpoint, where the file was found); bound again from there, by the same relative name.
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +115,8 @@ pub struct Listener {
     pub path_ino: u64,
     /// Its socket file was removed after it was bound (see [`Bound::unlinked`]).
     pub unlinked: bool,
+    /// See [`Bound::dir`].
+    pub dir: String,
     pub opts: Vec<super::sockopts::SockOpt>,
 }
 
@@ -276,11 +281,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     if family == libc::AF_UNIX && addr.len() <= 2 {
                         return refuse("unnamed listening AF_UNIX socket".into());
                     }
+                    let vfs = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
+                    let mut dir = String::new();
                     if family == libc::AF_UNIX && addr[2] != 0 && addr[2] != b'/' {
-                        return refuse(format!(
-                            "listening on the relative path {:?}, which depends on the working directory at bind time: bind to an absolute path",
+                        dir = relative_dir(&addr, vfs).ok_or_else(|| (FdClass::Socket, format!(
+                            "listening on the relative path {:?}, which names its socket file from no directory thaw can find (it was bound from another working directory than the process has now): bind to an absolute path",
                             describe(&addr)
-                        ));
+                        )))?;
                     }
                     let mut unlinked = false;
                     if family == libc::AF_UNIX && addr[2] == b'/' {
@@ -301,7 +308,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .ok()
                         .and_then(|m| m.get(&ino))
                         .and_then(|d| d.vfs_ino)
-                        .filter(|_| family == libc::AF_UNIX && addr.get(2) == Some(&b'/') && !unlinked)
+                        .filter(|_| family == libc::AF_UNIX && addr.get(2) != Some(&0) && !unlinked)
                         .unwrap_or(0);
                     return Ok(Socket::Listener(Listener {
                         ino,
@@ -322,6 +329,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                                 != 0,
                         path_ino,
                         unlinked,
+                        dir,
                         opts: super::sockopts::dump(fd, family, ty, protocol)
                         .map_err(|w| (FdClass::Socket, w))?,
                     }));
@@ -374,8 +382,15 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         Vec::new()
                     };
                     let mut unlinked = false;
+                    let mut dir = String::new();
                     let path_ino = if !bound {
                         0
+                    } else if addr.get(2).is_some_and(|&b| b != b'/' && b != 0) {
+                        dir = relative_dir(&addr, d.vfs_ino).ok_or_else(|| (FdClass::Socket, format!(
+                            "bound to the relative path {:?}, which names its socket file from no directory thaw can find (it was bound from another working directory than the process has now): bind to an absolute path",
+                            describe(&addr)
+                        )))?;
+                        d.vfs_ino.unwrap_or(0)
                     } else if addr.get(2).is_some_and(|&b| b == b'/') {
                         // Bound again by path at restore: the path must still be this socket's,
                         // or gone (bound again, and its file removed again).
@@ -388,13 +403,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             ));
                         }
                         if unlinked { 0 } else { d.vfs_ino.unwrap_or(0) }
-                    } else if addr.get(2).is_some_and(|&b| b == 0) {
-                        0
                     } else {
-                        return refuse(format!(
-                            "bound to the relative path {:?}: bind to an absolute path",
-                            describe(&addr)
-                        ));
+                        0
                     };
                     return Ok(Socket::Bound(Bound {
                         sock: Unconnected {
@@ -409,6 +419,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         addr,
                         path_ino,
                         unlinked,
+                        dir,
                         peer: named_peer.unwrap_or_default(),
                     }));
                 }
@@ -568,7 +579,10 @@ pub fn recreate(
                 };
                 let sock = u.make(&format!("socket {what}"))?;
                 if !b.addr.is_empty() {
-                    bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked).map_err(|e| {
+                    in_dir(&b.dir, || {
+                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked)
+                    })
+                    .map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
                             format!("socket {what}: the address is in use (stop what holds it)")
                         } else {
@@ -612,6 +626,34 @@ fn sun_path(addr: &[u8]) -> &std::path::Path {
     let raw = addr.get(2..).unwrap_or(&[]);
     let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
     std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw))
+}
+
+/// The directory a socket bound to a relative path names its file in: the process's working
+/// directory, where a socket file with the socket's inode (`vfs`) must be found by that name.
+fn relative_dir(addr: &[u8], vfs: Option<u64>) -> Option<String> {
+    let cwd = std::fs::read_link("/proc/self/cwd").ok()?;
+    let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    abs.extend_from_slice(cwd.join(sun_path(addr)).as_os_str().as_encoded_bytes());
+    (vfs.is_some_and(|v| path_is_socket(&abs, v))).then(|| cwd.to_string_lossy().into_owned())
+}
+
+/// Runs `f` in directory `dir` (where a relative socket address names its file), then back in
+/// the directory it was called in; with `dir` empty, just runs it.
+fn in_dir<T>(dir: &str, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    if dir.is_empty() {
+        return f();
+    }
+    if !dir.starts_with('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the image names the directory {dir:?}, which is no absolute path"),
+        ));
+    }
+    let here = crate::sys::open_path_dir(".")?;
+    std::env::set_current_dir(dir)?;
+    let r = f();
+    crate::sys::fchdir(here.as_raw_fd())?;
+    r
 }
 
 /// Whether the path `addr` is bound to is a socket file with inode `ino`.
@@ -761,7 +803,7 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     }
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
-    bind_again(fd, &l.addr, l.path_ino, l.unlinked).map_err(|e| {
+    in_dir(&l.dir, || bind_again(fd, &l.addr, l.path_ino, l.unlinked)).map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
