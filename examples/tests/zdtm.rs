@@ -334,9 +334,7 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
 fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
     let env = Env::new();
     let img = env.path("c.thaw");
-    let o = env.first_life("zdtm-children", "c.thaw", &["refuse"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = env.refused("zdtm-children", "c.thaw", &["refuse"]);
     let pids: Vec<&str> = out
         .lines()
         .find_map(|l| l.strip_prefix("children "))
@@ -367,17 +365,13 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
         );
     }
     if is_root() {
-        let o = env.first_life("zdtm-children", "u.thaw", &["other-user"]);
-        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-        let out = String::from_utf8_lossy(&o.stdout);
+        let out = env.refused("zdtm-children", "u.thaw", &["other-user"]);
         assert!(
             out.contains("had other user or group ids than the process"),
             "{out}"
         );
     }
-    let o = env.first_life("zdtm-children", "g.thaw", &["other-group"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = env.refused("zdtm-children", "g.thaw", &["other-group"]);
     assert!(
         out.contains("which it does not lead and the process is not in"),
         "{out}"
@@ -430,9 +424,7 @@ fn pending_signals_come_back_on_their_queues_with_their_siginfo() {
             );
         }
     }
-    let o = env.first_life("zdtm-sigpending", "t.thaw", &["timer"]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = env.refused("zdtm-sigpending", "t.thaw", &["timer"]);
     assert!(
         out.contains("pending for thread")
             && out.contains("a POSIX timer's signal waiting to be delivered is not restored"),
@@ -934,9 +926,7 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "its own working directory, root and umask (unshare(CLONE_FS))",
         ),
     ] {
-        let o = env.first_life("zdtm-controls", "r.thaw", &[extra]);
-        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-        let out = String::from_utf8_lossy(&o.stdout);
+        let out = env.refused("zdtm-controls", "r.thaw", &[extra]);
         assert!(out.contains(needle), "{extra}: {out}");
     }
 }
@@ -989,9 +979,7 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
         ));
     }
     for (extra, needle) in refusals {
-        let o = env.first_life("zdtm-inet", "r.thaw", &[extra]);
-        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-        let out = String::from_utf8_lossy(&o.stdout);
+        let out = env.refused("zdtm-inet", "r.thaw", &[extra]);
         assert!(out.contains(needle), "{extra}: {out}");
     }
 }

@@ -69,7 +69,13 @@ fn zombie(n: usize, end: End, other_user: bool) -> i32 {
             }
         }
     }
-    // SAFETY: a siginfo to fill; WNOWAIT leaves the child a zombie.
+    until_ended(pid);
+    pid
+}
+
+/// Waits until child `pid` has ended, leaving it a zombie (WNOWAIT).
+fn until_ended(pid: i32) {
+    // SAFETY: a siginfo to fill; waitid on our own child.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         libc::waitid(
@@ -79,7 +85,6 @@ fn zombie(n: usize, end: End, other_user: bool) -> i32 {
             libc::WEXITED | libc::WNOWAIT,
         );
     }
-    pid
 }
 
 /// As CRIU's zombie01: a child leads a group of its own, forks a sibling of its own into it
@@ -111,13 +116,7 @@ fn grandchild_in_a_group_gone() -> i32 {
         let mut pid = 0i32;
         libc::read(p[0], (&mut pid as *mut i32).cast(), 4);
         libc::waitpid(child, std::ptr::null_mut(), 0);
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PID,
-            pid as u32,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        );
+        until_ended(pid);
         libc::close(p[0]);
         libc::close(p[1]);
         pid

@@ -196,6 +196,14 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs `PROG IMAGE KEY EXTRA...`, whose checkpoint must be refused (the program prints
+    /// the refusal and exits 3); returns what it printed.
+    pub fn refused(&self, prog: &str, image: &str, extra: &[&str]) -> String {
+        let o = self.first_life(prog, image, extra);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Runs `PROG IMAGE KEY EXTRA...`, which checkpoints and exits 0; returns the image path.
     pub fn checkpoint(&self, prog: &str, image: &str, extra: &[&str]) -> PathBuf {
         let img = self.path(image);
