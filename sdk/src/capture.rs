@@ -296,6 +296,9 @@ pub struct Capture {
     pub threads: Vec<ThreadCapture>,
     /// Threads parked in their handler (futex word).
     pub parked: AtomicU32,
+    /// How many threads are to park (less those seen gone): the main thread takes the
+    /// process's signal queue once all the others have (see `record_pending`).
+    pub expected: AtomicU32,
     /// Set to 1 to let parked threads return (futex word).
     pub release: AtomicU32,
     /// Threads that have finished with this structure after being released (futex word).
@@ -415,6 +418,7 @@ impl Capture {
                 })
                 .collect(),
             parked: AtomicU32::new(0),
+            expected: AtomicU32::new(0),
             release: AtomicU32::new(0),
             left: AtomicU32::new(0),
             brk: AtomicU64::new(0),
@@ -574,9 +578,10 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
     let mut taken = [0u16; QUEUED_MAX];
     let mut n = 0;
     'queues: for shared in [false, true] {
-        if shared && !leader {
+        if shared && (!leader || !others_parked(c, tid)) {
             break;
         }
+        let mut lost_races = 0;
         loop {
             let Some((private, process)) = sys::pending_sets() else {
                 break 'queues;
@@ -592,7 +597,13 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
             }
             let mut info = [0u64; 16];
             if !sys::take_signal(sig, &mut info) {
-                break 'queues;
+                // Taken meanwhile by a thread of the process's that runs on (a handler that
+                // ran, a sigwaitinfo): the slot stays unused, and the queues are read again.
+                lost_races += 1;
+                if lost_races > 64 {
+                    break 'queues;
+                }
+                continue;
             }
             let e = &c.queued[slot];
             let owner = if shared { 0 } else { tid as u64 };
@@ -619,6 +630,27 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
         if let Err(errno) = sys::queue_signal(to, head as u32 as i32, &info) {
             c.requeue_error.store(errno, Ordering::Relaxed);
         }
+    }
+}
+
+/// Whether every other thread has parked (waited for, as long as threads still come to park):
+/// until then one of them could still take a signal off the process's queue (a sigwaitinfo, a
+/// handler), which would then be both handled in the snapshot's memory and queued in the image.
+/// The caller's own handler runs once they all have. Async-signal-safe.
+fn others_parked(c: &Capture, tid: i32) -> bool {
+    if tid == c.caller {
+        return true;
+    }
+    let start = sys::clock_ns(libc::CLOCK_MONOTONIC);
+    loop {
+        let parked = c.parked.load(Ordering::Acquire);
+        if parked + 1 >= c.expected.load(Ordering::Acquire) {
+            return true;
+        }
+        if sys::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(start) > 2_000_000_000 {
+            return false;
+        }
+        sys::futex_wait(&c.parked, parked, Some(Duration::from_millis(1)));
     }
 }
 
@@ -846,6 +878,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         })
     };
     let mut count = waiting().count();
+    c.expected.store(count as u32, Ordering::Release);
     for t in waiting() {
         note_blocked(t);
     }
@@ -855,6 +888,7 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
                 return Err(abandon(c, old_mask, e.into()));
             }
             count -= usize::from(mark_gone(t));
+            c.expected.store(count as u32, Ordering::Release);
         }
     }
     let deadline = Instant::now() + bound;
@@ -880,6 +914,9 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         sys::futex_wait(&c.parked, parked, Some(slice));
         if c.parked.load(Ordering::Acquire) == parked {
             count -= waiting().filter(|t| mark_gone(t)).count();
+            c.expected.store(count as u32, Ordering::Release);
+            // A main thread waiting for the others to park looks again.
+            sys::futex_wake_all(&c.parked);
         }
     }
     compiler_fence(Ordering::SeqCst);

@@ -610,14 +610,40 @@ impl Checkpoint {
             signo: info[0] as u32,
             info: *info,
         };
+        // As the handlers do: the checkpoint's own signal (one left from an earlier attempt) is
+        // not the program's; a POSIX timer's is refused (a copy would be a second one).
+        const SI_TIMER: i32 = -2;
+        let own = self.signal as u32;
         for (tid, cap) in captured {
-            if let Some(t) = m.threads.iter_mut().find(|t| t.tid == *tid) {
-                t.pending
-                    .extend(cap.pending.iter().flatten().map(signal_of));
+            let lists = [(Some(*tid), &cap.pending), (None, &cap.shared)];
+            for (to, list) in lists {
+                for info in list.iter().flatten() {
+                    let sig = signal_of(info);
+                    let code = (info[1] & 0xffff_ffff) as u32 as i32;
+                    if sig.signo == own {
+                        continue;
+                    }
+                    if code == SI_TIMER || c.timer_signals & (1u64 << (sig.signo - 1)) != 0 {
+                        if let Some(tc) = c
+                            .threads
+                            .iter()
+                            .find(|t| t.tid.load(Ordering::Relaxed) == *tid)
+                        {
+                            tc.pending
+                                .fetch_or(1u64 << (sig.signo - 1), Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    match to {
+                        Some(t) => {
+                            if let Some(ts) = m.threads.iter_mut().find(|x| x.tid == t) {
+                                ts.pending.push(sig);
+                            }
+                        }
+                        None => m.signals.pending.push(sig),
+                    }
+                }
             }
-            m.signals
-                .pending
-                .extend(cap.shared.iter().flatten().map(signal_of));
         }
         for (tid, sig) in state::signals::queued(c) {
             match tid {

@@ -48,6 +48,9 @@ pub const OP_SERVE: u64 = 12;
 /// `args[2]`; end of file fails the step. An instance forked ahead of its caller waits here for
 /// its arguments and descriptors.
 pub const OP_RECV: u64 = 13;
+/// The 32-bit word at `args[0]` must hold `args[1]`; otherwise the restore fails at this step
+/// (EPROTO): what a step left in memory (a stand-in's exit status) is checked.
+pub const OP_EXPECT: u64 = 14;
 
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
@@ -271,6 +274,16 @@ impl Plan {
             OP_RECV,
             0,
             [sock as u64, msghdr, len_out, 0, 0, 0],
+        );
+    }
+
+    /// Fails the restore unless the 32-bit word at `addr` holds `value` (see [`OP_EXPECT`]).
+    pub fn expect(&mut self, label: impl Into<String>, addr: u64, value: u32) {
+        self.push(
+            label.into(),
+            OP_EXPECT,
+            0,
+            [addr, u64::from(value), 0, 0, 0, 0],
         );
     }
 

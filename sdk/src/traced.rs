@@ -84,7 +84,7 @@ const SIG_ROOM: usize = crate::capture::QUEUED_MAX;
 const PTRACE_PEEKSIGINFO: u32 = 0x4209;
 const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "attach (PTRACE_SEIZE)",
     "interrupt",
     "wait for it to stop",
@@ -94,6 +94,7 @@ const STEPS: [&str; 9] = [
     "read its rseq registration",
     "read its alternate signal stack",
     "read its clear_child_tid address",
+    "read its signal queues",
 ];
 
 /// The helper and what it captured; [`Traced::release`] lets the threads go.
@@ -442,10 +443,10 @@ fn capture_one(
         (n, sigs)
     };
     let (n, private) = peek(0);
-    let n = ok(6, n)? as usize;
+    let n = ok(10, n)? as usize;
     let (m, shared) = if tid == parent {
         let (m, shared) = peek(PTRACE_PEEKSIGINFO_SHARED);
-        (ok(6, m)? as usize, shared)
+        (ok(10, m)? as usize, shared)
     } else {
         (0, [[0u64; 16]; SIG_ROOM + 1])
     };

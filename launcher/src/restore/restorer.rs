@@ -48,6 +48,8 @@ global_asm!(
     "    je 100f",
     "    cmp rax, 13",
     "    je 110f",
+    "    cmp rax, 14",
+    "    je 120f",
     // OP_SYSCALL (1) and OP_SYSCALL_ANY (2)
     "    mov rax, [r12 + 8]",
     "    mov rdi, [r12 + 16]",
@@ -299,6 +301,14 @@ global_asm!(
     "    mov rdi, [r12 + 32]",
     "    mov [rdi], rax",
     "    jmp 20b",
+    // OP_EXPECT: the 32-bit word at args[0] must be args[1], else EPROTO
+    "120:",
+    "    mov rdi, [r12 + 16]",
+    "    mov eax, dword ptr [rdi]",
+    "    cmp rax, [r12 + 24]",
+    "    je 20b",
+    "    mov rax, -71",
+    "    jmp 90f",
     // ran out of steps without a sigreturn
     "85:",
     "    mov rax, -22",

@@ -122,10 +122,21 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     bound("zombie children", m.zombies.len(), MAX_THREADS)?;
     for z in &m.zombies {
         let sig = z.status & 0x7f;
+        // Signals whose default action is not to end a process (ignore, stop, continue).
+        let harmless = [
+            libc::SIGCHLD,
+            libc::SIGCONT,
+            libc::SIGSTOP,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+            libc::SIGURG,
+            libc::SIGWINCH,
+        ];
         let ended = if sig == 0 {
             z.status & !0xff00 == 0
         } else {
-            z.status == sig && sig != libc::SIGSTOP && sig <= 64
+            z.status == sig && sig <= 64 && !harmless.contains(&sig)
         };
         if z.pid <= 0 || tids.contains(&z.pid) || !ended || z.comm.len() > 64 {
             return Err(format!(
@@ -461,7 +472,14 @@ mod tests {
         assert_eq!(zombie(9, 3 << 8), Ok(()));
         assert_eq!(zombie(9, libc::SIGTERM), Ok(()));
         // A stop, a core-dump flag, the process's own PID, no PID.
-        for (pid, status) in [(9, 0x137f), (9, 0x80 | libc::SIGSEGV), (7, 0), (0, 0)] {
+        for (pid, status) in [
+            (9, 0x137f),
+            (9, 0x80 | libc::SIGSEGV),
+            (9, libc::SIGTSTP),
+            (9, libc::SIGCHLD),
+            (7, 0),
+            (0, 0),
+        ] {
             assert!(zombie(pid, status).is_err(), "{pid} {status:#x}");
         }
         let signal = |signo: u32, info0: u64| {

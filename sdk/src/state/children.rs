@@ -243,6 +243,25 @@ impl Zombie {
                 0,
             ],
         );
+        // It ended as told (a stand-in whose step failed exits 127 instead): siginfo's si_code
+        // at 8, si_status at 24.
+        let (code, status) = match self.status & 0x7f {
+            0 => (libc::CLD_EXITED, (self.status >> 8) & 0xff),
+            sig => (libc::CLD_KILLED, sig),
+        };
+        plan.expect(
+            format!("zombie {} ended as its first life did", self.pid),
+            info + 8,
+            code as u32,
+        );
+        plan.expect(
+            format!(
+                "zombie {} ended with the status its first life had",
+                self.pid
+            ),
+            info + 24,
+            status as u32,
+        );
     }
 }
 

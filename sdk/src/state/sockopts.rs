@@ -80,6 +80,7 @@ const OPTIONS: &[(i32, i32, &str)] = &[
     (IP, libc::IP_TOS, "IP_TOS"),
     (IP, libc::IP_HDRINCL, "IP_HDRINCL"),
     (libc::SOL_RAW, 1, "ICMP_FILTER"),
+    (libc::IPPROTO_ICMPV6, 1, "ICMPV6_FILTER"),
     (IPV6, libc::IPV6_CHECKSUM, "IPV6_CHECKSUM"),
     (IP, libc::IP_TTL, "IP_TTL"),
     (IP, libc::IP_RECVERR, "IP_RECVERR"),
