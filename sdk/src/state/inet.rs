@@ -39,6 +39,9 @@ pub struct InetSocket {
     /// IPV6_V6ONLY (AF_INET6 only).
     pub v6only: bool,
     pub groups: Vec<Membership>,
+    /// Bound to an address this machine did not have (with IP_FREEBIND, turned off since):
+    /// bound so again.
+    pub nonlocal: bool,
     pub opts: Vec<SockOpt>,
 }
 
@@ -333,6 +336,7 @@ pub(crate) fn dump(
         s.groups = memberships(fd, family)?;
     }
     if is_bound(&addr) {
+        s.nonlocal = !is_local(family, &addr);
         s.addr = addr;
     }
     let opt = |level, o| crate::sys::getsockopt_int(fd, level, o).unwrap_or(0) != 0;
@@ -396,7 +400,7 @@ impl InetSocket {
         // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
         super::sockopts::apply(fd, &self.opts, &what)?;
         if !self.addr.is_empty() {
-            crate::sys::bind(fd, &self.addr).map_err(|e| {
+            bind_freely(fd, self.family, &self.addr, self.nonlocal).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EADDRINUSE) {
                     format!("{what}: the address is in use (stop what holds it)")
                 } else {
@@ -433,6 +437,41 @@ impl InetSocket {
             }
         }
         Ok(sock)
+    }
+}
+
+/// Whether this machine has the address `addr` names (a datagram socket may bind to it, port 0).
+fn is_local(family: i32, addr: &[u8]) -> bool {
+    let Ok(probe) = crate::sys::socket(family, libc::SOCK_DGRAM, 0) else {
+        return true;
+    };
+    let mut any_port = addr.to_vec();
+    any_port[2..4].fill(0);
+    !crate::sys::bind(probe.as_raw_fd(), &any_port)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL))
+}
+
+/// Binds `fd` to `addr`. A socket the first life had bound to an address its machine did not
+/// have (`nonlocal`: with IP_FREEBIND, turned off since) is bound with it for the moment, then
+/// the option as it was; any other address must be on this machine.
+fn bind_freely(fd: i32, family: i32, addr: &[u8], nonlocal: bool) -> std::io::Result<()> {
+    match crate::sys::bind(fd, addr) {
+        Err(e) if nonlocal && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            let (lvl, opt) = if family == libc::AF_INET6 {
+                (libc::IPPROTO_IPV6, 78) // IPV6_FREEBIND
+            } else {
+                (libc::IPPROTO_IP, libc::IP_FREEBIND)
+            };
+            let was = crate::sys::getsockopt_int(fd, lvl, opt)?;
+            if was != 0 {
+                return Err(e);
+            }
+            crate::sys::setsockopt_int(fd, lvl, opt, 1)?;
+            let r = crate::sys::bind(fd, addr);
+            crate::sys::setsockopt_int(fd, lvl, opt, 0)?;
+            r
+        }
+        r => r,
     }
 }
 
@@ -628,7 +667,12 @@ mod tests {
         validate(&good).unwrap();
         let mut raw = good.clone();
         raw.ty = libc::SOCK_RAW;
-        assert!(validate(&raw).is_err());
+        validate(&raw).unwrap();
+        raw.protocol = 300;
+        assert!(validate(&raw).is_err(), "no such IP protocol");
+        let mut seq = good.clone();
+        seq.ty = libc::SOCK_SEQPACKET;
+        assert!(validate(&seq).is_err());
         let mut short = good.clone();
         short.addr.truncate(8);
         assert!(validate(&short).is_err());
