@@ -424,6 +424,10 @@ fn pending_signals_come_back_on_their_queues_with_their_siginfo() {
             );
         }
     }
+    // A timer firing into the pause makes a checkpoint start again, not fail.
+    let o = env.first_life("zdtm-sigpending", "r.thaw", &["timer-running"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("checkpoints: 20, ticks: true"), "{}", text(&o));
     let out = env.refused("zdtm-sigpending", "t.thaw", &["timer"]);
     assert!(
         out.contains("pending for thread")

@@ -13,6 +13,9 @@
 //! checkpoint stops them with ptrace, whose helper reads their queues and the process's), and a
 //! third thread checkpoints.
 //! `PROG IMAGE KEY timer`: a POSIX timer's signal pending (blocked): refused, naming it.
+//! `PROG IMAGE KEY timer-running`: a POSIX timer fires every millisecond into a handler (not
+//! blocked); 20 checkpoints in a row all succeed (one whose pause a signal came into starts
+//! again), and it prints `checkpoints: 20`.
 
 #[path = "common.rs"]
 mod common;
@@ -135,8 +138,59 @@ fn timer_refusal() -> ! {
     })
 }
 
+static TICKS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_tick(_: libc::c_int) {
+    TICKS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn timer_running(image: &str, key: Option<String>) -> ! {
+    // SAFETY: a handler that only counts, and a periodic timer signalling the process with
+    // SIGRT+4 every millisecond.
+    unsafe {
+        libc::signal(rt(4), on_tick as *const () as libc::sighandler_t);
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_SIGNAL;
+        ev.sigev_signo = rt(4);
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        assert_eq!(
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id),
+            0
+        );
+        let ms = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        let its = libc::itimerspec {
+            it_interval: ms,
+            it_value: ms,
+        };
+        libc::timer_settime(id, 0, &its, std::ptr::null_mut());
+    }
+    let mut done = 0;
+    for i in 0..20 {
+        let mut cp = thaw::Checkpoint::to(image);
+        if let Some(k) = &key {
+            cp = cp.sign_with(k);
+        }
+        match cp.save() {
+            Ok(_) => done += 1,
+            Err(e) => println!("checkpoint {i}: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(image);
+    println!(
+        "checkpoints: {done}, ticks: {}",
+        TICKS.load(Ordering::SeqCst) > 0
+    );
+    std::process::exit(0)
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
+    if extra.iter().any(|a| a == "timer-running") {
+        timer_running(&image, key);
+    }
     let traced = extra.iter().any(|a| a == "traced");
     let from_thread = traced || extra.iter().any(|a| a == "from-thread");
     if extra.iter().any(|a| a == "timer") {

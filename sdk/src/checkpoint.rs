@@ -489,6 +489,20 @@ impl Checkpoint {
                 cap.fill(tc, *tid);
             }
         }
+        // A POSIX timer's signal (not restored) that came while the threads were stopped, to a
+        // thread that does not block it, is being handled now that they go on: the checkpoint
+        // starts again rather than refuse.
+        let own = 1u64 << (self.signal - 1);
+        let timer_came = capture.threads.iter().any(|t| {
+            let left = t.pending.load(Ordering::Relaxed) & !own & capture.timer_signals;
+            left != 0 && blocked_set(t.tid.load(Ordering::Relaxed)) & left != left
+        });
+        if timer_came {
+            crate::sys::kill_and_reap(child);
+            return Ok(Err(
+                "a POSIX timer's signal came while the threads were being stopped".into(),
+            ));
+        }
         let result = self.dump(child, &capture, &threads, &captured, scan, original_action);
         crate::sys::kill_and_reap(child);
         let (size, digest) = result?;
@@ -937,6 +951,12 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
 }
 
 /// Whether thread `tid` blocks `signal` now.
+/// The signals thread `tid` blocks now (all, where it cannot be read).
+fn blocked_set(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .map_or(u64::MAX, |st| crate::procfs::field_hex(&st, "SigBlk"))
+}
+
 fn blocks_signal(tid: i32, signal: i32) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .is_ok_and(|st| crate::procfs::field_hex(&st, "SigBlk") & (1u64 << (signal - 1)) != 0)
