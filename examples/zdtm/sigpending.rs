@@ -106,31 +106,35 @@ fn bit(sig: i32) -> u64 {
     1 << (sig - 1)
 }
 
+/// A POSIX timer signalling the process with `sig` in 1 ms, then every `interval_ns` (0: once).
+fn timer(sig: i32, interval_ns: i64) {
+    let ns = |n| libc::timespec {
+        tv_sec: 0,
+        tv_nsec: n,
+    };
+    let its = libc::itimerspec {
+        it_interval: ns(interval_ns),
+        it_value: ns(1_000_000),
+    };
+    // SAFETY: a zeroed sigevent with the fields the kernel reads set; a timer of our own.
+    unsafe {
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_SIGNAL;
+        ev.sigev_signo = sig;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        assert_eq!(
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id),
+            0
+        );
+        libc::timer_settime(id, 0, &its, std::ptr::null_mut());
+    }
+}
+
 fn timer_refusal() -> ! {
     common::refusal(|| {
         mask(libc::SIG_BLOCK);
-        // SAFETY: a one-shot timer signalling the process with SIGRT+2 (blocked) in 1 ms.
-        unsafe {
-            let mut ev: libc::sigevent = std::mem::zeroed();
-            ev.sigev_notify = libc::SIGEV_SIGNAL;
-            ev.sigev_signo = rt(2);
-            let mut id: libc::timer_t = std::ptr::null_mut();
-            assert_eq!(
-                libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id),
-                0
-            );
-            let its = libc::itimerspec {
-                it_interval: libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 1_000_000,
-                },
-            };
-            libc::timer_settime(id, 0, &its, std::ptr::null_mut());
-        }
+        // Once, SIGRT+2 (blocked).
+        timer(rt(2), 0);
         // Until it has fired (the signal is then pending, blocked).
         while sets().1 & bit(rt(2)) == 0 {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -145,28 +149,10 @@ extern "C" fn on_tick(_: libc::c_int) {
 }
 
 fn timer_running(image: &str, key: Option<String>) -> ! {
-    // SAFETY: a handler that only counts, and a periodic timer signalling the process with
+    // SAFETY: a handler that only counts.
+    unsafe { libc::signal(rt(4), on_tick as *const () as libc::sighandler_t) };
     // SIGRT+4 every millisecond.
-    unsafe {
-        libc::signal(rt(4), on_tick as *const () as libc::sighandler_t);
-        let mut ev: libc::sigevent = std::mem::zeroed();
-        ev.sigev_notify = libc::SIGEV_SIGNAL;
-        ev.sigev_signo = rt(4);
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        assert_eq!(
-            libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id),
-            0
-        );
-        let ms = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 1_000_000,
-        };
-        let its = libc::itimerspec {
-            it_interval: ms,
-            it_value: ms,
-        };
-        libc::timer_settime(id, 0, &its, std::ptr::null_mut());
-    }
+    timer(rt(4), 1_000_000);
     let mut done = 0;
     for i in 0..20 {
         let mut cp = thaw::Checkpoint::to(image);

@@ -495,7 +495,8 @@ impl Checkpoint {
         let own = 1u64 << (self.signal - 1);
         let timer_came = capture.threads.iter().any(|t| {
             let left = t.pending.load(Ordering::Relaxed) & !own & capture.timer_signals;
-            left != 0 && blocked_set(t.tid.load(Ordering::Relaxed)) & left != left
+            left != 0
+                && blocked_set(t.tid.load(Ordering::Relaxed)).unwrap_or(u64::MAX) & left != left
         });
         if timer_came {
             crate::sys::kill_and_reap(child);
@@ -619,47 +620,7 @@ impl Checkpoint {
             })
             .collect::<Result<_, _>>()
             .map_err(io("reading the threads' signal frames"))?;
-        // The queues of threads stopped by ptrace, as the helper read them.
-        let signal_of = |info: &[u64; 16]| state::signals::PendingSignal {
-            signo: info[0] as u32,
-            info: *info,
-        };
-        // As the handlers do: the checkpoint's own signal (one left from an earlier attempt) is
-        // not the program's; a POSIX timer's is refused (a copy would be a second one).
-        const SI_TIMER: i32 = -2;
-        let own = self.signal as u32;
-        for (tid, cap) in captured {
-            let lists = [(Some(*tid), &cap.pending), (None, &cap.shared)];
-            for (to, list) in lists {
-                for info in list.iter().flatten() {
-                    let sig = signal_of(info);
-                    let code = (info[1] & 0xffff_ffff) as u32 as i32;
-                    if sig.signo == own {
-                        continue;
-                    }
-                    if code == SI_TIMER || c.timer_signals & (1u64 << (sig.signo - 1)) != 0 {
-                        if let Some(tc) = c
-                            .threads
-                            .iter()
-                            .find(|t| t.tid.load(Ordering::Relaxed) == *tid)
-                        {
-                            tc.pending
-                                .fetch_or(1u64 << (sig.signo - 1), Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    match to {
-                        Some(t) => {
-                            if let Some(ts) = m.threads.iter_mut().find(|x| x.tid == t) {
-                                ts.pending.push(sig);
-                            }
-                        }
-                        None => m.signals.pending.push(sig),
-                    }
-                }
-            }
-        }
-        for (tid, sig) in state::signals::queued(c) {
+        for (tid, sig) in state::signals::recorded(c, captured, self.signal) {
             match tid {
                 None => m.signals.pending.push(sig),
                 Some(tid) => {
@@ -951,15 +912,15 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
 }
 
 /// Whether thread `tid` blocks `signal` now.
-/// The signals thread `tid` blocks now (all, where it cannot be read).
-fn blocked_set(tid: i32) -> u64 {
+/// The signals thread `tid` blocks now, if it can be read (the thread still exists).
+fn blocked_set(tid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-        .map_or(u64::MAX, |st| crate::procfs::field_hex(&st, "SigBlk"))
+        .ok()
+        .map(|st| crate::procfs::field_hex(&st, "SigBlk"))
 }
 
 fn blocks_signal(tid: i32, signal: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
-        .is_ok_and(|st| crate::procfs::field_hex(&st, "SigBlk") & (1u64 << (signal - 1)) != 0)
+    blocked_set(tid).is_some_and(|set| set & (1u64 << (signal - 1)) != 0)
 }
 
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.

@@ -792,6 +792,27 @@ pub fn wait_ended_unreaped(pid: i32) -> io::Result<()> {
     }
 }
 
+/// How child `pid` ended, if it has, without waiting or reaping it (waitid WNOHANG|WNOWAIT):
+/// `si_code` (CLD_EXITED, CLD_KILLED, CLD_DUMPED) and `si_status`.
+pub fn ended_unreaped(pid: i32) -> Option<(i32, i32)> {
+    // siginfo: si_code at 8, si_pid at 16, si_status at 24.
+    let mut info = [0u8; 128];
+    let r = syscall6(
+        libc::SYS_waitid,
+        [
+            libc::P_PID as u64,
+            pid as u64,
+            info.as_mut_ptr() as u64,
+            (libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) as u64,
+            0,
+            0,
+        ],
+    );
+    let int = |at: usize| i32::from_ne_bytes(info[at..at + 4].try_into().expect("4"));
+    // No child of that PID ended yet: waitid answers 0 and leaves si_pid 0.
+    (r == 0 && int(16) == pid).then(|| (int(8), int(24)))
+}
+
 /// exit_group(code): ends the process at once (no atexit handlers). Async-signal-safe.
 pub fn exit_group(code: i32) -> ! {
     loop {

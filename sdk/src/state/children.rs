@@ -55,24 +55,6 @@ fn children() -> Vec<i32> {
     out
 }
 
-/// How child `pid` ended, if it has (it stays a zombie: WNOWAIT).
-fn ended(pid: i32) -> Option<libc::siginfo_t> {
-    // SAFETY: a zeroed siginfo is a valid value; waitid writes at most one.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on our own child, into our siginfo; WNOHANG|WNOWAIT neither blocks nor
-    // reaps.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is valid for SIGCHLD siginfo, which waitid fills (0 when none ended).
-    (r == 0 && unsafe { info.si_pid() } == pid).then_some(info)
-}
-
 /// The zombies among the process's children, and a refusal for every other child (none when
 /// `leave_live_out`: live children are then left out of the image) and for every zombie that
 /// could not be made again as it is.
@@ -101,7 +83,7 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let Some(info) = ended(pid) else {
+        let Some((code, status)) = crate::sys::ended_unreaped(pid) else {
             if !leave_live_out {
                 let stat = procfs::stat_fields(pid).unwrap_or_default();
                 let state = stat.get(3).map_or("?", String::as_str);
@@ -111,9 +93,7 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             }
             continue;
         };
-        // SAFETY: waitid filled a SIGCHLD siginfo.
-        let status = unsafe { info.si_status() };
-        let status = match info.si_code {
+        let status = match code {
             libc::CLD_EXITED => (status & 0xff) << 8,
             libc::CLD_KILLED => status & 0x7f,
             _ => {

@@ -259,8 +259,8 @@ pub(crate) fn dump(
     };
     let stream = ty == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
     // Neither ICMP echo nor raw sockets are in a table the kernel describes.
-    let ping = is_ping(family, ty, protocol) || ty == libc::SOCK_RAW;
-    let datagram = ping
+    let undescribed = is_ping(family, ty, protocol) || ty == libc::SOCK_RAW;
+    let datagram = undescribed
         || ty == libc::SOCK_DGRAM
             && (protocol == libc::IPPROTO_UDP || protocol == libc::IPPROTO_UDPLITE);
     if !stream && !datagram {
@@ -293,32 +293,23 @@ pub(crate) fn dump(
             );
         }
     } else {
-        let unbound = !is_bound(&addr);
-        let diag = if ping {
-            // No table the kernel describes holds ICMP echo sockets: poll says whether a reply
-            // waits to be read, and the shutdown.
-            Err(String::new())
+        // A socket never bound is in no table the kernel describes either, and can have nothing
+        // queued. For those, poll tells the shutdown (but a shutdown for writing alone) and,
+        // for ICMP echo and raw sockets, whether something waits to be read (SIOCINQ does not
+        // answer for ICMP echo sockets; a shut-down one reads as readable, refused alike).
+        let (rqueue, wqueue, shutdown) = if undescribed || !is_bound(&addr) {
+            let ev = crate::sys::poll_now(fd, libc::POLLIN | libc::POLLRDHUP).unwrap_or(0);
+            let shut = if ev & libc::POLLHUP != 0 {
+                3
+            } else {
+                u8::from(ev & libc::POLLRDHUP != 0)
+            };
+            let waiting = undescribed && ev & libc::POLLIN != 0;
+            (u32::from(waiting), 0, shut)
         } else {
-            datagram_diag(family, protocol, ino)
+            datagram_diag(family, protocol, ino)?
         };
-        let (rqueue, wqueue, shutdown) = match diag {
-            // A socket never bound is in no table the kernel describes, and can have nothing
-            // queued; poll tells its shutdown, except a shutdown for writing alone.
-            Err(_) if unbound || ping => {
-                let ev = crate::sys::poll_now(fd, libc::POLLIN | libc::POLLRDHUP).unwrap_or(0);
-                let shut = if ev & libc::POLLHUP != 0 {
-                    3
-                } else {
-                    u8::from(ev & libc::POLLRDHUP != 0)
-                };
-                // Readable: a reply waits (SIOCINQ does not answer for ICMP echo sockets),
-                // or it was shut down, which is refused alike for them.
-                let waiting = ping && ev & libc::POLLIN != 0;
-                (u32::from(waiting), 0, shut)
-            }
-            r => r?,
-        };
-        if rqueue > 0 && ping {
+        if rqueue > 0 && undescribed {
             return Err("a reply or packet (or end of file) waits to be read, which thaw does not restore: read it before the checkpoint".into());
         }
         if rqueue > 0 {

@@ -46,23 +46,52 @@ impl PendingSignal {
     }
 }
 
-/// The signals the handlers took off the queues: (thread, or `None` for the process's queue,
-/// signal), in the order taken.
-pub(crate) fn queued(c: &Capture) -> Vec<(Option<i32>, PendingSignal)> {
-    let n = (c.queued_len.load(Ordering::Relaxed) as usize).min(crate::capture::QUEUED_MAX);
-    c.queued[..n]
-        .iter()
-        .filter_map(|e| {
-            let head = e[0].load(Ordering::Relaxed);
-            let signo = head as u32;
-            let mut info = [0u64; 16];
-            for (v, w) in info.iter_mut().zip(&e[1..]) {
-                *v = w.load(Ordering::Relaxed);
+/// Every pending signal the checkpoint recorded, by queue (a thread, or `None` for the
+/// process's), in order: those the handlers took off the queues, and those the ptrace helper
+/// read for the threads it stopped. Of the latter, as the handlers do, the checkpoint's own
+/// `signal` (one left from an earlier attempt) is not the program's, and a POSIX timer's is
+/// marked in its thread's `pending`, to be refused (a copy would be a second one).
+pub(crate) fn recorded(
+    c: &Capture,
+    traced: &[(i32, crate::traced::Captured)],
+    signal: i32,
+) -> Vec<(Option<i32>, PendingSignal)> {
+    const SI_TIMER: i32 = -2;
+    let mut out = Vec::new();
+    for (tid, cap) in traced {
+        for (to, list) in [(Some(*tid), &cap.pending), (None, &cap.shared)] {
+            for info in list.iter().flatten() {
+                let signo = info[0] as u32;
+                let code = info[1] as u32 as i32;
+                if signo == signal as u32 {
+                    continue;
+                }
+                if code == SI_TIMER || c.timer_signals & (1u64 << (signo - 1)) != 0 {
+                    if let Some(t) = c
+                        .threads
+                        .iter()
+                        .find(|t| t.tid.load(Ordering::Relaxed) == *tid)
+                    {
+                        t.pending.fetch_or(1u64 << (signo - 1), Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                out.push((to, PendingSignal { signo, info: *info }));
             }
-            let tid = (head >> 32) as i32;
-            (signo != 0).then_some(((tid != 0).then_some(tid), PendingSignal { signo, info }))
-        })
-        .collect()
+        }
+    }
+    let n = (c.queued_len.load(Ordering::Relaxed) as usize).min(crate::capture::QUEUED_MAX);
+    out.extend(c.queued[..n].iter().filter_map(|e| {
+        let head = e[0].load(Ordering::Relaxed);
+        let signo = head as u32;
+        let mut info = [0u64; 16];
+        for (v, w) in info.iter_mut().zip(&e[1..]) {
+            *v = w.load(Ordering::Relaxed);
+        }
+        let tid = (head >> 32) as i32;
+        (signo != 0).then_some(((tid != 0).then_some(tid), PendingSignal { signo, info }))
+    }));
+    out
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
