@@ -155,6 +155,25 @@ fn signal_handlers_mask_and_altstack() {
     );
 }
 
+/// A main thread that never had an alternate stack has none after restore either, and an
+/// `SA_ONSTACK` handler (CPython installs its handlers so) runs on its stack: the restored main
+/// thread is a fork of the launcher's and kept its alternate stack, which a signal frame
+/// recording "none" does not take away.
+#[test]
+fn no_altstack_stays_none_for_onstack_handlers() {
+    run_zdtm(
+        "zdtm-signals",
+        &["no-altstack"],
+        &[],
+        &[
+            "handler fires after restore",
+            "signal mask",
+            "ignored signal",
+            "sigaltstack",
+        ],
+    );
+}
+
 #[test]
 fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,10 @@
 //! Signals: a handler installed before the checkpoint still fires after restore; the signal mask
-//! and the sigaltstack are kept.
+//! and the sigaltstack are kept. With `no-altstack` the main thread never had an alternate stack
+//! (as in a C program or CPython: this one has no Rust `main`, whose runtime would set one up) and
+//! the handler asks for one (`SA_ONSTACK`, as CPython's do): it must run on the thread's own stack
+//! after restore, and the thread must still have none.
+
+#![no_main]
 
 #[path = "common.rs"]
 mod common;
@@ -21,11 +26,18 @@ fn mask() -> libc::sigset_t {
     }
 }
 
-fn main() {
+/// The C entry point: std's runtime set-up (which gives the main thread an alternate stack) does
+/// not run.
+#[unsafe(no_mangle)]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    let none = common::argv().2.iter().any(|a| a == "no-altstack");
     let alt: &'static mut [u8] = Box::leak(vec![0u8; 64 * 1024].into_boxed_slice());
     // SAFETY: plain libc signal setup with a valid handler, a valid set and a leaked stack.
     unsafe {
-        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_ONSTACK;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
         libc::signal(libc::SIGWINCH, libc::SIG_IGN);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -36,7 +48,9 @@ fn main() {
             ss_flags: 0,
             ss_size: alt.len(),
         };
-        libc::sigaltstack(&ss, std::ptr::null_mut());
+        if !none {
+            libc::sigaltstack(&ss, std::ptr::null_mut());
+        }
         libc::raise(libc::SIGUSR1);
     }
     let before = HITS.load(Ordering::SeqCst);
@@ -68,10 +82,15 @@ fn main() {
         winch_ignored,
         "SIGWINCH no longer ignored",
     );
+    let kept = if none {
+        ss.ss_flags & libc::SS_DISABLE != 0
+    } else {
+        ss.ss_sp == alt.as_mut_ptr().cast() && ss.ss_size == alt.len()
+    };
     c.check(
         "sigaltstack",
-        ss.ss_sp == alt.as_mut_ptr().cast() && ss.ss_size == alt.len(),
-        format!("{:?} {}", ss.ss_sp, ss.ss_size),
+        kept,
+        format!("{:?} {} flags {}", ss.ss_sp, ss.ss_size, ss.ss_flags),
     );
     c.finish();
 }

@@ -375,6 +375,26 @@ impl ThreadState {
                 [r.addr, u64::from(r.len), 0, u64::from(r.signature), 0, 0],
             );
         }
+        // Set here, not only by the frame: a thread that never had an alternate stack has
+        // {0, 0, 0} in its frame, which sigreturn quietly declines (too small), and the main
+        // thread, a fork of the launcher's, would keep the launcher's (unmapped by then): its
+        // first SA_ONSTACK handler (every CPython handler) would crash it.
+        let ss = self.sigaltstack;
+        let words = if ss.size == 0 || ss.flags & libc::SS_DISABLE != 0 {
+            [0, libc::SS_DISABLE as u64, 0]
+        } else {
+            // SS_ONSTACK (reported while the thread ran on it) is no mode to set.
+            [ss.sp, (ss.flags & !libc::SS_ONSTACK) as u32 as u64, ss.size]
+        };
+        let stack = plan.words(&words);
+        plan.syscall(
+            format!(
+                "alternate signal stack of thread {tid} ({:#x}, {} bytes)",
+                words[0], words[2]
+            ),
+            libc::SYS_sigaltstack,
+            [stack, 0, 0, 0, 0, 0],
+        );
         let name = plan.cstr(&self.name);
         plan.syscall(
             format!("name thread {tid} {:?}", self.name),
