@@ -351,6 +351,12 @@ fn serve_refuses_what_it_cannot_do() {
             &["leave"][..],
             "a child of the template would not be one of its instances",
         ),
+        (
+            "zdtm-stdin",
+            "s.thaw",
+            &[][..],
+            "an instance's standard descriptors are its caller's",
+        ),
     ] {
         let img = env.checkpoint(prog, image, extra);
         let o = Server::try_start(&env, &img, &[])

@@ -174,6 +174,35 @@ fn no_altstack_stays_none_for_onstack_handlers() {
     );
 }
 
+/// An epoll registration of the standard input watches the caller's: a pipe there works; a
+/// file or /dev/null (which epoll cannot watch) is refused before anything runs, naming it.
+#[test]
+fn epoll_on_standard_input_watches_the_callers() {
+    use std::io::Write;
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-stdin", "s.thaw", &[]);
+    let mut child = env
+        .restore_cmd(&img, &[], &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_all_ok(&o, &["epoll watches the caller's standard input"]);
+
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("watches fd 0 (standard input)")
+            && err.contains("/dev/null")
+            && err.contains("cannot be watched by epoll"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
     let dir = tempfile::tempdir().unwrap();

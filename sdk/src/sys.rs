@@ -944,6 +944,22 @@ pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `epoll_ctl` with a packed `struct epoll_event` (u32 events, u64 data: 12 bytes on x86_64).
+pub fn epoll_ctl_raw(epfd: i32, op: i32, fd: i32, event: &[u8; 12]) -> io::Result<()> {
+    check(syscall6(
+        libc::SYS_epoll_ctl,
+        [
+            epfd as u64,
+            op as u64,
+            fd as u64,
+            event.as_ptr() as u64,
+            0,
+            0,
+        ],
+    ))
+    .map(drop)
+}
+
 fn owned(fd: i64) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
     // SAFETY: callers pass a descriptor the kernel just created, which nothing else owns.

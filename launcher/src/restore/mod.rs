@@ -293,6 +293,7 @@ fn prepare_fds(
     listeners: &[OwnedFd],
 ) -> Result<Fds> {
     let m = image.manifest();
+    thaw::state::epoll::check_standard(&m.files).map_err(refused)?;
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
     // Shared memory objects, created and filled here; mapped and sealed by the restorer.

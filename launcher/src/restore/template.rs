@@ -237,6 +237,14 @@ impl Template {
                 z.pid, z.comm
             )));
         }
+        // An instance's standard descriptors are its caller's; the template's epoll instance
+        // would go on watching the template's own.
+        if let Some((epfd, w)) = thaw::state::epoll::standard_watches(&m.files).first() {
+            return Err(refused(format!(
+                "fd {epfd} (epoll) watches fd {}: an instance's standard descriptors are its caller's, which the template's epoll instance cannot watch; restore this image with thaw run",
+                w.fd
+            )));
+        }
         let target = super::check_policy(&image, false, false)?;
         super::same_root(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;

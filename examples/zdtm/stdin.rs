@@ -1,0 +1,43 @@
+//! An event loop watching its standard input (Node's `process.stdin`, an asyncio reader): the
+//! epoll registration of fd 0 watches the standard input of whoever restores the process. After
+//! restore it waits for a line there and prints it.
+
+#[path = "common.rs"]
+mod common;
+
+fn main() {
+    // SAFETY: plain descriptor calls on descriptors this program owns.
+    let ep = unsafe {
+        // Whatever started the first life gave it /dev/null, which epoll cannot watch: a pipe's
+        // reading end stands in as its standard input.
+        let mut p = [0; 2];
+        assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+        libc::dup2(p[0], 0);
+        libc::close(p[0]);
+        libc::close(p[1]);
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 7,
+        };
+        assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev), 0);
+        ep
+    };
+    let _args = common::checkpoint();
+    let mut c = common::Checks::default();
+    // SAFETY: waiting on this program's epoll instance, reading its standard input.
+    let (n, data, line) = unsafe {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        let n = libc::epoll_wait(ep, &mut ev, 1, -1);
+        let mut buf = [0u8; 64];
+        let got = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
+        let line = String::from_utf8_lossy(&buf[..got.max(0) as usize]).into_owned();
+        (n, ev.u64, line)
+    };
+    c.check(
+        "epoll watches the caller's standard input",
+        n == 1 && data == 7 && line == "ping\n",
+        format!("{n} event(s), data {data}, read {line:?}"),
+    );
+    c.finish();
+}
