@@ -213,6 +213,59 @@ pub fn plan(
     }
 }
 
+/// The registrations of standard descriptors (0–2) by their numbers: those are the restoring
+/// caller's, not the image's. As `(epoll fd, watch)`.
+pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWatch)> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            super::files::FdKind::Epoll { watches } => Some((e.fd, watches)),
+            _ => None,
+        })
+        .flat_map(|(fd, w)| w.iter().map(move |w| (fd, *w)))
+        .filter(|(_, w)| (0..=2).contains(&w.fd) && w.at.is_none())
+        .collect()
+}
+
+fn standard_name(fd: i32) -> &'static str {
+    ["standard input", "standard output", "standard error"][fd.clamp(0, 2) as usize]
+}
+
+/// Checks, before anything is created, that epoll can watch the caller's standard descriptors
+/// that the process's epoll instances registered (an event loop reading its stdin): a regular
+/// file or /dev/null there cannot be watched, and a closed one is not there to watch. Refused,
+/// named, instead of failing half-way through the restore.
+pub fn check_standard(entries: &[super::files::FdEntry]) -> Result<(), String> {
+    let watched = standard_watches(entries);
+    if watched.is_empty() {
+        return Ok(());
+    }
+    let scratch =
+        crate::sys::epoll_create().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+    for (epfd, w) in watched {
+        let mut ev = [0u8; EVENT];
+        ev[..4].copy_from_slice(&(libc::EPOLLIN as u32).to_ne_bytes());
+        let r = crate::sys::epoll_ctl_raw(
+            std::os::fd::AsRawFd::as_raw_fd(&scratch),
+            libc::EPOLL_CTL_ADD,
+            w.fd,
+            &ev,
+        );
+        if let Err(e) = r {
+            let yours = std::fs::read_link(format!("/proc/self/fd/{}", w.fd))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "closed".into());
+            return Err(format!(
+                "fd {epfd} (epoll) watches fd {} ({}), which is yours at restore: yours ({yours}) cannot be watched by epoll ({e}); restore with a pipe, a socket or a terminal as {}",
+                w.fd,
+                standard_name(w.fd),
+                standard_name(w.fd)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,57 +329,4 @@ mod tests {
         // The first life still has pipe 2's event, and not pipe 1's.
         assert_eq!(wait(ep.as_raw_fd()), [2]);
     }
-}
-
-/// The registrations of standard descriptors (0–2) by their numbers: those are the restoring
-/// caller's, not the image's. As `(epoll fd, watch)`.
-pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWatch)> {
-    entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            super::files::FdKind::Epoll { watches } => Some((e.fd, watches)),
-            _ => None,
-        })
-        .flat_map(|(fd, w)| w.iter().map(move |w| (fd, *w)))
-        .filter(|(_, w)| (0..=2).contains(&w.fd) && w.at.is_none())
-        .collect()
-}
-
-fn standard_name(fd: i32) -> &'static str {
-    ["standard input", "standard output", "standard error"][fd.clamp(0, 2) as usize]
-}
-
-/// Checks, before anything is created, that epoll can watch the caller's standard descriptors
-/// that the process's epoll instances registered (an event loop reading its stdin): a regular
-/// file or /dev/null there cannot be watched, and a closed one is not there to watch. Refused,
-/// named, instead of failing half-way through the restore.
-pub fn check_standard(entries: &[super::files::FdEntry]) -> Result<(), String> {
-    let watched = standard_watches(entries);
-    if watched.is_empty() {
-        return Ok(());
-    }
-    let scratch =
-        crate::sys::epoll_create().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
-    for (epfd, w) in watched {
-        let mut ev = [0u8; EVENT];
-        ev[..4].copy_from_slice(&(libc::EPOLLIN as u32).to_ne_bytes());
-        let r = crate::sys::epoll_ctl_raw(
-            std::os::fd::AsRawFd::as_raw_fd(&scratch),
-            libc::EPOLL_CTL_ADD,
-            w.fd,
-            &ev,
-        );
-        if let Err(e) = r {
-            let yours = std::fs::read_link(format!("/proc/self/fd/{}", w.fd))
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "closed".into());
-            return Err(format!(
-                "fd {epfd} (epoll) watches fd {} ({}), which is yours at restore: yours ({yours}) cannot be watched by epoll ({e}); restore with a pipe, a socket or a terminal as {}",
-                w.fd,
-                standard_name(w.fd),
-                standard_name(w.fd)
-            ));
-        }
-    }
-    Ok(())
 }
