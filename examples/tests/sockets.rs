@@ -9,8 +9,9 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 27] = [
+const CHECKS: [&str; 28] = [
     "datagram pair: an end shut down for reading stays so",
+    "bound datagram receivers: the messages queued at the checkpoint, in order, from no name",
     "datagram pair: queued messages, one by one",
     "seqpacket pair: queued messages, one by one",
     "datagram client connected by name: sends again",
@@ -124,6 +125,21 @@ fn listen_fd_must_be_a_listening_socket() {
     let o = env.restore(&img, &["--listen-fd", "1"], &[]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen-fd 1: not a listening socket"));
+}
+
+/// A message queued to a bound receiver comes back from a socket without a name: one whose
+/// sender had a name is refused, naming why.
+#[test]
+fn a_message_from_a_named_sender_is_refused() {
+    let env = Env::new();
+    let o = env.first_life("zdtm-sockets", "n.thaw", &["named-sender"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a queued message was sent by a socket with a name"),
+        "{err}"
+    );
+    assert!(!env.path("n.thaw").exists());
 }
 
 #[test]

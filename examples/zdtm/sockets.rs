@@ -165,6 +165,11 @@ fn main() {
     let _ = std::fs::remove_file(&hidden_dgram);
     let hidden_l = UnixListener::bind(&hidden).unwrap().into_raw_fd();
     let hidden_d = UnixDatagram::bind(&hidden_dgram).unwrap().into_raw_fd();
+    // A message waits in it, sent while its file was there.
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"hidden", &hidden_dgram)
+        .unwrap();
     std::fs::remove_file(&hidden).unwrap();
     std::fs::remove_file(&hidden_dgram).unwrap();
     // Datagram receivers bound to a path (its file is left behind when the first life exits:
@@ -181,6 +186,20 @@ fn main() {
     // A client connected to the receiver by its name, as glibc's syslog is to /dev/log.
     let syslog_like = UnixDatagram::unbound().unwrap();
     syslog_like.connect(&dgram_path).unwrap();
+    // Messages wait in the receivers (from senders without names), to be read after restore.
+    syslog_like.send(b"queued by name").unwrap();
+    {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_dgram).unwrap();
+        let s = UnixDatagram::unbound().unwrap();
+        s.send_to_addr(b"first", &addr).unwrap();
+        s.send_to_addr(b"second, longer", &addr).unwrap();
+        if extra.first().is_some_and(|a| a == "named-sender") {
+            // From a socket with a name: a message queued again could not have it.
+            let named = UnixDatagram::bind(format!("{image}.sender")).unwrap();
+            named.send_to_addr(b"signed", &addr).unwrap();
+        }
+    }
     // Bound by relative names, from the directory the process works in.
     let here = std::path::Path::new(&image).parent().unwrap().to_owned();
     std::env::set_current_dir(&here).unwrap();
@@ -420,6 +439,33 @@ fn main() {
         "datagram pair: an end shut down for reading stays so",
         to_shut == Err(Some(libc::EPIPE)) && from_shut,
         format!("{to_shut:?}"),
+    );
+    // What waited in the receivers at the checkpoint, in order, from senders without names.
+    let mut queued = Vec::new();
+    {
+        for r in [&receiver, &receiver_abs, &receiver_abs, &*hd] {
+            r.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            queued.push(match r.recv_from(&mut buf) {
+                Ok((n, from)) if from.is_unnamed() => {
+                    String::from_utf8_lossy(&buf[..n]).into_owned()
+                }
+                Ok((_, from)) => format!("from {from:?}"),
+                Err(e) => e.to_string(),
+            });
+        }
+        for r in [&receiver, &receiver_abs, &*hd] {
+            let mut buf = [0u8; 64];
+            if r.recv(&mut buf).is_ok() {
+                queued.push("one more".into());
+            }
+            r.set_nonblocking(false).unwrap();
+        }
+    }
+    ch.check(
+        "bound datagram receivers: the messages queued at the checkpoint, in order, from no name",
+        queued == ["queued by name", "first", "second, longer", "hidden"],
+        format!("{queued:?}"),
     );
     let sender = UnixDatagram::unbound().unwrap();
     let sent = sender.send_to(b"to the path", &dgram_path).is_ok();

@@ -160,11 +160,14 @@ pub struct SockPeek {
 }
 
 /// [`SockPeek::msgs`] codes: a message longer than the room, one with ancillary data
-/// (descriptors, credentials), an empty one (its boundary cannot be walked), too many.
+/// (descriptors, credentials), an empty one (its boundary cannot be walked), too many, one
+/// whose sender has a name.
 pub const MSGS_TRUNCATED: i64 = -1_000_001;
 pub const MSGS_ANCILLARY: i64 = -1_000_002;
 pub const MSGS_EMPTY: i64 = -1_000_003;
 pub const MSGS_TOO_MANY: i64 = -1_000_004;
+/// A message from a sender with a name (a message queued again comes from a socket without one).
+pub const MSGS_NAMED_SENDER: i64 = -1_000_005;
 
 impl SockPeek {
     /// Room for twice what is queued now, at least 256 KiB.
@@ -202,7 +205,7 @@ impl SockPeek {
         let (mut used, mut n) = (0usize, 0usize);
         let result = loop {
             let room = self.buf.len() - used;
-            let (r, flags) = sys::recv_peek_msg(fd, self.addr + used as u64, room);
+            let (r, flags, name_len) = sys::recv_peek_msg(fd, self.addr + used as u64, room);
             if r == -(libc::EAGAIN as i64) {
                 break n as i64;
             }
@@ -217,6 +220,9 @@ impl SockPeek {
             }
             if r == 0 {
                 break MSGS_EMPTY;
+            }
+            if name_len > 0 {
+                break MSGS_NAMED_SENDER;
             }
             let Some(slot) = self.lens.get(n) else {
                 break MSGS_TOO_MANY;
@@ -241,6 +247,10 @@ impl SockPeek {
             ),
             MSGS_EMPTY => Err("an empty message is queued (its boundary cannot be kept)".into()),
             MSGS_TOO_MANY => Err(format!("more than {} messages are queued", self.lens.len())),
+            MSGS_NAMED_SENDER => Err(
+                "a queued message was sent by a socket with a name (bound, or named by autobind), which a message queued again would not have"
+                    .into(),
+            ),
             n if n < 0 => Err(format!(
                 "cannot read its queue: {}",
                 std::io::Error::from_raw_os_error(-n as i32)

@@ -740,6 +740,20 @@ impl Checkpoint {
                         }
                     }
                 }
+                FdKind::Socket(crate::state::sockets::Socket::Bound(b)) => {
+                    let Some(peek) = c.socks.iter().find(|s| s.ino == b.sock.ino) else {
+                        continue;
+                    };
+                    match peek.messages() {
+                        Ok((_, lens)) if lens.is_empty() => {}
+                        Ok((bytes, lens)) => {
+                            b.queued = Some(writer.append_payload(bytes)?);
+                            b.messages = lens;
+                        }
+                        Err(why) => unsupported
+                            .push(format!("fd {} (socket:[{}]): {why}", e.fd, b.sock.ino)),
+                    }
+                }
                 FdKind::Socket(crate::state::sockets::Socket::Pair(p)) => {
                     let Some(peek) = c.socks.iter().find(|s| s.ino == p.ino) else {
                         continue;

@@ -1253,10 +1253,20 @@ pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
 /// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT) into `len` bytes at `addr`, with no room for ancillary
 /// data (descriptors in flight are not installed: MSG_CTRUNC says they were there): (bytes or
 /// a negative errno, msg_flags). Async-signal-safe.
-pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32) {
+pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
     let iov = [addr, len as u64];
+    // Room for the sender's address, whose length tells whether it has a name.
+    let name = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
     // struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad).
-    let mut msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, 0, 0, 0];
+    let mut msg: [u64; 7] = [
+        name.as_ptr() as u64,
+        name.len() as u64,
+        iov.as_ptr() as u64,
+        1,
+        0,
+        0,
+        0,
+    ];
     let r = syscall6(
         libc::SYS_recvmsg,
         [
@@ -1268,7 +1278,7 @@ pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32) {
             0,
         ],
     );
-    (r, msg[6] as i32)
+    (r, msg[6] as i32, msg[1] as u32)
 }
 
 /// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
@@ -1282,6 +1292,22 @@ pub fn send_nowait(fd: i32, buf: &[u8]) -> io::Result<usize> {
             (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
             0,
             0,
+        ],
+    ))
+    .map(|n| n as usize)
+}
+
+/// sendto(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL, addr); the number of bytes sent.
+pub fn sendto_nowait(fd: i32, buf: &[u8], addr: &[u8]) -> io::Result<usize> {
+    check(syscall6(
+        libc::SYS_sendto,
+        [
+            fd as u64,
+            buf.as_ptr() as u64,
+            buf.len() as u64,
+            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
+            addr.as_ptr() as u64,
+            addr.len() as u64,
         ],
     ))
     .map(|n| n as usize)

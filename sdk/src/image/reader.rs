@@ -203,6 +203,9 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
         .chain(m.files.iter().filter_map(|f| match &f.kind {
             crate::state::files::FdKind::Pipe { buffered, .. } => *buffered,
             crate::state::files::FdKind::Socket(crate::state::sockets::Socket::Pair(p)) => p.queued,
+            crate::state::files::FdKind::Socket(crate::state::sockets::Socket::Bound(b)) => {
+                b.queued
+            }
             _ => None,
         }));
     for r in refs {

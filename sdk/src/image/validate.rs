@@ -29,6 +29,20 @@ fn bound(what: &str, n: usize, max: usize) -> Result<(), String> {
 }
 
 /// Checks the manifest; `Err` says what is wrong (the image is then refused as corrupt).
+/// A socket's queued messages: none empty, exactly its queued bytes, bounded in number.
+fn messages_add_up(
+    ino: u64,
+    queued: Option<crate::state::PayloadRef>,
+    messages: &[u32],
+) -> Result<(), String> {
+    let total: u64 = messages.iter().map(|&l| u64::from(l)).sum();
+    let queued = queued.map_or(0, |q| q.len);
+    if !messages.is_empty() && (total != queued || messages.contains(&0)) {
+        return Err(format!("socket:[{ino}]: its queued messages do not add up"));
+    }
+    bound("queued messages", messages.len(), 1 << 16)
+}
+
 pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     bound("mappings", m.memory.len(), MAX_VMAS)?;
     bound("threads", m.threads.len(), MAX_THREADS)?;
@@ -333,16 +347,23 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     p.pair
                 ));
             }
-            // Queued messages: non-empty, exactly the queued bytes.
-            let total: u64 = p.messages.iter().map(|&l| u64::from(l)).sum();
-            let queued = p.queued.map_or(0, |q| q.len);
-            if !p.messages.is_empty() && (total != queued || p.messages.contains(&0)) {
+            messages_add_up(p.ino, p.queued, &p.messages)?;
+        }
+        if let FdKind::Socket(crate::state::sockets::Socket::Bound(b)) = &f.kind {
+            // Queued again by address: a receiver with one, of datagrams.
+            if !b.messages.is_empty() && (b.addr.is_empty() || b.sock.ty != libc::SOCK_DGRAM) {
                 return Err(format!(
-                    "socket:[{}]: its queued messages do not add up",
-                    p.ino
+                    "socket:[{}]: messages queued to a socket that cannot receive them again",
+                    b.sock.ino
                 ));
             }
-            bound("queued messages", p.messages.len(), 1 << 16)?;
+            if b.messages.is_empty() && b.queued.is_some() {
+                return Err(format!(
+                    "socket:[{}]: queued bytes without messages",
+                    b.sock.ino
+                ));
+            }
+            messages_add_up(b.sock.ino, b.queued, &b.messages)?;
         }
     }
     // Memory page runs: whole pages of the payload, each byte in one run only (lazy filling

@@ -934,10 +934,20 @@ impl FdScan {
     pub(crate) fn socket_queues(&self) -> Vec<(i32, u64, bool)> {
         let mut out: Vec<(i32, u64, bool)> = Vec::new();
         for e in &self.entries {
-            if let FdKind::Socket(super::sockets::Socket::Pair(p)) = &e.kind {
-                if !out.iter().any(|(_, ino, _)| *ino == p.ino) {
-                    out.push((e.fd, p.ino, p.ty != libc::SOCK_STREAM));
+            let (ino, msg) = match &e.kind {
+                FdKind::Socket(super::sockets::Socket::Pair(p)) => {
+                    (p.ino, p.ty != libc::SOCK_STREAM)
                 }
+                // A bound datagram receiver's queue (its messages are queued again).
+                FdKind::Socket(super::sockets::Socket::Bound(b))
+                    if !b.addr.is_empty() && b.sock.ty == libc::SOCK_DGRAM =>
+                {
+                    (b.sock.ino, true)
+                }
+                _ => continue,
+            };
+            if !out.iter().any(|(_, i, _)| *i == ino) {
+                out.push((e.fd, ino, msg));
             }
         }
         out

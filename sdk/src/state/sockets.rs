@@ -63,6 +63,11 @@ pub struct Bound {
     /// For a relative path: the directory it names a file in (the working directory at the
     /// checkpoint, where the file was found); bound again from there, by the same relative name.
     pub dir: String,
+    /// A datagram receiver's queued messages (from senders without a name), one after the
+    /// other; sent to it again from a socket without a name once it is bound.
+    pub queued: Option<PayloadRef>,
+    /// Their lengths.
+    pub messages: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,7 +375,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     });
                 let bound = d.name.as_ref().is_some_and(|n| !n.is_empty());
                 if bound || named_peer.is_some() {
-                    if (d.peer != 0 && named_peer.is_none()) || d.shutdown != 0 || d.rqueue != 0 {
+                    // Messages queued to a bound datagram receiver are read by the checkpoint
+                    // handler and sent to it again; other queues belong to connections.
+                    let queue_kept = bound && ty == libc::SOCK_DGRAM;
+                    if (d.peer != 0 && named_peer.is_none())
+                        || d.shutdown != 0
+                        || (d.rqueue != 0 && !queue_kept)
+                    {
                         return refuse(
                             "a bound AF_UNIX socket that is connected, shut down or has messages queued is not restored".into(),
                         );
@@ -421,6 +432,8 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         unlinked,
                         dir,
                         peer: named_peer.unwrap_or_default(),
+                        queued: None,
+                        messages: Vec::new(),
                     }));
                 }
                 if d.peer == 0 && d.shutdown == 0 && d.rqueue == 0 {
@@ -578,15 +591,22 @@ pub fn recreate(
                     describe(&b.addr)
                 };
                 let sock = u.make(&format!("socket {what}"))?;
+                let bytes = b.queued.map(&mut queued).transpose()?;
                 if !b.addr.is_empty() {
                     in_dir(&b.dir, || {
-                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked)
+                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked)?;
+                        // Queued again by address while the name still reaches it (before
+                        // a removed socket file is removed again).
+                        if let Some(bytes) = &bytes {
+                            send_messages(&b.addr, bytes, &b.messages)?;
+                        }
+                        unlink_again(&b.addr, b.unlinked)
                     })
                     .map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
                             format!("socket {what}: the address is in use (stop what holds it)")
                         } else {
-                            format!("socket {what}: cannot bind: {e}")
+                            format!("socket {what}: cannot bind it and queue its messages: {e}")
                         }
                     })?;
                 }
@@ -671,15 +691,44 @@ fn path_gone(addr: &[u8]) -> bool {
         && path.parent().is_some_and(|d| d.is_dir())
 }
 
-/// Binds `fd` to `addr` and, for a socket whose file had been removed (`unlinked`), removes it
-/// again: the socket keeps its name (getsockname), and nobody can connect to it by that path.
-/// The path must then be free.
+/// Binds `fd` to `addr`. A socket whose file had been removed (`unlinked`) is bound where the
+/// path must be free; its caller removes the file again (the socket keeps its name, and nobody
+/// can connect to it by that path). A listener does so at once.
 fn bind_again(fd: i32, addr: &[u8], path_ino: u64, unlinked: bool) -> std::io::Result<()> {
     if unlinked {
-        crate::sys::bind(fd, addr)?;
-        return std::fs::remove_file(sun_path(addr));
+        return crate::sys::bind(fd, addr);
     }
     bind_replacing_stale(fd, addr, path_ino)
+}
+
+/// Removes the socket file of a socket bound again whose file had been removed (`unlinked`).
+fn unlink_again(addr: &[u8], unlinked: bool) -> std::io::Result<()> {
+    if unlinked {
+        std::fs::remove_file(sun_path(addr))?;
+    }
+    Ok(())
+}
+
+/// Sends `messages` (their lengths; their bytes one after the other in `bytes`) to the datagram
+/// socket bound to `addr`, in order, from a new socket without a name: as each was queued by a
+/// sender without one.
+fn send_messages(addr: &[u8], bytes: &[u8], messages: &[u32]) -> std::io::Result<()> {
+    let from = crate::sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)?;
+    let mut at = 0usize;
+    for &len in messages {
+        let msg = bytes.get(at..at + len as usize).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "its queued messages do not match their bytes",
+            )
+        })?;
+        let n = crate::sys::sendto_nowait(from.as_raw_fd(), msg, addr)?;
+        if n != msg.len() {
+            return Err(std::io::Error::other("a message was cut"));
+        }
+        at += len as usize;
+    }
+    Ok(())
 }
 
 /// Binds `fd` to `addr`. A socket file at that path that is the first life's own (`path_ino`)
@@ -803,7 +852,11 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     }
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
-    in_dir(&l.dir, || bind_again(fd, &l.addr, l.path_ino, l.unlinked)).map_err(|e| {
+    in_dir(&l.dir, || {
+        bind_again(fd, &l.addr, l.path_ino, l.unlinked)?;
+        unlink_again(&l.addr, l.unlinked)
+    })
+    .map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
