@@ -118,6 +118,11 @@ fn main() {
     // A datagram pair with one end shut down for reading: the other end's sends fail.
     let (du_a, du_b) = UnixDatagram::pair().unwrap();
     du_a.shutdown(std::net::Shutdown::Read).unwrap();
+    // A datagram pair whose other end was closed after sending: its messages still wait.
+    let (widow, gone) = UnixDatagram::pair().unwrap();
+    gone.send(b"left behind").unwrap();
+    gone.send(b"and this").unwrap();
+    drop(gone);
     // Messages waiting: three datagrams, two seqpackets.
     let (dq_a, dq_b) = UnixDatagram::pair().unwrap();
     for m in [&b"one"[..], b"three", b"xy"] {
@@ -439,6 +444,18 @@ fn main() {
         "datagram pair: an end shut down for reading stays so",
         to_shut == Err(Some(libc::EPIPE)) && from_shut,
         format!("{to_shut:?}"),
+    );
+    let mut buf = [0u8; 32];
+    let mut left = Vec::new();
+    widow.set_nonblocking(true).unwrap();
+    while let Ok(n) = widow.recv(&mut buf) {
+        left.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let refused = widow.send(b"x").map_err(|e| e.raw_os_error());
+    ch.check(
+        "datagram pair whose other end closed: its messages wait, sending is refused",
+        left == ["left behind", "and this"] && refused == Err(Some(libc::ECONNREFUSED)),
+        format!("{left:?} {refused:?}"),
     );
     // What waited in the receivers at the checkpoint, in order, from senders without names.
     let mut queued = Vec::new();

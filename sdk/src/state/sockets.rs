@@ -448,7 +448,12 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     }));
                 }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
-                if !peer_open && d.shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
+                // An unnamed datagram socket with messages (or a shutdown) and no peer left:
+                // only the other end of its pair could have queued to it, and that end was
+                // closed (the kernel shows no shutdown for a datagram pair). Made again as a pair
+                // whose other end is closed again.
+                let widowed = ty == libc::SOCK_DGRAM && d.peer == 0;
+                if !peer_open && !widowed && d.shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
                     return refuse(if d.peer == 0 {
                         "AF_UNIX socket that is not connected".to_owned()
                     } else {
