@@ -9,8 +9,9 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 29] = [
+const CHECKS: [&str; 30] = [
     "datagram pair: an end shut down for reading stays so",
+    "unix path listener: its socket file's mode and group",
     "datagram pair whose other end closed: its messages wait, sending is refused",
     "bound datagram receivers: the messages queued at the checkpoint, in order, from no name",
     "datagram pair: queued messages, one by one",

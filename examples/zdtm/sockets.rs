@@ -155,6 +155,12 @@ fn main() {
     let path = format!("{image}.sock");
     let _ = std::fs::remove_file(&path);
     let unix_path = UnixListener::bind(&path).unwrap().into_raw_fd();
+    // Opened to a group, as a server shares its socket: the file keeps its mode and owner.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let group = if root { 65534 } else { unsafe_getegid() };
+    std::os::unix::fs::chown(&path, None, Some(group)).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o660)).unwrap();
     let abstract_name = format!("thaw-zdtm-sockets-{}", std::process::id());
     let abs = {
         use std::os::linux::net::SocketAddrExt;
@@ -344,6 +350,16 @@ fn main() {
     let up = std::mem::ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(unix_path) });
     let _c = UnixStream::connect(&path).unwrap();
     ch.check("unix path listener: accepts", up.accept().is_ok(), "");
+    let file = std::fs::metadata(&path).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.mode() & 0o7777, m.gid())
+    });
+    ch.check(
+        "unix path listener: its socket file's mode and group",
+        file.as_ref()
+            .is_ok_and(|&(mode, gid)| mode == 0o660 && gid == group),
+        format!("{file:?}, want 0o660 and group {group}"),
+    );
     // SAFETY: as above.
     let ua = std::mem::ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(abs) });
     let _c2 = {
@@ -541,6 +557,11 @@ fn main() {
     let _ = std::fs::remove_file("rel.dgram");
     let _ = std::fs::remove_file(&path);
     ch.finish();
+}
+
+fn unsafe_getegid() -> u32 {
+    // SAFETY: getegid has no preconditions.
+    unsafe { libc::getegid() }
 }
 
 fn unsafe_zeroed_un() -> libc::sockaddr_un {

@@ -63,11 +63,59 @@ pub struct Bound {
     /// For a relative path: the directory it names a file in (the working directory at the
     /// checkpoint, where the file was found); bound again from there, by the same relative name.
     pub dir: String,
+    /// Its socket file's permissions and owner (a path it still has its file at).
+    pub file: Option<SocketFile>,
     /// A datagram receiver's queued messages (from senders without a name), one after the
     /// other; sent to it again from a socket without a name once it is bound.
     pub queued: Option<PayloadRef>,
     /// Their lengths.
     pub messages: Vec<u32>,
+}
+
+/// The permissions and owner of a socket's file (a path address): who may connect to it. A
+/// server that opens its socket to a group (chmod, chown) has it so again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketFile {
+    /// The permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SocketFile {
+    /// Of the socket file at `addr`'s path (relative to `dir`, where not empty).
+    fn of(addr: &[u8], dir: &str) -> Option<SocketFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(std::path::Path::new(dir).join(sun_path(addr))).ok()?;
+        Some(SocketFile {
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        })
+    }
+
+    /// Gives the socket file at `addr` (just bound, in the current directory for a relative
+    /// one) these permissions and owner.
+    fn apply(&self, addr: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = sun_path(addr);
+        let m = std::fs::symlink_metadata(path)?;
+        if (m.uid(), m.gid()) != (self.uid, self.gid) {
+            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot give its socket file its owner back ({}:{}): {e}",
+                        self.uid, self.gid
+                    ),
+                )
+            })?;
+        }
+        if m.mode() & 0o7777 != self.mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +170,8 @@ pub struct Listener {
     pub unlinked: bool,
     /// See [`Bound::dir`].
     pub dir: String,
+    /// See [`Bound::file`].
+    pub file: Option<SocketFile>,
     pub opts: Vec<super::sockopts::SockOpt>,
 }
 
@@ -315,7 +365,9 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .and_then(|d| d.vfs_ino)
                         .filter(|_| family == libc::AF_UNIX && addr.get(2) != Some(&0) && !unlinked)
                         .unwrap_or(0);
+                    let file = (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten();
                     return Ok(Socket::Listener(Listener {
+                        file,
                         ino,
                         family,
                         ty,
@@ -427,6 +479,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             opts: super::sockopts::dump(fd, family, ty, protocol)
                         .map_err(|w| (FdClass::Socket, w))?,
                         },
+                        file: (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten(),
                         addr,
                         path_ino,
                         unlinked,
@@ -599,7 +652,7 @@ pub fn recreate(
                 let bytes = b.queued.map(&mut queued).transpose()?;
                 if !b.addr.is_empty() {
                     in_dir(&b.dir, || {
-                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked)?;
+                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked, b.file)?;
                         // Queued again by address while the name still reaches it (before
                         // a removed socket file is removed again).
                         if let Some(bytes) = &bytes {
@@ -699,11 +752,19 @@ fn path_gone(addr: &[u8]) -> bool {
 /// Binds `fd` to `addr`. A socket whose file had been removed (`unlinked`) is bound where the
 /// path must be free; its caller removes the file again (the socket keeps its name, and nobody
 /// can connect to it by that path). A listener does so at once.
-fn bind_again(fd: i32, addr: &[u8], path_ino: u64, unlinked: bool) -> std::io::Result<()> {
+/// A socket file had `file`'s permissions and owner: it gets them again.
+fn bind_again(
+    fd: i32,
+    addr: &[u8],
+    path_ino: u64,
+    unlinked: bool,
+    file: Option<SocketFile>,
+) -> std::io::Result<()> {
     if unlinked {
         return crate::sys::bind(fd, addr);
     }
-    bind_replacing_stale(fd, addr, path_ino)
+    bind_replacing_stale(fd, addr, path_ino)?;
+    file.map_or(Ok(()), |f| f.apply(addr))
 }
 
 /// Removes the socket file of a socket bound again whose file had been removed (`unlinked`).
@@ -858,7 +919,7 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
     in_dir(&l.dir, || {
-        bind_again(fd, &l.addr, l.path_ino, l.unlinked)?;
+        bind_again(fd, &l.addr, l.path_ino, l.unlinked, l.file)?;
         unlink_again(&l.addr, l.unlinked)
     })
     .map_err(|e| {
