@@ -366,6 +366,20 @@ fn serve_refuses_what_it_cannot_do() {
         assert!(text(&o).contains(why), "{}", text(&o));
     }
 
+    // Connections waiting in a listener would be one instance's: refused too.
+    let dir = env.path("backlog");
+    std::fs::create_dir(&dir).unwrap();
+    let img = env.checkpoint("zdtm-backlog", "b.thaw", &[dir.to_str().unwrap()]);
+    let o = Server::try_start(&env, &img, &[])
+        .err()
+        .expect("served an image with waiting connections");
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        text(&o).contains("connections would be one instance's"),
+        "{}",
+        text(&o)
+    );
+
     let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
     let file = env.path("not-a-socket");
     std::fs::write(&file, "data").unwrap();

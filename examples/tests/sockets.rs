@@ -156,3 +156,35 @@ fn an_empty_queued_datagram_is_refused() {
     );
     assert!(!env.path("q.thaw").exists());
 }
+
+/// Connections the process made to its own AF_UNIX listeners and had not accepted wait there
+/// again, in order (open, half-closed; seqpacket too). One with bytes already sent into it, or
+/// whose connecting socket was closed, is refused, naming why.
+#[test]
+fn connections_waiting_to_be_accepted_wait_again() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let img = env.checkpoint("zdtm-backlog", "b.thaw", &[d]);
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(
+        &o,
+        &[
+            "two connections wait, no more",
+            "waiting connections in their order: open, shut down for sending",
+            "seqpacket listener: its waiting connection, message boundaries kept",
+        ],
+    );
+    for (mode, why) in [
+        ("sent", "has bytes sent into it already"),
+        ("closed", "whose connecting socket was closed"),
+    ] {
+        let o = env.first_life("zdtm-backlog", "s.thaw", &[d, mode]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(why),
+            "{}",
+            text(&o)
+        );
+    }
+}

@@ -1196,6 +1196,16 @@ pub fn bind(fd: i32, addr: &[u8]) -> io::Result<()> {
     .map(drop)
 }
 
+/// connect(fd, addr) without waiting: an AF_UNIX listener whose queue is full refuses at once
+/// (EAGAIN) instead of blocking. The descriptor's flags are left as they were.
+pub fn connect_nowait(fd: i32, addr: &[u8]) -> io::Result<()> {
+    let flags = fcntl(fd, libc::F_GETFL, 0)?;
+    fcntl(fd, libc::F_SETFL, (flags | libc::O_NONBLOCK as i64) as u64)?;
+    let r = connect(fd, addr);
+    fcntl(fd, libc::F_SETFL, flags as u64)?;
+    r
+}
+
 pub fn connect(fd: i32, addr: &[u8]) -> io::Result<()> {
     check(syscall6(
         libc::SYS_connect,

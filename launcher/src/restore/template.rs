@@ -237,6 +237,21 @@ impl Template {
                 z.pid, z.comm
             )));
         }
+        // Instances share the template's listeners: a connection waiting in one would be one
+        // instance's, not each one's.
+        if let Some(l) = m.files.iter().find_map(|e| match &e.kind {
+            thaw::state::files::FdKind::Socket(thaw::state::sockets::Socket::Listener(l))
+                if !l.pending.is_empty() =>
+            {
+                Some(l)
+            }
+            _ => None,
+        }) {
+            return Err(refused(format!(
+                "socket:[{}]: connections of the process wait to be accepted by one of its listeners; instances share the template's listeners, so the connections would be one instance's: restore this image with thaw run",
+                l.ino
+            )));
+        }
         // An instance's standard descriptors are its caller's; the template's epoll instance
         // would go on watching the template's own.
         if let Some((epfd, w)) = thaw::state::epoll::standard_watches(&m.files).first() {

@@ -333,6 +333,49 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             crate::state::inet::validate(i).map_err(|e| format!("fd {}: {e}", f.fd))?;
         }
     }
+    // Connections waiting in a listener's queue: each listed once, by the listener it names.
+    let sockets: Vec<&crate::state::sockets::Socket> = m
+        .files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Socket(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    for s in &sockets {
+        use crate::state::sockets::Socket;
+        if let Socket::Listener(l) = s {
+            bound("connections waiting to be accepted", l.pending.len(), 4096)?;
+            if !l.pending.is_empty() && l.family != libc::AF_UNIX {
+                return Err(format!(
+                    "socket:[{}]: connections waiting in a listener other than AF_UNIX",
+                    l.ino
+                ));
+            }
+            for &c in &l.pending {
+                let ok = sockets
+                    .iter()
+                    .any(|k| matches!(k, Socket::Connecting(k) if k.sock.ino == c && k.listener == l.ino));
+                if !ok || l.pending.iter().filter(|&&x| x == c).count() != 1 {
+                    return Err(format!(
+                        "socket:[{}]: its waiting connection socket:[{c}] is not one of its own",
+                        l.ino
+                    ));
+                }
+            }
+        }
+        if let Socket::Connecting(k) = s {
+            let listed = sockets.iter().any(|l| {
+                matches!(l, Socket::Listener(l) if l.ino == k.listener && l.pending.contains(&k.sock.ino))
+            });
+            if !listed {
+                return Err(format!(
+                    "socket:[{}]: connecting to socket:[{}], which does not list it",
+                    k.sock.ino, k.listener
+                ));
+            }
+        }
+    }
     // Socket pairs: at most two ends, of one type.
     let mut pairs: std::collections::BTreeMap<u64, (BTreeSet<u64>, i32)> = Default::default();
     for f in &m.files {

@@ -33,6 +33,9 @@ pub enum Socket {
     /// An AF_INET/AF_INET6 socket without a connection: a TCP socket never connected, or a UDP
     /// socket (see [`super::inet`]).
     Inet(super::inet::InetSocket),
+    /// An AF_UNIX socket that connected to a listener of this process, its connection not
+    /// accepted yet: connected again, in its place in the listener's queue.
+    Connecting(Connecting),
 }
 
 impl Socket {
@@ -43,6 +46,7 @@ impl Socket {
             Socket::Unconnected(u) => u.ino,
             Socket::Bound(b) => b.sock.ino,
             Socket::Inet(i) => i.ino,
+            Socket::Connecting(c) => c.sock.ino,
         }
     }
 }
@@ -70,6 +74,15 @@ pub struct Bound {
     pub queued: Option<PayloadRef>,
     /// Their lengths.
     pub messages: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connecting {
+    pub sock: Unconnected,
+    /// The listener (its inode) whose queue its connection waits in.
+    pub listener: u64,
+    /// It shut down its sending side (the accepted socket will read end of file).
+    pub send_shutdown: bool,
 }
 
 /// The permissions and owner of a socket's file (a path address): who may connect to it. A
@@ -172,6 +185,9 @@ pub struct Listener {
     pub dir: String,
     /// See [`Bound::file`].
     pub file: Option<SocketFile>,
+    /// Connections waiting to be accepted (AF_UNIX), in the order `accept` takes them: the
+    /// inode of the process's socket that connected.
+    pub pending: Vec<u64>,
     pub opts: Vec<super::sockopts::SockOpt>,
 }
 
@@ -181,6 +197,9 @@ const SEND_SHUTDOWN: u8 = 2;
 /// What NETLINK_SOCK_DIAG says about one AF_UNIX socket.
 #[derive(Debug, Default, Clone)]
 struct UnixDiag {
+    /// TCP_CLOSE (7) for a socket never connected, TCP_ESTABLISHED (1) for a connected one (its
+    /// peer may be gone, or be a connection not accepted yet, which has no inode), TCP_LISTEN.
+    state: u8,
     peer: u64,
     shutdown: u8,
     rqueue: u32,
@@ -188,12 +207,17 @@ struct UnixDiag {
     name: Option<Vec<u8>>,
     /// The inode of the file a path-bound socket is bound to (UNIX_DIAG_VFS).
     vfs_ino: Option<u64>,
+    /// A listener's connections waiting to be accepted, in queue order, each as the inode of the
+    /// socket that connected (0: closed since) (UNIX_DIAG_ICONS).
+    icons: Vec<u64>,
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_VFS: u32 = 2;
 const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_ICONS: u32 = 8;
+const UNIX_DIAG_ICONS: u16 = 3;
 const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_VFS: u16 = 1;
@@ -201,6 +225,8 @@ const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 const TCP_LISTEN: u8 = 10;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE: u8 = 7;
 
 pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     b.get(o..o + 4)
@@ -214,7 +240,8 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(
-        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes(),
+        &(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN)
+            .to_ne_bytes(),
     );
     req.extend_from_slice(&[0xff; 8]);
     let mut out = BTreeMap::new();
@@ -224,7 +251,10 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
             continue;
         }
         let ino = u64::from(u32_at(&msg, 4));
-        let mut d = UnixDiag::default();
+        let mut d = UnixDiag {
+            state: msg[2],
+            ..UnixDiag::default()
+        };
         let mut at = 16;
         while at + 4 <= msg.len() {
             let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
@@ -237,6 +267,12 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
                 UNIX_DIAG_NAME => d.name = Some(data.to_vec()),
                 UNIX_DIAG_PEER => d.peer = u64::from(u32_at(data, 0)),
                 UNIX_DIAG_VFS => d.vfs_ino = Some(u64::from(u32_at(data, 0))),
+                UNIX_DIAG_ICONS => {
+                    d.icons = data
+                        .chunks_exact(4)
+                        .map(|c| u64::from(u32_at(c, 0)))
+                        .collect()
+                }
                 UNIX_DIAG_RQLEN => {
                     d.rqueue = u32_at(data, 0);
                     d.wqueue = u32_at(data, 4);
@@ -249,6 +285,40 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
         out.insert(ino, d);
     }
     Ok(out)
+}
+
+/// The connections waiting in listener `ino`'s queue, in order, each as the inode of the
+/// process's socket that connected; empty if one came from another process (refused as
+/// before), an error naming why for one that cannot be made again.
+fn pending_connections(
+    unix: Option<&BTreeMap<u64, UnixDiag>>,
+    ino: u64,
+    ours: &[u64],
+) -> Result<Vec<u64>, String> {
+    let Some(l) = unix.and_then(|u| u.get(&ino)) else {
+        return Ok(Vec::new());
+    };
+    if l.icons.contains(&0) {
+        return Err("a connection waiting to be accepted whose connecting socket was closed: whether it sent bytes first cannot be seen".into());
+    }
+    if l.icons.iter().any(|c| !ours.contains(c)) {
+        return Ok(Vec::new());
+    }
+    Ok(l.icons.clone())
+}
+
+/// The listener of this process (its inode) in whose queue the connection of socket `client`
+/// waits.
+fn waiting_in(unix: &BTreeMap<u64, UnixDiag>, client: u64, ours: &[u64]) -> Option<u64> {
+    unix.iter()
+        .find(|(l, d)| ours.contains(l) && d.icons.contains(&client))
+        .map(|(l, _)| *l)
+}
+
+/// Whether socket `client`'s connection waits in the queue of a listener of another process.
+fn waiting_elsewhere(unix: &BTreeMap<u64, UnixDiag>, client: u64, ours: &[u64]) -> bool {
+    unix.iter()
+        .any(|(l, d)| !ours.contains(l) && d.icons.contains(&client))
 }
 
 /// Listening sockets: inode → (pending connections, backlog).
@@ -326,7 +396,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                             ))
                         }
                     };
-                    if pending > 0 {
+                    let waiting = if family == libc::AF_UNIX {
+                        pending_connections(unix.as_ref().ok(), ino, &ours)
+                            .map_err(|w| (FdClass::Socket, w))?
+                    } else {
+                        Vec::new()
+                    };
+                    if pending > 0 && waiting.is_empty() {
                         return refuse(format!(
                             "listening socket has {pending} connection(s) waiting to be accepted"
                         ));
@@ -366,8 +442,15 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .filter(|_| family == libc::AF_UNIX && addr.get(2) != Some(&0) && !unlinked)
                         .unwrap_or(0);
                     let file = (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten();
+                    if !waiting.is_empty() && unlinked {
+                        return refuse(format!(
+                            "listening on {:?}, whose socket file was removed, with connections waiting to be accepted: they could not be made again by that name",
+                            describe(&addr)
+                        ));
+                    }
                     return Ok(Socket::Listener(Listener {
                         file,
+                        pending: waiting,
                         ino,
                         family,
                         ty,
@@ -489,7 +572,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         messages: Vec::new(),
                     }));
                 }
-                if d.peer == 0 && d.shutdown == 0 && d.rqueue == 0 {
+                // Never connected (a stream socket whose connection waits, or whose peer is
+                // gone, shows no peer either).
+                if d.peer == 0
+                    && d.shutdown == 0
+                    && d.rqueue == 0
+                    && (ty == libc::SOCK_DGRAM || d.state == TCP_CLOSE)
+                {
                     return Ok(Socket::Unconnected(Unconnected {
                         ino,
                         ty,
@@ -498,6 +587,32 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         passcred: opt(libc::SO_PASSCRED) != 0,
                         opts: super::sockopts::dump(fd, family, ty, protocol)
                         .map_err(|w| (FdClass::Socket, w))?,
+                    }));
+                }
+                // Connected, its connection not accepted yet (its peer has no inode until then).
+                let pending = ty != libc::SOCK_DGRAM && d.state == TCP_ESTABLISHED && d.peer == 0;
+                if pending && unix.as_ref().is_ok_and(|u| waiting_elsewhere(u, ino, &ours)) {
+                    return refuse("connected to a listening socket of another process, not accepted yet".into());
+                }
+                if let Some(listener) = pending
+                    .then(|| waiting_in(unix.as_ref().ok()?, ino, &ours))
+                    .flatten()
+                {
+                    if d.rqueue != 0 || d.wqueue != 0 || d.shutdown & RCV_SHUTDOWN != 0 {
+                        return refuse("a connection waiting to be accepted has bytes sent into it already (or is shut down for reading), which cannot be read before it is accepted".into());
+                    }
+                    return Ok(Socket::Connecting(Connecting {
+                        sock: Unconnected {
+                            ino,
+                            ty,
+                            sndbuf: opt(libc::SO_SNDBUF),
+                            rcvbuf: opt(libc::SO_RCVBUF),
+                            passcred: opt(libc::SO_PASSCRED) != 0,
+                            opts: super::sockopts::dump(fd, family, ty, protocol)
+                                .map_err(|w| (FdClass::Socket, w))?,
+                        },
+                        listener,
+                        send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
                     }));
                 }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
@@ -546,7 +661,11 @@ pub fn recreate(
     let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
     let ends = sockets.iter().filter_map(|s| match s {
         Socket::Pair(p) => Some(p),
-        Socket::Listener(_) | Socket::Unconnected(_) | Socket::Bound(_) | Socket::Inet(_) => None,
+        Socket::Listener(_)
+        | Socket::Unconnected(_)
+        | Socket::Bound(_)
+        | Socket::Inet(_)
+        | Socket::Connecting(_) => None,
     });
     for e in ends {
         let v = pairs.entry(e.pair).or_default();
@@ -637,7 +756,24 @@ pub fn recreate(
     for s in sockets {
         if let Socket::Listener(l) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
-                v.insert(listener(l, given)?);
+                let clients = l
+                    .pending
+                    .iter()
+                    .map(|&c| {
+                        sockets
+                            .iter()
+                            .find_map(|s| match s {
+                                Socket::Connecting(k) if k.sock.ino == c => Some(k),
+                                _ => None,
+                            })
+                            .ok_or_else(|| {
+                                format!("socket:[{}]: its waiting connection socket:[{c}] is not in the image", l.ino)
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (sock, connected) = listener(l, given, &clients)?;
+                v.insert(sock);
+                out.extend(connected);
             }
         }
         if let Socket::Bound(b) = s {
@@ -818,6 +954,12 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
 }
 
 impl Unconnected {
+    /// As [`Self::make`], for a caller that reports errors itself.
+    fn make_io(&self) -> std::io::Result<OwnedFd> {
+        self.make(&format!("socket:[{}]", self.ino))
+            .map_err(std::io::Error::other)
+    }
+
     /// A new AF_UNIX socket of its type with its options (`what` begins an error).
     fn make(&self, what: &str) -> Result<OwnedFd, String> {
         let sock = crate::sys::socket(libc::AF_UNIX, self.ty, 0)
@@ -887,8 +1029,19 @@ pub fn describe(addr: &[u8]) -> String {
     }
 }
 
-fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
+/// A listening socket made again (or the one handed in), and the sockets of `clients` (a
+/// closed one: None) connected to it again in its queue's order, by inode.
+fn listener(
+    l: &Listener,
+    given: &[OwnedFd],
+    clients: &[&Connecting],
+) -> Result<(OwnedFd, Vec<(u64, OwnedFd)>), String> {
     let what = describe(&l.addr);
+    if !clients.is_empty() && !given.is_empty() {
+        return Err(format!(
+            "listening socket {what}: connections of the process wait in its queue, which a listening socket handed in cannot be given"
+        ));
+    }
     for g in given {
         let fd = g.as_raw_fd();
         let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1);
@@ -899,6 +1052,7 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
         {
             return g
                 .try_clone()
+                .map(|g| (g, Vec::new()))
                 .map_err(|e| format!("listening socket {what}: {e}"));
         }
     }
@@ -918,8 +1072,20 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
     }
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
+    let mut connected = Vec::new();
     in_dir(&l.dir, || {
         bind_again(fd, &l.addr, l.path_ino, l.unlinked, l.file)?;
+        crate::sys::listen(fd, l.backlog.max(1))?;
+        // The connections that waited to be accepted, in their order, by address (before a
+        // removed socket file is removed again).
+        for c in clients {
+            let sock = c.sock.make_io()?;
+            crate::sys::connect_nowait(sock.as_raw_fd(), &l.addr)?;
+            if c.send_shutdown {
+                crate::sys::shutdown(sock.as_raw_fd(), libc::SHUT_WR)?;
+            }
+            connected.push((c.sock.ino, sock));
+        }
         unlink_again(&l.addr, l.unlinked)
     })
     .map_err(|e| {
@@ -928,12 +1094,10 @@ fn listener(l: &Listener, given: &[OwnedFd]) -> Result<OwnedFd, String> {
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
             )
         } else {
-            format!("listening socket {what}: cannot bind: {e}")
+            format!("listening socket {what}: cannot bind, listen and queue its waiting connections again: {e}")
         }
     })?;
-    crate::sys::listen(fd, l.backlog.max(1))
-        .map_err(|e| format!("listening socket {what}: cannot listen: {e}"))?;
-    Ok(s)
+    Ok((s, connected))
 }
 
 #[cfg(test)]
