@@ -287,6 +287,7 @@ fn files_directories_and_pipes() {
             "FIFO: an empty one, still empty",
             "epoll: a registration whose number holds another file now watches its own file",
             "FIFO opened again by its name, the same FIFO, with its flags",
+            "FIFO removed while open: its bytes, one buffer for its descriptors, its mode, still removed",
         ],
     );
     // The FIFO's bytes are put back only into an empty FIFO: one that holds someone else's

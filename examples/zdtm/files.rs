@@ -100,6 +100,17 @@ fn main() {
     assert_eq!(wrote, 7);
     // A second FIFO, empty: opened again by its name, still empty.
     let (_, empty) = make_fifo("empty.fifo");
+    // A FIFO removed while open (a reader and a writer of it, bytes waiting): made again,
+    // opened, given its bytes and removed, so that its descriptors still share one buffer.
+    let (ghost_c, ghost) = make_fifo("ghost.fifo");
+    // SAFETY: open, chmod and write on our own FIFO, by its NUL-terminated path.
+    let ghost_rd = unsafe {
+        let r = libc::open(ghost_c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+        libc::chmod(ghost_c.as_ptr(), 0o640);
+        assert_eq!(libc::write(ghost, b"boo".as_ptr().cast(), 3), 3);
+        r
+    };
+    std::fs::remove_file(dir.join("ghost.fifo")).unwrap();
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
@@ -218,6 +229,29 @@ fn main() {
                 libc::fcntl(fifo, libc::F_GETFL),
             )
         };
+        // SAFETY: reads, writes and fstat of our own descriptors into locals.
+        let (before, after, mode) = unsafe {
+            let mut b = [0u8; 8];
+            let n = libc::read(ghost_rd, b.as_mut_ptr().cast(), 8);
+            let before = String::from_utf8_lossy(&b[..n.max(0) as usize]).into_owned();
+            libc::write(ghost, b"again".as_ptr().cast(), 5);
+            let n = libc::read(ghost_rd, b.as_mut_ptr().cast(), 8);
+            let after = String::from_utf8_lossy(&b[..n.max(0) as usize]).into_owned();
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(ghost_rd, &mut st);
+            (before, after, st.st_mode)
+        };
+        let link = std::fs::read_link(format!("/proc/self/fd/{ghost_rd}")).unwrap_or_default();
+        c.check(
+            "FIFO removed while open: its bytes, one buffer for its descriptors, its mode, still removed",
+            before == "boo"
+                && after == "again"
+                && mode & libc::S_IFMT == libc::S_IFIFO
+                && mode & 0o7777 == 0o640
+                && link.to_string_lossy().ends_with("ghost.fifo (deleted)")
+                && !dir.join("ghost.fifo").exists(),
+            format!("{before:?} {after:?} mode {mode:o} {link:?}"),
+        );
         c.check(
             "FIFO opened again by its name, the same FIFO, with its flags",
             same_fifo && flags & libc::O_ACCMODE == libc::O_RDWR && flags & libc::O_NONBLOCK != 0,

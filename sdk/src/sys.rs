@@ -155,6 +155,26 @@ pub fn open_path_dir(path: &str) -> io::Result<std::os::fd::OwnedFd> {
         .map(Into::into)
 }
 
+/// mkfifo(path, mode), the mode as given (the umask cleared from it by a chmod after).
+pub fn mkfifo(path: &str, mode: u32) -> io::Result<()> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    check(syscall6(
+        libc::SYS_mknodat,
+        [
+            libc::AT_FDCWD as u64,
+            c.as_ptr() as u64,
+            u64::from(libc::S_IFIFO | (mode & 0o7777)),
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    std::fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+    )
+}
+
 /// fchdir(fd).
 pub fn fchdir(fd: i32) -> io::Result<()> {
     check(syscall6(libc::SYS_fchdir, [fd as u64, 0, 0, 0, 0, 0])).map(drop)

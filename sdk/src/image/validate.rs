@@ -270,6 +270,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     return Err(format!("fd {}: malformed deleted directory", f.fd));
                 }
             }
+            FdKind::DeletedFifo { path, mode, .. } => {
+                let plain = path.starts_with('/')
+                    && !path.split('/').any(|c| c == ".." || c == ".")
+                    && !path.contains('\0');
+                if !plain || *mode > 0o7777 {
+                    return Err(format!("fd {}: malformed deleted FIFO", f.fd));
+                }
+            }
             FdKind::Memfd { object, .. } if !ids.contains(object) => {
                 return Err(format!("fd {}: unknown shared object {object}", f.fd));
             }

@@ -97,6 +97,16 @@ pub enum FdKind {
     /// A directory removed while open (necessarily empty): made again at its path with its
     /// mode, opened, and removed, so that /proc shows the same `PATH (deleted)`.
     DeletedDir { path: String, mode: u32 },
+    /// A FIFO (named pipe) removed while open: its buffer lives on while it is open. Made again
+    /// at its path with its mode and owner, opened by each of its descriptors (`id` tells which
+    /// share one), given back its waiting bytes, and removed.
+    DeletedFifo {
+        path: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        id: super::FileId,
+    },
 }
 
 /// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
@@ -637,6 +647,25 @@ impl FdScan {
                     (Ok(m), Some(_)) if m.file_type().is_dir() => {
                         "a directory removed while open, in a directory that is gone too: it cannot be made again where it was".to_owned()
                     }
+                    (Ok(m), Some(path))
+                        if m.file_type().is_fifo()
+                            && path.starts_with('/')
+                            && std::path::Path::new(path)
+                                .parent()
+                                .is_some_and(|p| p.is_dir()) =>
+                    {
+                        // Its waiting bytes are copied as a named FIFO's are.
+                        scan.fifos.push(fd);
+                        entry.kind = FdKind::DeletedFifo {
+                            path: path.to_owned(),
+                            mode: m.mode() & 0o7777,
+                            uid: m.uid(),
+                            gid: m.gid(),
+                            id: super::FileId::of(m),
+                        };
+                        scan.entries.push(entry);
+                        continue;
+                    }
                     _ => "the open file was deleted (only regular files and directories are kept)"
                         .to_owned(),
                 };
@@ -960,7 +989,7 @@ impl FdScan {
         let mut seen = Vec::new();
         let mut out = Vec::new();
         for e in self.entries.iter().filter(|e| self.fifos.contains(&e.fd)) {
-            let FdKind::Regular { id, .. } = &e.kind else {
+            let (FdKind::Regular { id, .. } | FdKind::DeletedFifo { id, .. }) = &e.kind else {
                 continue;
             };
             if seen.contains(id) {
@@ -1059,6 +1088,8 @@ pub fn reopen(
     let mut pipes: BTreeMap<u64, PipeState> = BTreeMap::new();
     // Per shared object and description: the description.
     let mut objects: BTreeMap<(u64, u32), OwnedFd> = BTreeMap::new();
+    // FIFOs removed while open, made again: removed once every descriptor of them is open.
+    let mut fifos = MadeFifos::default();
     for e in entries {
         let fd = e.fd;
         if let Some(first) = e.dup_of {
@@ -1171,6 +1202,24 @@ pub fn reopen(
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
             }
             FdKind::DeletedDir { path, mode } => reopen_deleted_dir(e, path, *mode)?,
+            FdKind::DeletedFifo {
+                path,
+                mode,
+                uid,
+                gid,
+                id,
+            } => {
+                if !fifos.made.iter().any(|(i, _, _)| i == id) {
+                    let holder = make_fifo_again(fd, path, *mode, *uid, *gid)?;
+                    fifos.made.push((*id, path.clone(), holder));
+                }
+                let f = reopen_fifo(e, path)?;
+                if let Some(bytes) = e.fifo_bytes {
+                    refill_fifo(&f, path, &payload(bytes)?)
+                        .map_err(|err| format!("fd {fd}: {err}"))?;
+                }
+                f
+            }
             FdKind::DevNull => {
                 let acc = e.flags & libc::O_ACCMODE as u32;
                 std::fs::OpenOptions::new()
@@ -1308,6 +1357,76 @@ fn refilled_pipe(fd: i32, bytes: &[u8], capacity: u32) -> Result<(OwnedFd, Owned
 
 /// Makes a directory removed while open again: created at its path (nothing may have that name
 /// now), opened with the descriptor's flags, and removed.
+/// FIFOs removed while open, made again for the restore: each with a reading end that keeps it
+/// (its buffer) alive while its descriptors are opened. Removed again when dropped, whatever
+/// happened.
+#[derive(Default)]
+struct MadeFifos {
+    made: Vec<(super::FileId, String, OwnedFd)>,
+}
+
+impl Drop for MadeFifos {
+    fn drop(&mut self) {
+        for (_, path, _) in &self.made {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Makes the FIFO at `path` again with its mode and owner; a reading end of it.
+fn make_fifo_again(fd: i32, path: &str, mode: u32, uid: u32, gid: u32) -> Result<OwnedFd, String> {
+    crate::sys::mkfifo(path, mode).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "fd {fd}: cannot make the deleted FIFO {path} again: something has that name now"
+            )
+        } else {
+            format!("fd {fd}: cannot make the deleted FIFO {path} again: {err}")
+        }
+    })?;
+    let made = (|| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        if (m.uid(), m.gid()) != (uid, gid) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(path)
+    })();
+    match made {
+        Ok(f) => Ok(f.into()),
+        Err(err) => {
+            let _ = std::fs::remove_file(path);
+            Err(format!(
+                "fd {fd}: cannot make the deleted FIFO {path} again as it was: {err}"
+            ))
+        }
+    }
+}
+
+/// Opens a FIFO made again (see [`make_fifo_again`]) as descriptor `e` was: its access mode,
+/// without blocking, then its own status flags.
+fn reopen_fifo(e: &FdEntry, path: &str) -> Result<OwnedFd, String> {
+    let fd = e.fd;
+    let acc = e.flags & libc::O_ACCMODE as u32;
+    let status = (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32;
+    let f = std::fs::OpenOptions::new()
+        .read(acc != libc::O_WRONLY as u32)
+        .write(acc != libc::O_RDONLY as u32)
+        .custom_flags(status | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|err| format!("fd {fd}: cannot open the deleted FIFO {path} again: {err}"))?;
+    crate::sys::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+        libc::F_SETFL,
+        status as u64,
+    )
+    .map_err(|err| format!("fd {fd}: cannot set its flags on {path}: {err}"))?;
+    Ok(f.into())
+}
+
 fn reopen_deleted_dir(e: &FdEntry, path: &str, mode: u32) -> Result<OwnedFd, String> {
     use std::os::unix::fs::DirBuilderExt;
     let fd = e.fd;
