@@ -277,6 +277,7 @@ fn files_directories_and_pipes() {
             "pipe opened twice: one pipe",
             "O_PATH descriptor",
             "a symlink opened itself (O_PATH | O_NOFOLLOW) is that symlink",
+            "a symlink opened itself and removed since is that symlink, removed",
             "pipe: end of file once the writer closes",
             "socket pair: end of file once the other end closes",
             "dup of a file: one offset",

@@ -57,6 +57,14 @@ fn main() {
     // SAFETY: open with a NUL-terminated path; the descriptor is kept open.
     let symlink_fd = unsafe { libc::open(link_c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW) };
     assert!(symlink_fd >= 0);
+    // Another, removed since: made again, opened so, removed again.
+    let gone_link = dir.join("gone-link");
+    std::os::unix::fs::symlink("somewhere/else", &gone_link).unwrap();
+    let gone_c = std::ffi::CString::new(gone_link.to_str().unwrap()).unwrap();
+    // SAFETY: open with a NUL-terminated path; the descriptor is kept open.
+    let gone_fd = unsafe { libc::open(gone_c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW) };
+    assert!(gone_fd >= 0);
+    std::fs::remove_file(&gone_link).unwrap();
     let fl = |fd: i32| {
         // SAFETY: F_GETFL has no memory effects.
         unsafe { libc::fcntl(fd, libc::F_GETFL) }
@@ -358,6 +366,26 @@ fn main() {
         (st.st_mode & libc::S_IFMT == libc::S_IFLNK, n)
     };
     let points_to = String::from_utf8_lossy(&target[..n.max(0) as usize]).into_owned();
+    // SAFETY: fstat and readlinkat on our own descriptor into our own buffers.
+    let (gone_is_link, gone_to) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(gone_fd, &mut st);
+        let mut t = [0u8; 64];
+        let n = libc::readlinkat(gone_fd, c"".as_ptr(), t.as_mut_ptr().cast(), 64);
+        (
+            st.st_mode & libc::S_IFMT == libc::S_IFLNK,
+            String::from_utf8_lossy(&t[..n.max(0) as usize]).into_owned(),
+        )
+    };
+    let gone_name = std::fs::read_link(format!("/proc/self/fd/{gone_fd}")).unwrap_or_default();
+    c.check(
+        "a symlink opened itself and removed since is that symlink, removed",
+        gone_is_link
+            && gone_to == "somewhere/else"
+            && gone_name.to_string_lossy().ends_with("gone-link (deleted)")
+            && std::fs::symlink_metadata(&gone_link).is_err(),
+        format!("{gone_is_link} {gone_to:?} {gone_name:?}"),
+    );
     c.check(
         "a symlink opened itself (O_PATH | O_NOFOLLOW) is that symlink",
         is_link && points_to == dir.join("data.txt").to_str().unwrap(),

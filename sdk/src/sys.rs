@@ -175,6 +175,26 @@ pub fn mkfifo(path: &str, mode: u32) -> io::Result<()> {
     )
 }
 
+/// The target of the symlink that descriptor `fd` (opened `O_PATH | O_NOFOLLOW`) is.
+pub fn symlink_target(fd: i32) -> io::Result<std::path::PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let n = check(syscall6(
+        libc::SYS_readlinkat,
+        [
+            fd as u64,
+            c"".as_ptr() as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+            0,
+            0,
+        ],
+    ))?;
+    buf.truncate(n as usize);
+    Ok(std::path::PathBuf::from(std::ffi::OsString::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(buf),
+    )))
+}
+
 /// fchdir(fd).
 pub fn fchdir(fd: i32) -> io::Result<()> {
     check(syscall6(libc::SYS_fchdir, [fd as u64, 0, 0, 0, 0, 0])).map(drop)

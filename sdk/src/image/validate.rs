@@ -270,6 +270,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     return Err(format!("fd {}: malformed deleted directory", f.fd));
                 }
             }
+            FdKind::DeletedSymlink { path, target, .. } => {
+                let plain = path.starts_with('/')
+                    && !path.split('/').any(|c| c == ".." || c == ".")
+                    && !path.contains('\0');
+                if !plain || target.is_empty() || target.contains('\0') {
+                    return Err(format!("fd {}: malformed deleted symlink", f.fd));
+                }
+            }
             FdKind::DeletedFifo { path, mode, .. } => {
                 let plain = path.starts_with('/')
                     && !path.split('/').any(|c| c == ".." || c == ".")

@@ -107,6 +107,14 @@ pub enum FdKind {
         gid: u32,
         id: super::FileId,
     },
+    /// A symlink opened itself (`O_PATH | O_NOFOLLOW`) and removed since: made again at its path
+    /// with its target and owner, opened so, and removed.
+    DeletedSymlink {
+        path: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 /// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
@@ -646,6 +654,28 @@ impl FdScan {
                     }
                     (Ok(m), Some(_)) if m.file_type().is_dir() => {
                         "a directory removed while open, in a directory that is gone too: it cannot be made again where it was".to_owned()
+                    }
+                    (Ok(m), Some(path))
+                        if m.file_type().is_symlink()
+                            && entry.flags & libc::O_PATH as u32 != 0
+                            && path.starts_with('/')
+                            && std::path::Path::new(path)
+                                .parent()
+                                .is_some_and(|p| p.is_dir()) =>
+                    {
+                        match crate::sys::symlink_target(fd) {
+                            Ok(t) => {
+                                entry.kind = FdKind::DeletedSymlink {
+                                    path: path.to_owned(),
+                                    target: t.to_string_lossy().into_owned(),
+                                    uid: m.uid(),
+                                    gid: m.gid(),
+                                };
+                                scan.entries.push(entry);
+                                continue;
+                            }
+                            Err(e) => format!("a symlink removed while open whose target cannot be read: {e}"),
+                        }
                     }
                     (Ok(m), Some(path))
                         if m.file_type().is_fifo()
@@ -1202,6 +1232,12 @@ pub fn reopen(
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
             }
             FdKind::DeletedDir { path, mode } => reopen_deleted_dir(e, path, *mode)?,
+            FdKind::DeletedSymlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => reopen_deleted_symlink(fd, path, target, *uid, *gid)?,
             FdKind::DeletedFifo {
                 path,
                 mode,
@@ -1424,6 +1460,40 @@ fn reopen_fifo(e: &FdEntry, path: &str) -> Result<OwnedFd, String> {
         status as u64,
     )
     .map_err(|err| format!("fd {fd}: cannot set its flags on {path}: {err}"))?;
+    Ok(f.into())
+}
+
+/// Makes the symlink at `path` again (to `target`, with its owner), opens it itself
+/// (`O_PATH | O_NOFOLLOW`) and removes it.
+fn reopen_deleted_symlink(
+    fd: i32,
+    path: &str,
+    target: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<OwnedFd, String> {
+    std::os::unix::fs::symlink(target, path).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("fd {fd}: cannot make the deleted symlink {path} again: something has that name now")
+        } else {
+            format!("fd {fd}: cannot make the deleted symlink {path} again: {err}")
+        }
+    })?;
+    let opened = (|| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        if (m.uid(), m.gid()) != (uid, gid) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path)
+    })();
+    let removed = std::fs::remove_file(path);
+    let f = opened
+        .map_err(|err| format!("fd {fd}: cannot open the deleted symlink {path} again: {err}"))?;
+    removed.map_err(|err| format!("fd {fd}: cannot remove {path} again: {err}"))?;
     Ok(f.into())
 }
 
