@@ -190,9 +190,9 @@ pub fn symlink_target(fd: i32) -> io::Result<std::path::PathBuf> {
         ],
     ))?;
     buf.truncate(n as usize);
-    Ok(std::path::PathBuf::from(std::ffi::OsString::from(
+    Ok(std::path::PathBuf::from(
         <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(buf),
-    )))
+    ))
 }
 
 /// fchdir(fd).
