@@ -172,6 +172,7 @@ fn connections_waiting_to_be_accepted_wait_again() {
         &[
             "two connections wait, no more",
             "waiting connections in their order: open, shut down for sending",
+            "an accepted connection: accepted from the listener again, its bytes both ways",
             "seqpacket listener: its waiting connection, message boundaries kept",
         ],
     );

@@ -1,6 +1,8 @@
 //! Connections waiting to be accepted (AF_UNIX): the process connected to its own listeners and
 //! has not accepted yet. After restore they wait in the same order: one still open, one whose
-//! connecting socket shut down its sending side; and a seqpacket listener's. Refused, naming
+//! connecting socket shut down its sending side; and a seqpacket listener's. A connection it
+//! accepted before comes back through the listener: the accepted end has the listener's name,
+//! bytes queued both ways wait again. Refused, naming
 //! why: with `sent`, the first connection has bytes sent into it (they cannot be read before it
 //! is accepted); with `closed`, a connecting socket was closed (whether it sent bytes first
 //! cannot be seen).
@@ -41,6 +43,11 @@ fn main() {
     let path = dir.join("backlog.sock");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
+    // Accepted before the checkpoint, bytes waiting both ways.
+    let mut early = UnixStream::connect(&path).unwrap();
+    let (mut early_server, _) = listener.accept().unwrap();
+    early.write_all(b"hello").unwrap();
+    early_server.write_all(b"world").unwrap();
     let mut open = UnixStream::connect(&path).unwrap();
     if sent {
         open.write_all(b"too soon").unwrap();
@@ -132,6 +139,32 @@ fn main() {
         "seqpacket listener: its waiting connection, message boundaries kept",
         acc >= 0 && got == 3,
         format!("accept {acc}, first message {got} bytes"),
+    );
+    let mut a = [0u8; 5];
+    let mut b = [0u8; 5];
+    let named = early_server
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_owned()));
+    let peer = early
+        .peer_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_owned()));
+    let mut bang = [0u8; 1];
+    let flows = early_server.read_exact(&mut a).is_ok()
+        && early.read_exact(&mut b).is_ok()
+        && early.write_all(b"!").is_ok()
+        && early_server
+            .read_exact(&mut bang)
+            .is_ok_and(|_| &bang == b"!");
+    c.check(
+        "an accepted connection: accepted from the listener again, its bytes both ways",
+        named.as_deref() == Some(path.as_path())
+            && peer.as_deref() == Some(path.as_path())
+            && &a == b"hello"
+            && &b == b"world"
+            && flows,
+        format!("{named:?} {peer:?} {a:?} {b:?} {flows}"),
     );
     let _ = std::fs::remove_file(&path);
     c.finish();

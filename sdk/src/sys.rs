@@ -195,6 +195,11 @@ pub fn symlink_target(fd: i32) -> io::Result<std::path::PathBuf> {
     ))
 }
 
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    syscall6(libc::SYS_geteuid, [0; 6]) as u32
+}
+
 /// fchdir(fd).
 pub fn fchdir(fd: i32) -> io::Result<()> {
     check(syscall6(libc::SYS_fchdir, [fd as u64, 0, 0, 0, 0, 0])).map(drop)
@@ -1007,6 +1012,31 @@ fn owned(fd: i64) -> std::os::fd::OwnedFd {
 }
 
 /// socket(domain, type | SOCK_CLOEXEC, protocol).
+/// accept4(fd, SOCK_CLOEXEC | SOCK_NONBLOCK) of a connection known to be waiting; the accepted
+/// socket is given back blocking (its flags are the restored descriptor's to set).
+pub fn accept_nowait(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    let s = check(syscall6(
+        libc::SYS_accept4,
+        [
+            fd as u64,
+            0,
+            0,
+            (libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64,
+            0,
+            0,
+        ],
+    ))
+    .map(owned)?;
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(s.as_raw_fd(), libc::F_GETFL, 0)?;
+    fcntl(
+        s.as_raw_fd(),
+        libc::F_SETFL,
+        (flags & !(libc::O_NONBLOCK as i64)) as u64,
+    )?;
+    Ok(s)
+}
+
 pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<std::os::fd::OwnedFd> {
     check(syscall6(
         libc::SYS_socket,

@@ -380,6 +380,19 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 }
             }
         }
+        // An accepted pair end names a listener of the image, of its type.
+        if let Socket::Pair(p) = s {
+            if p.accepted_from != 0
+                && !sockets.iter().any(|l| {
+                    matches!(l, Socket::Listener(l) if l.ino == p.accepted_from && l.family == libc::AF_UNIX && l.ty == p.ty)
+                })
+            {
+                return Err(format!(
+                    "socket:[{}]: accepted from socket:[{}], which is no listener of the image",
+                    p.ino, p.accepted_from
+                ));
+            }
+        }
         if let Socket::Connecting(k) = s {
             let listed = sockets.iter().any(|l| {
                 matches!(l, Socket::Listener(l) if l.ino == k.listener && l.pending.contains(&k.sock.ino))

@@ -158,6 +158,10 @@ pub struct PairEnd {
     pub queued: Option<PayloadRef>,
     /// A message-based socket (datagram, seqpacket): the lengths of the messages in `queued`.
     pub messages: Vec<u32>,
+    /// This end was accepted from the process's listener with this inode (it has the
+    /// listener's name, its other end connected to it): made again by connecting to that
+    /// listener and accepting. 0: a pair made by `socketpair`.
+    pub accepted_from: u64,
     pub sndbuf: i32,
     pub rcvbuf: i32,
     pub passcred: bool,
@@ -200,6 +204,8 @@ struct UnixDiag {
     /// TCP_CLOSE (7) for a socket never connected, TCP_ESTABLISHED (1) for a connected one (its
     /// peer may be gone, or be a connection not accepted yet, which has no inode), TCP_LISTEN.
     state: u8,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    ty: u8,
     peer: u64,
     shutdown: u8,
     rqueue: u32,
@@ -253,6 +259,7 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
         let ino = u64::from(u32_at(&msg, 4));
         let mut d = UnixDiag {
             state: msg[2],
+            ty: msg[1],
             ..UnixDiag::default()
         };
         let mut at = 16;
@@ -312,6 +319,29 @@ fn pending_connections(
 fn waiting_in(unix: &BTreeMap<u64, UnixDiag>, client: u64, ours: &[u64]) -> Option<u64> {
     unix.iter()
         .find(|(l, d)| ours.contains(l) && d.icons.contains(&client))
+        .map(|(l, _)| *l)
+}
+
+/// The listener of this process (its inode) that accepted `d`: one of its type with its name,
+/// bound by an absolute path whose socket file is still its own, or by an abstract name.
+fn accepted_from(unix: &BTreeMap<u64, UnixDiag>, d: &UnixDiag, ours: &[u64]) -> Option<u64> {
+    let name = d.name.as_ref()?;
+    unix.iter()
+        .find(|(l, x)| {
+            ours.contains(l)
+                && x.state == TCP_LISTEN
+                && x.ty == d.ty
+                && x.name.as_ref() == Some(name)
+                && match name.first() {
+                    Some(0) => true,
+                    Some(b'/') => x.vfs_ino.is_some_and(|v| {
+                        let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+                        a.extend_from_slice(name);
+                        path_is_socket(&a, v)
+                    }),
+                    _ => false,
+                }
+        })
         .map(|(l, _)| *l)
 }
 
@@ -509,6 +539,37 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         a
                     });
                 let bound = d.name.as_ref().is_some_and(|n| !n.is_empty());
+                // A connection the process accepted from one of its listeners, its other end
+                // its own too: the accepted end has the listener's name.
+                if bound && ty != libc::SOCK_DGRAM && d.peer != 0 && ours.contains(&d.peer) {
+                    let listener = unix
+                        .as_ref()
+                        .ok()
+                        .and_then(|u| accepted_from(u, &d, &ours))
+                        .ok_or((
+                            FdClass::Socket,
+                            "a connection accepted from a listening socket the process no longer has (or whose socket file was removed or replaced): it cannot be accepted again".to_owned(),
+                        ))?;
+                    if d.shutdown != 0 {
+                        return refuse("an accepted connection that is shut down is not restored".into());
+                    }
+                    return Ok(Socket::Pair(PairEnd {
+                        ino,
+                        pair: ino.min(d.peer),
+                        ty,
+                        peer_open: true,
+                        send_shutdown: false,
+                        recv_shutdown: false,
+                        queued: None,
+                        messages: Vec::new(),
+                        accepted_from: listener,
+                        sndbuf: opt(libc::SO_SNDBUF),
+                        rcvbuf: opt(libc::SO_RCVBUF),
+                        passcred: opt(libc::SO_PASSCRED) != 0,
+                        opts: super::sockopts::dump(fd, family, ty, protocol)
+                            .map_err(|w| (FdClass::Socket, w))?,
+                    }));
+                }
                 if bound || named_peer.is_some() {
                     // Messages queued to a bound datagram receiver are read by the checkpoint
                     // handler and sent to it again; other queues belong to connections.
@@ -637,6 +698,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     recv_shutdown: d.shutdown & RCV_SHUTDOWN != 0,
                     queued: None,
                     messages: Vec::new(),
+                    accepted_from: 0,
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
                     passcred: opt(libc::SO_PASSCRED) != 0,
@@ -673,11 +735,62 @@ pub fn recreate(
             v.push(e);
         }
     }
+    // Listeners first: connections accepted from them are made through them, before the
+    // connections that waited in their queues.
+    let mut waiting = Vec::new();
+    for s in sockets {
+        if let Socket::Listener(l) = s {
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
+                let clients = l
+                    .pending
+                    .iter()
+                    .map(|&c| {
+                        sockets
+                            .iter()
+                            .find_map(|s| match s {
+                                Socket::Connecting(k) if k.sock.ino == c => Some(k),
+                                _ => None,
+                            })
+                            .ok_or_else(|| {
+                                format!("socket:[{}]: its waiting connection socket:[{c}] is not in the image", l.ino)
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let accepts = sockets
+                    .iter()
+                    .any(|s| matches!(s, Socket::Pair(p) if p.accepted_from == l.ino));
+                v.insert(listener(l, given, !clients.is_empty() || accepts)?);
+                waiting.push((l, clients));
+            }
+        }
+    }
     for (id, mut v) in pairs {
         v.sort_by_key(|e| e.ino);
         let ty = v[0].ty;
-        let (a, b) = crate::sys::socketpair(ty)
-            .map_err(|e| format!("socket pair {id}: cannot create it: {e}"))?;
+        let (a, b) = match v.iter().position(|e| e.accepted_from != 0) {
+            Some(i) => {
+                let l = sockets
+                    .iter()
+                    .find_map(|s| match s {
+                        Socket::Listener(l) if l.ino == v[i].accepted_from => Some(l),
+                        _ => None,
+                    })
+                    .ok_or_else(|| format!("socket pair {id}: its listener is not in the image"))?;
+                let (client, accepted) = accept_again(l, &out[&l.ino]).map_err(|e| {
+                    format!(
+                        "socket pair {id}: cannot connect to {} and accept again: {e}",
+                        describe(&l.addr)
+                    )
+                })?;
+                if i == 0 {
+                    (accepted, client)
+                } else {
+                    (client, accepted)
+                }
+            }
+            None => crate::sys::socketpair(ty)
+                .map_err(|e| format!("socket pair {id}: cannot create it: {e}"))?,
+        };
         let sock = [&a, &b];
         // The end that is not in the image (half-closed pair) is `b` and is closed at the end.
         for (i, end) in v.iter().enumerate() {
@@ -753,29 +866,12 @@ pub fn recreate(
         }
         // A half-closed pair: dropping `b` here closes the other end again.
     }
+    // The connections that waited in the listeners' queues, in their order.
+    for (l, clients) in waiting {
+        let connected = connect_waiting(l, &clients)?;
+        out.extend(connected);
+    }
     for s in sockets {
-        if let Socket::Listener(l) = s {
-            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
-                let clients = l
-                    .pending
-                    .iter()
-                    .map(|&c| {
-                        sockets
-                            .iter()
-                            .find_map(|s| match s {
-                                Socket::Connecting(k) if k.sock.ino == c => Some(k),
-                                _ => None,
-                            })
-                            .ok_or_else(|| {
-                                format!("socket:[{}]: its waiting connection socket:[{c}] is not in the image", l.ino)
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let (sock, connected) = listener(l, given, &clients)?;
-                v.insert(sock);
-                out.extend(connected);
-            }
-        }
         if let Socket::Bound(b) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(b.sock.ino) {
                 let u = &b.sock;
@@ -877,6 +973,13 @@ fn path_is_socket(addr: &[u8], ino: u64) -> bool {
         .is_ok_and(|m| m.file_type().is_socket() && m.ino() == ino)
 }
 
+/// Whether the path `addr` is bound to is a socket file owned by the caller.
+fn callers_socket_file(addr: &[u8]) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(sun_path(addr))
+        .is_ok_and(|m| m.file_type().is_socket() && m.uid() == crate::sys::geteuid())
+}
+
 /// Whether nothing is at the path `addr` is bound to, in a directory that exists: a socket
 /// whose file was removed after it was bound, which can be bound there again.
 fn path_gone(addr: &[u8]) -> bool {
@@ -942,7 +1045,9 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
             let refused = crate::sys::connect(probe.as_raw_fd(), addr)
                 .err()
                 .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
-            if refused && path_is_socket(addr, path_ino) {
+            // The first life's own file, or one a restore of it left (a previous restore of
+            // this image, a serve instance): a socket file of the caller's.
+            if refused && (path_is_socket(addr, path_ino) || callers_socket_file(addr)) {
                 std::fs::remove_file(sun_path(addr))?;
                 crate::sys::bind(fd, addr)
             } else {
@@ -1029,17 +1134,13 @@ pub fn describe(addr: &[u8]) -> String {
     }
 }
 
-/// A listening socket made again (or the one handed in), and the sockets of `clients` (a
-/// closed one: None) connected to it again in its queue's order, by inode.
-fn listener(
-    l: &Listener,
-    given: &[OwnedFd],
-    clients: &[&Connecting],
-) -> Result<(OwnedFd, Vec<(u64, OwnedFd)>), String> {
+/// A listening socket made again (or the one handed in; not for one the process connects to,
+/// `own_connections`).
+fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<OwnedFd, String> {
     let what = describe(&l.addr);
-    if !clients.is_empty() && !given.is_empty() {
+    if own_connections && !given.is_empty() {
         return Err(format!(
-            "listening socket {what}: connections of the process wait in its queue, which a listening socket handed in cannot be given"
+            "listening socket {what}: the process connected to it itself (connections it accepted, or that wait in its queue), which a listening socket handed in cannot be given"
         ));
     }
     for g in given {
@@ -1052,7 +1153,6 @@ fn listener(
         {
             return g
                 .try_clone()
-                .map(|g| (g, Vec::new()))
                 .map_err(|e| format!("listening socket {what}: {e}"));
         }
     }
@@ -1072,20 +1172,10 @@ fn listener(
     }
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
-    let mut connected = Vec::new();
     in_dir(&l.dir, || {
         bind_again(fd, &l.addr, l.path_ino, l.unlinked, l.file)?;
         crate::sys::listen(fd, l.backlog.max(1))?;
-        // The connections that waited to be accepted, in their order, by address (before a
-        // removed socket file is removed again).
-        for c in clients {
-            let sock = c.sock.make_io()?;
-            crate::sys::connect_nowait(sock.as_raw_fd(), &l.addr)?;
-            if c.send_shutdown {
-                crate::sys::shutdown(sock.as_raw_fd(), libc::SHUT_WR)?;
-            }
-            connected.push((c.sock.ino, sock));
-        }
+        // (One the process connects to itself still has its file: see the checkpoint.)
         unlink_again(&l.addr, l.unlinked)
     })
     .map_err(|e| {
@@ -1094,10 +1184,44 @@ fn listener(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
             )
         } else {
-            format!("listening socket {what}: cannot bind, listen and queue its waiting connections again: {e}")
+            format!("listening socket {what}: cannot bind and listen: {e}")
         }
     })?;
-    Ok((s, connected))
+    Ok(s)
+}
+
+/// The sockets of `clients` connected to listener `l` again, in its queue's order, by inode.
+fn connect_waiting(l: &Listener, clients: &[&Connecting]) -> Result<Vec<(u64, OwnedFd)>, String> {
+    let mut connected = Vec::new();
+    in_dir(&l.dir, || {
+        for c in clients {
+            let sock = c.sock.make_io()?;
+            crate::sys::connect_nowait(sock.as_raw_fd(), &l.addr)?;
+            if c.send_shutdown {
+                crate::sys::shutdown(sock.as_raw_fd(), libc::SHUT_WR)?;
+            }
+            connected.push((c.sock.ino, sock));
+        }
+        Ok(())
+    })
+    .map_err(|e| {
+        format!(
+            "listening socket {}: cannot queue its waiting connections again: {e}",
+            describe(&l.addr)
+        )
+    })?;
+    Ok(connected)
+}
+
+/// A connection to listener `l` (whose socket is `fd`) made again: (the connecting socket, the
+/// accepted one), which has the listener's name as the first life's had.
+fn accept_again(l: &Listener, fd: &OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let client = crate::sys::socket(libc::AF_UNIX, l.ty, 0)?;
+    in_dir(&l.dir, || {
+        crate::sys::connect_nowait(client.as_raw_fd(), &l.addr)
+    })?;
+    let accepted = crate::sys::accept_nowait(fd.as_raw_fd())?;
+    Ok((client, accepted))
 }
 
 #[cfg(test)]
