@@ -1363,21 +1363,11 @@ pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
 
 /// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
 pub fn send_nowait(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    check(syscall6(
-        libc::SYS_sendto,
-        [
-            fd as u64,
-            buf.as_ptr() as u64,
-            buf.len() as u64,
-            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
-            0,
-            0,
-        ],
-    ))
-    .map(|n| n as usize)
+    sendto_nowait(fd, buf, &[])
 }
 
-/// sendto(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL, addr); the number of bytes sent.
+/// sendto(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL, addr) (`addr` empty: to its peer); the number
+/// of bytes sent.
 pub fn sendto_nowait(fd: i32, buf: &[u8], addr: &[u8]) -> io::Result<usize> {
     check(syscall6(
         libc::SYS_sendto,
@@ -1386,7 +1376,11 @@ pub fn sendto_nowait(fd: i32, buf: &[u8], addr: &[u8]) -> io::Result<usize> {
             buf.as_ptr() as u64,
             buf.len() as u64,
             (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
-            addr.as_ptr() as u64,
+            if addr.is_empty() {
+                0
+            } else {
+                addr.as_ptr() as u64
+            },
             addr.len() as u64,
         ],
     ))

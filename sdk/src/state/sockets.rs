@@ -527,6 +527,18 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         return refuse(format!("cannot ask the kernel about AF_UNIX sockets: {e}"))
                     }
                 };
+                // The socket itself: its type, buffers and options.
+                let unconnected = || -> Result<Unconnected, Refusal> {
+                    Ok(Unconnected {
+                        ino,
+                        ty,
+                        sndbuf: opt(libc::SO_SNDBUF),
+                        rcvbuf: opt(libc::SO_RCVBUF),
+                        passcred: opt(libc::SO_PASSCRED) != 0,
+                        opts: super::sockopts::dump(fd, family, ty, protocol)
+                            .map_err(|w| (FdClass::Socket, w))?,
+                    })
+                };
                 // A datagram socket's peer is only its default destination: one with a name
                 // (bound by path or abstract name) is connected to again by that name.
                 let named_peer = (ty == libc::SOCK_DGRAM && d.peer != 0)
@@ -614,15 +626,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         0
                     };
                     return Ok(Socket::Bound(Bound {
-                        sock: Unconnected {
-                            ino,
-                            ty,
-                            sndbuf: opt(libc::SO_SNDBUF),
-                            rcvbuf: opt(libc::SO_RCVBUF),
-                            passcred: opt(libc::SO_PASSCRED) != 0,
-                            opts: super::sockopts::dump(fd, family, ty, protocol)
-                        .map_err(|w| (FdClass::Socket, w))?,
-                        },
+                        sock: unconnected()?,
                         file: (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten(),
                         addr,
                         path_ino,
@@ -640,15 +644,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     && d.rqueue == 0
                     && (ty == libc::SOCK_DGRAM || d.state == TCP_CLOSE)
                 {
-                    return Ok(Socket::Unconnected(Unconnected {
-                        ino,
-                        ty,
-                        sndbuf: opt(libc::SO_SNDBUF),
-                        rcvbuf: opt(libc::SO_RCVBUF),
-                        passcred: opt(libc::SO_PASSCRED) != 0,
-                        opts: super::sockopts::dump(fd, family, ty, protocol)
-                        .map_err(|w| (FdClass::Socket, w))?,
-                    }));
+                    return Ok(Socket::Unconnected(unconnected()?));
                 }
                 // Connected, its connection not accepted yet (its peer has no inode until then).
                 let pending = ty != libc::SOCK_DGRAM && d.state == TCP_ESTABLISHED && d.peer == 0;
@@ -663,15 +659,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         return refuse("a connection waiting to be accepted has bytes sent into it already (or is shut down for reading), which cannot be read before it is accepted".into());
                     }
                     return Ok(Socket::Connecting(Connecting {
-                        sock: Unconnected {
-                            ino,
-                            ty,
-                            sndbuf: opt(libc::SO_SNDBUF),
-                            rcvbuf: opt(libc::SO_RCVBUF),
-                            passcred: opt(libc::SO_PASSCRED) != 0,
-                            opts: super::sockopts::dump(fd, family, ty, protocol)
-                                .map_err(|w| (FdClass::Socket, w))?,
-                        },
+                        sock: unconnected()?,
                         listener,
                         send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
                     }));
