@@ -308,7 +308,11 @@ fn unsupported_state_is_named_and_the_application_continues() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(out.contains("7 unsupported item(s)"), "{out}");
+    assert!(out.contains("8 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains("a FIFO removed while open whose other end is not in this process"),
+        "{out}"
+    );
     assert!(
         out.contains("/status): a /proc file describes one process"),
         "{out}"

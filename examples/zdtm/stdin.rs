@@ -28,7 +28,8 @@ fn main() {
     // SAFETY: waiting on this program's epoll instance, reading its standard input.
     let (n, data, line) = unsafe {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        let n = libc::epoll_wait(ep, &mut ev, 1, -1);
+        // (A bound on the wait, so that a lost registration fails instead of hanging.)
+        let n = libc::epoll_wait(ep, &mut ev, 1, 60_000);
         let mut buf = [0u8; 64];
         let got = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
         let line = String::from_utf8_lossy(&buf[..got.max(0) as usize]).into_owned();

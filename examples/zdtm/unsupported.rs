@@ -45,6 +45,17 @@ fn main() {
         )
     };
     assert_eq!(r, 0, "seccomp filter");
+    // A FIFO removed while open, its reading end alone in the process (its writer would be
+    // another process, which a FIFO made again would not reach).
+    let fifo = std::env::temp_dir().join(format!("thaw-unsupported-{}.fifo", std::process::id()));
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open with a NUL-terminated path; the descriptor is kept open.
+    let lone = unsafe {
+        libc::mkfifo(c.as_ptr(), 0o600);
+        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    assert!(lone >= 0);
+    std::fs::remove_file(&fifo).unwrap();
     // A /proc file.
     let status = std::fs::File::open("/proc/self/status").unwrap();
     // A working directory in /proc.

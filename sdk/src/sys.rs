@@ -155,6 +155,24 @@ pub fn open_path_dir(path: &str) -> io::Result<std::os::fd::OwnedFd> {
         .map(Into::into)
 }
 
+/// chmod of the file at `path` itself, never through a symlink put there meanwhile: opened
+/// `O_PATH | O_NOFOLLOW`, refused if it is a symlink, changed through its descriptor.
+pub fn chmod_nofollow(path: &std::path::Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if f.metadata()?.file_type().is_symlink() {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    use std::os::fd::AsRawFd;
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", f.as_raw_fd()),
+        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+    )
+}
+
 /// mkfifo(path, mode), the mode as given (the umask cleared from it by a chmod after).
 pub fn mkfifo(path: &str, mode: u32) -> io::Result<()> {
     let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -169,10 +187,7 @@ pub fn mkfifo(path: &str, mode: u32) -> io::Result<()> {
             0,
         ],
     ))?;
-    std::fs::set_permissions(
-        path,
-        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-    )
+    chmod_nofollow(std::path::Path::new(path), mode)
 }
 
 /// The target of the symlink that descriptor `fd` (opened `O_PATH | O_NOFOLLOW`) is.
@@ -198,6 +213,17 @@ pub fn symlink_target(fd: i32) -> io::Result<std::path::PathBuf> {
 /// The effective user id.
 pub fn geteuid() -> u32 {
     syscall6(libc::SYS_geteuid, [0; 6]) as u32
+}
+
+/// The effective group id.
+pub fn getegid() -> u32 {
+    syscall6(libc::SYS_getegid, [0; 6]) as u32
+}
+
+/// A file's owner as a checkpoint keeps it: `None` where it is the process's own (the
+/// restore's own then, as with `--as-caller` or another uid map), else `(uid, gid)`.
+pub fn foreign_owner(uid: u32, gid: u32) -> Option<(u32, u32)> {
+    ((uid, gid) != (geteuid(), getegid())).then_some((uid, gid))
 }
 
 /// fchdir(fd).
@@ -1336,10 +1362,10 @@ pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
 pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
     let iov = [addr, len as u64];
     // Room for the sender's address, whose length tells whether it has a name.
-    let name = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
+    let mut name = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
     // struct msghdr: name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad).
     let mut msg: [u64; 7] = [
-        name.as_ptr() as u64,
+        name.as_mut_ptr() as u64,
         name.len() as u64,
         iov.as_ptr() as u64,
         1,

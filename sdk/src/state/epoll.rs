@@ -224,7 +224,13 @@ pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWat
         })
         .flat_map(|(fd, w)| w.iter().map(move |w| (fd, *w)))
         .filter(|(_, w)| (0..=2).contains(&w.fd) && w.at.is_none())
-        .collect()
+        .fold(Vec::new(), |mut v: Vec<(i32, EpollWatch)>, (fd, w)| {
+            // Each standard descriptor once (dup'd instances list theirs again).
+            if !v.iter().any(|(_, x)| x.fd == w.fd) {
+                v.push((fd, w));
+            }
+            v
+        })
 }
 
 fn standard_name(fd: i32) -> &'static str {

@@ -103,8 +103,8 @@ pub enum FdKind {
     DeletedFifo {
         path: String,
         mode: u32,
-        uid: u32,
-        gid: u32,
+        /// Its owner where not the process's own (see [`crate::sys::foreign_owner`]).
+        owner: Option<(u32, u32)>,
         id: super::FileId,
     },
     /// A symlink opened itself (`O_PATH | O_NOFOLLOW`) and removed since: made again at its path
@@ -112,8 +112,8 @@ pub enum FdKind {
     DeletedSymlink {
         path: String,
         target: String,
-        uid: u32,
-        gid: u32,
+        /// Its owner where not the process's own (see [`crate::sys::foreign_owner`]).
+        owner: Option<(u32, u32)>,
     },
 }
 
@@ -668,8 +668,7 @@ impl FdScan {
                                 entry.kind = FdKind::DeletedSymlink {
                                     path: path.to_owned(),
                                     target: t.to_string_lossy().into_owned(),
-                                    uid: m.uid(),
-                                    gid: m.gid(),
+                                    owner: crate::sys::foreign_owner(m.uid(), m.gid()),
                                 };
                                 scan.entries.push(entry);
                                 continue;
@@ -689,8 +688,7 @@ impl FdScan {
                         entry.kind = FdKind::DeletedFifo {
                             path: path.to_owned(),
                             mode: m.mode() & 0o7777,
-                            uid: m.uid(),
-                            gid: m.gid(),
+                            owner: crate::sys::foreign_owner(m.uid(), m.gid()),
                             id: super::FileId::of(m),
                         };
                         scan.entries.push(entry);
@@ -762,6 +760,38 @@ impl FdScan {
                 FdClass::Pipe,
                 "the other end of the pipe is not in this process",
             ));
+        }
+        // A FIFO removed while open is reachable by nobody else: its other end, if not the
+        // process's, is another process's, which a FIFO made again would not be.
+        let mut ends: std::collections::HashMap<super::FileId, (bool, bool)> = Default::default();
+        for e in &scan.entries {
+            if let FdKind::DeletedFifo { id, .. } = &e.kind {
+                let acc = e.flags & libc::O_ACCMODE as u32;
+                let v = ends.entry(*id).or_default();
+                v.0 |= acc != libc::O_WRONLY as u32;
+                v.1 |= acc != libc::O_RDONLY as u32;
+            }
+        }
+        let mut i = 0;
+        while i < scan.entries.len() {
+            let lonely = matches!(&scan.entries[i].kind,
+                FdKind::DeletedFifo { id, .. } if ends.get(id).is_some_and(|&(r, w)| !(r && w)));
+            if lonely {
+                let e = scan.entries.remove(i);
+                scan.fifos.retain(|&f| f != e.fd);
+                let path = match &e.kind {
+                    FdKind::DeletedFifo { path, .. } => path.clone(),
+                    _ => String::new(),
+                };
+                scan.refused.push(Refused::of(
+                    &e,
+                    &format!("{path} (deleted)"),
+                    FdClass::Deleted,
+                    "a FIFO removed while open whose other end is not in this process: made again, it would no longer reach it",
+                ));
+            } else {
+                i += 1;
+            }
         }
         let socks: Vec<(i32, u64)> = sockets.iter().map(|(e, ino, _)| (e.fd, *ino)).collect();
         for ((mut entry, _, target), (_, r)) in
@@ -1235,18 +1265,16 @@ pub fn reopen(
             FdKind::DeletedSymlink {
                 path,
                 target,
-                uid,
-                gid,
-            } => reopen_deleted_symlink(fd, path, target, *uid, *gid)?,
+                owner,
+            } => reopen_deleted_symlink(fd, path, target, *owner)?,
             FdKind::DeletedFifo {
                 path,
                 mode,
-                uid,
-                gid,
+                owner,
                 id,
             } => {
                 if !fifos.made.iter().any(|(i, _, _)| i == id) {
-                    let holder = make_fifo_again(fd, path, *mode, *uid, *gid)?;
+                    let holder = make_fifo_again(fd, path, *mode, *owner)?;
                     fifos.made.push((*id, path.clone(), holder));
                 }
                 let f = reopen_fifo(e, path)?;
@@ -1410,7 +1438,12 @@ impl Drop for MadeFifos {
 }
 
 /// Makes the FIFO at `path` again with its mode and owner; a reading end of it.
-fn make_fifo_again(fd: i32, path: &str, mode: u32, uid: u32, gid: u32) -> Result<OwnedFd, String> {
+fn make_fifo_again(
+    fd: i32,
+    path: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<OwnedFd, String> {
     crate::sys::mkfifo(path, mode).map_err(|err| {
         if err.kind() == std::io::ErrorKind::AlreadyExists {
             format!(
@@ -1421,9 +1454,7 @@ fn make_fifo_again(fd: i32, path: &str, mode: u32, uid: u32, gid: u32) -> Result
         }
     })?;
     let made = (|| {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path)?;
-        if (m.uid(), m.gid()) != (uid, gid) {
+        if let Some((uid, gid)) = owner {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
         std::fs::OpenOptions::new()
@@ -1469,8 +1500,7 @@ fn reopen_deleted_symlink(
     fd: i32,
     path: &str,
     target: &str,
-    uid: u32,
-    gid: u32,
+    owner: Option<(u32, u32)>,
 ) -> Result<OwnedFd, String> {
     std::os::unix::fs::symlink(target, path).map_err(|err| {
         if err.kind() == std::io::ErrorKind::AlreadyExists {
@@ -1480,9 +1510,7 @@ fn reopen_deleted_symlink(
         }
     })?;
     let opened = (|| {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path)?;
-        if (m.uid(), m.gid()) != (uid, gid) {
+        if let Some((uid, gid)) = owner {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
         std::fs::OpenOptions::new()

@@ -91,8 +91,9 @@ pub struct Connecting {
 pub struct SocketFile {
     /// The permission bits (`st_mode & 0o7777`).
     pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    /// Its owner where the process had given it another than its own (see
+    /// [`crate::sys::foreign_owner`]); else it is the restoring process's, as it was the first's.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl SocketFile {
@@ -102,32 +103,23 @@ impl SocketFile {
         let m = std::fs::symlink_metadata(std::path::Path::new(dir).join(sun_path(addr))).ok()?;
         Some(SocketFile {
             mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
+            owner: crate::sys::foreign_owner(m.uid(), m.gid()),
         })
     }
 
     /// Gives the socket file at `addr` (just bound, in the current directory for a relative
     /// one) these permissions and owner.
     fn apply(&self, addr: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = sun_path(addr);
-        let m = std::fs::symlink_metadata(path)?;
-        if (m.uid(), m.gid()) != (self.uid, self.gid) {
-            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
-                    format!(
-                        "cannot give its socket file its owner back ({}:{}): {e}",
-                        self.uid, self.gid
-                    ),
+                    format!("cannot give its socket file its owner back ({uid}:{gid}): {e}"),
                 )
             })?;
         }
-        if m.mode() & 0o7777 != self.mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
-        }
-        Ok(())
+        crate::sys::chmod_nofollow(path, self.mode)
     }
 }
 
@@ -307,6 +299,12 @@ fn pending_connections(
     };
     if l.icons.contains(&0) {
         return Err("a connection waiting to be accepted whose connecting socket was closed: whether it sent bytes first cannot be seen".into());
+    }
+    if l.icons.iter().any(|c| {
+        unix.and_then(|u| u.get(c))
+            .is_some_and(|d| d.name.as_ref().is_some_and(|n| !n.is_empty()))
+    }) {
+        return Err("a connection waiting to be accepted from a socket with a name (bound, or autobound with SO_PASSCRED) is not restored".into());
     }
     if l.icons.iter().any(|c| !ours.contains(c)) {
         return Ok(Vec::new());
@@ -586,9 +584,12 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     // Messages queued to a bound datagram receiver are read by the checkpoint
                     // handler and sent to it again; other queues belong to connections.
                     let queue_kept = bound && ty == libc::SOCK_DGRAM;
+                    // (A stream socket with a name that is connected, its connection perhaps not
+                    // accepted yet and so showing no peer, is no receiver either.)
                     if (d.peer != 0 && named_peer.is_none())
                         || d.shutdown != 0
                         || (d.rqueue != 0 && !queue_kept)
+                        || (ty != libc::SOCK_DGRAM && d.state != TCP_CLOSE)
                     {
                         return refuse(
                             "a bound AF_UNIX socket that is connected, shut down or has messages queued is not restored".into(),
@@ -961,6 +962,17 @@ fn path_is_socket(addr: &[u8], ino: u64) -> bool {
         .is_ok_and(|m| m.file_type().is_socket() && m.ino() == ino)
 }
 
+/// Whether a socket is bound to the socket file at `addr`'s path (one bound but not listening
+/// yet refuses connections too: a concurrent restore between its bind and its listen).
+fn bound_socket_file(addr: &[u8]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(sun_path(addr)) else {
+        return false;
+    };
+    // Unknown counts as bound: the file is kept.
+    unix_diag().map_or(true, |u| u.values().any(|d| d.vfs_ino == Some(m.ino())))
+}
+
 /// Whether the path `addr` is bound to is a socket file owned by the caller.
 fn callers_socket_file(addr: &[u8]) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -1007,6 +1019,13 @@ fn unlink_again(addr: &[u8], unlinked: bool) -> std::io::Result<()> {
 /// sender without one.
 fn send_messages(addr: &[u8], bytes: &[u8], messages: &[u32]) -> std::io::Result<()> {
     let from = crate::sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)?;
+    // Room for all of them at once: a datagram counts against its sender until it is read.
+    let _ = crate::sys::setsockopt_int(
+        from.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        (bytes.len() + messages.len() * 1024).min(i32::MAX as usize / 2) as i32,
+    );
     let mut at = 0usize;
     for &len in messages {
         let msg = bytes.get(at..at + len as usize).ok_or_else(|| {
@@ -1035,7 +1054,10 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
                 .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
             // The first life's own file, or one a restore of it left (a previous restore of
             // this image, a serve instance): a socket file of the caller's.
-            if refused && (path_is_socket(addr, path_ino) || callers_socket_file(addr)) {
+            if refused
+                && (path_is_socket(addr, path_ino) || callers_socket_file(addr))
+                && !bound_socket_file(addr)
+            {
                 std::fs::remove_file(sun_path(addr))?;
                 crate::sys::bind(fd, addr)
             } else {
@@ -1126,7 +1148,8 @@ pub fn describe(addr: &[u8]) -> String {
 /// `own_connections`).
 fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<OwnedFd, String> {
     let what = describe(&l.addr);
-    if own_connections && !given.is_empty() {
+    let matches = |g: &OwnedFd| crate::sys::getsockname(g.as_raw_fd()).is_ok_and(|a| a == l.addr);
+    if own_connections && given.iter().any(matches) {
         return Err(format!(
             "listening socket {what}: the process connected to it itself (connections it accepted, or that wait in its queue), which a listening socket handed in cannot be given"
         ));
