@@ -8,6 +8,7 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,18 @@ def errors(image_dir, key):
     print(json.dumps(out), flush=True)
 
 
+def signals(hits):
+    """Signals after restore: CPython installs its handlers with SA_ONSTACK, and the main thread
+    has no alternate stack; a restored main thread that kept the launcher's crashed here."""
+    signal.raise_signal(signal.SIGUSR1)
+    try:
+        signal.raise_signal(signal.SIGINT)
+        hits.append("no KeyboardInterrupt")
+    except KeyboardInterrupt:
+        hits.append("KeyboardInterrupt")
+    return hits
+
+
 def main():
     if sys.argv[1] == "--errors":
         errors(sys.argv[2], sys.argv[3])
@@ -104,6 +117,8 @@ def main():
     np = None
     if "--numpy" in sys.argv[3:]:
         import numpy as np
+    hits = []
+    signal.signal(signal.SIGUSR1, lambda *_: hits.append("SIGUSR1"))
     first = draw(np)  # every generator is initialised (and would be copied) before the image
     life = thaw.checkpoint(sys.argv[1], key=sys.argv[2], exit_after_save=True, fds={"any": "drop"})
     report = {
@@ -116,6 +131,7 @@ def main():
         "hooks": order,
         "first": first,
         "now": draw(np),
+        "signals": signals(hits),
     }
     print(json.dumps(report), flush=True)
 

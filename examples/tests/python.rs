@@ -201,6 +201,11 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
             assert_eq!(r["args"], serde_json::json!(["one", "two words"]), "{r}");
             assert_eq!(r["env_has_path"], true, "{r}");
             assert_eq!(r["hooks"], hooks_in_order(), "{r}");
+            assert_eq!(
+                r["signals"],
+                serde_json::json!(["SIGUSR1", "KeyboardInterrupt"]),
+                "{r}"
+            );
             let lib = r["library"].as_str().unwrap();
             assert!(
                 lib.starts_with(env.dir.path().to_str().unwrap()) && lib.contains("/thaw/_native/"),
