@@ -119,6 +119,9 @@ def main():
         import numpy as np
     hits = []
     signal.signal(signal.SIGUSR1, lambda *_: hits.append("SIGUSR1"))
+    # CPython's own SIGINT handler, also where whatever started it ignored SIGINT (a background
+    # job of a non-interactive shell does, and CPython then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     first = draw(np)  # every generator is initialised (and would be copied) before the image
     life = thaw.checkpoint(sys.argv[1], key=sys.argv[2], exit_after_save=True, fds={"any": "drop"})
     report = {
