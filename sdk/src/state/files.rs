@@ -1273,11 +1273,16 @@ pub fn reopen(
                 owner,
                 id,
             } => {
-                if !fifos.made.iter().any(|(i, _, _)| i == id) {
-                    let holder = make_fifo_again(fd, path, *mode, *owner)?;
-                    fifos.made.push((*id, path.clone(), holder));
-                }
-                let f = reopen_fifo(e, path)?;
+                let now = match fifos.made.iter().find(|m| m.0 == *id) {
+                    Some(m) => m.3,
+                    None => {
+                        let (holder, now) = make_fifo_again(fd, path, *mode, *owner)?;
+                        fifos.made.push((*id, path.clone(), holder, now));
+                        now
+                    }
+                };
+                // Opened as any FIFO by name is, checked to be the one just made.
+                let f = reopen_path(e, path, Some(0), now)?;
                 if let Some(bytes) = e.fifo_bytes {
                     refill_fifo(&f, path, &payload(bytes)?)
                         .map_err(|err| format!("fd {fd}: {err}"))?;
@@ -1421,49 +1426,53 @@ fn refilled_pipe(fd: i32, bytes: &[u8], capacity: u32) -> Result<(OwnedFd, Owned
 
 /// Makes a directory removed while open again: created at its path (nothing may have that name
 /// now), opened with the descriptor's flags, and removed.
+/// Why a file removed while open (a directory, FIFO or symlink) cannot be made again at `path`.
+fn made_again_error(fd: i32, what: &str, path: &str, err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::AlreadyExists {
+        format!("fd {fd}: cannot make the deleted {what} {path} again: something has that name now")
+    } else {
+        format!("fd {fd}: cannot make the deleted {what} {path} again: {err}")
+    }
+}
+
 /// FIFOs removed while open, made again for the restore: each with a reading end that keeps it
 /// (its buffer) alive while its descriptors are opened. Removed again when dropped, whatever
 /// happened.
 #[derive(Default)]
 struct MadeFifos {
-    made: Vec<(super::FileId, String, OwnedFd)>,
+    /// (its id in the image, its path, the holding end, its id now).
+    made: Vec<(super::FileId, String, OwnedFd, super::FileId)>,
 }
 
 impl Drop for MadeFifos {
     fn drop(&mut self) {
-        for (_, path, _) in &self.made {
+        for (_, path, _, _) in &self.made {
             let _ = std::fs::remove_file(path);
         }
     }
 }
 
-/// Makes the FIFO at `path` again with its mode and owner; a reading end of it.
+/// Makes the FIFO at `path` again with its mode and owner; a reading end of it, and its id.
 fn make_fifo_again(
     fd: i32,
     path: &str,
     mode: u32,
     owner: Option<(u32, u32)>,
-) -> Result<OwnedFd, String> {
-    crate::sys::mkfifo(path, mode).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::AlreadyExists {
-            format!(
-                "fd {fd}: cannot make the deleted FIFO {path} again: something has that name now"
-            )
-        } else {
-            format!("fd {fd}: cannot make the deleted FIFO {path} again: {err}")
-        }
-    })?;
-    let made = (|| {
+) -> Result<(OwnedFd, super::FileId), String> {
+    crate::sys::mkfifo(path, mode).map_err(|err| made_again_error(fd, "FIFO", path, &err))?;
+    let made = (|| -> std::io::Result<(OwnedFd, super::FileId)> {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
         }
-        std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-            .open(path)
+            .open(path)?;
+        let id = super::FileId::of(&f.metadata()?);
+        Ok((f.into(), id))
     })();
     match made {
-        Ok(f) => Ok(f.into()),
+        Ok(made) => Ok(made),
         Err(err) => {
             let _ = std::fs::remove_file(path);
             Err(format!(
@@ -1471,27 +1480,6 @@ fn make_fifo_again(
             ))
         }
     }
-}
-
-/// Opens a FIFO made again (see [`make_fifo_again`]) as descriptor `e` was: its access mode,
-/// without blocking, then its own status flags.
-fn reopen_fifo(e: &FdEntry, path: &str) -> Result<OwnedFd, String> {
-    let fd = e.fd;
-    let acc = e.flags & libc::O_ACCMODE as u32;
-    let status = (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32;
-    let f = std::fs::OpenOptions::new()
-        .read(acc != libc::O_WRONLY as u32)
-        .write(acc != libc::O_RDONLY as u32)
-        .custom_flags(status | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|err| format!("fd {fd}: cannot open the deleted FIFO {path} again: {err}"))?;
-    crate::sys::fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&f),
-        libc::F_SETFL,
-        status as u64,
-    )
-    .map_err(|err| format!("fd {fd}: cannot set its flags on {path}: {err}"))?;
-    Ok(f.into())
 }
 
 /// Makes the symlink at `path` again (to `target`, with its owner), opens it itself
@@ -1502,13 +1490,8 @@ fn reopen_deleted_symlink(
     target: &str,
     owner: Option<(u32, u32)>,
 ) -> Result<OwnedFd, String> {
-    std::os::unix::fs::symlink(target, path).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::AlreadyExists {
-            format!("fd {fd}: cannot make the deleted symlink {path} again: something has that name now")
-        } else {
-            format!("fd {fd}: cannot make the deleted symlink {path} again: {err}")
-        }
-    })?;
+    std::os::unix::fs::symlink(target, path)
+        .map_err(|err| made_again_error(fd, "symlink", path, &err))?;
     let opened = (|| {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
@@ -1531,13 +1514,7 @@ fn reopen_deleted_dir(e: &FdEntry, path: &str, mode: u32) -> Result<OwnedFd, Str
     std::fs::DirBuilder::new()
         .mode(mode & 0o7777)
         .create(path)
-        .map_err(|err| {
-            if err.kind() == std::io::ErrorKind::AlreadyExists {
-                format!("fd {fd}: cannot make the deleted directory {path} again: something has that name now")
-            } else {
-                format!("fd {fd}: cannot make the deleted directory {path} again: {err}")
-            }
-        })?;
+        .map_err(|err| made_again_error(fd, "directory", path, &err))?;
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(
