@@ -312,11 +312,10 @@ fn pending_connections(
     Ok(l.icons.clone())
 }
 
-/// The listener of this process (its inode) in whose queue the connection of socket `client`
-/// waits.
-fn waiting_in(unix: &BTreeMap<u64, UnixDiag>, client: u64, ours: &[u64]) -> Option<u64> {
+/// The listener (its inode) in whose queue the connection of socket `client` waits.
+fn waiting_in(unix: &BTreeMap<u64, UnixDiag>, client: u64) -> Option<u64> {
     unix.iter()
-        .find(|(l, d)| ours.contains(l) && d.icons.contains(&client))
+        .find(|(_, d)| d.icons.contains(&client))
         .map(|(l, _)| *l)
 }
 
@@ -341,12 +340,6 @@ fn accepted_from(unix: &BTreeMap<u64, UnixDiag>, d: &UnixDiag, ours: &[u64]) -> 
                 }
         })
         .map(|(l, _)| *l)
-}
-
-/// Whether socket `client`'s connection waits in the queue of a listener of another process.
-fn waiting_elsewhere(unix: &BTreeMap<u64, UnixDiag>, client: u64, ours: &[u64]) -> bool {
-    unix.iter()
-        .any(|(l, d)| !ours.contains(l) && d.icons.contains(&client))
 }
 
 /// Listening sockets: inode → (pending connections, backlog).
@@ -649,13 +642,13 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                 }
                 // Connected, its connection not accepted yet (its peer has no inode until then).
                 let pending = ty != libc::SOCK_DGRAM && d.state == TCP_ESTABLISHED && d.peer == 0;
-                if pending && unix.as_ref().is_ok_and(|u| waiting_elsewhere(u, ino, &ours)) {
+                let queue = pending
+                    .then(|| waiting_in(unix.as_ref().ok()?, ino))
+                    .flatten();
+                if queue.is_some_and(|l| !ours.contains(&l)) {
                     return refuse("connected to a listening socket of another process, not accepted yet".into());
                 }
-                if let Some(listener) = pending
-                    .then(|| waiting_in(unix.as_ref().ok()?, ino, &ours))
-                    .flatten()
-                {
+                if let Some(listener) = queue {
                     if d.rqueue != 0 || d.wqueue != 0 || d.shutdown & RCV_SHUTDOWN != 0 {
                         return refuse("a connection waiting to be accepted has bytes sent into it already (or is shut down for reading), which cannot be read before it is accepted".into());
                     }
