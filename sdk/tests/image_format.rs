@@ -122,6 +122,16 @@ fn round_trip_preserves_manifest_and_payload() {
     // Single-threaded and many-threaded verification agree.
     image.verify_payload_with(1).unwrap();
     image.verify_payload_with(7).unwrap();
+    // What is signed: the domain and the content digest (SHA-256 of header block and manifest).
+    let signature = match ImageFile::open(&f.image).unwrap().trailer() {
+        thaw::image::Trailer::Ed25519 { signature, .. } => *signature,
+        other => panic!("{other:?}"),
+    };
+    let digest = image.content_digest();
+    f.key
+        .public()
+        .verify(thaw::image::SIGNATURE_DOMAIN, &[&digest.0], &signature)
+        .unwrap();
 }
 
 #[test]

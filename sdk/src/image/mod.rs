@@ -18,7 +18,7 @@
 //!   the manifest's [`ChunkTable`](crate::state::ChunkTable).
 //! * The manifest is a postcard-encoded [`Manifest`](crate::state::Manifest).
 //! * The trailer names the signing key by fingerprint and holds an Ed25519 signature over
-//!   [`SIGNATURE_DOMAIN`] ‖ header block ‖ manifest. An unsigned image has algorithm 0.
+//!   [`SIGNATURE_DOMAIN`] ‖ SHA-256(header block ‖ manifest). An unsigned image has algorithm 0.
 //!
 //! Verification order (see [`reader`]): bounds-check the header against the file size, check the
 //! signature over the raw header and manifest bytes, and only then decode the manifest. Payload
@@ -47,9 +47,9 @@ pub const MAGIC: [u8; 8] = *b"THAWIMG\0";
 /// Magic bytes at the start of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"THAWSIG\0";
 /// The on-disk format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// Domain-separation prefix of the signed message.
-pub const SIGNATURE_DOMAIN: &[u8] = b"thaw image signature v1\0";
+pub const SIGNATURE_DOMAIN: &[u8] = b"thaw image signature v2\0";
 /// Default payload chunk size.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest manifest a reader will load (it is read into memory before the signature is checked).

@@ -220,7 +220,7 @@ fn sign_trailer(block: &[u8], manifest: &[u8], key: Option<&SecretKey>) -> Trail
         None => Trailer::Unsigned,
         Some(key) => Trailer::Ed25519 {
             signer: key.public().fingerprint(),
-            signature: key.sign(SIGNATURE_DOMAIN, &[block, manifest]),
+            signature: key.sign(SIGNATURE_DOMAIN, &[&content_digest(block, manifest).0]),
         },
     }
 }

@@ -75,11 +75,54 @@ pub struct Producer {
     pub hostname: String,
 }
 
-/// SHA-256 of every fixed-size chunk of the payload section, in order; the last chunk may be short.
+/// BLAKE3 of every fixed-size chunk of the payload section, in order; the last chunk may be short.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkTable {
     pub chunk_size: u32,
+    #[serde(with = "digest_table")]
     pub digests: Vec<Digest>,
+}
+
+/// The digests as one byte string in postcard (32 bytes each; decoding them one `u8` at a time
+/// cost 0.15 ms per 2,000 chunks before the process could start), hex strings in JSON.
+mod digest_table {
+    use super::Digest;
+    use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(digests: &[Digest], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return digests.serialize(s);
+        }
+        let mut bytes = Vec::with_capacity(digests.len() * 32);
+        for d in digests {
+            bytes.extend_from_slice(&d.0);
+        }
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Digest>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<Digest>::deserialize(d);
+        }
+        struct Table;
+        impl de::Visitor<'_> for Table {
+            type Value = Vec<Digest>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("32-byte digests")
+            }
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Vec<Digest>, E> {
+                if !b.len().is_multiple_of(32) {
+                    return Err(E::custom(
+                        "the chunk table is not a whole number of digests",
+                    ));
+                }
+                Ok(b.chunks_exact(32)
+                    .map(|c| Digest(c.try_into().expect("32 bytes")))
+                    .collect())
+            }
+        }
+        d.deserialize_bytes(Table)
+    }
 }
 
 /// Identifies a file well enough to tell whether a path still names the same one: device, inode
@@ -138,5 +181,27 @@ impl PayloadRef {
     /// The end offset, or `None` if it overflows.
     pub fn end(&self) -> Option<u64> {
         self.offset.checked_add(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_tables_travel_as_one_byte_string() {
+        let t = ChunkTable {
+            chunk_size: 65536,
+            digests: vec![Digest([1; 32]), Digest([2; 32]), Digest([3; 32])],
+        };
+        let bytes = postcard::to_allocvec(&t).unwrap();
+        // chunk_size (varint), the length in bytes (varint 96), the digests back to back.
+        assert_eq!(bytes.len(), 3 + 1 + 96);
+        assert_eq!(postcard::from_bytes::<ChunkTable>(&bytes).unwrap(), t);
+        // A length that is not a whole number of digests is refused, not truncated.
+        let mut short = bytes[..3].to_vec();
+        short.push(95);
+        short.extend_from_slice(&bytes[4..99]);
+        assert!(postcard::from_bytes::<ChunkTable>(&short).is_err());
     }
 }
