@@ -10,10 +10,12 @@
 //! the working directory from then on.
 //!
 //! Messages queued in a datagram pair and a seqpacket pair come back one by one, with their
-//! boundaries.
+//! boundaries, empty ones too; a seqpacket end whose peer closed after sending gets its
+//! messages, then end of file.
 //!
-//! `PROG IMAGE KEY [dgram-queued]`: prints `tcp port N` and checkpoints (with `dgram-queued`, an
-//! empty datagram waits in the datagram pair, and the checkpoint must be refused). After restore it checks every socket,
+//! `PROG IMAGE KEY [fd-in-flight]`: prints `tcp port N` and checkpoints (with `fd-in-flight`, a
+//! message carrying a descriptor waits in the datagram pair, and the checkpoint must be refused,
+//! leaving the process's descriptors as they were). After restore it checks every socket,
 //! prints `tcp ino N` (the listener's inode, for the --listen-fd test) and the checks.
 
 #[path = "common.rs"]
@@ -110,9 +112,8 @@ fn main() {
     let (g, h) = pair();
     stream(g).shutdown(std::net::Shutdown::Write).unwrap();
     let (i, j) = UnixDatagram::pair().unwrap();
-    if extra.first().is_some_and(|a| a == "dgram-queued") {
-        // An empty datagram: SIOCINQ says 0, yet a message is queued.
-        i.send(b"").unwrap();
+    if extra.first().is_some_and(|a| a == "fd-in-flight") {
+        in_flight_is_refused(&i);
     }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
     // A datagram pair with one end shut down for reading: the other end's sends fail.
@@ -123,9 +124,10 @@ fn main() {
     gone.send(b"left behind").unwrap();
     gone.send(b"and this").unwrap();
     drop(gone);
-    // Messages waiting: three datagrams, two seqpackets.
+    // Messages waiting: four datagrams, three seqpackets, one of each empty (SIOCINQ says 0
+    // for it, yet it is a message).
     let (dq_a, dq_b) = UnixDatagram::pair().unwrap();
-    for m in [&b"one"[..], b"three", b"xy"] {
+    for m in [&b"one"[..], b"", b"three", b"xy"] {
         dq_a.send(m).unwrap();
     }
     let mut sp = [0i32; 2];
@@ -139,10 +141,29 @@ fn main() {
         )
     };
     assert_eq!(r, 0, "socketpair");
-    for m in [&b"aa"[..], b"bbb"] {
+    for m in [&b"aa"[..], b"", b"bbb"] {
         // SAFETY: sends from our own buffer on our own socket.
         unsafe { libc::send(sp[0], m.as_ptr().cast(), m.len(), 0) };
     }
+    // A seqpacket pair whose other end sent two messages (one empty) and closed: they wait,
+    // then end of file.
+    let mut spw = [0i32; 2];
+    // SAFETY: a seqpacket pair into a local array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            spw.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair");
+    for m in [&b"bye"[..], b""] {
+        // SAFETY: sends from our own buffer on our own socket.
+        unsafe { libc::send(spw[1], m.as_ptr().cast(), m.len(), 0) };
+    }
+    // SAFETY: closes our own descriptor, used nowhere else.
+    unsafe { libc::close(spw[1]) };
 
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = tcp.local_addr().unwrap().port();
@@ -427,31 +448,49 @@ fn main() {
     };
     let mut got = Vec::new();
     let mut mbuf = [0u8; 64];
-    for _ in 0..3 {
-        let n = dq_b.recv(&mut mbuf).unwrap_or(0);
-        got.push(String::from_utf8_lossy(&mbuf[..n]).into_owned());
+    dq_b.set_nonblocking(true).unwrap();
+    for _ in 0..5 {
+        match dq_b.recv(&mut mbuf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&mbuf[..n]).into_owned()),
+            Err(e) => got.push(format!("{:?}", e.raw_os_error())),
+        }
     }
     ch.check(
-        "datagram pair: queued messages, one by one",
-        got == ["one", "three", "xy"],
+        "datagram pair: queued messages, one by one, the empty one too",
+        got == ["one", "", "three", "xy", "Some(11)"],
         format!("{got:?}"),
     );
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        // SAFETY: receives into our own buffer from our own socket.
-        let n = unsafe {
-            libc::recv(
-                sp[1],
-                mbuf.as_mut_ptr().cast(),
-                mbuf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        got.push(String::from_utf8_lossy(&mbuf[..n.max(0) as usize]).into_owned());
-    }
+    // Each receive: the message, or the errno (EAGAIN: nothing more).
+    let recv_all = |fd: RawFd, n: usize| {
+        let mut buf = [0u8; 64];
+        (0..n)
+            .map(|_| {
+                // SAFETY: receives into our own buffer from our own socket.
+                let r = unsafe {
+                    libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                };
+                if r < 0 {
+                    format!(
+                        "errno {}",
+                        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                    )
+                } else {
+                    String::from_utf8_lossy(&buf[..r as usize]).into_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let got = recv_all(sp[1], 4);
     ch.check(
-        "seqpacket pair: queued messages, one by one",
-        got == ["aa", "bbb"],
+        "seqpacket pair: queued messages, one by one, the empty one too",
+        got == ["aa", "", "bbb", "errno 11"],
+        format!("{got:?}"),
+    );
+    // After the messages, end of file: receives of 0 bytes, and they go on so.
+    let got = recv_all(spw[0], 4);
+    ch.check(
+        "seqpacket pair whose other end closed: its messages, then end of file",
+        got == ["bye", "", "", ""],
         format!("{got:?}"),
     );
     let to_shut = du_b.send(b"x").map_err(|e| e.raw_os_error());
@@ -567,4 +606,57 @@ fn unsafe_getegid() -> u32 {
 fn unsafe_zeroed_un() -> libc::sockaddr_un {
     // SAFETY: sockaddr_un is plain data; all zeroes is valid.
     unsafe { std::mem::zeroed() }
+}
+
+/// Queues a message carrying a descriptor in `via`'s pair and checkpoints: refused, naming it,
+/// with the process's descriptors as they were (a peek of the message installs the descriptor:
+/// the checkpoint must close it again). Exits 3 if so, 1 if not.
+fn in_flight_is_refused(via: &UnixDatagram) {
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let payload = [0u8; 1];
+    let iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = std::ptr::addr_of!(iov).cast_mut();
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+    // SAFETY: msg points at our control buffer, large enough for one header and one int.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), 1);
+    }
+    // SAFETY: sends our own message on our own socket.
+    assert_eq!(unsafe { libc::sendmsg(via.as_raw_fd(), &msg, 0) }, 1);
+    let before = fds();
+    let (image, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Err(e) if fds() == before => {
+            println!("refused: {e}");
+            std::process::exit(3)
+        }
+        Err(e) => {
+            println!(
+                "FAIL refused ({e}), but {} descriptors are open, not {before}",
+                fds()
+            );
+            std::process::exit(1)
+        }
+        Ok(_) => {
+            println!("FAIL the checkpoint was not refused");
+            std::process::exit(1)
+        }
+    }
 }

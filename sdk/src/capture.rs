@@ -160,11 +160,9 @@ pub struct SockPeek {
 }
 
 /// [`SockPeek::msgs`] codes: a message longer than the room, one with ancillary data
-/// (descriptors, credentials), an empty one (its boundary cannot be walked), too many, one
-/// whose sender has a name.
+/// (descriptors, credentials), too many, one whose sender has a name.
 pub const MSGS_TRUNCATED: i64 = -1_000_001;
 pub const MSGS_ANCILLARY: i64 = -1_000_002;
-pub const MSGS_EMPTY: i64 = -1_000_003;
 pub const MSGS_TOO_MANY: i64 = -1_000_004;
 /// A message from a sender with a name (a message queued again comes from a socket without one).
 pub const MSGS_NAMED_SENDER: i64 = -1_000_005;
@@ -194,6 +192,11 @@ impl SockPeek {
 
     /// Walks the queued messages of a message-based socket without consuming them: SO_PEEK_OFF
     /// makes each peek start after the previous one. Runs in the checkpoint handler.
+    ///
+    /// SO_PASSCRED is on for the walk: every message then comes with credentials, which is how
+    /// an empty message (a peek of 0 bytes, with them) is told from the end of a seqpacket queue
+    /// whose peer has gone (0 bytes, without). A socket that has it on itself gets credentials
+    /// with each message, which a message queued again would not keep: those are refused.
     fn peek_messages(&self) {
         let fd = self.fd;
         let orig = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
@@ -202,35 +205,41 @@ impl SockPeek {
                 .store(-(libc::EOPNOTSUPP as i64), Ordering::Release);
             return;
         }
+        let passcred = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1);
+        // Credentials and a few descriptors (those are refused, but must be seen to be closed).
+        let mut control = [0u8; 256];
         let (mut used, mut n) = (0usize, 0usize);
         let result = loop {
             let room = self.buf.len() - used;
-            let (r, flags, name_len) = sys::recv_peek_msg(fd, self.addr + used as u64, room);
-            if r == -(libc::EAGAIN as i64) {
+            let m = sys::recv_peek_msg(fd, self.addr + used as u64, room, &mut control);
+            if m.len == -(libc::EAGAIN as i64) {
                 break n as i64;
             }
-            if r < 0 {
-                break r;
+            if m.len < 0 {
+                break m.len;
             }
-            if flags & libc::MSG_CTRUNC != 0 {
+            let (creds, fds, other) = sys::peeked_ancillary(&control[..m.control_len]);
+            if m.len == 0 && !creds && fds == 0 && !other {
+                break n as i64; // the end of a seqpacket queue whose peer has gone
+            }
+            if m.flags & libc::MSG_CTRUNC != 0 || fds > 0 || other || passcred != 0 {
                 break MSGS_ANCILLARY;
             }
-            if flags & libc::MSG_TRUNC != 0 || r as usize >= room {
+            if m.flags & libc::MSG_TRUNC != 0 || m.len as usize >= room {
                 break MSGS_TRUNCATED;
             }
-            if r == 0 {
-                break MSGS_EMPTY;
-            }
-            if name_len > 0 {
+            if m.name_len > 0 {
                 break MSGS_NAMED_SENDER;
             }
             let Some(slot) = self.lens.get(n) else {
                 break MSGS_TOO_MANY;
             };
-            slot.store(r as u64, Ordering::Relaxed);
+            slot.store(m.len as u64, Ordering::Relaxed);
             n += 1;
-            used += r as usize;
+            used += m.len as usize;
         };
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, passcred);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
         self.msgs.store(result, Ordering::Release);
     }
@@ -245,7 +254,6 @@ impl SockPeek {
                 "a queued message carries descriptors or credentials, which are not restored"
                     .into(),
             ),
-            MSGS_EMPTY => Err("an empty message is queued (its boundary cannot be kept)".into()),
             MSGS_TOO_MANY => Err(format!("more than {} messages are queued", self.lens.len())),
             MSGS_NAMED_SENDER => Err(
                 "a queued message was sent by a socket with a name (bound, or named by autobind), which a message queued again would not have"

@@ -1359,7 +1359,7 @@ pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
 /// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT) into `len` bytes at `addr`, with no room for ancillary
 /// data (descriptors in flight are not installed: MSG_CTRUNC says they were there): (bytes or
 /// a negative errno, msg_flags). Async-signal-safe.
-pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
+pub fn recv_peek_msg(fd: i32, addr: u64, len: usize, control: &mut [u8]) -> PeekedMsg {
     let iov = [addr, len as u64];
     // Room for the sender's address, whose length tells whether it has a name.
     let mut name = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
@@ -1369,8 +1369,8 @@ pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
         name.len() as u64,
         iov.as_ptr() as u64,
         1,
-        0,
-        0,
+        control.as_mut_ptr() as u64,
+        control.len() as u64,
         0,
     ];
     let r = syscall6(
@@ -1378,13 +1378,64 @@ pub fn recv_peek_msg(fd: i32, addr: u64, len: usize) -> (i64, i32, u32) {
         [
             fd as u64,
             msg.as_mut_ptr() as u64,
-            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as u64,
+            (libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) as u64,
             0,
             0,
             0,
         ],
     );
-    (r, msg[6] as i32, msg[1] as u32)
+    PeekedMsg {
+        len: r,
+        flags: msg[6] as i32,
+        name_len: msg[1] as u32,
+        control_len: (msg[5] as usize).min(control.len()),
+    }
+}
+
+/// What [`recv_peek_msg`] saw: the message's length (or a negative errno), its flags, the
+/// length of its sender's address and of the ancillary data it came with.
+#[derive(Debug, Clone, Copy)]
+pub struct PeekedMsg {
+    pub len: i64,
+    pub flags: i32,
+    pub name_len: u32,
+    pub control_len: usize,
+}
+
+/// What the ancillary data of a peeked message holds: credentials (`SCM_CREDENTIALS`), how
+/// many descriptors (`SCM_RIGHTS`, closed here: a peek installs them), and whether anything
+/// else. Allocates nothing: it runs in the checkpoint handler.
+pub fn peeked_ancillary(control: &[u8]) -> (bool, usize, bool) {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    let (mut creds, mut fds, mut other) = (false, 0, false);
+    let mut at = 0;
+    while at + HDR <= control.len() {
+        let word = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&control[at + o..at + o + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let len = word(0) as usize;
+        let level = word(8) as u32 as i32;
+        let ty = (word(8) >> 32) as u32 as i32;
+        if len < HDR || at + len > control.len() {
+            other = true;
+            break;
+        }
+        match (level, ty) {
+            (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => creds = true,
+            (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                for d in control[at + HDR..at + len].chunks_exact(4) {
+                    let fd = i32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
+                    let _ = syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+                    fds += 1;
+                }
+            }
+            _ => other = true,
+        }
+        at += len.next_multiple_of(8);
+    }
+    (creds, fds, other)
 }
 
 /// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
