@@ -916,8 +916,12 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
     let mut why = Vec::new();
     let status = crate::procfs::read(crate::sys::getpid(), "status")
         .map_err(io("reading /proc/self/status"))?;
-    if crate::procfs::field(&status, "Seccomp").is_some_and(|v| v != "0") {
-        why.push("a seccomp filter is installed (filters cannot be restored)".to_owned());
+    if let Some(mode) = crate::procfs::field(&status, "Seccomp").filter(|v| *v != "0") {
+        // Usually inherited: a container's default profile, systemd's SystemCallFilter=.
+        let count = crate::procfs::field(&status, "Seccomp_filters").unwrap_or("?");
+        why.push(format!(
+            "the process runs under seccomp (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: start it without one (a container: --security-opt seccomp=unconfined; a systemd unit: no SystemCallFilter=)"
+        ));
     }
     let maps =
         crate::procfs::smaps(crate::sys::getpid()).map_err(io("reading /proc/self/smaps"))?;
