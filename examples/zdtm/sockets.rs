@@ -243,9 +243,17 @@ fn main() {
     // SAFETY: a new socket, ours.
     let fresh = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fresh >= 0);
+    // Files in flight: a datagram carrying a pipe's read end (closed here since; the write end
+    // stays) and an eventfd (closed here), and a seqpacket message carrying the write end itself
+    // (one open file description with the descriptor kept here).
+    let flight = in_flight_setup();
+    // Every descriptor number the process has: the same after restore (the files in flight are
+    // in the queues, not in the table).
+    let numbers = fd_numbers();
     println!("tcp port {port}");
 
     common::checkpoint();
+    let now = fd_numbers();
 
     let mut ch = common::Checks::default();
     ch.check(
@@ -592,10 +600,187 @@ fn main() {
             && &buf[..got] == b"relative",
         format!("{rel_c:?} {:?} {sent} {got}", rel_l.local_addr()),
     );
+    ch.check(
+        "files in flight: not in the descriptor table",
+        now == numbers,
+        format!("{numbers:?} before, {now:?} after"),
+    );
+    in_flight_check(&mut ch, &flight);
     let _ = std::fs::remove_file("rel.sock");
     let _ = std::fs::remove_file("rel.dgram");
     let _ = std::fs::remove_file(&path);
     ch.finish();
+}
+
+fn fd_numbers() -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    // The listing's own descriptor (the highest, just opened) is not the process's.
+    v.pop();
+    v
+}
+
+/// What [`in_flight_setup`] left: the datagram pair's receiving end, the seqpacket pair's, and
+/// the pipe's write end the process kept.
+struct Flight {
+    dgram: RawFd,
+    seq: RawFd,
+    pipe_w: RawFd,
+}
+
+/// Sends `fds` with one byte of `tag` on `via`.
+fn send_fds(via: RawFd, tag: u8, fds: &[RawFd]) {
+    let payload = [tag];
+    let iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = std::ptr::addr_of!(iov).cast_mut();
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4 * fds.len() as u32) } as usize;
+    // SAFETY: msg points at our control buffer, large enough for one header and the ints.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4 * fds.len() as u32) as usize;
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i), *fd);
+        }
+    }
+    // SAFETY: sends our own message on our own socket.
+    assert_eq!(unsafe { libc::sendmsg(via, &msg, 0) }, 1, "sendmsg");
+}
+
+/// Receives one message on `via`: its byte and the descriptors it carries.
+fn recv_fds(via: RawFd) -> Option<(u8, Vec<RawFd>)> {
+    let mut payload = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr, filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: receives into our own buffers from our own socket.
+    let n = unsafe { libc::recvmsg(via, &mut msg, libc::MSG_DONTWAIT) };
+    if n != 1 {
+        return None;
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walks the control data the kernel wrote into our buffer.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_type == libc::SCM_RIGHTS {
+                let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..k {
+                    fds.push(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c).cast::<i32>().add(i),
+                    ));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((payload[0], fds))
+}
+
+fn in_flight_setup() -> Flight {
+    let (da, db) = pair_of(libc::SOCK_DGRAM);
+    let (sa, sb) = pair_of(libc::SOCK_SEQPACKET);
+    let mut p = [0i32; 2];
+    // SAFETY: a pipe into a local array.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: a new eventfd, ours.
+    let efd = unsafe { libc::eventfd(5, libc::EFD_CLOEXEC) };
+    assert!(efd >= 0);
+    send_fds(da, b'p', &[p[0]]);
+    send_fds(da, b'e', &[efd]);
+    send_fds(sa, b'w', &[p[1]]);
+    // SAFETY: closes our own descriptors, which now travel in the messages.
+    unsafe {
+        libc::close(p[0]);
+        libc::close(efd);
+    }
+    Flight {
+        dgram: db,
+        seq: sb,
+        pipe_w: p[1],
+    }
+}
+
+fn pair_of(ty: i32) -> (RawFd, RawFd) {
+    let mut sp = [0i32; 2];
+    // SAFETY: a socket pair into a local array.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, sp.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair");
+    (sp[0], sp[1])
+}
+
+fn in_flight_check(ch: &mut common::Checks, f: &Flight) {
+    let first = recv_fds(f.dgram);
+    let second = recv_fds(f.dgram);
+    let third = recv_fds(f.seq);
+    let (Some((b'p', r)), Some((b'e', e)), Some((b'w', w))) = (&first, &second, &third) else {
+        ch.check(
+            "files in flight: three messages with their descriptors",
+            false,
+            format!("{first:?} {second:?} {third:?}"),
+        );
+        return;
+    };
+    ch.check(
+        "files in flight: three messages with their descriptors",
+        r.len() == 1 && e.len() == 1 && w.len() == 1,
+        format!("{r:?} {e:?} {w:?}"),
+    );
+    // The pipe: written through the end kept here, read through the one that was in flight.
+    let sent = stream_fd_write(f.pipe_w, b"through the pipe");
+    let mut buf = [0u8; 32];
+    // SAFETY: reads into our own buffer from the descriptor just received.
+    let got = unsafe { libc::read(r[0], buf.as_mut_ptr().cast(), buf.len()) };
+    ch.check(
+        "files in flight: the pipe's read end reads what its kept write end writes",
+        sent && got == 16 && &buf[..16] == b"through the pipe",
+        got,
+    );
+    let mut count = [0u8; 8];
+    // SAFETY: reads the eventfd's counter into our own buffer.
+    let n = unsafe { libc::read(e[0], count.as_mut_ptr().cast(), 8) };
+    ch.check(
+        "files in flight: the eventfd keeps its count",
+        n == 8 && u64::from_ne_bytes(count) == 5,
+        u64::from_ne_bytes(count),
+    );
+    // One open file description: status flags set through one show through the other.
+    // SAFETY: fcntl on our own descriptors.
+    let shared = unsafe {
+        libc::fcntl(f.pipe_w, libc::F_SETFL, libc::O_NONBLOCK);
+        libc::fcntl(w[0], libc::F_GETFL) & libc::O_NONBLOCK != 0
+    };
+    ch.check(
+        "files in flight: the write end sent is the one kept (one description)",
+        shared,
+        "",
+    );
+}
+
+fn stream_fd_write(fd: RawFd, bytes: &[u8]) -> bool {
+    // SAFETY: writes our own buffer to our own descriptor.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) == bytes.len() as isize }
 }
 
 fn unsafe_getegid() -> u32 {

@@ -156,6 +156,8 @@ pub struct SockPeek {
     /// one by one with SO_PEEK_OFF; `msgs` of them, or one of the `MSGS_*` codes.
     pub msg: bool,
     lens: Vec<AtomicU64>,
+    /// How many descriptors each message carries (SCM_RIGHTS; see [`crate::state::scm`]).
+    fds: Vec<AtomicU32>,
     pub msgs: AtomicI64,
 }
 
@@ -186,6 +188,11 @@ impl SockPeek {
             } else {
                 Vec::new()
             },
+            fds: if msg {
+                (0..1024).map(|_| AtomicU32::new(0)).collect()
+            } else {
+                Vec::new()
+            },
             msgs: AtomicI64::new(0),
         }
     }
@@ -207,8 +214,9 @@ impl SockPeek {
         }
         let passcred = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1);
-        // Credentials and a few descriptors (those are refused, but must be seen to be closed).
-        let mut control = [0u8; 256];
+        // Credentials and up to about 250 descriptors (a peek installs them: closed at once; the
+        // checkpoint received the same ones before, see `state::scm`).
+        let mut control = [0u8; 1280];
         let (mut used, mut n) = (0usize, 0usize);
         let result = loop {
             let room = self.buf.len() - used;
@@ -219,11 +227,12 @@ impl SockPeek {
             if m.len < 0 {
                 break m.len;
             }
-            let (creds, fds, other) = sys::peeked_ancillary(&control[..m.control_len]);
+            let (creds, fds, other) =
+                sys::peeked_ancillary(&control[..m.control_len], &mut sys::close_raw);
             if m.len == 0 && !creds && fds == 0 && !other {
                 break n as i64; // the end of a seqpacket queue whose peer has gone
             }
-            if m.flags & libc::MSG_CTRUNC != 0 || fds > 0 || other || passcred != 0 {
+            if m.flags & libc::MSG_CTRUNC != 0 || other || passcred != 0 {
                 break MSGS_ANCILLARY;
             }
             if m.flags & libc::MSG_TRUNC != 0 || m.len as usize >= room {
@@ -236,6 +245,7 @@ impl SockPeek {
                 break MSGS_TOO_MANY;
             };
             slot.store(m.len as u64, Ordering::Relaxed);
+            self.fds[n].store(fds as u32, Ordering::Relaxed);
             n += 1;
             used += m.len as usize;
         };
@@ -244,14 +254,14 @@ impl SockPeek {
         self.msgs.store(result, Ordering::Release);
     }
 
-    /// The queued messages of a message-based socket, once the handler has run: (their bytes
-    /// one after the other, their lengths), or why they cannot be kept.
-    pub fn messages(&self) -> Result<(&[u8], Vec<u32>), String> {
+    /// The queued messages of a message-based socket, once the handler has run, or why they
+    /// cannot be kept.
+    pub fn messages(&self) -> Result<Queued<'_>, String> {
         let n = self.msgs.load(Ordering::Acquire);
         match n {
             MSGS_TRUNCATED => Err("a queued message is larger than thaw reads".into()),
             MSGS_ANCILLARY => Err(
-                "a queued message carries descriptors or credentials, which are not restored"
+                "a queued message carries credentials (the socket has SO_PASSCRED) or more than 250 descriptors, which are not restored"
                     .into(),
             ),
             MSGS_TOO_MANY => Err(format!("more than {} messages are queued", self.lens.len())),
@@ -269,7 +279,15 @@ impl SockPeek {
                     .map(|l| l.load(Ordering::Relaxed) as u32)
                     .collect();
                 let total: usize = lens.iter().map(|&l| l as usize).sum();
-                Ok((&self.buf[..total], lens))
+                let fds = self.fds[..n as usize]
+                    .iter()
+                    .map(|f| f.load(Ordering::Relaxed))
+                    .collect();
+                Ok(Queued {
+                    bytes: &self.buf[..total],
+                    lens,
+                    fds,
+                })
             }
         }
     }
@@ -303,6 +321,15 @@ impl SockPeek {
         }
         Ok(&self.buf[..got as usize])
     }
+}
+
+/// A socket's queued messages as the handler found them: their bytes one after the other,
+/// their lengths, and how many descriptors each carries.
+#[derive(Debug)]
+pub struct Queued<'a> {
+    pub bytes: &'a [u8],
+    pub lens: Vec<u32>,
+    pub fds: Vec<u32>,
 }
 
 /// Everything the handlers fill, allocated before any signal is sent.

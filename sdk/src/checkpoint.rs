@@ -269,7 +269,16 @@ impl Checkpoint {
             .max_deleted_file
             .or_else(state::deleted::max_from_env)
             .unwrap_or(state::deleted::DEFAULT_MAX_BYTES);
-        let mut scan = FdScan::scan(&[], max_deleted).map_err(io("listing file descriptors"))?;
+        // Files in flight in queued messages, received (peeked) to be scanned with the rest.
+        let in_flight = match state::scm::InFlight::receive() {
+            Ok(f) => f,
+            Err(why) => {
+                unsupported.push(why);
+                state::scm::InFlight::default()
+            }
+        };
+        let mut scan =
+            FdScan::scan(&[], max_deleted, in_flight).map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
         if !unsupported.is_empty() {
@@ -458,6 +467,7 @@ impl Checkpoint {
         let mut capture = match frozen {
             Frozen::Restored => {
                 std::mem::take(&mut scan.witness).abandon();
+                std::mem::take(&mut scan.in_flight).abandon();
                 return restored().map(Ok);
             }
             Frozen::Snapshot(c) => c,
@@ -745,10 +755,14 @@ impl Checkpoint {
                         continue;
                     };
                     match peek.messages() {
-                        Ok((_, lens)) if lens.is_empty() => {}
-                        Ok((bytes, lens)) => {
-                            b.queued = Some(writer.append_payload(bytes)?);
-                            b.messages = lens;
+                        Ok(q) if q.lens.is_empty() => {}
+                        Ok(q) if q.fds.iter().any(|&n| n > 0) => unsupported.push(format!(
+                            "fd {} (socket:[{}]): a message queued to a bound receiver carries descriptors, which are not restored",
+                            e.fd, b.sock.ino
+                        )),
+                        Ok(q) => {
+                            b.queued = Some(writer.append_payload(q.bytes)?);
+                            b.messages = q.lens;
                         }
                         Err(why) => unsupported
                             .push(format!("fd {} (socket:[{}]): {why}", e.fd, b.sock.ino)),
@@ -759,11 +773,15 @@ impl Checkpoint {
                         continue;
                     };
                     if p.ty != libc::SOCK_STREAM {
-                        match peek.messages() {
-                            Ok((_, lens)) if lens.is_empty() => {}
-                            Ok((bytes, lens)) => {
-                                p.queued = Some(writer.append_payload(bytes)?);
-                                p.messages = lens;
+                        match peek.messages().and_then(|q| {
+                            let carried = scan.in_flight.message_fds(p.ino, &q.lens, &q.fds)?;
+                            Ok((q, carried))
+                        }) {
+                            Ok((q, _)) if q.lens.is_empty() => {}
+                            Ok((q, carried)) => {
+                                p.queued = Some(writer.append_payload(q.bytes)?);
+                                p.messages = q.lens;
+                                p.message_fds = carried;
                             }
                             Err(why) => {
                                 unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino))

@@ -1403,9 +1403,9 @@ pub struct PeekedMsg {
 }
 
 /// What the ancillary data of a peeked message holds: credentials (`SCM_CREDENTIALS`), how
-/// many descriptors (`SCM_RIGHTS`, closed here: a peek installs them), and whether anything
-/// else. Allocates nothing: it runs in the checkpoint handler.
-pub fn peeked_ancillary(control: &[u8]) -> (bool, usize, bool) {
+/// many descriptors (`SCM_RIGHTS`: a peek installs them, each handed to `on_fd`, which owns it),
+/// and whether anything else. Allocates nothing: it runs in the checkpoint handler.
+pub fn peeked_ancillary(control: &[u8], on_fd: &mut dyn FnMut(i32)) -> (bool, usize, bool) {
     const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
     let (mut creds, mut fds, mut other) = (false, 0, false);
     let mut at = 0;
@@ -1426,8 +1426,7 @@ pub fn peeked_ancillary(control: &[u8]) -> (bool, usize, bool) {
             (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => creds = true,
             (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
                 for d in control[at + HDR..at + len].chunks_exact(4) {
-                    let fd = i32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
-                    let _ = syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+                    on_fd(i32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
                     fds += 1;
                 }
             }
@@ -1436,6 +1435,11 @@ pub fn peeked_ancillary(control: &[u8]) -> (bool, usize, bool) {
         at += len.next_multiple_of(8);
     }
     (creds, fds, other)
+}
+
+/// close(fd), ignoring the result: async-signal-safe.
+pub fn close_raw(fd: i32) {
+    let _ = syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
 }
 
 /// send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL); the number of bytes sent.
@@ -2505,6 +2509,18 @@ pub const MAX_PASSED_FDS: usize = 250;
 
 /// Sends one message carrying `fds` (SCM_RIGHTS).
 pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    sendmsg_fds(sock, bytes, &[], fds, libc::MSG_NOSIGNAL)
+}
+
+/// sendmsg of `bytes` with `fds` (SCM_RIGHTS, none: no ancillary data) to `addr` (a
+/// `sockaddr_un`'s bytes; empty: the peer), with `flags`; restarted when interrupted.
+pub fn sendmsg_fds(
+    sock: RawFd,
+    bytes: &[u8],
+    addr: &[u8],
+    fds: &[RawFd],
+    flags: i32,
+) -> io::Result<usize> {
     if fds.len() > MAX_PASSED_FDS {
         return Err(io::Error::from_raw_os_error(libc::E2BIG));
     }
@@ -2519,8 +2535,12 @@ pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usi
         control[word] |= u64::from(*fd as u32) << (32 * (i % 2));
     }
     let msg = [
-        0u64,
-        0,
+        if addr.is_empty() {
+            0
+        } else {
+            addr.as_ptr() as u64
+        },
+        addr.len() as u64,
         iov.as_mut_ptr() as u64,
         1,
         if fds.is_empty() {
@@ -2538,14 +2558,7 @@ pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usi
     loop {
         match syscall(
             libc::SYS_sendmsg,
-            [
-                sock as u64,
-                msg.as_ptr() as u64,
-                libc::MSG_NOSIGNAL as u64,
-                0,
-                0,
-                0,
-            ],
+            [sock as u64, msg.as_ptr() as u64, flags as u64, 0, 0, 0],
         ) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other.map(|n| n as usize),
@@ -2676,4 +2689,11 @@ pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
             Ok(_) => return Ok(sock),
         }
     }
+}
+
+/// Takes ownership of `fd`, a descriptor the kernel just installed for us (one received with a
+/// message) that nothing else owns.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller passes a descriptor that is open and owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }

@@ -405,6 +405,16 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
     }
+    // Files in flight: never the caller's stdio, and at most so many.
+    let flying = m.files.iter().filter(|f| f.in_flight).count();
+    bound(
+        "descriptors in flight",
+        flying,
+        crate::state::scm::MAX_IN_FLIGHT,
+    )?;
+    if m.files.iter().any(|f| f.in_flight && f.fd <= 2) {
+        return Err("descriptors 0-2 cannot be in flight".into());
+    }
     // Socket pairs: at most two ends, of one type.
     let mut pairs: std::collections::BTreeMap<u64, (BTreeSet<u64>, i32)> = Default::default();
     for f in &m.files {
@@ -420,6 +430,30 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 ));
             }
             messages_add_up(p.ino, p.queued, &p.messages)?;
+            // Descriptors in flight: per message, each an in-flight entry (see state::scm).
+            if !p.message_fds.is_empty() && p.message_fds.len() != p.messages.len() {
+                return Err(format!(
+                    "socket:[{}]: descriptors for {} messages, {} queued",
+                    p.ino,
+                    p.message_fds.len(),
+                    p.messages.len()
+                ));
+            }
+            for n in p.message_fds.iter().flatten() {
+                if !m.files.iter().any(|g| g.fd == *n && g.in_flight) {
+                    return Err(format!(
+                        "socket:[{}]: a queued message carries fd {n}, which is no descriptor in flight",
+                        p.ino
+                    ));
+                }
+            }
+            for fds in &p.message_fds {
+                bound(
+                    "descriptors of one message",
+                    fds.len(),
+                    crate::sys::MAX_PASSED_FDS,
+                )?;
+            }
         }
         if let FdKind::Socket(crate::state::sockets::Socket::Bound(b)) = &f.kind {
             // Queued again by address: a receiver with one, of datagrams.

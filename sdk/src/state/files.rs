@@ -23,6 +23,10 @@ pub struct FdEntry {
     /// it at restore, which it must find empty (its buffer lives only while someone holds it
     /// open, so after the first life it is empty unless someone else wrote).
     pub fifo_bytes: Option<PayloadRef>,
+    /// Not a descriptor of the process: a file in flight in a message queued in one of its
+    /// sockets (see [`super::scm`]), numbered as the checkpoint received it. Made again, sent
+    /// with its message, and closed.
+    pub in_flight: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +286,9 @@ pub(crate) struct FdScan {
     pub fifos: Vec<i32>,
     /// The scanned descriptors, held to be compared with the snapshot's.
     pub witness: crate::witness::FdWitness,
+    /// Files in flight in queued messages, received to be scanned with the rest (see
+    /// [`super::scm`]): held until the checkpoint ends.
+    pub in_flight: super::scm::InFlight,
 }
 
 fn fdinfo(fd: i32) -> String {
@@ -362,7 +369,11 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
 impl FdScan {
     /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
     /// up to `max_deleted` bytes are kept (see [`super::deleted`]).
-    pub(crate) fn scan(exclude: &[i32], max_deleted: u64) -> std::io::Result<FdScan> {
+    pub(crate) fn scan(
+        exclude: &[i32],
+        max_deleted: u64,
+        in_flight: super::scm::InFlight,
+    ) -> std::io::Result<FdScan> {
         let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
@@ -370,6 +381,7 @@ impl FdScan {
         fds.retain(|fd| !exclude.contains(fd));
         let mut scan = FdScan {
             witness: crate::witness::FdWitness::hold(&fds)?,
+            in_flight,
             ..FdScan::default()
         };
         let listed = fds.clone();
@@ -399,6 +411,7 @@ impl FdScan {
                 signal_io: None,
                 dup_of: None,
                 fifo_bytes: None,
+                in_flight: false,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -885,7 +898,13 @@ impl FdScan {
         let mut refusals = Vec::new();
         let mut changed = Vec::new();
         let mut placeholders = Vec::new();
+        let flying = self.in_flight.numbers();
         for r in std::mem::take(&mut self.refused) {
+            if let Some(ino) = flying.get(&r.fd) {
+                // Not the process's descriptor: the policy has no say; its message would lose it.
+                refusals.push(in_flight_message(&r.message, r.fd, *ino));
+                continue;
+            }
             match policy.action(r.fd, Some(r.class)) {
                 FdAction::Refuse => refusals.push(format!(
                     "{} ({})",
@@ -906,8 +925,8 @@ impl FdScan {
             }
         }
         self.entries.retain_mut(|e| {
-            if e.fd <= 2 {
-                return true; // stdio is always the launcher's caller's
+            if e.fd <= 2 || flying.contains_key(&e.fd) {
+                return true; // stdio is always the launcher's caller's; see above for in flight
             }
             match policy.overrides(e.fd) {
                 None | Some(FdAction::Refuse) => true,
@@ -945,6 +964,18 @@ impl FdScan {
                 moved.insert(first, e.fd);
             }
         }
+        for e in &mut self.entries {
+            if let Some(&ino) = flying.get(&e.fd) {
+                e.in_flight = true;
+                if let Some((what, why)) = not_in_flight(e) {
+                    refusals.push(in_flight_message(
+                        &format!("fd {} ({what}): {why}", e.fd),
+                        e.fd,
+                        ino,
+                    ));
+                }
+            }
+        }
         // An epoll registration needs the watched descriptor as it was.
         for e in &self.entries {
             if let FdKind::Epoll { watches } = &e.kind {
@@ -952,6 +983,13 @@ impl FdScan {
                     // The file watched: at the registration's number, or where it is now.
                     let holder = w.at.unwrap_or(w.fd);
                     let target = self.entries.iter().find(|t| t.fd == holder);
+                    if target.is_some_and(|t| t.in_flight) {
+                        refusals.push(format!(
+                            "fd {} (epoll): watches a file that is open only in a queued message",
+                            e.fd
+                        ));
+                        continue;
+                    }
                     match target.map(|t| &t.kind) {
                         None | Some(FdKind::DevNull) => refusals.push(format!(
                             "fd {} (epoll): watches fd {holder}, which the descriptor policy leaves out or replaces",
@@ -1139,7 +1177,7 @@ pub fn reopen(
             _ => None,
         })
         .collect();
-    let sockets = super::sockets::recreate(&socks, &mut payload, given)?;
+    let (sockets, later) = super::sockets::recreate(&socks, &mut payload, given)?;
     // Stand-ins for processes that had exited, reaped when this returns.
     let mut dead = super::pidfd::DeadPidfds::default();
     let mut out: Vec<(i32, OwnedFd)> = Vec::new();
@@ -1351,6 +1389,14 @@ pub fn reopen(
         };
         out.push((fd, opened));
     }
+    // Messages that carry descriptors, now that every descriptor is made; then the files in
+    // flight are closed (the queues hold them).
+    later.finish(&mut payload, &|n| {
+        out.iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, f)| std::os::fd::AsRawFd::as_raw_fd(f))
+    })?;
+    out.retain(|(n, _)| !entries.iter().any(|e| e.fd == *n && e.in_flight));
     Ok(out)
 }
 
@@ -1621,5 +1667,33 @@ impl FdEntry {
         if let FdKind::Epoll { watches } = &self.kind {
             super::epoll::plan(self.fd, watches, table, scratch, plan);
         }
+    }
+}
+
+/// `message` ("fd N (target): why") said of a descriptor in flight in socket `ino`.
+fn in_flight_message(message: &str, fd: i32, ino: u64) -> String {
+    let rest = message
+        .strip_prefix(&format!("fd {fd} "))
+        .unwrap_or(message);
+    format!("a descriptor in flight in a message queued in socket:[{ino}] {rest}")
+}
+
+/// Why a file in flight cannot be restored as one, if it cannot: (what it is, why). The
+/// restorer finishes these by descriptor number, and a file in flight has none in the restored
+/// process.
+fn not_in_flight(e: &FdEntry) -> Option<(&'static str, &'static str)> {
+    if !e.locks.is_empty() {
+        return Some(("a file", "it holds locks"));
+    }
+    if e.signal_io.is_some() {
+        return Some(("a file", "it has signal-driven I/O (O_ASYNC)"));
+    }
+    match &e.kind {
+        FdKind::Pidfd(_) => Some(("pidfd", "a pidfd is not restored in flight")),
+        FdKind::Epoll { watches } if !watches.is_empty() => Some((
+            "epoll",
+            "an epoll instance with registrations is not restored in flight",
+        )),
+        _ => None,
     }
 }

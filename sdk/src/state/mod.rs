@@ -23,6 +23,7 @@ pub mod pidfd;
 pub mod platform;
 pub mod posix_timers;
 pub mod process;
+pub mod scm;
 pub mod shmem;
 pub mod sigio;
 pub mod signals;

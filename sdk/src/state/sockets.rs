@@ -150,6 +150,9 @@ pub struct PairEnd {
     pub queued: Option<PayloadRef>,
     /// A message-based socket (datagram, seqpacket): the lengths of the messages in `queued`.
     pub messages: Vec<u32>,
+    /// The descriptors each of `messages` carries (SCM_RIGHTS), by the numbers of their
+    /// in-flight entries ([`super::files::FdEntry::in_flight`]); empty when none carries any.
+    pub message_fds: Vec<Vec<i32>>,
     /// This end was accepted from the process's listener with this inode (it has the
     /// listener's name, its other end connected to it): made again by connecting to that
     /// listener and accepting. 0: a pair made by `socketpair`.
@@ -565,6 +568,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         recv_shutdown: false,
                         queued: None,
                         messages: Vec::new(),
+                        message_fds: Vec::new(),
                         accepted_from: listener,
                         sndbuf: opt(libc::SO_SNDBUF),
                         rcvbuf: opt(libc::SO_RCVBUF),
@@ -680,6 +684,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     recv_shutdown: d.shutdown & RCV_SHUTDOWN != 0,
                     queued: None,
                     messages: Vec::new(),
+                    message_fds: Vec::new(),
                     accepted_from: 0,
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
@@ -696,13 +701,14 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
 /// Recreates every socket (descriptors of one socket share it): inode → descriptor. `queued(r)`
 /// reads a payload range of the image; `given` are listening sockets handed in by the caller,
 /// used for a listener of the same family, type and address instead of binding a new one.
-pub fn recreate(
-    sockets: &[&Socket],
+pub fn recreate<'a>(
+    sockets: &[&'a Socket],
     mut queued: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
-) -> Result<BTreeMap<u64, OwnedFd>, String> {
+) -> Result<(BTreeMap<u64, OwnedFd>, Later<'a>), String> {
     let mut out = BTreeMap::new();
-    let mut pairs: BTreeMap<u64, Vec<&PairEnd>> = BTreeMap::new();
+    let mut later = Later::default();
+    let mut pairs: BTreeMap<u64, Vec<&'a PairEnd>> = BTreeMap::new();
     let ends = sockets.iter().filter_map(|s| match s {
         Socket::Pair(p) => Some(p),
         Socket::Listener(_)
@@ -773,74 +779,19 @@ pub fn recreate(
             None => crate::sys::socketpair(ty)
                 .map_err(|e| format!("socket pair {id}: cannot create it: {e}"))?,
         };
-        let sock = [&a, &b];
-        // The end that is not in the image (half-closed pair) is `b` and is closed at the end.
         for (i, end) in v.iter().enumerate() {
-            let me = sock[i].as_raw_fd();
-            let other = sock[1 - i].as_raw_fd();
+            let me = [&a, &b][i].as_raw_fd();
             set_options(me, end.ino, end.sndbuf, end.rcvbuf, end.passcred, &end.opts)?;
-            if let Some(r) = end.queued {
-                let bytes = queued(r)?;
-                // What waits in this end's queue was sent by the other end.
-                let _ = crate::sys::setsockopt_int(
-                    other,
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (bytes.len() as i32).saturating_mul(2).max(end.sndbuf / 2),
-                );
-                if end.messages.is_empty() {
-                    let mut at = 0;
-                    while at < bytes.len() {
-                        let n = crate::sys::send_nowait(other, &bytes[at..]).map_err(|e| {
-                            format!(
-                                "socket:[{}]: cannot queue its {} bytes again: {e}",
-                                end.ino,
-                                bytes.len()
-                            )
-                        })?;
-                        at += n;
-                    }
-                } else {
-                    // One message at a time: their boundaries are part of the queue.
-                    let mut at = 0usize;
-                    for (k, &len) in end.messages.iter().enumerate() {
-                        let msg = bytes.get(at..at + len as usize).ok_or_else(|| {
-                            format!(
-                                "socket:[{}]: its queued messages do not match their bytes",
-                                end.ino
-                            )
-                        })?;
-                        let n = crate::sys::send_nowait(other, msg).map_err(|e| {
-                            format!(
-                                "socket:[{}]: cannot queue message {} of {} again: {e}",
-                                end.ino,
-                                k + 1,
-                                end.messages.len()
-                            )
-                        })?;
-                        if n != msg.len() {
-                            return Err(format!("socket:[{}]: message {} was cut", end.ino, k + 1));
-                        }
-                        at += len as usize;
-                    }
-                }
-            }
         }
-        // Queuing may have raised a sender's buffer size: every end gets its own back.
-        for (i, end) in v.iter().enumerate() {
-            let me = sock[i].as_raw_fd();
-            let _ =
-                crate::sys::setsockopt_int(me, libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
-        }
-        for (i, end) in v.iter().enumerate() {
-            if end.recv_shutdown {
-                crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_RD)
-                    .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
-            }
-            if end.send_shutdown {
-                crate::sys::shutdown(sock[i].as_raw_fd(), libc::SHUT_WR)
-                    .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
-            }
+        if v.iter().any(|e| !e.message_fds.is_empty()) {
+            // Messages carrying descriptors are queued once every descriptor is made (see
+            // `Later::finish`); the ends are held until then (a closed one too).
+            let held =
+                [&a, &b].map(|s| s.try_clone().map_err(|e| format!("socket pair {id}: {e}")));
+            let [x, y] = held;
+            later.pairs.push((v.clone(), [x?, y?]));
+        } else {
+            fill_pair(&v, [a.as_raw_fd(), b.as_raw_fd()], &mut queued, &|_| None)?;
         }
         let mut ends_fds = [Some(a), Some(b)];
         for (i, end) in v.iter().enumerate() {
@@ -910,7 +861,129 @@ pub fn recreate(
             }
         }
     }
-    Ok(out)
+    Ok((out, later))
+}
+
+/// Socket pairs whose queued messages carry descriptors: queued once every descriptor of the
+/// image is made ([`super::files::reopen`]), with both ends held until then.
+#[derive(Debug, Default)]
+pub struct Later<'a> {
+    pairs: Vec<(Vec<&'a PairEnd>, [OwnedFd; 2])>,
+}
+
+impl Later<'_> {
+    /// Queues the held pairs' messages, each with its descriptors (`fd_of`: an in-flight
+    /// entry's number to the descriptor made for it), then shuts them down as they were; the
+    /// held ends are closed (an end that is not in the image with them).
+    pub fn finish(
+        self,
+        queued: &mut dyn FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+        fd_of: &dyn Fn(i32) -> Option<i32>,
+    ) -> Result<(), String> {
+        for (v, [a, b]) in self.pairs {
+            fill_pair(&v, [a.as_raw_fd(), b.as_raw_fd()], queued, fd_of)?;
+        }
+        Ok(())
+    }
+}
+
+/// Queues again what waits in each end of a pair (`v`, made as `sock`: what waits in one end
+/// was sent by the other), messages one at a time with their descriptors (`fd_of`), then shuts
+/// the ends down as they were.
+fn fill_pair(
+    v: &[&PairEnd],
+    sock: [i32; 2],
+    queued: &mut dyn FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+    fd_of: &dyn Fn(i32) -> Option<i32>,
+) -> Result<(), String> {
+    for (i, end) in v.iter().enumerate() {
+        let other = sock[1 - i];
+        let Some(r) = end.queued else { continue };
+        let bytes = queued(r)?;
+        let _ = crate::sys::setsockopt_int(
+            other,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (bytes.len() as i32).saturating_mul(2).max(end.sndbuf / 2),
+        );
+        if end.messages.is_empty() {
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = crate::sys::send_nowait(other, &bytes[at..]).map_err(|e| {
+                    format!(
+                        "socket:[{}]: cannot queue its {} bytes again: {e}",
+                        end.ino,
+                        bytes.len()
+                    )
+                })?;
+                at += n;
+            }
+            continue;
+        }
+        // One message at a time: their boundaries are part of the queue.
+        let mut at = 0usize;
+        for (k, &len) in end.messages.iter().enumerate() {
+            let msg = bytes.get(at..at + len as usize).ok_or_else(|| {
+                format!(
+                    "socket:[{}]: its queued messages do not match their bytes",
+                    end.ino
+                )
+            })?;
+            let fds = end
+                .message_fds
+                .get(k)
+                .map(|nums| {
+                    nums.iter()
+                        .map(|&n| {
+                            fd_of(n).ok_or_else(|| {
+                                format!(
+                                    "socket:[{}]: message {} carries a descriptor that was not made again",
+                                    end.ino,
+                                    k + 1
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<i32>, String>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let n = crate::sys::sendmsg_fds(
+                other,
+                msg,
+                &[],
+                &fds,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+            .map_err(|e| {
+                format!(
+                    "socket:[{}]: cannot queue message {} of {} again: {e}",
+                    end.ino,
+                    k + 1,
+                    end.messages.len()
+                )
+            })?;
+            if n != msg.len() {
+                return Err(format!("socket:[{}]: message {} was cut", end.ino, k + 1));
+            }
+            at += len as usize;
+        }
+    }
+    // Queuing may have raised a sender's buffer size: every end gets its own back.
+    for (i, end) in v.iter().enumerate() {
+        let _ =
+            crate::sys::setsockopt_int(sock[i], libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
+    }
+    for (i, end) in v.iter().enumerate() {
+        if end.recv_shutdown {
+            crate::sys::shutdown(sock[i], libc::SHUT_RD)
+                .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
+        }
+        if end.send_shutdown {
+            crate::sys::shutdown(sock[i], libc::SHUT_WR)
+                .map_err(|e| format!("socket:[{}]: cannot shut it down: {e}", end.ino))?;
+        }
+    }
+    Ok(())
 }
 
 /// The path of a `sockaddr_un` bound to a path.

@@ -1,0 +1,192 @@
+//! Descriptors in flight: files sent with SCM_RIGHTS in `AF_UNIX` datagram and seqpacket
+//! messages that still wait in one of the process's sockets.
+//!
+//! A peek of such a message passes its descriptors too (the file itself, not a copy). So before
+//! the scan of the descriptor table, [`InFlight::receive`] peeks every queued message once and
+//! keeps what it receives: the scan then describes those files like any other descriptor, marked
+//! in flight ([`super::files::FdEntry::in_flight`]), and each message names its descriptors by
+//! those numbers ([`super::sockets::PairEnd::message_fds`]). A file the process also holds (it
+//! sent its own pipe end) is one open file description again, as the scan finds with kcmp. At
+//! restore they are made with the other descriptors, sent again with their messages
+//! ([`super::sockets::Later`]) and closed: the restored process holds them only in its queues.
+//!
+//! The checkpoint handler walks the queues again while every thread is stopped and counts the
+//! descriptors of each message; a queue that changed in between (a thread received or sent
+//! meanwhile) makes the checkpoint refuse and say to try again.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+use crate::sys;
+
+/// At most this many descriptors in flight in all the process's queues together.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// What the peek before the scan received: per socket inode, each queued message's length and
+/// the numbers its descriptors got. Closes them when dropped.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    held: Vec<OwnedFd>,
+    by_socket: BTreeMap<u64, Vec<(u32, Vec<i32>)>>,
+}
+
+impl InFlight {
+    /// Peeks every message queued in the process's `AF_UNIX` datagram and seqpacket sockets,
+    /// keeping the descriptors they carry. A queue that cannot be walked is left to the
+    /// checkpoint handler, which names why.
+    pub(crate) fn receive() -> Result<InFlight, String> {
+        let mut out = InFlight::default();
+        let mut seen = Vec::new();
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map_err(|e| format!("cannot list /proc/self/fd: {e}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for fd in fds {
+            let Some(ino) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .ok()
+                .and_then(|t| {
+                    t.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+            else {
+                continue;
+            };
+            let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+            let ty = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE);
+            if domain.ok() != Some(libc::AF_UNIX)
+                || !matches!(ty, Ok(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET))
+                || seen.contains(&ino)
+            {
+                continue;
+            }
+            seen.push(ino);
+            // The kernel counts the descriptors in flight in a socket's queue: only those
+            // queues are walked (a peek marks an empty message, which a second walk with
+            // SO_PEEK_OFF then passes over).
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let carried = crate::procfs::field(&info, "scm_fds")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if carried == 0 {
+                continue;
+            }
+            let messages = out.walk(fd, ino)?;
+            if messages.iter().any(|(_, fds)| !fds.is_empty()) {
+                out.by_socket.insert(ino, messages);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One queue, as the checkpoint handler walks it (`SockPeek::peek_messages`): SO_PEEK_OFF
+    /// from the start, SO_PASSCRED on to tell an empty message from the end of the queue.
+    fn walk(&mut self, fd: i32, ino: u64) -> Result<Vec<(u32, Vec<i32>)>, String> {
+        let orig = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+        if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
+            return Ok(Vec::new());
+        }
+        let passcred = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1);
+        let mut buf = vec![0u8; (sys::inq(fd).max(0) as usize * 2).max(256 << 10)];
+        let mut control = [0u8; 1280];
+        let mut messages = Vec::new();
+        let mut failed = None;
+        loop {
+            let m = sys::recv_peek_msg(fd, buf.as_mut_ptr() as u64, buf.len(), &mut control);
+            if m.len < 0 {
+                break; // EAGAIN: the end (anything else: the handler says why)
+            }
+            let mut got = Vec::new();
+            let (creds, n, other) =
+                sys::peeked_ancillary(&control[..m.control_len], &mut |f| got.push(f));
+            self.held.extend(got.iter().map(|&f| sys::own_fd(f)));
+            if m.len == 0 && !creds && n == 0 && !other {
+                break; // the end of a seqpacket queue whose peer has gone
+            }
+            if m.len == 0 {
+                failed = Some(format!(
+                    "socket:[{ino}]: its queue holds both descriptors in flight and an empty message, which is not restored"
+                ));
+                break;
+            }
+            if m.flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0
+                || other
+                || m.len as usize >= buf.len()
+                || messages.len() >= 1024
+            {
+                break; // refused by the handler, naming why
+            }
+            if self.held.len() > MAX_IN_FLIGHT {
+                failed = Some(format!(
+                    "more than {MAX_IN_FLIGHT} descriptors are in flight in queued messages"
+                ));
+                break;
+            }
+            messages.push((m.len as u32, got));
+        }
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, passcred);
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
+        match failed {
+            Some(why) => Err(why),
+            None => Ok(messages),
+        }
+    }
+
+    /// Each descriptor received, by number, with the inode of the socket it waits in.
+    pub(crate) fn numbers(&self) -> BTreeMap<i32, u64> {
+        self.by_socket
+            .iter()
+            .flat_map(|(&ino, msgs)| {
+                msgs.iter()
+                    .flat_map(move |(_, f)| f.iter().map(move |&n| (n, ino)))
+            })
+            .collect()
+    }
+
+    /// The descriptors of the messages queued in socket `ino`, checked against what the
+    /// checkpoint handler found there (`lens`, and `counts` descriptors per message): empty when
+    /// no message carries any.
+    pub(crate) fn message_fds(
+        &self,
+        ino: u64,
+        lens: &[u32],
+        counts: &[u32],
+    ) -> Result<Vec<Vec<i32>>, String> {
+        let before = self.by_socket.get(&ino);
+        if before.is_none() && counts.iter().all(|&c| c == 0) {
+            return Ok(Vec::new());
+        }
+        if before.is_none() {
+            return Err(
+                "a queued message carries descriptors the checkpoint did not find before it stopped the threads (this kernel may not count them in fdinfo's scm_fds); try again"
+                    .into(),
+            );
+        }
+        let same = before.is_some_and(|b| {
+            b.len() == lens.len()
+                && b.iter()
+                    .zip(lens.iter().zip(counts))
+                    .all(|((l, f), (&l2, &c))| *l == l2 && f.len() == c as usize)
+        });
+        if !same {
+            return Err(
+                "its queued messages changed while the checkpoint looked at the descriptors they carry; try again"
+                    .into(),
+            );
+        }
+        Ok(before
+            .map(|b| b.iter().map(|(_, f)| f.clone()).collect())
+            .unwrap_or_default())
+    }
+
+    /// In the restored process: the numbers name nothing of the first life's any more.
+    pub(crate) fn abandon(self) {
+        for f in self.held {
+            std::mem::forget(f);
+        }
+    }
+}
