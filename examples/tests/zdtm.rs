@@ -1099,3 +1099,31 @@ fn ping_sockets_allowed() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A checkpoint that exits after saving: a thread appending to a file as fast as it can writes
+/// nothing in the first life after the snapshot (the restore writes it, once), and a line the C
+/// library had buffered is printed by the restored process alone. In both PID modes.
+#[test]
+fn nothing_after_the_snapshot_happens_in_the_first_life() {
+    let env = Env::new();
+    for (image, opts) in [("a.thaw", &[][..]), ("b.thaw", &["--pid-mode", "ns"][..])] {
+        let first = env.first_life("zdtm-afterwards", image, &[]);
+        assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+        assert!(
+            !String::from_utf8_lossy(&first.stdout).contains("buffered before the checkpoint"),
+            "the first life flushed what the restored process prints: {}",
+            text(&first)
+        );
+        let o = env.restore(&env.path(image), opts, &[]);
+        assert_all_ok(
+            &o,
+            &["the log counts up once: nothing after the snapshot was written by the first life"],
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            out.matches("buffered before the checkpoint").count(),
+            1,
+            "{out}"
+        );
+    }
+}

@@ -879,8 +879,59 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
 pub enum Frozen {
     /// First life: a frozen child holds the snapshot; the capture describes it.
     Snapshot(Box<Capture>),
+    /// First life, as `Snapshot`, with every other thread still stopped in its handler and
+    /// allocations served by [`crate::alloc`]'s private region: see [`Parked`].
+    Parked(Parked),
     /// Second life: we were restored (the cell is filled).
     Restored,
+}
+
+/// A snapshot taken for a checkpoint that exits after saving: the other threads stay stopped
+/// until the process exits, so that nothing they do after the snapshot happens in the first
+/// life (every restore does it). [`Parked::release`] lets them go when the checkpoint fails.
+#[derive(Debug)]
+pub struct Parked {
+    raw: *mut Capture,
+    count: usize,
+    signal: i32,
+    old_mask: u64,
+    old: KernelSigaction,
+}
+
+impl Parked {
+    /// The capture; the stopped threads only wait on it.
+    pub fn capture(&self) -> &Capture {
+        // SAFETY: `raw` stays a live, leaked Box until `release` reclaims it; the stopped
+        // threads only read it and wait on `release`.
+        unsafe { &*self.raw }
+    }
+
+    /// Lets the other threads go (the checkpoint failed or starts again) and gives the
+    /// capture back; allocations go to the system allocator again.
+    pub fn release(self) -> Box<Capture> {
+        // SAFETY: as in `capture`.
+        let c = unsafe { &*self.raw };
+        let_go(c, self.count);
+        crate::alloc::system();
+        let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(self.old_mask));
+        let _ = sys::rt_sigaction(self.signal, Some(&self.old), None);
+        // SAFETY: `raw` came from Box::into_raw in `freeze`, and no handler uses it any more.
+        unsafe { Box::from_raw(self.raw) }
+    }
+}
+
+/// Lets the parked threads go, and waits until none of them touches the capture any more.
+fn let_go(c: &Capture, count: usize) {
+    c.release.store(1, Ordering::Release);
+    sys::futex_wake_all(&c.release);
+    loop {
+        let left = c.left.load(Ordering::Acquire);
+        if left as usize == count {
+            break;
+        }
+        sys::futex_wait(&c.left, left, None);
+    }
+    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
 }
 
 /// Why freezing failed.
@@ -902,8 +953,14 @@ impl From<std::io::Error> for FreezeError {
 /// Stops every thread in its signal handler, then sends the checkpoint signal to the calling
 /// thread, whose handler forks the snapshot; returns once the snapshot exists (or, in a restored
 /// process, once resumed). Threads that do not park within `bound` fail the checkpoint and are
-/// released.
-pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Frozen, FreezeError> {
+/// released. With `keep_parked` (and the SDK's allocator in use) the others stay stopped
+/// ([`Frozen::Parked`]).
+pub fn freeze(
+    signal: i32,
+    capture: Box<Capture>,
+    bound: Duration,
+    keep_parked: bool,
+) -> Result<Frozen, FreezeError> {
     let old = sys::install_handler(signal, on_checkpoint_signal)?;
     // Make sure the signal is deliverable to this thread.
     let old_mask = sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (signal - 1)))?;
@@ -997,17 +1054,27 @@ pub fn freeze(signal: i32, capture: Box<Capture>, bound: Duration) -> Result<Fro
         }
         return Ok(Frozen::Restored);
     }
-    // Let the parked threads go, and wait until none of them touches the capture any more.
-    c.release.store(1, Ordering::Release);
-    sys::futex_wake_all(&c.release);
-    loop {
-        let left = c.left.load(Ordering::Acquire);
-        if left as usize == count {
-            break;
-        }
-        sys::futex_wait(&c.left, left, None);
+    // Kept stopped: only once the snapshot is sound, and with the allocator's private region
+    // (from here on the C library's allocator may be locked by a stopped thread).
+    let sound = sent.is_ok()
+        && c.changed.load(Ordering::Acquire) == 0
+        && c.child.load(Ordering::Acquire) >= 0
+        && c.threads.iter().any(|t| {
+            t.tid.load(Ordering::Relaxed) == c.caller && t.done.load(Ordering::Acquire) != 0
+        })
+        && c.threads
+            .iter()
+            .all(|t| t.done.load(Ordering::Acquire) != GONE);
+    if keep_parked && sound && crate::alloc::private() {
+        return Ok(Frozen::Parked(Parked {
+            raw,
+            count,
+            signal,
+            old_mask,
+            old,
+        }));
     }
-    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+    let_go(c, count);
     restore_disposition();
     // SAFETY: `raw` came from Box::into_raw above and no handler uses it any more.
     let capture = unsafe { Box::from_raw(raw) };

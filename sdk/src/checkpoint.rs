@@ -429,12 +429,26 @@ impl Checkpoint {
             traced = Some(t);
         }
         let t0 = std::time::Instant::now();
-        let frozen = capture::freeze(self.signal, capture, self.thread_timeout);
-        // The snapshot exists (or the freeze failed): the stopped threads go on.
+        // Exiting after saving: the other threads stay stopped until the exit (see
+        // capture::Parked), so that nothing they do after the snapshot happens twice.
+        let frozen = capture::freeze(
+            self.signal,
+            capture,
+            self.thread_timeout,
+            self.exit_after_save,
+        );
+        let parked = matches!(frozen, Ok(Frozen::Parked(_)));
+        // The snapshot exists (or the freeze failed): the stopped threads go on, unless parked.
+        let mut kept = None;
         let captured: Vec<(i32, crate::traced::Captured)> = match traced {
             Some(t) if matches!(frozen, Ok(Frozen::Restored)) => {
                 t.abandon();
                 Vec::new()
+            }
+            Some(t) if parked => {
+                let c = t.read();
+                kept = Some(t);
+                c
             }
             Some(t) => t.finish(),
             None => Vec::new(),
@@ -464,14 +478,69 @@ impl Checkpoint {
             }
         };
         let pause = t0.elapsed();
-        let mut capture = match frozen {
+        let (owned, parked) = match frozen {
             Frozen::Restored => {
                 std::mem::take(&mut scan.witness).abandon();
                 std::mem::take(&mut scan.in_flight).abandon();
                 return restored().map(Ok);
             }
-            Frozen::Snapshot(c) => c,
+            Frozen::Snapshot(mut c) => {
+                // Threads that exited before they could be stopped are not in the image.
+                c.threads
+                    .retain(|t| t.done.load(Ordering::Acquire) != capture::GONE);
+                (Some(c), None)
+            }
+            // (Parked only when every thread was stopped.)
+            Frozen::Parked(p) => (None, Some(p)),
         };
+        let capture: &Capture = match (&owned, &parked) {
+            (Some(c), _) => c,
+            (None, Some(p)) => p.capture(),
+            (None, None) => unreachable!("one of the two"),
+        };
+        let result = self.write_snapshot(
+            capture,
+            &threads,
+            &captured,
+            scan,
+            traced_fd,
+            original_action,
+        );
+        if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save {
+            // Without exit handlers or a flush of stdio buffers: what the program had buffered
+            // is in the image, and the restored process writes it.
+            crate::sys::exit_now(0);
+        }
+        // The checkpoint failed or starts again, or the process goes on: so do its threads.
+        drop(kept);
+        if let Some(p) = parked {
+            drop(p.release());
+        }
+        drop(owned);
+        let (size, digest) = match result? {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
+        };
+        Ok(Ok(Outcome::Saved(SavedInfo {
+            path: self.path.clone(),
+            size,
+            digest,
+            pause,
+            left_out,
+        })))
+    }
+
+    /// Checks the snapshot and writes the image from it (`Ok(Err)`: something changed, start
+    /// again); the snapshot's process is gone afterwards.
+    fn write_snapshot(
+        &self,
+        capture: &Capture,
+        threads: &[(i32, String)],
+        captured: &[(i32, crate::traced::Captured)],
+        scan: FdScan,
+        traced_fd: Option<i32>,
+        original_action: state::signals::SigAction,
+    ) -> Result<Result<(u64, Digest), String>, CheckpointError> {
         let child = capture.child.load(Ordering::Acquire) as i32;
         // Descriptors another thread closed, replaced or opened since the scan.
         let own: Vec<i32> = capture.own_fds().into_iter().chain(traced_fd).collect();
@@ -486,11 +555,7 @@ impl Checkpoint {
                 return Err(io("comparing the descriptors with the snapshot's")(e));
             }
         }
-        // Threads that exited before they could be stopped are not in the image.
-        capture
-            .threads
-            .retain(|t| t.done.load(Ordering::Acquire) != capture::GONE);
-        for (tid, cap) in &captured {
+        for (tid, cap) in captured {
             if let Some(tc) = capture
                 .threads
                 .iter()
@@ -514,19 +579,9 @@ impl Checkpoint {
                 "a POSIX timer's signal came while the threads were being stopped".into(),
             ));
         }
-        let result = self.dump(child, &capture, &threads, &captured, scan, original_action);
+        let result = self.dump(child, capture, threads, captured, scan, original_action);
         crate::sys::kill_and_reap(child);
-        let (size, digest) = result?;
-        if self.exit_after_save {
-            std::process::exit(0);
-        }
-        Ok(Ok(Outcome::Saved(SavedInfo {
-            path: self.path.clone(),
-            size,
-            digest,
-            pause,
-            left_out,
-        })))
+        result.map(Ok)
     }
 
     fn dump(

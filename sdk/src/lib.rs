@@ -9,6 +9,7 @@
 //! # Ok::<(), thaw::CheckpointError>(())
 //! ```
 
+pub mod alloc;
 pub mod capi;
 pub mod capture;
 mod checkpoint;

@@ -2697,3 +2697,70 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: the caller passes a descriptor that is open and owned by nothing else.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Reserves `len` bytes of private anonymous memory without committing swap for it
+/// (`MAP_NORESERVE`); its address.
+pub fn reserve_noreserve(len: usize) -> Option<usize> {
+    let p = syscall6(
+        libc::SYS_mmap,
+        [
+            0,
+            len as u64,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64,
+            u64::MAX,
+            0,
+        ],
+    );
+    (p > 0).then_some(p as usize)
+}
+
+/// The names in directory `path` ("." and ".." left out), read with getdents64: no allocation
+/// by the C library (its opendir allocates).
+pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = check(syscall6(
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            c.as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    ))?;
+    let dir = own_fd(fd as RawFd);
+    let mut buf = vec![0u8; 32 << 10];
+    let mut names = Vec::new();
+    loop {
+        let n = check(syscall6(
+            libc::SYS_getdents64,
+            [
+                std::os::fd::AsRawFd::as_raw_fd(&dir) as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+                0,
+                0,
+                0,
+            ],
+        ))? as usize;
+        if n == 0 {
+            return Ok(names);
+        }
+        // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+        let mut at = 0;
+        while at + 19 <= n {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > n {
+                break;
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            at += reclen;
+        }
+    }
+}

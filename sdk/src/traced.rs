@@ -291,6 +291,14 @@ impl Traced {
         drop(self);
     }
 
+    /// What was captured, the threads still stopped (a checkpoint that exits after saving keeps
+    /// them so: see `capture::Parked`; allocations then come from `crate::alloc`'s region).
+    pub(crate) fn read(&self) -> Vec<(i32, Captured)> {
+        (0..self.tids.len())
+            .map(|i| (self.tids[i], self.slot(i)))
+            .collect()
+    }
+
     /// Lets every thread go on, then reads what was captured (nothing is allocated while the
     /// threads are stopped: one of them may hold a lock the allocator needs).
     pub(crate) fn finish(mut self) -> Vec<(i32, Captured)> {

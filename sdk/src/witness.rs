@@ -73,8 +73,11 @@ impl FdWitness {
     /// What differs between the scan and `child`'s descriptor table (the snapshot, a fork of
     /// this process), `own` being the checkpoint's own descriptors; `None` when nothing does.
     pub(crate) fn changed(&self, child: i32, own: &[i32]) -> std::io::Result<Option<String>> {
-        let mut table: Vec<i32> = std::fs::read_dir(format!("/proc/{child}/fd"))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        // Listed with getdents: the C library's opendir allocates, and a checkpoint that exits
+        // after saving runs this with the other threads stopped (see crate::alloc).
+        let mut table: Vec<i32> = sys::list_dir(&format!("/proc/{child}/fd"))?
+            .iter()
+            .filter_map(|n| n.parse().ok())
             .collect();
         table.sort_unstable();
         for (fd, dup) in &self.held {
