@@ -321,3 +321,38 @@ fn a_refused_checkpoint_names_every_item_and_the_jvm_goes_on() {
     assert_eq!(lines[2], "goes on, child exit 143");
     assert!(!img.exists());
 }
+
+/// NativePRNG's /dev/urandom buffer (kept for up to 100 ms) is empty after every restore: a
+/// restore close to the checkpoint must not repeat the first life's `UUID.randomUUID()`.
+#[test]
+fn native_prng_reads_afresh_after_a_restore() {
+    let env = Env::new();
+    let cp = build(&env, &[root().join("examples/tests/java/NativePrng.java")]);
+    let img = env.path("prng.thaw");
+    let opens = ["--add-opens", "java.base/sun.security.provider=ALL-UNNAMED"];
+    let o = java(
+        &cp,
+        &opens,
+        "NativePrng",
+        &[img.to_str().unwrap(), env.key.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let before = String::from_utf8_lossy(&o.stdout);
+    let n: u32 = before
+        .trim()
+        .strip_prefix("buffered before ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{before}"));
+    assert!(n > 0, "the first life's buffer holds bytes: {before}");
+    let mut uuids = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let o = env.restore(&img, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let rest = out
+            .trim()
+            .strip_prefix("buffered after 0 ")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(uuids.insert(rest.to_owned()), "{out}");
+    }
+}

@@ -132,7 +132,34 @@ static void tlr_seeder(JNIEnv *env, jclass c) {
     failed(env);
 }
 
+/* NativePRNG (behind new SecureRandom(), UUID.randomUUID()) reads /dev/urandom through one
+ * RandomIO per variant, which keeps what it read for up to 100 ms of wall-clock time, and mixes
+ * it with a SHA1PRNG seeded once: a restore within 100 ms of the checkpoint (or on a machine
+ * whose clock is behind) would return the first life's bytes. Emptied, and its mixing
+ * generator dropped (made again, freshly seeded, on first use). */
+static void native_prng(JNIEnv *env, jclass c) {
+    jfieldID f = (*env)->GetStaticFieldID(env, c, "INSTANCE", "Lsun/security/provider/NativePRNG$RandomIO;");
+    if (failed(env) || !f) return;
+    jobject io = (*env)->GetStaticObjectField(env, c, f);
+    if (!io) return;
+    jclass ic = (*env)->GetObjectClass(env, io);
+    jfieldID buffered = (*env)->GetFieldID(env, ic, "buffered", "I");
+    jfieldID last = buffered ? (*env)->GetFieldID(env, ic, "lastRead", "J") : NULL;
+    jfieldID mix = last ? (*env)->GetFieldID(env, ic, "mixRandom", "Lsun/security/provider/SecureRandom;") : NULL;
+    if (!failed(env) && mix) {
+        (*env)->SetIntField(env, io, buffered, 0);
+        (*env)->SetLongField(env, io, last, 0);
+        (*env)->SetObjectField(env, io, mix, NULL);
+    }
+    failed(env);
+    (*env)->DeleteLocalRef(env, ic);
+    (*env)->DeleteLocalRef(env, io);
+}
+
 static const struct seeded SEEDED[] = {
+    {"sun.security.provider.NativePRNG", native_prng},
+    {"sun.security.provider.NativePRNG$Blocking", native_prng},
+    {"sun.security.provider.NativePRNG$NonBlocking", native_prng},
     {"java.lang.Math$RandomNumberGeneratorHolder", math_random},
     {"java.lang.StrictMath$RandomNumberGeneratorHolder", math_random},
     {"java.util.Random", random_uniquifier},
