@@ -769,6 +769,50 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
         );
         assert!(!path.exists(), "deleted by the restored process at its end");
     }
+    // Two restores at once in PID namespaces (the same PID in each): the second finds the
+    // first's file locked, leaves it alone and shares its memory under no name.
+    let mut first = env
+        .restore_cmd(&img, &["--pid-mode", "ns"], &["hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let done = l == "holding";
+        seen.push(l);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("holding"), "{seen:?}");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    let o = env.restore(&img, &["--pid-mode", "ns"], &["unnamed"]);
+    assert_all_ok(
+        &o,
+        &[
+            "the mapping's contents",
+            "under no name where the directory is not safe",
+        ],
+    );
+    assert_eq!(
+        std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok(),
+        Some(ino),
+        "the first restore's file is left alone"
+    );
+    drop(first.stdin.take());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(first.wait().unwrap().success(), "{seen:?} {rest:?}");
+    assert!(
+        seen.iter().chain(&rest).all(|l| !l.starts_with("FAIL")),
+        "{seen:?} {rest:?}"
+    );
+    assert!(!path.exists());
     // A directory others may write: not used; the memory is still shared, under no name.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let o = env.restore(&img, &[], &["unnamed"]);

@@ -6,8 +6,10 @@
 //! still shares its pages with it; the program deletes it when it ends, as HotSpot does.
 //!
 //! `EXTRA` is the `<user>` part of the directory (tests use their own). Restored with the
-//! argument `unnamed`, the directory was made writable by others in between: the file cannot be
-//! created there safely, so the memory must still be shared but under no name.
+//! argument `unnamed`, the directory was made writable by others in between (or another
+//! restore's process holds the file): the file cannot be created there safely, so the memory must
+//! still be shared but under no name. With `hold` it waits for end of file on its standard input
+//! before it deletes the file.
 
 #[path = "common.rs"]
 mod common;
@@ -85,6 +87,11 @@ fn main() {
             seen.is_ok() && b[0] == 0xcd,
             format!("{seen:?} {:#x}", b[0]),
         );
+        if args.iter().any(|a| a == "hold") {
+            // Alive with its file until told (a second restore runs meanwhile).
+            println!("holding");
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        }
         let _ = std::fs::remove_file(&path);
     }
     ck.finish();

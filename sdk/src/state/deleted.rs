@@ -217,21 +217,42 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
             .mode(0o600)
             .open(&at)
     };
+    // Made again, it is locked (flock, kept by the process's mapping of it): a restore in
+    // another PID namespace, which cannot see this one's PID, tells a live file from a stale one.
     let mode = |f: std::fs::File| -> Result<Option<OwnedFd>, String> {
         f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(|e| format!("{}: cannot set its mode: {e}", file.path))?;
+        let _ = crate::sys::flock_nb(f.as_raw_fd(), true);
         Ok(Some(f.into()))
     };
+    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
     match open() {
         Ok(f) => mode(f),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        Err(e) if exists(&e) => {
             let pid = name.to_string_lossy();
             if std::path::Path::new("/proc").join(&*pid).exists() {
                 return Ok(None);
             }
-            std::fs::remove_file(&at)
-                .map_err(|e| format!("{}: cannot replace the stale file: {e}", file.path))?;
-            mode(open().map_err(|e| format!("{}: cannot create it again: {e}", file.path))?)
+            // Locked: another restore's live process has it.
+            let held = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&at)
+                .is_ok_and(|f| crate::sys::flock_nb(f.as_raw_fd(), true).is_err());
+            if held {
+                return Ok(None);
+            }
+            match std::fs::remove_file(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: cannot replace the stale file: {e}", file.path)),
+            }
+            match open() {
+                Ok(f) => mode(f),
+                // Another restore made it meanwhile: it is that one's.
+                Err(e) if exists(&e) => Ok(None),
+                Err(e) => Err(format!("{}: cannot create it again: {e}", file.path)),
+            }
         }
         Err(e) => Err(format!("{}: cannot create it again: {e}", file.path)),
     }
