@@ -136,3 +136,29 @@ fn the_main_job_works_from_a_shell_that_leaks_a_pipe() {
         text(&o)
     );
 }
+
+/// A process holding more than half the descriptors its hard limit allows: the checkpoint
+/// (which holds a duplicate of each while it looks) fails, naming the limit and the remedy.
+#[test]
+fn too_many_descriptors_for_the_limit_are_named() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "many", None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        out.contains("past its hard limit of 200 open files: raise that limit"),
+        "{out}"
+    );
+    assert!(!img.exists());
+}
+
+/// An epoll registration of a descriptor the policy leaves out goes with it, as a close would
+/// take it; without a policy only the descriptor itself is named.
+#[test]
+fn a_registration_of_a_descriptor_left_out_goes_with_it() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "epoll", None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(&o, &["epoll: fd 6 closed, its registration gone with it"]);
+}

@@ -338,7 +338,7 @@ fn unsupported_state_is_named_and_the_application_continues() {
     );
     assert!(out.contains("cat exit status: 0"), "{out}");
     assert!(
-        out.contains("socket:[") && out.contains("bytes of datagrams wait to be read"),
+        out.contains("socket:[") && out.contains("datagrams wait to be read ("),
         "{out}"
     );
     assert!(
@@ -1059,7 +1059,7 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
         }
     }
     let mut refusals = vec![
-        ("udp-queued", "bytes of datagrams wait to be read"),
+        ("udp-queued", "datagrams wait to be read ("),
         (
             "tcp-connected",
             "a TCP connection (ESTABLISHED) is not restored",

@@ -6,7 +6,11 @@
 //! `PROG IMAGE KEY MODE`, MODE one of:
 //! - `refuse`: no policy; the checkpoint must fail, naming fds 5 and 6 with a hint (printed);
 //! - `api`: the policy through the Rust API: fd 5 dropped, sockets to /dev/null, fd 7 to /dev/null;
-//! - `env`: no API policy (the test sets `THAW_FD_POLICY` to the same).
+//! - `env`: no API policy (the test sets `THAW_FD_POLICY` to the same);
+//! - `epoll`: an epoll instance (fd 8) watches fd 6; fds 5 and 6 are left out through the API:
+//!   the registration goes with fd 6, as a close would take it;
+//! - `many`: as `api`, with 150 more descriptors open and a hard limit of 200 open files (Node
+//!   raises its soft limit to the hard one): the checkpoint must fail, naming the limit.
 //!
 //! After restore: fd 5 is closed, fd 6 and fd 7 are /dev/null with their access modes and flags.
 
@@ -43,11 +47,47 @@ fn main() {
         assert!(target(fd).is_some(), "the test must pass fd {fd}");
     }
 
+    let epoll = (mode == "epoll").then(|| {
+        // SAFETY: a new epoll instance, ours, moved to fd 8; a registration of fd 6.
+        unsafe {
+            let ep = libc::epoll_create1(0);
+            assert_eq!(libc::dup2(ep, 8), 8);
+            libc::close(ep);
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 6,
+            };
+            assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 6, &mut ev), 0);
+        }
+        8
+    });
+    if mode == "many" {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        for n in 0..150 {
+            // SAFETY: dup of our own descriptor onto numbers above what we use.
+            assert_eq!(
+                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 20 + n) },
+                20 + n
+            );
+        }
+        let lim = libc::rlimit {
+            rlim_cur: 200,
+            rlim_max: 200,
+        };
+        // SAFETY: lowers our own limits.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
     let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
-    if mode == "api" {
+    if mode == "epoll" {
+        cp = cp
+            .fd(5, FdAction::Drop)
+            .fds(FdClass::Socket, FdAction::Drop)
+            .fd(7, FdAction::Drop);
+    }
+    if mode == "api" || mode == "many" {
         cp = cp
             .fd(5, FdAction::Drop)
             .fds(FdClass::Socket, FdAction::DevNull)
@@ -62,6 +102,15 @@ fn main() {
         }
     }
     let mut c = common::Checks::default();
+    if let Some(ep) = epoll {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{ep}")).unwrap_or_default();
+        c.check(
+            "epoll: fd 6 closed, its registration gone with it",
+            target(6).is_none() && !info.contains("tfd:") && target(ep).is_some(),
+            &info,
+        );
+        c.finish();
+    }
     c.check(
         "fd 5 closed",
         target(5).is_none(),

@@ -581,7 +581,7 @@ impl Checkpoint {
         }
         let result = self.dump(child, capture, threads, captured, scan, original_action);
         crate::sys::kill_and_reap(child);
-        result.map(Ok)
+        result
     }
 
     fn dump(
@@ -592,7 +592,7 @@ impl Checkpoint {
         captured: &[(i32, crate::traced::Captured)],
         mut scan: FdScan,
         original_action: state::signals::SigAction,
-    ) -> Result<(u64, Digest), CheckpointError> {
+    ) -> Result<Result<(u64, Digest), String>, CheckpointError> {
         let pid = crate::sys::getpid();
         let producer = state::Producer {
             thaw_version: env!("CARGO_PKG_VERSION").into(),
@@ -736,7 +736,12 @@ impl Checkpoint {
             }
         }
         m.memory.extend(dumped.into_iter().map(|(vma, _)| vma));
-        unsupported.extend(missing_mappings(c, &m.memory));
+        // A mapping marked MADV_DONTFORK as the checkpoint began (a worker thread starting):
+        // the snapshot lacks it, and the checkpoint starts again.
+        let missing = missing_mappings(c, &m.memory);
+        if !missing.is_empty() {
+            return Ok(Err(missing.join("; ")));
+        }
         m.guards = guards
             .iter()
             .map(|&(start, end)| state::memory::Guard { start, end })
@@ -897,7 +902,7 @@ impl Checkpoint {
             None => None,
         };
         let saved = writer.finish(m, key.as_ref())?;
-        Ok((saved.size, saved.digest))
+        Ok(Ok((saved.size, saved.digest)))
     }
 }
 

@@ -37,7 +37,17 @@ impl FdWitness {
         if raise {
             sys::set_nofile_soft(soft, hard)?;
         }
-        let held = held?;
+        let held = held.map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::EINVAL) if above + fds.len() as u64 > hard => {
+                std::io::Error::other(format!(
+                    "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {}",
+                    fds.len(),
+                    above - 1,
+                    above + fds.len() as u64 + 64
+                ))
+            }
+            _ => e,
+        })?;
         let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
         let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
         Ok(FdWitness { held, looks })

@@ -899,6 +899,9 @@ impl FdScan {
         let mut changed = Vec::new();
         let mut placeholders = Vec::new();
         let flying = self.in_flight.numbers();
+        // Descriptors refused (their own items say why), and left out by the policy.
+        let mut refused_fds = std::collections::BTreeSet::new();
+        let mut dropped = std::collections::BTreeSet::new();
         for r in std::mem::take(&mut self.refused) {
             if let Some(ino) = flying.get(&r.fd) {
                 // Not the process's descriptor: the policy has no say; its message would lose it.
@@ -906,12 +909,18 @@ impl FdScan {
                 continue;
             }
             match policy.action(r.fd, Some(r.class)) {
-                FdAction::Refuse => refusals.push(format!(
-                    "{} ({})",
-                    r.message,
-                    crate::fd_policy::hint(r.fd, r.class)
-                )),
-                FdAction::Drop => changed.push(format!("{}: left out", r.message)),
+                FdAction::Refuse => {
+                    refused_fds.insert(r.fd);
+                    refusals.push(format!(
+                        "{} ({})",
+                        r.message,
+                        crate::fd_policy::hint(r.fd, r.class)
+                    ))
+                }
+                FdAction::Drop => {
+                    dropped.insert(r.fd);
+                    changed.push(format!("{}: left out", r.message))
+                }
                 FdAction::DevNull => {
                     changed.push(format!("{}: /dev/null at its number", r.message));
                     placeholders.push(FdEntry {
@@ -931,6 +940,7 @@ impl FdScan {
             match policy.overrides(e.fd) {
                 None | Some(FdAction::Refuse) => true,
                 Some(FdAction::Drop) => {
+                    dropped.insert(e.fd);
                     changed.push(format!("fd {}: left out by the descriptor policy", e.fd));
                     false
                 }
@@ -976,6 +986,32 @@ impl FdScan {
                 }
             }
         }
+        // A registration of a descriptor left out goes with it, as a close would take it (where
+        // no other descriptor of its file stays: the kernel keeps the registration then).
+        let shares = |fd: i32, entries: &[FdEntry]| {
+            entries.iter().any(|t| t.dup_of == Some(fd))
+                || entries
+                    .iter()
+                    .find(|t| t.fd == fd)
+                    .and_then(|t| t.dup_of)
+                    .is_some()
+        };
+        let kept_files: Vec<FdEntry> = self.entries.clone();
+        for e in &mut self.entries {
+            if let FdKind::Epoll { watches } = &mut e.kind {
+                watches.retain(|w| {
+                    let holder = w.at.unwrap_or(w.fd);
+                    let gone = dropped.contains(&holder) && !shares(holder, &kept_files);
+                    if gone {
+                        changed.push(format!(
+                            "fd {} (epoll): its registration of fd {holder} left out with it",
+                            e.fd
+                        ));
+                    }
+                    !gone
+                });
+            }
+        }
         // An epoll registration needs the watched descriptor as it was.
         for e in &self.entries {
             if let FdKind::Epoll { watches } = &e.kind {
@@ -991,8 +1027,14 @@ impl FdScan {
                         continue;
                     }
                     match target.map(|t| &t.kind) {
-                        None | Some(FdKind::DevNull) => refusals.push(format!(
-                            "fd {} (epoll): watches fd {holder}, which the descriptor policy leaves out or replaces",
+                        // Named as refused already: leaving it out takes the registration too.
+                        None if refused_fds.contains(&holder) => {}
+                        None => refusals.push(format!(
+                            "fd {} (epoll): watches fd {holder}, which the descriptor policy leaves out while another descriptor of its file stays: close it before the checkpoint instead",
+                            e.fd
+                        )),
+                        Some(FdKind::DevNull) => refusals.push(format!(
+                            "fd {} (epoll): watches fd {holder}, which the descriptor policy replaces with /dev/null (epoll cannot watch it): leave fd {holder} out instead (drop)",
                             e.fd
                         )),
                         // Opened again only once every thread exists, after the registrations.

@@ -314,7 +314,7 @@ pub(crate) fn dump(
         }
         if rqueue > 0 {
             return Err(format!(
-                "{rqueue} bytes of datagrams wait to be read, which thaw does not restore: read them before the checkpoint"
+                "datagrams wait to be read ({rqueue} bytes of the socket's receive memory), which thaw does not restore: read them before the checkpoint"
             ));
         }
         if wqueue > 0 {
