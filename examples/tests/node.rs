@@ -306,3 +306,41 @@ fn bad_input_and_refused_state_throw_errors_with_the_c_code() {
         text(&o)
     );
 }
+
+/// A Worker that loads the package: after a restore made by the main thread's checkpoint, its
+/// afterRestore hooks run (info.elsewhere), thaw.restored is true there, and its own
+/// crypto.randomUUID cache was drained: a value of its own in every restore.
+#[test]
+fn workers_run_their_hooks_and_reseed_after_a_restore() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("workers.thaw");
+    let js = "const { Worker } = require('worker_threads');\n\
+        const w = new Worker(`\n\
+          const { parentPort } = require('worker_threads');\n\
+          const thaw = require(process.env.THAW_NODE_PACKAGE);\n\
+          const crypto = require('crypto');\n\
+          crypto.randomUUID();\n\
+          parentPort.on('message', () => {});\n\
+          thaw.afterRestore((i) => parentPort.postMessage(\n\
+            ['worker after', i.restored, i.elsewhere === true, thaw.restored, thaw.restores, crypto.randomUUID()].join(' ')));\n\
+          parentPort.postMessage('ready');\n\
+        `, { eval: true });\n\
+        w.once('message', () => {\n\
+          thaw.checkpoint(process.argv[1], { key: process.argv[2], exitAfterSave: true });\n\
+          w.once('message', (m) => { console.log(m); process.exit(0); });\n\
+        });";
+    let (_, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut uuids = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let o = env.restore(&img, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let rest = out
+            .trim()
+            .strip_prefix("worker after true true true 1 ")
+            .unwrap_or_else(|| panic!("{}", text(&o)));
+        assert!(uuids.insert(rest.to_owned()), "{out}");
+    }
+}

@@ -56,8 +56,23 @@ export interface BeforeCheckpointInfo {
   path: string;
 }
 
-/** afterRestore's argument: a result, or { restored: false, aborted: true } after a failure. */
-export type AfterRestoreInfo = CheckpointResult | { restored: false; aborted: true; error?: unknown };
+/** In an isolate other than the checkpointing one (a Worker, or the main thread when a Worker
+ * checkpointed): its hooks run at its next turn after the restore. */
+export interface RestoredElsewhere {
+  restored: true;
+  elsewhere: true;
+  args: string[];
+  env: Record<string, string>;
+  envList: string[];
+  restores: number;
+}
+
+/** afterRestore's argument: a result, { restored: false, aborted: true } after a failure, or a
+ * restore made by another isolate's checkpoint. */
+export type AfterRestoreInfo =
+  | CheckpointResult
+  | { restored: false; aborted: true; error?: unknown }
+  | RestoredElsewhere;
 
 export interface Resource {
   beforeCheckpoint?(info: BeforeCheckpointInfo): void;

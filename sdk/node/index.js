@@ -12,9 +12,9 @@ const CODES = {
   THAW_ERR_FAILED: -4,
 };
 
-// Registered resources, in registration order: { beforeCheckpoint?, afterRestore? }.
+// Registered resources, in registration order: { beforeCheckpoint?, afterRestore? }. Each V8
+// isolate (the main thread, each Worker that loads the package) has its own.
 const resources = [];
-let restores = 0;
 
 function thawError(message, code, extra) {
   const e = new Error(message, extra && extra.cause !== undefined ? { cause: extra.cause } : undefined);
@@ -87,13 +87,40 @@ function crypto_loaded() {
  */
 function reseed() {
   const openssl = native.reseedOpenSSL();
+  reseedCaches();
+  return { openssl };
+}
+
+// This isolate's JS-side caches of random bytes: consumed past a refill.
+function reseedCaches() {
   if (crypto_loaded()) {
     const crypto = require('crypto');
     for (let i = 0; i <= 128; i++) crypto.randomUUID();
     for (let i = 0; i <= 1024; i++) crypto.randomInt(1);
   }
-  return { openssl };
 }
+
+function restoredInfo(extra) {
+  const envList = native.restoredEnv();
+  return {
+    restored: true,
+    args: native.restoredArgs(),
+    env: envObject(envList),
+    envList,
+    restores: native.restores(),
+    ...extra,
+  };
+}
+
+// A restore made by another isolate's checkpoint (the main thread's, seen from a Worker, or a
+// Worker's, seen from the main thread): at this isolate's next turn, its caches are reseeded and
+// its afterRestore hooks run (info.elsewhere is true). OpenSSL is the whole process's: reseeded
+// once, by the checkpointing isolate, before any hook runs.
+native.watch(() => {
+  reseedCaches();
+  const errors = runAfter(resources.slice(), restoredInfo({ elsewhere: true }));
+  for (const e of errors) process.emitWarning(`thaw: an afterRestore hook failed: ${e && e.message}`);
+});
 
 // Idle keep-alive sockets of http(s).globalAgent (Node 19+ keeps them by default) are connections
 // to other processes, which thaw refuses: they are a cache, so they are closed (the descriptor
@@ -249,17 +276,8 @@ function checkpoint(path, options = {}) {
 
   let result;
   if (r === native.RESTORED) {
-    restores++;
     const seeded = reseed();
-    const envList = native.restoredEnv();
-    result = {
-      restored: true,
-      args: native.restoredArgs(),
-      env: envObject(envList),
-      envList,
-      restores,
-      reseeded: seeded,
-    };
+    result = restoredInfo({ reseeded: seeded });
   } else {
     result = { restored: false };
   }
@@ -289,13 +307,13 @@ module.exports = {
   afterRestore,
   setFdPolicy,
   reseed,
-  /** True in a process restored from an image (and in no first life). */
+  /** True in a process restored from an image (and in no first life), in every thread. */
   get restored() {
-    return restores > 0;
+    return native.restores() > 0;
   },
   /** How many times this process was restored (0 in the first life). */
   get restores() {
-    return restores;
+    return native.restores();
   },
   codes: Object.freeze({ ...CODES }),
 };

@@ -11,11 +11,15 @@
  *   reduceHeap() -> true when V8's memory-reducing full GC ran (memory pressure: critical)
  *   restoredArgs() -> [string], restoredEnv() -> ["KEY=VALUE"]
  *   setFdPolicy(spec|null)
+ *   restores() -> how many times this process was restored (one count for every thread)
+ *   watch(fn) -> calls fn in this thread (a Worker's, say) at its next turn after a restore made
+ *       by another thread's checkpoint: each V8 isolate keeps its own caches and hooks
  *   EXIT_AFTER_SAVE, LEAVE_CHILDREN_OUT, SAVED, RESTORED                                     */
 #define NAPI_VERSION 8
 #include <dlfcn.h>
 #include <malloc.h>
 #include <node_api.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -98,6 +102,88 @@ static bool pending(napi_env env) {
     return p;
 }
 
+/* Restores of this process, for every isolate (a Worker's package instance has its own JS state). */
+static int restores_total;
+
+/* Isolates that asked to hear of a restore made by another thread's checkpoint. */
+struct watcher {
+    napi_env env;
+    napi_threadsafe_function tsfn;
+    struct watcher *next;
+};
+static struct watcher *watchers;
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void call_watcher(napi_env env, napi_value fn, void *context, void *data) {
+    (void)context;
+    (void)data;
+    if (!env || !fn) return; /* the isolate is going away */
+    napi_value undefined;
+    if (napi_get_undefined(env, &undefined) == napi_ok) napi_call_function(env, undefined, fn, 0, NULL, NULL);
+}
+
+/* The isolate ends (a Worker exits): it is told nothing more. */
+static void forget_watcher(void *arg) {
+    struct watcher *w = arg;
+    pthread_mutex_lock(&watch_lock);
+    for (struct watcher **p = &watchers; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&watch_lock);
+    napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
+    free(w);
+}
+
+static napi_value watch(napi_env env, napi_callback_info info) {
+    size_t argc = 1;
+    napi_value fn, name;
+    CHECK(env, napi_get_cb_info(env, info, &argc, &fn, NULL, NULL));
+    napi_valuetype t;
+    if (argc < 1 || napi_typeof(env, fn, &t) != napi_ok || t != napi_function) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "watch(fn)");
+        return NULL;
+    }
+    struct watcher *w = calloc(1, sizeof *w);
+    if (!w) {
+        napi_throw_error(env, "THAW_ERR_NAPI", "out of memory");
+        return NULL;
+    }
+    w->env = env;
+    CHECK(env, napi_create_string_utf8(env, "thaw restore", NAPI_AUTO_LENGTH, &name));
+    if (napi_create_threadsafe_function(env, fn, NULL, name, 0, 1, NULL, NULL, NULL, call_watcher,
+                                        &w->tsfn) != napi_ok) {
+        free(w);
+        fail_napi(env, "napi_create_threadsafe_function");
+        return NULL;
+    }
+    /* It never keeps the isolate's event loop alive by itself. */
+    napi_unref_threadsafe_function(env, w->tsfn);
+    pthread_mutex_lock(&watch_lock);
+    w->next = watchers;
+    watchers = w;
+    pthread_mutex_unlock(&watch_lock);
+    CHECK(env, napi_add_env_cleanup_hook(env, forget_watcher, w));
+    return NULL;
+}
+
+/* After a restore: every other isolate that watches runs its part at its next turn. */
+static void tell_watchers(napi_env self) {
+    pthread_mutex_lock(&watch_lock);
+    for (struct watcher *w = watchers; w; w = w->next)
+        if (w->env != self) napi_call_threadsafe_function(w->tsfn, NULL, napi_tsfn_nonblocking);
+    pthread_mutex_unlock(&watch_lock);
+}
+
+static napi_value restores(napi_env env, napi_callback_info info) {
+    (void)info;
+    napi_value out;
+    CHECK(env, napi_create_int32(env, __atomic_load_n(&restores_total, __ATOMIC_ACQUIRE), &out));
+    return out;
+}
+
 static napi_value checkpoint(napi_env env, napi_callback_info info) {
     size_t argc = 3;
     napi_value argv[3];
@@ -124,6 +210,10 @@ static napi_value checkpoint(napi_env env, napi_callback_info info) {
     if (r < 0) {
         throw_thaw(env, r);
         return NULL;
+    }
+    if (r == THAW_RESTORED) {
+        __atomic_add_fetch(&restores_total, 1, __ATOMIC_ACQ_REL);
+        tell_watchers(env);
     }
     napi_value out;
     CHECK(env, napi_create_int32(env, r, &out));
@@ -249,6 +339,8 @@ NAPI_MODULE_INIT() {
     CHECK(env, export_fn(env, exports, "restoredArgs", restored_args));
     CHECK(env, export_fn(env, exports, "restoredEnv", restored_env));
     CHECK(env, export_fn(env, exports, "setFdPolicy", set_fd_policy));
+    CHECK(env, export_fn(env, exports, "restores", restores));
+    CHECK(env, export_fn(env, exports, "watch", watch));
     CHECK(env, export_int(env, exports, "EXIT_AFTER_SAVE", THAW_EXIT_AFTER_SAVE));
     CHECK(env, export_int(env, exports, "LEAVE_CHILDREN_OUT", THAW_LEAVE_CHILDREN_OUT));
     CHECK(env, export_int(env, exports, "SAVED", THAW_SAVED));
