@@ -360,7 +360,7 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!("cannot reopen {}", data.display())) && err.contains("No such file"),
+        err.contains(&format!("cannot reopen {}: it is gone", data.display())),
         "{err}"
     );
     // A new file at the same path is not the same file.

@@ -1647,6 +1647,8 @@ fn reopen_path(
         .map_err(|err| {
             if err.raw_os_error() == Some(libc::ENXIO) {
                 format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
+            } else if err.kind() == std::io::ErrorKind::NotFound {
+                format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there")
             } else {
                 format!("fd {fd}: cannot reopen {path}: {err}")
             }

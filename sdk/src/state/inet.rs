@@ -283,7 +283,7 @@ pub(crate) fn dump(
             .map_err(|e| format!("cannot read its TCP state: {e}"))?;
         if info[0] != TCP_CLOSE {
             return Err(format!(
-                "a TCP connection ({}) is not restored: close it before the checkpoint and connect again after",
+                "a TCP connection ({}) is not restored: close it before the checkpoint and connect again after (an idle keep-alive connection of an HTTP client's pool — Node's fetch, Java's HttpClient — is one too: close the client or send the last request with `Connection: close`)",
                 tcp_state_name(info[0])
             ));
         }
