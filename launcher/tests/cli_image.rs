@@ -113,7 +113,8 @@ fn openssl_keys_work_and_ours_work_in_openssl() {
     keygen(d, "t");
     let derived = sh("openssl pkey -in t.key -pubout");
     assert_eq!(derived.stdout, std::fs::read(d.join("t.pub")).unwrap());
-    // ... and checks our image signature over domain ‖ header block ‖ manifest.
+    // ... and checks our image signature over domain ‖ SHA-256(header block ‖ manifest), the
+    // digest made by openssl too.
     write_sample_image(&d.join("b.thaw"), 64);
     assert!(thaw(d, &["sign", "--key", "t.key", "b.thaw"])
         .status
@@ -123,9 +124,12 @@ fn openssl_keys_work_and_ours_work_in_openssl() {
         .unwrap()
         .header()
         .to_owned();
+    let mut signed = bytes[..h.payload_off as usize].to_vec();
+    signed.extend_from_slice(&bytes[h.manifest_off as usize..h.trailer_off as usize]);
+    std::fs::write(d.join("hm"), &signed).unwrap();
+    let digest = sh("openssl dgst -sha256 -binary hm").stdout;
     let mut msg = thaw::image::SIGNATURE_DOMAIN.to_vec();
-    msg.extend_from_slice(&bytes[..h.payload_off as usize]);
-    msg.extend_from_slice(&bytes[h.manifest_off as usize..h.trailer_off as usize]);
+    msg.extend_from_slice(&digest);
     std::fs::write(d.join("msg"), &msg).unwrap();
     let t = h.trailer_off as usize;
     std::fs::write(d.join("sig"), &bytes[t + 48..t + 112]).unwrap();
