@@ -65,10 +65,8 @@ fn main() {
         let null = std::fs::File::open("/dev/null").unwrap();
         for n in 0..150 {
             // SAFETY: dup of our own descriptor onto numbers above what we use.
-            assert_eq!(
-                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 20 + n) },
-                20 + n
-            );
+            let got = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 20 + n) };
+            assert_eq!(got, 20 + n);
         }
         let lim = libc::rlimit {
             rlim_cur: 200,

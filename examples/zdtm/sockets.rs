@@ -130,34 +130,14 @@ fn main() {
     for m in [&b"one"[..], b"", b"three", b"xy"] {
         dq_a.send(m).unwrap();
     }
-    let mut sp = [0i32; 2];
-    // SAFETY: a seqpacket pair into a local array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sp.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair");
+    let sp = <[RawFd; 2]>::from(pair_of(libc::SOCK_SEQPACKET));
     for m in [&b"aa"[..], b"", b"bbb"] {
         // SAFETY: sends from our own buffer on our own socket.
         unsafe { libc::send(sp[0], m.as_ptr().cast(), m.len(), 0) };
     }
     // A seqpacket pair whose other end sent two messages (one empty) and closed: they wait,
     // then end of file.
-    let mut spw = [0i32; 2];
-    // SAFETY: a seqpacket pair into a local array.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            spw.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "socketpair");
+    let spw = <[RawFd; 2]>::from(pair_of(libc::SOCK_SEQPACKET));
     for m in [&b"bye"[..], b""] {
         // SAFETY: sends from our own buffer on our own socket.
         unsafe { libc::send(spw[1], m.as_ptr().cast(), m.len(), 0) };

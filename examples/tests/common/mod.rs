@@ -358,3 +358,19 @@ pub fn cc_with_libthaw(sources: &[&Path], flags: &[&str], out: &Path) {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// Restores `image` twice: each time the output, trimmed, must start with `prefix` and what
+/// follows must differ from the other restore's (a random value drawn after the restore).
+pub fn differs_per_restore(env: &Env, image: &Path, prefix: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let o = env.restore(image, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let rest = out
+            .trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{}", text(&o)));
+        assert!(seen.insert(rest.to_owned()), "{out}");
+    }
+}
