@@ -162,3 +162,18 @@ fn a_registration_of_a_descriptor_left_out_goes_with_it() {
     let o = env.restore(&img, &[], &[]);
     assert_all_ok(&o, &["epoll: fd 6 closed, its registration gone with it"]);
 }
+
+/// A registration of a descriptor left out while another descriptor of its file stays (the
+/// kernel would keep it) is refused, named.
+#[test]
+fn a_registration_the_kernel_would_keep_is_refused() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "epoll-dup", None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        out.contains("fd 8 (epoll): watches fd 10, which the descriptor policy leaves out while another descriptor of its file stays"),
+        "{out}"
+    );
+    assert!(!img.exists());
+}

@@ -197,3 +197,17 @@ fn connections_waiting_to_be_accepted_wait_again() {
         );
     }
 }
+
+/// A second checkpoint of a queue holding an empty message an earlier one saw is refused (a
+/// peek marks it, and a second walk would pass over it), and the first image has it.
+#[test]
+fn an_empty_message_seen_by_an_earlier_checkpoint_is_not_lost() {
+    let env = Env::new();
+    let out = env.refused("zdtm-empty-twice", "e.thaw", &[]);
+    assert!(
+        out.contains("an empty message waits in its queue that an earlier checkpoint"),
+        "{out}"
+    );
+    let o = env.restore(&env.path("e.thaw.first"), &[], &[]);
+    assert_all_ok(&o, &["the first image holds the three messages"]);
+}

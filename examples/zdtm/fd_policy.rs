@@ -9,6 +9,9 @@
 //! - `env`: no API policy (the test sets `THAW_FD_POLICY` to the same);
 //! - `epoll`: an epoll instance (fd 8) watches fd 6; fds 5 and 6 are left out through the API:
 //!   the registration goes with fd 6, as a close would take it;
+//! - `epoll-dup`: as `epoll`, and the epoll instance also watches fd 10, the read end of a pipe
+//!   of the program's own duplicated at fd 11; the policy leaves fd 10 out: refused, since the
+//!   kernel would keep that registration while fd 11 stays;
 //! - `many`: as `api`, with 150 more descriptors open and a hard limit of 200 open files (Node
 //!   raises its soft limit to the hard one): the checkpoint must fail, naming the limit.
 //!
@@ -47,7 +50,7 @@ fn main() {
         assert!(target(fd).is_some(), "the test must pass fd {fd}");
     }
 
-    let epoll = (mode == "epoll").then(|| {
+    let epoll = (mode == "epoll" || mode == "epoll-dup").then(|| {
         // SAFETY: a new epoll instance, ours, moved to fd 8; a registration of fd 6.
         unsafe {
             let ep = libc::epoll_create1(0);
@@ -58,6 +61,17 @@ fn main() {
                 u64: 6,
             };
             assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 6, &mut ev), 0);
+            if mode == "epoll-dup" {
+                let mut p = [0; 2];
+                assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
+                assert_eq!(libc::dup2(p[0], 10), 10);
+                assert_eq!(libc::dup2(p[0], 11), 11);
+                assert_eq!(libc::dup2(p[1], 12), 12);
+                for f in p {
+                    libc::close(f);
+                }
+                assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 10, &mut ev), 0);
+            }
         }
         8
     });
@@ -79,11 +93,12 @@ fn main() {
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
-    if mode == "epoll" {
+    if mode == "epoll" || mode == "epoll-dup" {
         cp = cp
             .fd(5, FdAction::Drop)
             .fds(FdClass::Socket, FdAction::Drop)
-            .fd(7, FdAction::Drop);
+            .fd(7, FdAction::Drop)
+            .fd(10, FdAction::Drop);
     }
     if mode == "api" || mode == "many" {
         cp = cp

@@ -62,6 +62,12 @@ pub(crate) fn system() {
     PRIVATE.store(false, Ordering::Release);
 }
 
+/// Whether no thread is inside the private region's allocator: asked once every other thread
+/// is stopped (one stopped inside would hold its lock for good).
+pub(crate) fn idle() -> bool {
+    !LOCK.load(Ordering::Acquire)
+}
+
 fn ours(p: *mut u8) -> bool {
     let base = BASE.load(Ordering::Acquire);
     base != 0 && (base..base + REGION).contains(&(p as usize))
@@ -101,6 +107,13 @@ fn private_alloc(layout: Layout) -> *mut u8 {
     if c >= CLASSES {
         return std::ptr::null_mut();
     }
+    let size = 16usize << c;
+    // Blocks are aligned to their size up to 1 MiB (address space only): enough for any layout
+    // of their class, whichever layout freed a block before.
+    let align = size.min(1 << 20);
+    if layout.align() > align {
+        return std::ptr::null_mut();
+    }
     let _l = Locked::take();
     let head = FREE[c].load(Ordering::Relaxed);
     if head != 0 {
@@ -108,13 +121,6 @@ fn private_alloc(layout: Layout) -> *mut u8 {
         let next = unsafe { *(head as *const usize) };
         FREE[c].store(next, Ordering::Relaxed);
         return head as *mut u8;
-    }
-    let size = 16usize << c;
-    // Blocks are aligned to their size up to 1 MiB (address space only): enough for any layout
-    // of their class, whichever layout freed a block before.
-    let align = size.min(1 << 20);
-    if layout.align() > align {
-        return std::ptr::null_mut();
     }
     let at = NEXT.load(Ordering::Relaxed).next_multiple_of(align);
     if at + size > BASE.load(Ordering::Relaxed) + REGION {
@@ -141,6 +147,19 @@ unsafe impl GlobalAlloc for ThawAlloc {
         }
         // SAFETY: forwarded as given.
         unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if PRIVATE.load(Ordering::Acquire) {
+            let p = private_alloc(layout);
+            if !p.is_null() {
+                // SAFETY: a block of at least `layout.size()` bytes, ours until freed.
+                unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
+            }
+            return p;
+        }
+        // SAFETY: forwarded as given.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {

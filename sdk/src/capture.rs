@@ -12,7 +12,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{
-    compiler_fence, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+    compiler_fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
 };
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,10 @@ pub struct SockPeek {
     /// How many descriptors each message carries (SCM_RIGHTS; see [`crate::state::scm`]).
     fds: Vec<AtomicU32>,
     pub msgs: AtomicI64,
+    /// The descriptors the checkpoint received from this queue before (numbers, in order),
+    /// and whether the handler's walk found others.
+    expected: Vec<i32>,
+    pub mismatch: AtomicBool,
 }
 
 /// [`SockPeek::msgs`] codes: a message longer than the room, one with ancillary data
@@ -168,6 +172,41 @@ pub const MSGS_ANCILLARY: i64 = -1_000_002;
 pub const MSGS_TOO_MANY: i64 = -1_000_004;
 /// A message from a sender with a name (a message queued again comes from a socket without one).
 pub const MSGS_NAMED_SENDER: i64 = -1_000_005;
+/// A socket where an earlier walk found an empty message, which a walk now passes over.
+pub const MSGS_EMPTY_SEEN: i64 = -1_000_006;
+
+/// Inodes of sockets in whose queue a walk of this process found (and so marked) an empty
+/// message: a later walk cannot see it (see [`SockPeek::peek_messages`]). Allocation-free: used
+/// in the checkpoint handler.
+static EMPTY_SEEN: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// More sockets than [`EMPTY_SEEN`] holds had one: every socket is then suspect.
+static EMPTY_OVERFLOW: AtomicBool = AtomicBool::new(false);
+
+/// Remembers that a walk found an empty message queued in socket `ino`.
+pub(crate) fn note_empty(ino: u64) {
+    if EMPTY_SEEN.iter().any(|s| s.load(Ordering::Relaxed) == ino) {
+        return;
+    }
+    let free = EMPTY_SEEN.iter().find(|s| {
+        s.compare_exchange(0, ino, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    });
+    if free.is_none() {
+        EMPTY_OVERFLOW.store(true, Ordering::Release);
+    }
+}
+
+fn seen_empty(ino: u64) -> bool {
+    EMPTY_OVERFLOW.load(Ordering::Acquire)
+        || EMPTY_SEEN.iter().any(|s| s.load(Ordering::Acquire) == ino)
+}
+
+/// Socket `ino`'s queue was found empty: nothing marked waits there any more.
+fn forget_empty(ino: u64) {
+    for s in &EMPTY_SEEN {
+        let _ = s.compare_exchange(ino, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
 
 impl SockPeek {
     /// Room for twice what is queued now, at least 256 KiB.
@@ -194,7 +233,15 @@ impl SockPeek {
                 Vec::new()
             },
             msgs: AtomicI64::new(0),
+            expected: Vec::new(),
+            mismatch: AtomicBool::new(false),
         }
+    }
+
+    /// The descriptors the checkpoint received from this queue before the scan.
+    pub fn expecting(mut self, fds: Vec<i32>) -> SockPeek {
+        self.expected = fds;
+        self
     }
 
     /// Walks the queued messages of a message-based socket without consuming them: SO_PEEK_OFF
@@ -204,50 +251,94 @@ impl SockPeek {
     /// an empty message (a peek of 0 bytes, with them) is told from the end of a seqpacket queue
     /// whose peer has gone (0 bytes, without). A socket that has it on itself gets credentials
     /// with each message, which a message queued again would not keep: those are refused.
+    ///
+    /// A peek marks an empty message as seen for good, and a peek at an offset passes over a
+    /// marked one. So the head is peeked first without an offset (which finds it marked or not,
+    /// and marks it: the walk then passes over it, and it is counted here); and a socket where
+    /// an earlier walk of this process found an empty message further on is refused unless its
+    /// queue is empty now ([`note_empty`]).
     fn peek_messages(&self) {
         let fd = self.fd;
         let orig = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
-        if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
-            self.msgs
-                .store(-(libc::EOPNOTSUPP as i64), Ordering::Release);
-            return;
-        }
         let passcred = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1);
-        // Credentials and up to about 250 descriptors (a peek installs them: closed at once; the
-        // checkpoint received the same ones before, see `state::scm`).
+        // Credentials and up to about 250 descriptors (a peek installs them: each is compared
+        // with the one the checkpoint received before, see `state::scm`, and closed).
         let mut control = [0u8; 1280];
-        let (mut used, mut n) = (0usize, 0usize);
-        let result = loop {
-            let room = self.buf.len() - used;
-            let m = sys::recv_peek_msg(fd, self.addr + used as u64, room, &mut control);
-            if m.len == -(libc::EAGAIN as i64) {
-                break n as i64;
+        let mut expected = self.expected.iter();
+        let mut on_fd = |f: i32| {
+            let same = expected
+                .next()
+                .is_some_and(|&e| sys::same_description(f, e) == Some(true));
+            if !same {
+                self.mismatch.store(true, Ordering::Relaxed);
             }
-            if m.len < 0 {
-                break m.len;
+            sys::close_raw(f);
+        };
+        // The head, without an offset.
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+        let head = sys::recv_peek_msg(fd, self.addr, self.buf.len(), &mut control);
+        // An empty head is passed over by the walk below: its descriptors are checked here.
+        let head_ancillary = if head.len == 0 {
+            sys::peeked_ancillary(&control[..head.control_len], &mut on_fd)
+        } else {
+            sys::peeked_ancillary(&control[..head.control_len], &mut sys::close_raw)
+        };
+        let head_empty = head.len == 0 && head_ancillary.0;
+        let result = if head.len == -(libc::EAGAIN as i64) {
+            forget_empty(self.ino);
+            0
+        } else if seen_empty(self.ino) {
+            MSGS_EMPTY_SEEN
+        } else if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
+            -(libc::EOPNOTSUPP as i64)
+        } else {
+            let (mut used, mut n) = (0usize, 0usize);
+            let mut first = None;
+            if head_empty {
+                // Passed over by the walk below: counted here.
+                note_empty(self.ino);
+                self.lens[0].store(0, Ordering::Relaxed);
+                self.fds[0].store(head_ancillary.1 as u32, Ordering::Relaxed);
+                n = 1;
+                if head_ancillary.2 || passcred != 0 {
+                    first = Some(MSGS_ANCILLARY);
+                }
             }
-            let (creds, fds, other) =
-                sys::peeked_ancillary(&control[..m.control_len], &mut sys::close_raw);
-            if m.len == 0 && !creds && fds == 0 && !other {
-                break n as i64; // the end of a seqpacket queue whose peer has gone
-            }
-            if m.flags & libc::MSG_CTRUNC != 0 || other || passcred != 0 {
-                break MSGS_ANCILLARY;
-            }
-            if m.flags & libc::MSG_TRUNC != 0 || m.len as usize >= room {
-                break MSGS_TRUNCATED;
-            }
-            if m.name_len > 0 {
-                break MSGS_NAMED_SENDER;
-            }
-            let Some(slot) = self.lens.get(n) else {
-                break MSGS_TOO_MANY;
-            };
-            slot.store(m.len as u64, Ordering::Relaxed);
-            self.fds[n].store(fds as u32, Ordering::Relaxed);
-            n += 1;
-            used += m.len as usize;
+            first.unwrap_or_else(|| loop {
+                let room = self.buf.len() - used;
+                let m = sys::recv_peek_msg(fd, self.addr + used as u64, room, &mut control);
+                if m.len == -(libc::EAGAIN as i64) {
+                    break n as i64;
+                }
+                if m.len < 0 {
+                    break m.len;
+                }
+                let (creds, fds, other) =
+                    sys::peeked_ancillary(&control[..m.control_len], &mut on_fd);
+                if m.len == 0 && !creds && fds == 0 && !other {
+                    break n as i64; // the end of a seqpacket queue whose peer has gone
+                }
+                if m.flags & libc::MSG_CTRUNC != 0 || other || passcred != 0 {
+                    break MSGS_ANCILLARY;
+                }
+                if m.flags & libc::MSG_TRUNC != 0 || m.len as usize >= room {
+                    break MSGS_TRUNCATED;
+                }
+                if m.name_len > 0 {
+                    break MSGS_NAMED_SENDER;
+                }
+                let Some(slot) = self.lens.get(n) else {
+                    break MSGS_TOO_MANY;
+                };
+                if m.len == 0 {
+                    note_empty(self.ino);
+                }
+                slot.store(m.len as u64, Ordering::Relaxed);
+                self.fds[n].store(fds as u32, Ordering::Relaxed);
+                n += 1;
+                used += m.len as usize;
+            })
         };
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, passcred);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
@@ -261,7 +352,11 @@ impl SockPeek {
         match n {
             MSGS_TRUNCATED => Err("a queued message is larger than thaw reads".into()),
             MSGS_ANCILLARY => Err(
-                "a queued message carries credentials (the socket has SO_PASSCRED) or more than 250 descriptors, which are not restored"
+                "a queued message carries credentials (the socket has SO_PASSCRED), a pidfd (SO_PASSPIDFD), or more descriptors than the process could receive (over 250, or at its limit of open files), which are not restored"
+                    .into(),
+            ),
+            MSGS_EMPTY_SEEN => Err(
+                "an empty message waits in its queue that an earlier checkpoint (or attempt) of this process marked as seen, which a second look passes over: read the queue before the checkpoint"
                     .into(),
             ),
             MSGS_TOO_MANY => Err(format!("more than {} messages are queued", self.lens.len())),
@@ -889,6 +984,7 @@ pub enum Frozen {
 /// A snapshot taken for a checkpoint that exits after saving: the other threads stay stopped
 /// until the process exits, so that nothing they do after the snapshot happens in the first
 /// life (every restore does it). [`Parked::release`] lets them go when the checkpoint fails.
+/// Dropped (a panic while the image is written), it lets the threads go too.
 #[derive(Debug)]
 pub struct Parked {
     raw: *mut Capture,
@@ -896,6 +992,7 @@ pub struct Parked {
     signal: i32,
     old_mask: u64,
     old: KernelSigaction,
+    released: bool,
 }
 
 impl Parked {
@@ -908,15 +1005,29 @@ impl Parked {
 
     /// Lets the other threads go (the checkpoint failed or starts again) and gives the
     /// capture back; allocations go to the system allocator again.
-    pub fn release(self) -> Box<Capture> {
+    pub fn release(mut self) -> Box<Capture> {
+        self.let_go();
+        // SAFETY: `raw` came from Box::into_raw in `freeze`, and no handler uses it any more.
+        unsafe { Box::from_raw(self.raw) }
+    }
+
+    fn let_go(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         // SAFETY: as in `capture`.
         let c = unsafe { &*self.raw };
         let_go(c, self.count);
         crate::alloc::system();
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(self.old_mask));
         let _ = sys::rt_sigaction(self.signal, Some(&self.old), None);
-        // SAFETY: `raw` came from Box::into_raw in `freeze`, and no handler uses it any more.
-        unsafe { Box::from_raw(self.raw) }
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        // (The capture itself is left: a panic may have come from inside it.)
+        self.let_go();
     }
 }
 
@@ -1065,13 +1176,15 @@ pub fn freeze(
         && c.threads
             .iter()
             .all(|t| t.done.load(Ordering::Acquire) != GONE);
-    if keep_parked && sound && crate::alloc::private() {
+    // (A thread stopped inside the SDK's own allocator would hold its lock for good.)
+    if keep_parked && sound && crate::alloc::idle() && crate::alloc::private() {
         return Ok(Frozen::Parked(Parked {
             raw,
             count,
             signal,
             old_mask,
             old,
+            released: false,
         }));
     }
     let_go(c, count);

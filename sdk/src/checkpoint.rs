@@ -301,7 +301,9 @@ impl Checkpoint {
         let socks = scan
             .socket_queues()
             .into_iter()
-            .map(|(fd, ino, msg)| capture::SockPeek::new(fd, ino, msg))
+            .map(|(fd, ino, msg)| {
+                capture::SockPeek::new(fd, ino, msg).expecting(scan.in_flight.of(ino))
+            })
             .collect();
         let original_action = current_action(self.signal)?;
 
@@ -428,6 +430,9 @@ impl Checkpoint {
             capture.helper.store(t.helper_pid(), Ordering::Relaxed);
             traced = Some(t);
         }
+        // Now, while every thread runs: its first use registers a thread-local destructor
+        // (the C library allocates), which a stopped thread could make wait (tempfile names).
+        let _ = std::thread::current();
         let t0 = std::time::Instant::now();
         // Exiting after saving: the other threads stay stopped until the exit (see
         // capture::Parked), so that nothing they do after the snapshot happens twice.
@@ -511,11 +516,12 @@ impl Checkpoint {
             // is in the image, and the restored process writes it.
             crate::sys::exit_now(0);
         }
-        // The checkpoint failed or starts again, or the process goes on: so do its threads.
-        drop(kept);
+        // The checkpoint failed or starts again, or the process goes on: so do its threads
+        // (those parked first, leaving the private allocator, then those stopped by ptrace).
         if let Some(p) = parked {
             drop(p.release());
         }
+        drop(kept);
         drop(owned);
         let (size, digest) = match result? {
             Ok(r) => r,
@@ -833,18 +839,28 @@ impl Checkpoint {
                         continue;
                     };
                     if p.ty != libc::SOCK_STREAM {
-                        match peek.messages().and_then(|q| {
-                            let carried = scan.in_flight.message_fds(p.ino, &q.lens, &q.fds)?;
-                            Ok((q, carried))
-                        }) {
-                            Ok((q, _)) if q.lens.is_empty() => {}
-                            Ok((q, carried)) => {
+                        let q = match peek.messages() {
+                            Ok(q) => q,
+                            Err(why) => {
+                                unsupported
+                                    .push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino));
+                                continue;
+                            }
+                        };
+                        // A queue whose messages or descriptors changed between the two looks
+                        // (a thread received or sent meanwhile): the checkpoint starts again.
+                        let carried = if peek.mismatch.load(Ordering::Relaxed) {
+                            Err("its descriptors in flight changed while the checkpoint looked at them".to_owned())
+                        } else {
+                            scan.in_flight.message_fds(p.ino, &q.lens, &q.fds)
+                        };
+                        match carried {
+                            Err(why) => return Ok(Err(format!("socket:[{}]: {why}", p.ino))),
+                            Ok(_) if q.lens.is_empty() => {}
+                            Ok(carried) => {
                                 p.queued = Some(writer.append_payload(q.bytes)?);
                                 p.messages = q.lens;
                                 p.message_fds = carried;
-                            }
-                            Err(why) => {
-                                unsupported.push(format!("fd {} (socket:[{}]): {why}", e.fd, p.ino))
                             }
                         }
                         continue;

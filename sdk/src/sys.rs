@@ -1356,9 +1356,9 @@ pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
     )
 }
 
-/// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT) into `len` bytes at `addr`, with no room for ancillary
-/// data (descriptors in flight are not installed: MSG_CTRUNC says they were there): (bytes or
-/// a negative errno, msg_flags). Async-signal-safe.
+/// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) into `len` bytes at `addr`, the
+/// ancillary data into `control` (descriptors passed are installed: see [`peeked_ancillary`]).
+/// Async-signal-safe.
 pub fn recv_peek_msg(fd: i32, addr: u64, len: usize, control: &mut [u8]) -> PeekedMsg {
     let iov = [addr, len as u64];
     // Room for the sender's address, whose length tells whether it has a name.
@@ -1430,12 +1430,51 @@ pub fn peeked_ancillary(control: &[u8], on_fd: &mut dyn FnMut(i32)) -> (bool, us
                     fds += 1;
                 }
             }
+            // A pidfd of the sender (SO_PASSPIDFD): closed, and refused as other data.
+            (libc::SOL_SOCKET, SCM_PIDFD) => {
+                for d in control[at + HDR..at + len].chunks_exact(4) {
+                    close_raw(i32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+                }
+                other = true;
+            }
             _ => other = true,
         }
         at += len.next_multiple_of(8);
     }
     (creds, fds, other)
 }
+
+/// A peek of the next message of `fd` into `buf` (see [`recv_peek_msg`]) that takes the
+/// descriptors it passes (each moved to 3 or above, where none is standard I/O): the message,
+/// whether it came with credentials and with other ancillary data (closed), the descriptors.
+pub fn recv_peek_owned(fd: i32, buf: &mut [u8]) -> (PeekedMsg, bool, bool, Vec<OwnedFd>) {
+    let mut control = [0u8; 1280];
+    let m = recv_peek_msg(fd, buf.as_mut_ptr() as u64, buf.len(), &mut control);
+    let mut got = Vec::new();
+    let (creds, _, other) = peeked_ancillary(&control[..m.control_len], &mut |f| got.push(f));
+    let fds = got
+        .into_iter()
+        .map(|f| {
+            let f = if f <= 2 {
+                match fcntl(f, libc::F_DUPFD_CLOEXEC, 3) {
+                    Ok(up) => {
+                        close_raw(f);
+                        up as RawFd
+                    }
+                    Err(_) => f,
+                }
+            } else {
+                f
+            };
+            // SAFETY: the kernel installed it for this recvmsg; nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(f) }
+        })
+        .collect();
+    (m, creds, other, fds)
+}
+
+/// The control message type of a sender's pidfd (linux/socket.h).
+const SCM_PIDFD: i32 = 4;
 
 /// close(fd), ignoring the result: async-signal-safe.
 pub fn close_raw(fd: i32) {
@@ -2691,13 +2730,6 @@ pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
     }
 }
 
-/// Takes ownership of `fd`, a descriptor the kernel just installed for us (one received with a
-/// message) that nothing else owns.
-pub fn own_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller passes a descriptor that is open and owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// Reserves `len` bytes of private anonymous memory without committing swap for it
 /// (`MAP_NORESERVE`); its address.
 pub fn reserve_noreserve(len: usize) -> Option<usize> {
@@ -2730,7 +2762,8 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
             0,
         ],
     ))?;
-    let dir = own_fd(fd as RawFd);
+    // SAFETY: openat just returned it; nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut buf = vec![0u8; 32 << 10];
     let mut names = Vec::new();
     loop {

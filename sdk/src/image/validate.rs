@@ -405,16 +405,43 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
     }
-    // Files in flight: never the caller's stdio, and at most so many.
-    let flying = m.files.iter().filter(|f| f.in_flight).count();
+    // Files in flight: never the caller's stdio, at most so many, and nothing the restorer
+    // finishes by descriptor number (which they do not have in the restored process).
+    let flying: BTreeSet<i32> = m
+        .files
+        .iter()
+        .filter(|f| f.in_flight)
+        .map(|f| f.fd)
+        .collect();
     bound(
         "descriptors in flight",
-        flying,
+        flying.len(),
         crate::state::scm::MAX_IN_FLIGHT,
     )?;
-    if m.files.iter().any(|f| f.in_flight && f.fd <= 2) {
-        return Err("descriptors 0-2 cannot be in flight".into());
+    for f in m.files.iter().filter(|f| f.in_flight) {
+        let finished_by_number = !f.locks.is_empty()
+            || f.signal_io.is_some()
+            || matches!(f.kind, FdKind::Pidfd(_) | FdKind::Stdio | FdKind::DevNull)
+            || matches!(&f.kind, FdKind::Epoll { watches } if !watches.is_empty());
+        if f.fd <= 2 || finished_by_number {
+            return Err(format!("fd {}: cannot be restored in flight", f.fd));
+        }
     }
+    let carried: usize = m
+        .files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Socket(crate::state::sockets::Socket::Pair(p)) => {
+                Some(p.message_fds.iter().map(Vec::len).sum::<usize>())
+            }
+            _ => None,
+        })
+        .sum();
+    bound(
+        "descriptors carried by queued messages",
+        carried,
+        crate::state::scm::MAX_IN_FLIGHT,
+    )?;
     // Socket pairs: at most two ends, of one type.
     let mut pairs: std::collections::BTreeMap<u64, (BTreeSet<u64>, i32)> = Default::default();
     for f in &m.files {
@@ -440,7 +467,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 ));
             }
             for n in p.message_fds.iter().flatten() {
-                if !m.files.iter().any(|g| g.fd == *n && g.in_flight) {
+                if !flying.contains(n) {
                     return Err(format!(
                         "socket:[{}]: a queued message carries fd {n}, which is no descriptor in flight",
                         p.ino

@@ -220,9 +220,9 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
     // Made again, it is locked (flock, kept by the process's mapping of it): a restore in
     // another PID namespace, which cannot see this one's PID, tells a live file from a stale one.
     let mode = |f: std::fs::File| -> Result<Option<OwnedFd>, String> {
+        let _ = crate::sys::flock_nb(f.as_raw_fd(), true);
         f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(|e| format!("{}: cannot set its mode: {e}", file.path))?;
-        let _ = crate::sys::flock_nb(f.as_raw_fd(), true);
         Ok(Some(f.into()))
     };
     let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
@@ -233,14 +233,25 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
             if std::path::Path::new("/proc").join(&*pid).exists() {
                 return Ok(None);
             }
-            // Locked: another restore's live process has it.
-            let held = std::fs::OpenOptions::new()
+            // Locked: another restore's live process has it. Else locked here while it is
+            // removed (another restore probing it meanwhile leaves it alone), if it is still
+            // the file at that name.
+            let Ok(stale) = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&at)
-                .is_ok_and(|f| crate::sys::flock_nb(f.as_raw_fd(), true).is_err());
-            if held {
+            else {
                 return Ok(None);
+            };
+            if crate::sys::flock_nb(stale.as_raw_fd(), true).is_err() {
+                return Ok(None);
+            }
+            let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+                a.dev() == b.dev() && a.ino() == b.ino()
+            };
+            match (stale.metadata(), std::fs::symlink_metadata(&at)) {
+                (Ok(a), Ok(b)) if same(&a, &b) => {}
+                _ => return Ok(None),
             }
             match std::fs::remove_file(&at) {
                 Ok(()) => {}

@@ -899,6 +899,8 @@ impl FdScan {
         let mut changed = Vec::new();
         let mut placeholders = Vec::new();
         let flying = self.in_flight.numbers();
+        // Which descriptors share their file with another, as scanned (before any is left out).
+        let scanned: Vec<FdEntry> = self.entries.clone();
         // Descriptors refused (their own items say why), and left out by the policy.
         let mut refused_fds = std::collections::BTreeSet::new();
         let mut dropped = std::collections::BTreeSet::new();
@@ -988,20 +990,18 @@ impl FdScan {
         }
         // A registration of a descriptor left out goes with it, as a close would take it (where
         // no other descriptor of its file stays: the kernel keeps the registration then).
-        let shares = |fd: i32, entries: &[FdEntry]| {
-            entries.iter().any(|t| t.dup_of == Some(fd))
-                || entries
+        let kept_sibling = |fd: i32| {
+            scanned.iter().find(|t| t.fd == fd).is_some_and(|me| {
+                scanned
                     .iter()
-                    .find(|t| t.fd == fd)
-                    .and_then(|t| t.dup_of)
-                    .is_some()
+                    .any(|t| t.fd != fd && !dropped.contains(&t.fd) && same_file(me, t))
+            })
         };
-        let kept_files: Vec<FdEntry> = self.entries.clone();
         for e in &mut self.entries {
             if let FdKind::Epoll { watches } = &mut e.kind {
                 watches.retain(|w| {
                     let holder = w.at.unwrap_or(w.fd);
-                    let gone = dropped.contains(&holder) && !shares(holder, &kept_files);
+                    let gone = dropped.contains(&holder) && !kept_sibling(holder);
                     if gone {
                         changed.push(format!(
                             "fd {} (epoll): its registration of fd {holder} left out with it",
@@ -1739,5 +1739,42 @@ fn not_in_flight(e: &FdEntry) -> Option<(&'static str, &'static str)> {
             "an epoll instance with registrations is not restored in flight",
         )),
         _ => None,
+    }
+}
+
+/// Whether two scanned descriptors share one open file description (a `dup`: the description's
+/// own way for pipes, memfds and sockets).
+fn same_file(a: &FdEntry, b: &FdEntry) -> bool {
+    if a.dup_of == Some(b.fd)
+        || b.dup_of == Some(a.fd)
+        || (a.dup_of.is_some() && a.dup_of == b.dup_of)
+    {
+        return true;
+    }
+    match (&a.kind, &b.kind) {
+        (
+            FdKind::Pipe {
+                id: i,
+                write_end: w,
+                desc: d,
+                ..
+            },
+            FdKind::Pipe {
+                id: j,
+                write_end: x,
+                desc: e,
+                ..
+            },
+        ) => i == j && w == x && d == e,
+        (FdKind::Socket(s), FdKind::Socket(t)) => s.ino() == t.ino(),
+        (
+            FdKind::Memfd {
+                object: o, desc: d, ..
+            },
+            FdKind::Memfd {
+                object: p, desc: e, ..
+            },
+        ) => o == p && d == e,
+        _ => false,
     }
 }

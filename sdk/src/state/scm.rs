@@ -15,7 +15,7 @@
 //! meanwhile) makes the checkpoint refuse and say to try again.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::sys;
 
@@ -37,11 +37,13 @@ impl InFlight {
     pub(crate) fn receive() -> Result<InFlight, String> {
         let mut out = InFlight::default();
         let mut seen = Vec::new();
-        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        let mut todo: Vec<i32> = crate::sys::list_dir("/proc/self/fd")
             .map_err(|e| format!("cannot list /proc/self/fd: {e}"))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .iter()
+            .filter_map(|n| n.parse().ok())
             .collect();
-        for fd in fds {
+        // Sockets received in flight may carry descriptors in their own queues: walked too.
+        while let Some(fd) = todo.pop() {
             let Some(ino) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
                 .ok()
                 .and_then(|t| {
@@ -75,6 +77,7 @@ impl InFlight {
                 continue;
             }
             let messages = out.walk(fd, ino)?;
+            todo.extend(messages.iter().flat_map(|(_, f)| f.iter().copied()));
             if messages.iter().any(|(_, fds)| !fds.is_empty()) {
                 out.by_socket.insert(ino, messages);
             }
@@ -82,30 +85,29 @@ impl InFlight {
         Ok(out)
     }
 
-    /// One queue, as the checkpoint handler walks it (`SockPeek::peek_messages`): SO_PEEK_OFF
-    /// from the start, SO_PASSCRED on to tell an empty message from the end of the queue.
+    /// One queue, walked with SO_PEEK_OFF from the start (the application's threads run: no
+    /// other option is touched, SO_PASSCRED would name a socket that sends meanwhile). A peek of
+    /// 0 bytes without descriptors, an empty message or the end of a seqpacket queue whose peer
+    /// has gone, ends it: the checkpoint handler's walk decides (see `capture::note_empty`).
     fn walk(&mut self, fd: i32, ino: u64) -> Result<Vec<(u32, Vec<i32>)>, String> {
         let orig = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
         if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
             return Ok(Vec::new());
         }
-        let passcred = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
-        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1);
         let mut buf = vec![0u8; (sys::inq(fd).max(0) as usize * 2).max(256 << 10)];
-        let mut control = [0u8; 1280];
         let mut messages = Vec::new();
         let mut failed = None;
         loop {
-            let m = sys::recv_peek_msg(fd, buf.as_mut_ptr() as u64, buf.len(), &mut control);
+            let (m, _, other, got) = sys::recv_peek_owned(fd, &mut buf);
             if m.len < 0 {
                 break; // EAGAIN: the end (anything else: the handler says why)
             }
-            let mut got = Vec::new();
-            let (creds, n, other) =
-                sys::peeked_ancillary(&control[..m.control_len], &mut |f| got.push(f));
-            self.held.extend(got.iter().map(|&f| sys::own_fd(f)));
-            if m.len == 0 && !creds && n == 0 && !other {
-                break; // the end of a seqpacket queue whose peer has gone
+            let numbers: Vec<i32> = got.iter().map(|f| f.as_raw_fd()).collect();
+            let n = got.len();
+            self.held.extend(got);
+            if m.len == 0 && n == 0 && !other {
+                crate::capture::note_empty(ino);
+                break;
             }
             if m.len == 0 {
                 failed = Some(format!(
@@ -126,14 +128,21 @@ impl InFlight {
                 ));
                 break;
             }
-            messages.push((m.len as u32, got));
+            messages.push((m.len as u32, numbers));
         }
-        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, passcred);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
         match failed {
             Some(why) => Err(why),
             None => Ok(messages),
         }
+    }
+
+    /// The descriptors received from socket `ino`'s queue, in order.
+    pub(crate) fn of(&self, ino: u64) -> Vec<i32> {
+        self.by_socket
+            .get(&ino)
+            .map(|m| m.iter().flat_map(|(_, f)| f.iter().copied()).collect())
+            .unwrap_or_default()
     }
 
     /// Each descriptor received, by number, with the inode of the socket it waits in.
