@@ -211,3 +211,20 @@ fn an_empty_message_seen_by_an_earlier_checkpoint_is_not_lost() {
     let o = env.restore(&env.path("e.thaw.first"), &[], &[]);
     assert_all_ok(&o, &["the first image holds the three messages"]);
 }
+
+/// A stream pair whose queued bytes carry a descriptor, or whose reader asked for credentials:
+/// refused, naming why (a stream is restored with its bytes alone).
+#[test]
+fn a_stream_with_descriptors_or_credentials_queued_is_refused() {
+    let env = Env::new();
+    let out = env.refused("zdtm-sockets", "sf.thaw", &["stream-fd"]);
+    assert!(
+        out.contains("descriptors in flight (SCM_RIGHTS) wait in its queue with the bytes"),
+        "{out}"
+    );
+    let out = env.refused("zdtm-sockets", "sc.thaw", &["stream-creds"]);
+    assert!(
+        out.contains("asked for its senders' credentials (SO_PASSCRED)"),
+        "{out}"
+    );
+}

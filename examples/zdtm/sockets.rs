@@ -115,6 +115,12 @@ fn main() {
     if extra.first().is_some_and(|a| a == "fd-in-flight") {
         in_flight_is_refused(&i);
     }
+    if let Some(mode) = extra
+        .first()
+        .filter(|a| *a == "stream-fd" || *a == "stream-creds")
+    {
+        stream_extras_are_refused(mode);
+    }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
     // A datagram pair with one end shut down for reading: the other end's sends fail.
     let (du_a, du_b) = UnixDatagram::pair().unwrap();
@@ -824,4 +830,31 @@ fn in_flight_is_refused(via: &UnixDatagram) {
             std::process::exit(1)
         }
     }
+}
+
+/// A stream pair with a descriptor riding with its queued bytes (`stream-fd`), or whose reader
+/// asked for credentials (`stream-creds`): refused, naming why. Exits 3 if so, 1 if not.
+fn stream_extras_are_refused(mode: &str) {
+    let (a, b) = pair_of(libc::SOCK_STREAM);
+    if mode == "stream-fd" {
+        let mut p = [0i32; 2];
+        // SAFETY: a pipe into a local array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        send_fds(a, b'x', &[p[0]]);
+    } else {
+        let on: i32 = 1;
+        // SAFETY: sets an option on our own socket from a local int.
+        let r = unsafe {
+            libc::setsockopt(
+                b,
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                std::ptr::addr_of!(on).cast(),
+                4,
+            )
+        };
+        assert_eq!(r, 0);
+        assert!(stream_fd_write(a, b"hello"));
+    }
+    common::refusal(|| {});
 }

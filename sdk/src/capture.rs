@@ -174,6 +174,9 @@ pub const MSGS_TOO_MANY: i64 = -1_000_004;
 pub const MSGS_NAMED_SENDER: i64 = -1_000_005;
 /// A socket where an earlier walk found an empty message, which a walk now passes over.
 pub const MSGS_EMPTY_SEEN: i64 = -1_000_006;
+/// A stream whose queued bytes carry descriptors, or that asked for credentials.
+const MSGS_STREAM_FDS: i64 = -1_000_007;
+const MSGS_STREAM_CREDS: i64 = -1_000_008;
 
 /// Inodes of sockets in whose queue a walk of this process found (and so marked) an empty
 /// message: a later walk cannot see it (see [`SockPeek::peek_messages`]). Allocation-free: used
@@ -397,6 +400,11 @@ impl SockPeek {
         if inq == 0 {
             return Ok(&[]); // nothing queued (a peek at end of file gives 0, when empty EAGAIN)
         }
+        match self.msgs.load(Ordering::Acquire) {
+            MSGS_STREAM_FDS => return Err("descriptors in flight (SCM_RIGHTS) wait in its queue with the bytes, which a stream is not restored with: receive them before the checkpoint".into()),
+            MSGS_STREAM_CREDS => return Err("bytes wait in its queue for a reader that asked for its senders' credentials (SO_PASSCRED), which bytes queued again would not keep: read them before the checkpoint".into()),
+            _ => {}
+        }
         if inq < 0 || got < 0 {
             return Err(format!(
                 "cannot read its queue: {}",
@@ -411,7 +419,7 @@ impl SockPeek {
         }
         if got != inq {
             return Err(format!(
-                "only {got} of its {inq} queued bytes could be read (descriptors in flight?)"
+                "only {got} of its {inq} queued bytes could be read at once: descriptors in flight (SCM_RIGHTS) or credentials wait between them, which a stream is not restored with; receive them before the checkpoint"
             ));
         }
         Ok(&self.buf[..got as usize])
@@ -897,8 +905,21 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
         s.inq.store(n, Ordering::Relaxed);
         // Peek even when SIOCINQ says 0: for datagrams it gives the first message's length,
         // which may be 0; only EAGAIN means nothing is queued.
+        // With room for ancillary data: descriptors or credentials riding with the bytes are
+        // not restored, and a peek without room would drop them unseen.
         let got = if (n as usize) <= s.buf.len() {
-            sys::recv_peek(s.fd, s.addr, s.buf.len())
+            let mut control = [0u8; 1280];
+            let m = sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control);
+            let (_, fds, other) =
+                sys::peeked_ancillary(&control[..m.control_len], &mut sys::close_raw);
+            let passcred =
+                sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
+            if fds > 0 || other || m.flags & libc::MSG_CTRUNC != 0 {
+                s.msgs.store(MSGS_STREAM_FDS, Ordering::Relaxed);
+            } else if passcred != 0 && m.len > 0 {
+                s.msgs.store(MSGS_STREAM_CREDS, Ordering::Relaxed);
+            }
+            m.len
         } else {
             0
         };

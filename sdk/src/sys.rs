@@ -1340,22 +1340,6 @@ pub fn inq(fd: i32) -> i64 {
     }
 }
 
-/// recvfrom(fd, addr, len, MSG_PEEK | MSG_DONTWAIT): copies queued bytes to the `len` writable
-/// bytes at `addr` without consuming them. Async-signal-safe.
-pub fn recv_peek(fd: i32, addr: u64, len: usize) -> i64 {
-    syscall6(
-        libc::SYS_recvfrom,
-        [
-            fd as u64,
-            addr,
-            len as u64,
-            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as u64,
-            0,
-            0,
-        ],
-    )
-}
-
 /// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) into `len` bytes at `addr`, the
 /// ancillary data into `control` (descriptors passed are installed: see [`peeked_ancillary`]).
 /// Async-signal-safe.
