@@ -572,6 +572,22 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
         err.contains("cannot take its POSIX write lock on bytes 100..105 again"),
         "{err}"
     );
+    drop(other);
+    // A file it held a write lock on was written since (a database committed by an earlier
+    // restore): refused, as the process would go on from what it knew of it.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.path("l.thaw.c"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("l.thaw.c was written since the checkpoint")
+            && err.contains("held a write lock on it"),
+        "{err}"
+    );
 }
 
 /// Lazily filled (as root, in either PID mode, unless all memory is read up front), the process

@@ -107,6 +107,8 @@ pub const GONE: i32 = 2;
 pub struct FdPos {
     pub fd: i32,
     pub pos: AtomicI64,
+    /// The file's size and modification time (seconds, nanoseconds), or u64::MAX.
+    pub stamp: [AtomicU64; 3],
 }
 
 /// A pipe whose buffered bytes the handler duplicates (`tee`) into `copy`.
@@ -892,6 +894,10 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
     }
     for f in &c.fds {
         f.pos.store(sys::tell(f.fd), Ordering::Relaxed);
+        let st = sys::fstat_stamp(f.fd).unwrap_or([u64::MAX; 3]);
+        for (slot, v) in f.stamp.iter().zip(st) {
+            slot.store(v, Ordering::Relaxed);
+        }
     }
     for p in c.pipes.iter().chain(c.fifos.iter().map(|f| &f.2)) {
         p.take();

@@ -290,6 +290,7 @@ impl Checkpoint {
             .map(|fd| FdPos {
                 fd,
                 pos: Default::default(),
+                stamp: Default::default(),
             })
             .collect();
         let pipes = scan
@@ -803,6 +804,16 @@ impl Checkpoint {
                 | FdKind::Directory { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
+                        // A file the process held a write lock on: its contents as the image
+                        // knows them (see FdEntry::locked_stamp).
+                        let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
+                        if e.locks.iter().any(|l| l.write) && st[0] != u64::MAX {
+                            e.locked_stamp = Some(state::FileStamp {
+                                size: st[0],
+                                mtime_ns: i128::from(st[1] as i64) * 1_000_000_000
+                                    + i128::from(st[2]),
+                            });
+                        }
                     }
                 }
                 FdKind::Pipe {

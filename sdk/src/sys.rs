@@ -2781,3 +2781,22 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
         }
     }
 }
+
+/// fstat's size and modification time (seconds, nanoseconds) of `fd`. Async-signal-safe.
+pub fn fstat_stamp(fd: i32) -> Option<[u64; 3]> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    let r = syscall6(
+        libc::SYS_fstat,
+        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the struct (and it started zeroed).
+    let st = unsafe { st.assume_init() };
+    Some([
+        st.st_size as u64,
+        st.st_mtime as u64,
+        st.st_mtime_nsec as u64,
+    ])
+}

@@ -27,6 +27,10 @@ pub struct FdEntry {
     /// sockets (see [`super::scm`]), numbered as the checkpoint received it. Made again, sent
     /// with its message, and closed.
     pub in_flight: bool,
+    /// A regular file the process held a write lock on, as it was at the snapshot: restored
+    /// only as long as it is unchanged, for the process goes on from what it knew of it (a
+    /// database in the middle of a transaction; an earlier restore may have written it since).
+    pub locked_stamp: Option<super::FileStamp>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +416,7 @@ impl FdScan {
                 dup_of: None,
                 fifo_bytes: None,
                 in_flight: false,
+                locked_stamp: None,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -1259,6 +1264,19 @@ pub fn reopen(
             FdKind::Stdio => continue,
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
+                if let Some(then) = e.locked_stamp {
+                    let now = f
+                        .try_clone()
+                        .map(std::fs::File::from)
+                        .and_then(|c| c.metadata())
+                        .map(|m| super::FileStamp::of(&m))
+                        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
+                    if now != then {
+                        return Err(format!(
+                            "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a write lock on it: it would go on from the file as it was (a database in the middle of a transaction), so it is not restored (an earlier restore of this image may have written it: restore from a copy of the file as it was)"
+                        ));
+                    }
+                }
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 if let Some(bytes) = e.fifo_bytes {
                     refill_fifo(&f, path, &payload(bytes)?)
