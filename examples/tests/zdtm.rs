@@ -257,6 +257,7 @@ fn files_directories_and_pipes() {
             "directory",
             "pipe contents",
             "pipe works",
+            "pipe whose writer is gone: its bytes, then end of file",
             "fd numbers",
             "pipe capacity",
             "pipe in packet mode",

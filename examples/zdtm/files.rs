@@ -35,6 +35,16 @@ fn main() {
         )
     };
     pw.write_all(&[42u8; 100]).unwrap();
+    // A pipe whose writer is gone (a finished child's output, not read yet): its bytes, then end
+    // of file.
+    let mut widowed = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors we then own; the write end is closed at once.
+    let mut widowed_r = unsafe {
+        libc::pipe(widowed.as_mut_ptr());
+        libc::write(widowed[1], b"last output".as_ptr().cast(), 11);
+        libc::close(widowed[1]);
+        std::fs::File::from_raw_fd(widowed[0])
+    };
     let mut more = [0i32; 2];
     // SAFETY: pipe() fills two descriptors we then own (closed by number after restore).
     unsafe { libc::pipe(more.as_mut_ptr()) };
@@ -328,6 +338,13 @@ fn main() {
     pw.write_all(b"x").unwrap();
     let got = pr.read(&mut buf[..1]).unwrap();
     c.check("pipe works", got == 1 && buf[0] == b'x', got);
+    let mut rest = Vec::new();
+    let read = widowed_r.read_to_end(&mut rest);
+    c.check(
+        "pipe whose writer is gone: its bytes, then end of file",
+        read.is_ok() && rest == b"last output",
+        format!("{read:?} {rest:?}"),
+    );
     c.check(
         "fd numbers",
         pr.as_raw_fd() == fds[0] && pw.as_raw_fd() == fds[1],

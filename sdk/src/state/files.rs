@@ -765,7 +765,15 @@ impl FdScan {
         }
         let mut foreign = Vec::new();
         for (id, (idx, has_read, has_write)) in pipes {
-            if !(has_read && has_write) {
+            // A pipe whose every writer is gone (a finished child's output, not read yet)
+            // reads its bytes, then end of file: made again so, its write end closed.
+            let widowed = has_read
+                && !has_write
+                && idx.iter().all(|&i| {
+                    crate::sys::poll_now(scan.entries[i].fd, libc::POLLIN)
+                        .is_ok_and(|ev| ev & libc::POLLHUP != 0)
+                });
+            if !(has_read && has_write) && !widowed {
                 foreign.extend(idx.into_iter().map(|i| (i, id)));
             }
         }
