@@ -195,7 +195,23 @@ pub(crate) fn has_cap(cap: u32) -> bool {
 }
 
 fn pid_in_use(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if gone() {
+        return false;
+    }
+    // A zombie waiting for its parent to reap it: the first life's children, orphaned when it
+    // exited, take init a moment (up to a second or two on a busy machine). Waited for, briefly.
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while zombie() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    !gone()
 }
 
 /// The first of the image's PID and TIDs that is taken in this PID namespace.

@@ -88,7 +88,7 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
                 let stat = procfs::stat_fields(pid).unwrap_or_default();
                 let state = stat.get(3).map_or("?", String::as_str);
                 why.push(format!(
-                    "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first, or leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java)"
+                    "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first (a worker pool: close and join it, or terminate it, before the checkpoint), or, if the process does not depend on it, leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java)"
                 ));
             }
             continue;

@@ -1684,7 +1684,7 @@ fn reopen_path(
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
     if super::FileId::of(&meta) != id {
         return Err(format!(
-            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed)"
+            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path)"
         ));
     }
     if !path_only {
