@@ -773,7 +773,7 @@ impl FdScan {
                     crate::sys::poll_now(scan.entries[i].fd, libc::POLLIN)
                         .is_ok_and(|ev| ev & libc::POLLHUP != 0)
                 });
-            if !(has_read && has_write) && !widowed {
+            if !(widowed || has_read && has_write) {
                 foreign.extend(idx.into_iter().map(|i| (i, id)));
             }
         }
