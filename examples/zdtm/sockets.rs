@@ -784,29 +784,7 @@ fn unsafe_zeroed_un() -> libc::sockaddr_un {
 /// the checkpoint must close it again). Exits 3 if so, 1 if not.
 fn in_flight_is_refused(via: &UnixDatagram) {
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-    let payload = [0u8; 1];
-    let iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: a zeroed msghdr, filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = std::ptr::addr_of!(iov).cast_mut();
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
-    // SAFETY: msg points at our control buffer, large enough for one header and one int.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), 1);
-    }
-    // SAFETY: sends our own message on our own socket.
-    assert_eq!(unsafe { libc::sendmsg(via.as_raw_fd(), &msg, 0) }, 1);
+    send_fds(via.as_raw_fd(), 0, &[1]);
     let before = fds();
     let (image, key, _) = common::argv();
     let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);

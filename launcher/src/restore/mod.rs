@@ -204,7 +204,10 @@ fn pid_in_use(pid: i32) -> bool {
     let zombie = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(false)
     };
     let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
