@@ -887,6 +887,7 @@ fn pidfds_of_the_process_and_its_threads_are_opened_again() {
                 "close-on-exec as it was",
                 "pidfd of a thread: same target and flags",
                 "pidfds of a child that exited: exited, one inode, the same exit status",
+                "pidfd of a child that exited, not waited for: waited for through it",
             ],
         );
     }

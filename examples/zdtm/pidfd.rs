@@ -4,6 +4,8 @@
 //! Two pidfds of a child that exited with status 7 and was reaped: after restore both still
 //! refer to a process that has exited (fdinfo Pid -1, signals fail with ESRCH, readable), share
 //! one inode, and tell exit status 7 where the kernel keeps it (PIDFD_GET_INFO).
+//! A pidfd of a child that exited with status 9 and is not waited for (a zombie): after restore
+//! it is readable and `waitid(P_PIDFD)` through it gives the child's PID and status 9.
 //! With `no-dead`, without those. With `parent`, a pidfd of another process is refused by name.
 
 #[path = "common.rs"]
@@ -85,6 +87,28 @@ fn main() {
         let before = exit_status(&dead[0]);
         (dead, before)
     });
+    let zombie = with_dead.then(|| {
+        // SAFETY: fork; the child only exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(9) };
+        }
+        let fd = pidfd_open(child, 0).unwrap();
+        // Until it has exited, left unreaped (WNOWAIT).
+        // SAFETY: a zeroed siginfo for waitid to fill.
+        let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for our own child without reaping it.
+        unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child as u32,
+                &mut si,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        (child, fd)
+    });
     let before = (info(&process), thread.as_ref().map(info));
     common::checkpoint();
     let mut c = common::Checks::default();
@@ -138,6 +162,29 @@ fn main() {
                 p.revents,
                 ino(&dead[0]),
                 ino(&dead[1])
+            ),
+        );
+    }
+    if let Some((child, fd)) = zombie {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        // SAFETY: a zeroed siginfo for waitid to fill.
+        let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: reaps our own child through its pidfd (P_PIDFD is 3).
+        let r = unsafe { libc::waitid(3, fd.as_raw_fd() as u32, &mut si, libc::WEXITED) };
+        // SAFETY: the kernel filled the siginfo of a child's end.
+        let (pid, status) = unsafe { (si.si_pid(), si.si_status()) };
+        c.check(
+            "pidfd of a child that exited, not waited for: waited for through it",
+            p.revents & libc::POLLIN != 0 && r == 0 && pid == child && status == 9,
+            format!(
+                "revents {:#x} waitid {r} pid {pid} (child {child}) status {status}",
+                p.revents
             ),
         );
     }

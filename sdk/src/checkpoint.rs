@@ -922,6 +922,24 @@ impl Checkpoint {
             return Err(CheckpointError::Unsupported(unsupported));
         }
         m.files = scan.entries;
+        // A pidfd of a child that ended: the child must be among the zombies made again (one
+        // waited for in between leaves the pidfd nothing to name: the checkpoint starts again).
+        let waited = m.files.iter().find_map(|f| match &f.kind {
+            FdKind::Pidfd(p)
+                if p.dead.is_none()
+                    && p.pid != m.process.pid
+                    && !m.threads.iter().any(|t| t.tid == p.pid)
+                    && !m.zombies.iter().any(|z| z.pid == p.pid) =>
+            {
+                Some(p.pid)
+            }
+            _ => None,
+        });
+        if let Some(pid) = waited {
+            return Ok(Err(format!(
+                "child {pid}, named by a pidfd, was waited for during the checkpoint"
+            )));
+        }
 
         // The key is read only now, long after the snapshot was taken: it cannot be in the image.
         let key = match &self.key {

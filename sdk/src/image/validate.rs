@@ -326,7 +326,11 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     f.fd
                 ));
             }
-            FdKind::Pidfd(p) if p.dead.is_none() && !tids.contains(&p.pid) => {
+            FdKind::Pidfd(p)
+                if p.dead.is_none()
+                    && !tids.contains(&p.pid)
+                    && (p.thread || !m.zombies.iter().any(|z| z.pid == p.pid)) =>
+            {
                 return Err(format!(
                     "fd {}: a pidfd of {}, not of this process",
                     f.fd, p.pid

@@ -54,13 +54,23 @@ pub(crate) fn classify(fd: i32, info: &str, flags: u32) -> Result<Pidfd, String>
     }
     let own = pid == crate::sys::getpid()
         || (pid > 0 && std::path::Path::new(&format!("/proc/self/task/{pid}")).exists());
-    if !own {
+    // A child that ended and is not waited for yet: made again as a zombie by the restore (see
+    // super::children), and its pidfd opened again after it.
+    let zombie_child = pid > 0 && !own && {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| {
+            let mut f = rest.split_whitespace();
+            f.next() == Some("Z")
+                && f.next().and_then(|p| p.parse::<i32>().ok()) == Some(crate::sys::getpid())
+        })
+    };
+    if !own && !zombie_child {
         return Err(if pid < 0 {
             "a pidfd of a process that has exited".to_owned()
         } else if pid == 0 {
             "a pidfd of a process outside this PID namespace".to_owned()
         } else {
-            format!("a pidfd of process {pid}, which is not restored with this one (pidfds of the process itself and its threads are)")
+            format!("a pidfd of process {pid}, which is not restored with this one (pidfds of the process itself, its threads and its children that ended and are not waited for yet are)")
         });
     }
     Ok(Pidfd {
