@@ -258,6 +258,7 @@ fn files_directories_and_pipes() {
             "pipe contents",
             "pipe works",
             "pipe whose writer is gone: its bytes, then end of file",
+            "a file named '... (deleted)' is an ordinary file",
             "fd numbers",
             "pipe capacity",
             "pipe in packet mode",

@@ -45,6 +45,9 @@ fn main() {
         libc::close(widowed[1]);
         std::fs::File::from_raw_fd(widowed[0])
     };
+    // A file whose name ends with " (deleted)", as /proc shows a deleted one's: it is not one.
+    std::fs::write(dir.join("named (deleted)"), b"still here").unwrap();
+    let mut named = std::fs::File::open(dir.join("named (deleted)")).unwrap();
     let mut more = [0i32; 2];
     // SAFETY: pipe() fills two descriptors we then own (closed by number after restore).
     unsafe { libc::pipe(more.as_mut_ptr()) };
@@ -338,6 +341,13 @@ fn main() {
     pw.write_all(b"x").unwrap();
     let got = pr.read(&mut buf[..1]).unwrap();
     c.check("pipe works", got == 1 && buf[0] == b'x', got);
+    let mut text = String::new();
+    let read_named = named.read_to_string(&mut text);
+    c.check(
+        "a file named '... (deleted)' is an ordinary file",
+        read_named.is_ok() && text == "still here",
+        format!("{read_named:?} {text:?}"),
+    );
     let mut rest = Vec::new();
     let read = widowed_r.read_to_end(&mut rest);
     c.check(

@@ -634,7 +634,13 @@ impl FdScan {
                 scan.refused.push(bad(FdClass::Other, why));
                 continue;
             }
-            if target.ends_with(" (deleted)") {
+            // (A file whose name itself ends so, still at that name, is no deleted one.)
+            let literal = || {
+                let here = std::fs::metadata(format!("/proc/self/fd/{fd}"));
+                let there = std::fs::symlink_metadata(&target);
+                matches!((here, there), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
+            };
+            if target.ends_with(" (deleted)") && !literal() {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {
                     (Ok(m), Some(path)) if m.file_type().is_file() => {
