@@ -541,7 +541,7 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     assert!(
         err.contains(
             "cannot take its flock write lock again: another process holds a conflicting lock"
-        ),
+        ) && err.contains("l.thaw.a): cannot take"),
         "{err}"
     );
     assert!(o.stdout.is_empty());

@@ -133,10 +133,14 @@ pub fn take_on_description(fd: &impl AsRawFd, number: i32, locks: &[Lock]) -> Re
             }
         };
         r.map_err(|e| {
+            // The file by name: what the caller can look up (lslocks, fuser).
+            let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
             if e.raw_os_error() == Some(libc::EAGAIN) {
-                format!("fd {number}: cannot take its {l} again: another process holds a conflicting lock")
+                format!("fd {number}{path}: cannot take its {l} again: another process holds a conflicting lock")
             } else {
-                format!("fd {number}: cannot take its {l} again: {e}")
+                format!("fd {number}{path}: cannot take its {l} again: {e}")
             }
         })?;
     }
