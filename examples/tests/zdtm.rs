@@ -259,6 +259,7 @@ fn files_directories_and_pipes() {
             "pipe works",
             "pipe whose writer is gone: its bytes, then end of file",
             "a file named '... (deleted)' is an ordinary file",
+            "FIFO removed while open, its writer gone: its bytes, then end of file",
             "fd numbers",
             "pipe capacity",
             "pipe in packet mode",

@@ -133,6 +133,17 @@ fn main() {
         r
     };
     std::fs::remove_file(dir.join("ghost.fifo")).unwrap();
+    // A FIFO removed while open whose writer then closed (no writer anywhere): only its reading
+    // end is left, with the bytes the writer wrote: they wait there again, then end of file.
+    let (lone_c, lone_w) = make_fifo("lone.fifo");
+    // SAFETY: open and write on our own FIFO by its NUL-terminated path; the writer is closed.
+    let lone = unsafe {
+        let r = libc::open(lone_c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+        assert_eq!(libc::write(lone_w, b"bye".as_ptr().cast(), 3), 3);
+        libc::close(lone_w);
+        std::fs::File::from_raw_fd(r)
+    };
+    std::fs::remove_file(dir.join("lone.fifo")).unwrap();
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
@@ -341,6 +352,14 @@ fn main() {
     pw.write_all(b"x").unwrap();
     let got = pr.read(&mut buf[..1]).unwrap();
     c.check("pipe works", got == 1 && buf[0] == b'x', got);
+    let mut lone = lone;
+    let mut left = Vec::new();
+    let lone_read = lone.read_to_end(&mut left);
+    c.check(
+        "FIFO removed while open, its writer gone: its bytes, then end of file",
+        lone_read.is_ok() && left == b"bye",
+        format!("{lone_read:?} {left:?}"),
+    );
     let mut text = String::new();
     let read_named = named.read_to_string(&mut text);
     c.check(

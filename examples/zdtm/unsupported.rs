@@ -19,11 +19,23 @@ fn main() {
         libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
         p
     };
+    // A FIFO removed while open, its reading end alone in the process and its writer another
+    // process's (cat's standard output), which a FIFO made again would not reach.
+    let fifo = std::env::temp_dir().join(format!("thaw-unsupported-{}.fifo", std::process::id()));
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo and open with a NUL-terminated path; the descriptor is kept open.
+    let lone = unsafe {
+        libc::mkfifo(c.as_ptr(), 0o600);
+        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
+    };
+    assert!(lone >= 0);
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let mut cat = std::process::Command::new("cat")
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(writer)
         .spawn()
         .unwrap();
+    std::fs::remove_file(&fifo).unwrap();
     // An allow-everything seccomp filter: harmless, but not restorable.
     let filter = [libc::sock_filter {
         code: (libc::BPF_RET | libc::BPF_K) as u16,
@@ -45,17 +57,6 @@ fn main() {
         )
     };
     assert_eq!(r, 0, "seccomp filter");
-    // A FIFO removed while open, its reading end alone in the process (its writer would be
-    // another process, which a FIFO made again would not reach).
-    let fifo = std::env::temp_dir().join(format!("thaw-unsupported-{}.fifo", std::process::id()));
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo and open with a NUL-terminated path; the descriptor is kept open.
-    let lone = unsafe {
-        libc::mkfifo(c.as_ptr(), 0o600);
-        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK)
-    };
-    assert!(lone >= 0);
-    std::fs::remove_file(&fifo).unwrap();
     // A /proc file.
     let status = std::fs::File::open("/proc/self/status").unwrap();
     // A working directory in /proc.

@@ -804,10 +804,24 @@ impl FdScan {
                 v.1 |= acc != libc::O_RDONLY as u32;
             }
         }
+        // Only its reading end here, and no writer anywhere (fifo-ghost: the bytes a writer
+        // left, then end of file): made again so, when every process's descriptors can be seen.
+        let readable_alone: Vec<super::FileId> = ends
+            .iter()
+            .filter(|(_, &(r, w))| r && !w)
+            .filter(|(id, _)| {
+                scan.entries.iter().any(|e| {
+                    matches!(&e.kind, FdKind::DeletedFifo { id: i, .. } if i == *id)
+                        && no_writer_elsewhere(e.fd)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
         let mut i = 0;
         while i < scan.entries.len() {
             let lonely = matches!(&scan.entries[i].kind,
-                FdKind::DeletedFifo { id, .. } if ends.get(id).is_some_and(|&(r, w)| !(r && w)));
+                FdKind::DeletedFifo { id, .. } if ends.get(id).is_some_and(|&(r, w)| !(r && w))
+                    && !readable_alone.contains(id));
             if lonely {
                 let e = scan.entries.remove(i);
                 scan.fifos.retain(|&f| f != e.fd);
@@ -1809,4 +1823,39 @@ fn same_file(a: &FdEntry, b: &FdEntry) -> bool {
         ) => o == p && d == e,
         _ => false,
     }
+}
+
+/// Whether no other process holds the FIFO `fd` reads open for writing, as far as every
+/// process's descriptors can be seen (false where some cannot: another user's, unprivileged).
+fn no_writer_elsewhere(fd: i32) -> bool {
+    let Ok(me) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    let own = crate::sys::getpid().to_string();
+    let Ok(procs) = crate::sys::list_dir("/proc") else {
+        return false;
+    };
+    for pid in procs
+        .iter()
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && **p != own)
+    {
+        let fds = match crate::sys::list_dir(&format!("/proc/{pid}/fd")) {
+            Ok(f) => f,
+            // Gone meanwhile: nothing held.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => return false,
+        };
+        for n in fds {
+            let same = std::fs::metadata(format!("/proc/{pid}/fd/{n}"))
+                .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
+            if same {
+                let info =
+                    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+                if fdinfo_flags(&info) & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
