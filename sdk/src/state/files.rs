@@ -1301,7 +1301,7 @@ pub fn reopen(
                         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
                     if now != then {
                         return Err(format!(
-                            "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a write lock on it: it would go on from the file as it was (a database in the middle of a transaction), so it is not restored (an earlier restore of this image may have written it: restore from a copy of the file as it was)"
+                            "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a write lock on it: it would go on from the file as it was (a database in the middle of a transaction), so it is not restored (an earlier restore of this image may have written it: put back a copy of the file as it was, its modification time kept, e.g. with cp -p)"
                         ));
                     }
                 }
