@@ -911,19 +911,21 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
         s.inq.store(n, Ordering::Relaxed);
         // Peek even when SIOCINQ says 0: for datagrams it gives the first message's length,
         // which may be 0; only EAGAIN means nothing is queued.
-        // With room for ancillary data: descriptors or credentials riding with the bytes are
-        // not restored, and a peek without room would drop them unseen.
+        // Without room for ancillary data: the kernel then says some was there (MSG_CTRUNC)
+        // without installing descriptors (closing one would drop the process's POSIX locks on
+        // its file). Refused: a stream is restored with its bytes alone.
         let got = if (n as usize) <= s.buf.len() {
-            let mut control = [0u8; 1280];
+            // (The size of a bare header: room for nothing, so anything there truncates.)
+            let mut control = [0u8; 16];
             let m = sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control);
             let (_, fds, other) =
                 sys::peeked_ancillary(&control[..m.control_len], &mut sys::close_raw);
             let passcred =
                 sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
-            if fds > 0 || other || m.flags & libc::MSG_CTRUNC != 0 {
-                s.msgs.store(MSGS_STREAM_FDS, Ordering::Relaxed);
-            } else if passcred != 0 && m.len > 0 {
+            if passcred != 0 && m.len > 0 {
                 s.msgs.store(MSGS_STREAM_CREDS, Ordering::Relaxed);
+            } else if fds > 0 || other || m.flags & libc::MSG_CTRUNC != 0 {
+                s.msgs.store(MSGS_STREAM_FDS, Ordering::Relaxed);
             }
             m.len
         } else {

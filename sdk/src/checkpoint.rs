@@ -807,7 +807,8 @@ impl Checkpoint {
                         // A file the process held a write lock on: its contents as the image
                         // knows them (see FdEntry::locked_stamp).
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
-                        if e.locks.iter().any(|l| l.write) && st[0] != u64::MAX {
+                        let regular = matches!(e.kind, FdKind::Regular { .. });
+                        if regular && e.locks.iter().any(|l| l.write) && st[0] != u64::MAX {
                             e.locked_stamp = Some(state::FileStamp {
                                 size: st[0],
                                 mtime_ns: i128::from(st[1] as i64) * 1_000_000_000

@@ -2794,6 +2794,10 @@ pub fn fstat_stamp(fd: i32) -> Option<[u64; 3]> {
     }
     // SAFETY: the kernel filled the struct (and it started zeroed).
     let st = unsafe { st.assume_init() };
+    // Regular files only (a FIFO or device opened by path changes its times as it is used).
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
     Some([
         st.st_size as u64,
         st.st_mtime as u64,

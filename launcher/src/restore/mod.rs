@@ -201,12 +201,15 @@ fn pid_in_use(pid: i32) -> bool {
     }
     // A zombie waiting for its parent to reap it: the first life's children, orphaned when it
     // exited, take init a moment (up to a second or two on a busy machine). Waited for, briefly.
+    // (A zombie of any other parent may never be reaped: not waited for.)
     let zombie = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                s.rsplit_once(')').map(|(_, rest)| {
+                    let mut f = rest.split_whitespace();
+                    f.next() == Some("Z") && f.next() == Some("1")
+                })
             })
             .unwrap_or(false)
     };
@@ -1006,7 +1009,12 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
         return Err(refused("this kernel's clone3 does not support set_tid"));
     }
     let host_ok = may_use_host_pids();
-    let taken = taken_id(m);
+    // Only where host mode is possible and wanted (it may wait for a zombie to be reaped).
+    let taken = if host_ok && requested != PidMode::Ns {
+        taken_id(m)
+    } else {
+        None
+    };
     let mode = match requested {
         PidMode::Auto if host_ok && taken.is_none() => PidMode::Host,
         PidMode::Auto => PidMode::Ns,

@@ -1299,7 +1299,9 @@ pub fn reopen(
                         .and_then(|c| c.metadata())
                         .map(|m| super::FileStamp::of(&m))
                         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
-                    if now != then {
+                    // (Empty then and now: a lock file opened with O_TRUNC by whoever tried the
+                    // lock since, its time touched, nothing written.)
+                    if now != then && !(now.size == 0 && then.size == 0) {
                         return Err(format!(
                             "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a write lock on it: it would go on from the file as it was (a database in the middle of a transaction), so it is not restored (an earlier restore of this image may have written it: put back a copy of the file as it was, its modification time kept, e.g. with cp -p)"
                         ));
@@ -1826,9 +1828,28 @@ fn same_file(a: &FdEntry, b: &FdEntry) -> bool {
 }
 
 /// Whether no other process holds the FIFO `fd` reads open for writing, as far as every
-/// process's descriptors can be seen (false where some cannot: another user's, unprivileged).
+/// process's descriptors can be seen: false where some cannot (another user's as an
+/// unprivileged caller, a /proc mounted with hidepid, a PID namespace inside another), or where
+/// the FIFO still has a name elsewhere (a hard link).
 fn no_writer_elsewhere(fd: i32) -> bool {
     let Ok(me) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    if me.nlink() != 0 {
+        return false;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let nested =
+        crate::procfs::field(&status, "NSpid").is_none_or(|v| v.split_whitespace().count() != 1);
+    let hidden = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
+            .any(|l| l.contains("hidepid=") || l.contains("subset="))
+    });
+    if nested || hidden {
+        return false;
+    }
+    let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
         return false;
     };
     let own = crate::sys::getpid().to_string();
@@ -1846,6 +1867,14 @@ fn no_writer_elsewhere(fd: i32) -> bool {
             Err(_) => return false,
         };
         for n in fds {
+            // The link's text first (no stat of every descriptor on the machine).
+            if std::fs::read_link(format!("/proc/{pid}/fd/{n}"))
+                .ok()
+                .as_ref()
+                != Some(&name)
+            {
+                continue;
+            }
             let same = std::fs::metadata(format!("/proc/{pid}/fd/{n}"))
                 .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
             if same {

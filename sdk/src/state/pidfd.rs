@@ -56,7 +56,7 @@ pub(crate) fn classify(fd: i32, info: &str, flags: u32) -> Result<Pidfd, String>
         || (pid > 0 && std::path::Path::new(&format!("/proc/self/task/{pid}")).exists());
     // A child that ended and is not waited for yet: made again as a zombie by the restore (see
     // super::children), and its pidfd opened again after it.
-    let zombie_child = pid > 0 && !own && {
+    let zombie_child = pid > 0 && !own && flags & PIDFD_THREAD == 0 && {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit_once(')').is_some_and(|(_, rest)| {
             let mut f = rest.split_whitespace();
