@@ -295,22 +295,21 @@ impl SockPeek {
             0
         } else if seen_empty(self.ino) {
             MSGS_EMPTY_SEEN
+        } else if head_empty && (head_ancillary.2 || passcred != 0) {
+            note_empty(self.ino);
+            MSGS_ANCILLARY
         } else if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
             -(libc::EOPNOTSUPP as i64)
         } else {
             let (mut used, mut n) = (0usize, 0usize);
-            let mut first = None;
             if head_empty {
                 // Passed over by the walk below: counted here.
                 note_empty(self.ino);
                 self.lens[0].store(0, Ordering::Relaxed);
                 self.fds[0].store(head_ancillary.1 as u32, Ordering::Relaxed);
                 n = 1;
-                if head_ancillary.2 || passcred != 0 {
-                    first = Some(MSGS_ANCILLARY);
-                }
             }
-            first.unwrap_or_else(|| loop {
+            loop {
                 let room = self.buf.len() - used;
                 let m = sys::recv_peek_msg(fd, self.addr + used as u64, room, &mut control);
                 if m.len == -(libc::EAGAIN as i64) {
@@ -343,7 +342,7 @@ impl SockPeek {
                 self.fds[n].store(fds as u32, Ordering::Relaxed);
                 n += 1;
                 used += m.len as usize;
-            })
+            }
         };
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, passcred);
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, orig);
@@ -918,13 +917,11 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
             // (The size of a bare header: room for nothing, so anything there truncates.)
             let mut control = [0u8; 16];
             let m = sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control);
-            let (_, fds, other) =
-                sys::peeked_ancillary(&control[..m.control_len], &mut sys::close_raw);
             let passcred =
                 sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
             if passcred != 0 && m.len > 0 {
                 s.msgs.store(MSGS_STREAM_CREDS, Ordering::Relaxed);
-            } else if fds > 0 || other || m.flags & libc::MSG_CTRUNC != 0 {
+            } else if m.flags & libc::MSG_CTRUNC != 0 {
                 s.msgs.store(MSGS_STREAM_FDS, Ordering::Relaxed);
             }
             m.len

@@ -809,11 +809,8 @@ impl Checkpoint {
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
                         let regular = matches!(e.kind, FdKind::Regular { .. });
                         if regular && e.locks.iter().any(|l| l.write) && st[0] != u64::MAX {
-                            e.locked_stamp = Some(state::FileStamp {
-                                size: st[0],
-                                mtime_ns: i128::from(st[1] as i64) * 1_000_000_000
-                                    + i128::from(st[2]),
-                            });
+                            e.locked_stamp =
+                                Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
                         }
                     }
                 }

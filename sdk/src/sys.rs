@@ -1473,22 +1473,7 @@ pub fn send_nowait(fd: i32, buf: &[u8]) -> io::Result<usize> {
 /// sendto(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL, addr) (`addr` empty: to its peer); the number
 /// of bytes sent.
 pub fn sendto_nowait(fd: i32, buf: &[u8], addr: &[u8]) -> io::Result<usize> {
-    check(syscall6(
-        libc::SYS_sendto,
-        [
-            fd as u64,
-            buf.as_ptr() as u64,
-            buf.len() as u64,
-            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
-            if addr.is_empty() {
-                0
-            } else {
-                addr.as_ptr() as u64
-            },
-            addr.len() as u64,
-        ],
-    ))
-    .map(|n| n as usize)
+    sendmsg_fds(fd, buf, addr, &[], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 /// One NETLINK_SOCK_DIAG request (`req` is the payload after the netlink header): every reply
@@ -2550,12 +2535,16 @@ pub fn sendmsg_fds(
     let mut iov = [bytes.as_ptr() as u64, bytes.len() as u64];
     // struct cmsghdr { u64 len; i32 level; i32 type; } then the ints, padded to 8 bytes.
     let data = 4 * fds.len();
-    let mut control = vec![0u64; 2 + data.div_ceil(8)];
-    control[0] = 16 + data as u64;
-    control[1] = libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32);
-    for (i, fd) in fds.iter().enumerate() {
-        let word = 2 + i / 2;
-        control[word] |= u64::from(*fd as u32) << (32 * (i % 2));
+    // (Nothing allocated without descriptors: a plain send.)
+    let mut control = Vec::new();
+    if !fds.is_empty() {
+        control = vec![0u64; 2 + data.div_ceil(8)];
+        control[0] = 16 + data as u64;
+        control[1] = libc::SOL_SOCKET as u64 | ((libc::SCM_RIGHTS as u64) << 32);
+        for (i, fd) in fds.iter().enumerate() {
+            let word = 2 + i / 2;
+            control[word] |= u64::from(*fd as u32) << (32 * (i % 2));
+        }
     }
     let msg = [
         if addr.is_empty() {

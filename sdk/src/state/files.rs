@@ -932,8 +932,17 @@ impl FdScan {
         let mut changed = Vec::new();
         let mut placeholders = Vec::new();
         let flying = self.in_flight.numbers();
-        // Which descriptors share their file with another, as scanned (before any is left out).
-        let scanned: Vec<FdEntry> = self.entries.clone();
+        // Which descriptors share their file with another, as scanned (before any is left out):
+        // asked only of descriptors an epoll instance watches.
+        let watching = self
+            .entries
+            .iter()
+            .any(|e| matches!(&e.kind, FdKind::Epoll { watches } if !watches.is_empty()));
+        let scanned: Vec<FdEntry> = if watching {
+            self.entries.clone()
+        } else {
+            Vec::new()
+        };
         // Descriptors refused (their own items say why), and left out by the policy.
         let mut refused_fds = std::collections::BTreeSet::new();
         let mut dropped = std::collections::BTreeSet::new();

@@ -164,9 +164,14 @@ pub struct FileStamp {
 impl FileStamp {
     pub fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
+        FileStamp::new(meta.size(), meta.mtime(), meta.mtime_nsec())
+    }
+
+    /// From stat's size and modification time (seconds, nanoseconds).
+    pub fn new(size: u64, mtime: i64, mtime_nsec: i64) -> FileStamp {
         FileStamp {
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            size,
+            mtime_ns: i128::from(mtime) * 1_000_000_000 + i128::from(mtime_nsec),
         }
     }
 }

@@ -10,9 +10,9 @@
 //! restore they are made with the other descriptors, sent again with their messages
 //! ([`super::sockets::Later`]) and closed: the restored process holds them only in its queues.
 //!
-//! The checkpoint handler walks the queues again while every thread is stopped and counts the
-//! descriptors of each message; a queue that changed in between (a thread received or sent
-//! meanwhile) makes the checkpoint refuse and say to try again.
+//! The checkpoint handler walks the queues again while every thread is stopped and compares
+//! each descriptor with the one received before (kcmp); a queue that changed in between (a
+//! thread received or sent meanwhile) makes the checkpoint start again.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
