@@ -515,6 +515,64 @@ fn madv_dontfork_memory_is_captured_and_marked_again() {
 }
 
 #[test]
+fn a_process_that_goes_on_after_its_checkpoints_keeps_its_posix_locks() {
+    // The checkpoint's duplicate of each descriptor, closed, would end the lock.
+    let env = Env::new();
+    let first = env.first_life("zdtm-locks", "g.thaw", &["goes-on"]);
+    assert_all_ok(
+        &first,
+        &[
+            "first life: its POSIX lock is still its own after checkpoint 1",
+            "first life: its POSIX lock is still its own after checkpoint 2",
+            "first life: one descriptor kept for the locked file, for both checkpoints",
+        ],
+    );
+    for opts in every_mode() {
+        let o = env.restore(&env.path("g.thaw"), opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "restored: the POSIX lock is held by this process",
+                "restored: the descriptors the process had, no more",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_descriptor_in_flight_naming_a_posix_locked_file_leaves_the_lock_alone() {
+    // The checkpoint receives the descriptor to describe it; closing it would end the process's
+    // POSIX lock on the file, in the first life (which goes on here) as in the image.
+    let env = Env::new();
+    let first = env.first_life("zdtm-locks", "e.thaw", &["in-flight"]);
+    assert_all_ok(
+        &first,
+        &["first life: its POSIX lock is still its own after the checkpoint"],
+    );
+    for opts in every_mode() {
+        let o = env.restore(&env.path("e.thaw"), opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "POSIX lock with its descriptor in flight: held by this process",
+                "the descriptor in flight arrives, naming the locked file",
+            ],
+        );
+    }
+    // The descriptor that took the lock is in flight: refused, and the lock stays all the same.
+    let refused = env.first_life("zdtm-locks", "r.thaw", &["in-flight-locker"]);
+    assert_all_ok(
+        &refused,
+        &["first life: its POSIX lock is still its own after a refusal"],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("it holds locks"),
+        "{}",
+        text(&refused)
+    );
+}
+
+#[test]
 fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-locks", "l.thaw", &[]);

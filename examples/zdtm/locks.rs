@@ -2,6 +2,13 @@
 //! POSIX write lock on bytes 100..105 of IMAGE.c. After restore a forked child (another process)
 //! finds each of them held: its conflicting attempts fail, and F_GETLK names the restored
 //! process as the POSIX lock's owner.
+//!
+//! `PROG IMAGE KEY in-flight`: a POSIX write lock on IMAGE.e, and another descriptor of the file
+//! waits in flight (SCM_RIGHTS) in a datagram pair. The checkpoint receives it to describe it,
+//! and must not close it (any close of the file by the process ends its POSIX locks): the first
+//! life goes on after the snapshot and checks the lock is still its own, as does every restore,
+//! which then receives the descriptor. With `in-flight-locker` the descriptor that took the lock
+//! is the one in flight: refused (its lock would not be held again), and the lock stays.
 
 #[path = "common.rs"]
 mod common;
@@ -28,8 +35,218 @@ fn open(path: &str) -> std::fs::File {
         .unwrap()
 }
 
+/// Who holds a POSIX lock over byte 102 of `path`, as another process (a forked child) sees
+/// it: its PID, or 0 when nobody does.
+fn posix_owner(path: &str) -> i32 {
+    // SAFETY: the child only opens a file and probes a lock on it, then _exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let f = open(path);
+        let mut probe = flock_struct(libc::F_WRLCK, 102, 1);
+        // SAFETY: F_GETLK on the child's own descriptor with a valid struct; then _exit.
+        unsafe {
+            libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut probe);
+            let found = probe.l_type != libc::F_UNLCK as i16;
+            // The parent's PID fits an exit status only as a yes or no.
+            libc::_exit(if found && probe.l_pid == libc::getppid() {
+                1
+            } else {
+                0
+            });
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    if libc::WEXITSTATUS(st) == 1 {
+        std::process::id() as i32
+    } else {
+        0
+    }
+}
+
+fn in_flight(image: &str, locker: bool) {
+    let path = format!("{image}.e");
+    let e = open(&path);
+    let posix = flock_struct(libc::F_WRLCK, 100, 5);
+    // SAFETY: F_SETLK on our own descriptor with a valid struct.
+    assert_eq!(
+        unsafe { libc::fcntl(e.as_raw_fd(), libc::F_SETLK, &posix) },
+        0
+    );
+    let (tx, rx) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    // Kept open here too: closing it would end the lock.
+    let other = open(&path);
+    send_fd(&tx, if locker { &e } else { &other }.as_raw_fd());
+    let (_, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(image);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    let me = std::process::id() as i32;
+    let mut ch = common::Checks::default();
+    match cp.save() {
+        Ok(thaw::Outcome::Saved(_)) => {
+            ch.check(
+                "first life: its POSIX lock is still its own after the checkpoint",
+                posix_owner(&path) == me,
+                posix_owner(&path),
+            );
+            ch.finish();
+        }
+        Ok(thaw::Outcome::Restored(_)) => {}
+        Err(err) if locker => {
+            println!("refused: {err}");
+            ch.check(
+                "first life: its POSIX lock is still its own after a refusal",
+                posix_owner(&path) == me,
+                posix_owner(&path),
+            );
+            ch.finish();
+        }
+        Err(err) => {
+            eprintln!("checkpoint failed: {err}");
+            std::process::exit(2);
+        }
+    }
+    ch.check(
+        "POSIX lock with its descriptor in flight: held by this process",
+        posix_owner(&path) == me,
+        posix_owner(&path),
+    );
+    let got = recv_fd(&rx);
+    let same = |a: i32, b: i32| {
+        let (mut x, mut y) = (
+            std::mem::MaybeUninit::<libc::stat>::zeroed(),
+            std::mem::MaybeUninit::<libc::stat>::zeroed(),
+        );
+        // SAFETY: fstat into zeroed structs we own.
+        unsafe {
+            libc::fstat(a, x.as_mut_ptr()) == 0
+                && libc::fstat(b, y.as_mut_ptr()) == 0
+                && x.assume_init().st_ino == y.assume_init().st_ino
+        }
+    };
+    ch.check(
+        "the descriptor in flight arrives, naming the locked file",
+        got >= 0 && same(got, e.as_raw_fd()),
+        got,
+    );
+    let _ = other;
+    ch.finish();
+}
+
+/// `goes-on`: a POSIX lock on IMAGE.f, and two checkpoints the first life goes on from. The
+/// checkpoint's own duplicate of the descriptor is kept open, not closed (which would end the
+/// lock), and used again by the next one; the restored process has neither.
+fn goes_on(image: &str) {
+    let path = format!("{image}.f");
+    let f = open(&path);
+    let posix = flock_struct(libc::F_WRLCK, 100, 5);
+    // SAFETY: F_SETLK on our own descriptor with a valid struct.
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &posix) }, 0);
+    let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = count();
+    let me = std::process::id() as i32;
+    let (_, key, _) = common::argv();
+    let mut ch = common::Checks::default();
+    for round in 1..=2 {
+        let mut cp = thaw::Checkpoint::to(image);
+        if let Some(k) = &key {
+            cp = cp.sign_with(k);
+        }
+        match cp.save() {
+            Ok(thaw::Outcome::Saved(_)) => {}
+            Ok(thaw::Outcome::Restored(_)) => {
+                ch.check(
+                    "restored: the POSIX lock is held by this process",
+                    posix_owner(&path) == me,
+                    posix_owner(&path),
+                );
+                ch.check(
+                    "restored: the descriptors the process had, no more",
+                    count() == before,
+                    format!("{} against {before}", count()),
+                );
+                let _ = f;
+                ch.finish();
+            }
+            Err(err) => {
+                eprintln!("checkpoint failed: {err}");
+                std::process::exit(2);
+            }
+        }
+        ch.check(
+            &format!("first life: its POSIX lock is still its own after checkpoint {round}"),
+            posix_owner(&path) == me,
+            posix_owner(&path),
+        );
+    }
+    ch.check(
+        "first life: one descriptor kept for the locked file, for both checkpoints",
+        count() == before + 1,
+        format!("{} against {before}", count()),
+    );
+    ch.finish();
+}
+
+fn send_fd(via: &std::os::unix::net::UnixDatagram, fd: i32) {
+    // SAFETY: sendmsg with one byte and a control buffer sized for one descriptor.
+    unsafe {
+        let mut byte = *b"e";
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        assert_eq!(libc::sendmsg(via.as_raw_fd(), &msg, 0), 1);
+    }
+}
+
+/// The descriptor the next message on `via` carries, or -1.
+fn recv_fd(via: &std::os::unix::net::UnixDatagram) -> i32 {
+    // SAFETY: recvmsg into buffers we own, sized as the msghdr says.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        if libc::recvmsg(via.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) != 1 {
+            return -1;
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return -1;
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>())
+    }
+}
+
 fn main() {
-    let (image, _, _) = common::argv();
+    let (image, _, extra) = common::argv();
+    match extra.first().map(String::as_str) {
+        Some("in-flight") => return in_flight(&image, false),
+        Some("in-flight-locker") => return in_flight(&image, true),
+        Some("goes-on") => return goes_on(&image),
+        _ => {}
+    }
     let (pa, pb, pc) = (
         format!("{image}.a"),
         format!("{image}.b"),

@@ -12,7 +12,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+    compiler_fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+    Ordering,
 };
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,11 @@ pub struct SockPeek {
     /// and whether the handler's walk found others.
     expected: Vec<i32>,
     pub mismatch: AtomicBool,
+    /// Those of `expected` never to be closed (see [`crate::state::scm`]): a peek that gives
+    /// one of them again is left open and noted in `kept`.
+    keep: Vec<i32>,
+    kept: Vec<AtomicI32>,
+    kept_n: AtomicUsize,
 }
 
 /// [`SockPeek::msgs`] codes: a message longer than the room, one with ancillary data
@@ -240,13 +246,46 @@ impl SockPeek {
             msgs: AtomicI64::new(0),
             expected: Vec::new(),
             mismatch: AtomicBool::new(false),
+            keep: Vec::new(),
+            kept: Vec::new(),
+            kept_n: AtomicUsize::new(0),
         }
     }
 
-    /// The descriptors the checkpoint received from this queue before the scan.
-    pub fn expecting(mut self, fds: Vec<i32>) -> SockPeek {
+    /// The descriptors the checkpoint received from this queue before the scan, and those of
+    /// them that must not be closed.
+    pub fn expecting(mut self, fds: Vec<i32>, keep: Vec<i32>) -> SockPeek {
         self.expected = fds;
+        // Each may come twice: in the head's peek and in the walk's.
+        self.kept = (0..keep.len() * 2).map(|_| AtomicI32::new(-1)).collect();
+        self.keep = keep;
         self
+    }
+
+    /// Closes descriptor `f`, which a peek installed, unless it is one of `keep` (the same
+    /// open file description as `like`, or as any of them): then it stays open and is noted.
+    fn release(&self, f: i32, like: Option<i32>) {
+        let keep = match like {
+            Some(e) => self.keep.contains(&e),
+            None => self
+                .keep
+                .iter()
+                .any(|&k| sys::same_description(f, k) == Some(true)),
+        };
+        if !keep {
+            sys::close_raw(f);
+        } else if let Some(slot) = self.kept.get(self.kept_n.fetch_add(1, Ordering::Relaxed)) {
+            slot.store(f, Ordering::Relaxed);
+        }
+        // (No slot left: open and unnoted, rather than unlock the process.)
+    }
+
+    /// The descriptors the handler left open (see [`Self::release`]).
+    pub fn kept(&self) -> impl Iterator<Item = i32> + '_ {
+        self.kept
+            .iter()
+            .map(|k| k.load(Ordering::Relaxed))
+            .filter(|&k| k >= 0)
     }
 
     /// Walks the queued messages of a message-based socket without consuming them: SO_PEEK_OFF
@@ -272,13 +311,12 @@ impl SockPeek {
         let mut control = [0u8; 1280];
         let mut expected = self.expected.iter();
         let mut on_fd = |f: i32| {
-            let same = expected
-                .next()
-                .is_some_and(|&e| sys::same_description(f, e) == Some(true));
+            let e = expected.next().copied();
+            let same = e.is_some_and(|e| sys::same_description(f, e) == Some(true));
             if !same {
                 self.mismatch.store(true, Ordering::Relaxed);
             }
-            sys::close_raw(f);
+            self.release(f, e.filter(|_| same));
         };
         // The head, without an offset.
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
@@ -287,7 +325,7 @@ impl SockPeek {
         let head_ancillary = if head.len == 0 {
             sys::peeked_ancillary(&control[..head.control_len], &mut on_fd)
         } else {
-            sys::peeked_ancillary(&control[..head.control_len], &mut sys::close_raw)
+            sys::peeked_ancillary(&control[..head.control_len], &mut |f| self.release(f, None))
         };
         let head_empty = head.len == 0 && head_ancillary.0;
         let result = if head.len == -(libc::EAGAIN as i64) {
@@ -547,6 +585,8 @@ impl Capture {
             fds.extend(own.as_ref().map(AsRawFd::as_raw_fd));
             fds.extend([p.copy_w.as_raw_fd(), p.copy_r.as_raw_fd()]);
         }
+        // Peeked from queues and left open rather than unlock the process (SockPeek::release).
+        fds.extend(self.socks.iter().flat_map(SockPeek::kept));
         fds
     }
 

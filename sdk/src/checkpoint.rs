@@ -277,8 +277,9 @@ impl Checkpoint {
                 state::scm::InFlight::default()
             }
         };
-        let mut scan =
-            FdScan::scan(&[], max_deleted, in_flight).map_err(io("listing file descriptors"))?;
+        // Less what earlier checkpoints could not close (see state::locks::OwnLocks).
+        let mut scan = FdScan::scan(&state::locks::kept(), max_deleted, in_flight)
+            .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
         if !unsupported.is_empty() {
@@ -303,7 +304,8 @@ impl Checkpoint {
             .socket_queues()
             .into_iter()
             .map(|(fd, ino, msg)| {
-                capture::SockPeek::new(fd, ino, msg).expecting(scan.in_flight.of(ino))
+                capture::SockPeek::new(fd, ino, msg)
+                    .expecting(scan.in_flight.of(ino), scan.in_flight.locked_of(ino))
             })
             .collect();
         let original_action = current_action(self.signal)?;
@@ -488,6 +490,7 @@ impl Checkpoint {
             Frozen::Restored => {
                 std::mem::take(&mut scan.witness).abandon();
                 std::mem::take(&mut scan.in_flight).abandon();
+                state::locks::forget_kept();
                 return restored().map(Ok);
             }
             Frozen::Snapshot(mut c) => {
@@ -504,6 +507,9 @@ impl Checkpoint {
             (None, Some(p)) => p.capture(),
             (None, None) => unreachable!("one of the two"),
         };
+        for s in &capture.socks {
+            s.kept().for_each(state::locks::keep);
+        }
         let result = self.write_snapshot(
             capture,
             &threads,
@@ -550,7 +556,12 @@ impl Checkpoint {
     ) -> Result<Result<(u64, Digest), String>, CheckpointError> {
         let child = capture.child.load(Ordering::Acquire) as i32;
         // Descriptors another thread closed, replaced or opened since the scan.
-        let own: Vec<i32> = capture.own_fds().into_iter().chain(traced_fd).collect();
+        let own: Vec<i32> = capture
+            .own_fds()
+            .into_iter()
+            .chain(traced_fd)
+            .chain(state::locks::kept())
+            .collect();
         match scan.witness.changed(child, &own) {
             Ok(None) => {}
             Ok(Some(why)) => {

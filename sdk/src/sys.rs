@@ -1429,9 +1429,14 @@ pub fn peeked_ancillary(control: &[u8], on_fd: &mut dyn FnMut(i32)) -> (bool, us
 }
 
 /// A peek of the next message of `fd` into `buf` (see [`recv_peek_msg`]) that takes the
-/// descriptors it passes (each moved to 3 or above, where none is standard I/O): the message,
-/// whether it came with credentials and with other ancillary data (closed), the descriptors.
-pub fn recv_peek_owned(fd: i32, buf: &mut [u8]) -> (PeekedMsg, bool, bool, Vec<OwnedFd>) {
+/// descriptors it passes (each moved to 3 or above, where none is standard I/O, the number it
+/// came at given to `release`): the message, whether it came with credentials and with other
+/// ancillary data (closed), the descriptors.
+pub fn recv_peek_owned(
+    fd: i32,
+    buf: &mut [u8],
+    release: &dyn Fn(i32),
+) -> (PeekedMsg, bool, bool, Vec<OwnedFd>) {
     let mut control = [0u8; 1280];
     let m = recv_peek_msg(fd, buf.as_mut_ptr() as u64, buf.len(), &mut control);
     let mut got = Vec::new();
@@ -1442,7 +1447,7 @@ pub fn recv_peek_owned(fd: i32, buf: &mut [u8]) -> (PeekedMsg, bool, bool, Vec<O
             let f = if f <= 2 {
                 match fcntl(f, libc::F_DUPFD_CLOEXEC, 3) {
                     Ok(up) => {
-                        close_raw(f);
+                        release(f);
                         up as RawFd
                     }
                     Err(_) => f,
@@ -2769,6 +2774,17 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
             at += reclen;
         }
     }
+}
+
+/// fstat's inode number of `fd`. Async-signal-safe.
+pub fn fstat_ino(fd: i32) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    let r = syscall6(
+        libc::SYS_fstat,
+        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    // SAFETY: the kernel filled the struct (and it started zeroed).
+    (r >= 0).then(|| unsafe { st.assume_init() }.st_ino)
 }
 
 /// fstat's size and modification time (seconds, nanoseconds) of `fd`. Async-signal-safe.

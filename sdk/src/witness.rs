@@ -6,9 +6,14 @@
 //! What the scan reads of a description that may change in place (its flags; a socket's name,
 //! peer and listening state) is looked at once more while every thread is stopped (see
 //! `sys::fd_look`). A difference makes the checkpoint start again.
+//!
+//! A duplicate of a file the process holds a POSIX lock on is never closed: closing it would
+//! end the lock ([`crate::state::locks::OwnLocks`]). It stays open, and the next checkpoint
+//! holds it again instead of making another.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::state::locks::OwnLocks;
 use crate::sys;
 
 #[derive(Debug, Default)]
@@ -17,6 +22,15 @@ pub(crate) struct FdWitness {
     held: Vec<(i32, OwnedFd)>,
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
+    locks: OwnLocks,
+}
+
+impl Drop for FdWitness {
+    fn drop(&mut self) {
+        for (_, dup) in std::mem::take(&mut self.held) {
+            self.locks.release(dup);
+        }
+    }
 }
 
 impl FdWitness {
@@ -33,7 +47,8 @@ impl FdWitness {
         if raise {
             sys::set_nofile_soft(hard, hard)?;
         }
-        let held = Self::dup_each(fds, above);
+        let locks = OwnLocks::read();
+        let held = Self::dup_each(fds, above, &locks);
         if raise {
             sys::set_nofile_soft(soft, hard)?;
         }
@@ -50,16 +65,29 @@ impl FdWitness {
         })?;
         let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
         let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
-        Ok(FdWitness { held, looks })
+        Ok(FdWitness { held, looks, locks })
     }
 
-    /// (descriptor, duplicate at `above` or higher, look) of each of `fds` still open.
-    fn dup_each(fds: &[i32], above: u64) -> std::io::Result<Vec<(i32, OwnedFd, u64)>> {
+    /// (descriptor, duplicate at `above` or higher, look) of each of `fds` still open; of a
+    /// locked file, the duplicate an earlier checkpoint kept, if any.
+    fn dup_each(
+        fds: &[i32],
+        above: u64,
+        locks: &OwnLocks,
+    ) -> std::io::Result<Vec<(i32, OwnedFd, u64)>> {
         let mut held = Vec::with_capacity(fds.len());
         for &fd in fds {
             let look = sys::fd_look(fd);
-            match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
-                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            let kept = locks
+                .covers(fd)
+                .then(|| crate::state::locks::kept_like(fd))
+                .flatten();
+            match kept.map_or_else(
+                || sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above),
+                |k| Ok(k.into()),
+            ) {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns, or
+                // it is a kept one, which only the witness uses (and keeps again when done).
                 Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) }, look)),
                 // Closed already (the listing's own directory handle among them): the scan
                 // finds it gone too, and a descriptor opened at its number since is not held.
@@ -113,8 +141,10 @@ impl FdWitness {
     }
 
     /// In a restored process the duplicates were never there: their numbers are not ours.
-    pub(crate) fn abandon(self) {
-        self.held.into_iter().for_each(|(_, d)| std::mem::forget(d));
+    pub(crate) fn abandon(mut self) {
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .for_each(|(_, d)| std::mem::forget(d));
     }
 }
 

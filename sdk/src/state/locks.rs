@@ -5,7 +5,8 @@
 //! naming the lock. Leases (F_SETLEASE) belong to the description too and are taken again on it
 //! by the launcher; a lease being broken, and other kinds, are refused at checkpoint.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +90,93 @@ pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
         });
     }
     Ok(out)
+}
+
+/// The files (inode numbers) this process holds POSIX record locks on, when a checkpoint looks.
+///
+/// A POSIX lock ends when its process closes any descriptor of the file, whichever took the
+/// lock. The checkpoint opens descriptors of the process's files of its own (the witness's
+/// duplicates, descriptors received from queued messages) and must never close one of such a
+/// file: that would silently unlock the running process (a database's lock gone). Those stay
+/// open for the process's life instead ([`keep`]), and later checkpoints leave them out of the
+/// descriptor table and use them again.
+#[derive(Debug, Default)]
+pub(crate) struct OwnLocks(Vec<u64>);
+
+/// Descriptors kept open (see [`OwnLocks`]), with the inode each named then.
+static KEPT: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
+
+impl OwnLocks {
+    /// From /proc/locks. Matched by inode number alone: it names the superblock's device, which
+    /// fstat does not give on every filesystem, and a descriptor kept for a namesake on another
+    /// one costs nothing.
+    pub(crate) fn read() -> OwnLocks {
+        let me = std::process::id().to_string();
+        let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        OwnLocks(
+            text.lines()
+                .filter_map(|l| {
+                    // "1: POSIX  ADVISORY  WRITE 1234 fe:00:567 0 EOF" (a waiter: "1: -> POSIX")
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if w.get(1) != Some(&"POSIX") || w.get(4) != Some(&me.as_str()) {
+                        return None;
+                    }
+                    w.get(5)?.rsplit(':').next()?.parse().ok()
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether closing `fd` would end a POSIX lock of the process.
+    pub(crate) fn covers(&self, fd: i32) -> bool {
+        !self.0.is_empty() && crate::sys::fstat_ino(fd).is_some_and(|ino| self.0.contains(&ino))
+    }
+
+    /// Closes `fd`, or keeps it if that would end a lock.
+    pub(crate) fn release(&self, fd: OwnedFd) {
+        if self.covers(fd.as_raw_fd()) {
+            keep(fd.into_raw_fd());
+        }
+    }
+
+    /// [`Self::release`] of a raw descriptor. Async-signal-safe when nothing is locked.
+    pub(crate) fn release_raw(&self, fd: i32) {
+        if self.covers(fd) {
+            keep(fd);
+        } else {
+            crate::sys::close_raw(fd);
+        }
+    }
+}
+
+/// Leaves `fd` open for good (see [`OwnLocks`]).
+pub(crate) fn keep(fd: i32) {
+    if let Some(ino) = crate::sys::fstat_ino(fd) {
+        let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if !k.iter().any(|&(f, _)| f == fd) {
+            k.push((fd, ino));
+        }
+    }
+}
+
+/// The descriptors kept by earlier checkpoints that still name the file they named (the
+/// process may have closed one and got its number again for another file).
+pub(crate) fn kept() -> Vec<i32> {
+    let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    k.retain(|&(fd, ino)| crate::sys::fstat_ino(fd) == Some(ino));
+    k.iter().map(|&(fd, _)| fd).collect()
+}
+
+/// A kept descriptor of `fd`'s open file description, if there is one.
+pub(crate) fn kept_like(fd: i32) -> Option<i32> {
+    kept()
+        .into_iter()
+        .find(|&k| crate::sys::same_description(k, fd) == Some(true))
+}
+
+/// In a restored process: what the first life kept is not there.
+pub(crate) fn forget_kept() {
+    KEPT.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
 /// `struct flock` on x86_64: type, whence, start, len, pid.

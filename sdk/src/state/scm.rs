@@ -13,6 +13,9 @@
 //! The checkpoint handler walks the queues again while every thread is stopped and compares
 //! each descriptor with the one received before (kcmp); a queue that changed in between (a
 //! thread received or sent meanwhile) makes the checkpoint start again.
+//!
+//! A received descriptor of a file the process holds a POSIX lock on is never closed (see
+//! [`super::locks::OwnLocks`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,6 +31,17 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub(crate) struct InFlight {
     held: Vec<OwnedFd>,
     by_socket: BTreeMap<u64, Vec<(u32, Vec<i32>)>>,
+    /// The process's POSIX locks (read once something is received).
+    locked: Option<super::locks::OwnLocks>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if let Some(l) = &self.locked {
+            held.into_iter().for_each(|f| l.release(f));
+        }
+    }
 }
 
 impl InFlight {
@@ -98,7 +112,9 @@ impl InFlight {
         let mut messages = Vec::new();
         let mut failed = None;
         loop {
-            let (m, _, other, got) = sys::recv_peek_owned(fd, &mut buf);
+            let locked = self.locked.get_or_insert_with(super::locks::OwnLocks::read);
+            let release = |f: i32| locked.release_raw(f);
+            let (m, _, other, got) = sys::recv_peek_owned(fd, &mut buf, &release);
             if m.len < 0 {
                 break; // EAGAIN: the end (anything else: the handler says why)
             }
@@ -192,9 +208,16 @@ impl InFlight {
             .unwrap_or_default())
     }
 
+    /// The descriptors received from socket `ino`'s queue that must not be closed.
+    pub(crate) fn locked_of(&self, ino: u64) -> Vec<i32> {
+        let mut fds = self.of(ino);
+        fds.retain(|&f| self.locked.as_ref().is_some_and(|l| l.covers(f)));
+        fds
+    }
+
     /// In the restored process: the numbers name nothing of the first life's any more.
-    pub(crate) fn abandon(self) {
-        for f in self.held {
+    pub(crate) fn abandon(mut self) {
+        for f in std::mem::take(&mut self.held) {
             std::mem::forget(f);
         }
     }
