@@ -65,15 +65,18 @@ fn posix_owner(path: &str) -> i32 {
     }
 }
 
+/// A POSIX write lock on bytes 100..105 of `f`.
+fn lock(f: &std::fs::File) {
+    let posix = flock_struct(libc::F_WRLCK, 100, 5);
+    // SAFETY: F_SETLK on our own descriptor with a valid struct.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &posix) };
+    assert_eq!(r, 0);
+}
+
 fn in_flight(image: &str, locker: bool) {
     let path = format!("{image}.e");
     let e = open(&path);
-    let posix = flock_struct(libc::F_WRLCK, 100, 5);
-    // SAFETY: F_SETLK on our own descriptor with a valid struct.
-    assert_eq!(
-        unsafe { libc::fcntl(e.as_raw_fd(), libc::F_SETLK, &posix) },
-        0
-    );
+    lock(&e);
     let (tx, rx) = std::os::unix::net::UnixDatagram::pair().unwrap();
     // Kept open here too: closing it would end the lock.
     let other = open(&path);
@@ -142,9 +145,7 @@ fn in_flight(image: &str, locker: bool) {
 fn goes_on(image: &str) {
     let path = format!("{image}.f");
     let f = open(&path);
-    let posix = flock_struct(libc::F_WRLCK, 100, 5);
-    // SAFETY: F_SETLK on our own descriptor with a valid struct.
-    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &posix) }, 0);
+    lock(&f);
     let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = count();
     let me = std::process::id() as i32;
