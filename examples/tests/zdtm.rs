@@ -524,7 +524,9 @@ fn a_process_that_goes_on_after_its_checkpoints_keeps_its_posix_locks() {
         &[
             "first life: its POSIX lock is still its own after checkpoint 1",
             "first life: its POSIX lock is still its own after checkpoint 2",
-            "first life: one descriptor kept for the locked file, for both checkpoints",
+            "first life: all its POSIX locks after checkpoint 1",
+            "first life: all its POSIX locks after checkpoint 2",
+            "first life: the checkpoint's descriptors kept for the locked files, used again",
         ],
     );
     for opts in every_mode() {
@@ -533,10 +535,21 @@ fn a_process_that_goes_on_after_its_checkpoints_keeps_its_posix_locks() {
             &o,
             &[
                 "restored: the POSIX lock is held by this process",
+                "restored: all its POSIX locks",
                 "restored: the descriptors the process had, no more",
             ],
         );
     }
+}
+
+#[test]
+fn a_lock_on_anything_but_a_file_is_refused_by_name() {
+    let env = Env::new();
+    let out = env.refused("zdtm-locks", "p.thaw", &["pipe-lock"]);
+    assert!(
+        out.contains("pipe:[") && out.contains("it holds a lock"),
+        "{out}"
+    );
 }
 
 #[test]

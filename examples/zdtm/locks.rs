@@ -9,6 +9,7 @@
 //! life goes on after the snapshot and checks the lock is still its own, as does every restore,
 //! which then receives the descriptor. With `in-flight-locker` the descriptor that took the lock
 //! is the one in flight: refused (its lock would not be held again), and the lock stays.
+//! `pipe-lock`: a flock on a pipe, refused by name.
 
 #[path = "common.rs"]
 mod common;
@@ -139,13 +140,50 @@ fn in_flight(image: &str, locker: bool) {
     ch.finish();
 }
 
-/// `goes-on`: a POSIX lock on IMAGE.f, and two checkpoints the first life goes on from. The
-/// checkpoint's own duplicate of the descriptor is kept open, not closed (which would end the
-/// lock), and used again by the next one; the restored process has neither.
+/// `goes-on`: POSIX locks on files of four kinds (IMAGE.f, IMAGE.g also mapped shared as
+/// SQLite maps its -shm file, IMAGE.h deleted, a memfd), and two checkpoints the first life goes
+/// on from. The checkpoint's own descriptors of those files are kept open, not closed (which
+/// would end the locks), and used again by the next one; the restored process has none of
+/// them, and every lock.
 fn goes_on(image: &str) {
     let path = format!("{image}.f");
     let f = open(&path);
     lock(&f);
+    // More locked files of other kinds: mapped shared (as SQLite's -shm), deleted, a memfd.
+    let g = open(&format!("{image}.g"));
+    g.set_len(4096).unwrap();
+    lock(&g);
+    // SAFETY: a fresh shared mapping of our own file, never unmapped (the process's state).
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            g.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let h = open(&format!("{image}.h"));
+    lock(&h);
+    std::fs::remove_file(format!("{image}.h")).unwrap();
+    // SAFETY: memfd_create with a valid name.
+    let m = unsafe { libc::memfd_create(c"locked".as_ptr(), 0) };
+    assert!(m >= 0);
+    // SAFETY: we own m now.
+    let m = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(m) };
+    m.set_len(4096).unwrap();
+    lock(&m);
+    let ours = || {
+        let me = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(&me) && l.contains("POSIX"))
+            .count()
+    };
+    let locks = ours();
     let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = count();
     let me = std::process::id() as i32;
@@ -165,6 +203,11 @@ fn goes_on(image: &str) {
                     posix_owner(&path),
                 );
                 ch.check(
+                    "restored: all its POSIX locks",
+                    ours() == locks,
+                    format!("{} of {locks}", ours()),
+                );
+                ch.check(
                     "restored: the descriptors the process had, no more",
                     count() == before,
                     format!("{} against {before}", count()),
@@ -182,10 +225,17 @@ fn goes_on(image: &str) {
             posix_owner(&path) == me,
             posix_owner(&path),
         );
+        ch.check(
+            &format!("first life: all its POSIX locks after checkpoint {round}"),
+            ours() == locks,
+            format!("{} of {locks}", ours()),
+        );
     }
+    // One per locked description (the witness's duplicates, the copies' own descriptions of
+    // the deleted file and the memfd), made by the first checkpoint and used by the second.
     ch.check(
-        "first life: one descriptor kept for the locked file, for both checkpoints",
-        count() == before + 1,
+        "first life: the checkpoint's descriptors kept for the locked files, used again",
+        count() == before + 6,
         format!("{} against {before}", count()),
     );
     ch.finish();
@@ -246,6 +296,13 @@ fn main() {
         Some("in-flight") => return in_flight(&image, false),
         Some("in-flight-locker") => return in_flight(&image, true),
         Some("goes-on") => return goes_on(&image),
+        // A lock on a pipe (flock works on any descriptor): not taken again, so refused.
+        Some("pipe-lock") => common::refusal(|| {
+            let (r, w) = std::io::pipe().unwrap();
+            // SAFETY: flock on our own descriptor.
+            assert_eq!(unsafe { libc::flock(r.as_raw_fd(), libc::LOCK_EX) }, 0);
+            std::mem::forget((r, w));
+        }),
         _ => {}
     }
     let (pa, pb, pc) = (

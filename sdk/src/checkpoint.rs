@@ -508,7 +508,7 @@ impl Checkpoint {
             (None, None) => unreachable!("one of the two"),
         };
         for s in &capture.socks {
-            s.kept().for_each(state::locks::keep);
+            s.kept().for_each(|f| state::locks::keep(f, false));
         }
         let result = self.write_snapshot(
             capture,

@@ -429,6 +429,15 @@ impl FdScan {
                 ..FdEntry::default()
             };
             let bad = |class: FdClass, why: &str| Refused::of(&head, &target, class, why);
+            // Locks are taken again on files (named, deleted, memfds); on anything else (flock
+            // works on a pipe or a socket too) they would be lost: refused.
+            if !target.starts_with('/') && info.lines().any(|l| l.starts_with("lock:")) {
+                scan.refused.push(bad(
+                    FdClass::Other,
+                    "it holds a lock (flock, fcntl), which thaw takes again on files only: unlock it before the checkpoint",
+                ));
+                continue;
+            }
             if let Some(ino) = target
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
@@ -593,6 +602,13 @@ impl FdScan {
                 scan.refused.push(bad(class, why));
                 continue;
             }
+            match super::locks::parse(&info) {
+                Ok(locks) => entry.locks = locks,
+                Err(why) => {
+                    scan.refused.push(bad(FdClass::Other, &why));
+                    continue;
+                }
+            }
             if target.starts_with("/memfd:") {
                 match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                     Ok(meta) => {
@@ -611,13 +627,6 @@ impl FdScan {
                         .push(bad(FdClass::Other, &format!("cannot stat: {e}"))),
                 }
                 continue;
-            }
-            match super::locks::parse(&info) {
-                Ok(locks) => entry.locks = locks,
-                Err(why) => {
-                    scan.refused.push(bad(FdClass::Other, &why));
-                    continue;
-                }
             }
             if let Some(why) = special_filesystem(fd, &target, flags) {
                 scan.refused.push(bad(FdClass::Other, why));

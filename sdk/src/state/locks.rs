@@ -103,8 +103,9 @@ pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
 #[derive(Debug, Default)]
 pub(crate) struct OwnLocks(Vec<u64>);
 
-/// Descriptors kept open (see [`OwnLocks`]), with the inode each named then.
-static KEPT: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
+/// Descriptors kept open (see [`OwnLocks`]), with the inode each named then and whether it is
+/// a description of the checkpoint's own (opened by path) rather than a duplicate.
+static KEPT: Mutex<Vec<(i32, u64, bool)>> = Mutex::new(Vec::new());
 
 impl OwnLocks {
     /// From /proc/locks. Matched by inode number alone: it names the superblock's device, which
@@ -134,27 +135,70 @@ impl OwnLocks {
 
     /// Closes `fd`, or keeps it if that would end a lock.
     pub(crate) fn release(&self, fd: OwnedFd) {
-        if self.covers(fd.as_raw_fd()) {
-            keep(fd.into_raw_fd());
-        }
+        self.release_raw(fd.into_raw_fd(), false);
     }
 
-    /// [`Self::release`] of a raw descriptor. Async-signal-safe when nothing is locked.
-    pub(crate) fn release_raw(&self, fd: i32) {
+    /// [`Self::release`] of a raw descriptor (`private`: see [`Opened`]).
+    pub(crate) fn release_raw(&self, fd: i32, private: bool) {
         if self.covers(fd) {
-            keep(fd);
+            keep(fd, private);
         } else {
+            // (Kept before, and used again by this checkpoint: not any more.)
+            KEPT.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k| k.0 != fd);
             crate::sys::close_raw(fd);
         }
     }
 }
 
-/// Leaves `fd` open for good (see [`OwnLocks`]).
-pub(crate) fn keep(fd: i32) {
+/// A description of one of the process's files that the checkpoint opened itself (by path):
+/// closed when dropped, or kept if that would end one of the process's POSIX locks (see
+/// [`OwnLocks`]), and then used again by the next checkpoint ([`Opened::kept_for`]).
+#[derive(Debug)]
+pub(crate) struct Opened(Option<OwnedFd>);
+
+impl Opened {
+    pub(crate) fn new(fd: OwnedFd) -> Opened {
+        Opened(Some(fd))
+    }
+
+    /// A description kept by an earlier checkpoint of the file `fd` (a descriptor of the
+    /// process's) names, if there is one.
+    pub(crate) fn kept_for(fd: i32) -> Option<Opened> {
+        let ino = crate::sys::fstat_ino(fd)?;
+        let k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let &(fd, _, _) = k
+            .iter()
+            .find(|&&(f, i, private)| private && i == ino && crate::sys::fstat_ino(f) == Some(i))?;
+        // SAFETY: a kept descriptor is the checkpoint's alone; this owner hands it back to
+        // `release_raw` when dropped, which keeps it again or closes and forgets it.
+        Some(Opened(Some(unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        })))
+    }
+}
+
+impl AsRawFd for Opened {
+    fn as_raw_fd(&self) -> i32 {
+        self.0.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            OwnLocks::read().release_raw(fd.into_raw_fd(), true);
+        }
+    }
+}
+
+/// Leaves `fd` open for good (see [`OwnLocks`]); `private`: see [`Opened`].
+pub(crate) fn keep(fd: i32, private: bool) {
     if let Some(ino) = crate::sys::fstat_ino(fd) {
         let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-        if !k.iter().any(|&(f, _)| f == fd) {
-            k.push((fd, ino));
+        if !k.iter().any(|&(f, _, _)| f == fd) {
+            k.push((fd, ino, private));
         }
     }
 }
@@ -163,8 +207,8 @@ pub(crate) fn keep(fd: i32) {
 /// process may have closed one and got its number again for another file).
 pub(crate) fn kept() -> Vec<i32> {
     let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-    k.retain(|&(fd, ino)| crate::sys::fstat_ino(fd) == Some(ino));
-    k.iter().map(|&(fd, _)| fd).collect()
+    k.retain(|&(fd, ino, _)| crate::sys::fstat_ino(fd) == Some(ino));
+    k.iter().map(|&(fd, _, _)| fd).collect()
 }
 
 /// A kept descriptor of `fd`'s open file description, if there is one.

@@ -113,7 +113,7 @@ impl InFlight {
         let mut failed = None;
         loop {
             let locked = self.locked.get_or_insert_with(super::locks::OwnLocks::read);
-            let release = |f: i32| locked.release_raw(f);
+            let release = |f: i32| locked.release_raw(f, false);
             let (m, _, other, got) = sys::recv_peek_owned(fd, &mut buf, &release);
             if m.len < 0 {
                 break; // EAGAIN: the end (anything else: the handler says why)

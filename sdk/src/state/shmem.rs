@@ -91,7 +91,7 @@ pub struct ShmCopy {
     /// the process's descriptors of it), for SEEK_DATA/SEEK_HOLE and pread: seeking the
     /// application's descriptor would move its offset. `None` for an object the process holds no
     /// descriptor of: its `ranges` are read from /proc/self/mem.
-    own: Option<std::os::fd::OwnedFd>,
+    own: Option<super::locks::Opened>,
     /// The object's size as the handler saw it (fstat), to detect growth since `size`.
     seen_size: AtomicU64,
     /// (offset in the object, address, length) of each mapping.
@@ -115,7 +115,12 @@ impl ShmCopy {
 
     /// Prepares the copy of an object of `size` bytes (reserves, does not touch, that much);
     /// `own` is our own open file description of it, if the process has a way to one.
-    fn new(id: u64, o: Object, own: Option<OwnedFd>, size: u64) -> std::io::Result<ShmCopy> {
+    fn new(
+        id: u64,
+        o: Object,
+        own: Option<super::locks::Opened>,
+        size: u64,
+    ) -> std::io::Result<ShmCopy> {
         let Object { name, file, ranges } = o;
         let memfd = name;
         let seals = own
@@ -446,13 +451,20 @@ pub(crate) fn copies(
             None => map_files.get(&id).cloned(),
         };
         let held = fds.iter().any(|(x, _)| *x == id);
-        let opened = match (source, named.get(&id)) {
-            (Some(s), _) => Some(std::fs::File::open(s)),
-            (None, Some(path)) => Some(open_named(path, id)),
-            (None, None) => None,
+        // Ours, as a description of the process's file (see locks::Opened): one an earlier
+        // checkpoint kept, or opened now.
+        let kept = fds
+            .iter()
+            .find(|(x, _)| *x == id)
+            .and_then(|&(_, fd)| super::locks::Opened::kept_for(fd));
+        let opened = match (kept, source, named.get(&id)) {
+            (Some(k), _, _) => Some(Ok(k)),
+            (None, Some(s), _) => Some(std::fs::File::open(s).map(open_as_own)),
+            (None, None, Some(path)) => Some(open_named(path, id).map(open_as_own)),
+            (None, None, None) => None,
         };
         let own = match opened {
-            Some(Ok(f)) => Some(OwnedFd::from(f)),
+            Some(Ok(f)) => Some(f),
             // The process holds a descriptor but its mode lets nobody read it (fchmod 0200):
             // nothing could be copied, so say so instead of saving it empty.
             Some(Err(e)) if held || named.contains_key(&id) => {
@@ -482,7 +494,9 @@ pub(crate) fn copies(
             }
         }
         let size = match &own {
-            Some(f) => std::fs::File::from(f.try_clone()?).metadata()?.len(),
+            // (fstat of it, not of a duplicate: closing one would end the process's POSIX
+            // locks on the file.)
+            Some(f) => crate::sys::fstat_size(f.as_raw_fd())?,
             None => o
                 .ranges
                 .iter()
@@ -669,4 +683,8 @@ impl SharedObject {
             );
         }
     }
+}
+
+fn open_as_own(f: std::fs::File) -> super::locks::Opened {
+    super::locks::Opened::new(OwnedFd::from(f))
 }
