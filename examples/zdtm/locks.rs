@@ -241,19 +241,30 @@ fn goes_on(image: &str) {
     ch.finish();
 }
 
+/// A message header for one byte with room for one descriptor (`iov` and `control` hold them).
+fn one_byte(byte: &mut [u8; 1], iov: &mut libc::iovec, control: &mut [u64; 4]) -> libc::msghdr {
+    *iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control);
+    msg
+}
+
 fn send_fd(via: &std::os::unix::net::UnixDatagram, fd: i32) {
-    // SAFETY: sendmsg with one byte and a control buffer sized for one descriptor.
+    let (mut byte, mut control) = (*b"e", [0u64; 4]);
+    let mut iov = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut msg = one_byte(&mut byte, &mut iov, &mut control);
+    // SAFETY: the header points at our buffers; the control buffer holds one descriptor.
     unsafe {
-        let mut byte = *b"e";
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let mut control = [0u64; 4];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
@@ -266,19 +277,14 @@ fn send_fd(via: &std::os::unix::net::UnixDatagram, fd: i32) {
 
 /// The descriptor the next message on `via` carries, or -1.
 fn recv_fd(via: &std::os::unix::net::UnixDatagram) -> i32 {
-    // SAFETY: recvmsg into buffers we own, sized as the msghdr says.
+    let (mut byte, mut control) = ([0u8], [0u64; 4]);
+    let mut iov = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut msg = one_byte(&mut byte, &mut iov, &mut control);
+    // SAFETY: recvmsg into our buffers, sized as the header says.
     unsafe {
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let mut control = [0u64; 4];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
         if libc::recvmsg(via.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) != 1 {
             return -1;
         }
