@@ -529,6 +529,15 @@ fn a_process_that_goes_on_after_its_checkpoints_keeps_its_posix_locks() {
             "first life: the checkpoint's descriptors kept for the locked files, used again",
         ],
     );
+    // A FIFO it writes to only, locked: the checkpoint's own reading end of it stays open too.
+    let fifo = env.first_life("zdtm-locks", "gf.thaw", &["goes-on-fifo"]);
+    assert_all_ok(
+        &fifo,
+        &[
+            "first life: all its POSIX locks after checkpoint 2",
+            "first life: the checkpoint's descriptors kept for the locked files, used again",
+        ],
+    );
     for opts in every_mode() {
         let o = env.restore(&env.path("g.thaw"), opts, &[]);
         assert_all_ok(

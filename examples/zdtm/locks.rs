@@ -15,6 +15,7 @@
 mod common;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 
 fn flock_struct(ty: i32, start: i64, len: i64) -> libc::flock {
     libc::flock {
@@ -141,11 +142,12 @@ fn in_flight(image: &str, locker: bool) {
 }
 
 /// `goes-on`: POSIX locks on files of four kinds (IMAGE.f, IMAGE.g also mapped shared as
-/// SQLite maps its -shm file, IMAGE.h deleted, a memfd), and two checkpoints the first life goes
+/// SQLite maps its -shm file, IMAGE.h deleted, a memfd; with `goes-on-fifo` the FIFO IMAGE.i
+/// too, written only), and two checkpoints the first life goes
 /// on from. The checkpoint's own descriptors of those files are kept open, not closed (which
 /// would end the locks), and used again by the next one; the restored process has none of
 /// them, and every lock.
-fn goes_on(image: &str) {
+fn goes_on(image: &str, with_fifo: bool) {
     let path = format!("{image}.f");
     let f = open(&path);
     lock(&f);
@@ -175,6 +177,23 @@ fn goes_on(image: &str) {
     let m = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(m) };
     m.set_len(4096).unwrap();
     lock(&m);
+    // With `with_fifo`: a FIFO the process holds only the writing end of (the checkpoint opens
+    // a reading end of its own to copy what waits in it; a restore needs a reader elsewhere).
+    let _writer = with_fifo.then(|| {
+        let fifo = format!("{image}.i");
+        let c = std::ffi::CString::new(fifo.as_str()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        drop(reader);
+        lock(&writer);
+        writer
+    });
     let ours = || {
         let me = std::process::id().to_string();
         std::fs::read_to_string("/proc/locks")
@@ -232,10 +251,11 @@ fn goes_on(image: &str) {
         );
     }
     // One per locked description (the witness's duplicates, the copies' own descriptions of
-    // the deleted file and the memfd), made by the first checkpoint and used by the second.
+    // the deleted file, the memfd and the FIFO), made by the first checkpoint and used by the
+    // second.
     ch.check(
         "first life: the checkpoint's descriptors kept for the locked files, used again",
-        count() == before + 6,
+        count() == before + 6 + 2 * usize::from(with_fifo),
         format!("{} against {before}", count()),
     );
     ch.finish();
@@ -301,7 +321,8 @@ fn main() {
     match extra.first().map(String::as_str) {
         Some("in-flight") => return in_flight(&image, false),
         Some("in-flight-locker") => return in_flight(&image, true),
-        Some("goes-on") => return goes_on(&image),
+        Some("goes-on") => return goes_on(&image, false),
+        Some("goes-on-fifo") => return goes_on(&image, true),
         // A lock on a pipe (flock works on any descriptor): not taken again, so refused.
         Some("pipe-lock") => common::refusal(|| {
             let (r, w) = std::io::pipe().unwrap();

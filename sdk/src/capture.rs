@@ -514,7 +514,7 @@ pub struct Capture {
     pub own_buffers: Vec<(u64, u64)>,
     /// One per FIFO: (its descriptor, our own read end when that one cannot read, the copy of
     /// the bytes waiting in it at the snapshot).
-    pub fifos: Vec<(i32, Option<OwnedFd>, PipeCopy)>,
+    pub(crate) fifos: Vec<(i32, Option<crate::state::locks::Opened>, PipeCopy)>,
     /// Epoll instances whose edge-triggered registrations' pending events are probed.
     pub epolls: Vec<crate::state::epoll::Probe>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.

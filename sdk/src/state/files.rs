@@ -1176,7 +1176,7 @@ impl FdScan {
     /// One descriptor per FIFO (named pipe), and one that reads it: the descriptor itself when
     /// it was opened for reading, else our own read end of the same FIFO (opened without
     /// blocking through /proc/self/fd), for the handler to copy what waits in it.
-    pub(crate) fn fifo_readers(&self) -> std::io::Result<Vec<(i32, Option<OwnedFd>)>> {
+    pub(crate) fn fifo_readers(&self) -> std::io::Result<Vec<(i32, Option<super::locks::Opened>)>> {
         let mut seen = Vec::new();
         let mut out = Vec::new();
         for e in self.entries.iter().filter(|e| self.fifos.contains(&e.fd)) {
@@ -1188,11 +1188,16 @@ impl FdScan {
             }
             seen.push(*id);
             let own = if e.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
+                if let Some(kept) = super::locks::Opened::kept_for(e.fd) {
+                    out.push((e.fd, Some(kept)));
+                    continue;
+                }
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK)
                     .open(format!("/proc/self/fd/{}", e.fd))?;
-                Some(OwnedFd::from(f))
+                // (Closed or kept as the process's POSIX locks on the FIFO need.)
+                Some(super::locks::Opened::new(OwnedFd::from(f)))
             } else {
                 None
             };
