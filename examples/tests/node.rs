@@ -334,3 +334,64 @@ fn workers_run_their_hooks_and_reseed_after_a_restore() {
     assert!(o.status.success(), "{}", text(&o));
     differs_per_restore(&env, &img, "worker after true true true 1 ");
 }
+
+#[test]
+fn standard_output_queued_at_the_checkpoint_is_written_or_refused_and_the_shared_pipe_left_blocking(
+) {
+    // The first life writes more than its stdout pipe holds while nobody reads it: Node queues
+    // the rest (and sets O_NONBLOCK on the pipe it shares with this test), checkpoints and exits.
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("queued.thaw");
+    let js = "for (let i = 0; i < 5000; i++) process.stdout.write(`pre ${i} ${'y'.repeat(60)}\\n`);\n\
+        const r = thaw.checkpoint(process.argv[1], { key: process.argv[2], exitAfterSave: true });\n\
+        process.stdout.write(`END ${r.restored}\\n`);";
+    let (reader, writer) = std::io::pipe().unwrap();
+    let shared = writer.try_clone().unwrap();
+    let first = node(&pkg)
+        .arg("-e")
+        .arg(format!(
+            "const thaw = require(process.env.THAW_NODE_PACKAGE);\n{js}"
+        ))
+        .arg("--")
+        .arg(&img)
+        .arg(&env.key)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    // Node's exit handler would have put the pipe back as it found it; the first life runs it
+    // too, though it runs no other.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&shared);
+    // SAFETY: F_GETFL on our own descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert_eq!(
+        flags & libc::O_NONBLOCK,
+        0,
+        "the first life left O_NONBLOCK on the pipe it shared"
+    );
+    drop((reader, shared));
+    // Restored with a pipe: the queued lines, then the rest, each once.
+    let o = env.restore(&img, &[], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.lines().filter(|l| l.starts_with("pre 4999 ")).count() == 1
+            && out.ends_with("END true\n"),
+        "{}",
+        text(&o)
+    );
+    // Restored with a regular file: Node could not write them there (libuv aborts); said so.
+    let file = std::fs::File::create(env.path("out.txt")).unwrap();
+    let o = env
+        .restore_cmd(&img, &[], &[])
+        .stdout(file)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(68), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("restore with a pipe as standard output"),
+        "{}",
+        text(&o)
+    );
+}

@@ -536,6 +536,7 @@ fn a_process_that_goes_on_after_its_checkpoints_keeps_its_posix_locks() {
         &[
             "first life: all its POSIX locks after checkpoint 2",
             "first life: the checkpoint's descriptors kept for the locked files, used again",
+            "first life: a kept descriptor goes once its file's lock is gone",
         ],
     );
     for opts in every_mode() {
@@ -592,6 +593,31 @@ fn a_descriptor_in_flight_naming_a_posix_locked_file_leaves_the_lock_alone() {
         "{}",
         text(&refused)
     );
+}
+
+#[test]
+fn an_empty_lock_file_removed_since_the_checkpoint_is_made_again() {
+    // IMAGE.c is empty and write-locked: there for its lock alone, as java.util.logging's
+    // FileHandler keeps a .lck file (and a JVM removes it as it exits, so a first restore of the
+    // image removes it for the next).
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-locks", "l.thaw", &[]);
+    let lck = env.path("l.thaw.c");
+    std::fs::remove_file(&lck).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(&o, &["POSIX lock held, by this process"]);
+    assert_eq!(std::fs::metadata(&lck).map(|m| m.len()).ok(), Some(0));
+    // Another file with contents at its path is not one: refused, and left as it is.
+    std::fs::remove_file(&lck).unwrap();
+    std::fs::write(&lck, b"other").unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is no longer the file"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&lck).unwrap(), b"other");
 }
 
 #[test]

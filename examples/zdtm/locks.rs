@@ -258,6 +258,21 @@ fn goes_on(image: &str, with_fifo: bool) {
         count() == before + 6 + 2 * usize::from(with_fifo),
         format!("{} against {before}", count()),
     );
+    // The process closes IMAGE.f (its lock goes with it): the next checkpoint (to another image)
+    // closes the descriptor it kept for that file.
+    drop(f);
+    let mut cp = thaw::Checkpoint::to(format!("{image}.3"));
+    if let Some(k) = &key {
+        cp = cp.sign_with(k);
+    }
+    if !matches!(cp.save(), Ok(thaw::Outcome::Saved(_))) {
+        std::process::exit(2);
+    }
+    ch.check(
+        "first life: a kept descriptor goes once its file's lock is gone",
+        count() == before + 4 + 2 * usize::from(with_fifo),
+        format!("{} against {before}", count()),
+    );
     ch.finish();
 }
 

@@ -38,6 +38,10 @@ int thaw_set_fd_policy(const char *spec);
 typedef int (*thaw_hook)(void *ctx);
 int thaw_on_checkpoint(thaw_hook hook, void *ctx);
 int thaw_on_restore(thaw_hook hook, void *ctx);
+/* Runs in a first life that exits after saving (THAW_EXIT_AFTER_SAVE), just before it exits,
+ * with its other threads parked: to put back what it changed of state it shares (terminal modes,
+ * O_NONBLOCK on standard descriptors). No allocation, no locks other threads may hold. */
+int thaw_on_exit_after_save(thaw_hook hook, void *ctx);
 
 /* Instances from a `thaw serve IMAGE --socket PATH`, started about as cheaply as a fork.
  * thaw_serve_start asks the server at `socket` for an instance with `argv` (what `thaw run` takes

@@ -122,6 +122,42 @@ native.watch(() => {
   for (const e of errors) process.emitWarning(`thaw: an afterRestore hook failed: ${e && e.message}`);
 });
 
+// Bytes Node had queued for standard output or error (its reader was slow) when the checkpoint
+// was taken. libuv writes them once the event loop sees the descriptor writable, and in a
+// restored process that descriptor is the caller's: epoll cannot wait on a regular file or most
+// devices, and libuv aborts the process when it tries. Said plainly instead.
+function queuedStdio() {
+  const out = [];
+  for (const fd of [1, 2]) {
+    const stream = fd === 1 ? process.stdout : process.stderr;
+    // (libuv's queue: a write it waits to finish; the stream's own count is the larger one.)
+    const queued = stream && stream._handle && stream._handle.writeQueueSize;
+    if (queued > 0) out.push([fd, Math.max(queued, stream.writableLength || 0)]);
+  }
+  return out;
+}
+
+function checkQueuedStdio(queued) {
+  for (const [fd, bytes] of queued) {
+    let st;
+    try {
+      st = require('fs').fstatSync(fd);
+    } catch {
+      continue;
+    }
+    if (st.isFIFO() || st.isSocket() || (st.isCharacterDevice() && require('tty').isatty(fd))) {
+      continue;
+    }
+    const name = fd === 1 ? 'standard output' : 'standard error';
+    const now = st.isFile() ? 'a regular file' : 'a file the event loop cannot wait on';
+    require('fs').writeSync(
+      2,
+      `thaw: ${name} had ${bytes} bytes Node had not yet written at the checkpoint (its reader was slow), and is ${now} now, where they cannot be written: restore with a pipe as ${name} (e.g. thaw run IMAGE | cat > FILE), or checkpoint once process.${fd === 1 ? 'stdout' : 'stderr'} has drained\n`
+    );
+    (process.reallyExit || process.exit)(68);
+  }
+}
+
 // Idle keep-alive sockets of http(s).globalAgent (Node 19+ keeps them by default) are connections
 // to other processes, which thaw refuses: they are a cache, so they are closed (the descriptor
 // goes at once; the agent opens new ones when needed).
@@ -265,6 +301,7 @@ function checkpoint(path, options = {}) {
   closeIdleSockets();
   if (gc) prepareHeap();
 
+  const queued = queuedStdio();
   let r;
   try {
     r = native.checkpoint(path, key, flags);
@@ -276,6 +313,7 @@ function checkpoint(path, options = {}) {
 
   let result;
   if (r === native.RESTORED) {
+    checkQueuedStdio(queued);
     const seeded = reseed();
     result = restoredInfo({ reseeded: seeded });
   } else {

@@ -331,7 +331,24 @@ static napi_status export_int(napi_env env, napi_value exports, const char *name
     return s == napi_ok ? napi_set_named_property(env, exports, name, v) : s;
 }
 
+/* Node sets O_NONBLOCK on the standard descriptors it makes streams of (pipes, sockets) and
+ * changes a terminal's modes, and its exit handler puts them back (node::ResetStdio, registered
+ * with atexit): a shell pipeline shares those pipes. A first life that exits after saving runs no
+ * exit handlers, so that one runs on its own (it only calls fcntl and tcsetattr). */
+static int reset_stdio(void *fn) {
+    ((void (*)(void))fn)();
+    return 0;
+}
+
+static void register_reset_stdio(void) {
+    static int done;
+    if (__atomic_exchange_n(&done, 1, __ATOMIC_ACQ_REL)) return;
+    void *fn = dlsym(RTLD_DEFAULT, "_ZN4node10ResetStdioEv");
+    if (fn) thaw_on_exit_after_save(reset_stdio, fn);
+}
+
 NAPI_MODULE_INIT() {
+    register_reset_stdio();
     CHECK(env, export_fn(env, exports, "checkpoint", checkpoint));
     CHECK(env, export_fn(env, exports, "reseedOpenSSL", reseed_openssl));
     CHECK(env, export_fn(env, exports, "releaseMemory", release_memory));

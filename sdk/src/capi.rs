@@ -218,6 +218,21 @@ pub extern "C" fn thaw_on_restore(f: Hook, ctx: *mut c_void) -> c_int {
     register(f, ctx, |cb| crate::on_restore(move || cb.call()))
 }
 
+/// Registers `f(ctx)` to run in a first life that exits after saving, just before it exits
+/// (its result is ignored): see [`crate::on_exit_after_save`].
+#[no_mangle]
+pub extern "C" fn thaw_on_exit_after_save(f: Hook, ctx: *mut c_void) -> c_int {
+    let Some(f) = f else {
+        return set_error(THAW_ERR_INVALID, "callback is NULL");
+    };
+    let cb = Callback(f, ctx as usize);
+    crate::on_exit_after_save(move || {
+        // (Not through `call`: its error would allocate.)
+        (cb.0)(cb.1 as *mut c_void);
+    });
+    0
+}
+
 /// Reads a NULL-terminated array of C strings (NULL: `None`).
 ///
 /// # Safety

@@ -102,6 +102,7 @@ pub enum Outcome {
 type Hook = Box<dyn FnMut() -> Result<(), String> + Send>;
 static BEFORE: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 static AFTER: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+static AT_SAVE_EXIT: Mutex<Vec<Box<dyn FnMut() + Send>>> = Mutex::new(Vec::new());
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Registers a hook that runs before every snapshot (close sockets, stop pools). An error aborts
@@ -116,6 +117,19 @@ pub fn on_checkpoint(f: impl FnMut() -> Result<(), String> + Send + 'static) {
 /// Registers a hook that runs first thing after a restore (reopen, reseed).
 pub fn on_restore(f: impl FnMut() -> Result<(), String> + Send + 'static) {
     AFTER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(f));
+}
+
+/// Registers `f` to run in a first life that exits after saving ([`Checkpoint::exit_after_save`]),
+/// just before it exits, while its other threads are still parked. Such an exit runs no exit
+/// handlers (their work would be done again by every restore); this is for the few that put
+/// back what the process changed of things it shares with others: a runtime's terminal modes,
+/// the O_NONBLOCK it set on standard descriptors it shares with a shell pipeline. `f` must not
+/// allocate through the C library nor take locks other threads may hold.
+pub fn on_exit_after_save(f: impl FnMut() + Send + 'static) {
+    AT_SAVE_EXIT
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(Box::new(f));
@@ -520,7 +534,11 @@ impl Checkpoint {
         );
         if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save {
             // Without exit handlers or a flush of stdio buffers: what the program had buffered
-            // is in the image, and the restored process writes it.
+            // is in the image, and the restored process writes it. Only what puts back shared
+            // state runs (see on_exit_after_save).
+            if let Ok(mut hooks) = AT_SAVE_EXIT.try_lock() {
+                hooks.iter_mut().for_each(|h| h());
+            }
             crate::sys::exit_now(0);
         }
         // The checkpoint failed or starts again, or the process goes on: so do its threads

@@ -24,8 +24,8 @@ mod traced;
 mod witness;
 
 pub use checkpoint::{
-    on_checkpoint, on_restore, Checkpoint, CheckpointError, Outcome, Restored, SavedInfo,
-    DEFAULT_SIGNAL,
+    on_checkpoint, on_exit_after_save, on_restore, Checkpoint, CheckpointError, Outcome, Restored,
+    SavedInfo, DEFAULT_SIGNAL,
 };
 pub use fd_policy::{FdAction, FdClass, FdPolicy};
 pub use image::{Image, ImageError, ImageFile, ImageWriter, SavedImage};

@@ -48,6 +48,7 @@ impl FdWitness {
             sys::set_nofile_soft(hard, hard)?;
         }
         let locks = OwnLocks::read();
+        locks.prune_kept();
         let held = Self::dup_each(fds, above, &locks);
         if raise {
             sys::set_nofile_soft(soft, hard)?;

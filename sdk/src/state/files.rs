@@ -1703,7 +1703,12 @@ fn reopen_path(
     // Opened without blocking (a FIFO put at the path would block forever), checked to be the
     // same file below, then given its own status flags.
     let status = (e.flags & REOPEN_FLAGS & !(libc::O_ACCMODE as u32)) as i32;
-    let mut f = std::fs::OpenOptions::new()
+    // A lock file: empty, held under a write lock, there for the lock alone (java.util.logging's
+    // FileHandler's `.lck`, which a JVM removes as it exits, so that an earlier restore of the
+    // image removed it). Made again where it is gone, and any empty file at its path will do.
+    let lock_file = e.locked_stamp.is_some_and(|s| s.size == 0) && !path_only && !dir;
+    let mut options = std::fs::OpenOptions::new();
+    options
         .read(path_only || dir || acc != libc::O_WRONLY as u32)
         .write(!path_only && !dir && acc != libc::O_RDONLY as u32)
         .custom_flags(if path_only {
@@ -1713,21 +1718,27 @@ fn reopen_path(
                 | if dir { libc::O_DIRECTORY } else { 0 }
         } else {
             status | libc::O_NONBLOCK | libc::O_NOCTTY | if dir { libc::O_DIRECTORY } else { 0 }
-        })
-        .open(path)
-        .map_err(|err| {
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
-            } else if err.kind() == std::io::ErrorKind::NotFound {
-                format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there")
-            } else {
-                format!("fd {fd}: cannot reopen {path}: {err}")
-            }
-        })?;
+        });
+    let opened = match options.open(path) {
+        Err(err) if lock_file && err.kind() == std::io::ErrorKind::NotFound => {
+            options.write(true).create_new(true).open(path)
+        }
+        other => other,
+    };
+    let mut f = opened.map_err(|err| {
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
+        } else if err.kind() == std::io::ErrorKind::NotFound {
+            format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there")
+        } else {
+            format!("fd {fd}: cannot reopen {path}: {err}")
+        }
+    })?;
     let meta = f
         .metadata()
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
-    if super::FileId::of(&meta) != id {
+    let empty_lock_file = lock_file && meta.file_type().is_file() && meta.len() == 0;
+    if super::FileId::of(&meta) != id && !empty_lock_file {
         return Err(format!(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path)"
         ));

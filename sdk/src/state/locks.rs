@@ -128,6 +128,20 @@ impl OwnLocks {
         )
     }
 
+    /// Closes the descriptors earlier checkpoints kept for locks the process holds no more (it
+    /// unlocked or closed the file since): a file deleted since frees its space.
+    pub(crate) fn prune_kept(&self) {
+        let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        k.retain(|&(fd, ino, _)| {
+            let named = crate::sys::fstat_ino(fd) == Some(ino);
+            if named && !self.0.contains(&ino) {
+                crate::sys::close_raw(fd);
+                return false;
+            }
+            named
+        });
+    }
+
     /// Whether closing `fd` would end a POSIX lock of the process.
     pub(crate) fn covers(&self, fd: i32) -> bool {
         !self.0.is_empty() && crate::sys::fstat_ino(fd).is_some_and(|ino| self.0.contains(&ino))
