@@ -797,7 +797,7 @@ impl Checkpoint {
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {
-                format!("fd {fd} (inotify): {n} bytes of events were queued at the checkpoint and would be lost; read them first")
+                format!("fd {fd} (inotify): {n} bytes of events were queued at the checkpoint and would be lost; read them first (in an event loop, Node's or asyncio's: let it run a turn before the checkpoint, e.g. await new Promise(setImmediate))")
             })
         }));
         m.dontfork = c

@@ -428,7 +428,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     };
                     if pending > 0 && waiting.is_empty() {
                         return refuse(format!(
-                            "listening socket has {pending} connection(s) waiting to be accepted"
+                            "listening socket has {pending} connection(s) waiting to be accepted, which cannot be made again (their other ends are elsewhere): accept them before the checkpoint, or stop taking new ones first (Node: server.close(); Java: close the ServerSocketChannel) and open the listener again after restore"
                         ));
                     }
                     let addr = crate::sys::getsockname(fd)
