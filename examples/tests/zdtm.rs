@@ -441,6 +441,8 @@ fn interval_timers_timerfd_and_signalfd_are_restored() {
                 "signalfd reads SIGUSR1",
                 "timerfd: an unread expiration is kept",
                 "timerfd: a pending one expires",
+                "periodic timerfd: every expiration before the checkpoint is there",
+                "periodic timerfd: its next expiry is where it was",
             ],
         );
     }

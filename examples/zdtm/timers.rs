@@ -4,7 +4,10 @@
 //!
 //! Also a signalfd reading SIGUSR1 (blocked): after restore a raised SIGUSR1 is read from it; a
 //! timerfd with 100 ms left, whose expiration is read after restore; a non-blocking timerfd that
-//! expired before the checkpoint and was not read, whose expiration is still there.
+//! expired before the checkpoint and was not read, whose expiration is still there; a periodic
+//! timerfd (every 20 ms) that fired ten times or more before the checkpoint, never read: every
+//! expiration is there; and one that fired once and then fires every 10 s: its next expiry is
+//! where it was, not a whole interval after the checkpoint.
 //!
 //! (POSIX timers: zdtm/posix_timers.rs.)
 
@@ -98,11 +101,48 @@ fn wall_clock() -> ! {
     c.finish();
 }
 
+/// Two periodic timerfds, given time to fire (before the other timers are armed): one every
+/// 20 ms, ten times or more by now, and one that fired once and fires every 10 s; and how far
+/// off, at most, the latter's next expiry is.
+fn periodic_timerfds() -> (i32, i32, u64) {
+    let periodic = |first_ns: u64, every_ns: u64| {
+        let ts = |ns: u64| libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_nsec: (ns % 1_000_000_000) as i64,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts(every_ns),
+            it_value: ts(first_ns),
+        };
+        // SAFETY: a new non-blocking timerfd armed with a valid itimerspec.
+        unsafe {
+            let fd = libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            );
+            libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut());
+            fd
+        }
+    };
+    let every_20ms = periodic(20_000_000, 20_000_000);
+    let every_10s = periodic(1_000_000, 10_000_000_000);
+    // (After both: each was armed before this, and fires no later than it would from here.)
+    let armed = std::time::Instant::now();
+    // Time passes (for the timers to fire: nothing waits on anything here).
+    while armed.elapsed() < std::time::Duration::from_millis(210) {
+        std::thread::sleep(std::time::Duration::from_millis(210) - armed.elapsed());
+    }
+    // The 10 s one's next expiry is at most this far off.
+    let next_at_most = 10_000_000_000 - (armed.elapsed().as_nanos() as u64 - 1_000_000);
+    (every_20ms, every_10s, next_at_most)
+}
+
 fn main() {
     let (_, _, extra) = common::argv();
     if extra.first().is_some_and(|a| a == "wall-clock") {
         wall_clock();
     }
+    let (every_20ms, every_10s, next_at_most) = periodic_timerfds();
     // SAFETY: installs a handler that only stores an atomic.
     unsafe { libc::signal(libc::SIGALRM, on_alarm as *const () as usize) };
     set(libc::ITIMER_REAL, 0, 200_000);
@@ -142,6 +182,16 @@ fn main() {
     // CPU-time timers count in ticks: what they report is rounded up to one (at most 10 ms).
     let (_, prof_before) = itimer(libc::ITIMER_PROF);
     common::checkpoint();
+    // First thing: the periodic timers go on firing.
+    let mut n = 0u64;
+    // SAFETY: an 8-byte read into a u64.
+    unsafe { libc::read(every_20ms, (&mut n as *mut u64).cast(), 8) };
+    let mut left = std::mem::MaybeUninit::<libc::itimerspec>::zeroed();
+    // SAFETY: timerfd_gettime into a zeroed struct we own.
+    let left = unsafe {
+        libc::timerfd_gettime(every_10s, left.as_mut_ptr());
+        left.assume_init().it_value
+    };
     let mut c = common::Checks::default();
     let (ri, rv) = itimer(libc::ITIMER_REAL);
     let (pi, pv) = itimer(libc::ITIMER_PROF);
@@ -190,6 +240,17 @@ fn main() {
         "timerfd: an unread expiration is kept",
         read_ticks(fired) == 1,
         "",
+    );
+    c.check(
+        "periodic timerfd: every expiration before the checkpoint is there",
+        n >= 10,
+        format!("{n} expirations"),
+    );
+    let left_ns = left.tv_sec as u64 * 1_000_000_000 + left.tv_nsec as u64;
+    c.check(
+        "periodic timerfd: its next expiry is where it was",
+        left_ns > 0 && left_ns <= next_at_most,
+        format!("{left_ns} ns left, at most {next_at_most}"),
     );
     c.check(
         "timerfd: a pending one expires",

@@ -2010,6 +2010,18 @@ pub fn signalfd(mask: u64, nonblock: bool) -> io::Result<std::os::fd::OwnedFd> {
     .map(owned)
 }
 
+/// timerfd_gettime(fd), for what it does first: a periodic timer that fired and was not read
+/// since is moved on to its next expiry, the expirations missed meanwhile counted (as a read does
+/// before it takes them); until then its fdinfo shows one expiration and no time left.
+pub fn timerfd_catch_up(fd: i32) -> io::Result<()> {
+    let mut spec = [0u64; 4];
+    check(syscall6(
+        libc::SYS_timerfd_gettime,
+        [fd as u64, spec.as_mut_ptr() as u64, 0, 0, 0, 0],
+    ))
+    .map(drop)
+}
+
 /// A timerfd on `clockid` armed relative to now with `value_ns` left and `interval_ns`, holding
 /// `ticks` unread expirations (TFD_IOC_SET_TICKS).
 pub fn timerfd(

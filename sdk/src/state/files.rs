@@ -501,6 +501,11 @@ impl FdScan {
                 continue;
             }
             if target == "anon_inode:[timerfd]" {
+                // (Its fdinfo read again once it has caught up: see sys::timerfd_catch_up.)
+                let info = match crate::sys::timerfd_catch_up(fd) {
+                    Ok(()) => fdinfo(fd),
+                    Err(_) => info,
+                };
                 match timerfd_state(&info) {
                     Ok(kind) => {
                         entry.kind = kind;
