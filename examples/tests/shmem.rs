@@ -7,8 +7,9 @@ mod common;
 
 use common::*;
 
-const CHECKS: [&str; 15] = [
+const CHECKS: [&str; 16] = [
     "memfd: executable (execveat), as before",
+    "memfd that allows sealing, none yet: seals can be added; one that does not: sealed",
     "memfd: its mode (fchmod)",
     "memfd: a dup'd descriptor shares the description",
     "memfd: every view has the contents",
@@ -32,8 +33,8 @@ fn shared_memory_in_every_mode() {
     let m = env.manifest(&img);
     assert_eq!(
         m.shared.len(),
-        6,
-        "zgc_heap, sealed, write-sealed, closed-after-map, shared anonymous, script"
+        7,
+        "zgc_heap, sealed, sealable, write-sealed, closed-after-map, shared anonymous, script"
     );
     let heap = m
         .shared

@@ -82,6 +82,9 @@ fn main() {
         );
     }
 
+    // Sealing allowed, nothing sealed yet: seals can still be added after restore.
+    let sealable = memfd("sealable", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+
     // Write-sealed and mapped read-only, as a producer hands data to consumers.
     let frozen = memfd("write-sealed", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
     let ffd = frozen.as_raw_fd();
@@ -264,6 +267,19 @@ fn main() {
         "sealed memfd: contents and seals",
         seals == libc::F_SEAL_SHRINK | libc::F_SEAL_GROW && grow == -1 && &sb == b"sealed bytes",
         format!("seals {seals:#x} grow {grow}"),
+    );
+    // SAFETY: our own descriptors.
+    let (none, grow_sealed, unsealable) = unsafe {
+        (
+            libc::fcntl(sealable.as_raw_fd(), libc::F_GET_SEALS),
+            libc::fcntl(sealable.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_GROW),
+            libc::fcntl(heap.as_raw_fd(), libc::F_GET_SEALS),
+        )
+    };
+    c.check(
+        "memfd that allows sealing, none yet: seals can be added; one that does not: sealed",
+        none == 0 && grow_sealed == 0 && unsealable == libc::F_SEAL_SEAL,
+        format!("seals {none:#x}, adding one: {grow_sealed}; the other's {unsealable:#x}"),
     );
     // SAFETY: our own descriptors, valid buffers.
     let (fseals, fwrite, fpos) = unsafe {

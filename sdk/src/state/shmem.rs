@@ -615,7 +615,9 @@ pub fn recreate(
             Some(file) => super::deleted::create(file)?,
             None => {
                 let name = o.memfd.clone().unwrap_or_else(|| "thaw-shared-anon".into());
-                crate::sys::memfd_create(&name, o.seals != 0)
+                // A memfd allows sealing as it did: its seals say so (F_SEAL_SEAL alone, made
+                // without MFD_ALLOW_SEALING, is added back below like any other).
+                crate::sys::memfd_create(&name, o.memfd.is_some() || o.seals != 0)
                     .map_err(|e| format!("{what}: cannot create it: {e}"))?
             }
         };
