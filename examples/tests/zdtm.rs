@@ -650,7 +650,9 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     assert!(
         err.contains(
             "cannot take its flock write lock again: another process holds a conflicting lock"
-        ) && err.contains("l.thaw.a): cannot take"),
+        ) && err.contains("l.thaw.a): cannot take")
+            // The holder named: this test.
+            && err.contains(&format!("(PID {}, ", std::process::id())),
         "{err}"
     );
     assert!(o.stdout.is_empty());

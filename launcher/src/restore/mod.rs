@@ -396,9 +396,9 @@ fn prepare_fds(
             refused(format!(
                 "mapped file {path} was modified since the checkpoint (its size or modification time differ): the restored process would {}",
                 if vma.prot & libc::PROT_EXEC as u32 != 0 {
-                    "run other code than it had"
+                    "run other code than it had (restore with the files the image was taken with)"
                 } else {
-                    "see its saved pages beside the file's new contents"
+                    "see its saved pages beside the file's new contents (an earlier restore of this image may have written it: put back a copy of the file as it was, its modification time kept, e.g. with cp -p; or map it shared, or map it again after restore)"
                 }
             ))
         };

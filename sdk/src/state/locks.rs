@@ -237,6 +237,39 @@ pub(crate) fn forget_kept() {
     KEPT.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
+/// " (PID 123, bash)": the processes /proc/locks names as holding locks on `fd`'s file (by
+/// inode number), or nothing.
+fn holders(fd: i32) -> String {
+    let Some(ino) = crate::sys::fstat_ino(fd) else {
+        return String::new();
+    };
+    let me = std::process::id().to_string();
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let mut pids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // (A waiter's line has "->" after the number: not a holder.)
+            let on_it = w.get(5)?.rsplit(':').next()? == ino.to_string();
+            (w.get(1) != Some(&"->") && on_it && w.get(4)? != &me).then(|| w[4])
+        })
+        .collect();
+    pids.dedup();
+    let named: Vec<String> = pids
+        .iter()
+        .take(3)
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("PID {pid}, {}", comm.trim())
+        })
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", named.join("; "))
+    }
+}
+
 /// `struct flock` on x86_64: type, whence, start, len, pid.
 fn flock_struct(l: &Lock) -> [u64; 4] {
     let ty = if l.write {
@@ -284,7 +317,8 @@ pub fn take_on_description(fd: &impl AsRawFd, number: i32, locks: &[Lock]) -> Re
                 .map(|p| format!(" ({})", p.display()))
                 .unwrap_or_default();
             if e.raw_os_error() == Some(libc::EAGAIN) {
-                format!("fd {number}{path}: cannot take its {l} again: another process holds a conflicting lock")
+                let who = holders(fd.as_raw_fd());
+                format!("fd {number}{path}: cannot take its {l} again: another process holds a conflicting lock{who}: end it or have it unlock first (a lock on a descriptor inherited from whatever started the process, a shell's `exec 9>file; flock 9`, is held by that too)")
             } else {
                 format!("fd {number}{path}: cannot take its {l} again: {e}")
             }
