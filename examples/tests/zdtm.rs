@@ -260,6 +260,7 @@ fn files_directories_and_pipes() {
             "pipe whose writer is gone: its bytes, then end of file",
             "a file named '... (deleted)' is an ordinary file",
             "FIFO removed while open, its writer gone: its bytes, then end of file",
+            "FIFO removed while open, empty, its writer gone: end of file, and poll says so",
             "fd numbers",
             "pipe capacity",
             "pipe in packet mode",

@@ -144,6 +144,15 @@ fn main() {
         std::fs::File::from_raw_fd(r)
     };
     std::fs::remove_file(dir.join("lone.fifo")).unwrap();
+    // Another one, nothing left in it: end of file at once, and poll says its writers are gone.
+    let (lone_empty_c, lone_empty_w) = make_fifo("lone-empty.fifo");
+    // SAFETY: open on our own FIFO by its NUL-terminated path; the writer is closed.
+    let lone_empty = unsafe {
+        let r = libc::open(lone_empty_c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+        libc::close(lone_empty_w);
+        std::fs::File::from_raw_fd(r)
+    };
+    std::fs::remove_file(dir.join("lone-empty.fifo")).unwrap();
 
     // Edge-triggered registrations: pipe A's edge taken with its byte unread, pipe B's edge
     // pending, pipe C one-shot, fired and so disarmed. (data: 1, 2, 3)
@@ -359,6 +368,20 @@ fn main() {
         "FIFO removed while open, its writer gone: its bytes, then end of file",
         lone_read.is_ok() && left == b"bye",
         format!("{lone_read:?} {left:?}"),
+    );
+    let mut p = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&lone_empty),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: a poll of our own descriptor that does not wait.
+    unsafe { libc::poll(&mut p, 1, 0) };
+    let mut lone_empty = lone_empty;
+    let empty_read = lone_empty.read(&mut buf);
+    c.check(
+        "FIFO removed while open, empty, its writer gone: end of file, and poll says so",
+        p.revents & libc::POLLHUP != 0 && matches!(empty_read, Ok(0)),
+        format!("revents {:#x}, read {empty_read:?}", p.revents),
     );
     let mut text = String::new();
     let read_named = named.read_to_string(&mut text);

@@ -827,6 +827,10 @@ impl FdScan {
                 scan.entries.iter().any(|e| {
                     matches!(&e.kind, FdKind::DeletedFifo { id: i, .. } if i == *id)
                         && no_writer_elsewhere(e.fd)
+                        // Its writer came and went (a reading end that never saw one would
+                        // come back seeing one come and go).
+                        && crate::sys::poll_now(e.fd, libc::POLLIN)
+                            .is_ok_and(|ev| ev & libc::POLLHUP != 0)
                 })
             })
             .map(|(id, _)| *id)
@@ -847,7 +851,7 @@ impl FdScan {
                     &e,
                     &format!("{path} (deleted)"),
                     FdClass::Deleted,
-                    "a FIFO removed while open whose other end is not in this process: made again, it would no longer reach it",
+                    "a FIFO removed while open whose other end is not in this process (or, read alone, one no writer has opened yet): made again, it would no longer reach it",
                 ));
             } else {
                 i += 1;
@@ -1439,9 +1443,26 @@ pub fn reopen(
                 };
                 // Opened as any FIFO by name is, checked to be the one just made.
                 let f = reopen_path(e, path, Some(0), now)?;
-                if let Some(bytes) = e.fifo_bytes {
-                    refill_fifo(&f, path, &payload(bytes)?)
-                        .map_err(|err| format!("fd {fd}: {err}"))?;
+                match e.fifo_bytes {
+                    Some(bytes) => refill_fifo(&f, path, &payload(bytes)?)
+                        .map_err(|err| format!("fd {fd}: {err}"))?,
+                    // A reading end (only those are restored alone, and only once their writer
+                    // came and went: see the scan) with nothing to put back: a writer comes and
+                    // goes all the same, for poll to report its writers gone (POLLHUP), as it
+                    // did (a reading end that never saw one does not).
+                    None if e.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 => {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NONBLOCK)
+                            .open(format!(
+                                "/proc/self/fd/{}",
+                                std::os::fd::AsRawFd::as_raw_fd(&f)
+                            ))
+                            .map_err(|err| {
+                                format!("fd {fd}: cannot open FIFO {path} to write: {err}")
+                            })?;
+                    }
+                    None => {}
                 }
                 f
             }
