@@ -118,6 +118,19 @@ fn main() {
             assert_eq!(rx.recv().unwrap(), 0, "unshare");
         });
     }
+    if extra.iter().any(|a| a == "dumpable-root") {
+        common::refusal(|| {
+            // A credential change makes the process dumpable as fs.suid_dumpable says (the test
+            // sets it to 2: root only).
+            // SAFETY: setresgid to another group and back, as root.
+            unsafe {
+                assert_eq!(libc::setresgid(0, 1, 0), 0);
+                assert_eq!(libc::setresgid(0, 0, 0), 0);
+            }
+            // SAFETY: a prctl query.
+            assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 2);
+        });
+    }
     if extra.iter().any(|a| a == "aio") {
         common::refusal(|| {
             let mut ctx = 0u64;

@@ -336,6 +336,14 @@ pub fn oom_score_adj() -> i32 {
 /// not be entered again), threads in other cgroups. (Children: see [`super::children`].)
 pub(crate) fn refusals() -> Vec<String> {
     let mut why = Vec::new();
+    // Dumpable only by root (fs.suid_dumpable=2, after the process changed its credentials): the
+    // checkpoint makes a process dumpable for a moment to read its own /proc files, and prctl
+    // cannot set this mode back (only 0 or 1): it would stay traceable by its user.
+    if crate::sys::prctl_get(libc::PR_GET_DUMPABLE).ok() == Some(2) {
+        why.push(
+            "the process is dumpable by root only (mode 2: fs.suid_dumpable=2 and it changed its credentials), which the checkpoint could not set back after reading its own /proc files: set fs.suid_dumpable to 0 or 1, or make it dumpable itself (prctl(PR_SET_DUMPABLE, 1)) before the checkpoint".to_owned(),
+        );
+    }
     if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
         let cwd = cwd.to_string_lossy();
         // A deleted one is made again at restore; one under a process's /proc directory cannot
