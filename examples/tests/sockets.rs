@@ -127,6 +127,29 @@ fn a_listening_socket_handed_in_is_used_instead() {
 }
 
 #[test]
+fn a_listening_socket_handed_in_for_no_listener_of_the_image_is_refused() {
+    // On another port: it would be held by the launcher alone, its callers waiting for ever.
+    let env = Env::new();
+    let (img, _) = image(&env);
+    let other = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let o = command_leaking(&bin("thaw"), &[(other.as_raw_fd(), 3)])
+        .args(["run", "--trust"])
+        .arg(&env.pubkey)
+        .args(["--pid-mode", "ns", "--listen-fd", "3"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let port = other.local_addr().unwrap().port();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} stands for none of the image's")),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+}
+
+#[test]
 fn listen_fd_must_be_a_listening_socket() {
     let env = Env::new();
     let (img, _) = image(&env);

@@ -706,6 +706,30 @@ pub fn recreate<'a>(
     mut queued: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
 ) -> Result<(BTreeMap<u64, OwnedFd>, Later<'a>), String> {
+    // A listening socket handed in that stands for none of the image's would be held by the
+    // launcher alone: whoever connects to it would wait in its queue for ever.
+    for g in given {
+        let images = || {
+            sockets.iter().filter_map(|s| match s {
+                Socket::Listener(l) => Some(l),
+                _ => None,
+            })
+        };
+        if !images().any(|l| stands_for(g, l)) {
+            let addr = crate::sys::getsockname(g.as_raw_fd())
+                .map(|a| describe(&a))
+                .unwrap_or_else(|e| format!("(getsockname: {e})"));
+            let ours: Vec<String> = images().map(|l| describe(&l.addr)).collect();
+            return Err(format!(
+                "the listening socket handed in (--listen-fd, LISTEN_FDS) on {addr} stands for none of the image's ({}): hand in one of the same family, type and address, or none",
+                if ours.is_empty() {
+                    "it listens on nothing".to_owned()
+                } else {
+                    format!("it listens on {}", ours.join(", "))
+                }
+            ));
+        }
+    }
     let mut out = BTreeMap::new();
     let mut later = Later::default();
     let mut pairs: BTreeMap<u64, Vec<&'a PairEnd>> = BTreeMap::new();
@@ -1210,6 +1234,17 @@ pub fn describe(addr: &[u8]) -> String {
     }
 }
 
+/// Whether the listening socket handed in `g` may stand for the image's `l`: same family, type
+/// and address, listening.
+fn stands_for(g: &OwnedFd, l: &Listener) -> bool {
+    let fd = g.as_raw_fd();
+    let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1);
+    opt(libc::SO_DOMAIN) == l.family
+        && opt(libc::SO_TYPE) == l.ty
+        && opt(libc::SO_ACCEPTCONN) == 1
+        && crate::sys::getsockname(fd).is_ok_and(|a| a == l.addr)
+}
+
 /// A listening socket made again (or the one handed in; not for one the process connects to,
 /// `own_connections`).
 fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<OwnedFd, String> {
@@ -1220,18 +1255,10 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
             "listening socket {what}: the process connected to it itself (connections it accepted, or that wait in its queue), which a listening socket handed in cannot be given"
         ));
     }
-    for g in given {
-        let fd = g.as_raw_fd();
-        let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1);
-        if opt(libc::SO_DOMAIN) == l.family
-            && opt(libc::SO_TYPE) == l.ty
-            && opt(libc::SO_ACCEPTCONN) == 1
-            && crate::sys::getsockname(fd).is_ok_and(|a| a == l.addr)
-        {
-            return g
-                .try_clone()
-                .map_err(|e| format!("listening socket {what}: {e}"));
-        }
+    if let Some(g) = given.iter().find(|g| stands_for(g, l)) {
+        return g
+            .try_clone()
+            .map_err(|e| format!("listening socket {what}: {e}"));
     }
     let s = crate::sys::socket(l.family, l.ty, l.protocol)
         .map_err(|e| format!("listening socket {what}: cannot create it: {e}"))?;
