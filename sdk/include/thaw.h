@@ -29,7 +29,8 @@ const char *thaw_restored_env(int index); /* "KEY=VALUE" */
 
 /* Descriptors thaw cannot restore (a pipe, terminal or socket left open by whatever started the
  * process) fail the checkpoint, named. A policy chooses per descriptor or per kind: refuse, drop
- * (closed after restore) or null (/dev/null at its number), e.g. "pipe=drop,251=null,any=drop";
+ * (left out: a socket or pipe is a dead end at its number after restore, end of file and EPIPE;
+ * anything else closed) or null (/dev/null at its number), e.g. "pipe=drop,251=null,any=drop";
  * kinds: pipe, socket, device, deleted, other, any. Applies to every later thaw_checkpoint and
  * overrides THAW_FD_POLICY key by key; NULL or "" clears it. 0, or THAW_ERR_INVALID. */
 int thaw_set_fd_policy(const char *spec);

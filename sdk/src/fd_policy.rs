@@ -4,7 +4,9 @@
 //! sockets open (a CI runner's log pipe, make's jobserver, a supervisor's socket). By default a
 //! descriptor thaw cannot restore makes the checkpoint fail, naming it. A policy chooses, per
 //! descriptor number or per kind, to refuse, to leave the descriptor out of the image (it is
-//! closed after restore), or to put `/dev/null` at its number (opened with the same access mode).
+//! closed after restore; a socket or pipe thaw cannot restore is a dead end at its number
+//! instead, see [`FdAction::Drop`]), or to put `/dev/null` at its number (opened with the same
+//! access mode).
 //!
 //! The textual form, used by `THAW_FD_POLICY`, the C ABI and Python, is a comma-separated list of
 //! `KEY=ACTION`: KEY is a descriptor number or a kind (`pipe`, `socket`, `device`, `deleted`,
@@ -24,7 +26,11 @@ pub const ENV: &str = "THAW_FD_POLICY";
 pub enum FdAction {
     /// Fail the checkpoint, naming the descriptor (the default for what thaw cannot restore).
     Refuse,
-    /// Leave it out of the image: its number is closed after restore.
+    /// Leave it out of the image. A socket or pipe thaw cannot restore (its other end is in
+    /// another process) is a dead end at its number after restore: an end whose other end is
+    /// gone (end of file, EPIPE, poll says it hung up), still watched where an epoll instance
+    /// watched it, so that an event loop sees it hang up and closes it, and no other file takes
+    /// its number meanwhile (a runtime keeps its objects by number). Anything else is closed.
     Drop,
     /// Restore `/dev/null` at its number, with its access mode and flags.
     DevNull,
@@ -196,7 +202,7 @@ impl FdPolicy {
 /// The short hint appended to a refused descriptor's message.
 pub fn hint(fd: i32, class: FdClass) -> String {
     format!(
-        "to leave it out set a descriptor policy, e.g. {ENV}={fd}=drop (closed after restore), {fd}=null (/dev/null at its number) or {}=drop for every such descriptor",
+        "to leave it out set a descriptor policy, e.g. {ENV}={fd}=drop (after restore: end of file and EPIPE, or closed), {fd}=null (/dev/null at its number) or {}=drop for every such descriptor",
         class.name()
     )
 }

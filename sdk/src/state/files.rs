@@ -964,6 +964,8 @@ impl FdScan {
         // Descriptors refused (their own items say why), and left out by the policy.
         let mut refused_fds = std::collections::BTreeSet::new();
         let mut dropped = std::collections::BTreeSet::new();
+        // Descriptors given something else at their number (/dev/null, a dead end).
+        let mut replaced = std::collections::BTreeSet::new();
         for r in std::mem::take(&mut self.refused) {
             if let Some(ino) = flying.get(&r.fd) {
                 // Not the process's descriptor: the policy has no say; its message would lose it.
@@ -979,12 +981,23 @@ impl FdScan {
                         crate::fd_policy::hint(r.fd, r.class)
                     ))
                 }
-                FdAction::Drop => {
-                    dropped.insert(r.fd);
-                    changed.push(format!("{}: left out", r.message))
-                }
+                FdAction::Drop => match dead_end(r.fd, r.flags, r.cloexec) {
+                    Some(e) => {
+                        changed.push(format!(
+                            "{}: left out (a dead end at its number)",
+                            r.message
+                        ));
+                        replaced.insert(r.fd);
+                        placeholders.push(e);
+                    }
+                    None => {
+                        dropped.insert(r.fd);
+                        changed.push(format!("{}: left out", r.message))
+                    }
+                },
                 FdAction::DevNull => {
                     changed.push(format!("{}: /dev/null at its number", r.message));
+                    replaced.insert(r.fd);
                     placeholders.push(FdEntry {
                         fd: r.fd,
                         flags: r.flags,
@@ -1001,6 +1014,8 @@ impl FdScan {
             }
             match policy.overrides(e.fd) {
                 None | Some(FdAction::Refuse) => true,
+                // (A descriptor thaw would restore, left out: closed, as the process could
+                // have closed it. Those it cannot restore get a dead end, above.)
                 Some(FdAction::Drop) => {
                     dropped.insert(e.fd);
                     changed.push(format!("fd {}: left out by the descriptor policy", e.fd));
@@ -1008,6 +1023,7 @@ impl FdScan {
                 }
                 Some(FdAction::DevNull) => {
                     changed.push(format!("fd {}: /dev/null at its number", e.fd));
+                    replaced.insert(e.fd);
                     e.kind = FdKind::DevNull;
                     true
                 }
@@ -1020,11 +1036,11 @@ impl FdScan {
         let firsts: BTreeMap<i32, bool> = self
             .entries
             .iter()
-            .map(|e| (e.fd, matches!(e.kind, FdKind::DevNull)))
+            .map(|e| (e.fd, replaced.contains(&e.fd)))
             .collect();
         let mut moved: BTreeMap<i32, i32> = BTreeMap::new();
         for e in &mut self.entries {
-            if matches!(e.kind, FdKind::DevNull) {
+            if replaced.contains(&e.fd) {
                 e.dup_of = None;
             }
             let Some(first) = e.dup_of else { continue };
@@ -1820,6 +1836,57 @@ impl FdEntry {
             super::epoll::plan(self.fd, watches, table, scratch, plan);
         }
     }
+}
+
+/// What the policy's `drop` leaves at the number of a socket or a pipe: an end whose other end
+/// is gone (end of file, then EPIPE; poll says it hung up), not nothing. A runtime's event loop
+/// that still watches the number then sees it hang up and closes it, and no other file takes the
+/// number meanwhile: a runtime keeps its objects by descriptor number, and one the restored
+/// process opened at a freed number (its next connection) would be taken for the one it knew,
+/// another connection's bytes read as this one's. `None`: anything else (closed, as before).
+fn dead_end(fd: i32, flags: u32, cloexec: bool) -> Option<FdEntry> {
+    let ft = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .ok()?
+        .file_type();
+    // (Numbers of their own, far from any inode: no other socket or pipe of the image's.)
+    let id = u64::MAX - fd as u64;
+    let kind = if ft.is_socket() {
+        let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0);
+        FdKind::Socket(super::sockets::Socket::Pair(super::sockets::PairEnd {
+            ino: id,
+            pair: id,
+            ty: libc::SOCK_STREAM,
+            peer_open: false,
+            sndbuf: opt(libc::SO_SNDBUF),
+            rcvbuf: opt(libc::SO_RCVBUF),
+            ..Default::default()
+        }))
+    } else if ft.is_fifo() {
+        FdKind::Pipe {
+            id,
+            write_end: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
+            buffered: None,
+            capacity: crate::sys::fcntl(fd, libc::F_GETPIPE_SZ, 0).map_or(65536, |c| c as u32),
+            desc: 0,
+        }
+    } else {
+        return None;
+    };
+    Some(FdEntry {
+        fd,
+        // (A named FIFO opened for both is one end here.)
+        flags: flags & !(libc::O_ACCMODE as u32)
+            | match &kind {
+                FdKind::Pipe {
+                    write_end: true, ..
+                } => libc::O_WRONLY as u32,
+                FdKind::Pipe { .. } => libc::O_RDONLY as u32,
+                _ => libc::O_RDWR as u32,
+            },
+        cloexec,
+        kind,
+        ..FdEntry::default()
+    })
 }
 
 /// `message` ("fd N (target): why") said of a descriptor in flight in socket `ino`.
