@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::os::unix::fs::OpenOptionsExt;
 
 fn run_zdtm(prog: &str, extra: &[&str], args: &[&str], expected: &[&str]) -> std::process::Output {
     let env = Env::new();
@@ -621,6 +622,75 @@ fn an_empty_lock_file_removed_since_the_checkpoint_is_made_again() {
         text(&o)
     );
     assert_eq!(std::fs::read(&lck).unwrap(), b"other");
+}
+
+#[test]
+fn a_checkpoint_lets_no_writer_waiting_for_a_reader_of_the_process_fifo_go_on() {
+    // A thread of this test waits in open() to write to a FIFO the process writes to alone: a
+    // reading end the checkpoint opened for a moment would let it go on, into a FIFO whose
+    // reader is gone.
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    let env = Env::new();
+    let fifo = env.path("w.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut prog = env
+        .first_life_cmd("zdtm-controls")
+        .arg(env.path("f.thaw"))
+        .arg(&env.key)
+        .args(["fifo-writer", fifo.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(prog.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let (tid, opened) = (
+        std::sync::Arc::new(AtomicI32::new(0)),
+        std::sync::Arc::new(AtomicBool::new(false)),
+    );
+    let waiter = {
+        let (fifo, tid, opened) = (fifo.clone(), tid.clone(), opened.clone());
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+            let f = std::fs::OpenOptions::new().write(true).open(fifo);
+            opened.store(true, Ordering::SeqCst);
+            f
+        })
+    };
+    // Until the kernel shows it waiting for a reader.
+    let waiting = || {
+        let t = tid.load(Ordering::SeqCst);
+        t != 0
+            && std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
+                .is_ok_and(|w| w == "wait_for_partner")
+    };
+    while !waiting() {
+        std::thread::yield_now();
+    }
+    prog.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(
+        prog.wait().unwrap().success() && rest.contains("saved"),
+        "{rest}"
+    );
+    // Nothing has opened the FIFO for reading since the process let its own reader go.
+    assert!(
+        !opened.load(Ordering::SeqCst),
+        "the writer waiting in open() went on during the checkpoint"
+    );
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    assert!(waiter.join().unwrap().is_ok());
 }
 
 #[test]

@@ -118,6 +118,35 @@ fn main() {
             assert_eq!(rx.recv().unwrap(), 0, "unshare");
         });
     }
+    // `fifo-writer PATH`: holds the FIFO at PATH open for writing alone, says "ready", and once
+    // a line comes on stdin (a writer elsewhere waits in open until a reader comes by then)
+    // checkpoints, going on after: the checkpoint must not open a reading end of its own there
+    // (nothing waits in it to copy).
+    if let Some(i) = extra.iter().position(|a| a == "fifo-writer") {
+        let path = std::ffi::CString::new(extra[i + 1].as_str()).unwrap();
+        // SAFETY: opens of our FIFO by its NUL-terminated path; the reader goes at once.
+        let w = unsafe {
+            let r = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+            let w = libc::open(path.as_ptr(), libc::O_WRONLY);
+            libc::close(r);
+            w
+        };
+        assert!(w >= 0);
+        // The test now has its writer wait in open(), then says go.
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        let (_, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(common::argv().0).leave_children_out(true);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        match cp.save() {
+            Ok(thaw::Outcome::Saved(_)) => println!("saved"),
+            other => println!("FAIL checkpoint: {other:?}"),
+        }
+        std::process::exit(0);
+    }
     if extra.iter().any(|a| a == "dumpable-root") {
         common::refusal(|| {
             // A credential change makes the process dumpable as fs.suid_dumpable says (the test

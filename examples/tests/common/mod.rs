@@ -186,6 +186,11 @@ impl Env {
         }
     }
 
+    /// The command of a first life, `PROG` alone (its arguments are the caller's).
+    pub fn first_life_cmd(&self, prog: &str) -> Command {
+        self.cmd(&self.program(prog))
+    }
+
     /// Runs `PROG IMAGE KEY EXTRA...` (the first life) and returns what it did, whatever that was.
     pub fn first_life(&self, prog: &str, image: &str, extra: &[&str]) -> Output {
         self.cmd(&self.program(prog))

@@ -1217,6 +1217,12 @@ impl FdScan {
                     out.push((e.fd, Some(kept)));
                     continue;
                 }
+                // Nothing waits in it and nobody reads it: nothing to copy, and a reading end
+                // opened here would let a writer elsewhere, blocked opening the FIFO until a
+                // reader comes, go on, and then die of SIGPIPE once this one closed.
+                if crate::sys::inq(e.fd) == 0 && !has_reader(e.fd) {
+                    continue;
+                }
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK)
@@ -1835,6 +1841,23 @@ impl FdEntry {
         if let FdKind::Epoll { watches } = &self.kind {
             super::epoll::plan(self.fd, watches, table, scratch, plan);
         }
+    }
+}
+
+/// Whether FIFO `fd` (a writing end of the process's) has a reader anywhere: a writing end
+/// opened without blocking fails with ENXIO where none has. (That end of ours is closed or kept
+/// as the process's POSIX locks on the FIFO need.)
+fn has_reader(fd: i32) -> bool {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+    {
+        Ok(f) => {
+            drop(super::locks::Opened::new(OwnedFd::from(f)));
+            true
+        }
+        Err(e) => e.raw_os_error() != Some(libc::ENXIO),
     }
 }
 
