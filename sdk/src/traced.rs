@@ -631,13 +631,30 @@ fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
 }
 
 /// The registers to go on with: a system call that was interrupted (ERESTARTSYS and friends)
-/// is issued again, as for a signal handled with SA_RESTART.
+/// is issued again, as for a signal handled with SA_RESTART; one that returned EINTR is too
+/// where the checkpoint handler would issue it again (see `state::interrupted`: a wait without
+/// a timeout, a sleep for what was left).
 fn restarted(regs: &[u64; NREGS]) -> [u64; NREGS] {
+    // Arguments: rdi, rsi, rdx, r10, r8, r9.
+    const ARGS: [usize; 6] = [RDI, RSI, RDX, 7, 9, 8];
     let mut r = *regs;
     let in_syscall = (r[ORIG_RAX] as i64) >= 0;
-    if in_syscall && matches!(r[RAX] as i64, -512 | -513 | -514 | -516) {
+    let again = (in_syscall && r[RAX] as i64 == -(libc::EINTR as i64))
+        .then(|| {
+            crate::state::interrupted::again(&crate::state::interrupted::Blocked {
+                nr: r[ORIG_RAX],
+                args: ARGS.map(|i| r[i]),
+                sp: r[RSP],
+                pc: r[RIP],
+            })
+        })
+        .flatten();
+    if in_syscall && matches!(r[RAX] as i64, -512 | -513 | -514 | -516) || again.is_some() {
         r[RAX] = r[ORIG_RAX];
         r[RIP] -= 2;
+        if let Some((i, v)) = again.and_then(|a| a.set_arg) {
+            r[ARGS[i]] = v;
+        }
     }
     r[ORIG_RAX] = u64::MAX;
     r
@@ -893,5 +910,25 @@ mod tests {
         regs[ORIG_RAX] = u64::MAX;
         regs[RAX] = (-512i64) as u64;
         assert_eq!(restarted(&regs)[RAX], (-512i64) as u64);
+    }
+
+    #[test]
+    fn a_wait_that_returned_eintr_goes_on_where_the_handler_would_issue_it_again() {
+        // sigwaitinfo (rt_sigtimedwait without a timeout) in a thread blocking every signal.
+        let mut regs = [0u64; NREGS];
+        regs[ORIG_RAX] = 128;
+        regs[RAX] = (-(libc::EINTR as i64)) as u64;
+        regs[RIP] = 0x1000;
+        let r = restarted(&regs);
+        assert_eq!((r[RAX], r[RIP]), (128, 0xffe));
+        // nanosleep(req, rem): for what was left.
+        regs[ORIG_RAX] = 35;
+        (regs[RDI], regs[RSI]) = (0x100, 0x200);
+        let r = restarted(&regs);
+        assert_eq!((r[RAX], r[RIP], r[RDI]), (35, 0xffe, 0x200));
+        // With a timeout it does not write back: EINTR stays.
+        regs[ORIG_RAX] = 128;
+        regs[RDX] = 0x300;
+        assert_eq!(restarted(&regs)[RAX], (-(libc::EINTR as i64)) as u64);
     }
 }

@@ -13,7 +13,9 @@
 //!
 //! - futex waits with an absolute deadline (`FUTEX_WAIT_BITSET`: `sem_timedwait`,
 //!   `pthread_cond_timedwait`; `futex_waitv`): again, as they were (the futex word is checked
-//!   again, so a wake-up meanwhile is not lost).
+//!   again, so a wake-up meanwhile is not lost);
+//! - System V IPC waits without a timeout (`semop`, `semtimedop` without one, `msgsnd`,
+//!   `msgrcv`): again, as they were.
 //!
 //! Waits with a relative timeout that is not written back (`poll`, `epoll_wait`, `FUTEX_WAIT`)
 //! still return EINTR: issued again they would wait their whole timeout once more, and their
@@ -52,6 +54,10 @@ const EPOLL_PWAIT: u64 = 281;
 const EPOLL_PWAIT2: u64 = 441;
 const FUTEX: u64 = 202;
 const FUTEX_WAITV: u64 = 449;
+const SEMOP: u64 = 65;
+const SEMTIMEDOP: u64 = 220;
+const MSGSND: u64 = 69;
+const MSGRCV: u64 = 70;
 const TIMER_ABSTIME: u64 = 1;
 /// The futex operation without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME.
 const FUTEX_CMD_MASK: u64 = !(128 | 256);
@@ -75,6 +81,9 @@ pub fn again(b: &Blocked) -> Option<Again> {
         FUTEX_WAITV => as_is,
         RT_SIGTIMEDWAIT if a[2] == 0 => as_is,
         EPOLL_PWAIT2 if a[3] == 0 => as_is,
+        // System V IPC waits without a timeout (a signal handler never restarts them).
+        SEMOP | MSGSND | MSGRCV => as_is,
+        SEMTIMEDOP if a[3] == 0 => as_is,
         _ => None,
     }
 }
@@ -175,5 +184,10 @@ mod tests {
         // FUTEX_WAIT (relative) keeps EINTR; FUTEX_WAIT_BITSET (absolute), private or not, goes on.
         assert!(again(&blocked(FUTEX, [1, 128, 0, 0x10, 0, 0])).is_none());
         assert!(again(&blocked(FUTEX, [1, 9 | 128 | 256, 0, 0x10, 0, !0])).is_some());
+        // System V IPC: without a timeout, again; semtimedop with one, EINTR.
+        assert!(again(&blocked(SEMOP, [3, 0x10, 1, 0, 0, 0])).is_some());
+        assert!(again(&blocked(MSGRCV, [3, 0x10, 64, 0, 0, 0])).is_some());
+        assert!(again(&blocked(SEMTIMEDOP, [3, 0x10, 1, 0, 0, 0])).is_some());
+        assert!(again(&blocked(SEMTIMEDOP, [3, 0x10, 1, 0x20, 0, 0])).is_none());
     }
 }
