@@ -1788,7 +1788,7 @@ fn reopen_path(
     let empty_lock_file = lock_file && meta.file_type().is_file() && meta.len() == 0;
     if super::FileId::of(&meta) != id && !empty_lock_file {
         return Err(format!(
-            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path)"
+            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path): a log the process rotates itself is best closed before the checkpoint and opened again after (a hook), or written through a handler that opens it again by name (Python's WatchedFileHandler)"
         ));
     }
     if !path_only {

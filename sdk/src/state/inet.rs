@@ -282,8 +282,18 @@ pub(crate) fn dump(
         let n = crate::sys::getsockopt_into(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)
             .map_err(|e| format!("cannot read its TCP state: {e}"))?;
         if info[0] != TCP_CLOSE {
+            // Which connection: its two ends (a server's accepted client, or one of the process's
+            // own clients: an HTTP pool, a database).
+            let ends = match crate::sys::getpeername(fd) {
+                Ok(peer) => format!(
+                    " {} to {}",
+                    super::sockets::describe(&addr),
+                    super::sockets::describe(&peer)
+                ),
+                Err(_) => String::new(),
+            };
             return Err(format!(
-                "a TCP connection ({}) is not restored: close it before the checkpoint and connect again after (an idle keep-alive connection of an HTTP client's pool — Node's fetch, Java's HttpClient — is one too: close the client or send the last request with `Connection: close`)",
+                "a TCP connection ({}{ends}) is not restored: close it before the checkpoint and connect again after (an idle keep-alive connection of an HTTP client's pool is one too: close the client or send the last request with `Connection: close`; Node's fetch keeps its pool in undici's global dispatcher: install your own with npm undici's setGlobalDispatcher and close it in a beforeCheckpoint hook; Java's HttpClient: a new client after restore; a server's client connections: close them, e.g. Node's server.closeAllConnections(), which leaves out upgraded ones such as WebSockets)",
                 tcp_state_name(info[0])
             ));
         }
