@@ -2788,6 +2788,20 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
     }
 }
 
+/// fstat's device, inode number and mode of `fd`. Async-signal-safe.
+pub fn fstat_id(fd: i32) -> Option<(u64, u64, u32)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    let r = syscall6(
+        libc::SYS_fstat,
+        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
+    );
+    (r >= 0).then(|| {
+        // SAFETY: the kernel filled the struct (and it started zeroed).
+        let st = unsafe { st.assume_init() };
+        (st.st_dev, st.st_ino, st.st_mode)
+    })
+}
+
 /// fstat's inode number of `fd`. Async-signal-safe.
 pub fn fstat_ino(fd: i32) -> Option<u64> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();

@@ -458,7 +458,17 @@ fn capture_one(
     } else {
         (0, [[0u64; 16]; SIG_ROOM + 1])
     };
-    let mut resume = restarted(&regs);
+    // (Stopped at a system call's return, not in a signal handler the kernel just set up: the
+    // instruction before the one it resumes at is `syscall`.)
+    let mut word = 0u64;
+    let at_syscall = sys::ptrace(
+        PTRACE_PEEKDATA,
+        tid,
+        regs[RIP].wrapping_sub(2),
+        &mut word as *mut u64 as u64,
+    ) >= 0
+        && word & 0xffff == 0x050f;
+    let mut resume = restarted(&regs, at_syscall);
     rseq_abort(tid, rseq[0], &mut resume);
     let alt = slot + std::mem::offset_of!(Slot, altstack) as u64;
     let tid_address = slot + std::mem::offset_of!(Slot, tid_address) as u64;
@@ -634,12 +644,17 @@ fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
 /// is issued again, as for a signal handled with SA_RESTART; one that returned EINTR is too
 /// where the checkpoint handler would issue it again (see `state::interrupted`: a wait without
 /// a timeout, a sleep for what was left).
-fn restarted(regs: &[u64; NREGS]) -> [u64; NREGS] {
+/// `at_syscall`: the thread stopped at a system call's return (after a signal frame was set up
+/// instead, `rax` is EINTR too, but the registers are the handler's).
+fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
     // Arguments: rdi, rsi, rdx, r10, r8, r9.
     const ARGS: [usize; 6] = [RDI, RSI, RDX, 7, 9, 8];
+    // The waits that return EINTR themselves when stopped (the others return a restart code).
+    const EINTR_ITSELF: [u64; 9] = [7, 232, 281, 441, 128, 65, 220, 69, 70];
     let mut r = *regs;
     let in_syscall = (r[ORIG_RAX] as i64) >= 0;
-    let again = (in_syscall && r[RAX] as i64 == -(libc::EINTR as i64))
+    let eintr = r[RAX] as i64 == -(libc::EINTR as i64);
+    let again = (in_syscall && at_syscall && eintr && EINTR_ITSELF.contains(&r[ORIG_RAX]))
         .then(|| {
             crate::state::interrupted::again(&crate::state::interrupted::Blocked {
                 nr: r[ORIG_RAX],
@@ -902,33 +917,38 @@ mod tests {
         regs[ORIG_RAX] = 202;
         regs[RAX] = (-512i64) as u64;
         regs[RIP] = 0x1000;
-        let r = restarted(&regs);
+        let r = restarted(&regs, true);
         assert_eq!((r[RAX], r[RIP], r[ORIG_RAX]), (202, 0xffe, u64::MAX));
         // A finished one, or none, is left alone.
         regs[RAX] = 0;
-        assert_eq!(restarted(&regs)[RIP], 0x1000);
+        assert_eq!(restarted(&regs, true)[RIP], 0x1000);
         regs[ORIG_RAX] = u64::MAX;
         regs[RAX] = (-512i64) as u64;
-        assert_eq!(restarted(&regs)[RAX], (-512i64) as u64);
+        assert_eq!(restarted(&regs, true)[RAX], (-512i64) as u64);
     }
 
     #[test]
     fn a_wait_that_returned_eintr_goes_on_where_the_handler_would_issue_it_again() {
         // sigwaitinfo (rt_sigtimedwait without a timeout) in a thread blocking every signal.
         let mut regs = [0u64; NREGS];
+        (regs[RDI], regs[RSI]) = (0x100, 0x200);
         regs[ORIG_RAX] = 128;
         regs[RAX] = (-(libc::EINTR as i64)) as u64;
         regs[RIP] = 0x1000;
-        let r = restarted(&regs);
+        let r = restarted(&regs, true);
         assert_eq!((r[RAX], r[RIP]), (128, 0xffe));
-        // nanosleep(req, rem): for what was left.
-        regs[ORIG_RAX] = 35;
-        (regs[RDI], regs[RSI]) = (0x100, 0x200);
-        let r = restarted(&regs);
-        assert_eq!((r[RAX], r[RIP], r[RDI]), (35, 0xffe, 0x200));
+        // Not where a signal frame was set up (the registers are the handler's then).
+        assert_eq!(restarted(&regs, false)[RAX], (-(libc::EINTR as i64)) as u64);
+        // semop without a timeout.
+        regs[ORIG_RAX] = 65;
+        assert_eq!(restarted(&regs, true)[RAX], 65);
+        // Calls that return a restart code when stopped, never EINTR itself: EINTR means a
+        // handler's frame.
+        regs[ORIG_RAX] = 34; // pause
+        assert_eq!(restarted(&regs, true)[RAX], (-(libc::EINTR as i64)) as u64);
         // With a timeout it does not write back: EINTR stays.
         regs[ORIG_RAX] = 128;
         regs[RDX] = 0x300;
-        assert_eq!(restarted(&regs)[RAX], (-(libc::EINTR as i64)) as u64);
+        assert_eq!(restarted(&regs, true)[RAX], (-(libc::EINTR as i64)) as u64);
     }
 }

@@ -20,6 +20,9 @@ use crate::sys;
 pub(crate) struct FdWitness {
     /// (descriptor number, our duplicate of it).
     held: Vec<(i32, OwnedFd)>,
+    /// (descriptor number, a descriptor an earlier checkpoint kept for it: see
+    /// [`crate::state::locks::OwnLocks`]), which stays kept: not ours to close.
+    borrowed: Vec<(i32, i32)>,
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
     locks: OwnLocks,
@@ -53,7 +56,7 @@ impl FdWitness {
         if raise {
             sys::set_nofile_soft(soft, hard)?;
         }
-        let held = held.map_err(|e| match e.raw_os_error() {
+        let (held, borrowed) = held.map_err(|e| match e.raw_os_error() {
             Some(libc::EMFILE | libc::EINVAL) if above + fds.len() as u64 > hard => {
                 std::io::Error::other(format!(
                     "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {}",
@@ -64,39 +67,64 @@ impl FdWitness {
             }
             _ => e,
         })?;
-        let looks = held.iter().map(|&(fd, _, look)| (fd, look)).collect();
+        let looks = held
+            .iter()
+            .map(|&(fd, _, look)| (fd, look))
+            .chain(borrowed.iter().map(|&(fd, _, look)| (fd, look)))
+            .collect();
         let held = held.into_iter().map(|(fd, dup, _)| (fd, dup)).collect();
-        Ok(FdWitness { held, looks, locks })
+        let borrowed = borrowed.into_iter().map(|(fd, k, _)| (fd, k)).collect();
+        Ok(FdWitness {
+            held,
+            borrowed,
+            looks,
+            locks,
+        })
     }
 
     /// (descriptor, duplicate at `above` or higher, look) of each of `fds` still open; of a
-    /// locked file, the duplicate an earlier checkpoint kept, if any.
+    /// locked file, (descriptor, the duplicate an earlier checkpoint kept, look) instead, where
+    /// there is one (a second list: those stay kept). On an error, what was duplicated goes as
+    /// the process's locks need.
+    #[allow(clippy::type_complexity)]
     fn dup_each(
         fds: &[i32],
         above: u64,
         locks: &OwnLocks,
-    ) -> std::io::Result<Vec<(i32, OwnedFd, u64)>> {
+    ) -> std::io::Result<(Vec<(i32, OwnedFd, u64)>, Vec<(i32, i32, u64)>)> {
         let mut held = Vec::with_capacity(fds.len());
+        let mut borrowed = Vec::new();
         for &fd in fds {
             let look = sys::fd_look(fd);
             let kept = locks
                 .covers(fd)
                 .then(|| crate::state::locks::kept_like(fd))
                 .flatten();
-            match kept.map_or_else(
-                || sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above),
-                |k| Ok(k.into()),
-            ) {
-                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns, or
-                // it is a kept one, which only the witness uses (and keeps again when done).
+            if let Some(k) = kept {
+                borrowed.push((fd, k, look));
+                continue;
+            }
+            match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
                 Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) }, look)),
                 // Closed already (the listing's own directory handle among them): the scan
                 // finds it gone too, and a descriptor opened at its number since is not held.
                 Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    held.into_iter().for_each(|(_, d, _)| locks.release(d));
+                    return Err(e);
+                }
             }
         }
-        Ok(held)
+        Ok((held, borrowed))
+    }
+
+    /// (descriptor, our descriptor of its description) for every descriptor held.
+    fn pairs(&self) -> impl Iterator<Item = (i32, i32)> + '_ {
+        self.held
+            .iter()
+            .map(|(fd, d)| (*fd, d.as_raw_fd()))
+            .chain(self.borrowed.iter().copied())
     }
 
     /// (descriptor, how it looked before the scan), for [`unchanged_now`] at the freeze.
@@ -106,7 +134,7 @@ impl FdWitness {
 
     /// Our duplicates' numbers: descriptors of the checkpoint's own.
     pub(crate) fn own(&self) -> impl Iterator<Item = i32> + '_ {
-        self.held.iter().map(|(_, d)| d.as_raw_fd())
+        self.pairs().map(|(_, d)| d)
     }
 
     /// What differs between the scan and `child`'s descriptor table (the snapshot, a fork of
@@ -119,11 +147,11 @@ impl FdWitness {
             .filter_map(|n| n.parse().ok())
             .collect();
         table.sort_unstable();
-        for (fd, dup) in &self.held {
-            if table.binary_search(fd).is_err() {
+        for (fd, dup) in self.pairs() {
+            if table.binary_search(&fd).is_err() {
                 return Ok(Some(format!("descriptor {fd} was closed")));
             }
-            match sys::same_description_in(dup.as_raw_fd(), child, *fd) {
+            match sys::same_description_in(dup, child, fd) {
                 Some(true) => {}
                 Some(false) => return Ok(Some(format!("descriptor {fd} was replaced"))),
                 None => {
@@ -133,7 +161,7 @@ impl FdWitness {
                 }
             }
         }
-        let scanned = |fd: i32| self.held.iter().any(|(n, _)| *n == fd);
+        let scanned = |fd: i32| self.pairs().any(|(n, _)| n == fd);
         let mine = |fd: i32| own.contains(&fd) || self.own().any(|d| d == fd);
         Ok(table
             .iter()

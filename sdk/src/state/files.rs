@@ -1180,6 +1180,8 @@ impl FdScan {
         let mut out: Vec<(i32, u64, bool)> = Vec::new();
         for e in &self.entries {
             let (ino, msg) = match &e.kind {
+                // (A dead end has nothing queued: the descriptor at its number is not it.)
+                FdKind::Socket(super::sockets::Socket::Pair(p)) if is_dead_end(p.ino) => continue,
                 FdKind::Socket(super::sockets::Socket::Pair(p)) => {
                     (p.ino, p.ty != libc::SOCK_STREAM)
                 }
@@ -1204,6 +1206,9 @@ impl FdScan {
     pub(crate) fn fifo_readers(&self) -> std::io::Result<Vec<(i32, Option<super::locks::Opened>)>> {
         let mut seen = Vec::new();
         let mut out = Vec::new();
+        // (A FIFO the process holds a POSIX lock on is not probed for a reader: the probe's
+        // writing end could not be closed, see `has_reader`.)
+        let locks = super::locks::OwnLocks::read();
         for e in self.entries.iter().filter(|e| self.fifos.contains(&e.fd)) {
             let (FdKind::Regular { id, .. } | FdKind::DeletedFifo { id, .. }) = &e.kind else {
                 continue;
@@ -1220,7 +1225,7 @@ impl FdScan {
                 // Nothing waits in it and nobody reads it: nothing to copy, and a reading end
                 // opened here would let a writer elsewhere, blocked opening the FIFO until a
                 // reader comes, go on, and then die of SIGPIPE once this one closed.
-                if crate::sys::inq(e.fd) == 0 && !has_reader(e.fd) {
+                if crate::sys::inq(e.fd) == 0 && !locks.covers(e.fd) && !has_reader(e.fd) {
                     continue;
                 }
                 let f = std::fs::OpenOptions::new()
@@ -1248,7 +1253,7 @@ impl FdScan {
                 ..
             } = e.kind
             {
-                if !seen.contains(&id) {
+                if !seen.contains(&id) && !is_dead_end(id) {
                     seen.push(id);
                     out.push(e.fd);
                 }
@@ -1785,7 +1790,12 @@ fn reopen_path(
     let meta = f
         .metadata()
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
-    let empty_lock_file = lock_file && meta.file_type().is_file() && meta.len() == 0;
+    // (Another empty file at its path will do only if it is the restoring user's: one someone
+    // else put there, in a shared directory, would get what the process writes.)
+    let empty_lock_file = lock_file
+        && meta.file_type().is_file()
+        && meta.len() == 0
+        && meta.uid() == crate::sys::geteuid();
     if super::FileId::of(&meta) != id && !empty_lock_file {
         return Err(format!(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path): a log the process rotates itself is best closed before the checkpoint and opened again after (a hook), or written through a handler that opens it again by name (Python's WatchedFileHandler)"
@@ -1845,8 +1855,8 @@ impl FdEntry {
 }
 
 /// Whether FIFO `fd` (a writing end of the process's) has a reader anywhere: a writing end
-/// opened without blocking fails with ENXIO where none has. (That end of ours is closed or kept
-/// as the process's POSIX locks on the FIFO need.)
+/// opened without blocking fails with ENXIO where none has. (Closing that end of ours would end
+/// the process's POSIX locks on the FIFO: not called for one it holds a lock on.)
 fn has_reader(fd: i32) -> bool {
     match std::fs::OpenOptions::new()
         .write(true)
@@ -1854,11 +1864,19 @@ fn has_reader(fd: i32) -> bool {
         .open(format!("/proc/self/fd/{fd}"))
     {
         Ok(f) => {
-            drop(super::locks::Opened::new(OwnedFd::from(f)));
+            drop(f);
             true
         }
         Err(e) => e.raw_os_error() != Some(libc::ENXIO),
     }
+}
+
+/// Ids of dead ends (see [`dead_end`]) count down from here: numbers of their own, far from any
+/// inode, so no other socket or pipe of the image's.
+const DEAD_END: u64 = u64::MAX;
+
+fn is_dead_end(id: u64) -> bool {
+    id > DEAD_END - (1 << 31)
 }
 
 /// What the policy's `drop` leaves at the number of a socket or a pipe: an end whose other end
@@ -1871,8 +1889,7 @@ fn dead_end(fd: i32, flags: u32, cloexec: bool) -> Option<FdEntry> {
     let ft = std::fs::metadata(format!("/proc/self/fd/{fd}"))
         .ok()?
         .file_type();
-    // (Numbers of their own, far from any inode: no other socket or pipe of the image's.)
-    let id = u64::MAX - fd as u64;
+    let id = DEAD_END - fd as u64;
     let kind = if ft.is_socket() {
         let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0);
         FdKind::Socket(super::sockets::Socket::Pair(super::sockets::PairEnd {

@@ -101,16 +101,15 @@ pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {
 /// open for the process's life instead ([`keep`]), and later checkpoints leave them out of the
 /// descriptor table and use them again.
 #[derive(Debug, Default)]
-pub(crate) struct OwnLocks(Vec<u64>);
+pub(crate) struct OwnLocks(Vec<(u64, u64)>);
 
 /// Descriptors kept open (see [`OwnLocks`]), with the inode each named then and whether it is
 /// a description of the checkpoint's own (opened by path) rather than a duplicate.
 static KEPT: Mutex<Vec<(i32, u64, bool)>> = Mutex::new(Vec::new());
 
 impl OwnLocks {
-    /// From /proc/locks. Matched by inode number alone: it names the superblock's device, which
-    /// fstat does not give on every filesystem, and a descriptor kept for a namesake on another
-    /// one costs nothing.
+    /// From /proc/locks: (device, inode) of each. It names the superblock's device, which fstat
+    /// does not give for every regular file (btrfs subvolumes, overlayfs): see [`Self::covers`].
     pub(crate) fn read() -> OwnLocks {
         let me = std::process::id().to_string();
         let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
@@ -122,7 +121,10 @@ impl OwnLocks {
                     if w.get(1) != Some(&"POSIX") || w.get(4) != Some(&me.as_str()) {
                         return None;
                     }
-                    w.get(5)?.rsplit(':').next()?.parse().ok()
+                    let mut id = w.get(5)?.split(':');
+                    let major = u32::from_str_radix(id.next()?, 16).ok()?;
+                    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+                    Some((libc::makedev(major, minor), id.next()?.parse().ok()?))
                 })
                 .collect(),
         )
@@ -134,7 +136,7 @@ impl OwnLocks {
         let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
         k.retain(|&(fd, ino, _)| {
             let named = crate::sys::fstat_ino(fd) == Some(ino);
-            if named && !self.0.contains(&ino) {
+            if named && !self.covers(fd) {
                 crate::sys::close_raw(fd);
                 return false;
             }
@@ -142,9 +144,20 @@ impl OwnLocks {
         });
     }
 
-    /// Whether closing `fd` would end a POSIX lock of the process.
+    /// Whether closing `fd` would end a POSIX lock of the process: same device and inode; or,
+    /// for a regular file (whose device fstat may give otherwise), same inode. (A namesake on
+    /// another filesystem is kept for nothing then, harmless for a file; pipes and sockets, whose
+    /// ends a kept descriptor would hold open, need both to match.)
     pub(crate) fn covers(&self, fd: i32) -> bool {
-        !self.0.is_empty() && crate::sys::fstat_ino(fd).is_some_and(|ino| self.0.contains(&ino))
+        if self.0.is_empty() {
+            return false;
+        }
+        crate::sys::fstat_id(fd).is_some_and(|(dev, ino, mode)| {
+            let regular = mode & libc::S_IFMT == libc::S_IFREG;
+            self.0
+                .iter()
+                .any(|&(d, i)| i == ino && (d == dev || regular))
+        })
     }
 
     /// Closes `fd`, or keeps it if that would end a lock.
@@ -177,14 +190,18 @@ impl Opened {
         Opened(Some(fd))
     }
 
-    /// A description kept by an earlier checkpoint of the file `fd` (a descriptor of the
-    /// process's) names, if there is one.
+    /// A readable description kept by an earlier checkpoint of the file `fd` (a descriptor of
+    /// the process's) names, if there is one.
     pub(crate) fn kept_for(fd: i32) -> Option<Opened> {
         let ino = crate::sys::fstat_ino(fd)?;
+        let readable = |f: i32| {
+            crate::sys::fcntl(f, libc::F_GETFL, 0)
+                .is_ok_and(|fl| fl as i32 & libc::O_ACCMODE != libc::O_WRONLY)
+        };
         let k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-        let &(fd, _, _) = k
-            .iter()
-            .find(|&&(f, i, private)| private && i == ino && crate::sys::fstat_ino(f) == Some(i))?;
+        let &(fd, _, _) = k.iter().find(|&&(f, i, private)| {
+            private && i == ino && crate::sys::fstat_ino(f) == Some(i) && readable(f)
+        })?;
         // SAFETY: a kept descriptor is the checkpoint's alone; this owner hands it back to
         // `release_raw` when dropped, which keeps it again or closes and forgets it.
         Some(Opened(Some(unsafe {
