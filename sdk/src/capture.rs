@@ -256,8 +256,14 @@ impl SockPeek {
     /// them that must not be closed.
     pub fn expecting(mut self, fds: Vec<i32>, keep: Vec<i32>) -> SockPeek {
         self.expected = fds;
-        // Each may come twice: in the head's peek and in the walk's.
-        self.kept = (0..keep.len() * 2).map(|_| AtomicI32::new(-1)).collect();
+        // Each may come twice (in the head's peek and in the walk's), and a thread may have
+        // sent one again since: room to spare, as one kept without a slot would go unnoted.
+        let room = if keep.is_empty() {
+            0
+        } else {
+            keep.len() * 2 + 16
+        };
+        self.kept = (0..room).map(|_| AtomicI32::new(-1)).collect();
         self.keep = keep;
         self
     }
