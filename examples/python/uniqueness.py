@@ -79,9 +79,14 @@ def errors(image_dir, key):
     case("empty_path", lambda: thaw.checkpoint("", key))
     case("missing_dir", lambda: thaw.checkpoint(os.path.join(image_dir, "no/such/dir/x.thaw"), key))
     case("missing_key", lambda: thaw.checkpoint(img, os.path.join(image_dir, "no-such.key")))
-    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # A line through it first: the child runs cat by then (named so in the refusal).
+    child.stdin.write(b"up\n")
+    child.stdin.flush()
+    child.stdout.readline()
     case("child_process", lambda: thaw.checkpoint(img, key, fds={"any": "drop"}))
     child.stdin.close()
+    child.stdout.close()
     child.wait()
 
     @thaw.before_checkpoint
