@@ -1589,15 +1589,20 @@ pub fn read_own_memory(dst: u64, src: u64, len: usize) -> i64 {
     done as i64
 }
 
-/// The size of the file open at `fd` (fstat). Async-signal-safe.
-pub fn fstat_size(fd: i32) -> io::Result<u64> {
+/// fstat(fd). Async-signal-safe.
+pub fn fstat(fd: i32) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     check(syscall6(
         libc::SYS_fstat,
         [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
     ))?;
     // SAFETY: fstat succeeded and filled the whole struct (it was zeroed before anyway).
-    Ok(unsafe { st.assume_init() }.st_size as u64)
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The size of the file open at `fd` (fstat). Async-signal-safe.
+pub fn fstat_size(fd: i32) -> io::Result<u64> {
+    fstat(fd).map(|st| st.st_size as u64)
 }
 
 /// lseek(fd, off, whence). Async-signal-safe.
@@ -2790,41 +2795,17 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
 
 /// fstat's device, inode number and mode of `fd`. Async-signal-safe.
 pub fn fstat_id(fd: i32) -> Option<(u64, u64, u32)> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    let r = syscall6(
-        libc::SYS_fstat,
-        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
-    );
-    (r >= 0).then(|| {
-        // SAFETY: the kernel filled the struct (and it started zeroed).
-        let st = unsafe { st.assume_init() };
-        (st.st_dev, st.st_ino, st.st_mode)
-    })
+    fstat(fd).ok().map(|st| (st.st_dev, st.st_ino, st.st_mode))
 }
 
 /// fstat's inode number of `fd`. Async-signal-safe.
 pub fn fstat_ino(fd: i32) -> Option<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    let r = syscall6(
-        libc::SYS_fstat,
-        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
-    );
-    // SAFETY: the kernel filled the struct (and it started zeroed).
-    (r >= 0).then(|| unsafe { st.assume_init() }.st_ino)
+    fstat(fd).ok().map(|st| st.st_ino)
 }
 
 /// fstat's size and modification time (seconds, nanoseconds) of `fd`. Async-signal-safe.
 pub fn fstat_stamp(fd: i32) -> Option<[u64; 3]> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    let r = syscall6(
-        libc::SYS_fstat,
-        [fd as u64, st.as_mut_ptr() as u64, 0, 0, 0, 0],
-    );
-    if r < 0 {
-        return None;
-    }
-    // SAFETY: the kernel filled the struct (and it started zeroed).
-    let st = unsafe { st.assume_init() };
+    let st = fstat(fd).ok()?;
     // Regular files only (a FIFO or device opened by path changes its times as it is used).
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
