@@ -649,21 +649,22 @@ fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
 fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
     // Arguments: rdi, rsi, rdx, r10, r8, r9.
     const ARGS: [usize; 6] = [RDI, RSI, RDX, 7, 9, 8];
-    // The waits that return EINTR themselves when stopped (the others return a restart code).
-    const EINTR_ITSELF: [u64; 9] = [7, 232, 281, 441, 128, 65, 220, 69, 70];
     let mut r = *regs;
     let in_syscall = (r[ORIG_RAX] as i64) >= 0;
     let eintr = r[RAX] as i64 == -(libc::EINTR as i64);
-    let again = (in_syscall && at_syscall && eintr && EINTR_ITSELF.contains(&r[ORIG_RAX]))
-        .then(|| {
-            crate::state::interrupted::again(&crate::state::interrupted::Blocked {
-                nr: r[ORIG_RAX],
-                args: ARGS.map(|i| r[i]),
-                sp: r[RSP],
-                pc: r[RIP],
-            })
+    let again = (in_syscall
+        && at_syscall
+        && eintr
+        && crate::state::interrupted::returns_eintr_itself(r[ORIG_RAX]))
+    .then(|| {
+        crate::state::interrupted::again(&crate::state::interrupted::Blocked {
+            nr: r[ORIG_RAX],
+            args: ARGS.map(|i| r[i]),
+            sp: r[RSP],
+            pc: r[RIP],
         })
-        .flatten();
+    })
+    .flatten();
     if in_syscall && matches!(r[RAX] as i64, -512 | -513 | -514 | -516) || again.is_some() {
         r[RAX] = r[ORIG_RAX];
         r[RIP] -= 2;

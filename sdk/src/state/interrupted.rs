@@ -88,6 +88,23 @@ pub fn again(b: &Blocked) -> Option<Again> {
     }
 }
 
+/// Whether call `nr` returns EINTR itself when its thread is stopped through ptrace (the others
+/// return a restart code then): only for those may EINTR at such a stop be taken for an
+/// interrupted wait (see traced.rs).
+pub fn returns_eintr_itself(nr: u64) -> bool {
+    matches!(
+        nr,
+        POLL | EPOLL_WAIT
+            | EPOLL_PWAIT
+            | EPOLL_PWAIT2
+            | RT_SIGTIMEDWAIT
+            | SEMOP
+            | SEMTIMEDOP
+            | MSGSND
+            | MSGRCV
+    )
+}
+
 /// Parses /proc/self/task/TID/syscall ("230 0x0 0x0 0x7ffd… 0x7ffd… 0x0 0x0 0x7ffc… 0x7f…");
 /// `None` for "running", "-1 …" (blocked outside a system call) or anything unexpected.
 /// Allocation-free: it runs while other threads may be stopped holding the allocator's lock.
