@@ -112,20 +112,11 @@ impl OwnLocks {
     /// does not give for every regular file (btrfs subvolumes, overlayfs): see [`Self::covers`].
     pub(crate) fn read() -> OwnLocks {
         let me = std::process::id().to_string();
-        let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
         OwnLocks(
-            text.lines()
-                .filter_map(|l| {
-                    // "1: POSIX  ADVISORY  WRITE 1234 fe:00:567 0 EOF" (a waiter: "1: -> POSIX")
-                    let w: Vec<&str> = l.split_whitespace().collect();
-                    if w.get(1) != Some(&"POSIX") || w.get(4) != Some(&me.as_str()) {
-                        return None;
-                    }
-                    let mut id = w.get(5)?.split(':');
-                    let major = u32::from_str_radix(id.next()?, 16).ok()?;
-                    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
-                    Some((libc::makedev(major, minor), id.next()?.parse().ok()?))
-                })
+            held_locks()
+                .into_iter()
+                .filter(|h| h.posix && h.pid == me)
+                .map(|h| (h.dev, h.ino))
                 .collect(),
         )
     }
@@ -254,6 +245,37 @@ pub(crate) fn forget_kept() {
     KEPT.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
+/// A lock /proc/locks shows held (waiters left out).
+struct Held {
+    posix: bool,
+    /// As /proc/locks shows it (in the reader's PID namespace).
+    pid: String,
+    dev: u64,
+    ino: u64,
+}
+
+/// /proc/locks: "1: POSIX  ADVISORY  WRITE 1234 fe:00:567 0 EOF" (a waiter: "1: -> POSIX …").
+fn held_locks() -> Vec<Held> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.get(1) == Some(&"->") {
+                return None;
+            }
+            let mut id = w.get(5)?.split(':');
+            let major = u32::from_str_radix(id.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+            Some(Held {
+                posix: w[1] == "POSIX",
+                pid: w.get(4)?.to_string(),
+                dev: libc::makedev(major, minor),
+                ino: id.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// " (PID 123, bash)": the processes /proc/locks names as holding locks on `fd`'s file (by
 /// inode number), or nothing.
 fn holders(fd: i32) -> String {
@@ -261,15 +283,10 @@ fn holders(fd: i32) -> String {
         return String::new();
     };
     let me = std::process::id().to_string();
-    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let mut pids: Vec<&str> = text
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            // (A waiter's line has "->" after the number: not a holder.)
-            let on_it = w.get(5)?.rsplit(':').next()? == ino.to_string();
-            (w.get(1) != Some(&"->") && on_it && w.get(4)? != &me).then(|| w[4])
-        })
+    let mut pids: Vec<String> = held_locks()
+        .into_iter()
+        .filter(|h| h.ino == ino && h.pid != me)
+        .map(|h| h.pid)
         .collect();
     pids.dedup();
     let named: Vec<String> = pids
