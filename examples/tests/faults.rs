@@ -84,6 +84,51 @@ fn a_launcher_killed_while_filling_memory_takes_the_process_with_it() {
 }
 
 #[test]
+fn a_launcher_killed_as_the_process_is_created_leaves_nothing_waiting() {
+    if !is_root() {
+        eprintln!("skipped: lazy memory needs root");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pattern", "p.thaw", &["16"]);
+    // Half the usual trials: in host mode each waits until the last one's orphan is reaped by
+    // init and its PID is free again (about a second on these machines).
+    for mode in ["host", "ns"] {
+        for trial in 0..trials().div_ceil(2) {
+            let mut cmd = env.restore_cmd(&img, &["--pid-mode", mode], &[]);
+            cmd.env("THAW_TEST_DIE_AFTER_CLONE", "1");
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+            // The restorer holds the pipe's write end: end of file once nothing of it is left.
+            // A restorer that took its own copy of the launcher's socket end for the launcher
+            // would wait there for ever; a bound turns that into a failure rather than a hang.
+            let mut stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                let _ = stdout.read_to_string(&mut out);
+                let _ = tx.send(out);
+            });
+            let out = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+                panic!("{mode} mode, trial {trial}: the restorer outlived its killed launcher and still holds its caller's pipe")
+            });
+            assert_eq!(
+                out, "",
+                "{mode} mode, trial {trial}: the process ran without its launcher"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_checkpoint_killed_midway_leaves_nothing_behind() {
     let env = Env::new();
     let (mut complete, mut nothing) = (0, 0);

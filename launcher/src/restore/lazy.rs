@@ -169,11 +169,23 @@ impl Transport {
     }
 
     /// Steps that create the userfaultfd and enable its events (before the memory is mapped).
-    pub fn plan_create(&self, plan: &mut Plan) {
+    /// `inherited`: the restorer holds a copy of the launcher's end (it was cloned from the
+    /// launcher itself), which it closes first.
+    pub fn plan_create(&self, plan: &mut Plan, inherited: bool) {
+        // Were the launcher killed before the parent-death signal below is set, a copy of its
+        // end kept here would take the handover as the launcher's and wait for ever for an
+        // answer from itself (holding whatever it inherited, a caller's pipe too).
+        if inherited {
+            plan.syscall_any(
+                "close the restorer's copy of the launcher's end of the socket",
+                libc::SYS_close,
+                [self.parent_end.as_raw_fd() as u64, 0, 0, 0, 0, 0],
+            );
+        }
         // If the launcher dies (killed, OOM, crash) its userfaultfd goes with it and the kernel
         // would fill the missing pages with zeros: the process must die with it instead. If the
-        // launcher is already gone by now, handing over the userfaultfd below fails and the
-        // restore ends there.
+        // launcher is already gone by now, handing over the userfaultfd below fails (no one
+        // holds the other end) and the restore ends there.
         plan.syscall(
             "die with the launcher while memory is filled lazily (PR_SET_PDEATHSIG)",
             libc::SYS_prctl,

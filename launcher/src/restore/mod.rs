@@ -576,7 +576,9 @@ fn build_plan(
     // anything touches them.
     let payload_off = image.header().payload_off;
     if let Some(t) = &fds.transport {
-        t.plan_create(&mut plan);
+        // Created by the launcher itself, the restorer holds a copy of the launcher's end too;
+        // in ns mode the helper closed it before forking the namespace's init.
+        t.plan_create(&mut plan, mode != PidMode::Ns);
     }
     for (i, vma) in m.memory.iter().enumerate() {
         let file_fd = fds.mapped.iter().find(|(j, _)| *j == i).map(|(_, fd)| *fd);
@@ -1113,6 +1115,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
             return Err(e);
         }
     };
+    die_for_tests();
     // From here on the launcher holds nothing of the process's: a pipe or socket end kept here
     // would keep its peer from ever seeing end of file, a listening socket would stay bound.
     let Fds {
@@ -1239,6 +1242,15 @@ fn supervise(
     let (_, how) =
         waited.map_err(|e| failed(format!("cannot wait for the restored process: {e}")))?;
     Ok(how.status())
+}
+
+/// Test hook (fault injection): with `THAW_TEST_DIE_AFTER_CLONE` set, the launcher kills itself
+/// as soon as the process (or the namespace helper) exists, before it hands over anything: the
+/// moment a launcher killed from outside is hardest to hit in.
+fn die_for_tests() {
+    if std::env::var_os("THAW_TEST_DIE_AFTER_CLONE").is_some() {
+        sys::kill(std::process::id() as i32, libc::SIGKILL);
+    }
 }
 
 /// Namespace mode: a forked helper creates a new user + PID namespace and forks its init, which
