@@ -1263,6 +1263,25 @@ pub fn freeze(
     restore_disposition();
     // SAFETY: `raw` came from Box::into_raw above and no handler uses it any more.
     let capture = unsafe { Box::from_raw(raw) };
+    match snapshot_taken(&capture, sent, signal) {
+        Ok(()) => Ok(Frozen::Snapshot(capture)),
+        Err(e) => {
+            // The capture goes: what its peeks kept open (locked files) stays known, or the
+            // next checkpoint would scan it as the application's.
+            for s in &capture.socks {
+                s.kept().for_each(|f| crate::state::locks::keep(f, false));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether the threads' handlers made a snapshot (after they were let go).
+fn snapshot_taken(
+    capture: &Capture,
+    sent: std::io::Result<()>,
+    signal: i32,
+) -> Result<(), FreezeError> {
     sent?;
     let me = capture
         .threads
@@ -1282,7 +1301,7 @@ pub fn freeze(
     if child < 0 {
         return Err(std::io::Error::from_raw_os_error(-child as i32).into());
     }
-    Ok(Frozen::Snapshot(capture))
+    Ok(())
 }
 
 /// Marks a thread that no longer exists (it exited since the listing) [`GONE`]: it is not
