@@ -769,7 +769,22 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("l.thaw.c was written since the checkpoint")
-            && err.contains("held a write lock on it"),
+            && err.contains("held a lock on it"),
+        "{err}"
+    );
+    // A read lock too: a reader goes on from what it cached under it (SQLite's shared lock in
+    // a read transaction). (c, empty again, passes: an emptied lock file.)
+    std::fs::File::create(env.path("l.thaw.c")).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.path("l.thaw.b"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("l.thaw.b was written since the checkpoint"),
         "{err}"
     );
 }

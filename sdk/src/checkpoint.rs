@@ -833,11 +833,12 @@ impl Checkpoint {
                 | FdKind::Directory { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
-                        // A file the process held a write lock on: its contents as the image
-                        // knows them (see FdEntry::locked_stamp).
+                        // A file the process held a lock on, a reader's too (SQLite trusts
+                        // the pages it cached while it holds a shared lock): its contents as
+                        // the image knows them (see FdEntry::locked_stamp).
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
                         let regular = matches!(e.kind, FdKind::Regular { .. });
-                        if regular && e.locks.iter().any(|l| l.write) && st[0] != u64::MAX {
+                        if regular && !e.locks.is_empty() && st[0] != u64::MAX {
                             e.locked_stamp =
                                 Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
                         }

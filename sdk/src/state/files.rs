@@ -27,7 +27,7 @@ pub struct FdEntry {
     /// sockets (see [`super::scm`]), numbered as the checkpoint received it. Made again, sent
     /// with its message, and closed.
     pub in_flight: bool,
-    /// A regular file the process held a write lock on, as it was at the snapshot: restored
+    /// A regular file the process held a lock on (read or write), as it was at the snapshot: restored
     /// only as long as it is unchanged, for the process goes on from what it knew of it (a
     /// database in the middle of a transaction; an earlier restore may have written it since).
     pub locked_stamp: Option<super::FileStamp>,
@@ -1362,7 +1362,7 @@ pub fn reopen(
                     // lock since, its time touched, nothing written.)
                     if now != then && !(now.size == 0 && then.size == 0) {
                         return Err(format!(
-                            "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a write lock on it: it would go on from the file as it was (a database in the middle of a transaction), so it is not restored (an earlier restore of this image may have written it: put back a copy of the file as it was, its modification time kept, e.g. with cp -p)"
+                            "fd {fd}: {path} was written since the checkpoint (its size or modification time changed), and the process held a lock on it: it would go on from the file as it was (a database in the middle of a transaction, or a reader trusting what it cached under a shared lock), so it is not restored (an earlier restore of this image may have written it: put back a copy of the file as it was, its modification time kept, e.g. with cp -p)"
                         ));
                     }
                 }
