@@ -85,8 +85,8 @@ fn a_launcher_killed_while_filling_memory_takes_the_process_with_it() {
 
 /// A restore whose launcher kills itself as soon as the process exists (THAW_TEST_DIE_AFTER_CLONE),
 /// started again while the image's PID is still taken: the last trial's process, orphaned, is
-/// reaped by init in its own time.
-fn killed_after_clone(env: &Env, img: &std::path::Path, mode: &str) -> std::process::Child {
+/// reaped by init in its own time. Returns the pipe the restored process would write to.
+fn killed_after_clone(env: &Env, img: &std::path::Path, mode: &str) -> std::process::ChildStdout {
     for _ in 0..1000 {
         let mut cmd = env.restore_cmd(img, &["--pid-mode", mode], &[]);
         cmd.env("THAW_TEST_DIE_AFTER_CLONE", "1");
@@ -97,7 +97,7 @@ fn killed_after_clone(env: &Env, img: &std::path::Path, mode: &str) -> std::proc
             .unwrap();
         let status = child.wait().unwrap();
         if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL) {
-            return child;
+            return child.stdout.take().unwrap();
         }
         let mut err = String::new();
         let _ = child.stderr.take().unwrap().read_to_string(&mut err);
@@ -119,11 +119,10 @@ fn a_launcher_killed_as_the_process_is_created_leaves_nothing_waiting() {
     // init and its PID is free again (about a second on these machines).
     for mode in ["host", "ns"] {
         for trial in 0..trials().div_ceil(2) {
-            let mut child = killed_after_clone(&env, &img, mode);
+            let mut stdout = killed_after_clone(&env, &img, mode);
             // The restorer holds the pipe's write end: end of file once nothing of it is left.
             // A restorer that took its own copy of the launcher's socket end for the launcher
             // would wait there for ever; a bound turns that into a failure rather than a hang.
-            let mut stdout = child.stdout.take().unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let mut out = String::new();
