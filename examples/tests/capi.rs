@@ -106,3 +106,24 @@ fn c_program_checkpoints_and_reseeds_after_each_restore() {
         "the after-restore hook must reseed"
     );
 }
+
+#[test]
+fn every_thread_reads_the_restore_count_before_the_checkpoint_returns() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("restores");
+    cc_with_libthaw(&[&root.join("examples/c/restores.c")], &["-pthread"], &exe);
+    let img = env.path("r.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "first life: 0\n");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "in the hook: thread 1, hook 1\nreturned: 1\n",
+            "{opts:?}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ extern "C" {
 /* 0 = saved (first life), 1 = restored (second life), < 0 = error (see thaw_last_error) */
 int thaw_checkpoint(const char *image_path, const char *key_path /* may be NULL */, unsigned flags);
 const char *thaw_last_error(void);        /* thread-local, valid until the next thaw_ call */
+int thaw_restores(void);                  /* times this process was restored: 0 in a first life */
 int thaw_restored_argc(void);             /* arguments given after `--` to `thaw run` */
 const char *thaw_restored_arg(int index);
 int thaw_restored_envc(void);             /* the `thaw run` caller's environment */

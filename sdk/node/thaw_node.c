@@ -102,9 +102,6 @@ static bool pending(napi_env env) {
     return p;
 }
 
-/* Restores of this process, for every isolate (a Worker's package instance has its own JS state). */
-static int restores_total;
-
 /* Isolates that asked to hear of a restore made by another thread's checkpoint. */
 struct watcher {
     napi_env env;
@@ -180,7 +177,9 @@ static void tell_watchers(napi_env self) {
 static napi_value restores(napi_env env, napi_callback_info info) {
     (void)info;
     napi_value out;
-    CHECK(env, napi_create_int32(env, __atomic_load_n(&restores_total, __ATOMIC_ACQUIRE), &out));
+    /* The SDK's count, right in every thread as soon as the process runs (a thread released
+     * before the checkpointing one returns would read a count kept here as 0). */
+    CHECK(env, napi_create_int32(env, thaw_restores(), &out));
     return out;
 }
 
@@ -211,10 +210,7 @@ static napi_value checkpoint(napi_env env, napi_callback_info info) {
         throw_thaw(env, r);
         return NULL;
     }
-    if (r == THAW_RESTORED) {
-        __atomic_add_fetch(&restores_total, 1, __ATOMIC_ACQ_REL);
-        tell_watchers(env);
-    }
+    if (r == THAW_RESTORED) tell_watchers(env);
     napi_value out;
     CHECK(env, napi_create_int32(env, r, &out));
     return out;

@@ -160,6 +160,13 @@ fn restored_item(list: usize, index: c_int) -> *const c_char {
         .map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
+/// How many times this process was restored (0 in a first life): right in every thread from
+/// the restored process's first instruction on, before `thaw_checkpoint` returns.
+#[no_mangle]
+pub extern "C" fn thaw_restores() -> c_int {
+    c_int::try_from(crate::restores()).unwrap_or(c_int::MAX)
+}
+
 /// Number of arguments given after `--` to `thaw run` (0 before any restore).
 #[no_mangle]
 pub extern "C" fn thaw_restored_argc() -> c_int {

@@ -35,6 +35,10 @@ pub struct RestoreCell {
     /// region through it); unmapped at the next checkpoint.
     pub leftover_addr: AtomicU64,
     pub leftover_len: AtomicU64,
+    /// How many times this process was restored: the snapshot is forked holding one more than
+    /// the first life, so that every thread of a restored process reads it from its first
+    /// instruction on (see [`crate::restores`]).
+    pub restores: AtomicU64,
 }
 
 /// Value of [`RestoreCell::magic`] in a restored process ("THAWREST").
@@ -48,6 +52,7 @@ pub static RESTORE_CELL: RestoreCell = RestoreCell {
     args_len: AtomicU64::new(0),
     leftover_addr: AtomicU64::new(0),
     leftover_len: AtomicU64::new(0),
+    restores: AtomicU64::new(0),
 };
 
 /// What the handler records for one thread.
@@ -1027,6 +1032,9 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
     // process is not (the manifest keeps the original flag); the process is itself again before
     // any of its threads runs: only its own user could look at it meanwhile, and that user can
     // read the image.
+    // Every other thread is stopped until after the count is put back.
+    let restores = RESTORE_CELL.restores.load(Ordering::Relaxed);
+    RESTORE_CELL.restores.store(restores + 1, Ordering::Relaxed);
     let child = sys::while_dumpable(|| {
         compiler_fence(Ordering::SeqCst);
         let child = sys::raw_fork_quiet();
@@ -1035,6 +1043,7 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
         }
         child
     });
+    RESTORE_CELL.restores.store(restores, Ordering::Relaxed);
     for &(start, len) in &c.dontfork {
         sys::madvise(start, len, libc::MADV_DONTFORK);
     }

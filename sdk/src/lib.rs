@@ -31,6 +31,15 @@ pub use fd_policy::{FdAction, FdClass, FdPolicy};
 pub use image::{Image, ImageError, ImageFile, ImageWriter, SavedImage};
 pub use state::Manifest;
 
+/// How many times this process was restored from an image (0 in a first life). Right in every
+/// thread from the restored process's first instruction on: a thread that runs before the
+/// checkpointing one has returned from `save()` reads it too.
+pub fn restores() -> u64 {
+    capture::RESTORE_CELL
+        .restores
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.

@@ -208,6 +208,8 @@ def _library() -> ctypes.CDLL:
             lib.thaw_checkpoint.restype = ctypes.c_int
             lib.thaw_last_error.argtypes = []
             lib.thaw_last_error.restype = ctypes.c_char_p
+            lib.thaw_restores.argtypes = []
+            lib.thaw_restores.restype = ctypes.c_int
             lib.thaw_restored_argc.argtypes = []
             lib.thaw_restored_argc.restype = ctypes.c_int
             lib.thaw_restored_arg.argtypes = [ctypes.c_int]
@@ -254,12 +256,11 @@ class Restored:
 
 Outcome = Union[Saved, Restored]
 
-_was_restored = False
-
-
 def is_restored() -> bool:
-    """True in a process that came back from an image (already inside after-restore hooks)."""
-    return _was_restored
+    """True in a process that came back from an image, in every thread (ctypes lets go of the
+    GIL during the checkpoint: another thread may run before ``checkpoint()`` has returned)."""
+    lib = _lib
+    return lib is not None and lib.thaw_restores() > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +471,7 @@ def checkpoint(
     :class:`CheckpointFailedError` or :class:`HookError` (-4). After an error the process
     continues unchanged (after-restore hooks have run for the before-checkpoint hooks that ran).
     """
-    global _in_checkpoint, _was_restored
+    global _in_checkpoint
     image_b = os.fsencode(image)
     key_b = os.fsencode(key) if key is not None else None
     if not image_b:
@@ -511,7 +512,6 @@ def checkpoint(
             outcome: Optional[Outcome] = None
             failure: Optional[ThawError] = None
             if r == RESTORED:
-                _was_restored = True
                 if reseed_after_restore:
                     reseed()
                 args = [
