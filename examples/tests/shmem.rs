@@ -7,8 +7,9 @@ mod common;
 
 use common::*;
 
-const CHECKS: [&str; 16] = [
+const CHECKS: [&str; 17] = [
     "memfd: executable (execveat), as before",
+    "memfd made MFD_NOEXEC_SEAL: F_SEAL_EXEC kept, cannot be made executable",
     "memfd that allows sealing, none yet: seals can be added; one that does not: sealed",
     "memfd: its mode (fchmod)",
     "memfd: a dup'd descriptor shares the description",
@@ -33,8 +34,8 @@ fn shared_memory_in_every_mode() {
     let m = env.manifest(&img);
     assert_eq!(
         m.shared.len(),
-        7,
-        "zgc_heap, sealed, sealable, write-sealed, closed-after-map, shared anonymous, script"
+        8,
+        "zgc_heap, sealed, sealable, noexec, write-sealed, closed-after-map, shared anonymous, script"
     );
     let heap = m
         .shared

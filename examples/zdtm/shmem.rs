@@ -84,6 +84,8 @@ fn main() {
 
     // Sealing allowed, nothing sealed yet: seals can still be added after restore.
     let sealable = memfd("sealable", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+    // MFD_NOEXEC_SEAL (Linux 6.3): never executable, F_SEAL_EXEC.
+    let noexec = memfd("noexec", libc::MFD_CLOEXEC | 0x0008);
 
     // Write-sealed and mapped read-only, as a producer hands data to consumers.
     let frozen = memfd("write-sealed", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
@@ -276,6 +278,18 @@ fn main() {
             libc::fcntl(heap.as_raw_fd(), libc::F_GET_SEALS),
         )
     };
+    // SAFETY: our own descriptor.
+    let (xseals, chmod) = unsafe {
+        (
+            libc::fcntl(noexec.as_raw_fd(), libc::F_GET_SEALS),
+            libc::fchmod(noexec.as_raw_fd(), 0o755),
+        )
+    };
+    c.check(
+        "memfd made MFD_NOEXEC_SEAL: F_SEAL_EXEC kept, cannot be made executable",
+        xseals == libc::F_SEAL_EXEC && chmod == -1,
+        format!("seals {xseals:#x}, fchmod 755: {chmod}"),
+    );
     c.check(
         "memfd that allows sealing, none yet: seals can be added; one that does not: sealed",
         none == 0 && grow_sealed == 0 && unsealable == libc::F_SEAL_SEAL,

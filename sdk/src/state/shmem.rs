@@ -593,8 +593,10 @@ fn append(
 }
 
 /// Seals added before the object is mapped (a writable mapping could not exist with them, and a
-/// read-only shared mapping made before F_SEAL_WRITE would make the seal fail with EBUSY).
-const SEALS_BEFORE: u32 = (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE) as u32;
+/// read-only shared mapping made before F_SEAL_WRITE would make the seal fail with EBUSY), and
+/// F_SEAL_EXEC (MFD_NOEXEC_SEAL: its mode may never be made executable), after its mode is set.
+const SEALS_BEFORE: u32 =
+    (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_EXEC) as u32;
 /// Seals added by the restorer once every mapping exists: F_SEAL_FUTURE_WRITE allows the writable
 /// mappings made before it, F_SEAL_SEAL comes last.
 const SEALS_AFTER: u32 = (libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL) as u32;
