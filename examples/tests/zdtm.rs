@@ -1234,6 +1234,10 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "unshare-fs",
             "its own working directory, root and umask (unshare(CLONE_FS))",
         ),
+        (
+            "thread-seccomp",
+            "runs under a seccomp filter of its own (mode 2, 1 filter(s))",
+        ),
     ] {
         let out = env.refused("zdtm-controls", "r.thaw", &[extra]);
         assert!(out.contains(needle), "{extra}: {out}");

@@ -1095,6 +1095,11 @@ fn blocks_signal(tid: i32, signal: i32) -> bool {
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.
 fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointError> {
     let mut out = Vec::new();
+    // A filter installed by one thread without TSYNC is that thread's alone (the leader's is
+    // named by `preflight`).
+    let leader_filtered = crate::procfs::read(crate::sys::getpid(), "status")
+        .ok()
+        .is_some_and(|st| crate::procfs::field(&st, "Seccomp").is_some_and(|v| v != "0"));
     for e in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
         let Some(tid) = e
             .ok()
@@ -1108,6 +1113,14 @@ fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointE
         let name = crate::procfs::field(&status, "Name")
             .unwrap_or("")
             .to_owned();
+        if let Some(mode) = crate::procfs::field(&status, "Seccomp").filter(|v| *v != "0") {
+            if !leader_filtered {
+                let count = crate::procfs::field(&status, "Seccomp_filters").unwrap_or("?");
+                why.push(format!(
+                    "thread {tid} ({name}) runs under a seccomp filter of its own (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: install it before the other threads start, or in each of them after the checkpoint"
+                ));
+            }
+        }
         if let Some((_, policy)) = state::threads::sched(tid) {
             if !state::threads::restorable_policy(policy) {
                 why.push(format!(
