@@ -395,3 +395,79 @@ fn standard_output_queued_at_the_checkpoint_is_written_or_refused_and_the_shared
         text(&o)
     );
 }
+
+/// Node started on a terminal, as in an interactive shell: libuv reopens the terminal for its
+/// stdout and stderr streams and dup2s the new descriptions over 1 and 2, keeping descriptors of
+/// its own on them. Those follow the caller's standard descriptors at restore (they were refused
+/// as terminals, and the policies the refusal offered lost every later line).
+#[test]
+fn node_started_on_a_terminal_writes_to_the_callers_output_after_restore() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("tty.thaw");
+    let js = env.path("tty.js");
+    std::fs::write(
+        &js,
+        "const thaw = require(process.env.THAW_NODE_PACKAGE);\n\
+         console.log(`first life on a terminal: ${require('tty').isatty(1)}`);\n\
+         console.error('and its errors');\n\
+         const r = thaw.checkpoint(process.argv[2], { key: process.argv[3], exitAfterSave: true });\n\
+         console.log(`restored ${r.restored}`);\n\
+         setTimeout(() => { console.log('a later line'); console.error('an error line'); }, 1);\n",
+    )
+    .unwrap();
+    // A terminal of the test's own (script(1) would leave node to be reaped by init, its PID
+    // taken for a while): stdout and stderr on it, read once node has ended.
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two new descriptors into the two ints; no name, default settings.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both are new descriptors that nothing else owns.
+    let (master, slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let o = node(&pkg)
+        .arg(&js)
+        .arg(&img)
+        .arg(&env.key)
+        .stdin(std::process::Stdio::null())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .status()
+        .unwrap();
+    drop(slave);
+    let mut out = Vec::new();
+    // (EIO once everything written was read: no slave is left.)
+    let _ = std::io::Read::read_to_end(&mut &master, &mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        o.success() && out.contains("first life on a terminal: true"),
+        "{o}: {out}"
+    );
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", text(&o));
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(
+            out.contains("restored true") && out.contains("a later line"),
+            "{opts:?}: {}",
+            text(&o)
+        );
+        assert!(err.contains("an error line"), "{opts:?}: {}", text(&o));
+    }
+}

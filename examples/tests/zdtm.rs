@@ -275,6 +275,7 @@ fn files_directories_and_pipes() {
             "dup of a file: one offset",
             "dup of an eventfd: one counter",
             "dup of an epoll instance: one interest list",
+            "a dup of stdout is the caller's stdout",
             "edge-triggered epoll: a taken edge stays taken, a pending one pending, a fired one-shot disarmed",
             "FIFO: the bytes waiting at the checkpoint wait there again",
             "FIFO: an empty one, still empty",

@@ -205,8 +205,18 @@ fn main() {
         (ep, kept, a)
     };
 
+    // stdout saved the way programs do before redirecting it: the caller's stdout after restore.
+    // SAFETY: dup of our own descriptor.
+    let saved_stdout = unsafe { libc::dup(1) };
+    assert!(saved_stdout > 2);
+
     let _ = common::checkpoint();
     let mut c = common::Checks::default();
+    c.check(
+        "a dup of stdout is the caller's stdout",
+        thaw::sys::same_description(saved_stdout, 1) == Some(true),
+        "another open file description",
+    );
     {
         let one = 1u64.to_ne_bytes();
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];

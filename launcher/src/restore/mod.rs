@@ -307,6 +307,22 @@ pub fn prepare_descriptor_table(image: &Image) {
     );
 }
 
+/// Descriptors that shared a standard descriptor's open file description: the same as the
+/// caller's, which are the launcher's own and the process's 0, 1 and 2.
+fn standard_duplicates(m: &thaw::Manifest) -> Result<Vec<(RawFd, OwnedFd)>> {
+    m.files
+        .iter()
+        .filter_map(|e| Some((e.fd, e.standard().filter(|&s| s != e.fd)?)))
+        .map(|(fd, s)| {
+            sys::dup_above(s, FIRST_HIGH_FD).map(|d| (fd, d)).map_err(|err| {
+                refused(format!(
+                    "fd {fd} shared the process's fd {s}, which is yours at restore, and yours is not open ({err}): restore with fd {s} open"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Opens what the process needs, at numbers above its own (see [`prepare_descriptor_table`]).
 fn prepare_fds(
     image: &Image,
@@ -322,13 +338,14 @@ fn prepare_fds(
     let objects =
         thaw::state::shmem::recreate(&m.shared, |r| read_payload(payload, payload_off, r))
             .map_err(refused)?;
-    let reopened = thaw::state::files::reopen(
+    let mut reopened = thaw::state::files::reopen(
         &m.files,
         |r| read_payload(payload, payload_off, r),
         listeners,
         &objects,
     )
     .map_err(refused)?;
+    reopened.extend(standard_duplicates(m)?);
     let high = reopened
         .iter()
         .map(|(fd, _)| *fd)
@@ -455,7 +472,7 @@ fn prepare_fds(
     let mut keep: Vec<RawFd> = m
         .files
         .iter()
-        .filter(|e| matches!(e.kind, thaw::state::files::FdKind::Stdio) || e.made_by_restorer())
+        .filter(|e| e.standard() == Some(e.fd) || e.made_by_restorer())
         .map(|e| e.fd)
         .collect();
     let mut placed = Vec::new();

@@ -16,7 +16,6 @@ use std::sync::Mutex;
 
 use thaw::image::Image;
 use thaw::restore::{Plan, RestoreArgs};
-use thaw::state::files::FdKind;
 
 use super::{failed, refused, Fds, PidMode, Region};
 use crate::exit::{Code, Failure, Result};
@@ -168,11 +167,11 @@ impl ForkPoint {
     /// (number in the process, number received, close-on-exec) of every descriptor an instance
     /// gets: the requester's standard ones where the image had them, then its reopened files.
     pub(super) fn placements(&self, m: &thaw::Manifest) -> Vec<(RawFd, RawFd, bool)> {
-        let stdio = m
-            .files
-            .iter()
-            .filter(|e| matches!(e.kind, FdKind::Stdio) && e.fd <= 2)
-            .map(|e| (e.fd, self.base + REQUEST + STDIO + e.fd, e.cloexec));
+        // (A descriptor that shared a standard one's description is the caller's one too.)
+        let stdio = m.files.iter().filter_map(|e| {
+            let s = e.standard()?;
+            Some((e.fd, self.base + REQUEST + STDIO + s, e.cloexec))
+        });
         let placed =
             self.targets.iter().enumerate().map(|(i, &(fd, cloexec))| {
                 (fd, self.base + REQUEST + PLACED + i as RawFd, cloexec)
@@ -254,7 +253,7 @@ impl Template {
         }
         // An instance's standard descriptors are its caller's; the template's epoll instance
         // would go on watching the template's own.
-        if let Some((epfd, w)) = thaw::state::epoll::standard_watches(&m.files).first() {
+        if let Some((epfd, w, _)) = thaw::state::epoll::standard_watches(&m.files).first() {
             return Err(refused(format!(
                 "fd {epfd} (epoll) watches fd {}: an instance's standard descriptors are its caller's, which the template's epoll instance cannot watch; restore this image with thaw run",
                 w.fd
@@ -263,9 +262,13 @@ impl Template {
         let target = super::check_policy(&image, false, false)?;
         super::same_root(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;
+        // (Those that shared a standard descriptor's description are the caller's, see
+        // `placements`.)
+        let standard = |fd: RawFd| m.files.iter().any(|e| e.fd == fd && e.standard().is_some());
         let targets: Vec<(RawFd, bool)> = fds
             .placed
             .iter()
+            .filter(|(fd, ..)| !standard(*fd))
             .map(|(fd, _, cloexec)| (*fd, *cloexec))
             .collect();
         if (PLACED as usize) + targets.len() > sys::MAX_PASSED_FDS {

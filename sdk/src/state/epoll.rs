@@ -213,9 +213,19 @@ pub fn plan(
     }
 }
 
-/// The registrations of standard descriptors (0–2) by their numbers: those are the restoring
-/// caller's, not the image's. As `(epoll fd, watch)`.
-pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWatch)> {
+/// The registrations of standard descriptors (0–2, and descriptors that shared their open file
+/// descriptions) by their numbers: those are the restoring caller's, not the image's. As
+/// `(epoll fd, watch, the standard descriptor it is at restore)`.
+pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWatch, i32)> {
+    // The standard descriptor each watched one is at restore (itself, or the one whose open
+    // file description it shared).
+    let standard = |fd: i32| {
+        entries
+            .iter()
+            .find(|e| e.fd == fd)
+            .and_then(super::files::FdEntry::standard)
+            .or((0..=2).contains(&fd).then_some(fd))
+    };
     entries
         .iter()
         .filter_map(|e| match &e.kind {
@@ -223,14 +233,18 @@ pub fn standard_watches(entries: &[super::files::FdEntry]) -> Vec<(i32, EpollWat
             _ => None,
         })
         .flat_map(|(fd, w)| w.iter().map(move |w| (fd, *w)))
-        .filter(|(_, w)| (0..=2).contains(&w.fd) && w.at.is_none())
-        .fold(Vec::new(), |mut v: Vec<(i32, EpollWatch)>, (fd, w)| {
-            // Each standard descriptor once (dup'd instances list theirs again).
-            if !v.iter().any(|(_, x)| x.fd == w.fd) {
-                v.push((fd, w));
-            }
-            v
-        })
+        .filter(|(_, w)| w.at.is_none())
+        .filter_map(|(fd, w)| Some((fd, w, standard(w.fd)?)))
+        .fold(
+            Vec::new(),
+            |mut v: Vec<(i32, EpollWatch, i32)>, (fd, w, s)| {
+                // Each descriptor once (dup'd instances list theirs again).
+                if !v.iter().any(|(_, x, _)| x.fd == w.fd) {
+                    v.push((fd, w, s));
+                }
+                v
+            },
+        )
 }
 
 fn standard_name(fd: i32) -> &'static str {
@@ -248,24 +262,27 @@ pub fn check_standard(entries: &[super::files::FdEntry]) -> Result<(), String> {
     }
     let scratch =
         crate::sys::epoll_create().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
-    for (epfd, w) in watched {
+    for (epfd, w, s) in watched {
         let mut ev = [0u8; EVENT];
         ev[..4].copy_from_slice(&(libc::EPOLLIN as u32).to_ne_bytes());
         let r = crate::sys::epoll_ctl_raw(
             std::os::fd::AsRawFd::as_raw_fd(&scratch),
             libc::EPOLL_CTL_ADD,
-            w.fd,
+            s,
             &ev,
         );
         if let Err(e) = r {
-            let yours = std::fs::read_link(format!("/proc/self/fd/{}", w.fd))
+            let yours = std::fs::read_link(format!("/proc/self/fd/{s}"))
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "closed".into());
+            let which = if w.fd == s {
+                format!("fd {s} ({})", standard_name(s))
+            } else {
+                format!("fd {} (the process's {} as it was)", w.fd, standard_name(s))
+            };
             return Err(format!(
-                "fd {epfd} (epoll) watches fd {} ({}), which is yours at restore: yours ({yours}) cannot be watched by epoll ({e}); restore with a pipe, a socket or a terminal as {}",
-                w.fd,
-                standard_name(w.fd),
-                standard_name(w.fd)
+                "fd {epfd} (epoll) watches {which}, which is yours at restore: yours ({yours}) cannot be watched by epoll ({e}); restore with a pipe, a socket or a terminal as {}",
+                standard_name(s)
             ));
         }
     }

@@ -389,6 +389,12 @@ impl FdScan {
             ..FdScan::default()
         };
         let listed = fds.clone();
+        // What the standard descriptors are, to find others sharing their descriptions.
+        let standard: Vec<(i32, std::path::PathBuf)> = (0..=2)
+            .filter_map(|s| Some((s, std::fs::read_link(format!("/proc/self/fd/{s}")).ok()?)))
+            .collect();
+        // (One in flight in a queued message stays what it is: refused, see `not_in_flight`.)
+        let flying = scan.in_flight.numbers();
         // Removed directories open here: (fd, device, inode).
         let mut deleted_dirs: Vec<(i32, u64, u64)> = Vec::new();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
@@ -419,6 +425,24 @@ impl FdScan {
                 locked_stamp: None,
             };
             if fd <= 2 {
+                scan.entries.push(entry);
+                continue;
+            }
+            // A descriptor sharing a standard descriptor's open file description (libuv reopens
+            // a terminal for its stdio streams and dup2s it over 1 and 2, keeping the new
+            // descriptor; a program saves stdout with dup(1)) is that one at restore too: the
+            // caller's. Standard output first, then error, then input, where several share it.
+            if let Some(s) = [1, 2, 0]
+                .into_iter()
+                .filter(|_| !flying.contains_key(&fd))
+                .find(|&s| {
+                    standard
+                        .iter()
+                        .any(|(n, t)| *n == s && t.to_string_lossy() == target)
+                        && crate::sys::same_description(fd, s) == Some(true)
+                })
+            {
+                entry.dup_of = Some(s);
                 scan.entries.push(entry);
                 continue;
             }
@@ -1324,6 +1348,9 @@ pub fn reopen(
     let mut fifos = MadeFifos::default();
     for e in entries {
         let fd = e.fd;
+        if e.standard().is_some() {
+            continue; // the caller's (see FdEntry::standard)
+        }
         if let Some(first) = e.dup_of {
             // The same open file description as an earlier descriptor: shared again.
             let d = out
@@ -1834,6 +1861,16 @@ impl FdEntry {
             if !matches!(self.kind, FdKind::DevNull | FdKind::Stdio) {
                 s.plan_restore(plan, self.fd, self.flags);
             }
+        }
+    }
+
+    /// The standard descriptor (0, 1 or 2) this one shares its open file description with, itself
+    /// one of them or another: at restore it is the caller's, which the launcher passes on.
+    pub fn standard(&self) -> Option<i32> {
+        match (&self.kind, self.dup_of) {
+            (FdKind::Stdio, _) if self.fd <= 2 => Some(self.fd),
+            (FdKind::Stdio, Some(s)) if (0..=2).contains(&s) => Some(s),
+            _ => None,
         }
     }
 
