@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
-const CHECKS: [&str; 36] = [
+const CHECKS: [&str; 37] = [
     "datagram pair: an end shut down for reading stays so",
     "unix path listener: its socket file's mode and group",
     "datagram pair whose other end closed: its messages wait, sending is refused",
@@ -45,6 +45,7 @@ const CHECKS: [&str; 36] = [
     "unix path listener: accepts",
     "unix abstract listener: accepts",
     "unix sockets whose files were removed: same names, listening, no files",
+    "unix listener whose file was renamed: bound by its first name, reached by its new one",
     "unix sockets bound by relative names: same names, listening, receiving",
 ];
 

@@ -190,6 +190,14 @@ fn main() {
         .unwrap();
     std::fs::remove_file(&hidden).unwrap();
     std::fs::remove_file(&hidden_dgram).unwrap();
+    // A listener whose socket file was renamed after it was bound, as HotSpot's attach listener
+    // is (`.java_pid<pid>.tmp` to `.java_pid<pid>`); the first life leaves that file behind.
+    let renamed = format!("{image}.attach");
+    let renamed_tmp = format!("{renamed}.tmp");
+    let _ = std::fs::remove_file(&renamed);
+    let _ = std::fs::remove_file(&renamed_tmp);
+    let renamed_l = UnixListener::bind(&renamed_tmp).unwrap();
+    std::fs::rename(&renamed_tmp, &renamed).unwrap();
     // Datagram receivers bound to a path (its file is left behind when the first life exits:
     // the restore replaces that stale file) and to an abstract name, nothing queued yet.
     let dgram_path = format!("{image}.dgram");
@@ -422,6 +430,14 @@ fn main() {
             hl.local_addr(),
             hd.local_addr()
         ),
+    );
+    let answered = UnixStream::connect(&renamed).is_ok() && renamed_l.accept().is_ok();
+    ch.check(
+        "unix listener whose file was renamed: bound by its first name, reached by its new one",
+        named(renamed_l.local_addr(), &renamed_tmp)
+            && answered
+            && !std::path::Path::new(&renamed_tmp).exists(),
+        format!("{:?} answered {answered}", renamed_l.local_addr()),
     );
     // The fresh socket is still a fresh stream socket: it connects to the listener.
     let sa = {

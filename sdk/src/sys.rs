@@ -173,6 +173,27 @@ pub fn chmod_nofollow(path: &std::path::Path, mode: u32) -> io::Result<()> {
     )
 }
 
+/// renameat2(from, to, RENAME_NOREPLACE): fails with EEXIST rather than replace a file at `to`.
+pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    check(syscall6(
+        libc::SYS_renameat2,
+        [
+            libc::AT_FDCWD as u64,
+            from.as_ptr() as u64,
+            libc::AT_FDCWD as u64,
+            to.as_ptr() as u64,
+            libc::RENAME_NOREPLACE as u64,
+            0,
+        ],
+    ))
+    .map(drop)
+}
+
 /// mkfifo(path, mode), the mode as given (the umask cleared from it by a chmod after).
 pub fn mkfifo(path: &str, mode: u32) -> io::Result<()> {
     let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -364,6 +364,35 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         .collect();
     for s in &sockets {
         use crate::state::sockets::Socket;
+        let moved = match s {
+            Socket::Listener(l) => Some((l.ino, &l.addr, &l.moved_to, l.unlinked)),
+            Socket::Bound(b) => Some((b.sock.ino, &b.addr, &b.moved_to, b.unlinked)),
+            _ => None,
+        };
+        if let Some((ino, addr, to, unlinked)) = moved.filter(|m| !m.2.is_empty()) {
+            // A socket file renamed in its own directory, to a plain name.
+            let from = crate::state::sockets::sun_path(addr);
+            let to = std::path::Path::new(to.as_str());
+            let plain = |p: &std::path::Path| {
+                p.is_absolute()
+                    && p.components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    })
+            };
+            if unlinked
+                || !plain(from)
+                || !plain(to)
+                || to.parent() != from.parent()
+                || to.as_os_str().as_encoded_bytes().contains(&0)
+            {
+                return Err(format!(
+                    "socket:[{ino}]: its socket file renamed to another directory, or not by a plain name"
+                ));
+            }
+        }
         if let Socket::Listener(l) = s {
             bound("connections waiting to be accepted", l.pending.len(), 4096)?;
             if !l.pending.is_empty() && l.family != libc::AF_UNIX {

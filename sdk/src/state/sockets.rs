@@ -64,6 +64,9 @@ pub struct Bound {
     pub peer: Vec<u8>,
     /// Its socket file was removed after it was bound: bound again, then the file removed.
     pub unlinked: bool,
+    /// Its socket file was renamed after it was bound (HotSpot's attach listener binds
+    /// `.java_pid<pid>.tmp` and renames it): bound again, then renamed to this path. Empty: not.
+    pub moved_to: String,
     /// For a relative path: the directory it names a file in (the working directory at the
     /// checkpoint, where the file was found); bound again from there, by the same relative name.
     pub dir: String,
@@ -180,6 +183,8 @@ pub struct Listener {
     pub path_ino: u64,
     /// Its socket file was removed after it was bound (see [`Bound::unlinked`]).
     pub unlinked: bool,
+    /// See [`Bound::moved_to`].
+    pub moved_to: String,
     /// See [`Bound::dir`].
     pub dir: String,
     /// See [`Bound::file`].
@@ -445,13 +450,17 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         )))?;
                     }
                     let mut unlinked = false;
+                    let mut moved_to = String::new();
                     if family == libc::AF_UNIX && addr[2] == b'/' {
                         // Bound again by path at restore: the path must still be this socket's,
-                        // or gone (bound again, and its file removed again).
+                        // or gone (bound again, and its file removed again, or renamed again).
                         let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
                         let same = bound.is_some_and(|v| path_is_socket(&addr, v));
                         unlinked = !same && path_gone(&addr);
-                        if !same && !unlinked {
+                        if let Some(q) = bound.filter(|_| unlinked).and_then(|v| renamed(&addr, v)) {
+                            (moved_to, unlinked) = (q, false);
+                        }
+                        if !same && !unlinked && moved_to.is_empty() {
                             return refuse(format!(
                                 "listening on {:?}, whose socket file was replaced since it was bound: it cannot be bound again as the same socket",
                                 describe(&addr)
@@ -465,7 +474,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         .and_then(|d| d.vfs_ino)
                         .filter(|_| family == libc::AF_UNIX && addr.get(2) != Some(&0) && !unlinked)
                         .unwrap_or(0);
-                    let file = (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten();
+                    let file = (path_ino != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten();
                     if !waiting.is_empty() && unlinked {
                         return refuse(format!(
                             "listening on {:?}, whose socket file was removed, with connections waiting to be accepted: they could not be made again by that name",
@@ -493,6 +502,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                                 != 0,
                         path_ino,
                         unlinked,
+                        moved_to,
                         dir,
                         opts: super::sockopts::dump(fd, family, ty, protocol)
                         .map_err(|w| (FdClass::Socket, w))?,
@@ -599,6 +609,7 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         Vec::new()
                     };
                     let mut unlinked = false;
+                    let mut moved_to = String::new();
                     let mut dir = String::new();
                     let path_ino = if !bound {
                         0
@@ -613,7 +624,10 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                         // or gone (bound again, and its file removed again).
                         let same = d.vfs_ino.is_some_and(|v| path_is_socket(&addr, v));
                         unlinked = !same && path_gone(&addr);
-                        if !same && !unlinked {
+                        if let Some(q) = d.vfs_ino.filter(|_| unlinked).and_then(|v| renamed(&addr, v)) {
+                            (moved_to, unlinked) = (q, false);
+                        }
+                        if !same && !unlinked && moved_to.is_empty() {
                             return refuse(format!(
                                 "bound to {:?}, whose socket file was replaced since: it cannot be bound again as the same socket",
                                 describe(&addr)
@@ -625,10 +639,11 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                     };
                     return Ok(Socket::Bound(Bound {
                         sock: unconnected()?,
-                        file: (path_ino != 0).then(|| SocketFile::of(&addr, &dir)).flatten(),
+                        file: (path_ino != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten(),
                         addr,
                         path_ino,
                         unlinked,
+                        moved_to,
                         dir,
                         peer: named_peer.unwrap_or_default(),
                         queued: None,
@@ -847,7 +862,7 @@ pub fn recreate<'a>(
                         if let Some(bytes) = &bytes {
                             send_messages(&b.addr, bytes, &b.messages)?;
                         }
-                        unlink_again(&b.addr, b.unlinked)
+                        name_again(&b.addr, b.unlinked, &b.moved_to, b.path_ino)
                     })
                     .map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
@@ -1011,7 +1026,7 @@ fn fill_pair(
 }
 
 /// The path of a `sockaddr_un` bound to a path.
-fn sun_path(addr: &[u8]) -> &std::path::Path {
+pub(crate) fn sun_path(addr: &[u8]) -> &std::path::Path {
     let raw = addr.get(2..).unwrap_or(&[]);
     let raw = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
     std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw))
@@ -1096,12 +1111,71 @@ fn bind_again(
     file.map_or(Ok(()), |f| f.apply(addr))
 }
 
-/// Removes the socket file of a socket bound again whose file had been removed (`unlinked`).
-fn unlink_again(addr: &[u8], unlinked: bool) -> std::io::Result<()> {
+/// Once a socket is bound again (and listens): removes its socket file where the first life's
+/// had been removed (`unlinked`), or renames it where it had been renamed (`moved_to`), over a
+/// stale file there (the first life's, or a restore's of it, that nothing is bound to).
+fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io::Result<()> {
     if unlinked {
         std::fs::remove_file(sun_path(addr))?;
     }
+    if !moved_to.is_empty() {
+        let to = named(addr, moved_to);
+        let stale = || {
+            let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) else {
+                return false;
+            };
+            let refused = crate::sys::connect(probe.as_raw_fd(), &to)
+                .err()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
+            refused
+                && (path_is_socket(&to, ino) || callers_socket_file(&to))
+                && !bound_socket_file(&to)
+        };
+        let in_use = || {
+            let _ = std::fs::remove_file(sun_path(addr));
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{moved_to}, where its socket file had been renamed, is in use"),
+            )
+        };
+        if path_gone(&to) {
+            // Never over a file that appeared meanwhile.
+            crate::sys::rename_noreplace(sun_path(addr), sun_path(&to)).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    in_use()
+                } else {
+                    e
+                }
+            })?;
+        } else if stale() {
+            std::fs::rename(sun_path(addr), moved_to)?;
+        } else {
+            return Err(in_use());
+        }
+    }
     Ok(())
+}
+
+/// The socket file a path-bound socket's file (inode `ino`) was renamed to in its directory,
+/// if it was (HotSpot's attach listener: `.java_pid<pid>.tmp` renamed to `.java_pid<pid>`).
+fn renamed(addr: &[u8], ino: u64) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = sun_path(addr).parent()?;
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let m = std::fs::symlink_metadata(e.path()).ok()?;
+        (m.file_type().is_socket() && m.ino() == ino)
+            .then(|| e.path().to_string_lossy().into_owned())
+    })
+}
+
+/// `addr`, or where `moved_to` is not empty, the address of that path.
+fn named(addr: &[u8], moved_to: &str) -> Vec<u8> {
+    if moved_to.is_empty() {
+        return addr.to_vec();
+    }
+    let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(moved_to.as_bytes());
+    a
 }
 
 /// Sends `messages` (their lengths; their bytes one after the other in `bytes`) to the datagram
@@ -1280,7 +1354,7 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
         bind_again(fd, &l.addr, l.path_ino, l.unlinked, l.file)?;
         crate::sys::listen(fd, l.backlog.max(1))?;
         // (One the process connects to itself still has its file: see the checkpoint.)
-        unlink_again(&l.addr, l.unlinked)
+        name_again(&l.addr, l.unlinked, &l.moved_to, l.path_ino)
     })
     .map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
