@@ -6,10 +6,11 @@ mod common;
 
 use common::*;
 
-const CHECKS: [&str; 4] = [
+const CHECKS: [&str; 5] = [
     "pid",
     "every tid",
     "checkpoint returned on app-main",
+    "no_new_privs: app-main's own, not the main thread's",
     "a round of work on every worker",
 ];
 

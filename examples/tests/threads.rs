@@ -130,6 +130,7 @@ fn threads_blocking_every_signal_are_captured_without_it_and_restored() {
                 "watchdog thread, same TID and name",
                 "it wakes when given what it waits for",
                 "its signal mask and alternate stack",
+                "its own timer slack, machine-check policy and no_new_privs, not the main thread's",
                 "the reader reads what is written",
             ],
         );

@@ -1239,6 +1239,22 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "thread-seccomp",
             "runs under a seccomp filter of its own (mode 2, 1 filter(s))",
         ),
+        (
+            "thread-personality",
+            "has another personality (0x400000) than the checkpointing thread (0x0)",
+        ),
+        (
+            "thread-keepcaps",
+            "has another securebits (keepcaps among them) (0x10) than the checkpointing thread (0x0)",
+        ),
+        (
+            "thread-tsc",
+            "has another rdtsc setting (PR_SET_TSC) (0x2) than the checkpointing thread (0x1)",
+        ),
+        (
+            "caller-tsc",
+            "the checkpointing thread has rdtsc faulting (PR_SET_TSC, PR_TSC_SIGSEGV)",
+        ),
     ] {
         let out = env.refused("zdtm-controls", "r.thaw", &[extra]);
         assert!(out.contains(needle), "{extra}: {out}");

@@ -21,6 +21,35 @@ fn block_all() {
     }
 }
 
+/// Settings of its own the watchdog takes before it blocks every signal: a timer slack, early
+/// machine-check kills, no_new_privs (this thread's alone).
+fn own_settings() {
+    // SAFETY: each changes this thread's own setting.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 53_000, 0, 0, 0);
+        libc::prctl(
+            libc::PR_MCE_KILL,
+            libc::PR_MCE_KILL_SET,
+            libc::PR_MCE_KILL_EARLY,
+            0,
+            0,
+        );
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    }
+}
+
+/// (timer slack, machine-check policy, no_new_privs) of the calling thread.
+fn settings() -> (i32, i32, i32) {
+    // SAFETY: queries of this thread's own settings.
+    unsafe {
+        (
+            libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0),
+            libc::prctl(libc::PR_MCE_KILL_GET, 0, 0, 0, 0),
+            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+        )
+    }
+}
+
 /// (alternate stack base, size, signal mask word) of the calling thread.
 fn thread_state() -> (u64, u64, u64) {
     // SAFETY: queries of this thread's own state into local buffers.
@@ -55,12 +84,15 @@ fn main() {
                 };
                 libc::sigaltstack(&ss, std::ptr::null_mut());
             }
+            own_settings();
             block_all();
-            let before = thread_state();
+            let before = (thread_state(), settings());
             let x = std::hint::black_box(1.25f64);
             ready_tx.send(thaw::sys::gettid()).unwrap();
             let y = wake_rx.recv().unwrap();
-            done_tx.send((before, thread_state(), x * y)).unwrap();
+            done_tx
+                .send((before, (thread_state(), settings()), x * y))
+                .unwrap();
         })
         .unwrap();
     let (mut pipe_r, mut pipe_w) = std::io::pipe().unwrap();
@@ -104,8 +136,18 @@ fn main() {
     );
     c.check(
         "its signal mask and alternate stack",
-        before == after && before.1 == 64 * 1024 && before.2.count_ones() >= 60,
-        format!("{after:x?} (was {before:x?})"),
+        before.0 == after.0 && before.0 .1 == 64 * 1024 && before.0 .2.count_ones() >= 60,
+        format!("{:x?} (was {:x?})", after.0, before.0),
+    );
+    // SAFETY: a query of this thread's own flag.
+    let main_nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    c.check(
+        "its own timer slack, machine-check policy and no_new_privs, not the main thread's",
+        before.1 == after.1 && before.1 == (53_000, libc::PR_MCE_KILL_EARLY, 1) && main_nnp == 0,
+        format!(
+            "{:?} (was {:?}), main thread no_new_privs {main_nnp}",
+            after.1, before.1
+        ),
     );
     pipe_w.write_all(b"z").unwrap();
     let got = read_rx.recv().unwrap();

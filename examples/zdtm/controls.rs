@@ -137,6 +137,39 @@ fn main() {
             assert_eq!(rx.recv().unwrap(), 0, "seccomp");
         });
     }
+    // A setting an image holds once for every thread, changed by one thread alone.
+    for (mode, set) in [
+        ("thread-personality", 0),
+        ("thread-keepcaps", 1),
+        ("thread-tsc", 2),
+    ] {
+        if extra.iter().any(|a| a == mode) {
+            common::refusal(|| {
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    // SAFETY: each changes this thread's own setting only.
+                    let r = unsafe {
+                        match set {
+                            0 => libc::personality(0x0040_0000), // READ_IMPLIES_EXEC
+                            1 => libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+                            _ => libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0),
+                        }
+                    };
+                    tx.send(r).unwrap();
+                    std::thread::park();
+                });
+                assert!(rx.recv().unwrap() >= 0, "{mode}");
+            });
+        }
+    }
+    // The checkpointing thread itself would fault in the checkpoint: refused before anything.
+    if extra.iter().any(|a| a == "caller-tsc") {
+        common::refusal(|| {
+            // SAFETY: this thread's own setting.
+            let r = unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) };
+            assert_eq!(r, 0, "PR_SET_TSC");
+        });
+    }
     if extra.iter().any(|a| a == "unshare-fs") {
         common::refusal(|| {
             let (tx, rx) = mpsc::channel();

@@ -143,6 +143,9 @@ fn main() {
                 tids: tids(),
                 app_main: gettid(),
             };
+            // The checkpointing thread alone runs with no_new_privs (a sandboxed worker).
+            // SAFETY: sets this thread's own flag.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
             let _ = common::checkpoint();
             if early_return {
                 return (before, workers);
@@ -153,6 +156,17 @@ fn main() {
                 "checkpoint returned on app-main",
                 gettid() == before.app_main,
                 gettid(),
+            );
+            // SAFETY: a query of this thread's own flag.
+            let mine = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+            let main = std::fs::read_to_string(format!("/proc/self/task/{}/status", before.pid))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == "NoNewPrivs:\t1");
+            c.check(
+                "no_new_privs: app-main's own, not the main thread's",
+                mine == 1 && !main,
+                format!("app-main {mine}, main {main}"),
             );
             round(&mut c, &s);
             c.finish();

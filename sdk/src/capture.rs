@@ -79,6 +79,10 @@ pub struct ThreadCapture {
     pub numa_nodes: AtomicU64,
     /// PR_GET_TIMERSLACK (per thread).
     pub timer_slack: AtomicU64,
+    /// What an image holds once for every thread, as this thread has it (see
+    /// `state::threads::identity_refusals`): personality (bits 0-31), securebits (32-39),
+    /// PR_GET_TSC (40-41), recorded (63).
+    pub identity: AtomicU64,
     /// The system call the thread was blocked in just before the signal was sent (number, six
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
@@ -756,6 +760,14 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
         .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
     t.timer_slack.store(
         sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    t.identity.store(
+        crate::state::threads::identity_word(
+            sys::personality_get(),
+            sys::prctl_get(libc::PR_GET_SECUREBITS).unwrap_or(0),
+            sys::prctl_get_int(libc::PR_GET_TSC).unwrap_or(0),
+        ),
         Ordering::Relaxed,
     );
     t.done.store(1, Ordering::Release);

@@ -240,6 +240,7 @@ impl Checkpoint {
     /// what the launcher passed ("restored").
     pub fn save(self) -> Result<Outcome, CheckpointError> {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        caller_can_checkpoint()?;
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
         // What is listed before the threads stop (threads, descriptors) is checked against the
@@ -721,6 +722,9 @@ impl Checkpoint {
             })
             .collect::<Result<_, _>>()
             .map_err(io("reading the threads' signal frames"))?;
+        // The snapshot has the checkpointing thread's no_new_privs; the process has it only if
+        // every thread has (else each that has it sets it again for itself).
+        m.creds.no_new_privs = m.threads.iter().all(|t| t.no_new_privs);
         for (tid, sig) in state::signals::recorded(c, captured, self.signal) {
             match tid {
                 None => m.signals.pending.push(sig),
@@ -785,6 +789,7 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
+        unsupported.extend(state::threads::identity_refusals(c));
         unsupported.extend(c.fifos.iter().filter_map(|(fd, _, p)| {
             let n = p.bytes.load(Ordering::Relaxed);
             (n < 0).then(|| {
@@ -1059,6 +1064,25 @@ fn unmap_leftover() {
     let len = cell.leftover_len.swap(0, Ordering::AcqRel);
     if addr != 0 {
         let _ = crate::sys::unmap_foreign_region(addr, len);
+    }
+}
+
+/// The checkpoint runs `cpuid` (its digests pick their instructions by it) and reads the clock
+/// through the vDSO (`rdtsc`): a calling thread on which either faults would die of SIGSEGV.
+/// (Other threads' cpuid faulting is restored; an rdtsc setting differing between threads is
+/// refused with the other per-thread settings an image holds once.)
+fn caller_can_checkpoint() -> Result<(), CheckpointError> {
+    let mut why = Vec::new();
+    if crate::sys::cpuid_enabled() == 0 {
+        why.push("the checkpointing thread has cpuid faulting on (ARCH_SET_CPUID), and the checkpoint runs cpuid: checkpoint from another thread, or turn it off around the checkpoint".to_owned());
+    }
+    if crate::sys::prctl_get_int(libc::PR_GET_TSC).ok() == Some(libc::PR_TSC_SIGSEGV) {
+        why.push("the checkpointing thread has rdtsc faulting (PR_SET_TSC, PR_TSC_SIGSEGV), and the checkpoint reads the clock: checkpoint from another thread, or allow rdtsc around the checkpoint".to_owned());
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckpointError::Unsupported(why))
     }
 }
 

@@ -809,6 +809,11 @@ pub fn mce_kill_get() -> i64 {
     )
 }
 
+/// The calling thread's personality (personality(0xffffffff) only reads it).
+pub fn personality_get() -> u64 {
+    syscall6(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0]) as u64 & 0xffff_ffff
+}
+
 /// ARCH_GET_CPUID of the calling thread: 1 when `cpuid` works, 0 when it faults.
 pub fn cpuid_enabled() -> i64 {
     syscall6(libc::SYS_arch_prctl, [0x1011, 0, 0, 0, 0, 0])

@@ -20,6 +20,9 @@ use crate::sys;
 const XSAVE_MAX: usize = 16384;
 const NREGS: usize = 27;
 // struct user_regs_struct indices.
+const R10: usize = 7;
+const R9: usize = 8;
+const R8: usize = 9;
 const RAX: usize = 10;
 const RCX: usize = 11;
 const RDX: usize = 12;
@@ -67,6 +70,9 @@ struct Slot {
     /// stack_t: ss_sp, ss_flags, ss_size.
     pub altstack: [u64; 3],
     pub tid_address: u64,
+    /// The thread's own settings, each read by a call it made (see [`Controls`]); `u64::MAX`
+    /// where the call failed. PR_GET_TSC writes its answer here itself.
+    pub controls: [u64; CONTROLS],
     pub xsave_len: u64,
     pub xsave: [u8; XSAVE_MAX],
     /// Its own signal queue as PTRACE_PEEKSIGINFO read it: how many (`u64::MAX`: more than
@@ -76,6 +82,25 @@ struct Slot {
     pub sigs: [[u64; 16]; SIG_ROOM],
     pub nshared: u64,
     pub shared: [[u64; 16]; SIG_ROOM],
+}
+
+/// The calls a traced thread is made to run to report its settings (what the signal handler
+/// reads in the others): (number, arguments). The one for PR_GET_TSC gets the address of its
+/// slot, which it writes to.
+const CONTROLS: usize = 9;
+fn control_calls(tsc_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
+    let prctl = |op: i32, arg: u64| (libc::SYS_prctl, [op as u64, arg, 0]);
+    [
+        prctl(libc::PR_MCE_KILL_GET, 0),
+        (libc::SYS_arch_prctl, [0x1011, 0, 0]), // ARCH_GET_CPUID
+        prctl(libc::PR_GET_TIMERSLACK, 0),
+        (libc::SYS_personality, [0xffff_ffff, 0, 0]),
+        prctl(libc::PR_GET_SECUREBITS, 0),
+        prctl(libc::PR_GET_TSC, tsc_at),
+        prctl(libc::PR_GET_SPECULATION_CTRL, 0),
+        prctl(libc::PR_GET_SPECULATION_CTRL, 1),
+        prctl(libc::PR_GET_SPECULATION_CTRL, 2),
+    ]
 }
 
 /// Room for a traced thread's pending signals, and for the process's (as for the others, see
@@ -487,6 +512,19 @@ fn capture_one(
             .map_err(|e| (9, e))
             .and_then(|r| ok(9, r))
     });
+    // Its settings, each asked by the thread itself; a call the kernel refuses leaves it
+    // unknown (u64::MAX), a ptrace failure ends the capture.
+    let controls_at = slot + std::mem::offset_of!(Slot, controls) as u64;
+    let tsc_at = controls_at + 5 * 8;
+    let mut controls = [u64::MAX; CONTROLS];
+    sys::write_process_memory(parent, tsc_at, &0u64.to_ne_bytes());
+    let injected = injected.and_then(|_| {
+        for (i, (nr, args)) in control_calls(tsc_at).into_iter().enumerate() {
+            let r = inject(tid, &regs, nr as u64, args, signal).map_err(|e| (9, e))?;
+            controls[i] = if r < 0 { u64::MAX } else { r as u64 };
+        }
+        Ok(())
+    });
     // The thread goes on with its own registers whatever happens next (the helper killed
     // included): never from the gadget.
     let set = sys::ptrace(PTRACE_SETREGS, tid, 0, resume.as_ptr() as u64);
@@ -502,6 +540,13 @@ fn capture_one(
     put(std::mem::offset_of!(Slot, resume), &resume[..]);
     put(std::mem::offset_of!(Slot, sigmask), &[mask]);
     put(std::mem::offset_of!(Slot, rseq), &rseq);
+    // (PR_GET_TSC wrote its int into its slot itself: the slot keeps it, or MAX on failure.)
+    for (i, v) in controls.iter().enumerate().filter(|&(i, _)| i != 5) {
+        put(std::mem::offset_of!(Slot, controls) + i * 8, &[*v]);
+    }
+    if controls[5] == u64::MAX {
+        put(std::mem::offset_of!(Slot, controls) + 5 * 8, &[u64::MAX]);
+    }
     for (count, list, at, room) in [
         (
             n,
@@ -595,6 +640,10 @@ fn inject(
     r[RDI] = args[0];
     r[RSI] = args[1];
     r[RDX] = args[2];
+    // prctl refuses most queries with arguments it does not take.
+    r[R10] = 0;
+    r[R8] = 0;
+    r[R9] = 0;
     // Not in a system call any more: no restart of the interrupted one on the way out.
     r[ORIG_RAX] = u64::MAX;
     let check = |x: i64| if x < 0 { Err((-x) as u32) } else { Ok(()) };
@@ -695,6 +744,7 @@ pub(crate) struct Captured {
     pub rseq: [u64; 3],
     pub altstack: [u64; 3],
     pub tid_address: u64,
+    pub controls: [u64; CONTROLS],
     pub xsave: Vec<u8>,
     /// Its own queue's signals (siginfos), or `None` when there were more than were read; the
     /// process's, on the main thread.
@@ -717,6 +767,7 @@ impl Captured {
             rseq: [0; 3],
             altstack: [0; 3],
             tid_address: word(std::mem::offset_of!(Slot, tid_address)),
+            controls: [0; CONTROLS],
             xsave: Vec::new(),
             pending: None,
             shared: None,
@@ -745,6 +796,7 @@ impl Captured {
         words(std::mem::offset_of!(Slot, resume), &mut c.resume);
         words(std::mem::offset_of!(Slot, rseq), &mut c.rseq);
         words(std::mem::offset_of!(Slot, altstack), &mut c.altstack);
+        words(std::mem::offset_of!(Slot, controls), &mut c.controls);
         let len = (word(std::mem::offset_of!(Slot, xsave_len)) as usize).min(XSAVE_MAX);
         let x = std::mem::offset_of!(Slot, xsave);
         c.xsave = b[x..x + len].to_vec();
@@ -869,6 +921,28 @@ impl Captured {
             sys::RseqOwner::Other
         };
         t.rseq.store(owner as u32, Relaxed);
+        // Its settings as its own calls reported them (as its handler would have).
+        let c = &self.controls;
+        let known = |v: u64| (v != u64::MAX).then_some(v);
+        let byte = |v: Option<u64>| v.filter(|&v| v < 255).map_or(0, |v| v + 1);
+        let nnp = u64::from(crate::procfs::field(&status, "NoNewPrivs") == Some("1"));
+        t.controls.store(
+            byte(known(c[0])) | byte(known(c[1])) << 8 | nnp << 48,
+            Relaxed,
+        );
+        t.timer_slack.store(known(c[2]).unwrap_or(0), Relaxed);
+        t.speculation.store(
+            (6..9)
+                .map(|i| (known(c[i]).unwrap_or(0) & 0xff) << (8 * (i - 6)))
+                .fold(0, |a, b| a | b),
+            Relaxed,
+        );
+        if let (Some(p), Some(b), Some(tsc)) = (known(c[3]), known(c[4]), known(c[5])) {
+            t.identity.store(
+                crate::state::threads::identity_word(p, b, tsc as u32 as i32),
+                Relaxed,
+            );
+        }
         t.done.store(1, std::sync::atomic::Ordering::Release);
     }
 }

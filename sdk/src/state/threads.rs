@@ -451,6 +451,61 @@ pub(crate) fn unshared_refusals(c: &crate::capture::Capture) -> Vec<String> {
     out
 }
 
+/// [`crate::capture::ThreadCapture::identity`] from a thread's personality, securebits and
+/// PR_GET_TSC.
+pub(crate) fn identity_word(personality: u64, securebits: u64, tsc: i32) -> u64 {
+    (personality & 0xffff_ffff) | (securebits & 0xff) << 32 | (tsc as u64 & 3) << 40 | 1 << 63
+}
+
+/// Threads whose personality, securebits (keepcaps among them) or `rdtsc` setting (PR_SET_TSC)
+/// differ from the checkpointing thread's: an image holds one of each, for every thread.
+pub(crate) fn identity_refusals(c: &crate::capture::Capture) -> Vec<String> {
+    let word = |t: &crate::capture::ThreadCapture| {
+        Some(t.identity.load(Ordering::Relaxed)).filter(|w| w >> 63 == 1)
+    };
+    let Some(mine) = c
+        .threads
+        .iter()
+        .find(|t| t.tid.load(Ordering::Relaxed) == c.caller)
+        .and_then(word)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in &c.threads {
+        let Some(theirs) = word(t) else { continue };
+        let tid = t.tid.load(Ordering::Relaxed);
+        for (what, shift, mask, hint) in [
+            (
+                "personality",
+                0,
+                0xffff_ffff,
+                "set it before the other threads start (it is inherited), or in each after restore",
+            ),
+            (
+                "securebits (keepcaps among them)",
+                32,
+                0xff,
+                "set them in every thread, or in none",
+            ),
+            (
+                "rdtsc setting (PR_SET_TSC)",
+                40,
+                3,
+                "set it in every thread, or in none",
+            ),
+        ] {
+            let (a, b) = ((mine >> shift) & mask, (theirs >> shift) & mask);
+            if a != b {
+                out.push(format!(
+                    "thread {tid} has another {what} ({b:#x}) than the checkpointing thread ({a:#x}): an image holds one for every thread; {hint}"
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Threads whose rseq registration thaw cannot restore: an area the program registered itself
 /// (thaw registers glibc's again, and cannot learn another one's address without ptrace).
 pub(crate) fn rseq_refusals(c: &crate::capture::Capture) -> Vec<String> {
