@@ -95,3 +95,19 @@ fn a_shared_file_gone_at_restore_is_refused_by_name() {
     );
     assert!(o.stdout.is_empty());
 }
+
+/// A worker whose shared memory its master maps too (forked after the mapping): a restore would
+/// give the worker a copy of its own, no longer shared, so the checkpoint is refused, naming
+/// the master.
+#[test]
+fn shared_memory_another_process_maps_is_refused() {
+    let env = Env::new();
+    let out = env.refused("zdtm-shmem", "w.thaw", &["shared-with-parent"]);
+    assert!(
+        out.contains("shared memory another process maps it: process ")
+            && out.contains("(zdtm-shmem)")
+            && out.contains("no longer shared"),
+        "{out}"
+    );
+    assert!(!env.path("w.thaw").exists());
+}

@@ -54,6 +54,9 @@ fn view<'a>(p: *mut u8, len: usize) -> &'a mut [u8] {
 fn main() {
     let (image, _, extra) = common::argv();
     let hsperf = extra.first().is_some_and(|a| a == "hsperf");
+    if extra.first().is_some_and(|a| a == "shared-with-parent") {
+        return shared_with_parent();
+    }
 
     let heap = memfd("zgc_heap", libc::MFD_CLOEXEC);
     // SAFETY: our own descriptor.
@@ -358,4 +361,20 @@ fn main() {
         "",
     );
     c.finish();
+}
+
+/// A worker forked by a master that keeps their shared anonymous memory checkpoints: refused,
+/// naming the master (a restore would give the worker a copy of its own). The master exits with
+/// the worker's status.
+fn shared_with_parent() {
+    let shared = map(-1, 4096, libc::MAP_SHARED | libc::MAP_ANONYMOUS);
+    // SAFETY: fork in a process with one thread; the child only runs the checkpoint and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        common::refusal(|| view(shared, 4096)[0] = 1);
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    std::process::exit(libc::WEXITSTATUS(status));
 }

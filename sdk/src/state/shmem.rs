@@ -692,3 +692,92 @@ impl SharedObject {
 fn open_as_own(f: std::fs::File) -> super::locks::Opened {
     super::locks::Opened::new(OwnedFd::from(f))
 }
+
+/// Shared memory the process maps (memfds, shared anonymous memory, files deleted while mapped
+/// shared) that another process maps or holds open too: a restore would give the process its
+/// own copy, no longer shared with that one. One item per object, naming the other process.
+/// HotSpot's performance data file is left out (tools map it read-only and find it again by
+/// name). Processes that cannot be seen (another user's, behind `hidepid`) are not looked at.
+pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    // (device, inode, name as /proc shows it, description)
+    let mut ours: Vec<(u64, u64, &str, String)> = Vec::new();
+    for m in maps.iter().filter(|m| m.shared() && m.inode != 0) {
+        let name = m.name.as_str();
+        let object = name.starts_with("/memfd:")
+            || name.starts_with("/dev/zero")
+            || (super::deleted::deleted_path(name).is_some()
+                && super::deleted::perf_data(name).is_none());
+        let dev = libc::makedev(m.dev_major, m.dev_minor);
+        if object && !ours.iter().any(|o| (o.0, o.1) == (dev, m.inode)) {
+            ours.push((dev, m.inode, name, m.describe()));
+        }
+    }
+    if ours.is_empty() {
+        return Vec::new();
+    }
+    let me = crate::sys::getpid().to_string();
+    let Ok(procs) = crate::sys::list_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<Option<String>> = vec![None; ours.len()];
+    for pid in procs
+        .iter()
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && **p != me)
+    {
+        let comm = || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_owned())
+                .unwrap_or_default()
+        };
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            for line in text.lines() {
+                let mut f = line.split_whitespace().skip(3);
+                let (Some(dev), Some(ino)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                let Some((major, minor)) = dev.split_once(':') else {
+                    continue;
+                };
+                let (Ok(major), Ok(minor), Ok(ino)) = (
+                    u32::from_str_radix(major, 16),
+                    u32::from_str_radix(minor, 16),
+                    ino.parse::<u64>(),
+                ) else {
+                    continue;
+                };
+                let dev = libc::makedev(major, minor);
+                if let Some(i) = ours.iter().position(|o| (o.0, o.1) == (dev, ino)) {
+                    found[i].get_or_insert_with(|| format!("maps it: process {pid} ({})", comm()));
+                }
+            }
+        }
+        // Held open without a mapping (a memfd passed on, read and written with pread/pwrite):
+        // the link's text first, then the file itself.
+        for n in crate::sys::list_dir(&format!("/proc/{pid}/fd")).unwrap_or_default() {
+            let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{n}")) else {
+                continue;
+            };
+            let link = link.to_string_lossy();
+            let Some(i) = ours.iter().position(|o| o.2 == link) else {
+                continue;
+            };
+            if found[i].is_none()
+                && std::fs::metadata(format!("/proc/{pid}/fd/{n}"))
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (ours[i].0, ours[i].1))
+            {
+                found[i] = Some(format!("holds it open: process {pid} ({})", comm()));
+            }
+        }
+    }
+    ours.iter()
+        .zip(found)
+        .filter_map(|(o, f)| {
+            Some(format!(
+                "{}: shared memory another process {}; a restore would give this process a copy of its own, no longer shared: share it through a regular file (a shared mapping of a file stays shared), or unmap and close it before the checkpoint",
+                o.3,
+                f?
+            ))
+        })
+        .collect()
+}
