@@ -410,7 +410,8 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
                 "zombies: same process groups",
                 "zombies: same PIDs and names, still zombies",
                 "zombies: each ended as before, as our user",
-                "no SIGCHLD for the zombies again",
+                "no SIGCHLD for the zombies again, one for the child left out",
+                "the child left out: ended by SIGKILL",
                 "no other children after restore",
             ],
         );

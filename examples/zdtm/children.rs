@@ -5,9 +5,9 @@
 //! `PROG IMAGE KEY refuse`: the checkpoint must fail naming the worker alone (printed, exit 3).
 //! `PROG IMAGE KEY leave`: checkpointed with live children left out; after restore the process
 //! has its zombies back (same PIDs, names, ends, user and process groups — one leads its own;
-//! no SIGCHLD for them again) and no other
-//! child (`waitpid` fails with ECHILD once they are reaped).
-//! `PROG IMAGE KEY alone`: as `leave`, without zombies (for `thaw serve`, which refuses them).
+//! no SIGCHLD for them again), the worker left out as a child killed by SIGKILL (its SIGCHLD
+//! delivered), and no other child (`waitpid` fails with ECHILD once they are reaped).
+//! `PROG IMAGE KEY alone`: as `leave`, without zombies.
 //! `PROG IMAGE KEY other-user` (as root): a zombie that had switched to another user is refused.
 //! `PROG IMAGE KEY other-group`: a zombie in a process group nobody leads any more is refused.
 
@@ -246,10 +246,20 @@ fn main() {
         ends.iter().all(|(ok, _)| *ok),
         format!("{ends:?}"),
     );
+    // The worker, left out: a child that was killed while the process was away, its SIGCHLD
+    // delivered once the process runs (the zombies' are not, the first life had them).
     c.check(
-        "no SIGCHLD for the zombies again",
-        SIGCHLDS.load(Ordering::SeqCst) == sigchlds,
+        "no SIGCHLD for the zombies again, one for the child left out",
+        SIGCHLDS.load(Ordering::SeqCst) == sigchlds + 1,
         format!("{} then {sigchlds}", SIGCHLDS.load(Ordering::SeqCst)),
+    );
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    let r = unsafe { libc::waitpid(worker, &mut status, libc::WNOHANG) };
+    c.check(
+        "the child left out: ended by SIGKILL",
+        r == worker && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        format!("{r} {status:#x}"),
     );
     // SAFETY: waiting for any child, without blocking.
     let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };

@@ -582,10 +582,15 @@ fn build_plan(
     }
     if !m.zombies.is_empty() {
         thaw::state::children::plan_default_sigchld(&mut plan);
-        for z in &m.zombies {
+        for z in m.zombies.iter().filter(|z| !z.left_out) {
             z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
         }
         thaw::state::children::plan_forget_sigchld(&mut plan);
+        // Children left out at the checkpoint end as the process comes back, their SIGCHLD
+        // left waiting for it.
+        for z in m.zombies.iter().filter(|z| z.left_out) {
+            z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
+        }
     }
 
     // The image's memory, then the layout markers and /proc/self/exe.
@@ -1046,6 +1051,8 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
             let id = taken.unwrap_or(pid);
             let what = if id == pid {
                 "PID"
+            } else if m.zombies.iter().any(|z| z.pid == id && z.left_out) {
+                "the PID of the child left out at the checkpoint (the first life's, still running?; the restored process sees it killed),"
             } else if m.zombies.iter().any(|z| z.pid == id) {
                 "the PID of zombie child"
             } else {

@@ -231,8 +231,13 @@ impl Template {
         }
         // Children are not passed on by a fork: the template's would not be the instances'.
         if let Some(z) = m.zombies.first() {
+            let what = if z.left_out {
+                "child left out at the checkpoint (a restored process has it as a child that was killed)"
+            } else {
+                "zombie child"
+            };
             return Err(refused(format!(
-                "zombie child {} ({}): a child of the template would not be one of its instances; restore this image with thaw run",
+                "{what} {} ({}): a child of the template would not be one of its instances; restore this image with thaw run",
                 z.pid, z.comm
             )));
         }

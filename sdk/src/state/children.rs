@@ -21,6 +21,11 @@ pub struct Zombie {
     /// How it ended, as `waitpid` reports it: exit code << 8, or the signal that ended it.
     pub status: i32,
     pub group: Group,
+    /// A child still running at the checkpoint, left out (`leave_children_out`): the restored
+    /// process sees it ended by SIGKILL, its SIGCHLD waiting (an event loop's child watcher, a
+    /// JVM's `Process`, learn it is gone instead of waiting for ever or reading exit 0). Made
+    /// only where its PID is free.
+    pub left_out: bool,
 }
 
 /// A zombie's process group and session, as far as they can be made again.
@@ -84,7 +89,20 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             .trim()
             .to_owned();
         let Some((code, status)) = crate::sys::ended_unreaped(pid) else {
-            if !leave_live_out {
+            if leave_live_out {
+                let group = match group_of(pid) {
+                    (g, s) if g == pid && s == pid => Group::SessionLeader,
+                    (g, s) if g == pid && s == sid => Group::Leader,
+                    _ => Group::Parents,
+                };
+                zombies.push(Zombie {
+                    pid,
+                    comm,
+                    status: libc::SIGKILL,
+                    group,
+                    left_out: true,
+                });
+            } else {
                 let stat = procfs::stat_fields(pid).unwrap_or_default();
                 let state = stat.get(3).map_or("?", String::as_str);
                 why.push(format!(
@@ -126,6 +144,7 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             comm,
             status,
             group,
+            left_out: false,
         });
     }
     (zombies, why)
