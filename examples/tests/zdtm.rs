@@ -348,7 +348,7 @@ fn unsupported_state_is_named_and_the_application_continues() {
         "{out}"
     );
     assert!(
-        out.contains("System V or device shared memory is not supported"),
+        out.contains("System V shared memory (shmat) or a device's memory mapped shared is not supported: detach"),
         "{out}"
     );
     assert!(out.contains("still running: socket on 127.0.0.1:"), "{out}");

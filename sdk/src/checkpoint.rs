@@ -1149,7 +1149,7 @@ fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointE
         if let Some((_, policy)) = state::threads::sched(tid) {
             if !state::threads::restorable_policy(policy) {
                 why.push(format!(
-                    "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {policy}, which is not restored"
+                    "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {policy}, which is not restored: set SCHED_OTHER in a before-checkpoint hook and the policy again after restore"
                 ));
             }
         }

@@ -1809,7 +1809,7 @@ fn reopen_path(
         if err.raw_os_error() == Some(libc::ENXIO) {
             format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
         } else if err.kind() == std::io::ErrorKind::NotFound {
-            format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there")
+            format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there (close it in a before-checkpoint hook and open it again after restore: a database connection, a JFR recording — jdk.jfr.Recording.stop — or a log; or put back a copy of the file)")
         } else {
             format!("fd {fd}: cannot reopen {path}: {err}")
         }

@@ -178,7 +178,7 @@ impl Vma {
             }
         } else if m.shared() && (m.inode == 0 || name.starts_with("/SYSV")) {
             return Err(format!(
-                "{}: System V or device shared memory is not supported",
+                "{}: System V shared memory (shmat) or a device's memory mapped shared is not supported: detach or unmap it before the checkpoint (shmdt, munmap) and map it again after restore",
                 m.describe()
             ));
         } else if m.shared() && m.inode != 0 && super::deleted::perf_data(name).is_some() {
@@ -194,7 +194,12 @@ impl Vma {
                 offset: m.offset,
             }
         } else if name.ends_with(" (deleted)") {
-            return Err(format!("{}: the mapped file was deleted", m.describe()));
+            let why = if name.starts_with("/memfd:") {
+                "a private (copy-on-write) mapping of a memfd is not supported: map it shared, or copy what it holds into anonymous memory"
+            } else {
+                "the mapped file was deleted"
+            };
+            return Err(format!("{}: {why}", m.describe()));
         } else if name == "[heap]" {
             Backing::Heap
         } else if name == "[stack]" {
