@@ -2,7 +2,8 @@
 // global context's order (before the checkpoint in reverse order of registration, after the
 // restore in order of registration), every resource notified whatever the others throw, their
 // exceptions suppressed by CheckpointException / RestoreException (a nested context's flattened),
-// the restore notification after a refused checkpoint, and a checkpoint that succeeds.
+// the restore notification after a refused checkpoint, and a checkpoint that succeeds (a resource
+// registered during its notifications gets neither).
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -16,6 +17,7 @@ public class CracOrder {
     static final List<String> log = Collections.synchronizedList(new ArrayList<>());
     static volatile boolean refuse = true;
     static volatile boolean checkpointing;
+    static final Named late = new Named("late");
 
     static class Named implements Resource {
         final String name;
@@ -29,6 +31,8 @@ public class CracOrder {
             log.add("before " + name);
             if (refuse && (name.equals("b") || name.equals("d"))) throw new IllegalStateException(name + " refuses");
             if (!refuse) checkpointing = true;
+            // Registered while the others are being notified: neither notification this time.
+            if (!refuse && name.equals("a")) Core.getGlobalContext().register(late);
         }
 
         @Override

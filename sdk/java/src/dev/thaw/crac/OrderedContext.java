@@ -12,6 +12,11 @@ import java.util.List;
  */
 final class OrderedContext extends Context<Resource> {
     private final List<WeakReference<Resource>> resources = new ArrayList<>();
+    /**
+     * The resources the last beforeCheckpoint notified, which alone get afterRestore (one
+     * registered while the others were being notified gets neither, this time).
+     */
+    private List<Resource> notified;
 
     @Override
     public synchronized void register(Resource resource) {
@@ -33,6 +38,9 @@ final class OrderedContext extends Context<Resource> {
     @Override
     public void beforeCheckpoint(Context<? extends Resource> context) throws CheckpointException {
         List<Resource> live = snapshot();
+        synchronized (this) {
+            notified = live;
+        }
         CheckpointException failure = null;
         for (int i = live.size() - 1; i >= 0; i--) {
             try {
@@ -48,7 +56,12 @@ final class OrderedContext extends Context<Resource> {
     @Override
     public void afterRestore(Context<? extends Resource> context) throws RestoreException {
         RestoreException failure = null;
-        for (Resource r : snapshot()) {
+        List<Resource> those;
+        synchronized (this) {
+            those = notified != null ? notified : snapshot();
+            notified = null;
+        }
+        for (Resource r : those) {
             try {
                 r.afterRestore(this);
             } catch (Exception e) {
