@@ -1043,10 +1043,11 @@ fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
         .iter()
         .map(|v| (v.start, v.end))
         .chain(std::iter::once((buf.addr(), buf.addr() + buf.len() as u64)))
-        .chain(c.shm.iter().map(|o| {
-            let (a, n) = o.buffer();
-            (a, a + n)
-        }))
+        .chain(
+            c.shm
+                .iter()
+                .flat_map(|o| o.buffers().map(|(a, n)| (a, a + n))),
+        )
         .chain(c.own_buffers.iter().copied())
         .collect();
     ranges.sort_unstable();

@@ -1725,6 +1725,25 @@ impl DontForkBuf {
         }
     }
 
+    /// Byte `i` (0 out of range; async-signal-safe).
+    pub fn get_u8(&self, i: usize) -> u8 {
+        if i < self.len {
+            // SAFETY: as in put_u64.
+            unsafe { std::ptr::read_volatile((self.addr as *const u8).add(i)) }
+        } else {
+            0
+        }
+    }
+
+    /// mincore(2) of `len` bytes at `addr` into this buffer (one byte per page, bit 0: in
+    /// memory); 0 or a negative errno. Async-signal-safe.
+    pub fn mincore(&self, addr: u64, len: u64) -> i64 {
+        if len.div_ceil(4096) > self.len as u64 {
+            return -(libc::EINVAL as i64);
+        }
+        syscall6(libc::SYS_mincore, [addr, len, self.addr, 0, 0, 0])
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `addr..addr+len` is a private mapping this value owns until drop; it is only
         // written by system calls made before this borrow (no Rust reference aliases them).

@@ -4,7 +4,8 @@
 //! A fork does not freeze shared memory (the frozen child shares it with the running parent), so
 //! the checkpoint handler copies each object while every thread is parked: the populated extents
 //! of a memfd (SEEK_DATA/SEEK_HOLE, then pread), or the mapped ranges of fd-less shared memory
-//! (read through /proc/self/mem, which populates its holes). The copies go to buffers marked
+//! (their pages in memory, as mincore says, on a machine without swap; else all of them, read
+//! through /proc/self/mem, which populates the holes). The copies go to buffers marked
 //! MADV_DONTFORK, so they are not in the snapshot themselves, faulted in before the threads are
 //! stopped. The pause grows with the shared memory in use (see docs/benchmarks.md).
 //!
@@ -100,6 +101,11 @@ pub struct ShmCopy {
     pub seals: u32,
     mode: u32,
     buf: crate::sys::DontForkBuf,
+    /// For an fd-less object on a machine without swap: room for mincore's answer over its
+    /// largest mapping, so that only its pages in memory are copied (reading a hole of shared
+    /// memory through a mapping fills it: a sparse 1 GiB region became 1 GiB resident). With
+    /// swap, a page out in swap looks the same as a hole: every byte is read then.
+    resident: Option<crate::sys::DontForkBuf>,
     /// (offset, length) of each copied extent; `count` of them are valid.
     extents: Vec<[AtomicU64; 2]>,
     count: AtomicU64,
@@ -135,14 +141,28 @@ impl ShmCopy {
                 std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
             });
         let buf = crate::sys::DontForkBuf::new(size.next_multiple_of(PAGE).max(PAGE) as usize)?;
+        let resident = match own {
+            None if no_swap() => {
+                let pages = ranges.iter().map(|r| r.2.div_ceil(PAGE)).max().unwrap_or(1);
+                Some(crate::sys::DontForkBuf::new(pages as usize)?)
+            }
+            _ => None,
+        };
         // Fault in the buffer where the object has data now, so that the pause copies memory
         // instead of allocating it (6x faster here).
         let populate = |off: u64, len: u64| buf.populate(off, len.min(size.saturating_sub(off)));
-        match own.as_ref().map(|f| f.as_raw_fd()) {
-            Some(fd) => DataExtents { fd, at: 0, size }
+        match (own.as_ref().map(|f| f.as_raw_fd()), &resident) {
+            (Some(fd), _) => DataExtents { fd, at: 0, size }
                 .map_while(Result::ok)
                 .for_each(|(a, b)| populate(a, b - a)),
-            None => ranges.iter().for_each(|&(off, _, len)| populate(off, len)),
+            (None, Some(r)) => {
+                for &(off, addr, len) in &ranges {
+                    for (a, l) in in_memory(r, addr, len) {
+                        populate(off + a, l);
+                    }
+                }
+            }
+            (None, None) => ranges.iter().for_each(|&(off, _, len)| populate(off, len)),
         }
         Ok(ShmCopy {
             id,
@@ -155,6 +175,7 @@ impl ShmCopy {
             seals,
             mode,
             buf,
+            resident,
             extents: (0..MAX_EXTENTS).map(|_| Default::default()).collect(),
             count: AtomicU64::new(0),
             error: AtomicI64::new(0),
@@ -166,15 +187,18 @@ impl ShmCopy {
         self.own.is_none()
     }
 
-    /// The copy buffer's (address, length): not part of the snapshot, by design.
-    pub fn buffer(&self) -> (u64, u64) {
-        (self.buf.addr(), self.buf.len() as u64)
+    /// The copy buffer's and mincore's (address, length): not part of the snapshot, by design.
+    pub fn buffers(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        std::iter::once(&self.buf)
+            .chain(&self.resident)
+            .map(|b| (b.addr(), b.len() as u64))
     }
 
-    /// In a restored process: the buffer and our description were never part of it, so they
+    /// In a restored process: the buffers and our description were never part of it, so they
     /// are neither unmapped nor closed.
     pub fn abandon(self) {
         std::mem::forget(self.buf);
+        std::mem::forget(self.resident);
         std::mem::forget(self.own);
     }
 
@@ -262,9 +286,17 @@ impl ShmCopy {
                 }
             }
             None => {
-                for &(off, _, len) in &self.ranges {
-                    if !self.push(off, len) || !self.read(mem, off, len) {
-                        return;
+                for &(off, addr, len) in &self.ranges {
+                    let Some(r) = &self.resident else {
+                        if !self.push(off, len) || !self.read(mem, off, len) {
+                            return;
+                        }
+                        continue;
+                    };
+                    for (a, l) in in_memory(r, addr, len) {
+                        if !self.push(off + a, l) || !self.read(mem, off + a, l) {
+                            return;
+                        }
                     }
                 }
             }
@@ -692,6 +724,53 @@ impl SharedObject {
 fn open_as_own(f: std::fs::File) -> super::locks::Opened {
     super::locks::Opened::new(OwnedFd::from(f))
 }
+
+/// Whether the machine has no swap (then a shared memory page that is not in memory is a hole).
+fn no_swap() -> bool {
+    std::fs::read_to_string("/proc/meminfo").is_ok_and(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("SwapTotal:"))
+            .is_some_and(|v| v.split_whitespace().next() == Some("0"))
+    })
+}
+
+/// The runs of pages of the `len` bytes mapped at `addr` that are in memory, as (offset in the
+/// mapping, length), runs less than [`GAP`] apart joined (a few holes read, far fewer extents);
+/// the whole range where mincore fails. Allocation-free: runs in the checkpoint handler.
+fn in_memory(
+    r: &crate::sys::DontForkBuf,
+    addr: u64,
+    len: u64,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let pages = len.div_ceil(PAGE);
+    let failed = r.mincore(addr, len) != 0;
+    let present = move |p: u64| failed || r.get_u8(p as usize) & 1 == 1;
+    let mut p = 0u64;
+    std::iter::from_fn(move || {
+        while p < pages && !present(p) {
+            p += 1;
+        }
+        if p >= pages {
+            return None;
+        }
+        let start = p;
+        let mut end = p;
+        // Extend while the next present page is within GAP pages.
+        while p < pages {
+            if present(p) {
+                end = p + 1;
+            } else if p - end >= GAP {
+                break;
+            }
+            p += 1;
+        }
+        p = end;
+        Some((start * PAGE, (end * PAGE).min(len) - start * PAGE))
+    })
+}
+
+/// Holes up to this many pages between pages in memory are read with them.
+const GAP: u64 = 16;
 
 /// Shared memory the process maps (memfds, shared anonymous memory, files deleted while mapped
 /// shared) that another process maps or holds open too: a restore would give the process its
