@@ -315,6 +315,8 @@ impl ShmCopy {
         if err != 0 {
             return Ok(Err(if err == -(libc::E2BIG as i64) {
                 format!("more than {MAX_EXTENTS} separate extents")
+            } else if err == -(libc::EIO as i64) && self.own.is_none() {
+                "cannot copy it: a mapping of it reaches beyond its end (grown with mremap; touching that part raises SIGBUS): unmap that part before the checkpoint".to_owned()
             } else {
                 format!(
                     "cannot copy it: {}",
