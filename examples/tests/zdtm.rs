@@ -759,16 +759,20 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
         "{err}"
     );
     drop(other);
+    // Written since: the restore's refusal.
+    let written = |name: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(env.path(name))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+            .unwrap();
+        let o = env.restore(&img, &[], &[]);
+        assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     // A file it held a write lock on was written since (a database committed by an earlier
     // restore): refused, as the process would go on from what it knew of it.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(env.path("l.thaw.c"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
-        .unwrap();
-    let o = env.restore(&img, &[], &[]);
-    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = written("l.thaw.c");
     assert!(
         err.contains("l.thaw.c was written since the checkpoint")
             && err.contains("held a lock on it"),
@@ -777,14 +781,7 @@ fn file_locks_are_taken_again_and_a_conflict_refuses_the_restore() {
     // A read lock too: a reader goes on from what it cached under it (SQLite's shared lock in
     // a read transaction). (c, empty again, passes: an emptied lock file.)
     std::fs::File::create(env.path("l.thaw.c")).unwrap();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(env.path("l.thaw.b"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
-        .unwrap();
-    let o = env.restore(&img, &[], &[]);
-    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = written("l.thaw.b");
     assert!(
         err.contains("l.thaw.b was written since the checkpoint"),
         "{err}"

@@ -110,28 +110,8 @@ fn main() {
         common::refusal(|| {
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
-                // An allow-everything filter, this thread's alone (no TSYNC).
-                let filter = [libc::sock_filter {
-                    code: (libc::BPF_RET | libc::BPF_K) as u16,
-                    jt: 0,
-                    jf: 0,
-                    k: libc::SECCOMP_RET_ALLOW,
-                }];
-                let prog = libc::sock_fprog {
-                    len: 1,
-                    filter: filter.as_ptr() as *mut _,
-                };
-                // SAFETY: a valid one-instruction program; no_new_privs (this thread's too)
-                // makes it allowed for any user.
-                let r = unsafe {
-                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                    libc::prctl(
-                        libc::PR_SET_SECCOMP,
-                        libc::SECCOMP_MODE_FILTER,
-                        &prog as *const libc::sock_fprog,
-                    )
-                };
-                tx.send(r).unwrap();
+                // This thread's alone (no TSYNC).
+                tx.send(common::allow_everything_filter()).unwrap();
                 std::thread::park();
             });
             assert_eq!(rx.recv().unwrap(), 0, "seccomp");

@@ -3,6 +3,9 @@
 //! file): the
 //! checkpoint fails with an error naming each item, and the application keeps running.
 
+#[path = "common.rs"]
+mod common;
+
 use std::io::Write;
 
 fn main() {
@@ -36,27 +39,8 @@ fn main() {
         .spawn()
         .unwrap();
     std::fs::remove_file(&fifo).unwrap();
-    // An allow-everything seccomp filter: harmless, but not restorable.
-    let filter = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: libc::SECCOMP_RET_ALLOW,
-    }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: filter.as_ptr() as *mut _,
-    };
-    // SAFETY: a valid one-instruction program; no_new_privs makes it allowed for any user.
-    let r = unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    assert_eq!(r, 0, "seccomp filter");
+    // A seccomp filter.
+    assert_eq!(common::allow_everything_filter(), 0, "seccomp filter");
     // A /proc file.
     let status = std::fs::File::open("/proc/self/status").unwrap();
     // A working directory in /proc.

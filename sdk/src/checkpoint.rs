@@ -479,6 +479,17 @@ impl Checkpoint {
         };
         let frozen = match frozen {
             Ok(f) => f,
+            Err(capture::FreezeError::Io(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // tgkill of a real-time signal fails so when the user's queue is full.
+                let sigq = std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|s| crate::procfs::field(&s, "SigQ").map(str::to_owned))
+                    .unwrap_or_default();
+                return Err(CheckpointError::Unsupported(vec![format!(
+                    "the checkpoint signal {} cannot be sent: this user's queued signals are at their limit (SigQ {sigq}, RLIMIT_SIGPENDING), most likely held by a process of this user that blocks a real-time signal sent to it over and over; find it by the SigPnd/ShdPnd lines of /proc/PID/status",
+                    self.signal
+                )]));
+            }
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
             }

@@ -175,19 +175,29 @@ pub fn chmod_nofollow(path: &std::path::Path, mode: u32) -> io::Result<()> {
 
 /// renameat2(from, to, RENAME_NOREPLACE): fails with EEXIST rather than replace a file at `to`.
 pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
-    let c = |p: &std::path::Path| {
-        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+    two_paths(
+        libc::SYS_renameat2,
+        from.as_os_str(),
+        to,
+        libc::RENAME_NOREPLACE as u64,
+    )
+}
+
+/// A `*at` call on two paths, both from the working directory (linkat, renameat2).
+fn two_paths(nr: i64, from: &std::ffi::OsStr, to: &std::path::Path, flags: u64) -> io::Result<()> {
+    let c = |p: &std::ffi::OsStr| {
+        std::ffi::CString::new(p.as_encoded_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     };
-    let (from, to) = (c(from)?, c(to)?);
+    let (from, to) = (c(from)?, c(to.as_os_str())?);
     check(syscall6(
-        libc::SYS_renameat2,
+        nr,
         [
             libc::AT_FDCWD as u64,
             from.as_ptr() as u64,
             libc::AT_FDCWD as u64,
             to.as_ptr() as u64,
-            libc::RENAME_NOREPLACE as u64,
+            flags,
             0,
         ],
     ))
@@ -2420,23 +2430,12 @@ pub fn syscall_gadget() -> u64 {
 /// Gives the open file `f` the name `dest` (linkat of /proc/self/fd/N with AT_SYMLINK_FOLLOW,
 /// which works for an unnamed O_TMPFILE file without CAP_DAC_READ_SEARCH).
 pub fn link_fd(f: &impl std::os::fd::AsRawFd, dest: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let dst = std::ffi::CString::new(dest.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    check(syscall6(
+    two_paths(
         libc::SYS_linkat,
-        [
-            libc::AT_FDCWD as u64,
-            src.as_ptr() as u64,
-            libc::AT_FDCWD as u64,
-            dst.as_ptr() as u64,
-            libc::AT_SYMLINK_FOLLOW as u64,
-            0,
-        ],
-    ))
-    .map(drop)
+        std::ffi::OsStr::new(&format!("/proc/self/fd/{}", f.as_raw_fd())),
+        dest,
+        libc::AT_SYMLINK_FOLLOW as u64,
+    )
 }
 
 #[cfg(test)]
