@@ -318,3 +318,27 @@ fn a_setcap_launcher_fills_lazily_when_it_may_follow_forks() {
         assert_eq!(lazy_report(&o).is_some(), lazy, "{caps}: {}", text(&o));
     }
 }
+
+/// A restored process that checkpoints again at once, while the launcher is still filling its
+/// memory lazily: the new image has all of it (pages not filled yet were missing from it, and
+/// its restores crashed).
+#[test]
+fn a_checkpoint_taken_while_memory_is_filled_lazily_has_all_of_it() {
+    if !is_root() {
+        eprintln!("skipped: lazy memory needs root");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pattern", "p.thaw", &["128"]);
+    for mode in ["host", "ns"] {
+        let again = env.path(&format!("again-{mode}.thaw"));
+        let o = env.restore(
+            &img,
+            &["--pid-mode", mode],
+            &["again", again.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(0), "{mode}: {}", text(&o));
+        let o = env.restore(&again, &["--pid-mode", mode], &[]);
+        assert_all_ok(&o, &["pattern"]);
+    }
+}

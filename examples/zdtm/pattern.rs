@@ -1,7 +1,8 @@
 //! `zdtm-pattern IMAGE KEY MIB`: fills MIB MiB of anonymous memory with a known pattern and
 //! checkpoints. After restore it checks every word and prints `ok pattern`, or `FAIL pattern`
 //! with the number of wrong pages. The fault-injection tests kill the checkpoint or the launcher
-//! at random moments around it: whatever happens, no restored process may print FAIL.
+//! at random moments around it: whatever happens, no restored process may print FAIL. Restored
+//! with `-- again PATH`, it checkpoints again at once into PATH before it checks.
 
 #[path = "common.rs"]
 mod common;
@@ -15,7 +16,21 @@ fn main() {
     let mib: usize = extra.first().and_then(|m| m.parse().ok()).unwrap_or(64);
     let words = mib << 17;
     let heap: Vec<u64> = (0..words).map(pattern).collect();
-    common::checkpoint();
+    // `thaw run IMAGE -- again PATH`: checkpoint again at once into PATH (while the launcher
+    // may still be filling the memory lazily), and check the memory in the process restored
+    // from that image.
+    let args = common::checkpoint();
+    if let Some(i) = args.iter().position(|a| a == "again") {
+        let (_, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(&args[i + 1]).exit_after_save(true);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            println!("FAIL checkpoint again: {e}");
+            std::process::exit(1);
+        }
+    }
     let wrong = heap
         .chunks(512)
         .enumerate()

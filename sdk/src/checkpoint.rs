@@ -264,6 +264,7 @@ impl Checkpoint {
     /// image is written; everything is listed again).
     fn attempt(&self) -> Result<Result<Outcome, String>, CheckpointError> {
         let (mut unsupported, maps) = preflight()?;
+        unsupported.extend(state::memory::fill_lazy(&maps));
         unsupported.extend(state::shmem::shared_elsewhere(&maps));
         let posix_timers = match state::posix_timers::list() {
             Ok(t) => t,

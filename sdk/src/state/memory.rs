@@ -588,3 +588,28 @@ pub(crate) fn uncovered(maps_text: &str, ranges: &[(u64, u64)]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Memory still being filled lazily by the `thaw run` this process came from (registered with
+/// its userfaultfd: `um` in smaps) is filled now, before the snapshot: a page not filled yet is
+/// absent from the page map the snapshot is read by, and would be missing from the image. Each
+/// missing page faults and the launcher fills it, as it would on first touch. A range that
+/// cannot be so filled is refused (the restore's filling ends in a moment).
+pub(crate) fn fill_lazy(maps: &[MapEntry]) -> Vec<String> {
+    const MADV_POPULATE_READ: u64 = 22;
+    maps.iter()
+        .filter(|m| m.has_flag("um"))
+        .filter_map(|m| {
+            let r = crate::sys::syscall6(
+                libc::SYS_madvise,
+                [m.start, m.end - m.start, MADV_POPULATE_READ, 0, 0, 0],
+            );
+            (r < 0).then(|| {
+                format!(
+                    "{}: still being filled by the thaw run this process was restored by, and it cannot be read in now ({}): checkpoint again in a moment",
+                    m.describe(),
+                    std::io::Error::from_raw_os_error(-r as i32)
+                )
+            })
+        })
+        .collect()
+}
