@@ -259,6 +259,7 @@ fn files_directories_and_pipes() {
             "pipe contents",
             "pipe works",
             "pipe whose writer is gone: its bytes, then end of file",
+            "pipe whose reader is gone: EPIPE, and poll says POLLERR",
             "a file named '... (deleted)' is an ordinary file",
             "FIFO removed while open, its writer gone: its bytes, then end of file",
             "FIFO removed while open, empty, its writer gone: end of file, and poll says so",

@@ -45,6 +45,14 @@ fn main() {
         libc::close(widowed[1]);
         std::fs::File::from_raw_fd(widowed[0])
     };
+    // A pipe whose reader is gone (a pool's pipe to workers that ended): writes fail with EPIPE.
+    let mut orphaned = [0i32; 2];
+    // SAFETY: pipe() fills two descriptors we then own; the read end is closed at once.
+    let orphaned_w = unsafe {
+        libc::pipe(orphaned.as_mut_ptr());
+        libc::close(orphaned[0]);
+        orphaned[1]
+    };
     // A file whose name ends with " (deleted)", as /proc shows a deleted one's: it is not one.
     std::fs::write(dir.join("named (deleted)"), b"still here").unwrap();
     let mut named = std::fs::File::open(dir.join("named (deleted)")).unwrap();
@@ -406,6 +414,25 @@ fn main() {
         "pipe whose writer is gone: its bytes, then end of file",
         read.is_ok() && rest == b"last output",
         format!("{read:?} {rest:?}"),
+    );
+    // SAFETY: SIGPIPE ignored for the probe (the process has no handler of its own for it), a
+    // write of one byte from a local, a poll of our own descriptor.
+    let (wrote, errno, revents) = unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let w = libc::write(orphaned_w, b"x".as_ptr().cast(), 1);
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        let mut p = libc::pollfd {
+            fd: orphaned_w,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        libc::poll(&mut p, 1, 0);
+        (w, errno, p.revents)
+    };
+    c.check(
+        "pipe whose reader is gone: EPIPE, and poll says POLLERR",
+        wrote == -1 && errno == Some(libc::EPIPE) && revents & libc::POLLERR != 0,
+        format!("{wrote} {errno:?} {revents:#x}"),
     );
     c.check(
         "fd numbers",

@@ -817,7 +817,16 @@ impl FdScan {
                     crate::sys::poll_now(scan.entries[i].fd, libc::POLLIN)
                         .is_ok_and(|ev| ev & libc::POLLHUP != 0)
                 });
-            if !(widowed || has_read && has_write) {
+            // One whose every reader is gone (a pool's pipe to workers that ended): writes fail
+            // with EPIPE and poll says POLLERR, as for a pipe made again with its read end
+            // closed.
+            let orphaned = has_write
+                && !has_read
+                && idx.iter().all(|&i| {
+                    crate::sys::poll_now(scan.entries[i].fd, libc::POLLOUT)
+                        .is_ok_and(|ev| ev & libc::POLLERR != 0)
+                });
+            if !(widowed || orphaned || has_read && has_write) {
                 foreign.extend(idx.into_iter().map(|i| (i, id)));
             }
         }
