@@ -293,6 +293,10 @@ fn holders(fd: i32) -> String {
         .iter()
         .take(3)
         .map(|pid| {
+            if pid == "-1" {
+                // /proc/locks names no process for an OFD lock.
+                return "an open file description's lock (OFD), whose holder /proc/locks does not name: see lslocks or fuser".to_owned();
+            }
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             format!("PID {pid}, {}", comm.trim())
         })
