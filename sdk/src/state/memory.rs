@@ -596,6 +596,11 @@ pub(crate) fn uncovered(maps_text: &str, ranges: &[(u64, u64)]) -> Vec<String> {
 /// cannot be so filled is refused (the restore's filling ends in a moment).
 pub(crate) fn fill_lazy(maps: &[MapEntry]) -> Vec<String> {
     const MADV_POPULATE_READ: u64 = 22;
+    // Only in a restored process: a first life's `um` ranges are its own userfaultfd's, whose
+    // handler may be the very thread checkpointing (that descriptor is refused later anyway).
+    if crate::restores() == 0 {
+        return Vec::new();
+    }
     maps.iter()
         .filter(|m| m.has_flag("um"))
         .filter_map(|m| {
