@@ -265,7 +265,12 @@ impl Checkpoint {
     fn attempt(&self) -> Result<Result<Outcome, String>, CheckpointError> {
         let (mut unsupported, maps) = preflight()?;
         unsupported.extend(state::memory::fill_lazy(&maps));
-        unsupported.extend(state::shmem::shared_elsewhere(&maps));
+        let left_out = if self.leave_children_out {
+            state::children::children()
+        } else {
+            Vec::new()
+        };
+        unsupported.extend(state::shmem::shared_elsewhere(&maps, &left_out));
         let posix_timers = match state::posix_timers::list() {
             Ok(t) => t,
             Err(why) => {
@@ -853,9 +858,15 @@ impl Checkpoint {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
                         // A file the process held a lock on, a reader's too (SQLite trusts
                         // the pages it cached while it holds a shared lock): its contents as
-                        // the image knows them (see FdEntry::locked_stamp).
+                        // the image knows them (see FdEntry::locked_stamp). Not for read locks
+                        // alone on a file mapped shared (its contents change under anyone's
+                        // lock: SQLite's `-shm` WAL index), nor on a database in WAL mode (its
+                        // `-shm` mapped shared): every connection holds one as long as it is
+                        // open, and checks what it cached against that index at each read.
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
-                        let regular = matches!(e.kind, FdKind::Regular { .. });
+                        let regular = matches!(&e.kind, FdKind::Regular { path, .. }
+                            if e.locks.iter().any(|l| l.write)
+                                || !(mapped_shared(path) || mapped_shared(&format!("{path}-shm"))));
                         if regular && !e.locks.is_empty() && st[0] != u64::MAX {
                             e.locked_stamp =
                                 Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
@@ -1079,6 +1090,18 @@ fn unmap_leftover() {
     if addr != 0 {
         let _ = crate::sys::unmap_foreign_region(addr, len);
     }
+}
+
+/// Whether the process maps the file at `path` shared.
+fn mapped_shared(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| {
+        maps.lines().any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.ends_with('s'))
+                && l.ends_with(&format!(" {path}"))
+        })
+    })
 }
 
 /// The checkpoint runs `cpuid` (its digests pick their instructions by it) and reads the clock

@@ -310,6 +310,18 @@ pub fn prepare_descriptor_table(image: &Image) {
 /// Descriptors that shared a standard descriptor's open file description: the same as the
 /// caller's, which are the launcher's own and the process's 0, 1 and 2.
 fn standard_duplicates(m: &thaw::Manifest) -> Result<Vec<(RawFd, OwnedFd)>> {
+    for e in m.files.iter().filter(|e| e.standard_set.count_ones() > 1) {
+        let set: Vec<i32> = (0..=2).filter(|s| e.standard_set & (1 << s) != 0).collect();
+        if set
+            .windows(2)
+            .any(|w| thaw::sys::same_description(w[0], w[1]) != Some(true))
+        {
+            return Err(refused(format!(
+                "fd {} shared one open file description with the process's fds {set:?} (a terminal, say), which are yours at restore, and yours are not one: which one it stood for cannot be told; restore with them on one terminal, or close fd {} before the checkpoint",
+                e.fd, e.fd
+            )));
+        }
+    }
     m.files
         .iter()
         .filter_map(|e| Some((e.fd, e.standard().filter(|&s| s != e.fd)?)))
@@ -582,15 +594,12 @@ fn build_plan(
     }
     if !m.zombies.is_empty() {
         thaw::state::children::plan_default_sigchld(&mut plan);
-        for z in m.zombies.iter().filter(|z| !z.left_out) {
+        // (Children left out at the checkpoint too: their SIGCHLD is queued again with the
+        // process's signals, once the dispositions are set, see below.)
+        for z in &m.zombies {
             z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
         }
         thaw::state::children::plan_forget_sigchld(&mut plan);
-        // Children left out at the checkpoint end as the process comes back, their SIGCHLD
-        // left waiting for it.
-        for z in m.zombies.iter().filter(|z| z.left_out) {
-            z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
-        }
     }
 
     // The image's memory, then the layout markers and /proc/self/exe.
@@ -842,6 +851,12 @@ fn build_plan(
     }
     for sig in &m.signals.pending {
         sig.plan_queue(&mut plan, m.process.pid, None);
+    }
+    // A child left out at the checkpoint ended while the process was away: its SIGCHLD waits
+    // (a standard signal: one stands for all of them, as the kernel's would).
+    if let Some(z) = m.zombies.iter().find(|z| z.left_out) {
+        z.sigchld(creds.uid.real)
+            .plan_queue(&mut plan, m.process.pid, None);
     }
     if m.process.dumpable <= 1 {
         // A launcher with a file capability is not dumpable; the process is what it was.

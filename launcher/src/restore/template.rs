@@ -229,6 +229,14 @@ impl Template {
                 e.fd
             )));
         }
+        // Which of a caller's standard descriptors such a one stands for is checked against
+        // the caller's at restore; an instance's caller comes later.
+        if let Some(e) = m.files.iter().find(|e| e.standard_set.count_ones() > 1) {
+            return Err(refused(format!(
+                "fd {}: shared one open file description with several of the process's standard descriptors (a terminal), which an instance's caller need not have as one; restore this image with thaw run",
+                e.fd
+            )));
+        }
         // Children are not passed on by a fork: the template's would not be the instances'.
         if let Some(z) = m.zombies.first() {
             let what = if z.left_out {

@@ -41,7 +41,7 @@ pub enum Group {
 }
 
 /// The children of every thread of the process, zombies and live ones.
-fn children() -> Vec<i32> {
+pub(crate) fn children() -> Vec<i32> {
     let mut out: Vec<i32> = std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
@@ -151,6 +151,24 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
 }
 
 impl Zombie {
+    /// The SIGCHLD its end raised, as the kernel's siginfo (CLD_EXITED or CLD_KILLED, its PID,
+    /// `uid`, its status), to be queued for the process.
+    pub fn sigchld(&self, uid: u32) -> super::signals::PendingSignal {
+        let (code, status) = match self.status & 0x7f {
+            0 => (libc::CLD_EXITED, (self.status >> 8) & 0xff),
+            sig => (libc::CLD_KILLED, sig),
+        };
+        let mut info = [0u64; 16];
+        info[0] = libc::SIGCHLD as u64;
+        info[1] = code as u64;
+        info[2] = u64::from(self.pid as u32) | u64::from(uid) << 32;
+        info[3] = status as u32 as u64;
+        super::signals::PendingSignal {
+            signo: libc::SIGCHLD as u32,
+            info,
+        }
+    }
+
     /// Makes the zombie again, as a child of the process being restored: a fork with its PID
     /// (`clone_tid`: the `set_tid` array for clone3 in the arena) that runs `credentials`, takes
     /// the name and ends; the process waits until it has ended, without reaping it. Runs before

@@ -31,6 +31,11 @@ pub struct FdEntry {
     /// only as long as it is unchanged, for the process goes on from what it knew of it (a
     /// database in the middle of a transaction; an earlier restore may have written it since).
     pub locked_stamp: Option<super::FileStamp>,
+    /// For a descriptor that shared a standard descriptor's open file description (see
+    /// [`FdEntry::standard`]): every standard descriptor that shared it (bit N: fd N). Where
+    /// several did (a terminal from a login: 0, 1 and 2 one description), the caller's must
+    /// still be one at restore, or which one it stood for cannot be told.
+    pub standard_set: u8,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,6 +428,7 @@ impl FdScan {
                 fifo_bytes: None,
                 in_flight: false,
                 locked_stamp: None,
+                standard_set: 0,
             };
             if fd <= 2 {
                 scan.entries.push(entry);
@@ -432,17 +438,27 @@ impl FdScan {
             // a terminal for its stdio streams and dup2s it over 1 and 2, keeping the new
             // descriptor; a program saves stdout with dup(1)) is that one at restore too: the
             // caller's. Standard output first, then error, then input, where several share it.
-            if let Some(s) = [1, 2, 0]
+            // (Not one that holds locks, nor a listening socket handed in as stdin as well:
+            // those are restored as what they are.)
+            let plain = !flying.contains_key(&fd)
+                && !info.lines().any(|l| l.starts_with("lock:"))
+                && (!target.starts_with("socket:")
+                    || crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+                        .ok()
+                        .is_none_or(|v| v == 0));
+            let shared: Vec<i32> = [1, 2, 0]
                 .into_iter()
-                .filter(|_| !flying.contains_key(&fd))
-                .find(|&s| {
+                .filter(|_| plain)
+                .filter(|&s| {
                     standard
                         .iter()
                         .any(|(n, t)| *n == s && t.to_string_lossy() == target)
                         && crate::sys::same_description(fd, s) == Some(true)
                 })
-            {
+                .collect();
+            if let Some(&s) = shared.first() {
                 entry.dup_of = Some(s);
+                entry.standard_set = shared.iter().fold(0, |m, &s| m | 1 << s);
                 scan.entries.push(entry);
                 continue;
             }

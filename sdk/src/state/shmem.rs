@@ -287,7 +287,14 @@ impl ShmCopy {
             }
             None => {
                 for &(off, addr, len) in &self.ranges {
-                    let Some(r) = &self.resident else {
+                    // (Whole, where its pages in memory are too scattered to list.)
+                    let room = MAX_EXTENTS as u64
+                        - self.count.load(Ordering::Relaxed).min(MAX_EXTENTS as u64);
+                    let Some(r) = self
+                        .resident
+                        .as_ref()
+                        .filter(|r| (in_memory(r, addr, len).count() as u64) < room)
+                    else {
                         if !self.push(off, len) || !self.read(mem, off, len) {
                             return;
                         }
@@ -779,7 +786,9 @@ const GAP: u64 = 16;
 /// own copy, no longer shared with that one. One item per object, naming the other process.
 /// HotSpot's performance data file is left out (tools map it read-only and find it again by
 /// name). Processes that cannot be seen (another user's, behind `hidepid`) are not looked at.
-pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry]) -> Vec<String> {
+/// `left_out`: children left out of the image, which a restored process sees ended (what they
+/// share with it is shared with nobody then).
+pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry], left_out: &[i32]) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     // (device, inode, name as /proc shows it, description)
     let mut ours: Vec<(u64, u64, &str, String)> = Vec::new();
@@ -802,9 +811,10 @@ pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry]) -> Vec<String> 
         return Vec::new();
     };
     let mut found: Vec<Option<String>> = vec![None; ours.len()];
+    let left_out: Vec<String> = left_out.iter().map(i32::to_string).collect();
     for pid in procs
         .iter()
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && **p != me)
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && **p != me && !left_out.contains(p))
     {
         let comm = || {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))

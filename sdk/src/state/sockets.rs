@@ -1131,26 +1131,18 @@ fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io:
                 && (path_is_socket(&to, ino) || callers_socket_file(&to))
                 && !bound_socket_file(&to)
         };
-        let in_use = || {
-            let _ = std::fs::remove_file(sun_path(addr));
-            std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{moved_to}, where its socket file had been renamed, is in use"),
-            )
-        };
-        if path_gone(&to) {
-            // Never over a file that appeared meanwhile.
-            crate::sys::rename_noreplace(sun_path(addr), sun_path(&to)).map_err(|e| {
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    in_use()
-                } else {
-                    e
-                }
-            })?;
-        } else if stale() {
-            std::fs::rename(sun_path(addr), moved_to)?;
-        } else {
-            return Err(in_use());
+        // A stale file there goes first; then the rename, never over a file (one that came
+        // meanwhile). Where the name is someone's (another restore of the image running, the
+        // first life going on), the socket keeps its first name with no file, as one whose
+        // file was removed: reachable by nobody, rather than the restore failing.
+        if !path_gone(&to) && stale() {
+            let _ = std::fs::remove_file(sun_path(&to));
+        }
+        match crate::sys::rename_noreplace(sun_path(addr), sun_path(&to)) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                std::fs::remove_file(sun_path(addr))?;
+            }
+            other => other?,
         }
     }
     Ok(())
