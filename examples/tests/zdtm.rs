@@ -417,6 +417,14 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
             ],
         );
     }
+    let img = env.checkpoint("zdtm-children", "i.thaw", &["alone-ignored"]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &["SIGCHLD ignored: the child left out left no zombie, and no SIGCHLD"],
+        );
+    }
     if is_root() {
         let out = env.refused("zdtm-children", "u.thaw", &["other-user"]);
         assert!(

@@ -7,7 +7,8 @@
 //! has its zombies back (same PIDs, names, ends, user and process groups — one leads its own;
 //! no SIGCHLD for them again), the worker left out as a child killed by SIGKILL (its SIGCHLD
 //! delivered), and no other child (`waitpid` fails with ECHILD once they are reaped).
-//! `PROG IMAGE KEY alone`: as `leave`, without zombies.
+//! `PROG IMAGE KEY alone`: as `leave`, without zombies. `alone-ignored`: so, with SIGCHLD
+//! ignored: the child left out leaves no zombie (the kernel would have reaped it).
 //! `PROG IMAGE KEY other-user` (as root): a zombie that had switched to another user is refused.
 //! `PROG IMAGE KEY other-group`: a zombie in a process group nobody leads any more is refused.
 
@@ -146,7 +147,7 @@ fn main() {
     };
     let zombies: Vec<(i32, End)> = if mode == "other-user" {
         vec![(zombie(0, End::Exit(3), true), End::Exit(3))]
-    } else if mode == "alone" {
+    } else if mode == "alone" || mode == "alone-ignored" {
         Vec::new()
     } else if mode == "other-group" {
         vec![(grandchild_in_a_group_gone(), End::Exit(0))]
@@ -161,6 +162,10 @@ fn main() {
     unsafe { libc::close(p[0]) };
     let pids: Vec<String> = zombies.iter().map(|(p, _)| p.to_string()).collect();
     println!("children {worker} {}", pids.join(" "));
+    if mode == "alone-ignored" {
+        // SAFETY: SIGCHLD ignored: the kernel reaps the children as they end.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    }
     let sigchlds = SIGCHLDS.load(Ordering::SeqCst);
     // The worker's pipe goes to a child: left out, like the child.
     let mut cp = thaw::Checkpoint::to(&image)
@@ -186,6 +191,17 @@ fn main() {
         }
     }
     let mut c = common::Checks::default();
+    if mode == "alone-ignored" {
+        // SAFETY: waits for our own child, without blocking.
+        let r = unsafe { libc::waitpid(worker, std::ptr::null_mut(), libc::WNOHANG) };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        c.check(
+            "SIGCHLD ignored: the child left out left no zombie, and no SIGCHLD",
+            r == -1 && err == Some(libc::ECHILD) && SIGCHLDS.load(Ordering::SeqCst) == sigchlds,
+            format!("{r} {err:?}"),
+        );
+        c.finish();
+    }
     // SAFETY: getuid has no failure.
     let me = unsafe { libc::getuid() };
     // SAFETY: getpgid of ourselves.

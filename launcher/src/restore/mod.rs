@@ -596,7 +596,9 @@ fn build_plan(
         thaw::state::children::plan_default_sigchld(&mut plan);
         // (Children left out at the checkpoint too: their SIGCHLD is queued again with the
         // process's signals, once the dispositions are set, see below.)
-        for z in &m.zombies {
+        // (A left-out child of a process whose children the kernel reaps leaves no zombie.)
+        let reaped = m.signals.children_reaped();
+        for z in m.zombies.iter().filter(|z| !(z.left_out && reaped)) {
             z.plan_restore(&mut plan, |plan| plan_credentials(plan, creds, drops));
         }
         thaw::state::children::plan_forget_sigchld(&mut plan);
@@ -854,7 +856,11 @@ fn build_plan(
     }
     // A child left out at the checkpoint ended while the process was away: its SIGCHLD waits
     // (a standard signal: one stands for all of them, as the kernel's would).
-    if let Some(z) = m.zombies.iter().find(|z| z.left_out) {
+    if let Some(z) = m
+        .zombies
+        .iter()
+        .find(|z| z.left_out && !m.signals.sigchld_ignored())
+    {
         z.sigchld(creds.uid.real)
             .plan_queue(&mut plan, m.process.pid, None);
     }

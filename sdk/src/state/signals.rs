@@ -109,6 +109,22 @@ use crate::capture::Capture;
 use crate::restore::Plan;
 
 impl SignalState {
+    /// Whether the process's children are reaped by the kernel as they end (SIGCHLD ignored, or
+    /// SA_NOCLDWAIT): no zombie is left for it to wait for.
+    pub fn children_reaped(&self) -> bool {
+        self.actions.iter().any(|a| {
+            a.signo == libc::SIGCHLD as u32
+                && (a.handler == libc::SIG_IGN as u64 || a.flags & libc::SA_NOCLDWAIT as u64 != 0)
+        })
+    }
+
+    /// Whether SIGCHLD is ignored (a signal raised for it is discarded).
+    pub fn sigchld_ignored(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.signo == libc::SIGCHLD as u32 && a.handler == libc::SIG_IGN as u64)
+    }
+
     /// The dispositions the handler recorded (the checkpoint signal's own is the application's,
     /// passed as `checkpoint_signal_action`).
     pub(crate) fn dump(c: &Capture, signal: i32, original: SigAction) -> SignalState {
