@@ -843,6 +843,17 @@ impl Checkpoint {
                     .map_err(|w| CheckpointError::Unsupported(vec![w]))?;
             }
         }
+        // Files mapped shared (by path), for the locked files below.
+        let shared_files: Vec<&str> = m
+            .memory
+            .iter()
+            .filter(|v| v.map_flags & libc::MAP_SHARED as u32 != 0)
+            .filter_map(|v| match &v.backing {
+                state::memory::Backing::File { path, .. } => Some(path.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mapped_shared = |path: &str| shared_files.contains(&path);
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
             if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
@@ -1090,18 +1101,6 @@ fn unmap_leftover() {
     if addr != 0 {
         let _ = crate::sys::unmap_foreign_region(addr, len);
     }
-}
-
-/// Whether the process maps the file at `path` shared.
-fn mapped_shared(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| {
-        maps.lines().any(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|p| p.ends_with('s'))
-                && l.ends_with(&format!(" {path}"))
-        })
-    })
 }
 
 /// The checkpoint runs `cpuid` (its digests pick their instructions by it) and reads the clock

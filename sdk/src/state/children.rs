@@ -151,13 +151,18 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
 }
 
 impl Zombie {
+    /// How it ended as SIGCHLD's siginfo says it: (si_code, si_status).
+    fn end(&self) -> (i32, i32) {
+        match self.status & 0x7f {
+            0 => (libc::CLD_EXITED, (self.status >> 8) & 0xff),
+            sig => (libc::CLD_KILLED, sig),
+        }
+    }
+
     /// The SIGCHLD its end raised, as the kernel's siginfo (CLD_EXITED or CLD_KILLED, its PID,
     /// `uid`, its status), to be queued for the process.
     pub fn sigchld(&self, uid: u32) -> super::signals::PendingSignal {
-        let (code, status) = match self.status & 0x7f {
-            0 => (libc::CLD_EXITED, (self.status >> 8) & 0xff),
-            sig => (libc::CLD_KILLED, sig),
-        };
+        let (code, status) = self.end();
         let mut info = [0u64; 16];
         info[0] = libc::SIGCHLD as u64;
         info[1] = code as u64;
@@ -262,10 +267,7 @@ impl Zombie {
         );
         // It ended as told (a stand-in whose step failed exits 127 instead): siginfo's si_code
         // at 8, si_status at 24.
-        let (code, status) = match self.status & 0x7f {
-            0 => (libc::CLD_EXITED, (self.status >> 8) & 0xff),
-            sig => (libc::CLD_KILLED, sig),
-        };
+        let (code, status) = self.end();
         plan.expect(
             format!("zombie {} ended as its first life did", self.pid),
             info + 8,

@@ -1120,22 +1120,11 @@ fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io:
     }
     if !moved_to.is_empty() {
         let to = named(addr, moved_to);
-        let stale = || {
-            let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) else {
-                return false;
-            };
-            let refused = crate::sys::connect(probe.as_raw_fd(), &to)
-                .err()
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
-            refused
-                && (path_is_socket(&to, ino) || callers_socket_file(&to))
-                && !bound_socket_file(&to)
-        };
         // A stale file there goes first; then the rename, never over a file (one that came
         // meanwhile). Where the name is someone's (another restore of the image running, the
         // first life going on), the socket keeps its first name with no file, as one whose
         // file was removed: reachable by nobody, rather than the restore failing.
-        if !path_gone(&to) && stale() {
+        if !path_gone(&to) && stale_socket_file(&to, ino) {
             let _ = std::fs::remove_file(sun_path(&to));
         }
         match crate::sys::rename_noreplace(sun_path(addr), sun_path(&to)) {
@@ -1204,16 +1193,7 @@ fn send_messages(addr: &[u8], bytes: &[u8], messages: &[u32]) -> std::io::Result
 fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<()> {
     match crate::sys::bind(fd, addr) {
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && path_ino != 0 => {
-            let probe = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
-            let refused = crate::sys::connect(probe.as_raw_fd(), addr)
-                .err()
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
-            // The first life's own file, or one a restore of it left (a previous restore of
-            // this image, a serve instance): a socket file of the caller's.
-            if refused
-                && (path_is_socket(addr, path_ino) || callers_socket_file(addr))
-                && !bound_socket_file(addr)
-            {
+            if stale_socket_file(addr, path_ino) {
                 std::fs::remove_file(sun_path(addr))?;
                 crate::sys::bind(fd, addr)
             } else {
@@ -1222,6 +1202,19 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
         }
         r => r,
     }
+}
+
+/// Whether the socket file at `addr` is stale: nothing listens there (connecting is refused)
+/// or is bound to it, and it is the first life's own (inode `ino`) or one a restore of it left
+/// (a previous restore of this image, a serve instance: a socket file of the caller's).
+fn stale_socket_file(addr: &[u8], ino: u64) -> bool {
+    let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) else {
+        return false;
+    };
+    let refused = crate::sys::connect(probe.as_raw_fd(), addr)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
+    refused && (path_is_socket(addr, ino) || callers_socket_file(addr)) && !bound_socket_file(addr)
 }
 
 impl Unconnected {
