@@ -743,17 +743,10 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
     let mce = sys::mce_kill_get();
     let cpuid = sys::cpuid_enabled();
     let numa = sys::get_mempolicy(None);
-    let byte = |v: i64| {
-        if (0..255).contains(&v) {
-            v as u64 + 1
-        } else {
-            0
-        }
-    };
     let mode = numa.map_or(0, |(m, _)| u64::from(m) + 1);
-    let nnp = u64::from(sys::prctl_get(libc::PR_GET_NO_NEW_PRIVS).unwrap_or(0) == 1);
+    let nnp = sys::prctl_get(libc::PR_GET_NO_NEW_PRIVS).unwrap_or(0) == 1;
     t.controls.store(
-        byte(mce) | byte(cpuid) << 8 | (mode & 0xffff_ffff) << 16 | nnp << 48,
+        crate::state::threads::controls_word(mce, cpuid, mode, nnp),
         Ordering::Relaxed,
     );
     t.numa_nodes

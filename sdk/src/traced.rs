@@ -924,10 +924,10 @@ impl Captured {
         // Its settings as its own calls reported them (as its handler would have).
         let c = &self.controls;
         let known = |v: u64| (v != u64::MAX).then_some(v);
-        let byte = |v: Option<u64>| v.filter(|&v| v < 255).map_or(0, |v| v + 1);
-        let nnp = u64::from(crate::procfs::field(&status, "NoNewPrivs") == Some("1"));
+        let nnp = crate::procfs::field(&status, "NoNewPrivs") == Some("1");
+        // (u64::MAX, a failed call, is -1: unknown; the NUMA policy is not asked.)
         t.controls.store(
-            byte(known(c[0])) | byte(known(c[1])) << 8 | nnp << 48,
+            crate::state::threads::controls_word(c[0] as i64, c[1] as i64, 0, nnp),
             Relaxed,
         );
         t.timer_slack.store(known(c[2]).unwrap_or(0), Relaxed);

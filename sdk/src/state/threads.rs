@@ -451,6 +451,19 @@ pub(crate) fn unshared_refusals(c: &crate::capture::Capture) -> Vec<String> {
     out
 }
 
+/// [`crate::capture::ThreadCapture::controls`] from a thread's machine-check policy and `cpuid`
+/// setting (negative: unknown), NUMA policy mode + 1 (0: unknown) and no_new_privs.
+pub(crate) fn controls_word(mce: i64, cpuid: i64, numa_mode: u64, nnp: bool) -> u64 {
+    let byte = |v: i64| {
+        if (0..255).contains(&v) {
+            v as u64 + 1
+        } else {
+            0
+        }
+    };
+    byte(mce) | byte(cpuid) << 8 | (numa_mode & 0xffff_ffff) << 16 | u64::from(nnp) << 48
+}
+
 /// [`crate::capture::ThreadCapture::identity`] from a thread's personality, securebits and
 /// PR_GET_TSC.
 pub(crate) fn identity_word(personality: u64, securebits: u64, tsc: i32) -> u64 {
