@@ -96,6 +96,65 @@ fn a_shared_file_gone_at_restore_is_refused_by_name() {
     assert!(o.stdout.is_empty());
 }
 
+const COW_CHECKS: [&str; 5] = [
+    "private memfd mapping: written pages its own, the others the memfd's",
+    "private memfd mapping: MADV_DONTNEED brings back the memfd's contents",
+    "private memfd mapping: the memfd sealed as before, untouched by writes to the mapping",
+    "private memfd mapping: still a private mapping of the memfd",
+    "private memfd mapping without a descriptor: its page written, then its memfd's contents",
+];
+
+/// Memfds mapped privately (wasmtime's copy-on-write memory images): the memfd is kept with its
+/// contents and mapped privately again, the pages written since on top, so that a reset with
+/// `MADV_DONTNEED` reads the memfd's contents again. Only the written pages are the mapping's.
+#[test]
+fn memfds_mapped_privately_come_back_copy_on_write() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-shmem", "c.thaw", &["cow"]);
+    let m = env.manifest(&img);
+    let image = m
+        .shared
+        .iter()
+        .find(|o| o.memfd.as_deref() == Some("wasm-memory-image"))
+        .expect("the memory image is kept");
+    assert_eq!(
+        image.seals as i32,
+        libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL
+    );
+    let own: u64 = m
+        .memory
+        .iter()
+        .filter(|v| matches!(v.backing, thaw::state::memory::Backing::Shared { object, .. } if object == image.id))
+        .map(|v| v.saved_len())
+        .sum();
+    assert_eq!(own, 2 * 4096, "the two pages written, not the memfd's");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &COW_CHECKS);
+    }
+}
+
+/// Without CAP_CHECKPOINT_RESTORE a memfd mapped privately whose descriptor was closed cannot
+/// be read (its mapping shows its own pages): refused, saying what to do.
+#[test]
+fn a_private_memfd_mapping_without_a_descriptor_is_refused_without_the_capability() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let o = env.first_life("zdtm-shmem", "c.thaw", &["cow"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        out.contains(
+            "a private mapping of memfd \"closed-cow\" that the process has no descriptor of"
+        ) && out.contains("keep one open"),
+        "{out}"
+    );
+    assert!(!env.path("c.thaw").exists());
+}
+
 /// A worker whose shared memory its master maps too (forked after the mapping): a restore would
 /// give the worker a copy of its own, no longer shared, so the checkpoint is refused, naming
 /// the master.

@@ -2,6 +2,8 @@
 //! sealed memfd; a memfd whose descriptor was closed after mapping it; MAP_SHARED|MAP_ANONYMOUS
 //! memory split in two by mprotect; a MAP_SHARED writable mapping of a regular file (IMAGE.data).
 //!
+//! `PROG IMAGE KEY cow`: memfds mapped privately, as wasmtime maps a module's memory image.
+//!
 //! `PROG IMAGE KEY [hsperf]`: with `hsperf`, the file is under a `hsperfdata_` directory, as
 //! HotSpot's is, but is not the process's own PID-named file: an ordinary shared file mapping.
 //!
@@ -59,6 +61,9 @@ fn main() {
     }
     if extra.first().is_some_and(|a| a == "sparse") {
         return sparse();
+    }
+    if extra.first().is_some_and(|a| a == "cow") {
+        return copy_on_write();
     }
 
     let heap = memfd("zgc_heap", libc::MFD_CLOEXEC);
@@ -431,6 +436,98 @@ fn sparse() {
         "sparse shared anonymous: its pages, zeros elsewhere",
         got == [0x5a, 0x5b, 0x5c, 0, 0],
         format!("{got:x?}"),
+    );
+    c.finish();
+}
+
+/// Memfds mapped privately (copy-on-write), as wasmtime maps a module's memory image: a sealed
+/// memfd holding the initial contents mapped over a reservation, with pages written since, and
+/// one whose descriptor was closed after mapping it. After restore: the pages written are the
+/// mapping's own, the others the memfd's, and `MADV_DONTNEED` (wasmtime's reset of an
+/// instance's memory) brings back the memfd's contents, not zeros or the written pages.
+fn copy_on_write() {
+    const LEN: usize = 1 << 20;
+    let image = memfd(
+        "wasm-memory-image",
+        libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+    );
+    let init: Vec<u8> = (0..LEN).map(pattern).collect();
+    // SAFETY: our own descriptor and a buffer of LEN bytes.
+    unsafe {
+        assert_eq!(libc::ftruncate(image.as_raw_fd(), LEN as i64), 0);
+        assert_eq!(
+            libc::pwrite(image.as_raw_fd(), init.as_ptr().cast(), LEN, 0),
+            LEN as isize
+        );
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        assert_eq!(libc::fcntl(image.as_raw_fd(), libc::F_ADD_SEALS, seals), 0);
+    }
+    let heap = view(map(image.as_raw_fd(), LEN, libc::MAP_PRIVATE), LEN);
+    heap[..4096].fill(0xab);
+    heap[2 * 4096] = 0xcd;
+    let read = heap[5 * 4096];
+    assert_eq!(read, pattern(5 * 4096));
+    let gone = memfd("closed-cow", libc::MFD_CLOEXEC);
+    // SAFETY: our own descriptor.
+    unsafe {
+        assert_eq!(libc::ftruncate(gone.as_raw_fd(), 65536), 0);
+        assert_eq!(
+            libc::pwrite(gone.as_raw_fd(), b"orig".as_ptr().cast(), 4, 4096),
+            4
+        );
+    }
+    let other = view(map(gone.as_raw_fd(), 65536, libc::MAP_PRIVATE), 65536);
+    other[8192..8196].copy_from_slice(b"priv");
+    drop(gone);
+
+    common::restored();
+    let mut c = common::Checks::default();
+    let untouched = (0..LEN)
+        .filter(|&i| !(i < 4096 || i == 2 * 4096))
+        .all(|i| heap[i] == pattern(i));
+    c.check(
+        "private memfd mapping: written pages its own, the others the memfd's",
+        heap[..4096].iter().all(|&b| b == 0xab) && heap[2 * 4096] == 0xcd && untouched,
+        format!("{:x} {:x}", heap[0], heap[2 * 4096]),
+    );
+    // SAFETY: a page of our own private mapping, which nothing else refers to.
+    let r = unsafe { libc::madvise(heap.as_mut_ptr().cast(), 4 * 4096, libc::MADV_DONTNEED) };
+    let reset = r == 0 && (0..4 * 4096).all(|i| heap[i] == pattern(i));
+    c.check(
+        "private memfd mapping: MADV_DONTNEED brings back the memfd's contents",
+        reset,
+        format!("{r} {:x} {:x}", heap[0], heap[2 * 4096]),
+    );
+    // SAFETY: fcntl on our own descriptor.
+    let seals = unsafe { libc::fcntl(image.as_raw_fd(), libc::F_GET_SEALS) };
+    heap[3] = 7;
+    let mut first = [0u8; 4];
+    // SAFETY: reading 4 bytes into our buffer from our descriptor.
+    unsafe { libc::pread(image.as_raw_fd(), first.as_mut_ptr().cast(), 4, 0) };
+    c.check(
+        "private memfd mapping: the memfd sealed as before, untouched by writes to the mapping",
+        seals == libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL
+            && first[..] == init[..4],
+        format!("seals {seals:#x}"),
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.starts_with(&format!("{:x}-", heap.as_ptr() as usize)))
+        .unwrap_or_default();
+    c.check(
+        "private memfd mapping: still a private mapping of the memfd",
+        line.contains(" rw-p ") && line.ends_with("/memfd:wasm-memory-image (deleted)"),
+        line,
+    );
+    let written = &other[8192..8196] == b"priv";
+    // SAFETY: pages of our own private mapping.
+    unsafe { libc::madvise(other.as_mut_ptr().cast(), 65536, libc::MADV_DONTNEED) };
+    c.check(
+        "private memfd mapping without a descriptor: its page written, then its memfd's contents",
+        written && &other[4096..4100] == b"orig" && other[8192] == 0,
+        format!("{written} {:?}", &other[4096..4100]),
     );
     c.finish();
 }

@@ -80,8 +80,9 @@ pub enum Backing {
     },
     /// A kernel special mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]) moved, not copied.
     Special { name: String },
-    /// A `MAP_SHARED` mapping of a shared memory object (memfd or shared anonymous memory),
-    /// saved once in [`super::Manifest::shared`]; `offset` is in the object.
+    /// A mapping of a shared memory object (memfd or shared anonymous memory; a file deleted
+    /// while mapped), saved once in [`super::Manifest::shared`]; `offset` is in the object. A
+    /// private one (a memfd's, a deleted file's) also saves the pages written since.
     Shared { object: u64, offset: u64 },
 }
 
@@ -168,10 +169,12 @@ impl Vma {
         }
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
-        } else if m.shared()
-            && m.inode != 0
-            && (name.starts_with("/memfd:") || name.starts_with("/dev/zero"))
+        } else if m.inode != 0
+            && (name.starts_with("/memfd:") || (m.shared() && name.starts_with("/dev/zero")))
         {
+            // A memfd mapped privately (copy-on-write, as wasmtime maps a module's memory image)
+            // too: its object is kept, mapped privately again, and the pages written since are
+            // the mapping's own.
             Backing::Shared {
                 object: m.inode,
                 offset: m.offset,
@@ -194,12 +197,7 @@ impl Vma {
                 offset: m.offset,
             }
         } else if name.ends_with(" (deleted)") {
-            let why = if name.starts_with("/memfd:") {
-                "a private (copy-on-write) mapping of a memfd is not supported: map it shared, or copy what it holds into anonymous memory"
-            } else {
-                "the mapped file was deleted"
-            };
-            return Err(format!("{}: {why}", m.describe()));
+            return Err(format!("{}: the mapped file was deleted", m.describe()));
         } else if name == "[heap]" {
             Backing::Heap
         } else if name == "[stack]" {

@@ -461,7 +461,9 @@ pub(crate) fn copies(
                         ..super::deleted::DeletedFile::of(path, &meta)
                     });
                 named.insert(object, path.to_owned());
-            } else if o.file.is_some() {
+            } else if o.file.is_some() || !m.shared() {
+                // (A private mapping shows its own pages: the object is read through a
+                // descriptor of it.)
                 map_files
                     .entry(object)
                     .or_insert_with(|| format!("/proc/self/map_files/{:x}-{:x}", start, end));
@@ -578,9 +580,11 @@ pub(crate) fn copies(
                 refused.push(why);
                 continue;
             }
-        } else if let Some(vma) = private.get(&id) {
+        } else if let Some(vma) = private.get(&id).filter(|_| own.is_none()) {
+            // Read through its mappings, a privately mapped object would show their pages.
             refused.push(format!(
-                "{vma}: a private mapping of a memfd or shared memory object is not supported"
+                "{vma}: a private mapping of {} that the process has no descriptor of: keep one open until the checkpoint, or let thaw read /proc/self/map_files with CAP_CHECKPOINT_RESTORE",
+                describe(o.name.as_deref(), None)
             ));
             continue;
         }
@@ -781,6 +785,16 @@ fn in_memory(
 /// Holes up to this many pages between pages in memory are read with them.
 const GAP: u64 = 16;
 
+/// Whether the memfd mapped at `start..end` is sealed against writes (F_SEAL_WRITE: nobody can
+/// change it, so a copy of it is the same object to whoever reads it). `false` where it cannot
+/// be told (/proc/self/map_files needs CAP_CHECKPOINT_RESTORE).
+fn write_sealed(start: u64, end: u64) -> bool {
+    std::fs::File::open(format!("/proc/self/map_files/{start:x}-{end:x}")).is_ok_and(|f| {
+        crate::sys::fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0)
+            .is_ok_and(|s| s & i64::from(libc::F_SEAL_WRITE) != 0)
+    })
+}
+
 /// Shared memory the process maps (memfds, shared anonymous memory, files deleted while mapped
 /// shared) that another process maps or holds open too: a restore would give the process its
 /// own copy, no longer shared with that one. One item per object, naming the other process.
@@ -792,14 +806,22 @@ pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry], left_out: &[i32
     use std::os::unix::fs::MetadataExt;
     // (device, inode, name as /proc shows it, description)
     let mut ours: Vec<(u64, u64, &str, String)> = Vec::new();
-    for m in maps.iter().filter(|m| m.shared() && m.inode != 0) {
+    // A memfd mapped privately too: what another process writes into it shows through the
+    // pages the mapping has not written itself.
+    for m in maps
+        .iter()
+        .filter(|m| (m.shared() || m.name.starts_with("/memfd:")) && m.inode != 0)
+    {
         let name = m.name.as_str();
         let object = name.starts_with("/memfd:")
             || name.starts_with("/dev/zero")
             || (super::deleted::deleted_path(name).is_some()
                 && super::deleted::perf_data(name).is_none());
         let dev = libc::makedev(m.dev_major, m.dev_minor);
-        if object && !ours.iter().any(|o| (o.0, o.1) == (dev, m.inode)) {
+        if object
+            && !ours.iter().any(|o| (o.0, o.1) == (dev, m.inode))
+            && !write_sealed(m.start, m.end)
+        {
             ours.push((dev, m.inode, name, m.describe()));
         }
     }
