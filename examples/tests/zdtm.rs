@@ -876,7 +876,15 @@ fn a_process_that_dropped_root_is_checkpointed_and_restored_by_that_user() {
     assert!(o.status.success(), "{}", text(&o));
     // nobody restores it (in a namespace: the only mode for an unprivileged caller).
     let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
-    assert_all_ok(&o, &["ids", "dumpable as before", "memory"]);
+    assert_all_ok(
+        &o,
+        &[
+            "ids",
+            "dumpable as before",
+            "memory",
+            "shared memory without a descriptor",
+        ],
+    );
     // One thread with other ids: refused, naming it; nothing is written.
     let o = command(&bin("zdtm-setuid"))
         .arg(env.path("t.thaw"))

@@ -1,6 +1,6 @@
 //! A process started as root that drops to another user before it warms up (a server that binds
 //! its port, then gives up root): the kernel marks it not dumpable, so its own /proc files
-//! belong to root. The checkpoint still works, and after restore (by that user) the process has
+//! belong to root (its /proc/self/mem and pagemap too). The checkpoint still works, and after restore (by that user) the process has
 //! the same ids and is still not dumpable.
 
 #[path = "common.rs"]
@@ -46,6 +46,21 @@ fn main() {
     // SAFETY: a getter.
     let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
     let heap = vec![7u8; 1 << 20];
+    // Shared memory without a descriptor, read through /proc/self/mem (root's too).
+    // SAFETY: a fresh mapping at an address the kernel chooses, never unmapped.
+    let shared = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            65536,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::slice::from_raw_parts_mut(p.cast::<u8>(), 65536)
+    };
+    shared[4096..4100].copy_from_slice(b"shrd");
     common::checkpoint();
     let mut c = common::Checks::default();
     // SAFETY: getters.
@@ -67,5 +82,10 @@ fn main() {
         format!("{now} (was {dumpable})"),
     );
     c.check("memory", heap.iter().all(|&b| b == 7), "");
+    c.check(
+        "shared memory without a descriptor",
+        &shared[4096..4100] == b"shrd",
+        "",
+    );
     c.finish();
 }

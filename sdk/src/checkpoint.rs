@@ -370,15 +370,16 @@ impl Checkpoint {
             return Err(CheckpointError::Unsupported(refused));
         }
         capture.shm = shm;
+        // A process that is not dumpable (it changed its credentials) may not open its own
+        // /proc/self/mem or pagemap (they are root's then): dumpable for the instant of the open
+        // (the descriptor keeps working).
         if capture.shm.iter().any(|o| o.needs_mem()) {
             capture.mem = Some(
-                File::open("/proc/self/mem")
+                crate::sys::while_dumpable(|| File::open("/proc/self/mem"))
                     .map_err(io("opening /proc/self/mem"))?
                     .into(),
             );
         }
-        // A process that is not dumpable may not open its own pagemap: dumpable for the instant
-        // of the open (the descriptor keeps working).
         let pagemap = crate::sys::while_dumpable(|| File::open("/proc/self/pagemap"));
         capture.pagemap = Some(pagemap.map_err(io("opening /proc/self/pagemap"))?.into());
         let guards = crate::sys::DontForkBuf::new(64 << 10)
