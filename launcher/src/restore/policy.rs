@@ -116,10 +116,38 @@ pub fn decide(
                 "{why}: restoring with your credentials instead (--as-caller)"
             )),
         }),
-        Some(why) => Err(format!(
-            "{why} (--as-caller restores with your credentials instead)"
-        )),
+        Some(why) => Err(format!("{why}: {}", advice(image, caller))),
     }
+}
+
+/// What to do about credentials that differ: restore as the image's user (the way to keep
+/// them), or `--as-caller`, said plainly where that would give the process more than it had (a
+/// server that dropped root after binding its port would get root back).
+fn advice(image: &Credentials, caller: &Credentials) -> String {
+    let as_user = if set_id(&image.uid) || set_id(&image.gid) {
+        String::new()
+    } else {
+        let groups = sorted(&image.groups);
+        let groups = if groups.is_empty() {
+            "--clear-groups".to_owned()
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", list.join(","))
+        };
+        format!(
+            "restore it as that user to keep them (`setpriv --reuid={} --regid={} {groups} thaw run ...`), or ",
+            image.uid.real, image.gid.real
+        )
+    };
+    let all = |c: &thaw::state::creds::Capabilities| c.permitted | c.effective | c.ambient;
+    let more = (caller.uid.effective == 0 && image.uid.effective != 0)
+        || all(&caller.caps) & !all(&image.caps) != 0;
+    let warning = if more {
+        ", which has more privileges than it had (the process would lose what it gave up)"
+    } else {
+        ""
+    };
+    format!("{as_user}use --as-caller to restore it with your credentials instead{warning}")
 }
 
 #[cfg(test)]
@@ -178,6 +206,27 @@ mod tests {
         assert_eq!(
             t.creds.caps.bounding,
             0x1ff_feff_ffff & !(1 << 13) & !(1 << 22)
+        );
+    }
+
+    #[test]
+    fn a_refusal_says_how_to_restore_as_the_images_user_and_what_as_caller_would_give() {
+        // A server that bound its port as root, then dropped to nobody, restored by root.
+        let mut nobody = user(65534);
+        nobody.groups = vec![65534];
+        let why = decide(&nobody, &user(0), false).unwrap_err();
+        assert!(
+            why.contains("`setpriv --reuid=65534 --regid=65534 --groups=65534 thaw run ...`")
+                && why.contains("more privileges than it had"),
+            "{why}"
+        );
+        // The other way round: --as-caller gives less, said without the warning.
+        let why = decide(&user(0), &user(1000), false).unwrap_err();
+        assert!(
+            why.contains("--reuid=0 --regid=0 --clear-groups")
+                && why.contains("use --as-caller")
+                && !why.contains("more privileges"),
+            "{why}"
         );
     }
 
