@@ -417,6 +417,25 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
             ],
         );
     }
+    // A child's standard descriptors (a pipe, a socket pair) left out with it: its end closed.
+    let img = env.checkpoint("zdtm-children", "o.thaw", &["leave-io"]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "the child's pipe: its bytes, then end of file",
+                "the child's socket: its bytes, then end of file; sending fails with EPIPE",
+            ],
+        );
+    }
+    // Held by a grandchild too, which goes on: refused, naming the processes.
+    let out = env.refused("zdtm-children", "g.thaw", &["leave-io-shared"]);
+    assert!(
+        out.contains("the other end of the pipe is not in this process (it is in process ")
+            && out.contains("(zdtm-children)"),
+        "{out}"
+    );
     let img = env.checkpoint("zdtm-children", "i.thaw", &["alone-ignored"]);
     for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);

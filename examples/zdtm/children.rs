@@ -9,6 +9,7 @@
 //! delivered), and no other child (`waitpid` fails with ECHILD once they are reaped).
 //! `PROG IMAGE KEY alone`: as `leave`, without zombies. `alone-ignored`: so, with SIGCHLD
 //! ignored: the child left out leaves no zombie (the kernel would have reaped it).
+//! `PROG IMAGE KEY leave-io`, `leave-io-shared`: see [`leave_io`].
 //! `PROG IMAGE KEY other-user` (as root): a zombie that had switched to another user is refused.
 //! `PROG IMAGE KEY other-group`: a zombie in a process group nobody leads any more is refused.
 
@@ -124,9 +125,120 @@ fn grandchild_in_a_group_gone() -> i32 {
     }
 }
 
+/// `leave-io`: a child left out with its output pipe and a socket pair (a spawned child's
+/// standard descriptors, as Node and Python make them), bytes waiting from it in both: after
+/// restore they read those bytes, then end of file, and writing to the child fails, as once a
+/// child has died. `leave-io-shared`: the child's pipe is also held by a grandchild, which is
+/// not left out: refused, naming it.
+fn leave_io(shared: bool) -> ! {
+    let mut out = [0i32; 2];
+    let mut sock = [0i32; 2];
+    // SAFETY: pipe and socketpair fill two descriptors each; the child only writes, reads its
+    // socket until end of file and _exits.
+    let child = unsafe {
+        assert_eq!(libc::pipe2(out.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                sock.as_mut_ptr()
+            ),
+            0
+        );
+        let child = libc::fork();
+        if child == 0 {
+            libc::close(out[0]);
+            libc::close(sock[0]);
+            if shared && libc::fork() == 0 {
+                // Holds the pipe (and the socket) too, and ends with the first life, without
+                // holding the test's output open.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+                let mut b = 0u8;
+                while libc::read(sock[1], (&mut b as *mut u8).cast(), 1) > 0 {}
+                libc::_exit(0);
+            }
+            libc::write(out[1], b"out".as_ptr().cast(), 3);
+            libc::write(sock[1], b"sock".as_ptr().cast(), 4);
+            let mut b = 0u8;
+            // Until the first life (every holder of the other end) is gone.
+            while libc::read(sock[1], (&mut b as *mut u8).cast(), 1) > 0 {}
+            libc::_exit(0);
+        }
+        libc::close(out[1]);
+        libc::close(sock[1]);
+        child
+    };
+    // Until the child has written both.
+    let mut pfd = [
+        libc::pollfd {
+            fd: out[0],
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: sock[0],
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    for p in &mut pfd {
+        // SAFETY: polls one of our descriptors.
+        unsafe { libc::poll(p, 1, -1) };
+    }
+    println!("child {child}");
+    let (image, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(&image).leave_children_out(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Ok(thaw::Outcome::Restored(_)) => {}
+        Ok(thaw::Outcome::Saved(_)) => std::process::exit(0),
+        Err(e) => {
+            println!("refused: {e}");
+            std::process::exit(3);
+        }
+    }
+    let mut c = common::Checks::default();
+    let read_all = |fd: i32| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        loop {
+            // SAFETY: reads into our buffer from our descriptor.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return (got, n);
+            }
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+    };
+    let (o, end) = read_all(out[0]);
+    c.check(
+        "the child's pipe: its bytes, then end of file",
+        o == b"out" && end == 0,
+        format!("{o:?} {end}"),
+    );
+    let (o, end) = read_all(sock[0]);
+    // SAFETY: a send on our socket that raises no SIGPIPE.
+    let sent = unsafe { libc::send(sock[0], b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    c.check(
+        "the child's socket: its bytes, then end of file; sending fails with EPIPE",
+        o == b"sock" && end == 0 && sent == -1 && err == Some(libc::EPIPE),
+        format!("{o:?} {end} {sent} {err:?}"),
+    );
+    c.finish();
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
     let mode = extra.first().map_or("refuse", String::as_str).to_owned();
+    if mode == "leave-io" || mode == "leave-io-shared" {
+        leave_io(mode == "leave-io-shared");
+    }
     // SAFETY: installs a handler that only counts.
     unsafe {
         libc::signal(libc::SIGCHLD, on_sigchld as *const () as libc::sighandler_t);

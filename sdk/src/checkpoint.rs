@@ -300,7 +300,7 @@ impl Checkpoint {
             }
         };
         // Less what earlier checkpoints could not close (see state::locks::OwnLocks).
-        let mut scan = FdScan::scan(&state::locks::kept(), max_deleted, in_flight)
+        let mut scan = FdScan::scan(&state::locks::kept(), max_deleted, in_flight, &left_out)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);

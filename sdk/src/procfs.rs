@@ -175,6 +175,62 @@ pub fn cgroup_cpus() -> Option<String> {
     (!cpus.trim().is_empty()).then_some(cpus)
 }
 
+/// Whether every process's descriptors can be seen from here: not where /proc hides some
+/// (mounted with hidepid or subset), nor from a PID namespace inside another.
+pub fn all_processes_visible() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let nested = field(&status, "NSpid").is_none_or(|v| v.split_whitespace().count() != 1);
+    let hidden = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
+            .any(|l| l.contains("hidepid=") || l.contains("subset="))
+    });
+    !nested && !hidden
+}
+
+/// The other processes that hold a descriptor whose link reads `link` (`pipe:[N]`,
+/// `socket:[N]`: the kernel's name of one object), with their command names. `None` where some
+/// could not be looked at (see [`all_processes_visible`]; another user's descriptors, for an
+/// unprivileged caller).
+pub fn holders(link: &str) -> Option<Vec<(i32, String)>> {
+    if !all_processes_visible() {
+        return None;
+    }
+    let me = crate::sys::getpid();
+    let mut out = Vec::new();
+    for pid in crate::sys::list_dir("/proc")
+        .ok()?
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| p != me)
+    {
+        let fds = match crate::sys::list_dir(&format!("/proc/{pid}/fd")) {
+            Ok(f) => f,
+            // Gone meanwhile: it holds nothing.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) => return None,
+        };
+        let held = fds.iter().any(|n| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{n}"))
+                .is_ok_and(|l| l.as_os_str() == std::ffi::OsStr::new(link))
+        });
+        if held {
+            let comm = read(pid, "comm").unwrap_or_default();
+            out.push((pid, comm.trim().to_owned()));
+        }
+    }
+    Some(out)
+}
+
+/// "process 12 (node), process 13 (sh)".
+pub fn describe_holders(holders: &[(i32, String)]) -> String {
+    let named: Vec<String> = holders
+        .iter()
+        .map(|(pid, comm)| format!("process {pid} ({comm})"))
+        .collect();
+    named.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -377,11 +377,14 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
 
 impl FdScan {
     /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
-    /// up to `max_deleted` bytes are kept (see [`super::deleted`]).
+    /// up to `max_deleted` bytes are kept (see [`super::deleted`]). `left_out`: children left
+    /// out of the image, which the restored process sees killed: a pipe or socket whose other
+    /// end only they hold comes back with that end closed.
     pub(crate) fn scan(
         exclude: &[i32],
         max_deleted: u64,
         in_flight: super::scm::InFlight,
+        left_out: &[i32],
     ) -> std::io::Result<FdScan> {
         let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -842,18 +845,32 @@ impl FdScan {
                     crate::sys::poll_now(scan.entries[i].fd, libc::POLLOUT)
                         .is_ok_and(|ev| ev & libc::POLLERR != 0)
                 });
-            if !(widowed || orphaned || has_read && has_write) {
-                foreign.extend(idx.into_iter().map(|i| (i, id)));
+            if widowed || orphaned || has_read && has_write {
+                continue;
             }
+            // Held elsewhere by children left out alone (a child's output or input): they are
+            // killed as far as the restored process knows, so it gets the pipe with their end
+            // closed, as it would see it once they had died.
+            let holders = crate::procfs::holders(&format!("pipe:[{id}]"));
+            if let Some(h) = &holders {
+                if !h.is_empty() && h.iter().all(|(pid, _)| left_out.contains(pid)) {
+                    continue;
+                }
+            }
+            foreign.extend(idx.into_iter().map(|i| (i, id, holders.clone())));
         }
-        foreign.sort_unstable();
-        for (i, id) in foreign.into_iter().rev() {
+        foreign.sort_unstable_by_key(|f| f.0);
+        for (i, id, holders) in foreign.into_iter().rev() {
             let e = scan.entries.remove(i);
+            let who = match holders.filter(|h| !h.is_empty()) {
+                Some(h) => format!(" (it is in {})", crate::procfs::describe_holders(&h)),
+                None => String::new(),
+            };
             scan.refused.push(Refused::of(
                 &e,
                 &format!("pipe:[{id}]"),
                 FdClass::Pipe,
-                "the other end of the pipe is not in this process",
+                &format!("the other end of the pipe is not in this process{who}"),
             ));
         }
         // A FIFO removed while open is reachable by nobody else: its other end, if not the
@@ -907,8 +924,9 @@ impl FdScan {
             }
         }
         let socks: Vec<(i32, u64)> = sockets.iter().map(|(e, ino, _)| (e.fd, *ino)).collect();
-        for ((mut entry, _, target), (_, r)) in
-            sockets.into_iter().zip(super::sockets::classify(&socks))
+        for ((mut entry, _, target), (_, r)) in sockets
+            .into_iter()
+            .zip(super::sockets::classify(&socks, left_out))
         {
             match r {
                 Ok(sock) => {
@@ -2067,15 +2085,7 @@ fn no_writer_elsewhere(fd: i32) -> bool {
     if me.nlink() != 0 {
         return false;
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let nested =
-        crate::procfs::field(&status, "NSpid").is_none_or(|v| v.split_whitespace().count() != 1);
-    let hidden = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines()
-            .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
-            .any(|l| l.contains("hidepid=") || l.contains("subset="))
-    });
-    if nested || hidden {
+    if !crate::procfs::all_processes_visible() {
         return false;
     }
     let Ok(name) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {

@@ -388,7 +388,12 @@ fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
 type Refusal = (FdClass, String);
 
 /// Classifies the process's sockets: `(fd, inode)` of each → a [`Socket`] or why not.
-pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)> {
+/// Describes each socket; `left_out`: children left out of the image (see
+/// [`super::files::FdScan::scan`]).
+pub(crate) fn classify(
+    fds: &[(i32, u64)],
+    left_out: &[i32],
+) -> Vec<(i32, Result<Socket, Refusal>)> {
     let unix = unix_diag();
     let mut tcp: BTreeMap<i32, std::io::Result<Backlogs>> = BTreeMap::new();
     let ours: Vec<u64> = fds.iter().map(|f| f.1).collect();
@@ -682,21 +687,51 @@ pub(crate) fn classify(fds: &[(i32, u64)]) -> Vec<(i32, Result<Socket, Refusal>)
                 // only the other end of its pair could have queued to it, and that end was
                 // closed (the kernel shows no shutdown for a datagram pair). Made again as a pair
                 // whose other end is closed again.
-                let widowed = ty == libc::SOCK_DGRAM && d.peer == 0;
-                if !peer_open && !widowed && d.shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
-                    return refuse(if d.peer == 0 {
-                        "AF_UNIX socket that is not connected".to_owned()
-                    } else {
-                        format!("connected to socket:[{}] in another process", d.peer)
-                    });
+                let mut widowed = ty == libc::SOCK_DGRAM && d.peer == 0;
+                let mut shutdown = d.shutdown;
+                if !peer_open && d.peer != 0 && shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
+                    // The other end held by children left out alone (a child's standard
+                    // descriptors, an IPC channel): killed as far as the restored process
+                    // knows, so made again closed, as the kernel shows an end whose peer closed
+                    // (a stream's shut down both ways; a datagram end's sends then fail).
+                    // (Bytes this end had sent that they had not read are gone with them.)
+                    let holders = crate::procfs::holders(&format!("socket:[{}]", d.peer));
+                    match holders.as_deref() {
+                        Some(h)
+                            if !h.is_empty()
+                                && h.iter().all(|(pid, _)| left_out.contains(pid)) =>
+                        {
+                            if ty == libc::SOCK_DGRAM {
+                                widowed = true;
+                            } else {
+                                shutdown = RCV_SHUTDOWN | SEND_SHUTDOWN;
+                            }
+                        }
+                        Some(h) if !h.is_empty() => {
+                            return refuse(format!(
+                                "connected to socket:[{}] in another process: {}",
+                                d.peer,
+                                crate::procfs::describe_holders(h)
+                            ))
+                        }
+                        _ => {
+                            return refuse(format!(
+                                "connected to socket:[{}] in another process",
+                                d.peer
+                            ))
+                        }
+                    }
+                }
+                if !peer_open && !widowed && shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
+                    return refuse("AF_UNIX socket that is not connected".to_owned());
                 }
                 Ok(Socket::Pair(PairEnd {
                     ino,
                     pair: if peer_open { ino.min(d.peer) } else { ino },
                     ty,
                     peer_open,
-                    send_shutdown: d.shutdown & SEND_SHUTDOWN != 0,
-                    recv_shutdown: d.shutdown & RCV_SHUTDOWN != 0,
+                    send_shutdown: shutdown & SEND_SHUTDOWN != 0,
+                    recv_shutdown: shutdown & RCV_SHUTDOWN != 0,
                     queued: None,
                     messages: Vec::new(),
                     message_fds: Vec::new(),
@@ -1408,7 +1443,7 @@ mod tests {
             .iter()
             .map(|f| (f.as_raw_fd(), ino(f)))
             .collect();
-        let r = classify(&fds);
+        let r = classify(&fds, &[]);
         let pair = |i: usize| match &r[i].1 {
             Ok(Socket::Pair(p)) => p.clone(),
             other => panic!("{other:?}"),
