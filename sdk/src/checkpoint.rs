@@ -676,6 +676,14 @@ impl Checkpoint {
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
+        // The process's own limit of open files, not the checkpoint's raised one.
+        if let Some(soft) = scan.witness.nofile_soft() {
+            for l in &mut m.limits {
+                if l.resource == libc::RLIMIT_NOFILE {
+                    l.cur = soft;
+                }
+            }
+        }
         let gone: Vec<String> = c
             .posix_timers
             .iter()

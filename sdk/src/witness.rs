@@ -26,6 +26,9 @@ pub(crate) struct FdWitness {
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
     locks: OwnLocks,
+    /// The process's soft limit of open files, where the checkpoint raised it to the hard one
+    /// for its own descriptors: lowered again when the witness goes, and what the image keeps.
+    raised_from: Option<u64>,
 }
 
 impl Drop for FdWitness {
@@ -33,8 +36,21 @@ impl Drop for FdWitness {
         for (_, dup) in std::mem::take(&mut self.held) {
             self.locks.release(dup);
         }
+        // Only ever lowered (a restored process may have had it lowered further, to its
+        // caller's).
+        if let Some(soft) = self.raised_from {
+            if let Ok((cur, max)) = sys::prlimit(0, libc::RLIMIT_NOFILE) {
+                if cur > soft {
+                    let _ = sys::set_nofile_soft(soft, max);
+                }
+            }
+        }
     }
 }
+
+/// Descriptors the checkpoint opens besides the duplicates (/proc files, the image, pipes for
+/// copies, the snapshot's): room kept for them under the limit.
+const OWN_ROOM: u64 = 256;
 
 impl FdWitness {
     /// Duplicates each of `fds`, just listed and not yet looked at: what the scan then reads
@@ -43,30 +59,34 @@ impl FdWitness {
         // Above every listed number: a duplicate must never take the number of a descriptor
         // closed meanwhile, where it would pass for it.
         let above = fds.iter().max().map_or(0, |m| m + 1) as u64;
-        // A process with a descriptor near its soft limit: the duplicates go above it, the
-        // limit raised to the hard one meanwhile (descriptors above a lowered limit stay).
+        // A process with a descriptor near its soft limit: the duplicates, and then the
+        // checkpoint's own descriptors, go above it, the limit raised to the hard one for the
+        // checkpoint (the image keeps the process's own: see `raised_from`).
         let (soft, hard) = sys::prlimit(0, libc::RLIMIT_NOFILE)?;
-        let raise = above + fds.len() as u64 > soft;
-        if raise {
+        let needed = above + fds.len() as u64 + OWN_ROOM;
+        if needed > hard {
+            return Err(std::io::Error::other(format!(
+                "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them and some of its own, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {needed}",
+                fds.len(),
+                above.saturating_sub(1),
+            )));
+        }
+        let raised_from = (needed > soft).then_some(soft);
+        if raised_from.is_some() {
             sys::set_nofile_soft(hard, hard)?;
         }
         let locks = OwnLocks::read();
         locks.prune_kept();
         let held = Self::dup_each(fds, above, &locks);
-        if raise {
-            sys::set_nofile_soft(soft, hard)?;
-        }
-        let (held, borrowed) = held.map_err(|e| match e.raw_os_error() {
-            Some(libc::EMFILE | libc::EINVAL) if above + fds.len() as u64 > hard => {
-                std::io::Error::other(format!(
-                    "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {}",
-                    fds.len(),
-                    above - 1,
-                    above + fds.len() as u64 + 64
-                ))
+        let (held, borrowed) = match held {
+            Ok(h) => h,
+            Err(e) => {
+                if raised_from.is_some() {
+                    let _ = sys::set_nofile_soft(soft, hard);
+                }
+                return Err(e);
             }
-            _ => e,
-        })?;
+        };
         let looks = held
             .iter()
             .map(|&(fd, _, look)| (fd, look))
@@ -79,7 +99,13 @@ impl FdWitness {
             borrowed,
             looks,
             locks,
+            raised_from,
         })
+    }
+
+    /// The process's own soft limit of open files, where the checkpoint raised it.
+    pub(crate) fn nofile_soft(&self) -> Option<u64> {
+        self.raised_from
     }
 
     /// (descriptor, duplicate at `above` or higher, look) of each of `fds` still open; of a
