@@ -127,3 +127,61 @@ fn every_thread_reads_the_restore_count_before_the_checkpoint_returns() {
         );
     }
 }
+
+/// Threads on small stacks of their own with an alternate signal stack (Go's goroutines: 2 KiB,
+/// side by side): the checkpoint's signal frame goes on the alternate stack, never below the
+/// small one (it overwrote the neighbouring goroutines' stacks: Go crashed in the first life
+/// and in every restore).
+#[test]
+fn the_checkpoint_signal_never_writes_below_a_small_stack() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("small_stacks");
+    cc_with_libthaw(&[&root.join("examples/c/small_stacks.c")], &["-pthread"], &exe);
+    let img = env.path("s.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "first life: intact\n");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "restored: intact\n",
+            "{opts:?}"
+        );
+    }
+}
+
+/// 700 descriptors under a soft limit of 1024 (the hard one higher): the checkpoint raises the
+/// soft limit for its own descriptors while it runs (it failed with "Too many open files" past
+/// about 505), and the image, the first life and the restored process keep the process's 1024.
+#[test]
+fn a_process_near_its_soft_limit_of_open_files_is_checkpointed_and_keeps_its_limit() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("many_fds");
+    cc_with_libthaw(&[&root.join("examples/c/many_fds.c")], &[], &exe);
+    let img = env.path("m.thaw");
+    let o = command(&exe)
+        .arg(&img)
+        .arg(&env.key)
+        .arg("700")
+        .output()
+        .unwrap();
+    if o.status.code() == Some(77) {
+        eprintln!("skipped: the hard limit of open files is below 4096");
+        return;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "first life: limit 1024, 700 open\n"
+    );
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "restored: limit 1024, 700 open\n"
+    );
+}

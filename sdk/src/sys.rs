@@ -574,7 +574,11 @@ pub fn install_handler(
     // action is read raw so that it is the kernel's exact view.
     let mut act: libc::sigaction = unsafe_zeroed_sigaction();
     act.sa_sigaction = handler as usize;
-    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SA_ONSTACK: on a thread with an alternate signal stack, the handler and the kernel's
+    // frame (about 3 KiB with AVX-512 state) go there. Go runs goroutines and their system
+    // calls on stacks of 2 KiB: on one of them the frame overwrote the neighbouring goroutines'
+    // stacks (cgo requires SA_ONSTACK of every handler installed outside Go).
+    act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
     let mut old_libc: libc::sigaction = unsafe_zeroed_sigaction();
     let mut old = KernelSigaction::default();
     rt_sigaction(sig, None, Some(&mut old))?;
