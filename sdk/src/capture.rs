@@ -494,6 +494,8 @@ pub struct Queued<'a> {
 pub struct Capture {
     /// The thread that calls `save()`; it forks once every other thread is parked.
     pub caller: i32,
+    /// The handler's stacks, one per thread slot (see [`sys::HandlerStacks`]).
+    pub stacks: Option<sys::HandlerStacks>,
     /// One slot per thread, the caller's included.
     pub threads: Vec<ThreadCapture>,
     /// Threads parked in their handler (futex word).
@@ -638,6 +640,7 @@ impl Capture {
             guard_count: AtomicI64::new(0),
             locked: Vec::new(),
             own_buffers: Vec::new(),
+            stacks: None,
             inotify: Vec::new(),
             epolls: Vec::new(),
             fifos: Vec::new(),
@@ -867,26 +870,71 @@ extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *m
         return;
     };
     let me = sys::gettid();
-    let Some(t) = c
+    let Some((i, t)) = c
         .threads
         .iter()
-        .find(|t| t.tid.load(Ordering::Relaxed) == me)
+        .enumerate()
+        .find(|(_, t)| t.tid.load(Ordering::Relaxed) == me)
     else {
         return;
     };
     if t.done.load(Ordering::Acquire) != 0 {
         return;
     }
+    let mut call = HandlerCall {
+        c,
+        t,
+        uc,
+        sig,
+        count_out: false,
+    };
+    match c.stacks.as_ref().and_then(|s| s.top(i)) {
+        // SAFETY: stack `i` is this thread's alone (one slot per thread), mapped until the
+        // capture goes, which waits for every released thread to count itself out below, back
+        // on this stack; `handle_on_own_stack` does not unwind (panics abort in a handler).
+        Some(top) => unsafe {
+            sys::call_on_stack(
+                top,
+                handle_on_own_stack,
+                (&mut call as *mut HandlerCall).cast(),
+            )
+        },
+        None => handle(&mut call),
+    }
+    if call.count_out {
+        c.left.fetch_add(1, Ordering::AcqRel);
+        sys::futex_wake_all(&c.left);
+    }
+}
+
+/// One delivery of the checkpoint signal, handled on the thread's own handler stack.
+struct HandlerCall<'a> {
+    c: &'a Capture,
+    t: &'a ThreadCapture,
+    uc: *mut libc::c_void,
+    sig: i32,
+    /// A parked thread let go: it counts itself out once off the handler stack.
+    count_out: bool,
+}
+
+extern "C" fn handle_on_own_stack(call: *mut libc::c_void) {
+    // SAFETY: `on_checkpoint_signal` passes its own HandlerCall, alive across this call.
+    handle(unsafe { &mut *call.cast::<HandlerCall>() });
+}
+
+fn handle(call: &mut HandlerCall) {
+    let (c, t, uc, sig) = (call.c, call.t, call.uc, call.sig);
+    let me = t.tid.load(Ordering::Relaxed);
     record_thread(c, t, uc, sig);
     if me != c.caller {
-        // Park until the snapshot exists: the frame on our stack is what will be restored.
+        // Park until the snapshot exists. (A restored process resumes each thread from its
+        // frame, `uc`, not from here.)
         c.parked.fetch_add(1, Ordering::AcqRel);
         sys::futex_wake_all(&c.parked);
         while c.release.load(Ordering::Acquire) == 0 {
             sys::futex_wait(&c.release, 0, None);
         }
-        c.left.fetch_add(1, Ordering::AcqRel);
-        sys::futex_wake_all(&c.left);
+        call.count_out = true;
         return;
     }
     // The caller: every other thread is parked. A thread created after the listing took no
@@ -1158,6 +1206,8 @@ pub fn freeze(
     bound: Duration,
     keep_parked: bool,
 ) -> Result<Frozen, FreezeError> {
+    let mut capture = capture;
+    capture.stacks = Some(sys::HandlerStacks::new(capture.threads.len())?);
     let old = sys::install_handler(signal, on_checkpoint_signal)?;
     // Make sure the signal is deliverable to this thread.
     let old_mask = sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (signal - 1)))?;

@@ -1665,6 +1665,83 @@ pub fn ftruncate(fd: i32, len: u64) -> io::Result<()> {
     check(syscall6(libc::SYS_ftruncate, [fd as u64, len, 0, 0, 0, 0])).map(drop)
 }
 
+/// Stacks for the checkpoint signal's handler, one per thread (a guard page below each): the
+/// handler runs on the stack the kernel gave it — a thread's alternate signal stack, often a
+/// few KiB (Rust's threads have 8 KiB, the kernel's frame takes 3 of them with AVX-512) — only
+/// long enough to switch to one of these (see [`call_on_stack`]). Not MADV_DONTFORK: the
+/// snapshot, a fork made on one of them, runs on its copy.
+#[derive(Debug)]
+pub struct HandlerStacks {
+    addr: u64,
+    count: usize,
+}
+
+impl HandlerStacks {
+    /// Bytes of each stack, its guard page included.
+    pub const EACH: usize = 256 << 10;
+
+    pub fn new(count: usize) -> io::Result<HandlerStacks> {
+        let count = count.max(1);
+        let len = (Self::EACH * count) as u64;
+        let addr = check(syscall6(
+            libc::SYS_mmap,
+            [
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK)
+                    as u64,
+                u64::MAX,
+                0,
+            ],
+        ))? as u64;
+        let stacks = HandlerStacks { addr, count };
+        for i in 0..count {
+            let guard = addr + (i * Self::EACH) as u64;
+            check(syscall6(
+                libc::SYS_mprotect,
+                [guard, 4096, libc::PROT_NONE as u64, 0, 0, 0],
+            ))?;
+        }
+        Ok(stacks)
+    }
+
+    /// The top of stack `i` (16-byte aligned); `None` past the last.
+    pub fn top(&self, i: usize) -> Option<u64> {
+        (i < self.count).then(|| self.addr + ((i + 1) * Self::EACH) as u64)
+    }
+}
+
+impl Drop for HandlerStacks {
+    fn drop(&mut self) {
+        let len = (Self::EACH * self.count) as u64;
+        let _ = syscall6(libc::SYS_munmap, [self.addr, len, 0, 0, 0, 0]);
+    }
+}
+
+/// Calls `f(arg)` with the stack pointer at `top`, and returns on the caller's stack.
+///
+/// # Safety
+/// `top` must be the 16-byte aligned top of writable memory, large enough for `f`, that nothing
+/// else uses meanwhile; `f` must not unwind.
+pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: *mut libc::c_void) {
+    // SAFETY: as the caller promises; r12 is callee-saved, so it holds our stack pointer across
+    // the call, and the call is made with the stack 16-byte aligned as the ABI wants.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 /// Private anonymous memory marked MADV_DONTFORK: a buffer the frozen child does not have.
 #[derive(Debug)]
 pub struct DontForkBuf {
