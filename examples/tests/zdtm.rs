@@ -1163,30 +1163,45 @@ fn inotify_watches_come_back_with_their_numbers() {
 }
 
 #[test]
-fn inotify_watches_of_an_unprivileged_process_are_found_by_a_root_launcher() {
-    // nobody cannot turn a watch's file handle into a path (CAP_DAC_READ_SEARCH): the image
-    // has none; the root launcher finds it, an unprivileged one refuses by name.
+fn inotify_watches_of_an_unprivileged_process_are_found_under_its_working_directory() {
+    // nobody cannot turn a watch's file handle into a path (CAP_DAC_READ_SEARCH): the checkpoint
+    // looks for the watched inodes under the working directory. Found there, the image holds
+    // their paths and nobody restores it; elsewhere, the checkpoint is refused (no launcher that
+    // may restore it as nobody could find them), saying what to do.
     if !is_root() {
         eprintln!("skipped: needs root to switch to nobody");
         return;
     }
     let env = Env::for_nobody();
     let dir = env.nobody_dir("w");
-    let img = env.checkpoint("zdtm-inotify", "i.thaw", &[dir.to_str().unwrap()]);
-    let o = command(&bin("thaw"))
-        .args(["run", "--as-caller", "--trust"])
-        .arg(&env.pubkey)
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert_all_ok(&o, &["watch numbers and masks", "events after restore"]);
-    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    let img = env.path("i.thaw");
+    let first_life = |cwd: &std::path::Path| {
+        env.first_life_cmd("zdtm-inotify")
+            .arg(&img)
+            .arg(&env.key)
+            .arg(&dir)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let o = first_life(&dir);
+    assert!(o.status.success(), "{}", text(&o));
+    for opts in [&["--pid-mode", "ns"][..], &[]] {
+        let _ = std::fs::remove_file(dir.join("created"));
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["watch numbers and masks", "events after restore"]);
+    }
+    std::fs::remove_file(&img).unwrap();
+    let o = first_life(&env.nobody_dir("elsewhere"));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        err.contains("inotify watch 2") && err.contains("cannot find the watched file again"),
+        err.contains("inotify watch 2")
+            && err.contains("its path cannot be found")
+            && err.contains("not under the working directory"),
         "{err}"
     );
+    assert!(!img.exists());
 }
 
 #[test]

@@ -40,7 +40,18 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         // gone: a stale handle) is final.
         w.path = match find_path(w.dev, w.ino, w.handle_type, &w.handle) {
             Ok((_, p)) => Some(p),
-            Err((true, _)) => None,
+            // Without CAP_DAC_READ_SEARCH: looked for under the working directory (a watch is
+            // of an inode, so any name of it will do). Not found there, no launcher that may
+            // restore this process's image as its user could do better.
+            Err((true, why)) => match search(w.dev, w.ino) {
+                Some(p) => Some(p),
+                None => {
+                    return Err(format!(
+                        "inotify watch {} (inode {}): its path cannot be found: the kernel's handle of it needs CAP_DAC_READ_SEARCH ({why}), and it is not under the working directory; remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey), or watch something under the working directory",
+                        w.wd, w.ino
+                    ))
+                }
+            },
             Err((false, why)) => {
                 return Err(format!(
                     "inotify watch {} (inode {}): its file cannot be found ({why}); remove the watch before the checkpoint",
@@ -50,6 +61,45 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         };
     }
     Ok(inotify)
+}
+
+/// Entries looked at, at most, by [`search`].
+const SEARCH_LIMIT: usize = 20_000;
+
+/// A path of the inode `ino` on device `dev` under the working directory (breadth first, not
+/// following symlinks, into directories of the working directory's file system or of the
+/// inode's, up to [`SEARCH_LIMIT`] entries).
+fn search(dev: u64, ino: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let start = std::env::current_dir().ok()?;
+    let home = std::fs::metadata(&start).ok()?.dev();
+    let mut queue = std::collections::VecDeque::from([start]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        let meta = std::fs::symlink_metadata(&dir).ok()?;
+        if meta.dev() == dev && meta.ino() == ino {
+            return Some(dir.to_string_lossy().into_owned());
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > SEARCH_LIMIT {
+                return None;
+            }
+            let Ok(m) = e.metadata() else {
+                continue;
+            };
+            if m.dev() == dev && m.ino() == ino {
+                return Some(e.path().to_string_lossy().into_owned());
+            }
+            if m.is_dir() && (m.dev() == dev || m.dev() == home) {
+                queue.push_back(e.path());
+            }
+        }
+    }
+    None
 }
 
 /// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.
@@ -199,11 +249,19 @@ impl Inotify {
             let (_hold, path) = match w.path.as_deref().filter(|p| same_inode(p, w.ino)) {
                 Some(p) => (None, p.to_owned()),
                 None => {
-                    let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|(_, e)| {
-                        format!(
-                            "{}: cannot find the watched file again ({e}); restore as root, or remove the watch before the checkpoint",
-                            what()
-                        )
+                    let (o, _) = find_path(w.dev, w.ino, w.handle_type, &w.handle).map_err(|(denied, e)| {
+                        let was = w.path.as_deref().map(|p| format!(" (it was {p})")).unwrap_or_default();
+                        if denied {
+                            format!(
+                                "{}: cannot find the watched file again{was} ({e}): that takes CAP_DAC_READ_SEARCH; remove the watch before the checkpoint",
+                                what()
+                            )
+                        } else {
+                            format!(
+                                "{}: the watched file{was} was removed or replaced since the checkpoint ({e}): a paused process would have been told (IN_DELETE_SELF, IN_IGNORED), a restored one cannot be; put it back, or remove the watch before the checkpoint and add it again after restore",
+                                what()
+                            )
+                        }
                     })?;
                     let p = format!("/proc/self/fd/{}", o.as_raw_fd());
                     (Some(o), p)
