@@ -82,7 +82,7 @@ impl DeletedFile {
 pub(crate) fn kernel_internal(name: &str) -> Option<&'static str> {
     match name.strip_suffix(" (deleted)")? {
         "/[aio]" => Some("an AIO context (io_setup) is not supported: io_destroy it before the checkpoint and io_setup again after"),
-        "/anon_hugepage" => Some("MAP_HUGETLB memory is not supported: map it without MAP_HUGETLB (transparent huge pages are restored)"),
+        "/anon_hugepage" => Some("MAP_HUGETLB memory is not supported: map it without MAP_HUGETLB (transparent huge pages are restored; a JVM started with -XX:+UseLargePages: drop the flag, or use -XX:+UseTransparentHugePages)"),
         "/secretmem" => Some("memfd_secret memory cannot be read by anyone, thaw included: create it again after restore"),
         _ => None,
     }

@@ -1852,7 +1852,7 @@ fn reopen_path(
         if err.raw_os_error() == Some(libc::ENXIO) {
             format!("fd {fd}: cannot reopen the FIFO {path} for writing: nothing has it open for reading now (start its reader first)")
         } else if err.kind() == std::io::ErrorKind::NotFound {
-            format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint, perhaps by an earlier restore of this image at its exit, as a JVM removes its JFR repository): an image keeping a file open restores only while that file is there (close it in a before-checkpoint hook and open it again after restore: a database connection, a JFR recording — jdk.jfr.Recording.stop — or a log; or put back a copy of the file)")
+            format!("fd {fd}: cannot reopen {path}: it is gone (removed since the checkpoint: by the first life as it ended, by an earlier restore of this image, or by another process): an image keeping a file open restores only while that file is there: close it before the checkpoint and open it again after restore (a hook), or put back a copy of the file (files runtimes remove themselves: SQLite's -wal and -shm when its last connection closes, a JVM's JFR repository, Python's shared_memory segments, unlinked by its resource tracker)")
         } else {
             format!("fd {fd}: cannot reopen {path}: {err}")
         }
@@ -1868,7 +1868,7 @@ fn reopen_path(
         && meta.uid() == crate::sys::geteuid();
     if super::FileId::of(&meta) != id && !empty_lock_file {
         return Err(format!(
-            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path): a log the process rotates itself is best closed before the checkpoint and opened again after (a hook), or written through a handler that opens it again by name (Python's WatchedFileHandler)"
+            "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path): a log that is rotated is best closed before the checkpoint and opened again after restore (a hook: Python's logging handlers, WatchedFileHandler too, keep theirs open), or not rotated (HotSpot's -Xlog file output: filecount=0, or reconfigured after restore with jcmd PID VM.log)"
         ));
     }
     if !path_only {

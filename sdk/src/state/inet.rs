@@ -293,7 +293,7 @@ pub(crate) fn dump(
                 Err(_) => String::new(),
             };
             return Err(format!(
-                "a TCP connection ({}{ends}) is not restored: close it before the checkpoint and connect again after (an idle keep-alive connection of an HTTP client's pool is one too: close the client or send the last request with `Connection: close`; Node's fetch keeps its pool in undici's global dispatcher: install your own with npm undici's setGlobalDispatcher and close it in a beforeCheckpoint hook; Java's HttpClient: a new client after restore; a server's client connections: close them, e.g. Node's server.closeAllConnections(), which leaves out upgraded ones such as WebSockets)",
+                "a TCP connection ({}{ends}) is not restored: close it before the checkpoint and connect again after (an idle keep-alive connection of an HTTP client's pool is one too: close the client or send the last request with `Connection: close`; Node's fetch keeps its pool in undici's global dispatcher: install your own with npm undici's setGlobalDispatcher and close it in a beforeCheckpoint hook; Java's HttpURLConnection keeps them for reuse: -Dhttp.keepAlive=false, and its HttpClient (no close() before JDK 21): a new client after restore, or for either leave the pooled connections out with -Dthaw.fdPolicy=socket=drop (THAW_FD_POLICY=socket=drop), which they connect again after; a server's client connections: close them, e.g. Node's server.closeAllConnections(), which leaves out upgraded ones such as WebSockets)",
                 tcp_state_name(info[0])
             ));
         }
