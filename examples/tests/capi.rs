@@ -137,7 +137,11 @@ fn the_checkpoint_signal_never_writes_below_a_small_stack() {
     let env = Env::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let exe = env.path("small_stacks");
-    cc_with_libthaw(&[&root.join("examples/c/small_stacks.c")], &["-pthread"], &exe);
+    cc_with_libthaw(
+        &[&root.join("examples/c/small_stacks.c")],
+        &["-pthread"],
+        &exe,
+    );
     let img = env.path("s.thaw");
     let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));

@@ -320,6 +320,50 @@ fn a_refused_checkpoint_names_every_item_and_the_jvm_goes_on() {
     assert!(lines[1].contains("THAW_FD_POLICY"), "{out}");
     assert_eq!(lines[2], "goes on, child exit 143");
     assert!(!img.exists());
+
+    // A running JFR recording: every restore would write its chunk in the same repository file.
+    let o = java(
+        &cp,
+        &[
+            "-XX:StartFlightRecording",
+            &format!("-Dthaw.image={}", img.display()),
+        ],
+        "Refused",
+        &["jfr"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        // (After JFR's own startup lines.)
+        out.contains("\ncode -2\n")
+            && out.contains("JFR recording(s) 1 (")
+            && out.contains("JFR.stop"),
+        "{}",
+        text(&o)
+    );
+    assert!(!img.exists());
+
+    // The child left out (-Dthaw.leaveChildrenOut=true, for the CRaC-shaped API too), with the
+    // pipes to it: ended by SIGKILL after restore, its output at its end, its input closed.
+    let o = java(
+        &cp,
+        &[
+            "-Dthaw.leaveChildrenOut=true",
+            &format!("-Dthaw.image={}", img.display()),
+            &format!("-Dthaw.key={}", env.key.display()),
+        ],
+        "Refused",
+        &["leave"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "exit 137\nread -1\nwrite failed\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
 }
 
 /// NativePRNG's /dev/urandom buffer (kept for up to 100 ms) is empty after every restore: a

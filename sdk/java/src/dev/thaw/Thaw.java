@@ -52,9 +52,20 @@ public final class Thaw {
         return checkpoint(image, key, exitAfterSave ? EXIT_AFTER_SAVE : 0);
     }
 
-    /** Like {@link #checkpoint(String, String, boolean)} with the C API's flags. */
+    /**
+     * Like {@link #checkpoint(String, String, boolean)} with the C API's flags. Two system
+     * properties apply to every checkpoint (through {@link dev.thaw.crac.Core} too):
+     * {@code -Dthaw.fdPolicy=SPEC} (see {@link #setFdPolicy(String)}) and
+     * {@code -Dthaw.leaveChildrenOut=true} (adds {@link #LEAVE_CHILDREN_OUT}).
+     */
     public static Restored checkpoint(String image, String key, int flags) throws ThawException {
         if (image == null) throw new NullPointerException("image");
+        String policy = System.getProperty("thaw.fdPolicy");
+        if (policy != null) setFdPolicy(policy);
+        if (Boolean.parseBoolean(System.getProperty("thaw.leaveChildrenOut"))) {
+            flags |= LEAVE_CHILDREN_OUT;
+        }
+        refuseRunningRecordings();
         // What the second life runs first is loaded and run once now: class loading after the
         // restore would be on the restored process's critical path.
         new Restored(new String[] {"x"}, new String[] {"K=V"}).argsArray();
@@ -63,6 +74,40 @@ public final class Thaw {
         Restored restored = new Restored(restoredArgs0(), restoredEnv0());
         last = restored;
         return restored;
+    }
+
+    /**
+     * A Flight Recorder recording that runs (-XX:StartFlightRecording, jcmd JFR.start) writes its
+     * chunk in the JFR repository at an offset the image keeps: every restore would write the same
+     * chunk file there, and recordings of a restore that ends without its shutdown hooks (or of
+     * two restores at once) come out unreadable, while one that ends normally removes the
+     * repository and no later restore can reopen it. Refused, naming the recordings. Nothing is
+     * loaded for this where JFR was never started.
+     */
+    private static void refuseRunningRecordings() throws ThawException {
+        try {
+            Class<?> fr = Class.forName("jdk.jfr.FlightRecorder");
+            if (!(Boolean) fr.getMethod("isInitialized").invoke(null)) return;
+            Object recorder = fr.getMethod("getFlightRecorder").invoke(null);
+            StringBuilder running = new StringBuilder();
+            for (Object rec : (java.util.List<?>) fr.getMethod("getRecordings").invoke(recorder)) {
+                Class<?> rc = rec.getClass();
+                if (!"RUNNING".equals(String.valueOf(rc.getMethod("getState").invoke(rec)))) continue;
+                if (running.length() > 0) running.append(", ");
+                running.append(rc.getMethod("getId").invoke(rec))
+                        .append(" (")
+                        .append(rc.getMethod("getName").invoke(rec))
+                        .append(')');
+            }
+            if (running.length() > 0) {
+                throw new ThawException(
+                        "cannot checkpoint: JFR recording(s) " + running
+                                + " running: each restore would write the recording's chunk in the same JFR repository file; stop them before the checkpoint (Recording.stop() in a beforeCheckpoint resource, or jcmd PID JFR.stop) and start a recording after restore",
+                        ThawException.UNSUPPORTED);
+            }
+        } catch (ReflectiveOperationException | ClassCastException | LinkageError e) {
+            // No jdk.jfr module (a jlinked runtime without it): no recording can run.
+        }
     }
 
     /** What the latest restore passed, or null if this process was never restored. */

@@ -17,7 +17,9 @@ import java.util.TreeMap;
  * is written, as CRaC's does; {@code -Dthaw.exitAfterSave=false} (or
  * {@code THAW_EXIT_AFTER_SAVE=false}) keeps it running, and it is then notified as after a
  * restore. {@code -Dthaw.fdPolicy=SPEC} sets the descriptor policy (see {@link
- * Thaw#setFdPolicy(String)}; {@code THAW_FD_POLICY} is read by libthaw itself).
+ * Thaw#setFdPolicy(String)}; {@code THAW_FD_POLICY} is read by libthaw itself), and
+ * {@code -Dthaw.leaveChildrenOut=true} leaves child processes out of the image (see {@link
+ * Thaw#LEAVE_CHILDREN_OUT}).
  */
 public final class Core {
     private static final OrderedContext GLOBAL = new OrderedContext();
@@ -70,7 +72,6 @@ public final class Core {
         if (key != null && key.isEmpty()) key = null;
         String exit = setting("thaw.exitAfterSave", "THAW_EXIT_AFTER_SAVE");
         boolean exitAfterSave = exit == null || !(exit.equalsIgnoreCase("false") || exit.equals("0"));
-        String policy = System.getProperty("thaw.fdPolicy");
         synchronized (Core.class) {
             List<OrderedContext> contexts;
             synchronized (BY_PRIORITY) {
@@ -87,7 +88,6 @@ public final class Core {
             }
             if (failed == null) {
                 try {
-                    if (policy != null) Thaw.setFdPolicy(policy);
                     Thaw.checkpoint(image, key, exitAfterSave);
                 } catch (ThawException e) {
                     failed = new CheckpointException();
