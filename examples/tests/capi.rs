@@ -189,3 +189,81 @@ fn a_process_near_its_soft_limit_of_open_files_is_checkpointed_and_keeps_its_lim
         "restored: limit 1024, 700 open\n"
     );
 }
+
+/// A pseudo-terminal: (master, slave), the slave in its default (canonical) mode.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt and friends on a new descriptor we own; ptsname's buffer is read at
+    // once.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0);
+        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+    }
+}
+
+fn canonical(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    thaw::sys::tcgetattr(f.as_raw_fd()).unwrap().c_lflag & libc::ICANON != 0
+}
+
+/// A process that put its terminal in raw mode (Node's readline) finds it in raw mode after
+/// restore, though the first life's end put it back: the launcher lends the caller's terminal
+/// the process's mode and puts the caller's own back once the process has ended. On a pipe,
+/// the launcher warns that standard input is no terminal any more.
+#[test]
+fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("terminal");
+    cc_with_libthaw(&[&root.join("examples/c/terminal.c")], &[], &exe);
+    let img = env.path("t.thaw");
+    let (_master, slave) = pty();
+    let cooked = thaw::sys::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&slave)).unwrap();
+    let o = command(&exe)
+        .arg(&img)
+        .arg(&env.key)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!canonical(&slave), "the first life set raw mode");
+    // Its end puts the terminal back, as a runtime's exit does.
+    thaw::sys::tcsetattr(std::os::fd::AsRawFd::as_raw_fd(&slave), &cooked).unwrap();
+    let out = env.path("mode");
+    let out_arg = out.to_str().unwrap();
+    for opts in every_mode() {
+        let o = env
+            .restore_cmd(&img, opts, &[out_arg])
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{opts:?}: {}", text(&o));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "icanon 0 echo 0\n",
+            "{opts:?}"
+        );
+        assert!(canonical(&slave), "{opts:?}: the caller's mode is back");
+    }
+    let o = env
+        .restore_cmd(&img, &[], &[out_arg])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "not a terminal\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("standard input was a terminal in raw mode"),
+        "{}",
+        text(&o)
+    );
+}

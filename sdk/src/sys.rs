@@ -1742,6 +1742,37 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
     }
 }
 
+/// The mode of the terminal `fd` is (`None`: not a terminal).
+pub fn tcgetattr(fd: i32) -> Option<libc::termios> {
+    // SAFETY: tcgetattr fills the termios it is given; all-zero bytes are a valid one.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(fd, &mut t) == 0).then_some(t)
+    }
+}
+
+/// Sets the mode of the terminal `fd` is, at once.
+pub fn tcsetattr(fd: i32, t: &libc::termios) -> io::Result<()> {
+    // SAFETY: tcsetattr reads the termios it is given.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The foreground process group of the terminal `fd` is (-1 if none or not a terminal).
+pub fn tcgetpgrp(fd: i32) -> i32 {
+    // SAFETY: a plain query on a descriptor.
+    unsafe { libc::tcgetpgrp(fd) }
+}
+
+/// This process's process group.
+pub fn getpgrp() -> i32 {
+    // SAFETY: getpgrp has no failure.
+    unsafe { libc::getpgrp() }
+}
+
 /// Private anonymous memory marked MADV_DONTFORK: a buffer the frozen child does not have.
 #[derive(Debug)]
 pub struct DontForkBuf {

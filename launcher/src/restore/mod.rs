@@ -1123,6 +1123,12 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let region = Region::reserve(m)?;
     let plan = build_plan(image, &fds, &region, &args, &target.creds, mode, None)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
+    // The terminal modes the process had set on its standard descriptors, lent to the caller's
+    // terminals until it has ended (see thaw::state::terminal).
+    let (_lent, warnings) = thaw::state::terminal::Lent::lend(&m.files);
+    for w in warnings {
+        eprintln!("thaw: warning: {w}");
+    }
 
     // With lazy memory, a second holder of the userfaultfd (see guardian.rs), started while the
     // launcher has its signals still.

@@ -36,6 +36,8 @@ pub struct FdEntry {
     /// several did (a terminal from a login: 0, 1 and 2 one description), the caller's must
     /// still be one at restore, or which one it stood for cannot be told.
     pub standard_set: u8,
+    /// A standard descriptor that was a terminal: its mode (see [`super::terminal`]).
+    pub terminal: Option<super::terminal::Mode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,8 +434,10 @@ impl FdScan {
                 in_flight: false,
                 locked_stamp: None,
                 standard_set: 0,
+                terminal: None,
             };
             if fd <= 2 {
+                entry.terminal = super::terminal::Mode::of(fd);
                 scan.entries.push(entry);
                 continue;
             }
