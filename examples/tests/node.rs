@@ -335,6 +335,38 @@ fn workers_run_their_hooks_and_reseed_after_a_restore() {
     differs_per_restore(&env, &img, "worker after true true true 1 ");
 }
 
+/// A Worker blocked in `Atomics.wait` at the checkpoint, woken after restore with a message
+/// waiting: it handles the message before its turn for the restore's notice, and its first
+/// `randomUUID` must still differ per restore (it handed out the first life's cached batch, the
+/// same UUID in every restore): crypto's random functions catch up with a restore first.
+#[test]
+fn a_worker_running_before_its_restore_notice_draws_fresh_uuids() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("waiting.thaw");
+    let js = "const { Worker } = require('worker_threads');\n\
+        const flag = new Int32Array(new SharedArrayBuffer(4));\n\
+        const w = new Worker(`\n\
+          const { parentPort, workerData } = require('worker_threads');\n\
+          const thaw = require(process.env.THAW_NODE_PACKAGE);\n\
+          const crypto = require('crypto');\n\
+          crypto.randomUUID();\n\
+          parentPort.on('message', () => parentPort.postMessage('uuid ' + crypto.randomUUID()));\n\
+          parentPort.postMessage('ready');\n\
+          Atomics.wait(new Int32Array(workerData), 0, 0);\n\
+        `, { eval: true, workerData: flag.buffer });\n\
+        w.once('message', () => {\n\
+          thaw.checkpoint(process.argv[1], { key: process.argv[2], exitAfterSave: true });\n\
+          w.postMessage('go');\n\
+          Atomics.store(flag, 0, 1);\n\
+          Atomics.notify(flag, 0);\n\
+          w.once('message', (m) => { console.log(m); process.exit(0); });\n\
+        });";
+    let (_, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    differs_per_restore(&env, &img, "uuid ");
+}
+
 #[test]
 fn standard_output_queued_at_the_checkpoint_is_written_or_refused_and_the_shared_pipe_left_blocking(
 ) {

@@ -86,10 +86,56 @@ function crypto_loaded() {
  * docs/node.md. Returns { openssl } telling whether OpenSSL was found and reseeded.
  */
 function reseed() {
+  seededFor = native.restores();
   const openssl = native.reseedOpenSSL();
   reseedCaches();
   return { openssl };
 }
+
+// The restore count this isolate last reseeded its caches for (see catchUp).
+let seededFor = native.restores();
+
+// Reseeds OpenSSL and this isolate's caches if a restore happened since it last did. crypto's
+// random functions call this first: in an isolate other than the checkpointing one (a Worker
+// woken from Atomics.wait, or handling a message in the same turn as the restore's notice) they
+// may run before its next turn, and would hand out the first life's cached UUIDs, the same in
+// every restore.
+function catchUp() {
+  const now = native.restores();
+  if (now === seededFor) return;
+  seededFor = now;
+  native.reseedOpenSSL();
+  reseedCaches();
+}
+
+// crypto's random functions, each calling catchUp first: on the module (so `crypto.randomUUID()`
+// and ESM imports of it, synced) and on the Web Crypto object (`globalThis.crypto`). A function
+// taken from the module before this package loaded is not covered (docs/node.md).
+function guardRandom() {
+  const crypto = require('crypto');
+  const guard = (obj, name) => {
+    const desc = obj && Object.getOwnPropertyDescriptor(obj, name);
+    // (crypto.getRandomValues is a getter of Web Crypto's, guarded on its prototype.)
+    if (!desc || !desc.configurable || typeof desc.value !== 'function') return;
+    const fn = desc.value;
+    if (fn.thawGuarded) return;
+    const guarded = function (...args) {
+      catchUp();
+      return fn.apply(this, args);
+    };
+    Object.defineProperty(guarded, 'name', { value: fn.name });
+    guarded.thawGuarded = true;
+    Object.defineProperty(obj, name, { ...desc, value: guarded });
+  };
+  for (const name of ['randomUUID', 'randomInt', 'randomBytes', 'randomFillSync', 'randomFill', 'getRandomValues']) {
+    guard(crypto, name);
+  }
+  const web = globalThis.crypto && Object.getPrototypeOf(globalThis.crypto);
+  guard(web, 'randomUUID');
+  guard(web, 'getRandomValues');
+  require('module').syncBuiltinESMExports();
+}
+guardRandom();
 
 // This isolate's JS-side caches of random bytes: consumed past a refill.
 function reseedCaches() {
@@ -117,7 +163,7 @@ function restoredInfo(extra) {
 // its afterRestore hooks run (info.elsewhere is true). OpenSSL is the whole process's: reseeded
 // once, by the checkpointing isolate, before any hook runs.
 native.watch(() => {
-  reseedCaches();
+  catchUp();
   const errors = runAfter(resources.slice(), restoredInfo({ elsewhere: true }));
   for (const e of errors) process.emitWarning(`thaw: an afterRestore hook failed: ${e && e.message}`);
 });
