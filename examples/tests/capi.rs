@@ -267,3 +267,39 @@ fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
         text(&o)
     );
 }
+
+/// The process's own /proc files held open (wasmtime's /proc/self/pagemap) come back opened again
+/// by the restorer: the same files of the same process (its pagemap shows its own pages, its
+/// status its own PID). One read partway is refused, as is another process's.
+#[test]
+fn the_process_own_proc_files_are_opened_again() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("proc_self");
+    cc_with_libthaw(&[&root.join("examples/c/proc_self.c")], &[], &exe);
+    let img = env.path("p.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "pagemap present 1, status of itself 1, link 1\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
+    let o = command(&exe)
+        .arg(env.path("m.thaw"))
+        .arg(&env.key)
+        .arg("midway")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("a /proc file of the process read up to the middle"),
+        "{}",
+        text(&o)
+    );
+}

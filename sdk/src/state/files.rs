@@ -130,7 +130,29 @@ pub enum FdKind {
         /// Its owner where not the process's own (see [`crate::sys::foreign_owner`]).
         owner: Option<(u32, u32)>,
     },
+    /// A /proc file of the process itself (`/proc/PID/NAME`, its own PID: wasmtime keeps
+    /// `pagemap` open for its dirty-page scans): opened again by the restorer as
+    /// `/proc/self/NAME`, which is the same file of the same process, at `pos`.
+    ProcSelf { name: String, pos: u64 },
 }
+
+/// The process's own /proc files a descriptor may hold across a restore: read with `pread`
+/// (`pagemap`, `mem`: any position), or read from the start each time (the others: only at
+/// position 0, as a read in the middle of one would go on from another snapshot of it).
+const PROC_SELF: [&str; 12] = [
+    "pagemap",
+    "mem",
+    "maps",
+    "smaps",
+    "smaps_rollup",
+    "status",
+    "stat",
+    "statm",
+    "cgroup",
+    "mountinfo",
+    "limits",
+    "io",
+];
 
 /// One epoll registration: the watched descriptor, the event mask (including EPOLLET,
 /// EPOLLONESHOT, …) and the user data.
@@ -265,6 +287,8 @@ fn mark_dups(entries: &mut [FdEntry]) {
                 | FdKind::Socket(_)
                 | FdKind::Pidfd(_)
                 | FdKind::DevNull
+                // (Opened again each: two of one description get an offset each.)
+                | FdKind::ProcSelf { .. }
         )
     };
     let file = |fd: i32| {
@@ -685,10 +709,27 @@ impl FdScan {
                 continue;
             }
             if target.starts_with("/proc/") {
-                scan.refused.push(bad(
-                    FdClass::Other,
-                    "a /proc file describes one process at one moment and cannot be reopened as the same file; open it again after restore",
-                ));
+                let own = target
+                    .strip_prefix(&format!("/proc/{}/", crate::sys::getpid()))
+                    .filter(|n| PROC_SELF.contains(n));
+                let pos = crate::sys::tell(fd);
+                match own {
+                    Some(name) if pos == 0 || name == "pagemap" || name == "mem" => {
+                        entry.kind = FdKind::ProcSelf {
+                            name: name.to_owned(),
+                            pos: pos.max(0) as u64,
+                        };
+                        scan.entries.push(entry);
+                    }
+                    Some(_) => scan.refused.push(bad(
+                        FdClass::Other,
+                        "a /proc file of the process read up to the middle (a read would go on from another snapshot of it); read it to its end, or close it, before the checkpoint",
+                    )),
+                    None => scan.refused.push(bad(
+                        FdClass::Other,
+                        "a /proc file describes one process at one moment and cannot be reopened as the same file; open it again after restore",
+                    )),
+                }
                 continue;
             }
             if let Some(why) = super::deleted::kernel_internal(&target) {
@@ -1422,7 +1463,7 @@ pub fn reopen(
                     })?,
                 None => continue,
             },
-            FdKind::Stdio => continue,
+            FdKind::Stdio | FdKind::ProcSelf { .. } => continue,
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
                 if let Some(then) = e.locked_stamp {
@@ -1904,6 +1945,31 @@ impl FdEntry {
                 p.plan_restore(plan, self.fd, self.flags, self.cloexec);
             }
         }
+        if let FdKind::ProcSelf { name, pos } = &self.kind {
+            let fd = self.fd;
+            let path = plan.cstr(&format!("/proc/self/{name}"));
+            let flags = self.flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
+            plan.syscall_fd(
+                format!("fd {fd}: open /proc/self/{name}"),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, path, u64::from(flags), 0, 0],
+                fd,
+            );
+            if !self.cloexec {
+                plan.syscall(
+                    format!("fd {fd}: clear close-on-exec"),
+                    libc::SYS_fcntl,
+                    [fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
+                );
+            }
+            if *pos != 0 {
+                plan.syscall(
+                    format!("fd {fd}: seek to {pos}"),
+                    libc::SYS_lseek,
+                    [fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
+                );
+            }
+        }
         if let Some(s) = &self.signal_io {
             if !matches!(self.kind, FdKind::DevNull | FdKind::Stdio) {
                 s.plan_restore(plan, self.fd, self.flags);
@@ -1923,7 +1989,8 @@ impl FdEntry {
 
     /// Whether the restorer creates this descriptor itself (it is not reopened by the launcher).
     pub fn made_by_restorer(&self) -> bool {
-        matches!(self.kind, FdKind::Pidfd(p) if p.dead.is_none())
+        matches!(&self.kind, FdKind::Pidfd(p) if p.dead.is_none())
+            || matches!(self.kind, FdKind::ProcSelf { .. })
     }
 
     /// Steps that run once every descriptor has its number: epoll registrations.
@@ -2033,6 +2100,7 @@ fn not_in_flight(e: &FdEntry) -> Option<(&'static str, &'static str)> {
     }
     match &e.kind {
         FdKind::Pidfd(_) => Some(("pidfd", "a pidfd is not restored in flight")),
+        FdKind::ProcSelf { .. } => Some(("a /proc file", "it is not restored in flight")),
         FdKind::Epoll { watches } if !watches.is_empty() => Some((
             "epoll",
             "an epoll instance with registrations is not restored in flight",
