@@ -112,7 +112,12 @@ function catchUp() {
 // and ESM imports of it, synced) and on the Web Crypto object (`globalThis.crypto`). A function
 // taken from the module before this package loaded is not covered (docs/node.md).
 function guardRandom() {
-  const crypto = require('crypto');
+  let crypto;
+  try {
+    crypto = require('crypto');
+  } catch {
+    return; // a Node built without OpenSSL
+  }
   const guard = (obj, name) => {
     const desc = obj && Object.getOwnPropertyDescriptor(obj, name);
     // (crypto.getRandomValues is a getter of Web Crypto's, guarded on its prototype.)
@@ -121,6 +126,7 @@ function guardRandom() {
     if (fn.thawGuarded) return;
     const guarded = function (...args) {
       catchUp();
+      if (name in used) used[name] = true;
       return fn.apply(this, args);
     };
     Object.defineProperty(guarded, 'name', { value: fn.name });
@@ -135,16 +141,23 @@ function guardRandom() {
   guard(web, 'getRandomValues');
   require('module').syncBuiltinESMExports();
 }
-guardRandom();
 
-// This isolate's JS-side caches of random bytes: consumed past a refill.
+// Whether crypto was loaded before this package wrapped its functions (see guardRandom): code
+// may then hold unwrapped ones, whose use is not seen.
+const cryptoBefore = crypto_loaded();
+// Which caches the wrapped functions have seen used (randomUUID's batch, randomInt's cache).
+const used = { randomUUID: false, randomInt: false };
+
+// This isolate's JS-side caches of random bytes: consumed past a refill, where they may hold
+// anything.
 function reseedCaches() {
   if (crypto_loaded()) {
     const crypto = require('crypto');
-    for (let i = 0; i <= 128; i++) crypto.randomUUID();
-    for (let i = 0; i <= 1024; i++) crypto.randomInt(1);
+    if (cryptoBefore || used.randomUUID) for (let i = 0; i <= 128; i++) crypto.randomUUID();
+    if (cryptoBefore || used.randomInt) for (let i = 0; i <= 1024; i++) crypto.randomInt(1);
   }
 }
+guardRandom();
 
 function restoredInfo(extra) {
   const envList = native.restoredEnv();

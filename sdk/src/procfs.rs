@@ -175,29 +175,48 @@ pub fn cgroup_cpus() -> Option<String> {
     (!cpus.trim().is_empty()).then_some(cpus)
 }
 
-/// Whether every process's descriptors can be seen from here: not where /proc hides some
-/// (mounted with hidepid or subset), nor from a PID namespace inside another.
+/// Whether every process's descriptors can be seen from here: from the initial PID namespace
+/// (a /proc of a container's own shows one PID per process too), with a /proc that hides none
+/// (hidepid, subset).
 pub fn all_processes_visible() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let nested = field(&status, "NSpid").is_none_or(|v| v.split_whitespace().count() != 1);
+    use std::os::unix::fs::MetadataExt;
+    // PROC_PID_INIT_INO: the initial PID namespace's inode number.
+    let initial = std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == 0xEFFF_FFFC);
     let hidden = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
         m.lines()
             .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
             .any(|l| l.contains("hidepid=") || l.contains("subset="))
     });
-    !nested && !hidden
+    initial && !hidden
 }
 
-/// The other processes that hold a descriptor whose link reads `link` (`pipe:[N]`,
-/// `socket:[N]`: the kernel's name of one object), with their command names. `None` where some
-/// could not be looked at (see [`all_processes_visible`]; another user's descriptors, for an
-/// unprivileged caller).
-pub fn holders(link: &str) -> Option<Vec<(i32, String)>> {
+/// Who else holds descriptors of pipes and sockets, by their link (`pipe:[N]`, `socket:[N]`:
+/// the kernel's name of one object), with the holders' command names: one walk of every other
+/// process's descriptor table, at the first question.
+#[derive(Debug, Default)]
+pub struct Holders {
+    walked: Option<Option<HolderMap>>,
+}
+
+/// Link → (PID, command) of each other process holding it.
+type HolderMap = std::collections::HashMap<String, Vec<(i32, String)>>;
+
+impl Holders {
+    /// The other processes that hold a descriptor whose link reads `link`. `None` where some
+    /// could not be looked at (see [`all_processes_visible`]; another user's descriptors, for
+    /// an unprivileged caller).
+    pub fn of(&mut self, link: &str) -> Option<Vec<(i32, String)>> {
+        let map = self.walked.get_or_insert_with(walk_holders).as_ref()?;
+        Some(map.get(link).cloned().unwrap_or_default())
+    }
+}
+
+fn walk_holders() -> Option<HolderMap> {
     if !all_processes_visible() {
         return None;
     }
     let me = crate::sys::getpid();
-    let mut out = Vec::new();
+    let mut map = HolderMap::default();
     for pid in crate::sys::list_dir("/proc")
         .ok()?
         .iter()
@@ -210,16 +229,27 @@ pub fn holders(link: &str) -> Option<Vec<(i32, String)>> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(_) => return None,
         };
-        let held = fds.iter().any(|n| {
-            std::fs::read_link(format!("/proc/{pid}/fd/{n}"))
-                .is_ok_and(|l| l.as_os_str() == std::ffi::OsStr::new(link))
-        });
-        if held {
-            let comm = read(pid, "comm").unwrap_or_default();
-            out.push((pid, comm.trim().to_owned()));
+        let mut comm = None;
+        for n in fds {
+            let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{n}")) else {
+                continue;
+            };
+            let link = link.to_string_lossy();
+            if !(link.starts_with("pipe:[") || link.starts_with("socket:[")) {
+                continue;
+            }
+            let comm = comm.get_or_insert_with(|| {
+                read(pid, "comm")
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_default()
+            });
+            let v = map.entry(link.into_owned()).or_default();
+            if !v.iter().any(|(p, _)| *p == pid) {
+                v.push((pid, comm.clone()));
+            }
         }
     }
-    Some(out)
+    Some(map)
 }
 
 /// "process 12 (node), process 13 (sh)".

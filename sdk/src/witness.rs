@@ -63,15 +63,16 @@ impl FdWitness {
         // checkpoint's own descriptors, go above it, the limit raised to the hard one for the
         // checkpoint (the image keeps the process's own: see `raised_from`).
         let (soft, hard) = sys::prlimit(0, libc::RLIMIT_NOFILE)?;
-        let needed = above + fds.len() as u64 + OWN_ROOM;
+        let needed = above + fds.len() as u64;
         if needed > hard {
             return Err(std::io::Error::other(format!(
-                "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them and some of its own, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {needed}",
+                "the process holds {} descriptors numbered up to {}, and the checkpoint needs as many numbers again above them, past its hard limit of {hard} open files: raise that limit (ulimit -Hn, systemd's LimitNOFILE=) to at least {}",
                 fds.len(),
                 above.saturating_sub(1),
+                needed + OWN_ROOM,
             )));
         }
-        let raised_from = (needed > soft).then_some(soft);
+        let raised_from = (needed + OWN_ROOM > soft).then_some(soft);
         if raised_from.is_some() {
             sys::set_nofile_soft(hard, hard)?;
         }

@@ -872,6 +872,7 @@ impl FdScan {
             scan.entries.push(entry);
         }
         let mut foreign = Vec::new();
+        let mut holders = crate::procfs::Holders::default();
         for (id, (idx, has_read, has_write)) in pipes {
             // A pipe whose every writer is gone (a finished child's output, not read yet)
             // reads its bytes, then end of file: made again so, its write end closed.
@@ -896,7 +897,7 @@ impl FdScan {
             // Held elsewhere by children left out alone (a child's output or input): they are
             // killed as far as the restored process knows, so it gets the pipe with their end
             // closed, as it would see it once they had died.
-            let holders = crate::procfs::holders(&format!("pipe:[{id}]"));
+            let holders = holders.of(&format!("pipe:[{id}]"));
             if let Some(h) = &holders {
                 if !h.is_empty() && h.iter().all(|(pid, _)| left_out.contains(pid)) {
                     continue;
@@ -969,9 +970,10 @@ impl FdScan {
             }
         }
         let socks: Vec<(i32, u64)> = sockets.iter().map(|(e, ino, _)| (e.fd, *ino)).collect();
-        for ((mut entry, _, target), (_, r)) in sockets
-            .into_iter()
-            .zip(super::sockets::classify(&socks, left_out))
+        for ((mut entry, _, target), (_, r)) in
+            sockets
+                .into_iter()
+                .zip(super::sockets::classify(&socks, left_out, &mut holders))
         {
             match r {
                 Ok(sock) => {

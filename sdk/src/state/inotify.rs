@@ -35,23 +35,16 @@ pub const MAX_WD: i32 = 1 << 16;
 /// The `inotify wd:` lines of an inotify descriptor's fdinfo.
 pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
     let mut inotify = parse(info)?;
-    for w in &mut inotify.watches {
-        // Without CAP_DAC_READ_SEARCH the launcher may find it; any other failure (the file is
-        // gone: a stale handle) is final.
+    // Watches whose handle this process may not open (no CAP_DAC_READ_SEARCH), with why.
+    let mut denied = Vec::new();
+    for (i, w) in inotify.watches.iter_mut().enumerate() {
+        // Any failure but that one (the file is gone: a stale handle) is final.
         w.path = match find_path(w.dev, w.ino, w.handle_type, &w.handle) {
             Ok((_, p)) => Some(p),
-            // Without CAP_DAC_READ_SEARCH: looked for under the working directory (a watch is
-            // of an inode, so any name of it will do). Not found there, no launcher that may
-            // restore this process's image as its user could do better.
-            Err((true, why)) => match search(w.dev, w.ino) {
-                Some(p) => Some(p),
-                None => {
-                    return Err(format!(
-                        "inotify watch {} (inode {}): its path cannot be found: the kernel's handle of it needs CAP_DAC_READ_SEARCH ({why}), and it is not under the working directory; remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey), or watch something under the working directory",
-                        w.wd, w.ino
-                    ))
-                }
-            },
+            Err((true, why)) => {
+                denied.push((i, why));
+                None
+            }
             Err((false, why)) => {
                 return Err(format!(
                     "inotify watch {} (inode {}): its file cannot be found ({why}); remove the watch before the checkpoint",
@@ -60,46 +53,81 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
             }
         };
     }
+    if denied.is_empty() {
+        return Ok(inotify);
+    }
+    // Looked for under the working directory instead (a watch is of an inode, so any name of
+    // it will do). Not found there, no launcher that may restore this process's image as its
+    // user could do better.
+    let wanted: Vec<(u64, u64)> = denied
+        .iter()
+        .map(|&(i, _)| (inotify.watches[i].dev, inotify.watches[i].ino))
+        .collect();
+    let found = search(&wanted);
+    for (i, why) in denied {
+        let w = &mut inotify.watches[i];
+        match found.get(&(w.dev, w.ino)) {
+            Some(p) => w.path = Some(p.clone()),
+            None => {
+                return Err(format!(
+                    "inotify watch {} (inode {}): its path cannot be found: the kernel's handle of it needs CAP_DAC_READ_SEARCH ({why}), and it is not under the working directory; remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey), or watch something under the working directory",
+                    w.wd, w.ino
+                ))
+            }
+        }
+    }
     Ok(inotify)
 }
 
 /// Entries looked at, at most, by [`search`].
 const SEARCH_LIMIT: usize = 20_000;
 
-/// A path of the inode `ino` on device `dev` under the working directory (breadth first, not
-/// following symlinks, into directories of the working directory's file system or of the
-/// inode's, up to [`SEARCH_LIMIT`] entries).
-fn search(dev: u64, ino: u64) -> Option<String> {
+/// Paths of the inodes `wanted` ((device, inode number)) found under the working directory
+/// (breadth first, not following symlinks, into directories of the working directory's file
+/// system or of a wanted inode's, up to [`SEARCH_LIMIT`] entries), one walk for all.
+fn search(wanted: &[(u64, u64)]) -> std::collections::HashMap<(u64, u64), String> {
     use std::os::unix::fs::MetadataExt;
-    let start = std::env::current_dir().ok()?;
-    let home = std::fs::metadata(&start).ok()?.dev();
+    let mut found = std::collections::HashMap::new();
+    let Ok(start) = std::env::current_dir() else {
+        return found;
+    };
+    let Ok(meta) = std::fs::metadata(&start) else {
+        return found;
+    };
+    let home = meta.dev();
+    if wanted.contains(&(meta.dev(), meta.ino())) {
+        found.insert(
+            (meta.dev(), meta.ino()),
+            start.to_string_lossy().into_owned(),
+        );
+    }
     let mut queue = std::collections::VecDeque::from([start]);
     let mut seen = 0;
     while let Some(dir) = queue.pop_front() {
-        let meta = std::fs::symlink_metadata(&dir).ok()?;
-        if meta.dev() == dev && meta.ino() == ino {
-            return Some(dir.to_string_lossy().into_owned());
-        }
+        // (A directory removed since it was queued is skipped.)
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries.flatten() {
             seen += 1;
-            if seen > SEARCH_LIMIT {
-                return None;
+            if seen > SEARCH_LIMIT || found.len() == wanted.len() {
+                return found;
             }
             let Ok(m) = e.metadata() else {
                 continue;
             };
-            if m.dev() == dev && m.ino() == ino {
-                return Some(e.path().to_string_lossy().into_owned());
+            let key = (m.dev(), m.ino());
+            if wanted.contains(&key) {
+                found
+                    .entry(key)
+                    .or_insert_with(|| e.path().to_string_lossy().into_owned());
             }
-            if m.is_dir() && (m.dev() == dev || m.dev() == home) {
+            if m.is_dir() && (m.dev() == home || wanted.iter().any(|w| w.0 == m.dev())) {
                 queue.push_back(e.path());
             }
         }
     }
-    None
+    found
 }
 
 /// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.

@@ -393,6 +393,7 @@ type Refusal = (FdClass, String);
 pub(crate) fn classify(
     fds: &[(i32, u64)],
     left_out: &[i32],
+    holders: &mut crate::procfs::Holders,
 ) -> Vec<(i32, Result<Socket, Refusal>)> {
     let unix = unix_diag();
     let mut tcp: BTreeMap<i32, std::io::Result<Backlogs>> = BTreeMap::new();
@@ -695,7 +696,7 @@ pub(crate) fn classify(
                     // knows, so made again closed, as the kernel shows an end whose peer closed
                     // (a stream's shut down both ways; a datagram end's sends then fail).
                     // (Bytes this end had sent that they had not read are gone with them.)
-                    let holders = crate::procfs::holders(&format!("socket:[{}]", d.peer));
+                    let holders = holders.of(&format!("socket:[{}]", d.peer));
                     match holders.as_deref() {
                         Some(h)
                             if !h.is_empty()
@@ -1443,7 +1444,7 @@ mod tests {
             .iter()
             .map(|f| (f.as_raw_fd(), ino(f)))
             .collect();
-        let r = classify(&fds, &[]);
+        let r = classify(&fds, &[], &mut Default::default());
         let pair = |i: usize| match &r[i].1 {
             Ok(Socket::Pair(p)) => p.clone(),
             other => panic!("{other:?}"),

@@ -41,18 +41,16 @@ impl Mode {
         self.lflag & libc::ICANON == 0
     }
 
+    /// `base` (the caller's terminal's mode) with the process's input, output and local modes
+    /// and control characters: its line (speed, parity, character size) stays the caller's.
     fn termios(&self, base: &libc::termios) -> libc::termios {
         let mut t = *base;
         t.c_iflag = self.iflag;
         t.c_oflag = self.oflag;
-        t.c_cflag = self.cflag;
         t.c_lflag = self.lflag;
-        t.c_line = self.line;
         for (slot, &v) in t.c_cc.iter_mut().zip(&self.cc) {
             *slot = v;
         }
-        t.c_ispeed = self.ispeed;
-        t.c_ospeed = self.ospeed;
         t
     }
 }

@@ -92,7 +92,9 @@ public final class Thaw {
             StringBuilder running = new StringBuilder();
             for (Object rec : (java.util.List<?>) fr.getMethod("getRecordings").invoke(recorder)) {
                 Class<?> rc = rec.getClass();
-                if (!"RUNNING".equals(String.valueOf(rc.getMethod("getState").invoke(rec)))) continue;
+                // (A delayed one would start in every restore, into the same repository.)
+                String state = String.valueOf(rc.getMethod("getState").invoke(rec));
+                if (!state.equals("RUNNING") && !state.equals("DELAYED")) continue;
                 if (running.length() > 0) running.append(", ");
                 running.append(rc.getMethod("getId").invoke(rec))
                         .append(" (")
@@ -102,7 +104,7 @@ public final class Thaw {
             if (running.length() > 0) {
                 throw new ThawException(
                         "cannot checkpoint: JFR recording(s) " + running
-                                + " running: each restore would write the recording's chunk in the same JFR repository file; stop them before the checkpoint (Recording.stop() in a beforeCheckpoint resource, or jcmd PID JFR.stop) and start a recording after restore",
+                                + " running or about to: each restore would write the recording's chunk in the same JFR repository file; stop them before the checkpoint (Recording.stop() in a beforeCheckpoint resource, or jcmd PID JFR.stop) and start a recording after restore",
                         ThawException.UNSUPPORTED);
             }
         } catch (ReflectiveOperationException | ClassCastException | LinkageError e) {
