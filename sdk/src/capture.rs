@@ -1207,7 +1207,11 @@ pub fn freeze(
     keep_parked: bool,
 ) -> Result<Frozen, FreezeError> {
     let mut capture = capture;
-    capture.stacks = Some(sys::HandlerStacks::new(capture.threads.len())?);
+    let stacks = sys::HandlerStacks::new(capture.threads.len())?;
+    // The checkpoint's own, like its buffers: the snapshot runs on one of them, the image has
+    // none (see `checkpoint`), and neither life keeps them.
+    capture.own_buffers.push(stacks.range());
+    capture.stacks = Some(stacks);
     let old = sys::install_handler(signal, on_checkpoint_signal)?;
     // Make sure the signal is deliverable to this thread.
     let old_mask = sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (signal - 1)))?;
@@ -1296,6 +1300,8 @@ pub fn freeze(
         std::mem::forget(capture.pagemap.take());
         std::mem::forget(capture.guards.take());
         std::mem::forget(capture.maps_buf.take());
+        // Not in the image either (its mappings' place may be another's by now).
+        std::mem::forget(capture.stacks.take());
         for o in capture.shm.drain(..) {
             o.abandon();
         }

@@ -769,6 +769,12 @@ impl Checkpoint {
         let mut writer = ImageWriter::create(&self.path)?;
         // Memory, from the frozen child: its maps are the snapshot's.
         let maps = crate::procfs::smaps(child).map_err(io("reading the snapshot's mappings"))?;
+        // Less the signal handler's stacks (the snapshot itself runs on one): the checkpoint's,
+        // not the process's. (The kernel may have merged them with a neighbour.)
+        let maps = match c.stacks.as_ref() {
+            Some(s) => without(maps, s.range()),
+            None => maps,
+        };
         let mut unsupported = Vec::new();
         let mut dumped = Vec::with_capacity(maps.len());
         for entry in &maps {
@@ -1140,6 +1146,34 @@ fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
             format!("mapping {l}: marked MADV_DONTFORK while the checkpoint began, so the snapshot lacks it; try again")
         })
         .collect()
+}
+
+/// `maps` less the range `(start, end)`: mappings inside it dropped, those across its ends cut.
+fn without(
+    maps: Vec<crate::procfs::MapEntry>,
+    (start, end): (u64, u64),
+) -> Vec<crate::procfs::MapEntry> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        if m.end <= start || m.start >= end {
+            out.push(m);
+            continue;
+        }
+        if m.start < start {
+            out.push(crate::procfs::MapEntry {
+                end: start,
+                ..m.clone()
+            });
+        }
+        if m.end > end {
+            out.push(crate::procfs::MapEntry {
+                start: end,
+                offset: m.offset + (end - m.start),
+                ..m
+            });
+        }
+    }
+    out
 }
 
 /// The restorer page a multi-threaded restore left behind: every thread left it long ago.

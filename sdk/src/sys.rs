@@ -1710,6 +1710,11 @@ impl HandlerStacks {
     pub fn top(&self, i: usize) -> Option<u64> {
         (i < self.count).then(|| self.addr + ((i + 1) * Self::EACH) as u64)
     }
+
+    /// (start, end) of the whole area.
+    pub fn range(&self) -> (u64, u64) {
+        (self.addr, self.addr + (Self::EACH * self.count) as u64)
+    }
 }
 
 impl Drop for HandlerStacks {
