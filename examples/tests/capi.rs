@@ -303,3 +303,24 @@ fn the_process_own_proc_files_are_opened_again() {
         text(&o)
     );
 }
+
+/// A program that drew from OpenSSL before its checkpoint (a C program's `RAND_bytes`, Ruby's
+/// `OpenSSL::Random`): OpenSSL reseeds on a PID change only, so libthaw reseeds it after every
+/// restore, before any hook runs.
+#[test]
+fn openssl_draws_afresh_after_every_restore() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("openssl_rand");
+    // (libcrypto given as an input after the source, where the linker needs it.)
+    let libcrypto = Path::new("/usr/lib/x86_64-linux-gnu/libcrypto.so.3");
+    cc_with_libthaw(
+        &[&root.join("examples/c/openssl_rand.c"), libcrypto],
+        &[],
+        &exe,
+    );
+    let img = env.path("o.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    differs_per_restore(&env, &img, "drawn ");
+}

@@ -1316,6 +1316,8 @@ fn restored() -> Result<Outcome, CheckpointError> {
     }
     let ra: RestoreArgs =
         postcard::from_bytes(&bytes).map_err(|e| CheckpointError::RestoreArgs(e.to_string()))?;
+    // Before any hook: OpenSSL, wherever the process has it, draws afresh.
+    crate::sys::reseed_openssl();
     run_hooks(&AFTER).map_err(CheckpointError::Hook)?;
     let env = ra
         .env

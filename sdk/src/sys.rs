@@ -1747,6 +1747,32 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
     }
 }
 
+/// Reseeds OpenSSL's generators where the process has OpenSSL (libcrypto) loaded: `RAND_poll`,
+/// then `RAND_add` of 48 fresh bytes (a change of state even where polling does nothing). OpenSSL
+/// reseeds on its own only when the PID changes, which a restore never does: every restore of one
+/// image would draw the same bytes (Ruby's OpenSSL::Random, a C program's RAND_bytes, TLS
+/// nonces). Whether OpenSSL was found.
+pub fn reseed_openssl() -> bool {
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; where present, the symbols are
+    // OpenSSL's (or a compatible library's) with these C signatures, and thread-safe.
+    unsafe {
+        let poll = libc::dlsym(libc::RTLD_DEFAULT, c"RAND_poll".as_ptr());
+        let add = libc::dlsym(libc::RTLD_DEFAULT, c"RAND_add".as_ptr());
+        if !poll.is_null() {
+            let poll: extern "C" fn() -> i32 = std::mem::transmute(poll);
+            poll();
+        }
+        if !add.is_null() {
+            let mut buf = [0u8; 48];
+            if libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) == buf.len() as isize {
+                let add: extern "C" fn(*const libc::c_void, i32, f64) = std::mem::transmute(add);
+                add(buf.as_ptr().cast(), buf.len() as i32, buf.len() as f64);
+            }
+        }
+        !poll.is_null() || !add.is_null()
+    }
+}
+
 /// The mode of the terminal `fd` is (`None`: not a terminal).
 pub fn tcgetattr(fd: i32) -> Option<libc::termios> {
     // SAFETY: tcgetattr fills the termios it is given; all-zero bytes are a valid one.

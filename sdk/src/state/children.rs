@@ -89,7 +89,12 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             .trim()
             .to_owned();
         let Some((code, status)) = crate::sys::ended_unreaped(pid) else {
-            if leave_live_out {
+            // Helpers a runtime cannot run without: leaving them out is no way out.
+            let needed = match comm.as_str() {
+                "erl_child_setup" => Some("the Erlang VM's helper that starts its OS processes, which the VM stops without (\"erl_child_setup closed\"), so it cannot be left out either: a restored VM would need a new one in its place, which thaw does not make; an Erlang VM cannot be checkpointed yet"),
+                _ => None,
+            };
+            if leave_live_out && needed.is_none() {
                 let group = match group_of(pid) {
                     (g, s) if g == pid && s == pid => Group::SessionLeader,
                     (g, s) if g == pid && s == sid => Group::Leader,
@@ -105,9 +110,12 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             } else {
                 let stat = procfs::stat_fields(pid).unwrap_or_default();
                 let state = stat.get(3).map_or("?", String::as_str);
-                why.push(format!(
-                    "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first (a worker pool: close and join it, or terminate it, before the checkpoint), or, if the process does not depend on it, leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java)"
-                ));
+                why.push(match needed {
+                    Some(what) => format!("child process {pid} ({comm}, state {state}): {what}"),
+                    None => format!(
+                        "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first (a worker pool: close and join it, or terminate it, before the checkpoint), or, if the process does not depend on it, leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java): it is then as if it had been killed while the process was away (pipes and sockets to it closed)"
+                    ),
+                });
             }
             continue;
         };
