@@ -324,3 +324,24 @@ fn openssl_draws_afresh_after_every_restore() {
     assert!(o.status.success(), "{}", text(&o));
     differs_per_restore(&env, &img, "drawn ");
 }
+
+/// A TCP listener without SO_REUSEADDR whose port keeps a TIME_WAIT entry (the server closed a
+/// connection first): no socket can bind through an entry made without SO_REUSEADDR, so a
+/// restore within that minute is refused, saying so, rather than blaming another process.
+#[test]
+fn a_listener_kept_from_its_port_by_time_wait_is_refused_saying_so() {
+    let env = Env::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path("time_wait");
+    cc_with_libthaw(&[&root.join("examples/c/time_wait.c")], &[], &exe);
+    let img = env.path("t.thaw");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("TIME_WAIT") && err.contains("SO_REUSEADDR"),
+        "{err}"
+    );
+}

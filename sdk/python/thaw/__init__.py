@@ -375,6 +375,8 @@ def reseed() -> List[str]:
     - ``numpy``: the global RandomState behind ``numpy.random.*`` functions, with fresh entropy.
       ``Generator`` objects the application made (``numpy.random.default_rng()``) are its own.
     - ``ssl``: fresh entropy mixed into OpenSSL's generator (it reseeds on a PID change only).
+    - ``cryptography``: the same for the OpenSSL its wheel carries, a copy of its own (keys
+      generated after a restore would otherwise be the same in every restore).
     """
     done = []
     mods = sys.modules
@@ -404,6 +406,14 @@ def reseed() -> List[str]:
     if ssl is not None and hasattr(ssl, "RAND_add"):
         ssl.RAND_add(os.urandom(48), 48.0)
         done.append("ssl")
+    if "cryptography.hazmat.bindings._rust" in mods:
+        try:
+            from cryptography.hazmat.bindings.openssl.binding import Binding
+
+            Binding().lib.RAND_add(os.urandom(48), 48, 48.0)
+            done.append("cryptography")
+        except Exception:  # a build without RAND_add in its bindings: its keys are its own
+            pass
     return done
 
 

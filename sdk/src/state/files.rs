@@ -667,6 +667,8 @@ impl FdScan {
             if !target.starts_with('/') {
                 let (class, why) = if target.starts_with("socket:") {
                     (FdClass::Socket, "sockets are not supported")
+                } else if target == "anon_inode:[io_uring]" {
+                    (FdClass::Other, super::memory::IO_URING)
                 } else if target.starts_with("anon_inode:") {
                     (
                         FdClass::Other,

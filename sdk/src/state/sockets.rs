@@ -1378,7 +1378,11 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
         name_again(&l.addr, l.unlinked, &l.moved_to, l.path_ino)
     })
     .map_err(|e| {
-        if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        if e.raw_os_error() == Some(libc::EADDRINUSE) && !l.reuseaddr && l.family != libc::AF_UNIX {
+            format!(
+                "listening socket {what}: the address is in use: by a socket of another process (stop it, or hand a listening socket in with --listen-fd), or by the first life's connections that its server closed first, waiting in TIME_WAIT for about a minute, which a listener without SO_REUSEADDR cannot bind through (set SO_REUSEADDR before binding, as servers do)"
+            )
+        } else if e.raw_os_error() == Some(libc::EADDRINUSE) {
             format!(
                 "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
             )
