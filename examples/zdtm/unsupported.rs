@@ -42,7 +42,8 @@ fn main() {
     // A seccomp filter.
     assert_eq!(common::allow_everything_filter(), 0, "seccomp filter");
     // A /proc file.
-    let status = std::fs::File::open("/proc/self/status").unwrap();
+    // Another process's /proc file (its own would be opened again as /proc/self/status).
+    let status = std::fs::File::open("/proc/1/status").unwrap();
     // A working directory in /proc.
     std::env::set_current_dir("/proc/self/fdinfo").unwrap();
     match thaw::Checkpoint::to(&image).save() {
