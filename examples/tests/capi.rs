@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -16,6 +16,27 @@ fn names(text: &str, prefix: &str) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// examples/c/NAME.c (with `more` inputs after it, and `flags`) compiled against libthaw.so
+/// into the scratch directory.
+fn c_example(env: &Env, name: &str, more: &[&Path], flags: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let exe = env.path(name);
+    let src = root.join(format!("examples/c/{name}.c"));
+    let mut inputs: Vec<&Path> = vec![&src];
+    inputs.extend(more);
+    cc_with_libthaw(&inputs, flags, &exe);
+    exe
+}
+
+/// Runs `EXE IMAGE KEY` (a first life that checkpoints and exits 0); returns the image and
+/// what the first life printed.
+fn checkpointed(env: &Env, exe: &Path, image: &str) -> (PathBuf, std::process::Output) {
+    let img = env.path(image);
+    let o = command(exe).arg(&img).arg(&env.key).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    (img, o)
 }
 
 #[test]
@@ -75,12 +96,8 @@ fn the_documented_example_is_the_tested_one() {
 #[test]
 fn c_program_checkpoints_and_reseeds_after_each_restore() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("warm");
-    cc_with_libthaw(&[&root.join("examples/c/warm.c")], &[], &exe);
-    let img = env.path("c.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "warm", &[], &[]);
+    let (img, _) = checkpointed(&env, &exe, "c.thaw");
     let session = |o: &std::process::Output| {
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
@@ -110,12 +127,8 @@ fn c_program_checkpoints_and_reseeds_after_each_restore() {
 #[test]
 fn every_thread_reads_the_restore_count_before_the_checkpoint_returns() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("restores");
-    cc_with_libthaw(&[&root.join("examples/c/restores.c")], &["-pthread"], &exe);
-    let img = env.path("r.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "restores", &[], &["-pthread"]);
+    let (img, o) = checkpointed(&env, &exe, "r.thaw");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "first life: 0\n");
     for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
@@ -135,16 +148,8 @@ fn every_thread_reads_the_restore_count_before_the_checkpoint_returns() {
 #[test]
 fn the_checkpoint_signal_never_writes_below_a_small_stack() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("small_stacks");
-    cc_with_libthaw(
-        &[&root.join("examples/c/small_stacks.c")],
-        &["-pthread"],
-        &exe,
-    );
-    let img = env.path("s.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "small_stacks", &[], &["-pthread"]);
+    let (img, o) = checkpointed(&env, &exe, "s.thaw");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "first life: intact\n");
     for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
@@ -163,9 +168,7 @@ fn the_checkpoint_signal_never_writes_below_a_small_stack() {
 #[test]
 fn a_process_near_its_soft_limit_of_open_files_is_checkpointed_and_keeps_its_limit() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("many_fds");
-    cc_with_libthaw(&[&root.join("examples/c/many_fds.c")], &[], &exe);
+    let exe = c_example(&env, "many_fds", &[], &[]);
     let img = env.path("m.thaw");
     let o = command(&exe)
         .arg(&img)
@@ -218,9 +221,7 @@ fn canonical(f: &std::fs::File) -> bool {
 #[test]
 fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("terminal");
-    cc_with_libthaw(&[&root.join("examples/c/terminal.c")], &[], &exe);
+    let exe = c_example(&env, "terminal", &[], &[]);
     let img = env.path("t.thaw");
     let (_master, slave) = pty();
     let cooked = thaw::sys::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&slave)).unwrap();
@@ -274,12 +275,8 @@ fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
 #[test]
 fn the_process_own_proc_files_are_opened_again() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("proc_self");
-    cc_with_libthaw(&[&root.join("examples/c/proc_self.c")], &[], &exe);
-    let img = env.path("p.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "proc_self", &[], &[]);
+    let (img, _) = checkpointed(&env, &exe, "p.thaw");
     for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
         assert_eq!(
@@ -310,18 +307,10 @@ fn the_process_own_proc_files_are_opened_again() {
 #[test]
 fn openssl_draws_afresh_after_every_restore() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("openssl_rand");
     // (libcrypto given as an input after the source, where the linker needs it.)
     let libcrypto = Path::new("/usr/lib/x86_64-linux-gnu/libcrypto.so.3");
-    cc_with_libthaw(
-        &[&root.join("examples/c/openssl_rand.c"), libcrypto],
-        &[],
-        &exe,
-    );
-    let img = env.path("o.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "openssl_rand", &[libcrypto], &[]);
+    let (img, _) = checkpointed(&env, &exe, "o.thaw");
     differs_per_restore(&env, &img, "drawn ");
 }
 
@@ -331,12 +320,8 @@ fn openssl_draws_afresh_after_every_restore() {
 #[test]
 fn a_listener_kept_from_its_port_by_time_wait_is_refused_saying_so() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let exe = env.path("time_wait");
-    cc_with_libthaw(&[&root.join("examples/c/time_wait.c")], &[], &exe);
-    let img = env.path("t.thaw");
-    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let exe = c_example(&env, "time_wait", &[], &[]);
+    let (img, _) = checkpointed(&env, &exe, "t.thaw");
     let o = env.restore(&img, &[], &[]);
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
