@@ -433,7 +433,8 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
     let out = env.refused("zdtm-children", "g.thaw", &["leave-io-shared"]);
     assert!(
         out.contains("the other end of the pipe is not in this process (it is in process ")
-            && out.contains("(zdtm-children)"),
+            && out.contains("(zdtm-children)")
+            && out.contains("a grandchild"),
         "{out}"
     );
     let img = env.checkpoint("zdtm-children", "i.thaw", &["alone-ignored"]);

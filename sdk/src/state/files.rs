@@ -911,7 +911,11 @@ impl FdScan {
         for (i, id, holders) in foreign.into_iter().rev() {
             let e = scan.entries.remove(i);
             let who = match holders.filter(|h| !h.is_empty()) {
-                Some(h) => format!(" (it is in {})", crate::procfs::describe_holders(&h)),
+                Some(h) => format!(
+                    " (it is in {}{})",
+                    crate::procfs::describe_holders(&h),
+                    beyond_left_out(&h, left_out)
+                ),
                 None => String::new(),
             };
             scan.refused.push(Refused::of(
@@ -1089,6 +1093,11 @@ impl FdScan {
                 continue;
             }
             match policy.action(r.fd, Some(r.class)) {
+                // (An io_uring instance stays mapped: leaving its descriptor out is no way out.)
+                FdAction::Refuse if r.message.ends_with(super::memory::IO_URING) => {
+                    refused_fds.insert(r.fd);
+                    refusals.push(r.message)
+                }
                 FdAction::Refuse => {
                     refused_fds.insert(r.fd);
                     refusals.push(format!(
@@ -2147,6 +2156,16 @@ fn same_file(a: &FdEntry, b: &FdEntry) -> bool {
             },
         ) => o == p && d == e,
         _ => false,
+    }
+}
+
+/// Where children are left out and `holders` are not all of them: says that the others (a
+/// child's own children, another process) are not covered.
+pub(crate) fn beyond_left_out(holders: &[(i32, String)], left_out: &[i32]) -> &'static str {
+    if left_out.is_empty() || holders.iter().all(|(p, _)| left_out.contains(p)) {
+        ""
+    } else {
+        "; not all of them children of this process left out: a grandchild (a shell's command: start it with exec) or another process holds it too"
     }
 }
 

@@ -710,9 +710,10 @@ pub(crate) fn classify(
                         }
                         Some(h) if !h.is_empty() => {
                             return refuse(format!(
-                                "connected to socket:[{}] in another process: {}",
+                                "connected to socket:[{}] in another process: {}{}",
                                 d.peer,
-                                crate::procfs::describe_holders(h)
+                                crate::procfs::describe_holders(h),
+                                super::files::beyond_left_out(h, left_out)
                             ))
                         }
                         _ => {
