@@ -52,9 +52,6 @@ pub enum CheckpointError {
 /// How many times a checkpoint is tried when threads or descriptors come and go while the
 /// process is being stopped (a busy machine stretches each attempt: more of them come and go).
 const ATTEMPTS: u32 = 24;
-/// Where SQLite's unix VFS takes a database's shared (reader's) lock: `SHARED_FIRST`, two bytes
-/// past `PENDING_BYTE` (2^30).
-const SQLITE_SHARED_FIRST: u64 = 0x4000_0002;
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Io { what, source }
@@ -861,42 +858,8 @@ impl Checkpoint {
                     .map_err(|w| CheckpointError::Unsupported(vec![w]))?;
             }
         }
-        // Files mapped shared (by path), for the locked files below.
-        let shared_files: Vec<&str> = m
-            .memory
-            .iter()
-            .filter(|v| v.map_flags & libc::MAP_SHARED as u32 != 0)
-            .filter_map(|v| match &v.backing {
-                state::memory::Backing::File { path, .. } => Some(path.as_str()),
-                _ => None,
-            })
-            .collect();
-        let mapped_shared = |path: &str| shared_files.contains(&path);
-        // SQLite databases in WAL mode inside a transaction: the process holds a lock on one of
-        // the `-shm` index's read marks or its write lock (bytes 120-127; byte 128, held for as
-        // long as a connection is open, is not one). Its snapshot is the database file and its
-        // `-wal` as they are now: both are stamped.
-        let in_wal_transaction: Vec<String> = scan
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                FdKind::Regular { path, .. }
-                    if e.locks.iter().any(|l| {
-                        l.kind == state::locks::LockKind::Posix
-                            && l.start < 128
-                            && (l.len == 0 || l.start + l.len > 120)
-                    }) =>
-                {
-                    path.strip_suffix("-shm").map(str::to_owned)
-                }
-                _ => None,
-            })
-            .collect();
-        let wal_snapshot = |path: &str| {
-            in_wal_transaction
-                .iter()
-                .any(|db| path == db || path.strip_suffix("-wal") == Some(db.as_str()))
-        };
+        // Which locked files the image stamps (see state::locks::Stamped).
+        let stamped = state::locks::Stamped::new(&scan.entries, &m.memory);
         // Files: offsets and pipe contents as the handler saw them.
         for e in &mut scan.entries {
             if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
@@ -910,30 +873,9 @@ impl Checkpoint {
                 | FdKind::Directory { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
                         *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
-                        // A file the process held a lock on, a reader's too (SQLite trusts
-                        // the pages it cached while it holds a shared lock): its contents as
-                        // the image knows them (see FdEntry::locked_stamp). Not for read locks
-                        // alone on a file mapped shared (its contents change under anyone's
-                        // lock: SQLite's `-shm` WAL index, LMDB's lock file) unless they are
-                        // SQLite's shared lock (bytes from 2^30 + 2: a read transaction on a
-                        // database it maps, `PRAGMA mmap_size`), nor on a database in WAL mode
-                        // (its `-shm` mapped shared): every connection holds one as long as it
-                        // is open, and checks what it cached against that index at each read
-                        // — except inside a transaction, whose snapshot it trusts.
+                        // A locked file's contents as the image knows them.
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
-                        let sqlite_shared = e.locks.iter().any(|l| l.start == SQLITE_SHARED_FIRST);
-                        let (regular, snapshot) = match &e.kind {
-                            FdKind::Regular { path, .. } => {
-                                let wal = mapped_shared(&format!("{path}-shm"));
-                                (
-                                    e.locks.iter().any(|l| l.write)
-                                        || (!wal && (!mapped_shared(path) || sqlite_shared)),
-                                    wal_snapshot(path),
-                                )
-                            }
-                            _ => (false, false),
-                        };
-                        if (regular && !e.locks.is_empty() || snapshot) && st[0] != u64::MAX {
+                        if stamped.wants(e) && st[0] != u64::MAX {
                             e.locked_stamp =
                                 Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
                         }

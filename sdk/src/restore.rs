@@ -250,6 +250,18 @@ impl Plan {
         self.push(label.into(), OP_SYSCALL_FD, nr, [a, b, c, d, e, fd as u64]);
     }
 
+    /// After [`Self::syscall_fd`] (which leaves `fd` close-on-exec): clears the flag where the
+    /// process's descriptor did not have it.
+    pub fn cloexec_as(&mut self, fd: i32, cloexec: bool) {
+        if !cloexec {
+            self.syscall(
+                format!("fd {fd}: clear close-on-exec"),
+                libc::SYS_fcntl,
+                [fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
+            );
+        }
+    }
+
     /// Writes `bytes` to the file at `path` (a procfs knob of the new process).
     pub fn write_file(&mut self, label: impl Into<String>, path: &str, bytes: &[u8]) {
         let path = self.cstr(path);

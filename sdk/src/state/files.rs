@@ -193,6 +193,9 @@ pub(crate) struct Refused {
     pub class: FdClass,
     /// `fd N (target): why`
     pub message: String,
+    /// Whether the message offers a descriptor policy (not where leaving the descriptor out
+    /// would not do: an io_uring instance's rings stay mapped).
+    pub policy_helps: bool,
 }
 
 impl Refused {
@@ -204,6 +207,7 @@ impl Refused {
             cloexec: entry.cloexec,
             class,
             message: format!("fd {} ({target}): {why}", entry.fd),
+            policy_helps: true,
         }
     }
 }
@@ -664,11 +668,16 @@ impl FdScan {
                 sockets.push((entry, ino, target.clone()));
                 continue;
             }
+            if target == "anon_inode:[io_uring]" {
+                scan.refused.push(Refused {
+                    policy_helps: false,
+                    ..bad(FdClass::Other, super::memory::IO_URING)
+                });
+                continue;
+            }
             if !target.starts_with('/') {
                 let (class, why) = if target.starts_with("socket:") {
                     (FdClass::Socket, "sockets are not supported")
-                } else if target == "anon_inode:[io_uring]" {
-                    (FdClass::Other, super::memory::IO_URING)
                 } else if target.starts_with("anon_inode:") {
                     (
                         FdClass::Other,
@@ -1093,18 +1102,13 @@ impl FdScan {
                 continue;
             }
             match policy.action(r.fd, Some(r.class)) {
-                // (An io_uring instance stays mapped: leaving its descriptor out is no way out.)
-                FdAction::Refuse if r.message.ends_with(super::memory::IO_URING) => {
-                    refused_fds.insert(r.fd);
-                    refusals.push(r.message)
-                }
                 FdAction::Refuse => {
                     refused_fds.insert(r.fd);
-                    refusals.push(format!(
-                        "{} ({})",
-                        r.message,
-                        crate::fd_policy::hint(r.fd, r.class)
-                    ))
+                    refusals.push(if r.policy_helps {
+                        format!("{} ({})", r.message, crate::fd_policy::hint(r.fd, r.class))
+                    } else {
+                        r.message
+                    })
                 }
                 FdAction::Drop => match dead_end(r.fd, r.flags, r.cloexec) {
                     Some(e) => {
@@ -1968,13 +1972,7 @@ impl FdEntry {
                 [libc::AT_FDCWD as u64, path, u64::from(flags), 0, 0],
                 fd,
             );
-            if !self.cloexec {
-                plan.syscall(
-                    format!("fd {fd}: clear close-on-exec"),
-                    libc::SYS_fcntl,
-                    [fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
-                );
-            }
+            plan.cloexec_as(fd, self.cloexec);
             if *pos != 0 {
                 plan.syscall(
                     format!("fd {fd}: seek to {pos}"),

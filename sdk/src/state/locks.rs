@@ -50,6 +50,79 @@ impl std::fmt::Display for Lock {
     }
 }
 
+/// Where SQLite's unix VFS takes a database's shared (reader's) lock: `SHARED_FIRST`, two bytes
+/// past `PENDING_BYTE` (2^30).
+const SQLITE_SHARED_FIRST: u64 = 0x4000_0002;
+
+/// Which regular files the image stamps with their size and modification time (see
+/// `FdEntry::locked_stamp`), to be found unchanged at restore: every file the process held a lock
+/// on, a reader's too (SQLite trusts the pages it cached while it holds a shared lock). Not for
+/// read locks alone on a file mapped shared (its contents change under anyone's lock: SQLite's
+/// `-shm` WAL index, LMDB's lock file) unless they are SQLite's shared lock (a read transaction
+/// on a database it maps, `PRAGMA mmap_size`), nor on a database in WAL mode (its `-shm` mapped
+/// shared): every connection holds one as long as it is open, and checks what it cached against
+/// that index at each read — except inside a transaction, whose snapshot (the database and its
+/// `-wal`) it trusts.
+pub(crate) struct Stamped {
+    /// Files mapped shared, by path.
+    shared: Vec<String>,
+    /// Databases in WAL mode inside a transaction: the process holds a POSIX lock on one of
+    /// the `-shm` index's read marks or its write lock (bytes 120-127; byte 128, held for as
+    /// long as a connection is open, is not one).
+    in_wal_transaction: Vec<String>,
+}
+
+impl Stamped {
+    pub(crate) fn new(entries: &[super::files::FdEntry], memory: &[super::memory::Vma]) -> Self {
+        use super::files::FdKind;
+        let shared = memory
+            .iter()
+            .filter(|v| v.map_flags & libc::MAP_SHARED as u32 != 0)
+            .filter_map(|v| match &v.backing {
+                super::memory::Backing::File { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let in_wal_transaction = entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                FdKind::Regular { path, .. }
+                    if e.locks.iter().any(|l| {
+                        l.kind == LockKind::Posix
+                            && l.start < 128
+                            && (l.len == 0 || l.start + l.len > 120)
+                    }) =>
+                {
+                    path.strip_suffix("-shm").map(str::to_owned)
+                }
+                _ => None,
+            })
+            .collect();
+        Stamped {
+            shared,
+            in_wal_transaction,
+        }
+    }
+
+    /// Whether `e`'s file is stamped.
+    pub(crate) fn wants(&self, e: &super::files::FdEntry) -> bool {
+        let super::files::FdKind::Regular { path, .. } = &e.kind else {
+            return false;
+        };
+        let mapped_shared = |p: &str| self.shared.iter().any(|s| s == p);
+        let wal = mapped_shared(&format!("{path}-shm"));
+        let sqlite_shared = e.locks.iter().any(|l| l.start == SQLITE_SHARED_FIRST);
+        let locked = !e.locks.is_empty()
+            && (e.locks.iter().any(|l| l.write)
+                || (!wal && (!mapped_shared(path) || sqlite_shared)));
+        let snapshot = self
+            .in_wal_transaction
+            .iter()
+            .any(|db| path == db || path.strip_suffix("-wal") == Some(db.as_str()));
+        locked || snapshot
+    }
+}
+
 /// The locks of one descriptor from its fdinfo `lock:` lines; `Err` names one thaw does not
 /// restore.
 pub(crate) fn parse(fdinfo: &str) -> Result<Vec<Lock>, String> {

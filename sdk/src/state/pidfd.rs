@@ -197,12 +197,6 @@ impl Pidfd {
             [self.pid as u64, u64::from(open_flags), 0, 0, 0],
             fd,
         );
-        if !cloexec {
-            plan.syscall(
-                format!("fd {fd}: clear close-on-exec"),
-                libc::SYS_fcntl,
-                [fd as u64, libc::F_SETFD as u64, 0, 0, 0, 0],
-            );
-        }
+        plan.cloexec_as(fd, cloexec);
     }
 }
