@@ -909,10 +909,11 @@ impl FdScan {
             // killed as far as the restored process knows, so it gets the pipe with their end
             // closed, as it would see it once they had died.
             let holders = holders.of(&format!("pipe:[{id}]"));
-            if let Some(h) = &holders {
-                if !h.is_empty() && h.iter().all(|(pid, _)| left_out.contains(pid)) {
-                    continue;
-                }
+            if holders
+                .as_deref()
+                .is_some_and(|h| only_left_out(h, left_out))
+            {
+                continue;
             }
             foreign.extend(idx.into_iter().map(|i| (i, id, holders.clone())));
         }
@@ -2157,10 +2158,16 @@ fn same_file(a: &FdEntry, b: &FdEntry) -> bool {
     }
 }
 
+/// Whether `holders` (of a pipe's or socket's other end, see [`crate::procfs::Holders`]) are
+/// children left out alone: the restored process has that end closed, as after their death.
+pub(crate) fn only_left_out(holders: &[(i32, String)], left_out: &[i32]) -> bool {
+    !holders.is_empty() && holders.iter().all(|(p, _)| left_out.contains(p))
+}
+
 /// Where children are left out and `holders` are not all of them: says that the others (a
 /// child's own children, another process) are not covered.
 pub(crate) fn beyond_left_out(holders: &[(i32, String)], left_out: &[i32]) -> &'static str {
-    if left_out.is_empty() || holders.iter().all(|(p, _)| left_out.contains(p)) {
+    if left_out.is_empty() || only_left_out(holders, left_out) {
         ""
     } else {
         "; not all of them children of this process left out: a grandchild (a shell's command: start it with exec) or another process holds it too"

@@ -698,10 +698,7 @@ pub(crate) fn classify(
                     // (Bytes this end had sent that they had not read are gone with them.)
                     let holders = holders.of(&format!("socket:[{}]", d.peer));
                     match holders.as_deref() {
-                        Some(h)
-                            if !h.is_empty()
-                                && h.iter().all(|(pid, _)| left_out.contains(pid)) =>
-                        {
+                        Some(h) if super::files::only_left_out(h, left_out) => {
                             if ty == libc::SOCK_DGRAM {
                                 widowed = true;
                             } else {
