@@ -1108,6 +1108,45 @@ fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() 
     );
 }
 
+/// The semaphore set id a program printed ("semid N").
+fn semid(out: &str) -> i32 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("semid "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no semid in {out}"))
+}
+
+#[test]
+fn system_v_semaphores_come_back_as_the_kernel_keeps_them_and_undo_lists_are_refused() {
+    let env = Env::new();
+    let first = env.first_life("zdtm-sysv-sem", "s.thaw", &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    let id = semid(&String::from_utf8_lossy(&first.stdout));
+    let img = env.path("s.thaw");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "semaphore set: the one held still taken, the other free",
+                "semaphore taken again with SEM_UNDO",
+            ],
+        );
+    }
+    let out = env.refused("zdtm-sysv-sem", "u.thaw", &["undo"]);
+    let held = semid(&out);
+    assert!(
+        out.contains("the process used System V semaphores with SEM_UNDO")
+            && out.contains(&format!("(id {held})"))
+            && out.contains("unshare(CLONE_SYSVSEM)"),
+        "{out}"
+    );
+    for set in [id, held] {
+        // SAFETY: removing the sets the programs made (IPC_RMID takes no argument).
+        unsafe { libc::semctl(set, 0, libc::IPC_RMID) };
+    }
+}
+
 #[test]
 fn pidfds_of_the_process_and_its_threads_are_opened_again() {
     let env = Env::new();

@@ -822,6 +822,12 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
+        let tids: Vec<i32> = c
+            .threads
+            .iter()
+            .map(|t| t.tid.load(Ordering::Relaxed))
+            .collect();
+        unsupported.extend(state::sysv_sem::refusals(&tids, child));
         unsupported.extend(state::threads::identity_refusals(c));
         unsupported.extend(c.fifos.iter().filter_map(|(fd, _, p)| {
             let n = p.bytes.load(Ordering::Relaxed);

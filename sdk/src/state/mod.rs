@@ -29,6 +29,7 @@ pub mod sigio;
 pub mod signals;
 pub mod sockets;
 pub mod sockopts;
+pub mod sysv_sem;
 pub mod terminal;
 pub mod threads;
 pub mod timers;
