@@ -2084,6 +2084,15 @@ pub fn getitimer(which: i32) -> (u64, u64) {
     (us(v[0], v[1]), us(v[2], v[3]))
 }
 
+/// The PID of the process that last changed semaphore `num` of System V set `id` (semctl
+/// GETPID), or -1 (a set this process may not read).
+pub fn sem_last_pid(id: i32, num: i32) -> i32 {
+    syscall6(
+        libc::SYS_semctl,
+        [id as u64, num as u64, libc::GETPID as u64, 0, 0, 0],
+    ) as i32
+}
+
 /// Whether tasks `a` and `b` of this process share the resource `kind` (kcmp KCMP_*); `None`
 /// where the kernel cannot tell.
 pub fn kcmp(a: i32, b: i32, kind: u64) -> Option<bool> {

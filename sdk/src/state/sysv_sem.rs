@@ -4,66 +4,71 @@
 //! back what the process took when it exits. The kernel does not show them, so they cannot be
 //! saved; and the first life's exit applies them. A lock taken with `SEM_UNDO` (PHP's
 //! `sem_acquire`, Apache's and many C servers' mutexes) would be free to others while the
-//! restored process still counts on holding it. So a process with an undo list is refused.
+//! restored process still counts on holding it. So a process that may hold adjustments is
+//! refused.
 //!
-//! Whether it has one: a fork has none of its own (`copy_semundo` shares the list only with
-//! `CLONE_SYSVSEM`), so the undo lists of a thread and of the snapshot, a fork, compare equal
-//! (`kcmp(KCMP_SYSVSEM)`) exactly when the thread has none.
+//! Which may: the kernel shows neither the adjustments nor whether there are any, so two signs
+//! are taken together. The process has an undo list: a fork has none of its own (the list is
+//! shared only with `CLONE_SYSVSEM`), so the lists of a thread and of the snapshot, a fork,
+//! compare equal (`kcmp(KCMP_SYSVSEM)`) exactly when the thread has none — but creating a thread
+//! makes one, empty, so a multithreaded process always has one. And some semaphore was last
+//! changed by the process (`GETPID`): a semaphore it holds stays so while it holds it, unless
+//! another process changes it too (a counting semaphore taken by several: not seen).
 
 /// `KCMP_SYSVSEM` of `<linux/kcmp.h>`.
 const KCMP_SYSVSEM: u64 = 6;
 
-/// The refusal for a process any of whose `tids` has an undo list, where semaphore sets exist
-/// at all (an undo list whose sets were all removed holds nothing). `fork` is a child of the
-/// process made by `fork` (the snapshot).
+/// The refusal for a process any of whose `tids` has an undo list and which last changed some
+/// semaphore of a set it can read. `fork` is a child of the process made by `fork` (the
+/// snapshot).
 pub(crate) fn refusals(tids: &[i32], fork: i32) -> Vec<String> {
-    let with_list: Vec<i32> = tids
+    let has_list = tids
         .iter()
-        .copied()
-        .filter(|&t| crate::sys::kcmp(t, fork, KCMP_SYSVSEM) == Some(false))
+        .any(|&t| crate::sys::kcmp(t, fork, KCMP_SYSVSEM) == Some(false));
+    if !has_list {
+        return Vec::new();
+    }
+    let me = crate::sys::getpid();
+    let touched: Vec<String> = sets()
+        .into_iter()
+        .filter_map(|(key, id, nsems)| {
+            let last: Vec<String> = (0..nsems)
+                .filter(|&n| crate::sys::sem_last_pid(id, n) == me)
+                .map(|n| n.to_string())
+                .collect();
+            (!last.is_empty()).then(|| {
+                format!(
+                    "set key {:#x} id {id} (semaphore {})",
+                    key as u32,
+                    last.join(", ")
+                )
+            })
+        })
         .collect();
-    if with_list.is_empty() {
+    if touched.is_empty() {
         return Vec::new();
     }
-    let sets = sets();
-    if sets.as_ref().is_some_and(|s| s.is_empty()) {
-        return Vec::new();
-    }
-    let who = if with_list.len() == tids.len() || with_list == [crate::sys::getpid()] {
-        "the process".to_owned()
-    } else {
-        let list: Vec<String> = with_list.iter().map(i32::to_string).collect();
-        format!("thread(s) {}", list.join(", "))
-    };
-    let named = match sets {
-        Some(s) => format!(" (sets in this IPC namespace: {})", s.join(", ")),
-        None => String::new(),
-    };
     vec![format!(
-        "{who} used System V semaphores with SEM_UNDO{named}: the adjustments it holds cannot be read from the kernel, and the first life's exit would undo them, so a semaphore it holds would be free to others while the restored process counted on it; release what it holds and drop the undo list before the checkpoint (unshare(CLONE_SYSVSEM) does both), or use POSIX semaphores or file locks, which thaw restores"
+        "System V semaphores this process changed last, with an undo list ({}): adjustments it holds with SEM_UNDO cannot be read from the kernel, and the first life's exit would apply them, so a semaphore it holds would be free to others while the restored process counted on it; release what it holds and drop the undo list just before the checkpoint (unshare(CLONE_SYSVSEM) does both, and applies nothing where nothing is held), or use POSIX semaphores or file locks, which thaw restores",
+        touched.join("; ")
     )]
 }
 
-/// The semaphore sets of the IPC namespace as "key 0x… (id N)", from /proc/sysvipc/sem (at most
-/// eight named); `None` where it cannot be read.
-fn sets() -> Option<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/sysvipc/sem").ok()?;
-    let all: Vec<String> = text
-        .lines()
+/// The semaphore sets of the IPC namespace as (key, id, number of semaphores), from
+/// /proc/sysvipc/sem (none where it cannot be read).
+fn sets() -> Vec<(i32, i32, i32)> {
+    let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
+    text.lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let key: i64 = f.next()?.parse().ok()?;
-            let id = f.next()?;
-            Some(format!("key {:#x} (id {id})", key as i32 as u32))
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
         })
-        .collect();
-    let n = all.len();
-    let mut named: Vec<String> = all.into_iter().take(8).collect();
-    if n > 8 {
-        named.push(format!("and {} more", n - 8));
-    }
-    Some(named)
+        .collect()
 }
 
 #[cfg(test)]
