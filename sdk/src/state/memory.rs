@@ -599,26 +599,65 @@ pub(crate) fn uncovered(maps_text: &str, ranges: &[(u64, u64)]) -> Vec<String> {
 /// missing page faults and the launcher fills it, as it would on first touch. A range that
 /// cannot be so filled is refused (the restore's filling ends in a moment).
 pub(crate) fn fill_lazy(maps: &[MapEntry]) -> Vec<String> {
-    const MADV_POPULATE_READ: u64 = 22;
     // Only in a restored process: a first life's `um` ranges are its own userfaultfd's, whose
     // handler may be the very thread checkpointing (that descriptor is refused later anyway).
     if crate::restores() == 0 {
         return Vec::new();
     }
-    maps.iter()
-        .filter(|m| m.has_flag("um"))
-        .filter_map(|m| {
-            let r = crate::sys::syscall6(
-                libc::SYS_madvise,
-                [m.start, m.end - m.start, MADV_POPULATE_READ, 0, 0, 0],
-            );
-            (r < 0).then(|| {
-                format!(
-                    "{}: still being filled by the thaw run this process was restored by, and it cannot be read in now ({}): checkpoint again in a moment",
-                    m.describe(),
-                    std::io::Error::from_raw_os_error(-r as i32)
-                )
+    let mut pending: Vec<MapEntry> = maps.iter().filter(|m| m.has_flag("um")).cloned().collect();
+    let mut failed: Vec<(MapEntry, i32)> = Vec::new();
+    // The other threads still run: one may unmap or map over part of a range meanwhile (a
+    // runtime's heap: V8 maps and unmaps as it goes), and populating stops at the hole (ENOMEM).
+    // What is still registered there is listed again and filled, a few times over.
+    for _ in 0..FILL_ROUNDS {
+        failed = pending
+            .into_iter()
+            .filter_map(|m| populate_read(m.start, m.end).err().map(|e| (m, e)))
+            .collect();
+        if failed.iter().any(|f| f.1 != libc::ENOMEM) {
+            break;
+        }
+        let Ok(now) = crate::procfs::smaps(crate::sys::getpid()) else {
+            break;
+        };
+        pending = now
+            .into_iter()
+            .filter(|m| {
+                m.has_flag("um")
+                    && failed
+                        .iter()
+                        .any(|(f, _)| m.start < f.end && f.start < m.end)
             })
+            .collect();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+    }
+    failed
+        .into_iter()
+        .map(|(m, e)| {
+            format!(
+                "{}: still being filled by the thaw run this process was restored by, and it cannot be read in now ({}): checkpoint again in a moment",
+                m.describe(),
+                std::io::Error::from_raw_os_error(e)
+            )
         })
         .collect()
+}
+
+/// How many times [`fill_lazy`] lists again what a hole cut short.
+const FILL_ROUNDS: usize = 4;
+
+/// `MADV_POPULATE_READ` over `start..end`: each missing page read in (faulting as a read would).
+fn populate_read(start: u64, end: u64) -> Result<(), i32> {
+    const MADV_POPULATE_READ: u64 = 22;
+    let r = crate::sys::syscall6(
+        libc::SYS_madvise,
+        [start, end - start, MADV_POPULATE_READ, 0, 0, 0],
+    );
+    if r < 0 {
+        Err(-r as i32)
+    } else {
+        Ok(())
+    }
 }
