@@ -41,6 +41,43 @@ fn image_from_another_boot(env: &Env) -> std::path::PathBuf {
     img
 }
 
+/// Timers ran on while the image was away, as the clocks did: the first life runs in a time
+/// namespace 200 s behind this one's clocks, so its image, restored here, has been away that
+/// long on the clocks the restored process reads (no time namespace is needed for clocks that
+/// only moved on).
+#[test]
+fn timers_run_on_while_the_image_was_away() {
+    if !is_root() {
+        eprintln!("skipped: creating a time namespace needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("a.thaw");
+    let o = command(std::path::Path::new("/usr/bin/unshare"))
+        .args(["--time", "--monotonic=-200", "--boottime=-200", "--"])
+        .arg(bin("zdtm-timers-away"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "the clocks moved on by the time away",
+                "ITIMER_REAL that came due while away fires at once",
+                "POSIX timer that came due while away fires at once",
+                "periodic timerfd: every expiration while away is unread",
+                "CLOCK_BOOTTIME timerfd that came due while away has fired",
+                "POSIX timer not due yet: what it has left shrank by the time away",
+                "CPU-time timer: what it had left",
+            ],
+        );
+    }
+}
+
 #[test]
 fn same_boot_needs_no_time_namespace() {
     let env = Env::new();

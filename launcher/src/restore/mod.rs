@@ -21,6 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use thaw::image::Image;
 use thaw::restore::{Plan, RestoreArgs};
+use thaw::state::clocks::Away;
 use thaw::state::creds::Credentials;
 use thaw::state::memory::{Backing, VmaAdvice};
 use thaw::state::platform::Platform;
@@ -256,6 +257,9 @@ struct Fds {
     /// In ns mode the namespace's init makes them again inside the namespace (a pidfd of a
     /// process outside it tells nothing there: no exit status, EINVAL rather than ESRCH).
     dead: Vec<(RawFd, thaw::state::pidfd::Dead, u32)>,
+    /// How far the clocks moved on while the process was away: its timers, timerfds among
+    /// these descriptors included, ran on as far.
+    away: Away,
 }
 
 impl Fds {
@@ -341,6 +345,7 @@ fn prepare_fds(
     payload: &std::fs::File,
     lazy: Option<lazy::Uffd>,
     listeners: &[OwnedFd],
+    away: Away,
 ) -> Result<Fds> {
     let m = image.manifest();
     thaw::state::epoll::check_standard(&m.files).map_err(refused)?;
@@ -355,6 +360,7 @@ fn prepare_fds(
         |r| read_payload(payload, payload_off, r),
         listeners,
         &objects,
+        away,
     )
     .map_err(refused)?;
     reopened.extend(standard_duplicates(m)?);
@@ -520,6 +526,7 @@ fn prepare_fds(
         keep,
         gate: None,
         dead,
+        away,
     })
 }
 
@@ -683,7 +690,7 @@ fn build_plan(
     if fork.is_none() {
         m.signals.plan_restore(&mut plan);
     }
-    m.timers.plan_restore(&mut plan);
+    m.timers.plan_restore(&mut plan, fds.away);
 
     // Tell the process it was restored, and where its arguments are.
     let args_bytes =
@@ -833,7 +840,7 @@ fn build_plan(
         entry.plan_after_threads(&mut plan);
     }
     // Timers may signal a thread: they exist now.
-    thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan);
+    thaw::state::posix_timers::plan_restore(&m.posix_timers, &mut plan, fds.away);
     if fork.is_some() {
         m.process.plan_session(&mut plan);
     }
@@ -1107,7 +1114,9 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         ns_identities(m)?;
     }
     same_root(m)?;
-    let mut fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners)?;
+    // Timers ran on while the process was away, as its clocks did (see Away).
+    let away = m.clocks.away(thaw::state::clocks::now());
+    let mut fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners, away)?;
     fds.gate = Some(gate(&fds)?);
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
@@ -1322,7 +1331,9 @@ fn spawn_in_namespace(
         eprintln!("thaw: {}", f.message);
         f.code as i32
     });
-    std::process::exit(status);
+    // Not std::process::exit: its clean-up takes locks of the runtime another launcher thread
+    // may have held when this child was forked (a thread ending, as the verifier does).
+    sys::exit_now(status);
 }
 
 /// Where the restored process starts: its PID, and the restorer's entry, control block and stack.
@@ -1416,7 +1427,7 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
     }
     if let Err(e) = dead_pidfds_here(fds) {
         eprintln!("thaw: cannot make a pidfd of a process that has exited in the namespace: {e}");
-        std::process::exit(Code::RestoreFailed as i32);
+        sys::exit_now(Code::RestoreFailed as i32);
     }
     let status = match start.clone3() {
         Ok(child) => {
@@ -1440,5 +1451,5 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
             Code::RestoreFailed as i32
         }
     };
-    std::process::exit(status);
+    sys::exit_now(status);
 }

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use thaw::image::Image;
 use thaw::restore::{Plan, RestoreArgs};
+use thaw::state::clocks::Away;
 
 use super::{failed, refused, Fds, PidMode, Region};
 use crate::exit::{Code, Failure, Result};
@@ -274,7 +275,9 @@ impl Template {
         }
         let target = super::check_policy(&image, false, false)?;
         super::same_root(m)?;
-        let fds: Fds = super::prepare_fds(&image, &payload, None, &[])?;
+        // Instances start from the plan made here, at different times: their timers keep the
+        // time they had left at the checkpoint (docs/serve.md).
+        let fds: Fds = super::prepare_fds(&image, &payload, None, &[], Away::default())?;
         // (Those that shared a standard descriptor's description are the caller's, see
         // `placements`.)
         let standard = |fd: RawFd| m.files.iter().any(|e| e.fd == fd && e.standard().is_some());
@@ -400,6 +403,7 @@ impl Template {
             |r| super::read_payload(&self.payload, off, r),
             &[],
             &Default::default(),
+            Away::default(),
         )
         .map_err(refused)?;
         let numbers: Vec<RawFd> = reopened.iter().map(|(fd, _)| *fd).collect();

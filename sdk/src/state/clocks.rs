@@ -62,9 +62,149 @@ impl Clocks {
     }
 }
 
+/// How far the restored process's clocks have moved on since its checkpoint: the time between
+/// the checkpoint and now on this boot's clocks (nothing, where a time namespace makes a clock
+/// continue from its checkpoint value). Timers ran on meanwhile, as they do while a process is
+/// stopped: the clocks and the timers the process set on them agree (a runtime that keeps its
+/// own deadlines on CLOCK_MONOTONIC, as libuv and asyncio do, finds them passed together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Away {
+    pub monotonic_ns: u64,
+    pub boottime_ns: u64,
+}
+
+/// A timer after the time away: how many times it fired meanwhile, and what it has left now
+/// (0: a one-shot timer that fired, now disarmed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RanOn {
+    pub fired: u64,
+    pub left_ns: u64,
+}
+
+impl Clocks {
+    /// What moved on for clocks reading `now` here (in the process's time namespace).
+    pub fn away(&self, (mono, boot): (u64, u64)) -> Away {
+        Away {
+            monotonic_ns: mono.saturating_sub(self.monotonic_ns),
+            boottime_ns: boot.saturating_sub(self.boottime_ns),
+        }
+    }
+}
+
+impl Away {
+    /// The time away as a timer on `clock` saw it: BOOTTIME's for the clocks that count a
+    /// suspended machine's sleep, MONOTONIC's for the others that measure time (a relative
+    /// timer on CLOCK_REALTIME runs for a length of time, not to a date), none for CPU-time
+    /// clocks (a process away uses no CPU).
+    pub fn on(&self, clock: i32) -> u64 {
+        match clock {
+            libc::CLOCK_BOOTTIME | libc::CLOCK_BOOTTIME_ALARM => self.boottime_ns,
+            libc::CLOCK_MONOTONIC
+            | libc::CLOCK_REALTIME
+            | libc::CLOCK_REALTIME_ALARM
+            | libc::CLOCK_TAI => self.monotonic_ns,
+            _ => 0,
+        }
+    }
+
+    /// A timer on `clock` with `left_ns` to go (0: disarmed) and `interval_ns` (0: one-shot)
+    /// at the checkpoint, run on over the time away.
+    pub fn run(&self, clock: i32, left_ns: u64, interval_ns: u64) -> RanOn {
+        let away = self.on(clock);
+        if left_ns == 0 || away < left_ns {
+            return RanOn {
+                fired: 0,
+                left_ns: left_ns - away.min(left_ns),
+            };
+        }
+        if interval_ns == 0 {
+            return RanOn {
+                fired: 1,
+                left_ns: 0,
+            };
+        }
+        let past = away - left_ns;
+        RanOn {
+            fired: 1 + past / interval_ns,
+            left_ns: interval_ns - past % interval_ns,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_run_on_over_the_time_away() {
+        let c = Clocks {
+            boot_id: "x".into(),
+            monotonic_ns: 10_000,
+            boottime_ns: 50_000,
+        };
+        let away = c.away((10_700, 60_000));
+        assert_eq!(away.on(libc::CLOCK_MONOTONIC), 700);
+        assert_eq!(away.on(libc::CLOCK_REALTIME), 700);
+        assert_eq!(away.on(libc::CLOCK_BOOTTIME), 10_000);
+        assert_eq!(away.on(libc::CLOCK_PROCESS_CPUTIME_ID), 0);
+        let m = libc::CLOCK_MONOTONIC;
+        let ran = |left, interval| away.run(m, left, interval);
+        // Not due yet: what is left shrinks.
+        assert_eq!(
+            ran(1_000, 0),
+            RanOn {
+                fired: 0,
+                left_ns: 300
+            }
+        );
+        // A one-shot timer that came due fired once and is disarmed.
+        assert_eq!(
+            ran(700, 0),
+            RanOn {
+                fired: 1,
+                left_ns: 0
+            }
+        );
+        assert_eq!(
+            ran(500, 0),
+            RanOn {
+                fired: 1,
+                left_ns: 0
+            }
+        );
+        // A periodic one fired at 500 and 600 and is next due at 800 (100 from now).
+        assert_eq!(
+            ran(500, 100),
+            RanOn {
+                fired: 3,
+                left_ns: 100
+            }
+        );
+        assert_eq!(
+            ran(550, 100),
+            RanOn {
+                fired: 2,
+                left_ns: 50
+            }
+        );
+        // Disarmed stays disarmed; CPU-time clocks did not move.
+        assert_eq!(
+            ran(0, 100),
+            RanOn {
+                fired: 0,
+                left_ns: 0
+            }
+        );
+        assert_eq!(
+            away.run(libc::CLOCK_THREAD_CPUTIME_ID, 5, 0),
+            RanOn {
+                fired: 0,
+                left_ns: 5
+            }
+        );
+        // A clock behind the image's (a jump accepted) moved on by nothing.
+        assert_eq!(c.away((9_000, 40_000)), Away::default());
+    }
 
     #[test]
     fn behind_and_offsets() {

@@ -1425,13 +1425,14 @@ const REOPEN_FLAGS: u32 = (libc::O_ACCMODE
 /// Reopens every non-stdio descriptor of the image for the restored process: `(fd number, open
 /// descriptor)`. `payload(r)` reads a payload range of the image (pipe and socket contents);
 /// `given` are listening sockets the caller hands in; `shared` the recreated shared memory
-/// objects by id. Fails with a message naming the descriptor if a file is gone or is no longer
-/// the same file, or a socket cannot be recreated.
+/// objects by id; timerfds run on over `away`. Fails with a message naming the descriptor if a
+/// file is gone or is no longer the same file, or a socket cannot be recreated.
 pub fn reopen(
     entries: &[FdEntry],
     mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
     shared: &BTreeMap<u64, OwnedFd>,
+    away: super::clocks::Away,
 ) -> Result<Vec<(i32, OwnedFd)>, String> {
     use super::sockets::Socket;
     let socks: Vec<&Socket> = entries
@@ -1565,17 +1566,29 @@ pub fn reopen(
                 interval_ns,
                 ticks,
                 absolute,
-            } => crate::sys::timerfd(
-                *clockid,
-                e.flags & libc::O_NONBLOCK as u32 != 0,
-                *value_ns,
-                *interval_ns,
-                *ticks,
-                *absolute,
-            )
-            .map_err(|err| {
-                format!("fd {fd}: cannot create its timerfd (clock {clockid}): {err}")
-            })?,
+            } => {
+                // A wall-clock deadline stays a deadline; time left ran on over the time away,
+                // each expiration meanwhile counted as unread (as for a stopped process).
+                let r = if *absolute {
+                    super::clocks::RanOn {
+                        fired: 0,
+                        left_ns: *value_ns,
+                    }
+                } else {
+                    away.run(*clockid, *value_ns, *interval_ns)
+                };
+                crate::sys::timerfd(
+                    *clockid,
+                    e.flags & libc::O_NONBLOCK as u32 != 0,
+                    r.left_ns,
+                    *interval_ns,
+                    ticks.saturating_add(r.fired),
+                    *absolute,
+                )
+                .map_err(|err| {
+                    format!("fd {fd}: cannot create its timerfd (clock {clockid}): {err}")
+                })?
+            }
             FdKind::Inotify(i) => i.recreate(fd, e.flags)?,
             FdKind::SignalFd { mask } => {
                 crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)

@@ -111,8 +111,15 @@ pub fn read(id: i32) -> (u64, u64) {
     (ns(its[2], its[3]), ns(its[0], its[1]))
 }
 
-/// Creates every timer again with its ID and arms it (once every thread exists).
-pub fn plan_restore(timers: &[PosixTimer], plan: &mut crate::restore::Plan) {
+/// Creates every timer again with its ID and arms it (once every thread exists) with what it has
+/// left after the time away on its clock (see [`super::clocks::Away`]); one that came due
+/// meanwhile fires at once (1 ns), its interval from then on (the overruns it missed are not
+/// counted).
+pub fn plan_restore(
+    timers: &[PosixTimer],
+    plan: &mut crate::restore::Plan,
+    away: super::clocks::Away,
+) {
     if timers.is_empty() {
         return;
     }
@@ -139,14 +146,16 @@ pub fn plan_restore(timers: &[PosixTimer], plan: &mut crate::restore::Plan) {
             [t.clock as u64, ev, id, 0, 0, 0],
         );
         if t.value_ns != 0 {
+            let r = away.run(t.clock, t.value_ns, t.interval_ns);
+            let value = if r.fired > 0 { 1 } else { r.left_ns };
             let ts = |ns: u64| [ns / 1_000_000_000, ns % 1_000_000_000];
             let [is, ins] = ts(t.interval_ns);
-            let [vs, vns] = ts(t.value_ns);
+            let [vs, vns] = ts(value);
             let its = plan.words(&[is, ins, vs, vns]);
             plan.syscall(
                 format!(
                     "arm POSIX timer {} ({} ns left, interval {} ns)",
-                    t.id, t.value_ns, t.interval_ns
+                    t.id, value, t.interval_ns
                 ),
                 libc::SYS_timer_settime,
                 [t.id as u64, 0, its, 0, 0, 0],

@@ -1,8 +1,9 @@
 //! Interval timers: `setitimer` (ITIMER_REAL, which `alarm` uses too, ITIMER_VIRTUAL and
 //! ITIMER_PROF), each with its remaining time and interval as the checkpoint handler read them
-//! while every thread was parked. Restored with those values just before the threads resume, so
-//! a timer fires as long after the restore as it had left at the checkpoint. (POSIX timers: see
-//! [`super::posix_timers`].)
+//! while every thread was parked. Restored just before the threads resume: ITIMER_REAL with what
+//! it has left after the time away (CLOCK_MONOTONIC's, see [`super::clocks::Away`]; one that
+//! came due meanwhile fires at once, once, as signals of one kind merge), the CPU-time ones
+//! with what they had left. (POSIX timers: see [`super::posix_timers`].)
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,25 @@ use serde::{Deserialize, Serialize};
 pub struct Itimer {
     pub interval_us: u64,
     pub value_us: u64,
+}
+
+impl Itimer {
+    /// ITIMER_REAL after the time away: due at once (1 µs) if it came due meanwhile.
+    fn ran_on(self, away: super::clocks::Away) -> Itimer {
+        let r = away.run(
+            libc::CLOCK_MONOTONIC,
+            self.value_us.saturating_mul(1000),
+            self.interval_us.saturating_mul(1000),
+        );
+        Itimer {
+            interval_us: self.interval_us,
+            value_us: if r.fired > 0 {
+                1
+            } else {
+                r.left_ns.div_ceil(1000)
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,10 +63,10 @@ impl Itimers {
         }
     }
 
-    /// setitimer for every armed timer.
-    pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
+    /// setitimer for every armed timer, run on over `away`.
+    pub fn plan_restore(&self, plan: &mut crate::restore::Plan, away: super::clocks::Away) {
         for (which, t, name) in [
-            (libc::ITIMER_REAL, self.real, "ITIMER_REAL"),
+            (libc::ITIMER_REAL, self.real.ran_on(away), "ITIMER_REAL"),
             (libc::ITIMER_VIRTUAL, self.virtual_, "ITIMER_VIRTUAL"),
             (libc::ITIMER_PROF, self.prof, "ITIMER_PROF"),
         ] {
