@@ -1108,6 +1108,25 @@ fn a_deleted_file_mapped_without_a_descriptor_needs_the_capability_to_be_read() 
     );
 }
 
+/// Event objects another thread changed between the descriptor scan and the stop come back as
+/// it left them (they are read again while the threads are parked).
+#[test]
+fn event_objects_changed_while_the_threads_were_being_stopped() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-parked", "p.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "eventfd: the count written after the scan",
+                "epoll: the one-shot registration armed after the scan reports its pipe",
+                "timerfd: armed after the scan, most of its hour left",
+            ],
+        );
+    }
+}
+
 /// The semaphore set id a program printed ("semid N").
 fn semid(out: &str) -> i32 {
     out.lines()

@@ -534,6 +534,8 @@ pub struct Capture {
     pub(crate) fifos: Vec<(i32, Option<crate::state::locks::Opened>, PipeCopy)>,
     /// Epoll instances whose edge-triggered registrations' pending events are probed.
     pub epolls: Vec<crate::state::epoll::Probe>,
+    /// Event objects' fdinfo, read again while the threads are parked (see state::parked).
+    pub fdinfos: Vec<crate::state::parked::ParkedInfo>,
     /// inotify descriptors and the bytes of events queued on each at the snapshot.
     pub inotify: Vec<(i32, AtomicI64)>,
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
@@ -598,6 +600,7 @@ impl Capture {
                 .map(AsRawFd::as_raw_fd),
         );
         fds.extend(self.shm.iter().filter_map(|o| o.own_fd()));
+        fds.extend(self.fdinfos.iter().map(crate::state::parked::ParkedInfo::own_fd));
         for (_, own, p) in &self.fifos {
             fds.extend(own.as_ref().map(AsRawFd::as_raw_fd));
             fds.extend([p.copy_w.as_raw_fd(), p.copy_r.as_raw_fd()]);
@@ -643,6 +646,7 @@ impl Capture {
             stacks: None,
             inotify: Vec::new(),
             epolls: Vec::new(),
+            fdinfos: Vec::new(),
             fifos: Vec::new(),
             shm: Vec::new(),
             mem: None,
@@ -1053,8 +1057,12 @@ fn handle(call: &mut HandlerCall) {
     for (fd, queued) in &c.inotify {
         queued.store(sys::inq(*fd), Ordering::Relaxed);
     }
+    // Before the probes, which re-arm what they take with the registrations as they are now.
+    for p in &c.fdinfos {
+        p.read();
+    }
     for e in &c.epolls {
-        e.run();
+        e.run(c.fdinfos.iter().find(|p| p.fd == e.fd).and_then(|p| p.bytes()));
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
@@ -1297,6 +1305,9 @@ pub fn freeze(
         // image; their addresses may hold the launcher's restorer region by now.
         std::mem::forget(capture.mem.take());
         std::mem::forget(capture.maps_fd.take());
+        for p in capture.fdinfos.drain(..) {
+            p.abandon();
+        }
         std::mem::forget(capture.pagemap.take());
         std::mem::forget(capture.guards.take());
         std::mem::forget(capture.maps_buf.take());

@@ -304,6 +304,7 @@ impl Checkpoint {
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
+        after_scan_for_tests();
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
         }
@@ -347,6 +348,8 @@ impl Checkpoint {
         capture.children_allowed = self.leave_children_out;
         capture.zombies = zombies;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
+        capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
+            .map_err(io("opening the event objects' fdinfo"))?;
         capture.fifos = scan
             .fifo_readers()
             .and_then(|readers| {
@@ -815,6 +818,14 @@ impl Checkpoint {
         if !missing.is_empty() {
             return Ok(Err(missing.join("; ")));
         }
+        // Event objects as they were once the threads had stopped (see state::parked).
+        for p in &c.fdinfos {
+            if let Some(e) = scan.entries.iter_mut().find(|e| e.fd == p.fd && !e.in_flight) {
+                if let Err(changed) = p.update(e) {
+                    return Ok(Err(changed));
+                }
+            }
+        }
         m.guards = guards
             .iter()
             .map(|&(start, end)| state::memory::Guard { start, end })
@@ -1239,6 +1250,27 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
         restorer: old.restorer,
         mask: old.mask,
     })
+}
+
+/// Test hook: with `THAW_TEST_AFTER_SCAN=R,W` (two descriptors of a pipe pair's ends), the
+/// checkpoint writes a byte to W once it has scanned the descriptors and waits for a byte on R
+/// before it stops the threads: a test's thread changes the process's state in between, at
+/// the moment a real one would (see state::parked).
+fn after_scan_for_tests() {
+    let Some(v) = std::env::var_os("THAW_TEST_AFTER_SCAN") else {
+        return;
+    };
+    let fds: Vec<i32> = v
+        .to_string_lossy()
+        .split(',')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if let [r, w] = fds[..] {
+        if crate::sys::write_raw(w, b"s") == 1 {
+            let mut b = [0u8; 1];
+            let _ = crate::sys::read_raw(r, &mut b);
+        }
+    }
 }
 
 /// Second life: read what the launcher left, unmap its region, run the restore hooks.

@@ -51,7 +51,9 @@ pub fn probes(epolls: Vec<(i32, Vec<EpollWatch>)>) -> Vec<Probe> {
         .filter(|(_, w)| w.iter().any(edge) && w.iter().all(|w| w.events & EPOLLEXCLUSIVE == 0))
         .map(|(fd, watches)| Probe {
             fd,
-            ready: watches.iter().map(|_| AtomicBool::new(false)).collect(),
+            // (Room for the registrations added before the threads stop: the checkpoint starts
+            // again then, but the probe puts back all it takes.)
+            ready: (0..watches.len() + 64).map(|_| AtomicBool::new(false)).collect(),
             buf: vec![0; EVENT * watches.len().max(1)],
             watches,
             taken: AtomicI64::new(0),
@@ -61,8 +63,13 @@ pub fn probes(epolls: Vec<(i32, Vec<EpollWatch>)>) -> Vec<Probe> {
 
 impl Probe {
     /// In the handler, every other thread parked: takes the ready list and puts it back. No
-    /// allocation.
-    pub fn run(&self) {
+    /// allocation. `parked`: the instance's fdinfo read just before (see super::parked), whose
+    /// registrations, as they are now, are the ones put back; `ready` follows their order.
+    pub fn run(&self, parked: Option<&[u8]>) {
+        let Some(parked) = parked else {
+            self.taken.store(-(libc::EIO as i64), Ordering::Relaxed);
+            return;
+        };
         let max = self.watches.len().max(1);
         let n = crate::sys::syscall6(
             libc::SYS_epoll_wait,
@@ -79,21 +86,22 @@ impl Probe {
         for i in 0..n.max(0) as usize {
             let at = i * EVENT + 4;
             let data = u64::from_ne_bytes(self.buf[at..at + 8].try_into().unwrap_or([0; 8]));
-            for (w, r) in self.watches.iter().zip(&self.ready) {
-                if w.data != data || r.swap(true, Ordering::Relaxed) {
+            for ((fd, events, d), r) in super::parked::Registrations::new(parked).zip(&self.ready)
+            {
+                if d != data || r.swap(true, Ordering::Relaxed) {
                     continue;
                 }
-                if w.events & (EPOLLET | EPOLLONESHOT) != 0 {
+                if events & (EPOLLET | EPOLLONESHOT) != 0 {
                     // Back on the ready list (and a one-shot armed again), as before the probe.
                     let mut ev = [0u8; EVENT];
-                    ev[..4].copy_from_slice(&w.events.to_ne_bytes());
-                    ev[4..].copy_from_slice(&w.data.to_ne_bytes());
+                    ev[..4].copy_from_slice(&events.to_ne_bytes());
+                    ev[4..].copy_from_slice(&d.to_ne_bytes());
                     crate::sys::syscall6(
                         libc::SYS_epoll_ctl,
                         [
                             self.fd as u64,
                             libc::EPOLL_CTL_MOD as u64,
-                            w.fd as u64,
+                            fd as u64,
                             ev.as_ptr() as u64,
                             0,
                             0,
@@ -104,7 +112,8 @@ impl Probe {
         }
     }
 
-    /// After the snapshot: marks each watch of `watches` (this instance's) ready or not.
+    /// After the snapshot: marks each watch of `watches` (this instance's, as they were while
+    /// the threads were parked: the same registrations in the same order) ready or not.
     /// Watches sharing their data with a reported one count as reported.
     pub fn apply(&self, watches: &mut [EpollWatch]) -> Result<(), String> {
         let n = self.taken.load(Ordering::Relaxed);
@@ -115,12 +124,14 @@ impl Probe {
                 std::io::Error::from_raw_os_error(-n as i32)
             ));
         }
+        let reported: Vec<(i32, u64)> = watches
+            .iter()
+            .zip(&self.ready)
+            .filter(|(_, r)| r.load(Ordering::Relaxed))
+            .map(|(w, _)| (w.fd, w.data))
+            .collect();
         for w in watches.iter_mut() {
-            w.ready = self
-                .watches
-                .iter()
-                .zip(&self.ready)
-                .any(|(p, r)| p.fd == w.fd && p.data == w.data && r.load(Ordering::Relaxed));
+            w.ready = reported.contains(&(w.fd, w.data));
         }
         Ok(())
     }
@@ -345,10 +356,16 @@ mod tests {
         ];
         let p = probes(vec![(ep.as_raw_fd(), watches.clone())]);
         assert_eq!(p.len(), 1);
-        p[0].run();
-        let mut got = watches;
+        let info =
+            std::fs::read(format!("/proc/self/fdinfo/{}", ep.as_raw_fd())).unwrap();
+        p[0].run(Some(&info));
+        // In the kernel's order, as a checkpoint has them.
+        let mut got: Vec<EpollWatch> = super::super::parked::Registrations::new(&info)
+            .map(|(fd, _, _)| *watches.iter().find(|w| w.fd == fd).unwrap())
+            .collect();
         p[0].apply(&mut got).unwrap();
-        assert_eq!((got[0].ready, got[1].ready), (false, true));
+        let ready = |data| got.iter().find(|w| w.data == data).unwrap().ready;
+        assert_eq!((ready(1), ready(2)), (false, true));
         // The first life still has pipe 2's event, and not pipe 1's.
         assert_eq!(wait(ep.as_raw_fd()), [2]);
     }

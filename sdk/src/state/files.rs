@@ -213,7 +213,7 @@ impl Refused {
 }
 
 /// A timerfd's state from its fdinfo; `Err` says why it is refused.
-fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
+pub(crate) fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
     let num = |k: &str| crate::procfs::field(info, k).and_then(|v| v.parse::<u64>().ok());
     let ns = |k: &str| {
         let v = crate::procfs::field(info, k)?;

@@ -19,6 +19,7 @@ pub mod locks;
 pub mod memory;
 pub mod mm;
 pub mod namespaces;
+pub mod parked;
 pub mod pidfd;
 pub mod platform;
 pub mod posix_timers;

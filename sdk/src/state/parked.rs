@@ -1,0 +1,226 @@
+//! The state of event objects (eventfd counters, timerfds, signalfd masks, epoll registrations)
+//! as it was once every thread had stopped. The descriptor scan reads it from fdinfo while the
+//! other threads still run, and they change it all the time: an event loop re-arms its one-shot
+//! epoll registrations on every wait (GHC's I/O manager), writes its wake-up eventfd, re-arms
+//! its timerfd. A change between the scan and the stop would be lost: a registration restored
+//! disarmed, a wake-up never seen, and the process would wait for ever. So each of those
+//! descriptors' fdinfo is read again in the checkpoint's handler, while every other thread is
+//! parked, into a buffer prepared beforehand; after the snapshot the scan's entries take those
+//! values, and an epoll instance whose registrations themselves came or went meanwhile makes
+//! the checkpoint start again.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use super::files::{FdEntry, FdKind};
+
+/// One descriptor's fdinfo, read while the threads are parked.
+#[derive(Debug)]
+pub struct ParkedInfo {
+    pub fd: i32,
+    /// /proc/self/fdinfo/FD, opened beforehand (the handler only reads it).
+    info: OwnedFd,
+    timerfd: bool,
+    buf: Vec<u8>,
+    /// Bytes read, or a negative errno (0 until the handler ran).
+    len: AtomicI64,
+}
+
+impl ParkedInfo {
+    /// For every entry of `entries` whose state the other threads may change.
+    pub(crate) fn prepare(entries: &[FdEntry]) -> std::io::Result<Vec<ParkedInfo>> {
+        entries
+            .iter()
+            .filter(|e| e.dup_of.is_none() && !e.in_flight)
+            .filter_map(|e| {
+                let room = match &e.kind {
+                    FdKind::EventFd { .. } | FdKind::SignalFd { .. } | FdKind::TimerFd { .. } => {
+                        4096
+                    }
+                    // A tfd line is under 160 bytes; room for registrations added meanwhile.
+                    FdKind::Epoll { watches } => 4096 + 160 * (watches.len() + 64),
+                    _ => return None,
+                };
+                Some((e, room))
+            })
+            .map(|(e, room)| {
+                Ok(ParkedInfo {
+                    fd: e.fd,
+                    info: std::fs::File::open(format!("/proc/self/fdinfo/{}", e.fd))?.into(),
+                    timerfd: matches!(e.kind, FdKind::TimerFd { .. }),
+                    buf: vec![0; room],
+                    len: AtomicI64::new(0),
+                })
+            })
+            .collect()
+    }
+
+    /// In the handler, every other thread parked. No allocation.
+    pub fn read(&self) {
+        if self.timerfd {
+            // Brought up to date first, as the scan did (see sys::timerfd_catch_up).
+            let _ = crate::sys::timerfd_catch_up(self.fd);
+        }
+        let n = crate::sys::read_whole(
+            self.info.as_raw_fd(),
+            self.buf.as_ptr() as u64,
+            self.buf.len(),
+        );
+        self.len.store(if n == 0 { -1 } else { n }, Ordering::Release);
+    }
+
+    /// What the handler read, if it could.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        let n = self.len.load(Ordering::Acquire);
+        (n > 0).then(|| &self.buf[..n as usize])
+    }
+
+    /// The descriptor this checkpoint opened for it (see `Capture::own_fds`).
+    pub fn own_fd(&self) -> i32 {
+        self.info.as_raw_fd()
+    }
+
+    /// Leaves the descriptor open: in a restored process its number is not ours to close.
+    pub fn abandon(self) {
+        std::mem::forget(self.info);
+    }
+
+    /// Gives `entry` (this descriptor's) the state read while the threads were parked. `Err`:
+    /// the process changed it in a way the image cannot follow (an epoll registration added or
+    /// removed; a timerfd re-armed in a way that is refused), and the checkpoint starts again.
+    pub fn update(&self, entry: &mut FdEntry) -> Result<(), String> {
+        let text = self
+            .bytes()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| {
+                format!(
+                    "fd {}: its state could not be read while the threads were stopped",
+                    self.fd
+                )
+            })?;
+        let fd = self.fd;
+        match &mut entry.kind {
+            FdKind::EventFd { count, .. } => {
+                *count = crate::procfs::field(text, "eventfd-count")
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    .ok_or_else(|| format!("fd {fd}: eventfd count unreadable"))?;
+            }
+            FdKind::SignalFd { mask } => *mask = crate::procfs::field_hex(text, "sigmask"),
+            kind @ FdKind::TimerFd { .. } => {
+                *kind = super::files::timerfd_state(text)
+                    .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;
+            }
+            FdKind::Epoll { watches } => {
+                let now: Vec<(i32, u32, u64)> = Registrations::new(text.as_bytes()).collect();
+                if now.len() != watches.len() || now.iter().zip(watches.iter()).any(|(n, w)| n.0 != w.fd)
+                {
+                    return Err(format!(
+                        "fd {fd} (epoll): registrations came or went while the threads were being stopped"
+                    ));
+                }
+                for (w, (_, events, data)) in watches.iter_mut().zip(now) {
+                    w.events = events;
+                    w.data = data;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The registrations of an epoll instance's fdinfo text, in order: (watched number, events,
+/// data). No allocation (the handler walks them).
+#[derive(Debug)]
+pub struct Registrations<'a> {
+    text: &'a [u8],
+}
+
+impl<'a> Registrations<'a> {
+    pub fn new(text: &'a [u8]) -> Self {
+        Registrations { text }
+    }
+}
+
+impl Iterator for Registrations<'_> {
+    type Item = (i32, u32, u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.text.is_empty() {
+                return None;
+            }
+            let end = self
+                .text
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(self.text.len());
+            let line = &self.text[..end];
+            self.text = &self.text[(end + 1).min(self.text.len())..];
+            if !line.starts_with(b"tfd:") {
+                continue;
+            }
+            let tfd = value_after(line, b"tfd:", 10);
+            let events = value_after(line, b"events:", 16);
+            let data = value_after(line, b"data:", 16);
+            if let (Some(t), Some(e), Some(d)) = (tfd, events, data) {
+                return Some((t as i32, e as u32, d));
+            }
+        }
+    }
+}
+
+/// The number after `key` (and spaces) in `line`, in `radix`.
+fn value_after(line: &[u8], key: &[u8], radix: u32) -> Option<u64> {
+    let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = &line[at..];
+    let start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in &rest[start..] {
+        let Some(d) = (b as char).to_digit(radix) else {
+            break;
+        };
+        v = v.checked_mul(u64::from(radix))?.checked_add(u64::from(d))?;
+        any = true;
+    }
+    any.then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_of_an_epoll_fdinfo() {
+        let text = b"pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n\
+tfd:        5 events:       19 data:       300000005  pos:0 ino:3f1 sdev:e\n\
+tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
+        let r: Vec<_> = Registrations::new(text).collect();
+        assert_eq!(
+            r,
+            vec![(5, 0x19, 0x3_0000_0005), (12, 0x4000_0018, 0x7f00_0000_00ff)]
+        );
+        assert_eq!(Registrations::new(b"pos:\t0\n").count(), 0);
+    }
+
+    #[test]
+    fn an_eventfd_written_after_the_scan_is_read_again() {
+        let fd = crate::sys::eventfd(1, 0).unwrap();
+        let mut entry = FdEntry {
+            fd: fd.as_raw_fd(),
+            kind: FdKind::EventFd {
+                count: 1,
+                semaphore: false,
+            },
+            ..Default::default()
+        };
+        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry)).unwrap();
+        let n = 41u64;
+        // SAFETY: an 8-byte write to an eventfd of ours.
+        unsafe { libc::write(fd.as_raw_fd(), &n as *const u64 as *const _, 8) };
+        parked[0].read();
+        parked[0].update(&mut entry).unwrap();
+        assert!(matches!(entry.kind, FdKind::EventFd { count: 42, .. }));
+    }
+}
