@@ -1122,6 +1122,7 @@ fn event_objects_changed_while_the_threads_were_being_stopped() {
                 "eventfd: the count written after the scan",
                 "epoll: the one-shot registration armed after the scan reports its pipe",
                 "timerfd: armed after the scan, most of its hour left",
+                "a signal to the checkpointing thread is handled after the restore, once",
             ],
         );
     }

@@ -3,12 +3,15 @@
 //! THAW_TEST_AFTER_SCAN): an eventfd written (count 1 → 42), a fired one-shot epoll registration
 //! armed again (as GHC's I/O manager does on every wait), a timerfd armed for an hour. After
 //! restore each is as the other thread left it: the count is 42, the registration reports the
-//! pipe it watches, the timerfd has most of its hour left.
+//! pipe it watches, the timerfd has most of its hour left. The other thread also signals the
+//! checkpointing thread then (SIGUSR1, whose handler notes whether the process was restored
+//! yet): the handler runs once, after the restore, not in the middle of the checkpoint.
 
 #[path = "common.rs"]
 mod common;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 const ONESHOT_IN: u32 = libc::EPOLLIN as u32 | libc::EPOLLONESHOT as u32;
 
@@ -57,7 +60,21 @@ fn rw(fd: i32, write: bool, v: u64) -> u64 {
     }
 }
 
+/// What `thaw::restores()` said when the SIGUSR1 handler ran (-1: it has not run), and how
+/// many times it ran.
+static SEEN: AtomicI64 = AtomicI64::new(-1);
+static RUNS: AtomicI64 = AtomicI64::new(0);
+
+extern "C" fn on_usr1(_: i32) {
+    SEEN.store(thaw::restores() as i64, Ordering::SeqCst);
+    RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
 fn main() {
+    // SAFETY: a handler that only stores into atomics.
+    unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
+    // SAFETY: gettid takes nothing.
+    let main_tid = unsafe { libc::gettid() };
     // SAFETY: eventfd, epoll and timerfd creation take no pointers.
     let (efd, ep, tfd) = unsafe {
         (
@@ -113,9 +130,11 @@ fn main() {
                 tv_nsec: 0,
             },
         };
-        // SAFETY: a valid timerfd and spec; then one byte from a buffer of ours.
+        // SAFETY: a valid timerfd and spec; a signal to a thread of ours; then one byte from a
+        // buffer of ours.
         unsafe {
             libc::timerfd_settime(t, 0, &hour, std::ptr::null_mut());
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), main_tid, libc::SIGUSR1);
             libc::write(from_helper_w.as_raw_fd(), b"a".as_ptr() as *const _, 1);
         }
     });
@@ -149,6 +168,12 @@ fn main() {
         "timerfd: armed after the scan, most of its hour left",
         its.it_value.tv_sec > 3000,
         format!("{} s left", its.it_value.tv_sec),
+    );
+    let (seen, runs) = (SEEN.load(Ordering::SeqCst), RUNS.load(Ordering::SeqCst));
+    c.check(
+        "a signal to the checkpointing thread is handled after the restore, once",
+        seen >= 1 && runs == 1,
+        format!("handler saw restores() = {seen}, ran {runs} time(s)"),
     );
     c.finish()
 }

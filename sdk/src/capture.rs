@@ -600,7 +600,11 @@ impl Capture {
                 .map(AsRawFd::as_raw_fd),
         );
         fds.extend(self.shm.iter().filter_map(|o| o.own_fd()));
-        fds.extend(self.fdinfos.iter().map(crate::state::parked::ParkedInfo::own_fd));
+        fds.extend(
+            self.fdinfos
+                .iter()
+                .map(crate::state::parked::ParkedInfo::own_fd),
+        );
         for (_, own, p) in &self.fifos {
             fds.extend(own.as_ref().map(AsRawFd::as_raw_fd));
             fds.extend([p.copy_w.as_raw_fd(), p.copy_r.as_raw_fd()]);
@@ -1062,7 +1066,12 @@ fn handle(call: &mut HandlerCall) {
         p.read();
     }
     for e in &c.epolls {
-        e.run(c.fdinfos.iter().find(|p| p.fd == e.fd).and_then(|p| p.bytes()));
+        e.run(
+            c.fdinfos
+                .iter()
+                .find(|p| p.fd == e.fd)
+                .and_then(|p| p.bytes()),
+        );
     }
     let mem = c.mem.as_ref().map_or(-1, |m| m.as_raw_fd());
     for o in &c.shm {
@@ -1187,6 +1196,21 @@ fn let_go(c: &Capture, count: usize) {
     ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
 }
 
+/// Every signal blocked but the checkpoint `signal` and those a fault raises (blocking them
+/// would not hold them off anyway).
+fn quiet_mask(signal: i32) -> u64 {
+    let bit = |s: i32| 1u64 << (s - 1);
+    let faults = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+    ];
+    faults.iter().fold(!bit(signal), |m, &s| m & !bit(s))
+}
+
 /// Why freezing failed.
 #[derive(Debug)]
 pub enum FreezeError {
@@ -1221,8 +1245,14 @@ pub fn freeze(
     capture.own_buffers.push(stacks.range());
     capture.stacks = Some(stacks);
     let old = sys::install_handler(signal, on_checkpoint_signal)?;
-    // Make sure the signal is deliverable to this thread.
-    let old_mask = sys::sigprocmask(libc::SIG_UNBLOCK, Some(1u64 << (signal - 1)))?;
+    // This thread takes the checkpoint signal, and no other asynchronous one until the threads
+    // are let go: a runtime's handler run here while the others are parked would wait for them
+    // (SBCL's and Boehm's stop-the-world signals: its handler waits for a collection whose
+    // thread is parked; a Lisp handler allocating under a lock a parked thread holds). What
+    // arrives meanwhile stays pending, is saved with the others, and is handled once the mask
+    // is back (in both lives).
+    let old_mask = sys::sigprocmask(libc::SIG_SETMASK, Some(quiet_mask(signal)))?;
+    crate::checkpoint::after_scan_for_tests();
     let restore_disposition = || {
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
         let _ = sys::rt_sigaction(signal, Some(&old), None);

@@ -304,7 +304,6 @@ impl Checkpoint {
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
-        after_scan_for_tests();
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));
         }
@@ -820,7 +819,11 @@ impl Checkpoint {
         }
         // Event objects as they were once the threads had stopped (see state::parked).
         for p in &c.fdinfos {
-            if let Some(e) = scan.entries.iter_mut().find(|e| e.fd == p.fd && !e.in_flight) {
+            if let Some(e) = scan
+                .entries
+                .iter_mut()
+                .find(|e| e.fd == p.fd && !e.in_flight)
+            {
                 if let Err(changed) = p.update(e) {
                     return Ok(Err(changed));
                 }
@@ -1253,10 +1256,11 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
 }
 
 /// Test hook: with `THAW_TEST_AFTER_SCAN=R,W` (two descriptors of a pipe pair's ends), the
-/// checkpoint writes a byte to W once it has scanned the descriptors and waits for a byte on R
-/// before it stops the threads: a test's thread changes the process's state in between, at
-/// the moment a real one would (see state::parked).
-fn after_scan_for_tests() {
+/// checkpoint writes a byte to W once it has scanned the descriptors and blocked signals on the
+/// calling thread, and waits for a byte on R before it stops the other threads: a test's thread
+/// changes the process's state in between, at the moment a real one would (see state::parked),
+/// or signals the calling thread.
+pub(crate) fn after_scan_for_tests() {
     let Some(v) = std::env::var_os("THAW_TEST_AFTER_SCAN") else {
         return;
     };

@@ -53,7 +53,9 @@ pub fn probes(epolls: Vec<(i32, Vec<EpollWatch>)>) -> Vec<Probe> {
             fd,
             // (Room for the registrations added before the threads stop: the checkpoint starts
             // again then, but the probe puts back all it takes.)
-            ready: (0..watches.len() + 64).map(|_| AtomicBool::new(false)).collect(),
+            ready: (0..watches.len() + 64)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             buf: vec![0; EVENT * watches.len().max(1)],
             watches,
             taken: AtomicI64::new(0),
@@ -86,8 +88,7 @@ impl Probe {
         for i in 0..n.max(0) as usize {
             let at = i * EVENT + 4;
             let data = u64::from_ne_bytes(self.buf[at..at + 8].try_into().unwrap_or([0; 8]));
-            for ((fd, events, d), r) in super::parked::Registrations::new(parked).zip(&self.ready)
-            {
+            for ((fd, events, d), r) in super::parked::Registrations::new(parked).zip(&self.ready) {
                 if d != data || r.swap(true, Ordering::Relaxed) {
                     continue;
                 }
@@ -356,8 +357,7 @@ mod tests {
         ];
         let p = probes(vec![(ep.as_raw_fd(), watches.clone())]);
         assert_eq!(p.len(), 1);
-        let info =
-            std::fs::read(format!("/proc/self/fdinfo/{}", ep.as_raw_fd())).unwrap();
+        let info = std::fs::read(format!("/proc/self/fdinfo/{}", ep.as_raw_fd())).unwrap();
         p[0].run(Some(&info));
         // In the kernel's order, as a checkpoint has them.
         let mut got: Vec<EpollWatch> = super::super::parked::Registrations::new(&info)

@@ -66,7 +66,8 @@ impl ParkedInfo {
             self.buf.as_ptr() as u64,
             self.buf.len(),
         );
-        self.len.store(if n == 0 { -1 } else { n }, Ordering::Release);
+        self.len
+            .store(if n == 0 { -1 } else { n }, Ordering::Release);
     }
 
     /// What the handler read, if it could.
@@ -112,7 +113,8 @@ impl ParkedInfo {
             }
             FdKind::Epoll { watches } => {
                 let now: Vec<(i32, u32, u64)> = Registrations::new(text.as_bytes()).collect();
-                if now.len() != watches.len() || now.iter().zip(watches.iter()).any(|(n, w)| n.0 != w.fd)
+                if now.len() != watches.len()
+                    || now.iter().zip(watches.iter()).any(|(n, w)| n.0 != w.fd)
                 {
                     return Err(format!(
                         "fd {fd} (epoll): registrations came or went while the threads were being stopped"
@@ -199,7 +201,10 @@ tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
         let r: Vec<_> = Registrations::new(text).collect();
         assert_eq!(
             r,
-            vec![(5, 0x19, 0x3_0000_0005), (12, 0x4000_0018, 0x7f00_0000_00ff)]
+            vec![
+                (5, 0x19, 0x3_0000_0005),
+                (12, 0x4000_0018, 0x7f00_0000_00ff)
+            ]
         );
         assert_eq!(Registrations::new(b"pos:\t0\n").count(), 0);
     }
