@@ -1128,6 +1128,33 @@ fn event_objects_changed_while_the_threads_were_being_stopped() {
     }
 }
 
+/// A POSIX named semaphore, whose mapping /proc shows as a deleted file (glibc's temporary name)
+/// although the file has the semaphore's name: restored as that named file.
+#[test]
+fn a_named_posix_semaphore_is_its_named_file_again() {
+    let env = Env::new();
+    let name = format!("/thaw-test-sem-{}", std::process::id());
+    let file = format!("/dev/shm/sem.{}", &name[1..]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _gone = Gone(file);
+    let img = env.checkpoint("zdtm-named-sem", "n.thaw", &[&name]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "named semaphore: the value the first life left",
+                "named semaphore: one file with the name's (a post through a new handle shows)",
+            ],
+        );
+    }
+}
+
 /// The semaphore set id a program printed ("semid N").
 fn semid(out: &str) -> i32 {
     out.lines()

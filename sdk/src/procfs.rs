@@ -144,7 +144,13 @@ pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
-            if let Some(e) = parse_map_line(line) {
+            if let Some(mut e) = parse_map_line(line) {
+                // A file unlinked under one name that has another beside it is that file.
+                if e.inode != 0 && e.name.ends_with(" (deleted)") {
+                    if let Some(live) = crate::state::deleted::live_name(&e.name, e.inode) {
+                        e.name = live;
+                    }
+                }
                 out.push(e);
                 continue;
             }

@@ -88,12 +88,36 @@ pub(crate) fn kernel_internal(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The name a file unlinked at `shown` (as /proc shows it, "PATH (deleted)") still has in the
+/// same directory, found by its inode number: glibc's `sem_open` creates a named semaphore's
+/// file under a temporary name, links it as `sem.NAME` and unlinks the temporary one, so /proc
+/// shows `/dev/shm/sem.XXXXXX (deleted)` for a file that is at `/dev/shm/sem.NAME` (Python's
+/// multiprocessing locks and queues, with its spawn and forkserver start methods). Such a file
+/// is then restored as any file by that name is. `None` for one with no other name there (or
+/// a directory too large to look through).
+pub fn live_name(shown: &str, inode: u64) -> Option<String> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    const LOOK_AT_MOST: usize = 10_000;
+    let path = deleted_path(shown)?;
+    let dir = std::path::Path::new(path).parent()?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .take(LOOK_AT_MOST)
+        .flatten()
+        .find(|e| {
+            e.ino() == inode
+                && std::fs::symlink_metadata(e.path())
+                    .is_ok_and(|m| m.is_file() && m.ino() == inode && m.nlink() > 0)
+        })
+        .map(|e| e.path().to_string_lossy().into_owned())
+}
+
 /// Why an unlinked file that still has other names is refused: the image could not keep it as
 /// the same file, and its other names are unknown.
 pub(crate) fn still_linked(path: &str, links: u64) -> Option<String> {
     (links > 0).then(|| {
         format!(
-            "{path} was unlinked but the file still has {links} other name(s), which thaw cannot find: open it by one of them"
+            "{path} was unlinked but the file still has {links} other name(s), none of them in its directory, which thaw cannot find: open it by one of them"
         )
     })
 }

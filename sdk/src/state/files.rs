@@ -446,6 +446,14 @@ impl FdScan {
                 continue;
             };
             let target = target.to_string_lossy().into_owned();
+            // A file unlinked under one name that has another beside it is that file (see
+            // super::deleted::live_name).
+            let target = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                Ok(m) if target.ends_with(" (deleted)") && m.is_file() && m.nlink() > 0 => {
+                    super::deleted::live_name(&target, m.ino()).unwrap_or(target)
+                }
+                _ => target,
+            };
             let info = fdinfo(fd);
             let raw = fdinfo_flags(&info);
             let cloexec = raw & libc::O_CLOEXEC as u32 != 0;
