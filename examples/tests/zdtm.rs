@@ -400,6 +400,11 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
         "{out}"
     );
     assert!(out.contains("leave_children_out"), "{out}");
+    // Its command line says what it is (a fork of the program: the program's).
+    assert!(
+        out.contains("zdtm-children ") && out.contains(" refuse`"),
+        "{out}"
+    );
     assert!(!img.exists());
 
     let img = env.checkpoint("zdtm-children", "l.thaw", &["leave"]);

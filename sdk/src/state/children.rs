@@ -110,6 +110,12 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
             } else {
                 let stat = procfs::stat_fields(pid).unwrap_or_default();
                 let state = stat.get(3).map_or("?", String::as_str);
+                // Its command line says what it is where the name does not (a runtime's own
+                // helper: "python3 -c from multiprocessing.resource_tracker import main…").
+                let state = match command_line(pid) {
+                    Some(cmd) => format!("{state}, `{cmd}`"),
+                    None => state.to_owned(),
+                };
                 why.push(match needed {
                     Some(what) => format!("child process {pid} ({comm}, state {state}): {what}"),
                     None => format!(
@@ -313,6 +319,22 @@ pub fn plan_forget_sigchld(plan: &mut Plan) {
         libc::SYS_rt_sigtimedwait,
         [set, 0, zero, 8, 0, 0],
     );
+}
+
+/// A process's command line, its arguments joined by spaces, cut at 120 characters; `None`
+/// when it cannot be read or is empty (a kernel thread, a zombie).
+fn command_line(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .replace('\0', " ");
+    if text.is_empty() {
+        return None;
+    }
+    Some(match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
+    })
 }
 
 #[cfg(test)]
