@@ -150,7 +150,7 @@ fn main() {
     let n = expirations(&periodic);
     c.check(
         "periodic timerfd: every expiration while away is unread",
-        n >= away / 1_000_000_000 - 1,
+        n >= (away / 1_000_000_000).saturating_sub(1) && n > 0,
         format!("{n} expirations in {away} ns"),
     );
     c.check(
@@ -161,7 +161,8 @@ fn main() {
     let left = left_ns(later);
     c.check(
         "POSIX timer not due yet: what it has left shrank by the time away",
-        left > 0 && left <= 1_000_000_000_000 - away + 1_000_000_000,
+        // (Within 10 s: the time away is measured by the launcher a moment before it arms it.)
+        left > 0 && left <= (1_000_000_000_000 - away).saturating_add(10_000_000_000),
         format!("{left} ns left after {away} ns away"),
     );
     let cpu_left = left_ns(cpu);

@@ -53,6 +53,9 @@ pub enum CheckpointError {
 /// process is being stopped (a busy machine stretches each attempt: more of them come and go).
 const ATTEMPTS: u32 = 24;
 
+/// Attempts of this checkpoint started again because a thread did not respond in time.
+static UNRESPONSIVE_AGAIN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Io { what, source }
 }
@@ -240,6 +243,7 @@ impl Checkpoint {
     /// what the launcher passed ("restored").
     pub fn save(self) -> Result<Outcome, CheckpointError> {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        UNRESPONSIVE_AGAIN.store(0, Ordering::Relaxed);
         caller_can_checkpoint()?;
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
@@ -504,6 +508,24 @@ impl Checkpoint {
             }
             Err(capture::FreezeError::Changed(why)) => return Ok(Err(why.into())),
             Err(capture::FreezeError::Unresponsive(late)) => {
+                // One that blocks the signal now did not when the threads were listed (those
+                // are stopped with ptrace): a collector stopped it (Boehm's suspends threads in
+                // sigsuspend until it restarts them, and its own thread was parked by us). Let
+                // go, the collection ends; the next attempt lists it again.
+                if let Some(tid) = late.iter().find(|&&t| blocks_signal(t, self.signal)) {
+                    return Ok(Err(format!(
+                        "thread {tid} began to block the checkpoint signal while the process was being stopped"
+                    )));
+                }
+                // One waiting for a thread that was parked (a collector's stop of the world
+                // that the checkpoint interrupted) goes on once all are let go: tried again,
+                // twice, before it is refused.
+                if UNRESPONSIVE_AGAIN.fetch_add(1, Ordering::Relaxed) < 2 {
+                    return Ok(Err(format!(
+                        "thread {} did not respond to the checkpoint signal",
+                        late.first().copied().unwrap_or(0)
+                    )));
+                }
                 return Err(CheckpointError::Unsupported(
                     late.iter()
                         .map(|tid| {
@@ -512,13 +534,14 @@ impl Checkpoint {
                                 format!("thread {tid} ({name}) blocks the checkpoint signal {}", self.signal)
                             } else {
                                 format!(
-                                    "thread {tid} ({name}) did not respond to the checkpoint signal within {:?}",
-                                    self.thread_timeout
+                                    "thread {tid} ({name}) did not respond to the checkpoint signal within {:?} ({})",
+                                    self.thread_timeout,
+                                    what_it_does(*tid)
                                 )
                             }
                         })
                         .collect(),
-                ))
+                ));
             }
         };
         let pause = t0.elapsed();
@@ -636,6 +659,21 @@ impl Checkpoint {
             return Ok(Err(
                 "a POSIX timer's signal came while the threads were being stopped".into(),
             ));
+        }
+        // Event objects as they were once the threads had stopped (see state::parked), before
+        // any memory is read: a change the image cannot follow starts the checkpoint again.
+        let mut scan = scan;
+        for p in &capture.fdinfos {
+            if let Some(e) = scan
+                .entries
+                .iter_mut()
+                .find(|e| e.fd == p.fd && !e.in_flight)
+            {
+                if let Err(changed) = p.update(e) {
+                    crate::sys::kill_and_reap(child);
+                    return Ok(Err(changed));
+                }
+            }
         }
         let result = self.dump(child, capture, threads, captured, scan, original_action);
         crate::sys::kill_and_reap(child);
@@ -817,18 +855,6 @@ impl Checkpoint {
         if !missing.is_empty() {
             return Ok(Err(missing.join("; ")));
         }
-        // Event objects as they were once the threads had stopped (see state::parked).
-        for p in &c.fdinfos {
-            if let Some(e) = scan
-                .entries
-                .iter_mut()
-                .find(|e| e.fd == p.fd && !e.in_flight)
-            {
-                if let Err(changed) = p.update(e) {
-                    return Ok(Err(changed));
-                }
-            }
-        }
         m.guards = guards
             .iter()
             .map(|&(start, end)| state::memory::Guard { start, end })
@@ -874,7 +900,12 @@ impl Checkpoint {
             if let (FdKind::Epoll { watches }, Some(p)) =
                 (&mut e.kind, c.epolls.iter().find(|p| p.fd == e.fd))
             {
-                p.apply(watches)
+                let parked = c
+                    .fdinfos
+                    .iter()
+                    .find(|f| f.fd == p.fd)
+                    .and_then(|f| f.bytes());
+                p.apply(watches, parked)
                     .map_err(|w| CheckpointError::Unsupported(vec![w]))?;
             }
         }
@@ -1185,6 +1216,21 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
     Ok((why, maps))
 }
 
+/// What thread `tid` is doing, for a message: the system call it waits in (with the kernel
+/// function it sleeps in), or that it runs.
+fn what_it_does(tid: i32) -> String {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{f}"));
+    let syscall = read("syscall").unwrap_or_default();
+    let wchan = read("wchan").unwrap_or_default();
+    match syscall.split_whitespace().next() {
+        Some("running") => "running".to_owned(),
+        Some(n) if n.parse::<i64>().is_ok_and(|n| n >= 0) => {
+            format!("in system call {n}, waiting in {}", wchan.trim())
+        }
+        _ => format!("state unknown, waiting in {}", wchan.trim()),
+    }
+}
+
 /// Whether thread `tid` blocks `signal` now.
 /// The signals thread `tid` blocks now, if it can be read (the thread still exists).
 fn blocked_set(tid: i32) -> Option<u64> {
@@ -1261,6 +1307,10 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
 /// changes the process's state in between, at the moment a real one would (see state::parked),
 /// or signals the calling thread.
 pub(crate) fn after_scan_for_tests() {
+    // (Only in builds with debug assertions, which the test suite uses.)
+    if !cfg!(debug_assertions) {
+        return;
+    }
     let Some(v) = std::env::var_os("THAW_TEST_AFTER_SCAN") else {
         return;
     };

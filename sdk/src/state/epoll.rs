@@ -72,6 +72,12 @@ impl Probe {
             self.taken.store(-(libc::EIO as i64), Ordering::Relaxed);
             return;
         };
+        // More registrations than marks: what it took could not all be put back. Not probed
+        // (the registrations came since the scan: the checkpoint starts again).
+        if super::parked::Registrations::new(parked).count() > self.ready.len() {
+            self.taken.store(-(libc::E2BIG as i64), Ordering::Relaxed);
+            return;
+        }
         let max = self.watches.len().max(1);
         let n = crate::sys::syscall6(
             libc::SYS_epoll_wait,
@@ -116,7 +122,7 @@ impl Probe {
     /// After the snapshot: marks each watch of `watches` (this instance's, as they were while
     /// the threads were parked: the same registrations in the same order) ready or not.
     /// Watches sharing their data with a reported one count as reported.
-    pub fn apply(&self, watches: &mut [EpollWatch]) -> Result<(), String> {
+    pub fn apply(&self, watches: &mut [EpollWatch], parked: Option<&[u8]>) -> Result<(), String> {
         let n = self.taken.load(Ordering::Relaxed);
         if n < 0 {
             return Err(format!(
@@ -125,12 +131,14 @@ impl Probe {
                 std::io::Error::from_raw_os_error(-n as i32)
             ));
         }
-        let reported: Vec<(i32, u64)> = watches
-            .iter()
-            .zip(&self.ready)
-            .filter(|(_, r)| r.load(Ordering::Relaxed))
-            .map(|(w, _)| (w.fd, w.data))
-            .collect();
+        // (The probe marked the registrations in the kernel's order, the policy's removals
+        // included.)
+        let reported: Vec<(i32, u64)> =
+            super::parked::Registrations::new(parked.unwrap_or_default())
+                .zip(&self.ready)
+                .filter(|(_, r)| r.load(Ordering::Relaxed))
+                .map(|((fd, _, data), _)| (fd, data))
+                .collect();
         for w in watches.iter_mut() {
             w.ready = reported.contains(&(w.fd, w.data));
         }
@@ -363,7 +371,7 @@ mod tests {
         let mut got: Vec<EpollWatch> = super::super::parked::Registrations::new(&info)
             .map(|(fd, _, _)| *watches.iter().find(|w| w.fd == fd).unwrap())
             .collect();
-        p[0].apply(&mut got).unwrap();
+        p[0].apply(&mut got, Some(&info)).unwrap();
         let ready = |data| got.iter().find(|w| w.data == data).unwrap().ready;
         assert_eq!((ready(1), ready(2)), (false, true));
         // The first life still has pipe 2's event, and not pipe 1's.

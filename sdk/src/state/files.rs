@@ -213,7 +213,16 @@ impl Refused {
 }
 
 /// A timerfd's state from its fdinfo; `Err` says why it is refused.
-pub(crate) fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
+fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
+    let clock = crate::procfs::field(info, "clockid")
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(libc::CLOCK_REALTIME);
+    timerfd_state_at(info, crate::sys::clock_ns(clock))
+}
+
+/// A timerfd's state from its fdinfo, its clock reading `now` (ns) when the fdinfo was read: a
+/// wall-clock deadline is `now` plus the time left.
+pub(crate) fn timerfd_state_at(info: &str, now: u64) -> Result<FdKind, &'static str> {
     let num = |k: &str| crate::procfs::field(info, k).and_then(|v| v.parse::<u64>().ok());
     let ns = |k: &str| {
         let v = crate::procfs::field(info, k)?;
@@ -248,7 +257,7 @@ pub(crate) fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
     Ok(FdKind::TimerFd {
         clockid: clockid as i32,
         value_ns: if absolute {
-            crate::sys::clock_ns(clockid as i32).saturating_add(left)
+            now.saturating_add(left)
         } else {
             left
         },

@@ -614,6 +614,9 @@ pub(crate) fn fill_lazy(maps: &[MapEntry]) -> Vec<String> {
             .into_iter()
             .filter_map(|m| populate_read(m.start, m.end).err().map(|e| (m, e)))
             .collect();
+        if failed.is_empty() {
+            return Vec::new();
+        }
         if failed.iter().any(|f| f.1 != libc::ENOMEM) {
             break;
         }

@@ -20,7 +20,12 @@ pub struct ParkedInfo {
     pub fd: i32,
     /// /proc/self/fdinfo/FD, opened beforehand (the handler only reads it).
     info: OwnedFd,
-    timerfd: bool,
+    /// A timerfd's clock (its deadline, if on a wall clock, is computed from its reading then).
+    timerfd: Option<i32>,
+    clock_ns: std::sync::atomic::AtomicU64,
+    /// An epoll instance's registrations as the kernel listed them before the threads stopped
+    /// (by watched number, in its order), the policy's removals included.
+    before: Vec<i32>,
     buf: Vec<u8>,
     /// Bytes read, or a negative errno (0 until the handler ran).
     len: AtomicI64,
@@ -44,10 +49,22 @@ impl ParkedInfo {
                 Some((e, room))
             })
             .map(|(e, room)| {
+                let path = format!("/proc/self/fdinfo/{}", e.fd);
+                let before = match e.kind {
+                    FdKind::Epoll { .. } => Registrations::new(std::fs::read(&path)?.as_slice())
+                        .map(|r| r.0)
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 Ok(ParkedInfo {
                     fd: e.fd,
-                    info: std::fs::File::open(format!("/proc/self/fdinfo/{}", e.fd))?.into(),
-                    timerfd: matches!(e.kind, FdKind::TimerFd { .. }),
+                    info: std::fs::File::open(&path)?.into(),
+                    timerfd: match e.kind {
+                        FdKind::TimerFd { clockid, .. } => Some(clockid),
+                        _ => None,
+                    },
+                    clock_ns: Default::default(),
+                    before,
                     buf: vec![0; room],
                     len: AtomicI64::new(0),
                 })
@@ -57,9 +74,11 @@ impl ParkedInfo {
 
     /// In the handler, every other thread parked. No allocation.
     pub fn read(&self) {
-        if self.timerfd {
+        if let Some(clock) = self.timerfd {
             // Brought up to date first, as the scan did (see sys::timerfd_catch_up).
             let _ = crate::sys::timerfd_catch_up(self.fd);
+            self.clock_ns
+                .store(crate::sys::clock_ns(clock), Ordering::Relaxed);
         }
         let n = crate::sys::read_whole(
             self.info.as_raw_fd(),
@@ -108,21 +127,27 @@ impl ParkedInfo {
             }
             FdKind::SignalFd { mask } => *mask = crate::procfs::field_hex(text, "sigmask"),
             kind @ FdKind::TimerFd { .. } => {
-                *kind = super::files::timerfd_state(text)
+                *kind = super::files::timerfd_state_at(text, self.clock_ns.load(Ordering::Relaxed))
                     .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;
             }
             FdKind::Epoll { watches } => {
                 let now: Vec<(i32, u32, u64)> = Registrations::new(text.as_bytes()).collect();
-                if now.len() != watches.len()
-                    || now.iter().zip(watches.iter()).any(|(n, w)| n.0 != w.fd)
-                {
+                if now.iter().map(|r| r.0).ne(self.before.iter().copied()) {
                     return Err(format!(
                         "fd {fd} (epoll): registrations came or went while the threads were being stopped"
                     ));
                 }
-                for (w, (_, events, data)) in watches.iter_mut().zip(now) {
-                    w.events = events;
-                    w.data = data;
+                // The scan's watches are the kernel's, in its order, less every registration of
+                // a descriptor a policy left out: the k-th watch of a number is the k-th
+                // registration of it.
+                let mut seen: Vec<i32> = Vec::new();
+                for w in watches.iter_mut() {
+                    let k = seen.iter().filter(|&&n| n == w.fd).count();
+                    seen.push(w.fd);
+                    if let Some(r) = now.iter().filter(|r| r.0 == w.fd).nth(k) {
+                        w.events = r.1;
+                        w.data = r.2;
+                    }
                 }
             }
             _ => {}
@@ -207,6 +232,76 @@ tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
             ]
         );
         assert_eq!(Registrations::new(b"pos:\t0\n").count(), 0);
+    }
+
+    #[test]
+    fn registrations_a_policy_left_out_do_not_start_the_checkpoint_again() {
+        use super::super::files::EpollWatch;
+        let ep = crate::sys::epoll_create().unwrap();
+        let pipes: Vec<_> = (0..3)
+            .map(|_| crate::sys::pipe_nonblock().unwrap())
+            .collect();
+        let add = |op: i32, fd: i32, events: u32, data: u64| {
+            let mut ev = libc::epoll_event { events, u64: data };
+            // SAFETY: a valid event for epoll_ctl.
+            let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) };
+            assert_eq!(r, 0);
+        };
+        for (i, (r, _)) in pipes.iter().enumerate() {
+            add(
+                libc::EPOLL_CTL_ADD,
+                r.as_raw_fd(),
+                libc::EPOLLIN as u32,
+                i as u64,
+            );
+        }
+        // The scan's watches, in the kernel's order, less the second pipe's (left out).
+        let info = std::fs::read(format!("/proc/self/fdinfo/{}", ep.as_raw_fd())).unwrap();
+        let left_out = pipes[1].0.as_raw_fd();
+        let watches: Vec<EpollWatch> = Registrations::new(&info)
+            .filter(|r| r.0 != left_out)
+            .map(|(fd, events, data)| EpollWatch {
+                fd,
+                events,
+                data,
+                ready: false,
+                at: None,
+            })
+            .collect();
+        let mut entry = FdEntry {
+            fd: ep.as_raw_fd(),
+            kind: FdKind::Epoll { watches },
+            ..Default::default()
+        };
+        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry)).unwrap();
+        // Changed by another thread before the stop: the third pipe's registration.
+        let third = pipes[2].0.as_raw_fd();
+        add(
+            libc::EPOLL_CTL_MOD,
+            third,
+            libc::EPOLLIN as u32 | libc::EPOLLONESHOT as u32,
+            9,
+        );
+        parked[0].read();
+        parked[0].update(&mut entry).unwrap();
+        let FdKind::Epoll { watches } = &entry.kind else {
+            unreachable!()
+        };
+        assert_eq!(watches.len(), 2);
+        let w = watches.iter().find(|w| w.fd == third).unwrap();
+        // (The kernel adds EPOLLERR and EPOLLHUP to every registration.)
+        assert_eq!(w.data, 9);
+        assert_ne!(w.events & libc::EPOLLONESHOT as u32, 0);
+        // One added meanwhile starts it again.
+        let (extra, _) = crate::sys::pipe_nonblock().unwrap();
+        add(
+            libc::EPOLL_CTL_ADD,
+            extra.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            5,
+        );
+        parked[0].read();
+        assert!(parked[0].update(&mut entry).is_err());
     }
 
     #[test]

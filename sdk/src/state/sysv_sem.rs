@@ -15,6 +15,10 @@
 //! changed by the process (`GETPID`): a semaphore it holds stays so while it holds it, unless
 //! another process changes it too (a counting semaphore taken by several: not seen).
 
+/// Set to 1, says the process holds no SEM_UNDO adjustment (it may use System V semaphores
+/// otherwise, from several threads): the two signs are not taken for one.
+pub const NO_SEM_UNDO: &str = "THAW_NO_SEM_UNDO";
+
 /// `KCMP_SYSVSEM` of `<linux/kcmp.h>`.
 const KCMP_SYSVSEM: u64 = 6;
 
@@ -25,7 +29,7 @@ pub(crate) fn refusals(tids: &[i32], fork: i32) -> Vec<String> {
     let has_list = tids
         .iter()
         .any(|&t| crate::sys::kcmp(t, fork, KCMP_SYSVSEM) == Some(false));
-    if !has_list {
+    if !has_list || std::env::var_os(NO_SEM_UNDO).is_some_and(|v| v == "1") {
         return Vec::new();
     }
     let me = crate::sys::getpid();
@@ -49,7 +53,7 @@ pub(crate) fn refusals(tids: &[i32], fork: i32) -> Vec<String> {
         return Vec::new();
     }
     vec![format!(
-        "System V semaphores this process changed last, with an undo list ({}): adjustments it holds with SEM_UNDO cannot be read from the kernel, and the first life's exit would apply them, so a semaphore it holds would be free to others while the restored process counted on it; release what it holds and drop the undo list just before the checkpoint (unshare(CLONE_SYSVSEM) does both, and applies nothing where nothing is held), or use POSIX semaphores or file locks, which thaw restores",
+        "System V semaphores this process changed last, with an undo list ({}): adjustments it holds with SEM_UNDO cannot be read from the kernel, and the first life's exit would apply them, so a semaphore it holds would be free to others while the restored process counted on it; release what it holds before the checkpoint (with no other thread left, the process may drop its undo list with unshare(CLONE_SYSVSEM), which gives back anything still held; while other threads share the list it stays), or use POSIX semaphores or file locks, which thaw restores; if it holds no SEM_UNDO adjustment (its semaphores were set or taken without SEM_UNDO), set {NO_SEM_UNDO}=1",
         touched.join("; ")
     )]
 }
