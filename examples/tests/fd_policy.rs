@@ -185,3 +185,23 @@ fn a_registration_the_kernel_would_keep_is_refused() {
     );
     assert!(!img.exists());
 }
+
+/// A listening socket with a connection waiting is refused whatever the policy says: left out,
+/// it would be a server that never accepts again, without an error.
+#[test]
+fn no_policy_leaves_a_listener_out() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "listener", None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(out.contains("1 unsupported item(s)"), "{out}");
+    assert!(
+        out.contains("connection(s) waiting to be accepted"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("THAW_FD_POLICY"),
+        "no policy is offered: {out}"
+    );
+    assert!(!img.exists());
+}

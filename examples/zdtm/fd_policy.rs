@@ -13,6 +13,9 @@
 //! - `epoll-dup`: as `epoll`, and the epoll instance also watches fd 10, the read end of a pipe
 //!   of the program's own duplicated at fd 11; the policy leaves fd 10 out: refused, since the
 //!   kernel would keep that registration while fd 11 stays;
+//! - `listener`: as `epoll`'s policy (sockets left out), with a TCP listener of the program's
+//!   own holding a connection not yet accepted: refused all the same, for no policy leaves a
+//!   listener out (a server that never accepts again, without a sign of it);
 //! - `many`: as `api`, with 150 more descriptors open and a hard limit of 200 open files (Node
 //!   raises its soft limit to the hard one): the checkpoint must fail, naming the limit.
 //!
@@ -91,11 +94,17 @@ fn main() {
         // SAFETY: lowers our own limits.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
     }
+    // A listener with a connection waiting in its queue (the client's end stays open too).
+    let _listener = (mode == "listener").then(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (l, c)
+    });
     let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
-    if mode == "epoll" || mode == "epoll-dup" {
+    if mode == "epoll" || mode == "epoll-dup" || mode == "listener" {
         cp = cp
             .fd(5, FdAction::Drop)
             .fds(FdClass::Socket, FdAction::Drop)

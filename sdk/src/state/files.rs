@@ -193,8 +193,9 @@ pub(crate) struct Refused {
     pub class: FdClass,
     /// `fd N (target): why`
     pub message: String,
-    /// Whether the message offers a descriptor policy (not where leaving the descriptor out
-    /// would not do: an io_uring instance's rings stay mapped).
+    /// Whether a descriptor policy may leave it out (and the message offers one): not where
+    /// that would not do (an io_uring instance's rings stay mapped) or would break the process
+    /// without a sign (a listening socket left out: a server that never accepts again).
     pub policy_helps: bool,
 }
 
@@ -1013,7 +1014,14 @@ impl FdScan {
                     entry.kind = FdKind::Socket(sock);
                     scan.entries.push(entry);
                 }
-                Err((class, why)) => scan.refused.push(Refused::of(&entry, &target, class, &why)),
+                Err((class, why)) => {
+                    let mut r = Refused::of(&entry, &target, class, &why);
+                    r.policy_helps =
+                        crate::sys::getsockopt_int(entry.fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)
+                            .unwrap_or(0)
+                            == 0;
+                    scan.refused.push(r)
+                }
             }
         }
         // Signal-driven I/O, once every descriptor is classified: one refused here leaves the
@@ -1119,7 +1127,12 @@ impl FdScan {
                 refusals.push(in_flight_message(&r.message, r.fd, *ino));
                 continue;
             }
-            match policy.action(r.fd, Some(r.class)) {
+            let action = if r.policy_helps {
+                policy.action(r.fd, Some(r.class))
+            } else {
+                FdAction::Refuse
+            };
+            match action {
                 FdAction::Refuse => {
                     refused_fds.insert(r.fd);
                     refusals.push(if r.policy_helps {
