@@ -99,13 +99,16 @@ const DESCRIPTOR_CHANGED: u32 = 2;
 const CHILD_STARTED: u32 = 3;
 /// `Capture::changed`: a zombie child was reaped after the check for children.
 const ZOMBIE_REAPED: u32 = 4;
+/// `Capture::changed`: a signal came to a thread after its handler had read its queue.
+const SIGNAL_CAME: u32 = 5;
 /// What each `Capture::changed` value says.
-const CHANGES: [&str; 5] = [
+const CHANGES: [&str; 6] = [
     "",
     "a thread started after the threads were listed",
     "a descriptor's flags or a socket's address or state changed after the scan",
     "a child process was started after the check for children",
     "a zombie child was waited for after the check for children",
+    "a signal came to a stopped thread after it had read its queue",
 ];
 
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
@@ -782,6 +785,29 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
 /// taken: the first life goes on with the same queues. (Only the main thread may queue a
 /// kernel's or kill()'s siginfo for the process.) What is not taken — a POSIX timer's signal,
 /// or no room left — stays in `t.pending`, and is refused. Async-signal-safe.
+/// Whether a parked thread has a signal pending in its own queue that its handler did not read
+/// (nor knowingly left there). Async-signal-safe.
+fn signal_came(c: &Capture, sig: i32) -> bool {
+    let own = 1u64 << (sig - 1);
+    let queued = c.queued_len.load(Ordering::Acquire).min(QUEUED_MAX as u32) as usize;
+    c.threads
+        .iter()
+        .filter(|t| t.done.load(Ordering::Acquire) == 1)
+        .map(|t| (t, t.tid.load(Ordering::Relaxed)))
+        .filter(|&(_, tid)| tid != c.caller)
+        .any(|(t, tid)| {
+            let Some(now) = sys::thread_pending(tid) else {
+                return false;
+            };
+            let read = c.queued[..queued]
+                .iter()
+                .map(|e| e[0].load(Ordering::Relaxed))
+                .filter(|w| (w >> 32) as i32 == tid && w & 0xff != 0)
+                .fold(0u64, |m, w| m | 1u64 << ((w & 0xff) - 1));
+            now & !own & !read & !t.pending.load(Ordering::Relaxed) != 0
+        })
+}
+
 fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
     let tid = t.tid.load(Ordering::Relaxed);
     let leader = tid == sys::getpid();
@@ -984,6 +1010,14 @@ fn handle(call: &mut HandlerCall) {
     }
     if zombies != c.zombies.len() {
         c.changed.store(ZOMBIE_REAPED, Ordering::Release);
+        return;
+    }
+    // A signal sent to a parked thread after its handler read its queue stays in the kernel's
+    // queue, which a fork does not copy: the image would lack it while the thread that sent it
+    // is in the image past sending it (SBCL's collector, waiting for a thread that never got
+    // its stop signal: every restore hung). Not snapshotted; the checkpoint starts again.
+    if signal_came(c, sig) {
+        c.changed.store(SIGNAL_CAME, Ordering::Release);
         return;
     }
     // Record the process-wide state and fork.

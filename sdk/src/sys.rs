@@ -264,6 +264,54 @@ pub fn fchdir(fd: i32) -> io::Result<()> {
 
 /// The signals pending for the calling thread alone and for its whole process (`SigPnd` and
 /// `ShdPnd` of /proc/thread-self/status), blocked or not. Allocation-free.
+/// Thread `tid`'s own pending signals (SigPnd of /proc/self/task/TID/status); `None` for one
+/// stopped by a tracer (the checkpoint's ptrace helper: its queue is not read) or unreadable.
+/// Async-signal-safe.
+pub fn thread_pending(tid: i32) -> Option<u64> {
+    let mut path =
+        *b"/proc/self/task/\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    let mut at = 16;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = tid.max(0) as u32;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for d in digits[..n].iter().rev() {
+        path[at] = *d;
+        at += 1;
+    }
+    for &b in b"/status" {
+        path[at] = b;
+        at += 1;
+    }
+    let mut buf = [0u8; 4096];
+    let len = read_path_raw(&path[..=at], &mut buf)?;
+    let text = &buf[..len];
+    let state = b"\nState:";
+    let st = text.windows(state.len()).position(|w| w == state)? + state.len();
+    if text[st..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b't') {
+        return None;
+    }
+    let key = b"\nSigPnd:";
+    let start = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut v = 0u64;
+    for &b in text[start..].iter().skip_while(|b| b.is_ascii_whitespace()) {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => break,
+        };
+        v = v << 4 | u64::from(d);
+    }
+    Some(v)
+}
+
 pub fn pending_sets() -> Option<(u64, u64)> {
     let mut buf = [0u8; 4096];
     let n = read_path_raw(b"/proc/thread-self/status\0", &mut buf)?;
