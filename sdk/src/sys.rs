@@ -262,8 +262,21 @@ pub fn fchdir(fd: i32) -> io::Result<()> {
     check(syscall6(libc::SYS_fchdir, [fd as u64, 0, 0, 0, 0, 0])).map(drop)
 }
 
-/// The signals pending for the calling thread alone and for its whole process (`SigPnd` and
-/// `ShdPnd` of /proc/thread-self/status), blocked or not. Allocation-free.
+/// The hexadecimal value after `key` ("\nSigPnd:") in a /proc status text. Allocation-free.
+fn status_hex(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut v = 0u64;
+    for &b in text[at..].iter().skip_while(|b| b.is_ascii_whitespace()) {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => break,
+        };
+        v = v << 4 | u64::from(d);
+    }
+    Some(v)
+}
+
 /// Thread `tid`'s own pending signals (SigPnd of /proc/self/task/TID/status); `None` for one
 /// stopped by a tracer (the checkpoint's ptrace helper: its queue is not read) or unreadable.
 /// Async-signal-safe.
@@ -282,12 +295,8 @@ pub fn thread_pending(tid: i32) -> Option<u64> {
             break;
         }
     }
-    for d in digits[..n].iter().rev() {
+    for d in digits[..n].iter().rev().chain(b"/status") {
         path[at] = *d;
-        at += 1;
-    }
-    for &b in b"/status" {
-        path[at] = b;
         at += 1;
     }
     let mut buf = [0u8; 4096];
@@ -298,38 +307,19 @@ pub fn thread_pending(tid: i32) -> Option<u64> {
     if text[st..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b't') {
         return None;
     }
-    let key = b"\nSigPnd:";
-    let start = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let mut v = 0u64;
-    for &b in text[start..].iter().skip_while(|b| b.is_ascii_whitespace()) {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => break,
-        };
-        v = v << 4 | u64::from(d);
-    }
-    Some(v)
+    status_hex(text, b"\nSigPnd:")
 }
 
+/// The signals pending for the calling thread alone and for its whole process (`SigPnd` and
+/// `ShdPnd` of /proc/thread-self/status), blocked or not. Allocation-free.
 pub fn pending_sets() -> Option<(u64, u64)> {
     let mut buf = [0u8; 4096];
     let n = read_path_raw(b"/proc/thread-self/status\0", &mut buf)?;
-    let hex = |key: &[u8]| {
-        let text = &buf[..n];
-        let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-        let mut v = 0u64;
-        for &b in text[at..].iter().skip_while(|b| b.is_ascii_whitespace()) {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => break,
-            };
-            v = v << 4 | u64::from(d);
-        }
-        Some(v)
-    };
-    Some((hex(b"\nSigPnd:")?, hex(b"\nShdPnd:")?))
+    let text = &buf[..n];
+    Some((
+        status_hex(text, b"\nSigPnd:")?,
+        status_hex(text, b"\nShdPnd:")?,
+    ))
 }
 
 /// Takes one pending instance of signal `sig` off the calling thread's queue (its own first,
