@@ -281,26 +281,8 @@ fn status_hex(text: &[u8], key: &[u8]) -> Option<u64> {
 /// stopped by a tracer (the checkpoint's ptrace helper: its queue is not read) or unreadable.
 /// Async-signal-safe.
 pub fn thread_pending(tid: i32) -> Option<u64> {
-    let mut path =
-        *b"/proc/self/task/\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
-    let mut at = 16;
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = tid.max(0) as u32;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for d in digits[..n].iter().rev().chain(b"/status") {
-        path[at] = *d;
-        at += 1;
-    }
     let mut buf = [0u8; 4096];
-    let len = read_path_raw(&path[..=at], &mut buf)?;
+    let len = read_task_file(tid, b"/status\0", &mut buf)?;
     let text = &buf[..len];
     let state = b"\nState:";
     let st = text.windows(state.len()).position(|w| w == state)? + state.len();
