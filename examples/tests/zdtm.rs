@@ -1564,3 +1564,42 @@ fn nothing_after_the_snapshot_happens_in_the_first_life() {
         );
     }
 }
+
+/// Threads that start threads while the checkpoint stops them (CRIU's transition/thread-bomb):
+/// those started after the listing are found and stopped too, named as they were, and every
+/// chain goes on after restore. It used to give up after 24 attempts.
+#[test]
+fn threads_started_while_the_checkpoint_stops_them_are_stopped_too() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-bomb", "b.thaw", &[]);
+    let shown = env.thaw(&[
+        "inspect",
+        "--json",
+        "--trust",
+        env.pubkey.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(shown.status.success(), "{shown:?}");
+    let json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let names: Vec<&str> = json["manifest"]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    // The 24 chains' threads, the main thread and the checkpointing one, at least.
+    assert!(names.len() >= 26, "{} threads", names.len());
+    // Each named by itself or by the thread that started it (none left without a name).
+    let unnamed: Vec<&&str> = names
+        .iter()
+        .filter(|n| !(n.starts_with("chain") || ["zdtm-bomb", "checkpointer"].contains(n)))
+        .collect();
+    assert!(unnamed.is_empty(), "threads named {unnamed:?}");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &["threads started during the checkpoint: every chain goes on after restore"],
+        );
+    }
+}

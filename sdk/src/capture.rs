@@ -87,8 +87,27 @@ pub struct ThreadCapture {
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
     pub blocked: [AtomicU64; 9],
-    /// 0 until the thread is recorded (1); [`GONE`] for one that exited before it could be.
+    /// The thread's name (PR_GET_NAME) as its handler read it; all zero if it did not run.
+    pub name: [AtomicU64; 2],
+    /// 0 until the thread is recorded (1); [`GONE`] for one that exited before it could be;
+    /// [`SPARE`] for a slot no thread has had.
     pub done: AtomicI32,
+}
+
+impl ThreadCapture {
+    /// Whether this slot holds a recorded thread (not one gone, nor a spare slot).
+    pub fn recorded(&self) -> bool {
+        self.done.load(Ordering::Acquire) == 1
+    }
+
+    /// The name its handler read, if it ran.
+    pub fn recorded_name(&self) -> Option<String> {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.name[0].load(Ordering::Relaxed).to_ne_bytes());
+        bytes[8..].copy_from_slice(&self.name[1].load(Ordering::Relaxed).to_ne_bytes());
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(16);
+        (len > 0).then(|| String::from_utf8_lossy(&bytes[..len]).into_owned())
+    }
 }
 
 /// `Capture::changed`: a thread started after the listing.
@@ -114,6 +133,9 @@ const CHANGES: [&str; 6] = [
 /// `ThreadCapture::done` of a thread that exited during the checkpoint: not in the image, as if
 /// the checkpoint had come a moment later.
 pub const GONE: i32 = 2;
+
+/// `ThreadCapture::done` of a slot kept for a thread started after the listing (see `chase`).
+const SPARE: i32 = 3;
 
 /// A descriptor whose offset the handler records.
 #[derive(Debug)]
@@ -506,6 +528,9 @@ pub struct Capture {
     /// How many threads are to park (less those seen gone): the main thread takes the
     /// process's signal queue once all the others have (see `record_pending`).
     pub expected: AtomicU32,
+    /// Set once no thread is left to find (see `chase`): until then a thread not yet stopped
+    /// may still start others, which the main thread's count does not know.
+    pub chased: AtomicU32,
     /// Set to 1 to let parked threads return (futex word).
     pub release: AtomicU32,
     /// Threads that have finished with this structure after being released (futex word).
@@ -626,15 +651,21 @@ impl Capture {
     ) -> Box<Self> {
         Box::new(Capture {
             caller,
+            // And spare slots for threads that those not yet stopped start meanwhile.
             threads: tids
                 .iter()
                 .map(|&tid| ThreadCapture {
                     tid: AtomicI32::new(tid),
                     ..Default::default()
                 })
+                .chain((0..spare_slots(tids.len())).map(|_| ThreadCapture {
+                    done: AtomicI32::new(SPARE),
+                    ..Default::default()
+                }))
                 .collect(),
             parked: AtomicU32::new(0),
             expected: AtomicU32::new(0),
+            chased: AtomicU32::new(0),
             release: AtomicU32::new(0),
             left: AtomicU32::new(0),
             brk: AtomicU64::new(0),
@@ -777,6 +808,11 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
         ),
         Ordering::Relaxed,
     );
+    let name = sys::thread_name();
+    for (slot, word) in t.name.iter().zip(name.chunks_exact(8)) {
+        let word: [u8; 8] = word.try_into().unwrap_or_default();
+        slot.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+    }
     t.done.store(1, Ordering::Release);
 }
 
@@ -886,7 +922,8 @@ fn others_parked(c: &Capture, tid: i32) -> bool {
     let start = sys::clock_ns(libc::CLOCK_MONOTONIC);
     loop {
         let parked = c.parked.load(Ordering::Acquire);
-        if parked + 1 >= c.expected.load(Ordering::Acquire) {
+        if c.chased.load(Ordering::Acquire) != 0 && parked + 1 >= c.expected.load(Ordering::Acquire)
+        {
             return true;
         }
         if sys::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(start) > 2_000_000_000 {
@@ -1312,41 +1349,37 @@ pub fn freeze(
         note_blocked(t);
     }
     for t in waiting() {
-        if let Err(e) = sys::tgkill_self(t.tid.load(Ordering::Relaxed), signal) {
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(abandon(c, old_mask, e.into()));
-            }
-            count -= usize::from(mark_gone(t));
-            c.expected.store(count as u32, Ordering::Release);
+        if let Err(e) = signal_thread(c, t, signal, &mut count) {
+            return Err(abandon(c, old_mask, e.into()));
         }
     }
     let deadline = Instant::now() + bound;
+    // Threads started since the listing by threads not yet stopped are found and stopped in
+    // turn, until a listing finds no new one: a stopped thread starts none. Meanwhile the main
+    // thread waits in its handler (it takes the process's signal queue once no other runs).
+    let main = sys::getpid();
+    let main_waits = || {
+        main != c.caller
+            && c.threads.iter().any(|t| {
+                t.tid.load(Ordering::Relaxed) == main && t.done.load(Ordering::Acquire) == 0
+            })
+    };
     loop {
-        let parked = c.parked.load(Ordering::Acquire);
-        if parked as usize == count {
-            break;
+        if let Err(e) = wait_parked(c, &mut count, deadline, || usize::from(main_waits())) {
+            return Err(abandon(c, old_mask, e));
         }
-        let now = Instant::now();
-        if now >= deadline {
-            let late = c
-                .threads
-                .iter()
-                .filter(|t| t.done.load(Ordering::Acquire) == 0)
-                .map(|t| t.tid.load(Ordering::Relaxed))
-                .filter(|&tid| tid != c.caller)
-                .collect();
-            return Err(abandon(c, old_mask, FreezeError::Unresponsive(late)));
+        match chase(c, signal, &mut count) {
+            Ok(true) if Instant::now() < deadline => continue,
+            // None new; or one could not be given a slot, or the bound passed: the caller's
+            // handler finds the process changed, and the checkpoint starts again.
+            Ok(_) => break,
+            Err(e) => return Err(abandon(c, old_mask, e.into())),
         }
-        // Woken by each thread that parks; every few milliseconds, looks for threads that
-        // exited after their signal was sent (they never park).
-        let slice = (deadline - now).min(Duration::from_millis(5));
-        sys::futex_wait(&c.parked, parked, Some(slice));
-        if c.parked.load(Ordering::Acquire) == parked {
-            count -= waiting().filter(|t| mark_gone(t)).count();
-            c.expected.store(count as u32, Ordering::Release);
-            // A main thread waiting for the others to park looks again.
-            sys::futex_wake_all(&c.parked);
-        }
+    }
+    c.chased.store(1, Ordering::Release);
+    sys::futex_wake_all(&c.parked);
+    if let Err(e) = wait_parked(c, &mut count, deadline, || 0) {
+        return Err(abandon(c, old_mask, e));
     }
     compiler_fence(Ordering::SeqCst);
     let sent = sys::tgkill_self(c.caller, signal);
@@ -1388,15 +1421,13 @@ pub fn freeze(
     }
     // Kept stopped: only once the snapshot is sound, and with the allocator's private region
     // (from here on the C library's allocator may be locked by a stopped thread).
+    // (Threads gone before they could be stopped are not in the image either way.)
     let sound = sent.is_ok()
         && c.changed.load(Ordering::Acquire) == 0
         && c.child.load(Ordering::Acquire) >= 0
         && c.threads.iter().any(|t| {
             t.tid.load(Ordering::Relaxed) == c.caller && t.done.load(Ordering::Acquire) != 0
-        })
-        && c.threads
-            .iter()
-            .all(|t| t.done.load(Ordering::Acquire) != GONE);
+        });
     // (A thread stopped inside the SDK's own allocator would hold its lock for good.)
     if keep_parked && sound && crate::alloc::idle() && crate::alloc::private() {
         return Ok(Frozen::Parked(Parked {
@@ -1453,6 +1484,121 @@ fn snapshot_taken(
     Ok(())
 }
 
+/// Sends the checkpoint signal to thread `t`, counted in `count`; one gone already is marked so
+/// and counted out.
+fn signal_thread(
+    c: &Capture,
+    t: &ThreadCapture,
+    signal: i32,
+    count: &mut usize,
+) -> std::io::Result<()> {
+    if let Err(e) = sys::tgkill_self(t.tid.load(Ordering::Relaxed), signal) {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+        *count -= usize::from(mark_gone(t));
+        c.expected.store(*count as u32, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Waits until every signalled thread has parked (or is gone), but `absent` of them, within
+/// `deadline`. Async-signal-safe until the bound passes.
+fn wait_parked(
+    c: &Capture,
+    count: &mut usize,
+    deadline: Instant,
+    absent: impl Fn() -> usize,
+) -> Result<(), FreezeError> {
+    loop {
+        let parked = c.parked.load(Ordering::Acquire);
+        if parked as usize + absent() >= *count {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let late = c
+                .threads
+                .iter()
+                .filter(|t| t.done.load(Ordering::Acquire) == 0)
+                .map(|t| t.tid.load(Ordering::Relaxed))
+                .filter(|&tid| tid != c.caller)
+                .collect();
+            return Err(FreezeError::Unresponsive(late));
+        }
+        // Woken by each thread that parks; every few milliseconds, looks for threads that
+        // exited after their signal was sent (they never park).
+        let slice = (deadline - now).min(Duration::from_millis(5));
+        sys::futex_wait(&c.parked, parked, Some(slice));
+        if c.parked.load(Ordering::Acquire) == parked {
+            *count -= unparked(c).filter(|t| mark_gone(t)).count();
+            c.expected.store(*count as u32, Ordering::Release);
+            // A main thread waiting for the others to park looks again.
+            sys::futex_wake_all(&c.parked);
+        }
+    }
+}
+
+/// Slots of threads signalled and not yet parked (the caller's aside).
+fn unparked(c: &Capture) -> impl Iterator<Item = &ThreadCapture> {
+    c.threads.iter().filter(|t| {
+        t.done.load(Ordering::Acquire) == 0 && t.tid.load(Ordering::Relaxed) != c.caller
+    })
+}
+
+/// Lists the threads again and signals each one not known yet (started since, by a thread not
+/// yet stopped), in a slot of its own: a spare one, or one whose thread is gone. Whether it
+/// found any; `Ok(false)` also when one found no slot (the caller's handler then sees more
+/// threads than were recorded). Async-signal-safe.
+fn chase(c: &Capture, signal: i32, count: &mut usize) -> std::io::Result<bool> {
+    *count -= unparked(c).filter(|t| mark_gone(t)).count();
+    c.expected.store(*count as u32, Ordering::Release);
+    let (mut found, mut room, mut failed) = (false, true, None);
+    sys::for_each_thread(|tid| {
+        if tid == c.caller || !room || failed.is_some() {
+            return;
+        }
+        let slot_of = |t: &&ThreadCapture| t.tid.load(Ordering::Relaxed) == tid;
+        let state = |t: &ThreadCapture| t.done.load(Ordering::Acquire);
+        if c.threads
+            .iter()
+            .filter(slot_of)
+            .any(|t| matches!(state(t), 0 | 1))
+        {
+            return;
+        }
+        // A gone thread's slot with this id first: the handler finds its slot by id.
+        let Some(t) = c
+            .threads
+            .iter()
+            .find(slot_of)
+            .or_else(|| c.threads.iter().find(|t| state(t) == SPARE))
+            .or_else(|| c.threads.iter().find(|t| state(t) == GONE))
+        else {
+            room = false;
+            return;
+        };
+        t.tid.store(tid, Ordering::Relaxed);
+        t.done.store(0, Ordering::Release);
+        note_blocked(t);
+        *count += 1;
+        c.expected.store(*count as u32, Ordering::Release);
+        found = true;
+        if let Err(e) = signal_thread(c, t, signal, count) {
+            failed = Some(e);
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(found && room),
+    }
+}
+
+/// How many spare slots a capture of `threads` threads keeps for threads started meanwhile.
+fn spare_slots(threads: usize) -> usize {
+    16 + threads / 2
+}
+
 /// Marks a thread that no longer exists (it exited since the listing) [`GONE`]: it is not
 /// waited for. Whether it was marked now.
 fn mark_gone(t: &ThreadCapture) -> bool {
@@ -1468,6 +1614,7 @@ fn mark_gone(t: &ThreadCapture) -> bool {
 /// may enter it at any later time, and the default action of a real-time signal would kill it.
 fn abandon(c: &Capture, old_mask: u64, e: FreezeError) -> FreezeError {
     ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+    c.chased.store(1, Ordering::Release);
     c.release.store(1, Ordering::Release);
     sys::futex_wake_all(&c.release);
     let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));

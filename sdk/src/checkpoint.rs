@@ -250,8 +250,9 @@ impl Checkpoint {
         // What is listed before the threads stop (threads, descriptors) is checked against the
         // snapshot; a process that changed it meanwhile is checkpointed again.
         let mut last = String::new();
+        let mut stubborn = Vec::new();
         for _ in 0..ATTEMPTS {
-            match self.attempt()? {
+            match self.attempt(&mut stubborn)? {
                 Ok(done) => return Ok(done),
                 Err(why) => last = why,
             }
@@ -266,7 +267,9 @@ impl Checkpoint {
 
     /// One try: the outcome, or what came or went while the process was being stopped (no
     /// image is written; everything is listed again).
-    fn attempt(&self) -> Result<Result<Outcome, String>, CheckpointError> {
+    /// `stubborn`: threads that kept blocking the checkpoint signal through an earlier attempt's
+    /// stop (stopped with ptrace from now on, whatever they are doing).
+    fn attempt(&self, stubborn: &mut Vec<i32>) -> Result<Result<Outcome, String>, CheckpointError> {
         let (mut unsupported, maps) = preflight()?;
         unsupported.extend(state::memory::fill_lazy(&maps));
         let left_out = if self.leave_children_out {
@@ -439,6 +442,11 @@ impl Checkpoint {
             std::thread::sleep(std::time::Duration::from_micros(200));
             blocking.retain(|&tid| blocks_signal(tid, self.signal));
         }
+        // One that still does and is runnable is most likely being started or ending, and
+        // waits for a CPU (threads that start threads nonstop: dozens at a time, beyond what
+        // the helper takes): signalled like the others, it parks once it unblocks. One that
+        // still blocks the signal after the stop's bound is stopped with ptrace next time.
+        blocking.retain(|&tid| stubborn.contains(&tid) || !runnable(tid));
         let mut traced = None;
         let mut traced_fd = None;
         if !blocking.is_empty() {
@@ -513,6 +521,7 @@ impl Checkpoint {
                 // sigsuspend until it restarts them, and its own thread was parked by us). Let
                 // go, the collection ends; the next attempt lists it again.
                 if let Some(tid) = late.iter().find(|&&t| blocks_signal(t, self.signal)) {
+                    stubborn.extend(late.iter().filter(|&&t| blocks_signal(t, self.signal)));
                     return Ok(Err(format!(
                         "thread {tid} began to block the checkpoint signal while the process was being stopped"
                     )));
@@ -553,12 +562,12 @@ impl Checkpoint {
                 return restored().map(Ok);
             }
             Frozen::Snapshot(mut c) => {
-                // Threads that exited before they could be stopped are not in the image.
-                c.threads
-                    .retain(|t| t.done.load(Ordering::Acquire) != capture::GONE);
+                // Threads that exited before they could be stopped are not in the image (nor
+                // are the spare slots).
+                c.threads.retain(|t| t.recorded());
                 (Some(c), None)
             }
-            // (Parked only when every thread was stopped.)
+            // (Parked only when every thread was stopped or is gone; `recorded` tells them.)
             Frozen::Parked(p) => (None, Some(p)),
         };
         let capture: &Capture = match (&owned, &parked) {
@@ -779,12 +788,16 @@ impl Checkpoint {
         m.threads = c
             .threads
             .iter()
+            .filter(|t| t.recorded())
             .map(|t| {
                 let tid = t.tid.load(Ordering::Relaxed);
-                let name = threads
-                    .iter()
-                    .find(|n| n.0 == tid)
-                    .map_or_else(String::new, |n| n.1.clone());
+                // As its handler read it (a thread started after the listing has no other).
+                let name = t.recorded_name().unwrap_or_else(|| {
+                    threads
+                        .iter()
+                        .find(|n| n.0 == tid)
+                        .map_or_else(String::new, |n| n.1.clone())
+                });
                 state::threads::ThreadState::dump(t, name, &mem)
             })
             .collect::<Result<_, _>>()
@@ -817,6 +830,7 @@ impl Checkpoint {
         for entry in &maps {
             match Vma::classify(entry) {
                 Ok(mut vma) => {
+                    vma.read_policy();
                     vma.advice &= !(VmaAdvice::LOCKED | VmaAdvice::LOCKONFAULT);
                     if let Some(&(_, _, onfault)) = c
                         .locked
@@ -865,6 +879,7 @@ impl Checkpoint {
         let tids: Vec<i32> = c
             .threads
             .iter()
+            .filter(|t| t.recorded())
             .map(|t| t.tid.load(Ordering::Relaxed))
             .collect();
         unsupported.extend(state::sysv_sem::refusals(&tids, child));
@@ -1237,6 +1252,13 @@ fn blocked_set(tid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .ok()
         .map(|st| crate::procfs::field_hex(&st, "SigBlk"))
+}
+
+/// Whether thread `tid` is running or waiting for a CPU (state R).
+fn runnable(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .ok()
+        .is_some_and(|st| crate::procfs::field(&st, "State").is_some_and(|s| s.starts_with('R')))
 }
 
 fn blocks_signal(tid: i32, signal: i32) -> bool {

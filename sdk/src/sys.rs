@@ -2958,15 +2958,14 @@ pub fn reserve_noreserve(len: usize) -> Option<usize> {
     (p > 0).then_some(p as usize)
 }
 
-/// The names in directory `path` ("." and ".." left out), read with getdents64: no allocation
-/// by the C library (its opendir allocates).
-pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
-    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+/// Opens directory `path` (NUL-terminated) with a bare system call. Async-signal-safe.
+fn open_dir(path: &[u8]) -> io::Result<OwnedFd> {
+    debug_assert_eq!(path.last(), Some(&0));
     let fd = check(syscall6(
         libc::SYS_openat,
         [
             libc::AT_FDCWD as u64,
-            c.as_ptr() as u64,
+            path.as_ptr() as u64,
             (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
             0,
             0,
@@ -2974,14 +2973,17 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
         ],
     ))?;
     // SAFETY: openat just returned it; nothing else owns it.
-    let dir = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let mut buf = vec![0u8; 32 << 10];
-    let mut names = Vec::new();
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Calls `each` with every name in directory `dir` ("." and ".." left out), read with
+/// getdents64 into `buf`. Async-signal-safe (nothing allocated).
+fn dir_entries(dir: &OwnedFd, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
     loop {
         let n = check(syscall6(
             libc::SYS_getdents64,
             [
-                std::os::fd::AsRawFd::as_raw_fd(&dir) as u64,
+                std::os::fd::AsRawFd::as_raw_fd(dir) as u64,
                 buf.as_mut_ptr() as u64,
                 buf.len() as u64,
                 0,
@@ -2990,7 +2992,7 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
             ],
         ))? as usize;
         if n == 0 {
-            return Ok(names);
+            return Ok(());
         }
         // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
         let mut at = 0;
@@ -3002,11 +3004,60 @@ pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
             let name = &buf[at + 19..at + reclen];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
             if name != b"." && name != b".." {
-                names.push(String::from_utf8_lossy(name).into_owned());
+                each(name);
             }
             at += reclen;
         }
     }
+}
+
+/// The names in directory `path` ("." and ".." left out), read with getdents64: no allocation
+/// by the C library (its opendir allocates).
+pub fn list_dir(path: &str) -> io::Result<Vec<String>> {
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dir = open_dir(c.as_bytes_with_nul())?;
+    let mut buf = vec![0u8; 32 << 10];
+    let mut names = Vec::new();
+    dir_entries(&dir, &mut buf, |name| {
+        names.push(String::from_utf8_lossy(name).into_owned())
+    })?;
+    Ok(names)
+}
+
+/// Calls `each` with the id of every thread of this process, as /proc/self/task lists them
+/// now. Async-signal-safe (nothing allocated), for the checkpoint's stopped world.
+pub fn for_each_thread(mut each: impl FnMut(i32)) -> io::Result<()> {
+    let dir = open_dir(b"/proc/self/task\0")?;
+    let mut buf = [0u8; 4096];
+    dir_entries(&dir, &mut buf, |name| {
+        let tid = name
+            .iter()
+            .try_fold(0i32, |n, &d| {
+                d.is_ascii_digit()
+                    .then(|| n.saturating_mul(10).saturating_add(i32::from(d - b'0')))
+            })
+            .unwrap_or(0);
+        if tid > 0 {
+            each(tid);
+        }
+    })
+}
+
+/// The calling thread's name (PR_GET_NAME: at most 15 bytes, NUL-padded). Async-signal-safe.
+pub fn thread_name() -> [u8; 16] {
+    let mut name = [0u8; 16];
+    let _ = syscall6(
+        libc::SYS_prctl,
+        [
+            libc::PR_GET_NAME as u64,
+            name.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    name
 }
 
 /// fstat's device, inode number and mode of `fd`. Async-signal-safe.

@@ -235,9 +235,8 @@ impl Vma {
             map_flags: map_flags as u32,
             advice,
             backing,
-            // The snapshot is a fork: the mapping's policy is the same in this process, the only
-            // one that can ask for it. MPOL_DEFAULT (0): none of its own.
-            numa: crate::sys::get_mempolicy(Some(m.start)).filter(|&(mode, _)| mode != 0),
+            // Read by `read_policy`, for the image only.
+            numa: None,
             anon_name: name
                 .strip_prefix("[anon:")
                 .and_then(|n| n.strip_suffix(']'))
@@ -245,6 +244,15 @@ impl Vma {
                 .to_owned(),
             pages: Vec::new(),
         })
+    }
+
+    /// The mapping's NUMA policy. The snapshot is a fork: the policy is the same in this
+    /// process, the only one that can ask for it (MPOL_DEFAULT, 0: none of its own). Asked only
+    /// while the threads are stopped: each asking takes the address space's lock, which threads
+    /// that start and end others keep busy (a process starting threads nonstop kept the
+    /// checkpoint 3-10 s in these calls, one per mapping).
+    pub(crate) fn read_policy(&mut self) {
+        self.numa = crate::sys::get_mempolicy(Some(self.start)).filter(|&(mode, _)| mode != 0);
     }
 
     /// Which pages of this VMA the image must carry: populated anonymous memory, and the

@@ -426,7 +426,7 @@ pub(crate) fn unshared_refusals(c: &crate::capture::Capture) -> Vec<String> {
     const KCMP_FS: u64 = 3;
     let pid = crate::sys::getpid();
     let mut out = Vec::new();
-    for t in &c.threads {
+    for t in c.threads.iter().filter(|t| t.recorded()) {
         let tid = t.tid.load(Ordering::Relaxed);
         if tid == pid {
             continue;
