@@ -314,6 +314,16 @@ fn openssl_draws_afresh_after_every_restore() {
     differs_per_restore(&env, &img, "drawn ");
 }
 
+/// The same with libcrypto loaded by the program with dlopen, RTLD_LOCAL (a plugin host, a
+/// language's extension module): not in the global scope, where the reseeding used to look only.
+#[test]
+fn openssl_loaded_with_dlopen_draws_afresh_after_every_restore() {
+    let env = Env::new();
+    let exe = c_example(&env, "openssl_rand", &[], &["-DDLOPEN"]);
+    let (img, _) = checkpointed(&env, &exe, "o.thaw");
+    differs_per_restore(&env, &img, "drawn ");
+}
+
 /// A TCP listener without SO_REUSEADDR whose port keeps a TIME_WAIT entry (the server closed a
 /// connection first): no socket can bind through an entry made without SO_REUSEADDR, so a
 /// restore within that minute is refused, saying so, rather than blaming another process.

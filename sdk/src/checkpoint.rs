@@ -30,7 +30,7 @@ pub const DEFAULT_SIGNAL: i32 = 63;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The process holds state thaw cannot restore; every offending item is listed.
-    #[error("cannot checkpoint: {} unsupported item(s): {}", .0.len(), .0.join("; "))]
+    #[error("cannot checkpoint: {} unsupported item(s): {}", .0.len(), itemize(.0))]
     Unsupported(Vec<String>),
     #[error("checkpoint failed while {what}: {source}")]
     Io {
@@ -47,6 +47,52 @@ pub enum CheckpointError {
     /// The descriptor policy (THAW_FD_POLICY or the API's) is malformed.
     #[error("{0}")]
     Policy(String),
+}
+
+/// The unsupported items joined with "; ", those that end in the same explanation (see
+/// `explanations`) given it once: "a; b: why" (nine TCP connections made an 8 KB line
+/// of nine copies of one hint). Past 8 items in one such group, the rest are counted.
+fn itemize(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for item in items {
+        for (_, tail) in explanations(item) {
+            *seen.entry(tail).or_default() += 1;
+        }
+    }
+    // Each item's earliest split whose explanation another item ends in too.
+    let mut groups: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
+    for item in items {
+        let shared = explanations(item).find(|(_, tail)| seen.get(tail).is_some_and(|&n| n > 1));
+        match shared {
+            Some((at, tail)) => match groups.iter_mut().find(|g| g.0 == Some(tail)) {
+                Some(g) => g.1.push(&item[..at]),
+                None => groups.push((Some(tail), vec![&item[..at]])),
+            },
+            None => groups.push((None, vec![item])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(tail, heads)| match tail {
+            None => heads.join("; "),
+            Some(tail) => {
+                let mut shown = heads[..heads.len().min(SHOWN)].join("; ");
+                if heads.len() > SHOWN {
+                    shown += &format!("; and {} more like them", heads.len() - SHOWN);
+                }
+                format!("{shown}: {tail}")
+            }
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Where `item` could be split into what and why: (offset of a ": ", the 40 bytes or more after it).
+fn explanations(item: &str) -> impl Iterator<Item = (usize, &str)> {
+    item.match_indices(": ")
+        .map(move |(at, _)| (at, &item[at + 2..]))
+        .filter(|(_, tail)| tail.len() >= 40)
 }
 
 /// How many times a checkpoint is tried when threads or descriptors come and go while the
@@ -1390,4 +1436,49 @@ fn restored() -> Result<Outcome, CheckpointError> {
         args: ra.args.into_iter().map(OsString::from_vec).collect(),
         env,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::itemize;
+
+    #[test]
+    fn items_sharing_an_explanation_give_it_once() {
+        let why = "close it before the checkpoint and connect again after: see docs";
+        let items: Vec<String> = vec![
+            format!("fd 3 (socket:[1]): a TCP connection (a to b) is not restored: {why}"),
+            "fd 4: a kind of file that is not restored anywhere at all, whatever".into(),
+            format!("fd 5 (socket:[2]): a TCP connection (c to d) is not restored: {why}"),
+        ];
+        assert_eq!(
+            itemize(&items),
+            format!(
+                "fd 3 (socket:[1]): a TCP connection (a to b) is not restored; fd 5 (socket:[2]): a TCP connection (c to d) is not restored: {why}; fd 4: a kind of file that is not restored anywhere at all, whatever"
+            )
+        );
+    }
+
+    #[test]
+    fn items_with_their_own_explanations_stay_as_they_are() {
+        let items: Vec<String> = vec!["a: short".into(), "b: short".into(), "c".into()];
+        assert_eq!(itemize(&items), "a: short; b: short; c");
+    }
+
+    #[test]
+    fn a_large_group_is_counted_past_eight() {
+        let why = "72 such threads, more than the 64 thaw captures at once";
+        let items: Vec<String> = (0..72)
+            .map(|t| format!("thread {t} blocks it: {why}"))
+            .collect();
+        let shown = itemize(&items);
+        assert!(
+            shown.starts_with("thread 0 blocks it; thread 1 blocks it;"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(&format!("thread 7 blocks it; and 64 more like them: {why}")),
+            "{shown}"
+        );
+        assert_eq!(shown.matches(why).count(), 1);
+    }
 }

@@ -1771,13 +1771,44 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
 /// then `RAND_add` of 48 fresh bytes (a change of state even where polling does nothing). OpenSSL
 /// reseeds on its own only when the PID changes, which a restore never does: every restore of one
 /// image would draw the same bytes (Ruby's OpenSSL::Random, a C program's RAND_bytes, TLS
-/// nonces). Whether OpenSSL was found.
+/// nonces). Each copy is reseeded: the one in the global scope and every loaded object named
+/// libcrypto* (one loaded with `dlopen`, RTLD_LOCAL, by a plugin or a language's extension
+/// module, is not in the global scope; wheels carry their own under hashed names). Whether
+/// OpenSSL was found.
 pub fn reseed_openssl() -> bool {
-    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names; where present, the symbols are
+    let mut done: Vec<usize> = Vec::new();
+    reseed_openssl_in(libc::RTLD_DEFAULT, &mut done);
+    for name in loaded_objects().into_iter().filter(|n| {
+        n.to_bytes()
+            .rsplit(|&b| b == b'/')
+            .next()
+            .is_some_and(|b| b.starts_with(b"libcrypto"))
+    }) {
+        // SAFETY: a NUL-terminated name of an object loaded now; RTLD_NOLOAD never loads one,
+        // it only takes a reference, given back with dlclose.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            continue;
+        }
+        reseed_openssl_in(handle, &mut done);
+        // SAFETY: the reference dlopen took above.
+        unsafe { libc::dlclose(handle) };
+    }
+    !done.is_empty()
+}
+
+/// Reseeds the OpenSSL `handle` finds, unless its RAND_poll or RAND_add is in `done` already.
+fn reseed_openssl_in(handle: *mut libc::c_void, done: &mut Vec<usize>) {
+    // SAFETY: dlsym with a valid handle and NUL-terminated names; where present, the symbols are
     // OpenSSL's (or a compatible library's) with these C signatures, and thread-safe.
     unsafe {
-        let poll = libc::dlsym(libc::RTLD_DEFAULT, c"RAND_poll".as_ptr());
-        let add = libc::dlsym(libc::RTLD_DEFAULT, c"RAND_add".as_ptr());
+        let poll = libc::dlsym(handle, c"RAND_poll".as_ptr());
+        let add = libc::dlsym(handle, c"RAND_add".as_ptr());
+        let id = if poll.is_null() { add } else { poll } as usize;
+        if id == 0 || done.contains(&id) {
+            return;
+        }
+        done.push(id);
         if !poll.is_null() {
             let poll: extern "C" fn() -> i32 = std::mem::transmute(poll);
             poll();
@@ -1789,8 +1820,37 @@ pub fn reseed_openssl() -> bool {
                 add(buf.as_ptr().cast(), buf.len() as i32, buf.len() as f64);
             }
         }
-        !poll.is_null() || !add.is_null()
     }
+}
+
+/// The file names of the objects loaded in the process now (dl_iterate_phdr), the executable's
+/// (empty) left out.
+fn loaded_objects() -> Vec<std::ffi::CString> {
+    extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for the call, and `data` is the Vec below.
+        let (info, names) = unsafe { (&*info, &mut *data.cast::<Vec<std::ffi::CString>>()) };
+        if !info.dlpi_name.is_null() {
+            // SAFETY: dlpi_name is a NUL-terminated string while the call lasts.
+            let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) };
+            if !name.is_empty() {
+                names.push(name.to_owned());
+            }
+        }
+        0
+    }
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    // SAFETY: `each` matches the callback's signature and only uses `names` for the call's length.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(each),
+            (&mut names as *mut Vec<std::ffi::CString>).cast(),
+        )
+    };
+    names
 }
 
 /// The mode of the terminal `fd` is (`None`: not a terminal).
