@@ -324,6 +324,27 @@ fn openssl_loaded_with_dlopen_draws_afresh_after_every_restore() {
     differs_per_restore(&env, &img, "drawn ");
 }
 
+/// A process whose main thread has ended (pthread_exit in main) is refused, saying so alone:
+/// its zombie main thread's /proc files showed no cgroups (a refusal naming every thread as in
+/// another cgroup) or no memory (an I/O error opening /proc/self/pagemap).
+#[test]
+fn a_process_whose_main_thread_exited_is_refused_saying_so() {
+    let env = Env::new();
+    let exe = c_example(&env, "main_exited", &[], &["-pthread"]);
+    let o = command(&exe)
+        .arg(env.path("m.thaw"))
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.starts_with("rc -2: cannot checkpoint: 1 unsupported item(s): the main thread")
+            && out.contains("has exited (pthread_exit in main)"),
+        "{out}"
+    );
+}
+
 /// A TCP listener without SO_REUSEADDR whose port keeps a TIME_WAIT entry (the server closed a
 /// connection first): no socket can bind through an entry made without SO_REUSEADDR, so a
 /// restore within that minute is refused, saying so, rather than blaming another process.

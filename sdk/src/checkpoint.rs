@@ -1264,6 +1264,17 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
     let mut why = Vec::new();
     let status = crate::procfs::read(crate::sys::getpid(), "status")
         .map_err(io("reading /proc/self/status"))?;
+    // A main thread that ended (pthread_exit in main) while others run is a zombie whose
+    // /proc files show no memory, descriptors or cgroups: everything else read from
+    // /proc/self would mislead, so this is said alone.
+    if crate::procfs::field(&status, "State")
+        .is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    {
+        return Err(CheckpointError::Unsupported(vec![format!(
+            "the main thread ({}) has exited (pthread_exit in main) while other threads run: a process without its main thread is not restored; keep the main thread (have it join the others instead of exiting)",
+            crate::sys::getpid()
+        )]));
+    }
     if let Some(mode) = crate::procfs::field(&status, "Seccomp").filter(|v| *v != "0") {
         // Usually inherited: a container's default profile, systemd's SystemCallFilter=.
         let count = crate::procfs::field(&status, "Seccomp_filters").unwrap_or("?");
