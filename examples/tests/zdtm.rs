@@ -1603,3 +1603,45 @@ fn threads_started_while_the_checkpoint_stops_them_are_stopped_too() {
         );
     }
 }
+
+/// A file written at its end through its offset (opened without O_APPEND) is restored only
+/// while its size is what it was: a second restore of one image would write over the first's
+/// lines at the saved offset (a probe saw torn lines, accepted silently). Put back as it was,
+/// it restores again; a file opened with O_APPEND just grows.
+#[test]
+fn a_file_written_through_its_offset_since_the_checkpoint_is_refused() {
+    let env = Env::new();
+    let dir = env.path("files");
+    std::fs::create_dir(&dir).unwrap();
+    let img = env.checkpoint("zdtm-written", "w.thaw", &[dir.to_str().unwrap()]);
+    let (w, a) = (dir.join("w.log"), dir.join("a.log"));
+    let as_it_was = std::fs::read(&w).unwrap();
+    let mut restores = 0;
+    for opts in every_mode() {
+        std::fs::write(&w, &as_it_was).unwrap();
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["written files: a line after restore"]);
+        restores += 1;
+        let again = env.restore(&img, opts, &[]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert_eq!(again.status.code(), Some(67), "{}", text(&again));
+        assert!(
+            err.contains("w.log was written since the checkpoint")
+                && err.contains("without O_APPEND")
+                && !err.contains("a.log"),
+            "{err}"
+        );
+    }
+    let appended = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(
+        appended.lines().filter(|l| *l == "post").count(),
+        restores,
+        "{appended}"
+    );
+    let written = std::fs::read_to_string(&w).unwrap();
+    assert_eq!(
+        written.lines().filter(|l| l.starts_with("post ")).count(),
+        1,
+        "{written}"
+    );
+}

@@ -979,17 +979,26 @@ impl Checkpoint {
                     e.fifo_bytes = Some(writer.append_payload(&bytes)?);
                 }
             }
+            let regular = matches!(e.kind, FdKind::Regular { .. });
             match &mut e.kind {
                 FdKind::Regular { pos, .. }
                 | FdKind::Memfd { pos, .. }
                 | FdKind::Directory { pos, .. } => {
                     if let Some(p) = c.fds.iter().find(|p| p.fd == e.fd) {
-                        *pos = p.pos.load(Ordering::Relaxed).max(0) as u64;
+                        let at = p.pos.load(Ordering::Relaxed).max(0) as u64;
+                        *pos = at;
                         // A locked file's contents as the image knows them.
                         let st = p.stamp.each_ref().map(|s| s.load(Ordering::Relaxed));
                         if stamped.wants(e) && st[0] != u64::MAX {
                             e.locked_stamp =
                                 Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
+                        }
+                        // A file written at its end through the offset (see
+                        // FdEntry::written_end).
+                        let writes = e.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+                            && e.flags & libc::O_APPEND as u32 == 0;
+                        if regular && writes && st[0] != u64::MAX && at == st[0] {
+                            e.written_end = Some(st[0]);
                         }
                     }
                 }

@@ -31,6 +31,11 @@ pub struct FdEntry {
     /// only as long as it is unchanged, for the process goes on from what it knew of it (a
     /// database in the middle of a transaction; an earlier restore may have written it since).
     pub locked_stamp: Option<super::FileStamp>,
+    /// A regular file the process wrote at its end through this descriptor's offset (open for
+    /// writing without O_APPEND, its offset at the end: a log, a journal): its size then.
+    /// Restored only where its size is the same, for the process would write next over what was
+    /// written since (by an earlier restore of the image, or by the first life going on).
+    pub written_end: Option<u64>,
     /// For a descriptor that shared a standard descriptor's open file description (see
     /// [`FdEntry::standard`]): every standard descriptor that shared it (bit N: fd N). Where
     /// several did (a terminal from a login: 0, 1 and 2 one description), the caller's must
@@ -479,6 +484,7 @@ impl FdScan {
                 fifo_bytes: None,
                 in_flight: false,
                 locked_stamp: None,
+                written_end: None,
                 standard_set: 0,
                 terminal: None,
             };
@@ -1530,6 +1536,9 @@ pub fn reopen(
                         ));
                     }
                 }
+                if let Some(then) = e.written_end {
+                    written_over(&f, fd, path, then)?;
+                }
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 if let Some(bytes) = e.fifo_bytes {
                     refill_fifo(&f, path, &payload(bytes)?)
@@ -1990,6 +1999,20 @@ fn reopen_path(
             .map_err(|err| format!("fd {fd}: cannot seek {path} to {pos}: {err}"))?;
     }
     Ok(OwnedFd::from(f))
+}
+
+/// Refuses a file written at its end (`FdEntry::written_end`, `then` bytes) whose size changed
+/// since: the process would write over what was written meanwhile at its old offset.
+fn written_over(f: &OwnedFd, fd: i32, path: &str, then: u64) -> Result<(), String> {
+    let now = crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(f))
+        .map(|st| st.st_size as u64)
+        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
+    if now == then {
+        return Ok(());
+    }
+    Err(format!(
+        "fd {fd}: {path} was written since the checkpoint ({then} bytes then, {now} now), and the process writes it at its end through its offset (open for writing without O_APPEND): it would write over what was written since (its first life going on, or an earlier restore of this image), so it is not restored; put back a copy of the file as it was (cp -p), or open it with O_APPEND (Python's open(path, \"a\"), Java's FileOutputStream(path, true)), or have each restore write a file of its own"
+    ))
 }
 
 impl FdEntry {

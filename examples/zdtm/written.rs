@@ -1,0 +1,32 @@
+//! Files written through their offset: `w.log` opened for writing without O_APPEND (Rust's
+//! File::create, Python's open(path, "w")) and written to its end, `a.log` opened with O_APPEND.
+//! Each restore writes a line to both. A restore after another one (or after the first life
+//! went on writing) would write `w.log` at its old offset over what was written since: refused,
+//! saying so, until the file is put back as it was; `a.log` just grows (appends from every
+//! restore, as from several writers).
+//!
+//! `zdtm-written IMAGE KEY DIR`
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::Write;
+
+fn main() {
+    let dir = std::path::PathBuf::from(&common::argv().2[0]);
+    let mut w = std::fs::File::create(dir.join("w.log")).unwrap();
+    let mut a = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("a.log"))
+        .unwrap();
+    for i in 0..100 {
+        writeln!(w, "pre {i}").unwrap();
+    }
+    writeln!(a, "pre").unwrap();
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    let wrote = writeln!(w, "post {}", std::process::id()).is_ok() && writeln!(a, "post").is_ok();
+    c.check("written files: a line after restore", wrote, "write failed");
+    c.finish()
+}
