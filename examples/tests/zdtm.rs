@@ -1645,3 +1645,19 @@ fn a_file_written_through_its_offset_since_the_checkpoint_is_refused() {
         "{written}"
     );
 }
+
+/// A signal sent to a stopped thread after its handler read its queue (SBCL's collector) starts
+/// the checkpoint again: the image has it handled once, neither lost (a fork does not copy the
+/// queue) nor handled again after restore. Deterministic through THAW_TEST_SIGNAL_PARKED.
+#[test]
+fn a_signal_sent_to_a_stopped_thread_is_neither_lost_nor_doubled() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-signal-came", "s.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &["a signal sent to a stopped thread is handled once, in the image"],
+        );
+    }
+}

@@ -844,6 +844,37 @@ fn signal_came(c: &Capture, sig: i32) -> bool {
         })
 }
 
+/// Debug builds only: thread id << 8 | signal to send to that (parked) thread once, just before
+/// the caller's handler looks for signals that came to parked threads (see
+/// `arm_signal_parked_for_tests`).
+static SIGNAL_PARKED_FOR_TESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Debug builds only: `THAW_TEST_SIGNAL_PARKED=TID,SIG` makes the first attempt of this
+/// checkpoint send SIG to thread TID once every thread is parked, as a runtime's collector may
+/// (a test of `signal_came`). Read before the threads stop (it allocates).
+pub(crate) fn arm_signal_parked_for_tests() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Some(v) = std::env::var_os("THAW_TEST_SIGNAL_PARKED") else {
+        return;
+    };
+    let v = v.to_string_lossy();
+    if let Some((tid, sig)) = v.split_once(',') {
+        if let (Ok(tid), Ok(sig)) = (tid.parse::<u64>(), sig.parse::<u64>()) {
+            SIGNAL_PARKED_FOR_TESTS.store(tid << 8 | (sig & 0xff), Ordering::Release);
+        }
+    }
+}
+
+/// The caller's handler: sends the armed test signal, once. Async-signal-safe.
+fn signal_parked_for_tests() {
+    let v = SIGNAL_PARKED_FOR_TESTS.swap(0, Ordering::AcqRel);
+    if v != 0 {
+        let _ = sys::tgkill_self((v >> 8) as i32, (v & 0xff) as i32);
+    }
+}
+
 fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
     let tid = t.tid.load(Ordering::Relaxed);
     let leader = tid == sys::getpid();
@@ -1053,6 +1084,7 @@ fn handle(call: &mut HandlerCall) {
     // queue, which a fork does not copy: the image would lack it while the thread that sent it
     // is in the image past sending it (SBCL's collector, waiting for a thread that never got
     // its stop signal: every restore hung). Not snapshotted; the checkpoint starts again.
+    signal_parked_for_tests();
     if signal_came(c, sig) {
         c.changed.store(SIGNAL_CAME, Ordering::Release);
         return;

@@ -290,6 +290,7 @@ impl Checkpoint {
     pub fn save(self) -> Result<Outcome, CheckpointError> {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         UNRESPONSIVE_AGAIN.store(0, Ordering::Relaxed);
+        capture::arm_signal_parked_for_tests();
         caller_can_checkpoint()?;
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
