@@ -474,3 +474,49 @@ fn rlimits_above_the_callers_are_lowered_and_reported() {
     assert!(out.contains("FAIL rlimit nofile: 777/2048"), "{}", text(&o));
     assert!(out.lines().any(|l| l == "ok pid"), "{}", text(&o));
 }
+
+/// A process that ran as root inside a user namespace that maps root onto an unprivileged user
+/// (`unshare -U -r`, run by nobody): its uid 0 and capabilities were nobody's. Root restoring
+/// the image would have given it real root (a probe opened /etc/shadow); refused in every
+/// deployment, naming the maps. Restored inside a namespace mapped the same way (nobody's
+/// `unshare -U -r`, ns mode) it runs, as root there.
+#[test]
+fn fake_root_of_a_user_namespace_never_becomes_real_root() {
+    let lab = Lab::new();
+    let dir = lab.user_dir(A);
+    let img = dir.join("userns.thaw");
+    let mut c = as_user(Command::new("unshare"), A, A);
+    c.args(["-U", "-r"])
+        .arg(&lab.zdtm)
+        .arg(&img)
+        .arg(dir.join("k.key"))
+        .arg(&lab.cwd);
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "checkpoint in a user namespace: {}",
+        text(&o)
+    );
+    chmod(&img, 0o644);
+    for d in [Deployment::Root, Deployment::Namespace] {
+        let o = lab.restore(d, Caller::Root, &img, &[]);
+        refused(
+            &o,
+            "the process ran in a user namespace that maps its ids onto others",
+        );
+        refused(&o, "uid_map 0 65534 1");
+    }
+    let o = lab.restore(Deployment::Setcap, Caller::User(A), &img, &[]);
+    refused(&o, "a user namespace that maps its ids onto others");
+    // In a namespace mapped the same way: restored, as root there.
+    let mut c = as_user(Command::new("unshare"), A, A);
+    c.env("ZDTM_ENV", "from the launcher")
+        .args(["-U", "-r"])
+        .arg(&lab.plain)
+        .args(["run", "--pid-mode", "ns", "--trust"])
+        .arg(&lab.env.pubkey)
+        .arg(&img)
+        .args(["--", "one", "two words"]);
+    let o = c.output().unwrap();
+    restored_as(&o, 0);
+}

@@ -1106,6 +1106,8 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 /// The caller has called [`prepare_descriptor_table`] first.
 pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> Result<i32> {
     let m = image.manifest();
+    // First: in another user namespace the image's credentials mean other ids.
+    same_root(m)?;
     let target = check_policy(image, req.elevated, req.as_caller)?;
     let pid = m.process.pid;
     let mode = req.pid_mode;
@@ -1113,7 +1115,6 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     if mode == PidMode::Ns {
         ns_identities(m)?;
     }
-    same_root(m)?;
     // Timers ran on while the process was away, as its clocks did (see Away).
     let away = m.clocks.away(thaw::state::clocks::now());
     let mut fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners, away)?;

@@ -344,6 +344,8 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     if ns.interfaces.len() > crate::state::namespaces::MAX_INTERFACES
         || ns.interfaces.iter().any(|i| i.len() > 15)
         || ns.hostname.len() > 64
+        || ns.uid_map.len() > crate::state::namespaces::MAX_MAP_LINES
+        || ns.gid_map.len() > crate::state::namespaces::MAX_MAP_LINES
     {
         return Err("malformed namespaces".into());
     }

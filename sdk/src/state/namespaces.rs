@@ -1,4 +1,13 @@
-//! The network and UTS namespaces the process ran in.
+//! The network, UTS and user namespaces the process ran in.
+//!
+//! Its credentials (uid, gid, capabilities) are what it had in its user namespace. One that
+//! mapped them onto other ids (`unshare -U -r`: uid 0 inside, nobody outside; a container's
+//! 0 → 100000) would have them as they read, not as they were, if restored by a launcher whose
+//! namespace maps them otherwise: root restoring nobody's fake-root image would give it real
+//! root. So a process whose namespace maps its ids onto others is restored only by a launcher in
+//! a user namespace mapped the same way, on any boot (the maps are the meaning of the ids). A
+//! map of ids onto themselves (the initial namespace, or one thaw's ns mode made) changes no
+//! meaning and is not compared.
 //!
 //! A restored process gets the namespaces of whoever runs `thaw run` (PID, user and time
 //! namespaces are thaw's own business, see the launcher). A process that ran in a network
@@ -22,6 +31,35 @@ pub struct Namespaces {
     pub interfaces: Vec<String>,
     /// Its hostname.
     pub hostname: String,
+    /// /proc/self/uid_map and gid_map: (first id inside, first id outside, count) each.
+    pub uid_map: Vec<[u32; 3]>,
+    pub gid_map: Vec<[u32; 3]>,
+}
+
+/// The most lines a uid or gid map may have (the kernel's limit is 340).
+pub const MAX_MAP_LINES: usize = 512;
+
+/// This process's /proc/self/`which` (uid_map or gid_map).
+fn id_map(which: &str) -> Vec<[u32; 3]> {
+    let text = std::fs::read_to_string(format!("/proc/self/{which}")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
+            Some([n.next()??, n.next()??, n.next()??])
+        })
+        .collect()
+}
+
+/// Whether `map` maps every id onto itself (or says nothing).
+fn identity(map: &[[u32; 3]]) -> bool {
+    map.iter().all(|[inside, outside, _]| inside == outside)
+}
+
+fn show(map: &[[u32; 3]]) -> String {
+    map.iter()
+        .map(|[i, o, n]| format!("{i} {o} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The most interfaces an image may name.
@@ -60,12 +98,15 @@ impl Namespaces {
             uts: ns_ino("uts"),
             interfaces: interfaces(),
             hostname: hostname(),
+            uid_map: id_map("uid_map"),
+            gid_map: id_map("gid_map"),
         }
     }
 
     /// Whether a process that had `self` may be restored by this one; `same_boot`: the image
     /// was taken on this boot. The contents are read only where the identities differ.
     pub fn check_here(&self, same_boot: bool) -> Result<(), String> {
+        self.check_user(&id_map("uid_map"), &id_map("gid_map"))?;
         if !same_boot {
             return Ok(());
         }
@@ -86,8 +127,27 @@ impl Namespaces {
             } else {
                 self.hostname.clone()
             },
+            ..Namespaces::default()
         };
         self.check(&here, true)
+    }
+
+    /// Whether the ids of a process whose namespace had `self`'s maps mean the same for a
+    /// launcher whose namespace has `uid_map` and `gid_map` (see the module's note).
+    pub fn check_user(&self, uid_map: &[[u32; 3]], gid_map: &[[u32; 3]]) -> Result<(), String> {
+        if identity(&self.uid_map) && identity(&self.gid_map) {
+            return Ok(());
+        }
+        if self.uid_map == uid_map && self.gid_map == gid_map {
+            return Ok(());
+        }
+        Err(format!(
+            "the process ran in a user namespace that maps its ids onto others (uid_map {}; gid_map {}), and yours maps them as {} and {}: its uid, gid and capabilities there are not the same here (restored here, an image taken as root inside `unshare -U -r` would get real root); run thaw inside a user namespace mapped the same way, as the user who made it (e.g. `unshare -U -r thaw run ...`)",
+            show(&self.uid_map),
+            show(&self.gid_map),
+            show(uid_map),
+            show(gid_map)
+        ))
     }
 
     /// Whether a process that had `self` may be restored by one that has `here`, on the same
@@ -102,7 +162,7 @@ impl Namespaces {
             && self.interfaces != here.interfaces
         {
             return Err(format!(
-                "the process ran in another network namespace (net:[{}], interfaces {}) than yours (net:[{}], interfaces {}): restored here it would reach other networks; run thaw inside its namespace (nsenter --net=…, ip netns exec …)",
+                "the process ran in another network namespace (net:[{}], interfaces {}) than yours (net:[{}], interfaces {}): restored here it would reach other networks; run thaw inside its namespace (nsenter --net=…, ip netns exec …), or in a new one with the same interfaces if it ended (`unshare -n thaw run ...` makes one with only lo)",
                 self.net,
                 list(&self.interfaces),
                 here.net,
