@@ -205,3 +205,40 @@ fn no_policy_leaves_a_listener_out() {
     );
     assert!(!img.exists());
 }
+
+/// Both ends of a pipe and of a socket pair passed in, while the starter keeps them too (make's
+/// jobserver, passed to a recipe marked +; a launcher keeping a duplicate): made again they
+/// would be the process's alone, its tokens and messages going round in its own pipe. Refused,
+/// naming who holds them; a probe had seen them accepted and restored private.
+#[test]
+fn both_ends_passed_in_and_kept_by_the_starter_are_refused() {
+    let env = Env::new();
+    let (r, w) = std::io::pipe().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let img = env.path("both.thaw");
+    let mut c = command_leaking(
+        &bin("zdtm-fd-policy"),
+        &[
+            (r.as_raw_fd(), 5),
+            (w.as_raw_fd(), 6),
+            (a.as_raw_fd(), 8),
+            (b.as_raw_fd(), 9),
+        ],
+    );
+    c.env_remove("THAW_FD_POLICY");
+    let o = c.arg(&img).arg(&env.key).arg("refuse").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        out.contains("fd 5 (pipe:[")
+            && out.contains("both ends of the pipe are in this process, and process "),
+        "{out}"
+    );
+    assert!(
+        out.contains("fd 8 (socket:[")
+            && out.contains("both ends of the socket pair are in this process, and process "),
+        "{out}"
+    );
+    assert!(!img.exists());
+    drop((r, w, a, b));
+}

@@ -202,6 +202,8 @@ pub fn all_processes_visible() -> bool {
 #[derive(Debug, Default)]
 pub struct Holders {
     walked: Option<Option<HolderMap>>,
+    /// The same from the processes that could be looked at (see [`Holders::seen`]).
+    partial: Option<HolderMap>,
 }
 
 /// Link → (PID, command) of each other process holding it.
@@ -215,12 +217,30 @@ impl Holders {
         let map = self.walked.get_or_insert_with(walk_holders).as_ref()?;
         Some(map.get(link).cloned().unwrap_or_default())
     }
+
+    /// The other processes seen holding a descriptor whose link reads `link`, among those whose
+    /// descriptors could be looked at: evidence that it is shared, never that it is not.
+    pub fn seen(&mut self, link: &str) -> Vec<(i32, String)> {
+        if let Some(Some(map)) = &self.walked {
+            return map.get(link).cloned().unwrap_or_default();
+        }
+        let map = self
+            .partial
+            .get_or_insert_with(|| walk(true).unwrap_or_default());
+        map.get(link).cloned().unwrap_or_default()
+    }
 }
 
 fn walk_holders() -> Option<HolderMap> {
     if !all_processes_visible() {
         return None;
     }
+    walk(false)
+}
+
+/// Every other process's pipes and sockets; `partial`: those that can be read (another user's
+/// are not, for an unprivileged caller), else `None` at the first that cannot.
+fn walk(partial: bool) -> Option<HolderMap> {
     let me = crate::sys::getpid();
     let mut map = HolderMap::default();
     for pid in crate::sys::list_dir("/proc")
@@ -233,6 +253,7 @@ fn walk_holders() -> Option<HolderMap> {
             Ok(f) => f,
             // Gone meanwhile: it holds nothing.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(_) if partial => continue,
             Err(_) => return None,
         };
         let mut comm = None;

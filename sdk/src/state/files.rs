@@ -926,7 +926,20 @@ impl FdScan {
                     crate::sys::poll_now(scan.entries[i].fd, libc::POLLOUT)
                         .is_ok_and(|ev| ev & libc::POLLERR != 0)
                 });
-            if widowed || orphaned || has_read && has_write {
+            // Both ends here, and held by no other process seen (one that is: make's
+            // jobserver, passed to a recipe: made again private, the restored process's tokens
+            // and messages would go round in its own pipe).
+            let elsewhere = |h: &mut crate::procfs::Holders| {
+                let seen = h.seen(&format!("pipe:[{id}]"));
+                (!seen.is_empty() && !only_left_out(&seen, left_out)).then_some(seen)
+            };
+            if widowed || orphaned {
+                continue;
+            }
+            if has_read && has_write {
+                if let Some(seen) = elsewhere(&mut holders) {
+                    foreign.extend(idx.into_iter().map(|i| (i, id, Some(seen.clone()), true)));
+                }
                 continue;
             }
             // Held elsewhere by children left out alone (a child's output or input): they are
@@ -939,24 +952,32 @@ impl FdScan {
             {
                 continue;
             }
-            foreign.extend(idx.into_iter().map(|i| (i, id, holders.clone())));
+            foreign.extend(idx.into_iter().map(|i| (i, id, holders.clone(), false)));
         }
         foreign.sort_unstable_by_key(|f| f.0);
-        for (i, id, holders) in foreign.into_iter().rev() {
+        for (i, id, holders, both_here) in foreign.into_iter().rev() {
             let e = scan.entries.remove(i);
-            let who = match holders.filter(|h| !h.is_empty()) {
-                Some(h) => format!(
-                    " (it is in {}{})",
+            let who = holders.filter(|h| !h.is_empty()).map(|h| {
+                format!(
+                    "{}{}",
                     crate::procfs::describe_holders(&h),
                     beyond_left_out(&h, left_out)
+                )
+            });
+            let why = match (both_here, who) {
+                (true, Some(who)) => format!(
+                    "both ends of the pipe are in this process, and {who} holds it too: made again, it would be this process's alone (make's jobserver, passed to a recipe marked + or calling $(MAKE): its tokens and what the process writes would go round in its own pipe)"
                 ),
-                None => String::new(),
+                (_, Some(who)) => {
+                    format!("the other end of the pipe is not in this process (it is in {who})")
+                }
+                (_, None) => "the other end of the pipe is not in this process".to_owned(),
             };
             scan.refused.push(Refused::of(
                 &e,
                 &format!("pipe:[{id}]"),
                 FdClass::Pipe,
-                &format!("the other end of the pipe is not in this process{who}"),
+                &why,
             ));
         }
         // A FIFO removed while open is reachable by nobody else: its other end, if not the

@@ -684,6 +684,20 @@ pub(crate) fn classify(
                     }));
                 }
                 let peer_open = ours.contains(&d.peer) && d.peer != 0;
+                // Both ends here, and either held by another process seen too (a launcher that
+                // kept a duplicate): made again, the pair would be this process's alone.
+                if peer_open {
+                    for end in [ino, d.peer] {
+                        let seen = holders.seen(&format!("socket:[{end}]"));
+                        if !seen.is_empty() && !super::files::only_left_out(&seen, left_out) {
+                            return refuse(format!(
+                                "both ends of the socket pair are in this process, and {}{} holds socket:[{end}] too: made again, the pair would be this process's alone, and what it sends would not reach that process",
+                                crate::procfs::describe_holders(&seen),
+                                super::files::beyond_left_out(&seen, left_out)
+                            ));
+                        }
+                    }
+                }
                 // An unnamed datagram socket with messages (or a shutdown) and no peer left:
                 // only the other end of its pair could have queued to it, and that end was
                 // closed (the kernel shows no shutdown for a datagram pair). Made again as a pair
