@@ -124,7 +124,13 @@ pub fn decide(
 /// them), or `--as-caller`, said plainly where that would give the process more than it had (a
 /// server that dropped root after binding its port would get root back).
 fn advice(image: &Credentials, caller: &Credentials) -> String {
-    let as_user = if set_id(&image.uid) || set_id(&image.gid) {
+    let same_user = image.uid == caller.uid
+        && image.gid == caller.gid
+        && sorted(&image.groups) == sorted(&caller.groups);
+    let as_user = if same_user {
+        // Capabilities alone: the caller is that user already.
+        "restore it where you have them (it may have run as root of a user namespace, which has every capability there: `unshare -U -r thaw run ...`), or ".to_owned()
+    } else if set_id(&image.uid) || set_id(&image.gid) {
         String::new()
     } else {
         let groups = sorted(&image.groups);
@@ -226,6 +232,21 @@ mod tests {
             why.contains("--reuid=0 --regid=0 --clear-groups")
                 && why.contains("use --as-caller")
                 && !why.contains("more privileges"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn capabilities_alone_are_not_answered_with_becoming_the_same_user() {
+        // Root of `unshare -U -r` (every capability there), restored by a root without one.
+        let mut image = user(0);
+        image.caps.permitted |= 1 << 24; // CAP_SYS_RESOURCE, which the caller lacks
+        let caller = user(0);
+        let why = decide(&image, &caller, false).unwrap_err();
+        assert!(
+            why.contains("capabilities 0x1000000 that you do not have")
+                && why.contains("unshare -U -r thaw run")
+                && !why.contains("setpriv"),
             "{why}"
         );
     }
