@@ -1661,3 +1661,30 @@ fn a_signal_sent_to_a_stopped_thread_is_neither_lost_nor_doubled() {
         );
     }
 }
+
+/// A process that ran in an IPC namespace of its own (a sandbox's, systemd's PrivateIPC=) and
+/// had System V objects there: restored outside it, its semaphore ids would name other sets, or
+/// none. Refused on the same boot, naming the namespaces.
+#[test]
+fn system_v_ids_of_another_ipc_namespace_are_refused() {
+    let env = Env::new();
+    let img = env.path("ipc.thaw");
+    let o = std::process::Command::new("unshare")
+        .arg("-i")
+        .arg(bin("zdtm-sysv-sem"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("another IPC namespace") && err.contains("System V object"),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty(), "nothing may run: {}", text(&o));
+    }
+}

@@ -346,6 +346,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         || ns.hostname.len() > 64
         || ns.uid_map.len() > crate::state::namespaces::MAX_MAP_LINES
         || ns.gid_map.len() > crate::state::namespaces::MAX_MAP_LINES
+        || ns.sysv.len() > crate::state::namespaces::MAX_SYSV
     {
         return Err("malformed namespaces".into());
     }

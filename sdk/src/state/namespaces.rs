@@ -1,4 +1,10 @@
-//! The network, UTS and user namespaces the process ran in.
+//! The network, UTS, IPC and user namespaces the process ran in.
+//!
+//! System V semaphores, message queues and shared memory live in the IPC namespace and the
+//! process holds only their ids: restored into another namespace whose objects differ (a
+//! sandbox's private one, systemd's PrivateIPC=), the same ids would name other objects, or none.
+//! So on the same boot another IPC namespace is refused where the process's had any object and
+//! the two lists (kind, key, id) differ.
 //!
 //! Its credentials (uid, gid, capabilities) are what it had in its user namespace. One that
 //! mapped them onto other ids (`unshare -U -r`: uid 0 inside, nobody outside; a container's
@@ -34,6 +40,28 @@ pub struct Namespaces {
     /// /proc/self/uid_map and gid_map: (first id inside, first id outside, count) each.
     pub uid_map: Vec<[u32; 3]>,
     pub gid_map: Vec<[u32; 3]>,
+    /// Inode of /proc/self/ns/ipc (0: unknown).
+    pub ipc: u64,
+    /// The System V objects of its IPC namespace: (kind: 0 semaphore set, 1 message queue,
+    /// 2 shared memory segment; key; id), sorted.
+    pub sysv: Vec<(u8, i32, i32)>,
+}
+
+/// The most System V objects an image may name.
+pub const MAX_SYSV: usize = 1 << 16;
+
+/// The System V objects this process's IPC namespace has (see `Namespaces::sysv`).
+fn sysv_objects() -> Vec<(u8, i32, i32)> {
+    let mut out = Vec::new();
+    for (kind, file) in ["sem", "msg", "shm"].iter().enumerate() {
+        let text = std::fs::read_to_string(format!("/proc/sysvipc/{file}")).unwrap_or_default();
+        out.extend(text.lines().skip(1).filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((kind as u8, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        }));
+    }
+    out.sort_unstable();
+    out
 }
 
 /// The most lines a uid or gid map may have (the kernel's limit is 340).
@@ -100,6 +128,8 @@ impl Namespaces {
             hostname: hostname(),
             uid_map: id_map("uid_map"),
             gid_map: id_map("gid_map"),
+            ipc: ns_ino("ipc"),
+            sysv: sysv_objects(),
         }
     }
 
@@ -110,8 +140,8 @@ impl Namespaces {
         if !same_boot {
             return Ok(());
         }
-        let (net, uts) = (ns_ino("net"), ns_ino("uts"));
-        if (net, uts) == (self.net, self.uts) {
+        let (net, uts, ipc) = (ns_ino("net"), ns_ino("uts"), ns_ino("ipc"));
+        if (net, uts, ipc) == (self.net, self.uts, self.ipc) {
             return Ok(());
         }
         let here = Namespaces {
@@ -126,6 +156,12 @@ impl Namespaces {
                 hostname()
             } else {
                 self.hostname.clone()
+            },
+            ipc,
+            sysv: if ipc != self.ipc && !self.sysv.is_empty() {
+                sysv_objects()
+            } else {
+                self.sysv.clone()
             },
             ..Namespaces::default()
         };
@@ -176,6 +212,20 @@ impl Namespaces {
                 self.uts, self.hostname, here.uts, here.hostname
             ));
         }
+        if self.ipc != 0
+            && here.ipc != 0
+            && self.ipc != here.ipc
+            && !self.sysv.is_empty()
+            && self.sysv != here.sysv
+        {
+            return Err(format!(
+                "the process ran in another IPC namespace (ipc:[{}], {} System V object(s)) than yours (ipc:[{}], {} other(s)): its semaphore, message queue and shared memory ids would name other objects here, or none; run thaw inside its namespace (nsenter --ipc=…)",
+                self.ipc,
+                self.sysv.len(),
+                here.ipc,
+                here.sysv.len()
+            ));
+        }
         Ok(())
     }
 }
@@ -195,6 +245,28 @@ fn list(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_mapped_onto_others_are_restored_only_under_the_same_maps() {
+        let init = [[0, 0, u32::MAX]];
+        let fake_root = Namespaces {
+            uid_map: vec![[0, 65534, 1]],
+            gid_map: vec![[0, 65534, 1]],
+            ..Namespaces::default()
+        };
+        let e = fake_root.check_user(&init, &init).unwrap_err();
+        assert!(e.contains("uid_map 0 65534 1"), "{e}");
+        fake_root
+            .check_user(&[[0, 65534, 1]], &[[0, 65534, 1]])
+            .unwrap();
+        // Ids mapped onto themselves (thaw's ns mode) mean the same anywhere.
+        let own = Namespaces {
+            uid_map: vec![[1000, 1000, 1]],
+            gid_map: vec![[1000, 1000, 1]],
+            ..Namespaces::default()
+        };
+        own.check_user(&init, &init).unwrap();
+    }
 
     #[test]
     fn another_network_or_hostname_on_the_same_boot_is_refused() {
@@ -225,5 +297,23 @@ mod tests {
             .check(&here, true)
             .unwrap_err()
             .contains("UTS namespace"));
+        // Another IPC namespace: refused where the process's had objects and the lists differ.
+        let private = Namespaces {
+            ipc: here.ipc + 1,
+            sysv: vec![(0, 1234, 7)],
+            ..here.clone()
+        };
+        if here.sysv != private.sysv {
+            assert!(private
+                .check(&here, true)
+                .unwrap_err()
+                .contains("another IPC namespace"));
+        }
+        let empty = Namespaces {
+            ipc: here.ipc + 1,
+            sysv: Vec::new(),
+            ..here.clone()
+        };
+        empty.check(&here, true).unwrap();
     }
 }
