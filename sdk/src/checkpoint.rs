@@ -998,7 +998,10 @@ impl Checkpoint {
                         // FdEntry::written_end).
                         let writes = e.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
                             && e.flags & libc::O_APPEND as u32 == 0;
-                        if regular && writes && st[0] != u64::MAX && at == st[0] {
+                        // (Not an empty file: offset 0 of one written only with pwrite, as
+                        // SQLite writes its -wal after truncating it, is no sign of a writer at
+                        // its end.)
+                        if regular && writes && st[0] != u64::MAX && st[0] > 0 && at == st[0] {
                             e.written_end = Some(st[0]);
                         }
                     }
