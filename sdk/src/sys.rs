@@ -3103,6 +3103,12 @@ pub fn for_each_thread(mut each: impl FnMut(i32)) -> io::Result<()> {
     })
 }
 
+/// Clock ticks per second, the unit of /proc's process times (at least 1).
+pub fn clock_ticks_per_second() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i64).max(1)
+}
+
 /// The calling thread's name (PR_GET_NAME: at most 15 bytes, NUL-padded). Async-signal-safe.
 pub fn thread_name() -> [u8; 16] {
     let mut name = [0u8; 16];

@@ -33,9 +33,13 @@ pub(crate) fn refusals(tids: &[i32], fork: i32) -> Vec<String> {
         return Vec::new();
     }
     let me = crate::sys::getpid();
+    // A set last operated on before this process started was changed by another process that
+    // had its PID (PIDs are reused; a set outlives its users).
+    let started = started_at();
     let touched: Vec<String> = sets()
         .into_iter()
-        .filter_map(|(key, id, nsems)| {
+        .filter(|&(_, _, _, otime)| started.is_none_or(|s| otime + 1 >= s))
+        .filter_map(|(key, id, nsems, _)| {
             let last: Vec<String> = (0..nsems)
                 .filter(|&n| crate::sys::sem_last_pid(id, n) == me)
                 .map(|n| n.to_string())
@@ -58,9 +62,9 @@ pub(crate) fn refusals(tids: &[i32], fork: i32) -> Vec<String> {
     )]
 }
 
-/// The semaphore sets of the IPC namespace as (key, id, number of semaphores), from
-/// /proc/sysvipc/sem (none where it cannot be read).
-fn sets() -> Vec<(i32, i32, i32)> {
+/// The semaphore sets of the IPC namespace as (key, id, number of semaphores, time of the last
+/// semop in seconds since the epoch), from /proc/sysvipc/sem (none where it cannot be read).
+fn sets() -> Vec<(i32, i32, i32, i64)> {
     let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
     text.lines()
         .skip(1)
@@ -70,9 +74,28 @@ fn sets() -> Vec<(i32, i32, i32)> {
                 f.first()?.parse().ok()?,
                 f.get(1)?.parse().ok()?,
                 f.get(3)?.parse().ok()?,
+                f.get(8)?.parse().ok()?,
             ))
         })
         .collect()
+}
+
+/// When this process started, in seconds since the epoch (boot time plus its start in clock
+/// ticks), if /proc says.
+fn started_at() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &me[me.rfind(')')? + 1..];
+    // Field 22 (starttime) is the 20th after the command name.
+    let ticks: i64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let hz = crate::sys::clock_ticks_per_second();
+    Some(btime + ticks / hz)
 }
 
 #[cfg(test)]
