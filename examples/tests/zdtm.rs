@@ -1572,27 +1572,20 @@ fn nothing_after_the_snapshot_happens_in_the_first_life() {
 fn threads_started_while_the_checkpoint_stops_them_are_stopped_too() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-bomb", "b.thaw", &[]);
-    let shown = env.thaw(&[
-        "inspect",
-        "--json",
-        "--trust",
-        env.pubkey.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    assert!(shown.status.success(), "{shown:?}");
-    let json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    let names: Vec<&str> = json["manifest"]["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
+    let names: Vec<String> = env
+        .manifest(&img)
+        .threads
+        .into_iter()
+        .map(|t| t.name)
         .collect();
     // The 24 chains' threads, the main thread and the checkpointing one, at least.
     assert!(names.len() >= 26, "{} threads", names.len());
     // Each named by itself or by the thread that started it (none left without a name).
-    let unnamed: Vec<&&str> = names
+    let unnamed: Vec<&String> = names
         .iter()
-        .filter(|n| !(n.starts_with("chain") || ["zdtm-bomb", "checkpointer"].contains(n)))
+        .filter(|n| {
+            !(n.starts_with("chain") || ["zdtm-bomb", "checkpointer"].contains(&n.as_str()))
+        })
         .collect();
     assert!(unnamed.is_empty(), "threads named {unnamed:?}");
     for opts in every_mode() {

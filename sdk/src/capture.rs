@@ -1370,17 +1370,12 @@ pub fn freeze(
     ACTIVE.store(raw, Ordering::Release);
     // Threads recorded already (stopped by ptrace, see crate::traced) take no signal. Nothing
     // is allocated from here on: a stopped thread may hold a lock the allocator needs.
-    let waiting = || {
-        c.threads.iter().filter(|t| {
-            t.done.load(Ordering::Acquire) == 0 && t.tid.load(Ordering::Relaxed) != c.caller
-        })
-    };
-    let mut count = waiting().count();
+    let mut count = unparked(c).count();
     c.expected.store(count as u32, Ordering::Release);
-    for t in waiting() {
+    for t in unparked(c) {
         note_blocked(t);
     }
-    for t in waiting() {
+    for t in unparked(c) {
         if let Err(e) = signal_thread(c, t, signal, &mut count) {
             return Err(abandon(c, old_mask, e.into()));
         }
