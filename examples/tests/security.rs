@@ -519,4 +519,44 @@ fn fake_root_of_a_user_namespace_never_becomes_real_root() {
         .args(["--", "one", "two words"]);
     let o = c.output().unwrap();
     restored_as(&o, 0);
+    // Nested inside it, a namespace mapping 0 onto 0 looks like the host one level up; real
+    // root reads as nobody there. Root restoring that image still gets no root.
+    let nested = dir.join("nested.thaw");
+    let mut c = as_user(Command::new("unshare"), A, A);
+    // Without CAP_SYS_RESOURCE, which root lacks on some machines (these VMs): the image's
+    // capabilities must not be what refuses it.
+    c.args(["-U", "-r", "unshare", "-U", "--map-user=0", "--map-group=0"])
+        .args(["setpriv", "--bounding-set=-sys_resource", "--"])
+        .arg(&lab.zdtm)
+        .arg(&nested)
+        .arg(dir.join("k.key"))
+        .arg(&lab.cwd);
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "checkpoint nested: {}", text(&o));
+    chmod(&nested, 0o644);
+    for d in [Deployment::Root, Deployment::Namespace] {
+        let o = lab.restore(d, Caller::Root, &nested, &[]);
+        refused(&o, "sees real root as uid 65534");
+    }
+    // Root as a login shell has it, with the group 0 the image holds: refused all the same.
+    let o = Command::new("setpriv")
+        .args(["--groups=0", "--"])
+        .arg(&lab.plain)
+        .args(["run", "--trust"])
+        .arg(&lab.env.pubkey)
+        .arg(&nested)
+        .args(["--", "one", "two words"])
+        .output()
+        .unwrap();
+    refused(&o, "sees real root as uid 65534");
+    // Root's own `unshare -U -r` maps 0 onto 0 too, but real root is root there.
+    let mut c = Command::new("unshare");
+    c.args(["-U", "-r"])
+        .arg(&lab.plain)
+        .args(["run", "--pid-mode", "ns", "--trust"])
+        .arg(&lab.env.pubkey)
+        .arg(&nested)
+        .args(["--", "one", "two words"]);
+    let o = c.output().unwrap();
+    refused(&o, "sees real root as uid 65534");
 }

@@ -138,7 +138,9 @@ fn same_root(m: &thaw::Manifest) -> Result<()> {
         }
     }
     let same_boot = m.clocks.boot_id == thaw::state::clocks::boot_id();
-    m.namespaces.check_here(same_boot).map_err(refused)?;
+    m.namespaces
+        .check_here(&m.creds, same_boot)
+        .map_err(refused)?;
     let image = m.process.root;
     match thaw::state::process::root_id() {
         Some(here) if image != (0, 0) && here != image => Err(refused(format!(

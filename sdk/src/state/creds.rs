@@ -34,6 +34,16 @@ pub struct Capabilities {
 use crate::procfs;
 
 impl Credentials {
+    /// Whether these hold any id 0 or any capability: what a user namespace's root has.
+    pub fn privileged(&self) -> bool {
+        let ids = |i: &Ids| [i.real, i.effective, i.saved, i.fs].contains(&0);
+        let c = &self.caps;
+        ids(&self.uid)
+            || ids(&self.gid)
+            || self.groups.contains(&0)
+            || (c.inheritable | c.permitted | c.effective | c.ambient) != 0
+    }
+
     /// The credentials of `pid` as /proc shows them.
     pub fn of(pid: i32) -> std::io::Result<Credentials> {
         let status = procfs::read(pid, "status")?;

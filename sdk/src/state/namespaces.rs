@@ -12,8 +12,16 @@
 //! namespace maps them otherwise: root restoring nobody's fake-root image would give it real
 //! root. So a process whose namespace maps its ids onto others is restored only by a launcher in
 //! a user namespace mapped the same way, on any boot (the maps are the meaning of the ids). A
-//! map of ids onto themselves (the initial namespace, or one thaw's ns mode made) changes no
-//! meaning and is not compared.
+//! map of ids onto themselves changes no meaning at that level, but a map shows one level up
+//! only: a namespace nested in a fake-root one (`unshare -U -r`, and inside it
+//! `unshare -U --map-user=0`) maps 0 onto 0 and is still nobody's. What tells them apart is how
+//! real root looks from inside: the owner of `/proc/sys/kernel/ostype` (always real root) reads
+//! as 0 where real root is root, as the overflow id where it is not mapped. So a partial map of
+//! ids onto themselves (thaw's ns mode) is accepted where real root looks the same to the
+//! launcher, or where the process held no privilege to carry over (no id 0, no capability): its
+//! ids are then its own wherever it goes, for a caller who already has them. Equal maps also
+//! need real root to look the same (root's own `unshare -U -r` maps 0 onto 0 too). The full
+//! identity map (the initial namespace) is never compared.
 //!
 //! A restored process gets the namespaces of whoever runs `thaw run` (PID, user and time
 //! namespaces are thaw's own business, see the launcher). A process that ran in a network
@@ -45,7 +53,21 @@ pub struct Namespaces {
     /// The System V objects of its IPC namespace: (kind: 0 semaphore set, 1 message queue,
     /// 2 shared memory segment; key; id), sorted.
     pub sysv: Vec<(u8, i32, i32)>,
+    /// How real root's uid and gid read in its user namespace (owner of
+    /// /proc/sys/kernel/ostype; `u32::MAX`: unreadable): 0 where real root is root there.
+    pub root_seen: (u32, u32),
 }
+
+/// How real root's uid and gid read in this process's user namespace (see
+/// [`Namespaces::root_seen`]): procfs makes its sysctl files of the kernel table root's.
+pub fn root_seen() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/sys/kernel/ostype")
+        .map_or((u32::MAX, u32::MAX), |m| (m.uid(), m.gid()))
+}
+
+/// The map of the initial user namespace: every id onto itself.
+const FULL: [[u32; 3]; 1] = [[0, 0, u32::MAX]];
 
 /// The most System V objects an image may name.
 pub const MAX_SYSV: usize = 1 << 16;
@@ -130,13 +152,24 @@ impl Namespaces {
             gid_map: id_map("gid_map"),
             ipc: ns_ino("ipc"),
             sysv: sysv_objects(),
+            root_seen: root_seen(),
         }
     }
 
-    /// Whether a process that had `self` may be restored by this one; `same_boot`: the image
-    /// was taken on this boot. The contents are read only where the identities differ.
-    pub fn check_here(&self, same_boot: bool) -> Result<(), String> {
-        self.check_user(&id_map("uid_map"), &id_map("gid_map"))?;
+    /// Whether a process that had `self` and `creds` may be restored by this one; `same_boot`:
+    /// the image was taken on this boot. The contents are read only where the identities differ.
+    pub fn check_here(
+        &self,
+        creds: &crate::state::creds::Credentials,
+        same_boot: bool,
+    ) -> Result<(), String> {
+        let here = Namespaces {
+            uid_map: id_map("uid_map"),
+            gid_map: id_map("gid_map"),
+            root_seen: root_seen(),
+            ..Namespaces::default()
+        };
+        self.check_user(creds.privileged(), &here)?;
         if !same_boot {
             return Ok(());
         }
@@ -168,14 +201,37 @@ impl Namespaces {
         self.check(&here, true)
     }
 
-    /// Whether the ids of a process whose namespace had `self`'s maps mean the same for a
-    /// launcher whose namespace has `uid_map` and `gid_map` (see the module's note).
-    pub fn check_user(&self, uid_map: &[[u32; 3]], gid_map: &[[u32; 3]]) -> Result<(), String> {
-        if identity(&self.uid_map) && identity(&self.gid_map) {
+    /// Whether the ids of a process whose namespace had `self`'s maps (and held id 0 or a
+    /// capability: `privileged`) mean the same for a launcher whose namespace has `here`'s maps
+    /// and sees real root as `here.root_seen` (see the module's note).
+    pub fn check_user(&self, privileged: bool, here: &Namespaces) -> Result<(), String> {
+        let (uid_map, gid_map) = (&here.uid_map, &here.gid_map);
+        if self.uid_map == FULL && self.gid_map == FULL {
             return Ok(());
         }
-        if self.uid_map == uid_map && self.gid_map == gid_map {
+        let root_alike = self.root_seen == here.root_seen;
+        if self.uid_map == *uid_map && self.gid_map == *gid_map && root_alike {
             return Ok(());
+        }
+        if identity(&self.uid_map) && identity(&self.gid_map) {
+            if root_alike || !privileged {
+                return Ok(());
+            }
+            let seen = |(u, g): (u32, u32)| {
+                if (u, g) == (0, 0) {
+                    "as root".to_owned()
+                } else if u == u32::MAX {
+                    "not at all (/proc/sys unreadable)".to_owned()
+                } else {
+                    format!("as uid {u} gid {g}")
+                }
+            };
+            return Err(format!(
+                "the process ran with id 0 or capabilities in a user namespace that maps its ids onto themselves (uid_map {}) but sees real root {}, nested in one that maps them onto others (`unshare -U -r`, then a map of 0 onto 0 inside), and you see real root {}: restored here its ids and capabilities would be others than it had; run thaw in the namespace it ran in (nsenter -U …), as the user who made it",
+                show(&self.uid_map),
+                seen(self.root_seen),
+                seen(here.root_seen)
+            ));
         }
         Err(format!(
             "the process ran in a user namespace that maps its ids onto others (uid_map {}; gid_map {}), and yours maps them as {} and {}: its uid, gid and capabilities there are not the same here (restored here, an image taken as root inside `unshare -U -r` would get real root); run thaw inside a user namespace mapped the same way, as the user who made it (e.g. `unshare -U -r thaw run ...`)",
@@ -248,24 +304,31 @@ mod tests {
 
     #[test]
     fn ids_mapped_onto_others_are_restored_only_under_the_same_maps() {
-        let init = [[0, 0, u32::MAX]];
-        let fake_root = Namespaces {
-            uid_map: vec![[0, 65534, 1]],
-            gid_map: vec![[0, 65534, 1]],
+        let ns = |map: [u32; 3], root: u32| Namespaces {
+            uid_map: vec![map],
+            gid_map: vec![map],
+            root_seen: (root, root),
             ..Namespaces::default()
         };
-        let e = fake_root.check_user(&init, &init).unwrap_err();
+        let init = ns([0, 0, u32::MAX], 0);
+        let fake_root = ns([0, 65534, 1], 65534);
+        let e = fake_root.check_user(true, &init).unwrap_err();
         assert!(e.contains("uid_map 0 65534 1"), "{e}");
-        fake_root
-            .check_user(&[[0, 65534, 1]], &[[0, 65534, 1]])
-            .unwrap();
-        // Ids mapped onto themselves (thaw's ns mode) mean the same anywhere.
-        let own = Namespaces {
-            uid_map: vec![[1000, 1000, 1]],
-            gid_map: vec![[1000, 1000, 1]],
-            ..Namespaces::default()
-        };
-        own.check_user(&init, &init).unwrap();
+        fake_root.check_user(true, &fake_root.clone()).unwrap();
+        // Root's own `unshare -U -r` maps 0 onto 0: not the same as nobody's.
+        let roots = ns([0, 0, 1], 0);
+        assert!(ns([0, 0, 1], 65534).check_user(true, &roots).is_err());
+        // Ids mapped onto themselves (thaw's ns mode) mean the same anywhere real root does.
+        ns([0, 0, 1], 0).check_user(true, &init).unwrap();
+        // Nested in nobody's fake root (0 onto 0 inside it): real root is not root there.
+        let nested = ns([0, 0, 1], 65534);
+        let e = nested.check_user(true, &init).unwrap_err();
+        assert!(e.contains("sees real root as uid 65534"), "{e}");
+        // Unprivileged ids carry nothing over: a caller who has them gets their own.
+        ns([1000, 1000, 1], 65534).check_user(false, &init).unwrap();
+        assert!(ns([1000, 1000, 1], 65534).check_user(true, &init).is_err());
+        // The initial namespace's map is never compared.
+        init.check_user(true, &fake_root).unwrap();
     }
 
     #[test]
