@@ -1655,6 +1655,28 @@ fn a_signal_sent_to_a_stopped_thread_is_neither_lost_nor_doubled() {
     }
 }
 
+/// A thread that took a seccomp filter of its own after the checkpoint listed the threads, and
+/// one started then (found while the others stop): the checkpoint refuses, naming both, where
+/// it used to restore them unfiltered.
+#[test]
+fn a_filter_taken_while_the_checkpoint_stops_the_threads_is_refused() {
+    let env = Env::new();
+    let o = std::process::Command::new(bin("zdtm-late-policy"))
+        .arg(env.path("late.thaw"))
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for name in ["(filtered)", "(late)"] {
+        assert!(
+            err.contains(&format!("{name} runs under a seccomp filter of its own")),
+            "{name}: {err}"
+        );
+    }
+    assert!(!env.path("late.thaw").exists(), "no image: {err}");
+}
+
 /// A process that ran in an IPC namespace of its own (a sandbox's, systemd's PrivateIPC=) and
 /// had System V objects there: restored outside it, its semaphore ids would name other sets, or
 /// none. Refused on the same boot, naming the namespaces.

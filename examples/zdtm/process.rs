@@ -5,6 +5,9 @@
 #[path = "common.rs"]
 mod common;
 
+/// SCHED_RESET_ON_FORK (not in the libc crate).
+const RESET_ON_FORK: i32 = 0x4000_0000;
+
 fn main() {
     let (_, _, extra) = common::argv();
     let dir = extra.first().cloned().expect("a directory to chdir to");
@@ -55,7 +58,8 @@ fn main() {
     let oom = (oom + 100).min(1000);
     std::fs::write("/proc/self/oom_score_adj", oom.to_string()).unwrap();
 
-    // A thread under SCHED_IDLE at nice 7, and the main thread at nice 3 (raising is allowed).
+    // A thread under SCHED_IDLE at nice 7, whose children would start with the defaults
+    // (SCHED_RESET_ON_FORK), and the main thread at nice 3 (raising is allowed).
     let (tx, rx) = std::sync::mpsc::channel::<i32>();
     std::thread::Builder::new()
         .name("idler".into())
@@ -63,7 +67,7 @@ fn main() {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: this thread's own scheduling; gettid has no preconditions.
             let tid = unsafe {
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+                libc::sched_setscheduler(0, libc::SCHED_IDLE | RESET_ON_FORK, &param);
                 libc::setpriority(libc::PRIO_PROCESS, 0, 7);
                 libc::gettid()
             };
@@ -166,6 +170,13 @@ fn main() {
             f.get(38).cloned().unwrap_or_default(),
         )
     };
+    // SAFETY: reads a thread's policy; no pointers.
+    let reset = unsafe { libc::sched_getscheduler(idler) };
+    c.check(
+        "scheduling: SCHED_RESET_ON_FORK kept",
+        reset == libc::SCHED_IDLE | RESET_ON_FORK,
+        format!("{reset:#x}"),
+    );
     let main_sched = sched(std::process::id() as i32);
     let idler_sched = sched(idler);
     c.check(

@@ -923,6 +923,7 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
+        unsupported.extend(state::threads::policy_refusals(c));
         let tids: Vec<i32> = c
             .threads
             .iter()
@@ -1338,11 +1339,7 @@ fn blocks_signal(tid: i32, signal: i32) -> bool {
 /// Every thread as (tid, name); a thread that blocks the checkpoint signal is unsupported.
 fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointError> {
     let mut out = Vec::new();
-    // A filter installed by one thread without TSYNC is that thread's alone (the leader's is
-    // named by `preflight`).
-    let leader_filtered = crate::procfs::read(crate::sys::getpid(), "status")
-        .ok()
-        .is_some_and(|st| crate::procfs::field(&st, "Seccomp").is_some_and(|v| v != "0"));
+    let leader_filtered = state::threads::leader_filtered();
     for e in std::fs::read_dir("/proc/self/task").map_err(io("listing threads"))? {
         let Some(tid) = e
             .ok()
@@ -1356,21 +1353,14 @@ fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointE
         let name = crate::procfs::field(&status, "Name")
             .unwrap_or("")
             .to_owned();
-        if let Some(mode) = crate::procfs::field(&status, "Seccomp").filter(|v| *v != "0") {
-            if !leader_filtered {
-                let count = crate::procfs::field(&status, "Seccomp_filters").unwrap_or("?");
-                why.push(format!(
-                    "thread {tid} ({name}) runs under a seccomp filter of its own (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: install it before the other threads start, or in each of them after the checkpoint"
-                ));
-            }
-        }
-        if let Some((_, policy)) = state::threads::sched(tid) {
-            if !state::threads::restorable_policy(policy) {
-                why.push(format!(
-                    "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {policy}, which is not restored: set SCHED_OTHER in a before-checkpoint hook and the policy again after restore"
-                ));
-            }
-        }
+        // Refused before anything stops; `threads::policy_refusals` looks again once every
+        // thread is stopped (one started or changed since).
+        why.extend(state::threads::policy_refusal(
+            tid,
+            &name,
+            &status,
+            leader_filtered,
+        ));
         // A thread that blocks the checkpoint signal now may unblock it in a moment (one inside
         // pthread_create blocks every signal briefly): it is signalled like the others, and named
         // only if it has not parked within the bound.

@@ -885,6 +885,13 @@ pub fn ioprio_get(tid: i32) -> u32 {
     syscall6(libc::SYS_ioprio_get, [1, tid as u64, 0, 0, 0, 0]).max(0) as u32
 }
 
+/// Thread `tid`'s scheduling policy with SCHED_RESET_ON_FORK (sched_getscheduler); `None`
+/// when it cannot be read.
+pub fn sched_getscheduler(tid: i32) -> Option<u32> {
+    let r = syscall6(libc::SYS_sched_getscheduler, [tid as u64, 0, 0, 0, 0, 0]);
+    (r >= 0).then_some(r as u32)
+}
+
 /// Reaps child `pid` (already ended).
 pub fn reap(pid: i32) {
     let mut status = 0i32;

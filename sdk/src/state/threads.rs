@@ -18,8 +18,8 @@ pub struct ThreadState {
     pub robust_list: RobustList,
     pub clear_child_tid: u64,
     pub rseq: Option<Rseq>,
-    /// Scheduling: nice value and policy (SCHED_OTHER, SCHED_BATCH or SCHED_IDLE; real-time
-    /// policies are refused at checkpoint).
+    /// Scheduling: nice value and policy (SCHED_OTHER, SCHED_BATCH or SCHED_IDLE, with
+    /// SCHED_RESET_ON_FORK; real-time policies are refused at checkpoint).
     pub nice: i32,
     pub policy: u32,
     /// The CPUs the thread is bound to (sched_setaffinity), a mask in 64-bit words; empty when
@@ -65,13 +65,16 @@ pub struct Rseq {
 
 use crate::capture::ThreadCapture;
 
-/// A thread's nice value and scheduling policy (/proc/self/task/TID/stat fields 19 and 41).
+/// A thread's nice value (/proc/self/task/TID/stat field 19) and scheduling policy, with
+/// SCHED_RESET_ON_FORK (sched_getscheduler: /proc shows the policy without it).
 pub(crate) fn sched(tid: i32) -> Option<(i32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3.
-    Some((f.get(16)?.parse().ok()?, f.get(38)?.parse().ok()?))
+    let nice = f.get(16)?.parse().ok()?;
+    let policy = crate::sys::sched_getscheduler(tid).or_else(|| f.get(38)?.parse().ok())?;
+    Some((nice, policy))
 }
 
 const PR_SPEC_PRCTL: u32 = 1;
@@ -166,12 +169,69 @@ pub fn cpu_list(mask: &[u64]) -> String {
     out.join(",")
 }
 
-/// Policies a thread may have: SCHED_OTHER, SCHED_BATCH, SCHED_IDLE.
+/// Policies a thread may have: SCHED_OTHER, SCHED_BATCH, SCHED_IDLE (with or without
+/// SCHED_RESET_ON_FORK).
 pub(crate) fn restorable_policy(policy: u32) -> bool {
     matches!(
-        policy as i32,
+        (policy & !RESET_ON_FORK) as i32,
         libc::SCHED_OTHER | libc::SCHED_BATCH | libc::SCHED_IDLE
     )
+}
+
+/// SCHED_RESET_ON_FORK: the thread's children start with the default policy and nice value.
+const RESET_ON_FORK: u32 = 0x4000_0000;
+
+/// Whether the main thread runs under seccomp: a filter installed by one thread without TSYNC
+/// is that thread's alone (the main thread's is named by the checkpoint's preflight).
+pub(crate) fn leader_filtered() -> bool {
+    crate::procfs::read(crate::sys::getpid(), "status")
+        .ok()
+        .is_some_and(|st| crate::procfs::field(&st, "Seccomp").is_some_and(|v| v != "0"))
+}
+
+/// Why thread `tid` (`name`, /proc status `status`) cannot be restored as it is: a seccomp
+/// filter of its own, a real-time or deadline policy.
+pub(crate) fn policy_refusal(
+    tid: i32,
+    name: &str,
+    status: &str,
+    leader_filtered: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(mode) = crate::procfs::field(status, "Seccomp").filter(|v| *v != "0") {
+        if !leader_filtered {
+            let count = crate::procfs::field(status, "Seccomp_filters").unwrap_or("?");
+            out.push(format!(
+                "thread {tid} ({name}) runs under a seccomp filter of its own (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: install it before the other threads start, or in each of them after the checkpoint"
+            ));
+        }
+    }
+    if let Some((_, policy)) = sched(tid) {
+        if !restorable_policy(policy) {
+            out.push(format!(
+                "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {}, which is not restored: set SCHED_OTHER in a before-checkpoint hook and the policy again after restore",
+                policy & !RESET_ON_FORK
+            ));
+        }
+    }
+    out
+}
+
+/// [`policy_refusal`] for every thread, once all are stopped: a thread started while the
+/// checkpoint stopped the others (found by the chase), or one that changed its policy or
+/// installed a filter after the listing, is seen here.
+pub(crate) fn policy_refusals(c: &crate::capture::Capture) -> Vec<String> {
+    let leader_filtered = leader_filtered();
+    let mut out = Vec::new();
+    for t in c.threads.iter().filter(|t| t.recorded()) {
+        let tid = t.tid.load(Ordering::Relaxed);
+        let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+            continue;
+        };
+        let name = t.recorded_name().unwrap_or_default();
+        out.extend(policy_refusal(tid, &name, &status, leader_filtered));
+    }
+    out
 }
 use crate::restore::Plan;
 use std::sync::atomic::Ordering;
