@@ -166,6 +166,14 @@ impl Vma {
             // MAP_DROPPABLE is a mapping type of its own (Linux 6.11+).
             map_flags = (map_flags & !0x0f) | 0x08;
         }
+        if m.has_flag("ss") {
+            // A thread's CET shadow stack (ARCH_SHSTK_ENABLE): made only by the kernel, for a
+            // thread that enabled it; restored as plain memory the thread would run unprotected.
+            return Err(format!(
+                "{}: a shadow stack (x86 CET, ARCH_SHSTK_ENABLE), which thaw does not restore: run the program without it (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)",
+                m.describe()
+            ));
+        }
         let name = m.name.as_str();
         if let Some(why) = super::deleted::kernel_internal(name) {
             return Err(format!("{}: {why}", m.describe()));
@@ -670,5 +678,21 @@ fn populate_read(start: u64, end: u64) -> Result<(), i32> {
         Err(-r as i32)
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_stack_is_refused_by_name() {
+        let mut m =
+            crate::procfs::parse_map_line("7f0000000000-7f0000020000 r--p 00000000 00:00 0")
+                .unwrap();
+        assert!(Vma::classify(&m).is_ok());
+        m.flags = vec!["rd".into(), "mr".into(), "ss".into()];
+        let e = Vma::classify(&m).unwrap_err();
+        assert!(e.contains("shadow stack"), "{e}");
     }
 }
