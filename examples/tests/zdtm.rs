@@ -1492,6 +1492,52 @@ fn sleeps_waits_and_directory_listings_go_on_across_a_checkpoint() {
     }
 }
 
+/// Relative sleeps under way at the checkpoint lose the time away, as after a stop and a
+/// continue: restored inside a time namespace two hours ahead, an hour's `nanosleep` and
+/// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before); a
+/// CPU-time sleep keeps its time left. The manifest records each sleep's time left.
+#[test]
+fn relative_sleeps_count_the_time_away() {
+    if !is_root() {
+        eprintln!("skipped: needs root for a time namespace (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-slept", "s.thaw", &[]);
+    let sleeps: Vec<_> = env
+        .manifest(&img)
+        .threads
+        .iter()
+        .filter_map(|t| t.sleep)
+        .collect();
+    assert_eq!(sleeps.len(), 3, "{sleeps:?}");
+    assert!(
+        sleeps
+            .iter()
+            .all(|s| s.left_ns > 3_000_000_000_000 && s.left_ns <= 3_600_000_000_000),
+        "{sleeps:?}"
+    );
+    let thaw = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--time", "--monotonic", "7200", "--boottime", "7200"])
+        .arg(thaw.get_program())
+        .args(thaw.get_args());
+    for (k, v) in thaw.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let o = c.output().unwrap();
+    assert_all_ok(
+        &o,
+        &[
+            "nanosleep of an hour, two hours away: over",
+            "relative clock_nanosleep(CLOCK_BOOTTIME) of an hour, two hours away: over",
+            "a CPU-time sleep keeps its time left",
+        ],
+    );
+}
+
 /// A process that narrowed its capability bounding set (systemd's CapabilityBoundingSet=, a
 /// container) gets it narrow again in every mode: a set-uid or file-capability program it runs
 /// after restore gains no more than in its first life.

@@ -811,6 +811,7 @@ fn build_plan(
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
+        t.plan_sleep(&mut plan, fds.away);
         t.plan_sched(&mut plan, nice_of(t));
         plan_credentials(&mut plan, creds, drops);
         for sig in &t.pending {
@@ -853,6 +854,7 @@ fn build_plan(
     // Capabilities are per thread, and creating threads with set_tid needs them: every thread
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
+    leader.plan_sleep(&mut plan, fds.away);
     leader.plan_sched(&mut plan, nice_of(leader));
     plan_credentials(&mut plan, creds, drops);
     // Signals waiting in the queues (the dispositions are set: SIG_IGN would discard them), as

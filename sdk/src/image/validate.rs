@@ -224,6 +224,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 t.tid, t.sigframe
             ));
         }
+        if let Some(sleep) = t.sleep {
+            if !writable(sleep.addr, 16) {
+                return Err(format!(
+                    "thread {}: the time left of its sleep at {:#x} is not in writable memory",
+                    t.tid, sleep.addr
+                ));
+            }
+        }
     }
     if !m.process.restore_cell.is_multiple_of(8) || !writable(m.process.restore_cell, 56) {
         return Err(format!(

@@ -6,9 +6,12 @@
 //! does after SIGSTOP and SIGCONT:
 //!
 //! - `nanosleep` and relative `clock_nanosleep`: again, for the time that was left (the kernel
-//!   wrote it to `rem`; without `rem`, for the whole time: never shorter);
+//!   wrote it to `rem`; without `rem`, for the whole time: never shorter), in a restored
+//!   process less the time away on the sleep's clock (`threads::SleepLeft`: the kernel restarts
+//!   a stopped sleep to its deadline);
 //! - absolute `clock_nanosleep`; `ppoll`, `select` and `pselect6` (the kernel wrote the time
-//!   left back into their timeout); `pause`, `rt_sigsuspend`; `poll`, `epoll_wait`,
+//!   left back into their timeout, and after a stop too runs them again for it, the time
+//!   stopped not counted); `pause`, `rt_sigsuspend`; `poll`, `epoll_wait`,
 //!   `epoll_pwait[2]` and `rt_sigtimedwait` without a timeout: again, as they were.
 //!
 //! - futex waits with an absolute deadline (`FUTEX_WAIT_BITSET`: `sem_timedwait`,

@@ -41,6 +41,21 @@ pub struct ThreadState {
     pub no_new_privs: bool,
     /// Signals waiting in its own queue at the checkpoint, in order.
     pub pending: Vec<super::signals::PendingSignal>,
+    /// A relative sleep it was in, set to be issued again (see `interrupted`).
+    pub sleep: Option<SleepLeft>,
+}
+
+/// A relative sleep (`nanosleep`, relative `clock_nanosleep`) interrupted by the checkpoint and
+/// set to be issued again with the time the kernel wrote back as left. After a stop and a
+/// continue the kernel counts the time stopped against it (it restarts the sleep to its
+/// deadline), as the clocks and the timers do: a restore takes the time away off it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepLeft {
+    /// Where the timespec with the time left is (the call's `rem`, its time to sleep again).
+    pub addr: u64,
+    pub clock: i32,
+    /// The time left then, in ns.
+    pub left_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +254,48 @@ use std::sync::atomic::Ordering;
 /// Offsets in the kernel's x86_64 `struct ucontext`.
 const UC_STACK: u64 = 16;
 const UC_SIGMASK: u64 = 296;
+/// Offsets of registers in it (its gregs start at 40).
+const UC_RDI: u64 = 40 + 8 * 8;
+const UC_RSI: u64 = 40 + 9 * 8;
+const UC_RDX: u64 = 40 + 12 * 8;
+const UC_RAX: u64 = 40 + 13 * 8;
+const UC_RIP: u64 = 40 + 16 * 8;
+
+/// The relative sleep thread `c` was set to issue again (its frame, `word` reading it, goes
+/// back to the `syscall` instruction with the call's number), its time left read from `mem`.
+fn sleep_left(
+    c: &ThreadCapture,
+    word: impl Fn(u64) -> u64,
+    mem: &std::fs::File,
+) -> Option<SleepLeft> {
+    use std::os::unix::fs::FileExt;
+    let nr = c.blocked[0].load(Ordering::Relaxed);
+    let pc = c.blocked[8].load(Ordering::Relaxed);
+    if nr == u64::MAX || word(UC_RAX) != nr || word(UC_RIP) != pc.wrapping_sub(2) {
+        return None;
+    }
+    let (clock, addr) = match nr as i64 {
+        libc::SYS_nanosleep => (libc::CLOCK_MONOTONIC, word(UC_RDI)),
+        libc::SYS_clock_nanosleep if word(UC_RSI) & libc::TIMER_ABSTIME as u64 == 0 => {
+            (word(UC_RDI) as i32, word(UC_RDX))
+        }
+        _ => return None,
+    };
+    let mut ts = [0u8; 16];
+    mem.read_exact_at(&mut ts, addr).ok()?;
+    let sec = i64::from_ne_bytes(ts[..8].try_into().expect("8"));
+    let nsec = i64::from_ne_bytes(ts[8..].try_into().expect("8"));
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return None;
+    }
+    Some(SleepLeft {
+        addr,
+        clock,
+        left_ns: (sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(nsec as u64),
+    })
+}
 /// glibc's rseq signature on x86.
 pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 
@@ -303,7 +360,26 @@ impl ThreadState {
             clear_child_tid: c.clear_child_tid.load(Ordering::Relaxed),
             rseq,
             pending: Vec::new(),
+            sleep: sleep_left(c, word, mem),
         })
+    }
+
+    /// The time left of the relative sleep it was in, less the time away on its clock (see
+    /// [`SleepLeft`]), written where the call reads it when issued again.
+    pub fn plan_sleep(&self, plan: &mut Plan, away: super::clocks::Away) {
+        let Some(s) = self.sleep else { return };
+        let left = s.left_ns.saturating_sub(away.on(s.clock));
+        let tid = self.tid;
+        plan.store(
+            format!("sleep of thread {tid}: seconds left after the time away"),
+            s.addr,
+            left / 1_000_000_000,
+        );
+        plan.store(
+            format!("sleep of thread {tid}: nanoseconds left"),
+            s.addr + 8,
+            left % 1_000_000_000,
+        );
     }
 
     /// The thread's scheduling policy and nice value; `nice` is the value to set (the launcher's

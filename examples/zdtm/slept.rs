@@ -1,0 +1,91 @@
+//! Relative sleeps under way at the checkpoint lose the time away, as after a stop and a
+//! continue (the kernel restarts a stopped `nanosleep` to its deadline): restored two hours of
+//! CLOCK_MONOTONIC and CLOCK_BOOTTIME later (the test restores inside a time namespace that
+//! far ahead), a `nanosleep` and a relative `clock_nanosleep(CLOCK_BOOTTIME)` of one hour each
+//! are over at once and return 0, where they used to sleep their hour again. A thread-CPU-time
+//! sleep is not shortened (a process away uses no CPU): it still has its time left.
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn until_blocked_in(tid: i32, nr: i64) {
+    loop {
+        let s =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        if s.split_whitespace().next() == Some(&nr.to_string()) {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+const HOUR: libc::timespec = libc::timespec {
+    tv_sec: 3600,
+    tv_nsec: 0,
+};
+
+/// A thread that runs `sleep`, blocked in `nr` before this returns; its result comes on the
+/// channel.
+fn sleeper(
+    nr: i64,
+    sleep: impl FnOnce() -> i64 + Send + 'static,
+) -> std::sync::mpsc::Receiver<i64> {
+    let tid = Arc::new(AtomicI64::new(0));
+    let t = tid.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        t.store(i64::from(thaw::sys::gettid()), Ordering::SeqCst);
+        let _ = tx.send(sleep());
+    });
+    while tid.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    until_blocked_in(tid.load(Ordering::SeqCst) as i32, nr);
+    rx
+}
+
+fn main() {
+    let mono = sleeper(libc::SYS_nanosleep, || {
+        let mut rem = HOUR;
+        // The system call itself: glibc's nanosleep() is clock_nanosleep(CLOCK_REALTIME).
+        // SAFETY: valid timespecs of ours.
+        unsafe { libc::syscall(libc::SYS_nanosleep, &HOUR, &mut rem) }
+    });
+    let boot = sleeper(libc::SYS_clock_nanosleep, || {
+        let mut rem = HOUR;
+        // SAFETY: as above.
+        i64::from(unsafe { libc::clock_nanosleep(libc::CLOCK_BOOTTIME, 0, &HOUR, &mut rem) })
+    });
+    let cpu = sleeper(libc::SYS_clock_nanosleep, || {
+        let mut rem = HOUR;
+        // SAFETY: as above.
+        i64::from(unsafe {
+            libc::clock_nanosleep(libc::CLOCK_PROCESS_CPUTIME_ID, 0, &HOUR, &mut rem)
+        })
+    });
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    // Bounds far above "at once", far below an hour.
+    let wait = |rx: &std::sync::mpsc::Receiver<i64>| rx.recv_timeout(Duration::from_secs(120));
+    for (what, rx) in [
+        ("nanosleep of an hour, two hours away: over", &mono),
+        (
+            "relative clock_nanosleep(CLOCK_BOOTTIME) of an hour, two hours away: over",
+            &boot,
+        ),
+    ] {
+        let r = wait(rx);
+        c.check(what, r == Ok(0), format!("{r:?}"));
+    }
+    let r = cpu.try_recv();
+    c.check(
+        "a CPU-time sleep keeps its time left",
+        r == Err(std::sync::mpsc::TryRecvError::Empty),
+        format!("{r:?}"),
+    );
+    c.finish();
+}
