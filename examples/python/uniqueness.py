@@ -89,6 +89,14 @@ def errors(image_dir, key):
     child.stdout.close()
     child.wait()
 
+    # Shared memory starts multiprocessing's resource tracker, a child the refusal names.
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=4096)
+    case("resource_tracker", lambda: thaw.checkpoint(img, key, fds={"any": "drop"}))
+    shm.close()
+    shm.unlink()
+
     @thaw.before_checkpoint
     def refuses():
         raise RuntimeError("not now")

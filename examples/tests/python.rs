@@ -314,6 +314,12 @@ fn hooks_reseeding_and_errors_through_the_installed_package() {
         e["child_process"][2].as_str().unwrap().contains("cat"),
         "{e}"
     );
+    let tracker = e["resource_tracker"][2].as_str().unwrap_or_default();
+    assert!(
+        tracker.contains("Python's multiprocessing resource tracker")
+            && tracker.contains("unregister them from it first"),
+        "{e}"
+    );
     assert_eq!(
         e["hook_refuses_order"],
         serde_json::json!(["after 1", "after 3 restored=False"]),

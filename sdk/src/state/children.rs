@@ -112,14 +112,25 @@ pub(crate) fn dump(leave_live_out: bool) -> (Vec<Zombie>, Vec<String>) {
                 let state = stat.get(3).map_or("?", String::as_str);
                 // Its command line says what it is where the name does not (a runtime's own
                 // helper: "python3 -c from multiprocessing.resource_tracker import main…").
-                let state = match command_line(pid) {
+                let cmd = command_line(pid);
+                // Python's tracker of shared memory segments and named semaphores unlinks what
+                // it tracks when its parent's pipe closes: left out, at the first life's end.
+                let tracker = if cmd
+                    .as_deref()
+                    .is_some_and(|c| c.contains("multiprocessing.resource_tracker"))
+                {
+                    "; this is Python's multiprocessing resource tracker (started by shared_memory.SharedMemory and by multiprocessing's locks and queues under spawn or forkserver): left out, it unlinks the segments and semaphores it tracks when the first life ends, and a restore then finds them gone, so unregister them from it first (multiprocessing.resource_tracker.unregister(shm._name, \"shared_memory\"))"
+                } else {
+                    ""
+                };
+                let state = match cmd {
                     Some(cmd) => format!("{state}, `{cmd}`"),
                     None => state.to_owned(),
                 };
                 why.push(match needed {
                     Some(what) => format!("child process {pid} ({comm}, state {state}): {what}"),
                     None => format!(
-                        "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first (a worker pool: close and join it, or terminate it, before the checkpoint), or, if the process does not depend on it, leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java): it is then as if it had been killed while the process was away (pipes and sockets to it closed)"
+                        "child process {pid} ({comm}, state {state}): a checkpoint saves this process alone, so after restore it would not be its child; wait for it first (a worker pool: close and join it, or terminate it, before the checkpoint), or, if the process does not depend on it, leave children out (Checkpoint::leave_children_out, THAW_LEAVE_CHILDREN_OUT in C, leave_children_out=True in Python, leaveChildrenOut in Node.js, Thaw.LEAVE_CHILDREN_OUT in Java): it is then as if it had been killed while the process was away (pipes and sockets to it closed){tracker}"
                     ),
                 });
             }
