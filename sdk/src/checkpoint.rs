@@ -585,7 +585,17 @@ impl Checkpoint {
                 return Err(CheckpointError::Unsupported(
                     late.iter()
                         .map(|tid| {
-                            let name = threads.iter().find(|t| t.0 == *tid).map_or("", |t| t.1.as_str());
+                            // One the listing did not have was started during the stop (found
+                            // by the chase): said so, with the name it has now.
+                            let name = match threads.iter().find(|t| t.0 == *tid) {
+                                Some(t) => t.1.clone(),
+                                None => format!(
+                                    "{}, started while the checkpoint stopped the others",
+                                    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                                        .unwrap_or_default()
+                                        .trim()
+                                ),
+                            };
                             if blocks_signal(*tid, self.signal) {
                                 format!("thread {tid} ({name}) blocks the checkpoint signal {}", self.signal)
                             } else {
