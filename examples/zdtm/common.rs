@@ -116,6 +116,18 @@ pub fn thread_caps() -> Vec<String> {
     out
 }
 
+/// Waits until thread `tid` is blocked in system call `nr` (/proc/self/task/TID/syscall).
+pub fn until_blocked_in(tid: i32, nr: i64) {
+    loop {
+        let s =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        if s.split_whitespace().next() == Some(&nr.to_string()) {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Installs an allow-everything seccomp filter on the calling thread (no_new_privs first, which
 /// any user may set): harmless, but not restorable. The result of PR_SET_SECCOMP.
 pub fn allow_everything_filter() -> i32 {

@@ -19,24 +19,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 
 /// Installs a filter that allows every call, on the calling thread only (no TSYNC).
 fn filter_this_thread() {
-    let allow = libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: libc::SECCOMP_RET_ALLOW,
-    };
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: &allow as *const _ as *mut _,
-    };
-    // SAFETY: a valid one-instruction program that outlives the calls.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog),
-            0
-        );
-    }
+    assert_eq!(common::allow_everything_filter(), 0);
 }
 
 fn main() {

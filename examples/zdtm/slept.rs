@@ -12,17 +12,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn until_blocked_in(tid: i32, nr: i64) {
-    loop {
-        let s =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
-        if s.split_whitespace().next() == Some(&nr.to_string()) {
-            return;
-        }
-        std::thread::yield_now();
-    }
-}
-
 const HOUR: libc::timespec = libc::timespec {
     tv_sec: 3600,
     tv_nsec: 0,
@@ -44,7 +33,7 @@ fn sleeper(
     while tid.load(Ordering::SeqCst) == 0 {
         std::thread::yield_now();
     }
-    until_blocked_in(tid.load(Ordering::SeqCst) as i32, nr);
+    common::until_blocked_in(tid.load(Ordering::SeqCst) as i32, nr);
     rx
 }
 

@@ -19,18 +19,6 @@ extern "C" fn on_usr1(_: i32) {
     USR1.store(true, Ordering::SeqCst);
 }
 
-/// Waits until thread `tid` is blocked in system call `nr` (/proc/self/task/TID/syscall).
-fn until_blocked_in(tid: i32, nr: i64) {
-    loop {
-        let s =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
-        if s.split_whitespace().next() == Some(&nr.to_string()) {
-            return;
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// The names in a getdents64 buffer.
 fn names(buf: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
@@ -141,11 +129,11 @@ fn main() {
         i64::from(unsafe { libc::poll(&mut p, 1, -1) })
     });
     let tid = |t: &AtomicI64| t.load(Ordering::SeqCst) as i32;
-    until_blocked_in(tid(&sleeper_tid), libc::SYS_clock_nanosleep);
-    until_blocked_in(tid(&abs_tid), libc::SYS_clock_nanosleep);
-    until_blocked_in(tid(&pauser_tid), libc::SYS_pause);
-    until_blocked_in(tid(&sem_tid), libc::SYS_futex);
-    until_blocked_in(tid(&poller_tid), libc::SYS_poll);
+    common::until_blocked_in(tid(&sleeper_tid), libc::SYS_clock_nanosleep);
+    common::until_blocked_in(tid(&abs_tid), libc::SYS_clock_nanosleep);
+    common::until_blocked_in(tid(&pauser_tid), libc::SYS_pause);
+    common::until_blocked_in(tid(&sem_tid), libc::SYS_futex);
+    common::until_blocked_in(tid(&poller_tid), libc::SYS_poll);
 
     let _args = common::checkpoint();
     let mut c = common::Checks::default();
