@@ -125,6 +125,19 @@ fn grandchild_in_a_group_gone() -> i32 {
     }
 }
 
+/// The first life ends the child it left out and waits until it is gone, so that its PID is
+/// free for a restore right after (it would end by itself with the first life, but orphaned, at
+/// whatever moment its new parent reaps it).
+fn end_left_out(child: i32) -> ! {
+    // SAFETY: signals and reaps our own child (with SIGCHLD ignored the kernel reaps it, and
+    // waitpid returns once it has).
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    std::process::exit(0)
+}
+
 /// `leave-io`: a child left out with its output pipe and a socket pair (a spawned child's
 /// standard descriptors, as Node and Python make them), bytes waiting from it in both: after
 /// restore they read those bytes, then end of file, and writing to the child fails, as once a
@@ -196,7 +209,7 @@ fn leave_io(shared: bool) -> ! {
     }
     match cp.save() {
         Ok(thaw::Outcome::Restored(_)) => {}
-        Ok(thaw::Outcome::Saved(_)) => std::process::exit(0),
+        Ok(thaw::Outcome::Saved(_)) => end_left_out(child),
         Err(e) => {
             println!("refused: {e}");
             std::process::exit(3);
@@ -295,7 +308,7 @@ fn main() {
                 // SAFETY: reaps our own child.
                 unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
             }
-            std::process::exit(0);
+            end_left_out(worker);
         }
         Err(e) => {
             println!("refused: {e}");
