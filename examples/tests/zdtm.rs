@@ -1492,6 +1492,25 @@ fn sleeps_waits_and_directory_listings_go_on_across_a_checkpoint() {
     }
 }
 
+/// A memfd mapped again by another thread while the checkpoint is prepared (ZGC does so with
+/// its heap as it allocates): the checkpoint starts again, where it was refused before, and the
+/// views are one memory after restore, in every mode.
+#[test]
+fn shared_memory_mapped_again_during_the_checkpoint_makes_it_start_again() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-remapped", "r.thaw", &[]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "the view mapped during the first attempt is there",
+                "both views are one memory after restore",
+            ],
+        );
+    }
+}
+
 /// Relative sleeps under way at the checkpoint lose the time away, as after a stop and a
 /// continue: restored inside a time namespace two hours ahead, an hour's `nanosleep` and
 /// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before); a

@@ -308,7 +308,7 @@ impl Checkpoint {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Err(CheckpointError::Unsupported(vec![format!(
-            "threads or descriptors kept coming and going while the process was being stopped ({ATTEMPTS} attempts, the last: {last}); checkpoint it from a quieter moment"
+            "threads, descriptors or shared mappings kept coming and going while the process was being stopped ({ATTEMPTS} attempts, the last: {last}); checkpoint it from a quieter moment"
         )]))
     }
 
@@ -1088,6 +1088,7 @@ impl Checkpoint {
                 _ => {}
             }
         }
+        let mut changed = Vec::new();
         for o in &c.shm {
             let mapped: Vec<(u64, u64, u64)> = m
                 .memory
@@ -1102,8 +1103,11 @@ impl Checkpoint {
                 .collect();
             match o.finish(&mapped, &mut writer)? {
                 Ok(obj) => m.shared.push(obj),
-                Err(why) => {
+                Err(state::shmem::Unfinished::Refused(why)) => {
                     unsupported.push(format!("shared object {} ({}): {why}", o.id, o.describe()))
+                }
+                Err(state::shmem::Unfinished::Changed(why)) => {
+                    changed.push(format!("shared object {} ({}): {why}", o.id, o.describe()))
                 }
             }
         }
@@ -1112,12 +1116,16 @@ impl Checkpoint {
         for v in &m.memory {
             if let Backing::Shared { object, .. } = v.backing {
                 if !c.shm.iter().any(|o| o.id == object) {
-                    unsupported.push(format!(
+                    changed.push(format!(
                         "mapping {:x}-{:x}: shared memory object {object} appeared during the checkpoint",
                         v.start, v.end
                     ));
                 }
             }
+        }
+        // Mapped, unmapped or resized between the preparation and the snapshot: start again.
+        if !changed.is_empty() {
+            return Ok(Err(changed.join("; ")));
         }
         if !unsupported.is_empty() {
             return Err(CheckpointError::Unsupported(unsupported));

@@ -113,6 +113,14 @@ pub struct ShmCopy {
     error: AtomicI64,
 }
 
+/// Why a shared object was not saved: it cannot be (`Refused`), or it changed between the
+/// preparation and the snapshot (`Changed`: the checkpoint starts again).
+#[derive(Debug)]
+pub enum Unfinished {
+    Refused(String),
+    Changed(String),
+}
+
 impl ShmCopy {
     /// Our own descriptor of the object, if any: one of the checkpoint's.
     pub fn own_fd(&self) -> Option<i32> {
@@ -312,15 +320,17 @@ impl ShmCopy {
 
     /// After the handler: the object with its non-zero pages appended to the image. `mapped`
     /// are the snapshot's mappings of this object, (offset, address, length): they must be the
-    /// ones that were copied, or the layout changed between the preparation and the snapshot.
+    /// ones that were copied, or the layout changed between the preparation and the snapshot
+    /// (`Unfinished::Changed`: the checkpoint starts again; ZGC maps and unmaps views of its
+    /// heap's memfd as it allocates).
     pub fn finish(
         &self,
         mapped: &[(u64, u64, u64)],
         writer: &mut crate::image::ImageWriter,
-    ) -> Result<Result<SharedObject, String>, crate::image::ImageError> {
+    ) -> Result<Result<SharedObject, Unfinished>, crate::image::ImageError> {
         let err = self.error.load(Ordering::Acquire);
         if err != 0 {
-            return Ok(Err(if err == -(libc::E2BIG as i64) {
+            return Ok(Err(Unfinished::Refused(if err == -(libc::E2BIG as i64) {
                 format!("more than {MAX_EXTENTS} separate extents")
             } else if err == -(libc::EIO as i64) && self.own.is_none() {
                 "cannot copy it: a mapping of it reaches beyond its end (grown with mremap; touching that part raises SIGBUS): unmap that part before the checkpoint".to_owned()
@@ -329,22 +339,22 @@ impl ShmCopy {
                     "cannot copy it: {}",
                     std::io::Error::from_raw_os_error(-err as i32)
                 )
-            }));
+            })));
         }
         let (mut want, mut had) = (mapped.to_vec(), self.ranges.clone());
         want.sort_unstable();
         had.sort_unstable();
         if want != had {
-            return Ok(Err(
-                "its mappings changed while the checkpoint was prepared; try again".into(),
-            ));
+            return Ok(Err(Unfinished::Changed(
+                "its mappings changed while the checkpoint was prepared".into(),
+            )));
         }
         let seen = self.seen_size.load(Ordering::Acquire);
         if seen != self.size {
-            return Ok(Err(format!(
-                "it was resized from {} to {seen} bytes while the checkpoint was prepared; try again",
+            return Ok(Err(Unfinished::Changed(format!(
+                "it was resized from {} to {seen} bytes while the checkpoint was prepared",
                 self.size
-            )));
+            ))));
         }
         // Disjoint, sorted extents (fd-less objects may be mapped twice over the same offsets).
         let n = self.count.load(Ordering::Acquire) as usize;
