@@ -294,7 +294,7 @@ fn payload_ranges_of_shared_memory_and_sockets_are_bounds_checked() {
         offset: 1 << 40,
         len: 4096,
     };
-    for case in ["shared", "socket"] {
+    for case in ["shared", "socket", "fifo"] {
         let f = fixture(true);
         let image = ImageFile::open(&f.image).unwrap().verify(&f.trust).unwrap();
         let mut m = image.manifest().clone();
@@ -308,12 +308,23 @@ fn payload_ranges_of_shared_memory_and_sockets_are_bounds_checked() {
                 }],
                 ..Default::default()
             }),
-            _ => m.files.push(FdEntry {
+            "socket" => m.files.push(FdEntry {
                 fd: 5,
                 kind: FdKind::Socket(Socket::Pair(PairEnd {
                     queued: Some(outside),
                     ..Default::default()
                 })),
+                ..Default::default()
+            }),
+            // The bytes waiting in a FIFO made again (a hostile image made the launcher
+            // allocate 2^62 bytes and abort, leaving the FIFO it had made behind).
+            _ => m.files.push(FdEntry {
+                fd: 5,
+                kind: FdKind::DevNull,
+                fifo_bytes: Some(PayloadRef {
+                    offset: 0,
+                    len: 1 << 62,
+                }),
                 ..Default::default()
             }),
         }

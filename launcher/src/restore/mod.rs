@@ -549,8 +549,12 @@ pub(crate) fn read_payload(
     payload_off: u64,
     r: thaw::state::PayloadRef,
 ) -> std::result::Result<Vec<u8>, String> {
+    // The reader checked every range against the payload; checked again rather than wrap.
+    let at = payload_off
+        .checked_add(r.offset)
+        .ok_or_else(|| format!("payload range {}+{} overflows", r.offset, r.len))?;
     let mut buf = vec![0u8; r.len as usize];
-    std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, payload_off + r.offset)
+    std::os::unix::fs::FileExt::read_exact_at(payload, &mut buf, at)
         .map_err(|e| format!("cannot read {} bytes from the image: {e}", r.len))?;
     Ok(buf)
 }

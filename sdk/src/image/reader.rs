@@ -206,7 +206,9 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
                 b.queued
             }
             _ => None,
-        }));
+        }))
+        // The bytes waiting in a FIFO made again (its own entry field).
+        .chain(m.files.iter().filter_map(|f| f.fifo_bytes));
     for r in refs {
         if r.end().is_none_or(|end| end > h.payload_len) {
             return Err(ImageError::corrupt(

@@ -135,24 +135,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     let zombies: BTreeSet<i32> = m.zombies.iter().map(|z| z.pid).collect();
     bound("zombie children", m.zombies.len(), MAX_THREADS)?;
     for z in &m.zombies {
-        let sig = z.status & 0x7f;
-        // Signals whose default action is not to end a process (ignore, stop, continue).
-        let harmless = [
-            libc::SIGCHLD,
-            libc::SIGCONT,
-            libc::SIGSTOP,
-            libc::SIGTSTP,
-            libc::SIGTTIN,
-            libc::SIGTTOU,
-            libc::SIGURG,
-            libc::SIGWINCH,
-        ];
-        let ended = if sig == 0 {
-            z.status & !0xff00 == 0
-        } else {
-            z.status == sig && sig <= 64 && !harmless.contains(&sig)
-        };
-        if z.pid <= 0 || tids.contains(&z.pid) || !ended || z.comm.len() > 64 {
+        if z.pid <= 0 || tids.contains(&z.pid) || !ends_a_process(z.status) || z.comm.len() > 64 {
             return Err(format!(
                 "zombie child {}: status {:#x}, name of {} bytes",
                 z.pid,
@@ -323,10 +306,11 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     prev = w.wd;
                 }
             }
+            // A stand-in ends as the status says: a stop signal would stop it for ever.
             FdKind::Pidfd(p)
                 if p.dead.is_some_and(|d| {
                     d.status
-                        .is_some_and(|s| s & !0xffff != 0 || s & 0x7f == 0x7f)
+                        .is_some_and(|s| !ends_a_process(s & !0x80) || s & !0xffff != 0)
                 }) || (p.dead.is_some() && p.pid != -1) =>
             {
                 return Err(format!(
@@ -462,6 +446,17 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         flying.len(),
         crate::state::scm::MAX_IN_FLIGHT,
     )?;
+    // Lock ranges are file offsets (off_t): start and end within i64.
+    for f in &m.files {
+        let max = i64::MAX as u64;
+        if f.locks.iter().any(|l| {
+            l.start
+                .checked_add(l.len)
+                .is_none_or(|end| end > max || l.len > max)
+        }) {
+            return Err(format!("fd {}: a lock's byte range is out of bounds", f.fd));
+        }
+    }
     for f in m.files.iter().filter(|f| f.in_flight) {
         let finished_by_number = !f.locks.is_empty()
             || f.signal_io.is_some()
@@ -625,6 +620,27 @@ fn runs_inside(
     Ok(())
 }
 
+/// Whether wait status `status` is one a process can end with: an exit code, or a signal
+/// (1-64) whose default action ends a process (not one that stops, continues or is ignored).
+fn ends_a_process(status: i32) -> bool {
+    let sig = status & 0x7f;
+    let harmless = [
+        libc::SIGCHLD,
+        libc::SIGCONT,
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGURG,
+        libc::SIGWINCH,
+    ];
+    if sig == 0 {
+        status & !0xff00 == 0
+    } else {
+        status == sig && sig <= 64 && !harmless.contains(&sig)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,6 +668,56 @@ mod tests {
             });
         }
         m
+    }
+
+    #[test]
+    fn dead_pidfds_end_as_a_process_can_and_lock_ranges_fit_a_file() {
+        use crate::state::files::{FdEntry, FdKind};
+        use crate::state::locks::{Lock, LockKind};
+        use crate::state::pidfd::{Dead, Pidfd};
+        let pidfd = |status: i32| {
+            let mut m = manifest(0x10_0fe0);
+            m.files.push(FdEntry {
+                fd: 5,
+                kind: FdKind::Pidfd(Pidfd {
+                    pid: -1,
+                    thread: false,
+                    dead: Some(Dead {
+                        ino: 1,
+                        status: Some(status),
+                    }),
+                }),
+                ..Default::default()
+            });
+            validate(&m, 4096)
+        };
+        assert_eq!(pidfd(3 << 8), Ok(()));
+        assert_eq!(pidfd(libc::SIGKILL), Ok(()));
+        // A core dump is how such a process may have ended.
+        assert_eq!(pidfd(0x80 | libc::SIGSEGV), Ok(()));
+        // A stop would stop the stand-in for ever (the launcher waited on it); 70 is no signal.
+        for status in [libc::SIGSTOP, libc::SIGTTIN, 70, 0x137f] {
+            assert!(pidfd(status).is_err(), "{status:#x}");
+        }
+        let lock = |start: u64, len: u64| {
+            let mut m = manifest(0x10_0fe0);
+            m.files.push(FdEntry {
+                fd: 5,
+                kind: FdKind::DevNull,
+                locks: vec![Lock {
+                    kind: LockKind::Posix,
+                    write: true,
+                    start,
+                    len,
+                }],
+                ..Default::default()
+            });
+            validate(&m, 4096)
+        };
+        assert_eq!(lock(0, 0), Ok(()));
+        assert_eq!(lock(1 << 30, 2), Ok(()));
+        assert!(lock(u64::MAX - 1, 2).is_err());
+        assert!(lock(1 << 63, 0).is_err());
     }
 
     #[test]

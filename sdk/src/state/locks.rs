@@ -44,7 +44,7 @@ impl std::fmt::Display for Lock {
                 f,
                 "{kind} {mode} lock on bytes {}..{}",
                 self.start,
-                self.start + self.len
+                self.start.saturating_add(self.len)
             ),
         }
     }
