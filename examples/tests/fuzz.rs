@@ -102,7 +102,7 @@ fn write_image(path: &Path, m: Manifest, payloads: &[Vec<u8>], key: Option<&Secr
 /// One change to a manifest, as a hostile signer would make it.
 fn mutate(m: &mut Manifest, rng: &mut Rng) {
     let pick = |rng: &mut Rng, n: usize| rng.below(n as u64) as usize;
-    match rng.below(20) {
+    match rng.below(24) {
         0 if !m.memory.is_empty() => {
             let i = pick(rng, m.memory.len());
             m.memory[i].start = rng.edgy();
@@ -197,6 +197,47 @@ fn mutate(m: &mut Manifest, rng: &mut Rng) {
                 object: rng.edgy(),
                 offset: rng.edgy(),
             };
+        }
+        // Fields a review found unchecked or overflowing (2026-12-06).
+        20 => m.files.push(thaw::state::files::FdEntry {
+            fd: 5,
+            kind: thaw::state::files::FdKind::DevNull,
+            fifo_bytes: Some(thaw::state::PayloadRef {
+                offset: rng.edgy(),
+                len: rng.edgy(),
+            }),
+            ..Default::default()
+        }),
+        21 => m.files.push(thaw::state::files::FdEntry {
+            fd: 6,
+            kind: thaw::state::files::FdKind::Pidfd(thaw::state::pidfd::Pidfd {
+                pid: -1,
+                thread: false,
+                dead: Some(thaw::state::pidfd::Dead {
+                    ino: 1,
+                    status: Some(rng.edgy() as i32),
+                }),
+            }),
+            ..Default::default()
+        }),
+        22 => m.files.push(thaw::state::files::FdEntry {
+            fd: 7,
+            kind: thaw::state::files::FdKind::DevNull,
+            locks: vec![thaw::state::locks::Lock {
+                kind: thaw::state::locks::LockKind::Posix,
+                write: true,
+                start: rng.edgy(),
+                len: rng.edgy(),
+            }],
+            ..Default::default()
+        }),
+        23 if !m.threads.is_empty() => {
+            let i = pick(rng, m.threads.len());
+            m.threads[i].sleep = Some(thaw::state::threads::SleepLeft {
+                addr: rng.edgy(),
+                clock: rng.edgy() as i32,
+                left_ns: rng.edgy(),
+            });
         }
         _ => m.mm.auxv = (0..rng.below(64)).map(|_| rng.edgy()).collect(),
     }
