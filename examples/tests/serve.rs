@@ -250,6 +250,47 @@ fn callers_beyond_the_bound_wait_for_a_slot() {
     assert_eq!(third.finish(5).code(), Some(5));
 }
 
+/// A caller interrupted while it waits for a slot (its user pressed Ctrl-C) ends at once, as
+/// 128+SIGINT, and the server starts no instance for it: it used to wait for another caller's
+/// instance to end, then got an instance only to pass it the signal.
+#[test]
+fn a_caller_interrupted_while_it_waits_gets_no_instance() {
+    let Some((_env, _img, pid, server)) = waiter_server(&["--max-instances", "1", "--spares", "0"])
+    else {
+        return;
+    };
+    let mut first = Waiting::spawn(server.call(&[]));
+    assert_eq!(first.ready(), pid);
+    let mut second = Waiting::spawn(server.call(&[]));
+    let mut said = String::new();
+    BufReader::new(second.child.stderr.as_mut().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.contains("waiting for one to end"), "{said}");
+    let gone = pidfd(second.child.id() as i32);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(second.child.id() as i32, libc::SIGINT) };
+    // It ends while the first instance still holds the only slot (it used to wait for that
+    // instance: the bound is only there so that a regression fails instead of hanging).
+    let mut p = libc::pollfd {
+        fd: gone.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 60_000) };
+    assert_eq!(n, 1, "the interrupted caller still waits for a slot");
+    let status = second.child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT));
+    assert_eq!(server.instances().len(), 1);
+    assert_eq!(first.finish(3).code(), Some(3));
+    // The slot goes to the next caller, and only its instance runs.
+    let mut third = Waiting::spawn(server.call(&[]));
+    assert_eq!(third.ready(), pid);
+    assert_eq!(server.instances().len(), 1);
+    assert_eq!(third.finish(5).code(), Some(5));
+}
+
 /// The caller's SIGTERM reaches its instance; a caller killed outright takes its instance
 /// along; an instance killed from outside is reported to its caller, and the server serves on.
 #[test]

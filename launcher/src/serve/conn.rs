@@ -180,14 +180,25 @@ fn instance(
             _ => return Ok(()),
         },
     };
-    let _slot = sh.slots.take(|| {
-        tell(
-            fd,
-            &ToCaller::Queued {
-                max: sh.slots.max as u32,
-            },
-        )
-    });
+    // A caller that went away while it waited (its user pressed Ctrl-C) gets no instance.
+    let gone = || {
+        thaw::sys::poll_now(fd, libc::POLLRDHUP).map_or(true, |ev| {
+            ev & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+        })
+    };
+    let Some(_slot) = sh.slots.take(
+        || {
+            tell(
+                fd,
+                &ToCaller::Queued {
+                    max: sh.slots.max as u32,
+                },
+            )
+        },
+        gone,
+    ) else {
+        return Ok(());
+    };
     // A spare that died waiting is dropped (and reaped) here.
     let given = match served.take_ready().map(|s| give(served, s, &call, &stdio)) {
         Some(Ok(g)) => g,
@@ -450,19 +461,27 @@ impl Slots {
         })
     }
 
-    /// Takes a slot; `waiting` runs once first when none is free.
-    fn take(&self, waiting: impl FnOnce()) -> SlotGuard<'_> {
+    /// Takes a slot; `waiting` runs once first when none is free. `None` once `gone` says the
+    /// caller went away while it waited (looked at every 50 ms).
+    fn take(&self, waiting: impl FnOnce(), gone: impl Fn() -> bool) -> Option<SlotGuard<'_>> {
         if let Some(slot) = self.try_take() {
-            return slot;
+            return Some(slot);
         }
         // Told without the lock held (telling may block on a slow caller).
         waiting();
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         while *used >= self.max {
-            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+            used = self
+                .freed
+                .wait_timeout(used, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if *used >= self.max && gone() {
+                return None;
+            }
         }
         *used += 1;
-        SlotGuard(self)
+        Some(SlotGuard(self))
     }
 }
 
