@@ -1513,8 +1513,9 @@ fn shared_memory_mapped_again_during_the_checkpoint_makes_it_start_again() {
 
 /// Relative sleeps under way at the checkpoint lose the time away, as after a stop and a
 /// continue: restored inside a time namespace two hours ahead, an hour's `nanosleep` and
-/// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before); a
-/// CPU-time sleep keeps its time left. The manifest records each sleep's time left.
+/// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before), also
+/// in a thread that blocks every signal (stopped with ptrace); a CPU-time sleep keeps its time
+/// left. The manifest records each sleep's time left.
 #[test]
 fn relative_sleeps_count_the_time_away() {
     if !is_root() {
@@ -1529,7 +1530,7 @@ fn relative_sleeps_count_the_time_away() {
         .iter()
         .filter_map(|t| t.sleep)
         .collect();
-    assert_eq!(sleeps.len(), 3, "{sleeps:?}");
+    assert_eq!(sleeps.len(), 4, "{sleeps:?}");
     assert!(
         sleeps
             .iter()
@@ -1552,6 +1553,7 @@ fn relative_sleeps_count_the_time_away() {
         &[
             "nanosleep of an hour, two hours away: over",
             "relative clock_nanosleep(CLOCK_BOOTTIME) of an hour, two hours away: over",
+            "nanosleep of an hour in a thread that blocks every signal, two hours away: over",
             "a CPU-time sleep keeps its time left",
         ],
     );

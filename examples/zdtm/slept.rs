@@ -49,6 +49,19 @@ fn main() {
         // SAFETY: as above.
         i64::from(unsafe { libc::clock_nanosleep(libc::CLOCK_BOOTTIME, 0, &HOUR, &mut rem) })
     });
+    // A thread that blocks every signal is stopped with ptrace instead (its sleep returns
+    // ERESTART_RESTARTBLOCK, its time left written to rem).
+    let blocking = sleeper(libc::SYS_nanosleep, || {
+        let mut rem = HOUR;
+        // SAFETY: a full set for this thread's own mask; then the system call itself with
+        // valid timespecs of ours.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            libc::syscall(libc::SYS_nanosleep, &HOUR, &mut rem)
+        }
+    });
     let cpu = sleeper(libc::SYS_clock_nanosleep, || {
         let mut rem = HOUR;
         // SAFETY: as above.
@@ -65,6 +78,10 @@ fn main() {
         (
             "relative clock_nanosleep(CLOCK_BOOTTIME) of an hour, two hours away: over",
             &boot,
+        ),
+        (
+            "nanosleep of an hour in a thread that blocks every signal, two hours away: over",
+            &blocking,
         ),
     ] {
         let r = wait(rx);

@@ -701,19 +701,27 @@ fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
     let mut r = *regs;
     let in_syscall = (r[ORIG_RAX] as i64) >= 0;
     let eintr = r[RAX] as i64 == -(libc::EINTR as i64);
+    let blocked = crate::state::interrupted::Blocked {
+        nr: r[ORIG_RAX],
+        args: ARGS.map(|i| r[i]),
+        sp: r[RSP],
+        pc: r[RIP],
+    };
     let again = (in_syscall
         && at_syscall
         && eintr
         && crate::state::interrupted::returns_eintr_itself(r[ORIG_RAX]))
-    .then(|| {
-        crate::state::interrupted::again(&crate::state::interrupted::Blocked {
-            nr: r[ORIG_RAX],
-            args: ARGS.map(|i| r[i]),
-            sp: r[RSP],
-            pc: r[RIP],
-        })
-    })
+    .then(|| crate::state::interrupted::again(&blocked))
     .flatten();
+    // A relative sleep stopped by ptrace returns ERESTART_RESTARTBLOCK having written its time
+    // left to `rem` (when it has one): issued again for that, as the handler would, not for its
+    // whole time again.
+    let again = again.or_else(|| {
+        (in_syscall && at_syscall && r[RAX] as i64 == -516)
+            .then(|| crate::state::interrupted::again(&blocked))
+            .flatten()
+            .filter(|a| a.set_arg.is_some())
+    });
     if in_syscall && matches!(r[RAX] as i64, -512 | -513 | -514 | -516) || again.is_some() {
         r[RAX] = r[ORIG_RAX];
         r[RIP] -= 2;
@@ -888,6 +896,14 @@ impl Captured {
     /// [`write_frames`] makes once the snapshot exists).
     pub(crate) fn fill(&self, t: &crate::capture::ThreadCapture, tid: i32) {
         use std::sync::atomic::Ordering::Relaxed;
+        // A system call set to be issued again, noted as its handler would (the time left of a
+        // relative sleep is found from it, see `threads::sleep_left`).
+        if self.resume[RAX] == self.regs[ORIG_RAX]
+            && self.resume[RIP] == self.regs[RIP].wrapping_sub(2)
+        {
+            t.blocked[0].store(self.regs[ORIG_RAX], Relaxed);
+            t.blocked[8].store(self.regs[RIP], Relaxed);
+        }
         let fs = self.regs[FS_BASE];
         t.fs_base.store(fs, Relaxed);
         t.gs_base.store(self.regs[GS_BASE], Relaxed);
@@ -1000,6 +1016,27 @@ mod tests {
         regs[ORIG_RAX] = u64::MAX;
         regs[RAX] = (-512i64) as u64;
         assert_eq!(restarted(&regs, true)[RAX], (-512i64) as u64);
+    }
+
+    #[test]
+    fn a_relative_sleep_stopped_by_ptrace_goes_on_for_its_time_left() {
+        // nanosleep(req 0x100, rem 0x200): ERESTART_RESTARTBLOCK, the time left written to rem.
+        let mut regs = [0u64; NREGS];
+        (regs[RDI], regs[RSI]) = (0x100, 0x200);
+        regs[ORIG_RAX] = 35;
+        regs[RAX] = (-516i64) as u64;
+        regs[RIP] = 0x1000;
+        let r = restarted(&regs, true);
+        assert_eq!((r[RAX], r[RIP], r[RDI]), (35, 0xffe, 0x200));
+        // Without rem: again, for its whole time (never shorter).
+        regs[RSI] = 0;
+        let r = restarted(&regs, true);
+        assert_eq!((r[RAX], r[RIP], r[RDI]), (35, 0xffe, 0x100));
+        // A relative clock_nanosleep(CLOCK_BOOTTIME, 0, req, rem): rem becomes the request.
+        (regs[RDI], regs[RSI], regs[RDX], regs[R10]) = (7, 0, 0x100, 0x200);
+        regs[ORIG_RAX] = 230;
+        let r = restarted(&regs, true);
+        assert_eq!((r[RAX], r[RDX]), (230, 0x200));
     }
 
     #[test]
