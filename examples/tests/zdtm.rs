@@ -1515,7 +1515,8 @@ fn shared_memory_mapped_again_during_the_checkpoint_makes_it_start_again() {
 /// continue: restored inside a time namespace two hours ahead, an hour's `nanosleep` and
 /// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before), also
 /// in a thread that blocks every signal (stopped with ptrace); a CPU-time sleep keeps its time
-/// left. The manifest records each sleep's time left.
+/// left; sleeps without `rem` sleep their whole time again, their requests (one read-only)
+/// untouched (a review found them written to, a loop's interval made zero). The manifest records each sleep's time left.
 #[test]
 fn relative_sleeps_count_the_time_away() {
     if !is_root() {
@@ -1554,6 +1555,7 @@ fn relative_sleeps_count_the_time_away() {
             "nanosleep of an hour, two hours away: over",
             "relative clock_nanosleep(CLOCK_BOOTTIME) of an hour, two hours away: over",
             "nanosleep of an hour in a thread that blocks every signal, two hours away: over",
+            "a sleep without rem: its request left as it was",
             "a CPU-time sleep keeps its time left",
         ],
     );

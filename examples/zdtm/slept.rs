@@ -17,6 +17,11 @@ const HOUR: libc::timespec = libc::timespec {
     tv_nsec: 0,
 };
 
+/// Requests of sleeps without `rem` (issued again for their whole time): one in writable
+/// memory, as a loop's interval, one in read-only memory. Neither may be written to.
+static mut INTERVAL: libc::timespec = HOUR;
+static READ_ONLY: libc::timespec = HOUR;
+
 /// A thread that runs `sleep`, blocked in `nr` before this returns; its result comes on the
 /// channel.
 fn sleeper(
@@ -62,6 +67,26 @@ fn main() {
             libc::syscall(libc::SYS_nanosleep, &HOUR, &mut rem)
         }
     });
+    let _interval = sleeper(libc::SYS_nanosleep, || {
+        // SAFETY: a request of ours, no rem.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                std::ptr::addr_of!(INTERVAL),
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        }
+    });
+    let _read_only = sleeper(libc::SYS_nanosleep, || {
+        // SAFETY: as above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &READ_ONLY,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        }
+    });
     let cpu = sleeper(libc::SYS_clock_nanosleep, || {
         let mut rem = HOUR;
         // SAFETY: as above.
@@ -87,6 +112,13 @@ fn main() {
         let r = wait(rx);
         c.check(what, r == Ok(0), format!("{r:?}"));
     }
+    // SAFETY: read once the restore is done; the sleeping thread only reads it.
+    let interval = unsafe { std::ptr::addr_of!(INTERVAL).read() };
+    c.check(
+        "a sleep without rem: its request left as it was",
+        (interval.tv_sec, interval.tv_nsec) == (3600, 0),
+        format!("{} s {} ns", interval.tv_sec, interval.tv_nsec),
+    );
     let r = cpu.try_recv();
     c.check(
         "a CPU-time sleep keeps its time left",

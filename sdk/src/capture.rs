@@ -87,6 +87,9 @@ pub struct ThreadCapture {
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See
     /// `state::interrupted`.
     pub blocked: [AtomicU64; 9],
+    /// Set only where a relative sleep was set to be issued again for the time the kernel wrote
+    /// back as left: (where that time is, its clock + 1); 0: none (see `threads::SleepLeft`).
+    pub sleep_rem: [AtomicU64; 2],
     /// The thread's name (PR_GET_NAME) as its handler read it; all zero if it did not run.
     pub name: [AtomicU64; 2],
     /// 0 until the thread is recorded (1); [`GONE`] for one that exited before it could be;
@@ -724,6 +727,7 @@ static ACTIVE: AtomicPtr<Capture> = AtomicPtr::new(std::ptr::null_mut());
 /// Reads which system call thread `t` is blocked in, without allocating.
 fn note_blocked(t: &ThreadCapture) {
     t.blocked[0].store(u64::MAX, Ordering::Relaxed);
+    t.sleep_rem[0].store(0, Ordering::Relaxed);
     let mut text = [0u8; 256];
     let Some(b) = sys::read_task_syscall(t.tid.load(Ordering::Relaxed), &mut text)
         .and_then(|n| crate::state::interrupted::parse(&text[..n]))
@@ -756,7 +760,28 @@ fn restart_interrupted(t: &ThreadCapture, uc: *mut libc::c_void) {
         return;
     };
     // SAFETY: `uc` is the ucontext the kernel built for this handler on this thread's stack.
-    unsafe { sys::restart_in_frame(uc, &b, again) };
+    if unsafe { sys::restart_in_frame(uc, &b, again) } {
+        note_sleep_rem(t, &b, again);
+    }
+}
+
+/// Notes where a relative sleep issued again for its time left reads that time (the call's
+/// `rem`, now its request), and its clock: nothing for any other call, or one issued again as
+/// it was (a sleep without `rem` sleeps its whole time again).
+pub(crate) fn note_sleep_rem(
+    t: &ThreadCapture,
+    b: &crate::state::interrupted::Blocked,
+    again: crate::state::interrupted::Again,
+) {
+    let clock = match b.nr as i64 {
+        libc::SYS_nanosleep => libc::CLOCK_MONOTONIC,
+        libc::SYS_clock_nanosleep => b.args[0] as i32,
+        _ => return,
+    };
+    if let Some((_, rem)) = again.set_arg.filter(|&(_, rem)| rem != 0) {
+        t.sleep_rem[1].store(clock as u32 as u64 + 1, Ordering::Relaxed);
+        t.sleep_rem[0].store(rem, Ordering::Relaxed);
+    }
 }
 
 fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32) {

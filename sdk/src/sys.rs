@@ -379,6 +379,7 @@ fn stat_number(line: &[u8], n: usize) -> Option<u64> {
 /// Sets a signal frame to issue its interrupted system call `b` again on return, as the kernel
 /// does for SA_RESTART, if the frame shows exactly that call interrupted (same instruction and
 /// stack pointers, same argument registers, a `syscall` instruction just before, EINTR).
+/// Whether it did.
 ///
 /// # Safety
 /// `uc` must point to a live `ucontext_t` the kernel built for a signal handler.
@@ -386,7 +387,7 @@ pub unsafe fn restart_in_frame(
     uc: *mut libc::c_void,
     b: &crate::state::interrupted::Blocked,
     again: crate::state::interrupted::Again,
-) {
+) -> bool {
     // struct ucontext: flags, link, stack_t (24 bytes), then mcontext's gregs.
     const GREGS: usize = 40;
     const ARG_REGS: [usize; 6] = [8, 9, 12, 2, 0, 1]; // rdi, rsi, rdx, r10, r8, r9
@@ -399,16 +400,16 @@ pub unsafe fn restart_in_frame(
     let reg = |i: usize| unsafe { g.add(i).read() };
     let eintr = (-(libc::EINTR as i64)) as u64;
     if reg(RAX) != eintr || reg(RIP) != b.pc || reg(RSP) != b.sp || b.pc < 2 {
-        return;
+        return false;
     }
     if ARG_REGS.iter().zip(b.args).any(|(&r, a)| reg(r) != a) {
-        return;
+        return false;
     }
     // SAFETY: the instruction pointer of a thread that just left a system call points just
     // past its `syscall` instruction, in mapped, executable memory.
     let insn = unsafe { ((b.pc - 2) as *const [u8; 2]).read_unaligned() };
     if insn != [0x0f, 0x05] {
-        return;
+        return false;
     }
     // SAFETY: writes to gregs, as above.
     unsafe {
@@ -418,6 +419,7 @@ pub unsafe fn restart_in_frame(
         g.add(RAX).write(b.nr);
         g.add(RIP).write(b.pc - 2);
     }
+    true
 }
 
 /// fork(2) without libc: no atfork handlers, no bookkeeping. Returns 0 in the child.

@@ -689,6 +689,19 @@ fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
     }
 }
 
+/// Where a system call's arguments are among the registers: rdi, rsi, rdx, r10, r8, r9.
+const SYSCALL_ARGS: [usize; 6] = [RDI, RSI, RDX, R10, R8, R9];
+
+/// The system call the registers show the thread in.
+fn as_blocked(r: &[u64; NREGS]) -> crate::state::interrupted::Blocked {
+    crate::state::interrupted::Blocked {
+        nr: r[ORIG_RAX],
+        args: SYSCALL_ARGS.map(|i| r[i]),
+        sp: r[RSP],
+        pc: r[RIP],
+    }
+}
+
 /// The registers to go on with: a system call that was interrupted (ERESTARTSYS and friends)
 /// is issued again, as for a signal handled with SA_RESTART; one that returned EINTR is too
 /// where the checkpoint handler would issue it again (see `state::interrupted`: a wait without
@@ -696,17 +709,10 @@ fn rseq_abort(tid: i32, rseq: u64, regs: &mut [u64; NREGS]) {
 /// `at_syscall`: the thread stopped at a system call's return (after a signal frame was set up
 /// instead, `rax` is EINTR too, but the registers are the handler's).
 fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
-    // Arguments: rdi, rsi, rdx, r10, r8, r9.
-    const ARGS: [usize; 6] = [RDI, RSI, RDX, 7, 9, 8];
     let mut r = *regs;
     let in_syscall = (r[ORIG_RAX] as i64) >= 0;
     let eintr = r[RAX] as i64 == -(libc::EINTR as i64);
-    let blocked = crate::state::interrupted::Blocked {
-        nr: r[ORIG_RAX],
-        args: ARGS.map(|i| r[i]),
-        sp: r[RSP],
-        pc: r[RIP],
-    };
+    let blocked = as_blocked(regs);
     let again = (in_syscall
         && at_syscall
         && eintr
@@ -726,7 +732,7 @@ fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
         r[RAX] = r[ORIG_RAX];
         r[RIP] -= 2;
         if let Some((i, v)) = again.and_then(|a| a.set_arg) {
-            r[ARGS[i]] = v;
+            r[SYSCALL_ARGS[i]] = v;
         }
     }
     r[ORIG_RAX] = u64::MAX;
@@ -896,13 +902,20 @@ impl Captured {
     /// [`write_frames`] makes once the snapshot exists).
     pub(crate) fn fill(&self, t: &crate::capture::ThreadCapture, tid: i32) {
         use std::sync::atomic::Ordering::Relaxed;
-        // A system call set to be issued again, noted as its handler would (the time left of a
-        // relative sleep is found from it, see `threads::sleep_left`).
-        if self.resume[RAX] == self.regs[ORIG_RAX]
-            && self.resume[RIP] == self.regs[RIP].wrapping_sub(2)
-        {
-            t.blocked[0].store(self.regs[ORIG_RAX], Relaxed);
-            t.blocked[8].store(self.regs[RIP], Relaxed);
+        // A relative sleep issued again for its time left (`restarted` put `rem` in place of
+        // the request), noted as its handler would (see `threads::sleep_left`).
+        t.sleep_rem[0].store(0, Relaxed);
+        let b = as_blocked(&self.regs);
+        if self.resume[RAX] == b.nr && self.resume[RIP] == b.pc.wrapping_sub(2) {
+            if let Some(again) = crate::state::interrupted::again(&b) {
+                // (The kernel wrote `rem` whenever such a call is issued again for it.)
+                if again
+                    .set_arg
+                    .is_some_and(|(i, v)| self.resume[SYSCALL_ARGS[i]] == v)
+                {
+                    crate::capture::note_sleep_rem(t, &b, again);
+                }
+            }
         }
         let fs = self.regs[FS_BASE];
         t.fs_base.store(fs, Relaxed);

@@ -254,33 +254,15 @@ use std::sync::atomic::Ordering;
 /// Offsets in the kernel's x86_64 `struct ucontext`.
 const UC_STACK: u64 = 16;
 const UC_SIGMASK: u64 = 296;
-/// Offsets of registers in it (its gregs start at 40).
-const UC_RDI: u64 = 40 + 8 * 8;
-const UC_RSI: u64 = 40 + 9 * 8;
-const UC_RDX: u64 = 40 + 12 * 8;
-const UC_RAX: u64 = 40 + 13 * 8;
-const UC_RIP: u64 = 40 + 16 * 8;
-
-/// The relative sleep thread `c` was set to issue again (its frame, `word` reading it, goes
-/// back to the `syscall` instruction with the call's number), its time left read from `mem`.
-fn sleep_left(
-    c: &ThreadCapture,
-    word: impl Fn(u64) -> u64,
-    mem: &std::fs::File,
-) -> Option<SleepLeft> {
+/// The relative sleep thread `c` was set to issue again for its time left (noted where its
+/// frame was so set: `capture::note_sleep_rem`), that time read from `mem`.
+fn sleep_left(c: &ThreadCapture, mem: &std::fs::File) -> Option<SleepLeft> {
     use std::os::unix::fs::FileExt;
-    let nr = c.blocked[0].load(Ordering::Relaxed);
-    let pc = c.blocked[8].load(Ordering::Relaxed);
-    if nr == u64::MAX || word(UC_RAX) != nr || word(UC_RIP) != pc.wrapping_sub(2) {
+    let addr = c.sleep_rem[0].load(Ordering::Relaxed);
+    let clock = c.sleep_rem[1].load(Ordering::Relaxed);
+    if addr == 0 || clock == 0 {
         return None;
     }
-    let (clock, addr) = match nr as i64 {
-        libc::SYS_nanosleep => (libc::CLOCK_MONOTONIC, word(UC_RDI)),
-        libc::SYS_clock_nanosleep if word(UC_RSI) & libc::TIMER_ABSTIME as u64 == 0 => {
-            (word(UC_RDI) as i32, word(UC_RDX))
-        }
-        _ => return None,
-    };
     let mut ts = [0u8; 16];
     mem.read_exact_at(&mut ts, addr).ok()?;
     let sec = i64::from_ne_bytes(ts[..8].try_into().expect("8"));
@@ -290,12 +272,13 @@ fn sleep_left(
     }
     Some(SleepLeft {
         addr,
-        clock,
+        clock: (clock - 1) as u32 as i32,
         left_ns: (sec as u64)
             .saturating_mul(1_000_000_000)
             .saturating_add(nsec as u64),
     })
 }
+
 /// glibc's rseq signature on x86.
 pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 
@@ -360,7 +343,7 @@ impl ThreadState {
             clear_child_tid: c.clear_child_tid.load(Ordering::Relaxed),
             rseq,
             pending: Vec::new(),
-            sleep: sleep_left(c, word, mem),
+            sleep: sleep_left(c, mem),
         })
     }
 
