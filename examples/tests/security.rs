@@ -559,4 +559,25 @@ fn fake_root_of_a_user_namespace_never_becomes_real_root() {
         .args(["--", "one", "two words"]);
     let o = c.output().unwrap();
     refused(&o, "sees real root as uid 65534");
+    // Root's own namespace mapping 0 onto 0 (systemd's PrivateUsers=, `unshare -U -r` by
+    // root): its capabilities were that namespace's only. Into the initial namespace: refused
+    // (they would be real ones); with --pid-mode ns, which gives it such a namespace: restored.
+    let own = lab.env.path("own-userns.thaw");
+    let o = Command::new("unshare")
+        .args(["-U", "-r", "setpriv", "--bounding-set=-sys_resource", "--"])
+        .arg(&lab.zdtm)
+        .arg(&own)
+        .arg(&lab.env.key)
+        .arg(&lab.cwd)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "checkpoint in root's namespace: {}",
+        text(&o)
+    );
+    let o = lab.restore(Deployment::Root, Caller::Root, &own, &[]);
+    refused(&o, "restore it with --pid-mode ns");
+    let o = lab.restore(Deployment::Namespace, Caller::Root, &own, &[]);
+    restored_as(&o, 0);
 }

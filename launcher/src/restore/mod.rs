@@ -125,7 +125,7 @@ fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy
 /// launcher with another root (the process ran in a chroot, or thaw does) would find other files
 /// or none. Refused by name; so is another security module confinement, and on the same boot
 /// another network or UTS namespace with other contents (see `thaw::state::namespaces`).
-fn same_root(m: &thaw::Manifest) -> Result<()> {
+fn same_root(m: &thaw::Manifest, ns_mode: bool) -> Result<()> {
     // A process confined by a security module (an AppArmor profile it changed to, an SELinux
     // domain) would run with the launcher's confinement instead: refused unless the same.
     if let Some(label) = &m.process.lsm_label {
@@ -139,7 +139,7 @@ fn same_root(m: &thaw::Manifest) -> Result<()> {
     }
     let same_boot = m.clocks.boot_id == thaw::state::clocks::boot_id();
     m.namespaces
-        .check_here(&m.creds, same_boot)
+        .check_here(&m.creds, same_boot, ns_mode)
         .map_err(refused)?;
     let image = m.process.root;
     match thaw::state::process::root_id() {
@@ -1115,7 +1115,7 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
 pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> Result<i32> {
     let m = image.manifest();
     // First: in another user namespace the image's credentials mean other ids.
-    same_root(m)?;
+    same_root(m, req.pid_mode == PidMode::Ns)?;
     let target = check_policy(image, req.elevated, req.as_caller)?;
     let pid = m.process.pid;
     let mode = req.pid_mode;

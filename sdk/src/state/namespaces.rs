@@ -158,10 +158,13 @@ impl Namespaces {
 
     /// Whether a process that had `self` and `creds` may be restored by this one; `same_boot`:
     /// the image was taken on this boot. The contents are read only where the identities differ.
+    /// `ns_mode`: the process gets a user namespace of its own (thaw's ns mode), which confines
+    /// its capabilities there.
     pub fn check_here(
         &self,
         creds: &crate::state::creds::Credentials,
         same_boot: bool,
+        ns_mode: bool,
     ) -> Result<(), String> {
         let here = Namespaces {
             uid_map: id_map("uid_map"),
@@ -169,7 +172,7 @@ impl Namespaces {
             root_seen: root_seen(),
             ..Namespaces::default()
         };
-        self.check_user(creds.privileged(), &here)?;
+        self.check_user(creds.privileged(), &here, ns_mode)?;
         if !same_boot {
             return Ok(());
         }
@@ -204,7 +207,16 @@ impl Namespaces {
     /// Whether the ids of a process whose namespace had `self`'s maps (and held id 0 or a
     /// capability: `privileged`) mean the same for a launcher whose namespace has `here`'s maps
     /// and sees real root as `here.root_seen` (see the module's note).
-    pub fn check_user(&self, privileged: bool, here: &Namespaces) -> Result<(), String> {
+    /// A privileged process of a namespace of its own mapping its ids onto themselves (systemd's
+    /// PrivateUsers=, `unshare -U`) had its capabilities there only: restored into the
+    /// launcher's namespace they would be that one's, so it goes only into a namespace of its
+    /// own (`ns_mode`) or one mapped the same way.
+    pub fn check_user(
+        &self,
+        privileged: bool,
+        here: &Namespaces,
+        ns_mode: bool,
+    ) -> Result<(), String> {
         let (uid_map, gid_map) = (&here.uid_map, &here.gid_map);
         if self.uid_map == FULL && self.gid_map == FULL {
             return Ok(());
@@ -214,8 +226,15 @@ impl Namespaces {
             return Ok(());
         }
         if identity(&self.uid_map) && identity(&self.gid_map) {
-            if root_alike || !privileged {
+            if !privileged || (root_alike && ns_mode) {
                 return Ok(());
+            }
+            if root_alike {
+                return Err(format!(
+                    "the process ran with id 0 or capabilities in a user namespace of its own that maps its ids onto themselves (uid_map {}: systemd's PrivateUsers=, `unshare -U`, thaw's ns mode): its capabilities were that namespace's only, and restored into yours (uid_map {}) they would be yours; restore it with --pid-mode ns, which gives it such a namespace, or inside one mapped the same way",
+                    show(&self.uid_map),
+                    show(uid_map)
+                ));
             }
             let seen = |(u, g): (u32, u32)| {
                 if (u, g) == (0, 0) {
@@ -312,23 +331,39 @@ mod tests {
         };
         let init = ns([0, 0, u32::MAX], 0);
         let fake_root = ns([0, 65534, 1], 65534);
-        let e = fake_root.check_user(true, &init).unwrap_err();
-        assert!(e.contains("uid_map 0 65534 1"), "{e}");
-        fake_root.check_user(true, &fake_root.clone()).unwrap();
-        // Root's own `unshare -U -r` maps 0 onto 0: not the same as nobody's.
-        let roots = ns([0, 0, 1], 0);
-        assert!(ns([0, 0, 1], 65534).check_user(true, &roots).is_err());
-        // Ids mapped onto themselves (thaw's ns mode) mean the same anywhere real root does.
-        ns([0, 0, 1], 0).check_user(true, &init).unwrap();
-        // Nested in nobody's fake root (0 onto 0 inside it): real root is not root there.
-        let nested = ns([0, 0, 1], 65534);
-        let e = nested.check_user(true, &init).unwrap_err();
-        assert!(e.contains("sees real root as uid 65534"), "{e}");
-        // Unprivileged ids carry nothing over: a caller who has them gets their own.
-        ns([1000, 1000, 1], 65534).check_user(false, &init).unwrap();
-        assert!(ns([1000, 1000, 1], 65534).check_user(true, &init).is_err());
-        // The initial namespace's map is never compared.
-        init.check_user(true, &fake_root).unwrap();
+        for ns_mode in [false, true] {
+            let e = fake_root.check_user(true, &init, ns_mode).unwrap_err();
+            assert!(e.contains("uid_map 0 65534 1"), "{e}");
+            fake_root
+                .check_user(true, &fake_root.clone(), ns_mode)
+                .unwrap();
+            // Root's own `unshare -U -r` maps 0 onto 0: not the same as nobody's.
+            let roots = ns([0, 0, 1], 0);
+            assert!(ns([0, 0, 1], 65534)
+                .check_user(true, &roots, ns_mode)
+                .is_err());
+            // Nested in nobody's fake root (0 onto 0 inside it): real root is not root there.
+            let nested = ns([0, 0, 1], 65534);
+            let e = nested.check_user(true, &init, ns_mode).unwrap_err();
+            assert!(e.contains("sees real root as uid 65534"), "{e}");
+            // Unprivileged ids carry nothing over: a caller who has them gets their own.
+            ns([1000, 1000, 1], 65534)
+                .check_user(false, &init, ns_mode)
+                .unwrap();
+            assert!(ns([1000, 1000, 1], 65534)
+                .check_user(true, &init, ns_mode)
+                .is_err());
+            // The initial namespace's map is never compared.
+            init.check_user(true, &fake_root, ns_mode).unwrap();
+        }
+        // Root of a namespace of its own mapping 0 onto 0 (systemd's PrivateUsers=, thaw's ns
+        // mode as root): its capabilities were that namespace's. Into a new one (ns mode), or
+        // one mapped the same way: yes; into the initial one: no.
+        let own = ns([0, 0, 1], 0);
+        own.check_user(true, &init, true).unwrap();
+        own.check_user(true, &own.clone(), false).unwrap();
+        let e = own.check_user(true, &init, false).unwrap_err();
+        assert!(e.contains("--pid-mode ns"), "{e}");
     }
 
     #[test]
