@@ -1123,8 +1123,9 @@ impl Checkpoint {
                 }
             }
         }
-        // Mapped, unmapped or resized between the preparation and the snapshot: start again.
-        if !changed.is_empty() {
+        // Mapped, unmapped or resized between the preparation and the snapshot: start again,
+        // unless something is refused anyway (said now, not after every attempt).
+        if !changed.is_empty() && unsupported.is_empty() {
             return Ok(Err(changed.join("; ")));
         }
         if !unsupported.is_empty() {

@@ -480,6 +480,12 @@ impl Slots {
                 return None;
             }
         }
+        // Woken for a slot just freed: not for a caller that went away meanwhile (the slot
+        // goes to the next waiter).
+        if gone() {
+            self.freed.notify_one();
+            return None;
+        }
         *used += 1;
         Some(SlotGuard(self))
     }
