@@ -15,30 +15,32 @@ use crate::sys;
 /// Runs one instance through the server at `socket`; returns its exit status.
 pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
     // The usual signals go to the instance: blocked from before it exists, and a thread passes
-    // them on once it does. One that comes before (the caller waits for a slot, and its user
-    // presses Ctrl-C) ends the caller, as 128+N: the server sees it go and starts nothing for
-    // it; one that comes as the instance starts ends that too (a caller gone takes its
-    // instance along).
+    // them on once it does. One that comes while the caller waits for a slot (its user presses
+    // Ctrl-C) ends the caller instead, as 128+N: the server sees it go and starts nothing for
+    // it.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
     sys::set_sigmask(FORWARDED.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
-    let conn = std::sync::Arc::new(std::sync::OnceLock::<std::os::fd::OwnedFd>::new());
-    let to = std::sync::Arc::clone(&conn);
+    let conn = Arc::new(OnceLock::<std::os::fd::OwnedFd>::new());
+    let queued = Arc::new(AtomicBool::new(false));
+    let (to, waiting) = (Arc::clone(&conn), Arc::clone(&queued));
     std::thread::spawn(move || loop {
         let sig = sys::wait_signal(&FORWARDED);
-        match to.get() {
-            Some(c) => {
-                let _ = send_signal(c.as_fd(), sig);
-            }
-            None => std::process::exit(128 + sig),
+        if to.get().is_none() && waiting.load(Ordering::Acquire) {
+            std::process::exit(128 + sig);
         }
+        let _ = send_signal(to.wait().as_fd(), sig);
     });
     let instance = Call::new()
         .args(args)
         .start_with(socket, |max| {
             eprintln!(
                 "thaw: all {max} of the server's instances are running; waiting for one to end"
-            )
+            );
+            queued.store(true, Ordering::Release);
         })
         .map_err(failure)?;
+    queued.store(false, Ordering::Release);
     let _ =
         conn.set(instance.as_fd().try_clone_to_owned().map_err(|e| {
             Failure::new(Code::Io, format!("cannot duplicate the connection: {e}"))
