@@ -116,6 +116,51 @@ pub fn thread_caps() -> Vec<String> {
     out
 }
 
+/// Arms the SDK's debug hook THAW_TEST_AFTER_SCAN with a thread of its own that runs `first`
+/// once, when the first attempt of the next checkpoint has scanned the descriptors and listed
+/// the threads and before it stops them (later attempts go on at once).
+pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pipe = || {
+        let mut p = [0i32; 2];
+        // SAFETY: room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
+        // SAFETY: two fresh descriptors of ours.
+        unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    };
+    let (to_helper_r, to_helper_w) = pipe();
+    let (from_helper_r, from_helper_w) = pipe();
+    std::thread::spawn(move || {
+        let mut first = Some(first);
+        loop {
+            let mut poll = libc::pollfd {
+                fd: to_helper_r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let mut b = 0u8;
+            // SAFETY: one pollfd; then one byte into a buffer of ours.
+            unsafe {
+                libc::poll(&mut poll, 1, -1);
+                libc::read(to_helper_r.as_raw_fd(), &mut b as *mut u8 as *mut _, 1);
+            }
+            if let Some(f) = first.take() {
+                f();
+            }
+            // SAFETY: one byte from a buffer of ours.
+            unsafe { libc::write(from_helper_w.as_raw_fd(), b"a".as_ptr() as *const _, 1) };
+        }
+    });
+    // SAFETY: clearing O_NONBLOCK on a descriptor of ours: the checkpoint waits for the answer.
+    unsafe { libc::fcntl(from_helper_r.as_raw_fd(), libc::F_SETFL, 0) };
+    std::env::set_var(
+        "THAW_TEST_AFTER_SCAN",
+        format!("{},{}", from_helper_r.as_raw_fd(), to_helper_w.as_raw_fd()),
+    );
+    // Both ends stay open for the process's life.
+    std::mem::forget((from_helper_r, to_helper_w));
+}
+
 /// Waits until thread `tid` is blocked in system call `nr` (/proc/self/task/TID/syscall).
 pub fn until_blocked_in(tid: i32, nr: i64) {
     loop {
