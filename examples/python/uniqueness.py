@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import thaw
@@ -92,7 +93,18 @@ def errors(image_dir, key):
     # Shared memory starts multiprocessing's resource tracker, a child the refusal names.
     from multiprocessing import shared_memory
 
+    from multiprocessing import resource_tracker
+
     shm = shared_memory.SharedMemory(create=True, size=4096)
+    # The tracker is forked and executed without waiting: until its exec, it is a copy of this
+    # program, not yet recognisable. Wait for its command line (not for a time).
+    tracker = resource_tracker._resource_tracker._pid
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(f"/proc/{tracker}/cmdline", "rb") as f:
+            if b"resource_tracker" in f.read():
+                break
+        os.sched_yield()
     case("resource_tracker", lambda: thaw.checkpoint(img, key, fds={"any": "drop"}))
     shm.close()
     shm.unlink()
