@@ -88,7 +88,7 @@ pub struct ThreadCapture {
     /// `state::interrupted`.
     pub blocked: [AtomicU64; 9],
     /// Set only where a relative sleep was set to be issued again for the time the kernel wrote
-    /// back as left: (where that time is, its clock + 1); 0: none (see `threads::SleepLeft`).
+    /// back as left: (where that time is, its clock); address 0: none (see `threads::SleepLeft`).
     pub sleep_rem: [AtomicU64; 2],
     /// The thread's name (PR_GET_NAME) as its handler read it; all zero if it did not run.
     pub name: [AtomicU64; 2],
@@ -779,7 +779,7 @@ pub(crate) fn note_sleep_rem(
         _ => return,
     };
     if let Some((_, rem)) = again.set_arg.filter(|&(_, rem)| rem != 0) {
-        t.sleep_rem[1].store(clock as u32 as u64 + 1, Ordering::Relaxed);
+        t.sleep_rem[1].store(clock as u32 as u64, Ordering::Relaxed);
         t.sleep_rem[0].store(rem, Ordering::Relaxed);
     }
 }

@@ -476,15 +476,13 @@ impl Slots {
                 .wait_timeout(used, std::time::Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-            if *used >= self.max && gone() {
+            if gone() {
+                // A slot freed meanwhile goes to the next waiter.
+                if *used < self.max {
+                    self.freed.notify_one();
+                }
                 return None;
             }
-        }
-        // Woken for a slot just freed: not for a caller that went away meanwhile (the slot
-        // goes to the next waiter).
-        if gone() {
-            self.freed.notify_one();
-            return None;
         }
         *used += 1;
         Some(SlotGuard(self))

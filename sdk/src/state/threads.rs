@@ -260,7 +260,7 @@ fn sleep_left(c: &ThreadCapture, mem: &std::fs::File) -> Option<SleepLeft> {
     use std::os::unix::fs::FileExt;
     let addr = c.sleep_rem[0].load(Ordering::Relaxed);
     let clock = c.sleep_rem[1].load(Ordering::Relaxed);
-    if addr == 0 || clock == 0 {
+    if addr == 0 {
         return None;
     }
     let mut ts = [0u8; 16];
@@ -272,7 +272,7 @@ fn sleep_left(c: &ThreadCapture, mem: &std::fs::File) -> Option<SleepLeft> {
     }
     Some(SleepLeft {
         addr,
-        clock: (clock - 1) as u32 as i32,
+        clock: clock as u32 as i32,
         left_ns: (sec as u64)
             .saturating_mul(1_000_000_000)
             .saturating_add(nsec as u64),
