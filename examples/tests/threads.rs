@@ -145,3 +145,27 @@ fn a_thread_that_cannot_take_the_signal_in_time_is_named() {
         "did not respond to the checkpoint signal within 200ms",
     );
 }
+
+/// More threads blocking every signal than the ptrace helper stops at once: refused once the
+/// attempts that let a passing crowd (threads ending) go by are spent; every thread goes on.
+#[test]
+fn more_threads_blocking_the_signal_than_the_helper_takes_are_refused() {
+    let env = Env::new();
+    let img = env.path("b.thaw");
+    let o = command(&bin("zdtm-blocked"))
+        .arg(&img)
+        .arg("-")
+        .arg("crowd")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        out.contains("blocks the checkpoint signal and could not be captured without it")
+            && out.contains("70 such threads, more than the 64 thaw captures"),
+        "{out}"
+    );
+    assert!(out.contains("(crowd"), "{out}");
+    assert!(out.contains("woke 70 of 70"), "{out}");
+    assert!(out.contains("exists: false"), "{out}");
+}

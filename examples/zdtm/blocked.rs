@@ -3,7 +3,9 @@
 //! of its own, one reads a pipe. They are captured without the checkpoint signal (by a ptrace
 //! helper); after restore each has its TID, name, signal mask and alternate stack, and wakes up
 //! when given what it waits for. With `vfork` (`zdtm-blocked IMAGE - vfork`) a thread that
-//! cannot be stopped at all, stuck in vfork, is named and the application goes on.
+//! cannot be stopped at all, stuck in vfork, is named and the application goes on. With `crowd`
+//! (`zdtm-blocked IMAGE - crowd`) 70 threads block every signal, more than the ptrace helper
+//! takes: refused after the attempts that wait for a passing crowd, and they all go on.
 
 #[path = "common.rs"]
 mod common;
@@ -67,6 +69,9 @@ fn main() {
     let (_, _, extra) = common::argv();
     if extra.iter().any(|a| a == "vfork") {
         return stuck_in_vfork(&common::argv().0);
+    }
+    if extra.iter().any(|a| a == "crowd") {
+        return crowd(&common::argv().0);
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<f64>();
@@ -245,5 +250,49 @@ fn stuck_in_vfork(image: &str) {
     }
     w.write_all(b"x").unwrap();
     println!("vforker tid {tid} finished: {}", t.join().unwrap());
+    println!("exists: {}", std::path::Path::new(image).exists());
+}
+
+/// 70 threads that block every signal and wait on a channel each: more than the helper stops.
+fn crowd(image: &str) {
+    const N: usize = 70;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut wakes = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..N {
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<usize>();
+        let ready = ready_tx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("crowd{i}"))
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    block_all();
+                    ready.send(()).unwrap();
+                    wake_rx.recv().unwrap() == i
+                })
+                .unwrap(),
+        );
+        wakes.push(wake_tx);
+    }
+    for _ in 0..N {
+        ready_rx.recv().unwrap();
+    }
+    match thaw::Checkpoint::to(image).save() {
+        Ok(_) => {
+            println!("unexpectedly saved");
+            std::process::exit(1);
+        }
+        Err(e) => println!("error: {e}"),
+    }
+    for (i, w) in wakes.iter().enumerate() {
+        w.send(i).unwrap();
+    }
+    let woke = threads
+        .into_iter()
+        .filter_map(|t| t.join().ok())
+        .filter(|&ok| ok)
+        .count();
+    println!("woke {woke} of {N}");
     println!("exists: {}", std::path::Path::new(image).exists());
 }

@@ -101,6 +101,8 @@ const ATTEMPTS: u32 = 24;
 
 /// Attempts of this checkpoint started again because a thread did not respond in time.
 static UNRESPONSIVE_AGAIN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Attempts given up because more threads blocked the signal than the helper captures.
+static OVER_LIMIT_AGAIN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CheckpointError {
     move |source| CheckpointError::Io { what, source }
@@ -290,6 +292,7 @@ impl Checkpoint {
     pub fn save(self) -> Result<Outcome, CheckpointError> {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         UNRESPONSIVE_AGAIN.store(0, Ordering::Relaxed);
+        OVER_LIMIT_AGAIN.store(0, Ordering::Relaxed);
         capture::arm_signal_parked_for_tests();
         caller_can_checkpoint()?;
         unmap_leftover();
@@ -477,7 +480,7 @@ impl Checkpoint {
         let mut blocking: Vec<i32> = threads
             .iter()
             .map(|t| t.0)
-            .filter(|&tid| tid != me && blocks_signal(tid, self.signal))
+            .filter(|&tid| tid != me && blocks_signal(tid, self.signal) && !exiting(tid))
             .collect();
         // A thread that pthread_create is starting blocks every signal until it has set itself
         // up, a few microseconds: only one that still blocks a moment later is stopped with
@@ -487,13 +490,24 @@ impl Checkpoint {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
-            blocking.retain(|&tid| blocks_signal(tid, self.signal));
+            blocking.retain(|&tid| blocks_signal(tid, self.signal) && !exiting(tid));
         }
         // One that still does and is runnable is most likely being started or ending, and
         // waits for a CPU (threads that start threads nonstop: dozens at a time, beyond what
         // the helper takes): signalled like the others, it parks once it unblocks. One that
         // still blocks the signal after the stop's bound is stopped with ptrace next time.
         blocking.retain(|&tid| stubborn.contains(&tid) || !runnable(tid));
+        // More than the helper takes: threads ending in a crowd wait, all signals blocked, for
+        // the C library's stack lock (its holder preempted on a busy machine) and are gone a
+        // moment later. Tried again twice before the capture refuses them.
+        if blocking.len() > crate::traced::MAX_THREADS
+            && OVER_LIMIT_AGAIN.fetch_add(1, Ordering::Relaxed) < 2
+        {
+            return Ok(Err(format!(
+                "{} threads blocked the checkpoint signal at once",
+                blocking.len()
+            )));
+        }
         let mut traced = None;
         let mut traced_fd = None;
         if !blocking.is_empty() {
@@ -1349,6 +1363,18 @@ fn runnable(tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .ok()
         .is_some_and(|st| crate::procfs::field(&st, "State").is_some_and(|s| s.starts_with('R')))
+}
+
+/// Whether the thread is in the kernel's exit (PF_EXITING): it runs no more code of its own and
+/// cannot be stopped with ptrace; the freeze waits for it to be gone (by then it has cleared its
+/// clear_child_tid word), as for any thread that exits during the stop. A crowd of them waits
+/// for the address-space lock while threads start and end nonstop.
+fn exiting(tid: i32) -> bool {
+    const PF_EXITING: u64 = 4;
+    crate::procfs::stat_fields(tid)
+        .ok()
+        .and_then(|f| f.get(9)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 fn blocks_signal(tid: i32, signal: i32) -> bool {

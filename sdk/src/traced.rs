@@ -122,6 +122,9 @@ const STEPS: [&str; 10] = [
     "read its signal queues",
 ];
 
+/// The most threads the helper stops (its list of failures is fixed: it allocates nothing).
+pub(crate) const MAX_THREADS: usize = 64;
+
 /// The helper and what it captured; [`Traced::release`] lets the threads go.
 pub(crate) struct Traced {
     helper: i32,
@@ -172,9 +175,9 @@ pub(crate) fn capture(
                 .collect(),
         )
     };
-    if tids.len() > 64 {
+    if tids.len() > MAX_THREADS {
         return Err(fail(format!(
-            "{} such threads, more than the 64 thaw captures",
+            "{} such threads, more than the {MAX_THREADS} thaw captures",
             tids.len()
         )));
     }
@@ -238,7 +241,7 @@ pub(crate) fn capture(
     }
     // What failed, without allocating while threads are stopped (one of them may hold a lock
     // the allocator needs): the messages are made once every thread goes on.
-    let mut failed = [(0i32, 0u32, 0u32); 64];
+    let mut failed = [(0i32, 0u32, 0u32); MAX_THREADS];
     let mut n = 0;
     let size = std::mem::size_of::<Slot>();
     for (i, &tid) in tids.iter().enumerate() {
