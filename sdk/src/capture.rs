@@ -593,6 +593,8 @@ pub struct Capture {
     pub changed: AtomicU32,
     /// How the scanned descriptors looked before the scan (see `crate::witness`).
     pub looks: Vec<(i32, u64)>,
+    /// Each looked-at descriptor's flags while every thread was stopped (`sys::fd_flags`).
+    pub flags_seen: Vec<AtomicU64>,
     /// Whether the process may have children (they are left out of the image); otherwise one
     /// forked since the check makes the checkpoint start again.
     pub children_allowed: bool,
@@ -701,6 +703,7 @@ impl Capture {
             child: AtomicI64::new(0),
             changed: AtomicU32::new(0),
             looks: Vec::new(),
+            flags_seen: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),
             queued: (0..QUEUED_MAX).map(|_| Default::default()).collect(),
@@ -1077,7 +1080,7 @@ fn handle(call: &mut HandlerCall) {
     }
     // A descriptor whose flags, or a socket whose name, peer or listening state, changed since
     // the scan read them.
-    if !crate::witness::unchanged_now(&c.looks) {
+    if !crate::witness::unchanged_now(&c.looks, &c.flags_seen) {
         c.changed.store(DESCRIPTOR_CHANGED, Ordering::Release);
         return;
     }

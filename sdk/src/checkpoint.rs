@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::capture::{self, Capture, FdPos, Frozen, RESTORE_CELL};
@@ -401,6 +401,11 @@ impl Checkpoint {
             .map(|t| (t, Default::default()))
             .collect();
         capture.looks = scan.witness.take_looks();
+        capture.flags_seen = capture
+            .looks
+            .iter()
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
         capture.children_allowed = self.leave_children_out;
         capture.zombies = zombies;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
@@ -480,8 +485,14 @@ impl Checkpoint {
         let mut blocking: Vec<i32> = threads
             .iter()
             .map(|t| t.0)
-            .filter(|&tid| tid != me && blocks_signal(tid, self.signal) && !exiting(tid))
+            .filter(|&tid| {
+                tid != me && blocks_signal(tid, self.signal) && !crate::sys::task_exiting(tid)
+            })
             .collect();
+        // (One in the kernel's exit, PF_EXITING, runs no more code of its own and cannot be
+        // stopped with ptrace: the freeze waits for it to be gone, as for any thread that exits
+        // during the stop; by then it has cleared its clear_child_tid word. A crowd of them waits
+        // for the address-space lock where threads start and end nonstop.)
         // A thread that pthread_create is starting blocks every signal until it has set itself
         // up, a few microseconds: only one that still blocks a moment later is stopped with
         // ptrace (a short-lived one would exit meanwhile, and the attempt start again).
@@ -490,7 +501,8 @@ impl Checkpoint {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
-            blocking.retain(|&tid| blocks_signal(tid, self.signal) && !exiting(tid));
+            blocking
+                .retain(|&tid| blocks_signal(tid, self.signal) && !crate::sys::task_exiting(tid));
         }
         // One that still does and is runnable is most likely being started or ending, and
         // waits for a CPU (threads that start threads nonstop: dozens at a time, beyond what
@@ -998,8 +1010,17 @@ impl Checkpoint {
         }
         // Which locked files the image stamps (see state::locks::Stamped).
         let stamped = state::locks::Stamped::new(&scan.entries, &m.memory);
-        // Files: offsets and pipe contents as the handler saw them.
+        // Files: offsets, pipe contents and the flags a runtime flips as the handler saw them.
         for e in &mut scan.entries {
+            let seen = c.looks.iter().zip(&c.flags_seen).find(|(l, _)| l.0 == e.fd);
+            match seen.map(|(_, f)| f.load(Ordering::Relaxed)) {
+                Some(f) if !e.in_flight && f != u64::MAX => {
+                    let nonblock = libc::O_NONBLOCK as u32;
+                    e.flags = e.flags & !nonblock | f as u32 & nonblock;
+                    e.cloexec = (f >> 32) as i32 & libc::FD_CLOEXEC != 0;
+                }
+                _ => {}
+            }
             if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
                 if let Some(bytes) = p.copied().map_err(io("reading FIFO contents"))? {
                     e.fifo_bytes = Some(writer.append_payload(&bytes)?);
@@ -1363,18 +1384,6 @@ fn runnable(tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
         .ok()
         .is_some_and(|st| crate::procfs::field(&st, "State").is_some_and(|s| s.starts_with('R')))
-}
-
-/// Whether the thread is in the kernel's exit (PF_EXITING): it runs no more code of its own and
-/// cannot be stopped with ptrace; the freeze waits for it to be gone (by then it has cleared its
-/// clear_child_tid word), as for any thread that exits during the stop. A crowd of them waits
-/// for the address-space lock while threads start and end nonstop.
-fn exiting(tid: i32) -> bool {
-    const PF_EXITING: u64 = 4;
-    crate::procfs::stat_fields(tid)
-        .ok()
-        .and_then(|f| f.get(9)?.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 fn blocks_signal(tid: i32, signal: i32) -> bool {

@@ -1264,10 +1264,21 @@ fn sockaddr_of(nr: i64, fd: i32) -> io::Result<Vec<u8>> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
+/// A descriptor's status flags (F_GETFL) in the low half and descriptor flags (F_GETFD) in the
+/// high half; `u64::MAX` where it is not open. Allocation-free, for a signal handler.
+pub fn fd_flags(fd: i32) -> u64 {
+    let get = |cmd: i32| syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]);
+    match (get(libc::F_GETFL), get(libc::F_GETFD)) {
+        (fl, fd) if fl >= 0 && fd >= 0 => fl as u32 as u64 | (fd as u32 as u64) << 32,
+        _ => u64::MAX,
+    }
+}
+
 /// What a descriptor's open file description looks like now, folded into one number: its status
-/// and descriptor flags and, for a socket, its name, its peer, whether it listens and, for a
-/// listener, whether a connection waits to be accepted. Two looks differ when any of those
-/// changed. Allocation-free, for a signal handler.
+/// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
+/// then: a runtime may flip them on any call) and, for a socket, its name, its peer, whether it
+/// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
+/// when any of those changed. Allocation-free, for a signal handler.
 pub fn fd_look(fd: i32) -> u64 {
     // FNV-1a over the answers (a value, or the negative errno).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1276,8 +1287,13 @@ pub fn fd_look(fd: i32) -> u64 {
             h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    for cmd in [libc::F_GETFL, libc::F_GETFD] {
-        add(&syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]).to_ne_bytes());
+    for (cmd, taken) in [
+        (libc::F_GETFL, libc::O_NONBLOCK),
+        (libc::F_GETFD, libc::FD_CLOEXEC),
+    ] {
+        let r = syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]);
+        let r = if r >= 0 { r & !i64::from(taken) } else { r };
+        add(&r.to_ne_bytes());
     }
     for nr in [libc::SYS_getsockname, libc::SYS_getpeername] {
         let mut buf = [0u8; 128];
@@ -2708,6 +2724,13 @@ mod tests {
         let (_conn, _) = listener.accept().unwrap();
         assert_eq!(super::fd_look(fd), idle, "accepted");
         listener.set_nonblocking(true).unwrap();
+        assert_eq!(super::fd_look(fd), idle, "O_NONBLOCK is taken as it is");
+        let nonblock = libc::O_NONBLOCK as u64;
+        assert_eq!(super::fd_flags(fd) & nonblock, nonblock);
+        assert_eq!(super::fd_flags(fd) >> 32, libc::FD_CLOEXEC as u64);
+        assert_eq!(super::fd_flags(-1), u64::MAX);
+        // SAFETY: F_SETFL on a descriptor of ours.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_APPEND) };
         assert_ne!(super::fd_look(fd), idle, "status flags");
         let peer = super::fd_look(client.as_raw_fd());
         client.shutdown(std::net::Shutdown::Both).unwrap();

@@ -5,13 +5,15 @@
 //! the snapshot's table with them (kcmp: one open file description, not merely the same file).
 //! What the scan reads of a description that may change in place (its flags; a socket's name,
 //! peer and listening state) is looked at once more while every thread is stopped (see
-//! `sys::fd_look`). A difference makes the checkpoint start again.
+//! `sys::fd_look`). A difference makes the checkpoint start again; O_NONBLOCK and FD_CLOEXEC,
+//! which runtimes flip around their calls, are read then and taken as they are.
 //!
 //! A duplicate of a file the process holds a POSIX lock on is never closed: closing it would
 //! end the lock ([`crate::state::locks::OwnLocks`]). It stays open, and the next checkpoint
 //! holds it again instead of making another.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::state::locks::OwnLocks;
 use crate::sys;
@@ -206,6 +208,11 @@ impl FdWitness {
 
 /// Whether every descriptor of `looks` still looks as it did before the scan. Allocation-free:
 /// called by the checkpointing thread while every other thread is stopped.
-pub(crate) fn unchanged_now(looks: &[(i32, u64)]) -> bool {
-    looks.iter().all(|&(fd, look)| sys::fd_look(fd) == look)
+/// Whether each descriptor of `looks` looks as it did, noting its flags now in `flags` (the
+/// same length; see `sys::fd_flags`).
+pub(crate) fn unchanged_now(looks: &[(i32, u64)], flags: &[AtomicU64]) -> bool {
+    looks.iter().zip(flags).all(|(&(fd, look), now)| {
+        now.store(sys::fd_flags(fd), Ordering::Relaxed);
+        sys::fd_look(fd) == look
+    })
 }
