@@ -15,8 +15,18 @@ pub struct Itimer {
 }
 
 impl Itimer {
-    /// ITIMER_REAL after the time away: due at once (1 µs) if it came due meanwhile.
+    /// ITIMER_REAL after the time away: due at once (1 µs) if it came due meanwhile. One read
+    /// with no time left and an interval had come due with its SIGALRM not yet taken (the kernel
+    /// arms it again when the signal is taken, and the checkpoint read the queues before it came
+    /// due): due at once too, so that the signal comes and the timer goes on (restored disarmed,
+    /// it never fired again). Its SIGALRM, if the image holds it pending, merges with this one.
     fn ran_on(self, away: super::clocks::Away) -> Itimer {
+        if self.value_us == 0 && self.interval_us > 0 {
+            return Itimer {
+                interval_us: self.interval_us,
+                value_us: 1,
+            };
+        }
         let r = away.run(
             libc::CLOCK_MONOTONIC,
             self.value_us.saturating_mul(1000),
@@ -86,5 +96,33 @@ impl Itimers {
                 [which as u64, val, 0, 0, 0, 0],
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::clocks::Away;
+
+    #[test]
+    fn a_real_timer_waiting_for_its_signal_to_be_taken_is_due_at_once() {
+        let away = Away {
+            monotonic_ns: 5_000_000_000,
+            boottime_ns: 5_000_000_000,
+        };
+        let due = Itimer {
+            interval_us: 20_000,
+            value_us: 0,
+        };
+        assert_eq!(due.ran_on(away).value_us, 1);
+        assert_eq!(due.ran_on(Away::default()).value_us, 1);
+        assert_eq!(due.ran_on(away).interval_us, 20_000);
+        // Disarmed stays disarmed; armed runs on over the time away.
+        assert_eq!(Itimer::default().ran_on(away), Itimer::default());
+        let armed = Itimer {
+            interval_us: 0,
+            value_us: 9_000_000,
+        };
+        assert_eq!(armed.ran_on(away).value_us, 4_000_000);
     }
 }
