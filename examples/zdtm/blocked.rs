@@ -237,6 +237,7 @@ fn stuck_in_vfork(image: &str) {
         std::thread::yield_now();
     };
     // The vfork child is a child too: left out, so that the thread is what the refusal is about.
+    let before = open_fds();
     let r = thaw::Checkpoint::to(image)
         .thread_timeout(std::time::Duration::from_millis(200))
         .leave_children_out(true)
@@ -248,6 +249,13 @@ fn stuck_in_vfork(image: &str) {
         }
         Err(e) => println!("error: {e}"),
     }
+    // Its attempts were given up on while the thread had not taken the signal: what they
+    // opened is closed again (the descriptors are as they were).
+    let after = open_fds();
+    println!(
+        "descriptors as before: {} ({before:?}, now {after:?})",
+        before == after
+    );
     w.write_all(b"x").unwrap();
     println!("vforker tid {tid} finished: {}", t.join().unwrap());
     println!("exists: {}", std::path::Path::new(image).exists());
@@ -295,4 +303,23 @@ fn crowd(image: &str) {
         .count();
     println!("woke {woke} of {N}");
     println!("exists: {}", std::path::Path::new(image).exists());
+}
+
+/// The process's descriptors, with what each names.
+fn open_fds() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            Some((
+                e.file_name().into_string().ok()?,
+                link.display().to_string(),
+            ))
+        })
+        .collect();
+    // (The listing's own descriptor names /proc/PID/fd.)
+    v.retain(|(_, l)| !l.ends_with("/fd"));
+    v.sort();
+    v
 }

@@ -593,6 +593,9 @@ pub struct Capture {
     pub changed: AtomicU32,
     /// How the scanned descriptors looked before the scan (see `crate::witness`).
     pub looks: Vec<(i32, u64)>,
+    /// [`Capture::own_fds`] with the inode each names, taken before the freeze (see
+    /// [`abandoned_fds`]).
+    pub own_ids: Vec<(i32, u64)>,
     /// Each looked-at descriptor's flags while every thread was stopped (`sys::fd_flags`).
     pub flags_seen: Vec<AtomicU64>,
     /// Whether the process may have children (they are left out of the image); otherwise one
@@ -703,6 +706,7 @@ impl Capture {
             child: AtomicI64::new(0),
             changed: AtomicU32::new(0),
             looks: Vec::new(),
+            own_ids: Vec::new(),
             flags_seen: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),
@@ -726,6 +730,80 @@ impl Capture {
 }
 
 static ACTIVE: AtomicPtr<Capture> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Captures of freezes given up on (see [`abandon`]), with their descriptors still open: a
+/// thread may yet be inside a handler that uses them. Later scans leave those descriptors out
+/// (they are not the application's), and a later freeze that every thread went through frees
+/// them (see [`reclaim_abandoned`]). Without a free slot, one is leaked for good.
+static ABANDONED: [AtomicPtr<Capture>; 8] = [const { AtomicPtr::new(std::ptr::null_mut()) }; 8];
+
+/// The descriptors of abandoned captures, where they still are what the capture opened (the
+/// application may have closed one and got its number again). Not async-signal-safe.
+pub fn abandoned_fds() -> Vec<i32> {
+    ABANDONED
+        .iter()
+        .filter_map(|slot| {
+            // SAFETY: an abandoned capture is never freed while its slot holds it (only
+            // `reclaim_abandoned` and `forget_abandoned` empty it, on this same thread, under
+            // the checkpoint's one-at-a-time lock).
+            unsafe { slot.load(Ordering::Acquire).as_ref() }
+        })
+        .flat_map(|c| {
+            c.own_ids
+                .iter()
+                .filter(|(fd, ino)| sys::fstat_ino(*fd) == Some(*ino))
+        })
+        .map(|&(fd, _)| fd)
+        .collect()
+}
+
+/// Threads inside the checkpoint signal's handler (a parked one, or one stopped there by
+/// ptrace, too).
+static HANDLERS_INSIDE: AtomicU32 = AtomicU32::new(0);
+
+/// Counts a handler out when it returns.
+struct InsideHandler;
+
+impl Drop for InsideHandler {
+    fn drop(&mut self) {
+        HANDLERS_INSIDE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Frees the abandoned captures (closing their descriptors) once no handler can use one: no
+/// freeze is active and no thread is inside the handler. One that enters later reads ACTIVE
+/// after counting itself in, and so finds it null (the null was stored before the count was
+/// read here). A capture whose descriptors are not all its own any more is left as it is
+/// (closing them would close the application's). Called between freezes, under the
+/// checkpoint's one-at-a-time lock.
+pub fn reclaim_abandoned() {
+    if !ACTIVE.load(Ordering::SeqCst).is_null() || HANDLERS_INSIDE.load(Ordering::SeqCst) != 0 {
+        return;
+    }
+    for slot in &ABANDONED {
+        let raw = slot.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: as in `abandoned_fds`; once taken out of its slot nobody else refers to it.
+        let Some(c) = (unsafe { raw.as_ref() }) else {
+            continue;
+        };
+        if c.own_ids
+            .iter()
+            .all(|&(fd, ino)| sys::fstat_ino(fd) == Some(ino))
+        {
+            // SAFETY: `raw` came from Box::into_raw in `freeze`, leaked by `abandon`; no
+            // handler can use it any more (see above).
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
+/// In a restored process: the first life's abandoned captures' descriptors were never part of
+/// it (left out of the image), so their numbers are not ours to close.
+fn forget_abandoned() {
+    for slot in &ABANDONED {
+        slot.store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
 
 /// Reads which system call thread `t` is blocked in, without allocating.
 fn note_blocked(t: &ThreadCapture) {
@@ -993,9 +1071,14 @@ fn others_parked(c: &Capture, tid: i32) -> bool {
 }
 
 extern "C" fn on_checkpoint_signal(sig: i32, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    let ptr = ACTIVE.load(Ordering::Acquire);
+    // Counted in before ACTIVE is read and out once done with what it points to (both
+    // sequentially consistent, as in `reclaim_abandoned`).
+    HANDLERS_INSIDE.fetch_add(1, Ordering::SeqCst);
+    let _out = InsideHandler;
+    let ptr = ACTIVE.load(Ordering::SeqCst);
     // SAFETY: ACTIVE is non-null only while `freeze` keeps the Box alive: until every released
-    // thread has counted itself out in `left` (or, after a timeout, forever).
+    // thread has counted itself out in `left` (or, after a timeout, until `reclaim_abandoned`
+    // finds no handler running).
     let Some(c) = (unsafe { ptr.as_ref() }) else {
         return;
     };
@@ -1370,6 +1453,11 @@ pub fn freeze(
     keep_parked: bool,
 ) -> Result<Frozen, FreezeError> {
     let mut capture = capture;
+    capture.own_ids = capture
+        .own_fds()
+        .into_iter()
+        .filter_map(|fd| Some((fd, sys::fstat_ino(fd)?)))
+        .collect();
     let stacks = sys::HandlerStacks::new(capture.threads.len())?;
     // The checkpoint's own, like its buffers: the snapshot runs on one of them, the image has
     // none (see `checkpoint`), and neither life keeps them.
@@ -1446,6 +1534,9 @@ pub fn freeze(
         // SAFETY: `raw` came from Box::into_raw above; in this life nobody else refers to it.
         let mut capture = unsafe { Box::from_raw(raw) };
         restore_disposition();
+        // Every thread was in the handler at the snapshot; none is in this life.
+        HANDLERS_INSIDE.store(0, Ordering::SeqCst);
+        forget_abandoned();
         // The pipe copies were made after the descriptor scan, so the restored process never had
         // them: their numbers are not ours to close.
         for p in capture.pipes.drain(..) {
@@ -1668,11 +1759,23 @@ fn mark_gone(t: &ThreadCapture) -> bool {
 /// handler stays installed (it returns at once from now on): a thread whose signal is still pending
 /// may enter it at any later time, and the default action of a real-time signal would kill it.
 fn abandon(c: &Capture, old_mask: u64, e: FreezeError) -> FreezeError {
-    ACTIVE.store(std::ptr::null_mut(), Ordering::Release);
+    ACTIVE.store(std::ptr::null_mut(), Ordering::SeqCst);
     c.chased.store(1, Ordering::Release);
     c.release.store(1, Ordering::Release);
     sys::futex_wake_all(&c.release);
     let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
+    // Known, so that the next attempt does not take its descriptors for the application's (a
+    // probe under a signal flood saw them refused as "/proc files", and left open).
+    let raw = c as *const Capture as *mut Capture;
+    let _ = ABANDONED.iter().any(|slot| {
+        slot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    });
     e
 }
 

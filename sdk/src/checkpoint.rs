@@ -302,7 +302,11 @@ impl Checkpoint {
         let mut last = String::new();
         let mut stubborn = Vec::new();
         for _ in 0..ATTEMPTS {
-            match self.attempt(&mut stubborn)? {
+            // What an attempt given up on left open goes once no handler can use it.
+            capture::reclaim_abandoned();
+            let outcome = self.attempt(&mut stubborn);
+            capture::reclaim_abandoned();
+            match outcome? {
                 Ok(done) => return Ok(done),
                 Err(why) => last = why,
             }
@@ -356,8 +360,13 @@ impl Checkpoint {
                 state::scm::InFlight::default()
             }
         };
-        // Less what earlier checkpoints could not close (see state::locks::OwnLocks).
-        let mut scan = FdScan::scan(&state::locks::kept(), max_deleted, in_flight, &left_out)
+        // Less what earlier checkpoints could not close (see state::locks::OwnLocks), and the
+        // descriptors of earlier attempts given up on (see capture::abandoned_fds).
+        let ours: Vec<i32> = state::locks::kept()
+            .into_iter()
+            .chain(capture::abandoned_fds())
+            .collect();
+        let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
@@ -716,6 +725,7 @@ impl Checkpoint {
             .into_iter()
             .chain(traced_fd)
             .chain(state::locks::kept())
+            .chain(capture::abandoned_fds())
             .collect();
         match scan.witness.changed(child, &own) {
             Ok(None) => {}
