@@ -171,6 +171,23 @@ fn a_descriptor_left_out_is_a_dead_end_whose_hang_up_its_epoll_reports() {
     );
 }
 
+/// The same edge-triggered, as Go's netpoller registers every descriptor: the hang-up and the
+/// error the dead ends have at restore are edges the epoll instance reports (a Go probe saw them
+/// taken with the events registration queues, and its readers blocked for ever).
+#[test]
+fn edge_triggered_watches_of_dead_ends_report_them() {
+    let env = Env::new();
+    let (o, img) = checkpoint(&env, "epoll-et", None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &["epoll: edge-triggered watches of dead ends report their hang-up and error"],
+        );
+    }
+}
+
 /// A registration of a descriptor left out while another descriptor of its file stays (the
 /// kernel would keep it) is refused, named.
 #[test]

@@ -10,6 +10,10 @@
 //! - `epoll`: an epoll instance (fd 8) watches fd 6; fds 5 and 6 are left out through the API:
 //!   fd 6 is a dead end, still watched, whose hang-up the epoll instance reports (an event loop
 //!   then closes it; no other file took its number meanwhile);
+//! - `epoll-et`: as `epoll`, the registration edge-triggered (Go's netpoller registers every
+//!   descriptor so), and fd 5 watched for writing the same way; the events registering them
+//!   queued are taken before the checkpoint: after restore each dead end's hang-up (fd 6) or
+//!   error (fd 5, its reader gone) is an edge the epoll instance reports;
 //! - `epoll-dup`: as `epoll`, and the epoll instance also watches fd 10, the read end of a pipe
 //!   of the program's own duplicated at fd 11; the policy leaves fd 10 out: refused, since the
 //!   kernel would keep that registration while fd 11 stays;
@@ -55,17 +59,35 @@ fn main() {
         assert!(target(fd).is_some(), "the test must pass fd {fd}");
     }
 
-    let epoll = (mode == "epoll" || mode == "epoll-dup").then(|| {
+    let et = mode == "epoll-et";
+    let epoll = (mode == "epoll" || mode == "epoll-dup" || et).then(|| {
         // SAFETY: a new epoll instance, ours, moved to fd 8; a registration of fd 6.
         unsafe {
             let ep = libc::epoll_create1(0);
             assert_eq!(libc::dup2(ep, 8), 8);
             libc::close(ep);
+            let edge = if et {
+                (libc::EPOLLET | libc::EPOLLRDHUP) as u32
+            } else {
+                0
+            };
             let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
+                events: libc::EPOLLIN as u32 | edge,
                 u64: 6,
             };
             assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 6, &mut ev), 0);
+            if et {
+                let mut out = libc::epoll_event {
+                    events: libc::EPOLLOUT as u32 | edge,
+                    u64: 5,
+                };
+                assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 5, &mut out), 0);
+                // The edges the registrations queued (fd 5 is writable) are taken: both quiet.
+                let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                let n = libc::epoll_wait(8, got.as_mut_ptr(), 4, 0);
+                assert!(n >= 1, "fd 5's registration queued its edge");
+                assert_eq!(libc::epoll_wait(8, got.as_mut_ptr(), 4, 0), 0);
+            }
             if mode == "epoll-dup" {
                 let mut p = [0; 2];
                 assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
@@ -104,7 +126,7 @@ fn main() {
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
-    if mode == "epoll" || mode == "epoll-dup" || mode == "listener" {
+    if mode == "epoll" || mode == "epoll-dup" || mode == "listener" || et {
         cp = cp
             .fd(5, FdAction::Drop)
             .fds(FdClass::Socket, FdAction::Drop)
@@ -126,6 +148,24 @@ fn main() {
         }
     }
     let mut c = common::Checks::default();
+    if let Some(ep) = epoll.filter(|_| et) {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: epoll_wait into our buffer, without waiting.
+        let n = unsafe { libc::epoll_wait(ep, ev.as_mut_ptr(), 4, 0) };
+        let got = |fd: u64| {
+            ev[..n.max(0) as usize]
+                .iter()
+                .find(|e| e.u64 == fd)
+                .map_or(0, |e| e.events)
+        };
+        let hup = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32;
+        c.check(
+            "epoll: edge-triggered watches of dead ends report their hang-up and error",
+            n == 2 && got(6) & hup == hup && got(5) & libc::EPOLLERR as u32 != 0,
+            format!("{n} event(s): fd 6 {:#x}, fd 5 {:#x}", got(6), got(5)),
+        );
+        c.finish();
+    }
     if let Some(ep) = epoll {
         let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: epoll_wait into our buffer, without waiting; a read of one byte.

@@ -10,7 +10,8 @@
 //! `epoll_wait` (no wait) and puts it back at once with `EPOLL_CTL_MOD` of each registration it
 //! reported (a level-triggered one stays on the list by itself). The restore registers the
 //! edge-triggered registrations that had no event first, takes the events that registering them
-//! queued, and then registers the others.
+//! queued, and then registers the others, and those whose file comes back hung up (its other
+//! end gone with the first life: an edge the program must see).
 //!
 //! An instance with an `EPOLLEXCLUSIVE` registration is not probed (such a registration cannot be
 //! modified, so its event could not be put back): its edge-triggered registrations come back as
@@ -146,6 +147,28 @@ impl Probe {
     }
 }
 
+/// Whether the file `w` watches comes back hung up where it was not at the checkpoint: a dead
+/// end the descriptor policy left (see `files::dead_end`), a pair end or pipe end whose other
+/// end went with children left out (or was closed before, an edge the program had then, seen
+/// again: a reader finds end of file again, where one lost would wait for ever), or `/dev/null`
+/// in its place. Its registration is an edge the first life would get as the other end went:
+/// it is not taken with the events registering quiet watches queues.
+fn hangs_up_at_restore(w: &EpollWatch, table: &[super::files::FdEntry]) -> bool {
+    use super::files::FdKind;
+    let n = w.at.unwrap_or(w.fd);
+    let Some(e) = table.iter().find(|e| e.fd == n && !e.in_flight) else {
+        return false;
+    };
+    match &e.kind {
+        FdKind::DevNull => true,
+        FdKind::Socket(super::sockets::Socket::Pair(p)) => !p.peer_open,
+        FdKind::Pipe { id, write_end, .. } => !table.iter().any(|o| {
+            matches!(&o.kind, FdKind::Pipe { id: i, write_end: we, .. } if i == id && we != write_end)
+        }),
+        _ => false,
+    }
+}
+
 /// Steps that register `watches` on epoll descriptor `fd` in the new process: edge-triggered
 /// registrations without an event first, then the events their registration queued are taken,
 /// then the others. `table` is the process's descriptors (all at their numbers by then);
@@ -157,7 +180,10 @@ pub fn plan(
     scratch: i32,
     plan: &mut crate::restore::Plan,
 ) {
-    let quiet: Vec<&EpollWatch> = watches.iter().filter(|w| edge(w) && !w.ready).collect();
+    let quiet: Vec<&EpollWatch> = watches
+        .iter()
+        .filter(|w| edge(w) && !w.ready && !hangs_up_at_restore(w, table))
+        .collect();
     let dup3 = |plan: &mut crate::restore::Plan, what: String, from: i32, to: i32, flags: i32| {
         plan.syscall(
             what,
@@ -228,7 +254,10 @@ pub fn plan(
             [fd as u64, buf, quiet.len() as u64, 0, 0, 0],
         );
     }
-    for w in watches.iter().filter(|w| !edge(w) || w.ready) {
+    for w in watches
+        .iter()
+        .filter(|w| !quiet.iter().any(|q| std::ptr::eq(*q, *w)))
+    {
         add(w, plan);
     }
 }
