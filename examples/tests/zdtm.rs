@@ -180,6 +180,19 @@ fn epoll_on_standard_input_watches_the_callers() {
     let o = child.wait_with_output().unwrap();
     assert_all_ok(&o, &["epoll watches the caller's standard input"]);
 
+    // Edge-triggered, with the caller's input written before the restore (an edge the
+    // registration reports, which used to be taken as one the first life had already had).
+    let img_et = env.checkpoint("zdtm-stdin", "s-et.thaw", &["et"]);
+    let (r, mut w) = std::io::pipe().unwrap();
+    w.write_all(b"ping\n").unwrap();
+    drop(w);
+    let o = env
+        .restore_cmd(&img_et, &[], &[])
+        .stdin(std::process::Stdio::from(r))
+        .output()
+        .unwrap();
+    assert_all_ok(&o, &["epoll watches the caller's standard input"]);
+
     let o = env.restore(&img, &[], &[]);
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);

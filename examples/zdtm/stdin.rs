@@ -1,11 +1,17 @@
 //! An event loop watching its standard input (Node's `process.stdin`, an asyncio reader): the
 //! epoll registration of fd 0 watches the standard input of whoever restores the process. After
-//! restore it waits for a line there and prints it.
+//! restore it waits for a line there and prints it. With `et` the registration is edge-triggered
+//! (Go's netpoller's way): input the caller had written before the restore is an edge it
+//! reports.
 
 #[path = "common.rs"]
 mod common;
 
+/// Where the edge-triggered variant keeps its first standard input's writing end.
+const KEPT_WRITER: i32 = 40;
+
 fn main() {
+    let et = common::argv().2.iter().any(|a| a == "et");
     // SAFETY: plain descriptor calls on descriptors this program owns.
     let ep = unsafe {
         // Whatever started the first life gave it /dev/null, which epoll cannot watch: a pipe's
@@ -14,16 +20,36 @@ fn main() {
         assert_eq!(libc::pipe(p.as_mut_ptr()), 0);
         libc::dup2(p[0], 0);
         libc::close(p[0]);
+        // (Edge-triggered: its writing end kept, so that it has not hung up, and the
+        // registration has no event waiting at the checkpoint.)
+        if et {
+            libc::dup2(p[1], KEPT_WRITER);
+        }
         libc::close(p[1]);
         let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
         let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: libc::EPOLLIN as u32 | if et { libc::EPOLLET as u32 } else { 0 },
             u64: 7,
         };
         assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev), 0);
         ep
     };
-    let _args = common::checkpoint();
+    if et {
+        // The kept writing end is left out (its reader is the caller's at restore).
+        let (image, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(&image)
+            .exit_after_save(true)
+            .fd(KEPT_WRITER, thaw::FdAction::Drop);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            eprintln!("checkpoint failed: {e}");
+            std::process::exit(2);
+        }
+    } else {
+        common::checkpoint();
+    }
     let mut c = common::Checks::default();
     // SAFETY: waiting on this program's epoll instance, reading its standard input.
     let (n, data, line) = unsafe {

@@ -147,20 +147,21 @@ impl Probe {
     }
 }
 
-/// Whether the file `w` watches comes back hung up where it was not at the checkpoint: a dead
-/// end the descriptor policy left (see `files::dead_end`), a pair end or pipe end whose other
-/// end went with children left out (or was closed before, an edge the program had then, seen
-/// again: a reader finds end of file again, where one lost would wait for ever), or `/dev/null`
-/// in its place. Its registration is an edge the first life would get as the other end went:
-/// it is not taken with the events registering quiet watches queues.
-fn hangs_up_at_restore(w: &EpollWatch, table: &[super::files::FdEntry]) -> bool {
+/// Whether the file `w` watches is not at restore as it was at the checkpoint: hung up (a dead
+/// end the descriptor policy left, see `files::dead_end`; a pair end or pipe end whose other
+/// end went with children left out, or was closed before: an edge the program had then, seen
+/// again, where a reader finds end of file again, while one lost would wait for ever),
+/// `/dev/null` in its place, or the caller's standard descriptor (input may be waiting there
+/// already). What its registration reports is an edge of the file as the process finds it: it
+/// is not taken with the events registering quiet watches queues.
+fn otherwise_at_restore(w: &EpollWatch, table: &[super::files::FdEntry]) -> bool {
     use super::files::FdKind;
     let n = w.at.unwrap_or(w.fd);
     let Some(e) = table.iter().find(|e| e.fd == n && !e.in_flight) else {
         return false;
     };
     match &e.kind {
-        FdKind::DevNull => true,
+        FdKind::DevNull | FdKind::Stdio => true,
         FdKind::Socket(super::sockets::Socket::Pair(p)) => !p.peer_open,
         FdKind::Pipe { id, write_end, .. } => !table.iter().any(|o| {
             matches!(&o.kind, FdKind::Pipe { id: i, write_end: we, .. } if i == id && we != write_end)
@@ -182,7 +183,7 @@ pub fn plan(
 ) {
     let quiet: Vec<&EpollWatch> = watches
         .iter()
-        .filter(|w| edge(w) && !w.ready && !hangs_up_at_restore(w, table))
+        .filter(|w| edge(w) && !w.ready && !otherwise_at_restore(w, table))
         .collect();
     let dup3 = |plan: &mut crate::restore::Plan, what: String, from: i32, to: i32, flags: i32| {
         plan.syscall(
