@@ -34,10 +34,11 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
     let instance = Call::new()
         .args(args)
         .start_with(socket, |max| {
+            // Queued before it says so: a signal that comes once it has said so ends it.
+            queued.store(true, Ordering::Release);
             eprintln!(
                 "thaw: all {max} of the server's instances are running; waiting for one to end"
             );
-            queued.store(true, Ordering::Release);
         })
         .map_err(failure)?;
     queued.store(false, Ordering::Release);
