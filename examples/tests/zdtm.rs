@@ -1818,4 +1818,18 @@ fn a_periodic_timer_whose_signal_waits_to_be_taken_goes_on() {
             ],
         );
     }
+    // Ignored, the timer is dead for good (a review: restored due at once, a process that
+    // later set SIGALRM's default action was killed by it).
+    let img = env.checkpoint("zdtm-itimer-due", "ign.thaw", &["ignored"]);
+    assert_eq!(env.manifest(&img).timers.real, Default::default());
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "an ignored SIGALRM left the timer dead: no time left, its interval",
+                "after restore it is not armed",
+            ],
+        );
+    }
 }

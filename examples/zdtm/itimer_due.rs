@@ -5,6 +5,10 @@
 //! either). Here SIGALRM is blocked until the timer has come due, and the checkpoint is taken
 //! then. After restore the signal is let in: it arrives, and the timer goes on with its
 //! interval.
+//!
+//! With `ignored`: SIGALRM is ignored, so the kernel drops each expiry's signal and the timer,
+//! never armed again, is dead for good (`getitimer` reads the same: no time left, its
+//! interval). It comes back disarmed: no SIGALRM the first life would never get.
 
 #[path = "common.rs"]
 mod common;
@@ -50,6 +54,9 @@ fn alarm_pending() -> bool {
 }
 
 fn main() {
+    if common::argv().2.iter().any(|a| a == "ignored") {
+        return ignored();
+    }
     let set = alarm_set();
     // SAFETY: blocks SIGALRM in this (the only) thread; installs a handler that only counts.
     unsafe {
@@ -100,6 +107,42 @@ fn main() {
             ALARMS.load(Ordering::SeqCst),
             real_timer()
         ),
+    );
+    c.finish();
+}
+
+fn ignored() {
+    // SAFETY: ignores SIGALRM; arms ITIMER_REAL from a valid itimerval.
+    unsafe {
+        libc::signal(libc::SIGALRM, libc::SIG_IGN);
+        let t = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: INTERVAL_US as i64,
+            },
+            it_value: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 1_000,
+            },
+        };
+        libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut());
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while real_timer().1 != 0 && Instant::now() < end {
+        std::thread::yield_now();
+    }
+    let before = real_timer();
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    c.check(
+        "an ignored SIGALRM left the timer dead: no time left, its interval",
+        before == (INTERVAL_US, 0),
+        format!("{before:?}"),
+    );
+    c.check(
+        "after restore it is not armed",
+        real_timer() == (0, 0),
+        format!("{:?}", real_timer()),
     );
     c.finish();
 }

@@ -1296,9 +1296,20 @@ fn handle(call: &mut HandlerCall) {
         slot[0].store(value, Ordering::Relaxed);
         slot[1].store(interval, Ordering::Relaxed);
     }
-    for (slot, t) in c.itimers.iter().zip(crate::state::timers::read()) {
-        slot[0].store(t[0], Ordering::Relaxed);
-        slot[1].store(t[1], Ordering::Relaxed);
+    let alarm = 1u64 << (libc::SIGALRM - 1);
+    let alarm_pending = sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0);
+    for (i, (slot, t)) in c
+        .itimers
+        .iter()
+        .zip(crate::state::timers::read())
+        .enumerate()
+    {
+        let [interval, value] = match i {
+            0 => crate::state::timers::as_restored(t, alarm_pending),
+            _ => t,
+        };
+        slot[0].store(interval, Ordering::Relaxed);
+        slot[1].store(value, Ordering::Relaxed);
     }
     let (mono, boot) = crate::state::clocks::now();
     c.clocks[0].store(mono, Ordering::Relaxed);
