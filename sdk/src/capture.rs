@@ -593,6 +593,9 @@ pub struct Capture {
     pub changed: AtomicU32,
     /// How the scanned descriptors looked before the scan (see `crate::witness`).
     pub looks: Vec<(i32, u64)>,
+    /// The calling thread's signal mask before the freeze: the one its frame in the snapshot
+    /// resumes with.
+    pub caller_mask: AtomicU64,
     /// [`Capture::own_fds`] with the inode each names, taken before the freeze (see
     /// [`abandoned_fds`]).
     pub own_ids: Vec<(i32, u64)>,
@@ -707,6 +710,7 @@ impl Capture {
             changed: AtomicU32::new(0),
             looks: Vec::new(),
             own_ids: Vec::new(),
+            caller_mask: AtomicU64::new(0),
             flags_seen: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),
@@ -730,6 +734,9 @@ impl Capture {
 }
 
 static ACTIVE: AtomicPtr<Capture> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Offset of `uc_sigmask` in x86_64's `ucontext_t` (flags, link, stack, mcontext before it).
+const UC_SIGMASK: usize = 296;
 
 /// Captures of freezes given up on (see [`abandon`]), with their descriptors still open: a
 /// thread may yet be inside a handler that uses them. Later scans leave those descriptors out
@@ -1330,6 +1337,17 @@ fn handle(call: &mut HandlerCall) {
     // Every other thread is stopped until after the count is put back.
     let restores = RESTORE_CELL.restores.load(Ordering::Relaxed);
     RESTORE_CELL.restores.store(restores + 1, Ordering::Relaxed);
+    // This thread blocks every asynchronous signal for the freeze (see `freeze`); a restored
+    // process has no thread parked, and it resumes with the mask it had before, at once: else
+    // a signal that comes as the threads resume (a timer due at restore) goes to another thread,
+    // whose runtime may have no handler for it (a Perl ithread exits). The snapshot's frame has
+    // that mask, this life's keeps blocking until the threads are let go.
+    // SAFETY: `uc` is this handler's own ucontext, on this thread's stack; UC_SIGMASK is within it.
+    let frame_mask = unsafe { uc.cast::<u8>().add(UC_SIGMASK).cast::<u64>() };
+    // SAFETY: as above; read and written by this thread alone (the others are parked).
+    let quiet = unsafe { frame_mask.read_volatile() };
+    // SAFETY: as above.
+    unsafe { frame_mask.write_volatile(c.caller_mask.load(Ordering::Relaxed)) };
     let child = sys::while_dumpable(|| {
         compiler_fence(Ordering::SeqCst);
         let child = sys::raw_fork_quiet();
@@ -1338,6 +1356,8 @@ fn handle(call: &mut HandlerCall) {
         }
         child
     });
+    // SAFETY: as above.
+    unsafe { frame_mask.write_volatile(quiet) };
     RESTORE_CELL.restores.store(restores, Ordering::Relaxed);
     for &(start, len) in &c.dontfork {
         sys::madvise(start, len, libc::MADV_DONTFORK);
@@ -1486,6 +1506,7 @@ pub fn freeze(
     let current = sys::sigprocmask(libc::SIG_BLOCK, Some(0))?;
     let quiet = quiet_mask(signal) & !(capture.timer_signals & !current);
     let old_mask = sys::sigprocmask(libc::SIG_SETMASK, Some(quiet))?;
+    capture.caller_mask = AtomicU64::new(old_mask);
     crate::checkpoint::after_scan_for_tests();
     let restore_disposition = || {
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
@@ -1545,8 +1566,13 @@ pub fn freeze(
         // SAFETY: `raw` came from Box::into_raw above; in this life nobody else refers to it.
         let mut capture = unsafe { Box::from_raw(raw) };
         restore_disposition();
-        // Every thread was in the handler at the snapshot; none is in this life.
-        HANDLERS_INSIDE.store(0, Ordering::SeqCst);
+        // The threads parked in this freeze's handler at the snapshot, and this one, resumed
+        // where they were interrupted: counted out. (One the ptrace helper stopped inside an
+        // earlier attempt's handler resumes there, and counts itself out as it leaves.)
+        let here = capture.parked.load(Ordering::Acquire) + 1;
+        let _ = HANDLERS_INSIDE.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            Some(n.saturating_sub(here))
+        });
         forget_abandoned();
         // The pipe copies were made after the descriptor scan, so the restored process never had
         // them: their numbers are not ours to close.

@@ -696,7 +696,7 @@ fn build_plan(
     if fork.is_none() {
         m.signals.plan_restore(&mut plan);
     }
-    m.timers.plan_restore(&mut plan, fds.away);
+    let alarm_due = m.timers.plan_restore(&mut plan, fds.away);
 
     // Tell the process it was restored, and where its arguments are.
     let args_bytes =
@@ -866,8 +866,17 @@ fn build_plan(
     for sig in &leader.pending {
         sig.plan_queue(&mut plan, m.process.pid, Some(leader.tid));
     }
+    // Those of the process, each for the thread the kernel would give it to as the threads
+    // resume (see signals::target).
+    let for_process = |sig: &thaw::state::signals::PendingSignal, plan: &mut Plan| {
+        let to = thaw::state::signals::target(&m.threads, m.process.pid, sig.signo);
+        sig.plan_queue(plan, m.process.pid, to);
+    };
     for sig in &m.signals.pending {
-        sig.plan_queue(&mut plan, m.process.pid, None);
+        for_process(sig, &mut plan);
+    }
+    if alarm_due {
+        for_process(&thaw::state::timers::alarm_signal(), &mut plan);
     }
     // A child left out at the checkpoint ended while the process was away: its SIGCHLD waits
     // (a standard signal: one stands for all of them, as the kernel's would).
@@ -876,8 +885,7 @@ fn build_plan(
         .iter()
         .find(|z| z.left_out && !m.signals.sigchld_ignored())
     {
-        z.sigchld(creds.uid.real)
-            .plan_queue(&mut plan, m.process.pid, None);
+        for_process(&z.sigchld(creds.uid.real), &mut plan);
     }
     if m.process.dumpable <= 1 {
         // A launcher with a file capability is not dumpable; the process is what it was.

@@ -46,6 +46,19 @@ impl PendingSignal {
     }
 }
 
+/// The thread a signal for the process goes to as the restored threads resume, as the kernel
+/// chooses (the main thread first): the main thread if its mask lets it in, else the first that
+/// does; `None` where every thread blocks it (it waits for the process, for whichever unblocks
+/// it or waits for it first). Queued for the process instead, it would go to whichever thread
+/// unblocks first as they resume: the main thread resumes last.
+pub fn target(threads: &[super::threads::ThreadState], pid: i32, signo: u32) -> Option<i32> {
+    let lets_in = |t: &&super::threads::ThreadState| t.sigmask & (1u64 << (signo - 1)) == 0;
+    let leader = threads.iter().filter(|t| t.tid == pid).find(lets_in);
+    leader
+        .or_else(|| threads.iter().find(lets_in))
+        .map(|t| t.tid)
+}
+
 /// Every pending signal the checkpoint recorded, by queue (a thread, or `None` for the
 /// process's), in order: those the handlers took off the queues, and those the ptrace helper
 /// read for the threads it stopped. Of the latter, as the handlers do, the checkpoint's own

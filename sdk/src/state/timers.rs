@@ -15,21 +15,32 @@ pub struct Itimer {
 }
 
 impl Itimer {
-    /// ITIMER_REAL after the time away: due at once (1 µs) if it came due meanwhile.
-    fn ran_on(self, away: super::clocks::Away) -> Itimer {
+    /// ITIMER_REAL after the time away, and whether it came due meanwhile (or was due at the
+    /// checkpoint: 1 µs left, see [`as_restored`]). One that came due is armed for its next
+    /// expiry (none for a one-shot), and its SIGALRM is queued by the restore (see
+    /// [`alarm_signal`]).
+    fn ran_on(self, away: super::clocks::Away) -> (Itimer, bool) {
+        if self.value_us == 0 {
+            return (Itimer::default(), false);
+        }
+        let interval_ns = self.interval_us.saturating_mul(1000);
         let r = away.run(
             libc::CLOCK_MONOTONIC,
             self.value_us.saturating_mul(1000),
-            self.interval_us.saturating_mul(1000),
+            interval_ns,
         );
-        Itimer {
-            interval_us: self.interval_us,
-            value_us: if r.fired > 0 {
-                1
-            } else {
-                r.left_ns.div_ceil(1000)
-            },
-        }
+        let due = r.fired > 0 || self.value_us == 1;
+        let next_ns = match (due, interval_ns) {
+            (false, _) => r.left_ns,
+            (true, 0) => 0,
+            (true, _) if r.fired > 0 => r.left_ns,
+            (true, i) => i,
+        };
+        let t = Itimer {
+            interval_us: if next_ns == 0 { 0 } else { self.interval_us },
+            value_us: next_ns.div_ceil(1000),
+        };
+        (t, due)
     }
 }
 
@@ -79,10 +90,12 @@ impl Itimers {
         }
     }
 
-    /// setitimer for every armed timer, run on over `away`.
-    pub fn plan_restore(&self, plan: &mut crate::restore::Plan, away: super::clocks::Away) {
+    /// setitimer for every armed timer, run on over `away`. Whether ITIMER_REAL came due: its
+    /// SIGALRM is then the caller's to queue once every thread exists ([`alarm_signal`]).
+    pub fn plan_restore(&self, plan: &mut crate::restore::Plan, away: super::clocks::Away) -> bool {
+        let (real, due) = self.real.ran_on(away);
         for (which, t, name) in [
-            (libc::ITIMER_REAL, self.real.ran_on(away), "ITIMER_REAL"),
+            (libc::ITIMER_REAL, real, "ITIMER_REAL"),
             (libc::ITIMER_VIRTUAL, self.virtual_, "ITIMER_VIRTUAL"),
             (libc::ITIMER_PROF, self.prof, "ITIMER_PROF"),
         ] {
@@ -102,12 +115,54 @@ impl Itimers {
                 [which as u64, val, 0, 0, 0, 0],
             );
         }
+        due
+    }
+}
+
+/// The SIGALRM of an ITIMER_REAL that came due, as the kernel sends it (`SI_KERNEL`). Queued by
+/// the restore to the thread the kernel would give it to (see `signals::target`) rather than
+/// raised by a timer due at once: that fires while the threads are resuming, and would go to
+/// whichever unblocks first, not the main thread (a Perl ithread took it and exited).
+pub fn alarm_signal() -> super::signals::PendingSignal {
+    const SI_KERNEL: u64 = 0x80;
+    let mut info = [0u64; 16];
+    info[0] = libc::SIGALRM as u64;
+    info[1] = SI_KERNEL;
+    super::signals::PendingSignal {
+        signo: libc::SIGALRM as u32,
+        info,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_timer_that_came_due_is_armed_for_its_next_expiry() {
+        use crate::state::clocks::Away;
+        let away = |ms: u64| Away {
+            monotonic_ns: ms * 1_000_000,
+            boottime_ns: ms * 1_000_000,
+        };
+        let t = |interval_us, value_us| Itimer {
+            interval_us,
+            value_us,
+        };
+        assert_eq!(t(0, 0).ran_on(away(5)), (t(0, 0), false));
+        assert_eq!(t(0, 9_000).ran_on(away(5)), (t(0, 4_000), false));
+        assert_eq!(
+            t(0, 2_000).ran_on(away(5)),
+            (t(0, 0), true),
+            "one-shot: due, disarmed"
+        );
+        assert_eq!(t(10_000, 2_000).ran_on(away(5)), (t(10_000, 7_000), true));
+        assert_eq!(
+            t(10_000, 1).ran_on(away(0)),
+            (t(10_000, 10_000), true),
+            "due at the checkpoint"
+        );
+    }
 
     #[test]
     fn a_periodic_timer_read_with_no_time_left_is_due_only_with_its_signal_waiting() {
