@@ -293,6 +293,7 @@ fn files_directories_and_pipes() {
             "edge-triggered epoll: a taken edge stays taken, a pending one pending, a fired one-shot disarmed",
             "FIFO: the bytes waiting at the checkpoint wait there again",
             "FIFO: an empty one, still empty",
+            "FIFO: its writing end at a lower number than its reading end, its bytes waiting",
             "epoll: a registration whose number holds another file now watches its own file",
             "FIFO opened again by its name, the same FIFO, with its flags",
             "FIFO removed while open: its bytes, one buffer for its descriptors, its mode, still removed",

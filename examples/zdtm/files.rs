@@ -129,6 +129,23 @@ fn main() {
     assert_eq!(wrote, 7);
     // A second FIFO, empty: opened again by its name, still empty.
     let (_, empty) = make_fifo("empty.fifo");
+    // A FIFO whose two ends are separate descriptors, the writing one at the lower number (Go
+    // opens them from two goroutines, in either order), with bytes waiting: the writer opens
+    // only where the FIFO has a reader, here the process's own.
+    let (split_c, split_rw) = make_fifo("split.fifo");
+    // SAFETY: opens of our own FIFO by its NUL-terminated path, moved to numbers of our choice.
+    let (split_w, split_r) = unsafe {
+        let r = libc::open(split_c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+        let w = libc::open(split_c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK);
+        assert!(r >= 0 && w >= 0);
+        libc::close(split_rw);
+        assert_eq!(libc::dup2(w, 70), 70);
+        assert_eq!(libc::dup2(r, 71), 71);
+        libc::close(w);
+        libc::close(r);
+        assert_eq!(libc::write(70, b"split".as_ptr().cast(), 5), 5);
+        (70, 71)
+    };
     // A FIFO removed while open (a reader and a writer of it, bytes waiting): made again,
     // opened, given its bytes and removed, so that its descriptors still share one buffer.
     let (ghost_c, ghost) = make_fifo("ghost.fifo");
@@ -271,6 +288,23 @@ fn main() {
             let n = libc::read(empty, b.as_mut_ptr().cast(), 1);
             (libc::fcntl(empty, libc::F_GETFL), n)
         };
+        let mut b = [0u8; 16];
+        // SAFETY: reads and a write of our own descriptors into and from locals.
+        let split = unsafe {
+            let n = libc::read(split_r, b.as_mut_ptr().cast(), 16);
+            let first = String::from_utf8_lossy(&b[..n.max(0) as usize]).into_owned();
+            libc::write(split_w, b"more".as_ptr().cast(), 4);
+            let n = libc::read(split_r, b.as_mut_ptr().cast(), 16);
+            (
+                first,
+                String::from_utf8_lossy(&b[..n.max(0) as usize]).into_owned(),
+            )
+        };
+        c.check(
+            "FIFO: its writing end at a lower number than its reading end, its bytes waiting",
+            split.0 == "split" && split.1 == "more",
+            format!("{split:?}"),
+        );
         c.check(
             "FIFO: an empty one, still empty",
             empty_flags & libc::O_ACCMODE == libc::O_RDWR && queued < 0,

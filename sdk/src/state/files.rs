@@ -1510,7 +1510,7 @@ pub fn reopen(
     let mut objects: BTreeMap<(u64, u32), OwnedFd> = BTreeMap::new();
     // FIFOs removed while open, made again: removed once every descriptor of them is open.
     let mut fifos = MadeFifos::default();
-    for e in entries {
+    for e in fifo_readers_first(entries) {
         let fd = e.fd;
         if e.standard().is_some() {
             continue; // the caller's (see FdEntry::standard)
@@ -1945,6 +1945,30 @@ fn reopen_deleted_dir(e: &FdEntry, path: &str, mode: u32) -> Result<OwnedFd, Str
     let f = opened.map_err(|err| format!("fd {fd}: cannot open {path} again: {err}"))?;
     removed.map_err(|err| format!("fd {fd}: cannot remove {path} again: {err}"))?;
     Ok(OwnedFd::from(f))
+}
+
+/// `entries` in their order, but the FIFOs opened for writing alone (and their duplicates)
+/// last: such an end opens only where the FIFO has a reader, which may be one of the process's
+/// own with a higher number (Go opens a FIFO's two ends from two goroutines, in either order).
+fn fifo_readers_first(entries: &[FdEntry]) -> impl Iterator<Item = &FdEntry> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut later = std::collections::BTreeSet::new();
+    for e in entries {
+        let writer = match &e.kind {
+            FdKind::Regular { path, .. } => {
+                e.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+                    && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+            }
+            _ => false,
+        };
+        if writer || e.dup_of.is_some_and(|d| later.contains(&d)) {
+            later.insert(e.fd);
+        }
+    }
+    let (first, last): (Vec<&FdEntry>, Vec<&FdEntry>) = entries
+        .iter()
+        .partition(|e| !later.contains(&e.fd) || e.in_flight);
+    first.into_iter().chain(last)
 }
 
 fn reopen_path(
