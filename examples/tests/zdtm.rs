@@ -1525,6 +1525,26 @@ fn shared_memory_mapped_again_during_the_checkpoint_makes_it_start_again() {
     }
 }
 
+/// `thaw run OPTS IMAGE` inside a time namespace whose clocks are two hours ahead: the image is
+/// restored two hours after it was made, as its clocks count (as root).
+fn restore_two_hours_later(
+    env: &Env,
+    img: &std::path::Path,
+    opts: &[&str],
+) -> std::process::Output {
+    let thaw = env.restore_cmd(img, opts, &[]);
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--time", "--monotonic", "7200", "--boottime", "7200"])
+        .arg(thaw.get_program())
+        .args(thaw.get_args());
+    for (k, v) in thaw.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.output().unwrap()
+}
+
 /// Relative sleeps under way at the checkpoint lose the time away, as after a stop and a
 /// continue: restored inside a time namespace two hours ahead, an hour's `nanosleep` and
 /// `clock_nanosleep(CLOCK_BOOTTIME)` are over at once (they slept their hour again before), also
@@ -1552,17 +1572,7 @@ fn relative_sleeps_count_the_time_away() {
             .all(|s| s.left_ns > 3_000_000_000_000 && s.left_ns <= 3_600_000_000_000),
         "{sleeps:?}"
     );
-    let thaw = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);
-    let mut c = std::process::Command::new("unshare");
-    c.args(["--time", "--monotonic", "7200", "--boottime", "7200"])
-        .arg(thaw.get_program())
-        .args(thaw.get_args());
-    for (k, v) in thaw.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    let o = c.output().unwrap();
+    let o = restore_two_hours_later(&env, &img, &["--pid-mode", "host"]);
     assert_all_ok(
         &o,
         &[
@@ -1851,17 +1861,7 @@ fn a_timer_due_while_away_signals_the_main_thread() {
     for (image, extra) in [("m.thaw", &[][..]), ("w.thaw", &["worker"][..])] {
         let img = env.checkpoint("zdtm-alarm-main", image, extra);
         for opts in every_mode() {
-            let thaw = env.restore_cmd(&img, opts, &[]);
-            let mut c = std::process::Command::new("unshare");
-            c.args(["--time", "--monotonic", "7200", "--boottime", "7200"])
-                .arg(thaw.get_program())
-                .args(thaw.get_args());
-            for (k, v) in thaw.get_envs() {
-                if let Some(v) = v {
-                    c.env(k, v);
-                }
-            }
-            let o = c.output().unwrap();
+            let o = restore_two_hours_later(&env, &img, opts);
             assert_all_ok(
                 &o,
                 &["the timer that came due while away signals the main thread, and it alone"],

@@ -24,6 +24,22 @@ extern "C" fn on_alarm(_: i32) {
 
 const INTERVAL_US: u64 = 20_000;
 
+/// Arms ITIMER_REAL: due in a millisecond, then every `INTERVAL_US`.
+fn arm() {
+    let t = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: INTERVAL_US as i64,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 1_000,
+        },
+    };
+    // SAFETY: arms ITIMER_REAL from a valid itimerval.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+}
+
 /// (interval, value) of ITIMER_REAL in microseconds.
 fn real_timer() -> (u64, u64) {
     // SAFETY: a zeroed itimerval is a valid one to fill.
@@ -63,18 +79,7 @@ fn main() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGALRM, on_alarm as *const () as usize);
     }
-    let t = libc::itimerval {
-        it_interval: libc::timeval {
-            tv_sec: 0,
-            tv_usec: INTERVAL_US as i64,
-        },
-        it_value: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 1_000,
-        },
-    };
-    // SAFETY: arms ITIMER_REAL from a valid itimerval.
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+    arm();
     let end = Instant::now() + Duration::from_secs(10);
     while !alarm_pending() && Instant::now() < end {
         std::thread::yield_now();
@@ -112,21 +117,9 @@ fn main() {
 }
 
 fn ignored() {
-    // SAFETY: ignores SIGALRM; arms ITIMER_REAL from a valid itimerval.
-    unsafe {
-        libc::signal(libc::SIGALRM, libc::SIG_IGN);
-        let t = libc::itimerval {
-            it_interval: libc::timeval {
-                tv_sec: 0,
-                tv_usec: INTERVAL_US as i64,
-            },
-            it_value: libc::timeval {
-                tv_sec: 0,
-                tv_usec: 1_000,
-            },
-        };
-        libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut());
-    }
+    // SAFETY: ignores SIGALRM.
+    unsafe { libc::signal(libc::SIGALRM, libc::SIG_IGN) };
+    arm();
     let end = Instant::now() + Duration::from_secs(10);
     while real_timer().1 != 0 && Instant::now() < end {
         std::thread::yield_now();
