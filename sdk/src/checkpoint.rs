@@ -1210,30 +1210,40 @@ impl Checkpoint {
 /// more than there is room for) would be lost: refused.
 fn pending_signals(c: &Capture, signal: i32) -> Vec<String> {
     let own = 1u64 << (signal - 1);
-    let mut why: Vec<String> = c
-        .threads
-        .iter()
-        .filter_map(|t| {
-            let pending = t.pending.load(Ordering::Relaxed) & !own;
-            (pending != 0).then(|| {
-                let sigs: Vec<String> = (1..=64)
-                    .filter(|s| pending & (1u64 << (s - 1)) != 0)
-                    .map(|s| s.to_string())
-                    .collect();
-                let timers = pending & c.timer_signals != 0;
-                format!(
-                    "signal(s) {} pending for thread {} at the checkpoint (blocked): {}; let them be handled first",
-                    sigs.join(", "),
-                    t.tid.load(Ordering::Relaxed),
-                    if timers {
-                        "a POSIX timer's signal waiting to be delivered is not restored"
-                    } else {
-                        "more signals were queued than a checkpoint reads (128)"
-                    }
-                )
-            })
-        })
-        .collect();
+    let pid = crate::sys::getpid();
+    let mut why: Vec<String> = Vec::new();
+    for t in &c.threads {
+        let pending = t.pending.load(Ordering::Relaxed) & !own;
+        let tid = t.tid.load(Ordering::Relaxed);
+        // (The main thread's are its own and the process's.)
+        let whose = if tid == pid {
+            format!("thread {tid} or the process")
+        } else {
+            format!("thread {tid}")
+        };
+        for (set, reason) in [
+            (
+                pending & c.timer_signals,
+                "a POSIX timer's signal waiting to be delivered is not restored",
+            ),
+            (
+                pending & !c.timer_signals,
+                "more signals were queued than a checkpoint reads (128)",
+            ),
+        ] {
+            if set == 0 {
+                continue;
+            }
+            let sigs: Vec<String> = (1..=64)
+                .filter(|s| set & (1u64 << (s - 1)) != 0)
+                .map(|s| s.to_string())
+                .collect();
+            why.push(format!(
+                "signal(s) {} pending for {whose} at the checkpoint (blocked): {reason}; let them be handled first",
+                sigs.join(", "),
+            ));
+        }
+    }
     let errno = c.requeue_error.load(Ordering::Relaxed);
     if errno != 0 {
         why.push(format!(
