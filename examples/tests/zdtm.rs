@@ -1869,3 +1869,50 @@ fn a_timer_due_while_away_signals_the_main_thread() {
         }
     }
 }
+
+/// A restored process that stops itself stops its launcher with it, in every mode, so that the
+/// shell that ran `thaw run` sees its job stopped (a terminal probe: Node's readline stops itself
+/// on Ctrl-Z in raw mode, and the shell never got its terminal back); continuing the group
+/// (`fg`) lets it go on and end.
+#[test]
+fn a_process_that_stops_itself_stops_its_launcher_too() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-stops", "s.thaw", &[]);
+    for opts in every_mode() {
+        let child = env
+            .restore_cmd(&img, opts, &[])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Stopped (state T), within a bound so that a regression fails instead of hanging.
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+                .unwrap_or(false)
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !state() && std::time::Instant::now() < end {
+            std::thread::yield_now();
+        }
+        let stopped = state();
+        // SAFETY: kill has no memory-safety preconditions; the group is the launcher's own.
+        unsafe { libc::kill(-pid, libc::SIGCONT) };
+        if !stopped {
+            // SAFETY: as above (the process, stopped, would keep the launcher waiting).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(stopped, "{opts:?}: the launcher did not stop: {}", text(&o));
+        assert!(o.status.success(), "{opts:?}: {}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "restored, stopping\ncontinued\n",
+            "{opts:?}"
+        );
+    }
+}

@@ -211,11 +211,26 @@ impl Exit {
 
 /// waitpid(pid, 0) until it reports an exit (any child with `pid` = -1): (pid, how it ended).
 pub fn wait(pid: i32) -> io::Result<(i32, Exit)> {
+    wait_stopping_with(pid, |_, _| {})
+}
+
+/// [`wait`], calling `stopped(pid, signal)` each time a child it waits for stops (the restored process: it
+/// stopped itself with SIGTSTP, as Node's readline does on Ctrl-Z in raw mode, or was stopped):
+/// whoever waits for it must stop too, or the shell that started `thaw run` never gets the
+/// terminal back.
+pub fn wait_stopping_with(pid: i32, mut stopped: impl FnMut(i32, i32)) -> io::Result<(i32, Exit)> {
     loop {
         let mut status = 0i32;
         let r = syscall(
             libc::SYS_wait4,
-            [pid as u64, &mut status as *mut i32 as u64, 0, 0, 0, 0],
+            [
+                pid as u64,
+                &mut status as *mut i32 as u64,
+                libc::WUNTRACED as u64,
+                0,
+                0,
+                0,
+            ],
         );
         match r {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -226,11 +241,25 @@ pub fn wait(pid: i32) -> io::Result<(i32, Exit)> {
                 } else if libc::WIFSIGNALED(status) {
                     Exit::Signal(libc::WTERMSIG(status))
                 } else {
+                    if libc::WIFSTOPPED(status) {
+                        stopped(p as i32, libc::WSTOPSIG(status));
+                    }
                     continue;
                 };
                 return Ok((p as i32, how));
             }
         }
+    }
+}
+
+/// What the launcher does when the restored process (its child) stops: it stops too, as a
+/// shell's job, and once continued (the shell's `fg` continues the whole group) continues the
+/// process if it is in a group of its own.
+pub fn stop_with(child: i32) {
+    kill(std::process::id() as i32, libc::SIGSTOP);
+    // SAFETY: getpgid and getpgrp have no memory-safety preconditions.
+    if unsafe { libc::getpgid(child) != libc::getpgrp() } {
+        kill(child, libc::SIGCONT);
     }
 }
 
@@ -297,20 +326,37 @@ pub fn set_sigmask(mask: u64) -> u64 {
 
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-extern "C" fn forward(sig: i32) {
+extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    const SI_KERNEL: i32 = 0x80;
     let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
-    if pid > 0 {
-        kill(pid, sig);
+    if pid <= 0 {
+        return;
     }
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    // Ctrl-C and Ctrl-\ on a terminal: the kernel sends them to the whole foreground process
+    // group, so a process in ours has its own already (passed on, it got two).
+    let keyboard = (sig == libc::SIGINT || sig == libc::SIGQUIT) && code == SI_KERNEL;
+    // SAFETY: getpgid and getpgrp have no memory-safety preconditions (async-signal-safe).
+    if keyboard && unsafe { libc::getpgid(pid) == libc::getpgrp() } {
+        return;
+    }
+    kill(pid, sig);
 }
 
 /// Forwards `signals` to `pid` from now on.
 pub fn forward_signals(pid: i32, signals: &[i32]) -> io::Result<()> {
     FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
     for &sig in signals {
-        // SAFETY: `forward` is an async-signal-safe extern "C" handler (an atomic load and kill).
-        let r = unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
-        if r == libc::SIG_ERR {
+        // SAFETY: a zeroed sigaction is valid; `forward` is an async-signal-safe SA_SIGINFO
+        // handler (atomic loads and system calls).
+        let r = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = forward as *const () as libc::sighandler_t;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        if r != 0 {
             return Err(io::Error::last_os_error());
         }
     }

@@ -1276,7 +1276,7 @@ fn supervise(
             ms(restored)
         );
     }
-    let waited = sys::wait(child);
+    let waited = sys::wait_stopping_with(child, |_, _| sys::stop_with(child));
     let served = server.map(|h| {
         h.join()
             .unwrap_or_else(|_| Err(Failure::new(Code::Internal, "the memory server panicked")))
@@ -1452,8 +1452,16 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
             fds.close_process_side();
             let _ = sys::forward_signals(child, &FORWARDED);
             sys::set_sigmask(0);
+            // The process stopped: its group is the caller's job, which stops with it (the
+            // init itself is not stopped by a signal from its own namespace, and goes on
+            // waiting; the shell's `fg` continues the group).
+            let stop_job = |p: i32, _: i32| {
+                if p == child {
+                    sys::kill(0, libc::SIGSTOP);
+                }
+            };
             loop {
-                match sys::wait(-1) {
+                match sys::wait_stopping_with(-1, stop_job) {
                     Ok((p, how)) if p == child => break how.status(),
                     Ok(_) => continue,
                     Err(_) => break Code::RestoreFailed as i32,
