@@ -216,7 +216,9 @@ fn canonical(f: &std::fs::File) -> bool {
 
 /// A process that put its terminal in raw mode (Node's readline) finds it in raw mode after
 /// restore, though the first life's end put it back: the launcher lends the caller's terminal
-/// the process's mode and puts the caller's own back once the process has ended. On a pipe,
+/// the process's mode and puts the caller's own back once the process has ended, and tells the
+/// process of its new terminal's size as a resize would (SIGWINCH: Node printed for the first
+/// life's terminal size until the window was resized). On a pipe,
 /// the launcher warns that standard input is no terminal any more.
 #[test]
 fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
@@ -250,7 +252,7 @@ fn a_terminal_in_raw_mode_comes_back_raw_and_the_callers_mode_is_put_back() {
         assert!(o.status.success(), "{opts:?}: {}", text(&o));
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
-            "icanon 0 echo 0\n",
+            "icanon 0 echo 0 winch 1\n",
             "{opts:?}"
         );
         assert!(canonical(&slave), "{opts:?}: the caller's mode is back");

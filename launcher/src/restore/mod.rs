@@ -878,6 +878,11 @@ fn build_plan(
     if alarm_due {
         for_process(&thaw::state::timers::alarm_signal(), &mut plan);
     }
+    // A terminal it had is the caller's now (see thaw::state::terminal::resized).
+    let had_terminal = m.files.iter().any(|e| e.terminal.is_some());
+    if had_terminal && fork.is_none() && (0..=2).any(|fd| thaw::sys::tcgetattr(fd).is_some()) {
+        for_process(&thaw::state::terminal::resized(), &mut plan);
+    }
     // A child left out at the checkpoint ended while the process was away: its SIGCHLD waits
     // (a standard signal: one stands for all of them, as the kernel's would).
     if let Some(z) = m
