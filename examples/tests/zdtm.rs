@@ -1916,3 +1916,72 @@ fn a_process_that_stops_itself_stops_its_launcher_too() {
         );
     }
 }
+
+/// One Ctrl-C on the terminal `thaw run` runs on gives the restored process one SIGINT: the
+/// terminal signals the job's whole group, the process's too, and the launcher does not pass
+/// its own copy on (a terminal probe: two KeyboardInterrupts in CPython for one key).
+#[test]
+fn one_ctrl_c_is_one_sigint() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-stops", "c.thaw", &["ctrl-c"]);
+    for opts in every_mode() {
+        // A pseudo-terminal whose controlling session is the launcher's.
+        // SAFETY: posix_openpt and friends on descriptors we own; ptsname is read at once.
+        let (mut master, slave) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0);
+            assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
+            let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+            let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+            assert!(s >= 0);
+            use std::os::fd::FromRawFd;
+            (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+        };
+        let tty = slave.as_raw_fd();
+        let mut cmd = env.restore_cmd(&img, opts, &[]);
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe, run in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        drop(slave);
+        let mut seen = String::new();
+        // Reads the terminal's output until `done` says so (or it ends).
+        let read_until =
+            |master: &mut std::fs::File, seen: &mut String, done: &dyn Fn(&str) -> bool| {
+                let mut buf = [0u8; 256];
+                while !done(seen) {
+                    match master.read(&mut buf) {
+                        Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                        _ => break,
+                    }
+                }
+            };
+        read_until(&mut master, &mut seen, &|s| s.contains("ready"));
+        master.write_all(b"\x03").unwrap();
+        master.write_all(b"x\n").unwrap();
+        read_until(&mut master, &mut seen, &|s| {
+            s.split("sigint ").nth(1).is_some_and(|r| r.contains('\n'))
+        });
+        let status = child.wait().unwrap();
+        let count = seen
+            .split("sigint ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("")
+            .to_owned();
+        assert_eq!(count, "1", "{opts:?}: {seen:?}, {status:?}");
+    }
+}
