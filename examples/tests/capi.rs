@@ -193,22 +193,6 @@ fn a_process_near_its_soft_limit_of_open_files_is_checkpointed_and_keeps_its_lim
     );
 }
 
-/// A pseudo-terminal: (master, slave), the slave in its default (canonical) mode.
-fn pty() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    // SAFETY: posix_openpt and friends on a new descriptor we own; ptsname's buffer is read at
-    // once.
-    unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(m >= 0);
-        assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
-        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
-        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        assert!(s >= 0);
-        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
-    }
-}
-
 fn canonical(f: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
     thaw::sys::tcgetattr(f.as_raw_fd()).unwrap().c_lflag & libc::ICANON != 0

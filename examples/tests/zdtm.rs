@@ -1929,17 +1929,7 @@ fn one_ctrl_c_is_one_sigint() {
     let img = env.checkpoint("zdtm-stops", "c.thaw", &["ctrl-c"]);
     for opts in every_mode() {
         // A pseudo-terminal whose controlling session is the launcher's.
-        // SAFETY: posix_openpt and friends on descriptors we own; ptsname is read at once.
-        let (mut master, slave) = unsafe {
-            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-            assert!(m >= 0);
-            assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
-            let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
-            let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-            assert!(s >= 0);
-            use std::os::fd::FromRawFd;
-            (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
-        };
+        let (mut master, slave) = pty();
         let tty = slave.as_raw_fd();
         let mut cmd = env.restore_cmd(&img, opts, &[]);
         cmd.stdin(slave.try_clone().unwrap())

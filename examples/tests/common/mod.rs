@@ -379,3 +379,19 @@ pub fn differs_per_restore(env: &Env, image: &Path, prefix: &str) {
         assert!(seen.insert(rest.to_owned()), "{out}");
     }
 }
+
+/// A pseudo-terminal: (master, slave), the slave in its default (canonical) mode.
+pub fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt and friends on a new descriptor we own; ptsname's buffer is read at
+    // once.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0);
+        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+    }
+}

@@ -26,6 +26,19 @@ pub struct PendingSignal {
 }
 
 impl PendingSignal {
+    /// Signal `signo` as the kernel sends it itself (`SI_KERNEL`: a timer's SIGALRM, a
+    /// terminal's SIGWINCH).
+    pub fn from_kernel(signo: i32) -> PendingSignal {
+        const SI_KERNEL: u64 = 0x80;
+        let mut info = [0u64; 16];
+        info[0] = signo as u64;
+        info[1] = SI_KERNEL;
+        PendingSignal {
+            signo: signo as u32,
+            info,
+        }
+    }
+
     /// Queues it again for thread `tid` of process `pid`, or for the process (`None`): run by
     /// that thread itself, or for the process by its main thread (the only callers the kernel
     /// lets queue a siginfo of its own or of kill()).

@@ -117,12 +117,5 @@ impl Drop for Lent {
 /// tells it (Node caches its columns and rows until a SIGWINCH; it printed for the first
 /// life's terminal size).
 pub fn resized() -> super::signals::PendingSignal {
-    const SI_KERNEL: u64 = 0x80;
-    let mut info = [0u64; 16];
-    info[0] = libc::SIGWINCH as u64;
-    info[1] = SI_KERNEL;
-    super::signals::PendingSignal {
-        signo: libc::SIGWINCH as u32,
-        info,
-    }
+    super::signals::PendingSignal::from_kernel(libc::SIGWINCH)
 }

@@ -124,14 +124,7 @@ impl Itimers {
 /// raised by a timer due at once: that fires while the threads are resuming, and would go to
 /// whichever unblocks first, not the main thread (a Perl ithread took it and exited).
 pub fn alarm_signal() -> super::signals::PendingSignal {
-    const SI_KERNEL: u64 = 0x80;
-    let mut info = [0u64; 16];
-    info[0] = libc::SIGALRM as u64;
-    info[1] = SI_KERNEL;
-    super::signals::PendingSignal {
-        signo: libc::SIGALRM as u32,
-        info,
-    }
+    super::signals::PendingSignal::from_kernel(libc::SIGALRM)
 }
 
 #[cfg(test)]
