@@ -595,7 +595,7 @@ pub struct Capture {
     pub looks: Vec<(i32, u64)>,
     /// The calling thread's signal mask before the freeze: the one its frame in the snapshot
     /// resumes with.
-    pub caller_mask: AtomicU64,
+    pub caller_mask: u64,
     /// [`Capture::own_fds`] with the inode each names, taken before the freeze (see
     /// [`abandoned_fds`]).
     pub own_ids: Vec<(i32, u64)>,
@@ -710,7 +710,7 @@ impl Capture {
             changed: AtomicU32::new(0),
             looks: Vec::new(),
             own_ids: Vec::new(),
-            caller_mask: AtomicU64::new(0),
+            caller_mask: 0,
             flags_seen: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),
@@ -1303,18 +1303,13 @@ fn handle(call: &mut HandlerCall) {
         slot[0].store(value, Ordering::Relaxed);
         slot[1].store(interval, Ordering::Relaxed);
     }
-    let alarm = 1u64 << (libc::SIGALRM - 1);
-    let alarm_pending = sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0);
-    for (i, (slot, t)) in c
-        .itimers
-        .iter()
-        .zip(crate::state::timers::read())
-        .enumerate()
-    {
-        let [interval, value] = match i {
-            0 => crate::state::timers::as_restored(t, alarm_pending),
-            _ => t,
-        };
+    let mut timers = crate::state::timers::read();
+    // ITIMER_REAL, as the image keeps it (its SIGALRM looked for only where that matters).
+    timers[0] = crate::state::timers::as_restored(timers[0], || {
+        let alarm = 1u64 << (libc::SIGALRM - 1);
+        sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0)
+    });
+    for (slot, [interval, value]) in c.itimers.iter().zip(timers) {
         slot[0].store(interval, Ordering::Relaxed);
         slot[1].store(value, Ordering::Relaxed);
     }
@@ -1347,7 +1342,7 @@ fn handle(call: &mut HandlerCall) {
     // SAFETY: as above; read and written by this thread alone (the others are parked).
     let quiet = unsafe { frame_mask.read_volatile() };
     // SAFETY: as above.
-    unsafe { frame_mask.write_volatile(c.caller_mask.load(Ordering::Relaxed)) };
+    unsafe { frame_mask.write_volatile(c.caller_mask) };
     let child = sys::while_dumpable(|| {
         compiler_fence(Ordering::SeqCst);
         let child = sys::raw_fork_quiet();
@@ -1506,7 +1501,7 @@ pub fn freeze(
     let current = sys::sigprocmask(libc::SIG_BLOCK, Some(0))?;
     let quiet = quiet_mask(signal) & !(capture.timer_signals & !current);
     let old_mask = sys::sigprocmask(libc::SIG_SETMASK, Some(quiet))?;
-    capture.caller_mask = AtomicU64::new(old_mask);
+    capture.caller_mask = old_mask;
     crate::checkpoint::after_scan_for_tests();
     let restore_disposition = || {
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));

@@ -181,10 +181,9 @@ pub fn plan(
     scratch: i32,
     plan: &mut crate::restore::Plan,
 ) {
-    let quiet: Vec<&EpollWatch> = watches
+    let (quiet, others): (Vec<&EpollWatch>, Vec<&EpollWatch>) = watches
         .iter()
-        .filter(|w| edge(w) && !w.ready && !otherwise_at_restore(w, table))
-        .collect();
+        .partition(|w| edge(w) && !w.ready && !otherwise_at_restore(w, table));
     let dup3 = |plan: &mut crate::restore::Plan, what: String, from: i32, to: i32, flags: i32| {
         plan.syscall(
             what,
@@ -255,10 +254,7 @@ pub fn plan(
             [fd as u64, buf, quiet.len() as u64, 0, 0, 0],
         );
     }
-    for w in watches
-        .iter()
-        .filter(|w| !quiet.iter().any(|q| std::ptr::eq(*q, *w)))
-    {
+    for w in others {
         add(w, plan);
     }
 }

@@ -1947,27 +1947,23 @@ fn reopen_deleted_dir(e: &FdEntry, path: &str, mode: u32) -> Result<OwnedFd, Str
     Ok(OwnedFd::from(f))
 }
 
-/// `entries` in their order, but the FIFOs opened for writing alone (and their duplicates)
-/// last: such an end opens only where the FIFO has a reader, which may be one of the process's
-/// own with a higher number (Go opens a FIFO's two ends from two goroutines, in either order).
+/// `entries` in their order, but the files opened for writing alone (and their duplicates) last:
+/// such an end of a FIFO opens only where the FIFO has a reader, which may be one of the
+/// process's own with a higher number (Go opens a FIFO's two ends from two goroutines, in either
+/// order). (Which of them are FIFOs is not looked up: a regular file's place in the order does
+/// not matter.)
 fn fifo_readers_first(entries: &[FdEntry]) -> impl Iterator<Item = &FdEntry> {
-    use std::os::unix::fs::FileTypeExt;
     let mut later = std::collections::BTreeSet::new();
-    for e in entries {
-        let writer = match &e.kind {
-            FdKind::Regular { path, .. } => {
-                e.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
-                    && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
-            }
-            _ => false,
-        };
+    for e in entries.iter().filter(|e| !e.in_flight) {
+        let writer = matches!(e.kind, FdKind::Regular { .. })
+            && e.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
         if writer || e.dup_of.is_some_and(|d| later.contains(&d)) {
             later.insert(e.fd);
         }
     }
     let (first, last): (Vec<&FdEntry>, Vec<&FdEntry>) = entries
         .iter()
-        .partition(|e| !later.contains(&e.fd) || e.in_flight);
+        .partition(|e| e.in_flight || !later.contains(&e.fd));
     first.into_iter().chain(last)
 }
 

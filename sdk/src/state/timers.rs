@@ -53,18 +53,24 @@ pub struct Itimers {
 
 const WHICH: [i32; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
 
-/// What the image keeps of ITIMER_REAL read as `[interval, value]`, SIGALRM pending in the
-/// process's queue or not (async-signal-safe). The kernel arms a periodic ITIMER_REAL that came
+/// What the image keeps of ITIMER_REAL read as `[interval, value]`, `alarm_pending` saying
+/// whether SIGALRM waits in the process's queue (asked only for a timer read so;
+/// async-signal-safe). The kernel arms a periodic ITIMER_REAL that came
 /// due again only when its SIGALRM is taken, and until then reads no time left. With the signal
 /// waiting (it came after the checkpoint read the queues, so the image does not hold it), it is
 /// due at once (1 µs), so that the signal comes and the timer goes on: restored disarmed, it
 /// never fired again (a probe: Python's `setitimer`, about one checkpoint in ten). Without
 /// (SIGALRM ignored: the kernel dropped it), it never fires again: disarmed. (ITIMER_VIRTUAL and
 /// ITIMER_PROF are armed again as they come due: never read so, and kept as read.)
-pub fn as_restored(t: [u64; 2], alarm_pending: bool) -> [u64; 2] {
+pub fn as_restored(t: [u64; 2], alarm_pending: impl FnOnce() -> bool) -> [u64; 2] {
     match t {
-        [interval, 0] if interval > 0 && alarm_pending => [interval, 1],
-        [interval, 0] if interval > 0 => [0, 0],
+        [interval, 0] if interval > 0 => {
+            if alarm_pending() {
+                [interval, 1]
+            } else {
+                [0, 0]
+            }
+        }
         t => t,
     }
 }
@@ -159,14 +165,14 @@ mod tests {
 
     #[test]
     fn a_periodic_timer_read_with_no_time_left_is_due_only_with_its_signal_waiting() {
-        assert_eq!(as_restored([20_000, 0], true), [20_000, 1]);
+        assert_eq!(as_restored([20_000, 0], || true), [20_000, 1]);
         assert_eq!(
-            as_restored([20_000, 0], false),
+            as_restored([20_000, 0], || false),
             [0, 0],
             "ignored: dead for good"
         );
-        assert_eq!(as_restored([20_000, 5], false), [20_000, 5]);
-        assert_eq!(as_restored([0, 0], true), [0, 0], "disarmed");
-        assert_eq!(as_restored([0, 7], true), [0, 7]);
+        assert_eq!(as_restored([20_000, 5], || false), [20_000, 5]);
+        assert_eq!(as_restored([0, 0], || true), [0, 0], "disarmed");
+        assert_eq!(as_restored([0, 7], || true), [0, 7]);
     }
 }
