@@ -396,6 +396,57 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
     assert!(o.stdout.is_empty());
 }
 
+/// The first life's child, left out, goes on a moment after the first life (a JVM's `cat` reading
+/// end of file from it): a restore in host mode right then waits for it to end and be reaped,
+/// rather than refusing its PID as taken.
+#[test]
+fn a_left_out_child_still_ending_is_waited_for() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("orphan.thaw");
+    let o = command(&env.program("zdtm-children"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg("orphan")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let worker: i32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("children "))
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{worker}")).exists());
+    let mut thaw = env
+        .restore_cmd(&img, &["--pid-mode", "host"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the launcher watches the worker (a pidfd), or has ended (refused).
+    let fds = format!("/proc/{}/fd", thaw.id());
+    while thaw.try_wait().unwrap().is_none()
+        && !std::fs::read_dir(&fds).unwrap().flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[pidfd]")
+        })
+    {
+        std::thread::yield_now();
+    }
+    // SAFETY: kills the first life's orphaned child.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let o = thaw.wait_with_output().unwrap();
+    assert_all_ok(
+        &o,
+        &[
+            "the child left out: ended by SIGKILL",
+            "no other children after restore",
+        ],
+    );
+}
+
 #[test]
 fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
     let env = Env::new();

@@ -8,7 +8,9 @@
 //! no SIGCHLD for them again), the worker left out as a child killed by SIGKILL (its SIGCHLD
 //! delivered), and no other child (`waitpid` fails with ECHILD once they are reaped).
 //! `PROG IMAGE KEY alone`: as `leave`, without zombies. `alone-ignored`: so, with SIGCHLD
-//! ignored: the child left out leaves no zombie (the kernel would have reaped it).
+//! ignored: the child left out leaves no zombie (the kernel would have reaped it). `orphan`: as
+//! `alone`, but the first life ends without ending the worker, which goes on, orphaned, until
+//! the test kills it (as a JVM's `cat` child goes on a moment after the JVM has gone).
 //! `PROG IMAGE KEY leave-io`, `leave-io-shared`: see [`leave_io`].
 //! `PROG IMAGE KEY other-user` (as root): a zombie that had switched to another user is refused.
 //! `PROG IMAGE KEY other-group`: a zombie in a process group nobody leads any more is refused.
@@ -265,14 +267,23 @@ fn main() {
             // Exits once every copy of the write end is closed: when the first life ends.
             libc::close(p[1]);
             let mut b = 0u8;
+            if mode == "orphan" {
+                // Holds none of the test's pipes, which wait for the first life alone.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+            }
             libc::read(p[0], (&mut b as *mut u8).cast(), 1);
+            while mode == "orphan" {
+                libc::pause();
+            }
             libc::_exit(0);
         }
         worker
     };
     let zombies: Vec<(i32, End)> = if mode == "other-user" {
         vec![(zombie(0, End::Exit(3), true), End::Exit(3))]
-    } else if mode == "alone" || mode == "alone-ignored" {
+    } else if mode == "alone" || mode == "alone-ignored" || mode == "orphan" {
         Vec::new()
     } else if mode == "other-group" {
         vec![(grandchild_in_a_group_gone(), End::Exit(0))]
@@ -307,6 +318,9 @@ fn main() {
             for (pid, _) in &zombies {
                 // SAFETY: reaps our own child.
                 unsafe { libc::waitpid(*pid, std::ptr::null_mut(), 0) };
+            }
+            if mode == "orphan" {
+                std::process::exit(0);
             }
             end_left_out(worker);
         }

@@ -197,10 +197,21 @@ pub(crate) fn has_cap(cap: u32) -> bool {
     sys::effective_caps() & (1u64 << cap) != 0
 }
 
-fn pid_in_use(pid: i32) -> bool {
+/// Whether `pid` is taken here. `orphan`: the ID of a child left out at the checkpoint, which the
+/// first life's own child may still hold, orphaned when the first life ended and about to end too
+/// (a `cat` reading end of file from it): its end and its reaping, by whichever process reaps
+/// orphans, are waited for, briefly.
+fn pid_in_use(pid: i32, orphan: bool) -> bool {
     let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
     if gone() {
         return false;
+    }
+    let limit = std::time::Duration::from_secs(3);
+    if orphan {
+        if let Ok(fd) = sys::pidfd_open(pid) {
+            // Readable once it has ended.
+            let _ = sys::poll_readable(&[fd.as_raw_fd()], Some(limit));
+        }
     }
     // A zombie waiting for its parent to reap it: the first life's children, orphaned when it
     // exited, take init a moment (up to a second or two on a busy machine). Waited for, briefly.
@@ -211,12 +222,12 @@ fn pid_in_use(pid: i32) -> bool {
             .and_then(|s| {
                 s.rsplit_once(')').map(|(_, rest)| {
                     let mut f = rest.split_whitespace();
-                    f.next() == Some("Z") && f.next() == Some("1")
+                    f.next() == Some("Z") && (orphan || f.next() == Some("1"))
                 })
             })
             .unwrap_or(false)
     };
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let until = std::time::Instant::now() + limit;
     while zombie() && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -227,8 +238,13 @@ fn pid_in_use(pid: i32) -> bool {
 fn taken_id(m: &thaw::Manifest) -> Option<i32> {
     std::iter::once(m.process.pid)
         .chain(m.threads.iter().map(|t| t.tid))
-        .chain(m.zombies.iter().map(|z| z.pid))
-        .find(|&id| pid_in_use(id))
+        .find(|&id| pid_in_use(id, false))
+        .or_else(|| {
+            m.zombies
+                .iter()
+                .find(|z| pid_in_use(z.pid, z.left_out))
+                .map(|z| z.pid)
+        })
 }
 
 /// Descriptors prepared for the new process: the targets at their numbers, and the launcher's own
