@@ -214,16 +214,14 @@ fn pid_in_use(pid: i32, orphan: bool) -> bool {
         }
     }
     // A zombie waiting for its parent to reap it: the first life's children, orphaned when it
-    // exited, take init a moment (up to a second or two on a busy machine). Waited for, briefly.
-    // (A zombie of any other parent may never be reaped: not waited for.)
+    // exited, take init (or the subreaper above it) a moment, up to a second or two on a busy
+    // machine. Waited for, briefly (a zombie whose parent never reaps it is refused after that).
     let zombie = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
-                s.rsplit_once(')').map(|(_, rest)| {
-                    let mut f = rest.split_whitespace();
-                    f.next() == Some("Z") && (orphan || f.next() == Some("1"))
-                })
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
             })
             .unwrap_or(false)
     };
