@@ -256,6 +256,15 @@ pub fn wait_stopping_with(pid: i32, mut stopped: impl FnMut(i32, i32)) -> io::Re
 /// shell's job, and once continued (the shell's `fg` continues the whole group) continues the
 /// process if it is in a group of its own.
 pub fn stop_with(child: i32) {
+    // Unless it was continued already: a stop of the whole job (Ctrl-Z) stops the launcher too,
+    // after the report it took, and the `fg` that continued both must not find it stopped again.
+    let stopped = std::fs::read_to_string(format!("/proc/{child}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+        .unwrap_or(false);
+    if !stopped {
+        return;
+    }
     kill(std::process::id() as i32, libc::SIGSTOP);
     // SAFETY: getpgid and getpgrp have no memory-safety preconditions.
     if unsafe { libc::getpgid(child) != libc::getpgrp() } {

@@ -1249,7 +1249,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
         supervise(
-            child,
+            (child, mode != PidMode::Ns),
             error_r,
             &plan,
             req.timing.zip(prepared),
@@ -1260,8 +1260,10 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
 }
 
 /// Waits for the restorer's report, then for the process; returns the exit status to use.
+/// `stops_job`: whether the launcher stops when its child does (host mode; in ns mode the
+/// namespace's init stops the job, the launcher with it, and the child is the helper).
 fn supervise(
-    child: i32,
+    (child, stops_job): (i32, bool),
     error_r: OwnedFd,
     plan: &Plan,
     timing: Option<(
@@ -1295,7 +1297,11 @@ fn supervise(
             ms(restored)
         );
     }
-    let waited = sys::wait_stopping_with(child, |_, _| sys::stop_with(child));
+    let waited = sys::wait_stopping_with(child, |_, _| {
+        if stops_job {
+            sys::stop_with(child)
+        }
+    });
     let served = server.map(|h| {
         h.join()
             .unwrap_or_else(|_| Err(Failure::new(Code::Internal, "the memory server panicked")))
