@@ -416,6 +416,9 @@ impl Checkpoint {
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
         capture.children_allowed = self.leave_children_out;
+        // Reaped by a first life that exits after saving: orphaned, they would hold their PIDs,
+        // which a restore right after needs, until whoever reaps orphans got to them.
+        let children: Vec<i32> = zombies.iter().map(|z| z.pid).collect();
         capture.zombies = zombies;
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
@@ -685,6 +688,7 @@ impl Checkpoint {
             if let Ok(mut hooks) = AT_SAVE_EXIT.try_lock() {
                 hooks.iter_mut().for_each(|h| h());
             }
+            children.iter().for_each(|&c| crate::sys::reap_if_ended(c));
             crate::sys::exit_now(0);
         }
         // The checkpoint failed or starts again, or the process goes on: so do its threads

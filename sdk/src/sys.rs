@@ -911,6 +911,22 @@ pub fn reap(pid: i32) {
     {}
 }
 
+/// Reaps child `pid` if it has ended; never waits.
+pub fn reap_if_ended(pid: i32) {
+    let mut status = 0i32;
+    let _ = syscall6(
+        libc::SYS_wait4,
+        [
+            pid as u64,
+            &mut status as *mut i32 as u64,
+            (libc::WNOHANG | libc::__WALL) as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+}
+
 /// Waits until child `pid` has ended, leaving it unreaped (waitid WNOWAIT).
 pub fn wait_ended_unreaped(pid: i32) -> io::Result<()> {
     let mut info = [0u64; 16];

@@ -215,22 +215,28 @@ fn pid_in_use(pid: i32, orphan: bool) -> bool {
     }
     // A zombie waiting for its parent to reap it: the first life's children, orphaned when it
     // exited, take init (or the subreaper above it) a moment, up to a second or two on a busy
-    // machine. Waited for, briefly (a zombie whose parent never reaps it is refused after that).
-    let zombie = || {
+    // machine. Waited for, briefly, as is a process on its way out (PF_EXITING) or being reaped
+    // (X); a zombie whose parent never reaps it is refused after that.
+    let ending = || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                let (_, rest) = s.rsplit_once(')')?;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let flags: u64 = f.get(6)?.parse().ok()?;
+                Some(matches!(f[0], "Z" | "X") || flags & PF_EXITING != 0)
             })
             .unwrap_or(false)
     };
     let until = std::time::Instant::now() + limit;
-    while zombie() && std::time::Instant::now() < until {
+    while ending() && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     !gone()
 }
+
+/// `PF_EXITING` in /proc/PID/stat's flags: the task is in the kernel's exit.
+const PF_EXITING: u64 = 0x4;
 
 /// The first of the image's PID and TIDs that is taken in this PID namespace.
 fn taken_id(m: &thaw::Manifest) -> Option<i32> {
