@@ -301,8 +301,7 @@ fn a_setcap_launcher_fills_lazily_when_it_may_follow_forks() {
     ] {
         // A copy, never a link: the capability belongs to the file.
         let launcher = env.path(name);
-        std::fs::copy(bin("thaw"), &launcher).unwrap();
-        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy_program(&bin("thaw"), &launcher, 0o755);
         let st = std::process::Command::new("setcap")
             .arg(caps)
             .arg(&launcher)

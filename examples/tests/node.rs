@@ -462,6 +462,12 @@ fn node_started_on_a_terminal_writes_to_the_callers_output_after_restore() {
         )
     };
     assert_eq!(r, 0, "openpty");
+    // Close-on-exec: a program another test thread starts meanwhile must not hold them.
+    // SAFETY: fcntl on the two new descriptors.
+    unsafe {
+        libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(slave, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
     // SAFETY: both are new descriptors that nothing else owns.
     let (master, slave) = unsafe {
         use std::os::fd::FromRawFd;

@@ -58,8 +58,7 @@ impl Lab {
         let d = env.dir.path().to_owned();
         let copy = |name: &str, to: &str| {
             let p = d.join(to);
-            std::fs::copy(bin(name), &p).unwrap();
-            chmod(&p, 0o755);
+            copy_program(&bin(name), &p, 0o755);
             p
         };
         let zdtm = copy("zdtm-process", "zdtm-process");
@@ -115,8 +114,7 @@ impl Lab {
         let prog = if setuid {
             let p = self.env.path("zdtm-process-suid");
             if !p.exists() {
-                std::fs::copy(&self.zdtm, &p).unwrap();
-                chmod(&p, 0o4755);
+                copy_program(&self.zdtm, &p, 0o4755);
             }
             p
         } else {
@@ -269,12 +267,9 @@ fn setcap_launcher_restores_threads_without_its_capability() {
     let lab = Lab::new();
     let dir = lab.user_dir(A);
     let prog = lab.env.path("zdtm-threads");
-    // A hard link where it can be: a copy open for writing while another test thread forks can
-    // make its exec fail with ETXTBSY (seen in CI).
     if std::fs::hard_link(bin("zdtm-threads"), &prog).is_err() {
-        std::fs::copy(bin("zdtm-threads"), &prog).unwrap();
+        copy_program(&bin("zdtm-threads"), &prog, 0o755);
     }
-    chmod(&prog, 0o755);
     let img = dir.join("t.thaw");
     let o = as_user(command(&prog), A, A)
         .arg(&img)

@@ -318,7 +318,8 @@ fn signals_reach_the_instance_and_a_lost_caller_ends_it() {
 
     let mut c = Waiting::spawn(server.call(&[]));
     assert_eq!(c.ready(), pid);
-    let instance = server.instances();
+    let instance = server.live_instances();
+    assert_eq!(instance.len(), 1);
     // SAFETY: as above.
     unsafe { libc::kill(instance[0], libc::SIGKILL) };
     assert_eq!(c.child.wait().unwrap().code(), Some(128 + libc::SIGKILL));

@@ -115,15 +115,9 @@ fn normalize(
 fn an_executable_changed_in_place_is_refused_by_name() {
     let env = Env::new();
     let exe = env.path("signals-copy");
-    std::fs::copy(bin("zdtm-signals"), &exe).unwrap();
+    copy_program(&bin("zdtm-signals"), &exe, 0o755);
     let img = env.path("x.thaw");
-    // Another test thread's fork may hold the copy's write descriptor for an instant (ETXTBSY).
-    let o = (0..100)
-        .find_map(|_| match command(&exe).arg(&img).arg(&env.key).output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
-            r => Some(r.unwrap()),
-        })
-        .expect("the copy never stopped being busy");
+    let o = command(&exe).arg(&img).arg(&env.key).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -1584,7 +1578,7 @@ fn restore_two_hours_later(
     opts: &[&str],
 ) -> std::process::Output {
     let thaw = env.restore_cmd(img, opts, &[]);
-    let mut c = std::process::Command::new("unshare");
+    let mut c = command(std::path::Path::new("unshare"));
     c.args(["--time", "--monotonic", "7200", "--boottime", "7200"])
         .arg(thaw.get_program())
         .args(thaw.get_args());
@@ -1805,7 +1799,7 @@ fn a_signal_sent_to_a_stopped_thread_is_neither_lost_nor_doubled() {
 #[test]
 fn a_filter_taken_while_the_checkpoint_stops_the_threads_is_refused() {
     let env = Env::new();
-    let o = std::process::Command::new(bin("zdtm-late-policy"))
+    let o = command(&bin("zdtm-late-policy"))
         .arg(env.path("late.thaw"))
         .arg(&env.key)
         .output()
@@ -1828,7 +1822,7 @@ fn a_filter_taken_while_the_checkpoint_stops_the_threads_is_refused() {
 fn system_v_ids_of_another_ipc_namespace_are_refused() {
     let env = Env::new();
     let img = env.path("ipc.thaw");
-    let o = std::process::Command::new("unshare")
+    let o = command(std::path::Path::new("unshare"))
         .arg("-i")
         .arg(bin("zdtm-sysv-sem"))
         .arg(&img)

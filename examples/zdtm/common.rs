@@ -164,8 +164,10 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
 /// Waits until thread `tid` is blocked in system call `nr` (/proc/self/task/TID/syscall).
 pub fn until_blocked_in(tid: i32, nr: i64) {
     loop {
-        let s =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        // A thread that has ended already (a short sleep, on a machine too busy to see it
+        // start) fails the program rather than keeping it waiting for ever.
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .unwrap_or_else(|e| panic!("thread {tid} ended before it was seen in {nr}: {e}"));
         if s.split_whitespace().next() == Some(&nr.to_string()) {
             return;
         }

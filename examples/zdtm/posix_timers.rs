@@ -117,8 +117,8 @@ fn main() {
     );
     let quiet = create(libc::CLOCK_REALTIME, libc::SIGEV_NONE, 0, 0, 0);
     // Far enough ahead that no signal is pending at the checkpoint (that would be refused).
-    arm(once, 1500, 0);
-    arm(periodic, 1500, 50);
+    arm(once, 3000, 0);
+    arm(periodic, 3000, 50);
     arm(quiet, 100_000, 0);
     let held: Vec<i64> = {
         let mut v = vec![once as i64, periodic as i64, quiet as i64];

@@ -168,11 +168,9 @@ impl Env {
             return src;
         }
         let dst = self.path(name);
-        // A hard link where it can be (never open for writing: a copy being written while
-        // another test thread forks can make its exec fail with ETXTBSY), else a copy.
+        // A hard link where it can be, else a copy.
         if !dst.exists() && std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).unwrap();
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+            copy_program(&src, &dst, 0o755);
         }
         dst
     }
@@ -380,17 +378,35 @@ pub fn differs_per_restore(env: &Env, image: &Path, prefix: &str) {
     }
 }
 
+/// Copies program `src` to `dst` with permissions `mode` by running `install`: a copy this process
+/// held open for writing would be inherited, for an instant, by whatever another test thread
+/// forks meanwhile, and running the copy then fails with ETXTBSY (seen in CI).
+pub fn copy_program(src: &Path, dst: &Path, mode: u32) {
+    let st = Command::new("install")
+        .arg("-m")
+        .arg(format!("{mode:o}"))
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "install {} {}", src.display(), dst.display());
+}
+
 /// A pseudo-terminal: (master, slave), the slave in its default (canonical) mode.
 pub fn pty() -> (std::fs::File, std::fs::File) {
     use std::os::fd::FromRawFd;
     // SAFETY: posix_openpt and friends on a new descriptor we own; ptsname's buffer is read at
     // once.
     unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        // Close-on-exec: a program another test thread starts meanwhile must not hold it.
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
         assert!(m >= 0);
         assert_eq!(libc::grantpt(m) | libc::unlockpt(m), 0);
         let name = std::ffi::CStr::from_ptr(libc::ptsname(m)).to_owned();
-        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         assert!(s >= 0);
         (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
     }

@@ -150,6 +150,20 @@ impl Server {
             .collect()
     }
 
+    /// The instances still running: not one that ended and that the server has not reaped yet
+    /// (a test would signal a zombie).
+    pub fn live_instances(&self) -> Vec<i32> {
+        self.instances()
+            .into_iter()
+            .filter(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, r)| !r.starts_with('Z'))
+                })
+            })
+            .collect()
+    }
+
     /// The namespace inits (the nursery's children), running ones and those the server keeps
     /// ready (at most 8).
     pub fn inits(&self) -> Vec<i32> {
