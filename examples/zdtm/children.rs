@@ -274,8 +274,10 @@ fn main() {
                 libc::dup2(null, 2);
             }
             libc::read(p[0], (&mut b as *mut u8).cast(), 1);
-            while mode == "orphan" {
-                libc::pause();
+            if mode == "orphan" {
+                loop {
+                    libc::pause();
+                }
             }
             libc::_exit(0);
         }
