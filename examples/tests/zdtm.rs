@@ -481,6 +481,41 @@ fn zombies_come_back_and_live_children_are_refused_by_name_or_left_out() {
             ],
         );
     }
+    // A first life that exits as it saves reaps its zombies first: their PIDs are free at once
+    // (orphaned, they would wait for whoever reaps orphans, and a restore in host mode for them).
+    let o = command(&env.program("zdtm-children"))
+        .arg(env.path("e.thaw"))
+        .arg(&env.key)
+        .arg("leave-exit")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let zombies: Vec<&str> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("children "))
+        .unwrap()
+        .split(' ')
+        .skip(1)
+        .collect();
+    assert_eq!(zombies.len(), 5, "{out}");
+    for z in &zombies {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{z}")).exists(),
+            "zombie {z} not reaped"
+        );
+    }
+    for opts in every_mode() {
+        let o = env.restore(&env.path("e.thaw"), opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "zombies: same PIDs and names, still zombies",
+                "zombies: each ended as before, as our user",
+                "the child left out: ended by SIGKILL",
+            ],
+        );
+    }
     // A child's standard descriptors (a pipe, a socket pair) left out with it: its end closed.
     let img = env.checkpoint("zdtm-children", "o.thaw", &["leave-io"]);
     for opts in every_mode() {

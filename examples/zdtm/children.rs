@@ -7,6 +7,8 @@
 //! has its zombies back (same PIDs, names, ends, user and process groups — one leads its own;
 //! no SIGCHLD for them again), the worker left out as a child killed by SIGKILL (its SIGCHLD
 //! delivered), and no other child (`waitpid` fails with ECHILD once they are reaped).
+//! `PROG IMAGE KEY leave-exit`: as `leave`, the first life exiting as it saves (it does not reap
+//! its zombies itself: the checkpoint does).
 //! `PROG IMAGE KEY alone`: as `leave`, without zombies. `alone-ignored`: so, with SIGCHLD
 //! ignored: the child left out leaves no zombie (the kernel would have reaped it). `orphan`: as
 //! `alone`, but the first life ends without ending the worker, which goes on, orphaned, until
@@ -308,7 +310,8 @@ fn main() {
     // The worker's pipe goes to a child: left out, like the child.
     let mut cp = thaw::Checkpoint::to(&image)
         .fd(p[1], thaw::FdAction::Drop)
-        .leave_children_out(mode != "refuse");
+        .leave_children_out(mode != "refuse")
+        .exit_after_save(mode == "leave-exit");
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
