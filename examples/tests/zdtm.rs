@@ -1176,6 +1176,59 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
     assert!(!path.exists());
 }
 
+/// Mono's shared area, `/dev/shm/mono.<pid>`, which Mono deletes when it exits: every restore
+/// of an image, not only the first, finds it again under its name (a Mono probe: restores after
+/// the first were refused, "cannot open mapped file /dev/shm/mono.PID", as the first restore's
+/// exit had deleted it). /dev/shm is everybody's: a stale file of another user's there is left
+/// alone, and the memory is shared under no name.
+#[test]
+fn mono_s_shared_area_is_kept_and_created_again_under_its_name() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-perfdata", "m.thaw", &["mono"]);
+    let m = env.manifest(&img);
+    let path = std::path::PathBuf::from(format!("/dev/shm/mono.{}", m.process.pid));
+    let _cleanup = RemoveFile(path.clone());
+    let kept: Vec<_> = m.shared.iter().filter_map(|o| o.file.as_ref()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].keep_name);
+    assert_eq!(kept[0].path, path.to_str().unwrap());
+    assert!(path.exists(), "the first life's, left behind");
+    for opts in every_mode().iter().chain(every_mode().iter()) {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "the mapping's contents",
+                "the file at its path again",
+                "its pages shared with the file",
+            ],
+        );
+        assert!(!path.exists(), "deleted by the restored process at its end");
+    }
+    if is_root() {
+        std::fs::write(&path, b"another user's").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let o = env.restore(&img, &[], &["unnamed"]);
+        assert_all_ok(
+            &o,
+            &[
+                "the mapping's contents",
+                "under no name where the directory is not safe",
+            ],
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"another user's");
+    }
+}
+
+/// Removes a file when dropped.
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Removes a directory when dropped.
 struct RemoveDir(std::path::PathBuf);
 

@@ -5,7 +5,8 @@
 //! dies leaves). After restore the mapping has its contents, is the file at that path again, and
 //! still shares its pages with it; the program deletes it when it ends, as HotSpot does.
 //!
-//! `EXTRA` is the `<user>` part of the directory (tests use their own). Restored with the
+//! `EXTRA` is the `<user>` part of the directory (tests use their own), or `mono`: then the file is
+//! Mono's shared area, `/dev/shm/mono.<pid>` (made with shm_open, deleted with shm_unlink). Restored with the
 //! argument `unnamed`, the directory was made writable by others in between (or another
 //! restore's process holds the file): the file cannot be created there safely, so the memory must
 //! still be shared but under no name. With `hold` it waits for end of file on its standard input
@@ -25,9 +26,14 @@ fn pattern(i: usize) -> u8 {
 
 fn main() {
     let (_, _, extra) = common::argv();
-    let dir = std::path::PathBuf::from(format!("/tmp/hsperfdata_{}", extra[0]));
-    let _ = std::fs::DirBuilder::new().mode(0o755).create(&dir);
-    let path = dir.join(std::process::id().to_string());
+    let mono = extra[0] == "mono";
+    let path = if mono {
+        std::path::PathBuf::from(format!("/dev/shm/mono.{}", std::process::id()))
+    } else {
+        let dir = std::path::PathBuf::from(format!("/tmp/hsperfdata_{}", extra[0]));
+        let _ = std::fs::DirBuilder::new().mode(0o755).create(&dir);
+        dir.join(std::process::id().to_string())
+    };
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -71,7 +77,11 @@ fn main() {
     if unnamed {
         ck.check(
             "under no name where the directory is not safe",
-            line.contains("/memfd:hsperfdata") && line.contains(" rw-s "),
+            line.contains(if mono {
+                "/memfd:mono."
+            } else {
+                "/memfd:hsperfdata"
+            }) && line.contains(" rw-s "),
             &line,
         );
     } else {

@@ -7,11 +7,12 @@
 //! mappings, shared or private, map the object. Only where it is created again differs.
 //!
 //! One kind of file that still has its name is kept the same way: a runtime's per-process file,
-//! named by the PID, that the runtime deletes when it exits (HotSpot's performance data,
-//! `/tmp/hsperfdata_<user>/<pid>`, mapped shared and written all the time). Taken from the file
-//! system at restore it would be gone (the first life deleted it) or another life's; so its
-//! contents are kept in the image and it is created again under its name, where tools such as
-//! `jps` and `jstat` look for it.
+//! named by the PID, that the runtime deletes when it exits, mapped shared and written all the
+//! time (HotSpot's performance data, `/tmp/hsperfdata_<user>/<pid>`; Mono's shared area,
+//! `/dev/shm/mono.<pid>`). Taken from the file system at restore it would be gone (the first
+//! life's exit, or an earlier restore's, deleted it) or another life's; so its contents are kept
+//! in the image and it is created again under its name, where tools such as `jps` and `jstat`
+//! look for it.
 
 use serde::{Deserialize, Serialize};
 
@@ -172,9 +173,14 @@ pub(crate) fn refusal(path: &str, size: u64, max: u64) -> Option<String> {
 /// Linux whatever `java.io.tmpdir` says).
 const PERF_DATA_ROOT: &str = "/tmp/hsperfdata_";
 
-/// Whether `path` is a performance data file of the process `pid`: `/tmp/hsperfdata_<user>/<pid>`.
+/// Mono's shared area (`shm_open("/mono.<pid>")`), named after this prefix and the PID.
+const MONO_SHARED_AREA: &str = "/dev/shm/mono.";
+
+/// Whether `path` is a per-process runtime file of the process `pid` (see the module's comment):
+/// `/tmp/hsperfdata_<user>/<pid>` or `/dev/shm/mono.<pid>`.
 pub fn is_perf_data(path: &str, pid: i32) -> bool {
-    path.strip_prefix(PERF_DATA_ROOT)
+    let hotspot = path
+        .strip_prefix(PERF_DATA_ROOT)
         .and_then(|rest| rest.split_once('/'))
         .is_some_and(|(user, name)| {
             !user.is_empty()
@@ -182,7 +188,13 @@ pub fn is_perf_data(path: &str, pid: i32) -> bool {
                 && user != "."
                 && user != ".."
                 && name == pid.to_string()
-        })
+        });
+    hotspot || path.strip_prefix(MONO_SHARED_AREA) == Some(&pid.to_string())
+}
+
+/// The PID a per-process runtime file's name holds.
+fn pid_in_name(name: &str) -> &str {
+    name.strip_prefix("mono.").unwrap_or(name)
 }
 
 /// The path of the file a shared mapping named `name` maps, if it is this process's performance
@@ -226,7 +238,11 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
     let meta = dirfd
         .metadata()
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != file.uid || meta.mode() & 0o022 != 0 {
+    // The owner's own directory that nobody else may write, or the system's shared one (root's,
+    // sticky: /dev/shm), where nobody else can remove or rename what the owner has there.
+    let own = meta.uid() == file.uid && meta.mode() & 0o022 == 0;
+    let sticky = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+    if !meta.is_dir() || !(own || sticky) {
         return Ok(None);
     }
     let at = std::path::Path::new("/proc/self/fd")
@@ -253,8 +269,11 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
     match open() {
         Ok(f) => mode(f),
         Err(e) if exists(&e) => {
-            let pid = name.to_string_lossy();
-            if std::path::Path::new("/proc").join(&*pid).exists() {
+            let name = name.to_string_lossy();
+            if std::path::Path::new("/proc")
+                .join(pid_in_name(&name))
+                .exists()
+            {
                 return Ok(None);
             }
             // Locked: another restore's live process has it. Else locked here while it is
@@ -273,8 +292,9 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
             let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
                 a.dev() == b.dev() && a.ino() == b.ino()
             };
+            // (And the owner's: in a shared directory, another user's file is not replaced.)
             match (stale.metadata(), std::fs::symlink_metadata(&at)) {
-                (Ok(a), Ok(b)) if same(&a, &b) => {}
+                (Ok(a), Ok(b)) if same(&a, &b) && a.uid() == file.uid => {}
                 _ => return Ok(None),
             }
             match std::fs::remove_file(&at) {
@@ -303,8 +323,14 @@ pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
         // tools do not find it.
         return match create_named(file)? {
             Some(f) => Ok(f),
-            None => crate::sys::memfd_create("hsperfdata", false)
-                .map_err(|e| format!("{}: cannot create it again: {e}", file.path)),
+            None => crate::sys::memfd_create(
+                match file.path.strip_prefix("/dev/shm/") {
+                    Some(mono) => mono,
+                    None => "hsperfdata",
+                },
+                false,
+            )
+            .map_err(|e| format!("{}: cannot create it again: {e}", file.path)),
         };
     }
     let path = std::path::Path::new(&file.path);
@@ -370,7 +396,12 @@ mod tests {
     fn perf_data_paths_are_the_process_own_only() {
         assert!(is_perf_data("/tmp/hsperfdata_root/42", 42));
         assert!(is_perf_data("/tmp/hsperfdata_app user/42", 42));
+        assert!(is_perf_data("/dev/shm/mono.42", 42));
         for (path, pid) in [
+            ("/dev/shm/mono.43", 42),
+            ("/dev/shm/mono.042", 42),
+            ("/dev/shm/mono.42/x", 42),
+            ("/tmp/mono.42", 42),
             ("/tmp/hsperfdata_root/43", 42),
             ("/tmp/hsperfdata_root/042", 42),
             ("/tmp/hsperfdata_/42", 42),
