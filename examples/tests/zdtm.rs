@@ -1099,26 +1099,10 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
     let dir = std::path::PathBuf::from(format!("/tmp/hsperfdata_{user}"));
     let _cleanup = RemoveDir(dir.clone());
     let img = env.checkpoint("zdtm-perfdata", "p.thaw", &[&user]);
-    let m = env.manifest(&img);
-    let kept: Vec<_> = m.shared.iter().filter_map(|o| o.file.as_ref()).collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert!(kept[0].keep_name);
-    let path = dir.join(m.process.pid.to_string());
-    assert_eq!(kept[0].path, path.to_str().unwrap());
+    let pid = env.manifest(&img).process.pid;
+    let path = dir.join(pid.to_string());
     // The first life exited after the checkpoint without deleting it: a stale file is replaced.
-    assert!(path.exists());
-    for opts in every_mode() {
-        let o = env.restore(&img, opts, &[]);
-        assert_all_ok(
-            &o,
-            &[
-                "the mapping's contents",
-                "the file at its path again",
-                "its pages shared with the file",
-            ],
-        );
-        assert!(!path.exists(), "deleted by the restored process at its end");
-    }
+    restored_under_its_name(&env, &img, &path, 1);
     // Two restores at once in PID namespaces (the same PID in each): the second finds the
     // first's file locked, leaves it alone and shares its memory under no name.
     let mut first = env
@@ -1140,14 +1124,7 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
     }
     assert_eq!(seen.last().map(String::as_str), Some("holding"), "{seen:?}");
     let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-    let o = env.restore(&img, &["--pid-mode", "ns"], &["unnamed"]);
-    assert_all_ok(
-        &o,
-        &[
-            "the mapping's contents",
-            "under no name where the directory is not safe",
-        ],
-    );
+    restored_unnamed(&env, &img, &["--pid-mode", "ns"]);
     assert_eq!(
         std::fs::metadata(&path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
@@ -1165,7 +1142,44 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
     assert!(!path.exists());
     // A directory others may write: not used; the memory is still shared, under no name.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let o = env.restore(&img, &[], &["unnamed"]);
+    restored_unnamed(&env, &img, &[]);
+    assert!(!path.exists());
+}
+
+/// Restores `img` of zdtm-perfdata `rounds` times in every mode: its per-process file `path`, kept
+/// in the image, left behind by the first life, is created again under its name each time, and
+/// deleted by the restored process at its end, as by the runtime.
+fn restored_under_its_name(
+    env: &Env,
+    img: &std::path::Path,
+    path: &std::path::Path,
+    rounds: usize,
+) {
+    let m = env.manifest(img);
+    let kept: Vec<_> = m.shared.iter().filter_map(|o| o.file.as_ref()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].keep_name);
+    assert_eq!(kept[0].path, path.to_str().unwrap());
+    assert!(path.exists(), "the first life's, left behind");
+    for _ in 0..rounds {
+        for opts in every_mode() {
+            let o = env.restore(img, opts, &[]);
+            assert_all_ok(
+                &o,
+                &[
+                    "the mapping's contents",
+                    "the file at its path again",
+                    "its pages shared with the file",
+                ],
+            );
+            assert!(!path.exists(), "deleted by the restored process at its end");
+        }
+    }
+}
+
+/// Restores `img` of zdtm-perfdata where its file's name cannot be had: shared under no name.
+fn restored_unnamed(env: &Env, img: &std::path::Path, opts: &[&str]) {
+    let o = env.restore(img, opts, &["unnamed"]);
     assert_all_ok(
         &o,
         &[
@@ -1173,7 +1187,6 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
             "under no name where the directory is not safe",
         ],
     );
-    assert!(!path.exists());
 }
 
 /// Mono's shared area, `/dev/shm/mono.<pid>`, which Mono deletes when it exits: every restore
@@ -1185,37 +1198,14 @@ fn a_pid_named_perf_data_file_is_kept_and_created_again_under_its_name() {
 fn mono_s_shared_area_is_kept_and_created_again_under_its_name() {
     let env = Env::new();
     let img = env.checkpoint("zdtm-perfdata", "m.thaw", &["mono"]);
-    let m = env.manifest(&img);
-    let path = std::path::PathBuf::from(format!("/dev/shm/mono.{}", m.process.pid));
+    let pid = env.manifest(&img).process.pid;
+    let path = std::path::PathBuf::from(format!("/dev/shm/mono.{pid}"));
     let _cleanup = RemoveFile(path.clone());
-    let kept: Vec<_> = m.shared.iter().filter_map(|o| o.file.as_ref()).collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert!(kept[0].keep_name);
-    assert_eq!(kept[0].path, path.to_str().unwrap());
-    assert!(path.exists(), "the first life's, left behind");
-    for opts in every_mode().iter().chain(every_mode().iter()) {
-        let o = env.restore(&img, opts, &[]);
-        assert_all_ok(
-            &o,
-            &[
-                "the mapping's contents",
-                "the file at its path again",
-                "its pages shared with the file",
-            ],
-        );
-        assert!(!path.exists(), "deleted by the restored process at its end");
-    }
+    restored_under_its_name(&env, &img, &path, 2);
     if is_root() {
         std::fs::write(&path, b"another user's").unwrap();
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
-        let o = env.restore(&img, &[], &["unnamed"]);
-        assert_all_ok(
-            &o,
-            &[
-                "the mapping's contents",
-                "under no name where the directory is not safe",
-            ],
-        );
+        restored_unnamed(&env, &img, &[]);
         assert_eq!(std::fs::read(&path).unwrap(), b"another user's");
     }
 }
