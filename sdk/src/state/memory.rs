@@ -102,7 +102,7 @@ const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 /// Why an io_uring instance (its descriptor, its ring mappings) is refused, and what to do.
-pub(crate) const IO_URING: &str = "an io_uring instance is not restored (its rings and requests in flight live in the kernel), and it cannot be left out while its rings are mapped; libuv 1.45 and later make one for their event loop (uvloop: use asyncio's own loop, e.g. uvicorn --loop asyncio; Node.js: UV_USE_IO_URING=0), close the ring before the checkpoint otherwise";
+pub(crate) const IO_URING: &str = "an io_uring instance is not restored (its rings and requests in flight live in the kernel), and it cannot be left out while its rings are mapped; libuv 1.45 and later make one for their event loop, to batch its epoll changes (uvloop: use asyncio's own loop, e.g. uvicorn --loop asyncio; Node.js: UV_USE_IO_URING=0 where its libuv still honours it for that ring — uvloop 0.23's does not), close the ring before the checkpoint otherwise";
 
 /// Kernel special mappings the restorer moves instead of copying.
 pub const SPECIAL_NAMES: [&str; 4] = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
