@@ -1210,6 +1210,39 @@ fn mono_s_shared_area_is_kept_and_created_again_under_its_name() {
     }
 }
 
+/// Memory protection keys come back: the keys held, each page's key, each thread's rights
+/// (a Node probe on a machine with PKU: a restored Node died compiling its first WebAssembly
+/// module, V8's key gone). Skipped where the CPU or kernel has no protection keys.
+#[test]
+fn memory_protection_keys_come_back() {
+    let env = Env::new();
+    let o = command(&env.program("zdtm-pkeys"))
+        .arg(env.path("k.thaw"))
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    if String::from_utf8_lossy(&o.stdout).contains("skipped") {
+        eprintln!("skipped: no memory protection keys here");
+        return;
+    }
+    let m = env.manifest(&env.path("k.thaw"));
+    assert_eq!(m.pkeys, [1, 3]);
+    for opts in every_mode() {
+        let o = env.restore(&env.path("k.thaw"), opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "each page tagged with its key again",
+                "their contents",
+                "the thread's rights to each key (PKRU)",
+                "a new page can be tagged with a key held",
+                "the same keys held: the next one is 2",
+            ],
+        );
+    }
+}
+
 /// Removes a file when dropped.
 struct RemoveFile(std::path::PathBuf);
 

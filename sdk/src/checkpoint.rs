@@ -970,6 +970,7 @@ impl Checkpoint {
             .iter()
             .map(|&(start, end)| state::memory::Guard { start, end })
             .collect();
+        m.pkeys = state::pkeys::dump();
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));

@@ -80,6 +80,8 @@ pub struct MapEntry {
     pub flags: Vec<String>,
     /// Rss + Swap in kB: zero means nothing was ever populated.
     pub resident_kb: u64,
+    /// Its memory protection key (`ProtectionKey:`, shown where the CPU has them).
+    pub pkey: u32,
 }
 
 impl MapEntry {
@@ -125,6 +127,7 @@ pub fn parse_map_line(line: &str) -> Option<MapEntry> {
         name,
         flags: Vec::new(),
         resident_kb: 0,
+        pkey: 0,
     })
 }
 
@@ -158,6 +161,8 @@ pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
         let Some(cur) = out.last_mut() else { continue };
         if let Some(v) = line.strip_prefix("VmFlags:") {
             cur.flags = v.split_whitespace().map(str::to_owned).collect();
+        } else if let Some(v) = line.strip_prefix("ProtectionKey:") {
+            cur.pkey = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = line
             .strip_prefix("Rss:")
             .or_else(|| line.strip_prefix("Swap:"))

@@ -3197,3 +3197,35 @@ pub fn fstat_stamp(fd: i32) -> Option<[u64; 3]> {
         st.st_mtime_nsec as u64,
     ])
 }
+
+/// The memory protection keys this process has allocated (`pkey_alloc`), besides key 0: found by
+/// tagging a scratch page of its own with each key (`pkey_mprotect` refuses a key that is not
+/// allocated, EINVAL). Empty where the CPU or kernel has none (no `pku`/`ospke`).
+pub fn pkeys_allocated() -> Vec<u32> {
+    const PAGE: u64 = 4096;
+    let page = syscall6(
+        libc::SYS_mmap,
+        [
+            0,
+            PAGE,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    );
+    if check(page).is_err() {
+        return Vec::new();
+    }
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let keys = (1..16u32)
+        .filter(|&k| {
+            syscall6(
+                libc::SYS_pkey_mprotect,
+                [page as u64, PAGE, rw, u64::from(k), 0, 0],
+            ) == 0
+        })
+        .collect();
+    syscall6(libc::SYS_munmap, [page as u64, PAGE, 0, 0, 0, 0]);
+    keys
+}

@@ -872,6 +872,8 @@ fn build_plan(
         m.process.plan_session(&mut plan);
     }
     m.process.plan_final(&mut plan, fds.transport.is_some());
+    // Tagged once filled, before any seal (a sealed mapping's protection cannot change).
+    thaw::state::pkeys::plan_restore(&m.pkeys, &m.memory, &mut plan);
     for vma in &m.memory {
         vma.plan_seal(&mut plan);
     }

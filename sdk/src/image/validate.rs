@@ -101,6 +101,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
     }
+    crate::state::pkeys::validate(&m.pkeys, &m.memory)?;
     let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
     if ids.len() != m.shared.len() {
         return Err("two shared objects with one id".into());

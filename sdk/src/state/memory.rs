@@ -21,6 +21,8 @@ pub struct Vma {
     /// The name an anonymous mapping was given (`PR_SET_VMA_ANON_NAME`, shown as
     /// `[anon:NAME]` in /proc/PID/maps); empty: none.
     pub anon_name: String,
+    /// Its memory protection key (`pkey_mprotect`; 0: the default), see [`super::pkeys`].
+    pub pkey: u32,
     /// The saved pages, as runs of consecutive pages in address order. Pages of the region not
     /// listed are zero (anonymous memory) or the file's contents (file mappings); kernel special
     /// mappings have none.
@@ -250,6 +252,7 @@ impl Vma {
                 .and_then(|n| n.strip_suffix(']'))
                 .unwrap_or_default()
                 .to_owned(),
+            pkey: m.pkey,
             pages: Vec::new(),
         })
     }

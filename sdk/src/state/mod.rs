@@ -21,6 +21,7 @@ pub mod mm;
 pub mod namespaces;
 pub mod parked;
 pub mod pidfd;
+pub mod pkeys;
 pub mod platform;
 pub mod posix_timers;
 pub mod process;
@@ -51,6 +52,8 @@ pub struct Manifest {
     pub dontfork: Vec<memory::DontFork>,
     /// Guard regions inside `memory` (MADV_GUARD_INSTALL).
     pub guards: Vec<memory::Guard>,
+    /// Memory protection keys the process held besides key 0 (see [`pkeys`]).
+    pub pkeys: Vec<u32>,
     pub threads: Vec<threads::ThreadState>,
     pub signals: signals::SignalState,
     pub limits: Vec<limits::Rlimit>,
