@@ -335,6 +335,36 @@ fn workers_run_their_hooks_and_reseed_after_a_restore() {
     differs_per_restore(&env, &img, "worker after true true true 1 ");
 }
 
+/// WebAssembly compiled first after a restore runs: V8 asks for a memory protection key of its
+/// own at startup where the CPU has them, tags its WebAssembly code space with it when it
+/// commits it, and died so on the first compile after a restore without the key (every
+/// `fetch()`: undici parses HTTP with WebAssembly).
+#[test]
+fn webassembly_compiles_and_runs_after_a_restore() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("wasm.thaw");
+    // (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
+    let js =
+        "const bytes = new Uint8Array([0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,1,0,\n\
+          7,7,1,3,97,100,100,0,0,10,9,1,7,0,32,0,32,1,106,11]);\n\
+        const add = (m) => new WebAssembly.Instance(m).exports.add;\n\
+        thaw.checkpoint(process.argv[1], { key: process.argv[2], exitAfterSave: true });\n\
+        const now = add(new WebAssembly.Module(bytes))(4, 5);\n\
+        WebAssembly.compile(bytes).then((m) => console.log(`wasm ${now} ${add(m)(1, 1)}`));";
+    let (_, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "wasm 9 2\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
+}
+
 /// A Worker blocked in `Atomics.wait` at the checkpoint, woken after restore with a message
 /// waiting: it handles the message before its turn for the restore's notice, and its first
 /// `randomUUID` must still differ per restore (it handed out the first life's cached batch, the
