@@ -81,6 +81,7 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         ("zdtm-waits", &[], &[]),
         ("zdtm-controls", &[], &[]),
         ("zdtm-worker-checkpoint", &[], &[]),
+        ("zdtm-pkeys", &[], &[]),
     ];
     for (prog, extra, args) in programs {
         // One image for `thaw run`, another for the server: programs that write to their
