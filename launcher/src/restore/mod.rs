@@ -871,9 +871,10 @@ fn build_plan(
     if fork.is_some() {
         m.process.plan_session(&mut plan);
     }
-    m.process.plan_final(&mut plan, fds.transport.is_some());
-    // Tagged once filled, before any seal (a sealed mapping's protection cannot change).
+    // Tagged once filled, before memory-deny-write-execute (which refuses any mprotect of a
+    // writable executable mapping, V8's WebAssembly code space) and any seal.
     thaw::state::pkeys::plan_restore(&m.pkeys, &m.memory, &mut plan);
+    m.process.plan_final(&mut plan, fds.transport.is_some());
     for vma in &m.memory {
         vma.plan_seal(&mut plan);
     }
