@@ -1228,6 +1228,12 @@ fn memory_protection_keys_come_back() {
     }
     let m = env.manifest(&env.path("k.thaw"));
     assert_eq!(m.pkeys, [1, 3]);
+    // The kernel's own execute-only key, taken by a page made executable only: refused.
+    let out = env.refused("zdtm-pkeys", "x.thaw", &["exec-only"]);
+    assert!(
+        out.contains("executable only, with the kernel's execute-only protection key 4"),
+        "{out}"
+    );
     for opts in every_mode() {
         let o = env.restore(&env.path("k.thaw"), opts, &[]);
         assert_all_ok(

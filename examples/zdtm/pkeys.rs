@@ -5,6 +5,9 @@
 //! gives is 2 (the same keys are held); a new page can be tagged with key 1 (V8's next
 //! `pkey_mprotect`, fatal to it when it fails).
 //!
+//! `PROG IMAGE KEY exec-only`: a page made executable only, which the kernel tags with an
+//! execute-only key of its own: refused, naming it (exit 3).
+//!
 //! Where the CPU or kernel has none, prints `skipped: no protection keys`, checkpoints all the
 //! same, and its restored life checks only that.
 
@@ -74,6 +77,15 @@ fn main() {
         c.finish();
     }
     assert_eq!(keys, [1, 2, 3]);
+    let (_, _, extra) = common::argv();
+    if extra.first().is_some_and(|a| a == "exec-only") {
+        common::refusal(|| {
+            let p = page(0xc3);
+            // SAFETY: makes a page of our own executable only (it holds `ret` bytes).
+            let r = unsafe { libc::mprotect(p.cast(), 4096, libc::PROT_EXEC) };
+            assert_eq!(r, 0);
+        });
+    }
     // SAFETY: gives back a key of our own, tagging nothing.
     unsafe { libc::syscall(libc::SYS_pkey_free, 2) };
     let (locked, open) = (page(0x5a), page(0xa5));

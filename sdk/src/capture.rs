@@ -596,6 +596,8 @@ pub struct Capture {
     /// The calling thread's signal mask before the freeze: the one its frame in the snapshot
     /// resumes with.
     pub caller_mask: u64,
+    /// The memory protection keys held before the freeze (see [`crate::state::pkeys`]).
+    pub pkeys: Vec<u32>,
     /// [`Capture::own_fds`] with the inode each names, taken before the freeze (see
     /// [`abandoned_fds`]).
     pub own_ids: Vec<(i32, u64)>,
@@ -711,6 +713,7 @@ impl Capture {
             looks: Vec::new(),
             own_ids: Vec::new(),
             caller_mask: 0,
+            pkeys: Vec::new(),
             flags_seen: Vec::new(),
             children_allowed: false,
             zombies: Vec::new(),

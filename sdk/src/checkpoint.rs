@@ -420,6 +420,7 @@ impl Checkpoint {
         // which a restore right after needs, until whoever reaps orphans got to them.
         let children: Vec<i32> = zombies.iter().map(|z| z.pid).collect();
         capture.zombies = zombies;
+        capture.pkeys = state::pkeys::dump();
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
             .map_err(io("opening the event objects' fdinfo"))?;
@@ -970,7 +971,14 @@ impl Checkpoint {
             .iter()
             .map(|&(start, end)| state::memory::Guard { start, end })
             .collect();
+        // Keys taken or given back while the checkpoint ran: the snapshot's may be either.
         m.pkeys = state::pkeys::dump();
+        if m.pkeys != c.pkeys {
+            return Ok(Err(
+                "memory protection keys were taken or given back meanwhile".into(),
+            ));
+        }
+        unsupported.extend(state::pkeys::refusals(&m.memory));
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));

@@ -620,6 +620,9 @@ fn build_plan(
     }
     region.plan_unmap_launcher(&mut plan);
     region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
+    // Protection keys before any mapping: the kernel takes one of its own for a mapping made
+    // executable only, which would shift the numbers the process holds.
+    thaw::state::pkeys::plan_keys(&m.pkeys, &mut plan);
     // Its session, then its zombie children, forked while the process holds nothing but the
     // restorer's region. (An instance of a template makes its session itself.)
     if fork.is_none() {
@@ -873,7 +876,7 @@ fn build_plan(
     }
     // Tagged once filled, before memory-deny-write-execute (which refuses any mprotect of a
     // writable executable mapping, V8's WebAssembly code space) and any seal.
-    thaw::state::pkeys::plan_restore(&m.pkeys, &m.memory, &mut plan);
+    thaw::state::pkeys::plan_tags(&m.memory, &mut plan);
     m.process.plan_final(&mut plan, fds.transport.is_some());
     for vma in &m.memory {
         vma.plan_seal(&mut plan);

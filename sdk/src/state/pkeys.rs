@@ -5,11 +5,14 @@
 //! lost the key that keeps them from being written. Each thread's rights to each key (PKRU) come
 //! back with the rest of its extended register state.
 //!
-//! Dump: the keys held, probed on a scratch page (no /proc file lists them), and each mapping's
-//! key from smaps (`ProtectionKey:`). Restore: the keys allocated again, lowest first as the
-//! kernel gives them (a new process holds none), those the process did not hold freed, and each
-//! mapping tagged with its key once its memory is filled (an access the restorer makes under its
-//! own rights would fault on a tagged page).
+//! Dump: the keys held, probed on a scratch page (no /proc file lists them) before and after the
+//! snapshot (a change in between starts the checkpoint again), and each mapping's key from
+//! smaps (`ProtectionKey:`). A mapping that is executable only (`PROT_EXEC` alone) carries the
+//! kernel's own execute-only key, which it takes by itself, lowest free first, and which a
+//! restore cannot hand it: refused. Restore: the keys allocated again first, before any
+//! mapping, lowest first as the kernel gives them (a new process holds none), those the process
+//! did not hold freed; each mapping tagged with its key once its memory is filled (an access the
+//! restorer makes under its own rights would fault on a tagged page).
 
 use crate::restore::Plan;
 use crate::state::memory::Vma;
@@ -33,7 +36,7 @@ pub fn validate(keys: &[u32], memory: &[Vma]) -> Result<(), String> {
     }
     match memory
         .iter()
-        .find(|v| v.pkey != 0 && seen & (1 << v.pkey) == 0)
+        .find(|v| v.pkey != 0 && (v.pkey > MAX_KEY || seen & (1 << v.pkey) == 0))
     {
         Some(v) => Err(format!(
             "mapping {:x}-{:x}: protection key {} not held",
@@ -43,8 +46,22 @@ pub fn validate(keys: &[u32], memory: &[Vma]) -> Result<(), String> {
     }
 }
 
-/// Plans the keys and the mappings' tags; planned after the memory is filled.
-pub fn plan_restore(keys: &[u32], memory: &[Vma], plan: &mut Plan) {
+/// Executable-only mappings tagged with a key (the kernel's execute-only key), as refusals.
+pub fn refusals(memory: &[Vma]) -> Vec<String> {
+    memory
+        .iter()
+        .filter(|v| v.pkey != 0 && v.prot == libc::PROT_EXEC as u32)
+        .map(|v| {
+            format!(
+                "mapping {:x}-{:x}: executable only, with the kernel's execute-only protection key {}, which a restore cannot give back under that number: map it readable too (PROT_READ | PROT_EXEC)",
+                v.start, v.end, v.pkey
+            )
+        })
+        .collect()
+}
+
+/// Plans the keys: first, before any mapping exists.
+pub fn plan_keys(keys: &[u32], plan: &mut Plan) {
     let Some(&top) = keys.iter().max() else {
         return;
     };
@@ -64,6 +81,10 @@ pub fn plan_restore(keys: &[u32], memory: &[Vma], plan: &mut Plan) {
             [u64::from(k), 0, 0, 0, 0, 0],
         );
     }
+}
+
+/// Plans the mappings' tags, once their memory is filled.
+pub fn plan_tags(memory: &[Vma], plan: &mut Plan) {
     for v in memory.iter().filter(|v| v.pkey != 0) {
         plan.syscall(
             format!(
@@ -100,6 +121,7 @@ mod tests {
     fn an_image_names_only_keys_it_holds() {
         assert!(validate(&[1, 3], &[vma(0), vma(1), vma(3)]).is_ok());
         assert!(validate(&[1], &[vma(2)]).is_err());
+        assert!(validate(&[1], &[vma(33)]).is_err());
         for bad in [vec![0], vec![16], vec![1, 1]] {
             assert!(validate(&bad, &[]).is_err(), "{bad:?}");
         }
@@ -108,7 +130,8 @@ mod tests {
     #[test]
     fn keys_are_taken_lowest_first_and_the_others_given_back() {
         let mut plan = Plan::new(0x1000);
-        plan_restore(&[1, 3], &[vma(3)], &mut plan);
+        plan_keys(&[1, 3], &mut plan);
+        plan_tags(&[vma(3)], &mut plan);
         let labels: Vec<&str> = (0..plan.first_len()).map(|i| plan.label(i)).collect();
         assert_eq!(labels.len(), 5, "{labels:?}");
         assert!(
