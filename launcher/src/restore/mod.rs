@@ -244,8 +244,11 @@ fn taken_id(m: &thaw::Manifest) -> Option<i32> {
         .chain(m.threads.iter().map(|t| t.tid))
         .find(|&id| pid_in_use(id, false))
         .or_else(|| {
+            // (A left-out child of a process whose children the kernel reaps is not made again.)
+            let reaped = m.signals.children_reaped();
             m.zombies
                 .iter()
+                .filter(|z| !(z.left_out && reaped))
                 .find(|z| pid_in_use(z.pid, z.left_out))
                 .map(|z| z.pid)
         })

@@ -261,6 +261,9 @@ fn create_named(file: &DeletedFile) -> Result<Option<OwnedFd>, String> {
     // another PID namespace, which cannot see this one's PID, tells a live file from a stale one.
     let mode = |f: std::fs::File| -> Result<Option<OwnedFd>, String> {
         let _ = crate::sys::flock_nb(f.as_raw_fd(), true);
+        // The runtime's owner's, as it made it (fails harmlessly when not root): in a sticky
+        // directory only the owner may delete it, as the runtime does at its exit.
+        let _ = std::os::unix::fs::fchown(&f, Some(file.uid), Some(file.gid));
         f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(|e| format!("{}: cannot set its mode: {e}", file.path))?;
         Ok(Some(f.into()))
