@@ -258,11 +258,7 @@ pub fn wait_stopping_with(pid: i32, mut stopped: impl FnMut(i32, i32)) -> io::Re
 pub fn stop_with(child: i32) {
     // Unless it was continued already: a stop of the whole job (Ctrl-Z) stops the launcher too,
     // after the report it took, and the `fg` that continued both must not find it stopped again.
-    let stopped = std::fs::read_to_string(format!("/proc/{child}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
-        .unwrap_or(false);
-    if !stopped {
+    if process_state(child).is_none_or(|(state, _)| state != 'T') {
         return;
     }
     kill(std::process::id() as i32, libc::SIGSTOP);
@@ -270,6 +266,17 @@ pub fn stop_with(child: i32) {
     if unsafe { libc::getpgid(child) != libc::getpgrp() } {
         kill(child, libc::SIGCONT);
     }
+}
+
+/// `PF_EXITING` in /proc/PID/stat's flags: the task is in the kernel's exit.
+pub const PF_EXITING: u64 = 0x4;
+
+/// Process `pid`'s state letter and flags (/proc/PID/stat); `None` once it is gone.
+pub fn process_state(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.first()?.chars().next()?, f.get(6)?.parse().ok()?))
 }
 
 /// A pidfd of process `pid` (a child not reaped yet): signals sent through it can never reach

@@ -218,15 +218,9 @@ fn pid_in_use(pid: i32, orphan: bool) -> bool {
     // machine. Waited for, briefly, as is a process on its way out (PF_EXITING) or being reaped
     // (X); a zombie whose parent never reaps it is refused after that.
     let ending = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let (_, rest) = s.rsplit_once(')')?;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let flags: u64 = f.get(6)?.parse().ok()?;
-                Some(matches!(f[0], "Z" | "X") || flags & PF_EXITING != 0)
-            })
-            .unwrap_or(false)
+        sys::process_state(pid).is_some_and(|(state, flags)| {
+            matches!(state, 'Z' | 'X') || flags & sys::PF_EXITING != 0
+        })
     };
     let until = std::time::Instant::now() + limit;
     while ending() && std::time::Instant::now() < until {
@@ -234,9 +228,6 @@ fn pid_in_use(pid: i32, orphan: bool) -> bool {
     }
     !gone()
 }
-
-/// `PF_EXITING` in /proc/PID/stat's flags: the task is in the kernel's exit.
-const PF_EXITING: u64 = 0x4;
 
 /// The first of the image's PID and TIDs that is taken in this PID namespace.
 fn taken_id(m: &thaw::Manifest) -> Option<i32> {

@@ -192,9 +192,9 @@ pub fn is_perf_data(path: &str, pid: i32) -> bool {
     hotspot || path.strip_prefix(MONO_SHARED_AREA) == Some(&pid.to_string())
 }
 
-/// The PID a per-process runtime file's name holds.
+/// The PID a per-process runtime file's name ends with.
 fn pid_in_name(name: &str) -> &str {
-    name.strip_prefix("mono.").unwrap_or(name)
+    name.trim_start_matches(|c: char| !c.is_ascii_digit())
 }
 
 /// The path of the file a shared mapping named `name` maps, if it is this process's performance
@@ -327,9 +327,10 @@ pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
         return match create_named(file)? {
             Some(f) => Ok(f),
             None => crate::sys::memfd_create(
-                match file.path.strip_prefix("/dev/shm/") {
-                    Some(mono) => mono,
-                    None => "hsperfdata",
+                if file.path.starts_with(PERF_DATA_ROOT) {
+                    "hsperfdata"
+                } else {
+                    file.path.rsplit('/').next().unwrap_or_default()
                 },
                 false,
             )
