@@ -269,8 +269,12 @@ impl SystemKey {
             "/etc/thaw/trusted/test-lazy-{}-{n}.pub",
             std::process::id()
         ));
-        std::fs::copy(public, &at).unwrap();
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Written under another name and renamed: another test's launcher reads every *.pub
+        // there, and a key half written refuses its restore (seen in CI).
+        let part = at.with_extension("part");
+        std::fs::copy(public, &part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::rename(&part, &at).unwrap();
         SystemKey(at)
     }
 }
