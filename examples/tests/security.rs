@@ -80,8 +80,11 @@ impl Lab {
             "/etc/thaw/trusted/test-security-{}-{unique}.pub",
             std::process::id()
         ));
-        std::fs::copy(&env.pubkey, &sys).unwrap();
-        chmod(&sys, 0o644);
+        // Under another name, then renamed: another test's launcher reads every *.pub there.
+        let part = sys.with_extension("part");
+        std::fs::copy(&env.pubkey, &part).unwrap();
+        chmod(&part, 0o644);
+        std::fs::rename(&part, &sys).unwrap();
         Lab {
             env,
             zdtm,
