@@ -644,7 +644,7 @@ impl Capture {
         fds.extend(
             self.fdinfos
                 .iter()
-                .map(crate::state::parked::ParkedInfo::own_fd),
+                .flat_map(crate::state::parked::ParkedInfo::own_fds),
         );
         for (_, own, p) in &self.fifos {
             fds.extend(own.as_ref().map(AsRawFd::as_raw_fd));

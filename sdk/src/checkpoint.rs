@@ -928,6 +928,23 @@ impl Checkpoint {
         for entry in &maps {
             match Vma::classify(entry) {
                 Ok(mut vma) => {
+                    // An io_uring instance's memory: which descriptor it is (see state::io_uring).
+                    if let state::memory::Backing::IoRing { fd, .. } = &mut vma.backing {
+                        let ring = scan.entries.iter().find(|e| {
+                            e.dup_of.is_none()
+                                && matches!(&e.kind, FdKind::IoUring(r) if r.ino == entry.inode)
+                        });
+                        match ring {
+                            Some(e) => *fd = e.fd,
+                            None => {
+                                unsupported.push(format!(
+                                    "{}: an io_uring instance whose descriptor is closed (its memory cannot be made again without it): unmap it before the checkpoint",
+                                    entry.describe()
+                                ));
+                                continue;
+                            }
+                        }
+                    }
                     vma.read_policy();
                     vma.advice &= !(VmaAdvice::LOCKED | VmaAdvice::LOCKONFAULT);
                     if let Some(&(_, _, onfault)) = c
@@ -1000,6 +1017,7 @@ impl Checkpoint {
                 )
             })
         }));
+        unsupported.extend(c.fdinfos.iter().filter_map(|p| p.refusal()));
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {
@@ -1074,6 +1092,19 @@ impl Checkpoint {
                             e.written_end = Some(st[0]);
                         }
                     }
+                }
+                // (A duplicate is made again as one: see FdEntry::dup_of.)
+                FdKind::IoUring(r) if e.dup_of.is_none() => {
+                    let copy = c
+                        .fdinfos
+                        .iter()
+                        .find(|p| p.fd == e.fd)
+                        .and_then(|p| p.ring_copy());
+                    let Some((rings, sqes)) = copy else {
+                        return Ok(Err(format!("fd {} (io_uring): its memory could not be read while the threads were stopped", e.fd)));
+                    };
+                    r.rings = Some(writer.append_payload(rings)?);
+                    r.sqes = Some(writer.append_payload(sqes)?);
                 }
                 FdKind::Pipe {
                     write_end: false,
@@ -1293,6 +1324,7 @@ fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
                 .flat_map(|o| o.buffers().map(|(a, n)| (a, a + n))),
         )
         .chain(c.own_buffers.iter().copied())
+        .chain(c.fdinfos.iter().filter_map(|p| p.own_buffer()))
         .collect();
     ranges.sort_unstable();
     state::memory::uncovered(&text, &ranges)

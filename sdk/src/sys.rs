@@ -3229,3 +3229,198 @@ pub fn pkeys_allocated() -> Vec<u32> {
     syscall6(libc::SYS_munmap, [page as u64, PAGE, 0, 0, 0, 0]);
     keys
 }
+
+/// What `io_uring_setup` says of a new ring: its sizes and where each field of its rings is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingParams {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub features: u32,
+    /// Offsets in the rings region: submission head, tail, dropped count and index array;
+    /// completion head, tail and entries.
+    pub sq_head: u32,
+    pub sq_tail: u32,
+    pub sq_dropped: u32,
+    pub sq_array: u32,
+    pub cq_head: u32,
+    pub cq_tail: u32,
+    pub cq_cqes: u32,
+}
+
+/// `io_uring_setup(entries)` with setup `flags`, `cq_entries` where `flags` has
+/// IORING_SETUP_CQSIZE, and where it has IORING_SETUP_NO_MMAP, the memory of its rings and of
+/// its submission entries (`user`).
+pub fn io_uring_setup(
+    entries: u32,
+    flags: u32,
+    cq_entries: u32,
+    user: Option<(&SharedView, &SharedView)>,
+) -> io::Result<(OwnedFd, RingParams)> {
+    // struct io_uring_params: sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle,
+    // features, wq_fd, resv[3] (10 words), then struct io_sqring_offsets and struct
+    // io_cqring_offsets (10 words each, the last two a 64-bit user_addr).
+    let mut p = [0u32; 30];
+    p[1] = cq_entries;
+    p[2] = flags;
+    if let Some((rings, sqes)) = user {
+        p[18] = sqes.addr as u32;
+        p[19] = (sqes.addr >> 32) as u32;
+        p[28] = rings.addr as u32;
+        p[29] = (rings.addr >> 32) as u32;
+    }
+    let fd = check(syscall6(
+        libc::SYS_io_uring_setup,
+        [u64::from(entries), p.as_mut_ptr() as u64, 0, 0, 0, 0],
+    ))?;
+    // SAFETY: a descriptor the kernel just created for us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let (sq, cq) = (&p[10..20], &p[20..30]);
+    Ok((
+        fd,
+        RingParams {
+            sq_entries: p[0],
+            cq_entries: p[1],
+            features: p[5],
+            sq_head: sq[0],
+            sq_tail: sq[1],
+            sq_dropped: sq[5],
+            sq_array: sq[6],
+            cq_head: cq[0],
+            cq_tail: cq[1],
+            cq_cqes: cq[5],
+        },
+    ))
+}
+
+/// `io_uring_enter(fd, to_submit, min_complete, flags)` without a signal mask; the kernel's
+/// result (negative errno on failure). Async-signal-safe.
+pub fn io_uring_enter(fd: RawFd, to_submit: u32, min_complete: u32, flags: u32) -> i64 {
+    syscall6(
+        libc::SYS_io_uring_enter,
+        [
+            fd as u64,
+            u64::from(to_submit),
+            u64::from(min_complete),
+            u64::from(flags),
+            0,
+            0,
+        ],
+    )
+}
+
+/// `io_uring_register(fd, opcode, arg, nr_args)` where `arg` is `bytes` (or none); the kernel's
+/// result (negative errno on failure). Async-signal-safe.
+pub fn io_uring_register(fd: RawFd, opcode: u32, bytes: Option<&mut [u8]>, nr_args: u32) -> i64 {
+    let arg = bytes.map_or(0, |b| b.as_mut_ptr() as u64);
+    syscall6(
+        libc::SYS_io_uring_register,
+        [fd as u64, u64::from(opcode), arg, u64::from(nr_args), 0, 0],
+    )
+}
+
+/// A shared mapping of part of a descriptor's object (an io_uring instance's rings or
+/// submission entries) made for reading or filling it, unmapped when dropped. MADV_DONTFORK:
+/// a checkpoint's frozen copy of the process never has it.
+#[derive(Debug)]
+pub struct SharedView {
+    addr: u64,
+    len: usize,
+}
+
+impl SharedView {
+    /// Maps `len` bytes of `fd` at `offset`, readable and writable.
+    pub fn new(fd: RawFd, offset: u64, len: usize) -> io::Result<SharedView> {
+        let addr = check(syscall6(
+            libc::SYS_mmap,
+            [
+                0,
+                len as u64,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                libc::MAP_SHARED as u64,
+                fd as u64,
+                offset,
+            ],
+        ))? as u64;
+        let view = SharedView { addr, len };
+        check(syscall6(
+            libc::SYS_madvise,
+            [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
+        ))?;
+        Ok(view)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many of its pages the kernel has put in (mincore): all of an object's pages it maps
+    /// at once, none past its end.
+    pub fn pages_in(&self) -> io::Result<usize> {
+        let mut v = vec![0u8; self.len.div_ceil(4096)];
+        check(syscall6(
+            libc::SYS_mincore,
+            [self.addr, self.len as u64, v.as_mut_ptr() as u64, 0, 0, 0],
+        ))?;
+        Ok(v.iter().filter(|&&b| b & 1 != 0).count())
+    }
+
+    /// The 32-bit word at byte `off` (aligned), read once; 0 out of range.
+    pub fn load_u32(&self, off: usize) -> u32 {
+        if !off.is_multiple_of(4) || off + 4 > self.len {
+            return 0;
+        }
+        // SAFETY: inside this mapping, 4-aligned; the word may change under us (the kernel
+        // writes it), so it is read atomically, never through a Rust reference to plain memory.
+        unsafe {
+            (*((self.addr as usize + off) as *const std::sync::atomic::AtomicU32))
+                .load(std::sync::atomic::Ordering::Acquire)
+        }
+    }
+
+    /// Stores the 32-bit word at byte `off` (aligned; out of range: nothing).
+    pub fn store_u32(&self, off: usize, v: u32) {
+        if !off.is_multiple_of(4) || off + 4 > self.len {
+            return;
+        }
+        // SAFETY: as in load_u32; release, as the kernel reads what came before it.
+        unsafe {
+            (*((self.addr as usize + off) as *const std::sync::atomic::AtomicU32))
+                .store(v, std::sync::atomic::Ordering::Release)
+        }
+    }
+
+    /// Copies `bytes` in at byte `off` (clipped to the mapping).
+    pub fn write(&self, off: usize, bytes: &[u8]) {
+        let n = bytes.len().min(self.len.saturating_sub(off));
+        // SAFETY: `off..off + n` lies inside this mapping, which no Rust reference aliases; the
+        // source is a separate buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), (self.addr as usize + off) as *mut u8, n)
+        };
+    }
+
+    /// `len` bytes at byte `off` (clipped to the mapping).
+    pub fn read(&self, off: usize, len: usize) -> Vec<u8> {
+        let n = len.min(self.len.saturating_sub(off));
+        let mut out = vec![0u8; n];
+        // SAFETY: as in write, the other way.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.addr as usize + off) as *const u8,
+                out.as_mut_ptr(),
+                n,
+            )
+        };
+        out
+    }
+}
+
+impl Drop for SharedView {
+    fn drop(&mut self) {
+        syscall6(libc::SYS_munmap, [self.addr, self.len as u64, 0, 0, 0, 0]);
+    }
+}

@@ -371,7 +371,7 @@ fn prepare_fds(
     let objects =
         thaw::state::shmem::recreate(&m.shared, |r| read_payload(payload, payload_off, r))
             .map_err(refused)?;
-    let mut reopened = thaw::state::files::reopen(
+    let (mut reopened, ring_memory) = thaw::state::files::reopen(
         &m.files,
         |r| read_payload(payload, payload_off, r),
         listeners,
@@ -528,6 +528,32 @@ fn prepare_fds(
         keep.push(fd);
     }
     keep.sort_unstable();
+    // An io_uring instance's memory: the memfd it was made on again.
+    let mut ring_memory: Vec<(RawFd, OwnedFd)> = ring_memory
+        .into_iter()
+        .map(|(fd, mem)| {
+            Ok((
+                fd,
+                sys::dup_above(mem.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    for (i, vma) in m.memory.iter().enumerate() {
+        if let Backing::IoRing { fd, .. } = vma.backing {
+            let mem = ring_memory.iter().find(|(n, _)| *n == fd).ok_or_else(|| {
+                Failure::new(
+                    Code::Corrupt,
+                    format!("mapping of io_uring fd {fd}, which is not restored"),
+                )
+            })?;
+            mapped.push((i, mem.1.as_raw_fd()));
+        }
+    }
+    files.extend(
+        ring_memory
+            .drain(..)
+            .map(|(_, mem)| (Default::default(), false, Default::default(), mem)),
+    );
     let transport = lazy.map(|u| lazy::Transport::new(u, high)).transpose()?;
     Ok(Fds {
         transport,

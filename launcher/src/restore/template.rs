@@ -213,6 +213,17 @@ impl Template {
                 m.shared.len()
             )));
         }
+        // Its rings are mapped shared: every instance would submit to the one the template has.
+        if let Some(e) = m
+            .files
+            .iter()
+            .find(|e| matches!(e.kind, thaw::state::files::FdKind::IoUring(_)))
+        {
+            return Err(refused(format!(
+                "fd {}: an io_uring instance (libuv makes one for each event loop: Node.js 22 and later, uvloop), which instances of one template would share with each other: restore this image with thaw run",
+                e.fd
+            )));
+        }
         if m.process.pid == 1 {
             return Err(refused(
                 "an image of PID 1 cannot be restored under a namespace init",
@@ -399,7 +410,7 @@ impl Template {
     pub fn reopen_files(&self) -> Result<Vec<OwnedFd>> {
         let m = self.image.manifest();
         let off = self.image.header().payload_off;
-        let reopened = thaw::state::files::reopen(
+        let (reopened, _) = thaw::state::files::reopen(
             &m.files,
             |r| super::read_payload(&self.payload, off, r),
             &[],

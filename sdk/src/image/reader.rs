@@ -208,7 +208,17 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
             _ => None,
         }))
         // The bytes waiting in a FIFO made again (its own entry field).
-        .chain(m.files.iter().filter_map(|f| f.fifo_bytes));
+        .chain(m.files.iter().filter_map(|f| f.fifo_bytes))
+        // An io_uring instance's memory.
+        .chain(
+            m.files
+                .iter()
+                .flat_map(|f| match &f.kind {
+                    crate::state::files::FdKind::IoUring(r) => [r.rings, r.sqes],
+                    _ => [None, None],
+                })
+                .flatten(),
+        );
     for r in refs {
         if r.end().is_none_or(|end| end > h.payload_len) {
             return Err(ImageError::corrupt(

@@ -77,6 +77,23 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         }
         runs_inside(&v.pages, v.start, v.end, page, v.end)
             .map_err(|e| format!("mapping {:#x}-{:#x}: {e}", v.start, v.end))?;
+        if let Backing::IoRing { fd, offset } = v.backing {
+            use crate::state::io_uring::{OFF_CQ_RING, OFF_SQES, OFF_SQ_RING};
+            let ring = m
+                .files
+                .iter()
+                .any(|f| f.fd == fd && f.dup_of.is_none() && matches!(f.kind, FdKind::IoUring(_)));
+            if !ring
+                || ![OFF_SQ_RING, OFF_CQ_RING, OFF_SQES].contains(&offset)
+                || v.map_flags & libc::MAP_SHARED as u32 == 0
+                || !v.pages.is_empty()
+            {
+                return Err(format!(
+                    "mapping {:#x}: io_uring fd {fd} at {offset:#x}",
+                    v.start
+                ));
+            }
+        }
         if let Backing::Shared { object, offset } = v.backing {
             if !m.shared.iter().any(|o| o.id == object) || !aligned(offset) {
                 return Err(format!(
@@ -295,6 +312,9 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                         f.fd, w.fd
                     ));
                 }
+            }
+            FdKind::IoUring(r) if f.dup_of.is_none() => {
+                r.check().map_err(|e| format!("fd {}: {e}", f.fd))?
             }
             FdKind::Inotify(i) => {
                 bound("inotify watches", i.watches.len(), MAX_FILES)?;

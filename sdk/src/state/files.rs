@@ -109,6 +109,8 @@ pub enum FdKind {
     Socket(super::sockets::Socket),
     /// An inotify instance with its watches.
     Inotify(super::inotify::Inotify),
+    /// An io_uring instance at rest (see [`super::io_uring`]).
+    IoUring(super::io_uring::Ring),
     /// A pidfd of the process itself or one of its threads, opened again by the restorer.
     Pidfd(super::pidfd::Pidfd),
     /// A descriptor the application's policy replaced with `/dev/null` (see
@@ -452,6 +454,7 @@ impl FdScan {
         let mut deleted_dirs: Vec<(i32, u64, u64)> = Vec::new();
         let mut pipes: BTreeMap<u64, (Vec<usize>, bool, bool)> = BTreeMap::new();
         let mut sockets: Vec<(FdEntry, u64, String)> = Vec::new();
+        let mut ring_maps: Option<Vec<crate::procfs::MapEntry>> = None;
         for fd in fds {
             if exclude.contains(&fd) {
                 continue;
@@ -693,10 +696,24 @@ impl FdScan {
                 continue;
             }
             if target == "anon_inode:[io_uring]" {
-                scan.refused.push(Refused {
-                    policy_helps: false,
-                    ..bad(FdClass::Other, super::memory::IO_URING)
-                });
+                // Its rings stay mapped in the process: leaving it out would not do.
+                if ring_maps.is_none() {
+                    ring_maps = Some(crate::procfs::maps(crate::sys::getpid())?);
+                }
+                match super::io_uring::inspect(
+                    entry.fd,
+                    &info,
+                    ring_maps.as_deref().unwrap_or_default(),
+                ) {
+                    Ok(ring) => {
+                        entry.kind = FdKind::IoUring(ring);
+                        scan.entries.push(entry);
+                    }
+                    Err(why) => scan.refused.push(Refused {
+                        policy_helps: false,
+                        ..bad(FdClass::Other, &why)
+                    }),
+                }
                 continue;
             }
             if !target.starts_with('/') {
@@ -1483,14 +1500,17 @@ const REOPEN_FLAGS: u32 = (libc::O_ACCMODE
 /// descriptor)`. `payload(r)` reads a payload range of the image (pipe and socket contents);
 /// `given` are listening sockets the caller hands in; `shared` the recreated shared memory
 /// objects by id; timerfds run on over `away`. Fails with a message naming the descriptor if a
-/// file is gone or is no longer the same file, or a socket cannot be recreated.
+/// file is gone or is no longer the same file, or a socket cannot be recreated. Also returns,
+/// per io_uring instance (by number), the memfd its memory is, for the restorer to map (see
+/// [`super::io_uring::Ring::recreate`]).
 pub fn reopen(
     entries: &[FdEntry],
     mut payload: impl FnMut(super::PayloadRef) -> Result<Vec<u8>, String>,
     given: &[OwnedFd],
     shared: &BTreeMap<u64, OwnedFd>,
     away: super::clocks::Away,
-) -> Result<Vec<(i32, OwnedFd)>, String> {
+) -> Result<Reopened, String> {
+    let mut rings: Vec<(i32, OwnedFd)> = Vec::new();
     use super::sockets::Socket;
     let socks: Vec<&Socket> = entries
         .iter()
@@ -1650,6 +1670,11 @@ pub fn reopen(
                 })?
             }
             FdKind::Inotify(i) => i.recreate(fd, e.flags)?,
+            FdKind::IoUring(r) => {
+                let (ring, memory) = r.recreate(fd, &mut payload)?;
+                rings.push((fd, memory));
+                ring
+            }
             FdKind::SignalFd { mask } => {
                 crate::sys::signalfd(*mask, e.flags & libc::O_NONBLOCK as u32 != 0)
                     .map_err(|err| format!("fd {fd}: cannot create a signalfd: {err}"))?
@@ -1769,8 +1794,11 @@ pub fn reopen(
             .map(|(_, f)| std::os::fd::AsRawFd::as_raw_fd(f))
     })?;
     out.retain(|(n, _)| !entries.iter().any(|e| e.fd == *n && e.in_flight));
-    Ok(out)
+    Ok((out, rings))
 }
+
+/// What [`reopen`] makes: the descriptors by number, and the memory of each io_uring instance.
+pub type Reopened = (Vec<(i32, OwnedFd)>, Vec<(i32, OwnedFd)>);
 
 /// An open file description of shared object `object` like descriptor `e`'s, at offset `pos`.
 /// A memfd's read-write description is the memfd itself, as `memfd_create` made it: that one

@@ -86,6 +86,9 @@ pub enum Backing {
     /// while mapped), saved once in [`super::Manifest::shared`]; `offset` is in the object. A
     /// private one (a memfd's, a deleted file's) also saves the pages written since.
     Shared { object: u64, offset: u64 },
+    /// A mapping of an io_uring instance's rings or submission entries (`offset` is the mmap
+    /// offset that says which), the instance being descriptor `fd` (see [`super::io_uring`]).
+    IoRing { fd: i32, offset: u64 },
 }
 
 use std::fs::File;
@@ -102,9 +105,6 @@ const PM_FILE: u64 = 1 << 61;
 /// `_IOWR(0xAA, 0x00, struct uffdio_register)` and its missing-pages mode (linux/userfaultfd.h).
 const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-
-/// Why an io_uring instance (its descriptor, its ring mappings) is refused, and what to do.
-pub(crate) const IO_URING: &str = "an io_uring instance is not restored (its rings and requests in flight live in the kernel), and it cannot be left out while its rings are mapped; libuv 1.45 and later make one for their event loop, to batch its epoll changes (uvloop: use asyncio's own loop, e.g. uvicorn --loop asyncio; Node.js: UV_USE_IO_URING=0 where its libuv still honours it for that ring — uvloop 0.23's does not), close the ring before the checkpoint otherwise";
 
 /// Kernel special mappings the restorer moves instead of copying.
 pub const SPECIAL_NAMES: [&str; 4] = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
@@ -182,6 +182,8 @@ impl Vma {
         }
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
+        } else if name == "anon_inode:[io_uring]" {
+            super::io_uring::backing(m)?
         } else if m.inode != 0
             && (name.starts_with("/memfd:") || (m.shared() && name.starts_with("/dev/zero")))
         {
@@ -233,9 +235,6 @@ impl Vma {
                 stamp: super::FileStamp::of(&meta),
             }
         } else {
-            if name == "anon_inode:[io_uring]" {
-                return Err(format!("{}: {IO_URING}", m.describe()));
-            }
             return Err(format!("{}: unsupported kind of mapping", m.describe()));
         };
         Ok(Vma {
@@ -374,6 +373,7 @@ impl Vma {
         let what = match &self.backing {
             Backing::File { path, .. } => path.clone(),
             Backing::Shared { object, .. } => format!("shared object {object}"),
+            Backing::IoRing { fd, .. } => format!("io_uring fd {fd}"),
             Backing::Special { .. } => return,
             b => format!("{b:?}").to_lowercase(),
         };
@@ -389,6 +389,12 @@ impl Vma {
                 u64::from(self.map_flags) | libc::MAP_FIXED_NOREPLACE as u64,
                 fd as u64,
                 *offset,
+            ),
+            // The memory the ring was made on again (see super::io_uring::Ring::recreate).
+            (Backing::IoRing { offset, .. }, Some(fd)) => (
+                u64::from(self.map_flags) | libc::MAP_FIXED_NOREPLACE as u64,
+                fd as u64,
+                super::io_uring::memory_offset(*offset),
             ),
             _ => (
                 u64::from(self.map_flags)

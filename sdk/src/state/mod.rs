@@ -14,6 +14,7 @@ pub mod files;
 pub mod inet;
 pub mod inotify;
 pub mod interrupted;
+pub mod io_uring;
 pub mod limits;
 pub mod locks;
 pub mod memory;

@@ -29,6 +29,22 @@ pub struct ParkedInfo {
     buf: Vec<u8>,
     /// Bytes read, or a negative errno (0 until the handler ran).
     len: AtomicI64,
+    /// An io_uring instance's memory as the process maps it, copied by the handler.
+    ring: Option<RingCopy>,
+}
+
+/// An io_uring instance's rings and submission entries (where the process maps them, with
+/// what the handler copied), and whether an eventfd is registered with it (see
+/// [`super::io_uring::probe_eventfd`]).
+#[derive(Debug)]
+struct RingCopy {
+    parts: [(u64, u64); 2],
+    buf: crate::sys::DontForkBuf,
+    /// Bytes copied, or a negative errno.
+    copied: AtomicI64,
+    probe: OwnedFd,
+    /// The probe's result (1 until the handler ran).
+    registered: AtomicI64,
 }
 
 impl ParkedInfo {
@@ -44,6 +60,7 @@ impl ParkedInfo {
                     }
                     // A tfd line is under 160 bytes; room for registrations added meanwhile.
                     FdKind::Epoll { watches } => 4096 + 160 * (watches.len() + 64),
+                    FdKind::IoUring(_) => 8192,
                     _ => return None,
                 };
                 Some((e, room))
@@ -67,6 +84,18 @@ impl ParkedInfo {
                     before,
                     buf: vec![0; room],
                     len: AtomicI64::new(0),
+                    ring: match &e.kind {
+                        FdKind::IoUring(r) => Some(RingCopy {
+                            parts: r.seen,
+                            buf: crate::sys::DontForkBuf::new(
+                                (r.seen[0].1 + r.seen[1].1) as usize,
+                            )?,
+                            copied: AtomicI64::new(0),
+                            probe: crate::sys::eventfd(0, 0)?,
+                            registered: AtomicI64::new(1),
+                        }),
+                        _ => None,
+                    },
                 })
             })
             .collect()
@@ -87,6 +116,48 @@ impl ParkedInfo {
         );
         self.len
             .store(if n == 0 { -1 } else { n }, Ordering::Release);
+        if let Some(r) = &self.ring {
+            let mut at = 0;
+            let mut copied = 0;
+            for (addr, len) in r.parts {
+                let n = crate::sys::read_own_memory(r.buf.addr() + at, addr, len as usize);
+                if n < 0 {
+                    copied = n;
+                    break;
+                }
+                at += len;
+                copied += n;
+            }
+            r.copied.store(copied, Ordering::Release);
+            r.registered.store(
+                super::io_uring::probe_eventfd(self.fd, r.probe.as_raw_fd()),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// An io_uring instance's rings and submission entries as the handler copied them.
+    pub fn ring_copy(&self) -> Option<(&[u8], &[u8])> {
+        let r = self.ring.as_ref()?;
+        let rings = r.parts[0].1 as usize;
+        let all = rings + r.parts[1].1 as usize;
+        (r.copied.load(Ordering::Acquire) == all as i64).then(|| {
+            let b = &r.buf.as_slice()[..all];
+            (&b[..rings], &b[rings..])
+        })
+    }
+
+    /// The copy's buffer (start, end), if any: the checkpoint's own, never in the snapshot.
+    pub fn own_buffer(&self) -> Option<(u64, u64)> {
+        let r = self.ring.as_ref()?;
+        Some((r.buf.addr(), r.buf.addr() + r.buf.len() as u64))
+    }
+
+    /// What the handler found that is refused (an eventfd registered with an io_uring
+    /// instance).
+    pub fn refusal(&self) -> Option<String> {
+        let r = self.ring.as_ref()?;
+        super::io_uring::eventfd_refusal(self.fd, r.registered.load(Ordering::Acquire))
     }
 
     /// What the handler read, if it could.
@@ -95,14 +166,17 @@ impl ParkedInfo {
         (n > 0).then(|| &self.buf[..n as usize])
     }
 
-    /// The descriptor this checkpoint opened for it (see `Capture::own_fds`).
-    pub fn own_fd(&self) -> i32 {
-        self.info.as_raw_fd()
+    /// The descriptors this checkpoint opened for it (see `Capture::own_fds`).
+    pub fn own_fds(&self) -> impl Iterator<Item = i32> + '_ {
+        std::iter::once(self.info.as_raw_fd())
+            .chain(self.ring.as_ref().map(|r| r.probe.as_raw_fd()))
     }
 
-    /// Leaves the descriptor open: in a restored process its number is not ours to close.
+    /// Leaves the descriptors open and the copy mapped: in a restored process their numbers and
+    /// addresses are not ours to close.
     pub fn abandon(self) {
         std::mem::forget(self.info);
+        std::mem::forget(self.ring);
     }
 
     /// Gives `entry` (this descriptor's) the state read while the threads were parked. `Err`:
@@ -126,6 +200,7 @@ impl ParkedInfo {
                     .ok_or_else(|| format!("fd {fd}: eventfd count unreadable"))?;
             }
             FdKind::SignalFd { mask } => *mask = crate::procfs::field_hex(text, "sigmask"),
+            FdKind::IoUring(r) => r.settle(fd, text, self.ring_copy().map(|c| c.0))?,
             kind @ FdKind::TimerFd { .. } => {
                 *kind = super::files::timerfd_state_at(text, self.clock_ns.load(Ordering::Relaxed))
                     .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;

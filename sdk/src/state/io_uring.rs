@@ -1,0 +1,764 @@
+//! io_uring instances at rest. libuv 1.45 and later make one for every event loop, to batch its
+//! epoll changes (`uv__epoll_ctl_prep`): Node.js 22 and later have four, uvloop one per loop.
+//!
+//! A ring is kept when the kernel holds nothing for it but its counters: every request taken
+//! from the submission queue has completed (one completion each, or none for a dropped entry),
+//! every completion has been consumed, no request is waiting on a poll, nothing overflowed, and
+//! nothing is registered with it (files, buffers, credentials, provided buffers, an eventfd),
+//! nor is it polled by a kernel thread (SQPOLL). Anything else is refused by name: a request in
+//! flight (a read, a timeout) lives only in the kernel and cannot be read back.
+//!
+//! The restore makes a ring of the same sizes, brings its kernel-side counters (the submission
+//! head, the completion tail) to the checkpoint's by submitting no-op requests, puts back the
+//! memory the process shared with it (the counters it writes, the stale entries, the index
+//! array), and the restorer maps it where the process had it. A library that keeps copies of
+//! the counters in its own memory (liburing) finds the kernel where it left it.
+//!
+//! The kernel does not show every setup flag. What changes the memory layout is told apart by
+//! the sizes of the ring's memory regions (SQE128, CQE32) and refused where it cannot be; the
+//! rest is restored without the flag, which behaves alike for the process: SINGLE_ISSUER and
+//! DEFER_TASKRUN (checked by no one then), COOP_TASKRUN, SUBMIT_ALL, IOPOLL. A ring without its
+//! index array (NO_SQARRAY, as libuv makes them on 6.6+) is restored with one holding slot i at
+//! index i, which is what the kernel does without one.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use super::PayloadRef;
+use crate::procfs::MapEntry;
+use crate::sys::{self, SharedView};
+
+/// mmap offsets of a ring's memory (linux/io_uring.h): the rings (either name), the entries.
+pub const OFF_SQ_RING: u64 = 0;
+pub const OFF_CQ_RING: u64 = 0x800_0000;
+pub const OFF_SQES: u64 = 0x1000_0000;
+const OFF_MASK: u64 = 0xf800_0000;
+
+/// No-op requests a restore may submit to bring a ring's counters back (about 25 ns each here:
+/// 16 Mi take 0.4 s). A ring that has seen more completions is refused at the checkpoint.
+pub const MAX_REPLAY: u64 = 1 << 24;
+
+const SETUP_CQSIZE: u32 = 1 << 3;
+const SETUP_SQE128: u32 = 1 << 10;
+const SETUP_CQE32: u32 = 1 << 11;
+const SETUP_NO_MMAP: u32 = 1 << 14;
+const ENTER_GETEVENTS: u32 = 1;
+const SQE_CQE_SKIP_SUCCESS: u8 = 1 << 6;
+const REGISTER_EVENTFD: u32 = 4;
+const UNREGISTER_EVENTFD: u32 = 5;
+const REGISTER_PBUF_STATUS: u32 = 26;
+/// Where the completion entries start in the rings region (`struct io_rings`, cache-aligned).
+const CQES_AT: u64 = 64;
+const PAGE: u64 = 4096;
+
+/// An io_uring instance at rest (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// Bytes per submission entry (64, or 128 with IORING_SETUP_SQE128) and per completion
+    /// (16, or 32 with IORING_SETUP_CQE32).
+    pub sqe_size: u32,
+    pub cqe_size: u32,
+    /// The kernel's counters: submission entries taken, completions posted.
+    pub sq_head: u32,
+    pub cq_tail: u32,
+    /// The rings region as the process's mapping of it showed it (counters, completions, the
+    /// index array), and the submission entries, as the handler copied them.
+    pub rings: Option<PayloadRef>,
+    pub sqes: Option<PayloadRef>,
+    /// The process's mappings of it (start, length) with the most of each region: copied in the
+    /// checkpoint's handler. Not in the image.
+    #[serde(skip)]
+    pub(crate) seen: [(u64, u64); 2],
+    #[serde(skip)]
+    pub(crate) ino: u64,
+}
+
+/// What a ring's fdinfo says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Info {
+    sq_mask: u32,
+    sq_head: u32,
+    sq_tail: u32,
+    cached_sq_head: u32,
+    cq_mask: u32,
+    cq_head: u32,
+    cq_tail: u32,
+    cached_cq_tail: u32,
+}
+
+impl Info {
+    /// Parses the fdinfo text; `Err` says what is refused.
+    fn parse(text: &str) -> Result<Info, String> {
+        let num = |key: &str| -> Result<u32, String> {
+            let v = crate::procfs::field(text, key)
+                .ok_or_else(|| format!("its {key} cannot be read from fdinfo"))?;
+            match v.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16),
+                None => v.parse(),
+            }
+            .map_err(|_| format!("its {key} cannot be read from fdinfo"))
+        };
+        let sq_thread = crate::procfs::field(text, "SqThread").unwrap_or("-1");
+        if sq_thread != "-1" {
+            return Err("a kernel thread polls its submission queue (IORING_SETUP_SQPOLL; libuv's file-system ring with UV_USE_IO_URING=1): restored it would lose that thread; run without it".into());
+        }
+        for (key, what) in [
+            ("UserFiles", "registered files"),
+            ("UserBufs", "registered buffers"),
+        ] {
+            if num(key)? != 0 {
+                return Err(format!(
+                    "it holds {what} ({key} {}), which are not restored; unregister them before the checkpoint",
+                    num(key)?
+                ));
+            }
+        }
+        if text.lines().any(|l| l.starts_with("Personalities:")) {
+            return Err("it holds registered credentials (IORING_REGISTER_PERSONALITY), which are not restored".into());
+        }
+        if text
+            .lines()
+            .any(|l| l.starts_with("NAPI:") && !l.contains("disabled"))
+        {
+            return Err("it busy-polls network queues (NAPI), which is not restored".into());
+        }
+        let listed = |head: &str| {
+            text.lines()
+                .skip_while(|l| !l.starts_with(head))
+                .skip(1)
+                .take_while(|l| l.starts_with(' ') || l.starts_with('\t'))
+                .count()
+        };
+        if listed("PollList:") > 0 {
+            return Err(format!(
+                "{} of its requests wait for a descriptor to be ready (poll, or a receive armed on one): requests in flight live in the kernel and are not restored; let them complete or cancel them before the checkpoint",
+                listed("PollList:")
+            ));
+        }
+        if listed("CqOverflowList:") > 0 {
+            return Err("completions overflowed its completion queue and wait in the kernel: reap them before the checkpoint".into());
+        }
+        Ok(Info {
+            sq_mask: num("SqMask")?,
+            sq_head: num("SqHead")?,
+            sq_tail: num("SqTail")?,
+            cached_sq_head: num("CachedSqHead")?,
+            cq_mask: num("CqMask")?,
+            cq_head: num("CqHead")?,
+            cq_tail: num("CqTail")?,
+            cached_cq_tail: num("CachedCqTail")?,
+        })
+    }
+
+    /// Whether nothing is in it: every entry submitted taken and completed once (less those
+    /// dropped), every completion consumed. `Err` says what is not.
+    fn at_rest(&self, dropped: u32) -> Result<(), String> {
+        if self.sq_tail != self.sq_head || self.cached_sq_head != self.sq_head {
+            return Err(format!(
+                "{} submission entries wait to be submitted: submit them (io_uring_enter) before the checkpoint",
+                self.sq_tail.wrapping_sub(self.sq_head)
+            ));
+        }
+        if self.cq_head != self.cq_tail || self.cached_cq_tail != self.cq_tail {
+            return Err(format!(
+                "{} completions wait to be reaped: reap them before the checkpoint",
+                self.cached_cq_tail.wrapping_sub(self.cq_head)
+            ));
+        }
+        let taken = self.sq_head.wrapping_sub(dropped);
+        if taken != self.cq_tail {
+            return Err(format!(
+                "{} of its requests have not completed ({} taken, {} completions): requests in flight (a read, a timeout) live in the kernel and are not restored; let them complete or cancel them before the checkpoint (completions skipped with IOSQE_CQE_SKIP_SUCCESS, or posted more than once by one request, cannot be told from these)",
+                taken.wrapping_sub(self.cq_tail) as i32,
+                taken,
+                self.cq_tail
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a ring's rings region: header and completions, then (unless `array` is false)
+/// the submission index array, cache-aligned.
+fn rings_bytes(sq: u32, cq: u32, cqe_size: u32, array: bool) -> u64 {
+    let off = CQES_AT + u64::from(cq) * u64::from(cqe_size);
+    if array {
+        off.next_multiple_of(64) + 4 * u64::from(sq)
+    } else {
+        off
+    }
+}
+
+fn pages(bytes: u64) -> u64 {
+    bytes.div_ceil(PAGE)
+}
+
+/// How a mapping of an io_uring instance is restored: `fd` is filled in once the mapping is
+/// matched with its descriptor. `Err`: a mapping of a kind or part that is not restored.
+pub(crate) fn backing(m: &MapEntry) -> Result<super::memory::Backing, String> {
+    let kind = m.offset & OFF_MASK;
+    if ![OFF_SQ_RING, OFF_CQ_RING, OFF_SQES].contains(&kind) {
+        return Err(format!(
+            "{}: an io_uring instance's provided-buffer ring or memory region (mmap offset {:#x}), which is not restored",
+            m.describe(),
+            m.offset
+        ));
+    }
+    if m.offset != kind {
+        return Err(format!(
+            "{}: part of an io_uring instance's ring mapping (its first pages unmapped), which is not restored",
+            m.describe()
+        ));
+    }
+    Ok(super::memory::Backing::IoRing {
+        fd: -1,
+        offset: m.offset,
+    })
+}
+
+/// The name of the memfd a restored ring's memory is (see [`Ring::recreate`]).
+pub fn memory_name(fd: i32) -> String {
+    format!("io_uring fd {fd}")
+}
+
+/// The mapping offset in a restored ring's memfd for a ring mapping at mmap `offset`.
+pub fn memory_offset(offset: u64) -> u64 {
+    if offset == OFF_SQES {
+        OFF_SQES
+    } else {
+        0
+    }
+}
+
+/// A ring at the scan, while the process runs: refused by name, or its sizes and where the
+/// process maps it. Counters and memory are taken again in the checkpoint's handler.
+pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, String> {
+    let info = Info::parse(text)?;
+    let ino: u64 = crate::procfs::field(text, "ino")
+        .and_then(|v| v.parse().ok())
+        .ok_or("its inode cannot be read from fdinfo")?;
+    let (sq, cq) = (info.sq_mask.wrapping_add(1), info.cq_mask.wrapping_add(1));
+    if !sq.is_power_of_two() || !cq.is_power_of_two() {
+        return Err(format!(
+            "its queue sizes ({sq}, {cq}) are not powers of two"
+        ));
+    }
+    let mine: Vec<&MapEntry> = maps
+        .iter()
+        .filter(|m| m.inode == ino && m.name == "anon_inode:[io_uring]")
+        .collect();
+    let longest = |rings: bool| {
+        mine.iter()
+            .filter(|m| (m.offset == OFF_SQES) != rings)
+            .max_by_key(|m| m.end - m.start)
+            .map(|m| (m.start, m.end - m.start))
+    };
+    let (Some(rings_seen), Some(sqes_seen)) = (longest(true), longest(false)) else {
+        return Err("its rings are not mapped from it (IORING_SETUP_NO_MMAP: in the process's own memory, where the kernel's hold on them is not restored), or not both are mapped".into());
+    };
+    // The entry sizes, from the sizes of the kernel's regions: the entries' is the least
+    // length it maps; the rings' shows in how many pages a mapping of it gets.
+    let sqe_size = {
+        let (small, big) = (pages(u64::from(sq) * 64), pages(u64::from(sq) * 128));
+        if small == big {
+            return Err(format!(
+                "its {sq} submission entries fit one page at 64 or 128 bytes each, so whether it was set up with IORING_SETUP_SQE128 cannot be told: rings of 64 entries or more are restored"
+            ));
+        }
+        if SharedView::new(fd, OFF_SQES, (small * PAGE) as usize).is_ok() {
+            64
+        } else if SharedView::new(fd, OFF_SQES, (big * PAGE) as usize).is_ok() {
+            128
+        } else {
+            return Err("its submission entries cannot be mapped".into());
+        }
+    };
+    let cqe_size = {
+        let view = SharedView::new(
+            fd,
+            OFF_SQ_RING,
+            (pages(rings_bytes(sq, cq, 32, true)) * PAGE) as usize,
+        )
+        .map_err(|e| format!("its rings cannot be mapped: {e}"))?;
+        let have = view
+            .pages_in()
+            .map_err(|e| format!("its rings cannot be measured: {e}"))? as u64;
+        let fits = |size| {
+            [true, false]
+                .iter()
+                .any(|&a| pages(rings_bytes(sq, cq, size, a)) == have)
+        };
+        match (fits(16), fits(32)) {
+            (true, false) => 16,
+            (false, true) => 32,
+            (true, true) => return Err(format!(
+                "its {cq} completions fit the same pages at 16 or 32 bytes each, so whether it was set up with IORING_SETUP_CQE32 cannot be told"
+            )),
+            (false, false) => return Err(format!("its rings region ({have} pages) has a layout this thaw does not know")),
+        }
+    };
+    // At rest now (the handler looks again): dropped entries are counted in the rings.
+    let mut dropped = [0u8; 4];
+    if sys::read_own_memory(dropped.as_mut_ptr() as u64, rings_seen.0 + 32, 4) != 4 {
+        return Err("its rings cannot be read".into());
+    }
+    info.at_rest(u32::from_ne_bytes(dropped))?;
+    if u64::from(info.cq_tail) + u64::from(info.sq_head.wrapping_sub(info.cq_tail)) > MAX_REPLAY {
+        return Err(format!(
+            "it has taken {} requests: a restore brings its counters back one no-op request at a time, and more than {MAX_REPLAY} is refused; make the ring again now and then (libuv: a new event loop)",
+            info.sq_head
+        ));
+    }
+    // Enabled (not IORING_SETUP_R_DISABLED); another thread's single-issuer ring says EEXIST.
+    match sys::io_uring_enter(fd, 0, 0, 0) {
+        0 => {}
+        e if e == -(libc::EEXIST as i64) => {}
+        e if e == -(libc::EBADFD as i64) => {
+            return Err(
+                "it is not enabled yet (IORING_SETUP_R_DISABLED), which is not restored".into(),
+            )
+        }
+        e => {
+            return Err(format!(
+                "it cannot be entered: {}",
+                std::io::Error::from_raw_os_error(-e as i32)
+            ))
+        }
+    }
+    provided_buffers(fd)?;
+    Ok(Ring {
+        sq_entries: sq,
+        cq_entries: cq,
+        sqe_size,
+        cqe_size,
+        sq_head: info.sq_head,
+        cq_tail: info.cq_tail,
+        rings: None,
+        sqes: None,
+        seen: [rings_seen, sqes_seen],
+        ino,
+    })
+}
+
+/// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
+/// kernel lists them nowhere: every group is asked for (IORING_REGISTER_PBUF_STATUS, 6.8+;
+/// about 8 ms a ring).
+fn provided_buffers(fd: i32) -> Result<(), String> {
+    let mut first = None;
+    let mut unknown = 0u32;
+    for group in 0..=u16::MAX {
+        // struct io_uring_buf_status { buf_group, head, resv[8] }
+        let mut arg = [0u8; 40];
+        arg[..4].copy_from_slice(&u32::from(group).to_ne_bytes());
+        let r = sys::io_uring_register(fd, REGISTER_PBUF_STATUS, Some(&mut arg), 1);
+        if r == -(libc::ENOENT as i64) {
+            continue;
+        }
+        if r == -(libc::EINVAL as i64) {
+            unknown += 1;
+        }
+        first.get_or_insert(group);
+    }
+    match first {
+        None => Ok(()),
+        Some(_) if unknown == 1 << 16 => Err("this kernel cannot tell whether it holds provided buffers (IORING_REGISTER_PBUF_STATUS, Linux 6.8)".into()),
+        Some(g) => Err(format!(
+            "it holds provided buffers (group {g}), which live in the kernel and are not restored; remove them before the checkpoint"
+        )),
+    }
+}
+
+impl Ring {
+    /// Takes the state the checkpoint's handler read while every thread was parked: its fdinfo
+    /// `text`, and the copy of the process's mapping of its rings. `Err`: it was in use then, and
+    /// the checkpoint starts again.
+    pub(crate) fn settle(
+        &mut self,
+        fd: i32,
+        text: &str,
+        rings: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let info = Info::parse(text).map_err(|why| format!("fd {fd} (io_uring): {why}"))?;
+        let word = |at: usize| {
+            rings
+                .and_then(|r| r.get(at..at + 4))
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        };
+        // struct io_rings: sq head, tail, cq head, tail, ..., sq_dropped at 32.
+        let dropped = word(32).ok_or_else(|| {
+            format!(
+                "fd {fd} (io_uring): its rings could not be read while the threads were stopped"
+            )
+        })?;
+        let shown = [word(0), word(4), word(8), word(12)];
+        if shown
+            != [
+                Some(info.sq_head),
+                Some(info.sq_tail),
+                Some(info.cq_head),
+                Some(info.cq_tail),
+            ]
+        {
+            return Err(format!(
+                "fd {fd} (io_uring): it was in use while the threads were being stopped"
+            ));
+        }
+        info.at_rest(dropped).map_err(|why| {
+            format!("fd {fd} (io_uring): in use while the threads were being stopped: {why}")
+        })?;
+        self.sq_head = info.sq_head;
+        self.cq_tail = info.cq_tail;
+        Ok(())
+    }
+
+    /// No-op requests a restore submits: those dropped or skipped (no completion), then one
+    /// per completion.
+    pub fn replays(&self) -> (u64, u64) {
+        (
+            u64::from(self.sq_head.wrapping_sub(self.cq_tail)),
+            u64::from(self.cq_tail),
+        )
+    }
+
+    fn setup_flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.cq_entries != 2 * self.sq_entries {
+            flags |= SETUP_CQSIZE;
+        }
+        if self.sqe_size == 128 {
+            flags |= SETUP_SQE128;
+        }
+        if self.cqe_size == 32 {
+            flags |= SETUP_CQE32;
+        }
+        flags
+    }
+
+    /// The image's description of it is one a restore can make: `Err` says why not.
+    pub fn check(&self) -> Result<(), String> {
+        let (skip, complete) = self.replays();
+        let ok = self.sq_entries.is_power_of_two()
+            && self.sq_entries <= 32768
+            && self.cq_entries.is_power_of_two()
+            && self.cq_entries >= self.sq_entries
+            && self.cq_entries <= 65536
+            && [64, 128].contains(&self.sqe_size)
+            && [16, 32].contains(&self.cqe_size)
+            && skip + complete <= MAX_REPLAY
+            && self.rings.is_some_and(|r| {
+                r.len
+                    <= pages(rings_bytes(
+                        self.sq_entries,
+                        self.cq_entries,
+                        self.cqe_size,
+                        true,
+                    )) * PAGE
+            })
+            && self
+                .sqes
+                .is_some_and(|r| r.len <= u64::from(self.sq_entries) * u64::from(self.sqe_size));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "an io_uring instance described out of bounds ({self:?})"
+            ))
+        }
+    }
+
+    /// Makes the ring again, its counters where they were and its memory as the process left
+    /// it; `payload` reads the saved bytes. Returns the ring and the memory it uses: the kernel
+    /// maps a ring's own memory only where it chooses (it refuses an address), so the ring is
+    /// made on memory of a memfd (IORING_SETUP_NO_MMAP, Linux 6.13), which the restorer maps
+    /// where the process had the ring, at the same offsets (rings at 0, entries at
+    /// [`OFF_SQES`]): the same pages, shared with the kernel as before.
+    pub fn recreate(
+        &self,
+        fd: i32,
+        mut payload: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+    ) -> Result<(OwnedFd, OwnedFd), String> {
+        let fail = |what: &str, e: std::io::Error| format!("fd {fd} (io_uring): {what}: {e}");
+        self.check().map_err(|why| format!("fd {fd}: {why}"))?;
+        let rings_len = (pages(rings_bytes(
+            self.sq_entries,
+            self.cq_entries,
+            self.cqe_size,
+            true,
+        )) * PAGE) as usize;
+        let sqes_len =
+            (pages(u64::from(self.sq_entries) * u64::from(self.sqe_size)) * PAGE) as usize;
+        let memory = sys::memfd_create(&memory_name(fd), false)
+            .and_then(|m| sys::ftruncate(m.as_raw_fd(), OFF_SQES + sqes_len as u64).map(|()| m))
+            .map_err(|e| fail("cannot make memory for it", e))?;
+        let rings = SharedView::new(memory.as_raw_fd(), 0, rings_len)
+            .map_err(|e| fail("cannot map memory for its rings", e))?;
+        let sqes = SharedView::new(memory.as_raw_fd(), OFF_SQES, sqes_len)
+            .map_err(|e| fail("cannot map memory for its submission entries", e))?;
+        let (ring, p) = sys::io_uring_setup(
+            self.sq_entries,
+            self.setup_flags() | SETUP_NO_MMAP,
+            self.cq_entries,
+            Some((&rings, &sqes)),
+        )
+        .map_err(|e| {
+            fail(
+                &format!(
+                    "cannot make a ring of {} entries on memory of its own (IORING_SETUP_NO_MMAP on any pages takes Linux 6.13)",
+                    self.sq_entries
+                ),
+                e,
+            )
+        })?;
+        if (p.sq_entries, p.cq_entries) != (self.sq_entries, self.cq_entries) {
+            return Err(format!(
+                "fd {fd} (io_uring): the kernel made a ring of {}/{} entries, not {}/{}",
+                p.sq_entries, p.cq_entries, self.sq_entries, self.cq_entries
+            ));
+        }
+        let (skip, complete) = self.replays();
+        self.replay(ring.as_raw_fd(), &p, &rings, &sqes, skip, true)
+            .and_then(|()| self.replay(ring.as_raw_fd(), &p, &rings, &sqes, complete, false))
+            .map_err(|e| fail("cannot bring its counters back", e))?;
+        let now = (
+            rings.load_u32(p.sq_head as usize),
+            rings.load_u32(p.cq_tail as usize),
+        );
+        if now != (self.sq_head, self.cq_tail) {
+            return Err(format!(
+                "fd {fd} (io_uring): its counters came back as {now:?}, not {:?}",
+                (self.sq_head, self.cq_tail)
+            ));
+        }
+        let saved = match self.rings {
+            Some(r) => payload(r)?,
+            None => Vec::new(),
+        };
+        rings.write(0, &saved);
+        // (The kernel's own counters, as it has them: the same, in an image that is whole.)
+        rings.store_u32(p.sq_head as usize, self.sq_head);
+        rings.store_u32(p.cq_tail as usize, self.cq_tail);
+        // The index array: the process's, or (none saved: a ring without one, or never
+        // written) slot i at index i, as the kernel reads a ring without one.
+        let array = p.sq_array as usize..p.sq_array as usize + 4 * p.sq_entries as usize;
+        if saved
+            .get(array.clone())
+            .is_none_or(|a| a.iter().all(|&b| b == 0))
+        {
+            for i in 0..p.sq_entries {
+                rings.store_u32(array.start + 4 * i as usize, i);
+            }
+        }
+        if let Some(r) = self.sqes {
+            sqes.write(0, &payload(r)?);
+        }
+        Ok((ring, memory))
+    }
+
+    /// Submits `n` no-op requests, a queue's worth at a time: with `skip`, ones that post no
+    /// completion (IOSQE_CQE_SKIP_SUCCESS); else each completion is reaped.
+    fn replay(
+        &self,
+        fd: i32,
+        p: &sys::RingParams,
+        rings: &SharedView,
+        sqes: &SharedView,
+        n: u64,
+        skip: bool,
+    ) -> std::io::Result<()> {
+        let mask = p.sq_entries - 1;
+        let size = self.sqe_size as usize;
+        let mut nop = vec![0u8; size];
+        if skip {
+            nop[1] = SQE_CQE_SKIP_SUCCESS;
+        }
+        let mut left = n;
+        while left > 0 {
+            let batch = left
+                .min(u64::from(p.sq_entries))
+                .min(u64::from(p.cq_entries)) as u32;
+            let tail = rings.load_u32(p.sq_tail as usize);
+            for i in 0..batch {
+                let slot = tail.wrapping_add(i) & mask;
+                sqes.write(slot as usize * size, &nop);
+                rings.store_u32(p.sq_array as usize + 4 * slot as usize, slot);
+            }
+            rings.store_u32(p.sq_tail as usize, tail.wrapping_add(batch));
+            let (wait, flags) = if skip {
+                (0, 0)
+            } else {
+                (batch, ENTER_GETEVENTS)
+            };
+            let r = sys::io_uring_enter(fd, batch, wait, flags);
+            if r != i64::from(batch) {
+                return Err(if r < 0 {
+                    std::io::Error::from_raw_os_error(-r as i32)
+                } else {
+                    std::io::Error::other(format!("{r} of {batch} requests submitted"))
+                });
+            }
+            if !skip {
+                let t = rings.load_u32(p.cq_tail as usize);
+                rings.store_u32(p.cq_head as usize, t);
+            }
+            left -= u64::from(batch);
+        }
+        Ok(())
+    }
+}
+
+/// Whether an eventfd is registered with ring `fd`, asked in the checkpoint's handler with
+/// `probe` (an eventfd of the checkpoint's): registering it succeeds (and it is unregistered at
+/// once) only where none is. The kernel's result.
+pub(crate) fn probe_eventfd(fd: i32, probe: i32) -> i64 {
+    let mut arg = probe.to_ne_bytes();
+    let r = sys::io_uring_register(fd, REGISTER_EVENTFD, Some(&mut arg), 1);
+    if r == 0 {
+        sys::io_uring_register(fd, UNREGISTER_EVENTFD, None, 0);
+    }
+    r
+}
+
+/// What the handler's eventfd probe says, as a refusal.
+pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {
+    match r {
+        0 => None,
+        e if e == -(libc::EBUSY as i64) => Some(format!(
+            "fd {fd} (io_uring): an eventfd is registered with it (IORING_REGISTER_EVENTFD), which is not restored: unregister it before the checkpoint and register it again after"
+        )),
+        e if e == -(libc::EACCES as i64) => Some(format!(
+            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
+        )),
+        e => Some(format!(
+            "fd {fd} (io_uring): whether an eventfd is registered with it cannot be told: {}",
+            std::io::Error::from_raw_os_error(-e as i32)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1234\nSqMask:\t0xff\nSqHead:\t7\nSqTail:\t7\nCachedSqHead:\t7\nCqMask:\t0x1ff\nCqHead:\t7\nCqTail:\t7\nCachedCqTail:\t7\nSQEs:\t0\nCQEs:\t0\nSqThread:\t-1\nSqThreadCpu:\t-1\nSqTotalTime:\t0\nSqWorkTime:\t0\nUserFiles:\t0\nUserBufs:\t0\nPollList:\nCqOverflowList:\nNAPI:\tdisabled\n";
+
+    #[test]
+    fn an_idle_ring_is_read_from_its_fdinfo() {
+        let i = Info::parse(IDLE).unwrap();
+        assert_eq!(
+            (i.sq_mask, i.cq_mask, i.sq_head, i.cq_tail),
+            (0xff, 0x1ff, 7, 7)
+        );
+        i.at_rest(0).unwrap();
+        // One entry dropped: 7 taken, 6 completions.
+        assert!(i.at_rest(1).is_err());
+    }
+
+    #[test]
+    fn what_the_kernel_holds_is_refused_by_name() {
+        let with = |from: &str, to: &str| Info::parse(&IDLE.replace(from, to)).unwrap_err();
+        assert!(with("SqThread:\t-1", "SqThread:\t812").contains("SQPOLL"));
+        assert!(with("UserFiles:\t0", "UserFiles:\t2").contains("registered files"));
+        assert!(with("UserBufs:\t0", "UserBufs:\t1").contains("registered buffers"));
+        assert!(with("PollList:\n", "PollList:\n  op=6, task_works=0\n").contains("poll"));
+        assert!(with(
+            "CqOverflowList:\n",
+            "CqOverflowList:\n  user_data=1, res=0, flags=0\n"
+        )
+        .contains("overflowed"));
+        assert!(with("NAPI:\tdisabled", "NAPI:\tenabled").contains("NAPI"));
+        assert!(
+            with("UserBufs:\t0\n", "UserBufs:\t0\nPersonalities:\n    1\n").contains("credentials")
+        );
+        let busy = Info::parse(
+            &IDLE
+                .replace("CachedCqTail:\t7", "CachedCqTail:\t5")
+                .replace("CqTail:\t7", "CqTail:\t5")
+                .replace("CqHead:\t7", "CqHead:\t5"),
+        )
+        .unwrap();
+        assert!(busy
+            .at_rest(0)
+            .unwrap_err()
+            .contains("2 of its requests have not completed"));
+    }
+
+    #[test]
+    fn region_sizes_tell_entry_sizes_apart() {
+        // libuv's ring: 256 entries, 512 completions: three pages with or without the index
+        // array at 16 bytes a completion, five at 32.
+        assert_eq!(pages(rings_bytes(256, 512, 16, true)), 3);
+        assert_eq!(pages(rings_bytes(256, 512, 16, false)), 3);
+        assert_eq!(pages(rings_bytes(256, 512, 32, true)), 5);
+    }
+
+    /// A ring made, used, and made again: same counters, same memory, and it works.
+    #[test]
+    fn a_ring_comes_back_with_its_counters() {
+        let Ok((fd, p)) = sys::io_uring_setup(64, 0, 0, None) else {
+            eprintln!("skipped: no io_uring here");
+            return;
+        };
+        let ring = Ring {
+            sq_entries: 64,
+            cq_entries: 128,
+            sqe_size: 64,
+            cqe_size: 16,
+            ..Default::default()
+        };
+        let rings = SharedView::new(fd.as_raw_fd(), OFF_SQ_RING, 4096).unwrap();
+        let sqes = SharedView::new(fd.as_raw_fd(), OFF_SQES, 4096).unwrap();
+        ring.replay(fd.as_raw_fd(), &p, &rings, &sqes, 21, false)
+            .unwrap();
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        let maps = crate::procfs::maps(sys::getpid()).unwrap();
+        let mut again = inspect(fd.as_raw_fd(), &info, &maps).unwrap();
+        assert_eq!(
+            (again.sq_head, again.cq_tail, again.sqe_size, again.cqe_size),
+            (21, 21, 64, 16)
+        );
+        again
+            .settle(fd.as_raw_fd(), &info, Some(&rings.read(0, 64)))
+            .unwrap();
+        // As if five entries more had been dropped (taken, no completion).
+        again.sq_head = 26;
+        let mut saved = rings.read(0, 4096);
+        for (at, v) in [(0, 26u32), (4, 26), (32, 5)] {
+            saved[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        again.rings = Some(PayloadRef {
+            offset: 0,
+            len: 4096,
+        });
+        again.sqes = Some(PayloadRef {
+            offset: 4096,
+            len: 4096,
+        });
+        let (made, memory) = again
+            .recreate(9, |r| {
+                Ok(if r.offset == 0 {
+                    saved.clone()
+                } else {
+                    sqes.read(0, 4096)
+                })
+            })
+            .unwrap();
+        let text =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", made.as_raw_fd())).unwrap();
+        let i = Info::parse(&text).unwrap();
+        assert_eq!(
+            (i.sq_head, i.cached_sq_head, i.cq_tail, i.cached_cq_tail),
+            (26, 26, 21, 21)
+        );
+        // And it runs on the memfd's pages: one more no-op completes.
+        let view = SharedView::new(memory.as_raw_fd(), 0, 4096).unwrap();
+        let entries = SharedView::new(memory.as_raw_fd(), OFF_SQES, 4096).unwrap();
+        again
+            .replay(made.as_raw_fd(), &p, &view, &entries, 1, false)
+            .unwrap();
+        assert_eq!(view.load_u32(p.cq_tail as usize), 22);
+    }
+}
