@@ -397,3 +397,58 @@ fn a_separately_installed_cpython_runs_the_same_wheel() {
         check_uniqueness(&env, &python, &format!("u{i}.thaw"), false, &[&[]]);
     }
 }
+
+/// An asyncio server on uvloop (pinned from PyPI), whose bundled libuv makes an io_uring
+/// instance for its loop whatever UV_USE_IO_URING says: refused before thaw restored idle rings,
+/// now restored in every mode, the listener answering, the ticker going on, a new server
+/// listening.
+#[test]
+fn a_uvloop_server_is_restored_in_every_mode() {
+    let env = Env::new();
+    let python = venv(&env, Path::new("/usr/bin/python3"), "venv", false);
+    let o = command(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "uvloop==0.23.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pip install uvloop (from PyPI): {}",
+        text(&o)
+    );
+    let img = env.path("uv.thaw");
+    let o = python_cmd(&python)
+        .arg(example("uvloop_server.py"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let rings = env
+        .manifest(&img)
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, thaw::state::files::FdKind::IoUring(_)))
+        .count();
+    assert!(rings >= 1, "uvloop's libuv makes an io_uring instance");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        for line in [
+            "listener pong hello",
+            "ticker goes on",
+            "new server pong again",
+            "loop uvloop",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{opts:?}: no {line:?} in {}", text(&o));
+        }
+    }
+}
+
