@@ -447,8 +447,11 @@ fn a_uvloop_server_is_restored_in_every_mode() {
             "new server pong again",
             "loop uvloop",
         ] {
-            assert!(out.lines().any(|l| l == line), "{opts:?}: no {line:?} in {}", text(&o));
+            assert!(
+                out.lines().any(|l| l == line),
+                "{opts:?}: no {line:?} in {}",
+                text(&o)
+            );
         }
     }
 }
-

@@ -1286,6 +1286,19 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
             let o = env.restore(&img, opts, &[]);
             assert_all_ok(&o, &checks);
         }
+        // Checkpointed again once restored (its rings on the memory the restore made them
+        // on), and restored again.
+        let next = env.path("u2.thaw");
+        let o = env.restore(&img, modes[0], &[next.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = env.restore(&next, modes[modes.len() - 1], &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "restored twice, the kernel's counters are as they were",
+                "restored twice, both go on",
+            ],
+        );
     }
     let env = Env::new();
     for (mode, says) in [

@@ -235,7 +235,7 @@ fn main() {
     let dup = unsafe { libc::dup(a.fd) };
     let before = (counters(a.fd), counters(b.fd));
 
-    common::checkpoint();
+    let again = common::checkpoint();
     let mut c = common::Checks::default();
     let now = (counters(a.fd), counters(b.fd));
     c.check(
@@ -276,5 +276,29 @@ fn main() {
         ino(dup) == ino(a.fd) && a.enter(0, 0) == 0,
         format!("{} vs {}", ino(dup), ino(a.fd)),
     );
+    // `thaw run IMAGE -- NEXT`: checkpointed again to NEXT, its rings now on a restore's memory.
+    if let Some(next) = again.first() {
+        let before = (counters(a.fd), counters(b.fd));
+        let (_, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(next).exit_after_save(true);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            c.check("checkpointed again", false, e);
+            c.finish();
+        }
+        let now = (counters(a.fd), counters(b.fd));
+        c.check(
+            "restored twice, the kernel's counters are as they were",
+            now == before,
+            format!("{now:?} vs {before:?}"),
+        );
+        let more = (0..300u64).all(|i| {
+            a.run(sqe(OP_NOP, -1, 0, 0, 0, i)) == (i, 0)
+                && b.run(sqe(OP_NOP, -1, 0, 0, 0, i)) == (i, 0)
+        });
+        c.check("restored twice, both go on", more, "");
+    }
     c.finish();
 }

@@ -930,9 +930,11 @@ impl Checkpoint {
                 Ok(mut vma) => {
                     // An io_uring instance's memory: which descriptor it is (see state::io_uring).
                     if let state::memory::Backing::IoRing { fd, .. } = &mut vma.backing {
+                        // (By its inode; the memory a restore made it on names it.)
                         let ring = scan.entries.iter().find(|e| {
                             e.dup_of.is_none()
-                                && matches!(&e.kind, FdKind::IoUring(r) if r.ino == entry.inode)
+                                && matches!(&e.kind, FdKind::IoUring(r)
+                                    if (*fd == -1 && r.ino == entry.inode) || *fd == e.fd)
                         });
                         match ring {
                             Some(e) => *fd = e.fd,

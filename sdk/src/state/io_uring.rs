@@ -200,7 +200,9 @@ fn pages(bytes: u64) -> u64 {
 /// matched with its descriptor. `Err`: a mapping of a kind or part that is not restored.
 pub(crate) fn backing(m: &MapEntry) -> Result<super::memory::Backing, String> {
     let kind = m.offset & OFF_MASK;
-    if ![OFF_SQ_RING, OFF_CQ_RING, OFF_SQES].contains(&kind) {
+    if ![OFF_SQ_RING, OFF_CQ_RING, OFF_SQES].contains(&kind)
+        || (kind == OFF_CQ_RING && m.name != "anon_inode:[io_uring]")
+    {
         return Err(format!(
             "{}: an io_uring instance's provided-buffer ring or memory region (mmap offset {:#x}), which is not restored",
             m.describe(),
@@ -219,9 +221,22 @@ pub(crate) fn backing(m: &MapEntry) -> Result<super::memory::Backing, String> {
     })
 }
 
-/// The name of the memfd a restored ring's memory is (see [`Ring::recreate`]).
-pub fn memory_name(fd: i32) -> String {
-    format!("io_uring fd {fd}")
+/// The name of the memfd a restored ring's memory is (see [`Ring::recreate`]): it says which
+/// descriptor and entry sizes, for a checkpoint of the restored process.
+pub fn memory_name(fd: i32, sqe_size: u32, cqe_size: u32) -> String {
+    format!("thaw io_uring fd {fd} sqe {sqe_size} cqe {cqe_size}")
+}
+
+/// (descriptor, submission entry size, completion size) of a mapping named by [`memory_name`]
+/// (`/memfd:NAME (deleted)` in /proc/PID/maps).
+pub(crate) fn restored_memory(name: &str) -> Option<(i32, u32, u32)> {
+    let rest = name.strip_prefix("/memfd:thaw io_uring fd ")?;
+    let rest = rest.strip_suffix(" (deleted)").unwrap_or(rest);
+    let mut w = rest.split(' ');
+    let fd = w.next()?.parse().ok()?;
+    let sqe = w.nth(1)?.parse().ok().filter(|s| [64, 128].contains(s))?;
+    let cqe = w.nth(1)?.parse().ok().filter(|s| [16, 32].contains(s))?;
+    Some((fd, sqe, cqe))
 }
 
 /// The mapping offset in a restored ring's memfd for a ring mapping at mmap `offset`.
@@ -246,9 +261,18 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
             "its queue sizes ({sq}, {cq}) are not powers of two"
         ));
     }
+    // Its mappings: of the ring itself, or of the memfd a restore made it on.
+    // (A duplicate's is named by the descriptor the restore made.)
+    let made = |m: &MapEntry| {
+        restored_memory(&m.name).filter(|r| {
+            use std::os::unix::fs::MetadataExt;
+            r.0 == fd
+                || std::fs::metadata(format!("/proc/self/fd/{}", r.0)).is_ok_and(|s| s.ino() == ino)
+        })
+    };
     let mine: Vec<&MapEntry> = maps
         .iter()
-        .filter(|m| m.inode == ino && m.name == "anon_inode:[io_uring]")
+        .filter(|m| (m.inode == ino && m.name == "anon_inode:[io_uring]") || made(m).is_some())
         .collect();
     let longest = |rings: bool| {
         mine.iter()
@@ -259,46 +283,9 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
     let (Some(rings_seen), Some(sqes_seen)) = (longest(true), longest(false)) else {
         return Err("its rings are not mapped from it (IORING_SETUP_NO_MMAP: in the process's own memory, where the kernel's hold on them is not restored), or not both are mapped".into());
     };
-    // The entry sizes, from the sizes of the kernel's regions: the entries' is the least
-    // length it maps; the rings' shows in how many pages a mapping of it gets.
-    let sqe_size = {
-        let (small, big) = (pages(u64::from(sq) * 64), pages(u64::from(sq) * 128));
-        if small == big {
-            return Err(format!(
-                "its {sq} submission entries fit one page at 64 or 128 bytes each, so whether it was set up with IORING_SETUP_SQE128 cannot be told: rings of 64 entries or more are restored"
-            ));
-        }
-        if SharedView::new(fd, OFF_SQES, (small * PAGE) as usize).is_ok() {
-            64
-        } else if SharedView::new(fd, OFF_SQES, (big * PAGE) as usize).is_ok() {
-            128
-        } else {
-            return Err("its submission entries cannot be mapped".into());
-        }
-    };
-    let cqe_size = {
-        let view = SharedView::new(
-            fd,
-            OFF_SQ_RING,
-            (pages(rings_bytes(sq, cq, 32, true)) * PAGE) as usize,
-        )
-        .map_err(|e| format!("its rings cannot be mapped: {e}"))?;
-        let have = view
-            .pages_in()
-            .map_err(|e| format!("its rings cannot be measured: {e}"))? as u64;
-        let fits = |size| {
-            [true, false]
-                .iter()
-                .any(|&a| pages(rings_bytes(sq, cq, size, a)) == have)
-        };
-        match (fits(16), fits(32)) {
-            (true, false) => 16,
-            (false, true) => 32,
-            (true, true) => return Err(format!(
-                "its {cq} completions fit the same pages at 16 or 32 bytes each, so whether it was set up with IORING_SETUP_CQE32 cannot be told"
-            )),
-            (false, false) => return Err(format!("its rings region ({have} pages) has a layout this thaw does not know")),
-        }
+    let (sqe_size, cqe_size) = match mine.iter().find_map(|m| made(m)) {
+        Some((_, sqe, cqe)) => (sqe, cqe),
+        None => entry_sizes(fd, sq, cq)?,
     };
     // At rest now (the handler looks again): dropped entries are counted in the rings.
     let mut dropped = [0u8; 4];
@@ -341,6 +328,52 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
         seen: [rings_seen, sqes_seen],
         ino,
     })
+}
+
+/// The entry sizes of ring `fd` of `sq` entries and `cq` completions, from the sizes of the
+/// kernel's regions: the entries' is the least length it maps; the rings' shows in how many
+/// pages a mapping of it gets.
+fn entry_sizes(fd: i32, sq: u32, cq: u32) -> Result<(u32, u32), String> {
+    let sqe_size = {
+        let (small, big) = (pages(u64::from(sq) * 64), pages(u64::from(sq) * 128));
+        if small == big {
+            return Err(format!(
+                "its {sq} submission entries fit one page at 64 or 128 bytes each, so whether it was set up with IORING_SETUP_SQE128 cannot be told: rings of 64 entries or more are restored"
+            ));
+        }
+        if SharedView::new(fd, OFF_SQES, (small * PAGE) as usize).is_ok() {
+            64
+        } else if SharedView::new(fd, OFF_SQES, (big * PAGE) as usize).is_ok() {
+            128
+        } else {
+            return Err("its submission entries cannot be mapped".into());
+        }
+    };
+    let cqe_size = {
+        let view = SharedView::new(
+            fd,
+            OFF_SQ_RING,
+            (pages(rings_bytes(sq, cq, 32, true)) * PAGE) as usize,
+        )
+        .map_err(|e| format!("its rings cannot be mapped: {e}"))?;
+        let have = view
+            .pages_in()
+            .map_err(|e| format!("its rings cannot be measured: {e}"))? as u64;
+        let fits = |size| {
+            [true, false]
+                .iter()
+                .any(|&a| pages(rings_bytes(sq, cq, size, a)) == have)
+        };
+        match (fits(16), fits(32)) {
+            (true, false) => 16,
+            (false, true) => 32,
+            (true, true) => return Err(format!(
+                "its {cq} completions fit the same pages at 16 or 32 bytes each, so whether it was set up with IORING_SETUP_CQE32 cannot be told"
+            )),
+            (false, false) => return Err(format!("its rings region ({have} pages) has a layout this thaw does not know")),
+        }
+    };
+    Ok((sqe_size, cqe_size))
 }
 
 /// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
@@ -490,7 +523,7 @@ impl Ring {
         )) * PAGE) as usize;
         let sqes_len =
             (pages(u64::from(self.sq_entries) * u64::from(self.sqe_size)) * PAGE) as usize;
-        let memory = sys::memfd_create(&memory_name(fd), false)
+        let memory = sys::memfd_create(&memory_name(fd, self.sqe_size, self.cqe_size), false)
             .and_then(|m| sys::ftruncate(m.as_raw_fd(), OFF_SQES + sqes_len as u64).map(|()| m))
             .map_err(|e| fail("cannot make memory for it", e))?;
         let rings = SharedView::new(memory.as_raw_fd(), 0, rings_len)

@@ -184,6 +184,12 @@ impl Vma {
             Backing::Special { name: name.into() }
         } else if name == "anon_inode:[io_uring]" {
             super::io_uring::backing(m)?
+        } else if let Some((fd, ..)) = super::io_uring::restored_memory(name) {
+            // The memory an earlier restore made an io_uring instance on.
+            super::io_uring::backing(m).map(|_| Backing::IoRing {
+                fd,
+                offset: m.offset,
+            })?
         } else if m.inode != 0
             && (name.starts_with("/memfd:") || (m.shared() && name.starts_with("/dev/zero")))
         {
