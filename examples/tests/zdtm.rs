@@ -1307,6 +1307,8 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
         ("eventfd", "an eventfd is registered with it"),
         ("buffers", "it holds provided buffers (group 7)"),
         ("unreaped", "1 completions wait to be reaped"),
+        ("single-issuer", "IORING_SETUP_SINGLE_ISSUER"),
+        ("registered", "IORING_REGISTER_RING_FDS, slots 0"),
     ] {
         let out = env.refused("zdtm-io-uring", "r.thaw", &[mode]);
         assert!(out.contains(says), "{mode}: {out}");

@@ -8,7 +8,9 @@
 //!
 //! `PROG IMAGE KEY MODE` with MODE one of `pending` (a timeout in flight), `sqpoll`, `eventfd`
 //! (an eventfd registered), `buffers` (provided buffers), `unreaped` (a completion not
-//! consumed): each refused, naming it (exit 3).
+//! consumed), `single-issuer` (a ring bound to another thread, which alone may probe it),
+//! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS): each
+//! refused, naming it (exit 3).
 //!
 //! Where the kernel has no io_uring, prints `skipped: no io_uring` and checkpoints all the same.
 
@@ -19,6 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 const SETUP_SQPOLL: u32 = 1 << 1;
 const SETUP_CQSIZE: u32 = 1 << 3;
+const SETUP_SINGLE_ISSUER: u32 = 1 << 12;
+const SETUP_DEFER_TASKRUN: u32 = 1 << 13;
 const SETUP_NO_SQARRAY: u32 = 1 << 16;
 const ENTER_GETEVENTS: u64 = 1;
 const OP_NOP: u8 = 0;
@@ -26,6 +30,7 @@ const OP_TIMEOUT: u8 = 11;
 const OP_EPOLL_CTL: u8 = 29;
 const OP_PROVIDE_BUFFERS: u8 = 31;
 const REGISTER_EVENTFD: u64 = 4;
+const REGISTER_RING_FDS: u64 = 20;
 
 /// A ring set up and mapped by hand, as libuv does (no liburing).
 struct Ring {
@@ -200,6 +205,30 @@ fn main() {
             let mut s = sqe(OP_PROVIDE_BUFFERS, 1, 0, buf.as_ptr() as u64, 4096, 9);
             s[40..42].copy_from_slice(&7u16.to_ne_bytes());
             assert_eq!(a.run(s).1, 0);
+        }),
+        Some("single-issuer") => common::refusal(|| {
+            // Bound to a thread of its own, which submits to it and goes on.
+            let ring = std::thread::spawn(|| {
+                let r = Ring::new(64, SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN, 0).unwrap();
+                assert_eq!(r.run(sqe(OP_NOP, -1, 0, 0, 0, 1)), (1, 0));
+                r.fd
+            });
+            assert!(ring.join().unwrap() > 0);
+        }),
+        Some("registered") => common::refusal(|| {
+            // struct io_uring_rsrc_update { offset (-1: any slot), resv, data (the fd) }
+            let mut up = [u32::MAX, 0, a.fd as u32, 0];
+            // SAFETY: registers ring A's descriptor in a slot of this thread's (one update).
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    a.fd,
+                    REGISTER_RING_FDS,
+                    up.as_mut_ptr(),
+                    1,
+                )
+            };
+            assert_eq!(r, 1, "{}", std::io::Error::last_os_error());
         }),
         Some("unreaped") => common::refusal(|| {
             a.push(sqe(OP_NOP, -1, 0, 0, 0, 5));

@@ -79,6 +79,9 @@ pub struct ThreadCapture {
     pub numa_nodes: AtomicU64,
     /// PR_GET_TIMERSLACK (per thread).
     pub timer_slack: AtomicU64,
+    /// Which io_uring descriptor slots the thread has registered (IORING_REGISTER_RING_FDS),
+    /// one bit per slot (see `state::io_uring::registered_rings`).
+    pub io_rings: AtomicU32,
     /// What an image holds once for every thread, as this thread has it (see
     /// `state::threads::identity_refusals`): personality (bits 0-31), securebits (32-39),
     /// PR_GET_TSC (40-41), recorded (63).
@@ -914,6 +917,10 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
         .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
     t.timer_slack.store(
         sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    t.io_rings.store(
+        crate::state::io_uring::registered_rings(),
         Ordering::Relaxed,
     );
     t.identity.store(

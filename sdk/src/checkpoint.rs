@@ -1001,6 +1001,7 @@ impl Checkpoint {
         unsupported.extend(pending_signals(c, self.signal));
         unsupported.extend(state::threads::rseq_refusals(c));
         unsupported.extend(state::threads::unshared_refusals(c));
+        unsupported.extend(state::io_uring::registered_refusals(c));
         unsupported.extend(state::threads::policy_refusals(c));
         let tids: Vec<i32> = c
             .threads

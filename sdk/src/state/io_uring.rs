@@ -390,6 +390,9 @@ fn provided_buffers(fd: i32) -> Result<(), String> {
         if r == -(libc::ENOENT as i64) {
             continue;
         }
+        if r == -(libc::EEXIST as i64) {
+            return Err(SINGLE_ISSUER.into());
+        }
         if r == -(libc::EINVAL as i64) {
             unknown += 1;
         }
@@ -654,6 +657,52 @@ pub(crate) fn probe_eventfd(fd: i32, probe: i32) -> i64 {
     r
 }
 
+/// Which io_uring descriptor slots the calling thread has registered (IORING_REGISTER_RING_FDS,
+/// which liburing's io_uring_register_ring_fd uses; a ring set up with
+/// IORING_SETUP_REGISTERED_FD_ONLY has no descriptor but that slot), one bit per slot: they
+/// belong to the thread, no /proc file lists them, and only the thread can ask (entering a slot
+/// that holds nothing fails with EBADF; a thread that never used io_uring fails with EINVAL at
+/// once). Async-signal-safe.
+pub(crate) fn registered_rings() -> u32 {
+    const ENTER_REGISTERED_RING: u32 = 1 << 4;
+    const SLOTS: i32 = 16;
+    let mut held = 0;
+    for slot in 0..SLOTS {
+        let r = sys::io_uring_enter(slot, 0, 0, ENTER_REGISTERED_RING);
+        if r == -(libc::EINVAL as i64) {
+            break;
+        }
+        if r >= 0 {
+            held |= 1 << slot;
+        }
+    }
+    held
+}
+
+/// Threads holding registered io_uring descriptor slots, refused by name.
+pub(crate) fn registered_refusals(c: &crate::capture::Capture) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    c.threads
+        .iter()
+        .filter(|t| t.recorded())
+        .filter_map(|t| {
+            let held = t.io_rings.load(Ordering::Relaxed);
+            (held != 0).then(|| {
+                let slots: Vec<String> = (0..16).filter(|i| held & 1 << i != 0).map(|i| i.to_string()).collect();
+                format!(
+                    "thread {} ({}): io_uring instances registered for it alone (IORING_REGISTER_RING_FDS, slots {}), which are not restored: unregister them before the checkpoint (liburing: io_uring_unregister_ring_fd)",
+                    t.tid.load(Ordering::Relaxed),
+                    t.recorded_name().unwrap_or_default(),
+                    slots.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Why a ring bound to another thread is refused.
+const SINGLE_ISSUER: &str = "it is bound to one thread (IORING_SETUP_SINGLE_ISSUER), which alone may ask it what it holds: checkpoint from that thread (the one that submits to it)";
+
 /// What the handler's eventfd probe says, as a refusal.
 pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {
     match r {
@@ -661,6 +710,7 @@ pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {
         e if e == -(libc::EBUSY as i64) => Some(format!(
             "fd {fd} (io_uring): an eventfd is registered with it (IORING_REGISTER_EVENTFD), which is not restored: unregister it before the checkpoint and register it again after"
         )),
+        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
         e if e == -(libc::EACCES as i64) => Some(format!(
             "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
         )),
