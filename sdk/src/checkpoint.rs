@@ -934,7 +934,8 @@ impl Checkpoint {
                         let ring = scan.entries.iter().find(|e| {
                             e.dup_of.is_none()
                                 && matches!(&e.kind, FdKind::IoUring(r)
-                                    if (*fd == -1 && r.ino == entry.inode) || *fd == e.fd)
+                                    if (*fd == -1 && r.ino == entry.inode)
+                                        || (*fd != -1 && r.memory_ino == entry.inode))
                         });
                         match ring {
                             Some(e) => *fd = e.fd,

@@ -3424,3 +3424,8 @@ impl Drop for SharedView {
         syscall6(libc::SYS_munmap, [self.addr, self.len as u64, 0, 0, 0, 0]);
     }
 }
+
+/// sched_yield. Async-signal-safe.
+pub fn sched_yield() {
+    syscall6(libc::SYS_sched_yield, [0; 6]);
+}

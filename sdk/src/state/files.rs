@@ -700,6 +700,9 @@ impl FdScan {
                 if ring_maps.is_none() {
                     ring_maps = Some(crate::procfs::maps(crate::sys::getpid())?);
                 }
+                // Its fdinfo is all or nothing: nothing but its header while another thread
+                // holds the ring's lock (submitting), so it is read again until it is whole.
+                let info = super::io_uring::whole_fdinfo(entry.fd, info);
                 match super::io_uring::inspect(
                     entry.fd,
                     &info,

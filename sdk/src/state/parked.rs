@@ -109,11 +109,24 @@ impl ParkedInfo {
             self.clock_ns
                 .store(crate::sys::clock_ns(clock), Ordering::Relaxed);
         }
-        let n = crate::sys::read_whole(
+        let mut n = crate::sys::read_whole(
             self.info.as_raw_fd(),
             self.buf.as_ptr() as u64,
             self.buf.len(),
         );
+        // A ring's fdinfo lacks its fields while its lock is held (an io-wq worker's): read
+        // again, a while at most.
+        for _ in 0..1000 {
+            if self.ring.is_none() || n <= 0 || super::io_uring::is_whole(&self.buf[..n as usize]) {
+                break;
+            }
+            crate::sys::sched_yield();
+            n = crate::sys::read_whole(
+                self.info.as_raw_fd(),
+                self.buf.as_ptr() as u64,
+                self.buf.len(),
+            );
+        }
         self.len
             .store(if n == 0 { -1 } else { n }, Ordering::Release);
         if let Some(r) = &self.ring {
@@ -200,7 +213,7 @@ impl ParkedInfo {
                     .ok_or_else(|| format!("fd {fd}: eventfd count unreadable"))?;
             }
             FdKind::SignalFd { mask } => *mask = crate::procfs::field_hex(text, "sigmask"),
-            FdKind::IoUring(r) => r.settle(fd, text, self.ring_copy().map(|c| c.0))?,
+            FdKind::IoUring(r) => r.settle(fd, text, self.ring_copy())?,
             kind @ FdKind::TimerFd { .. } => {
                 *kind = super::files::timerfd_state_at(text, self.clock_ns.load(Ordering::Relaxed))
                     .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;
