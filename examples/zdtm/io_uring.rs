@@ -12,6 +12,9 @@
 //! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS): each
 //! refused, naming it (exit 3).
 //!
+//! `PROG IMAGE KEY worker`: ring A's first request is run by one of the kernel's io-wq workers
+//! (IOSQE_ASYNC), a thread of the process the kernel keeps a while: not one of the program's.
+//!
 //! Where the kernel has no io_uring, prints `skipped: no io_uring` and checkpoints all the same.
 
 #[path = "common.rs"]
@@ -235,6 +238,13 @@ fn main() {
             assert_eq!(a.enter(1, 1), 1);
         }),
         _ => {}
+    }
+    if extra.first().map(String::as_str) == Some("worker") {
+        // Run by one of the kernel's io-wq workers (IOSQE_ASYNC), which stays a while as a
+        // thread of the process (iou-wrk-PID).
+        let mut s = sqe(OP_NOP, -1, 0, 0, 0, 3);
+        s[1] = 1 << 4;
+        assert_eq!(a.run(s), (3, 0));
     }
     let b = Ring::new(64, SETUP_NO_SQARRAY | SETUP_CQSIZE, 256)
         .or_else(|_| Ring::new(64, SETUP_CQSIZE, 256))

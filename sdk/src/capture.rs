@@ -1174,7 +1174,11 @@ fn handle(call: &mut HandlerCall) {
         .iter()
         .filter(|t| t.done.load(Ordering::Acquire) == 1)
         .count() as u64;
-    if sys::thread_count().is_none_or(|n| n != recorded) {
+    // (Counted again without the kernel's io_uring workers where they make the difference:
+    // they come and go as the kernel needs, and are no threads of the program.)
+    if sys::thread_count().is_none_or(|n| n != recorded)
+        && sys::program_thread_count().is_none_or(|n| n != recorded)
+    {
         c.changed.store(THREAD_STARTED, Ordering::Release);
         return;
     }
@@ -1743,7 +1747,8 @@ fn chase(c: &Capture, signal: i32, count: &mut usize) -> std::io::Result<bool> {
     c.expected.store(*count as u32, Ordering::Release);
     let (mut found, mut room, mut failed) = (false, true, None);
     sys::for_each_thread(|tid| {
-        if tid == c.caller || !room || failed.is_some() {
+        // (The kernel's io_uring workers are no threads of the program: see list_threads.)
+        if tid == c.caller || !room || failed.is_some() || sys::task_is_io_worker(tid) {
             return;
         }
         let slot_of = |t: &&ThreadCapture| t.tid.load(Ordering::Relaxed) == tid;

@@ -1473,6 +1473,11 @@ fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointE
         let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
             continue; // exited meanwhile
         };
+        // The kernel's io_uring workers run no code of the program's: not in the image (the
+        // kernel makes them again as the restored rings need them).
+        if crate::sys::task_is_io_worker(tid) {
+            continue;
+        }
         let name = crate::procfs::field(&status, "Name")
             .unwrap_or("")
             .to_owned();

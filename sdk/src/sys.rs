@@ -71,6 +71,80 @@ pub fn task_exiting(tid: i32) -> bool {
     stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
+/// Whether thread `tid` of this process is one of the kernel's io_uring workers (PF_IO_WORKER:
+/// `iou-wrk-PID`, `iou-sqp-PID`), which the kernel runs in the process for its rings, makes and
+/// ends as it needs, and never lets run user code: not a thread of the program. Allocation-free.
+pub fn task_is_io_worker(tid: i32) -> bool {
+    const PF_IO_WORKER: u64 = 0x10;
+    let mut buf = [0u8; 2048];
+    let Some(n) = read_task_file(tid, b"/stat\0", &mut buf) else {
+        return false;
+    };
+    stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_IO_WORKER != 0)
+}
+
+/// The process's threads less the kernel's io_uring workers (see [`task_is_io_worker`]), counted
+/// in /proc/self/task; `None` if it cannot be read. Allocation-free.
+pub fn program_thread_count() -> Option<u64> {
+    let fd = syscall6(
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            b"/proc/self/task\0".as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    if fd < 0 {
+        return None;
+    }
+    let mut count = 0u64;
+    let mut buf = [0u8; 4096];
+    let ok = loop {
+        let n = syscall6(
+            libc::SYS_getdents64,
+            [
+                fd as u64,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        if n < 0 {
+            break false;
+        }
+        if n == 0 {
+            break true;
+        }
+        // struct linux_dirent64 { d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[] }
+        let mut at = 0usize;
+        while at + 19 < n as usize {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let mut tid = 0i32;
+            let mut digits = 0;
+            for &b in name.iter().take_while(|&&b| b != 0) {
+                if !b.is_ascii_digit() {
+                    digits = 0;
+                    break;
+                }
+                tid = tid.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+                digits += 1;
+            }
+            if digits > 0 && !task_is_io_worker(tid) {
+                count += 1;
+            }
+            at += reclen.max(1);
+        }
+    };
+    syscall6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+    ok.then_some(count)
+}
+
 /// Calls `each` with every child process of thread `tid` of this process
 /// (/proc/self/task/TID/children). Allocation-free.
 pub fn task_children(tid: i32, mut each: impl FnMut(i32)) {
