@@ -90,7 +90,7 @@ pub fn program_thread_count() -> Option<u64> {
         libc::SYS_openat,
         [
             libc::AT_FDCWD as u64,
-            b"/proc/self/task\0".as_ptr() as u64,
+            c"/proc/self/task".as_ptr() as u64,
             (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
             0,
             0,
