@@ -188,6 +188,23 @@ fn epoll_on_standard_input_watches_the_callers() {
         .unwrap();
     assert_all_ok(&o, &["epoll watches the caller's standard input"]);
 
+    // Two duplicates of it registered (Bun: its standard output's and error's): the check of
+    // the caller's standard input refused the second as registered already.
+    let img_dups = env.checkpoint("zdtm-stdin", "s-dups.thaw", &["dups"]);
+    let mut child = env
+        .restore_cmd(&img_dups, &[], &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_all_ok(
+        &o,
+        &["epoll watches two duplicates of the caller's standard input"],
+    );
+
     let o = env.restore(&img, &[], &[]);
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -2,7 +2,8 @@
 //! epoll registration of fd 0 watches the standard input of whoever restores the process. After
 //! restore it waits for a line there and prints it. With `et` the registration is edge-triggered
 //! (Go's netpoller's way): input the caller had written before the restore is an edge it
-//! reports.
+//! reports. With `dups` two duplicates of the standard input are registered instead (Bun
+//! registers its duplicates of its standard output and error): both watch the caller's.
 
 #[path = "common.rs"]
 mod common;
@@ -10,8 +11,13 @@ mod common;
 /// Where the edge-triggered variant keeps its first standard input's writing end.
 const KEPT_WRITER: i32 = 40;
 
+/// With `dups`: the registrations are of two duplicates of the standard input, as Bun
+/// registers its duplicates of its standard output and error.
+const DUPS: [i32; 2] = [41, 42];
+
 fn main() {
     let et = common::argv().2.iter().any(|a| a == "et");
+    let dups = common::argv().2.iter().any(|a| a == "dups");
     // SAFETY: plain descriptor calls on descriptors this program owns.
     let ep = unsafe {
         // Whatever started the first life gave it /dev/null, which epoll cannot watch: a pipe's
@@ -31,7 +37,18 @@ fn main() {
             events: libc::EPOLLIN as u32 | if et { libc::EPOLLET as u32 } else { 0 },
             u64: 7,
         };
-        assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev), 0);
+        if dups {
+            for d in DUPS {
+                libc::dup2(0, d);
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: d as u64,
+                };
+                assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, d, &mut ev), 0);
+            }
+        } else {
+            assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, 0, &mut ev), 0);
+        }
         ep
     };
     if et {
@@ -51,6 +68,19 @@ fn main() {
         common::checkpoint();
     }
     let mut c = common::Checks::default();
+    if dups {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: waiting on this program's epoll instance (bounded, as below).
+        let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 60_000) };
+        let mut got: Vec<u64> = evs[..n.max(0) as usize].iter().map(|e| e.u64).collect();
+        got.sort_unstable();
+        c.check(
+            "epoll watches two duplicates of the caller's standard input",
+            got == DUPS.map(|d| d as u64),
+            format!("events {got:?}"),
+        );
+        c.finish();
+    }
     // SAFETY: waiting on this program's epoll instance, reading its standard input.
     let (n, data, line) = unsafe {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };

@@ -308,7 +308,15 @@ pub fn check_standard(entries: &[super::files::FdEntry]) -> Result<(), String> {
     }
     let scratch =
         crate::sys::epoll_create().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+    // Each of the caller's once: several registrations may stand for one (two duplicates of
+    // one standard descriptor, as Bun registers its standard output's and error's), and a
+    // second registration of one descriptor is refused (EEXIST) where the first said enough.
+    let mut tried: Vec<i32> = Vec::new();
     for (epfd, w, s) in watched {
+        if tried.contains(&s) {
+            continue;
+        }
+        tried.push(s);
         let mut ev = [0u8; EVENT];
         ev[..4].copy_from_slice(&(libc::EPOLLIN as u32).to_ne_bytes());
         let r = crate::sys::epoll_ctl_raw(
