@@ -334,6 +334,15 @@ function checkpoint(path, options = {}) {
   if (key !== null && typeof key !== 'string') {
     throw new TypeError('checkpoint: options.key must be a path (string)');
   }
+  // Bun loads Node-API addons, and its process comes back (tried: Bun 1.4), but its
+  // randomUUID and getRandomValues come from generators inside JavaScriptCore and Bun that this
+  // package cannot reach: they would give the same values in every restore of an image.
+  if (process.versions && process.versions.bun) {
+    throw thawError(
+      `thaw: Bun ${process.versions.bun} is not supported: its crypto.randomUUID() and getRandomValues() cannot be reseeded after a restore, so every restore of an image would repeat the same values; run the program on Node.js`,
+      'THAW_ERR_UNSUPPORTED'
+    );
+  }
   if (fdPolicy !== undefined) setFdPolicy(fdPolicy);
   const flags =
     (exitAfterSave ? native.EXIT_AFTER_SAVE : 0) | (leaveChildrenOut ? native.LEAVE_CHILDREN_OUT : 0);
