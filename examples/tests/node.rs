@@ -128,12 +128,10 @@ fn restored_in_every_mode(bin: &Path) {
     let m = env.manifest(&img);
     assert!(!m.dontfork.is_empty(), "V8's heap is MADV_DONTFORK");
     if bin != Path::new(NODE) {
-        let rings = m
-            .files
-            .iter()
-            .filter(|f| matches!(f.kind, thaw::state::files::FdKind::IoUring(_)))
-            .count();
-        assert!(rings >= 1, "libuv 1.51 makes an io_uring instance per loop");
+        assert!(
+            io_rings(&m) >= 1,
+            "libuv 1.51 makes an io_uring instance per loop"
+        );
     }
 
     let mut randoms = HashSet::new();

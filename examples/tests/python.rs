@@ -430,13 +430,10 @@ fn a_uvloop_server_is_restored_in_every_mode() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let rings = env
-        .manifest(&img)
-        .files
-        .iter()
-        .filter(|f| matches!(f.kind, thaw::state::files::FdKind::IoUring(_)))
-        .count();
-    assert!(rings >= 1, "uvloop's libuv makes an io_uring instance");
+    assert!(
+        io_rings(&env.manifest(&img)) >= 1,
+        "uvloop's libuv makes an io_uring instance"
+    );
     for opts in every_mode() {
         let o = env.restore(&img, opts, &[]);
         assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", text(&o));

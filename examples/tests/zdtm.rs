@@ -164,16 +164,22 @@ fn epoll_on_standard_input_watches_the_callers() {
     use std::io::Write;
     let env = Env::new();
     let img = env.checkpoint("zdtm-stdin", "s.thaw", &[]);
-    let mut child = env
-        .restore_cmd(&img, &[], &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_all_ok(&o, &["epoll watches the caller's standard input"]);
+    // Restored with a pipe as its standard input, "ping" written into it once it runs.
+    let pinged = |img: &std::path::Path| {
+        let mut child = env
+            .restore_cmd(img, &[], &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_all_ok(
+        &pinged(&img),
+        &["epoll watches the caller's standard input"],
+    );
 
     // Edge-triggered, with the caller's input written before the restore (an edge the
     // registration reports, which used to be taken as one the first life had already had).
@@ -191,15 +197,7 @@ fn epoll_on_standard_input_watches_the_callers() {
     // Two duplicates of it registered (Bun: its standard output's and error's): the check of
     // the caller's standard input refused the second as registered already.
     let img_dups = env.checkpoint("zdtm-stdin", "s-dups.thaw", &["dups"]);
-    let mut child = env
-        .restore_cmd(&img_dups, &[], &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"ping\n").unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = pinged(&img_dups);
     assert_all_ok(
         &o,
         &["epoll watches two duplicates of the caller's standard input"],

@@ -64,11 +64,15 @@ pub fn read_task_syscall(tid: i32, buf: &mut [u8]) -> Option<usize> {
 /// its /proc/self/task/TID/stat). Allocation-free.
 pub fn task_exiting(tid: i32) -> bool {
     const PF_EXITING: u64 = 0x4;
+    task_flags(tid).is_none_or(|flags| flags & PF_EXITING != 0)
+}
+
+/// The kernel's flags of thread `tid` of this process (field 9 of /proc/self/task/TID/stat);
+/// `None` if it is gone. Allocation-free.
+fn task_flags(tid: i32) -> Option<u64> {
     let mut buf = [0u8; 2048];
-    let Some(n) = read_task_file(tid, b"/stat\0", &mut buf) else {
-        return true;
-    };
-    stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_EXITING != 0)
+    let n = read_task_file(tid, b"/stat\0", &mut buf)?;
+    stat_number(&buf[..n], 9)
 }
 
 /// Whether thread `tid` of this process is one of the kernel's io_uring workers (PF_IO_WORKER:
@@ -76,11 +80,7 @@ pub fn task_exiting(tid: i32) -> bool {
 /// ends as it needs, and never lets run user code: not a thread of the program. Allocation-free.
 pub fn task_is_io_worker(tid: i32) -> bool {
     const PF_IO_WORKER: u64 = 0x10;
-    let mut buf = [0u8; 2048];
-    let Some(n) = read_task_file(tid, b"/stat\0", &mut buf) else {
-        return false;
-    };
-    stat_number(&buf[..n], 9).is_some_and(|flags| flags & PF_IO_WORKER != 0)
+    task_flags(tid).is_some_and(|flags| flags & PF_IO_WORKER != 0)
 }
 
 /// The process's threads less the kernel's io_uring workers (see [`task_is_io_worker`]), counted

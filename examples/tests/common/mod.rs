@@ -284,6 +284,14 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// How many io_uring instances an image restores (duplicates counted once).
+pub fn io_rings(m: &thaw::Manifest) -> usize {
+    m.files
+        .iter()
+        .filter(|f| f.dup_of.is_none() && matches!(f.kind, thaw::state::files::FdKind::IoUring(_)))
+        .count()
+}
+
 /// Asserts a zdtm program's restored life passed every check it names.
 pub fn assert_all_ok(o: &Output, expected: &[&str]) {
     let out = String::from_utf8_lossy(&o.stdout);
