@@ -1999,6 +1999,32 @@ pub fn getpgrp() -> i32 {
     unsafe { libc::getpgrp() }
 }
 
+/// Maps `len` bytes readable and writable where the kernel chooses (`flags`, of `fd` at `offset`
+/// or anonymous with -1), marked MADV_DONTFORK: a checkpoint's frozen copy of the process never
+/// has them. The address.
+fn map_dontfork(len: usize, flags: i32, fd: RawFd, offset: u64) -> io::Result<u64> {
+    let addr = check(syscall6(
+        libc::SYS_mmap,
+        [
+            0,
+            len as u64,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            flags as u64,
+            fd as i64 as u64,
+            offset,
+        ],
+    ))? as u64;
+    let r = check(syscall6(
+        libc::SYS_madvise,
+        [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
+    ));
+    if let Err(e) = r {
+        syscall6(libc::SYS_munmap, [addr, len as u64, 0, 0, 0, 0]);
+        return Err(e);
+    }
+    Ok(addr)
+}
+
 /// Private anonymous memory marked MADV_DONTFORK: a buffer the frozen child does not have.
 #[derive(Debug)]
 pub struct DontForkBuf {
@@ -2009,23 +2035,9 @@ pub struct DontForkBuf {
 impl DontForkBuf {
     pub fn new(len: usize) -> io::Result<DontForkBuf> {
         let len = len.max(1).next_multiple_of(4096);
-        let addr = check(syscall6(
-            libc::SYS_mmap,
-            [
-                0,
-                len as u64,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64,
-                u64::MAX,
-                0,
-            ],
-        ))? as u64;
-        let buf = DontForkBuf { addr, len };
-        check(syscall6(
-            libc::SYS_madvise,
-            [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
-        ))?;
-        Ok(buf)
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let addr = map_dontfork(len, flags, -1, 0)?;
+        Ok(DontForkBuf { addr, len })
     }
 
     /// Faults in `len` bytes at `off` (MADV_POPULATE_WRITE); a hint, failures are ignored.
@@ -3404,23 +3416,8 @@ pub struct SharedView {
 impl SharedView {
     /// Maps `len` bytes of `fd` at `offset`, readable and writable.
     pub fn new(fd: RawFd, offset: u64, len: usize) -> io::Result<SharedView> {
-        let addr = check(syscall6(
-            libc::SYS_mmap,
-            [
-                0,
-                len as u64,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                libc::MAP_SHARED as u64,
-                fd as u64,
-                offset,
-            ],
-        ))? as u64;
-        let view = SharedView { addr, len };
-        check(syscall6(
-            libc::SYS_madvise,
-            [addr, len as u64, libc::MADV_DONTFORK as u64, 0, 0, 0],
-        ))?;
-        Ok(view)
+        let addr = map_dontfork(len, libc::MAP_SHARED, fd, offset)?;
+        Ok(SharedView { addr, len })
     }
 
     pub fn len(&self) -> usize {
