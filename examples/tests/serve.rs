@@ -405,6 +405,12 @@ fn serve_refuses_what_it_cannot_do() {
             &[][..],
             "an instance's standard descriptors are its caller's",
         ),
+        (
+            "zdtm-io-uring",
+            "u.thaw",
+            &[][..],
+            "an io_uring instance (libuv makes one for each event loop",
+        ),
     ] {
         let img = env.checkpoint(prog, image, extra);
         let o = Server::try_start(&env, &img, &[])

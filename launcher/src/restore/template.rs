@@ -213,7 +213,9 @@ impl Template {
                 m.shared.len()
             )));
         }
-        // Its rings are mapped shared: every instance would submit to the one the template has.
+        // Its rings are mapped shared: every instance would submit to the one the template has;
+        // and a ring made for an instance cannot be given to it (the kernel passes no io_uring
+        // descriptor over a socket: EINVAL), so an instance would have to make its own.
         if let Some(e) = m
             .files
             .iter()
