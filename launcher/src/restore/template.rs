@@ -50,7 +50,70 @@ pub struct ForkPoint {
     pid: i32,
     /// The process's reopened descriptors: number and close-on-exec, in the order sent.
     targets: Vec<(RawFd, bool)>,
+    /// Its io_uring instances, in order: each instance makes its own (the kernel passes no
+    /// io_uring descriptor over a socket), on memory it receives after its files.
+    rings: Vec<ServedRing>,
     args: Cell<u64>,
+}
+
+/// An io_uring instance of the image, as each instance of the template makes it again.
+#[derive(Debug)]
+struct ServedRing {
+    fd: RawFd,
+    cloexec: bool,
+    /// Its duplicates: number and close-on-exec.
+    dups: Vec<(RawFd, bool)>,
+    ring: thaw::state::io_uring::Ring,
+    /// The process's mappings of it: start, length, protection, flags, mmap offset.
+    vmas: Vec<(u64, u64, u32, u32, u64)>,
+}
+
+impl ServedRing {
+    /// The image's io_uring instances; `Err` names one an instance cannot make again.
+    fn of(m: &thaw::Manifest) -> Result<Vec<ServedRing>> {
+        let mut rings = Vec::new();
+        for e in m.files.iter().filter(|e| e.dup_of.is_none()) {
+            let thaw::state::files::FdKind::IoUring(ring) = &e.kind else {
+                continue;
+            };
+            let vmas: Vec<(u64, u64, u32, u32, u64)> = m
+                .memory
+                .iter()
+                .filter_map(|v| match v.backing {
+                    thaw::state::memory::Backing::IoRing { fd, offset } if fd == e.fd => {
+                        Some((v.start, v.end - v.start, v.prot, v.map_flags, offset))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let spans: Vec<(u64, u64, u64)> = vmas.iter().map(|v| (v.0, v.1, v.4)).collect();
+            ring.servable(&spans).map_err(|why| {
+                refused(format!(
+                    "fd {} (io_uring): {why}: restore this image with thaw run",
+                    e.fd
+                ))
+            })?;
+            rings.push(ServedRing {
+                fd: e.fd,
+                cloexec: e.cloexec,
+                dups: m
+                    .files
+                    .iter()
+                    .filter(|d| d.dup_of == Some(e.fd))
+                    .map(|d| (d.fd, d.cloexec))
+                    .collect(),
+                ring: ring.clone(),
+                vmas,
+            });
+        }
+        rings.sort_unstable_by_key(|r| r.fd);
+        Ok(rings)
+    }
+
+    /// Whether number `fd` is this ring's or a duplicate's.
+    fn holds(&self, fd: RawFd) -> bool {
+        self.fd == fd || self.dups.iter().any(|d| d.0 == fd)
+    }
 }
 
 impl ForkPoint {
@@ -118,7 +181,7 @@ impl ForkPoint {
         // The instance, forked ahead of its caller, waits for its arguments and descriptors.
         let buf = plan.data(&vec![0u8; ARGS_MAX]);
         self.args.set(buf);
-        let fds = PLACED as usize + self.targets.len();
+        let fds = PLACED as usize + self.targets.len() + self.rings.len();
         let (request, _) = msghdr(plan, buf, ARGS_MAX, fds);
         let base = self.base as u64;
         plan.recv(
@@ -143,6 +206,27 @@ impl ForkPoint {
             libc::SYS_setns,
             [req + MNTNS as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
         );
+        // Its own io_uring instances, on the memory received after its files (mapped over the
+        // template's, which its instances would all share).
+        let first = req as RawFd + PLACED + self.targets.len() as RawFd;
+        for (i, r) in self.rings.iter().enumerate() {
+            r.ring
+                .plan_instance(plan, r.fd, r.cloexec, first + i as RawFd, &r.vmas);
+            for &(dup, cloexec) in &r.dups {
+                plan.syscall(
+                    format!("io_uring fd {}: its duplicate {dup}", r.fd),
+                    libc::SYS_dup3,
+                    [
+                        r.fd as u64,
+                        dup as u64,
+                        if cloexec { libc::O_CLOEXEC as u64 } else { 0 },
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+            }
+        }
     }
 
     /// The instance's last step before it reports and runs (after everything else it sets up,
@@ -190,6 +274,9 @@ pub struct Template {
     error: OwnedFd,
     plan: Plan,
     targets: Vec<RawFd>,
+    /// The io_uring instances each instance makes (see `ServedRing`), and their duplicates.
+    rings: Vec<(RawFd, thaw::state::io_uring::Ring)>,
+    dups: Vec<RawFd>,
 }
 
 /// What an instance needs besides its arguments: its mount namespace, its error pipe, the pipe
@@ -211,19 +298,6 @@ impl Template {
             return Err(refused(format!(
                 "the image holds {} shared memory object(s) (memfd, /dev/shm or MAP_SHARED|MAP_ANONYMOUS); instances of one template would share them with each other: use thaw run for this image",
                 m.shared.len()
-            )));
-        }
-        // Its rings are mapped shared: every instance would submit to the one the template has;
-        // and a ring made for an instance cannot be given to it (the kernel passes no io_uring
-        // descriptor over a socket: EINVAL), so an instance would have to make its own.
-        if let Some(e) = m
-            .files
-            .iter()
-            .find(|e| matches!(e.kind, thaw::state::files::FdKind::IoUring(_)))
-        {
-            return Err(refused(format!(
-                "fd {}: an io_uring instance (libuv makes one for each event loop: Node.js 22 and later, uvloop), which instances of one template would share with each other: restore this image with thaw run",
-                e.fd
             )));
         }
         if m.process.pid == 1 {
@@ -295,16 +369,19 @@ impl Template {
         // (Those that shared a standard descriptor's description are the caller's, see
         // `placements`.)
         let standard = |fd: RawFd| m.files.iter().any(|e| e.fd == fd && e.standard().is_some());
+        // (io_uring instances are made by each instance itself.)
+        let rings = ServedRing::of(m)?;
         let targets: Vec<(RawFd, bool)> = fds
             .placed
             .iter()
-            .filter(|(fd, ..)| !standard(*fd))
+            .filter(|(fd, ..)| !standard(*fd) && !rings.iter().any(|r| r.holds(*fd)))
             .map(|(fd, _, cloexec)| (*fd, *cloexec))
             .collect();
-        if (PLACED as usize) + targets.len() > sys::MAX_PASSED_FDS {
+        if (PLACED as usize) + targets.len() + rings.len() > sys::MAX_PASSED_FDS {
             return Err(refused(format!(
-                "the process has {} descriptors to reopen; an instance can be given at most {}",
+                "the process has {} descriptors to reopen (and {} io_uring instances); an instance can be given at most {}",
                 targets.len(),
+                rings.len(),
                 sys::MAX_PASSED_FDS - PLACED as usize
             )));
         }
@@ -320,6 +397,7 @@ impl Template {
             base,
             pid: m.process.pid,
             targets,
+            rings,
             args: Cell::new(0),
         };
         let region = Region::reserve(m)?;
@@ -356,6 +434,12 @@ impl Template {
             error: error_r,
             plan,
             targets: fork.targets.iter().map(|t| t.0).collect(),
+            rings: fork.rings.iter().map(|r| (r.fd, r.ring.clone())).collect(),
+            dups: fork
+                .rings
+                .iter()
+                .flat_map(|r| r.dups.iter().map(|d| d.0))
+                .collect(),
         };
         let mut ready = [0u8; 8];
         let got = sys::recv_with_fds(template.ctl_fd(), &mut ready)
@@ -420,13 +504,25 @@ impl Template {
             Away::default(),
         )
         .map_err(refused)?;
+        // (Rings are made by the instance, on memory made here.)
+        let reopened: Vec<(RawFd, OwnedFd)> = reopened
+            .into_iter()
+            .filter(|(fd, _)| !self.rings.iter().any(|r| r.0 == *fd) && !self.dups.contains(fd))
+            .collect();
         let numbers: Vec<RawFd> = reopened.iter().map(|(fd, _)| *fd).collect();
         if numbers != self.targets {
             return Err(failed(
                 "the process's files reopened differently than when the server started",
             ));
         }
-        Ok(reopened.into_iter().map(|(_, f)| f).collect())
+        let mut out: Vec<OwnedFd> = reopened.into_iter().map(|(_, f)| f).collect();
+        for (fd, ring) in &self.rings {
+            out.push(
+                ring.instance_memory(*fd, |r| super::read_payload(&self.payload, off, r))
+                    .map_err(refused)?,
+            );
+        }
+        Ok(out)
     }
 
     /// Forks an instance ahead of its caller into the PID namespace `pidns`: it waits in the

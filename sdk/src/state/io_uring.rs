@@ -48,6 +48,15 @@ const OFF_MASK: u64 = 0xf800_0000;
 /// the checkpoint, an image whose rings add up to more at the restore.
 pub const MAX_REPLAY: u64 = 1 << 24;
 
+/// The calls an instance of `thaw serve` may make to bring a ring's counters back (each a few
+/// steps of its plan).
+const MAX_SERVED_CALLS: u64 = 64;
+
+/// Where the memory an instance of `thaw serve` makes a ring on holds what the process had in
+/// its rings and entries (see [`Ring::instance_memory`]).
+pub const STAGE_RINGS: u64 = 0x2000_0000;
+pub const STAGE_SQES: u64 = 0x3000_0000;
+
 const SETUP_CQSIZE: u32 = 1 << 3;
 const SETUP_SQE128: u32 = 1 << 10;
 const SETUP_CQE32: u32 = 1 << 11;
@@ -790,6 +799,197 @@ impl Ring {
             sqes.write(0, &payload(r)?);
         }
         Ok((ring, memory))
+    }
+
+    /// For an instance of `thaw serve`, which must make its ring itself (the kernel passes no
+    /// io_uring descriptor over a socket): `Err` says why this one cannot be. Its counters must
+    /// come back in a few calls (no entry dropped), and each region must be whole in one
+    /// mapping of the process's (`vmas`: (start, length, mmap offset) of each).
+    pub fn servable(&self, vmas: &[(u64, u64, u64)]) -> Result<(), String> {
+        let (skip, _) = self.replays();
+        if skip != 0 || self.replay_calls() > MAX_SERVED_CALLS {
+            return Err(format!(
+                "it has taken {} requests, more than an instance of thaw serve brings back",
+                self.sq_head
+            ));
+        }
+        let (rings, sqes) = self.regions();
+        let whole = |len: u64, sq: bool| {
+            vmas.iter()
+                .any(|&(_, l, off)| (off == OFF_SQES) == sq && l >= len)
+        };
+        if !whole(rings, false) || !whole(sqes, true) {
+            return Err("the process maps only part of its memory".into());
+        }
+        Ok(())
+    }
+
+    /// The bytes of its rings region and of its entries, as a restore makes them.
+    fn regions(&self) -> (u64, u64) {
+        (
+            pages(rings_bytes(
+                self.sq_entries,
+                self.cq_entries,
+                self.cqe_size,
+                true,
+            )) * PAGE,
+            pages(u64::from(self.sq_entries) * u64::from(self.sqe_size)) * PAGE,
+        )
+    }
+
+    /// The memory an instance of `thaw serve` makes its ring on (see [`Self::plan_instance`]):
+    /// a memfd holding the rings region as the kernel is to find it (the index array holding
+    /// slot i at index i) at 0, no-op entries at [`OFF_SQES`], and what the process had in
+    /// them at [`STAGE_RINGS`] and [`STAGE_SQES`], to be copied in once its counters are back.
+    pub fn instance_memory(
+        &self,
+        fd: i32,
+        mut payload: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+    ) -> Result<OwnedFd, String> {
+        let fail = |what: &str, e: std::io::Error| format!("fd {fd} (io_uring): {what}: {e}");
+        self.check().map_err(|why| format!("fd {fd}: {why}"))?;
+        let (rings_len, sqes_len) = self.regions();
+        let memory = sys::memfd_create(&memory_name(fd, self.sqe_size, self.cqe_size), false)
+            .and_then(|m| sys::ftruncate(m.as_raw_fd(), STAGE_SQES + sqes_len).map(|()| m))
+            .map_err(|e| fail("cannot make memory for it", e))?;
+        let view = |off: u64, len: u64| {
+            SharedView::new(memory.as_raw_fd(), off, len as usize)
+                .map_err(|e| fail("cannot map memory for it", e))
+        };
+        let array_at = rings_bytes(self.sq_entries, self.cq_entries, self.cqe_size, false)
+            .next_multiple_of(64) as usize;
+        let identity = |v: &SharedView| {
+            for i in 0..self.sq_entries {
+                v.store_u32(array_at + 4 * i as usize, i);
+            }
+        };
+        identity(&view(0, rings_len)?);
+        // A no-op entry is all zero (opcode 0, no flags): the entries' pages as they are.
+        let saved = view(STAGE_RINGS, rings_len)?;
+        let bytes = match self.rings {
+            Some(r) => payload(r)?,
+            None => Vec::new(),
+        };
+        saved.write(0, &bytes);
+        let range = array_at..array_at + 4 * self.sq_entries as usize;
+        if bytes.get(range).is_none_or(|a| a.iter().all(|&b| b == 0)) {
+            identity(&saved);
+        }
+        if let Some(r) = self.sqes {
+            view(STAGE_SQES, sqes_len)?.write(0, &payload(r)?);
+        }
+        Ok(memory)
+    }
+
+    /// An instance's steps making ring `fd` again on `memory` (its descriptor in the instance,
+    /// from [`Self::instance_memory`]): the process's mappings of it mapped from there (`vmas`:
+    /// start, length, protection, flags, mmap offset), the ring set up on them, its counters
+    /// brought back, checked, and the process's bytes copied in.
+    pub fn plan_instance(
+        &self,
+        plan: &mut crate::restore::Plan,
+        fd: i32,
+        cloexec: bool,
+        memory: i32,
+        vmas: &[(u64, u64, u32, u32, u64)],
+    ) {
+        for &(start, len, prot, flags, offset) in vmas {
+            plan.syscall(
+                format!("io_uring fd {fd}: map its memory at {start:x}"),
+                libc::SYS_mmap,
+                [
+                    start,
+                    len,
+                    u64::from(prot),
+                    u64::from(flags) | libc::MAP_FIXED as u64,
+                    memory as u64,
+                    memory_offset(offset),
+                ],
+            );
+        }
+        // (Its longest mapping of each: whole, see `servable`.)
+        let at = |sq: bool| {
+            vmas.iter()
+                .filter(|v| (v.4 == OFF_SQES) == sq)
+                .max_by_key(|v| v.1)
+                .map_or(0, |v| v.0)
+        };
+        let (rings, sqes) = (at(false), at(true));
+        let mut p = [0u32; 30];
+        p[1] = self.cq_entries;
+        p[2] = self.setup_flags() | SETUP_NO_MMAP;
+        p[18] = sqes as u32;
+        p[19] = (sqes >> 32) as u32;
+        p[28] = rings as u32;
+        p[29] = (rings >> 32) as u32;
+        let words: Vec<u64> = p
+            .chunks(2)
+            .map(|w| u64::from(w[0]) | u64::from(w[1]) << 32)
+            .collect();
+        let params = plan.words(&words);
+        plan.syscall_fd(
+            format!("io_uring fd {fd}: set it up again"),
+            libc::SYS_io_uring_setup,
+            [u64::from(self.sq_entries), params, 0, 0, 0],
+            fd,
+        );
+        plan.cloexec_as(fd, cloexec);
+        // Its counters: a queue's worth of no-op requests at a time, each completion reaped
+        // (struct io_rings: sq head, tail at 0; cq head, tail at 8).
+        let batch = self.sq_entries.min(self.cq_entries);
+        let mut done = 0u32;
+        while done != self.cq_tail {
+            let n = batch.min(self.cq_tail - done);
+            let next = done + n;
+            plan.store(
+                format!("io_uring fd {fd}: queue {n} no-op requests"),
+                rings,
+                u64::from(done) | u64::from(next) << 32,
+            );
+            plan.syscall(
+                format!("io_uring fd {fd}: submit them"),
+                libc::SYS_io_uring_enter,
+                [
+                    fd as u64,
+                    u64::from(n),
+                    u64::from(n),
+                    u64::from(ENTER_GETEVENTS),
+                    0,
+                    0,
+                ],
+            );
+            plan.store(
+                format!("io_uring fd {fd}: reap their completions"),
+                rings + 8,
+                u64::from(next) | u64::from(next) << 32,
+            );
+            done = next;
+        }
+        plan.expect(
+            format!("io_uring fd {fd}: its submission head"),
+            rings,
+            self.sq_head,
+        );
+        plan.expect(
+            format!("io_uring fd {fd}: its completion tail"),
+            rings + 12,
+            self.cq_tail,
+        );
+        let (rings_len, sqes_len) = self.regions();
+        plan.pread(
+            format!("io_uring fd {fd}: the process's rings"),
+            memory,
+            rings,
+            rings_len,
+            STAGE_RINGS,
+        );
+        plan.pread(
+            format!("io_uring fd {fd}: the process's entries"),
+            memory,
+            sqes,
+            sqes_len,
+            STAGE_SQES,
+        );
     }
 
     /// Submits `n` no-op requests, a queue's worth at a time: with `skip`, ones that post no
