@@ -86,6 +86,20 @@ impl ServedRing {
                     _ => None,
                 })
                 .collect();
+            // Mapped over the template's mapping: what the restore set on that (advice, a NUMA
+            // policy) would be lost, and the instance writes into it.
+            let plain = m.memory.iter().all(|v| {
+                !matches!(v.backing, thaw::state::memory::Backing::IoRing { fd, .. } if fd == e.fd)
+                    || (v.advice & !thaw::state::memory::VmaAdvice::MAYWRITE == 0
+                        && v.numa.is_none()
+                        && v.prot & libc::PROT_WRITE as u32 != 0)
+            });
+            if !plain {
+                return Err(refused(format!(
+                    "fd {} (io_uring): its memory is mapped without write access or with advice or a memory policy, which an instance of thaw serve does not make again: restore this image with thaw run",
+                    e.fd
+                )));
+            }
             let spans: Vec<(u64, u64, u64)> = vmas.iter().map(|v| (v.0, v.1, v.4)).collect();
             ring.servable(&spans).map_err(|why| {
                 refused(format!(
@@ -365,12 +379,13 @@ impl Template {
         super::same_root(m, false)?;
         // Instances start from the plan made here, at different times: their timers keep the
         // time they had left at the checkpoint (docs/serve.md).
+        // (io_uring instances are made by each instance itself; refused before the template's
+        // are made.)
+        let rings = ServedRing::of(m)?;
         let fds: Fds = super::prepare_fds(&image, &payload, None, &[], Away::default())?;
         // (Those that shared a standard descriptor's description are the caller's, see
         // `placements`.)
         let standard = |fd: RawFd| m.files.iter().any(|e| e.fd == fd && e.standard().is_some());
-        // (io_uring instances are made by each instance itself.)
-        let rings = ServedRing::of(m)?;
         let targets: Vec<(RawFd, bool)> = fds
             .placed
             .iter()
@@ -387,7 +402,7 @@ impl Template {
         }
         let (server, template) =
             sys::socketpair().map_err(|e| failed(format!("cannot create a socket: {e}")))?;
-        let highest = targets.iter().map(|t| t.0).max().unwrap_or(2).max(2);
+        let highest = fds.placed.iter().map(|t| t.0).max().unwrap_or(2).max(2);
         let ctl = sys::dup_above(template.as_raw_fd(), highest + 1)
             .map_err(|e| failed(format!("dup: {e}")))?;
         drop(template);
@@ -496,19 +511,21 @@ impl Template {
     pub fn reopen_files(&self) -> Result<Vec<OwnedFd>> {
         let m = self.image.manifest();
         let off = self.image.header().payload_off;
+        // (Not its io_uring instances: the instance makes them, see `ServedRing`.)
+        let files: Vec<thaw::state::files::FdEntry> = m
+            .files
+            .iter()
+            .filter(|e| !self.rings.iter().any(|r| r.0 == e.fd) && !self.dups.contains(&e.fd))
+            .cloned()
+            .collect();
         let (reopened, _) = thaw::state::files::reopen(
-            &m.files,
+            &files,
             |r| super::read_payload(&self.payload, off, r),
             &[],
             &Default::default(),
             Away::default(),
         )
         .map_err(refused)?;
-        // (Rings are made by the instance, on memory made here.)
-        let reopened: Vec<(RawFd, OwnedFd)> = reopened
-            .into_iter()
-            .filter(|(fd, _)| !self.rings.iter().any(|r| r.0 == *fd) && !self.dups.contains(fd))
-            .collect();
         let numbers: Vec<RawFd> = reopened.iter().map(|(fd, _)| *fd).collect();
         if numbers != self.targets {
             return Err(failed(

@@ -54,8 +54,8 @@ const MAX_SERVED_CALLS: u64 = 64;
 
 /// Where the memory an instance of `thaw serve` makes a ring on holds what the process had in
 /// its rings and entries (see [`Ring::instance_memory`]).
-pub const STAGE_RINGS: u64 = 0x2000_0000;
-pub const STAGE_SQES: u64 = 0x3000_0000;
+pub const STAGE_RINGS: u64 = 0x1100_0000;
+pub const STAGE_SQES: u64 = 0x1200_0000;
 
 const SETUP_CQSIZE: u32 = 1 << 3;
 const SETUP_SQE128: u32 = 1 << 10;
@@ -205,7 +205,8 @@ impl Info {
 /// The bytes of a ring's rings region: header and completions, then (unless `array` is false)
 /// the submission index array, cache-aligned.
 fn rings_bytes(sq: u32, cq: u32, cqe_size: u32, array: bool) -> u64 {
-    let off = CQES_AT + u64::from(cq) * u64::from(cqe_size);
+    // (With 32-byte completions the kernel doubles the header's share too.)
+    let off = (CQES_AT + u64::from(cq) * 16) * u64::from(cqe_size / 16);
     if array {
         off.next_multiple_of(64) + 4 * u64::from(sq)
     } else {
@@ -591,8 +592,7 @@ impl Ring {
         }
         // The requests taken, newest first (the oldest slot may already hold the next one the
         // process is preparing), each with a completion seen.
-        let array_at = rings_bytes(self.sq_entries, self.cq_entries, self.cqe_size, false)
-            .next_multiple_of(64) as usize;
+        let array_at = self.array_at();
         let array: Vec<u32> = (0..self.sq_entries)
             .map(|i| u32_at(rings, array_at + 4 * i as usize).unwrap_or(0))
             .collect();
@@ -807,7 +807,12 @@ impl Ring {
     /// mapping of the process's (`vmas`: (start, length, mmap offset) of each).
     pub fn servable(&self, vmas: &[(u64, u64, u64)]) -> Result<(), String> {
         let (skip, _) = self.replays();
-        if skip != 0 || self.replay_calls() > MAX_SERVED_CALLS {
+        if skip != 0 {
+            return Err(format!(
+                "{skip} of its entries were dropped, which an instance of thaw serve does not bring back"
+            ));
+        }
+        if self.replay_calls() > MAX_SERVED_CALLS {
             return Err(format!(
                 "it has taken {} requests, more than an instance of thaw serve brings back",
                 self.sq_head
@@ -822,6 +827,12 @@ impl Ring {
             return Err("the process maps only part of its memory".into());
         }
         Ok(())
+    }
+
+    /// Where its index array is in its rings region (as the kernel lays it out).
+    fn array_at(&self) -> usize {
+        rings_bytes(self.sq_entries, self.cq_entries, self.cqe_size, false).next_multiple_of(64)
+            as usize
     }
 
     /// The bytes of its rings region and of its entries, as a restore makes them.
@@ -856,8 +867,7 @@ impl Ring {
             SharedView::new(memory.as_raw_fd(), off, len as usize)
                 .map_err(|e| fail("cannot map memory for it", e))
         };
-        let array_at = rings_bytes(self.sq_entries, self.cq_entries, self.cqe_size, false)
-            .next_multiple_of(64) as usize;
+        let array_at = self.array_at();
         let identity = |v: &SharedView| {
             for i in 0..self.sq_entries {
                 v.store_u32(array_at + 4 * i as usize, i);
@@ -958,6 +968,17 @@ impl Ring {
                     0,
                 ],
             );
+            // What the kernel wrote: every request taken, every completion posted.
+            plan.expect(
+                format!("io_uring fd {fd}: its submission head"),
+                rings,
+                next,
+            );
+            plan.expect(
+                format!("io_uring fd {fd}: its completion tail"),
+                rings + 12,
+                next,
+            );
             plan.store(
                 format!("io_uring fd {fd}: reap their completions"),
                 rings + 8,
@@ -965,16 +986,6 @@ impl Ring {
             );
             done = next;
         }
-        plan.expect(
-            format!("io_uring fd {fd}: its submission head"),
-            rings,
-            self.sq_head,
-        );
-        plan.expect(
-            format!("io_uring fd {fd}: its completion tail"),
-            rings + 12,
-            self.cq_tail,
-        );
         let (rings_len, sqes_len) = self.regions();
         plan.pread(
             format!("io_uring fd {fd}: the process's rings"),
@@ -989,6 +1000,11 @@ impl Ring {
             sqes,
             sqes_len,
             STAGE_SQES,
+        );
+        plan.syscall(
+            format!("io_uring fd {fd}: drop the staged copies"),
+            libc::SYS_ftruncate,
+            [memory as u64, OFF_SQES + sqes_len, 0, 0, 0, 0],
         );
     }
 
@@ -1176,6 +1192,15 @@ mod tests {
         assert_eq!(pages(rings_bytes(256, 512, 16, true)), 3);
         assert_eq!(pages(rings_bytes(256, 512, 16, false)), 3);
         assert_eq!(pages(rings_bytes(256, 512, 32, true)), 5);
+        // The kernel's offset of the index array there (16512, not 16448).
+        let cqe32 = Ring {
+            sq_entries: 256,
+            cq_entries: 512,
+            sqe_size: 64,
+            cqe_size: 32,
+            ..Default::default()
+        };
+        assert_eq!(cqe32.array_at(), 16512);
     }
 
     /// Requests in flight the counters cannot show are found in the shared memory.
