@@ -97,6 +97,20 @@ fn python_cmd(python: &Path) -> Command {
     c
 }
 
+/// `PYTHON examples/python/SCRIPT IMAGE KEY`, a first life that checkpoints to IMAGE (in the
+/// scratch directory) and exits 0; returns the image.
+fn checkpointed(env: &Env, python: &Path, script: &str, image: &str) -> PathBuf {
+    let img = env.path(image);
+    let o = python_cmd(python)
+        .arg(example(script))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "first life of {script}: {}", text(&o));
+    img
+}
+
 fn json(o: &std::process::Output) -> serde_json::Value {
     assert_eq!(o.status.code(), Some(0), "{}", text(o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -247,14 +261,7 @@ fn served_instances_run_their_hooks_and_reseed() {
     }
     let env = Env::new();
     let python = venv(&env, Path::new("/usr/bin/python3"), "venv", false);
-    let img = env.path("u.thaw");
-    let o = python_cmd(&python)
-        .arg(example("uniqueness.py"))
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "first life: {}", text(&o));
+    let img = checkpointed(&env, &python, "uniqueness.py", "u.thaw");
     let server = common::server::Server::start(&env, &img, &[]);
     let mut seen: Vec<serde_json::Value> = Vec::new();
     for _ in 0..4 {
@@ -422,14 +429,7 @@ fn a_uvloop_server_is_restored_in_every_mode() {
         "pip install uvloop (from PyPI): {}",
         text(&o)
     );
-    let img = env.path("uv.thaw");
-    let o = python_cmd(&python)
-        .arg(example("uvloop_server.py"))
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let img = checkpointed(&env, &python, "uvloop_server.py", "uv.thaw");
     assert!(
         io_rings(&env.manifest(&img)) >= 1,
         "uvloop's libuv makes an io_uring instance"
