@@ -102,10 +102,31 @@ fn official_node_22_build_is_restored_in_every_mode() {
         "{}",
         text(&version)
     );
-    restored_in_every_mode(&bin);
+    let (env, img, expected) = restored_in_every_mode(&bin);
+    // Served (as root): each instance makes its io_uring instances itself.
+    if !is_root() {
+        return;
+    }
+    let server = common::server::Server::start(&env, &img, &[]);
+    for _ in 0..2 {
+        let o = server.call(&[REQUEST]).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(out.lines().next(), Some(expected.as_str()), "{}", text(&o));
+        for line in ["timer ok", "threadpool ok 16", "worker ok 42", "done"] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "served: no {line:?} in {}",
+                text(&o)
+            );
+        }
+    }
+    server.stop();
 }
 
-fn restored_in_every_mode(bin: &Path) {
+/// Checkpoints the example with `bin` and restores it in every mode, twice each, checking
+/// everything it prints; returns the scratch environment, the image and the cold run's answer.
+fn restored_in_every_mode(bin: &Path) -> (Env, PathBuf, String) {
     let env = Env::new();
     let pkg = package(&env);
     let cold = app(bin, &pkg, &["--cold".as_ref(), REQUEST.as_ref()]);
@@ -196,6 +217,7 @@ fn restored_in_every_mode(bin: &Path) {
         }
     }
     assert!(restores >= 2);
+    (env, img, expected)
 }
 
 /// Runs `node -e SCRIPT ARGS` with `thaw` bound to the package; returns stdout.
