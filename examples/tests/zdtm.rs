@@ -1331,6 +1331,10 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
         ("unreaped", "1 completions wait to be reaped"),
         ("single-issuer", "IORING_SETUP_SINGLE_ISSUER"),
         ("registered", "IORING_REGISTER_RING_FDS, slots 0"),
+        (
+            "restricted",
+            "it is restricted (IORING_REGISTER_RESTRICTIONS)",
+        ),
     ] {
         let out = env.refused("zdtm-io-uring", "r.thaw", &[mode]);
         assert!(out.contains(says), "{mode}: {out}");

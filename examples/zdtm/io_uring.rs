@@ -9,7 +9,8 @@
 //! `PROG IMAGE KEY MODE` with MODE one of `pending` (a timeout in flight), `sqpoll`, `eventfd`
 //! (an eventfd registered), `buffers` (provided buffers), `unreaped` (a completion not
 //! consumed), `single-issuer` (a ring bound to another thread, which alone may probe it),
-//! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS): each
+//! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS),
+//! `restricted` (IORING_REGISTER_RESTRICTIONS): each
 //! refused, naming it (exit 3).
 //!
 //! `PROG IMAGE KEY worker`: ring A's first request is run by one of the kernel's io-wq workers
@@ -37,6 +38,10 @@ const OP_EPOLL_CTL: u8 = 29;
 const OP_PROVIDE_BUFFERS: u8 = 31;
 const REGISTER_EVENTFD: u64 = 4;
 const REGISTER_RING_FDS: u64 = 20;
+const REGISTER_RESTRICTIONS: u64 = 11;
+const REGISTER_ENABLE_RINGS: u64 = 12;
+const RESTRICTION_SQE_OP: u16 = 1;
+const SETUP_R_DISABLED: u32 = 1 << 6;
 
 /// A ring set up and mapped by hand, as libuv does (no liburing).
 struct Ring {
@@ -235,6 +240,23 @@ fn main() {
                 )
             };
             assert_eq!(r, 1, "{}", std::io::Error::last_os_error());
+        }),
+        Some("restricted") => common::refusal(|| {
+            // Made disabled, restricted to no-op requests, then enabled.
+            let r = Ring::new(64, SETUP_R_DISABLED, 0).unwrap();
+            // struct io_uring_restriction { opcode u16, sqe_op u8, resv u8, resv2[3] u32 }
+            let mut only_nop = [0u8; 16];
+            only_nop[..2].copy_from_slice(&RESTRICTION_SQE_OP.to_ne_bytes());
+            only_nop[2] = OP_NOP;
+            for (op, arg, n) in [
+                (REGISTER_RESTRICTIONS, only_nop.as_mut_ptr(), 1),
+                (REGISTER_ENABLE_RINGS, std::ptr::null_mut(), 0),
+            ] {
+                // SAFETY: registers on our ring with a buffer of `n` restrictions (or none).
+                let got = unsafe { libc::syscall(libc::SYS_io_uring_register, r.fd, op, arg, n) };
+                assert_eq!(got, 0, "{}", std::io::Error::last_os_error());
+            }
+            assert_eq!(r.run(sqe(OP_NOP, -1, 0, 0, 0, 2)), (2, 0));
         }),
         Some("unreaped") => common::refusal(|| {
             a.push(sqe(OP_NOP, -1, 0, 0, 0, 5));

@@ -404,6 +404,7 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
             ))
         }
     }
+    restrictions(fd)?;
     provided_buffers(fd)?;
     Ok(Ring {
         sq_entries: sq,
@@ -464,6 +465,22 @@ fn entry_sizes(fd: i32, sq: u32, cq: u32) -> Result<(u32, u32), String> {
         }
     };
     Ok((sqe_size, cqe_size))
+}
+
+/// A ring restricted to some requests and registrations (IORING_REGISTER_RESTRICTIONS, which
+/// the kernel shows nowhere) would come back unrestricted: asked whether it answers a probe of
+/// its operations (IORING_REGISTER_PROBE), which a restricted ring refuses unless its
+/// restrictions allow it (EACCES; so does the eventfd probe in the handler).
+fn restrictions(fd: i32) -> Result<(), String> {
+    const REGISTER_PROBE: u32 = 8;
+    // struct io_uring_probe { last_op, ops_len, resv, resv2[3] } and 256 struct io_uring_probe_op.
+    let mut probe = vec![0u8; 16 + 8 * 256];
+    match sys::io_uring_register(fd, REGISTER_PROBE, Some(&mut probe), 256) {
+        e if e == -(libc::EACCES as i64) => {
+            Err("it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
