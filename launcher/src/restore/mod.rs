@@ -529,7 +529,7 @@ fn prepare_fds(
     }
     keep.sort_unstable();
     // An io_uring instance's memory: the memfd it was made on again.
-    let mut ring_memory: Vec<(RawFd, OwnedFd)> = ring_memory
+    let ring_memory: Vec<(RawFd, OwnedFd)> = ring_memory
         .into_iter()
         .map(|(fd, mem)| {
             Ok((
@@ -549,18 +549,17 @@ fn prepare_fds(
             mapped.push((i, mem.1.as_raw_fd()));
         }
     }
-    files.extend(
-        ring_memory
-            .drain(..)
-            .map(|(_, mem)| (Default::default(), false, Default::default(), mem)),
-    );
     let transport = lazy.map(|u| lazy::Transport::new(u, high)).transpose()?;
     Ok(Fds {
         transport,
         image: image_fd,
         exe,
         mapped,
-        _mapped_files: files.into_iter().map(|(_, _, _, fd)| fd).collect(),
+        _mapped_files: files
+            .into_iter()
+            .map(|(_, _, _, fd)| fd)
+            .chain(ring_memory.into_iter().map(|(_, mem)| mem))
+            .collect(),
         shared,
         placed,
         error_w,

@@ -76,23 +76,22 @@ impl ServedRing {
             let thaw::state::files::FdKind::IoUring(ring) = &e.kind else {
                 continue;
             };
-            let vmas: Vec<(u64, u64, u32, u32, u64)> = m
+            let vmas: Vec<(&thaw::state::memory::Vma, u64)> = m
                 .memory
                 .iter()
                 .filter_map(|v| match v.backing {
                     thaw::state::memory::Backing::IoRing { fd, offset } if fd == e.fd => {
-                        Some((v.start, v.end - v.start, v.prot, v.map_flags, offset))
+                        Some((v, offset))
                     }
                     _ => None,
                 })
                 .collect();
             // Mapped over the template's mapping: what the restore set on that (advice, a NUMA
             // policy) would be lost, and the instance writes into it.
-            let plain = m.memory.iter().all(|v| {
-                !matches!(v.backing, thaw::state::memory::Backing::IoRing { fd, .. } if fd == e.fd)
-                    || (v.advice & !thaw::state::memory::VmaAdvice::MAYWRITE == 0
-                        && v.numa.is_none()
-                        && v.prot & libc::PROT_WRITE as u32 != 0)
+            let plain = vmas.iter().all(|(v, _)| {
+                v.advice & !thaw::state::memory::VmaAdvice::MAYWRITE == 0
+                    && v.numa.is_none()
+                    && v.prot & libc::PROT_WRITE as u32 != 0
             });
             if !plain {
                 return Err(refused(format!(
@@ -100,7 +99,10 @@ impl ServedRing {
                     e.fd
                 )));
             }
-            let spans: Vec<(u64, u64, u64)> = vmas.iter().map(|v| (v.0, v.1, v.4)).collect();
+            let spans: Vec<(u64, u64, u64)> = vmas
+                .iter()
+                .map(|(v, off)| (v.start, v.len(), *off))
+                .collect();
             ring.servable(&spans).map_err(|why| {
                 refused(format!(
                     "fd {} (io_uring): {why}: restore this image with thaw run",
@@ -117,7 +119,10 @@ impl ServedRing {
                     .map(|d| (d.fd, d.cloexec))
                     .collect(),
                 ring: ring.clone(),
-                vmas,
+                vmas: vmas
+                    .iter()
+                    .map(|(v, off)| (v.start, v.len(), v.prot, v.map_flags, *off))
+                    .collect(),
             });
         }
         rings.sort_unstable_by_key(|r| r.fd);
@@ -288,9 +293,8 @@ pub struct Template {
     error: OwnedFd,
     plan: Plan,
     targets: Vec<RawFd>,
-    /// The io_uring instances each instance makes (see `ServedRing`), and their duplicates.
-    rings: Vec<(RawFd, thaw::state::io_uring::Ring)>,
-    dups: Vec<RawFd>,
+    /// The io_uring instances each instance makes (see `ServedRing`).
+    rings: Vec<ServedRing>,
 }
 
 /// What an instance needs besides its arguments: its mount namespace, its error pipe, the pipe
@@ -407,7 +411,7 @@ impl Template {
             .map_err(|e| failed(format!("dup: {e}")))?;
         drop(template);
         let base = ctl.as_raw_fd().max(fds.error_w.as_raw_fd()).max(highest) + 1;
-        let fork = ForkPoint {
+        let mut fork = ForkPoint {
             ctl: ctl.as_raw_fd(),
             base,
             pid: m.process.pid,
@@ -449,12 +453,7 @@ impl Template {
             error: error_r,
             plan,
             targets: fork.targets.iter().map(|t| t.0).collect(),
-            rings: fork.rings.iter().map(|r| (r.fd, r.ring.clone())).collect(),
-            dups: fork
-                .rings
-                .iter()
-                .flat_map(|r| r.dups.iter().map(|d| d.0))
-                .collect(),
+            rings: std::mem::take(&mut fork.rings),
         };
         let mut ready = [0u8; 8];
         let got = sys::recv_with_fds(template.ctl_fd(), &mut ready)
@@ -515,7 +514,7 @@ impl Template {
         let files: Vec<thaw::state::files::FdEntry> = m
             .files
             .iter()
-            .filter(|e| !self.rings.iter().any(|r| r.0 == e.fd) && !self.dups.contains(&e.fd))
+            .filter(|e| !self.rings.iter().any(|r| r.holds(e.fd)))
             .cloned()
             .collect();
         let (reopened, _) = thaw::state::files::reopen(
@@ -533,9 +532,10 @@ impl Template {
             ));
         }
         let mut out: Vec<OwnedFd> = reopened.into_iter().map(|(_, f)| f).collect();
-        for (fd, ring) in &self.rings {
+        for r in &self.rings {
             out.push(
-                ring.instance_memory(*fd, |r| super::read_payload(&self.payload, off, r))
+                r.ring
+                    .instance_memory(r.fd, |p| super::read_payload(&self.payload, off, p))
                     .map_err(refused)?,
             );
         }

@@ -382,7 +382,22 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
         return Err("its rings cannot be read".into());
     }
     info.at_rest(u32::from_ne_bytes(dropped))?;
-    if u64::from(info.cq_tail) + u64::from(info.sq_head.wrapping_sub(info.cq_tail)) > MAX_REPLAY {
+
+    let ring = Ring {
+        sq_entries: sq,
+        cq_entries: cq,
+        sqe_size,
+        cqe_size,
+        sq_head: info.sq_head,
+        cq_tail: info.cq_tail,
+        rings: None,
+        sqes: None,
+        seen: [rings_seen, sqes_seen],
+        ino,
+        memory_ino,
+    };
+    let (skip, complete) = ring.replays();
+    if skip + complete > MAX_REPLAY {
         return Err(format!(
             "it has taken {} requests: a restore brings its counters back one no-op request at a time, and more than {MAX_REPLAY} is refused; make the ring again now and then (libuv: a new event loop)",
             info.sq_head
@@ -406,19 +421,7 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
     }
     restrictions(fd)?;
     provided_buffers(fd)?;
-    Ok(Ring {
-        sq_entries: sq,
-        cq_entries: cq,
-        sqe_size,
-        cqe_size,
-        sq_head: info.sq_head,
-        cq_tail: info.cq_tail,
-        rings: None,
-        sqes: None,
-        seen: [rings_seen, sqes_seen],
-        ino,
-        memory_ino,
-    })
+    Ok(ring)
 }
 
 /// The entry sizes of ring `fd` of `sq` entries and `cq` completions, from the sizes of the
@@ -672,15 +675,7 @@ impl Ring {
             && [64, 128].contains(&self.sqe_size)
             && [16, 32].contains(&self.cqe_size)
             && skip + complete <= MAX_REPLAY
-            && self.rings.is_some_and(|r| {
-                r.len
-                    <= pages(rings_bytes(
-                        self.sq_entries,
-                        self.cq_entries,
-                        self.cqe_size,
-                        true,
-                    )) * PAGE
-            })
+            && self.rings.is_some_and(|r| r.len <= self.regions().0)
             && self
                 .sqes
                 .is_some_and(|r| r.len <= u64::from(self.sq_entries) * u64::from(self.sqe_size));
@@ -695,13 +690,8 @@ impl Ring {
 
     /// The memory a restore pins for it (bytes).
     fn memory_bytes(&self) -> u64 {
-        (pages(rings_bytes(
-            self.sq_entries,
-            self.cq_entries,
-            self.cqe_size,
-            true,
-        )) + pages(u64::from(self.sq_entries) * u64::from(self.sqe_size)))
-            * PAGE
+        let (rings, sqes) = self.regions();
+        rings + sqes
     }
 
     /// The system calls a restore makes to bring its counters back.
@@ -743,21 +733,7 @@ impl Ring {
     ) -> Result<(OwnedFd, OwnedFd), String> {
         let fail = |what: &str, e: std::io::Error| format!("fd {fd} (io_uring): {what}: {e}");
         self.check().map_err(|why| format!("fd {fd}: {why}"))?;
-        let rings_len = (pages(rings_bytes(
-            self.sq_entries,
-            self.cq_entries,
-            self.cqe_size,
-            true,
-        )) * PAGE) as usize;
-        let sqes_len =
-            (pages(u64::from(self.sq_entries) * u64::from(self.sqe_size)) * PAGE) as usize;
-        let memory = sys::memfd_create(&memory_name(fd, self.sqe_size, self.cqe_size), false)
-            .and_then(|m| sys::ftruncate(m.as_raw_fd(), OFF_SQES + sqes_len as u64).map(|()| m))
-            .map_err(|e| fail("cannot make memory for it", e))?;
-        let rings = SharedView::new(memory.as_raw_fd(), 0, rings_len)
-            .map_err(|e| fail("cannot map memory for its rings", e))?;
-        let sqes = SharedView::new(memory.as_raw_fd(), OFF_SQES, sqes_len)
-            .map_err(|e| fail("cannot map memory for its submission entries", e))?;
+        let (memory, [rings, sqes]) = self.memory(fd, OFF_SQES, [0, OFF_SQES])?;
         let (ring, p) = sys::io_uring_setup(
             self.sq_entries,
             self.setup_flags() | SETUP_NO_MMAP,
@@ -779,6 +755,13 @@ impl Ring {
                 p.sq_entries, p.cq_entries, self.sq_entries, self.cq_entries
             ));
         }
+        if p.sq_array as usize != self.array_at() {
+            return Err(format!(
+                "fd {fd} (io_uring): the kernel lays its rings out in a way this thaw does not know (index array at {}, not {})",
+                p.sq_array,
+                self.array_at()
+            ));
+        }
         let (skip, complete) = self.replays();
         self.replay(ring.as_raw_fd(), &p, &rings, &sqes, skip, true)
             .and_then(|()| self.replay(ring.as_raw_fd(), &p, &rings, &sqes, complete, false))
@@ -793,29 +776,62 @@ impl Ring {
                 (self.sq_head, self.cq_tail)
             ));
         }
+        self.put_back(&rings, &sqes, &mut payload)?;
+        // (The kernel's own counters, as it has them: the same, in an image that is whole.)
+        rings.store_u32(p.sq_head as usize, self.sq_head);
+        rings.store_u32(p.cq_tail as usize, self.cq_tail);
+        Ok((ring, memory))
+    }
+
+    /// A memfd named for ring `fd` (see [`memory_name`]) of `size` bytes, mapped here at each
+    /// offset of `views`: its rings region at the first, its entries at the second.
+    fn memory(
+        &self,
+        fd: i32,
+        size: u64,
+        views: [u64; 2],
+    ) -> Result<(OwnedFd, [SharedView; 2]), String> {
+        let fail =
+            |e: std::io::Error| format!("fd {fd} (io_uring): cannot make memory for it: {e}");
+        let (rings_len, sqes_len) = self.regions();
+        let memory = sys::memfd_create(&memory_name(fd, self.sqe_size, self.cqe_size), false)
+            .and_then(|m| sys::ftruncate(m.as_raw_fd(), size + sqes_len).map(|()| m))
+            .map_err(fail)?;
+        let view = |off: u64, len: u64| SharedView::new(memory.as_raw_fd(), off, len as usize);
+        let rings = view(views[0], rings_len).map_err(fail)?;
+        let sqes = view(views[1], sqes_len).map_err(fail)?;
+        Ok((memory, [rings, sqes]))
+    }
+
+    /// Writes what the process had in its rings and entries into `rings` and `sqes`; the index
+    /// array, where none was saved (a ring without one, or never written), holds slot i at
+    /// index i, as the kernel reads a ring without one.
+    fn put_back(
+        &self,
+        rings: &SharedView,
+        sqes: &SharedView,
+        mut payload: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
+    ) -> Result<(), String> {
         let saved = match self.rings {
             Some(r) => payload(r)?,
             None => Vec::new(),
         };
         rings.write(0, &saved);
-        // (The kernel's own counters, as it has them: the same, in an image that is whole.)
-        rings.store_u32(p.sq_head as usize, self.sq_head);
-        rings.store_u32(p.cq_tail as usize, self.cq_tail);
-        // The index array: the process's, or (none saved: a ring without one, or never
-        // written) slot i at index i, as the kernel reads a ring without one.
-        let array = p.sq_array as usize..p.sq_array as usize + 4 * p.sq_entries as usize;
-        if saved
-            .get(array.clone())
-            .is_none_or(|a| a.iter().all(|&b| b == 0))
-        {
-            for i in 0..p.sq_entries {
-                rings.store_u32(array.start + 4 * i as usize, i);
-            }
+        let array = self.array_at()..self.array_at() + 4 * self.sq_entries as usize;
+        if saved.get(array).is_none_or(|a| a.iter().all(|&b| b == 0)) {
+            self.identity_array(rings);
         }
         if let Some(r) = self.sqes {
             sqes.write(0, &payload(r)?);
         }
-        Ok((ring, memory))
+        Ok(())
+    }
+
+    /// Slot i at index i in the index array of the rings region mapped at `rings`.
+    fn identity_array(&self, rings: &SharedView) {
+        for i in 0..self.sq_entries {
+            rings.store_u32(self.array_at() + 4 * i as usize, i);
+        }
     }
 
     /// For an instance of `thaw serve`, which must make its ring itself (the kernel passes no
@@ -874,37 +890,14 @@ impl Ring {
         fd: i32,
         mut payload: impl FnMut(PayloadRef) -> Result<Vec<u8>, String>,
     ) -> Result<OwnedFd, String> {
-        let fail = |what: &str, e: std::io::Error| format!("fd {fd} (io_uring): {what}: {e}");
         self.check().map_err(|why| format!("fd {fd}: {why}"))?;
-        let (rings_len, sqes_len) = self.regions();
-        let memory = sys::memfd_create(&memory_name(fd, self.sqe_size, self.cqe_size), false)
-            .and_then(|m| sys::ftruncate(m.as_raw_fd(), STAGE_SQES + sqes_len).map(|()| m))
-            .map_err(|e| fail("cannot make memory for it", e))?;
-        let view = |off: u64, len: u64| {
-            SharedView::new(memory.as_raw_fd(), off, len as usize)
-                .map_err(|e| fail("cannot map memory for it", e))
-        };
-        let array_at = self.array_at();
-        let identity = |v: &SharedView| {
-            for i in 0..self.sq_entries {
-                v.store_u32(array_at + 4 * i as usize, i);
-            }
-        };
-        identity(&view(0, rings_len)?);
-        // A no-op entry is all zero (opcode 0, no flags): the entries' pages as they are.
-        let saved = view(STAGE_RINGS, rings_len)?;
-        let bytes = match self.rings {
-            Some(r) => payload(r)?,
-            None => Vec::new(),
-        };
-        saved.write(0, &bytes);
-        let range = array_at..array_at + 4 * self.sq_entries as usize;
-        if bytes.get(range).is_none_or(|a| a.iter().all(|&b| b == 0)) {
-            identity(&saved);
-        }
-        if let Some(r) = self.sqes {
-            view(STAGE_SQES, sqes_len)?.write(0, &payload(r)?);
-        }
+        let (memory, [rings, sqes]) = self.memory(fd, STAGE_SQES, [STAGE_RINGS, STAGE_SQES])?;
+        self.put_back(&rings, &sqes, &mut payload)?;
+        // The rings region as the kernel is to find it; a no-op entry is all zero (opcode 0, no
+        // flags): the entries' pages as they are.
+        let live = SharedView::new(memory.as_raw_fd(), 0, self.regions().0 as usize)
+            .map_err(|e| format!("fd {fd} (io_uring): cannot make memory for it: {e}"))?;
+        self.identity_array(&live);
         Ok(memory)
     }
 
