@@ -60,18 +60,7 @@ fn venv(env: &Env, base: &Path, name: &str, system_site: bool) -> PathBuf {
         text(&o)
     );
     let python = dir.join("bin/python");
-    let o = command(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--disable-pip-version-check",
-        ])
-        .arg(wheel())
-        .output()
-        .unwrap();
+    let o = pip_install(&python, &["--no-index".as_ref(), wheel().as_os_str()]);
     assert!(o.status.success(), "pip install: {}", text(&o));
     // The library comes from the package, not from an environment variable or a system path.
     let o = command(&python)
@@ -89,6 +78,15 @@ fn venv(env: &Env, base: &Path, name: &str, system_site: bool) -> PathBuf {
         "libthaw.so inside the installed package: {out}"
     );
     python
+}
+
+/// `PYTHON -m pip install -q ARGS`.
+fn pip_install(python: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    command(python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn python_cmd(python: &Path) -> Command {
@@ -413,17 +411,7 @@ fn a_separately_installed_cpython_runs_the_same_wheel() {
 fn a_uvloop_server_is_restored_in_every_mode() {
     let env = Env::new();
     let python = venv(&env, Path::new("/usr/bin/python3"), "venv", false);
-    let o = command(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "uvloop==0.23.0",
-        ])
-        .output()
-        .unwrap();
+    let o = pip_install(&python, &["uvloop==0.23.0".as_ref()]);
     assert!(
         o.status.success(),
         "pip install uvloop (from PyPI): {}",
