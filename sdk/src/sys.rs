@@ -3420,14 +3420,6 @@ impl SharedView {
         Ok(SharedView { addr, len })
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// How many of its pages the kernel has put in (mincore): all of an object's pages it maps
     /// at once, none past its end.
     pub fn pages_in(&self) -> io::Result<usize> {
@@ -3475,6 +3467,7 @@ impl SharedView {
     }
 
     /// `len` bytes at byte `off` (clipped to the mapping).
+    #[cfg(test)]
     pub fn read(&self, off: usize, len: usize) -> Vec<u8> {
         let n = len.min(self.len.saturating_sub(off));
         let mut out = vec![0u8; n];
