@@ -198,6 +198,43 @@ fn mutate(m: &mut Manifest, rng: &mut Rng) {
                 offset: rng.edgy(),
             };
         }
+        // An io_uring instance with hostile sizes, counters and memory, or a mapping claiming
+        // to be one.
+        19 => {
+            let edgy32 = |rng: &mut Rng| rng.edgy() as u32;
+            let payload = |rng: &mut Rng| {
+                (rng.below(2) == 0).then(|| thaw::state::PayloadRef {
+                    offset: rng.edgy() % 8192,
+                    len: rng.edgy(),
+                })
+            };
+            let mut ring = thaw::state::io_uring::Ring::default();
+            ring.sq_entries = edgy32(rng);
+            ring.cq_entries = edgy32(rng);
+            ring.sqe_size = edgy32(rng);
+            ring.cqe_size = edgy32(rng);
+            ring.sq_head = edgy32(rng);
+            ring.cq_tail = edgy32(rng);
+            ring.rings = payload(rng);
+            ring.sqes = payload(rng);
+            let fd = rng.below(64) as i32;
+            m.files.push(thaw::state::files::FdEntry {
+                fd,
+                kind: thaw::state::files::FdKind::IoUring(ring),
+                ..Default::default()
+            });
+            if !m.memory.is_empty() {
+                let i = pick(rng, m.memory.len());
+                m.memory[i].backing = Backing::IoRing {
+                    fd: if rng.below(2) == 0 {
+                        fd
+                    } else {
+                        rng.edgy() as i32
+                    },
+                    offset: rng.edgy(),
+                };
+            }
+        }
         // Fields a review found unchecked or overflowing (2026-12-06).
         20 => m.files.push(thaw::state::files::FdEntry {
             fd: 5,
