@@ -1328,6 +1328,7 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
         ("sqpoll", "IORING_SETUP_SQPOLL"),
         ("eventfd", "an eventfd is registered with it"),
         ("buffers", "it holds provided buffers (group 7)"),
+        ("buffers-late", "it holds provided buffers (group 11)"),
         ("unreaped", "1 completions wait to be reaped"),
         ("single-issuer", "IORING_SETUP_SINGLE_ISSUER"),
         ("registered", "IORING_REGISTER_RING_FDS, slots 0"),

@@ -7,7 +7,8 @@
 //! completes a request, both go on through many more, and the duplicate is the same ring.
 //!
 //! `PROG IMAGE KEY MODE` with MODE one of `pending` (a timeout in flight), `sqpoll`, `eventfd`
-//! (an eventfd registered), `buffers` (provided buffers), `unreaped` (a completion not
+//! (an eventfd registered), `buffers` (provided buffers), `buffers-late` (a buffer ring
+//! registered between the checkpoint's scan and its stop), `unreaped` (a completion not
 //! consumed), `single-issuer` (a ring bound to another thread, which alone may probe it),
 //! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS),
 //! `restricted` (IORING_REGISTER_RESTRICTIONS): each
@@ -38,6 +39,7 @@ const OP_EPOLL_CTL: u8 = 29;
 const OP_PROVIDE_BUFFERS: u8 = 31;
 const REGISTER_EVENTFD: u64 = 4;
 const REGISTER_RING_FDS: u64 = 20;
+const REGISTER_PBUF_RING: u64 = 22;
 const REGISTER_RESTRICTIONS: u64 = 11;
 const REGISTER_ENABLE_RINGS: u64 = 12;
 const RESTRICTION_SQE_OP: u16 = 1;
@@ -185,6 +187,10 @@ fn ino(fd: i32) -> u64 {
     st.st_ino
 }
 
+/// A page-aligned page (a buffer ring).
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
 fn main() {
     let (_, _, extra) = common::argv();
     let Ok(a) = Ring::new(256, 0, 0) else {
@@ -216,6 +222,29 @@ fn main() {
             let mut s = sqe(OP_PROVIDE_BUFFERS, 1, 0, buf.as_ptr() as u64, 4096, 9);
             s[40..42].copy_from_slice(&7u16.to_ne_bytes());
             assert_eq!(a.run(s).1, 0);
+        }),
+        Some("buffers-late") => common::refusal(|| {
+            // A buffer ring registered once the checkpoint has scanned the descriptors, before
+            // it stops the threads: no counter of the ring's changes.
+            let fd = a.fd;
+            common::after_first_scan(move || {
+                let ring = Box::leak(Box::new(Page([0; 4096])));
+                // struct io_uring_buf_reg { ring_addr, ring_entries, bgid, flags, resv[3] }
+                let mut reg = [0u64; 5];
+                reg[0] = ring.0.as_ptr() as u64;
+                reg[1] = 8 | (11 << 32);
+                // SAFETY: registers a page of ours as buffer group 11's ring on ring A.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_io_uring_register,
+                        fd,
+                        REGISTER_PBUF_RING,
+                        reg.as_mut_ptr(),
+                        1,
+                    )
+                };
+                assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            });
         }),
         Some("single-issuer") => common::refusal(|| {
             // Bound to a thread of its own, which submits to it and goes on.

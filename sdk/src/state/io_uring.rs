@@ -420,7 +420,7 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
         }
     }
     restrictions(fd)?;
-    provided_buffers(fd)?;
+    // Provided buffers are asked for in the checkpoint's handler (see provided_buffers).
     Ok(ring)
 }
 
@@ -488,9 +488,12 @@ fn restrictions(fd: i32) -> Result<(), String> {
 
 /// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
 /// kernel lists them nowhere: every group is asked for (IORING_REGISTER_PBUF_STATUS, 6.8+;
-/// about 8 ms a ring).
-fn provided_buffers(fd: i32) -> Result<(), String> {
-    let mut first = None;
+/// about 8 ms a ring). Asked in the checkpoint's handler, every other thread parked: a buffer
+/// ring registered after the descriptor scan changes no counter the handler compares, and would
+/// be lost. Async-signal-safe. The first group that holds buffers, [`PBUF_NONE`], or a negative
+/// errno: EINVAL from every group (a kernel before 6.8), EEXIST (another thread's ring).
+pub(crate) fn provided_buffers(fd: i32) -> i64 {
+    let mut first = PBUF_NONE;
     let mut unknown = 0u32;
     for group in 0..=u16::MAX {
         // struct io_uring_buf_status { buf_group, head, resv[8] }
@@ -501,18 +504,43 @@ fn provided_buffers(fd: i32) -> Result<(), String> {
             continue;
         }
         if r == -(libc::EEXIST as i64) {
-            return Err(SINGLE_ISSUER.into());
+            return r;
         }
         if r == -(libc::EINVAL as i64) {
             unknown += 1;
         }
-        first.get_or_insert(group);
+        if first == PBUF_NONE {
+            first = i64::from(group);
+        }
     }
-    match first {
-        None => Ok(()),
-        Some(_) if unknown == 1 << 16 => Err("this kernel cannot tell whether it holds provided buffers (IORING_REGISTER_PBUF_STATUS, Linux 6.8)".into()),
-        Some(g) => Err(format!(
-            "it holds provided buffers (group {g}), which live in the kernel and are not restored; remove them before the checkpoint"
+    if unknown == 1 << 16 {
+        -(libc::EINVAL as i64)
+    } else {
+        first
+    }
+}
+
+/// No group holds provided buffers (see [`provided_buffers`]); before the handler asked.
+pub(crate) const PBUF_NONE: i64 = -1;
+pub(crate) const PBUF_NOT_ASKED: i64 = i64::MIN;
+
+/// What [`provided_buffers`] says, as a refusal.
+pub(crate) fn provided_buffers_refusal(fd: i32, r: i64) -> Option<String> {
+    match r {
+        PBUF_NONE => None,
+        PBUF_NOT_ASKED => Some(format!(
+            "fd {fd} (io_uring): whether it holds provided buffers was not asked"
+        )),
+        g if g >= 0 => Some(format!(
+            "fd {fd} (io_uring): it holds provided buffers (group {g}), which live in the kernel and are not restored; remove them before the checkpoint"
+        )),
+        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
+        e if e == -(libc::EINVAL as i64) => Some(format!(
+            "fd {fd} (io_uring): this kernel cannot tell whether it holds provided buffers (IORING_REGISTER_PBUF_STATUS, Linux 6.8)"
+        )),
+        e => Some(format!(
+            "fd {fd} (io_uring): whether it holds provided buffers cannot be told: {}",
+            std::io::Error::from_raw_os_error(-e as i32)
         )),
     }
 }

@@ -45,6 +45,8 @@ struct RingCopy {
     probe: OwnedFd,
     /// The probe's result (1 until the handler ran).
     registered: AtomicI64,
+    /// The provided buffers' (see [`super::io_uring::provided_buffers`]).
+    provided: AtomicI64,
 }
 
 impl ParkedInfo {
@@ -93,6 +95,7 @@ impl ParkedInfo {
                             copied: AtomicI64::new(0),
                             probe: crate::sys::eventfd(0, 0)?,
                             registered: AtomicI64::new(1),
+                            provided: AtomicI64::new(super::io_uring::PBUF_NOT_ASKED),
                         }),
                         _ => None,
                     },
@@ -146,6 +149,10 @@ impl ParkedInfo {
                 super::io_uring::probe_eventfd(self.fd, r.probe.as_raw_fd()),
                 Ordering::Release,
             );
+            r.provided.store(
+                super::io_uring::provided_buffers(self.fd),
+                Ordering::Release,
+            );
         }
     }
 
@@ -167,10 +174,17 @@ impl ParkedInfo {
     }
 
     /// What the handler found that is refused (an eventfd registered with an io_uring
-    /// instance).
+    /// instance, provided buffers).
     pub fn refusal(&self) -> Option<String> {
         let r = self.ring.as_ref()?;
-        super::io_uring::eventfd_refusal(self.fd, r.registered.load(Ordering::Acquire))
+        super::io_uring::eventfd_refusal(self.fd, r.registered.load(Ordering::Acquire)).or_else(
+            || {
+                super::io_uring::provided_buffers_refusal(
+                    self.fd,
+                    r.provided.load(Ordering::Acquire),
+                )
+            },
+        )
     }
 
     /// What the handler read, if it could.
