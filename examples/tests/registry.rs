@@ -36,7 +36,7 @@ impl Registry {
         let addr = format!("127.0.0.1:{port}");
         let storage = dir.path().join("data");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
         if with_auth {
@@ -47,14 +47,16 @@ impl Registry {
                 htpasswd.display()
             ));
         }
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config_path)
-            .stdout(std::process::Stdio::null())
-            // Its log (every 404 of a blob checked before an upload) stays in its directory.
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            // Its log and access log (every 404 of a blob checked before an upload) stay in
+            // its directory.
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("docker-registry (Debian's package; scripts/setup installs it)");
         // Ready when it accepts connections (it binds after reading its configuration).
@@ -70,6 +72,15 @@ impl Registry {
             storage,
             _dir: dir,
         }
+    }
+
+    /// How many requests of `what` (e.g. `GET /v2/ `) its access log shows.
+    fn served(&self, what: &str) -> usize {
+        let log = std::fs::read(self._dir.path().join("log")).unwrap();
+        String::from_utf8_lossy(&log)
+            .lines()
+            .filter(|l| l.contains(&format!("\"{what}HTTP/")))
+            .count()
     }
 
     fn reference(&self, name: &str) -> String {
@@ -198,6 +209,16 @@ fn fetched(stderr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
     let after = line.split_once('(').unwrap().1;
     after.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// From `thaw run --timing` output: blobs (or ranges of them) fetched from the registry.
+fn fetched_blobs(stderr: &str) -> usize {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("fetched from the registry"))
+        .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
+    let before = line.split_once(" blobs and").unwrap().0;
+    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -662,11 +683,17 @@ fn a_lazy_restore_by_reference_fetches_on_first_touch_and_dies_with_the_registry
 
     // Lazily, from an empty cache: the process runs once what it needs at once is in; the rest
     // comes as it is touched (and, once it ended, the remainder: the cache holds the image).
+    let pings = reg.served("GET /v2/ ");
     let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
     assert_all_ok(&o, &MEMORY_CHECKS);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("lazy memory:"), "{err}");
     assert!(err.contains("fetched from the registry"), "{err}");
+    // A registry open to anonymous pulls is asked how to authenticate once, not before every
+    // blob (the client library asked again each time, doubling the requests).
+    let blobs = fetched_blobs(&err);
+    assert!(blobs > 4, "{err}");
+    assert_eq!(reg.served("GET /v2/ ") - pings, 1, "{blobs} blobs");
     let cached = cached_images(&env.path("cache/images"));
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert_eq!(std::fs::metadata(&cached[0]).unwrap().len(), size);

@@ -36,6 +36,14 @@ const ATTEMPTS: u32 = 4;
 pub struct Remote {
     reference: Reference,
     client: Client,
+    /// Without credentials, a client that never asks the registry how to authenticate: the
+    /// client library asks again (`GET /v2/`) before every request where the answer was "no
+    /// need" (it caches only tokens), which doubled the requests of a lazy restore from a
+    /// registry open to anonymous pulls, each costing the registry as much CPU as a blob. A
+    /// registry that wants a token for anonymous pulls refuses its request (401) once, and
+    /// `client` (which fetches and keeps the token) serves from then on.
+    open: Option<Client>,
+    open_refused: std::sync::atomic::AtomicBool,
     auth: RegistryAuth,
     runtime: tokio::runtime::Runtime,
 }
@@ -119,26 +127,34 @@ impl Remote {
         };
         // A registry that accepts a connection and then stalls must not hang a restore (a fault
         // waits on it) for ever: a request fails, and is tried again, after these.
-        let config = oci_client::client::ClientConfig {
-            protocol,
-            tls_certs_only,
+        let config = || oci_client::client::ClientConfig {
+            protocol: protocol.clone(),
+            tls_certs_only: tls_certs_only.clone(),
             connect_timeout: Some(Duration::from_secs(5)),
             read_timeout: Some(Duration::from_secs(20)),
             ..Default::default()
         };
+        let auth = credentials(&registry, ctx)?;
+        let anonymous = matches!(auth, RegistryAuth::Anonymous);
         // The client also builds a default HTTP client, which panics on a system without CA
         // certificates: a one-line error instead (and no panic message).
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let build =
-            || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Client::new(config)));
-        let client = if loopback {
+        let build = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (
+                    Client::new(config()),
+                    anonymous.then(|| Client::new(config())),
+                )
+            }))
+        };
+        let clients = if loopback {
             without_system_roots(build)
         } else {
             build()
         };
         std::panic::set_hook(hook);
-        let client = client.map_err(|_| {
+        let (client, open) = clients.map_err(|_| {
             Failure::new(
                 Code::Refused,
                 "cannot set up HTTPS: this system has no CA certificates (install ca-certificates)",
@@ -154,9 +170,11 @@ impl Remote {
                 )
             })?;
         Ok(Remote {
-            auth: credentials(&registry, ctx)?,
+            auth,
             reference: parsed,
             client,
+            open,
+            open_refused: Default::default(),
             runtime,
         })
     }
@@ -340,8 +358,7 @@ impl Remote {
         let (whole, bytes) = self
             .retrying("fetching part of a blob from", || async {
                 let (whole, s) = match self
-                    .client
-                    .pull_blob_stream_partial(r, &desc, offset, Some(len))
+                    .pulling(|c| c.pull_blob_stream_partial(r, &desc, offset, Some(len)))
                     .await?
                 {
                     oci_client::client::BlobResponse::Full(s) => (true, s),
@@ -378,12 +395,37 @@ impl Remote {
         Ok((whole, bytes))
     }
 
+    /// Runs a pull of a blob with the client without credentials where there is one (see
+    /// `open`), else, or once the registry has refused it, with `client`.
+    async fn pulling<'c, T, Fut>(
+        &'c self,
+        pull: impl Fn(&'c Client) -> Fut,
+    ) -> std::result::Result<T, OciDistributionError>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(open) = self
+            .open
+            .as_ref()
+            .filter(|_| !self.open_refused.load(Relaxed))
+        {
+            match pull(open).await {
+                Err(OciDistributionError::UnauthorizedError { .. }) => {
+                    self.open_refused.store(true, Relaxed)
+                }
+                done => return done,
+            }
+        }
+        pull(&self.client).await
+    }
+
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         let r = &self.reference;
         let desc = d.oci();
         let bytes = self
             .retrying("fetching a blob from", || async {
-                let s = self.client.pull_blob_stream(r, &desc).await?;
+                let s = self.pulling(|c| c.pull_blob_stream(r, &desc)).await?;
                 read_at_most(s.stream, d.size).await
             })
             .await?;
