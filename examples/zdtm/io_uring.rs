@@ -1,10 +1,12 @@
 //! io_uring instances at rest, as libuv keeps one per event loop (Node.js 22+, uvloop): ring A
 //! (256 entries, an index array filled once, as libuv did before 6.6) has added a pipe to an
-//! epoll instance with IORING_OP_EPOLL_CTL, as libuv batches its epoll changes; ring B (64
+//! epoll instance with IORING_OP_EPOLL_CTL, as libuv batches its epoll changes (with `dropped`,
+//! it has dropped two entries too: indexes naming none); ring B (64
 //! entries, 256 completions, no index array, as libuv makes them on 6.6+) has run 300 no-ops, so
 //! its counters wrapped its queues several times; ring A has a duplicate descriptor. After
-//! restore: the kernel's counters are as they were, ring A adds another registration, ring B
-//! completes a request, both go on through many more, and the duplicate is the same ring.
+//! restore: the kernel's counters are as they were, ring A adds another registration and still
+//! drains (IOSQE_IO_DRAIN), ring B completes a request, both go on through many more, and the
+//! duplicate is the same ring.
 //!
 //! `PROG IMAGE KEY MODE` with MODE one of `pending` (a timeout in flight), `sqpoll`, `eventfd`
 //! (an eventfd registered), `buffers` (provided buffers), `buffers-late` (a buffer ring
@@ -34,6 +36,7 @@ const SETUP_DEFER_TASKRUN: u32 = 1 << 13;
 const SETUP_NO_SQARRAY: u32 = 1 << 16;
 const ENTER_GETEVENTS: u64 = 1;
 const OP_NOP: u8 = 0;
+const SQE_IO_DRAIN: u8 = 1 << 1;
 const OP_TIMEOUT: u8 = 11;
 const OP_EPOLL_CTL: u8 = 29;
 const OP_PROVIDE_BUFFERS: u8 = 31;
@@ -121,6 +124,22 @@ impl Ring {
         }
         self.word(self.p[11])
             .store(tail.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Queues an entry whose index names none and submits it: the kernel drops it (counts it in
+    /// the rings' dropped word, makes no request).
+    fn drop_one(&self) {
+        let mask = self.word(self.p[12]).load(Ordering::Relaxed);
+        let tail = self.word(self.p[11]).load(Ordering::Relaxed);
+        self.word(self.p[16] + 4 * (tail & mask))
+            .store(self.p[0], Ordering::Relaxed);
+        self.word(self.p[11])
+            .store(tail.wrapping_add(1), Ordering::Release);
+        assert_eq!(self.enter(1, 0), 0);
+    }
+
+    fn dropped(&self) -> u32 {
+        self.word(self.p[15]).load(Ordering::Relaxed)
     }
 
     fn enter(&self, submit: u32, wait: u32) -> i64 {
@@ -321,6 +340,13 @@ fn main() {
         ))
     };
     assert_eq!(add(&a, p1[0], 1).1, 0);
+    // `dropped`: two entries ring A drops (an index naming no entry): counted, no request.
+    let dropped = extra.first().map(String::as_str) == Some("dropped");
+    if dropped {
+        a.drop_one();
+        a.drop_one();
+        assert_eq!(a.dropped(), 2);
+    }
     // (`busy`: 5,000 more, more than an instance of `thaw serve` brings back.)
     let busy = extra.first().map(String::as_str) == Some("busy");
     for i in 0..if busy { 5300 } else { 300 } {
@@ -357,6 +383,18 @@ fn main() {
         "the other ring completes a request",
         b.run(sqe(OP_NOP, -1, 0, 0, 0, 0xfeed)) == (0xfeed, 0),
         "",
+    );
+    let mut drained = sqe(OP_NOP, -1, 0, 0, 0, 0xd1);
+    drained[1] = SQE_IO_DRAIN;
+    let drained = a.run(drained);
+    let want = if dropped { 2 } else { 0 };
+    c.check(
+        "its dropped entries are counted as before, and a drained request completes",
+        a.dropped() == want && drained == (0xd1, 0),
+        format!(
+            "dropped {} (want {want}), drained request {drained:?}",
+            a.dropped()
+        ),
     );
     let many = (0..600u64).all(|i| {
         a.run(sqe(OP_NOP, -1, 0, 0, 0, i)) == (i, 0) && b.run(sqe(OP_NOP, -1, 0, 0, 0, i)) == (i, 0)

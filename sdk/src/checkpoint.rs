@@ -1022,6 +1022,15 @@ impl Checkpoint {
             })
         }));
         unsupported.extend(c.fdinfos.iter().filter_map(|p| p.refusal()));
+        // What a restore of all the rings together costs, bounded as the image check bounds it:
+        // never an image written that every restore would refuse.
+        unsupported.extend(
+            state::io_uring::Ring::check_all(scan.entries.iter().filter_map(|e| match &e.kind {
+                FdKind::IoUring(r) if e.dup_of.is_none() => Some(r),
+                _ => None,
+            }))
+            .err(),
+        );
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {

@@ -47,6 +47,8 @@ const OFF_MASK: u64 = 0xf800_0000;
 /// a queue's worth per call: 16 Mi take 0.4-1.7 s). A ring that has taken more is refused at
 /// the checkpoint, an image whose rings add up to more at the restore.
 pub const MAX_REPLAY: u64 = 1 << 24;
+/// Dropped entries a ring may have: a restore brings each back with a call of its own.
+pub const MAX_DROPPED: u64 = 4096;
 
 /// The calls an instance of `thaw serve` may make to bring a ring's counters back (each a few
 /// steps of its plan).
@@ -396,8 +398,13 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
         ino,
         memory_ino,
     };
-    let (skip, complete) = ring.replays();
-    if skip + complete > MAX_REPLAY {
+    let (dropped, complete) = ring.replays();
+    if dropped > MAX_DROPPED {
+        return Err(format!(
+            "{dropped} of its entries were dropped (an index naming no entry): a restore brings each back with a system call of its own, and more than {MAX_DROPPED} is refused; make the ring again"
+        ));
+    }
+    if dropped + complete > MAX_REPLAY {
         return Err(format!(
             "it has taken {} requests: a restore brings its counters back one no-op request at a time, and more than {MAX_REPLAY} is refused; make the ring again now and then (libuv: a new event loop)",
             info.sq_head
@@ -669,8 +676,8 @@ impl Ring {
         Ok(())
     }
 
-    /// No-op requests a restore submits: those dropped or skipped (no completion), then one
-    /// per completion.
+    /// What a restore submits: the entries dropped (each one of its own, see
+    /// `drop_entries`), then one no-op request per completion.
     pub fn replays(&self) -> (u64, u64) {
         (
             u64::from(self.sq_head.wrapping_sub(self.cq_tail)),
@@ -703,6 +710,7 @@ impl Ring {
             && [64, 128].contains(&self.sqe_size)
             && [16, 32].contains(&self.cqe_size)
             && skip + complete <= MAX_REPLAY
+            && skip <= MAX_DROPPED
             && self.rings.is_some_and(|r| r.len <= self.regions().0)
             && self
                 .sqes
@@ -725,8 +733,8 @@ impl Ring {
     /// The system calls a restore makes to bring its counters back.
     fn replay_calls(&self) -> u64 {
         let batch = u64::from(self.sq_entries.min(self.cq_entries)).max(1);
-        let (skip, complete) = self.replays();
-        skip.div_ceil(batch) + complete.div_ceil(batch)
+        let (dropped, complete) = self.replays();
+        dropped + complete.div_ceil(batch)
     }
 
     /// What a restore of all of an image's rings costs, bounded: no more rings, no-op requests,
@@ -742,7 +750,7 @@ impl Ring {
         }
         if n > 1024 || nops > MAX_REPLAY || calls > 1 << 17 || bytes > 256 << 20 {
             return Err(format!(
-                "{n} io_uring instances, {nops} no-op requests in {calls} calls, {bytes} bytes of their memory: more than a restore accepts"
+                "{n} io_uring instances, {nops} no-op requests in {calls} calls, {bytes} bytes of their memory: more than a restore accepts (make busy rings again now and then; libuv: a new event loop)"
             ));
         }
         Ok(())
@@ -790,9 +798,9 @@ impl Ring {
                 self.array_at()
             ));
         }
-        let (skip, complete) = self.replays();
-        self.replay(ring.as_raw_fd(), &p, &rings, &sqes, skip, true)
-            .and_then(|()| self.replay(ring.as_raw_fd(), &p, &rings, &sqes, complete, false))
+        let (dropped, complete) = self.replays();
+        drop_entries(ring.as_raw_fd(), &p, &rings, dropped)
+            .and_then(|()| self.replay(ring.as_raw_fd(), &p, &rings, &sqes, complete))
             .map_err(|e| fail("cannot bring its counters back", e))?;
         let now = (
             rings.load_u32(p.sq_head as usize),
@@ -1046,8 +1054,7 @@ impl Ring {
         );
     }
 
-    /// Submits `n` no-op requests, a queue's worth at a time: with `skip`, ones that post no
-    /// completion (IOSQE_CQE_SKIP_SUCCESS); else each completion is reaped.
+    /// Submits `n` no-op requests, a queue's worth at a time, and reaps their completions.
     fn replay(
         &self,
         fd: i32,
@@ -1055,14 +1062,10 @@ impl Ring {
         rings: &SharedView,
         sqes: &SharedView,
         n: u64,
-        skip: bool,
     ) -> std::io::Result<()> {
         let mask = p.sq_entries - 1;
         let size = self.sqe_size as usize;
-        let mut nop = vec![0u8; size];
-        if skip {
-            nop[1] = SQE_CQE_SKIP_SUCCESS;
-        }
+        let nop = vec![0u8; size];
         let mut left = n;
         while left > 0 {
             let batch = left
@@ -1075,12 +1078,7 @@ impl Ring {
                 rings.store_u32(p.sq_array as usize + 4 * slot as usize, slot);
             }
             rings.store_u32(p.sq_tail as usize, tail.wrapping_add(batch));
-            let (wait, flags) = if skip {
-                (0, 0)
-            } else {
-                (batch, ENTER_GETEVENTS)
-            };
-            let r = sys::io_uring_enter(fd, batch, wait, flags);
+            let r = sys::io_uring_enter(fd, batch, batch, ENTER_GETEVENTS);
             if r != i64::from(batch) {
                 return Err(if r < 0 {
                     std::io::Error::from_raw_os_error(-r as i32)
@@ -1088,14 +1086,34 @@ impl Ring {
                     std::io::Error::other(format!("{r} of {batch} requests submitted"))
                 });
             }
-            if !skip {
-                let t = rings.load_u32(p.cq_tail as usize);
-                rings.store_u32(p.cq_head as usize, t);
-            }
+            let t = rings.load_u32(p.cq_tail as usize);
+            rings.store_u32(p.cq_head as usize, t);
             left -= u64::from(batch);
         }
         Ok(())
     }
+}
+
+/// Brings `n` dropped entries back as the kernel counts them: each an entry whose index names
+/// none (counted, no request made; the kernel ends a submission there, so one per call). No-op
+/// requests that post nothing (IOSQE_CQE_SKIP_SUCCESS) count the same, but the kernel then
+/// turns IOSQE_IO_DRAIN off for good on the ring: a drained request failed after restore.
+fn drop_entries(fd: i32, p: &sys::RingParams, rings: &SharedView, n: u64) -> std::io::Result<()> {
+    for _ in 0..n {
+        let tail = rings.load_u32(p.sq_tail as usize);
+        let slot = tail & (p.sq_entries - 1);
+        rings.store_u32(p.sq_array as usize + 4 * slot as usize, p.sq_entries);
+        rings.store_u32(p.sq_tail as usize, tail.wrapping_add(1));
+        let r = sys::io_uring_enter(fd, 1, 0, 0);
+        if r != 0 {
+            return Err(if r < 0 {
+                std::io::Error::from_raw_os_error(-r as i32)
+            } else {
+                std::io::Error::other("an entry meant to be dropped was submitted")
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether an eventfd is registered with ring `fd`, asked in the checkpoint's handler with
@@ -1308,8 +1326,7 @@ mod tests {
         };
         let rings = SharedView::new(fd.as_raw_fd(), OFF_SQ_RING, 4096).unwrap();
         let sqes = SharedView::new(fd.as_raw_fd(), OFF_SQES, 4096).unwrap();
-        ring.replay(fd.as_raw_fd(), &p, &rings, &sqes, 21, false)
-            .unwrap();
+        ring.replay(fd.as_raw_fd(), &p, &rings, &sqes, 21).unwrap();
         let info =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
         let maps = crate::procfs::maps(sys::getpid()).unwrap();
@@ -1368,7 +1385,7 @@ mod tests {
         // And it runs on the memfd's pages: one more no-op completes.
         let entries = SharedView::new(memory.as_raw_fd(), OFF_SQES, 4096).unwrap();
         again
-            .replay(made.as_raw_fd(), &p, &view, &entries, 1, false)
+            .replay(made.as_raw_fd(), &p, &view, &entries, 1)
             .unwrap();
         assert_eq!(view.load_u32(p.cq_tail as usize), 22);
     }
