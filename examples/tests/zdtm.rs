@@ -1345,6 +1345,13 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
             "restricted",
             "it is restricted (IORING_REGISTER_RESTRICTIONS)",
         ),
+        (
+            "restricted-loosely",
+            "it is restricted (IORING_REGISTER_RESTRICTIONS)",
+        ),
+        ("deferred", "IORING_SETUP_DEFER_TASKRUN"),
+        ("personality", "credentials have been registered with it"),
+        ("wait-region", "registered wait region"),
     ] {
         let out = env.refused("zdtm-io-uring", "r.thaw", &[mode]);
         assert!(out.contains(says), "{mode}: {out}");

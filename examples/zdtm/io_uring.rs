@@ -13,7 +13,9 @@
 //! registered between the checkpoint's scan and its stop), `unreaped` (a completion not
 //! consumed), `single-issuer` (a ring bound to another thread, which alone may probe it),
 //! `registered` (a ring registered in a thread's own slots, IORING_REGISTER_RING_FDS),
-//! `restricted` (IORING_REGISTER_RESTRICTIONS): each
+//! `restricted` (IORING_REGISTER_RESTRICTIONS), `restricted-loosely` (restrictions that allow
+//! every registration a checkpoint asks with), `deferred` (IORING_SETUP_DEFER_TASKRUN),
+//! `personality` (credentials registered), `wait-region` (IORING_REGISTER_MEM_REGION): each
 //! refused, naming it (exit 3).
 //!
 //! `PROG IMAGE KEY worker`: ring A's first request is run by one of the kernel's io-wq workers
@@ -43,6 +45,11 @@ const OP_PROVIDE_BUFFERS: u8 = 31;
 const REGISTER_EVENTFD: u64 = 4;
 const REGISTER_RING_FDS: u64 = 20;
 const REGISTER_PBUF_RING: u64 = 22;
+const REGISTER_PERSONALITY: u64 = 9;
+const REGISTER_MEM_REGION: u64 = 34;
+const MEM_REGION_TYPE_USER: u64 = 1;
+const MEM_REGION_REG_WAIT_ARG: u64 = 1;
+const RESTRICTION_REGISTER_OP: u16 = 0;
 const REGISTER_RESTRICTIONS: u64 = 11;
 const REGISTER_ENABLE_RINGS: u64 = 12;
 const RESTRICTION_SQE_OP: u16 = 1;
@@ -264,6 +271,69 @@ fn main() {
                 };
                 assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
             });
+        }),
+        Some("deferred") => common::refusal(|| {
+            // Its completion work waits for this (the checkpointing) thread to ask.
+            let r = Ring::new(64, SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN, 0).unwrap();
+            assert_eq!(r.run(sqe(OP_NOP, -1, 0, 0, 0, 4)), (4, 0));
+        }),
+        Some("personality") => common::refusal(|| {
+            // SAFETY: registers this thread's credentials with ring A (no argument).
+            let id = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    a.fd,
+                    REGISTER_PERSONALITY,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            };
+            assert!(id > 0, "{}", std::io::Error::last_os_error());
+        }),
+        Some("wait-region") => common::refusal(|| {
+            // A region of the process's memory holding wait arguments, registered before the
+            // ring is enabled (the only time the kernel takes one).
+            let r = Ring::new(64, SETUP_R_DISABLED, 0).unwrap();
+            let page = Box::leak(Box::new(Page([0; 4096])));
+            // struct io_uring_region_desc { user_addr, size, flags (u32), id, mmap_offset, resv[4] }
+            let mut desc = [0u64; 8];
+            desc[0] = page.0.as_ptr() as u64;
+            desc[1] = 4096;
+            desc[2] = MEM_REGION_TYPE_USER;
+            // struct io_uring_mem_region_reg { region_uptr, flags, resv[2] }
+            let mut reg = [desc.as_ptr() as u64, MEM_REGION_REG_WAIT_ARG, 0, 0];
+            for (op, arg, n) in [
+                (REGISTER_MEM_REGION, reg.as_mut_ptr().cast::<u8>(), 1),
+                (REGISTER_ENABLE_RINGS, std::ptr::null_mut(), 0),
+            ] {
+                // SAFETY: registers on our ring with the structures above (or nothing).
+                let got = unsafe { libc::syscall(libc::SYS_io_uring_register, r.fd, op, arg, n) };
+                assert_eq!(got, 0, "{op}: {}", std::io::Error::last_os_error());
+            }
+        }),
+        Some("restricted-loosely") => common::refusal(|| {
+            // Restricted to no-op requests, with every registration a checkpoint asks with
+            // allowed but restricting and enabling again.
+            let r = Ring::new(64, SETUP_R_DISABLED, 0).unwrap();
+            let mut rules = vec![0u8; 16];
+            rules[..2].copy_from_slice(&RESTRICTION_SQE_OP.to_ne_bytes());
+            rules[2] = OP_NOP;
+            for op in [4u8, 5, 8, 9, 10, 26, 33] {
+                let mut rule = [0u8; 16];
+                rule[..2].copy_from_slice(&RESTRICTION_REGISTER_OP.to_ne_bytes());
+                rule[2] = op;
+                rules.extend_from_slice(&rule);
+            }
+            let n = (rules.len() / 16) as u64;
+            for (op, arg, n) in [
+                (REGISTER_RESTRICTIONS, rules.as_mut_ptr(), n),
+                (REGISTER_ENABLE_RINGS, std::ptr::null_mut(), 0),
+            ] {
+                // SAFETY: registers on our ring with the rules above (or nothing).
+                let got = unsafe { libc::syscall(libc::SYS_io_uring_register, r.fd, op, arg, n) };
+                assert_eq!(got, 0, "{}", std::io::Error::last_os_error());
+            }
+            assert_eq!(r.run(sqe(OP_NOP, -1, 0, 0, 0, 2)), (2, 0));
         }),
         Some("single-issuer") => common::refusal(|| {
             // Bound to a thread of its own, which submits to it and goes on.

@@ -16,13 +16,21 @@
 //!
 //! Counters cannot show every request in flight (one request may post several completions, or
 //! none), so the memory the process shares with the ring is read too: the last completions and
-//! the last requests taken must pair up, and none may say that more will come.
+//! the last requests taken must pair up, and none may say that more will come. What that cannot
+//! see: a multishot request (a repeating timeout) whose last completion is older than a queue's
+//! worth, while a request as old is in flight and makes the counters pair up.
+//!
+//! What the kernel keeps and shows nowhere is asked about without changing it where it can be:
+//! provided buffers, an eventfd, credentials (personalities), restrictions, a wait region.
+//! What cannot be asked is not restored and not refused: io-wq worker limits and CPU affinity
+//! (IORING_REGISTER_IOWQ_MAX_WORKERS, IOWQ_AFF), the clock of waits (IORING_REGISTER_CLOCK).
 //!
 //! The kernel does not show every setup flag. What changes the memory layout is told apart by
 //! the sizes of the ring's memory regions (SQE128, CQE32) and refused where it cannot be; the
-//! rest is restored without the flag: SINGLE_ISSUER and DEFER_TASKRUN (checked by no one then;
-//! completions are posted without waiting for the process to ask), COOP_TASKRUN, IOPOLL
-//! (completions come by interrupt); with two differences a process may see: without SUBMIT_ALL
+//! rest is restored without the flag: SINGLE_ISSUER (checked by no one then), COOP_TASKRUN,
+//! IOPOLL (completions come by interrupt); DEFER_TASKRUN, which a thread would see (without it
+//! a completion interrupts its sleeps), is told by a registration only such a ring accepts and
+//! refused. With two differences a process may see: without SUBMIT_ALL
 //! a submission stops at an entry that fails to be prepared (the rest stay queued), and a
 //! CQE_MIXED ring that never posted a 32-byte completion (one that did is refused) fails a
 //! request that would post one (EINVAL). A ring without its index array (NO_SQARRAY, as libuv
@@ -30,6 +38,7 @@
 //! does without one.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 
@@ -427,7 +436,10 @@ pub(crate) fn inspect(fd: i32, text: &str, maps: &[MapEntry]) -> Result<Ring, St
         }
     }
     restrictions(fd)?;
-    // Provided buffers are asked for in the checkpoint's handler (see provided_buffers).
+    deferred_task_run(fd)?;
+    wait_region(fd)?;
+    // Provided buffers and personalities are asked for in the checkpoint's handler (see
+    // provided_buffers, personality_probe).
     Ok(ring)
 }
 
@@ -483,14 +495,74 @@ fn entry_sizes(fd: i32, sq: u32, cq: u32) -> Result<(u32, u32), String> {
 /// restrictions allow it (EACCES; so does the eventfd probe in the handler).
 fn restrictions(fd: i32) -> Result<(), String> {
     const REGISTER_PROBE: u32 = 8;
+    const REGISTER_RESTRICTIONS: u32 = 11;
+    const REGISTER_ENABLE_RINGS: u32 = 12;
     // struct io_uring_probe { last_op, ops_len, resv, resv2[3] } and 256 struct io_uring_probe_op.
     let mut probe = vec![0u8; 16 + 8 * 256];
-    match sys::io_uring_register(fd, REGISTER_PROBE, Some(&mut probe), 256) {
-        e if e == -(libc::EACCES as i64) => {
-            Err("it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into())
-        }
+    let probed = sys::io_uring_register(fd, REGISTER_PROBE, Some(&mut probe), 256);
+    // Restricting and enabling again are refused (EBADFD) on an enabled ring; a restricted
+    // one refuses them first (EACCES) unless its restrictions allow them too, as they may the
+    // probe (a ring that allows every registration it is asked for here is not told apart).
+    let restricting = sys::io_uring_register(fd, REGISTER_RESTRICTIONS, None, 0);
+    let enabling = sys::io_uring_register(fd, REGISTER_ENABLE_RINGS, None, 0);
+    if [probed, restricting, enabling].contains(&-(libc::EACCES as i64)) {
+        return Err(
+            "it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into(),
+        );
+    }
+    Ok(())
+}
+
+/// A ring set up with IORING_SETUP_DEFER_TASKRUN runs its completion work only when its
+/// thread asks for completions; a restore makes it without (the kernel shows the flag nowhere),
+/// and then a completion interrupts that thread's sleeps (an epoll_wait returns EINTR). Told
+/// by IORING_REGISTER_RESIZE_RINGS, which only such a ring accepts: given no parameters to
+/// read, it fails with EFAULT there, EINVAL on any other ring, and changes nothing.
+fn deferred_task_run(fd: i32) -> Result<(), String> {
+    const REGISTER_RESIZE_RINGS: u64 = 33;
+    // (An address the kernel cannot read: it checks it, and reads nothing.)
+    let r = sys::syscall6(
+        libc::SYS_io_uring_register,
+        [fd as u64, REGISTER_RESIZE_RINGS, 8, 1, 0, 0],
+    );
+    match r {
+        e if e == -(libc::EFAULT as i64) => Err(
+            "it was set up with IORING_SETUP_DEFER_TASKRUN (its completion work waits for its thread to ask), which is not restored: without it a completion interrupts the thread's sleeps (EINTR)".into(),
+        ),
+        e if e == -(libc::EEXIST as i64) => Err(SINGLE_ISSUER.into()),
+        e if e == -(libc::EACCES as i64) => Err(
+            "it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into(),
+        ),
         _ => Ok(()),
     }
+}
+
+/// A wait region (IORING_REGISTER_MEM_REGION with IORING_MEM_REGION_REG_WAIT_ARG, Linux 6.13:
+/// wait arguments the process keeps in memory of its own) lives in the kernel, shown nowhere;
+/// it can only be registered before the ring is enabled. Told by a wait that takes its
+/// arguments from the region (IORING_ENTER_EXT_ARG_REG) and waits for no completion: EFAULT
+/// where there is none.
+fn wait_region(fd: i32) -> Result<(), String> {
+    const ENTER_EXT_ARG: u64 = 1 << 3;
+    const ENTER_EXT_ARG_REG: u64 = 1 << 6;
+    // sizeof(struct io_uring_reg_wait); offset 0 into the region.
+    let r = sys::syscall6(
+        libc::SYS_io_uring_enter,
+        [
+            fd as u64,
+            0,
+            0,
+            u64::from(ENTER_GETEVENTS) | ENTER_EXT_ARG | ENTER_EXT_ARG_REG,
+            0,
+            64,
+        ],
+    );
+    // (A kernel without regions, before 6.13, says EINVAL: it cannot restore a ring either, and
+    // `restorable` refuses it first.)
+    if r == -(libc::EFAULT as i64) {
+        return Ok(());
+    }
+    Err("it has a registered wait region (IORING_REGISTER_MEM_REGION), which lives in the kernel and is not restored".into())
 }
 
 /// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
@@ -1175,6 +1247,70 @@ pub(crate) fn registered_refusals(c: &crate::capture::Capture) -> Vec<String> {
 
 /// Why a ring bound to another thread is refused.
 const SINGLE_ISSUER: &str = "it is bound to one thread (IORING_SETUP_SINGLE_ISSUER), which alone may ask it what it holds: checkpoint from that thread (the one that submits to it)";
+
+/// Rings whose personalities this process has asked about: (inode, the id the kernel should
+/// hand out next), see [`personality_probe`]. Beyond its room, a ring is taken as never asked
+/// about (a refusal, never a miss).
+static PERSONALITY_NEXT: [(AtomicU64, AtomicU64); 256] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 256];
+
+/// [`personality_probe`]: credentials are or were registered with the ring.
+pub(crate) const PERSONALITY_HELD: i64 = 1;
+
+/// Whether credentials (IORING_REGISTER_PERSONALITY) are registered with ring `fd` (inode
+/// `ino`), asked in the checkpoint's handler: 0 (none), [`PERSONALITY_HELD`], or the kernel's
+/// negative errno. They live in the kernel, and its fdinfo no longer lists them (6.18). The
+/// kernel hands their ids out in turn, from 1, never the same one twice before it wraps: one
+/// registered and at once unregistered here gets 1 on a ring that never had any, or the one
+/// after this process's previous probe of it; any other shows some were registered since (and
+/// may still be). Async-signal-safe.
+pub(crate) fn personality_probe(fd: i32, ino: u64) -> i64 {
+    const REGISTER_PERSONALITY: u32 = 9;
+    const UNREGISTER_PERSONALITY: u32 = 10;
+    let id = sys::io_uring_register(fd, REGISTER_PERSONALITY, None, 0);
+    if id <= 0 {
+        return if id == 0 { PERSONALITY_HELD } else { id };
+    }
+    sys::io_uring_register(fd, UNREGISTER_PERSONALITY, None, id as u32);
+    use std::sync::atomic::Ordering::Relaxed;
+    let slot = PERSONALITY_NEXT
+        .iter()
+        .find(|s| s.0.load(Relaxed) == ino)
+        .or_else(|| {
+            PERSONALITY_NEXT
+                .iter()
+                .find(|s| s.0.compare_exchange(0, ino, Relaxed, Relaxed).is_ok())
+        });
+    let expected = slot.map_or(1, |s| s.1.load(Relaxed).max(1));
+    // (Ids go up to 65535, then start again from 1.)
+    let next = if id >= 0xffff { 1 } else { id as u64 + 1 };
+    if let Some(s) = slot {
+        s.1.store(next, Relaxed);
+    }
+    if id as u64 == expected {
+        0
+    } else {
+        PERSONALITY_HELD
+    }
+}
+
+/// What [`personality_probe`] says, as a refusal.
+pub(crate) fn personality_refusal(fd: i32, r: i64) -> Option<String> {
+    match r {
+        0 => None,
+        PERSONALITY_HELD => Some(format!(
+            "fd {fd} (io_uring): credentials have been registered with it (IORING_REGISTER_PERSONALITY; the kernel lists them nowhere, the ids it hands out show some were), which live in the kernel and are not restored; make the ring again without them"
+        )),
+        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
+        e if e == -(libc::EACCES as i64) => Some(format!(
+            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
+        )),
+        e => Some(format!(
+            "fd {fd} (io_uring): whether credentials are registered with it cannot be told: {}",
+            std::io::Error::from_raw_os_error(-e as i32)
+        )),
+    }
+}
 
 /// What the handler's eventfd probe says, as a refusal.
 pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {

@@ -47,6 +47,10 @@ struct RingCopy {
     registered: AtomicI64,
     /// The provided buffers' (see [`super::io_uring::provided_buffers`]).
     provided: AtomicI64,
+    /// The ring's inode, and the personalities' probe (see
+    /// [`super::io_uring::personality_probe`]; 1 until the handler ran).
+    ino: u64,
+    personalities: AtomicI64,
 }
 
 impl ParkedInfo {
@@ -96,6 +100,8 @@ impl ParkedInfo {
                             probe: crate::sys::eventfd(0, 0)?,
                             registered: AtomicI64::new(1),
                             provided: AtomicI64::new(super::io_uring::PBUF_NOT_ASKED),
+                            ino: r.ino,
+                            personalities: AtomicI64::new(super::io_uring::PERSONALITY_HELD),
                         }),
                         _ => None,
                     },
@@ -153,6 +159,10 @@ impl ParkedInfo {
                 super::io_uring::provided_buffers(self.fd),
                 Ordering::Release,
             );
+            r.personalities.store(
+                super::io_uring::personality_probe(self.fd, r.ino),
+                Ordering::Release,
+            );
         }
     }
 
@@ -174,17 +184,17 @@ impl ParkedInfo {
     }
 
     /// What the handler found that is refused (an eventfd registered with an io_uring
-    /// instance, provided buffers).
+    /// instance, provided buffers, credentials).
     pub fn refusal(&self) -> Option<String> {
         let r = self.ring.as_ref()?;
-        super::io_uring::eventfd_refusal(self.fd, r.registered.load(Ordering::Acquire)).or_else(
-            || {
-                super::io_uring::provided_buffers_refusal(
-                    self.fd,
-                    r.provided.load(Ordering::Acquire),
-                )
-            },
-        )
+        let fd = self.fd;
+        super::io_uring::eventfd_refusal(fd, r.registered.load(Ordering::Acquire))
+            .or_else(|| {
+                super::io_uring::provided_buffers_refusal(fd, r.provided.load(Ordering::Acquire))
+            })
+            .or_else(|| {
+                super::io_uring::personality_refusal(fd, r.personalities.load(Ordering::Acquire))
+            })
     }
 
     /// What the handler read, if it could.
