@@ -201,24 +201,16 @@ fn push(image: &Path, reference: &str, blob_size: Option<&str>) -> (u64, u64) {
     )
 }
 
-/// From `thaw run --timing` output: bytes fetched from the registry.
-fn fetched(stderr: &str) -> u64 {
+/// From `thaw run --timing` output: bytes, and blobs (or ranges of them), fetched from the
+/// registry.
+fn fetched(stderr: &str) -> (u64, usize) {
     let line = stderr
         .lines()
         .find(|l| l.contains("fetched from the registry"))
         .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
-    let after = line.split_once('(').unwrap().1;
-    after.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// From `thaw run --timing` output: blobs (or ranges of them) fetched from the registry.
-fn fetched_blobs(stderr: &str) -> usize {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("fetched from the registry"))
-        .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
-    let before = line.split_once(" blobs and").unwrap().0;
-    before.rsplit(' ').next().unwrap().parse().unwrap()
+    // "... (BYTES bytes, BLOBS blobs and the head) fetched from the registry ..."
+    let words: Vec<&str> = line.split_once('(').unwrap().1.split_whitespace().collect();
+    (words[0].parse().unwrap(), words[2].parse().unwrap())
 }
 
 #[test]
@@ -275,12 +267,12 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
     // With the first in the cache, restoring the second fetches only what it does not share.
     let o = env.restore(Path::new(&r1), &["--timing"], &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(fetched(&String::from_utf8_lossy(&o.stderr)) >= total - sent);
+    assert!(fetched(&String::from_utf8_lossy(&o.stderr)).0 >= total - sent);
     let o = env.restore(Path::new(&r2), &["--timing"], &[]);
     assert!(o.status.success(), "{}", text(&o));
     // (A blob is fetched in parts where the process needed a part of it first, and a blob the
     // image holds twice may be fetched twice that way.)
-    let got = fetched(&String::from_utf8_lossy(&o.stderr));
+    let got = fetched(&String::from_utf8_lossy(&o.stderr)).0;
     assert!(
         got <= 2 * sent && got * 10 < total,
         "{got} bytes fetched, {sent} new"
@@ -691,7 +683,7 @@ fn a_lazy_restore_by_reference_fetches_on_first_touch_and_dies_with_the_registry
     assert!(err.contains("fetched from the registry"), "{err}");
     // A registry open to anonymous pulls is asked how to authenticate once, not before every
     // blob (the client library asked again each time, doubling the requests).
-    let blobs = fetched_blobs(&err);
+    let blobs = fetched(&err).1;
     assert!(blobs > 4, "{err}");
     assert_eq!(reg.served("GET /v2/ ") - pings, 1, "{blobs} blobs");
     let cached = cached_images(&env.path("cache/images"));

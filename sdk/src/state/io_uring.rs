@@ -613,14 +613,10 @@ pub(crate) fn provided_buffers_refusal(fd: i32, r: i64) -> Option<String> {
         g if g >= 0 => Some(format!(
             "fd {fd} (io_uring): it holds provided buffers (group {g}), which live in the kernel and are not restored; remove them before the checkpoint"
         )),
-        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
         e if e == -(libc::EINVAL as i64) => Some(format!(
             "fd {fd} (io_uring): this kernel cannot tell whether it holds provided buffers (IORING_REGISTER_PBUF_STATUS, Linux 6.8)"
         )),
-        e => Some(format!(
-            "fd {fd} (io_uring): whether it holds provided buffers cannot be told: {}",
-            std::io::Error::from_raw_os_error(-e as i32)
-        )),
+        e => probe_refusal(fd, e, "it holds provided buffers"),
     }
 }
 
@@ -1301,14 +1297,7 @@ pub(crate) fn personality_refusal(fd: i32, r: i64) -> Option<String> {
         PERSONALITY_HELD => Some(format!(
             "fd {fd} (io_uring): credentials have been registered with it (IORING_REGISTER_PERSONALITY; the kernel lists them nowhere, the ids it hands out show some were), which live in the kernel and are not restored; make the ring again without them"
         )),
-        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
-        e if e == -(libc::EACCES as i64) => Some(format!(
-            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
-        )),
-        e => Some(format!(
-            "fd {fd} (io_uring): whether credentials are registered with it cannot be told: {}",
-            std::io::Error::from_raw_os_error(-e as i32)
-        )),
+        e => probe_refusal(fd, e, "credentials are registered with it"),
     }
 }
 
@@ -1319,15 +1308,23 @@ pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {
         e if e == -(libc::EBUSY as i64) => Some(format!(
             "fd {fd} (io_uring): an eventfd is registered with it (IORING_REGISTER_EVENTFD), which is not restored: unregister it before the checkpoint and register it again after"
         )),
-        e if e == -(libc::EEXIST as i64) => Some(format!("fd {fd} (io_uring): {SINGLE_ISSUER}")),
-        e if e == -(libc::EACCES as i64) => Some(format!(
-            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
-        )),
-        e => Some(format!(
-            "fd {fd} (io_uring): whether an eventfd is registered with it cannot be told: {}",
-            std::io::Error::from_raw_os_error(-e as i32)
-        )),
+        e => probe_refusal(fd, e, "an eventfd is registered with it"),
     }
+}
+
+/// A probe of ring `fd` the kernel refused (`e`, a negative errno), as a refusal: the ring is
+/// another thread's, or restricted, or whether `what` cannot be told.
+fn probe_refusal(fd: i32, e: i64, what: &str) -> Option<String> {
+    Some(match e {
+        e if e == -(libc::EEXIST as i64) => format!("fd {fd} (io_uring): {SINGLE_ISSUER}"),
+        e if e == -(libc::EACCES as i64) => format!(
+            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
+        ),
+        e => format!(
+            "fd {fd} (io_uring): whether {what} cannot be told: {}",
+            std::io::Error::from_raw_os_error(-e as i32)
+        ),
+    })
 }
 
 #[cfg(test)]
