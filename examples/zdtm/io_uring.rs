@@ -31,6 +31,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+const SETUP_IOPOLL: u32 = 1 << 0;
 const SETUP_SQPOLL: u32 = 1 << 1;
 const SETUP_CQSIZE: u32 = 1 << 3;
 const SETUP_SINGLE_ISSUER: u32 = 1 << 12;
@@ -417,6 +418,13 @@ fn main() {
         a.drop_one();
         assert_eq!(a.dropped(), 2);
     }
+    // And a ring set up for polled I/O (restored without the flag), which a probe of the
+    // checkpoint's once took for one with a wait region.
+    let polled = dropped.then(|| {
+        let r = Ring::new(64, SETUP_IOPOLL, 0).unwrap();
+        assert_eq!(r.run(sqe(OP_NOP, -1, 0, 0, 0, 5)), (5, 0));
+        r
+    });
     // (`busy`: 5,000 more, more than an instance of `thaw serve` brings back.)
     let busy = extra.first().map(String::as_str) == Some("busy");
     for i in 0..if busy { 5300 } else { 300 } {
@@ -458,11 +466,12 @@ fn main() {
     drained[1] = SQE_IO_DRAIN;
     let drained = a.run(drained);
     let want = if dropped { 2 } else { 0 };
+    let polled = polled.map_or((6, 0), |r| r.run(sqe(OP_NOP, -1, 0, 0, 0, 6)));
     c.check(
         "its dropped entries are counted as before, and a drained request completes",
-        a.dropped() == want && drained == (0xd1, 0),
+        a.dropped() == want && drained == (0xd1, 0) && polled == (6, 0),
         format!(
-            "dropped {} (want {want}), drained request {drained:?}",
+            "dropped {} (want {want}), drained request {drained:?}, polled ring {polled:?}",
             a.dropped()
         ),
     );

@@ -422,6 +422,16 @@ impl Checkpoint {
         capture.zombies = zombies;
         capture.pkeys = state::pkeys::dump();
         capture.epolls = crate::state::epoll::probes(scan.epolls());
+        // (The personalities' probe remembers the process's rings, and only these.)
+        let rings: Vec<u64> = scan
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                FdKind::IoUring(r) => Some(r.ino),
+                _ => None,
+            })
+            .collect();
+        state::io_uring::keep_personality_probes(&rings);
         capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
             .map_err(io("opening the event objects' fdinfo"))?;
         capture.fifos = scan
@@ -1571,6 +1581,8 @@ fn restored() -> Result<Outcome, CheckpointError> {
         postcard::from_bytes(&bytes).map_err(|e| CheckpointError::RestoreArgs(e.to_string()))?;
     // Before any hook: OpenSSL, wherever the process has it, draws afresh.
     crate::sys::reseed_openssl();
+    // Every io_uring instance is a new one now.
+    state::io_uring::keep_personality_probes(&[]);
     run_hooks(&AFTER).map_err(CheckpointError::Hook)?;
     let env = ra
         .env

@@ -505,7 +505,9 @@ fn restrictions(fd: i32) -> Result<(), String> {
     // probe (a ring that allows every registration it is asked for here is not told apart).
     let restricting = sys::io_uring_register(fd, REGISTER_RESTRICTIONS, None, 0);
     let enabling = sys::io_uring_register(fd, REGISTER_ENABLE_RINGS, None, 0);
-    if [probed, restricting, enabling].contains(&-(libc::EACCES as i64)) {
+    // (And the handler's personality probe removes what it registers: id 0 is never one.)
+    let unregistering = sys::io_uring_register(fd, UNREGISTER_PERSONALITY, None, 0);
+    if [probed, restricting, enabling, unregistering].contains(&-(libc::EACCES as i64)) {
         return Err(
             "it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into(),
         );
@@ -538,31 +540,24 @@ fn deferred_task_run(fd: i32) -> Result<(), String> {
 }
 
 /// A wait region (IORING_REGISTER_MEM_REGION with IORING_MEM_REGION_REG_WAIT_ARG, Linux 6.13:
-/// wait arguments the process keeps in memory of its own) lives in the kernel, shown nowhere;
-/// it can only be registered before the ring is enabled. Told by a wait that takes its
-/// arguments from the region (IORING_ENTER_EXT_ARG_REG) and waits for no completion: EFAULT
-/// where there is none.
+/// wait arguments the process keeps in memory of its own) lives in the kernel, shown nowhere.
+/// Told by registering another with an address the kernel cannot read: it refuses a second
+/// region (EBUSY) before it reads anything, else fails to read it (EFAULT), and changes
+/// nothing. (A wait with its arguments taken from the region could tell too, but an IOPOLL
+/// ring refuses that wait whatever it holds.)
 fn wait_region(fd: i32) -> Result<(), String> {
-    const ENTER_EXT_ARG: u64 = 1 << 3;
-    const ENTER_EXT_ARG_REG: u64 = 1 << 6;
-    // sizeof(struct io_uring_reg_wait); offset 0 into the region.
+    const REGISTER_MEM_REGION: u64 = 34;
     let r = sys::syscall6(
-        libc::SYS_io_uring_enter,
-        [
-            fd as u64,
-            0,
-            0,
-            u64::from(ENTER_GETEVENTS) | ENTER_EXT_ARG | ENTER_EXT_ARG_REG,
-            0,
-            64,
-        ],
+        libc::SYS_io_uring_register,
+        [fd as u64, REGISTER_MEM_REGION, 8, 1, 0, 0],
     );
-    // (A kernel without regions, before 6.13, says EINVAL: it cannot restore a ring either, and
-    // `restorable` refuses it first.)
-    if r == -(libc::EFAULT as i64) {
-        return Ok(());
+    match r {
+        // (A kernel without regions, before 6.13, says EINVAL: it cannot restore a ring
+        // either, and `restorable` refuses it first.)
+        e if e == -(libc::EFAULT as i64) || e == -(libc::EINVAL as i64) => Ok(()),
+        e if e == -(libc::EBUSY as i64) => Err("it has a registered wait region (IORING_REGISTER_MEM_REGION), which lives in the kernel and is not restored".into()),
+        e => Err(probe_why(e, "it has a registered wait region")),
     }
-    Err("it has a registered wait region (IORING_REGISTER_MEM_REGION), which lives in the kernel and is not restored".into())
 }
 
 /// Provided buffers (a buffer ring, or IORING_OP_PROVIDE_BUFFERS) live in the kernel, and the
@@ -582,11 +577,11 @@ pub(crate) fn provided_buffers(fd: i32) -> i64 {
         if r == -(libc::ENOENT as i64) {
             continue;
         }
-        if r == -(libc::EEXIST as i64) {
-            return r;
-        }
         if r == -(libc::EINVAL as i64) {
             unknown += 1;
+        } else if r < 0 {
+            // Another thread's ring (EEXIST), restricted (EACCES): said as it is.
+            return r;
         }
         if first == PBUF_NONE {
             first = i64::from(group);
@@ -1252,6 +1247,22 @@ static PERSONALITY_NEXT: [(AtomicU64, AtomicU64); 256] =
 
 /// [`personality_probe`]: credentials are or were registered with the ring.
 pub(crate) const PERSONALITY_HELD: i64 = 1;
+const REGISTER_PERSONALITY: u32 = 9;
+const UNREGISTER_PERSONALITY: u32 = 10;
+
+/// Keeps [`PERSONALITY_NEXT`] to the rings of `inodes` (the process's now): a ring closed since
+/// frees its room, and an inode number the kernel hands out again is a new ring's. With none
+/// (a restored process, whose rings are all new), forgets every ring.
+pub(crate) fn keep_personality_probes(inodes: &[u64]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (ino, next) in &PERSONALITY_NEXT {
+        let i = ino.load(Relaxed);
+        if i != 0 && !inodes.contains(&i) {
+            next.store(0, Relaxed);
+            ino.store(0, Relaxed);
+        }
+    }
+}
 
 /// Whether credentials (IORING_REGISTER_PERSONALITY) are registered with ring `fd` (inode
 /// `ino`), asked in the checkpoint's handler: 0 (none), [`PERSONALITY_HELD`], or the kernel's
@@ -1260,14 +1271,20 @@ pub(crate) const PERSONALITY_HELD: i64 = 1;
 /// registered and at once unregistered here gets 1 on a ring that never had any, or the one
 /// after this process's previous probe of it; any other shows some were registered since (and
 /// may still be). Async-signal-safe.
-pub(crate) fn personality_probe(fd: i32, ino: u64) -> i64 {
-    const REGISTER_PERSONALITY: u32 = 9;
-    const UNREGISTER_PERSONALITY: u32 = 10;
+pub(crate) fn personality_probe(fd: i32) -> i64 {
+    // The ring the descriptor holds now (one made again at its number since the scan is another
+    // ring, which the checkpoint notices and starts again for).
+    let Some(ino) = sys::fstat_ino(fd) else {
+        return -(libc::EBADF as i64);
+    };
     let id = sys::io_uring_register(fd, REGISTER_PERSONALITY, None, 0);
     if id <= 0 {
         return if id == 0 { PERSONALITY_HELD } else { id };
     }
-    sys::io_uring_register(fd, UNREGISTER_PERSONALITY, None, id as u32);
+    let gone = sys::io_uring_register(fd, UNREGISTER_PERSONALITY, None, id as u32);
+    if gone < 0 {
+        return gone;
+    }
     use std::sync::atomic::Ordering::Relaxed;
     let slot = PERSONALITY_NEXT
         .iter()
@@ -1312,19 +1329,25 @@ pub(crate) fn eventfd_refusal(fd: i32, r: i64) -> Option<String> {
     }
 }
 
-/// A probe of ring `fd` the kernel refused (`e`, a negative errno), as a refusal: the ring is
-/// another thread's, or restricted, or whether `what` cannot be told.
+/// A probe of ring `fd` the kernel refused (`e`, a negative errno), as a refusal (see
+/// [`probe_why`]).
 fn probe_refusal(fd: i32, e: i64, what: &str) -> Option<String> {
-    Some(match e {
-        e if e == -(libc::EEXIST as i64) => format!("fd {fd} (io_uring): {SINGLE_ISSUER}"),
-        e if e == -(libc::EACCES as i64) => format!(
-            "fd {fd} (io_uring): it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored"
-        ),
+    Some(format!("fd {fd} (io_uring): {}", probe_why(e, what)))
+}
+
+/// Why a probe the kernel refused (`e`, a negative errno) refuses the ring: it is another
+/// thread's, or restricted, or whether `what` cannot be told.
+fn probe_why(e: i64, what: &str) -> String {
+    match e {
+        e if e == -(libc::EEXIST as i64) => SINGLE_ISSUER.into(),
+        e if e == -(libc::EACCES as i64) => {
+            "it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into()
+        }
         e => format!(
-            "fd {fd} (io_uring): whether {what} cannot be told: {}",
+            "whether {what} cannot be told: {}",
             std::io::Error::from_raw_os_error(-e as i32)
         ),
-    })
+    }
 }
 
 #[cfg(test)]

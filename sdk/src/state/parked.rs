@@ -47,9 +47,8 @@ struct RingCopy {
     registered: AtomicI64,
     /// The provided buffers' (see [`super::io_uring::provided_buffers`]).
     provided: AtomicI64,
-    /// The ring's inode, and the personalities' probe (see
-    /// [`super::io_uring::personality_probe`]; 1 until the handler ran).
-    ino: u64,
+    /// The personalities' probe (see [`super::io_uring::personality_probe`]; 1 until the
+    /// handler ran).
     personalities: AtomicI64,
 }
 
@@ -100,7 +99,6 @@ impl ParkedInfo {
                             probe: crate::sys::eventfd(0, 0)?,
                             registered: AtomicI64::new(1),
                             provided: AtomicI64::new(super::io_uring::PBUF_NOT_ASKED),
-                            ino: r.ino,
                             personalities: AtomicI64::new(super::io_uring::PERSONALITY_HELD),
                         }),
                         _ => None,
@@ -160,7 +158,7 @@ impl ParkedInfo {
                 Ordering::Release,
             );
             r.personalities.store(
-                super::io_uring::personality_probe(self.fd, r.ino),
+                super::io_uring::personality_probe(self.fd),
                 Ordering::Release,
             );
         }
