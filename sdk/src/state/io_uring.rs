@@ -522,21 +522,21 @@ fn restrictions(fd: i32) -> Result<(), String> {
 /// read, it fails with EFAULT there, EINVAL on any other ring, and changes nothing.
 fn deferred_task_run(fd: i32) -> Result<(), String> {
     const REGISTER_RESIZE_RINGS: u64 = 33;
-    // (An address the kernel cannot read: it checks it, and reads nothing.)
-    let r = sys::syscall6(
-        libc::SYS_io_uring_register,
-        [fd as u64, REGISTER_RESIZE_RINGS, 8, 1, 0, 0],
-    );
-    match r {
+    match register_unreadable(fd, REGISTER_RESIZE_RINGS) {
         e if e == -(libc::EFAULT as i64) => Err(
             "it was set up with IORING_SETUP_DEFER_TASKRUN (its completion work waits for its thread to ask), which is not restored: without it a completion interrupts the thread's sleeps (EINTR)".into(),
         ),
-        e if e == -(libc::EEXIST as i64) => Err(SINGLE_ISSUER.into()),
-        e if e == -(libc::EACCES as i64) => Err(
-            "it is restricted (IORING_REGISTER_RESTRICTIONS), which is not restored".into(),
-        ),
+        e if e == -(libc::EEXIST as i64) || e == -(libc::EACCES as i64) => {
+            Err(probe_why(e, "it was set up with IORING_SETUP_DEFER_TASKRUN"))
+        }
         _ => Ok(()),
     }
+}
+
+/// `io_uring_register(fd, op, arg, 1)` with an `arg` the kernel cannot read: it checks the ring
+/// first, then fails to read the argument (EFAULT), and changes nothing.
+fn register_unreadable(fd: i32, op: u64) -> i64 {
+    sys::syscall6(libc::SYS_io_uring_register, [fd as u64, op, 8, 1, 0, 0])
 }
 
 /// A wait region (IORING_REGISTER_MEM_REGION with IORING_MEM_REGION_REG_WAIT_ARG, Linux 6.13:
@@ -547,11 +547,7 @@ fn deferred_task_run(fd: i32) -> Result<(), String> {
 /// ring refuses that wait whatever it holds.)
 fn wait_region(fd: i32) -> Result<(), String> {
     const REGISTER_MEM_REGION: u64 = 34;
-    let r = sys::syscall6(
-        libc::SYS_io_uring_register,
-        [fd as u64, REGISTER_MEM_REGION, 8, 1, 0, 0],
-    );
-    match r {
+    match register_unreadable(fd, REGISTER_MEM_REGION) {
         // (A kernel without regions, before 6.13, says EINVAL: it cannot restore a ring
         // either, and `restorable` refuses it first.)
         e if e == -(libc::EFAULT as i64) || e == -(libc::EINVAL as i64) => Ok(()),
