@@ -1456,8 +1456,3 @@ pub fn sched_idle(idle: bool) {
         ],
     );
 }
-
-/// Lets every other runnable thread run first.
-pub fn sched_yield() {
-    let _ = syscall(libc::SYS_sched_yield, [0; 6]);
-}

@@ -423,13 +423,8 @@ impl Checkpoint {
         capture.pkeys = state::pkeys::dump();
         capture.epolls = crate::state::epoll::probes(scan.epolls());
         // (The personalities' probe remembers the process's rings, and only these.)
-        let rings: Vec<u64> = scan
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                FdKind::IoUring(r) => Some(r.ino),
-                _ => None,
-            })
+        let rings: Vec<u64> = state::io_uring::rings(&scan.entries)
+            .map(|r| r.ino)
             .collect();
         state::io_uring::keep_personality_probes(&rings);
         capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
@@ -1034,13 +1029,8 @@ impl Checkpoint {
         unsupported.extend(c.fdinfos.iter().filter_map(|p| p.refusal()));
         // What a restore of all the rings together costs, bounded as the image check bounds it:
         // never an image written that every restore would refuse.
-        unsupported.extend(
-            state::io_uring::Ring::check_all(scan.entries.iter().filter_map(|e| match &e.kind {
-                FdKind::IoUring(r) if e.dup_of.is_none() => Some(r),
-                _ => None,
-            }))
-            .err(),
-        );
+        unsupported
+            .extend(state::io_uring::Ring::check_all(state::io_uring::rings(&scan.entries)).err());
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {

@@ -336,7 +336,7 @@ impl Served {
             let made = inits.take().and_then(|init| {
                 if !urgent {
                     sys::sched_idle(true);
-                    sys::sched_yield();
+                    thaw::sys::sched_yield();
                     // Forked at the usual priority even so: it holds the template's socket,
                     // which a caller may be waiting for.
                     sys::sched_idle(false);

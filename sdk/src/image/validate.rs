@@ -119,10 +119,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
         }
     }
     crate::state::pkeys::validate(&m.pkeys, &m.memory)?;
-    crate::state::io_uring::Ring::check_all(m.files.iter().filter_map(|f| match &f.kind {
-        FdKind::IoUring(r) if f.dup_of.is_none() => Some(r),
-        _ => None,
-    }))?;
+    crate::state::io_uring::Ring::check_all(crate::state::io_uring::rings(&m.files))?;
     let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
     if ids.len() != m.shared.len() {
         return Err("two shared objects with one id".into());

@@ -561,7 +561,7 @@ fn wait_region(fd: i32) -> Result<(), String> {
 /// about 8 ms a ring). Asked in the checkpoint's handler, every other thread parked: a buffer
 /// ring registered after the descriptor scan changes no counter the handler compares, and would
 /// be lost. Async-signal-safe. The first group that holds buffers, [`PBUF_NONE`], or a negative
-/// errno: EINVAL from every group (a kernel before 6.8), EEXIST (another thread's ring).
+/// errno: EINVAL from every group (a kernel before 6.8), else what the kernel refused with.
 pub(crate) fn provided_buffers(fd: i32) -> i64 {
     let mut first = PBUF_NONE;
     let mut unknown = 0u32;
@@ -1235,6 +1235,14 @@ pub(crate) fn registered_refusals(c: &crate::capture::Capture) -> Vec<String> {
 /// Why a ring bound to another thread is refused.
 const SINGLE_ISSUER: &str = "it is bound to one thread (IORING_SETUP_SINGLE_ISSUER), which alone may ask it what it holds: checkpoint from that thread (the one that submits to it)";
 
+/// The io_uring instances among `files`, each once (not its duplicates).
+pub fn rings(files: &[super::files::FdEntry]) -> impl Iterator<Item = &Ring> {
+    files.iter().filter_map(|f| match &f.kind {
+        super::files::FdKind::IoUring(r) if f.dup_of.is_none() => Some(r),
+        _ => None,
+    })
+}
+
 /// Rings whose personalities this process has asked about: (inode, the id the kernel should
 /// hand out next), see [`personality_probe`]. Beyond its room, a ring is taken as never asked
 /// about (a refusal, never a miss).
@@ -1260,8 +1268,8 @@ pub(crate) fn keep_personality_probes(inodes: &[u64]) {
     }
 }
 
-/// Whether credentials (IORING_REGISTER_PERSONALITY) are registered with ring `fd` (inode
-/// `ino`), asked in the checkpoint's handler: 0 (none), [`PERSONALITY_HELD`], or the kernel's
+/// Whether credentials (IORING_REGISTER_PERSONALITY) are registered with ring `fd`, asked in
+/// the checkpoint's handler: 0 (none), [`PERSONALITY_HELD`], or the kernel's
 /// negative errno. They live in the kernel, and its fdinfo no longer lists them (6.18). The
 /// kernel hands their ids out in turn, from 1, never the same one twice before it wraps: one
 /// registered and at once unregistered here gets 1 on a ring that never had any, or the one
