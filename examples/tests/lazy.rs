@@ -136,7 +136,7 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
         assert_eq!(again, bytes, "nothing new: the record is kept as it was");
     } else {
         let words = |b: &[u8]| -> Vec<u64> {
-            b[48..]
+            b[64..]
                 .chunks(8)
                 .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
                 .collect()
@@ -170,6 +170,104 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
     assert!(report.contains("working set of 0 touches"), "{report}");
 }
 
+/// The chunk words of a working-set record (see launcher/src/restore/working_set.rs): its early
+/// part, and the rest.
+fn record_chunks(record: &[u8]) -> (Vec<u64>, Vec<u64>) {
+    assert_eq!(&record[..8], b"THAWWS02");
+    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap());
+    let early = word(48) as usize;
+    let chunks = |words: &[u8]| -> Vec<u64> {
+        words
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .filter(|w| w >> 63 == 0)
+            .collect()
+    };
+    (
+        chunks(&record[64..64 + early * 8]),
+        chunks(&record[64 + early * 8..]),
+    )
+}
+
+#[test]
+fn a_working_set_brings_in_what_came_before_the_first_output_first_and_the_rest_after_it() {
+    if !is_root() {
+        return;
+    }
+    const CHECKS: [&str; 2] = ["read before the answer", "read after the answer"];
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-early", "e.thaw", &[]);
+    // Region B: 8 to 48 MiB into the program's mapping at 0x6000_0000_0000. Per payload chunk,
+    // its pages of B and its other pages.
+    let m = env.manifest(&img);
+    let cs = u64::from(m.chunks.chunk_size);
+    let b = 0x6000_0000_0000u64 + (8 << 20)..0x6000_0000_0000u64 + (48 << 20);
+    let mut pages = std::collections::HashMap::<u64, (u64, u64)>::new();
+    for run in m.memory.iter().flat_map(|v| &v.pages) {
+        for p in 0..run.payload.len / 4096 {
+            let e = pages
+                .entry((run.payload.offset + p * 4096) / cs)
+                .or_default();
+            if b.contains(&(run.addr + p * 4096)) {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+    }
+    let only_b = |c: &u64| pages.get(c).is_some_and(|&(b, other)| b > 0 && other == 0);
+    // Pages of B in a chunk with other pages: brought in with them.
+    let shared: u64 = pages.values().filter(|(_, o)| *o > 0).map(|(b, _)| b).sum();
+    assert!(
+        pages.keys().filter(|c| only_b(c)).count() >= 600,
+        "B is saved"
+    );
+    let record = || {
+        let dir = env.path("cache/working-sets");
+        let mut files = std::fs::read_dir(dir).unwrap();
+        std::fs::read(files.next().expect("a record").unwrap().path()).unwrap()
+    };
+
+    // Recorded: what the process touched after its answer is never in the early part.
+    let o = restore_timed(&env, &img, &["--pid-mode", "host"]);
+    assert_all_ok(&o, &CHECKS);
+    let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
+    assert!(report.contains("first output after"), "{report}");
+    let (early, late) = record_chunks(&record());
+    assert!(!early.is_empty() || !late.is_empty(), "{report}");
+    assert!(
+        !early.iter().any(only_b),
+        "a chunk of B is early: {early:?}"
+    );
+
+    // Replayed, with the late part held until the first output (and not for a quiet process:
+    // the hook makes that an hour): no page of B comes in before the answer but those that
+    // share a chunk with what came before it.
+    for _ in 0..2 {
+        let early = u64::from_le_bytes(record()[48..56].try_into().unwrap());
+        let mut c = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);
+        c.env("THAW_TIMING", "1");
+        c.env("THAW_TEST_HOLD_QUIET_MS", "3600000");
+        let o = c.output().unwrap();
+        assert_all_ok(&o, &CHECKS);
+        let report = lazy_report(&o).unwrap();
+        assert!(report.contains(&format!("({early} early)")), "{report}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        let resident: u64 = out
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("answer: "))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the first output is the answer: {}", text(&o)));
+        assert!(
+            resident <= shared,
+            "{resident} pages of B in before the answer ({shared} share a chunk): {}",
+            text(&o)
+        );
+    }
+}
+
 #[test]
 fn a_tampered_chunk_of_the_working_set_is_refused_though_verified_ahead() {
     let Some((env, img)) = lazy_image(false) else {
@@ -184,9 +282,9 @@ fn a_tampered_chunk_of_the_working_set_is_refused_though_verified_ahead() {
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .next()
         .expect("a recorded working set");
-    // Magic, image digest, count, then one word per touch: a chunk is its index, a block of
-    // never-saved pages has the top bit set.
-    let chunk = record[48..]
+    // Magic, image digest, count, early count, first output, then one word per touch: a chunk is
+    // its index, a block of never-saved pages has the top bit set.
+    let chunk = record[64..]
         .chunks(8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
         .find(|w| w >> 63 == 0)

@@ -538,6 +538,57 @@ pub fn sealable_memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::Fi
     Ok(file)
 }
 
+/// An inotify instance told of every write to the file descriptor `fd` is open on (a pipe, a
+/// socket, a regular file or a terminal; `None` for anything else: a write to another device,
+/// /dev/null, by anyone on the system would count). Writes through any descriptor of that file
+/// count, by any process.
+pub fn watch_writes(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fstat writes only the stat buffer it is given.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; an invalid descriptor makes it fail.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = kind == libc::S_IFCHR && unsafe { libc::isatty(fd) } == 1;
+    if !(tty || [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFREG].contains(&kind)) {
+        return None;
+    }
+    let ino = syscall(
+        libc::SYS_inotify_init1,
+        [(libc::IN_NONBLOCK | libc::IN_CLOEXEC) as u64, 0, 0, 0, 0, 0],
+    )
+    .ok()?;
+    // SAFETY: inotify_init1 returned a new descriptor that nothing else owns.
+    let ino = unsafe { OwnedFd::from_raw_fd(ino as RawFd) };
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    syscall(
+        libc::SYS_inotify_add_watch,
+        [
+            ino.as_raw_fd() as u64,
+            path.as_ptr() as u64,
+            u64::from(libc::IN_MODIFY),
+            0,
+            0,
+            0,
+        ],
+    )
+    .ok()?;
+    Some(ino)
+}
+
+/// Whether `watch` ([`watch_writes`]) has seen a write since it was last asked; never waits.
+pub fn written(watch: &OwnedFd) -> bool {
+    let mut buf = [0u8; 256];
+    let mut seen = false;
+    // SAFETY: reads into a buffer of the length given; the descriptor does not block.
+    while unsafe { libc::read(watch.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+        seen = true;
+    }
+    seen
+}
+
 /// Seals a memfd against any further change of size or contents. F_SEAL_FUTURE_WRITE, not
 /// F_SEAL_WRITE: with no writable mapping of the copy they forbid the same things, but
 /// F_SEAL_WRITE also waits for every page to have no extra reference and fails with EBUSY when

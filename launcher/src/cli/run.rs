@@ -200,7 +200,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 u64::from(h.chunk_size),
             )
         }
-        _ => Default::default(),
+        _ => working_set::WorkingSet::unrecorded(),
     };
     let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
@@ -243,17 +243,22 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
     // verification (which uses every core) is done: beside the preparation of the process, and
     // while it runs.
     let fetch = sparse.as_ref().map(|s| s as &dyn restore::lazy::Fetch);
-    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay, fetch);
+    let gate = working_set.gate.clone();
+    let ahead = restore::ahead::Ahead::new(&image, &working_set.replay, gate.clone(), fetch);
     // From a registry, one thread fetches for the whole restore: what the process and the
-    // verifier need first, the working set in its order in between.
-    let prefetch: Vec<u64> = working_set
-        .replay
-        .iter()
-        .filter_map(|t| match *t {
-            working_set::Touch::Chunk(c) => Some(c),
-            working_set::Touch::Zero(_) => None,
-        })
-        .collect();
+    // verifier need first, the working set in its order in between (its late part once the
+    // gate opens).
+    let record = &working_set.replay;
+    let mut prefetch: Vec<u64> = Vec::new();
+    let mut early = 0;
+    for (i, t) in record.touches.iter().enumerate() {
+        if let working_set::Touch::Chunk(c) = *t {
+            prefetch.push(c);
+        }
+        if record.is_early(i) {
+            early = prefetch.len();
+        }
+    }
     // The registry's answer about a guessed tag, before the process exists.
     if let (Some((asked, reference, guessed)), Some(cache)) = (lookup, &cached) {
         GUESSING.store(false, Ordering::Relaxed);
@@ -275,7 +280,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             scope.spawn(|| ahead.run());
         }
         if let Some(s) = &sparse {
-            scope.spawn(|| s.serve(&prefetch));
+            scope.spawn(|| s.serve(&prefetch, early, gate));
         }
         let listeners = given_listeners(&args.listen_fds, ctx)?;
         pause_for_tests(ctx)?;

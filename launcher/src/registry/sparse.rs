@@ -45,9 +45,12 @@ struct Queue {
     pages: Vec<u8>,
     /// Ranges asked for, first come first fetched.
     urgent: VecDeque<Job>,
-    /// Ranges to fetch when nothing is asked for (the working set's blobs), and how far it got.
+    /// Ranges to fetch when nothing is asked for (the working set's blobs), and how far it got;
+    /// those from `early` on wait for `gate` (see `working_set::Gate`).
     prefetch: Vec<Job>,
     next: usize,
+    early: usize,
+    gate: Option<std::sync::Arc<crate::restore::working_set::Gate>>,
     /// A thread is driving the client.
     driving: bool,
     /// The first fetch that failed: every later ask fails with it.
@@ -148,6 +151,8 @@ impl Sparse {
                 urgent: VecDeque::new(),
                 prefetch: Vec::new(),
                 next: 0,
+                early: 0,
+                gate: None,
                 driving: false,
                 failed: None,
                 stop: false,
@@ -252,17 +257,27 @@ impl Sparse {
     }
 
     /// Drives the client until [`Self::stop`]: ranges asked for first, then the blobs of the
-    /// chunks `order` names, in that order (a restore's working set).
-    pub fn serve(&self, order: &[u64]) {
+    /// chunks `order` names, in that order (a restore's working set; those after its first
+    /// `early` once `gate` is open).
+    pub fn serve(
+        &self,
+        order: &[u64],
+        early: usize,
+        gate: std::sync::Arc<crate::restore::working_set::Gate>,
+    ) {
         let mut q = self.queue();
         let mut seen = vec![false; self.layers.len()];
-        for &c in order {
+        for (i, &c) in order.iter().enumerate() {
             for b in self.blobs_of(c) {
                 if !std::mem::replace(&mut seen[b], true) {
                     q.prefetch.push(self.whole(b));
                 }
             }
+            if i < early {
+                q.early = q.prefetch.len();
+            }
         }
+        q.gate = Some(gate);
         drop(self.take_turns(q, None, None, |q| q.stop || q.failed.is_some()));
     }
 
@@ -280,7 +295,10 @@ impl Sparse {
         loop {
             let j = match q.urgent.pop_front() {
                 Some(j) => j,
-                None if prefetch && q.next < q.prefetch.len() => {
+                None if prefetch
+                    && q.next < q.prefetch.len()
+                    && (q.next < q.early || q.gate.as_ref().is_none_or(|g| g.is_open())) =>
+                {
                     q.next += 1;
                     q.prefetch[q.next - 1]
                 }
@@ -552,6 +570,10 @@ impl Sparse {
 }
 
 impl Fetch for Sparse {
+    fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
     fn fetch(&self, chunk: u64, whole: bool) -> Result<()> {
         let jobs: Vec<Job> = if whole {
             self.blobs_of(chunk).map(|b| self.whole(b)).collect()

@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use thaw::image::Image;
 use thaw::sys::Slots;
 
-use super::working_set::Touch;
+use super::working_set::{Gate, Record, Touch};
 
 /// Chunks considered at most (those beyond are verified by the server).
 const MAX_HELD: u64 = 256 << 20;
@@ -30,6 +30,9 @@ pub struct Ahead<'a> {
     /// Where chunks not yet in the image file come from.
     fetch: Option<&'a dyn super::lazy::Fetch>,
     order: Vec<u64>,
+    /// The chunks of `order` from the working set's early part: those after wait for `gate`.
+    early: usize,
+    gate: std::sync::Arc<Gate>,
     /// Position in `order` of each chunk: its slot.
     slot: HashMap<u64, usize>,
     /// Shared by the verifier and the server (each slot is synchronised on its own); taken away
@@ -41,16 +44,18 @@ pub struct Ahead<'a> {
 }
 
 impl<'a> Ahead<'a> {
-    /// The chunks of `touches` to verify ahead, in order.
+    /// The chunks of `record` to verify ahead, in order (its late part once `gate` opens).
     pub fn new(
         image: &'a Image,
-        touches: &[Touch],
+        record: &Record,
+        gate: std::sync::Arc<Gate>,
         fetch: Option<&'a dyn super::lazy::Fetch>,
     ) -> Ahead<'a> {
         let cs = u64::from(image.header().chunk_size);
         let mut slot = HashMap::new();
         let mut order = Vec::new();
-        for t in touches {
+        let mut early = 0;
+        for (i, t) in record.touches.iter().enumerate() {
             if let Touch::Chunk(c) = *t {
                 if order.len() as u64 * cs >= MAX_HELD {
                     break;
@@ -59,6 +64,9 @@ impl<'a> Ahead<'a> {
                     order.push(c);
                     order.len() - 1
                 });
+            }
+            if record.is_early(i) {
+                early = order.len();
             }
         }
         // Without the buffer (no address space), nothing is verified ahead.
@@ -69,6 +77,8 @@ impl<'a> Ahead<'a> {
             image,
             fetch,
             order,
+            early,
+            gate,
             slot,
             slots: RwLock::new(slots),
             stop: AtomicBool::new(false),
@@ -100,6 +110,10 @@ impl<'a> Ahead<'a> {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
+            // The late part competes with the process's first response: not before the gate.
+            if i == self.early && !self.gate.wait(|| self.stop.load(Ordering::Relaxed)) {
+                return;
+            }
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
             let Some(slots) = slots.as_ref() else {
                 return;
@@ -118,6 +132,7 @@ impl<'a> Ahead<'a> {
     /// Ends the verifier after the chunk it is on.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.gate.nudge();
     }
 
     /// Stops the verifier and gives back the memory of every chunk it holds (once the server is

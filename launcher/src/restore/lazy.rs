@@ -20,7 +20,7 @@ use thaw::image::Image;
 use thaw::restore::Plan;
 use thaw::state::memory::Vma;
 
-use super::working_set::Touch;
+use super::working_set::{Gate, Learnt, Record, Touch};
 use crate::exit::{Code, Failure, Result};
 use crate::sys::{self, uffd};
 
@@ -40,6 +40,10 @@ pub const HELPER_NICE: i32 = 5;
 /// After a fault, background filling waits this long for the next one: faults come in bursts, and
 /// a thread waiting for memory must not wait for a background chunk too.
 const QUIET: Duration = Duration::from_micros(300);
+/// While the late part of a working set waits for the process's first output, a process that
+/// has not faulted for as long as its first output took when recorded, within these bounds, is
+/// taken to be waiting or computing with what it has: the rest comes in then.
+const HOLD_QUIET: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(100));
 
 /// Where chunks come from when the image file is still being fetched (an image restored
 /// straight from a registry, see `registry::Sparse`): `fetch(chunk, whole)` puts the chunk's
@@ -48,6 +52,8 @@ const QUIET: Duration = Duration::from_micros(300);
 /// waiting fault wants).
 pub trait Fetch: Sync {
     fn fetch(&self, chunk: u64, whole: bool) -> Result<()>;
+    /// The late part of the working set may be fetched ahead now ([`Gate`]).
+    fn nudge(&self) {}
 }
 
 /// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
@@ -305,6 +311,8 @@ pub struct Stats {
     pub replayed: u64,
     /// From receiving the userfaultfd until every page was filled (or the process was gone).
     pub filled_in: Duration,
+    /// When the process first wrote to its standard output, from the same moment.
+    pub first_output: Option<Duration>,
 }
 
 /// Saved pages of a lazy VMA: `len` bytes at image address `addr`, at payload offset `off`.
@@ -482,19 +490,29 @@ struct State {
     /// The second holder of the process's userfaultfd, ended before it is closed here.
     guardian: Option<super::guardian::Guardian>,
     /// This restore's first touches not in the replayed working set, in order, when recording:
-    /// each with the number of replayed touches that came before it.
-    recorded: Vec<(usize, Touch)>,
+    /// each with the number of replayed touches that came before it, and whether it came before
+    /// the first output.
+    recorded: Vec<(usize, Touch, bool)>,
     recorded_chunks: std::collections::HashSet<u64>,
     recorded_zero: std::collections::HashSet<u64>,
+    /// Late touches of the working set the process faulted on before its first output.
+    promoted: std::collections::HashSet<Touch>,
+    /// The process's standard output, watched for its first write ([`sys::watch_writes`]).
+    watch: Option<OwnedFd>,
+    /// The replay's position and the time at the first output.
+    output: Option<(usize, Duration)>,
+    /// Whether the late part of the replay and background filling may go on ([`Gate`]).
+    open: bool,
+    started: Option<Instant>,
 }
 
-/// What the server did: its figures, and the working set it recorded (empty unless recording).
+/// What the server did: its figures, and the working set it recorded (`None` unless recording
+/// and something changed).
 #[derive(Debug, Default)]
 pub struct Served {
     pub stats: Stats,
-    /// The replayed working set with this restore's new touches, each where the replay was
-    /// when the process made it; empty when nothing was new.
-    pub touches: Vec<Touch>,
+    /// The replayed working set with what this restore learnt ([`Record::next`]).
+    pub record: Option<Record>,
     /// How many touches were new.
     pub new_touches: usize,
 }
@@ -504,14 +522,20 @@ pub struct Server<'a> {
     image: &'a Image,
     index: Index,
     initial: Vec<Seg>,
-    /// A recorded working set to bring in ahead of the process, in order.
-    replay: &'a [Touch],
+    /// A recorded working set to bring in ahead of the process, in order: its early part at
+    /// once, the rest once `gate` opens.
+    replay: &'a Record,
+    gate: &'a Gate,
+    /// How long the process must go without a fault, the early part in, for the gate to open
+    /// without its first output: as long as that took when recorded, within [`HOLD_QUIET`].
+    hold_quiet: Duration,
     /// Record this restore's first touches that `replay` does not hold (all of them without a
     /// replay): chunks a background fill brought in before the process touched them in the
     /// recording restore are learnt by the next one, which faults on them.
     record: bool,
-    /// The touches in `replay`.
+    /// The touches in `replay`, and those of its late part (when recording).
     replayed: std::collections::HashSet<Touch>,
+    late: std::collections::HashSet<Touch>,
     /// Chunks verified ahead by another thread.
     ahead: Option<&'a super::ahead::Ahead<'a>>,
     /// Where chunks not yet in the image file come from (the verifier's source too).
@@ -523,7 +547,8 @@ impl<'a> Server<'a> {
     /// with `record`, recording what the process touches.
     pub fn new(
         image: &'a Image,
-        replay: &'a [Touch],
+        replay: &'a Record,
+        gate: &'a Gate,
         record: bool,
         ahead: Option<&'a super::ahead::Ahead<'a>>,
     ) -> Server<'a> {
@@ -554,9 +579,16 @@ impl<'a> Server<'a> {
             },
             initial,
             replay,
+            gate,
+            hold_quiet: hold_quiet(replay),
             record,
             replayed: if record {
-                replay.iter().copied().collect()
+                replay.touches.iter().copied().collect()
+            } else {
+                Default::default()
+            },
+            late: if record {
+                replay.touches[replay.early..].iter().copied().collect()
             } else {
                 Default::default()
             },
@@ -609,6 +641,13 @@ impl<'a> Server<'a> {
         }
         let mut st = State {
             guardian,
+            // The caller's standard output is the process's: its first write there is the
+            // first response, as the caller sees it.
+            watch: (self.record || !self.gate.is_open())
+                .then(|| sys::watch_writes(1))
+                .flatten(),
+            open: self.gate.is_open(),
+            started: Some(started),
             spaces: vec![Space {
                 uffd: fd,
                 segs: self.initial.clone(),
@@ -623,18 +662,22 @@ impl<'a> Server<'a> {
         };
         // A panic would close the userfaultfds as it unwinds, and the kernel would then hand the
         // process zero pages for everything still missing: it is killed first, as on an error.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&mut st)))
-            .unwrap_or_else(|_| {
-                Err(Failure::new(
-                    Code::Internal,
-                    "the memory server failed; the restored process was killed",
-                ))
-            });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(&mut st, sender.as_ref())
+        }))
+        .unwrap_or_else(|_| {
+            Err(Failure::new(
+                Code::Internal,
+                "the memory server failed; the restored process was killed",
+            ))
+        });
         st.stats.filled_in = started.elapsed();
-        // Nothing more to verify ahead, nor to hold for the process's life.
+        st.stats.first_output = st.output.map(|(_, t)| t);
+        // Nothing more to verify ahead, nor to hold for the process's life; nothing held back.
         if let Some(a) = self.ahead {
             a.release();
         }
+        self.open_gate(&mut st);
         match result {
             Err(f) => {
                 kill();
@@ -643,7 +686,16 @@ impl<'a> Server<'a> {
             Ok(()) => Ok(Served {
                 stats: st.stats,
                 new_touches: st.recorded.len(),
-                touches: merge(self.replay, &st.recorded),
+                record: self
+                    .record
+                    .then(|| {
+                        self.replay.next(&Learnt {
+                            new: std::mem::take(&mut st.recorded),
+                            promoted: std::mem::take(&mut st.promoted),
+                            output: st.output,
+                        })
+                    })
+                    .flatten(),
             }),
         }
     }
@@ -651,12 +703,13 @@ impl<'a> Server<'a> {
     /// One thread does both jobs: it answers faults and events as soon as they come (spinning
     /// while they come close together: a thread waiting for memory is the priority), and fills
     /// one chunk at a time in the background when they pause.
-    fn serve(&self, st: &mut State) -> Result<()> {
+    fn serve(&self, st: &mut State, sender: Option<&OwnedFd>) -> Result<()> {
         let mut msgs = [uffd::Msg::default(); 64];
         let mut buf = vec![0u8; self.index.chunk_size as usize];
         let mut last_fault = Instant::now();
         while !st.spaces.is_empty() {
             let before = st.stats.faults + st.stats.zero_faults;
+            self.quiet_enough(st, last_fault);
             let mut s = 0;
             while s < st.spaces.len() {
                 while !st.spaces[s].dead {
@@ -665,6 +718,10 @@ impl<'a> Server<'a> {
                     if n == 0 {
                         break;
                     }
+                    // After reading the faults, before taking them as early: a write the watch
+                    // has not seen yet came after them (the watch hears of it within the write),
+                    // so no fault after the first output is ever taken as before it.
+                    self.saw_output(st);
                     for m in &msgs[..n] {
                         self.event(st, s, m, &mut buf)?;
                     }
@@ -698,6 +755,12 @@ impl<'a> Server<'a> {
                 continue;
             }
             if last_fault.elapsed() < QUIET || st.spaces.iter().any(|sp| !sp.retry.is_empty()) {
+                continue;
+            }
+            // The early part is in, and the rest waits for the first output: wait for a fault,
+            // the output, or the process to go quiet, leaving the cores to it.
+            if !st.open {
+                self.wait_held(st, last_fault, sender)?;
                 continue;
             }
             let next = st.spaces.iter_mut().find_map(|sp| {
@@ -852,8 +915,15 @@ impl<'a> Server<'a> {
                     .filter(|&block| st.recorded_zero.insert(block))
                     .map(Touch::Zero),
             };
-            if let Some(t) = touch.filter(|t| !self.replayed.contains(t)) {
-                st.recorded.push((st.replay_at, t));
+            let early = st.output.is_none();
+            match touch {
+                Some(t) if !self.replayed.contains(&t) => {
+                    st.recorded.push((st.replay_at, t, early))
+                }
+                Some(t) if early && self.late.contains(&t) => {
+                    st.promoted.insert(t);
+                }
+                _ => {}
             }
         }
         let Some(p) = payload_page.filter(|&p| space.is_pending(p)) else {
@@ -893,25 +963,72 @@ impl<'a> Server<'a> {
     }
 }
 
-/// `replay` with the `new` touches inserted, each after the replayed touches that preceded it;
-/// empty when nothing is new (the record stays as it is).
-fn merge(replay: &[Touch], new: &[(usize, Touch)]) -> Vec<Touch> {
-    if new.is_empty() {
-        return Vec::new();
+/// See [`Server::hold_quiet`]. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets it (a test that waits for
+/// the first output alone).
+fn hold_quiet(replay: &Record) -> Duration {
+    if let Some(ms) = std::env::var("THAW_TEST_HOLD_QUIET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
     }
-    let mut out = Vec::with_capacity(replay.len() + new.len());
-    let mut new = new.iter().peekable();
-    for (i, &t) in replay.iter().enumerate() {
-        while let Some((_, n)) = new.next_if(|(at, _)| *at <= i) {
-            out.push(*n);
-        }
-        out.push(t);
-    }
-    out.extend(new.map(|(_, n)| *n));
-    out
+    let recorded = replay.first_output.unwrap_or_default();
+    recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1)
 }
 
 impl Server<'_> {
+    /// Notes the process's first output (its time and where the replay was), and opens the
+    /// gate.
+    fn saw_output(&self, st: &mut State) {
+        if st.output.is_none() && st.watch.as_ref().is_some_and(sys::written) {
+            let at = st.started.map_or(Duration::ZERO, |s| s.elapsed());
+            st.output = Some((st.replay_at, at));
+            st.watch = None;
+            self.open_gate(st);
+        }
+    }
+
+    /// Opens the gate at the first output, or once the process has been quiet long enough after
+    /// the early part came in.
+    fn quiet_enough(&self, st: &mut State, last_fault: Instant) {
+        self.saw_output(st);
+        if !st.open && st.replay_at >= self.replay.early && last_fault.elapsed() >= self.hold_quiet
+        {
+            self.open_gate(st);
+        }
+    }
+
+    fn open_gate(&self, st: &mut State) {
+        if !st.open {
+            st.open = true;
+            self.gate.open();
+            if let Some(f) = self.fetch {
+                f.nudge();
+            }
+        }
+    }
+
+    /// Waits (without spinning) for a fault or an event, the first output, the process's end,
+    /// or the end of the quiet time that opens the gate.
+    fn wait_held(&self, st: &State, last_fault: Instant, process: Option<&OwnedFd>) -> Result<()> {
+        let mut fds: Vec<RawFd> = st
+            .spaces
+            .iter()
+            .filter(|sp| !sp.dead)
+            .map(|sp| sp.uffd.as_raw_fd())
+            .collect();
+        fds.extend(st.watch.as_ref().map(|w| w.as_raw_fd()));
+        fds.extend(process.map(|p| p.as_raw_fd()));
+        let left = self.hold_quiet.saturating_sub(last_fault.elapsed());
+        sys::poll_readable(&fds, Some(left))
+            .map(|_| ())
+            .map_err(|e| {
+                failed(format!(
+                    "cannot wait for the restored process's memory: {e}"
+                ))
+            })
+    }
+
     /// Brings in the next touch of the working set that still has something to bring in; false
     /// when the record is done (or the process it was for is gone).
     fn replay_one(&self, st: &mut State, buf: &mut [u8]) -> Result<bool> {
@@ -919,7 +1036,10 @@ impl Server<'_> {
             return Ok(false);
         };
         let cs = self.index.chunk_size;
-        while let Some(&touch) = self.replay.get(st.replay_at) {
+        while let Some(&touch) = self.replay.touches.get(st.replay_at) {
+            if !st.open && !self.replay.is_early(st.replay_at) {
+                return Ok(false);
+            }
             st.replay_at += 1;
             let space = &mut st.spaces[s];
             let done = match touch {
@@ -1116,21 +1236,4 @@ fn copy_in(space: &Space, cur: u64, src: &[u8]) -> Result<Copied> {
 
 fn failed(msg: impl std::fmt::Display) -> Failure {
     Failure::new(Code::RestoreFailed, msg)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn new_touches_go_where_the_replay_was_when_they_came() {
-        let (a, b, c) = (Touch::Chunk(1), Touch::Chunk(2), Touch::Chunk(3));
-        let (x, y, z) = (Touch::Chunk(8), Touch::Zero(0x10000), Touch::Chunk(9));
-        assert!(merge(&[a, b], &[]).is_empty(), "nothing new: kept as it is");
-        assert_eq!(merge(&[], &[(0, x), (0, y)]), [x, y], "a first record");
-        assert_eq!(
-            merge(&[a, b, c], &[(0, x), (2, y), (3, z)]),
-            [x, a, b, y, c, z]
-        );
-    }
 }

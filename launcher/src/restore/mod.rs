@@ -1272,8 +1272,14 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         let ws = &req.working_set;
         let server = sock.zip(handover).map(|(sock, handover)| {
             scope.spawn(move || {
-                lazy::Server::new(image, &ws.replay, ws.record_to.is_some(), Some(ahead))
-                    .run(sock, handover, child, guardian)
+                lazy::Server::new(
+                    image,
+                    &ws.replay,
+                    &ws.gate,
+                    ws.record_to.is_some(),
+                    Some(ahead),
+                )
+                .run(sock, handover, child, guardian)
             })
         });
         sys::forward_signals(child, &FORWARDED)
@@ -1317,22 +1323,27 @@ fn supervise(
         }
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    if let Some(((start, verified), prepared)) = timing {
+    // Told once the process has ended: a write to a standard output it shares (2>&1) would
+    // be taken for its first output (see lazy::Server).
+    let restored = timing.map(|((start, verified), prepared)| {
         let restored = start.elapsed();
-        eprintln!(
+        format!(
             "thaw: timing: open+verify {:.1} ms, checks+files+plan {:.1} ms, process creation+restorer {:.1} ms ({} steps), total {:.1} ms",
             ms(verified),
             ms(prepared - verified),
             ms(restored - prepared),
             plan.steps().len(),
             ms(restored)
-        );
-    }
+        )
+    });
     let waited = sys::wait_stopping_with(child, |_, _| {
         if stops_job {
             sys::stop_with(child)
         }
     });
+    if let Some(line) = restored {
+        eprintln!("{line}");
+    }
     let served = server.map(|h| {
         h.join()
             .unwrap_or_else(|_| Err(Failure::new(Code::Internal, "the memory server panicked")))
@@ -1354,18 +1365,23 @@ fn supervise(
     }
     if let Some(served) = served {
         let served = served?;
-        ws.save(&served.touches);
+        ws.save(served.record.as_ref());
         let st = served.stats;
         if timing.is_some() {
             eprintln!(
-                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, working set of {} touches: {} brought in ahead, {} chunks verified ahead, {} recorded",
+                "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, first output {}, working set of {} touches ({} early): {} brought in ahead, {} chunks verified ahead, {} recorded",
                 st.faults,
                 st.zero_faults,
                 st.chunks,
                 st.bytes as f64 / 1048576.0,
                 ms(st.filled_in),
                 st.forks,
-                ws.replay.len(),
+                st.first_output.map_or("not seen".into(), |t| format!(
+                    "after {:.1} ms",
+                    ms(t)
+                )),
+                ws.replay.touches.len(),
+                ws.replay.early,
                 st.replayed,
                 ahead_hits.load(std::sync::atomic::Ordering::Relaxed),
                 served.new_touches,
