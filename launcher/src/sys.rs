@@ -538,11 +538,47 @@ pub fn sealable_memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::Fi
     Ok(file)
 }
 
+/// An inotify watch for writes to one file ([`watch_writes`]).
+#[derive(Debug)]
+pub struct WriteWatch {
+    fd: OwnedFd,
+    armed: bool,
+}
+
+impl WriteWatch {
+    /// Whether a write came since the last call; never waits.
+    pub fn written(&self) -> bool {
+        let mut buf = [0u8; 256];
+        let mut seen = false;
+        // SAFETY: reads into a buffer of the length given; the descriptor does not block.
+        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+            seen = true;
+        }
+        seen
+    }
+
+    /// Ends the watch, keeping the instance: closing an inotify instance waits for the kernel's
+    /// deferred release of its watches (an SRCU grace period: 5-15 ms were seen here), which a
+    /// watch removed this way has had long before the instance is closed.
+    pub fn disarm(&mut self) {
+        if std::mem::take(&mut self.armed) {
+            let _ = syscall(
+                libc::SYS_inotify_rm_watch,
+                [self.fd.as_raw_fd() as u64, 1, 0, 0, 0, 0],
+            );
+        }
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// An inotify instance told of every write to the file descriptor `fd` is open on (a pipe, a
 /// socket, a regular file or a terminal; `None` for anything else: a write to another device,
 /// /dev/null, by anyone on the system would count). Writes through any descriptor of that file
 /// count, by any process.
-pub fn watch_writes(fd: RawFd) -> Option<OwnedFd> {
+pub fn watch_writes(fd: RawFd) -> Option<WriteWatch> {
     // SAFETY: fstat writes only the stat buffer it is given.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above; an invalid descriptor makes it fail.
@@ -563,7 +599,8 @@ pub fn watch_writes(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: inotify_init1 returned a new descriptor that nothing else owns.
     let ino = unsafe { OwnedFd::from_raw_fd(ino as RawFd) };
     let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
-    syscall(
+    // The first watch of an instance is number 1 (what `disarm` removes).
+    let wd = syscall(
         libc::SYS_inotify_add_watch,
         [
             ino.as_raw_fd() as u64,
@@ -575,18 +612,10 @@ pub fn watch_writes(fd: RawFd) -> Option<OwnedFd> {
         ],
     )
     .ok()?;
-    Some(ino)
-}
-
-/// Whether `watch` ([`watch_writes`]) has seen a write since it was last asked; never waits.
-pub fn written(watch: &OwnedFd) -> bool {
-    let mut buf = [0u8; 256];
-    let mut seen = false;
-    // SAFETY: reads into a buffer of the length given; the descriptor does not block.
-    while unsafe { libc::read(watch.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
-        seen = true;
-    }
-    seen
+    (wd == 1).then_some(WriteWatch {
+        fd: ino,
+        armed: true,
+    })
 }
 
 /// Seals a memfd against any further change of size or contents. F_SEAL_FUTURE_WRITE, not

@@ -497,8 +497,9 @@ struct State {
     recorded_zero: std::collections::HashSet<u64>,
     /// Late touches of the working set the process faulted on before its first output.
     promoted: std::collections::HashSet<Touch>,
-    /// The process's standard output, watched for its first write ([`sys::watch_writes`]).
-    watch: Option<OwnedFd>,
+    /// The process's standard output, watched for its first write ([`sys::watch_writes`]);
+    /// disarmed then, and closed only once the server is done (see `WriteWatch::disarm`).
+    watch: Option<sys::WriteWatch>,
     /// The replay's position and the time at the first output.
     output: Option<(usize, Duration)>,
     /// Whether the late part of the replay and background filling may go on ([`Gate`]).
@@ -673,6 +674,14 @@ impl<'a> Server<'a> {
         });
         st.stats.filled_in = started.elapsed();
         st.stats.first_output = st.output.map(|(_, t)| t);
+        // A watch still armed: removed now, its instance left to the launcher's exit, by which
+        // time the kernel has let go of the watch (see `WriteWatch::disarm`).
+        if let Some(mut w) = st.watch.take() {
+            if st.output.is_none() {
+                w.disarm();
+                std::mem::forget(w);
+            }
+        }
         // Nothing more to verify ahead, nor to hold for the process's life; nothing held back.
         if let Some(a) = self.ahead {
             a.release();
@@ -980,10 +989,12 @@ impl Server<'_> {
     /// Notes the process's first output (its time and where the replay was), and opens the
     /// gate.
     fn saw_output(&self, st: &mut State) {
-        if st.output.is_none() && st.watch.as_ref().is_some_and(sys::written) {
+        if st.output.is_none() && st.watch.as_ref().is_some_and(|w| w.written()) {
             let at = st.started.map_or(Duration::ZERO, |s| s.elapsed());
             st.output = Some((st.replay_at, at));
-            st.watch = None;
+            if let Some(w) = &mut st.watch {
+                w.disarm();
+            }
             self.open_gate(st);
         }
     }
@@ -1017,7 +1028,12 @@ impl Server<'_> {
             .filter(|sp| !sp.dead)
             .map(|sp| sp.uffd.as_raw_fd())
             .collect();
-        fds.extend(st.watch.as_ref().map(|w| w.as_raw_fd()));
+        fds.extend(
+            st.watch
+                .as_ref()
+                .filter(|_| st.output.is_none())
+                .map(|w| w.as_raw_fd()),
+        );
         fds.extend(process.map(|p| p.as_raw_fd()));
         let left = self.hold_quiet.saturating_sub(last_fault.elapsed());
         sys::poll_readable(&fds, Some(left))
