@@ -194,14 +194,18 @@ fn a_working_set_brings_in_what_came_before_the_first_output_first_and_the_rest_
     if !is_root() {
         return;
     }
-    const CHECKS: [&str; 2] = ["read before the answer", "read after the answer"];
+    const CHECKS: [&str; 3] = [
+        "read before the answer",
+        "read by a child before the answer",
+        "read after the answer",
+    ];
     let env = Env::new();
     let img = env.checkpoint("zdtm-early", "e.thaw", &[]);
-    // Region B: 8 to 48 MiB into the program's mapping at 0x6000_0000_0000. Per payload chunk,
+    // Region B: 16 to 48 MiB into the program's mapping at 0x6000_0000_0000. Per payload chunk,
     // its pages of B and its other pages.
     let m = env.manifest(&img);
     let cs = u64::from(m.chunks.chunk_size);
-    let b = 0x6000_0000_0000u64 + (8 << 20)..0x6000_0000_0000u64 + (48 << 20);
+    let b = 0x6000_0000_0000u64 + (16 << 20)..0x6000_0000_0000u64 + (48 << 20);
     let mut pages = std::collections::HashMap::<u64, (u64, u64)>::new();
     for run in m.memory.iter().flat_map(|v| &v.pages) {
         for p in 0..run.payload.len / 4096 {
@@ -219,7 +223,7 @@ fn a_working_set_brings_in_what_came_before_the_first_output_first_and_the_rest_
     // Pages of B in a chunk with other pages: brought in with them.
     let shared: u64 = pages.values().filter(|(_, o)| *o > 0).map(|(b, _)| b).sum();
     assert!(
-        pages.keys().filter(|c| only_b(c)).count() >= 600,
+        pages.keys().filter(|c| only_b(c)).count() >= 400,
         "B is saved"
     );
     let record = || {
@@ -242,7 +246,8 @@ fn a_working_set_brings_in_what_came_before_the_first_output_first_and_the_rest_
 
     // Replayed, with the late part held until the first output (and not for a quiet process:
     // the hook makes that an hour): no page of B comes in before the answer but those that
-    // share a chunk with what came before it.
+    // share a chunk with what came before it, and the child forked meanwhile gets its memory
+    // as it faults.
     for _ in 0..2 {
         let early = u64::from_le_bytes(record()[48..56].try_into().unwrap());
         let mut c = env.restore_cmd(&img, &["--pid-mode", "host"], &[]);

@@ -1,14 +1,16 @@
-//! A working set split at the first response: after restore the program reads region A, counts
-//! how many pages of region B are in memory already and answers (its first output), then reads
-//! B. A restore that replays a recorded working set brings A in at once, and B only once the
-//! answer is out (`tests/lazy.rs` turns off the launcher's other reason to go on, a quiet
-//! process, to see that).
+//! A working set split at the first response: after restore the program reads region A, forks a
+//! child that reads region C, counts how many pages of region B are in memory already and answers
+//! (its first output), then reads B. A restore that replays a recorded working set brings A and C
+//! in at once, and B only once the answer is out (`tests/lazy.rs` turns off the launcher's other
+//! reason to go on, a quiet process, to see that); the child is filled meanwhile as it faults.
 
 #[path = "common.rs"]
 mod common;
 
 const MIB: usize = 1 << 20;
 const A: usize = 8 * MIB;
+/// Region C, read by the child: from A to B.
+const B: usize = 16 * MIB;
 const LEN: usize = 48 * MIB;
 const PAGE: usize = 4096;
 /// Where the mapping is (tests/lazy.rs knows it too).
@@ -46,14 +48,28 @@ fn main() {
         })
     };
     let a = holds(0, A);
-    let mut resident = vec![0u8; (LEN - A) / PAGE];
+    // SAFETY: fork in a single-threaded program; the child only reads memory and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: leaving the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if holds(A, B) { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let waited = unsafe { libc::waitpid(child, &mut status, 0) } == child;
+    let mut resident = vec![0u8; (LEN - B) / PAGE];
     // SAFETY: B is inside the mapping; one byte per page of it.
-    let r = unsafe { libc::mincore(base.add(A / 8).cast(), LEN - A, resident.as_mut_ptr()) };
+    let r = unsafe { libc::mincore(base.add(B / 8).cast(), LEN - B, resident.as_mut_ptr()) };
     let resident = resident.iter().filter(|&&v| v & 1 != 0).count();
     println!("answer: {resident} pages of B in before it (mincore: {r})");
-    let b = holds(A, LEN);
+    let b = holds(B, LEN);
     let mut c = common::Checks::default();
     c.check("read before the answer", a, "pattern differs");
+    c.check(
+        "read by a child before the answer",
+        waited && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        format!("child status {status:#x}"),
+    );
     c.check("read after the answer", b, "pattern differs");
     c.finish();
 }

@@ -748,12 +748,15 @@ impl<'a> Server<'a> {
             }
             // A finished space's userfaultfd is closed: its VMAs become ordinary memory. The
             // process's is held by the guardian too, which lets go of it first.
+            // Nothing of the process's own is held back any more either (what is left is a
+            // child's, which the process's first output does not wait for).
             if st
                 .spaces
                 .iter()
                 .any(|sp| sp.main && (sp.dead || sp.left == 0))
             {
                 st.guardian = None;
+                self.open_gate(st);
             }
             st.spaces.retain(|sp| !sp.dead && sp.left > 0);
             if st.stats.faults + st.stats.zero_faults != before {
@@ -769,7 +772,10 @@ impl<'a> Server<'a> {
             // The early part is in, and the rest waits for the first output: wait for a fault,
             // the output, or the process to go quiet, leaving the cores to it.
             if !st.open {
-                self.wait_held(st, last_fault, sender)?;
+                if self.wait_held(st, last_fault, sender)? {
+                    // The process is gone: what is left is found out by filling.
+                    self.open_gate(st);
+                }
                 continue;
             }
             let next = st.spaces.iter_mut().find_map(|sp| {
@@ -1020,8 +1026,13 @@ impl Server<'_> {
     }
 
     /// Waits (without spinning) for a fault or an event, the first output, the process's end,
-    /// or the end of the quiet time that opens the gate.
-    fn wait_held(&self, st: &State, last_fault: Instant, process: Option<&OwnedFd>) -> Result<()> {
+    /// or the end of the quiet time that opens the gate; true if the process ended.
+    fn wait_held(
+        &self,
+        st: &State,
+        last_fault: Instant,
+        process: Option<&OwnedFd>,
+    ) -> Result<bool> {
         let mut fds: Vec<RawFd> = st
             .spaces
             .iter()
@@ -1037,7 +1048,7 @@ impl Server<'_> {
         fds.extend(process.map(|p| p.as_raw_fd()));
         let left = self.hold_quiet.saturating_sub(last_fault.elapsed());
         sys::poll_readable(&fds, Some(left))
-            .map(|_| ())
+            .map(|ready| process.is_some() && ready.last() == Some(&true))
             .map_err(|e| {
                 failed(format!(
                     "cannot wait for the restored process's memory: {e}"
