@@ -282,6 +282,15 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         if let Some(s) = &sparse {
             scope.spawn(|| s.serve(&prefetch, early, gate));
         }
+        // However this closure ends (an error below, a panic), those two threads are told to
+        // stop before the scope waits for them: they may be waiting for a memory server that
+        // will never run.
+        let _stop = OnDrop(|| {
+            ahead.stop();
+            if let Some(s) = &sparse {
+                s.stop();
+            }
+        });
         let listeners = given_listeners(&args.listen_fds, ctx)?;
         pause_for_tests(ctx)?;
         let verified = started.elapsed();
@@ -302,10 +311,6 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             },
             &ahead,
         );
-        ahead.stop();
-        if let Some(s) = &sparse {
-            s.stop();
-        }
         status
     });
     let while_running = sparse
@@ -460,4 +465,13 @@ fn pause_for_tests(ctx: &Context) -> Result {
     )
     .map_err(|e| Failure::new(Code::Io, format!("cannot read the test pause FIFO: {e}")))?;
     Ok(())
+}
+
+/// Runs its closure when dropped.
+struct OnDrop<F: Fn()>(F);
+
+impl<F: Fn()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }

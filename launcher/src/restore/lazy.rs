@@ -44,6 +44,8 @@ const QUIET: Duration = Duration::from_micros(300);
 /// has not faulted for as long as its first output took when recorded, within these bounds, is
 /// taken to be waiting or computing with what it has: the rest comes in then.
 const HOLD_QUIET: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(100));
+/// Added to four times the recorded first output for how long the late part waits at most.
+const HOLD_LONGER: Duration = Duration::from_millis(20);
 
 /// Where chunks come from when the image file is still being fetched (an image restored
 /// straight from a registry, see `registry::Sparse`): `fetch(chunk, whole)` puts the chunk's
@@ -257,6 +259,9 @@ pub struct Handover {
     uffd: OwnedFd,
     /// The process (SCM_PIDFD), where the kernel passes it.
     sender: Option<OwnedFd>,
+    /// The caller's standard output, the process's, watched from before the process can write
+    /// to it (for the working set's first output).
+    watch: Option<sys::WriteWatch>,
 }
 
 /// The first half of the handover, on the launcher's main thread as soon as the process exists
@@ -268,6 +273,7 @@ pub fn handshake(
     sock: &OwnedFd,
     guardian: Option<&super::guardian::Guardian>,
     victim: i32,
+    watch_output: bool,
 ) -> Option<Result<Handover>> {
     let (uffd, sender) = match sys::recv_message(sock) {
         Ok(Some(sys::Received {
@@ -293,9 +299,15 @@ pub fn handshake(
             ))));
         }
     }
+    // Before the answer too: the process runs its own code only after it.
+    let watch = watch_output.then(|| sys::watch_writes(1)).flatten();
     // A restorer that is gone by now reports that itself.
     let _ = sys::send_byte(sock);
-    Some(Ok(Handover { uffd, sender }))
+    Some(Ok(Handover {
+        uffd,
+        sender,
+        watch,
+    }))
 }
 
 /// What the server did, for `THAW_TIMING`.
@@ -528,8 +540,12 @@ pub struct Server<'a> {
     replay: &'a Record,
     gate: &'a Gate,
     /// How long the process must go without a fault, the early part in, for the gate to open
-    /// without its first output: as long as that took when recorded, within [`HOLD_QUIET`].
+    /// without its first output: as long as that took when recorded, within [`HOLD_QUIET`];
+    /// and how long after the start it opens anyway, faults or not (four times that output's
+    /// time and [`HOLD_LONGER`]: a process that keeps faulting and never writes would otherwise
+    /// get the rest of its memory only as it faults).
     hold_quiet: Duration,
+    hold_cap: Duration,
     /// Record this restore's first touches that `replay` does not hold (all of them without a
     /// replay): chunks a background fill brought in before the process touched them in the
     /// recording restore are learnt by the next one, which faults on them.
@@ -581,7 +597,8 @@ impl<'a> Server<'a> {
             initial,
             replay,
             gate,
-            hold_quiet: hold_quiet(replay),
+            hold_quiet: hold(replay).0,
+            hold_cap: hold(replay).1,
             record,
             replayed: if record {
                 replay.touches.iter().copied().collect()
@@ -610,7 +627,11 @@ impl<'a> Server<'a> {
         victim: i32,
         guardian: Option<super::guardian::Guardian>,
     ) -> Result<Served> {
-        let Handover { uffd: fd, sender } = match handover {
+        let Handover {
+            uffd: fd,
+            sender,
+            watch,
+        } = match handover {
             Ok(h) => h,
             Err(f) => {
                 // The restorer waits for an answer: end of file makes it fail.
@@ -644,9 +665,7 @@ impl<'a> Server<'a> {
             guardian,
             // The caller's standard output is the process's: its first write there is the
             // first response, as the caller sees it.
-            watch: (self.record || !self.gate.is_open())
-                .then(|| sys::watch_writes(1))
-                .flatten(),
+            watch,
             open: self.gate.is_open(),
             started: Some(started),
             spaces: vec![Space {
@@ -978,17 +997,20 @@ impl<'a> Server<'a> {
     }
 }
 
-/// See [`Server::hold_quiet`]. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets it (a test that waits for
-/// the first output alone).
-fn hold_quiet(replay: &Record) -> Duration {
+/// See [`Server::hold_quiet`] and `hold_cap`. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets both (a
+/// test that waits for the first output alone).
+fn hold(replay: &Record) -> (Duration, Duration) {
     if let Some(ms) = std::env::var("THAW_TEST_HOLD_QUIET_MS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        return Duration::from_millis(ms);
+        return (Duration::from_millis(ms), Duration::from_millis(ms));
     }
     let recorded = replay.first_output.unwrap_or_default();
-    recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1)
+    (
+        recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1),
+        recorded.saturating_mul(4).min(HOLD_QUIET.1) + HOLD_LONGER,
+    )
 }
 
 impl Server<'_> {
@@ -1005,14 +1027,18 @@ impl Server<'_> {
         }
     }
 
-    /// Opens the gate at the first output, or once the process has been quiet long enough after
-    /// the early part came in.
+    /// Opens the gate at the first output, once the process has been quiet long enough after
+    /// the early part came in, or once it has waited as long as it may.
     fn quiet_enough(&self, st: &mut State, last_fault: Instant) {
         self.saw_output(st);
-        if !st.open && st.replay_at >= self.replay.early && last_fault.elapsed() >= self.hold_quiet
-        {
+        let quiet = st.replay_at >= self.replay.early && last_fault.elapsed() >= self.hold_quiet;
+        if !st.open && (quiet || self.since_start(st) >= self.hold_cap) {
             self.open_gate(st);
         }
+    }
+
+    fn since_start(&self, st: &State) -> Duration {
+        st.started.map_or(Duration::ZERO, |s| s.elapsed())
     }
 
     fn open_gate(&self, st: &mut State) {
@@ -1046,7 +1072,10 @@ impl Server<'_> {
                 .map(|w| w.as_raw_fd()),
         );
         fds.extend(process.map(|p| p.as_raw_fd()));
-        let left = self.hold_quiet.saturating_sub(last_fault.elapsed());
+        let left = self
+            .hold_quiet
+            .saturating_sub(last_fault.elapsed())
+            .min(self.hold_cap.saturating_sub(self.since_start(st)));
         sys::poll_readable(&fds, Some(left))
             .map(|ready| process.is_some() && ready.last() == Some(&true))
             .map_err(|e| {

@@ -1260,9 +1260,11 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     // The launcher keeps only its end of the socket: end of file there means the process died
     // before handing over its userfaultfd. The restorer waits for the handshake: it comes first.
     let sock = transport.map(|t| t.parent_end);
-    let handover = sock
-        .as_ref()
-        .and_then(|s| lazy::handshake(s, guardian.as_ref(), child));
+    let handover = sock.as_ref().and_then(|s| {
+        let ws = &req.working_set;
+        let watch = ws.record_to.is_some() || !ws.gate.is_open();
+        lazy::handshake(s, guardian.as_ref(), child, watch)
+    });
     drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
     // Last: end of file on the gate lets the restorer go on.
     drop(gate);

@@ -89,13 +89,16 @@ impl Record {
     /// when nothing changed.
     pub fn next(&self, l: &Learnt) -> Option<Record> {
         let learnt_output = l.output.is_some() && self.first_output.is_none();
-        if l.new.is_empty() && l.promoted.is_empty() && !learnt_output {
+        // Faults before an output never seen (standard output was /dev/null, or the process
+        // wrote nothing) say nothing about what comes before it.
+        let promoted = l.output.map(|_| &l.promoted);
+        if l.new.is_empty() && promoted.is_none_or(|p| p.is_empty()) && !learnt_output {
             return None;
         }
         // Which replayed touches were early: as recorded where it was; else, seen now, those
         // replayed before the first output (the replay ran ahead of the process in its order).
         let replayed_early = |i: usize, t: &Touch| match (self.first_output, l.output) {
-            (Some(_), _) => self.is_early(i) || l.promoted.contains(t),
+            (Some(_), _) => self.is_early(i) || promoted.is_some_and(|p| p.contains(t)),
             (None, Some((at, _))) => i < at,
             (None, None) => true,
         };
@@ -150,11 +153,17 @@ impl Record {
 
 /// Whether the late part of a replay, and filling in the background, may go on: opened by the
 /// memory server at the process's first output or once it is quiet; the verifier ahead and the
-/// registry's prefetch wait for it too.
-#[derive(Debug, Default)]
+/// registry's prefetch wait for it too. Open unless made closed.
+#[derive(Debug)]
 pub struct Gate {
     open: Mutex<bool>,
     changed: Condvar,
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new(true)
+    }
 }
 
 impl Gate {
@@ -226,10 +235,7 @@ impl WorkingSet {
 
     /// Nothing to replay, nothing recorded (its gate is open).
     pub fn unrecorded() -> WorkingSet {
-        WorkingSet {
-            gate: std::sync::Arc::new(Gate::new(true)),
-            ..WorkingSet::default()
-        }
+        WorkingSet::default()
     }
 
     /// Writes the record (`None`: nothing changed), atomically: a concurrent launcher reads the
@@ -542,6 +548,26 @@ mod tests {
             (n.early, n.first_output),
             (5, Some(Duration::from_micros(500)))
         );
+    }
+
+    #[test]
+    fn a_restore_that_saw_no_output_moves_nothing_up() {
+        // Standard output was /dev/null: the late touches it faulted on were not before any
+        // output, and a new touch goes late.
+        let r = chunks(6, 3, Some(900));
+        let l = Learnt {
+            new: vec![(4, Touch::Chunk(11), true)],
+            promoted: [Touch::Chunk(4)].into_iter().collect(),
+            output: None,
+        };
+        let n = r.next(&l).unwrap();
+        assert_eq!(n.early, 3);
+        assert_eq!(n.touches[3..], [3, 11, 4, 5].map(Touch::Chunk));
+        let l = Learnt {
+            promoted: [Touch::Chunk(4)].into_iter().collect(),
+            ..Learnt::default()
+        };
+        assert_eq!(r.next(&l), None, "nothing to keep");
     }
 
     #[test]
