@@ -294,7 +294,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         let listeners = given_listeners(&args.listen_fds, ctx)?;
         pause_for_tests(ctx)?;
         let verified = started.elapsed();
-        let status = restore::run(
+        restore::run(
             &image,
             Request {
                 pid_mode,
@@ -310,8 +310,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 working_set,
             },
             &ahead,
-        );
-        status
+        )
     });
     let while_running = sparse
         .as_ref()
