@@ -153,7 +153,9 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
     );
     assert!(old.iter().all(|w| new.contains(w)), "no touch is lost");
     if added == 0 && new_early == old_early {
-        assert_eq!(again, bytes, "nothing new: the record is kept as it was");
+        // (The time of the first output may have been learnt: a first restore whose memory was
+        // all in before the process wrote anything did not see it.)
+        assert_eq!(new, old, "nothing new: the touches are kept as they were");
     }
     let bytes = again;
 

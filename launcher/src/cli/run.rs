@@ -333,9 +333,11 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             let blobs = s.fetched.load(Ordering::Relaxed);
             let mib = |b: u64| b as f64 / 1048576.0;
             eprintln!(
-                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry, {:.1} MiB of it before the process ended",
+                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry, {:.1} MiB of it before the process ended, {} before its first output",
                 mib(bytes),
-                mib(while_running)
+                mib(while_running),
+                s.at_output()
+                    .map_or("nothing seen".into(), |b| format!("{:.1} MiB ({:.0} %)", mib(b), 100.0 * b as f64 / bytes.max(1) as f64)),
             );
         }
         let dest = s.dest().to_owned();

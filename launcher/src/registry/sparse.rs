@@ -51,6 +51,10 @@ struct Queue {
     next: usize,
     early: usize,
     gate: Option<std::sync::Arc<crate::restore::working_set::Gate>>,
+    /// Per blob, the stretch of it the working set's early part needs: what is fetched of it
+    /// ahead until the gate opens (a registry's cost is per request, so one request a blob
+    /// either way; fewer bytes before the process's first response).
+    early_spans: HashMap<usize, Job>,
     /// A thread is driving the client.
     driving: bool,
     /// The first fetch that failed: every later ask fails with it.
@@ -88,6 +92,8 @@ pub struct Sparse {
     pub bytes: AtomicU64,
     /// Blobs fetched from the network.
     pub fetched: AtomicU64,
+    /// `bytes` when the restored process first wrote to its standard output (+1; 0: not yet).
+    output: AtomicU64,
 }
 
 impl Sparse {
@@ -153,6 +159,7 @@ impl Sparse {
                 next: 0,
                 early: 0,
                 gate: None,
+                early_spans: HashMap::new(),
                 driving: false,
                 failed: None,
                 stop: false,
@@ -177,6 +184,7 @@ impl Sparse {
             wake: tokio::sync::Notify::new(),
             bytes: AtomicU64::new(head.len() as u64),
             fetched: AtomicU64::new(0),
+            output: AtomicU64::new(0),
         })
     }
 
@@ -266,15 +274,29 @@ impl Sparse {
         gate: std::sync::Arc<crate::restore::working_set::Gate>,
     ) {
         let mut q = self.queue();
+        // First the early part's stretch of each blob, in the order of their first chunks;
+        // then whole blobs, in order (the rest of those stretched, and the late part's).
+        let mut spans: Vec<Job> = Vec::new();
+        for &c in &order[..early.min(order.len())] {
+            for part in self.parts_of(c) {
+                match spans.iter_mut().find(|s| s.blob == part.blob) {
+                    Some(s) => {
+                        s.start = s.start.min(part.start);
+                        s.end = s.end.max(part.end);
+                    }
+                    None => spans.push(part),
+                }
+            }
+        }
+        q.early = spans.len();
+        q.early_spans = spans.iter().map(|s| (s.blob, *s)).collect();
+        q.prefetch = spans;
         let mut seen = vec![false; self.layers.len()];
-        for (i, &c) in order.iter().enumerate() {
+        for &c in order {
             for b in self.blobs_of(c) {
                 if !std::mem::replace(&mut seen[b], true) {
                     q.prefetch.push(self.whole(b));
                 }
-            }
-            if i < early {
-                q.early = q.prefetch.len();
             }
         }
         q.gate = Some(gate);
@@ -569,14 +591,36 @@ impl Sparse {
     }
 }
 
+impl Sparse {
+    /// Bytes fetched from the network when the process first wrote to its standard output.
+    pub fn at_output(&self) -> Option<u64> {
+        self.output.load(Ordering::Relaxed).checked_sub(1)
+    }
+}
+
 impl Fetch for Sparse {
     fn nudge(&self) {
         self.wake.notify_one();
     }
 
+    fn first_output(&self) {
+        let b = self.bytes.load(Ordering::Relaxed);
+        let _ = self
+            .output
+            .compare_exchange(0, b + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     fn fetch(&self, chunk: u64, whole: bool) -> Result<()> {
         let jobs: Vec<Job> = if whole {
-            self.blobs_of(chunk).map(|b| self.whole(b)).collect()
+            // Held to the early part's stretch of a blob until the gate opens.
+            let q = self.queue();
+            let held = q.gate.as_ref().is_some_and(|g| !g.is_open());
+            self.blobs_of(chunk)
+                .map(|b| match q.early_spans.get(&b) {
+                    Some(span) if held => *span,
+                    _ => self.whole(b),
+                })
+                .collect()
         } else {
             self.parts_of(chunk)
         };

@@ -44,8 +44,10 @@ const QUIET: Duration = Duration::from_micros(300);
 /// has not faulted for as long as its first output took when recorded, within these bounds, is
 /// taken to be waiting or computing with what it has: the rest comes in then.
 const HOLD_QUIET: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(100));
-/// Added to four times the recorded first output for how long the late part waits at most.
-const HOLD_LONGER: Duration = Duration::from_millis(20);
+/// The late part waits no longer once the process has faulted on this many of its chunks
+/// before its first output: it is not doing what it did when recorded (it writes elsewhere this
+/// time, or not yet), and would otherwise get the rest of its memory only as it faults.
+const HOLD_LATE_FAULTS: u64 = 64;
 
 /// Where chunks come from when the image file is still being fetched (an image restored
 /// straight from a registry, see `registry::Sparse`): `fetch(chunk, whole)` puts the chunk's
@@ -56,6 +58,8 @@ pub trait Fetch: Sync {
     fn fetch(&self, chunk: u64, whole: bool) -> Result<()>;
     /// The late part of the working set may be fetched ahead now ([`Gate`]).
     fn nudge(&self) {}
+    /// The process has just written to its standard output for the first time.
+    fn first_output(&self) {}
 }
 
 /// Whether the launcher fills `vma` lazily (when lazy filling is available at all).
@@ -516,6 +520,8 @@ struct State {
     output: Option<(usize, Duration)>,
     /// Whether the late part of the replay and background filling may go on ([`Gate`]).
     open: bool,
+    /// Faults on the late part's chunks while it was held.
+    late_faults: u64,
     started: Option<Instant>,
 }
 
@@ -540,12 +546,8 @@ pub struct Server<'a> {
     replay: &'a Record,
     gate: &'a Gate,
     /// How long the process must go without a fault, the early part in, for the gate to open
-    /// without its first output: as long as that took when recorded, within [`HOLD_QUIET`];
-    /// and how long after the start it opens anyway, faults or not (four times that output's
-    /// time and [`HOLD_LONGER`]: a process that keeps faulting and never writes would otherwise
-    /// get the rest of its memory only as it faults).
+    /// without its first output: as long as that took when recorded, within [`HOLD_QUIET`].
     hold_quiet: Duration,
-    hold_cap: Duration,
     /// Record this restore's first touches that `replay` does not hold (all of them without a
     /// replay): chunks a background fill brought in before the process touched them in the
     /// recording restore are learnt by the next one, which faults on them.
@@ -597,19 +599,14 @@ impl<'a> Server<'a> {
             initial,
             replay,
             gate,
-            hold_quiet: hold(replay).0,
-            hold_cap: hold(replay).1,
+            hold_quiet: hold_quiet(replay),
             record,
             replayed: if record {
                 replay.touches.iter().copied().collect()
             } else {
                 Default::default()
             },
-            late: if record {
-                replay.touches[replay.early..].iter().copied().collect()
-            } else {
-                Default::default()
-            },
+            late: replay.touches[replay.early..].iter().copied().collect(),
             ahead,
             fetch: ahead.and_then(|a| a.fetch()),
         }
@@ -932,10 +929,14 @@ impl<'a> Server<'a> {
         let payload_page = space
             .image_addr(page)
             .and_then(|img| self.index.payload_page(img));
+        let cs = self.index.chunk_size;
+        let late = |p: u64| space.is_pending(p) && self.late.contains(&Touch::Chunk(p * PAGE / cs));
+        if !st.open && payload_page.is_some_and(late) {
+            st.late_faults += 1;
+        }
         // Every space's touches: a child the process forks touches what the next restore's
         // child will, and it inherits what was brought into the process before its fork.
         if self.record {
-            let cs = self.index.chunk_size;
             let touch = match payload_page {
                 Some(p) if space.is_pending(p) => {
                     let c = p * PAGE / cs;
@@ -997,20 +998,17 @@ impl<'a> Server<'a> {
     }
 }
 
-/// See [`Server::hold_quiet`] and `hold_cap`. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets both (a
-/// test that waits for the first output alone).
-fn hold(replay: &Record) -> (Duration, Duration) {
+/// See [`Server::hold_quiet`]. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets it (a test that waits for
+/// the first output alone).
+fn hold_quiet(replay: &Record) -> Duration {
     if let Some(ms) = std::env::var("THAW_TEST_HOLD_QUIET_MS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        return (Duration::from_millis(ms), Duration::from_millis(ms));
+        return Duration::from_millis(ms);
     }
     let recorded = replay.first_output.unwrap_or_default();
-    (
-        recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1),
-        recorded.saturating_mul(4).min(HOLD_QUIET.1) + HOLD_LONGER,
-    )
+    recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1)
 }
 
 impl Server<'_> {
@@ -1023,6 +1021,9 @@ impl Server<'_> {
             if let Some(w) = &mut st.watch {
                 w.disarm();
             }
+            if let Some(f) = self.fetch {
+                f.first_output();
+            }
             self.open_gate(st);
         }
     }
@@ -1032,13 +1033,9 @@ impl Server<'_> {
     fn quiet_enough(&self, st: &mut State, last_fault: Instant) {
         self.saw_output(st);
         let quiet = st.replay_at >= self.replay.early && last_fault.elapsed() >= self.hold_quiet;
-        if !st.open && (quiet || self.since_start(st) >= self.hold_cap) {
+        if !st.open && (quiet || st.late_faults >= HOLD_LATE_FAULTS) {
             self.open_gate(st);
         }
-    }
-
-    fn since_start(&self, st: &State) -> Duration {
-        st.started.map_or(Duration::ZERO, |s| s.elapsed())
     }
 
     fn open_gate(&self, st: &mut State) {
@@ -1072,10 +1069,7 @@ impl Server<'_> {
                 .map(|w| w.as_raw_fd()),
         );
         fds.extend(process.map(|p| p.as_raw_fd()));
-        let left = self
-            .hold_quiet
-            .saturating_sub(last_fault.elapsed())
-            .min(self.hold_cap.saturating_sub(self.since_start(st)));
+        let left = self.hold_quiet.saturating_sub(last_fault.elapsed());
         sys::poll_readable(&fds, Some(left))
             .map(|ready| process.is_some() && ready.last() == Some(&true))
             .map_err(|e| {
