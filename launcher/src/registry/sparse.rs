@@ -612,13 +612,15 @@ impl Fetch for Sparse {
 
     fn fetch(&self, chunk: u64, whole: bool) -> Result<()> {
         let jobs: Vec<Job> = if whole {
-            // Held to the early part's stretch of a blob until the gate opens.
+            // Held to the early part's stretch of a blob until the gate opens (where the chunk
+            // is in it: what is asked for is always fetched).
             let q = self.queue();
             let held = q.gate.as_ref().is_some_and(|g| !g.is_open());
-            self.blobs_of(chunk)
-                .map(|b| match q.early_spans.get(&b) {
-                    Some(span) if held => *span,
-                    _ => self.whole(b),
+            self.parts_of(chunk)
+                .into_iter()
+                .map(|part| match q.early_spans.get(&part.blob) {
+                    Some(span) if held && span.start <= part.start && part.end <= span.end => *span,
+                    _ => self.whole(part.blob),
                 })
                 .collect()
         } else {
