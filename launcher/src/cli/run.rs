@@ -190,7 +190,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             working_set::install(&c, &image.content_digest(), ws, h.chunk_count(), cs);
         }
     }
-    let working_set = match &lazy {
+    let mut working_set = match &lazy {
         Some(_) if !args.no_working_set => {
             let h = image.header();
             working_set::WorkingSet::load(
@@ -202,6 +202,10 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         }
         _ => working_set::WorkingSet::unrecorded(),
     };
+    working_set.hold_quiet = ctx
+        .env("THAW_TEST_HOLD_QUIET_MS")
+        .and_then(|v| v.to_str()?.parse().ok())
+        .map(std::time::Duration::from_millis);
     let eager = restore::lazy::eager_chunks(&image, lazy.is_some());
     let wanted = |c: u64| eager[c as usize];
     // From a registry: what is read up front is fetched now (everything when nothing is filled

@@ -568,6 +568,7 @@ impl<'a> Server<'a> {
         image: &'a Image,
         replay: &'a Record,
         gate: &'a Gate,
+        hold_quiet_set: Option<Duration>,
         record: bool,
         ahead: Option<&'a super::ahead::Ahead<'a>>,
     ) -> Server<'a> {
@@ -599,7 +600,7 @@ impl<'a> Server<'a> {
             initial,
             replay,
             gate,
-            hold_quiet: hold_quiet(replay),
+            hold_quiet: hold_quiet(replay, hold_quiet_set),
             record,
             replayed: if record {
                 replay.touches.iter().copied().collect()
@@ -998,17 +999,10 @@ impl<'a> Server<'a> {
     }
 }
 
-/// See [`Server::hold_quiet`]. Test hook: `THAW_TEST_HOLD_QUIET_MS` sets it (a test that waits for
-/// the first output alone).
-fn hold_quiet(replay: &Record) -> Duration {
-    if let Some(ms) = std::env::var("THAW_TEST_HOLD_QUIET_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return Duration::from_millis(ms);
-    }
+/// See [`Server::hold_quiet`] (`set`: the working set's test hook).
+fn hold_quiet(replay: &Record, set: Option<Duration>) -> Duration {
     let recorded = replay.first_output.unwrap_or_default();
-    recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1)
+    set.unwrap_or_else(|| recorded.clamp(HOLD_QUIET.0, HOLD_QUIET.1))
 }
 
 impl Server<'_> {

@@ -1278,6 +1278,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
                     image,
                     &ws.replay,
                     &ws.gate,
+                    ws.hold_quiet,
                     ws.record_to.is_some(),
                     Some(ahead),
                 )

@@ -211,6 +211,9 @@ pub struct WorkingSet {
     pub record_to: Option<(PathBuf, Digest)>,
     /// Held by the replay's early part (open at once when the record has no first output).
     pub gate: std::sync::Arc<Gate>,
+    /// Test hook (`THAW_TEST_HOLD_QUIET_MS`, read by an unprivileged launcher only): how long a
+    /// quiet process holds the late part back, instead of what the record says.
+    pub hold_quiet: Option<Duration>,
 }
 
 impl WorkingSet {
@@ -230,6 +233,7 @@ impl WorkingSet {
             gate: std::sync::Arc::new(Gate::new(replay.first_output.is_none())),
             replay,
             record_to: Some((path, digest)),
+            hold_quiet: None,
         }
     }
 
