@@ -1242,7 +1242,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
             return Err(e);
         }
     };
-    die_for_tests();
+    die_for_tests(req.elevated);
     // From here on the launcher holds nothing of the process's: a pipe or socket end kept here
     // would keep its peer from ever seeing end of file, a listening socket would stay bound.
     let Fds {
@@ -1399,8 +1399,9 @@ fn supervise(
 /// Test hook (fault injection): with `THAW_TEST_DIE_AFTER_CLONE` set, the launcher kills itself
 /// as soon as the process (or the namespace helper) exists, before it hands over anything: the
 /// moment a launcher killed from outside is hardest to hit in.
-fn die_for_tests() {
-    if std::env::var_os("THAW_TEST_DIE_AFTER_CLONE").is_some() {
+fn die_for_tests(elevated: bool) {
+    // Read like every variable: by an unprivileged launcher only.
+    if !elevated && std::env::var_os("THAW_TEST_DIE_AFTER_CLONE").is_some() {
         sys::kill(std::process::id() as i32, libc::SIGKILL);
     }
 }
