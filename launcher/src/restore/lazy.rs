@@ -552,7 +552,8 @@ pub struct Server<'a> {
     /// replay): chunks a background fill brought in before the process touched them in the
     /// recording restore are learnt by the next one, which faults on them.
     record: bool,
-    /// The touches in `replay`, and those of its late part (when recording).
+    /// The touches in `replay` (when recording), and those of its late part (faults on them are
+    /// counted while it is held).
     replayed: std::collections::HashSet<Touch>,
     late: std::collections::HashSet<Touch>,
     /// Chunks verified ahead by another thread.
@@ -1023,7 +1024,7 @@ impl Server<'_> {
     }
 
     /// Opens the gate at the first output, once the process has been quiet long enough after
-    /// the early part came in, or once it has waited as long as it may.
+    /// the early part came in, or once it has faulted on [`HOLD_LATE_FAULTS`] late chunks.
     fn quiet_enough(&self, st: &mut State, last_fault: Instant) {
         self.saw_output(st);
         let quiet = st.replay_at >= self.replay.early && last_fault.elapsed() >= self.hold_quiet;
