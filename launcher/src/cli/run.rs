@@ -200,7 +200,8 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 u64::from(h.chunk_size),
             )
         }
-        _ => working_set::WorkingSet::unrecorded(),
+        // Nothing to replay, nothing recorded; its gate is open.
+        _ => working_set::WorkingSet::default(),
     };
     working_set.hold_quiet = ctx
         .env("THAW_TEST_HOLD_QUIET_MS")
@@ -252,17 +253,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
     // From a registry, one thread fetches for the whole restore: what the process and the
     // verifier need first, the working set in its order in between (its late part once the
     // gate opens).
-    let record = &working_set.replay;
-    let mut prefetch: Vec<u64> = Vec::new();
-    let mut early = 0;
-    for (i, t) in record.touches.iter().enumerate() {
-        if let working_set::Touch::Chunk(c) = *t {
-            prefetch.push(c);
-        }
-        if record.is_early(i) {
-            early = prefetch.len();
-        }
-    }
+    let (prefetch, early) = working_set.replay.chunks();
     // The registry's answer about a guessed tag, before the process exists.
     if let (Some((asked, reference, guessed)), Some(cache)) = (lookup, &cached) {
         GUESSING.store(false, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use thaw::image::Image;
 use thaw::sys::Slots;
 
-use super::working_set::{Gate, Record, Touch};
+use super::working_set::{Gate, Record};
 
 /// Chunks considered at most (those beyond are verified by the server).
 const MAX_HELD: u64 = 256 << 20;
@@ -55,17 +55,16 @@ impl<'a> Ahead<'a> {
         let mut slot = HashMap::new();
         let mut order = Vec::new();
         let mut early = 0;
-        for (i, t) in record.touches.iter().enumerate() {
-            if let Touch::Chunk(c) = *t {
-                if order.len() as u64 * cs >= MAX_HELD {
-                    break;
-                }
-                slot.entry(c).or_insert_with(|| {
-                    order.push(c);
-                    order.len() - 1
-                });
+        let (chunks, early_chunks) = record.chunks();
+        for (i, c) in chunks.into_iter().enumerate() {
+            if order.len() as u64 * cs >= MAX_HELD {
+                break;
             }
-            if record.is_early(i) {
+            slot.entry(c).or_insert_with(|| {
+                order.push(c);
+                order.len() - 1
+            });
+            if i < early_chunks {
                 early = order.len();
             }
         }

@@ -84,6 +84,17 @@ impl Record {
         i < self.early
     }
 
+    /// The chunks of the record, in order, and how many of them are of its early part (what
+    /// fetching and verifying ahead go by; zero blocks need neither).
+    pub fn chunks(&self) -> (Vec<u64>, usize) {
+        let chunk = |t: &Touch| match *t {
+            Touch::Chunk(c) => Some(c),
+            Touch::Zero(_) => None,
+        };
+        let early = self.touches[..self.early].iter().filter_map(chunk).count();
+        (self.touches.iter().filter_map(chunk).collect(), early)
+    }
+
     /// The record to keep after a restore that replayed this one and learnt `l`: the touches in
     /// their order (new ones where the replay was when they came), early ones first; `None`
     /// when nothing changed.
@@ -108,32 +119,20 @@ impl Record {
             Some(_) => before_output,
             None => self.first_output.is_none(),
         };
-        let mut early = Vec::new();
-        let mut late = Vec::new();
+        let (mut early, mut late) = (Vec::new(), Vec::new());
+        let mut put = |is_early: bool, t: Touch| match is_early {
+            true => early.push(t),
+            false => late.push(t),
+        };
         let mut new = l.new.iter().peekable();
         for (i, t) in self.touches.iter().enumerate() {
             while let Some((_, n, before)) = new.next_if(|(at, _, _)| *at <= i) {
-                if new_early(*before) {
-                    &mut early
-                } else {
-                    &mut late
-                }
-                .push(*n);
+                put(new_early(*before), *n);
             }
-            if replayed_early(i, t) {
-                &mut early
-            } else {
-                &mut late
-            }
-            .push(*t);
+            put(replayed_early(i, t), *t);
         }
         for (_, n, before) in new {
-            if new_early(*before) {
-                &mut early
-            } else {
-                &mut late
-            }
-            .push(*n);
+            put(new_early(*before), *n);
         }
         let first_output = l.output.map(|(_, t)| t).or(self.first_output);
         let count = early.len();
@@ -222,7 +221,7 @@ impl WorkingSet {
     /// a record may name.
     pub fn load(cache: Option<&Path>, digest: Digest, chunks: u64, chunk_size: u64) -> WorkingSet {
         let Some(dir) = cache.and_then(|c| own_dir(c, &["working-sets"])) else {
-            return WorkingSet::unrecorded();
+            return WorkingSet::default();
         };
         let path = dir.join(digest.to_string());
         let replay = std::fs::read(&path)
@@ -235,11 +234,6 @@ impl WorkingSet {
             record_to: Some((path, digest)),
             hold_quiet: None,
         }
-    }
-
-    /// Nothing to replay, nothing recorded (its gate is open).
-    pub fn unrecorded() -> WorkingSet {
-        WorkingSet::default()
     }
 
     /// Writes the record (`None`: nothing changed), atomically: a concurrent launcher reads the
