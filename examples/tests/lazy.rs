@@ -294,6 +294,32 @@ fn early_then_late(mode: &str) {
 }
 
 #[test]
+fn a_first_output_after_all_memory_is_in_is_still_seen_and_recorded() {
+    if !is_root() {
+        return;
+    }
+    for mode in MODES {
+        let env = Env::new();
+        let img = env.checkpoint("zdtm-early", "e.thaw", &[]);
+        // The process answers only once its 48 MiB mapping is in: the launcher has filled it
+        // (almost) all by then, and goes on watching for the output once it has.
+        let mut c = env.restore_cmd(&img, &["--pid-mode", mode], &["--answer-when-in"]);
+        let o = c.env("THAW_TIMING", "1").output().unwrap();
+        assert_all_ok(&o, &["read before the answer", "read after the answer"]);
+        let report = lazy_report(&o).unwrap_or_else(|| panic!("not lazy: {}", text(&o)));
+        assert!(report.contains("first output after"), "{report}");
+        let files: Vec<_> = std::fs::read_dir(env.path("cache/working-sets"))
+            .unwrap()
+            .collect();
+        let record = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+        // Its time is kept (u64::MAX: never seen), and what came before it is early.
+        let output = u64::from_le_bytes(record[56..64].try_into().unwrap());
+        assert_ne!(output, u64::MAX, "{report}");
+        assert!(!record_chunks(&record).0.is_empty(), "{report}");
+    }
+}
+
+#[test]
 fn a_tampered_chunk_of_the_working_set_is_refused_though_verified_ahead() {
     let Some((env, img)) = lazy_image(false) else {
         return;

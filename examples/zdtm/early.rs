@@ -3,6 +3,7 @@
 //! (its first output), then reads B. A restore that replays a recorded working set brings A and C
 //! in at once, and B only once the answer is out (`tests/lazy.rs` turns off the launcher's other
 //! reason to go on, a quiet process, to see that); the child is filled meanwhile as it faults.
+//! Restored with `-- --answer-when-in`, it waits for the whole mapping to be in before any of that.
 
 #[path = "common.rs"]
 mod common;
@@ -39,7 +40,7 @@ fn main() {
         // SAFETY: inside the mapping.
         unsafe { *base.add(p * PAGE / 8) = word(p) };
     }
-    common::checkpoint();
+    let args = common::checkpoint();
 
     let holds = |from: usize, to: usize| {
         (from / PAGE..to / PAGE).all(|p| {
@@ -47,6 +48,19 @@ fn main() {
             unsafe { *base.add(p * PAGE / 8) == word(p) }
         })
     };
+    // `-- --answer-when-in`: the answer waits until the whole mapping is in memory, which a
+    // first restore's background filling brings about.
+    if args.iter().any(|a| a == "--answer-when-in") {
+        let mut resident = vec![0u8; LEN / PAGE];
+        loop {
+            // SAFETY: the whole mapping; one byte per page of it.
+            unsafe { libc::mincore(base.cast(), LEN, resident.as_mut_ptr()) };
+            if resident.iter().all(|&v| v & 1 != 0) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
     let a = holds(0, A);
     // SAFETY: fork in a single-threaded program; the child only reads memory and exits.
     let child = unsafe { libc::fork() };

@@ -691,6 +691,14 @@ impl<'a> Server<'a> {
             ))
         });
         st.stats.filled_in = started.elapsed();
+        // Nothing more to verify ahead, nor to hold for the process's life; nothing held back.
+        if let Some(a) = self.ahead {
+            a.release();
+        }
+        self.open_gate(&mut st);
+        if result.is_ok() {
+            self.await_output(&mut st, sender.as_ref());
+        }
         st.stats.first_output = st.output.map(|(_, t)| t);
         // A watch still armed: removed now, its instance left to the launcher's exit, by which
         // time the kernel has let go of the watch (see `WriteWatch::disarm`).
@@ -700,11 +708,6 @@ impl<'a> Server<'a> {
                 std::mem::forget(w);
             }
         }
-        // Nothing more to verify ahead, nor to hold for the process's life; nothing held back.
-        if let Some(a) = self.ahead {
-            a.release();
-        }
-        self.open_gate(&mut st);
         match result {
             Err(f) => {
                 kill();
@@ -1020,6 +1023,20 @@ impl Server<'_> {
                 f.first_output();
             }
             self.open_gate(st);
+        }
+    }
+
+    /// Memory all in before the process wrote anything: its first output is still waited for,
+    /// until the process ends (the record keeps its time, which says how long a replay holds the
+    /// late part back; all the touches came before it).
+    fn await_output(&self, st: &mut State, process: Option<&OwnedFd>) {
+        let (Some(w), Some(p)) = (st.watch.as_ref(), process) else {
+            return;
+        };
+        if st.output.is_none() {
+            // A failure to wait costs only that time.
+            let _ = sys::poll_readable(&[w.as_raw_fd(), p.as_raw_fd()], None);
+            self.saw_output(st);
         }
     }
 
