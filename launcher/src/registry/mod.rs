@@ -44,6 +44,10 @@ pub struct Remote {
     /// `client` (which fetches and keeps the token) serves from then on.
     open: Option<Client>,
     open_refused: std::sync::atomic::AtomicBool,
+    /// What `open` is given where the library wants credentials (a manifest): an empty bearer
+    /// token, the one kind it sends without asking first. A registry open to anonymous pulls
+    /// ignores it; one that wants a token refuses it like no token at all.
+    open_auth: RegistryAuth,
     auth: RegistryAuth,
     runtime: tokio::runtime::Runtime,
 }
@@ -175,6 +179,7 @@ impl Remote {
             client,
             open,
             open_refused: Default::default(),
+            open_auth: RegistryAuth::Bearer(String::new()),
             runtime,
         })
     }
@@ -308,7 +313,7 @@ impl Remote {
     pub fn manifest_digest(&self) -> Result<String> {
         let r = &self.reference;
         self.retry("looking up", || {
-            self.client.fetch_manifest_digest(r, &self.auth)
+            self.pulling(|c, auth| c.fetch_manifest_digest(r, auth))
         })
     }
 
@@ -316,8 +321,7 @@ impl Remote {
     pub fn manifest(&self) -> Result<(artifact::Manifest, String)> {
         let r = &self.reference;
         let (bytes, _) = self.retry("fetching the manifest from", || {
-            self.client
-                .pull_manifest_raw(r, &self.auth, &[artifact::MANIFEST_TYPE])
+            self.pulling(|c, auth| c.pull_manifest_raw(r, auth, &[artifact::MANIFEST_TYPE]))
         })?;
         // The digest is the bytes' own, never the one the registry states; a reference by digest
         // must get exactly that manifest.
@@ -358,7 +362,7 @@ impl Remote {
         let (whole, bytes) = self
             .retrying("fetching part of a blob from", || async {
                 let (whole, s) = match self
-                    .pulling(|c| c.pull_blob_stream_partial(r, &desc, offset, Some(len)))
+                    .pulling(|c, _| c.pull_blob_stream_partial(r, &desc, offset, Some(len)))
                     .await?
                 {
                     oci_client::client::BlobResponse::Full(s) => (true, s),
@@ -395,11 +399,12 @@ impl Remote {
         Ok((whole, bytes))
     }
 
-    /// Runs a pull of a blob with the client without credentials where there is one (see
-    /// `open`), else, or once the registry has refused it, with `client`.
+    /// Runs a pull with the client without credentials where there is one (see `open`), else,
+    /// or once the registry has refused it, with `client`; each with the credentials to give
+    /// it (the client asks for them only to pull a manifest).
     async fn pulling<'c, T, Fut>(
         &'c self,
-        pull: impl Fn(&'c Client) -> Fut,
+        pull: impl Fn(&'c Client, &'c RegistryAuth) -> Fut,
     ) -> std::result::Result<T, OciDistributionError>
     where
         Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
@@ -410,14 +415,12 @@ impl Remote {
             .as_ref()
             .filter(|_| !self.open_refused.load(Relaxed))
         {
-            match pull(open).await {
-                Err(OciDistributionError::UnauthorizedError { .. }) => {
-                    self.open_refused.store(true, Relaxed)
-                }
+            match pull(open, &self.open_auth).await {
+                Err(e) if refused(&e) => self.open_refused.store(true, Relaxed),
                 done => return done,
             }
         }
-        pull(&self.client).await
+        pull(&self.client, &self.auth).await
     }
 
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
@@ -425,7 +428,7 @@ impl Remote {
         let desc = d.oci();
         let bytes = self
             .retrying("fetching a blob from", || async {
-                let s = self.pulling(|c| c.pull_blob_stream(r, &desc)).await?;
+                let s = self.pulling(|c, _| c.pull_blob_stream(r, &desc)).await?;
                 read_at_most(s.stream, d.size).await
             })
             .await?;
@@ -634,6 +637,22 @@ impl Progress {
 }
 
 /// Network trouble worth another attempt: no answer, a reset connection, a server error.
+/// Whether the registry refused a request for want of (other) credentials: 401, or 403 and
+/// 400 as some registries answer a token they do not accept.
+fn refused(e: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode as C;
+    use OciDistributionError as E;
+    match e {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => true,
+        E::ServerError { code, .. } => matches!(code, 400 | 403),
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, C::Unauthorized | C::Denied)),
+        _ => false,
+    }
+}
+
 fn transient(e: &OciDistributionError) -> bool {
     use OciDistributionError as E;
     match e {
