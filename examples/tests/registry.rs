@@ -303,6 +303,30 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
     assert_all_ok(&o, &MEMORY_CHECKS);
     let o = env.restore(Path::new(&r1), &[], &[]);
     assert_all_ok(&o, &MEMORY_CHECKS);
+    let _ = std::fs::remove_file(&guessed);
+
+    // The tag moves again, the image it named intact in the cache: that guess is restored up
+    // to its last step while the registry is asked, and called off there. Nothing of it runs:
+    // the first image writes "r" first thing, the other prints its checks.
+    let modes: &[&str] = if is_root() { &["host", "ns"] } else { &["ns"] };
+    for (i, mode) in modes.iter().enumerate() {
+        let back = i % 2 == 0;
+        push(if back { &a } else { &other }, &r1, Some("32K"));
+        let o = env.restore(Path::new(&r1), &["--pid-mode", mode, "--timing"], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("the registry's answer about the tag"), "{err}");
+        // Two processes made: the guess's, called off, and the image's the tag names.
+        assert_eq!(err.matches("process creation+restorer").count(), 2, "{err}");
+        if back {
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+            assert_eq!(o.stdout, b"r", "{mode}: {}", text(&o));
+        } else {
+            assert_all_ok(&o, &MEMORY_CHECKS);
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.starts_with("ok "), "{mode}: {out}");
+            assert!(!out.lines().any(|l| l.starts_with('r')), "{mode}: {out}");
+        }
+    }
 }
 
 #[test]
@@ -577,11 +601,43 @@ fn push_pull_and_run_by_reference() {
 
     // By digest, an image in the cache needs no registry at all; by tag it is asked.
     let pinned = format!("{}/team/app@{digest}", reg.addr);
+    let addr = reg.addr.clone();
     drop(reg);
     let o = env.restore(Path::new(&pinned), &[], &[]);
     assert_all_ok(&o, &MEMORY_CHECKS);
     let o = env.restore(Path::new(&r1), &[], &[]);
     assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
+    // The image the tag named last time got as far as its last step, and no further.
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+
+    // A registry that takes the question and never answers: the process waits at its last
+    // step, and SIGTERM to the launcher there calls it off (it never runs) and ends the
+    // launcher as the process would have ended (128+15).
+    if is_root() {
+        let _stalled = std::net::TcpListener::bind(&addr).unwrap();
+        let pid = env.manifest(&img).process.pid;
+        let mut c = env.restore_cmd(Path::new(&r1), &["--pid-mode", "host"], &[]);
+        let launcher = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The process exists (a child of the launcher, at its PID): the launcher waits for the
+        // answer, or is about to.
+        let ppid = format!("PPid:\t{}", launcher.id());
+        while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.lines().any(|l| l == ppid))
+        {
+            std::thread::yield_now();
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+        let o = launcher.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(128 + libc::SIGTERM), "{}", text(&o));
+        assert!(o.stdout.is_empty(), "{}", text(&o));
+        assert!(!Path::new(&format!("/proc/{pid}/status")).exists());
+    }
 }
 
 #[test]

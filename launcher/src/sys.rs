@@ -341,12 +341,26 @@ pub fn set_sigmask(mask: u64) -> u64 {
 }
 
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The last signal that ends a program by default (SIGINT, SIGTERM, SIGHUP, SIGQUIT) the
+/// launcher was sent since it forwards them (0: none).
+static ENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// [`ENDING`]: forwarded to the process (or left to it, which had it too).
+pub fn ending_signal() -> Option<i32> {
+    Some(ENDING.load(std::sync::atomic::Ordering::Relaxed)).filter(|&s| s != 0)
+}
 
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     const SI_KERNEL: i32 = 0x80;
     let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
     if pid <= 0 {
         return;
+    }
+    if matches!(
+        sig,
+        libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
+    ) {
+        ENDING.store(sig, std::sync::atomic::Ordering::Relaxed);
     }
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
@@ -1399,6 +1413,21 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
 /// Waits until one of `fds` is readable (or at end of file), at most `limit` (`None`: no limit);
 /// which ones are.
 pub fn poll_readable(fds: &[RawFd], limit: Option<std::time::Duration>) -> io::Result<Vec<bool>> {
+    loop {
+        match poll_once(fds, limit, None) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// [`poll_readable`], failing with EINTR when a signal handler ran (ppoll is never restarted);
+/// with `mask`, the signal mask while it waits.
+pub fn poll_once(
+    fds: &[RawFd],
+    limit: Option<std::time::Duration>,
+    mask: Option<u64>,
+) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -1412,16 +1441,19 @@ pub fn poll_readable(fds: &[RawFd], limit: Option<std::time::Duration>) -> io::R
         tv_nsec: l.subsec_nanos() as libc::c_long,
     });
     let ts_ptr = ts.as_ref().map_or(0, |t| t as *const libc::timespec as u64);
-    loop {
-        match syscall(
-            libc::SYS_ppoll,
-            [p.as_mut_ptr() as u64, p.len() as u64, ts_ptr, 0, 8, 0],
-        ) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-            Ok(_) => return Ok(p.iter().map(|p| p.revents != 0).collect()),
-        }
-    }
+    let mask_ptr = mask.as_ref().map_or(0, |m| m as *const u64 as u64);
+    syscall(
+        libc::SYS_ppoll,
+        [
+            p.as_mut_ptr() as u64,
+            p.len() as u64,
+            ts_ptr,
+            mask_ptr,
+            8,
+            0,
+        ],
+    )?;
+    Ok(p.iter().map(|p| p.revents != 0).collect())
 }
 
 /// [`poll_readable`] for a fixed set, at most `ms` milliseconds (-1: no limit).

@@ -254,29 +254,44 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
     // verifier need first, the working set in its order in between (its late part once the
     // gate opens).
     let (prefetch, early) = working_set.replay.chunks();
-    // The registry's answer about a guessed tag, before the process exists.
-    if let (Some((asked, reference, guessed)), Some(cache)) = (lookup, &cached) {
-        GUESSING.store(false, Ordering::Relaxed);
-        let waited = std::time::Instant::now();
-        let digest = asked.digest()?;
-        if args.timing || ctx.env("THAW_TIMING").is_some() {
-            eprintln!(
-                "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
-                waited.elapsed().as_secs_f64() * 1e3
-            );
+    // The registry's answer about a guessed tag, awaited at the last moment: once the process
+    // exists, before it runs any code of its own (restore::LastWord), so that the question costs
+    // only what it takes longer than the restore.
+    let answer = std::rc::Rc::new(std::cell::RefCell::new(None::<Option<Result<String>>>));
+    let timing = args.timing || ctx.env("THAW_TIMING").is_some();
+    let (asked_about, last_word) = match lookup {
+        Some((asked, reference, guessed)) => {
+            let (answer, guess) = (answer.clone(), guessed.clone());
+            let word = restore::LastWord(Box::new(move || {
+                GUESSING.store(false, Ordering::Relaxed);
+                let waited = std::time::Instant::now();
+                let digest = asked.digest();
+                if timing {
+                    eprintln!(
+                        "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
+                        waited.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                let go = matches!(&digest, Some(Ok(d)) if *d == guess);
+                *answer.borrow_mut() = Some(digest);
+                go
+            }));
+            (Some((reference, guessed)), Some(word))
         }
-        if digest != guessed {
-            cache.remember(&reference, &digest);
-            return Ok(());
-        }
-    }
+        None => (None, None),
+    };
     let status = std::thread::scope(|scope| {
+        // With every signal blocked, as every thread but the main one: a signal for the launcher
+        // must reach the main thread, which forwards it once the process exists (one taken by
+        // another thread before that would end the launcher with the process made).
+        let mask = sys::set_sigmask(u64::MAX);
         if !ahead.is_empty() {
             scope.spawn(|| ahead.run());
         }
         if let Some(s) = &sparse {
             scope.spawn(|| s.serve(&prefetch, early, gate));
         }
+        sys::set_sigmask(mask);
         // However this closure ends (an error below, a panic), those two threads are told to
         // stop before the scope waits for them: they may be waiting for a memory server that
         // will never run.
@@ -303,10 +318,26 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 listeners,
                 allow_clock_jump: args.allow_clock_jump,
                 working_set,
+                last_word,
             },
             &ahead,
         )
     });
+    // The tag named another image, or could not be looked up: the process was called off
+    // before it ran (its restore's own report of that is not the news).
+    if let (Some((reference, guessed)), Some(cache)) = (asked_about, &cached) {
+        match answer.borrow_mut().take() {
+            // A signal came first: the process was called off before it ran, as if it had
+            // ended by that signal.
+            Some(None) => std::process::exit(128 + sys::ending_signal().unwrap_or(libc::SIGTERM)),
+            Some(Some(Err(f))) => return Err(f),
+            Some(Some(Ok(digest))) if digest != guessed => {
+                cache.remember(&reference, &digest);
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     let while_running = sparse
         .as_ref()
         .map_or(0, |s| s.bytes.load(Ordering::Relaxed));

@@ -3,10 +3,11 @@
 //!
 //! The question is asked by a forked child: the launcher itself keeps no other thread (it grows
 //! its descriptor table and clones itself later, both slower with threads sharing its tables),
-//! and the child's client, runtime and connections vanish with it. The answer decides before the
-//! process exists: the same digest, and the verified cached image is restored; another, and the
-//! launcher starts over with the image the registry names now (fetching and checking that
-//! manifest itself). The cached name is only a guess of which image to verify first, and the
+//! and the child's client, runtime and connections vanish with it. The answer is awaited at the
+//! restorer's last step, once the process exists and before it runs any code of its own
+//! (`restore::LastWord`): the same digest, and the verified cached image goes on; another, and
+//! the process is called off there and the launcher starts over with the image the registry
+//! names now (fetching and checking that manifest itself). The cached name is only a guess of which image to verify first, and the
 //! registry's stated digest only says whether it still holds: a registry that lies about it
 //! gets an image the tag named before, signed and verified like any other — what it could get
 //! by serving the old manifest anyway.
@@ -63,8 +64,32 @@ impl Lookup {
         }
     }
 
-    /// The registry's answer: the manifest digest, or its failure as `thaw run` would report it.
-    pub fn digest(mut self) -> Result<String> {
+    /// The registry's answer: the manifest digest, or its failure as `thaw run` would report it;
+    /// `None` if a signal that ends programs came meanwhile (the launcher stops waiting).
+    pub fn digest(self) -> Option<Result<String>> {
+        use std::os::fd::AsRawFd;
+        // Signals blocked but while waiting, so that one cannot slip in between the look at
+        // what was forwarded and the wait (ppoll unblocks them and is woken by one).
+        let mask = sys::set_sigmask(u64::MAX);
+        let signalled = loop {
+            if sys::ending_signal().is_some() {
+                break true;
+            }
+            match sys::poll_once(&[self.answer.as_raw_fd()], None, Some(mask)) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                _ => break false,
+            }
+        };
+        sys::set_sigmask(mask);
+        if signalled {
+            sys::kill(self.child, libc::SIGKILL);
+            let _ = sys::wait(self.child);
+            return None;
+        }
+        Some(self.read())
+    }
+
+    fn read(mut self) -> Result<String> {
         let mut line = String::new();
         let read = self.answer.read_to_string(&mut line);
         let _ = sys::wait(self.child);

@@ -166,6 +166,11 @@ impl Remote {
         })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Its threads (name lookups) take no signal: the launcher's main thread forwards
+            // them to the process (see cli::run).
+            .on_thread_start(|| {
+                crate::sys::set_sigmask(u64::MAX);
+            })
             .build()
             .map_err(|e| {
                 Failure::new(

@@ -75,6 +75,20 @@ pub struct Request {
     pub allow_clock_jump: bool,
     /// With lazy memory: the image's recorded working set, or where to record one.
     pub working_set: working_set::WorkingSet,
+    /// Asked once the process exists, before it runs any code of its own.
+    pub last_word: Option<LastWord>,
+}
+
+/// The caller's last word on a restore, asked while the process waits at the restorer's gate
+/// (its last step before the process's own code): a registry's answer about a tag, awaited
+/// while the image the tag named last time is restored. `false` calls the restore off there:
+/// the restorer fails at that step, as at any other, and nothing of the process's runs.
+pub struct LastWord(pub Box<dyn FnOnce() -> bool>);
+
+impl std::fmt::Debug for LastWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastWord")
+    }
 }
 
 fn refused(msg: impl std::fmt::Display) -> Failure {
@@ -979,6 +993,8 @@ fn build_plan(
             libc::SYS_read,
             [r.as_raw_fd() as u64, byte, 1, 0, 0, 0],
         );
+        // End of file lets it go on; a byte is the launcher calling it off (see LastWord).
+        plan.expect("the launcher let the process go on", byte, 0);
     }
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
@@ -1266,9 +1282,8 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         lazy::handshake(s, guardian.as_ref(), child, watch)
     });
     drop((image_fd, exe, mapped_files, shared, placed, req.listeners));
-    // Last: end of file on the gate lets the restorer go on.
-    drop(gate);
     drop(error_w);
+    let last_word = req.last_word;
     std::thread::scope(|scope| {
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
         let ws = &req.working_set;
@@ -1288,6 +1303,16 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
+        // Last: end of file on the gate lets the restorer go on; a byte there calls it off. (The
+        // last word is asked with signals forwarded, as they are once the process exists.)
+        let called_off = last_word.is_some_and(|w| !w.0());
+        let told = gate.is_some_and(|(_, w)| {
+            !called_off || std::io::Write::write_all(&mut std::fs::File::from(w), &[1]).is_ok()
+        });
+        if called_off && !told {
+            // Not told (the restorer is gone, or there is no gate): nothing may go on.
+            sys::kill(child, libc::SIGKILL);
+        }
         supervise(
             (child, mode != PidMode::Ns),
             error_r,
