@@ -612,31 +612,48 @@ fn push_pull_and_run_by_reference() {
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
 
     // A registry that takes the question and never answers: the process waits at its last
-    // step, and SIGTERM to the launcher there calls it off (it never runs) and ends the
-    // launcher as the process would have ended (128+15).
+    // step. SIGTERM to the launcher there calls it off (it never runs) and ends the launcher as
+    // the process would have ended (128+15); a launcher killed there (SIGKILL: it can say
+    // nothing) lets it go nowhere either, memory filled lazily or not.
     if is_root() {
         let _stalled = std::net::TcpListener::bind(&addr).unwrap();
         let pid = env.manifest(&img).process.pid;
-        let mut c = env.restore_cmd(Path::new(&r1), &["--pid-mode", "host"], &[]);
-        let launcher = c
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The process exists (a child of the launcher, at its PID): the launcher waits for the
-        // answer, or is about to.
-        let ppid = format!("PPid:\t{}", launcher.id());
-        while !std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|s| s.lines().any(|l| l == ppid))
-        {
-            std::thread::yield_now();
+        for (signal, opts) in [
+            (libc::SIGTERM, &["--pid-mode", "host"][..]),
+            (libc::SIGKILL, &["--pid-mode", "host", "--eager"][..]),
+        ] {
+            let mut c = env.restore_cmd(Path::new(&r1), opts, &[]);
+            let mut launcher = c
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The process exists (a child of the launcher, at its PID): the launcher waits for
+            // the answer, or is about to.
+            let ppid = format!("PPid:\t{}", launcher.id());
+            while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == ppid))
+            {
+                if launcher.try_wait().unwrap().is_some() {
+                    let o = launcher.wait_with_output().unwrap();
+                    panic!("the launcher ended first: {}", text(&o));
+                }
+                std::thread::yield_now();
+            }
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(launcher.id() as i32, signal) };
+            // Its standard output reaches end of file once the process has let go of it too.
+            let o = launcher.wait_with_output().unwrap();
+            if signal == libc::SIGTERM {
+                assert_eq!(o.status.code(), Some(128 + signal), "{}", text(&o));
+            }
+            assert!(o.stdout.is_empty(), "{signal}: {}", text(&o));
+            assert!(
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .map_or(true, |s| s.contains("State:\tZ")),
+                "{signal}: process {pid} still there"
+            );
         }
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
-        let o = launcher.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(128 + libc::SIGTERM), "{}", text(&o));
-        assert!(o.stdout.is_empty(), "{}", text(&o));
-        assert!(!Path::new(&format!("/proc/{pid}/status")).exists());
     }
 }
 

@@ -352,15 +352,15 @@ pub fn ending_signal() -> Option<i32> {
 
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     const SI_KERNEL: i32 = 0x80;
-    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
-    if pid <= 0 {
-        return;
-    }
     if matches!(
         sig,
         libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
     ) {
         ENDING.store(sig, std::sync::atomic::Ordering::Relaxed);
+    }
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid <= 0 {
+        return;
     }
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
@@ -391,6 +391,22 @@ pub fn forward_signals(pid: i32, signals: &[i32]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Undoes [`forward_signals`]: nothing is forwarded any more (a signal that comes meanwhile is
+/// still noted, see [`ending_signal`]), and `signals` have their default actions again.
+pub fn stop_forwarding(signals: &[i32]) {
+    let mask = set_sigmask(u64::MAX);
+    FORWARD_TO.store(0, std::sync::atomic::Ordering::Relaxed);
+    for &sig in signals {
+        // SAFETY: a zeroed sigaction with SIG_DFL is valid.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+    set_sigmask(mask);
 }
 
 /// A duplicate of `fd` at the lowest free number ≥ `min`.
@@ -869,6 +885,17 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// Sends one byte on `sock`.
+/// Writes one byte to a pipe.
+pub fn write_byte(fd: &OwnedFd, byte: u8) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let b = [byte];
+    syscall(
+        libc::SYS_write,
+        [fd.as_raw_fd() as u64, b.as_ptr() as u64, 1, 0, 0, 0],
+    )
+    .map(drop)
+}
+
 pub fn send_byte(sock: &OwnedFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let byte = 1u8;
@@ -1413,8 +1440,10 @@ pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
 /// Waits until one of `fds` is readable (or at end of file), at most `limit` (`None`: no limit);
 /// which ones are.
 pub fn poll_readable(fds: &[RawFd], limit: Option<std::time::Duration>) -> io::Result<Vec<bool>> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
     loop {
-        match poll_once(fds, limit, None) {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        match poll_once(fds, left, None) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }

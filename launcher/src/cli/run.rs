@@ -257,8 +257,9 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
     // The registry's answer about a guessed tag, awaited at the last moment: once the process
     // exists, before it runs any code of its own (restore::LastWord), so that the question costs
     // only what it takes longer than the restore.
-    let answer = std::rc::Rc::new(std::cell::RefCell::new(None::<Option<Result<String>>>));
-    let timing = args.timing || ctx.env("THAW_TIMING").is_some();
+    // (The registry's answer, or none for a signal that came first, and how long it was awaited.)
+    type Answer = (Option<Result<String>>, std::time::Duration);
+    let answer = std::rc::Rc::new(std::cell::RefCell::new(None::<Answer>));
     let (asked_about, last_word) = match lookup {
         Some((asked, reference, guessed)) => {
             let (answer, guess) = (answer.clone(), guessed.clone());
@@ -266,14 +267,8 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 GUESSING.store(false, Ordering::Relaxed);
                 let waited = std::time::Instant::now();
                 let digest = asked.digest();
-                if timing {
-                    eprintln!(
-                        "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
-                        waited.elapsed().as_secs_f64() * 1e3
-                    );
-                }
                 let go = matches!(&digest, Some(Ok(d)) if *d == guess);
-                *answer.borrow_mut() = Some(digest);
+                *answer.borrow_mut() = Some((digest, waited.elapsed()));
                 go
             }));
             (Some((reference, guessed)), Some(word))
@@ -323,19 +318,31 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             &ahead,
         )
     });
-    // The tag named another image, or could not be looked up: the process was called off
-    // before it ran (its restore's own report of that is not the news).
+    // The tag named another image, or could not be looked up, or a signal came first: the
+    // process was called off before it ran (its restore's own report of that is not the news).
     if let (Some((reference, guessed)), Some(cache)) = (asked_about, &cached) {
-        match answer.borrow_mut().take() {
-            // A signal came first: the process was called off before it ran, as if it had
-            // ended by that signal.
-            Some(None) => std::process::exit(128 + sys::ending_signal().unwrap_or(libc::SIGTERM)),
+        let answer = answer.borrow_mut().take();
+        if let Some((_, waited)) = &answer {
+            // Told once the process has ended, as the other timing lines (see restore::run).
+            if args.timing || ctx.env("THAW_TIMING").is_some() {
+                eprintln!(
+                    "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
+                    waited.as_secs_f64() * 1e3
+                );
+            }
+        }
+        match answer.map(|(d, _)| d) {
+            Some(Some(Ok(digest))) if digest == guessed => {}
+            // As if the process had ended by that signal.
+            Some(_) if sys::ending_signal().is_some() => {
+                std::process::exit(128 + sys::ending_signal().unwrap_or(0))
+            }
             Some(Some(Err(f))) => return Err(f),
-            Some(Some(Ok(digest))) if digest != guessed => {
+            Some(Some(Ok(digest))) => {
                 cache.remember(&reference, &digest);
                 return Ok(());
             }
-            _ => {}
+            Some(None) | None => {}
         }
     }
     let while_running = sparse

@@ -25,6 +25,16 @@ pub struct Lookup {
     answer: std::fs::File,
 }
 
+/// A question never waited for (the restore ended first), or given up: its child goes.
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        if self.child > 0 {
+            sys::kill(self.child, libc::SIGKILL);
+            let _ = sys::wait(self.child);
+        }
+    }
+}
+
 impl Lookup {
     /// Starts asking the registry for the digest `reference` names (the launcher must have no
     /// other thread: it forks).
@@ -80,10 +90,9 @@ impl Lookup {
                 _ => break false,
             }
         };
+        // (A signal that came as the answer did is handled here; Ctrl-C also ends the child.)
         sys::set_sigmask(mask);
-        if signalled {
-            sys::kill(self.child, libc::SIGKILL);
-            let _ = sys::wait(self.child);
+        if signalled || sys::ending_signal().is_some() {
             return None;
         }
         Some(self.read())
@@ -92,7 +101,7 @@ impl Lookup {
     fn read(mut self) -> Result<String> {
         let mut line = String::new();
         let read = self.answer.read_to_string(&mut line);
-        let _ = sys::wait(self.child);
+        let _ = sys::wait(std::mem::take(&mut self.child));
         read.map_err(|e| {
             Failure::new(Code::Io, format!("cannot read the registry's answer: {e}"))
         })?;

@@ -283,6 +283,9 @@ struct Fds {
     /// Until then a pipe's reader would not see end of file when the process closes the
     /// writer, a listening socket would stay bound, a lock would stay held.
     gate: Option<(OwnedFd, OwnedFd)>,
+    /// The launcher says "go" with a byte on the gate (a last word is asked, see [`LastWord`]):
+    /// end of file alone, the launcher gone or calling the process off, fails the restore there.
+    gate_go: bool,
     /// pidfds of processes that had exited, among `placed`: (number here, what, open flags).
     /// In ns mode the namespace's init makes them again inside the namespace (a pidfd of a
     /// process outside it tells nothing there: no exit status, EINVAL rather than ESRCH).
@@ -580,6 +583,7 @@ fn prepare_fds(
         error_r,
         keep,
         gate: None,
+        gate_go: false,
         dead,
         away,
     })
@@ -987,14 +991,21 @@ fn build_plan(
             libc::SYS_close,
             [w.as_raw_fd() as u64, 0, 0, 0, 0, 0],
         );
+        if fds.gate_go {
+            let byte = plan.words(&[0]);
+            plan.syscall(
+                "wait for the launcher's word",
+                libc::SYS_read,
+                [r.as_raw_fd() as u64, byte, 1, 0, 0, 0],
+            );
+            plan.expect("the launcher let the process go on", byte, 1);
+        }
         let byte = plan.words(&[0]);
         plan.syscall(
             "wait until the launcher holds nothing of the process's",
             libc::SYS_read,
             [r.as_raw_fd() as u64, byte, 1, 0, 0, 0],
         );
-        // End of file lets it go on; a byte is the launcher calling it off (see LastWord).
-        plan.expect("the launcher let the process go on", byte, 0);
     }
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
@@ -1201,6 +1212,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let away = m.clocks.away(thaw::state::clocks::now());
     let mut fds = prepare_fds(image, &req.payload, req.lazy, &req.listeners, away)?;
     fds.gate = Some(gate(&fds)?);
+    fds.gate_go = req.last_word.is_some();
     let args = RestoreArgs {
         args: req.args.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: std::env::vars_os()
@@ -1215,13 +1227,6 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
     let region = Region::reserve(m)?;
     let plan = build_plan(image, &fds, &region, &args, &target.creds, mode, None)?;
     let (entry, control, stack_top) = region.install(&plan, fds.error_w.as_raw_fd())?;
-    // The terminal modes the process had set on its standard descriptors, lent to the caller's
-    // terminals until it has ended (see thaw::state::terminal).
-    let (_lent, warnings) = thaw::state::terminal::Lent::lend(&m.files);
-    for w in warnings {
-        eprintln!("thaw: warning: {w}");
-    }
-
     // With lazy memory, a second holder of the userfaultfd (see guardian.rs), started while the
     // launcher has its signals still.
     let guardian = match fds.transport {
@@ -1303,16 +1308,28 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);
-        // Last: end of file on the gate lets the restorer go on; a byte there calls it off. (The
-        // last word is asked with signals forwarded, as they are once the process exists.)
-        let called_off = last_word.is_some_and(|w| !w.0());
-        let told = gate.is_some_and(|(_, w)| {
-            !called_off || std::io::Write::write_all(&mut std::fs::File::from(w), &[1]).is_ok()
-        });
-        if called_off && !told {
-            // Not told (the restorer is gone, or there is no gate): nothing may go on.
-            sys::kill(child, libc::SIGKILL);
+        // Last: end of file on the gate lets the restorer go on, after a byte where a last word
+        // is asked (asked with signals forwarded, as they are once the process exists). Called
+        // off, the process gets no byte and fails there; the launcher's signals are its own
+        // again (none goes to a PID about to be freed).
+        let go = last_word.map(|w| w.0());
+        if go == Some(false) {
+            sys::stop_forwarding(&FORWARDED);
         }
+        // The terminal modes the process had set on its standard descriptors, lent to the
+        // caller's terminals until it has ended (see thaw::state::terminal); before it runs.
+        let _lent = (go != Some(false)).then(|| {
+            let (lent, warnings) = thaw::state::terminal::Lent::lend(&m.files);
+            for w in warnings {
+                eprintln!("thaw: warning: {w}");
+            }
+            lent
+        });
+        if let (Some((_, w)), Some(true)) = (&gate, go) {
+            // Not written (the restorer is gone): end of file fails it all the same.
+            let _ = sys::write_byte(w, 1);
+        }
+        drop(gate);
         supervise(
             (child, mode != PidMode::Ns),
             error_r,
