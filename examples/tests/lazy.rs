@@ -312,10 +312,10 @@ fn a_first_output_after_all_memory_is_in_is_still_seen_and_recorded() {
             .unwrap()
             .collect();
         let record = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
-        // Its time is kept (u64::MAX: never seen), and what came before it is early.
+        // Its time is kept (u64::MAX: never seen). (What came before it may be nothing: the
+        // process can find all of its memory in before it touches any.)
         let output = u64::from_le_bytes(record[56..64].try_into().unwrap());
         assert_ne!(output, u64::MAX, "{report}");
-        assert!(!record_chunks(&record).0.is_empty(), "{report}");
     }
 }
 
