@@ -256,8 +256,8 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
     let (prefetch, early) = working_set.replay.chunks();
     // The registry's answer about a guessed tag, awaited at the last moment: once the process
     // exists, before it runs any code of its own (restore::LastWord), so that the question costs
-    // only what it takes longer than the restore.
-    // (The registry's answer, or none for a signal that came first, and how long it was awaited.)
+    // only what it takes longer than the restore. The answer is kept with how long it was
+    // awaited; none for a signal that came first.
     type Answer = (Option<Result<String>>, std::time::Duration);
     let answer = std::rc::Rc::new(std::cell::RefCell::new(None::<Answer>));
     let (asked_about, last_word) = match lookup {

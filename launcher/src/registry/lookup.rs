@@ -7,10 +7,10 @@
 //! restorer's last step, once the process exists and before it runs any code of its own
 //! (`restore::LastWord`): the same digest, and the verified cached image goes on; another, and
 //! the process is called off there and the launcher starts over with the image the registry
-//! names now (fetching and checking that manifest itself). The cached name is only a guess of which image to verify first, and the
-//! registry's stated digest only says whether it still holds: a registry that lies about it
-//! gets an image the tag named before, signed and verified like any other — what it could get
-//! by serving the old manifest anyway.
+//! names now (fetching and checking that manifest itself). The cached name is only a guess of
+//! which image to verify first, and the registry's stated digest only says whether it still
+//! holds: a registry that lies about it gets an image the tag named before, signed and verified
+//! like any other — what it could get by serving the old manifest anyway.
 
 use std::io::{Read, Write};
 

@@ -641,7 +641,6 @@ impl Progress {
     }
 }
 
-/// Network trouble worth another attempt: no answer, a reset connection, a server error.
 /// Whether the registry refused a request for want of (other) credentials: 401, or 403 and
 /// 400 as some registries answer a token they do not accept.
 fn refused(e: &OciDistributionError) -> bool {
@@ -658,6 +657,7 @@ fn refused(e: &OciDistributionError) -> bool {
     }
 }
 
+/// Network trouble worth another attempt: no answer, a reset connection, a server error.
 fn transient(e: &OciDistributionError) -> bool {
     use OciDistributionError as E;
     match e {
