@@ -640,6 +640,7 @@ fn push_pull_and_run_by_reference() {
                 }
                 std::thread::yield_now();
             }
+            let process = pidfd(pid);
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(launcher.id() as i32, signal) };
             // Its standard output reaches end of file once the process has let go of it too.
@@ -648,9 +649,10 @@ fn push_pull_and_run_by_reference() {
                 assert_eq!(o.status.code(), Some(128 + signal), "{}", text(&o));
             }
             assert!(o.stdout.is_empty(), "{signal}: {}", text(&o));
+            // It lets go of its descriptors a moment before it has ended: its end is awaited
+            // (bounded, against a process that would wait for ever).
             assert!(
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .map_or(true, |s| s.contains("State:\tZ")),
+                gone_within(&process, Some(std::time::Duration::from_secs(60))),
                 "{signal}: process {pid} still there"
             );
         }

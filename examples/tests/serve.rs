@@ -13,31 +13,6 @@ use std::process::Output;
 use common::server::*;
 use common::*;
 
-/// A pidfd for `pid` (taken while it runs, so the answer is about that process).
-fn pidfd(pid: i32) -> OwnedFd {
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(
-        fd >= 0,
-        "pidfd_open({pid}): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a descriptor just returned to us, owned by nothing else.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-/// Blocks until the process behind `fd` has ended (a pidfd becomes readable then).
-fn wait_gone(fd: &OwnedFd) {
-    let mut p = libc::pollfd {
-        fd: fd.as_fd().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; no timeout: the end of the process is the event awaited.
-    let n = unsafe { libc::poll(&mut p, 1, -1) };
-    assert_eq!(n, 1, "{}", std::io::Error::last_os_error());
-}
-
 fn image_pid(env: &Env, img: &Path) -> i32 {
     env.manifest(img).process.pid
 }

@@ -419,3 +419,43 @@ pub fn pty() -> (std::fs::File, std::fs::File) {
         (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
     }
 }
+
+/// A pidfd for `pid` (taken while it runs, so the answer is about that process).
+pub fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor just returned to us, owned by nothing else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Blocks until the process behind `fd` has ended (a pidfd becomes readable then).
+pub fn wait_gone(fd: &std::os::fd::OwnedFd) {
+    assert!(gone_within(fd, None));
+}
+
+/// Whether the process behind `fd` ends within `bound` (a bound against hanging, not a
+/// measure: the process's end is the event awaited).
+pub fn gone_within(fd: &std::os::fd::OwnedFd, bound: Option<std::time::Duration>) -> bool {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = bound.map_or(-1, |b| b.as_millis() as i32);
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n >= 0 {
+            return n == 1;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
+    }
+}
