@@ -459,3 +459,23 @@ pub fn gone_within(fd: &std::os::fd::OwnedFd, bound: Option<std::time::Duration>
         assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
     }
 }
+
+/// Whether a process `comm` at `pid` is still there and running after its descriptors are
+/// closed: it must be gone or a zombie soon (the bound is against waiting for ever, not a
+/// measure of how soon).
+pub fn left_behind(pid: i32, comm: &str) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        let ours =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(comm));
+        let ended = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_or(true, |s| s.contains("State:\tZ") || s.contains("State:\tX"));
+        if !ours || ended {
+            return false;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+}
