@@ -178,25 +178,6 @@ fn records_and_replays(env: &Env, img: &std::path::Path, mode: &str) {
     assert!(report.contains("working set of 0 touches"), "{report}");
 }
 
-/// The chunk words of a working-set record (see launcher/src/restore/working_set.rs): its early
-/// part, and the rest.
-fn record_chunks(record: &[u8]) -> (Vec<u64>, Vec<u64>) {
-    assert_eq!(&record[..8], b"THAWWS02");
-    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap());
-    let early = word(48) as usize;
-    let chunks = |words: &[u8]| -> Vec<u64> {
-        words
-            .chunks(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-            .filter(|w| w >> 63 == 0)
-            .collect()
-    };
-    (
-        chunks(&record[64..64 + early * 8]),
-        chunks(&record[64 + early * 8..]),
-    )
-}
-
 #[test]
 fn a_working_set_brings_in_what_came_before_the_first_output_first_and_the_rest_after_it() {
     if !is_root() {

@@ -479,3 +479,22 @@ pub fn left_behind(pid: i32, comm: &str) -> bool {
         std::thread::yield_now();
     }
 }
+
+/// The chunk words of a working-set record (see launcher/src/restore/working_set.rs): its early
+/// part, and the rest.
+pub fn record_chunks(record: &[u8]) -> (Vec<u64>, Vec<u64>) {
+    assert_eq!(&record[..8], b"THAWWS02");
+    let word = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().unwrap());
+    let early = word(48) as usize;
+    let chunks = |words: &[u8]| -> Vec<u64> {
+        words
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .filter(|w| w >> 63 == 0)
+            .collect()
+    };
+    (
+        chunks(&record[64..64 + early * 8]),
+        chunks(&record[64 + early * 8..]),
+    )
+}

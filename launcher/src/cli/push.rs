@@ -20,6 +20,12 @@ pub struct Args {
     /// uploads 7 % of its bytes, against 22 %); larger ones take fewer requests to fetch.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     blob_size: Option<u64>,
+    /// Payload bytes per blob at most for what a restore needs before its first response (what
+    /// it reads before the process runs, and the early part of the working set your restores
+    /// recorded; default 8M): fetched all at once by a first start, so larger blobs start it
+    /// sooner, smaller ones share more with a rebuilt image.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    early_blob_size: Option<u64>,
     image: PathBuf,
     reference: String,
 }
@@ -46,14 +52,40 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let mut sent = remote.put_blob(&config, empty)?;
     let head_d = artifact::Descriptor::of(artifact::HEAD_TYPE, &head);
     sent += remote.put_blob(&head_d, &head)?;
+    // The working set the pusher's restores recorded travels with the image: a restore on
+    // another machine fetches and fills in that order from its first start, and what it needs
+    // before its first response gets blobs of its own.
+    let digest = image.content_digest();
+    let working_set = super::cache_dir(ctx).and_then(|c| working_set::recorded(&c, &digest));
+    let cs = u64::from(h.chunk_size);
+    let early: Vec<(u64, u64)> = working_set
+        .as_deref()
+        .and_then(|ws| working_set::parse(ws, &digest, h.chunk_count(), cs))
+        .map(|r| {
+            let (chunks, early) = r.chunks();
+            chunks[..early].iter().map(|&c| (c * cs, cs)).collect()
+        })
+        .unwrap_or_default();
+    // And what every restore reads before the process runs.
+    let eager = crate::restore::lazy::eager_chunks(&image, true);
+    let early: Vec<(u64, u64)> = (eager.iter().enumerate())
+        .filter(|(_, &e)| e)
+        .map(|(c, _)| (c as u64 * cs, cs))
+        .chain(early)
+        .collect();
     let blobs = artifact::blobs(
         h,
         image.manifest(),
         // Blobs hold whole pages.
-        args.blob_size
-            .unwrap_or(artifact::BLOB_BYTES)
-            .next_multiple_of(u64::from(h.page_size))
-            .min(artifact::MAX_BLOB),
+        (
+            blob_bytes(args.blob_size, artifact::BLOB_BYTES, h.page_size),
+            blob_bytes(
+                args.early_blob_size,
+                artifact::EARLY_BLOB_BYTES,
+                h.page_size,
+            ),
+        ),
+        &early,
     );
     let total = config.size + head.len() as u64 + h.payload_len;
     let progress = Progress::new("pushing", h.payload_len);
@@ -66,10 +98,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     )?;
     progress.done();
     sent += payload_sent;
-    // The working set the pusher's restores recorded travels with the image: a restore on
-    // another machine fetches and fills in that order from its first start.
-    let working_set = super::cache_dir(ctx)
-        .and_then(|c| working_set::recorded(&c, &image.content_digest()))
+    let working_set = working_set
         .map(|ws| -> Result<_> {
             let d = artifact::Descriptor::of(artifact::WORKING_SET_TYPE, &ws);
             sent += remote.put_blob(&d, &ws)?;
@@ -94,4 +123,12 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
                 .then_some(n)
                 .ok_or_else(|| format!("{s}: blobs hold 4K to 64M"))
         })
+}
+
+/// A blob size: `asked` or `default`, whole pages, at most [`artifact::MAX_BLOB`].
+fn blob_bytes(asked: Option<u64>, default: u64, page: u32) -> u64 {
+    asked
+        .unwrap_or(default)
+        .next_multiple_of(u64::from(page))
+        .min(artifact::MAX_BLOB)
 }

@@ -252,6 +252,11 @@ pub fn recorded(cache: &Path, digest: &Digest) -> Option<Vec<u8>> {
     std::fs::read(cache.join("working-sets").join(digest.to_string())).ok()
 }
 
+/// `bytes` as a record of the image with `digest`, if it is one (see [`WorkingSet::load`]).
+pub fn parse(bytes: &[u8], digest: &Digest, chunks: u64, chunk_size: u64) -> Option<Record> {
+    decode(bytes, digest, chunks, chunk_size)
+}
+
 /// Keeps `bytes` (a record that came with the image, from its pusher) as the record of the image
 /// with `digest` in `cache`, unless there is one already or `bytes` is not a record for this
 /// image. Best effort, like [`WorkingSet::save`].
