@@ -130,6 +130,9 @@ fn memory_image(env: &Env, data: &Path) -> PathBuf {
 }
 
 const MEMORY_CHECKS: [&str; 3] = ["heap", "large mmap", "malloc"];
+const CHUNKS: &str = "application/vnd.thaw.image.chunks.v1";
+const GATHERED: &str = "application/vnd.thaw.image.chunks.gathered.v1";
+const RANGES: &str = "org.thaw.payload.ranges";
 
 /// The images in a cache directory (not their indexes).
 fn cached_images(dir: &Path) -> Vec<PathBuf> {
@@ -366,39 +369,50 @@ fn a_first_start_fetches_what_comes_before_its_answer_in_few_blobs_and_little_el
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
-    // The blobs holding an early chunk are few: 8 MiB each at most (the default), at most a
-    // few per stretch of adjacent early chunks (512 KiB blobs would take 32 for this one).
+    // The early chunks are gathered, with what is read up front, into a few blobs of 8 MiB at
+    // most (the default), each listing its stretches of the payload (512 KiB blobs would take
+    // 32 requests for this part; stretches a request each, a request per stretch).
     let cs = u64::from(env.manifest(&img).chunks.chunk_size);
     let m = reg.manifest("team/early:v1");
-    let mut at = 0;
-    let blobs: Vec<(u64, u64)> = m["layers"].as_array().unwrap()[1..]
+    let gathered: Vec<Vec<(u64, u64)>> = m["layers"].as_array().unwrap()[1..]
         .iter()
-        .filter(|l| l["mediaType"] == "application/vnd.thaw.image.chunks.v1")
+        .filter(|l| l["mediaType"] == GATHERED)
         .map(|l| {
-            let size = l["size"].as_u64().unwrap();
-            at += size;
-            (at - size, at)
+            let ranges = l["annotations"][RANGES].as_str().unwrap();
+            let r: Vec<(u64, u64)> = ranges
+                .split(',')
+                .map(|r| {
+                    let (o, n) = r.split_once('+').unwrap();
+                    (o.parse().unwrap(), n.parse().unwrap())
+                })
+                .collect();
+            assert_eq!(
+                r.iter().map(|r| r.1).sum::<u64>(),
+                l["size"].as_u64().unwrap()
+            );
+            r
         })
         .collect();
     let mut chunks = early.clone();
     chunks.sort_unstable();
     chunks.dedup();
-    let starts: Vec<u64> = chunks
-        .iter()
-        .filter(|&&c| c == 0 || chunks.binary_search(&(c - 1)).is_err())
-        .map(|&c| c * cs)
-        .collect();
-    let holding = blobs
-        .iter()
-        .filter(|(s, e)| chunks.iter().any(|&c| c * cs < *e && (c + 1) * cs > *s))
-        .count();
+    for c in &chunks {
+        assert!(
+            gathered
+                .iter()
+                .flatten()
+                .any(|&(o, n)| o <= c * cs && (c + 1) * cs <= o + n),
+            "early chunk {c} is not in a gathered blob"
+        );
+    }
     let early_bytes = chunks.len() as u64 * cs;
+    let gathered_bytes: u64 = gathered.iter().flatten().map(|r| r.1).sum();
     assert!(
-        holding as u64 <= starts.len() as u64 + early_bytes / (4 << 20),
-        "{holding} blobs hold the {} early chunks ({} stretches)",
-        chunks.len(),
-        starts.len()
+        gathered.len() as u64 <= gathered_bytes.div_ceil(8 << 20) + 1,
+        "{} gathered blobs for {gathered_bytes} bytes",
+        gathered.len()
     );
+
     // A first start: before its answer, the early part, what is read up front, and little else.
     let empty = env.path("empty-cache");
     std::fs::create_dir(&empty).unwrap();
@@ -779,37 +793,65 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
         "head and at least three payload blobs: {m}"
     );
 
-    // A manifest whose payload blobs come in another order (each intact, same sizes).
-    let mut reordered = m.clone();
-    reordered["layers"][1] = layers[2].clone();
-    reordered["layers"][2] = layers[1].clone();
-    let o = Command::new("curl")
-        .args(["-sf", "-X", "PUT", "-H"])
-        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
-        .args(["--data-binary", "@-"])
-        .arg(format!(
-            "http://{}/v2/team/app/manifests/reordered",
-            reg.addr
-        ))
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            let json = serde_json::to_vec(&reordered).unwrap();
-            c.stdin.take().unwrap().write_all(&json)?;
-            c.wait_with_output()
+    // A manifest whose plain payload blobs come in another order (each intact, same sizes),
+    // and one whose gathered blob lists its ranges in another order.
+    let plain: Vec<usize> = (1..layers.len())
+        .filter(|&i| layers[i]["mediaType"] == CHUNKS)
+        .collect();
+    let (a, b) = plain
+        .iter()
+        .flat_map(|&a| plain.iter().map(move |&b| (a, b)))
+        .find(|&(a, b)| {
+            a < b
+                && layers[a]["size"] == layers[b]["size"]
+                && layers[a]["digest"] != layers[b]["digest"]
         })
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let out = env.path("reordered.thaw");
-    let o = pull(
+        .expect("two plain blobs of one size");
+    let mut reordered = m.clone();
+    reordered["layers"][a] = layers[b].clone();
+    reordered["layers"][b] = layers[a].clone();
+    refused_as_reordered(&reg, &env, trust, &reordered, "reordered", "does not match");
+    let g = (1..layers.len())
+        .find(|&i| layers[i]["mediaType"] == GATHERED && layers[i]["size"].as_u64() > Some(4096))
+        .expect("a gathered blob of several pages");
+    let mut regathered = m.clone();
+    let ranges = layers[g]["annotations"][RANGES].as_str().unwrap();
+    let mut listed: Vec<(u64, u64)> = ranges
+        .split(',')
+        .map(|r| {
+            let (o, n) = r.split_once('+').unwrap();
+            (o.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    // The same stretches of the payload, listed in another order (a single one in two parts).
+    if listed.len() == 1 {
+        let (o, n) = listed[0];
+        listed = vec![(o, 4096), (o + 4096, n - 4096)];
+    }
+    listed.reverse();
+    let listed: Vec<String> = listed.iter().map(|(o, n)| format!("{o}+{n}")).collect();
+    regathered["layers"][g]["annotations"][RANGES] = listed.join(",").into();
+    refused_as_reordered(
+        &reg,
+        &env,
         trust,
-        &reg.reference("team/app:reordered"),
-        out.to_str().unwrap(),
+        &regathered,
+        "regathered",
+        "does not match",
     );
-    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match its digest"));
-    assert!(!out.exists());
+    // And one whose gathered blob claims stretches that do not tile the payload with the rest.
+    let mut untiled = m.clone();
+    let size = layers[g]["size"].as_u64().unwrap();
+    let past = 1u64 << 40;
+    untiled["layers"][g]["annotations"][RANGES] = format!("{past}+{size}").into();
+    refused_as_reordered(
+        &reg,
+        &env,
+        trust,
+        &untiled,
+        "untiled",
+        "overlap or leave a gap",
+    );
 
     // A payload blob changed in the registry's storage.
     let blob = reg.blob_file(layers[1]["digest"].as_str().unwrap());
@@ -835,6 +877,43 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".thaw-pull"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Publishes `manifest` as `team/app:TAG` and checks that pulling it is refused as corrupt, in
+/// one line saying `why`, and leaves no file.
+fn refused_as_reordered(
+    reg: &Registry,
+    env: &Env,
+    trust: &str,
+    manifest: &serde_json::Value,
+    tag: &str,
+    why: &str,
+) {
+    let o = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+        .args(["--data-binary", "@-"])
+        .arg(format!("http://{}/v2/team/app/manifests/{tag}", reg.addr))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            let json = serde_json::to_vec(manifest).unwrap();
+            c.stdin.take().unwrap().write_all(&json)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = env.path(&format!("{tag}.thaw"));
+    let o = pull(
+        trust,
+        &reg.reference(&format!("team/app:{tag}")),
+        out.to_str().unwrap(),
+    );
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(why) && err.lines().count() == 1, "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

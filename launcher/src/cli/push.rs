@@ -7,7 +7,7 @@ use thaw::image::ImageFile;
 
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
-use crate::registry::{artifact, Progress, Remote};
+use crate::registry::{artifact, payload, Progress, Remote};
 use crate::restore::working_set;
 
 /// Publish an image to an OCI registry (REF like 127.0.0.1:5000/team/app:v3). Blobs the
@@ -66,14 +66,13 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             chunks[..early].iter().map(|&c| (c * cs, cs)).collect()
         })
         .unwrap_or_default();
-    // And what every restore reads before the process runs.
+    // And what every restore reads before the process runs (where memory is filled lazily).
     let eager = crate::restore::lazy::eager_chunks(&image, true);
-    let early: Vec<(u64, u64)> = (eager.iter().enumerate())
+    let up_front: Vec<(u64, u64)> = (eager.iter().enumerate())
         .filter(|(_, &e)| e)
         .map(|(c, _)| (c as u64 * cs, cs))
-        .chain(early)
         .collect();
-    let blobs = artifact::blobs(
+    let blobs = payload::cut(
         h,
         image.manifest(),
         // Blobs hold whole pages.
@@ -85,17 +84,26 @@ pub fn run(args: Args, ctx: &Context) -> Result {
                 h.page_size,
             ),
         ),
+        &up_front,
         &early,
     );
     let total = config.size + head.len() as u64 + h.payload_len;
     let progress = Progress::new("pushing", h.payload_len);
-    let (layers, payload_sent) = remote.put_blobs(
-        blobs
-            .into_iter()
-            .map(|(off, len)| read(h.payload_off + off, len)),
-        artifact::CHUNKS_TYPE,
+    let (mut layers, payload_sent) = remote.put_blobs(
+        blobs.iter().map(|b| {
+            let mut bytes = Vec::new();
+            for &(off, len) in &b.ranges {
+                bytes.extend(read(h.payload_off + off, len)?);
+            }
+            Ok((bytes, b.media_type()))
+        }),
         &progress,
     )?;
+    for (d, b) in layers.iter_mut().zip(&blobs) {
+        d.annotations = b
+            .annotation()
+            .map(|r| [(artifact::RANGES.to_string(), r)].into_iter().collect());
+    }
     progress.done();
     sent += payload_sent;
     let working_set = working_set

@@ -10,6 +10,7 @@
 pub mod artifact;
 pub mod cache;
 mod lookup;
+pub mod payload;
 mod sparse;
 
 pub use lookup::Lookup;
@@ -230,12 +231,12 @@ impl Remote {
         self.runtime.block_on(self.upload(d, bytes))
     }
 
-    /// Uploads every blob `blobs` yields that the repository lacks, [`PARALLEL`] at a time;
-    /// their descriptors in order and the bytes sent. `progress` is told of each.
+    /// Uploads every blob `blobs` yields (its bytes and media type) that the repository lacks,
+    /// [`PARALLEL`] at a time; their descriptors in order and the bytes sent. `progress` is told
+    /// of each.
     pub fn put_blobs(
         &self,
-        blobs: impl Iterator<Item = Result<Vec<u8>>>,
-        media_type: &str,
+        blobs: impl Iterator<Item = Result<(Vec<u8>, &'static str)>>,
         progress: &Progress,
     ) -> Result<(Vec<Descriptor>, u64)> {
         use futures_util::StreamExt;
@@ -249,8 +250,8 @@ impl Remote {
         let claimed = &claimed;
         let results: Vec<Result<(Descriptor, u64)>> = self.runtime.block_on(
             futures_util::stream::iter(blobs)
-                .map(|bytes| async move {
-                    let bytes = bytes?;
+                .map(|blob| async move {
+                    let (bytes, media_type) = blob?;
                     let d = Descriptor::of(media_type, &bytes);
                     let first = claimed
                         .lock()

@@ -24,6 +24,7 @@ use thaw::image::Header;
 
 use super::artifact::{self, Descriptor};
 use super::cache::Cache;
+use super::payload::Layout;
 use super::{Progress, Remote, PARALLEL};
 use crate::exit::{Code, Failure, Result};
 use crate::restore::lazy::Fetch;
@@ -32,7 +33,7 @@ const MISSING: u8 = 0;
 const IN_FLIGHT: u8 = 1;
 const PRESENT: u8 = 2;
 
-/// Payload bytes `start..end` of blob `blob` (page-aligned, inside the blob).
+/// Bytes `start..end` of blob `blob` (page-aligned, inside the blob).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Job {
     blob: usize,
@@ -71,8 +72,8 @@ impl Queue {
 pub struct Sparse {
     remote: Remote,
     layers: Vec<Descriptor>,
-    /// Payload offset of each blob.
-    offsets: Vec<u64>,
+    /// Where each blob's bytes are in the payload.
+    layout: Layout,
     page: u64,
     header: Header,
     tmp: tempfile::NamedTempFile,
@@ -131,7 +132,7 @@ impl Sparse {
         if head.len() as u64 != h.payload_off + h.manifest_len + h.trailer_len {
             return Err(bad("the image head does not match its header".into()));
         }
-        let offsets = artifact::check_layers(&h, &layers).map_err(bad)?;
+        let layout = Layout::check(&h, &layers).map_err(bad)?;
         let dir = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -174,7 +175,7 @@ impl Sparse {
             cache: local.filter(|c| c.holds(dest)),
             working_set,
             layers,
-            offsets,
+            layout,
             page: u64::from(h.page_size),
             header: h,
             tmp,
@@ -207,12 +208,25 @@ impl Sparse {
     }
 
     fn whole(&self, b: usize) -> Job {
-        let start = self.offsets[b];
         Job {
             blob: b,
-            start,
-            end: start + self.layers[b].size,
+            start: 0,
+            end: self.layers[b].size,
         }
+    }
+
+    /// The payload pages `j` holds (in blob order), each with its offset in the blob.
+    fn job_pages(&self, j: &Job) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let page = self.page;
+        (self.layout.in_payload(j.blob, j.start, j.end)).flat_map(move |(p, at, n)| {
+            (0..n.div_ceil(page)).map(move |k| (at + k * page, (p / page + k) as usize))
+        })
+    }
+
+    /// Whether every page `j` holds is in `state`.
+    fn all(&self, q: &Queue, j: &Job, state: u8) -> bool {
+        (self.layout.in_payload(j.blob, j.start, j.end))
+            .all(|(p, _, n)| q.all(self.pages(p, p + n), state))
     }
 
     /// The bytes of `jobs` are in the file: those missing are fetched, several at once.
@@ -220,7 +234,7 @@ impl Sparse {
         let mut q = self.queue();
         let mut asked = false;
         for j in jobs {
-            if !q.all(self.pages(j.start, j.end), PRESENT) {
+            if !self.all(&q, j, PRESENT) {
                 q.urgent.push_back(*j);
                 asked = true;
             }
@@ -229,10 +243,7 @@ impl Sparse {
             self.wake.notify_one();
         }
         let q = self.take_turns(q, Some(jobs), progress, |q| {
-            q.failed.is_some()
-                || jobs
-                    .iter()
-                    .all(|j| q.all(self.pages(j.start, j.end), PRESENT))
+            q.failed.is_some() || jobs.iter().all(|j| self.all(q, j, PRESENT))
         });
         match &q.failed {
             Some((code, msg)) => Err(Failure::new(*code, msg)),
@@ -293,9 +304,9 @@ impl Sparse {
         q.prefetch = spans;
         let mut seen = vec![false; self.layers.len()];
         for &c in order {
-            for b in self.blobs_of(c) {
-                if !std::mem::replace(&mut seen[b], true) {
-                    q.prefetch.push(self.whole(b));
+            for part in self.parts_of(c) {
+                if !std::mem::replace(&mut seen[part.blob], true) {
+                    q.prefetch.push(self.whole(part.blob));
                 }
             }
         }
@@ -326,20 +337,20 @@ impl Sparse {
                 }
                 None => return None,
             };
-            // Only the stretch from its first missing page to its last is fetched.
-            let pages = self.pages(j.start, j.end);
-            let first = pages.clone().find(|&p| q.pages[p] == MISSING);
-            let last = pages.clone().rev().find(|&p| q.pages[p] == MISSING);
+            // Only the stretch of the blob from its first missing page to its last is fetched.
+            let pages: Vec<(u64, usize)> = self.job_pages(&j).collect();
+            let first = pages.iter().position(|&(_, p)| q.pages[p] == MISSING);
+            let last = pages.iter().rposition(|&(_, p)| q.pages[p] == MISSING);
             if let (Some(first), Some(last)) = (first, last) {
-                for p in &mut q.pages[first..=last] {
-                    if *p == MISSING {
-                        *p = IN_FLIGHT;
+                for &(_, p) in &pages[first..=last] {
+                    if q.pages[p] == MISSING {
+                        q.pages[p] = IN_FLIGHT;
                     }
                 }
                 return Some(Job {
                     blob: j.blob,
-                    start: j.start.max(first as u64 * self.page),
-                    end: j.end.min((last as u64 + 1) * self.page),
+                    start: pages[first].0,
+                    end: (pages[last].0 + self.page).min(j.end),
                 });
             }
         }
@@ -355,7 +366,7 @@ impl Sparse {
                 {
                     let mut q = self.queue();
                     let done = match mine {
-                        Some(m) => m.iter().all(|j| q.all(self.pages(j.start, j.end), PRESENT)),
+                        Some(m) => m.iter().all(|j| self.all(&q, j, PRESENT)),
                         None => q.stop,
                     };
                     if done || q.failed.is_some() {
@@ -390,12 +401,17 @@ impl Sparse {
                     continue;
                 };
                 flying.retain(|x| *x != j);
-                let written = got.and_then(|(at, data)| self.write_missing(at, &data));
+                let written = got.and_then(|(at, data)| self.write_missing(j.blob, at, &data));
                 let mut q = self.queue();
                 match written {
                     Ok((at, n, new)) => {
-                        for p in &mut q.pages[self.pages(at, at + n)] {
-                            *p = PRESENT;
+                        let landed = Job {
+                            blob: j.blob,
+                            start: at,
+                            end: at + n,
+                        };
+                        for (_, p) in self.job_pages(&landed) {
+                            q.pages[p] = PRESENT;
                         }
                         if let Some(p) = progress {
                             p.add(new);
@@ -409,83 +425,95 @@ impl Sparse {
         // What was still on its way is dropped: asked for again first.
         let mut q = self.queue();
         for j in flying.into_iter().rev() {
-            for p in &mut q.pages[self.pages(j.start, j.end)] {
-                if *p == IN_FLIGHT {
-                    *p = MISSING;
+            for (_, p) in self.job_pages(&j) {
+                if q.pages[p] == IN_FLIGHT {
+                    q.pages[p] = MISSING;
                 }
             }
             q.urgent.push_front(j);
         }
     }
 
-    /// Writes the pages of `data` (payload bytes from `at`) that are not in the file yet: a page
-    /// already there may have been verified and read, and is never written again (a registry
-    /// sending a range again, or a whole blob for a range, cannot change it). Only the driver
-    /// writes. Returns (`at`, the length, the bytes written).
-    fn write_missing(&self, at: u64, data: &[u8]) -> Result<(u64, u64, u64)> {
+    /// Writes the pages of `data` (bytes of blob `blob` from `at`) that are not in the file yet,
+    /// each where the layout puts it in the payload: a page already there may have been verified
+    /// and read, and is never written again (a registry sending a range again, or a whole blob
+    /// for a range, cannot change it). Only the driver writes. Returns (`at`, the length, the
+    /// bytes written).
+    fn write_missing(&self, blob: usize, at: u64, data: &[u8]) -> Result<(u64, u64, u64)> {
         let end = at + data.len() as u64;
-        let missing: Vec<(u64, u64)> = {
+        let whole = Job {
+            blob,
+            start: at,
+            end,
+        };
+        // Runs of missing pages: (offset in the blob, payload offset, length).
+        let missing: Vec<(u64, u64, u64)> = {
             let q = self.queue();
-            let mut runs: Vec<(u64, u64)> = Vec::new();
-            for p in self.pages(at, end).filter(|&p| q.pages[p] != PRESENT) {
-                let (s, e) = (p as u64 * self.page, (p as u64 + 1) * self.page);
+            let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+            for (b, p) in self
+                .job_pages(&whole)
+                .filter(|&(_, p)| q.pages[p] != PRESENT)
+            {
+                let (b, o, n) = (b, p as u64 * self.page, (end - b).min(self.page));
                 match runs.last_mut() {
-                    Some(r) if r.1 == s => r.1 = e,
-                    _ => runs.push((s, e)),
+                    Some(r) if r.0 + r.2 == b && r.1 + r.2 == o => r.2 += n,
+                    _ => runs.push((b, o, n)),
                 }
             }
             runs
         };
         let mut new = 0;
-        for (s, e) in missing {
-            let (s, e) = (s.max(at), e.min(end));
-            let bytes = &data[(s - at) as usize..(e - at) as usize];
+        for (b, o, n) in missing {
+            let bytes = &data[(b - at) as usize..(b - at + n) as usize];
             self.tmp
                 .as_file()
-                .write_all_at(bytes, self.header.payload_off + s)
+                .write_all_at(bytes, self.header.payload_off + o)
                 .map_err(|e| {
                     Failure::new(
                         Code::Io,
                         format!("cannot write {}: {e}", self.dest.display()),
                     )
                 })?;
-            new += bytes.len() as u64;
+            new += n;
         }
         Ok((at, data.len() as u64, new))
     }
 
-    /// The bytes of `j` and their payload offset: the whole blob from another cached image that
-    /// holds it, or from this image's copy of it (checked against its digest), else the range
-    /// from the registry (or the whole blob, where the registry sends it whole).
+    /// The bytes of `j` and their offset in its blob: the whole blob from another cached image
+    /// that holds it, or from this image's copy of it (checked against its digest), else the
+    /// range from the registry (or the whole blob, where the registry sends it whole).
     async fn get(&self, j: Job) -> (Job, Result<(u64, Vec<u8>)>) {
         let d = &self.layers[j.blob];
-        let twin = self.first.get(&d.digest).copied().filter(|&t| {
-            let w = self.whole(t);
-            t != j.blob && self.queue().all(self.pages(w.start, w.end), PRESENT)
-        });
-        let copy = match twin {
-            Some(t) => Some((None, self.header.payload_off + self.offsets[t])),
-            None => self.local.get(&d.digest).map(|(f, off)| (Some(f), *off)),
+        let twin = self
+            .first
+            .get(&d.digest)
+            .copied()
+            .filter(|&t| t != j.blob && self.all(&self.queue(), &self.whole(t), PRESENT));
+        let mut buf = vec![0u8; d.size as usize];
+        let read = match twin {
+            Some(t) => (self.layout.segments(t).iter()).try_for_each(|s| {
+                let at = s.at as usize..(s.at + s.len) as usize;
+                let off = self.header.payload_off + s.payload;
+                self.tmp.as_file().read_exact_at(&mut buf[at], off)
+            }),
+            None => match self.local.get(&d.digest) {
+                Some((f, off)) => {
+                    std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, *off))
+                }
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            },
         };
-        if let Some((file, off)) = copy {
-            let mut buf = vec![0u8; d.size as usize];
-            let read = match file {
-                Some(f) => std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, off)),
-                None => self.tmp.as_file().read_exact_at(&mut buf, off),
-            };
-            if read.is_ok() && artifact::sha256(&buf) == d.digest {
-                return (j, Ok((self.offsets[j.blob], buf)));
-            }
+        if read.is_ok() && artifact::sha256(&buf) == d.digest {
+            return (j, Ok((0, buf)));
         }
-        let whole = self.whole(j.blob);
-        let got = if j == whole {
-            self.remote.fetch_blob(d).await.map(|b| (j.start, b))
+        drop(buf);
+        let got = if j == self.whole(j.blob) {
+            self.remote.fetch_blob(d).await.map(|b| (0, b))
         } else {
-            let at = j.start - whole.start;
             self.remote
-                .fetch_range(d, at, j.end - j.start)
+                .fetch_range(d, j.start, j.end - j.start)
                 .await
-                .map(|(all, b)| (if all { whole.start } else { j.start }, b))
+                .map(|(all, b)| (if all { 0 } else { j.start }, b))
         };
         if let Ok((_, data)) = &got {
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -500,7 +528,7 @@ impl Sparse {
             let q = self.queue();
             (0..self.layers.len())
                 .map(|b| self.whole(b))
-                .filter(|w| !q.all(self.pages(w.start, w.end), PRESENT))
+                .filter(|w| !self.all(&q, w, PRESENT))
                 .collect()
         };
         let total = missing.iter().map(|j| j.end - j.start).sum();
@@ -515,24 +543,15 @@ impl Sparse {
         let mut jobs: Vec<Job> = Vec::new();
         for c in (0..self.header.chunk_count()).filter(|&c| wanted(c)) {
             for j in self.parts_of(c) {
-                match jobs.last_mut() {
-                    Some(last) if last.blob == j.blob => last.end = j.end,
-                    _ => jobs.push(j),
+                match jobs.iter_mut().find(|last| last.blob == j.blob) {
+                    Some(last) => {
+                        (last.start, last.end) = (last.start.min(j.start), last.end.max(j.end))
+                    }
+                    None => jobs.push(j),
                 }
             }
         }
         self.fetch_jobs(&jobs, None)
-    }
-
-    /// The blobs that hold chunk `chunk`'s bytes.
-    fn blobs_of(&self, chunk: u64) -> std::ops::Range<usize> {
-        let (start, end) = self.chunk_range(chunk);
-        let first = self
-            .offsets
-            .partition_point(|&o| o <= start)
-            .saturating_sub(1);
-        let last = self.offsets.partition_point(|&o| o < end);
-        first..last.max(first)
     }
 
     fn chunk_range(&self, chunk: u64) -> (u64, u64) {
@@ -544,14 +563,11 @@ impl Sparse {
     /// Chunk `chunk`'s bytes, as ranges of the blobs that hold them.
     fn parts_of(&self, chunk: u64) -> Vec<Job> {
         let (start, end) = self.chunk_range(chunk);
-        self.blobs_of(chunk)
-            .map(|b| {
-                let w = self.whole(b);
-                Job {
-                    blob: b,
-                    start: start.max(w.start),
-                    end: end.min(w.end),
-                }
+        (self.layout.parts(start, end))
+            .map(|(blob, at, n)| Job {
+                blob,
+                start: at,
+                end: at + n,
             })
             .collect()
     }
@@ -577,8 +593,11 @@ impl Sparse {
         let dest = self.dest.clone();
         self.tmp.persist(&dest).map_err(|e| io(e.error))?;
         if let Some(c) = &self.cache {
-            let at = self.offsets.iter().map(|o| self.header.payload_off + o);
-            c.index(&dest, self.layers.iter().zip(at));
+            // (A gathered blob is not one stretch of the file: other images fetch it.)
+            let at = (self.layers.iter().enumerate()).filter_map(|(b, l)| {
+                (self.layout.contiguous(b)).map(|o| (l, self.header.payload_off + o))
+            });
+            c.index(&dest, at);
         }
         Ok(())
     }
