@@ -280,11 +280,12 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         // must reach the main thread, which forwards it once the process exists (one taken by
         // another thread before that would end the launcher with the process made).
         let mask = sys::set_sigmask(u64::MAX);
+        if let Some(s) = &sparse {
+            s.plan(&prefetch, early, gate);
+            scope.spawn(|| s.serve());
+        }
         if !ahead.is_empty() {
             scope.spawn(|| ahead.run());
-        }
-        if let Some(s) = &sparse {
-            scope.spawn(|| s.serve(&prefetch, early, gate));
         }
         sys::set_sigmask(mask);
         // However this closure ends (an error below, a panic), those two threads are told to

@@ -429,16 +429,12 @@ impl Remote {
         pull(&self.client, &self.auth).await
     }
 
+    /// A whole blob, checked against its digest. Asked for as a range of all of it: the client
+    /// hashes a blob sent whole as it streams in (a second pass over every byte, on the thread
+    /// that receives them all), where this check is the one that names the failure.
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        let r = &self.reference;
-        let desc = d.oci();
-        let bytes = self
-            .retrying("fetching a blob from", || async {
-                let s = self.pulling(|c, _| c.pull_blob_stream(r, &desc)).await?;
-                read_at_most(s.stream, d.size).await
-            })
-            .await?;
-        if bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest {
+        let (whole, bytes) = self.fetch_range(d, 0, d.size).await?;
+        if !whole && artifact::sha256(&bytes) != d.digest {
             return Err(Failure::new(
                 Code::Corrupt,
                 format!(

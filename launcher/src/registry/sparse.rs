@@ -275,16 +275,22 @@ impl Sparse {
         q
     }
 
-    /// Drives the client until [`Self::stop`]: ranges asked for first, then the blobs of the
-    /// chunks `order` names, in that order (a restore's working set; those after its first
-    /// `early` once `gate` is open).
-    pub fn serve(
+    /// Plans what [`Self::serve`] fetches when nothing is asked for: the blobs of the chunks
+    /// `order` names, in that order (a restore's working set; those after its first `early`
+    /// once `gate` is open). From now on the thread about to run `serve` is the driver: a thread
+    /// that asks for ranges meanwhile waits for it instead of driving itself, which would fetch
+    /// only what it asked for until it had it (the working set's first blob alone, say).
+    pub fn plan(
         &self,
         order: &[u64],
         early: usize,
         gate: std::sync::Arc<crate::restore::working_set::Gate>,
     ) {
         let mut q = self.queue();
+        while q.driving {
+            q = self.landed.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        q.driving = true;
         // First the early part's stretch of each blob, in the order of their first chunks;
         // then whole blobs, in order (the rest of those stretched, and the late part's).
         let mut spans: Vec<Job> = Vec::new();
@@ -311,7 +317,14 @@ impl Sparse {
             }
         }
         q.gate = Some(gate);
-        drop(self.take_turns(q, None, None, |q| q.stop || q.failed.is_some()));
+    }
+
+    /// Drives the client, as planned ([`Self::plan`]), until [`Self::stop`] or a failure:
+    /// ranges asked for first, the working set's in between.
+    pub fn serve(&self) {
+        self.drive(None, None);
+        self.queue().driving = false;
+        self.landed.notify_all();
     }
 
     /// Ends [`Self::serve`] (the ranges it is fetching are dropped, and fetched again if asked).
@@ -377,6 +390,20 @@ impl Sparse {
                             break;
                         };
                         flying.push(j);
+                        if std::env::var("XTRACE").is_ok() {
+                            eprintln!(
+                                "XTRACE {:?} start blob {} {}..{} ({} KiB)",
+                                std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap()
+                                    .as_micros()
+                                    % 100_000_000,
+                                j.blob,
+                                j.start,
+                                j.end,
+                                (j.end - j.start) / 1024
+                            );
+                        }
                         flight.push(self.get(j));
                     }
                 }
@@ -401,6 +428,20 @@ impl Sparse {
                     continue;
                 };
                 flying.retain(|x| *x != j);
+                if std::env::var("XTRACE").is_ok() {
+                    eprintln!(
+                        "XTRACE {:?} landed blob {} {}..{} ({} KiB)",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_micros()
+                            % 100_000_000,
+                        j.blob,
+                        j.start,
+                        j.end,
+                        (j.end - j.start) / 1024
+                    );
+                }
                 let written = got.and_then(|(at, data)| self.write_missing(j.blob, at, &data));
                 let mut q = self.queue();
                 match written {
@@ -481,7 +522,11 @@ impl Sparse {
 
     /// The bytes of `j` and their offset in its blob: the whole blob from another cached image
     /// that holds it, or from this image's copy of it (checked against its digest), else the
-    /// range from the registry (or the whole blob, where the registry sends it whole).
+    /// range from the registry (or the whole blob, where the registry sends it whole). What
+    /// comes from the registry is not hashed as a blob: the manifest's digests are as unsigned
+    /// as the bytes, and every chunk is checked against its signed digest before any byte of it
+    /// is used, wherever it came from (a hash of every blob on the thread receiving them all
+    /// held up a first start by a fifth).
     async fn get(&self, j: Job) -> (Job, Result<(u64, Vec<u8>)>) {
         let d = &self.layers[j.blob];
         let twin = self
@@ -489,32 +534,29 @@ impl Sparse {
             .get(&d.digest)
             .copied()
             .filter(|&t| t != j.blob && self.all(&self.queue(), &self.whole(t), PRESENT));
-        let mut buf = vec![0u8; d.size as usize];
-        let read = match twin {
-            Some(t) => (self.layout.segments(t).iter()).try_for_each(|s| {
-                let at = s.at as usize..(s.at + s.len) as usize;
-                let off = self.header.payload_off + s.payload;
-                self.tmp.as_file().read_exact_at(&mut buf[at], off)
-            }),
-            None => match self.local.get(&d.digest) {
-                Some((f, off)) => {
+        let local = self.local.get(&d.digest);
+        if twin.is_some() || local.is_some() {
+            let mut buf = vec![0u8; d.size as usize];
+            let read = match (twin, local) {
+                (Some(t), _) => (self.layout.segments(t).iter()).try_for_each(|s| {
+                    let at = s.at as usize..(s.at + s.len) as usize;
+                    let off = self.header.payload_off + s.payload;
+                    self.tmp.as_file().read_exact_at(&mut buf[at], off)
+                }),
+                (None, Some((f, off))) => {
                     std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, *off))
                 }
-                None => Err(std::io::ErrorKind::NotFound.into()),
-            },
-        };
-        if read.is_ok() && artifact::sha256(&buf) == d.digest {
-            return (j, Ok((0, buf)));
+                (None, None) => unreachable!("one of them is there"),
+            };
+            if read.is_ok() && artifact::sha256(&buf) == d.digest {
+                return (j, Ok((0, buf)));
+            }
         }
-        drop(buf);
-        let got = if j == self.whole(j.blob) {
-            self.remote.fetch_blob(d).await.map(|b| (0, b))
-        } else {
-            self.remote
-                .fetch_range(d, j.start, j.end - j.start)
-                .await
-                .map(|(all, b)| (if all { 0 } else { j.start }, b))
-        };
+        let got = self
+            .remote
+            .fetch_range(d, j.start, j.end - j.start)
+            .await
+            .map(|(all, b)| (if all { 0 } else { j.start }, b));
         if let Ok((_, data)) = &got {
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.fetched.fetch_add(1, Ordering::Relaxed);
