@@ -390,20 +390,6 @@ impl Sparse {
                             break;
                         };
                         flying.push(j);
-                        if std::env::var("XTRACE").is_ok() {
-                            eprintln!(
-                                "XTRACE {:?} start blob {} {}..{} ({} KiB)",
-                                std::time::SystemTime::now()
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .unwrap()
-                                    .as_micros()
-                                    % 100_000_000,
-                                j.blob,
-                                j.start,
-                                j.end,
-                                (j.end - j.start) / 1024
-                            );
-                        }
                         flight.push(self.get(j));
                     }
                 }
@@ -428,20 +414,6 @@ impl Sparse {
                     continue;
                 };
                 flying.retain(|x| *x != j);
-                if std::env::var("XTRACE").is_ok() {
-                    eprintln!(
-                        "XTRACE {:?} landed blob {} {}..{} ({} KiB)",
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap()
-                            .as_micros()
-                            % 100_000_000,
-                        j.blob,
-                        j.start,
-                        j.end,
-                        (j.end - j.start) / 1024
-                    );
-                }
                 let written = got.and_then(|(at, data)| self.write_missing(j.blob, at, &data));
                 let mut q = self.queue();
                 match written {
