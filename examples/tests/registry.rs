@@ -879,6 +879,50 @@ fn a_registry_that_changes_or_reorders_blobs_is_refused_and_nothing_runs() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A manifest that lists a blob again with a smaller size (an unsigned claim: the bytes then
+/// read as that blob's are not the earlier blob's) is refused as corrupt, without a panic.
+#[test]
+fn a_blob_listed_again_with_another_size_is_refused() {
+    let reg = Registry::start(false);
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let r = reg.reference("team/app:v1");
+    let o = thaw(&["push", img.to_str().unwrap(), &r]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = reg.manifest("team/app:v1");
+    let layers = m["layers"].as_array().unwrap().clone();
+    let plain: Vec<usize> = (1..layers.len())
+        .filter(|&i| layers[i]["mediaType"] == CHUNKS)
+        .collect();
+    let size = |i: usize| layers[i]["size"].as_u64().unwrap();
+    let first = |i: usize| (1..layers.len()).find(|&k| layers[k]["digest"] == layers[i]["digest"]);
+    // Blob t, a later blob k of its size, and a smaller blob e.
+    let (t, k) = plain
+        .iter()
+        .flat_map(|&t| plain.iter().map(move |&k| (t, k)))
+        .find(|&(t, k)| {
+            k > t + 20
+                && first(t) == Some(t)
+                && size(k) == size(t)
+                && layers[k]["digest"] != layers[t]["digest"]
+        })
+        .expect("two plain blobs of one size");
+    let e = *plain
+        .iter()
+        .find(|&&i| size(i) < size(t))
+        .expect("a smaller plain blob");
+    // Blob k becomes the start of blob t, and blob e: the sizes still add up.
+    let mut again = layers[t].clone();
+    again["size"] = (size(t) - size(e)).into();
+    let mut listed = layers.clone();
+    listed.splice(k..=k, [again, layers[e].clone()]);
+    let mut twin = m.clone();
+    twin["layers"] = listed.into();
+    let trust = env.pubkey.to_str().unwrap();
+    refused_as_reordered(&reg, &env, trust, &twin, "twin", "does not match");
+}
+
 /// Publishes `manifest` as `team/app:TAG` and checks that pulling it is refused as corrupt, in
 /// one line saying `why`, and leaves no file.
 fn refused_as_reordered(

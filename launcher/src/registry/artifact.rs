@@ -139,7 +139,7 @@ pub fn manifest(
 }
 
 /// A pulled manifest, checked to be a thaw artifact (the head is checked against it later, by
-/// [`check_layers`]).
+/// `payload::Layout::check`).
 pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
     let m: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| format!("the registry's manifest is not an OCI image manifest: {e}"))?;

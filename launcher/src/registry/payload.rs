@@ -336,9 +336,12 @@ impl Layout {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        self.blobs[b]
+        // Segments are in blob order: from the first that ends after `start`.
+        let segments = &self.blobs[b];
+        let from = segments.partition_point(|s| s.at + s.len <= start);
+        segments[from..]
             .iter()
-            .filter(move |s| s.at < end && s.at + s.len > start)
+            .take_while(move |s| s.at < end)
             .map(move |s| {
                 let (a, e) = (start.max(s.at), end.min(s.at + s.len));
                 (s.payload + (a - s.at), a, e - a)

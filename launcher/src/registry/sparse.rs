@@ -322,9 +322,16 @@ impl Sparse {
     /// Drives the client, as planned ([`Self::plan`]), until [`Self::stop`] or a failure:
     /// ranges asked for first, the working set's in between.
     pub fn serve(&self) {
+        // However it ends (a panic too), the threads waiting for it then drive themselves.
+        struct Release<'a>(&'a Sparse);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.queue().driving = false;
+                self.0.landed.notify_all();
+            }
+        }
+        let _release = Release(self);
         self.drive(None, None);
-        self.queue().driving = false;
-        self.landed.notify_all();
     }
 
     /// Ends [`Self::serve`] (the ranges it is fetching are dropped, and fetched again if asked).
@@ -501,11 +508,12 @@ impl Sparse {
     /// held up a first start by a fifth).
     async fn get(&self, j: Job) -> (Job, Result<(u64, Vec<u8>)>) {
         let d = &self.layers[j.blob];
-        let twin = self
-            .first
-            .get(&d.digest)
-            .copied()
-            .filter(|&t| t != j.blob && self.all(&self.queue(), &self.whole(t), PRESENT));
+        // (A layer listed again with another size is no twin: the manifest is unsigned.)
+        let twin = self.first.get(&d.digest).copied().filter(|&t| {
+            t != j.blob
+                && self.layers[t].size == d.size
+                && self.all(&self.queue(), &self.whole(t), PRESENT)
+        });
         let local = self.local.get(&d.digest);
         if twin.is_some() || local.is_some() {
             let mut buf = vec![0u8; d.size as usize];
@@ -555,13 +563,17 @@ impl Sparse {
     /// The chunks `wanted` selects: of each blob, the range from the first of them to the last.
     pub fn fetch_chunks(&self, wanted: impl Fn(u64) -> bool) -> Result<()> {
         let mut jobs: Vec<Job> = Vec::new();
+        let mut of_blob: HashMap<usize, usize> = HashMap::new();
         for c in (0..self.header.chunk_count()).filter(|&c| wanted(c)) {
             for j in self.parts_of(c) {
-                match jobs.iter_mut().find(|last| last.blob == j.blob) {
+                match of_blob.get(&j.blob).map(|&i| &mut jobs[i]) {
                     Some(last) => {
                         (last.start, last.end) = (last.start.min(j.start), last.end.max(j.end))
                     }
-                    None => jobs.push(j),
+                    None => {
+                        of_blob.insert(j.blob, jobs.len());
+                        jobs.push(j);
+                    }
                 }
             }
         }
