@@ -884,31 +884,13 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Sends one byte on `sock`.
-/// Writes one byte to a pipe.
+/// Writes one byte to `fd` (a pipe, a socket).
 pub fn write_byte(fd: &OwnedFd, byte: u8) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let b = [byte];
     syscall(
         libc::SYS_write,
         [fd.as_raw_fd() as u64, b.as_ptr() as u64, 1, 0, 0, 0],
-    )
-    .map(drop)
-}
-
-pub fn send_byte(sock: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let byte = 1u8;
-    syscall(
-        libc::SYS_write,
-        [
-            sock.as_raw_fd() as u64,
-            &byte as *const u8 as u64,
-            1,
-            0,
-            0,
-            0,
-        ],
     )
     .map(drop)
 }

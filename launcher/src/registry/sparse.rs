@@ -474,7 +474,7 @@ impl Sparse {
                 .job_pages(&whole)
                 .filter(|&(_, p)| q.pages[p] != PRESENT)
             {
-                let (b, o, n) = (b, p as u64 * self.page, (end - b).min(self.page));
+                let (o, n) = (p as u64 * self.page, (end - b).min(self.page));
                 match runs.last_mut() {
                     Some(r) if r.0 + r.2 == b && r.1 + r.2 == o => r.2 += n,
                     _ => runs.push((b, o, n)),
@@ -514,24 +514,26 @@ impl Sparse {
                 && self.layers[t].size == d.size
                 && self.all(&self.queue(), &self.whole(t), PRESENT)
         });
-        let local = self.local.get(&d.digest);
-        if twin.is_some() || local.is_some() {
-            let mut buf = vec![0u8; d.size as usize];
-            let read = match (twin, local) {
-                (Some(t), _) => (self.layout.segments(t).iter()).try_for_each(|s| {
+        let mut buf = Vec::new();
+        let read = match (twin, self.local.get(&d.digest)) {
+            (Some(t), _) => {
+                buf.resize(d.size as usize, 0);
+                Some((self.layout.segments(t).iter()).try_for_each(|s| {
                     let at = s.at as usize..(s.at + s.len) as usize;
                     let off = self.header.payload_off + s.payload;
                     self.tmp.as_file().read_exact_at(&mut buf[at], off)
-                }),
-                (None, Some((f, off))) => {
-                    std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, *off))
-                }
-                (None, None) => unreachable!("one of them is there"),
-            };
-            if read.is_ok() && artifact::sha256(&buf) == d.digest {
-                return (j, Ok((0, buf)));
+                }))
             }
+            (None, Some((f, off))) => {
+                buf.resize(d.size as usize, 0);
+                Some(std::fs::File::open(f).and_then(|f| f.read_exact_at(&mut buf, *off)))
+            }
+            (None, None) => None,
+        };
+        if read.is_some_and(|r| r.is_ok()) && artifact::sha256(&buf) == d.digest {
+            return (j, Ok((0, buf)));
         }
+        drop(buf);
         let got = self
             .remote
             .fetch_range(d, j.start, j.end - j.start)

@@ -306,7 +306,7 @@ pub fn handshake(
     // Before the answer too: the process runs its own code only after it.
     let watch = watch_output.then(|| sys::watch_writes(1)).flatten();
     // A restorer that is gone by now reports that itself.
-    let _ = sys::send_byte(sock);
+    let _ = sys::write_byte(sock, 1);
     Some(Ok(Handover {
         uffd,
         sender,
