@@ -1115,3 +1115,182 @@ fn credentials_come_from_the_environment_or_an_auth_file() {
     assert!(err.contains("refused the credentials"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = memory_image(&env, &scratch.path().join("mapped.dat"));
+    let size = std::fs::metadata(&img).unwrap().len();
+    let reg = Registry::start(false);
+    let o = thaw(&["push", img.to_str().unwrap(), &reg.reference("team/app:v1")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let proxy = Cutting::start(&reg.addr);
+    let r = format!("{}/team/app:v1", proxy.addr);
+
+    // Lazily, from an empty cache: every blob's first response stops halfway (its head's
+    // too); each is asked again from its first missing page, and the process comes back whole.
+    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let cut = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
+    let (bytes, _) = fetched(&err);
+    assert!(cut > 4, "{cut} responses cut: {err}");
+    // What had come is kept: no byte taken twice (a whole page at most where one was cut in
+    // the middle of it, and it is not counted).
+    assert!(bytes <= size, "{bytes} bytes fetched for {size}: {err}");
+    let cached = cached_images(&env.path("cache/images"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+
+    // A pull through a fresh proxy: the same.
+    let proxy = Cutting::start(&reg.addr);
+    let pulled = env.path("pulled.thaw");
+    let o = pull(
+        env.pubkey.to_str().unwrap(),
+        &format!("{}/team/app:v1", proxy.addr),
+        pulled.to_str().unwrap(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(proxy.cut.load(std::sync::atomic::Ordering::Relaxed) > 4);
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+}
+
+/// A TCP proxy in front of a registry that cuts the connection halfway through the body of the
+/// first response it relays for each blob: a network failing in the middle of a transfer.
+struct Cutting {
+    addr: String,
+    /// Responses cut.
+    cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Cutting {
+    fn start(upstream: &str) -> Cutting {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (up, c) = (upstream.to_string(), cut.clone());
+        // (Serves until the test ends.)
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (c, s) = (c.clone(), seen.clone());
+                std::thread::spawn(move || relay(client, server, &c, &s));
+            }
+        });
+        Cutting { addr, cut }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Relays one connection: requests as they come (noting which asks for a blob, and which is a
+/// HEAD), responses one by one.
+fn relay(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    cut: &std::sync::atomic::AtomicUsize,
+    seen: &std::sync::Mutex<std::collections::HashSet<String>>,
+) {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    // (Relayed as it comes: a write held back for the next would wait for a delayed ack.)
+    let _ = client.set_nodelay(true).and(server.set_nodelay(true));
+    // Per request, in order: (a HEAD, the blob a GET asks for).
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, Option<String>)>();
+    let (mut from_client, mut to_server) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let (mut held, mut b) = (Vec::new(), [0u8; 16384]);
+        // (The launcher's requests for blobs and manifests have no bodies.)
+        while let Ok(n @ 1..) = from_client.read(&mut b) {
+            if to_server.write_all(&b[..n]).is_err() {
+                break;
+            }
+            held.extend_from_slice(&b[..n]);
+            while let Some(end) = find(&held, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&held[..end]).into_owned();
+                held.drain(..end + 4);
+                let line = head.lines().next().unwrap_or("");
+                let blob = (line.strip_prefix("GET "))
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|p| p.split_once("/blobs/"))
+                    .map(|(_, d)| d.to_string());
+                let _ = tx.send((line.starts_with("HEAD "), blob));
+            }
+        }
+        let _ = to_server.shutdown(Shutdown::Write);
+    });
+    let (mut from_server, mut to_client) = (server, client);
+    let (mut held, mut b) = (Vec::new(), vec![0u8; 65536]);
+    let mut more = |held: &mut Vec<u8>| match from_server.read(&mut b) {
+        Ok(n @ 1..) => {
+            held.extend_from_slice(&b[..n]);
+            true
+        }
+        _ => false,
+    };
+    loop {
+        let end = loop {
+            if let Some(e) = find(&held, b"\r\n\r\n") {
+                break e + 4;
+            }
+            if !more(&mut held) {
+                return;
+            }
+        };
+        let Ok((is_head, blob)) = rx.recv() else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&held[..end]).to_lowercase();
+        let len: Option<usize> = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok());
+        let Some(len) = len.map(|n| if is_head { 0 } else { n }) else {
+            // No length (not what this registry sends): relayed as it is from here on.
+            loop {
+                if to_client.write_all(&held).is_err() {
+                    return;
+                }
+                held.clear();
+                if !more(&mut held) {
+                    return;
+                }
+            }
+        };
+        let first = blob.is_some_and(|d| len >= 2 && seen.lock().unwrap().insert(d));
+        let mut left = end + if first { len / 2 } else { len };
+        while left > 0 {
+            if held.is_empty() && !more(&mut held) {
+                return;
+            }
+            let k = left.min(held.len());
+            if to_client.write_all(&held[..k]).is_err() {
+                return;
+            }
+            held.drain(..k);
+            left -= k;
+        }
+        if first {
+            cut.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = to_client.shutdown(Shutdown::Both);
+            let _ = from_server.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub struct Args {
     blob_size: Option<u64>,
     /// Payload bytes per blob at most for what a restore needs before its first response (what
     /// it reads before the process runs, and the early part of the working set your restores
-    /// recorded; default 2M): fetched all at once by a first start, so larger blobs start it
+    /// recorded; default 16M): streamed by a first start as it comes, so larger blobs start it
     /// sooner, smaller ones share more with a rebuilt image.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     early_blob_size: Option<u64>,

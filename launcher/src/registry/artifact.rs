@@ -45,7 +45,7 @@ pub const BLOB_BYTES: u64 = 512 << 10;
 /// Bytes per gathered blob at most (what a restore needs before its first response), unless the
 /// pusher says otherwise (`thaw push --early-blob-size`): a first start fetches all of it at
 /// once, so few large blobs, at the price of sharing less with a rebuilt image.
-pub const EARLY_BLOB_BYTES: u64 = 2 << 20;
+pub const EARLY_BLOB_BYTES: u64 = 16 << 20;
 
 /// A head is at most a header block (64 KiB page), a manifest (64 MiB) and a trailer.
 pub const MAX_HEAD: u64 = (64 << 10) + (64 << 20) + 4096;

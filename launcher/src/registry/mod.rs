@@ -30,6 +30,9 @@ use artifact::Descriptor;
 
 /// Blobs fetched at once (over one or more connections).
 const PARALLEL: usize = 8;
+/// Bytes of a blob being received that are written out at once (in whole pages) for a restore
+/// waiting for them, rather than at its end.
+const STREAM_PIECE: usize = 64 << 10;
 /// Attempts of one request on a network failure (not on a refusal), with back-off between.
 const ATTEMPTS: u32 = 4;
 
@@ -354,55 +357,111 @@ impl Remote {
         )
     }
 
-    /// `len` bytes of blob `d` from `offset` (an HTTP range request), or the whole blob (checked
-    /// against its digest) where the registry answers with it: (whole, bytes). The bytes of a
-    /// part are checked later, against the signed chunk digests, like every byte of an image.
-    pub(super) async fn fetch_range(
+    /// Streams bytes `start..end` of blob `d` (an HTTP range request) to `land` as they
+    /// come, in runs of whole `page`s of at least [`STREAM_PIECE`] bytes, each with its offset in
+    /// the blob (the whole blob, from 0, where the registry answers with all of it); a
+    /// connection lost on the way is asked again for what had not come. Nothing here is
+    /// hashed: the caller checks every chunk against its signed digest before it is used. A
+    /// registry cannot make the launcher take more than it asked for, or less without a
+    /// failure. Returns the requests made.
+    pub(super) async fn stream_range(
         &self,
         d: &Descriptor,
-        offset: u64,
-        len: u64,
-    ) -> Result<(bool, Vec<u8>)> {
+        (mut start, end): (u64, u64),
+        page: u64,
+        land: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        use futures_util::StreamExt;
         let r = &self.reference;
         let desc = d.oci();
-        let (whole, bytes) = self
-            .retrying("fetching part of a blob from", || async {
-                let (whole, s) = match self
-                    .pulling(|c, _| c.pull_blob_stream_partial(r, &desc, offset, Some(len)))
-                    .await?
-                {
-                    oci_client::client::BlobResponse::Full(s) => (true, s),
-                    oci_client::client::BlobResponse::Partial(s) => (false, s),
+        let what = "fetching part of a blob from";
+        let mut requests = 0;
+        let mut attempt = 1;
+        while start < end {
+            requests += 1;
+            let sent = self
+                .pulling(|c, _| c.pull_blob_stream_partial(r, &desc, start, Some(end - start)))
+                .await;
+            let (mut at, limit, mut stream) = match sent {
+                Ok(oci_client::client::BlobResponse::Full(s)) => (0, d.size, s.stream),
+                Ok(oci_client::client::BlobResponse::Partial(s)) => (start, end, s.stream),
+                Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(failure(&self.name(), what, &e)),
+            };
+            let from = at;
+            let mut held: Vec<u8> = Vec::with_capacity(2 * STREAM_PIECE);
+            let lost = loop {
+                let b = match stream.next().await {
+                    Some(Ok(b)) => b,
+                    // The client checks a blob sent whole at its end and says so as an error
+                    // of its own: every byte has come, and the chunks are checked anyway.
+                    Some(Err(e)) if at + held.len() as u64 == limit && e.get_ref().is_some() => {
+                        break None
+                    }
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
                 };
-                let out = read_at_most(s.stream, if whole { d.size } else { len }).await?;
-                Ok((whole, out))
-            })
-            .await?;
-        let bad = || {
-            Failure::new(
-                Code::Corrupt,
-                format!(
-                    "{}: blob {} does not match its digest",
-                    self.name(),
-                    d.digest
-                ),
-            )
-        };
-        if whole && (bytes.len() as u64 != d.size || artifact::sha256(&bytes) != d.digest) {
-            return Err(bad());
+                if at + (held.len() + b.len()) as u64 > limit {
+                    return Err(Failure::new(
+                        Code::Corrupt,
+                        format!(
+                            "{}: the registry sent more of blob {} than was asked for",
+                            self.name(),
+                            d.digest
+                        ),
+                    ));
+                }
+                held.extend_from_slice(&b);
+                if held.len() >= STREAM_PIECE {
+                    let n = held.len() as u64 / page * page;
+                    land(at, &held[..n as usize])?;
+                    held.drain(..n as usize);
+                    at += n;
+                }
+            };
+            // What came whole is kept; a partial page is asked for again with the rest.
+            let n = if lost.is_none() {
+                held.len() as u64
+            } else {
+                held.len() as u64 / page * page
+            };
+            if n > 0 {
+                land(at, &held[..n as usize])?;
+                at += n;
+            }
+            match lost {
+                None if at == limit => return Ok(requests),
+                None => {
+                    return Err(Failure::new(
+                        Code::Corrupt,
+                        format!(
+                            "{}: the registry sent {} bytes of blob {} where {} were asked for",
+                            self.name(),
+                            at - from,
+                            d.digest,
+                            limit - from
+                        ),
+                    ))
+                }
+                // Asked again at once from the first byte that has not come, where this
+                // answer brought some (a dropped connection); after a pause where it brought
+                // none (from the start again, after a blob sent whole that stopped before).
+                Some(_) if at > start => (start, attempt) = (at.min(end), 1),
+                Some(e) => {
+                    let e = OciDistributionError::IoError(e);
+                    if attempt >= ATTEMPTS {
+                        return Err(failure(&self.name(), what, &e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                    attempt += 1;
+                }
+            }
         }
-        if !whole && bytes.len() as u64 != len {
-            return Err(Failure::new(
-                Code::Corrupt,
-                format!(
-                    "{}: the registry sent {} bytes of blob {} where {len} were asked for",
-                    self.name(),
-                    bytes.len(),
-                    d.digest
-                ),
-            ));
-        }
-        Ok((whole, bytes))
+        Ok(requests)
     }
 
     /// Runs a pull with the client without credentials where there is one (see `open`), else,
@@ -433,8 +492,16 @@ impl Remote {
     /// hashes a blob sent whole as it streams in (a second pass over every byte, on the thread
     /// that receives them all), where this check is the one that names the failure.
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        let (whole, bytes) = self.fetch_range(d, 0, d.size).await?;
-        if !whole && artifact::sha256(&bytes) != d.digest {
+        // Grown as it comes (the size is the unsigned manifest's); from where a lost connection
+        // is asked again, or from the start where the registry sends it whole again.
+        let mut bytes = Vec::new();
+        let mut land = |at: u64, b: &[u8]| {
+            bytes.truncate(at as usize);
+            bytes.extend_from_slice(b);
+            Ok(())
+        };
+        self.stream_range(d, (0, d.size), 1, &mut land).await?;
+        if artifact::sha256(&bytes) != d.digest {
             return Err(Failure::new(
                 Code::Corrupt,
                 format!(
@@ -476,33 +543,6 @@ fn without_system_roots<T>(build: impl FnOnce() -> T) -> T {
         }
     }
     built
-}
-
-/// The bytes of `stream`, refused past `limit` (the size the blob or range should have): a
-/// registry cannot make the launcher hold more than it asked for.
-async fn read_at_most(
-    mut stream: futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
-    limit: u64,
-) -> std::result::Result<Vec<u8>, OciDistributionError> {
-    use futures_util::StreamExt;
-    let mut out = Vec::with_capacity(limit.min(64 << 20) as usize);
-    while let Some(b) = stream.next().await {
-        let b = match b {
-            Ok(b) => b,
-            // The client checks a whole blob's digest at its end and says so as an error of its
-            // own: the blob is complete, and the caller's own check names it (corrupt, not a
-            // network failure to retry).
-            Err(e) if out.len() as u64 == limit && e.get_ref().is_some() => break,
-            Err(e) => return Err(OciDistributionError::IoError(e)),
-        };
-        if out.len() as u64 + b.len() as u64 > limit {
-            return Err(OciDistributionError::IoError(std::io::Error::other(
-                format!("the registry sent more than the {limit} bytes asked for"),
-            )));
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(out)
 }
 
 /// `HOST[:PORT]/NAME[:TAG]` or `HOST[:PORT]/NAME@sha256:HEX` (tag `latest` when none), checked

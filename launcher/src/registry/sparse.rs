@@ -397,7 +397,7 @@ impl Sparse {
                             break;
                         };
                         flying.push(j);
-                        flight.push(self.get(j));
+                        flight.push(self.get(j, progress));
                     }
                 }
                 if flight.is_empty() {
@@ -421,23 +421,8 @@ impl Sparse {
                     continue;
                 };
                 flying.retain(|x| *x != j);
-                let written = got.and_then(|(at, data)| self.write_missing(j.blob, at, &data));
-                let mut q = self.queue();
-                match written {
-                    Ok((at, n, new)) => {
-                        let landed = Job {
-                            blob: j.blob,
-                            start: at,
-                            end: at + n,
-                        };
-                        for (_, p) in self.job_pages(&landed) {
-                            q.pages[p] = PRESENT;
-                        }
-                        if let Some(p) = progress {
-                            p.add(new);
-                        }
-                    }
-                    Err(f) => q.failed = Some((f.code, f.message)),
+                if let Err(f) = got {
+                    self.queue().failed = Some((f.code, f.message));
                 }
                 self.landed.notify_all();
             }
@@ -499,14 +484,35 @@ impl Sparse {
         Ok((at, data.len() as u64, new))
     }
 
-    /// The bytes of `j` and their offset in its blob: the whole blob from another cached image
-    /// that holds it, or from this image's copy of it (checked against its digest), else the
-    /// range from the registry (or the whole blob, where the registry sends it whole). What
-    /// comes from the registry is not hashed as a blob: the manifest's digests are as unsigned
-    /// as the bytes, and every chunk is checked against its signed digest before any byte of it
-    /// is used, wherever it came from (a hash of every blob on the thread receiving them all
-    /// held up a first start by a fifth).
-    async fn get(&self, j: Job) -> (Job, Result<(u64, Vec<u8>)>) {
+    /// Writes the missing pages of `data` (bytes of blob `blob` from `at`) and marks them in:
+    /// the waiting threads look again.
+    fn land(&self, blob: usize, at: u64, data: &[u8], progress: Option<&Progress>) -> Result<()> {
+        let (at, n, new) = self.write_missing(blob, at, data)?;
+        let landed = Job {
+            blob,
+            start: at,
+            end: at + n,
+        };
+        let mut q = self.queue();
+        for (_, p) in self.job_pages(&landed) {
+            q.pages[p] = PRESENT;
+        }
+        drop(q);
+        if let Some(p) = progress {
+            p.add(new);
+        }
+        self.landed.notify_all();
+        Ok(())
+    }
+
+    /// Brings in the bytes of `j`: the whole blob from another cached image that holds it, or
+    /// from this image's copy of it (checked against its digest), else the range from the
+    /// registry, written out as it comes (or the whole blob, where the registry sends it whole).
+    /// What comes from the registry is not hashed as a blob: the manifest's digests are as
+    /// unsigned as the bytes, and every chunk is checked against its signed digest before any
+    /// byte of it is used, wherever it came from (a hash of every blob on the thread receiving
+    /// them all held up a first start by a fifth).
+    async fn get(&self, j: Job, progress: Option<&Progress>) -> (Job, Result<()>) {
         let d = &self.layers[j.blob];
         // (A layer listed again with another size is no twin: the manifest is unsigned.)
         let twin = self.first.get(&d.digest).copied().filter(|&t| {
@@ -531,19 +537,20 @@ impl Sparse {
             (None, None) => None,
         };
         if read.is_some_and(|r| r.is_ok()) && artifact::sha256(&buf) == d.digest {
-            return (j, Ok((0, buf)));
+            return (j, self.land(j.blob, 0, &buf, progress));
         }
         drop(buf);
-        let got = self
-            .remote
-            .fetch_range(d, j.start, j.end - j.start)
-            .await
-            .map(|(all, b)| (if all { 0 } else { j.start }, b));
-        if let Ok((_, data)) = &got {
+        let mut land = |at: u64, data: &[u8]| {
             self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.fetched.fetch_add(1, Ordering::Relaxed);
+            self.land(j.blob, at, data, progress)
+        };
+        let got = (self.remote)
+            .stream_range(d, (j.start, j.end), self.page, &mut land)
+            .await;
+        if let Ok(n) = got {
+            self.fetched.fetch_add(n, Ordering::Relaxed);
         }
-        (j, got)
+        (j, got.map(drop))
     }
 
     /// Every payload blob (`what: X of Y MiB` on a terminal).
