@@ -23,8 +23,8 @@ pub struct Args {
     blob_size: Option<u64>,
     /// Payload bytes per blob at most for what a restore needs before its first response (what
     /// it reads before the process runs, and the early part of the working set your restores
-    /// recorded; default 16M): streamed by a first start as it comes, so larger blobs start it
-    /// sooner, smaller ones share more with a rebuilt image.
+    /// recorded; default 64M, the largest blob): streamed by a first start as it comes, so
+    /// larger blobs start it sooner, smaller ones share more with a rebuilt image.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     early_blob_size: Option<u64>,
     image: PathBuf,
@@ -88,7 +88,7 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         &up_front,
         &early,
     );
-    let total = config.size + head.len() as u64 + h.payload_len;
+    let mut total = config.size + head.len() as u64 + h.payload_len;
     let progress = Progress::new("pushing", h.payload_len);
     let (mut layers, payload_sent) = remote.put_blobs(
         blobs.iter().map(|b| {
@@ -110,6 +110,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let working_set = working_set
         .map(|ws| -> Result<_> {
             let d = artifact::Descriptor::of(artifact::WORKING_SET_TYPE, &ws);
+            // (Part of the artifact: "X of Y bytes" never says more than all of it.)
+            total += d.size;
             sent += remote.put_blob(&d, &ws)?;
             Ok(d)
         })
