@@ -17,7 +17,7 @@ use crate::restore::working_set;
 pub struct Args {
     /// Payload bytes per blob at most (K, M suffixes; default 512K). Smaller blobs make a
     /// rebuilt image share more with the one before (with --early-blob-size as small: 32K
-    /// uploads 7 % of a rebuilt CPython + pandas image, the defaults 31 %); larger ones take
+    /// uploads 7 % of a rebuilt CPython + pandas image, the defaults 37 %); larger ones take
     /// fewer requests to fetch.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     blob_size: Option<u64>,
