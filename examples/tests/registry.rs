@@ -217,14 +217,14 @@ fn push(image: &Path, reference: &str, blob_size: Option<&str>) -> (u64, u64) {
     )
 }
 
-/// From `thaw run --timing` output: bytes, and blobs (or ranges of them), fetched from the
-/// registry.
+/// From `thaw run --timing` output: bytes fetched from the registry, and requests for blobs (or
+/// ranges of them).
 fn fetched(stderr: &str) -> (u64, usize) {
     let line = stderr
         .lines()
         .find(|l| l.contains("fetched from the registry"))
         .unwrap_or_else(|| panic!("no fetch line: {stderr}"));
-    // "... (BYTES bytes, BLOBS blobs and the head) fetched from the registry ..."
+    // "... (BYTES bytes, REQUESTS requests and the head) fetched from the registry ..."
     let words: Vec<&str> = line.split_once('(').unwrap().1.split_whitespace().collect();
     (words[0].parse().unwrap(), words[2].parse().unwrap())
 }
@@ -1164,6 +1164,27 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
         std::fs::read(&pulled).unwrap(),
         std::fs::read(&img).unwrap()
     );
+
+    // A registry whose every answer breaks off after a page: four attempts that bring little
+    // fail the pull (a network failure, 74), where taking each page up again would make it a
+    // request per page.
+    let proxy = Cutting::always_after(&reg.addr, 4096);
+    let broken = env.path("broken.thaw");
+    let o = pull(
+        env.pubkey.to_str().unwrap(),
+        &format!("{}/team/app:v1", proxy.addr),
+        broken.to_str().unwrap(),
+    );
+    assert_eq!(o.status.code(), Some(IO), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("broke off 4 times") && err.lines().count() == 1,
+        "{err}"
+    );
+    // (The head's four answers, and the working set's if it has one.)
+    let cut = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((4..=8).contains(&cut), "{cut} answers cut");
+    assert!(!broken.exists());
 }
 
 /// A TCP proxy in front of a registry that cuts the connection halfway through the body of the
@@ -1176,6 +1197,15 @@ struct Cutting {
 
 impl Cutting {
     fn start(upstream: &str) -> Cutting {
+        Self::with(upstream, None)
+    }
+
+    /// Cuts every answer with a blob after `keep` bytes of it.
+    fn always_after(upstream: &str, keep: usize) -> Cutting {
+        Self::with(upstream, Some(keep))
+    }
+
+    fn with(upstream: &str, every: Option<usize>) -> Cutting {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1188,7 +1218,7 @@ impl Cutting {
                     continue;
                 };
                 let (c, s) = (c.clone(), seen.clone());
-                std::thread::spawn(move || relay(client, server, &c, &s));
+                std::thread::spawn(move || relay(client, server, &c, &s, every));
             }
         });
         Cutting { addr, cut }
@@ -1206,6 +1236,7 @@ fn relay(
     server: std::net::TcpStream,
     cut: &std::sync::atomic::AtomicUsize,
     seen: &std::sync::Mutex<std::collections::HashSet<String>>,
+    every: Option<usize>,
 ) {
     use std::io::{Read, Write};
     use std::net::Shutdown;
@@ -1274,8 +1305,13 @@ fn relay(
                 }
             }
         };
-        let first = blob.is_some_and(|d| len >= 2 && seen.lock().unwrap().insert(d));
-        let mut left = end + if first { len / 2 } else { len };
+        let keep = match every {
+            Some(k) => k.min(len),
+            None => len / 2,
+        };
+        let first =
+            blob.is_some_and(|d| keep < len && (every.is_some() || seen.lock().unwrap().insert(d)));
+        let mut left = end + if first { keep } else { len };
         while left > 0 {
             if held.is_empty() && !more(&mut held) {
                 return;

@@ -221,7 +221,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         }
         if args.timing || ctx.env("THAW_TIMING").is_some() {
             eprintln!(
-                "thaw: timing: up front: {} blobs, {:.1} MiB fetched in {:.1} ms (from the start: {:.1} ms)",
+                "thaw: timing: up front: {} requests, {:.1} MiB fetched in {:.1} ms (from the start: {:.1} ms)",
                 s.fetched.load(Ordering::Relaxed),
                 s.bytes.load(Ordering::Relaxed) as f64 / 1048576.0,
                 t.elapsed().as_secs_f64() * 1e3,
@@ -367,7 +367,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             let blobs = s.fetched.load(Ordering::Relaxed);
             let mib = |b: u64| b as f64 / 1048576.0;
             eprintln!(
-                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} blobs and the head) fetched from the registry, {:.1} MiB of it before the process ended, {} before its first output",
+                "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} requests and the head) fetched from the registry, {:.1} MiB of it before the process ended, {} before its first output",
                 mib(bytes),
                 mib(while_running),
                 s.at_output()

@@ -33,6 +33,9 @@ const PARALLEL: usize = 8;
 /// Bytes of a blob being received that are written out at once (in whole pages) for a restore
 /// waiting for them, rather than at its end.
 const STREAM_PIECE: usize = 64 << 10;
+/// What an answer cut off in the middle must have brought for the attempts to count from one
+/// again (see `Remote::stream_range`).
+const GOOD_PART: u64 = 1 << 20;
 /// Attempts of one request on a network failure (not on a refusal), with back-off between.
 const ATTEMPTS: u32 = 4;
 
@@ -363,22 +366,22 @@ impl Remote {
     /// connection lost on the way is asked again for what had not come. Nothing here is
     /// hashed: the caller checks every chunk against its signed digest before it is used. A
     /// registry cannot make the launcher take more than it asked for, or less without a
-    /// failure. Returns the requests made.
+    /// failure. Each request made is counted in `requests`.
     pub(super) async fn stream_range(
         &self,
         d: &Descriptor,
         (mut start, end): (u64, u64),
         page: u64,
         land: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
-    ) -> Result<u64> {
+        requests: &AtomicU64,
+    ) -> Result<()> {
         use futures_util::StreamExt;
         let r = &self.reference;
         let desc = d.oci();
         let what = "fetching part of a blob from";
-        let mut requests = 0;
         let mut attempt = 1;
         while start < end {
-            requests += 1;
+            requests.fetch_add(1, Ordering::Relaxed);
             let sent = self
                 .pulling(|c, _| c.pull_blob_stream_partial(r, &desc, start, Some(end - start)))
                 .await;
@@ -423,8 +426,9 @@ impl Remote {
                     at += n;
                 }
             };
-            // What came whole is kept; a partial page is asked for again with the rest.
-            let n = if lost.is_none() {
+            // What came in whole pages is kept (all of it where the answer is complete); a
+            // partial page is asked for again with the rest, or is the end of a short answer.
+            let n = if lost.is_none() && at + held.len() as u64 == limit {
                 held.len() as u64
             } else {
                 held.len() as u64 / page * page
@@ -434,7 +438,7 @@ impl Remote {
                 at += n;
             }
             match lost {
-                None if at == limit => return Ok(requests),
+                None if at == limit => return Ok(()),
                 None => {
                     return Err(Failure::new(
                         Code::Corrupt,
@@ -447,21 +451,37 @@ impl Remote {
                         ),
                     ))
                 }
-                // Asked again at once from the first byte that has not come, where this
-                // answer brought some (a dropped connection); after a pause where it brought
-                // none (from the start again, after a blob sent whole that stopped before).
-                Some(_) if at > start => (start, attempt) = (at.min(end), 1),
+                // Asked again from the first byte that has not come (all of it again after a
+                // blob sent whole that stopped before): at once where this answer brought some
+                // (a dropped connection), after a pause where it brought none. Only an answer
+                // that brought a good part starts the count of attempts again: a registry that
+                // drops every answer after a page fails as soon as one that sends nothing.
                 Some(e) => {
-                    let e = OciDistributionError::IoError(e);
-                    if attempt >= ATTEMPTS {
-                        return Err(failure(&self.name(), what, &e));
+                    let brought = at.saturating_sub(start);
+                    if brought >= GOOD_PART || at >= end {
+                        attempt = 1;
+                    } else if attempt >= ATTEMPTS {
+                        return Err(Failure::new(
+                            Code::Io,
+                            format!(
+                                "{what} {}: blob {} broke off {ATTEMPTS} times in a row: {}",
+                                self.name(),
+                                d.digest,
+                                crate::exit::one_line(&e)
+                            ),
+                        ));
+                    } else {
+                        if brought == 0 {
+                            let pause = Duration::from_millis(250 << (attempt - 1));
+                            tokio::time::sleep(pause).await;
+                        }
+                        attempt += 1;
                     }
-                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
-                    attempt += 1;
+                    start = start.max(at.min(end));
                 }
             }
         }
-        Ok(requests)
+        Ok(())
     }
 
     /// Runs a pull with the client without credentials where there is one (see `open`), else,
@@ -492,15 +512,21 @@ impl Remote {
     /// hashes a blob sent whole as it streams in (a second pass over every byte, on the thread
     /// that receives them all), where this check is the one that names the failure.
     pub(super) async fn fetch_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        // Grown as it comes (the size is the unsigned manifest's); from where a lost connection
-        // is asked again, or from the start where the registry sends it whole again.
-        let mut bytes = Vec::new();
+        // Grown as it comes (the size is the unsigned manifest's), each part written where it
+        // belongs: an answer starts where what came before ends, or at 0 where the registry
+        // sends the whole blob again.
+        let mut bytes = Vec::with_capacity(d.size.min(64 << 20) as usize);
         let mut land = |at: u64, b: &[u8]| {
-            bytes.truncate(at as usize);
-            bytes.extend_from_slice(b);
+            let (at, end) = (at as usize, at as usize + b.len());
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[at..end].copy_from_slice(b);
             Ok(())
         };
-        self.stream_range(d, (0, d.size), 1, &mut land).await?;
+        let requests = AtomicU64::new(0);
+        self.stream_range(d, (0, d.size), 1, &mut land, &requests)
+            .await?;
         if artifact::sha256(&bytes) != d.digest {
             return Err(Failure::new(
                 Code::Corrupt,

@@ -91,7 +91,7 @@ pub struct Sparse {
     wake: tokio::sync::Notify,
     /// Bytes fetched from the network (head included).
     pub bytes: AtomicU64,
-    /// Blobs fetched from the network.
+    /// Requests for blobs (or ranges of them) made to the network.
     pub fetched: AtomicU64,
     /// `bytes` when the restored process first wrote to its standard output (+1; 0: not yet).
     output: AtomicU64,
@@ -545,12 +545,9 @@ impl Sparse {
             self.land(j.blob, at, data, progress)
         };
         let got = (self.remote)
-            .stream_range(d, (j.start, j.end), self.page, &mut land)
+            .stream_range(d, (j.start, j.end), self.page, &mut land, &self.fetched)
             .await;
-        if let Ok(n) = got {
-            self.fetched.fetch_add(n, Ordering::Relaxed);
-        }
-        (j, got.map(drop))
+        (j, got)
     }
 
     /// Every payload blob (`what: X of Y MiB` on a terminal).
