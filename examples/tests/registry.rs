@@ -1129,7 +1129,7 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
         return;
     }
     let (env, _scratch, img, size, reg) = pushed_memory_image();
-    let proxy = Cutting::start(&reg.addr);
+    let proxy = Cutting::start(&reg.addr, Cut::FirstHalfway);
     let r = format!("{}/team/app:v1", proxy.addr);
 
     // Lazily, from an empty cache: every blob's first response stops halfway (its head's
@@ -1151,7 +1151,7 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
     );
 
     // A pull through a fresh proxy: the same.
-    let proxy = Cutting::start(&reg.addr);
+    let proxy = Cutting::start(&reg.addr, Cut::FirstHalfway);
     let pulled = env.path("pulled.thaw");
     let o = pull(
         env.pubkey.to_str().unwrap(),
@@ -1168,7 +1168,7 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
     // A registry whose every answer breaks off after a page: four attempts that bring little
     // fail the pull (a network failure, 74), where taking each page up again would make it a
     // request per page.
-    let proxy = Cutting::always_after(&reg.addr, 4096);
+    let proxy = Cutting::start(&reg.addr, Cut::EveryAfter(4096));
     let broken = env.path("broken.thaw");
     let o = pull(
         env.pubkey.to_str().unwrap(),
@@ -1187,25 +1187,59 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
     assert!(!broken.exists());
 }
 
-/// A TCP proxy in front of a registry that cuts the connection halfway through the body of the
-/// first response it relays for each blob: a network failing in the middle of a transfer.
+#[test]
+fn a_registry_that_ignores_ranges_sends_whole_blobs_and_the_process_comes_back_whole() {
+    if !is_root() {
+        return;
+    }
+    let (env, _scratch, img, _, reg) = pushed_memory_image();
+    let proxy = Cutting::start(&reg.addr, Cut::NoRanges);
+    let r = format!("{}/team/app:v1", proxy.addr);
+    // Lazily, from an empty cache: every range asked for comes back as its whole blob (from its
+    // first byte), of which only the pages not in yet are written.
+    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("lazy memory:"), "{err}");
+    let stripped = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(stripped > 4, "{stripped} ranges taken off: {err}");
+    let cached = cached_images(&env.path("cache/images"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    let pulled = env.path("pulled.thaw");
+    let o = pull(env.pubkey.to_str().unwrap(), &r, pulled.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+}
+
+/// A TCP proxy in front of a registry that breaks off answers with blobs (a network failing in
+/// the middle of a transfer), or that makes the registry ignore range requests (as some caches
+/// in front of registries do).
 struct Cutting {
     addr: String,
-    /// Responses cut.
+    /// Responses cut (requests whose range was taken off, for `Cut::NoRanges`).
     cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// What the proxy does to the launcher's requests and the registry's answers.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// Breaks off the first answer with each blob halfway.
+    FirstHalfway,
+    /// Breaks off every answer with a blob after so many bytes.
+    EveryAfter(usize),
+    /// Takes the `Range` header off every request (the whole blob comes back).
+    NoRanges,
+}
+
 impl Cutting {
-    fn start(upstream: &str) -> Cutting {
-        Self::with(upstream, None)
-    }
-
-    /// Cuts every answer with a blob after `keep` bytes of it.
-    fn always_after(upstream: &str, keep: usize) -> Cutting {
-        Self::with(upstream, Some(keep))
-    }
-
-    fn with(upstream: &str, every: Option<usize>) -> Cutting {
+    fn start(upstream: &str, how: Cut) -> Cutting {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1218,7 +1252,7 @@ impl Cutting {
                     continue;
                 };
                 let (c, s) = (c.clone(), seen.clone());
-                std::thread::spawn(move || relay(client, server, &c, &s, every));
+                std::thread::spawn(move || relay(client, server, c, &s, how));
             }
         });
         Cutting { addr, cut }
@@ -1234,9 +1268,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn relay(
     client: std::net::TcpStream,
     server: std::net::TcpStream,
-    cut: &std::sync::atomic::AtomicUsize,
+    cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     seen: &std::sync::Mutex<std::collections::HashSet<String>>,
-    every: Option<usize>,
+    how: Cut,
 ) {
     use std::io::{Read, Write};
     use std::net::Shutdown;
@@ -1246,17 +1280,29 @@ fn relay(
     let (tx, rx) = std::sync::mpsc::channel::<(bool, Option<String>)>();
     let (mut from_client, mut to_server) =
         (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let stripped = cut.clone();
     std::thread::spawn(move || {
         let (mut held, mut b) = (Vec::new(), [0u8; 16384]);
-        // (The launcher's requests for blobs and manifests have no bodies.)
+        // (The launcher's requests for blobs and manifests have no bodies: each is its head.)
         while let Ok(n @ 1..) = from_client.read(&mut b) {
-            if to_server.write_all(&b[..n]).is_err() {
-                break;
-            }
             held.extend_from_slice(&b[..n]);
             while let Some(end) = find(&held, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&held[..end]).into_owned();
                 held.drain(..end + 4);
+                let sent: Vec<&str> = (head.split("\r\n"))
+                    .filter(|l| {
+                        !(matches!(how, Cut::NoRanges) && l.to_lowercase().starts_with("range:"))
+                    })
+                    .collect();
+                if sent.len() < head.split("\r\n").count() {
+                    stripped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if to_server
+                    .write_all(format!("{}\r\n\r\n", sent.join("\r\n")).as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
                 let line = head.lines().next().unwrap_or("");
                 let blob = (line.strip_prefix("GET "))
                     .and_then(|l| l.split_whitespace().next())
@@ -1305,12 +1351,14 @@ fn relay(
                 }
             }
         };
-        let keep = match every {
-            Some(k) => k.min(len),
-            None => len / 2,
+        let keep = match how {
+            Cut::EveryAfter(k) => k.min(len),
+            Cut::FirstHalfway => len / 2,
+            Cut::NoRanges => len,
         };
-        let first =
-            blob.is_some_and(|d| keep < len && (every.is_some() || seen.lock().unwrap().insert(d)));
+        let first = blob.is_some_and(|d| {
+            keep < len && (matches!(how, Cut::EveryAfter(_)) || seen.lock().unwrap().insert(d))
+        });
         let mut left = end + if first { keep } else { len };
         while left > 0 {
             if held.is_empty() && !more(&mut held) {
