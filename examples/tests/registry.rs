@@ -1143,27 +1143,10 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
     // What had come is kept: no byte taken twice (a whole page at most where one was cut in
     // the middle of it, and it is not counted).
     assert!(bytes <= size, "{bytes} bytes fetched for {size}: {err}");
-    let cached = cached_images(&env.path("cache/images"));
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(
-        std::fs::read(&cached[0]).unwrap(),
-        std::fs::read(&img).unwrap()
-    );
-
-    // A pull through a fresh proxy: the same.
+    // And a pull through a fresh proxy.
     let proxy = Cutting::start(&reg.addr, Cut::FirstHalfway);
-    let pulled = env.path("pulled.thaw");
-    let o = pull(
-        env.pubkey.to_str().unwrap(),
-        &format!("{}/team/app:v1", proxy.addr),
-        pulled.to_str().unwrap(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    cached_and_pulled_whole(&env, &img, &format!("{}/team/app:v1", proxy.addr));
     assert!(proxy.cut.load(std::sync::atomic::Ordering::Relaxed) > 4);
-    assert_eq!(
-        std::fs::read(&pulled).unwrap(),
-        std::fs::read(&img).unwrap()
-    );
 
     // A registry whose every answer breaks off after a page: four attempts that bring little
     // fail the pull (a network failure, 74), where taking each page up again would make it a
@@ -1203,18 +1186,29 @@ fn a_registry_that_ignores_ranges_sends_whole_blobs_and_the_process_comes_back_w
     assert!(err.contains("lazy memory:"), "{err}");
     let stripped = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
     assert!(stripped > 4, "{stripped} ranges taken off: {err}");
+    cached_and_pulled_whole(&env, &img, &r);
+}
+
+/// The cache in `env` holds one image, `img` byte for byte, and a pull of `reference` gives
+/// `img` again.
+fn cached_and_pulled_whole(env: &Env, img: &Path, reference: &str) {
     let cached = cached_images(&env.path("cache/images"));
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(
-        std::fs::read(&cached[0]).unwrap(),
-        std::fs::read(&img).unwrap()
+    let want = std::fs::read(img).unwrap();
+    assert!(
+        std::fs::read(&cached[0]).unwrap() == want,
+        "the cached image differs"
     );
     let pulled = env.path("pulled.thaw");
-    let o = pull(env.pubkey.to_str().unwrap(), &r, pulled.to_str().unwrap());
+    let o = pull(
+        env.pubkey.to_str().unwrap(),
+        reference,
+        pulled.to_str().unwrap(),
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        std::fs::read(&pulled).unwrap(),
-        std::fs::read(&img).unwrap()
+    assert!(
+        std::fs::read(&pulled).unwrap() == want,
+        "the pulled image differs"
     );
 }
 
