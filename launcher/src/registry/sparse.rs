@@ -1,12 +1,14 @@
 //! An image being fetched from a registry: a file of the image's full size beside its final
-//! name, holding the head at once and each payload blob once it is fetched. A restore can start
+//! name, holding the head at once and each payload blob as it arrives. A restore can start
 //! from it before it is complete: the launcher asks for a chunk's blobs ([`Fetch`]) just before
 //! it reads and verifies the chunk, exactly as it would from a local file. Only a complete file
 //! takes its final name; an incomplete one is removed.
 //!
 //! What is fetched is a range of a blob: a whole blob, or (an HTTP range request) the part of it
 //! a few chunks need, so that a fault or the memory read up front does not wait for the rest of
-//! a large blob; which pages of the file are in is kept page by page. Ranges are fetched
+//! a large blob; which pages of the file are in is kept page by page, and a range's pages are
+//! written and marked in as they are received (every 64 KiB), not once all of it has come: one
+//! large blob costs the registry one request without anyone waiting for its end. Ranges are fetched
 //! [`PARALLEL`] at a time by one thread at a time, the driver: whichever thread needs pages that
 //! are missing drives the client until they are in, fetching what others asked for too, or waits
 //! while another drives. During a restore [`Sparse::serve`] drives for the whole run: what the
