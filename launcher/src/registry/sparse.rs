@@ -554,14 +554,16 @@ impl Sparse {
 
     /// Every payload blob (`what: X of Y MiB` on a terminal).
     pub fn fetch_all(&self, what: &'static str) -> Result<()> {
-        let missing: Vec<Job> = {
+        let (missing, total): (Vec<Job>, u64) = {
             let q = self.queue();
-            (0..self.layers.len())
+            let missing: Vec<Job> = (0..self.layers.len())
                 .map(|b| self.whole(b))
                 .filter(|w| !self.all(&q, w, PRESENT))
-                .collect()
+                .collect();
+            // What is left to write (part of a blob may be in already): the progress counts it.
+            let pages = q.pages.iter().filter(|&&p| p != PRESENT).count() as u64;
+            (missing, pages * self.page)
         };
-        let total = missing.iter().map(|j| j.end - j.start).sum();
         let progress = Progress::new(what, total);
         let r = self.fetch_jobs(&missing, Some(&progress));
         progress.done();
