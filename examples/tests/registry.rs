@@ -1130,13 +1130,9 @@ fn connections_lost_halfway_through_blobs_are_taken_up_where_they_stopped() {
     }
     let (env, _scratch, img, size, reg) = pushed_memory_image();
     let proxy = Cutting::start(&reg.addr, Cut::FirstHalfway);
-    let r = format!("{}/team/app:v1", proxy.addr);
-
     // Lazily, from an empty cache: every blob's first response stops halfway (its head's
     // too); each is asked again from its first missing page, and the process comes back whole.
-    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
-    assert_all_ok(&o, &MEMORY_CHECKS);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (_, err) = restored_through(&env, &proxy);
     let cut = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
     let (bytes, _) = fetched(&err);
     assert!(cut > 4, "{cut} responses cut: {err}");
@@ -1177,16 +1173,22 @@ fn a_registry_that_ignores_ranges_sends_whole_blobs_and_the_process_comes_back_w
     }
     let (env, _scratch, img, _, reg) = pushed_memory_image();
     let proxy = Cutting::start(&reg.addr, Cut::NoRanges);
-    let r = format!("{}/team/app:v1", proxy.addr);
     // Lazily, from an empty cache: every range asked for comes back as its whole blob (from its
     // first byte), of which only the pages not in yet are written.
-    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
-    assert_all_ok(&o, &MEMORY_CHECKS);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (r, err) = restored_through(&env, &proxy);
     assert!(err.contains("lazy memory:"), "{err}");
     let stripped = proxy.cut.load(std::sync::atomic::Ordering::Relaxed);
     assert!(stripped > 4, "{stripped} ranges taken off: {err}");
     cached_and_pulled_whole(&env, &img, &r);
+}
+
+/// `team/app:v1` restored lazily through `proxy` (its memory checked): the reference used, and
+/// what the launcher said (with `--timing`).
+fn restored_through(env: &Env, proxy: &Cutting) -> (String, String) {
+    let r = format!("{}/team/app:v1", proxy.addr);
+    let o = env.restore(Path::new(&r), &["--pid-mode", "host", "--timing"], &[]);
+    assert_all_ok(&o, &MEMORY_CHECKS);
+    (r, String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// The cache in `env` holds one image, `img` byte for byte, and a pull of `reference` gives

@@ -224,7 +224,7 @@ impl Remote {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < ATTEMPTS && transient(&e) => {
-                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                    pause(attempt).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(failure(&self.name(), what, &e)),
@@ -389,7 +389,7 @@ impl Remote {
                 Ok(oci_client::client::BlobResponse::Full(s)) => (0, d.size, s.stream),
                 Ok(oci_client::client::BlobResponse::Partial(s)) => (start, end, s.stream),
                 Err(e) if attempt < ATTEMPTS && transient(&e) => {
-                    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+                    pause(attempt).await;
                     attempt += 1;
                     continue;
                 }
@@ -472,8 +472,7 @@ impl Remote {
                         ));
                     } else {
                         if brought == 0 {
-                            let pause = Duration::from_millis(250 << (attempt - 1));
-                            tokio::time::sleep(pause).await;
+                            pause(attempt).await;
                         }
                         attempt += 1;
                     }
@@ -539,6 +538,11 @@ impl Remote {
         }
         Ok(bytes)
     }
+}
+
+/// The back-off after failed attempt number `attempt`: 0.25, 0.5, 1 s.
+async fn pause(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
 }
 
 /// Runs `build` (of the HTTP client, on a loopback registry) with the system's CA roots hidden.
