@@ -120,6 +120,19 @@ pub fn thread_caps() -> Vec<String> {
 /// once, when the first attempt of the next checkpoint has scanned the descriptors and listed
 /// the threads and before it stops them (later attempts go on at once).
 pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
+    let mut first = Some(first);
+    during_first_scan("s", move |_| {
+        if let Some(f) = first.take() {
+            f()
+        }
+    });
+}
+
+/// Arms the SDK's debug hook THAW_TEST_AFTER_SCAN at `points` (its letters, in the order the
+/// checkpoint reaches them: `l` descriptors listed, `h` held, `s` scanned): a thread of its own
+/// runs `at` with each point's letter during the first attempt of the next checkpoint, which
+/// waits meanwhile (later attempts go on at once).
+pub fn during_first_scan(points: &'static str, mut at: impl FnMut(u8) + Send + 'static) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let pipe = || {
         let mut p = [0i32; 2];
@@ -130,8 +143,9 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
     };
     let (to_helper_r, to_helper_w) = pipe();
     let (from_helper_r, from_helper_w) = pipe();
+    let last = *points.as_bytes().last().expect("at least one point");
     std::thread::spawn(move || {
-        let mut first = Some(first);
+        let mut first = true;
         loop {
             let mut poll = libc::pollfd {
                 fd: to_helper_r.as_raw_fd(),
@@ -144,8 +158,9 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
                 libc::poll(&mut poll, 1, -1);
                 libc::read(to_helper_r.as_raw_fd(), &mut b as *mut u8 as *mut _, 1);
             }
-            if let Some(f) = first.take() {
-                f();
+            if first {
+                at(b);
+                first = b != last;
             }
             // SAFETY: one byte from a buffer of ours.
             unsafe { libc::write(from_helper_w.as_raw_fd(), b"a".as_ptr() as *const _, 1) };
@@ -155,7 +170,11 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
     unsafe { libc::fcntl(from_helper_r.as_raw_fd(), libc::F_SETFL, 0) };
     std::env::set_var(
         "THAW_TEST_AFTER_SCAN",
-        format!("{},{}", from_helper_r.as_raw_fd(), to_helper_w.as_raw_fd()),
+        format!(
+            "{},{},{points}",
+            from_helper_r.as_raw_fd(),
+            to_helper_w.as_raw_fd()
+        ),
     );
     // Both ends stay open for the process's life.
     std::mem::forget((from_helper_r, to_helper_w));

@@ -1516,7 +1516,7 @@ pub fn freeze(
     let quiet = quiet_mask(signal) & !(capture.timer_signals & !current);
     let old_mask = sys::sigprocmask(libc::SIG_SETMASK, Some(quiet))?;
     capture.caller_mask = old_mask;
-    crate::checkpoint::after_scan_for_tests();
+    crate::checkpoint::pause_for_tests(b's');
     let restore_disposition = || {
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
         let _ = sys::rt_sigaction(signal, Some(&old), None);

@@ -1520,12 +1520,14 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
     })
 }
 
-/// Test hook: with `THAW_TEST_AFTER_SCAN=R,W` (two descriptors of a pipe pair's ends), the
-/// checkpoint writes a byte to W once it has scanned the descriptors and blocked signals on the
-/// calling thread, and waits for a byte on R before it stops the other threads: a test's thread
-/// changes the process's state in between, at the moment a real one would (see state::parked),
-/// or signals the calling thread.
-pub(crate) fn after_scan_for_tests() {
+/// Test hook: with `THAW_TEST_AFTER_SCAN=R,W[,POINTS]` (two descriptors of a pipe pair's ends,
+/// then which of the points below to stop at, `s` if none are given), the checkpoint writes the
+/// point's letter to W there and waits for a byte on R: a test's thread changes the process's
+/// state in between, at the moment a real one would (see state::parked), or signals the calling
+/// thread. The points: `l` once the descriptors are listed and before the witness holds them,
+/// `h` once it holds them and before the scan reads them, `s` once the scan is done and signals
+/// are blocked on the calling thread, before the other threads are stopped.
+pub(crate) fn pause_for_tests(point: u8) {
     // (Only in builds with debug assertions, which the test suite uses.)
     if !cfg!(debug_assertions) {
         return;
@@ -1533,16 +1535,16 @@ pub(crate) fn after_scan_for_tests() {
     let Some(v) = std::env::var_os("THAW_TEST_AFTER_SCAN") else {
         return;
     };
-    let fds: Vec<i32> = v
-        .to_string_lossy()
-        .split(',')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    if let [r, w] = fds[..] {
-        if crate::sys::write_raw(w, b"s") == 1 {
-            let mut b = [0u8; 1];
-            let _ = crate::sys::read_raw(r, &mut b);
-        }
+    let v = v.to_string_lossy();
+    let mut parts = v.split(',');
+    let mut fd = || parts.next().and_then(|n| n.parse::<i32>().ok());
+    let (Some(r), Some(w)) = (fd(), fd()) else {
+        return;
+    };
+    let points = v.splitn(3, ',').nth(2).unwrap_or("s");
+    if points.as_bytes().contains(&point) && crate::sys::write_raw(w, &[point]) == 1 {
+        let mut b = [0u8; 1];
+        let _ = crate::sys::read_raw(r, &mut b);
     }
 }
 

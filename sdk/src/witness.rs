@@ -136,8 +136,9 @@ impl FdWitness {
             match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) {
                 // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
                 Ok(dup) => held.push((fd, unsafe { OwnedFd::from_raw_fd(dup as i32) }, look)),
-                // Closed already (the listing's own directory handle among them): the scan
-                // finds it gone too, and a descriptor opened at its number since is not held.
+                // Closed already (the listing's own directory handle among them): not held, so
+                // the scan leaves it out (see `numbers`), and one opened at its number since is
+                // found opened in the snapshot.
                 Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
                 Err(e) => {
                     held.into_iter().for_each(|(_, d, _)| locks.release(d));
@@ -154,6 +155,16 @@ impl FdWitness {
             .iter()
             .map(|(fd, d)| (*fd, d.as_raw_fd()))
             .chain(self.borrowed.iter().copied())
+    }
+
+    /// The listed descriptors held, in the listing's order: the only ones the scan may describe.
+    /// One closed before its duplicate was made is not held, and may be open again by the time
+    /// the scan reads it (another open at its number) and closed again before the snapshot: the
+    /// image would then hold a descriptor the program had closed.
+    pub(crate) fn numbers(&self) -> Vec<i32> {
+        let mut n: Vec<i32> = self.pairs().map(|(fd, _)| fd).collect();
+        n.sort_unstable();
+        n
     }
 
     /// (descriptor, how it looked before the scan), for [`unchanged_now`] at the freeze.

@@ -438,11 +438,17 @@ impl FdScan {
             .collect();
         fds.sort_unstable();
         fds.retain(|fd| !exclude.contains(fd));
+        crate::checkpoint::pause_for_tests(b'l');
         let mut scan = FdScan {
             witness: crate::witness::FdWitness::hold(&fds)?,
             in_flight,
             ..FdScan::default()
         };
+        // Only what the witness holds: a number closed before it could be held is not the
+        // process's as far as the image goes; opened again since, the witness finds it opened
+        // in the snapshot and the checkpoint starts again.
+        let fds = scan.witness.numbers();
+        crate::checkpoint::pause_for_tests(b'h');
         let listed = fds.clone();
         // What the standard descriptors are, to find others sharing their descriptions.
         let standard: Vec<(i32, std::path::PathBuf)> = (0..=2)
@@ -459,7 +465,7 @@ impl FdScan {
             if exclude.contains(&fd) {
                 continue;
             }
-            // The directory handle used for the listing is gone by now.
+            // Closed since it was held: the witness finds it closed in the snapshot.
             let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
                 continue;
             };
