@@ -712,6 +712,24 @@ fn a_lock_on_anything_but_a_file_is_refused_by_name() {
     );
 }
 
+/// A POSIX lock taken while the checkpoint runs, after it scanned the descriptors: the first life
+/// keeps it (the checkpoint's duplicate of the file's descriptor stays open: closing it would end
+/// the lock), and the image has it (the checkpoint notices the change and starts again).
+#[test]
+fn a_posix_lock_taken_during_the_checkpoint_is_kept_and_saved() {
+    let env = Env::new();
+    let first = env.first_life("zdtm-locks", "l.thaw", &["late"]);
+    assert_all_ok(
+        &first,
+        &["first life: a POSIX lock taken while the checkpoint ran is still its own"],
+    );
+    let o = env.restore(&env.path("l.thaw"), &[], &[]);
+    assert_all_ok(
+        &o,
+        &["a POSIX lock taken while the checkpoint ran is held after restore"],
+    );
+}
+
 #[test]
 fn a_descriptor_in_flight_naming_a_posix_locked_file_leaves_the_lock_alone() {
     // The checkpoint receives the descriptor to describe it; closing it would end the process's

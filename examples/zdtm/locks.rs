@@ -10,6 +10,11 @@
 //! which then receives the descriptor. With `in-flight-locker` the descriptor that took the lock
 //! is the one in flight: refused (its lock would not be held again), and the lock stays.
 //! `pipe-lock`: a flock on a pipe, refused by name.
+//! `late`: a POSIX write lock on IMAGE.l taken by another thread once the checkpoint has scanned
+//! the descriptors and before it stops the threads (the SDK's test hook): the first life still
+//! holds it after the checkpoint (the checkpoint's duplicate of the descriptor must not be closed
+//! as if the file were unlocked), and the image has it (the checkpoint starts again rather than
+//! save the lock state it scanned).
 
 #[path = "common.rs"]
 mod common;
@@ -73,6 +78,48 @@ fn lock(f: &std::fs::File) {
     // SAFETY: F_SETLK on our own descriptor with a valid struct.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &posix) };
     assert_eq!(r, 0);
+}
+
+fn late(image: &str) {
+    let path = format!("{image}.l");
+    let f = open(&path);
+    let fd = f.as_raw_fd();
+    common::during_first_scan("s", move |_| {
+        // SAFETY: borrows the program's open descriptor for the call only.
+        let f = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        lock(&f);
+    });
+    let (_, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(image);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    let me = std::process::id() as i32;
+    let mut ch = common::Checks::default();
+    match cp.save() {
+        Ok(thaw::Outcome::Saved(_)) => {
+            ch.check(
+                "first life: a POSIX lock taken while the checkpoint ran is still its own",
+                posix_owner(&path) == me,
+                posix_owner(&path),
+            );
+            ch.finish();
+        }
+        Ok(thaw::Outcome::Restored(_)) => {}
+        Err(err) => {
+            eprintln!("checkpoint failed: {err}");
+            std::process::exit(2);
+        }
+    }
+    ch.check(
+        "a POSIX lock taken while the checkpoint ran is held after restore",
+        posix_owner(&path) == me,
+        posix_owner(&path),
+    );
+    drop(f);
+    ch.finish();
 }
 
 fn in_flight(image: &str, locker: bool) {
@@ -339,6 +386,7 @@ fn main() {
         Some("in-flight-locker") => return in_flight(&image, true),
         Some("goes-on") => return goes_on(&image, false),
         Some("goes-on-fifo") => return goes_on(&image, true),
+        Some("late") => return late(&image),
         // A lock on a pipe (flock works on any descriptor): not taken again, so refused.
         Some("pipe-lock") => common::refusal(|| {
             let (r, w) = std::io::pipe().unwrap();

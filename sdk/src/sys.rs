@@ -165,12 +165,17 @@ pub fn task_children(tid: i32, mut each: impl FnMut(i32)) {
 
 /// Reads /proc/self/task/TID + `tail` (NUL-terminated) into `buf`. Allocation-free.
 fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
+    read_numbered(b"/proc/self/task/", tid, tail, buf)
+}
+
+/// Reads the file named `head`, the decimal `n`, `tail` (NUL-terminated) into `buf`; the length
+/// read, if any. Allocation-free.
+fn read_numbered(head: &[u8], n: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
     let mut path = [0u8; 64];
-    let head = b"/proc/self/task/";
     path[..head.len()].copy_from_slice(head);
     let mut at = head.len();
     let mut digits = [0u8; 12];
-    let mut n = tid.max(0) as u32;
+    let mut n = n.max(0) as u32;
     let mut k = 0;
     loop {
         digits[k] = b'0' + (n % 10) as u8;
@@ -1366,9 +1371,10 @@ pub fn fd_flags(fd: i32) -> u64 {
 
 /// What a descriptor's open file description looks like now, folded into one number: its status
 /// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
-/// then: a runtime may flip them on any call) and, for a socket, its name, its peer, whether it
-/// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
-/// when any of those changed. Allocation-free, for a signal handler.
+/// then: a runtime may flip them on any call), the locks its fdinfo shows (flock and OFD locks
+/// on the description, the process's POSIX locks taken through it) and, for a socket, its
+/// name, its peer, whether it listens and, for a listener, whether a connection waits to be
+/// accepted. Two looks differ when any of those changed. Allocation-free, for a signal handler.
 pub fn fd_look(fd: i32) -> u64 {
     // FNV-1a over the answers (a value, or the negative errno).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1384,6 +1390,15 @@ pub fn fd_look(fd: i32) -> u64 {
         let r = syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]);
         let r = if r >= 0 { r & !i64::from(taken) } else { r };
         add(&r.to_ne_bytes());
+    }
+    // The lock lines come right after fdinfo's four first lines, before what the file's kind
+    // adds (epoll's watches...): a page holds them unless a file has dozens of locks.
+    let mut info = [0u8; 4096];
+    let n = read_numbered(b"/proc/self/fdinfo/", fd, b"\0", &mut info).unwrap_or(0);
+    for line in info[..n].split(|&b| b == b'\n') {
+        if line.starts_with(b"lock:") {
+            add(line);
+        }
     }
     for nr in [libc::SYS_getsockname, libc::SYS_getpeername] {
         let mut buf = [0u8; 128];
@@ -2834,6 +2849,18 @@ mod tests {
         // SAFETY: F_SETFL on a descriptor of ours.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_APPEND) };
         assert_ne!(super::fd_look(fd), idle, "status flags");
+        let lock_path = dir.with_extension("lock");
+        std::fs::write(&lock_path, b"x").unwrap();
+        let file = std::fs::File::open(&lock_path).unwrap();
+        let unlocked = super::fd_look(file.as_raw_fd());
+        // SAFETY: flock on a descriptor of ours.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        let locked = super::fd_look(file.as_raw_fd());
+        assert_ne!(locked, unlocked, "a lock taken");
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        assert_eq!(super::fd_look(file.as_raw_fd()), unlocked, "and given up");
+        let _ = std::fs::remove_file(&lock_path);
         let peer = super::fd_look(client.as_raw_fd());
         client.shutdown(std::net::Shutdown::Both).unwrap();
         assert_eq!(

@@ -27,7 +27,6 @@ pub(crate) struct FdWitness {
     borrowed: Vec<(i32, i32)>,
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
-    locks: OwnLocks,
     /// The process's soft limit of open files, where the checkpoint raised it to the hard one
     /// for its own descriptors: lowered again when the witness goes, and what the image keeps.
     raised_from: Option<u64>,
@@ -35,8 +34,12 @@ pub(crate) struct FdWitness {
 
 impl Drop for FdWitness {
     fn drop(&mut self) {
-        for (_, dup) in std::mem::take(&mut self.held) {
-            self.locks.release(dup);
+        // The locks as they are now: one taken while the checkpoint ran, through a descriptor
+        // held here, would end with the duplicate's close.
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            let locks = OwnLocks::read();
+            held.into_iter().for_each(|(_, dup)| locks.release(dup));
         }
         // Only ever lowered (a restored process may have had it lowered further, to its
         // caller's).
@@ -78,8 +81,16 @@ impl FdWitness {
         if raised_from.is_some() {
             sys::set_nofile_soft(hard, hard)?;
         }
-        let locks = OwnLocks::read();
-        locks.prune_kept();
+        // Which descriptors kept by earlier checkpoints the process's locks still need, where
+        // there are any (see `locks::kept`); the duplicates made now are released as the locks
+        // are when the witness goes.
+        let locks = if crate::state::locks::kept().is_empty() {
+            OwnLocks::default()
+        } else {
+            let locks = OwnLocks::read();
+            locks.prune_kept();
+            locks
+        };
         let held = Self::dup_each(fds, above, &locks);
         let (held, borrowed) = match held {
             Ok(h) => h,
@@ -101,7 +112,6 @@ impl FdWitness {
             held,
             borrowed,
             looks,
-            locks,
             raised_from,
         })
     }
@@ -141,7 +151,8 @@ impl FdWitness {
                 // found opened in the snapshot.
                 Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
                 Err(e) => {
-                    held.into_iter().for_each(|(_, d, _)| locks.release(d));
+                    let now = OwnLocks::read();
+                    held.into_iter().for_each(|(_, d, _)| now.release(d));
                     return Err(e);
                 }
             }

@@ -1421,7 +1421,7 @@ impl FdScan {
         let mut out = Vec::new();
         // (A FIFO the process holds a POSIX lock on is not probed for a reader: the probe's
         // writing end could not be closed, see `has_reader`.)
-        let locks = super::locks::OwnLocks::read();
+        let mut locks = None;
         for e in self.entries.iter().filter(|e| self.fifos.contains(&e.fd)) {
             let (FdKind::Regular { id, .. } | FdKind::DeletedFifo { id, .. }) = &e.kind else {
                 continue;
@@ -1438,7 +1438,12 @@ impl FdScan {
                 // Nothing waits in it and nobody reads it: nothing to copy, and a reading end
                 // opened here would let a writer elsewhere, blocked opening the FIFO until a
                 // reader comes, go on, and then die of SIGPIPE once this one closed.
-                if crate::sys::inq(e.fd) == 0 && !locks.covers(e.fd) && !has_reader(e.fd) {
+                if crate::sys::inq(e.fd) == 0
+                    && !locks
+                        .get_or_insert_with(super::locks::OwnLocks::read)
+                        .covers(e.fd)
+                    && !has_reader(e.fd)
+                {
                     continue;
                 }
                 let f = std::fs::OpenOptions::new()

@@ -181,17 +181,29 @@ pub(crate) struct OwnLocks(Vec<(u64, u64)>);
 static KEPT: Mutex<Vec<(i32, u64, bool)>> = Mutex::new(Vec::new());
 
 impl OwnLocks {
-    /// From /proc/locks: (device, inode) of each. It names the superblock's device, which fstat
-    /// does not give for every regular file (btrfs subvolumes, overlayfs): see [`Self::covers`].
+    /// (device, inode) of each, from the fdinfo of the process's descriptors: a POSIX lock lasts
+    /// only while a descriptor of the description it was taken through is open here (closing
+    /// any descriptor of the file ends it), and that descriptor's fdinfo shows it. (Not from
+    /// /proc/locks, whose first read in a while waits for an RCU grace period, 6 ms here, with
+    /// every lock of the system behind it.) The device is the superblock's, which fstat does not
+    /// give for every regular file (btrfs subvolumes, overlayfs): see [`Self::covers`].
     pub(crate) fn read() -> OwnLocks {
-        let me = std::process::id().to_string();
-        OwnLocks(
-            held_locks()
-                .into_iter()
-                .filter(|h| h.posix && h.pid == me)
-                .map(|h| (h.dev, h.ino))
-                .collect(),
-        )
+        let mut own: Vec<(u64, u64)> = crate::sys::list_dir("/proc/self/fd")
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).ok())
+            .flat_map(|info| {
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("lock:"))
+                    .filter_map(parse_held)
+                    .filter(|h| h.posix)
+                    .map(|h| (h.dev, h.ino))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        own.sort_unstable();
+        own.dedup();
+        OwnLocks(own)
     }
 
     /// Closes the descriptors earlier checkpoints kept for locks the process holds no more (it
@@ -330,23 +342,24 @@ struct Held {
 /// /proc/locks: "1: POSIX  ADVISORY  WRITE 1234 fe:00:567 0 EOF" (a waiter: "1: -> POSIX …").
 fn held_locks() -> Vec<Held> {
     let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            if w.get(1) == Some(&"->") {
-                return None;
-            }
-            let mut id = w.get(5)?.split(':');
-            let major = u32::from_str_radix(id.next()?, 16).ok()?;
-            let minor = u32::from_str_radix(id.next()?, 16).ok()?;
-            Some(Held {
-                posix: w[1] == "POSIX",
-                pid: w.get(4)?.to_string(),
-                dev: libc::makedev(major, minor),
-                ino: id.next()?.parse().ok()?,
-            })
-        })
-        .collect()
+    text.lines().filter_map(parse_held).collect()
+}
+
+/// One held lock's line as /proc/locks and fdinfo (after "lock:") show it; `None` for a waiter.
+fn parse_held(l: &str) -> Option<Held> {
+    let w: Vec<&str> = l.split_whitespace().collect();
+    if w.get(1) == Some(&"->") {
+        return None;
+    }
+    let mut id = w.get(5)?.split(':');
+    let major = u32::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+    Some(Held {
+        posix: w[1] == "POSIX",
+        pid: w.get(4)?.to_string(),
+        dev: libc::makedev(major, minor),
+        ino: id.next()?.parse().ok()?,
+    })
 }
 
 /// " (PID 123, bash)": the processes /proc/locks names as holding locks on `fd`'s file (by
