@@ -366,7 +366,9 @@ impl Checkpoint {
             .into_iter()
             .chain(capture::abandoned_fds())
             .collect();
-        let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out)
+        // Who else holds the process's pipes and sockets, asked before the listing.
+        let holders = crate::procfs::Holders::ahead();
+        let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out, holders)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
@@ -565,6 +567,7 @@ impl Checkpoint {
         // (the C library allocates), which a stopped thread could make wait (tempfile names).
         let _ = std::thread::current();
         let t0 = std::time::Instant::now();
+
         // Exiting after saving: the other threads stay stopped until the exit (see
         // capture::Parked), so that nothing they do after the snapshot happens twice.
         let frozen = capture::freeze(

@@ -203,22 +203,61 @@ pub fn all_processes_visible() -> bool {
 
 /// Who else holds descriptors of pipes and sockets, by their link (`pipe:[N]`, `socket:[N]`:
 /// the kernel's name of one object), with the holders' command names: one walk of every other
-/// process's descriptor table, at the first question.
+/// process's descriptor table, at the first question or ahead of it ([`Holders::ahead`]).
 #[derive(Debug, Default)]
 pub struct Holders {
     walked: Option<Option<HolderMap>>,
     /// The same from the processes that could be looked at (see [`Holders::seen`]).
     partial: Option<HolderMap>,
+    /// Walked ahead: the links of the pipes and sockets the process held before the walk. Of
+    /// another (one made since), the walk may have missed a holder: asked about, it walks again.
+    known: Option<Vec<String>>,
 }
 
 /// Link → (PID, command) of each other process holding it.
 type HolderMap = std::collections::HashMap<String, Vec<(i32, String)>>;
 
 impl Holders {
+    /// Walks now where the process holds a pipe or a socket besides its standard descriptors
+    /// (the caller's, never asked about): before a checkpoint lists its descriptors (the walk
+    /// takes milliseconds, 2 here; between the listing and the stop any descriptor opened or
+    /// closed makes the checkpoint start again).
+    pub fn ahead() -> Holders {
+        let known: Vec<String> = crate::sys::list_dir("/proc/self/fd")
+            .unwrap_or_default()
+            .iter()
+            .filter(|n| n.parse::<i32>().is_ok_and(|n| n > 2))
+            .filter_map(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .filter(|l| l.starts_with("pipe:[") || l.starts_with("socket:["))
+            .collect();
+        if known.is_empty() {
+            return Holders::default();
+        }
+        let full = walk_holders();
+        Holders {
+            partial: full.is_none().then(|| walk(true).unwrap_or_default()),
+            walked: Some(full),
+            known: Some(known),
+        }
+    }
+
+    /// Forgets a walk made ahead of a question about an object made since.
+    fn fresh_for(&mut self, link: &str) {
+        if self
+            .known
+            .as_ref()
+            .is_some_and(|k| !k.iter().any(|l| l == link))
+        {
+            *self = Holders::default();
+        }
+    }
+
     /// The other processes that hold a descriptor whose link reads `link`. `None` where some
     /// could not be looked at (see [`all_processes_visible`]; another user's descriptors, for
     /// an unprivileged caller).
     pub fn of(&mut self, link: &str) -> Option<Vec<(i32, String)>> {
+        self.fresh_for(link);
         let map = self.walked.get_or_insert_with(walk_holders).as_ref()?;
         Some(map.get(link).cloned().unwrap_or_default())
     }
@@ -226,6 +265,7 @@ impl Holders {
     /// The other processes seen holding a descriptor whose link reads `link`, among those whose
     /// descriptors could be looked at: evidence that it is shared, never that it is not.
     pub fn seen(&mut self, link: &str) -> Vec<(i32, String)> {
+        self.fresh_for(link);
         if let Some(Some(map)) = &self.walked {
             return map.get(link).cloned().unwrap_or_default();
         }

@@ -426,12 +426,14 @@ impl FdScan {
     /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
     /// up to `max_deleted` bytes are kept (see [`super::deleted`]). `left_out`: children left
     /// out of the image, which the restored process sees killed: a pipe or socket whose other
-    /// end only they hold comes back with that end closed.
+    /// end only they hold comes back with that end closed. `holders`: who else holds the
+    /// process's pipes and sockets (walked ahead: [`crate::procfs::Holders::ahead`]).
     pub(crate) fn scan(
         exclude: &[i32],
         max_deleted: u64,
         in_flight: super::scm::InFlight,
         left_out: &[i32],
+        holders: crate::procfs::Holders,
     ) -> std::io::Result<FdScan> {
         let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -933,7 +935,7 @@ impl FdScan {
             scan.entries.push(entry);
         }
         let mut foreign = Vec::new();
-        let mut holders = crate::procfs::Holders::default();
+        let mut holders = holders;
         for (id, (idx, has_read, has_write)) in pipes {
             // A pipe whose every writer is gone (a finished child's output, not read yet)
             // reads its bytes, then end of file: made again so, its write end closed.
