@@ -424,6 +424,63 @@ fn webassembly_compiles_and_runs_after_a_restore() {
     }
 }
 
+/// Files read in libuv's thread pool while the main thread checkpoints, over and over: four
+/// `fs.readFile` loops open, read and close in the pool's threads meanwhile (descriptors come and
+/// go between the checkpoint's listing and its stop). Every checkpoint succeeds, and in every
+/// mode the restored reads go on without an error and leave the descriptor table as it was
+/// (none the first life had closed comes back).
+#[test]
+fn files_read_in_the_thread_pool_during_checkpoints_go_on_and_leak_nothing() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("pool.thaw");
+    let js = "const fs = require('fs');\n\
+        const [img, key] = process.argv.slice(1);\n\
+        const file = img + '.data';\n\
+        fs.writeFileSync(file, 'x'.repeat(1000));\n\
+        const fds = () => fs.readdirSync('/proc/self/fd').length;\n\
+        let done = 0, errors = 0, inflight = 0, running = true;\n\
+        const loop = () => {\n\
+          if (!running) return;\n\
+          inflight++;\n\
+          fs.readFile(file, (e, d) => {\n\
+            inflight--;\n\
+            if (e || d.length !== 1000) errors++;\n\
+            done++;\n\
+            setImmediate(loop);\n\
+          });\n\
+        };\n\
+        const until = (cond, then) => cond() ? then() : setImmediate(() => until(cond, then));\n\
+        console.log('started');\n\
+        fs.readFile(file, () => {\n\
+          const base = fds();\n\
+          for (let i = 0; i < 4; i++) loop();\n\
+          until(() => done > 100, () => {\n\
+            for (let i = 0; i < 10; i++) thaw.checkpoint(img + '.scratch', { key });\n\
+            thaw.checkpoint(img, { key, exitAfterSave: true });\n\
+            const at = done;\n\
+            until(() => done > at + 100, () => {\n\
+              running = false;\n\
+              until(() => inflight === 0, () => {\n\
+                console.log(`errors ${errors} descriptors ${fds() - base} more`);\n\
+                process.exit(0);\n\
+              });\n\
+            });\n\
+          });\n\
+        });";
+    let (out, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success() && out == "started\n", "{}", text(&o));
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "errors 0 descriptors 0 more\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
+}
+
 /// A Worker blocked in `Atomics.wait` at the checkpoint, woken after restore with a message
 /// waiting: it handles the message before its turn for the restore's notice, and its first
 /// `randomUUID` must still differ per restore (it handed out the first life's cached batch, the
