@@ -80,6 +80,17 @@ fn lock(f: &std::fs::File) {
     assert_eq!(r, 0);
 }
 
+/// A checkpoint to `image`, signed with the key of the command line, that the first life
+/// goes on from.
+fn save(image: &str) -> Result<thaw::Outcome, thaw::CheckpointError> {
+    let (_, key, _) = common::argv();
+    let mut cp = thaw::Checkpoint::to(image);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    cp.save()
+}
+
 fn late(image: &str) {
     let path = format!("{image}.l");
     let f = open(&path);
@@ -91,14 +102,9 @@ fn late(image: &str) {
         });
         lock(&f);
     });
-    let (_, key, _) = common::argv();
-    let mut cp = thaw::Checkpoint::to(image);
-    if let Some(k) = key {
-        cp = cp.sign_with(k);
-    }
     let me = std::process::id() as i32;
     let mut ch = common::Checks::default();
-    match cp.save() {
+    match save(image) {
         Ok(thaw::Outcome::Saved(_)) => {
             ch.check(
                 "first life: a POSIX lock taken while the checkpoint ran is still its own",
@@ -130,14 +136,9 @@ fn in_flight(image: &str, locker: bool) {
     // Kept open here too: closing it would end the lock.
     let other = open(&path);
     send_fd(&tx, if locker { &e } else { &other }.as_raw_fd());
-    let (_, key, _) = common::argv();
-    let mut cp = thaw::Checkpoint::to(image);
-    if let Some(k) = key {
-        cp = cp.sign_with(k);
-    }
     let me = std::process::id() as i32;
     let mut ch = common::Checks::default();
-    match cp.save() {
+    match save(image) {
         Ok(thaw::Outcome::Saved(_)) => {
             ch.check(
                 "first life: its POSIX lock is still its own after the checkpoint",
@@ -253,14 +254,9 @@ fn goes_on(image: &str, with_fifo: bool) {
     let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = count();
     let me = std::process::id() as i32;
-    let (_, key, _) = common::argv();
     let mut ch = common::Checks::default();
     for round in 1..=2 {
-        let mut cp = thaw::Checkpoint::to(image);
-        if let Some(k) = &key {
-            cp = cp.sign_with(k);
-        }
-        match cp.save() {
+        match save(image) {
             Ok(thaw::Outcome::Saved(_)) => {}
             Ok(thaw::Outcome::Restored(_)) => {
                 ch.check(
@@ -309,11 +305,7 @@ fn goes_on(image: &str, with_fifo: bool) {
     // The process closes IMAGE.f (its lock goes with it): the next checkpoint (to another image)
     // closes the descriptor it kept for that file.
     drop(f);
-    let mut cp = thaw::Checkpoint::to(format!("{image}.3"));
-    if let Some(k) = &key {
-        cp = cp.sign_with(k);
-    }
-    if !matches!(cp.save(), Ok(thaw::Outcome::Saved(_))) {
+    if !matches!(save(&format!("{image}.3")), Ok(thaw::Outcome::Saved(_))) {
         std::process::exit(2);
     }
     ch.check(
