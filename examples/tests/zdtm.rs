@@ -1436,6 +1436,18 @@ fn event_objects_changed_while_the_threads_were_being_stopped() {
     }
 }
 
+/// Epoll registrations added and removed after the scan read them and before the checkpoint
+/// prepared to read them again: the checkpoint starts again, and the image has them as left.
+#[test]
+fn epoll_registrations_changed_after_the_scan_come_back_as_left() {
+    run_zdtm(
+        "zdtm-parked",
+        &["registered"],
+        &[],
+        &["epoll: a registration added and one removed while the checkpoint scanned are as left"],
+    );
+}
+
 /// A POSIX named semaphore, whose mapping /proc shows as a deleted file (glibc's temporary name)
 /// although the file has the semaphore's name: restored as that named file.
 #[test]

@@ -129,7 +129,8 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
 }
 
 /// Arms the SDK's debug hook THAW_TEST_AFTER_SCAN at `points` (its letters, in the order the
-/// checkpoint reaches them: `l` descriptors listed, `h` held, `s` scanned): a thread of its own
+/// checkpoint reaches them: `l` descriptors listed, `h` held, `d` described, `s` about to stop
+/// the threads): a thread of its own
 /// runs `at` with each point's letter during the first attempt of the next checkpoint, which
 /// waits meanwhile (later attempts go on at once).
 pub fn during_first_scan(points: &'static str, mut at: impl FnMut(u8) + Send + 'static) {

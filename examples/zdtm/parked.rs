@@ -6,6 +6,12 @@
 //! pipe it watches, the timerfd has most of its hour left. The other thread also signals the
 //! checkpointing thread then (SIGUSR1, whose handler notes whether the process was restored
 //! yet): the handler runs once, after the restore, not in the middle of the checkpoint.
+//!
+//! `registered`: once the scan has read an epoll instance's registrations, and before the
+//! checkpoint prepares to read them again with the threads parked, the other thread removes one
+//! and adds another: after restore the instance reports the pipe added, not the one removed (the
+//! registrations were compared with those read again, not with the scan's: the image had the
+//! scan's).
 
 #[path = "common.rs"]
 mod common;
@@ -74,7 +80,33 @@ extern "C" fn on_usr1(_: i32) {
     }
 }
 
+fn registered() {
+    // SAFETY: epoll_create1 takes no pointers.
+    let ep = own(unsafe { libc::epoll_create1(0) });
+    let ((a_r, a_w), (b_r, b_w)) = (pipe(), pipe());
+    let (p, a, b) = (ep.as_raw_fd(), a_r.as_raw_fd(), b_r.as_raw_fd());
+    epoll_ctl(p, libc::EPOLL_CTL_ADD, a, libc::EPOLLIN as u32, 7);
+    common::during_first_scan("d", move |_| {
+        epoll_ctl(p, libc::EPOLL_CTL_DEL, a, 0, 0);
+        epoll_ctl(p, libc::EPOLL_CTL_ADD, b, libc::EPOLLIN as u32, 9);
+    });
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    assert_eq!(rw(a_w.as_raw_fd(), true, 1), 1);
+    assert_eq!(rw(b_w.as_raw_fd(), true, 1), 1);
+    let got = wait(p, 10_000);
+    c.check(
+        "epoll: a registration added and one removed while the checkpoint scanned are as left",
+        got == [9],
+        format!("events {got:?}"),
+    );
+    c.finish()
+}
+
 fn main() {
+    if common::argv().2.first().map(String::as_str) == Some("registered") {
+        return registered();
+    }
     // SAFETY: a handler that only stores into atomics.
     unsafe { libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t) };
     // SAFETY: gettid takes nothing.

@@ -429,7 +429,9 @@ impl Checkpoint {
             .map(|r| r.ino)
             .collect();
         state::io_uring::keep_personality_probes(&rings);
-        capture.fdinfos = crate::state::parked::ParkedInfo::prepare(&scan.entries)
+        crate::checkpoint::pause_for_tests(b'd');
+        capture.fdinfos =
+            crate::state::parked::ParkedInfo::prepare(&scan.entries, &scan.epoll_seen)
             .map_err(io("opening the event objects' fdinfo"))?;
         capture.fifos = scan
             .fifo_readers()
@@ -1528,8 +1530,9 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
 /// point's letter to W there and waits for a byte on R: a test's thread changes the process's
 /// state in between, at the moment a real one would (see state::parked), or signals the calling
 /// thread. The points: `l` once the descriptors are listed and before the witness holds them,
-/// `h` once it holds them and before the scan reads them, `s` once the scan is done and signals
-/// are blocked on the calling thread, before the other threads are stopped.
+/// `h` once it holds them and before the scan reads them, `d` once the scan is done and before
+/// the event objects' state is prepared to be read again, `s` once signals are blocked on the
+/// calling thread, before the other threads are stopped.
 pub(crate) fn pause_for_tests(point: u8) {
     // (Only in builds with debug assertions, which the test suite uses.)
     if !cfg!(debug_assertions) {

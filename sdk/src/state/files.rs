@@ -345,6 +345,10 @@ pub(crate) struct FdScan {
     /// Files in flight in queued messages, received to be scanned with the rest (see
     /// [`super::scm`]): held until the checkpoint ends.
     pub in_flight: super::scm::InFlight,
+    /// Each epoll instance's registrations (watched numbers, in the kernel's order) as the scan
+    /// read them, before the policy's removals: what [`super::parked::ParkedInfo`] finds while
+    /// the threads are parked must be the same registrations.
+    pub epoll_seen: Vec<(i32, Vec<i32>)>,
 }
 
 fn fdinfo(fd: i32) -> String {
@@ -680,6 +684,8 @@ impl FdScan {
                     *toff += 1;
                     watches.push(w);
                 }
+                scan.epoll_seen
+                    .push((fd, watches.iter().map(|w| w.fd).collect()));
                 // An epoll with a watch that cannot be restored is refused as a whole.
                 if stale.is_empty() {
                     entry.kind = FdKind::Epoll { watches };

@@ -23,8 +23,8 @@ pub struct ParkedInfo {
     /// A timerfd's clock (its deadline, if on a wall clock, is computed from its reading then).
     timerfd: Option<i32>,
     clock_ns: std::sync::atomic::AtomicU64,
-    /// An epoll instance's registrations as the kernel listed them before the threads stopped
-    /// (by watched number, in its order), the policy's removals included.
+    /// An epoll instance's registrations as the scan read them (by watched number, in the
+    /// kernel's order), the policy's removals included.
     before: Vec<i32>,
     buf: Vec<u8>,
     /// Bytes read, or a negative errno (0 until the handler ran).
@@ -53,8 +53,13 @@ struct RingCopy {
 }
 
 impl ParkedInfo {
-    /// For every entry of `entries` whose state the other threads may change.
-    pub(crate) fn prepare(entries: &[FdEntry]) -> std::io::Result<Vec<ParkedInfo>> {
+    /// For every entry of `entries` whose state the other threads may change; `epoll_seen`:
+    /// each epoll instance's registrations as the scan read them (see `FdScan::epoll_seen`): one
+    /// added or removed since is found changed in the handler, however early it came.
+    pub(crate) fn prepare(
+        entries: &[FdEntry],
+        epoll_seen: &[(i32, Vec<i32>)],
+    ) -> std::io::Result<Vec<ParkedInfo>> {
         entries
             .iter()
             .filter(|e| e.dup_of.is_none() && !e.in_flight)
@@ -73,9 +78,16 @@ impl ParkedInfo {
             .map(|(e, room)| {
                 let path = format!("/proc/self/fdinfo/{}", e.fd);
                 let before = match e.kind {
-                    FdKind::Epoll { .. } => Registrations::new(std::fs::read(&path)?.as_slice())
-                        .map(|r| r.0)
-                        .collect(),
+                    FdKind::Epoll { .. } => epoll_seen
+                        .iter()
+                        .find(|(fd, _)| *fd == e.fd)
+                        .map(|(_, r)| r.clone())
+                        .ok_or_else(|| {
+                            std::io::Error::other(format!(
+                                "epoll fd {} was not read by the scan",
+                                e.fd
+                            ))
+                        })?,
                     _ => Vec::new(),
                 };
                 Ok(ParkedInfo {
@@ -367,6 +379,10 @@ tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
         }
         // The scan's watches, in the kernel's order, less the second pipe's (left out).
         let info = std::fs::read(format!("/proc/self/fdinfo/{}", ep.as_raw_fd())).unwrap();
+        let seen = [(
+            ep.as_raw_fd(),
+            Registrations::new(&info).map(|r| r.0).collect::<Vec<_>>(),
+        )];
         let left_out = pipes[1].0.as_raw_fd();
         let watches: Vec<EpollWatch> = Registrations::new(&info)
             .filter(|r| r.0 != left_out)
@@ -383,7 +399,7 @@ tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
             kind: FdKind::Epoll { watches },
             ..Default::default()
         };
-        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry)).unwrap();
+        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry), &seen).unwrap();
         // Changed by another thread before the stop: the third pipe's registration.
         let third = pipes[2].0.as_raw_fd();
         add(
@@ -425,7 +441,7 @@ tfd:       12 events: 40000018 data: 7f00000000ff  pos:0 ino:3f2 sdev:e\n";
             },
             ..Default::default()
         };
-        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry)).unwrap();
+        let parked = ParkedInfo::prepare(std::slice::from_ref(&entry), &[]).unwrap();
         let n = 41u64;
         // SAFETY: an 8-byte write to an eventfd of ours.
         unsafe { libc::write(fd.as_raw_fd(), &n as *const u64 as *const _, 8) };
