@@ -728,6 +728,17 @@ fn a_posix_lock_taken_during_the_checkpoint_is_kept_and_saved() {
         &o,
         &["a POSIX lock taken while the checkpoint ran is held after restore"],
     );
+    // Given up while the scan read it, and taken again before the stop.
+    let first = env.first_life("zdtm-locks", "r.thaw", &["relocked"]);
+    assert_all_ok(
+        &first,
+        &["first life: a POSIX lock taken while the checkpoint ran is still its own"],
+    );
+    let o = env.restore(&env.path("r.thaw"), &[], &[]);
+    assert_all_ok(
+        &o,
+        &["a POSIX lock taken while the checkpoint ran is held after restore"],
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //! the descriptors and before it stops the threads (the SDK's test hook): the first life still
 //! holds it after the checkpoint (the checkpoint's duplicate of the descriptor must not be closed
 //! as if the file were unlocked), and the image has it (the checkpoint starts again rather than
-//! save the lock state it scanned).
+//! save the lock state it scanned). `relocked`: the lock held from the start, given up while the
+//! checkpoint scans and taken again before it stops the threads: the same, and the image has it.
 
 #[path = "common.rs"]
 mod common;
@@ -91,16 +92,28 @@ fn save(image: &str) -> Result<thaw::Outcome, thaw::CheckpointError> {
     cp.save()
 }
 
-fn late(image: &str) {
+/// `relocked`: locked from the start, given up once the checkpoint holds the descriptors and
+/// taken again once the scan is done (the scan read the file unlocked, and the lock looks the
+/// same at the stop as when the descriptor was first looked at).
+fn late(image: &str, relocked: bool) {
     let path = format!("{image}.l");
     let f = open(&path);
     let fd = f.as_raw_fd();
-    common::during_first_scan("s", move |_| {
+    if relocked {
+        lock(&f);
+    }
+    common::during_first_scan(if relocked { "hd" } else { "s" }, move |point| {
         // SAFETY: borrows the program's open descriptor for the call only.
         let f = std::mem::ManuallyDrop::new(unsafe {
             <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
         });
-        lock(&f);
+        if point == b'h' {
+            let posix = flock_struct(libc::F_UNLCK, 100, 5);
+            // SAFETY: F_SETLK on our own descriptor with a valid struct.
+            assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETLK, &posix) }, 0);
+        } else {
+            lock(&f);
+        }
     });
     let me = std::process::id() as i32;
     let mut ch = common::Checks::default();
@@ -378,7 +391,8 @@ fn main() {
         Some("in-flight-locker") => return in_flight(&image, true),
         Some("goes-on") => return goes_on(&image, false),
         Some("goes-on-fifo") => return goes_on(&image, true),
-        Some("late") => return late(&image),
+        Some("late") => return late(&image, false),
+        Some("relocked") => return late(&image, true),
         // A lock on a pipe (flock works on any descriptor): not taken again, so refused.
         Some("pipe-lock") => common::refusal(|| {
             let (r, w) = std::io::pipe().unwrap();

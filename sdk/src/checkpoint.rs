@@ -412,6 +412,7 @@ impl Checkpoint {
             .map(|t| (t, Default::default()))
             .collect();
         capture.looks = scan.witness.take_looks();
+        capture.lock_looks = scan.witness.take_lock_looks();
         capture.flags_seen = capture
             .looks
             .iter()
@@ -432,7 +433,7 @@ impl Checkpoint {
         crate::checkpoint::pause_for_tests(b'd');
         capture.fdinfos =
             crate::state::parked::ParkedInfo::prepare(&scan.entries, &scan.epoll_seen)
-            .map_err(io("opening the event objects' fdinfo"))?;
+                .map_err(io("opening the event objects' fdinfo"))?;
         capture.fifos = scan
             .fifo_readers()
             .and_then(|readers| {

@@ -171,11 +171,14 @@ fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
 /// Reads the file named `head`, the decimal `n`, `tail` (NUL-terminated) into `buf`; the length
 /// read, if any. Allocation-free.
 fn read_numbered(head: &[u8], n: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
+    if n < 0 {
+        return None;
+    }
     let mut path = [0u8; 64];
     path[..head.len()].copy_from_slice(head);
     let mut at = head.len();
     let mut digits = [0u8; 12];
-    let mut n = n.max(0) as u32;
+    let mut n = n as u32;
     let mut k = 0;
     loop {
         digits[k] = b'0' + (n % 10) as u8;
@@ -1369,12 +1372,41 @@ pub fn fd_flags(fd: i32) -> u64 {
     }
 }
 
+/// Bytes of a descriptor's fdinfo whose lock lines [`lock_lines_look`] folds in: the lock lines
+/// come right after its four first lines, before what the file's kind adds (epoll's
+/// watches...), so a page holds them unless a file has dozens of locks.
+pub const LOCK_LOOK_BYTES: usize = 4096;
+
+/// The lock lines ("lock:": flock and OFD locks on the description, the process's POSIX locks
+/// taken through it) of the first [`LOCK_LOOK_BYTES`] of fdinfo `text`, folded into one number.
+pub fn lock_lines_look(text: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in text[..text.len().min(LOCK_LOOK_BYTES)].split(|&b| b == b'\n') {
+        if line.starts_with(b"lock:") {
+            for &b in line {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// [`lock_lines_look`] of descriptor `fd`'s fdinfo now (`u64::MAX` where it cannot be read).
+/// Allocation-free, for a signal handler.
+pub fn fd_locks_look(fd: i32) -> u64 {
+    let mut info = [0u8; LOCK_LOOK_BYTES];
+    match read_numbered(b"/proc/self/fdinfo/", fd, b"\0", &mut info) {
+        Some(n) => lock_lines_look(&info[..n]),
+        None => u64::MAX,
+    }
+}
+
 /// What a descriptor's open file description looks like now, folded into one number: its status
 /// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
-/// then: a runtime may flip them on any call), the locks its fdinfo shows (flock and OFD locks
-/// on the description, the process's POSIX locks taken through it) and, for a socket, its
-/// name, its peer, whether it listens and, for a listener, whether a connection waits to be
-/// accepted. Two looks differ when any of those changed. Allocation-free, for a signal handler.
+/// then: a runtime may flip them on any call) and, for a socket, its name, its peer, whether it
+/// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
+/// when any of those changed. Allocation-free, for a signal handler. (Its locks: see
+/// [`fd_locks_look`].)
 pub fn fd_look(fd: i32) -> u64 {
     // FNV-1a over the answers (a value, or the negative errno).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1390,15 +1422,6 @@ pub fn fd_look(fd: i32) -> u64 {
         let r = syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]);
         let r = if r >= 0 { r & !i64::from(taken) } else { r };
         add(&r.to_ne_bytes());
-    }
-    // The lock lines come right after fdinfo's four first lines, before what the file's kind
-    // adds (epoll's watches...): a page holds them unless a file has dozens of locks.
-    let mut info = [0u8; 4096];
-    let n = read_numbered(b"/proc/self/fdinfo/", fd, b"\0", &mut info).unwrap_or(0);
-    for line in info[..n].split(|&b| b == b'\n') {
-        if line.starts_with(b"lock:") {
-            add(line);
-        }
     }
     for nr in [libc::SYS_getsockname, libc::SYS_getpeername] {
         let mut buf = [0u8; 128];
@@ -2852,14 +2875,22 @@ mod tests {
         let lock_path = dir.with_extension("lock");
         std::fs::write(&lock_path, b"x").unwrap();
         let file = std::fs::File::open(&lock_path).unwrap();
-        let unlocked = super::fd_look(file.as_raw_fd());
+        let info = || std::fs::read(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
+        let unlocked = super::fd_locks_look(file.as_raw_fd());
+        assert_eq!(super::lock_lines_look(&info()), unlocked, "the scan's look");
         // SAFETY: flock on a descriptor of ours.
         unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        let locked = super::fd_look(file.as_raw_fd());
+        let locked = super::fd_locks_look(file.as_raw_fd());
         assert_ne!(locked, unlocked, "a lock taken");
+        assert_eq!(super::lock_lines_look(&info()), locked);
         // SAFETY: as above.
         unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-        assert_eq!(super::fd_look(file.as_raw_fd()), unlocked, "and given up");
+        assert_eq!(
+            super::fd_locks_look(file.as_raw_fd()),
+            unlocked,
+            "and given up"
+        );
+        assert_eq!(super::fd_locks_look(-1), u64::MAX);
         let _ = std::fs::remove_file(&lock_path);
         let peer = super::fd_look(client.as_raw_fd());
         client.shutdown(std::net::Shutdown::Both).unwrap();

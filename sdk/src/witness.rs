@@ -4,9 +4,10 @@
 //! witness holds a duplicate of each scanned descriptor, and once the snapshot exists compares
 //! the snapshot's table with them (kcmp: one open file description, not merely the same file).
 //! What the scan reads of a description that may change in place (its flags; a socket's name,
-//! peer and listening state) is looked at once more while every thread is stopped (see
-//! `sys::fd_look`). A difference makes the checkpoint start again; O_NONBLOCK and FD_CLOEXEC,
-//! which runtimes flip around their calls, are read then and taken as they are.
+//! peer and listening state; a file's locks) is looked at once more while every thread is
+//! stopped (see `sys::fd_look`, `sys::fd_locks_look`). A difference makes the checkpoint start
+//! again; O_NONBLOCK and FD_CLOEXEC, which runtimes flip around their calls, are read then and
+//! taken as they are.
 //!
 //! A duplicate of a file the process holds a POSIX lock on is never closed: closing it would
 //! end the lock ([`crate::state::locks::OwnLocks`]). It stays open, and the next checkpoint
@@ -27,6 +28,9 @@ pub(crate) struct FdWitness {
     borrowed: Vec<(i32, i32)>,
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
+    /// (descriptor number, `sys::lock_lines_look` of the fdinfo the scan read its locks from),
+    /// for the files the scan takes locks of.
+    lock_looks: Vec<(i32, u64)>,
     /// The process's soft limit of open files, where the checkpoint raised it to the hard one
     /// for its own descriptors: lowered again when the witness goes, and what the image keeps.
     raised_from: Option<u64>,
@@ -112,6 +116,7 @@ impl FdWitness {
             held,
             borrowed,
             looks,
+            lock_looks: Vec::new(),
             raised_from,
         })
     }
@@ -183,6 +188,19 @@ impl FdWitness {
         std::mem::take(&mut self.looks)
     }
 
+    /// Notes the locks of file `fd` as the fdinfo the scan took them from shows them: the
+    /// same text, so that a lock given up and taken again between a look and that read is
+    /// not missed.
+    pub(crate) fn saw_locks(&mut self, fd: i32, info: &str) {
+        self.lock_looks
+            .push((fd, sys::lock_lines_look(info.as_bytes())));
+    }
+
+    /// (descriptor, its locks as the scan saw them), for [`unchanged_now`] at the freeze.
+    pub(crate) fn take_lock_looks(&mut self) -> Vec<(i32, u64)> {
+        std::mem::take(&mut self.lock_looks)
+    }
+
     /// Our duplicates' numbers: descriptors of the checkpoint's own.
     pub(crate) fn own(&self) -> impl Iterator<Item = i32> + '_ {
         self.pairs().map(|(_, d)| d)
@@ -228,13 +246,19 @@ impl FdWitness {
     }
 }
 
-/// Whether every descriptor of `looks` still looks as it did before the scan. Allocation-free:
-/// called by the checkpointing thread while every other thread is stopped.
-/// Whether each descriptor of `looks` looks as it did, noting its flags now in `flags` (the
-/// same length; see `sys::fd_flags`).
-pub(crate) fn unchanged_now(looks: &[(i32, u64)], flags: &[AtomicU64]) -> bool {
+/// Whether each descriptor of `looks` looks as it did before the scan, noting its flags now in
+/// `flags` (the same length; see `sys::fd_flags`), and each file of `lock_looks` has the locks
+/// the scan saw. Allocation-free: called by the checkpointing thread while every other thread is
+/// stopped.
+pub(crate) fn unchanged_now(
+    looks: &[(i32, u64)],
+    flags: &[AtomicU64],
+    lock_looks: &[(i32, u64)],
+) -> bool {
     looks.iter().zip(flags).all(|(&(fd, look), now)| {
         now.store(sys::fd_flags(fd), Ordering::Relaxed);
         sys::fd_look(fd) == look
-    })
+    }) && lock_looks
+        .iter()
+        .all(|&(fd, look)| sys::fd_locks_look(fd) == look)
 }

@@ -747,6 +747,8 @@ impl FdScan {
                 scan.refused.push(bad(class, why));
                 continue;
             }
+            // (Looked at again at the stop: a lock taken or given up meanwhile.)
+            scan.witness.saw_locks(fd, &info);
             match super::locks::parse(&info) {
                 Ok(locks) => entry.locks = locks,
                 Err(why) => {
