@@ -367,7 +367,7 @@ impl Checkpoint {
             .chain(capture::abandoned_fds())
             .collect();
         // Who else holds the process's pipes and sockets, asked before the listing.
-        let holders = crate::procfs::Holders::ahead();
+        let holders = state::files::holders_ahead();
         let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out, holders)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);

@@ -203,7 +203,7 @@ pub fn all_processes_visible() -> bool {
 
 /// Who else holds descriptors of pipes and sockets, by their link (`pipe:[N]`, `socket:[N]`:
 /// the kernel's name of one object), with the holders' command names: one walk of every other
-/// process's descriptor table, at the first question or ahead of it ([`Holders::ahead`]).
+/// process's descriptor table, at the first question or ahead of it ([`Holders::walked_for`]).
 #[derive(Debug, Default)]
 pub struct Holders {
     walked: Option<Option<HolderMap>>,
@@ -218,22 +218,10 @@ pub struct Holders {
 type HolderMap = std::collections::HashMap<String, Vec<(i32, String)>>;
 
 impl Holders {
-    /// Walks now where the process holds a pipe or a socket besides its standard descriptors
-    /// (the caller's, never asked about): before a checkpoint lists its descriptors (the walk
-    /// takes milliseconds, 2 here; between the listing and the stop any descriptor opened or
-    /// closed makes the checkpoint start again).
-    pub fn ahead() -> Holders {
-        let known: Vec<String> = crate::sys::list_dir("/proc/self/fd")
-            .unwrap_or_default()
-            .iter()
-            .filter(|n| n.parse::<i32>().is_ok_and(|n| n > 2))
-            .filter_map(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).ok())
-            .map(|l| l.to_string_lossy().into_owned())
-            .filter(|l| l.starts_with("pipe:[") || l.starts_with("socket:["))
-            .collect();
-        if known.is_empty() {
-            return Holders::default();
-        }
+    /// Walks now, ahead of the questions, which may be about `known` only (the links of pipes
+    /// and sockets that exist now: the walk may miss a holder of one made later, and a
+    /// question about another walks again).
+    pub fn walked_for(known: Vec<String>) -> Holders {
         let full = walk_holders();
         Holders {
             partial: full.is_none().then(|| walk(true).unwrap_or_default()),

@@ -426,12 +426,55 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
         .collect()
 }
 
+/// Who else holds the process's pipes and AF_UNIX sockets, and those sockets' peers: walked
+/// before a checkpoint lists its descriptors (the walk of every other process's descriptor table
+/// takes milliseconds, 2 here; between the listing and the stop any descriptor opened or closed
+/// makes the checkpoint start again). Not where the process has none besides its standard
+/// descriptors (the caller's, never asked about): its inet sockets need no walk.
+pub(crate) fn holders_ahead() -> crate::procfs::Holders {
+    let links: Vec<String> = crate::sys::list_dir("/proc/self/fd")
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n.parse::<i32>().is_ok_and(|n| n > 2))
+        .filter_map(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("pipe:[") || l.starts_with("socket:["))
+        .collect();
+    if links.is_empty() {
+        return crate::procfs::Holders::default();
+    }
+    // (Without sock_diag every socket may be AF_UNIX, and a question about a peer walks again.)
+    let peers = super::sockets::unix_peers().ok();
+    let mut known = Vec::new();
+    for l in links {
+        let ino = l
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        match (ino, &peers) {
+            (None, _) | (Some(_), None) => known.push(l),
+            (Some(ino), Some(p)) => {
+                if let Some(&peer) = p.get(&ino) {
+                    known.push(l);
+                    if peer != 0 {
+                        known.push(format!("socket:[{peer}]"));
+                    }
+                }
+            }
+        }
+    }
+    if known.is_empty() {
+        return crate::procfs::Holders::default();
+    }
+    crate::procfs::Holders::walked_for(known)
+}
+
 impl FdScan {
     /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
     /// up to `max_deleted` bytes are kept (see [`super::deleted`]). `left_out`: children left
     /// out of the image, which the restored process sees killed: a pipe or socket whose other
     /// end only they hold comes back with that end closed. `holders`: who else holds the
-    /// process's pipes and sockets (walked ahead: [`crate::procfs::Holders::ahead`]).
+    /// process's pipes and sockets (walked ahead: [`holders_ahead`]).
     pub(crate) fn scan(
         exclude: &[i32],
         max_deleted: u64,

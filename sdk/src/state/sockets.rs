@@ -240,6 +240,14 @@ pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
 }
 
 /// Every AF_UNIX socket of this network namespace, by inode.
+/// Every AF_UNIX socket's peer (0: none), by inode, as the kernel lists them now.
+pub(crate) fn unix_peers() -> std::io::Result<BTreeMap<u64, u64>> {
+    Ok(unix_diag()?
+        .into_iter()
+        .map(|(ino, d)| (ino, d.peer))
+        .collect())
+}
+
 fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
     // struct unix_diag_req { u8 family, protocol; u16 pad; u32 states, ino, show; u32 cookie[2] }
     let mut req = vec![libc::AF_UNIX as u8, 0, 0, 0];
