@@ -1587,6 +1587,13 @@ fn inotify_watches_come_back_with_their_numbers() {
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &expected);
     }
+    // A watch added after the scan and before the stop.
+    let late = env.checkpoint("zdtm-inotify", "l.thaw", &[d, "late"]);
+    let o = env.restore(&late, &[], &[]);
+    assert_all_ok(
+        &o,
+        &["a watch added while the checkpoint ran reports its file"],
+    );
     let o = env.first_life("zdtm-inotify", "q.thaw", &[d, "queued"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(

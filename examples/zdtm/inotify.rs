@@ -2,7 +2,11 @@
 //! was removed), and an instance without watches. After restore the watches have their numbers
 //! and masks, report what happens (a file created in the directory, the file written), and no
 //! event is there that did not happen. `EXTRA` is a scratch directory. With `queued`, an event
-//! is left unread at the checkpoint: refused, naming the descriptor.
+//! is left unread at the checkpoint: refused, naming the descriptor. With `late`, another thread
+//! adds a watch once the checkpoint has scanned the descriptors and before it stops the threads
+//! (the SDK's test hook, as the JDK's WatchService poller or a watchdog observer does when told
+//! to watch another directory): after restore the watch reports its file (the checkpoint starts
+//! again rather than save the watches it scanned).
 
 #[path = "common.rs"]
 mod common;
@@ -48,8 +52,36 @@ fn events(fd: &OwnedFd) -> Vec<(i32, u32, String)> {
     }
 }
 
+fn late(dir: &std::path::Path) {
+    let a = init(libc::IN_NONBLOCK);
+    let file = dir.join("late");
+    std::fs::write(&file, b"x").unwrap();
+    let (raw, path) = (
+        a.as_raw_fd(),
+        std::ffi::CString::new(file.to_str().unwrap()).unwrap(),
+    );
+    common::during_first_scan("d", move |_| {
+        // SAFETY: a valid path string; our own instance.
+        let wd = unsafe { libc::inotify_add_watch(raw, path.as_ptr(), libc::IN_MODIFY) };
+        assert!(wd > 0, "inotify_add_watch");
+    });
+    common::checkpoint();
+    let mut c = common::Checks::default();
+    std::fs::write(&file, b"y").unwrap();
+    let got = events(&a);
+    c.check(
+        "a watch added while the checkpoint ran reports its file",
+        got == [(1, libc::IN_MODIFY, String::new())],
+        format!("{got:?}"),
+    );
+    c.finish();
+}
+
 fn main() {
     let (_, _, extra) = common::argv();
+    if extra.iter().any(|x| x == "late") {
+        return late(std::path::Path::new(&extra[0]));
+    }
     let dir = std::path::PathBuf::from(&extra[0]);
     let file = dir.join("watched");
     std::fs::write(&file, b"x").unwrap();

@@ -131,6 +131,21 @@ fn search(wanted: &[(u64, u64)]) -> std::collections::HashMap<(u64, u64), String
 }
 
 /// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.
+/// Whether fdinfo `info` (read while the threads were parked) shows the watches of `scanned`,
+/// the same numbers, masks and inodes: one added, removed or changed after the scan read them
+/// makes the checkpoint start again.
+pub(crate) fn same_watches(scanned: &Inotify, info: &str) -> bool {
+    let key = |w: &Watch| (w.wd, w.mask, w.dev, w.ino);
+    let mut now: Vec<_> = match parse(info) {
+        Ok(i) => i.watches.iter().map(key).collect(),
+        Err(_) => return false,
+    };
+    let mut then: Vec<_> = scanned.watches.iter().map(key).collect();
+    now.sort_unstable();
+    then.sort_unstable();
+    now == then
+}
+
 fn parse(info: &str) -> Result<Inotify, String> {
     let mut watches = Vec::new();
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {

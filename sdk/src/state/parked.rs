@@ -1,5 +1,5 @@
-//! The state of event objects (eventfd counters, timerfds, signalfd masks, epoll registrations)
-//! as it was once every thread had stopped. The descriptor scan reads it from fdinfo while the
+//! The state of event objects (eventfd counters, timerfds, signalfd masks, epoll registrations,
+//! inotify watches) as it was once every thread had stopped. The descriptor scan reads it from fdinfo while the
 //! other threads still run, and they change it all the time: an event loop re-arms its one-shot
 //! epoll registrations on every wait (GHC's I/O manager), writes its wake-up eventfd, re-arms
 //! its timerfd. A change between the scan and the stop would be lost: a registration restored
@@ -70,6 +70,8 @@ impl ParkedInfo {
                     }
                     // A tfd line is under 160 bytes; room for registrations added meanwhile.
                     FdKind::Epoll { watches } => 4096 + 160 * (watches.len() + 64),
+                    // A watch's line is under 256 bytes (a 128-byte file handle, in hex).
+                    FdKind::Inotify(i) => 4096 + 256 * (i.watches.len() + 64),
                     FdKind::IoUring(_) => 8192,
                     _ => return None,
                 };
@@ -251,6 +253,13 @@ impl ParkedInfo {
             kind @ FdKind::TimerFd { .. } => {
                 *kind = super::files::timerfd_state_at(text, self.clock_ns.load(Ordering::Relaxed))
                     .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;
+            }
+            FdKind::Inotify(i) => {
+                if !super::inotify::same_watches(i, text) {
+                    return Err(format!(
+                        "fd {fd} (inotify): watches came, went or changed while the threads were being stopped"
+                    ));
+                }
             }
             FdKind::Epoll { watches } => {
                 let now: Vec<(i32, u32, u64)> = Registrations::new(text.as_bytes()).collect();
