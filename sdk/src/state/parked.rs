@@ -254,12 +254,10 @@ impl ParkedInfo {
                 *kind = super::files::timerfd_state_at(text, self.clock_ns.load(Ordering::Relaxed))
                     .map_err(|why| format!("fd {fd} (timerfd): {why}"))?;
             }
-            FdKind::Inotify(i) => {
-                if !super::inotify::same_watches(i, text) {
-                    return Err(format!(
-                        "fd {fd} (inotify): watches came, went or changed while the threads were being stopped"
-                    ));
-                }
+            FdKind::Inotify(i) if !super::inotify::same_watches(i, text) => {
+                return Err(format!(
+                    "fd {fd} (inotify): watches came, went or changed while the threads were being stopped"
+                ));
             }
             FdKind::Epoll { watches } => {
                 let now: Vec<(i32, u32, u64)> = Registrations::new(text.as_bytes()).collect();
