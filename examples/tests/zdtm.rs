@@ -1687,7 +1687,8 @@ fn threads_and_descriptors_that_come_and_go_during_the_checkpoint() {
 
 /// A descriptor closed once the checkpoint had listed the table, opened again at its number
 /// while it scanned and closed again before the threads stopped stays closed after restore; one
-/// replaced before the checkpoint held it comes back as the new file. (The first, taken as
+/// replaced before the checkpoint held it comes back as the new file; a file renamed after the
+/// scan read its name comes back under its new name. (The first, taken as
 /// listed, came back as a descriptor nobody held: in the churn test above, about one restore in
 /// thirty on a loaded machine.)
 #[test]
@@ -1700,6 +1701,12 @@ fn descriptor_numbers_reused_during_the_scan_come_back_as_they_were_at_the_stop(
             "a descriptor closed while the checkpoint scanned stays closed",
             "a descriptor replaced before the checkpoint held it is the new file, at its offset",
         ],
+    );
+    run_zdtm(
+        "zdtm-reused",
+        &["renamed"],
+        &[],
+        &["a file renamed while the checkpoint ran comes back under its new name"],
     );
 }
 

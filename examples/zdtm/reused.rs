@@ -7,6 +7,10 @@
 //! after restore (it used to come back, a descriptor nobody held: a thread that opens and
 //! closes a file in a loop then got another number for it, and the old one stayed open for
 //! good), and the one replaced before the checkpoint took hold is the new file, at its offset.
+//!
+//! `renamed`: a file renamed once the scan has read its name and before the threads stop: the
+//! restored descriptor is that file under its new name (the image named it by its old one, and
+//! the restore failed: no such file).
 
 #[path = "common.rs"]
 mod common;
@@ -33,8 +37,31 @@ fn close(fd: i32) {
     assert_eq!(unsafe { libc::close(fd) }, 0);
 }
 
+fn renamed(image: &str) {
+    let (old, new) = (format!("{image}.named"), format!("{image}.renamed"));
+    std::fs::write(&old, b"named file").unwrap();
+    let fd = std::fs::File::open(&old).unwrap().into_raw_fd();
+    let (from, to) = (old.clone(), new.clone());
+    common::during_first_scan("d", move |_| std::fs::rename(&from, &to).unwrap());
+    drop(common::restored());
+    let mut c = common::Checks::default();
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+    let text = std::fs::read_to_string(format!("/proc/self/fd/{fd}"));
+    c.check(
+        "a file renamed while the checkpoint ran comes back under its new name",
+        link.as_ref()
+            .is_ok_and(|l| l.to_str() == Some(new.as_str()))
+            && text.as_ref().is_ok_and(|t| t == "named file"),
+        format!("{link:?}: {text:?}"),
+    );
+    c.finish()
+}
+
 fn main() {
-    let (image, _, _) = common::argv();
+    let (image, _, extra) = common::argv();
+    if extra.first().map(String::as_str) == Some("renamed") {
+        return renamed(&image);
+    }
     let (first, second) = (format!("{image}.first"), format!("{image}.second"));
     std::fs::write(&first, b"first file").unwrap();
     std::fs::write(&second, b"second file").unwrap();

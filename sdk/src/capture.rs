@@ -596,8 +596,8 @@ pub struct Capture {
     pub changed: AtomicU32,
     /// How the scanned descriptors looked before the scan (see `crate::witness`).
     pub looks: Vec<(i32, u64)>,
-    /// The scanned files' locks as the scan saw them (see `crate::witness`).
-    pub lock_looks: Vec<(i32, u64)>,
+    /// The scanned files' names and locks as the scan saw them (see `crate::witness`).
+    pub file_looks: Vec<(i32, u64)>,
     /// The calling thread's signal mask before the freeze: the one its frame in the snapshot
     /// resumes with.
     pub caller_mask: u64,
@@ -716,7 +716,7 @@ impl Capture {
             child: AtomicI64::new(0),
             changed: AtomicU32::new(0),
             looks: Vec::new(),
-            lock_looks: Vec::new(),
+            file_looks: Vec::new(),
             own_ids: Vec::new(),
             caller_mask: 0,
             pkeys: Vec::new(),
@@ -1186,8 +1186,8 @@ fn handle(call: &mut HandlerCall) {
         return;
     }
     // A descriptor whose flags, a socket whose name, peer or listening state, or a file whose
-    // locks changed since the scan read them.
-    if !crate::witness::unchanged_now(&c.looks, &c.flags_seen, &c.lock_looks) {
+    // name or locks changed since the scan read them.
+    if !crate::witness::unchanged_now(&c.looks, &c.flags_seen, &c.file_looks) {
         c.changed.store(DESCRIPTOR_CHANGED, Ordering::Release);
         return;
     }

@@ -412,7 +412,7 @@ impl Checkpoint {
             .map(|t| (t, Default::default()))
             .collect();
         capture.looks = scan.witness.take_looks();
-        capture.lock_looks = scan.witness.take_lock_looks();
+        capture.file_looks = scan.witness.take_file_looks();
         capture.flags_seen = capture
             .looks
             .iter()

@@ -171,6 +171,11 @@ fn read_task_file(tid: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
 /// Reads the file named `head`, the decimal `n`, `tail` (NUL-terminated) into `buf`; the length
 /// read, if any. Allocation-free.
 fn read_numbered(head: &[u8], n: i32, tail: &[u8], buf: &mut [u8]) -> Option<usize> {
+    read_path_raw(&numbered_path(head, n, tail)?, buf)
+}
+
+/// `head`, the decimal `n`, `tail` (NUL-terminated): a path of at most 64 bytes. Allocation-free.
+fn numbered_path(head: &[u8], n: i32, tail: &[u8]) -> Option<[u8; 64]> {
     if n < 0 {
         return None;
     }
@@ -193,7 +198,7 @@ fn read_numbered(head: &[u8], n: i32, tail: &[u8], buf: &mut [u8]) -> Option<usi
         at += 1;
     }
     path[at..at + tail.len()].copy_from_slice(tail);
-    read_path_raw(&path, buf)
+    Some(path)
 }
 
 /// Reads the file at `path` (NUL-terminated) into `buf`; the length read, if any. Allocation-free.
@@ -1372,31 +1377,56 @@ pub fn fd_flags(fd: i32) -> u64 {
     }
 }
 
-/// Bytes of a descriptor's fdinfo whose lock lines [`lock_lines_look`] folds in: the lock lines
+/// Bytes of a descriptor's fdinfo whose lock lines [`file_look_of`] folds in: the lock lines
 /// come right after its four first lines, before what the file's kind adds (epoll's
 /// watches...), so a page holds them unless a file has dozens of locks.
 pub const LOCK_LOOK_BYTES: usize = 4096;
 
-/// The lock lines ("lock:": flock and OFD locks on the description, the process's POSIX locks
-/// taken through it) of the first [`LOCK_LOOK_BYTES`] of fdinfo `text`, folded into one number.
-pub fn lock_lines_look(text: &[u8]) -> u64 {
+/// A file's name and locks folded into one number: `link`, what /proc/self/fd shows for its
+/// descriptor (its path now, " (deleted)" once unlinked), and the lock lines ("lock:": flock
+/// and OFD locks on the description, the process's POSIX locks taken through it) of the first
+/// [`LOCK_LOOK_BYTES`] of its fdinfo `info`.
+pub fn file_look_of(link: &[u8], info: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in text[..text.len().min(LOCK_LOOK_BYTES)].split(|&b| b == b'\n') {
+    let mut add = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    add(link);
+    add(b"\n");
+    for line in info[..info.len().min(LOCK_LOOK_BYTES)].split(|&b| b == b'\n') {
         if line.starts_with(b"lock:") {
-            for &b in line {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            add(line);
         }
     }
     h
 }
 
-/// [`lock_lines_look`] of descriptor `fd`'s fdinfo now (`u64::MAX` where it cannot be read).
-/// Allocation-free, for a signal handler.
-pub fn fd_locks_look(fd: i32) -> u64 {
+/// [`file_look_of`] descriptor `fd` now (`u64::MAX` where it cannot be read). Allocation-free,
+/// for a signal handler.
+pub fn fd_file_look(fd: i32) -> u64 {
+    let Some(path) = numbered_path(b"/proc/self/fd/", fd, b"\0") else {
+        return u64::MAX;
+    };
+    let mut link = [0u8; 4096];
+    let n = syscall6(
+        libc::SYS_readlinkat,
+        [
+            libc::AT_FDCWD as u64,
+            path.as_ptr() as u64,
+            link.as_mut_ptr() as u64,
+            link.len() as u64,
+            0,
+            0,
+        ],
+    );
+    if n < 0 {
+        return u64::MAX;
+    }
     let mut info = [0u8; LOCK_LOOK_BYTES];
     match read_numbered(b"/proc/self/fdinfo/", fd, b"\0", &mut info) {
-        Some(n) => lock_lines_look(&info[..n]),
+        Some(m) => file_look_of(&link[..n as usize], &info[..m]),
         None => u64::MAX,
     }
 }
@@ -1405,8 +1435,8 @@ pub fn fd_locks_look(fd: i32) -> u64 {
 /// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
 /// then: a runtime may flip them on any call) and, for a socket, its name, its peer, whether it
 /// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
-/// when any of those changed. Allocation-free, for a signal handler. (Its locks: see
-/// [`fd_locks_look`].)
+/// when any of those changed. Allocation-free, for a signal handler. (A file's name and locks:
+/// see [`fd_file_look`].)
 pub fn fd_look(fd: i32) -> u64 {
     // FNV-1a over the answers (a value, or the negative errno).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -2875,22 +2905,33 @@ mod tests {
         let lock_path = dir.with_extension("lock");
         std::fs::write(&lock_path, b"x").unwrap();
         let file = std::fs::File::open(&lock_path).unwrap();
-        let info = || std::fs::read(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).unwrap();
-        let unlocked = super::fd_locks_look(file.as_raw_fd());
-        assert_eq!(super::lock_lines_look(&info()), unlocked, "the scan's look");
+        let scanned = || {
+            use std::os::unix::ffi::OsStrExt;
+            let fd = file.as_raw_fd();
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+            let info = std::fs::read(format!("/proc/self/fdinfo/{fd}")).unwrap();
+            super::file_look_of(link.as_os_str().as_bytes(), &info)
+        };
+        let unlocked = super::fd_file_look(file.as_raw_fd());
+        assert_eq!(scanned(), unlocked, "the scan's look");
         // SAFETY: flock on a descriptor of ours.
         unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        let locked = super::fd_locks_look(file.as_raw_fd());
+        let locked = super::fd_file_look(file.as_raw_fd());
         assert_ne!(locked, unlocked, "a lock taken");
-        assert_eq!(super::lock_lines_look(&info()), locked);
+        assert_eq!(scanned(), locked);
         // SAFETY: as above.
         unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
         assert_eq!(
-            super::fd_locks_look(file.as_raw_fd()),
+            super::fd_file_look(file.as_raw_fd()),
             unlocked,
             "and given up"
         );
-        assert_eq!(super::fd_locks_look(-1), u64::MAX);
+        let renamed = lock_path.with_extension("renamed");
+        std::fs::rename(&lock_path, &renamed).unwrap();
+        assert_ne!(super::fd_file_look(file.as_raw_fd()), unlocked, "renamed");
+        std::fs::rename(&renamed, &lock_path).unwrap();
+        assert_eq!(super::fd_file_look(file.as_raw_fd()), unlocked, "and back");
+        assert_eq!(super::fd_file_look(-1), u64::MAX);
         let _ = std::fs::remove_file(&lock_path);
         let peer = super::fd_look(client.as_raw_fd());
         client.shutdown(std::net::Shutdown::Both).unwrap();

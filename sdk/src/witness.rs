@@ -4,8 +4,8 @@
 //! witness holds a duplicate of each scanned descriptor, and once the snapshot exists compares
 //! the snapshot's table with them (kcmp: one open file description, not merely the same file).
 //! What the scan reads of a description that may change in place (its flags; a socket's name,
-//! peer and listening state; a file's locks) is looked at once more while every thread is
-//! stopped (see `sys::fd_look`, `sys::fd_locks_look`). A difference makes the checkpoint start
+//! peer and listening state; a file's name and locks) is looked at once more while every thread
+//! is stopped (see `sys::fd_look`, `sys::fd_file_look`). A difference makes the checkpoint start
 //! again; O_NONBLOCK and FD_CLOEXEC, which runtimes flip around their calls, are read then and
 //! taken as they are.
 //!
@@ -28,9 +28,9 @@ pub(crate) struct FdWitness {
     borrowed: Vec<(i32, i32)>,
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
-    /// (descriptor number, `sys::lock_lines_look` of the fdinfo the scan read its locks from),
-    /// for the files the scan takes locks of.
-    lock_looks: Vec<(i32, u64)>,
+    /// (descriptor number, `sys::file_look_of` the name and fdinfo the scan read), for the
+    /// files the scan describes.
+    file_looks: Vec<(i32, u64)>,
     /// The process's soft limit of open files, where the checkpoint raised it to the hard one
     /// for its own descriptors: lowered again when the witness goes, and what the image keeps.
     raised_from: Option<u64>,
@@ -116,7 +116,7 @@ impl FdWitness {
             held,
             borrowed,
             looks,
-            lock_looks: Vec::new(),
+            file_looks: Vec::new(),
             raised_from,
         })
     }
@@ -188,17 +188,17 @@ impl FdWitness {
         std::mem::take(&mut self.looks)
     }
 
-    /// Notes the locks of file `fd` as the fdinfo the scan took them from shows them: the
-    /// same text, so that a lock given up and taken again between a look and that read is
-    /// not missed.
-    pub(crate) fn saw_locks(&mut self, fd: i32, info: &str) {
-        self.lock_looks
-            .push((fd, sys::lock_lines_look(info.as_bytes())));
+    /// Notes the name (`link`, as /proc/self/fd showed it) and locks (fdinfo `info`) of file
+    /// `fd` as the scan read them: the same texts, so that a lock given up and taken again, or a
+    /// file renamed and back, between another look and those reads is not missed.
+    pub(crate) fn saw_file(&mut self, fd: i32, link: &[u8], info: &str) {
+        self.file_looks
+            .push((fd, sys::file_look_of(link, info.as_bytes())));
     }
 
-    /// (descriptor, its locks as the scan saw them), for [`unchanged_now`] at the freeze.
-    pub(crate) fn take_lock_looks(&mut self) -> Vec<(i32, u64)> {
-        std::mem::take(&mut self.lock_looks)
+    /// (descriptor, its name and locks as the scan saw them), for [`unchanged_now`].
+    pub(crate) fn take_file_looks(&mut self) -> Vec<(i32, u64)> {
+        std::mem::take(&mut self.file_looks)
     }
 
     /// Our duplicates' numbers: descriptors of the checkpoint's own.
@@ -247,18 +247,18 @@ impl FdWitness {
 }
 
 /// Whether each descriptor of `looks` looks as it did before the scan, noting its flags now in
-/// `flags` (the same length; see `sys::fd_flags`), and each file of `lock_looks` has the locks
-/// the scan saw. Allocation-free: called by the checkpointing thread while every other thread is
-/// stopped.
+/// `flags` (the same length; see `sys::fd_flags`), and each file of `file_looks` has the name
+/// and locks the scan saw. Allocation-free: called by the checkpointing thread while every other
+/// thread is stopped.
 pub(crate) fn unchanged_now(
     looks: &[(i32, u64)],
     flags: &[AtomicU64],
-    lock_looks: &[(i32, u64)],
+    file_looks: &[(i32, u64)],
 ) -> bool {
     looks.iter().zip(flags).all(|(&(fd, look), now)| {
         now.store(sys::fd_flags(fd), Ordering::Relaxed);
         sys::fd_look(fd) == look
-    }) && lock_looks
+    }) && file_looks
         .iter()
-        .all(|&(fd, look)| sys::fd_locks_look(fd) == look)
+        .all(|&(fd, look)| sys::fd_file_look(fd) == look)
 }

@@ -518,6 +518,7 @@ impl FdScan {
             let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
                 continue;
             };
+            let link = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec();
             let target = target.to_string_lossy().into_owned();
             // A file unlinked under one name that has another beside it is that file (see
             // super::deleted::live_name).
@@ -790,8 +791,9 @@ impl FdScan {
                 scan.refused.push(bad(class, why));
                 continue;
             }
-            // (Looked at again at the stop: a lock taken or given up meanwhile.)
-            scan.witness.saw_locks(fd, &info);
+            // (Looked at again at the stop: renamed, unlinked, linked, or a lock taken or given
+            // up meanwhile.)
+            scan.witness.saw_file(fd, &link, &info);
             match super::locks::parse(&info) {
                 Ok(locks) => entry.locks = locks,
                 Err(why) => {
