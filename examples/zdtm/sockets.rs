@@ -1,7 +1,7 @@
 //! Sockets whose every end is in the process, and listening sockets.
 //!
 //! Before the checkpoint: a stream pair with bytes queued both ways (100 KiB one way), one end
-//! non-blocking; a pair whose other end was closed after sending its last words; a pair whose
+//! non-blocking, the other peeking from an offset (SO_PEEK_OFF); a pair whose other end was closed after sending its last words; a pair whose
 //! other end was closed at once (the JDK's "pre-close" descriptor); a pair shut down one way; an
 //! empty datagram pair; a TCP listener on 127.0.0.1 (ephemeral port, backlog 7, SO_REUSEADDR) and
 //! one on [::1]; an
@@ -101,6 +101,33 @@ fn main() {
     };
     set_sndbuf(b, 50_000);
     let sndbuf_b = sndbuf(b);
+    // b peeks from its 7th byte on (SO_PEEK_OFF): the checkpoint's own peek must not start there
+    // (it saved "from a" for "hello from a") nor move it.
+    let peek_off = |fd: RawFd, set: Option<i32>| {
+        let mut v = set.unwrap_or(0);
+        let mut len = 4u32;
+        // SAFETY: an int option of our own socket, into or from a local.
+        unsafe {
+            match set {
+                Some(_) => libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEEK_OFF,
+                    (&v as *const i32).cast(),
+                    4,
+                ),
+                None => libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PEEK_OFF,
+                    (&mut v as *mut i32).cast(),
+                    &mut len,
+                ),
+            }
+        };
+        v
+    };
+    peek_off(b, Some(6));
 
     let (c, d) = pair();
     stream(d).write_all(b"last words").unwrap();
@@ -250,10 +277,12 @@ fn main() {
     let now = fd_numbers();
 
     let mut ch = common::Checks::default();
+    let off = peek_off(b, None);
+    let queued = read_all_now(b, 12);
     ch.check(
         "stream pair: bytes queued to b",
-        read_all_now(b, 12) == b"hello from a",
-        "",
+        queued == b"hello from a" && off == 6,
+        format!("{:?}, peek offset {off}", String::from_utf8_lossy(&queued)),
     );
     let got = read_all_now(a, BIG);
     ch.check(

@@ -1266,7 +1266,16 @@ fn handle(call: &mut HandlerCall) {
         let got = if (n as usize) <= s.buf.len() {
             // (The size of a bare header: room for nothing, so anything there truncates.)
             let mut control = [0u8; 16];
+            // From the head of the queue, whatever peek offset the process set (SO_PEEK_OFF:
+            // a peek would start there, and move it on), which it keeps.
+            let off = sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+            if off >= 0 {
+                let _ = sys::setsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+            }
             let m = sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control);
+            if off >= 0 {
+                let _ = sys::setsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off);
+            }
             let passcred =
                 sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
             if passcred != 0 && m.len > 0 {

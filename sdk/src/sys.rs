@@ -1433,7 +1433,8 @@ pub fn fd_file_look(fd: i32) -> u64 {
 
 /// What a descriptor's open file description looks like now, folded into one number: its status
 /// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
-/// then: a runtime may flip them on any call) and, for a socket, its name, its peer, whether it
+/// then: a runtime may flip them on any call), a pipe's capacity, the signal of signal-driven
+/// I/O and who gets it (F_SETSIG, F_SETOWN) and, for a socket, its name, its peer, whether it
 /// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
 /// when any of those changed. Allocation-free, for a signal handler. (A file's name and locks:
 /// see [`fd_file_look`].)
@@ -1448,11 +1449,30 @@ pub fn fd_look(fd: i32) -> u64 {
     for (cmd, taken) in [
         (libc::F_GETFL, libc::O_NONBLOCK),
         (libc::F_GETFD, libc::FD_CLOEXEC),
+        // A pipe's capacity (EBADF elsewhere), the signal of signal-driven I/O.
+        (libc::F_GETPIPE_SZ, 0),
+        (crate::state::sigio::F_GETSIG, 0),
     ] {
         let r = syscall6(libc::SYS_fcntl, [fd as u64, cmd as u64, 0, 0, 0, 0]);
         let r = if r >= 0 { r & !i64::from(taken) } else { r };
         add(&r.to_ne_bytes());
     }
+    // Who gets that signal (struct f_owner_ex: type, pid).
+    let mut owner = [0i32; 2];
+    let r = syscall6(
+        libc::SYS_fcntl,
+        [
+            fd as u64,
+            crate::state::sigio::F_GETOWN_EX as u64,
+            owner.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        ],
+    );
+    add(&r.to_ne_bytes());
+    add(&owner[0].to_ne_bytes());
+    add(&owner[1].to_ne_bytes());
     for nr in [libc::SYS_getsockname, libc::SYS_getpeername] {
         let mut buf = [0u8; 128];
         let mut len = buf.len() as u32;
@@ -2902,6 +2922,19 @@ mod tests {
         // SAFETY: F_SETFL on a descriptor of ours.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK | libc::O_APPEND) };
         assert_ne!(super::fd_look(fd), idle, "status flags");
+        let (r, _w) = std::io::pipe().unwrap();
+        let plain = super::fd_look(r.as_raw_fd());
+        // SAFETY: fcntl on a descriptor of ours.
+        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, 128 << 10) };
+        let sized = super::fd_look(r.as_raw_fd());
+        assert_ne!(sized, plain, "a pipe's capacity");
+        // SAFETY: as above.
+        unsafe { libc::fcntl(r.as_raw_fd(), crate::state::sigio::F_SETSIG, libc::SIGUSR2) };
+        assert_ne!(
+            super::fd_look(r.as_raw_fd()),
+            sized,
+            "the signal of signal-driven I/O"
+        );
         let lock_path = dir.with_extension("lock");
         std::fs::write(&lock_path, b"x").unwrap();
         let file = std::fs::File::open(&lock_path).unwrap();

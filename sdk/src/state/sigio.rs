@@ -17,8 +17,8 @@ pub struct SignalIo {
     pub on: bool,
 }
 
-const F_SETSIG: i32 = 10;
-const F_GETSIG: i32 = 11;
+pub(crate) const F_SETSIG: i32 = 10;
+pub(crate) const F_GETSIG: i32 = 11;
 const F_SETOWN_EX: i32 = 15;
 pub(crate) const F_GETOWN_EX: i32 = 16;
 const F_OWNER_TID: i32 = 0;
