@@ -1377,15 +1377,21 @@ pub fn fd_flags(fd: i32) -> u64 {
     }
 }
 
-/// Bytes of a descriptor's fdinfo whose lock lines [`file_look_of`] folds in: the lock lines
-/// come right after its four first lines, before what the file's kind adds (epoll's
-/// watches...), so a page holds them unless a file has dozens of locks.
+/// Bytes of a descriptor's fdinfo read for [`fd_file_look`]: the lock lines come right after
+/// its four first lines (under 200 bytes), before what the file's kind adds (epoll's
+/// watches...), so a page holds the first [`LOCK_LOOK_LINES`] of them (under 120 bytes each).
 pub const LOCK_LOOK_BYTES: usize = 4096;
+
+/// How many lock lines [`file_look_of`] folds in: as many as a page surely holds whatever the
+/// lines before them (their `pos:` grows with the offset), so that the scan's text and the
+/// handler's page give the same lines. (More locks than that through one description: the
+/// others are not compared.)
+pub const LOCK_LOOK_LINES: usize = 32;
 
 /// A file's name and locks folded into one number: `link`, what /proc/self/fd shows for its
 /// descriptor (its path now, " (deleted)" once unlinked), and the lock lines ("lock:": flock
-/// and OFD locks on the description, the process's POSIX locks taken through it) of the first
-/// [`LOCK_LOOK_BYTES`] of its fdinfo `info`.
+/// and OFD locks on the description, the process's POSIX locks taken through it) of its fdinfo
+/// `info`, the first [`LOCK_LOOK_LINES`] whole ones.
 pub fn file_look_of(link: &[u8], info: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut add = |bytes: &[u8]| {
@@ -1395,10 +1401,14 @@ pub fn file_look_of(link: &[u8], info: &[u8]) -> u64 {
     };
     add(link);
     add(b"\n");
-    for line in info[..info.len().min(LOCK_LOOK_BYTES)].split(|&b| b == b'\n') {
-        if line.starts_with(b"lock:") {
-            add(line);
-        }
+    // Whole lines only: the last one of a page may be cut.
+    let whole = info.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for line in info[..whole]
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"lock:"))
+        .take(LOCK_LOOK_LINES)
+    {
+        add(line);
     }
     h
 }
@@ -2898,6 +2908,36 @@ mod tests {
         assert!(super::thread_count().expect("own stat") >= 1);
         assert!(!super::task_exiting(super::gettid()), "this thread runs");
         assert!(super::task_exiting(i32::MAX), "no such thread");
+    }
+
+    #[test]
+    fn a_files_look_is_the_same_from_the_whole_fdinfo_and_from_a_page_of_it() {
+        let info = |pos: u64, locks: usize| {
+            let mut t = format!("pos:\t{pos}\nflags:\t0100002\nmnt_id:\t30\nino:\t1234\n");
+            for i in 0..locks {
+                t += &format!(
+                    "lock:\t{}: POSIX  ADVISORY  WRITE 4242 fe:01:1234 {i}0 {i}9\n",
+                    i + 1
+                );
+            }
+            t.into_bytes()
+        };
+        let page = |t: &[u8]| t[..t.len().min(super::LOCK_LOOK_BYTES)].to_vec();
+        for locks in [0, 3, 32, 80] {
+            let look = super::file_look_of(b"/f", &info(0, locks));
+            // The scan's whole text, the handler's page, the offset grown by many digits.
+            assert_eq!(super::file_look_of(b"/f", &page(&info(0, locks))), look);
+            assert_eq!(
+                super::file_look_of(b"/f", &page(&info(u64::MAX, locks))),
+                look
+            );
+            assert_ne!(super::file_look_of(b"/g", &info(0, locks)), look, "renamed");
+        }
+        assert_ne!(
+            super::file_look_of(b"/f", &info(0, 3)),
+            super::file_look_of(b"/f", &info(0, 2)),
+            "a lock given up"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) struct FdWitness {
     /// (descriptor number, `sys::fd_look` before the scan looked at it).
     looks: Vec<(i32, u64)>,
     /// (descriptor number, `sys::file_look_of` the name and fdinfo the scan read), for the
-    /// files the scan describes.
+    /// descriptors the scan describes but those whose fdinfo is costly (see `state::files`).
     file_looks: Vec<(i32, u64)>,
     /// The process's soft limit of open files, where the checkpoint raised it to the hard one
     /// for its own descriptors: lowered again when the witness goes, and what the image keeps.

@@ -351,6 +351,14 @@ pub(crate) struct FdScan {
     pub epoll_seen: Vec<(i32, Vec<i32>)>,
 }
 
+/// Links of descriptors whose fdinfo lists every watch or request: long, and costly to read.
+const WHOLE_FDINFO: [&str; 4] = [
+    "anon_inode:[eventpoll]",
+    "anon_inode:inotify",
+    "anon_inode:[io_uring]",
+    "anon_inode:[fanotify]",
+];
+
 fn fdinfo(fd: i32) -> String {
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default()
 }
@@ -529,6 +537,13 @@ impl FdScan {
                 _ => target,
             };
             let info = fdinfo(fd);
+            // Looked at again at the stop: renamed, unlinked, linked, or a lock taken or given up
+            // meanwhile (on a pipe or socket too, where a lock is refused). Not an instance whose
+            // fdinfo the kernel builds whole every time, watch by watch (read again while the
+            // threads are parked anyway, see super::parked), nor the caller's descriptors.
+            if fd > 2 && !WHOLE_FDINFO.contains(&target.as_str()) {
+                scan.witness.saw_file(fd, &link, &info);
+            }
             let raw = fdinfo_flags(&info);
             let cloexec = raw & libc::O_CLOEXEC as u32 != 0;
             let flags = raw & !(libc::O_CLOEXEC as u32);
@@ -791,9 +806,6 @@ impl FdScan {
                 scan.refused.push(bad(class, why));
                 continue;
             }
-            // (Looked at again at the stop: renamed, unlinked, linked, or a lock taken or given
-            // up meanwhile.)
-            scan.witness.saw_file(fd, &link, &info);
             match super::locks::parse(&info) {
                 Ok(locks) => entry.locks = locks,
                 Err(why) => {

@@ -130,7 +130,6 @@ fn search(wanted: &[(u64, u64)]) -> std::collections::HashMap<(u64, u64), String
     found
 }
 
-/// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.
 /// Whether fdinfo `info` (read while the threads were parked) shows the watches of `scanned`,
 /// the same numbers, masks and inodes: one added, removed or changed after the scan read them
 /// makes the checkpoint start again.
@@ -146,6 +145,7 @@ pub(crate) fn same_watches(scanned: &Inotify, info: &str) -> bool {
     now == then
 }
 
+/// The watches of an inotify descriptor's fdinfo, their paths not yet looked up.
 fn parse(info: &str) -> Result<Inotify, String> {
     let mut watches = Vec::new();
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {

@@ -70,8 +70,9 @@ impl ParkedInfo {
                     }
                     // A tfd line is under 160 bytes; room for registrations added meanwhile.
                     FdKind::Epoll { watches } => 4096 + 160 * (watches.len() + 64),
-                    // A watch's line is under 256 bytes (a 128-byte file handle, in hex).
-                    FdKind::Inotify(i) => 4096 + 256 * (i.watches.len() + 64),
+                    // A watch's line is under 400 bytes (a file handle of up to 128 bytes, in
+                    // hex).
+                    FdKind::Inotify(i) => 4096 + 400 * (i.watches.len() + 64),
                     FdKind::IoUring(_) => 8192,
                     _ => return None,
                 };

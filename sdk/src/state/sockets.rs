@@ -239,7 +239,6 @@ pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
         .map_or(0, |s| u32::from_ne_bytes(s.try_into().expect("4")))
 }
 
-/// Every AF_UNIX socket of this network namespace, by inode.
 /// Every AF_UNIX socket's peer (0: none), by inode, as the kernel lists them now.
 pub(crate) fn unix_peers() -> std::io::Result<BTreeMap<u64, u64>> {
     Ok(unix_diag()?
@@ -248,6 +247,7 @@ pub(crate) fn unix_peers() -> std::io::Result<BTreeMap<u64, u64>> {
         .collect())
 }
 
+/// Every AF_UNIX socket of this network namespace, by inode.
 fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
     // struct unix_diag_req { u8 family, protocol; u16 pad; u32 states, ino, show; u32 cookie[2] }
     let mut req = vec![libc::AF_UNIX as u8, 0, 0, 0];
