@@ -1267,33 +1267,24 @@ fn handle(call: &mut HandlerCall) {
             // (The size of a bare header: room for nothing, so anything there truncates.)
             let mut control = [0u8; 16];
             // From the head of the queue, whatever peek offset the process set (SO_PEEK_OFF:
-            // a peek would start there, and move it on), which it keeps. (Setting it takes a
-            // lock a signal may interrupt: tried again; a queue not peeked from its head is
-            // refused, naming the error.)
+            // a peek would start there, and move it on), which it keeps. (A queue that could not
+            // be peeked from its head is refused, naming the error.)
             let off = sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
-            let set = |v: i32| {
-                let mut r = Ok(());
-                for _ in 0..100 {
-                    r = sys::setsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v);
-                    if !matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINTR)) {
-                        break;
-                    }
-                }
-                r
-            };
-            let from_head = if off >= 0 { set(-1) } else { Ok(()) };
-            let m = match &from_head {
-                Ok(()) => sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control),
-                Err(e) => sys::PeekedMsg {
+            let m = match (off >= 0).then(|| sys::set_peek_off(s.fd, -1)) {
+                Some(Err(e)) => sys::PeekedMsg {
                     len: -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
                     flags: 0,
                     name_len: 0,
                     control_len: 0,
                 },
+                set_aside => {
+                    let m = sys::recv_peek_msg(s.fd, s.addr, s.buf.len(), &mut control);
+                    if set_aside.is_some() {
+                        let _ = sys::set_peek_off(s.fd, off);
+                    }
+                    m
+                }
             };
-            if off >= 0 && from_head.is_ok() {
-                let _ = set(off);
-            }
             let passcred =
                 sys::getsockopt_int(s.fd, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0);
             if passcred != 0 && m.len > 0 {

@@ -570,7 +570,6 @@ impl Checkpoint {
         // (the C library allocates), which a stopped thread could make wait (tempfile names).
         let _ = std::thread::current();
         let t0 = std::time::Instant::now();
-
         // Exiting after saving: the other threads stay stopped until the exit (see
         // capture::Parked), so that nothing they do after the snapshot happens twice.
         let frozen = capture::freeze(
@@ -1544,11 +1543,13 @@ pub(crate) fn pause_for_tests(point: u8) {
     };
     let v = v.to_string_lossy();
     let mut parts = v.split(',');
-    let mut fd = || parts.next().and_then(|n| n.parse::<i32>().ok());
-    let (Some(r), Some(w)) = (fd(), fd()) else {
+    let (Some(Ok(r)), Some(Ok(w))) = (
+        parts.next().map(str::parse::<i32>),
+        parts.next().map(str::parse::<i32>),
+    ) else {
         return;
     };
-    let points = v.splitn(3, ',').nth(2).unwrap_or("s");
+    let points = parts.next().unwrap_or("s");
     if points.as_bytes().contains(&point) && crate::sys::write_raw(w, &[point]) == 1 {
         let mut b = [0u8; 1];
         let _ = crate::sys::read_raw(r, &mut b);

@@ -1285,6 +1285,17 @@ pub fn getsockopt_int(fd: i32, level: i32, opt: i32) -> io::Result<i32> {
     Ok(v)
 }
 
+/// Sets a socket's peek offset (SO_PEEK_OFF; -1: none), again where a signal interrupted it
+/// (an AF_UNIX socket takes a lock for it that a signal may interrupt). Async-signal-safe.
+pub fn set_peek_off(fd: i32, v: i32) -> io::Result<()> {
+    loop {
+        match setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
 pub fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> io::Result<()> {
     check(syscall6(
         libc::SYS_setsockopt,
@@ -1393,12 +1404,8 @@ pub const LOCK_LOOK_LINES: usize = 32;
 /// and OFD locks on the description, the process's POSIX locks taken through it) of its fdinfo
 /// `info`, the first [`LOCK_LOOK_LINES`] whole ones.
 pub fn file_look_of(link: &[u8], info: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut add = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    let mut h = Fold::default();
+    let mut add = |bytes: &[u8]| h.add(bytes);
     add(link);
     add(b"\n");
     // Whole lines only: the last one of a page may be cut.
@@ -1410,7 +1417,24 @@ pub fn file_look_of(link: &[u8], info: &[u8]) -> u64 {
     {
         add(line);
     }
-    h
+    h.0
+}
+
+/// FNV-1a, folding what a look reads into one number. Allocation-free.
+struct Fold(u64);
+
+impl Default for Fold {
+    fn default() -> Self {
+        Fold(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fold {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 /// [`file_look_of`] descriptor `fd` now (`u64::MAX` where it cannot be read). Allocation-free,
@@ -1449,13 +1473,9 @@ pub fn fd_file_look(fd: i32) -> u64 {
 /// when any of those changed. Allocation-free, for a signal handler. (A file's name and locks:
 /// see [`fd_file_look`].)
 pub fn fd_look(fd: i32) -> u64 {
-    // FNV-1a over the answers (a value, or the negative errno).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut add = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    // Folded: the answers (a value, or the negative errno).
+    let mut h = Fold::default();
+    let mut add = |bytes: &[u8]| h.add(bytes);
     for (cmd, taken) in [
         (libc::F_GETFL, libc::O_NONBLOCK),
         (libc::F_GETFD, libc::FD_CLOEXEC),
@@ -1499,7 +1519,7 @@ pub fn fd_look(fd: i32) -> u64 {
         );
         add(&r.to_ne_bytes());
         if r == -i64::from(libc::ENOTSOCK) {
-            return h;
+            return h.0;
         }
         add(&buf[..(len as usize).min(buf.len())]);
     }
@@ -1522,7 +1542,7 @@ pub fn fd_look(fd: i32) -> u64 {
         // A listener is readable when its accept queue is not empty.
         add(&poll_now(fd, libc::POLLIN).unwrap_or(-1).to_ne_bytes());
     }
-    h
+    h.0
 }
 
 /// getsockopt into `buf`, whose contents are also the call's input (`MCAST_MSFILTER` names the

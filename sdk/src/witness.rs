@@ -38,13 +38,7 @@ pub(crate) struct FdWitness {
 
 impl Drop for FdWitness {
     fn drop(&mut self) {
-        // The locks as they are now: one taken while the checkpoint ran, through a descriptor
-        // held here, would end with the duplicate's close.
-        let held = std::mem::take(&mut self.held);
-        if !held.is_empty() {
-            let locks = OwnLocks::read();
-            held.into_iter().for_each(|(_, dup)| locks.release(dup));
-        }
+        OwnLocks::release_now(std::mem::take(&mut self.held).into_iter().map(|(_, d)| d));
         // Only ever lowered (a restored process may have had it lowered further, to its
         // caller's).
         if let Some(soft) = self.raised_from {
@@ -156,8 +150,7 @@ impl FdWitness {
                 // found opened in the snapshot.
                 Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
                 Err(e) => {
-                    let now = OwnLocks::read();
-                    held.into_iter().for_each(|(_, d, _)| now.release(d));
+                    OwnLocks::release_now(held.into_iter().map(|(_, d, _)| d));
                     return Err(e);
                 }
             }

@@ -519,9 +519,6 @@ impl FdScan {
         let mut sockets: Vec<(FdEntry, u64, String)> = Vec::new();
         let mut ring_maps: Option<Vec<crate::procfs::MapEntry>> = None;
         for fd in fds {
-            if exclude.contains(&fd) {
-                continue;
-            }
             // Closed since it was held: the witness finds it closed in the snapshot.
             let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
                 continue;

@@ -241,6 +241,17 @@ impl OwnLocks {
         self.release_raw(fd.into_raw_fd(), false);
     }
 
+    /// [`Self::release`] of each of `fds` against the process's locks as they are now (one
+    /// taken while the checkpoint ran, through a descriptor of the same file, would end with the
+    /// close); reads them only where there is something to release.
+    pub(crate) fn release_now(fds: impl IntoIterator<Item = OwnedFd>) {
+        let mut fds = fds.into_iter().peekable();
+        if fds.peek().is_some() {
+            let now = OwnLocks::read();
+            fds.for_each(|f| now.release(f));
+        }
+    }
+
     /// [`Self::release`] of a raw descriptor (`private`: see [`Opened`]).
     pub(crate) fn release_raw(&self, fd: i32, private: bool) {
         if self.covers(fd) {

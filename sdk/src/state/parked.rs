@@ -1,6 +1,6 @@
 //! The state of event objects (eventfd counters, timerfds, signalfd masks, epoll registrations,
-//! inotify watches) as it was once every thread had stopped. The descriptor scan reads it from fdinfo while the
-//! other threads still run, and they change it all the time: an event loop re-arms its one-shot
+//! inotify watches) as it was once every thread had stopped. The descriptor scan reads it from
+//! fdinfo while the other threads still run, and they change it all the time: an event loop re-arms its one-shot
 //! epoll registrations on every wait (GHC's I/O manager), writes its wake-up eventfd, re-arms
 //! its timerfd. A change between the scan and the stop would be lost: a registration restored
 //! disarmed, a wake-up never seen, and the process would wait for ever. So each of those

@@ -37,13 +37,7 @@ pub(crate) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        // Released as the process's locks are now: one taken on a file while the checkpoint ran
-        // would end with the close of a copy received meanwhile.
-        let held = std::mem::take(&mut self.held);
-        if !held.is_empty() {
-            let now = super::locks::OwnLocks::read();
-            held.into_iter().for_each(|f| now.release(f));
-        }
+        super::locks::OwnLocks::release_now(std::mem::take(&mut self.held));
     }
 }
 
