@@ -133,6 +133,8 @@ const MEMORY_CHECKS: [&str; 3] = ["heap", "large mmap", "malloc"];
 const CHUNKS: &str = "application/vnd.thaw.image.chunks.v1";
 const GATHERED: &str = "application/vnd.thaw.image.chunks.gathered.v1";
 const RANGES: &str = "org.thaw.payload.ranges";
+const PICKED: &str = "application/vnd.thaw.image.chunks.picked.v1";
+const PICKS: &str = "org.thaw.payload.picks";
 
 /// A memory image (`zdtm-memory`: the environment, the directory of its mapped file, the image
 /// and its size) pushed to a new registry as `team/app:v1`.
@@ -252,8 +254,10 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
     let (a, b) = (build("a.thaw"), build("b.thaw"));
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let (r1, r2) = (reg.reference("team/app:1"), reg.reference("team/app:2"));
-    push(&a, &r1, Some("32K"));
-    let (sent, total) = push(&b, &r2, Some("32K"));
+    // With the default blob sizes: the second refers to the pages of the first's blobs it holds
+    // too (picked blobs) and uploads only the others.
+    push(&a, &r1, None);
+    let (sent, total) = push(&b, &r2, None);
     // Exactly the blobs of the second that the repository lacked, each once.
     let digests = |tag: &str| -> Vec<(String, u64)> {
         let m = reg.manifest(tag);
@@ -276,9 +280,67 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
         .sum();
     assert_eq!(sent, new);
     assert!(
-        sent > 0 && sent * 10 < total,
+        sent > 0 && sent * 20 < total,
         "{sent} of {total} bytes sent"
     );
+    let m2 = reg.manifest("team/app:2");
+    let layers2 = m2["layers"].as_array().unwrap();
+    // Picks that point at other pages of their blob than the ones the image holds, or past
+    // it: refused as corrupt, nothing kept.
+    let parse = |i: usize| -> Vec<(u64, u64, u64)> {
+        let text = layers2[i]["annotations"][PICKS].as_str().unwrap();
+        text.split(',')
+            .map(|r| {
+                let (range, at) = r.split_once('@').unwrap();
+                let (o, n) = range.split_once('+').unwrap();
+                (o.parse().unwrap(), n.parse().unwrap(), at.parse().unwrap())
+            })
+            .collect()
+    };
+    let picked: Vec<usize> = (1..layers2.len())
+        .filter(|&i| layers2[i]["mediaType"] == PICKED)
+        .collect();
+    assert!(!picked.is_empty(), "picked blobs: {m2}");
+    // A stretch that moves a page down or up in its blob without meeting another.
+    let (layer, mut picks, k, to) = picked
+        .iter()
+        .find_map(|&i| {
+            let p = parse(i);
+            let size = layers2[i]["size"].as_u64().unwrap();
+            (0..p.len()).find_map(|k| {
+                let (_, n, at) = p[k];
+                let before = if k == 0 { 0 } else { p[k - 1].1 + p[k - 1].2 };
+                let after = p.get(k + 1).map_or(size, |x| x.2);
+                let to = if at >= before + 4096 {
+                    at - 4096
+                } else if at + n + 4096 <= after {
+                    at + 4096
+                } else {
+                    return None;
+                };
+                Some((i, p.clone(), k, to))
+            })
+        })
+        .expect("a picked stretch with room beside it");
+    let size = layers2[layer]["size"].as_u64().unwrap();
+    let listed = |p: &[(u64, u64, u64)]| -> String {
+        let v: Vec<String> = p.iter().map(|(o, n, at)| format!("{o}+{n}@{at}")).collect();
+        v.join(",")
+    };
+    let trust = env.pubkey.to_str().unwrap();
+    let mut lying = m2.clone();
+    picks[k].2 = to;
+    lying["layers"][layer]["annotations"][PICKS] = listed(&picks).into();
+    refused_as_reordered(&reg, &env, trust, &lying, "shifted", "does not match");
+    // The same lie read last by a later push (tags are read from the end of the list; another
+    // manifest digest), where it is the last word on those pages: the push checks the bytes of
+    // what it picks, and what it pushes restores whole (below).
+    lying["annotations"] = serde_json::json!({"org.example.note": "read last"});
+    refused_as_reordered(&reg, &env, trust, &lying, "0shifted", "does not match");
+    let last = picks.len() - 1;
+    picks[last].2 = size;
+    lying["layers"][layer]["annotations"][PICKS] = listed(&picks).into();
+    refused_as_reordered(&reg, &env, trust, &lying, "past", "do not fit");
 
     // With the first in the cache, restoring the second fetches only what it does not share.
     let o = env.restore(Path::new(&r1), &["--timing"], &[]);
@@ -298,6 +360,19 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
     let o = pull(env.pubkey.to_str().unwrap(), &r2, pulled.to_str().unwrap());
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(&b).unwrap());
+    // skopeo copies it, with the other image's blobs it picks from, to a repository of its own.
+    let copy = reg.reference("other/copy:2");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{r2}"))
+        .arg(format!("docker://{copy}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let copied = env.path("b-copied.thaw");
+    let o = pull(env.pubkey.to_str().unwrap(), &copy, copied.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&copied).unwrap(), std::fs::read(&b).unwrap());
 
     // The tag moves to another program's image: the next run by tag, whose guess (the image the
     // tag named before) is cached and verified, learns it from the registry and restores the
@@ -608,19 +683,26 @@ fn push_pull_and_run_by_reference() {
         .find_map(|w| w.strip_prefix("sha256:"))
         .map(|h| format!("sha256:{}", h.trim_end_matches(':')))
         .expect("the pushed manifest's digest");
-    // Everything is new: the image's bytes and the 2-byte empty config.
-    let total = size + 2;
-    assert!(
-        out.contains(&format!("{total} of {total} bytes uploaded")),
-        "{out}"
-    );
-
     // A standard tool sees an OCI artifact of thaw's type.
     let m = reg.manifest("team/app:v1");
     assert_eq!(m["artifactType"], "application/vnd.thaw.image.v1");
     assert_eq!(
         m["layers"][0]["mediaType"],
         "application/vnd.thaw.image.head.v1"
+    );
+    // Everything is new: the image's bytes, the 2-byte empty config and the page index (16
+    // bytes a page).
+    let layers = m["layers"].as_array().unwrap();
+    let index = layers[layers.len() - 1]["size"].as_u64().unwrap();
+    assert_eq!(
+        layers[layers.len() - 1]["mediaType"],
+        "application/vnd.thaw.page-index.v1"
+    );
+    assert!(index.is_multiple_of(16) && index > 0 && index * 200 < size);
+    let total = size + 2 + index;
+    assert!(
+        out.contains(&format!("{total} of {total} bytes uploaded")),
+        "{out}"
     );
 
     // The same image under another tag uploads nothing but its manifest.

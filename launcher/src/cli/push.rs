@@ -7,24 +7,24 @@ use thaw::image::ImageFile;
 
 use crate::exit::{Code, Failure, Result};
 use crate::privilege::Context;
-use crate::registry::{artifact, payload, Progress, Remote};
+use crate::registry::{artifact, payload, share, Progress, Remote};
 use crate::restore::working_set;
 
 /// Publish an image to an OCI registry (REF like 127.0.0.1:5000/team/app:v3). Blobs the
-/// repository has already are not uploaded again. The image is checked first: every payload
-/// chunk must match its digest
+/// repository has already are not uploaded again, nor pages its other images' blobs hold (their
+/// blobs are referred to, after checking their bytes). The image is checked first: every
+/// payload chunk must match its digest
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Payload bytes per blob at most (K, M suffixes; default 512K). Smaller blobs make a
-    /// rebuilt image share more with the one before (with --early-blob-size as small: 32K
-    /// uploads 7 % of a rebuilt CPython + pandas image, the defaults 37 %); larger ones take
-    /// fewer requests to fetch.
+    /// Payload bytes per blob at most (K, M suffixes; default 512K). Larger blobs take fewer
+    /// requests to fetch; what a rebuilt image shares with the repository's images is not
+    /// uploaded whatever the size (pages are shared, not only blobs).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     blob_size: Option<u64>,
     /// Payload bytes per blob at most for what a restore needs before its first response (what
     /// it reads before the process runs, and the early part of the working set your restores
     /// recorded; default 64M, the largest blob): streamed by a first start as it comes, so
-    /// larger blobs start it sooner, smaller ones share more with a rebuilt image.
+    /// larger blobs start it sooner.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     early_blob_size: Option<u64>,
     image: PathBuf,
@@ -73,23 +73,33 @@ pub fn run(args: Args, ctx: &Context) -> Result {
         .filter(|(_, &e)| e)
         .map(|(c, _)| (c as u64 * cs, cs))
         .collect();
-    let blobs = payload::cut(
-        h,
-        image.manifest(),
-        // Blobs hold whole pages.
-        (
-            blob_bytes(args.blob_size, artifact::BLOB_BYTES, h.page_size),
-            blob_bytes(
-                args.early_blob_size,
-                artifact::EARLY_BLOB_BYTES,
-                h.page_size,
-            ),
+    // Blobs hold whole pages.
+    let units = (
+        blob_bytes(args.blob_size, artifact::BLOB_BYTES, h.page_size),
+        blob_bytes(
+            args.early_blob_size,
+            artifact::EARLY_BLOB_BYTES,
+            h.page_size,
         ),
-        &up_front,
-        &early,
     );
-    let mut total = config.size + head.len() as u64 + h.payload_len;
-    let progress = Progress::new("pushing", h.payload_len);
+    let cuts = payload::cut(h, image.manifest(), units, &up_front, &early);
+    // What the repository's other images hold is referred to, not uploaded again.
+    let page = u64::from(h.page_size);
+    let index = share::page_index(h.payload_len, page, |o, n| read(h.payload_off + o, n))?;
+    let mut base = share::Base::of_repository(&remote, remote.tag(), page);
+    // Only pages whose bytes were seen are picked: a wrong index or layout published in the
+    // repository would otherwise make a push that no puller accepts.
+    let shared = loop {
+        let shared = share::share(cuts.clone(), &index, &base, units);
+        if !base.check(&shared.picked, &remote) {
+            break shared;
+        }
+    };
+    let blobs = shared.upload;
+    let index = share::encode(&index);
+    let pages_d = artifact::Descriptor::of(artifact::PAGES_TYPE, &index);
+    let mut total = config.size + head.len() as u64 + h.payload_len + pages_d.size;
+    let progress = Progress::new("pushing", h.payload_len - shared.bytes);
     let (mut layers, payload_sent) = remote.put_blobs(
         blobs.iter().map(|b| {
             let mut bytes = Vec::new();
@@ -106,7 +116,8 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             .map(|r| [(artifact::RANGES.to_string(), r)].into_iter().collect());
     }
     progress.done();
-    sent += payload_sent;
+    layers.extend(shared.picked);
+    sent += payload_sent + remote.put_blob(&pages_d, &index)?;
     let working_set = working_set
         .map(|ws| -> Result<_> {
             let d = artifact::Descriptor::of(artifact::WORKING_SET_TYPE, &ws);
@@ -116,10 +127,19 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             Ok(d)
         })
         .transpose()?;
-    let blobs = layers.len() + 1 + usize::from(working_set.is_some());
-    let digest = remote.put_manifest(&artifact::manifest(head_d, layers, working_set))?;
+    let blobs = layers.len() + 2 + usize::from(working_set.is_some());
+    let m = artifact::manifest(head_d, layers, Some(pages_d), working_set);
+    let digest = remote.put_manifest(&m)?;
+    let shared = match base.images {
+        0 => String::new(),
+        n => format!(
+            " ({} payload bytes found in {n} image{} of the repository)",
+            shared.bytes,
+            if n == 1 { "" } else { "s" }
+        ),
+    };
     println!(
-        "{}: pushed {digest}: {blobs} blobs, {sent} of {total} bytes uploaded",
+        "{}: pushed {digest}: {blobs} blobs, {sent} of {total} bytes uploaded{shared}",
         remote.name()
     );
     Ok(())

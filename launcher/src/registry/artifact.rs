@@ -22,6 +22,17 @@ pub const CHUNKS_TYPE: &str = "application/vnd.thaw.image.chunks.v1";
 pub const GATHERED_TYPE: &str = "application/vnd.thaw.image.chunks.gathered.v1";
 /// A gathered blob's stretches, in blob order: `OFFSET+LENGTH,…` (payload bytes, decimal).
 pub const RANGES: &str = "org.thaw.payload.ranges";
+/// A blob of another image of the repository some of whose pages this image holds too, listed
+/// in its [`PICKS`] annotation (see `registry::share`): what a rebuilt image shares with the one
+/// before is not uploaded again, however its changes are scattered.
+pub const PICKED_TYPE: &str = "application/vnd.thaw.image.chunks.picked.v1";
+/// A picked blob's stretches, in blob order: `OFFSET+LENGTH@AT,…` (payload bytes at blob offset
+/// `AT`, decimal); the bytes between them belong to other images.
+pub const PICKS: &str = "org.thaw.payload.picks";
+/// An optional layer after the payload: a 16-byte hash of every payload page, in payload order
+/// (`registry::share::page_index`), which a later push of a rebuilt image reads to find the pages
+/// it shares with this one. Only ever used to choose what to refer to; never read by a restore.
+pub const PAGES_TYPE: &str = "application/vnd.thaw.page-index.v1";
 /// An image fetched from a registry is at most this big (256 GiB): the launcher sizes its file
 /// and its record of what is in it from the unsigned manifest before the signature is checked.
 pub const MAX_IMAGE: u64 = 256 << 30;
@@ -37,16 +48,14 @@ const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
 /// Payload bytes per blob at most, unless the pusher says otherwise (`thaw push --blob-size`):
 /// Lambda's 512 KiB. A registry's cost is per request (Debian's distribution registry: about
-/// 2.5 ms of CPU for any blob on these machines), so large blobs fetch an image sooner, while
-/// small ones let a rebuilt image share more of its bytes with the one before (measured in
-/// docs/distribution.md: 32 KiB blobs shared all but 7 % of a rebuilt CPython + pandas image,
-/// 512 KiB all but 22 %).
+/// 2.5 ms of CPU for any blob on these machines), so large blobs fetch an image sooner. (Whole
+/// blobs shared little of a rebuilt image unless small, which is why a push shares pages:
+/// `registry::share`.)
 pub const BLOB_BYTES: u64 = 512 << 10;
 /// Bytes per gathered blob at most (what a restore needs before its first response), unless the
 /// pusher says otherwise (`thaw push --early-blob-size`): a first start streams it as it comes,
 /// so one blob as large as a blob may be (pandas: 27 MiB answered in 54-68 ms from one blob,
-/// 68-83 ms from two of up to 16 MiB, 88-118 ms from 2 MiB blobs), at the price of sharing
-/// less with a rebuilt image.
+/// 68-83 ms from two of up to 16 MiB, 88-118 ms from 2 MiB blobs).
 pub const EARLY_BLOB_BYTES: u64 = MAX_BLOB;
 
 /// A head is at most a header block (64 KiB page), a manifest (64 MiB) and a trailer.
@@ -111,25 +120,48 @@ pub fn config() -> (Descriptor, &'static [u8]) {
     (Descriptor::of(EMPTY_TYPE, EMPTY), EMPTY)
 }
 
-/// The payload layers of a manifest, and its working set if it has one.
-pub fn payload_layers(m: &Manifest) -> (Vec<Descriptor>, Option<Descriptor>) {
-    let mut payload = m.layers.get(1..).unwrap_or_default().to_vec();
-    let ws = payload
-        .last()
-        .is_some_and(|l| l.media_type == WORKING_SET_TYPE)
-        .then(|| payload.pop())
-        .flatten();
-    (payload, ws)
+/// The layers of a manifest after its head: the payload's, and the page index and the working
+/// set where it has them.
+pub struct Parts {
+    pub payload: Vec<Descriptor>,
+    pub pages: Option<Descriptor>,
+    pub working_set: Option<Descriptor>,
 }
 
-/// The manifest for a head, its payload blobs and the working set, if any.
+/// Whether a layer of this media type holds payload bytes.
+pub fn is_payload(media_type: &str) -> bool {
+    [CHUNKS_TYPE, GATHERED_TYPE, PICKED_TYPE].contains(&media_type)
+}
+
+/// The parts of a manifest: its payload layers, in order, then optionally the page index, then
+/// optionally the working set.
+pub fn parts(m: &Manifest) -> Parts {
+    let mut payload = m.layers.get(1..).unwrap_or_default().to_vec();
+    let mut last = |t: &str| {
+        (payload.last())
+            .is_some_and(|l| l.media_type == t)
+            .then(|| payload.pop())
+            .flatten()
+    };
+    let working_set = last(WORKING_SET_TYPE);
+    let pages = last(PAGES_TYPE);
+    Parts {
+        payload,
+        pages,
+        working_set,
+    }
+}
+
+/// The manifest for a head, its payload blobs, and the page index and the working set, if any.
 pub fn manifest(
     head: Descriptor,
     blobs: Vec<Descriptor>,
+    pages: Option<Descriptor>,
     working_set: Option<Descriptor>,
 ) -> Manifest {
     let mut layers = vec![head];
     layers.extend(blobs);
+    layers.extend(pages);
     layers.extend(working_set);
     Manifest {
         schema_version: 2,
@@ -158,13 +190,11 @@ pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
             head.media_type, head.size
         ));
     }
-    let (payload, working_set) = payload_layers(&m);
-    if working_set.is_some_and(|w| w.size > MAX_WORKING_SET) {
+    let parts = parts(&m);
+    if parts.working_set.is_some_and(|w| w.size > MAX_WORKING_SET) {
         return Err("the manifest's working set is too big".into());
     }
-    if let Some(l) =
-        (payload.iter()).find(|l| l.media_type != CHUNKS_TYPE && l.media_type != GATHERED_TYPE)
-    {
+    if let Some(l) = (parts.payload.iter()).find(|l| !is_payload(&l.media_type)) {
         return Err(format!(
             "the manifest holds a layer of another kind ({})",
             l.media_type
@@ -181,12 +211,22 @@ mod tests {
     fn the_manifest_round_trips_and_other_artifacts_are_refused() {
         let head = Descriptor::of(HEAD_TYPE, b"head");
         let m = manifest(
-            head,
+            head.clone(),
             vec![Descriptor::of(CHUNKS_TYPE, b"abc")],
+            Some(Descriptor::of(PAGES_TYPE, b"pages")),
             Some(Descriptor::of(WORKING_SET_TYPE, b"ws")),
         );
-        assert_eq!(payload_layers(&m).0.len(), 1);
-        assert_eq!(payload_layers(&m).1.unwrap().digest, sha256(b"ws"));
+        assert_eq!(parts(&m).payload.len(), 1);
+        assert_eq!(parts(&m).pages.unwrap().digest, sha256(b"pages"));
+        assert_eq!(parts(&m).working_set.unwrap().digest, sha256(b"ws"));
+        // Either optional part may be missing.
+        let bare = manifest(head, vec![], Some(Descriptor::of(PAGES_TYPE, b"p")), None);
+        assert!(parts(&bare).pages.is_some() && parts(&bare).working_set.is_none());
+        // A page index elsewhere than after the payload is a layer of another kind.
+        let mut moved = m.clone();
+        moved.layers.swap(1, 2);
+        let text = serde_json::to_string(&moved).unwrap();
+        assert!(parse(text.as_bytes()).unwrap_err().contains("another kind"));
         let json = serde_json::to_vec(&m).unwrap();
         assert_eq!(parse(&json).unwrap(), m);
         let text = String::from_utf8(json.clone()).unwrap();

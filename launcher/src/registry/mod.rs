@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod cache;
 mod lookup;
 pub mod payload;
+pub mod share;
 mod sparse;
 
 pub use lookup::Lookup;
@@ -200,6 +201,11 @@ impl Remote {
         self.reference.whole()
     }
 
+    /// The reference's tag, if it has one.
+    pub fn tag(&self) -> Option<&str> {
+        self.reference.tag()
+    }
+
     pub fn repository(&self) -> &str {
         self.reference.repository()
     }
@@ -331,7 +337,30 @@ impl Remote {
 
     /// The reference's manifest, checked to be a thaw image's, and its digest.
     pub fn manifest(&self) -> Result<(artifact::Manifest, String)> {
+        self.manifest_of(&self.reference)
+    }
+
+    /// The tags of the repository (at most the first 1,000 the registry lists).
+    pub fn tags(&self) -> Result<Vec<String>> {
         let r = &self.reference;
+        let listed = self.retry("listing the tags of", || {
+            self.client.list_tags(r, &self.auth, Some(1000), None)
+        })?;
+        Ok(listed.tags)
+    }
+
+    /// The manifest tag `tag` of the repository names, as [`Self::manifest`].
+    pub fn manifest_tagged(&self, tag: &str) -> Result<(artifact::Manifest, String)> {
+        let r = &self.reference;
+        let other = Reference::with_tag(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            tag.to_string(),
+        );
+        self.manifest_of(&other)
+    }
+
+    fn manifest_of(&self, r: &Reference) -> Result<(artifact::Manifest, String)> {
         let (bytes, _) = self.retry("fetching the manifest from", || {
             self.pulling(|c, auth| c.pull_manifest_raw(r, auth, &[artifact::MANIFEST_TYPE]))
         })?;

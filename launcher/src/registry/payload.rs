@@ -1,8 +1,10 @@
 //! Where an image's payload bytes are among its blobs: how `thaw push` cuts the payload
 //! ([`cut`]) and where a puller finds each byte again ([`Layout`]).
 //!
-//! Two kinds of payload blob. A plain blob (`CHUNKS_TYPE`) is a stretch of the payload; plain
-//! blobs, in manifest order, tile what the gathered blobs leave. A gathered blob
+//! Three kinds of payload blob. A plain blob (`CHUNKS_TYPE`) is a stretch of the payload; plain
+//! blobs, in manifest order, tile what the gathered and picked blobs leave. A picked blob
+//! (`PICKED_TYPE`, see `registry::share`) is another image's blob some pages of which this image
+//! holds too, listed in its `PICKS` annotation with their offsets in it. A gathered blob
 //! (`GATHERED_TYPE`) is several stretches put end to end, listed in its `RANGES` annotation: what
 //! a restore needs before its first response (what it reads before the process runs, then the
 //! pushed working set's early part), so that a first start on a machine fetches exactly that in
@@ -13,7 +15,9 @@
 
 use thaw::image::Header;
 
-use super::artifact::{Descriptor, CHUNKS_TYPE, GATHERED_TYPE, MAX_BLOB, RANGES};
+use super::artifact::{
+    Descriptor, CHUNKS_TYPE, GATHERED_TYPE, MAX_BLOB, PICKED_TYPE, PICKS, RANGES,
+};
 
 /// One blob as `thaw push` cuts it: its payload stretches (offset, length), in blob order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +128,7 @@ fn stretches(ranges: &[(u64, u64)], taken: &[(u64, u64)], len: u64) -> Vec<(u64,
 
 /// `stretches` put end to end into blobs of at most `unit` bytes, in order (a stretch that does
 /// not fit is split).
-fn gather(stretches: &[(u64, u64)], unit: u64) -> Vec<Cut> {
+pub(super) fn gather(stretches: &[(u64, u64)], unit: u64) -> Vec<Cut> {
     let mut out: Vec<Cut> = Vec::new();
     let mut room = 0;
     for &(mut s, e) in stretches {
@@ -171,6 +175,31 @@ fn plain(range: std::ops::Range<u64>, runs: &[(u64, u64)], unit: u64) -> Vec<(u6
     out
 }
 
+/// One stretch of a `RANGES` (`OFFSET+LENGTH`) or, `picked`, a `PICKS` annotation
+/// (`OFFSET+LENGTH@AT`): (payload offset, length, offset in the blob if stated).
+fn stretch(text: &str, picked: bool) -> Option<(u64, u64, Option<u64>)> {
+    let (range, at) = match text.split_once('@') {
+        Some((r, at)) if picked => (r, Some(at.parse().ok()?)),
+        None if !picked => (text, None),
+        _ => return None,
+    };
+    let (o, n) = range.split_once('+')?;
+    Some((o.parse().ok()?, n.parse().ok()?, at))
+}
+
+/// The payload bytes layer `l` says it holds: its size, or what a picked blob's annotation
+/// lists (0 where it does not parse: `Layout::check` refuses it). Unchecked: for sizing, before
+/// the layout can be checked.
+pub fn claimed(l: &Descriptor) -> u64 {
+    if l.media_type != PICKED_TYPE {
+        return l.size;
+    }
+    let text = l.annotations.as_ref().and_then(|a| a.get(PICKS));
+    (text.into_iter().flat_map(|t| t.split(',')))
+        .map(|r| stretch(r, true).map_or(0, |s| s.1))
+        .fold(0u64, u64::saturating_add)
+}
+
 /// A stretch of a blob and where it lies in the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
@@ -189,6 +218,8 @@ pub struct Layout {
     blobs: Vec<Vec<Segment>>,
     /// Every segment, in payload order.
     by_payload: Vec<Segment>,
+    /// Each blob's size.
+    sizes: Vec<u64>,
 }
 
 impl Layout {
@@ -214,7 +245,7 @@ impl Layout {
                     l.size
                 ));
             }
-            held = held.saturating_add(l.size);
+            held = held.saturating_add(claimed(l));
         }
         if held != h.payload_len {
             return Err(format!(
@@ -222,20 +253,24 @@ impl Layout {
                 h.payload_len
             ));
         }
+        // Gathered blobs are their ranges end to end; picked ones hold theirs where they say,
+        // in blob order, without overlap.
         let mut gathered: Vec<Segment> = Vec::new();
         let mut blobs: Vec<Vec<Segment>> = vec![Vec::new(); layers.len()];
         for (i, l) in layers.iter().enumerate() {
-            if l.media_type != GATHERED_TYPE {
+            let picked = l.media_type == PICKED_TYPE;
+            if !picked && l.media_type != GATHERED_TYPE {
                 continue;
             }
-            let text = l.annotations.as_ref().and_then(|a| a.get(RANGES));
             let bad = || format!("payload blob {i}'s ranges do not fit it");
+            let text = (l.annotations.as_ref())
+                .and_then(|a| a.get(if picked { PICKS } else { RANGES }))
+                .ok_or_else(bad)?;
             let mut at = 0u64;
-            for r in text.ok_or_else(bad)?.split(',') {
-                let (o, n) = r.split_once('+').ok_or_else(bad)?;
-                let (o, n): (u64, u64) =
-                    (o.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-                if n == 0 || !o.is_multiple_of(page) || !n.is_multiple_of(page) {
+            for r in text.split(',') {
+                let (o, n, from) = stretch(r, picked).ok_or_else(bad)?;
+                let from = from.unwrap_or(at);
+                if n == 0 || from < at || [o, n, from].iter().any(|x| !x.is_multiple_of(page)) {
                     return Err(bad());
                 }
                 if gathered.len() as u64 >= pages {
@@ -243,25 +278,28 @@ impl Layout {
                 }
                 let s = Segment {
                     blob: i,
-                    at,
+                    at: from,
                     payload: o,
                     len: n,
                 };
-                at = at.checked_add(n).filter(|&a| a <= l.size).ok_or_else(bad)?;
+                at = from
+                    .checked_add(n)
+                    .filter(|&a| a <= l.size)
+                    .ok_or_else(bad)?;
                 gathered.push(s);
                 blobs[i].push(s);
             }
-            if at != l.size {
+            if !picked && at != l.size {
                 return Err(bad());
             }
         }
         gathered.sort_unstable_by_key(|s| s.payload);
-        // Plain blobs, in order, tile what the gathered ones leave.
+        // Plain blobs, in order, tile what the others leave.
         let mut by_payload = Vec::with_capacity(gathered.len() + layers.len());
         let mut plain = layers
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.media_type != GATHERED_TYPE)
+            .filter(|(_, l)| l.media_type == CHUNKS_TYPE)
             .map(|(i, l)| (i, 0u64, l.size));
         let mut current = plain.next();
         let mut at = 0u64;
@@ -297,7 +335,11 @@ impl Layout {
         if at != h.payload_len || current.is_some() {
             return Err(overlap());
         }
-        Ok(Layout { blobs, by_payload })
+        Ok(Layout {
+            blobs,
+            by_payload,
+            sizes: layers.iter().map(|l| l.size).collect(),
+        })
     }
 
     /// Blob `b`'s segments, in blob order.
@@ -305,10 +347,10 @@ impl Layout {
         &self.blobs[b]
     }
 
-    /// The payload offset of blob `b` if it is one stretch of the payload.
+    /// The payload offset of blob `b` if all of it is one stretch of the payload.
     pub fn contiguous(&self, b: usize) -> Option<u64> {
         match self.blobs[b].as_slice() {
-            [s] => Some(s.payload),
+            [s] if s.at == 0 && s.len == self.sizes[b] => Some(s.payload),
             _ => None,
         }
     }
@@ -480,5 +522,78 @@ mod tests {
             d[last] = d[0].clone();
         })
         .contains("overlap"));
+    }
+
+    #[test]
+    fn picked_blobs_hold_their_pages_where_they_say_and_nothing_else_is_accepted() {
+        let k = 1024;
+        let picked = |picks: &str, size: u64| Descriptor {
+            media_type: PICKED_TYPE.into(),
+            digest: "sha256:other".into(),
+            size,
+            annotations: Some([(PICKS.to_string(), picks.to_string())].into()),
+        };
+        let plain = |size: u64| Descriptor {
+            media_type: CHUNKS_TYPE.into(),
+            digest: format!("sha256:{size}"),
+            size,
+            annotations: None,
+        };
+        // 32K of payload: 8K and 4K picked from another image's 64K blob, plain blobs between.
+        let layers = |picks: &str| vec![plain(8 * k), picked(picks, 64 * k), plain(12 * k)];
+        let good = format!(
+            "{}+{}@{},{}+{}@{}",
+            8 * k,
+            8 * k,
+            16 * k,
+            28 * k,
+            4 * k,
+            40 * k
+        );
+        let l = Layout::check(&header(32 * k), &layers(&good)).unwrap();
+        let parts: Vec<_> = l.parts(0, 32 * k).collect();
+        assert_eq!(
+            parts,
+            [
+                (0, 0, 8 * k),
+                (1, 16 * k, 8 * k),
+                (2, 0, 12 * k),
+                (1, 40 * k, 4 * k)
+            ]
+        );
+        let back: Vec<_> = l.in_payload(1, 0, 64 * k).collect();
+        assert_eq!(back, [(8 * k, 16 * k, 8 * k), (28 * k, 40 * k, 4 * k)]);
+        // Not all of it is this image's: it is not one stretch of the file.
+        assert_eq!(l.contiguous(1), None);
+        assert_eq!(l.contiguous(0), Some(0));
+        assert_eq!(claimed(&layers(&good)[1]), 12 * k);
+        let refused = |picks: &str| Layout::check(&header(32 * k), &layers(picks)).unwrap_err();
+        // (payload, length, offset in the blob), in KiB.
+        let kib = |v: &[(u64, u64, u64)]| -> String {
+            let v: Vec<String> = (v.iter())
+                .map(|(o, n, at)| format!("{}+{}@{}", o * k, n * k, at * k))
+                .collect();
+            v.join(",")
+        };
+        // Out of blob order, overlapping in the blob, past its end, unaligned, without an
+        // offset in the blob, claiming other bytes than the payload lacks.
+        for bad in [
+            kib(&[(28, 4, 40), (8, 8, 16)]),
+            kib(&[(8, 8, 16), (28, 4, 20)]),
+            kib(&[(8, 8, 16), (28, 4, 64)]),
+            kib(&[(8, 8, 16), (28, 4, 41)]),
+        ] {
+            assert!(refused(&bad).contains("do not fit"), "{bad}");
+        }
+        assert!(refused(&format!("{}+{},{}", 8 * k, 8 * k, kib(&[(28, 4, 40)]))).contains("hold"));
+        assert!(refused(&kib(&[(8, 8, 16)])).contains("hold"));
+        assert!(refused("x").contains("hold"));
+        // Picks on a gathered blob, or a plain blob where the picks were, are refused too.
+        let mut gathered = layers(&good);
+        gathered[1].media_type = GATHERED_TYPE.into();
+        assert!(Layout::check(&header(32 * k), &gathered).is_err());
+        let mut as_plain = layers(&good);
+        as_plain[1].media_type = CHUNKS_TYPE.into();
+        assert!(Layout::check(&header(32 * k), &as_plain).is_err());
     }
 }

@@ -26,7 +26,7 @@ use thaw::image::Header;
 
 use super::artifact::{self, Descriptor};
 use super::cache::Cache;
-use super::payload::Layout;
+use super::payload::{self, Layout};
 use super::{Progress, Remote, PARALLEL};
 use crate::exit::{Code, Failure, Result};
 use crate::restore::lazy::Fetch;
@@ -109,7 +109,11 @@ impl Sparse {
         dest: &Path,
         local: Option<Cache>,
     ) -> Result<Sparse> {
-        let (layers, working_set) = artifact::payload_layers(m);
+        let artifact::Parts {
+            payload: layers,
+            working_set,
+            ..
+        } = artifact::parts(m);
         // The working set comes with the head: a restore orders its filling by it from the
         // start. One that cannot be fetched is only missing.
         let mut want = vec![&m.layers[0]];
@@ -121,7 +125,7 @@ impl Sparse {
         // Sizes come from the manifest, unsigned: checked, and bounded before anything is sized.
         let file_len = layers
             .iter()
-            .try_fold(head.len() as u64, |n, l| n.checked_add(l.size))
+            .try_fold(head.len() as u64, |n, l| n.checked_add(payload::claimed(l)))
             .filter(|&n| n <= artifact::MAX_IMAGE)
             .ok_or_else(|| {
                 bad(format!(
