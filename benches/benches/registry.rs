@@ -3,7 +3,9 @@
 //! `thaw run` to the restored process's first output byte (its answer), for a 64 MiB heap and
 //! for the CPython + pandas example, with the image already in the launcher's cache (by tag and
 //! by digest) and on a machine that has nothing (empty cache: everything the process needs is
-//! fetched during the restore, in the order of the working set that came with the image).
+//! fetched during the restore, in the order of the working set that came with the image). Then
+//! a rebuild of the pandas image pushed after it: the bytes it uploads (pages shared with the
+//! first), and its first start from an empty cache against its file.
 //! Skipped, and said so, where `docker-registry` (or pandas) is missing.
 
 use std::path::{Path, PathBuf};
@@ -79,9 +81,9 @@ fn restore_once(thaw: &Path, image: &str, trust: &Path, cache: &Path, args: &[&s
     thaw_benches::until_first_byte(c)
 }
 
-/// `thaw push IMAGE REFERENCE` with `cache` (whose working set for the image goes with it); the
-/// manifest digest.
-fn push(thaw: &Path, image: &Path, reference: &str, cache: &Path) -> String {
+/// `thaw push IMAGE REFERENCE` with `cache` (whose working set for the image goes with it): the
+/// manifest digest, and the bytes uploaded of the artifact's.
+fn push(thaw: &Path, image: &Path, reference: &str, cache: &Path) -> (String, u64, u64) {
     let o = thaw_benches::command(thaw)
         .env("THAW_CACHE_DIR", cache)
         .arg("push")
@@ -90,14 +92,18 @@ fn push(thaw: &Path, image: &Path, reference: &str, cache: &Path) -> String {
         .output()
         .unwrap();
     assert!(o.status.success(), "thaw push failed");
-    // "REF: pushed sha256:HEX: ..." names the manifest.
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
+    // "REF: pushed sha256:HEX: N blobs, SENT of TOTAL bytes uploaded ...".
+    let out = String::from_utf8_lossy(&o.stdout);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let digest = (words.iter())
         .find_map(|w| {
             w.strip_prefix("sha256:")
                 .map(|h| h.trim_end_matches(':').to_string())
         })
-        .expect("the manifest digest")
+        .expect("the manifest digest");
+    let of = words.iter().position(|w| *w == "of").expect("X of Y bytes");
+    let number = |w: &str| w.parse::<u64>().expect("a byte count");
+    (digest, number(words[of - 1]), number(words[of + 1]))
 }
 
 fn private_dir(path: PathBuf) -> PathBuf {
@@ -127,7 +133,7 @@ fn variants(
     for _ in 0..3 {
         restore_once(thaw, &file, trust, &home, args);
     }
-    let digest = push(thaw, image, &reference, &home);
+    let (digest, _, _) = push(thaw, image, &reference, &home);
     let pinned = format!("{addr}/bench/{name}@sha256:{digest}");
     let mut g = c.benchmark_group(format!("registry_{name}"));
     g.sample_size(10);
@@ -192,20 +198,31 @@ fn bench(c: &mut Criterion) {
     assert!(st.success());
     variants(c, "heap64m", &thaw, dir.path(), &addr, &image, &trust, &[]);
 
-    let pandas = dir.path().join("pandas.thaw");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py");
-    let st = thaw_benches::command("/usr/bin/python3")
-        .env("THAW_LIB", thaw.with_file_name("libthaw.so"))
-        .arg(&script)
-        .arg(&pandas)
-        .arg(&key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status();
-    if !st.is_ok_and(|s| s.success()) {
+    // Built as a pipeline builds images it pushes again and again: without address
+    // randomisation and with a fixed hash seed (docs/distribution.md), so that a rebuild shares
+    // its memory's layout with the build before.
+    // (Each build writes `pandas.thaw` in a directory of its own: a path of another length in
+    // its argv would move everything the interpreter allocates after it.)
+    let build = |name: &str| {
+        let image = private_dir(dir.path().join(name)).join("pandas.thaw");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/pandas_warm.py");
+        let st = thaw_benches::command("setarch")
+            .env("THAW_LIB", thaw.with_file_name("libthaw.so"))
+            .env("PYTHONHASHSEED", "0")
+            .args(["-R", "/usr/bin/python3"])
+            .arg(&script)
+            .arg(&image)
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        st.is_ok_and(|s| s.success()).then_some(image)
+    };
+    let Some(pandas) = build("build-1") else {
         eprintln!("registry: the CPython + pandas example did not checkpoint (python3-pandas missing?): skipped");
         return;
-    }
+    };
     variants(
         c,
         "pandas",
@@ -216,6 +233,55 @@ fn bench(c: &mut Criterion) {
         &trust,
         &["Oslo"],
     );
+    let rebuilt = build("build-2").expect("the pandas example checkpoints again");
+    rebuilt_image(c, &thaw, dir.path(), &addr, &rebuilt, &trust, &["Oslo"]);
+}
+
+/// A rebuild of the pandas image pushed after the first (which `variants` pushed as
+/// `bench/pandas:v1`): the bytes it uploads, and its first start on a machine that has nothing,
+/// against its file.
+fn rebuilt_image(
+    c: &mut Criterion,
+    thaw: &Path,
+    dir: &Path,
+    addr: &str,
+    image: &Path,
+    trust: &Path,
+    args: &[&str],
+) {
+    let file = image.to_str().unwrap().to_string();
+    let home = private_dir(dir.join("cache-rebuilt-file"));
+    for _ in 0..3 {
+        restore_once(thaw, &file, trust, &home, args);
+    }
+    let reference = format!("{addr}/bench/pandas:v2");
+    let (_, sent, total) = push(thaw, image, &reference, &home);
+    eprintln!(
+        "registry: the rebuilt pandas image uploaded {sent} of {total} bytes ({:.1} %)",
+        sent as f64 * 100.0 / total as f64
+    );
+    let mut g = c.benchmark_group("registry_pandas_rebuilt");
+    g.sample_size(10);
+    g.bench_function("file", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| restore_once(thaw, &file, trust, &home, args))
+                .sum()
+        })
+    });
+    let empty = private_dir(dir.join("cache-rebuilt-empty"));
+    g.bench_function("reference_empty_cache", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    let _ = std::fs::remove_dir_all(&empty);
+                    private_dir(empty.clone());
+                    restore_once(thaw, &reference, trust, &empty, args)
+                })
+                .sum()
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

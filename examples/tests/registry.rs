@@ -370,7 +370,11 @@ fn a_rebuilt_image_uploads_and_fetches_only_the_blobs_it_changed() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let copied = env.path("b-copied.thaw");
-    let o = pull(env.pubkey.to_str().unwrap(), &copy, copied.to_str().unwrap());
+    let o = pull(
+        env.pubkey.to_str().unwrap(),
+        &copy,
+        copied.to_str().unwrap(),
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&copied).unwrap(), std::fs::read(&b).unwrap());
 

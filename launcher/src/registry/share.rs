@@ -23,13 +23,15 @@ use thaw::image::Header;
 
 use super::artifact::{self, Descriptor};
 use super::payload::{gather, Cut, Layout};
-use super::Remote;
+use super::{Progress, Remote};
 
 /// Bytes of a page's hash in an index.
 pub const HASH: usize = 16;
 /// Images of the repository whose pages a push looks for (the tag pushed to first, then the
 /// last listed: version tags list in order).
 const BASES: usize = 8;
+/// Bytes of blobs a push holds at once while it checks them.
+const BATCH: u64 = 128 << 20;
 /// Base blobs a gathered blob's pages are picked from at most: a first start fetches a stretch
 /// of each (a request each).
 const PICKED_PER_GATHERED: usize = 8;
@@ -185,10 +187,22 @@ impl Base {
             .filter(|&b| !self.checked[b])
             .collect();
         let mut wrong = false;
-        // A few at a time: blobs are up to 64 MiB.
-        for some in todo.chunks(16) {
+        let size = |b: &usize| self.blobs[*b].size;
+        let progress = Progress::new("checking shared pages", todo.iter().map(size).sum());
+        // Up to 128 MiB at a time (a blob may hold 64).
+        let mut rest = &todo[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes + size(&rest[n]) <= BATCH) {
+                bytes += size(&rest[n]);
+                n += 1;
+            }
+            let some;
+            (some, rest) = rest.split_at(n);
             let ds: Vec<&Descriptor> = some.iter().map(|&b| &self.blobs[b]).collect();
             let got = remote.blobs(&ds);
+            progress.add(bytes);
             for (&b, bytes) in some.iter().zip(got) {
                 self.checked[b] = true;
                 let bytes = bytes.unwrap_or_default();
@@ -203,6 +217,7 @@ impl Base {
                 }
             }
         }
+        progress.done();
         wrong
     }
 
@@ -225,6 +240,62 @@ impl Base {
     }
 }
 
+/// Keeps of `found` (where a base blob holds each page of a cut of `len` bytes) what is worth
+/// its requests, and gives the rest back to `taken`: of each blob, the pages in one stretch of it
+/// (a restore fetches a stretch of a blob in one request, gaps included) holding at least an
+/// eighth of the cut or 256 KiB, at least half of that stretch; for a `gathered` cut (what a
+/// first start fetches before its answer), from at most [`PICKED_PER_GATHERED`] blobs.
+fn keep_worthwhile(
+    found: &mut [Option<(usize, u64)>],
+    len: u64,
+    gathered: bool,
+    page: u64,
+    taken: &mut HashSet<(usize, u64)>,
+) {
+    let enough = (len / 8).clamp(page, 256 << 10);
+    let mut by_blob: HashMap<usize, Vec<u64>> = HashMap::new();
+    for &(b, at) in found.iter().flatten() {
+        by_blob.entry(b).or_default().push(at);
+    }
+    // Per blob, its best stretch (start, end) and the bytes picked in it.
+    let mut best: Vec<(usize, (u64, u64), u64)> = Vec::new();
+    for (b, mut ats) in by_blob {
+        ats.sort_unstable();
+        // Stretches of picks with no gap of more than that, or a chunk (64 KiB), between them.
+        let gap = enough.max(64 << 10);
+        let mut chosen: Option<((u64, u64), u64)> = None;
+        let mut start = 0;
+        for i in 1..=ats.len() {
+            if i < ats.len() && ats[i] - ats[i - 1] <= gap {
+                continue;
+            }
+            let (span, n) = ((ats[start], ats[i - 1] + page), (i - start) as u64 * page);
+            if chosen.is_none_or(|c| n > c.1) {
+                chosen = Some((span, n));
+            }
+            start = i;
+        }
+        if let Some((span, n)) = chosen {
+            if n >= enough && n * 2 >= span.1 - span.0 {
+                best.push((b, span, n));
+            }
+        }
+    }
+    best.sort_unstable_by_key(|&(b, _, n)| (std::cmp::Reverse(n), b));
+    if gathered {
+        best.truncate(PICKED_PER_GATHERED);
+    }
+    let spans: HashMap<usize, (u64, u64)> = best.into_iter().map(|(b, s, _)| (b, s)).collect();
+    for w in found.iter_mut() {
+        let keep = w.is_some_and(|(b, at)| spans.get(&b).is_some_and(|s| s.0 <= at && at < s.1));
+        if !keep {
+            if let Some(w) = w.take() {
+                taken.remove(&w);
+            }
+        }
+    }
+}
+
 /// A push's payload layers: the blobs to upload (cut as `payload::cut` does) and the blobs of
 /// other images picked from, each with its `PICKS` annotation.
 pub struct Shared {
@@ -235,8 +306,8 @@ pub struct Shared {
 }
 
 /// What of `cuts` (the payload of an image whose pages hash to `index`) the blobs of `base`
-/// hold. A cut's pages found in a base blob are picked from it where they add up to enough to
-/// be worth a request (an eighth of the cut, or 256 KiB); the rest of a cut that had pages
+/// hold. A cut's pages found in a base blob are picked from it where they are worth a request
+/// ([`keep_worthwhile`]); the rest of a cut that had pages
 /// picked is uploaded, gathered with the rest of the others of its kind (what comes before the
 /// first answer in blobs of up to `early_unit`, in its order; the rest in blobs of up to `unit`).
 /// Cuts with nothing picked are uploaded as they are.
@@ -269,26 +340,16 @@ pub fn share(
             found.push(w);
             after = w;
         }
-        // Blobs worth picking from: enough of the cut each, and few for a gathered cut.
-        let len = pages.len() as u64 * page;
-        let mut from: HashMap<usize, u64> = HashMap::new();
-        for &(b, _) in found.iter().flatten() {
-            *from.entry(b).or_default() += page;
-        }
-        let enough = (len / 8).clamp(page, 256 << 10);
-        let mut worth: Vec<(usize, u64)> = from.into_iter().filter(|&(_, n)| n >= enough).collect();
-        worth.sort_unstable_by_key(|&(b, n)| (std::cmp::Reverse(n), b));
-        if cut.gathered {
-            worth.truncate(PICKED_PER_GATHERED);
-        }
-        let worth: HashSet<usize> = worth.into_iter().map(|(b, _)| b).collect();
-        for w in &mut found {
-            if w.is_some_and(|(b, _)| !worth.contains(&b)) {
-                taken.remove(&w.take().expect("some"));
-            }
-        }
+        keep_worthwhile(
+            &mut found,
+            pages.len() as u64 * page,
+            cut.gathered,
+            page,
+            &mut taken,
+        );
         // A cut nothing was found of, or that is one blob of the base in its order (it has that
         // blob's digest: nothing is uploaded), is pushed as it was cut.
+        let len = pages.len() as u64 * page;
         let one_blob = found.first().copied().flatten().is_some_and(|(b, _)| {
             base.blobs[b].size == len
                 && (found.iter().enumerate()).all(|(i, w)| *w == Some((b, i as u64 * page)))
@@ -522,5 +583,35 @@ mod tests {
         // Page 0 (`hash(7)`) is uploaded; pages 1..8 are picked.
         assert_eq!(shared.bytes, 7 * P);
         assert_eq!(shared.upload[0].ranges, [(0, P)]);
+    }
+
+    #[test]
+    fn pages_thinly_spread_through_a_blob_are_uploaded_rather_than_fetched_with_its_gaps() {
+        // One blob of 256 pages.
+        let layers = vec![Descriptor {
+            media_type: CHUNKS_TYPE.into(),
+            digest: "big".into(),
+            size: 256 * P,
+            annotations: None,
+        }];
+        let layout = Layout::check(&header(256), &layers).unwrap();
+        let mut base = Base::new(P);
+        let index: Vec<u8> = (0..256).flat_map(hash).collect();
+        base.add(&header(256), &layers, &layout, &index).unwrap();
+        let cut = || {
+            vec![Cut {
+                ranges: vec![(0, 64 * P)],
+                gathered: true,
+            }]
+        };
+        // Every fourth page of the blob: a quarter of the stretch a restore would fetch.
+        let sparse: Vec<PageHash> = (0..64).map(|p| hash(p * 4)).collect();
+        let shared = share(cut(), &sparse, &base, (64 * P, 64 * P));
+        assert!(shared.picked.is_empty() && shared.bytes == 0);
+        // Every second page: half of it, worth the request.
+        let half: Vec<PageHash> = (0..64).map(|p| hash(p * 2)).collect();
+        let shared = share(cut(), &half, &base, (64 * P, 64 * P));
+        assert_eq!(shared.bytes, 64 * P);
+        assert_eq!(shared.picked.len(), 1);
     }
 }
