@@ -234,6 +234,28 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
             "prctl: child subreaper, THP disabled, timer slack",
             "oom_score_adj",
             "scheduling: nice and policy of each thread",
+            "scheduling: CPU mask and I/O priority of each thread",
+        ],
+    );
+}
+
+/// A process that goes on from its checkpoint and at once changes process-wide settings (child
+/// subreaper, THP, oom_score_adj) and a thread's nice value, CPU mask and I/O priority: the
+/// image has them as they were when the threads stopped, not as the process had them while the
+/// image was written.
+#[test]
+fn attributes_changed_as_the_process_goes_on_are_saved_as_they_were_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    run_zdtm(
+        "zdtm-process",
+        &[dir.path().to_str().unwrap(), "late"],
+        &["one", "two words"],
+        &[
+            "pid",
+            "prctl: child subreaper, THP disabled, timer slack",
+            "oom_score_adj",
+            "scheduling: nice and policy of each thread",
+            "scheduling: CPU mask and I/O priority of each thread",
         ],
     );
 }

@@ -42,6 +42,24 @@ pub fn restored() -> thaw::Restored {
     }
 }
 
+/// Checkpoints without exiting after saving (the process goes on, as a runtime's does); returns
+/// in the second life with what the launcher passed. The first life exits 0 once it has saved.
+pub fn restored_going_on() -> thaw::Restored {
+    let (image, key, _) = argv();
+    let mut cp = thaw::Checkpoint::to(&image);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    match cp.save() {
+        Ok(thaw::Outcome::Restored(r)) => r,
+        Ok(thaw::Outcome::Saved(_)) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("checkpoint failed: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Sets up state thaw must refuse, checkpoints, and exits 3 printing `refused: ...` (or 1 if the
 /// checkpoint was not refused).
 pub fn refusal(setup: impl FnOnce()) -> ! {
@@ -130,7 +148,8 @@ pub fn after_first_scan(first: impl FnOnce() + Send + 'static) {
 
 /// Arms the SDK's debug hook THAW_TEST_AFTER_SCAN at `points` (its letters, in the order the
 /// checkpoint reaches them: `l` descriptors listed, `h` held, `d` described, `s` about to stop
-/// the threads): a thread of its own
+/// the threads, `g` the threads going on from a snapshot, before it is written): a thread of
+/// its own
 /// runs `at` with each point's letter during the first attempt of the next checkpoint, which
 /// waits meanwhile (later attempts go on at once).
 pub fn during_first_scan(points: &'static str, mut at: impl FnMut(u8) + Send + 'static) {

@@ -1,6 +1,11 @@
 //! Process attributes: rlimits, umask, working directory, name, PID, command line, executable,
 //! capabilities, no_new_privs and dumpable; the checkpoint and restore hooks; the arguments and
 //! environment the launcher passes.
+//!
+//! `zdtm-process DIR late`: the process goes on from its checkpoint (no exit after saving) and
+//! changes its child-subreaper flag, THP setting and oom_score_adj, and a thread's nice value,
+//! CPU mask and I/O priority, the moment its threads go on (the SDK's test hook, point `g`): the
+//! image has them as they were at the checkpoint.
 
 #[path = "common.rs"]
 mod common;
@@ -11,6 +16,7 @@ const RESET_ON_FORK: i32 = 0x4000_0000;
 fn main() {
     let (_, _, extra) = common::argv();
     let dir = extra.first().cloned().expect("a directory to chdir to");
+    let late = extra.get(1).is_some_and(|a| a == "late");
     // SAFETY: plain calls with valid arguments.
     unsafe {
         let lim = libc::rlimit {
@@ -61,6 +67,9 @@ fn main() {
     // A thread under SCHED_IDLE at nice 7, whose children would start with the defaults
     // (SCHED_RESET_ON_FORK), and the main thread at nice 3 (raising is allowed).
     let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    // (Told to, it changes its nice value, CPU mask and I/O priority.)
+    let (change, changes) = std::sync::mpsc::channel::<()>();
+    let (changed, done) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("idler".into())
         .spawn(move || {
@@ -72,16 +81,62 @@ fn main() {
                 libc::gettid()
             };
             tx.send(tid).unwrap();
+            while changes.recv().is_ok() {
+                // SAFETY: this thread's own attributes; a CPU set of ours.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, 9);
+                    let mut one: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut one);
+                    libc::sched_setaffinity(0, std::mem::size_of_val(&one), &one);
+                    // IOPRIO_CLASS_IDLE for itself.
+                    libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
+                }
+                changed.send(()).unwrap();
+            }
             loop {
                 std::thread::park();
             }
         })
         .unwrap();
     let idler = rx.recv().unwrap();
+    let affinity = |tid: i32| {
+        // SAFETY: a CPU set of ours for the kernel to fill.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(tid, std::mem::size_of_val(&set), &mut set);
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect::<Vec<_>>()
+        }
+    };
+    // SAFETY: reads a thread's I/O priority; no pointers.
+    let ioprio = |tid: i32| unsafe { libc::syscall(libc::SYS_ioprio_get, 1, tid) };
+    let (affinity_before, ioprio_before) = (affinity(idler), ioprio(idler));
+    if late {
+        let to_idler = std::sync::Mutex::new(change);
+        common::during_first_scan("g", move |_| {
+            // SAFETY: plain prctl calls.
+            unsafe {
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
+            }
+            std::fs::write(
+                "/proc/self/oom_score_adj",
+                (oom + 100).min(1000).to_string(),
+            )
+            .unwrap();
+            to_idler.lock().unwrap().send(()).unwrap();
+            done.recv().unwrap();
+        });
+    }
     // SAFETY: the main thread's own nice value.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) };
     let caps = common::thread_caps();
-    let restored = common::restored();
+    let restored = if late {
+        common::restored_going_on()
+    } else {
+        common::restored()
+    };
     let args = restored.args().to_vec();
     let mut c = common::Checks::default();
     // SAFETY: reading limits and the umask (set back at once).
@@ -183,6 +238,12 @@ fn main() {
         "scheduling: nice and policy of each thread",
         main_sched == ("3".into(), "0".into()) && idler_sched == ("7".into(), "5".into()),
         format!("{main_sched:?} {idler_sched:?}"),
+    );
+    let (affinity_now, ioprio_now) = (affinity(idler), ioprio(idler));
+    c.check(
+        "scheduling: CPU mask and I/O priority of each thread",
+        affinity_now == affinity_before && ioprio_now == ioprio_before,
+        format!("{affinity_now:?} {ioprio_now:#x}, were {affinity_before:?} {ioprio_before:#x}"),
     );
     let oom_now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
     c.check(

@@ -79,6 +79,15 @@ pub struct ThreadCapture {
     pub numa_nodes: AtomicU64,
     /// PR_GET_TIMERSLACK (per thread).
     pub timer_slack: AtomicU64,
+    /// Nice value (bits 0-31, an i32), scheduling policy with SCHED_RESET_ON_FORK (32-62), read
+    /// (63): as the thread had them when it stopped (see `state::threads`).
+    pub sched: AtomicU64,
+    /// ioprio_get of the thread.
+    pub ioprio: AtomicU32,
+    /// The thread's CPU mask (sched_getaffinity, up to 1,024 CPUs), `affinity_words` words of
+    /// it (0: not read).
+    pub affinity: [AtomicU64; 16],
+    pub affinity_words: AtomicU32,
     /// Which io_uring descriptor slots the thread has registered (IORING_REGISTER_RING_FDS),
     /// one bit per slot (see `state::io_uring::registered_rings`).
     pub io_rings: AtomicU32,
@@ -542,6 +551,9 @@ pub struct Capture {
     /// Threads that have finished with this structure after being released (futex word).
     pub left: AtomicU32,
     pub brk: AtomicU64,
+    /// PR_GET_CHILD_SUBREAPER and PR_GET_THP_DISABLE, each + 1 (0: unread), as the caller's
+    /// handler read them with every thread stopped.
+    pub wide: [AtomicU64; 2],
     /// Kernel sigaction of signals 1..=64, four words each.
     pub actions: Vec<[AtomicU64; 4]>,
     /// Every rlimit (soft, hard). Read here rather than from the frozen child: a set-uid process
@@ -687,6 +699,7 @@ impl Capture {
             release: AtomicU32::new(0),
             left: AtomicU32::new(0),
             brk: AtomicU64::new(0),
+            wide: Default::default(),
             actions: (0..64).map(|_| Default::default()).collect(),
             limits: (0..crate::state::limits::RLIMIT_COUNT)
                 .map(|_| Default::default())
@@ -922,6 +935,20 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
         sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(0),
         Ordering::Relaxed,
     );
+    // Read here, not from outside once the threads go on: a process that goes on from its
+    // checkpoint may change them at once.
+    if let (Some(nice), Some(policy)) = (sys::own_nice(), sys::sched_getscheduler(0)) {
+        let word = 1 << 63 | u64::from(policy) << 32 | u64::from(nice as u32);
+        t.sched.store(word, Ordering::Relaxed);
+    }
+    t.ioprio.store(sys::ioprio_get(0), Ordering::Relaxed);
+    let mut mask = [0u64; 16];
+    if let Some(n) = sys::own_affinity(&mut mask) {
+        for (slot, w) in t.affinity.iter().zip(mask) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        t.affinity_words.store(n as u32, Ordering::Relaxed);
+    }
     t.io_rings.store(
         crate::state::io_uring::registered_rings(),
         Ordering::Relaxed,
@@ -1226,6 +1253,11 @@ fn handle(call: &mut HandlerCall) {
     }
     // Record the process-wide state and fork.
     c.brk.store(sys::current_brk(), Ordering::Relaxed);
+    let subreaper = sys::prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map(|v| v as u64);
+    let thp = sys::prctl_get(libc::PR_GET_THP_DISABLE);
+    for (slot, v) in c.wide.iter().zip([subreaper, thp]) {
+        slot.store(v.map_or(0, |v| v + 1), Ordering::Relaxed);
+    }
     for (i, slot) in c.actions.iter().enumerate() {
         let mut old = KernelSigaction::default();
         if sys::rt_sigaction(i as i32 + 1, None, Some(&mut old)).is_ok() {

@@ -684,6 +684,10 @@ impl Checkpoint {
         for s in &capture.socks {
             s.kept().for_each(|f| state::locks::keep(f, false));
         }
+        if owned.is_some() {
+            // (The threads go on from here, while the image is written.)
+            pause_for_tests(b'g');
+        }
         let result = self.write_snapshot(
             capture,
             &threads,
@@ -824,9 +828,16 @@ impl Checkpoint {
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
         m.namespaces = state::namespaces::Namespaces::current();
         m.zombies = c.zombies.clone();
-        m.process =
-            state::process::Process::dump(child, pid, c.caller, &RESTORE_CELL as *const _ as u64)
-                .map_err(io("reading process attributes"))?;
+        m.process = state::process::Process::dump(
+            child,
+            pid,
+            c.caller,
+            &RESTORE_CELL as *const _ as u64,
+            c.wide
+                .each_ref()
+                .map(|w| w.load(Ordering::Relaxed).checked_sub(1)),
+        )
+        .map_err(io("reading process attributes"))?;
         m.mm = state::mm::MmMap::dump(child, c.brk.load(Ordering::Relaxed))
             .map_err(io("reading the memory layout"))?;
         m.limits = state::limits::Rlimit::dump(c);
@@ -1532,7 +1543,8 @@ fn current_action(signal: i32) -> Result<state::signals::SigAction, CheckpointEr
 /// thread. The points: `l` once the descriptors are listed and before the witness holds them,
 /// `h` once it holds them and before the scan reads them, `d` once the scan is done and before
 /// the event objects' state is prepared to be read again, `s` once signals are blocked on the
-/// calling thread, before the other threads are stopped.
+/// calling thread, before the other threads are stopped, `g` once the threads go on from a
+/// snapshot (not kept stopped), before the image is written from it.
 pub(crate) fn pause_for_tests(point: u8) {
     // (Only in builds with debug assertions, which the test suite uses.)
     if !cfg!(debug_assertions) {

@@ -969,7 +969,28 @@ pub fn sched_getaffinity(tid: i32) -> io::Result<Vec<u64>> {
     Ok(mask)
 }
 
-/// A thread's I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)); 0 when it cannot be read.
+/// The calling thread's nice value (getpriority(PRIO_PROCESS, 0), which the kernel answers as
+/// 20 - nice). Async-signal-safe.
+pub fn own_nice() -> Option<i32> {
+    let r = syscall6(
+        libc::SYS_getpriority,
+        [libc::PRIO_PROCESS as u64, 0, 0, 0, 0, 0],
+    );
+    (r >= 0).then(|| 20 - r as i32)
+}
+
+/// The calling thread's CPU mask, into `mask` (1,024 CPUs): how many words the kernel wrote;
+/// `None` where it has more CPUs or refuses. Async-signal-safe.
+pub fn own_affinity(mask: &mut [u64; 16]) -> Option<usize> {
+    let n = syscall6(
+        libc::SYS_sched_getaffinity,
+        [0, 128, mask.as_mut_ptr() as u64, 0, 0, 0],
+    );
+    (n >= 0).then(|| (n as usize).div_ceil(8))
+}
+
+/// A thread's I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid); 0: the calling thread); 0 when
+/// it cannot be read.
 pub fn ioprio_get(tid: i32) -> u32 {
     syscall6(libc::SYS_ioprio_get, [1, tid as u64, 0, 0, 0, 0]).max(0) as u32
 }

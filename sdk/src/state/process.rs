@@ -53,12 +53,15 @@ use crate::procfs;
 use crate::restore::Plan;
 
 impl Process {
-    /// Reads the frozen child's view; `pid` is the checkpointed process's own.
+    /// Reads the frozen child's view; `pid` is the checkpointed process's own. `wide`: the
+    /// child-subreaper flag and PR_GET_THP_DISABLE as the checkpointing thread's handler read
+    /// them while every thread was stopped (a fork copies neither the one nor a way to ask).
     pub(crate) fn dump(
         child: i32,
         pid: i32,
         checkpoint_tid: i32,
         restore_cell: u64,
+        wide: [Option<u64>; 2],
     ) -> std::io::Result<Process> {
         let stat = procfs::stat_fields(child)?;
         let status = procfs::read(child, "status")?;
@@ -89,11 +92,14 @@ impl Process {
             dumpable: crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1) as u32,
             restore_cell,
             checkpoint_tid,
-            child_subreaper: crate::sys::prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).unwrap_or(0)
-                != 0,
-            thp_disable: crate::sys::prctl_get(libc::PR_GET_THP_DISABLE).unwrap_or(0) != 0,
+            child_subreaper: wide[0].unwrap_or(0) != 0,
+            thp_disable: wide[1].unwrap_or(0) != 0,
             timerslack_ns: crate::sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(50_000),
-            oom_score_adj: oom_score_adj(),
+            // (A fork copies both: the snapshot's, not ours, which may have changed since.)
+            oom_score_adj: procfs::read(child, "oom_score_adj")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
             membarrier: crate::sys::membarrier_registrations(),
             loginuid: loginuid(),
             pdeathsig: {
@@ -112,7 +118,10 @@ impl Process {
                 sig
             },
             mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
-            coredump_filter: coredump_filter().unwrap_or(u32::MAX),
+            coredump_filter: procfs::read(child, "coredump_filter")
+                .ok()
+                .and_then(|t| u32::from_str_radix(t.trim(), 16).ok())
+                .unwrap_or(u32::MAX),
             root: root_id().unwrap_or((0, 0)),
             mlock_future: mlock_future(),
             lsm_label: lsm_label(),

@@ -112,8 +112,8 @@ fn speculation(packed: u64) -> Vec<(u32, u32)> {
 /// A thread's CPU mask, or nothing when it covers every CPU the process could have run on (its
 /// cgroup's cpuset, else every CPU online): such a thread is not bound, and restored elsewhere it
 /// should not be bound to this machine's CPUs.
-fn affinity(tid: i32) -> Vec<u64> {
-    let Ok(mask) = crate::sys::sched_getaffinity(tid) else {
+fn affinity(mask: Option<Vec<u64>>) -> Vec<u64> {
+    let Some(mask) = mask else {
         return Vec::new();
     };
     let all = crate::procfs::cgroup_cpus()
@@ -307,12 +307,28 @@ impl ThreadState {
                 signature: RSEQ_SIG,
             });
         let tid = c.tid.load(Ordering::Relaxed);
-        let (nice, policy) = sched(tid).unwrap_or((0, 0));
+        // As the handler read them when the thread stopped (read now only where it could not).
+        let recorded = c.sched.load(Ordering::Relaxed);
+        let (nice, policy) = if recorded >> 63 == 1 {
+            (
+                recorded as u32 as i32,
+                (recorded >> 32) as u32 & 0x7fff_ffff,
+            )
+        } else {
+            sched(tid).unwrap_or((0, 0))
+        };
+        let words = c.affinity_words.load(Ordering::Relaxed) as usize;
+        let mask = if words > 0 {
+            let m = c.affinity[..words.min(c.affinity.len())].iter();
+            Some(m.map(|w| w.load(Ordering::Relaxed)).collect())
+        } else {
+            crate::sys::sched_getaffinity(tid).ok()
+        };
         Ok(ThreadState {
             nice,
             policy,
-            affinity: affinity(tid),
-            ioprio: crate::sys::ioprio_get(tid),
+            affinity: affinity(mask),
+            ioprio: c.ioprio.load(Ordering::Relaxed),
             speculation: speculation(c.speculation.load(Ordering::Relaxed)),
             mce_kill: match c.controls.load(Ordering::Relaxed) & 0xff {
                 v @ (1 | 2) => Some(v as u32 - 1),
