@@ -276,6 +276,39 @@ fn fpu_and_avx_state_across_the_checkpoint_call() {
 }
 
 #[test]
+fn vector_registers_of_a_thread_stopped_between_instructions() {
+    run_zdtm(
+        "zdtm-vector",
+        &[],
+        &[],
+        &[
+            "vector registers of a thread stopped between instructions",
+            "extended state permission (arch_prctl ARCH_REQ_XCOMP_PERM)",
+        ],
+    );
+}
+
+/// A process that asked for AMX (as oneDNN does) has the permission again, and a thread that
+/// held a tile across the checkpoint has its whole register state back (without room for the
+/// tile state, the kernel would restore only its SSE registers, and the tile instruction after
+/// would be fatal).
+#[test]
+fn amx_tile_state_and_the_permission_for_it_come_back() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if !cpu.contains(" amx_tile") {
+        eprintln!("skipped: no AMX on this CPU");
+        return;
+    }
+    let both = [
+        "vector registers of a thread stopped between instructions",
+        "extended state permission (arch_prctl ARCH_REQ_XCOMP_PERM)",
+    ];
+    run_zdtm("zdtm-vector", &["amx-permission"], &[], &both);
+    let tile = "AMX tile register held across the checkpoint";
+    run_zdtm("zdtm-vector", &["amx"], &[], &[both[0], both[1], tile]);
+}
+
+#[test]
 fn vdso_time_calls() {
     run_zdtm(
         "zdtm-vdso",

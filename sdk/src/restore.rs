@@ -52,6 +52,14 @@ pub const OP_RECV: u64 = 13;
 /// (EPROTO): what a step left in memory (a stand-in's exit status) is checked.
 pub const OP_EXPECT: u64 = 14;
 
+/// Set the register state components `args[1]` to their initial state with `xrstor` from the
+/// zeroed XSAVE area at `args[0]` (aligned up to 64 bytes there): the thread's first use of
+/// them, on which the kernel gives it room for them (AMX tile data: it does so on first use
+/// only), so that its `rt_sigreturn` restores its whole saved register state rather than the
+/// legacy SSE part alone. The process must have the permission (arch_prctl
+/// ARCH_REQ_XCOMP_PERM) by then, or the thread dies of SIGILL.
+pub const OP_XSTATE_FIRST_USE: u64 = 15;
+
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,9 +333,40 @@ impl Plan {
         );
     }
 
+    /// Gives the running thread room for AMX tile state (see [`OP_XSTATE_FIRST_USE`]).
+    pub fn xstate_first_use(&mut self, label: impl Into<String>, components: u64) {
+        // An XSAVE area in standard form that holds the components, zeros: only an xrstor that
+        // loads a component from memory counts as its use (one that initialises it does not).
+        let end = (0..64)
+            .filter(|b| components >> b & 1 == 1)
+            .map(|b| {
+                let (size, offset, ..) = crate::sys::cpuid(0xd, b);
+                offset as usize + size as usize
+            })
+            .max()
+            .unwrap_or(0)
+            .max(512 + 64);
+        let mut xsave = vec![0u8; end + 64];
+        xsave[512..520].copy_from_slice(&components.to_ne_bytes());
+        let area = self.data_aligned(&xsave, 64);
+        self.push(
+            label.into(),
+            OP_XSTATE_FIRST_USE,
+            0,
+            [area, components, 0, 0, 0, 0],
+        );
+    }
+
     /// Copies `data` into the arena (16-byte aligned) and returns its address in the new process.
     pub fn data(&mut self, data: &[u8]) -> u64 {
-        let off = self.arena.len().next_multiple_of(16);
+        self.data_aligned(data, 16)
+    }
+
+    /// Copies `data` into the arena at an address that is a multiple of `align` (a power of
+    /// two) and returns that address.
+    pub fn data_aligned(&mut self, data: &[u8], align: u64) -> u64 {
+        let at = (self.arena_base + self.arena.len() as u64).next_multiple_of(align);
+        let off = (at - self.arena_base) as usize;
         self.arena.resize(off, 0);
         self.arena.extend_from_slice(data);
         self.arena_base + off as u64

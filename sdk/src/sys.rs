@@ -836,6 +836,33 @@ pub fn prctl_get(option: i32) -> io::Result<u64> {
     check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)
 }
 
+/// The process's permitted extended register state components (arch_prctl
+/// ARCH_GET_XCOMP_PERM): the always-enabled ones plus any asked for with ARCH_REQ_XCOMP_PERM
+/// (AMX tile data). 0 where the kernel has no such request.
+pub fn xcomp_perm() -> u64 {
+    let mut mask = 0u64;
+    let r = syscall6(
+        libc::SYS_arch_prctl,
+        [
+            ARCH_GET_XCOMP_PERM,
+            &mut mask as *mut u64 as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    if r < 0 {
+        0
+    } else {
+        mask
+    }
+}
+
+/// arch_prctl codes for dynamically enabled register state (asm/prctl.h).
+pub const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+pub const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+
 /// prctl(option, &int) for the queries that write their answer through a pointer.
 pub fn prctl_get_int(option: i32) -> io::Result<i32> {
     let mut v = 0i32;

@@ -50,6 +50,8 @@ global_asm!(
     "    je 110f",
     "    cmp rax, 14",
     "    je 120f",
+    "    cmp rax, 15",
+    "    je 130f",
     // OP_SYSCALL (1) and OP_SYSCALL_ANY (2)
     "    mov rax, [r12 + 8]",
     "    mov rdi, [r12 + 16]",
@@ -309,6 +311,15 @@ global_asm!(
     "    je 20b",
     "    mov rax, -71",
     "    jmp 90f",
+    // OP_XSTATE_FIRST_USE: xrstor of components args[1] from the XSAVE area at args[0]: their
+    // first use, on which the kernel gives the thread room for them
+    "130:",
+    "    mov rdi, [r12 + 16]",
+    "    mov rax, [r12 + 24]",
+    "    mov rdx, rax",
+    "    shr rdx, 32",
+    "    xrstor64 [rdi]",
+    "    jmp 20b",
     // ran out of steps without a sigreturn
     "85:",
     "    mov rax, -22",

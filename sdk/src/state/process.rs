@@ -44,6 +44,11 @@ pub struct Process {
     pub lsm_label: Option<String>,
     /// mlockall's MCL_FUTURE (and MCL_ONFAULT) in force: mappings made later are locked.
     pub mlock_future: u32,
+    /// The extended register state the process may use (arch_prctl ARCH_GET_XCOMP_PERM): with
+    /// AMX asked for, every thread's saved state is larger, and a process without the
+    /// permission would get back only their legacy SSE state, and SIGILL at its next tile
+    /// instruction. 0: unknown.
+    pub xcomp_perm: u64,
     /// The root directory's device and inode: every path in the image is relative to it (a
     /// process in a chroot has another root than whoever restores it). (0, 0): unknown.
     pub root: (u64, u64),
@@ -122,6 +127,7 @@ impl Process {
                 .ok()
                 .and_then(|t| u32::from_str_radix(t.trim(), 16).ok())
                 .unwrap_or(u32::MAX),
+            xcomp_perm: crate::sys::xcomp_perm(),
             root: root_id().unwrap_or((0, 0)),
             mlock_future: mlock_future(),
             lsm_label: lsm_label(),
@@ -147,6 +153,16 @@ impl Process {
                 format!("prctl: {label} = {value}"),
                 libc::SYS_prctl,
                 [option as u64, value, 0, 0, 0, 0],
+            );
+        }
+        // The permission is the process's and a fork's is the launcher's: asked for again,
+        // component by component, before any thread resumes through its saved state.
+        let missing = self.xcomp_perm & !crate::sys::xcomp_perm();
+        for bit in (0..64).filter(|b| missing >> b & 1 == 1) {
+            plan.syscall(
+                format!("extended register state component {bit} (arch_prctl ARCH_REQ_XCOMP_PERM; AMX tile data is 18)"),
+                libc::SYS_arch_prctl,
+                [crate::sys::ARCH_REQ_XCOMP_PERM, bit, 0, 0, 0, 0],
             );
         }
         // Registrations belong to the address space, which is new: register each again.

@@ -39,6 +39,10 @@ pub struct ThreadState {
     pub timer_slack: u64,
     /// It set no_new_privs itself (a flag of each thread; the process's is in `creds`).
     pub no_new_privs: bool,
+    /// The register state components its signal frame holds (the frame's `xfeatures`): where
+    /// that includes AMX tile data, the thread must have room for it before it resumes (see
+    /// [`Plan::xstate_first_use`]).
+    pub frame_xfeatures: u64,
     /// Signals waiting in its own queue at the checkpoint, in order.
     pub pending: Vec<super::signals::PendingSignal>,
     /// A relative sleep it was in, set to be issued again (see `interrupted`).
@@ -254,6 +258,30 @@ use std::sync::atomic::Ordering;
 /// Offsets in the kernel's x86_64 `struct ucontext`.
 const UC_STACK: u64 = 16;
 const UC_SIGMASK: u64 = 296;
+/// `uc_mcontext.fpstate`, and in the fpstate the software-reserved bytes the kernel fills.
+const UC_FPSTATE: u64 = 40 + 184;
+const FX_SW_RESERVED: u64 = 464;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// XFEATURE_XTILEDATA: the one component the kernel gives a thread room for on first use.
+const XTILEDATA: u64 = 1 << 18;
+
+/// The components a signal frame's fpstate says it holds (0 where it holds the legacy state
+/// only).
+fn frame_xfeatures(mem: &std::fs::File, fpstate: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut sw = [0u8; 16];
+    if fpstate == 0
+        || mem
+            .read_exact_at(&mut sw, fpstate + FX_SW_RESERVED)
+            .is_err()
+    {
+        return 0;
+    }
+    if u32::from_ne_bytes(sw[0..4].try_into().expect("4")) != FP_XSTATE_MAGIC1 {
+        return 0;
+    }
+    u64::from_ne_bytes(sw[8..16].try_into().expect("8"))
+}
 /// The relative sleep thread `c` was set to issue again for its time left (noted where its
 /// frame was so set: `capture::note_sleep_rem`), that time read from `mem`.
 fn sleep_left(c: &ThreadCapture, mem: &std::fs::File) -> Option<SleepLeft> {
@@ -347,6 +375,7 @@ impl ThreadState {
             fs_base,
             gs_base: c.gs_base.load(Ordering::Relaxed),
             sigmask: word(UC_SIGMASK),
+            frame_xfeatures: frame_xfeatures(mem, word(UC_FPSTATE)),
             sigaltstack: SigAltStack {
                 sp: word(UC_STACK),
                 flags: word(UC_STACK + 8) as i32,
@@ -509,6 +538,9 @@ impl ThreadState {
                 libc::SYS_rseq,
                 [r.addr, u64::from(r.len), 0, u64::from(r.signature), 0, 0],
             );
+        }
+        if self.frame_xfeatures & XTILEDATA != 0 {
+            plan.xstate_first_use(format!("room for thread {tid}'s AMX tile state"), XTILEDATA);
         }
         // Set here, not only by the frame: a thread that never had an alternate stack has
         // {0, 0, 0} in its frame, which sigreturn quietly declines (too small), and the main
