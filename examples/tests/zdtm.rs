@@ -309,6 +309,64 @@ fn amx_tile_state_and_the_permission_for_it_come_back() {
 }
 
 #[test]
+fn dev_zero_mapped_privately_comes_back_as_the_anonymous_memory_it_is() {
+    run_zdtm(
+        "zdtm-special-maps",
+        &[],
+        &[],
+        &[
+            "/dev/zero mapped privately: its contents",
+            "/dev/zero mapped privately: private",
+            "/dev/zero mapped privately: MADV_DONTNEED gives zeros",
+        ],
+    );
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn huge_page_pool_memory_and_mapped_devices_are_refused_by_name() {
+    let env = Env::new();
+    for mode in ["hugetlb-mapped", "hugetlb-held"] {
+        let out = env.refused("zdtm-special-maps", "h.thaw", &[mode]);
+        assert!(
+            out.contains("/memfd:huge") && out.contains("memory of the huge page pool"),
+            "{mode}: {out}"
+        );
+    }
+    let out = env.refused("zdtm-special-maps", "h.thaw", &["hugetlb-anon"]);
+    assert!(out.contains("MAP_HUGETLB memory is not supported"), "{out}");
+    // A block device mapped shared: a loop device over a file of ours (root only).
+    if !is_root() {
+        eprintln!("skipped: the device part needs root (losetup)");
+        return;
+    }
+    let backing = env.path("loop.img");
+    std::fs::write(&backing, vec![7u8; 1 << 20]).unwrap();
+    let o = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "losetup: {}", text(&o));
+    let dev = Loop(String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let out = env.refused("zdtm-special-maps", "d.thaw", &["device", &dev.0]);
+    assert!(
+        out.contains(&format!("a device's memory mapped ({})", dev.0)),
+        "{out}"
+    );
+}
+
+#[test]
 fn vdso_time_calls() {
     run_zdtm(
         "zdtm-vdso",

@@ -811,6 +811,11 @@ impl FdScan {
                 }
             }
             if target.starts_with("/memfd:") {
+                if crate::sys::fstatfs_type(fd).is_ok_and(|t| t == super::memory::HUGETLBFS_MAGIC) {
+                    scan.refused
+                        .push(bad(FdClass::Other, super::memory::HUGETLB_REFUSAL));
+                    continue;
+                }
                 match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                     Ok(meta) => {
                         entry.kind = FdKind::Memfd {

@@ -106,6 +106,11 @@ const PM_FILE: u64 = 1 << 61;
 const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
+/// statfs's `f_type` of hugetlbfs (linux/magic.h): MFD_HUGETLB memfds live there.
+pub(crate) const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// Why memory of the huge page pool is refused (a mapping, or a memfd of it held open).
+pub(crate) const HUGETLB_REFUSAL: &str = "memory of the huge page pool (MAP_HUGETLB, a memfd made with MFD_HUGETLB, a hugetlbfs file) is not supported: restored as ordinary memory it would no longer be huge pages; use transparent huge pages instead (madvise MADV_HUGEPAGE; a JVM started with -XX:+UseLargePages: drop the flag, or use -XX:+UseTransparentHugePages)";
+
 /// Kernel special mappings the restorer moves instead of copying.
 pub const SPECIAL_NAMES: [&str; 4] = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
 
@@ -180,6 +185,9 @@ impl Vma {
         if let Some(why) = super::deleted::kernel_internal(name) {
             return Err(format!("{}: {why}", m.describe()));
         }
+        if m.has_flag("ht") {
+            return Err(format!("{}: {HUGETLB_REFUSAL}", m.describe()));
+        }
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
         } else if name == "anon_inode:[io_uring]" {
@@ -234,11 +242,24 @@ impl Vma {
                     m.describe()
                 ));
             }
-            Backing::File {
-                path: name.into(),
-                offset: m.offset,
-                id: super::FileId::of(&meta),
-                stamp: super::FileStamp::of(&meta),
+            if !m.shared() && meta.rdev() == libc::makedev(1, 5) && !meta.file_type().is_file() {
+                // /dev/zero mapped privately is anonymous memory (the kernel makes it so; /proc
+                // still names the file), and comes back as such.
+                Backing::Anonymous
+            } else if !meta.file_type().is_file() {
+                // (A GPU's or another device's memory: a restore would map the device afresh,
+                // not these contents.)
+                return Err(format!(
+                    "{}: a device's memory mapped ({name}) is not supported: unmap it before the checkpoint (munmap, close the device) and map it again after restore",
+                    m.describe()
+                ));
+            } else {
+                Backing::File {
+                    path: name.into(),
+                    offset: m.offset,
+                    id: super::FileId::of(&meta),
+                    stamp: super::FileStamp::of(&meta),
+                }
             }
         } else {
             return Err(format!("{}: unsupported kind of mapping", m.describe()));
