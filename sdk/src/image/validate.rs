@@ -220,6 +220,13 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 t.tid
             ));
         }
+        // Room for tile state is made only for a thread of a process that may use it.
+        if t.frame_xfeatures & !m.process.xcomp_perm & crate::state::threads::XTILEDATA != 0 {
+            return Err(format!(
+                "thread {}: its saved registers hold AMX tile state the process may not use",
+                t.tid
+            ));
+        }
         if !t.sigframe.is_multiple_of(8) || !writable(t.sigframe, 304) {
             return Err(format!(
                 "thread {}: its signal frame at {:#x} is not in writable memory",
@@ -740,6 +747,19 @@ mod tests {
         assert_eq!(lock(1 << 30, 2), Ok(()));
         assert!(lock(u64::MAX - 1, 2).is_err());
         assert!(lock(1 << 63, 0).is_err());
+    }
+
+    #[test]
+    fn tile_state_only_in_a_process_that_may_use_it() {
+        let with = |perm: u64, frame: u64| {
+            let mut m = manifest(0x10_0fe0);
+            m.process.xcomp_perm = perm;
+            m.threads[0].frame_xfeatures = frame;
+            validate(&m, 4096)
+        };
+        assert_eq!(with(0x600e7, 0x600e7), Ok(()));
+        assert_eq!(with(0x200e7, 0x200e7), Ok(()));
+        assert!(with(0x200e7, 0x600e7).is_err());
     }
 
     #[test]

@@ -263,7 +263,7 @@ const UC_FPSTATE: u64 = 40 + 184;
 const FX_SW_RESERVED: u64 = 464;
 const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 /// XFEATURE_XTILEDATA: the one component the kernel gives a thread room for on first use.
-const XTILEDATA: u64 = 1 << 18;
+pub(crate) const XTILEDATA: u64 = 1 << 18;
 
 /// The components a signal frame's fpstate says it holds (0 where it holds the legacy state
 /// only).
