@@ -3,7 +3,7 @@
 //! environment the launcher passes.
 //!
 //! `zdtm-process DIR late`: the process goes on from its checkpoint (no exit after saving) and
-//! changes its child-subreaper flag, THP setting and oom_score_adj, and a thread's nice value,
+//! changes its child-subreaper flag, THP setting, dumpable flag and oom_score_adj, and a thread's nice value,
 //! CPU mask and I/O priority, the moment its threads go on (the SDK's test hook, point `g`): the
 //! image has them as they were at the checkpoint.
 
@@ -119,6 +119,7 @@ fn main() {
             unsafe {
                 libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
                 libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             }
             std::fs::write(
                 "/proc/self/oom_score_adj",

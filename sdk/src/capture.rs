@@ -551,9 +551,9 @@ pub struct Capture {
     /// Threads that have finished with this structure after being released (futex word).
     pub left: AtomicU32,
     pub brk: AtomicU64,
-    /// PR_GET_CHILD_SUBREAPER and PR_GET_THP_DISABLE, each + 1 (0: unread), as the caller's
-    /// handler read them with every thread stopped.
-    pub wide: [AtomicU64; 2],
+    /// PR_GET_CHILD_SUBREAPER, PR_GET_THP_DISABLE and PR_GET_DUMPABLE, each + 1 (0: unread),
+    /// as the caller's handler read them with every thread stopped.
+    pub wide: [AtomicU64; 3],
     /// Kernel sigaction of signals 1..=64, four words each.
     pub actions: Vec<[AtomicU64; 4]>,
     /// Every rlimit (soft, hard). Read here rather than from the frozen child: a set-uid process
@@ -1255,7 +1255,8 @@ fn handle(call: &mut HandlerCall) {
     c.brk.store(sys::current_brk(), Ordering::Relaxed);
     let subreaper = sys::prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map(|v| v as u64);
     let thp = sys::prctl_get(libc::PR_GET_THP_DISABLE);
-    for (slot, v) in c.wide.iter().zip([subreaper, thp]) {
+    let dumpable = sys::prctl_get(libc::PR_GET_DUMPABLE);
+    for (slot, v) in c.wide.iter().zip([subreaper, thp, dumpable]) {
         slot.store(v.map_or(0, |v| v + 1), Ordering::Relaxed);
     }
     for (i, slot) in c.actions.iter().enumerate() {

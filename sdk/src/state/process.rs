@@ -59,14 +59,15 @@ use crate::restore::Plan;
 
 impl Process {
     /// Reads the frozen child's view; `pid` is the checkpointed process's own. `wide`: the
-    /// child-subreaper flag and PR_GET_THP_DISABLE as the checkpointing thread's handler read
-    /// them while every thread was stopped (a fork copies neither the one nor a way to ask).
+    /// child-subreaper flag, PR_GET_THP_DISABLE and the dumpable flag as the checkpointing
+    /// thread's handler read them while every thread was stopped (a fork copies neither the
+    /// first nor a way to ask, and the snapshot is forked dumpable).
     pub(crate) fn dump(
         child: i32,
         pid: i32,
         checkpoint_tid: i32,
         restore_cell: u64,
-        wide: [Option<u64>; 2],
+        wide: [Option<u64>; 3],
     ) -> std::io::Result<Process> {
         let stat = procfs::stat_fields(child)?;
         let status = procfs::read(child, "status")?;
@@ -94,7 +95,9 @@ impl Process {
                 .and_then(|u| u32::from_str_radix(u, 8).ok())
                 .unwrap_or(0o022),
             personality,
-            dumpable: crate::sys::prctl_get(libc::PR_GET_DUMPABLE).unwrap_or(1) as u32,
+            dumpable: wide[2]
+                .or_else(|| crate::sys::prctl_get(libc::PR_GET_DUMPABLE).ok())
+                .unwrap_or(1) as u32,
             restore_cell,
             checkpoint_tid,
             child_subreaper: wide[0].unwrap_or(0) != 0,
