@@ -159,20 +159,32 @@ fn variants(
                 .sum()
         })
     });
-    let empty = private_dir(dir.join(format!("cache-{name}-empty")));
+    let empty = dir.join(format!("cache-{name}-empty"));
+    bench_empty_cache(&mut g, thaw, &reference, trust, &empty, args);
+    g.finish();
+}
+
+/// `reference_empty_cache`: restores by reference with nothing on this machine (no image, no
+/// working set of its own), the cache at `empty` made afresh each time.
+fn bench_empty_cache(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    thaw: &Path,
+    reference: &str,
+    trust: &Path,
+    empty: &Path,
+    args: &[&str],
+) {
     g.bench_function("reference_empty_cache", |b| {
         b.iter_custom(|n| {
             (0..n)
                 .map(|_| {
-                    // Nothing on this machine: no image, no working set of its own.
-                    let _ = std::fs::remove_dir_all(&empty);
-                    private_dir(empty.clone());
-                    restore_once(thaw, &reference, trust, &empty, args)
+                    let _ = std::fs::remove_dir_all(empty);
+                    private_dir(empty.to_path_buf());
+                    restore_once(thaw, reference, trust, empty, args)
                 })
                 .sum()
         })
     });
-    g.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -269,18 +281,14 @@ fn rebuilt_image(
                 .sum()
         })
     });
-    let empty = private_dir(dir.join("cache-rebuilt-empty"));
-    g.bench_function("reference_empty_cache", |b| {
-        b.iter_custom(|n| {
-            (0..n)
-                .map(|_| {
-                    let _ = std::fs::remove_dir_all(&empty);
-                    private_dir(empty.clone());
-                    restore_once(thaw, &reference, trust, &empty, args)
-                })
-                .sum()
-        })
-    });
+    bench_empty_cache(
+        &mut g,
+        thaw,
+        &reference,
+        trust,
+        &dir.join("cache-rebuilt-empty"),
+        args,
+    );
     g.finish();
 }
 

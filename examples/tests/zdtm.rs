@@ -246,18 +246,22 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
 #[test]
 fn attributes_changed_as_the_process_goes_on_are_saved_as_they_were_at_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    run_zdtm(
-        "zdtm-process",
-        &[dir.path().to_str().unwrap(), "late"],
-        &["one", "two words"],
-        &[
-            "pid",
-            "prctl: child subreaper, THP disabled, timer slack",
-            "oom_score_adj",
-            "scheduling: nice and policy of each thread",
-            "scheduling: CPU mask and I/O priority of each thread",
-        ],
-    );
+    // The thread that changes its own blocks every signal in the second run: captured through
+    // ptrace, it reports them itself while stopped.
+    for mode in ["late", "late-blocked"] {
+        run_zdtm(
+            "zdtm-process",
+            &[dir.path().to_str().unwrap(), mode],
+            &["one", "two words"],
+            &[
+                "pid",
+                "prctl: child subreaper, THP disabled, timer slack",
+                "oom_score_adj",
+                "scheduling: nice and policy of each thread",
+                "scheduling: CPU mask and I/O priority of each thread",
+            ],
+        );
+    }
 }
 
 #[test]
@@ -306,6 +310,13 @@ fn amx_tile_state_and_the_permission_for_it_come_back() {
     run_zdtm("zdtm-vector", &["amx-permission"], &[], &both);
     let tile = "AMX tile register held across the checkpoint";
     run_zdtm("zdtm-vector", &["amx"], &[], &[both[0], both[1], tile]);
+    // Held by a thread that blocks every signal, captured through ptrace.
+    run_zdtm(
+        "zdtm-vector",
+        &["amx-blocked"],
+        &[],
+        &[both[0], both[1], tile],
+    );
 }
 
 #[test]
@@ -320,6 +331,15 @@ fn dev_zero_mapped_privately_comes_back_as_the_anonymous_memory_it_is() {
             "/dev/zero mapped privately: MADV_DONTNEED gives zeros",
         ],
     );
+}
+
+/// Unmounts a file system when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// Detaches a loop device when dropped.
@@ -345,11 +365,28 @@ fn huge_page_pool_memory_and_mapped_devices_are_refused_by_name() {
     }
     let out = env.refused("zdtm-special-maps", "h.thaw", &["hugetlb-anon"]);
     assert!(out.contains("MAP_HUGETLB memory is not supported"), "{out}");
-    // A block device mapped shared: a loop device over a file of ours (root only).
+    // A block device mapped shared: a loop device over a file of ours.
     if !is_root() {
-        eprintln!("skipped: the device part needs root (losetup)");
+        eprintln!("skipped: the hugetlbfs and device parts need root (mount, losetup)");
         return;
     }
+    // A file of a hugetlbfs mount, removed while open (kept as a deleted file would be).
+    let huge = env.path("hugetlbfs");
+    std::fs::create_dir(&huge).unwrap();
+    let o = std::process::Command::new("mount")
+        .args(["-t", "hugetlbfs", "none"])
+        .arg(&huge)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount: {}", text(&o));
+    let mounted = Unmount(huge.clone());
+    let out = env.refused(
+        "zdtm-special-maps",
+        "h.thaw",
+        &["hugetlbfs-deleted", huge.to_str().unwrap()],
+    );
+    drop(mounted);
+    assert!(out.contains("memory of the huge page pool"), "{out}");
     let backing = env.path("loop.img");
     std::fs::write(&backing, vec![7u8; 1 << 20]).unwrap();
     let o = std::process::Command::new("losetup")

@@ -5,7 +5,8 @@
 //! `zdtm-process DIR late`: the process goes on from its checkpoint (no exit after saving) and
 //! changes its child-subreaper flag, THP setting, dumpable flag and oom_score_adj, and a thread's nice value,
 //! CPU mask and I/O priority, the moment its threads go on (the SDK's test hook, point `g`): the
-//! image has them as they were at the checkpoint.
+//! image has them as they were at the checkpoint. `late-blocked`: the same, the thread blocking
+//! every signal (captured through ptrace).
 
 #[path = "common.rs"]
 mod common;
@@ -16,7 +17,9 @@ const RESET_ON_FORK: i32 = 0x4000_0000;
 fn main() {
     let (_, _, extra) = common::argv();
     let dir = extra.first().cloned().expect("a directory to chdir to");
-    let late = extra.get(1).is_some_and(|a| a == "late");
+    let late = extra.get(1).is_some_and(|a| a.starts_with("late"));
+    // `late-blocked`: the idler blocks every signal (the checkpoint captures it through ptrace).
+    let blocked = extra.get(1).is_some_and(|a| a == "late-blocked");
     // SAFETY: plain calls with valid arguments.
     unsafe {
         let lim = libc::rlimit {
@@ -78,6 +81,13 @@ fn main() {
             let tid = unsafe {
                 libc::sched_setscheduler(0, libc::SCHED_IDLE | RESET_ON_FORK, &param);
                 libc::setpriority(libc::PRIO_PROCESS, 0, 7);
+                // IOPRIO_CLASS_BE, level 5, for itself.
+                libc::syscall(libc::SYS_ioprio_set, 1, 0, 2 << 13 | 5);
+                if blocked {
+                    let mut all: libc::sigset_t = std::mem::zeroed();
+                    libc::sigfillset(&mut all);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+                }
                 libc::gettid()
             };
             tx.send(tid).unwrap();

@@ -7,7 +7,8 @@
 //! Refused, by name: `hugetlb-mapped` (a memfd made with `MFD_HUGETLB`, mapped shared, as a JVM
 //! with `-XX:+UseLargePages -XX:+UseZGC` maps its heap), `hugetlb-held` (such a memfd held open,
 //! not mapped), `hugetlb-anon` (`MAP_HUGETLB` anonymous memory), `device PATH` (a block device
-//! mapped shared). The huge page mappings use `MAP_NORESERVE` and are never touched, so that
+//! mapped shared), `hugetlbfs-deleted DIR` (a file of the hugetlbfs mounted at DIR, removed
+//! while open). The huge page mappings use `MAP_NORESERVE` and are never touched, so that
 //! the pool needs no pages.
 
 #[path = "common.rs"]
@@ -60,6 +61,13 @@ fn main() {
         Some("hugetlb-anon") => common::refusal(|| {
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB;
             map(-1, 2 << 20, rw, flags | libc::MAP_NORESERVE);
+        }),
+        Some("hugetlbfs-deleted") => common::refusal(|| {
+            // A file of a hugetlbfs mount at DIR, removed while open.
+            let path = std::path::Path::new(&extra[1]).join("huge");
+            let f = std::fs::File::create(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::mem::forget(f);
         }),
         Some("device") => common::refusal(|| {
             let dev = std::fs::File::open(&extra[1]).unwrap();

@@ -8,6 +8,7 @@
 //! so the restored process must have it again before its threads resume, or the kernel restores
 //! only their legacy SSE state (and the next AMX instruction is fatal). `zdtm-vector
 //! amx-permission`: the permission only, no tile held (the case that would go unnoticed).
+//! `zdtm-vector amx-blocked`: as `amx`, the thread blocking every signal (captured by ptrace).
 
 #[path = "common.rs"]
 mod common;
@@ -319,7 +320,12 @@ fn main() {
     let (_, _, extra) = common::argv();
     // `amx-permission`: the permission only, no tile held.
     let permission = extra.first().is_some_and(|a| a.starts_with("amx"));
-    let amx = extra.first().is_some_and(|a| a == "amx");
+    let amx = extra
+        .first()
+        .is_some_and(|a| a == "amx" || a == "amx-blocked");
+    // `amx-blocked`: the thread blocks every signal, so the checkpoint captures it through
+    // ptrace, and the checkpointing thread never used tiles (its frames have no room for them).
+    let blocked = extra.first().is_some_and(|a| a == "amx-blocked");
     let wide = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
     assert!(wide || is_x86_feature_detected!("avx2"), "no AVX2 here");
     if permission {
@@ -340,6 +346,14 @@ fn main() {
     }
     let perm_before = xcomp_perm();
     let holder = std::thread::spawn(move || {
+        if blocked {
+            // SAFETY: a full signal set of ours, applied to this thread.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+        }
         let (from, mut to) = (Regs::pattern(), Regs::empty());
         let mut tile_in = Tile([0; 1024]);
         for (i, b) in tile_in.0.iter_mut().enumerate() {

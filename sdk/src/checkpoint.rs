@@ -1513,6 +1513,7 @@ fn list_threads(why: &mut Vec<String>) -> Result<Vec<(i32, String)>, CheckpointE
             &name,
             &status,
             leader_filtered,
+            None,
         ));
         // A thread that blocks the checkpoint signal now may unblock it in a moment (one inside
         // pthread_create blocks every signal briefly): it is signalled like the others, and named

@@ -73,6 +73,8 @@ struct Slot {
     /// The thread's own settings, each read by a call it made (see [`Controls`]); `u64::MAX`
     /// where the call failed. PR_GET_TSC writes its answer here itself.
     pub controls: [u64; CONTROLS],
+    /// Its CPU mask, as its sched_getaffinity wrote it (how many bytes: `controls[AFFINITY]`).
+    pub affinity: [u64; 16],
     pub xsave_len: u64,
     pub xsave: [u8; XSAVE_MAX],
     /// Its own signal queue as PTRACE_PEEKSIGINFO read it: how many (`u64::MAX`: more than
@@ -86,9 +88,15 @@ struct Slot {
 
 /// The calls a traced thread is made to run to report its settings (what the signal handler
 /// reads in the others): (number, arguments). The one for PR_GET_TSC gets the address of its
-/// slot, which it writes to.
-const CONTROLS: usize = 9;
-fn control_calls(tsc_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
+/// slot, which it writes to, and sched_getaffinity the address of the slot's mask.
+const CONTROLS: usize = 13;
+/// Where [`control_calls`] has the scheduling ones: getpriority (20 - nice),
+/// sched_getscheduler, ioprio_get, sched_getaffinity (bytes written).
+const NICE: usize = 9;
+const POLICY: usize = 10;
+const IOPRIO: usize = 11;
+const AFFINITY: usize = 12;
+fn control_calls(tsc_at: u64, affinity_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
     let prctl = |op: i32, arg: u64| (libc::SYS_prctl, [op as u64, arg, 0]);
     [
         prctl(libc::PR_MCE_KILL_GET, 0),
@@ -100,6 +108,10 @@ fn control_calls(tsc_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
         prctl(libc::PR_GET_SPECULATION_CTRL, 0),
         prctl(libc::PR_GET_SPECULATION_CTRL, 1),
         prctl(libc::PR_GET_SPECULATION_CTRL, 2),
+        (libc::SYS_getpriority, [libc::PRIO_PROCESS as u64, 0, 0]),
+        (libc::SYS_sched_getscheduler, [0, 0, 0]),
+        (libc::SYS_ioprio_get, [1, 0, 0]),
+        (libc::SYS_sched_getaffinity, [0, 128, affinity_at]),
     ]
 }
 
@@ -522,7 +534,8 @@ fn capture_one(
     let mut controls = [u64::MAX; CONTROLS];
     sys::write_process_memory(parent, tsc_at, &0u64.to_ne_bytes());
     let injected = injected.and_then(|_| {
-        for (i, (nr, args)) in control_calls(tsc_at).into_iter().enumerate() {
+        let affinity_at = slot + std::mem::offset_of!(Slot, affinity) as u64;
+        for (i, (nr, args)) in control_calls(tsc_at, affinity_at).into_iter().enumerate() {
             let r = inject(tid, &regs, nr as u64, args, signal).map_err(|e| (9, e))?;
             controls[i] = if r < 0 { u64::MAX } else { r as u64 };
         }
@@ -762,6 +775,7 @@ pub(crate) struct Captured {
     pub altstack: [u64; 3],
     pub tid_address: u64,
     pub controls: [u64; CONTROLS],
+    pub affinity: [u64; 16],
     pub xsave: Vec<u8>,
     /// Its own queue's signals (siginfos), or `None` when there were more than were read; the
     /// process's, on the main thread.
@@ -785,6 +799,7 @@ impl Captured {
             altstack: [0; 3],
             tid_address: word(std::mem::offset_of!(Slot, tid_address)),
             controls: [0; CONTROLS],
+            affinity: [0; 16],
             xsave: Vec::new(),
             pending: None,
             shared: None,
@@ -814,6 +829,7 @@ impl Captured {
         words(std::mem::offset_of!(Slot, rseq), &mut c.rseq);
         words(std::mem::offset_of!(Slot, altstack), &mut c.altstack);
         words(std::mem::offset_of!(Slot, controls), &mut c.controls);
+        words(std::mem::offset_of!(Slot, affinity), &mut c.affinity);
         let len = (word(std::mem::offset_of!(Slot, xsave_len)) as usize).min(XSAVE_MAX);
         let x = std::mem::offset_of!(Slot, xsave);
         c.xsave = b[x..x + len].to_vec();
@@ -824,8 +840,9 @@ impl Captured {
     /// ucontext; the extended state follows, 64-byte aligned). `template` is a kernel-built
     /// frame of this process (its ucontext, and its extended state's software bytes and size).
     pub(crate) fn frame(&self, at: u64, template: &Template) -> Vec<u8> {
+        let (sw_bytes, xstate_size) = self.xstate_layout(template);
         let fp = (at + UC_SIZE).next_multiple_of(64);
-        let mut f = vec![0u8; (fp - at) as usize + template.xstate_size as usize + 4];
+        let mut f = vec![0u8; (fp - at) as usize + xstate_size as usize + 4];
         let put = |f: &mut Vec<u8>, off: usize, v: u64| {
             f[off..off + 8].copy_from_slice(&v.to_ne_bytes());
         };
@@ -848,18 +865,38 @@ impl Captured {
         put(&mut f, UC_MCONTEXT + SC_FPSTATE, fp);
         put(&mut f, UC_SIGMASK, self.sigmask);
         let x = (fp - at) as usize;
-        let n = self.xsave.len().min(template.xstate_size as usize);
+        let n = self.xsave.len().min(xstate_size as usize);
         f[x..x + n].copy_from_slice(&self.xsave[..n]);
-        f[x + FP_SW_BYTES..x + FP_SW_BYTES + 48].copy_from_slice(&template.sw_bytes);
-        let m2 = x + template.xstate_size as usize;
+        f[x + FP_SW_BYTES..x + FP_SW_BYTES + 48].copy_from_slice(&sw_bytes);
+        let m2 = x + xstate_size as usize;
         f[m2..m2 + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_ne_bytes());
         f
     }
 
     /// Where its frame goes: below the thread's stack pointer and red zone.
     pub(crate) fn frame_addr(&self, template: &Template) -> u64 {
-        let need = UC_SIZE + 64 + u64::from(template.xstate_size) + 4;
+        let need = UC_SIZE + 64 + u64::from(self.xstate_layout(template).1) + 4;
         (self.resume[RSP] - 128 - need) & !63
+    }
+
+    /// The software bytes and size of its frame's extended state: the template's, unless the
+    /// thread holds state the template's thread never had room for (AMX tiles, used by this
+    /// thread alone): then its own, as the kernel would have written them for it.
+    fn xstate_layout(&self, template: &Template) -> ([u8; 48], u32) {
+        let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8"));
+        // XSTATE_BV, in the XSAVE header after the 512-byte legacy area.
+        let held = self.xsave.get(512..520).map_or(0, word);
+        let room = word(&template.sw_bytes[8..16]);
+        let size = self.xsave.len() as u32;
+        if held & !room == 0 || size <= template.xstate_size {
+            return (template.sw_bytes, template.xstate_size);
+        }
+        // struct _fpx_sw_bytes: magic1, extended_size, xfeatures, xstate_size.
+        let mut sw = template.sw_bytes;
+        sw[4..8].copy_from_slice(&(size + 4).to_ne_bytes());
+        sw[8..16].copy_from_slice(&(room | held).to_ne_bytes());
+        sw[16..20].copy_from_slice(&size.to_ne_bytes());
+        (sw, size)
     }
 }
 
@@ -969,6 +1006,23 @@ impl Captured {
                 .fold(0, |a, b| a | b),
             Relaxed,
         );
+        // Scheduling, as the thread reported it while stopped (else read later, by tid).
+        if let (Some(prio), Some(policy)) = (known(c[NICE]), known(c[POLICY])) {
+            let nice = 20 - prio as i32;
+            t.sched
+                .store(1 << 63 | policy << 32 | u64::from(nice as u32), Relaxed);
+        }
+        t.ioprio.store(
+            known(c[IOPRIO]).map_or_else(|| sys::ioprio_get(tid), |v| v as u32),
+            Relaxed,
+        );
+        if let Some(bytes) = known(c[AFFINITY]) {
+            for (slot, w) in t.affinity.iter().zip(self.affinity) {
+                slot.store(w, Relaxed);
+            }
+            t.affinity_words
+                .store((bytes as u32).div_ceil(8).min(16), Relaxed);
+        }
         if let (Some(p), Some(b), Some(tsc)) = (known(c[3]), known(c[4]), known(c[5])) {
             t.identity.store(
                 crate::state::threads::identity_word(p, b, tsc as u32 as i32),

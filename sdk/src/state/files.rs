@@ -876,7 +876,11 @@ impl FdScan {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {
                     (Ok(m), Some(path)) if m.file_type().is_file() => {
-                        let why = super::deleted::still_linked(path, m.nlink())
+                        let huge = crate::sys::fstatfs_type(fd)
+                            .is_ok_and(|t| t == super::memory::HUGETLBFS_MAGIC);
+                        let why = huge
+                            .then(|| super::memory::HUGETLB_REFUSAL.to_owned())
+                            .or_else(|| super::deleted::still_linked(path, m.nlink()))
                             .or_else(|| super::deleted::refusal(path, m.len(), max_deleted));
                         match why {
                             None => {

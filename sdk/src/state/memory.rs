@@ -246,9 +246,10 @@ impl Vma {
                 // /dev/zero mapped privately is anonymous memory (the kernel makes it so; /proc
                 // still names the file), and comes back as such.
                 Backing::Anonymous
-            } else if !meta.file_type().is_file() {
-                // (A GPU's or another device's memory: a restore would map the device afresh,
-                // not these contents.)
+            } else if !meta.file_type().is_file() || m.has_flag("io") || m.has_flag("pf") {
+                // (A GPU's or another device's memory, or a device's behind a regular-looking
+                // file, sysfs's PCI resources: VM_IO, VM_PFNMAP. A restore would map the device
+                // afresh, not these contents.)
                 return Err(format!(
                     "{}: a device's memory mapped ({name}) is not supported: unmap it before the checkpoint (munmap, close the device) and map it again after restore",
                     m.describe()

@@ -209,12 +209,14 @@ pub(crate) fn leader_filtered() -> bool {
 }
 
 /// Why thread `tid` (`name`, /proc status `status`) cannot be restored as it is: a seccomp
-/// filter of its own, a real-time or deadline policy.
+/// filter of its own, a real-time or deadline policy (`policy`: as recorded at the stop; `None`:
+/// read now).
 pub(crate) fn policy_refusal(
     tid: i32,
     name: &str,
     status: &str,
     leader_filtered: bool,
+    policy: Option<u32>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(mode) = crate::procfs::field(status, "Seccomp").filter(|v| *v != "0") {
@@ -225,7 +227,7 @@ pub(crate) fn policy_refusal(
             ));
         }
     }
-    if let Some((_, policy)) = sched(tid) {
+    if let Some(policy) = policy.or_else(|| sched(tid).map(|(_, p)| p)) {
         if !restorable_policy(policy) {
             out.push(format!(
                 "thread {tid} ({name}) runs under the real-time or deadline scheduling policy {}, which is not restored: set SCHED_OTHER in a before-checkpoint hook and the policy again after restore",
@@ -248,7 +250,10 @@ pub(crate) fn policy_refusals(c: &crate::capture::Capture) -> Vec<String> {
             continue;
         };
         let name = t.recorded_name().unwrap_or_default();
-        out.extend(policy_refusal(tid, &name, &status, leader_filtered));
+        // The policy the image would hold: the one recorded at the stop.
+        let recorded = t.sched.load(Ordering::Relaxed);
+        let policy = (recorded >> 63 == 1).then_some((recorded >> 32) as u32 & 0x7fff_ffff);
+        out.extend(policy_refusal(tid, &name, &status, leader_filtered, policy));
     }
     out
 }
