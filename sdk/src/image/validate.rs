@@ -220,8 +220,12 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 t.tid
             ));
         }
-        // Room for tile state is made only for a thread of a process that may use it.
-        if t.frame_xfeatures & !m.process.xcomp_perm & crate::state::threads::XTILEDATA != 0 {
+        // Room for tile state is made only for a thread of a process that may use it, and
+        // only state the image's CPU had.
+        let cpu = m.platform.cpu.xsave_mask;
+        if t.frame_xfeatures & !m.process.xcomp_perm & crate::state::threads::XTILEDATA != 0
+            || (cpu != 0 && (t.frame_xfeatures | m.process.xcomp_perm) & !cpu != 0)
+        {
             return Err(format!(
                 "thread {}: its saved registers hold AMX tile state the process may not use",
                 t.tid
@@ -760,6 +764,15 @@ mod tests {
         assert_eq!(with(0x600e7, 0x600e7), Ok(()));
         assert_eq!(with(0x200e7, 0x200e7), Ok(()));
         assert!(with(0x200e7, 0x600e7).is_err());
+        // Nor state the CPU the image was taken on did not have.
+        let on = |cpu: u64| {
+            let mut m = manifest(0x10_0fe0);
+            m.platform.cpu.xsave_mask = cpu;
+            (m.process.xcomp_perm, m.threads[0].frame_xfeatures) = (0x600e7, 0x600e7);
+            validate(&m, 4096)
+        };
+        assert_eq!(on(0x602e7), Ok(()));
+        assert!(on(0x2e7).is_err());
     }
 
     #[test]
