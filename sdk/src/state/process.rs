@@ -25,7 +25,9 @@ pub struct Process {
     pub checkpoint_tid: i32,
     /// prctl state a program can read back.
     pub child_subreaper: bool,
-    pub thp_disable: bool,
+    /// PR_GET_THP_DISABLE as read: 0, 1 (disabled), or 3 (disabled except where advised:
+    /// PR_THP_DISABLE_EXCEPT_ADVISED, Linux 6.18).
+    pub thp_disable: u32,
     pub timerslack_ns: u64,
     /// /proc/self/oom_score_adj (never restored below the caller's: see the launcher).
     pub oom_score_adj: i32,
@@ -101,7 +103,7 @@ impl Process {
             restore_cell,
             checkpoint_tid,
             child_subreaper: wide[0].unwrap_or(0) != 0,
-            thp_disable: wide[1].unwrap_or(0) != 0,
+            thp_disable: wide[1].unwrap_or(0) as u32,
             timerslack_ns: crate::sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(50_000),
             // (A fork copies both: the snapshot's, not ours, which may have changed since.)
             oom_score_adj: procfs::read(child, "oom_score_adj")
@@ -139,23 +141,37 @@ impl Process {
 
     /// umask, working directory, personality, the prctl state above.
     pub fn plan_restore(&self, plan: &mut Plan) {
-        for (label, option, value) in [
+        // (THP: disabled, and its flags as the third argument: PR_THP_DISABLE_EXCEPT_ADVISED.)
+        let thp = u64::from(self.thp_disable);
+        for (label, option, value, arg) in [
             (
                 "child subreaper",
                 libc::PR_SET_CHILD_SUBREAPER,
                 u64::from(self.child_subreaper),
+                0,
             ),
             (
                 "transparent huge pages disabled",
                 libc::PR_SET_THP_DISABLE,
-                u64::from(self.thp_disable),
+                thp & 1,
+                thp & 2,
             ),
-            ("timer slack", libc::PR_SET_TIMERSLACK, self.timerslack_ns),
+            (
+                "timer slack",
+                libc::PR_SET_TIMERSLACK,
+                self.timerslack_ns,
+                0,
+            ),
         ] {
+            let flags = if arg != 0 {
+                format!(" ({arg:#x})")
+            } else {
+                String::new()
+            };
             plan.syscall(
-                format!("prctl: {label} = {value}"),
+                format!("prctl: {label} = {value}{flags}"),
                 libc::SYS_prctl,
-                [option as u64, value, 0, 0, 0, 0],
+                [option as u64, value, arg, 0, 0, 0],
             );
         }
         // The permission is the process's and a fork's is the launcher's: asked for again,
