@@ -122,6 +122,7 @@ fn main() {
         ("thread-personality", 0),
         ("thread-keepcaps", 1),
         ("thread-tsc", 2),
+        ("thread-exec-restrict", 3),
     ] {
         if extra.iter().any(|a| a == mode) {
             common::refusal(|| {
@@ -132,6 +133,8 @@ fn main() {
                         match set {
                             0 => libc::personality(0x0040_0000), // READ_IMPLIES_EXEC
                             1 => libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+                            // SECBIT_EXEC_RESTRICT_FILE (Linux 6.14), any thread may set it.
+                            3 => libc::prctl(libc::PR_SET_SECUREBITS, 1 << 8, 0, 0, 0),
                             _ => libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0),
                         }
                     };

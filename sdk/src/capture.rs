@@ -92,8 +92,8 @@ pub struct ThreadCapture {
     /// one bit per slot (see `state::io_uring::registered_rings`).
     pub io_rings: AtomicU32,
     /// What an image holds once for every thread, as this thread has it (see
-    /// `state::threads::identity_refusals`): personality (bits 0-31), securebits (32-39),
-    /// PR_GET_TSC (40-41), recorded (63).
+    /// `state::threads::identity_refusals`): personality (bits 0-31), securebits (32-43),
+    /// PR_GET_TSC (44-45), recorded (63).
     pub identity: AtomicU64,
     /// The system call the thread was blocked in just before the signal was sent (number, six
     /// arguments, stack and instruction pointers; number `u64::MAX`: none). See

@@ -639,7 +639,9 @@ pub(crate) fn controls_word(mce: i64, cpuid: i64, numa_mode: u64, nnp: bool) -> 
 /// [`crate::capture::ThreadCapture::identity`] from a thread's personality, securebits and
 /// PR_GET_TSC.
 pub(crate) fn identity_word(personality: u64, securebits: u64, tsc: i32) -> u64 {
-    (personality & 0xffff_ffff) | (securebits & 0xff) << 32 | (tsc as u64 & 3) << 40 | 1 << 63
+    // (Securebits: 12 of them since Linux 6.14, SECBIT_EXEC_RESTRICT_FILE and
+    // SECBIT_EXEC_DENY_INTERACTIVE with their locks.)
+    (personality & 0xffff_ffff) | (securebits & 0xfff) << 32 | (tsc as u64 & 3) << 44 | 1 << 63
 }
 
 /// Threads whose personality, securebits (keepcaps among them) or `rdtsc` setting (PR_SET_TSC)
@@ -670,12 +672,12 @@ pub(crate) fn identity_refusals(c: &crate::capture::Capture) -> Vec<String> {
             (
                 "securebits (keepcaps among them)",
                 32,
-                0xff,
+                0xfff,
                 "set them in every thread, or in none",
             ),
             (
                 "rdtsc setting (PR_SET_TSC)",
-                40,
+                44,
                 3,
                 "set it in every thread, or in none",
             ),
