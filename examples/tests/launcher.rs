@@ -356,6 +356,70 @@ fn a_process_from_a_chroot_is_restored_only_under_its_root() {
     assert!(inside >= 10, "inside the chroot: {out}");
 }
 
+/// A process that ran with a mount of its own (a sandbox: systemd's PrivateTmp= mounts a tmpfs
+/// on /tmp) is restored where that mount is, and refused where it is not: its temporary files
+/// would go elsewhere. A new sandbox of the same shape (a tmpfs there again) is the same.
+#[test]
+fn a_process_with_mounts_of_its_own_is_refused_outside_them() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("m.thaw");
+    let private = env.path("private-tmp");
+    std::fs::create_dir(&private).unwrap();
+    let script = r#"
+        mount -t tmpfs none "$6"
+        "$1" "$2" "$3" >/dev/null || { echo "first life failed"; exit 1; }
+        "$4" run --trust "$5" "$2" | grep -c '^ok' | sed 's/^/inside ok: /'
+        set +e
+        said=$(unshare -m sh -c 'umount "$3" && "$0" run --trust "$1" "$2"' "$4" "$5" "$2" "$6" 2>&1 >/dev/null)
+        echo "without it: $said exit $?"
+    "#;
+    let o = command(Path::new("unshare"))
+        .args(["-m", "sh", "-c", script, "sandbox"])
+        .arg(bin("zdtm-signals"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg(bin("thaw"))
+        .arg(&env.pubkey)
+        .arg(&private)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    let inside: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("inside ok: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(inside >= 4, "inside: {out}");
+    let mount = format!("{} (tmpfs)", private.display());
+    assert!(
+        out.contains("mounts of its own") && out.contains(&mount) && out.contains("exit 67"),
+        "without the mount: {out}"
+    );
+    // A new mount namespace with a tmpfs there again: the same sandbox.
+    let again = r#"mount -t tmpfs none "$3" && "$0" run --trust "$1" "$2""#;
+    let o = command(Path::new("unshare"))
+        .args(["-m", "sh", "-c", again])
+        .arg(bin("thaw"))
+        .arg(&env.pubkey)
+        .arg(&img)
+        .arg(&private)
+        .output()
+        .unwrap();
+    let oks = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ok"))
+        .count();
+    assert!(
+        o.status.success() && oks >= 4,
+        "a sandbox like it: {}",
+        text(&o)
+    );
+}
+
 /// A process that ran in a network namespace and hostname of its own (a sandbox) is restored
 /// inside them, and refused outside on the same boot: it would reach other networks and see
 /// another hostname. A new namespace with the same contents (only `lo`, as systemd's

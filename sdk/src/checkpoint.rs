@@ -827,6 +827,7 @@ impl Checkpoint {
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
         m.namespaces = state::namespaces::Namespaces::current();
+        m.mounts = state::mounts::Mounts::current();
         m.zombies = c.zombies.clone();
         m.process = state::process::Process::dump(
             child,

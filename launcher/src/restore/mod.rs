@@ -161,7 +161,7 @@ fn same_root(m: &thaw::Manifest, ns_mode: bool) -> Result<()> {
             "the process's root directory was device {:#x} inode {}, and yours is device {:#x} inode {}: it ran in a chroot (or you do); run thaw with the process's root",
             image.0, image.1, here.0, here.1
         ))),
-        _ => Ok(()),
+        _ => m.mounts.check_here().map_err(refused),
     }
 }
 

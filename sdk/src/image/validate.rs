@@ -375,6 +375,15 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     {
         return Err("malformed namespaces".into());
     }
+    // Mounts: compared and named only, bounded.
+    let sandbox = &m.mounts.sandbox;
+    if sandbox.len() > crate::state::mounts::MAX_MOUNTS
+        || sandbox
+            .iter()
+            .any(|x| x.point.len() > 4096 || x.fstype.len() > 64)
+    {
+        return Err("malformed mounts".into());
+    }
     // Internet sockets: only the kinds thaw makes, with well-formed addresses.
     for f in &m.files {
         if let FdKind::Socket(crate::state::sockets::Socket::Inet(i)) = &f.kind {

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod locks;
 pub mod memory;
 pub mod mm;
+pub mod mounts;
 pub mod namespaces;
 pub mod parked;
 pub mod pidfd;
@@ -68,6 +69,8 @@ pub struct Manifest {
     pub posix_timers: Vec<posix_timers::PosixTimer>,
     /// The network and UTS namespaces it ran in (see [`namespaces`]).
     pub namespaces: namespaces::Namespaces,
+    /// The mounts it had of its own (see [`mounts`]).
+    pub mounts: mounts::Mounts,
     /// Children that had ended and were not waited for yet: made again at restore.
     pub zombies: Vec<children::Zombie>,
     pub chunks: ChunkTable,
