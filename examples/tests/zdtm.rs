@@ -1918,6 +1918,10 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "has another rdtsc setting (PR_SET_TSC) (0x2) than the checkpointing thread (0x1)",
         ),
         (
+            "ldt",
+            "the process has a local descriptor table (modify_ldt",
+        ),
+        (
             "thread-exec-restrict",
             "has another securebits (keepcaps among them) (0x100) than the checkpointing thread (0x0)",
         ),

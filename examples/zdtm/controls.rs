@@ -145,6 +145,16 @@ fn main() {
             });
         }
     }
+    // A local descriptor table (Wine's 16- and 32-bit code): a restored process would have none.
+    if extra.iter().any(|a| a == "ldt") {
+        common::refusal(|| {
+            // struct user_desc: entry 0, base 0, limit 0xfffff, 32-bit, data, page-granular.
+            let desc: [u32; 4] = [0, 0, 0xfffff, 1 | 1 << 4 | 1 << 6];
+            // SAFETY: modify_ldt(1: write) with a valid 16-byte struct user_desc.
+            let r = unsafe { libc::syscall(libc::SYS_modify_ldt, 1, desc.as_ptr(), 16) };
+            assert_eq!(r, 0, "modify_ldt: {}", std::io::Error::last_os_error());
+        });
+    }
     // The checkpointing thread itself would fault in the checkpoint: refused before anything.
     if extra.iter().any(|a| a == "caller-tsc") {
         common::refusal(|| {

@@ -836,6 +836,15 @@ pub fn prctl_get(option: i32) -> io::Result<u64> {
     check(syscall6(libc::SYS_prctl, [option as u64, 0, 0, 0, 0, 0])).map(|v| v as u64)
 }
 
+/// modify_ldt(0: read) into `buf`: the bytes of local descriptor table entries the process
+/// has (0: none), or a negative errno.
+pub fn modify_ldt_read(buf: &mut [u8]) -> i64 {
+    syscall6(
+        libc::SYS_modify_ldt,
+        [0, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
+    )
+}
+
 /// The process's permitted extended register state components (arch_prctl
 /// ARCH_GET_XCOMP_PERM): the always-enabled ones plus any asked for with ARCH_REQ_XCOMP_PERM
 /// (AMX tile data). 0 where the kernel has no such request.

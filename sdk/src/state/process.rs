@@ -388,6 +388,14 @@ pub(crate) fn refusals() -> Vec<String> {
             "the process is dumpable by root only (mode 2: fs.suid_dumpable=2 and it changed its credentials), which the checkpoint could not set back after reading its own /proc files: set fs.suid_dumpable to 0 or 1, or make it dumpable itself (prctl(PR_SET_DUMPABLE, 1)) before the checkpoint".to_owned(),
         );
     }
+    // A local descriptor table (modify_ldt): a restored process would have none, and its next
+    // load of such a segment would fault. Read back: how many bytes of entries there are.
+    let mut ldt = [0u8; 16];
+    if crate::sys::modify_ldt_read(&mut ldt) > 0 {
+        why.push(
+            "the process has a local descriptor table (modify_ldt: Wine's or DOSEMU's 16- and 32-bit code segments), which thaw does not restore".to_owned(),
+        );
+    }
     if let Ok(cwd) = std::fs::read_link("/proc/self/cwd") {
         let cwd = cwd.to_string_lossy();
         // A deleted one is made again at restore; one under a process's /proc directory cannot
