@@ -6,8 +6,9 @@
 //! find read-only paths writable, and open other files than it would have: accepted, it would
 //! come back subtly outside its sandbox. The checkpoint records the mounts the process saw that
 //! the system's first process (PID 1) does not, as mount point, file system type and read-only
-//! flag, both read at the same moment, so that mounts coming and going elsewhere (containers)
-//! are not taken for the process's. A restore is refused unless the launcher sees every one of
+//! flag, PID 1's read just before and just after the process's, so that mounts coming and going
+//! elsewhere (containers) are not taken for the process's; nothing where both are in one mount
+//! namespace. A restore is refused unless the launcher sees every one of
 //! them, on any boot: a new sandbox of the same shape (the next start of the same unit, with a
 //! new private /tmp) is the same environment. Where PID 1's mounts cannot be read (`hidepid`),
 //! nothing is recorded. Mounts the process did not see (`InaccessiblePaths=` hides by mounting,
@@ -68,11 +69,25 @@ fn mounts_of(pid: &str) -> Option<BTreeSet<Mount>> {
 impl Mounts {
     /// This process's, against PID 1's.
     pub fn current() -> Mounts {
-        let (Some(mine), Some(init)) = (mounts_of("self"), mounts_of("1")) else {
+        // The same namespace: nothing of its own (PID 1's link is readable to root only).
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        if ns("self").is_some_and(|mine| ns("1") == Some(mine)) {
+            return Mounts::default();
+        }
+        // PID 1's read before and after this process's: a mount made or removed meanwhile
+        // (another program's) is in one of them, and not taken for the process's own.
+        let (Some(before), Some(mine), Some(after)) =
+            (mounts_of("1"), mounts_of("self"), mounts_of("1"))
+        else {
             return Mounts::default();
         };
         Mounts {
-            sandbox: mine.difference(&init).take(MAX_MOUNTS).cloned().collect(),
+            sandbox: mine
+                .iter()
+                .filter(|m| !before.contains(m) && !after.contains(m))
+                .take(MAX_MOUNTS)
+                .cloned()
+                .collect(),
         }
     }
 
