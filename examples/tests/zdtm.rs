@@ -1918,6 +1918,18 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "has another rdtsc setting (PR_SET_TSC) (0x2) than the checkpointing thread (0x1)",
         ),
         (
+            "process-keyring",
+            "the process has a keyring of its own (keyctl: KEY_SPEC_PROCESS_KEYRING)",
+        ),
+        (
+            "thread-keyring",
+            "has a keyring of its own (keyctl: KEY_SPEC_THREAD_KEYRING)",
+        ),
+        (
+            "blocked-thread-keyring",
+            "has a keyring of its own (keyctl: KEY_SPEC_THREAD_KEYRING)",
+        ),
+        (
             "ldt",
             "the process has a local descriptor table (modify_ldt",
         ),

@@ -145,6 +145,42 @@ fn main() {
             });
         }
     }
+    // Keyrings of its own: the process's, a thread's (one that blocks every signal too).
+    for mode in [
+        "process-keyring",
+        "thread-keyring",
+        "blocked-thread-keyring",
+    ] {
+        if extra.iter().any(|a| a == mode) {
+            common::refusal(|| {
+                let make = |which: i64| {
+                    // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, which, create); no pointers.
+                    let r = unsafe { libc::syscall(libc::SYS_keyctl, 0, which, 1) };
+                    assert!(r > 0, "keyctl: {}", std::io::Error::last_os_error());
+                };
+                if mode == "process-keyring" {
+                    make(-2);
+                    return;
+                }
+                let blocked = mode.starts_with("blocked");
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    if blocked {
+                        // SAFETY: a full signal set of ours, applied to this thread.
+                        unsafe {
+                            let mut all: libc::sigset_t = std::mem::zeroed();
+                            libc::sigfillset(&mut all);
+                            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+                        }
+                    }
+                    make(-1);
+                    tx.send(()).unwrap();
+                    std::thread::park();
+                });
+                rx.recv().unwrap();
+            });
+        }
+    }
     // A local descriptor table (Wine's 16- and 32-bit code): a restored process would have none.
     if extra.iter().any(|a| a == "ldt") {
         common::refusal(|| {

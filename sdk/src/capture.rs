@@ -91,6 +91,8 @@ pub struct ThreadCapture {
     /// Which io_uring descriptor slots the thread has registered (IORING_REGISTER_RING_FDS),
     /// one bit per slot (see `state::io_uring::registered_rings`).
     pub io_rings: AtomicU32,
+    /// Whether it has a keyring of its own: 0 unknown, 1 none, 2 one (see `state::keyrings`).
+    pub keyring: AtomicU32,
     /// What an image holds once for every thread, as this thread has it (see
     /// `state::threads::identity_refusals`): personality (bits 0-31), securebits (32-43),
     /// PR_GET_TSC (44-45), recorded (63).
@@ -933,6 +935,10 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
         .store(numa.map_or(0, |(_, n)| n), Ordering::Relaxed);
     t.timer_slack.store(
         sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    t.keyring.store(
+        crate::state::keyrings::thread_has_keyring().map_or(0, |k| 1 + u32::from(k)),
         Ordering::Relaxed,
     );
     // Read here, not from outside once the threads go on: a process that goes on from its

@@ -1026,6 +1026,7 @@ impl Checkpoint {
         unsupported.extend(state::threads::unshared_refusals(c));
         unsupported.extend(state::io_uring::registered_refusals(c));
         unsupported.extend(state::threads::policy_refusals(c));
+        unsupported.extend(state::keyrings::refusals(c));
         let tids: Vec<i32> = c
             .threads
             .iter()

@@ -89,13 +89,15 @@ struct Slot {
 /// The calls a traced thread is made to run to report its settings (what the signal handler
 /// reads in the others): (number, arguments). The one for PR_GET_TSC gets the address of its
 /// slot, which it writes to, and sched_getaffinity the address of the slot's mask.
-const CONTROLS: usize = 13;
+const CONTROLS: usize = 14;
 /// Where [`control_calls`] has the scheduling ones: getpriority (20 - nice),
 /// sched_getscheduler, ioprio_get, sched_getaffinity (bytes written).
 const NICE: usize = 9;
 const POLICY: usize = 10;
 const IOPRIO: usize = 11;
 const AFFINITY: usize = 12;
+/// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_THREAD_KEYRING): ENOKEY where it has none.
+const KEYRING: usize = 13;
 fn control_calls(tsc_at: u64, affinity_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
     let prctl = |op: i32, arg: u64| (libc::SYS_prctl, [op as u64, arg, 0]);
     [
@@ -112,6 +114,7 @@ fn control_calls(tsc_at: u64, affinity_at: u64) -> [(i64, [u64; 3]); CONTROLS] {
         (libc::SYS_sched_getscheduler, [0, 0, 0]),
         (libc::SYS_ioprio_get, [1, 0, 0]),
         (libc::SYS_sched_getaffinity, [0, 128, affinity_at]),
+        (libc::SYS_keyctl, [0, -1i64 as u64, 0]),
     ]
 }
 
@@ -1016,6 +1019,9 @@ impl Captured {
             known(c[IOPRIO]).map_or_else(|| sys::ioprio_get(tid), |v| v as u32),
             Relaxed,
         );
+        // (A failed call, ENOKEY most often: none, or unknown.)
+        t.keyring
+            .store(if known(c[KEYRING]).is_some() { 2 } else { 0 }, Relaxed);
         if let Some(bytes) = known(c[AFFINITY]) {
             for (slot, w) in t.affinity.iter().zip(self.affinity) {
                 slot.store(w, Relaxed);

@@ -15,6 +15,7 @@ pub mod inet;
 pub mod inotify;
 pub mod interrupted;
 pub mod io_uring;
+pub mod keyrings;
 pub mod limits;
 pub mod locks;
 pub mod memory;
