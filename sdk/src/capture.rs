@@ -112,6 +112,15 @@ pub struct ThreadCapture {
 }
 
 impl ThreadCapture {
+    /// Records the thread's CPU mask (at most 16 words). Async-signal-safe.
+    pub fn set_affinity(&self, words: &[u64]) {
+        for (slot, &w) in self.affinity.iter().zip(words) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        let n = words.len().min(self.affinity.len());
+        self.affinity_words.store(n as u32, Ordering::Relaxed);
+    }
+
     /// Whether this slot holds a recorded thread (not one gone, nor a spare slot).
     pub fn recorded(&self) -> bool {
         self.done.load(Ordering::Acquire) == 1
@@ -944,16 +953,13 @@ fn record_thread(c: &Capture, t: &ThreadCapture, uc: *mut libc::c_void, sig: i32
     // Read here, not from outside once the threads go on: a process that goes on from its
     // checkpoint may change them at once.
     if let (Some(nice), Some(policy)) = (sys::own_nice(), sys::sched_getscheduler(0)) {
-        let word = 1 << 63 | u64::from(policy) << 32 | u64::from(nice as u32);
+        let word = crate::state::threads::sched_word(nice, u64::from(policy));
         t.sched.store(word, Ordering::Relaxed);
     }
     t.ioprio.store(sys::ioprio_get(0), Ordering::Relaxed);
     let mut mask = [0u64; 16];
     if let Some(n) = sys::own_affinity(&mut mask) {
-        for (slot, w) in t.affinity.iter().zip(mask) {
-            slot.store(w, Ordering::Relaxed);
-        }
-        t.affinity_words.store(n as u32, Ordering::Relaxed);
+        t.set_affinity(&mask[..n.min(16)]);
     }
     t.io_rings.store(
         crate::state::io_uring::registered_rings(),

@@ -52,9 +52,9 @@ pub const OP_RECV: u64 = 13;
 /// (EPROTO): what a step left in memory (a stand-in's exit status) is checked.
 pub const OP_EXPECT: u64 = 14;
 
-/// Set the register state components `args[1]` to their initial state with `xrstor` from the
-/// zeroed XSAVE area at `args[0]` (aligned up to 64 bytes there): the thread's first use of
-/// them, on which the kernel gives it room for them (AMX tile data: it does so on first use
+/// Load the register state components `args[1]` with `xrstor` from the XSAVE area at `args[0]`
+/// (64-byte aligned, zeros but for its header, which says it holds them): the thread's first
+/// use of them, on which the kernel gives it room for them (AMX tile data: it does so on first use
 /// only), so that its `rt_sigreturn` restores its whole saved register state rather than the
 /// legacy SSE part alone. The process must have the permission (arch_prctl
 /// ARCH_REQ_XCOMP_PERM) by then, or the thread dies of SIGILL.

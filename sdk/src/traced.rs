@@ -762,10 +762,12 @@ fn restarted(regs: &[u64; NREGS], at_syscall: bool) -> [u64; NREGS] {
 const UC_SIZE: u64 = 304;
 const UC_FLAGS: usize = 0;
 const UC_STACK: usize = 16;
-const UC_MCONTEXT: usize = 40;
+pub(crate) const UC_MCONTEXT: usize = 40;
 const UC_SIGMASK: usize = 296;
-const SC_FPSTATE: usize = 184;
-const FP_SW_BYTES: usize = 464;
+pub(crate) const SC_FPSTATE: usize = 184;
+/// Where struct _fpx_sw_bytes is in the extended state, and its first magic.
+pub(crate) const FP_SW_BYTES: usize = 464;
+pub(crate) const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 
 /// One thread as the helper captured it.
@@ -925,7 +927,7 @@ impl Template {
         mem.read_exact_at(&mut sw_bytes, fp + FP_SW_BYTES as u64)?;
         // struct _fpx_sw_bytes: magic1, extended_size, xfeatures (u64), xstate_size.
         let xstate_size = u32::from_ne_bytes(sw_bytes[16..20].try_into().expect("4"));
-        if u32::from_ne_bytes(sw_bytes[0..4].try_into().expect("4")) != 0x4650_5853
+        if u32::from_ne_bytes(sw_bytes[0..4].try_into().expect("4")) != FP_XSTATE_MAGIC1
             || xstate_size as usize > XSAVE_MAX
         {
             return Err(std::io::Error::other(
@@ -1011,9 +1013,8 @@ impl Captured {
         );
         // Scheduling, as the thread reported it while stopped (else read later, by tid).
         if let (Some(prio), Some(policy)) = (known(c[NICE]), known(c[POLICY])) {
-            let nice = 20 - prio as i32;
-            t.sched
-                .store(1 << 63 | policy << 32 | u64::from(nice as u32), Relaxed);
+            let word = crate::state::threads::sched_word(20 - prio as i32, policy);
+            t.sched.store(word, Relaxed);
         }
         t.ioprio.store(
             known(c[IOPRIO]).map_or_else(|| sys::ioprio_get(tid), |v| v as u32),
@@ -1023,11 +1024,8 @@ impl Captured {
         t.keyring
             .store(if known(c[KEYRING]).is_some() { 2 } else { 0 }, Relaxed);
         if let Some(bytes) = known(c[AFFINITY]) {
-            for (slot, w) in t.affinity.iter().zip(self.affinity) {
-                slot.store(w, Relaxed);
-            }
-            t.affinity_words
-                .store((bytes as u32).div_ceil(8).min(16), Relaxed);
+            let n = (bytes as usize).div_ceil(8).min(self.affinity.len());
+            t.set_affinity(&self.affinity[..n]);
         }
         if let (Some(p), Some(b), Some(tsc)) = (known(c[3]), known(c[4]), known(c[5])) {
             t.identity.store(

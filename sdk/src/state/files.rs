@@ -811,7 +811,7 @@ impl FdScan {
                 }
             }
             if target.starts_with("/memfd:") {
-                if crate::sys::fstatfs_type(fd).is_ok_and(|t| t == super::memory::HUGETLBFS_MAGIC) {
+                if super::memory::on_hugetlbfs(fd) {
                     scan.refused
                         .push(bad(FdClass::Other, super::memory::HUGETLB_REFUSAL));
                     continue;
@@ -876,9 +876,7 @@ impl FdScan {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {
                     (Ok(m), Some(path)) if m.file_type().is_file() => {
-                        let huge = crate::sys::fstatfs_type(fd)
-                            .is_ok_and(|t| t == super::memory::HUGETLBFS_MAGIC);
-                        let why = huge
+                        let why = super::memory::on_hugetlbfs(fd)
                             .then(|| super::memory::HUGETLB_REFUSAL.to_owned())
                             .or_else(|| super::deleted::still_linked(path, m.nlink()))
                             .or_else(|| super::deleted::refusal(path, m.len(), max_deleted));

@@ -107,7 +107,12 @@ const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 /// statfs's `f_type` of hugetlbfs (linux/magic.h): MFD_HUGETLB memfds live there.
-pub(crate) const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// Whether the file open at `fd` is on hugetlbfs (an MFD_HUGETLB memfd, a hugetlbfs file).
+pub(crate) fn on_hugetlbfs(fd: i32) -> bool {
+    crate::sys::fstatfs_type(fd).is_ok_and(|t| t == HUGETLBFS_MAGIC)
+}
+
 /// Why memory of the huge page pool is refused (a mapping, or a memfd of it held open).
 pub(crate) const HUGETLB_REFUSAL: &str = "memory of the huge page pool (MAP_HUGETLB, a memfd made with MFD_HUGETLB, a hugetlbfs file) is not supported: restored as ordinary memory it would no longer be huge pages; use transparent huge pages instead (madvise MADV_HUGEPAGE; a JVM started with -XX:+UseLargePages: drop the flag, or use -XX:+UseTransparentHugePages)";
 

@@ -106,10 +106,7 @@ impl Process {
             thp_disable: wide[1].unwrap_or(0) as u32,
             timerslack_ns: crate::sys::prctl_get(libc::PR_GET_TIMERSLACK).unwrap_or(50_000),
             // (A fork copies both: the snapshot's, not ours, which may have changed since.)
-            oom_score_adj: procfs::read(child, "oom_score_adj")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0),
+            oom_score_adj: oom_score_adj_of(&child.to_string()),
             membarrier: crate::sys::membarrier_registrations(),
             loginuid: loginuid(),
             pdeathsig: {
@@ -128,10 +125,7 @@ impl Process {
                 sig
             },
             mdwe: crate::sys::prctl_get(PR_GET_MDWE).unwrap_or(0) as u32,
-            coredump_filter: procfs::read(child, "coredump_filter")
-                .ok()
-                .and_then(|t| u32::from_str_radix(t.trim(), 16).ok())
-                .unwrap_or(u32::MAX),
+            coredump_filter: coredump_filter_of(&child.to_string()).unwrap_or(u32::MAX),
             xcomp_perm: crate::sys::xcomp_perm(),
             root: root_id().unwrap_or((0, 0)),
             mlock_future: mlock_future(),
@@ -356,7 +350,11 @@ pub fn root_id() -> Option<(u64, u64)> {
 
 /// This process's core dump filter (/proc/self/coredump_filter, hexadecimal).
 pub fn coredump_filter() -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/self/coredump_filter").ok()?;
+    coredump_filter_of("self")
+}
+
+fn coredump_filter_of(pid: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).ok()?;
     u32::from_str_radix(text.trim(), 16).ok()
 }
 
@@ -370,7 +368,11 @@ pub fn loginuid() -> u32 {
 
 /// This process's /proc/self/oom_score_adj.
 pub fn oom_score_adj() -> i32 {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
+    oom_score_adj_of("self")
+}
+
+fn oom_score_adj_of(pid: &str) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)

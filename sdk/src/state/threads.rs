@@ -251,8 +251,7 @@ pub(crate) fn policy_refusals(c: &crate::capture::Capture) -> Vec<String> {
         };
         let name = t.recorded_name().unwrap_or_default();
         // The policy the image would hold: the one recorded at the stop.
-        let recorded = t.sched.load(Ordering::Relaxed);
-        let policy = (recorded >> 63 == 1).then_some((recorded >> 32) as u32 & 0x7fff_ffff);
+        let policy = recorded_sched(t.sched.load(Ordering::Relaxed)).map(|(_, p)| p);
         out.extend(policy_refusal(tid, &name, &status, leader_filtered, policy));
     }
     out
@@ -263,10 +262,17 @@ use std::sync::atomic::Ordering;
 /// Offsets in the kernel's x86_64 `struct ucontext`.
 const UC_STACK: u64 = 16;
 const UC_SIGMASK: u64 = 296;
-/// `uc_mcontext.fpstate`, and in the fpstate the software-reserved bytes the kernel fills.
-const UC_FPSTATE: u64 = 40 + 184;
-const FX_SW_RESERVED: u64 = 464;
-const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+/// [`crate::capture::ThreadCapture::sched`] from a thread's nice value and policy (with
+/// SCHED_RESET_ON_FORK), marked as recorded.
+pub(crate) fn sched_word(nice: i32, policy: u64) -> u64 {
+    1 << 63 | (policy & 0x7fff_ffff) << 32 | u64::from(nice as u32)
+}
+
+/// The nice value and policy a [`sched_word`] holds, if it was recorded.
+fn recorded_sched(word: u64) -> Option<(i32, u32)> {
+    (word >> 63 == 1).then_some((word as u32 as i32, (word >> 32) as u32 & 0x7fff_ffff))
+}
+
 /// XFEATURE_XTILEDATA: the one component the kernel gives a thread room for on first use.
 pub(crate) const XTILEDATA: u64 = 1 << 18;
 
@@ -275,9 +281,10 @@ pub(crate) const XTILEDATA: u64 = 1 << 18;
 fn frame_xfeatures(mem: &std::fs::File, fpstate: u64) -> u64 {
     use std::os::unix::fs::FileExt;
     let mut sw = [0u8; 16];
+    use crate::traced::{FP_SW_BYTES, FP_XSTATE_MAGIC1};
     if fpstate == 0
         || mem
-            .read_exact_at(&mut sw, fpstate + FX_SW_RESERVED)
+            .read_exact_at(&mut sw, fpstate + FP_SW_BYTES as u64)
             .is_err()
     {
         return 0;
@@ -341,15 +348,9 @@ impl ThreadState {
             });
         let tid = c.tid.load(Ordering::Relaxed);
         // As the handler read them when the thread stopped (read now only where it could not).
-        let recorded = c.sched.load(Ordering::Relaxed);
-        let (nice, policy) = if recorded >> 63 == 1 {
-            (
-                recorded as u32 as i32,
-                (recorded >> 32) as u32 & 0x7fff_ffff,
-            )
-        } else {
-            sched(tid).unwrap_or((0, 0))
-        };
+        let (nice, policy) = recorded_sched(c.sched.load(Ordering::Relaxed))
+            .or_else(|| sched(tid))
+            .unwrap_or((0, 0));
         let words = c.affinity_words.load(Ordering::Relaxed) as usize;
         let mask = if words > 0 {
             let m = c.affinity[..words.min(c.affinity.len())].iter();
@@ -380,7 +381,10 @@ impl ThreadState {
             fs_base,
             gs_base: c.gs_base.load(Ordering::Relaxed),
             sigmask: word(UC_SIGMASK),
-            frame_xfeatures: frame_xfeatures(mem, word(UC_FPSTATE)),
+            frame_xfeatures: frame_xfeatures(
+                mem,
+                word((crate::traced::UC_MCONTEXT + crate::traced::SC_FPSTATE) as u64),
+            ),
             sigaltstack: SigAltStack {
                 sp: word(UC_STACK),
                 flags: word(UC_STACK + 8) as i32,
