@@ -227,7 +227,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             || (cpu != 0 && (t.frame_xfeatures | m.process.xcomp_perm) & !cpu != 0)
         {
             return Err(format!(
-                "thread {}: its saved registers hold AMX tile state the process may not use",
+                "thread {}: its saved registers hold state the process may not use (AMX tiles without the permission) or its CPU did not have",
                 t.tid
             ));
         }
