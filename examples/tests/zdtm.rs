@@ -1934,6 +1934,10 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "the process has a local descriptor table (modify_ldt",
         ),
         (
+            "epoll-busy-poll",
+            "has busy-poll parameters (EPIOCSPARAMS: 20 us, budget 8, prefer 0)",
+        ),
+        (
             "thread-exec-restrict",
             "has another securebits (keepcaps among them) (0x100) than the checkpointing thread (0x0)",
         ),

@@ -191,6 +191,19 @@ fn main() {
             assert_eq!(r, 0, "modify_ldt: {}", std::io::Error::last_os_error());
         });
     }
+    if extra.iter().any(|a| a == "epoll-busy-poll") {
+        common::refusal(|| {
+            // SAFETY: a fresh epoll instance of our own, kept open; EPIOCSPARAMS reads an 8-byte
+            // struct epoll_params: 20 us, budget 8 (at most NAPI's 64 needs no privilege).
+            unsafe {
+                let ep = libc::epoll_create1(0);
+                assert!(ep >= 0, "epoll_create1");
+                let params: [u8; 8] = [20, 0, 0, 0, 8, 0, 0, 0];
+                let r = libc::ioctl(ep, 0x4008_8A01, params.as_ptr());
+                assert_eq!(r, 0, "EPIOCSPARAMS: {}", std::io::Error::last_os_error());
+            }
+        });
+    }
     // The checkpointing thread itself would fault in the checkpoint: refused before anything.
     if extra.iter().any(|a| a == "caller-tsc") {
         common::refusal(|| {

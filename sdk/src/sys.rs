@@ -1676,6 +1676,23 @@ pub fn shutdown(fd: i32, how: i32) -> io::Result<()> {
     .map(drop)
 }
 
+/// An epoll instance's busy-poll parameters (`EPIOCGPARAMS`, Linux 6.9): busy-poll time in
+/// microseconds, packet budget, prefer-busy-poll flag; `None` where the kernel has no such call.
+pub fn epoll_params(fd: i32) -> Option<(u32, u16, u8)> {
+    let mut p = [0u8; 8];
+    let r = syscall6(
+        libc::SYS_ioctl,
+        [fd as u64, 0x8008_8A02, p.as_mut_ptr() as u64, 0, 0, 0],
+    );
+    (r == 0).then(|| {
+        (
+            u32::from_ne_bytes([p[0], p[1], p[2], p[3]]),
+            u16::from_ne_bytes([p[4], p[5]]),
+            p[6],
+        )
+    })
+}
+
 /// Bytes waiting in a socket's receive queue (SIOCINQ). Async-signal-safe.
 pub fn inq(fd: i32) -> i64 {
     let mut n = 0i32;

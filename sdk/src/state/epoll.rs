@@ -40,6 +40,19 @@ pub struct Probe {
     taken: AtomicI64,
 }
 
+/// An instance given busy-poll parameters (`EPIOCSPARAMS`: a latency-tuned server's) is
+/// refused: a restored instance would have none and poll no device queue.
+pub fn busy_poll(fd: i32) -> Result<(), String> {
+    match crate::sys::epoll_params(fd) {
+        Some((usecs, budget, prefer)) if usecs != 0 || budget != 0 || prefer != 0 => Err(format!(
+            "epoll fd {fd} has busy-poll parameters (EPIOCSPARAMS: {usecs} us, budget {budget}, \
+             prefer {prefer}), which a restored instance would not have: set them again after \
+             restore instead"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn edge(w: &EpollWatch) -> bool {
     w.events & EPOLLET != 0 && w.events & EPOLLONESHOT == 0
 }

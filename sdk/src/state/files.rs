@@ -716,6 +716,10 @@ impl FdScan {
                 continue;
             }
             if target == "anon_inode:[eventpoll]" {
+                if let Err(why) = super::epoll::busy_poll(fd) {
+                    scan.refused.push(bad(FdClass::Other, &why));
+                    continue;
+                }
                 let mut watches = Vec::new();
                 let mut stale = Vec::new();
                 // The n-th registration of one number is the kernel's `toff` for it.
