@@ -465,12 +465,48 @@ fn rlimits_above_the_callers_are_lowered_and_reported() {
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("rlimit 7 lowered from 4096 to your hard limit 2048"),
+        err.contains("RLIMIT_NOFILE lowered from 4096 to your hard limit 2048"),
         "{}",
         text(&o)
     );
     assert!(out.contains("FAIL rlimit nofile: 777/2048"), "{}", text(&o));
     assert!(out.lines().any(|l| l == "ok pid"), "{}", text(&o));
+}
+
+/// A limit on open files too low for the launcher's descriptors (they wait above the process's
+/// own) is a refusal that names the limit, not a failed `dup`.
+#[test]
+fn a_limit_on_open_files_too_low_for_the_restore_is_named() {
+    let env = Env::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.path().to_str().unwrap()]);
+    let mut c = env.restore_cmd(&img, &[], &[]);
+    // SAFETY: setrlimit in the child before exec; async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        err.contains("your limit on open files (RLIMIT_NOFILE) is 40: raise it (ulimit -n)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("ok pid"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A process that ran as root inside a user namespace that maps root onto an unprivileged user

@@ -146,10 +146,7 @@ pub struct Transport {
 impl Transport {
     /// Descriptors numbered at or above `high`, out of the way of the process's own.
     pub fn new(uffd: Uffd, high: RawFd) -> Result<Transport> {
-        let dup = |fd: RawFd| {
-            sys::dup_above(fd, high)
-                .map_err(|e| Failure::new(Code::RestoreFailed, format!("dup: {e}")))
-        };
+        let dup = |fd: RawFd| super::dup_high(fd, high);
         let (parent, child) = sys::socketpair().map_err(|e| {
             Failure::new(
                 Code::RestoreFailed,

@@ -99,6 +99,23 @@ fn failed(msg: impl std::fmt::Display) -> Failure {
     Failure::new(Code::RestoreFailed, msg)
 }
 
+/// A duplicate of `fd` at a number ≥ `high`, out of the way of the process's own descriptors;
+/// a number the caller's limit on open files does not reach is a refusal that says so.
+pub(crate) fn dup_high(fd: RawFd, high: RawFd) -> Result<OwnedFd> {
+    sys::dup_above(fd, high).map_err(|e| {
+        let limit = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE).map_or(0, |(_, max)| max);
+        match e.raw_os_error() {
+            // (F_DUPFD: EINVAL for a number at or above the limit, EMFILE for none free below.)
+            Some(libc::EINVAL | libc::EMFILE) => refused(format!(
+                "the restore needs descriptor numbers from {high} up, above the process's own, \
+                 and your limit on open files (RLIMIT_NOFILE) is {limit}: raise it (ulimit -n) \
+                 and restore again"
+            )),
+            _ => failed(format!("cannot duplicate a descriptor: {e}")),
+        }
+    })
+}
+
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
 fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy::Target> {
     let m = image.manifest();
@@ -363,10 +380,13 @@ fn standard_duplicates(m: &thaw::Manifest) -> Result<Vec<(RawFd, OwnedFd)>> {
         .iter()
         .filter_map(|e| Some((e.fd, e.standard().filter(|&s| s != e.fd)?)))
         .map(|(fd, s)| {
-            sys::dup_above(s, FIRST_HIGH_FD).map(|d| (fd, d)).map_err(|err| {
-                refused(format!(
+            sys::dup_above(s, FIRST_HIGH_FD).map(|d| (fd, d)).or_else(|err| {
+                if err.raw_os_error() != Some(libc::EBADF) {
+                    return dup_high(s, FIRST_HIGH_FD).map(|d| (fd, d));
+                }
+                Err(refused(format!(
                     "fd {fd} shared the process's fd {s}, which is yours at restore, and yours is not open ({err}): restore with fd {s} open"
-                ))
+                )))
             })
         })
         .collect()
@@ -426,12 +446,12 @@ fn prepare_fds(
             "the executable {exe_path} was modified since the checkpoint (its size or modification time differ): the restored process would run other code than it had"
         )));
     }
-    let exe = sys::dup_above(exe.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+    let exe = dup_high(exe.as_raw_fd(), high)?;
     let mut files: Vec<(thaw::state::FileId, bool, thaw::state::FileStamp, OwnedFd)> = Vec::new();
     let mut mapped = Vec::new();
     let mut shared = Vec::new();
     for (id, fd) in objects {
-        let fd = sys::dup_above(fd.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        let fd = dup_high(fd.as_raw_fd(), high)?;
         shared.push((id, fd));
     }
     for (i, vma) in m.memory.iter().enumerate() {
@@ -501,8 +521,7 @@ fn prepare_fds(
                 if stamp_matters && now != *stamp {
                     return Err(modified());
                 }
-                let fd =
-                    sys::dup_above(f.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+                let fd = dup_high(f.as_raw_fd(), high)?;
                 let raw = fd.as_raw_fd();
                 files.push((*id, write, now, fd));
                 raw
@@ -510,13 +529,10 @@ fn prepare_fds(
         };
         mapped.push((i, fd));
     }
-    let image_fd =
-        sys::dup_above(payload.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+    let image_fd = dup_high(payload.as_raw_fd(), high)?;
     let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
-    let error_r = sys::dup_above(OwnedFd::from(r).as_raw_fd(), high)
-        .map_err(|e| failed(format!("dup: {e}")))?;
-    let error_w = sys::dup_above(OwnedFd::from(w).as_raw_fd(), high)
-        .map_err(|e| failed(format!("dup: {e}")))?;
+    let error_r = dup_high(OwnedFd::from(r).as_raw_fd(), high)?;
+    let error_w = dup_high(OwnedFd::from(w).as_raw_fd(), high)?;
 
     // The process's own descriptors wait above `high` too; the restorer moves them to their
     // numbers (the launcher's own low descriptors, such as the image's, stay untouched here).
@@ -531,8 +547,7 @@ fn prepare_fds(
     for (fd, open) in reopened {
         let entry = m.files.iter().find(|e| e.fd == fd);
         let cloexec = entry.is_some_and(|e| e.cloexec);
-        let high_fd =
-            sys::dup_above(open.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?;
+        let high_fd = dup_high(open.as_raw_fd(), high)?;
         if let Some(e) = entry {
             if let thaw::state::files::FdKind::Pidfd(p) = &e.kind {
                 if let Some(d) = p.dead {
@@ -548,12 +563,7 @@ fn prepare_fds(
     // An io_uring instance's memory: the memfd it was made on again.
     let ring_memory: Vec<(RawFd, OwnedFd)> = ring_memory
         .into_iter()
-        .map(|(fd, mem)| {
-            Ok((
-                fd,
-                sys::dup_above(mem.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")))?,
-            ))
-        })
+        .map(|(fd, mem)| Ok((fd, dup_high(mem.as_raw_fd(), high)?)))
         .collect::<Result<_>>()?;
     for (i, vma) in m.memory.iter().enumerate() {
         if let Backing::IoRing { fd, .. } = vma.backing {
@@ -595,8 +605,7 @@ fn gate(fds: &Fds) -> Result<(OwnedFd, OwnedFd)> {
     // duplicate never takes a number in use.
     let high = fds.keep.iter().max().map_or(3, |m| m + 1);
     let (r, w) = std::io::pipe().map_err(|e| failed(format!("cannot create a pipe: {e}")))?;
-    let up =
-        |fd: OwnedFd| sys::dup_above(fd.as_raw_fd(), high).map_err(|e| failed(format!("dup: {e}")));
+    let up = |fd: OwnedFd| dup_high(fd.as_raw_fd(), high);
     Ok((up(OwnedFd::from(r))?, up(OwnedFd::from(w))?))
 }
 
@@ -745,8 +754,10 @@ fn build_plan(
         let mut lim = *lim;
         if lim.max > hard {
             eprintln!(
-                "thaw: warning: rlimit {} lowered from {} to your hard limit {}",
-                lim.resource, lim.max, hard
+                "thaw: warning: {} lowered from {} to your hard limit {}",
+                lim.name(),
+                lim.max,
+                hard
             );
             lim.max = hard;
             lim.cur = lim.cur.min(hard);

@@ -42,12 +42,37 @@ impl Rlimit {
             .collect()
     }
 
+    /// The limit's name, as `ulimit` and prlimit(1) know it.
+    pub fn name(&self) -> String {
+        const NAMES: [&str; RLIMIT_COUNT as usize] = [
+            "RLIMIT_CPU",
+            "RLIMIT_FSIZE",
+            "RLIMIT_DATA",
+            "RLIMIT_STACK",
+            "RLIMIT_CORE",
+            "RLIMIT_RSS",
+            "RLIMIT_NPROC",
+            "RLIMIT_NOFILE",
+            "RLIMIT_MEMLOCK",
+            "RLIMIT_AS",
+            "RLIMIT_LOCKS",
+            "RLIMIT_SIGPENDING",
+            "RLIMIT_MSGQUEUE",
+            "RLIMIT_NICE",
+            "RLIMIT_RTPRIO",
+            "RLIMIT_RTTIME",
+        ];
+        NAMES
+            .get(self.resource as usize)
+            .map_or_else(|| format!("rlimit {}", self.resource), |n| n.to_string())
+    }
+
     pub fn plan_restore(&self, plan: &mut Plan) {
         let new = plan.words(&[self.cur, self.max]);
         plan.syscall(
             format!(
                 "setrlimit {} to {}/{}",
-                self.resource,
+                self.name(),
                 show(self.cur),
                 show(self.max)
             ),
