@@ -98,6 +98,72 @@ fn a_taken_listening_address_is_refused_by_name() {
     assert_all_ok(&o, &CHECKS);
 }
 
+/// Someone else's listener at the image's socket path, its backlog full: the launcher's probe of
+/// whether the file there is stale must not wait for that listener (it never accepts); the path
+/// is in use, and the restore is refused.
+#[test]
+fn a_unix_listener_path_held_by_a_full_listener_is_refused_without_waiting() {
+    let env = Env::new();
+    let (img, _) = image(&env);
+    let path = env.path("s.thaw.sock");
+    let addr = |fd: i32| {
+        // SAFETY: a zeroed sockaddr_un with a path shorter than sun_path, for bind/connect on fd.
+        unsafe {
+            let mut a: libc::sockaddr_un = std::mem::zeroed();
+            a.sun_family = libc::AF_UNIX as u16;
+            let p = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+            assert!(p.len() < a.sun_path.len());
+            for (d, b) in a.sun_path.iter_mut().zip(p) {
+                *d = *b as libc::c_char;
+            }
+            (fd, a)
+        }
+    };
+    // SAFETY: socket, bind and listen on a fresh descriptor with a valid address.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let (fd, a) = addr(fd);
+        let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+        assert_eq!(
+            libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    // Connections until the backlog is full (EAGAIN), never accepted.
+    let mut queued = Vec::new();
+    loop {
+        // SAFETY: as above, non-blocking.
+        let r = unsafe {
+            let fd = libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            );
+            let (fd, a) = addr(fd);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+            let r = libc::connect(fd, &a as *const _ as *const libc::sockaddr, len);
+            queued.push(<std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd));
+            r
+        };
+        if r != 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN)
+            );
+            break;
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
+    // The listener and its file are left as they were.
+    assert!(path.exists());
+    drop((listener, queued));
+}
+
 #[test]
 fn a_listening_socket_handed_in_is_used_instead() {
     let env = Env::new();

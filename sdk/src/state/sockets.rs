@@ -1264,7 +1264,10 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
 /// or is bound to it, and it is the first life's own (inode `ino`) or one a restore of it left
 /// (a previous restore of this image, a serve instance: a socket file of the caller's).
 fn stale_socket_file(addr: &[u8], ino: u64) -> bool {
-    let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) else {
+    // Without waiting: a listener there whose backlog is full (anyone's: the socket file may be
+    // another user's) would hold a blocking connect for ever. It is alive (EAGAIN): not stale.
+    let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
+    else {
         return false;
     };
     let refused = crate::sys::connect(probe.as_raw_fd(), addr)
