@@ -615,3 +615,109 @@ fn fake_root_of_a_user_namespace_never_becomes_real_root() {
     let o = lab.restore(Deployment::Namespace, Caller::Root, &own, &[]);
     restored_as(&o, 0);
 }
+
+/// A signed image that names paths by way of another user's process (`/proc/PID/cwd/...` of a
+/// root process whose working directory the caller may not enter), restored by a setcap launcher
+/// that may follow forks (CAP_SYS_PTRACE, which lets /proc links of any process be followed):
+/// the launcher opens what an image names, and the restorer enters its working directory, with
+/// the caller's permissions alone, so nothing behind that directory reaches the process. A
+/// /proc file of the process's own may only be one of the names a checkpoint writes.
+#[test]
+fn paths_by_way_of_another_users_process_reach_nothing_of_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::new();
+    let ptrace = lab.env.path("thaw-cap-ptrace");
+    copy_program(&bin("thaw"), &ptrace, 0o755);
+    let st = Command::new("setcap")
+        .arg("cap_checkpoint_restore,cap_sys_ptrace+ep")
+        .arg(&ptrace)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setcap");
+    // A directory open to all inside root's private one, and a root process working in it (it
+    // lives until its input closes): through its /proc link, the private one is stepped over.
+    let private = lab.env.path("private");
+    std::fs::create_dir(&private).unwrap();
+    chmod(&private, 0o700);
+    let private = private.join("open");
+    std::fs::create_dir(&private).unwrap();
+    chmod(&private, 0o755);
+    let secret = private.join("secret");
+    std::fs::write(&secret, "the secret\n").unwrap();
+    chmod(&secret, 0o644);
+    let mut holder = Command::new("cat")
+        .current_dir(&private)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let through = format!("/proc/{}/cwd", holder.id());
+    let key = thaw_signing::SecretKey::load(&lab.env.key).unwrap();
+    let restore = |img: &Path| {
+        chmod(img, 0o644);
+        as_user(command(&ptrace), A, A)
+            .args(["run", "--pid-mode", "host"])
+            .arg(img)
+            .output()
+            .unwrap()
+    };
+    // Its working directory.
+    let img = lab.image(Caller::User(A), false, "cwd.thaw");
+    thaw::image::rewrite_manifest(&img, Some(&key), |m| m.process.cwd = through.clone()).unwrap();
+    let o = restore(&img);
+    assert_eq!(o.status.code(), Some(68), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("chdir {through}")),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
+    // A file it held, with the secret's own identity.
+    let img = lab.image(Caller::User(A), false, "file.thaw");
+    let id = thaw::state::FileId::of(&std::fs::metadata(&secret).unwrap());
+    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
+        m.files.push(thaw::state::files::FdEntry {
+            fd: 40,
+            kind: thaw::state::files::FdKind::Regular {
+                path: format!("{through}/secret"),
+                pos: 0,
+                id,
+            },
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    let o = restore(&img);
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
+    // A /proc file named as the process's own, but another process's.
+    let img = lab.image(Caller::User(A), false, "proc.thaw");
+    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
+        m.files.push(thaw::state::files::FdEntry {
+            fd: 40,
+            kind: thaw::state::files::FdKind::ProcSelf {
+                name: format!("../{}/cwd/secret", holder.id()),
+                pos: 0,
+            },
+            ..Default::default()
+        })
+    })
+    .unwrap();
+    let o = restore(&img);
+    assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/proc file"),
+        "{}",
+        text(&o)
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+}

@@ -31,6 +31,9 @@ fn main() {
         }
     };
     let ctx = privilege::Context::detect();
+    if ctx.elevated {
+        privilege::lower();
+    }
     match cli::dispatch(args, &ctx) {
         Ok(()) => {}
         Err(failure) => {

@@ -4,11 +4,56 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use thaw_signing::TrustSource;
 
 /// The system trust directory, the only one an elevated launcher honours.
 pub const SYSTEM_TRUST_DIR: &str = "/etc/thaw/trusted";
+
+/// Whether [`lower`] emptied the effective capabilities.
+static LOWERED: AtomicBool = AtomicBool::new(false);
+
+/// An elevated launcher works with its caller's privileges: its effective capabilities are
+/// emptied (and its file-system ids made the caller's) before it does anything, and raised, in
+/// one thread at a time, only around the calls that need them ([`privileged`]: creating the
+/// process with its IDs, enabling fork reports on a userfaultfd, a time namespace). So every
+/// path an image names — files reopened, mapped, the executable, sockets, FIFOs — is opened as
+/// the caller would open it: through CAP_SYS_PTRACE, a path by way of /proc/PID/ of another
+/// user's process (its `cwd`, its `mem`) would reach what the caller cannot. Threads started
+/// afterwards inherit the empty set. Called first, while the launcher is one thread.
+pub fn lower() {
+    // SAFETY: getuid, getgid, geteuid and getegid have no preconditions.
+    let (uid, gid, euid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::getgid(),
+            libc::geteuid(),
+            libc::getegid(),
+        )
+    };
+    if (uid, gid) != (euid, egid) {
+        crate::sys::set_fs_ids(uid, gid);
+    }
+    if crate::sys::set_effective_caps(false).is_ok() {
+        LOWERED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `f` with this thread's permitted capabilities (and ids) in effect, then lowers them
+/// again; just `f` where [`lower`] did nothing.
+pub fn privileged<T>(f: impl FnOnce() -> T) -> T {
+    if !LOWERED.load(Ordering::Relaxed) {
+        return f();
+    }
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    crate::sys::set_fs_ids(euid, egid);
+    let _ = crate::sys::set_effective_caps(true);
+    let r = f();
+    lower();
+    r
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Context {

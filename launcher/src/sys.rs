@@ -316,19 +316,42 @@ pub fn die_with_parent(parent: i32) -> bool {
 }
 
 /// The calling thread's effective capabilities (capget: /proc/self/status costs far more).
-pub fn effective_caps() -> u64 {
-    // _LINUX_CAPABILITY_VERSION_3 for this thread, then two data structs (low and high 32 bits).
+/// This thread's capability sets: struct __user_cap_data_struct { effective, permitted,
+/// inheritable } for the low and the high 32 capabilities (_LINUX_CAPABILITY_VERSION_3).
+fn capget() -> io::Result<[u32; 6]> {
     let header = [0x2008_0522u32, 0];
     let mut data = [0u32; 6];
-    let r = syscall(
+    syscall(
         libc::SYS_capget,
         [header.as_ptr() as u64, data.as_mut_ptr() as u64, 0, 0, 0, 0],
-    );
-    match r {
-        // struct __user_cap_data_struct { effective, permitted, inheritable } twice.
-        Ok(_) => u64::from(data[0]) | (u64::from(data[3]) << 32),
-        Err(_) => 0,
-    }
+    )?;
+    Ok(data)
+}
+
+/// The capabilities this thread may use: those it is permitted (an elevated launcher keeps its
+/// effective set empty but around the calls that need them, see `privilege`).
+pub fn permitted_caps() -> u64 {
+    capget().map_or(0, |d| u64::from(d[1]) | (u64::from(d[4]) << 32))
+}
+
+/// Sets this thread's effective capabilities to all it is permitted (`raise`) or to none.
+pub fn set_effective_caps(raise: bool) -> io::Result<()> {
+    let mut data = capget()?;
+    data[0] = if raise { data[1] } else { 0 };
+    data[3] = if raise { data[4] } else { 0 };
+    let header = [0x2008_0522u32, 0];
+    syscall(
+        libc::SYS_capset,
+        [header.as_ptr() as u64, data.as_ptr() as u64, 0, 0, 0, 0],
+    )
+    .map(drop)
+}
+
+/// Sets this thread's file-system user and group ids (setfsuid, setfsgid): the ids the kernel
+/// checks files against.
+pub fn set_fs_ids(uid: u32, gid: u32) {
+    let _ = syscall(libc::SYS_setfsgid, [u64::from(gid), 0, 0, 0, 0, 0]);
+    let _ = syscall(libc::SYS_setfsuid, [u64::from(uid), 0, 0, 0, 0, 0]);
 }
 
 pub fn kill(pid: i32, sig: i32) {

@@ -127,7 +127,7 @@ impl Uffd {
             }
             sys::pass_pidfd(&sys::socketpair().ok()?.0).ok()?;
         }
-        uffd::probe(device.as_ref()).ok()?;
+        crate::privilege::privileged(|| uffd::probe(device.as_ref())).ok()?;
         Some(Uffd { device })
     }
 }
@@ -283,7 +283,7 @@ pub fn handshake(
         })) => (fd, sender),
         _ => return None,
     };
-    if let Err(e) = uffd::enable(&uffd) {
+    if let Err(e) = crate::privilege::privileged(|| uffd::enable(&uffd)) {
         return Some(Err(failed(format!(
             "cannot enable the userfaultfd's events for the restored process: {e}"
         ))));

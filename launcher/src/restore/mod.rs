@@ -225,7 +225,7 @@ pub(crate) const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Whether the launcher holds capability `cap` in its effective set.
 pub(crate) fn has_cap(cap: u32) -> bool {
-    sys::effective_caps() & (1u64 << cap) != 0
+    sys::permitted_caps() & (1u64 << cap) != 0
 }
 
 /// Whether `pid` is taken here. `orphan`: the ID of a child left out at the checkpoint, which the
@@ -935,6 +935,7 @@ fn build_plan(
     leader.plan_sleep(&mut plan, fds.away);
     leader.plan_sched(&mut plan, nice_of(leader));
     plan_credentials(&mut plan, creds, drops);
+    m.process.plan_cwd(&mut plan);
     // Signals waiting in the queues (the dispositions are set: SIG_IGN would discard them), as
     // the user they are charged to.
     for sig in &leader.pending {
@@ -1493,7 +1494,11 @@ struct Start {
 
 impl Start {
     fn clone3(self) -> std::io::Result<i32> {
-        sys::clone3_into_restorer(self.pid, self.entry, self.control, self.stack_top)
+        // (The process starts with this thread's capabilities: the restorer's steps that need
+        // them, creating threads with their IDs, run before it drops to the image's.)
+        crate::privilege::privileged(|| {
+            sys::clone3_into_restorer(self.pid, self.entry, self.control, self.stack_top)
+        })
     }
 }
 

@@ -438,7 +438,9 @@ impl Template {
             super::timens::leave()?;
         }
         let old_mask = sys::set_sigmask(u64::MAX);
-        let spawned = sys::clone3_into_restorer(0, entry, control, stack_top);
+        let spawned = crate::privilege::privileged(|| {
+            sys::clone3_into_restorer(0, entry, control, stack_top)
+        });
         sys::set_sigmask(old_mask);
         let pid = spawned.map_err(|e| failed(format!("cannot create the template: {e}")))?;
         let Fds {

@@ -102,6 +102,10 @@ pub fn leave() -> Result<()> {
 }
 
 fn set_for_children(offsets: &str) -> Result<()> {
+    crate::privilege::privileged(|| set_for_children_now(offsets))
+}
+
+fn set_for_children_now(offsets: &str) -> Result<()> {
     sys::unshare(libc::CLONE_NEWTIME).map_err(|e| {
         Failure::new(
             Code::Refused,

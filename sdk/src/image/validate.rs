@@ -307,6 +307,14 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     return Err(format!("fd {}: malformed deleted FIFO", f.fd));
                 }
             }
+            // Opened by the restorer as /proc/self/NAME before it gives up the launcher's
+            // privileges: only the names a checkpoint writes (no path through another process's
+            // links).
+            FdKind::ProcSelf { name, .. }
+                if !crate::state::files::PROC_SELF.contains(&name.as_str()) =>
+            {
+                return Err(format!("fd {}: /proc file {name:?}", f.fd));
+            }
             FdKind::Memfd { object, .. } if !ids.contains(object) => {
                 return Err(format!("fd {}: unknown shared object {object}", f.fd));
             }

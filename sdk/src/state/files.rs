@@ -146,7 +146,7 @@ pub enum FdKind {
 /// The process's own /proc files a descriptor may hold across a restore: read with `pread`
 /// (`pagemap`, `mem`: any position), or read from the start each time (the others: only at
 /// position 0, as a read in the middle of one would go on from another snapshot of it).
-const PROC_SELF: [&str; 12] = [
+pub(crate) const PROC_SELF: [&str; 12] = [
     "pagemap",
     "mem",
     "maps",

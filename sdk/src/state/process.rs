@@ -201,6 +201,17 @@ impl Process {
             libc::SYS_umask,
             [u64::from(self.umask), 0, 0, 0, 0, 0],
         );
+        plan.syscall(
+            format!("personality {:#x}", self.personality),
+            libc::SYS_personality,
+            [u64::from(self.personality), 0, 0, 0, 0, 0],
+        );
+    }
+
+    /// The working directory: entered once the restorer holds no more than the image's
+    /// capabilities (the path is the image's: with the launcher's, a path by way of another
+    /// process's /proc links could reach a directory the caller cannot).
+    pub fn plan_cwd(&self, plan: &mut Plan) {
         let cwd = plan.cstr(&self.cwd);
         if self.cwd_deleted {
             // Must not exist: entering and removing someone's directory of that name would be
@@ -223,11 +234,6 @@ impl Process {
                 [cwd, 0, 0, 0, 0, 0],
             );
         }
-        plan.syscall(
-            format!("personality {:#x}", self.personality),
-            libc::SYS_personality,
-            [u64::from(self.personality), 0, 0, 0, 0, 0],
-        );
     }
 }
 
