@@ -1990,6 +1990,13 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
         // (Its two ends named: loopback addresses.)
         ("tcp-connected", "a TCP connection (ESTABLISHED 127.0.0.1:"),
     ];
+    // The kernel shows a socket's MD5 keys only to a holder of CAP_NET_ADMIN.
+    if is_root() {
+        refusals.push((
+            "tcp-md5",
+            "the listening socket has TCP MD5 signature (TCP_MD5SIG) keys",
+        ));
+    }
     if ping_sockets_allowed() {
         refusals.push((
             "icmp-queued",

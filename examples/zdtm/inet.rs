@@ -10,7 +10,7 @@
 //! reply (else it prints `note: no ICMP echo socket here`); with CAP_NET_RAW, a raw UDP socket
 //! with a TTL and IP_FREEBIND, and a raw ICMP socket with an ICMP_FILTER.
 //!
-//! `PROG IMAGE KEY [udp-queued|tcp-connected|icmp-queued]`: with an extra argument the checkpoint
+//! `PROG IMAGE KEY [udp-queued|tcp-connected|tcp-md5|icmp-queued]`: with an extra argument the checkpoint
 //! must be refused (a datagram or an echo reply waits to be read; a TCP connection is
 //! established), and the program
 //! prints `refused: ...` and exits 3.
@@ -198,6 +198,30 @@ fn main() {
                 };
                 assert_eq!(libc::poll(&mut pfd, 1, 5000), 1);
             }
+        }),
+        Some("tcp-md5") => common::refusal(|| {
+            let l = sock(libc::AF_INET, libc::SOCK_STREAM);
+            bind(l, &v4(0, lo));
+            // SAFETY: listen has no memory effects.
+            assert_eq!(unsafe { libc::listen(l, 1) }, 0);
+            // struct tcp_md5sig: the peer's sockaddr_storage (128), flags, prefix length, key
+            // length (u16), interface index (i32), key (80).
+            let mut md5 = [0u8; 216];
+            md5[..16].copy_from_slice(&v4(0, lo));
+            let key = b"bgp-peer-key";
+            md5[130..132].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+            md5[136..136 + key.len()].copy_from_slice(key);
+            // SAFETY: a live buffer of the struct's size.
+            let r = unsafe {
+                libc::setsockopt(
+                    l,
+                    libc::IPPROTO_TCP,
+                    14,
+                    md5.as_ptr().cast(),
+                    md5.len() as u32,
+                )
+            };
+            assert_eq!(r, 0, "TCP_MD5SIG: {}", std::io::Error::last_os_error());
         }),
         Some("tcp-connected") => common::refusal(|| {
             let l = sock(libc::AF_INET, libc::SOCK_STREAM);

@@ -511,9 +511,16 @@ impl SockPeek {
             _ => {}
         }
         if inq < 0 || got < 0 {
+            let errno = -(inq.min(got)) as i32;
+            // A peek stops short of an out-of-band byte; one at the head reads nothing.
+            let oob = if errno == libc::EAGAIN && inq > 0 {
+                format!(": {inq} bytes wait, and the first is out-of-band (MSG_OOB), which a stream is not restored with; read it before the checkpoint")
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "cannot read its queue: {}",
-                std::io::Error::from_raw_os_error(-(inq.min(got)) as i32)
+                "cannot read its queue: {}{oob}",
+                std::io::Error::from_raw_os_error(errno)
             ));
         }
         if inq as usize > self.buf.len() {
@@ -524,7 +531,7 @@ impl SockPeek {
         }
         if got != inq {
             return Err(format!(
-                "only {got} of its {inq} queued bytes could be read at once: descriptors in flight (SCM_RIGHTS) or credentials wait between them, which a stream is not restored with; receive them before the checkpoint"
+                "only {got} of its {inq} queued bytes could be read at once: descriptors in flight (SCM_RIGHTS), credentials or an out-of-band byte (MSG_OOB) wait between them, which a stream is not restored with; receive them before the checkpoint"
             ));
         }
         Ok(&self.buf[..got as usize])

@@ -358,8 +358,8 @@ fn accepted_from(unix: &BTreeMap<u64, UnixDiag>, d: &UnixDiag, ours: &[u64]) -> 
         .map(|(l, _)| *l)
 }
 
-/// Listening sockets: inode → (pending connections, backlog).
-type Backlogs = BTreeMap<u64, (u32, u32)>;
+/// Listening sockets: inode → (pending connections, backlog, an MD5 signature key is set).
+type Backlogs = BTreeMap<u64, (u32, u32, bool)>;
 
 /// Every internet socket of `family` and `protocol` in one of `states` (a bit per TCP state):
 /// each `struct inet_diag_msg` with its attributes, and its inode.
@@ -368,8 +368,19 @@ pub(crate) fn inet_diag(
     protocol: i32,
     states: u32,
 ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    inet_diag_ext(family, protocol, states, 0)
+}
+
+/// As [`inet_diag`], asking for the extensions `ext` too (a bit per INET_DIAG_* attribute less
+/// one; INET_DIAG_INFO's brings the protocol's own, a TCP socket's MD5 keys among them).
+fn inet_diag_ext(
+    family: i32,
+    protocol: i32,
+    states: u32,
+    ext: u8,
+) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
     // struct inet_diag_req_v2 { u8 family, protocol, ext, pad; u32 states; struct inet_diag_sockid (48) }
-    let mut req = vec![family as u8, protocol as u8, 0, 0];
+    let mut req = vec![family as u8, protocol as u8, ext, 0];
     req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 40]);
     req.extend_from_slice(&[0xff; 8]);
@@ -387,10 +398,38 @@ pub(crate) const INET_DIAG_MSG: usize = 72;
 
 /// Listening TCP sockets of `family`.
 fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
-    Ok(inet_diag(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN)?
-        .into_iter()
-        .map(|(ino, msg)| (ino, (u32_at(&msg, 56), u32_at(&msg, 60))))
-        .collect())
+    // INET_DIAG_INFO (2): with it the kernel adds INET_DIAG_MD5SIG where it may.
+    Ok(
+        inet_diag_ext(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN, 1 << (2 - 1))?
+            .into_iter()
+            .map(|(ino, msg)| (ino, (u32_at(&msg, 56), u32_at(&msg, 60), md5_keys(&msg))))
+            .collect(),
+    )
+}
+
+/// Whether an `inet_diag_msg` carries INET_DIAG_MD5SIG (18): the socket has TCP MD5 signature
+/// keys (`TCP_MD5SIG`, BGP's). The kernel lists them only to a holder of CAP_NET_ADMIN; they
+/// cannot be read back by the socket's owner.
+fn md5_keys(msg: &[u8]) -> bool {
+    let mut at = INET_DIAG_MSG;
+    while let Some(head) = msg.get(at..at + 4) {
+        let len = usize::from(u16::from_ne_bytes([head[0], head[1]]));
+        if u16::from_ne_bytes([head[2], head[3]]) == 18 {
+            return true;
+        }
+        if len < 4 {
+            break;
+        }
+        at += len.next_multiple_of(4);
+    }
+    false
+}
+
+/// Whether a TCP socket has TCP-AO keys (`TCP_AO_ADD_KEY`, Linux 6.7): TCP_AO_INFO answers
+/// rather than ENOENT.
+fn ao_keys(fd: i32) -> bool {
+    let mut info = [0u8; 48];
+    crate::sys::getsockopt_into(fd, libc::IPPROTO_TCP, 40, &mut info).is_ok()
 }
 
 type Refusal = (FdClass, String);
@@ -427,15 +466,28 @@ pub(crate) fn classify(
                         }
                         libc::AF_INET | libc::AF_INET6 if protocol == libc::IPPROTO_TCP => {
                             let m = tcp.entry(family).or_insert_with(|| tcp_listeners(family));
-                            *m.as_ref().ok().and_then(|m| m.get(&ino)).ok_or((
-                                FdClass::Socket,
-                                "the kernel does not describe this listening socket (sock_diag)"
-                                    .to_owned(),
-                            ))?
+                            let (pending, backlog, md5) =
+                                *m.as_ref().ok().and_then(|m| m.get(&ino)).ok_or((
+                                    FdClass::Socket,
+                                    "the kernel does not describe this listening socket (sock_diag)"
+                                        .to_owned(),
+                                ))?;
+                            if md5 || ao_keys(fd) {
+                                return refuse(format!(
+                                    "the listening socket has TCP {} keys, which cannot be read back: set them again after restore",
+                                    if md5 { "MD5 signature (TCP_MD5SIG)" } else { "authentication option (TCP-AO)" }
+                                ));
+                            }
+                            (pending, backlog)
+                        }
+                        libc::AF_INET | libc::AF_INET6 if protocol == 262 => {
+                            return refuse(
+                                "a multipath TCP listening socket (IPPROTO_MPTCP) is not supported: listen with plain TCP, or open it again after restore".into(),
+                            )
                         }
                         _ => {
                             return refuse(format!(
-                                "listening sockets of family {family} are not supported"
+                                "listening sockets of family {family} (protocol {protocol}) are not supported"
                             ))
                         }
                     };
