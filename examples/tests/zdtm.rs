@@ -1968,6 +1968,7 @@ fn internet_sockets_without_a_connection_come_back_as_they_were() {
                 "a connected UDP socket sends to its peer, which gets IP_PKTINFO with it",
                 "a UDP socket shut down for reading stays shut down",
                 "a UDP socket keeps its multicast groups, their source filters, TTL and loop",
+                "a dual-stack UDP socket keeps the IPv4 group it joined",
                 "an IPv6-only UDP socket keeps its address",
             ],
         );

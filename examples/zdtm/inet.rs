@@ -5,7 +5,8 @@
 //! socket bound to 127.0.0.1 and not listening; two UDP sockets on 127.0.0.1, the first connected
 //! to the second, which asks for IP_PKTINFO; a UDP socket shut down for reading; a UDP socket
 //! that joined 239.7.7.7 on lo and, source-specific, 232.1.1.1 from 127.0.0.1, with its
-//! multicast TTL and loop; an IPv6-only UDP socket on [::1]; where `net.ipv4.ping_group_range`
+//! multicast TTL and loop; a dual-stack UDP socket that joined 239.7.7.7 too; an IPv6-only UDP
+//! socket on [::1]; where `net.ipv4.ping_group_range`
 //! lets this user make one, an ICMP echo ("ping") socket that pinged 127.0.0.1 and read the
 //! reply (else it prints `note: no ICMP echo socket here`); with CAP_NET_RAW, a raw UDP socket
 //! with a TTL and IP_FREEBIND, and a raw ICMP socket with an ICMP_FILTER.
@@ -281,6 +282,16 @@ fn main() {
     setint(mc, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 5);
     setint(mc, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 0);
 
+    // A dual-stack socket joined to an IPv4 group (Java's default multicast socket, Node's udp6).
+    let dual = sock(libc::AF_INET6, libc::SOCK_DGRAM);
+    setint(dual, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0);
+    setopt(
+        dual,
+        libc::IPPROTO_IP,
+        42, /* MCAST_JOIN_GROUP */
+        &group_req(&group),
+    );
+
     let v6 = sock(libc::AF_INET6, libc::SOCK_DGRAM);
     setint(v6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1);
     bind(v6, &v6_loopback());
@@ -395,6 +406,15 @@ fn main() {
             && getint(mc, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP) == 0
             && filter(mc, &v4(0, [239, 9, 9, 9])).is_err(),
         format!("{plain:?} {specific:?}"),
+    );
+
+    let dual_group = filter(dual, &group);
+    c.check(
+        "a dual-stack UDP socket keeps the IPv4 group it joined",
+        dual_group
+            .as_ref()
+            .is_ok_and(|(m, s)| *m == 0 && s.is_empty()),
+        format!("{dual_group:?}"),
     );
 
     match (raw, raw_icmp) {

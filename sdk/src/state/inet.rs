@@ -203,11 +203,24 @@ fn level(family: i32) -> i32 {
     }
 }
 
-/// The groups socket `fd` joined, with their filters.
+/// The family of a raw sockaddr.
+fn family_of(addr: &[u8]) -> i32 {
+    addr.get(..2)
+        .map_or(0, |f| i32::from(u16::from_ne_bytes([f[0], f[1]])))
+}
+
+/// The groups socket `fd` joined, with their filters. An AF_INET6 socket may have joined IPv4
+/// groups too (at the IP level: Java's default datagram channels and multicast sockets are
+/// AF_INET6, and Node's udp6 sockets), each kept at its own family's level.
 fn memberships(fd: i32, family: i32) -> Result<Vec<Membership>, String> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; GROUP_FILTER_HEAD + SOCKADDR_STORAGE * (MAX_SOURCES + 1)];
-    for (idx, device, group) in joined_groups(family) {
+    let mut joined = joined_groups(family);
+    if family == libc::AF_INET6 {
+        joined.extend(joined_groups(libc::AF_INET));
+    }
+    for (idx, device, group) in joined {
+        let family = family_of(&group);
         buf.fill(0);
         buf[..4].copy_from_slice(&idx.to_ne_bytes());
         buf[8..8 + group.len()].copy_from_slice(&group);
@@ -418,7 +431,7 @@ impl InetSocket {
             })?;
         }
         for g in &self.groups {
-            join(fd, self.family, g).map_err(|e| {
+            join(fd, g).map_err(|e| {
                 format!(
                     "{what}: cannot join multicast group {} on {} again: {e}",
                     super::sockets::describe(&g.group),
@@ -476,8 +489,10 @@ fn bind_freely(fd: i32, family: i32, addr: &[u8], nonlocal: bool) -> std::io::Re
     }
 }
 
-/// Joins group `g` on socket `fd` and sets its source filter.
-fn join(fd: i32, family: i32, g: &Membership) -> std::io::Result<()> {
+/// Joins group `g` on socket `fd` and sets its source filter (at the level of the group's
+/// family: an AF_INET6 socket may have joined IPv4 groups).
+fn join(fd: i32, g: &Membership) -> std::io::Result<()> {
+    let family = family_of(&g.group);
     let index = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", g.device))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -538,11 +553,17 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
             && g.device != "."
             && g.device != ".."
             && !g.device.contains(['/', '\0']);
+        // A group of the socket's family, or an IPv4 group an AF_INET6 socket joined; its
+        // sources of the group's family.
+        let family = family_of(&g.group);
+        let of_group = |a: &[u8]| a.len() == addr_len(family) && family_of(a) == family;
+        let group_ok = addr_ok(&g.group)
+            || s.family == libc::AF_INET6 && family == libc::AF_INET && of_group(&g.group);
         if !dev_ok
-            || !addr_ok(&g.group)
+            || !group_ok
             || g.fmode > 1
             || g.sources.len() > MAX_SOURCES
-            || !g.sources.iter().all(|a| addr_ok(a))
+            || !g.sources.iter().all(|a| of_group(a))
         {
             return Err(format!(
                 "socket:[{}]: malformed multicast membership",
