@@ -498,8 +498,13 @@ pub(crate) fn classify(
                         Vec::new()
                     };
                     if pending > 0 && waiting.is_empty() {
+                        let why = if family == libc::AF_UNIX {
+                            "their other ends are another process's"
+                        } else {
+                            "a TCP connection is not restored, whether its other end is in this process or another"
+                        };
                         return refuse(format!(
-                            "listening socket has {pending} connection(s) waiting to be accepted, which cannot be made again (their other ends are elsewhere): accept them before the checkpoint, or stop taking new ones first (Node: server.close(); Java: close the ServerSocketChannel) and open the listener again after restore"
+                            "listening socket has {pending} connection(s) waiting to be accepted, which cannot be made again ({why}): accept them before the checkpoint, or stop taking new ones first (Node: server.close(); Java: close the ServerSocketChannel) and open the listener again after restore"
                         ));
                     }
                     let addr = crate::sys::getsockname(fd)
