@@ -150,7 +150,8 @@ pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
             if let Some(mut e) = parse_map_line(line) {
                 // A file unlinked under one name that has another beside it is that file.
                 if e.inode != 0 && e.name.ends_with(" (deleted)") {
-                    if let Some(live) = crate::state::deleted::live_name(&e.name, e.inode) {
+                    let dev = libc::makedev(e.dev_major, e.dev_minor);
+                    if let Some(live) = crate::state::deleted::live_name(&e.name, dev, e.inode) {
                         e.name = live;
                     }
                 }

@@ -96,7 +96,11 @@ pub(crate) fn kernel_internal(name: &str) -> Option<&'static str> {
 /// multiprocessing locks and queues, with its spawn and forkserver start methods). Such a file
 /// is then restored as any file by that name is. `None` for one with no other name there (or
 /// a directory too large to look through).
-pub fn live_name(shown: &str, inode: u64) -> Option<String> {
+///
+/// The device is compared too: inode numbers repeat across file systems (a System V segment
+/// shows as `/SYSV00000000 (deleted)` with its id as its inode, and `/.dockerenv` may have
+/// inode 12: taken for that file, the segment would have been restored as a mapping of it).
+pub fn live_name(shown: &str, dev: u64, inode: u64) -> Option<String> {
     use std::os::unix::fs::{DirEntryExt, MetadataExt};
     const LOOK_AT_MOST: usize = 10_000;
     let path = deleted_path(shown)?;
@@ -107,8 +111,9 @@ pub fn live_name(shown: &str, inode: u64) -> Option<String> {
         .flatten()
         .find(|e| {
             e.ino() == inode
-                && std::fs::symlink_metadata(e.path())
-                    .is_ok_and(|m| m.is_file() && m.ino() == inode && m.nlink() > 0)
+                && std::fs::symlink_metadata(e.path()).is_ok_and(|m| {
+                    m.is_file() && m.ino() == inode && m.dev() == dev && m.nlink() > 0
+                })
         })
         .map(|e| e.path().to_string_lossy().into_owned())
 }
@@ -388,6 +393,24 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name a mapping shows as deleted is taken for a live file beside it only where the
+    /// device matches too: a System V segment (`/SYSV00000000 (deleted)`, its id as its inode)
+    /// whose id is the inode number of a file in / is no mapping of that file.
+    #[test]
+    fn a_live_name_is_a_file_of_the_same_device_and_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sem.x");
+        std::fs::write(&file, b"x").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let shown = format!("{}/tmp123 (deleted)", dir.path().display());
+        assert_eq!(
+            live_name(&shown, meta.dev(), meta.ino()),
+            Some(file.to_string_lossy().into_owned())
+        );
+        assert_eq!(live_name(&shown, libc::makedev(0, 1), meta.ino()), None);
+    }
 
     #[test]
     fn ids_differ_from_inode_numbers_and_across_devices() {

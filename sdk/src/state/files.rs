@@ -529,7 +529,7 @@ impl FdScan {
             // super::deleted::live_name).
             let target = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                 Ok(m) if target.ends_with(" (deleted)") && m.is_file() && m.nlink() > 0 => {
-                    super::deleted::live_name(&target, m.ino()).unwrap_or(target)
+                    super::deleted::live_name(&target, m.dev(), m.ino()).unwrap_or(target)
                 }
                 _ => target,
             };
