@@ -441,19 +441,14 @@ fn a_change_after_verification_cannot_reach_the_process() {
     }
 }
 
-/// Never elevate: a hard limit above the caller's is lowered to the caller's, and said.
-#[test]
-fn rlimits_above_the_callers_are_lowered_and_reported() {
-    let env = Env::new();
-    let cwd = tempfile::tempdir().unwrap();
-    let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.path().to_str().unwrap()]);
-    let mut c = env.restore_cmd(&img, &[], &["one", "two words"]);
+/// `c` runs with the limit on open files `cur`/`max`.
+fn with_nofile(c: &mut Command, cur: u64, max: u64) {
     // SAFETY: setrlimit in the child before exec; async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+        std::os::unix::process::CommandExt::pre_exec(c, move || {
             let lim = libc::rlimit {
-                rlim_cur: 1024,
-                rlim_max: 2048,
+                rlim_cur: cur,
+                rlim_max: max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -461,6 +456,16 @@ fn rlimits_above_the_callers_are_lowered_and_reported() {
             Ok(())
         });
     }
+}
+
+/// Never elevate: a hard limit above the caller's is lowered to the caller's, and said.
+#[test]
+fn rlimits_above_the_callers_are_lowered_and_reported() {
+    let env = Env::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.path().to_str().unwrap()]);
+    let mut c = env.restore_cmd(&img, &[], &["one", "two words"]);
+    with_nofile(&mut c, 1024, 2048);
     let o = c.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -481,19 +486,7 @@ fn a_limit_on_open_files_too_low_for_the_restore_is_named() {
     let cwd = tempfile::tempdir().unwrap();
     let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.path().to_str().unwrap()]);
     let mut c = env.restore_cmd(&img, &[], &[]);
-    // SAFETY: setrlimit in the child before exec; async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
-            let lim = libc::rlimit {
-                rlim_cur: 40,
-                rlim_max: 40,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_nofile(&mut c, 40, 40);
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
@@ -720,4 +713,44 @@ fn paths_by_way_of_another_users_process_reach_nothing_of_it() {
     );
     drop(holder.stdin.take());
     holder.wait().unwrap();
+}
+
+/// A launcher given a capability to grant what only it may (CAP_SYS_NICE, for a nice value
+/// below the caller's) does not grant it for its caller: what the caller may is what exec
+/// carried over to it, not the launcher's own file capabilities.
+#[test]
+fn a_launchers_own_capabilities_grant_the_process_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::new();
+    let nice = lab.env.path("thaw-cap-nice");
+    copy_program(&bin("thaw"), &nice, 0o755);
+    let st = Command::new("setcap")
+        .arg("cap_checkpoint_restore,cap_sys_nice+ep")
+        .arg(&nice)
+        .status()
+        .unwrap();
+    assert!(st.success(), "setcap");
+    let img = lab.image(Caller::User(A), false, "n.thaw");
+    // The caller at nice 10: the image's threads (at 3 and 7) may not be below it.
+    let o = as_user(Command::new("nice"), A, A)
+        .args(["-n", "10"])
+        .arg(&nice)
+        .args(["run", "--pid-mode", "host"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("nice 3 raised to yours, 10") && err.contains("nice 7 raised to yours, 10"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ok pid"),
+        "{}",
+        text(&o)
+    );
 }

@@ -15,6 +15,12 @@ fn main() {
     // `thaw serve`'s nursery of namespaces, run by the server itself (not a command).
     let mut argv = std::env::args_os().skip(1);
     if argv.next().as_deref() == Some(std::ffi::OsStr::new(sys::NURSERY_ARG)) {
+        // Only `thaw serve` starts it, and an elevated launcher does not serve: never with
+        // privileges the caller lacks.
+        if sys::at_secure() {
+            eprintln!("thaw: {} is not for an elevated launcher", sys::NURSERY_ARG);
+            std::process::exit(exit::Code::Usage as i32);
+        }
         sys::nursery_main(&argv.next().unwrap_or_default().to_string_lossy());
     }
     let args = match cli::Cli::try_parse() {

@@ -334,6 +334,22 @@ pub fn permitted_caps() -> u64 {
     capget().map_or(0, |d| u64::from(d[1]) | (u64::from(d[4]) << 32))
 }
 
+/// Whether capability `cap` is in this thread's ambient set (what an exec carried over).
+pub fn ambient_cap(cap: u32) -> bool {
+    syscall(
+        libc::SYS_prctl,
+        [
+            libc::PR_CAP_AMBIENT as u64,
+            libc::PR_CAP_AMBIENT_IS_SET as u64,
+            u64::from(cap),
+            0,
+            0,
+            0,
+        ],
+    )
+    .is_ok_and(|r| r == 1)
+}
+
 /// Sets this thread's effective capabilities to all it is permitted (`raise`) or to none.
 pub fn set_effective_caps(raise: bool) -> io::Result<()> {
     let mut data = capget()?;

@@ -223,9 +223,21 @@ const CAP_SYS_RESOURCE: u32 = 24;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
-/// Whether the launcher holds capability `cap` in its effective set.
+/// Whether the launcher may use capability `cap` (it is permitted; an elevated launcher raises
+/// it only around the calls that need it, see `privilege`).
 pub(crate) fn has_cap(cap: u32) -> bool {
     sys::permitted_caps() & (1u64 << cap) != 0
+}
+
+/// Whether the caller holds capability `cap`, to grant the process what only it may have (a
+/// nice value or an OOM score below the caller's). An elevated launcher's own file
+/// capabilities are not the caller's: theirs are those exec carried over, the ambient set.
+fn caller_has_cap(cap: u32) -> bool {
+    if sys::at_secure() {
+        sys::ambient_cap(cap)
+    } else {
+        has_cap(cap)
+    }
 }
 
 /// Whether `pid` is taken here. `orphan`: the ID of a child left out at the checkpoint, which the
@@ -873,7 +885,7 @@ fn build_plan(
     // namespace, so never in ns mode): never granted.
     let caller_nice = sys::nice();
     let nice_of = |t: &thaw::state::threads::ThreadState| {
-        if t.nice < caller_nice && (mode == PidMode::Ns || !has_cap(CAP_SYS_NICE)) {
+        if t.nice < caller_nice && (mode == PidMode::Ns || !caller_has_cap(CAP_SYS_NICE)) {
             eprintln!(
                 "thaw: warning: thread {} nice {} raised to yours, {caller_nice}",
                 t.tid, t.nice
@@ -985,7 +997,7 @@ fn build_plan(
     // oom_score_adj: lowering it protects the process from the OOM killer, a privilege the
     // caller may lack (CAP_SYS_RESOURCE); never below the caller's own.
     let mine = thaw::state::process::oom_score_adj();
-    let oom = if m.process.oom_score_adj < mine && !has_cap(CAP_SYS_RESOURCE) {
+    let oom = if m.process.oom_score_adj < mine && !caller_has_cap(CAP_SYS_RESOURCE) {
         eprintln!(
             "thaw: warning: oom_score_adj raised from {} to yours, {mine}",
             m.process.oom_score_adj
