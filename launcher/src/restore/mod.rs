@@ -1540,6 +1540,10 @@ fn namespace_helper(
         };
         refused(format!("cannot create a user and PID namespace: {e}{limit}"))
     })?;
+    // An elevated launcher is not dumpable, so its /proc files are root's and it could not
+    // write its own maps. In a user namespace of its own it holds no privilege outside: being
+    // dumpable (its user may trace it) gives nothing away.
+    thaw::sys::set_dumpable(1);
     let write = |file: &str, text: String| {
         std::fs::write(file, text).map_err(|e| failed(format!("cannot write {file}: {e}")))
     };
