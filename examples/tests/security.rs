@@ -95,6 +95,16 @@ impl Lab {
         }
     }
 
+    /// A copy of the launcher named `name` given the file capabilities `caps` (setcap's form).
+    fn launcher_with(&self, name: &str, caps: &str) -> PathBuf {
+        // A copy, never a link: the capability belongs to the file.
+        let p = self.env.path(name);
+        copy_program(&bin("thaw"), &p, 0o755);
+        let st = Command::new("setcap").arg(caps).arg(&p).status().unwrap();
+        assert!(st.success(), "setcap {caps}");
+        p
+    }
+
     fn user_dir(&self, uid: u32) -> PathBuf {
         let dir = self.env.path(&format!("u{uid}"));
         if !dir.exists() {
@@ -626,14 +636,10 @@ fn paths_by_way_of_another_users_process_reach_nothing_of_it() {
         return;
     }
     let lab = Lab::new();
-    let ptrace = lab.env.path("thaw-cap-ptrace");
-    copy_program(&bin("thaw"), &ptrace, 0o755);
-    let st = Command::new("setcap")
-        .arg("cap_checkpoint_restore,cap_sys_ptrace+ep")
-        .arg(&ptrace)
-        .status()
-        .unwrap();
-    assert!(st.success(), "setcap");
+    let ptrace = lab.launcher_with(
+        "thaw-cap-ptrace",
+        "cap_checkpoint_restore,cap_sys_ptrace+ep",
+    );
     // A directory open to all inside root's private one, and a root process working in it (it
     // lives until its input closes): through its /proc link, the private one is stepped over.
     let private = lab.env.path("private");
@@ -729,14 +735,7 @@ fn a_launchers_own_capabilities_grant_the_process_nothing() {
         return;
     }
     let lab = Lab::new();
-    let nice = lab.env.path("thaw-cap-nice");
-    copy_program(&bin("thaw"), &nice, 0o755);
-    let st = Command::new("setcap")
-        .arg("cap_checkpoint_restore,cap_sys_nice+ep")
-        .arg(&nice)
-        .status()
-        .unwrap();
-    assert!(st.success(), "setcap");
+    let nice = lab.launcher_with("thaw-cap-nice", "cap_checkpoint_restore,cap_sys_nice+ep");
     let img = lab.image(Caller::User(A), false, "n.thaw");
     // The caller at nice 10: the image's threads (at 3 and 7) may not be below it.
     let o = as_user(Command::new("nice"), A, A)
