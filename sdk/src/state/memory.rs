@@ -114,6 +114,33 @@ pub(crate) fn on_hugetlbfs(fd: i32) -> bool {
 }
 
 /// Why memory of the huge page pool is refused (a mapping, or a memfd of it held open).
+/// Advice given to a mapping before it is filled (which pages a fill faults in).
+const ADVICE_BEFORE_FILL: [(u32, i32, &str); 2] = [
+    (VmaAdvice::HUGEPAGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
+    (
+        VmaAdvice::NOHUGEPAGE,
+        libc::MADV_NOHUGEPAGE,
+        "MADV_NOHUGEPAGE",
+    ),
+];
+
+/// Advice given once it is filled.
+const ADVICE_AFTER_FILL: [(u32, i32, &str); 5] = [
+    (
+        VmaAdvice::WIPEONFORK,
+        libc::MADV_WIPEONFORK,
+        "MADV_WIPEONFORK",
+    ),
+    (VmaAdvice::DONTDUMP, libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+    (
+        VmaAdvice::SEQUENTIAL,
+        libc::MADV_SEQUENTIAL,
+        "MADV_SEQUENTIAL",
+    ),
+    (VmaAdvice::RANDOM, libc::MADV_RANDOM, "MADV_RANDOM"),
+    (VmaAdvice::MERGEABLE, libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
+];
+
 pub(crate) const HUGETLB_REFUSAL: &str = "memory of the huge page pool (MAP_HUGETLB, a memfd made with MFD_HUGETLB, a hugetlbfs file) is not supported: restored as ordinary memory it would no longer be huge pages; use transparent huge pages instead (madvise MADV_HUGEPAGE; a JVM started with -XX:+UseLargePages: drop the flag, or use -XX:+UseTransparentHugePages)";
 
 /// Kernel special mappings the restorer moves instead of copying.
@@ -395,6 +422,19 @@ impl Vma {
     /// new process's descriptor of the mapped file (file mappings only). With `uffd` (a
     /// userfaultfd of the new process, see [`Self::can_fill_lazily`]) the pages are not read
     /// here: the VMA is registered for missing-page faults, which the launcher serves.
+    /// The madvise calls for the advice of `which` this mapping had.
+    fn plan_advice(&self, plan: &mut Plan, which: &[(u32, i32, &str)]) {
+        for &(bit, advice, name) in which {
+            if self.advice & bit != 0 {
+                plan.syscall_any(
+                    format!("madvise {:x} {name}", self.start),
+                    libc::SYS_madvise,
+                    [self.start, self.len(), advice as u64, 0, 0, 0],
+                );
+            }
+        }
+    }
+
     pub fn plan_restore(
         &self,
         plan: &mut Plan,
@@ -441,6 +481,9 @@ impl Vma {
             libc::SYS_mmap,
             [self.start, self.len(), prot, flags, fd, off],
         );
+        // Huge pages or not before it is filled: a page a fill faults in is then what the first
+        // life had (a 2 MiB one where it asked for them, none where it refused them).
+        self.plan_advice(plan, &ADVICE_BEFORE_FILL);
         if let Some(uffd) = uffd {
             // struct uffdio_register { range { start, len }, mode, ioctls (out) }
             let reg = plan.words(&[self.start, self.len(), UFFDIO_REGISTER_MODE_MISSING, 0]);
@@ -472,35 +515,7 @@ impl Vma {
                 [self.start, self.len(), u64::from(self.prot), 0, 0, 0],
             );
         }
-        for (bit, advice, name) in [
-            (
-                VmaAdvice::WIPEONFORK,
-                libc::MADV_WIPEONFORK,
-                "MADV_WIPEONFORK",
-            ),
-            (VmaAdvice::DONTDUMP, libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
-            (VmaAdvice::HUGEPAGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"),
-            (
-                VmaAdvice::NOHUGEPAGE,
-                libc::MADV_NOHUGEPAGE,
-                "MADV_NOHUGEPAGE",
-            ),
-            (
-                VmaAdvice::SEQUENTIAL,
-                libc::MADV_SEQUENTIAL,
-                "MADV_SEQUENTIAL",
-            ),
-            (VmaAdvice::RANDOM, libc::MADV_RANDOM, "MADV_RANDOM"),
-            (VmaAdvice::MERGEABLE, libc::MADV_MERGEABLE, "MADV_MERGEABLE"),
-        ] {
-            if self.advice & bit != 0 {
-                plan.syscall_any(
-                    format!("madvise {:x} {name}", self.start),
-                    libc::SYS_madvise,
-                    [self.start, self.len(), advice as u64, 0, 0, 0],
-                );
-            }
-        }
+        self.plan_advice(plan, &ADVICE_AFTER_FILL);
         if !self.anon_name.is_empty() {
             const PR_SET_VMA: u64 = 0x53564d41;
             const PR_SET_VMA_ANON_NAME: u64 = 0;
