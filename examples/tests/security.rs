@@ -678,21 +678,29 @@ fn paths_by_way_of_another_users_process_reach_nothing_of_it() {
         text(&o)
     );
     assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
-    // A file it held, with the secret's own identity.
-    let img = lab.image(Caller::User(A), false, "file.thaw");
-    let id = thaw::state::FileId::of(&std::fs::metadata(&secret).unwrap());
-    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
-        m.files.push(thaw::state::files::FdEntry {
-            fd: 40,
-            kind: thaw::state::files::FdKind::Regular {
-                path: format!("{through}/secret"),
-                pos: 0,
-                id,
-            },
-            ..Default::default()
+    // An image of the process holding one descriptor more, of `kind`.
+    let holding = |name: &str, kind: thaw::state::files::FdKind| {
+        let img = lab.image(Caller::User(A), false, name);
+        thaw::image::rewrite_manifest(&img, Some(&key), |m| {
+            m.files.push(thaw::state::files::FdEntry {
+                fd: 40,
+                kind,
+                ..Default::default()
+            })
         })
-    })
-    .unwrap();
+        .unwrap();
+        img
+    };
+    // A file it held, with the secret's own identity.
+    let id = thaw::state::FileId::of(&std::fs::metadata(&secret).unwrap());
+    let img = holding(
+        "file.thaw",
+        thaw::state::files::FdKind::Regular {
+            path: format!("{through}/secret"),
+            pos: 0,
+            id,
+        },
+    );
     let o = restore(&img);
     assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
     assert!(
@@ -702,18 +710,13 @@ fn paths_by_way_of_another_users_process_reach_nothing_of_it() {
     );
     assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
     // A /proc file named as the process's own, but another process's.
-    let img = lab.image(Caller::User(A), false, "proc.thaw");
-    thaw::image::rewrite_manifest(&img, Some(&key), |m| {
-        m.files.push(thaw::state::files::FdEntry {
-            fd: 40,
-            kind: thaw::state::files::FdKind::ProcSelf {
-                name: format!("../{}/cwd/secret", holder.id()),
-                pos: 0,
-            },
-            ..Default::default()
-        })
-    })
-    .unwrap();
+    let img = holding(
+        "proc.thaw",
+        thaw::state::files::FdKind::ProcSelf {
+            name: format!("../{}/cwd/secret", holder.id()),
+            pos: 0,
+        },
+    );
     let o = restore(&img);
     assert_eq!(o.status.code(), Some(CORRUPT), "{}", text(&o));
     assert!(
