@@ -23,16 +23,8 @@ static LOWERED: AtomicBool = AtomicBool::new(false);
 /// user's process (its `cwd`, its `mem`) would reach what the caller cannot. Threads started
 /// afterwards inherit the empty set. Called first, while the launcher is one thread.
 pub fn lower() {
-    // SAFETY: getuid, getgid, geteuid and getegid have no preconditions.
-    let (uid, gid, euid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::getgid(),
-            libc::geteuid(),
-            libc::getegid(),
-        )
-    };
-    if (uid, gid) != (euid, egid) {
+    let (uid, gid) = crate::sys::real_ids();
+    if (uid, gid) != (crate::sys::geteuid(), crate::sys::getegid()) {
         crate::sys::set_fs_ids(uid, gid);
     }
     if crate::sys::set_effective_caps(false).is_ok() {
@@ -46,9 +38,7 @@ pub fn privileged<T>(f: impl FnOnce() -> T) -> T {
     if !LOWERED.load(Ordering::Relaxed) {
         return f();
     }
-    // SAFETY: geteuid and getegid have no preconditions.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    crate::sys::set_fs_ids(euid, egid);
+    crate::sys::set_fs_ids(crate::sys::geteuid(), crate::sys::getegid());
     let _ = crate::sys::set_effective_caps(true);
     let r = f();
     lower();

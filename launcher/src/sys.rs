@@ -315,8 +315,7 @@ pub fn die_with_parent(parent: i32) -> bool {
     unsafe { libc::getppid() == parent }
 }
 
-/// The calling thread's effective capabilities (capget: /proc/self/status costs far more).
-/// This thread's capability sets: struct __user_cap_data_struct { effective, permitted,
+/// This thread's capability sets (capget: /proc/self/status costs far more): struct __user_cap_data_struct { effective, permitted,
 /// inheritable } for the low and the high 32 capabilities (_LINUX_CAPABILITY_VERSION_3).
 fn capget() -> io::Result<[u32; 6]> {
     let header = [0x2008_0522u32, 0];
@@ -582,6 +581,14 @@ pub fn idle_self() {
 
 pub fn geteuid() -> u32 {
     thaw::sys::syscall6(libc::SYS_geteuid, [0; 6]) as u32
+}
+
+/// The real user and group ids (the caller's, where exec made the effective ones others).
+pub fn real_ids() -> (u32, u32) {
+    (
+        thaw::sys::syscall6(libc::SYS_getuid, [0; 6]) as u32,
+        thaw::sys::syscall6(libc::SYS_getgid, [0; 6]) as u32,
+    )
 }
 
 pub fn getegid() -> u32 {

@@ -102,18 +102,21 @@ fn failed(msg: impl std::fmt::Display) -> Failure {
 /// A duplicate of `fd` at a number ≥ `high`, out of the way of the process's own descriptors;
 /// a number the caller's limit on open files does not reach is a refusal that says so.
 pub(crate) fn dup_high(fd: RawFd, high: RawFd) -> Result<OwnedFd> {
-    sys::dup_above(fd, high).map_err(|e| {
-        let limit = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE).map_or(0, |(_, max)| max);
-        match e.raw_os_error() {
-            // (F_DUPFD: EINVAL for a number at or above the limit, EMFILE for none free below.)
-            Some(libc::EINVAL | libc::EMFILE) => refused(format!(
-                "the restore needs descriptor numbers from {high} up, above the process's own, \
-                 and your limit on open files (RLIMIT_NOFILE) is {limit}: raise it (ulimit -n) \
-                 and restore again"
-            )),
-            _ => failed(format!("cannot duplicate a descriptor: {e}")),
-        }
-    })
+    sys::dup_above(fd, high).map_err(|e| dup_failure(&e, high))
+}
+
+/// Why a duplicate at a number ≥ `high` could not be made.
+fn dup_failure(e: &std::io::Error, high: RawFd) -> Failure {
+    let limit = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE).map_or(0, |(_, max)| max);
+    match e.raw_os_error() {
+        // (F_DUPFD: EINVAL for a number at or above the limit, EMFILE for none free below.)
+        Some(libc::EINVAL | libc::EMFILE) => refused(format!(
+            "the restore needs descriptor numbers from {high} up, above the process's own, \
+             and your limit on open files (RLIMIT_NOFILE) is {limit}: raise it (ulimit -n) \
+             and restore again"
+        )),
+        _ => failed(format!("cannot duplicate a descriptor: {e}")),
+    }
 }
 
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
@@ -392,14 +395,14 @@ fn standard_duplicates(m: &thaw::Manifest) -> Result<Vec<(RawFd, OwnedFd)>> {
         .iter()
         .filter_map(|e| Some((e.fd, e.standard().filter(|&s| s != e.fd)?)))
         .map(|(fd, s)| {
-            sys::dup_above(s, FIRST_HIGH_FD).map(|d| (fd, d)).or_else(|err| {
-                if err.raw_os_error() != Some(libc::EBADF) {
-                    return dup_high(s, FIRST_HIGH_FD).map(|d| (fd, d));
-                }
-                Err(refused(format!(
-                    "fd {fd} shared the process's fd {s}, which is yours at restore, and yours is not open ({err}): restore with fd {s} open"
-                )))
-            })
+            sys::dup_above(s, FIRST_HIGH_FD)
+                .map(|d| (fd, d))
+                .map_err(|err| match err.raw_os_error() {
+                    Some(libc::EBADF) => refused(format!(
+                        "fd {fd} shared the process's fd {s}, which is yours at restore, and yours is not open ({err}): restore with fd {s} open"
+                    )),
+                    _ => dup_failure(&err, FIRST_HIGH_FD),
+                })
         })
         .collect()
 }

@@ -53,7 +53,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     bound("page runs", runs, MAX_RUNS)?;
     bound("advice ranges", m.dontfork.len() + m.guards.len(), MAX_VMAS)?;
 
-    let shared_ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
+    let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
     // Mappings: page-aligned, non-empty, in the user half, sorted and disjoint.
     let aligned = |a: u64| a.is_multiple_of(page);
     let mut prev_end = 0u64;
@@ -96,7 +96,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
         if let Backing::Shared { object, offset } = v.backing {
-            if !shared_ids.contains(&object) || !aligned(offset) {
+            if !ids.contains(&object) || !aligned(offset) {
                 return Err(format!(
                     "mapping {:#x}: shared object {object} at {offset:#x}",
                     v.start
@@ -121,7 +121,6 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
     }
     crate::state::pkeys::validate(&m.pkeys, &m.memory)?;
     crate::state::io_uring::Ring::check_all(crate::state::io_uring::rings(&m.files))?;
-    let ids: BTreeSet<u64> = m.shared.iter().map(|o| o.id).collect();
     if ids.len() != m.shared.len() {
         return Err("two shared objects with one id".into());
     }
@@ -472,10 +471,9 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                     l.ino
                 ));
             }
-            let distinct: BTreeSet<u64> = l.pending.iter().copied().collect();
+            let mut seen = BTreeSet::new();
             for &c in &l.pending {
-                let ok = connecting.contains(&(c, l.ino));
-                if !ok || distinct.len() != l.pending.len() {
+                if !connecting.contains(&(c, l.ino)) || !seen.insert(c) {
                     return Err(format!(
                         "socket:[{}]: its waiting connection socket:[{c}] is not one of its own",
                         l.ino

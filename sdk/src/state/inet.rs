@@ -118,27 +118,17 @@ fn is_ping(family: i32, ty: i32, protocol: i32) -> bool {
 /// What NETLINK_SOCK_DIAG says about one datagram socket: (bytes to read, bytes to send,
 /// shutdown bits).
 fn datagram_diag(family: i32, protocol: i32, ino: u64) -> Result<(u32, u32, u8), String> {
-    use super::sockets::{u32_at, INET_DIAG_MSG};
-    let msgs = super::sockets::inet_diag(family, protocol, u32::MAX)
+    use super::sockets::{diag_attr, u32_at};
+    let msgs = super::sockets::inet_diag(family, protocol, u32::MAX, 0)
         .map_err(|e| format!("cannot ask the kernel about this socket (sock_diag): {e}"))?;
     let (_, msg) = msgs
         .into_iter()
         .find(|(i, _)| *i == ino)
         .ok_or("the kernel does not describe this socket (sock_diag)")?;
-    // Attributes follow the message; INET_DIAG_SHUTDOWN (8) is one byte.
-    let mut shutdown = 0;
-    let mut at = INET_DIAG_MSG;
-    while at + 4 <= msg.len() {
-        let len = u16::from_ne_bytes([msg[at], msg[at + 1]]) as usize;
-        let kind = u16::from_ne_bytes([msg[at + 2], msg[at + 3]]);
-        if len < 4 || at + len > msg.len() {
-            break;
-        }
-        if kind == 8 && len > 4 {
-            shutdown = msg[at + 4];
-        }
-        at += len.next_multiple_of(4);
-    }
+    // INET_DIAG_SHUTDOWN (8) is one byte.
+    let shutdown = diag_attr(&msg, 8)
+        .and_then(|a| a.first().copied())
+        .unwrap_or(0);
     Ok((u32_at(&msg, 56), u32_at(&msg, 60), shutdown))
 }
 

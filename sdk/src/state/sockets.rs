@@ -363,17 +363,9 @@ type Backlogs = BTreeMap<u64, (u32, u32, bool)>;
 
 /// Every internet socket of `family` and `protocol` in one of `states` (a bit per TCP state):
 /// each `struct inet_diag_msg` with its attributes, and its inode.
+/// `ext`: the extensions asked for too (a bit per INET_DIAG_* attribute less one; INET_DIAG_INFO's
+/// brings the protocol's own, a TCP socket's MD5 keys among them).
 pub(crate) fn inet_diag(
-    family: i32,
-    protocol: i32,
-    states: u32,
-) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
-    inet_diag_ext(family, protocol, states, 0)
-}
-
-/// As [`inet_diag`], asking for the extensions `ext` too (a bit per INET_DIAG_* attribute less
-/// one; INET_DIAG_INFO's brings the protocol's own, a TCP socket's MD5 keys among them).
-fn inet_diag_ext(
     family: i32,
     protocol: i32,
     states: u32,
@@ -396,33 +388,36 @@ fn inet_diag_ext(
 /// are at 56 and 60.
 pub(crate) const INET_DIAG_MSG: usize = 72;
 
-/// Listening TCP sockets of `family`.
-fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
-    // INET_DIAG_INFO (2): with it the kernel adds INET_DIAG_MD5SIG where it may.
-    Ok(
-        inet_diag_ext(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN, 1 << (2 - 1))?
-            .into_iter()
-            .map(|(ino, msg)| (ino, (u32_at(&msg, 56), u32_at(&msg, 60), md5_keys(&msg))))
-            .collect(),
-    )
-}
-
-/// Whether an `inet_diag_msg` carries INET_DIAG_MD5SIG (18): the socket has TCP MD5 signature
-/// keys (`TCP_MD5SIG`, BGP's). The kernel lists them only to a holder of CAP_NET_ADMIN; they
-/// cannot be read back by the socket's owner.
-fn md5_keys(msg: &[u8]) -> bool {
+/// The payload of attribute `kind` (INET_DIAG_*) of an `inet_diag_msg`, if it has one.
+pub(crate) fn diag_attr(msg: &[u8], kind: u16) -> Option<&[u8]> {
     let mut at = INET_DIAG_MSG;
     while let Some(head) = msg.get(at..at + 4) {
         let len = usize::from(u16::from_ne_bytes([head[0], head[1]]));
-        if u16::from_ne_bytes([head[2], head[3]]) == 18 {
-            return true;
+        if len < 4 || at + len > msg.len() {
+            return None;
         }
-        if len < 4 {
-            break;
+        if u16::from_ne_bytes([head[2], head[3]]) == kind {
+            return Some(&msg[at + 4..at + len]);
         }
         at += len.next_multiple_of(4);
     }
-    false
+    None
+}
+
+/// Listening TCP sockets of `family`.
+fn tcp_listeners(family: i32) -> std::io::Result<Backlogs> {
+    // INET_DIAG_INFO (2): with it the kernel adds INET_DIAG_MD5SIG where it may.
+    // INET_DIAG_MD5SIG (18): the socket has TCP MD5 signature keys (`TCP_MD5SIG`, BGP's),
+    // listed only to a holder of CAP_NET_ADMIN; its owner cannot read them back.
+    Ok(
+        inet_diag(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN, 1 << (2 - 1))?
+            .into_iter()
+            .map(|(ino, msg)| {
+                let md5 = diag_attr(&msg, 18).is_some();
+                (ino, (u32_at(&msg, 56), u32_at(&msg, 60), md5))
+            })
+            .collect(),
+    )
 }
 
 /// Whether a TCP socket has TCP-AO keys (`TCP_AO_ADD_KEY`, Linux 6.7): TCP_AO_INFO answers

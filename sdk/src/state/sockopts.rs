@@ -257,12 +257,15 @@ pub fn name(o: &SockOpt) -> String {
 pub(crate) fn apply(fd: i32, opts: &[SockOpt], what: &str) -> Result<(), String> {
     // In the table's order, whatever the image's (one written before IP_TOS came before
     // SO_PRIORITY there would get the priority the type of service maps to).
+    // The filter first (SO_LOCK_FILTER, last in the table, locks it), unknown ones last.
     let rank = |o: &SockOpt| {
+        if (o.level, o.name) == FILTER {
+            return 0;
+        }
         OPTIONS
             .iter()
             .position(|(l, n, _)| *l == o.level && *n == o.name)
             .map_or(usize::MAX, |i| i + 1)
-            * usize::from((o.level, o.name) != FILTER)
     };
     let mut opts: Vec<&SockOpt> = opts.iter().collect();
     opts.sort_by_key(|o| rank(o));
