@@ -318,3 +318,33 @@ fn a_stream_with_descriptors_or_credentials_queued_is_refused() {
         "{out}"
     );
 }
+
+/// A listener's socket file hidden by a file system mounted over its directory, a socket file of
+/// the same inode number in its place: another file (inode numbers repeat across file systems),
+/// refused rather than bound again as if it were the listener's own.
+#[test]
+fn a_socket_file_of_the_same_inode_on_another_file_system_is_not_the_listeners() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.path("over");
+    std::fs::create_dir(&dir).unwrap();
+    let o = env.first_life(
+        "zdtm-sockets",
+        "om.thaw",
+        &["over-mounted", dir.to_str().unwrap()],
+    );
+    for _ in 0..2 {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&dir)
+            .status();
+    }
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("/over/s\", whose socket file was replaced since it was bound"),
+        "{out}"
+    );
+}

@@ -148,6 +148,9 @@ fn main() {
     {
         stream_extras_are_refused(mode);
     }
+    if let (Some("over-mounted"), Some(dir)) = (extra.first().map(String::as_str), extra.get(1)) {
+        over_mounted_is_refused(dir);
+    }
     let (i, j) = (i.into_raw_fd(), j.into_raw_fd());
     // A datagram pair with one end shut down for reading: the other end's sends fail.
     let (du_a, du_b) = UnixDatagram::pair().unwrap();
@@ -880,4 +883,31 @@ fn stream_extras_are_refused(mode: &str) {
         assert!(stream_fd_write(a, b"hello"));
     }
     common::refusal(|| {});
+}
+
+/// A listener whose socket file is hidden by a file system mounted over its directory, with a
+/// socket file of the same inode number at its path there (each the first file of a new tmpfs):
+/// the file at its path is another, and it is refused. As root; the caller unmounts `dir` twice.
+fn over_mounted_is_refused(dir: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let mount = || {
+        let (src, at, fs) = (c"none", std::ffi::CString::new(dir).unwrap(), c"tmpfs");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call and no data.
+        let r = unsafe { libc::mount(src.as_ptr(), at.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+    };
+    let path = format!("{dir}/s");
+    mount();
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let first = std::fs::metadata(&path).unwrap();
+    mount();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let second = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        first.ino(),
+        second.ino(),
+        "the two socket files' inode numbers"
+    );
+    assert_ne!(first.dev(), second.dev());
+    common::refusal(move || std::mem::forget(listener));
 }

@@ -56,9 +56,9 @@ pub struct Bound {
     pub sock: Unconnected,
     /// The raw `struct sockaddr_un` it is bound to.
     pub addr: Vec<u8>,
-    /// The inode of its socket file (path addresses): a file left at that path by the first life
-    /// is recognised as stale and replaced.
-    pub path_ino: u64,
+    /// Its socket file's identity (path addresses; device and inode, as `file_id` gives them): a
+    /// file left at that path by the first life is recognised as stale and replaced. 0: none.
+    pub path_id: u64,
     /// A datagram socket's default destination (`connect`), by address: a named socket of this
     /// process or another (glibc's `syslog` keeps one connected to /dev/log). Empty: none.
     pub peer: Vec<u8>,
@@ -179,8 +179,8 @@ pub struct Listener {
     pub reuseport: bool,
     /// IPV6_V6ONLY (AF_INET6 only).
     pub v6only: bool,
-    /// The inode of its socket file (AF_UNIX path addresses; see [`Bound::path_ino`]).
-    pub path_ino: u64,
+    /// Its socket file's identity (AF_UNIX path addresses; see [`Bound::path_id`]).
+    pub path_id: u64,
     /// Its socket file was removed after it was bound (see [`Bound::unlinked`]).
     pub unlinked: bool,
     /// See [`Bound::moved_to`].
@@ -211,8 +211,8 @@ struct UnixDiag {
     rqueue: u32,
     wqueue: u32,
     name: Option<Vec<u8>>,
-    /// The inode of the file a path-bound socket is bound to (UNIX_DIAG_VFS).
-    vfs_ino: Option<u64>,
+    /// The file a path-bound socket is bound to, as [`file_id`] gives it (UNIX_DIAG_VFS).
+    vfs_id: Option<u64>,
     /// A listener's connections waiting to be accepted, in queue order, each as the inode of the
     /// socket that connected (0: closed since) (UNIX_DIAG_ICONS).
     icons: Vec<u64>,
@@ -281,7 +281,10 @@ fn unix_diag() -> std::io::Result<BTreeMap<u64, UnixDiag>> {
             match kind {
                 UNIX_DIAG_NAME => d.name = Some(data.to_vec()),
                 UNIX_DIAG_PEER => d.peer = u64::from(u32_at(data, 0)),
-                UNIX_DIAG_VFS => d.vfs_ino = Some(u64::from(u32_at(data, 0))),
+                // struct unix_diag_vfs { u32 ino, dev }
+                UNIX_DIAG_VFS => {
+                    d.vfs_id = Some(u64::from(u32_at(data, 4)) << 32 | u64::from(u32_at(data, 0)))
+                }
                 UNIX_DIAG_ICONS => {
                     d.icons = data
                         .chunks_exact(4)
@@ -347,7 +350,7 @@ fn accepted_from(unix: &BTreeMap<u64, UnixDiag>, d: &UnixDiag, ours: &[u64]) -> 
                 && x.name.as_ref() == Some(name)
                 && match name.first() {
                     Some(0) => true,
-                    Some(b'/') => x.vfs_ino.is_some_and(|v| {
+                    Some(b'/') => x.vfs_id.is_some_and(|v| {
                         let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
                         a.extend_from_slice(name);
                         path_is_socket(&a, v)
@@ -507,7 +510,7 @@ pub(crate) fn classify(
                     if family == libc::AF_UNIX && addr.len() <= 2 {
                         return refuse("unnamed listening AF_UNIX socket".into());
                     }
-                    let vfs = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
+                    let vfs = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_id);
                     let mut dir = String::new();
                     if family == libc::AF_UNIX && addr[2] != 0 && addr[2] != b'/' {
                         dir = relative_dir(&addr, vfs).ok_or_else(|| (FdClass::Socket, format!(
@@ -520,7 +523,7 @@ pub(crate) fn classify(
                     if family == libc::AF_UNIX && addr[2] == b'/' {
                         // Bound again by path at restore: the path must still be this socket's,
                         // or gone (bound again, and its file removed again, or renamed again).
-                        let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_ino);
+                        let bound = unix.as_ref().ok().and_then(|m| m.get(&ino)).and_then(|d| d.vfs_id);
                         let same = bound.is_some_and(|v| path_is_socket(&addr, v));
                         unlinked = !same && path_gone(&addr);
                         if let Some(q) = bound.filter(|_| unlinked).and_then(|v| renamed(&addr, v)) {
@@ -533,14 +536,14 @@ pub(crate) fn classify(
                             ));
                         }
                     }
-                    let path_ino = unix
+                    let path_id = unix
                         .as_ref()
                         .ok()
                         .and_then(|m| m.get(&ino))
-                        .and_then(|d| d.vfs_ino)
+                        .and_then(|d| d.vfs_id)
                         .filter(|_| family == libc::AF_UNIX && addr.get(2) != Some(&0) && !unlinked)
                         .unwrap_or(0);
-                    let file = (path_ino != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten();
+                    let file = (path_id != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten();
                     if !waiting.is_empty() && unlinked {
                         return refuse(format!(
                             "listening on {:?}, whose socket file was removed, with connections waiting to be accepted: they could not be made again by that name",
@@ -566,7 +569,7 @@ pub(crate) fn classify(
                             )
                             .unwrap_or(0)
                                 != 0,
-                        path_ino,
+                        path_id,
                         unlinked,
                         moved_to,
                         dir,
@@ -677,20 +680,20 @@ pub(crate) fn classify(
                     let mut unlinked = false;
                     let mut moved_to = String::new();
                     let mut dir = String::new();
-                    let path_ino = if !bound {
+                    let path_id = if !bound {
                         0
                     } else if addr.get(2).is_some_and(|&b| b != b'/' && b != 0) {
-                        dir = relative_dir(&addr, d.vfs_ino).ok_or_else(|| (FdClass::Socket, format!(
+                        dir = relative_dir(&addr, d.vfs_id).ok_or_else(|| (FdClass::Socket, format!(
                             "bound to the relative path {:?}, which names its socket file from no directory thaw can find (it was bound from another working directory than the process has now): bind to an absolute path",
                             describe(&addr)
                         )))?;
-                        d.vfs_ino.unwrap_or(0)
+                        d.vfs_id.unwrap_or(0)
                     } else if addr.get(2).is_some_and(|&b| b == b'/') {
                         // Bound again by path at restore: the path must still be this socket's,
                         // or gone (bound again, and its file removed again).
-                        let same = d.vfs_ino.is_some_and(|v| path_is_socket(&addr, v));
+                        let same = d.vfs_id.is_some_and(|v| path_is_socket(&addr, v));
                         unlinked = !same && path_gone(&addr);
-                        if let Some(q) = d.vfs_ino.filter(|_| unlinked).and_then(|v| renamed(&addr, v)) {
+                        if let Some(q) = d.vfs_id.filter(|_| unlinked).and_then(|v| renamed(&addr, v)) {
                             (moved_to, unlinked) = (q, false);
                         }
                         if !same && !unlinked && moved_to.is_empty() {
@@ -699,15 +702,15 @@ pub(crate) fn classify(
                                 describe(&addr)
                             ));
                         }
-                        if unlinked { 0 } else { d.vfs_ino.unwrap_or(0) }
+                        if unlinked { 0 } else { d.vfs_id.unwrap_or(0) }
                     } else {
                         0
                     };
                     return Ok(Socket::Bound(Bound {
                         sock: unconnected()?,
-                        file: (path_ino != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten(),
+                        file: (path_id != 0).then(|| SocketFile::of(&named(&addr, &moved_to), &dir)).flatten(),
                         addr,
-                        path_ino,
+                        path_id,
                         unlinked,
                         moved_to,
                         dir,
@@ -964,13 +967,13 @@ pub fn recreate<'a>(
                 let bytes = b.queued.map(&mut queued).transpose()?;
                 if !b.addr.is_empty() {
                     in_dir(&b.dir, || {
-                        bind_again(sock.as_raw_fd(), &b.addr, b.path_ino, b.unlinked, b.file)?;
+                        bind_again(sock.as_raw_fd(), &b.addr, b.path_id, b.unlinked, b.file)?;
                         // Queued again by address while the name still reaches it (before
                         // a removed socket file is removed again).
                         if let Some(bytes) = &bytes {
                             send_messages(&b.addr, bytes, &b.messages)?;
                         }
-                        name_again(&b.addr, b.unlinked, &b.moved_to, b.path_ino)
+                        name_again(&b.addr, b.unlinked, &b.moved_to, b.path_id)
                     })
                     .map_err(|e| {
                         if e.raw_os_error() == Some(libc::EADDRINUSE) {
@@ -1168,22 +1171,31 @@ fn in_dir<T>(dir: &str, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Resu
     r
 }
 
-/// Whether the path `addr` is bound to is a socket file with inode `ino`.
-fn path_is_socket(addr: &[u8], ino: u64) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+/// A file's identity as the kernel's socket diagnostics show a socket file's (UNIX_DIAG_VFS):
+/// its file system's device number in the kernel's own encoding (major << 20 | minor) in the
+/// high half, the low 32 bits of its inode number in the low half. Inode numbers alone repeat
+/// across file systems (a System V segment's id was once taken for a file's inode that way).
+fn file_id(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = (libc::major(m.dev()) << 20) | (libc::minor(m.dev()) & 0xf_ffff);
+    u64::from(dev) << 32 | (m.ino() & 0xffff_ffff)
+}
+
+/// Whether the path `addr` is bound to is a socket file with identity `id` ([`file_id`]).
+fn path_is_socket(addr: &[u8], id: u64) -> bool {
+    use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(sun_path(addr))
-        .is_ok_and(|m| m.file_type().is_socket() && m.ino() == ino)
+        .is_ok_and(|m| m.file_type().is_socket() && file_id(&m) == id)
 }
 
 /// Whether a socket is bound to the socket file at `addr`'s path (one bound but not listening
 /// yet refuses connections too: a concurrent restore between its bind and its listen).
 fn bound_socket_file(addr: &[u8]) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(sun_path(addr)) else {
         return false;
     };
     // Unknown counts as bound: the file is kept.
-    unix_diag().map_or(true, |u| u.values().any(|d| d.vfs_ino == Some(m.ino())))
+    unix_diag().map_or(true, |u| u.values().any(|d| d.vfs_id == Some(file_id(&m))))
 }
 
 /// Whether the path `addr` is bound to is a socket file owned by the caller.
@@ -1208,21 +1220,21 @@ fn path_gone(addr: &[u8]) -> bool {
 fn bind_again(
     fd: i32,
     addr: &[u8],
-    path_ino: u64,
+    path_id: u64,
     unlinked: bool,
     file: Option<SocketFile>,
 ) -> std::io::Result<()> {
     if unlinked {
         return crate::sys::bind(fd, addr);
     }
-    bind_replacing_stale(fd, addr, path_ino)?;
+    bind_replacing_stale(fd, addr, path_id)?;
     file.map_or(Ok(()), |f| f.apply(addr))
 }
 
 /// Once a socket is bound again (and listens): removes its socket file where the first life's
 /// had been removed (`unlinked`), or renames it where it had been renamed (`moved_to`), over a
 /// stale file there (the first life's, or a restore's of it, that nothing is bound to).
-fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io::Result<()> {
+fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, id: u64) -> std::io::Result<()> {
     if unlinked {
         std::fs::remove_file(sun_path(addr))?;
     }
@@ -1232,7 +1244,7 @@ fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io:
         // meanwhile). Where the name is someone's (another restore of the image running, the
         // first life going on), the socket keeps its first name with no file, as one whose
         // file was removed: reachable by nobody, rather than the restore failing.
-        if !path_gone(&to) && stale_socket_file(&to, ino) {
+        if !path_gone(&to) && stale_socket_file(&to, id) {
             let _ = std::fs::remove_file(sun_path(&to));
         }
         match crate::sys::rename_noreplace(sun_path(addr), sun_path(&to)) {
@@ -1245,14 +1257,14 @@ fn name_again(addr: &[u8], unlinked: bool, moved_to: &str, ino: u64) -> std::io:
     Ok(())
 }
 
-/// The socket file a path-bound socket's file (inode `ino`) was renamed to in its directory,
+/// The socket file a path-bound socket's file (identity `id`) was renamed to in its directory,
 /// if it was (HotSpot's attach listener: `.java_pid<pid>.tmp` renamed to `.java_pid<pid>`).
-fn renamed(addr: &[u8], ino: u64) -> Option<String> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+fn renamed(addr: &[u8], id: u64) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
     let dir = sun_path(addr).parent()?;
     std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
         let m = std::fs::symlink_metadata(e.path()).ok()?;
-        (m.file_type().is_socket() && m.ino() == ino)
+        (m.file_type().is_socket() && file_id(&m) == id)
             .then(|| e.path().to_string_lossy().into_owned())
     })
 }
@@ -1296,12 +1308,12 @@ fn send_messages(addr: &[u8], bytes: &[u8], messages: &[u32]) -> std::io::Result
     Ok(())
 }
 
-/// Binds `fd` to `addr`. A socket file at that path that is the first life's own (`path_ino`)
+/// Binds `fd` to `addr`. A socket file at that path that is the first life's own (`path_id`)
 /// and that nothing is bound to any more (connecting is refused) is stale: it is replaced.
-fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<()> {
+fn bind_replacing_stale(fd: i32, addr: &[u8], path_id: u64) -> std::io::Result<()> {
     match crate::sys::bind(fd, addr) {
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && path_ino != 0 => {
-            if stale_socket_file(addr, path_ino) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && path_id != 0 => {
+            if stale_socket_file(addr, path_id) {
                 std::fs::remove_file(sun_path(addr))?;
                 crate::sys::bind(fd, addr)
             } else {
@@ -1313,9 +1325,9 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_ino: u64) -> std::io::Result<
 }
 
 /// Whether the socket file at `addr` is stale: nothing listens there (connecting is refused)
-/// or is bound to it, and it is the first life's own (inode `ino`) or one a restore of it left
+/// or is bound to it, and it is the first life's own (identity `id`) or one a restore of it left
 /// (a previous restore of this image, a serve instance: a socket file of the caller's).
-fn stale_socket_file(addr: &[u8], ino: u64) -> bool {
+fn stale_socket_file(addr: &[u8], id: u64) -> bool {
     // Without waiting: a listener there whose backlog is full (anyone's: the socket file may be
     // another user's) would hold a blocking connect for ever. It is alive (EAGAIN): not stale.
     let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
@@ -1325,7 +1337,7 @@ fn stale_socket_file(addr: &[u8], ino: u64) -> bool {
     let refused = crate::sys::connect(probe.as_raw_fd(), addr)
         .err()
         .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
-    refused && (path_is_socket(addr, ino) || callers_socket_file(addr)) && !bound_socket_file(addr)
+    refused && (path_is_socket(addr, id) || callers_socket_file(addr)) && !bound_socket_file(addr)
 }
 
 impl Unconnected {
@@ -1447,10 +1459,10 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
     // Before bind: IP_FREEBIND, IP_TRANSPARENT and SO_BINDTODEVICE decide what it may bind to.
     super::sockopts::apply(fd, &l.opts, &format!("listening on {what}"))?;
     in_dir(&l.dir, || {
-        bind_again(fd, &l.addr, l.path_ino, l.unlinked, l.file)?;
+        bind_again(fd, &l.addr, l.path_id, l.unlinked, l.file)?;
         crate::sys::listen(fd, l.backlog.max(1))?;
         // (One the process connects to itself still has its file: see the checkpoint.)
-        name_again(&l.addr, l.unlinked, &l.moved_to, l.path_ino)
+        name_again(&l.addr, l.unlinked, &l.moved_to, l.path_id)
     })
     .map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) && !l.reuseaddr && l.family != libc::AF_UNIX {
