@@ -217,28 +217,41 @@ fn another_kernel_or_cpu_is_refused_with_what_differs() {
     assert!(o.stdout.is_empty());
 }
 
+/// A step of the restorer that fails (entering a working directory the process may no longer
+/// search: the launcher, which checks it is the same directory, may still look at it) is named,
+/// and nothing is left running.
 #[test]
 fn failed_restore_names_the_step_and_leaves_nothing_behind() {
-    let env = Env::new();
-    let cwd = env.path("gone");
-    std::fs::create_dir(&cwd).unwrap();
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to nobody (CI runs as root)");
+        return;
+    }
+    let env = Env::for_nobody();
+    let cwd = env.nobody_dir("shut");
     let img = env.checkpoint("zdtm-process", "p.thaw", &[cwd.to_str().unwrap()]);
-    std::fs::remove_dir(&cwd).unwrap();
-    let o = env.restore(&img, &["--pid-mode", "host"], &[]);
+    std::fs::set_permissions(&cwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
     assert_eq!(o.status.code(), Some(RESTORE_FAILED), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!("(chdir {})", cwd.display()))
-            && err.contains("No such file or directory"),
+        err.contains(&format!("(chdir {})", cwd.display())) && err.contains("Permission denied"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(o.stdout.is_empty());
-    let pid = env.manifest(&img).process.pid;
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "PID {pid} left behind"
-    );
+    // No process of the image's is left (its name is zdtm-proc).
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "zdtm-proc")
+                && std::fs::read_to_string(e.path().join("cmdline"))
+                    .is_ok_and(|c| c.contains(&*img.to_string_lossy()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -469,5 +482,93 @@ fn a_process_from_its_own_network_namespace_is_refused_outside_it() {
         err.contains("the process ran in another network namespace")
             && err.contains("interfaces \"lo\")"),
         "{err}"
+    );
+}
+
+/// A limit on file size below the image's (RLIMIT_FSIZE, `ulimit -f`): the write fails and says
+/// so, rather than SIGXFSZ killing the process that checkpoints (it goes on) or the launcher
+/// that signs; no image is left behind, and the image signed before stays as it was.
+#[test]
+fn a_limit_on_file_size_fails_the_write_and_kills_nothing() {
+    let env = Env::new();
+    let img = env.path("f.thaw");
+    let o = command(Path::new("prlimit"))
+        .arg("--fsize=65536")
+        .arg(env.program("zdtm-shmem"))
+        .arg(&img)
+        .arg(&env.key)
+        .arg("must-fail")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("cannot write the image (the limit on file size, RLIMIT_FSIZE, is lower than its size: raise it, e.g. ulimit -f unlimited) {}", img.display())),
+        "{out}"
+    );
+    assert!(!img.exists());
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    let before = std::fs::read(&img).unwrap();
+    let o = command(Path::new("prlimit"))
+        .arg("--fsize=65536")
+        .arg(bin("thaw"))
+        .args([
+            "sign",
+            "--key",
+            env.key.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_some_and(|c| c != 0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("RLIMIT_FSIZE"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+}
+
+/// An image whose PID is at or above the PID namespace's limit (kernel.pid_max, lower here than
+/// where it was taken): auto mode restores it in a namespace of its own, and host mode is
+/// refused, naming the limit (clone3 would fail with EINVAL).
+#[test]
+fn a_pid_above_pid_max_is_restored_in_a_namespace() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "p.thaw", &[]);
+    let pid = env.manifest(&img).process.pid;
+    if pid <= 301 {
+        // (kernel.pid_max cannot be set below 301.)
+        return;
+    }
+    let run = |mode: &str| {
+        let script = format!("echo {pid} > /proc/sys/kernel/pid_max && exec \"$@\"",);
+        let mut c = command(Path::new("unshare"));
+        c.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script, "sh"])
+            .arg(bin("thaw"))
+            .args(["run", "--pid-mode", mode, "--trust"])
+            .arg(&env.pubkey)
+            .arg(&img)
+            .stdin(std::process::Stdio::null());
+        c.output().unwrap()
+    };
+    let o = run("host");
+    assert_eq!(o.status.code(), Some(REFUSED), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "id {pid} is above this PID namespace's limit (kernel.pid_max = {pid})"
+        )),
+        "{}",
+        text(&o)
+    );
+    let o = run("auto");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("ready {pid}")),
+        "{}",
+        text(&o)
     );
 }

@@ -424,6 +424,33 @@ fn webassembly_compiles_and_runs_after_a_restore() {
     }
 }
 
+/// V8 flags the application turned on itself (`v8.setFlagsFromString`) stay on: the package,
+/// which sets `--allow-natives-syntax` and `--expose-gc` for a moment around a fresh context
+/// while it checkpoints, turned them off again after, and `%` syntax failed in both lives.
+#[test]
+fn v8_flags_the_application_set_stay_set() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("flags.thaw");
+    let js = "require('v8').setFlagsFromString('--allow-natives-syntax');\n\
+        require('v8').setFlagsFromString('--expose-gc');\n\
+        thaw.checkpoint(process.argv[1], { key: process.argv[2] });\n\
+        let ok;\n\
+        try { new Function('return %GetOptimizationStatus(Math.max)')(); ok = true; } catch (e) { ok = String(e); }\n\
+        const gc = require('vm').runInNewContext('typeof gc');\n\
+        console.log(`natives ${ok} gc ${gc}`);";
+    let (out, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out, "natives true gc function\n", "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "natives true gc function\n",
+        "{}",
+        text(&o)
+    );
+}
+
 /// Files read in libuv's thread pool while the main thread checkpoints, over and over: four
 /// `fs.readFile` loops open, read and close in the pool's threads meanwhile (descriptors come and
 /// go between the checkpoint's listing and its stop). Every checkpoint succeeds, and in every

@@ -171,6 +171,27 @@ fn shared_memory_another_process_maps_is_refused() {
     assert!(!env.path("w.thaw").exists());
 }
 
+/// A worker whose memfd, deleted temporary file, eventfd and epoll instance its master holds
+/// too, by descriptor alone: each would come back as the worker's own copy, so the checkpoint
+/// is refused, one item each (two descriptors of one eventfd are one item), naming the master.
+#[test]
+fn objects_another_process_holds_by_descriptor_are_refused() {
+    let env = Env::new();
+    let out = env.refused("zdtm-shmem", "h.thaw", &["held-with-parent"]);
+    for what in [
+        "(/memfd:status (deleted)): shared memory another process holds it open: process ",
+        " (deleted)): a file deleted while open, another process holds it open: process ",
+        // (Items with one ending are listed together, the ending said once.)
+        "(anon_inode:[eventfd]): an eventfd, another process holds it open",
+        "(anon_inode:[eventpoll]): an epoll instance, another process holds it open",
+    ] {
+        assert_eq!(out.matches(what).count(), 1, "{what}: {out}");
+    }
+    assert!(out.contains("4 unsupported item(s)"), "{out}");
+    assert!(out.contains("(zdtm-shmem)"), "{out}");
+    assert!(!env.path("h.thaw").exists());
+}
+
 /// Sparse shared anonymous memory (256 MiB, three pages written): the checkpoint copies the
 /// pages in memory, not the holes, and the first life's resident memory stays as it was (read
 /// through the mapping, every hole was filled: a 1 GiB region became 1 GiB resident). Where the

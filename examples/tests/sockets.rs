@@ -348,3 +348,23 @@ fn a_socket_file_of_the_same_inode_on_another_file_system_is_not_the_listeners()
         "{out}"
     );
 }
+
+/// A live listener at the image's socket path (another restore of the image serving there): the
+/// restore is refused without connecting to it, which a running server would see as a client
+/// that came and went (Node's server crashed on the EPIPE).
+#[test]
+fn a_live_listener_at_the_path_is_not_connected_to() {
+    let env = Env::new();
+    let (img, _) = image(&env);
+    let path = env.path("s.thaw.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    listener.set_nonblocking(true).unwrap();
+    let got = listener.accept();
+    assert!(
+        got.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the launcher connected to the live listener: {got:?}"
+    );
+}

@@ -91,6 +91,25 @@ fn memory_contents_brk_and_layout() {
         "{err}"
     );
     assert!(o.stdout.is_empty());
+    // The mapped file made shorter since: its pages past the new end would raise SIGBUS where
+    // the first life read them (and a saved page cannot go there): refused, naming it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let short = env.restore(&img, &[], &[]);
+    assert_eq!(short.status.code(), Some(67), "{}", text(&short));
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains(&format!(
+            "mapped file {} is shorter than at the checkpoint (4096 bytes, then {})",
+            data.display(),
+            3 * 4096
+        )),
+        "{}",
+        text(&short)
+    );
 }
 
 /// Adjacent entries with the same protection and name merged (the kernel may merge or split
@@ -159,6 +178,19 @@ fn signal_handlers_mask_and_altstack() {
 
 /// An epoll registration of the standard input watches the caller's: a pipe there works; a
 /// file or /dev/null (which epoll cannot watch) is refused before anything runs, naming it.
+/// A descriptor 0 the program opened itself, having been started without a standard input (a
+/// JVM started with `<&-` opens its class image there, and died at its next class load when it
+/// became the caller's stdin): it is kept as the file it is, at its offset.
+#[test]
+fn a_standard_descriptor_the_program_opened_itself_stays_its_file() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-stdin", "own.thaw", &["own"]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["fd 0 opened by the program is its file"]);
+    }
+}
+
 #[test]
 fn epoll_on_standard_input_watches_the_callers() {
     use std::io::Write;
@@ -237,6 +269,41 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
             "scheduling: CPU mask and I/O priority of each thread",
         ],
     );
+}
+
+/// The working directory is known by what it is, not only by its path: one whose name ends in
+/// " (deleted)" is a live directory, entered again as it is; a directory made at its path since
+/// the checkpoint is another (the process's relative paths would lead elsewhere): refused before
+/// the process exists, as is a path where nothing is any more.
+#[test]
+fn a_working_directory_replaced_since_the_checkpoint_is_refused() {
+    let env = Env::new();
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("w (deleted)");
+    std::fs::create_dir(&dir).unwrap();
+    let img = env.checkpoint("zdtm-process", "w.thaw", &[dir.to_str().unwrap()]);
+    let o = env.restore(&img, &[], &["one", "two words"]);
+    assert_all_ok(&o, &["cwd"]);
+    std::fs::rename(&dir, base.path().join("before")).unwrap();
+    let o = env.restore(&img, &[], &["one", "two words"]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot enter the process's working directory"),
+        "{}",
+        text(&o)
+    );
+    std::fs::create_dir(&dir).unwrap();
+    let o = env.restore(&img, &[], &["one", "two words"]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "the process's working directory {} was replaced since the checkpoint",
+            dir.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
 }
 
 /// A process that goes on from its checkpoint and at once changes process-wide settings (child
@@ -790,6 +857,26 @@ fn pending_signals_come_back_on_their_queues_with_their_siginfo() {
     let o = env.first_life("zdtm-sigpending", "r.thaw", &["timer-running"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("checkpoints: 20, ticks: true"), "{}", text(&o));
+    // So does a flood of a standard signal from another process (each checkpoint of 20 read
+    // SIGUSR1 again and again as it was sent again, until it had no room left: 3 in 24 were
+    // refused as "more signals were queued than a checkpoint reads").
+    let o = env.first_life("zdtm-sigpending", "f.thaw", &["flood"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("checkpoints: 20, ticks: true"), "{}", text(&o));
+    // A SIGTERM another process sends while the checkpoint holds the threads is the first
+    // life's, not every restore's (a supervisor's stop ended each instance of the image).
+    let o = env.first_life("zdtm-sigpending", "o.thaw", &["from-outside"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("first life: SIGTERM handled: 1"),
+        "{}",
+        text(&o)
+    );
+    let o = env.restore(&env.path("o.thaw"), &[], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("restored: SIGTERM handled: 0"),
+        "{}",
+        text(&o)
+    );
     let out = env.refused("zdtm-sigpending", "t.thaw", &["timer"]);
     assert!(
         out.contains("pending for thread")
@@ -1293,7 +1380,7 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         out.contains(&format!(
-            "{d}/big was deleted and is 204800 bytes, more than the 1000 kept in an image"
+            "{d}/big was deleted and holds 204800 bytes of data, more than the 1000 kept in an image"
         )),
         "{out}"
     );
@@ -1746,10 +1833,48 @@ fn inotify_watches_come_back_with_their_numbers() {
         "events after restore",
         "an instance without watches, blocking",
     ];
-    for opts in every_mode() {
-        let _ = std::fs::remove_file(dir.path().join("created"));
+    let watched = dir.path().join("watched");
+    let times = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (dir_then, file_then) = (times(dir.path()), times(&watched));
+    for (i, opts) in every_mode().iter().enumerate() {
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &expected);
+        // That restore made a file in the watched directory and wrote the watched file: a
+        // paused process would have been told, a restored one cannot be, so the next restore
+        // is refused, naming what changed.
+        let refused = |what: String| {
+            let o = env.restore(&img, opts, &[]);
+            assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains(&what)
+                    && String::from_utf8_lossy(&o.stderr)
+                        .contains("a paused process would have been told"),
+                "{what}: {}",
+                text(&o)
+            );
+        };
+        if i == 0 {
+            refused(format!(
+                "{} was written since the checkpoint (IN_MODIFY)",
+                watched.display()
+            ));
+        }
+        // Put back as they were, times and all (the watches look at no status change).
+        std::fs::write(&watched, b"x").unwrap();
+        std::fs::File::open(&watched)
+            .unwrap()
+            .set_modified(file_then)
+            .unwrap();
+        if i == 0 {
+            refused(format!(
+                "{d} had entries made, removed or moved since the checkpoint (IN_CREATE, IN_DELETE, IN_MOVED_*)"
+            ));
+        }
+        std::fs::remove_file(dir.path().join("created")).unwrap();
+        std::fs::File::open(dir.path())
+            .unwrap()
+            .set_modified(dir_then)
+            .unwrap();
     }
     // A watch added after the scan and before the stop.
     let late = env.checkpoint("zdtm-inotify", "l.thaw", &[d, "late"]);
@@ -1792,10 +1917,23 @@ fn inotify_watches_of_an_unprivileged_process_are_found_under_its_working_direct
     };
     let o = first_life(&dir);
     assert!(o.status.success(), "{}", text(&o));
+    let watched = dir.join("watched");
+    let times = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (dir_then, file_then) = (times(&dir), times(&watched));
     for opts in [&["--pid-mode", "ns"][..], &[]] {
-        let _ = std::fs::remove_file(dir.join("created"));
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &["watch numbers and masks", "events after restore"]);
+        // Put back as they were (see inotify_watches_come_back_with_their_numbers).
+        std::fs::remove_file(dir.join("created")).unwrap();
+        std::fs::write(&watched, b"x").unwrap();
+        std::fs::File::open(&watched)
+            .unwrap()
+            .set_modified(file_then)
+            .unwrap();
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(dir_then)
+            .unwrap();
     }
     std::fs::remove_file(&img).unwrap();
     let o = first_life(&env.nobody_dir("elsewhere"));
@@ -1871,6 +2009,12 @@ fn descriptor_numbers_reused_during_the_scan_come_back_as_they_were_at_the_stop(
         &["renamed"],
         &[],
         &["a file renamed while the checkpoint ran comes back under its new name"],
+    );
+    run_zdtm(
+        "zdtm-reused",
+        &["event-closed"],
+        &[],
+        &["an eventfd closed while the checkpoint ran stays closed"],
     );
 }
 

@@ -57,10 +57,37 @@ fn renamed(image: &str) {
     c.finish()
 }
 
+/// `event-closed`: an eventfd closed by another thread once the checkpoint has described the
+/// descriptors and before it reads the event objects' fdinfo (a Worker's event loop ending
+/// while another checkpoints): the checkpoint starts again (it failed with "No such file or
+/// directory"), and the eventfd is not there after restore.
+fn event_closed() {
+    // SAFETY: a new descriptor of ours.
+    let efd = unsafe { libc::eventfd(3, libc::EFD_CLOEXEC) };
+    assert!(efd >= 0);
+    common::during_first_scan("d", move |_| close(efd));
+    drop(common::restored());
+    let mut c = common::Checks::default();
+    // SAFETY: F_GETFD on a number, open or not.
+    let flags = unsafe { libc::fcntl(efd, libc::F_GETFD) };
+    c.check(
+        "an eventfd closed while the checkpoint ran stays closed",
+        flags == -1,
+        format!(
+            "fd {efd}: {:?}",
+            std::fs::read_link(format!("/proc/self/fd/{efd}"))
+        ),
+    );
+    c.finish()
+}
+
 fn main() {
     let (image, _, extra) = common::argv();
     if extra.first().map(String::as_str) == Some("renamed") {
         return renamed(&image);
+    }
+    if extra.first().map(String::as_str) == Some("event-closed") {
+        return event_closed();
     }
     let (first, second) = (format!("{image}.first"), format!("{image}.second"));
     std::fs::write(&first, b"first file").unwrap();

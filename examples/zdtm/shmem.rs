@@ -59,6 +59,13 @@ fn main() {
     if extra.first().is_some_and(|a| a == "shared-with-parent") {
         return shared_with_parent();
     }
+    if extra.first().is_some_and(|a| a == "must-fail") {
+        // Exits 3 with the reason the checkpoint failed (the caller made it fail).
+        common::refusal(|| {});
+    }
+    if extra.first().is_some_and(|a| a == "held-with-parent") {
+        return held_with_parent();
+    }
     if extra.first().is_some_and(|a| a == "sparse") {
         return sparse();
     }
@@ -384,6 +391,33 @@ fn shared_with_parent() {
     let mut status = 0;
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
+    std::process::exit(libc::WEXITSTATUS(status));
+}
+
+/// A worker forked by a master that keeps descriptors of their memfd, a deleted temporary file,
+/// an eventfd (two descriptors of it in the worker) and an epoll instance, none of them mapped:
+/// refused, one item each, naming the master (a restore would give the worker copies of its
+/// own). The master exits with the worker's status.
+fn held_with_parent() {
+    let mfd = memfd("status", libc::MFD_CLOEXEC);
+    let path = format!("{}.tmp", common::argv().0);
+    let tmp = std::fs::File::create(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // SAFETY: eventfd, dup and epoll_create1 make descriptors of our own.
+    let (efd, efd2, ep) = unsafe {
+        let e = libc::eventfd(0, libc::EFD_CLOEXEC);
+        (e, libc::dup(e), libc::epoll_create1(libc::EPOLL_CLOEXEC))
+    };
+    assert!(efd >= 0 && efd2 >= 0 && ep >= 0);
+    // SAFETY: fork in a process with one thread; the child only runs the checkpoint and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        common::refusal(|| {});
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    drop((mfd, tmp));
     std::process::exit(libc::WEXITSTATUS(status));
 }
 

@@ -172,10 +172,103 @@ fn timer_running(image: &str, key: Option<String>) -> ! {
     std::process::exit(0)
 }
 
+/// `flood`: another process (a grandchild, no child of ours) sends SIGUSR1 to the process as
+/// fast as it can, into a handler; 20 checkpoints in a row all succeed (a standard signal sent
+/// again while the checkpoint reads its queues is the one pending, not one more to read), and it
+/// prints `checkpoints: 20` and whether the handler ran.
+fn flood(image: &str, key: Option<String>) -> ! {
+    // SAFETY: a handler that only counts.
+    unsafe { libc::signal(libc::SIGUSR1, on_tick as *const () as libc::sighandler_t) };
+    let me = std::process::id() as i32;
+    // SAFETY: fork in a process with one thread; the children only make system calls: the
+    // first forks and exits, the second closes every descriptor and signals until we are gone.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            if libc::fork() == 0 {
+                libc::close_range(0, u32::MAX, 0);
+                while libc::kill(me, libc::SIGUSR1) == 0 {}
+                libc::_exit(0);
+            }
+            libc::_exit(0);
+        }
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    while TICKS.load(Ordering::SeqCst) < 100 {
+        std::hint::spin_loop();
+    }
+    let mut done = 0;
+    for i in 0..20 {
+        let mut cp = thaw::Checkpoint::to(image);
+        if let Some(k) = &key {
+            cp = cp.sign_with(k);
+        }
+        match cp.save() {
+            Ok(_) => done += 1,
+            Err(e) => println!("checkpoint {i}: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(image);
+    println!(
+        "checkpoints: {done}, ticks: {}",
+        TICKS.load(Ordering::SeqCst) > 100
+    );
+    std::process::exit(0)
+}
+
+static TERMS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// `from-outside`: another process (a child, reaped at once) sends SIGTERM to the checkpointing
+/// thread while the checkpoint holds the threads, into a handler the program did not block: it
+/// is the first life's, handled once the checkpoint returns, and not in the image (every
+/// restore would get it). Prints `SIGTERM handled: N` in each life.
+fn from_outside(image: &str, key: Option<String>) -> ! {
+    // SAFETY: a handler that only counts.
+    unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    // SAFETY: gettid has no preconditions.
+    let (pid, tid) = (std::process::id() as i32, unsafe { libc::gettid() });
+    common::after_first_scan(move || {
+        // SAFETY: fork from this helper thread; the child only sends the signal and exits, and
+        // is waited for before the checkpoint goes on.
+        unsafe {
+            let child = libc::fork();
+            if child == 0 {
+                libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGTERM);
+                libc::_exit(0);
+            }
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    });
+    let mut cp = thaw::Checkpoint::to(image);
+    if let Some(k) = &key {
+        cp = cp.sign_with(k);
+    }
+    let life = match cp.save() {
+        Ok(thaw::Outcome::Saved(_)) => "first life",
+        Ok(thaw::Outcome::Restored(_)) => "restored",
+        Err(e) => {
+            println!("checkpoint failed: {e}");
+            std::process::exit(2)
+        }
+    };
+    println!("{life}: SIGTERM handled: {}", TERMS.load(Ordering::SeqCst));
+    std::process::exit(0)
+}
+
 fn main() {
     let (image, key, extra) = common::argv();
+    if extra.iter().any(|a| a == "from-outside") {
+        from_outside(&image, key);
+    }
     if extra.iter().any(|a| a == "timer-running") {
         timer_running(&image, key);
+    }
+    if extra.iter().any(|a| a == "flood") {
+        flood(&image, key);
     }
     let traced = extra.iter().any(|a| a == "traced");
     let from_thread = traced || extra.iter().any(|a| a == "from-thread");

@@ -15,7 +15,41 @@ const KEPT_WRITER: i32 = 40;
 /// registers its duplicates of its standard output and error.
 const DUPS: [i32; 2] = [41, 42];
 
+/// `own`: started without a standard input (`<&-`), the program opens a file of its own
+/// close-on-exec, which gets fd 0 (as a JVM's class image does): after restore fd 0 is still
+/// that file, at its offset, not the caller's standard input.
+fn own() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let path = format!("{}.data", common::argv().0);
+    std::fs::write(&path, b"the program's own file").unwrap();
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: closes our standard input, then opens a file with a valid path: it gets fd 0.
+    let fd = unsafe {
+        libc::close(0);
+        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+    };
+    assert_eq!(fd, 0);
+    // SAFETY: fd 0 is ours now, read through a File that is not dropped (it stays fd 0).
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).unwrap();
+    common::checkpoint();
+    let mut rest = String::new();
+    let _ = f.read_to_string(&mut rest);
+    let mut c = common::Checks::default();
+    c.check(
+        "fd 0 opened by the program is its file",
+        rest == "program's own file",
+        format!("{rest:?}"),
+    );
+    c.finish();
+}
+
 fn main() {
+    if common::argv().2.iter().any(|a| a == "own") {
+        return own();
+    }
     let et = common::argv().2.iter().any(|a| a == "et");
     let dups = common::argv().2.iter().any(|a| a == "dups");
     // SAFETY: plain descriptor calls on descriptors this program owns.

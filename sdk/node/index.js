@@ -235,7 +235,8 @@ function closeIdleSockets() {
 // V8 refuses `source`.
 function fromFreshContext(flag, source) {
   const v8 = require('v8');
-  const given = process.execArgv.some((a) => a.replace(/_/g, '-') === `--${flag}`);
+  const given =
+    process.execArgv.some((a) => a.replace(/_/g, '-') === `--${flag}`) || flagOn(flag);
   if (!given) v8.setFlagsFromString(`--${flag}`);
   try {
     return require('vm').runInNewContext(source);
@@ -244,6 +245,22 @@ function fromFreshContext(flag, source) {
   } finally {
     if (!given) v8.setFlagsFromString(`--no-${flag}`);
   }
+}
+
+// Whether V8's `flag` is on now, however it was set (the application may have set it itself
+// with v8.setFlagsFromString): then it is neither set nor turned off around a fresh context.
+function flagOn(flag) {
+  if (flag === 'expose-gc') return require('vm').runInNewContext('typeof gc') === 'function';
+  if (flag === 'allow-natives-syntax') {
+    try {
+      // eslint-disable-next-line no-new-func
+      new Function('return %GetOptimizationStatus(flagOn)');
+      return true;
+    } catch (e) {
+      return !/Unexpected token/.test(String(e && e.message));
+    }
+  }
+  return false;
 }
 
 let gcFn;

@@ -1058,6 +1058,11 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
     let takeable = !own & !c.timer_signals;
     let mut taken = [0u16; QUEUED_MAX];
     let mut n = 0;
+    // Standard signals taken, per queue (private, the process's): one pending is pending once
+    // however often it is sent meanwhile (a flood of SIGUSR1 from another process), so each is
+    // taken once, and one that is pending again has merged with it.
+    let mut standard = [0u64; 2];
+    const STANDARD: u64 = (1u64 << 31) - 1;
     'queues: for shared in [false, true] {
         if shared && (!leader || !others_parked(c, tid)) {
             break;
@@ -1067,7 +1072,9 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
             let Some((private, process)) = sys::pending_sets() else {
                 break 'queues;
             };
-            let candidates = takeable & if shared { process & !private } else { private };
+            let candidates = takeable
+                & !standard[usize::from(shared)]
+                & if shared { process & !private } else { private };
             if candidates == 0 {
                 break;
             }
@@ -1094,11 +1101,12 @@ fn record_pending(c: &Capture, t: &ThreadCapture, own: u64) {
             }
             taken[n] = slot as u16;
             n += 1;
+            standard[usize::from(shared)] |= (1u64 << (sig - 1)) & STANDARD;
         }
     }
-    // What is still pending was not taken.
+    // What is still pending was not taken (or is a standard signal taken, sent again).
     let (private, process) = sys::pending_sets().unwrap_or((all, all));
-    let left = (private | if leader { process } else { 0 }) & !own;
+    let left = ((private & !standard[0]) | if leader { process & !standard[1] } else { 0 }) & !own;
     t.pending.store(left, Ordering::Relaxed);
     for &slot in &taken[..n] {
         let e = &c.queued[slot as usize];

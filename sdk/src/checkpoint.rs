@@ -331,7 +331,7 @@ impl Checkpoint {
         } else {
             Vec::new()
         };
-        unsupported.extend(state::shmem::shared_elsewhere(&maps, &left_out));
+        unsupported.extend(state::elsewhere::shared_elsewhere(&maps, &left_out));
         let posix_timers = match state::posix_timers::list() {
             Ok(t) => t,
             Err(why) => {
@@ -373,6 +373,14 @@ impl Checkpoint {
         let (refused, left_out) = scan.apply(&policy);
         unsupported.extend(refused);
         if !unsupported.is_empty() {
+            // (Read from descriptors another thread closed or replaced meanwhile, a refusal
+            // may be of nothing the process has: a Worker's sockets and pipes coming and going.)
+            if let Some(why) = scan.witness.closed_or_replaced() {
+                return Ok(Err(format!(
+                    "{why}, and what was read may be of nothing the process has: {}",
+                    unsupported.join("; ")
+                )));
+            }
             return Err(CheckpointError::Unsupported(unsupported));
         }
         let fds = scan
@@ -432,8 +440,14 @@ impl Checkpoint {
         state::io_uring::keep_personality_probes(&rings);
         crate::checkpoint::pause_for_tests(b'd');
         capture.fdinfos =
-            crate::state::parked::ParkedInfo::prepare(&scan.entries, &scan.epoll_seen)
-                .map_err(io("opening the event objects' fdinfo"))?;
+            match crate::state::parked::ParkedInfo::prepare(&scan.entries, &scan.epoll_seen) {
+                Ok(f) => f,
+                Err(e) => match scan.witness.closed_or_replaced() {
+                    // Closed since it was listed: listed again.
+                    Some(why) => return Ok(Err(why)),
+                    None => return Err(io("opening the event objects' fdinfo")(e)),
+                },
+            };
         capture.fifos = scan
             .fifo_readers()
             .and_then(|readers| {
@@ -925,7 +939,11 @@ impl Checkpoint {
         // The snapshot has the checkpointing thread's no_new_privs; the process has it only if
         // every thread has (else each that has it sets it again for itself).
         m.creds.no_new_privs = m.threads.iter().all(|t| t.no_new_privs);
+        let pid = crate::sys::getpid();
         for (tid, sig) in state::signals::recorded(c, captured, self.signal) {
+            if state::signals::from_outside(&sig, tid, &m.threads, pid) {
+                continue;
+            }
             match tid {
                 None => m.signals.pending.push(sig),
                 Some(tid) => {
@@ -1358,12 +1376,16 @@ fn missing_mappings(c: &Capture, vmas: &[Vma]) -> Vec<String> {
         .chain(c.fdinfos.iter().filter_map(|p| p.own_buffer()))
         .collect();
     ranges.sort_unstable();
-    state::memory::uncovered(&text, &ranges)
-        .into_iter()
-        .map(|l| {
-            format!("mapping {l}: marked MADV_DONTFORK while the checkpoint began, so the snapshot lacks it; try again")
-        })
-        .collect()
+    // One item for all of them (a V8 heap marks its pages so as it grows: dozens at once).
+    let lacking = state::memory::uncovered(&text, &ranges);
+    match lacking.as_slice() {
+        [] => Vec::new(),
+        [l] => vec![format!("mapping {l}: marked MADV_DONTFORK while the checkpoint began, so the snapshot lacks it; try again")],
+        [l, ..] => vec![format!(
+            "{} mappings ({l}, …): marked MADV_DONTFORK while the checkpoint began, so the snapshot lacks them; try again",
+            lacking.len()
+        )],
+    }
 }
 
 /// `maps` less the range `(start, end)`: mappings inside it dropped, those across its ends cut.

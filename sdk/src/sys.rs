@@ -3759,3 +3759,52 @@ impl Drop for SharedView {
 pub fn sched_yield() {
     syscall6(libc::SYS_sched_yield, [0; 6]);
 }
+
+/// While one is held, SIGXFSZ is ignored by the whole process, so that writing a file beyond
+/// RLIMIT_FSIZE fails with EFBIG, an error thaw reports, rather than killing the process (whose
+/// default action for it is to dump core). The disposition the process had comes back when the
+/// last guard goes.
+#[derive(Debug)]
+pub struct FileSizeSignalIgnored(());
+
+/// Guards held, and the disposition from before the first.
+static FSIZE_GUARDS: std::sync::Mutex<(usize, Option<libc::sigaction>)> =
+    std::sync::Mutex::new((0, None));
+
+impl FileSizeSignalIgnored {
+    pub fn hold() -> FileSizeSignalIgnored {
+        let mut g = FSIZE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            // SAFETY: zeroed sigaction structs are valid (SIG_DFL, empty mask); sigaction reads
+            // `ignore` and writes `old`, both locals.
+            unsafe {
+                let mut ignore: libc::sigaction = std::mem::zeroed();
+                ignore.sa_sigaction = libc::SIG_IGN;
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(libc::SIGXFSZ, &ignore, &mut old) == 0 {
+                    g.1 = Some(old);
+                }
+            }
+        }
+        g.0 += 1;
+        FileSizeSignalIgnored(())
+    }
+}
+
+impl Drop for FileSizeSignalIgnored {
+    fn drop(&mut self) {
+        let mut g = FSIZE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            // One raised while this thread blocked it (a checkpoint's thread blocks every
+            // asynchronous signal) is not ignored but left pending, and would be taken with its
+            // default action once the disposition is back: it is the write's, taken off here.
+            let mut info = [0u64; 16];
+            while take_signal(libc::SIGXFSZ, &mut info) {}
+            if let Some(old) = g.1.take() {
+                // SAFETY: puts back the disposition sigaction returned before.
+                unsafe { libc::sigaction(libc::SIGXFSZ, &old, std::ptr::null_mut()) };
+            }
+        }
+    }
+}

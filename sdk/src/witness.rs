@@ -231,6 +231,19 @@ impl FdWitness {
             .map(|fd| format!("descriptor {fd} was opened")))
     }
 
+    /// Which listed descriptor of this (live) process has been closed or now holds another
+    /// file, if one has: what the scan read of it may be of neither (a socket's options read as
+    /// EBADF, a pipe's other end gone between two reads), and the attempt is started again
+    /// rather than anything refused on that ground.
+    pub(crate) fn closed_or_replaced(&self) -> Option<String> {
+        self.pairs()
+            .find_map(|(fd, dup)| match sys::same_description(dup, fd) {
+                Some(true) => None,
+                Some(false) => Some(format!("descriptor {fd} was replaced")),
+                None => Some(format!("descriptor {fd} was closed")),
+            })
+    }
+
     /// In a restored process the duplicates were never there: their numbers are not ours.
     pub(crate) fn abandon(mut self) {
         std::mem::take(&mut self.held)

@@ -81,6 +81,9 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     if let Some(socket) = &args.via {
         std::process::exit(crate::serve::client::call(socket, &args.args)?);
     }
+    // Writing a private copy, a shared object's memfd or the cache beyond RLIMIT_FSIZE fails
+    // with a message rather than killing the launcher (the restorer sets every disposition).
+    let _fsize = thaw::sys::FileSizeSignalIgnored::hold();
     // A tag whose image is cached: that image is verified while the registry is asked what the
     // tag names now. Should it name another, everything starts over without the guess.
     let again = args.clone();

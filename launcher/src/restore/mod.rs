@@ -181,7 +181,10 @@ fn same_root(m: &thaw::Manifest, ns_mode: bool) -> Result<()> {
             "the process's root directory was device {:#x} inode {}, and yours is device {:#x} inode {}: it ran in a chroot (or you do); run thaw with the process's root",
             image.0, image.1, here.0, here.1
         ))),
-        _ => m.mounts.check_here().map_err(refused),
+        _ => {
+            m.mounts.check_here().map_err(refused)?;
+            m.process.check_cwd().map_err(refused)
+        }
     }
 }
 
@@ -505,11 +508,23 @@ fn prepare_fds(
                 }
             ))
         };
+        let shrunk = |now: &thaw::state::FileStamp| {
+            vma.file_shrunk(stamp.size, now.size, thaw::page_size() as u64)
+                .then(|| {
+                    refused(format!(
+                        "mapped file {path} is shorter than at the checkpoint ({} bytes, then {}): the process would get SIGBUS where it read the file's bytes; restore with the file as it was",
+                        now.size, stamp.size
+                    ))
+                })
+        };
         let fd = match files
             .iter()
             .find(|(known, w, _, _)| known == id && *w == write)
         {
             Some((_, _, now, fd)) => {
+                if let Some(e) = shrunk(now) {
+                    return Err(e);
+                }
                 if stamp_matters && now != stamp {
                     return Err(modified());
                 }
@@ -533,6 +548,9 @@ fn prepare_fds(
                     )));
                 }
                 let now = thaw::state::FileStamp::of(&meta);
+                if let Some(e) = shrunk(&now) {
+                    return Err(e);
+                }
                 if stamp_matters && now != *stamp {
                     return Err(modified());
                 }
@@ -768,11 +786,18 @@ fn build_plan(
         let hard = now.map_or(u64::MAX, |l| l.max);
         let mut lim = *lim;
         if lim.max > hard {
+            let say = |v: u64| {
+                if v == u64::MAX {
+                    "unlimited".to_owned()
+                } else {
+                    v.to_string()
+                }
+            };
             eprintln!(
                 "thaw: warning: {} lowered from {} to your hard limit {}",
                 lim.name(),
-                lim.max,
-                hard
+                say(lim.max),
+                say(hard)
             );
             lim.max = hard;
             lim.cur = lim.cur.min(hard);
@@ -1180,7 +1205,25 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
     if !sys::probe_set_tid() {
         return Err(refused("this kernel's clone3 does not support set_tid"));
     }
+    // An id at or above this namespace's pid_max (an image from a machine with a higher one)
+    // cannot be made here.
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let too_high = pid_max.and_then(|max| {
+        std::iter::once(pid)
+            .chain(m.threads.iter().map(|t| t.tid))
+            .chain(m.zombies.iter().map(|z| z.pid))
+            .find(|&id| id >= max)
+            .map(|id| (id, max))
+    });
     let host_ok = may_use_host_pids();
+    if let (PidMode::Host, Some((id, max))) = (requested, too_high) {
+        return Err(refused(format!(
+            "id {id} is above this PID namespace's limit (kernel.pid_max = {max}): it cannot be made here; use --pid-mode ns"
+        )));
+    }
+    let host_ok = host_ok && too_high.is_none();
     // Only where host mode is possible and wanted (it may wait for a zombie to be reaped).
     let taken = if host_ok && requested != PidMode::Ns {
         taken_id(m)

@@ -35,6 +35,8 @@ pub struct SavedImage {
 pub struct ImageWriter {
     dest: PathBuf,
     tmp: Staged,
+    /// A write beyond RLIMIT_FSIZE fails rather than killing the process.
+    _fsize: crate::sys::FileSizeSignalIgnored,
     out: BufWriter<File>,
     page_size: u32,
     chunk_size: u32,
@@ -56,6 +58,7 @@ impl ImageWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        let _fsize = crate::sys::FileSizeSignalIgnored::hold();
         // Owner-only, and gone if we fail, are dropped or are killed.
         let tmp = Staged::create(dir)?;
         let file = tmp
@@ -65,6 +68,7 @@ impl ImageWriter {
         let mut w = ImageWriter {
             dest: dest.to_owned(),
             tmp,
+            _fsize,
             out: BufWriter::with_capacity(1 << 20, file),
             page_size,
             chunk_size,
@@ -81,7 +85,7 @@ impl ImageWriter {
     fn write_raw(&mut self, data: &[u8]) -> Result<(), ImageError> {
         self.out
             .write_all(data)
-            .map_err(|e| ImageError::io("cannot write", &self.tmp.path(), e))
+            .map_err(|e| write_error(&self.dest, e))
     }
 
     fn hash_payload(&mut self, mut data: &[u8]) {
@@ -181,15 +185,14 @@ impl ImageWriter {
         let trailer = sign_trailer(&block, &manifest_bytes, key);
         self.write_raw(&manifest_bytes)?;
         self.write_raw(&trailer.encode())?;
-        let path = self.tmp.path();
         let mut file = self
             .out
             .into_inner()
-            .map_err(|e| ImageError::io("cannot write", &path, e.into_error()))?;
+            .map_err(|e| write_error(&self.dest, e.into_error()))?;
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&block))
             .and_then(|_| file.sync_all())
-            .map_err(|e| ImageError::io("cannot write", &path, e))?;
+            .map_err(|e| write_error(&self.dest, e))?;
         let size = header.trailer_off + header.trailer_len;
         self.tmp.persist(&self.dest)?;
         Ok(SavedImage {
@@ -225,6 +228,19 @@ fn sign_trailer(block: &[u8], manifest: &[u8], key: Option<&SecretKey>) -> Trail
     }
 }
 
+/// A failed write of the image for `dest` (its unnamed file, named once complete), said of
+/// `dest`; beyond the limit on file size, naming it.
+fn write_error(dest: &Path, e: std::io::Error) -> ImageError {
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        return ImageError::io(
+            "cannot write the image (the limit on file size, RLIMIT_FSIZE, is lower than its size: raise it, e.g. ulimit -f unlimited)",
+            dest,
+            e,
+        );
+    }
+    ImageError::io("cannot write", dest, e)
+}
+
 /// Signs (or re-signs) the image at `path` in place, atomically. The image is copied to a private
 /// temporary file first, and that copy's payload is checked against its manifest's digests before
 /// it is signed, so the signature never blesses a damaged or altered payload, and what is signed is
@@ -235,8 +251,9 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
         _ => Path::new("."),
     };
     let mut src = File::open(path).map_err(|e| ImageError::io("cannot open", path, e))?;
+    let _fsize = crate::sys::FileSizeSignalIgnored::hold();
     let tmp = Staged::create(dir)?;
-    std::io::copy(&mut src, &mut tmp.file()).map_err(|e| ImageError::io("cannot copy", path, e))?;
+    std::io::copy(&mut src, &mut tmp.file()).map_err(|e| write_error(path, e))?;
 
     // The signer is the authority here: it decodes its own (possibly unsigned) image to read the
     // chunk table, then checks every chunk before putting its name on them.
@@ -254,7 +271,7 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
     f.seek(SeekFrom::Start(header.trailer_off))
         .and_then(|_| f.write_all(&trailer.encode()))
         .and_then(|_| f.sync_all())
-        .map_err(|e| ImageError::io("cannot write", path, e))?;
+        .map_err(|e| write_error(path, e))?;
     tmp.persist(path)?;
     Ok(SavedImage {
         path: path.to_owned(),

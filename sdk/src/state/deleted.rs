@@ -165,11 +165,16 @@ pub(crate) fn deleted_path(target: &str) -> Option<&str> {
         .filter(|p| p.starts_with('/') && !KERNEL.iter().any(|k| p.starts_with(k)))
 }
 
-/// Why a deleted file at `path` of `size` bytes is not kept, if it is not.
-pub(crate) fn refusal(path: &str, size: u64, max: u64) -> Option<String> {
-    (size > max).then(|| {
+/// Why the deleted file open at `fd` (at `path`) is not kept, if it is not: more data than
+/// `max` bytes. Its data, not its size: a sparse file's holes are not copied (a 1 GiB file
+/// with 4 KiB written is an image of 4 KiB).
+pub(crate) fn refusal(path: &str, fd: i32, max: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    let data = m.len().min(m.blocks().saturating_mul(512));
+    (data > max).then(|| {
         format!(
-            "{path} was deleted and is {size} bytes, more than the {max} kept in an image (raise the limit: Checkpoint::max_deleted_file, or {MAX_ENV})"
+            "{path} was deleted and holds {data} bytes of data, more than the {max} kept in an image (raise the limit: Checkpoint::max_deleted_file, or {MAX_ENV})"
         )
     })
 }

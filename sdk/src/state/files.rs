@@ -434,6 +434,30 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
         .collect()
 }
 
+/// Whether descriptor `s` (0, 1 or 2) is a standard stream the process was started with, which
+/// is the caller's at restore: not one the process opened itself at that number because it was
+/// started without it (a JVM started with `<&-` opens its class image, `lib/modules`, as fd 0,
+/// and died at its next class load when that became the caller's stdin). Such a one is
+/// a regular file or directory open close-on-exec (no descriptor inherited through exec is:
+/// HotSpot, CPython, libuv and Rust open theirs so; a terminal or pipe marked so by the program
+/// stays the caller's), or opened for the wrong direction (fd 1 or 2 read-only, fd 0
+/// write-only); it is kept as what it is.
+fn standard_stream(s: i32) -> bool {
+    let Ok(fl) = crate::sys::fcntl(s, libc::F_GETFL, 0) else {
+        return true;
+    };
+    let cloexec = crate::sys::fcntl(s, libc::F_GETFD, 0)
+        .is_ok_and(|f| f & i64::from(libc::FD_CLOEXEC) != 0)
+        && std::fs::metadata(format!("/proc/self/fd/{s}")).is_ok_and(|m| m.is_file() || m.is_dir());
+    let acc = fl as i32 & libc::O_ACCMODE;
+    let wrong_way = if s == 0 {
+        acc == libc::O_WRONLY
+    } else {
+        acc == libc::O_RDONLY
+    };
+    !cloexec && !wrong_way
+}
+
 /// Who else holds the process's pipes and AF_UNIX sockets, and those sockets' peers: walked
 /// before a checkpoint lists its descriptors (the walk of every other process's descriptor table
 /// takes milliseconds, 2 here; between the listing and the stop any descriptor opened or closed
@@ -509,6 +533,7 @@ impl FdScan {
         let listed = fds.clone();
         // What the standard descriptors are, to find others sharing their descriptions.
         let standard: Vec<(i32, std::path::PathBuf)> = (0..=2)
+            .filter(|&s| standard_stream(s))
             .filter_map(|s| Some((s, std::fs::read_link(format!("/proc/self/fd/{s}")).ok()?)))
             .collect();
         // (One in flight in a queued message stays what it is: refused, see `not_in_flight`.)
@@ -559,7 +584,7 @@ impl FdScan {
                 standard_set: 0,
                 terminal: None,
             };
-            if fd <= 2 {
+            if fd <= 2 && standard.iter().any(|(n, _)| *n == fd) {
                 entry.terminal = super::terminal::Mode::of(fd);
                 scan.entries.push(entry);
                 continue;
@@ -883,7 +908,7 @@ impl FdScan {
                         let why = super::memory::on_hugetlbfs(fd)
                             .then(|| super::memory::HUGETLB_REFUSAL.to_owned())
                             .or_else(|| super::deleted::still_linked(path, m.nlink()))
-                            .or_else(|| super::deleted::refusal(path, m.len(), max_deleted));
+                            .or_else(|| super::deleted::refusal(path, fd, max_deleted));
                         match why {
                             None => {
                                 // Kept with its contents, as a shared object.

@@ -27,6 +27,93 @@ pub struct Watch {
     pub handle: Vec<u8>,
     /// Its path, where the checkpoint could find it.
     pub path: Option<String>,
+    /// How the watched file (and, for a directory watched for its entries' events, its
+    /// entries) looked at the checkpoint; `None` where its path was not found then.
+    pub stamp: Option<WatchStamp>,
+}
+
+/// Times of a watched inode at the checkpoint (nanoseconds since the epoch): a change since
+/// that its watch would have reported is refused at restore, as a paused process would have
+/// been told of it and a restored one cannot be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchStamp {
+    /// 0 where the file system records none.
+    pub btime_ns: i128,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    /// For a directory watched for events of its entries (IN_MODIFY, IN_ATTRIB,
+    /// IN_CLOSE_WRITE): the latest status change time among them.
+    pub entries_ctime_ns: i128,
+}
+
+/// Events a file's own content change raises, and a directory's (an entry made, removed or
+/// moved, which changes the directory's modification time).
+const CONTENT: u32 = libc::IN_MODIFY | libc::IN_CLOSE_WRITE;
+const ENTRIES: u32 = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
+/// Events of a change of status alone (mode, owner, links, a rename of the file itself).
+const STATUS: u32 = libc::IN_ATTRIB | libc::IN_MOVE_SELF;
+/// Events a directory's watch reports for its entries' content and status.
+const OF_ENTRIES: u32 = libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_CLOSE_WRITE;
+
+fn nanos(secs: i64, nsecs: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsecs)
+}
+
+impl WatchStamp {
+    /// Of the file at `path` (watched with `mask`).
+    fn of(path: &str, mask: u32) -> Option<WatchStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let btime_ns = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        let entries_ctime_ns = if m.is_dir() && mask & OF_ENTRIES != 0 {
+            std::fs::read_dir(path)
+                .ok()?
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|e| nanos(e.ctime(), e.ctime_nsec()))
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        Some(WatchStamp {
+            btime_ns,
+            mtime_ns: nanos(m.mtime(), m.mtime_nsec()),
+            ctime_ns: nanos(m.ctime(), m.ctime_nsec()),
+            entries_ctime_ns,
+        })
+    }
+
+    /// What about the file, now `now`, a watch with `mask` would have reported since this
+    /// stamp was taken, if anything: "replaced" (another file with its inode number) or the
+    /// events.
+    fn changed(&self, now: &WatchStamp, mask: u32, dir: bool) -> Option<&'static str> {
+        if self.btime_ns != 0 && now.btime_ns != 0 && self.btime_ns != now.btime_ns {
+            return Some(
+                "was replaced since the checkpoint (another file has its inode number now)",
+            );
+        }
+        if now.mtime_ns != self.mtime_ns && mask & if dir { ENTRIES } else { CONTENT } != 0 {
+            return Some(if dir {
+                "had entries made, removed or moved since the checkpoint (IN_CREATE, IN_DELETE, IN_MOVED_*)"
+            } else {
+                "was written since the checkpoint (IN_MODIFY)"
+            });
+        }
+        if now.ctime_ns != self.ctime_ns && mask & STATUS != 0 {
+            return Some("had its status changed since the checkpoint (IN_ATTRIB)");
+        }
+        if dir && mask & OF_ENTRIES != 0 && now.entries_ctime_ns > self.entries_ctime_ns {
+            return Some(
+                "had an entry written or changed since the checkpoint (IN_MODIFY, IN_ATTRIB)",
+            );
+        }
+        None
+    }
 }
 
 /// The largest watch descriptor number restored (placeholders are added up to it).
@@ -40,7 +127,10 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
     for (i, w) in inotify.watches.iter_mut().enumerate() {
         // Any failure but that one (the file is gone: a stale handle) is final.
         w.path = match find_path(w.dev, w.ino, w.handle_type, &w.handle) {
-            Ok((_, p)) => Some(p),
+            Ok((o, p)) => {
+                w.stamp = WatchStamp::of(&format!("/proc/self/fd/{}", o.as_raw_fd()), w.mask);
+                Some(p)
+            }
             Err((true, why)) => {
                 denied.push((i, why));
                 None
@@ -67,7 +157,10 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
     for (i, why) in denied {
         let w = &mut inotify.watches[i];
         match found.get(&(w.dev, w.ino)) {
-            Some(p) => w.path = Some(p.clone()),
+            Some(p) => {
+                w.stamp = WatchStamp::of(p, w.mask);
+                w.path = Some(p.clone());
+            }
             None => {
                 return Err(format!(
                     "inotify watch {} (inode {}): its path cannot be found: the kernel's handle of it needs CAP_DAC_READ_SEARCH ({why}), and it is not under the working directory; remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey), or watch something under the working directory",
@@ -178,6 +271,7 @@ fn parse(info: &str) -> Result<Inotify, String> {
             handle_type: ty as i32,
             handle,
             path: None,
+            stamp: None,
         });
     }
     if let Some(w) = watches.iter().find(|w| w.wd > MAX_WD) {
@@ -310,6 +404,20 @@ impl Inotify {
                     (Some(o), p)
                 }
             };
+            // What a paused process would have been told of since, a restored one cannot be.
+            let now = WatchStamp::of(&path, w.mask);
+            let dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
+            if let Some(why) = w
+                .stamp
+                .zip(now)
+                .and_then(|(then, now)| then.changed(&now, w.mask, dir))
+            {
+                let was = w.path.as_deref().unwrap_or("the watched file");
+                return Err(format!(
+                    "{}: {was} {why}: a paused process would have been told, a restored one cannot be; put it back as it was, or remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey)",
+                    what()
+                ));
+            }
             loop {
                 let got = crate::sys::inotify_add_watch(me, &path, w.mask)
                     .map_err(|e| format!("{}: cannot add it again: {e}", what()))?;

@@ -94,6 +94,21 @@ pub enum Backing {
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+impl Vma {
+    /// For a file mapping: whether the file, `size_then` bytes at the checkpoint and `size_now`
+    /// now, has come to end before a page of the mapping that was within it then. Touching
+    /// such a page raises SIGBUS (and putting a saved page there cannot be done), where the
+    /// first life read the file's bytes.
+    pub fn file_shrunk(&self, size_then: u64, size_now: u64, page: u64) -> bool {
+        let Backing::File { offset, .. } = &self.backing else {
+            return false;
+        };
+        let end = offset.saturating_add(self.end - self.start);
+        let within_then = end.min(size_then.next_multiple_of(page));
+        size_now.next_multiple_of(page) < within_then
+    }
+}
+
 use crate::image::{ImageError, ImageWriter};
 use crate::procfs::MapEntry;
 use crate::restore::Plan;

@@ -9,6 +9,7 @@ pub mod children;
 pub mod clocks;
 pub mod creds;
 pub mod deleted;
+pub mod elsewhere;
 pub mod epoll;
 pub mod files;
 pub mod inet;

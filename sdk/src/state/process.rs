@@ -14,6 +14,9 @@ pub struct Process {
     /// The working directory was deleted (`cwd` is where it was): made again there, entered
     /// and removed at restore.
     pub cwd_deleted: bool,
+    /// The working directory itself (default: unknown): at restore the directory at `cwd`
+    /// must be this one, not another made or moved there since ([`Process::check_cwd`]).
+    pub cwd_id: super::FileId,
     pub umask: u32,
     pub personality: u32,
     pub dumpable: u32,
@@ -75,6 +78,14 @@ impl Process {
         let status = procfs::read(child, "status")?;
         let num = |i: usize| stat.get(i).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
         let cwd = std::fs::read_link(format!("/proc/{child}/cwd"))?;
+        // (The link leads to the directory itself, removed or not.)
+        let cwd_id = std::fs::metadata(format!("/proc/{child}/cwd"))
+            .map(|m| super::FileId::of(&m))
+            .unwrap_or_default();
+        let cwd = cwd.to_string_lossy();
+        // " (deleted)" may be the end of a live directory's own name.
+        let cwd_deleted = cwd.ends_with(" (deleted)")
+            && !std::fs::metadata(&*cwd).is_ok_and(|m| super::FileId::of(&m) == cwd_id);
         let personality = procfs::read(child, "personality")
             .ok()
             .and_then(|p| u32::from_str_radix(p.trim(), 16).ok())
@@ -88,11 +99,13 @@ impl Process {
             comm: procfs::read(child, "comm")?
                 .trim_end_matches('\n')
                 .to_owned(),
-            cwd_deleted: cwd.to_string_lossy().ends_with(" (deleted)"),
-            cwd: cwd
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_owned(),
+            cwd: if cwd_deleted {
+                cwd.strip_suffix(" (deleted)").unwrap_or(&cwd).to_owned()
+            } else {
+                cwd.into_owned()
+            },
+            cwd_deleted,
+            cwd_id,
             umask: procfs::field(&status, "Umask")
                 .and_then(|u| u32::from_str_radix(u, 8).ok())
                 .unwrap_or(0o022),
@@ -206,6 +219,41 @@ impl Process {
             libc::SYS_personality,
             [u64::from(self.personality), 0, 0, 0, 0, 0],
         );
+    }
+
+    /// Whether the working directory can be entered again as the process's own (launcher side,
+    /// before the process exists): the directory at its path is the one it had, or, for one
+    /// deleted, nothing is at its path in a directory that exists (it is made there again).
+    pub fn check_cwd(&self) -> Result<(), String> {
+        let path = std::path::Path::new(&self.cwd);
+        if self.cwd_deleted {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(format!(
+                    "the process's working directory had been deleted, and something is at its path {} now: it cannot be made there again (remove that, or restore elsewhere)",
+                    self.cwd
+                ));
+            }
+            return match path.parent().map(std::fs::metadata) {
+                Some(Ok(m)) if m.is_dir() => Ok(()),
+                _ => Err(format!(
+                    "the process's working directory had been deleted, and the directory it was in is gone too: {} cannot be made again",
+                    self.cwd
+                )),
+            };
+        }
+        match std::fs::metadata(path) {
+            Err(e) => Err(format!(
+                "cannot enter the process's working directory {}: {e}",
+                self.cwd
+            )),
+            Ok(m) if self.cwd_id != super::FileId::default() && super::FileId::of(&m) != self.cwd_id => {
+                Err(format!(
+                    "the process's working directory {} was replaced since the checkpoint (another directory is at its path now): its relative paths would lead elsewhere; restore with the directory it had",
+                    self.cwd
+                ))
+            }
+            Ok(_) => Ok(()),
+        }
     }
 
     /// The working directory: entered once the restorer holds no more than the image's

@@ -586,7 +586,8 @@ pub(crate) fn copies(
                 ));
                 continue;
             }
-            if let Some(why) = super::deleted::refusal(&file.path, size, max_deleted) {
+            let fd = own.as_ref().map_or(-1, |f| f.as_raw_fd());
+            if let Some(why) = super::deleted::refusal(&file.path, fd, max_deleted) {
                 refused.push(why);
                 continue;
             }
@@ -794,113 +795,3 @@ fn in_memory(
 
 /// Holes up to this many pages between pages in memory are read with them.
 const GAP: u64 = 16;
-
-/// Whether the memfd mapped at `start..end` is sealed against writes (F_SEAL_WRITE: nobody can
-/// change it, so a copy of it is the same object to whoever reads it). `false` where it cannot
-/// be told (/proc/self/map_files needs CAP_CHECKPOINT_RESTORE).
-fn write_sealed(start: u64, end: u64) -> bool {
-    std::fs::File::open(format!("/proc/self/map_files/{start:x}-{end:x}")).is_ok_and(|f| {
-        crate::sys::fcntl(f.as_raw_fd(), libc::F_GET_SEALS, 0)
-            .is_ok_and(|s| s & i64::from(libc::F_SEAL_WRITE) != 0)
-    })
-}
-
-/// Shared memory the process maps (memfds, shared anonymous memory, files deleted while mapped
-/// shared) that another process maps or holds open too: a restore would give the process its
-/// own copy, no longer shared with that one. One item per object, naming the other process.
-/// HotSpot's performance data file is left out (tools map it read-only and find it again by
-/// name). Processes that cannot be seen (another user's, behind `hidepid`) are not looked at.
-/// `left_out`: children left out of the image, which a restored process sees ended (what they
-/// share with it is shared with nobody then).
-pub(crate) fn shared_elsewhere(maps: &[crate::procfs::MapEntry], left_out: &[i32]) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    // (device, inode, name as /proc shows it, description)
-    let mut ours: Vec<(u64, u64, &str, String)> = Vec::new();
-    // A memfd mapped privately too: what another process writes into it shows through the
-    // pages the mapping has not written itself.
-    for m in maps
-        .iter()
-        .filter(|m| (m.shared() || m.name.starts_with("/memfd:")) && m.inode != 0)
-    {
-        let name = m.name.as_str();
-        let object = name.starts_with("/memfd:")
-            || name.starts_with("/dev/zero")
-            || (super::deleted::deleted_path(name).is_some()
-                && super::deleted::perf_data(name).is_none());
-        let dev = libc::makedev(m.dev_major, m.dev_minor);
-        if object
-            && !ours.iter().any(|o| (o.0, o.1) == (dev, m.inode))
-            && !write_sealed(m.start, m.end)
-        {
-            ours.push((dev, m.inode, name, m.describe()));
-        }
-    }
-    if ours.is_empty() {
-        return Vec::new();
-    }
-    let me = crate::sys::getpid().to_string();
-    let Ok(procs) = crate::sys::list_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found: Vec<Option<String>> = vec![None; ours.len()];
-    let left_out: Vec<String> = left_out.iter().map(i32::to_string).collect();
-    for pid in procs
-        .iter()
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && **p != me && !left_out.contains(p))
-    {
-        let comm = || {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_default()
-        };
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-            for line in text.lines() {
-                let mut f = line.split_whitespace().skip(3);
-                let (Some(dev), Some(ino)) = (f.next(), f.next()) else {
-                    continue;
-                };
-                let Some((major, minor)) = dev.split_once(':') else {
-                    continue;
-                };
-                let (Ok(major), Ok(minor), Ok(ino)) = (
-                    u32::from_str_radix(major, 16),
-                    u32::from_str_radix(minor, 16),
-                    ino.parse::<u64>(),
-                ) else {
-                    continue;
-                };
-                let dev = libc::makedev(major, minor);
-                if let Some(i) = ours.iter().position(|o| (o.0, o.1) == (dev, ino)) {
-                    found[i].get_or_insert_with(|| format!("maps it: process {pid} ({})", comm()));
-                }
-            }
-        }
-        // Held open without a mapping (a memfd passed on, read and written with pread/pwrite):
-        // the link's text first, then the file itself.
-        for n in crate::sys::list_dir(&format!("/proc/{pid}/fd")).unwrap_or_default() {
-            let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{n}")) else {
-                continue;
-            };
-            let link = link.to_string_lossy();
-            let Some(i) = ours.iter().position(|o| o.2 == link) else {
-                continue;
-            };
-            if found[i].is_none()
-                && std::fs::metadata(format!("/proc/{pid}/fd/{n}"))
-                    .is_ok_and(|m| (m.dev(), m.ino()) == (ours[i].0, ours[i].1))
-            {
-                found[i] = Some(format!("holds it open: process {pid} ({})", comm()));
-            }
-        }
-    }
-    ours.iter()
-        .zip(found)
-        .filter_map(|(o, f)| {
-            Some(format!(
-                "{}: shared memory another process {}; a restore would give this process a copy of its own, no longer shared: share it through a regular file (a shared mapping of a file stays shared), or unmap and close it before the checkpoint",
-                o.3,
-                f?
-            ))
-        })
-        .collect()
-}

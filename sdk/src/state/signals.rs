@@ -72,6 +72,50 @@ pub fn target(threads: &[super::threads::ThreadState], pid: i32, signo: u32) -> 
         .map(|t| t.tid)
 }
 
+/// Whether a pending signal came from outside while the checkpoint held the threads, and so
+/// belongs to the first life alone: sent by another process (`kill`, `sigqueue`, `tgkill`) or
+/// by a terminal (Ctrl-C, a hang-up, a resize), and not blocked by the program's own mask of
+/// the thread it waits for (`to`), or of every thread for the process's queue. One the program
+/// did not block would have been handled at once had the checkpoint not blocked it: it came
+/// after the threads stopped. In the image it would come to every restore (a supervisor's
+/// SIGTERM ending each instance at once, or one Ctrl-C interrupting each); it stays queued in
+/// the first life, which handles it. A signal the kernel raises for the process's own state (a
+/// timer's, a child's SIGCHLD) is kept: the state saved with it says it came.
+pub fn from_outside(
+    sig: &PendingSignal,
+    to: Option<i32>,
+    threads: &[super::threads::ThreadState],
+    pid: i32,
+) -> bool {
+    const SI_USER: i32 = 0;
+    const SI_KERNEL: i32 = 0x80;
+    const SI_QUEUE: i32 = -1;
+    const SI_TKILL: i32 = -6;
+    let code = sig.info[1] as u32 as i32;
+    // struct siginfo: signo, errno, code (ints), a pad, then si_pid for these codes.
+    let sender = sig.info[2] as u32 as i32;
+    let terminal = [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGHUP,
+        libc::SIGWINCH,
+    ]
+    .contains(&(sig.signo as i32));
+    let outside = match code {
+        SI_USER | SI_QUEUE | SI_TKILL => sender != pid,
+        SI_KERNEL => terminal,
+        _ => false,
+    };
+    let bit = 1u64 << (sig.signo - 1);
+    let let_in = |t: &super::threads::ThreadState| t.sigmask & bit == 0;
+    outside
+        && match to {
+            Some(tid) => threads.iter().filter(|t| t.tid == tid).any(let_in),
+            None => threads.iter().any(let_in),
+        }
+}
+
 /// Every pending signal the checkpoint recorded, by queue (a thread, or `None` for the
 /// process's), in order: those the handlers took off the queues, and those the ptrace helper
 /// read for the threads it stopped. Of the latter, as the handlers do, the checkpoint's own

@@ -1328,16 +1328,22 @@ fn bind_replacing_stale(fd: i32, addr: &[u8], path_id: u64) -> std::io::Result<(
 /// or is bound to it, and it is the first life's own (identity `id`) or one a restore of it left
 /// (a previous restore of this image, a serve instance: a socket file of the caller's).
 fn stale_socket_file(addr: &[u8], id: u64) -> bool {
-    // Without waiting: a listener there whose backlog is full (anyone's: the socket file may be
-    // another user's) would hold a blocking connect for ever. It is alive (EAGAIN): not stale.
+    // Looked at first without touching it: a socket bound there (sock_diag lists this network
+    // namespace's) is alive, and a connection to it would reach a running server (another
+    // restore of the image), which would see a client come and go.
+    if !(path_is_socket(addr, id) || callers_socket_file(addr)) || bound_socket_file(addr) {
+        return false;
+    }
+    // Then a connection, for a listener in another network namespace. Without waiting: a
+    // listener there whose backlog is full (anyone's: the socket file may be another user's)
+    // would hold a blocking connect for ever. It is alive (EAGAIN): not stale.
     let Ok(probe) = crate::sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)
     else {
         return false;
     };
-    let refused = crate::sys::connect(probe.as_raw_fd(), addr)
+    crate::sys::connect(probe.as_raw_fd(), addr)
         .err()
-        .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED));
-    refused && (path_is_socket(addr, id) || callers_socket_file(addr)) && !bound_socket_file(addr)
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
 }
 
 impl Unconnected {
@@ -1407,7 +1413,11 @@ pub fn describe(addr: &[u8]) -> String {
         libc::AF_UNIX => {
             let path = &addr[2..];
             match path.first() {
-                Some(0) => format!("@{}", String::from_utf8_lossy(&path[1..])),
+                // (Node pads an abstract name with NULs to the whole sun_path.)
+                Some(0) => format!(
+                    "@{}",
+                    String::from_utf8_lossy(&path[1..]).trim_end_matches('\0')
+                ),
                 _ => String::from_utf8_lossy(path.split(|&b| b == 0).next().unwrap_or(&[]))
                     .into_owned(),
             }
@@ -1470,14 +1480,33 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
                 "listening socket {what}: the address is in use: by a socket of another process (stop it, or hand a listening socket in with --listen-fd), or by the first life's connections that its server closed first, waiting in TIME_WAIT for about a minute, which a listener without SO_REUSEADDR cannot bind through (set SO_REUSEADDR before binding, as servers do)"
             )
         } else if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            let at = sun_path_of(&l.addr, &l.dir);
+            let held = match at.as_deref().map(std::fs::symlink_metadata) {
+                // (An abstract name has no file.)
+                None => "stop what holds it",
+                Some(Ok(m)) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                    "something that is not a socket is at its path: move it away"
+                }
+                Some(_) => "stop what holds it, or remove a stale socket file",
+            };
             format!(
-                "listening socket {what}: the address is in use (stop what holds it, remove a stale socket file, or hand a listening socket in with --listen-fd)"
+                "listening socket {what}: the address is in use ({held}, or hand a listening socket in with --listen-fd)"
             )
         } else {
             format!("listening socket {what}: cannot bind and listen: {e}")
         }
     })?;
     Ok(s)
+}
+
+/// The path of the file an AF_UNIX path address names (relative ones in `dir`); `None` for
+/// an abstract name or another family.
+fn sun_path_of(addr: &[u8], dir: &str) -> Option<std::path::PathBuf> {
+    let fam = addr
+        .get(..2)
+        .map(|b| i32::from(u16::from_ne_bytes([b[0], b[1]])));
+    (fam == Some(libc::AF_UNIX) && addr.get(2).is_some_and(|&b| b != 0))
+        .then(|| std::path::Path::new(dir).join(sun_path(addr)))
 }
 
 /// The sockets of `clients` connected to listener `l` again, in its queue's order, by inode.
