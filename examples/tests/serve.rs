@@ -384,6 +384,12 @@ fn serve_refuses_what_it_cannot_do() {
             "an instance's standard descriptors are its caller's",
         ),
         (
+            "zdtm-perfdata",
+            "h.thaw",
+            &["thaw-serve-test"][..],
+            "HotSpot's performance-data file /tmp/hsperfdata_thaw-serve-test/",
+        ),
+        (
             "zdtm-io-uring",
             "u.thaw",
             &["busy"][..],
@@ -397,6 +403,7 @@ fn serve_refuses_what_it_cannot_do() {
         assert_eq!(o.status.code(), Some(67), "{}", text(&o));
         assert!(text(&o).contains(why), "{}", text(&o));
     }
+    let _ = std::fs::remove_dir_all("/tmp/hsperfdata_thaw-serve-test");
 
     // Connections waiting in a listener would be one instance's: refused too.
     let dir = env.path("backlog");

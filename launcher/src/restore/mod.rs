@@ -196,8 +196,16 @@ fn ns_identities(m: &thaw::Manifest) -> Result<()> {
     for o in &m.shared {
         if let Some(f) = &o.file {
             if (f.uid, f.gid) != (uid, gid) {
+                let (what, or) = if f.keep_name {
+                    (
+                        "HotSpot's performance-data file",
+                        "; or start the JVM with -XX:+PerfDisableSharedMem",
+                    )
+                } else {
+                    ("the deleted file", "")
+                };
                 return Err(refused(format!(
-                    "the deleted file {} is owned by {}:{}, which a namespace restore cannot show (only your own ids, {uid}:{gid}, are mapped); use --pid-mode host",
+                    "{what} {} is owned by {}:{}, which a namespace restore cannot show (only your own ids, {uid}:{gid}, are mapped); use --pid-mode host{or}",
                     f.path, f.uid, f.gid
                 )));
             }

@@ -312,6 +312,18 @@ impl Template {
     /// `payload` is the verified payload (a sealed private copy).
     pub fn start(image: Image, payload: std::fs::File, allow_clock_jump: bool) -> Result<Self> {
         let m = image.manifest();
+        if let Some(perf) = m
+            .shared
+            .iter()
+            .filter_map(|o| o.file.as_ref())
+            .find(|f| f.keep_name)
+        {
+            // (Each instance would need a file of its own under the one name.)
+            return Err(refused(format!(
+                "the image holds HotSpot's performance-data file {}; instances of one template would share it with each other: start the JVM with -XX:+PerfDisableSharedMem for an image to serve, or use thaw run",
+                perf.path
+            )));
+        }
         if !m.shared.is_empty() {
             return Err(refused(format!(
                 "the image holds {} shared memory object(s) (memfd, /dev/shm or MAP_SHARED|MAP_ANONYMOUS); instances of one template would share them with each other: use thaw run for this image",
