@@ -122,8 +122,11 @@ fn dup_failure(e: &std::io::Error, high: RawFd) -> Failure {
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
 fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy::Target> {
     let m = image.manifest();
-    let here = Platform::current()
-        .map_err(|e| failed(format!("cannot read this machine's platform: {e}")))?;
+    let here = Platform::current().map_err(|e| {
+        failed(format!(
+            "cannot read this machine's platform (from /proc: is it mounted?): {e}"
+        ))
+    })?;
     let why = m.platform.incompatibilities(&here);
     if !why.is_empty() {
         return Err(refused(format!(
@@ -460,7 +463,7 @@ fn prepare_fds(
         .map_err(|e| refused(format!("{exe_path}: {e}")))?;
     if thaw::state::FileId::of(&meta) != m.mm.exe.id {
         return Err(refused(format!(
-            "the executable {exe_path} was replaced since the checkpoint"
+            "the executable {exe_path} was replaced since the checkpoint (a package upgrade replaces its files): checkpoint again with the one installed now"
         )));
     }
     let exe_stamp = thaw::state::FileStamp {
@@ -552,7 +555,7 @@ fn prepare_fds(
                 let meta = f.metadata().map_err(|e| refused(format!("{path}: {e}")))?;
                 if thaw::state::FileId::of(&meta) != *id {
                     return Err(refused(format!(
-                        "mapped file {path} was replaced since the checkpoint"
+                        "mapped file {path} was replaced since the checkpoint (a package upgrade replaces a library's file; a program writes a data file anew): restore with the file the image was taken with, or checkpoint again"
                     )));
                 }
                 let now = thaw::state::FileStamp::of(&meta);

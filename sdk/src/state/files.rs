@@ -2193,8 +2193,13 @@ fn written_over(f: &OwnedFd, fd: i32, path: &str, then: u64) -> Result<(), Strin
     if now == then {
         return Ok(());
     }
+    let how = if now < then {
+        "was truncated since the checkpoint (a log rotated by copying and truncating it, say)"
+    } else {
+        "was written since the checkpoint"
+    };
     Err(format!(
-        "fd {fd}: {path} was written since the checkpoint ({then} bytes then, {now} now), and the process writes it at its end through its offset (open for writing without O_APPEND): it would write over what was written since (its first life going on, or an earlier restore of this image), so it is not restored; put back a copy of the file as it was (cp -p), or open it with O_APPEND (Python's open(path, \"a\"), Java's FileOutputStream(path, true)), or have each restore write a file of its own"
+        "fd {fd}: {path} {how} ({then} bytes then, {now} now), and the process writes it at its end through its offset (open for writing without O_APPEND): it would write over what was written since (its first life going on, or an earlier restore of this image), so it is not restored; put back a copy of the file as it was (cp -p), or open it with O_APPEND (Python's open(path, \"a\"), Java's FileOutputStream(path, true)), or have each restore write a file of its own"
     ))
 }
 
