@@ -184,11 +184,33 @@ fn signal_handlers_mask_and_altstack() {
 #[test]
 fn a_standard_descriptor_the_program_opened_itself_stays_its_file() {
     let env = Env::new();
-    let img = env.checkpoint("zdtm-stdin", "own.thaw", &["own"]);
-    for opts in every_mode() {
-        let o = env.restore(&img, opts, &[]);
-        assert_all_ok(&o, &["fd 0 opened by the program is its file"]);
+    for how in ["own-mapped", "own-readonly"] {
+        let img = env.checkpoint("zdtm-stdin", &format!("{how}.thaw"), &[how]);
+        for opts in every_mode() {
+            let o = env.restore(&img, opts, &[]);
+            assert_all_ok(
+                &o,
+                &["a standard descriptor opened by the program is its file"],
+            );
+        }
     }
+    // Node marks the standard descriptors it was started with close-on-exec: its output
+    // redirected to a file is still the caller's at restore (it went on into the first life's
+    // file).
+    let img = env.path("cloexec.thaw");
+    let log = env.path("first.log");
+    let o = env
+        .first_life_cmd("zdtm-stdin")
+        .arg(&img)
+        .arg(&env.key)
+        .arg("cloexec")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = env.restore(&img, &[], &[]);
+    assert_all_ok(&o, &["standard output is the caller's"]);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "");
 }
 
 #[test]
@@ -2384,11 +2406,12 @@ fn a_file_written_through_its_offset_since_the_checkpoint_is_refused() {
     let dir = env.path("files");
     std::fs::create_dir(&dir).unwrap();
     let img = env.checkpoint("zdtm-written", "w.thaw", &[dir.to_str().unwrap()]);
-    let (w, a) = (dir.join("w.log"), dir.join("a.log"));
+    let (w, a, e) = (dir.join("w.log"), dir.join("a.log"), dir.join("e.log"));
     let as_it_was = std::fs::read(&w).unwrap();
     let mut restores = 0;
     for opts in every_mode() {
         std::fs::write(&w, &as_it_was).unwrap();
+        std::fs::write(&e, b"").unwrap();
         let o = env.restore(&img, opts, &[]);
         assert_all_ok(&o, &["written files: a line after restore"]);
         restores += 1;
@@ -2402,6 +2425,32 @@ fn a_file_written_through_its_offset_since_the_checkpoint_is_refused() {
             "{err}"
         );
     }
+    // The log that was empty at the checkpoint: written over by each restore (one line left of
+    // three), unless refused once it is not empty.
+    std::fs::write(&w, &as_it_was).unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("e.log was written since the checkpoint (0 bytes then"),
+        "{}",
+        text(&o)
+    );
+    // A restore running, holding w.log open for writing before it writes: another is refused,
+    // though the file has its size still (both would write at one offset).
+    std::fs::write(&e, b"").unwrap();
+    let mut first = Waiting::spawn(env.restore_cmd(&img, &["--pid-mode", "ns"], &["hold"]));
+    first.ready();
+    let o = env.restore(&img, &["--pid-mode", "ns"], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("w.log is open for writing in process ")
+            && String::from_utf8_lossy(&o.stderr).contains("both would write at one offset"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(first.finish(0).code(), Some(0));
+    restores += 1;
     let appended = std::fs::read_to_string(&a).unwrap();
     assert_eq!(
         appended.lines().filter(|l| *l == "post").count(),

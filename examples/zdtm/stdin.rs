@@ -15,23 +15,41 @@ const KEPT_WRITER: i32 = 40;
 /// registers its duplicates of its standard output and error.
 const DUPS: [i32; 2] = [41, 42];
 
-/// `own`: started without a standard input (`<&-`), the program opens a file of its own
-/// close-on-exec, which gets fd 0 (as a JVM's class image does): after restore fd 0 is still
-/// that file, at its offset, not the caller's standard input.
-fn own() {
+/// `own-mapped`: started without a standard input (`<&-`), the program opens a file of its own,
+/// which gets fd 0, and maps it, as HotSpot opens and maps its class image, `lib/modules`: after
+/// restore fd 0 is still that file, at its offset, not the caller's standard input.
+/// `own-readonly`: started without a standard error, it opens its file read-only as fd 2 (no
+/// standard error is open for reading only): after restore fd 2 is that file.
+fn own(mapped: bool) {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let path = format!("{}.data", common::argv().0);
     std::fs::write(&path, b"the program's own file").unwrap();
     let c = std::ffi::CString::new(path).unwrap();
-    // SAFETY: closes our standard input, then opens a file with a valid path: it gets fd 0.
+    let at = if mapped { 0 } else { 2 };
+    // SAFETY: closes a standard descriptor, then opens a file with a valid path: it gets that
+    // number.
     let fd = unsafe {
-        libc::close(0);
-        libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+        libc::close(at);
+        libc::open(c.as_ptr(), libc::O_RDONLY)
     };
-    assert_eq!(fd, 0);
-    // SAFETY: fd 0 is ours now, read through a File that is not dropped (it stays fd 0).
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    assert_eq!(fd, at);
+    if mapped {
+        // SAFETY: a new private read-only mapping of our file; never unmapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                0,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+    }
+    // SAFETY: the descriptor is ours now, read through a File that is not dropped (it stays).
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(at) });
     let mut head = [0u8; 4];
     f.read_exact(&mut head).unwrap();
     common::checkpoint();
@@ -39,16 +57,33 @@ fn own() {
     let _ = f.read_to_string(&mut rest);
     let mut c = common::Checks::default();
     c.check(
-        "fd 0 opened by the program is its file",
+        "a standard descriptor opened by the program is its file",
         rest == "program's own file",
         format!("{rest:?}"),
     );
     c.finish();
 }
 
+/// `cloexec`: the standard descriptors marked close-on-exec, as Node marks those it was started
+/// with, its output redirected to a file: after restore it writes to the caller's output.
+fn cloexec() {
+    for s in 0..=2 {
+        // SAFETY: sets a flag on a descriptor we were started with.
+        unsafe { libc::fcntl(s, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    common::checkpoint();
+    println!("ok standard output is the caller's");
+}
+
 fn main() {
-    if common::argv().2.iter().any(|a| a == "own") {
-        return own();
+    if common::argv().2.iter().any(|a| a == "cloexec") {
+        return cloexec();
+    }
+    if common::argv().2.iter().any(|a| a == "own-readonly") {
+        return own(false);
+    }
+    if common::argv().2.iter().any(|a| a == "own-mapped") {
+        return own(true);
     }
     let et = common::argv().2.iter().any(|a| a == "et");
     let dups = common::argv().2.iter().any(|a| a == "dups");

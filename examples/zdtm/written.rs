@@ -5,7 +5,13 @@
 //! saying so, until the file is put back as it was; `a.log` just grows (appends from every
 //! restore, as from several writers).
 //!
-//! `zdtm-written IMAGE KEY DIR`
+//! `e.log` is opened so too and nothing is written to it before the checkpoint (an error log of
+//! a service that has not failed yet): each restore writes it from offset 0, over what an
+//! earlier restore wrote, so it is refused the same way once it is not empty.
+//!
+//! `zdtm-written IMAGE KEY DIR`; restored with the argument `hold`, it prints `ready PID` and
+//! waits for a line on its standard input before it writes (another restore meanwhile finds
+//! `w.log` open for writing in it, the same size still, and is refused).
 
 #[path = "common.rs"]
 mod common;
@@ -24,9 +30,17 @@ fn main() {
         writeln!(w, "pre {i}").unwrap();
     }
     writeln!(a, "pre").unwrap();
-    common::checkpoint();
+    let mut e = std::fs::File::create(dir.join("e.log")).unwrap();
+    let args = common::checkpoint();
+    if args.iter().any(|a| a == "hold") {
+        println!("ready {}", std::process::id());
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
     let mut c = common::Checks::default();
-    let wrote = writeln!(w, "post {}", std::process::id()).is_ok() && writeln!(a, "post").is_ok();
+    let wrote = writeln!(w, "post {}", std::process::id()).is_ok()
+        && writeln!(a, "post").is_ok()
+        && writeln!(e, "error {}", std::process::id()).is_ok();
     c.check("written files: a line after restore", wrote, "write failed");
     c.finish()
 }

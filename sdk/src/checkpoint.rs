@@ -375,7 +375,11 @@ impl Checkpoint {
         if !unsupported.is_empty() {
             // (Read from descriptors another thread closed or replaced meanwhile, a refusal
             // may be of nothing the process has: a Worker's sockets and pipes coming and going.)
-            if let Some(why) = scan.witness.closed_or_replaced() {
+            let churn = scan
+                .witness
+                .closed_or_replaced()
+                .or_else(|| scan.witness.pipe_end_opened_since());
+            if let Some(why) = churn {
                 return Ok(Err(format!(
                     "{why}, and what was read may be of nothing the process has: {}",
                     unsupported.join("; ")
@@ -1070,7 +1074,7 @@ impl Checkpoint {
         unsupported.extend(c.inotify.iter().filter_map(|(fd, queued)| {
             let n = queued.load(Ordering::Relaxed);
             (n != 0).then(|| {
-                format!("fd {fd} (inotify): {n} bytes of events were queued at the checkpoint and would be lost; read them first (in an event loop, Node's or asyncio's: let it run a turn before the checkpoint, e.g. await new Promise(setImmediate))")
+                format!("fd {fd} (inotify): {n} bytes of events were queued at the checkpoint and would be lost; read them first (in an event loop, Node's or asyncio's: let it run a turn before the checkpoint, e.g. await new Promise(setImmediate); a watch closed just before, in a beforeCheckpoint hook, leaves its IN_IGNORED event queued: close it, await a turn, then checkpoint)")
             })
         }));
         m.dontfork = c
@@ -1117,6 +1121,10 @@ impl Checkpoint {
                 }
             }
             let regular = matches!(e.kind, FdKind::Regular { .. });
+            // SQLite's journals: it writes its -wal with pwrite after truncating it, and offset
+            // 0 of an empty one is no sign of a writer at its end.
+            let journal = matches!(&e.kind, FdKind::Regular { path, .. }
+                if path.ends_with("-wal") || path.ends_with("-journal"));
             match &mut e.kind {
                 FdKind::Regular { pos, .. }
                 | FdKind::Memfd { pos, .. }
@@ -1134,10 +1142,15 @@ impl Checkpoint {
                         // FdEntry::written_end).
                         let writes = e.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
                             && e.flags & libc::O_APPEND as u32 == 0;
-                        // (Not an empty file: offset 0 of one written only with pwrite, as
-                        // SQLite writes its -wal after truncating it, is no sign of a writer at
-                        // its end.)
-                        if regular && writes && st[0] != u64::MAX && st[0] > 0 && at == st[0] {
+                        // (An empty file too — a log opened "w" that nothing was written to
+                        // yet, which each restore wrote over — but not an empty journal, nor an
+                        // empty file the process locks: a lock file.)
+                        if regular
+                            && writes
+                            && st[0] != u64::MAX
+                            && at == st[0]
+                            && !(st[0] == 0 && (journal || !e.locks.is_empty()))
+                        {
                             e.written_end = Some(st[0]);
                         }
                     }

@@ -244,6 +244,30 @@ impl FdWitness {
             })
     }
 
+    /// A descriptor of this (live) process opened since the listing at another number than the
+    /// listed ones, of a pipe one of them is an end of, if there is one: the other end of a pipe
+    /// made meanwhile (a Worker's event loop starting) makes its listed end look like another
+    /// process's.
+    pub(crate) fn pipe_end_opened_since(&self) -> Option<String> {
+        let listed = self.numbers();
+        let link = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+        let pipes: Vec<std::path::PathBuf> = listed
+            .iter()
+            .filter_map(|&fd| link(fd))
+            .filter(|l| l.to_string_lossy().starts_with("pipe:["))
+            .collect();
+        if pipes.is_empty() {
+            return None;
+        }
+        sys::list_dir("/proc/self/fd")
+            .ok()?
+            .iter()
+            .filter_map(|n| n.parse::<i32>().ok())
+            .filter(|fd| listed.binary_search(fd).is_err() && !self.own().any(|d| d == *fd))
+            .find(|&fd| link(fd).is_some_and(|l| pipes.contains(&l)))
+            .map(|fd| format!("descriptor {fd} was opened (an end of a pipe the process holds)"))
+    }
+
     /// In a restored process the duplicates were never there: their numbers are not ours.
     pub(crate) fn abandon(mut self) {
         std::mem::take(&mut self.held)

@@ -34,7 +34,8 @@ pub struct FdEntry {
     /// A regular file the process wrote at its end through this descriptor's offset (open for
     /// writing without O_APPEND, its offset at the end: a log, a journal): its size then.
     /// Restored only where its size is the same, for the process would write next over what was
-    /// written since (by an earlier restore of the image, or by the first life going on).
+    /// written since (by an earlier restore of the image, or by the first life going on), and
+    /// where no other process has it open for writing (a restore of the image running).
     pub written_end: Option<u64>,
     /// For a descriptor that shared a standard descriptor's open file description (see
     /// [`FdEntry::standard`]): every standard descriptor that shared it (bit N: fd N). Where
@@ -438,24 +439,31 @@ fn epoll_watches(info: &str) -> Vec<(EpollWatch, u64)> {
 /// is the caller's at restore: not one the process opened itself at that number because it was
 /// started without it (a JVM started with `<&-` opens its class image, `lib/modules`, as fd 0,
 /// and died at its next class load when that became the caller's stdin). Such a one is
-/// a regular file or directory open close-on-exec (no descriptor inherited through exec is:
-/// HotSpot, CPython, libuv and Rust open theirs so; a terminal or pipe marked so by the program
-/// stays the caller's), or opened for the wrong direction (fd 1 or 2 read-only, fd 0
-/// write-only); it is kept as what it is.
+/// a regular file the process also maps (HotSpot opens and maps `lib/modules`), or one opened
+/// for the wrong direction (fd 1 or 2 read-only, fd 0 write-only); it is kept as what it is.
+/// (Close-on-exec says nothing: Node marks its inherited standard descriptors so at start.)
 fn standard_stream(s: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let Ok(fl) = crate::sys::fcntl(s, libc::F_GETFL, 0) else {
         return true;
     };
-    let cloexec = crate::sys::fcntl(s, libc::F_GETFD, 0)
-        .is_ok_and(|f| f & i64::from(libc::FD_CLOEXEC) != 0)
-        && std::fs::metadata(format!("/proc/self/fd/{s}")).is_ok_and(|m| m.is_file() || m.is_dir());
+    let meta = std::fs::metadata(format!("/proc/self/fd/{s}")).ok();
+    let mapped = meta.as_ref().filter(|m| m.is_file()).is_some_and(|m| {
+        crate::procfs::maps(crate::sys::getpid()).is_ok_and(|maps| {
+            maps.iter()
+                .any(|e| e.inode == m.ino() && libc::makedev(e.dev_major, e.dev_minor) == m.dev())
+        })
+    });
+    if mapped {
+        return false;
+    }
     let acc = fl as i32 & libc::O_ACCMODE;
     let wrong_way = if s == 0 {
         acc == libc::O_WRONLY
     } else {
         acc == libc::O_RDONLY
     };
-    !cloexec && !wrong_way
+    !wrong_way
 }
 
 /// Who else holds the process's pipes and AF_UNIX sockets, and those sockets' peers: walked
@@ -1692,7 +1700,7 @@ pub fn reopen(
                     }
                 }
                 if let Some(then) = e.written_end {
-                    written_over(&f, fd, path, then)?;
+                    written_over(&f, fd, path, then, !e.locks.is_empty())?;
                 }
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 if let Some(bytes) = e.fifo_bytes {
@@ -2184,14 +2192,65 @@ fn reopen_path(
     Ok(OwnedFd::from(f))
 }
 
+/// The other processes that hold the file `f` (at `path`) open for writing ("process 12
+/// (python3)"), by that name, among those whose descriptors can be looked at; `None` where none
+/// does.
+fn writers_elsewhere(f: &OwnedFd, path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::sys::getpid();
+    let m = std::fs::metadata(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(f)
+    ))
+    .ok()?;
+    let (dev, ino) = (m.dev(), m.ino());
+    let mut who = Vec::new();
+    for pid in crate::sys::list_dir("/proc").ok()? {
+        let Ok(p) = pid.parse::<i32>() else { continue };
+        if p == me {
+            continue;
+        }
+        for n in crate::sys::list_dir(&format!("/proc/{p}/fd")).unwrap_or_default() {
+            let at = format!("/proc/{p}/fd/{n}");
+            // (The link's text first: a stat of every descriptor of the machine costs more.)
+            if !std::fs::read_link(&at).is_ok_and(|l| l.as_os_str() == path)
+                || !std::fs::metadata(&at).is_ok_and(|o| (o.dev(), o.ino()) == (dev, ino))
+            {
+                continue;
+            }
+            let flags = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{n}"))
+                .ok()
+                .map(|i| fdinfo_flags(&i))
+                .unwrap_or(0);
+            if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                who.push(format!("process {p} ({})", comm.trim()));
+                break;
+            }
+        }
+    }
+    (!who.is_empty()).then(|| who.join(", "))
+}
+
 /// Refuses a file written at its end (`FdEntry::written_end`, `then` bytes) whose size changed
 /// since: the process would write over what was written meanwhile at its old offset.
-fn written_over(f: &OwnedFd, fd: i32, path: &str, then: u64) -> Result<(), String> {
+fn written_over(f: &OwnedFd, fd: i32, path: &str, then: u64, locked: bool) -> Result<(), String> {
     let now = crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(f))
         .map(|st| st.st_size as u64)
         .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
     if now == then {
-        return Ok(());
+        // Nor may another process write it meanwhile (another restore of the image, the first
+        // life going on): both would write at one offset, over each other. (Where the process
+        // locks it, its locks decide: taken again, or the restore refused.)
+        if locked {
+            return Ok(());
+        }
+        return match writers_elsewhere(f, path) {
+            Some(who) => Err(format!(
+                "fd {fd}: {path} is open for writing in {who}, and the process writes it at its end through its offset (open for writing without O_APPEND): both would write at one offset, over each other, so it is not restored while that runs; open it with O_APPEND (Python's open(path, \"a\"), Java's FileOutputStream(path, true)), or have each restore write a file of its own"
+            )),
+            None => Ok(()),
+        };
     }
     let how = if now < then {
         "was truncated since the checkpoint (a log rotated by copying and truncating it, say)"

@@ -414,7 +414,7 @@ impl Inotify {
             {
                 let was = w.path.as_deref().unwrap_or("the watched file");
                 return Err(format!(
-                    "{}: {was} {why}: a paused process would have been told, a restored one cannot be; put it back as it was, or remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher; Java: cancel the WatchKey)",
+                    "{}: {was} {why}: a paused process would have been told, a restored one cannot be; checkpoint again, or remove the watch before the checkpoint and add it again after restore (Node: close the fs.watch watcher and let the event loop run a turn before the checkpoint; Java: cancel the WatchKey)",
                     what()
                 ));
             }
