@@ -148,11 +148,9 @@ extern "C" fn on_tick(_: libc::c_int) {
     TICKS.fetch_add(1, Ordering::SeqCst);
 }
 
-fn timer_running(image: &str, key: Option<String>) -> ! {
-    // SAFETY: a handler that only counts.
-    unsafe { libc::signal(rt(4), on_tick as *const () as libc::sighandler_t) };
-    // SIGRT+4 every millisecond.
-    timer(rt(4), 1_000_000);
+/// Checkpoints 20 times in a row (each goes on) and prints how many succeeded and whether the
+/// handler ran more than `ticks` times; exits.
+fn twenty_checkpoints(image: &str, key: Option<String>, ticks: usize) -> ! {
     let mut done = 0;
     for i in 0..20 {
         let mut cp = thaw::Checkpoint::to(image);
@@ -167,9 +165,17 @@ fn timer_running(image: &str, key: Option<String>) -> ! {
     let _ = std::fs::remove_file(image);
     println!(
         "checkpoints: {done}, ticks: {}",
-        TICKS.load(Ordering::SeqCst) > 0
+        TICKS.load(Ordering::SeqCst) > ticks
     );
     std::process::exit(0)
+}
+
+fn timer_running(image: &str, key: Option<String>) -> ! {
+    // SAFETY: a handler that only counts.
+    unsafe { libc::signal(rt(4), on_tick as *const () as libc::sighandler_t) };
+    // SIGRT+4 every millisecond.
+    timer(rt(4), 1_000_000);
+    twenty_checkpoints(image, key, 0)
 }
 
 /// `flood`: another process (a grandchild, no child of ours) sends SIGUSR1 to the process as
@@ -197,23 +203,7 @@ fn flood(image: &str, key: Option<String>) -> ! {
     while TICKS.load(Ordering::SeqCst) < 100 {
         std::hint::spin_loop();
     }
-    let mut done = 0;
-    for i in 0..20 {
-        let mut cp = thaw::Checkpoint::to(image);
-        if let Some(k) = &key {
-            cp = cp.sign_with(k);
-        }
-        match cp.save() {
-            Ok(_) => done += 1,
-            Err(e) => println!("checkpoint {i}: {e}"),
-        }
-    }
-    let _ = std::fs::remove_file(image);
-    println!(
-        "checkpoints: {done}, ticks: {}",
-        TICKS.load(Ordering::SeqCst) > 100
-    );
-    std::process::exit(0)
+    twenty_checkpoints(image, key, 100)
 }
 
 static TERMS: AtomicUsize = AtomicUsize::new(0);
