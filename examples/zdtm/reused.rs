@@ -32,6 +32,20 @@ fn open_at(path: &str, at: i32, skip: usize) {
     }
 }
 
+/// Checks `what`: descriptor `fd` is not open.
+fn check_closed(c: &mut common::Checks, what: &str, fd: i32) {
+    // SAFETY: F_GETFD on a number, open or not.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    c.check(
+        what,
+        flags == -1,
+        format!(
+            "fd {fd} is open: {:?}",
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        ),
+    );
+}
+
 fn close(fd: i32) {
     // SAFETY: a number this program owns.
     assert_eq!(unsafe { libc::close(fd) }, 0);
@@ -68,15 +82,10 @@ fn event_closed() {
     common::during_first_scan("d", move |_| close(efd));
     drop(common::restored());
     let mut c = common::Checks::default();
-    // SAFETY: F_GETFD on a number, open or not.
-    let flags = unsafe { libc::fcntl(efd, libc::F_GETFD) };
-    c.check(
+    check_closed(
+        &mut c,
         "an eventfd closed while the checkpoint ran stays closed",
-        flags == -1,
-        format!(
-            "fd {efd}: {:?}",
-            std::fs::read_link(format!("/proc/self/fd/{efd}"))
-        ),
+        efd,
     );
     c.finish()
 }
@@ -107,15 +116,10 @@ fn main() {
     });
     drop(common::restored());
     let mut c = common::Checks::default();
-    // SAFETY: F_GETFD on a number, open or not.
-    let flags = unsafe { libc::fcntl(closed, libc::F_GETFD) };
-    c.check(
+    check_closed(
+        &mut c,
         "a descriptor closed while the checkpoint scanned stays closed",
-        flags == -1,
-        format!(
-            "fd {closed} is open: {:?}",
-            std::fs::read_link(format!("/proc/self/fd/{closed}"))
-        ),
+        closed,
     );
     let rest = {
         use std::io::Read;

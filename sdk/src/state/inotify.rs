@@ -60,8 +60,8 @@ fn nanos(secs: i64, nsecs: i64) -> i128 {
 }
 
 impl WatchStamp {
-    /// Of the file at `path` (watched with `mask`).
-    fn of(path: &str, mask: u32) -> Option<WatchStamp> {
+    /// Of the file at `path` (watched with `mask`), and whether it is a directory.
+    fn of(path: &str, mask: u32) -> Option<(WatchStamp, bool)> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).ok()?;
         let btime_ns = m
@@ -80,12 +80,13 @@ impl WatchStamp {
         } else {
             0
         };
-        Some(WatchStamp {
+        let stamp = WatchStamp {
             btime_ns,
             mtime_ns: nanos(m.mtime(), m.mtime_nsec()),
             ctime_ns: nanos(m.ctime(), m.ctime_nsec()),
             entries_ctime_ns,
-        })
+        };
+        Some((stamp, m.is_dir()))
     }
 
     /// What about the file, now `now`, a watch with `mask` would have reported since this
@@ -128,7 +129,8 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         // Any failure but that one (the file is gone: a stale handle) is final.
         w.path = match find_path(w.dev, w.ino, w.handle_type, &w.handle) {
             Ok((o, p)) => {
-                w.stamp = WatchStamp::of(&format!("/proc/self/fd/{}", o.as_raw_fd()), w.mask);
+                w.stamp = WatchStamp::of(&format!("/proc/self/fd/{}", o.as_raw_fd()), w.mask)
+                    .map(|(s, _)| s);
                 Some(p)
             }
             Err((true, why)) => {
@@ -158,7 +160,7 @@ pub(crate) fn dump(info: &str) -> Result<Inotify, String> {
         let w = &mut inotify.watches[i];
         match found.get(&(w.dev, w.ino)) {
             Some(p) => {
-                w.stamp = WatchStamp::of(p, w.mask);
+                w.stamp = WatchStamp::of(p, w.mask).map(|(s, _)| s);
                 w.path = Some(p.clone());
             }
             None => {
@@ -405,12 +407,10 @@ impl Inotify {
                 }
             };
             // What a paused process would have been told of since, a restored one cannot be.
-            let now = WatchStamp::of(&path, w.mask);
-            let dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
             if let Some(why) = w
                 .stamp
-                .zip(now)
-                .and_then(|(then, now)| then.changed(&now, w.mask, dir))
+                .zip(WatchStamp::of(&path, w.mask))
+                .and_then(|(then, (now, dir))| then.changed(&now, w.mask, dir))
             {
                 let was = w.path.as_deref().unwrap_or("the watched file");
                 return Err(format!(
