@@ -390,3 +390,36 @@ fn native_prng_reads_afresh_after_a_restore() {
     assert!(n > 0, "the first life's buffer holds bytes: {before}");
     differs_per_restore(&env, &img, "buffered after 0 ");
 }
+
+/// A SIGTERM another process sends while the program's own before-checkpoint work runs (inside
+/// `Thaw.holdSignals()`): the first life's shutdown hooks run on it once the checkpoint returns
+/// (exit 143), and each restore goes on without it.
+#[test]
+fn a_sigterm_sent_during_the_checkpoint_shuts_down_the_first_life_alone() {
+    let env = Env::new();
+    let cp = build(&env, &[root().join("examples/tests/java/HeldSignal.java")]);
+    let img = env.path("held.thaw");
+    let o = java(
+        &cp,
+        &[],
+        "HeldSignal",
+        &[img.to_str().unwrap(), env.key.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "shutdown\n",
+        "{}",
+        text(&o)
+    );
+    for opts in [&[][..], &["--pid-mode", "ns"][..]] {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(o.status.code(), Some(0), "{opts:?}: {}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "restored\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
+}

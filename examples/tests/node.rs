@@ -451,6 +451,39 @@ fn v8_flags_the_application_set_stay_set() {
     );
 }
 
+/// A SIGTERM another process sends while `checkpoint()` runs its hooks: libuv takes it at once
+/// (into its signal pipe) and the listener runs at the loop's next turn, which used to be in
+/// every restore. Now the first life's listener gets it after `checkpoint()` returns, and no
+/// restore does; the program's own signals reach their listeners as ever.
+#[test]
+fn a_sigterm_sent_during_the_checkpoint_is_the_first_lifes() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("term.thaw");
+    let js = "const got = [];\n\
+        process.on('SIGTERM', () => got.push('TERM'));\n\
+        process.on('SIGUSR2', () => got.push('USR2'));\n\
+        thaw.beforeCheckpoint(() => {\n\
+          require('child_process').execFileSync('kill', ['-TERM', String(process.pid)]);\n\
+          process.kill(process.pid, 'SIGUSR2');\n\
+        });\n\
+        const r = thaw.checkpoint(process.argv[1], { key: process.argv[2] });\n\
+        // The signal pipe is read in the loop's poll phase, before setImmediate's turn.\n\
+        setImmediate(() => console.log(`${r.restored ? 'restored' : 'first'} ${got.sort().join(' ')}`));";
+    let (out, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(out, "first TERM USR2\n", "{}", text(&o));
+    for opts in [&[][..], &["--pid-mode", "ns"][..]] {
+        let o = env.restore(&img, opts, &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "restored USR2\n",
+            "{opts:?}: {}",
+            text(&o)
+        );
+    }
+}
+
 /// Files read in libuv's thread pool while the main thread checkpoints, over and over: four
 /// `fs.readFile` loops open, read and close in the pool's threads meanwhile (descriptors come and
 /// go between the checkpoint's listing and its stop). Every checkpoint succeeds, and in every

@@ -45,6 +45,14 @@ int thaw_on_restore(thaw_hook hook, void *ctx);
  * O_NONBLOCK on standard descriptors). No allocation, no locks other threads may hold. */
 int thaw_on_exit_after_save(thaw_hook hook, void *ctx);
 
+/* A signal another process or a terminal sends while a checkpoint runs (a supervisor's SIGTERM,
+ * a Ctrl-C) is the first life's: thaw_checkpoint keeps it from the program's handler and gives
+ * it to the handler once it returns in the first life; a restore never sees it. A language SDK
+ * that runs hooks of its own before calling thaw_checkpoint brackets them and the call with
+ * these two (they nest), so that signals coming during its hooks are held too. */
+void thaw_hold_signals(void);
+void thaw_release_signals(void);
+
 /* Instances from a `thaw serve IMAGE --socket PATH`, started about as cheaply as a fork.
  * thaw_serve_start asks the server at `socket` for an instance with `argv` (what `thaw run` takes
  * after `--`, NULL-terminated; NULL = none), `envp` ("KEY=VALUE", NULL-terminated; NULL = this

@@ -361,6 +361,18 @@ function checkpoint(path, options = {}) {
     );
   }
   if (fdPolicy !== undefined) setFdPolicy(fdPolicy);
+  // From here to the end, a signal another process sends (a supervisor's SIGTERM, a Ctrl-C)
+  // reaches this process's listeners after checkpoint() returns in the first life, and never
+  // a restore (libuv would otherwise have queued it in the image).
+  native.holdSignals();
+  try {
+    return checkpointHeld(path, key, exitAfterSave, leaveChildrenOut, gc);
+  } finally {
+    native.releaseSignals();
+  }
+}
+
+function checkpointHeld(path, key, exitAfterSave, leaveChildrenOut, gc) {
   const flags =
     (exitAfterSave ? native.EXIT_AFTER_SAVE : 0) | (leaveChildrenOut ? native.LEAVE_CHILDREN_OUT : 0);
 

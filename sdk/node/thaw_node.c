@@ -183,6 +183,22 @@ static napi_value restores(napi_env env, napi_callback_info info) {
     return out;
 }
 
+/* A signal from outside while checkpoint() runs (a supervisor's SIGTERM) is the first life's:
+ * libuv would write it into its signal pipe at once, and every restore would act on it. */
+static napi_value hold_signals(napi_env env, napi_callback_info info) {
+    (void)env;
+    (void)info;
+    thaw_hold_signals();
+    return NULL;
+}
+
+static napi_value release_signals(napi_env env, napi_callback_info info) {
+    (void)env;
+    (void)info;
+    thaw_release_signals();
+    return NULL;
+}
+
 static napi_value checkpoint(napi_env env, napi_callback_info info) {
     size_t argc = 3;
     napi_value argv[3];
@@ -353,6 +369,8 @@ NAPI_MODULE_INIT() {
     CHECK(env, export_fn(env, exports, "restoredEnv", restored_env));
     CHECK(env, export_fn(env, exports, "setFdPolicy", set_fd_policy));
     CHECK(env, export_fn(env, exports, "restores", restores));
+    CHECK(env, export_fn(env, exports, "holdSignals", hold_signals));
+    CHECK(env, export_fn(env, exports, "releaseSignals", release_signals));
     CHECK(env, export_fn(env, exports, "watch", watch));
     CHECK(env, export_int(env, exports, "EXIT_AFTER_SAVE", THAW_EXIT_AFTER_SAVE));
     CHECK(env, export_int(env, exports, "LEAVE_CHILDREN_OUT", THAW_LEAVE_CHILDREN_OUT));

@@ -225,6 +225,20 @@ pub extern "C" fn thaw_on_restore(f: Hook, ctx: *mut c_void) -> c_int {
     register(f, ctx, |cb| crate::on_restore(move || cb.call()))
 }
 
+/// Holds signals from outside for the first life until the matching `thaw_release_signals`: a
+/// language SDK calls it before running its own before-checkpoint hooks (see [`crate::hold`]).
+#[no_mangle]
+pub extern "C" fn thaw_hold_signals() {
+    crate::hold::begin();
+}
+
+/// Ends `thaw_hold_signals`: in the first life, what came meanwhile goes to the program's
+/// handlers now; a restored process never sees it.
+#[no_mangle]
+pub extern "C" fn thaw_release_signals() {
+    crate::hold::end();
+}
+
 /// Registers `f(ctx)` to run in a first life that exits after saving, just before it exits
 /// (its result is ignored): see [`crate::on_exit_after_save`].
 #[no_mangle]

@@ -290,6 +290,8 @@ impl Checkpoint {
     /// Takes the snapshot and writes the image ("saved"), or — in a restored process — returns
     /// what the launcher passed ("restored").
     pub fn save(self) -> Result<Outcome, CheckpointError> {
+        // Signals from outside during the hooks and the snapshot are the first life's alone.
+        let _held = crate::hold::hold();
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         UNRESPONSIVE_AGAIN.store(0, Ordering::Relaxed);
         OVER_LIMIT_AGAIN.store(0, Ordering::Relaxed);
@@ -1629,6 +1631,8 @@ fn restored() -> Result<Outcome, CheckpointError> {
     }
     let ra: RestoreArgs =
         postcard::from_bytes(&bytes).map_err(|e| CheckpointError::RestoreArgs(e.to_string()))?;
+    // What the checkpoint held was sent to the first life.
+    crate::hold::forget();
     // Before any hook: OpenSSL, wherever the process has it, draws afresh.
     crate::sys::reseed_openssl();
     // Every io_uring instance is a new one now.

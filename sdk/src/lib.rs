@@ -14,6 +14,7 @@ pub mod capi;
 pub mod capture;
 mod checkpoint;
 pub mod fd_policy;
+pub mod hold;
 pub mod image;
 pub mod procfs;
 pub mod restore;

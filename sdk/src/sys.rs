@@ -703,6 +703,37 @@ pub fn install_handler(
     Ok(old)
 }
 
+/// The 16 words of the siginfo a handler was given. Async-signal-safe.
+pub fn siginfo_words(info: *const libc::siginfo_t) -> [u64; 16] {
+    // SAFETY: the kernel passes an SA_SIGINFO handler a valid 128-byte siginfo; read by value.
+    unsafe { std::ptr::read_unaligned(info as *const [u64; 16]) }
+}
+
+/// Calls the signal handler at `handler` as the kernel would: `(signo, info, ctx)` if
+/// `three_args` (SA_SIGINFO), else `(signo)`.
+///
+/// # Safety
+/// `handler` must be the address of a handler of that form; `info` and `ctx` the ones the
+/// kernel passed the calling handler.
+pub unsafe fn call_handler(
+    handler: u64,
+    three_args: bool,
+    signo: i32,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    if three_args {
+        // SAFETY: per this function's contract.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler as usize) };
+        f(signo, info, ctx);
+    } else {
+        // SAFETY: per this function's contract.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(handler as usize) };
+        f(signo);
+    }
+}
+
 fn unsafe_zeroed_sigaction() -> libc::sigaction {
     // SAFETY: libc::sigaction is a plain C struct for which all-zero bytes are a valid value
     // (SIG_DFL, no flags, empty mask).

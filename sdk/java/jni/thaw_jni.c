@@ -331,3 +331,15 @@ JNIEXPORT void JNICALL Java_dev_thaw_Thaw_setFdPolicy0(JNIEnv *env, jclass cls, 
 }
 
 JNIEXPORT void JNICALL Java_dev_thaw_Thaw_reseed0(JNIEnv *env, jclass cls) { reseed(env, cls); }
+
+JNIEXPORT void JNICALL Java_dev_thaw_Thaw_holdSignals0(JNIEnv *env, jclass cls) {
+    (void)env;
+    (void)cls;
+    thaw_hold_signals();
+}
+
+JNIEXPORT void JNICALL Java_dev_thaw_Thaw_releaseSignals0(JNIEnv *env, jclass cls) {
+    (void)env;
+    (void)cls;
+    thaw_release_signals();
+}

@@ -220,6 +220,10 @@ def _library() -> ctypes.CDLL:
             lib.thaw_restored_env.restype = ctypes.c_char_p
             lib.thaw_set_fd_policy.argtypes = [ctypes.c_char_p]
             lib.thaw_set_fd_policy.restype = ctypes.c_int
+            lib.thaw_hold_signals.argtypes = []
+            lib.thaw_hold_signals.restype = None
+            lib.thaw_release_signals.argtypes = []
+            lib.thaw_release_signals.restype = None
             _lib = lib
         return _lib
 
@@ -492,6 +496,10 @@ def checkpoint(
         if _in_checkpoint:
             raise InvalidArgumentError(ERR_INVALID, "checkpoint() called from a thaw hook")
         _in_checkpoint = True
+        # A signal another process sends from here on (a supervisor's SIGTERM, a Ctrl-C) is
+        # the first life's: its handler runs once this call returns there, never in a restore
+        # (CPython's C handler would otherwise have flagged it in the image).
+        lib.thaw_hold_signals()
         try:
             if lib.thaw_set_fd_policy(spec) < 0:
                 raise _error(ERR_INVALID, _last_error(lib))
@@ -552,3 +560,4 @@ def checkpoint(
             return outcome
         finally:
             _in_checkpoint = False
+            lib.thaw_release_signals()

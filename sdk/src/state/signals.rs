@@ -87,26 +87,10 @@ pub fn from_outside(
     threads: &[super::threads::ThreadState],
     pid: i32,
 ) -> bool {
-    const SI_USER: i32 = 0;
-    const SI_KERNEL: i32 = 0x80;
-    const SI_QUEUE: i32 = -1;
-    const SI_TKILL: i32 = -6;
     let code = sig.info[1] as u32 as i32;
     // struct siginfo: signo, errno, code (ints), a pad, then si_pid for these codes.
     let sender = sig.info[2] as u32 as i32;
-    let terminal = [
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGTSTP,
-        libc::SIGHUP,
-        libc::SIGWINCH,
-    ]
-    .contains(&(sig.signo as i32));
-    let outside = match code {
-        SI_USER | SI_QUEUE | SI_TKILL => sender != pid,
-        SI_KERNEL => terminal,
-        _ => false,
-    };
+    let outside = sent_from_outside(sig.signo as i32, code, sender, pid);
     let bit = 1u64 << (sig.signo - 1);
     let let_in = |t: &super::threads::ThreadState| t.sigmask & bit == 0;
     outside
@@ -178,6 +162,28 @@ use std::sync::atomic::Ordering;
 use crate::capture::Capture;
 use crate::restore::Plan;
 
+/// Whether a signal with this siginfo `code` and sender (`si_pid`) was sent to process `pid` by
+/// another process, or raised by a terminal (Ctrl-C, a hang-up, a resize). Async-signal-safe.
+pub fn sent_from_outside(signo: i32, code: i32, sender: i32, pid: i32) -> bool {
+    const SI_USER: i32 = 0;
+    const SI_KERNEL: i32 = 0x80;
+    const SI_QUEUE: i32 = -1;
+    const SI_TKILL: i32 = -6;
+    let terminal = [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGHUP,
+        libc::SIGWINCH,
+    ]
+    .contains(&signo);
+    match code {
+        SI_USER | SI_QUEUE | SI_TKILL => sender != pid,
+        SI_KERNEL => terminal,
+        _ => false,
+    }
+}
+
 impl SignalState {
     /// Whether the process's children are reaped by the kernel as they end (SIGCHLD ignored, or
     /// SA_NOCLDWAIT): no zombie is left for it to wait for.
@@ -196,21 +202,28 @@ impl SignalState {
     }
 
     /// The dispositions the handler recorded (the checkpoint signal's own is the application's,
-    /// passed as `checkpoint_signal_action`).
+    /// passed as `original`), the program's own where the checkpoint holds signals for the first
+    /// life (`crate::hold`).
     pub(crate) fn dump(c: &Capture, signal: i32, original: SigAction) -> SignalState {
         let mut actions = Vec::new();
         for signo in 1..=64usize {
-            let a = c.action(signo);
             let a = if signo as i32 == signal {
-                original
-            } else {
-                SigAction {
-                    signo: signo as u32,
-                    handler: a.handler,
-                    flags: a.flags,
-                    restorer: a.restorer,
-                    mask: a.mask,
+                crate::sys::KernelSigaction {
+                    handler: original.handler,
+                    flags: original.flags,
+                    restorer: original.restorer,
+                    mask: original.mask,
                 }
+            } else {
+                c.action(signo)
+            };
+            let a = crate::hold::theirs(signo as u32, a);
+            let a = SigAction {
+                signo: signo as u32,
+                handler: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
             };
             if a.handler != 0 || a.flags != 0 || a.mask != 0 {
                 actions.push(a);

@@ -65,15 +65,35 @@ public final class Thaw {
         if (Boolean.parseBoolean(System.getProperty("thaw.leaveChildrenOut"))) {
             flags |= LEAVE_CHILDREN_OUT;
         }
-        refuseRunningRecordings();
-        // What the second life runs first is loaded and run once now: class loading after the
-        // restore would be on the restored process's critical path.
-        new Restored(new String[] {"x"}, new String[] {"K=V"}).argsArray();
-        int r = checkpoint0(image, key, flags);
-        if (r != RESTORED) return null;
-        Restored restored = new Restored(restoredArgs0(), restoredEnv0());
-        last = restored;
-        return restored;
+        holdSignals();
+        try {
+            refuseRunningRecordings();
+            // What the second life runs first is loaded and run once now: class loading after
+            // the restore would be on the restored process's critical path.
+            new Restored(new String[] {"x"}, new String[] {"K=V"}).argsArray();
+            int r = checkpoint0(image, key, flags);
+            if (r != RESTORED) return null;
+            Restored restored = new Restored(restoredArgs0(), restoredEnv0());
+            last = restored;
+            return restored;
+        } finally {
+            releaseSignals();
+        }
+    }
+
+    /**
+     * From here to the matching {@link #releaseSignals()} (they nest), a signal another process
+     * or a terminal sends (a supervisor's SIGTERM, a Ctrl-C) is the first life's: the JVM's
+     * handler takes it once the checkpoint returns in the first life, and no restore sees it.
+     * {@link #checkpoint} does this itself; call it around hooks of your own that run before.
+     */
+    public static void holdSignals() {
+        holdSignals0();
+    }
+
+    /** Ends {@link #holdSignals()}; in the first life, what was held goes to the JVM now. */
+    public static void releaseSignals() {
+        releaseSignals0();
     }
 
     /**
@@ -155,6 +175,10 @@ public final class Thaw {
     private static native void setFdPolicy0(String spec) throws ThawException;
 
     private static native void reseed0();
+
+    private static native void holdSignals0();
+
+    private static native void releaseSignals0();
 
     private static void load() {
         String explicit = System.getProperty("thaw.library");

@@ -78,21 +78,27 @@ public final class Core {
                 contexts = new ArrayList<>(BY_PRIORITY.values());
             }
             CheckpointException failed = null;
-            for (int i = contexts.size() - 1; i >= 0; i--) {
-                try {
-                    contexts.get(i).beforeCheckpoint(null);
-                } catch (CheckpointException e) {
-                    if (failed == null) failed = new CheckpointException();
-                    OrderedContext.suppress(failed, e, true);
+            // Signals from outside during the resources' hooks are the first life's too.
+            Thaw.holdSignals();
+            try {
+                for (int i = contexts.size() - 1; i >= 0; i--) {
+                    try {
+                        contexts.get(i).beforeCheckpoint(null);
+                    } catch (CheckpointException e) {
+                        if (failed == null) failed = new CheckpointException();
+                        OrderedContext.suppress(failed, e, true);
+                    }
                 }
-            }
-            if (failed == null) {
-                try {
-                    Thaw.checkpoint(image, key, exitAfterSave);
-                } catch (ThawException e) {
-                    failed = new CheckpointException();
-                    failed.addSuppressed(e);
+                if (failed == null) {
+                    try {
+                        Thaw.checkpoint(image, key, exitAfterSave);
+                    } catch (ThawException e) {
+                        failed = new CheckpointException();
+                        failed.addSuppressed(e);
+                    }
                 }
+            } finally {
+                Thaw.releaseSignals();
             }
             RestoreException restoreFailed = null;
             for (OrderedContext c : contexts) {
