@@ -139,6 +139,106 @@ fn exit_status_and_forwarded_signals() {
     }
 }
 
+/// The state letter of process `pid` (/proc/PID/stat), `None` once it is gone.
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The host PID of the process whose innermost PID is `pid` and whose ancestors include
+/// `ancestor` (in ns mode the image's PID is the namespace's).
+fn host_pid(ancestor: i32, pid: i32) -> i32 {
+    let parent = |p: i32| -> Option<i32> {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("PPid:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let below = |mut p: i32| {
+        while p > 1 {
+            if p == ancestor {
+                return true;
+            }
+            p = parent(p).unwrap_or(0);
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let nspid = status.lines().find(|l| l.starts_with("NSpid:"));
+            nspid.and_then(|l| l.split_whitespace().last()) == Some(&pid.to_string()) && below(p)
+        })
+        .unwrap_or_else(|| panic!("no process {pid} below {ancestor}"))
+}
+
+/// `kill -STOP` then `kill -CONT` of the restored process (a debugger, a supervisor freezing
+/// it): the launcher stopped itself with its child, as for a job's Ctrl-Z, and nothing ever
+/// continued it (in ns mode the namespace's init stopped the caller's whole process group).
+/// Now only a job-control stop (SIGTSTP, SIGTTIN, SIGTTOU) stops the launcher.
+#[test]
+fn a_process_stopped_and_continued_by_its_pid_leaves_the_launcher_running() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    for mode in ["host", "ns"] {
+        let mut c = env.restore_cmd(&img, &["--pid-mode", mode], &[]);
+        // (A group of its own: a stopped job must not be the test's.)
+        c.process_group(0);
+        let mut w = Waiting::spawn(c);
+        let launcher = w.child.id() as i32;
+        let pid = host_pid(launcher, w.ready());
+        // SAFETY: signals to the restored process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        while state_of(pid) != Some('T') {
+            std::thread::yield_now();
+        }
+        // The launcher learns of the stop from wait4 at once; give it the chance to go wrong.
+        let mut stopped = false;
+        for _ in 0..20_000 {
+            if state_of(launcher) == Some('T') {
+                stopped = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        if stopped {
+            // SAFETY: the launcher and its group, so that the test does not hang on them.
+            unsafe { libc::kill(-launcher, libc::SIGKILL) };
+            panic!("{mode}: the launcher stopped with its child on a SIGSTOP");
+        }
+        assert_eq!(w.finish(7).code(), Some(7), "{mode}");
+    }
+}
+
+/// Signals the launcher has no use for whose default action ends a program (SIGALRM, a
+/// real-time one): they killed the launcher, and the process with it (lazily) or left it
+/// running orphaned (`--eager`). They are passed on, as SIGTERM is.
+#[test]
+fn other_signals_sent_to_the_launcher_are_passed_on() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-waiter", "w.thaw", &[]);
+    for (sig, opts) in [
+        (libc::SIGALRM, &["--eager"][..]),
+        (libc::SIGRTMIN() + 3, &[][..]),
+        (libc::SIGPWR, &["--pid-mode", "ns"][..]),
+    ] {
+        let mut w = Waiting::spawn(env.restore_cmd(&img, opts, &[]));
+        let launcher = w.child.id() as i32;
+        let pid = host_pid(launcher, w.ready());
+        let stdin = w.child.stdin.take();
+        // SAFETY: a signal to the launcher this test started.
+        unsafe { libc::kill(launcher, sig) };
+        let status = w.child.wait().unwrap();
+        drop(stdin);
+        assert_eq!(status.code(), Some(128 + sig), "{sig} {opts:?}: {status:?}");
+        assert_eq!(state_of(pid), None, "{sig} {opts:?}: the process is gone");
+    }
+}
+
 #[test]
 fn tampered_image_runs_nothing() {
     let env = Env::new();

@@ -252,6 +252,14 @@ pub fn wait_stopping_with(pid: i32, mut stopped: impl FnMut(i32, i32)) -> io::Re
     }
 }
 
+/// Whether a process stopped by `signal` was stopped as a job, by its terminal (Ctrl-Z) or by
+/// itself on its behalf (Node's readline raises SIGTSTP on Ctrl-Z in raw mode): its shell then
+/// continues the whole group with `fg`. A SIGSTOP (a debugger, `kill -STOP`) is undone by
+/// whoever sent it, with a SIGCONT to that process alone.
+pub fn job_control_stop(signal: i32) -> bool {
+    [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signal)
+}
+
 /// What the launcher does when the restored process (its child) stops: it stops too, as a
 /// shell's job, and once continued (the shell's `fg` continues the whole group) continues the
 /// process if it is in a group of its own.

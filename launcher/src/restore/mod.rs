@@ -41,15 +41,39 @@ pub enum PidMode {
     Auto,
 }
 
-/// Signals the launcher passes on to the restored process.
-pub(crate) const FORWARDED: [i32; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+/// Signals the launcher passes on to the restored process: every one another process may send
+/// whose default action would end the launcher (and leave the process unsupervised), but those
+/// the kernel raises for the launcher's own faults and limits (SIGSEGV, SIGPIPE, SIGXFSZ, ...)
+/// and glibc's two internal ones (32 and 33).
+pub(crate) const FORWARDED: [i32; 42] = {
+    let mut all = [0i32; 42];
+    let standard = [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGPWR,
+        libc::SIGIO,
+    ];
+    let mut i = 0;
+    while i < standard.len() {
+        all[i] = standard[i];
+        i += 1;
+    }
+    // SIGRTMIN (34, as glibc gives it) to SIGRTMAX (64).
+    let mut rt = 34;
+    while rt <= 64 {
+        all[i] = rt;
+        i += 1;
+        rt += 1;
+    }
+    all
+};
 
 /// What `thaw run` was asked to do.
 #[derive(Debug)]
@@ -1462,8 +1486,11 @@ fn supervise(
             ms(restored)
         )
     });
-    let waited = sys::wait_stopping_with(child, |_, _| {
-        if stops_job {
+    // Stopped as a job, the launcher stops with it; stopped by a SIGSTOP, it goes on (serving
+    // its memory): the sender continues the process alone, and a stopped launcher would wait
+    // for ever.
+    let waited = sys::wait_stopping_with(child, |_, signal| {
+        if stops_job && sys::job_control_stop(signal) {
             sys::stop_with(child)
         }
     });
@@ -1662,8 +1689,9 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
             // The process stopped: its group is the caller's job, which stops with it (the
             // init itself is not stopped by a signal from its own namespace, and goes on
             // waiting; the shell's `fg` continues the group).
-            let stop_job = |p: i32, _: i32| {
-                if p == child {
+            // (Only as a job, as in host mode: see `supervise`.)
+            let stop_job = |p: i32, signal: i32| {
+                if p == child && sys::job_control_stop(signal) {
                     sys::kill(0, libc::SIGSTOP);
                 }
             };
