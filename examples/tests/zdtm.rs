@@ -659,6 +659,45 @@ fn files_that_are_gone_or_replaced_are_refused_by_name() {
     assert!(o.stdout.is_empty());
 }
 
+/// A jar on a class path overwritten in place since the checkpoint (a deploy's `cp`: same inode,
+/// new contents): the restore ran the classes it had loaded from the old jar with classes read
+/// from the new one. A zip archive read through a descriptor must be unchanged; put back as it
+/// was (its modification time too), it is restored.
+#[test]
+fn a_zip_archive_written_in_place_since_the_checkpoint_is_refused() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let img = env.checkpoint("zdtm-files", "z.thaw", &[dir.path().to_str().unwrap()]);
+    let jar = dir.path().join("app.jar");
+    let before = std::fs::metadata(&jar).unwrap();
+    let old = std::fs::read(&jar).unwrap();
+    let mut new = old.clone();
+    new[10] ^= 1;
+    std::fs::write(&jar, &new).unwrap();
+    let later = before.modified().unwrap() + std::time::Duration::from_secs(5);
+    let f = std::fs::File::options().write(true).open(&jar).unwrap();
+    f.set_modified(later).unwrap();
+    drop(f);
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}, a zip archive the process reads",
+            jar.display()
+        )) && err.contains("was written since the checkpoint"),
+        "{err}"
+    );
+    std::fs::write(&jar, &old).unwrap();
+    let f = std::fs::File::options().write(true).open(&jar).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    assert_all_ok(
+        &env.restore(&img, &[], &[]),
+        &["zip archive", "file offset"],
+    );
+}
+
 /// The first life's child, left out, goes on a moment after the first life (a JVM's `cat` reading
 /// end of file from it): a restore in host mode right then waits for it to end and be reaped,
 /// rather than refusing its PID as taken.

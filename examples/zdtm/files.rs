@@ -56,6 +56,9 @@ fn main() {
     // A file whose name ends with " (deleted)", as /proc shows a deleted one's: it is not one.
     std::fs::write(dir.join("named (deleted)"), b"still here").unwrap();
     let mut named = std::fs::File::open(dir.join("named (deleted)")).unwrap();
+    // A zip archive read through a descriptor, as a JVM holds the jars of its class path.
+    std::fs::write(dir.join("app.jar"), b"PK\x03\x04 a jar's first entry").unwrap();
+    let jar = std::fs::File::open(dir.join("app.jar")).unwrap();
     let mut more = [0i32; 2];
     // SAFETY: pipe() fills two descriptors we then own (closed by number after restore).
     unsafe { libc::pipe(more.as_mut_ptr()) };
@@ -436,6 +439,13 @@ fn main() {
         format!("revents {:#x}, read {empty_read:?}", p.revents),
     );
     let mut text = String::new();
+    let mut head = [0u8; 4];
+    let jar_read = std::os::unix::fs::FileExt::read_at(&jar, &mut head, 0);
+    c.check(
+        "zip archive",
+        jar_read.is_ok() && head == *b"PK\x03\x04",
+        format!("{jar_read:?}"),
+    );
     let read_named = named.read_to_string(&mut text);
     c.check(
         "a file named '... (deleted)' is an ordinary file",

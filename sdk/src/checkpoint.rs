@@ -1140,6 +1140,18 @@ impl Checkpoint {
                             e.locked_stamp =
                                 Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
                         }
+                        // A zip archive it reads (see FdEntry::archive_stamp).
+                        let reads_only = e.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+                        if regular
+                            && reads_only
+                            && e.flags & libc::O_PATH as u32 == 0
+                            && e.locked_stamp.is_none()
+                            && st[0] != u64::MAX
+                            && state::files::zip_archive(e.fd)
+                        {
+                            e.archive_stamp =
+                                Some(state::FileStamp::new(st[0], st[1] as i64, st[2] as i64));
+                        }
                         // A file written at its end through the offset (see
                         // FdEntry::written_end).
                         let writes = e.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32

@@ -31,6 +31,12 @@ pub struct FdEntry {
     /// only as long as it is unchanged, for the process goes on from what it knew of it (a
     /// database in the middle of a transaction; an earlier restore may have written it since).
     pub locked_stamp: Option<super::FileStamp>,
+    /// A zip archive the process reads through this descriptor (a jar on a JVM's class path,
+    /// a module, a zipimported file), as it was at the snapshot: restored only as long as it is
+    /// unchanged. Its reader keeps the archive's index and what it loaded from it in memory: a
+    /// new archive written over it in place (a deploy's `cp`) would mix old classes with new
+    /// ones read at old offsets.
+    pub archive_stamp: Option<super::FileStamp>,
     /// A regular file the process wrote at its end through this descriptor's offset (open for
     /// writing without O_APPEND, its offset at the end: a log, a journal): its size then.
     /// Restored only where its size is the same, for the process would write next over what was
@@ -44,6 +50,14 @@ pub struct FdEntry {
     pub standard_set: u8,
     /// A standard descriptor that was a terminal: its mode (see [`super::terminal`]).
     pub terminal: Option<super::terminal::Mode>,
+}
+
+/// Whether descriptor `fd` (of this process) is a zip archive: a local file header or an empty
+/// archive's end record at offset 0 (jar, jmod, zip, wheel, egg). Read without moving its offset.
+pub(crate) fn zip_archive(fd: i32) -> bool {
+    let mut magic = [0u8; 4];
+    let n = crate::sys::pread_raw(fd, magic.as_mut_ptr() as u64, 4, 0);
+    n == 4 && (magic == *b"PK\x03\x04" || magic == *b"PK\x05\x06")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +602,7 @@ impl FdScan {
                 fifo_bytes: None,
                 in_flight: false,
                 locked_stamp: None,
+                archive_stamp: None,
                 written_end: None,
                 standard_set: 0,
                 terminal: None,
@@ -1699,6 +1714,19 @@ pub fn reopen(
                         ));
                     }
                 }
+                if let Some(then) = e.archive_stamp {
+                    let now = f
+                        .try_clone()
+                        .map(std::fs::File::from)
+                        .and_then(|c| c.metadata())
+                        .map(|m| super::FileStamp::of(&m))
+                        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
+                    if now != then {
+                        return Err(format!(
+                            "fd {fd}: {path}, a zip archive the process reads (a jar on its class path, say), was written since the checkpoint (its size or modification time changed): the process keeps the archive's index and what it loaded from it in memory, and would mix the old contents with the new; make a new image with the new archive (or put the old one back as it was, e.g. with cp -p)"
+                        ));
+                    }
+                }
                 if let Some(then) = e.written_end {
                     written_over(&f, fd, path, then, !e.locks.is_empty())?;
                 }
@@ -2172,6 +2200,11 @@ fn reopen_path(
         && meta.file_type().is_file()
         && meta.len() == 0
         && meta.uid() == crate::sys::geteuid();
+    if super::FileId::of(&meta) != id && e.archive_stamp.is_some() {
+        return Err(format!(
+            "fd {fd}: {path}, a zip archive the process reads (a jar on its class path, say), is no longer the file that was open at checkpoint (replaced since: a deploy, an upgrade): the process keeps what it loaded from the old one in memory and would mix it with the new; make a new image with the new archive"
+        ));
+    }
     if super::FileId::of(&meta) != id && !empty_lock_file {
         return Err(format!(
             "fd {fd}: {path} is no longer the file that was open at checkpoint (device/inode changed: replaced or rotated since, perhaps by an earlier restore of this image; an image keeping a file open restores only while that file is at its path): a log that is rotated is best closed before the checkpoint and opened again after restore (a hook: Python's logging handlers, WatchedFileHandler too, keep theirs open), or not rotated (HotSpot's -Xlog file output: filecount=0, or reconfigured after restore with jcmd PID VM.log)"
