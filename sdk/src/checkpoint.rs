@@ -370,6 +370,15 @@ impl Checkpoint {
             .collect();
         // Who else holds the process's pipes and sockets, asked before the listing.
         let holders = state::files::holders_ahead();
+        // Listed again after that walk: a child started since the first listing (a JVM running
+        // short commands one after another) holds pipes the walk saw.
+        let mut left_out = left_out;
+        if self.leave_children_out {
+            left_out.extend(state::children::children());
+            left_out.sort_unstable();
+            left_out.dedup();
+        }
+        let children_listed = left_out.clone();
         let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out, holders)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
@@ -377,10 +386,17 @@ impl Checkpoint {
         if !unsupported.is_empty() {
             // (Read from descriptors another thread closed or replaced meanwhile, a refusal
             // may be of nothing the process has: a Worker's sockets and pipes coming and going.)
+            // (A child started since the children to leave out were listed, holding a pipe of
+            // the process's: a JVM running short commands one after another.)
             let churn = scan
                 .witness
                 .closed_or_replaced()
-                .or_else(|| scan.witness.pipe_end_opened_since());
+                .or_else(|| scan.witness.pipe_end_opened_since())
+                .or_else(|| {
+                    let now = state::children::children();
+                    (self.leave_children_out && now.iter().any(|c| !children_listed.contains(c)))
+                        .then(|| "children started meanwhile".to_owned())
+                });
             if let Some(why) = churn {
                 return Ok(Err(format!(
                     "{why}, and what was read may be of nothing the process has: {}",

@@ -2516,7 +2516,7 @@ pub(crate) fn beyond_left_out(holders: &[(i32, String)], left_out: &[i32]) -> &'
     if left_out.is_empty() || only_left_out(holders, left_out) {
         ""
     } else {
-        "; not all of them children of this process left out: a grandchild (a shell's command: start it with exec) or another process holds it too"
+        "; not all of them children of this process left out: a grandchild (a shell's command: start it with exec) or another process"
     }
 }
 
