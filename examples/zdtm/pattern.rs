@@ -16,6 +16,40 @@ fn main() {
     let mib: usize = extra.first().and_then(|m| m.parse().ok()).unwrap_or(64);
     let words = mib << 17;
     let heap: Vec<u64> = (0..words).map(pattern).collect();
+    // Anonymous memory reserved and never written (a runtime's heap reserve): 64 MiB read once
+    // (the kernel maps its zero page there) and 64 MiB never touched. Neither is saved, and
+    // both read as zeros after restore, also in an image taken again by a restored process.
+    let reserve = |len: usize| {
+        // SAFETY: a fresh private anonymous mapping, never unmapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as *const u8
+    };
+    const RESERVE: usize = 64 << 20;
+    let (read, untouched) = (reserve(RESERVE), reserve(RESERVE));
+    // One page of each written (with a zero): a mapping the process uses, not one it left alone.
+    // SAFETY: the first byte of each mapping made above, writable.
+    unsafe {
+        std::ptr::write_volatile(read as *mut u8, 0);
+        std::ptr::write_volatile(untouched as *mut u8, 0);
+    }
+    let sum_pages = |base: *const u8| {
+        (0..RESERVE)
+            .step_by(4096)
+            // SAFETY: within the mapping made above, readable.
+            .map(|off| u64::from(unsafe { std::ptr::read_volatile(base.add(off)) }))
+            .sum::<u64>()
+    };
+    assert_eq!(sum_pages(read), 0);
     // `thaw run IMAGE -- again PATH`: checkpoint again at once into PATH (while the launcher
     // may still be filling the memory lazily), and check the memory in the process restored
     // from that image.
@@ -42,5 +76,7 @@ fn main() {
         .count();
     let mut c = common::Checks::default();
     c.check("pattern", wrong == 0, format!("{wrong} pages wrong"));
+    let zeros = sum_pages(read) + sum_pages(untouched);
+    c.check("reserve reads as zeros", zeros == 0, zeros);
     c.finish();
 }

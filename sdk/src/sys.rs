@@ -2770,29 +2770,56 @@ pub fn rseq_owner(glibc: Option<(u64, u32)>, signature: u32) -> RseqOwner {
 /// (start, end) ranges, from PAGEMAP_SCAN's PAGE_IS_GUARD category (Linux 6.14+), passed to
 /// `each` in address order. A kernel without that category has none that could be found.
 /// Allocates nothing: async-signal-safe. Returns a negative errno on failure.
-pub fn each_guard_region(pagemap: i32, mut each: impl FnMut(u64, u64)) -> i64 {
+pub fn each_guard_region(pagemap: i32, each: impl FnMut(u64, u64)) -> i64 {
     const PAGE_IS_GUARD: u64 = 1 << 8;
+    each_page_range(pagemap, 0, USER_END, PAGE_IS_GUARD, each)
+}
+
+/// The ranges of `start..end` where the process whose `pagemap` is given maps the shared zero
+/// page (PAGEMAP_SCAN's PAGE_IS_PFNZERO, Linux 6.7+): anonymous memory only read, never
+/// written, which reads as zeros wherever it is. Empty where the kernel cannot tell.
+pub fn zero_page_ranges(pagemap: i32, start: u64, end: u64) -> Vec<(u64, u64)> {
+    const PAGE_IS_PFNZERO: u64 = 1 << 5;
+    let mut out = Vec::new();
+    let r = each_page_range(pagemap, start, end, PAGE_IS_PFNZERO, |s, e| {
+        out.push((s, e))
+    });
+    if r < 0 {
+        out.clear();
+    }
+    out
+}
+
+const USER_END: u64 = 0x0000_7fff_ffff_f000;
+
+/// PAGEMAP_SCAN over `start..end` for pages in `category`, each range passed to `each` in
+/// address order (0 where the kernel has no such category). Async-signal-safe.
+fn each_page_range(
+    pagemap: i32,
+    mut start: u64,
+    end: u64,
+    category: u64,
+    mut each: impl FnMut(u64, u64),
+) -> i64 {
     // _IOWR('f', 16, struct pm_scan_arg), 96 bytes.
     const PAGEMAP_SCAN: u64 = 0xc060_6610;
-    const END: u64 = 0x0000_7fff_ffff_f000;
-    let mut start = 0u64;
     let mut regions = [[0u64; 3]; 64];
-    while start < END {
+    while start < end {
         // struct pm_scan_arg: size, flags, start, end, walk_end, vec, vec_len, max_pages,
         // category_inverted, category_mask, category_anyof_mask, return_mask.
         let mut arg: [u64; 12] = [
             96,
             0,
             start,
-            END,
+            end,
             0,
             regions.as_mut_ptr() as u64,
             regions.len() as u64,
             0,
             0,
-            PAGE_IS_GUARD,
+            category,
             0,
-            PAGE_IS_GUARD,
+            category,
         ];
         let n = syscall6(
             libc::SYS_ioctl,
@@ -2815,7 +2842,7 @@ pub fn each_guard_region(pagemap: i32, mut each: impl FnMut(u64, u64)) -> i64 {
             each(r[0], r[1]);
         }
         let walked = arg[4];
-        if walked <= start || walked >= END {
+        if walked <= start || walked >= end {
             break;
         }
         start = walked;

@@ -358,6 +358,19 @@ impl Vma {
         {
             return Ok(Vec::new());
         }
+        // Pages mapping the shared zero page (read, never written: a heap reserved and read,
+        // or a lazily restored range read in to checkpoint it again) read as zeros after
+        // restore too, unsaved: a JVM restored lazily with a 2 GiB heap checkpointed again
+        // saved 2 GiB of them.
+        let zeros = if file_backed {
+            Vec::new()
+        } else {
+            crate::sys::zero_page_ranges(
+                std::os::fd::AsRawFd::as_raw_fd(pagemap),
+                self.start,
+                self.end,
+            )
+        };
         let pages = self.len() / PAGE;
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut buf = vec![0u8; 8 * 4096];
@@ -370,8 +383,10 @@ impl Vma {
                 let e = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
                 let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
                 let addr = self.start + (done + i as u64) * PAGE;
-                let keep =
-                    populated && !(file_backed && e & PM_FILE != 0) && !in_ranges(guards, addr);
+                let keep = populated
+                    && !(file_backed && e & PM_FILE != 0)
+                    && !in_ranges(guards, addr)
+                    && !in_ranges(&zeros, addr);
                 if keep {
                     match runs.last_mut() {
                         Some((s, l)) if *s + *l == addr => *l += PAGE,
