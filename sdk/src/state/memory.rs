@@ -383,10 +383,11 @@ impl Vma {
                 let e = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
                 let populated = e & (PM_PRESENT | PM_SWAPPED) != 0;
                 let addr = self.start + (done + i as u64) * PAGE;
-                let keep = populated
-                    && !(file_backed && e & PM_FILE != 0)
-                    && !in_ranges(guards, addr)
-                    && !in_ranges(&zeros, addr);
+                // (Never a page of the file itself, a guard page or the zero page.)
+                let skip = (file_backed && e & PM_FILE != 0)
+                    || in_ranges(guards, addr)
+                    || in_ranges(&zeros, addr);
+                let keep = populated && !skip;
                 if keep {
                     match runs.last_mut() {
                         Some((s, l)) if *s + *l == addr => *l += PAGE,
