@@ -1,5 +1,11 @@
 //! `thaw`: verify a signed image and restore the process; make and check keys and images.
 
+// Every message goes through `say`: println! and eprintln! panic on a stream that cannot be
+// written (see say.rs).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+mod say;
 mod bench;
 mod cli;
 mod exit;
@@ -18,7 +24,7 @@ fn main() {
         // Only `thaw serve` starts it, and an elevated launcher does not serve: never with
         // privileges the caller lacks.
         if sys::at_secure() {
-            eprintln!("thaw: {} is not for an elevated launcher", sys::NURSERY_ARG);
+            errln!("thaw: {} is not for an elevated launcher", sys::NURSERY_ARG);
             std::process::exit(exit::Code::Usage as i32);
         }
         sys::nursery_main(&argv.next().unwrap_or_default().to_string_lossy());
@@ -43,7 +49,7 @@ fn main() {
     match cli::dispatch(args, &ctx) {
         Ok(()) => {}
         Err(failure) => {
-            eprintln!("thaw: {}", failure.message);
+            errln!("thaw: {}", failure.message);
             std::process::exit(failure.code as i32);
         }
     }

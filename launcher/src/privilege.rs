@@ -73,7 +73,7 @@ impl Context {
     pub fn trust_sources(&self, explicit: &[PathBuf]) -> Vec<TrustSource> {
         if self.elevated {
             if !explicit.is_empty() {
-                eprintln!(
+                errln!(
                     "thaw: warning: ignoring --trust: this launcher runs with elevated privileges and trusts only {SYSTEM_TRUST_DIR}/"
                 );
             }

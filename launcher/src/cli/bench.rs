@@ -276,8 +276,7 @@ impl Progress {
 
 fn write_out(path: &std::path::Path, what: &str, text: &str) -> Result {
     if path.as_os_str() == "-" {
-        print!("{text}");
-        return Ok(());
+        return out!("{text}");
     }
     std::fs::write(path, text).map_err(|e| {
         Failure::new(
@@ -456,11 +455,10 @@ pub fn run(args: Args) -> Result {
     };
     let dash = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
     if !dash(&args.json) && !dash(&args.markdown) {
-        print!("{}", report.text());
-        let _ = std::io::stdout().flush();
+        out!("{}", report.text())?;
     }
     for w in &report.warnings {
-        eprintln!("thaw: warning: {w}");
+        errln!("thaw: warning: {w}");
     }
     if let Some(p) = &args.json {
         write_out(p, "JSON report", &report.json())?;

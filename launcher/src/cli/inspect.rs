@@ -27,7 +27,7 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Context) -> Result {
     let file = ImageFile::open(&args.image)?;
     let image = if args.no_verify {
-        eprintln!(
+        errln!(
             "thaw: WARNING: --no-verify: the signature was NOT checked; nothing shown here is verified"
         );
         file.decode_unverified()?
@@ -62,11 +62,11 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     if args.json {
         let text = serde_json::to_string_pretty(&doc)
             .map_err(|e| Failure::new(Code::Internal, format!("cannot render JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}")?;
     } else {
         let mut out = String::new();
         render(&mut out, &doc, 0);
-        print!("{out}");
+        out!("{out}")?;
     }
     Ok(())
 }

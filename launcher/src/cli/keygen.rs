@@ -30,10 +30,12 @@ pub fn run(args: Args) -> Result {
         let _ = std::fs::remove_file(&key_path);
         return Err(e.into());
     }
-    println!("secret key: {}", key_path.display());
-    println!("public key: {}", pub_path.display());
-    println!("fingerprint: {}", key.public().fingerprint());
-    Ok(())
+    outln!(
+        "secret key: {}\npublic key: {}\nfingerprint: {}",
+        key_path.display(),
+        pub_path.display(),
+        key.public().fingerprint()
+    )
 }
 
 fn with_suffix(prefix: &std::path::Path, ext: &str) -> PathBuf {

@@ -28,13 +28,12 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     });
     let name = remote.name();
     let got = registry::fetch(remote, &dest, &trust, super::cache_dir(ctx).as_deref())?;
-    println!(
+    outln!(
         "{}: {} ({}), {} blobs, {} bytes, verified",
         name,
         dest.display(),
         got.digest,
         got.blobs,
         got.bytes
-    );
-    Ok(())
+    )
 }

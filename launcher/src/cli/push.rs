@@ -138,11 +138,10 @@ pub fn run(args: Args, ctx: &Context) -> Result {
             if n == 1 { "" } else { "s" }
         ),
     };
-    println!(
+    outln!(
         "{}: pushed {digest}: {blobs} blobs, {sent} of {total} bytes uploaded{shared}",
         remote.name()
-    );
-    Ok(())
+    )
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {

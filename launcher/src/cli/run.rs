@@ -151,7 +151,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 "--insecure-allow-unsigned is refused: this launcher runs with elevated privileges",
             ));
         }
-        eprintln!(
+        errln!(
             "thaw: WARNING: restoring an UNSIGNED image: its contents are not verified by anyone"
         );
         file.decode_unverified().map_err(named)?
@@ -223,7 +223,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             s.fetch_all("fetching")?;
         }
         if args.timing || ctx.env("THAW_TIMING").is_some() {
-            eprintln!(
+            errln!(
                 "thaw: timing: up front: {} requests, {:.1} MiB fetched in {:.1} ms (from the start: {:.1} ms)",
                 s.fetched.load(Ordering::Relaxed),
                 s.bytes.load(Ordering::Relaxed) as f64 / 1048576.0,
@@ -329,7 +329,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         if let Some((_, waited)) = &answer {
             // Told once the process has ended, as the other timing lines (see restore::run).
             if args.timing || ctx.env("THAW_TIMING").is_some() {
-                eprintln!(
+                errln!(
                     "thaw: timing: the registry's answer about the tag: waited {:.1} ms for it",
                     waited.as_secs_f64() * 1e3
                 );
@@ -369,7 +369,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
             let bytes = s.bytes.load(Ordering::Relaxed);
             let blobs = s.fetched.load(Ordering::Relaxed);
             let mib = |b: u64| b as f64 / 1048576.0;
-            eprintln!(
+            errln!(
                 "thaw: timing: {:.1} MiB ({bytes} bytes, {blobs} requests and the head) fetched from the registry, {:.1} MiB of it before the process ended, {} before its first output",
                 mib(bytes),
                 mib(while_running),

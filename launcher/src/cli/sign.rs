@@ -18,11 +18,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result {
     let key = SecretKey::load(&args.key)?;
     let saved = thaw::image::resign(&args.image, &key)?;
-    println!(
+    outln!(
         "signed {} by {} (content sha256:{})",
         saved.path.display(),
         key.public().fingerprint(),
         saved.digest
-    );
-    Ok(())
+    )
 }

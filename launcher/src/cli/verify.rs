@@ -22,12 +22,12 @@ pub fn run(args: Args, ctx: &Context) -> Result {
     let image = ImageFile::open(&args.image)?.verify(&trust)?;
     image.verify_payload()?;
     if let Provenance::Verified { signer, key_file } = image.provenance() {
-        println!(
+        outln!(
             "{}: OK, signed by {signer} ({}); {} payload chunks verified",
             args.image.display(),
             key_file.display(),
             image.header().chunk_count()
-        );
+        )?;
     }
     Ok(())
 }

@@ -721,7 +721,7 @@ impl Progress {
             *last = std::time::Instant::now();
             let mib = |b: u64| b as f64 / 1048576.0;
             let pct = (done * 100).checked_div(self.total).unwrap_or(100);
-            eprint!(
+            err!(
                 "\r{}: {:.1} of {:.1} MiB ({pct}%)\x1b[K",
                 self.what,
                 mib(done),
@@ -732,7 +732,7 @@ impl Progress {
 
     pub fn done(&self) {
         if self.shown.is_some() && self.done.load(Ordering::Relaxed) > 0 {
-            eprintln!();
+            errln!();
         }
     }
 }

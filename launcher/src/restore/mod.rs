@@ -177,7 +177,7 @@ fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy
     let target =
         policy::decide(&m.creds, &policy::caller(&own, elevated), as_caller).map_err(refused)?;
     if let Some(note) = &target.note {
-        eprintln!("thaw: warning: {note}");
+        errln!("thaw: warning: {note}");
     }
     Ok(target)
 }
@@ -828,7 +828,7 @@ fn build_plan(
                     v.to_string()
                 }
             };
-            eprintln!(
+            errln!(
                 "thaw: warning: {} lowered from {} to your hard limit {}",
                 lim.name(),
                 say(lim.max),
@@ -949,9 +949,10 @@ fn build_plan(
     let caller_nice = sys::nice();
     let nice_of = |t: &thaw::state::threads::ThreadState| {
         if t.nice < caller_nice && (mode == PidMode::Ns || !caller_has_cap(CAP_SYS_NICE)) {
-            eprintln!(
+            errln!(
                 "thaw: warning: thread {} nice {} raised to yours, {caller_nice}",
-                t.tid, t.nice
+                t.tid,
+                t.nice
             );
             caller_nice
         } else {
@@ -1061,7 +1062,7 @@ fn build_plan(
     // caller may lack (CAP_SYS_RESOURCE); never below the caller's own.
     let mine = thaw::state::process::oom_score_adj();
     let oom = if m.process.oom_score_adj < mine && !caller_has_cap(CAP_SYS_RESOURCE) {
-        eprintln!(
+        errln!(
             "thaw: warning: oom_score_adj raised from {} to yours, {mine}",
             m.process.oom_score_adj
         );
@@ -1426,7 +1427,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         let _lent = (go != Some(false)).then(|| {
             let (lent, warnings) = thaw::state::terminal::Lent::lend(&m.files);
             for w in warnings {
-                eprintln!("thaw: warning: {w}");
+                errln!("thaw: warning: {w}");
             }
             lent
         });
@@ -1495,7 +1496,7 @@ fn supervise(
         }
     });
     if let Some(line) = restored {
-        eprintln!("{line}");
+        errln!("{line}");
     }
     let served = server.map(|h| {
         h.join()
@@ -1521,7 +1522,7 @@ fn supervise(
         ws.save(served.record.as_ref());
         let st = served.stats;
         if timing.is_some() {
-            eprintln!(
+            errln!(
                 "thaw: timing: lazy memory: {} faults on image pages, {} on zero pages, {} chunks ({:.1} MiB) filled in {:.1} ms, {} forks followed, first output {}, working set of {} touches ({} early): {} brought in ahead, {} chunks verified ahead, {} recorded",
                 st.faults,
                 st.zero_faults,
@@ -1571,7 +1572,7 @@ fn spawn_in_namespace(
         return Ok(helper);
     }
     let status = namespace_helper(launcher, start, fds, clocks).unwrap_or_else(|f| {
-        eprintln!("thaw: {}", f.message);
+        errln!("thaw: {}", f.message);
         f.code as i32
     });
     // Not std::process::exit: its clean-up takes locks of the runtime another launcher thread
@@ -1674,10 +1675,10 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
     // already, so is the launcher, and the restorer cannot hand its memory to anyone.
     let _ = sys::die_with_parent(helper);
     if let Err(e) = sys::mount_private_proc() {
-        eprintln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
+        errln!("thaw: warning: /proc in the namespace still shows outer PIDs: {e}");
     }
     if let Err(e) = dead_pidfds_here(fds) {
-        eprintln!("thaw: cannot make a pidfd of a process that has exited in the namespace: {e}");
+        errln!("thaw: cannot make a pidfd of a process that has exited in the namespace: {e}");
         sys::exit_now(Code::RestoreFailed as i32);
     }
     let status = match start.clone3() {
@@ -1704,7 +1705,7 @@ fn namespace_init(helper: i32, start: Start, fds: &Fds) -> ! {
             }
         }
         Err(e) => {
-            eprintln!(
+            errln!(
                 "thaw: cannot create the process with PID {} in the new namespace: {e}",
                 start.pid
             );

@@ -33,7 +33,7 @@ pub fn decide(c: &Clocks, mode: PidMode, allow_jump: bool) -> Result<bool> {
         }
     );
     if allow_jump {
-        eprintln!("thaw: warning: {why}");
+        errln!("thaw: warning: {why}");
         return Ok(false);
     }
     Err(Failure::new(

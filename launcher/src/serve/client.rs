@@ -36,9 +36,7 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
         .start_with(socket, |max| {
             // Queued before it says so: a signal that comes once it has said so ends it.
             queued.store(true, Ordering::Release);
-            eprintln!(
-                "thaw: all {max} of the server's instances are running; waiting for one to end"
-            );
+            errln!("thaw: all {max} of the server's instances are running; waiting for one to end");
         })
         .map_err(failure)?;
     queued.store(false, Ordering::Release);

@@ -110,7 +110,7 @@ pub fn serve(
                 let _ = more.send(pool::More::fresh(current));
                 announce("reloaded: serving", &current.template, socket, max);
             }
-            Err(f) => eprintln!(
+            Err(f) => errln!(
                 "thaw: cannot reload ({}); still serving the previous image",
                 f.message
             ),
@@ -170,7 +170,7 @@ fn main_loop(
             let _ = std::io::Read::read(wake, &mut sig);
             if i32::from(sig[0]) == STOP {
                 let _ = std::fs::remove_file(socket);
-                eprintln!("thaw: stopping: no new instances; ending once the running ones have");
+                errln!("thaw: stopping: no new instances; ending once the running ones have");
                 // Those already accepted are served.
                 for (c, t) in pending {
                     caller(c, t, false);
@@ -200,7 +200,7 @@ fn main_loop(
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                    eprintln!("thaw: warning: cannot accept a caller: {e}");
+                    errln!("thaw: warning: cannot accept a caller: {e}");
                 }
                 Err(e) => return Err(Failure::new(Code::Io, format!("accept: {e}"))),
             }
@@ -209,7 +209,7 @@ fn main_loop(
 }
 
 fn announce(what: &str, t: &Template, socket: &Path, max: usize) {
-    eprintln!(
+    errln!(
         "thaw: {what} PID {} (template {}) at {}, at most {max} instances at once",
         t.image().manifest().process.pid,
         t.pid(),
