@@ -283,13 +283,22 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
         // must reach the main thread, which forwards it once the process exists (one taken by
         // another thread before that would end the launcher with the process made).
         let mask = sys::set_sigmask(u64::MAX);
-        if let Some(s) = &sparse {
-            s.plan(&prefetch, early, gate);
-            scope.spawn(|| s.serve());
-        }
-        if !ahead.is_empty() {
-            scope.spawn(|| ahead.run());
-        }
+        // A thread that cannot be created (a pids limit, RLIMIT_NPROC) fails the restore before
+        // the process exists.
+        let spawned = (|| {
+            if let Some(s) = &sparse {
+                s.plan(&prefetch, early, gate);
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, || s.serve())
+                    .map_err(|e| format!("cannot start the thread that fetches the image: {e}"))?;
+            }
+            if !ahead.is_empty() {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, || ahead.run())
+                    .map_err(|e| format!("cannot start the thread that verifies ahead: {e}"))?;
+            }
+            Ok::<_, String>(())
+        })();
         sys::set_sigmask(mask);
         // However this closure ends (an error below, a panic), those two threads are told to
         // stop before the scope waits for them: they may be waiting for a memory server that
@@ -300,6 +309,7 @@ fn restore(args: Args, ctx: &Context, guess: bool) -> Result {
                 s.stop();
             }
         });
+        spawned.map_err(|e| Failure::new(Code::RestoreFailed, e))?;
         let listeners = given_listeners(&args.listen_fds, ctx)?;
         pause_for_tests(ctx)?;
         let verified = started.elapsed();

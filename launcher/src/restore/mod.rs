@@ -1399,7 +1399,7 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
         // Spawned with every signal blocked: the forwarding handler runs on the main thread.
         let ws = &req.working_set;
         let server = sock.zip(handover).map(|(sock, handover)| {
-            scope.spawn(move || {
+            std::thread::Builder::new().spawn_scoped(scope, move || {
                 lazy::Server::new(
                     image,
                     &ws.replay,
@@ -1411,6 +1411,20 @@ pub fn run<'a>(image: &'a Image, req: Request, ahead: &'a ahead::Ahead<'a>) -> R
                 .run(sock, handover, child, guardian)
             })
         });
+        // A thread that cannot be created (a pids limit, RLIMIT_NPROC): the process, waiting at
+        // its gate, is killed and reaped before the launcher says so (in ns mode, the helper:
+        // the namespace's init and all in it die with it).
+        let server = match server.transpose() {
+            Ok(server) => server,
+            Err(e) => {
+                sys::kill(child, libc::SIGKILL);
+                let _ = sys::wait(child);
+                sys::set_sigmask(old_mask);
+                return Err(failed(format!(
+                    "cannot start the thread that serves the memory of the process (PID {pid}), which was killed: {e}"
+                )));
+            }
+        };
         sys::forward_signals(child, &FORWARDED)
             .map_err(|e| failed(format!("cannot forward signals: {e}")))?;
         sys::set_sigmask(old_mask);

@@ -427,7 +427,11 @@ impl Image {
         };
         std::thread::scope(|s| {
             for _ in 1..threads {
-                s.spawn(worker);
+                // A thread that cannot be created (a pids limit, RLIMIT_NPROC): those that
+                // could be, this one at least, share the batches all the same.
+                if std::thread::Builder::new().spawn_scoped(s, worker).is_err() {
+                    break;
+                }
             }
             worker();
         });
