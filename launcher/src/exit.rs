@@ -85,7 +85,9 @@ impl From<thaw_signing::SigningError> for Failure {
         use thaw_signing::SigningError as E;
         let code = match e {
             E::BadSignature(_) | E::Untrusted { .. } => Code::Signature,
-            E::KeyTooOpen { .. } | E::Exists { .. } | E::BadKey { .. } => Code::Usage,
+            E::KeyTooOpen { .. } | E::Exists { .. } | E::BadKey { .. } | E::NotAFile { .. } => {
+                Code::Usage
+            }
             E::Io { .. } | E::Random(_) => Code::Io,
         };
         Failure::new(code, one_line(&e))

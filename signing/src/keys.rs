@@ -74,7 +74,7 @@ impl SecretKey {
     /// Loads a PKCS#8 PEM secret key, refusing a file that group or others can read or write
     /// (the rule ssh applies to private keys).
     pub fn load(path: &Path) -> Result<Self, SigningError> {
-        let file = File::open(path).map_err(|e| SigningError::io("cannot open key", path, e))?;
+        let file = open_key(path, "secret")?;
         let meta = file
             .metadata()
             .map_err(|e| SigningError::io("cannot stat key", path, e))?;
@@ -137,7 +137,7 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Loads a SubjectPublicKeyInfo PEM public key (`openssl pkey -pubout` output).
     pub fn load(path: &Path) -> Result<Self, SigningError> {
-        let file = File::open(path).map_err(|e| SigningError::io("cannot open key", path, e))?;
+        let file = open_key(path, "public")?;
         let text = read_small(file, path)?;
         Self::from_pem(&text).map_err(|detail| SigningError::BadKey {
             path: path.to_owned(),
@@ -197,6 +197,33 @@ fn message(domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         msg.extend_from_slice(p);
     }
     msg
+}
+
+/// Opens a key file for reading without blocking in the open (a FIFO put where a key was expected
+/// would block it for ever), and only if it is a regular file (a device such as /dev/zero is not
+/// a key, and its mode is not the key's); the descriptor is blocking again.
+fn open_key(path: &Path, kind: &'static str) -> Result<File, SigningError> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| SigningError::io("cannot open key", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| SigningError::io("cannot stat key", path, e))?;
+    if !meta.is_file() {
+        return Err(SigningError::NotAFile {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    // SAFETY: F_SETFL on a descriptor this function owns; it changes only its status flags.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(SigningError::io("cannot open key", path, e));
+    }
+    Ok(file)
 }
 
 fn read_small(file: File, path: &Path) -> Result<Zeroizing<String>, SigningError> {

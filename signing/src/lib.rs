@@ -29,6 +29,8 @@ pub enum SigningError {
         kind: &'static str,
         detail: String,
     },
+    #[error("{}: not a regular file, so not a {kind} key", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error(
         "secret key {path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`",
         path = path.display()

@@ -250,7 +250,14 @@ pub fn resign(path: &Path, key: &SecretKey) -> Result<SavedImage, ImageError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut src = File::open(path).map_err(|e| ImageError::io("cannot open", path, e))?;
+    // Never blocking on a FIFO, nor copying a device (/dev/zero) until memory runs out.
+    let mut src = super::reader::open_regular(path, false).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            ImageError::corrupt(path, "not a regular file")
+        } else {
+            ImageError::io("cannot open", path, e)
+        }
+    })?;
     let _fsize = crate::sys::FileSizeSignalIgnored::hold();
     let tmp = Staged::create(dir)?;
     std::io::copy(&mut src, &mut tmp.file()).map_err(|e| write_error(path, e))?;
