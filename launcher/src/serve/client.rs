@@ -24,13 +24,21 @@ pub fn call(socket: &Path, args: &[OsString]) -> Result<i32> {
     let conn = Arc::new(OnceLock::<std::os::fd::OwnedFd>::new());
     let queued = Arc::new(AtomicBool::new(false));
     let (to, waiting) = (Arc::clone(&conn), Arc::clone(&queued));
-    std::thread::spawn(move || loop {
-        let sig = sys::wait_signal(&FORWARDED);
-        if to.get().is_none() && waiting.load(Ordering::Acquire) {
-            std::process::exit(128 + sig);
-        }
-        let _ = send_signal(to.wait().as_fd(), sig);
-    });
+    // A thread that cannot be created (a pids limit, RLIMIT_NPROC): before the instance exists.
+    std::thread::Builder::new()
+        .spawn(move || loop {
+            let sig = sys::wait_signal(&FORWARDED);
+            if to.get().is_none() && waiting.load(Ordering::Acquire) {
+                std::process::exit(128 + sig);
+            }
+            let _ = send_signal(to.wait().as_fd(), sig);
+        })
+        .map_err(|e| {
+            Failure::new(
+                Code::RestoreFailed,
+                format!("cannot start the thread that forwards signals: {e}"),
+            )
+        })?;
     let instance = Call::new()
         .args(args)
         .start_with(socket, |max| {

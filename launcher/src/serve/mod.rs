@@ -54,30 +54,43 @@ pub fn serve(
     let signals = [ENDING[0], ENDING[1], RELOAD, STOP];
     sys::set_sigmask(signals.iter().fold(0u64, |s, &n| s | 1u64 << (n - 1)));
     let path = socket.to_owned();
-    std::thread::spawn(move || {
-        let mut wake = std::fs::File::from(wake_w);
-        loop {
-            let sig = sys::wait_signal(&signals);
-            if ENDING.contains(&sig) {
-                let _ = std::fs::remove_file(&path);
-                // Ending the process ends the template (end of file on its socket) and every
-                // instance (its namespace's init dies with the nursery, which dies with the
-                // server).
-                std::process::exit(128 + sig);
+    // A thread that cannot be created (a pids limit, RLIMIT_NPROC): the server does not start.
+    let thread = |e: std::io::Error| {
+        Failure::new(
+            Code::RestoreFailed,
+            format!("cannot start a thread of the server: {e}"),
+        )
+    };
+    std::thread::Builder::new()
+        .spawn(move || {
+            let mut wake = std::fs::File::from(wake_w);
+            loop {
+                let sig = sys::wait_signal(&signals);
+                if ENDING.contains(&sig) {
+                    let _ = std::fs::remove_file(&path);
+                    // Ending the process ends the template (end of file on its socket) and every
+                    // instance (its namespace's init dies with the nursery, which dies with the
+                    // server).
+                    std::process::exit(128 + sig);
+                }
+                let _ = wake.write_all(&[sig as u8]);
             }
-            let _ = wake.write_all(&[sig as u8]);
-        }
-    });
+        })
+        .map_err(thread)?;
     let filler = Arc::clone(&pool);
-    std::thread::spawn(move || filler.fill());
+    std::thread::Builder::new()
+        .spawn(move || filler.fill())
+        .map_err(thread)?;
     // Spares are made on a thread of their own (see `Served::replenish`).
     let (more, wanted) = std::sync::mpsc::channel::<pool::More>();
     let maker = Arc::clone(&pool);
-    std::thread::spawn(move || {
-        for more in wanted {
-            more.served.replenish(&maker, more.running);
-        }
-    });
+    std::thread::Builder::new()
+        .spawn(move || {
+            for more in wanted {
+                more.served.replenish(&maker, more.running);
+            }
+        })
+        .map_err(thread)?;
     let served = |t: Template| Arc::new(pool::Served::new(t, spares));
     let current = served(first);
     let _ = more.send(pool::More::fresh(&current));
@@ -93,15 +106,21 @@ pub fn serve(
     std::thread::scope(|scope| {
         let (shared, queue) = (&shared, &queue);
         let worker = || {
-            scope.spawn(move || {
+            std::thread::Builder::new().spawn_scoped(scope, move || {
                 let mut buf = conn::buffer();
                 while let Some(job) = queue.next() {
                     conn::serve(job, &mut buf, shared);
                 }
-            });
+            })
         };
-        for _ in 0..WORKERS {
-            worker();
+        // A thread that cannot be created (a pids limit): the workers there are take the jobs in
+        // turn; with none, nobody could be served.
+        let failed: Vec<_> = (0..WORKERS).filter_map(|_| worker().err()).collect();
+        if let (Some(e), true) = (failed.first(), failed.len() == WORKERS) {
+            return Err(Failure::new(
+                Code::RestoreFailed,
+                format!("cannot start the threads that serve callers: {e}"),
+            ));
         }
         let reloaded = |current: &mut Arc<pool::Served>| match reload() {
             Ok(t) => {
@@ -127,7 +146,8 @@ pub fn serve(
                 conn::Quick::Later(c, t) => Some((c, t)),
                 conn::Quick::Work(job) => {
                     if queue.push(job) {
-                        worker();
+                        // Not created (a pids limit): the job waits for a worker to be free.
+                        let _ = worker();
                     }
                     None
                 }
