@@ -1557,7 +1557,8 @@ pub fn fd_file_look(fd: i32) -> u64 {
 /// and descriptor flags but O_NONBLOCK and FD_CLOEXEC (which the snapshot takes as they are
 /// then: a runtime may flip them on any call), a pipe's capacity, the signal of signal-driven
 /// I/O and who gets it (F_SETSIG, F_SETOWN) and, for a socket, its name, its peer, whether it
-/// listens and, for a listener, whether a connection waits to be accepted. Two looks differ
+/// listens and, for a listener, whether a connection waits to be accepted, and whether an error
+/// waits to be read (`SO_ERROR`, seen as `POLLERR`). Two looks differ
 /// when any of those changed. Allocation-free, for a signal handler. (A file's name and locks:
 /// see [`fd_file_look`].)
 pub fn fd_look(fd: i32) -> u64 {
@@ -1630,6 +1631,11 @@ pub fn fd_look(fd: i32) -> u64 {
         // A listener is readable when its accept queue is not empty.
         add(&poll_now(fd, libc::POLLIN).unwrap_or(-1).to_ne_bytes());
     }
+    // An error waiting to be read (an ICMP error for a datagram sent, a connection reset by a
+    // peer that closed with bytes unread): poll tells it without taking it, as reading it would.
+    add(&poll_now(fd, 0)
+        .map_or(-1, |ev| ev & libc::POLLERR)
+        .to_ne_bytes());
     h.0
 }
 

@@ -7,7 +7,8 @@
 //! the same family, type, protocol, options, local address, destination and group memberships
 //! gives back the same socket. A TCP connection (or one being made, or one that ended) would
 //! need TCP_REPAIR and the peer's cooperation; it is refused by name, as is a datagram socket
-//! with datagrams waiting to be read or sent (read them before the checkpoint).
+//! with datagrams waiting to be read or sent (read them before the checkpoint) or with an error
+//! waiting to be read (an ICMP error: which one, only reading it, and so taking it, tells).
 //!
 //! Group memberships cannot be listed per socket; the groups joined in the network namespace
 //! can (/proc/net/igmp, /proc/net/igmp6), and `getsockopt(MCAST_MSFILTER)` answers for one
@@ -339,6 +340,20 @@ pub(crate) fn dump(
         s.peer = crate::sys::getpeername(fd).unwrap_or_default();
         s.groups = memberships(fd, family)?;
     }
+    // An error waiting to be read (SO_ERROR): what an ICMP error for a datagram sent leaves on a
+    // connected socket (ECONNREFUSED: nothing listens at the destination's port; EHOSTUNREACH,
+    // …). Poll shows that one waits; only reading it says which, and reading it takes it from
+    // the process, as a socket made again could not get it back.
+    if crate::sys::poll_now(fd, 0).is_ok_and(|ev| ev & libc::POLLERR != 0) {
+        let to = if s.peer.is_empty() {
+            String::new()
+        } else {
+            format!(" (connected to {})", super::sockets::describe(&s.peer))
+        };
+        return Err(format!(
+            "an error waits to be read on this socket{to}, most likely from an ICMP message for a datagram it sent (ECONNREFUSED when nothing listens at the destination's port), which thaw cannot read without taking it from the process, nor give a socket made again: let the process read it before the checkpoint (a receive or getsockopt(SO_ERROR) returns it; an event loop does on its next turn: Node emits the socket's 'error' event), or close the socket"
+        ));
+    }
     if is_bound(&addr) {
         s.nonlocal = !is_local(family, &addr);
         s.addr = addr;
@@ -665,6 +680,40 @@ mod tests {
         )
         .unwrap();
         assert!(d.addr.is_empty());
+    }
+
+    #[test]
+    fn an_error_waiting_is_refused_by_name_and_left_to_the_process() {
+        // A port nothing listens at: the ICMP port unreachable leaves ECONNREFUSED.
+        let gone = crate::sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        crate::sys::bind(gone.as_raw_fd(), &v4(0, [127, 0, 0, 1])).unwrap();
+        let closed = crate::sys::getsockname(gone.as_raw_fd()).unwrap();
+        drop(gone);
+        let s = crate::sys::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP).unwrap();
+        crate::sys::connect(s.as_raw_fd(), &closed).unwrap();
+        crate::sys::send_nowait(s.as_raw_fd(), b"x").unwrap();
+        let waiting =
+            || crate::sys::poll_now(s.as_raw_fd(), 0).is_ok_and(|ev| ev & libc::POLLERR != 0);
+        for _ in 0..500 {
+            if waiting() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let e = dump(
+            s.as_raw_fd(),
+            ino(&s),
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_UDP,
+        )
+        .unwrap_err();
+        assert!(e.contains("an error waits to be read"), "{e}");
+        assert_eq!(
+            crate::sys::getsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR).unwrap(),
+            libc::ECONNREFUSED,
+            "the process still has it"
+        );
     }
 
     #[test]
