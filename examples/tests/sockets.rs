@@ -368,3 +368,46 @@ fn a_live_listener_at_the_path_is_not_connected_to() {
         "the launcher connected to the live listener: {got:?}"
     );
 }
+
+/// Errors waiting to be read (SO_ERROR: POLLERR), which a read takes. An AF_UNIX stream end
+/// whose other end closed with bytes unread there (the kernel marks it reset) comes back reset:
+/// its queued bytes, ECONNRESET once, then end of file; it came back as a clean end of file. A
+/// seqpacket end reset so and a connected UDP socket holding an ICMP error (ECONNREFUSED) are
+/// refused by name; they were restored without their errors. The first life keeps its errors
+/// (a peek at an empty reset queue took it).
+#[test]
+fn errors_waiting_on_sockets_come_back_or_are_refused_by_name() {
+    let env = Env::new();
+    let first = env.first_life("zdtm-reset", "r.thaw", &[]);
+    let checks = |life: &str| {
+        [
+            "reset end: its bytes, ECONNRESET once, then end of file",
+            "reset end with nothing queued: ECONNRESET once, then end of file",
+            "an end closed cleanly: its bytes, then end of file",
+            "reset end: writing fails with EPIPE",
+        ]
+        .map(|c| format!("{life}: {c}"))
+    };
+    let first_checks = checks("first life");
+    assert_all_ok(&first, &first_checks.each_ref().map(String::as_str));
+    let restored = checks("restored");
+    for opts in every_mode() {
+        let o = env.restore(&env.path("r.thaw"), opts, &[]);
+        assert_all_ok(&o, &restored.each_ref().map(String::as_str));
+    }
+    let out = env.refused("zdtm-reset", "q.thaw", &["seqpacket"]);
+    assert!(
+        out.contains("an error (ECONNRESET")
+            && out.contains("waits to be read on this seqpacket socket")
+            && out.contains("ok seqpacket: the first life still has its error"),
+        "{out}"
+    );
+    let out = env.refused("zdtm-reset", "u.thaw", &["udp"]);
+    assert!(
+        out.contains("an error waits to be read on this socket (connected to 127.0.0.1:")
+            && out.contains("ECONNREFUSED")
+            && out.contains("ok udp: the first life still has its error"),
+        "{out}"
+    );
+    assert!(!env.path("q.thaw").exists() && !env.path("u.thaw").exists());
+}

@@ -1323,7 +1323,12 @@ fn handle(call: &mut HandlerCall) {
         // Without room for ancillary data: the kernel then says some was there (MSG_CTRUNC)
         // without installing descriptors (closing one would drop the process's POSIX locks on
         // its file). Refused: a stream is restored with its bytes alone.
-        let got = if (n as usize) <= s.buf.len() {
+        // Not when nothing is queued and an error waits (a reset end: see
+        // `state::sockets::PairEnd::reset`): a peek at an empty queue would take the error.
+        let reset = n == 0 && sys::poll_now(s.fd, 0).is_ok_and(|ev| ev & libc::POLLERR != 0);
+        let got = if reset {
+            0
+        } else if (n as usize) <= s.buf.len() {
             // (The size of a bare header: room for nothing, so anything there truncates.)
             let mut control = [0u8; 16];
             // From the head of the queue, whatever peek offset the process set (SO_PEEK_OFF:

@@ -567,6 +567,12 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 ));
             }
             messages_add_up(p.ino, p.queued, &p.messages)?;
+            if p.reset && (p.peer_open || p.ty != libc::SOCK_STREAM) {
+                return Err(format!(
+                    "socket:[{}]: reset, yet no stream end whose other end is closed",
+                    p.ino
+                ));
+            }
             // Descriptors in flight: per message, each an in-flight entry (see state::scm).
             if !p.message_fds.is_empty() && p.message_fds.len() != p.messages.len() {
                 return Err(format!(

@@ -2,7 +2,8 @@
 //! end was closed, like the JDK's "pre-close" descriptor), and listening sockets (TCP, AF_UNIX).
 //!
 //! A pair is recreated with `socketpair`, its queued bytes written back from the other end, its
-//! shutdown state reapplied and, for a half-closed pair, the other end closed again. A listening
+//! shutdown state reapplied and, for a half-closed pair, the other end closed again (a byte left
+//! in it first where the kernel had marked the kept end reset: ECONNRESET). A listening
 //! socket is recreated, given its options, bound to its address and listened on with its backlog;
 //! or the caller hands one in (`thaw run --listen-fd`, or systemd's `LISTEN_FDS`), so that many
 //! instances can share one port. Sockets connected to other processes are refused by name.
@@ -160,6 +161,11 @@ pub struct PairEnd {
     /// listener's name, its other end connected to it): made again by connecting to that
     /// listener and accepting. 0: a pair made by `socketpair`.
     pub accepted_from: u64,
+    /// A stream end whose other end was closed while bytes this end had sent were unread there:
+    /// the kernel marked it reset, and the next read after its queued bytes fails with
+    /// `ECONNRESET` (once; then end of file). Made again so: a byte is sent into the other end
+    /// before that end is closed again.
+    pub reset: bool,
     pub sndbuf: i32,
     pub rcvbuf: i32,
     pub passcred: bool,
@@ -600,6 +606,17 @@ pub(crate) fn classify(
                         return refuse(format!("cannot ask the kernel about AF_UNIX sockets: {e}"))
                     }
                 };
+                // An error waiting to be read (POLLERR: poll tells without taking it, as a read
+                // or SO_ERROR would). An AF_UNIX socket gets only ECONNRESET: a stream or
+                // seqpacket end whose other end closed with bytes unread there, a datagram
+                // socket whose peer connected elsewhere with its messages unread. Only a
+                // stream pair end is made so again (below): a seqpacket end's pending error
+                // comes before its messages, so that they cannot be read without taking it.
+                let pending_error =
+                    crate::sys::poll_now(fd, 0).is_ok_and(|ev| ev & libc::POLLERR != 0);
+                if pending_error && ty != libc::SOCK_STREAM {
+                    return refuse(reset_refused(ty));
+                }
                 // The socket itself: its type, buffers and options.
                 let unconnected = || -> Result<Unconnected, Refusal> {
                     Ok(Unconnected {
@@ -649,6 +666,7 @@ pub(crate) fn classify(
                         messages: Vec::new(),
                         message_fds: Vec::new(),
                         accepted_from: listener,
+                        reset: false,
                         sndbuf: opt(libc::SO_SNDBUF),
                         rcvbuf: opt(libc::SO_RCVBUF),
                         passcred: opt(libc::SO_PASSCRED) != 0,
@@ -801,6 +819,12 @@ pub(crate) fn classify(
                 if !peer_open && !widowed && shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
                     return refuse("AF_UNIX socket that is not connected".to_owned());
                 }
+                // A stream end whose other end closed with bytes unread (ECONNRESET: the one
+                // error an AF_UNIX stream gets) is made so again; see `pending_error` above.
+                let reset = pending_error;
+                if reset && (ty != libc::SOCK_STREAM || peer_open || widowed) {
+                    return refuse(reset_refused(ty));
+                }
                 Ok(Socket::Pair(PairEnd {
                     ino,
                     pair: if peer_open { ino.min(d.peer) } else { ino },
@@ -812,6 +836,7 @@ pub(crate) fn classify(
                     messages: Vec::new(),
                     message_fds: Vec::new(),
                     accepted_from: 0,
+                    reset,
                     sndbuf: opt(libc::SO_SNDBUF),
                     rcvbuf: opt(libc::SO_RCVBUF),
                     passcred: opt(libc::SO_PASSCRED) != 0,
@@ -822,6 +847,18 @@ pub(crate) fn classify(
             (fd, r)
         })
         .collect()
+}
+
+/// Why an AF_UNIX socket with an error waiting to be read (ECONNRESET) is refused.
+fn reset_refused(ty: i32) -> String {
+    let kind = match ty {
+        libc::SOCK_SEQPACKET => "seqpacket",
+        libc::SOCK_DGRAM => "datagram",
+        _ => "stream",
+    };
+    format!(
+        "an error (ECONNRESET: its peer closed, or connected elsewhere, with what this socket had sent unread) waits to be read on this {kind} socket, which thaw restores only on a stream whose other end is closed: let the process read it before the checkpoint (its next receive, or getsockopt(SO_ERROR), returns it; an event loop does on its next turn), or close the socket"
+    )
 }
 
 /// Recreates every socket (descriptors of one socket share it): inode → descriptor. `queued(r)`
@@ -1122,6 +1159,14 @@ fn fill_pair(
     for (i, end) in v.iter().enumerate() {
         let _ =
             crate::sys::setsockopt_int(sock[i], libc::SOL_SOCKET, libc::SO_SNDBUF, end.sndbuf / 2);
+    }
+    // A reset end: a byte in the other end's queue when that end is closed again (by the
+    // caller, once the ends are made) makes the kernel mark this one so, as it did.
+    for (i, end) in v.iter().enumerate() {
+        if end.reset {
+            crate::sys::send_nowait(sock[i], &[0])
+                .map_err(|e| format!("socket:[{}]: cannot mark it reset again: {e}", end.ino))?;
+        }
     }
     for (i, end) in v.iter().enumerate() {
         if end.recv_shutdown {
