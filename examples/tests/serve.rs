@@ -52,6 +52,8 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         ("zdtm-files", &["DIR"], &[]),
         ("zdtm-process", &["DIR"], &["one", "two words"]),
         ("zdtm-sockets", &[], &[]),
+        // A reset stream end: each instance reads its ECONNRESET (not the template's, once).
+        ("zdtm-reset", &[], &[]),
         ("zdtm-lazy", &[], &[]),
         ("zdtm-waits", &[], &[]),
         ("zdtm-controls", &[], &[]),
