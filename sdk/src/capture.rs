@@ -1540,15 +1540,9 @@ fn let_go(c: &Capture, count: usize) {
 /// would not hold them off anyway).
 fn quiet_mask(signal: i32) -> u64 {
     let bit = |s: i32| 1u64 << (s - 1);
-    let faults = [
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGILL,
-        libc::SIGFPE,
-        libc::SIGTRAP,
-        libc::SIGSYS,
-    ];
-    faults.iter().fold(!bit(signal), |m, &s| m & !bit(s))
+    crate::hold::FAULTS
+        .iter()
+        .fold(!bit(signal), |m, &s| m & !bit(s))
 }
 
 /// Why freezing failed.

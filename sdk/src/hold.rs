@@ -21,17 +21,15 @@ use std::sync::Mutex;
 
 use crate::sys::{self, KernelSigaction};
 
-/// Signals never wrapped: those the kernel raises for the faulting instruction (a runtime's
-/// null checks and safepoints go through them), and those no handler can take.
-const SYNCHRONOUS: [i32; 8] = [
+/// The signals the kernel raises for the faulting instruction (a runtime's null checks and
+/// safepoints go through them): never wrapped, never blocked.
+pub(crate) const FAULTS: [i32; 6] = [
     libc::SIGSEGV,
     libc::SIGBUS,
     libc::SIGILL,
     libc::SIGFPE,
     libc::SIGTRAP,
     libc::SIGSYS,
-    libc::SIGKILL,
-    libc::SIGSTOP,
 ];
 
 /// How many signals are kept at most: each standard signal once (the kernel merges a second
@@ -101,7 +99,8 @@ pub fn begin() {
     }
     PID.store(sys::getpid(), Ordering::Relaxed);
     for signo in 1..32 {
-        if SYNCHRONOUS.contains(&signo) {
+        // (Nor those no handler can take.)
+        if FAULTS.contains(&signo) || signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
         let mut old = KernelSigaction::default();

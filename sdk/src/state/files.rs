@@ -1699,13 +1699,16 @@ pub fn reopen(
             FdKind::Stdio | FdKind::ProcSelf { .. } => continue,
             FdKind::Regular { path, pos, id } => {
                 let f = reopen_path(e, path, Some(*pos), *id)?;
-                if let Some(then) = e.locked_stamp {
-                    let now = f
-                        .try_clone()
+                // Its size and modification time now.
+                let stamp_now = || {
+                    f.try_clone()
                         .map(std::fs::File::from)
                         .and_then(|c| c.metadata())
                         .map(|m| super::FileStamp::of(&m))
-                        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
+                        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))
+                };
+                if let Some(then) = e.locked_stamp {
+                    let now = stamp_now()?;
                     // (Empty then and now: a lock file opened with O_TRUNC by whoever tried the
                     // lock since, its time touched, nothing written.)
                     if now != then && !(now.size == 0 && then.size == 0) {
@@ -1715,13 +1718,7 @@ pub fn reopen(
                     }
                 }
                 if let Some(then) = e.archive_stamp {
-                    let now = f
-                        .try_clone()
-                        .map(std::fs::File::from)
-                        .and_then(|c| c.metadata())
-                        .map(|m| super::FileStamp::of(&m))
-                        .map_err(|err| format!("fd {fd}: cannot stat {path}: {err}"))?;
-                    if now != then {
+                    if stamp_now()? != then {
                         return Err(format!(
                             "fd {fd}: {path}, a zip archive the process reads (a jar on its class path, say), was written since the checkpoint (its size or modification time changed): the process keeps the archive's index and what it loaded from it in memory, and would mix the old contents with the new; make a new image with the new archive (or put the old one back as it was, e.g. with cp -p)"
                         ));
