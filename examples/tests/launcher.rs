@@ -239,6 +239,87 @@ fn other_signals_sent_to_the_launcher_are_passed_on() {
     }
 }
 
+/// A memory cgroup of this test's own (v1 or v2) limited to `bytes`; removed when dropped.
+struct MemoryLimit(std::path::PathBuf);
+
+impl MemoryLimit {
+    fn new(bytes: u64) -> Option<MemoryLimit> {
+        let name = format!("thaw-test-oom-{}", std::process::id());
+        for (base, limit) in [
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+            ("/sys/fs/cgroup", "memory.max"),
+        ] {
+            let dir = Path::new(base).join(&name);
+            if std::fs::create_dir(&dir).is_ok() {
+                if std::fs::write(dir.join(limit), bytes.to_string()).is_ok() {
+                    return Some(MemoryLimit(dir));
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        None
+    }
+
+    /// `c`, started inside the cgroup.
+    fn enter(&self, c: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.0
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: open, write and close are async-signal-safe; `procs` is built before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A restore whose memory does not fit the caller's memory limit (a container's): the kernel
+/// kills the restorer while it copies the image in, before the process exists. The launcher
+/// took the end of its error pipe for a restored process and exited 137 without a word, as if
+/// the program had been killed; it now says the restorer ended first (68).
+#[test]
+fn a_restorer_killed_before_the_process_runs_is_not_taken_for_the_program() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-pattern", "p.thaw", &["64"]);
+    let Some(limit) = MemoryLimit::new(32 << 20) else {
+        eprintln!("skipped: no memory cgroup to limit");
+        return;
+    };
+    for mode in ["host", "ns"] {
+        let mut c = env.restore_cmd(&img, &["--eager", "--pid-mode", mode], &[]);
+        limit.enter(&mut c);
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(68), "{mode}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("the restorer ended before the process was made (killed")
+                && err.contains("nothing of the image ran"),
+            "{mode}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "{mode}: {}", text(&o));
+    }
+}
+
 #[test]
 fn tampered_image_runs_nothing() {
     let env = Env::new();

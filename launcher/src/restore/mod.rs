@@ -1095,6 +1095,14 @@ fn build_plan(
             [r.as_raw_fd() as u64, byte, 1, 0, 0, 0],
         );
     }
+    // Every step that can fail has run: one byte on the error pipe tells the launcher so. End of
+    // file without it is a restorer that died first (killed, out of memory), not the process.
+    let made = plan.words(&[0xff]);
+    plan.syscall_any(
+        "tell the launcher the process is made",
+        libc::SYS_write,
+        [fds.error_w.as_raw_fd() as u64, made, 1, 0, 0, 0],
+    );
     // Close everything the process did not have (the launcher's descriptors, including the error
     // pipe: from here on a failure can no longer be reported, only seen as the process dying).
     let mut from = 0u64;
@@ -1529,6 +1537,22 @@ fn supervise(
             "restore failed at step {step} ({}): {}",
             plan.label(step),
             std::io::Error::from_raw_os_error(errno)
+        )));
+    }
+    if got == 0 {
+        // (In ns mode the namespace's init passes a signal on as 128 + N.)
+        let how = match waited {
+            Ok((_, sys::Exit::Signal(s))) => Some(s),
+            Ok((_, sys::Exit::Code(c))) if c > 128 => Some(c - 128),
+            _ => None,
+        };
+        let why = match how {
+            Some(libc::SIGKILL) => " (killed: by the kernel for lack of memory, perhaps, where a memory limit is below what the image needs)".to_owned(),
+            Some(s) => format!(" (signal {s})"),
+            None => String::new(),
+        };
+        return Err(failed(format!(
+            "the restorer ended before the process was made{why}: nothing of the image ran"
         )));
     }
     if let Some(served) = served {
