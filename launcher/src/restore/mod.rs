@@ -567,8 +567,20 @@ fn prepare_fds(
             }
             None => {
                 let f = thaw::image::reader::open_regular(path.as_ref(), write).map_err(|e| {
+                    // A native library unpacked to a temporary file at start (sqlite-jdbc, JNA,
+                    // snappy: `deleteOnExit`) is removed when a restore of the image exits.
+                    // (Mapped as code somewhere: its first, read-only segment comes first.)
+                    let code = m.memory.iter().any(|v| {
+                        v.prot & libc::PROT_EXEC as u32 != 0
+                            && matches!(&v.backing, Backing::File { id: other, .. } if other == id)
+                    });
+                    let gone = if code && e.kind() == std::io::ErrorKind::NotFound {
+                        ": removed since the checkpoint (a library a runtime unpacked to a temporary file and deletes as it exits, as sqlite-jdbc, JNA and snappy-java do, is gone once the first life or an earlier restore of the image has ended: unpack it to a lasting place, e.g. -Dorg.sqlite.tmpdir or -Djna.tmpdir on a directory that is kept, or checkpoint again)"
+                    } else {
+                        ""
+                    };
                     refused(format!(
-                        "cannot open mapped file {path}{}: {e}",
+                        "cannot open mapped file {path}{}: {e}{gone}",
                         if write {
                             " for writing (it is mapped shared and writable)"
                         } else {

@@ -174,7 +174,7 @@ pub(crate) fn refusal(path: &str, fd: i32, max: u64) -> Option<String> {
     let data = m.len().min(m.blocks().saturating_mul(512));
     (data > max).then(|| {
         format!(
-            "{path} was deleted and holds {data} bytes of data, more than the {max} kept in an image (raise the limit: Checkpoint::max_deleted_file, or {MAX_ENV})"
+            "{path} was deleted and holds {data} bytes of data, more than the {max} kept in an image (raise the limit: {MAX_ENV}=BYTES in the environment of the process, or Checkpoint::max_deleted_file in Rust)"
         )
     })
 }
