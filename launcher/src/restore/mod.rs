@@ -285,13 +285,17 @@ fn caller_has_cap(cap: u32) -> bool {
 /// first life's own child may still hold, orphaned when the first life ended and about to end too
 /// (a `cat` reading end of file from it): its end and its reaping, by whichever process reaps
 /// orphans, are waited for, briefly.
-fn pid_in_use(pid: i32, orphan: bool) -> bool {
+fn pid_in_use(pid: i32, orphan: Option<bool>) -> bool {
     let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
     if gone() {
         return false;
     }
     let limit = std::time::Duration::from_secs(3);
-    if orphan {
+    // (Still running, it holds its PID longer: a new namespace serves at once.)
+    if orphan == Some(false) {
+        return true;
+    }
+    if orphan == Some(true) {
         if let Ok(fd) = sys::pidfd_open(pid) {
             // Readable once it has ended.
             let _ = sys::poll_readable(&[fd.as_raw_fd()], Some(limit));
@@ -313,18 +317,20 @@ fn pid_in_use(pid: i32, orphan: bool) -> bool {
     !gone()
 }
 
-/// The first of the image's PID and TIDs that is taken in this PID namespace.
-fn taken_id(m: &thaw::Manifest) -> Option<i32> {
+/// The first of the image's PID and TIDs that is taken in this PID namespace. `wait`: for a
+/// left-out child of the first life still running (host mode: up to 3 s for it to end; auto mode
+/// takes a new namespace instead).
+fn taken_id(m: &thaw::Manifest, wait: bool) -> Option<i32> {
     std::iter::once(m.process.pid)
         .chain(m.threads.iter().map(|t| t.tid))
-        .find(|&id| pid_in_use(id, false))
+        .find(|&id| pid_in_use(id, None))
         .or_else(|| {
             // (A left-out child of a process whose children the kernel reaps is not made again.)
             let reaped = m.signals.children_reaped();
             m.zombies
                 .iter()
                 .filter(|z| !(z.left_out && reaped))
-                .find(|z| pid_in_use(z.pid, z.left_out))
+                .find(|z| pid_in_use(z.pid, z.left_out.then_some(wait)))
                 .map(|z| z.pid)
         })
 }
@@ -1282,7 +1288,7 @@ pub fn resolve_pid_mode(image: &Image, requested: PidMode) -> Result<PidMode> {
     let host_ok = host_ok && too_high.is_none();
     // Only where host mode is possible and wanted (it may wait for a zombie to be reaped).
     let taken = if host_ok && requested != PidMode::Ns {
-        taken_id(m)
+        taken_id(m, requested == PidMode::Host)
     } else {
         None
     };
