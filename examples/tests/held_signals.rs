@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 const SCRIPT: &str = r#"
@@ -33,12 +31,8 @@ print("restored" if out.restored else "first", " ".join(got), flush=True)
 #[test]
 fn a_sigterm_sent_during_the_checkpoint_is_handled_by_the_first_life_alone() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let img = env.path("held.thaw");
-    let o = command(Path::new("/usr/bin/python3"))
-        .env("PYTHONPATH", root.join("sdk/python"))
-        .env("THAW_LIB", bin("libthaw.so"))
-        .env_remove("THAW_FD_POLICY")
+    let o = python_with_thaw()
         .args(["-c", SCRIPT])
         .arg(&img)
         .arg(&env.key)

@@ -262,25 +262,7 @@ impl MemoryLimit {
 
     /// `c`, started inside the cgroup.
     fn enter(&self, c: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt;
-        let procs = std::ffi::CString::new(
-            self.0
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        // SAFETY: open, write and close are async-signal-safe; `procs` is built before the fork.
-        unsafe {
-            c.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
+        enter_cgroup(c, &self.0);
     }
 }
 

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 const SCRIPT: &str = r#"
@@ -22,13 +20,9 @@ print(version.decode(), z.zlibVersion().decode(), flush=True)
 #[test]
 fn a_native_library_unpacked_to_a_temporary_file_and_removed_is_refused_with_the_reason() {
     let env = Env::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let img = env.path("lib.thaw");
     let lib = env.path("libz-unpacked.so");
-    let o = command(Path::new("/usr/bin/python3"))
-        .env("PYTHONPATH", root.join("sdk/python"))
-        .env("THAW_LIB", bin("libthaw.so"))
-        .env_remove("THAW_FD_POLICY")
+    let o = python_with_thaw()
         .args(["-c", SCRIPT])
         .arg(&img)
         .arg(&env.key)

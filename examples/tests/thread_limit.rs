@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,24 +36,7 @@ impl PidsCgroup {
 
     /// `c`, started inside the cgroup.
     fn enter(&self, c: &mut Command) {
-        let procs = std::ffi::CString::new(
-            self.0
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .unwrap();
-        // SAFETY: open, write and close are async-signal-safe; `procs` is built before the fork.
-        unsafe {
-            c.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
-                Ok(())
-            });
-        }
+        enter_cgroup(c, &self.0);
     }
 
     /// Whether every process of the cgroup has ended (within a few seconds: a namespace's

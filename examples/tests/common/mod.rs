@@ -498,3 +498,34 @@ pub fn record_chunks(record: &[u8]) -> (Vec<u64>, Vec<u64>) {
         chunks(&record[64 + early * 8..]),
     )
 }
+
+/// Starts `c` inside the cgroup at `dir` (v1 or v2: its `cgroup.procs`).
+pub fn enter_cgroup(c: &mut Command, dir: &Path) {
+    let procs = std::ffi::CString::new(
+        dir.join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: open, write and close are async-signal-safe; `procs` is built before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+}
+
+/// Debian's python3 with the thaw package from the source tree and this build's libthaw.so.
+pub fn python_with_thaw() -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut c = command(Path::new("/usr/bin/python3"));
+    c.env("PYTHONPATH", root.join("sdk/python"))
+        .env("THAW_LIB", bin("libthaw.so"))
+        .env_remove("THAW_FD_POLICY");
+    c
+}

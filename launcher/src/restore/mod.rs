@@ -1557,20 +1557,21 @@ fn supervise(
             std::io::Error::from_raw_os_error(errno)
         )));
     }
-    if got == 0 {
-        // (In ns mode the namespace's init passes a signal on as 128 + N.)
-        let how = match waited {
-            Ok((_, sys::Exit::Signal(s))) => Some(s),
-            Ok((_, sys::Exit::Code(c))) if c > 128 => Some(c - 128),
-            _ => None,
-        };
-        let why = match how {
-            Some(libc::SIGKILL) => " (killed: by the kernel for lack of memory, perhaps, where a memory limit is below what the image needs)".to_owned(),
-            Some(s) => format!(" (signal {s})"),
-            None => String::new(),
+    // Killed before the process was made. (In ns mode the namespace's init passes a signal on
+    // as 128 + N; a helper or init that failed has said why, with its own status.)
+    let killed = match waited {
+        Ok((_, sys::Exit::Signal(s))) => Some(s),
+        Ok((_, sys::Exit::Code(c))) if c > 128 => Some(c - 128),
+        _ => None,
+    };
+    if let (0, Some(signal)) = (got, killed) {
+        let why = if signal == libc::SIGKILL {
+            "killed: by the kernel for lack of memory, perhaps, where a memory limit is below what the image needs".to_owned()
+        } else {
+            format!("signal {signal}")
         };
         return Err(failed(format!(
-            "the restorer ended before the process was made{why}: nothing of the image ran"
+            "the restorer ended before the process was made ({why}): nothing of the image ran"
         )));
     }
     if let Some(served) = served {
