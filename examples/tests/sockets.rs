@@ -411,3 +411,47 @@ fn errors_waiting_on_sockets_come_back_or_are_refused_by_name() {
     );
     assert!(!env.path("q.thaw").exists() && !env.path("u.thaw").exists());
 }
+
+/// A socket pair a child made (with other ids) and passed over: its peer credentials
+/// (SO_PEERCRED) are the child's, and a pair made again at restore would give the process's own
+/// (CRIU's sock_peercred came back with them wrong). Refused by name; the first life goes on.
+/// Through Debian's python3 and the thaw package.
+#[test]
+fn a_socket_pair_made_by_another_process_is_refused_for_its_peer_credentials() {
+    let env = Env::new();
+    let script = r#"
+import os, socket, sys, thaw
+chan, theirs = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+    a, b = socket.socketpair()
+    socket.send_fds(theirs, [b"x"], [a.fileno(), b.fileno()])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(chan, 1, 2)
+os.waitpid(pid, 0)
+theirs.close()
+try:
+    thaw.checkpoint(sys.argv[1], key=sys.argv[2])
+    print("accepted")
+except thaw.UnsupportedStateError as e:
+    print("refused", f"SO_PEERCRED: PID {pid}," in str(e), str(e).count("peer credentials"))
+"#;
+    let img = env.path("peer.thaw");
+    let o = python_with_thaw()
+        .args(["-c", script])
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "refused True 2\n",
+        "{}",
+        text(&o)
+    );
+    assert!(!img.exists());
+}

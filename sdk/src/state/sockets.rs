@@ -819,6 +819,9 @@ pub(crate) fn classify(
                 if !peer_open && !widowed && shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
                     return refuse("AF_UNIX socket that is not connected".to_owned());
                 }
+                if let Some(why) = foreign_peer_credentials(fd) {
+                    return refuse(why);
+                }
                 // A stream end whose other end closed with bytes unread (ECONNRESET: the one
                 // error an AF_UNIX stream gets) is made so again; see `pending_error` above.
                 let reset = pending_error;
@@ -1586,6 +1589,32 @@ fn accept_again(l: &Listener, fd: &OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd
     })?;
     let accepted = crate::sys::accept_nowait(fd.as_raw_fd())?;
     Ok((client, accepted))
+}
+
+/// Where an in-process pair end's peer credentials (SO_PEERCRED: the PID and effective ids of
+/// whoever made the pair, as `socketpair` or `connect` recorded them) are not this process's
+/// own now: made by a child and passed over (CRIU's sock_peercred), or before the process
+/// changed its ids. Made again at restore, the pair would give the restored process's own.
+fn foreign_peer_credentials(fd: i32) -> Option<String> {
+    let mut cred = [0u8; 12];
+    let n = crate::sys::getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred).ok()?;
+    if n < 12 {
+        return None;
+    }
+    let word = |i: usize| u32::from_ne_bytes(cred[i..i + 4].try_into().expect("4 bytes"));
+    let (pid, uid, gid) = (word(0) as i32, word(4), word(8));
+    let mine = (
+        crate::sys::getpid(),
+        crate::sys::geteuid(),
+        crate::sys::getegid(),
+    );
+    // (PID 0: no credentials recorded.)
+    (pid != 0 && (pid, uid, gid) != mine).then(|| {
+        format!(
+            "its peer credentials (SO_PEERCRED: PID {pid}, uid {uid}, gid {gid}) are not this process's (PID {}, uid {}, gid {}): the pair was made by another process (a child) and passed over, or before the process changed its ids; made again at restore it would give the process's own, so make it again after restore",
+            mine.0, mine.1, mine.2
+        )
+    })
 }
 
 #[cfg(test)]
