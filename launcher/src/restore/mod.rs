@@ -1564,7 +1564,9 @@ fn supervise(
         Ok((_, sys::Exit::Code(c))) if c > 128 => Some(c - 128),
         _ => None,
     };
-    if let (0, Some(signal)) = (got, killed) {
+    // (Unless the memory server killed it: its own error says why, below.)
+    let server_failed = matches!(served, Some(Err(_)));
+    if let (0, Some(signal), false) = (got, killed, server_failed) {
         let why = if signal == libc::SIGKILL {
             "killed: by the kernel for lack of memory, perhaps, where a memory limit is below what the image needs".to_owned()
         } else {
