@@ -171,47 +171,36 @@ pub fn end() {
 /// this thread if it lets it in, else it is queued for the process as `SI_QUEUE`, the sender's
 /// PID and UID kept.
 fn queue_again(pid: i32, tid: i32, signo: i32, mut info: [u64; 16]) {
+    const SI_QUEUE: i32 = -1;
+    const SI_TKILL: i32 = -6;
     let me = sys::gettid();
     let code = info[1] as u32 as i32;
-    let kills_kind = code >= 0 || code == -6;
-    let tgqueue = |tid: i32, info: &[u64; 16]| {
-        sys::syscall6(
-            libc::SYS_rt_tgsigqueueinfo,
-            [
-                pid as u64,
-                tid as u64,
-                signo as u64,
-                info.as_ptr() as u64,
-                0,
-                0,
-            ],
-        )
+    let kills_kind = code >= 0 || code == SI_TKILL;
+    let lets_in = || {
+        let blocked = sys::sigprocmask(libc::SIG_BLOCK, None).unwrap_or(u64::MAX);
+        blocked & (1u64 << (signo - 1)) == 0
     };
-    if tid != 0 {
-        if tid == me || !kills_kind {
-            tgqueue(tid, &info);
-        } else {
-            // (To another thread, only as SI_QUEUE.)
-            info[1] = (info[1] & !0xffff_ffff) | (-1i32 as u32 as u64);
-            tgqueue(tid, &info);
-        }
-        return;
+    // (The thread it goes to, `None` for the process; whether only as SI_QUEUE.)
+    let (to, as_queue) = match tid {
+        0 if me == pid || !kills_kind => (None, false),
+        0 if lets_in() => (Some(me), false),
+        0 => (None, true),
+        tid => (Some(tid), kills_kind && tid != me),
+    };
+    if as_queue {
+        info[1] = (info[1] & !0xffff_ffff) | u64::from(SI_QUEUE as u32);
     }
-    let blocked = sys::sigprocmask(libc::SIG_BLOCK, None).unwrap_or(u64::MAX);
-    if me == pid || !kills_kind {
-        sys::syscall6(
+    let info = info.as_ptr() as u64;
+    let _ = match to {
+        Some(tid) => sys::syscall6(
+            libc::SYS_rt_tgsigqueueinfo,
+            [pid as u64, tid as u64, signo as u64, info, 0, 0],
+        ),
+        None => sys::syscall6(
             libc::SYS_rt_sigqueueinfo,
-            [pid as u64, signo as u64, info.as_ptr() as u64, 0, 0, 0],
-        );
-    } else if blocked & (1u64 << (signo - 1)) == 0 {
-        tgqueue(me, &info);
-    } else {
-        info[1] = (info[1] & !0xffff_ffff) | (-1i32 as u32 as u64);
-        sys::syscall6(
-            libc::SYS_rt_sigqueueinfo,
-            [pid as u64, signo as u64, info.as_ptr() as u64, 0, 0, 0],
-        );
-    }
+            [pid as u64, signo as u64, info, 0, 0, 0],
+        ),
+    };
 }
 
 /// In a restored process: what the first life kept was sent to it alone.
