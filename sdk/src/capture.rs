@@ -1405,10 +1405,14 @@ fn handle(call: &mut HandlerCall) {
     }
     let mut timers = crate::state::timers::read();
     // ITIMER_REAL, as the image keeps it (its SIGALRM looked for only where that matters).
-    timers[0] = crate::state::timers::as_restored(timers[0], || {
-        let alarm = 1u64 << (libc::SIGALRM - 1);
-        sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0)
-    });
+    timers[0] = crate::state::timers::as_restored(
+        timers[0],
+        crate::state::timers::settled_real_value,
+        || {
+            let alarm = 1u64 << (libc::SIGALRM - 1);
+            sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0)
+        },
+    );
     for (slot, [interval, value]) in c.itimers.iter().zip(timers) {
         slot[0].store(interval, Ordering::Relaxed);
         slot[1].store(value, Ordering::Relaxed);

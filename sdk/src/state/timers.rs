@@ -62,16 +62,39 @@ const WHICH: [i32; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_P
 /// never fired again (a probe: Python's `setitimer`, about one checkpoint in ten). Without
 /// (SIGALRM ignored: the kernel dropped it), it never fires again: disarmed. (ITIMER_VIRTUAL and
 /// ITIMER_PROF are armed again as they come due: never read so, and kept as read.)
-pub fn as_restored(t: [u64; 2], alarm_pending: impl FnOnce() -> bool) -> [u64; 2] {
+///
+/// `getitimer` rounds down to whole microseconds, so a timer with less than 1 µs to go reads
+/// no time left too (about one read in 20 000 of a 20 ms timer): `settle` reads the value
+/// again once that can no longer be so ([`settled_real_value`]); a timer still armed then is
+/// kept as read, not taken for dead.
+pub fn as_restored(
+    t: [u64; 2],
+    settle: impl FnOnce() -> u64,
+    alarm_pending: impl FnOnce() -> bool,
+) -> [u64; 2] {
     match t {
-        [interval, 0] if interval > 0 => {
-            if alarm_pending() {
-                [interval, 1]
-            } else {
-                [0, 0]
-            }
-        }
+        [interval, 0] if interval > 0 => match settle() {
+            0 if alarm_pending() => [interval, 1],
+            0 => [0, 0],
+            value => [interval, value],
+        },
         t => t,
+    }
+}
+
+/// ITIMER_REAL's value read after one read no time left, at a moment when less than 1 µs to
+/// go can no longer be what it means: 2 µs of CLOCK_MONOTONIC (the timer's clock) later. A timer
+/// that came due meanwhile reads 1 µs until it has fired, then 0 (or its next period, armed
+/// again as its signal was taken). A bounded spin of raw system calls: async-signal-safe.
+pub fn settled_real_value() -> u64 {
+    // Taken after the read that gave 0: that timer was due at the latest 1 µs after `since`.
+    let since = crate::sys::clock_ns(libc::CLOCK_MONOTONIC);
+    loop {
+        let at = crate::sys::clock_ns(libc::CLOCK_MONOTONIC);
+        let (_, value) = crate::sys::getitimer(libc::ITIMER_REAL);
+        if value != 0 || at >= since + 2_000 {
+            return value;
+        }
     }
 }
 
@@ -165,14 +188,59 @@ mod tests {
 
     #[test]
     fn a_periodic_timer_read_with_no_time_left_is_due_only_with_its_signal_waiting() {
-        assert_eq!(as_restored([20_000, 0], || true), [20_000, 1]);
+        let dead = || 0;
+        let unread = || -> u64 { panic!("read again only for no time left") };
+        assert_eq!(as_restored([20_000, 0], dead, || true), [20_000, 1]);
         assert_eq!(
-            as_restored([20_000, 0], || false),
+            as_restored([20_000, 0], dead, || false),
             [0, 0],
             "ignored: dead for good"
         );
-        assert_eq!(as_restored([20_000, 5], || false), [20_000, 5]);
-        assert_eq!(as_restored([0, 0], || true), [0, 0], "disarmed");
-        assert_eq!(as_restored([0, 7], || true), [0, 7]);
+        assert_eq!(
+            as_restored([20_000, 0], || 1, || false),
+            [20_000, 1],
+            "less than 1 µs to go at the first read: come due since, still armed"
+        );
+        assert_eq!(
+            as_restored([20_000, 0], || 19_990, || false),
+            [20_000, 19_990],
+            "fired and armed again since"
+        );
+        assert_eq!(as_restored([20_000, 5], unread, || false), [20_000, 5]);
+        assert_eq!(as_restored([0, 0], unread, || true), [0, 0], "disarmed");
+        assert_eq!(as_restored([0, 7], unread, || true), [0, 7]);
+    }
+
+    #[test]
+    fn a_timer_read_with_no_time_left_once_settled_has_fired() {
+        // SAFETY: SIGALRM ignored in this test process (no other unit test uses it), so that
+        // the timer's expiries are dropped: it fires once and is dead.
+        unsafe { libc::signal(libc::SIGALRM, libc::SIG_IGN) };
+        let mut early = 0;
+        for _ in 0..1_000 {
+            let t = libc::itimerval {
+                it_interval: libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 20_000,
+                },
+                it_value: libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 200,
+                },
+            };
+            // SAFETY: arms ITIMER_REAL from a valid itimerval.
+            unsafe { libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()) };
+            while crate::sys::getitimer(libc::ITIMER_REAL).1 != 0 {}
+            // The first 0 may be the last µs before it comes due; once settled, a 0 is a
+            // timer that fired (and never reads 1 µs, due, again).
+            if settled_real_value() == 0 {
+                early += (crate::sys::getitimer(libc::ITIMER_REAL).1 != 0) as u32;
+            } else {
+                while crate::sys::getitimer(libc::ITIMER_REAL).1 != 0 {}
+            }
+        }
+        // SAFETY: SIGALRM's default action again.
+        unsafe { libc::signal(libc::SIGALRM, libc::SIG_DFL) };
+        assert_eq!(early, 0, "reads of 0 taken for a fired timer that had not");
     }
 }
