@@ -438,6 +438,30 @@ fn ao_keys(fd: i32) -> bool {
 
 type Refusal = (FdClass, String);
 
+/// Why a socket of `family` (neither AF_UNIX nor inet, and not listening) is refused. Families
+/// whose sockets never listen (netlink, packet...) are not told that listening would do.
+fn unsupported_family(family: i32) -> String {
+    let (name, listens) = match family {
+        libc::AF_NETLINK => ("AF_NETLINK", false),
+        libc::AF_PACKET => ("AF_PACKET (raw packet)", false),
+        libc::AF_ALG => ("AF_ALG (kernel crypto)", false),
+        libc::AF_CAN => ("AF_CAN", false),
+        libc::AF_KEY => ("AF_KEY", false),
+        libc::AF_XDP => ("AF_XDP", false),
+        libc::AF_VSOCK => ("AF_VSOCK", true),
+        libc::AF_TIPC => ("AF_TIPC", true),
+        libc::AF_BLUETOOTH => ("AF_BLUETOOTH", true),
+        _ => {
+            return format!("sockets of address family {family} are supported only while listening")
+        }
+    };
+    if listens {
+        format!("{name} sockets are supported only while listening")
+    } else {
+        format!("{name} sockets are not supported")
+    }
+}
+
 /// Classifies the process's sockets: `(fd, inode)` of each → a [`Socket`] or why not.
 /// Describes each socket; `left_out`: children left out of the image (see
 /// [`super::files::FdScan::scan`]).
@@ -589,13 +613,7 @@ pub(crate) fn classify(
                         .map_err(|w| (FdClass::Socket, w));
                 }
                 if family != libc::AF_UNIX {
-                    return refuse(format!(
-                        "{} sockets are supported only while listening",
-                        match family {
-                            libc::AF_NETLINK => "AF_NETLINK",
-                            _ => "these",
-                        }
-                    ));
+                    return refuse(unsupported_family(family));
                 }
                 let d = match &unix {
                     Ok(m) => m.get(&ino).cloned().ok_or((
@@ -1648,6 +1666,36 @@ mod tests {
         assert!(!pair(2).peer_open);
         let why = r[3].1.as_ref().unwrap_err();
         assert!(why.1.contains("in another process"), "{why:?}");
+    }
+
+    #[test]
+    fn netlink_and_packet_sockets_are_named_and_not_told_to_listen() {
+        let open = |family, ty, protocol| crate::sys::socket(family, ty, protocol).ok();
+        let mut socks = vec![(
+            "AF_NETLINK",
+            open(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE).unwrap(),
+        )];
+        // (Needs CAP_NET_RAW.)
+        if let Some(p) = open(libc::AF_PACKET, libc::SOCK_RAW, 0) {
+            socks.push(("AF_PACKET", p));
+        }
+        let fds: Vec<(i32, u64)> = socks
+            .iter()
+            .map(|(_, f)| {
+                use std::os::unix::fs::MetadataExt;
+                let ino = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                    .unwrap()
+                    .ino();
+                (f.as_raw_fd(), ino)
+            })
+            .collect();
+        let r = classify(&fds, &[], &mut Default::default());
+        for ((name, _), (_, why)) in socks.iter().zip(&r) {
+            let why = &why.as_ref().unwrap_err().1;
+            assert!(why.contains(name), "{why}");
+            assert!(why.contains("not supported"), "{why}");
+            assert!(!why.contains("listening"), "{why}");
+        }
     }
 
     #[test]
