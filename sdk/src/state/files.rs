@@ -523,6 +523,14 @@ pub(crate) fn holders_ahead() -> crate::procfs::Holders {
     crate::procfs::Holders::walked_for(known)
 }
 
+/// The kind of namespace a descriptor's link names (`net:[4026531840]`, what an open
+/// /proc/PID/ns/net reads as), if it names one.
+fn namespace_link(target: &str) -> Option<&str> {
+    let (kind, rest) = target.split_once(":[")?;
+    let known = ["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"];
+    (known.contains(&kind) && rest.strip_suffix(']')?.parse::<u64>().is_ok()).then_some(kind)
+}
+
 impl FdScan {
     /// Lists /proc/self/fd, skipping `exclude` (descriptors the SDK itself holds). Deleted files
     /// up to `max_deleted` bytes are kept (see [`super::deleted`]). `left_out`: children left
@@ -843,16 +851,21 @@ impl FdScan {
             }
             if !target.starts_with('/') {
                 let (class, why) = if target.starts_with("socket:") {
-                    (FdClass::Socket, "sockets are not supported")
+                    (FdClass::Socket, "sockets are not supported".to_owned())
                 } else if target.starts_with("anon_inode:") {
                     (
                         FdClass::Other,
-                        "this kind of kernel object is not supported (eventfd, timerfd, signalfd and epoll are)",
+                        "this kind of kernel object is not supported (eventfd, timerfd, signalfd and epoll are)".to_owned(),
+                    )
+                } else if let Some(kind) = namespace_link(&target) {
+                    (
+                        FdClass::Other,
+                        format!("a namespace descriptor (/proc/PID/ns/{kind}) is not supported: close it before the checkpoint and open it again after restore"),
                     )
                 } else {
-                    (FdClass::Other, "unsupported kind of descriptor")
+                    (FdClass::Other, "unsupported kind of descriptor".to_owned())
                 };
-                scan.refused.push(bad(class, why));
+                scan.refused.push(bad(class, &why));
                 continue;
             }
             match super::locks::parse(&info) {
@@ -2569,4 +2582,21 @@ fn no_writer_elsewhere(fd: i32) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_descriptor_is_refused_as_one() {
+        let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+        let scan = FdScan::scan(&[], 0, Default::default(), &[], Default::default()).unwrap();
+        let why = &scan.refused.iter().find(|r| r.fd == fd).unwrap().message;
+        assert!(
+            why.contains("a namespace descriptor (/proc/PID/ns/net) is not supported"),
+            "{why}"
+        );
+    }
 }
