@@ -937,6 +937,13 @@ impl FdScan {
                 let there = std::fs::symlink_metadata(&target);
                 matches!((here, there), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
             };
+            if target == "/dev/zero (deleted)" && !literal() {
+                scan.refused.push(bad(
+                    FdClass::Deleted,
+                    "shared anonymous memory (mmap MAP_SHARED | MAP_ANONYMOUS) open as a file (through /proc/PID/map_files) is not supported: make it with memfd_create, whose descriptor is restored with its contents",
+                ));
+                continue;
+            }
             if target.ends_with(" (deleted)") && !literal() {
                 let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"));
                 let why = match (&meta, super::deleted::deleted_path(&target)) {
@@ -2587,6 +2594,40 @@ fn no_writer_elsewhere(fd: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_anonymous_memory_open_as_a_file_is_refused_as_such() {
+        const LEN: usize = 4096;
+        // SAFETY: a new anonymous mapping, touched by no one but the kernel.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let at = at as usize;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/map_files/{at:x}-{:x}", at + LEN))
+            .unwrap();
+        // SAFETY: the mapping made above, which nothing else uses.
+        assert_eq!(unsafe { libc::munmap(at as *mut libc::c_void, LEN) }, 0);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let scan = FdScan::scan(&[], 0, Default::default(), &[], Default::default()).unwrap();
+        let why = &scan.refused.iter().find(|r| r.fd == fd).unwrap().message;
+        assert!(
+            why.contains(
+                "shared anonymous memory (mmap MAP_SHARED | MAP_ANONYMOUS) open as a file"
+            ),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_namespace_descriptor_is_refused_as_one() {
