@@ -2755,3 +2755,60 @@ fn one_ctrl_c_is_one_sigint() {
         assert_eq!(count, "1", "{opts:?}: {seen:?}, {status:?}");
     }
 }
+
+/// A process at the root of a cgroup namespace of its own (zdtm's cgroupns) was accepted and
+/// came back reading the caller's cgroup paths (`/process_api/…` for `/`). It reads `/` again
+/// in every mode, restored from a cgroup of the test's own; a launcher without CAP_SYS_ADMIN
+/// refuses it in host mode, by name; a thread alone in another cgroup namespace is refused.
+#[test]
+fn a_process_at_the_root_of_its_own_cgroup_namespace_reads_its_root_again() {
+    if !is_root() {
+        eprintln!("skipped: unshare(CLONE_NEWCGROUP) needs root");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-cgroupns", "c.thaw", &[]);
+    assert!(env.manifest(&img).cgroupns.at_root);
+    let name = format!("thaw-test-cgns-{}", std::process::id());
+    let dir = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+        .iter()
+        .map(|b| std::path::Path::new(b).join(&name))
+        .find(|d| std::fs::create_dir(d).is_ok())
+        .expect("a cgroup of the test's own");
+    let checks = [
+        "before the checkpoint it read / for each cgroup",
+        "after restore it reads / for each cgroup again",
+    ];
+    for opts in every_mode() {
+        let mut c = env.restore_cmd(&img, opts, &[]);
+        enter_cgroup(&mut c, &dir);
+        assert_all_ok(&c.output().unwrap(), &checks);
+    }
+    // Root without CAP_SYS_ADMIN (CAP_CHECKPOINT_RESTORE kept: host mode is allowed; the
+    // image's capabilities not given back: --as-caller).
+    let mut c = command(std::path::Path::new("/usr/bin/setpriv"));
+    c.args([
+        "--inh-caps",
+        "-sys_admin",
+        "--bounding-set",
+        "-sys_admin",
+        "--",
+    ])
+    .arg(env.program("thaw"))
+    .args(
+        env.restore_cmd(&img, &["--pid-mode", "host", "--as-caller"], &[])
+            .get_args(),
+    );
+    enter_cgroup(&mut c, &dir);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        text(&o).contains("root of a cgroup namespace of its own")
+            && text(&o).contains("CAP_SYS_ADMIN"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_dir(&dir);
+    let out = env.refused("zdtm-cgroupns", "t.thaw", &["thread"]);
+    assert!(out.contains("another cgroup namespace"), "{out}");
+}

@@ -342,6 +342,7 @@ impl Checkpoint {
             }
         };
         unsupported.extend(state::process::refusals());
+        unsupported.extend(state::cgroupns::refusals());
         let (zombies, refused) = state::children::dump(self.leave_children_out);
         unsupported.extend(refused);
         unsupported.extend(state::creds::refusals());
@@ -863,6 +864,7 @@ impl Checkpoint {
         };
         m.platform = state::platform::Platform::current().map_err(io("reading the platform"))?;
         m.namespaces = state::namespaces::Namespaces::current();
+        m.cgroupns = state::cgroupns::CgroupNs::current();
         m.mounts = state::mounts::Mounts::current();
         m.zombies = c.zombies.clone();
         m.process = state::process::Process::dump(

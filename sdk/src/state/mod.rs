@@ -5,6 +5,7 @@
 //! been checked). Any change to a serialized type changes the encoding and therefore bumps
 //! [`crate::image::FORMAT_VERSION`].
 
+pub mod cgroupns;
 pub mod children;
 pub mod clocks;
 pub mod creds;
@@ -71,6 +72,8 @@ pub struct Manifest {
     pub posix_timers: Vec<posix_timers::PosixTimer>,
     /// The network and UTS namespaces it ran in (see [`namespaces`]).
     pub namespaces: namespaces::Namespaces,
+    /// Whether it was at the root of its cgroup namespace (see [`cgroupns`]).
+    pub cgroupns: cgroupns::CgroupNs,
     /// The mounts it had of its own (see [`mounts`]).
     pub mounts: mounts::Mounts,
     /// Children that had ended and were not waited for yet: made again at restore.
