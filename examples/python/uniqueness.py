@@ -6,6 +6,7 @@
 """
 
 import json
+import multiprocessing.util
 import os
 import random
 import signal
@@ -61,6 +62,9 @@ def draw(np):
         "tempfile": next(tempfile._get_candidate_names()),
         "uuid4": str(uuid.uuid4()),
         "uuid1_clock_seq": [uuid.uuid1().clock_seq for _ in range(4)],
+        # multiprocessing's directory for its sockets (a Manager's, a Listener's): the first
+        # restore to end removed the image's one, which later restores' Managers bound in.
+        "mp_tempdir": multiprocessing.util.get_temp_dir(),
     }
 
 

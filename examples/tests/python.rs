@@ -228,7 +228,14 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
                 lib.starts_with(env.dir.path().to_str().unwrap()) && lib.contains("/thaw/_native/"),
                 "{lib}"
             );
-            for key in ["random", "numpy", "tempfile", "uuid4", "uuid1_clock_seq"] {
+            for key in [
+                "random",
+                "numpy",
+                "tempfile",
+                "uuid4",
+                "uuid1_clock_seq",
+                "mp_tempdir",
+            ] {
                 if key == "numpy" && !numpy {
                     assert!(r["now"][key].is_null());
                     continue;
@@ -267,7 +274,13 @@ fn served_instances_run_their_hooks_and_reseed() {
         assert_eq!(r["restored"], true, "{r}");
         assert_eq!(r["args"], serde_json::json!(["one", "two words"]), "{r}");
         assert_eq!(r["hooks"], hooks_in_order(), "{r}");
-        for key in ["random", "tempfile", "uuid4", "uuid1_clock_seq"] {
+        for key in [
+            "random",
+            "tempfile",
+            "uuid4",
+            "uuid1_clock_seq",
+            "mp_tempdir",
+        ] {
             assert_ne!(r["now"][key], r["first"][key], "{key}: {r}");
             for other in &seen {
                 assert_ne!(r["now"][key], other["now"][key], "{key}: {r} / {other}");

@@ -373,6 +373,9 @@ def reseed() -> List[str]:
       ``os.urandom`` on every call and need nothing.
     - ``tempfile``: its name generator (it reseeds only when the PID changes, and a restore
       keeps the PID).
+    - ``multiprocessing``: its directory for sockets (``pymp-*``, a Manager's or a Listener's),
+      made before the checkpoint, is forgotten: the first restore to end would remove it under
+      every later one. Each restore makes its own, removed at its exit.
     - ``uuid``: ``uuid1`` no longer goes through libuuid (whose clock sequence lives in this
       process's memory) but through the module's own code, which draws a clock sequence from
       the reseeded ``random``; a random (not hardware) node is drawn again.
@@ -392,6 +395,20 @@ def reseed() -> List[str]:
     if tempfile is not None and hasattr(tempfile, "_name_sequence"):
         tempfile._name_sequence = None  # type: ignore[attr-defined]
         done.append("tempfile")
+    mp_process = mods.get("multiprocessing.process")
+    config = getattr(mp_process.current_process(), "_config", None) if mp_process else None
+    if isinstance(config, dict) and config.get("tempdir") is not None:
+        # multiprocessing's directory for its sockets (pymp-XXXX), made before the checkpoint:
+        # the first restore to end removes it (a finalizer), and every later restore's Manager,
+        # Listener or forkserver would bind in a directory that is gone. Each restore makes its
+        # own, removed at its exit; the image's is left alone.
+        old = config.pop("tempdir")
+        util = mods.get("multiprocessing.util")
+        registry = getattr(util, "_finalizer_registry", None) or {}
+        for fin in list(registry.values()):
+            if old in (getattr(fin, "_args", None) or ()):
+                fin.cancel()
+        done.append("multiprocessing")
     uuid = mods.get("uuid")
     if uuid is not None:
         if getattr(uuid, "_generate_time_safe", None) is not None:
