@@ -1386,7 +1386,7 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
     let d = dir.path().to_str().unwrap();
     let img = env.checkpoint("zdtm-deleted", "d.thaw", &[d]);
     let m = env.manifest(&img);
-    assert_eq!(m.shared.iter().filter(|o| o.file.is_some()).count(), 4);
+    assert_eq!(m.shared.iter().filter(|o| o.file.is_some()).count(), 5);
     for opts in every_mode() {
         // In ns mode the process's files are on the mounts of the launcher's mount namespace,
         // not its own copy of them: linkat across them answers EXDEV.
@@ -1410,6 +1410,7 @@ fn files_deleted_while_open_or_mapped_are_kept_and_created_again_unlinked() {
                 "the deleted working directory, deleted again",
                 "an unnamed (O_TMPFILE) file keeps its contents and can be given a name",
                 "a directory removed while open comes back open, removed, with its mode",
+                "a file deleted with its directory keeps its contents, offset and mapping",
             ],
         );
         // Nothing is left in the directory: every file is unlinked again.

@@ -37,6 +37,23 @@ fn map(f: &std::fs::File, flags: i32) -> *mut u8 {
     p.cast()
 }
 
+/// A private, read-only and executable mapping of LEN bytes of a file, as a loaded library's.
+fn map_read(f: &std::fs::File) -> *const u8 {
+    // SAFETY: maps LEN bytes of a file of at least that size where the kernel chooses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p.cast()
+}
+
 fn main() {
     let (_, _, extra) = common::argv();
     let dir = std::path::PathBuf::from(&extra[0]);
@@ -108,6 +125,18 @@ fn main() {
     }
     std::fs::remove_dir(&gone_dir).unwrap();
 
+    // A file open and mapped in a directory removed with it (a temporary directory cleaned up
+    // after an extracted library was loaded): nothing can be made where it was.
+    let gone_parent = dir.join("gone-parent");
+    std::fs::create_dir(&gone_parent).unwrap();
+    let in_gone = gone_parent.join("inside.so");
+    std::fs::write(&in_gone, &data).unwrap();
+    let mut orphan = std::fs::File::open(&in_gone).unwrap();
+    orphan.seek(SeekFrom::Start(99)).unwrap();
+    let orphan_map = map_read(&orphan);
+    std::fs::remove_file(&in_gone).unwrap();
+    std::fs::remove_dir(&gone_parent).unwrap();
+
     // An unnamed file (O_TMPFILE), written, to be given a name with linkat after restore.
     let unnamed = std::fs::OpenOptions::new()
         .read(true)
@@ -158,6 +187,15 @@ fn main() {
         format!("linked {linked}: {err}"),
     );
     let _ = std::fs::remove_file(&published);
+    let mut orphan_rest = Vec::new();
+    orphan.read_to_end(&mut orphan_rest).unwrap();
+    // SAFETY: reads inside our own mapping of LEN bytes.
+    let orphan_mapped = unsafe { (0..LEN).all(|i| *orphan_map.add(i) == pattern(i)) };
+    ck.check(
+        "a file deleted with its directory keeps its contents, offset and mapping",
+        orphan_rest == data[99..] && orphan_mapped && !gone_parent.exists(),
+        format!("{} bytes, mapping {orphan_mapped}", orphan_rest.len()),
+    );
     let name = std::fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
     ck.check(
         "deleted file shown as deleted, at its path",

@@ -378,13 +378,34 @@ pub fn create(file: &DeletedFile) -> Result<OwnedFd, String> {
                 .map_err(|e| format!("deleted file {}: cannot unlink it again: {e}", file.path))?;
             f
         }
-        Err(_) => open(dir, libc::O_TMPFILE).map_err(|e| {
-            format!(
-                "deleted file {}: cannot create it again in {}: {e}",
-                file.path,
-                dir.display()
-            )
-        })?,
+        Err(_) => match open(dir, libc::O_TMPFILE) {
+            Ok(f) => f,
+            // Its directory was removed too (a temporary directory cleaned up while the file was
+            // open or mapped: an extracted native library, a TemporaryFile in it): nothing can
+            // be made there, and nothing could be given a name there either. An unnamed file
+            // keeps its contents, offset, locks and shared pages the same; only /proc names it
+            // otherwise.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                std::fs::File::from(
+                    crate::sys::memfd_create(
+                        path.file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or_default(),
+                        false,
+                    )
+                    .map_err(|e| {
+                        format!("deleted file {}: cannot create it again: {e}", file.path)
+                    })?,
+                )
+            }
+            Err(e) => {
+                return Err(format!(
+                    "deleted file {}: cannot create it again in {}: {e}",
+                    file.path,
+                    dir.display()
+                ))
+            }
+        },
     };
     // The mode as it was, whatever the umask.
     f.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
