@@ -412,6 +412,55 @@ fn errors_waiting_on_sockets_come_back_or_are_refused_by_name() {
     assert!(!env.path("q.thaw").exists() && !env.path("u.thaw").exists());
 }
 
+/// A connection to a server process that has ended since (a multiprocessing Manager shut down
+/// while a proxy was kept): refused for its peer credentials, the server's, but said to be a
+/// dead connection, not a pair "made by another process and passed over" (which it was called).
+#[test]
+fn a_connection_whose_server_ended_is_refused_as_such() {
+    let env = Env::new();
+    let script = r#"
+import os, socket, sys, time, thaw
+path = sys.argv[3]
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    # The server listens itself: its connections' peer credentials are its own.
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+    os.write(w, b"up")
+    c, _ = srv.accept()
+    c.recv(1)
+    os._exit(0)
+os.read(r, 2)
+c = socket.socket(socket.AF_UNIX)
+c.connect(path)
+c.send(b"x")
+os.waitpid(pid, 0)
+try:
+    thaw.checkpoint(sys.argv[1], key=sys.argv[2])
+    print("accepted")
+except thaw.UnsupportedStateError as e:
+    print("refused", f"other end was closed, by process {pid} " in str(e), "passed over" in str(e))
+"#;
+    let img = env.path("dead.thaw");
+    let o = python_with_thaw()
+        .args(["-c", script])
+        .arg(&img)
+        .arg(&env.key)
+        .arg(env.path("dead.sock"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "refused True False\n",
+        "{}",
+        text(&o)
+    );
+    assert!(!img.exists());
+}
+
 /// A socket pair a child made (with other ids) and passed over: its peer credentials
 /// (SO_PEERCRED) are the child's, and a pair made again at restore would give the process's own
 /// (CRIU's sock_peercred came back with them wrong). Refused by name; the first life goes on.

@@ -837,7 +837,7 @@ pub(crate) fn classify(
                 if !peer_open && !widowed && shutdown != RCV_SHUTDOWN | SEND_SHUTDOWN {
                     return refuse("AF_UNIX socket that is not connected".to_owned());
                 }
-                if let Some(why) = foreign_peer_credentials(fd) {
+                if let Some(why) = foreign_peer_credentials(fd, peer_open || widowed) {
                     return refuse(why);
                 }
                 // A stream end whose other end closed with bytes unread (ECONNRESET: the one
@@ -1613,7 +1613,9 @@ fn accept_again(l: &Listener, fd: &OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd
 /// whoever made the pair, as `socketpair` or `connect` recorded them) are not this process's
 /// own now: made by a child and passed over (CRIU's sock_peercred), or before the process
 /// changed its ids. Made again at restore, the pair would give the restored process's own.
-fn foreign_peer_credentials(fd: i32) -> Option<String> {
+/// `paired`: the other end is open here (or a datagram pair's end whose other end closed); else
+/// the other end was closed, most likely by a server that has ended since it accepted.
+fn foreign_peer_credentials(fd: i32, paired: bool) -> Option<String> {
     let mut cred = [0u8; 12];
     let n = crate::sys::getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred).ok()?;
     if n < 12 {
@@ -1628,10 +1630,16 @@ fn foreign_peer_credentials(fd: i32) -> Option<String> {
     );
     // (PID 0: no credentials recorded.)
     (pid != 0 && (pid, uid, gid) != mine).then(|| {
-        format!(
-            "its peer credentials (SO_PEERCRED: PID {pid}, uid {uid}, gid {gid}) are not this process's (PID {}, uid {}, gid {}): the pair was made by another process (a child) and passed over, or before the process changed its ids; made again at restore it would give the process's own, so make it again after restore",
-            mine.0, mine.1, mine.2
-        )
+        if paired {
+            format!(
+                "its peer credentials (SO_PEERCRED: PID {pid}, uid {uid}, gid {gid}) are not this process's (PID {}, uid {}, gid {}): the pair was made by another process (a child) and passed over, or before the process changed its ids; made again at restore it would give the process's own, so make it again after restore",
+                mine.0, mine.1, mine.2
+            )
+        } else {
+            format!(
+                "a connection whose other end was closed, by process {pid} (uid {uid}, gid {gid}; SO_PEERCRED): most likely a server that has ended since (a Python multiprocessing Manager shut down while one of its proxies was kept); it only reads end of file and its writes fail; made again at restore its peer credentials would be the process's own: close it before the checkpoint, or leave it out (after restore it is the same dead end)"
+            )
+        }
     })
 }
 
