@@ -391,6 +391,48 @@ fn native_prng_reads_afresh_after_a_restore() {
     differs_per_restore(&env, &img, "buffered after 0 ");
 }
 
+/// The JDK's seeders of DRBG and SHA1PRNG, seeded in the first life, are reseeded after every
+/// restore: a `SecureRandom.getInstance("DRBG")` or `("SHA1PRNG")` made after the restore, and
+/// `UUID.randomUUID()` and a `KeyGenerator`'s key where DRBG is the default
+/// (`-Djava.security.egd=file:/dev/./urandom`), each differ from one restore to the next (they
+/// were the same in every restore).
+#[test]
+fn drbg_and_sha1prng_seeded_in_the_first_life_differ_per_restore() {
+    let env = Env::new();
+    let cp = build(&env, &[root().join("examples/tests/java/SeededPrng.java")]);
+    let img = env.path("seeded.thaw");
+    let o = java(
+        &cp,
+        &["-Djava.security.egd=file:/dev/./urandom"],
+        "SeededPrng",
+        &[img.to_str().unwrap(), env.key.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let first = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(first.trim(), "default DRBG", "{}", text(&o));
+    let values = |o: &Output| -> Vec<String> {
+        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v: Vec<String> = out
+            .trim()
+            .strip_prefix("after 0 ")
+            .unwrap_or_else(|| panic!("{}", text(o)))
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(v.len(), 4, "{}", text(o));
+        v
+    };
+    let a = values(&env.restore(&img, &[], &[]));
+    let b = values(&env.restore(&img, &[], &[]));
+    for (i, what) in ["new DRBG", "new SHA1PRNG", "UUID", "AES key"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(a[i], b[i], "{what}: the same in two restores");
+    }
+}
+
 /// A SIGTERM another process sends while the program's own before-checkpoint work runs (inside
 /// `Thaw.holdSignals()`): the first life's shutdown hooks run on it once the checkpoint returns
 /// (exit 143), and each restore goes on without it.

@@ -120,6 +120,7 @@ static void math_random(JNIEnv *env, jclass c) { reseed_random_field(env, c, "ra
 static void random_uniquifier(JNIEnv *env, jclass c) { reseed_atomic_long(env, c, "seedUniquifier"); }
 static void default_gen(JNIEnv *env, jclass c) { reseed_atomic_long(env, c, "defaultGen"); }
 static void collections_r(JNIEnv *env, jclass c) { reseed_random_field(env, c, "r"); }
+static void random_field(JNIEnv *env, jclass c) { reseed_random_field(env, c, "random"); }
 static void tlr_seeder(JNIEnv *env, jclass c) {
     reseed_atomic_long(env, c, "seeder");
     jfieldID f = (*env)->GetStaticFieldID(env, c, "probeGenerator", "Ljava/util/concurrent/atomic/AtomicInteger;");
@@ -156,7 +157,106 @@ static void native_prng(JNIEnv *env, jclass c) {
     (*env)->DeleteLocalRef(env, io);
 }
 
+/* 32 fresh bytes as a Java byte[] (NULL, an exception pending, if it cannot be made). */
+static jbyteArray fresh_bytes(JNIEnv *env) {
+    jbyte b[32];
+    for (size_t i = 0; i < sizeof b; i += sizeof(int64_t)) {
+        int64_t v = fresh64();
+        memcpy(b + i, &v, sizeof v);
+    }
+    jbyteArray a = (*env)->NewByteArray(env, (jsize)sizeof b);
+    if (a) (*env)->SetByteArrayRegion(env, a, 0, (jsize)sizeof b, b);
+    return a;
+}
+
+/* engineSetSeed(fresh bytes) on a SecureRandomSpi of the JDK's own: a DRBG (AbstractDrbg or the
+ * DRBG that wraps one) takes them as the entropy input of a reseed, a SHA1PRNG mixes them into
+ * its state. */
+static void set_seed_spi(JNIEnv *env, jobject spi) {
+    jclass c = (*env)->GetObjectClass(env, spi);
+    jmethodID m = c ? (*env)->GetMethodID(env, c, "engineSetSeed", "([B)V") : NULL;
+    jbyteArray b = (!failed(env) && m) ? fresh_bytes(env) : NULL;
+    if (!failed(env) && b) (*env)->CallVoidMethod(env, spi, m, b);
+    failed(env);
+}
+
+/* DRBG and SHA1PRNG instances made with the default constructor draw their seed from a static
+ * seeder generator, seeded once from the system's entropy at its first use: seeded in the first
+ * life, it gave every restore the same seeds, and so the same output to a SecureRandom made
+ * after the restore (SecureRandom.getInstance("DRBG") or "SHA1PRNG"; new SecureRandom() and
+ * UUID.randomUUID() where DRBG is the default, as -Djava.security.egd=file:/dev/./urandom makes
+ * it). The DRBG's seeder is an EntropySource lambda over a HashDrbg (its captured arg$1). */
+static void drbg_seeder(JNIEnv *env, jclass c) {
+    jfieldID f = (*env)->GetStaticFieldID(env, c, "seeder", "Lsun/security/provider/EntropySource;");
+    if (failed(env) || !f) return;
+    jobject es = (*env)->GetStaticObjectField(env, c, f);
+    if (!es) return;
+    jclass lc = (*env)->GetObjectClass(env, es);
+    jfieldID arg = lc ? (*env)->GetFieldID(env, lc, "arg$1", "Lsun/security/provider/HashDrbg;") : NULL;
+    jobject drbg = (!failed(env) && arg) ? (*env)->GetObjectField(env, es, arg) : NULL;
+    if (!failed(env) && drbg) set_seed_spi(env, drbg);
+}
+
+static void sha1_seeder(JNIEnv *env, jclass c) {
+    jfieldID f = (*env)->GetStaticFieldID(env, c, "seeder", "Lsun/security/provider/SecureRandom;");
+    if (failed(env) || !f) return;
+    jobject seeder = (*env)->GetStaticObjectField(env, c, f);
+    if (seeder) set_seed_spi(env, seeder);
+}
+
+/* A java.security.SecureRandom the JDK keeps in static `field` of `cls`, if it is a DRBG or a
+ * SHA1PRNG (seeded in the first life, it repeats its sequence in every restore; a NativePRNG
+ * reads the kernel's and is emptied above): fresh bytes mixed in with setSeed. */
+static void reseed_secure_random_field(JNIEnv *env, jclass cls, const char *field) {
+    jfieldID f = (*env)->GetStaticFieldID(env, cls, field, "Ljava/security/SecureRandom;");
+    if (failed(env) || !f) return;
+    jobject r = (*env)->GetStaticObjectField(env, cls, f);
+    if (!r) return;
+    jclass rc = (*env)->GetObjectClass(env, r);
+    jmethodID alg = rc ? (*env)->GetMethodID(env, rc, "getAlgorithm", "()Ljava/lang/String;") : NULL;
+    jmethodID set_seed = alg ? (*env)->GetMethodID(env, rc, "setSeed", "([B)V") : NULL;
+    jstring name = (!failed(env) && set_seed) ? (jstring)(*env)->CallObjectMethod(env, r, alg) : NULL;
+    const char *s = (!failed(env) && name) ? (*env)->GetStringUTFChars(env, name, NULL) : NULL;
+    if (!s) {
+        failed(env);
+        return;
+    }
+    int ours = strcmp(s, "DRBG") == 0 || strcmp(s, "SHA1PRNG") == 0;
+    (*env)->ReleaseStringUTFChars(env, name, s);
+    jbyteArray b = ours ? fresh_bytes(env) : NULL;
+    if (!failed(env) && b) (*env)->CallVoidMethod(env, r, set_seed, b);
+    failed(env);
+}
+
+#define HOLDER(fn, field) \
+    static void fn(JNIEnv *env, jclass c) { reseed_secure_random_field(env, c, field); }
+HOLDER(uuid_holder, "numberGenerator")
+HOLDER(jca_default, "def")
+HOLDER(jca_cached, "instance")
+HOLDER(sunjce_holder, "RANDOM")
+HOLDER(seed_generator, "seedGenerator")
+HOLDER(static_random, "random")
+HOLDER(rmi_objid, "secureRandom")
+HOLDER(krb5_confounder, "srand")
+
 static const struct seeded SEEDED[] = {
+    /* The seeders first: a reseeded DRBG below draws from the DRBG seeder. */
+    {"sun.security.provider.AbstractDrbg$SeederHolder", drbg_seeder},
+    {"sun.security.provider.SecureRandom$SeederHolder", sha1_seeder},
+    /* Every static SecureRandom of the JDK's modules (java.base, java.net.http, java.rmi,
+     * java.security.jgss, jdk.naming.dns): UUIDs, keys and IVs, getSeed(), temporary file names,
+     * WebSocket keys, RMI object ids, Kerberos confounders, DNS query ids. */
+    {"java.util.UUID$Holder", uuid_holder},
+    {"sun.security.jca.JCAUtil", jca_default},
+    {"sun.security.jca.JCAUtil$CachedSecureRandomHolder", jca_cached},
+    {"com.sun.crypto.provider.SunJCE$SecureRandomHolder", sunjce_holder},
+    {"java.security.SecureRandom", seed_generator},
+    {"java.io.File$TempDirectory", static_random},
+    {"java.nio.file.TempFileHelper", static_random},
+    {"jdk.internal.net.http.websocket.OpeningHandshake", static_random},
+    {"com.sun.jndi.dns.DnsClient", static_random},
+    {"java.rmi.server.ObjID", rmi_objid},
+    {"sun.security.krb5.Confounder", krb5_confounder},
     {"sun.security.provider.NativePRNG", native_prng},
     {"sun.security.provider.NativePRNG$Blocking", native_prng},
     {"sun.security.provider.NativePRNG$NonBlocking", native_prng},
@@ -166,6 +266,11 @@ static const struct seeded SEEDED[] = {
     {"java.util.concurrent.ThreadLocalRandom", tlr_seeder},
     {"java.util.SplittableRandom", default_gen},
     {"java.util.Collections", collections_r},
+    /* The JDK's other static java.util.Random: HTTP digest authentication's client nonces,
+     * the choice among DNS SRV records (LDAP, Kerberos). */
+    {"sun.net.www.protocol.http.DigestAuthentication$Parameters", random_field},
+    {"com.sun.jndi.ldap.ServiceLocator", random_field},
+    {"sun.security.krb5.KrbServiceLocator", random_field},
     {"jdk.random.L32X64MixRandom", default_gen},
     {"jdk.random.L64X128MixRandom", default_gen},
     {"jdk.random.L64X128StarStarRandom", default_gen},
