@@ -453,3 +453,50 @@ fn a_uvloop_server_is_restored_in_every_mode() {
         }
     }
 }
+
+/// CPython makes stdout line-buffered at start exactly when it is a terminal. A program
+/// checkpointed with stdout on a pipe and restored onto a terminal kept it block-buffered (a
+/// line printed before a wait appeared only at exit); the package applies the rule again to the
+/// stdout a restore is given, and leaves a program's own choice alone.
+#[test]
+fn stdout_is_line_buffered_after_restore_exactly_when_it_is_a_terminal() {
+    const SCRIPT: &str = r#"
+import sys, thaw
+if sys.argv[3] == "chosen":
+    sys.stdout.reconfigure(line_buffering=True)
+out = thaw.checkpoint(sys.argv[1], key=sys.argv[2])
+print("tty", sys.stdout.isatty(), "line_buffering", sys.stdout.line_buffering, file=sys.stderr)
+"#;
+    let env = Env::new();
+    for (how, on_tty, on_pipe) in [("default", "True", "False"), ("chosen", "True", "True")] {
+        let img = env.path(&format!("{how}.thaw"));
+        // (PYTHONUNBUFFERED writes through: no buffering to choose.)
+        let o = python_with_thaw()
+            .env_remove("PYTHONUNBUFFERED")
+            .args(["-c", SCRIPT])
+            .arg(&img)
+            .arg(&env.key)
+            .arg(how)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let (_master, slave) = pty();
+        let o = env
+            .restore_cmd(&img, &[], &[])
+            .stdout(slave)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).trim(),
+            format!("tty True line_buffering {on_tty}"),
+            "{how}, on a terminal"
+        );
+        let o = env.restore(&img, &[], &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).trim(),
+            format!("tty False line_buffering {on_pipe}"),
+            "{how}, on a pipe"
+        );
+    }
+}

@@ -363,6 +363,34 @@ def _name(fn: object) -> str:
 # Reseeding
 
 
+def _stdout_rule() -> Optional[bool]:
+    """Whether ``sys.stdout`` is line-buffered by CPython's rule at start (line-buffered exactly
+    when it is a terminal, and not written through: ``-u``), so that a restore applies the rule
+    again to the stdout it is given; ``None`` where the program chose otherwise."""
+    out = sys.stdout
+    try:
+        if out is None or out.write_through or out.fileno() != 1:
+            return None
+        tty = os.isatty(1)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return tty if out.line_buffering == tty else None
+
+
+def _stdout_again(rule: Optional[bool]) -> None:
+    """After a restore: stdout line-buffered exactly when it is a terminal now, as CPython would
+    have made it at start (restored onto a terminal from a pipe, a line printed before a wait
+    appeared only at exit)."""
+    if rule is None:
+        return
+    tty = os.isatty(1)
+    if tty != rule:
+        try:
+            sys.stdout.reconfigure(line_buffering=tty)  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            pass
+
+
 def reseed() -> List[str]:
     """Reseed the interpreter's own generators, as :func:`checkpoint` does after every restore
     before any after-restore hook; returns what it reseeded. Only modules already imported are
@@ -543,10 +571,12 @@ def checkpoint(
             flags = (EXIT_AFTER_SAVE if exit_after_save else 0) | (
                 LEAVE_CHILDREN_OUT if leave_children_out else 0
             )
+            stdout_rule = _stdout_rule()
             r = lib.thaw_checkpoint(image_b, key_b, flags)
             outcome: Optional[Outcome] = None
             failure: Optional[ThawError] = None
             if r == RESTORED:
+                _stdout_again(stdout_rule)
                 if reseed_after_restore:
                     reseed()
                 args = [
