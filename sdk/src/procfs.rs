@@ -26,6 +26,16 @@ pub fn read(pid: i32, name: &str) -> io::Result<String> {
 }
 
 /// The value of `Key:` in a status-like file, trimmed.
+/// The TIDs of this process's threads, as /proc/self/task lists them now (none if unreadable).
+pub fn own_tasks() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         l.strip_prefix(key)

@@ -62,12 +62,7 @@ pub(crate) fn refusals() -> Vec<String> {
         return Vec::new();
     };
     let mut why = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let tid = e.file_name().to_string_lossy().into_owned();
+    for tid in crate::procfs::own_tasks() {
         if ns(&tid).is_ok_and(|theirs| theirs != mine) {
             why.push(format!(
                 "thread {tid} is in another cgroup namespace than the process (it called unshare(CLONE_NEWCGROUP) alone): threads of one process are restored in one; unshare it in the main thread, before other threads start"

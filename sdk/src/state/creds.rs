@@ -99,12 +99,7 @@ pub(crate) fn refusals() -> Vec<String> {
         return Vec::new();
     };
     let mut why = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let tid = e.file_name().to_string_lossy().into_owned();
+    for tid in crate::procfs::own_tasks() {
         let Ok(theirs) = of(&tid) else { continue };
         let differ: Vec<String> = KEYS
             .iter()

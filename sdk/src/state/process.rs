@@ -467,12 +467,7 @@ pub(crate) fn refusals() -> Vec<String> {
     let cgroup = |t: &str| std::fs::read_to_string(format!("/proc/self/task/{t}/cgroup"));
     let me = crate::sys::getpid().to_string();
     if let Ok(mine) = cgroup(&me) {
-        for e in std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let tid = e.file_name().to_string_lossy().into_owned();
+        for tid in crate::procfs::own_tasks() {
             if let Ok(theirs) = cgroup(&tid) {
                 // An exiting thread leaves its cgroups before it is gone (PF_EXITING, set
                 // first, is read after): it is not in the image either way.
