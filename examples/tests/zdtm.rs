@@ -2618,6 +2618,39 @@ fn a_periodic_timer_whose_signal_waits_to_be_taken_goes_on() {
     }
 }
 
+/// One-shot timers (`alarm`, a POSIX timer, ITIMER_PROF) that came due after the checkpoint read
+/// the signal queues and before it read the timers read disarmed, their signals in queues the
+/// image does not hold: restored disarmed, they never fired (a probe: due 10 ms into a checkpoint
+/// copying 64 MiB of shared memory, every time), and a periodic POSIX timer came an interval
+/// late. Each is restored due at once, in every mode.
+#[test]
+fn a_one_shot_timer_due_while_the_queues_were_read_fires() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-timer-late", "l.thaw", &[]);
+    let m = env.manifest(&img);
+    assert_eq!(m.timers.real.value_us, 1, "{:?}", m.timers);
+    assert_eq!(m.timers.prof.value_us, 1, "{:?}", m.timers);
+    let mut posix: Vec<(u64, u64)> = m
+        .posix_timers
+        .iter()
+        .map(|t| (t.value_ns, t.interval_ns))
+        .collect();
+    posix.sort();
+    assert_eq!(posix, [(1, 0), (1, 10_000_000_000)]);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "alarm: its SIGALRM comes",
+                "POSIX timer: its signal comes",
+                "ITIMER_PROF: its SIGPROF comes",
+                "periodic POSIX timer: its signal comes, not an interval later",
+            ],
+        );
+    }
+}
+
 /// A timer that came due while the process was away signals the main thread, which has the
 /// handler, as the kernel would: a Perl probe (ithreads: each thread an interpreter of its own)
 /// exited with status 14 after every restore, its SIGALRM taken by a thread without a handler

@@ -617,8 +617,12 @@ pub struct Capture {
     pub maps_len: AtomicI64,
     /// Interval timers ([interval, value] µs of REAL, VIRTUAL, PROF) at the snapshot.
     pub itimers: [[AtomicU64; 2]; 3],
-    /// POSIX timers, and [value, interval] in ns as the handler read them.
-    pub posix_timers: Vec<(crate::state::posix_timers::PosixTimer, [AtomicU64; 2])>,
+    /// POSIX timers, and [value, interval] in ns as the handler read them, then the value read
+    /// before any thread was stopped (see `state::posix_timers::as_restored`).
+    pub posix_timers: Vec<(crate::state::posix_timers::PosixTimer, [AtomicU64; 3])>,
+    /// Whether each interval timer (REAL, VIRTUAL, PROF) was armed before any thread was
+    /// stopped, and so before any signal queue was read (see `state::timers::as_restored`).
+    pub itimers_armed_before: [bool; 3],
     /// Raw fork result: the frozen child's pid, or a negative errno.
     pub child: AtomicI64,
     /// Set by the calling thread when the process changed since it was listed ([`THREAD_STARTED`],
@@ -740,6 +744,7 @@ impl Capture {
             clocks: Default::default(),
             itimers: Default::default(),
             posix_timers: Vec::new(),
+            itimers_armed_before: [false; 3],
             dontfork: Vec::new(),
             maps_fd: None,
             maps_buf: None,
@@ -1044,6 +1049,33 @@ fn signal_parked_for_tests() {
     let v = SIGNAL_PARKED_FOR_TESTS.swap(0, Ordering::AcqRel);
     if v != 0 {
         let _ = sys::tgkill_self((v >> 8) as i32, (v & 0xff) as i32);
+    }
+}
+
+/// Debug builds only: microseconds the caller's handler waits before it reads the timers (see
+/// `arm_late_timers_for_tests`), as a large copy of shared memory may take.
+static LATE_TIMERS_FOR_TESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Debug builds only: `THAW_TEST_LATE_TIMERS=US` makes the checkpoint's handler read the
+/// timers US microseconds after the signal queues (a test of a timer that comes due in
+/// between). Read before the threads stop (it allocates).
+pub(crate) fn arm_late_timers_for_tests() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let us = std::env::var("THAW_TEST_LATE_TIMERS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    LATE_TIMERS_FOR_TESTS.store(us, Ordering::Release);
+}
+
+/// The caller's handler: waits as armed. Async-signal-safe.
+fn late_timers_for_tests() {
+    let us = LATE_TIMERS_FOR_TESTS.load(Ordering::Acquire);
+    if us != 0 {
+        let until = sys::clock_ns(libc::CLOCK_MONOTONIC) + us * 1000;
+        while sys::clock_ns(libc::CLOCK_MONOTONIC) < until {}
     }
 }
 
@@ -1398,21 +1430,50 @@ fn handle(call: &mut HandlerCall) {
     for o in &c.shm {
         o.copy(mem);
     }
+    late_timers_for_tests();
+    // The timers are read last, after the signal queues (each thread's, in its handler): a
+    // timer that came due in between reads disarmed while its signal waits in a queue the
+    // image does not hold; it is kept due at once.
     for (t, slot) in &c.posix_timers {
-        let (value, interval) = crate::state::posix_timers::read(t.id);
+        let read = crate::state::posix_timers::read(t.id);
+        let before = slot[2].load(Ordering::Relaxed);
+        let (value, interval) = crate::state::posix_timers::as_restored(read, before, || {
+            let bit = 1u64 << (t.signo - 1);
+            let waits = match t.queue() {
+                None => false,
+                Some(0) => sys::pending_sets().is_some_and(|(_, process)| process & bit != 0),
+                Some(tid) => sys::thread_pending(tid).is_some_and(|p| p & bit != 0),
+            };
+            // One the queues held is refused (or the checkpoint starts again) already.
+            waits
+                && !c
+                    .threads
+                    .iter()
+                    .any(|t| t.pending.load(Ordering::Relaxed) & bit != 0)
+        });
         slot[0].store(value, Ordering::Relaxed);
         slot[1].store(interval, Ordering::Relaxed);
     }
     let mut timers = crate::state::timers::read();
+    // Whether `sig` waits in the process's queue. (Taken for the image too, it is queued once
+    // more at restore: to the same thread, where it merges.)
+    let waits = |sig: i32| {
+        let bit = 1u64 << (sig - 1);
+        sys::pending_sets().is_some_and(|(_, process)| process & bit != 0)
+    };
     // ITIMER_REAL, as the image keeps it (its SIGALRM looked for only where that matters).
     timers[0] = crate::state::timers::as_restored(
         timers[0],
+        c.itimers_armed_before[0],
         crate::state::timers::settled_real_value,
-        || {
-            let alarm = 1u64 << (libc::SIGALRM - 1);
-            sys::pending_sets().is_some_and(|(_, process)| process & alarm != 0)
-        },
+        || waits(libc::SIGALRM),
     );
+    for (i, sig) in [(1, libc::SIGVTALRM), (2, libc::SIGPROF)] {
+        timers[i] =
+            crate::state::timers::cpu_as_restored(timers[i], c.itimers_armed_before[i], || {
+                waits(sig)
+            });
+    }
     for (slot, [interval, value]) in c.itimers.iter().zip(timers) {
         slot[0].store(interval, Ordering::Relaxed);
         slot[1].store(value, Ordering::Relaxed);
@@ -1601,6 +1662,13 @@ pub fn freeze(
     let old_mask = sys::sigprocmask(libc::SIG_SETMASK, Some(quiet))?;
     capture.caller_mask = old_mask;
     crate::checkpoint::pause_for_tests(b's');
+    // The timers before any thread is signalled, and so before any signal queue is read: one
+    // armed now that reads disarmed once the queues are read came due in between (`handle`).
+    // (A thread stopped through ptrace earlier has its queue refused, not read.)
+    capture.itimers_armed_before = crate::state::timers::read().map(|[_, value]| value != 0);
+    for (t, slot) in &capture.posix_timers {
+        slot[2].store(crate::state::posix_timers::read(t.id).0, Ordering::Relaxed);
+    }
     let restore_disposition = || {
         let _ = sys::sigprocmask(libc::SIG_SETMASK, Some(old_mask));
         let _ = sys::rt_sigaction(signal, Some(&old), None);

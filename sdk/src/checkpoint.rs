@@ -296,6 +296,7 @@ impl Checkpoint {
         UNRESPONSIVE_AGAIN.store(0, Ordering::Relaxed);
         OVER_LIMIT_AGAIN.store(0, Ordering::Relaxed);
         capture::arm_signal_parked_for_tests();
+        capture::arm_late_timers_for_tests();
         caller_can_checkpoint()?;
         unmap_leftover();
         run_hooks(&BEFORE).map_err(CheckpointError::Hook)?;
