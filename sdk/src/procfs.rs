@@ -25,7 +25,6 @@ pub fn read(pid: i32, name: &str) -> io::Result<String> {
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// The value of `Key:` in a status-like file, trimmed.
 /// The TIDs of this process's threads, as /proc/self/task lists them now (none if unreadable).
 pub fn own_tasks() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
@@ -36,6 +35,7 @@ pub fn own_tasks() -> Vec<String> {
         .collect()
 }
 
+/// The value of `Key:` in a status-like file, trimmed.
 pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         l.strip_prefix(key)
