@@ -395,7 +395,11 @@ fn native_prng_reads_afresh_after_a_restore() {
 /// restore: a `SecureRandom.getInstance("DRBG")` or `("SHA1PRNG")` made after the restore, and
 /// `UUID.randomUUID()` and a `KeyGenerator`'s key where DRBG is the default
 /// (`-Djava.security.egd=file:/dev/./urandom`), each differ from one restore to the next (they
-/// were the same in every restore).
+/// were the same in every restore). So do the DRBG, SHA1PRNG and default `SecureRandom` made and
+/// used in the first life and kept in the application's fields, and the client random of a TLS
+/// ClientHello from the first life's `SSLContext.getDefault()` (they repeated their sequence in
+/// every restore), while a SHA1PRNG made but not used in the first life and seeded after the
+/// restore gives that seed's sequence.
 #[test]
 fn drbg_and_sha1prng_seeded_in_the_first_life_differ_per_restore() {
     let env = Env::new();
@@ -420,17 +424,31 @@ fn drbg_and_sha1prng_seeded_in_the_first_life_differ_per_restore() {
             .split(' ')
             .map(str::to_owned)
             .collect();
-        assert_eq!(v.len(), 4, "{}", text(o));
+        assert_eq!(v.len(), 9, "{}", text(o));
         v
     };
     let a = values(&env.restore(&img, &[], &[]));
     let b = values(&env.restore(&img, &[], &[]));
-    for (i, what) in ["new DRBG", "new SHA1PRNG", "UUID", "AES key"]
-        .iter()
-        .enumerate()
+    for (i, what) in [
+        "new DRBG",
+        "new SHA1PRNG",
+        "UUID",
+        "AES key",
+        "kept DRBG",
+        "kept SHA1PRNG",
+        "kept new SecureRandom()",
+        "TLS client random",
+    ]
+    .iter()
+    .enumerate()
     {
         assert_ne!(a[i], b[i], "{what}: the same in two restores");
     }
+    assert_eq!(
+        (a[8].as_str(), b[8].as_str()),
+        ("true", "true"),
+        "a SHA1PRNG unused in the first life and seeded after the restore"
+    );
 }
 
 /// A SIGTERM another process sends while the program's own before-checkpoint work runs (inside

@@ -3,10 +3,12 @@
  * system's strong encapsulation, so no --add-opens is needed. Built by sdk/java/build.sh. */
 #include <errno.h>
 #include <jni.h>
+#include <jvmti.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -285,6 +287,19 @@ static const struct seeded SEEDED[] = {
 
 #define NSEEDED (sizeof SEEDED / sizeof SEEDED[0])
 
+/* The JDK's seeded SecureRandom engines: every DRBG (sun.security.provider.DRBG, the engine a
+ * java.security.SecureRandom wraps, around an AbstractDrbg: HashDrbg, HmacDrbg or CtrDrbg) and
+ * every SHA1PRNG. One made and used in the first life repeats its sequence in every restore,
+ * wherever it is kept: an application's field, a TLS SSLContext's (its ClientHello randoms and
+ * key shares), a session-id generator's pool. They are found by one walk of the heap before the
+ * checkpoint and reseeded after every restore through weak references: nothing but them is
+ * touched then. Neither class initialized, there is none and no walk. */
+static const char *const GENERATORS[] = {
+    "sun.security.provider.DRBG",
+    "sun.security.provider.SecureRandom",
+};
+#define NGENERATORS (sizeof GENERATORS / sizeof GENERATORS[0])
+
 /* Looked up in the first life, before the checkpoint: finding a class loads it, and class
  * loading after a restore is time on the restored process's critical path (the jdk.random
  * classes alone took about 15 ms here). Loading is not initialization: a class first initialized
@@ -294,7 +309,21 @@ static struct {
     jobject unsafe;
     jmethodID should_init;
     jclass seeded[NSEEDED];
+    jclass generators[NGENERATORS];
+    jclass spi;               /* java.security.SecureRandomSpi, what the walk reports */
+    jclass drbg_engine;       /* sun.security.provider.DRBG */
+    jfieldID drbg_impl;       /* its AbstractDrbg */
+    jclass drbg;              /* sun.security.provider.AbstractDrbg */
+    jfieldID drbg_ready;      /* its `instantiated`: false until its first use */
+    jmethodID drbg_set_seed;  /* its engineSetSeed: a reseed with the input as entropy */
+    jclass sha1prng;          /* sun.security.provider.SecureRandom */
+    jfieldID sha1prng_state;  /* its `state`: null until seeded */
+    jmethodID sha1prng_set_seed;
 } cache;
+
+/* The generators found before the latest checkpoint (weak: they may be collected since). */
+static jweak *found;
+static size_t nfound;
 
 static void prepare_locked(JNIEnv *env) {
     if (cache.ready) return;
@@ -326,6 +355,36 @@ static void prepare_locked(JNIEnv *env) {
         if (failed(env) || !c) continue;
         cache.seeded[i] = (jclass)(*env)->NewGlobalRef(env, c);
     }
+    for (size_t i = 0; i < NGENERATORS; i++) {
+        jstring name = (*env)->NewStringUTF(env, GENERATORS[i]);
+        jclass c = name ? (jclass)(*env)->CallStaticObjectMethod(env, class_cls, for_name, name, JNI_FALSE, loader) : NULL;
+        if (failed(env) || !c) continue;
+        cache.generators[i] = (jclass)(*env)->NewGlobalRef(env, c);
+    }
+    jclass spi = (*env)->FindClass(env, "java/security/SecureRandomSpi");
+    jclass engine = spi ? (*env)->FindClass(env, "sun/security/provider/DRBG") : NULL;
+    jfieldID impl = engine ? (*env)->GetFieldID(env, engine, "impl", "Lsun/security/provider/AbstractDrbg;") : NULL;
+    if (!failed(env) && impl) {
+        cache.spi = (jclass)(*env)->NewGlobalRef(env, spi);
+        cache.drbg_engine = (jclass)(*env)->NewGlobalRef(env, engine);
+        cache.drbg_impl = impl;
+    }
+    jclass drbg = (*env)->FindClass(env, "sun/security/provider/AbstractDrbg");
+    jfieldID ready = drbg ? (*env)->GetFieldID(env, drbg, "instantiated", "Z") : NULL;
+    jmethodID drbg_set_seed = ready ? (*env)->GetMethodID(env, drbg, "engineSetSeed", "([B)V") : NULL;
+    if (!failed(env) && drbg_set_seed) {
+        cache.drbg = (jclass)(*env)->NewGlobalRef(env, drbg);
+        cache.drbg_ready = ready;
+        cache.drbg_set_seed = drbg_set_seed;
+    }
+    jclass sha1 = (*env)->FindClass(env, "sun/security/provider/SecureRandom");
+    jfieldID state = sha1 ? (*env)->GetFieldID(env, sha1, "state", "[B") : NULL;
+    jmethodID sha1_set_seed = state ? (*env)->GetMethodID(env, sha1, "engineSetSeed", "([B)V") : NULL;
+    if (!failed(env) && sha1_set_seed) {
+        cache.sha1prng = (jclass)(*env)->NewGlobalRef(env, sha1);
+        cache.sha1prng_state = state;
+        cache.sha1prng_set_seed = sha1_set_seed;
+    }
     /* What reseed_threads and reseed_random_field use. */
     (*env)->FindClass(env, "java/lang/Thread");
     (*env)->FindClass(env, "java/util/Random");
@@ -340,6 +399,98 @@ static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static void prepare(JNIEnv *env) {
     pthread_mutex_lock(&cache_lock);
     prepare_locked(env);
+    pthread_mutex_unlock(&cache_lock);
+}
+
+#define GENERATOR_TAG 1
+
+static jvmtiIterationControl JNICALL tag_engine(jlong class_tag, jlong size, jlong *tag_ptr, void *data) {
+    (void)class_tag;
+    (void)size;
+    (void)data;
+    *tag_ptr = GENERATOR_TAG;
+    return JVMTI_ITERATION_CONTINUE;
+}
+
+/* Before the checkpoint: every DRBG and SHA1PRNG engine in the heap, in one walk (JVMTI's
+ * IterateOverInstancesOfClass over SecureRandomSpi: a subclass test per object in the VM, a call
+ * per engine), kept as weak references (a DRBG's as its AbstractDrbg). Without JVMTI (a JVM
+ * built without it) only the JDK's own static generators are reseeded. */
+static void find_generators_locked(JNIEnv *env) {
+    for (size_t i = 0; i < nfound; i++) (*env)->DeleteWeakGlobalRef(env, found[i]);
+    free(found);
+    found = NULL;
+    nfound = 0;
+    if (!cache.spi || !cache.drbg || !cache.sha1prng) return;
+    int any = 0;
+    for (size_t i = 0; i < NGENERATORS; i++) {
+        jclass c = cache.generators[i];
+        if (!c) continue;
+        jboolean pending = (*env)->CallBooleanMethod(env, cache.unsafe, cache.should_init, c);
+        if (!failed(env) && !pending) any = 1;
+    }
+    JavaVM *vm;
+    jvmtiEnv *ti;
+    if (!any || (*env)->GetJavaVM(env, &vm) != JNI_OK || (*vm)->GetEnv(vm, (void **)&ti, JVMTI_VERSION_1_2) != JNI_OK)
+        return;
+    jvmtiCapabilities caps;
+    memset(&caps, 0, sizeof caps);
+    caps.can_tag_objects = 1;
+    jlong tag = GENERATOR_TAG;
+    jint count = 0;
+    jobject *objects = NULL;
+    if ((*ti)->AddCapabilities(ti, &caps) == JVMTI_ERROR_NONE &&
+        (*ti)->IterateOverInstancesOfClass(ti, cache.spi, JVMTI_HEAP_OBJECT_EITHER, tag_engine, NULL) ==
+            JVMTI_ERROR_NONE &&
+        (*ti)->GetObjectsWithTags(ti, 1, &tag, &count, &objects, NULL) == JVMTI_ERROR_NONE && count > 0)
+        found = calloc((size_t)count, sizeof *found);
+    for (jint i = 0; i < count; i++) {
+        jobject g = objects[i];
+        if ((*env)->IsInstanceOf(env, g, cache.drbg_engine)) {
+            jobject impl = (*env)->GetObjectField(env, g, cache.drbg_impl);
+            (*env)->DeleteLocalRef(env, g);
+            g = impl;
+        } else if (!(*env)->IsInstanceOf(env, g, cache.sha1prng)) {
+            (*env)->DeleteLocalRef(env, g);
+            g = NULL;
+        }
+        jweak w = (found && g) ? (*env)->NewWeakGlobalRef(env, g) : NULL;
+        if (w) found[nfound++] = w;
+        if (g) (*env)->DeleteLocalRef(env, g);
+    }
+    if (objects) (*ti)->Deallocate(ti, (unsigned char *)objects);
+    failed(env);
+    /* Its tags (and their table) go with it. */
+    (*ti)->DisposeEnvironment(ti);
+}
+
+static void find_generators(JNIEnv *env) {
+    pthread_mutex_lock(&cache_lock);
+    if (cache.ready) find_generators_locked(env);
+    pthread_mutex_unlock(&cache_lock);
+}
+
+/* After a restore: fresh bytes into each generator found before the checkpoint that is still
+ * alive and was seeded (one never used seeds itself at its first use, from the reseeded seeders,
+ * or from what the application gives its setSeed: a SHA1PRNG seeded explicitly then gives that
+ * seed's sequence, as it would without a checkpoint). */
+static void reseed_generators(JNIEnv *env) {
+    pthread_mutex_lock(&cache_lock);
+    for (size_t i = 0; i < nfound; i++) {
+        if ((*env)->PushLocalFrame(env, 8) != 0) break;
+        /* Null once collected. */
+        jobject g = (*env)->NewLocalRef(env, found[i]);
+        jmethodID set_seed = NULL;
+        if (g && (*env)->IsInstanceOf(env, g, cache.drbg)) {
+            if ((*env)->GetBooleanField(env, g, cache.drbg_ready)) set_seed = cache.drbg_set_seed;
+        } else if (g && (*env)->GetObjectField(env, g, cache.sha1prng_state)) {
+            set_seed = cache.sha1prng_set_seed;
+        }
+        jbyteArray b = set_seed ? fresh_bytes(env) : NULL;
+        if (!failed(env) && b) (*env)->CallVoidMethod(env, g, set_seed, b);
+        failed(env);
+        (*env)->PopLocalFrame(env, NULL);
+    }
     pthread_mutex_unlock(&cache_lock);
 }
 
@@ -359,6 +510,7 @@ static void reseed(JNIEnv *env, jclass thaw_cls) {
     }
     reseed_threads(env, thaw_cls);
     (*env)->PopLocalFrame(env, NULL);
+    reseed_generators(env);
 }
 
 JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, jstring image, jstring key,
@@ -370,10 +522,11 @@ JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, j
         (*env)->ReleaseStringUTFChars(env, image, img);
         return -1;
     }
-    /* Free heap pages glibc still holds (the JVM's native allocations of the warm-up) stay out
-     * of the image. */
-    malloc_trim(0);
     prepare(env);
+    find_generators(env);
+    /* Free heap pages glibc still holds (the JVM's native allocations of the warm-up, the walk's
+     * table of tags) stay out of the image. */
+    malloc_trim(0);
     int r = thaw_checkpoint(img, k, (unsigned)flags);
     /* Copied before any other thaw_ call (the message is valid until then). */
     char message[16384];

@@ -18,7 +18,9 @@ import java.security.CodeSource;
  * seeded in the first life are reseeded with fresh bytes from getrandom(2): {@code Math.random()},
  * {@code ThreadLocalRandom} (its seeder and every live thread's seeds), the seed generators of
  * {@code new Random()}, {@code new SplittableRandom()} and {@code RandomGenerator.getDefault()},
- * and {@code Collections.shuffle}'s generator (see docs/java.md for what stays the application's).
+ * {@code Collections.shuffle}'s generator, and every DRBG and SHA1PRNG {@code SecureRandom}
+ * seeded in the first life, wherever it is kept (found before the checkpoint by one walk of the
+ * heap; see docs/java.md for what stays the application's).
  *
  * <p>The JNI library {@code libthaw_jni.so} is loaded from {@code -Dthaw.library=PATH} if set,
  * otherwise from the directory holding thaw.jar (where {@code sdk/java/build.sh} puts it, with
@@ -146,7 +148,10 @@ public final class Thaw {
         setFdPolicy0(spec);
     }
 
-    /** Reseeds the JDK's generators now, as every restore does. */
+    /**
+     * Reseeds the JDK's generators now, as every restore does (the DRBG and SHA1PRNG instances
+     * among them are those found at this process's latest checkpoint).
+     */
     public static void reseedJdkRandom() {
         reseed0();
     }
