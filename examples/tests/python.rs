@@ -468,17 +468,27 @@ out = thaw.checkpoint(sys.argv[1], key=sys.argv[2])
 print("tty", sys.stdout.isatty(), "line_buffering", sys.stdout.line_buffering, file=sys.stderr)
 "#;
     let env = Env::new();
-    for (how, on_tty, on_pipe) in [("default", "True", "False"), ("chosen", "True", "True")] {
-        let img = env.path(&format!("{how}.thaw"));
+    // (The program's choice; where its first life's stdout was; what it reads restored onto a
+    // terminal, and onto a pipe.)
+    for (how, first_on_tty, on_tty, on_pipe) in [
+        ("default", false, "True", "False"),
+        ("default", true, "True", "False"),
+        ("chosen", false, "True", "True"),
+    ] {
+        let img = env.path(&format!("{how}-{first_on_tty}.thaw"));
         // (PYTHONUNBUFFERED writes through: no buffering to choose.)
-        let o = python_with_thaw()
+        let mut first = python_with_thaw();
+        first
             .env_remove("PYTHONUNBUFFERED")
             .args(["-c", SCRIPT])
             .arg(&img)
             .arg(&env.key)
-            .arg(how)
-            .output()
-            .unwrap();
+            .arg(how);
+        let (_first_master, first_slave) = pty();
+        if first_on_tty {
+            first.stdout(first_slave);
+        }
+        let o = first.output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
         let (_master, slave) = pty();
         let o = env
@@ -490,13 +500,13 @@ print("tty", sys.stdout.isatty(), "line_buffering", sys.stdout.line_buffering, f
         assert_eq!(
             String::from_utf8_lossy(&o.stderr).trim(),
             format!("tty True line_buffering {on_tty}"),
-            "{how}, on a terminal"
+            "{how}, first on a terminal: {first_on_tty}; restored on a terminal"
         );
         let o = env.restore(&img, &[], &[]);
         assert_eq!(
             String::from_utf8_lossy(&o.stderr).trim(),
             format!("tty False line_buffering {on_pipe}"),
-            "{how}, on a pipe"
+            "{how}, first on a terminal: {first_on_tty}; restored on a pipe"
         );
     }
 }
