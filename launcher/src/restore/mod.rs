@@ -750,16 +750,17 @@ fn build_plan(
             [addr, u64::from(len.max(32)), 1, 0x5305_3053, 0, 0],
         );
     }
-    // Its cgroup namespace before any child of its own is made (zombies below). Outside a new
-    // user namespace, making one takes CAP_SYS_ADMIN.
-    if fork.is_none() {
-        if m.cgroupns.needs_own() && mode == PidMode::Host && !has_cap(CAP_SYS_ADMIN) {
-            return Err(refused(
-                "the process was at the root of a cgroup namespace of its own (its cgroups read /), and making one takes CAP_SYS_ADMIN, which this launcher lacks: use --pid-mode ns, or run thaw as root",
-            ));
-        }
-        m.cgroupns.plan_restore(&mut plan);
+    // Its cgroup namespace before any child of its own is made (zombies below); a template's,
+    // which its instances share. Outside a new user namespace, making one takes CAP_SYS_ADMIN.
+    if m.cgroupns.needs_own()
+        && (mode == PidMode::Host || fork.is_some())
+        && !has_cap(CAP_SYS_ADMIN)
+    {
+        return Err(refused(
+            "the process was at the root of a cgroup namespace of its own (its cgroups read /), and making one takes CAP_SYS_ADMIN, which this launcher lacks: use --pid-mode ns, or run thaw as root",
+        ));
     }
+    m.cgroupns.plan_restore(&mut plan);
     region.plan_unmap_launcher(&mut plan);
     region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
     // Protection keys before any mapping: the kernel takes one of its own for a mapping made
