@@ -881,6 +881,7 @@ fn interval_timers_timerfd_and_signalfd_are_restored() {
                 "signalfd reads SIGUSR1",
                 "timerfd: an unread expiration is kept",
                 "timerfd: a pending one expires",
+                "timerfd disarmed with an interval: still disarmed, its interval kept",
                 "periodic timerfd: every expiration before the checkpoint is there",
                 "periodic timerfd: its next expiry is where it was",
             ],

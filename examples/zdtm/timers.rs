@@ -171,6 +171,28 @@ fn main() {
         }
     };
     let pending = tfd(100_000_000, false);
+    // Disarmed by a zero value with an interval given (the interval is kept, nothing fires).
+    let disarmed = {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            },
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        };
+        // SAFETY: a new non-blocking timerfd set with a valid itimerspec.
+        unsafe {
+            let fd = libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            );
+            libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut());
+            fd
+        }
+    };
     let fired = tfd(1, true);
     let mut p = libc::pollfd {
         fd: fired,
@@ -259,6 +281,26 @@ fn main() {
         "periodic timerfd: its next expiry is where it was",
         left_ns > 0 && left_ns <= at_most && ticks >= 1,
         format!("{left_ns} ns left, at most {at_most}, {ticks} expirations"),
+    );
+    let mut spec = std::mem::MaybeUninit::<libc::itimerspec>::zeroed();
+    // SAFETY: timerfd_gettime into a zeroed struct we own.
+    let spec = unsafe {
+        libc::timerfd_gettime(disarmed, spec.as_mut_ptr());
+        spec.assume_init()
+    };
+    c.check(
+        "timerfd disarmed with an interval: still disarmed, its interval kept",
+        spec.it_value.tv_sec == 0
+            && spec.it_value.tv_nsec == 0
+            && spec.it_interval.tv_nsec == 20_000_000
+            && read_ticks(disarmed) == 0,
+        format!(
+            "value {}.{:09}, interval {}.{:09}",
+            spec.it_value.tv_sec,
+            spec.it_value.tv_nsec,
+            spec.it_interval.tv_sec,
+            spec.it_interval.tv_nsec
+        ),
     );
     c.check(
         "timerfd: a pending one expires",

@@ -266,8 +266,10 @@ pub(crate) fn timerfd_state_at(info: &str, now: u64) -> Result<FdKind, &'static 
     ) else {
         return Err("cannot read the timerfd's state");
     };
-    // An interval timer that fired re-arms when read: next in one interval.
-    let left = if value == 0 && interval > 0 {
+    // An interval timer that fired (an expiration unread) re-arms when read: next in one
+    // interval. One with no time left and none unread is disarmed, its interval kept
+    // (`timerfd_settime` with a zero value and an interval: armed again, it fired for ever).
+    let left = if value == 0 && interval > 0 && ticks > 0 {
         interval
     } else {
         value
@@ -2594,6 +2596,26 @@ fn no_writer_elsewhere(fd: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timerfd_disarmed_with_an_interval_stays_disarmed_and_a_fired_one_rearms() {
+        let info = |ticks: u64, value: &str| {
+            format!("clockid: 1\nticks: {ticks}\nsettime flags: 00\nit_value: {value}\nit_interval: (0, 20000000)\n")
+        };
+        let left = |text: String| match timerfd_state_at(&text, 0) {
+            Ok(FdKind::TimerFd {
+                value_ns, ticks, ..
+            }) => (value_ns, ticks),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(left(info(0, "(0, 0)")), (0, 0), "disarmed, interval kept");
+        assert_eq!(
+            left(info(2, "(0, 0)")),
+            (20_000_000, 2),
+            "fired twice, unread"
+        );
+        assert_eq!(left(info(0, "(0, 5000)")), (5000, 0), "armed");
+    }
 
     #[test]
     fn shared_anonymous_memory_open_as_a_file_is_refused_as_such() {
