@@ -235,6 +235,25 @@ impl Refused {
     }
 }
 
+/// Why a descriptor of an anonymous inode of kind `kind` (`anon_inode:KIND`, as /proc names it)
+/// that thaw does not restore is refused, naming what it is.
+fn anon_inode_refusal(kind: &str) -> String {
+    let what = match kind.trim_matches(|c| c == '[' || c == ']') {
+        "perf_event" => "a perf event (perf_event_open)".to_owned(),
+        "fanotify" => "a fanotify instance".to_owned(),
+        "userfaultfd" => "a userfaultfd".to_owned(),
+        "bpf-map" => "a BPF map".to_owned(),
+        "bpf-prog" => "a BPF program".to_owned(),
+        "bpf_link" | "bpf-link" => "a BPF link".to_owned(),
+        k if k.starts_with("kvm") => "a KVM virtual machine or CPU".to_owned(),
+        "dmabuf" => "a DMA buffer".to_owned(),
+        other => format!("a kernel object of kind {other:?}"),
+    };
+    format!(
+        "{what} is not supported (eventfd, timerfd, signalfd, epoll, inotify, pidfd and io_uring instances are): close it before the checkpoint and open it again after restore"
+    )
+}
+
 /// A timerfd's state from its fdinfo; `Err` says why it is refused.
 fn timerfd_state(info: &str) -> Result<FdKind, &'static str> {
     let clock = crate::procfs::field(info, "clockid")
@@ -854,11 +873,8 @@ impl FdScan {
             if !target.starts_with('/') {
                 let (class, why) = if target.starts_with("socket:") {
                     (FdClass::Socket, "sockets are not supported".to_owned())
-                } else if target.starts_with("anon_inode:") {
-                    (
-                        FdClass::Other,
-                        "this kind of kernel object is not supported (eventfd, timerfd, signalfd and epoll are)".to_owned(),
-                    )
+                } else if let Some(kind) = target.strip_prefix("anon_inode:") {
+                    (FdClass::Other, anon_inode_refusal(kind))
                 } else if let Some(kind) = namespace_link(&target) {
                     (
                         FdClass::Other,
@@ -2596,6 +2612,18 @@ fn no_writer_elsewhere(fd: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsupported_anonymous_inode_is_named() {
+        assert!(anon_inode_refusal("[perf_event]").starts_with("a perf event"));
+        assert!(anon_inode_refusal("bpf-map").starts_with("a BPF map"));
+        let other = anon_inode_refusal("[frobnicator]");
+        assert!(
+            other.starts_with("a kernel object of kind \"frobnicator\""),
+            "{other}"
+        );
+        assert!(other.contains("inotify, pidfd and io_uring"), "{other}");
+    }
 
     #[test]
     fn a_timerfd_disarmed_with_an_interval_stays_disarmed_and_a_fired_one_rearms() {
