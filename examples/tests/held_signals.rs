@@ -32,12 +32,7 @@ print("restored" if out.restored else "first", " ".join(got), flush=True)
 fn a_sigterm_sent_during_the_checkpoint_is_handled_by_the_first_life_alone() {
     let env = Env::new();
     let img = env.path("held.thaw");
-    let o = python_with_thaw()
-        .args(["-c", SCRIPT])
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
+    let o = env.python_script(SCRIPT, &img).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),

@@ -22,13 +22,7 @@ fn a_native_library_unpacked_to_a_temporary_file_and_removed_is_refused_with_the
     let env = Env::new();
     let img = env.path("lib.thaw");
     let lib = env.path("libz-unpacked.so");
-    let o = python_with_thaw()
-        .args(["-c", SCRIPT])
-        .arg(&img)
-        .arg(&env.key)
-        .arg(&lib)
-        .output()
-        .unwrap();
+    let o = env.python_script(SCRIPT, &img).arg(&lib).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     // Still there: restored, the library answers.
     let o = env.restore(&img, &[], &[]);

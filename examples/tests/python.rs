@@ -477,13 +477,8 @@ print("tty", sys.stdout.isatty(), "line_buffering", sys.stdout.line_buffering, f
     ] {
         let img = env.path(&format!("{how}-{first_on_tty}.thaw"));
         // (PYTHONUNBUFFERED writes through: no buffering to choose.)
-        let mut first = python_with_thaw();
-        first
-            .env_remove("PYTHONUNBUFFERED")
-            .args(["-c", SCRIPT])
-            .arg(&img)
-            .arg(&env.key)
-            .arg(how);
+        let mut first = env.python_script(SCRIPT, &img);
+        first.env_remove("PYTHONUNBUFFERED").arg(how);
         let (_first_master, first_slave) = pty();
         if first_on_tty {
             first.stdout(first_slave);

@@ -444,10 +444,8 @@ except thaw.UnsupportedStateError as e:
     print("refused", f"other end was closed, by process {pid} " in str(e), "passed over" in str(e))
 "#;
     let img = env.path("dead.thaw");
-    let o = python_with_thaw()
-        .args(["-c", script])
-        .arg(&img)
-        .arg(&env.key)
+    let o = env
+        .python_script(script, &img)
         .arg(env.path("dead.sock"))
         .output()
         .unwrap();
@@ -489,12 +487,7 @@ except thaw.UnsupportedStateError as e:
     print("refused", f"SO_PEERCRED: PID {pid}," in str(e), str(e).count("peer credentials"))
 "#;
     let img = env.path("peer.thaw");
-    let o = python_with_thaw()
-        .args(["-c", script])
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
+    let o = env.python_script(script, &img).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),

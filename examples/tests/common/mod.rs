@@ -208,6 +208,14 @@ impl Env {
     }
 
     /// Runs `PROG IMAGE KEY EXTRA...`, which checkpoints and exits 0; returns the image path.
+    /// `python3 -c SCRIPT IMAGE KEY` with the thaw package (see [`python_with_thaw`]): the
+    /// script checkpoints to `sys.argv[1]`, signed with `sys.argv[2]`.
+    pub fn python_script(&self, script: &str, image: &Path) -> Command {
+        let mut c = python_with_thaw();
+        c.args(["-c", script]).arg(image).arg(&self.key);
+        c
+    }
+
     pub fn checkpoint(&self, prog: &str, image: &str, extra: &[&str]) -> PathBuf {
         let img = self.path(image);
         let out = self
