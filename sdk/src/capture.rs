@@ -1431,6 +1431,12 @@ fn handle(call: &mut HandlerCall) {
         o.copy(mem);
     }
     late_timers_for_tests();
+    // Whether `sig` waits in the process's queue. (Taken for the image too, it is queued once
+    // more at restore: to the same thread, where it merges.)
+    let waits = |sig: i32| {
+        let bit = 1u64 << (sig - 1);
+        sys::pending_sets().is_some_and(|(_, process)| process & bit != 0)
+    };
     // The timers are read last, after the signal queues (each thread's, in its handler): a
     // timer that came due in between reads disarmed while its signal waits in a queue the
     // image does not hold; it is kept due at once.
@@ -1439,13 +1445,13 @@ fn handle(call: &mut HandlerCall) {
         let before = slot[2].load(Ordering::Relaxed);
         let (value, interval) = crate::state::posix_timers::as_restored(read, before, || {
             let bit = 1u64 << (t.signo - 1);
-            let waits = match t.queue() {
+            let waiting = match t.queue() {
                 None => false,
-                Some(0) => sys::pending_sets().is_some_and(|(_, process)| process & bit != 0),
+                Some(0) => waits(t.signo),
                 Some(tid) => sys::thread_pending(tid).is_some_and(|p| p & bit != 0),
             };
             // One the queues held is refused (or the checkpoint starts again) already.
-            waits
+            waiting
                 && !c
                     .threads
                     .iter()
@@ -1455,12 +1461,6 @@ fn handle(call: &mut HandlerCall) {
         slot[1].store(interval, Ordering::Relaxed);
     }
     let mut timers = crate::state::timers::read();
-    // Whether `sig` waits in the process's queue. (Taken for the image too, it is queued once
-    // more at restore: to the same thread, where it merges.)
-    let waits = |sig: i32| {
-        let bit = 1u64 << (sig - 1);
-        sys::pending_sets().is_some_and(|(_, process)| process & bit != 0)
-    };
     // ITIMER_REAL, as the image keeps it (its SIGALRM looked for only where that matters).
     timers[0] = crate::state::timers::as_restored(
         timers[0],

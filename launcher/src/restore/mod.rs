@@ -752,15 +752,14 @@ fn build_plan(
     }
     // Its cgroup namespace before any child of its own is made (zombies below); a template's,
     // which its instances share. Outside a new user namespace, making one takes CAP_SYS_ADMIN.
-    if m.cgroupns.needs_own()
-        && (mode == PidMode::Host || fork.is_some())
-        && !has_cap(CAP_SYS_ADMIN)
-    {
-        return Err(refused(
-            "the process was at the root of a cgroup namespace of its own (its cgroups read /), and making one takes CAP_SYS_ADMIN, which this launcher lacks: use --pid-mode ns, or run thaw as root",
-        ));
+    if m.cgroupns.needs_own() {
+        if (mode == PidMode::Host || fork.is_some()) && !has_cap(CAP_SYS_ADMIN) {
+            return Err(refused(
+                "the process was at the root of a cgroup namespace of its own (its cgroups read /), and making one takes CAP_SYS_ADMIN, which this launcher lacks: use --pid-mode ns, or run thaw as root",
+            ));
+        }
+        thaw::state::cgroupns::CgroupNs::plan_unshare(&mut plan);
     }
-    m.cgroupns.plan_restore(&mut plan);
     region.plan_unmap_launcher(&mut plan);
     region.plan_move_vdso(&mut plan, &m.platform.vdso)?;
     // Protection keys before any mapping: the kernel takes one of its own for a mapping made

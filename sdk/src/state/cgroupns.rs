@@ -40,15 +40,14 @@ impl CgroupNs {
         self.at_root && !own_view_at_root()
     }
 
-    /// The restorer's step for [`CgroupNs::needs_own`], before any child of the process is made.
-    pub fn plan_restore(&self, plan: &mut crate::restore::Plan) {
-        if self.needs_own() {
-            plan.syscall(
-                "unshare a cgroup namespace (the process was at the root of its own)",
-                libc::SYS_unshare,
-                [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0],
-            );
-        }
+    /// The restorer's step where [`CgroupNs::needs_own`], before any child of the process is
+    /// made.
+    pub fn plan_unshare(plan: &mut crate::restore::Plan) {
+        plan.syscall(
+            "unshare a cgroup namespace (the process was at the root of its own)",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0],
+        );
     }
 }
 
