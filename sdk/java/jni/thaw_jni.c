@@ -174,12 +174,15 @@ static jbyteArray fresh_bytes(JNIEnv *env) {
 /* engineSetSeed(fresh bytes) on a SecureRandomSpi of the JDK's own: a DRBG (AbstractDrbg or the
  * DRBG that wraps one) takes them as the entropy input of a reseed, a SHA1PRNG mixes them into
  * its state. */
+static void set_seed_with(JNIEnv *env, jobject spi, jmethodID set_seed) {
+    jbyteArray b = (!failed(env) && set_seed) ? fresh_bytes(env) : NULL;
+    if (!failed(env) && b) (*env)->CallVoidMethod(env, spi, set_seed, b);
+    failed(env);
+}
+
 static void set_seed_spi(JNIEnv *env, jobject spi) {
     jclass c = (*env)->GetObjectClass(env, spi);
-    jmethodID m = c ? (*env)->GetMethodID(env, c, "engineSetSeed", "([B)V") : NULL;
-    jbyteArray b = (!failed(env) && m) ? fresh_bytes(env) : NULL;
-    if (!failed(env) && b) (*env)->CallVoidMethod(env, spi, m, b);
-    failed(env);
+    set_seed_with(env, spi, c ? (*env)->GetMethodID(env, c, "engineSetSeed", "([B)V") : NULL);
 }
 
 /* DRBG and SHA1PRNG instances made with the default constructor draw their seed from a static
@@ -486,9 +489,7 @@ static void reseed_generators(JNIEnv *env) {
         } else if (g && (*env)->GetObjectField(env, g, cache.sha1prng_state)) {
             set_seed = cache.sha1prng_set_seed;
         }
-        jbyteArray b = set_seed ? fresh_bytes(env) : NULL;
-        if (!failed(env) && b) (*env)->CallVoidMethod(env, g, set_seed, b);
-        failed(env);
+        set_seed_with(env, g, set_seed);
         (*env)->PopLocalFrame(env, NULL);
     }
     pthread_mutex_unlock(&cache_lock);
