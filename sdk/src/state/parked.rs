@@ -60,15 +60,16 @@ const TIMERFD_SETTLE_NS: u64 = 200_000;
 /// Whether a timerfd's fdinfo `text` shows no time left and no expiration counted (disarmed, or
 /// come due a moment ago). No allocation.
 fn timerfd_unseen(text: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(text) else {
-        return false;
-    };
-    crate::procfs::field(text, "ticks") == Some("0")
-        && crate::procfs::field(text, "it_value").is_some_and(|v| {
-            v.trim_matches(|c| c == '(' || c == ')')
-                .split(',')
-                .all(|p| p.trim() == "0")
-        })
+    std::str::from_utf8(text).is_ok_and(|text| {
+        matches!(
+            super::files::timerfd_state_at(text, 0),
+            Ok(FdKind::TimerFd {
+                value_ns: 0,
+                ticks: 0,
+                ..
+            })
+        )
+    })
 }
 
 impl ParkedInfo {
