@@ -134,6 +134,32 @@ fn memfds_mapped_privately_come_back_copy_on_write() {
     }
 }
 
+/// Shared anonymous memory opened as a file through /proc/self/map_files (CRIU's shmemfd and
+/// shmemfd-priv), held alone and mapped privately and shared through the descriptor, is kept as
+/// one shared object each, and comes back in every mode.
+#[test]
+fn shared_anonymous_memory_opened_through_map_files_comes_back() {
+    if !is_root() {
+        eprintln!("skipped: /proc/self/map_files needs root (CI runs as root)");
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-shmem", "f.thaw", &["map-files"]);
+    let m = env.manifest(&img);
+    let anon: Vec<_> = m.shared.iter().filter(|o| o.memfd.is_none()).collect();
+    assert_eq!(anon.len(), 2, "{anon:?}");
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "shared anonymous memory held as a file: contents, O_APPEND and offset",
+                "shared anonymous memory mapped privately through its descriptor: written page its own, the others the object's",
+            ],
+        );
+    }
+}
+
 /// Without CAP_CHECKPOINT_RESTORE a memfd mapped privately whose descriptor was closed cannot
 /// be read (its mapping shows its own pages): refused, saying what to do.
 #[test]

@@ -4,6 +4,9 @@
 //!
 //! `PROG IMAGE KEY cow`: memfds mapped privately, as wasmtime maps a module's memory image.
 //!
+//! `PROG IMAGE KEY map-files`: shared anonymous memory opened as a file through
+//! /proc/self/map_files (root), as CRIU's shmemfd tests do.
+//!
 //! `PROG IMAGE KEY [hsperf]`: with `hsperf`, the file is under a `hsperfdata_` directory, as
 //! HotSpot's is, but is not the process's own PID-named file: an ordinary shared file mapping.
 //!
@@ -71,6 +74,9 @@ fn main() {
     }
     if extra.first().is_some_and(|a| a == "cow") {
         return copy_on_write();
+    }
+    if extra.first().is_some_and(|a| a == "map-files") {
+        return opened_through_map_files();
     }
 
     let heap = memfd("zgc_heap", libc::MFD_CLOEXEC);
@@ -562,6 +568,98 @@ fn copy_on_write() {
         "private memfd mapping without a descriptor: its page written, then its memfd's contents",
         written && &other[4096..4100] == b"orig" && other[8192] == 0,
         format!("{written} {:?}", &other[4096..4100]),
+    );
+    c.finish();
+}
+
+/// Shared anonymous memory opened as a file through /proc/self/map_files (which takes root or
+/// CAP_CHECKPOINT_RESTORE), as CRIU's shmemfd and shmemfd-priv do: one object held by its
+/// descriptor alone (its mapping gone; O_APPEND, an offset), and one mapped shared, mapped again
+/// through its descriptor privately at an offset (one page written there) and shared at another.
+/// After restore: the descriptor's contents, flags and offset; the private mapping's written page
+/// its own and its others the object's, a write to the object after restore seen through it too;
+/// the shared mappings still one object.
+fn opened_through_map_files() {
+    const P: usize = 4096;
+    let open_map_file = |p: *mut u8, len: usize| {
+        let path = format!(
+            "/proc/self/map_files/{:x}-{:x}",
+            p as usize,
+            p as usize + len
+        );
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        OwnedFd::from(f)
+    };
+    let alone = map(-1, P, libc::MAP_SHARED | libc::MAP_ANONYMOUS);
+    let held = open_map_file(alone, P);
+    // SAFETY: our own mapping and descriptor.
+    unsafe {
+        assert_eq!(libc::munmap(alone.cast(), P), 0);
+        assert_eq!(libc::ftruncate(held.as_raw_fd(), 0), 0);
+        assert_eq!(
+            libc::fcntl(held.as_raw_fd(), libc::F_SETFL, libc::O_APPEND),
+            0
+        );
+        assert_eq!(
+            libc::write(held.as_raw_fd(), b"hello".as_ptr().cast(), 5),
+            5
+        );
+        assert_eq!(libc::lseek(held.as_raw_fd(), 3, libc::SEEK_SET), 3);
+    }
+    let shared = view(
+        map(-1, 5 * P, libc::MAP_SHARED | libc::MAP_ANONYMOUS),
+        5 * P,
+    );
+    for i in 0..3 {
+        shared[i * P] = 1 + i as u8;
+    }
+    let fd = open_map_file(shared.as_mut_ptr(), 5 * P);
+    let at = |off: usize, flags: i32| {
+        // SAFETY: a fresh mapping of our own descriptor, at an address the kernel chooses.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4 * P,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                off as i64,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        view(p.cast(), 4 * P)
+    };
+    let private = at(P, libc::MAP_PRIVATE);
+    let again = at(2 * P, libc::MAP_SHARED);
+    private[P] = 22;
+
+    common::restored();
+    let mut c = common::Checks::default();
+    let mut buf = [0u8; 8];
+    // SAFETY: our own descriptor and buffer.
+    let (fl, pos, n) = unsafe {
+        (
+            libc::fcntl(held.as_raw_fd(), libc::F_GETFL),
+            libc::lseek(held.as_raw_fd(), 0, libc::SEEK_CUR),
+            libc::pread(held.as_raw_fd(), buf.as_mut_ptr().cast(), 8, 0),
+        )
+    };
+    c.check(
+        "shared anonymous memory held as a file: contents, O_APPEND and offset",
+        n == 5 && &buf[..5] == b"hello" && fl & libc::O_APPEND != 0 && pos == 3,
+        format!("{n} {:?} {fl:#o} {pos}", &buf[..5]),
+    );
+    let before = (private[0], private[P], again[0]);
+    again[0] = 33;
+    shared[3 * P] = 44;
+    c.check(
+        "shared anonymous memory mapped privately through its descriptor: written page its own, the others the object's",
+        before == (2, 22, 3) && private[2 * P] == 44 && shared[2 * P] == 33,
+        format!("{before:?} {} {}", private[2 * P], shared[2 * P]),
     );
     c.finish();
 }

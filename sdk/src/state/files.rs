@@ -956,10 +956,24 @@ impl FdScan {
                 matches!((here, there), (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
             };
             if target == "/dev/zero (deleted)" && !literal() {
-                scan.refused.push(bad(
-                    FdClass::Deleted,
-                    "shared anonymous memory (mmap MAP_SHARED | MAP_ANONYMOUS) open as a file (through /proc/PID/map_files) is not supported: make it with memfd_create, whose descriptor is restored with its contents",
-                ));
+                // Shared anonymous memory (MAP_SHARED | MAP_ANONYMOUS) opened as a file through
+                // /proc/PID/map_files: a file of the kernel's own shmem mount, kept with its
+                // contents as the shared object its mappings are too (a memfd at restore).
+                match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+                    Ok(meta) if meta.file_type().is_file() => {
+                        entry.kind = FdKind::Memfd {
+                            object: meta.ino(),
+                            pos: 0,
+                            desc: object_description(&scan.entries, fd, meta.ino()),
+                        };
+                        scan.entries.push(entry);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    _ => scan.refused.push(bad(
+                        FdClass::Deleted,
+                        "the device /dev/zero, open while its node was deleted, is not supported: open it again after restore",
+                    )),
+                }
                 continue;
             }
             if target.ends_with(" (deleted)") && !literal() {
@@ -2646,7 +2660,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_anonymous_memory_open_as_a_file_is_refused_as_such() {
+    fn shared_anonymous_memory_open_as_a_file_is_kept_as_its_shared_object() {
         const LEN: usize = 4096;
         // SAFETY: a new anonymous mapping, touched by no one but the kernel.
         let at = unsafe {
@@ -2670,13 +2684,15 @@ mod tests {
         assert_eq!(unsafe { libc::munmap(at as *mut libc::c_void, LEN) }, 0);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let scan = FdScan::scan(&[], 0, Default::default(), &[], Default::default()).unwrap();
-        let why = &scan.refused.iter().find(|r| r.fd == fd).unwrap().message;
+        assert!(!scan.refused.iter().any(|r| r.fd == fd));
+        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+        let e = scan.entries.iter().find(|e| e.fd == fd).unwrap();
         assert!(
-            why.contains(
-                "shared anonymous memory (mmap MAP_SHARED | MAP_ANONYMOUS) open as a file"
-            ),
-            "{why}"
+            matches!(e.kind, FdKind::Memfd { object, .. } if object == ino),
+            "{:?}",
+            e.kind
         );
+        assert!(scan.memfds().contains(&(ino, fd)));
     }
 
     #[test]

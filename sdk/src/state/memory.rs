@@ -246,11 +246,15 @@ impl Vma {
                 offset: m.offset,
             })?
         } else if m.inode != 0
-            && (name.starts_with("/memfd:") || (m.shared() && name.starts_with("/dev/zero")))
+            && (name.starts_with("/memfd:")
+                || (m.shared() && name.starts_with("/dev/zero"))
+                || name == "/dev/zero (deleted)")
         {
             // A memfd mapped privately (copy-on-write, as wasmtime maps a module's memory image)
             // too: its object is kept, mapped privately again, and the pages written since are
-            // the mapping's own.
+            // the mapping's own. So is shared anonymous memory (named "/dev/zero (deleted)")
+            // mapped privately through a descriptor of it (from /proc/PID/map_files); the
+            // device /dev/zero mapped privately is named without " (deleted)".
             Backing::Shared {
                 object: m.inode,
                 offset: m.offset,

@@ -529,8 +529,9 @@ pub(crate) fn copies(
             }
             _ => None,
         };
-        // A kernel object that only looks like a deleted file (an AIO ring, a GPU buffer).
-        if o.file.is_some() {
+        // A kernel object that only looks like a deleted file (an AIO ring, a GPU buffer), or
+        // like shared anonymous memory (the device /dev/zero, its node deleted).
+        if o.file.is_some() || o.name.is_none() {
             if let Some(f) = &own {
                 let regular = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd()))
                     .is_ok_and(|m| m.is_file());
