@@ -251,9 +251,14 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
                     );
                 }
             }
+            let own = r["now"]["mp_tempdir"].as_str().unwrap();
+            assert!(!Path::new(own).exists(), "{own} left behind by its restore");
             seen.push(r);
         }
     }
+    // The first life exited after saving, without finalizers: the first restore removed it.
+    let first = seen[0]["first"]["mp_tempdir"].as_str().unwrap();
+    assert!(!Path::new(first).exists(), "{first} left behind");
 }
 
 /// Instances a `thaw serve` forks from one template of uniqueness.py (with spares forked ahead)

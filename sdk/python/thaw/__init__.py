@@ -403,7 +403,8 @@ def reseed() -> List[str]:
       keeps the PID).
     - ``multiprocessing``: its directory for sockets (``pymp-*``, a Manager's or a Listener's),
       made before the checkpoint, is forgotten: the first restore to end would remove it under
-      every later one. Each restore makes its own, removed at its exit.
+      every later one. Each restore makes its own, removed at its exit. Where the first life
+      exited after saving (and so removed nothing), the image's is removed if empty.
     - ``uuid``: ``uuid1`` no longer goes through libuuid (whose clock sequence lives in this
       process's memory) but through the module's own code, which draws a clock sequence from
       the reseeded ``random``; a random (not hardware) node is drawn again.
@@ -436,6 +437,13 @@ def reseed() -> List[str]:
         for fin in list(registry.values()):
             if old in (getattr(fin, "_args", None) or ()):
                 fin.cancel()
+        if _first_life_exits:
+            # A first life that exited after saving ran no finalizer: nobody would remove the
+            # image's directory. Removed where it is empty (a Listener restored in it keeps it).
+            try:
+                os.rmdir(old)
+            except OSError:
+                pass
         done.append("multiprocessing")
     uuid = mods.get("uuid")
     if uuid is not None:
@@ -472,6 +480,9 @@ def reseed() -> List[str]:
 
 _checkpoint_lock = threading.RLock()
 _in_checkpoint = False
+# Set while the checkpoint of a first life that exits after saving runs: a restore from it
+# knows that the first life is gone (see reseed).
+_first_life_exits = False
 
 
 def _fd_spec(fds: FdPolicy) -> Optional[bytes]:
@@ -530,7 +541,7 @@ def checkpoint(
     :class:`CheckpointFailedError` or :class:`HookError` (-4). After an error the process
     continues unchanged (after-restore hooks have run for the before-checkpoint hooks that ran).
     """
-    global _in_checkpoint
+    global _in_checkpoint, _first_life_exits
     image_b = os.fsencode(image)
     key_b = os.fsencode(key) if key is not None else None
     if not image_b:
@@ -572,6 +583,7 @@ def checkpoint(
                 LEAVE_CHILDREN_OUT if leave_children_out else 0
             )
             stdout_rule = _stdout_rule()
+            _first_life_exits = exit_after_save
             r = lib.thaw_checkpoint(image_b, key_b, flags)
             outcome: Optional[Outcome] = None
             failure: Optional[ThawError] = None
@@ -579,6 +591,8 @@ def checkpoint(
                 _stdout_again(stdout_rule)
                 if reseed_after_restore:
                     reseed()
+            _first_life_exits = False
+            if r == RESTORED:
                 args = [
                     os.fsdecode(lib.thaw_restored_arg(i) or b"")
                     for i in range(lib.thaw_restored_argc())
