@@ -400,6 +400,12 @@ fn serve_refuses_what_it_cannot_do() {
             &["busy"][..],
             "it has taken 5300 requests, more than an instance of thaw serve brings back",
         ),
+        (
+            "zdtm-netlink",
+            "n.thaw",
+            &[][..],
+            "NETLINK_ROUTE socket (port ",
+        ),
     ] {
         let img = env.checkpoint(prog, image, extra);
         let o = Server::try_start(&env, &img, &[])

@@ -2847,3 +2847,31 @@ fn a_process_at_the_root_of_its_own_cgroup_namespace_reads_its_root_again() {
     let out = env.refused("zdtm-cgroupns", "t.thaw", &["thread"]);
     assert!(out.contains("another cgroup namespace"), "{out}");
 }
+
+/// Netlink sockets (zdtm's sk-netlink; a udev monitor, a route watcher, a generic netlink
+/// client) were refused. Each comes back with its port ID, groups (beyond 32 too), destination
+/// and options, and the kernel answers it at its port ID, in every mode; one with an answer
+/// unread is refused by name.
+#[test]
+fn netlink_sockets_come_back_with_their_port_ids_and_groups() {
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-netlink", "n.thaw", &[]);
+    let mut checks = Vec::new();
+    for what in ["route watcher", "bound to its PID", "client", "never bound"] {
+        checks.push(format!(
+            "netlink {what}: port ID, groups, destination and option as before"
+        ));
+        checks.push(format!(
+            "netlink {what}: the kernel answers it at its port ID"
+        ));
+    }
+    let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
+    for opts in every_mode() {
+        assert_all_ok(&env.restore(&img, opts, &[]), &checks);
+    }
+    let out = env.refused("zdtm-netlink", "q.thaw", &["queued"]);
+    assert!(
+        out.contains("NETLINK_ROUTE socket: messages wait to be read"),
+        "{out}"
+    );
+}

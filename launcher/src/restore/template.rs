@@ -382,6 +382,18 @@ impl Template {
                 l.ino
             )));
         }
+        // A netlink socket is one port ID: shared by the instances, the kernel's answers to one
+        // would go to whichever read first.
+        if let Some(n) = m.files.iter().find_map(|e| match &e.kind {
+            thaw::state::files::FdKind::Socket(thaw::state::sockets::Socket::Netlink(n)) => Some(n),
+            _ => None,
+        }) {
+            return Err(refused(format!(
+                "socket:[{}]: a {} would be shared by every instance (one port ID: the kernel's answers to one would reach whichever reads first); open it after restore, or restore this image with thaw run",
+                n.ino,
+                n.describe()
+            )));
+        }
         // An instance's standard descriptors are its caller's; the template's epoll instance
         // would go on watching the template's own.
         if let Some((epfd, w, _)) = thaw::state::epoll::standard_watches(&m.files).first() {

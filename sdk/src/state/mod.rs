@@ -24,6 +24,7 @@ pub mod memory;
 pub mod mm;
 pub mod mounts;
 pub mod namespaces;
+pub mod netlink;
 pub mod parked;
 pub mod pidfd;
 pub mod pkeys;

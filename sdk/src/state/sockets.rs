@@ -37,6 +37,8 @@ pub enum Socket {
     /// An AF_UNIX socket that connected to a listener of this process, its connection not
     /// accepted yet: connected again, in its place in the listener's queue.
     Connecting(Connecting),
+    /// An AF_NETLINK socket with nothing to read (see [`super::netlink`]).
+    Netlink(super::netlink::NetlinkSocket),
 }
 
 impl Socket {
@@ -48,6 +50,7 @@ impl Socket {
             Socket::Bound(b) => b.sock.ino,
             Socket::Inet(i) => i.ino,
             Socket::Connecting(c) => c.sock.ino,
+            Socket::Netlink(n) => n.ino,
         }
     }
 }
@@ -612,6 +615,11 @@ pub(crate) fn classify(
                         .map(Socket::Inet)
                         .map_err(|w| (FdClass::Socket, w));
                 }
+                if family == libc::AF_NETLINK {
+                    return super::netlink::dump(fd, ino, ty, protocol)
+                        .map(Socket::Netlink)
+                        .map_err(|w| (FdClass::Socket, w));
+                }
                 if family != libc::AF_UNIX {
                     return refuse(unsupported_family(family));
                 }
@@ -923,6 +931,7 @@ pub fn recreate<'a>(
         | Socket::Unconnected(_)
         | Socket::Bound(_)
         | Socket::Inet(_)
+        | Socket::Netlink(_)
         | Socket::Connecting(_) => None,
     });
     for e in ends {
@@ -1052,6 +1061,11 @@ pub fn recreate<'a>(
         if let Socket::Inet(i) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(i.ino) {
                 v.insert(i.make()?);
+            }
+        }
+        if let Socket::Netlink(n) = s {
+            if let std::collections::btree_map::Entry::Vacant(v) = out.entry(n.ino) {
+                v.insert(n.make()?);
             }
         }
     }
@@ -1677,16 +1691,17 @@ mod tests {
     }
 
     #[test]
-    fn netlink_and_packet_sockets_are_named_and_not_told_to_listen() {
+    fn kernel_crypto_and_packet_sockets_are_named_and_not_told_to_listen() {
         let open = |family, ty, protocol| crate::sys::socket(family, ty, protocol).ok();
-        let mut socks = vec![(
-            "AF_NETLINK",
-            open(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE).unwrap(),
-        )];
-        // (Needs CAP_NET_RAW.)
-        if let Some(p) = open(libc::AF_PACKET, libc::SOCK_RAW, 0) {
-            socks.push(("AF_PACKET", p));
-        }
+        // (AF_PACKET needs CAP_NET_RAW; AF_ALG its module.)
+        let socks: Vec<_> = [
+            ("AF_ALG", open(libc::AF_ALG, libc::SOCK_SEQPACKET, 0)),
+            ("AF_PACKET", open(libc::AF_PACKET, libc::SOCK_RAW, 0)),
+        ]
+        .into_iter()
+        .filter_map(|(n, s)| Some((n, s?)))
+        .collect();
+        assert!(!socks.is_empty() || crate::sys::geteuid() != 0);
         let fds: Vec<(i32, u64)> = socks
             .iter()
             .map(|(_, f)| {

@@ -26,6 +26,7 @@ const IP: i32 = libc::IPPROTO_IP;
 const IPV6: i32 = libc::IPPROTO_IPV6;
 const UDP: i32 = libc::IPPROTO_UDP;
 const UDPLITE: i32 = libc::IPPROTO_UDPLITE;
+const NETLINK: i32 = 270;
 /// SO_BUF_LOCK: whether the buffer sizes were set (and so are not tuned by the kernel).
 const SO_BUF_LOCK: i32 = 72;
 
@@ -176,6 +177,13 @@ const OPTIONS: &[(i32, i32, &str)] = &[
     (UDP, 100, "UDP_ENCAP"),
     (UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
     (UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
+    (NETLINK, 3, "NETLINK_PKTINFO"),
+    (NETLINK, 4, "NETLINK_BROADCAST_ERROR"),
+    (NETLINK, 5, "NETLINK_NO_ENOBUFS"),
+    (NETLINK, 8, "NETLINK_LISTEN_ALL_NSID"),
+    (NETLINK, 10, "NETLINK_CAP_ACK"),
+    (NETLINK, 11, "NETLINK_EXT_ACK"),
+    (NETLINK, 12, "NETLINK_GET_STRICT_CHK"),
     // Last: once locked, the filter (attached first) cannot change.
     (SOL_SOCKET, SO_LOCK_FILTER, "SO_LOCK_FILTER"),
 ];
