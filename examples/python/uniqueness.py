@@ -10,6 +10,7 @@ import multiprocessing.util
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def third_after():
 
 
 def draw(np):
+    sqlite = sqlite3.connect(":memory:")
     return {
         "random": random.getrandbits(64),
         "numpy": int(np.random.randint(0, 2**62)) if np else None,
@@ -65,6 +67,8 @@ def draw(np):
         # multiprocessing's directory for its sockets (a Manager's, a Listener's): the first
         # restore to end removed the image's one, which later restores' Managers bound in.
         "mp_tempdir": multiprocessing.util.get_temp_dir(),
+        # SQLite's own generator, seeded once per process (randomblob() as an id).
+        "sqlite_random": sqlite.execute("select hex(randomblob(16))").fetchone()[0],
     }
 
 

@@ -310,6 +310,27 @@ fn openssl_loaded_with_dlopen_draws_afresh_after_every_restore() {
     differs_per_restore(&env, &img, "drawn ");
 }
 
+/// A program that drew from SQLite's generator before its checkpoint (`randomblob()` as an id):
+/// SQLite seeds it once per process, so libthaw resets it after every restore, before any hook.
+#[test]
+fn sqlite_draws_afresh_after_every_restore() {
+    let env = Env::new();
+    let libsqlite = Path::new("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0");
+    let exe = c_example(&env, "sqlite_rand", &[libsqlite], &[]);
+    let (img, _) = checkpointed(&env, &exe, "s.thaw");
+    differs_per_restore(&env, &img, "drawn ");
+}
+
+/// The same with libsqlite3 loaded with dlopen, RTLD_LOCAL (as Python's `_sqlite3` module has
+/// it): not in the global scope.
+#[test]
+fn sqlite_loaded_with_dlopen_draws_afresh_after_every_restore() {
+    let env = Env::new();
+    let exe = c_example(&env, "sqlite_rand", &[], &["-DDLOPEN"]);
+    let (img, _) = checkpointed(&env, &exe, "s.thaw");
+    differs_per_restore(&env, &img, "drawn ");
+}
+
 /// A process whose main thread has ended (pthread_exit in main) is refused, saying so alone:
 /// its zombie main thread's /proc files showed no cgroups (a refusal naming every thread as in
 /// another cgroup) or no memory (an I/O error opening /proc/self/pagemap).

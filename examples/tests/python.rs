@@ -235,6 +235,7 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
                 "uuid4",
                 "uuid1_clock_seq",
                 "mp_tempdir",
+                "sqlite_random",
             ] {
                 if key == "numpy" && !numpy {
                     assert!(r["now"][key].is_null());
@@ -285,6 +286,7 @@ fn served_instances_run_their_hooks_and_reseed() {
             "uuid4",
             "uuid1_clock_seq",
             "mp_tempdir",
+            "sqlite_random",
         ] {
             assert_ne!(r["now"][key], r["first"][key], "{key}: {r}");
             for other in &seen {

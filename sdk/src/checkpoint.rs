@@ -1666,6 +1666,8 @@ fn restored() -> Result<Outcome, CheckpointError> {
     crate::hold::forget();
     // Before any hook: OpenSSL, wherever the process has it, draws afresh.
     crate::sys::reseed_openssl();
+    // And SQLite's generator (randomblob(), random()).
+    crate::sys::reseed_sqlite();
     // Every io_uring instance is a new one now.
     state::io_uring::keep_personality_probes(&[]);
     run_hooks(&AFTER).map_err(CheckpointError::Hook)?;

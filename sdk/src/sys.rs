@@ -2167,6 +2167,52 @@ fn reseed_openssl_in(handle: *mut libc::c_void, done: &mut Vec<usize>) {
     }
 }
 
+/// Resets SQLite's generator where the process has SQLite loaded: `sqlite3_randomness(0, NULL)`,
+/// after which it seeds itself again from the VFS's randomness (`/dev/urandom`) at its next use.
+/// SQLite seeds it once per process and keeps it in memory, so every restore of an image made
+/// after a use drew the same `randomblob()`, `random()` and temporary file names. Each copy: the
+/// one in the global scope and every loaded object whose name says `sqlite` (Python's
+/// `_sqlite3` loads libsqlite3 with RTLD_LOCAL; better-sqlite3's addon and sqlite-jdbc's native
+/// library carry their own). Whether SQLite was found. (A SQLite loaded but never initialized is
+/// initialized by the call, as by its first use.)
+pub fn reseed_sqlite() -> bool {
+    let mut done: Vec<usize> = Vec::new();
+    reseed_sqlite_in(libc::RTLD_DEFAULT, &mut done);
+    for name in loaded_objects().into_iter().filter(|n| {
+        n.to_bytes()
+            .rsplit(|&b| b == b'/')
+            .next()
+            .is_some_and(|b| b.windows(6).any(|w| w.eq_ignore_ascii_case(b"sqlite")))
+    }) {
+        // SAFETY: a NUL-terminated name of an object loaded now; RTLD_NOLOAD never loads one,
+        // it only takes a reference, given back with dlclose.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+        if handle.is_null() {
+            continue;
+        }
+        reseed_sqlite_in(handle, &mut done);
+        // SAFETY: the reference dlopen took above.
+        unsafe { libc::dlclose(handle) };
+    }
+    !done.is_empty()
+}
+
+/// Resets the SQLite generator `handle` finds, unless it is in `done` already.
+fn reseed_sqlite_in(handle: *mut libc::c_void, done: &mut Vec<usize>) {
+    // SAFETY: dlsym with a valid handle and a NUL-terminated name; where present, the symbol is
+    // SQLite's `void sqlite3_randomness(int, void *)`, thread-safe (it takes SQLite's PRNG
+    // mutex), and with N = 0 it only clears the generator's state.
+    unsafe {
+        let f = libc::dlsym(handle, c"sqlite3_randomness".as_ptr());
+        if f.is_null() || done.contains(&(f as usize)) {
+            return;
+        }
+        done.push(f as usize);
+        let f: extern "C" fn(i32, *mut libc::c_void) = std::mem::transmute(f);
+        f(0, std::ptr::null_mut());
+    }
+}
+
 /// The file names of the objects loaded in the process now (dl_iterate_phdr), the executable's
 /// (empty) left out.
 fn loaded_objects() -> Vec<std::ffi::CString> {
