@@ -6,6 +6,7 @@
 """
 
 import json
+import multiprocessing.synchronize
 import multiprocessing.util
 import os
 import random
@@ -69,6 +70,8 @@ def draw(np):
         "mp_tempdir": multiprocessing.util.get_temp_dir(),
         # SQLite's own generator, seeded once per process (randomblob() as an id).
         "sqlite_random": sqlite.execute("select hex(randomblob(16))").fetchone()[0],
+        # The names of multiprocessing's semaphores (spawn, forkserver: /dev/shm/sem.mp-*).
+        "semaphore_name": next(multiprocessing.synchronize.SemLock._rand),
     }
 
 

@@ -236,6 +236,7 @@ fn check_uniqueness(env: &Env, python: &Path, image: &str, numpy: bool, modes: &
                 "uuid1_clock_seq",
                 "mp_tempdir",
                 "sqlite_random",
+                "semaphore_name",
             ] {
                 if key == "numpy" && !numpy {
                     assert!(r["now"][key].is_null());
@@ -287,6 +288,7 @@ fn served_instances_run_their_hooks_and_reseed() {
             "uuid1_clock_seq",
             "mp_tempdir",
             "sqlite_random",
+            "semaphore_name",
         ] {
             assert_ne!(r["now"][key], r["first"][key], "{key}: {r}");
             for other in &seen {

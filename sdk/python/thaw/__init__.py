@@ -413,6 +413,8 @@ def reseed() -> List[str]:
     - ``ssl``: fresh entropy mixed into OpenSSL's generator (it reseeds on a PID change only).
     - ``cryptography``: the same for the OpenSSL its wheel carries, a copy of its own (keys
       generated after a restore would otherwise be the same in every restore).
+    - ``multiprocessing.synchronize``: the name generator of its semaphores (like ``tempfile``'s,
+      it reseeds only when the PID changes).
     """
     done = []
     mods = sys.modules
@@ -424,6 +426,13 @@ def reseed() -> List[str]:
     if tempfile is not None and hasattr(tempfile, "_name_sequence"):
         tempfile._name_sequence = None  # type: ignore[attr-defined]
         done.append("tempfile")
+    # A semaphore's name (spawn and forkserver: /dev/shm/sem.mp-*) comes from a name sequence
+    # made at import, which reseeds on a PID change only: every restore drew the same names.
+    semlock = getattr(mods.get("multiprocessing.synchronize"), "SemLock", None)
+    names = getattr(semlock, "_rand", None)
+    if names is not None and hasattr(type(names), "rng"):
+        names._rng_pid = None  # its next name draws a fresh generator
+        done.append("multiprocessing.synchronize")
     mp_process = mods.get("multiprocessing.process")
     config = getattr(mp_process.current_process(), "_config", None) if mp_process else None
     if isinstance(config, dict) and config.get("tempdir") is not None:
