@@ -2506,6 +2506,42 @@ fn a_file_written_through_its_offset_since_the_checkpoint_is_refused() {
     );
 }
 
+/// An empty file the process has open for writing and does not lock, which another process
+/// holds open for writing and locked (a standby waiting for a lock file, Java's
+/// `FileChannel.lock()` or a `tryLock()` loop): a lock file, not a log two writers would write
+/// over. Restored while the holder runs; it said "both would write at one offset" and refused.
+/// Held open for writing without a lock, it is still refused.
+#[test]
+fn an_empty_lock_file_another_process_holds_locked_is_restored() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let dir = env.path("files");
+    std::fs::create_dir(&dir).unwrap();
+    let img = env.checkpoint("zdtm-written", "l.thaw", &[dir.to_str().unwrap()]);
+    let as_it_was = std::fs::read(dir.join("w.log")).unwrap();
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("l.lock"))
+        .unwrap();
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("l.lock is open for writing in process "),
+        "{}",
+        text(&o)
+    );
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    for opts in every_mode() {
+        let o = env.restore(&img, opts, &[]);
+        assert_all_ok(&o, &["written files: a line after restore"]);
+        // (Each restore wrote its line: w.log and e.log back as they were for the next.)
+        std::fs::write(dir.join("w.log"), &as_it_was).unwrap();
+        std::fs::write(dir.join("e.log"), b"").unwrap();
+    }
+    drop(holder);
+}
+
 /// A signal sent to a stopped thread after its handler read its queue (SBCL's collector) starts
 /// the checkpoint again: the image has it handled once, neither lost (a fork does not copy the
 /// queue) nor handled again after restore. Deterministic through THAW_TEST_SIGNAL_PARKED.

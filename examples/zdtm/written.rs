@@ -9,6 +9,11 @@
 //! a service that has not failed yet): each restore writes it from offset 0, over what an
 //! earlier restore wrote, so it is refused the same way once it is not empty.
 //!
+//! `l.lock` is opened so too, empty, and never written nor locked by the process: a lock file it
+//! would wait for (Java's `FileChannel.lock()` wants it open for writing) while another process
+//! holds the lock. That holder has it open for writing as well, but, the file empty and locked
+//! by it, writes nothing there: the restore is not refused for it.
+//!
 //! `zdtm-written IMAGE KEY DIR`; restored with the argument `hold`, it prints `ready PID` and
 //! waits for a line on its standard input before it writes (another restore meanwhile finds
 //! `w.log` open for writing in it, the same size still, and is refused).
@@ -31,6 +36,7 @@ fn main() {
     }
     writeln!(a, "pre").unwrap();
     let mut e = std::fs::File::create(dir.join("e.log")).unwrap();
+    let _l = std::fs::File::create(dir.join("l.lock")).unwrap();
     let args = common::checkpoint();
     if args.iter().any(|a| a == "hold") {
         println!("ready {}", std::process::id());

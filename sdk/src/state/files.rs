@@ -2277,7 +2277,7 @@ fn reopen_path(
 /// The other processes that hold the file `f` (at `path`) open for writing ("process 12
 /// (python3)"), by that name, among those whose descriptors can be looked at; `None` where none
 /// does.
-fn writers_elsewhere(f: &OwnedFd, path: &str) -> Option<String> {
+fn writers_elsewhere(f: &OwnedFd, path: &str, empty: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let me = crate::sys::getpid();
     let m = std::fs::metadata(format!(
@@ -2300,11 +2300,15 @@ fn writers_elsewhere(f: &OwnedFd, path: &str) -> Option<String> {
             {
                 continue;
             }
-            let flags = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{n}"))
-                .ok()
-                .map(|i| fdinfo_flags(&i))
-                .unwrap_or(0);
-            if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
+            let info = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{n}")).unwrap_or_default();
+            // An empty file that the other process holds a lock on through this descriptor is
+            // a lock file, written by neither: a standby waiting for the lock, or trying it in
+            // a loop (Java's FileChannel.lock()/tryLock() want it open for writing), while the
+            // holder runs. (Where the process goes on to lock it too, its lock decides.)
+            if empty && info.lines().any(|l| l.starts_with("lock:")) {
+                continue;
+            }
+            if fdinfo_flags(&info) & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
                 let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
                 who.push(format!("process {p} ({})", comm.trim()));
                 break;
@@ -2327,7 +2331,7 @@ fn written_over(f: &OwnedFd, fd: i32, path: &str, then: u64, locked: bool) -> Re
         if locked {
             return Ok(());
         }
-        return match writers_elsewhere(f, path) {
+        return match writers_elsewhere(f, path, now == 0) {
             Some(who) => Err(format!(
                 "fd {fd}: {path} is open for writing in {who}, and the process writes it at its end through its offset (open for writing without O_APPEND): both would write at one offset, over each other, so it is not restored while that runs; open it with O_APPEND (Python's open(path, \"a\"), Java's FileOutputStream(path, true)), or have each restore write a file of its own"
             )),
