@@ -291,6 +291,46 @@ fn thaw_api_errors_priorities_and_restored_arguments() {
     );
 }
 
+/// An image path with a character outside the BMP is the file written, encoded as the JDK
+/// encodes file names (it was written under the name's modified UTF-8, another name, and the
+/// program found no image where it asked for one); a path with a NUL is refused, not cut short.
+#[test]
+fn an_image_path_outside_the_bmp_is_the_file_written() {
+    let env = Env::new();
+    let cp = build(&env, &[root().join("examples/tests/java/ImagePath.java")]);
+    let dir = env.path("paths");
+    std::fs::create_dir(&dir).unwrap();
+    let o = command(&Path::new(JAVA_HOME).join("bin/java"))
+        .env("LC_ALL", "C.UTF-8")
+        .arg("-cp")
+        .arg(&cp)
+        .arg("ImagePath")
+        .arg(&dir)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "nul code -1: thaw: the image path contains a NUL character\nfirst life: saved true\n",
+        "{}",
+        text(&o)
+    );
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["img-\u{1F600}.thaw"]);
+    let o = env.restore(&dir.join("img-\u{1F600}.thaw"), &[], &["x"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "restored [x]\n",
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn a_refused_checkpoint_names_every_item_and_the_jvm_goes_on() {
     let env = Env::new();

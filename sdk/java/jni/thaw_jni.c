@@ -514,13 +514,29 @@ static void reseed(JNIEnv *env, jclass thaw_cls) {
     reseed_generators(env);
 }
 
-JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, jstring image, jstring key,
-                                                      jint flags) {
-    const char *img = (*env)->GetStringUTFChars(env, image, NULL);
+/* The bytes of a Java byte[] as a NUL-terminated string (malloc'd), or NULL (an exception is
+ * pending). */
+static char *cstring(JNIEnv *env, jbyteArray a) {
+    jsize n = (*env)->GetArrayLength(env, a);
+    char *s = malloc((size_t)n + 1);
+    if (!s) {
+        jclass oom = (*env)->FindClass(env, "java/lang/OutOfMemoryError");
+        if (oom) (*env)->ThrowNew(env, oom, "thaw: path");
+        return NULL;
+    }
+    (*env)->GetByteArrayRegion(env, a, 0, n, (jbyte *)s);
+    s[n] = 0;
+    return s;
+}
+
+/* image and key: the paths encoded as the JDK encodes file names (see Thaw.pathBytes). */
+JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, jbyteArray image,
+                                                      jbyteArray key, jint flags) {
+    char *img = cstring(env, image);
     if (!img) return -1;
-    const char *k = key ? (*env)->GetStringUTFChars(env, key, NULL) : NULL;
+    char *k = key ? cstring(env, key) : NULL;
     if (key && !k) {
-        (*env)->ReleaseStringUTFChars(env, image, img);
+        free(img);
         return -1;
     }
     prepare(env);
@@ -535,8 +551,8 @@ JNIEXPORT jint JNICALL Java_dev_thaw_Thaw_checkpoint0(JNIEnv *env, jclass cls, j
         const char *m = thaw_last_error();
         snprintf(message, sizeof message, "%s", m ? m : "");
     }
-    (*env)->ReleaseStringUTFChars(env, image, img);
-    if (k) (*env)->ReleaseStringUTFChars(env, key, k);
+    free(img);
+    free(k);
     if (r < 0) {
         throw_thaw(env, message, r);
         return r;

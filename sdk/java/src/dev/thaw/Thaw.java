@@ -73,7 +73,7 @@ public final class Thaw {
             // What the second life runs first is loaded and run once now: class loading after
             // the restore would be on the restored process's critical path.
             new Restored(new String[] {"x"}, new String[] {"K=V"}).argsArray();
-            int r = checkpoint0(image, key, flags);
+            int r = checkpoint0(pathBytes(image, "image"), key == null ? null : pathBytes(key, "key"), flags);
             if (r != RESTORED) return null;
             Restored restored = new Restored(restoredArgs0(), restoredEnv0());
             last = restored;
@@ -170,7 +170,32 @@ public final class Thaw {
         return live;
     }
 
-    private static native int checkpoint0(String image, String key, int flags)
+    /**
+     * A path as the JDK's own file APIs encode it (sun.jnu.encoding): JNI's GetStringUTFChars
+     * gives modified UTF-8, which writes a character outside the BMP (an emoji) as two encoded
+     * surrogates, so the image went to another name than the one asked for.
+     */
+    private static byte[] pathBytes(String path, String what) throws ThawException {
+        if (path.indexOf('\0') >= 0) {
+            throw new ThawException(
+                    "thaw: the " + what + " path contains a NUL character", ThawException.INVALID);
+        }
+        return path.getBytes(JNU);
+    }
+
+    private static final java.nio.charset.Charset JNU = jnuCharset();
+
+    private static java.nio.charset.Charset jnuCharset() {
+        String name = System.getProperty("sun.jnu.encoding");
+        try {
+            if (name != null) return java.nio.charset.Charset.forName(name);
+        } catch (IllegalArgumentException e) {
+            // (Unknown or unsupported: as the JDK falls back.)
+        }
+        return java.nio.charset.Charset.defaultCharset();
+    }
+
+    private static native int checkpoint0(byte[] image, byte[] key, int flags)
             throws ThawException;
 
     private static native String[] restoredArgs0();
