@@ -312,7 +312,7 @@ fn an_image_path_outside_the_bmp_is_the_file_written() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "nul code -1: thaw: the image path contains a NUL character\nfirst life: saved true\n",
+        "nul code -1: thaw: the image path contains a NUL character\nmissing code -3: named true\nfirst life: saved true\n",
         "{}",
         text(&o)
     );

@@ -16,12 +16,29 @@
 
 #define THAW_EXCEPTION "dev/thaw/ThawException"
 
+/* A string from UTF-8 (libthaw's messages): NewStringUTF takes modified UTF-8, and turned a
+ * character outside the BMP (in a path a message names) into others. */
+static jstring utf8_string(JNIEnv *env, const char *s) {
+    jsize len = (jsize)strlen(s);
+    jbyteArray bytes = (*env)->NewByteArray(env, len);
+    if (!bytes) return NULL;
+    (*env)->SetByteArrayRegion(env, bytes, 0, len, (const jbyte *)s);
+    jclass sc = (*env)->FindClass(env, "java/lang/String");
+    jclass cs = (*env)->FindClass(env, "java/nio/charset/StandardCharsets");
+    if (!sc || !cs) return NULL;
+    jfieldID f = (*env)->GetStaticFieldID(env, cs, "UTF_8", "Ljava/nio/charset/Charset;");
+    jobject utf8 = f ? (*env)->GetStaticObjectField(env, cs, f) : NULL;
+    jmethodID ctor = (*env)->GetMethodID(env, sc, "<init>", "([BLjava/nio/charset/Charset;)V");
+    if (!utf8 || !ctor) return NULL;
+    return (jstring)(*env)->NewObject(env, sc, ctor, bytes, utf8);
+}
+
 static void throw_thaw(JNIEnv *env, const char *message, int code) {
     jclass cls = (*env)->FindClass(env, THAW_EXCEPTION);
     if (!cls) return;
     jmethodID ctor = (*env)->GetMethodID(env, cls, "<init>", "(Ljava/lang/String;I)V");
     if (!ctor) return;
-    jstring msg = (*env)->NewStringUTF(env, message ? message : "");
+    jstring msg = utf8_string(env, message ? message : "");
     if (!msg) return;
     jobject e = (*env)->NewObject(env, cls, ctor, msg, (jint)code);
     if (e) (*env)->Throw(env, (jthrowable)e);
