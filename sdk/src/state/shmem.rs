@@ -581,7 +581,7 @@ pub(crate) fn copies(
             if own.is_none() {
                 // Without a description of it, only its shared mappings could be read back.
                 refused.push(format!(
-                    "{}: the mapped file {} was deleted, and the process has no descriptor of it (open it before the checkpoint, or let thaw read /proc/self/map_files with CAP_CHECKPOINT_RESTORE)",
+                    "{}: the mapped file {} was deleted, and the process has no descriptor of it: keep one open from before it is deleted (or delete it only after the checkpoint), or let thaw read /proc/self/map_files with CAP_CHECKPOINT_RESTORE",
                     private.get(&id).cloned().unwrap_or_default(),
                     file.path
                 ));
