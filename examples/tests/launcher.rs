@@ -239,6 +239,42 @@ fn other_signals_sent_to_the_launcher_are_passed_on() {
     }
 }
 
+/// A restored process that signals its parent (`kill(getppid(), SIGUSR2)`: a daemon telling its
+/// supervisor it is ready) signals the launcher (or the namespace's init), which stands in for
+/// its parent: it passed the signal back to the process, which got its own signal (and,
+/// without a handler, died of it). A signal from the process is not passed back any more.
+#[test]
+fn a_signal_the_process_sends_its_parent_is_not_passed_back_to_it() {
+    const SCRIPT: &str = r#"
+import os, signal, sys, time, thaw
+got = []
+signal.signal(signal.SIGUSR2, lambda s, f: got.append("USR2"))
+thaw.checkpoint(sys.argv[1], key=sys.argv[2], exit_after_save=True)
+os.kill(os.getppid(), signal.SIGUSR2)
+time.sleep(0.5)
+print("process got", got, flush=True)
+"#;
+    let env = Env::new();
+    let img = env.path("parent.thaw");
+    let o = env.python_script(SCRIPT, &img).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for mode in ["host", "ns"] {
+        // A supervisor that takes SIGUSR2 from its child, the launcher.
+        let run = env.restore_cmd(&img, &["--pid-mode", mode], &[]);
+        let mut c = std::process::Command::new("/bin/bash");
+        c.arg("-c")
+            .arg(r#"trap 'echo supervisor got USR2' USR2; "$@" & p=$!; wait $p; r=$?; while kill -0 $p 2>/dev/null; do wait $p; r=$?; done; exit $r"#)
+            .arg("bash")
+            .arg(run.get_program())
+            .args(run.get_args())
+            .envs(run.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{mode}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out, "process got []\n", "{mode}: {}", text(&o));
+    }
+}
+
 /// A memory cgroup of this test's own (v1 or v2) limited to `bytes`; removed when dropped.
 struct MemoryLimit(std::path::PathBuf);
 

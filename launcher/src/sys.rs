@@ -398,18 +398,37 @@ pub fn ending_signal() -> Option<i32> {
 
 extern "C" fn forward(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     const SI_KERNEL: i32 = 0x80;
+    const SI_QUEUE: i32 = -1;
+    const SI_TKILL: i32 = -6;
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, sender) = unsafe { info.as_ref() }.map_or((0, 0), |i| {
+        let code = i.si_code;
+        let sender = if matches!(code, libc::SI_USER | SI_QUEUE | SI_TKILL) {
+            // SAFETY: si_pid is the union member set for the codes of kill, sigqueue and tgkill.
+            unsafe { i.si_pid() }
+        } else {
+            0
+        };
+        (code, sender)
+    });
+    // Sent by the process itself: to its parent, which the launcher (or the namespace's init)
+    // is now (`kill(getppid(), ...)`: a daemon telling its supervisor it is ready), or to its
+    // process group, the launcher's (`kill(0, ...)`, which reached the process too). Never
+    // passed back to it: it would get its own signal (and die of it without a handler), or
+    // get it twice. (Which of the two it was, nothing tells: not passed up either.)
+    if pid > 0 && sender == pid {
+        return;
+    }
     if matches!(
         sig,
         libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
     ) {
         ENDING.store(sig, std::sync::atomic::Ordering::Relaxed);
     }
-    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
     if pid <= 0 {
         return;
     }
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
     // Ctrl-C and Ctrl-\ on a terminal: the kernel sends them to the whole foreground process
     // group, so a process in ours has its own already (passed on, it got two).
     let keyboard = (sig == libc::SIGINT || sig == libc::SIGQUIT) && code == SI_KERNEL;
