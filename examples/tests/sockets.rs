@@ -497,3 +497,56 @@ except thaw.UnsupportedStateError as e:
     );
     assert!(!img.exists());
 }
+
+/// A daemon that bound a port below 1024 as root, then gave root up, as servers do: restored
+/// with its credentials, the restorer may not bind the port again. The refusal said
+/// "Permission denied" alone; it names the capability and the way out (--listen-fd).
+#[test]
+fn a_privileged_port_bound_before_giving_up_root_names_the_way_out() {
+    const SCRIPT: &str = r#"
+import os, socket, sys, thaw
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+for port in range(700, 1024):
+    try:
+        s.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        pass
+s.listen()
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+print("port", port, flush=True)
+thaw.checkpoint(sys.argv[1], key=sys.argv[2], exit_after_save=True)
+"#;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: binding a privileged port takes root");
+        return;
+    }
+    let env = Env::for_nobody();
+    let img = env.path("priv.thaw");
+    let o = python_with_thaw()
+        .args(["-c", SCRIPT])
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let port = out
+        .trim()
+        .strip_prefix("port ")
+        .unwrap_or_else(|| panic!("{out}"));
+    let o = env.restore(&img, &[], &[]);
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "listening socket 127.0.0.1:{port}: cannot bind and listen"
+        )) && err.contains("CAP_NET_BIND_SERVICE")
+            && err.contains("--listen-fd"),
+        "{err}"
+    );
+}

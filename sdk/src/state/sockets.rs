@@ -1572,6 +1572,12 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
             format!(
                 "listening socket {what}: the address is in use ({held}, or hand a listening socket in with --listen-fd)"
             )
+        } else if e.raw_os_error() == Some(libc::EACCES) && l.family != libc::AF_UNIX {
+            // A daemon that bound a port below 1024 as root, then gave root up: restored with
+            // its credentials, the restorer may not bind it again.
+            format!(
+                "listening socket {what}: cannot bind and listen: {e}: a port below net.ipv4.ip_unprivileged_port_start takes CAP_NET_BIND_SERVICE, which the process's credentials do not have; have a privileged parent bind it and hand it in with --listen-fd (or systemd socket activation)"
+            )
         } else {
             format!("listening socket {what}: cannot bind and listen: {e}")
         }
