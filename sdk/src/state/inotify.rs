@@ -74,6 +74,13 @@ impl WatchStamp {
                 .ok()?
                 .flatten()
                 .filter_map(|e| e.metadata().ok())
+                // A subdirectory's own entries made or removed change its times (modification
+                // and status alike), which no watch of its parent reports: a status change
+                // alone (chmod, chown) shows as a newer status time.
+                .filter(|e| {
+                    !(e.is_dir()
+                        && nanos(e.ctime(), e.ctime_nsec()) == nanos(e.mtime(), e.mtime_nsec()))
+                })
                 .map(|e| nanos(e.ctime(), e.ctime_nsec()))
                 .max()
                 .unwrap_or(0)
@@ -448,6 +455,33 @@ impl Inotify {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory watched for its entries' events (Node's `fs.watch(dir)`): entries made in a
+    /// subdirectory change the subdirectory's times, which the watch does not report (a restore
+    /// was refused for a write under `logs/`); a status change of the subdirectory itself (its
+    /// times set, as by `touch`) is reported (IN_ATTRIB), and refuses it.
+    #[test]
+    fn entries_made_in_a_subdirectory_are_no_change_of_a_watched_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        let path = dir.path().to_str().unwrap();
+        let mask = libc::IN_CREATE | libc::IN_MODIFY | libc::IN_ATTRIB;
+        let (then, is_dir) = WatchStamp::of(path, mask).unwrap();
+        assert!(is_dir);
+        std::fs::write(sub.join("app.log"), b"x").unwrap();
+        let (now, _) = WatchStamp::of(path, mask).unwrap();
+        assert_eq!(then.changed(&now, mask, true), None);
+        std::fs::File::open(&sub)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30))
+            .unwrap();
+        let (now, _) = WatchStamp::of(path, mask).unwrap();
+        assert_eq!(
+            then.changed(&now, mask, true),
+            Some("had an entry written or changed since the checkpoint (IN_MODIFY, IN_ATTRIB)")
+        );
+    }
 
     #[test]
     fn fdinfo_lines() {
