@@ -451,6 +451,36 @@ fn v8_flags_the_application_set_stay_set() {
     );
 }
 
+/// `checkpoint()` called from a hook is refused at once, naming the mistake (it ran the hooks
+/// again, and itself, without end), and the outer checkpoint goes on.
+#[test]
+fn a_checkpoint_from_a_hook_is_refused() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("hook.thaw");
+    let js = "let inner;\n\
+        thaw.beforeCheckpoint(() => {\n\
+          try { thaw.checkpoint(process.argv[1] + '.inner'); } catch (e) { inner = e.code + ': ' + e.message; }\n\
+        });\n\
+        const r = thaw.checkpoint(process.argv[1], { key: process.argv[2] });\n\
+        console.log(`${r.restored ? 'restored' : 'first'} ${inner}`);";
+    let (out, o) = script(&pkg, js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        out,
+        "first THAW_ERR_INVALID: thaw: checkpoint() called from a beforeCheckpoint or afterRestore hook: checkpoint after the call returns instead\n",
+        "{}",
+        text(&o)
+    );
+    assert!(!env.path("hook.thaw.inner").exists());
+    let o = env.restore(&img, &[], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("restored THAW_ERR_INVALID"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// A SIGTERM another process sends while `checkpoint()` runs its hooks: libuv takes it at once
 /// (into its signal pipe) and the listener runs at the loop's next turn, which used to be in
 /// every restore. Now the first life's listener gets it after `checkpoint()` returns, and no

@@ -360,17 +360,29 @@ function checkpoint(path, options = {}) {
       'THAW_ERR_UNSUPPORTED'
     );
   }
+  // A hook that checkpoints would run the hooks again, and itself, without end.
+  if (inCheckpoint) {
+    throw thawError(
+      'thaw: checkpoint() called from a beforeCheckpoint or afterRestore hook: checkpoint after the call returns instead',
+      'THAW_ERR_INVALID'
+    );
+  }
   if (fdPolicy !== undefined) setFdPolicy(fdPolicy);
   // From here to the end, a signal another process sends (a supervisor's SIGTERM, a Ctrl-C)
   // reaches this process's listeners after checkpoint() returns in the first life, and never
   // a restore (libuv would otherwise have queued it in the image).
   native.holdSignals();
+  inCheckpoint = true;
   try {
     return checkpointHeld(path, key, exitAfterSave, leaveChildrenOut, gc);
   } finally {
+    inCheckpoint = false;
     native.releaseSignals();
   }
 }
+
+// Whether this thread is inside checkpoint() (its hooks included).
+let inCheckpoint = false;
 
 function checkpointHeld(path, key, exitAfterSave, leaveChildrenOut, gc) {
   const flags =
