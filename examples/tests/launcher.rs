@@ -684,6 +684,40 @@ fn a_process_from_its_own_network_namespace_is_refused_outside_it() {
     );
 }
 
+/// A limit on open files below the descriptors the process held (`ulimit -n`): refused before
+/// anything is opened, saying what limit it takes (it failed at the thousandth file reopened,
+/// "Too many open files"); with that limit, restored.
+#[test]
+fn a_limit_on_open_files_below_the_process_descriptors_says_what_it_takes() {
+    let env = Env::new();
+    let img = env.path("n.thaw");
+    let o = command(Path::new("bash"))
+        .args(["-c", "exec 200</dev/null; exec \"$0\" \"$1\" \"$2\""])
+        .arg(env.program("zdtm-waiter"))
+        .arg(&img)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let restore = |limit: &str| {
+        command(Path::new("prlimit"))
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(bin("thaw"))
+            .args(env.restore_cmd(&img, &[], &[]).get_args())
+            .output()
+            .unwrap()
+    };
+    let o = restore("150");
+    assert_eq!(o.status.code(), Some(67), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("up to number 200, and your limit on open files (RLIMIT_NOFILE) is 150: raise it to 217 or more (ulimit -n 217)"),
+        "{err}"
+    );
+    let o = restore("217");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A limit on file size below the image's (RLIMIT_FSIZE, `ulimit -f`): the write fails and says
 /// so, rather than SIGXFSZ killing the process that checkpoints (it goes on) or the launcher
 /// that signs; no image is left behind, and the image signed before stays as it was.

@@ -143,6 +143,32 @@ fn dup_failure(e: &std::io::Error, high: RawFd) -> Failure {
     }
 }
 
+/// Descriptors the launcher may hold beside the process's while it reopens them.
+const OWN_DESCRIPTORS: u64 = 16;
+
+/// Whether the caller's limit on open files leaves room for the process's descriptors: every
+/// number it held must be below the limit (as its own limit is never above the caller's), and
+/// the launcher holds them all at once, beside its own (which wait above them). Refused before anything is opened,
+/// naming what it takes, instead of "Too many open files" at the thousandth reopened file.
+fn room_for_descriptors(m: &thaw::state::Manifest) -> Result<()> {
+    let Some(top) = m.files.iter().map(|e| e.fd).max() else {
+        return Ok(());
+    };
+    let limit = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE).map_or(u64::MAX, |(_, max)| max);
+    let count = m.files.len() as u64;
+    // (The launcher's own descriptors wait above the process's highest, FIRST_HIGH_FD at
+    // least: see dup_high.)
+    let needed = ((top + 1).max(FIRST_HIGH_FD) as u64).max(count) + OWN_DESCRIPTORS;
+    if needed > limit {
+        return Err(refused(format!(
+            "the process held {count} descriptors, up to number {top}, and your limit on open \
+             files (RLIMIT_NOFILE) is {limit}: raise it to {needed} or more (ulimit -n {needed}) \
+             and restore again"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that the image may run here, by this caller. Returns the caller's credentials.
 fn check_policy(image: &Image, elevated: bool, as_caller: bool) -> Result<policy::Target> {
     let m = image.manifest();
@@ -461,6 +487,7 @@ fn prepare_fds(
 ) -> Result<Fds> {
     let m = image.manifest();
     thaw::state::epoll::check_standard(&m.files).map_err(refused)?;
+    room_for_descriptors(m)?;
     // Reopen the process's files first (checks identity; may read pipe contents from the image).
     let payload_off = image.header().payload_off;
     // Shared memory objects, created and filled here; mapped and sealed by the restorer.
