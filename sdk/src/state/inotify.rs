@@ -338,11 +338,17 @@ fn find_path(
                 if same_inode(&path, ino) {
                     return Ok((fd, path));
                 }
-                last = format!("{path} is another file by now");
+                last = match path.strip_suffix(" (deleted)") {
+                    Some(gone) => format!(
+                        "{gone} was deleted, and a watch cannot be made again on a file without a name: remove the watch when the file is deleted"
+                    ),
+                    None => format!("{path} is another file by now"),
+                };
             }
             Err(e) => {
                 denied |= e.raw_os_error() == Some(libc::EPERM);
-                last = format!("open_by_handle_at: {e}");
+                // (A file of a pseudo file system, /proc's, has no handle to open it by.)
+                last = format!("open_by_handle_at on {at}: {e}");
             }
         }
     }
