@@ -62,6 +62,8 @@ fn zdtm_programs_come_back_through_serve_as_through_run() {
         // Each instance makes io_uring instances of its own, their counters where the image
         // had them: in one the template shared, the second would see the first one's requests.
         ("zdtm-io-uring", &[], &[]),
+        // Each instance makes its AIO contexts (a fork does not pass them on).
+        ("zdtm-aio", &[], &[]),
         // The template makes the cgroup namespace the process was at the root of; its
         // instances read / as the first life did.
         ("zdtm-cgroupns", &[], &[]),

@@ -54,6 +54,7 @@ fn memory_contents_brk_and_layout() {
             Backing::Special { name } => name.clone(),
             Backing::Shared { object, .. } => format!("shared {object}"),
             Backing::IoRing { .. } => "anon_inode:[io_uring]".into(),
+            Backing::Aio(_) => thaw::state::aio::MAP_NAME.into(),
         };
         let p = |bit: i32, c: char| if vma.prot & bit as u32 != 0 { c } else { '-' };
         let shared = if vma.map_flags & libc::MAP_SHARED as u32 != 0 {
@@ -1701,6 +1702,72 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
     }
 }
 
+/// AIO contexts (io_setup, libaio's) come back at their addresses, which the process holds as
+/// their ids, with their counters and the events not reaped yet, in every mode and for an
+/// unprivileged user, checkpointed again once restored; requests in flight, a ring inherited
+/// from a parent and a ring written over are refused by name.
+#[test]
+fn aio_contexts_come_back_with_their_unreaped_events_and_requests_in_flight_are_refused() {
+    let checks = [
+        "each ring at its address, its counters as they were",
+        "each ring's mapping as before",
+        "a read through the same context id completes",
+        "a write through it completes",
+        "the 40 events not reaped are reaped now, in order, as they were",
+        "it goes on around its ring",
+    ];
+    let mut envs = vec![Env::new()];
+    if is_root() {
+        envs.push(Env::for_nobody());
+    }
+    for env in envs {
+        let img = env.checkpoint("zdtm-aio", "a.thaw", &[]);
+        let rings = env
+            .manifest(&img)
+            .memory
+            .iter()
+            .filter(|v| matches!(v.backing, thaw::state::memory::Backing::Aio(_)))
+            .count();
+        assert_eq!(rings, 2);
+        let modes: &[&[&str]] = if env.nobody {
+            &[&["--pid-mode", "ns"]]
+        } else {
+            every_mode()
+        };
+        for opts in modes {
+            let o = env.restore(&img, opts, &[]);
+            assert_all_ok(&o, &checks);
+        }
+        let next = env.path("a2.thaw");
+        let o = env.restore(&img, modes[0], &[next.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let o = env.restore(&next, modes[modes.len() - 1], &[]);
+        assert_all_ok(
+            &o,
+            &[
+                "restored twice, the counters as they were",
+                "restored twice, the event left unreaped is there",
+                "restored twice, a read completes",
+            ],
+        );
+    }
+    let env = Env::new();
+    for (mode, says) in [
+        (
+            "in-flight",
+            "1 requests are in flight (submitted, not completed)",
+        ),
+        (
+            "inherited",
+            "an AIO ring that is not a context of this process",
+        ),
+        ("scribbled", "its ring's header is not one this thaw knows"),
+    ] {
+        let out = env.refused("zdtm-aio", "r.thaw", &[mode]);
+        assert!(out.contains(says), "{mode}: {out}");
+    }
+}
+
 /// Removes a file when dropped.
 struct RemoveFile(std::path::PathBuf);
 
@@ -2117,7 +2184,6 @@ fn thread_controls_signal_driven_io_and_socket_options_are_restored() {
             "(F_SETOWN), which is not restored with this one",
         ),
         ("mqueue", "a POSIX message queue (mq_open): not supported"),
-        ("aio", "an AIO context (io_setup) is not supported"),
         (
             "unshare-fs",
             "its own working directory, root and umask (unshare(CLONE_FS))",

@@ -8,8 +8,7 @@
 //! is as it was.
 //!
 //! `PROG IMAGE KEY foreign-owner`: a pipe's SIGIO goes to the parent process; `mqueue`: a POSIX
-//! message queue is open; `aio`: an AIO context exists; `unshare-fs`: a thread has its own
-//! working directory. Each is refused at checkpoint, naming what (exit 3).
+//! message queue is open; `unshare-fs`: a thread has its own working directory. Each is refused at checkpoint, naming what (exit 3).
 
 #[path = "common.rs"]
 mod common;
@@ -264,14 +263,6 @@ fn main() {
             }
             // SAFETY: a prctl query.
             assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 2);
-        });
-    }
-    if extra.iter().any(|a| a == "aio") {
-        common::refusal(|| {
-            let mut ctx = 0u64;
-            // SAFETY: io_setup writes the context id to `ctx`.
-            let r = unsafe { libc::syscall(libc::SYS_io_setup, 8, &mut ctx) };
-            assert_eq!(r, 0, "io_setup");
         });
     }
     if extra.iter().any(|a| a == "mqueue") {

@@ -605,6 +605,8 @@ pub struct Capture {
     /// Shared memory objects to copy, and /proc/self/mem to copy fd-less ones from.
     pub shm: Vec<crate::state::shmem::ShmCopy>,
     pub mem: Option<OwnedFd>,
+    /// AIO rings to copy (see [`crate::state::aio`]).
+    pub aio: Vec<crate::state::aio::AioCopy>,
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME (ns) just before the snapshot: no thread saw later.
     pub clocks: [AtomicU64; 2],
     /// MADV_DONTFORK ranges: the advice is lifted for the fork so that the snapshot has them,
@@ -680,6 +682,7 @@ impl Capture {
                 .map(AsRawFd::as_raw_fd),
         );
         fds.extend(self.shm.iter().filter_map(|o| o.own_fd()));
+        fds.extend(self.aio.iter().map(crate::state::aio::AioCopy::own_fd));
         fds.extend(
             self.fdinfos
                 .iter()
@@ -740,6 +743,7 @@ impl Capture {
             fdinfos: Vec::new(),
             fifos: Vec::new(),
             shm: Vec::new(),
+            aio: Vec::new(),
             mem: None,
             clocks: Default::default(),
             itimers: Default::default(),
@@ -1430,6 +1434,9 @@ fn handle(call: &mut HandlerCall) {
     for o in &c.shm {
         o.copy(mem);
     }
+    for a in &c.aio {
+        a.copy();
+    }
     late_timers_for_tests();
     // Whether `sig` waits in the process's queue. (Taken for the image too, it is queued once
     // more at restore: to the same thread, where it merges.)
@@ -1760,6 +1767,9 @@ pub fn freeze(
         std::mem::forget(capture.stacks.take());
         for o in capture.shm.drain(..) {
             o.abandon();
+        }
+        for a in capture.aio.drain(..) {
+            a.abandon();
         }
         return Ok(Frozen::Restored);
     }

@@ -495,6 +495,15 @@ impl Checkpoint {
             return Err(CheckpointError::Unsupported(refused));
         }
         capture.shm = shm;
+        let (aio, refused) =
+            crate::state::aio::copies(&maps).map_err(io("preparing the AIO rings' copies"))?;
+        if !refused.is_empty() {
+            return Err(CheckpointError::Unsupported(refused));
+        }
+        capture
+            .own_buffers
+            .extend(aio.iter().map(crate::state::aio::AioCopy::own_buffer));
+        capture.aio = aio;
         // A process that is not dumpable (it changed its credentials) may not open its own
         // /proc/self/mem or pagemap (they are root's then): dumpable for the instant of the open
         // (the descriptor keeps working).
@@ -1011,6 +1020,32 @@ impl Checkpoint {
                                 ));
                                 continue;
                             }
+                        }
+                    }
+                    // An AIO ring: its counters and events as the handler copied them.
+                    let (start, len) = (vma.start, vma.len());
+                    if let state::memory::Backing::Aio(ring) = &mut vma.backing {
+                        let copy = c.aio.iter().find(|a| a.start == start && a.len == len);
+                        // (A ring refused stays among the mappings dumped: it is no mapping
+                        // the snapshot lacks.)
+                        let read = copy
+                            .and_then(crate::state::aio::AioCopy::bytes)
+                            .ok_or_else(|| format!(
+                                "{}: an AIO ring that could not be read while the threads were stopped (made, moved or resized during the checkpoint): checkpoint again",
+                                entry.describe()
+                            ))
+                            .and_then(|bytes| {
+                                let unreaped = ring.read(start, &bytes)?;
+                                copy.map_or(Ok(()), |a| a.idle(ring))?;
+                                Ok((unreaped, bytes))
+                            });
+                        match read {
+                            Ok((false, _)) => {}
+                            Ok((true, bytes)) => {
+                                let events = &bytes[crate::state::aio::HEADER as usize..];
+                                ring.events = Some(writer.append_payload(events)?);
+                            }
+                            Err(why) => unsupported.push(why),
                         }
                     }
                     vma.read_policy();

@@ -60,6 +60,11 @@ pub const OP_EXPECT: u64 = 14;
 /// ARCH_REQ_XCOMP_PERM) by then, or the thread dies of SIGILL.
 pub const OP_XSTATE_FIRST_USE: u64 = 15;
 
+/// Run a system call (failing the restore on an error) whose first argument is the 64-bit word
+/// at address `args[0]`, which an earlier step wrote (a context `io_setup` made), the others
+/// `args[1..6]`.
+pub const OP_SYSCALL_LOADED: u64 = 16;
+
 /// One step, laid out as the restorer reads it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +250,24 @@ impl Plan {
     /// A system call that must succeed.
     pub fn syscall(&mut self, label: impl Into<String>, nr: i64, args: [u64; 6]) {
         self.push(label.into(), OP_SYSCALL, nr, args);
+    }
+
+    /// A system call that must succeed whose first argument is the word an earlier step
+    /// stored at `first_at` (see [`OP_SYSCALL_LOADED`]).
+    pub fn syscall_loaded(
+        &mut self,
+        label: impl Into<String>,
+        nr: i64,
+        first_at: u64,
+        rest: [u64; 5],
+    ) {
+        let [b, c, d, e, f] = rest;
+        self.push(
+            label.into(),
+            OP_SYSCALL_LOADED,
+            nr,
+            [first_at, b, c, d, e, f],
+        );
     }
 
     /// A system call whose failure does not matter.

@@ -1993,6 +1993,27 @@ pub fn read_own_memory(dst: u64, src: u64, len: usize) -> i64 {
     done as i64
 }
 
+/// Whether `addr` is the id of an AIO context of this process: `io_getevents` of none on it
+/// (the kernel looks the context up by the id written in the ring at that address, and checks
+/// that it is that ring's).
+pub fn aio_context_is_ours(addr: u64) -> bool {
+    syscall6(libc::SYS_io_getevents, [addr, 0, 0, 0, 0, 0]) == 0
+}
+
+/// io_submit(ctx, n, iocbs): requests submitted, or a negative errno. Async-signal-safe.
+pub fn io_submit(ctx: u64, n: u64, iocbs: u64) -> i64 {
+    syscall6(libc::SYS_io_submit, [ctx, n, iocbs, 0, 0, 0])
+}
+
+/// sched_setaffinity of the calling thread to `mask` (64-bit words); 0 or a negative errno.
+/// Async-signal-safe.
+pub fn set_own_affinity(mask: &[u64]) -> i64 {
+    syscall6(
+        libc::SYS_sched_setaffinity,
+        [0, (mask.len() * 8) as u64, mask.as_ptr() as u64, 0, 0, 0],
+    )
+}
+
 /// fstat(fd). Async-signal-safe.
 pub fn fstat(fd: i32) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();

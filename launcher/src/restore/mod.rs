@@ -857,6 +857,10 @@ fn build_plan(
         }
     }
 
+    // AIO contexts, once the memory is in place (the kernel puts a new ring in a hole of it);
+    // an instance of a template makes its own (a fork does not pass them on).
+    plan_aio(&mut plan, m, fds, payload_off)?;
+
     // Process attributes, limits (never above what the caller may have), signal dispositions.
     m.process.plan_restore(&mut plan);
     thaw::state::process::plan_loginuid(
@@ -1196,6 +1200,30 @@ fn build_plan(
 
 /// What a fork does not pass on as it was: `MADV_DONTFORK` ranges (the child would lack them) and
 /// guard regions.
+/// Each AIO context made again where the process had it (see [`thaw::state::aio`]).
+fn plan_aio(plan: &mut Plan, m: &thaw::Manifest, fds: &Fds, payload_off: u64) -> Result<()> {
+    let rings = m.memory.iter().filter_map(|v| match &v.backing {
+        Backing::Aio(r) => Some((v, r)),
+        _ => None,
+    });
+    let mut cpus = None;
+    for (vma, ring) in rings {
+        let cpus = *cpus.get_or_insert_with(|| thaw::state::aio::possible_cpus().unwrap_or(1));
+        let request = thaw::state::aio::setup_request(vma.len(), cpus)
+            .map_err(|e| refused(format!("AIO context {:#x}: {e}", vma.start)))?;
+        // (The launcher's read end of the error pipe is nothing to the process: its number
+        // is free for the moment, see `EpollWatch::at`.)
+        ring.plan_restore(
+            plan,
+            (vma.start, vma.len()),
+            request,
+            fds.error_r.as_raw_fd(),
+            (fds.image.as_raw_fd(), payload_off),
+        );
+    }
+    Ok(())
+}
+
 fn plan_fork_sensitive(plan: &mut Plan, m: &thaw::Manifest) {
     for r in &m.dontfork {
         r.plan_restore(plan);

@@ -207,6 +207,11 @@ fn check_manifest(m: &Manifest, h: &Header, path: &Path) -> Result<(), ImageErro
             }
             _ => None,
         }))
+        // An AIO ring's unreaped events.
+        .chain(m.memory.iter().filter_map(|v| match &v.backing {
+            crate::state::memory::Backing::Aio(r) => r.events,
+            _ => None,
+        }))
         // The bytes waiting in a FIFO made again (its own entry field).
         .chain(m.files.iter().filter_map(|f| f.fifo_bytes))
         // An io_uring instance's memory.

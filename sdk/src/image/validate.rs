@@ -95,6 +95,13 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
                 ));
             }
         }
+        if let Backing::Aio(r) = &v.backing {
+            if v.map_flags & libc::MAP_SHARED as u32 == 0 || !v.pages.is_empty() {
+                return Err(format!("mapping {:#x}: an AIO ring not shared", v.start));
+            }
+            r.check(v.len())
+                .map_err(|e| format!("mapping {:#x}: {e}", v.start))?;
+        }
         if let Backing::Shared { object, offset } = v.backing {
             if !ids.contains(&object) || !aligned(offset) {
                 return Err(format!(
@@ -119,6 +126,7 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             }
         }
     }
+    crate::state::aio::check_all(&m.memory)?;
     crate::state::pkeys::validate(&m.pkeys, &m.memory)?;
     crate::state::io_uring::Ring::check_all(crate::state::io_uring::rings(&m.files))?;
     if ids.len() != m.shared.len() {

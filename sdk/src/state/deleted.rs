@@ -82,7 +82,8 @@ impl DeletedFile {
 /// Kernel-internal files that show as deleted paths: why each is refused (what to do instead).
 pub(crate) fn kernel_internal(name: &str) -> Option<&'static str> {
     match name.strip_suffix(" (deleted)")? {
-        "/[aio]" => Some("an AIO context (io_setup) is not supported: io_destroy it before the checkpoint and io_setup again after"),
+        // (A mapping of one is kept, see super::aio; a descriptor of its file is refused.)
+        "/[aio]" => Some("an AIO ring's file opened (through /proc/PID/map_files) is not supported: close it before the checkpoint"),
         "/anon_hugepage" => Some("MAP_HUGETLB memory is not supported: map it without MAP_HUGETLB (transparent huge pages are restored; a JVM started with -XX:+UseLargePages: drop the flag, or use -XX:+UseTransparentHugePages)"),
         "/secretmem" => Some("memfd_secret memory cannot be read by anyone, thaw included: create it again after restore"),
         _ => None,

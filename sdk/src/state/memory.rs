@@ -89,6 +89,8 @@ pub enum Backing {
     /// A mapping of an io_uring instance's rings or submission entries (`offset` is the mmap
     /// offset that says which), the instance being descriptor `fd` (see [`super::io_uring`]).
     IoRing { fd: i32, offset: u64 },
+    /// An AIO context's ring (`io_setup`), made again and moved here (see [`super::aio`]).
+    Aio(super::aio::AioRing),
 }
 
 use std::fs::File;
@@ -229,7 +231,8 @@ impl Vma {
             ));
         }
         let name = m.name.as_str();
-        if let Some(why) = super::deleted::kernel_internal(name) {
+        let aio = name == super::aio::MAP_NAME;
+        if let Some(why) = super::deleted::kernel_internal(name).filter(|_| !aio) {
             return Err(format!("{}: {why}", m.describe()));
         }
         if m.has_flag("ht") {
@@ -237,6 +240,8 @@ impl Vma {
         }
         let backing = if SPECIAL_NAMES.contains(&name) {
             Backing::Special { name: name.into() }
+        } else if aio {
+            super::aio::backing(m)?
         } else if name == "anon_inode:[io_uring]" {
             super::io_uring::backing(m)?
         } else if let Some((fd, ..)) = super::io_uring::restored_memory(name) {
@@ -482,7 +487,8 @@ impl Vma {
             Backing::File { path, .. } => path.clone(),
             Backing::Shared { object, .. } => format!("shared object {object}"),
             Backing::IoRing { fd, .. } => format!("io_uring fd {fd}"),
-            Backing::Special { .. } => return,
+            // (Made again by the context's own steps, see super::aio.)
+            Backing::Special { .. } | Backing::Aio(_) => return,
             b => format!("{b:?}").to_lowercase(),
         };
         let uffd = uffd.filter(|_| self.can_fill_lazily());

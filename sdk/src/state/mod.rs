@@ -5,6 +5,7 @@
 //! been checked). Any change to a serialized type changes the encoding and therefore bumps
 //! [`crate::image::FORMAT_VERSION`].
 
+pub mod aio;
 pub mod cgroupns;
 pub mod children;
 pub mod clocks;
