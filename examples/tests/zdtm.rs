@@ -1752,6 +1752,19 @@ fn aio_contexts_come_back_with_their_unreaped_events_and_requests_in_flight_are_
         );
     }
     let env = Env::new();
+    // The first life goes on with its rings as it left them (the checkpoint's probe of each
+    // took its own writes out), and its image comes back as well.
+    let o = env.first_life("zdtm-aio", "f.thaw", &["first-life"]);
+    assert_all_ok(
+        &o,
+        &[
+            "first life: the 40 events not reaped are there, in order",
+            "first life: nothing more in either ring",
+            "first life: a read completes",
+        ],
+    );
+    let o = env.restore(&env.path("f.thaw"), every_mode()[0], &[]);
+    assert_all_ok(&o, &checks);
     for (mode, says) in [
         (
             "in-flight",
