@@ -859,7 +859,7 @@ fn build_plan(
 
     // AIO contexts, once the memory is in place (the kernel puts a new ring in a hole of it);
     // an instance of a template makes its own (a fork does not pass them on).
-    plan_aio(&mut plan, m, fds, payload_off)?;
+    plan_aio(&mut plan, m, fds, payload_off, fork.is_some())?;
 
     // Process attributes, limits (never above what the caller may have), signal dispositions.
     m.process.plan_restore(&mut plan);
@@ -1200,17 +1200,59 @@ fn build_plan(
 
 /// What a fork does not pass on as it was: `MADV_DONTFORK` ranges (the child would lack them) and
 /// guard regions.
-/// Each AIO context made again where the process had it (see [`thaw::state::aio`]).
-fn plan_aio(plan: &mut Plan, m: &thaw::Manifest, fds: &Fds, payload_off: u64) -> Result<()> {
+/// Each AIO context made again where the process had it (see [`thaw::state::aio`]). An
+/// instance of a template (`served`) has no descriptor of the image: the events it puts back
+/// are read here and staged in its plan.
+fn plan_aio(
+    plan: &mut Plan,
+    m: &thaw::Manifest,
+    fds: &Fds,
+    payload_off: u64,
+    served: bool,
+) -> Result<()> {
+    use thaw::state::aio::EventSource;
     let rings = m.memory.iter().filter_map(|v| match &v.backing {
         Backing::Aio(r) => Some((v, r)),
         _ => None,
     });
     let mut cpus = None;
+    let mut staged_total = 0u64;
     for (vma, ring) in rings {
+        let what = format!("AIO context {:#x}", vma.start);
         let cpus = *cpus.get_or_insert_with(|| thaw::state::aio::possible_cpus().unwrap_or(1));
         let request = thaw::state::aio::setup_request(vma.len(), cpus)
-            .map_err(|e| refused(format!("AIO context {:#x}: {e}", vma.start)))?;
+            .map_err(|e| refused(format!("{what}: {e}")))?;
+        let staged = match ring.events.filter(|_| served) {
+            Some(p) => {
+                staged_total += u64::from(ring.unreaped()) * thaw::state::aio::EVENT;
+                if staged_total > thaw::state::aio::MAX_STAGED {
+                    return Err(refused(format!(
+                        "{what}: its ring holds more events not reaped than an instance of thaw serve is given ({} KiB in all): use thaw run for this image",
+                        thaw::state::aio::MAX_STAGED >> 10
+                    )));
+                }
+                let image = std::fs::File::from(
+                    fds.image
+                        .try_clone()
+                        .map_err(|e| failed(format!("{what}: {e}")))?,
+                );
+                Some(
+                    read_payload(&image, payload_off, p)
+                        .map_err(|e| failed(format!("{what}: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let source = match &staged {
+            Some(events) => EventSource::Staged {
+                events,
+                pid: m.process.pid,
+            },
+            None => EventSource::Image {
+                fd: fds.image.as_raw_fd(),
+                payload_off,
+            },
+        };
         // (The launcher's read end of the error pipe is nothing to the process: its number
         // is free for the moment, see `EpollWatch::at`.)
         ring.plan_restore(
@@ -1218,7 +1260,7 @@ fn plan_aio(plan: &mut Plan, m: &thaw::Manifest, fds: &Fds, payload_off: u64) ->
             (vma.start, vma.len()),
             request,
             fds.error_r.as_raw_fd(),
-            (fds.image.as_raw_fd(), payload_off),
+            source,
         );
     }
     Ok(())

@@ -216,8 +216,8 @@ impl AioRing {
 
     /// The restorer's steps: a context made again at `start` (`len` bytes: `at`) with `request`
     /// events asked for (see [`setup_request`]), its counters and unreaped events as they
-    /// were. `scratch` is a descriptor number free for the moment (closed after); the saved
-    /// events are read from the image's descriptor at its payload's offset (`image`). Planned after the process's memory is
+    /// were. `scratch` is a descriptor number free for the moment (closed after); `source` says
+    /// where the saved events come from. Planned after the process's memory is
     /// in place (the kernel puts the new ring in a hole of it, which the move then leaves).
     pub fn plan_restore(
         &self,
@@ -225,7 +225,7 @@ impl AioRing {
         (start, len): (u64, u64),
         request: u32,
         scratch: i32,
-        (image_fd, payload_off): (i32, u64),
+        source: EventSource<'_>,
     ) {
         const MREMAP_MAYMOVE: u64 = 1;
         const MREMAP_FIXED: u64 = 2;
@@ -336,17 +336,62 @@ impl AioRing {
             libc::SYS_close,
             [scratch as u64, 0, 0, 0, 0, 0],
         );
-        if let Some(p) = self.events {
-            plan.pread(
+        let Some(p) = self.events else {
+            return;
+        };
+        match source {
+            EventSource::Image { fd, payload_off } => plan.pread(
                 format!("{what}: its {unreaped} unreaped events from the image"),
-                image_fd,
+                fd,
                 start + HEADER,
                 p.len,
                 payload_off + p.offset,
-            );
+            ),
+            EventSource::Staged { events, pid } => {
+                // The unreaped events, in order, staged in the plan's memory, and copied from
+                // there to their slots (the ring wraps at most once between them).
+                let slot = |i: u32| (HEADER + u64::from(i) * EVENT) as usize;
+                let (h, u) = (self.head, unreaped);
+                let first = u.min(self.nr - h);
+                let mut staged =
+                    events[slot(h) - HEADER as usize..][..(first as u64 * EVENT) as usize].to_vec();
+                staged.extend_from_slice(&events[..((u - first) as u64 * EVENT) as usize]);
+                let from = plan.data(&staged);
+                let local = plan.words(&[
+                    start + slot(h) as u64,
+                    u64::from(first) * EVENT,
+                    start + HEADER,
+                    u64::from(u - first) * EVENT,
+                ]);
+                let remote = plan.words(&[from, staged.len() as u64]);
+                plan.syscall(
+                    format!("{what}: its {unreaped} unreaped events"),
+                    libc::SYS_process_vm_readv,
+                    [
+                        pid as u64,
+                        local,
+                        if u > first { 2 } else { 1 },
+                        remote,
+                        1,
+                        0,
+                    ],
+                );
+            }
         }
     }
 }
+
+/// Where a restore takes a ring's saved events from: the image (read by the restorer), or the
+/// plan's own memory (`thaw serve`'s instances, which have no descriptor of the image; `pid`:
+/// the process's, which reads them into its ring).
+#[derive(Debug, Clone, Copy)]
+pub enum EventSource<'a> {
+    Image { fd: i32, payload_off: u64 },
+    Staged { events: &'a [u8], pid: i32 },
+}
+
+/// The most bytes of unreaped events an instance of `thaw serve` is given in its plan.
+pub const MAX_STAGED: u64 = 1 << 20;
 
 /// The most rings, and events in them, an image may have: each event may cost the restore a
 /// request (a ring the kernel accepts by default, aio-max-nr 65536, has at most 131 072).
@@ -821,7 +866,16 @@ mod tests {
             }),
         };
         let mut plan = Plan::new(0x1000_0000);
-        r.plan_restore(&mut plan, (0x7000_0000, 8192), 64, 9, (3, 1 << 20));
+        r.plan_restore(
+            &mut plan,
+            (0x7000_0000, 8192),
+            64,
+            9,
+            EventSource::Image {
+                fd: 3,
+                payload_off: 1 << 20,
+            },
+        );
         let labels: Vec<&str> = (0..plan.steps().len()).map(|i| plan.label(i)).collect();
         // 63 a call: 128 reaped in 3 pairs of calls, 129 left unreaped in 3 calls.
         assert_eq!(labels.iter().filter(|l| l.contains(": submit")).count(), 6);
@@ -834,7 +888,16 @@ mod tests {
             nr: 127,
             ..Default::default()
         }
-        .plan_restore(&mut plan, (0x7000_0000, 4096), 1, 9, (3, 0));
+        .plan_restore(
+            &mut plan,
+            (0x7000_0000, 4096),
+            1,
+            9,
+            EventSource::Image {
+                fd: 3,
+                payload_off: 0,
+            },
+        );
         assert_eq!(plan.steps().len(), 5);
     }
 }
