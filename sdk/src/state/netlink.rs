@@ -118,15 +118,16 @@ pub(crate) fn dump(fd: i32, ino: u64, ty: i32, protocol: i32) -> Result<NetlinkS
         groups.pop();
     }
     debug_assert!(groups.first().copied().unwrap_or(0) == first);
-    let (connected, dst_portid, dst_group) = match crate::sys::getpeername(fd) {
-        Ok(peer) => {
-            let (p, mask) = parse(&peer);
-            // The kernel gives the destination group as a mask of the first 32 (a group beyond
-            // reads as none): connect takes it so too.
-            (p != 0 || mask != 0, p, mask)
-        }
-        Err(_) => (false, 0, 0),
-    };
+    let (dst_portid, dst_group) = crate::sys::getpeername(fd)
+        .map(|peer| parse(&peer))
+        .unwrap_or((0, 0));
+    // (The kernel gives the destination group as a mask of the first 32, a group beyond reading
+    // as none: connect takes it so too.) One connected to the kernel (port 0, no group) names
+    // the same peer as one never connected, but takes unicasts from the kernel alone: the
+    // kernel's socket table tells them apart (only bound sockets are in it, and connecting binds).
+    let connected = dst_portid != 0
+        || dst_group != 0
+        || (portid != 0 && connected_state(protocol, ino).unwrap_or(false));
     Ok(NetlinkSocket {
         ino,
         ty,
@@ -138,6 +139,24 @@ pub(crate) fn dump(fd: i32, ino: u64, ty: i32, protocol: i32) -> Result<NetlinkS
         connected,
         opts: super::sockopts::dump(fd, libc::AF_NETLINK, ty, protocol)?,
     })
+}
+
+/// Whether the kernel's table of netlink sockets (NETLINK_SOCK_DIAG) has socket `ino` of
+/// `protocol` connected; `None` where it cannot be asked or does not list it.
+fn connected_state(protocol: i32, ino: u64) -> Option<bool> {
+    // struct netlink_diag_req { family, protocol, pad: u16, ino, show, cookie[2] }
+    let mut req = [0u8; 20];
+    req[0] = libc::AF_NETLINK as u8;
+    req[1] = protocol as u8;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    // struct netlink_diag_msg { family, type, protocol, state: u8, portid, dst_portid,
+    // dst_group, ino, cookie[2] }; NETLINK_CONNECTED is state 1.
+    crate::sys::sock_diag(SOCK_DIAG_BY_FAMILY, &req)
+        .ok()?
+        .iter()
+        .filter(|m| m.len() >= 20)
+        .find(|m| u64::from(u32::from_ne_bytes(m[16..20].try_into().expect("4"))) == ino)
+        .map(|m| m[3] == 1)
 }
 
 impl NetlinkSocket {
@@ -222,6 +241,8 @@ mod tests {
         crate::sys::connect(fd, &sockaddr(0, 0)).unwrap();
         let d = dump(fd, ino(&s), libc::SOCK_RAW, libc::NETLINK_ROUTE).unwrap();
         assert_ne!(d.portid, 0);
+        // Connected to the kernel: it names no other peer than an unconnected socket does.
+        assert!(d.connected);
         assert_eq!(d.groups, vec![1 << (libc::RTNLGRP_LINK - 1), 1]);
         assert!(d.opts.iter().any(|o| o.level == SOL_NETLINK && o.name == 5));
         validate(&d).unwrap();
@@ -232,12 +253,18 @@ mod tests {
         let again = d.make().unwrap();
         let back = dump(
             again.as_raw_fd(),
-            d.ino,
+            ino(&again),
             libc::SOCK_RAW,
             libc::NETLINK_ROUTE,
         )
         .unwrap();
-        assert_eq!(back, d);
+        assert_eq!(
+            back,
+            NetlinkSocket {
+                ino: back.ino,
+                ..d.clone()
+            }
+        );
         // RTM_GETLINK for interface 1 (lo): an answer comes, to this port ID.
         let mut req = [0u8; 32];
         req[..4].copy_from_slice(&32u32.to_ne_bytes());
