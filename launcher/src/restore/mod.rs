@@ -156,9 +156,21 @@ fn room_for_descriptors(m: &thaw::state::Manifest) -> Result<()> {
     };
     let limit = thaw::sys::prlimit(0, libc::RLIMIT_NOFILE).map_or(u64::MAX, |(_, max)| max);
     let count = m.files.len() as u64;
-    // (The launcher's own descriptors wait above the process's highest, FIRST_HIGH_FD at
-    // least: see dup_high.)
-    let needed = ((top + 1).max(FIRST_HIGH_FD) as u64).max(count) + OWN_DESCRIPTORS;
+    // Above the process's highest number (FIRST_HIGH_FD at least, see dup_high) the launcher
+    // holds one descriptor per mapped file and shared object, and the executable.
+    let mut mapped: Vec<(u64, u64)> = m
+        .memory
+        .iter()
+        .filter_map(|v| match &v.backing {
+            thaw::state::memory::Backing::File { id, .. } => Some((id.dev, id.ino)),
+            _ => None,
+        })
+        .collect();
+    mapped.sort_unstable();
+    mapped.dedup();
+    // Each is opened first wherever a number is free, beside the reopened descriptors.
+    let above = (mapped.len() + m.shared.len() + 1) as u64;
+    let needed = ((top + 1).max(FIRST_HIGH_FD) as u64).max(count + above) + above + OWN_DESCRIPTORS;
     if needed > limit {
         return Err(refused(format!(
             "the process held {count} descriptors, up to number {top}, and your limit on open \
