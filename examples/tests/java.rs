@@ -329,6 +329,28 @@ fn an_image_path_outside_the_bmp_is_the_file_written() {
         "{}",
         text(&o)
     );
+    // In the C locale the file-name encoding (ASCII) cannot write the emoji: refused, saying
+    // so, as the JDK's own file APIs refuse it (it became a '?').
+    let ascii = env.path("ascii");
+    std::fs::create_dir(&ascii).unwrap();
+    let o = command(&Path::new(JAVA_HOME).join("bin/java"))
+        .env("LC_ALL", "C")
+        .arg("-cp")
+        .arg(&cp)
+        .arg("ImagePath")
+        .arg(&ascii)
+        .arg(&env.key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).ends_with("missing code -1: named true\n")
+            && String::from_utf8_lossy(&o.stderr)
+                .contains("cannot be written in the file-name encoding"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_dir(&ascii).unwrap().count(), 0);
 }
 
 #[test]

@@ -180,7 +180,22 @@ public final class Thaw {
             throw new ThawException(
                     "thaw: the " + what + " path contains a NUL character", ThawException.INVALID);
         }
-        return path.getBytes(JNU);
+        // As the JDK's own file APIs do, a path the file-name encoding cannot express is an
+        // error, not a path with '?' in its place (an emoji under LANG=C).
+        try {
+            java.nio.ByteBuffer b = JNU.newEncoder()
+                    .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
+                    .encode(java.nio.CharBuffer.wrap(path));
+            byte[] out = new byte[b.remaining()];
+            b.get(out);
+            return out;
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new ThawException(
+                    "thaw: the " + what + " path " + path + " cannot be written in the file-name encoding "
+                            + JNU + " (sun.jnu.encoding): run the JVM in a UTF-8 locale (LANG=C.UTF-8)",
+                    ThawException.INVALID);
+        }
     }
 
     private static final java.nio.charset.Charset JNU = jnuCharset();
