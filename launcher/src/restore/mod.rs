@@ -1210,8 +1210,6 @@ fn build_plan(
     Ok(plan)
 }
 
-/// What a fork does not pass on as it was: `MADV_DONTFORK` ranges (the child would lack them) and
-/// guard regions.
 /// Each AIO context made again where the process had it (see [`thaw::state::aio`]). An
 /// instance of a template (`served`) has no descriptor of the image: the events it puts back
 /// are read here and staged in its plan.
@@ -1231,7 +1229,14 @@ fn plan_aio(
     let mut staged_total = 0u64;
     for (vma, ring) in rings {
         let what = format!("AIO context {:#x}", vma.start);
-        let cpus = *cpus.get_or_insert_with(|| thaw::state::aio::possible_cpus().unwrap_or(1));
+        let cpus = match cpus {
+            Some(n) => n,
+            None => *cpus.insert(thaw::state::aio::possible_cpus().ok_or_else(|| {
+                failed(format!(
+                    "{what}: cannot read this machine's possible CPUs (/sys/devices/system/cpu/possible: the ring's size depends on them)"
+                ))
+            })?),
+        };
         let request = thaw::state::aio::setup_request(vma.len(), cpus)
             .map_err(|e| refused(format!("{what}: {e}")))?;
         let staged = match ring.events.filter(|_| served) {
@@ -1278,6 +1283,8 @@ fn plan_aio(
     Ok(())
 }
 
+/// What a fork does not pass on as it was: `MADV_DONTFORK` ranges (the child would lack them) and
+/// guard regions.
 fn plan_fork_sensitive(plan: &mut Plan, m: &thaw::Manifest) {
     for r in &m.dontfork {
         r.plan_restore(plan);

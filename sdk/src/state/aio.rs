@@ -8,9 +8,14 @@
 //! completed requests the process has not reaped yet, and those are kept with their contents.
 //!
 //! Requests submitted and not completed yet show nowhere: the kernel keeps no count of them that
-//! a process can read (CRIU does not look for them either). A context is kept when it is one of
-//! the process's own (the kernel knows it by its address) and its ring is sane; see
-//! docs/restore.md for what that leaves unseen.
+//! a process can read (CRIU does not look for them). While every thread is stopped, the
+//! checkpoint proves there are none by taking every free slot of the context on each CPU
+//! (writes to /dev/null, each complete at once): the slots taken must be all the ring has but
+//! those of the events not reaped (see `idle`); a shortfall is refused by name. A context is kept
+//! when it is one of the process's own (the kernel knows it by its address), its ring is sane
+//! and the count holds. A program that moved its ring's head backwards itself (the kernel
+//! reads it from the ring) can hide as many requests in flight from the count: the ABI has it
+//! move forward only.
 //!
 //! The restore makes a context of the same size (`io_setup`: the kernel sizes the ring from the
 //! number of events asked for and the machine's possible CPUs, so the number asked for is the
@@ -247,7 +252,7 @@ impl AioRing {
         );
         let ctx = plan.words(&[0]);
         plan.syscall(
-            format!("{what}: io_setup({request})"),
+            format!("{what}: io_setup({request}) (EAGAIN: the machine's AIO events, sysctl fs.aio-max-nr, are taken)"),
             libc::SYS_io_setup,
             [u64::from(request), ctx, 0, 0, 0, 0],
         );
