@@ -2141,13 +2141,23 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
 /// module, is not in the global scope; wheels carry their own under hashed names). Whether
 /// OpenSSL was found.
 pub fn reseed_openssl() -> bool {
+    in_each_copy(|base| base.starts_with(b"libcrypto"), reseed_openssl_in)
+}
+
+/// Runs `f` with the global scope's handle and with a handle of each loaded object whose file
+/// name (`wanted` says) may hold its own copy of a library, and a list of what `f` did to skip
+/// copies seen twice; whether `f` did anything.
+fn in_each_copy(
+    wanted: impl Fn(&[u8]) -> bool,
+    mut f: impl FnMut(*mut libc::c_void, &mut Vec<usize>),
+) -> bool {
     let mut done: Vec<usize> = Vec::new();
-    reseed_openssl_in(libc::RTLD_DEFAULT, &mut done);
+    f(libc::RTLD_DEFAULT, &mut done);
     for name in loaded_objects().into_iter().filter(|n| {
         n.to_bytes()
             .rsplit(|&b| b == b'/')
             .next()
-            .is_some_and(|b| b.starts_with(b"libcrypto"))
+            .is_some_and(&wanted)
     }) {
         // SAFETY: a NUL-terminated name of an object loaded now; RTLD_NOLOAD never loads one,
         // it only takes a reference, given back with dlclose.
@@ -2155,7 +2165,7 @@ pub fn reseed_openssl() -> bool {
         if handle.is_null() {
             continue;
         }
-        reseed_openssl_in(handle, &mut done);
+        f(handle, &mut done);
         // SAFETY: the reference dlopen took above.
         unsafe { libc::dlclose(handle) };
     }
@@ -2197,25 +2207,10 @@ fn reseed_openssl_in(handle: *mut libc::c_void, done: &mut Vec<usize>) {
 /// library carry their own). Whether SQLite was found. (A SQLite loaded but never initialized is
 /// initialized by the call, as by its first use.)
 pub fn reseed_sqlite() -> bool {
-    let mut done: Vec<usize> = Vec::new();
-    reseed_sqlite_in(libc::RTLD_DEFAULT, &mut done);
-    for name in loaded_objects().into_iter().filter(|n| {
-        n.to_bytes()
-            .rsplit(|&b| b == b'/')
-            .next()
-            .is_some_and(|b| b.windows(6).any(|w| w.eq_ignore_ascii_case(b"sqlite")))
-    }) {
-        // SAFETY: a NUL-terminated name of an object loaded now; RTLD_NOLOAD never loads one,
-        // it only takes a reference, given back with dlclose.
-        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-        if handle.is_null() {
-            continue;
-        }
-        reseed_sqlite_in(handle, &mut done);
-        // SAFETY: the reference dlopen took above.
-        unsafe { libc::dlclose(handle) };
-    }
-    !done.is_empty()
+    in_each_copy(
+        |base| base.windows(6).any(|w| w.eq_ignore_ascii_case(b"sqlite")),
+        reseed_sqlite_in,
+    )
 }
 
 /// Resets the SQLite generator `handle` finds, unless it is in `done` already.

@@ -311,6 +311,16 @@ pub(crate) fn timerfd_state_at(info: &str, now: u64) -> Result<FdKind, &'static 
     })
 }
 
+/// Descriptor `fd` of shared object `object` (a memfd, shared anonymous memory, a deleted
+/// file), kept with it (its offset read later).
+fn shared_object(earlier: &[FdEntry], fd: i32, object: u64) -> FdKind {
+    FdKind::Memfd {
+        object,
+        pos: 0,
+        desc: object_description(earlier, fd, object),
+    }
+}
+
 /// Which open file description of shared object `object` descriptor `fd` is: that of an earlier
 /// descriptor of it (kcmp), or a new one.
 fn object_description(earlier: &[FdEntry], fd: i32, object: u64) -> u32 {
@@ -901,11 +911,7 @@ impl FdScan {
                 }
                 match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                     Ok(meta) => {
-                        entry.kind = FdKind::Memfd {
-                            object: meta.ino(),
-                            pos: 0,
-                            desc: object_description(&scan.entries, fd, meta.ino()),
-                        };
+                        entry.kind = shared_object(&scan.entries, fd, meta.ino());
                         scan.entries.push(entry);
                     }
                     // Closed since it was listed: as if before (the witness sees one opened
@@ -961,11 +967,7 @@ impl FdScan {
                 // contents as the shared object its mappings are too (a memfd at restore).
                 match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
                     Ok(meta) if meta.file_type().is_file() => {
-                        entry.kind = FdKind::Memfd {
-                            object: meta.ino(),
-                            pos: 0,
-                            desc: object_description(&scan.entries, fd, meta.ino()),
-                        };
+                        entry.kind = shared_object(&scan.entries, fd, meta.ino());
                         scan.entries.push(entry);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -988,11 +990,7 @@ impl FdScan {
                             None => {
                                 // Kept with its contents, as a shared object.
                                 let object = super::deleted::object_id(m.dev(), m.ino());
-                                entry.kind = FdKind::Memfd {
-                                    object,
-                                    pos: 0,
-                                    desc: object_description(&scan.entries, fd, object),
-                                };
+                                entry.kind = shared_object(&scan.entries, fd, object);
                                 scan.entries.push(entry);
                                 continue;
                             }
