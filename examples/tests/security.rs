@@ -493,7 +493,7 @@ fn rlimits_above_the_callers_are_lowered_and_reported() {
 }
 
 /// A limit on open files too low for the launcher's descriptors (they wait above the process's
-/// own) is a refusal that names the limit, not a failed `dup`.
+/// own) is a refusal that names the limit and what to raise it to, not a failed `dup`.
 #[test]
 fn a_limit_on_open_files_too_low_for_the_restore_is_named() {
     let env = Env::new();
@@ -505,7 +505,8 @@ fn a_limit_on_open_files_too_low_for_the_restore_is_named() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(67), "{}", text(&o));
     assert!(
-        err.contains("your limit on open files (RLIMIT_NOFILE) is 40: raise it (ulimit -n)"),
+        err.contains("your limit on open files (RLIMIT_NOFILE) is 40: raise it to ")
+            && err.contains("(ulimit -n "),
         "{}",
         text(&o)
     );
