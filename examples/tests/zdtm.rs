@@ -1635,23 +1635,12 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
             return;
         }
         let img = env.path("u.thaw");
-        let modes: &[&[&str]] = if env.nobody {
-            &[&["--pid-mode", "ns"]]
-        } else {
-            every_mode()
-        };
-        for opts in modes {
-            let o = env.restore(&img, opts, &[]);
-            assert_all_ok(&o, &checks);
-        }
         // Checkpointed again once restored (its rings on the memory the restore made them
         // on), and restored again.
-        let next = env.path("u2.thaw");
-        let o = env.restore(&img, modes[0], &[next.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let o = env.restore(&next, modes[modes.len() - 1], &[]);
-        assert_all_ok(
-            &o,
+        restored_in_its_modes_and_again(
+            &env,
+            &img,
+            &checks,
             &[
                 "restored twice, the kernel's counters are as they were",
                 "restored twice, both go on",
@@ -1702,6 +1691,29 @@ fn io_uring_instances_at_rest_come_back_and_what_the_kernel_holds_is_refused() {
     }
 }
 
+/// Restores `img` in every mode its environment's user has (ns mode alone for nobody), checking
+/// `checks`; then has the first restore checkpoint again (to IMG.again, the program's argument)
+/// and the last mode restore that image, checking `again`.
+fn restored_in_its_modes_and_again(
+    env: &Env,
+    img: &std::path::Path,
+    checks: &[&str],
+    again: &[&str],
+) {
+    let modes: &[&[&str]] = if env.nobody {
+        &[&["--pid-mode", "ns"]]
+    } else {
+        every_mode()
+    };
+    for opts in modes {
+        assert_all_ok(&env.restore(img, opts, &[]), checks);
+    }
+    let next = img.with_extension("again");
+    let o = env.restore(img, modes[0], &[next.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_all_ok(&env.restore(&next, modes[modes.len() - 1], &[]), again);
+}
+
 /// AIO contexts (io_setup, libaio's) come back at their addresses, which the process holds as
 /// their ids, with their counters and the events not reaped yet, in every mode and for an
 /// unprivileged user, checkpointed again once restored; requests in flight, a ring inherited
@@ -1729,21 +1741,10 @@ fn aio_contexts_come_back_with_their_unreaped_events_and_requests_in_flight_are_
             .filter(|v| matches!(v.backing, thaw::state::memory::Backing::Aio(_)))
             .count();
         assert_eq!(rings, 2);
-        let modes: &[&[&str]] = if env.nobody {
-            &[&["--pid-mode", "ns"]]
-        } else {
-            every_mode()
-        };
-        for opts in modes {
-            let o = env.restore(&img, opts, &[]);
-            assert_all_ok(&o, &checks);
-        }
-        let next = env.path("a2.thaw");
-        let o = env.restore(&img, modes[0], &[next.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let o = env.restore(&next, modes[modes.len() - 1], &[]);
-        assert_all_ok(
-            &o,
+        restored_in_its_modes_and_again(
+            &env,
+            &img,
+            &checks,
             &[
                 "restored twice, the counters as they were",
                 "restored twice, the event left unreaped is there",

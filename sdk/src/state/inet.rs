@@ -583,12 +583,7 @@ pub fn validate(s: &InetSocket) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn ino(fd: &OwnedFd) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .unwrap()
-            .ino()
-    }
+    use crate::state::ino_of as ino;
 
     fn v4(port: u16, ip: [u8; 4]) -> Vec<u8> {
         let mut a = vec![0u8; 16];

@@ -207,6 +207,15 @@ impl PayloadRef {
     }
 }
 
+/// The inode number of the file open at `fd` (the socket tests name sockets by it).
+#[cfg(test)]
+pub(crate) fn ino_of(fd: &impl std::os::fd::AsRawFd) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .ino()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

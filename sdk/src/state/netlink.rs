@@ -220,12 +220,7 @@ pub fn validate(s: &NetlinkSocket) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn ino(fd: &OwnedFd) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .unwrap()
-            .ino()
-    }
+    use crate::state::ino_of as ino;
 
     /// A route watcher bound to a port of its own with groups on both sides of 32, connected
     /// to the kernel, with an option: made again, it reads back the same, and the kernel
