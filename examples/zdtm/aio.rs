@@ -296,12 +296,7 @@ fn main() {
     if let Some(next) = args.first() {
         let _ = submit(b, &writes[0]);
         let before = (header(a), header(b));
-        let (_, key, _) = common::argv();
-        let mut cp = thaw::Checkpoint::to(next).exit_after_save(true);
-        if let Some(k) = key {
-            cp = cp.sign_with(k);
-        }
-        if let Err(e) = cp.save() {
+        if let Err(e) = common::save_again(next) {
             c.check("checkpointed again", false, e);
             c.finish();
         }

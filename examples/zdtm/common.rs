@@ -60,6 +60,19 @@ pub fn restored_going_on() -> thaw::Restored {
     }
 }
 
+/// Checkpoints again, to `next` (signed with this run's key), exiting once saved: a restored
+/// program's second image; returns in the restore of that one.
+pub fn save_again(
+    next: impl AsRef<std::path::Path>,
+) -> Result<thaw::Outcome, thaw::CheckpointError> {
+    let (_, key, _) = argv();
+    let mut cp = thaw::Checkpoint::to(next).exit_after_save(true);
+    if let Some(k) = key {
+        cp = cp.sign_with(k);
+    }
+    cp.save()
+}
+
 /// Sets up state thaw must refuse, checkpoints, and exits 3 printing `refused: ...` (or 1 if the
 /// checkpoint was not refused).
 pub fn refusal(setup: impl FnOnce()) -> ! {

@@ -491,12 +491,7 @@ fn main() {
     // `thaw run IMAGE -- NEXT`: checkpointed again to NEXT, its rings now on a restore's memory.
     if let Some(next) = again.first() {
         let before = (counters(a.fd), counters(b.fd));
-        let (_, key, _) = common::argv();
-        let mut cp = thaw::Checkpoint::to(next).exit_after_save(true);
-        if let Some(k) = key {
-            cp = cp.sign_with(k);
-        }
-        if let Err(e) = cp.save() {
+        if let Err(e) = common::save_again(next) {
             c.check("checkpointed again", false, e);
             c.finish();
         }
