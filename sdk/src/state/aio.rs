@@ -694,9 +694,15 @@ fn idle_verdict(
             expected - found
         ));
     }
+    if everywhere {
+        return Err(format!(
+            "{what}: it may have requests in flight ({found} of its {expected} free slots could be taken, on every CPU): {advice}"
+        ));
+    }
+    // Slots the kernel lent to a CPU the checkpointing thread may not run on (its affinity,
+    // a cpuset) cannot be counted.
     Err(format!(
-        "{what}: it may have requests in flight ({found} of its {expected} free slots could be taken, on {} CPUs): {advice}",
-        if everywhere { "every one of its" } else { "only some of its" }
+        "{what}: it may have requests in flight ({found} of its {expected} free slots could be taken, on only the CPUs the checkpointing thread may run on): {advice}; or let the process run on every CPU (its CPU affinity, its cpuset) while it checkpoints"
     ))
 }
 
