@@ -1699,10 +1699,8 @@ fn restored() -> Result<Outcome, CheckpointError> {
         postcard::from_bytes(&bytes).map_err(|e| CheckpointError::RestoreArgs(e.to_string()))?;
     // What the checkpoint held was sent to the first life.
     crate::hold::forget();
-    // Before any hook: OpenSSL, wherever the process has it, draws afresh.
-    crate::sys::reseed_openssl();
-    // And SQLite's generator (randomblob(), random()).
-    crate::sys::reseed_sqlite();
+    // Before any hook: OpenSSL and SQLite, wherever the process has them, draw afresh.
+    crate::sys::reseed_libraries();
     // Every io_uring instance is a new one now.
     state::io_uring::keep_personality_probes(&[]);
     run_hooks(&AFTER).map_err(CheckpointError::Hook)?;

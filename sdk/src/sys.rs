@@ -2132,6 +2132,14 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
     }
 }
 
+/// After a restore, the libraries that seed a generator once per process draw afresh: OpenSSL
+/// and SQLite, each copy of them (the loaded objects listed once for both).
+pub fn reseed_libraries() {
+    let objects = loaded_objects();
+    reseed_openssl(&objects);
+    reseed_sqlite(&objects);
+}
+
 /// Reseeds OpenSSL's generators where the process has OpenSSL (libcrypto) loaded: `RAND_poll`,
 /// then `RAND_add` of 48 fresh bytes (a change of state even where polling does nothing). OpenSSL
 /// reseeds on its own only when the PID changes, which a restore never does: every restore of one
@@ -2140,20 +2148,25 @@ pub unsafe fn call_on_stack(top: u64, f: extern "C" fn(*mut libc::c_void), arg: 
 /// libcrypto* (one loaded with `dlopen`, RTLD_LOCAL, by a plugin or a language's extension
 /// module, is not in the global scope; wheels carry their own under hashed names). Whether
 /// OpenSSL was found.
-pub fn reseed_openssl() -> bool {
-    in_each_copy(|base| base.starts_with(b"libcrypto"), reseed_openssl_in)
+fn reseed_openssl(objects: &[std::ffi::CString]) -> bool {
+    in_each_copy(
+        objects,
+        |base| base.starts_with(b"libcrypto"),
+        reseed_openssl_in,
+    )
 }
 
-/// Runs `f` with the global scope's handle and with a handle of each loaded object whose file
-/// name (`wanted` says) may hold its own copy of a library, and a list of what `f` did to skip
-/// copies seen twice; whether `f` did anything.
+/// Runs `f` with the global scope's handle and with a handle of each of the loaded `objects`
+/// whose file name (`wanted` says) may hold its own copy of a library, and a list of what `f`
+/// did to skip copies seen twice; whether `f` did anything.
 fn in_each_copy(
+    objects: &[std::ffi::CString],
     wanted: impl Fn(&[u8]) -> bool,
     mut f: impl FnMut(*mut libc::c_void, &mut Vec<usize>),
 ) -> bool {
     let mut done: Vec<usize> = Vec::new();
     f(libc::RTLD_DEFAULT, &mut done);
-    for name in loaded_objects().into_iter().filter(|n| {
+    for name in objects.iter().filter(|n| {
         n.to_bytes()
             .rsplit(|&b| b == b'/')
             .next()
@@ -2206,8 +2219,9 @@ fn reseed_openssl_in(handle: *mut libc::c_void, done: &mut Vec<usize>) {
 /// `_sqlite3` loads libsqlite3 with RTLD_LOCAL; better-sqlite3's addon and sqlite-jdbc's native
 /// library carry their own). Whether SQLite was found. (A SQLite loaded but never initialized is
 /// initialized by the call, as by its first use.)
-pub fn reseed_sqlite() -> bool {
+fn reseed_sqlite(objects: &[std::ffi::CString]) -> bool {
     in_each_copy(
+        objects,
         |base| base.windows(6).any(|w| w.eq_ignore_ascii_case(b"sqlite")),
         reseed_sqlite_in,
     )
