@@ -520,19 +520,13 @@ os.setuid(65534)
 print("port", port, flush=True)
 thaw.checkpoint(sys.argv[1], key=sys.argv[2], exit_after_save=True)
 "#;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: binding a privileged port takes root");
         return;
     }
     let env = Env::for_nobody();
     let img = env.path("priv.thaw");
-    let o = python_with_thaw()
-        .args(["-c", SCRIPT])
-        .arg(&img)
-        .arg(&env.key)
-        .output()
-        .unwrap();
+    let o = env.python_script(SCRIPT, &img).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let port = out
