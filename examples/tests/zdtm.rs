@@ -2991,3 +2991,67 @@ fn netlink_sockets_come_back_with_their_port_ids_and_groups() {
         "{out}"
     );
 }
+
+/// Established TCP connections (CRIU's socket-tcp*), through the kernel's repair mode: two
+/// loopback connections of the process's own, bytes waiting both ways (never sent, sent and
+/// unread), come back whole in every mode and again; a connection to another process's server
+/// is moved by a checkpoint that ends the process, and refused by name when the process goes
+/// on. Without CAP_NET_ADMIN, a connection is refused, naming it.
+#[test]
+fn tcp_connections_come_back_with_their_queues() {
+    let unprivileged = if is_root() {
+        Env::for_nobody()
+    } else {
+        Env::new()
+    };
+    let out = unprivileged.refused("zdtm-tcp", "u.thaw", &["unprivileged"]);
+    assert!(out.contains("takes CAP_NET_ADMIN"), "{out}");
+    if !is_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);
+    let mut checks = Vec::new();
+    for name in ["IPv4", "IPv4 to a dual-stack listener"] {
+        for what in [
+            "both ends as before",
+            "options as before",
+            "every byte the client wrote arrives once, in order",
+            "the server's unread greeting, then what it sends after",
+        ] {
+            checks.push(format!("{name}: {what}"));
+        }
+    }
+    let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
+    restored_in_its_modes_and_again(&env, &img, &checks, &checks);
+
+    // A server of another process (this one), echoing lines.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port().to_string();
+    let echo = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut served = 0;
+        for _ in 0..2 {
+            let (s, _) = server.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            for line in std::io::BufReader::new(s).lines() {
+                let Ok(line) = line else { break };
+                w.write_all(format!("echo:{line}\n").as_bytes()).unwrap();
+                served += 1;
+            }
+        }
+        served
+    });
+    let out = env.refused("zdtm-tcp", "g.thaw", &["peer-going-on", &port]);
+    assert!(
+        out.contains("moved only by a checkpoint that ends the process"),
+        "{out}"
+    );
+    let moved = env.checkpoint("zdtm-tcp", "p.thaw", &["peer", &port]);
+    assert_all_ok(
+        &env.restore(&moved, &["--pid-mode", "host"], &[]),
+        &["a connection to another process's server is moved: it answers on it"],
+    );
+    // one + one (refused), one + two (moved)
+    assert_eq!(echo.join().unwrap(), 3);
+}

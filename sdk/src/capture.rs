@@ -607,6 +607,8 @@ pub struct Capture {
     pub mem: Option<OwnedFd>,
     /// AIO rings to copy (see [`crate::state::aio`]).
     pub aio: Vec<crate::state::aio::AioCopy>,
+    /// TCP connections to read in repair mode (see [`crate::state::tcp`]).
+    pub tcp: Vec<crate::state::tcp::TcpCopy>,
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME (ns) just before the snapshot: no thread saw later.
     pub clocks: [AtomicU64; 2],
     /// MADV_DONTFORK ranges: the advice is lifted for the fork so that the snapshot has them,
@@ -744,6 +746,7 @@ impl Capture {
             fifos: Vec::new(),
             shm: Vec::new(),
             aio: Vec::new(),
+            tcp: Vec::new(),
             mem: None,
             clocks: Default::default(),
             itimers: Default::default(),
@@ -1399,6 +1402,9 @@ fn handle(call: &mut HandlerCall) {
         };
         s.got.store(got, Ordering::Release);
     }
+    for t in &c.tcp {
+        t.take();
+    }
     if let (Some(pm), Some(g)) = (&c.pagemap, &c.guards) {
         let mut n = 0usize;
         let r = sys::each_guard_region(pm.as_raw_fd(), |start, end| {
@@ -1770,6 +1776,9 @@ pub fn freeze(
         }
         for a in capture.aio.drain(..) {
             a.abandon();
+        }
+        for t in capture.tcp.drain(..) {
+            t.abandon();
         }
         return Ok(Frozen::Restored);
     }

@@ -381,6 +381,7 @@ impl Checkpoint {
             left_out.dedup();
         }
         let children_listed = left_out.clone();
+        state::tcp::set_first_life_ends(self.exit_after_save);
         let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out, holders)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);
@@ -504,6 +505,18 @@ impl Checkpoint {
             .own_buffers
             .extend(aio.iter().map(crate::state::aio::AioCopy::own_buffer));
         capture.aio = aio;
+        capture.tcp = scan
+            .tcp_connections()
+            .into_iter()
+            .map(|(fd, ino)| state::tcp::TcpCopy::new(fd, ino, self.exit_after_save))
+            .collect::<Result<_, _>>()
+            .map_err(io("preparing the TCP connections' copies"))?;
+        capture.own_buffers.extend(
+            capture
+                .tcp
+                .iter()
+                .flat_map(state::tcp::TcpCopy::own_buffers),
+        );
         // A process that is not dumpable (it changed its credentials) may not open its own
         // /proc/self/mem or pagemap (they are root's then): dumpable for the instant of the open
         // (the descriptor keeps working).
@@ -755,6 +768,8 @@ impl Checkpoint {
         }
         // The checkpoint failed or starts again, or the process goes on: so do its threads
         // (those parked first, leaving the private allocator, then those stopped by ptrace).
+        // (Connections left in repair mode for an exit that does not come go on too.)
+        capture.tcp.iter().for_each(state::tcp::TcpCopy::resume);
         if let Some(p) = parked {
             drop(p.release());
         }
@@ -998,6 +1013,7 @@ impl Checkpoint {
             None => maps,
         };
         let mut unsupported = Vec::new();
+        let mut tcp_done = std::collections::BTreeMap::new();
         let mut dumped = Vec::with_capacity(maps.len());
         for entry in &maps {
             match Vma::classify(entry) {
@@ -1244,6 +1260,29 @@ impl Checkpoint {
                     if let Some(p) = c.pipes.iter().find(|p| p.read_fd == e.fd) {
                         if let Some(bytes) = p.copied().map_err(io("reading pipe contents"))? {
                             *buffered = Some(writer.append_payload(&bytes)?);
+                        }
+                    }
+                }
+                FdKind::Socket(crate::state::sockets::Socket::Tcp(t)) => {
+                    if let Some(done) = tcp_done.get(&t.ino) {
+                        *t = Clone::clone(done);
+                        continue;
+                    }
+                    let Some(copy) = c.tcp.iter().find(|x| x.ino == t.ino) else {
+                        continue;
+                    };
+                    let mut append = |b: &[u8]| {
+                        writer
+                            .append_payload(b)
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    };
+                    match copy.fill(t, &mut append) {
+                        Ok(()) => {
+                            tcp_done.insert(t.ino, t.clone());
+                        }
+                        Err((true, why)) => return Ok(Err(why)),
+                        Err((false, why)) => {
+                            unsupported.push(format!("fd {} ({}): {why}", e.fd, t.describe()))
                         }
                     }
                 }

@@ -1744,6 +1744,22 @@ pub fn inq(fd: i32) -> i64 {
     }
 }
 
+/// recvfrom(fd, addr, len, MSG_PEEK | MSG_DONTWAIT): bytes copied, or a negative errno (a
+/// TCP socket in repair mode peeks at the queue it was told to). Async-signal-safe.
+pub fn recv_peek_raw(fd: i32, addr: u64, len: usize) -> i64 {
+    syscall6(
+        libc::SYS_recvfrom,
+        [
+            fd as u64,
+            addr,
+            len as u64,
+            (libc::MSG_PEEK | libc::MSG_DONTWAIT) as u64,
+            0,
+            0,
+        ],
+    )
+}
+
 /// recvmsg(fd, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) into `len` bytes at `addr`, the
 /// ancillary data into `control` (descriptors passed are installed: see [`peeked_ancillary`]).
 /// Async-signal-safe.

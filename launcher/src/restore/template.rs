@@ -394,6 +394,17 @@ impl Template {
                 n.describe()
             )));
         }
+        // A TCP connection is one: every instance would hold it.
+        if let Some(t) = m.files.iter().find_map(|e| match &e.kind {
+            thaw::state::files::FdKind::Socket(thaw::state::sockets::Socket::Tcp(t)) => Some(t),
+            _ => None,
+        }) {
+            return Err(refused(format!(
+                "socket:[{}]: a {} would be every instance's; restore this image with thaw run",
+                t.ino,
+                t.describe()
+            )));
+        }
         // An instance's standard descriptors are its caller's; the template's epoll instance
         // would go on watching the template's own.
         if let Some((epfd, w, _)) = thaw::state::epoll::standard_watches(&m.files).first() {

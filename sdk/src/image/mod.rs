@@ -47,7 +47,7 @@ pub const MAGIC: [u8; 8] = *b"THAWIMG\0";
 /// Magic bytes at the start of the trailer.
 pub const TRAILER_MAGIC: [u8; 8] = *b"THAWSIG\0";
 /// The on-disk format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 27;
+pub const FORMAT_VERSION: u32 = 28;
 /// Domain-separation prefix of the signed message.
 pub const SIGNATURE_DOMAIN: &[u8] = b"thaw image signature v2\0";
 /// Default payload chunk size.

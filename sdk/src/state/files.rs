@@ -1562,6 +1562,19 @@ impl FdScan {
 
     /// One descriptor per socket pair end: the handler copies its queued bytes.
     /// (fd, inode, whether message-based) of each.
+    /// One descriptor per TCP connection (see [`super::tcp`]).
+    pub(crate) fn tcp_connections(&self) -> Vec<(i32, u64)> {
+        let mut out: Vec<(i32, u64)> = Vec::new();
+        for e in &self.entries {
+            if let FdKind::Socket(super::sockets::Socket::Tcp(t)) = &e.kind {
+                if !out.iter().any(|(_, i)| *i == t.ino) {
+                    out.push((e.fd, t.ino));
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn socket_queues(&self) -> Vec<(i32, u64, bool)> {
         let mut out: Vec<(i32, u64, bool)> = Vec::new();
         for e in &self.entries {

@@ -195,7 +195,7 @@ fn level(family: i32) -> i32 {
 }
 
 /// The family of a raw sockaddr.
-fn family_of(addr: &[u8]) -> i32 {
+pub(crate) fn family_of(addr: &[u8]) -> i32 {
     addr.get(..2)
         .map_or(0, |f| i32::from(u16::from_ne_bytes([f[0], f[1]])))
 }

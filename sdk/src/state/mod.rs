@@ -39,6 +39,7 @@ pub mod signals;
 pub mod sockets;
 pub mod sockopts;
 pub mod sysv_sem;
+pub mod tcp;
 pub mod terminal;
 pub mod threads;
 pub mod timers;

@@ -39,6 +39,8 @@ pub enum Socket {
     Connecting(Connecting),
     /// An AF_NETLINK socket with nothing to read (see [`super::netlink`]).
     Netlink(super::netlink::NetlinkSocket),
+    /// An ESTABLISHED TCP connection, through repair mode (see [`super::tcp`]).
+    Tcp(super::tcp::TcpConnection),
 }
 
 impl Socket {
@@ -51,6 +53,7 @@ impl Socket {
             Socket::Inet(i) => i.ino,
             Socket::Connecting(c) => c.sock.ino,
             Socket::Netlink(n) => n.ino,
+            Socket::Tcp(t) => t.ino,
         }
     }
 }
@@ -468,6 +471,44 @@ fn unsupported_family(family: i32) -> String {
 /// Classifies the process's sockets: `(fd, inode)` of each → a [`Socket`] or why not.
 /// Describes each socket; `left_out`: children left out of the image (see
 /// [`super::files::FdScan::scan`]).
+/// The (local, peer) addresses of the TCP connections among `fds`: a connection whose two ends
+/// are both here is restored whole.
+fn tcp_ends_of(fds: &[(i32, u64)]) -> Vec<(Endpoint, Endpoint)> {
+    fds.iter()
+        .filter(|&&(fd, _)| {
+            crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()
+                == Some(libc::IPPROTO_TCP)
+        })
+        .filter_map(|&(fd, _)| tcp_ends(fd))
+        .collect()
+}
+
+/// An internet address and port, IPv4 addresses as IPv4-mapped IPv6 ones: the two ends of a
+/// connection between an IPv4 client and a dual-stack listener name each other so.
+type Endpoint = ([u8; 16], u16);
+
+fn endpoint(a: &[u8]) -> Option<Endpoint> {
+    let port = u16::from_be_bytes(a.get(2..4)?.try_into().ok()?);
+    let mut ip = [0u8; 16];
+    match i32::from(u16::from_ne_bytes(a.get(..2)?.try_into().ok()?)) {
+        libc::AF_INET => {
+            ip[10..12].fill(0xff);
+            ip[12..].copy_from_slice(a.get(4..8)?);
+        }
+        libc::AF_INET6 => ip.copy_from_slice(a.get(8..24)?),
+        _ => return None,
+    }
+    Some((ip, port))
+}
+
+/// A TCP socket's (local, peer) ends.
+fn tcp_ends(fd: i32) -> Option<(Endpoint, Endpoint)> {
+    Some((
+        endpoint(&crate::sys::getsockname(fd).ok()?)?,
+        endpoint(&crate::sys::getpeername(fd).ok()?)?,
+    ))
+}
+
 pub(crate) fn classify(
     fds: &[(i32, u64)],
     left_out: &[i32],
@@ -475,6 +516,7 @@ pub(crate) fn classify(
 ) -> Vec<(i32, Result<Socket, Refusal>)> {
     let unix = unix_diag();
     let mut tcp: BTreeMap<i32, std::io::Result<Backlogs>> = BTreeMap::new();
+    let mut all_tcp_ends = None;
     let ours: Vec<u64> = fds.iter().map(|f| f.1).collect();
     fds.iter()
         .map(|&(fd, ino)| {
@@ -610,7 +652,22 @@ pub(crate) fn classify(
                         .map_err(|w| (FdClass::Socket, w))?,
                     }));
                 }
-                if family == libc::AF_INET || family == libc::AF_INET6 {
+                let inet = family == libc::AF_INET || family == libc::AF_INET6;
+                if inet && protocol == libc::IPPROTO_TCP && super::tcp::established(fd) {
+                    let ends = all_tcp_ends.get_or_insert_with(|| tcp_ends_of(fds));
+                    let peer_here =
+                        tcp_ends(fd).is_some_and(|(me, peer)| ends.contains(&(peer, me)));
+                    return match super::tcp::dump(fd, ino, family, peer_here) {
+                        Ok(c) => Ok(Socket::Tcp(c)),
+                        Err(more) => {
+                            let why = super::inet::dump(fd, ino, family, ty, protocol)
+                                .err()
+                                .unwrap_or_else(|| "a TCP connection is not restored".into());
+                            refuse(why + &more)
+                        }
+                    };
+                }
+                if inet {
                     return super::inet::dump(fd, ino, family, ty, protocol)
                         .map(Socket::Inet)
                         .map_err(|w| (FdClass::Socket, w));
@@ -932,6 +989,7 @@ pub fn recreate<'a>(
         | Socket::Bound(_)
         | Socket::Inet(_)
         | Socket::Netlink(_)
+        | Socket::Tcp(_)
         | Socket::Connecting(_) => None,
     });
     for e in ends {
@@ -1068,6 +1126,23 @@ pub fn recreate<'a>(
                 v.insert(n.make()?);
             }
         }
+    }
+    // TCP connections last (their listeners are bound by now), each left in repair mode until
+    // all are made: the window probe one sends as it leaves reaches a peer of this process's
+    // own only once that peer exists.
+    let mut made = Vec::new();
+    for s in sockets {
+        if let Socket::Tcp(t) = s {
+            if !out.contains_key(&t.ino) && !made.iter().any(|(ino, _)| *ino == t.ino) {
+                made.push((t.ino, t.make(&mut queued)?));
+            }
+        }
+    }
+    for (_, m) in &made {
+        m.leave_repair()?;
+    }
+    for (ino, m) in made {
+        out.insert(ino, m.finish()?);
     }
     // Default destinations, once every socket of this process is bound again.
     for s in sockets {

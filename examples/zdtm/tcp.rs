@@ -1,0 +1,206 @@
+//! Established TCP connections (CRIU's socket-tcp*): two loopback connections of the process's
+//! own, one over IPv4 and one from an IPv4 client to a dual-stack IPv6 listener, each with bytes
+//! waiting both ways at the checkpoint — the client wrote until the kernel took no more, so its
+//! send queue holds bytes never sent and the server's receive queue is full, and the server's
+//! greeting waits unread. After restore every byte arrives once and in order, the ends and
+//! options are as they were, and both ends go on talking.
+//!
+//! `PROG IMAGE KEY peer PORT`: a connection to a server of another process, moved by a
+//! checkpoint that ends the process (exit after save): after restore the server answers on it.
+//! `PROG IMAGE KEY peer-going-on PORT`: the same connection, the process going on after the
+//! checkpoint, is refused by name (it would exist twice).
+//! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
+//! refused by name.
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+
+/// The bytes the client sends: a pattern whose every position is checkable.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+const TOTAL: usize = 8 << 20;
+const GREETING: &[u8] = b"hello from the server";
+
+fn keepalive(s: &TcpStream) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: an int option of our own socket, into a buffer of its size.
+    unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
+/// The same end, an IPv4-mapped IPv6 address (as a dual-stack listener's side names an IPv4
+/// client) as its IPv4 address.
+fn same(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+}
+
+struct Conn {
+    name: &'static str,
+    client: TcpStream,
+    server: TcpStream,
+    sent: usize,
+    ends: (SocketAddr, SocketAddr),
+}
+
+fn connect(name: &'static str, listener: &TcpListener, to: SocketAddr) -> Conn {
+    let mut client = TcpStream::connect(to).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.set_nodelay(true).unwrap();
+    // SAFETY: an int option of our own socket.
+    let r = unsafe {
+        libc::setsockopt(
+            server.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            (&1i32 as *const i32).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0);
+    server.write_all(GREETING).unwrap();
+    // Until the kernel takes no more: the server's receive queue full, bytes never sent in the
+    // client's send queue.
+    client.set_nonblocking(true).unwrap();
+    let data = pattern(TOTAL);
+    let mut sent = 0;
+    while sent < TOTAL {
+        match client.write(&data[sent..(sent + 65536).min(TOTAL)]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < TOTAL, "the kernel took all {TOTAL} bytes");
+    client.set_nonblocking(false).unwrap();
+    let ends = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    Conn {
+        name,
+        client,
+        server,
+        sent,
+        ends,
+    }
+}
+
+fn check_pair(c: &mut common::Checks, conn: Conn) {
+    let Conn {
+        name,
+        mut client,
+        mut server,
+        sent,
+        ends,
+    } = conn;
+    c.check(
+        &format!("{name}: both ends as before"),
+        (client.local_addr().unwrap(), client.peer_addr().unwrap()) == ends
+            && same(server.peer_addr().unwrap(), client.local_addr().unwrap()),
+        format!("{ends:?}"),
+    );
+    c.check(
+        &format!("{name}: options as before"),
+        client.nodelay().unwrap() && keepalive(&server) == 1,
+        format!("nodelay {:?}", client.nodelay()),
+    );
+    let writer = std::thread::spawn(move || {
+        client.write_all(&pattern(TOTAL)[sent..]).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        client
+    });
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    let mut client = writer.join().unwrap();
+    c.check(
+        &format!("{name}: every byte the client wrote arrives once, in order"),
+        got == pattern(TOTAL),
+        format!("{} bytes of {TOTAL}", got.len()),
+    );
+    let mut greeting = vec![0u8; GREETING.len()];
+    client.read_exact(&mut greeting).unwrap();
+    server.write_all(b"and more").unwrap();
+    server.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut more = Vec::new();
+    client.read_to_end(&mut more).unwrap();
+    c.check(
+        &format!("{name}: the server's unread greeting, then what it sends after"),
+        greeting == GREETING && more == b"and more",
+        format!("{:?} {:?}", String::from_utf8_lossy(&greeting), more),
+    );
+}
+
+fn main() {
+    let (_, _, extra) = common::argv();
+    if let [mode, port] = &extra[..] {
+        let port: u16 = port.parse().unwrap();
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        s.write_all(b"one\n").unwrap();
+        let mut line = [0u8; 9];
+        s.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"echo:one\n");
+        if mode == "peer-going-on" {
+            let (image, key, _) = common::argv();
+            let mut cp = thaw::Checkpoint::to(&image);
+            if let Some(k) = key {
+                cp = cp.sign_with(k);
+            }
+            match cp.save() {
+                Err(e) => {
+                    println!("refused: {e}");
+                    std::process::exit(3)
+                }
+                Ok(_) => {
+                    println!("FAIL the checkpoint was not refused");
+                    std::process::exit(1)
+                }
+            }
+        }
+        common::restored();
+        let mut c = common::Checks::default();
+        s.write_all(b"two\n").unwrap();
+        let mut line = [0u8; 9];
+        let r = s.read_exact(&mut line);
+        c.check(
+            "a connection to another process's server is moved: it answers on it",
+            r.is_ok() && &line == b"echo:two\n",
+            format!("{r:?} {:?}", String::from_utf8_lossy(&line)),
+        );
+        c.finish();
+    }
+    let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let v6 = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
+    let a = connect("IPv4", &v4, v4.local_addr().unwrap());
+    let b = connect(
+        "IPv4 to a dual-stack listener",
+        &v6,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, v6.local_addr().unwrap().port())),
+    );
+    if extra.first().is_some_and(|m| m == "unprivileged") {
+        common::refusal(|| ());
+    }
+    let args = common::checkpoint();
+    let mut c = common::Checks::default();
+    if let Some(next) = args.first() {
+        // Restored, checkpointed again with every byte still where it was.
+        if let Err(e) = common::save_again(next) {
+            c.check("checkpointed again", false, e);
+            c.finish();
+        }
+    }
+    check_pair(&mut c, a);
+    check_pair(&mut c, b);
+    c.finish();
+}
