@@ -20,6 +20,10 @@
 //! - `listener`: as `epoll`'s policy (sockets left out), with a TCP listener of the program's
 //!   own holding a connection not yet accepted: refused all the same, for no policy leaves a
 //!   listener out (a server that never accepts again, without a sign of it);
+//! - `udp`: fd 9 a UDP socket of the program's own with a datagram waiting (a busy UDP server:
+//!   refused), watched by an epoll instance at fd 8 as an event loop watches it; sockets are left
+//!   out through the API: fd 9 is a dead end of its own kind, never readable, where a stream's
+//!   end of file would read as an empty datagram again and again (an event loop spins on it);
 //! - `many`: as `api`, with 150 more descriptors open and a hard limit of 200 open files (Node
 //!   raises its soft limit to the hard one): the checkpoint must fail, naming the limit.
 //!
@@ -122,11 +126,40 @@ fn main() {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         (l, c)
     });
+    // A UDP socket at fd 9 with a datagram waiting, and an epoll instance at fd 8 watching it.
+    let _sender = (mode == "udp").then(|| {
+        use std::os::fd::AsRawFd;
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"waiting", s.local_addr().unwrap()).unwrap();
+        // SAFETY: dup2 of our own socket to 9; a new epoll instance, ours, moved to 8, watching
+        // it; a poll of fd 9 until the datagram is there.
+        unsafe {
+            assert_eq!(libc::dup2(s.as_raw_fd(), 9), 9);
+            let ep = libc::epoll_create1(0);
+            if ep != 8 {
+                assert_eq!(libc::dup2(ep, 8), 8);
+                libc::close(ep);
+            }
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 9,
+            };
+            assert_eq!(libc::epoll_ctl(8, libc::EPOLL_CTL_ADD, 9, &mut ev), 0);
+            let mut p = libc::pollfd {
+                fd: 9,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            assert_eq!(libc::poll(&mut p, 1, 5000), 1, "the datagram waits");
+        }
+        tx
+    });
     let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }
-    if mode == "epoll" || mode == "epoll-dup" || mode == "listener" || et {
+    if mode == "epoll" || mode == "epoll-dup" || mode == "listener" || mode == "udp" || et {
         cp = cp
             .fd(5, FdAction::Drop)
             .fds(FdClass::Socket, FdAction::Drop)
@@ -148,6 +181,41 @@ fn main() {
         }
     }
     let mut c = common::Checks::default();
+    if mode == "udp" {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let mut b = [0u8; 16];
+        // SAFETY: epoll_wait into our buffer and a receive into ours, neither waiting; a
+        // getsockopt of an int.
+        let (n, got, err, ty) = unsafe {
+            let n = libc::epoll_wait(8, ev.as_mut_ptr(), 4, 0);
+            let got = libc::recv(9, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT);
+            let err = std::io::Error::last_os_error().raw_os_error();
+            let mut ty = 0i32;
+            let mut len = 4u32;
+            libc::getsockopt(
+                9,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut i32).cast(),
+                &mut len,
+            );
+            (n, got, err, ty)
+        };
+        c.check(
+            "udp: fd 9 left out is a datagram dead end: no event, no empty datagram",
+            target(9).is_some_and(|t| t.starts_with("socket:["))
+                && n == 0
+                && got == -1
+                && err == Some(libc::EAGAIN)
+                && ty == libc::SOCK_DGRAM,
+            format!(
+                "{:?}, {n} event(s) ({:#x}), recv {got} {err:?}, type {ty}",
+                target(9),
+                { ev[0].events }
+            ),
+        );
+        c.finish();
+    }
     if let Some(ep) = epoll.filter(|_| et) {
         let mut ev = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: epoll_wait into our buffer, without waiting.

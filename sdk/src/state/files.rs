@@ -2453,7 +2453,8 @@ fn is_dead_end(id: u64) -> bool {
 }
 
 /// What the policy's `drop` leaves at the number of a socket or a pipe: an end whose other end
-/// is gone (end of file, then EPIPE; poll says it hung up), not nothing. A runtime's event loop
+/// is gone (end of file, then EPIPE; poll says it hung up; a datagram socket's is never readable
+/// and its sends fail), not nothing. A runtime's event loop
 /// that still watches the number then sees it hang up and closes it, and no other file takes the
 /// number meanwhile: a runtime keeps its objects by descriptor number, and one the restored
 /// process opened at a freed number (its next connection) would be taken for the one it knew,
@@ -2465,10 +2466,18 @@ fn dead_end(fd: i32, flags: u32, cloexec: bool) -> Option<FdEntry> {
     let id = DEAD_END - fd as u64;
     let kind = if ft.is_socket() {
         let opt = |o| crate::sys::getsockopt_int(fd, libc::SOL_SOCKET, o).unwrap_or(0);
+        // Of the socket's own kind: a stream's end of file reads as an empty datagram, again and
+        // again, and an event loop that watched a UDP socket spins on it (Node's dgram and
+        // asyncio did, at 100 % CPU, handing the program empty datagrams from nowhere). A
+        // datagram pair end whose peer is gone is never readable.
+        let ty = match opt(libc::SO_TYPE) {
+            t @ (libc::SOCK_STREAM | libc::SOCK_SEQPACKET) => t,
+            _ => libc::SOCK_DGRAM,
+        };
         FdKind::Socket(super::sockets::Socket::Pair(super::sockets::PairEnd {
             ino: id,
             pair: id,
-            ty: libc::SOCK_STREAM,
+            ty,
             peer_open: false,
             sndbuf: opt(libc::SO_SNDBUF),
             rcvbuf: opt(libc::SO_RCVBUF),
