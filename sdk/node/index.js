@@ -156,6 +156,19 @@ function reseedCaches() {
     if (cryptoBefore || used.randomUUID) for (let i = 0; i <= 128; i++) crypto.randomUUID();
     if (cryptoBefore || used.randomInt) for (let i = 0; i <= 1024; i++) crypto.randomInt(1);
   }
+  // c-ares draws its query IDs from 256 random bytes each channel keeps: the default resolver's
+  // would send the same IDs in every restore. Setting its servers to themselves gives it fresh
+  // ones. Node refuses while one of its queries is in flight: then they stay (docs/node.md).
+  if (process.moduleLoadList.includes('NativeModule dns')) {
+    const dns = require('dns');
+    for (const r of [dns, dns.promises]) {
+      try {
+        r.setServers(r.getServers());
+      } catch {
+        // (A query in flight.)
+      }
+    }
+  }
 }
 guardRandom();
 

@@ -5,8 +5,8 @@
 //!
 //! Such a socket holds no state the kernel keeps on behalf of a peer, so making it again with
 //! the same family, type, protocol, options, local address, destination and group memberships
-//! gives back the same socket. A TCP connection (or one being made, or one that ended) would
-//! need TCP_REPAIR and the peer's cooperation; it is refused by name, as is a datagram socket
+//! gives back the same socket. An established TCP connection comes back through repair mode
+//! (see [`super::tcp`]); one being made, half closed or ended is refused by name, as is a datagram socket
 //! with datagrams waiting to be read or sent (read them before the checkpoint) or with an error
 //! waiting to be read (an ICMP error: which one, only reading it, and so taking it, tells).
 //!

@@ -290,7 +290,7 @@ fn parse(info: &str) -> Result<Inotify, String> {
     }
     if let Some(w) = watches.iter().find(|w| w.wd > MAX_WD) {
         return Err(format!(
-            "inotify watch descriptor {} is above the {MAX_WD} thaw restores",
+            "inotify watch descriptor {} is above the {MAX_WD} thaw restores: the instance has added that many watches in its life (the kernel numbers them on, removed ones included), which a restore would have to add again to reach that number; make a new instance for the watches before the checkpoint (Node's fs.watch keeps one for the event loop's whole life: such a process can be checkpointed again only once restarted). Left out by a descriptor policy, none of its watches reports anything after restore",
             w.wd
         ));
     }
