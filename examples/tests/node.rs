@@ -745,3 +745,52 @@ fn node_started_on_a_terminal_writes_to_the_callers_output_after_restore() {
         assert!(err.contains("an error line"), "{opts:?}: {}", text(&o));
     }
 }
+
+/// A fake DNS server on 127.0.0.1 answering every A query with 10.H.L.1, H and L the query's
+/// ID: the resolver's answer tells which ID it sent. Runs until the test process ends.
+fn id_echoing_dns() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // The question: labels to the root label, then type and class.
+            let mut end = 12;
+            while end < n && q[end] != 0 {
+                end += 1 + q[end] as usize;
+            }
+            if end + 5 > n {
+                continue;
+            }
+            let mut a = Vec::from(&q[..2]);
+            a.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            a.extend_from_slice(&q[12..end + 5]);
+            a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, q[0], q[1], 1]);
+            let _ = s.send_to(&a, from);
+        }
+    });
+    port
+}
+
+/// c-ares draws its DNS query IDs from random bytes each channel keeps: after a restore, the
+/// default resolver's must be fresh, not the same IDs in every restore of one image.
+#[test]
+fn dns_query_ids_differ_per_restore() {
+    let env = Env::new();
+    let pkg = package(&env);
+    let img = env.path("dns.thaw");
+    let port = id_echoing_dns();
+    let js = format!(
+        "const dns = require('dns');\n\
+        dns.setServers(['127.0.0.1:{port}']);\n\
+        const id = (n) => dns.promises.resolve4(n).then(([a]) => a.split('.').slice(1, 3).join('.'));\n\
+        id('first.test').then(() => {{\n\
+          thaw.checkpoint(process.argv[1], {{ key: process.argv[2], exitAfterSave: true }});\n\
+          return Promise.all([id('a.test'), id('b.test'), id('c.test')]);\n\
+        }}).then((ids) => console.log('ids ' + ids.join(' ')));"
+    );
+    let (_, o) = script(&pkg, &js, &[img.as_os_str(), env.key.as_os_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    differs_per_restore(&env, &img, "ids ");
+}
