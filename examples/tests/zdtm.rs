@@ -567,6 +567,18 @@ fn files_directories_and_pipes() {
         "{}",
         text(&o)
     );
+    // One that still holds the checkpoint's own bytes, as it does where a writer elsewhere
+    // kept it open after the first life ended (a supervisor's command FIFO): they wait there
+    // once, not put back a second time.
+    let mut drained = [0u8; 5];
+    std::io::Read::read_exact(&mut other, &mut drained).unwrap();
+    std::io::Write::write_all(&mut other, b"waiting").unwrap();
+    let o = env.restore(&img, &["--pid-mode", "auto"], &[]);
+    assert_all_ok(
+        &o,
+        &["FIFO: the bytes waiting at the checkpoint wait there again"],
+    );
+    drop(other);
 }
 
 #[test]

@@ -436,6 +436,12 @@ fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8]) -> Result<(), String> {
     // A read end first: a write end opens without blocking only while one exists.
     let reader = end(true)?;
     let waiting = crate::sys::inq(reader.as_raw_fd());
+    // A writer elsewhere that kept the FIFO open after the first life ended keeps its buffer:
+    // the bytes the first life left unread wait there still (maybe followed by more it wrote
+    // since). Put back, they would be read twice.
+    if waiting >= bytes.len() as i64 && fifo_begins_with(reader.as_raw_fd(), bytes) {
+        return Ok(());
+    }
     if waiting != 0 {
         return Err(format!(
             "FIFO {path} holds {waiting} bytes from elsewhere: its {} bytes from the checkpoint cannot be put back in order",
@@ -452,6 +458,26 @@ fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8]) -> Result<(), String> {
             bytes.len()
         )
     })
+}
+
+/// Whether the bytes waiting in the FIFO read through `fd` begin with `bytes`, looked at with
+/// `tee` (nothing is taken from it).
+fn fifo_begins_with(fd: i32, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let Ok((r, w)) = crate::sys::pipe_nonblock() else {
+        return false;
+    };
+    // As many buffers as the FIFO may hold: tee copies whole buffers but the last.
+    if let Ok(size) = crate::sys::fcntl(fd, libc::F_GETPIPE_SZ, 0) {
+        let _ = crate::sys::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as u64);
+    }
+    let n = crate::sys::tee(fd, w.as_raw_fd(), bytes.len());
+    if n != bytes.len() as i64 {
+        return false;
+    }
+    let mut head = vec![0u8; bytes.len()];
+    std::fs::File::from(r).read_exact(&mut head).is_ok() && head == bytes
 }
 
 /// The `tfd:` lines of an epoll descriptor's fdinfo: (watch, inode of the watched file).
