@@ -1190,6 +1190,7 @@ impl Checkpoint {
             if let Some((_, _, p)) = c.fifos.iter().find(|f| f.0 == e.fd) {
                 if let Some(bytes) = p.copied().map_err(io("reading FIFO contents"))? {
                     e.fifo_bytes = Some(writer.append_payload(&bytes)?);
+                    e.fifo_left = self.exit_after_save;
                 }
             }
             let regular = matches!(e.kind, FdKind::Regular { .. });

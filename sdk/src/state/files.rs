@@ -23,6 +23,9 @@ pub struct FdEntry {
     /// it at restore, which it must find empty (its buffer lives only while someone holds it
     /// open, so after the first life it is empty unless someone else wrote).
     pub fifo_bytes: Option<PayloadRef>,
+    /// The first life ended once the image was written (`exit_after_save`), leaving those bytes
+    /// unread: a FIFO a writer elsewhere kept open that still begins with them holds them yet.
+    pub fifo_left: bool,
     /// Not a descriptor of the process: a file in flight in a message queued in one of its
     /// sockets (see [`super::scm`]), numbered as the checkpoint received it. Made again, sent
     /// with its message, and closed.
@@ -416,8 +419,9 @@ fn fdinfo_flags(info: &str) -> u32 {
 }
 
 /// Writes a FIFO's waiting bytes back into it through `f` (one of the restored process's
-/// descriptors of it), after checking that nobody else's bytes wait there.
-fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8]) -> Result<(), String> {
+/// descriptors of it), after checking that nobody else's bytes wait there. `left`: the first
+/// life ended leaving them there (see [`FdEntry::fifo_left`]).
+fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8], left: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let end = |read: bool| {
@@ -438,8 +442,9 @@ fn refill_fifo(f: &OwnedFd, path: &str, bytes: &[u8]) -> Result<(), String> {
     let waiting = crate::sys::inq(reader.as_raw_fd());
     // A writer elsewhere that kept the FIFO open after the first life ended keeps its buffer:
     // the bytes the first life left unread wait there still (maybe followed by more it wrote
-    // since). Put back, they would be read twice.
-    if waiting >= bytes.len() as i64 && fifo_begins_with(reader.as_raw_fd(), bytes) {
+    // since). Put back, they would be read twice. (A first life that went on read them: the
+    // same bytes there now were written again, and are not these.)
+    if left && waiting >= bytes.len() as i64 && fifo_begins_with(reader.as_raw_fd(), bytes) {
         return Ok(());
     }
     if waiting != 0 {
@@ -665,6 +670,7 @@ impl FdScan {
                 signal_io: None,
                 dup_of: None,
                 fifo_bytes: None,
+                fifo_left: false,
                 in_flight: false,
                 locked_stamp: None,
                 archive_stamp: None,
@@ -1818,7 +1824,7 @@ pub fn reopen(
                 }
                 super::locks::take_on_description(&f, fd, &e.locks)?;
                 if let Some(bytes) = e.fifo_bytes {
-                    refill_fifo(&f, path, &payload(bytes)?)
+                    refill_fifo(&f, path, &payload(bytes)?, e.fifo_left)
                         .map_err(|err| format!("fd {fd}: {err}"))?;
                 }
                 f
@@ -1938,7 +1944,7 @@ pub fn reopen(
                 // Opened as any FIFO by name is, checked to be the one just made.
                 let f = reopen_path(e, path, Some(0), now)?;
                 match e.fifo_bytes {
-                    Some(bytes) => refill_fifo(&f, path, &payload(bytes)?)
+                    Some(bytes) => refill_fifo(&f, path, &payload(bytes)?, e.fifo_left)
                         .map_err(|err| format!("fd {fd}: {err}"))?,
                     // A reading end (only those are restored alone, and only once their writer
                     // came and went: see the scan) with nothing to put back: a writer comes and
