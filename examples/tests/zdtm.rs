@@ -3034,22 +3034,30 @@ fn tcp_connections_come_back_with_their_queues() {
             checks.push(format!("{name}: {what}"));
         }
     }
+    checks.push("listeners sharing a port: both on it, SO_REUSEPORT as each had it".into());
     let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
     restored_in_its_modes_and_again(&env, &img, &checks, &checks);
 
-    // A server of another process (this one), echoing lines.
+    // A server of another process (this one), echoing lines; on the second connection, once
+    // its client's first life has ended, it sends a line of its own ("gap"), which must reach
+    // the restored client rather than meet no socket (a reset).
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port().to_string();
+    let (away, gap) = std::sync::mpsc::channel::<()>();
     let echo = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
         let mut served = 0;
-        for _ in 0..2 {
+        for i in 0..2 {
             let (s, _) = server.accept().unwrap();
             let mut w = s.try_clone().unwrap();
             for line in std::io::BufReader::new(s).lines() {
                 let Ok(line) = line else { break };
                 w.write_all(format!("echo:{line}\n").as_bytes()).unwrap();
                 served += 1;
+                if i == 1 && served == 2 {
+                    gap.recv().unwrap();
+                    w.write_all(b"gap\n").unwrap();
+                }
             }
         }
         served
@@ -3060,10 +3068,21 @@ fn tcp_connections_come_back_with_their_queues() {
         "{out}"
     );
     let moved = env.checkpoint("zdtm-tcp", "p.thaw", &["peer", &port]);
+    away.send(()).unwrap();
     assert_all_ok(
         &env.restore(&moved, &["--pid-mode", "host"], &[]),
-        &["a connection to another process's server is moved: it answers on it"],
+        &["a connection to another process's server is moved: what it sent meanwhile, then its answer"],
     );
     // one + one (refused), one + two (moved)
     assert_eq!(echo.join().unwrap(), 3);
+    // The hold on its packets is gone with the restore.
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("thaw_lock_"),
+        "{}",
+        String::from_utf8_lossy(&tables.stdout)
+    );
 }

@@ -5,8 +5,11 @@
 //! greeting waits unread. After restore every byte arrives once and in order, the ends and
 //! options are as they were, and both ends go on talking.
 //!
+//! Beside them, two listeners share a port (SO_REUSEPORT), one of which turned it off since.
+//!
 //! `PROG IMAGE KEY peer PORT`: a connection to a server of another process, moved by a
-//! checkpoint that ends the process (exit after save): after restore the server answers on it.
+//! checkpoint that ends the process (exit after save): what the server sent while the process
+//! was away (its packets held meanwhile) arrives after restore, then its answer.
 //! `PROG IMAGE KEY peer-going-on PORT`: the same connection, the process going on after the
 //! checkpoint, is refused by name (it would exist twice).
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
@@ -142,6 +145,50 @@ fn check_pair(c: &mut common::Checks, conn: Conn) {
     );
 }
 
+/// A listener on 127.0.0.1:`port` (0: any) made with SO_REUSEPORT.
+fn reuseport_listener(port: u16) -> TcpListener {
+    // SAFETY: socket(2), options and bind on a descriptor we own, with a sockaddr_in.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let one = 1i32;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const i32).cast(),
+            4,
+        );
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as u16;
+        a.sin_port = port.to_be();
+        a.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::bind(fd, (&a as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 8), 0);
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
+}
+
+fn reuseport(l: &TcpListener) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: an int option of our own socket, into a buffer of its size.
+    unsafe {
+        libc::getsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
 fn main() {
     let (_, _, extra) = common::argv();
     if let [mode, port] = &extra[..] {
@@ -171,15 +218,31 @@ fn main() {
         common::restored();
         let mut c = common::Checks::default();
         s.write_all(b"two\n").unwrap();
-        let mut line = [0u8; 9];
-        let r = s.read_exact(&mut line);
+        // What the server sent while the process was away (held, sent again), then its answer.
+        let mut lines = [0u8; 13];
+        let r = s.read_exact(&mut lines);
         c.check(
-            "a connection to another process's server is moved: it answers on it",
-            r.is_ok() && &line == b"echo:two\n",
-            format!("{r:?} {:?}", String::from_utf8_lossy(&line)),
+            "a connection to another process's server is moved: what it sent meanwhile, then its answer",
+            r.is_ok() && &lines == b"gap\necho:two\n",
+            format!("{r:?} {:?}", String::from_utf8_lossy(&lines)),
         );
         c.finish();
     }
+    // Two listeners sharing a port, the first of which turned SO_REUSEPORT off since (CRIU's
+    // socket-tcp-reuseport).
+    let shared = reuseport_listener(0);
+    let port = shared.local_addr().unwrap().port();
+    let sharing = reuseport_listener(port);
+    // SAFETY: an int option of our own socket.
+    unsafe {
+        libc::setsockopt(
+            shared.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&0i32 as *const i32).cast(),
+            4,
+        )
+    };
     let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let v6 = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
     let a = connect("IPv4", &v4, v4.local_addr().unwrap());
@@ -200,6 +263,13 @@ fn main() {
             c.finish();
         }
     }
+    c.check(
+        "listeners sharing a port: both on it, SO_REUSEPORT as each had it",
+        shared.local_addr().unwrap().port() == port
+            && sharing.local_addr().unwrap().port() == port
+            && (reuseport(&shared), reuseport(&sharing)) == (0, 1),
+        format!("{} {}", reuseport(&shared), reuseport(&sharing)),
+    );
     check_pair(&mut c, a);
     check_pair(&mut c, b);
     c.finish();

@@ -748,7 +748,18 @@ impl Checkpoint {
             // (The threads go on from here, while the image is written.)
             pause_for_tests(b'g');
         }
-        let result = self.write_snapshot(
+        // Connections moved to wherever the image is restored (their peers are elsewhere).
+        let moved: Vec<state::tcp::TcpConnection> = scan
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                FdKind::Socket(state::sockets::Socket::Tcp(t)) if !t.lock.is_empty() => {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let mut result = self.write_snapshot(
             capture,
             &threads,
             &captured,
@@ -756,6 +767,14 @@ impl Checkpoint {
             traced_fd,
             original_action,
         );
+        if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save && !moved.is_empty() {
+            // Their peers' packets are held until the restore takes the connections over:
+            // arriving while no socket has them, they would be answered with a reset.
+            if let Err(why) = state::tcp::lock(&moved) {
+                let _ = std::fs::remove_file(&self.path);
+                result = Err(CheckpointError::Unsupported(vec![why]));
+            }
+        }
         if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save {
             // Without exit handlers or a flush of stdio buffers: what the program had buffered
             // is in the image, and the restored process writes it. Only what puts back shared

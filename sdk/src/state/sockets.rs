@@ -1001,6 +1001,7 @@ pub fn recreate<'a>(
     // Listeners first: connections accepted from them are made through them, before the
     // connections that waited in their queues.
     let mut waiting = Vec::new();
+    let mut reuseport_off = Vec::new();
     for s in sockets {
         if let Socket::Listener(l) = s {
             if let std::collections::btree_map::Entry::Vacant(v) = out.entry(l.ino) {
@@ -1022,10 +1023,26 @@ pub fn recreate<'a>(
                 let accepts = sockets
                     .iter()
                     .any(|s| matches!(s, Socket::Pair(p) if p.accepted_from == l.ino));
-                v.insert(listener(l, given, !clients.is_empty() || accepts)?);
+                // Listeners sharing a port (SO_REUSEPORT), one of which turned it off since.
+                let shared = l.family != libc::AF_UNIX
+                    && sockets.iter().any(|s| {
+                        matches!(s, Socket::Listener(o) if o.ino != l.ino && o.family == l.family && o.addr == l.addr)
+                    });
+                let made = v.insert(listener(l, given, !clients.is_empty() || accepts, shared)?);
+                if shared && !l.reuseport {
+                    reuseport_off.push((made.as_raw_fd(), l));
+                }
                 waiting.push((l, clients));
             }
         }
+    }
+    for (fd, l) in reuseport_off {
+        crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 0).map_err(|e| {
+            format!(
+                "listening socket {}: cannot turn SO_REUSEPORT off again: {e}",
+                describe(&l.addr)
+            )
+        })?;
     }
     for (id, mut v) in pairs {
         v.sort_by_key(|e| e.ino);
@@ -1137,6 +1154,19 @@ pub fn recreate<'a>(
                 made.push((t.ino, t.make(&mut queued)?));
             }
         }
+    }
+    // Moved connections: their peers' packets, held since the first life ended, come through.
+    let mut locks: Vec<&str> = sockets
+        .iter()
+        .filter_map(|s| match s {
+            Socket::Tcp(t) if !t.lock.is_empty() => Some(t.lock.as_str()),
+            _ => None,
+        })
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    for table in locks {
+        super::tcp::unlock(table)?;
     }
     for (_, m) in &made {
         m.leave_repair()?;
@@ -1594,7 +1624,15 @@ fn stands_for(g: &OwnedFd, l: &Listener) -> bool {
 
 /// A listening socket made again (or the one handed in; not for one the process connects to,
 /// `own_connections`).
-fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<OwnedFd, String> {
+/// `shared`: another listener of the image has its address. Bound with SO_REUSEPORT, even one
+/// that turned it off since it was bound (as that one did; the caller turns it off again once
+/// every listener is bound).
+fn listener(
+    l: &Listener,
+    given: &[OwnedFd],
+    own_connections: bool,
+    shared: bool,
+) -> Result<OwnedFd, String> {
     let what = describe(&l.addr);
     let matches = |g: &OwnedFd| crate::sys::getsockname(g.as_raw_fd()).is_ok_and(|a| a == l.addr);
     if own_connections && given.iter().any(matches) {
@@ -1615,7 +1653,7 @@ fn listener(l: &Listener, given: &[OwnedFd], own_connections: bool) -> Result<Ow
             .map_err(|e| format!("listening socket {what}: cannot set option {opt}: {e}"))
     };
     set(libc::SOL_SOCKET, libc::SO_REUSEADDR, l.reuseaddr)?;
-    if l.reuseport {
+    if l.reuseport || shared {
         set(libc::SOL_SOCKET, libc::SO_REUSEPORT, true)?;
     }
     if l.family == libc::AF_INET6 {

@@ -60,6 +60,10 @@ pub struct TcpConnection {
     pub reuseaddr: bool,
     pub v6only: bool,
     pub opts: Vec<SockOpt>,
+    /// A connection moved (its peer elsewhere): the nftables table (`inet`) that holds its
+    /// peer's packets from the first life's end until the restore has it again (see [`lock`]);
+    /// empty: none.
+    pub lock: String,
 }
 
 const TCP_ESTABLISHED: u8 = 1;
@@ -145,11 +149,17 @@ pub(crate) fn dump(
         (o.level, o.name) != (libc::IPPROTO_TCP, libc::TCP_MAXSEG)
             && !super::sockopts::name(o).contains("_MULTICAST_")
     });
+    let lock = if peer_here {
+        String::new()
+    } else {
+        lock_table(crate::sys::getpid())
+    };
     Ok(TcpConnection {
         ino,
         family,
         local,
         peer,
+        lock,
         reuseaddr: opt(libc::SOL_SOCKET, libc::SO_REUSEADDR),
         v6only: family == libc::AF_INET6 && opt(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
         opts,
@@ -426,6 +436,81 @@ impl TcpCopy {
     }
 }
 
+/// The nftables table of the connections process `pid` moved.
+fn lock_table(pid: i32) -> String {
+    format!("{LOCK_PREFIX}{pid}")
+}
+
+const LOCK_PREFIX: &str = "thaw_lock_";
+
+/// An nftables match for packets from `from` to `to` (raw sockaddrs; an IPv4-mapped address is
+/// IPv4 on the wire).
+fn nft_match(from: &[u8], to: &[u8]) -> Option<String> {
+    let ends = [from, to].map(|a| {
+        let port = u16::from_be_bytes(a.get(2..4)?.try_into().ok()?);
+        let ip: std::net::IpAddr = if super::inet::family_of(a) == libc::AF_INET {
+            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(a.get(4..8)?).ok()?).into()
+        } else {
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a.get(8..24)?).ok()?).to_canonical()
+        };
+        Some((ip, port))
+    });
+    let [(fip, fport), (tip, tport)] = [ends[0]?, ends[1]?];
+    let proto = if fip.is_ipv4() { "ip" } else { "ip6" };
+    Some(format!(
+        "{proto} saddr {fip} tcp sport {fport} {proto} daddr {tip} tcp dport {tport}"
+    ))
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    // (By its path: a PATH without the sbin directories is common.)
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft");
+    let out = std::process::Command::new(nft)
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Holds the packets of the peers of `moved` connections (nftables drops them as they come in)
+/// from the first life's end until a restore has the connections again and [`unlock`]s them:
+/// arriving while no socket had the connection, they would be answered with a reset. They are
+/// sent again by the peers (as to a host that went quiet) and reach the restored connection.
+pub(crate) fn lock(moved: &[TcpConnection]) -> Result<(), String> {
+    let Some(table) = moved.first().map(|c| c.lock.clone()) else {
+        return Ok(());
+    };
+    let mut script = format!(
+        "add table inet {table}; add chain inet {table} input {{ type filter hook input priority -300 ; }}; "
+    );
+    for c in moved {
+        let m = nft_match(&c.peer, &c.local).ok_or("a malformed address")?;
+        script += &format!("add rule inet {table} input {m} drop; ");
+    }
+    nft(&script).map_err(|e| {
+        format!("a TCP connection to another process is moved by holding its peer's packets (nftables) while the process is away, which failed ({e}): install nft (Debian's nftables), or close the connection before the checkpoint")
+    })
+}
+
+/// Lets the packets of the connections moved in table `table` through again (a restore has
+/// them); a table already gone is no error.
+pub fn unlock(table: &str) -> Result<(), String> {
+    match nft(&format!("delete table inet {table}")) {
+        Err(e) if !e.contains("No such file") => Err(format!(
+            "cannot let the moved TCP connections' packets through again (nft delete table inet {table}): {e}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a connection from an image before anything is made of it.
 pub fn validate(c: &TcpConnection) -> Result<(), String> {
     if c.family != libc::AF_INET && c.family != libc::AF_INET6 {
@@ -443,6 +528,17 @@ pub fn validate(c: &TcpConnection) -> Result<(), String> {
         || u64::from(c.unsent) > qlen(&c.sendq)
     {
         return Err("a TCP connection with malformed queues".into());
+    }
+    // (Handed to nft: only the name thaw gives.)
+    if !c.lock.is_empty()
+        && (c
+            .lock
+            .strip_prefix(LOCK_PREFIX)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_none()
+            || nft_match(&c.peer, &c.local).is_none())
+    {
+        return Err("a TCP connection with a malformed lock".into());
     }
     if c.snd_wscale > 14 || c.rcv_wscale > 14 {
         return Err("a TCP connection with a malformed window scale".into());
