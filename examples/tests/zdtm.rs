@@ -3004,7 +3004,8 @@ fn netlink_sockets_come_back_with_their_port_ids_and_groups() {
     );
 }
 
-/// Established TCP connections (CRIU's socket-tcp*), through the kernel's repair mode: two
+/// Established TCP connections (CRIU's socket-tcp*), when asked for (THAW_TCP_ESTABLISHED=1,
+/// as CRIU's --tcp-established; refused otherwise, saying how), through the kernel's repair mode: two
 /// loopback connections of the process's own, bytes waiting both ways (never sent, sent and
 /// unread), come back whole in every mode and again; a connection to another process's server
 /// is moved by a checkpoint that ends the process, and refused by name when the process goes
@@ -3022,6 +3023,8 @@ fn tcp_connections_come_back_with_their_queues() {
         return;
     }
     let env = Env::new();
+    let out = env.refused("zdtm-tcp", "n.thaw", &["not-asked"]);
+    assert!(out.contains("THAW_TCP_ESTABLISHED=1"), "{out}");
     let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);
     let mut checks = Vec::new();
     for name in ["IPv4", "IPv4 to a dual-stack listener"] {

@@ -13,7 +13,8 @@
 //! `PROG IMAGE KEY peer-going-on PORT`: the same connection, the process going on after the
 //! checkpoint, is refused by name (it would exist twice).
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
-//! refused by name.
+//! refused by name. `PROG IMAGE KEY not-asked`: without THAW_TCP_ESTABLISHED=1 (which the other
+//! modes set), a connection is refused, saying how to ask.
 
 #[path = "common.rs"]
 mod common;
@@ -191,6 +192,14 @@ fn reuseport(l: &TcpListener) -> i32 {
 
 fn main() {
     let (_, _, extra) = common::argv();
+    if extra.first().is_some_and(|m| m == "not-asked") {
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let _pair = connect("IPv4", &v4, v4.local_addr().unwrap());
+        common::refusal(|| ());
+    }
+    // Asked for, as CRIU's --tcp-established. (Set while this is the only thread.)
+    // SAFETY: no other thread exists yet to read the environment meanwhile.
+    unsafe { std::env::set_var("THAW_TCP_ESTABLISHED", "1") };
     if let [mode, port] = &extra[..] {
         let port: u16 = port.parse().unwrap();
         let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();

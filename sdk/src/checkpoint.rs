@@ -197,6 +197,7 @@ pub struct Checkpoint {
     path: PathBuf,
     key: Option<PathBuf>,
     exit_after_save: bool,
+    tcp_established: bool,
     signal: i32,
     thread_timeout: std::time::Duration,
     fds: FdPolicy,
@@ -211,6 +212,7 @@ impl Checkpoint {
             path: path.as_ref().to_owned(),
             key: None,
             exit_after_save: false,
+            tcp_established: false,
             signal: DEFAULT_SIGNAL,
             thread_timeout: std::time::Duration::from_secs(2),
             fds: FdPolicy::new(),
@@ -233,6 +235,18 @@ impl Checkpoint {
     /// Without it, children make the checkpoint fail, each named with its PID and state.
     pub fn leave_children_out(mut self, yes: bool) -> Self {
         self.leave_children_out = yes;
+        self
+    }
+
+    /// Restore the process's established TCP connections (as CRIU's `--tcp-established`), through
+    /// the kernel's repair mode, which takes CAP_NET_ADMIN here and at restore; also set by
+    /// `THAW_TCP_ESTABLISHED=1`. A connection whose two ends are both the process's comes back
+    /// whole (once the first life has it no more); one to another process is moved, and only by
+    /// a checkpoint that [`exit_after_save`](Self::exit_after_save)s, as a live migration: the
+    /// image is then for one restore (see docs/restore.md). Without it they are refused, by
+    /// name, as an image restored many times (a warm start) could not have them.
+    pub fn tcp_established(mut self, yes: bool) -> Self {
+        self.tcp_established = yes;
         self
     }
 
@@ -381,7 +395,10 @@ impl Checkpoint {
             left_out.dedup();
         }
         let children_listed = left_out.clone();
-        state::tcp::set_first_life_ends(self.exit_after_save);
+        state::tcp::set_mode(
+            self.tcp_established || state::tcp::established_from_env(),
+            self.exit_after_save,
+        );
         let mut scan = FdScan::scan(&ours, max_deleted, in_flight, &left_out, holders)
             .map_err(io("listing file descriptors"))?;
         let (refused, left_out) = scan.apply(&policy);

@@ -94,12 +94,22 @@ const CAP_NET_ADMIN: u32 = 12;
 /// The most bytes one queue may hold in an image.
 pub const MAX_QUEUE: u64 = 64 << 20;
 
+/// Set by a checkpoint asked to restore established connections (`tcp_established`).
+static ESTABLISHED: AtomicBool = AtomicBool::new(false);
 /// Set by a checkpoint that ends its process once the image is written: connections whose
 /// peer is elsewhere are then moved rather than refused (see the module's comment).
 static FIRST_LIFE_ENDS: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn set_first_life_ends(yes: bool) {
-    FIRST_LIFE_ENDS.store(yes, Ordering::Relaxed);
+/// The environment variable that asks for established connections (`1`).
+pub const ENV: &str = "THAW_TCP_ESTABLISHED";
+
+pub(crate) fn established_from_env() -> bool {
+    std::env::var_os(ENV).is_some_and(|v| v == "1")
+}
+
+pub(crate) fn set_mode(established: bool, first_life_ends: bool) {
+    ESTABLISHED.store(established, Ordering::Relaxed);
+    FIRST_LIFE_ENDS.store(first_life_ends, Ordering::Relaxed);
 }
 
 /// Whether the process may use repair mode (CAP_NET_ADMIN in its effective set; the socket's
@@ -125,6 +135,9 @@ pub(crate) fn dump(
     family: i32,
     peer_here: bool,
 ) -> Result<TcpConnection, String> {
+    if !ESTABLISHED.load(Ordering::Relaxed) {
+        return Err(format!(" (or have established connections restored, {ENV}=1 — Checkpoint::tcp_established in Rust —, which takes CAP_NET_ADMIN at checkpoint and restore: one of the process's own comes back whole; one to another process is moved by a checkpoint that exits after saving, as a live migration, the image then being for one restore)"));
+    }
     if !may_repair() {
         return Err(" (thaw restores a TCP connection through the kernel's repair mode, which takes CAP_NET_ADMIN at checkpoint and at restore)".into());
     }
