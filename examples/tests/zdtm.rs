@@ -294,6 +294,50 @@ fn pid_rlimits_umask_cwd_comm_cmdline_exe_and_arguments() {
     );
 }
 
+/// A thread in the real-time I/O class (`ionice -c 1`, which takes CAP_SYS_NICE) keeps it where
+/// the launcher may give it, and is given best-effort at its level, with a warning, where not
+/// (--pid-mode ns: no CAP_SYS_NICE over the system), as a nice value below the caller's is
+/// raised. The restore used to fail at its I/O priority step with EPERM.
+#[test]
+fn a_real_time_io_priority_is_best_effort_where_the_caller_may_not_give_it() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new();
+    let img = env.checkpoint(
+        "zdtm-process",
+        "io.thaw",
+        &[dir.path().to_str().unwrap(), "rt-io"],
+    );
+    let o = env.restore(&img, &["--pid-mode", "host"], &["one", "two words"]);
+    assert_all_ok(
+        &o,
+        &["scheduling: CPU mask and I/O priority of each thread"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ioprio 0x2005"),
+        "{}",
+        text(&o)
+    );
+    let o = env.restore(&img, &["--pid-mode", "ns"], &["one", "two words"]);
+    assert_all_ok(
+        &o,
+        &["scheduling: CPU mask and I/O priority of each thread"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ioprio 0x4005"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("real-time I/O priority (level 5) lowered to best-effort level 5"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// The working directory is known by what it is, not only by its path: one whose name ends in
 /// " (deleted)" is a live directory, entered again as it is; a directory made at its path since
 /// the checkpoint is another (the process's relative paths would lead elsewhere): refused before

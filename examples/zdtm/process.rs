@@ -6,7 +6,9 @@
 //! changes its child-subreaper flag, THP setting, dumpable flag and oom_score_adj, and a thread's nice value,
 //! CPU mask and I/O priority, the moment its threads go on (the SDK's test hook, point `g`): the
 //! image has them as they were at the checkpoint. `late-blocked`: the same, the thread blocking
-//! every signal (captured through ptrace).
+//! every signal (captured through ptrace). `rt-io` (as root): the idler's I/O priority is of the
+//! real-time class (level 5), which a restore without CAP_SYS_NICE gives as best-effort level 5;
+//! the probe prints it (`ioprio 0x…`).
 
 #[path = "common.rs"]
 mod common;
@@ -20,6 +22,7 @@ fn main() {
     let late = extra.get(1).is_some_and(|a| a.starts_with("late"));
     // `late-blocked`: the idler blocks every signal (the checkpoint captures it through ptrace).
     let blocked = extra.get(1).is_some_and(|a| a == "late-blocked");
+    let rt_io = extra.get(1).is_some_and(|a| a == "rt-io");
     // SAFETY: plain calls with valid arguments.
     unsafe {
         let lim = libc::rlimit {
@@ -87,8 +90,9 @@ fn main() {
             let tid = unsafe {
                 libc::sched_setscheduler(0, libc::SCHED_IDLE | RESET_ON_FORK, &param);
                 libc::setpriority(libc::PRIO_PROCESS, 0, 7);
-                // IOPRIO_CLASS_BE, level 5, for itself.
-                libc::syscall(libc::SYS_ioprio_set, 1, 0, 2 << 13 | 5);
+                // IOPRIO_CLASS_BE (or IOPRIO_CLASS_RT), level 5, for itself.
+                let class = if rt_io { 1 } else { 2 };
+                libc::syscall(libc::SYS_ioprio_set, 1, 0, class << 13 | 5);
                 if blocked {
                     let mut all: libc::sigset_t = std::mem::zeroed();
                     libc::sigfillset(&mut all);
@@ -257,9 +261,13 @@ fn main() {
         format!("{main_sched:?} {idler_sched:?}"),
     );
     let (affinity_now, ioprio_now) = (affinity(idler), ioprio(idler));
+    if rt_io {
+        println!("ioprio {ioprio_now:#x}");
+    }
     c.check(
         "scheduling: CPU mask and I/O priority of each thread",
-        affinity_now == affinity_before && ioprio_now == ioprio_before,
+        affinity_now == affinity_before
+            && (ioprio_now == ioprio_before || rt_io && ioprio_now == 2 << 13 | 5),
         format!("{affinity_now:?} {ioprio_now:#x}, were {affinity_before:?} {ioprio_before:#x}"),
     );
     let oom_now = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();

@@ -1030,11 +1030,36 @@ fn build_plan(
             t.nice
         }
     };
+    // So is the real-time I/O class (ioprio_set asks CAP_SYS_NICE or CAP_SYS_ADMIN over the
+    // initial user namespace: an administrator's `ionice -c 1` on the process, or a root process
+    // restored in ns mode): best-effort at the same level instead, as a nice value is raised.
+    let ioprio_of = |t: &thaw::state::threads::ThreadState| {
+        const IOPRIO_CLASS_RT: u32 = 1;
+        const IOPRIO_CLASS_BE: u32 = 2;
+        let (class, level) = (t.ioprio >> 13, t.ioprio & 0xff);
+        if class == IOPRIO_CLASS_RT
+            && (mode == PidMode::Ns
+                || !(caller_has_cap(CAP_SYS_NICE) || caller_has_cap(CAP_SYS_ADMIN)))
+        {
+            errln!(
+                "thaw: warning: thread {} real-time I/O priority (level {level}) lowered to best-effort level {level}: the real-time class takes CAP_SYS_NICE{}",
+                t.tid,
+                if mode == PidMode::Ns {
+                    ", which a process in its own user namespace (--pid-mode ns) does not have over the system"
+                } else {
+                    ""
+                }
+            );
+            IOPRIO_CLASS_BE << 13 | level
+        } else {
+            t.ioprio
+        }
+    };
     for (i, t) in others.iter().enumerate() {
         let list = plan.new_list();
         t.plan_restore(&mut plan);
         t.plan_sleep(&mut plan, fds.away);
-        t.plan_sched(&mut plan, nice_of(t));
+        t.plan_sched(&mut plan, nice_of(t), ioprio_of(t));
         plan_credentials(&mut plan, creds, drops);
         for sig in &t.pending {
             sig.plan_queue(&mut plan, m.process.pid, Some(t.tid));
@@ -1080,7 +1105,7 @@ fn build_plan(
     // drops to the image's own after the last thread exists.
     leader.plan_restore(&mut plan);
     leader.plan_sleep(&mut plan, fds.away);
-    leader.plan_sched(&mut plan, nice_of(leader));
+    leader.plan_sched(&mut plan, nice_of(leader), ioprio_of(leader));
     plan_credentials(&mut plan, creds, drops);
     m.process.plan_cwd(&mut plan);
     // Signals waiting in the queues (the dispositions are set: SIG_IGN would discard them), as

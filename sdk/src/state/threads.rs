@@ -419,9 +419,10 @@ impl ThreadState {
         );
     }
 
-    /// The thread's scheduling policy and nice value; `nice` is the value to set (the launcher's
-    /// decision: never below the caller's without CAP_SYS_NICE).
-    pub fn plan_sched(&self, plan: &mut Plan, nice: i32) {
+    /// The thread's scheduling policy and nice value; `nice` and `ioprio` are the values to set
+    /// (the launcher's decisions: a nice value never below the caller's without CAP_SYS_NICE, the
+    /// real-time I/O class only where the caller may give it).
+    pub fn plan_sched(&self, plan: &mut Plan, nice: i32, ioprio: u32) {
         let tid = self.tid;
         if self.policy != 0 {
             let param = plan.words(&[0]);
@@ -447,12 +448,12 @@ impl ThreadState {
                 [0, self.affinity.len() as u64 * 8, mask, 0, 0, 0],
             );
         }
-        if self.ioprio != 0 {
+        if ioprio != 0 {
             const IOPRIO_WHO_PROCESS: u64 = 1;
             plan.syscall(
-                format!("I/O priority {:#x} of thread {tid}", self.ioprio),
+                format!("I/O priority {ioprio:#x} of thread {tid}"),
                 libc::SYS_ioprio_set,
-                [IOPRIO_WHO_PROCESS, 0, u64::from(self.ioprio), 0, 0, 0],
+                [IOPRIO_WHO_PROCESS, 0, u64::from(ioprio), 0, 0, 0],
             );
         }
         if self.no_new_privs {
