@@ -2963,6 +2963,61 @@ fn one_ctrl_c_is_one_sigint() {
     }
 }
 
+/// A program that leads a session on a terminal (script(1), `docker run -t`, `ssh -t host cmd`
+/// and tmux start it so) came back leading a session of its own, without a terminal: `/dev/tty`
+/// failed (ENXIO), `tcgetpgrp` too (ENOTTY), and resizing the terminal sent it no SIGWINCH.
+/// Restored on a terminal, it has it as its controlling terminal again, in every mode.
+#[test]
+fn a_session_leader_on_a_terminal_has_a_controlling_terminal_again() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // Standard descriptors on the terminal, whose session the command leads.
+    let on_terminal = |cmd: &mut std::process::Command, slave: &std::fs::File| {
+        let tty = slave.as_raw_fd();
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe, run in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+    // Everything the terminal shows until the last holder of its other end is gone.
+    let drain = |mut master: std::fs::File| {
+        let mut seen = Vec::new();
+        let _ = master.read_to_end(&mut seen);
+        String::from_utf8_lossy(&seen).into_owned()
+    };
+    let env = Env::new();
+    let img = env.path("t.thaw");
+    let (master, slave) = pty();
+    let mut first = env.first_life_cmd("zdtm-stops");
+    first.arg(&img).arg(&env.key).arg("ctty");
+    on_terminal(&mut first, &slave);
+    let mut child = first.spawn().unwrap();
+    // (The command holds its copies of the terminal until dropped.)
+    drop((first, slave));
+    let seen = drain(master);
+    assert!(child.wait().unwrap().success(), "{seen}");
+    for opts in every_mode() {
+        let (master, slave) = pty();
+        let mut c = env.restore_cmd(&img, opts, &[]);
+        on_terminal(&mut c, &slave);
+        let mut child = c.spawn().unwrap();
+        drop((c, slave));
+        let seen = drain(master);
+        let status = child.wait().unwrap();
+        assert!(seen.contains("ctty yes"), "{opts:?}: {seen:?}, {status:?}");
+    }
+}
+
 /// A process at the root of a cgroup namespace of its own (zdtm's cgroupns) was accepted and
 /// came back reading the caller's cgroup paths (`/process_api/…` for `/`). It reads `/` again
 /// in every mode, restored from a cgroup of the test's own; a launcher without CAP_SYS_ADMIN

@@ -8,6 +8,10 @@
 //! With `ctrl-c`: restored on a terminal whose foreground group is the launcher's, it counts the
 //! SIGINTs one Ctrl-C brings (the terminal signals the whole group: the launcher must not pass
 //! its copy on), and prints the count once a line is typed.
+//!
+//! With `ctty`: started as the leader of a session on a terminal (as script(1), `docker run -t`
+//! and `ssh -t host cmd` start a program), it says whether, restored, it has a controlling
+//! terminal (`/dev/tty` opens and `tcgetpgrp` answers on standard input).
 
 #[path = "common.rs"]
 mod common;
@@ -21,6 +25,26 @@ extern "C" fn on_sigint(_: i32) {
 }
 
 fn main() {
+    if common::argv().2.iter().any(|a| a == "ctty") {
+        common::checkpoint();
+        let devtty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty");
+        // SAFETY: tcgetpgrp has no memory-safety preconditions.
+        let fg = unsafe { libc::tcgetpgrp(0) };
+        let fg = if fg < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(fg)
+        };
+        if devtty.is_ok() && fg.is_ok() {
+            println!("ctty yes");
+        } else {
+            println!("ctty no: /dev/tty {:?}, tcgetpgrp {fg:?}", devtty.err());
+        }
+        return;
+    }
     if common::argv().2.iter().any(|a| a == "ctrl-c") {
         // SAFETY: a handler that only counts.
         unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as usize) };

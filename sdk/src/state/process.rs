@@ -8,6 +8,8 @@ pub struct Process {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Its controlling terminal (`tty_nr` of /proc/PID/stat; 0: none).
+    pub tty_nr: i32,
     /// Thread-group leader's name (`/proc/<pid>/comm`).
     pub comm: String,
     pub cwd: String,
@@ -96,6 +98,7 @@ impl Process {
             ppid: std::os::unix::process::parent_id() as i32,
             pgid: num(5),
             sid: num(6),
+            tty_nr: num(7),
             comm: procfs::read(child, "comm")?
                 .trim_end_matches('\n')
                 .to_owned(),
@@ -302,12 +305,16 @@ const PR_SET_MDWE: u64 = 65;
 const PR_GET_MDWE: i32 = 66;
 
 impl Process {
-    /// A session leader (a daemon that called setsid) leads a new session again, without a
-    /// controlling terminal, as it had in its first life. A process group alone is the caller's:
-    /// job control belongs to whoever runs `thaw run`. Made before its zombie children (which
-    /// may be in that session).
+    /// A session leader without a controlling terminal (a daemon that called setsid) leads a new
+    /// session again, without one, as it had in its first life. One that had a terminal (started
+    /// by script(1), `docker run -t`, `ssh -t host cmd`, tmux: each makes the program it runs
+    /// lead a session on the terminal) stays in the caller's session instead, whose terminal it
+    /// has again: a session of its own would have none, and the terminal's resizes, /dev/tty and
+    /// its foreground group would be gone (the caller's terminal cannot be taken for a new
+    /// session). A process group alone is the caller's: job control belongs to whoever runs
+    /// `thaw run`. Made before its zombie children (which may be in that session).
     pub fn plan_session(&self, plan: &mut Plan) {
-        if self.sid == self.pid && self.pid > 0 {
+        if self.sid == self.pid && self.pid > 0 && self.tty_nr == 0 {
             plan.syscall("lead a new session (setsid)", libc::SYS_setsid, [0; 6]);
         }
     }
