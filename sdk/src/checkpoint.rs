@@ -1622,7 +1622,7 @@ fn preflight() -> Result<(Vec<String>, Vec<crate::procfs::MapEntry>), Checkpoint
         // Usually inherited: a container's default profile, systemd's SystemCallFilter=.
         let count = crate::procfs::field(&status, "Seccomp_filters").unwrap_or("?");
         why.push(format!(
-            "the process runs under seccomp (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: start it without one (a container: --security-opt seccomp=unconfined; a systemd unit: no SystemCallFilter=)"
+            "the process runs under seccomp (mode {mode}, {count} filter(s)), which cannot be read back to be installed again: start it without one (a container: --security-opt seccomp=unconfined; a systemd unit: no SystemCallFilter=), or, where the program installs it itself, install it after restore"
         ));
     }
     let maps =

@@ -294,6 +294,10 @@ pub(crate) fn dump(
                     super::sockets::describe(&addr),
                     super::sockets::describe(&peer)
                 ),
+                // (No peer yet: a connection being made, SYN_SENT.)
+                Err(_) if is_bound(&addr) => {
+                    format!(" {}, connecting", super::sockets::describe(&addr))
+                }
                 Err(_) => String::new(),
             };
             return Err(format!(
