@@ -2910,28 +2910,13 @@ fn a_process_that_stops_itself_stops_its_launcher_too() {
 #[test]
 fn one_ctrl_c_is_one_sigint() {
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let env = Env::new();
     let img = env.checkpoint("zdtm-stops", "c.thaw", &["ctrl-c"]);
     for opts in every_mode() {
         // A pseudo-terminal whose controlling session is the launcher's.
         let (mut master, slave) = pty();
-        let tty = slave.as_raw_fd();
         let mut cmd = env.restore_cmd(&img, opts, &[]);
-        cmd.stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
-            .stderr(slave.try_clone().unwrap());
-        // SAFETY: setsid and ioctl are async-signal-safe, run in the child before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        on_terminal(&mut cmd, &slave);
         let mut child = cmd.spawn().unwrap();
         drop(slave);
         let mut seen = String::new();
@@ -2963,6 +2948,27 @@ fn one_ctrl_c_is_one_sigint() {
     }
 }
 
+/// Runs `cmd` with its standard descriptors on the terminal `slave`, whose session it leads
+/// (its controlling terminal).
+fn on_terminal(cmd: &mut std::process::Command, slave: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let tty = slave.as_raw_fd();
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe, run in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A program that leads a session on a terminal (script(1), `docker run -t`, `ssh -t host cmd`
 /// and tmux start it so) came back leading a session of its own, without a terminal: `/dev/tty`
 /// failed (ENXIO), `tcgetpgrp` too (ENOTTY), and resizing the terminal sent it no SIGWINCH.
@@ -2970,25 +2976,6 @@ fn one_ctrl_c_is_one_sigint() {
 #[test]
 fn a_session_leader_on_a_terminal_has_a_controlling_terminal_again() {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    // Standard descriptors on the terminal, whose session the command leads.
-    let on_terminal = |cmd: &mut std::process::Command, slave: &std::fs::File| {
-        let tty = slave.as_raw_fd();
-        cmd.stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
-            .stderr(slave.try_clone().unwrap());
-        // SAFETY: setsid and ioctl are async-signal-safe, run in the child before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                if libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    };
     // Everything the terminal shows until the last holder of its other end is gone.
     let drain = |mut master: std::fs::File| {
         let mut seen = Vec::new();

@@ -77,8 +77,14 @@ pub fn save_again(
 /// checkpoint was not refused).
 pub fn refusal(setup: impl FnOnce()) -> ! {
     setup();
+    refused(true)
+}
+
+/// Checkpoints (the process going on after it unless `exit_after_save`), and exits 3 printing
+/// `refused: ...` (or 1 if the checkpoint was not refused).
+pub fn refused(exit_after_save: bool) -> ! {
     let (image, key, _) = argv();
-    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+    let mut cp = thaw::Checkpoint::to(&image).exit_after_save(exit_after_save);
     if let Some(k) = key {
         cp = cp.sign_with(k);
     }

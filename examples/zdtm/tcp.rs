@@ -208,21 +208,7 @@ fn main() {
         s.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"echo:one\n");
         if mode == "peer-going-on" {
-            let (image, key, _) = common::argv();
-            let mut cp = thaw::Checkpoint::to(&image);
-            if let Some(k) = key {
-                cp = cp.sign_with(k);
-            }
-            match cp.save() {
-                Err(e) => {
-                    println!("refused: {e}");
-                    std::process::exit(3)
-                }
-                Ok(_) => {
-                    println!("FAIL the checkpoint was not refused");
-                    std::process::exit(1)
-                }
-            }
+            common::refused(false);
         }
         common::restored();
         let mut c = common::Checks::default();
