@@ -91,6 +91,8 @@ const SIOCOUTQ: u64 = 0x5411;
 const SIOCOUTQNSD: u64 = 0x894B;
 const SIOCINQ: u64 = 0x541B;
 const CAP_NET_ADMIN: u32 = 12;
+/// The most bytes a moved connection's queues may hold together (see [`TcpCopy::fill`]).
+pub const MOVED_QUEUE_MAX: u64 = 1 << 20;
 /// The most bytes one queue may hold in an image.
 pub const MAX_QUEUE: u64 = 64 << 20;
 
@@ -427,6 +429,12 @@ impl TcpCopy {
                 ),
             ));
         }
+        // A moved connection with much in its queues, its peer still sending: restores were seen
+        // to fail (the sent bytes not taken again) or to crawl (megabytes resent in slow start)
+        // — CRIU's socket-tcpbuf.
+        if !c.lock.is_empty() && (outq + inq) as u64 > MOVED_QUEUE_MAX {
+            return Err((false, format!("a connection to another process with more than {} KiB in its queues ({outq} bytes to send, {inq} received) is not moved: let them drain first (read what waits; the peer reading takes what this end sends)", MOVED_QUEUE_MAX >> 10)));
+        }
         let io = |e: std::io::Error| (false, format!("writing its queued bytes: {e}"));
         c.send_seq = v[0] as u32;
         c.recv_seq = v[1] as u32;
@@ -628,6 +636,17 @@ impl TcpConnection {
             self.send_seq.wrapping_sub(sendq.len() as u32) as i32,
             "set its send sequence number",
         )?;
+        // The segment size before the connection is made, which sizes the buffers of the queues
+        // (and counts them in segments): made with the default of 536 bytes, a send queue of
+        // megabytes would be thousands of segments, sent again at a few per round trip.
+        // (TCP_MAXSEG takes at most 32767; the options below give it its own after.)
+        if self.mss >= 88 {
+            tcp(
+                libc::TCP_MAXSEG,
+                self.mss.min(32767) as i32,
+                "set its segment size",
+            )?;
+        }
         sys::bind(fd, &self.local).map_err(|e| fail("bind it", e))?;
         sys::connect(fd, &self.peer).map_err(|e| {
             if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
@@ -660,14 +679,22 @@ impl TcpConnection {
         if self.options & TCPI_OPT_TIMESTAMPS != 0 {
             tcp(TCP_TIMESTAMP, self.timestamp as i32, "set its timestamp")?;
         }
+        // No segment size of the user's any more (it served the connection's making).
+        tcp(libc::TCP_MAXSEG, 0, "clear its segment size")?;
         let sent = sendq.len() - (self.unsent as usize).min(sendq.len());
         tcp(TCP_REPAIR_QUEUE, RECV_QUEUE, "choose its receive queue")?;
         queue_bytes(fd, &recvq).map_err(|e| fail("queue its received bytes again", e))?;
         tcp(TCP_REPAIR_QUEUE, SEND_QUEUE, "choose its send queue")?;
         queue_bytes(fd, &sendq[..sent]).map_err(|e| fail("queue its sent bytes again", e))?;
         let window: Vec<u8> = self.window.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        sys::setsockopt_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window)
-            .map_err(|e| fail("set its window", e))?;
+        // (Where the kernel refuses the window as read — EINVAL: its edges do not fit the
+        // sequence numbers — the connection learns it from the peer's answer to its probe.)
+        match sys::setsockopt_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                return Err(fail("set its window", e))
+            }
+            _ => {}
+        }
         tcp(TCP_REPAIR_QUEUE, NO_QUEUE, "leave its queues")?;
         Ok(Made {
             sock,
