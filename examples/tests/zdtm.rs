@@ -3127,9 +3127,11 @@ fn tcp_connections_come_back_with_their_queues() {
     let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
     restored_in_its_modes_and_again(&env, &img, &checks, &checks);
 
-    // A server of another process (this one), echoing lines; on the second connection, once
-    // its client's first life has ended, it sends a line of its own ("gap"), which must reach
-    // the restored client rather than meet no socket (a reset).
+    // A server of another process (this one), echoing lines; on the second connection it
+    // sends numbered lines every millisecond from its first echo until its client's first life
+    // has ended (those sent as the checkpoint read the connection and wrote the image too,
+    // which the first life must not take), then a line of its own ("gap"), all of which must
+    // reach the restored client rather than meet no socket (a reset).
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port().to_string();
     let (away, gap) = std::sync::mpsc::channel::<()>();
@@ -3144,7 +3146,12 @@ fn tcp_connections_come_back_with_their_queues() {
                 w.write_all(format!("echo:{line}\n").as_bytes()).unwrap();
                 served += 1;
                 if i == 1 && served == 2 {
-                    gap.recv().unwrap();
+                    let mut tick = 0;
+                    while gap.try_recv().is_err() {
+                        w.write_all(format!("tick {tick}\n").as_bytes()).unwrap();
+                        tick += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                     w.write_all(b"gap\n").unwrap();
                 }
             }
@@ -3160,7 +3167,7 @@ fn tcp_connections_come_back_with_their_queues() {
     away.send(()).unwrap();
     assert_all_ok(
         &env.restore(&moved, &["--pid-mode", "host"], &[]),
-        &["a connection to another process's server is moved: what it sent meanwhile, then its answer"],
+        &["a connection to another process's server is moved: every line it sent meanwhile, once and in order, then its answer"],
     );
     // one + one (refused), one + two (moved)
     assert_eq!(echo.join().unwrap(), 3);

@@ -425,6 +425,28 @@ impl Checkpoint {
             }
             return Err(CheckpointError::Unsupported(unsupported));
         }
+        // Connections moved to wherever the image is restored (their peers are elsewhere):
+        // their peers' packets are held from now until the restore takes them over, before the
+        // handler reads where the connections stand. Arriving after that read, the first life
+        // would take and acknowledge them (repair mode receives), and the restored connection,
+        // behind its peer, would never get them; arriving after the first life ended, they would
+        // meet no socket and reset it. Lifted if the checkpoint fails or starts again (dropped).
+        let held = match self.exit_after_save {
+            true => {
+                let moved: Vec<&state::tcp::TcpConnection> = scan
+                    .entries
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        FdKind::Socket(state::sockets::Socket::Tcp(t)) if !t.lock.is_empty() => {
+                            Some(t)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                state::tcp::lock(&moved).map_err(|why| CheckpointError::Unsupported(vec![why]))?
+            }
+            false => None,
+        };
         let fds = scan
             .seekable()
             .into_iter()
@@ -741,6 +763,8 @@ impl Checkpoint {
             Frozen::Restored => {
                 std::mem::take(&mut scan.witness).abandon();
                 std::mem::take(&mut scan.in_flight).abandon();
+                // (The launcher lifted the hold on the moved connections' peers.)
+                std::mem::forget(held);
                 state::locks::forget_kept();
                 return restored().map(Ok);
             }
@@ -765,18 +789,7 @@ impl Checkpoint {
             // (The threads go on from here, while the image is written.)
             pause_for_tests(b'g');
         }
-        // Connections moved to wherever the image is restored (their peers are elsewhere).
-        let moved: Vec<state::tcp::TcpConnection> = scan
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                FdKind::Socket(state::sockets::Socket::Tcp(t)) if !t.lock.is_empty() => {
-                    Some(t.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        let mut result = self.write_snapshot(
+        let result = self.write_snapshot(
             capture,
             &threads,
             &captured,
@@ -784,14 +797,6 @@ impl Checkpoint {
             traced_fd,
             original_action,
         );
-        if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save && !moved.is_empty() {
-            // Their peers' packets are held until the restore takes the connections over:
-            // arriving while no socket has them, they would be answered with a reset.
-            if let Err(why) = state::tcp::lock(&moved) {
-                let _ = std::fs::remove_file(&self.path);
-                result = Err(CheckpointError::Unsupported(vec![why]));
-            }
-        }
         if result.as_ref().is_ok_and(|r| r.is_ok()) && self.exit_after_save {
             // Without exit handlers or a flush of stdio buffers: what the program had buffered
             // is in the image, and the restored process writes it. Only what puts back shared

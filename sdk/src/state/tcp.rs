@@ -502,12 +502,15 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 /// Holds the packets of the peers of `moved` connections (nftables drops them as they come in)
-/// from the first life's end until a restore has the connections again and [`unlock`]s them:
-/// arriving while no socket had the connection, they would be answered with a reset. They are
-/// sent again by the peers (as to a host that went quiet) and reach the restored connection.
-pub(crate) fn lock(moved: &[TcpConnection]) -> Result<(), String> {
+/// from before the checkpoint reads them until a restore has the connections again and
+/// [`unlock`]s them: arriving after the read, the first life would take and acknowledge them,
+/// and arriving while no socket had the connection, they would be answered with a reset. They
+/// are sent again by the peers (as to a host that went quiet) and reach the restored connection.
+/// The hold is lifted when the [`Lock`] is dropped (the checkpoint failed or starts again); an
+/// exit after saving keeps it, and a restored process forgets it.
+pub(crate) fn lock(moved: &[&TcpConnection]) -> Result<Option<Lock>, String> {
     let Some(table) = moved.first().map(|c| c.lock.clone()) else {
-        return Ok(());
+        return Ok(None);
     };
     let mut script = format!(
         "add table inet {table}; add chain inet {table} input {{ type filter hook input priority -300 ; }}; "
@@ -518,7 +521,18 @@ pub(crate) fn lock(moved: &[TcpConnection]) -> Result<(), String> {
     }
     nft(&script).map_err(|e| {
         format!("a TCP connection to another process is moved by holding its peer's packets (nftables) while the process is away, which failed ({e}): install nft (Debian's nftables), or close the connection before the checkpoint")
-    })
+    })?;
+    Ok(Some(Lock(table)))
+}
+
+/// The hold [`lock`] put on moved connections' peers, lifted when dropped.
+#[derive(Debug)]
+pub(crate) struct Lock(String);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = unlock(&self.0);
+    }
 }
 
 /// Lets the packets of the connections moved in table `table` through again (a restore has
