@@ -3111,6 +3111,8 @@ fn tcp_connections_come_back_with_their_queues() {
     let env = Env::new();
     let out = env.refused("zdtm-tcp", "n.thaw", &["not-asked"]);
     assert!(out.contains("THAW_TCP_ESTABLISHED=1"), "{out}");
+    let out = env.refused("zdtm-tcp", "o.thaw", &["urgent"]);
+    assert!(out.contains("urgent data (MSG_OOB)"), "{out}");
     let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);
     let mut checks = Vec::new();
     for name in ["IPv4", "IPv4 to a dual-stack listener"] {

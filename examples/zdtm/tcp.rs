@@ -12,6 +12,7 @@
 //! was away (its packets held meanwhile) arrives after restore, then its answer.
 //! `PROG IMAGE KEY peer-going-on PORT`: the same connection, the process going on after the
 //! checkpoint, is refused by name (it would exist twice).
+//! `PROG IMAGE KEY urgent`: a connection with an urgent byte waiting is refused by name.
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
 //! refused by name. `PROG IMAGE KEY not-asked`: without THAW_TCP_ESTABLISHED=1 (which the other
 //! modes set), a connection is refused, saying how to ask.
@@ -200,6 +201,20 @@ fn main() {
     // Asked for, as CRIU's --tcp-established. (Set while this is the only thread.)
     // SAFETY: no other thread exists yet to read the environment meanwhile.
     unsafe { std::env::set_var("THAW_TCP_ESTABLISHED", "1") };
+    if extra.first().is_some_and(|m| m == "urgent") {
+        // An urgent byte (MSG_OOB) between bytes waiting to be read: refused by name (SIOCINQ
+        // and a peek stop at its mark, and repair mode cannot queue it again).
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_server, _) = l.accept().unwrap();
+        client.write_all(b"before").unwrap();
+        // SAFETY: one byte from a buffer of ours, on our own socket.
+        let n = unsafe { libc::send(client.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(n, 1);
+        client.write_all(b"after").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        common::refusal(|| ());
+    }
     if let [mode, port] = &extra[..] {
         let port: u16 = port.parse().unwrap();
         let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();

@@ -211,6 +211,23 @@ fn get(fd: i32, opt: i32) -> Result<u32, i64> {
 /// What the handler found wrong (in [`TcpCopy::status`]); other negative values are errnos.
 const CHANGED: i64 = -1_000_001;
 const TOO_BIG: i64 = -1_000_002;
+const URGENT: i64 = -1_000_003;
+
+/// Whether an urgent byte (`MSG_OOB`) is in the receive queue of `fd`, taken already or not:
+/// SIOCINQ counts the bytes before its mark only, and a peek stops there, so that the bytes
+/// after it would be left out (and the sequence numbers put back would lie); repair mode cannot
+/// queue it again as urgent. SIOCINQ counts the whole queue where urgent bytes are read inline
+/// (`SO_OOBINLINE`): counted both ways, the two differ. Async-signal-safe.
+fn urgent_in_queue(fd: i32) -> bool {
+    let inline = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE).unwrap_or(0);
+    let mut n = [0i64; 2];
+    for (v, slot) in n.iter_mut().enumerate() {
+        let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, v as i32);
+        *slot = ioctl_int(fd, SIOCINQ);
+    }
+    let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, inline);
+    n[0] != n[1]
+}
 
 /// A connection the checkpoint's handler reads in repair mode (allocation-free, into buffers
 /// made beforehand, which the snapshot does not have).
@@ -301,6 +318,9 @@ impl TcpCopy {
             if n < 0 {
                 return n;
             }
+        }
+        if urgent_in_queue(fd) {
+            return URGENT;
         }
         if outq as usize >= self.sendq.len() || inq as usize >= self.recvq.len() {
             return TOO_BIG;
@@ -400,6 +420,9 @@ impl TcpCopy {
             }
             TOO_BIG => {
                 return Err((true, "a TCP connection's queue grew while the checkpoint read it".into()))
+            }
+            URGENT => {
+                return Err((false, "urgent data (MSG_OOB) waits in its receive queue (or was read out of its middle): repair mode cannot queue it again as urgent, and the bytes after it would be lost; read past it before the checkpoint".into()))
             }
             e if e == -i64::from(libc::EPERM) => {
                 return Err((false, "the kernel refused its repair mode (TCP_REPAIR: EPERM; it takes CAP_NET_ADMIN over the socket's network namespace)".into()))
