@@ -3111,6 +3111,15 @@ fn tcp_connections_come_back_with_their_queues() {
     let env = Env::new();
     let out = env.refused("zdtm-tcp", "n.thaw", &["not-asked"]);
     assert!(out.contains("THAW_TCP_ESTABLISHED=1"), "{out}");
+    let going_on = env.first_life("zdtm-tcp", "c.thaw", &["going-on"]);
+    assert_all_ok(
+        &going_on,
+        &[
+            "first life: SO_REUSEADDR of each end as it was",
+            "first life: every byte the client wrote arrives once, in order",
+            "first life: the server's unread greeting, then what it sends after",
+        ],
+    );
     let out = env.refused("zdtm-tcp", "o.thaw", &["urgent"]);
     assert!(out.contains("urgent data (MSG_OOB)"), "{out}");
     let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);

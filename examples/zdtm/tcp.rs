@@ -12,6 +12,8 @@
 //! was away (its packets held meanwhile) arrives after restore, then its answer.
 //! `PROG IMAGE KEY peer-going-on PORT`: the same connection, the process going on after the
 //! checkpoint, is refused by name (it would exist twice).
+//! `PROG IMAGE KEY going-on`: a loopback pair, the first life going on after the checkpoint:
+//! its ends as they were (SO_REUSEADDR), every byte once and in order.
 //! `PROG IMAGE KEY urgent`: a connection with an urgent byte waiting is refused by name.
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
 //! refused by name. `PROG IMAGE KEY not-asked`: without THAW_TCP_ESTABLISHED=1 (which the other
@@ -175,6 +177,22 @@ fn reuseport_listener(port: u16) -> TcpListener {
     }
 }
 
+fn reuseaddr(s: &TcpStream) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: an int option of our own socket, into a buffer of its size.
+    unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
 fn reuseport(l: &TcpListener) -> i32 {
     let mut v = 0i32;
     let mut len = 4u32;
@@ -214,6 +232,31 @@ fn main() {
         client.write_all(b"after").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         common::refusal(|| ());
+    }
+    if extra.first().is_some_and(|m| m == "going-on") {
+        // A loopback pair of the process's own, the first life going on after the checkpoint,
+        // which read both ends in repair mode and let them go: they go on as they were.
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let a = connect("first life", &l, l.local_addr().unwrap());
+        let before = (reuseaddr(&a.client), reuseaddr(&a.server));
+        let (image, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(&image);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        if let Err(e) = cp.save() {
+            println!("FAIL checkpoint: {e}");
+            std::process::exit(1)
+        }
+        let mut c = common::Checks::default();
+        let after = (reuseaddr(&a.client), reuseaddr(&a.server));
+        c.check(
+            "first life: SO_REUSEADDR of each end as it was",
+            before == after && before == (0, 1),
+            format!("{before:?} then {after:?}"),
+        );
+        check_pair(&mut c, a);
+        c.finish();
     }
     if let [mode, port] = &extra[..] {
         let port: u16 = port.parse().unwrap();

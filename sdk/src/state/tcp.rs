@@ -246,6 +246,8 @@ pub struct TcpCopy {
     /// (options | snd_wscale << 8 | rcv_wscale << 16), timestamp, then the window's 5 words.
     words: [AtomicU64; 13],
     repairing: AtomicBool,
+    /// SO_REUSEADDR before repair mode, which forces it and clears it as it is left.
+    reuse: AtomicBool,
 }
 
 impl TcpCopy {
@@ -261,6 +263,7 @@ impl TcpCopy {
             status: AtomicI64::new(0),
             words: Default::default(),
             repairing: AtomicBool::new(false),
+            reuse: AtomicBool::new(false),
         })
     }
 
@@ -292,11 +295,18 @@ impl TcpCopy {
         if self.repairing.swap(false, Ordering::Relaxed) {
             set(self.fd, TCP_REPAIR_QUEUE, NO_QUEUE);
             set(self.fd, TCP_REPAIR, REPAIR_OFF_NO_WP);
+            // (Leaving repair mode cleared it: a listener bound again on the port of an
+            // accepted connection's would then find the port taken.)
+            if self.reuse.load(Ordering::Relaxed) {
+                let _ = sys::setsockopt_int(self.fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+            }
         }
     }
 
     fn read(&self) -> i64 {
         let fd = self.fd;
+        let reuse = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
+        self.reuse.store(reuse != 0, Ordering::Relaxed);
         let r = set(fd, TCP_REPAIR, REPAIR_ON);
         if r < 0 {
             return r;
