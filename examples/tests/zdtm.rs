@@ -3120,6 +3120,25 @@ fn tcp_connections_come_back_with_their_queues() {
             "first life: the server's unread greeting, then what it sends after",
         ],
     );
+    // (Where a pids cgroup can be made.)
+    let cgroup = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|b| std::path::Path::new(b).join(format!("thaw-test-tcp-{}", std::process::id())))
+        .find(|d| {
+            std::fs::create_dir(d).is_ok()
+                && (d.join("pids.max").exists() || std::fs::remove_dir(d).is_err())
+        });
+    if let Some(cg) = cgroup {
+        let failed = env.first_life("zdtm-tcp", "f.thaw", &["fork-fails", cg.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&cg);
+        assert_all_ok(
+            &failed,
+            &[
+                "the checkpoint whose snapshot cannot be forked fails",
+                "after a failed checkpoint: every byte the client wrote arrives once, in order",
+            ],
+        );
+    }
     let out = env.refused("zdtm-tcp", "o.thaw", &["urgent"]);
     assert!(out.contains("urgent data (MSG_OOB)"), "{out}");
     let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);

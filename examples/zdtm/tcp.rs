@@ -14,6 +14,9 @@
 //! checkpoint, is refused by name (it would exist twice).
 //! `PROG IMAGE KEY going-on`: a loopback pair, the first life going on after the checkpoint:
 //! its ends as they were (SO_REUSEADDR), every byte once and in order.
+//! `PROG IMAGE KEY fork-fails CGROUP`: a loopback pair, a checkpoint that exits after saving
+//! failing (the pids cgroup CGROUP at its limit as the snapshot is forked): the process goes on
+//! with its connection out of repair mode.
 //! `PROG IMAGE KEY urgent`: a connection with an urgent byte waiting is refused by name.
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
 //! refused by name. `PROG IMAGE KEY not-asked`: without THAW_TCP_ESTABLISHED=1 (which the other
@@ -232,6 +235,34 @@ fn main() {
         client.write_all(b"after").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
         common::refusal(|| ());
+    }
+    if let [mode, cgroup] = &extra[..] {
+        if mode == "fork-fails" {
+            // A loopback pair of the process's own; a checkpoint that exits after saving, whose
+            // snapshot cannot be forked (the pids cgroup `cgroup` at its limit): the process
+            // goes on, and so do its connections, out of repair mode.
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            let a = connect("after a failed checkpoint", &l, l.local_addr().unwrap());
+            let cg = std::path::Path::new(cgroup);
+            std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+            let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
+            std::fs::write(cg.join("pids.max"), threads.to_string()).unwrap();
+            let (image, key, _) = common::argv();
+            let mut cp = thaw::Checkpoint::to(&image).exit_after_save(true);
+            if let Some(k) = key {
+                cp = cp.sign_with(k);
+            }
+            let r = cp.save();
+            std::fs::write(cg.join("pids.max"), "max").unwrap();
+            let mut c = common::Checks::default();
+            c.check(
+                "the checkpoint whose snapshot cannot be forked fails",
+                r.is_err(),
+                format!("{r:?}"),
+            );
+            check_pair(&mut c, a);
+            c.finish();
+        }
     }
     if extra.first().is_some_and(|m| m == "going-on") {
         // A loopback pair of the process's own, the first life going on after the checkpoint,

@@ -273,10 +273,9 @@ impl TcpCopy {
     }
 
     /// In the restored process: the buffers were never in the image (their place may be
-    /// another's by now).
+    /// another's by now), and the connection at its number is the restore's, out of repair mode.
     pub fn abandon(self) {
-        std::mem::forget(self.sendq);
-        std::mem::forget(self.recvq);
+        std::mem::forget(self);
     }
 
     /// In the handler, every other thread stopped: reads the connection in repair mode.
@@ -487,6 +486,15 @@ impl TcpCopy {
             *w = v[8 + i] as u32;
         }
         Ok(())
+    }
+}
+
+/// A checkpoint that failed after its handler read a connection kept in repair mode (the
+/// snapshot could not be forked) lets it go: left so, the process could neither send nor
+/// receive on it.
+impl Drop for TcpCopy {
+    fn drop(&mut self) {
+        self.resume();
     }
 }
 
