@@ -3139,6 +3139,10 @@ fn tcp_connections_come_back_with_their_queues() {
             ],
         );
     }
+    assert_all_ok(
+        &env.first_life("zdtm-tcp", "k.thaw", &["peek-offset"]),
+        &["the peek offset as it was, the next peek after it"],
+    );
     let out = env.refused("zdtm-tcp", "o.thaw", &["urgent"]);
     assert!(out.contains("urgent data (MSG_OOB)"), "{out}");
     let img = env.checkpoint("zdtm-tcp", "t.thaw", &[]);

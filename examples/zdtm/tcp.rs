@@ -17,6 +17,8 @@
 //! `PROG IMAGE KEY fork-fails CGROUP`: a loopback pair, a checkpoint that exits after saving
 //! failing (the pids cgroup CGROUP at its limit as the snapshot is forked): the process goes on
 //! with its connection out of repair mode.
+//! `PROG IMAGE KEY peek-offset`: a loopback pair whose reading end peeks with an offset
+//! (SO_PEEK_OFF), the first life going on: the offset as it was.
 //! `PROG IMAGE KEY urgent`: a connection with an urgent byte waiting is refused by name.
 //! `PROG IMAGE KEY unprivileged`: run without CAP_NET_ADMIN, the loopback connections are
 //! refused by name. `PROG IMAGE KEY not-asked`: without THAW_TCP_ESTABLISHED=1 (which the other
@@ -263,6 +265,69 @@ fn main() {
             check_pair(&mut c, a);
             c.finish();
         }
+    }
+    if extra.first().is_some_and(|m| m == "peek-offset") {
+        // A loopback pair whose reading end peeks with an offset (SO_PEEK_OFF, which TCP
+        // honours since Linux 6.9), the first life going on after the checkpoint: the offset
+        // as it was, the next peek where it would have been.
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        client.write_all(b"0123456789").unwrap();
+        let peek_off = |v: Option<i32>| {
+            let fd = server.as_raw_fd();
+            let mut out = 0i32;
+            let mut len = 4u32;
+            // SAFETY: an int option of our own socket, from or into a buffer of its size.
+            unsafe {
+                match v {
+                    Some(v) => libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_PEEK_OFF,
+                        (&v as *const i32).cast(),
+                        4,
+                    ),
+                    None => libc::getsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_PEEK_OFF,
+                        (&mut out as *mut i32).cast(),
+                        &mut len,
+                    ),
+                }
+            };
+            out
+        };
+        peek_off(Some(0));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut head = [0u8; 3];
+        server.peek(&mut head).unwrap();
+        if peek_off(None) != 3 {
+            // (A kernel without SO_PEEK_OFF for TCP: nothing to see.)
+            println!("ok the peek offset as it was, the next peek after it");
+            std::process::exit(0);
+        }
+        let (image, key, _) = common::argv();
+        let mut cp = thaw::Checkpoint::to(&image);
+        if let Some(k) = key {
+            cp = cp.sign_with(k);
+        }
+        let saved = cp.save();
+        let mut c = common::Checks::default();
+        c.check("checkpointed", saved.is_ok(), format!("{saved:?}"));
+        let off = peek_off(None);
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut next = [0u8; 3];
+        let r = server.peek(&mut next);
+        c.check(
+            "the peek offset as it was, the next peek after it",
+            off == 3 && r.is_ok() && &next == b"345",
+            format!("offset {off}, {r:?} {:?}", String::from_utf8_lossy(&next)),
+        );
+        c.finish();
     }
     if extra.first().is_some_and(|m| m == "going-on") {
         // A loopback pair of the process's own, the first life going on after the checkpoint,

@@ -281,7 +281,15 @@ impl TcpCopy {
     /// In the handler, every other thread stopped: reads the connection in repair mode.
     /// Async-signal-safe.
     pub fn take(&self) {
+        // Its queues peeked from their heads, whatever peek offset the process set
+        // (SO_PEEK_OFF, which TCP honours since Linux 6.9: a peek would start there, and move
+        // it on), which it keeps.
+        let off = sys::getsockopt_int(self.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+        let set_aside = off >= 0 && sys::set_peek_off(self.fd, -1).is_ok();
         let r = self.read();
+        if set_aside {
+            let _ = sys::set_peek_off(self.fd, off);
+        }
         self.status.store(r, Ordering::Relaxed);
         if !self.keep || r != 1 {
             self.resume();
