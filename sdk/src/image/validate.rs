@@ -414,7 +414,8 @@ pub fn validate(m: &Manifest, page: u64) -> Result<(), String> {
             crate::state::netlink::validate(n).map_err(|e| format!("fd {}: {e}", f.fd))?;
         }
         if let FdKind::Socket(crate::state::sockets::Socket::Tcp(t)) = &f.kind {
-            crate::state::tcp::validate(t).map_err(|e| format!("fd {}: {e}", f.fd))?;
+            crate::state::tcp::validate(t, m.process.pid)
+                .map_err(|e| format!("fd {}: {e}", f.fd))?;
         }
     }
     // Connections waiting in a listener's queue: each listed once, by the listener it names.

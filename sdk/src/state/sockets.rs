@@ -574,7 +574,7 @@ pub(crate) fn classify(
                         let why = if family == libc::AF_UNIX {
                             "their other ends are another process's"
                         } else {
-                            "a TCP connection is not restored, whether its other end is in this process or another"
+                            "a TCP connection not accepted yet is not restored, whether its other end is in this process or another, even with THAW_TCP_ESTABLISHED"
                         };
                         return refuse(format!(
                             "listening socket has {pending} connection(s) waiting to be accepted, which cannot be made again ({why}): accept them before the checkpoint, or stop taking new ones first (Node: server.close(); Java: close the ServerSocketChannel) and open the listener again after restore"

@@ -596,7 +596,9 @@ pub fn unlock(table: &str) -> Result<(), String> {
 }
 
 /// Checks a connection from an image before anything is made of it.
-pub fn validate(c: &TcpConnection) -> Result<(), String> {
+/// `pid`: the image's process, whose first life named the hold (another's is not the image's to
+/// lift).
+pub fn validate(c: &TcpConnection, pid: i32) -> Result<(), String> {
     if c.family != libc::AF_INET && c.family != libc::AF_INET6 {
         return Err(format!("a TCP connection of family {}", c.family));
     }
@@ -614,14 +616,7 @@ pub fn validate(c: &TcpConnection) -> Result<(), String> {
         return Err("a TCP connection with malformed queues".into());
     }
     // (Handed to nft: only the name thaw gives.)
-    if !c.lock.is_empty()
-        && (c
-            .lock
-            .strip_prefix(LOCK_PREFIX)
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_none()
-            || nft_match(&c.peer, &c.local).is_none())
-    {
+    if !c.lock.is_empty() && (c.lock != lock_table(pid) || nft_match(&c.peer, &c.local).is_none()) {
         return Err("a TCP connection with a malformed lock".into());
     }
     if c.snd_wscale > 14 || c.rcv_wscale > 14 {
