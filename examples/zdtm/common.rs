@@ -256,3 +256,18 @@ pub fn allow_everything_filter() -> i32 {
         )
     }
 }
+
+/// An int socket option of descriptor `fd` (0 where it cannot be read).
+pub fn sockopt(fd: std::os::fd::RawFd, level: i32, name: i32) -> i32 {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: an int option, into a local of its size.
+    unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+    v
+}
+
+/// Sets an int socket option of descriptor `fd`; false where it cannot be set.
+pub fn set_sockopt(fd: std::os::fd::RawFd, level: i32, name: i32, v: i32) -> bool {
+    // SAFETY: an int option, from a local of its size.
+    unsafe { libc::setsockopt(fd, level, name, (&v as *const i32).cast(), 4) == 0 }
+}

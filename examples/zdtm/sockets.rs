@@ -103,29 +103,12 @@ fn main() {
     let sndbuf_b = sndbuf(b);
     // b peeks from its 7th byte on (SO_PEEK_OFF): the checkpoint's own peek must not start there
     // (it saved "from a" for "hello from a") nor move it.
-    let peek_off = |fd: RawFd, set: Option<i32>| {
-        let mut v = set.unwrap_or(0);
-        let mut len = 4u32;
-        // SAFETY: an int option of our own socket, into or from a local.
-        unsafe {
-            match set {
-                Some(_) => libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_PEEK_OFF,
-                    (&v as *const i32).cast(),
-                    4,
-                ),
-                None => libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_PEEK_OFF,
-                    (&mut v as *mut i32).cast(),
-                    &mut len,
-                ),
-            }
-        };
-        v
+    let peek_off = |fd: RawFd, set: Option<i32>| match set {
+        Some(v) => {
+            common::set_sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v);
+            v
+        }
+        None => common::sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF),
     };
     peek_off(b, Some(6));
 

@@ -40,19 +40,7 @@ const TOTAL: usize = 8 << 20;
 const GREETING: &[u8] = b"hello from the server";
 
 fn keepalive(s: &TcpStream) -> i32 {
-    let mut v = 0i32;
-    let mut len = 4u32;
-    // SAFETY: an int option of our own socket, into a buffer of its size.
-    unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            (&mut v as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    v
+    common::sockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE)
 }
 
 /// The same end, an IPv4-mapped IPv6 address (as a dual-stack listener's side names an IPv4
@@ -183,35 +171,11 @@ fn reuseport_listener(port: u16) -> TcpListener {
 }
 
 fn reuseaddr(s: &TcpStream) -> i32 {
-    let mut v = 0i32;
-    let mut len = 4u32;
-    // SAFETY: an int option of our own socket, into a buffer of its size.
-    unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&mut v as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    v
+    common::sockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR)
 }
 
 fn reuseport(l: &TcpListener) -> i32 {
-    let mut v = 0i32;
-    let mut len = 4u32;
-    // SAFETY: an int option of our own socket, into a buffer of its size.
-    unsafe {
-        libc::getsockopt(
-            l.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&mut v as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    v
+    common::sockopt(l.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT)
 }
 
 fn main() {
@@ -276,31 +240,15 @@ fn main() {
         client.write_all(b"0123456789").unwrap();
         let peek_off = |v: Option<i32>| {
             let fd = server.as_raw_fd();
-            let mut out = 0i32;
-            let mut len = 4u32;
-            // SAFETY: an int option of our own socket, from or into a buffer of its size.
-            unsafe {
-                match v {
-                    Some(v) => libc::setsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_PEEK_OFF,
-                        (&v as *const i32).cast(),
-                        4,
-                    ),
-                    None => libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_PEEK_OFF,
-                        (&mut out as *mut i32).cast(),
-                        &mut len,
-                    ),
+            match v {
+                Some(v) => {
+                    common::set_sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, v);
+                    v
                 }
-            };
-            out
+                None => common::sockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF),
+            }
         };
         peek_off(Some(0));
-        std::thread::sleep(std::time::Duration::from_millis(100));
         let mut head = [0u8; 3];
         server.peek(&mut head).unwrap();
         if peek_off(None) != 3 {
