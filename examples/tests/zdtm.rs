@@ -3134,7 +3134,7 @@ fn tcp_connections_come_back_with_their_queues() {
         assert_all_ok(
             &failed,
             &[
-                "the checkpoint whose snapshot cannot be forked fails",
+                "the checkpoint whose snapshot cannot be forked fails, saying why",
                 "after a failed checkpoint: every byte the client wrote arrives once, in order",
             ],
         );

@@ -222,8 +222,11 @@ fn main() {
             std::fs::write(cg.join("pids.max"), "max").unwrap();
             let mut c = common::Checks::default();
             c.check(
-                "the checkpoint whose snapshot cannot be forked fails",
-                r.is_err(),
+                "the checkpoint whose snapshot cannot be forked fails, saying why",
+                r.as_ref().is_err_and(|e| {
+                    e.to_string().contains("could not be forked")
+                        && e.to_string().contains("pids cgroup")
+                }),
                 format!("{r:?}"),
             );
             check_pair(&mut c, a);

@@ -1627,6 +1627,8 @@ fn quiet_mask(signal: i32) -> u64 {
 #[derive(Debug)]
 pub enum FreezeError {
     Io(std::io::Error),
+    /// The snapshot could not be forked (its errno).
+    Fork(std::io::Error),
     /// Threads that did not reach their handler within the bound: (tid, …) as given.
     Unresponsive(Vec<i32>),
     /// The process changed since it was listed (what changed): start again.
@@ -1842,7 +1844,9 @@ fn snapshot_taken(
     }
     let child = capture.child.load(Ordering::Acquire);
     if child < 0 {
-        return Err(std::io::Error::from_raw_os_error(-child as i32).into());
+        return Err(FreezeError::Fork(std::io::Error::from_raw_os_error(
+            -child as i32,
+        )));
     }
     Ok(())
 }

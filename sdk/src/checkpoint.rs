@@ -709,6 +709,16 @@ impl Checkpoint {
             Err(capture::FreezeError::Io(e)) => {
                 return Err(io("stopping the process for the snapshot")(e))
             }
+            Err(capture::FreezeError::Fork(e)) => {
+                let why = match e.raw_os_error() {
+                    Some(libc::EAGAIN) => ": the process's pids cgroup (pids.max) or this user's process limit (RLIMIT_NPROC) is reached; the snapshot is a copy of the process, for a moment, and counts as one",
+                    Some(libc::ENOMEM) => ": not enough memory for the copy's page tables",
+                    _ => "",
+                };
+                return Err(CheckpointError::Unsupported(vec![format!(
+                    "the snapshot could not be forked ({e}){why}"
+                )]));
+            }
             Err(capture::FreezeError::Changed(why)) => return Ok(Err(why.into())),
             Err(capture::FreezeError::Unresponsive(late)) => {
                 // One that blocks the signal now did not when the threads were listed (those
