@@ -1732,10 +1732,16 @@ pub fn epoll_params(fd: i32) -> Option<(u32, u16, u8)> {
 
 /// Bytes waiting in a socket's receive queue (SIOCINQ). Async-signal-safe.
 pub fn inq(fd: i32) -> i64 {
+    ioctl_int(fd, 0x541B)
+}
+
+/// An ioctl that answers an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD): it, or a negative errno.
+/// Async-signal-safe.
+pub fn ioctl_int(fd: i32, req: u64) -> i64 {
     let mut n = 0i32;
     let r = syscall6(
         libc::SYS_ioctl,
-        [fd as u64, 0x541B, &mut n as *mut i32 as u64, 0, 0, 0],
+        [fd as u64, req, &mut n as *mut i32 as u64, 0, 0, 0],
     );
     if r < 0 {
         r

@@ -485,9 +485,9 @@ fn tcp_ends_of(fds: &[(i32, u64)]) -> Vec<(Endpoint, Endpoint)> {
 
 /// An internet address and port, IPv4 addresses as IPv4-mapped IPv6 ones: the two ends of a
 /// connection between an IPv4 client and a dual-stack listener name each other so.
-type Endpoint = ([u8; 16], u16);
+pub(crate) type Endpoint = ([u8; 16], u16);
 
-fn endpoint(a: &[u8]) -> Option<Endpoint> {
+pub(crate) fn endpoint(a: &[u8]) -> Option<Endpoint> {
     let port = u16::from_be_bytes(a.get(2..4)?.try_into().ok()?);
     let mut ip = [0u8; 16];
     match i32::from(u16::from_ne_bytes(a.get(..2)?.try_into().ok()?)) {

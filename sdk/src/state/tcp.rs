@@ -182,19 +182,6 @@ pub(crate) fn dump(
     })
 }
 
-fn ioctl_int(fd: i32, req: u64) -> i64 {
-    let mut n = 0i32;
-    let r = sys::syscall6(
-        libc::SYS_ioctl,
-        [fd as u64, req, &mut n as *mut i32 as u64, 0, 0, 0],
-    );
-    if r < 0 {
-        r
-    } else {
-        i64::from(n)
-    }
-}
-
 fn set(fd: i32, opt: i32, v: i32) -> i64 {
     match sys::setsockopt_int(fd, libc::IPPROTO_TCP, opt, v) {
         Ok(()) => 0,
@@ -223,7 +210,7 @@ fn urgent_in_queue(fd: i32) -> bool {
     let mut n = [0i64; 2];
     for (v, slot) in n.iter_mut().enumerate() {
         let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, v as i32);
-        *slot = ioctl_int(fd, SIOCINQ);
+        *slot = sys::ioctl_int(fd, SIOCINQ);
     }
     let _ = sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, inline);
     n[0] != n[1]
@@ -258,8 +245,8 @@ impl TcpCopy {
             fd,
             ino,
             keep,
-            sendq: sys::DontForkBuf::new(room(ioctl_int(fd, SIOCOUTQ)))?,
-            recvq: sys::DontForkBuf::new(room(ioctl_int(fd, SIOCINQ)))?,
+            sendq: sys::DontForkBuf::new(room(sys::ioctl_int(fd, SIOCOUTQ)))?,
+            recvq: sys::DontForkBuf::new(room(sys::ioctl_int(fd, SIOCINQ)))?,
             status: AtomicI64::new(0),
             words: Default::default(),
             repairing: AtomicBool::new(false),
@@ -327,9 +314,9 @@ impl TcpCopy {
             return CHANGED;
         }
         let (outq, unsent, inq) = (
-            ioctl_int(fd, SIOCOUTQ),
-            ioctl_int(fd, SIOCOUTQNSD),
-            ioctl_int(fd, SIOCINQ),
+            sys::ioctl_int(fd, SIOCOUTQ),
+            sys::ioctl_int(fd, SIOCOUTQNSD),
+            sys::ioctl_int(fd, SIOCINQ),
         );
         for n in [outq, unsent, inq] {
             if n < 0 {
@@ -393,7 +380,7 @@ impl TcpCopy {
             seqs[i] = seq;
         }
         set(fd, TCP_REPAIR_QUEUE, NO_QUEUE);
-        if ioctl_int(fd, SIOCOUTQ) != outq || ioctl_int(fd, SIOCINQ) != inq {
+        if sys::ioctl_int(fd, SIOCOUTQ) != outq || sys::ioctl_int(fd, SIOCINQ) != inq {
             return CHANGED;
         }
         let w = |i: usize| {
@@ -516,16 +503,11 @@ const LOCK_PREFIX: &str = "thaw_lock_";
 /// An nftables match for packets from `from` to `to` (raw sockaddrs; an IPv4-mapped address is
 /// IPv4 on the wire).
 fn nft_match(from: &[u8], to: &[u8]) -> Option<String> {
-    let ends = [from, to].map(|a| {
-        let port = u16::from_be_bytes(a.get(2..4)?.try_into().ok()?);
-        let ip: std::net::IpAddr = if super::inet::family_of(a) == libc::AF_INET {
-            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(a.get(4..8)?).ok()?).into()
-        } else {
-            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(a.get(8..24)?).ok()?).to_canonical()
-        };
-        Some((ip, port))
-    });
-    let [(fip, fport), (tip, tport)] = [ends[0]?, ends[1]?];
+    let end = |a: &[u8]| {
+        let (ip, port) = super::sockets::endpoint(a)?;
+        Some((std::net::Ipv6Addr::from(ip).to_canonical(), port))
+    };
+    let ((fip, fport), (tip, tport)) = (end(from)?, end(to)?);
     let proto = if fip.is_ipv4() { "ip" } else { "ip6" };
     Some(format!(
         "{proto} saddr {fip} tcp sport {fport} {proto} daddr {tip} tcp dport {tport}"
